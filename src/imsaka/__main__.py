@@ -1,0 +1,5 @@
+import sys
+
+from imsaka.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""imsaka.diameter"""
