@@ -1,0 +1,683 @@
+"""The whole-network configuration: one TOML file describes HSS, P-CSCF, I-CSCF and S-CSCF.
+
+Every function reads the same file (``imsaka run {hss|pcscf|icscf|scscf} -c imsaka.toml``),
+so the routes between them (P-CSCF → I-CSCF per home domain, I-CSCF → S-CSCF list,
+Diameter peers towards the HSS) are written once. The file is parsed with `tomllib` into
+frozen dataclasses, validated when built; a mistake raises `ConfigError` whose one-line
+message names the field as ``[section].field`` (STYLE.md §12).
+
+The ``[hss]`` table belongs to the HSS (issue 4): it is kept as a plain dict and handed to
+``imsaka.hss.server.run(config)`` with the rest of the file; only what the CSCFs need to
+reach the HSS is read here (each CSCF's ``diameter.peers``).
+
+Names follow the specs: the P-Visited-Network-ID value (TS 24.229 §7.2A.5,
+TS 24.228 packet 2), Server-Name and Server-Capabilities (TS 29.228 §6.7), Path and
+Service-Route (RFC 3327, RFC 3608), reg-await-auth (TS 24.229 §5.4.1.2.1), sec-agree
+(RFC 3329, TS 33.203 Annex H).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imsaka.clierror import CliError
+
+__all__ = [
+    "ConfigError",
+    "DiameterConfig",
+    "DiameterPeerConfig",
+    "IcscfConfig",
+    "ImsConfig",
+    "NetworkConfig",
+    "PcscfConfig",
+    "PcscfRoute",
+    "ScscfConfig",
+    "ScscfEntry",
+    "load_config",
+    "parse_config",
+    "split_hostport",
+]
+
+TRANSPORTS = ("udp", "tcp")
+INTEGRITY_ALGORITHMS = ("hmac-sha-1-96", "hmac-md5-96")
+ENCRYPTION_ALGORITHMS = ("aes-cbc", "des-ede3-cbc", "null")
+
+
+class ConfigError(CliError):
+    """A configuration mistake; the message starts with ``[section].field:``."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _Table:
+    """Reads one TOML table, remembering its dotted name for error messages."""
+
+    __slots__ = ("_data", "_seen", "name")
+
+    def __init__(self, name: str, data: Any) -> None:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"[{name}]: must be a table")
+        self.name = name
+        self._data = data
+        self._seen: set[str] = set()
+
+    def fail(self, key: str, reason: str) -> ConfigError:
+        return ConfigError(f"[{self.name}].{key}: {reason}")
+
+    def has(self, key: str) -> bool:
+        return key in self._data
+
+    def _get(self, key: str, default: Any, required: bool) -> Any:
+        self._seen.add(key)
+        if key not in self._data:
+            if required:
+                raise self.fail(key, "missing")
+            return default
+        return self._data[key]
+
+    def str(self, key: str, default: str | None = None, *, required: bool = False) -> str:
+        value = self._get(key, default, required)
+        if not isinstance(value, str) or (required and not value):
+            raise self.fail(key, "must be a non-empty string")
+        return value
+
+    def int(self, key: str, default: int, *, lo: int | None = None, hi: int | None = None) -> int:
+        value = self._get(key, default, False)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise self.fail(key, "must be an integer")
+        if lo is not None and value < lo:
+            raise self.fail(key, f"must be at least {lo}")
+        if hi is not None and value > hi:
+            raise self.fail(key, f"must be at most {hi}")
+        return value
+
+    def float(self, key: str, default: float, *, lo: float = 0.0) -> float:
+        value = self._get(key, default, False)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise self.fail(key, "must be a number")
+        if value <= lo:
+            raise self.fail(key, f"must be greater than {lo}")
+        return float(value)
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self._get(key, default, False)
+        if not isinstance(value, bool):
+            raise self.fail(key, "must be true or false")
+        return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self._get(key, default, False)
+        if value not in choices:
+            raise self.fail(key, f"must be one of {', '.join(repr(c) for c in choices)}")
+        return value
+
+    def strs(
+        self,
+        key: str,
+        default: tuple[str, ...],
+        *,
+        choices: tuple[str, ...] | None = None,
+        nonempty: bool = True,
+    ) -> tuple[str, ...]:
+        value = self._get(key, default, False)
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+            raise self.fail(key, "must be a list of non-empty strings")
+        if nonempty and not value:
+            raise self.fail(key, "must not be empty")
+        if len(set(value)) != len(value):
+            raise self.fail(key, "has duplicates")
+        if choices is not None:
+            for v in value:
+                if v not in choices:
+                    raise self.fail(key, f"unknown value {v!r} (known: {', '.join(choices)})")
+        return tuple(value)
+
+    def ints(self, key: str, *, lo: int = 0) -> tuple[int, ...]:
+        value = self._get(key, [], False)
+        if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= lo for v in value
+        ):
+            raise self.fail(key, f"must be a list of integers ≥ {lo}")
+        return tuple(value)
+
+    def address(self, key: str, default: str = "127.0.0.1") -> str:
+        value = self.str(key, default)
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise self.fail(key, f"{value!r} is not an IP address") from None
+        return value
+
+    def port(self, key: str, default: int, *, zero: bool = False) -> int:
+        return self.int(key, default, lo=0 if zero else 1, hi=65535)
+
+    def table(self, key: str, *, required: bool = False) -> _Table | None:
+        value = self._get(key, None, required)
+        if value is None:
+            return None
+        return _Table(f"{self.name}.{key}", value)
+
+    def tables(self, key: str) -> list[_Table]:
+        value = self._get(key, [], False)
+        if not isinstance(value, list):
+            raise self.fail(key, "must be an array of tables ([[...]])")
+        return [_Table(f"{self.name}.{key}[{i}]", item) for i, item in enumerate(value)]
+
+    def done(self) -> None:
+        """Unknown keys are mistakes (a typo must not silently fall back to a default)."""
+        for key in self._data:
+            if key not in self._seen:
+                raise self.fail(key, "unknown field")
+
+
+def split_hostport(text: str, default_port: int = 5060) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]:port`` or a ``sip:`` URI → (host, port)."""
+    rest = text
+    if rest.startswith("sip:"):
+        rest = rest[4:]
+        if "@" in rest:
+            rest = rest.split("@", 1)[1]
+        rest = rest.split(";", 1)[0].split("?", 1)[0]
+    if rest.startswith("["):
+        end = rest.find("]")
+        if end < 0:
+            raise ValueError(f"unclosed IPv6 reference in {text!r}")
+        host, tail = rest[1:end], rest[end + 1 :]
+        if tail and not tail.startswith(":"):
+            raise ValueError(f"junk after IPv6 reference in {text!r}")
+        port_text = tail[1:]
+    elif rest.count(":") == 1:
+        host, port_text = rest.split(":")
+    elif ":" in rest:  # a bare IPv6 address without brackets
+        host, port_text = rest, ""
+    else:
+        host, port_text = rest, ""
+    if not host:
+        raise ValueError(f"no host in {text!r}")
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"bad port in {text!r}")
+        return host, int(port_text)
+    return host, default_port
+
+
+def _uri_host(text: str) -> str:
+    """``[v6]`` brackets for an IPv6 literal inside a URI."""
+    return f"[{text}]" if ":" in text else text
+
+
+# --------------------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkConfig:
+    """``[network]``: the operator's domains and a static host table."""
+
+    home_domains: tuple[str, ...]
+    """Home network domains served by this core (realm of the IMPUs, e.g. ``home1.net``)."""
+    name: str = "imsaka"
+    """A label for logs and the ladder."""
+    hosts: Mapping[str, str] = field(default_factory=dict)
+    """Static name → IP address table (no DNS): lets URIs carry names such as
+    ``scscf1.home1.net`` (as in the seed's packets) while traffic stays on loopback."""
+
+    def resolve(self, host: str) -> str:
+        """The IP address for a host name from `hosts`, or `host` itself if it is an address."""
+        mapped = self.hosts.get(host.lower())
+        if mapped is not None:
+            return mapped
+        ipaddress.ip_address(host.strip("[]"))  # ValueError for an unknown name
+        return host.strip("[]")
+
+
+@dataclass(frozen=True, slots=True)
+class DiameterPeerConfig:
+    """One configured Diameter peer (``[[<function>.diameter.peers]]``)."""
+
+    host: str
+    """The peer's Origin-Host (DiameterIdentity), e.g. ``hss.home1.net``."""
+    realm: str
+    """The peer's Origin-Realm."""
+    address: str
+    """IP address to connect to."""
+    port: int = 3868
+    """TCP port (RFC 6733: 3868)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DiameterConfig:
+    """``[<function>.diameter]``: this function's Diameter identity and its peers (Cx)."""
+
+    host: str
+    """Our Origin-Host."""
+    realm: str
+    """Our Origin-Realm; also the Destination-Realm we put in Cx requests unless the peer's differs."""
+    peers: tuple[DiameterPeerConfig, ...]
+    """Configured peers only (RFC 6733 §2.1: a request from any other peer is refused).
+    The first one is the HSS we send Cx requests to."""
+    address: str = "127.0.0.1"
+    """Local address to bind (listening and connecting)."""
+    port: int = 0
+    """TCP port to listen on for peers that connect to us (the HSS for RTR/PPR); 0: none."""
+    timeout: float = 5.0
+    """Seconds to wait for a Cx answer before treating the HSS as unreachable."""
+
+    @property
+    def hss(self) -> DiameterPeerConfig:
+        return self.peers[0]
+
+
+@dataclass(frozen=True, slots=True)
+class PcscfRoute:
+    """``[[pcscf.routes]]``: where REGISTERs for one home domain go (DNS-free routing)."""
+
+    domain: str
+    """Home domain of the registering user (the host of the Request-URI, e.g. ``home1.net``)."""
+    icscf: str | None = None
+    """The home network's I-CSCF as ``sip:host:port`` (the entry point, seed step 2)."""
+    scscf: str | None = None
+    """An S-CSCF reached directly (P-CSCF in the home network, where configured)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PcscfConfig:
+    """``[pcscf]``: the P-CSCF (TS 24.229 §5.2; sec-agree per RFC 3329 / TS 33.203)."""
+
+    name: str
+    """Host name the P-CSCF puts in Via and Path (``<sip:term@NAME;lr>``)."""
+    address: str = "127.0.0.1"
+    """IP address for the unprotected SIP port and the protected ports."""
+    port: int = 5060
+    """Unprotected SIP port (phase-1 REGISTER, packet 1)."""
+    transports: tuple[str, ...] = ("udp", "tcp")
+    """SIP transports served: ``udp``, ``tcp``."""
+    port_c: int = 5062
+    """Protected client port (TS 33.203 §7.1: the P-CSCF sends requests from it)."""
+    port_s: int = 5063
+    """Protected server port (the UE sends requests to it over the SAs)."""
+    visited_network_id: str = "Visited Network Number 1"
+    """Value of P-Visited-Network-ID added towards the home network (packet 2)."""
+    home: bool = False
+    """True when this P-CSCF is in the home network: REGISTERs go straight to a route's
+    `scscf` where one is configured (issue 6 item 2)."""
+    sec_agree: str = "required"
+    """``required``: a REGISTER without sec-agree gets 421/494 (RFC 3329 §2.3.1);
+    ``optional``: a UE without Security-Client is admitted without SAs."""
+    integrity_algorithms: tuple[str, ...] = INTEGRITY_ALGORITHMS
+    """ESP integrity algorithms in the operator's order of preference (never "last offer wins")."""
+    encryption_algorithms: tuple[str, ...] = ENCRYPTION_ALGORITHMS
+    """ESP encryption algorithms in order of preference; ``null`` allowed only if listed."""
+    ipsec_backend: str = "userspace"
+    """``userspace`` (ESP-in-UDP, RFC 3948) or ``xfrm`` (Linux kernel SAs)."""
+    temporary_sa_lifetime: int = 240
+    """Seconds the temporary SAs of a 401 live if the UE never answers (TS 33.203 §7.1)."""
+    routes: tuple[PcscfRoute, ...] = ()
+    """Routes per home domain."""
+
+    def route_for(self, domain: str) -> PcscfRoute | None:
+        domain = domain.lower()
+        for route in self.routes:
+            if route.domain.lower() == domain:
+                return route
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ScscfEntry:
+    """``[[icscf.scscfs]]``: one S-CSCF the I-CSCF may select (TS 29.228 §6.7 capabilities)."""
+
+    name: str
+    """Its Server-Name as the HSS knows it and as the Request-URI towards it (packet 3),
+    e.g. ``sip:scscf1.home1.net:5080``."""
+    address: str
+    """IP address to send to."""
+    port: int = 5060
+    """SIP port."""
+    transport: str = "udp"
+    """Transport towards it."""
+    capabilities: tuple[int, ...] = ()
+    """Capabilities it offers, matched against Mandatory-/Optional-Capability of the UAA."""
+
+
+@dataclass(frozen=True, slots=True)
+class IcscfConfig:
+    """``[icscf]``: the I-CSCF (TS 24.229 §5.3.1)."""
+
+    name: str
+    """Host name in its Via (``icscf1_p.home1.net``, packet 3)."""
+    diameter: DiameterConfig
+    """Cx towards the HSS (UAR/UAA)."""
+    scscfs: tuple[ScscfEntry, ...]
+    """S-CSCFs it may select, in order of preference."""
+    address: str = "127.0.0.1"
+    """IP address to listen on."""
+    port: int = 5070
+    """SIP port."""
+    transports: tuple[str, ...] = ("udp", "tcp")
+    """SIP transports served."""
+
+    def scscf_by_name(self, server_name: str) -> ScscfEntry | None:
+        key = _server_key(server_name)
+        for entry in self.scscfs:
+            if _server_key(entry.name) == key:
+                return entry
+        return None
+
+
+def _server_key(name: str) -> str:
+    """Server-Name comparison key: scheme and host case-insensitive, params ignored."""
+    text = name.strip().strip("<>")
+    if text.lower().startswith("sip:"):
+        text = text[4:]
+    return text.split(";", 1)[0].lower()
+
+
+@dataclass(frozen=True, slots=True)
+class ScscfConfig:
+    """``[scscf]``: the S-CSCF registrar and authenticator (TS 24.229 §5.4.1)."""
+
+    name: str
+    """Host name: Via, Service-Route (``<sip:orig@NAME;lr>``, packet 11)."""
+    diameter: DiameterConfig
+    """Cx towards the HSS (MAR/SAR; RTR/PPR from it)."""
+    address: str = "127.0.0.1"
+    """IP address to listen on."""
+    port: int = 5080
+    """SIP port."""
+    transports: tuple[str, ...] = ("udp", "tcp")
+    """SIP transports served."""
+    server_name: str = ""
+    """Server-Name in MAR/SAR (must match the I-CSCF's ``scscfs`` entry); default
+    ``sip:NAME:PORT``."""
+    realm: str = ""
+    """Digest realm of the 401; default the first home domain."""
+    reauthenticate: str = "never"
+    """``never``: a re-REGISTER with integrity-protected="yes" for a live registration is
+    accepted without a new AKA run (TS 24.229 §5.4.1.2.2); ``always``: challenge it."""
+    vectors_per_request: int = 3
+    """SIP-Number-Auth-Items asked in a MAR; spare vectors are cached per IMPI, one per challenge."""
+    max_failed_attempts: int = 3
+    """Failed authentications per IMPI before it is refused for `lockout` seconds."""
+    lockout: int = 300
+    """Seconds an IMPI stays refused after `max_failed_attempts` failures."""
+    binding_store: str = "memory://"
+    """``memory://`` or ``redis://HOST:PORT/DB`` (bindings survive a restart and can be shared)."""
+    min_expires: int = 60
+    """Shortest registration granted; a shorter non-zero request gets 423 with Min-Expires."""
+    max_expires: int = 600000
+    """Longest registration granted (the seed grants 600000)."""
+    default_expires: int = 600000
+    """Granted when the REGISTER names no expiry."""
+    reg_await_auth: int = 240
+    """Seconds a challenge stays valid (TS 24.229 reg-await-auth, 4 min)."""
+    service_route_user: str = "orig"
+    """User part of the Service-Route URI."""
+
+    @property
+    def service_route(self) -> str:
+        return f"<sip:{self.service_route_user}@{_uri_host(self.name)}:{self.port};lr>"
+
+
+@dataclass(frozen=True, slots=True)
+class ImsConfig:
+    """The whole file. Sections of functions not described are None."""
+
+    network: NetworkConfig
+    """``[network]``."""
+    hss: Mapping[str, Any]
+    """``[hss]`` as written: its fields belong to ``imsaka.hss``."""
+    pcscf: PcscfConfig | None
+    """``[pcscf]``."""
+    icscf: IcscfConfig | None
+    """``[icscf]``."""
+    scscf: ScscfConfig | None
+    """``[scscf]``."""
+    raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
+    """The parsed TOML (handed to ``imsaka.hss.server.run``)."""
+    path: str = ""
+    """Where it was read from."""
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def load_config(path: str | Path) -> ImsConfig:
+    """Read and validate a TOML file; `ConfigError` names the field on any mistake."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"-c/--config: {p}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"-c/--config: {p}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"-c/--config: {p}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"-c/--config: {p}: not valid TOML ({exc})") from None
+    return parse_config(data, path=str(p))
+
+
+def parse_config(data: Mapping[str, Any], *, path: str = "") -> ImsConfig:
+    """Validate an already parsed TOML document."""
+    top = _Table("", data)
+    net_t = top.table("network", required=True)
+    assert net_t is not None
+    network = _network(net_t)
+    hss = data.get("hss", {})
+    top._seen.add("hss")
+    if not isinstance(hss, Mapping):
+        raise ConfigError("[hss]: must be a table")
+    pcscf_t = top.table("pcscf")
+    icscf_t = top.table("icscf")
+    scscf_t = top.table("scscf")
+    for key in data:
+        if key not in top._seen:
+            raise ConfigError(f"[{key}]: unknown section")
+    return ImsConfig(
+        network=network,
+        hss=hss,
+        pcscf=_pcscf(pcscf_t, network) if pcscf_t else None,
+        icscf=_icscf(icscf_t, network) if icscf_t else None,
+        scscf=_scscf(scscf_t, network) if scscf_t else None,
+        raw=data,
+        path=path,
+    )
+
+
+def _rename(t: _Table, name: str) -> _Table:
+    t.name = name
+    return t
+
+
+def _network(t: _Table) -> NetworkConfig:
+    t = _rename(t, "network")
+    domains = tuple(d.lower() for d in t.strs("home_domains", ()))
+    name = t.str("name", "imsaka")
+    hosts: dict[str, str] = {}
+    hosts_t = t.table("hosts")
+    if hosts_t is not None:
+        for host in list(hosts_t._data):
+            hosts[host.lower()] = hosts_t.address(host)
+    t.done()
+    return NetworkConfig(home_domains=domains, name=name, hosts=hosts)
+
+
+def _diameter(t: _Table, section: str, network: NetworkConfig) -> DiameterConfig:
+    host = t.str("host", required=True)
+    realm = t.str("realm", network.home_domains[0])
+    address = t.address("address")
+    port = t.port("port", 0, zero=True)
+    timeout = t.float("timeout", 5.0)
+    peers = []
+    for pt in t.tables("peers"):
+        peers.append(
+            DiameterPeerConfig(
+                host=pt.str("host", required=True),
+                realm=pt.str("realm", realm),
+                address=pt.address("address"),
+                port=pt.port("port", 3868),
+            )
+        )
+        pt.done()
+    if not peers:
+        raise t.fail("peers", "at least one peer (the HSS) is needed")
+    t.done()
+    return DiameterConfig(
+        host=host, realm=realm, peers=tuple(peers), address=address, port=port, timeout=timeout
+    )
+
+
+def _sip_uri(t: _Table, key: str, network: NetworkConfig) -> str | None:
+    if not t.has(key):
+        t._seen.add(key)
+        return None
+    value = t.str(key, required=True)
+    try:
+        host, _port = split_hostport(value)
+        network.resolve(host)
+    except ValueError as exc:
+        raise t.fail(key, f"{exc} (an IP address or a name from [network].hosts)") from None
+    return value if value.startswith("sip:") else f"sip:{value}"
+
+
+def _pcscf(t: _Table, network: NetworkConfig) -> PcscfConfig:
+    t = _rename(t, "pcscf")
+    routes = []
+    for rt in t.tables("routes"):
+        domain = rt.str("domain", required=True).lower()
+        icscf = _sip_uri(rt, "icscf", network)
+        scscf = _sip_uri(rt, "scscf", network)
+        if icscf is None and scscf is None:
+            raise rt.fail("icscf", "a route needs an icscf or an scscf")
+        routes.append(PcscfRoute(domain=domain, icscf=icscf, scscf=scscf))
+        rt.done()
+    cfg = PcscfConfig(
+        name=t.str("name", required=True),
+        address=t.address("address"),
+        port=t.port("port", 5060),
+        transports=t.strs("transports", ("udp", "tcp"), choices=TRANSPORTS),
+        port_c=t.port("port_c", 5062),
+        port_s=t.port("port_s", 5063),
+        visited_network_id=t.str("visited_network_id", "Visited Network Number 1"),
+        home=t.bool("home", False),
+        sec_agree=t.choice("sec_agree", "required", ("required", "optional")),
+        integrity_algorithms=t.strs(
+            "integrity_algorithms", INTEGRITY_ALGORITHMS, choices=INTEGRITY_ALGORITHMS
+        ),
+        encryption_algorithms=t.strs(
+            "encryption_algorithms", ENCRYPTION_ALGORITHMS, choices=ENCRYPTION_ALGORITHMS
+        ),
+        ipsec_backend=t.choice("ipsec_backend", "userspace", ("userspace", "xfrm")),
+        temporary_sa_lifetime=t.int("temporary_sa_lifetime", 240, lo=1),
+        routes=tuple(routes),
+    )
+    t.done()
+    if len({cfg.port, cfg.port_c, cfg.port_s}) != 3:
+        raise t.fail("port_s", "port, port_c and port_s must differ")
+    if len({r.domain for r in routes}) != len(routes):
+        raise t.fail("routes", "two routes for one domain")
+    return cfg
+
+
+def _icscf(t: _Table, network: NetworkConfig) -> IcscfConfig:
+    t = _rename(t, "icscf")
+    _need_domains(network)
+    dt = t.table("diameter", required=True)
+    assert dt is not None
+    diameter = _diameter(dt, "icscf", network)
+    scscfs = []
+    for st in t.tables("scscfs"):
+        name = st.str("name", required=True)
+        if not name.startswith("sip:"):
+            raise st.fail("name", "must be a SIP URI (the Server-Name), e.g. sip:scscf1.home1.net")
+        try:
+            host, port = split_hostport(name)
+        except ValueError as exc:
+            raise st.fail("name", str(exc)) from None
+        address = st.str("address", "")
+        if not address:
+            try:
+                address = network.resolve(host)
+            except ValueError:
+                raise st.fail(
+                    "address", f"missing, and {host!r} is not in [network].hosts"
+                ) from None
+        else:
+            address = st.address("address")
+        scscfs.append(
+            ScscfEntry(
+                name=name,
+                address=address,
+                port=st.port("port", port),
+                transport=st.choice("transport", "udp", TRANSPORTS),
+                capabilities=st.ints("capabilities"),
+            )
+        )
+        st.done()
+    if not scscfs:
+        raise t.fail("scscfs", "at least one S-CSCF is needed")
+    cfg = IcscfConfig(
+        name=t.str("name", required=True),
+        diameter=diameter,
+        scscfs=tuple(scscfs),
+        address=t.address("address"),
+        port=t.port("port", 5070),
+        transports=t.strs("transports", ("udp", "tcp"), choices=TRANSPORTS),
+    )
+    t.done()
+    return cfg
+
+
+def _need_domains(network: NetworkConfig) -> None:
+    if not network.home_domains:
+        raise ConfigError("[network].home_domains: must not be empty")
+
+
+def _scscf(t: _Table, network: NetworkConfig) -> ScscfConfig:
+    t = _rename(t, "scscf")
+    _need_domains(network)
+    dt = t.table("diameter", required=True)
+    assert dt is not None
+    diameter = _diameter(dt, "scscf", network)
+    name = t.str("name", required=True)
+    port = t.port("port", 5080)
+    server_name = t.str("server_name", f"sip:{_uri_host(name)}:{port}")
+    if not server_name.startswith("sip:"):
+        raise t.fail("server_name", "must be a SIP URI")
+    binding_store = t.str("binding_store", "memory://")
+    if not (binding_store == "memory://" or binding_store.startswith(("redis://", "rediss://"))):
+        raise t.fail("binding_store", "must be memory:// or redis://HOST:PORT/DB")
+    min_expires = t.int("min_expires", 60, lo=1)
+    max_expires = t.int("max_expires", 600000, lo=1)
+    default_expires = t.int("default_expires", 600000, lo=1)
+    if max_expires < min_expires:
+        raise t.fail("max_expires", "must not be below min_expires")
+    if not min_expires <= default_expires <= max_expires:
+        raise t.fail("default_expires", "must lie between min_expires and max_expires")
+    cfg = ScscfConfig(
+        name=name,
+        diameter=diameter,
+        address=t.address("address"),
+        port=port,
+        transports=t.strs("transports", ("udp", "tcp"), choices=TRANSPORTS),
+        server_name=server_name,
+        realm=t.str("realm", network.home_domains[0]),
+        reauthenticate=t.choice("reauthenticate", "never", ("never", "always")),
+        vectors_per_request=t.int("vectors_per_request", 3, lo=1, hi=32),
+        max_failed_attempts=t.int("max_failed_attempts", 3, lo=1),
+        lockout=t.int("lockout", 300, lo=0),
+        binding_store=binding_store,
+        min_expires=min_expires,
+        max_expires=max_expires,
+        default_expires=default_expires,
+        reg_await_auth=t.int("reg_await_auth", 240, lo=1),
+        service_route_user=t.str("service_route_user", "orig"),
+    )
+    t.done()
+    return cfg
