@@ -1,0 +1,264 @@
+"""Milenage: the 3GPP example authentication algorithm set f1, f1*, f2, f3, f4, f5, f5*.
+
+Implements 3GPP TS 35.206 §4.1 (OPc derivation) and §4.1 functions f1..f5*, with the
+constants r1..r5 / c1..c5 configurable (defaults per TS 35.206 §4.1). Verified against
+the TS 35.207 / TS 35.208 test sets (tests/aka/test_milenage.py).
+
+    OPc  = E_K(OP) ⊕ OP
+    TEMP = E_K(RAND ⊕ OPc)
+    OUT1 = E_K(TEMP ⊕ rot(IN1 ⊕ OPc, r1) ⊕ c1) ⊕ OPc     IN1 = SQN‖AMF‖SQN‖AMF
+    OUTi = E_K(rot(TEMP ⊕ OPc, ri) ⊕ ci) ⊕ OPc          i = 2..5
+    f1 = OUT1[0..63]  f1* = OUT1[64..127]  f5 = OUT2[0..47]  f2 = OUT2[64..127]
+    f3 = OUT3  f4 = OUT4  f5* = OUT5[0..47]
+
+Design for speed: the AES-128 ECB encryptor for K is built once per subscriber and
+reused; the 128-bit blocks are handled as Python ints (one conversion in, one out), and
+the independent blocks OUT1..OUT4 (or OUT2..OUT5) go through the cipher in one call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+__all__ = [
+    "DEFAULT_C",
+    "DEFAULT_R",
+    "Milenage",
+    "MilenageError",
+    "compute_opc",
+]
+
+_MASK128 = (1 << 128) - 1
+
+#: r1..r5 in bits (TS 35.206 §4.1).
+DEFAULT_R: tuple[int, int, int, int, int] = (64, 0, 32, 64, 96)
+#: c1..c5 as 128-bit integers (TS 35.206 §4.1).
+DEFAULT_C: tuple[int, int, int, int, int] = (0, 1, 2, 4, 8)
+
+
+class MilenageError(ValueError):
+    """A Milenage input of the wrong type or length; the message names the field only."""
+
+
+def _octets(name: str, value: object, length: int) -> bytes:
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise MilenageError(f"{name}: expected bytes, got {type(value).__name__}")
+    value = bytes(value)
+    if len(value) != length:
+        raise MilenageError(f"{name}: expected {length} octets, got {len(value)}")
+    return value
+
+
+def _rot(x: int, r: int) -> int:
+    """Cyclic left rotation of a 128-bit value by r bits (TS 35.206 §4.1 "rot")."""
+    r &= 127
+    if r == 0:
+        return x
+    return ((x << r) | (x >> (128 - r))) & _MASK128
+
+
+def _encryptor(k: bytes):
+    # ECB on single blocks is exactly the block cipher E_K that Milenage is defined on.
+    return Cipher(algorithms.AES(k), modes.ECB()).encryptor()
+
+
+def compute_opc(k: bytes, op: bytes) -> bytes:
+    """OPc = E_K(OP) ⊕ OP (TS 35.206 §4.1)."""
+    k = _octets("k", k, 16)
+    op = _octets("op", op, 16)
+    e = _encryptor(k).update(op)
+    return (int.from_bytes(e, "big") ^ int.from_bytes(op, "big")).to_bytes(16, "big")
+
+
+class Milenage:
+    """Milenage for one subscriber key K and one operator variant (OP or OPc).
+
+    Give exactly one of ``op`` (the operator's OP; OPc is derived) or ``opc`` (the
+    per-subscriber OPc, what most HSSs store). ``r`` and ``c`` override the rotation
+    and addition constants of TS 35.206 §4.1 (operators may choose their own).
+
+    Not thread-safe: it keeps one cipher context for K. Use one instance per thread.
+    K and OPc are kept out of ``repr``.
+    """
+
+    __slots__ = ("_c", "_enc", "_opc", "_opc4", "_opc_int", "_r", "_t2c")
+
+    def __init__(
+        self,
+        k: bytes,
+        *,
+        op: bytes | None = None,
+        opc: bytes | None = None,
+        r: Sequence[int] = DEFAULT_R,
+        c: Sequence[int] = DEFAULT_C,
+    ) -> None:
+        k = _octets("k", k, 16)
+        if (op is None) == (opc is None):
+            raise MilenageError("op/opc: give exactly one of op or opc")
+        opc = compute_opc(k, op) if op is not None else _octets("opc", opc, 16)
+        r = tuple(r)
+        c = tuple(c)
+        if len(r) != 5 or any(not isinstance(x, int) or not 0 <= x < 128 for x in r):
+            raise MilenageError("r: expected five rotations r1..r5 in 0..127 bits")
+        if len(c) != 5 or any(not isinstance(x, int) or not 0 <= x <= _MASK128 for x in c):
+            raise MilenageError("c: expected five 128-bit constants c1..c5")
+        self._enc = _encryptor(k)
+        self._opc = opc
+        self._opc_int = int.from_bytes(opc, "big")
+        self._opc4 = int.from_bytes(opc * 4, "big")
+        self._r = r
+        self._c = c
+
+    def __repr__(self) -> str:
+        return "Milenage(k=<hidden>, opc=<hidden>)"
+
+    @property
+    def opc(self) -> bytes:
+        """OPc (given, or derived from OP)."""
+        return self._opc
+
+    # -- building blocks ------------------------------------------------------------
+
+    def _temp(self, rand: bytes) -> int:
+        """TEMP = E_K(RAND ⊕ OPc) as an int."""
+        x = int.from_bytes(rand, "big") ^ self._opc_int
+        return int.from_bytes(self._enc.update(x.to_bytes(16, "big")), "big")
+
+    def _in1_block(self, temp: int, sqn: bytes, amf: bytes) -> int:
+        in1 = int.from_bytes(sqn + amf + sqn + amf, "big")
+        return temp ^ _rot(in1 ^ self._opc_int, self._r[0]) ^ self._c[0]
+
+    def _out_block(self, t: int, i: int) -> int:
+        """Input to E_K for OUT(i+1), i in 1..4, with t = TEMP ⊕ OPc."""
+        return _rot(t, self._r[i]) ^ self._c[i]
+
+    # -- the functions of TS 35.206 ---------------------------------------------------
+
+    def f1(self, rand: bytes, sqn: bytes, amf: bytes) -> bytes:
+        """MAC-A (network authentication code), 8 octets."""
+        return self._out1(rand, sqn, amf)[:8]
+
+    def f1star(self, rand: bytes, sqn: bytes, amf: bytes) -> bytes:
+        """MAC-S (resynchronisation authentication code), 8 octets."""
+        return self._out1(rand, sqn, amf)[8:]
+
+    def f1_both(self, rand: bytes, sqn: bytes, amf: bytes) -> tuple[bytes, bytes]:
+        """(MAC-A, MAC-S) from one cipher pass."""
+        out1 = self._out1(rand, sqn, amf)
+        return out1[:8], out1[8:]
+
+    def _out1(self, rand: bytes, sqn: bytes, amf: bytes) -> bytes:
+        rand = _octets("rand", rand, 16)
+        sqn = _octets("sqn", sqn, 6)
+        amf = _octets("amf", amf, 2)
+        blk = self._in1_block(self._temp(rand), sqn, amf)
+        out = int.from_bytes(self._enc.update(blk.to_bytes(16, "big")), "big")
+        return (out ^ self._opc_int).to_bytes(16, "big")
+
+    def f2345(self, rand: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+        """(RES, CK, IK, AK): f2 (8 octets), f3 (16), f4 (16), f5 (6)."""
+        rand = _octets("rand", rand, 16)
+        t = self._temp(rand) ^ self._opc_int
+        blocks = (
+            (self._out_block(t, 1) << 256) | (self._out_block(t, 2) << 128) | self._out_block(t, 3)
+        )
+        out = int.from_bytes(self._enc.update(blocks.to_bytes(48, "big")), "big")
+        out ^= self._opc4 & ((1 << 384) - 1)
+        o = out.to_bytes(48, "big")
+        return o[8:16], o[16:32], o[32:48], o[0:6]
+
+    def f5star(self, rand: bytes) -> bytes:
+        """AK* (anonymity key for resynchronisation), 6 octets."""
+        rand = _octets("rand", rand, 16)
+        t = self._temp(rand) ^ self._opc_int
+        blk = self._out_block(t, 4)
+        out = int.from_bytes(self._enc.update(blk.to_bytes(16, "big")), "big") ^ self._opc_int
+        return out.to_bytes(16, "big")[:6]
+
+    def compute_all(self, rand: bytes, sqn: bytes, amf: bytes) -> dict[str, bytes]:
+        """Every output for one (RAND, SQN, AMF): the calculator view used by the CLI.
+
+        Keys: mac_a, mac_s, res, ck, ik, ak, ak_star.
+        """
+        rand = _octets("rand", rand, 16)
+        sqn = _octets("sqn", sqn, 6)
+        amf = _octets("amf", amf, 2)
+        temp = self._temp(rand)
+        t = temp ^ self._opc_int
+        blocks = self._in1_block(temp, sqn, amf)
+        for i in range(1, 5):
+            blocks = (blocks << 128) | self._out_block(t, i)
+        out = int.from_bytes(self._enc.update(blocks.to_bytes(80, "big")), "big")
+        out ^= (self._opc4 << 128) | self._opc_int
+        o = out.to_bytes(80, "big")
+        return {
+            "mac_a": o[0:8],
+            "mac_s": o[8:16],
+            "ak": o[16:22],
+            "res": o[24:32],
+            "ck": o[32:48],
+            "ik": o[48:64],
+            "ak_star": o[64:70],
+        }
+
+    def vector_parts(self, rand: bytes, sqn: bytes, amf: bytes) -> tuple[bytes, bytes]:
+        """One cipher pass for an authentication vector.
+
+        Returns (MAC-A ‖ MAC-S, AK ‖ pad ‖ RES ‖ CK ‖ IK) as raw output blocks: OUT1 and
+        OUT2‖OUT3‖OUT4. Inputs are assumed already validated (hot path of
+        `imsaka.aka.vectors`).
+        """
+        temp = int.from_bytes(
+            self._enc.update((int.from_bytes(rand, "big") ^ self._opc_int).to_bytes(16, "big")),
+            "big",
+        )
+        t = temp ^ self._opc_int
+        r = self._r
+        c = self._c
+        in1 = int.from_bytes(sqn + amf + sqn + amf, "big") ^ self._opc_int
+        blocks = (
+            ((temp ^ _rot(in1, r[0]) ^ c[0]) << 384)
+            | ((_rot(t, r[1]) ^ c[1]) << 256)
+            | ((_rot(t, r[2]) ^ c[2]) << 128)
+            | (_rot(t, r[3]) ^ c[3])
+        )
+        out = int.from_bytes(self._enc.update(blocks.to_bytes(64, "big")), "big") ^ self._opc4
+        o = out.to_bytes(64, "big")
+        return o[:16], o[16:]
+
+    def vector_parts_batch(
+        self, rands: Sequence[bytes], sqn_amfs: Sequence[tuple[bytes, bytes]]
+    ) -> list[bytes]:
+        """Batch form of `vector_parts`: OUT1‖OUT2‖OUT3‖OUT4 (64 octets) per RAND.
+
+        Two cipher calls for the whole batch: all TEMPs, then all OUT1..OUT4.
+        """
+        n = len(rands)
+        opc = self._opc_int
+        opc_n = int.from_bytes(self._opc * n, "big")
+        temps_out = self._enc.update(
+            (int.from_bytes(b"".join(rands), "big") ^ opc_n).to_bytes(16 * n, "big")
+        )
+        r = self._r
+        c = self._c
+        parts = []
+        for i in range(n):
+            temp = int.from_bytes(temps_out[16 * i : 16 * i + 16], "big")
+            t = temp ^ opc
+            sqn, amf = sqn_amfs[i]
+            in1 = int.from_bytes(sqn + amf + sqn + amf, "big") ^ opc
+            blocks = (
+                ((temp ^ _rot(in1, r[0]) ^ c[0]) << 384)
+                | ((_rot(t, r[1]) ^ c[1]) << 256)
+                | ((_rot(t, r[2]) ^ c[2]) << 128)
+                | (_rot(t, r[3]) ^ c[3])
+            )
+            parts.append(blocks.to_bytes(64, "big"))
+        out = self._enc.update(b"".join(parts))
+        opc4 = self._opc4
+        return [
+            (int.from_bytes(out[64 * i : 64 * i + 64], "big") ^ opc4).to_bytes(64, "big")
+            for i in range(n)
+        ]
