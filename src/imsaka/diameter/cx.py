@@ -1,0 +1,896 @@
+"""Cx commands as frozen events: TS 29.228 §6 (procedures) and TS 29.229 §6 (messages, AVPs).
+
+Application 16777216 (Cx), vendor 10415 (3GPP). Each command pair is a request and an
+answer dataclass, the same classes on both ends, with `to_message()` (a `codec.Message`
+ready for `encode()`) and `from_message()`. `decode(message)` picks the class from the
+command code and the R bit.
+
+Decoding a request checks the AVPs TS 29.229 §6.1 writes in { braces } (required): one
+missing raises `RemoteProtocolError` with Result-Code 5005 DIAMETER_MISSING_AVP and a
+Failed-AVP naming it, so the server can answer properly. A single-valued AVP sent twice
+is 5009 DIAMETER_AVP_OCCURS_TOO_MANY_TIMES; a payload of the wrong size 5014. AVPs we do
+not know are ignored (Kamailio adds a vendor-50 Call-Id AVP to SAR).
+
+CK, IK and XRES (or RAND‖AUTS) sit in `SipAuthDataItem` fields with `repr=False`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, ClassVar
+
+from imsaka.diameter import codec
+
+# The base result codes below are re-exported, so Cx users import them from one place.
+from imsaka.diameter.codec import (  # noqa: F401
+    AVP_AUTH_SESSION_STATE,
+    AVP_DESTINATION_HOST,
+    AVP_DESTINATION_REALM,
+    AVP_ERROR_MESSAGE,
+    AVP_EXPERIMENTAL_RESULT,
+    AVP_EXPERIMENTAL_RESULT_CODE,
+    AVP_FAILED_AVP,
+    AVP_ORIGIN_HOST,
+    AVP_ORIGIN_REALM,
+    AVP_RESULT_CODE,
+    AVP_SESSION_ID,
+    AVP_USER_NAME,
+    AVP_VENDOR_ID,
+    AVP_VENDOR_SPECIFIC_APPLICATION_ID,
+    DIAMETER_AUTHORIZATION_REJECTED,
+    DIAMETER_AVP_NOT_ALLOWED,
+    DIAMETER_AVP_OCCURS_TOO_MANY_TIMES,
+    DIAMETER_AVP_UNSUPPORTED,
+    DIAMETER_COMMAND_UNSUPPORTED,
+    DIAMETER_INVALID_AVP_LENGTH,
+    DIAMETER_INVALID_AVP_VALUE,
+    DIAMETER_INVALID_HDR_BITS,
+    DIAMETER_MISSING_AVP,
+    DIAMETER_SUCCESS,
+    DIAMETER_TOO_BUSY,
+    DIAMETER_UNABLE_TO_COMPLY,
+    DIAMETER_UNABLE_TO_DELIVER,
+    DIAMETER_UNKNOWN_PEER,
+    FLAG_PROXIABLE,
+    FLAG_REQUEST,
+    VENDOR_3GPP,
+    Avp,
+    Message,
+)
+from imsaka.diameter.errors import LocalProtocolError, RemoteProtocolError
+
+CX_APPLICATION_ID = 16777216
+
+# TS 29.229 §6.1 command codes.
+CMD_USER_AUTHORIZATION = 300
+CMD_SERVER_ASSIGNMENT = 301
+CMD_LOCATION_INFO = 302
+CMD_MULTIMEDIA_AUTH = 303
+CMD_REGISTRATION_TERMINATION = 304
+CMD_PUSH_PROFILE = 305
+
+# TS 29.229 §6.2.1 success codes, carried in Experimental-Result (vendor 10415).
+DIAMETER_FIRST_REGISTRATION = 2001
+DIAMETER_SUBSEQUENT_REGISTRATION = 2002
+DIAMETER_UNREGISTERED_SERVICE = 2003
+DIAMETER_SUCCESS_SERVER_NAME_NOT_STORED = 2004
+# TS 29.229 §6.2.2 permanent failures, carried in Experimental-Result (vendor 10415).
+DIAMETER_ERROR_USER_UNKNOWN = 5001
+DIAMETER_ERROR_IDENTITIES_DONT_MATCH = 5002
+DIAMETER_ERROR_IDENTITY_NOT_REGISTERED = 5003
+DIAMETER_ERROR_ROAMING_NOT_ALLOWED = 5004
+DIAMETER_ERROR_IDENTITY_ALREADY_REGISTERED = 5005
+DIAMETER_ERROR_AUTH_SCHEME_NOT_SUPPORTED = 5006
+DIAMETER_ERROR_IN_ASSIGNMENT_TYPE = 5007
+DIAMETER_ERROR_TOO_MUCH_DATA = 5008
+DIAMETER_ERROR_NOT_SUPPORTED_USER_DATA = 5009
+DIAMETER_ERROR_FEATURE_UNSUPPORTED = 5011
+DIAMETER_ERROR_SERVING_NODE_FEATURE_UNSUPPORTED = 5012
+
+# TS 29.229 §6.3 AVP codes (vendor 10415).
+AVP_VISITED_NETWORK_IDENTIFIER = 600
+AVP_PUBLIC_IDENTITY = 601
+AVP_SERVER_NAME = 602
+AVP_SERVER_CAPABILITIES = 603
+AVP_MANDATORY_CAPABILITY = 604
+AVP_OPTIONAL_CAPABILITY = 605
+AVP_USER_DATA = 606
+AVP_SIP_NUMBER_AUTH_ITEMS = 607
+AVP_SIP_AUTHENTICATION_SCHEME = 608
+AVP_SIP_AUTHENTICATE = 609
+AVP_SIP_AUTHORIZATION = 610
+AVP_SIP_AUTHENTICATION_CONTEXT = 611
+AVP_SIP_AUTH_DATA_ITEM = 612
+AVP_SIP_ITEM_NUMBER = 613
+AVP_SERVER_ASSIGNMENT_TYPE = 614
+AVP_DEREGISTRATION_REASON = 615
+AVP_REASON_CODE = 616
+AVP_REASON_INFO = 617
+AVP_USER_AUTHORIZATION_TYPE = 623
+AVP_USER_DATA_ALREADY_AVAILABLE = 624
+AVP_CONFIDENTIALITY_KEY = 625
+AVP_INTEGRITY_KEY = 626
+AVP_ASSOCIATED_IDENTITIES = 632
+AVP_ORIGINATING_REQUEST = 633
+AVP_UAR_FLAGS = 637
+AVP_MULTIPLE_REGISTRATION_INDICATION = 648
+
+# SIP-Authentication-Scheme strings (TS 29.229 §6.3.9, TS 33.203).
+SCHEME_AKAV1_MD5 = "Digest-AKAv1-MD5"
+SCHEME_AKAV2_MD5 = "Digest-AKAv2-MD5"
+SCHEME_SIP_DIGEST = "SIP Digest"
+SCHEME_MD5 = "Digest-MD5"
+SCHEME_UNKNOWN = "Unknown"
+
+NO_STATE_MAINTAINED = 1  # Auth-Session-State (RFC 6733 §8.11)
+
+
+class ServerAssignmentType(IntEnum):
+    """TS 29.229 §6.3.15."""
+
+    NO_ASSIGNMENT = 0
+    REGISTRATION = 1
+    RE_REGISTRATION = 2
+    UNREGISTERED_USER = 3
+    TIMEOUT_DEREGISTRATION = 4
+    USER_DEREGISTRATION = 5
+    TIMEOUT_DEREGISTRATION_STORE_SERVER_NAME = 6
+    USER_DEREGISTRATION_STORE_SERVER_NAME = 7
+    ADMINISTRATIVE_DEREGISTRATION = 8
+    AUTHENTICATION_FAILURE = 9
+    AUTHENTICATION_TIMEOUT = 10
+    DEREGISTRATION_TOO_MUCH_DATA = 11
+    AAA_USER_DATA_REQUEST = 12
+    PGW_UPDATE = 13
+    RESTORATION = 14
+
+
+class UserAuthorizationType(IntEnum):
+    """TS 29.229 §6.3.24."""
+
+    REGISTRATION = 0
+    DE_REGISTRATION = 1
+    REGISTRATION_AND_CAPABILITIES = 2
+
+
+class UserDataAlreadyAvailable(IntEnum):
+    """TS 29.229 §6.3.26."""
+
+    USER_DATA_NOT_AVAILABLE = 0
+    USER_DATA_ALREADY_AVAILABLE = 1
+
+
+class ReasonCode(IntEnum):
+    """Reason-Code inside Deregistration-Reason, TS 29.229 §6.3.17."""
+
+    PERMANENT_TERMINATION = 0
+    NEW_SERVER_ASSIGNED = 1
+    SERVER_CHANGE = 2
+    REMOVE_S_CSCF = 3
+
+
+class OriginatingRequest(IntEnum):
+    """TS 29.229 §6.3.32."""
+
+    ORIGINATING = 0
+
+
+class MultipleRegistrationIndication(IntEnum):
+    """TS 29.229 §6.3.51."""
+
+    NOT_MULTIPLE_REGISTRATION = 0
+    MULTIPLE_REGISTRATION = 1
+
+
+# --- table-driven AVP <-> field conversion ---------------------------------------------
+
+# A field spec: (attribute, AVP code, vendor, kind, many, required-in-request).
+# kind: "str" (UTF8String / DiameterIdentity as text), "bytes" (OctetString), "u32",
+# "i32" (Enumerated / Integer32), or a grouped dataclass with its own _SPEC.
+_Spec = tuple[tuple[str, int, int, Any, bool, bool], ...]
+
+
+def _encode_value(code: int, vendor: int, kind: Any, value: Any) -> Avp:
+    definition = codec.avp_def(code, vendor)
+    if kind == "str" or kind == "bytes":
+        data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    elif kind == "u32":
+        data = codec._U32.pack(value)
+    elif kind == "i32":
+        data = codec._I32.pack(value)
+    else:
+        data = b"".join([a.encode() for a in _encode_fields(value, kind._SPEC)])
+    return Avp(code, vendor, definition.flags, data)
+
+
+def _encode_fields(obj: Any, spec: _Spec) -> list[Avp]:
+    out: list[Avp] = []
+    for attr, code, vendor, kind, many, _ in spec:
+        value = getattr(obj, attr)
+        if value is None:
+            continue
+        if many:
+            out.extend(_encode_value(code, vendor, kind, v) for v in value)
+        else:
+            out.append(_encode_value(code, vendor, kind, value))
+    return out
+
+
+def _decode_value(avp: Avp, kind: Any) -> Any:
+    if kind == "str":
+        return avp.text
+    if kind == "bytes":
+        return avp.data
+    if kind == "u32":
+        return avp.u32
+    if kind == "i32":
+        return avp.i32
+    return _decode_fields(kind, avp.group, kind._SPEC, check_required=True)
+
+
+def _minimal_payload(kind: Any) -> bytes:
+    return b"\0\0\0\0" if kind in ("u32", "i32") else b""
+
+
+def _decode_fields(
+    cls: Any, avps: tuple[Avp, ...], spec: _Spec, *, check_required: bool, **extra: Any
+) -> Any:
+    index = _index_for(cls, spec)
+    values: dict[str, Any] = dict(extra)
+    multi: dict[str, list[Any]] = {}
+    for avp in avps:
+        entry = index.get((avp.code, avp.vendor))
+        if entry is None:
+            continue
+        attr, kind, many = entry
+        value = _decode_value(avp, kind)
+        if many:
+            multi.setdefault(attr, []).append(value)
+        elif attr in values:
+            raise RemoteProtocolError(
+                f"AVP {avp.code}/{avp.vendor} ({attr}) occurs more than once",
+                result_code=DIAMETER_AVP_OCCURS_TOO_MANY_TIMES,
+                reason="avp-repeated",
+                failed_avp=avp,
+            )
+        else:
+            values[attr] = value
+    for attr, items in multi.items():
+        values[attr] = tuple(items)
+    if check_required:
+        for attr, code, vendor, kind, _many, required in spec:
+            if required and attr not in values:
+                definition = codec.avp_def(code, vendor)
+                raise RemoteProtocolError(
+                    f"{cls.__name__}: mandatory AVP {definition.name} ({code}) missing",
+                    result_code=DIAMETER_MISSING_AVP,
+                    reason="missing-avp",
+                    failed_avp=Avp(code, vendor, definition.flags, _minimal_payload(kind)),
+                )
+    return cls(**values)
+
+
+_INDEX_CACHE: dict[type, dict[tuple[int, int], tuple[str, Any, bool]]] = {}
+
+
+def _index_for(cls: type, spec: _Spec) -> dict[tuple[int, int], tuple[str, Any, bool]]:
+    index = _INDEX_CACHE.get(cls)
+    if index is None:
+        index = {(code, vendor): (attr, kind, many) for attr, code, vendor, kind, many, _ in spec}
+        _INDEX_CACHE[cls] = index
+    return index
+
+
+# --- grouped AVPs -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SipAuthDataItem:
+    """SIP-Auth-Data-Item (612), TS 29.229 §6.3.13.
+
+    In an MAA for IMS AKA: `sip_authenticate` = RAND‖AUTN (32 octets),
+    `sip_authorization` = XRES, `confidentiality_key` = CK, `integrity_key` = IK.
+    In a resynchronisation MAR: `sip_authorization` = RAND‖AUTS (16 + 14 octets).
+    """
+
+    sip_item_number: int | None = None
+    sip_authentication_scheme: str | None = None
+    sip_authenticate: bytes | None = None
+    sip_authorization: bytes | None = field(default=None, repr=False)
+    sip_authentication_context: bytes | None = None
+    confidentiality_key: bytes | None = field(default=None, repr=False)
+    integrity_key: bytes | None = field(default=None, repr=False)
+
+    _SPEC: ClassVar[_Spec] = (
+        ("sip_item_number", AVP_SIP_ITEM_NUMBER, VENDOR_3GPP, "u32", False, False),
+        ("sip_authentication_scheme", AVP_SIP_AUTHENTICATION_SCHEME, VENDOR_3GPP, "str", False, False),
+        ("sip_authenticate", AVP_SIP_AUTHENTICATE, VENDOR_3GPP, "bytes", False, False),
+        ("sip_authorization", AVP_SIP_AUTHORIZATION, VENDOR_3GPP, "bytes", False, False),
+        ("sip_authentication_context", AVP_SIP_AUTHENTICATION_CONTEXT, VENDOR_3GPP, "bytes", False, False),
+        ("confidentiality_key", AVP_CONFIDENTIALITY_KEY, VENDOR_3GPP, "bytes", False, False),
+        ("integrity_key", AVP_INTEGRITY_KEY, VENDOR_3GPP, "bytes", False, False),
+    )  # fmt: skip
+
+    @classmethod
+    def aka_vector(
+        cls,
+        *,
+        rand: bytes,
+        autn: bytes,
+        xres: bytes,
+        ck: bytes,
+        ik: bytes,
+        item_number: int | None = None,
+        scheme: str = SCHEME_AKAV1_MD5,
+    ) -> SipAuthDataItem:
+        """The MAA item for one AKA vector (TS 29.229 §6.3.13, TS 33.203 §6.1)."""
+        return cls(
+            sip_item_number=item_number,
+            sip_authentication_scheme=scheme,
+            sip_authenticate=rand + autn,
+            sip_authorization=xres,
+            confidentiality_key=ck,
+            integrity_key=ik,
+        )
+
+    @property
+    def rand(self) -> bytes | None:
+        """RAND: first 16 octets of SIP-Authenticate (MAA) or SIP-Authorization (resync)."""
+        source = self.sip_authenticate or self.sip_authorization
+        return source[:16] if source and len(source) >= 16 else None
+
+    @property
+    def autn(self) -> bytes | None:
+        a = self.sip_authenticate
+        return a[16:32] if a and len(a) >= 32 else None
+
+    @property
+    def auts(self) -> bytes | None:
+        """AUTS of a resynchronisation MAR (SIP-Authorization = RAND‖AUTS), else None."""
+        a = self.sip_authorization
+        return a[16:30] if a and len(a) == 30 else None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerCapabilities:
+    """Server-Capabilities (603), TS 29.229 §6.3.4."""
+
+    mandatory_capabilities: tuple[int, ...] = ()
+    optional_capabilities: tuple[int, ...] = ()
+    server_names: tuple[str, ...] = ()
+
+    _SPEC: ClassVar[_Spec] = (
+        ("mandatory_capabilities", AVP_MANDATORY_CAPABILITY, VENDOR_3GPP, "u32", True, False),
+        ("optional_capabilities", AVP_OPTIONAL_CAPABILITY, VENDOR_3GPP, "u32", True, False),
+        ("server_names", AVP_SERVER_NAME, VENDOR_3GPP, "str", True, False),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DeregistrationReason:
+    """Deregistration-Reason (615), TS 29.229 §6.3.16."""
+
+    reason_code: int
+    reason_info: str | None = None
+
+    _SPEC: ClassVar[_Spec] = (
+        ("reason_code", AVP_REASON_CODE, VENDOR_3GPP, "i32", False, True),
+        ("reason_info", AVP_REASON_INFO, VENDOR_3GPP, "str", False, False),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AssociatedIdentities:
+    """Associated-Identities (632), TS 29.229 §6.3.33: the IMPIs sharing the IMPU(s)."""
+
+    user_names: tuple[str, ...] = ()
+
+    _SPEC: ClassVar[_Spec] = (("user_names", AVP_USER_NAME, 0, "str", True, False),)
+
+
+# --- commands ---------------------------------------------------------------------------
+
+_VSAI = Avp(
+    AVP_VENDOR_SPECIFIC_APPLICATION_ID,
+    0,
+    codec.VENDOR_SPECIFIC_APPLICATION_ID.flags,
+    codec.VENDOR_ID(VENDOR_3GPP).encode() + codec.AUTH_APPLICATION_ID(CX_APPLICATION_ID).encode(),
+)
+_AUTH_SESSION_STATE = codec.AUTH_SESSION_STATE(NO_STATE_MAINTAINED)
+
+# Common head of every Cx request and answer (TS 29.229 §6.1.x ABNF order).
+_REQ_HEAD: _Spec = (
+    ("session_id", AVP_SESSION_ID, 0, "str", False, True),
+    ("origin_host", AVP_ORIGIN_HOST, 0, "str", False, True),
+    ("origin_realm", AVP_ORIGIN_REALM, 0, "str", False, True),
+    ("destination_host", AVP_DESTINATION_HOST, 0, "str", False, False),
+    ("destination_realm", AVP_DESTINATION_REALM, 0, "str", False, True),
+)
+_ANS_HEAD: _Spec = (
+    ("session_id", AVP_SESSION_ID, 0, "str", False, False),
+    ("result_code", AVP_RESULT_CODE, 0, "u32", False, False),
+    ("origin_host", AVP_ORIGIN_HOST, 0, "str", False, False),
+    ("origin_realm", AVP_ORIGIN_REALM, 0, "str", False, False),
+)
+_ANS_TAIL: _Spec = (("error_message", AVP_ERROR_MESSAGE, 0, "str", False, False),)
+
+
+class _Command:
+    """Shared encode/decode for the Cx dataclasses (a mix-in without state)."""
+
+    __slots__ = ()
+    CODE: ClassVar[int]
+    IS_REQUEST: ClassVar[bool]
+    _SPEC: ClassVar[_Spec]
+
+    def to_message(self, hop_by_hop: int = 0, end_to_end: int = 0) -> Message:
+        avps = _encode_fields(self, self._SPEC)
+        # ABNF order (TS 29.229 §6.1): Session-Id first (RFC 6733 §8.8), the fixed
+        # application AVPs, the result, then the command's own AVPs.
+        i = 1 if avps and avps[0].code == AVP_SESSION_ID else 0
+        body = avps[:i]
+        body.append(_VSAI)
+        if not self.IS_REQUEST:
+            if i < len(avps) and avps[i].code == AVP_RESULT_CODE:
+                body.append(avps[i])
+                i += 1
+            body += self._result_avps()
+        body.append(_AUTH_SESSION_STATE)
+        body += avps[i:]
+        body += self._failed_avps()
+        flags = (FLAG_REQUEST | FLAG_PROXIABLE) if self.IS_REQUEST else FLAG_PROXIABLE
+        return Message(self.CODE, flags, CX_APPLICATION_ID, hop_by_hop, end_to_end, tuple(body))
+
+    def encode(self, hop_by_hop: int = 0, end_to_end: int = 0) -> bytes:
+        return codec.encode_message(self.to_message(hop_by_hop, end_to_end))
+
+    def _result_avps(self) -> list[Avp]:
+        return []
+
+    def _failed_avps(self) -> list[Avp]:
+        return []
+
+    @classmethod
+    def from_message(cls, msg: Message) -> Any:
+        if msg.code != cls.CODE or msg.is_request != cls.IS_REQUEST:
+            raise LocalProtocolError(f"{cls.__name__}.from_message: command {msg.code}")
+        if cls.IS_REQUEST:
+            _check_application_avps(cls.__name__, msg)
+            return _decode_fields(cls, msg.avps, cls._SPEC, check_required=True)
+        extra: dict[str, Any] = {}
+        exp = msg.find(AVP_EXPERIMENTAL_RESULT)
+        if exp is not None:
+            inner = exp.group
+            for a in inner:
+                if a.code == AVP_EXPERIMENTAL_RESULT_CODE and a.vendor == 0:
+                    extra["experimental_result_code"] = a.u32
+                elif a.code == AVP_VENDOR_ID and a.vendor == 0:
+                    extra["experimental_result_vendor"] = a.u32
+        failed = msg.find(AVP_FAILED_AVP)
+        if failed is not None:
+            extra["failed_avp"] = failed.group
+        return _decode_fields(cls, msg.avps, cls._SPEC, check_required=False, **extra)
+
+
+def _check_application_avps(name: str, msg: Message) -> None:
+    for code, definition, payload in (
+        (
+            AVP_VENDOR_SPECIFIC_APPLICATION_ID,
+            codec.VENDOR_SPECIFIC_APPLICATION_ID,
+            b"",
+        ),
+        (AVP_AUTH_SESSION_STATE, codec.AUTH_SESSION_STATE, b"\0\0\0\0"),
+    ):
+        if msg.find(code) is None:
+            raise RemoteProtocolError(
+                f"{name}: mandatory AVP {definition.name} ({code}) missing",
+                result_code=DIAMETER_MISSING_AVP,
+                reason="missing-avp",
+                failed_avp=Avp(code, 0, definition.flags, payload),
+            )
+
+
+class _Answer(_Command):
+    __slots__ = ()
+    IS_REQUEST: ClassVar[bool] = False
+
+    def _result_avps(self: Any) -> list[Avp]:
+        if self.experimental_result_code is None:
+            return []
+        return [
+            codec.EXPERIMENTAL_RESULT(
+                [
+                    codec.VENDOR_ID(self.experimental_result_vendor),
+                    codec.EXPERIMENTAL_RESULT_CODE(self.experimental_result_code),
+                ]
+            )
+        ]
+
+    def _failed_avps(self: Any) -> list[Avp]:
+        if not self.failed_avp:
+            return []
+        return [codec.FAILED_AVP(list(self.failed_avp))]
+
+    @property
+    def result(self: Any) -> int | None:
+        """The outcome: Result-Code if present, else the Experimental-Result-Code."""
+        return self.result_code if self.result_code is not None else self.experimental_result_code
+
+    @property
+    def is_success(self: Any) -> bool:
+        r = self.result
+        return r is not None and 2000 <= r < 3000
+
+
+class _Request(_Command):
+    __slots__ = ()
+    IS_REQUEST: ClassVar[bool] = True
+    ANSWER: ClassVar[type]
+
+    def answer(self: Any, **fields: Any) -> Any:
+        """The answer class for this request, with Session-Id copied."""
+        return self.ANSWER(session_id=self.session_id, **fields)
+
+
+# Fields every answer dataclass carries (keyword-only, after the command's own).
+def _answer_fields() -> None:  # documentation anchor for readers
+    """session_id, origin_host, origin_realm, result_code | experimental_result_code
+    (+ experimental_result_vendor, default 10415), failed_avp (inner AVPs), error_message."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserAuthorizationAnswer(_Answer):
+    """UAA, TS 29.229 §6.1.2."""
+
+    session_id: str
+    origin_host: str
+    origin_realm: str
+    result_code: int | None = None
+    experimental_result_code: int | None = None
+    experimental_result_vendor: int = VENDOR_3GPP
+    server_name: str | None = None
+    server_capabilities: ServerCapabilities | None = None
+    failed_avp: tuple[Avp, ...] = ()
+    error_message: str | None = None
+
+    CODE: ClassVar[int] = CMD_USER_AUTHORIZATION
+    _SPEC: ClassVar[_Spec] = (
+        *_ANS_HEAD,
+        ("server_name", AVP_SERVER_NAME, VENDOR_3GPP, "str", False, False),
+        ("server_capabilities", AVP_SERVER_CAPABILITIES, VENDOR_3GPP, ServerCapabilities, False, False),
+        *_ANS_TAIL,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserAuthorizationRequest(_Request):
+    """UAR, TS 29.229 §6.1.1 (I-CSCF → HSS)."""
+
+    session_id: str
+    origin_host: str
+    origin_realm: str
+    destination_realm: str
+    user_name: str
+    public_identity: str
+    visited_network_identifier: str
+    destination_host: str | None = None
+    user_authorization_type: int | None = None
+    uar_flags: int | None = None
+
+    CODE: ClassVar[int] = CMD_USER_AUTHORIZATION
+    ANSWER: ClassVar[type] = UserAuthorizationAnswer
+    _SPEC: ClassVar[_Spec] = (
+        *_REQ_HEAD,
+        ("user_name", AVP_USER_NAME, 0, "str", False, True),
+        ("public_identity", AVP_PUBLIC_IDENTITY, VENDOR_3GPP, "str", False, True),
+        ("visited_network_identifier", AVP_VISITED_NETWORK_IDENTIFIER, VENDOR_3GPP, "str", False, True),
+        ("user_authorization_type", AVP_USER_AUTHORIZATION_TYPE, VENDOR_3GPP, "i32", False, False),
+        ("uar_flags", AVP_UAR_FLAGS, VENDOR_3GPP, "u32", False, False),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MultimediaAuthAnswer(_Answer):
+    """MAA, TS 29.229 §6.1.8."""
+
+    session_id: str
+    origin_host: str
+    origin_realm: str
+    result_code: int | None = None
+    experimental_result_code: int | None = None
+    experimental_result_vendor: int = VENDOR_3GPP
+    user_name: str | None = None
+    public_identity: str | None = None
+    sip_number_auth_items: int | None = None
+    sip_auth_data_items: tuple[SipAuthDataItem, ...] = ()
+    failed_avp: tuple[Avp, ...] = ()
+    error_message: str | None = None
+
+    CODE: ClassVar[int] = CMD_MULTIMEDIA_AUTH
+    _SPEC: ClassVar[_Spec] = (
+        *_ANS_HEAD,
+        ("user_name", AVP_USER_NAME, 0, "str", False, False),
+        ("public_identity", AVP_PUBLIC_IDENTITY, VENDOR_3GPP, "str", False, False),
+        ("sip_number_auth_items", AVP_SIP_NUMBER_AUTH_ITEMS, VENDOR_3GPP, "u32", False, False),
+        ("sip_auth_data_items", AVP_SIP_AUTH_DATA_ITEM, VENDOR_3GPP, SipAuthDataItem, True, False),
+        *_ANS_TAIL,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MultimediaAuthRequest(_Request):
+    """MAR, TS 29.229 §6.1.7 (S-CSCF → HSS)."""
+
+    session_id: str
+    origin_host: str
+    origin_realm: str
+    destination_realm: str
+    user_name: str
+    public_identity: str
+    server_name: str
+    sip_number_auth_items: int
+    sip_auth_data_item: SipAuthDataItem
+    destination_host: str | None = None
+
+    CODE: ClassVar[int] = CMD_MULTIMEDIA_AUTH
+    ANSWER: ClassVar[type] = MultimediaAuthAnswer
+    _SPEC: ClassVar[_Spec] = (
+        *_REQ_HEAD,
+        ("user_name", AVP_USER_NAME, 0, "str", False, True),
+        ("public_identity", AVP_PUBLIC_IDENTITY, VENDOR_3GPP, "str", False, True),
+        ("sip_auth_data_item", AVP_SIP_AUTH_DATA_ITEM, VENDOR_3GPP, SipAuthDataItem, False, True),
+        ("sip_number_auth_items", AVP_SIP_NUMBER_AUTH_ITEMS, VENDOR_3GPP, "u32", False, True),
+        ("server_name", AVP_SERVER_NAME, VENDOR_3GPP, "str", False, True),
+    )  # fmt: skip
+
+    @property
+    def is_resync(self) -> bool:
+        """True when SIP-Authorization carries RAND‖AUTS (TS 29.228 §6.3.3)."""
+        return self.sip_auth_data_item.auts is not None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerAssignmentAnswer(_Answer):
+    """SAA, TS 29.229 §6.1.4."""
+
+    session_id: str
+    origin_host: str
+    origin_realm: str
+    result_code: int | None = None
+    experimental_result_code: int | None = None
+    experimental_result_vendor: int = VENDOR_3GPP
+    user_name: str | None = None
+    user_data: bytes | None = None
+    associated_identities: AssociatedIdentities | None = None
+    server_name: str | None = None
+    failed_avp: tuple[Avp, ...] = ()
+    error_message: str | None = None
+
+    CODE: ClassVar[int] = CMD_SERVER_ASSIGNMENT
+    _SPEC: ClassVar[_Spec] = (
+        *_ANS_HEAD,
+        ("user_name", AVP_USER_NAME, 0, "str", False, False),
+        ("user_data", AVP_USER_DATA, VENDOR_3GPP, "bytes", False, False),
+        ("associated_identities", AVP_ASSOCIATED_IDENTITIES, VENDOR_3GPP, AssociatedIdentities, False, False),
+        ("server_name", AVP_SERVER_NAME, VENDOR_3GPP, "str", False, False),
+        *_ANS_TAIL,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerAssignmentRequest(_Request):
+    """SAR, TS 29.229 §6.1.3 (S-CSCF → HSS)."""
+
+    session_id: str
+    origin_host: str
+    origin_realm: str
+    destination_realm: str
+    server_name: str
+    server_assignment_type: int
+    user_data_already_available: int
+    user_name: str | None = None
+    public_identities: tuple[str, ...] = ()
+    destination_host: str | None = None
+    multiple_registration_indication: int | None = None
+
+    CODE: ClassVar[int] = CMD_SERVER_ASSIGNMENT
+    ANSWER: ClassVar[type] = ServerAssignmentAnswer
+    _SPEC: ClassVar[_Spec] = (
+        *_REQ_HEAD,
+        ("user_name", AVP_USER_NAME, 0, "str", False, False),
+        ("public_identities", AVP_PUBLIC_IDENTITY, VENDOR_3GPP, "str", True, False),
+        ("server_name", AVP_SERVER_NAME, VENDOR_3GPP, "str", False, True),
+        ("server_assignment_type", AVP_SERVER_ASSIGNMENT_TYPE, VENDOR_3GPP, "i32", False, True),
+        ("user_data_already_available", AVP_USER_DATA_ALREADY_AVAILABLE, VENDOR_3GPP, "i32", False, True),
+        ("multiple_registration_indication", AVP_MULTIPLE_REGISTRATION_INDICATION, VENDOR_3GPP, "i32", False, False),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocationInfoAnswer(_Answer):
+    """LIA, TS 29.229 §6.1.6."""
+
+    session_id: str
+    origin_host: str
+    origin_realm: str
+    result_code: int | None = None
+    experimental_result_code: int | None = None
+    experimental_result_vendor: int = VENDOR_3GPP
+    server_name: str | None = None
+    server_capabilities: ServerCapabilities | None = None
+    failed_avp: tuple[Avp, ...] = ()
+    error_message: str | None = None
+
+    CODE: ClassVar[int] = CMD_LOCATION_INFO
+    _SPEC: ClassVar[_Spec] = UserAuthorizationAnswer._SPEC
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocationInfoRequest(_Request):
+    """LIR, TS 29.229 §6.1.5 (I-CSCF → HSS)."""
+
+    session_id: str
+    origin_host: str
+    origin_realm: str
+    destination_realm: str
+    public_identity: str
+    destination_host: str | None = None
+    originating_request: int | None = None
+    user_authorization_type: int | None = None
+
+    CODE: ClassVar[int] = CMD_LOCATION_INFO
+    ANSWER: ClassVar[type] = LocationInfoAnswer
+    _SPEC: ClassVar[_Spec] = (
+        *_REQ_HEAD,
+        ("originating_request", AVP_ORIGINATING_REQUEST, VENDOR_3GPP, "i32", False, False),
+        ("public_identity", AVP_PUBLIC_IDENTITY, VENDOR_3GPP, "str", False, True),
+        ("user_authorization_type", AVP_USER_AUTHORIZATION_TYPE, VENDOR_3GPP, "i32", False, False),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegistrationTerminationAnswer(_Answer):
+    """RTA, TS 29.229 §6.1.10."""
+
+    session_id: str
+    origin_host: str
+    origin_realm: str
+    result_code: int | None = None
+    experimental_result_code: int | None = None
+    experimental_result_vendor: int = VENDOR_3GPP
+    associated_identities: AssociatedIdentities | None = None
+    failed_avp: tuple[Avp, ...] = ()
+    error_message: str | None = None
+
+    CODE: ClassVar[int] = CMD_REGISTRATION_TERMINATION
+    _SPEC: ClassVar[_Spec] = (
+        *_ANS_HEAD,
+        ("associated_identities", AVP_ASSOCIATED_IDENTITIES, VENDOR_3GPP, AssociatedIdentities, False, False),
+        *_ANS_TAIL,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegistrationTerminationRequest(_Request):
+    """RTR, TS 29.229 §6.1.9 (HSS → S-CSCF)."""
+
+    session_id: str
+    origin_host: str
+    origin_realm: str
+    destination_host: str
+    destination_realm: str
+    user_name: str
+    deregistration_reason: DeregistrationReason
+    public_identities: tuple[str, ...] = ()
+    associated_identities: AssociatedIdentities | None = None
+
+    CODE: ClassVar[int] = CMD_REGISTRATION_TERMINATION
+    ANSWER: ClassVar[type] = RegistrationTerminationAnswer
+    _SPEC: ClassVar[_Spec] = (
+        ("session_id", AVP_SESSION_ID, 0, "str", False, True),
+        ("origin_host", AVP_ORIGIN_HOST, 0, "str", False, True),
+        ("origin_realm", AVP_ORIGIN_REALM, 0, "str", False, True),
+        ("destination_host", AVP_DESTINATION_HOST, 0, "str", False, True),
+        ("destination_realm", AVP_DESTINATION_REALM, 0, "str", False, True),
+        ("user_name", AVP_USER_NAME, 0, "str", False, True),
+        ("associated_identities", AVP_ASSOCIATED_IDENTITIES, VENDOR_3GPP, AssociatedIdentities, False, False),
+        ("public_identities", AVP_PUBLIC_IDENTITY, VENDOR_3GPP, "str", True, False),
+        ("deregistration_reason", AVP_DEREGISTRATION_REASON, VENDOR_3GPP, DeregistrationReason, False, True),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PushProfileAnswer(_Answer):
+    """PPA, TS 29.229 §6.1.12."""
+
+    session_id: str
+    origin_host: str
+    origin_realm: str
+    result_code: int | None = None
+    experimental_result_code: int | None = None
+    experimental_result_vendor: int = VENDOR_3GPP
+    failed_avp: tuple[Avp, ...] = ()
+    error_message: str | None = None
+
+    CODE: ClassVar[int] = CMD_PUSH_PROFILE
+    _SPEC: ClassVar[_Spec] = (*_ANS_HEAD, *_ANS_TAIL)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PushProfileRequest(_Request):
+    """PPR, TS 29.229 §6.1.11 (HSS → S-CSCF)."""
+
+    session_id: str
+    origin_host: str
+    origin_realm: str
+    destination_host: str
+    destination_realm: str
+    user_name: str
+    user_data: bytes | None = None
+    sip_auth_data_item: SipAuthDataItem | None = None
+
+    CODE: ClassVar[int] = CMD_PUSH_PROFILE
+    ANSWER: ClassVar[type] = PushProfileAnswer
+    _SPEC: ClassVar[_Spec] = (
+        ("session_id", AVP_SESSION_ID, 0, "str", False, True),
+        ("origin_host", AVP_ORIGIN_HOST, 0, "str", False, True),
+        ("origin_realm", AVP_ORIGIN_REALM, 0, "str", False, True),
+        ("destination_host", AVP_DESTINATION_HOST, 0, "str", False, True),
+        ("destination_realm", AVP_DESTINATION_REALM, 0, "str", False, True),
+        ("user_name", AVP_USER_NAME, 0, "str", False, True),
+        ("user_data", AVP_USER_DATA, VENDOR_3GPP, "bytes", False, False),
+        ("sip_auth_data_item", AVP_SIP_AUTH_DATA_ITEM, VENDOR_3GPP, SipAuthDataItem, False, False),
+    )  # fmt: skip
+
+
+# Short names as the specs use them.
+UAR, UAA = UserAuthorizationRequest, UserAuthorizationAnswer
+MAR, MAA = MultimediaAuthRequest, MultimediaAuthAnswer
+SAR, SAA = ServerAssignmentRequest, ServerAssignmentAnswer
+LIR, LIA = LocationInfoRequest, LocationInfoAnswer
+RTR, RTA = RegistrationTerminationRequest, RegistrationTerminationAnswer
+PPR, PPA = PushProfileRequest, PushProfileAnswer
+
+CxRequest = (
+    UserAuthorizationRequest
+    | MultimediaAuthRequest
+    | ServerAssignmentRequest
+    | LocationInfoRequest
+    | RegistrationTerminationRequest
+    | PushProfileRequest
+)
+CxAnswer = (
+    UserAuthorizationAnswer
+    | MultimediaAuthAnswer
+    | ServerAssignmentAnswer
+    | LocationInfoAnswer
+    | RegistrationTerminationAnswer
+    | PushProfileAnswer
+)
+
+_BY_KEY: dict[tuple[int, bool], Any] = {
+    (cls.CODE, cls.IS_REQUEST): cls
+    for cls in (UAR, UAA, MAR, MAA, SAR, SAA, LIR, LIA, RTR, RTA, PPR, PPA)
+}
+COMMAND_CODES = frozenset(code for code, _ in _BY_KEY)
+
+
+def is_cx(msg: Message) -> bool:
+    return msg.app_id == CX_APPLICATION_ID and msg.code in COMMAND_CODES
+
+
+def decode(msg: Message) -> Any:
+    """The Cx event for a decoded message (raises RemoteProtocolError as described above)."""
+    cls = _BY_KEY.get((msg.code, msg.is_request))
+    if cls is None:
+        raise RemoteProtocolError(
+            f"command {msg.code} is not a Cx command",
+            result_code=codec.DIAMETER_COMMAND_UNSUPPORTED,
+            reason="unknown-command",
+        )
+    return cls.from_message(msg)
+
+
+def decode_bytes(data: bytes) -> Any:
+    return decode(codec.decode_message(data))
