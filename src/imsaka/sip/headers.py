@@ -1,0 +1,878 @@
+"""Typed header views (RFC 3261 §20, §25; RFC 3327 Path; RFC 3608 Service-Route;
+RFC 3329 Security-*; RFC 3310/2617 digest with TS 24.229 `ik`/`ck`/`auts`/
+`integrity-protected`; RFC 7315 P-headers; RFC 3325 P-Asserted/Preferred-Identity).
+
+Each class has `parse(text)` (raising SipParseError naming the field) and `__str__`
+giving a value that parses back to an equal object. Parameter values are kept as
+written: a quoted value stays quoted, a token stays a token.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from imsaka.sip._abnf import TOKEN_RE
+from imsaka.sip.errors import SipParseError
+from imsaka.sip.uri import (
+    AbsoluteUri,
+    Params,
+    SipUri,
+    TelUri,
+    parse_hostport,
+    parse_uri,
+    quote,
+    split_unquoted,
+    unquote,
+)
+
+
+def parse_int(text: str, field: str, maximum: int) -> int:
+    t = text.strip()
+    if not t.isdigit() or not t.isascii() or len(t) > 10 or int(t) > maximum:
+        raise SipParseError(f"invalid {field} {t[:20]!r}")
+    return int(t)
+
+
+_QUOTED_DISPLAY_RE = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_DISPLAY_TOKENS_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+(?:[ \t]+[A-Za-z0-9\-.!%*_+`'~]+)*")
+
+
+class NameAddr:
+    """`[display-name] <URI> *(;param)` or `addr-spec *(;param)` (From, To, Contact,
+    Route, Record-Route, Path, Service-Route, P-Associated-URI, P-Asserted-Identity).
+    `display` is kept as written (with its quotes, if any); `uri` as text, parsed
+    lazily by `parsed_uri`."""
+
+    __slots__ = ("_uri_obj", "display", "params", "uri")
+
+    def __init__(self, uri: str, display: str | None = None, params: Params | None = None) -> None:
+        self.uri = str(uri)
+        self.display = display
+        self.params = params if params is not None else Params()
+        self._uri_obj = None
+
+    @classmethod
+    def parse(cls, text: str) -> NameAddr:
+        text = text.strip()
+        if not text:
+            raise SipParseError("empty name-addr")
+        display = None
+        rest = text
+        if text[0] == '"':
+            m = _QUOTED_DISPLAY_RE.match(text)
+            if not m:
+                raise SipParseError(f"unterminated display name in {text[:40]!r}")
+            display = m.group(0)
+            rest = text[m.end() :].lstrip()
+            if not rest.startswith("<"):
+                raise SipParseError("display name without <URI>")
+        lt = rest.find("<")
+        if lt >= 0:
+            if lt > 0:
+                d = rest[:lt].strip()
+                if display is not None or not _DISPLAY_TOKENS_RE.fullmatch(d):
+                    raise SipParseError(f"invalid display name {d[:40]!r}")
+                display = d
+            gt = rest.find(">", lt)
+            if gt < 0:
+                raise SipParseError("unterminated <URI>")
+            uri = rest[lt + 1 : gt].strip()
+            tail = rest[gt + 1 :].strip()
+        else:
+            # addr-spec: the URI ends at the first ';' (§20.10: its params are header params)
+            uri, semi, tail = rest.partition(";")
+            uri = uri.strip()
+            if "," in uri or "?" in uri or " " in uri:
+                raise SipParseError(f"addr-spec with reserved characters: {uri[:40]!r}")
+            tail = (";" + tail) if semi else ""
+        if not uri:
+            raise SipParseError("empty URI")
+        if tail:
+            if tail[0] != ";":
+                raise SipParseError(f"junk after URI: {tail[:30]!r}")
+            params = Params.parse(tail[1:])
+        else:
+            params = Params()
+        obj = cls(uri, display, params)
+        obj._uri_obj = parse_uri(uri)
+        return obj
+
+    @property
+    def parsed_uri(self) -> SipUri | TelUri | AbsoluteUri:
+        if self._uri_obj is None:
+            self._uri_obj = parse_uri(self.uri)
+        return self._uri_obj
+
+    @property
+    def display_name(self) -> str | None:
+        if self.display is None:
+            return None
+        return unquote(self.display)
+
+    @property
+    def tag(self) -> str | None:
+        return self.params.get("tag")
+
+    def with_param(self, name: str, value: str | None = None) -> NameAddr:
+        return type(self)(self.uri, self.display, self.params.with_param(name, value))
+
+    def __str__(self) -> str:
+        d = f"{self.display} " if self.display else ""
+        return f"{d}<{self.uri}>{self.params}"
+
+    def _key(self) -> tuple:
+        return (self.uri, self.display, self.params)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NameAddr) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
+
+
+class Contact(NameAddr):
+    """A Contact value; `star` for `Contact: *` (§10.2.2 remove all bindings)."""
+
+    __slots__ = ("star",)
+
+    def __init__(
+        self, uri: str, display: str | None = None, params: Params | None = None, star: bool = False
+    ) -> None:
+        super().__init__(uri, display, params)
+        self.star = star
+
+    @classmethod
+    def parse(cls, text: str) -> Contact:
+        if text.strip() == "*":
+            return cls("*", star=True)
+        return super().parse(text)
+
+    @property
+    def expires(self) -> int | None:
+        v = self.params.get("expires")
+        return None if v is None else parse_int(v, "Contact expires", 2**32 - 1)
+
+    @property
+    def q(self) -> float | None:
+        v = self.params.get("q")
+        if v is None:
+            return None
+        try:
+            q = float(v)
+        except ValueError:
+            raise SipParseError(f"invalid Contact q {v!r}") from None
+        if not 0 <= q <= 1:
+            raise SipParseError(f"invalid Contact q {v!r}")
+        return q
+
+    def with_param(self, name: str, value: str | None = None) -> Contact:
+        return Contact(self.uri, self.display, self.params.with_param(name, value), self.star)
+
+    def __str__(self) -> str:
+        return "*" if self.star else super().__str__()
+
+
+class Via:
+    """`SIP/2.0/transport sent-by *(;via-params)` (§20.42, RFC 3581 rport, RFC 3486 comp)."""
+
+    __slots__ = ("host", "params", "port", "protocol", "transport")
+
+    def __init__(
+        self,
+        transport: str,
+        host: str,
+        port: int | None = None,
+        params: Params | None = None,
+        protocol: str = "SIP/2.0",
+    ) -> None:
+        self.protocol = protocol
+        self.transport = transport.upper()
+        self.host = host if ":" not in host or host[0] == "[" else f"[{host}]"
+        self.port = port
+        self.params = params if params is not None else Params()
+
+    @classmethod
+    def parse(cls, text: str) -> Via:
+        text = text.strip()
+        slash2 = -1
+        s1 = text.find("/")
+        if s1 > 0:
+            slash2 = text.find("/", s1 + 1)
+        if slash2 < 0:
+            raise SipParseError(f"invalid Via sent-protocol in {text[:40]!r}")
+        name = text[:s1].strip()
+        version = text[s1 + 1 : slash2].strip()
+        rest = text[slash2 + 1 :].lstrip()
+        i = 0
+        while i < len(rest) and rest[i] not in " \t":
+            i += 1
+        transport = rest[:i]
+        rest = rest[i:].strip()
+        if (
+            not TOKEN_RE.fullmatch(name)
+            or not TOKEN_RE.fullmatch(version)
+            or not TOKEN_RE.fullmatch(transport)
+        ):
+            raise SipParseError(f"invalid Via sent-protocol in {text[:40]!r}")
+        semi = rest.find(";")
+        if semi >= 0:
+            sent_by = rest[:semi].strip()
+            params = Params.parse(rest[semi + 1 :])
+        else:
+            sent_by = rest
+            params = Params()
+        # a ":" with spaces around the port is allowed by the grammar (HCOLON-like LWS)
+        sent_by = sent_by.replace(" ", "").replace("\t", "")
+        host, port = parse_hostport(sent_by, "Via sent-by")
+        via = cls(transport, host, port, params, f"{name}/{version}")
+        for p in ("received", "rport", "ttl"):
+            if p in params:
+                via._check(p)
+        return via
+
+    def _check(self, name: str) -> None:
+        v = self.params.get(name)
+        if name == "rport" and v == "":
+            return
+        if name in ("rport", "ttl"):
+            parse_int(v or "", f"Via {name}", 65535)
+
+    @property
+    def branch(self) -> str | None:
+        return self.params.get("branch")
+
+    @property
+    def received(self) -> str | None:
+        return self.params.get("received")
+
+    @property
+    def rport(self) -> int | bool | None:
+        """None when absent, True for a bare `rport` (RFC 3581 request), else the port."""
+        v = self.params.get("rport")
+        if v is None:
+            return None
+        return True if v == "" else int(v)
+
+    @property
+    def comp(self) -> str | None:
+        return self.params.get("comp")
+
+    @property
+    def maddr(self) -> str | None:
+        return self.params.get("maddr")
+
+    @property
+    def sent_by(self) -> str:
+        return self.host if self.port is None else f"{self.host}:{self.port}"
+
+    def with_param(self, name: str, value: str | None = None) -> Via:
+        return Via(
+            self.transport, self.host, self.port, self.params.with_param(name, value), self.protocol
+        )
+
+    def response_address(self) -> tuple[str, int]:
+        """Where responses go (§18.2.2 + RFC 3581 §4): received/rport if present,
+        else sent-by (default port 5060/5061)."""
+        host = self.received or self.host
+        rport = self.rport
+        if isinstance(rport, int) and rport is not True:
+            port = rport
+        else:
+            port = self.port or (5061 if self.transport == "TLS" else 5060)
+        return (host[1:-1] if host[:1] == "[" else host, port)
+
+    def __str__(self) -> str:
+        return f"{self.protocol}/{self.transport} {self.sent_by}{self.params}"
+
+    def _key(self) -> tuple:
+        return (self.protocol, self.transport, self.host.lower(), self.port, self.params)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Via) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"Via({str(self)!r})"
+
+
+class CSeq:
+    """`CSeq: 1*DIGIT LWS Method` (§20.16; the number is below 2**31)."""
+
+    __slots__ = ("method", "seq")
+
+    def __init__(self, seq: int, method: str) -> None:
+        self.seq = seq
+        self.method = method
+
+    @classmethod
+    def parse(cls, text: str) -> CSeq:
+        parts = text.split()
+        if len(parts) != 2 or not TOKEN_RE.fullmatch(parts[1]):
+            raise SipParseError(f"invalid CSeq {text[:40]!r}")
+        return cls(parse_int(parts[0], "CSeq number", 2**31 - 1), parts[1])
+
+    def __str__(self) -> str:
+        return f"{self.seq} {self.method}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CSeq) and (self.seq, self.method) == (other.seq, other.method)
+
+    def __hash__(self) -> int:
+        return hash((self.seq, self.method))
+
+    def __repr__(self) -> str:
+        return f"CSeq({str(self)!r})"
+
+
+class AuthParam:
+    """One digest auth-param: name, value (unquoted), and whether it was quoted."""
+
+    __slots__ = ("name", "quoted", "value")
+
+    def __init__(self, name: str, value: str, quoted: bool) -> None:
+        self.name = name
+        self.value = value
+        self.quoted = quoted
+
+    def __str__(self) -> str:
+        return f"{self.name}={quote(self.value) if self.quoted else self.value}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AuthParam) and (self.name, self.value, self.quoted) == (
+            other.name,
+            other.value,
+            other.quoted,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.value, self.quoted))
+
+    def __repr__(self) -> str:
+        return f"AuthParam({str(self)!r})"
+
+
+# Which digest parameters are quoted-strings when we build them (RFC 2617 §3.2,
+# RFC 3310, TS 24.229 §7.2A.1 for ik/ck/integrity-protected, RFC 3310 §3.3 auts).
+QUOTED_DIGEST_PARAMS = frozenset(
+    {
+        "realm",
+        "nonce",
+        "opaque",
+        "domain",
+        "username",
+        "uri",
+        "response",
+        "cnonce",
+        "auts",
+        "ik",
+        "ck",
+        "integrity-protected",
+        "nextnonce",
+        "rspauth",
+    }
+)
+
+# token68-free auth-param value: token or quoted-string
+_AUTH_NAME_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+_AUTH_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~/=]+")
+
+
+class DigestCredentials:
+    """Authorization / Proxy-Authorization credentials, WWW-/Proxy-Authenticate
+    challenges and Authentication-Info (no scheme): `scheme` and ordered params.
+    `cred["nonce"]` / `.get(name)` give the unquoted value; `.param(name)` the
+    AuthParam with its quoting. Never holds anything but what was on the wire, yet
+    `ck`/`ik` are keys: repr() hides their values."""
+
+    __slots__ = ("params", "scheme")
+
+    def __init__(
+        self, scheme: str | None, params: tuple[AuthParam, ...] | list[AuthParam] = ()
+    ) -> None:
+        self.scheme = scheme
+        self.params = tuple(params)
+
+    @classmethod
+    def build(cls, scheme: str | None = "Digest", **values: str | None) -> DigestCredentials:
+        """Params from keyword args (`integrity_protected` -> integrity-protected),
+        quoted per the RFCs; None values are skipped."""
+        params = []
+        for k, v in values.items():
+            if v is None:
+                continue
+            name = k.replace("_", "-")
+            params.append(AuthParam(name, str(v), name.lower() in QUOTED_DIGEST_PARAMS))
+        return cls(scheme, params)
+
+    @classmethod
+    def parse(cls, text: str, scheme_required: bool = True) -> DigestCredentials:
+        text = text.strip()
+        scheme = None
+        rest = text
+        if scheme_required:
+            sp = 0
+            while sp < len(text) and text[sp] not in " \t":
+                sp += 1
+            scheme = text[:sp]
+            if not _AUTH_NAME_RE.fullmatch(scheme):
+                raise SipParseError(f"invalid auth scheme {scheme[:20]!r}")
+            rest = text[sp:].strip()
+        params = []
+        if rest:
+            for part in split_unquoted(rest, ","):
+                part = part.strip()
+                if not part:
+                    raise SipParseError("empty digest parameter")
+                name, eq, value = part.partition("=")
+                name = name.strip()
+                value = value.strip()
+                if not eq or not _AUTH_NAME_RE.fullmatch(name):
+                    raise SipParseError(f"invalid digest parameter {part[:30]!r}")
+                if value[:1] == '"':
+                    if len(value) < 2 or value[-1] != '"':
+                        raise SipParseError(f"digest {name}: bad quoted string")
+                    params.append(AuthParam(name, unquote(value), True))
+                else:
+                    if not _AUTH_TOKEN_RE.fullmatch(value):
+                        raise SipParseError(f"digest {name}: invalid value {value[:30]!r}")
+                    params.append(AuthParam(name, value, False))
+        elif scheme_required:
+            raise SipParseError("auth header without parameters")
+        return cls(scheme, params)
+
+    def param(self, name: str) -> AuthParam | None:
+        lname = name.lower()
+        for p in self.params:
+            if p.name.lower() == lname:
+                return p
+        return None
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        p = self.param(name)
+        return default if p is None else p.value
+
+    def __getitem__(self, name: str) -> str:
+        p = self.param(name)
+        if p is None:
+            raise KeyError(name)
+        return p.value
+
+    def __contains__(self, name: str) -> bool:
+        return self.param(name) is not None
+
+    def with_param(self, name: str, value: str, quoted: bool | None = None) -> DigestCredentials:
+        """A copy with `name` replaced in place (keeping its quoting unless told) or appended."""
+        lname = name.lower()
+        params = list(self.params)
+        for i, p in enumerate(params):
+            if p.name.lower() == lname:
+                params[i] = AuthParam(p.name, value, p.quoted if quoted is None else quoted)
+                return DigestCredentials(self.scheme, params)
+        q = lname in QUOTED_DIGEST_PARAMS if quoted is None else quoted
+        params.append(AuthParam(name, value, q))
+        return DigestCredentials(self.scheme, params)
+
+    def without(self, *names: str) -> DigestCredentials:
+        """A copy without these params (the P-CSCF strips ck and ik, TS 24.229 §5.2.2)."""
+        drop = {n.lower() for n in names}
+        return DigestCredentials(
+            self.scheme, [p for p in self.params if p.name.lower() not in drop]
+        )
+
+    # frequently used params
+    username = property(lambda self: self.get("username"))
+    realm = property(lambda self: self.get("realm"))
+    nonce = property(lambda self: self.get("nonce"))
+    uri = property(lambda self: self.get("uri"))
+    response = property(lambda self: self.get("response"))
+    algorithm = property(lambda self: self.get("algorithm"))
+    qop = property(lambda self: self.get("qop"))
+    nc = property(lambda self: self.get("nc"))
+    cnonce = property(lambda self: self.get("cnonce"))
+    opaque = property(lambda self: self.get("opaque"))
+    auts = property(lambda self: self.get("auts"))
+    ik = property(lambda self: self.get("ik"))
+    ck = property(lambda self: self.get("ck"))
+    integrity_protected = property(lambda self: self.get("integrity-protected"))
+
+    @property
+    def stale(self) -> bool:
+        return (self.get("stale") or "").lower() == "true"
+
+    def __str__(self) -> str:
+        body = ", ".join(str(p) for p in self.params)
+        if self.scheme is None:
+            return body
+        return f"{self.scheme} {body}" if body else self.scheme
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DigestCredentials) and (self.scheme, self.params) == (
+            other.scheme,
+            other.params,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.scheme, self.params))
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{p.name}=<hidden>" if p.name.lower() in ("ck", "ik") else str(p) for p in self.params
+        )
+        return f"DigestCredentials({self.scheme} {shown})"
+
+
+class SecurityMechanism:
+    """One Security-Client / Security-Server / Security-Verify entry (RFC 3329 §2.2,
+    TS 33.203 Annex H): `mechanism *(; param)` with q, alg, ealg, spi-c, spi-s,
+    port-c, port-s, prot, mod (and d-alg/d-qop/d-ver for digest), others kept."""
+
+    __slots__ = ("mechanism", "params")
+
+    def __init__(self, mechanism: str, params: Params | None = None) -> None:
+        self.mechanism = mechanism
+        self.params = params if params is not None else Params()
+
+    @classmethod
+    def build(cls, mechanism: str = "ipsec-3gpp", **values: object) -> SecurityMechanism:
+        """`spi_c=...` -> spi-c; None values skipped; q formatted as given."""
+        items = []
+        for k, v in values.items():
+            if v is None:
+                continue
+            items.append((k.replace("_", "-"), str(v)))
+        mech = cls(mechanism, Params(tuple(items)))
+        mech.validate()
+        return mech
+
+    @classmethod
+    def parse(cls, text: str) -> SecurityMechanism:
+        mech, semi, rest = text.strip().partition(";")
+        mech = mech.strip()
+        if not TOKEN_RE.fullmatch(mech):
+            raise SipParseError(f"invalid security mechanism {mech[:30]!r}")
+        obj = cls(mech, Params.parse(rest) if semi else Params())
+        obj.validate()
+        return obj
+
+    def validate(self) -> None:
+        for name in ("spi-c", "spi-s"):
+            v = self.params.get(name)
+            if v is not None:
+                parse_int(v, name, 2**32 - 1)
+        for name in ("port-c", "port-s"):
+            v = self.params.get(name)
+            if v is not None and not parse_int(v, name, 65535) > 0:
+                raise SipParseError(f"invalid {name} 0")
+        self.q  # noqa: B018 - validates
+
+    def _int(self, name: str) -> int | None:
+        v = self.params.get(name)
+        return None if v is None else int(v)
+
+    @property
+    def q(self) -> float | None:
+        v = self.params.get("q")
+        if v is None:
+            return None
+        try:
+            q = float(v)
+        except ValueError:
+            raise SipParseError(f"invalid q {v[:10]!r}") from None
+        if not 0 <= q <= 1:
+            raise SipParseError(f"invalid q {v[:10]!r}")
+        return q
+
+    alg = property(lambda self: self.params.get("alg"))
+    ealg = property(lambda self: self.params.get("ealg"))
+    prot = property(lambda self: self.params.get("prot"))
+    mod = property(lambda self: self.params.get("mod"))
+    spi_c = property(lambda self: self._int("spi-c"))
+    spi_s = property(lambda self: self._int("spi-s"))
+    port_c = property(lambda self: self._int("port-c"))
+    port_s = property(lambda self: self._int("port-s"))
+
+    def get(self, name: str) -> str | None:
+        return self.params.get(name)
+
+    def __str__(self) -> str:
+        return self.mechanism + "".join(
+            f";{n}" if v is None else f";{n}={v}" for n, v in self.params
+        )
+
+    def same_as(self, other: SecurityMechanism) -> bool:
+        """Equal for RFC 3329 §2.3.1 comparison: mechanism and params, case-insensitive
+        names, order-insensitive."""
+
+        def norm(m: SecurityMechanism) -> tuple:
+            return (
+                m.mechanism.lower(),
+                frozenset((n.lower(), (v or "").lower()) for n, v in m.params),
+            )
+
+        return norm(self) == norm(other)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SecurityMechanism) and (self.mechanism, self.params) == (
+            other.mechanism,
+            other.params,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.mechanism, self.params))
+
+    def __repr__(self) -> str:
+        return f"SecurityMechanism({str(self)!r})"
+
+
+class ParamHeader:
+    """A header that is only `param *(; param)`: P-Charging-Vector (RFC 7315 §4.6,
+    icid-value mandatory), P-Charging-Function-Addresses (§4.5, ccf/ecf repeated)."""
+
+    __slots__ = ("params",)
+    required: tuple[str, ...] = ()
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
+
+    @classmethod
+    def parse(cls, text: str):
+        params = Params.parse(text.strip())
+        for name in cls.required:
+            if name not in params:
+                raise SipParseError(f"{cls.__name__}: missing {name}")
+        return cls(params)
+
+    def get(self, name: str) -> str | None:
+        return self.params.get(name)
+
+    def get_all(self, name: str) -> list[str]:
+        lname = name.lower()
+        return [unquote(v or "") for n, v in self.params if n.lower() == lname]
+
+    def __str__(self) -> str:
+        return self.params.to_str(sep=";", lead=False)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.params == other.params
+
+    def __hash__(self) -> int:
+        return hash(self.params)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
+
+
+class ChargingVector(ParamHeader):
+    """P-Charging-Vector: icid-value, icid-generated-at, orig-ioi, term-ioi."""
+
+    __slots__ = ()
+    required = ("icid-value",)
+
+    icid_value = property(lambda self: self.params.get("icid-value"))
+    icid_generated_at = property(lambda self: self.params.get("icid-generated-at"))
+    orig_ioi = property(lambda self: self.params.get("orig-ioi"))
+    term_ioi = property(lambda self: self.params.get("term-ioi"))
+
+    @classmethod
+    def build(cls, icid_value: str, **more: str | None) -> ChargingVector:
+        items = [("icid-value", _maybe_quote(icid_value))]
+        items += [(k.replace("_", "-"), _maybe_quote(v)) for k, v in more.items() if v is not None]
+        return cls(Params(tuple(items)))
+
+
+class ChargingFunctionAddresses(ParamHeader):
+    """P-Charging-Function-Addresses: ccf=..., ecf=... (each may repeat)."""
+
+    __slots__ = ()
+
+    ccf = property(lambda self: self.get_all("ccf"))
+    ecf = property(lambda self: self.get_all("ecf"))
+
+
+def _maybe_quote(value: str) -> str:
+    return value if TOKEN_RE.fullmatch(value) else quote(value)
+
+
+class AccessNetworkInfo:
+    """P-Access-Network-Info (RFC 7315 §4.4): access-type *(; access-info)."""
+
+    __slots__ = ("access_type", "params")
+
+    def __init__(self, access_type: str, params: Params | None = None) -> None:
+        self.access_type = access_type
+        self.params = params if params is not None else Params()
+
+    @classmethod
+    def parse(cls, text: str) -> AccessNetworkInfo:
+        at, semi, rest = text.strip().partition(";")
+        at = at.strip()
+        if not TOKEN_RE.fullmatch(at):
+            raise SipParseError(f"invalid access-type {at[:30]!r}")
+        return cls(at, Params.parse(rest) if semi else Params())
+
+    def get(self, name: str) -> str | None:
+        return self.params.get(name)
+
+    def __str__(self) -> str:
+        return self.access_type + "".join(
+            f"; {n}" if v is None else f"; {n}={v}" for n, v in self.params
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AccessNetworkInfo) and (self.access_type, self.params) == (
+            other.access_type,
+            other.params,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.access_type, self.params))
+
+
+class VisitedNetworkId:
+    """P-Visited-Network-ID value (RFC 7315 §4.3): token or quoted-string, params."""
+
+    __slots__ = ("params", "raw")
+
+    def __init__(self, raw: str, params: Params | None = None) -> None:
+        self.raw = raw
+        self.params = params if params is not None else Params()
+
+    @classmethod
+    def parse(cls, text: str) -> VisitedNetworkId:
+        parts = split_unquoted(text.strip(), ";")
+        raw = parts[0].strip()
+        if (
+            not raw
+            or (raw[0] == '"' and (len(raw) < 2 or raw[-1] != '"'))
+            or (raw[0] != '"' and not TOKEN_RE.fullmatch(raw))
+        ):
+            raise SipParseError(f"invalid P-Visited-Network-ID {raw[:30]!r}")
+        return cls(raw, Params.parse(";".join(parts[1:])) if len(parts) > 1 else Params())
+
+    @property
+    def value(self) -> str:
+        return unquote(self.raw)
+
+    def __str__(self) -> str:
+        return f"{self.raw}{self.params}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, VisitedNetworkId) and (self.raw, self.params) == (
+            other.raw,
+            other.params,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.raw, self.params))
+
+
+class ContentType:
+    """Content-Type (§20.15): type/subtype *(; param)."""
+
+    __slots__ = ("params", "subtype", "type")
+
+    def __init__(self, type_: str, subtype: str, params: Params | None = None) -> None:
+        self.type = type_
+        self.subtype = subtype
+        self.params = params if params is not None else Params()
+
+    @classmethod
+    def parse(cls, text: str) -> ContentType:
+        mt, semi, rest = text.strip().partition(";")
+        t, slash, s = mt.strip().partition("/")
+        if not slash or not TOKEN_RE.fullmatch(t.strip()) or not TOKEN_RE.fullmatch(s.strip()):
+            raise SipParseError(f"invalid Content-Type {mt[:30]!r}")
+        return cls(t.strip().lower(), s.strip().lower(), Params.parse(rest) if semi else Params())
+
+    @property
+    def mime(self) -> str:
+        return f"{self.type}/{self.subtype}"
+
+    def __str__(self) -> str:
+        return f"{self.mime}{self.params}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ContentType) and (self.type, self.subtype, self.params) == (
+            other.type,
+            other.subtype,
+            other.params,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.type, self.subtype, self.params))
+
+
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1
+    )
+}
+_DATE_RE = re.compile(
+    r"(?:(Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*,\s*)?(\d{1,2})\s+([A-Za-z]{3,9})\s+(\d{4})\s+"
+    r"(\d{2}):(\d{2}):(\d{2})\s+GMT"
+)
+
+
+def parse_date(text: str) -> datetime:
+    """Date (§20.17, RFC 1123 form, GMT). Full month names (as in TS 24.228's
+    examples, "11 July 2001") are accepted too."""
+    m = _DATE_RE.fullmatch(text.strip())
+    if not m:
+        raise SipParseError(f"invalid Date {text[:40]!r}")
+    month = _MONTHS.get(m.group(3)[:3].lower())
+    if month is None:
+        raise SipParseError(f"invalid Date month {m.group(3)!r}")
+    try:
+        return datetime(
+            int(m.group(4)),
+            month,
+            int(m.group(2)),
+            int(m.group(5)),
+            int(m.group(6)),
+            int(m.group(7)),
+            tzinfo=UTC,
+        )
+    except ValueError:
+        raise SipParseError(f"invalid Date {text[:40]!r}") from None
+
+
+def format_date(when: datetime) -> str:
+    from email.utils import format_datetime
+
+    return format_datetime(when.astimezone(UTC), usegmt=True)
+
+
+def option_tags(values: list[str]) -> list[str]:
+    """Require / Proxy-Require / Supported / Unsupported values as option tags."""
+    for v in values:
+        if not TOKEN_RE.fullmatch(v):
+            raise SipParseError(f"invalid option tag {v[:30]!r}")
+    return values
+
+
+__all__ = [
+    "AccessNetworkInfo",
+    "AuthParam",
+    "CSeq",
+    "ChargingFunctionAddresses",
+    "ChargingVector",
+    "Contact",
+    "ContentType",
+    "DigestCredentials",
+    "NameAddr",
+    "ParamHeader",
+    "SecurityMechanism",
+    "Via",
+    "VisitedNetworkId",
+    "format_date",
+    "option_tags",
+    "parse_date",
+    "parse_int",
+]

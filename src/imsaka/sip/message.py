@@ -1,0 +1,628 @@
+"""SIP messages: parse and serialize requests and responses (RFC 3261 §7, §18.3, §20, §25).
+
+Design for speed and strictness:
+- one `bytes.find(b"\\r\\n\\r\\n")` for the end of the header block, one UTF-8 decode
+  (surrogateescape, so any octet round-trips), one split into lines;
+- each header field is kept as a `(key, value, raw)` triple: `key` is the lower-case
+  long name (compact forms expanded, §7.3.3), `value` the unfolded value, `raw` the
+  field exactly as received (folding and spelling kept), so unknown and untouched
+  headers serialize byte for byte;
+- typed views (imsaka.sip.headers) are built only when asked for and cached until
+  the header is changed;
+- CRLF only: a bare CR or LF, a NUL, a header name that is not a token, a
+  Content-Length that is not a number or promises more body than arrived, a
+  missing mandatory header (§8.1.1) or a CSeq method unlike the request's all
+  raise `SipParseError` (400); more than `max_size` octets raise 513, more than
+  `max_headers` fields 400. Nothing else escapes `parse_message`.
+Per §18.3, octets after the body that Content-Length announces are discarded
+(datagram); stream framing is imsaka.sip.framing.
+"""
+
+from __future__ import annotations
+
+from imsaka.sip._abnf import (
+    COMPACT_FORMS,
+    LIST_HEADERS,
+    METHOD_RE,
+    REASON_PHRASES,
+    REQUEST_URI_RE,
+    STATUS_RE,
+    TOKEN_RE,
+    VERSION_RE,
+    canonical_key,
+    display_name,
+    long_name,
+    split_commas,
+)
+from imsaka.sip.errors import LocalProtocolError, SipParseError
+
+DEFAULT_MAX_SIZE = 64 * 1024
+DEFAULT_MAX_HEADERS = 256
+
+_MANDATORY = ("via", "from", "to", "call-id", "cseq")
+
+# Header names seen before, already validated: name as written -> key. Bounded so a
+# flood of distinct names cannot grow it without limit.
+_NAME_CACHE: dict[str, str] = {}
+_NAME_CACHE_MAX = 512
+
+
+def _name_key(name: str) -> str:
+    key = _NAME_CACHE.get(name)
+    if key is not None:
+        return key
+    # HCOLON = *( SP / HTAB ) ":" SWS : whitespace before the colon is allowed
+    stripped = name.rstrip(" \t")
+    if not stripped or not TOKEN_RE.fullmatch(stripped):
+        raise SipParseError(f"invalid header name {stripped[:40]!r}")
+    key = stripped.lower()
+    key = COMPACT_FORMS.get(key, key)
+    if len(_NAME_CACHE) < _NAME_CACHE_MAX:
+        _NAME_CACHE[name] = key
+    return key
+
+
+_KEY_CACHE: dict[str, str] = {}
+
+
+def _key(name: str) -> str:
+    key = _KEY_CACHE.get(name)
+    if key is None:
+        key = canonical_key(name)
+        if len(_KEY_CACHE) < _NAME_CACHE_MAX:
+            _KEY_CACHE[name] = key
+    return key
+
+
+def _check_value(value: str) -> str:
+    if "\r" in value or "\n" in value or "\x00" in value:
+        raise LocalProtocolError("header value must not contain CR, LF or NUL")
+    return value.strip()
+
+
+class Message:
+    """Common part of Request and Response: ordered header fields and the body."""
+
+    __slots__ = ("_cache", "_headers", "body")
+
+    def __init__(
+        self,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+    ) -> None:
+        self._headers: list[tuple[str, str, str]] = []
+        self._cache: dict | None = None
+        self.body = bytes(body)
+        if headers:
+            for name, value in headers:
+                self.add(name, value)
+
+    # -- header access -------------------------------------------------------------
+
+    def get(self, name: str) -> str | None:
+        """First value of header `name` (first comma element for list headers)."""
+        key = _key(name)
+        for k, v, _ in self._headers:
+            if k == key:
+                if key in LIST_HEADERS and "," in v:
+                    parts = split_commas(v)
+                    return parts[0] if parts else ""
+                return v
+        return None
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of header `name` over all its lines, split at top-level commas
+        for list headers (RFC 3261 §7.3.1); one entry per line for the others."""
+        key = _key(name)
+        if key in LIST_HEADERS:
+            out: list[str] = []
+            for k, v, _ in self._headers:
+                if k == key:
+                    out.extend(split_commas(v))
+            return out
+        return [v for k, v, _ in self._headers if k == key]
+
+    def has(self, name: str) -> bool:
+        key = _key(name)
+        return any(k == key for k, _, _ in self._headers)
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every line of `name` by one line (at the place of the first)."""
+        key = _key(name)
+        value = _check_value(str(value))
+        line = f"{display_name(key, name)}: {value}"
+        new: list[tuple[str, str, str]] = []
+        done = False
+        for h in self._headers:
+            if h[0] == key:
+                if not done:
+                    new.append((key, value, line))
+                    done = True
+            else:
+                new.append(h)
+        if not done:
+            new.append((key, value, line))
+        self._headers = new
+        self._invalidate(key)
+
+    def add(self, name: str, value: str, first: bool = False) -> None:
+        """Add a line: before the first line of the same header when `first`
+        (topmost Via, Route, Record-Route, Path), else after its last line (or at
+        the end when the header is absent)."""
+        key = _key(name)
+        value = _check_value(str(value))
+        entry = (key, value, f"{display_name(key, name)}: {value}")
+        hs = self._headers
+        idx = [i for i, h in enumerate(hs) if h[0] == key]
+        if first:
+            hs.insert(idx[0] if idx else 0, entry)
+        else:
+            hs.insert(idx[-1] + 1 if idx else len(hs), entry)
+        self._invalidate(key)
+
+    def remove(self, name: str) -> int:
+        """Remove every line of `name`; returns how many lines went."""
+        key = _key(name)
+        before = len(self._headers)
+        self._headers = [h for h in self._headers if h[0] != key]
+        self._invalidate(key)
+        return before - len(self._headers)
+
+    def pop_first(self, name: str) -> str | None:
+        """Remove and return the first value of a list header (topmost Via, Route),
+        rewriting a line that held several comma-separated values."""
+        key = _key(name)
+        for i, (k, v, raw) in enumerate(self._headers):
+            if k != key:
+                continue
+            parts = split_commas(v) if key in LIST_HEADERS else [v]
+            if len(parts) <= 1:
+                del self._headers[i]
+            else:
+                rest = ", ".join(parts[1:])
+                hname = raw.partition(":")[0].rstrip()
+                self._headers[i] = (key, rest, f"{hname}: {rest}")
+            self._invalidate(key)
+            return parts[0] if parts else v
+        return None
+
+    def header_items(self) -> list[tuple[str, str]]:
+        """(name as written, unfolded value) for every line, in order."""
+        return [(raw.partition(":")[0].rstrip(), v) for _, v, raw in self._headers]
+
+    def header_keys(self) -> list[str]:
+        return [k for k, _, _ in self._headers]
+
+    def _invalidate(self, key: str) -> None:
+        if self._cache:
+            self._cache.pop(key, None)
+
+    def _view(self, key: str, build):
+        cache = self._cache
+        if cache is None:
+            cache = self._cache = {}
+        elif key in cache:
+            return cache[key]
+        view = build(self)
+        cache[key] = view
+        return view
+
+    # -- serialization -------------------------------------------------------------
+
+    def start_line(self) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        """The message on the wire; Content-Length always matches the body."""
+        body = self.body
+        blen = str(len(body))
+        lines = [self.start_line()]
+        append = lines.append
+        seen_cl = False
+        for key, value, raw in self._headers:
+            if key == "content-length":
+                if seen_cl:
+                    continue
+                seen_cl = True
+                if value != blen:
+                    raw = f"{raw.partition(':')[0].rstrip()}: {blen}"
+            append(raw)
+        if not seen_cl:
+            append("Content-Length: " + blen)
+        append("")
+        append("")
+        data = "\r\n".join(lines).encode("utf-8", "surrogateescape")
+        return data + body if body else data
+
+    def __bytes__(self) -> bytes:
+        return self.to_bytes()
+
+    # -- typed views (imsaka.sip.headers), parsed on first use ---------------------
+
+    @property
+    def call_id(self) -> str | None:
+        return self.get("call-id")
+
+    @property
+    def via(self) -> list:
+        from imsaka.sip.headers import Via
+
+        return self._view("via", lambda m: [Via.parse(v) for v in m.get_all("via")])
+
+    @property
+    def top_via(self):
+        vias = self.via
+        if not vias:
+            raise SipParseError("missing Via")
+        return vias[0]
+
+    @property
+    def cseq(self):
+        from imsaka.sip.headers import CSeq
+
+        return self._view("cseq", lambda m: CSeq.parse(_required(m, "cseq")))
+
+    @property
+    def from_(self):
+        from imsaka.sip.headers import NameAddr
+
+        return self._view("from", lambda m: NameAddr.parse(_required(m, "from")))
+
+    @property
+    def to(self):
+        from imsaka.sip.headers import NameAddr
+
+        return self._view("to", lambda m: NameAddr.parse(_required(m, "to")))
+
+    @property
+    def contacts(self) -> list:
+        from imsaka.sip.headers import Contact
+
+        return self._view("contact", lambda m: [Contact.parse(v) for v in m.get_all("contact")])
+
+    @property
+    def max_forwards(self) -> int | None:
+        from imsaka.sip.headers import parse_int
+
+        v = self.get("max-forwards")
+        return None if v is None else parse_int(v, "Max-Forwards", 255)
+
+    @property
+    def expires(self) -> int | None:
+        from imsaka.sip.headers import parse_int
+
+        v = self.get("expires")
+        return None if v is None else parse_int(v, "Expires", 2**32 - 1)
+
+    def name_addrs(self, name: str) -> list:
+        """Route, Record-Route, Path, Service-Route, P-Associated-URI,
+        P-Asserted-Identity, P-Preferred-Identity as NameAddr lists."""
+        from imsaka.sip.headers import NameAddr
+
+        key = _key(name)
+        return self._view(key, lambda m: [NameAddr.parse(v) for v in m.get_all(key)])
+
+    @property
+    def route(self) -> list:
+        return self.name_addrs("route")
+
+    @property
+    def record_route(self) -> list:
+        return self.name_addrs("record-route")
+
+    @property
+    def path(self) -> list:
+        return self.name_addrs("path")
+
+    @property
+    def service_route(self) -> list:
+        return self.name_addrs("service-route")
+
+    def security(self, name: str) -> list:
+        """Security-Client / Security-Server / Security-Verify (RFC 3329) entries."""
+        from imsaka.sip.headers import SecurityMechanism
+
+        key = _key(name)
+        return self._view(key, lambda m: [SecurityMechanism.parse(v) for v in m.get_all(key)])
+
+    def auth(self, name: str) -> list:
+        """Authorization / WWW-Authenticate / Proxy-* / Authentication-Info lines as
+        DigestCredentials (one per line; the scheme absent for Authentication-Info)."""
+        from imsaka.sip.headers import DigestCredentials
+
+        key = _key(name)
+        info = key == "authentication-info"
+        return self._view(
+            key,
+            lambda m: [
+                DigestCredentials.parse(v, scheme_required=not info) for v in m.get_all(key)
+            ],
+        )
+
+    @property
+    def authorization(self):
+        items = self.auth("authorization")
+        return items[0] if items else None
+
+    @property
+    def www_authenticate(self):
+        items = self.auth("www-authenticate")
+        return items[0] if items else None
+
+    @property
+    def charging_vector(self):
+        from imsaka.sip.headers import ChargingVector
+
+        v = self.get("p-charging-vector")
+        return (
+            None
+            if v is None
+            else self._view("p-charging-vector", lambda m: ChargingVector.parse(v))
+        )
+
+
+def _required(msg: Message, key: str) -> str:
+    v = msg.get(key)
+    if v is None:
+        raise SipParseError(f"missing {long_name(key)}")
+    return v
+
+
+class Request(Message):
+    """A SIP request: method, Request-URI (text), version, headers, body."""
+
+    __slots__ = ("method", "uri", "version")
+
+    def __init__(
+        self,
+        method: str,
+        uri: str,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        version: str = "SIP/2.0",
+    ) -> None:
+        if not METHOD_RE.fullmatch(method):
+            raise LocalProtocolError(f"method: not a token: {method!r}")
+        if not REQUEST_URI_RE.fullmatch(uri):
+            raise LocalProtocolError(f"uri: not a URI: {uri!r}")
+        self.method = method
+        self.uri = uri
+        self.version = version
+        super().__init__(headers, body)
+
+    def start_line(self) -> str:
+        return f"{self.method} {self.uri} {self.version}"
+
+    def copy(self) -> Request:
+        new = Request.__new__(Request)
+        new.method, new.uri, new.version = self.method, self.uri, self.version
+        new._headers = list(self._headers)
+        new._cache = None
+        new.body = self.body
+        return new
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.uri} call-id={self.get('call-id')!r}>"
+
+
+class Response(Message):
+    """A SIP response: status code, reason phrase, version, headers, body."""
+
+    __slots__ = ("reason", "status", "version")
+
+    def __init__(
+        self,
+        status: int,
+        reason: str | None = None,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        version: str = "SIP/2.0",
+    ) -> None:
+        if not isinstance(status, int) or not 100 <= status <= 699:
+            raise LocalProtocolError(f"status: must be 100..699, got {status!r}")
+        self.status = status
+        self.reason = (
+            REASON_PHRASES.get(status, "Unknown") if reason is None else _check_value(reason)
+        )
+        self.version = version
+        super().__init__(headers, body)
+
+    def start_line(self) -> str:
+        return f"{self.version} {self.status} {self.reason}"
+
+    def copy(self) -> Response:
+        new = Response.__new__(Response)
+        new.status, new.reason, new.version = self.status, self.reason, self.version
+        new._headers = list(self._headers)
+        new._cache = None
+        new.body = self.body
+        return new
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason} call-id={self.get('call-id')!r}>"
+
+
+def parse_message(
+    data: bytes | bytearray | memoryview,
+    *,
+    max_size: int = DEFAULT_MAX_SIZE,
+    max_headers: int = DEFAULT_MAX_HEADERS,
+) -> Request | Response:
+    """Parse one whole SIP message (a datagram, or one message cut by the framer)."""
+    if not isinstance(data, bytes):
+        if not isinstance(data, bytearray | memoryview):
+            raise LocalProtocolError("data: bytes expected")
+        data = bytes(data)
+    if len(data) > max_size:
+        raise SipParseError(f"message larger than {max_size} octets", 513)
+    start = 0
+    # §7.5: empty lines before the start line are ignored
+    while data.startswith(b"\r\n", start):
+        start += 2
+    end = data.find(b"\r\n\r\n", start)
+    if end < 0:
+        raise SipParseError("no empty line after the header fields")
+    head = data[start:end].decode("utf-8", "surrogateescape")
+    crlf = head.count("\r\n")
+    if head.count("\n") != crlf or head.count("\r") != crlf:
+        raise SipParseError("bare CR or LF in the header")
+    if "\x00" in head:
+        raise SipParseError("NUL in the header")
+    lines = head.split("\r\n")
+    if len(lines) > max_headers + 1:
+        raise SipParseError(f"more than {max_headers} header lines")
+
+    first = lines[0]
+    msg: Request | Response
+    if first.startswith("SIP/"):
+        parts = first.split(" ", 2)
+        if len(parts) < 2:
+            raise SipParseError("malformed status line")
+        version = parts[0]
+        if version != "SIP/2.0":
+            raise SipParseError(f"unsupported version {version[:20]!r}")
+        code = parts[1]
+        if len(code) != 3 or not STATUS_RE.fullmatch(code):
+            raise SipParseError(f"invalid status code {code[:10]!r}")
+        reason = parts[2] if len(parts) == 3 else ""
+        if "\x7f" in reason or any(ord(c) < 32 and c != "\t" for c in reason):
+            raise SipParseError("control character in reason phrase")
+        msg = Response.__new__(Response)
+        msg.status = int(code)
+        msg.reason = reason
+        msg.version = version
+    else:
+        parts = first.split(" ")
+        if len(parts) != 3:
+            raise SipParseError("malformed request line")
+        method, uri, version = parts
+        if not METHOD_RE.fullmatch(method):
+            raise SipParseError(f"invalid method {method[:20]!r}")
+        if not REQUEST_URI_RE.fullmatch(uri):
+            raise SipParseError(f"invalid Request-URI {uri[:60]!r}")
+        if version != "SIP/2.0":
+            if VERSION_RE.fullmatch(version):
+                raise SipParseError(f"unsupported version {version[:20]!r}", 505)
+            raise SipParseError(f"malformed request line version {version[:20]!r}")
+        msg = Request.__new__(Request)
+        msg.method = method
+        msg.uri = uri
+        msg.version = version
+
+    headers: list[tuple[str, str, str]] = []
+    append = headers.append
+    name_key = _name_key
+    if "\r\n " in head or "\r\n\t" in head:
+        lines = _unfold(lines)
+        for line, value in lines:
+            colon = line.find(":")
+            if colon <= 0:
+                raise SipParseError(f"header line without a name: {line[:40]!r}")
+            append((name_key(line[:colon]), value, line))
+    else:
+        cache = _NAME_CACHE
+        for i in range(1, len(lines)):
+            line = lines[i]
+            colon = line.find(":")
+            if colon <= 0:
+                raise SipParseError(f"header line without a name: {line[:40]!r}")
+            name = line[:colon]
+            key = cache.get(name)
+            if key is None:
+                key = name_key(name)
+            append((key, line[colon + 1 :].strip(), line))
+
+    body_start = end + 4
+    cl = None
+    seen = set()
+    for key, value, _ in headers:
+        seen.add(key)
+        if key == "content-length":
+            if not value.isdigit() or not value.isascii() or len(value) > 9:
+                raise SipParseError(f"invalid Content-Length {value[:20]!r}")
+            n = int(value)
+            if cl is not None and n != cl:
+                raise SipParseError("conflicting Content-Length headers")
+            cl = n
+    for key in _MANDATORY:
+        if key not in seen:
+            raise SipParseError(f"missing {long_name(key)} header")
+    if cl is None:
+        body = data[body_start:]
+    else:
+        body = data[body_start : body_start + cl]
+        if len(body) < cl:
+            raise SipParseError("body shorter than Content-Length")
+    msg._headers = headers
+    msg._cache = None
+    msg.body = body
+    if msg.__class__ is Request:
+        # §8.2 / §16.3: the CSeq method must equal the request method
+        cseq = msg.get("cseq")
+        sp = cseq.find(" ")
+        if sp < 0 or cseq[sp + 1 :].strip() != msg.method or not cseq[:sp].isdigit():
+            msg.cseq  # noqa: B018 - raises the precise SipParseError for a bad CSeq
+            raise SipParseError("CSeq method does not match the request method")
+    return msg
+
+
+def _unfold(lines: list[str]) -> list[tuple[str, str]]:
+    """Join continuation lines (§7.3.1: LWS folding) into (raw, unfolded value)."""
+    out: list[tuple[str, str]] = []
+    raw_parts: list[str] = []
+    val_parts: list[str] = []
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t"):
+            if not raw_parts:
+                raise SipParseError("continuation line before the first header")
+            raw_parts.append(line)
+            s = line.strip()
+            if s:
+                val_parts.append(s)
+            continue
+        if raw_parts:
+            out.append(("\r\n".join(raw_parts), " ".join(val_parts)))
+        colon = line.find(":")
+        raw_parts = [line]
+        val_parts = [line[colon + 1 :].strip()] if colon > 0 else []
+        if val_parts and not val_parts[0]:
+            val_parts = []
+    if raw_parts:
+        out.append(("\r\n".join(raw_parts), " ".join(val_parts)))
+    return out
+
+
+def make_response(
+    request: Request,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    headers: list[tuple[str, str]] | None = None,
+    body: bytes = b"",
+    copy_record_route: bool = False,
+) -> Response:
+    """A response to `request` (RFC 3261 §8.2.6.2): Via (all, in order), From, To,
+    Call-ID and CSeq copied; `to_tag` added to To when it has no tag yet; Record-Route
+    copied when asked (§12.1.1, dialog-creating 2xx/1xx)."""
+    resp = Response(status, reason)
+    hs = resp._headers
+    to_line = None
+    for entry in request._headers:
+        key = entry[0]
+        if key in ("via", "from", "call-id", "cseq") or (
+            copy_record_route and key == "record-route"
+        ):
+            hs.append(entry)
+        elif key == "to" and to_line is None:
+            to_line = entry
+            hs.append(entry)
+    if to_tag is not None and to_line is not None and request.to.tag is None:
+        value = f"{to_line[1]};tag={to_tag}"
+        name = to_line[2].partition(":")[0].rstrip()
+        hs[hs.index(to_line)] = ("to", value, f"{name}: {value}")
+    if headers:
+        for name, value in headers:
+            resp.add(name, value)
+    resp.body = bytes(body)
+    return resp
