@@ -1,0 +1,754 @@
+"""UE registration, sans-I/O: TS 24.229 §5.1.1 (registration, re-registration,
+de-registration, authentication), TS 33.203 §6.1 and §7 (AKA and the SA set), RFC 3329.
+
+The core builds the REGISTER requests and reads the responses; it opens no socket and
+reads no clock. The asyncio edge (`imsaka.ue.client`) sends what the core asks for,
+sets up the SAs it announces and feeds back the responses and `now`.
+
+Two phases (seed §3, Appendix 1 packets 1, 7, 8, 13):
+
+1. REGISTER in the clear to the P-CSCF's unprotected port with Security-Client (our
+   spi-c, spi-s, port-c, port-s per offered algorithm), an Authorization with the IMPI
+   and an empty response, `Require`/`Proxy-Require: sec-agree`, `Supported: path`.
+2. On the 401: the ISIM checks AUTN (MAC → "network authentication failed", SQN out
+   of range → AUTS), gives RES, CK, IK; the UE picks the Security-Server mechanism,
+   sets up the temporary SA set, and sends the second REGISTER (same Call-ID, CSeq+1)
+   from port-c to the P-CSCF's port-s with Security-Verify = Security-Server and the
+   digest response. The 200 OK makes the SA set established; Service-Route and
+   P-Associated-URI are kept.
+
+States and inputs are a table (`_TRANSITIONS`); a response in a state that does not
+expect it is a counted drop, not a silent ignore.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from imsaka.aka import digest
+from imsaka.sip import Request, Response, SipParseError
+from imsaka.sip.headers import SecurityMechanism
+from imsaka.ue.config import UeConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Deregistered",
+    "Event",
+    "Registered",
+    "RegistrationFailed",
+    "SaParameters",
+    "SecurityAssociationsEstablished",
+    "SecurityAssociationsReleased",
+    "SendRequest",
+    "SetUpSecurityAssociations",
+    "UeRegistration",
+    "UeState",
+]
+
+NETWORK_AUTH_FAILED = "network authentication failed"
+
+
+class UeState(enum.Enum):
+    IDLE = "idle"
+    UNPROTECTED_SENT = "unprotected-sent"  # phase 1 REGISTER out, waiting for the 401
+    RESPONSE_SENT = "response-sent"  # challenge answered, waiting for 200/403
+    REGISTERED = "registered"
+    REREGISTERING = "reregistering"  # protected re-REGISTER out
+    DEREGISTERING = "deregistering"
+    DEREGISTERED = "deregistered"
+    FAILED = "failed"
+
+
+class _Input(enum.Enum):
+    REGISTER = "register"
+    CHALLENGE = "401"
+    OK = "2xx"
+    REJECT = "error"
+    TIMEOUT = "timeout"
+    REFRESH = "refresh"
+    DEREGISTER = "deregister"
+
+
+S, I = UeState, _Input
+# (state, input) -> handler name; anything else is a protocol error of the peer (dropped).
+_TRANSITIONS: dict[tuple[UeState, _Input], str] = {
+    (S.IDLE, I.REGISTER): "_start_initial",
+    (S.DEREGISTERED, I.REGISTER): "_start_initial",
+    (S.FAILED, I.REGISTER): "_start_initial",
+    (S.UNPROTECTED_SENT, I.CHALLENGE): "_on_challenge",
+    (S.UNPROTECTED_SENT, I.OK): "_on_ok",  # sec-agree off and no challenge (rare)
+    (S.UNPROTECTED_SENT, I.REJECT): "_on_reject",
+    (S.UNPROTECTED_SENT, I.TIMEOUT): "_on_timeout",
+    (S.RESPONSE_SENT, I.OK): "_on_ok",
+    (S.RESPONSE_SENT, I.CHALLENGE): "_on_challenge",  # resync: a fresh challenge after AUTS
+    (S.RESPONSE_SENT, I.REJECT): "_on_reject",
+    (S.RESPONSE_SENT, I.TIMEOUT): "_on_timeout",
+    (S.REGISTERED, I.REFRESH): "_start_refresh",
+    (S.REGISTERED, I.DEREGISTER): "_start_deregister",
+    (S.REGISTERED, I.REGISTER): "_start_refresh",
+    (S.REREGISTERING, I.OK): "_on_ok",
+    (S.REREGISTERING, I.CHALLENGE): "_on_challenge",
+    (S.REREGISTERING, I.REJECT): "_on_reject",
+    (S.REREGISTERING, I.TIMEOUT): "_on_timeout",
+    (S.DEREGISTERING, I.OK): "_on_dereg_ok",
+    (S.DEREGISTERING, I.CHALLENGE): "_on_challenge",
+    (S.DEREGISTERING, I.REJECT): "_on_dereg_ok",
+    (S.DEREGISTERING, I.TIMEOUT): "_on_dereg_ok",
+}
+del S, I
+
+
+# ------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class SaParameters:
+    """The four SAs between UE and P-CSCF (TS 33.203 §7.1), keys from IK/CK (Annex I).
+
+    UE port-c → P-CSCF port-s uses spi_ps; P-CSCF port-s → UE port-c uses spi_uc;
+    P-CSCF port-c → UE port-s uses spi_us; UE port-s → P-CSCF port-c uses spi_pc.
+    """
+
+    alg: str
+    ealg: str
+    ue_host: str
+    pcscf_host: str
+    spi_uc: int
+    spi_us: int
+    port_uc: int
+    port_us: int
+    spi_pc: int
+    spi_ps: int
+    port_pc: int
+    port_ps: int
+    ck: bytes = field(repr=False)
+    ik: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SendRequest:
+    """Send `request`; `protected` over the current (or temporary) SA set from port-c to
+    the P-CSCF's port-s, else in the clear to the P-CSCF's unprotected port."""
+
+    request: Request
+    protected: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SetUpSecurityAssociations:
+    """Install a temporary SA set (lifetime = reg-await-auth, TS 24.229 §5.1.1.5.1)."""
+
+    sa: SaParameters
+    lifetime: float
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityAssociationsEstablished:
+    """The temporary set became the established one (200 OK to the protected REGISTER)."""
+
+    sa: SaParameters
+    lifetime: float
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityAssociationsReleased:
+    """Delete this SA set (after the transactions on it completed)."""
+
+    sa: SaParameters
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    expires: int
+    service_route: tuple[str, ...]
+    associated_uris: tuple[str, ...]
+    protected: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Deregistered:
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationFailed:
+    reason: str
+    status: int = 0
+
+
+Event = (
+    SendRequest
+    | SetUpSecurityAssociations
+    | SecurityAssociationsEstablished
+    | SecurityAssociationsReleased
+    | Registered
+    | Deregistered
+    | RegistrationFailed
+)
+
+# reg-await-auth: 4 minutes (TS 24.229 Table 7.8.1); the UE uses it for the temporary set.
+REG_AWAIT_AUTH = 240.0
+
+
+# ------------------------------------------------------------------------- helpers
+
+
+def _mechanism_text(params: list[tuple[str, str | None]]) -> str:
+    # The seed's spelling ("ipsec-3gpp; alg=…; spi-c=…"), checked by the SIP stack's grammar.
+    parts = ["ipsec-3gpp"]
+    for name, value in params:
+        parts.append(name if value is None else f"{name}={value}")
+    text = "; ".join(parts)
+    SecurityMechanism.parse(text)
+    return text
+
+
+def _addr_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _contact_expires(resp: Response, our_contact: str) -> int | None:
+    """Expiry granted for our contact: its `expires` param, else the Expires header."""
+    ours = our_contact.split(">")[0].lstrip("<").lower()
+    for value in resp.get_all("Contact"):
+        uri = value.split(">")[0].strip().lstrip("<").lower()
+        if uri != ours:
+            continue
+        for p in value.split(">", 1)[-1].split(";"):
+            k, _, v = p.strip().partition("=")
+            if k.lower() == "expires" and v.strip().isdigit():
+                return int(v.strip())
+    exp = resp.get("Expires")
+    if exp is not None and exp.strip().isdigit():
+        return int(exp.strip())
+    return None
+
+
+def refresh_interval(expires: int) -> float:
+    """When to re-register (TS 24.229 §5.1.1.4.1): 600 s before expiry when granted more
+    than 1200 s, else at half the granted time."""
+    return float(expires - 600) if expires > 1200 else expires / 2.0
+
+
+# ------------------------------------------------------------------------- the core
+
+
+class UeRegistration:
+    """Registration state of one UE (one IMPI, one contact) towards one P-CSCF.
+
+    `local` is the unprotected (host, port) of the UE; `protected_ports` a callable
+    returning a fresh (port_c, port_s) pair for each new SA set (the edge binds them;
+    TS 24.229 §5.1.1.4.2: port-s stays the same over re-registrations, so the edge
+    returns the same port-s while a set is live). `isim` answers
+    `authenticate(rand, autn)` (imsaka.aka.isim.Isim).
+    """
+
+    def __init__(
+        self,
+        config: UeConfig,
+        isim: Any,
+        *,
+        local: tuple[str, int],
+        protected_ports: Any = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.isim = isim
+        self.local = local
+        self._ports = protected_ports
+        self._rng = rng or random.Random()
+        self.state = UeState.IDLE
+        self.call_id = ""
+        self.from_tag = ""
+        self.cseq = 0
+        self._pending: Request | None = None  # the REGISTER awaiting its final response
+        self._pending_protected = False
+        # sec-agree
+        self._client_offer: list[dict[str, Any]] = []  # our Security-Client entries
+        self._port_c = 0
+        self._port_s = 0
+        self._spi_c = 0
+        self._spi_s = 0
+        self.security_server: list[str] = []  # of the last successful authentication
+        self._pending_security_server: list[str] = []
+        self.temporary_sa: SaParameters | None = None
+        self.sa: SaParameters | None = None  # established set
+        # digest state for protected re-REGISTERs (TS 24.229 §5.1.1.4.2)
+        self.last_nonce = ""
+        self.last_response = ""
+        self.last_algorithm = digest.AKAV1_MD5
+        self.realm = config.realm
+        # results
+        self.expires = 0
+        self.registered_at = 0.0
+        self.service_route: tuple[str, ...] = ()
+        self.associated_uris: tuple[str, ...] = ()
+        self.failure: str = ""
+        self._deadline: float | None = None
+        self.drops: Counter[str] = Counter()
+        self.auth_rounds = 0
+
+    # ---------------------------------------------------------------- public inputs
+
+    def register(self, now: float) -> list[Event]:
+        """Start the initial registration (or a refresh when registered)."""
+        return self._dispatch(_Input.REGISTER, None, now)
+
+    def deregister(self, now: float) -> list[Event]:
+        """De-register the contact: REGISTER with expires=0 over the SAs (§5.1.1.6)."""
+        return self._dispatch(_Input.DEREGISTER, None, now)
+
+    def receive(self, response: Response, now: float) -> list[Event]:
+        """A response to one of our REGISTERs (the edge matched transport and SA)."""
+        pending = self._pending
+        if pending is None:
+            return self._drop("response-without-request")
+        if response.get("Call-ID") != pending.get("Call-ID") or response.get("CSeq") != pending.get("CSeq"):
+            return self._drop("response-not-matching-pending-register")
+        if response.status < 200:
+            return []
+        if response.status == 401:
+            inp = _Input.CHALLENGE
+        elif 200 <= response.status < 300:
+            inp = _Input.OK
+        else:
+            inp = _Input.REJECT
+        return self._dispatch(inp, response, now)
+
+    def transaction_timeout(self, now: float) -> list[Event]:
+        """The client transaction of the pending REGISTER timed out (Timer F)."""
+        if self._pending is None:
+            return []
+        return self._dispatch(_Input.TIMEOUT, None, now)
+
+    def next_deadline(self) -> float | None:
+        return self._deadline
+
+    def handle_timer(self, now: float) -> list[Event]:
+        if self._deadline is None or now < self._deadline:
+            return []
+        self._deadline = None
+        return self._dispatch(_Input.REFRESH, None, now)
+
+    @property
+    def pending(self) -> Request | None:
+        return self._pending
+
+    @property
+    def pending_protected(self) -> bool:
+        return self._pending_protected
+
+    # ---------------------------------------------------------------- dispatch
+
+    def _dispatch(self, inp: _Input, response: Response | None, now: float) -> list[Event]:
+        handler = _TRANSITIONS.get((self.state, inp))
+        if handler is None:
+            return self._drop(f"{inp.value}-in-{self.state.value}")
+        return getattr(self, handler)(response, now)
+
+    def _drop(self, reason: str) -> list[Event]:
+        self.drops[reason] += 1
+        log.info("ue %s: dropped input: %s", self.config.impi, reason)
+        return []
+
+    # ---------------------------------------------------------------- builders
+
+    def _hex(self, nbytes: int) -> str:
+        return "%0*x" % (nbytes * 2, self._rng.getrandbits(nbytes * 8))
+
+    def _new_spi(self) -> int:
+        # SPIs 1..255 are reserved by IANA (RFC 4303 §2.1).
+        return self._rng.randrange(256, 2**32)
+
+    def _new_offer(self) -> None:
+        """Fresh spi-c, spi-s and port-c (TS 24.229 §5.1.1.4.2); port-s kept while live."""
+        if self._ports is not None:
+            self._port_c, self._port_s = self._ports()
+        self._spi_c = self._new_spi()
+        self._spi_s = self._new_spi()
+        while self._spi_s == self._spi_c:
+            self._spi_s = self._new_spi()
+        self._client_offer = []
+        for alg in self.config.algorithms:
+            for ealg in self.config.encryption:
+                self._client_offer.append({"alg": alg, "ealg": ealg})
+
+    def _security_client_values(self) -> list[str]:
+        out = []
+        for offer in self._client_offer:
+            params: list[tuple[str, str | None]] = [("alg", offer["alg"])]
+            if offer["ealg"] != "null" or len(self.config.encryption) > 1:
+                params.append(("ealg", offer["ealg"]))
+            params += [
+                ("spi-c", str(self._spi_c)),
+                ("spi-s", str(self._spi_s)),
+                ("port-c", str(self._port_c)),
+                ("port-s", str(self._port_s)),
+            ]
+            out.append(_mechanism_text(params))
+        return out
+
+    def contact_uri(self, protected: bool) -> str:
+        port = self._port_s if protected else self.local[1]
+        return f"<sip:{_addr_host(self.local[0])}:{port}>"
+
+    def _authorization(self, *, nonce: str = "", response: str = "", extra: str = "", algorithm: str = "") -> str:
+        cfg = self.config
+        parts = [
+            f'Digest username="{cfg.impi}"',
+            f'realm="{self.realm}"',
+            f'nonce="{nonce}"',
+        ]
+        if algorithm:
+            parts.append(f"algorithm={algorithm}")
+        parts += [f'uri="sip:{cfg.registrar}"', f'response="{response}"']
+        if extra:
+            parts.append(extra)
+        return ", ".join(parts)
+
+    def _build_register(
+        self,
+        *,
+        protected: bool,
+        authorization: str,
+        expires: int | None = None,
+        security_verify: list[str] | None = None,
+    ) -> Request:
+        cfg = self.config
+        self.cseq += 1
+        via_port = self._port_s if protected else self.local[1]
+        transport = cfg.transport.upper()
+        headers: list[tuple[str, str]] = [
+            (
+                "Via",
+                f"SIP/2.0/{transport} {_addr_host(self.local[0])}:{via_port};branch=z9hG4bK{self._hex(8)}",
+            ),
+            ("Max-Forwards", "70"),
+            ("P-Access-Network-Info", cfg.access_network_info),
+            ("From", f"<{cfg.impu}>;tag={self.from_tag}"),
+            ("To", f"<{cfg.impu}>"),
+            (
+                "Contact",
+                f"{self.contact_uri(protected)};expires={cfg.expires if expires is None else expires}",
+            ),
+            ("Call-ID", self.call_id),
+            ("Authorization", authorization),
+        ]
+        if cfg.sec_agree:
+            for value in self._security_client_values():
+                headers.append(("Security-Client", value))
+            for value in security_verify or ():
+                headers.append(("Security-Verify", value))
+            headers.append(("Require", "sec-agree"))
+            headers.append(("Proxy-Require", "sec-agree"))
+        headers += [
+            ("CSeq", f"{self.cseq} REGISTER"),
+            ("Supported", "path"),
+            ("Content-Length", "0"),
+        ]
+        request = Request("REGISTER", f"sip:{cfg.registrar}", headers)
+        self._pending = request
+        self._pending_protected = protected
+        return request
+
+    # ---------------------------------------------------------------- handlers
+
+    def _start_initial(self, _resp: Response | None, now: float) -> list[Event]:
+        """Phase 1 (packet 1): in the clear, empty response, Security-Client."""
+        self.call_id = f"{self._hex(12)}@{self.local[0]}"
+        self.from_tag = self._hex(4)
+        self.cseq = 0
+        self.failure = ""
+        self.auth_rounds = 0
+        self.realm = self.config.realm
+        events: list[Event] = []
+        for old in (self.temporary_sa, self.sa):
+            if old is not None:
+                events.append(SecurityAssociationsReleased(old, "new initial registration"))
+        self.temporary_sa = self.sa = None
+        self.security_server = []
+        if self.config.sec_agree:
+            self._new_offer()
+        request = self._build_register(protected=False, authorization=self._authorization())
+        self.state = UeState.UNPROTECTED_SENT
+        events.append(SendRequest(request, protected=False))
+        return events
+
+    def _start_refresh(self, _resp: Response | None, now: float) -> list[Event]:
+        """Protected re-REGISTER (§5.1.1.4.2): last nonce and response, a new
+        Security-Client (new spi-c/spi-s/port-c) and Security-Verify of the last 401."""
+        protected = self.sa is not None
+        if protected:
+            self._new_offer()
+        auth = self._authorization(
+            nonce=self.last_nonce, response=self.last_response, algorithm=self.last_algorithm
+        )
+        request = self._build_register(
+            protected=protected,
+            authorization=auth,
+            security_verify=self.security_server if protected else None,
+        )
+        self.state = UeState.REREGISTERING
+        return [SendRequest(request, protected=protected)]
+
+    def _start_deregister(self, _resp: Response | None, now: float) -> list[Event]:
+        protected = self.sa is not None
+        auth = self._authorization(
+            nonce=self.last_nonce, response=self.last_response, algorithm=self.last_algorithm
+        )
+        request = self._build_register(
+            protected=protected,
+            authorization=auth,
+            expires=0,
+            security_verify=self.security_server if protected else None,
+        )
+        self._deadline = None
+        self.state = UeState.DEREGISTERING
+        return [SendRequest(request, protected=protected)]
+
+    def _fail(self, reason: str, status: int = 0) -> list[Event]:
+        events: list[Event] = []
+        if self.temporary_sa is not None:
+            events.append(SecurityAssociationsReleased(self.temporary_sa, reason))
+            self.temporary_sa = None
+        self.state = UeState.FAILED
+        self.failure = reason
+        self._pending = None
+        self._deadline = None
+        log.warning("ue %s: registration failed: %s", self.config.impi, reason)
+        events.append(RegistrationFailed(reason, status))
+        return events
+
+    def _on_timeout(self, _resp: Response | None, now: float) -> list[Event]:
+        return self._fail("no response from the network (transaction timeout)", 408)
+
+    def _on_reject(self, resp: Response | None, now: float) -> list[Event]:
+        assert resp is not None
+        return self._fail(f"{resp.status} {resp.reason}", resp.status)
+
+    def _on_challenge(self, resp: Response | None, now: float) -> list[Event]:
+        assert resp is not None
+        cfg = self.config
+        self.auth_rounds += 1
+        if self.auth_rounds > 3:
+            return self._fail("too many authentication challenges", 401)
+        try:
+            www = resp.www_authenticate
+        except SipParseError:
+            www = None
+        if www is None or (www.scheme or "").lower() != "digest" or not www.nonce:
+            return self._fail("401 without a usable WWW-Authenticate", 401)
+        nonce = www.nonce
+        realm = www.realm or self.realm
+        algorithm = www.algorithm or "MD5"
+        qop_offer = [q.strip() for q in (www.qop or "").split(",") if q.strip()]
+        qop = "auth" if "auth" in qop_offer else None
+        opaque = www.opaque
+        self.realm = realm
+        events: list[Event] = []
+        if self.temporary_sa is not None:  # a fresh 401 replaces an unused temporary set
+            events.append(SecurityAssociationsReleased(self.temporary_sa, "replaced by a new challenge"))
+            self.temporary_sa = None
+
+        ck = ik = b""
+        if algorithm.upper() == "MD5":
+            if cfg.password is None:
+                return events + self._fail("network challenged with MD5 and no password is configured", 401)
+            password = digest.password_for("MD5", password=cfg.password)
+        else:
+            try:
+                rand, autn, _server = digest.split_nonce(nonce)
+            except Exception:
+                return events + self._fail("401 nonce is not base64(RAND‖AUTN)", 401)
+            result = self.isim.authenticate(rand, autn)
+            kind = type(result).__name__
+            if kind == "AkaMacFailure":
+                # TS 24.229 §5.1.1.5.3: tell the S-CSCF the challenge is invalid (empty
+                # response, no auts) and stop; no SAs are created.
+                return events + self._answer_invalid_challenge(nonce, realm, algorithm, now)
+            if kind == "AkaSyncFailure":
+                return events + self._answer_sync_failure(result.auts, nonce, realm, algorithm, now)
+            res, ck, ik = result.res, result.ck, result.ik
+            try:
+                password = digest.password_for(algorithm, res=res, ik=ik, ck=ck)
+            except digest.DigestError as exc:
+                return events + self._fail(f"unsupported challenge: {exc}", 401)
+
+        cnonce = self._hex(8) if qop else None
+        nc = "00000001" if qop else None
+        response = digest.compute_response(
+            algorithm=algorithm,
+            username=cfg.impi,
+            realm=realm,
+            password=password,
+            method="REGISTER",
+            uri=f"sip:{cfg.registrar}",
+            nonce=nonce,
+            qop=qop,
+            nc=nc,
+            cnonce=cnonce,
+        )
+        extra = []
+        if qop:
+            extra.append(f'qop={qop}, nc={nc}, cnonce="{cnonce}"')
+        if opaque is not None:
+            extra.append(f'opaque="{opaque}"')
+        auth = self._authorization(nonce=nonce, response=response, algorithm=algorithm, extra=", ".join(extra))
+
+        protect = cfg.sec_agree
+        verify: list[str] = []
+        if protect:
+            servers = resp.get_all("Security-Server")
+            chosen = self._choose_server(servers)
+            if chosen is None:
+                # §5.1.1.5.1 step 3: abandon; a new attempt starts with a new Call-ID.
+                return events + self._fail("401 without a usable Security-Server", 401)
+            sa = SaParameters(
+                alg=chosen["alg"],
+                ealg=chosen.get("ealg", "null"),
+                ue_host=self.local[0],
+                pcscf_host=cfg.pcscf[0],
+                spi_uc=self._spi_c,
+                spi_us=self._spi_s,
+                port_uc=self._port_c,
+                port_us=self._port_s,
+                spi_pc=int(chosen["spi-c"]),
+                spi_ps=int(chosen["spi-s"]),
+                port_pc=int(chosen["port-c"]),
+                port_ps=int(chosen["port-s"]),
+                ck=ck,
+                ik=ik,
+            )
+            self.temporary_sa = sa
+            verify = servers
+            self._pending_security_server = servers
+            events.append(SetUpSecurityAssociations(sa, REG_AWAIT_AUTH))
+        self.last_nonce = nonce
+        self.last_response = response
+        self.last_algorithm = algorithm
+        expires = 0 if self.state is UeState.DEREGISTERING else None
+        request = self._build_register(
+            protected=protect, authorization=auth, security_verify=verify, expires=expires
+        )
+        if self.state is not UeState.DEREGISTERING:
+            self.state = UeState.RESPONSE_SENT
+        events.append(SendRequest(request, protected=protect))
+        return events
+
+    def _choose_server(self, servers: list[str]) -> dict[str, str] | None:
+        """The Security-Server mechanism we use: highest q among those we offered (RFC 3329 §2.3.1)."""
+        best: tuple[float, int, dict[str, str]] | None = None
+        offered = {(o["alg"], o["ealg"]) for o in self._client_offer}
+        for index, text in enumerate(servers):
+            try:
+                mech = SecurityMechanism.parse(text)
+                q = mech.q
+            except SipParseError:
+                continue
+            if mech.mechanism.lower() != "ipsec-3gpp":
+                continue
+            if mech.alg is None or None in (mech.spi_c, mech.spi_s, mech.port_c, mech.port_s):
+                continue
+            if (mech.prot or "esp").lower() != "esp" or (mech.mod or "trans").lower() != "trans":
+                continue
+            if (mech.alg, mech.ealg or "null") not in offered:
+                continue
+            params = {
+                "alg": mech.alg,
+                "ealg": mech.ealg or "null",
+                "spi-c": str(mech.spi_c),
+                "spi-s": str(mech.spi_s),
+                "port-c": str(mech.port_c),
+                "port-s": str(mech.port_s),
+            }
+            key = (0.1 if q is None else q, -index, params)
+            if best is None or key[:2] > best[:2]:
+                best = key
+        return None if best is None else best[2]
+
+    def _answer_invalid_challenge(self, nonce: str, realm: str, algorithm: str, now: float) -> list[Event]:
+        """Bad MAC: REGISTER with an empty response and no auts, in the clear, then stop."""
+        if self.config.sec_agree:
+            self._new_offer()
+        auth = self._authorization(nonce=nonce, response="", algorithm=algorithm)
+        request = self._build_register(protected=self.sa is not None, authorization=auth)
+        events: list[Event] = [SendRequest(request, protected=self.sa is not None)]
+        events += self._fail(NETWORK_AUTH_FAILED, 0)
+        return events
+
+    def _answer_sync_failure(self, auts: bytes, nonce: str, realm: str, algorithm: str, now: float) -> list[Event]:
+        """SQN out of range: REGISTER with auts and the response over the empty password
+        (RFC 3310 §3.4), new spi/port-c, no temporary SA set (§5.1.1.5.3)."""
+        cfg = self.config
+        if cfg.sec_agree:
+            self._new_offer()
+        response = digest.compute_response(
+            algorithm=algorithm,
+            username=cfg.impi,
+            realm=realm,
+            password=b"",
+            method="REGISTER",
+            uri=f"sip:{cfg.registrar}",
+            nonce=nonce,
+        )
+        auts_b64 = base64.b64encode(auts).decode()
+        auth = self._authorization(
+            nonce=nonce, response=response, algorithm=algorithm, extra=f'auts="{auts_b64}"'
+        )
+        protected = self.sa is not None
+        request = self._build_register(
+            protected=protected,
+            authorization=auth,
+            security_verify=self.security_server if protected else None,
+        )
+        if self.state is UeState.UNPROTECTED_SENT:
+            self.state = UeState.RESPONSE_SENT
+        return [SendRequest(request, protected=protected)]
+
+    def _on_ok(self, resp: Response | None, now: float) -> list[Event]:
+        assert resp is not None
+        events: list[Event] = []
+        our_contact = self.contact_uri(self._pending_protected)
+        expires = _contact_expires(resp, our_contact)
+        if expires is None:
+            expires = self.config.expires
+        self.expires = expires
+        self.registered_at = now
+        self.service_route = tuple(resp.get_all("Service-Route"))
+        self.associated_uris = tuple(resp.get_all("P-Associated-URI"))
+        protected = self._pending_protected
+        if self.temporary_sa is not None:
+            lifetime = max(expires + 30.0, 0.0)
+            old = self.sa
+            self.sa = self.temporary_sa
+            self.temporary_sa = None
+            self.security_server = self._pending_security_server
+            events.append(SecurityAssociationsEstablished(self.sa, lifetime))
+            if old is not None:
+                events.append(SecurityAssociationsReleased(old, "replaced by a newer set"))
+        self._pending = None
+        self.state = UeState.REGISTERED
+        self._deadline = now + refresh_interval(expires) if expires > 0 else None
+        events.append(Registered(expires, self.service_route, self.associated_uris, protected))
+        return events
+
+    def _on_dereg_ok(self, resp: Response | None, now: float) -> list[Event]:
+        events: list[Event] = []
+        # The 200 has arrived over the SAs: only now may they go (issue 7, PITFALLS).
+        for old in (self.temporary_sa, self.sa):
+            if old is not None:
+                events.append(SecurityAssociationsReleased(old, "de-registered"))
+        self.temporary_sa = self.sa = None
+        self._pending = None
+        self.state = UeState.DEREGISTERED
+        self._deadline = None
+        events.append(Deregistered(resp.status if resp is not None else 408))
+        return events

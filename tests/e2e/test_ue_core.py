@@ -1,0 +1,158 @@
+"""UE registration core (sans-I/O): packets 1 and 8 built from a synthetic 401."""
+
+from __future__ import annotations
+
+import base64
+import random
+
+from imsaka.aka import digest
+from imsaka.aka.isim import Isim
+from imsaka.aka.milenage import Milenage
+from imsaka.aka.sqn import SqnArray
+from imsaka.aka.vectors import generate_vector
+from imsaka.sip import Request, make_response, parse_message
+from imsaka.ue.config import UeConfig
+from imsaka.ue.core import (
+    NETWORK_AUTH_FAILED,
+    Registered,
+    RegistrationFailed,
+    SendRequest,
+    SetUpSecurityAssociations,
+    UeRegistration,
+    UeState,
+    refresh_interval,
+)
+
+K = bytes.fromhex("465b5ce8b199b49faa5f0a2ee238a6bc")
+OPC = bytes.fromhex("cd63cb71954a9f4e48a5994e37a02baf")
+
+
+def make_ue(seed: int = 1, **kw) -> UeRegistration:
+    cfg = UeConfig(
+        impi="user1_private@home1.net",
+        impus=["sip:user1_public1@home1.net"],
+        home_domain="home1.net",
+        registrar="registrar.home1.net",
+        k=K,
+        opc=OPC,
+        pcscf=("127.0.0.1", 5060),
+        **kw,
+    )
+    isim = Isim(Milenage(K, opc=OPC), SqnArray())
+    return UeRegistration(
+        cfg, isim, local=("127.0.0.1", 5060), protected_ports=lambda: (2468, 1357), rng=random.Random(seed)
+    )
+
+
+def challenge(req: Request, *, sqn: int = 32 + 1, k: bytes = K, server: str | None = None):
+    vec = generate_vector(Milenage(k, opc=OPC), sqn, b"\x80\x00")
+    nonce = digest.make_nonce(vec.rand, vec.autn)
+    resp = make_response(
+        req,
+        401,
+        to_tag="5ef4",
+        headers=[("WWW-Authenticate", f'Digest realm="registrar.home1.net", nonce="{nonce}", algorithm=AKAv1-MD5')],
+    )
+    resp.add(
+        "Security-Server",
+        server or "ipsec-3gpp; q=0.1; alg=hmac-sha-1-96; spi-c=98765432; spi-s=87654321; port-c=8642; port-s=7531",
+    )
+    return parse_message(resp.to_bytes()), vec, nonce
+
+
+def test_packet1_shape():
+    ue = make_ue()
+    events = ue.register(0.0)
+    (send,) = [e for e in events if isinstance(e, SendRequest)]
+    assert send.protected is False
+    req = send.request
+    assert req.uri == "sip:registrar.home1.net"
+    assert req.get("Require") == "sec-agree" and req.get("Proxy-Require") == "sec-agree"
+    assert req.get("Supported") == "path"
+    sc = req.security("Security-Client")[0]
+    assert (sc.alg, sc.port_c, sc.port_s) == ("hmac-sha-1-96", 2468, 1357)
+    auth = req.authorization
+    assert auth.username == "user1_private@home1.net" and auth.nonce == "" and auth.response == ""
+    assert req.get("P-Access-Network-Info").startswith("3GPP-UTRAN-TDD")
+    assert req.contacts[0].expires == 600000
+    parse_message(req.to_bytes())  # well-formed on the wire
+
+
+def test_challenge_gives_protected_register_and_sas():
+    ue = make_ue()
+    (send1,) = ue.register(0.0)
+    resp, vec, nonce = challenge(send1.request)
+    events = ue.receive(resp, 1.0)
+    sa_ev = [e for e in events if isinstance(e, SetUpSecurityAssociations)][0]
+    assert sa_ev.sa.ck == vec.ck and sa_ev.sa.ik == vec.ik
+    assert (sa_ev.sa.port_ps, sa_ev.sa.spi_ps, sa_ev.sa.port_uc) == (7531, 87654321, 2468)
+    send2 = [e for e in events if isinstance(e, SendRequest)][0]
+    assert send2.protected
+    req2 = send2.request
+    assert req2.call_id == send1.request.call_id
+    assert req2.cseq.seq == send1.request.cseq.seq + 1
+    assert str(req2.security("Security-Verify")[0]).replace(" ", "") == (
+        "ipsec-3gpp;q=0.1;alg=hmac-sha-1-96;spi-c=98765432;spi-s=87654321;port-c=8642;port-s=7531"
+    )
+    auth = req2.authorization
+    expected = digest.compute_response(
+        algorithm="AKAv1-MD5", username="user1_private@home1.net", realm="registrar.home1.net",
+        password=vec.xres, method="REGISTER", uri="sip:registrar.home1.net", nonce=nonce,
+    )
+    assert auth.response == expected
+    assert req2.top_via.port == 1357 and req2.contacts[0].parsed_uri.port == 1357
+    ok = make_response(req2, 200, to_tag="5ef4", headers=[
+        ("Service-Route", "<sip:orig@scscf1.home1.net;lr>"),
+        ("Contact", "<sip:127.0.0.1:1357>;expires=600000"),
+        ("P-Associated-URI", "<sip:user1_public1@home1.net>, <sip:user1_public2@home1.net>"),
+    ])
+    events = ue.receive(parse_message(ok.to_bytes()), 2.0)
+    reg = [e for e in events if isinstance(e, Registered)][0]
+    assert reg.expires == 600000 and reg.service_route == ("<sip:orig@scscf1.home1.net;lr>",)
+    assert len(reg.associated_uris) == 2
+    assert ue.state is UeState.REGISTERED
+    assert ue.next_deadline() == 2.0 + 600000 - 600
+    assert refresh_interval(120) == 60
+
+
+def test_bad_mac_stops():
+    ue = make_ue()
+    (send1,) = ue.register(0.0)
+    resp, _vec, _ = challenge(send1.request, k=bytes(16))
+    events = ue.receive(resp, 1.0)
+    fail = [e for e in events if isinstance(e, RegistrationFailed)][0]
+    assert fail.reason == NETWORK_AUTH_FAILED
+    sends = [e for e in events if isinstance(e, SendRequest)]
+    assert sends and sends[0].request.authorization.response == "" and "auts" not in sends[0].request.authorization
+    assert not [e for e in events if isinstance(e, SetUpSecurityAssociations)]
+
+
+def test_stale_sqn_sends_auts():
+    ue = make_ue()
+    (send1,) = ue.register(0.0)
+    resp, _vec, _ = challenge(send1.request, sqn=64)
+    ue.receive(resp, 1.0)
+    ue.state = UeState.UNPROTECTED_SENT
+    resp2, _vec2, _ = challenge(ue.pending, sqn=64)  # replayed SQN
+    events = ue.receive(resp2, 1.0)
+    (send,) = [e for e in events if isinstance(e, SendRequest)]
+    auts = send.request.authorization.auts
+    assert auts and len(base64.b64decode(auts)) == 14
+    assert not send.protected
+
+
+def test_unusable_security_server_fails():
+    ue = make_ue()
+    (send1,) = ue.register(0.0)
+    resp, _vec, _ = challenge(send1.request, server="ipsec-3gpp; alg=hmac-md5-96; spi-c=1; spi-s=2; port-c=3; port-s=4")
+    events = ue.receive(resp, 1.0)
+    assert isinstance(events[-1], RegistrationFailed)
+
+
+def test_stray_response_is_counted():
+    ue = make_ue()
+    ue.register(0.0)
+    other = make_ue(seed=2)
+    (s,) = other.register(0.0)
+    assert ue.receive(make_response(s.request, 200), 1.0) == []
+    assert ue.drops["response-not-matching-pending-register"] == 1
