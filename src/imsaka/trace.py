@@ -236,7 +236,9 @@ def _decode_diameter(payload: bytes) -> dict[str, Any] | None:
             info["server_assignment_type"] = _SAR_TYPES.get(sat, str(sat))
         elif vendor == _VENDOR_3GPP and avp_code == _AVP_SIP_NUMBER_AUTH_ITEMS and len(value) == 4:
             info["sip_number_auth_items"] = int.from_bytes(value, "big")
-        elif vendor == _VENDOR_3GPP and avp_code == _AVP_USER_AUTHORIZATION_TYPE and len(value) == 4:
+        elif (
+            vendor == _VENDOR_3GPP and avp_code == _AVP_USER_AUTHORIZATION_TYPE and len(value) == 4
+        ):
             info["user_authorization_type"] = int.from_bytes(value, "big")
     return info
 
@@ -302,7 +304,9 @@ class PcapWriter:
     def __init__(self, path: str | Path) -> None:
         self._path = Path(path)
         self._fh: IO[bytes] | None = self._path.open("wb")
-        self._fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, self.SNAPLEN, self.LINKTYPE_RAW))
+        self._fh.write(
+            struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, self.SNAPLEN, self.LINKTYPE_RAW)
+        )
         self._tcp_seq: dict[tuple[Address, Address], int] = {}
         self._ip_id = 0
         self.packets = 0
@@ -320,7 +324,7 @@ class PcapWriter:
             return
         ts = event.time
         sec = int(ts)
-        usec = int(round((ts - sec) * 1_000_000))
+        usec = round((ts - sec) * 1_000_000)
         if usec >= 1_000_000:
             sec, usec = sec + 1, usec - 1_000_000
         with self._lock:
@@ -366,7 +370,9 @@ class PcapWriter:
         else:
             self._ip_id = (self._ip_id + 1) & 0xFFFF
             total = 20 + segment_len
-            hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, self._ip_id, 0x4000, 64, proto, 0, s, d)
+            hdr = struct.pack(
+                "!BBHHHBBH4s4s", 0x45, 0, total, self._ip_id, 0x4000, 64, proto, 0, s, d
+            )
             ip = hdr[:10] + struct.pack("!H", _checksum(hdr)) + hdr[12:]
         return ip + l4 + event.payload
 
@@ -505,8 +511,12 @@ class Trace:
                 transport=event.transport,
                 src=event.src,
                 dst=event.dst,
-                src_name=self.name(event.src, _display_owner(event.owner) if event.direction == "out" else ""),
-                dst_name=self.name(event.dst, _display_owner(event.owner) if event.direction == "in" else ""),
+                src_name=self.name(
+                    event.src, _display_owner(event.owner) if event.direction == "out" else ""
+                ),
+                dst_name=self.name(
+                    event.dst, _display_owner(event.owner) if event.direction == "in" else ""
+                ),
                 summary=summary,
                 esp_spi=spi,
                 headers=info.get("headers", ()) if event.protocol != "diameter" else (),
@@ -518,13 +528,19 @@ class Trace:
         if self.live is not None:
             self.live(record)
 
-    def messages(self, protocol: str | None = None, *, skip_base: bool = True) -> list[LadderRecord]:
+    def messages(
+        self, protocol: str | None = None, *, skip_base: bool = True
+    ) -> list[LadderRecord]:
         """Recorded messages; Diameter base commands (CER/DWR/DPR) left out by default."""
         out = []
         for rec in self.records:
             if protocol and rec.protocol != protocol:
                 continue
-            if skip_base and rec.protocol == "diameter" and rec.diameter.get("code") in (257, 280, 282):
+            if (
+                skip_base
+                and rec.protocol == "diameter"
+                and rec.diameter.get("code") in (257, 280, 282)
+            ):
                 continue
             out.append(rec)
         return out

@@ -40,7 +40,11 @@ def make_ue(seed: int = 1, **kw) -> UeRegistration:
     )
     isim = Isim(Milenage(K, opc=OPC), SqnArray())
     return UeRegistration(
-        cfg, isim, local=("127.0.0.1", 5060), protected_ports=lambda: (2468, 1357), rng=random.Random(seed)
+        cfg,
+        isim,
+        local=("127.0.0.1", 5060),
+        protected_ports=lambda: (2468, 1357),
+        rng=random.Random(seed),
     )
 
 
@@ -51,11 +55,17 @@ def challenge(req: Request, *, sqn: int = 32 + 1, k: bytes = K, server: str | No
         req,
         401,
         to_tag="5ef4",
-        headers=[("WWW-Authenticate", f'Digest realm="registrar.home1.net", nonce="{nonce}", algorithm=AKAv1-MD5')],
+        headers=[
+            (
+                "WWW-Authenticate",
+                f'Digest realm="registrar.home1.net", nonce="{nonce}", algorithm=AKAv1-MD5',
+            )
+        ],
     )
     resp.add(
         "Security-Server",
-        server or "ipsec-3gpp; q=0.1; alg=hmac-sha-1-96; spi-c=98765432; spi-s=87654321; port-c=8642; port-s=7531",
+        server
+        or "ipsec-3gpp; q=0.1; alg=hmac-sha-1-96; spi-c=98765432; spi-s=87654321; port-c=8642; port-s=7531",
     )
     return parse_message(resp.to_bytes()), vec, nonce
 
@@ -83,10 +93,10 @@ def test_challenge_gives_protected_register_and_sas():
     (send1,) = ue.register(0.0)
     resp, vec, nonce = challenge(send1.request)
     events = ue.receive(resp, 1.0)
-    sa_ev = [e for e in events if isinstance(e, SetUpSecurityAssociations)][0]
+    sa_ev = next(e for e in events if isinstance(e, SetUpSecurityAssociations))
     assert sa_ev.sa.ck == vec.ck and sa_ev.sa.ik == vec.ik
     assert (sa_ev.sa.port_ps, sa_ev.sa.spi_ps, sa_ev.sa.port_uc) == (7531, 87654321, 2468)
-    send2 = [e for e in events if isinstance(e, SendRequest)][0]
+    send2 = next(e for e in events if isinstance(e, SendRequest))
     assert send2.protected
     req2 = send2.request
     assert req2.call_id == send1.request.call_id
@@ -96,18 +106,28 @@ def test_challenge_gives_protected_register_and_sas():
     )
     auth = req2.authorization
     expected = digest.compute_response(
-        algorithm="AKAv1-MD5", username="user1_private@home1.net", realm="registrar.home1.net",
-        password=vec.xres, method="REGISTER", uri="sip:registrar.home1.net", nonce=nonce,
+        algorithm="AKAv1-MD5",
+        username="user1_private@home1.net",
+        realm="registrar.home1.net",
+        password=vec.xres,
+        method="REGISTER",
+        uri="sip:registrar.home1.net",
+        nonce=nonce,
     )
     assert auth.response == expected
     assert req2.top_via.port == 1357 and req2.contacts[0].parsed_uri.port == 1357
-    ok = make_response(req2, 200, to_tag="5ef4", headers=[
-        ("Service-Route", "<sip:orig@scscf1.home1.net;lr>"),
-        ("Contact", "<sip:127.0.0.1:1357>;expires=600000"),
-        ("P-Associated-URI", "<sip:user1_public1@home1.net>, <sip:user1_public2@home1.net>"),
-    ])
+    ok = make_response(
+        req2,
+        200,
+        to_tag="5ef4",
+        headers=[
+            ("Service-Route", "<sip:orig@scscf1.home1.net;lr>"),
+            ("Contact", "<sip:127.0.0.1:1357>;expires=600000"),
+            ("P-Associated-URI", "<sip:user1_public1@home1.net>, <sip:user1_public2@home1.net>"),
+        ],
+    )
     events = ue.receive(parse_message(ok.to_bytes()), 2.0)
-    reg = [e for e in events if isinstance(e, Registered)][0]
+    reg = next(e for e in events if isinstance(e, Registered))
     assert reg.expires == 600000 and reg.service_route == ("<sip:orig@scscf1.home1.net;lr>",)
     assert len(reg.associated_uris) == 2
     assert ue.state is UeState.REGISTERED
@@ -120,10 +140,14 @@ def test_bad_mac_stops():
     (send1,) = ue.register(0.0)
     resp, _vec, _ = challenge(send1.request, k=bytes(16))
     events = ue.receive(resp, 1.0)
-    fail = [e for e in events if isinstance(e, RegistrationFailed)][0]
+    fail = next(e for e in events if isinstance(e, RegistrationFailed))
     assert fail.reason == NETWORK_AUTH_FAILED
     sends = [e for e in events if isinstance(e, SendRequest)]
-    assert sends and sends[0].request.authorization.response == "" and "auts" not in sends[0].request.authorization
+    assert (
+        sends
+        and sends[0].request.authorization.response == ""
+        and "auts" not in sends[0].request.authorization
+    )
     assert not [e for e in events if isinstance(e, SetUpSecurityAssociations)]
 
 
@@ -144,7 +168,9 @@ def test_stale_sqn_sends_auts():
 def test_unusable_security_server_fails():
     ue = make_ue()
     (send1,) = ue.register(0.0)
-    resp, _vec, _ = challenge(send1.request, server="ipsec-3gpp; alg=hmac-md5-96; spi-c=1; spi-s=2; port-c=3; port-s=4")
+    resp, _vec, _ = challenge(
+        send1.request, server="ipsec-3gpp; alg=hmac-md5-96; spi-c=1; spi-s=2; port-c=3; port-s=4"
+    )
     events = ue.receive(resp, 1.0)
     assert isinstance(events[-1], RegistrationFailed)
 

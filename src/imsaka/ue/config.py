@@ -66,7 +66,9 @@ def _hex(name: str, value: Any, length: int) -> bytes:
     except ValueError:
         raise CliError(f"{name}: not hexadecimal") from None
     if len(raw) != length:
-        raise CliError(f"{name}: expected {length} octets ({length * 2} hex digits), got {len(raw)}")
+        raise CliError(
+            f"{name}: expected {length} octets ({length * 2} hex digits), got {len(raw)}"
+        )
     return raw
 
 
@@ -211,7 +213,14 @@ class UeConfig:
                 if not isinstance(data[name], int) or data[name] < 0:
                     raise CliError(f"{name}: expected a non-negative integer")
                 kwargs[name] = data[name]
-        for name in ("local_host", "registrar", "realm", "access_network_info", "transport", "password"):
+        for name in (
+            "local_host",
+            "registrar",
+            "realm",
+            "access_network_info",
+            "transport",
+            "password",
+        ):
             if name in data:
                 kwargs[name] = str(data[name])
         if "sec_agree" in data:

@@ -76,33 +76,33 @@ class _Input(enum.Enum):
     DEREGISTER = "deregister"
 
 
-S, I = UeState, _Input
+S, In = UeState, _Input
 # (state, input) -> handler name; anything else is a protocol error of the peer (dropped).
 _TRANSITIONS: dict[tuple[UeState, _Input], str] = {
-    (S.IDLE, I.REGISTER): "_start_initial",
-    (S.DEREGISTERED, I.REGISTER): "_start_initial",
-    (S.FAILED, I.REGISTER): "_start_initial",
-    (S.UNPROTECTED_SENT, I.CHALLENGE): "_on_challenge",
-    (S.UNPROTECTED_SENT, I.OK): "_on_ok",  # sec-agree off and no challenge (rare)
-    (S.UNPROTECTED_SENT, I.REJECT): "_on_reject",
-    (S.UNPROTECTED_SENT, I.TIMEOUT): "_on_timeout",
-    (S.RESPONSE_SENT, I.OK): "_on_ok",
-    (S.RESPONSE_SENT, I.CHALLENGE): "_on_challenge",  # resync: a fresh challenge after AUTS
-    (S.RESPONSE_SENT, I.REJECT): "_on_reject",
-    (S.RESPONSE_SENT, I.TIMEOUT): "_on_timeout",
-    (S.REGISTERED, I.REFRESH): "_start_refresh",
-    (S.REGISTERED, I.DEREGISTER): "_start_deregister",
-    (S.REGISTERED, I.REGISTER): "_start_refresh",
-    (S.REREGISTERING, I.OK): "_on_ok",
-    (S.REREGISTERING, I.CHALLENGE): "_on_challenge",
-    (S.REREGISTERING, I.REJECT): "_on_reject",
-    (S.REREGISTERING, I.TIMEOUT): "_on_timeout",
-    (S.DEREGISTERING, I.OK): "_on_dereg_ok",
-    (S.DEREGISTERING, I.CHALLENGE): "_on_challenge",
-    (S.DEREGISTERING, I.REJECT): "_on_dereg_ok",
-    (S.DEREGISTERING, I.TIMEOUT): "_on_dereg_ok",
+    (S.IDLE, In.REGISTER): "_start_initial",
+    (S.DEREGISTERED, In.REGISTER): "_start_initial",
+    (S.FAILED, In.REGISTER): "_start_initial",
+    (S.UNPROTECTED_SENT, In.CHALLENGE): "_on_challenge",
+    (S.UNPROTECTED_SENT, In.OK): "_on_ok",  # sec-agree off and no challenge (rare)
+    (S.UNPROTECTED_SENT, In.REJECT): "_on_reject",
+    (S.UNPROTECTED_SENT, In.TIMEOUT): "_on_timeout",
+    (S.RESPONSE_SENT, In.OK): "_on_ok",
+    (S.RESPONSE_SENT, In.CHALLENGE): "_on_challenge",  # resync: a fresh challenge after AUTS
+    (S.RESPONSE_SENT, In.REJECT): "_on_reject",
+    (S.RESPONSE_SENT, In.TIMEOUT): "_on_timeout",
+    (S.REGISTERED, In.REFRESH): "_start_refresh",
+    (S.REGISTERED, In.DEREGISTER): "_start_deregister",
+    (S.REGISTERED, In.REGISTER): "_start_refresh",
+    (S.REREGISTERING, In.OK): "_on_ok",
+    (S.REREGISTERING, In.CHALLENGE): "_on_challenge",
+    (S.REREGISTERING, In.REJECT): "_on_reject",
+    (S.REREGISTERING, In.TIMEOUT): "_on_timeout",
+    (S.DEREGISTERING, In.OK): "_on_dereg_ok",
+    (S.DEREGISTERING, In.CHALLENGE): "_on_challenge",
+    (S.DEREGISTERING, In.REJECT): "_on_dereg_ok",
+    (S.DEREGISTERING, In.TIMEOUT): "_on_dereg_ok",
 }
-del S, I
+del S, In
 
 
 # ------------------------------------------------------------------------- events
@@ -311,7 +311,9 @@ class UeRegistration:
         pending = self._pending
         if pending is None:
             return self._drop("response-without-request")
-        if response.get("Call-ID") != pending.get("Call-ID") or response.get("CSeq") != pending.get("CSeq"):
+        if response.get("Call-ID") != pending.get("Call-ID") or response.get("CSeq") != pending.get(
+            "CSeq"
+        ):
             return self._drop("response-not-matching-pending-register")
         if response.status < 200:
             return []
@@ -362,7 +364,7 @@ class UeRegistration:
     # ---------------------------------------------------------------- builders
 
     def _hex(self, nbytes: int) -> str:
-        return "%0*x" % (nbytes * 2, self._rng.getrandbits(nbytes * 8))
+        return f"{self._rng.getrandbits(nbytes * 8):0{nbytes * 2}x}"
 
     def _new_spi(self) -> int:
         # SPIs 1..255 are reserved by IANA (RFC 4303 §2.1).
@@ -400,7 +402,9 @@ class UeRegistration:
         port = self._port_s if protected else self.local[1]
         return f"<sip:{_addr_host(self.local[0])}:{port}>"
 
-    def _authorization(self, *, nonce: str = "", response: str = "", extra: str = "", algorithm: str = "") -> str:
+    def _authorization(
+        self, *, nonce: str = "", response: str = "", extra: str = "", algorithm: str = ""
+    ) -> str:
         cfg = self.config
         parts = [
             f'Digest username="{cfg.impi}"',
@@ -555,13 +559,17 @@ class UeRegistration:
         self.realm = realm
         events: list[Event] = []
         if self.temporary_sa is not None:  # a fresh 401 replaces an unused temporary set
-            events.append(SecurityAssociationsReleased(self.temporary_sa, "replaced by a new challenge"))
+            events.append(
+                SecurityAssociationsReleased(self.temporary_sa, "replaced by a new challenge")
+            )
             self.temporary_sa = None
 
         ck = ik = b""
         if algorithm.upper() == "MD5":
             if cfg.password is None:
-                return events + self._fail("network challenged with MD5 and no password is configured", 401)
+                return events + self._fail(
+                    "network challenged with MD5 and no password is configured", 401
+                )
             password = digest.password_for("MD5", password=cfg.password)
         else:
             try:
@@ -601,7 +609,9 @@ class UeRegistration:
             extra.append(f'qop={qop}, nc={nc}, cnonce="{cnonce}"')
         if opaque is not None:
             extra.append(f'opaque="{opaque}"')
-        auth = self._authorization(nonce=nonce, response=response, algorithm=algorithm, extra=", ".join(extra))
+        auth = self._authorization(
+            nonce=nonce, response=response, algorithm=algorithm, extra=", ".join(extra)
+        )
 
         protect = cfg.sec_agree
         verify: list[str] = []
@@ -674,7 +684,9 @@ class UeRegistration:
                 best = key
         return None if best is None else best[2]
 
-    def _answer_invalid_challenge(self, nonce: str, realm: str, algorithm: str, now: float) -> list[Event]:
+    def _answer_invalid_challenge(
+        self, nonce: str, realm: str, algorithm: str, now: float
+    ) -> list[Event]:
         """Bad MAC: REGISTER with an empty response and no auts, in the clear, then stop."""
         if self.config.sec_agree:
             self._new_offer()
@@ -684,7 +696,9 @@ class UeRegistration:
         events += self._fail(NETWORK_AUTH_FAILED, 0)
         return events
 
-    def _answer_sync_failure(self, auts: bytes, nonce: str, realm: str, algorithm: str, now: float) -> list[Event]:
+    def _answer_sync_failure(
+        self, auts: bytes, nonce: str, realm: str, algorithm: str, now: float
+    ) -> list[Event]:
         """SQN out of range: REGISTER with auts and the response over the empty password
         (RFC 3310 §3.4), new spi/port-c, no temporary SA set (§5.1.1.5.3)."""
         cfg = self.config
