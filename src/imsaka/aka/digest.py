@@ -29,6 +29,7 @@ __all__ = [
     "MD5",
     "Challenge",
     "DigestError",
+    "canonical_algorithm",
     "compute_response",
     "decode_auts",
     "encode_auts",
@@ -52,7 +53,7 @@ class DigestError(ValueError):
     """Bad digest input. The message names the field and never carries a secret."""
 
 
-def _canonical_algorithm(algorithm: str | None) -> str:
+def canonical_algorithm(algorithm: str | None) -> str:
     # RFC 2617 §3.2.1: algorithm absent means MD5; tokens compare case-insensitively.
     if algorithm is None:
         return MD5
@@ -135,7 +136,7 @@ def password_for(
     synchronisation failure (RFC 3310 §3.4). AKAv2-MD5: base64(HMAC-MD5(RES‖IK‖CK,
     "http-digest-akav2-password")) as ASCII octets. MD5: ``password``.
     """
-    algorithm = _canonical_algorithm(algorithm)
+    algorithm = canonical_algorithm(algorithm)
     if algorithm == MD5:
         if password is None:
             raise DigestError("password: required for MD5")
@@ -187,7 +188,7 @@ def compute_response(
     ``password`` is the output of `password_for` (raw octets). For AKA algorithms the
     digest itself is MD5; the algorithm name only selects the password.
     """
-    _canonical_algorithm(algorithm)
+    canonical_algorithm(algorithm)
     if not isinstance(password, bytes | bytearray):
         raise DigestError("password: expected bytes (see password_for)")
     ha1 = _md5(
