@@ -1,0 +1,231 @@
+"""Registrar bindings of the S-CSCF and where they are kept (TS 24.229 §5.4.1.2, RFC 3261 §10.3).
+
+A `Registration` is the S-CSCF's record for one registered public user identity (IMPU):
+the private identity (IMPI) that authenticated it, its contacts with their absolute
+expiry, the Path of each contact (RFC 3327: how to reach the UE through its P-CSCF), the
+implicit registration set (P-Associated-URI, TS 24.229 §5.4.1.2.2) and the user profile
+(TS 29.228 User-Data XML) received in the SAA.
+
+`BindingStore` is the one interface the S-CSCF edge writes through:
+- `MemoryBindingStore` (default) keeps them in this process;
+- `RedisBindingStore` (``redis://HOST:PORT/DB``) keeps them in Redis, so they survive an
+  S-CSCF restart and several S-CSCFs can share them (issue 6 item 4).
+
+Times are wall-clock seconds (`time.time()`): a record outlives the process that wrote
+it, so a monotonic clock would be meaningless to the next reader.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = [
+    "BindingStore",
+    "ContactBinding",
+    "MemoryBindingStore",
+    "RedisBindingStore",
+    "Registration",
+    "open_binding_store",
+]
+
+
+@dataclass(slots=True)
+class ContactBinding:
+    """One registered contact of an IMPU (RFC 3261 §10.3 step 7)."""
+
+    uri: str
+    """The contact URI without angle brackets."""
+    expires_at: float
+    """Wall-clock second at which this binding lapses."""
+    params: str = ""
+    """Contact header parameters other than ``expires`` (``;+sip.instance=…``), echoed in the 200."""
+    path: tuple[str, ...] = ()
+    """Path header values recorded with this contact (RFC 3327 §5.3)."""
+    call_id: str = ""
+    """Call-ID of the REGISTER that last refreshed it."""
+    cseq: int = 0
+    """CSeq number of that REGISTER."""
+
+    def to_dict(self) -> dict:
+        return {
+            "uri": self.uri,
+            "expires_at": self.expires_at,
+            "params": self.params,
+            "path": list(self.path),
+            "call_id": self.call_id,
+            "cseq": self.cseq,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ContactBinding:
+        return cls(
+            uri=str(d["uri"]),
+            expires_at=float(d["expires_at"]),
+            params=str(d.get("params", "")),
+            path=tuple(d.get("path", ())),
+            call_id=str(d.get("call_id", "")),
+            cseq=int(d.get("cseq", 0)),
+        )
+
+
+@dataclass(slots=True)
+class Registration:
+    """The S-CSCF's registration record for one IMPU."""
+
+    impu: str
+    """The registered public user identity (To of the REGISTER)."""
+    impi: str
+    """The private user identity that authenticated it."""
+    contacts: dict[str, ContactBinding] = field(default_factory=dict)
+    """Contact URI → binding."""
+    associated: tuple[str, ...] = ()
+    """Non-barred identities of the implicit registration set, registered IMPU first."""
+    user_data: str = field(default="", repr=False)
+    """TS 29.228 IMS subscription XML from the SAA."""
+    registered_at: float = 0.0
+    """When it was first registered (wall clock)."""
+
+    def earliest_expiry(self) -> float | None:
+        return min((c.expires_at for c in self.contacts.values()), default=None)
+
+    def live_contacts(self, now: float) -> list[ContactBinding]:
+        return [c for c in self.contacts.values() if c.expires_at > now]
+
+    def is_live(self, now: float) -> bool:
+        return any(c.expires_at > now for c in self.contacts.values())
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "impu": self.impu,
+                "impi": self.impi,
+                "contacts": [c.to_dict() for c in self.contacts.values()],
+                "associated": list(self.associated),
+                "user_data": self.user_data,
+                "registered_at": self.registered_at,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Registration:
+        d = json.loads(text)
+        contacts = [ContactBinding.from_dict(c) for c in d.get("contacts", ())]
+        return cls(
+            impu=str(d["impu"]),
+            impi=str(d["impi"]),
+            contacts={c.uri: c for c in contacts},
+            associated=tuple(d.get("associated", ())),
+            user_data=str(d.get("user_data", "")),
+            registered_at=float(d.get("registered_at", 0.0)),
+        )
+
+
+class BindingStore(Protocol):
+    """Where registrations live. Every method is a coroutine (Redis is I/O)."""
+
+    async def get(self, impu: str) -> Registration | None: ...
+
+    async def put(self, registration: Registration) -> None: ...
+
+    async def delete(self, impu: str) -> None: ...
+
+    async def all(self) -> list[Registration]: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryBindingStore:
+    """Bindings in this process only (lost on restart)."""
+
+    __slots__ = ("_regs",)
+
+    def __init__(self) -> None:
+        self._regs: dict[str, str] = {}
+
+    # Stored serialized so that a caller mutating its Registration afterwards cannot
+    # change the stored one behind the store's back (same semantics as Redis).
+    async def get(self, impu: str) -> Registration | None:
+        text = self._regs.get(impu)
+        return None if text is None else Registration.from_json(text)
+
+    async def put(self, registration: Registration) -> None:
+        self._regs[registration.impu] = registration.to_json()
+
+    async def delete(self, impu: str) -> None:
+        self._regs.pop(impu, None)
+
+    async def all(self) -> list[Registration]:
+        return [Registration.from_json(t) for t in self._regs.values()]
+
+    async def close(self) -> None:
+        return None
+
+    def __len__(self) -> int:
+        return len(self._regs)
+
+
+class RedisBindingStore:
+    """Bindings in Redis: one key per IMPU, expiring with its last contact.
+
+    Keys are ``<prefix>reg:<IMPU>`` holding the JSON of a `Registration`; Redis drops a
+    key by itself some time after its last contact lapsed, so a crashed S-CSCF leaves
+    nothing behind forever.
+    """
+
+    __slots__ = ("_prefix", "_redis", "url")
+
+    def __init__(self, url: str, *, prefix: str = "imsaka:scscf:") -> None:
+        import redis.asyncio as aioredis
+
+        self.url = url
+        self._prefix = prefix
+        self._redis = aioredis.from_url(url)
+
+    def _key(self, impu: str) -> str:
+        return f"{self._prefix}reg:{impu}"
+
+    async def get(self, impu: str) -> Registration | None:
+        text = await self._redis.get(self._key(impu))
+        return None if text is None else Registration.from_json(text)
+
+    async def put(self, registration: Registration) -> None:
+        import time
+
+        expiry = registration.earliest_expiry()
+        latest = max((c.expires_at for c in registration.contacts.values()), default=expiry)
+        # Keep the key a little past the last contact so the S-CSCF that owns the expiry
+        # timer still finds it when the timer fires (it then sends the SAR).
+        ttl = max(1, int((latest or 0) - time.time()) + 60)
+        await self._redis.set(self._key(registration.impu), registration.to_json(), ex=ttl)
+
+    async def delete(self, impu: str) -> None:
+        await self._redis.delete(self._key(impu))
+
+    async def all(self) -> list[Registration]:
+        out = []
+        async for key in self._redis.scan_iter(match=f"{self._prefix}reg:*", count=500):
+            text = await self._redis.get(key)
+            if text is not None:
+                out.append(Registration.from_json(text))
+        return out
+
+    async def clear(self) -> None:
+        """Remove every key under this store's prefix (tests, lab reset)."""
+        keys = [k async for k in self._redis.scan_iter(match=f"{self._prefix}*", count=500)]
+        if keys:
+            await self._redis.delete(*keys)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def open_binding_store(url: str, *, prefix: str = "imsaka:scscf:") -> BindingStore:
+    """``memory://`` → `MemoryBindingStore`; ``redis://…`` → `RedisBindingStore`."""
+    if url in ("", "memory://", "memory:"):
+        return MemoryBindingStore()
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisBindingStore(url, prefix=prefix)
+    raise ValueError(f"binding_store: unsupported URL scheme in {url!r}")

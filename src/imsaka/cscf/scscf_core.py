@@ -1,0 +1,835 @@
+"""S-CSCF registrar and authenticator, sans-I/O (TS 24.229 §5.4.1; TS 33.203 §6.1; RFC 3310).
+
+The core decides; the asyncio edge (imsaka.cscf.scscf) moves bytes. It is fed a
+`RegisterRequest` (what the edge read from a REGISTER), Cx outcomes and the time, and
+answers with actions: a SIP reply to give, a Cx request to make (MAR/SAR, phrased in
+registrar terms so this module does not depend on the Diameter encoding), a binding to
+store or delete. No sockets, no clock reads, randomness injected.
+
+Procedure selection (TS 24.229 §5.4.1.1, §5.4.1.2):
+- a REGISTER whose Authorization answers a pending challenge (same IMPI and nonce) is
+  verified against that challenge's XRES (RFC 3310: RES is the digest password; the
+  algorithm is the one *we* challenged with, never the one the UE names). ``auts``
+  present → resynchronisation: MAR with RAND‖AUTS, then a fresh 401 (§5.4.1.2.3). An
+  empty response without auts is the UE saying the network failed authentication
+  (TS 24.229 §5.1.1.5.3) → 403;
+- integrity-protected="yes" for a live registration of that IMPI/IMPU and no pending
+  challenge → accepted without a new AKA run unless ``reauthenticate = "always"``
+  (§5.4.1.2.2); Expires 0 there is a de-registration (§5.4.1.4);
+- anything else (integrity-protected="no", absent, unknown nonce, lapsed challenge) →
+  a challenge: one vector per 401, taken from the per-IMPI cache or fetched by MAR
+  (several at once), never reused; reg-await-auth (4 min) per challenge.
+
+Initial and re-registration are told apart by the registrar's state (a live
+registration for the IMPU), never by ports (PITFALLS).
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import heapq
+import logging
+import os
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import formatdate
+
+from imsaka.aka.digest import (
+    AKAV1_MD5,
+    AKAV2_MD5,
+    MD5,
+    DigestError,
+    make_nonce,
+    password_for,
+    verify_response,
+)
+from imsaka.cscf.registrar import ContactBinding, Registration
+from imsaka.cscf.userdata import UserDataError, associated_uris, parse_user_data
+
+__all__ = [
+    "AskAssignment",
+    "AskVectors",
+    "AssignmentType",
+    "AuthVectorItem",
+    "ContactSpec",
+    "CxOutcome",
+    "DigestParams",
+    "RegisterRequest",
+    "RegistrarCore",
+    "RegistrarPolicy",
+    "RemoveRegistration",
+    "Reply",
+    "StoreRegistration",
+]
+
+log = logging.getLogger("imsaka.cscf.scscf")
+
+
+class AssignmentType(enum.IntEnum):
+    """Server-Assignment-Type (TS 29.229 §6.3.15)."""
+
+    NO_ASSIGNMENT = 0
+    REGISTRATION = 1
+    RE_REGISTRATION = 2
+    UNREGISTERED_USER = 3
+    TIMEOUT_DEREGISTRATION = 4
+    USER_DEREGISTRATION = 5
+    ADMINISTRATIVE_DEREGISTRATION = 8
+    AUTHENTICATION_FAILURE = 9
+    AUTHENTICATION_TIMEOUT = 10
+
+
+class CxOutcome(enum.Enum):
+    """How a Cx request ended when it did not bring what was asked."""
+
+    USER_UNKNOWN = "user-unknown"  # 5001
+    IDENTITIES_DONT_MATCH = "identities-dont-match"  # 5002
+    AUTH_SCHEME_NOT_SUPPORTED = "auth-scheme-not-supported"  # 5006
+    REFUSED = "refused"  # any other permanent error
+    UNAVAILABLE = "unavailable"  # timeout, no peer, transient error (HSS down)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True, slots=True)
+class DigestParams:
+    """The Authorization header of a REGISTER (RFC 2617 §3.2.2, RFC 3310, TS 24.229 §7.2A.2)."""
+
+    username: str = ""
+    realm: str = ""
+    nonce: str = ""
+    uri: str = ""
+    response: str | None = None
+    algorithm: str | None = None
+    qop: str | None = None
+    nc: str | None = None
+    cnonce: str | None = None
+    auts: str | None = None
+    integrity_protected: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ContactSpec:
+    """One Contact of the REGISTER."""
+
+    uri: str
+    expires: int | None = None
+    params: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterRequest:
+    """What the registrar needs from a REGISTER (the edge reads it from the SIP message)."""
+
+    impu: str
+    call_id: str
+    cseq: int
+    auth: DigestParams | None = None
+    contacts: tuple[ContactSpec, ...] = ()
+    star: bool = False
+    expires: int | None = None
+    path: tuple[str, ...] = ()
+    method: str = "REGISTER"
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthVectorItem:
+    """One SIP-Auth-Data-Item of an MAA, in registrar terms."""
+
+    algorithm: str
+    """AKAv1-MD5, AKAv2-MD5 or MD5 (from SIP-Authentication-Scheme)."""
+    rand: bytes = b""
+    autn: bytes = b""
+    xres: bytes = field(default=b"", repr=False)
+    ck: bytes = field(default=b"", repr=False)
+    ik: bytes = field(default=b"", repr=False)
+    password: bytes = field(default=b"", repr=False)
+    """MD5 only: the password (SIP-Authorization of the item)."""
+
+
+# --------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Answer the REGISTER `token` with this status and these extra headers."""
+
+    token: int
+    status: int
+    reason: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AskVectors:
+    """Send an MAR; feed the answer to `vectors_received` / `cx_failed` with `token`."""
+
+    token: int
+    impi: str
+    impu: str
+    count: int
+    resync: bytes | None = None
+    """RAND‖AUTS for a resynchronisation MAR (SIP-Authorization), else None."""
+
+
+@dataclass(frozen=True, slots=True)
+class AskAssignment:
+    """Send an SAR; feed the answer to `assignment_done` / `cx_failed` with `token`."""
+
+    token: int
+    impi: str
+    impu: str
+    assignment_type: AssignmentType
+    user_data_available: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRegistration:
+    registration: Registration
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveRegistration:
+    impu: str
+    impi: str
+    reason: str
+
+
+Action = Reply | AskVectors | AskAssignment | StoreRegistration | RemoveRegistration
+
+
+# --------------------------------------------------------------------------- policy
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrarPolicy:
+    """The S-CSCF settings the core uses (built from `imsaka.config.ScscfConfig`)."""
+
+    realm: str
+    service_route: str
+    reauthenticate: str = "never"
+    vectors_per_request: int = 3
+    max_failed_attempts: int = 3
+    lockout: float = 300.0
+    min_expires: int = 60
+    max_expires: int = 600000
+    default_expires: int = 600000
+    reg_await_auth: float = 240.0
+    max_pending_per_impi: int = 4
+    retry_after: int = 30
+
+    @classmethod
+    def from_config(cls, cfg) -> RegistrarPolicy:
+        return cls(
+            realm=cfg.realm,
+            service_route=cfg.service_route,
+            reauthenticate=cfg.reauthenticate,
+            vectors_per_request=cfg.vectors_per_request,
+            max_failed_attempts=cfg.max_failed_attempts,
+            lockout=float(cfg.lockout),
+            min_expires=cfg.min_expires,
+            max_expires=cfg.max_expires,
+            default_expires=cfg.default_expires,
+            reg_await_auth=float(cfg.reg_await_auth),
+        )
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass(slots=True)
+class _Challenge:
+    impi: str
+    impu: str
+    nonce: str
+    vector: AuthVectorItem = field(repr=False)
+    deadline: float
+    call_id: str
+
+
+class _OpKind(enum.Enum):
+    CHALLENGE = "challenge"  # waiting for an MAA to send a 401
+    RESYNC = "resync"  # waiting for a resync MAA
+    ASSIGN = "assign"  # waiting for an SAA to send a 200
+    DEREGISTER = "deregister"  # waiting for an SAA to send the 200 of a de-REGISTER
+    BACKGROUND = "background"  # an SAR nobody waits for (expiry)
+
+
+@dataclass(slots=True)
+class _Op:
+    kind: _OpKind
+    impi: str
+    impu: str
+    request: RegisterRequest | None = None
+    assignment: AssignmentType | None = None
+    reply: bool = True
+
+
+@dataclass(slots=True)
+class _Failures:
+    count: int = 0
+    locked_until: float = 0.0
+
+
+_AKA_ALGORITHMS = (AKAV1_MD5, AKAV2_MD5)
+
+
+def _impi_from_impu(impu: str) -> str:
+    """TS 24.229 §5.4.1.1 item 4 / TS 23.003: without Authorization the user is
+    identified by the IMPU; the IMPI is its user@domain form."""
+    text = impu.strip("<>")
+    for scheme in ("sip:", "sips:", "tel:"):
+        if text.lower().startswith(scheme):
+            text = text[len(scheme) :]
+            break
+    return text.split(";", 1)[0]
+
+
+class RegistrarCore:
+    """The S-CSCF's registration state machine (one per S-CSCF)."""
+
+    def __init__(
+        self,
+        policy: RegistrarPolicy,
+        *,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.policy = policy
+        self._random = random_bytes
+        self.registrations: dict[str, Registration] = {}
+        self._by_impi: dict[str, set[str]] = {}
+        self._vectors: dict[str, deque[AuthVectorItem]] = {}
+        self._challenges: dict[str, _Challenge] = {}  # nonce → challenge
+        self._challenges_by_impi: dict[str, deque[str]] = {}
+        self._failures: dict[str, _Failures] = {}
+        self._ops: dict[int, _Op] = {}
+        self._next_token = 1 << 32  # tokens for SARs the core starts by itself
+        self._timers: list[tuple[float, int, str, str]] = []
+        self._timer_seq = 0
+        self.counters: Counter[str] = Counter()
+
+    # ----------------------------------------------------------------- public API
+
+    def handle_register(self, token: int, req: RegisterRequest, now: float) -> list[Action]:
+        """A REGISTER arrived; `token` names its server transaction."""
+        self.counters["register"] += 1
+        problem = self._check_request(req)
+        if problem is not None:
+            return [self._reply(token, 400, problem)]
+        auth = req.auth
+        impi = auth.username if auth is not None and auth.username else _impi_from_impu(req.impu)
+        fail = self._failures.get(impi)
+        if fail is not None and fail.locked_until > now:
+            self.counters["refused_locked"] += 1
+            return [self._reply(token, 403, "Forbidden (too many failed authentications)")]
+        too_short = self._too_short(req)
+        if too_short:
+            return [
+                self._reply(
+                    token,
+                    423,
+                    "Interval Too Brief",
+                    (("Min-Expires", str(self.policy.min_expires)),),
+                )
+            ]
+        challenge = None
+        if auth is not None and auth.nonce:
+            challenge = self._challenges.get(auth.nonce)
+            if challenge is not None and (challenge.impi != impi or challenge.deadline <= now):
+                challenge = None
+        if challenge is not None:
+            assert auth is not None
+            if auth.auts:
+                return self._resync(token, req, challenge, auth, now)
+            if auth.response:
+                return self._verify(token, req, challenge, auth, now)
+            # TS 24.229 §5.1.1.5.3: empty response, no auts: the UE rejected AUTN.
+            self._drop_challenge(challenge)
+            self.counters["ue_network_auth_failed"] += 1
+            return [self._reply(token, 403, "Forbidden (network authentication failed at the UE)")]
+        reg = self._live_registration(req.impu, now)
+        if (
+            auth is not None
+            and auth.integrity_protected == "yes"
+            and reg is not None
+            and reg.impi == impi
+            and self.policy.reauthenticate != "always"
+        ):
+            self.counters["reregister_without_aka"] += 1
+            return self._authenticated(token, req, impi, now)
+        return self._challenge(token, req, impi, now)
+
+    def vectors_received(
+        self, token: int, vectors: list[AuthVectorItem], now: float
+    ) -> list[Action]:
+        """The MAA for `token` brought these vectors (at least one)."""
+        op = self._ops.pop(token, None)
+        if op is None or op.kind not in (_OpKind.CHALLENGE, _OpKind.RESYNC):
+            self.counters["stray_maa"] += 1
+            return []
+        usable = [v for v in vectors if self._usable(v)]
+        if not usable:
+            self.counters["maa_without_vectors"] += 1
+            return [self._reply(token, 403, "Forbidden (authentication scheme not supported)")]
+        cache = self._vectors.setdefault(op.impi, deque())
+        if op.kind is _OpKind.RESYNC:
+            # Vectors cached before the resync carry SQNs the ISIM has just rejected.
+            cache.clear()
+        cache.extend(usable[1:])
+        assert op.request is not None
+        return [self._send_challenge(token, op.request, op.impi, usable[0], now)]
+
+    def assignment_done(self, token: int, user_data: str | None, now: float) -> list[Action]:
+        """The SAA for `token` succeeded (`user_data`: the IMS subscription XML, if sent)."""
+        op = self._ops.pop(token, None)
+        if op is None:
+            self.counters["stray_saa"] += 1
+            return []
+        if op.kind is _OpKind.BACKGROUND:
+            return []
+        assert op.request is not None
+        if op.kind is _OpKind.DEREGISTER:
+            return self._finish_deregister(token, op, now)
+        return self._finish_register(token, op, user_data, now)
+
+    def cx_failed(self, token: int, outcome: CxOutcome, now: float) -> list[Action]:
+        """The MAR/SAR for `token` failed (error answer, timeout or no HSS)."""
+        op = self._ops.pop(token, None)
+        if op is None:
+            self.counters["stray_cx_failure"] += 1
+            return []
+        self.counters[f"cx_{outcome.value}"] += 1
+        if op.kind is _OpKind.BACKGROUND:
+            return []
+        if op.kind is _OpKind.DEREGISTER:
+            # The binding is gone locally whatever the HSS says; the UE gets its 200.
+            return self._finish_deregister(token, op, now)
+        if outcome is CxOutcome.UNAVAILABLE:
+            # TS 24.229 §5.4.1.2.1: HSS unreachable → 504 (Server Time-out) with Retry-After.
+            return [
+                self._reply(
+                    token,
+                    504,
+                    "Server Time-out (HSS unavailable)",
+                    (("Retry-After", str(self.policy.retry_after)),),
+                )
+            ]
+        reason = {
+            CxOutcome.USER_UNKNOWN: "Forbidden (user unknown)",
+            CxOutcome.IDENTITIES_DONT_MATCH: "Forbidden (identities don't match)",
+            CxOutcome.AUTH_SCHEME_NOT_SUPPORTED: "Forbidden (authentication scheme not supported)",
+        }.get(outcome, "Forbidden")
+        return [self._reply(token, 403, reason)]
+
+    def load(self, registration: Registration) -> None:
+        """Adopt a registration read from the binding store (start-up, shared store)."""
+        old = self.registrations.get(registration.impu)
+        if old is not None and old.impi != registration.impi:
+            self._unindex(old)
+        self.registrations[registration.impu] = registration
+        self._by_impi.setdefault(registration.impi, set()).add(registration.impu)
+        expiry = registration.earliest_expiry()
+        if expiry is not None:
+            self._arm(expiry, "binding", registration.impu)
+
+    def forget(self, impu: str) -> None:
+        """Drop a registration another S-CSCF removed from the shared store."""
+        reg = self.registrations.pop(impu, None)
+        if reg is not None:
+            self._unindex(reg)
+
+    def network_deregister(
+        self, impi: str, impus: list[str] | None, now: float
+    ) -> tuple[int, list[Action]]:
+        """RTR (TS 29.228 §6.1.3): remove the bindings of `impi` (all, or those `impus`).
+
+        Returns how many registrations were removed and the actions (removals)."""
+        targets = set(self._by_impi.get(impi, ()))
+        if impus:
+            wanted = {u.lower() for u in impus}
+            targets = {u for u in targets if u.lower() in wanted}
+        actions: list[Action] = []
+        for impu in sorted(targets):
+            reg = self.registrations.pop(impu)
+            self._unindex(reg)
+            actions.append(RemoveRegistration(impu, impi, "network-initiated"))
+        self._vectors.pop(impi, None)
+        for nonce in list(self._challenges_by_impi.get(impi, ())):
+            ch = self._challenges.get(nonce)
+            if ch is not None:
+                self._drop_challenge(ch)
+        self.counters["rtr_removed"] += len(targets)
+        return len(targets), actions
+
+    def next_deadline(self) -> float | None:
+        while self._timers:
+            deadline, _, kind, key = self._timers[0]
+            if self._timer_live(kind, key, deadline):
+                return deadline
+            heapq.heappop(self._timers)
+        return None
+
+    def handle_timer(self, now: float) -> list[Action]:
+        """Expire challenges (reg-await-auth) and bindings due at `now`."""
+        actions: list[Action] = []
+        while self._timers and self._timers[0][0] <= now:
+            deadline, _, kind, key = heapq.heappop(self._timers)
+            if not self._timer_live(kind, key, deadline):
+                continue
+            if kind == "challenge":
+                ch = self._challenges[key]
+                self._drop_challenge(ch)
+                self.counters["reg_await_auth_expired"] += 1
+            else:
+                actions.extend(self._expire_binding(key, now))
+        return actions
+
+    def pending_counts(self) -> dict[str, int]:
+        """Sizes of the state, for leak checks (issue 7: nothing left behind)."""
+        return {
+            "registrations": len(self.registrations),
+            "challenges": len(self._challenges),
+            "cached_vectors": sum(len(v) for v in self._vectors.values()),
+            "operations": len(self._ops),
+        }
+
+    # ----------------------------------------------------------------- checks
+
+    def _check_request(self, req: RegisterRequest) -> str | None:
+        if not req.impu:
+            return "Bad Request (no To URI)"
+        if req.star:
+            if req.contacts:
+                return "Bad Request (Contact: * with other contacts)"
+            if req.expires != 0:
+                return "Bad Request (Contact: * needs Expires: 0)"
+        return None
+
+    def _expiry_of(self, req: RegisterRequest, spec: ContactSpec) -> int:
+        if spec.expires is not None:
+            return spec.expires
+        if req.expires is not None:
+            return req.expires
+        return self.policy.default_expires
+
+    def _too_short(self, req: RegisterRequest) -> bool:
+        return any(0 < self._expiry_of(req, c) < self.policy.min_expires for c in req.contacts)
+
+    def _usable(self, v: AuthVectorItem) -> bool:
+        if v.algorithm in _AKA_ALGORITHMS:
+            return len(v.rand) == 16 and len(v.autn) == 16 and 4 <= len(v.xres) <= 16
+        return v.algorithm == MD5 and bool(v.password)
+
+    def _live_registration(self, impu: str, now: float) -> Registration | None:
+        reg = self.registrations.get(impu)
+        if reg is not None and reg.is_live(now):
+            return reg
+        return None
+
+    # ----------------------------------------------------------------- challenge
+
+    def _challenge(self, token: int, req: RegisterRequest, impi: str, now: float) -> list[Action]:
+        cache = self._vectors.get(impi)
+        if cache:
+            vector = cache.popleft()
+            if not cache:
+                del self._vectors[impi]
+            self.counters["vector_from_cache"] += 1
+            return [self._send_challenge(token, req, impi, vector, now)]
+        self._ops[token] = _Op(_OpKind.CHALLENGE, impi, req.impu, req)
+        return [AskVectors(token, impi, req.impu, self.policy.vectors_per_request)]
+
+    def _resync(
+        self, token: int, req: RegisterRequest, ch: _Challenge, auth: DigestParams, now: float
+    ) -> list[Action]:
+        try:
+            auts = base64.b64decode(auth.auts or "", validate=True)
+        except ValueError:
+            auts = b""
+        self._drop_challenge(ch)
+        if len(auts) != 14 or ch.vector.algorithm not in _AKA_ALGORITHMS:
+            self.counters["bad_auts"] += 1
+            return [self._reply(token, 403, "Forbidden (malformed auts)")]
+        self.counters["resync"] += 1
+        self._vectors.pop(ch.impi, None)
+        self._ops[token] = _Op(_OpKind.RESYNC, ch.impi, req.impu, req)
+        return [
+            AskVectors(
+                token,
+                ch.impi,
+                req.impu,
+                self.policy.vectors_per_request,
+                resync=ch.vector.rand + auts,
+            )
+        ]
+
+    def _send_challenge(
+        self, token: int, req: RegisterRequest, impi: str, vector: AuthVectorItem, now: float
+    ) -> Reply:
+        if vector.algorithm in _AKA_ALGORITHMS:
+            # RFC 3310 §3.2: server data after RAND‖AUTN keeps nonces unique even if a
+            # (broken) HSS ever repeated a vector.
+            nonce = make_nonce(vector.rand, vector.autn, self._random(8))
+        else:
+            nonce = base64.b64encode(self._random(24)).decode("ascii")
+        pending = self._challenges_by_impi.setdefault(impi, deque())
+        while len(pending) >= self.policy.max_pending_per_impi:
+            old = self._challenges.get(pending[0])
+            if old is None:
+                pending.popleft()
+            else:
+                self._drop_challenge(old)
+        deadline = now + self.policy.reg_await_auth
+        self._challenges[nonce] = _Challenge(impi, req.impu, nonce, vector, deadline, req.call_id)
+        pending.append(nonce)
+        self._arm(deadline, "challenge", nonce)
+        parts = [
+            f'Digest realm="{self.policy.realm}"',
+            f'nonce="{nonce}"',
+            f"algorithm={vector.algorithm}",
+        ]
+        if vector.algorithm in _AKA_ALGORITHMS:
+            # TS 24.229 §5.4.1.2.1: IK and CK travel to the P-CSCF, which strips them.
+            parts.append(f'ik="{vector.ik.hex()}"')
+            parts.append(f'ck="{vector.ck.hex()}"')
+        self.counters["challenge"] += 1
+        return self._reply(token, 401, "Unauthorized", (("WWW-Authenticate", ", ".join(parts)),))
+
+    def _drop_challenge(self, ch: _Challenge) -> None:
+        self._challenges.pop(ch.nonce, None)
+        pending = self._challenges_by_impi.get(ch.impi)
+        if pending is not None:
+            try:
+                pending.remove(ch.nonce)
+            except ValueError:
+                pass
+            if not pending:
+                del self._challenges_by_impi[ch.impi]
+
+    # ----------------------------------------------------------------- verification
+
+    def _verify(
+        self, token: int, req: RegisterRequest, ch: _Challenge, auth: DigestParams, now: float
+    ) -> list[Action]:
+        v = ch.vector
+        # A challenge answers once, right or wrong: a second try needs a new one.
+        self._drop_challenge(ch)
+        ok = False
+        if auth.realm == self.policy.realm:
+            try:
+                if v.algorithm == MD5:
+                    password = password_for(MD5, password=v.password)
+                else:
+                    password = password_for(v.algorithm, res=v.xres, ik=v.ik, ck=v.ck)
+                ok = verify_response(
+                    response=auth.response or "",
+                    algorithm=v.algorithm,
+                    username=auth.username,
+                    realm=auth.realm,
+                    password=password,
+                    method=req.method,
+                    uri=auth.uri,
+                    nonce=auth.nonce,
+                    qop=auth.qop,
+                    nc=auth.nc,
+                    cnonce=auth.cnonce,
+                    body=req.body,
+                )
+            except DigestError:
+                ok = False
+        if not ok:
+            return self._auth_failed(token, ch.impi, now)
+        self._failures.pop(ch.impi, None)
+        self.counters["auth_ok"] += 1
+        return self._authenticated(token, req, ch.impi, now)
+
+    def _auth_failed(self, token: int, impi: str, now: float) -> list[Action]:
+        self.counters["auth_failed"] += 1
+        fail = self._failures.setdefault(impi, _Failures())
+        fail.count += 1
+        if fail.count >= self.policy.max_failed_attempts:
+            fail.locked_until = now + self.policy.lockout
+            fail.count = 0
+            self.counters["locked"] += 1
+        return [self._reply(token, 403, "Forbidden (authentication failed)")]
+
+    # ----------------------------------------------------------------- registration
+
+    def _authenticated(
+        self, token: int, req: RegisterRequest, impi: str, now: float
+    ) -> list[Action]:
+        reg = self._live_registration(req.impu, now)
+        remaining = self._apply_contacts(reg, req, now, dry_run=True)
+        if not remaining:
+            # De-registration (§5.4.1.4): no contact left for this IMPU.
+            self._ops[token] = _Op(
+                _OpKind.DEREGISTER, impi, req.impu, req, AssignmentType.USER_DEREGISTRATION
+            )
+            if reg is None:
+                return self._finish_deregister(token, self._ops.pop(token), now)
+            return [AskAssignment(token, impi, req.impu, AssignmentType.USER_DEREGISTRATION, False)]
+        kind = AssignmentType.RE_REGISTRATION if reg is not None else AssignmentType.REGISTRATION
+        self._ops[token] = _Op(_OpKind.ASSIGN, impi, req.impu, req, kind)
+        available = reg is not None and bool(reg.user_data) and reg.impi == impi
+        return [AskAssignment(token, impi, req.impu, kind, available)]
+
+    def _apply_contacts(
+        self, reg: Registration | None, req: RegisterRequest, now: float, *, dry_run: bool
+    ) -> dict[str, ContactBinding]:
+        contacts: dict[str, ContactBinding] = {}
+        if reg is not None:
+            for c in reg.live_contacts(now):
+                contacts[c.uri] = c
+        if req.star:
+            contacts.clear()
+            return contacts
+        for spec in req.contacts:
+            expires = self._expiry_of(req, spec)
+            if expires == 0:
+                contacts.pop(spec.uri, None)
+                continue
+            granted = min(max(expires, self.policy.min_expires), self.policy.max_expires)
+            contacts[spec.uri] = ContactBinding(
+                uri=spec.uri,
+                expires_at=now + granted,
+                params=spec.params,
+                path=req.path,
+                call_id=req.call_id,
+                cseq=req.cseq,
+            )
+        return contacts
+
+    def _finish_register(
+        self, token: int, op: _Op, user_data: str | None, now: float
+    ) -> list[Action]:
+        req = op.request
+        assert req is not None
+        old = self._live_registration(req.impu, now)
+        xml = user_data if user_data else (old.user_data if old is not None else "")
+        identities = []
+        if xml:
+            try:
+                _private, identities = parse_user_data(xml)
+            except UserDataError as exc:
+                self.counters["bad_user_data"] += 1
+                log.warning("SAA for %s: %s", req.impu, exc)
+                return [self._reply(token, 500, "Server Internal Error (bad User-Data)")]
+            barred = {p.identity.lower() for p in identities if p.barred}
+            if req.impu.lower() in barred:
+                return [self._reply(token, 403, "Forbidden (identity barred)")]
+        associated = associated_uris(req.impu, identities)
+        contacts = self._apply_contacts(old, req, now, dry_run=False)
+        reg = Registration(
+            impu=req.impu,
+            impi=op.impi,
+            contacts=contacts,
+            associated=associated,
+            user_data=xml,
+            registered_at=old.registered_at if old is not None else now,
+        )
+        if old is not None and old.impi != op.impi:
+            self._unindex(old)
+        self.load(reg)
+        self.counters[
+            "registered" if op.assignment is AssignmentType.REGISTRATION else "reregistered"
+        ] += 1
+        headers: list[tuple[str, str]] = []
+        for p in req.path:
+            headers.append(("Path", p))
+        headers.append(("Service-Route", self.policy.service_route))
+        for spec in req.contacts:
+            binding = contacts.get(spec.uri)
+            if binding is not None:
+                left = max(0, round(binding.expires_at - now))
+                headers.append(("Contact", f"<{binding.uri}>{binding.params};expires={left}"))
+        headers.append(("Date", formatdate(now, usegmt=True)))
+        headers.append(("P-Associated-URI", ", ".join(f"<{u}>" for u in associated)))
+        return [StoreRegistration(reg), self._reply(token, 200, "OK", tuple(headers))]
+
+    def _finish_deregister(self, token: int, op: _Op, now: float) -> list[Action]:
+        req = op.request
+        assert req is not None
+        actions: list[Action] = []
+        reg = self.registrations.get(req.impu)
+        if reg is not None and reg.impi == op.impi:
+            remaining = self._apply_contacts(reg, req, now, dry_run=False)
+            if remaining:  # another contact was added meanwhile: keep it
+                reg.contacts = remaining
+                actions.append(StoreRegistration(reg))
+            else:
+                self.registrations.pop(req.impu, None)
+                self._unindex(reg)
+                actions.append(RemoveRegistration(req.impu, op.impi, "user-deregistration"))
+        self.counters["deregistered"] += 1
+        headers: list[tuple[str, str]] = []
+        for spec in req.contacts:
+            headers.append(("Contact", f"<{spec.uri}>{spec.params};expires=0"))
+        headers.append(("Date", formatdate(now, usegmt=True)))
+        actions.append(self._reply(token, 200, "OK", tuple(headers)))
+        return actions
+
+    def _expire_binding(self, impu: str, now: float) -> list[Action]:
+        reg = self.registrations.get(impu)
+        if reg is None:
+            return []
+        for uri in [c.uri for c in reg.contacts.values() if c.expires_at <= now]:
+            del reg.contacts[uri]
+            self.counters["contact_expired"] += 1
+        if reg.contacts:
+            expiry = reg.earliest_expiry()
+            assert expiry is not None
+            self._arm(expiry, "binding", impu)
+            return [StoreRegistration(reg)]
+        self.registrations.pop(impu, None)
+        self._unindex(reg)
+        token = self._new_token()
+        self._ops[token] = _Op(
+            _OpKind.BACKGROUND, reg.impi, impu, None, AssignmentType.TIMEOUT_DEREGISTRATION, False
+        )
+        self.counters["registration_expired"] += 1
+        return [
+            RemoveRegistration(impu, reg.impi, "timeout"),
+            AskAssignment(token, reg.impi, impu, AssignmentType.TIMEOUT_DEREGISTRATION, False),
+        ]
+
+    # ----------------------------------------------------------------- plumbing
+
+    def _new_token(self) -> int:
+        self._next_token += 1
+        return self._next_token
+
+    def _unindex(self, reg: Registration) -> None:
+        impus = self._by_impi.get(reg.impi)
+        if impus is not None:
+            impus.discard(reg.impu)
+            if not impus:
+                del self._by_impi[reg.impi]
+
+    def _arm(self, deadline: float, kind: str, key: str) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (deadline, self._timer_seq, kind, key))
+        # Re-registrations leave superseded entries far in the future: compact now and
+        # then so the heap stays proportional to the live state.
+        if len(self._timers) > 1024 and len(self._timers) > 4 * (
+            len(self.registrations) + len(self._challenges)
+        ):
+            self._timers = [t for t in self._timers if self._timer_live(t[2], t[3], t[0])]
+            heapq.heapify(self._timers)
+
+    def _timer_live(self, kind: str, key: str, deadline: float) -> bool:
+        if kind == "challenge":
+            ch = self._challenges.get(key)
+            return ch is not None and ch.deadline == deadline
+        reg = self.registrations.get(key)
+        return reg is not None and reg.earliest_expiry() == deadline
+
+    def _reply(
+        self, token: int, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()
+    ) -> Reply:
+        if status >= 300:
+            self.counters[f"reply_{status}"] += 1
+        return Reply(token, status, reason, headers)

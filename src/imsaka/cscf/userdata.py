@@ -1,0 +1,82 @@
+"""The IMS subscription XML of an SAA (TS 29.228 Annex E / CxDataType XSD): the implicit set.
+
+The S-CSCF needs from User-Data only the public identities of the implicit registration
+set and their barring, to build P-Associated-URI (TS 24.229 §5.4.1.2.2): the non-barred
+identities, the registered one first. Everything else (iFC, service profiles) is kept as
+the XML text in the registration.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+__all__ = ["PublicIdentity", "UserDataError", "associated_uris", "parse_user_data"]
+
+MAX_USER_DATA = 256 * 1024
+
+
+class UserDataError(ValueError):
+    """User-Data that is not the TS 29.228 IMSSubscription document."""
+
+
+@dataclass(frozen=True, slots=True)
+class PublicIdentity:
+    identity: str
+    barred: bool = False
+
+
+def _local(tag: str) -> str:
+    # The XSD has no namespace, but tolerate one: match on the local name.
+    return tag.rsplit("}", 1)[-1]
+
+
+def parse_user_data(xml: str | bytes) -> tuple[str, list[PublicIdentity]]:
+    """→ (PrivateID, public identities of every ServiceProfile, in document order)."""
+    if len(xml) > MAX_USER_DATA:
+        raise UserDataError("User-Data larger than 256 KiB")
+    if isinstance(xml, str):
+        xml = xml.encode("utf-8")
+    if b"<!DOCTYPE" in xml or b"<!ENTITY" in xml:
+        raise UserDataError("User-Data with a DOCTYPE or entity declarations is refused")
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise UserDataError(f"User-Data is not well-formed XML ({exc})") from None
+    if _local(root.tag) != "IMSSubscription":
+        raise UserDataError(f"User-Data root is <{_local(root.tag)}>, not <IMSSubscription>")
+    private_id = ""
+    identities: list[PublicIdentity] = []
+    for child in root:
+        name = _local(child.tag)
+        if name == "PrivateID":
+            private_id = (child.text or "").strip()
+        elif name == "ServiceProfile":
+            for pub in child:
+                if _local(pub.tag) != "PublicIdentity":
+                    continue
+                identity = ""
+                barred = False
+                for item in pub:
+                    item_name = _local(item.tag)
+                    if item_name == "Identity":
+                        identity = (item.text or "").strip()
+                    elif item_name == "BarringIndication":
+                        barred = (item.text or "").strip().lower() in ("1", "true")
+                if identity:
+                    identities.append(PublicIdentity(identity, barred))
+    return private_id, identities
+
+
+def _same_uri(a: str, b: str) -> bool:
+    return a.strip("<>").lower() == b.strip("<>").lower()
+
+
+def associated_uris(registered_impu: str, identities: list[PublicIdentity]) -> tuple[str, ...]:
+    """P-Associated-URI entries: the non-barred identities, the registered IMPU first."""
+    out = [registered_impu]
+    for pid in identities:
+        if pid.barred or any(_same_uri(pid.identity, seen) for seen in out):
+            continue
+        out.append(pid.identity)
+    return tuple(out)

@@ -1,0 +1,419 @@
+"""The S-CSCF registrar core, sans-I/O: fake clock, fake Cx answers, real AKA arithmetic."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+
+import pytest
+
+from imsaka.aka.digest import split_nonce
+from imsaka.cscf.scscf_core import (
+    AskAssignment,
+    AskVectors,
+    AssignmentType,
+    CxOutcome,
+    RegistrarCore,
+    RegistrarPolicy,
+    RemoveRegistration,
+    Reply,
+    StoreRegistration,
+)
+
+from .fakes import IMPI, IMPU, REALM, USER_DATA, FakeHss, FakeUe, parse_challenge
+
+ROUTE = "<sip:orig@scscf1.home1.net:5080;lr>"
+T0 = 1_000_000.0
+
+
+def policy(**kw) -> RegistrarPolicy:
+    return RegistrarPolicy(realm=REALM, service_route=ROUTE, **kw)
+
+
+class Harness:
+    """Runs the core against the fake HSS: answers every AskVectors/AskAssignment."""
+
+    def __init__(self, core: RegistrarCore, hss: FakeHss) -> None:
+        self.core = core
+        self.hss = hss
+        self.tokens = itertools.count(1)
+        self.asks: list = []
+        self.stored: dict[str, object] = {}
+        self.sar_failure: CxOutcome | None = None
+        self.mar_failure: CxOutcome | None = None
+
+    def run(self, actions, now):
+        replies = []
+        queue = list(actions)
+        while queue:
+            a = queue.pop(0)
+            if isinstance(a, Reply):
+                replies.append(a)
+            elif isinstance(a, AskVectors):
+                self.asks.append(a)
+                if self.mar_failure:
+                    queue += self.core.cx_failed(a.token, self.mar_failure, now)
+                else:
+                    queue += self.core.vectors_received(
+                        a.token, self.hss.vectors(a.count, a.resync), now
+                    )
+            elif isinstance(a, AskAssignment):
+                self.asks.append(a)
+                if self.sar_failure:
+                    queue += self.core.cx_failed(a.token, self.sar_failure, now)
+                else:
+                    queue += self.core.assignment_done(a.token, USER_DATA, now)
+            elif isinstance(a, StoreRegistration):
+                self.stored[a.registration.impu] = a.registration
+            elif isinstance(a, RemoveRegistration):
+                self.stored.pop(a.impu, None)
+        return replies
+
+    def send(self, req, now=T0) -> Reply:
+        replies = self.run(self.core.handle_register(next(self.tokens), req, now), now)
+        assert len(replies) == 1, replies
+        return replies[0]
+
+
+def header(reply: Reply, name: str) -> list[str]:
+    return [v for n, v in reply.headers if n.lower() == name.lower()]
+
+
+@pytest.fixture
+def h() -> Harness:
+    return Harness(RegistrarCore(policy(), random_bytes=lambda n: bytes(n)), FakeHss())
+
+
+def register(h: Harness, ue: FakeUe, now=T0) -> Reply:
+    r401 = h.send(ue.register(), now)
+    assert r401.status == 401
+    return h.send(ue.answer(header(r401, "WWW-Authenticate")[0]), now)
+
+
+def test_initial_registration_packets_4_and_11(h):
+    ue = FakeUe()
+    r401 = h.send(ue.register())
+    assert (r401.status, r401.reason) == (401, "Unauthorized")
+    assert isinstance(h.asks[0], AskVectors) and h.asks[0].count == 3 and h.asks[0].impi == IMPI
+    (www,) = header(r401, "WWW-Authenticate")
+    p = parse_challenge(www)
+    assert list(p) == ["realm", "nonce", "algorithm", "ik", "ck"]  # packet 4's order
+    assert p["realm"] == REALM and p["algorithm"] == "AKAv1-MD5"
+    rand, autn, server_data = split_nonce(p["nonce"])
+    assert len(server_data) == 8
+    assert len(p["ik"]) == 32 and len(p["ck"]) == 32
+    int(p["ik"], 16), int(p["ck"], 16)
+    r200 = h.send(ue.answer(www))
+    assert r200.status == 200
+    sar = h.asks[-1]
+    assert isinstance(sar, AskAssignment)
+    assert sar.assignment_type is AssignmentType.REGISTRATION and not sar.user_data_available
+    assert header(r200, "Path") == ["<sip:term@pcscf1.visited1.net;lr>"]
+    assert header(r200, "Service-Route") == [ROUTE]
+    assert header(r200, "Contact") == [
+        "<sip:[5555::aaa:bbb:ccc:ddd]:1357;comp=sigcomp>;expires=600000"
+    ]
+    assert header(r200, "Date")[0].endswith(" GMT")
+    assert header(r200, "P-Associated-URI") == [
+        f"<{IMPU}>, <sip:user1_public2@home1.net>, <tel:+1-212-555-1111>"
+    ]
+    assert IMPU in h.stored
+    assert h.core.pending_counts() == {
+        "registrations": 1,
+        "challenges": 0,
+        "cached_vectors": 2,
+        "operations": 0,
+    }
+
+
+def test_one_vector_per_challenge_from_the_cache_never_reused(h):
+    ue = FakeUe()
+    nonces = set()
+    rands = set()
+    for _ in range(4):
+        r = h.send(ue.register())
+        p = parse_challenge(header(r, "WWW-Authenticate")[0])
+        nonces.add(p["nonce"])
+        rands.add(split_nonce(p["nonce"])[0])
+    assert len(nonces) == 4 and len(rands) == 4
+    assert h.hss.mars == 2  # 3 vectors from the first MAR, the fourth needs a second MAR
+
+
+def test_wrong_response_is_403_and_the_challenge_is_spent(h):
+    ue = FakeUe()
+    r401 = h.send(ue.register())
+    www = header(r401, "WWW-Authenticate")[0]
+    nonce = parse_challenge(www)["nonce"]
+    bad = ue.register(integrity="yes", nonce=nonce, response="0" * 32, algorithm="AKAv1-MD5")
+    r = h.send(bad)
+    assert r.status == 403
+    # The right answer to the spent nonce is not accepted: it gets a fresh challenge.
+    again = h.send(ue.answer(www))
+    assert again.status == 401
+    assert h.core.counters["auth_failed"] == 1
+
+
+def test_failed_attempt_limit_locks_the_impi(h):
+    ue = FakeUe()
+    for _ in range(3):
+        r401 = h.send(ue.register())
+        nonce = parse_challenge(header(r401, "WWW-Authenticate")[0])["nonce"]
+        assert h.send(ue.register(integrity="yes", nonce=nonce, response="f" * 32)).status == 403
+    locked = h.send(ue.register())
+    assert locked.status == 403 and "too many" in locked.reason
+    later = h.send(ue.register(), T0 + 301)
+    assert later.status == 401
+
+
+def test_reregistration_integrity_yes_skips_aka(h):
+    ue = FakeUe()
+    assert register(h, ue).status == 200
+    mars = h.hss.mars
+    cached = h.core.pending_counts()["cached_vectors"]
+    r = h.send(ue.register(integrity="yes"), T0 + 100)
+    assert r.status == 200
+    assert h.hss.mars == mars and h.core.pending_counts()["cached_vectors"] == cached
+    sar = h.asks[-1]
+    assert sar.assignment_type is AssignmentType.RE_REGISTRATION and sar.user_data_available
+
+
+def test_reauthenticate_always_challenges_reregistration():
+    h = Harness(RegistrarCore(policy(reauthenticate="always")), FakeHss())
+    ue = FakeUe()
+    assert register(h, ue).status == 200
+    r = h.send(ue.register(integrity="yes"), T0 + 100)
+    assert r.status == 401
+    r2 = h.send(ue.answer(header(r, "WWW-Authenticate")[0]), T0 + 100)
+    assert r2.status == 200 and h.asks[-1].assignment_type is AssignmentType.RE_REGISTRATION
+
+
+def test_integrity_yes_without_registration_is_challenged(h):
+    ue = FakeUe()
+    assert h.send(ue.register(integrity="yes")).status == 401
+
+
+def test_integrity_yes_for_another_impi_is_challenged(h):
+    ue = FakeUe()
+    assert register(h, ue).status == 200
+    other = FakeUe(impi="intruder@home1.net")
+    assert h.send(other.register(integrity="yes")).status == 401
+
+
+def test_initial_registration_again_is_told_by_state_not_port(h):
+    ue = FakeUe()
+    assert register(h, ue).status == 200
+    ue2 = FakeUe(isim=ue.isim, contact="sip:127.0.0.1:40000")  # same ISIM, another port
+    r = register(h, ue2, T0 + 10)
+    assert r.status == 200
+    assert h.asks[-1].assignment_type is AssignmentType.RE_REGISTRATION
+    assert len(h.stored[IMPU].contacts) == 2
+
+
+def test_resync_with_auts():
+    hss = FakeHss()
+    h = Harness(RegistrarCore(policy()), hss)
+    ue = FakeUe()
+    # The ISIM has seen a far higher SQN than the HSS will hand out (e.g. after a SIM swap).
+    for ind in range(32):
+        ue.isim.sqn_array.accept((1000 << 5) | ind)
+    r401 = h.send(ue.register())
+    resync_req = ue.answer(header(r401, "WWW-Authenticate")[0])
+    assert resync_req.auth.auts
+    r = h.send(resync_req)
+    assert r.status == 401
+    ask = [a for a in h.asks if isinstance(a, AskVectors)][-1]
+    assert ask.resync is not None and len(ask.resync) == 30
+    assert (
+        ask.resync[:16]
+        == split_nonce(parse_challenge(header(r401, "WWW-Authenticate")[0])["nonce"])[0]
+    )
+    assert hss.resyncs == 1
+    r200 = h.send(ue.answer(header(r, "WWW-Authenticate")[0]))
+    assert r200.status == 200
+
+
+def test_empty_response_means_network_authentication_failed(h):
+    ue = FakeUe()
+    r401 = h.send(ue.register())
+    nonce = parse_challenge(header(r401, "WWW-Authenticate")[0])["nonce"]
+    r = h.send(ue.register(integrity="no", nonce=nonce, response=""))
+    assert r.status == 403
+    assert h.core.pending_counts()["challenges"] == 0
+
+
+def test_reg_await_auth_expiry(h):
+    ue = FakeUe()
+    r401 = h.send(ue.register())
+    assert h.core.next_deadline() == T0 + 240
+    h.run(h.core.handle_timer(T0 + 241), T0 + 241)
+    assert h.core.pending_counts()["challenges"] == 0
+    r = h.send(ue.answer(header(r401, "WWW-Authenticate")[0]), T0 + 242)
+    assert r.status == 401  # a late answer gets a new challenge
+
+
+def test_expires_below_min_is_423(h):
+    r = h.send(FakeUe().register(expires=10))
+    assert r.status == 423 and header(r, "Min-Expires") == ["60"]
+
+
+def test_expires_bounded_by_max():
+    h = Harness(RegistrarCore(policy(max_expires=3600)), FakeHss())
+    r = register(h, FakeUe())
+    assert header(r, "Contact")[0].endswith(";expires=3600")
+
+
+def test_expires_header_used_when_contact_has_none(h):
+    ue = FakeUe()
+    r401 = h.send(ue.register(expires=None, expires_header=7200))
+    r = h.send(ue.answer(header(r401, "WWW-Authenticate")[0], expires=None, expires_header=7200))
+    assert header(r, "Contact")[0].endswith(";expires=7200")
+
+
+@pytest.mark.parametrize("star", [False, True])
+def test_deregistration(h, star):
+    ue = FakeUe()
+    assert register(h, ue).status == 200
+    if star:
+        req = ue.register(integrity="yes", star=True, expires=None, expires_header=0)
+    else:
+        req = ue.register(integrity="yes", expires=0)
+    r = h.send(req, T0 + 5)
+    assert r.status == 200
+    assert h.asks[-1].assignment_type is AssignmentType.USER_DEREGISTRATION
+    assert IMPU not in h.stored
+    assert h.core.pending_counts()["registrations"] == 0
+    if not star:
+        assert header(r, "Contact")[0].endswith(";expires=0")
+
+
+def test_star_with_nonzero_expires_is_400(h):
+    r = h.send(FakeUe().register(star=True, expires=None, expires_header=3600))
+    assert r.status == 400
+
+
+def test_binding_expiry_sends_timeout_deregistration():
+    h = Harness(RegistrarCore(policy(max_expires=3600, default_expires=3600)), FakeHss())
+    assert register(h, FakeUe()).status == 200
+    assert h.core.next_deadline() == T0 + 3600
+    h.run(h.core.handle_timer(T0 + 3601), T0 + 3601)
+    assert h.asks[-1].assignment_type is AssignmentType.TIMEOUT_DEREGISTRATION
+    assert IMPU not in h.stored and h.core.pending_counts()["registrations"] == 0
+    assert h.core.pending_counts()["operations"] == 0
+
+
+def test_reregistration_pushes_expiry_back():
+    h = Harness(RegistrarCore(policy(max_expires=3600, default_expires=3600)), FakeHss())
+    ue = FakeUe()
+    assert register(h, ue).status == 200
+    assert h.send(ue.register(integrity="yes"), T0 + 1800).status == 200
+    h.run(h.core.handle_timer(T0 + 3601), T0 + 3601)
+    assert IMPU in h.stored
+    assert h.core.next_deadline() == T0 + 1800 + 3600
+
+
+def test_hss_unavailable_is_504_with_retry_after(h):
+    h.mar_failure = CxOutcome.UNAVAILABLE
+    r = h.send(FakeUe().register())
+    assert r.status == 504 and header(r, "Retry-After")
+
+
+def test_user_unknown_is_403(h):
+    h.mar_failure = CxOutcome.USER_UNKNOWN
+    r = h.send(FakeUe().register())
+    assert r.status == 403 and "unknown" in r.reason
+
+
+def test_sar_failure_is_403_and_nothing_stored(h):
+    ue = FakeUe()
+    r401 = h.send(ue.register())
+    h.sar_failure = CxOutcome.REFUSED
+    assert h.send(ue.answer(header(r401, "WWW-Authenticate")[0])).status == 403
+    assert not h.stored
+
+
+def test_network_initiated_deregistration(h):
+    assert register(h, FakeUe()).status == 200
+    n, actions = h.core.network_deregister(IMPI, None, T0 + 1)
+    assert n == 1 and isinstance(actions[0], RemoveRegistration)
+    assert h.core.pending_counts() == {
+        "registrations": 0,
+        "challenges": 0,
+        "cached_vectors": 0,
+        "operations": 0,
+    }
+
+
+def test_akav2_md5():
+    hss = FakeHss(algorithm="AKAv2-MD5")
+    h = Harness(RegistrarCore(policy()), hss)
+    ue = FakeUe()
+    r401 = h.send(ue.register())
+    assert parse_challenge(header(r401, "WWW-Authenticate")[0])["algorithm"] == "AKAv2-MD5"
+    assert h.send(ue.answer(header(r401, "WWW-Authenticate")[0])).status == 200
+
+
+def test_akav2_response_computed_as_akav1_is_refused():
+    hss = FakeHss(algorithm="AKAv2-MD5")
+    h = Harness(RegistrarCore(policy()), hss)
+    ue = FakeUe()
+    r401 = h.send(ue.register())
+    www = header(r401, "WWW-Authenticate")[0].replace("AKAv2-MD5", "AKAv1-MD5")
+    assert h.send(ue.answer(www)).status == 403  # PITFALLS: AKAv2 done as AKAv1
+
+
+def test_barred_identity_is_refused(h):
+    ue = FakeUe(impu="sip:barred@home1.net")
+    r401 = h.send(ue.register())
+    assert h.send(ue.answer(header(r401, "WWW-Authenticate")[0])).status == 403
+
+
+def test_bad_user_data_is_500():
+    core = RegistrarCore(policy())
+    ue = FakeUe()
+    h = Harness(core, FakeHss())
+    r401 = h.send(ue.register())
+    actions = core.handle_register(99, ue.answer(header(r401, "WWW-Authenticate")[0]), T0)
+    (sar,) = actions
+    (reply,) = core.assignment_done(sar.token, "<not-xml", T0)
+    assert reply.status == 500
+
+
+def test_malformed_auts_is_403(h):
+    ue = FakeUe()
+    r401 = h.send(ue.register())
+    nonce = parse_challenge(header(r401, "WWW-Authenticate")[0])["nonce"]
+    r = h.send(ue.register(integrity="yes", nonce=nonce, auts="!!notbase64"))
+    assert r.status == 403
+
+
+def test_challenge_for_another_impi_does_not_match(h):
+    ue = FakeUe()
+    r401 = h.send(ue.register())
+    www = header(r401, "WWW-Authenticate")[0]
+    thief = FakeUe(impi="other@home1.net", isim=ue.isim)
+    assert h.send(thief.answer(www)).status == 401
+
+
+def test_stray_cx_answers_are_counted_not_raised(h):
+    assert h.core.vectors_received(12345, [], T0) == []
+    assert h.core.assignment_done(12345, None, T0) == []
+    assert h.core.cx_failed(12345, CxOutcome.REFUSED, T0) == []
+    assert h.core.counters["stray_maa"] == 1
+
+
+def test_many_users_leave_nothing_behind():
+    hss = FakeHss()
+    h = Harness(RegistrarCore(policy()), hss)
+    for i in range(50):
+        ue = FakeUe(impi=f"u{i}@home1.net", impu=f"sip:u{i}@home1.net")
+        assert register(h, ue).status == 200
+        assert h.send(ue.register(integrity="yes", expires=0), T0 + 1).status == 200
+    counts = h.core.pending_counts()
+    assert counts["registrations"] == 0 and counts["challenges"] == 0 and counts["operations"] == 0
+
+
+def test_nonce_is_base64_of_rand_autn(h):
+    r = h.send(FakeUe().register())
+    nonce = parse_challenge(header(r, "WWW-Authenticate")[0])["nonce"]
+    raw = base64.b64decode(nonce)
+    assert len(raw) == 40
