@@ -99,7 +99,7 @@ def test_initial_registration_packets_4_and_11(h):
     p = parse_challenge(www)
     assert list(p) == ["realm", "nonce", "algorithm", "ik", "ck"]  # packet 4's order
     assert p["realm"] == REALM and p["algorithm"] == "AKAv1-MD5"
-    rand, autn, server_data = split_nonce(p["nonce"])
+    _rand, _autn, server_data = split_nonce(p["nonce"])
     assert len(server_data) == 8
     assert len(p["ik"]) == 32 and len(p["ck"]) == 32
     int(p["ik"], 16), int(p["ck"], 16)
