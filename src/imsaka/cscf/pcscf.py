@@ -1,0 +1,964 @@
+"""P-CSCF REGISTER handling, sans-I/O: TS 24.229 §5.2.2, TS 33.203 §7, RFC 3329, RFC 3327.
+
+The seed's packets 1→2, 7, 8→9 and 13: the P-CSCF is the UE's first hop. It
+
+- decides home or visited (seed steps 2–3): the home domain of the Request-URI picks a
+  static route; visited → the home network's I-CSCF, home → the route's S-CSCF where
+  one is configured, else its I-CSCF;
+- adds Path `<sip:term@NAME;lr>` and `Require: path`, P-Visited-Network-ID and a
+  P-Charging-Vector with a fresh icid (packet 2); removes Security-Client,
+  Security-Verify and the sec-agree option tags before forwarding (TS 24.228 R1-1c);
+- sets `integrity-protected="no"` on a REGISTER received in the clear and `"yes"` on
+  one received over an SA, overwriting any value the UE wrote (FACTS §3.1);
+- on the 401 takes ck/ik out of WWW-Authenticate, chooses the transform by the
+  operator's preference list (never "last offer wins"), allocates its SPIs, installs
+  the temporary SA set and adds Security-Server (packet 7);
+- on the protected REGISTER checks Security-Verify against the Security-Server it
+  sent and Security-Client against the challenged REGISTER (a mismatch is a downgrade
+  attempt: 494, SAs dropped);
+- drops a clear REGISTER that carries a challenge response where protection is due
+  (seed step 6); an initial REGISTER arriving over ESP without an SA is dropped by the
+  IPsec backend (unknown SPI, seed step 1);
+- after the 200 OK keeps the registration (contact, SAs, Service-Route,
+  P-Associated-URI); from then on accepts requests from that UE only over its SAs and
+  replaces P-Preferred-Identity with a P-Asserted-Identity from the registered set;
+- sends every response to the UE over the SA its request came on; on a de-REGISTER
+  the SAs are removed only after the 200 OK has gone out over them (PITFALLS).
+
+`sec_agree = "required"` answers a REGISTER without sec-agree 421/494 (RFC 3329 §2.3.1);
+`"optional"` admits a UE offering no Security-Client, without SAs.
+
+The core takes parsed messages with their arrival (clear or which SA) and `now`, and
+returns actions for the edge (`imsaka.cscf.pcscf_server`); it opens no socket.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import hashlib
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from imsaka.config import NetworkConfig, PcscfConfig, split_hostport
+from imsaka.ipsec.errors import DowngradeError, SecAgreeParseError
+from imsaka.ipsec.secagree import (
+    SecAgreePolicy,
+    SecurityMechanism,
+    answer_headers,
+    check_security_client_unchanged,
+    check_security_verify,
+    choose_mechanism,
+    format_security_header,
+    parse_security_header,
+    sec_agree_decision,
+    strip_sec_agree,
+)
+from imsaka.sip import (
+    DigestCredentials,
+    NameAddr,
+    Request,
+    Response,
+    SipParseError,
+    make_response,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Address",
+    "Arrival",
+    "DropInput",
+    "Forward",
+    "InstallSecurityAssociations",
+    "PcscfCore",
+    "PcscfSa",
+    "ReleaseSecurityAssociations",
+    "Reply",
+    "UpgradeSecurityAssociations",
+]
+
+Address = tuple[str, int]
+
+# Timer F (64·T1) bounds how long a forwarded request's context is kept.
+TRANSACTION_LIFETIME = 32.0
+
+
+# ----------------------------------------------------------------------- SA model
+
+
+@dataclass(frozen=True, slots=True)
+class PcscfSa:
+    """One SA set as the P-CSCF sees it (TS 33.203 §7.1, FACTS §1.1).
+
+    Inbound at the P-CSCF: spi_ps (UE port-c → our port-s) and spi_pc (UE port-s → our
+    port-c); outbound: spi_uc (our port-s → UE port-c) and spi_us (our port-c → UE port-s).
+    """
+
+    impi: str
+    alg: str
+    ealg: str
+    ue_host: str
+    pcscf_host: str
+    spi_uc: int
+    spi_us: int
+    port_uc: int
+    port_us: int
+    spi_pc: int
+    spi_ps: int
+    port_pc: int
+    port_ps: int
+    ck: bytes = field(repr=False)
+    ik: bytes = field(repr=False)
+
+    @property
+    def inbound_spis(self) -> tuple[int, int]:
+        return (self.spi_ps, self.spi_pc)
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """How a request reached the P-CSCF: its source, transport and the SA it came on."""
+
+    source: Address
+    transport: str = "udp"
+    spi: int | None = None  # inbound SPI of the SA it arrived over; None = in the clear
+
+
+# ----------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Send `message` upstream (I-CSCF / S-CSCF) in the clear."""
+
+    message: Request | Response
+    destination: Address
+    transport: str = "udp"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Send `message` to the UE: over the SA with outbound `spi` (from port-s to the UE's
+    port-c, or from port-c to its port-s), or in the clear when `spi` is None."""
+
+    message: Request | Response
+    destination: Address
+    transport: str = "udp"
+    spi: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSecurityAssociations:
+    sa: PcscfSa
+    lifetime: float
+    temporary: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeSecurityAssociations:
+    sa: PcscfSa
+    lifetime: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseSecurityAssociations:
+    sa: PcscfSa
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DropInput:
+    reason: str
+
+
+Action = (
+    Forward
+    | Reply
+    | InstallSecurityAssociations
+    | UpgradeSecurityAssociations
+    | ReleaseSecurityAssociations
+    | DropInput
+)
+
+
+# ----------------------------------------------------------------------- state
+
+
+class RegState(enum.Enum):
+    CHALLENGED = "challenged"  # temporary SA set installed, protected REGISTER awaited
+    REGISTERED = "registered"
+
+
+@dataclass(slots=True)
+class Registration:
+    """What the P-CSCF keeps per registered contact (TS 24.229 §5.2.2, FACTS §3.2)."""
+
+    impi: str
+    impu: str
+    ue_host: str
+    state: RegState
+    contact: str = ""
+    sa: PcscfSa | None = None  # established set
+    temporary: PcscfSa | None = None
+    temporary_expires: float = 0.0
+    security_server: list[SecurityMechanism] = field(default_factory=list)  # last sent
+    security_client: list[SecurityMechanism] = field(default_factory=list)  # challenged
+    pending_server: list[SecurityMechanism] = field(default_factory=list)
+    service_route: tuple[str, ...] = ()
+    associated_uris: tuple[str, ...] = ()
+    expires_at: float = 0.0
+    clear_source: Address | None = None  # sec-agree-less registration (policy optional)
+
+
+@dataclass(slots=True)
+class _Pending:
+    """Context of one forwarded request until its final response (keyed by our branch)."""
+
+    arrival: Arrival
+    ue_branch: str
+    kind: str  # "register-clear", "register-protected", "request"
+    impi: str
+    created: float
+    security_client: list[SecurityMechanism] = field(default_factory=list)
+    expires_zero: bool = False
+    final: Response | None = None  # cached for retransmitted requests
+
+
+def _addr_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _domain_of(uri: str) -> str:
+    text = uri.strip().strip("<>")
+    if ":" in text:
+        text = text.split(":", 1)[1]
+    if "@" in text:
+        text = text.split("@", 1)[1]
+    host = text.split(";", 1)[0].split("?", 1)[0]
+    if host.startswith("["):
+        return host[1 : host.find("]")].lower()
+    return host.split(":", 1)[0].lower()
+
+
+# ----------------------------------------------------------------------- the core
+
+
+class PcscfCore:
+    """P-CSCF state: pending transactions, registrations, SAs; actions out."""
+
+    def __init__(
+        self,
+        config: PcscfConfig,
+        network: NetworkConfig | None = None,
+        *,
+        rng: random.Random | None = None,
+        port: int | None = None,
+        port_c: int | None = None,
+        port_s: int | None = None,
+    ) -> None:
+        self.config = config
+        self.network = network
+        self._rng = rng or random.SystemRandom()
+        # Actual bound ports (a config port 0 means: whatever the edge got).
+        self.port = port or config.port
+        self.port_c = port_c or config.port_c
+        self.port_s = port_s or config.port_s
+        # Operator order: encryption first, then integrity, as the config lists them.
+        preference = tuple(
+            (alg, ealg)
+            for ealg in config.encryption_algorithms
+            for alg in config.integrity_algorithms
+        )
+        self.policy = SecAgreePolicy(preference=preference, required=config.sec_agree == "required")
+        self._secret = self._rng.getrandbits(64).to_bytes(8, "big")
+        self.pending: dict[str, _Pending] = {}
+        self.registrations: dict[str, Registration] = {}  # by IMPI
+        self.by_spi: dict[int, str] = {}  # inbound SPI -> IMPI
+        self.drops: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _drop(self, reason: str, detail: str = "") -> list[Action]:
+        self.drops[reason] += 1
+        if log.isEnabledFor(logging.INFO):
+            log.info("pcscf: dropped: %s %s", reason, detail)
+        return [DropInput(reason)]
+
+    def _icid(self) -> str:
+        raw = self._rng.getrandbits(160).to_bytes(20, "big")
+        return base64.b64encode(raw).decode() + str(self._rng.randrange(10**9)).zfill(9)
+
+    def _branch_for(self, ue_branch: str, salt: str) -> str:
+        # Same UE branch → same upstream branch, so a retransmission maps to one context
+        # (RFC 3261 §16.11 stateless branch construction).
+        digest = hashlib.blake2s(
+            self._secret + ue_branch.encode() + b"\x00" + salt.encode(), digest_size=10
+        ).hexdigest()
+        return f"z9hG4bK{digest}"
+
+    def _new_spi(self) -> int:
+        while True:
+            spi = self._rng.randrange(256, 2**32)
+            if spi not in self.by_spi:
+                return spi
+
+    def route(self, request_uri: str) -> Address | None:
+        """Next hop for a REGISTER to `request_uri` (seed steps 2–3)."""
+        domain = _domain_of(request_uri)
+        chosen = None
+        for r in self.config.routes:
+            d = r.domain.lower()
+            if domain == d or domain.endswith("." + d):
+                if chosen is None or len(d) > len(chosen.domain):
+                    chosen = r
+        if chosen is None:
+            return None
+        target = chosen.scscf if (self.config.home and chosen.scscf) else chosen.icscf
+        target = target or chosen.scscf
+        if target is None:
+            return None
+        host, port = split_hostport(target)
+        if self.network is not None:
+            try:
+                host = self.network.resolve(host)
+            except ValueError:
+                return None
+        return host, port
+
+    def _via(self, branch: str, transport: str) -> str:
+        return f"SIP/2.0/{transport.upper()} {_addr_host(self.config.name)}:{self.port};branch={branch}"
+
+    def _path(self) -> str:
+        return f"<sip:term@{_addr_host(self.config.name)}:{self.port};lr>"
+
+    def _reply(
+        self,
+        request: Request,
+        arrival: Arrival,
+        status: int,
+        reason: str | None = None,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> Reply:
+        resp = make_response(
+            request,
+            status,
+            reason,
+            to_tag=self._rng.getrandbits(32).to_bytes(4, "big").hex(),
+            headers=headers,
+        )
+        return self._to_ue(resp, arrival)
+
+    def _to_ue(self, resp: Response, arrival: Arrival) -> Reply:
+        """Responses go back the way the request came (over its SA: FACTS §1.3)."""
+        spi = None
+        if arrival.spi is not None:
+            impi = self.by_spi.get(arrival.spi)
+            reg = self.registrations.get(impi) if impi else None
+            sa = None
+            if reg is not None:
+                for s in (reg.temporary, reg.sa):
+                    if s is not None and arrival.spi in s.inbound_spis:
+                        sa = s
+                        break
+            if sa is not None:
+                spi = sa.spi_uc if arrival.spi == sa.spi_ps else sa.spi_us
+        return Reply(resp, arrival.source, arrival.transport, spi)
+
+    # ------------------------------------------------------------------ requests
+
+    def receive_request(self, request: Request, arrival: Arrival, now: float) -> list[Action]:
+        """A request from a UE (clear at the unprotected port, or decrypted off an SA)."""
+        try:
+            vias = request.via
+            if not vias or vias[0].branch is None:
+                return [self._reply(request, arrival, 400, "Missing Via branch")]
+            mf = request.max_forwards
+        except SipParseError as exc:
+            return [
+                self._reply(
+                    request, arrival, 400, exc.reason if hasattr(exc, "reason") else "Bad Request"
+                )
+            ]
+        if mf is not None and mf <= 0:
+            return [self._reply(request, arrival, 483)]
+        ue_branch = vias[0].branch or ""
+        # Retransmission of a request we already forwarded: resend the final answer or
+        # forward again (the upstream transaction absorbs duplicates).
+        branch = self._branch_for(
+            ue_branch, request.method + (str(arrival.spi) if arrival.spi else "")
+        )
+        pending = self.pending.get(branch)
+        if pending is not None:
+            if pending.final is not None:
+                self.counters["retransmission-answered"] += 1
+                return [self._to_ue(pending.final, arrival)]
+        if request.method == "REGISTER":
+            return self._register(request, arrival, branch, now)
+        if request.method == "ACK":
+            return self._drop("stray-ack")
+        return self._other_request(request, arrival, branch, now)
+
+    def _register(
+        self, request: Request, arrival: Arrival, branch: str, now: float
+    ) -> list[Action]:
+        try:
+            auth = request.authorization
+        except SipParseError:
+            return [self._reply(request, arrival, 400, "Bad Authorization")]
+        impi = auth.username if auth is not None and auth.username else ""
+        if arrival.spi is None:
+            return self._register_clear(request, arrival, branch, auth, impi, now)
+        return self._register_protected(request, arrival, branch, auth, impi, now)
+
+    def _register_clear(self, request, arrival, branch, auth, impi, now) -> list[Action]:
+        security_client = request.get_all("Security-Client")
+        has_response = auth is not None and bool(auth.response)
+        reg = self.registrations.get(impi) if impi else None
+        # Seed step 6: a challenge response (or a Security-Verify) in the clear where
+        # sec-agree applies is dropped: it had to come over the temporary SAs.
+        if security_client or request.get("Security-Verify") is not None:
+            if has_response or request.get("Security-Verify") is not None:
+                return self._drop("clear-register-where-protection-due", impi)
+        elif reg is not None and (reg.temporary is not None or reg.sa is not None) and has_response:
+            return self._drop("clear-register-where-protection-due", impi)
+        # RFC 3329 §2.3.1 under policy "required" (FACTS §3.3).
+        decision = sec_agree_decision(
+            require=request.get_all("Require"),
+            proxy_require=request.get_all("Proxy-Require"),
+            supported=request.get_all("Supported"),
+            security_client=security_client,
+            policy=self.policy,
+        )
+        if not decision.proceed:
+            self.counters[f"answered-{decision.status}"] += 1
+            headers = answer_headers(self.policy) if decision.status in (421, 494) else None
+            return [self._reply(request, arrival, decision.status, decision.reason, headers)]
+        if self.policy.required and auth is None:
+            # IMS AKA binds the SAs to the IMPI of the Authorization (TS 33.203 §7.2).
+            self.counters["answered-494"] += 1
+            return [
+                self._reply(
+                    request,
+                    arrival,
+                    494,
+                    "Security Agreement Required",
+                    answer_headers(self.policy),
+                )
+            ]
+        offers: list[SecurityMechanism] = []
+        if security_client:
+            try:
+                offers = parse_security_header(security_client)
+            except SecAgreeParseError as exc:
+                return [self._reply(request, arrival, 400, f"Bad Security-Client ({exc.reason})")]
+        target = self.route(request.uri)
+        if target is None:
+            return [self._reply(request, arrival, 404, "No route to the home network")]
+        fwd = self._prepare_upstream(request, branch, arrival, protected=False)
+        if fwd is None:
+            return [self._reply(request, arrival, 400, "Bad Request")]
+        contact_zero = self._expires_zero(request)
+        self.pending[branch] = _Pending(
+            arrival=arrival,
+            ue_branch=request.via[0].branch or "",
+            kind="register-clear",
+            impi=impi,
+            created=now,
+            security_client=offers,
+            expires_zero=contact_zero,
+        )
+        return [Forward(fwd, target, "udp")]
+
+    def _register_protected(self, request, arrival, branch, auth, impi, now) -> list[Action]:
+        owner = self.by_spi.get(arrival.spi)  # type: ignore[arg-type]
+        reg = self.registrations.get(owner) if owner else None
+        if reg is None:
+            return self._drop("protected-register-without-registration")
+        if impi and impi != reg.impi:
+            # Another IMPI over this UE's SAs: not allowed (TS 33.203 §7.2).
+            return [
+                self._reply(request, arrival, 403, "IMPI does not match the security association")
+            ]
+        on_temporary = reg.temporary is not None and arrival.spi in reg.temporary.inbound_spis
+        sent_server = reg.pending_server if on_temporary else reg.security_server
+        try:
+            check_security_verify(sent_server, request.get_all("Security-Verify") or None)
+            if on_temporary:
+                check_security_client_unchanged(
+                    reg.security_client, request.get_all("Security-Client") or None
+                )
+        except DowngradeError as exc:
+            self.counters["downgrade-refused"] += 1
+            log.warning("pcscf: %s: downgrade attempt refused: %s", reg.impi, exc)
+            actions: list[Action] = [
+                self._reply(
+                    request,
+                    arrival,
+                    494,
+                    "Security Agreement Required",
+                    answer_headers(self.policy),
+                )
+            ]
+            if on_temporary and reg.temporary is not None:
+                actions.append(self._release(reg, reg.temporary, "downgrade attempt"))
+                reg.temporary = None
+            return actions
+        offers: list[SecurityMechanism] = []
+        sc = request.get_all("Security-Client")
+        if sc and not on_temporary:
+            try:
+                offers = parse_security_header(sc)
+            except SecAgreeParseError:
+                offers = []
+        target = self.route(request.uri)
+        if target is None:
+            return [self._reply(request, arrival, 404, "No route to the home network")]
+        fwd = self._prepare_upstream(request, branch, arrival, protected=True)
+        if fwd is None:
+            return [self._reply(request, arrival, 400, "Bad Request")]
+        self.pending[branch] = _Pending(
+            arrival=arrival,
+            ue_branch=request.via[0].branch or "",
+            kind="register-protected",
+            impi=reg.impi,
+            created=now,
+            security_client=offers,
+            expires_zero=self._expires_zero(request),
+        )
+        return [Forward(fwd, target, "udp")]
+
+    @staticmethod
+    def _expires_zero(request: Request) -> bool:
+        try:
+            contacts = request.contacts
+            expires = request.expires
+        except SipParseError:
+            return False
+        if not contacts:
+            return False
+        for c in contacts:
+            if c.star:
+                return True
+            e = c.expires if c.expires is not None else expires
+            if e != 0:
+                return False
+        return True
+
+    def _prepare_upstream(
+        self, request: Request, branch: str, arrival: Arrival, *, protected: bool
+    ) -> Request | None:
+        """Packet 1 → 2 (and 8 → 9): the P-CSCF's changes to a REGISTER."""
+        fwd = request.copy()
+        # RFC 3581: the UE's source address, so responses find it behind a NAT.
+        try:
+            top = fwd.via[0]
+        except SipParseError:
+            return None
+        src_host = arrival.source[0]
+        if top.host.strip("[]") != src_host or top.rport is True:
+            top = top.with_param("received", src_host)
+            if top.rport is True:
+                top = top.with_param("rport", str(arrival.source[1]))
+            fwd.pop_first("Via")
+            fwd.add("Via", str(top), first=True)
+        fwd.add("Via", self._via(branch, "udp"), first=True)
+        mf = fwd.max_forwards
+        fwd.set("Max-Forwards", str((mf if mf is not None else 70) - 1))
+        # Path and Require: path (RFC 3327; TS 24.228 packet 2).
+        fwd.add("Path", self._path(), first=False)
+        require = strip_sec_agree(fwd.get_all("Require"))
+        proxy_require = strip_sec_agree(fwd.get_all("Proxy-Require"))
+        fwd.remove("Require")
+        fwd.remove("Proxy-Require")
+        if "path" not in [t.lower() for t in require]:
+            require.append("path")
+        fwd.set("Require", ", ".join(require))
+        if proxy_require:
+            fwd.set("Proxy-Require", ", ".join(proxy_require))
+        fwd.remove("Security-Client")
+        fwd.remove("Security-Verify")
+        fwd.remove("P-Visited-Network-ID")
+        fwd.set("P-Visited-Network-ID", f'"{self.config.visited_network_id}"')
+        fwd.remove("P-Charging-Vector")
+        fwd.set("P-Charging-Vector", f'icid-value="{self._icid()}"')
+        # integrity-protected, overwriting whatever the UE put there (FACTS §3.1).
+        auth = fwd.authorization
+        if auth is not None:
+            auth = auth.with_param("integrity-protected", "yes" if protected else "no", quoted=True)
+            fwd.set("Authorization", str(auth))
+        return fwd
+
+    # ------------------------------------------------------------------ non-REGISTER
+
+    def _other_request(
+        self, request: Request, arrival: Arrival, branch: str, now: float
+    ) -> list[Action]:
+        """Requests after registration: only over the UE's SAs (or from the registered
+        clear contact of a sec-agree-less UE); P-Preferred-Identity → P-Asserted-Identity."""
+        reg: Registration | None = None
+        if arrival.spi is not None:
+            owner = self.by_spi.get(arrival.spi)
+            reg = self.registrations.get(owner) if owner else None
+            if reg is None:
+                return self._drop("request-over-unknown-sa")
+            if reg.sa is None or arrival.spi not in reg.sa.inbound_spis:
+                # Only REGISTER may use the temporary set.
+                return [
+                    self._reply(
+                        request, arrival, 403, "Not registered over this security association"
+                    )
+                ]
+        else:
+            for r in self.registrations.values():
+                if r.clear_source == arrival.source and r.state is RegState.REGISTERED:
+                    reg = r
+                    break
+            if reg is None:
+                if any(
+                    r.ue_host == arrival.source[0] and r.sa is not None
+                    for r in self.registrations.values()
+                ):
+                    return self._drop("clear-request-from-protected-ue")
+                return [self._reply(request, arrival, 403, "Not registered")]
+        fwd = request.copy()
+        fwd.add("Via", self._via(branch, "udp"), first=True)
+        mf = fwd.max_forwards
+        fwd.set("Max-Forwards", str((mf if mf is not None else 70) - 1))
+        preferred = fwd.get("P-Preferred-Identity")
+        fwd.remove("P-Preferred-Identity")
+        fwd.remove("P-Asserted-Identity")
+        asserted = self._assert_identity(reg, preferred)
+        if asserted:
+            fwd.set("P-Asserted-Identity", asserted)
+        fwd.remove("Security-Verify")
+        proxy_require = strip_sec_agree(fwd.get_all("Proxy-Require"))
+        require = strip_sec_agree(fwd.get_all("Require"))
+        fwd.remove("Proxy-Require")
+        fwd.remove("Require")
+        if proxy_require:
+            fwd.set("Proxy-Require", ", ".join(proxy_require))
+        if require:
+            fwd.set("Require", ", ".join(require))
+        # Route along the Service-Route of the registration (TS 24.229 §5.2.6.3).
+        if reg.service_route and not fwd.get("Route"):
+            for route in reg.service_route:
+                fwd.add("Route", route)
+        target = self._first_route_target(fwd)
+        if target is None:
+            return [self._reply(request, arrival, 404, "No route")]
+        self.pending[branch] = _Pending(
+            arrival=arrival,
+            ue_branch=request.via[0].branch or "",
+            kind="request",
+            impi=reg.impi,
+            created=now,
+        )
+        return [Forward(fwd, target, "udp")]
+
+    def _assert_identity(self, reg: Registration, preferred: str | None) -> str:
+        allowed = [a.strip() for a in reg.associated_uris] or [f"<{reg.impu}>"]
+        if preferred:
+            try:
+                want = NameAddr.parse(preferred).uri.lower()
+            except SipParseError:
+                want = ""
+            for a in allowed:
+                try:
+                    if NameAddr.parse(a).uri.lower() == want:
+                        return a
+                except SipParseError:
+                    continue
+        return allowed[0]
+
+    def _first_route_target(self, msg: Request) -> Address | None:
+        try:
+            routes = msg.route
+        except SipParseError:
+            return None
+        if not routes:
+            return self.route(msg.uri)
+        host, port = split_hostport(routes[0].uri)
+        if self.network is not None:
+            try:
+                host = self.network.resolve(host)
+            except ValueError:
+                return None
+        return host, port
+
+    # ------------------------------------------------------------------ responses
+
+    def receive_response(self, response: Response, source: Address, now: float) -> list[Action]:
+        """A response from upstream: pop our Via, process, send to the UE."""
+        try:
+            vias = response.via
+        except SipParseError:
+            return self._drop("response-bad-via")
+        if len(vias) < 2:
+            return self._drop("response-without-ue-via")
+        branch = vias[0].branch or ""
+        pending = self.pending.get(branch)
+        if pending is None:
+            return self._drop("response-for-unknown-transaction")
+        resp = response.copy()
+        resp.pop_first("Via")
+        if response.status < 200:
+            return [self._to_ue(resp, pending.arrival)]
+        try:
+            cseq = response.cseq
+        except SipParseError:
+            return self._drop("response-bad-cseq")
+        actions: list[Action] = []
+        if cseq.method == "REGISTER":
+            actions = self._register_response(resp, pending, now)
+        else:
+            actions = [self._to_ue(resp, pending.arrival)]
+        for a in actions:
+            if isinstance(a, Reply) and isinstance(a.message, Response):
+                pending.final = a.message
+        return actions
+
+    def _register_response(self, resp: Response, pending: _Pending, now: float) -> list[Action]:
+        if resp.status == 401:
+            return self._on_401(resp, pending, now)
+        if 200 <= resp.status < 300:
+            return self._on_200(resp, pending, now)
+        # Any other final answer: forward it; a failed challenge response ends the
+        # temporary SA set after the answer went out over it (TS 33.203 §7.3).
+        actions: list[Action] = [self._to_ue(resp, pending.arrival)]
+        reg = self.registrations.get(pending.impi)
+        if reg is not None and reg.temporary is not None and pending.kind == "register-protected":
+            if pending.arrival.spi in reg.temporary.inbound_spis:
+                actions.append(
+                    self._release(reg, reg.temporary, f"authentication failed ({resp.status})")
+                )
+                reg.temporary = None
+                if reg.sa is None:
+                    self._forget(reg)
+        return actions
+
+    def _on_401(self, resp: Response, pending: _Pending, now: float) -> list[Action]:
+        try:
+            challenges = resp.auth("WWW-Authenticate")
+        except SipParseError:
+            return [self._to_ue(resp, pending.arrival)]
+        ck_hex = ik_hex = None
+        stripped: list[DigestCredentials] = []
+        for ch in challenges:
+            ck_hex = ck_hex or ch.ck
+            ik_hex = ik_hex or ch.ik
+            stripped.append(ch.without("ck", "ik"))
+        # Never let ck/ik reach the UE (PITFALLS: phones stall on them).
+        resp.remove("WWW-Authenticate")
+        for ch in stripped:
+            resp.add("WWW-Authenticate", str(ch))
+        offers = pending.security_client
+        if not offers:
+            # A UE without sec-agree (policy optional): no SAs, plain 401.
+            return [self._to_ue(resp, pending.arrival)]
+        try:
+            ck = bytes.fromhex(ck_hex or "")
+            ik = bytes.fromhex(ik_hex or "")
+        except ValueError:
+            ck = ik = b""
+        if len(ck) != 16 or len(ik) != 16:
+            self.counters["401-without-keys"] += 1
+            return [self._to_ue(resp, pending.arrival)]
+        chosen = choose_mechanism(offers, self.policy)
+        if chosen is None:  # checked on the way in; the S-CSCF cannot change it
+            return [self._to_ue(resp, pending.arrival)]
+        impi = pending.impi
+        actions: list[Action] = []
+        reg = self.registrations.get(impi)
+        ue_host = pending.arrival.source[0]
+        if reg is None:
+            reg = Registration(impi=impi, impu="", ue_host=ue_host, state=RegState.CHALLENGED)
+            self.registrations[impi] = reg
+        if reg.temporary is not None:  # an unanswered earlier challenge: its set goes
+            actions.append(self._release(reg, reg.temporary, "replaced by a new challenge"))
+            reg.temporary = None
+        spi_pc = self._new_spi()
+        spi_ps = self._new_spi()
+        while spi_ps == spi_pc:
+            spi_ps = self._new_spi()
+        sa = PcscfSa(
+            impi=impi,
+            alg=chosen.alg or "",
+            ealg=chosen.effective_ealg,
+            ue_host=ue_host,
+            pcscf_host=self.config.address,
+            spi_uc=chosen.spi_c or 0,
+            spi_us=chosen.spi_s or 0,
+            port_uc=chosen.port_c or 0,
+            port_us=chosen.port_s or 0,
+            spi_pc=spi_pc,
+            spi_ps=spi_ps,
+            port_pc=self.port_c,
+            port_ps=self.port_s,
+            ck=ck,
+            ik=ik,
+        )
+        server = SecurityMechanism(
+            "ipsec-3gpp",
+            q=100,
+            alg=sa.alg,
+            ealg=chosen.ealg,
+            spi_c=spi_pc,
+            spi_s=spi_ps,
+            port_c=self.port_c,
+            port_s=self.port_s,
+        )
+        reg.temporary = sa
+        reg.temporary_expires = now + float(self.config.temporary_sa_lifetime)
+        reg.pending_server = [server]
+        reg.security_client = offers
+        try:
+            reg.impu = reg.impu or resp.to.uri
+        except SipParseError:
+            pass
+        self.by_spi[spi_pc] = impi
+        self.by_spi[spi_ps] = impi
+        resp.add("Security-Server", _seed_spelling(format_security_header([server])))
+        actions.append(
+            InstallSecurityAssociations(sa, float(self.config.temporary_sa_lifetime), True)
+        )
+        actions.append(self._to_ue(resp, pending.arrival))
+        self.counters["challenges"] += 1
+        return actions
+
+    def _on_200(self, resp: Response, pending: _Pending, now: float) -> list[Action]:
+        reg = self.registrations.get(pending.impi)
+        arrival = pending.arrival
+        actions: list[Action] = []
+        granted = self._granted_expires(resp)
+        if reg is None:
+            # A registration without SAs (policy optional, or the UE never offered
+            # sec-agree): keep it so its later requests are recognised.
+            if pending.expires_zero or granted == 0:
+                return [self._to_ue(resp, arrival)]
+            reg = Registration(
+                impi=pending.impi or arrival.source[0],
+                impu="",
+                ue_host=arrival.source[0],
+                state=RegState.REGISTERED,
+                clear_source=arrival.source,
+            )
+            self.registrations[reg.impi] = reg
+        try:
+            reg.impu = resp.to.uri
+        except SipParseError:
+            pass
+        reg.service_route = tuple(resp.get_all("Service-Route"))
+        reg.associated_uris = tuple(resp.get_all("P-Associated-URI"))
+        contacts = resp.get_all("Contact")
+        reg.contact = contacts[0] if contacts else reg.contact
+        reply = self._to_ue(resp, arrival)  # over the SA the REGISTER came on
+        actions.append(reply)
+        if pending.expires_zero or granted == 0:
+            # De-registration: SAs go only after the 200 went out over them.
+            for s in (reg.temporary, reg.sa):
+                if s is not None:
+                    actions.append(self._release(reg, s, "de-registered"))
+            reg.temporary = reg.sa = None
+            self._forget(reg)
+            return actions
+        reg.state = RegState.REGISTERED
+        reg.expires_at = now + granted
+        lifetime = float(granted) + 30.0
+        if (
+            reg.temporary is not None
+            and arrival.spi is not None
+            and arrival.spi in reg.temporary.inbound_spis
+        ):
+            old = reg.sa
+            reg.sa = reg.temporary
+            reg.temporary = None
+            reg.security_server = reg.pending_server
+            actions.append(UpgradeSecurityAssociations(reg.sa, lifetime))
+            if old is not None:
+                # TS 33.203 §7.4: the old set stays until the new one carries traffic;
+                # the UE already used the new one for this REGISTER.
+                actions.append(self._release(reg, old, "replaced by a newer set"))
+        elif reg.sa is not None:
+            actions.append(UpgradeSecurityAssociations(reg.sa, max(lifetime, 0.0)))
+        elif arrival.spi is None:
+            reg.clear_source = arrival.source
+        self.counters["registered"] += 1
+        return actions
+
+    @staticmethod
+    def _granted_expires(resp: Response) -> int:
+        try:
+            contacts = resp.contacts
+            default = resp.expires
+        except SipParseError:
+            return 0
+        best = 0
+        for c in contacts:
+            e = c.expires if c.expires is not None else default
+            if e is not None:
+                best = max(best, e)
+        if not contacts and default is not None:
+            best = default
+        return best
+
+    def _release(self, reg: Registration, sa: PcscfSa, reason: str) -> ReleaseSecurityAssociations:
+        for spi in sa.inbound_spis:
+            if self.by_spi.get(spi) == reg.impi:
+                del self.by_spi[spi]
+        return ReleaseSecurityAssociations(sa, reason)
+
+    def _forget(self, reg: Registration) -> None:
+        if self.registrations.get(reg.impi) is reg:
+            del self.registrations[reg.impi]
+
+    # ------------------------------------------------------------------ timers
+
+    def next_deadline(self) -> float | None:
+        deadlines = [p.created + TRANSACTION_LIFETIME for p in self.pending.values()]
+        for reg in self.registrations.values():
+            if reg.temporary is not None:
+                deadlines.append(reg.temporary_expires)
+            if reg.state is RegState.REGISTERED and reg.expires_at:
+                deadlines.append(reg.expires_at + 30.0)
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        for branch in [
+            b for b, p in self.pending.items() if p.created + TRANSACTION_LIFETIME <= now
+        ]:
+            del self.pending[branch]
+        for reg in list(self.registrations.values()):
+            if reg.temporary is not None and reg.temporary_expires <= now:
+                # The UE never answered the 401 within the temporary set's lifetime.
+                actions.append(self._release(reg, reg.temporary, "temporary SA lifetime expired"))
+                reg.temporary = None
+                if reg.sa is None and reg.state is not RegState.REGISTERED:
+                    self._forget(reg)
+            if reg.state is RegState.REGISTERED and reg.expires_at and reg.expires_at + 30.0 <= now:
+                if reg.sa is not None:
+                    actions.append(self._release(reg, reg.sa, "registration expired"))
+                    reg.sa = None
+                self._forget(reg)
+        return actions
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "registrations": len(self.registrations),
+            "pending": len(self.pending),
+            "sas": sum(
+                (r.sa is not None) + (r.temporary is not None) for r in self.registrations.values()
+            ),
+            "drops": dict(self.drops),
+            **dict(self.counters),
+        }
+
+
+def _seed_spelling(value: str) -> str:
+    """`ipsec-3gpp;q=0.1;alg=…` → `ipsec-3gpp; q=0.1; alg=…` as in packet 7."""
+    return "; ".join(part.strip() for part in value.split(";"))
