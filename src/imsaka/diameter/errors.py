@@ -54,3 +54,16 @@ class FramingError(RemoteProtocolError):
 
     def __init__(self, message: str, *, result_code: int, reason: str) -> None:
         super().__init__(message, result_code=result_code, reason=reason, fatal=True)
+
+
+class DiameterRequestError(DiameterError):
+    """`DiameterNode.request()` got no answer: `reason` is "timeout", "disconnected",
+    "no-connection", "bad-answer" or "stopped"."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class DiameterTimeoutError(DiameterRequestError, TimeoutError):
+    """No answer within the request's timeout (also a builtin TimeoutError)."""

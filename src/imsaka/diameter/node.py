@@ -1,0 +1,633 @@
+"""asyncio edge of the Diameter peer: RFC 6733 §2.1 (TCP, port 3868), §5.6 Tc reconnect.
+
+`DiameterNode` is both a server (listens, accepts configured peers only) and a client
+(connects to configured peers, reconnecting every Tc). Each TCP connection is one
+`asyncio.Protocol` driving one sans-I/O `PeerConnection` (imsaka.diameter.peer): bytes
+in with `loop.time()`, messages out, events drained, one `call_at` timer re-armed only
+when the core's next deadline moves earlier.
+
+Application side:
+- server: `node.set_request_handler(async fn(request, peer) -> answer)`. For Cx
+  requests (application 16777216) `request` is the imsaka.diameter.cx dataclass and the
+  answer a Cx answer dataclass; other applications get and return `codec.Message`.
+  A Cx request missing a mandatory AVP is answered 5005 with Failed-AVP without calling
+  the handler. `peer` is the `RemotePeer` (its Origin-Host, realm, addresses).
+  The handler's coroutine is started inline; a task is created only when it really
+  suspends (a database call), so a handler that answers at once costs no task.
+- client: `answer = await node.request(request, peer=None, timeout=5.0)`; raises
+  `DiameterRequestError` (reason "disconnected", "no-connection", ...) or
+  `DiameterTimeoutError` (also a `TimeoutError`).
+- `start()` / `stop()` (DPR to every open peer, then close); observers (imsaka.wire)
+  see every framed message in and out; `counters` counts drops by trigger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from imsaka.diameter import codec, cx
+from imsaka.diameter.codec import Message
+from imsaka.diameter.errors import (
+    DiameterRequestError,
+    DiameterTimeoutError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from imsaka.diameter.peer import (
+    AnswerReceived,
+    ConnectionTerminated,
+    DuplicateCache,
+    IdGenerator,
+    MessageDropped,
+    PeerConfig,
+    PeerConnection,
+    PeerOpened,
+    RemotePeer,
+    RequestFailed,
+    RequestReceived,
+    WatchdogChanged,
+)
+from imsaka.wire import Observable, WireEvent
+
+log = logging.getLogger("imsaka.diameter.node")
+
+DEFAULT_PORT = 3868
+
+RequestHandler = Callable[[Any, RemotePeer], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSpec:
+    """One configured peer."""
+
+    host: str
+    """Its Diameter identity (the Origin-Host it must present in CER/CEA)."""
+    address: str | None = None
+    """Where to connect to it; None: we only accept its connections."""
+    port: int = DEFAULT_PORT
+    """Its TCP port when we connect."""
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise ValueError("peers.host: a Diameter identity is required")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"peers.port: {self.port} is not a TCP port")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Everything a `DiameterNode` needs; validated when built."""
+
+    origin_host: str
+    """Our Diameter identity, e.g. "hss.ims.mnc001.mcc001.3gppnetwork.org"."""
+    origin_realm: str
+    """Our realm."""
+    peers: tuple[PeerSpec, ...] = ()
+    """The only peers we talk to (a CER from any other host gets 3010 and is closed)."""
+    listen_address: str | None = None
+    """Address to accept connections on; None: no server (client only)."""
+    listen_port: int = DEFAULT_PORT
+    """TCP port of the server (0: let the kernel pick; see `DiameterNode.port`)."""
+    tc: float = 30.0
+    """Tc (RFC 6733 §2.1): seconds between connection attempts to a peer."""
+    watchdog_interval: float = 30.0
+    """Tw (RFC 3539): idle seconds before a DWR."""
+    request_timeout: float = 5.0
+    """Default timeout of `request()`."""
+    cer_timeout: float = 10.0
+    """Seconds a new connection has for its CER / CEA."""
+    dpa_timeout: float = 2.0
+    """Seconds `stop()` waits for the DPA."""
+    host_ip_addresses: tuple[str, ...] = ("127.0.0.1",)
+    """Host-IP-Address values of our CER/CEA."""
+    product_name: str = "imsaka"
+    """Product-Name in CER/CEA."""
+    auth_application_ids: tuple[int, ...] = (cx.CX_APPLICATION_ID,)
+    """Applications we serve and advertise (Vendor-Specific-Application-Id, vendor 10415)."""
+    max_message_length: int = codec.DEFAULT_MAX_MESSAGE_LENGTH
+    """Cap on one message."""
+    owner: str = ""
+    """Name of the function owning the sockets ("hss", "scscf", ...) in WireEvents."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.listen_port < 65536:
+            raise ValueError(f"listen_port: {self.listen_port} is not a TCP port")
+        if not self.tc > 0:
+            raise ValueError("tc: must be positive")
+        if not self.request_timeout > 0:
+            raise ValueError("request_timeout: must be positive")
+        hosts = [p.host for p in self.peers]
+        if len(set(hosts)) != len(hosts):
+            raise ValueError("peers: a host is listed twice")
+        self.peer_config()  # validates the rest
+
+    def peer_config(self) -> PeerConfig:
+        return PeerConfig(
+            origin_host=self.origin_host,
+            origin_realm=self.origin_realm,
+            host_ip_addresses=self.host_ip_addresses,
+            product_name=self.product_name,
+            auth_application_ids=self.auth_application_ids,
+            watchdog_interval=self.watchdog_interval,
+            cer_timeout=self.cer_timeout,
+            dpa_timeout=self.dpa_timeout,
+            max_message_length=self.max_message_length,
+            origin_state_id=int(time.time()) & 0xFFFFFFFF,
+        )
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP connection: feeds the core, writes its output, dispatches its events."""
+
+    __slots__ = (
+        "closed",
+        "core",
+        "futures",
+        "local",
+        "loop",
+        "node",
+        "remote_addr",
+        "timer",
+        "timer_at",
+        "transport",
+    )
+
+    def __init__(self, node: DiameterNode, core: PeerConnection) -> None:
+        self.node = node
+        self.core = core
+        self.loop = node._loop
+        self.transport: asyncio.Transport | None = None
+        self.futures: dict[int, asyncio.Future[Message]] = {}
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = float("inf")
+        self.closed: asyncio.Future[None] = self.loop.create_future()
+        self.local: tuple[str, int] = ("0.0.0.0", 0)
+        self.remote_addr: tuple[str, int] = ("0.0.0.0", 0)
+
+    # asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.local = tuple(transport.get_extra_info("sockname")[:2])  # type: ignore[assignment]
+        self.remote_addr = tuple(transport.get_extra_info("peername")[:2])  # type: ignore[assignment]
+        self.node._connections.add(self)
+        self.core.record_frames = bool(self.node._observers)
+        self.core.connection_made(self.loop.time())
+        self.process()
+
+    def data_received(self, data: bytes) -> None:
+        core = self.core
+        core.record_frames = bool(self.node._observers)
+        core.receive_data(data, self.loop.time())
+        if core.received_frames:
+            self.node._report(self, "in", core.received_frames)
+            core.received_frames = []
+        self.process()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.core.connection_lost(self.loop.time())
+        self.process()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.node._connections.discard(self)
+        for fut in self.futures.values():
+            if not fut.done():
+                fut.set_exception(DiameterRequestError("connection lost", reason="disconnected"))
+        self.futures.clear()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # driving the core -----------------------------------------------------------------------
+
+    def process(self) -> None:
+        core = self.core
+        out = core.messages_to_send()
+        transport = self.transport
+        if out and transport is not None:
+            if self.node._observers:
+                self.node._report(self, "out", out)
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if core.events:
+            for event in core.pop_events():
+                self.handle_event(event)
+        deadline = core.next_deadline()
+        if deadline is not None and deadline < self.timer_at:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer_at = deadline
+            self.timer = self.loop.call_at(deadline, self.on_timer)
+
+    def on_timer(self) -> None:
+        self.timer = None
+        self.timer_at = float("inf")
+        self.core.handle_timer(self.loop.time())
+        self.process()
+
+    def handle_event(self, event: Any) -> None:
+        kind = type(event)
+        if kind is RequestReceived:
+            self.node._dispatch_request(self, event.message)
+        elif kind is AnswerReceived:
+            fut = self.futures.pop(event.message.hop_by_hop, None)
+            if fut is not None and not fut.done():
+                fut.set_result(event.message)
+        elif kind is RequestFailed:
+            fut = self.futures.pop(event.hop_by_hop, None)
+            if fut is not None and not fut.done():
+                if event.reason == "timeout":
+                    fut.set_exception(DiameterTimeoutError("no answer in time", reason="timeout"))
+                else:
+                    fut.set_exception(
+                        DiameterRequestError(f"request failed: {event.reason}", reason=event.reason)
+                    )
+        elif kind is PeerOpened:
+            self.node._peer_opened(self)
+        elif kind is ConnectionTerminated:
+            self.node._peer_closed(self, event)
+            transport = self.transport
+            if transport is not None:
+                # Queued output (a CEA 3010, a DPA) goes out before the close.
+                out = self.core.messages_to_send()
+                if out:
+                    if self.node._observers:
+                        self.node._report(self, "out", out)
+                    transport.write(b"".join(out))
+                transport.close()
+        elif kind is MessageDropped:
+            pass  # counted and logged by the core
+        elif kind is WatchdogChanged:
+            log.info("diameter watchdog %s -> %s", event.old.value, event.new.value)
+
+    def send_answer(self, request: Message, answer: Any) -> None:
+        if isinstance(answer, Message):
+            msg = answer.with_ids(request.hop_by_hop, request.end_to_end)
+        elif answer is None:
+            self.node.counters["handler-no-answer"] += 1
+            msg = self._error(request, codec.DIAMETER_UNABLE_TO_COMPLY)
+        else:
+            msg = answer.to_message(request.hop_by_hop, request.end_to_end)
+        self.core.send_answer(msg, self.loop.time())
+        self.process()
+
+    def _error(self, request: Message, code: int, failed: codec.Avp | None = None) -> Message:
+        cfg = self.core.config
+        return codec.error_answer(
+            request, code, cfg.origin_host, cfg.origin_realm, failed_avp=failed
+        )
+
+
+class DiameterNode(Observable):
+    """A Diameter node speaking to its configured peers (see the module docstring)."""
+
+    def __init__(
+        self, config: NodeConfig | None = None, *, rng: random.Random | None = None, **kwargs: Any
+    ) -> None:
+        if config is None:
+            if "peers" in kwargs:
+                kwargs["peers"] = tuple(
+                    p if isinstance(p, PeerSpec) else PeerSpec(**p) for p in kwargs["peers"]
+                )
+            config = NodeConfig(**kwargs)
+        elif kwargs:
+            raise TypeError("DiameterNode: pass either a NodeConfig or keyword fields")
+        self.config = config
+        self._observers: list[Any] = []
+        self._rng = rng or random.Random()
+        self._handler: RequestHandler | None = None
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+        self._open: dict[str, _Connection] = {}
+        self._open_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._connect_tasks: list[asyncio.Task[None]] = []
+        self._handler_tasks: set[asyncio.Task[None]] = set()
+        self._peer_config = config.peer_config()
+        self._allowed = frozenset(p.host for p in config.peers)
+        self._duplicates = DuplicateCache(self._peer_config.duplicate_window)
+        self._ids: IdGenerator | None = None
+        self._stopping = False
+        self.counters: Counter[str] = Counter()
+        self.port: int | None = None
+
+    # configuration -------------------------------------------------------------------------
+
+    def set_request_handler(self, handler: RequestHandler | None) -> None:
+        """`async handler(request, peer) -> answer` for every request a peer sends us."""
+        self._handler = handler
+
+    @property
+    def open_peers(self) -> list[str]:
+        return list(self._open)
+
+    def is_open(self, host: str) -> bool:
+        return host in self._open
+
+    # lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._ids = IdGenerator(self._rng, time.time())
+        self._stopping = False
+        cfg = self.config
+        if cfg.listen_address is not None:
+            self._server = await self._loop.create_server(
+                self._accept, cfg.listen_address, cfg.listen_port, reuse_address=True
+            )
+            self.port = self._server.sockets[0].getsockname()[1]
+        for spec in cfg.peers:
+            if spec.address is not None:
+                self._connect_tasks.append(self._loop.create_task(self._connect_loop(spec)))
+
+    async def stop(self) -> None:
+        """DPR to every open peer, wait (≤ dpa_timeout) for the connections to end, close."""
+        self._stopping = True
+        for task in self._connect_tasks:
+            task.cancel()
+        if self._server is not None:
+            self._server.close()
+        now = self._loop.time() if self._loop else 0.0
+        for conn in list(self._connections):
+            conn.core.close(now)
+            conn.process()
+        waiting = [c.closed for c in self._connections if not c.closed.done()]
+        if waiting:
+            await asyncio.wait(waiting, timeout=self.config.dpa_timeout + 0.5)
+        for conn in list(self._connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        for task in list(self._handler_tasks):
+            task.cancel()
+        await asyncio.gather(*self._connect_tasks, *self._handler_tasks, return_exceptions=True)
+        self._connect_tasks.clear()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+        for waiters in self._open_waiters.values():
+            for w in waiters:
+                if not w.done():
+                    w.set_exception(DiameterRequestError("node stopped", reason="stopped"))
+        self._open_waiters.clear()
+
+    async def __aenter__(self) -> DiameterNode:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def wait_open(self, host: str | None = None, timeout: float | None = None) -> str:
+        """Wait until `host` (or any peer) is open; return its host name."""
+        if host is None and self._open:
+            return next(iter(self._open))
+        if host is not None and host in self._open:
+            return host
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._open_waiters.setdefault(host or "", []).append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise DiameterRequestError(
+                f"no open connection to {host or 'any peer'}", reason="no-connection"
+            ) from None
+        finally:
+            waiters = self._open_waiters.get(host or "")
+            if waiters and fut in waiters:
+                waiters.remove(fut)
+        return host if host is not None else next(iter(self._open))
+
+    # client ------------------------------------------------------------------------------------
+
+    async def request(
+        self, request: Any, peer: str | None = None, timeout: float | None = None
+    ) -> Any:
+        """Send `request` (a Cx request dataclass or a `codec.Message`) and await its answer.
+
+        `peer`: the host to send to; default the request's Destination-Host when that
+        peer is open, else any open peer. Waits up to `timeout` for a connection when
+        none is open yet. Returns the Cx answer dataclass (or a `codec.Message`).
+        """
+        if timeout is None:
+            timeout = self.config.request_timeout
+        conn = self._pick(request, peer)
+        if conn is None:
+            if self._stopping:
+                raise DiameterRequestError("node stopped", reason="stopped")
+            start = self._loop.time()
+            await self.wait_open(
+                peer or getattr(request, "destination_host", None) or None, timeout
+            )
+            timeout = max(0.001, timeout - (self._loop.time() - start))
+            conn = self._pick(request, peer)
+            if conn is None:
+                raise DiameterRequestError("no open connection", reason="no-connection")
+        is_cx = not isinstance(request, Message)
+        msg = request.to_message() if is_cx else request
+        core = conn.core
+        sent = core.send_request(msg, self._loop.time(), timeout)
+        fut: asyncio.Future[Message] = self._loop.create_future()
+        conn.futures[sent.hop_by_hop] = fut
+        conn.process()
+        try:
+            answer = await fut
+        except asyncio.CancelledError:
+            conn.futures.pop(sent.hop_by_hop, None)
+            core.cancel_request(sent.hop_by_hop)
+            raise
+        if not is_cx:
+            return answer
+        try:
+            return cx.decode(answer)
+        except RemoteProtocolError as exc:
+            self.counters[exc.reason] += 1
+            raise DiameterRequestError(f"undecodable answer: {exc}", reason="bad-answer") from None
+
+    def _pick(self, request: Any, peer: str | None) -> _Connection | None:
+        if peer is not None:
+            return self._open.get(peer)
+        dest = getattr(request, "destination_host", None)
+        if dest is None and isinstance(request, Message):
+            avp = request.find(codec.AVP_DESTINATION_HOST)
+            dest = avp.data.decode("utf-8", "replace") if avp is not None else None
+        if dest is not None and dest in self._open:
+            return self._open[dest]
+        if dest is not None and dest in self._allowed:
+            return None  # wait for that very peer
+        for conn in self._open.values():
+            return conn
+        return None
+
+    async def _connect_loop(self, spec: PeerSpec) -> None:
+        loop = self._loop
+        while not self._stopping:
+            if spec.host not in self._open:
+                core = self._new_core(initiator=True, expected_host=spec.host)
+                try:
+                    _, proto = await asyncio.wait_for(
+                        loop.create_connection(
+                            lambda core=core: _Connection(self, core), spec.address, spec.port
+                        ),
+                        self.config.cer_timeout,
+                    )
+                except (TimeoutError, OSError) as exc:
+                    self.counters["connect-failed"] += 1
+                    if log.isEnabledFor(logging.INFO):
+                        log.info("diameter connect to %s failed: %s", spec.host, exc)
+                else:
+                    await asyncio.shield(proto.closed)
+            if self._stopping:
+                break
+            await asyncio.sleep(self.config.tc)
+
+    # server -------------------------------------------------------------------------------------
+
+    def _accept(self) -> _Connection:
+        return _Connection(self, self._new_core(initiator=False))
+
+    def _new_core(self, *, initiator: bool, expected_host: str | None = None) -> PeerConnection:
+        return PeerConnection(
+            self._peer_config,
+            initiator=initiator,
+            now=self._loop.time(),
+            allowed_hosts=self._allowed,
+            expected_host=expected_host,
+            rng=self._rng,
+            ids=self._ids,
+            duplicates=self._duplicates,
+            counters=self.counters,
+        )
+
+    def _dispatch_request(self, conn: _Connection, msg: Message) -> None:
+        handler = self._handler
+        if handler is None:
+            self.counters["no-handler"] += 1
+            conn.send_answer(msg, conn._error(msg, codec.DIAMETER_UNABLE_TO_DELIVER))
+            return
+        if msg.app_id == cx.CX_APPLICATION_ID:
+            try:
+                request: Any = cx.decode(msg)
+            except RemoteProtocolError as exc:
+                self.counters[exc.reason] += 1
+                conn.send_answer(msg, conn._error(msg, exc.result_code, exc.failed_avp))
+                return
+        else:
+            request = msg
+        remote = conn.core.remote
+        assert remote is not None
+        try:
+            coro = handler(request, remote)
+            yielded = coro.send(None)  # type: ignore[attr-defined]
+        except StopIteration as done:
+            conn.send_answer(msg, done.value)
+            return
+        except Exception:
+            self.counters["handler-error"] += 1
+            log.exception("diameter request handler failed")
+            conn.send_answer(msg, conn._error(msg, codec.DIAMETER_UNABLE_TO_COMPLY))
+            return
+        # The handler really waits for something: finish it in a task.
+        task = self._loop.create_task(self._resume(conn, msg, coro, yielded))
+        self._handler_tasks.add(task)
+        task.add_done_callback(self._handler_tasks.discard)
+
+    async def _resume(self, conn: _Connection, msg: Message, coro: Any, yielded: Any) -> None:
+        """Drive a handler coroutine that suspended on its first step (like a Task)."""
+        try:
+            while True:
+                try:
+                    if yielded is None:
+                        await asyncio.sleep(0)
+                    else:
+                        await _until_done(yielded)
+                except asyncio.CancelledError:
+                    if yielded is not None:
+                        yielded.cancel()
+                    yielded = coro.throw(asyncio.CancelledError())
+                    continue
+                yielded = coro.send(None)
+        except StopIteration as done:
+            conn.send_answer(msg, done.value)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.counters["handler-error"] += 1
+            log.exception("diameter request handler failed")
+            conn.send_answer(msg, conn._error(msg, codec.DIAMETER_UNABLE_TO_COMPLY))
+
+    # events from connections ----------------------------------------------------------------------
+
+    def _peer_opened(self, conn: _Connection) -> None:
+        remote = conn.core.remote
+        assert remote is not None
+        old = self._open.get(remote.origin_host)
+        self._open[remote.origin_host] = conn
+        if old is not None and old is not conn and old.transport is not None:
+            # The peer reconnected while we still held its old connection (half-open):
+            # the new one wins.
+            self.counters["replaced-connection"] += 1
+            old.transport.abort()
+        for key in (remote.origin_host, ""):
+            for fut in self._open_waiters.pop(key, []):
+                if not fut.done():
+                    fut.set_result(None)
+
+    def _peer_closed(self, conn: _Connection, event: ConnectionTerminated) -> None:
+        remote = conn.core.remote
+        if remote is not None and self._open.get(remote.origin_host) is conn:
+            del self._open[remote.origin_host]
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "diameter connection to %s closed: %s",
+                remote.origin_host if remote else conn.remote_addr,
+                event.reason,
+            )
+
+    def _report(self, conn: _Connection, direction: str, frames: Iterable[bytes]) -> None:
+        now = time.time()
+        if direction == "out":
+            src, dst = conn.local, conn.remote_addr
+        else:
+            src, dst = conn.remote_addr, conn.local
+        owner = self.config.owner
+        for frame in frames:
+            event = WireEvent(now, direction, "tcp", src, dst, frame, "diameter", owner)
+            for observer in self._observers:
+                try:
+                    observer(event)
+                except Exception:
+                    log.exception("wire observer failed")
+
+
+async def _until_done(fut: Any) -> None:
+    if fut.done():
+        return
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+
+    def wake(_: Any) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    fut.add_done_callback(wake)
+    await waiter
+
+
+__all__ = [
+    "DEFAULT_PORT",
+    "DiameterNode",
+    "DiameterRequestError",
+    "DiameterTimeoutError",
+    "LocalProtocolError",
+    "NodeConfig",
+    "PeerSpec",
+    "RemotePeer",
+]
