@@ -19,7 +19,10 @@ class LocalProtocolError(SipError):
 
 
 class RemoteProtocolError(SipError):
-    """The peer sent something wrong; `status`/`reason` is the answer to give."""
+    """The peer sent something wrong; `status`/`reason` is the answer to give.
+    `head` may hold the header block of a well-framed but refused stream message."""
+
+    head: bytes | None = None
 
     def __init__(self, reason: str, status: int = 400) -> None:
         super().__init__(reason)

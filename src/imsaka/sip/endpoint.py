@@ -1,0 +1,462 @@
+"""The asyncio SIP endpoint: transports + the transaction layer (RFC 3261 §8, §17, §18).
+
+The thin edge of STYLE rule 9: each received message is parsed and fed to the sans-I/O
+`TransactionLayer` with `loop.time()`; its events are drained (sends go out through
+the transport they belong to, responses resolve the caller's future, new requests
+go to the request handler), and one `call_at` is re-armed for the layer's next
+deadline.
+
+For network functions:
+
+    ep = SipEndpoint(owner="pcscf")
+    ep.add_transport(await UdpTransport.create("127.0.0.1", 5060))
+    ep.set_request_handler(handle)          # handle(request, tx) – sync or async
+    resp = await ep.send_request(req, ("127.0.0.1", 5070))   # final response;
+        # 408 made locally on Timer B/F, 503 on a transport error
+    tx.respond(response) / tx.reply(401, headers=[...])       # server side
+    ep.send_stateless(msg, addr)             # ACK for 2xx, stateless forwarding
+
+A stateful proxy (P-CSCF, I-CSCF) forwards inside its handler: copy the request,
+`check_max_forwards`, `push_via`, `await ep.send_request(fwd, next_hop,
+on_provisional=...)`, `pop_via` on the response and `tx.respond(...)` it.
+Responses that match no transaction (late 2xx to an INVITE) go to the
+`stray_response_handler` (a proxy pops its Via and relays them statelessly).
+
+Bad input: a message that does not parse is answered statelessly (400 with the
+fault in the reason phrase, 513 when too large, 505 for another SIP version) when
+it is a request with enough Via/Call-ID/CSeq to route the answer, otherwise
+dropped; every drop is logged with a named reason and counted in `counters`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+
+from imsaka.sip.errors import LocalProtocolError, SipParseError
+from imsaka.sip.message import (
+    DEFAULT_MAX_HEADERS,
+    DEFAULT_MAX_SIZE,
+    Message,
+    Request,
+    Response,
+    make_response,
+    parse_message,
+)
+from imsaka.sip.proxy import (
+    Rng,
+    error_response_bytes,
+    is_request_bytes,
+    push_via,
+    stamp_received,
+    timeout_response,
+    unavailable_response,
+)
+from imsaka.sip.transaction import (
+    AckReceived,
+    Dropped,
+    RequestReceived,
+    ResponseReceived,
+    StrayResponse,
+    TimerConfig,
+    TransactionLayer,
+    TransactionTerminated,
+    TransactionTimeout,
+    Transmit,
+    TransportError,
+    client_key,
+)
+from imsaka.sip.transport import SipTransport
+from imsaka.wire import Address
+
+log = logging.getLogger(__name__)
+
+RequestHandler = Callable[[Request, "ServerTx"], Awaitable[None] | None]
+ResponseCallback = Callable[[Response], None]
+StrayHandler = Callable[[Response, Address, SipTransport], None]
+AckHandler = Callable[[Request, Address, SipTransport], None]
+
+
+class ServerTx:
+    """The TU's handle on one server transaction."""
+
+    __slots__ = ("_endpoint", "final_sent", "key", "request", "source", "transport")
+
+    def __init__(
+        self,
+        endpoint: SipEndpoint,
+        key: tuple,
+        request: Request,
+        source: Address,
+        transport: SipTransport,
+    ) -> None:
+        self._endpoint = endpoint
+        self.key = key
+        self.request = request
+        self.source = source
+        self.transport = transport
+        self.final_sent = False
+
+    def respond(self, response: Response) -> None:
+        """Send a response through the transaction (retransmitted as §17.2 says)."""
+        if response.status >= 200:
+            self.final_sent = True
+        ep = self._endpoint
+        try:
+            ep.layer.respond(self.key, response, ep._now())
+        finally:
+            ep._drain()
+
+    def reply(
+        self,
+        status: int,
+        reason: str | None = None,
+        *,
+        to_tag: str | None = None,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+    ) -> Response:
+        """Build (make_response) and send a response; returns it."""
+        resp = make_response(
+            self.request, status, reason, to_tag=to_tag, headers=headers, body=body
+        )
+        self.respond(resp)
+        return resp
+
+
+class SipEndpoint:
+    """Transports + transaction layer + handlers, on the running asyncio loop."""
+
+    def __init__(
+        self,
+        *,
+        owner: str = "",
+        timers: TimerConfig | None = None,
+        rng: Rng | None = None,
+        max_size: int = DEFAULT_MAX_SIZE,
+        max_headers: int = DEFAULT_MAX_HEADERS,
+        auto_trying: bool = True,
+    ) -> None:
+        self.owner = owner
+        self.rng = rng
+        self.max_size = max_size
+        self.max_headers = max_headers
+        self.layer = TransactionLayer(
+            config=timers or TimerConfig(),
+            reliable=lambda dest: dest[0].reliable,
+            auto_trying=auto_trying,
+        )
+        self.counters: Counter = Counter()
+        self.transports: list[SipTransport] = []
+        self._handler: RequestHandler | None = None
+        self._stray: StrayHandler | None = None
+        self._ack: AckHandler | None = None
+        self._pending: dict[tuple, tuple[asyncio.Future, ResponseCallback | None, Request]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    # -- setup ------------------------------------------------------------------------
+
+    def add_transport(self, transport: SipTransport) -> SipTransport:
+        transport.set_receiver(self._on_message)
+        transport.set_error_handler(
+            lambda addr, exc, t=transport: self._on_send_error(t, addr, exc)
+        )
+        self.transports.append(transport)
+        return transport
+
+    def transport(self, name: str = "udp") -> SipTransport:
+        for t in self.transports:
+            if t.name == name:
+                return t
+        raise LocalProtocolError(f"transport: no {name} transport on this endpoint")
+
+    def set_request_handler(self, handler: RequestHandler | None) -> None:
+        self._handler = handler
+
+    def set_stray_response_handler(self, handler: StrayHandler | None) -> None:
+        self._stray = handler
+
+    def set_ack_handler(self, handler: AckHandler | None) -> None:
+        """ACKs outside any transaction (to a 2xx; §13.2.2.4, §17.2.3)."""
+        self._ack = handler
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for task in list(self._tasks):
+            task.cancel()
+        for fut, _, _ in self._pending.values():
+            if not fut.done():
+                fut.cancel()
+        self._pending.clear()
+        for t in self.transports:
+            await t.close()
+
+    # -- client side ------------------------------------------------------------------
+
+    async def send_request(
+        self,
+        request: Request,
+        addr: Address,
+        *,
+        transport: SipTransport | None = None,
+        on_provisional: ResponseCallback | None = None,
+    ) -> Response:
+        """Send `request` in a client transaction and wait for its final response.
+        A request without Via gets ours (with rport and a fresh branch). Timer B/F
+        gives a local 408, a transport error a local 503."""
+        t = transport or (self.transports[0] if self.transports else None)
+        if t is None:
+            raise LocalProtocolError("transport: the endpoint has none")
+        if not request.has("via"):
+            host, port = t.local_address
+            push_via(request, t.name.upper(), host, port, rng=self.rng, rport=not t.reliable)
+        key = client_key(request)
+        fut = self._get_loop().create_future()
+        self._pending[key] = (fut, on_provisional, request)
+        try:
+            self.layer.send_request(request, (t, addr), self._now())
+        except BaseException:
+            del self._pending[key]
+            raise
+        self._drain()
+        try:
+            return await fut
+        finally:
+            self._pending.pop(key, None)
+
+    def send_stateless(
+        self, msg: Message, addr: Address, transport: SipTransport | None = None
+    ) -> None:
+        """Send without a transaction (ACK to a 2xx, stateless forwarding §16.11)."""
+        t = transport or self.transports[0]
+        t.send(msg.to_bytes(), addr)
+
+    # -- receive path -----------------------------------------------------------------
+
+    def _on_message(self, data: bytes, source: Address, transport: SipTransport) -> None:
+        if self._closed:
+            return
+        self.counters["received"] += 1
+        try:
+            msg = parse_message(data, max_size=self.max_size, max_headers=self.max_headers)
+        except SipParseError as exc:
+            self._bad_input(data, source, transport, exc)
+            return
+        now = self._now()
+        try:
+            if isinstance(msg, Request):
+                stamp_received(msg, source[0], source[1])
+                reply_to = (
+                    transport,
+                    source if transport.reliable else msg.top_via.response_address(),
+                )
+                self.layer.receive_request(msg, (transport, source), now, reply_to)
+            else:
+                self.layer.receive_response(msg, (transport, source), now)
+        except SipParseError as exc:  # a typed view used for matching (Via, CSeq, From)
+            self._bad_input(data, source, transport, exc)
+        except LocalProtocolError as exc:  # overload (max_transactions)
+            self._drop(f"not accepted: {exc}", source)
+            if isinstance(msg, Request) and msg.method != "ACK":
+                transport.send(make_response(msg, 503).to_bytes(), source)
+        self._drain()
+
+    def _bad_input(
+        self, data: bytes, source: Address, transport: SipTransport, exc: SipParseError
+    ) -> None:
+        self.counters["parse_errors"] += 1
+        answer = None
+        if is_request_bytes(data):
+            answer = error_response_bytes(data[: self.max_size], exc.status, exc.reason)
+        if answer is not None:
+            self.counters["answered_errors"] += 1
+            log.info("sip %s: %s from %s: answered %s", self.owner, exc.reason, source, exc.status)
+            transport.send(answer, source)
+        else:
+            self._drop(f"unparseable: {exc.reason}", source)
+
+    def _drop(self, reason: str, source: Address | None = None) -> None:
+        self.counters["dropped"] += 1
+        self.counters[f"dropped: {reason}"] += 1
+        log.info("sip %s: dropped (%s) from %s", self.owner, reason, source)
+
+    def _on_send_error(self, transport: SipTransport, addr: Address, exc: Exception) -> None:
+        now = self._now()
+        for key in list(self._pending):
+            tx = self.layer.client_transaction(key)
+            if tx is not None and tx.destination == (transport, addr):
+                self.layer.transport_error(key, now)
+        self._drain()
+
+    # -- event loop glue --------------------------------------------------------------
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def _now(self) -> float:
+        return self._get_loop().time()
+
+    def _drain(self) -> None:
+        layer = self.layer
+        while True:
+            ev = layer.next_event()
+            if ev is None:
+                break
+            kind = type(ev)
+            if kind is Transmit:
+                transport, addr = ev.destination
+                transport.send(ev.data, addr)
+            elif kind is ResponseReceived:
+                self._deliver_response(ev.key, ev.response)
+            elif kind is RequestReceived:
+                self._deliver_request(ev)
+            elif kind is TransactionTimeout:
+                self._resolve(ev.key, lambda req: timeout_response(req), "timeout")
+                if ev.timer == "H":
+                    self._drop("Timer H: no ACK for the final response")
+            elif kind is TransportError:
+                self._resolve(ev.key, lambda req: unavailable_response(req), "transport error")
+            elif kind is StrayResponse:
+                transport, addr = ev.source
+                if self._stray is not None:
+                    self._stray(ev.response, addr, transport)
+                else:
+                    self._drop("response matches no transaction", addr)
+            elif kind is AckReceived:
+                if self._ack is not None:
+                    tx = layer.server_transaction(ev.key)
+                    src = tx.destination if tx is not None else (None, None)
+                    self._ack(ev.request, src[1], src[0])
+            elif kind is Dropped:
+                self.counters["dropped"] += 1
+                self.counters[f"dropped: {ev.reason}"] += 1
+                log.info("sip %s: dropped (%s)", self.owner, ev.reason)
+            elif kind is TransactionTerminated:
+                pass
+        self._rearm()
+
+    def _deliver_response(self, key: tuple, response: Response) -> None:
+        entry = self._pending.get(key)
+        if entry is None:
+            # a 2xx retransmission of an INVITE after the caller got its answer
+            if self._stray is not None:
+                tx = self.layer.client_transaction(key)
+                if tx is not None:
+                    transport, addr = tx.destination
+                    self._stray(response, addr, transport)
+            return
+        fut, on_provisional, _ = entry
+        if response.status < 200:
+            if on_provisional is not None:
+                try:
+                    on_provisional(response)
+                except Exception:  # the TU's callback must not break the loop
+                    log.exception("sip %s: provisional callback failed", self.owner)
+            return
+        if not fut.done():
+            fut.set_result(response)
+
+    def _resolve(self, key: tuple, build: Callable[[Request], Response], why: str) -> None:
+        entry = self._pending.get(key)
+        if entry is None:
+            return
+        fut, _, req = entry
+        if not fut.done():
+            self.counters[why] += 1
+            fut.set_result(build(req))
+
+    def _deliver_request(self, ev: RequestReceived) -> None:
+        transport, addr = ev.source
+        req = ev.request
+        if ev.key is None:  # ACK without a transaction
+            if self._ack is not None:
+                self._ack(req, addr, transport)
+            return
+        tx = ServerTx(self, ev.key, req, addr, transport)
+        if req.method == "CANCEL":
+            self._cancel(tx)
+            return
+        handler = self._handler
+        if handler is None:
+            tx.reply(501 if req.method != "ACK" else 200)
+            return
+        try:
+            result = handler(req, tx)
+        except Exception as exc:
+            self._handler_failed(tx, exc)
+            return
+        if inspect.isawaitable(result):
+            task = self._get_loop().create_task(self._await_handler(result, tx))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _await_handler(self, result: Awaitable[None], tx: ServerTx) -> None:
+        try:
+            await result
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._handler_failed(tx, exc)
+
+    def _handler_failed(self, tx: ServerTx, exc: Exception) -> None:
+        self.counters["handler_errors"] += 1
+        log.error(
+            "sip %s: request handler failed on %s: %r", self.owner, tx.request, exc, exc_info=exc
+        )
+        if not tx.final_sent:
+            try:
+                tx.reply(500)
+            except LocalProtocolError:
+                pass
+
+    def _cancel(self, tx: ServerTx) -> None:
+        """§9.2: 200 to the CANCEL and 487 to the INVITE if it is still pending."""
+        target = self.layer.find_cancel_target(tx.request)
+        if target is None or (
+            target.last_response is not None and target.last_response.status >= 200
+        ):
+            tx.reply(481)
+            return
+        tx.reply(200)
+        self.layer.respond(
+            target.key, make_response(target.request, 487, to_tag=_tag()), self._now()
+        )
+        self._drain()
+
+    def _rearm(self) -> None:
+        deadline = self.layer.next_deadline()
+        if deadline == self._timer_at or self._closed:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            self._timer = self._get_loop().call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.layer.handle_timer(self._now())
+        self._drain()
+
+
+def _tag() -> str:
+    import os
+
+    return os.urandom(4).hex()
+
+
+__all__ = ["ServerTx", "SipEndpoint"]

@@ -1,0 +1,229 @@
+"""Proxy core helpers (RFC 3261 §16, RFC 3327 Path, RFC 3608 Service-Route,
+RFC 3581 rport) and stateless error answers (§8.2, §16.3).
+
+All functions are sans-I/O: they change or build messages. Randomness (branches)
+comes from an injectable `rng(n) -> n random octets` (default `os.urandom`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from imsaka.sip._abnf import MAGIC_COOKIE, REASON_PHRASES, canonical_key
+from imsaka.sip.errors import LocalProtocolError, SipParseError
+from imsaka.sip.headers import NameAddr, Via
+from imsaka.sip.message import Request, Response, make_response
+from imsaka.sip.uri import Params, SipUri, TelUri, format_host, host_ip, parse_uri
+
+Rng = Callable[[int], bytes]
+
+
+def new_branch(rng: Rng | None = None) -> str:
+    """A §8.1.1.7 branch: the magic cookie and 64 random bits."""
+    return MAGIC_COOKIE + (rng or os.urandom)(8).hex()
+
+
+def new_tag(rng: Rng | None = None) -> str:
+    """A From/To tag (§19.3: at least 32 random bits)."""
+    return (rng or os.urandom)(6).hex()
+
+
+def new_call_id(host: str, rng: Rng | None = None) -> str:
+    return f"{(rng or os.urandom)(12).hex()}@{host_ip(host)}"
+
+
+def push_via(
+    msg: Request,
+    transport: str,
+    host: str,
+    port: int | None,
+    *,
+    branch: str | None = None,
+    rng: Rng | None = None,
+    rport: bool = False,
+    params: dict[str, str | None] | None = None,
+) -> Via:
+    """Insert our Via on top (§16.6 step 8). Returns the Via added."""
+    items: list[tuple[str, str | None]] = []
+    if rport:
+        items.append(("rport", None))
+    for k, v in (params or {}).items():
+        items.append((k, v))
+    items.append(("branch", branch or new_branch(rng)))
+    via = Via(transport, format_host(host), port, Params(tuple(items)))
+    msg.add("Via", str(via), first=True)
+    return via
+
+
+def pop_via(response: Response) -> Via | None:
+    """Remove our topmost Via from a response before relaying it (§16.7 step 3)."""
+    text = response.pop_first("via")
+    return None if text is None else Via.parse(text)
+
+
+def stamp_received(request: Request, source_host: str, source_port: int) -> None:
+    """§18.2.1 + RFC 3581 §4: add `received` when the top Via host differs from the
+    packet's source, and fill `rport` when the client asked for it."""
+    text = request.get_all("via")[0]
+    via = Via.parse(text)
+    changed = via
+    if host_ip(via.host) != source_host:
+        changed = changed.with_param("received", source_host)
+    if via.rport is True:
+        changed = changed.with_param("rport", str(source_port))
+        if "received" not in changed.params:
+            changed = changed.with_param("received", source_host)
+    if changed is not via:
+        request.pop_first("via")
+        request.add("Via", str(changed), first=True)
+
+
+def check_max_forwards(request: Request, default: int = 70) -> Response | None:
+    """§16.3 step 3 / §16.6 step 3: 483 when Max-Forwards is 0, else decrement it
+    (adding it with `default` when absent). Returns the 483 to send, or None."""
+    value = request.max_forwards
+    if value is None:
+        request.set("Max-Forwards", str(default))
+        return None
+    if value <= 0:
+        return make_response(request, 483)
+    request.set("Max-Forwards", str(value - 1))
+    return None
+
+
+def _uri_of(value: str) -> SipUri | TelUri:
+    na = NameAddr.parse(value)
+    uri = na.parsed_uri
+    if not isinstance(uri, SipUri | TelUri):
+        raise SipParseError(f"unroutable URI {na.uri[:40]!r}")
+    return uri
+
+
+def preprocess_route(request: Request, is_mine: Callable[[SipUri], bool]) -> None:
+    """§16.4: undo a strict-routing previous hop (Request-URI is our Record-Route
+    URI: replace it by the last Route value) and remove the top Route if it is ours."""
+    ruri = parse_uri(request.uri)
+    routes = request.get_all("route")
+    if isinstance(ruri, SipUri) and is_mine(ruri) and routes:
+        last = routes[-1]
+        request.uri = NameAddr.parse(last).uri
+        keep = routes[:-1]
+        request.remove("route")
+        for r in keep:
+            request.add("Route", r)
+        routes = keep
+    if routes:
+        top = _uri_of(routes[0])
+        if isinstance(top, SipUri) and is_mine(top):
+            request.pop_first("route")
+
+
+def next_hop(request: Request) -> SipUri | TelUri:
+    """§16.6 steps 6–7 / §16.12: the URI to resolve for forwarding. With a loose
+    router (`lr`) on top of Route, that Route URI (Request-URI unchanged); with a
+    strict router, rewrite: the Request-URI goes to the end of Route, the top Route
+    becomes the Request-URI. Without Route, the Request-URI."""
+    routes = request.get_all("route")
+    if not routes:
+        return parse_uri(request.uri)  # type: ignore[return-value]
+    top = _uri_of(routes[0])
+    if isinstance(top, SipUri) and top.lr:
+        return top
+    # strict router (RFC 2543 style)
+    request.pop_first("route")
+    request.add("Route", f"<{request.uri}>")
+    request.uri = NameAddr.parse(routes[0]).uri
+    return top
+
+
+def add_record_route(request: Request, uri: SipUri | str) -> None:
+    """§16.6 step 4: our URI with `lr` on top of Record-Route."""
+    u = uri if isinstance(uri, SipUri) else SipUri.parse(uri)
+    if not u.lr:
+        u = u.with_params(u.params.with_param("lr"))
+    request.add("Record-Route", f"<{u}>", first=True)
+
+
+def add_path(request: Request, uri: SipUri | str) -> None:
+    """RFC 3327 §5.1: a proxy on the registration path adds its URI (with `lr`) on
+    top of Path, and `Require: path` is kept/added by the caller when the registrar
+    must support it (TS 24.229 §5.2.2.1)."""
+    u = uri if isinstance(uri, SipUri) else SipUri.parse(uri)
+    if not u.lr:
+        u = u.with_params(u.params.with_param("lr"))
+    request.add("Path", f"<{u}>", first=True)
+
+
+def route_from_path(path_values: list[str]) -> list[str]:
+    """RFC 3327 §5.3: a registrar routes terminating requests through the stored
+    Path, in order, as a preloaded Route set."""
+    return [str(NameAddr.parse(v)) for v in path_values]
+
+
+def preload_route(request: Request, route_values: list[str]) -> None:
+    """Put a route set (Service-Route RFC 3608 §6, or Path) in front of any Route."""
+    for value in reversed(route_values):
+        request.add("Route", value, first=True)
+
+
+def timeout_response(request: Request) -> Response:
+    """The TU's own 408 on Timer B/F (§8.1.3.1, §16.7 step 10 for a proxy)."""
+    return make_response(request, 408)
+
+
+def unavailable_response(request: Request, reason: str = "Service Unavailable") -> Response:
+    """503 on a transport error towards the next hop (§8.1.3.1, §16.9)."""
+    return make_response(request, 503, reason)
+
+
+def _phrase(status: int, reason: str) -> str:
+    base = REASON_PHRASES.get(status, "Error")
+    clean = "".join(c if c.isprintable() else " " for c in reason)[:120]
+    return f"{base} ({clean})" if clean else base
+
+
+_SALVAGE = ("via", "from", "to", "call-id", "cseq")
+
+
+def error_response_bytes(data: bytes, status: int, reason: str) -> bytes | None:
+    """A stateless error answer (e.g. 400 "Bad Request (missing Call-ID)", 513) for a
+    request that failed to parse, when enough survives to route it: a request line,
+    a Via that parses, Call-ID and CSeq (§8.2 / RFC 3261 §16.3). None for responses,
+    for ACK (never answered) and when those headers are missing."""
+    end = data.find(b"\r\n\r\n")
+    head = data[: end if end >= 0 else min(len(data), 65536)]
+    text = head.decode("utf-8", "replace")
+    lines = text.split("\r\n")
+    first = lines[0].split(" ")
+    if not lines[0] or lines[0].startswith("SIP/") or len(first) < 2:
+        return None
+    if first[0].upper() == "ACK":
+        return None
+    found: dict[str, list[str]] = {k: [] for k in _SALVAGE}
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t") or ":" not in line:
+            continue
+        name, _, value = line.partition(":")
+        key = canonical_key(name)
+        if key in found and all(c.isprintable() for c in value):
+            found[key].append(value.strip())
+    if not found["via"] or not found["call-id"] or not found["cseq"]:
+        return None
+    try:
+        for v in found["via"]:
+            Via.parse(v.split(",")[0])
+    except SipParseError:
+        return None
+    resp = Response(status, _phrase(status, reason))
+    try:
+        for key in _SALVAGE:
+            for v in found[key][: 32 if key == "via" else 1]:
+                resp.add(key, v)
+    except LocalProtocolError:
+        return None
+    return resp.to_bytes()
+
+
+def is_request_bytes(data: bytes) -> bool:
+    return not data.lstrip(b"\r\n").startswith(b"SIP/")

@@ -1,0 +1,776 @@
+"""SIP transactions as explicit state tables (RFC 3261 §17, amended by RFC 6026).
+
+Sans-I/O: nothing here reads a clock, opens a socket or sleeps. The transaction
+layer is fed messages and `now`, and queues events (`Transmit`, `ResponseReceived`,
+`RequestReceived`, `TransactionTimeout`, ...) that the asyncio edge
+(imsaka.sip.endpoint) drains; it asks `next_deadline()` to arm one timer and calls
+`handle_timer(now)` when it fires. Timers A–M are inputs of the tables below.
+
+Four machines, one table each (`(state, input) -> (action, next state)`):
+- INVITE client (§17.1.1, RFC 6026 §7.2: Accepted state, Timer M),
+- non-INVITE client (§17.1.2),
+- INVITE server (§17.2.1, RFC 6026 §7.1: Accepted state, Timer L),
+- non-INVITE server (§17.2.2).
+A network input that is not in a table is dropped and counted with a named reason;
+a TU input that is not in a table (e.g. answering twice) raises LocalProtocolError.
+
+Matching (§17.1.3, §17.2.3): responses by top-Via branch + CSeq method; requests by
+branch + sent-by + method (ACK matches INVITE) when the branch has the magic cookie,
+else by the RFC 2543 key (Request-URI, From tag, Call-ID, CSeq number, top Via; an
+ACK also by the To tag the server sent).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, ClassVar
+
+from imsaka.sip._abnf import MAGIC_COOKIE
+from imsaka.sip.errors import LocalProtocolError, SipParseError
+from imsaka.sip.message import Message, Request, Response
+
+
+@dataclass(frozen=True, slots=True)
+class TimerConfig:
+    """RFC 3261 Table 4 base values (seconds). IMS uses the same defaults
+    (TS 24.229 Table 7.7.1)."""
+
+    t1: float = 0.5
+    """Round-trip estimate; A, E, G start at T1; B, F, H, J, L, M are 64*T1."""
+    t2: float = 4.0
+    """Cap of the non-INVITE request and INVITE response retransmit interval."""
+    t4: float = 5.0
+    """Maximum time a message stays in the network: Timers I and K."""
+    timer_d: float = 32.0
+    """Wait for response retransmissions after a non-2xx INVITE final (unreliable)."""
+
+    def __post_init__(self) -> None:
+        for name in ("t1", "t2", "t4", "timer_d"):
+            v = getattr(self, name)
+            if not isinstance(v, int | float) or v <= 0:
+                raise ValueError(f"{name}: must be a positive number of seconds")
+        if self.t2 < self.t1:
+            raise ValueError("t2: must not be below t1")
+
+
+class State(Enum):
+    CALLING = "Calling"
+    TRYING = "Trying"
+    PROCEEDING = "Proceeding"
+    COMPLETED = "Completed"
+    CONFIRMED = "Confirmed"
+    ACCEPTED = "Accepted"
+    TERMINATED = "Terminated"
+
+
+class Input(Enum):
+    # from the network
+    RECV_1XX = "1xx received"
+    RECV_2XX = "2xx received"
+    RECV_FINAL = "300-699 received"
+    RECV_REQUEST = "request retransmission received"
+    RECV_ACK = "ACK received"
+    TRANSPORT_ERROR = "transport error"
+    # from the TU (server side)
+    SEND_1XX = "TU sends 1xx"
+    SEND_2XX = "TU sends 2xx"
+    SEND_FINAL = "TU sends 300-699"
+    # timers
+    TIMER_A = "Timer A"
+    TIMER_B = "Timer B"
+    TIMER_D = "Timer D"
+    TIMER_E = "Timer E"
+    TIMER_F = "Timer F"
+    TIMER_G = "Timer G"
+    TIMER_H = "Timer H"
+    TIMER_I = "Timer I"
+    TIMER_J = "Timer J"
+    TIMER_K = "Timer K"
+    TIMER_L = "Timer L"
+    TIMER_M = "Timer M"
+
+
+_TU_INPUTS = frozenset({Input.SEND_1XX, Input.SEND_2XX, Input.SEND_FINAL})
+
+S, I = State, Input  # noqa: E741 - short names keep the tables readable
+
+# (state, input) -> (action method, next state)
+INVITE_CLIENT_TABLE: dict[tuple[State, Input], tuple[str, State]] = {
+    (S.CALLING, I.TIMER_A): ("_retransmit_a", S.CALLING),
+    (S.CALLING, I.TIMER_B): ("_timeout", S.TERMINATED),
+    (S.CALLING, I.RECV_1XX): ("_pass_up", S.PROCEEDING),
+    (S.CALLING, I.RECV_2XX): ("_accept", S.ACCEPTED),
+    (S.CALLING, I.RECV_FINAL): ("_ack_and_pass_up", S.COMPLETED),
+    (S.CALLING, I.TRANSPORT_ERROR): ("_transport_error", S.TERMINATED),
+    (S.PROCEEDING, I.RECV_1XX): ("_pass_up", S.PROCEEDING),
+    (S.PROCEEDING, I.RECV_2XX): ("_accept", S.ACCEPTED),
+    (S.PROCEEDING, I.RECV_FINAL): ("_ack_and_pass_up", S.COMPLETED),
+    (S.PROCEEDING, I.TRANSPORT_ERROR): ("_transport_error", S.TERMINATED),
+    # stale timers of the Calling state once a provisional arrived
+    (S.PROCEEDING, I.TIMER_A): ("_nothing", S.PROCEEDING),
+    (S.PROCEEDING, I.TIMER_B): ("_nothing", S.PROCEEDING),
+    (S.COMPLETED, I.RECV_FINAL): ("_resend_ack", S.COMPLETED),
+    (S.COMPLETED, I.RECV_1XX): ("_absorb", S.COMPLETED),
+    (S.COMPLETED, I.TIMER_D): ("_nothing", S.TERMINATED),
+    (S.COMPLETED, I.TRANSPORT_ERROR): ("_transport_error", S.TERMINATED),
+    # RFC 6026 §8.4: 2xx retransmissions (and forks) go to the TU
+    (S.ACCEPTED, I.RECV_2XX): ("_pass_up", S.ACCEPTED),
+    (S.ACCEPTED, I.RECV_1XX): ("_absorb", S.ACCEPTED),
+    (S.ACCEPTED, I.TIMER_M): ("_nothing", S.TERMINATED),
+}
+
+NON_INVITE_CLIENT_TABLE: dict[tuple[State, Input], tuple[str, State]] = {
+    (S.TRYING, I.TIMER_E): ("_retransmit_e", S.TRYING),
+    (S.TRYING, I.TIMER_F): ("_timeout", S.TERMINATED),
+    (S.TRYING, I.RECV_1XX): ("_pass_up", S.PROCEEDING),
+    (S.TRYING, I.RECV_2XX): ("_complete", S.COMPLETED),
+    (S.TRYING, I.RECV_FINAL): ("_complete", S.COMPLETED),
+    (S.TRYING, I.TRANSPORT_ERROR): ("_transport_error", S.TERMINATED),
+    (S.PROCEEDING, I.TIMER_E): ("_retransmit_e_t2", S.PROCEEDING),
+    (S.PROCEEDING, I.TIMER_F): ("_timeout", S.TERMINATED),
+    (S.PROCEEDING, I.RECV_1XX): ("_pass_up", S.PROCEEDING),
+    (S.PROCEEDING, I.RECV_2XX): ("_complete", S.COMPLETED),
+    (S.PROCEEDING, I.RECV_FINAL): ("_complete", S.COMPLETED),
+    (S.PROCEEDING, I.TRANSPORT_ERROR): ("_transport_error", S.TERMINATED),
+    (S.COMPLETED, I.RECV_1XX): ("_absorb", S.COMPLETED),
+    (S.COMPLETED, I.RECV_2XX): ("_absorb", S.COMPLETED),
+    (S.COMPLETED, I.RECV_FINAL): ("_absorb", S.COMPLETED),
+    (S.COMPLETED, I.TIMER_K): ("_nothing", S.TERMINATED),
+}
+
+INVITE_SERVER_TABLE: dict[tuple[State, Input], tuple[str, State]] = {
+    (S.PROCEEDING, I.RECV_REQUEST): ("_resend_last", S.PROCEEDING),
+    (S.PROCEEDING, I.SEND_1XX): ("_send", S.PROCEEDING),
+    (S.PROCEEDING, I.SEND_2XX): ("_send_2xx", S.ACCEPTED),
+    (S.PROCEEDING, I.SEND_FINAL): ("_send_final_invite", S.COMPLETED),
+    (S.PROCEEDING, I.TRANSPORT_ERROR): ("_transport_error", S.TERMINATED),
+    (S.COMPLETED, I.RECV_REQUEST): ("_resend_last", S.COMPLETED),
+    (S.COMPLETED, I.TIMER_G): ("_retransmit_g", S.COMPLETED),
+    (S.COMPLETED, I.TIMER_H): ("_timeout", S.TERMINATED),
+    (S.COMPLETED, I.RECV_ACK): ("_confirm", S.CONFIRMED),
+    (S.COMPLETED, I.TRANSPORT_ERROR): ("_transport_error", S.TERMINATED),
+    (S.CONFIRMED, I.RECV_ACK): ("_absorb", S.CONFIRMED),
+    (S.CONFIRMED, I.RECV_REQUEST): ("_absorb", S.CONFIRMED),
+    (S.CONFIRMED, I.TIMER_G): ("_nothing", S.CONFIRMED),
+    (S.CONFIRMED, I.TIMER_H): ("_nothing", S.CONFIRMED),
+    (S.CONFIRMED, I.TIMER_I): ("_nothing", S.TERMINATED),
+    # RFC 6026 §7.1: the Accepted state absorbs INVITE retransmissions, passes ACKs
+    # up, lets the TU retransmit its 2xx, and ends with Timer L.
+    (S.ACCEPTED, I.RECV_REQUEST): ("_absorb", S.ACCEPTED),
+    (S.ACCEPTED, I.RECV_ACK): ("_pass_ack_up", S.ACCEPTED),
+    (S.ACCEPTED, I.SEND_2XX): ("_send", S.ACCEPTED),
+    (S.ACCEPTED, I.TRANSPORT_ERROR): ("_transport_error", S.ACCEPTED),
+    (S.ACCEPTED, I.TIMER_L): ("_nothing", S.TERMINATED),
+}
+
+NON_INVITE_SERVER_TABLE: dict[tuple[State, Input], tuple[str, State]] = {
+    (S.TRYING, I.RECV_REQUEST): ("_absorb", S.TRYING),
+    (S.TRYING, I.SEND_1XX): ("_send", S.PROCEEDING),
+    (S.TRYING, I.SEND_2XX): ("_send_final_non_invite", S.COMPLETED),
+    (S.TRYING, I.SEND_FINAL): ("_send_final_non_invite", S.COMPLETED),
+    (S.TRYING, I.TRANSPORT_ERROR): ("_transport_error", S.TERMINATED),
+    (S.PROCEEDING, I.RECV_REQUEST): ("_resend_last", S.PROCEEDING),
+    (S.PROCEEDING, I.SEND_1XX): ("_send", S.PROCEEDING),
+    (S.PROCEEDING, I.SEND_2XX): ("_send_final_non_invite", S.COMPLETED),
+    (S.PROCEEDING, I.SEND_FINAL): ("_send_final_non_invite", S.COMPLETED),
+    (S.PROCEEDING, I.TRANSPORT_ERROR): ("_transport_error", S.TERMINATED),
+    (S.COMPLETED, I.RECV_REQUEST): ("_resend_last", S.COMPLETED),
+    (S.COMPLETED, I.TIMER_J): ("_nothing", S.TERMINATED),
+    (S.COMPLETED, I.TRANSPORT_ERROR): ("_transport_error", S.TERMINATED),
+}
+
+del S, I
+
+
+# -- events ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Transmit:
+    """Send `data` (the serialized `message`) to `destination` (opaque to the core:
+    the endpoint's (transport, address))."""
+
+    key: tuple
+    message: Message
+    data: bytes
+    destination: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseReceived:
+    """A response for the TU of a client transaction (each 1xx, the final, and
+    2xx retransmissions of an INVITE)."""
+
+    key: tuple
+    response: Response
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    """A new request for the TU. `key` is None for an ACK that matches no
+    transaction (the ACK to a 2xx, §17.2.3) – it has no server transaction."""
+
+    key: tuple | None
+    request: Request
+    source: Any
+
+
+@dataclass(frozen=True, slots=True)
+class AckReceived:
+    """RFC 6026: an ACK matched an INVITE server transaction in the Accepted state."""
+
+    key: tuple
+    request: Request
+    source: Any
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionTimeout:
+    """Timer B/F (client: the TU answers itself 408) or H (server: no ACK came)."""
+
+    key: tuple
+    timer: str
+
+
+@dataclass(frozen=True, slots=True)
+class TransportError:
+    key: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionTerminated:
+    key: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class StrayResponse:
+    """A response that matches no client transaction (§17.1.3: pass to the core;
+    a proxy forwards it statelessly, §16.7 step 3 / §16.11)."""
+
+    response: Response
+    source: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """An input the tables have no place for; counted under `reason`."""
+
+    reason: str
+    key: tuple | None = None
+
+
+Event = (
+    Transmit
+    | ResponseReceived
+    | RequestReceived
+    | AckReceived
+    | TransactionTimeout
+    | TransportError
+    | TransactionTerminated
+    | StrayResponse
+    | Dropped
+)
+
+
+# -- keys -----------------------------------------------------------------------------
+
+
+def client_key(msg: Message) -> tuple:
+    """§17.1.3: top Via branch and CSeq method (ACK never creates one)."""
+    branch = msg.top_via.branch
+    if not branch:
+        raise SipParseError("top Via has no branch")
+    return ("c", branch, msg.cseq.method)
+
+
+def server_key(req: Request) -> tuple:
+    """§17.2.3 key of a request; ACK maps onto its INVITE. RFC 2543 fallback when the
+    branch lacks the magic cookie."""
+    via = req.top_via
+    method = "INVITE" if req.method == "ACK" else req.method
+    branch = via.branch
+    if branch and branch.startswith(MAGIC_COOKIE):
+        return ("s", branch, via.sent_by.lower(), method)
+    return (
+        "s2543",
+        req.uri,
+        req.from_.tag,
+        req.call_id,
+        req.cseq.seq,
+        str(via),
+        method,
+    )
+
+
+# -- transactions ---------------------------------------------------------------------
+
+
+class Transaction:
+    """Common engine: state, table, timers, the owning layer's event queue."""
+
+    __slots__ = (
+        "_intervals",
+        "_last_input",
+        "_layer",
+        "_seq",
+        "deadline",
+        "destination",
+        "key",
+        "last_response",
+        "reliable",
+        "request",
+        "state",
+        "table",
+        "timers",
+    )
+    TABLE: ClassVar[dict[tuple[State, Input], tuple[str, State]]] = {}
+    kind = "transaction"
+
+    def __init__(
+        self,
+        layer: TransactionLayer,
+        key: tuple,
+        request: Request,
+        destination: Any,
+        reliable: bool,
+        state: State,
+    ) -> None:
+        self._layer = layer
+        self.key = key
+        self.request = request
+        self.destination = destination
+        self.reliable = reliable
+        self.state = state
+        self.table = self.TABLE
+        self._last_input: Input | None = None
+        self.timers: dict[Input, float] = {}
+        self._intervals: dict[Input, float] = {}
+        self.last_response: Response | None = None
+        self.deadline: float | None = None
+        self._seq = 0
+
+    @property
+    def config(self) -> TimerConfig:
+        return self._layer.config
+
+    def _input(self, inp: Input, now: float, msg: Message | None = None) -> None:
+        entry = self.table.get((self.state, inp))
+        if entry is None:
+            if inp in _TU_INPUTS:
+                raise LocalProtocolError(
+                    f"{self.kind}: {inp.value} not allowed in state {self.state.value}"
+                )
+            self._layer._drop(f"{self.kind}: {inp.value} in state {self.state.value}", self.key)
+            return
+        action, nxt = entry
+        self._last_input = inp
+        self.state = nxt
+        getattr(self, action)(now, msg)
+        if nxt is State.TERMINATED:
+            self.timers.clear()
+            self._layer._terminated(self)
+        self._rearm()
+
+    def _set_timer(self, timer: Input, now: float, delay: float) -> None:
+        self.timers[timer] = now + delay
+        self._intervals[timer] = delay
+
+    def _rearm(self) -> None:
+        deadline = min(self.timers.values()) if self.timers else None
+        if deadline != self.deadline:
+            self.deadline = deadline
+            if deadline is not None:
+                self._layer._schedule(self, deadline)
+
+    def handle_timer(self, now: float) -> None:
+        """Fire every timer due at `now`, earliest first."""
+        while self.timers and self.state is not State.TERMINATED:
+            timer, when = min(self.timers.items(), key=lambda kv: kv[1])
+            if when > now:
+                break
+            del self.timers[timer]
+            self._input(timer, now)
+        self._rearm()
+
+    # -- actions shared by the tables ---------------------------------------------
+
+    def _emit(self, event: Event) -> None:
+        self._layer._events.append(event)
+
+    def _transmit(self, msg: Message) -> None:
+        self._emit(Transmit(self.key, msg, msg.to_bytes(), self.destination))
+
+    def _nothing(self, now: float, msg: Message | None) -> None:
+        pass
+
+    def _absorb(self, now: float, msg: Message | None) -> None:
+        self._layer.counters["absorbed"] += 1
+
+    def _pass_up(self, now: float, msg: Message | None) -> None:
+        self._emit(ResponseReceived(self.key, msg))
+
+    def _timeout(self, now: float, msg: Message | None) -> None:
+        self._emit(TransactionTimeout(self.key, self._last_input.value.removeprefix("Timer ")))
+
+    def _transport_error(self, now: float, msg: Message | None) -> None:
+        self._emit(TransportError(self.key))
+
+    def transport_error(self, now: float) -> None:
+        """The transport could not send (ICMP unreachable, TCP reset): §17.1.4/§17.2.4."""
+        self._input(Input.TRANSPORT_ERROR, now)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.key} {self.state.value}>"
+
+
+class ClientTransaction(Transaction):
+    """INVITE or non-INVITE client transaction; starts by sending the request."""
+
+    __slots__ = ("is_invite",)
+    kind = "client"
+
+    def __init__(
+        self,
+        layer: TransactionLayer,
+        key: tuple,
+        request: Request,
+        destination: Any,
+        reliable: bool,
+    ) -> None:
+        self.is_invite = request.method == "INVITE"
+        super().__init__(
+            layer,
+            key,
+            request,
+            destination,
+            reliable,
+            State.CALLING if self.is_invite else State.TRYING,
+        )
+        self.table = INVITE_CLIENT_TABLE if self.is_invite else NON_INVITE_CLIENT_TABLE
+
+    def start(self, now: float) -> None:
+        t1 = self.config.t1
+        self._transmit(self.request)
+        if self.is_invite:
+            if not self.reliable:
+                self._set_timer(Input.TIMER_A, now, t1)
+            self._set_timer(Input.TIMER_B, now, 64 * t1)
+        else:
+            if not self.reliable:
+                self._set_timer(Input.TIMER_E, now, t1)
+            self._set_timer(Input.TIMER_F, now, 64 * t1)
+        self._rearm()
+
+    def receive_response(self, response: Response, now: float) -> None:
+        status = response.status
+        if status < 200:
+            inp = Input.RECV_1XX
+        elif status < 300:
+            inp = Input.RECV_2XX
+        else:
+            inp = Input.RECV_FINAL
+        self._input(inp, now, response)
+
+    # INVITE client actions
+    def _retransmit_a(self, now: float, msg: Message | None) -> None:
+        self._layer.counters["retransmissions"] += 1
+        self._transmit(self.request)
+        self._set_timer(Input.TIMER_A, now, 2 * self._intervals[Input.TIMER_A])
+
+    def _pass_up(self, now: float, msg: Message | None) -> None:
+        if self.is_invite:
+            self.timers.pop(Input.TIMER_A, None)
+            self.timers.pop(Input.TIMER_B, None)
+        self._emit(ResponseReceived(self.key, msg))
+
+    def _accept(self, now: float, msg: Message | None) -> None:
+        self.timers.clear()
+        self._set_timer(Input.TIMER_M, now, 64 * self.config.t1)
+        self._emit(ResponseReceived(self.key, msg))
+
+    def _ack_and_pass_up(self, now: float, msg: Message | None) -> None:
+        self.timers.clear()
+        self._transmit(self._build_ack(msg))
+        self._set_timer(Input.TIMER_D, now, 0.0 if self.reliable else self.config.timer_d)
+        self._emit(ResponseReceived(self.key, msg))
+
+    def _resend_ack(self, now: float, msg: Message | None) -> None:
+        self._layer.counters["retransmissions"] += 1
+        self._transmit(self._build_ack(msg))
+
+    def _build_ack(self, response: Response) -> Request:
+        """§17.1.1.3: ACK for a non-2xx final, inside the transaction."""
+        req = self.request
+        ack = Request("ACK", req.uri)
+        ack.add("Via", req.get_all("via")[0])
+        for name in ("from", "call-id"):
+            ack.add(name, req.get(name))
+        ack.add("To", response.get("to") or req.get("to"))
+        ack.add("CSeq", f"{req.cseq.seq} ACK")
+        for route in req.get_all("route"):
+            ack.add("Route", route)
+        ack.add("Max-Forwards", "70")
+        return ack
+
+    # non-INVITE client actions
+    def _retransmit_e(self, now: float, msg: Message | None) -> None:
+        self._layer.counters["retransmissions"] += 1
+        self._transmit(self.request)
+        self._set_timer(Input.TIMER_E, now, min(2 * self._intervals[Input.TIMER_E], self.config.t2))
+
+    def _retransmit_e_t2(self, now: float, msg: Message | None) -> None:
+        self._layer.counters["retransmissions"] += 1
+        self._transmit(self.request)
+        self._set_timer(Input.TIMER_E, now, self.config.t2)
+
+    def _complete(self, now: float, msg: Message | None) -> None:
+        self.timers.clear()
+        self._set_timer(Input.TIMER_K, now, 0.0 if self.reliable else self.config.t4)
+        self._emit(ResponseReceived(self.key, msg))
+
+
+class ServerTransaction(Transaction):
+    """INVITE or non-INVITE server transaction; the TU answers with `respond`."""
+
+    __slots__ = ("is_invite", "to_tag")
+    kind = "server"
+
+    def __init__(
+        self,
+        layer: TransactionLayer,
+        key: tuple,
+        request: Request,
+        destination: Any,
+        reliable: bool,
+    ) -> None:
+        self.is_invite = request.method == "INVITE"
+        super().__init__(
+            layer,
+            key,
+            request,
+            destination,
+            reliable,
+            State.PROCEEDING if self.is_invite else State.TRYING,
+        )
+        self.table = INVITE_SERVER_TABLE if self.is_invite else NON_INVITE_SERVER_TABLE
+        self.to_tag: str | None = None
+
+    def respond(self, response: Response, now: float) -> None:
+        """The TU's response (§17.2.1/§17.2.2)."""
+        if response.status < 200:
+            inp = Input.SEND_1XX
+        elif response.status < 300:
+            inp = Input.SEND_2XX
+        else:
+            inp = Input.SEND_FINAL
+        self._input(inp, now, response)
+
+    def receive_request(self, request: Request, now: float) -> None:
+        if request.method == "ACK":
+            if self.key[0] == "s2543" and self.to_tag is not None and request.to.tag != self.to_tag:
+                self._layer._drop("ACK To tag does not match the response", self.key)
+                return
+            self._input(Input.RECV_ACK, now, request)
+        else:
+            self._input(Input.RECV_REQUEST, now, request)
+
+    def _send(self, now: float, msg: Message | None) -> None:
+        self.last_response = msg
+        self.to_tag = msg.to.tag if msg.has("to") else None
+        self._transmit(msg)
+
+    def _resend_last(self, now: float, msg: Message | None) -> None:
+        if self.last_response is not None:
+            self._layer.counters["retransmissions"] += 1
+            self._transmit(self.last_response)
+        else:
+            self._layer.counters["absorbed"] += 1
+
+    def _send_2xx(self, now: float, msg: Message | None) -> None:
+        self._send(now, msg)
+        self._set_timer(Input.TIMER_L, now, 64 * self.config.t1)
+
+    def _send_final_invite(self, now: float, msg: Message | None) -> None:
+        self._send(now, msg)
+        if not self.reliable:
+            self._set_timer(Input.TIMER_G, now, self.config.t1)
+        self._set_timer(Input.TIMER_H, now, 64 * self.config.t1)
+
+    def _retransmit_g(self, now: float, msg: Message | None) -> None:
+        self._layer.counters["retransmissions"] += 1
+        self._transmit(self.last_response)
+        self._set_timer(Input.TIMER_G, now, min(2 * self._intervals[Input.TIMER_G], self.config.t2))
+
+    def _confirm(self, now: float, msg: Message | None) -> None:
+        self.timers.pop(Input.TIMER_G, None)
+        self.timers.pop(Input.TIMER_H, None)
+        self._set_timer(Input.TIMER_I, now, 0.0 if self.reliable else self.config.t4)
+
+    def _pass_ack_up(self, now: float, msg: Message | None) -> None:
+        self._emit(AckReceived(self.key, msg, None))
+
+    def _send_final_non_invite(self, now: float, msg: Message | None) -> None:
+        self._send(now, msg)
+        self._set_timer(Input.TIMER_J, now, 0.0 if self.reliable else 64 * self.config.t1)
+
+
+@dataclass
+class TransactionLayer:
+    """Demultiplexes messages onto transactions and collects their events.
+
+    `reliable(destination)` tells whether a destination/source is a reliable
+    transport (TCP): then retransmission timers A/E/G are not armed and D/I/J/K are 0.
+    `auto_trying`: an INVITE server transaction answers 100 Trying at once (§17.2.1:
+    the TU is not known to answer within 200 ms)."""
+
+    config: TimerConfig = field(default_factory=TimerConfig)
+    reliable: Any = None
+    auto_trying: bool = True
+    max_transactions: int = 100_000
+    counters: Counter = field(default_factory=Counter)
+    _events: deque = field(default_factory=deque, repr=False)
+    _client: dict = field(default_factory=dict, repr=False)
+    _server: dict = field(default_factory=dict, repr=False)
+    _heap: list = field(default_factory=list, repr=False)
+    _tick: int = 0
+
+    def _is_reliable(self, destination: Any) -> bool:
+        return bool(self.reliable(destination)) if self.reliable is not None else False
+
+    # -- client side -------------------------------------------------------------
+
+    def send_request(self, request: Request, destination: Any, now: float) -> ClientTransaction:
+        """Start a client transaction for `request` (which carries its own top Via with
+        a fresh magic-cookie branch; see imsaka.sip.proxy.push_via)."""
+        if request.method == "ACK":
+            raise LocalProtocolError("method: ACK is sent outside transactions (send it directly)")
+        key = client_key(request)
+        if key in self._client:
+            raise LocalProtocolError(f"branch: a client transaction {key[1]!r} already exists")
+        self._check_capacity()
+        tx = ClientTransaction(self, key, request, destination, self._is_reliable(destination))
+        self._client[key] = tx
+        tx.start(now)
+        return tx
+
+    def receive_response(self, response: Response, source: Any, now: float) -> None:
+        try:
+            key = client_key(response)
+        except SipParseError as exc:
+            self._drop(f"response without a usable Via/CSeq: {exc.reason}")
+            return
+        tx = self._client.get(key)
+        if tx is None:
+            self.counters["stray_responses"] += 1
+            self._events.append(StrayResponse(response, source))
+            return
+        tx.receive_response(response, now)
+
+    # -- server side -------------------------------------------------------------
+
+    def receive_request(
+        self, request: Request, source: Any, now: float, reply_to: Any = None
+    ) -> ServerTransaction | None:
+        """Match a request onto a server transaction or create one; the TU gets a
+        RequestReceived event for a new request (and for an unmatched ACK).
+        `reply_to` is where the transaction sends responses (§18.2.2), default `source`."""
+        key = server_key(request)
+        tx = self._server.get(key)
+        if request.method == "ACK":
+            if tx is None or not tx.is_invite:
+                self._events.append(RequestReceived(None, request, source))
+                return None
+            tx.receive_request(request, now)
+            return tx
+        if tx is not None:
+            tx.receive_request(request, now)
+            return tx
+        self._check_capacity()
+        dest = source if reply_to is None else reply_to
+        tx = ServerTransaction(self, key, request, dest, self._is_reliable(dest))
+        self._server[key] = tx
+        self._events.append(RequestReceived(key, request, source))
+        if tx.is_invite and self.auto_trying:
+            from imsaka.sip.message import make_response
+
+            tx.respond(make_response(request, 100), now)
+        return tx
+
+    def respond(self, key: tuple, response: Response, now: float) -> None:
+        tx = self._server.get(key)
+        if tx is None:
+            raise LocalProtocolError(f"no server transaction {key!r} (terminated or never created)")
+        tx.respond(response, now)
+
+    def server_transaction(self, key: tuple) -> ServerTransaction | None:
+        return self._server.get(key)
+
+    def client_transaction(self, key: tuple) -> ClientTransaction | None:
+        return self._client.get(key)
+
+    def find_cancel_target(self, cancel: Request) -> ServerTransaction | None:
+        """§9.2: the INVITE server transaction a CANCEL refers to."""
+        key = server_key(cancel)
+        return self._server.get((*key[:-1], "INVITE"))
+
+    def transport_error(self, key: tuple, now: float) -> None:
+        tx = self._client.get(key) or self._server.get(key)
+        if tx is not None and tx.state is not State.TERMINATED:
+            tx.transport_error(now)
+
+    # -- time ---------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        heap = self._heap
+        while heap:
+            deadline, _, tx = heap[0]
+            if tx.deadline == deadline and tx.state is not State.TERMINATED:
+                return deadline
+            heapq.heappop(heap)
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            deadline, _, tx = heapq.heappop(heap)
+            if tx.deadline == deadline and tx.state is not State.TERMINATED:
+                tx.deadline = None
+                tx.handle_timer(now)
+
+    # -- events -------------------------------------------------------------------
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def events(self) -> list[Event]:
+        out = list(self._events)
+        self._events.clear()
+        return out
+
+    def __len__(self) -> int:
+        return len(self._client) + len(self._server)
+
+    # -- internals ----------------------------------------------------------------
+
+    def _check_capacity(self) -> None:
+        if len(self) >= self.max_transactions:
+            self.counters["overload"] += 1
+            raise LocalProtocolError("too many transactions (max_transactions)")
+
+    def _schedule(self, tx: Transaction, deadline: float) -> None:
+        self._tick += 1
+        heapq.heappush(self._heap, (deadline, self._tick, tx))
+
+    def _terminated(self, tx: Transaction) -> None:
+        table = self._client if isinstance(tx, ClientTransaction) else self._server
+        if table.get(tx.key) is tx:
+            del table[tx.key]
+        self._events.append(TransactionTerminated(tx.key))
+
+    def _drop(self, reason: str, key: tuple | None = None) -> None:
+        self.counters["dropped"] += 1
+        self.counters[f"dropped: {reason}"] += 1
+        self._events.append(Dropped(reason, key))
