@@ -15,9 +15,10 @@ of TS 33.102 Annex C SQN management:
   after the MAR can skip SQNs forward but never hand one out again. Concurrent
   MARs are grouped into one transaction (group commit), which keeps SQLite
   above 2,000 answers/s with ``synchronous=FULL``.
-- Resync (Annex C.3.4 as implemented by hostapd/FHoSS): SQN_HE := SQN_MS, and
-  the next vectors continue from there, in the same single statement. The
-  caller verifies MAC-S before asking (imsaka.aka.resync).
+- Resync (TS 33.102 §6.3.5, `imsaka.aka.sqn.resync_sqn_he`): SQN_HE stays when
+  its next SEQ is above SEQ_MS by at most Δ, else it restarts from SQN_MS; the
+  new vectors are taken in the same single statement. The caller verifies MAC-S
+  before asking (`imsaka.aka.resync.recover_sqn_ms`); a bad MAC-S never reaches here.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from imsaka.aka.sqn import DEFAULT_DELTA
 from imsaka.hss import models as m
 from imsaka.hss.models import RegState
 from imsaka.hss.subscriber import FieldError, SubscriberSpec
@@ -100,8 +102,17 @@ def _sqn_advance_expr(col: Any, n: int) -> Any:
     return seq.op("<<")(ind_bits).op("|")(ind)
 
 
-def _sqn_from_expr(sqn_ms: int, n: int) -> Any:
-    return sa.literal_column(str(int(sqn_step(sqn_ms, n))))
+def _sqn_resync_expr(col: Any, sqn_ms: int, n: int, delta: int = DEFAULT_DELTA) -> Any:
+    # imsaka.aka.sqn.resync_sqn_he in SQL, on the locked row: SQN_HE stays when its
+    # next SEQ is above SEQ_MS by at most Δ, else it restarts from SQN_MS; then the n
+    # vectors of this MAR are taken. One statement, so no concurrent MAR slips between.
+    ind_bits = sa.literal_column(str(IND_BITS))
+    seq_ms = sa.literal_column(str(int(sqn_ms) >> IND_BITS))
+    seq_he_next = col.op(">>")(ind_bits) + sa.literal_column("1")
+    keep = sa.and_(seq_ms < seq_he_next, seq_he_next <= seq_ms + sa.literal_column(str(int(delta))))
+    return sa.case(
+        (keep, _sqn_advance_expr(col, n)), else_=sa.literal_column(str(sqn_step(sqn_ms, n)))
+    )
 
 
 # --------------------------------------------------------------------------- engine
@@ -288,6 +299,7 @@ class _MarJob:
     n: int
     server_name: str | None
     resync_to: int | None
+    scheme: str | None
     future: asyncio.Future
 
 
@@ -1095,18 +1107,21 @@ class HssStore:
         server_name: str | None,
         *,
         resync_to: int | None = None,
+        scheme: str | None = None,
     ) -> MarGrant | IdentityCheck:
         """Allocate n SQNs for one MAR (group-committed with concurrent MARs).
 
         Returns a `MarGrant` (credentials + committed SQNs), or the `IdentityCheck`
-        that explains why not (unknown IMPI/IMPU, or they do not belong together).
+        that explains why not (unknown IMPI/IMPU, or they do not belong together;
+        ``matched`` True means the identities are fine but ``scheme`` is not one of
+        the IMPI's allowed authentication schemes, and no SQN was taken).
         ``resync_to`` = SQN_MS (already verified by the caller): SQN_HE restarts there;
         a resync runs in its own transaction, never batched with other MARs.
         """
         if n < 1:
             raise ValueError("n must be ≥ 1")
         loop = asyncio.get_running_loop()
-        job = _MarJob(impi, impu, n, server_name, resync_to, loop.create_future())
+        job = _MarJob(impi, impu, n, server_name, resync_to, scheme, loop.create_future())
         if resync_to is not None:
             return (await self._run_batch([job]))[0]
         self._queue.append(job)
@@ -1168,7 +1183,12 @@ class HssStore:
             # One read that validates every (IMPI, IMPU) pair and, on PostgreSQL,
             # locks the IMPI rows in id order so two processes never deadlock.
             q = (
-                sa.select(m.impi.c.id, m.impi.c.identity, m.impu.c.identity.label("impu"))
+                sa.select(
+                    m.impi.c.id,
+                    m.impi.c.identity,
+                    m.impi.c.auth_schemes,
+                    m.impu.c.identity.label("impu"),
+                )
                 .select_from(m.impi)
                 .outerjoin(
                     m.impu,
@@ -1183,10 +1203,15 @@ class HssStore:
             if self.dialect == "postgresql":
                 q = q.with_for_update(of=m.impi)
             pairs: set[tuple[str, str]] = set()
+            allowed: dict[str, tuple[str, ...]] = {}
             for row in (await conn.execute(q)).all():
+                allowed[row.identity] = tuple(row.auth_schemes.split(","))
                 if row.impu is not None:
                     pairs.add((row.identity, row.impu))
-            ok = [(j.impi, j.impu) in pairs for j in batch]
+            ok = [
+                (j.impi, j.impu) in pairs and (j.scheme is None or j.scheme in allowed[j.impi])
+                for j in batch
+            ]
             # Steps per IMPI: the sum over its MARs in this batch.
             steps: dict[str, int] = {}
             names: dict[str, str | None] = {}
@@ -1201,7 +1226,7 @@ class HssStore:
             resync_to = batch[0].resync_to if len(batch) == 1 else None
             for (n, name), members in groups.items():
                 if resync_to is not None:
-                    new_value = _sqn_from_expr(resync_to, n)
+                    new_value = _sqn_resync_expr(m.impi.c.sqn, resync_to, n)
                 else:
                     new_value = _sqn_advance_expr(m.impi.c.sqn, n)
                 stmt = (
@@ -1216,7 +1241,10 @@ class HssStore:
             for job, good in zip(batch, ok, strict=True):
                 key = (job.impi, job.impu)
                 if not good and key not in checks:
-                    checks[key] = await self._check_identities(conn, job.impi, job.impu)
+                    if key in pairs:  # identities fine, scheme not allowed
+                        checks[key] = IdentityCheck(True, True, True)
+                    else:
+                        checks[key] = await self._check_identities(conn, job.impi, job.impu)
         # Committed. Hand each IMPI's new SQN range out to its MARs in queue order.
         results: list[MarGrant | IdentityCheck] = []
         ranges = {i: sqn_sequence(int(granted[i].sqn), n) for i, n in steps.items()}

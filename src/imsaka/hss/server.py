@@ -1,0 +1,287 @@
+"""The HSS process: Diameter Cx server (TS 29.228/29.229) plus the REST provisioning API.
+
+`HssServer(config)` with ``await start()`` / ``await stop()`` runs in any event loop
+(the demo wires it in-process); `run(config)` is ``imsaka run hss -c imsaka.toml``:
+it validates ``[hss]`` of the whole-network TOML, runs until SIGINT/SIGTERM and
+returns an exit code.
+
+Only configured Diameter peers are served (`DiameterNode` refuses any other CER
+with 3010). HSS-initiated requests go to the serving S-CSCF's Diameter host (the
+Origin-Host of the SAR that assigned it): RTR for administrative
+de-registration (TS 29.228 §6.1.3), PPR for a changed profile (§6.2.2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from imsaka.diameter import cx
+from imsaka.diameter.errors import DiameterRequestError
+from imsaka.diameter.node import DiameterNode, NodeConfig, PeerSpec
+from imsaka.hss.config import HssConfig, parse_hss_config
+from imsaka.hss.service import CxService
+from imsaka.hss.store import HssStore, NotFound
+
+__all__ = ["HssServer", "run"]
+
+log = logging.getLogger("imsaka.hss")
+
+
+class HssServer:
+    """One HSS: store + Cx service on a `DiameterNode` + optional REST API (uvicorn)."""
+
+    def __init__(
+        self,
+        config: HssConfig,
+        *,
+        store: HssStore | None = None,
+        rand_source: Callable[[int], bytes] | None = None,
+        observers: tuple[Any, ...] = (),
+    ) -> None:
+        self.config = config
+        self.store: HssStore = store  # type: ignore[assignment]
+        self._own_store = store is None
+        self._rand_source = rand_source
+        self._observers = observers
+        self.node: DiameterNode | None = None
+        self.service: CxService | None = None
+        self._api_server: Any = None
+        self._api_task: asyncio.Task | None = None
+        self._session_counter = 0
+        self.diameter_port: int | None = None
+        self.api_port: int | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        cfg = self.config
+        if self.store is None:
+            self.store = await HssStore.open(cfg.database)
+        await self.store.sync_scscf_pool(
+            [
+                {
+                    "name": e.name,
+                    "diameter_host": e.diameter_host,
+                    "mandatory_capabilities": e.mandatory_capabilities,
+                    "optional_capabilities": e.optional_capabilities,
+                }
+                for e in cfg.scscfs
+            ]
+        )
+        kwargs = {} if self._rand_source is None else {"rand_source": self._rand_source}
+        self.service = CxService(self.store, cfg, **kwargs)
+        self.node = DiameterNode(
+            NodeConfig(
+                origin_host=cfg.diameter_host,
+                origin_realm=cfg.diameter_realm,
+                peers=tuple(
+                    PeerSpec(host=p.host, address=p.address, port=p.port) for p in cfg.peers
+                ),
+                listen_address=cfg.diameter_address,
+                listen_port=cfg.diameter_port,
+                watchdog_interval=cfg.watchdog,
+                request_timeout=cfg.request_timeout,
+                host_ip_addresses=(cfg.diameter_address,),
+                owner="hss",
+            )
+        )
+        for obs in self._observers:
+            self.node.add_observer(obs)
+        self.node.set_request_handler(self._on_request)
+        try:
+            await self.node.start()
+            self.diameter_port = self.node.port
+            if cfg.api_port:
+                await self._start_api()
+        except BaseException:
+            await self.stop()
+            raise
+        log.info(
+            "HSS %s listening: Diameter %s:%s, API %s",
+            cfg.diameter_host,
+            cfg.diameter_address,
+            self.diameter_port,
+            cfg.api_url() if cfg.api_port else "off",
+        )
+
+    async def _start_api(self) -> None:
+        import uvicorn
+
+        from imsaka.hss.api import create_app
+
+        assert self.config.api_token is not None
+        app = create_app(self, self.config.api_token)
+
+        class _Server(uvicorn.Server):
+            # Signals belong to run() (or to the demo), not to uvicorn.
+            def capture_signals(self):  # type: ignore[override]
+                import contextlib
+
+                return contextlib.nullcontext()
+
+        ucfg = uvicorn.Config(
+            app,
+            host=self.config.api_address,
+            port=self.config.api_port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
+        server = _Server(ucfg)
+        self._api_server = server
+        self._api_task = asyncio.get_running_loop().create_task(server.serve(), name="hss-api")
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if self._api_task.done():
+                exc = self._api_task.exception()
+                raise OSError(f"[hss].api_port: REST API did not start ({exc or 'exited'})")
+            if time.monotonic() > deadline:
+                raise OSError("[hss].api_port: REST API did not start within 10 s")
+            await asyncio.sleep(0.01)
+        sockets = [s for srv in server.servers for s in srv.sockets]
+        self.api_port = sockets[0].getsockname()[1] if sockets else self.config.api_port
+
+    async def stop(self) -> None:
+        if self._api_server is not None:
+            self._api_server.should_exit = True
+            if self._api_task is not None:
+                try:
+                    await asyncio.wait_for(self._api_task, 5)
+                except (TimeoutError, asyncio.CancelledError, Exception):
+                    self._api_task.cancel()
+            self._api_server = None
+            self._api_task = None
+        if self.node is not None:
+            await self.node.stop()
+            self.node = None
+        if self.store is not None and self._own_store:
+            await self.store.close()
+            self.store = None  # type: ignore[assignment]
+
+    async def __aenter__(self) -> HssServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------------ Cx
+
+    async def _on_request(self, request: Any, peer: Any) -> Any:
+        assert self.service is not None
+        return await self.service.handle(request)
+
+    def _session_id(self) -> str:
+        self._session_counter += 1
+        return (
+            f"{self.config.diameter_host};{int(time.time())};{os.getpid()};{self._session_counter}"
+        )
+
+    async def _send(self, request: Any, host: str) -> dict[str, Any]:
+        assert self.node is not None
+        try:
+            answer = await self.node.request(
+                request, peer=host, timeout=self.config.request_timeout
+            )
+        except (DiameterRequestError, TimeoutError) as exc:
+            reason = getattr(exc, "reason", "timeout")
+            log.warning("%s to %s failed: %s", type(request).__name__, host, reason)
+            return {"sent": True, "to": host, "ok": False, "error": str(reason)}
+        return {"sent": True, "to": host, "ok": answer.is_success, "result": answer.result}
+
+    async def deregister_impu(self, impu: str, reason_info: str | None = None) -> dict[str, Any]:
+        """Administrative de-registration of the subscription holding ``impu`` (RTR)."""
+        info = await self.store.serving_for_impu(impu)
+        return await self._deregister(info, reason_info)
+
+    async def deregister_impi(self, impi: str, reason_info: str | None = None) -> dict[str, Any]:
+        info = await self.store.serving_for_impi(impi)
+        return await self._deregister(info, reason_info)
+
+    async def _deregister(self, info: Any, reason_info: str | None) -> dict[str, Any]:
+        if not info.scscf_name:
+            return {"sent": False, "reason": "not registered"}
+        host = info.scscf_host or (await self.store.scscf_host_for(info.scscf_name))
+        if not host:
+            await self.store.deregister_subscription(info.subscription_id)
+            return {"sent": False, "reason": "serving S-CSCF has no Diameter host; state cleared"}
+        assert self.service is not None
+        rtr = self.service.rtr(
+            session_id=self._session_id(),
+            destination_host=host,
+            destination_realm=info.scscf_realm,
+            impis=info.impis,
+            impus=info.impus,
+            reason=cx.ReasonCode.PERMANENT_TERMINATION,
+            reason_info=reason_info or "administrative de-registration",
+        )
+        result = await self._send(rtr, host)
+        # The operator asked for it: the HSS forgets the registration whether or
+        # not the S-CSCF answered (it would otherwise keep serving a ghost).
+        await self.store.deregister_subscription(info.subscription_id)
+        return result
+
+    async def push_profile(self, impi: str) -> dict[str, Any]:
+        """PPR with the new User-Data to the S-CSCF serving ``impi`` (if any)."""
+        try:
+            info = await self.store.serving_for_impi(impi)
+        except NotFound:
+            return {"sent": False, "reason": "unknown"}
+        if not info.scscf_name or not info.impus:
+            return {"sent": False, "reason": "not registered"}
+        host = info.scscf_host or (await self.store.scscf_host_for(info.scscf_name))
+        if not host:
+            return {"sent": False, "reason": "serving S-CSCF has no Diameter host"}
+        user_data, _ = await self.store.user_data(impi, info.impus[0])
+        assert self.service is not None
+        ppr = self.service.ppr(
+            session_id=self._session_id(),
+            destination_host=host,
+            destination_realm=info.scscf_realm,
+            impi=impi,
+            user_data=user_data,
+        )
+        return await self._send(ppr, host)
+
+
+def run(config: Mapping[str, Any]) -> int:
+    """``imsaka run hss``: start from the whole-network TOML dict, serve until a signal."""
+    hss_config = parse_hss_config(config, base_dir=None)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - optional speed-up
+        pass
+    return asyncio.run(_serve(hss_config))
+
+
+async def _serve(config: HssConfig) -> int:
+    server = HssServer(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+    except OSError as exc:
+        from imsaka.clierror import CliError
+
+        await server.stop()
+        raise CliError(f"[hss]: cannot start: {exc}") from None
+    print(
+        f"hss: Diameter {config.diameter_host} on {config.diameter_address}:{server.diameter_port}"
+        + (f", REST API on {config.api_address}:{server.api_port}" if server.api_port else ""),
+        flush=True,
+    )
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+    return 0

@@ -1,0 +1,459 @@
+"""The HSS side of Cx: UAR, MAR, SAR, LIR handlers and RTR/PPR builders.
+
+TS 29.228 §6.1.1 (UAR: registration status query), §6.1.2 (SAR: S-CSCF
+registration/de-registration notification), §6.1.3 (RTR: network-initiated
+de-registration), §6.1.4 (LIR: user location query), §6.2.2 (PPR: HSS-initiated
+update of user information), §6.3 (MAR: authentication), §6.5 (implicit
+registration sets); result codes from TS 29.229 §6.2. Vectors per TS 33.102
+§6.3.2 (Milenage, `imsaka.aka`), resynchronisation per TS 33.102 §6.3.5 with
+MAC-S checked (`imsaka.aka.resync.recover_sqn_ms`) before SQN_HE may move.
+
+`CxService.handle(request)` takes a decoded Cx request (an `imsaka.diameter.cx`
+dataclass) and returns its answer. Bad identities, wrong schemes and malformed
+values give the TS 29.229 Result-Code or Experimental-Result; an unexpected store
+failure gives DIAMETER_UNABLE_TO_COMPLY and is logged; nothing raises out of here.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from imsaka.aka.milenage import Milenage
+from imsaka.aka.resync import AutsError, AutsMacError, recover_sqn_ms
+from imsaka.aka.vectors import generate_vectors
+from imsaka.diameter import cx
+from imsaka.hss.config import HssConfig
+from imsaka.hss.models import RegState
+from imsaka.hss.store import HssStore, IdentityCheck, MarGrant, NotFound
+
+__all__ = ["AKA_SCHEMES", "CxService"]
+
+log = logging.getLogger("imsaka.hss.cx")
+
+AKA_SCHEMES = (cx.SCHEME_AKAV1_MD5, cx.SCHEME_AKAV2_MD5)
+SAT = cx.ServerAssignmentType
+UAT = cx.UserAuthorizationType
+
+# Server-Assignment-Types that end a registration, and whether the S-CSCF name stays.
+_DEREGISTRATIONS = {
+    SAT.TIMEOUT_DEREGISTRATION: False,
+    SAT.USER_DEREGISTRATION: False,
+    SAT.ADMINISTRATIVE_DEREGISTRATION: False,
+    SAT.DEREGISTRATION_TOO_MUCH_DATA: False,
+    SAT.TIMEOUT_DEREGISTRATION_STORE_SERVER_NAME: True,
+    SAT.USER_DEREGISTRATION_STORE_SERVER_NAME: True,
+}
+
+
+def _identity_error(check: IdentityCheck) -> int:
+    """TS 29.228 §6.1.1.1 / §6.3.1: unknown identity → 5001, not together → 5002."""
+    if not (check.impi_known and check.impu_known):
+        return cx.DIAMETER_ERROR_USER_UNKNOWN
+    return cx.DIAMETER_ERROR_IDENTITIES_DONT_MATCH
+
+
+class CxService:
+    """Answers Cx requests from the store. One instance per HSS process."""
+
+    def __init__(
+        self,
+        store: HssStore,
+        config: HssConfig,
+        *,
+        rand_source: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.rand_source = rand_source
+        self.counters: Counter[str] = Counter()
+        self._handlers: dict[type, Callable[[Any], Any]] = {
+            cx.UserAuthorizationRequest: self.uar,
+            cx.MultimediaAuthRequest: self.mar,
+            cx.ServerAssignmentRequest: self.sar,
+            cx.LocationInfoRequest: self.lir,
+        }
+
+    # ------------------------------------------------------------------ dispatch
+
+    async def handle(self, request: Any) -> Any:
+        handler = self._handlers.get(type(request))
+        if handler is None:
+            # RTR/PPR are HSS → S-CSCF only; receiving one is a peer's mistake.
+            self.counters["command-unsupported"] += 1
+            return self._error(request, result_code=cx.DIAMETER_COMMAND_UNSUPPORTED)
+        try:
+            return await handler(request)
+        except Exception:  # the server keeps serving whatever the store did
+            self.counters["unable-to-comply"] += 1
+            log.exception("Cx %s failed", type(request).__name__)
+            return self._error(request, result_code=cx.DIAMETER_UNABLE_TO_COMPLY)
+
+    def _answer(self, request: Any, **fields: Any) -> Any:
+        return request.answer(
+            origin_host=self.config.diameter_host, origin_realm=self.config.diameter_realm, **fields
+        )
+
+    def _error(
+        self,
+        request: Any,
+        *,
+        result_code: int | None = None,
+        experimental: int | None = None,
+        **extra: Any,
+    ) -> Any:
+        self.counters[f"error-{result_code or experimental}"] += 1
+        if result_code is not None:
+            return self._answer(request, result_code=result_code, **extra)
+        return self._answer(request, experimental_result_code=experimental, **extra)
+
+    # ------------------------------------------------------------------ UAR
+
+    def _roaming_allowed(self, visited: str, allowed_for_user: tuple[str, ...]) -> bool:
+        v = visited.strip().lower()
+        allowed = {
+            n.lower()
+            for n in (*self.config.home_networks, *self.config.visited_networks, *allowed_for_user)
+        }
+        return v in allowed
+
+    async def _capabilities(self, state: Any) -> cx.ServerCapabilities:
+        pool = await self.store.scscf_pool()
+        needed = set(state.mandatory_caps)
+        names = tuple(
+            p["name"]
+            for p in pool
+            if needed.issubset(set(p["mandatory_capabilities"]) | set(p["optional_capabilities"]))
+        )
+        return cx.ServerCapabilities(
+            mandatory_capabilities=state.mandatory_caps,
+            optional_capabilities=state.optional_caps,
+            server_names=names,
+        )
+
+    async def uar(self, req: cx.UserAuthorizationRequest) -> cx.UserAuthorizationAnswer:
+        check = await self.store.check_identities(req.user_name, req.public_identity)
+        if not check.matched:
+            return self._error(req, experimental=_identity_error(check))
+        state = await self.store.user_state(req.public_identity)
+        emergency = bool((req.uar_flags or 0) & 1)
+        if state.barred and not emergency:
+            return self._error(req, result_code=cx.DIAMETER_AUTHORIZATION_REJECTED)
+        uat = (
+            req.user_authorization_type
+            if req.user_authorization_type is not None
+            else UAT.REGISTRATION
+        )
+        if uat not in (UAT.REGISTRATION, UAT.DE_REGISTRATION, UAT.REGISTRATION_AND_CAPABILITIES):
+            return self._error(req, result_code=cx.DIAMETER_INVALID_AVP_VALUE)
+        if uat != UAT.DE_REGISTRATION and not self._roaming_allowed(
+            req.visited_network_identifier, state.visited_networks
+        ):
+            self.counters["roaming-refused"] += 1
+            return self._error(req, experimental=cx.DIAMETER_ERROR_ROAMING_NOT_ALLOWED)
+        if uat == UAT.DE_REGISTRATION:
+            if state.scscf_name:
+                return self._answer(
+                    req, result_code=cx.DIAMETER_SUCCESS, server_name=state.scscf_name
+                )
+            return self._error(req, experimental=cx.DIAMETER_ERROR_IDENTITY_NOT_REGISTERED)
+        if uat == UAT.REGISTRATION and state.scscf_name:
+            # Registered, unregistered-served, or the name kept after a
+            # de-registration that stored it: the same S-CSCF again.
+            return self._answer(
+                req,
+                experimental_result_code=cx.DIAMETER_SUBSEQUENT_REGISTRATION,
+                server_name=state.scscf_name,
+            )
+        # First registration (or capabilities asked for): never an answer with
+        # neither Server-Name nor Server-Capabilities (PITFALLS, Cx).
+        return self._answer(
+            req,
+            experimental_result_code=cx.DIAMETER_FIRST_REGISTRATION,
+            server_capabilities=await self._capabilities(state),
+        )
+
+    # ------------------------------------------------------------------ MAR
+
+    async def mar(self, req: cx.MultimediaAuthRequest) -> cx.MultimediaAuthAnswer:
+        item = req.sip_auth_data_item
+        scheme = item.sip_authentication_scheme or cx.SCHEME_UNKNOWN
+        n = max(1, min(int(req.sip_number_auth_items), self.config.max_vectors))
+        sqn_ms = None
+        if item.sip_authorization is not None:
+            # Resynchronisation: SIP-Authorization = RAND (16) ‖ AUTS (14), TS 29.228 §6.3.3.
+            if len(item.sip_authorization) != 30:
+                return self._error(
+                    req,
+                    result_code=cx.DIAMETER_INVALID_AVP_VALUE,
+                    error_message="SIP-Authorization: expected RAND‖AUTS (30 octets)",
+                )
+            if scheme not in (*AKA_SCHEMES, cx.SCHEME_UNKNOWN):
+                return self._error(req, experimental=cx.DIAMETER_ERROR_AUTH_SCHEME_NOT_SUPPORTED)
+            check = await self.store.check_identities(req.user_name, req.public_identity)
+            if not check.matched:
+                return self._error(req, experimental=_identity_error(check))
+            k, opc, _amf = await self.store.credentials(req.user_name)
+            try:
+                sqn_ms = recover_sqn_ms(
+                    Milenage(k, opc=opc), item.sip_authorization[:16], item.sip_authorization[16:]
+                )
+            except (AutsMacError, AutsError):
+                # A forged or corrupt AUTS never moves SQN_HE (PITFALLS: resync without MAC-S).
+                self.counters["resync-mac-s-failure"] += 1
+                log.warning("MAR resync for %s: MAC-S verification failed", req.user_name)
+                return self._error(req, result_code=cx.DIAMETER_AUTHORIZATION_REJECTED)
+            self.counters["resync"] += 1
+        elif scheme not in (*AKA_SCHEMES, cx.SCHEME_UNKNOWN):
+            # SIP Digest / NASS-Bundled etc.: no vectors from this HSS over Cx.
+            return self._error(req, experimental=cx.DIAMETER_ERROR_AUTH_SCHEME_NOT_SUPPORTED)
+        grant = await self.store.mar(
+            req.user_name,
+            req.public_identity,
+            n,
+            req.server_name,
+            resync_to=sqn_ms,
+            scheme=None if scheme == cx.SCHEME_UNKNOWN else scheme,
+        )
+        if isinstance(grant, IdentityCheck):
+            if grant.matched:  # matched but the scheme is not allowed for this IMPI
+                return self._error(req, experimental=cx.DIAMETER_ERROR_AUTH_SCHEME_NOT_SUPPORTED)
+            return self._error(req, experimental=_identity_error(grant))
+        return self._maa(req, grant, scheme)
+
+    def _maa(
+        self, req: cx.MultimediaAuthRequest, grant: MarGrant, scheme: str
+    ) -> cx.MultimediaAuthAnswer:
+        if scheme == cx.SCHEME_UNKNOWN:
+            # The scheme comes from the subscriber's record (PITFALLS: never MD5 by default).
+            scheme = next((s for s in grant.schemes if s in AKA_SCHEMES), cx.SCHEME_AKAV1_MD5)
+        vectors = generate_vectors(
+            Milenage(grant.k, opc=grant.opc), grant.sqns, grant.amf, rand_source=self.rand_source
+        )
+        items = tuple(
+            cx.SipAuthDataItem.aka_vector(
+                rand=v.rand,
+                autn=v.autn,
+                xres=v.xres,
+                ck=v.ck,
+                ik=v.ik,
+                item_number=i + 1,
+                scheme=scheme,
+            )
+            for i, v in enumerate(vectors)
+        )
+        self.counters["maa-vectors"] += len(items)
+        return self._answer(
+            req,
+            result_code=cx.DIAMETER_SUCCESS,
+            user_name=req.user_name,
+            public_identity=req.public_identity,
+            sip_number_auth_items=len(items),
+            sip_auth_data_items=items,
+        )
+
+    # ------------------------------------------------------------------ SAR
+
+    async def sar(self, req: cx.ServerAssignmentRequest) -> cx.ServerAssignmentAnswer:
+        try:
+            sat = SAT(req.server_assignment_type)
+        except ValueError:
+            return self._error(req, result_code=cx.DIAMETER_INVALID_AVP_VALUE)
+        impi = req.user_name
+        if req.public_identities:
+            impu = req.public_identities[0]
+        elif impi:
+            try:
+                info = await self.store.serving_for_impi(impi)
+            except NotFound:
+                return self._error(req, experimental=cx.DIAMETER_ERROR_USER_UNKNOWN)
+            impu = info.impus[0]
+        else:
+            return self._error(
+                req,
+                result_code=cx.DIAMETER_MISSING_AVP,
+                error_message="SAR: neither User-Name nor Public-Identity",
+            )
+        if (
+            sat
+            in (
+                SAT.AUTHENTICATION_FAILURE,
+                SAT.AUTHENTICATION_TIMEOUT,
+                SAT.REGISTRATION,
+                SAT.RE_REGISTRATION,
+            )
+            and not impi
+        ):
+            return self._error(
+                req,
+                result_code=cx.DIAMETER_MISSING_AVP,
+                error_message="SAR: User-Name required for this Server-Assignment-Type",
+            )
+        check = await self.store.check_identities(impi, impu) if impi else None
+        if check is not None and not check.matched:
+            return self._error(req, experimental=_identity_error(check))
+        if check is None:
+            try:
+                await self.store.user_state(impu)
+            except NotFound:
+                return self._error(req, experimental=cx.DIAMETER_ERROR_USER_UNKNOWN)
+        state = await self.store.user_state(impu)
+        want_data = (
+            req.user_data_already_available == cx.UserDataAlreadyAvailable.USER_DATA_NOT_AVAILABLE
+        )
+
+        if sat in (SAT.REGISTRATION, SAT.RE_REGISTRATION, SAT.RESTORATION):
+            await self.store.assign(
+                impu,
+                state=RegState.REGISTERED,
+                server_name=req.server_name,
+                server_host=req.origin_host,
+                server_realm=req.origin_realm,
+                impi=impi,
+            )
+            return await self._saa_ok(req, impi, impu, want_data or sat == SAT.REGISTRATION)
+        if sat == SAT.UNREGISTERED_USER:
+            if state.reg_state == RegState.REGISTERED:
+                # Already registered: keep it, just hand out the profile.
+                return await self._saa_ok(req, impi, impu, True)
+            if (
+                state.scscf_name
+                and state.scscf_name != req.server_name
+                and state.reg_state == RegState.UNREGISTERED
+            ):
+                return await self._saa_ok(req, impi, impu, True, server_name=state.scscf_name)
+            await self.store.assign(
+                impu,
+                state=RegState.UNREGISTERED,
+                server_name=req.server_name,
+                server_host=req.origin_host,
+                server_realm=req.origin_realm,
+            )
+            return await self._saa_ok(req, impi, impu, True)
+        if sat in _DEREGISTRATIONS:
+            await self.store.assign(
+                impu,
+                state=RegState.NOT_REGISTERED,
+                server_name=None,
+                keep_server=_DEREGISTRATIONS[sat],
+            )
+            return self._answer(req, result_code=cx.DIAMETER_SUCCESS, user_name=impi)
+        if sat in (SAT.AUTHENTICATION_FAILURE, SAT.AUTHENTICATION_TIMEOUT):
+            # The pending S-CSCF of the failed authentication is forgotten; a
+            # registered user stays registered (TS 29.228 §6.1.2.1).
+            assert impi is not None
+            await self.store.clear_pending(impi)
+            return self._answer(req, result_code=cx.DIAMETER_SUCCESS, user_name=impi)
+        if sat == SAT.NO_ASSIGNMENT:
+            if state.scscf_name != req.server_name:
+                return self._error(
+                    req,
+                    result_code=cx.DIAMETER_UNABLE_TO_COMPLY,
+                    error_message="not the assigned S-CSCF",
+                )
+            return await self._saa_ok(req, impi, impu, True)
+        # AAA_USER_DATA_REQUEST, PGW_UPDATE: not for an IMS registrar.
+        return self._error(req, experimental=cx.DIAMETER_ERROR_IN_ASSIGNMENT_TYPE)
+
+    async def _saa_ok(
+        self, req: Any, impi: str | None, impu: str, with_data: bool, server_name: str | None = None
+    ) -> Any:
+        fields: dict[str, Any] = {"result_code": cx.DIAMETER_SUCCESS}
+        if with_data:
+            user_data, _members = await self.store.user_data(impi, impu)
+            fields["user_data"] = user_data
+        if impi:
+            fields["user_name"] = impi
+        else:
+            info = await self.store.serving_for_impu(impu)
+            if info.impis:
+                fields["user_name"] = info.impis[0]
+        if server_name:
+            fields["server_name"] = server_name
+        return self._answer(req, **fields)
+
+    # ------------------------------------------------------------------ LIR
+
+    async def lir(self, req: cx.LocationInfoRequest) -> cx.LocationInfoAnswer:
+        try:
+            state = await self.store.user_state(req.public_identity)
+        except NotFound:
+            return self._error(req, experimental=cx.DIAMETER_ERROR_USER_UNKNOWN)
+        if req.user_authorization_type == UAT.REGISTRATION_AND_CAPABILITIES:
+            return self._answer(
+                req,
+                result_code=cx.DIAMETER_SUCCESS,
+                server_capabilities=await self._capabilities(state),
+            )
+        if state.scscf_name and state.reg_state in (RegState.REGISTERED, RegState.UNREGISTERED):
+            return self._answer(req, result_code=cx.DIAMETER_SUCCESS, server_name=state.scscf_name)
+        if state.scscf_name:
+            # Not registered but the name was kept (…_STORE_SERVER_NAME).
+            return self._answer(req, result_code=cx.DIAMETER_SUCCESS, server_name=state.scscf_name)
+        if await self._has_unregistered_services(req.public_identity):
+            return self._answer(
+                req,
+                experimental_result_code=cx.DIAMETER_UNREGISTERED_SERVICE,
+                server_capabilities=await self._capabilities(state),
+            )
+        return self._error(req, experimental=cx.DIAMETER_ERROR_IDENTITY_NOT_REGISTERED)
+
+    async def _has_unregistered_services(self, impu: str) -> bool:
+        """An iFC that applies in the unregistered state (ProfilePartIndicator absent or 1)."""
+        user_data, _ = await self.store.user_data(None, impu)
+        root = ET.fromstring(user_data)
+        for ifc in root.iter("InitialFilterCriteria"):
+            ppi = ifc.find("ProfilePartIndicator")
+            if ppi is None or (ppi.text or "").strip() == "1":
+                return True
+        return False
+
+    # ------------------------------------------------------------------ HSS-initiated
+
+    def rtr(
+        self,
+        *,
+        session_id: str,
+        destination_host: str,
+        destination_realm: str | None,
+        impis: tuple[str, ...],
+        impus: tuple[str, ...],
+        reason: int = cx.ReasonCode.PERMANENT_TERMINATION,
+        reason_info: str | None = None,
+    ) -> cx.RegistrationTerminationRequest:
+        """RTR (TS 29.228 §6.1.3) for every identity of a subscription."""
+        return cx.RegistrationTerminationRequest(
+            session_id=session_id,
+            origin_host=self.config.diameter_host,
+            origin_realm=self.config.diameter_realm,
+            destination_host=destination_host,
+            destination_realm=destination_realm or self.config.diameter_realm,
+            user_name=impis[0],
+            deregistration_reason=cx.DeregistrationReason(int(reason), reason_info),
+            public_identities=impus,
+            associated_identities=cx.AssociatedIdentities(impis[1:]) if len(impis) > 1 else None,
+        )
+
+    def ppr(
+        self,
+        *,
+        session_id: str,
+        destination_host: str,
+        destination_realm: str | None,
+        impi: str,
+        user_data: bytes,
+    ) -> cx.PushProfileRequest:
+        """PPR (TS 29.228 §6.2.2) carrying the new subscription XML."""
+        return cx.PushProfileRequest(
+            session_id=session_id,
+            origin_host=self.config.diameter_host,
+            origin_realm=self.config.diameter_realm,
+            destination_host=destination_host,
+            destination_realm=destination_realm or self.config.diameter_realm,
+            user_name=impi,
+            user_data=user_data,
+        )
