@@ -10,8 +10,8 @@ What we take from the library:
   TS 29.229 SIP-Auth-Data-Item (612, vendor 10415) and SIP-Number-Auth-Items (607, vendor
   10415) instead of the RFC 4740 ones (376/382, no vendor), the AVPs inside
   SIP-Auth-Data-Item are the 3GPP ones (608 SIP-Authentication-Scheme as UTF8String, 613
-  SIP-Item-Number, 609/610/625/626), and LIR/SAR/PPR/RTR no longer mark optional AVPs as
-  required. `to_library()` / `from_library()` convert our bytes to those objects, for
+  SIP-Item-Number, 609/610/625/626), LIR/SAR/PPR/RTR no longer mark optional AVPs as
+  required, and UAR gets the Session-Id its definition lacks. `to_library()` / `from_library()` convert our bytes to those objects, for
   interoperability checks and for code that wants the library's attribute view.
 
 What we encode ourselves, and why:
@@ -716,6 +716,9 @@ def _install_corrected_cx_commands() -> None:
 
     def fix(defs: tuple, names: set[str] | None) -> tuple:
         out = []
+        if not any(d.attr_name == "session_id" for d in defs):
+            # The library's UAR has no Session-Id at all (it would be dropped on re-encode).
+            out.append(gen_def("session_id", AVP_SESSION_ID, 0, True))
         for d in defs:
             code, vendor, type_class = d.avp_code, d.vendor_id, d.type_class
             if code == 376:  # RFC 4740 SIP-Auth-Data-Item -> TS 29.229 612

@@ -408,10 +408,10 @@ _REQ_HEAD: _Spec = (
     ("destination_realm", AVP_DESTINATION_REALM, 0, "str", False, True),
 )
 _ANS_HEAD: _Spec = (
-    ("session_id", AVP_SESSION_ID, 0, "str", False, False),
+    ("session_id", AVP_SESSION_ID, 0, "str", False, True),
     ("result_code", AVP_RESULT_CODE, 0, "u32", False, False),
-    ("origin_host", AVP_ORIGIN_HOST, 0, "str", False, False),
-    ("origin_realm", AVP_ORIGIN_REALM, 0, "str", False, False),
+    ("origin_host", AVP_ORIGIN_HOST, 0, "str", False, True),
+    ("origin_realm", AVP_ORIGIN_REALM, 0, "str", False, True),
 )
 _ANS_TAIL: _Spec = (("error_message", AVP_ERROR_MESSAGE, 0, "str", False, False),)
 
@@ -470,7 +470,7 @@ class _Command:
         failed = msg.find(AVP_FAILED_AVP)
         if failed is not None:
             extra["failed_avp"] = failed.group
-        return _decode_fields(cls, msg.avps, cls._SPEC, check_required=False, **extra)
+        return _decode_fields(cls, msg.avps, cls._SPEC, check_required=True, **extra)
 
 
 def _check_application_avps(name: str, msg: Message) -> None:
