@@ -259,8 +259,11 @@ class PcscfCore:
         port: int | None = None,
         port_c: int | None = None,
         port_s: int | None = None,
+        spi_allocator: Any = None,
     ) -> None:
         self.config = config
+        # () -> (spi-c, spi-s): the SA table's allocator (unique among live SAs).
+        self._spi_allocator = spi_allocator
         self.network = network
         self._rng = rng or random.SystemRandom()
         # Actual bound ports (a config port 0 means: whatever the edge got).
@@ -781,10 +784,13 @@ class PcscfCore:
         if reg.temporary is not None:  # an unanswered earlier challenge: its set goes
             actions.append(self._release(reg, reg.temporary, "replaced by a new challenge"))
             reg.temporary = None
-        spi_pc = self._new_spi()
-        spi_ps = self._new_spi()
-        while spi_ps == spi_pc:
+        if self._spi_allocator is not None:
+            spi_pc, spi_ps = self._spi_allocator()
+        else:
+            spi_pc = self._new_spi()
             spi_ps = self._new_spi()
+            while spi_ps == spi_pc:
+                spi_ps = self._new_spi()
         sa = PcscfSa(
             impi=impi,
             alg=chosen.alg or "",

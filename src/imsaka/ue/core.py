@@ -258,12 +258,14 @@ class UeRegistration:
         *,
         local: tuple[str, int],
         protected_ports: Any = None,
+        spi_allocator: Any = None,
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
         self.isim = isim
         self.local = local
         self._ports = protected_ports
+        self._spi_allocator = spi_allocator
         self._rng = rng or random.Random()
         self.state = UeState.IDLE
         self.call_id = ""
@@ -374,10 +376,14 @@ class UeRegistration:
         """Fresh spi-c, spi-s and port-c (TS 24.229 §5.1.1.4.2); port-s kept while live."""
         if self._ports is not None:
             self._port_c, self._port_s = self._ports()
-        self._spi_c = self._new_spi()
-        self._spi_s = self._new_spi()
-        while self._spi_s == self._spi_c:
+        if self._spi_allocator is not None:
+            # The SA table hands out SPIs unique among its live inbound SAs.
+            self._spi_c, self._spi_s = self._spi_allocator()
+        else:
+            self._spi_c = self._new_spi()
             self._spi_s = self._new_spi()
+            while self._spi_s == self._spi_c:
+                self._spi_s = self._new_spi()
         self._client_offer = []
         for alg in self.config.algorithms:
             for ealg in self.config.encryption:

@@ -1,0 +1,298 @@
+"""P-CSCF, asyncio edge: the Gm sockets (clear and protected) and the Mw socket.
+
+Feeds `imsaka.cscf.pcscf.PcscfCore` with what arrives (TS 24.229 §5.2.2) and carries
+out its actions: clear SIP over UDP at the unprotected port (towards UEs and the
+I-/S-CSCF), protected SIP over the IPsec backend at port-c/port-s (TS 33.203 §7.1),
+the SA set lifecycle in `imsaka.ipsec.sa.SecurityAssociationTable`. A response to
+the UE leaves over the SA its request came on; an SA set that must go after a last
+message (the 200 OK to a de-REGISTER, the 4xx to a failed challenge response) is
+marked so the table removes it only once that message has been sent (PITFALLS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from imsaka.config import NetworkConfig, PcscfConfig
+from imsaka.cscf.pcscf import (
+    Action,
+    Arrival,
+    DropInput,
+    Forward,
+    InstallSecurityAssociations,
+    PcscfCore,
+    PcscfSa,
+    ReleaseSecurityAssociations,
+    Reply,
+    UpgradeSecurityAssociations,
+)
+from imsaka.ipsec.backend import ProtectedMessage, create_backend
+from imsaka.ipsec.sa import SaSet, SaState, SecurityAssociationTable
+from imsaka.ipsec.secagree import SecurityMechanism
+from imsaka.sip import Request, SipParseError, make_response, parse_message
+from imsaka.sip.transport import UdpTransport
+from imsaka.wire import Observer
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PcscfServer"]
+
+
+class PcscfServer:
+    """One P-CSCF process part: bind, serve, close."""
+
+    def __init__(
+        self,
+        config: PcscfConfig,
+        network: NetworkConfig | None = None,
+        *,
+        observers: Iterable[Observer] = (),
+        key_file: str | Path | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.network = network
+        self._observers = list(observers)
+        self._key_file = key_file
+        self._rng = rng
+        self.table = SecurityAssociationTable(
+            "pcscf", reg_await_auth=float(config.temporary_sa_lifetime)
+        )
+        self.backend: Any = None
+        self.udp: UdpTransport | None = None
+        self.core: PcscfCore | None = None
+        self._sets: dict[int, SaSet] = {}  # by our inbound spi_ps
+        self._timer: asyncio.TimerHandle | None = None
+        self.parse_errors = 0
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.udp = await UdpTransport.create(cfg.address, cfg.port, owner="pcscf")
+        for obs in self._observers:
+            self.udp.add_observer(obs)
+        self.udp.set_receiver(self._clear_datagram)
+        self.backend = create_backend(
+            cfg.ipsec_backend,
+            self.table,
+            on_message=self._protected,
+            owner="pcscf",
+            key_file=self._key_file,
+        )
+        for obs in self._observers:
+            self.backend.add_observer(obs)
+        await self.backend.start()
+        self.core = PcscfCore(
+            cfg,
+            self.network,
+            rng=self._rng,
+            port=self.udp.local_address[1],
+            spi_allocator=lambda: self.table.allocate_local()[0],
+        )
+        log.info(
+            "pcscf listening on %s:%d (protected port-c %d, port-s %d)",
+            cfg.address,
+            self.udp.local_address[1],
+            cfg.port_c,
+            cfg.port_s,
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.udp is not None
+        return self.udp.local_address
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.backend is not None:
+            await self.backend.close()
+        if self.udp is not None:
+            await self.udp.close()
+
+    def stats(self) -> dict[str, Any]:
+        out = self.core.stats() if self.core else {}
+        out["esp_drops"] = dict(self.backend.drops) if self.backend else {}
+        out["sa_sets"] = len(self.table.sets())
+        out["parse_errors"] = self.parse_errors
+        return out
+
+    # ---------------------------------------------------------------- inputs
+
+    def _clear_datagram(self, data: bytes, source: tuple[str, int], transport: Any) -> None:
+        self._incoming(data, Arrival(source, "udp", None))
+
+    def _protected(self, msg: ProtectedMessage) -> None:
+        self._incoming(msg.data, Arrival(msg.peer, "udp", msg.sa.spi))
+
+    def _incoming(self, data: bytes, arrival: Arrival) -> None:
+        if not data.strip(b"\r\n"):
+            return  # keep-alive (RFC 5626 §4.4.1 CRLF)
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        assert self.core is not None
+        try:
+            msg = parse_message(data)
+        except SipParseError as exc:
+            self.parse_errors += 1
+            log.info(
+                "pcscf: unparsable message from %s:%d: %s",
+                arrival.source[0],
+                arrival.source[1],
+                exc,
+            )
+            self._answer_unparsable(data, arrival, exc)
+            return
+        if isinstance(msg, Request):
+            actions = self.core.receive_request(msg, arrival, now)
+        else:
+            if arrival.spi is not None:
+                actions = [DropInput("response-over-sa-without-request")]
+            else:
+                actions = self.core.receive_response(msg, arrival.source, now)
+        self._execute(actions, now)
+
+    def _answer_unparsable(self, data: bytes, arrival: Arrival, exc: SipParseError) -> None:
+        """400/513 when the head is readable enough to answer (RFC 3261 §21.4.1)."""
+        if data.startswith(b"SIP/2.0"):
+            return
+        try:
+            head = data.split(b"\r\n\r\n", 1)[0] + b"\r\nContent-Length: 0\r\n\r\n"
+            lines = [
+                ln
+                for ln in head.split(b"\r\n")
+                if not ln.lower().startswith((b"content-length", b"l:"))
+            ]
+            req = parse_message(b"\r\n".join(lines) + b"\r\nContent-Length: 0\r\n\r\n")
+        except SipParseError:
+            return
+        if isinstance(req, Request) and req.method != "ACK":
+            resp = make_response(req, getattr(exc, "status", 400) or 400)
+            self._execute([Reply(resp, arrival.source, arrival.transport, None)], 0.0)
+
+    # ---------------------------------------------------------------- actions
+
+    def _execute(self, actions: list[Action], now: float) -> None:
+        assert self.udp is not None
+        # A release listed after a reply over the same set: that reply is the last
+        # message due over it (de-REGISTER 200 OK, failed-auth 4xx).
+        releasing: dict[int, ReleaseSecurityAssociations] = {
+            a.sa.spi_ps: a for a in actions if isinstance(a, ReleaseSecurityAssociations)
+        }
+        done: set[int] = set()
+        for action in actions:
+            if isinstance(action, Forward):
+                self.udp.send(action.message.to_bytes(), action.destination)
+            elif isinstance(action, Reply):
+                data = action.message.to_bytes()
+                if action.spi is None:
+                    self.udp.send(data, action.destination)
+                    continue
+                sa_set, out_sa = self._outbound(action.spi)
+                if sa_set is None or out_sa is None:
+                    log.info("pcscf: reply not sent: no live SA with spi %d", action.spi)
+                    continue
+                key = self._key_of(sa_set)
+                final = False
+                if key in releasing and key not in done:
+                    final = self._mark_last_message(sa_set, now)
+                    done.add(key)
+                self.backend.send(out_sa, data, final=final)
+            elif isinstance(action, InstallSecurityAssociations):
+                self._install(action.sa, now)
+            elif isinstance(action, UpgradeSecurityAssociations):
+                s = self._sets.get(action.sa.spi_ps)
+                if s is not None:
+                    expires = max(action.lifetime - 30.0, 0.0)
+                    if s.state is SaState.TEMPORARY:
+                        self.table.registered(s, expires=expires, now=now)
+                    elif s.state is SaState.ESTABLISHED:
+                        self.table.reregistered(s, expires=expires, now=now)
+                    self.backend.sync()
+            elif isinstance(action, ReleaseSecurityAssociations):
+                key = action.sa.spi_ps
+                s = self._sets.pop(key, None)
+                if s is None or s.state is SaState.REMOVED or key in done:
+                    continue
+                if s.state is SaState.TEMPORARY:
+                    self.table.auth_failed(s, now=now, response_due=False)
+                elif s.state is SaState.ESTABLISHED:
+                    self.table.deregistered(s, now=now, final_messages=0)
+                self.backend.sync()
+            elif isinstance(action, DropInput):
+                pass
+        self._arm()
+
+    def _mark_last_message(self, sa_set: SaSet, now: float) -> bool:
+        if sa_set.state is SaState.TEMPORARY:
+            self.table.auth_failed(sa_set, now=now, response_due=True)
+            return True
+        if sa_set.state is SaState.ESTABLISHED:
+            self.table.deregistered(sa_set, now=now, final_messages=1)
+            return True
+        return False
+
+    def _key_of(self, sa_set: SaSet) -> int:
+        return sa_set.pcscf_spis[1]
+
+    def _outbound(self, spi: int) -> tuple[SaSet | None, Any]:
+        for s in self._sets.values():
+            for sa in s.outbound.values():
+                if sa.spi == spi:
+                    return s, sa
+        return None, None
+
+    def _install(self, sa: PcscfSa, now: float) -> None:
+        client = SecurityMechanism(
+            alg=sa.alg,
+            ealg=sa.ealg,
+            spi_c=sa.spi_uc,
+            spi_s=sa.spi_us,
+            port_c=sa.port_uc,
+            port_s=sa.port_us,
+        )
+        server = SecurityMechanism(
+            alg=sa.alg,
+            ealg=sa.ealg,
+            spi_c=sa.spi_pc,
+            spi_s=sa.spi_ps,
+            port_c=sa.port_pc,
+            port_s=sa.port_ps,
+        )
+        s = self.table.create_temporary(
+            (sa.impi, sa.ue_host),
+            now=now,
+            ue_ip=sa.ue_host,
+            pcscf_ip=sa.pcscf_host,
+            client=client,
+            server=server,
+            ik=sa.ik,
+            ck=sa.ck,
+        )
+        self._sets[sa.spi_ps] = s
+        self.backend.sync()
+
+    # ---------------------------------------------------------------- timers
+
+    def _arm(self) -> None:
+        assert self.core is not None
+        loop = asyncio.get_running_loop()
+        deadline = self.core.next_deadline()
+        if self._timer is not None:
+            if deadline is not None and self._timer.when() == deadline:
+                return
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None:
+            self._timer = loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        assert self.core is not None
+        now = asyncio.get_running_loop().time()
+        self._execute(self.core.handle_timer(now), now)

@@ -1,0 +1,375 @@
+"""UE simulator, asyncio edge: sockets, SIP client transactions and the UE's SA set.
+
+Moves what `imsaka.ue.core.UeRegistration` decides onto the wire (STYLE.md rule 9):
+clear REGISTERs over a UDP socket at the UE's unprotected port (TS 24.229 §5.1.1.2.1),
+protected ones over ESP from port-c to the P-CSCF's port-s through the IPsec backend
+(`imsaka.ipsec.backend`, TS 33.203 §7.1); RFC 3261 §17 client transactions
+(`imsaka.sip.transaction`) retransmit over UDP and time out with Timer F.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imsaka.aka.isim import Isim
+from imsaka.aka.milenage import Milenage
+from imsaka.aka.sqn import SqnArray
+from imsaka.ipsec.backend import ProtectedMessage, create_backend
+from imsaka.ipsec.sa import SaSet, SaState, SecurityAssociationTable
+from imsaka.ipsec.secagree import SecurityMechanism
+from imsaka.sip import Response, SipParseError, parse_message
+from imsaka.sip.transaction import (
+    ResponseReceived,
+    TransactionLayer,
+    TransactionTimeout,
+    Transmit,
+)
+from imsaka.sip.transport import UdpTransport
+from imsaka.ue.config import UeConfig
+from imsaka.ue.core import (
+    Deregistered,
+    Event,
+    Registered,
+    RegistrationFailed,
+    SaParameters,
+    SecurityAssociationsEstablished,
+    SecurityAssociationsReleased,
+    SendRequest,
+    SetUpSecurityAssociations,
+    UeRegistration,
+)
+from imsaka.wire import Observer
+
+log = logging.getLogger(__name__)
+
+__all__ = ["UeClient", "UeResult", "free_udp_port"]
+
+_CONTACT = "ue"  # the UE keeps one registration flow: one contact key in its SA table
+
+
+def free_udp_port(host: str) -> int:
+    """A UDP port the kernel just handed out (bound again by the backend at SA setup)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass(slots=True)
+class UeResult:
+    """How a registration (or de-registration) attempt ended."""
+
+    ok: bool
+    status: int = 0
+    reason: str = ""
+    expires: int = 0
+    service_route: tuple[str, ...] = ()
+    associated_uris: tuple[str, ...] = ()
+    protected: bool = False
+    events: list[Any] = field(default_factory=list, repr=False)
+
+
+class UeClient:
+    """One simulated UE on loopback (or any address) towards one P-CSCF."""
+
+    def __init__(
+        self,
+        config: UeConfig,
+        *,
+        observers: Iterable[Observer] = (),
+        key_file: str | Path | None = None,
+        rng: random.Random | None = None,
+        name: str = "ue",
+    ) -> None:
+        if config.transport != "udp":
+            raise ValueError("transport: the UE simulator speaks UDP towards the P-CSCF")
+        self.config = config
+        self.name = name
+        self._observers = list(observers)
+        self._key_file = key_file
+        self._rng = rng or random.SystemRandom()
+        milenage = (
+            Milenage(config.k, op=config.op) if config.op else Milenage(config.k, opc=config.opc)
+        )
+        sqn_array = SqnArray()
+        if config.sqn:
+            # Seed SQN_MS: SEQ_MS of every IND slot at the configured SQN's SEQ.
+            seq = config.sqn >> sqn_array.ind_bits
+            sqn_array = SqnArray(entries=[seq] * (1 << sqn_array.ind_bits))
+        self.isim = Isim(milenage, sqn_array, accept_amf=config.amf_accept or (lambda _amf: True))
+        self.table = SecurityAssociationTable("ue")
+        self.backend: Any = None
+        self.udp: UdpTransport | None = None
+        self.transactions = TransactionLayer()
+        self.core: UeRegistration | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiter: asyncio.Future | None = None
+        self._sets: dict[int, SaSet] = {}  # by spi_uc (our inbound at port-c)
+        self._offered_spis: tuple[int, int] | None = None
+        self._port_s = 0
+        self.events: list[Event] = []
+        self.on_event: Callable[[Event], None] | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.udp = await UdpTransport.create(cfg.local_host, cfg.local_port, owner=self.name)
+        for obs in self._observers:
+            self.udp.add_observer(obs)
+        self.udp.set_receiver(self._clear_datagram)
+        self.backend = create_backend(
+            "userspace",
+            self.table,
+            on_message=self._protected,
+            owner=self.name,
+            key_file=self._key_file,
+        )
+        for obs in self._observers:
+            self.backend.add_observer(obs)
+        await self.backend.start()
+        self.core = UeRegistration(
+            cfg,
+            self.isim,
+            local=self.udp.local_address,
+            protected_ports=self._protected_ports,
+            spi_allocator=self._allocate_spis,
+            rng=self._rng,
+        )
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.backend is not None:
+            await self.backend.close()
+        if self.udp is not None:
+            await self.udp.close()
+
+    async def __aenter__(self) -> UeClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        assert self.udp is not None
+        return self.udp.local_address
+
+    # ---------------------------------------------------------------- allocation
+
+    def _protected_ports(self) -> tuple[int, int]:
+        host = self.config.local_host
+        port_c = self.config.port_c or free_udp_port(host)
+        live = self.table.current(_CONTACT)
+        if live is None:
+            self._port_s = self.config.port_s or free_udp_port(host)
+        # TS 24.229 §5.1.1.4.2: port-s stays while a set is live; port-c is new.
+        while port_c == self._port_s:
+            port_c = free_udp_port(host)
+        return port_c, self._port_s
+
+    def _allocate_spis(self) -> tuple[int, int]:
+        if self._offered_spis is not None and not any(
+            self.table.lookup_inbound(s) for s in self._offered_spis
+        ):
+            self.table.release_local(self._offered_spis)
+        spis, _pair = self.table.allocate_local()
+        self._offered_spis = spis
+        return spis
+
+    # ---------------------------------------------------------------- public API
+
+    async def register(self, timeout: float = 40.0) -> UeResult:
+        """Run an initial registration (packets 1, 7, 8, 13) until 200 or failure."""
+        assert self.core is not None
+        return await self._run(self.core.register, timeout)
+
+    async def deregister(self, timeout: float = 40.0) -> UeResult:
+        """De-register (Expires 0 over the SAs, TS 24.229 §5.1.1.6)."""
+        assert self.core is not None
+        return await self._run(self.core.deregister, timeout)
+
+    async def _run(self, start: Callable[[float], list[Event]], timeout: float) -> UeResult:
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        first = len(self.events)
+        self._apply(start(loop.time()))
+        try:
+            result: UeResult = await asyncio.wait_for(asyncio.shield(self._waiter), timeout)
+        except TimeoutError:
+            result = UeResult(False, 408, "no final answer in time")
+        finally:
+            self._waiter = None
+        result.events = self.events[first:]
+        return result
+
+    # ---------------------------------------------------------------- inputs
+
+    def _clear_datagram(self, data: bytes, source: tuple[str, int], transport: Any) -> None:
+        self._incoming(data, ("clear", source))
+
+    def _protected(self, msg: ProtectedMessage) -> None:
+        self._incoming(msg.data, ("sa", msg.sa_set))
+
+    def _incoming(self, data: bytes, source: Any) -> None:
+        if not data.strip(b"\r\n"):
+            return  # keep-alive
+        try:
+            msg = parse_message(data)
+        except SipParseError as exc:
+            log.info("%s: dropped unparsable message: %s", self.name, exc)
+            return
+        if not isinstance(msg, Response):
+            # The UE answers no requests in this simulator (no sessions yet).
+            log.info("%s: dropped request %s", self.name, msg.method)
+            return
+        loop = asyncio.get_running_loop()
+        self.transactions.receive_response(msg, source, loop.time())
+        self._drain()
+
+    def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self.core is not None
+        while (ev := self.transactions.next_event()) is not None:
+            if isinstance(ev, Transmit):
+                self._transmit(ev.data, ev.destination)
+            elif isinstance(ev, ResponseReceived):
+                if ev.response.status >= 200:
+                    self._apply(self.core.receive(ev.response, loop.time()))
+            elif isinstance(ev, TransactionTimeout):
+                self._apply(self.core.transaction_timeout(loop.time()))
+        self._arm()
+
+    def _transmit(self, data: bytes, destination: Any) -> None:
+        kind, where = destination
+        if kind == "clear":
+            assert self.udp is not None
+            self.udp.send(data, where)
+        else:
+            sa_set: SaSet = where
+            if sa_set.state is SaState.REMOVED:
+                log.info("%s: not sent: SA set #%d removed", self.name, sa_set.id)
+                return
+            sa = sa_set.client_sa
+            self.backend.send(sa() if callable(sa) else sa, data)
+
+    def _arm(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadlines = [
+            d
+            for d in (self.transactions.next_deadline(), self.core and self.core.next_deadline())
+            if d
+        ]
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if deadlines:
+            self._timer = loop.call_at(min(deadlines), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self.transactions.handle_timer(now)
+        self._drain()
+        if self.core is not None:
+            self._apply(self.core.handle_timer(now))
+
+    # ---------------------------------------------------------------- core events
+
+    def _apply(self, events: list[Event]) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for ev in events:
+            self.events.append(ev)
+            if self.on_event is not None:
+                self.on_event(ev)
+            if isinstance(ev, SendRequest):
+                if ev.protected:
+                    sa_set = self.table.temporary(_CONTACT) or self.table.current(_CONTACT)
+                    if sa_set is None:
+                        self._finish(UeResult(False, 0, "no SA set to protect the REGISTER"))
+                        continue
+                    dest: Any = ("sa", sa_set)
+                else:
+                    dest = ("clear", self.config.pcscf)
+                self.transactions.send_request(ev.request, dest, now)
+            elif isinstance(ev, SetUpSecurityAssociations):
+                self._install(ev.sa, now)
+            elif isinstance(ev, SecurityAssociationsEstablished):
+                s = self._sets.get(ev.sa.spi_uc)
+                if s is not None and s.state is SaState.TEMPORARY:
+                    self.table.registered(s, expires=max(ev.lifetime - 30.0, 0.0), now=now)
+                elif s is not None and s.state is SaState.ESTABLISHED:
+                    self.table.reregistered(s, expires=max(ev.lifetime - 30.0, 0.0), now=now)
+                self.backend.sync()
+            elif isinstance(ev, SecurityAssociationsReleased):
+                s = self._sets.pop(ev.sa.spi_uc, None)
+                if s is not None and s.state is not SaState.REMOVED:
+                    if not self._sets:
+                        self.table.remove_contact(_CONTACT, now=now)
+                    elif s.state is SaState.TEMPORARY:
+                        self.table.auth_failed(s, now=now, response_due=False)
+                    self.backend.sync()
+            elif isinstance(ev, Registered):
+                self._finish(
+                    UeResult(
+                        True,
+                        200,
+                        "registered",
+                        ev.expires,
+                        ev.service_route,
+                        ev.associated_uris,
+                        ev.protected,
+                    )
+                )
+            elif isinstance(ev, Deregistered):
+                self._finish(UeResult(ev.status < 300, ev.status, "de-registered"))
+            elif isinstance(ev, RegistrationFailed):
+                self._finish(UeResult(False, ev.status, ev.reason))
+        self._drain()
+
+    def _install(self, sa: SaParameters, now: float) -> None:
+        client = SecurityMechanism(
+            alg=sa.alg,
+            ealg=sa.ealg,
+            spi_c=sa.spi_uc,
+            spi_s=sa.spi_us,
+            port_c=sa.port_uc,
+            port_s=sa.port_us,
+        )
+        server = SecurityMechanism(
+            alg=sa.alg,
+            ealg=sa.ealg,
+            spi_c=sa.spi_pc,
+            spi_s=sa.spi_ps,
+            port_c=sa.port_pc,
+            port_s=sa.port_ps,
+        )
+        s = self.table.create_temporary(
+            _CONTACT,
+            now=now,
+            ue_ip=sa.ue_host,
+            pcscf_ip=sa.pcscf_host,
+            client=client,
+            server=server,
+            ik=sa.ik,
+            ck=sa.ck,
+        )
+        self._offered_spis = None
+        self._sets[sa.spi_uc] = s
+        self.backend.sync()
+
+    def _finish(self, result: UeResult) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(result)
