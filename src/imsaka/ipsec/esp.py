@@ -1,0 +1,396 @@
+"""ESP (RFC 4303), transport mode, as sans-I/O objects built once per SA.
+
+Wire format (RFC 4303 §2): SPI (4) ‖ Sequence Number (4) ‖ IV ‖ encrypted(payload ‖
+Padding ‖ Pad Length ‖ Next Header) ‖ ICV. Transforms (TS 33.203 Annex H/I):
+
+- integrity hmac-sha-1-96 (RFC 2404), hmac-md5-96 (RFC 2403): HMAC over SPI..ciphertext,
+  truncated to 96 bits, compared in constant time;
+- encryption aes-cbc (RFC 3602) and des-ede3-cbc (RFC 2451) with a fresh unpredictable
+  IV per packet, null (RFC 2410);
+- aes-gcm (RFC 4106, 16-octet ICV, AAD = SPI ‖ Seq) and aes-gmac (RFC 4543, integrity
+  only, AAD = SPI ‖ Seq ‖ IV ‖ plaintext). Their 8-octet IV is the packet's sequence
+  number: RFC 4106 §3.1 requires uniqueness, which a counter guarantees and a random
+  64-bit value does not.
+
+CBC IVs: one long-lived CBC context per SA; each packet is encrypted as R ‖ plaintext
+with R a fresh random block from the injected source, and the first ciphertext block
+E(R ⊕ previous) is the packet's IV (the "random first block" construction, equivalent
+to a random IV, RFC 3602 §2.4). Decryption feeds IV ‖ ciphertext into a long-lived
+context and drops the first output block. This saves building a cipher per packet.
+
+Receive path (RFC 4303 §3.4): lengths → SPI → anti-replay window check (64 packets,
+§3.4.3) → ICV → decrypt → padding check (§2.4, monotonic 1, 2, 3 ...) → window update
+→ delivery. Every failure is an `EspDrop` with a named reason, counted on the SA and
+logged without key material; nothing raises at the caller.
+
+Sending: the 32-bit sequence number never wraps (§3.3.3). Past `soft_limit` the SA
+reports `needs_new_registration`; after 2^32-1 packets `protect` raises
+`SequenceNumberExhausted`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from imsaka.ipsec.algorithms import ENCRYPTION, INTEGRITY
+from imsaka.ipsec.errors import LocalProtocolError, SequenceNumberExhausted
+from imsaka.ipsec.keys import EspKeys
+
+__all__ = [
+    "DROP_REASONS",
+    "MAX_SEQ",
+    "EspDelivered",
+    "EspDrop",
+    "EspInbound",
+    "EspOutbound",
+    "ReplayWindow",
+    "peek_spi",
+]
+
+log = logging.getLogger("imsaka.ipsec.esp")
+
+MAX_SEQ = 0xFFFFFFFF
+_HDR = struct.Struct(">II")
+_PAD = bytes(range(1, 256))
+RandomSource = Callable[[int], bytes]
+
+# Named drop triggers (STYLE.md rule 10); tests assert on these strings.
+TOO_SHORT = "esp-too-short"
+WRONG_SPI = "esp-unknown-spi"
+SEQ_ZERO = "esp-sequence-zero"
+REPLAY = "esp-replay"
+TOO_OLD = "esp-replay-window-passed"
+BAD_LENGTH = "esp-bad-length"
+ICV_MISMATCH = "esp-icv-mismatch"
+BAD_PADDING = "esp-bad-padding"
+DROP_REASONS = (
+    TOO_SHORT,
+    WRONG_SPI,
+    SEQ_ZERO,
+    REPLAY,
+    TOO_OLD,
+    BAD_LENGTH,
+    ICV_MISMATCH,
+    BAD_PADDING,
+)
+
+
+def _triple_des():
+    # cryptography ≥ 43 keeps 3DES in `decrepit`; older versions in `algorithms`.
+    try:
+        from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+    except ImportError:  # pragma: no cover - depends on the installed version
+        TripleDES = algorithms.TripleDES
+    return TripleDES
+
+
+def _block_cipher(ealg: str, key: bytes):
+    if ealg == "aes-cbc":
+        return algorithms.AES(key)
+    if ealg == "des-ede3-cbc":
+        return _triple_des()(key)
+    raise LocalProtocolError(f"ealg: {ealg} is not a CBC cipher")
+
+
+def peek_spi(packet: bytes) -> int | None:
+    """The SPI of an ESP packet, for demultiplexing; None if it cannot be one."""
+    if len(packet) < 8:
+        return None
+    return int.from_bytes(packet[:4], "big")
+
+
+@dataclass(frozen=True, slots=True)
+class EspDelivered:
+    """An authenticated, decrypted ESP payload (transport mode)."""
+
+    spi: int
+    seq: int
+    next_header: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EspDrop:
+    """An ESP packet that was not delivered, and why."""
+
+    spi: int | None
+    seq: int | None
+    reason: str
+
+
+class ReplayWindow:
+    """RFC 4303 §3.4.3 sliding window: bit i of `bitmap` is sequence number `top - i`."""
+
+    __slots__ = ("bitmap", "mask", "size", "top")
+
+    def __init__(self, size: int = 64) -> None:
+        if size < 32:
+            raise LocalProtocolError("replay window: at least 32 packets (RFC 4303 §3.4.3)")
+        self.size = size
+        self.mask = (1 << size) - 1
+        self.top = 0
+        self.bitmap = 0
+
+    def check(self, seq: int) -> str | None:
+        """The drop reason for `seq`, or None if it may be accepted (after the ICV check)."""
+        if seq == 0:
+            return SEQ_ZERO
+        if seq > self.top:
+            return None
+        diff = self.top - seq
+        if diff >= self.size:
+            return TOO_OLD
+        if (self.bitmap >> diff) & 1:
+            return REPLAY
+        return None
+
+    def update(self, seq: int) -> None:
+        """Mark `seq` as received; only after its ICV verified (§3.4.3)."""
+        if seq > self.top:
+            shift = seq - self.top
+            self.bitmap = ((self.bitmap << shift) | 1) & self.mask if shift < self.size else 1
+            self.top = seq
+        else:
+            self.bitmap |= 1 << (self.top - seq)
+
+
+class EspOutbound:
+    """The sending side of one SA: `protect(payload, next_header) -> ESP packet`."""
+
+    __slots__ = (
+        "_protect",
+        "alg",
+        "ealg",
+        "needs_new_registration",
+        "seq",
+        "soft_limit",
+        "spi",
+    )
+
+    def __init__(
+        self,
+        spi: int,
+        keys: EspKeys,
+        *,
+        rng: RandomSource = os.urandom,
+        soft_limit: int = MAX_SEQ - 0x10000,
+        first_seq: int = 1,
+    ) -> None:
+        if not 0 < spi <= MAX_SEQ:
+            raise LocalProtocolError("spi: out of range")
+        self.spi = spi
+        self.alg = keys.alg
+        self.ealg = keys.ealg
+        self.seq = first_seq - 1  # last sequence number used
+        self.soft_limit = soft_limit
+        self.needs_new_registration = self.seq >= soft_limit
+        self._protect = _build_protect(spi, keys, rng)
+
+    def protect(self, payload: bytes, next_header: int = 17) -> bytes:
+        """One ESP packet carrying `payload`; raises SequenceNumberExhausted, never wraps."""
+        seq = self.seq + 1
+        if seq > MAX_SEQ:
+            raise SequenceNumberExhausted(
+                f"spi 0x{self.spi:08x}: sequence numbers exhausted; re-register for new SAs"
+            )
+        self.seq = seq
+        if seq >= self.soft_limit:
+            self.needs_new_registration = True
+        return self._protect(seq, payload, next_header)
+
+
+class EspInbound:
+    """The receiving side of one SA: `unprotect(packet) -> EspDelivered | EspDrop`."""
+
+    __slots__ = ("_open", "alg", "delivered", "drops", "ealg", "spi", "window")
+
+    def __init__(self, spi: int, keys: EspKeys, *, window: int = 64) -> None:
+        if not 0 < spi <= MAX_SEQ:
+            raise LocalProtocolError("spi: out of range")
+        self.spi = spi
+        self.alg = keys.alg
+        self.ealg = keys.ealg
+        self.window = ReplayWindow(window)
+        self.delivered = 0
+        self.drops: dict[str, int] = {}
+        self._open = _build_open(keys)
+
+    def unprotect(self, packet: bytes) -> EspDelivered | EspDrop:
+        if len(packet) < 8:
+            return self._drop(None, None, TOO_SHORT)
+        spi, seq = _HDR.unpack_from(packet)
+        if spi != self.spi:
+            return self._drop(spi, seq, WRONG_SPI)
+        reason = self.window.check(seq)
+        if reason is not None:
+            return self._drop(spi, seq, reason)
+        result = self._open(packet)
+        if type(result) is str:
+            return self._drop(spi, seq, result)
+        self.window.update(seq)
+        self.delivered += 1
+        return EspDelivered(spi, seq, result[0], result[1])
+
+    def _drop(self, spi: int | None, seq: int | None, reason: str) -> EspDrop:
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "esp drop reason=%s sa_spi=0x%08x pkt_spi=%s seq=%s",
+                reason,
+                self.spi,
+                "-" if spi is None else f"0x{spi:08x}",
+                "-" if seq is None else seq,
+            )
+        return EspDrop(spi, seq, reason)
+
+
+# --- transform builders: one closure per SA, no per-packet branching on algorithms ---
+
+
+def _trailer(n: int, block: int, next_header: int) -> bytes:
+    pad_len = -(n + 2) % block
+    return _PAD[:pad_len] + bytes((pad_len, next_header))
+
+
+def _strip_trailer(pt: bytes) -> tuple[int, bytes] | str:
+    n = len(pt)
+    if n < 2:
+        return BAD_LENGTH
+    pad_len = pt[-2]
+    if pad_len + 2 > n:
+        return BAD_PADDING
+    end = n - 2 - pad_len
+    if pt[end : n - 2] != _PAD[:pad_len]:
+        return BAD_PADDING
+    return pt[-1], pt[:end]
+
+
+def _build_protect(spi: int, keys: EspKeys, rng: RandomSource):
+    integ = INTEGRITY[keys.alg]
+    enc = ENCRYPTION[keys.ealg]
+    pack = _HDR.pack
+    if enc.aead:
+        aead = AESGCM(keys.ck_esp)
+        salt = keys.salt
+
+        def protect_gcm(seq: int, payload: bytes, nh: int) -> bytes:
+            header = pack(spi, seq)
+            iv = seq.to_bytes(8, "big")
+            body = payload + _trailer(len(payload), 4, nh)
+            return header + iv + aead.encrypt(salt + iv, body, header)
+
+        return protect_gcm
+    if keys.alg == "aes-gmac":
+        gmac = AESGCM(keys.ik_esp)
+        salt = keys.salt
+
+        def protect_gmac(seq: int, payload: bytes, nh: int) -> bytes:
+            iv = seq.to_bytes(8, "big")
+            signed = pack(spi, seq) + iv + payload + _trailer(len(payload), 4, nh)
+            return signed + gmac.encrypt(salt + iv, b"", signed)
+
+        return protect_gmac
+    digest = integ.digest
+    icv_len = integ.icv_len
+    ik = keys.ik_esp
+    mac = hmac.digest
+    if keys.ealg == "null":
+
+        def protect_null(seq: int, payload: bytes, nh: int) -> bytes:
+            signed = pack(spi, seq) + payload + _trailer(len(payload), 4, nh)
+            return signed + mac(ik, signed, digest)[:icv_len]
+
+        return protect_null
+    block = enc.block_size
+    encryptor = Cipher(_block_cipher(keys.ealg, keys.ck_esp), modes.CBC(rng(block))).encryptor()
+    update = encryptor.update
+
+    def protect_cbc(seq: int, payload: bytes, nh: int) -> bytes:
+        # The first output block, E(R xor previous block), is this packet's IV.
+        signed = pack(spi, seq) + update(rng(block) + payload + _trailer(len(payload), block, nh))
+        return signed + mac(ik, signed, digest)[:icv_len]
+
+    return protect_cbc
+
+
+def _build_open(keys: EspKeys):
+    integ = INTEGRITY[keys.alg]
+    enc = ENCRYPTION[keys.ealg]
+    if enc.aead:
+        aead = AESGCM(keys.ck_esp)
+        salt = keys.salt
+
+        def open_gcm(packet: bytes):
+            if len(packet) < 8 + 8 + 16 + 4:
+                return TOO_SHORT
+            if (len(packet) - 32) % 4:
+                return BAD_LENGTH
+            try:
+                pt = aead.decrypt(salt + packet[8:16], packet[16:], packet[:8])
+            except InvalidTag:
+                return ICV_MISMATCH
+            return _strip_trailer(pt)
+
+        return open_gcm
+    if keys.alg == "aes-gmac":
+        gmac = AESGCM(keys.ik_esp)
+        salt = keys.salt
+
+        def open_gmac(packet: bytes):
+            if len(packet) < 8 + 8 + 4 + 16:
+                return TOO_SHORT
+            if (len(packet) - 32) % 4:
+                return BAD_LENGTH
+            try:
+                gmac.decrypt(salt + packet[8:16], packet[-16:], packet[:-16])
+            except InvalidTag:
+                return ICV_MISMATCH
+            return _strip_trailer(packet[16:-16])
+
+        return open_gmac
+    digest = integ.digest
+    icv_len = integ.icv_len
+    ik = keys.ik_esp
+    mac = hmac.digest
+    same = hmac.compare_digest
+    if keys.ealg == "null":
+
+        def open_null(packet: bytes):
+            n = len(packet)
+            if n < 8 + 4 + icv_len:
+                return TOO_SHORT
+            if (n - 8 - icv_len) % 4:
+                return BAD_LENGTH
+            signed = packet[:-icv_len]
+            if not same(mac(ik, signed, digest)[:icv_len], packet[-icv_len:]):
+                return ICV_MISMATCH
+            return _strip_trailer(signed[8:])
+
+        return open_null
+    block = enc.block_size
+    decryptor = Cipher(_block_cipher(keys.ealg, keys.ck_esp), modes.CBC(bytes(block))).decryptor()
+    update = decryptor.update
+    minimum = 8 + 2 * block + icv_len  # header, IV, one block of ciphertext, ICV
+
+    def open_cbc(packet: bytes):
+        n = len(packet)
+        if n < minimum:
+            return TOO_SHORT
+        if (n - 8 - icv_len) % block:
+            return BAD_LENGTH
+        signed = packet[:-icv_len]
+        if not same(mac(ik, signed, digest)[:icv_len], packet[-icv_len:]):
+            return ICV_MISMATCH
+        # IV ‖ ciphertext through a long-lived context: block 0 of the output is junk.
+        return _strip_trailer(update(signed[8:])[block:])
+
+    return open_cbc

@@ -1,0 +1,715 @@
+"""The SA set of one UE registration and its lifetime (TS 33.203 §7.1, §7.4; TS 24.229 §5.1.1.5, §5.2.2).
+
+Four unidirectional ESP transport-mode SAs per set (FACTS §1.1), each keyed by the SPI
+that the *receiving* side allocated:
+
+    UE port-c  → P-CSCF port-s   spi = spi-s of the P-CSCF (Security-Server)
+    P-CSCF port-s → UE port-c    spi = spi-c of the UE     (Security-Client)
+    P-CSCF port-c → UE port-s    spi = spi-s of the UE
+    UE port-s  → P-CSCF port-c   spi = spi-c of the P-CSCF
+
+Requests from the UE and the responses to them travel UE port-c ⇄ P-CSCF port-s;
+requests from the P-CSCF and their responses travel P-CSCF port-c ⇄ UE port-s. A
+response leaves from the local port its request arrived on (`SaSet.reply_sa`). One set
+covers UDP and TCP (TS 33.203 §7.1 "The transport protocol selector shall allow UDP
+and TCP").
+
+Lifetime, one explicit state table (STYLE.md rule 2), `now` always passed in:
+
+    TEMPORARY   after the 401 (lifetime = reg-await-auth)
+        --registered-->   ESTABLISHED (lifetime = max(previous set's, expires + 30 s))
+        --discarded-->    REMOVED     (a newer 401 replaces it; nothing is due over it)
+        --auth-failed-->  DRAINING    (the 4xx to the protected REGISTER is still due)
+        --expired-->      REMOVED
+    ESTABLISHED --superseded--> SUPERSEDED (a re-registration's set became established)
+        --deregistered--> DRAINING    (the 200 OK to the de-REGISTER is still due)
+        --expired-->      DRAINING if a message is due, else REMOVED
+    SUPERSEDED  --new-set-used--> REMOVED, or DRAINING while transactions are open
+        --expired-->      REMOVED
+    DRAINING    --final-sent--> REMOVED when nothing more is due
+        --expired-->      REMOVED (the drain deadline: a lost final message cannot pin SAs)
+
+An input not in the table raises LocalProtocolError. The UE deletes its old set "when
+the first request or response protected with the newly established set ... is received
+... after all SIP transactions that use the old set ... are completed" (24.229
+§5.1.1.5.1, SPEC); the P-CSCF mirrors it (UNCONFIRMED verbatim, FACTS §1.2).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from imsaka.ipsec.errors import LocalProtocolError, PortPoolExhausted, SpiPoolExhausted
+from imsaka.ipsec.esp import EspInbound, EspOutbound
+from imsaka.ipsec.keys import EspKeys, derive_esp_keys
+from imsaka.ipsec.secagree import SecurityMechanism
+
+__all__ = [
+    "REG_AWAIT_AUTH",
+    "Address",
+    "NewRegistrationNeeded",
+    "PortPair",
+    "PortPool",
+    "SaInput",
+    "SaSet",
+    "SaSetInstalled",
+    "SaSetRemoved",
+    "SaState",
+    "SecurityAssociation",
+    "SecurityAssociationTable",
+    "SpiAllocator",
+]
+
+log = logging.getLogger("imsaka.ipsec.sa")
+
+Address = tuple[str, int]
+RandomSource = Callable[[int], bytes]
+
+# TS 24.229 Table 7.8.1: reg-await-auth = 4 min (FACTS §1.2).
+REG_AWAIT_AUTH = 240.0
+# TS 24.229 §5.1.1.5.1: established lifetime = registration expiry + 30 s.
+LIFETIME_MARGIN = 30.0
+# How long a DRAINING set waits for its final message (Timer F = 128 s, FACTS §1.2).
+DRAIN_GRACE = 128.0
+
+
+class SaState(enum.Enum):
+    TEMPORARY = "temporary"
+    ESTABLISHED = "established"
+    SUPERSEDED = "superseded"
+    DRAINING = "draining"
+    REMOVED = "removed"
+
+
+class SaInput(enum.Enum):
+    REGISTERED = "registered"
+    DISCARDED = "discarded"
+    AUTH_FAILED = "auth-failed"
+    SUPERSEDED = "superseded"
+    NEW_SET_USED = "new-set-used"
+    DEREGISTERED = "deregistered"
+    FINAL_SENT = "final-sent"
+    EXPIRED = "expired"
+
+
+S, I = SaState, SaInput  # noqa: E741
+# (state, input) -> next state; "drain?" means DRAINING if messages are due, else REMOVED.
+_DRAIN_OR_REMOVE = "drain?"
+TRANSITIONS: dict[tuple[SaState, SaInput], SaState | str] = {
+    (S.TEMPORARY, I.REGISTERED): S.ESTABLISHED,
+    (S.TEMPORARY, I.DISCARDED): S.REMOVED,
+    (S.TEMPORARY, I.AUTH_FAILED): S.DRAINING,
+    (S.TEMPORARY, I.EXPIRED): S.REMOVED,
+    (S.ESTABLISHED, I.SUPERSEDED): S.SUPERSEDED,
+    (S.ESTABLISHED, I.DEREGISTERED): S.DRAINING,
+    (S.ESTABLISHED, I.EXPIRED): _DRAIN_OR_REMOVE,
+    (S.ESTABLISHED, I.NEW_SET_USED): S.ESTABLISHED,
+    (S.SUPERSEDED, I.NEW_SET_USED): _DRAIN_OR_REMOVE,
+    (S.SUPERSEDED, I.EXPIRED): S.REMOVED,
+    (S.SUPERSEDED, I.DEREGISTERED): S.DRAINING,
+    (S.DRAINING, I.FINAL_SENT): _DRAIN_OR_REMOVE,
+    (S.DRAINING, I.EXPIRED): S.REMOVED,
+    (S.DRAINING, I.NEW_SET_USED): S.DRAINING,
+    (S.DRAINING, I.DEREGISTERED): S.DRAINING,
+}
+del S, I
+
+
+# --- allocation ---------------------------------------------------------------------
+
+
+class SpiAllocator:
+    """SPIs for inbound SAs: unique among the live ones, never 0-255 (RFC 4303 §2.1).
+
+    Random (from the injected source) so SPIs are not predictable across
+    registrations; an SPI returns to the pool only when its SA is removed.
+    """
+
+    __slots__ = ("_live", "_rng", "high", "low")
+
+    def __init__(self, low: int = 0x1000, high: int = 0xFFFFFFFF, rng: RandomSource = os.urandom):
+        if not 256 <= low <= high <= 0xFFFFFFFF:
+            raise ValueError("spi range: must lie within 256..4294967295")
+        self.low, self.high = low, high
+        self._rng = rng
+        self._live: set[int] = set()
+
+    def allocate(self, avoid: Iterable[int] = ()) -> int:
+        """A fresh SPI, not live and not in `avoid` (e.g. the peer's SPIs on one host)."""
+        taken = self._live | {v for v in avoid if self.low <= v <= self.high}
+        size = self.high - self.low + 1
+        if len(taken) >= size:
+            raise SpiPoolExhausted("spi: every SPI in the configured range is live")
+        for _ in range(64):
+            spi = self.low + int.from_bytes(self._rng(4), "big") % size
+            if spi not in taken:
+                self._live.add(spi)
+                return spi
+        for spi in range(self.low, self.high + 1):  # a crowded small range: scan
+            if spi not in taken:
+                self._live.add(spi)
+                return spi
+        raise SpiPoolExhausted("spi: every SPI in the configured range is live")  # pragma: no cover
+
+    def release(self, spi: int) -> None:
+        self._live.discard(spi)
+
+    def is_live(self, spi: int) -> bool:
+        return spi in self._live
+
+    @property
+    def live_count(self) -> int:
+        return len(self._live)
+
+
+@dataclass(frozen=True, slots=True)
+class PortPair:
+    port_c: int
+    port_s: int
+
+
+class PortPool:
+    """Protected (port-c, port-s) pairs of the P-CSCF, recycled by reference count.
+
+    Pairs are (first + 2i, first + 2i + 1). Each pair serves up to `sets_per_pair`
+    live SA sets (the userspace backend demultiplexes a port by SPI, so sharing is
+    safe; 1 gives every UE its own ports as Kamailio does). Allocation prefers the
+    least loaded pair; a full pool raises PortPoolExhausted — never a silent reuse.
+    """
+
+    __slots__ = ("_use", "pairs", "sets_per_pair")
+
+    def __init__(self, first: int = 5100, count: int = 64, sets_per_pair: int = 1) -> None:
+        if count < 1 or sets_per_pair < 1:
+            raise ValueError("port pool: count and sets_per_pair must be at least 1")
+        if not first >= 1024 or first + 2 * count - 1 > 65535:
+            raise ValueError("port pool: ports must lie within 1024..65535")
+        self.pairs = [PortPair(first + 2 * i, first + 2 * i + 1) for i in range(count)]
+        self.sets_per_pair = sets_per_pair
+        self._use = dict.fromkeys(self.pairs, 0)
+
+    def allocate(self, prefer: PortPair | None = None) -> PortPair:
+        if prefer is not None and self._use.get(prefer, self.sets_per_pair) < self.sets_per_pair:
+            self._use[prefer] += 1
+            return prefer
+        pair = min(self.pairs, key=self._use.__getitem__)
+        if self._use[pair] >= self.sets_per_pair:
+            raise PortPoolExhausted(
+                f"port pool: all {len(self.pairs)} protected port pairs are in use"
+            )
+        self._use[pair] += 1
+        return pair
+
+    def release(self, pair: PortPair) -> None:
+        if self._use.get(pair, 0) <= 0:
+            raise LocalProtocolError(f"port pool: pair {pair} is not allocated")
+        self._use[pair] -= 1
+
+    def in_use(self, pair: PortPair) -> int:
+        return self._use.get(pair, 0)
+
+
+# --- SAs and SA sets ----------------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class SecurityAssociation:
+    """One unidirectional SA: its selector (addresses, ports) and its ESP object."""
+
+    spi: int
+    inbound: bool  # True: this node receives on it
+    src: Address
+    dst: Address
+    alg: str
+    ealg: str
+    esp: EspInbound | EspOutbound = field(repr=False)
+    sa_set: SaSet = field(repr=False)
+
+    @property
+    def local(self) -> Address:
+        return self.dst if self.inbound else self.src
+
+    @property
+    def remote(self) -> Address:
+        return self.src if self.inbound else self.dst
+
+
+@dataclass(frozen=True, slots=True)
+class SaSetInstalled:
+    sa_set: SaSet
+
+
+@dataclass(frozen=True, slots=True)
+class SaSetRemoved:
+    sa_set: SaSet
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewRegistrationNeeded:
+    """An outbound SA of this set nears sequence-number exhaustion (RFC 4303 §3.3.3)."""
+
+    sa_set: SaSet
+
+
+class SaSet:
+    """Four SAs between one UE contact and the P-CSCF, with one lifetime and one state."""
+
+    __slots__ = (
+        "__weakref__",
+        "created",
+        "expires_at",
+        "final_due",
+        "id",
+        "inbound",
+        "keys",
+        "local_role",
+        "open_transactions",
+        "outbound",
+        "pcscf_ip",
+        "pcscf_ports",
+        "pcscf_spis",
+        "port_pair",
+        "state",
+        "ue_ip",
+        "ue_ports",
+        "ue_spis",
+        "used",
+    )
+
+    def __init__(
+        self,
+        *,
+        set_id: int,
+        local_role: str,
+        ue_ip: str,
+        pcscf_ip: str,
+        ue_ports: PortPair,
+        pcscf_ports: PortPair,
+        ue_spis: tuple[int, int],
+        pcscf_spis: tuple[int, int],
+        keys: EspKeys,
+        now: float,
+        lifetime: float,
+        rng: RandomSource = os.urandom,
+        port_pair: PortPair | None = None,
+    ) -> None:
+        if local_role not in ("ue", "pcscf"):
+            raise LocalProtocolError("local_role: 'ue' or 'pcscf'")
+        self.id = set_id
+        self.local_role = local_role
+        self.ue_ip, self.pcscf_ip = ue_ip, pcscf_ip
+        self.ue_ports, self.pcscf_ports = ue_ports, pcscf_ports
+        self.ue_spis, self.pcscf_spis = ue_spis, pcscf_spis  # (spi-c, spi-s)
+        self.keys = keys
+        self.created = now
+        self.expires_at = now + lifetime
+        self.state = SaState.TEMPORARY
+        self.final_due = 0
+        self.open_transactions = 0
+        self.used = False
+        self.port_pair = port_pair
+        ue_c, ue_s = (ue_ip, ue_ports.port_c), (ue_ip, ue_ports.port_s)
+        p_c, p_s = (pcscf_ip, pcscf_ports.port_c), (pcscf_ip, pcscf_ports.port_s)
+        # (spi, src, dst): the four SAs of TS 33.203 §7.1.
+        layout = (
+            (pcscf_spis[1], ue_c, p_s),
+            (ue_spis[0], p_s, ue_c),
+            (ue_spis[1], p_c, ue_s),
+            (pcscf_spis[0], ue_s, p_c),
+        )
+        # The UE receives on SAs 1 and 2 (towards its ports), the P-CSCF on 0 and 3.
+        receiving_at = (1, 2) if local_role == "ue" else (0, 3)
+        self.inbound: dict[int, SecurityAssociation] = {}
+        self.outbound: dict[int, SecurityAssociation] = {}  # keyed by local port
+        for index, (spi, src, dst) in enumerate(layout):
+            receiving = index in receiving_at
+            esp = EspInbound(spi, keys) if receiving else EspOutbound(spi, keys, rng=rng)
+            sa = SecurityAssociation(spi, receiving, src, dst, keys.alg, keys.ealg, esp, self)
+            if receiving:
+                self.inbound[spi] = sa
+            else:
+                self.outbound[src[1]] = sa
+
+    def __repr__(self) -> str:
+        return (
+            f"<SaSet #{self.id} {self.local_role} {self.state.value} ue={self.ue_ip}"
+            f" {self.ue_ports.port_c}/{self.ue_ports.port_s} pcscf={self.pcscf_ip}"
+            f" {self.pcscf_ports.port_c}/{self.pcscf_ports.port_s} {self.keys.alg}/{self.keys.ealg}>"
+        )
+
+    @property
+    def local_ports(self) -> PortPair:
+        return self.ue_ports if self.local_role == "ue" else self.pcscf_ports
+
+    @property
+    def remote_ports(self) -> PortPair:
+        return self.pcscf_ports if self.local_role == "ue" else self.ue_ports
+
+    @property
+    def local_ip(self) -> str:
+        return self.ue_ip if self.local_role == "ue" else self.pcscf_ip
+
+    @property
+    def remote_ip(self) -> str:
+        return self.pcscf_ip if self.local_role == "ue" else self.ue_ip
+
+    @property
+    def all_sas(self) -> list[SecurityAssociation]:
+        return [*self.inbound.values(), *self.outbound.values()]
+
+    def client_sa(self) -> SecurityAssociation:
+        """Outbound SA for requests this node originates (from its protected client port)."""
+        return self.outbound[self.local_ports.port_c]
+
+    def server_sa(self) -> SecurityAssociation:
+        """Outbound SA from the protected server port (responses to the peer's requests)."""
+        return self.outbound[self.local_ports.port_s]
+
+    def reply_sa(self, arrived_on: SecurityAssociation) -> SecurityAssociation:
+        """The outbound SA leaving from the port `arrived_on` delivered to."""
+        if arrived_on.sa_set is not self or not arrived_on.inbound:
+            raise LocalProtocolError("reply_sa: not an inbound SA of this set")
+        return self.outbound[arrived_on.dst[1]]
+
+    def needs_new_registration(self) -> bool:
+        return any(
+            sa.esp.needs_new_registration
+            for sa in self.outbound.values()  # type: ignore[union-attr]
+        )
+
+    @property
+    def live(self) -> bool:
+        return self.state is not SaState.REMOVED
+
+    def usable_for_sending(self) -> bool:
+        return self.state in (
+            SaState.TEMPORARY,
+            SaState.ESTABLISHED,
+            SaState.SUPERSEDED,
+            SaState.DRAINING,
+        )
+
+    def drop_counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for sa in self.inbound.values():
+            for reason, n in sa.esp.drops.items():  # type: ignore[union-attr]
+                out[reason] = out.get(reason, 0) + n
+        return out
+
+
+# --- the per-node table -------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Contact:
+    temporary: SaSet | None = None
+    established: SaSet | None = None
+    old: list[SaSet] = field(default_factory=list)
+
+
+class SecurityAssociationTable:
+    """Every SA set of one node (a P-CSCF or a UE), its SPIs, ports and lifetimes.
+
+    Sans-I/O: callers pass `now`; the table queues `SaSetInstalled`, `SaSetRemoved` and
+    `NewRegistrationNeeded` events that the backend drains with `next_event()` (to
+    install or delete kernel SAs, open or close sockets, rewrite the key file).
+    `contact` is the caller's key for one UE registration flow (e.g. (IMPI, UE IP,
+    UE port-s)); the table never interprets it.
+    """
+
+    def __init__(
+        self,
+        local_role: str,
+        *,
+        spis: SpiAllocator | None = None,
+        ports: PortPool | None = None,
+        rng: RandomSource = os.urandom,
+        reg_await_auth: float = REG_AWAIT_AUTH,
+        drain_grace: float = DRAIN_GRACE,
+    ) -> None:
+        if local_role not in ("ue", "pcscf"):
+            raise LocalProtocolError("local_role: 'ue' or 'pcscf'")
+        self.local_role = local_role
+        self.spis = spis or SpiAllocator(rng=rng)
+        self.ports = ports
+        self.rng = rng
+        self.reg_await_auth = reg_await_auth
+        self.drain_grace = drain_grace
+        self._contacts: dict[object, _Contact] = {}
+        self._set_contact: dict[int, object] = {}
+        self._by_spi: dict[int, SecurityAssociation] = {}
+        self._sets: dict[int, SaSet] = {}
+        self._events: deque = deque()
+        self._next_id = 1
+        self._rereg_signalled: set[int] = set()
+
+    # -- queries
+
+    def lookup_inbound(self, spi: int) -> SecurityAssociation | None:
+        return self._by_spi.get(spi)
+
+    def sets(self) -> list[SaSet]:
+        return list(self._sets.values())
+
+    def live_sas(self) -> list[SecurityAssociation]:
+        return [sa for s in self._sets.values() for sa in s.all_sas]
+
+    def current(self, contact: object) -> SaSet | None:
+        """The set to originate messages on: the newest established, else the temporary."""
+        c = self._contacts.get(contact)
+        if c is None:
+            return None
+        return c.established or c.temporary
+
+    def temporary(self, contact: object) -> SaSet | None:
+        c = self._contacts.get(contact)
+        return None if c is None else c.temporary
+
+    def next_event(self):
+        return self._events.popleft() if self._events else None
+
+    # -- allocation for the offer/answer
+
+    def allocate_local(self, avoid: Iterable[int] = ()) -> tuple[tuple[int, int], PortPair | None]:
+        """Two fresh inbound SPIs (spi-c, spi-s) and, at the P-CSCF, a protected port pair.
+
+        Call before building Security-Client (UE) or Security-Server (P-CSCF); pass the
+        result to `create_temporary`, or give it back with `release_local`.
+        """
+        avoid = set(avoid)
+        spi_c = self.spis.allocate(avoid)
+        try:
+            spi_s = self.spis.allocate(avoid | {spi_c})
+        except Exception:
+            self.spis.release(spi_c)
+            raise
+        pair = None
+        if self.ports is not None:
+            try:
+                pair = self.ports.allocate()
+            except Exception:
+                self.spis.release(spi_c)
+                self.spis.release(spi_s)
+                raise
+        return (spi_c, spi_s), pair
+
+    def release_local(self, spis: tuple[int, int], pair: PortPair | None = None) -> None:
+        for spi in spis:
+            self.spis.release(spi)
+        if pair is not None and self.ports is not None:
+            self.ports.release(pair)
+
+    # -- lifecycle inputs
+
+    def create_temporary(
+        self,
+        contact: object,
+        *,
+        now: float,
+        ue_ip: str,
+        pcscf_ip: str,
+        client: SecurityMechanism,
+        server: SecurityMechanism,
+        ik: bytes,
+        ck: bytes,
+        port_pair: PortPair | None = None,
+    ) -> SaSet:
+        """After the 401 (P-CSCF: when forwarding it; UE: on receiving it).
+
+        `client` is the chosen Security-Client entry (UE's spi-c/spi-s/port-c/port-s),
+        `server` the Security-Server entry (P-CSCF's). The SPIs this node receives on
+        must come from `allocate_local`. Any earlier temporary set of the contact is
+        discarded (TS 24.229 §5.2.2 / §5.1.1.5.1).
+        """
+        for m, who in ((client, "Security-Client"), (server, "Security-Server")):
+            if not m.has_sa_parameters():
+                raise LocalProtocolError(f"{who}: lacks alg, spi-c, spi-s, port-c or port-s")
+        alg, ealg = server.alg or "", server.effective_ealg
+        if (client.alg, client.effective_ealg) != (alg, ealg):
+            raise LocalProtocolError("alg/ealg: Security-Client and Security-Server differ")
+        keys = derive_esp_keys(alg, ealg, ik=ik, ck=ck)
+        own = server if self.local_role == "pcscf" else client
+        for spi in (own.spi_c, own.spi_s):
+            if not self.spis.is_live(spi) or spi in self._by_spi:  # type: ignore[arg-type]
+                raise LocalProtocolError(f"spi {spi}: not allocated by allocate_local")
+        c = self._contacts.setdefault(contact, _Contact())
+        if c.temporary is not None:
+            self._apply(c.temporary, SaInput.DISCARDED, now, "replaced by a newer 401")
+        sa_set = SaSet(
+            set_id=self._next_id,
+            local_role=self.local_role,
+            ue_ip=ue_ip,
+            pcscf_ip=pcscf_ip,
+            ue_ports=PortPair(client.port_c, client.port_s),  # type: ignore[arg-type]
+            pcscf_ports=PortPair(server.port_c, server.port_s),  # type: ignore[arg-type]
+            ue_spis=(client.spi_c, client.spi_s),  # type: ignore[arg-type]
+            pcscf_spis=(server.spi_c, server.spi_s),  # type: ignore[arg-type]
+            keys=keys,
+            now=now,
+            lifetime=self.reg_await_auth,
+            rng=self.rng,
+            port_pair=port_pair,
+        )
+        self._next_id += 1
+        c.temporary = sa_set
+        self._sets[sa_set.id] = sa_set
+        self._set_contact[sa_set.id] = contact
+        for spi, sa in sa_set.inbound.items():
+            self._by_spi[spi] = sa
+        self._events.append(SaSetInstalled(sa_set))
+        return sa_set
+
+    def registered(self, sa_set: SaSet, *, expires: float, now: float) -> None:
+        """The 200 OK to the REGISTER protected by the temporary `sa_set` (24.229 §5.1.1.5.1)."""
+        c = self._contact_of(sa_set)
+        previous = c.established
+        lifetime_end = now + expires + LIFETIME_MARGIN
+        if previous is not None:
+            lifetime_end = max(lifetime_end, previous.expires_at)
+        self._apply(sa_set, SaInput.REGISTERED, now)
+        sa_set.expires_at = lifetime_end
+        if c.temporary is sa_set:
+            c.temporary = None
+        if previous is not None:
+            self._apply(previous, SaInput.SUPERSEDED, now)
+            c.old.append(previous)
+        c.established = sa_set
+
+    def reregistered(self, sa_set: SaSet, *, expires: float, now: float) -> None:
+        """A 200 OK to a re-REGISTER that was not challenged: only the lifetime moves."""
+        if sa_set.state is not SaState.ESTABLISHED:
+            raise LocalProtocolError(f"reregistered: set is {sa_set.state.value}")
+        sa_set.expires_at = max(sa_set.expires_at, now + expires + LIFETIME_MARGIN)
+
+    def auth_failed(self, sa_set: SaSet, *, now: float, response_due: bool = True) -> None:
+        """Authentication failed on the temporary set; delete it after the 4xx goes out."""
+        if response_due:
+            sa_set.final_due += 1
+        self._apply(sa_set, SaInput.AUTH_FAILED, now, "authentication failed")
+
+    def deregistered(self, sa_set: SaSet, *, now: float, final_messages: int = 1) -> None:
+        """De-registration: the set goes once `final_messages` (e.g. the 200 OK to the
+        de-REGISTER) have gone out over it (PITFALLS: 'SAs deleted too early')."""
+        sa_set.final_due += final_messages
+        self._apply(sa_set, SaInput.DEREGISTERED, now, "de-registered")
+        c = self._contact_of(sa_set)
+        if c.established is sa_set:
+            c.established = None
+            c.old.append(sa_set)
+
+    def message_sent(self, sa_set: SaSet, *, now: float, final: bool = False) -> None:
+        """A message left protected over `sa_set`; `final`: it was one that was due."""
+        sa_set.used = True
+        if final and sa_set.final_due > 0:
+            sa_set.final_due -= 1
+            if sa_set.state is SaState.DRAINING:
+                self._apply(sa_set, SaInput.FINAL_SENT, now, "final message sent")
+        self._check_exhaustion(sa_set)
+
+    def message_received(self, sa_set: SaSet, *, now: float) -> None:
+        """A message arrived over `sa_set`: the first one on a newer set retires the old."""
+        sa_set.used = True
+        c = self._contact_of(sa_set)
+        if c.established is sa_set:
+            for old in list(c.old):
+                if old.state is SaState.SUPERSEDED:
+                    self._apply(old, SaInput.NEW_SET_USED, now, "replaced by a newer set")
+
+    def transaction_started(self, sa_set: SaSet) -> None:
+        sa_set.open_transactions += 1
+
+    def transaction_finished(self, sa_set: SaSet, *, now: float) -> None:
+        if sa_set.open_transactions <= 0:
+            raise LocalProtocolError("transaction_finished: no open transaction on this set")
+        sa_set.open_transactions -= 1
+        if sa_set.state is SaState.DRAINING and not self._due(sa_set):
+            self._apply(sa_set, SaInput.FINAL_SENT, now, "last transaction finished")
+
+    def remove_contact(self, contact: object, *, now: float) -> None:
+        """Drop every set of a contact at once (administrative; nothing due is waited for)."""
+        c = self._contacts.get(contact)
+        if c is None:
+            return
+        for s in [c.temporary, c.established, *c.old]:
+            if s is not None and s.live:
+                self._remove(s, "removed by request")
+
+    # -- time
+
+    def next_deadline(self) -> float | None:
+        return min((s.expires_at for s in self._sets.values()), default=None)
+
+    def handle_timer(self, now: float) -> None:
+        for s in list(self._sets.values()):
+            if s.live and now >= s.expires_at:
+                self._apply(s, SaInput.EXPIRED, now, "lifetime expired")
+
+    # -- internals
+
+    def _due(self, sa_set: SaSet) -> bool:
+        return sa_set.final_due > 0 or sa_set.open_transactions > 0
+
+    def _contact_of(self, sa_set: SaSet) -> _Contact:
+        contact = self._set_contact.get(sa_set.id)
+        if contact is None or sa_set.id not in self._sets:
+            raise LocalProtocolError(f"{sa_set!r}: not a live set of this table")
+        return self._contacts[contact]
+
+    def _apply(self, sa_set: SaSet, event: SaInput, now: float, reason: str = "") -> None:
+        nxt = TRANSITIONS.get((sa_set.state, event))
+        if nxt is None:
+            raise LocalProtocolError(
+                f"sa set #{sa_set.id}: input {event.value} not allowed in state {sa_set.state.value}"
+            )
+        if nxt == _DRAIN_OR_REMOVE:
+            nxt = SaState.DRAINING if self._due(sa_set) else SaState.REMOVED
+        if nxt is SaState.DRAINING and sa_set.state is not SaState.DRAINING:
+            # A drain waits at most drain_grace for what is due, never longer than the
+            # set's own lifetime unless the lifetime is what ended.
+            grace_end = now + self.drain_grace
+            sa_set.expires_at = (
+                grace_end if event is SaInput.EXPIRED else min(sa_set.expires_at, grace_end)
+            )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "sa set #%d %s --%s--> %s", sa_set.id, sa_set.state.value, event.value, nxt.value
+            )  # type: ignore[union-attr]
+        if nxt is SaState.REMOVED:
+            self._remove(sa_set, reason or event.value)
+        else:
+            sa_set.state = nxt  # type: ignore[assignment]
+
+    def _remove(self, sa_set: SaSet, reason: str) -> None:
+        sa_set.state = SaState.REMOVED
+        for spi in sa_set.inbound:
+            self._by_spi.pop(spi, None)
+        own = sa_set.pcscf_spis if self.local_role == "pcscf" else sa_set.ue_spis
+        for spi in own:
+            self.spis.release(spi)
+        if sa_set.port_pair is not None and self.ports is not None:
+            self.ports.release(sa_set.port_pair)
+        self._sets.pop(sa_set.id, None)
+        self._rereg_signalled.discard(sa_set.id)
+        contact = self._set_contact.pop(sa_set.id, None)
+        c = self._contacts.get(contact)
+        if c is not None:
+            if c.temporary is sa_set:
+                c.temporary = None
+            if c.established is sa_set:
+                c.established = None
+            if sa_set in c.old:
+                c.old.remove(sa_set)
+            if c.temporary is None and c.established is None and not c.old:
+                del self._contacts[contact]
+        self._events.append(SaSetRemoved(sa_set, reason))
+
+    def _check_exhaustion(self, sa_set: SaSet) -> None:
+        if sa_set.id not in self._rereg_signalled and sa_set.needs_new_registration():
+            self._rereg_signalled.add(sa_set.id)
+            self._events.append(NewRegistrationNeeded(sa_set))
