@@ -294,13 +294,13 @@ class PcscfConfig:
     address: str = "127.0.0.1"
     """IP address for the unprotected SIP port and the protected ports."""
     port: int = 5060
-    """Unprotected SIP port (phase-1 REGISTER, packet 1)."""
+    """Unprotected SIP port (phase-1 REGISTER, packet 1); 0: the kernel picks (tests, lab)."""
     transports: tuple[str, ...] = ("udp", "tcp")
     """SIP transports served: ``udp``, ``tcp``."""
     port_c: int = 5062
-    """Protected client port (TS 33.203 §7.1: the P-CSCF sends requests from it)."""
+    """Protected client port (TS 33.203 §7.1: the P-CSCF sends requests from it); 0: any."""
     port_s: int = 5063
-    """Protected server port (the UE sends requests to it over the SAs)."""
+    """Protected server port (the UE sends requests to it over the SAs); 0: any."""
     visited_network_id: str = "Visited Network Number 1"
     """Value of P-Visited-Network-ID added towards the home network (packet 2)."""
     home: bool = False
@@ -560,10 +560,10 @@ def _pcscf(t: _Table, network: NetworkConfig) -> PcscfConfig:
     cfg = PcscfConfig(
         name=t.str("name", required=True),
         address=t.address("address"),
-        port=t.port("port", 5060),
+        port=t.port("port", 5060, zero=True),
         transports=t.strs("transports", ("udp", "tcp"), choices=TRANSPORTS),
-        port_c=t.port("port_c", 5062),
-        port_s=t.port("port_s", 5063),
+        port_c=t.port("port_c", 5062, zero=True),
+        port_s=t.port("port_s", 5063, zero=True),
         visited_network_id=t.str("visited_network_id", "Visited Network Number 1"),
         home=t.bool("home", False),
         sec_agree=t.choice("sec_agree", "required", ("required", "optional")),
@@ -578,7 +578,8 @@ def _pcscf(t: _Table, network: NetworkConfig) -> PcscfConfig:
         routes=tuple(routes),
     )
     t.done()
-    if len({cfg.port, cfg.port_c, cfg.port_s}) != 3:
+    fixed = [p for p in (cfg.port, cfg.port_c, cfg.port_s) if p]
+    if len(set(fixed)) != len(fixed):
         raise t.fail("port_s", "port, port_c and port_s must differ")
     if len({r.domain for r in routes}) != len(routes):
         raise t.fail("routes", "two routes for one domain")

@@ -1,0 +1,40 @@
+"""Run one CSCF server until SIGINT/SIGTERM (``imsaka run icscf|scscf``)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from typing import Any
+
+from imsaka.clierror import CliError
+
+
+async def serve_forever(server: Any, name: str) -> int:
+    """Start `server` (``start()``/``stop()``, ``config`` with address/port/transports),
+    print one ``listening`` line, wait for a signal, stop it cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    try:
+        await server.start()
+    except OSError as exc:
+        await server.stop()
+        raise CliError(
+            f"[{name}].port: cannot listen on {server.config.port}: {exc.strerror or exc}"
+        ) from None
+    c = server.config
+    print(
+        f"{name} listening on {c.address}:{c.port} ({', '.join(c.transports)})",
+        file=sys.stdout,
+        flush=True,
+    )
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+    return 0

@@ -1,0 +1,510 @@
+"""S-CSCF asyncio edge: SIP REGISTER in, Cx (MAR/SAR) out, bindings to the store (TS 24.229 §5.4.1).
+
+The decisions live in the sans-I/O `RegistrarCore` (imsaka.cscf.scscf_core); this module
+only translates and moves things:
+
+- a SIP REGISTER becomes a `RegisterRequest` (`register_request_from_sip`); a malformed
+  one is answered 400 naming the header;
+- the core's `AskVectors` / `AskAssignment` become Cx MAR / SAR (imsaka.diameter.cx)
+  sent through a Diameter client; the answers go back into the core
+  (`vectors_from_maa`, `outcome_of`); a timeout or a dead HSS is `CxOutcome.UNAVAILABLE`
+  (→ 504 with Retry-After);
+- `StoreRegistration` / `RemoveRegistration` are written to the `BindingStore` before
+  the 200 OK leaves, so an answered registration survives a restart (Redis);
+- a `Reply` becomes the SIP response (To tag added; Via, From, To, Call-ID, CSeq copied);
+- RTR from the HSS (TS 29.228 §6.1.3) removes the bindings and is answered RTA; PPR
+  (§6.1.4) replaces the stored profile;
+- one timer drives reg-await-auth and binding expiry (`next_deadline` / `handle_timer`).
+
+Times given to the core are wall-clock seconds (`time.time()`), because the binding
+store outlives the process (imsaka.cscf.registrar).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from imsaka.config import ImsConfig, ScscfConfig
+from imsaka.cscf.registrar import BindingStore, MemoryBindingStore, open_binding_store
+from imsaka.cscf.scscf_core import (
+    Action,
+    AskAssignment,
+    AskVectors,
+    AuthVectorItem,
+    ContactSpec,
+    CxOutcome,
+    DigestParams,
+    RegisterRequest,
+    RegistrarCore,
+    RegistrarPolicy,
+    RemoveRegistration,
+    Reply,
+    StoreRegistration,
+)
+from imsaka.cscf.userdata import UserDataError, parse_user_data
+from imsaka.diameter import cx
+from imsaka.sip import Request, Response, SipParseError, make_response
+
+__all__ = [
+    "CxSender",
+    "Scscf",
+    "ScscfServer",
+    "outcome_of",
+    "register_request_from_sip",
+    "run",
+    "vectors_from_maa",
+]
+
+log = logging.getLogger("imsaka.cscf.scscf")
+
+#: ``async send(request) -> answer``; raises on timeout or when no HSS is connected.
+CxSender = Callable[[Any], Awaitable[Any]]
+Respond = Callable[[Response], None]
+
+_SCHEME_TO_ALGORITHM = {
+    cx.SCHEME_AKAV1_MD5.lower(): "AKAv1-MD5",
+    cx.SCHEME_AKAV2_MD5.lower(): "AKAv2-MD5",
+    cx.SCHEME_MD5.lower(): "MD5",
+    cx.SCHEME_SIP_DIGEST.lower(): "MD5",
+}
+
+
+# --------------------------------------------------------------------------- SIP → core
+
+
+def register_request_from_sip(req: Request) -> RegisterRequest:
+    """Read what the registrar needs; `SipParseError` names the header that is wrong."""
+    to = req.to
+    call_id = req.call_id
+    if not call_id:
+        raise SipParseError("missing Call-ID")
+    auth = None
+    cred = req.authorization
+    if cred is not None:
+        if (cred.scheme or "").lower() != "digest":
+            raise SipParseError("Authorization: only the Digest scheme is supported")
+        auth = DigestParams(
+            username=cred.get("username") or "",
+            realm=cred.get("realm") or "",
+            nonce=cred.get("nonce") or "",
+            uri=cred.get("uri") or "",
+            response=cred.get("response"),
+            algorithm=cred.get("algorithm"),
+            qop=cred.get("qop"),
+            nc=cred.get("nc"),
+            cnonce=cred.get("cnonce"),
+            auts=cred.get("auts"),
+            integrity_protected=cred.get("integrity-protected"),
+        )
+    contacts = []
+    star = False
+    for c in req.contacts:
+        if c.star:
+            star = True
+            continue
+        contacts.append(ContactSpec(c.uri, c.expires, str(c.params.without("expires"))))
+    return RegisterRequest(
+        impu=to.uri,
+        call_id=call_id,
+        cseq=req.cseq.seq,
+        auth=auth,
+        contacts=tuple(contacts),
+        star=star,
+        expires=req.expires,
+        path=tuple(req.get_all("path")),
+        method=req.method,
+        body=req.body,
+    )
+
+
+def response_for(req: Request, reply: Reply, to_tag: str) -> Response:
+    return make_response(
+        req, reply.status, reply.reason, to_tag=to_tag, headers=list(reply.headers)
+    )
+
+
+# --------------------------------------------------------------------------- Cx ↔ core
+
+
+def outcome_of(answer: Any) -> CxOutcome | None:
+    """None for success; else how the Cx answer failed (TS 29.229 §6.2)."""
+    result = answer.result
+    if result is not None and 2000 <= result < 3000:
+        return None
+    if answer.experimental_result_code is not None:
+        code = answer.experimental_result_code
+        if code == cx.DIAMETER_ERROR_USER_UNKNOWN:
+            return CxOutcome.USER_UNKNOWN
+        if code == cx.DIAMETER_ERROR_IDENTITIES_DONT_MATCH:
+            return CxOutcome.IDENTITIES_DONT_MATCH
+        if code == cx.DIAMETER_ERROR_AUTH_SCHEME_NOT_SUPPORTED:
+            return CxOutcome.AUTH_SCHEME_NOT_SUPPORTED
+        return CxOutcome.REFUSED
+    # RFC 6733 §7.1: 3xxx protocol errors and 4xxx transient failures (TOO_BUSY,
+    # UNABLE_TO_DELIVER) mean "try later", not "this user is refused".
+    if result is None or 3000 <= result < 5000:
+        return CxOutcome.UNAVAILABLE
+    return CxOutcome.REFUSED
+
+
+def vectors_from_maa(answer: Any) -> list[AuthVectorItem]:
+    """SIP-Auth-Data-Items → vectors (SIP-Authenticate = RAND‖AUTN, SIP-Authorization = XRES)."""
+    items = sorted(answer.sip_auth_data_items, key=lambda i: i.sip_item_number or 0)
+    out = []
+    for item in items:
+        scheme = (item.sip_authentication_scheme or cx.SCHEME_AKAV1_MD5).lower()
+        algorithm = _SCHEME_TO_ALGORITHM.get(scheme)
+        if algorithm is None:
+            continue
+        if algorithm == "MD5":
+            out.append(AuthVectorItem("MD5", password=item.sip_authorization or b""))
+            continue
+        out.append(
+            AuthVectorItem(
+                algorithm,
+                rand=item.rand or b"",
+                autn=item.autn or b"",
+                xres=item.sip_authorization or b"",
+                ck=item.confidentiality_key or b"",
+                ik=item.integrity_key or b"",
+            )
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- the S-CSCF
+
+
+class Scscf:
+    """One S-CSCF: the registrar core, its Cx client, its binding store and its timer.
+
+    `handle_request(request, respond)` is what the SIP server calls for every request
+    that reaches the S-CSCF; `respond` sends a response back on the request's
+    transaction. `cx_send` sends a Cx request to the HSS and returns the answer.
+    """
+
+    def __init__(
+        self,
+        config: ScscfConfig,
+        *,
+        cx_send: CxSender,
+        store: BindingStore | None = None,
+        clock: Callable[[], float] = time.time,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.config = config
+        self.core = RegistrarCore(RegistrarPolicy.from_config(config), random_bytes=random_bytes)
+        self.store: BindingStore = (
+            store if store is not None else open_binding_store(config.binding_store)
+        )
+        self._shared = not isinstance(self.store, MemoryBindingStore)
+        self._cx_send = cx_send
+        self._clock = clock
+        self._random = random_bytes
+        self._pending: dict[int, tuple[Request, Respond]] = {}
+        self._token = 0
+        self._session = 0
+        self._tasks: set[asyncio.Task] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------- life cycle
+
+    async def start(self) -> None:
+        """Adopt the registrations already in the store (restart with Redis)."""
+        now = self._clock()
+        for reg in await self.store.all():
+            self.core.load(reg)
+        # Registrations that lapsed while we were down expire now (TIMEOUT SAR).
+        await self._run_actions(self.core.handle_timer(now))
+        self._rearm()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.store.close()
+
+    # ------------------------------------------------------------- SIP
+
+    async def handle_request(self, request: Request, respond: Respond) -> None:
+        if request.method != "REGISTER":
+            # Sessions through the S-CSCF are not this issue's; say so instead of dropping.
+            respond(make_response(request, 501, "Not Implemented (S-CSCF handles REGISTER only)"))
+            return
+        try:
+            reg_req = register_request_from_sip(request)
+        except SipParseError as exc:
+            self.core.counters["bad_register"] += 1
+            respond(make_response(request, 400, f"Bad Request ({exc.reason})"[:120]))
+            return
+        if self._shared:
+            # Another S-CSCF sharing the store may have changed this IMPU's record.
+            try:
+                stored = await self.store.get(reg_req.impu)
+            except Exception as exc:  # the store is down: do not guess
+                log.warning("binding store unavailable: %s", exc)
+                respond(
+                    make_response(request, 500, "Server Internal Error (binding store unavailable)")
+                )
+                return
+            if stored is None:
+                self.core.forget(reg_req.impu)
+            else:
+                self.core.load(stored)
+        self._token += 1
+        token = self._token
+        self._pending[token] = (request, respond)
+        actions = self.core.handle_register(token, reg_req, self._clock())
+        await self._run_actions(actions)
+        self._rearm()
+
+    # ------------------------------------------------------------- actions
+
+    async def _run_actions(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Reply):
+                self._reply(action)
+            elif isinstance(action, AskVectors):
+                self._spawn(self._mar(action))
+            elif isinstance(action, AskAssignment):
+                self._spawn(self._sar(action))
+            elif isinstance(action, StoreRegistration):
+                await self._store(self.store.put(action.registration))
+            elif isinstance(action, RemoveRegistration):
+                await self._store(self.store.delete(action.impu))
+
+    async def _store(self, op: Awaitable[None]) -> None:
+        try:
+            await op
+        except Exception as exc:
+            self.core.counters["store_errors"] += 1
+            log.warning("binding store write failed: %s", exc)
+
+    def _reply(self, reply: Reply) -> None:
+        entry = self._pending.pop(reply.token, None)
+        if entry is None:
+            return
+        request, respond = entry
+        respond(response_for(request, reply, self._random(4).hex()))
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _session_id(self) -> str:
+        self._session += 1
+        return f"{self.config.diameter.host};{int(self._clock())};{self._session}"
+
+    def _head(self) -> dict[str, Any]:
+        d = self.config.diameter
+        return {
+            "session_id": self._session_id(),
+            "origin_host": d.host,
+            "origin_realm": d.realm,
+            "destination_realm": d.hss.realm,
+            "destination_host": d.hss.host,
+        }
+
+    async def _ask(self, request: Any) -> tuple[Any | None, CxOutcome | None]:
+        try:
+            answer = await self._cx_send(request)
+        except Exception as exc:  # timeout, no connection, peer down
+            log.warning(
+                "%s to the HSS failed: %s", type(request).__name__, exc or type(exc).__name__
+            )
+            return None, CxOutcome.UNAVAILABLE
+        return answer, outcome_of(answer)
+
+    async def _mar(self, ask: AskVectors) -> None:
+        item = cx.SipAuthDataItem(
+            sip_authentication_scheme=cx.SCHEME_UNKNOWN,
+            sip_authorization=ask.resync,
+        )
+        if ask.resync is not None:
+            # TS 29.228 §6.3.3: a resynchronisation names the scheme it resynchronises.
+            item = cx.SipAuthDataItem(
+                sip_authentication_scheme=cx.SCHEME_AKAV1_MD5, sip_authorization=ask.resync
+            )
+        mar = cx.MultimediaAuthRequest(
+            **self._head(),
+            user_name=ask.impi,
+            public_identity=ask.impu,
+            server_name=self.config.server_name,
+            sip_number_auth_items=ask.count,
+            sip_auth_data_item=item,
+        )
+        answer, outcome = await self._ask(mar)
+        now = self._clock()
+        if outcome is None:
+            actions = self.core.vectors_received(ask.token, vectors_from_maa(answer), now)
+        else:
+            actions = self.core.cx_failed(ask.token, outcome, now)
+        await self._run_actions(actions)
+        self._rearm()
+
+    async def _sar(self, ask: AskAssignment) -> None:
+        sar = cx.ServerAssignmentRequest(
+            **self._head(),
+            user_name=ask.impi,
+            public_identities=(ask.impu,),
+            server_name=self.config.server_name,
+            server_assignment_type=int(ask.assignment_type),
+            user_data_already_available=int(ask.user_data_available),
+        )
+        answer, outcome = await self._ask(sar)
+        now = self._clock()
+        if outcome is None:
+            data = answer.user_data
+            text = data.decode("utf-8", "replace") if data else None
+            actions = self.core.assignment_done(ask.token, text, now)
+        else:
+            actions = self.core.cx_failed(ask.token, outcome, now)
+        await self._run_actions(actions)
+        self._rearm()
+
+    # ------------------------------------------------------------- Cx from the HSS
+
+    async def handle_cx_request(self, request: Any, peer: Any = None) -> Any:
+        """RTR and PPR from the HSS (TS 29.228 §6.1.3, §6.1.4)."""
+        d = self.config.diameter
+        base = {"origin_host": d.host, "origin_realm": d.realm}
+        if isinstance(request, cx.RegistrationTerminationRequest):
+            impus = list(request.public_identities) or None
+            _count, actions = self.core.network_deregister(request.user_name, impus, self._clock())
+            if self._shared and not _count:
+                # The registration may be known only to the shared store.
+                for impu in impus or []:
+                    await self._store(self.store.delete(impu))
+            await self._run_actions(actions)
+            self._rearm()
+            return request.answer(**base, result_code=cx.DIAMETER_SUCCESS)
+        if isinstance(request, cx.PushProfileRequest):
+            if request.user_data:
+                text = request.user_data.decode("utf-8", "replace")
+                try:
+                    parse_user_data(text)
+                except UserDataError:
+                    return request.answer(
+                        **base, experimental_result_code=cx.DIAMETER_ERROR_NOT_SUPPORTED_USER_DATA
+                    )
+                for reg in list(self.core.registrations.values()):
+                    if reg.impi == request.user_name:
+                        reg.user_data = text
+                        await self._store(self.store.put(reg))
+            return request.answer(**base, result_code=cx.DIAMETER_SUCCESS)
+        return None
+
+    # ------------------------------------------------------------- timer
+
+    def _rearm(self) -> None:
+        if self._closed:
+            return
+        deadline = self.core.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, deadline - self._clock())
+        self._timer = loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self._spawn(self._fire())
+
+    async def _fire(self) -> None:
+        await self._run_actions(self.core.handle_timer(self._clock()))
+        self._rearm()
+
+
+class ScscfServer:
+    """An S-CSCF with its sockets: SIP (UDP/TCP), a Diameter node towards the HSS (client,
+    and a listener when ``[scscf.diameter].port`` is set, for RTR/PPR), and its store."""
+
+    def __init__(
+        self,
+        config: ScscfConfig,
+        *,
+        store: BindingStore | None = None,
+        observers: tuple[Callable[[Any], None], ...] = (),
+        reconnect: float = 2.0,
+    ) -> None:
+        self.config = config
+        self._store = store
+        self._observers = observers
+        self._reconnect = reconnect
+        self.endpoint: Any = None
+        self.node: Any = None
+        self.scscf: Scscf | None = None
+
+    async def start(self) -> None:
+        from imsaka.diameter.node import DiameterNode, PeerSpec
+        from imsaka.sip.endpoint import SipEndpoint
+        from imsaka.sip.transport import TcpTransport, UdpTransport
+
+        c = self.config
+        d = c.diameter
+        self.node = DiameterNode(
+            origin_host=d.host,
+            origin_realm=d.realm,
+            peers=tuple(PeerSpec(p.host, p.address, p.port) for p in d.peers),
+            listen_address=d.address if d.port else None,
+            listen_port=d.port or 3868,
+            request_timeout=d.timeout,
+            tc=self._reconnect,
+            host_ip_addresses=(d.address,),
+            owner="scscf",
+        )
+        self.scscf = Scscf(c, cx_send=self.node.request, store=self._store)
+        self.node.set_request_handler(self.scscf.handle_cx_request)
+        self.endpoint = SipEndpoint(owner="scscf")
+        for name in c.transports:
+            cls = UdpTransport if name == "udp" else TcpTransport
+            self.endpoint.add_transport(await cls.create(c.address, c.port, owner="scscf"))
+        for obs in self._observers:
+            self.node.add_observer(obs)
+            for t in self.endpoint.transports:
+                t.add_observer(obs)
+        await self.scscf.start()
+        await self.node.start()
+        scscf = self.scscf
+
+        async def handle(request: Request, tx: Any) -> None:
+            await scscf.handle_request(request, tx.respond)
+
+        self.endpoint.set_request_handler(handle)
+
+    async def stop(self) -> None:
+        if self.endpoint is not None:
+            await self.endpoint.close()
+        if self.node is not None:
+            await self.node.stop()
+        if self.scscf is not None:
+            await self.scscf.close()
+
+
+def run(config: ImsConfig) -> int:
+    """``imsaka run scscf``: serve until SIGINT/SIGTERM."""
+    from imsaka.cscf._serve import serve_forever
+
+    assert config.scscf is not None
+    return asyncio.run(serve_forever(ScscfServer(config.scscf), "scscf"))

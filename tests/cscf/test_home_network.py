@@ -1,0 +1,433 @@
+"""I-CSCF + S-CSCF + a real HSS over loopback sockets, driven by a client that plays the
+P-CSCF (the seed's packets 2 and 9); packets 3/4/5 and 10/11/12 checked header by header."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from imsaka.aka.digest import compute_response, password_for, split_nonce
+from imsaka.aka.isim import AkaSuccess, Isim
+from imsaka.aka.milenage import Milenage
+from imsaka.aka.sqn import SqnArray
+from imsaka.diameter import cx
+from imsaka.sip import parse_message
+
+from .conftest import HSS_HOST, IMPUS, REALM, VISITED, HomeNetwork
+from .fakes import IMPI, OPC, K
+
+UE_VIA = "SIP/2.0/UDP [5555::aaa:bbb:ccc:ddd];comp=sigcomp;branch=z9hG4bKnashds7"
+UE_VIA_PROTECTED = "SIP/2.0/UDP [5555::aaa:bbb:ccc:ddd]:1357;comp=sigcomp;branch=z9hG4bKnashds7"
+CONTACT = "<sip:[5555::aaa:bbb:ccc:ddd];comp=sigcomp>;expires=600000"
+CONTACT_PROTECTED = "<sip:[5555::aaa:bbb:ccc:ddd]:1357;comp=sigcomp>;expires=600000"
+PATH = "<sip:term@pcscf1.visited1.net;lr>"
+ICID = 'icid-value="AyretyU0dm+6O2IrT5tAFrbHLso=023551024"'
+CALL_ID = "apb03a0s09dkjdfglkj49111"
+
+
+def register(
+    net: HomeNetwork,
+    *,
+    cseq: int,
+    authorization: str,
+    protected: bool,
+    impu: str = IMPUS[0],
+    visited: str = VISITED,
+    expires: int = 600000,
+    call_id: str = CALL_ID,
+):
+    """Packet 2 (protected=False) or packet 9 (protected=True) as the P-CSCF sends it."""
+    contact = CONTACT_PROTECTED if protected else CONTACT
+    contact = contact.replace("expires=600000", f"expires={expires}")
+    lines = [
+        "REGISTER sip:registrar.home1.net SIP/2.0",
+        f"Via: SIP/2.0/UDP pcscf1.visited1.net:{net.pcscf_port};branch=z9hG4bK{os.urandom(6).hex()}",
+        f"Via: {UE_VIA_PROTECTED if protected else UE_VIA}",
+        "Max-Forwards: 69",
+        "P-Access-Network-Info: 3GPP-UTRAN-TDD; utran-cell-id-3gpp=234151D0FCE11",
+        f"Path: {PATH}",
+        "Require: path",
+        f'P-Visited-Network-ID: "{visited}"',
+        f"P-Charging-Vector: {ICID}",
+        f"From: <{impu}>;tag=4fa3",
+        f"To: <{impu}>",
+        f"Contact: {contact}",
+        f"Call-ID: {call_id}",
+        f"Authorization: {authorization}",
+        f"CSeq: {cseq} REGISTER",
+        "Supported: path",
+        "Content-Length: 0",
+        "",
+        "",
+    ]
+    return parse_message("\r\n".join(lines).encode())
+
+
+def empty_auth(impi: str = IMPI) -> str:
+    return (
+        f'Digest username="{impi}", realm="{REALM}", nonce="", '
+        f'uri="sip:registrar.home1.net", response="", integrity-protected="no"'
+    )
+
+
+def answer_auth(www, ue: Isim, impi: str = IMPI, *, wrong: bool = False) -> str:
+    nonce = www.get("nonce")
+    rand, autn, _ = split_nonce(nonce)
+    result = ue.authenticate(rand, autn)
+    assert isinstance(result, AkaSuccess), result
+    res = bytes(16) if wrong else result.res
+    password = password_for("AKAv1-MD5", res=res[: len(result.res)])
+    response = compute_response(
+        algorithm="AKAv1-MD5",
+        username=impi,
+        realm=REALM,
+        password=password,
+        method="REGISTER",
+        uri="sip:registrar.home1.net",
+        nonce=nonce,
+    )
+    return (
+        f'Digest username="{impi}", realm="{REALM}", nonce="{nonce}", algorithm=AKAv1-MD5, '
+        f'uri="sip:registrar.home1.net", response="{response}", integrity-protected="yes"'
+    )
+
+
+def new_ue() -> Isim:
+    return Isim(Milenage(K, opc=OPC), SqnArray())
+
+
+def sip_seen(net: HomeNetwork, owner: str, direction: str) -> list:
+    return [
+        parse_message(e.payload)
+        for e in net.events
+        if e.protocol == "sip" and e.owner == owner and e.direction == direction
+    ]
+
+
+def cx_seen(net: HomeNetwork, owner: str, direction: str = "out") -> list:
+    return [
+        cx.decode_bytes(e.payload)
+        for e in net.events
+        if e.protocol == "diameter"
+        and e.owner == owner
+        and e.direction == direction
+        and cx.is_cx(__import__("imsaka.diameter.codec", fromlist=["x"]).decode_message(e.payload))
+    ]
+
+
+async def send(net: HomeNetwork, request):
+    return await net.client.send_request(request, ("127.0.0.1", net.icscf_port))
+
+
+async def full_registration(net: HomeNetwork, ue: Isim, **kw):
+    r401 = await send(net, register(net, cseq=1, authorization=empty_auth(), protected=False, **kw))
+    assert r401.status == 401, r401
+    r200 = await send(
+        net,
+        register(
+            net, cseq=2, authorization=answer_auth(r401.www_authenticate, ue), protected=True, **kw
+        ),
+    )
+    return r401, r200
+
+
+def via_values(msg) -> list[str]:
+    return msg.get_all("via")
+
+
+async def test_two_phase_registration_packets_2_to_12(home):
+    ue = new_ue()
+    p2 = register(home, cseq=1, authorization=empty_auth(), protected=False)
+    p5 = await send(home, p2)
+
+    # Packet 3: I-CSCF → S-CSCF.
+    (p3,) = [m for m in sip_seen(home, "scscf", "in") if m.get("cseq") == "1 REGISTER"]
+    assert p3.uri == home.server_name  # REGISTER sip:scscf1.home1.net[:port]
+    vias = via_values(p3)
+    assert len(vias) == 3
+    assert vias[0].startswith(f"SIP/2.0/UDP icscf1_p.home1.net:{home.icscf_port};branch=z9hG4bK")
+    assert vias[1].startswith(f"SIP/2.0/UDP pcscf1.visited1.net:{home.pcscf_port};branch=")
+    assert vias[2] == UE_VIA
+    assert p3.get("max-forwards") == "68"
+    for name in (
+        "P-Access-Network-Info",
+        "Path",
+        "Require",
+        "P-Visited-Network-ID",
+        "P-Charging-Vector",
+        "From",
+        "To",
+        "Contact",
+        "Call-ID",
+        "Authorization",
+        "CSeq",
+        "Supported",
+    ):
+        assert p3.get(name) == p2.get(name), name
+
+    # UAR between packets 2 and 3.
+    (uar,) = [m for m in cx_seen(home, "icscf") if isinstance(m, cx.UserAuthorizationRequest)]
+    assert uar.user_name == IMPI
+    assert uar.public_identity == IMPUS[0]
+    assert uar.visited_network_identifier == VISITED
+    assert uar.user_authorization_type == cx.UserAuthorizationType.REGISTRATION
+
+    # Packet 4: S-CSCF → I-CSCF.
+    (p4,) = sip_seen(home, "scscf", "out")
+    assert p4.status == 401 and p4.reason == "Unauthorized"
+    assert via_values(p4)[0].startswith("SIP/2.0/UDP icscf1_p.home1.net")
+    assert len(via_values(p4)) == 3
+    assert p4.from_.tag == "4fa3" and p4.to.tag
+    assert p4.call_id == CALL_ID and p4.get("cseq") == "1 REGISTER"
+    assert p4.get("content-length") == "0"
+    www = p4.www_authenticate
+    assert www.get("realm") == REALM and www.get("algorithm") == "AKAv1-MD5"
+    rand, autn, _ = split_nonce(www.get("nonce"))
+    ik, ck = www.get("ik"), www.get("ck")
+    assert len(ik) == 32 and len(ck) == 32
+    ue_result = ue.authenticate(rand, autn)  # the network authenticates: AUTN verifies
+    assert isinstance(ue_result, AkaSuccess)
+    assert bytes.fromhex(ik) == ue_result.ik and bytes.fromhex(ck) == ue_result.ck
+
+    # Packet 5: I-CSCF → P-CSCF, the I-CSCF's Via gone, the rest as packet 4.
+    assert p5.status == 401
+    assert len(via_values(p5)) == 2 and via_values(p5)[1] == UE_VIA
+    for name in ("From", "To", "Call-ID", "WWW-Authenticate", "CSeq", "Content-Length"):
+        assert p5.get(name) == p4.get(name), name
+
+    # MAR between packets 3 and 4.
+    (mar,) = [m for m in cx_seen(home, "scscf") if isinstance(m, cx.MultimediaAuthRequest)]
+    assert mar.user_name == IMPI and mar.public_identity == IMPUS[0]
+    assert mar.server_name == home.server_name and mar.sip_number_auth_items == 3
+
+    # Packets 9 → 10 → 11 → 12 (the UE answers with RES over its SAs).
+    nonce = www.get("nonce")
+    password = password_for("AKAv1-MD5", res=ue_result.res)
+    response = compute_response(
+        algorithm="AKAv1-MD5",
+        username=IMPI,
+        realm=REALM,
+        password=password,
+        method="REGISTER",
+        uri="sip:registrar.home1.net",
+        nonce=nonce,
+    )
+    p9 = register(
+        home,
+        cseq=2,
+        protected=True,
+        authorization=(
+            f'Digest username="{IMPI}", realm="{REALM}", nonce="{nonce}", algorithm=AKAv1-MD5, '
+            f'uri="sip:registrar.home1.net", response="{response}", integrity-protected="yes"'
+        ),
+    )
+    p12 = await send(home, p9)
+    (p10,) = [m for m in sip_seen(home, "scscf", "in") if m.get("cseq") == "2 REGISTER"]
+    assert p10.uri == home.server_name and p10.get("max-forwards") == "68"
+    assert via_values(p10)[2] == UE_VIA_PROTECTED
+    assert p10.get("authorization") == p9.get("authorization")
+
+    (p11,) = [m for m in sip_seen(home, "scscf", "out") if m.status == 200]
+    assert p11.reason == "OK"
+    assert len(via_values(p11)) == 3
+    assert p11.get_all("path") == [PATH]
+    assert p11.get("service-route") == f"<sip:orig@scscf1.home1.net:{home.scscf_port};lr>"
+    assert p11.get("contact") == CONTACT_PROTECTED
+    assert p11.get("date").endswith(" GMT")
+    assert p11.get_all("p-associated-uri") == [f"<{u}>" for u in IMPUS]
+    assert p11.call_id == CALL_ID and p11.get("cseq") == "2 REGISTER"
+
+    assert p12.status == 200
+    assert len(via_values(p12)) == 2 and via_values(p12)[1] == UE_VIA_PROTECTED
+    for name in (
+        "Path",
+        "Service-Route",
+        "From",
+        "To",
+        "Call-ID",
+        "Contact",
+        "CSeq",
+        "Date",
+        "P-Associated-URI",
+        "Content-Length",
+    ):
+        assert p12.get_all(name) == p11.get_all(name), name
+
+    # SAR between packets 10 and 11.
+    (sar,) = [m for m in cx_seen(home, "scscf") if isinstance(m, cx.ServerAssignmentRequest)]
+    assert sar.server_assignment_type == cx.ServerAssignmentType.REGISTRATION
+    assert sar.public_identities == (IMPUS[0],) and sar.user_name == IMPI
+
+
+async def test_wrong_response_is_403(home):
+    ue = new_ue()
+    r401 = await send(home, register(home, cseq=1, authorization=empty_auth(), protected=False))
+    auth = answer_auth(r401.www_authenticate, ue, wrong=True)
+    r = await send(home, register(home, cseq=2, authorization=auth, protected=True))
+    assert r.status == 403
+
+
+async def test_unknown_user_is_404(home):
+    r = await send(
+        home,
+        register(
+            home,
+            cseq=1,
+            authorization=empty_auth("nobody@home1.net"),
+            protected=False,
+            impu="sip:nobody@home1.net",
+        ),
+    )
+    assert r.status == 404
+
+
+async def test_identities_that_do_not_match_are_403(home):
+    r = await send(
+        home,
+        register(
+            home, cseq=1, authorization=empty_auth("user2_private@home1.net"), protected=False
+        ),
+    )
+    assert r.status == 403
+
+
+async def test_roaming_not_allowed_is_403(home):
+    r = await send(
+        home,
+        register(
+            home, cseq=1, authorization=empty_auth(), protected=False, visited="Some Other Network"
+        ),
+    )
+    assert r.status == 403 and "roaming" in r.reason.lower()
+
+
+async def test_reregistration_and_deregistration(home):
+    ue = new_ue()
+    _, r200 = await full_registration(home, ue)
+    assert r200.status == 200
+    mars = len([m for m in cx_seen(home, "scscf") if isinstance(m, cx.MultimediaAuthRequest)])
+    # Re-REGISTER over the SAs: integrity-protected="yes", no new AKA run, no MAR.
+    r = await send(
+        home,
+        register(
+            home,
+            cseq=3,
+            protected=True,
+            authorization=(
+                f'Digest username="{IMPI}", realm="{REALM}", nonce="", uri="sip:registrar.home1.net", '
+                f'response="", integrity-protected="yes"'
+            ),
+        ),
+    )
+    assert r.status == 200
+    assert (
+        len([m for m in cx_seen(home, "scscf") if isinstance(m, cx.MultimediaAuthRequest)]) == mars
+    )
+    # Once registered, the HSS names the serving S-CSCF in the UAA (no capabilities).
+    uaas = [m for m in cx_seen(home, "icscf", "in") if isinstance(m, cx.UserAuthorizationAnswer)]
+    assert uaas[-1].server_name == home.server_name
+    sars = [m for m in cx_seen(home, "scscf") if isinstance(m, cx.ServerAssignmentRequest)]
+    assert sars[-1].server_assignment_type == cx.ServerAssignmentType.RE_REGISTRATION
+    # De-REGISTER.
+    r = await send(
+        home,
+        register(
+            home,
+            cseq=4,
+            protected=True,
+            expires=0,
+            authorization=(
+                f'Digest username="{IMPI}", realm="{REALM}", nonce="", uri="sip:registrar.home1.net", '
+                f'response="", integrity-protected="yes"'
+            ),
+        ),
+    )
+    assert r.status == 200
+    assert r.get("contact").endswith(";expires=0")
+    sars = [m for m in cx_seen(home, "scscf") if isinstance(m, cx.ServerAssignmentRequest)]
+    assert sars[-1].server_assignment_type == cx.ServerAssignmentType.USER_DEREGISTRATION
+    uars = [m for m in cx_seen(home, "icscf") if isinstance(m, cx.UserAuthorizationRequest)]
+    assert uars[-1].user_authorization_type == cx.UserAuthorizationType.DE_REGISTRATION
+    assert home.scscf.scscf.core.pending_counts()["registrations"] == 0
+
+
+async def test_network_initiated_deregistration_rtr(home):
+    ue = new_ue()
+    _, r200 = await full_registration(home, ue)
+    assert r200.status == 200
+    result = await home.hss.deregister_impi(IMPI)
+    assert result["ok"], result
+    assert home.scscf.scscf.core.pending_counts()["registrations"] == 0
+    assert await home.scscf.scscf.store.get(IMPUS[0]) is None
+
+
+async def test_hss_down_is_480_at_the_icscf(home):
+    await home.hss.stop()
+    home.hss = None
+    r = await send(home, register(home, cseq=1, authorization=empty_auth(), protected=False))
+    assert r.status == 480 and r.get("retry-after")
+
+
+async def test_hss_down_after_uaa_is_504_at_the_scscf(tmp_path):
+    net = HomeNetwork(tmp_path)
+    try:
+        await net.start()
+        # Cut only the S-CSCF's Diameter: it cannot fetch vectors.
+        await net.scscf.node.stop()
+        r = await send(net, register(net, cseq=1, authorization=empty_auth(), protected=False))
+        assert r.status == 504 and r.get("retry-after")
+    finally:
+        await net.stop()
+
+
+@pytest.mark.redis
+async def test_redis_bindings_survive_an_scscf_restart(tmp_path, redis_url):
+    from imsaka.cscf.registrar import RedisBindingStore
+
+    prefix = f"imsaka:test:{os.getpid()}:{os.urandom(4).hex()}:"
+    net = HomeNetwork(tmp_path, binding_store=redis_url)
+    try:
+        await net.start()
+        await net.scscf.stop()
+        await net.start_scscf(RedisBindingStore(redis_url, prefix=prefix))
+        ue = new_ue()
+        _, r200 = await full_registration(net, ue)
+        assert r200.status == 200
+        await net.scscf.stop()
+        # A new S-CSCF process on the same Redis: the registration is still there.
+        await net.start_scscf(RedisBindingStore(redis_url, prefix=prefix))
+        assert net.scscf.scscf.core.pending_counts()["registrations"] == 1
+        r = await send(
+            net,
+            register(
+                net,
+                cseq=3,
+                protected=True,
+                authorization=(
+                    f'Digest username="{IMPI}", realm="{REALM}", nonce="", uri="sip:registrar.home1.net", '
+                    f'response="", integrity-protected="yes"'
+                ),
+            ),
+        )
+        assert r.status == 200  # accepted without a challenge: the binding survived
+        stored = await net.scscf.scscf.store.get(IMPUS[0])
+        assert stored is not None and stored.impi == IMPI
+    finally:
+        cleanup = RedisBindingStore(redis_url, prefix=prefix)
+        await cleanup.clear()
+        await cleanup.close()
+        await net.stop()
+
+
+async def test_bad_register_is_400_and_the_core_keeps_serving(home):
+    req = register(home, cseq=1, authorization=empty_auth(), protected=False)
+    req.set("Contact", "<sip:broken")
+    r = await send(home, req)
+    assert r.status == 400
+    r = await send(home, register(home, cseq=2, authorization=empty_auth(), protected=False))
+    assert r.status == 401
+
+
+def test_hss_host_constant():
+    assert HSS_HOST == "hss.home1.net"
