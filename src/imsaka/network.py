@@ -1,0 +1,383 @@
+"""The whole IMS core in one process on loopback: HSS, S-CSCF, I-CSCF, P-CSCF.
+
+Used by `imsaka demo`, `imsaka lab` and the end-to-end tests. Every function keeps its
+own sockets (SIP over UDP/TCP, Diameter Cx over TCP, ESP-in-UDP at the P-CSCF's
+protected ports), so what they exchange is a real trace (DESIGN.md: "even then they
+talk over real sockets"). The functions meet only on the wire; this module is the one
+place that imports all of them (it sits above the network-function layer).
+
+The configuration is the same whole-network TOML document `imsaka run` reads
+(`imsaka.config`), built here with free loopback ports:
+
+- *home* (default): the P-CSCF is in the home network (TS 24.228 §6.1); its
+  P-Visited-Network-ID names the home domain, so the HSS sees no roaming;
+- *visited*: the P-CSCF is in `visited1.net` (seed Figure 3, packets 1–13); its
+  P-Visited-Network-ID "Visited Network Number 1" must be an allowed visited network
+  of the subscriber at the HSS (TS 29.228 §6.1.1), or the UAR is refused (403).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imsaka.config import ImsConfig, parse_config
+from imsaka.trace import PcapWriter, Trace
+from imsaka.ue.client import free_udp_port
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Network", "NetworkOptions", "TestSubscriber", "free_tcp_port", "make_subscribers"]
+
+HOME_DOMAIN = "home1.net"
+VISITED_NETWORK_ID = "Visited Network Number 1"
+
+
+def free_tcp_port(host: str = "127.0.0.1") -> int:
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _free_both(host: str) -> int:
+    """A port free for UDP and TCP alike (the CSCFs listen on both)."""
+    for _ in range(50):
+        port = free_udp_port(host)
+        import socket
+
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        return port
+    raise OSError("no free port for UDP and TCP")
+
+
+@dataclass(frozen=True, slots=True)
+class TestSubscriber:
+    """A subscriber as the UE and the HSS both know it (secrets out of repr)."""
+
+    impi: str
+    impus: tuple[str, ...]
+    k: bytes = field(repr=False)
+    opc: bytes | None = field(default=None, repr=False)
+    op: bytes | None = field(default=None, repr=False)
+    sqn: int = 0
+    amf: bytes = b"\x80\x00"
+    visited_networks: tuple[str, ...] = ()
+    schemes: tuple[str, ...] = ()
+
+
+def make_subscribers(
+    n: int, *, domain: str = HOME_DOMAIN, seed: int | None = None
+) -> list[TestSubscriber]:
+    """`n` subscribers with random K/OPc (user1 is the seed's user1_private@home1.net)."""
+    import random
+
+    rng = random.Random(seed) if seed is not None else random.SystemRandom()
+    out = []
+    for i in range(1, n + 1):
+        k = rng.getrandbits(128).to_bytes(16, "big")
+        opc = rng.getrandbits(128).to_bytes(16, "big")
+        impus = (f"sip:user{i}_public1@{domain}",)
+        if i == 1:
+            impus = (
+                f"sip:user1_public1@{domain}",
+                f"sip:user1_public2@{domain}",
+                f"sip:user1_public3@{domain}",
+            )
+        out.append(
+            TestSubscriber(
+                impi=f"user{i}_private@{domain}",
+                impus=impus,
+                k=k,
+                opc=opc,
+                visited_networks=(VISITED_NETWORK_ID,),
+            )
+        )
+    return out
+
+
+@dataclass(slots=True)
+class NetworkOptions:
+    """How to build the core."""
+
+    visited: bool = False
+    """P-CSCF in a visited network (seed packets 1–13) instead of the home network."""
+    sec_agree: str = "required"
+    """P-CSCF policy: ``required`` or ``optional`` (RFC 3329)."""
+    host: str = "127.0.0.1"
+    """Loopback address every function binds."""
+    pcscf_port: int = 0
+    """Unprotected P-CSCF port (0: a free one)."""
+    pcscf_port_c: int = 0
+    pcscf_port_s: int = 0
+    pcscf_to_scscf: bool = False
+    """Home case only: route REGISTERs straight to the S-CSCF (no I-CSCF hop)."""
+    visited_network_id: str | None = None
+    """Override the P-Visited-Network-ID (to provoke 'roaming not allowed')."""
+    database: str | None = None
+    """HSS store URL; default a SQLite file in a temporary directory."""
+    realm: str = "registrar.home1.net"
+    """Digest realm of the S-CSCF (the seed's)."""
+    key_file: str | None = None
+    """Write the Wireshark esp_sa key file here."""
+    pcap: str | None = None
+    """Write a pcap of every message here."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Per-section overrides merged into the generated TOML document."""
+
+
+class Network:
+    """Start/stop HSS, S-CSCF, I-CSCF and P-CSCF in this process."""
+
+    def __init__(
+        self,
+        subscribers: Sequence[TestSubscriber] = (),
+        options: NetworkOptions | None = None,
+        *,
+        trace: Trace | None = None,
+        observers: Iterable[Any] = (),
+    ) -> None:
+        self.options = options or NetworkOptions()
+        self.subscribers = list(subscribers)
+        self.pcap = PcapWriter(self.options.pcap) if self.options.pcap else None
+        self.trace = trace if trace is not None else Trace(pcap=self.pcap)
+        if trace is not None and self.pcap is not None and trace.pcap is None:
+            trace.pcap = self.pcap
+        self._observers = [self.trace, *observers]
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self.config: ImsConfig | None = None
+        self.raw: dict[str, Any] = {}
+        self.hss: Any = None
+        self.scscf: Any = None
+        self.icscf: Any = None
+        self.pcscf: Any = None
+
+    # ---------------------------------------------------------------- config
+
+    def build_config(self) -> dict[str, Any]:
+        o = self.options
+        h = o.host
+        pcscf_name = "pcscf1.visited1.net" if o.visited else "pcscf1.home1.net"
+        visited_id = o.visited_network_id or (VISITED_NETWORK_ID if o.visited else HOME_DOMAIN)
+        hss_port = free_tcp_port(h)
+        icscf_port = _free_both(h)
+        scscf_port = _free_both(h)
+        pcscf_port = o.pcscf_port or _free_both(h)
+        port_c = o.pcscf_port_c or free_udp_port(h)
+        port_s = o.pcscf_port_s or free_udp_port(h)
+        while port_s in (port_c, pcscf_port):
+            port_s = free_udp_port(h)
+        if self.options.database:
+            database = self.options.database
+        else:
+            self._tmp = tempfile.TemporaryDirectory(prefix="imsaka-")
+            database = f"sqlite+aiosqlite:///{Path(self._tmp.name) / 'hss.db'}"
+        route: dict[str, Any] = {
+            "domain": HOME_DOMAIN,
+            "icscf": f"sip:icscf1_p.home1.net:{icscf_port}",
+        }
+        if o.pcscf_to_scscf and not o.visited:
+            route["scscf"] = f"sip:scscf1.home1.net:{scscf_port}"
+        diameter_peer = {
+            "host": "hss.home1.net",
+            "realm": HOME_DOMAIN,
+            "address": h,
+            "port": hss_port,
+        }
+        doc: dict[str, Any] = {
+            "network": {
+                "name": "imsaka in-process core",
+                "home_domains": [HOME_DOMAIN],
+                "hosts": {
+                    pcscf_name: h,
+                    "icscf1_p.home1.net": h,
+                    "scscf1.home1.net": h,
+                    "hss.home1.net": h,
+                    "registrar.home1.net": h,
+                },
+            },
+            "hss": {
+                "database": database,
+                "diameter_host": "hss.home1.net",
+                "diameter_realm": HOME_DOMAIN,
+                "diameter_address": h,
+                "diameter_port": hss_port,
+                "api_port": 0,
+            },
+            "pcscf": {
+                "name": pcscf_name,
+                "address": h,
+                "port": pcscf_port,
+                "transports": ["udp"],
+                "port_c": port_c,
+                "port_s": port_s,
+                "visited_network_id": visited_id,
+                "home": not o.visited,
+                "sec_agree": o.sec_agree,
+                "routes": [route],
+            },
+            "icscf": {
+                "name": "icscf1_p.home1.net",
+                "address": h,
+                "port": icscf_port,
+                "transports": ["udp"],
+                "diameter": {
+                    "host": "icscf1.home1.net",
+                    "realm": HOME_DOMAIN,
+                    "peers": [diameter_peer],
+                },
+                "scscfs": [
+                    {"name": f"sip:scscf1.home1.net:{scscf_port}", "address": h, "port": scscf_port}
+                ],
+            },
+            "scscf": {
+                "name": "scscf1.home1.net",
+                "address": h,
+                "port": scscf_port,
+                "transports": ["udp"],
+                "realm": o.realm,
+                "diameter": {
+                    "host": "scscf1.home1.net",
+                    "realm": HOME_DOMAIN,
+                    "peers": [diameter_peer],
+                },
+            },
+        }
+        for section, values in o.extra.items():
+            doc.setdefault(section, {}).update(values)
+        return doc
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        from imsaka.cscf.icscf import IcscfServer
+        from imsaka.cscf.pcscf_server import PcscfServer
+        from imsaka.cscf.scscf import ScscfServer
+        from imsaka.hss.config import parse_hss_config
+        from imsaka.hss.server import HssServer
+
+        self.raw = self.build_config()
+        self.config = parse_config(self.raw)
+        cfg = self.config
+        assert cfg.pcscf and cfg.icscf and cfg.scscf
+        obs = tuple(self._observers)
+        try:
+            self.hss = HssServer(parse_hss_config(self.raw), observers=obs)
+            await self.hss.start()
+            if self.subscribers:
+                await self.provision(self.subscribers)
+            self.scscf = ScscfServer(cfg.scscf, observers=obs)
+            await self.scscf.start()
+            self.icscf = IcscfServer(cfg.icscf, cfg.network, observers=obs)
+            await self.icscf.start()
+            self.pcscf = PcscfServer(
+                cfg.pcscf, cfg.network, observers=obs, key_file=self.options.key_file
+            )
+            await self.pcscf.start()
+        except BaseException:
+            await self.stop()
+            raise
+        self.trace.names.update(self.names())
+
+    async def provision(self, subscribers: Iterable[TestSubscriber]) -> int:
+        from imsaka.hss.subscriber import validate_subscriber
+
+        specs = []
+        for s in subscribers:
+            kwargs: dict[str, Any] = {}
+            if s.schemes:
+                kwargs["schemes"] = list(s.schemes)
+            specs.append(
+                validate_subscriber(
+                    impi=s.impi,
+                    impus=list(s.impus),
+                    k=s.k.hex(),
+                    op=s.op.hex() if s.op else None,
+                    opc=s.opc.hex() if s.opc else None,
+                    amf=s.amf.hex(),
+                    sqn=s.sqn,
+                    visited_networks=list(s.visited_networks) or None,
+                    **kwargs,
+                )
+            )
+        return await self.hss.store.import_subscribers(specs)
+
+    async def stop(self) -> None:
+        for name in ("pcscf", "icscf", "scscf", "hss"):
+            server = getattr(self, name)
+            if server is None:
+                continue
+            try:
+                stop = getattr(server, "stop", None) or server.close
+                await stop()
+            except Exception:
+                log.exception("stopping %s failed", name)
+            setattr(self, name, None)
+        if self.pcap is not None:
+            self.pcap.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    async def __aenter__(self) -> Network:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ---------------------------------------------------------------- helpers
+
+    @property
+    def pcscf_address(self) -> tuple[str, int]:
+        assert self.pcscf is not None
+        return self.pcscf.address
+
+    def names(self) -> dict[tuple[str, int], str]:
+        """Socket address → function name, for the ladder."""
+        cfg = self.config
+        assert cfg is not None and cfg.pcscf and cfg.icscf and cfg.scscf
+        out = {
+            (cfg.pcscf.address, cfg.pcscf.port): "P-CSCF",
+            (cfg.pcscf.address, cfg.pcscf.port_c): "P-CSCF",
+            (cfg.pcscf.address, cfg.pcscf.port_s): "P-CSCF",
+            (cfg.icscf.address, cfg.icscf.port): "I-CSCF",
+            (cfg.scscf.address, cfg.scscf.port): "S-CSCF",
+        }
+        hss = self.raw.get("hss", {})
+        out[(hss.get("diameter_address", "127.0.0.1"), int(hss.get("diameter_port", 3868)))] = "HSS"
+        return out
+
+    def ue_config(self, sub: TestSubscriber, **overrides: Any):
+        """A UeConfig for `sub` towards this network's P-CSCF."""
+        from imsaka.ue.config import UeConfig
+
+        kwargs: dict[str, Any] = {
+            "impi": sub.impi,
+            "impus": list(sub.impus),
+            "home_domain": HOME_DOMAIN,
+            "registrar": "registrar.home1.net",
+            "k": sub.k,
+            "op": sub.op,
+            "opc": sub.opc,
+            "pcscf": self.pcscf_address,
+            "local_host": self.options.host,
+        }
+        kwargs.update(overrides)
+        return UeConfig(**kwargs)
+
+
+def default_key_file() -> str:
+    return os.path.join(tempfile.gettempdir(), "imsaka-esp_sa")
