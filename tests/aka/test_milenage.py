@@ -50,12 +50,10 @@ def test_compute_all_and_fast_paths_agree(milenage_sets):
             "ak": ts["f5"],
             "ak_star": ts["f5_star"],
         }
-        out1, out234 = m.vector_parts(rand, sqn, amf)
-        assert out1.hex() == ts["f1"] + ts["f1_star"]
-        assert out234[0:6].hex() == ts["f5"] and out234[8:16].hex() == ts["f2"]
-        assert out234[16:32].hex() == ts["f3"] and out234[32:48].hex() == ts["f4"]
-        (batch,) = m.vector_parts_batch([rand], [(sqn, amf)])
-        assert batch == out1 + out234
+        sqn_xor_ak = bytes(x ^ y for x, y in zip(sqn, h(ts["f5"]), strict=True))
+        want = (sqn_xor_ak + amf + h(ts["f1"]), h(ts["f2"]), h(ts["f3"]), h(ts["f4"]))
+        assert m.vector(rand, int.from_bytes(sqn, "big"), amf) == want
+        assert m.vectors([rand], [int.from_bytes(sqn, "big")], amf) == [want]
         assert m.f1_both(rand, sqn, amf) == (h(ts["f1"]), h(ts["f1_star"]))
 
 
@@ -63,11 +61,14 @@ def test_batch_of_all_sets_matches_singles(milenage_sets):
     ts = milenage_sets[0]
     m = Milenage(h(ts["k"]), opc=h(ts["opc"]))
     rands = [h(t["rand"]) for t in milenage_sets]
-    sa = [(h(t["sqn"]), h(t["amf"])) for t in milenage_sets]
-    batch = m.vector_parts_batch(rands, sa)
-    for r, (s, a), b in zip(rands, sa, batch, strict=True):
-        o1, o2 = m.vector_parts(r, s, a)
-        assert b == o1 + o2
+    sqns = [int(t["sqn"], 16) for t in milenage_sets]
+    batch = m.vectors(rands, sqns, b"\x80\x00")
+    assert m.vectors([], [], b"\x80\x00") == []
+    for r, s, b in zip(rands, sqns, batch, strict=True):
+        assert b == m.vector(r, s, b"\x80\x00")
+        all_ = m.compute_all(r, s.to_bytes(6, "big"), b"\x80\x00")
+        ak = int.from_bytes(all_["ak"], "big")
+        assert b[0] == (s ^ ak).to_bytes(6, "big") + b"\x80\x00" + all_["mac_a"]
 
 
 def test_custom_constants_change_outputs_and_default_equals_spec(milenage_sets):
@@ -116,3 +117,21 @@ def test_repr_hides_k_and_opc():
     for secret in (k, opc):
         assert secret.hex() not in text and repr(secret) not in text
     assert "hidden" in text
+
+
+@pytest.mark.parametrize(
+    "r", [(64, 0, 32, 64, 96), (7, 13, 29, 64, 100), (0, 8, 16, 24, 32), (72, 120, 0, 8, 3)]
+)
+def test_fast_vector_path_equals_reference_for_any_rotation(milenage_sets, r):
+    c = (0x5, 0x1 << 127, 0x2, 0xDEADBEEF << 64, 0x8)
+    for ts in milenage_sets:
+        m = Milenage(h(ts["k"]), opc=h(ts["opc"]), r=r, c=c)
+        rand, sqn, amf = h(ts["rand"]), h(ts["sqn"]), h(ts["amf"])
+        ref = m.compute_all(rand, sqn, amf)
+        assert ref["mac_a"] == m.f1(rand, sqn, amf) and ref["mac_s"] == m.f1star(rand, sqn, amf)
+        assert (ref["res"], ref["ck"], ref["ik"], ref["ak"]) == m.f2345(rand)
+        assert ref["ak_star"] == m.f5star(rand)
+        concealed = bytes(x ^ y for x, y in zip(sqn, ref["ak"], strict=True))
+        want = (concealed + amf + ref["mac_a"], ref["res"], ref["ck"], ref["ik"])
+        assert m.vector(rand, int.from_bytes(sqn, "big"), amf) == want
+        assert m.vectors([rand, rand], [int.from_bytes(sqn, "big")] * 2, amf) == [want, want]

@@ -118,3 +118,20 @@ def test_array_restore_and_errors():
         SqnArray(limit=0)
     small = SqnArray(ind_bits=2)
     assert len(small.entries) == 4
+
+
+def test_explicit_ind_is_checked_and_hss_state_validated():
+    with pytest.raises(SqnError, match=r"^ind:"):
+        next_sqn(0, ind=32)
+    with pytest.raises(SqnError, match=r"^ind:"):
+        HssSqn().next(ind=-1)
+    with pytest.raises(SqnError, match=r"^sqn_he:"):
+        next_sqn(1 << 48)
+    with pytest.raises(SqnError, match=r"^sqn_he:"):
+        HssSqn(-1)
+    with pytest.raises(SqnError, match=r"^delta:"):
+        HssSqn(delta=0)
+    hss = HssSqn(join_sqn((1 << 43) - 1, 0))
+    with pytest.raises(SqnExhaustedError):
+        hss.next()
+    assert hss.sqn_he == join_sqn((1 << 43) - 1, 0)  # unchanged after the refusal

@@ -90,3 +90,61 @@ def test_bad_rand_source_and_autn():
         generate_vectors(m, [1, 2], b"\x00\x00", rand_source=lambda n: b"\x00" * (n - 1))
     with pytest.raises(MilenageError, match=r"^autn:"):
         split_autn(b"\x00" * 15)
+
+
+def test_fresh_vector_matches_vector_for_its_rand_and_never_repeats():
+    m = Milenage(b"\x11" * 16, opc=b"\x22" * 16)
+    seen = set()
+    for i in range(100):  # crosses several prepared batches
+        rand, autn, xres, ck, ik = m.fresh_vector(i + 1, b"\x80\x00")
+        assert m.vector(rand, i + 1, b"\x80\x00") == (autn, xres, ck, ik)
+        seen.add(rand)
+    assert len(seen) == 100
+    av = generate_vector(m, 7, b"\x80\x00")
+    assert generate_vector(m, 7, b"\x80\x00", rand=av.rand) == av
+
+
+def test_rand_pool_threads_and_sizes():
+    import threading
+
+    from imsaka.aka.rand import SecretsRandPool
+
+    pool = SecretsRandPool(block=64)
+    assert len(pool(16)) == 16 and len(pool(100)) == 100  # bigger than a block
+    got: list[bytes] = []
+    lock = threading.Lock()
+
+    def worker():
+        mine = [pool(16) for _ in range(50)]
+        with lock:
+            got.extend(mine)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(got)) == 200
+
+
+def test_forked_child_does_not_reuse_prepared_rands():
+    import os
+
+    m = Milenage(b"\x11" * 16, opc=b"\x22" * 16)
+    m.fresh_vector(1, b"\x80\x00")  # leaves 31 RANDs prepared in the parent
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report its next RANDs, then leave at once
+        try:
+            os.write(w, b"".join(m.fresh_vector(2, b"\x80\x00")[0] for _ in range(4)))
+        finally:
+            os._exit(0)
+    os.close(w)
+    child = os.read(r, 64)
+    os.close(r)
+    os.waitpid(pid, 0)
+    parent = b"".join(m.fresh_vector(2, b"\x80\x00")[0] for _ in range(4))
+    assert len(child) == 64
+    child_rands = {child[i : i + 16] for i in range(0, 64, 16)}
+    parent_rands = {parent[i : i + 16] for i in range(0, 64, 16)}
+    assert not child_rands & parent_rands

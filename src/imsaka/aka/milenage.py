@@ -11,16 +11,20 @@ the TS 35.207 / TS 35.208 test sets (tests/aka/test_milenage.py).
     f1 = OUT1[0..63]  f1* = OUT1[64..127]  f5 = OUT2[0..47]  f2 = OUT2[64..127]
     f3 = OUT3  f4 = OUT4  f5* = OUT5[0..47]
 
-Design for speed: the AES-128 ECB encryptor for K is built once per subscriber and
-reused; the 128-bit blocks are handled as Python ints (one conversion in, one out), and
-the independent blocks OUT1..OUT4 (or OUT2..OUT5) go through the cipher in one call.
+Design for speed (benchmarks/aka_vectors.py): the AES-128 ECB encryptor for K is built
+once per subscriber and reused; the independent blocks OUT1..OUT4 go through the cipher
+in one call; rotations of TEMP are byte slices and the OPc/c terms one precomputed
+constant; `Milenage.fresh_vector` computes TEMP for 32 fresh RANDs in one call.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from imsaka.aka.rand import secure_rand
 
 __all__ = [
     "DEFAULT_C",
@@ -31,6 +35,8 @@ __all__ = [
 ]
 
 _MASK128 = (1 << 128) - 1
+#: RANDs prepared per cipher call by `Milenage.fresh_vector`.
+_PREPARE = 32
 
 #: r1..r5 in bits (TS 35.206 §4.1).
 DEFAULT_R: tuple[int, int, int, int, int] = (64, 0, 32, 64, 96)
@@ -83,7 +89,19 @@ class Milenage:
     K and OPc are kept out of ``repr``.
     """
 
-    __slots__ = ("_c", "_enc", "_opc", "_opc4", "_opc_int", "_r", "_t2c")
+    __slots__ = (
+        "_c",
+        "_enc",
+        "_in_const",
+        "_opc",
+        "_opc4",
+        "_opc_int",
+        "_opc_prepare",
+        "_prepared",
+        "_prepared_pid",
+        "_r",
+        "_vector_input",
+    )
 
     def __init__(
         self,
@@ -110,6 +128,18 @@ class Milenage:
         self._opc4 = int.from_bytes(opc * 4, "big")
         self._r = r
         self._c = c
+        o = self._opc_int
+        self._in_const = (
+            ((_rot(o, r[0]) ^ c[0]) << 384)
+            | ((_rot(o, r[1]) ^ c[1]) << 256)
+            | ((_rot(o, r[2]) ^ c[2]) << 128)
+            | (_rot(o, r[3]) ^ c[3])
+        )
+        # rot(TEMP, r2..r4) as byte slices when the rotations are whole octets
+        self._vector_input = self._compile_vector_input()
+        self._opc_prepare = int.from_bytes(opc * _PREPARE, "big")
+        self._prepared: list[tuple[bytes, bytes]] = []
+        self._prepared_pid = 0
 
     def __repr__(self) -> str:
         return "Milenage(k=<hidden>, opc=<hidden>)"
@@ -203,62 +233,105 @@ class Milenage:
             "ak_star": o[64:70],
         }
 
-    def vector_parts(self, rand: bytes, sqn: bytes, amf: bytes) -> tuple[bytes, bytes]:
-        """One cipher pass for an authentication vector.
+    def _compile_vector_input(self):
+        """Build ``f(TEMP bytes, SQN int, AMF int) -> 64 octets``: the E_K input for OUT1..OUT4.
 
-        Returns (MAC-A ‖ MAC-S, AK ‖ pad ‖ RES ‖ CK ‖ IK) as raw output blocks: OUT1 and
-        OUT2‖OUT3‖OUT4. Inputs are assumed already validated (hot path of
-        `imsaka.aka.vectors`).
+        Rotation is linear over ⊕, so rot(TEMP ⊕ OPc, r) ⊕ c = rot(TEMP, r) ⊕ [rot(OPc, r) ⊕ c]
+        and the bracket is a per-subscriber constant (``_in_const``); when r2..r4 are whole
+        octets (the defaults) rot(TEMP, r) is a byte slice, so TEMP never becomes an int.
+        Constants are bound as closure locals because this runs once per vector.
         """
-        temp = int.from_bytes(
-            self._enc.update((int.from_bytes(rand, "big") ^ self._opc_int).to_bytes(16, "big")),
-            "big",
-        )
-        t = temp ^ self._opc_int
-        r = self._r
-        c = self._c
-        in1 = int.from_bytes(sqn + amf + sqn + amf, "big") ^ self._opc_int
-        blocks = (
-            ((temp ^ _rot(in1, r[0]) ^ c[0]) << 384)
-            | ((_rot(t, r[1]) ^ c[1]) << 256)
-            | ((_rot(t, r[2]) ^ c[2]) << 128)
-            | (_rot(t, r[3]) ^ c[3])
-        )
-        out = int.from_bytes(self._enc.update(blocks.to_bytes(64, "big")), "big") ^ self._opc4
-        o = out.to_bytes(64, "big")
-        return o[:16], o[16:]
+        const = self._in_const
+        r1, r2, r3, r4 = self._r[:4]
+        from_bytes = int.from_bytes
+        join = b"".join
 
-    def vector_parts_batch(
-        self, rands: Sequence[bytes], sqn_amfs: Sequence[tuple[bytes, bytes]]
-    ) -> list[bytes]:
-        """Batch form of `vector_parts`: OUT1‖OUT2‖OUT3‖OUT4 (64 octets) per RAND.
+        def in1_shifted(sqn: int, amf: int) -> int:
+            v = (sqn << 16) | amf
+            in1 = v | (v << 64)  # SQN‖AMF‖SQN‖AMF
+            return _rot(in1, r1) << 384
 
-        Two cipher calls for the whole batch: all TEMPs, then all OUT1..OUT4.
+        if r1 % 64 == 0 and r2 % 8 == 0 and r3 % 8 == 0 and r4 % 8 == 0:
+            # rot by 0 or 64 leaves SQN‖AMF‖SQN‖AMF unchanged: no rotation at all
+            s2, s3, s4 = r2 // 8, r3 // 8, r4 // 8
+            e2, e3, e4 = s2 + 16, s3 + 16, s4 + 16
+
+            def build(tb: bytes, sqn: int, amf: int) -> bytes:
+                v = (sqn << 16) | amf
+                tt = tb + tb
+                x = from_bytes(join((tb, tt[s2:e2], tt[s3:e3], tt[s4:e4])), "big")
+                return (x ^ ((v | (v << 64)) << 384) ^ const).to_bytes(64, "big")
+
+            return build
+
+        def build_generic(tb: bytes, sqn: int, amf: int) -> bytes:
+            temp = from_bytes(tb, "big")
+            x = (temp << 384) | (_rot(temp, r2) << 256) | (_rot(temp, r3) << 128) | _rot(temp, r4)
+            return (x ^ in1_shifted(sqn, amf) ^ const).to_bytes(64, "big")
+
+        return build_generic
+
+    def vector(self, rand: bytes, sqn: int, amf: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+        """(AUTN, XRES, CK, IK) for one authentication vector, in two cipher calls.
+
+        AUTN = (SQN ⊕ AK) ‖ AMF ‖ MAC-A (TS 33.102 §6.3.2). Hot path of
+        `imsaka.aka.vectors`: RAND (16 octets), SQN (int < 2^48) and AMF (2 octets) are
+        assumed already validated.
         """
-        n = len(rands)
-        opc = self._opc_int
-        opc_n = int.from_bytes(self._opc * n, "big")
-        temps_out = self._enc.update(
-            (int.from_bytes(b"".join(rands), "big") ^ opc_n).to_bytes(16 * n, "big")
+        tb = self._enc.update((int.from_bytes(rand, "big") ^ self._opc_int).to_bytes(16, "big"))
+        return self._vector_from_temp(tb, sqn, amf)
+
+    def fresh_vector(self, sqn: int, amf: bytes) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+        """(RAND, AUTN, XRES, CK, IK) with a fresh RAND from `imsaka.aka.rand.secure_rand`.
+
+        RANDs are drawn 32 at a time and their TEMP = E_K(RAND ⊕ OPc) computed in one
+        cipher call, so a single vector costs about one cipher call instead of two. The
+        prepared RANDs are dropped in a forked child, which would otherwise reuse them.
+        """
+        prepared = self._prepared
+        if not prepared or self._prepared_pid != os.getpid():
+            prepared = self._prepare()
+        rand, tb = prepared.pop()
+        autn, xres, ck, ik = self._vector_from_temp(tb, sqn, amf)
+        return rand, autn, xres, ck, ik
+
+    def _prepare(self) -> list[tuple[bytes, bytes]]:
+        pool = secure_rand(16 * _PREPARE)
+        temps = self._enc.update(
+            (int.from_bytes(pool, "big") ^ self._opc_prepare).to_bytes(16 * _PREPARE, "big")
         )
-        r = self._r
-        c = self._c
-        parts = []
-        for i in range(n):
-            temp = int.from_bytes(temps_out[16 * i : 16 * i + 16], "big")
-            t = temp ^ opc
-            sqn, amf = sqn_amfs[i]
-            in1 = int.from_bytes(sqn + amf + sqn + amf, "big") ^ opc
-            blocks = (
-                ((temp ^ _rot(in1, r[0]) ^ c[0]) << 384)
-                | ((_rot(t, r[1]) ^ c[1]) << 256)
-                | ((_rot(t, r[2]) ^ c[2]) << 128)
-                | (_rot(t, r[3]) ^ c[3])
-            )
-            parts.append(blocks.to_bytes(64, "big"))
-        out = self._enc.update(b"".join(parts))
-        opc4 = self._opc4
-        return [
-            (int.from_bytes(out[64 * i : 64 * i + 64], "big") ^ opc4).to_bytes(64, "big")
-            for i in range(n)
+        self._prepared = [
+            (pool[i : i + 16], temps[i : i + 16]) for i in range(0, 16 * _PREPARE, 16)
         ]
+        self._prepared_pid = os.getpid()
+        return self._prepared
+
+    def _vector_from_temp(
+        self, tb: bytes, sqn: int, amf: bytes
+    ) -> tuple[bytes, bytes, bytes, bytes]:
+        out = self._enc.update(self._vector_input(tb, sqn, (amf[0] << 8) | amf[1]))
+        # ⊕ OPc on all four blocks, and SQN onto AK (octets 16..21) to get SQN ⊕ AK.
+        o = (int.from_bytes(out, "big") ^ self._opc4 ^ (sqn << 336)).to_bytes(64, "big")
+        return o[16:22] + amf + o[0:8], o[24:32], o[32:48], o[48:64]
+
+    def vectors(
+        self, rands: Sequence[bytes], sqns: Sequence[int], amf: bytes
+    ) -> list[tuple[bytes, bytes, bytes, bytes]]:
+        """Batch form of `vector`: two cipher calls for the whole batch."""
+        n = len(rands)
+        if n == 0:
+            return []
+        enc = self._enc.update
+        opc_n = int.from_bytes(self._opc * n, "big")
+        temps = enc((int.from_bytes(b"".join(rands), "big") ^ opc_n).to_bytes(16 * n, "big"))
+        amf_int = int.from_bytes(amf, "big")
+        vi = self._vector_input
+        out = enc(b"".join([vi(temps[16 * i : 16 * i + 16], sqns[i], amf_int) for i in range(n)]))
+        opc4 = self._opc4
+        result = []
+        for i in range(n):
+            o = (
+                int.from_bytes(out[64 * i : 64 * i + 64], "big") ^ opc4 ^ (sqns[i] << 336)
+            ).to_bytes(64, "big")
+            result.append((o[16:22] + amf + o[0:8], o[24:32], o[32:48], o[48:64]))
+        return result

@@ -88,11 +88,22 @@ def next_sqn(sqn_he: int, *, ind_bits: int = DEFAULT_IND_BITS, ind: int | None =
 
     Raises `SqnExhaustedError` when SEQ_HE is already at its maximum.
     """
-    seq, ind_he = split_sqn(sqn_he, ind_bits)
-    if seq + 1 >= 1 << (SQN_BITS - ind_bits):
+    _check_sqn("sqn_he", sqn_he)
+    _check_ind_bits(ind_bits)
+    return _advance(sqn_he, ind_bits, ind)
+
+
+def _advance(sqn_he: int, ind_bits: int, ind: int | None) -> int:
+    # sqn_he and ind_bits already valid (hot path of HssSqn.next)
+    mask = (1 << ind_bits) - 1
+    seq = (sqn_he >> ind_bits) + 1
+    if seq >> (SQN_BITS - ind_bits):
         raise SqnExhaustedError("sqn: SEQ_HE is at its maximum; the subscriber needs a new K")
-    new_ind = (ind_he + 1) % (1 << ind_bits) if ind is None else ind
-    return join_sqn(seq + 1, new_ind, ind_bits)
+    if ind is None:
+        ind = ((sqn_he & mask) + 1) & mask
+    elif type(ind) is not int or not 0 <= ind <= mask:
+        raise SqnError(f"ind: expected 0..{mask}")
+    return (seq << ind_bits) | ind
 
 
 def resync_sqn_he(
@@ -145,8 +156,8 @@ class HssSqn:
 
     def next(self, ind: int | None = None) -> int:
         """Advance SQN_HE and return the SQN for one new vector."""
-        self.sqn_he = next_sqn(self.sqn_he, ind_bits=self.ind_bits, ind=ind)
-        return self.sqn_he
+        self.sqn_he = sqn = _advance(self.sqn_he, self.ind_bits, ind)
+        return sqn
 
     def take(self, n: int, ind: int | None = None) -> list[int]:
         """SQNs for a batch of n vectors (each one fresh, strictly increasing SEQ)."""

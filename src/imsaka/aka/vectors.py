@@ -3,29 +3,30 @@
 An authentication vector is the quintet RAND, XRES, CK, IK, AUTN with
 AUTN = (SQN ⊕ AK) ‖ AMF ‖ MAC-A, where MAC-A = f1_K(SQN, RAND, AMF),
 XRES = f2_K(RAND), CK = f3_K(RAND), IK = f4_K(RAND), AK = f5_K(RAND).
-RAND comes from `secrets` unless a source is injected (tests, replays of captures).
+RAND comes from `secrets` (through `imsaka.aka.rand.secure_rand`) unless a source is injected
+(tests, replays of captures).
 """
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from imsaka.aka.milenage import Milenage, MilenageError
+from imsaka.aka.rand import RandSource, SecretsRandPool, secure_rand
 
 __all__ = [
     "MAX_SQN",
     "AuthVector",
+    "SecretsRandPool",
     "generate_vector",
     "generate_vectors",
+    "secure_rand",
     "split_autn",
 ]
 
 #: SQN is 48 bits (TS 33.102 §6.3.2).
 MAX_SQN = (1 << 48) - 1
-
-RandSource = Callable[[int], bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,30 +46,48 @@ class AuthVector:
         return self.rand + self.autn
 
 
+_new_vector = object.__new__
+_set_rand, _set_autn, _set_xres, _set_ck, _set_ik, _set_sqn = (
+    AuthVector.__dict__[name].__set__ for name in ("rand", "autn", "xres", "ck", "ik", "sqn")
+)
+
+
+def _make_vector(rand: bytes, autn: bytes, xres: bytes, ck: bytes, ik: bytes, sqn: int):
+    """AuthVector(...) for already-validated fields, without the frozen __init__'s cost.
+
+    Sets the slots directly (what a frozen dataclass __init__ does through
+    object.__setattr__); halves the per-vector construction time on the hot path.
+    """
+    v = _new_vector(AuthVector)
+    _set_rand(v, rand)
+    _set_autn(v, autn)
+    _set_xres(v, xres)
+    _set_ck(v, ck)
+    _set_ik(v, ik)
+    _set_sqn(v, sqn)
+    return v
+
+
 def _check_sqn(sqn: object) -> int:
-    if not isinstance(sqn, int) or isinstance(sqn, bool) or not 0 <= sqn <= MAX_SQN:
+    if type(sqn) is not int or not 0 <= sqn <= MAX_SQN:  # type(): bool is not an SQN
         raise MilenageError("sqn: expected an integer in 0..2^48-1")
     return sqn
 
 
 def _check_amf(amf: object) -> bytes:
+    if type(amf) is bytes and len(amf) == 2:
+        return amf
     if not isinstance(amf, bytes | bytearray) or len(amf) != 2:
         raise MilenageError("amf: expected 2 octets")
     return bytes(amf)
 
 
 def _check_rand(rand: object) -> bytes:
+    if type(rand) is bytes and len(rand) == 16:
+        return rand
     if not isinstance(rand, bytes | bytearray) or len(rand) != 16:
         raise MilenageError("rand: expected 16 octets")
     return bytes(rand)
-
-
-def _assemble(rand: bytes, sqn: int, amf: bytes, out: bytes) -> AuthVector:
-    # out = OUT1 ‖ OUT2 ‖ OUT3 ‖ OUT4 (OPc already removed): MAC-A at 0, AK at 16,
-    # RES at 24, CK at 32, IK at 48.
-    ak = int.from_bytes(out[16:22], "big")
-    autn = (sqn ^ ak).to_bytes(6, "big") + amf + out[0:8]
-    return AuthVector(rand, autn, out[24:32], out[32:48], out[48:64], sqn)
 
 
 def generate_vector(
@@ -77,14 +96,20 @@ def generate_vector(
     amf: bytes,
     rand: bytes | None = None,
     *,
-    rand_source: RandSource = secrets.token_bytes,
+    rand_source: RandSource = secure_rand,
 ) -> AuthVector:
-    """One vector for SQN. RAND is taken from ``rand`` or else from ``rand_source(16)``."""
+    """One vector for SQN. RAND is taken from ``rand`` or else from ``rand_source(16)``.
+
+    With the default source, RAND comes prepared by `Milenage.fresh_vector`.
+    """
     sqn = _check_sqn(sqn)
     amf = _check_amf(amf)
-    rand = _check_rand(rand_source(16) if rand is None else rand)
-    out1, out234 = milenage.vector_parts(rand, sqn.to_bytes(6, "big"), amf)
-    return _assemble(rand, sqn, amf, out1 + out234)
+    if rand is None and rand_source is secure_rand:
+        rand, autn, xres, ck, ik = milenage.fresh_vector(sqn, amf)
+    else:
+        rand = _check_rand(rand_source(16) if rand is None else rand)
+        autn, xres, ck, ik = milenage.vector(rand, sqn, amf)
+    return _make_vector(rand, autn, xres, ck, ik, sqn)
 
 
 def generate_vectors(
@@ -92,7 +117,7 @@ def generate_vectors(
     sqns: Iterable[int],
     amf: bytes,
     *,
-    rand_source: RandSource = secrets.token_bytes,
+    rand_source: RandSource = secure_rand,
 ) -> list[AuthVector]:
     """One vector per SQN in ``sqns`` (batch of n, TS 33.102 §6.3.2), each with a fresh RAND.
 
@@ -107,9 +132,10 @@ def generate_vectors(
     if not isinstance(pool, bytes | bytearray) or len(pool) != 16 * n:
         raise MilenageError("rand: the RAND source returned the wrong number of octets")
     rands = [bytes(pool[16 * i : 16 * i + 16]) for i in range(n)]
-    outs = milenage.vector_parts_batch(rands, [(s.to_bytes(6, "big"), amf) for s in sqns])
+    parts = milenage.vectors(rands, sqns, amf)
     return [
-        _assemble(rand, sqn, amf, out) for rand, sqn, out in zip(rands, sqns, outs, strict=True)
+        _make_vector(rand, autn, xres, ck, ik, sqn)
+        for rand, sqn, (autn, xres, ck, ik) in zip(rands, sqns, parts, strict=True)
     ]
 
 
