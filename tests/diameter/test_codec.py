@@ -176,3 +176,12 @@ def test_fuzz_mutated_maa(pos, value):
             cx.decode(codec.decode_message(frame))
     except RemoteProtocolError:
         pass
+
+
+def test_framer_returns_good_messages_before_a_bad_header():
+    good = _messages()[0]
+    f = codec.Framer()
+    assert f.feed(good + b"\x01\x00\x00\x00") == [good]
+    assert f.error is not None and f.error.reason == "length-too-small"
+    with pytest.raises(FramingError):
+        f.feed(b"")

@@ -561,7 +561,7 @@ class Framer:
     position is lost: the connection must be closed.
     """
 
-    __slots__ = ("_buf", "_need", "max_length")
+    __slots__ = ("_buf", "_need", "error", "max_length")
 
     def __init__(self, max_length: int = DEFAULT_MAX_MESSAGE_LENGTH) -> None:
         if max_length < HEADER_LENGTH:
@@ -569,6 +569,9 @@ class Framer:
         self._buf = bytearray()
         self._need = 0  # length of the message being collected, 0 = header not seen
         self.max_length = max_length
+        #: A framing error found after complete messages in the same feed: those are
+        #: returned first, the error is kept here and raised by the next `feed()`.
+        self.error: FramingError | None = None
 
     @property
     def buffered(self) -> int:
@@ -576,6 +579,8 @@ class Framer:
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add received octets; return every message now complete (possibly none)."""
+        if self.error is not None:
+            raise self.error
         buf = self._buf
         buf += data
         out: list[bytes] = []
@@ -586,7 +591,13 @@ class Framer:
             if not need:
                 if size - pos < 4:
                     break
-                need = check_header(buf[pos : pos + 4], self.max_length)
+                try:
+                    need = check_header(buf[pos : pos + 4], self.max_length)
+                except FramingError as exc:
+                    if not out:
+                        raise
+                    self.error = exc
+                    break
             if size - pos < need:
                 break
             out.append(bytes(buf[pos : pos + need]))

@@ -440,7 +440,11 @@ class PeerConnection:
                 self.received_frames.append(frame)
             self._receive_frame(frame, now)
             if self.state is S.CLOSED:
-                break
+                return
+        error = self._framer.error
+        if error is not None:
+            self._drop(error.reason, str(error))
+            self._terminate("framing-error")
 
     def connection_lost(self, now: float) -> None:
         self._input(I.PEER_DISC, None, now)

@@ -1,0 +1,370 @@
+"""DiameterNode over real TCP on loopback: exchanges, hostile peers, Tc reconnect, DPR."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+
+import pytest
+
+from imsaka.diameter import codec, cx
+from imsaka.diameter.errors import DiameterRequestError, DiameterTimeoutError
+from imsaka.diameter.node import DiameterNode, NodeConfig, PeerSpec
+from imsaka.wire import WireEvent
+from tests.conftest import free_port
+from tests.diameter.helpers import all_commands, maa_for, mar
+
+pytestmark = pytest.mark.timeout(30)
+
+HSS, SCSCF = "hss.ims.test", "scscf.ims.test"
+
+
+async def answer_anything(req, peer):
+    """A Cx server answering every request type with success."""
+    if isinstance(req, cx.MAR):
+        return maa_for(req)
+    common = dict(origin_host=HSS, origin_realm="ims.test")
+    if isinstance(req, cx.UAR):
+        return req.answer(
+            **common,
+            experimental_result_code=cx.DIAMETER_FIRST_REGISTRATION,
+            server_name="sip:scscf.ims.test",
+        )
+    if isinstance(req, cx.SAR):
+        return req.answer(**common, result_code=2001, user_data=b"<IMSSubscription/>")
+    if isinstance(req, cx.LIR):
+        return req.answer(**common, result_code=2001, server_name="sip:scscf.ims.test")
+    return req.answer(origin_host=SCSCF, origin_realm="ims.test", result_code=2001)
+
+
+@contextlib.asynccontextmanager
+async def pair(*, tw: float = 30.0, tc: float = 0.2, handler=answer_anything, port: int = 0):
+    server = DiameterNode(
+        origin_host=HSS,
+        origin_realm="ims.test",
+        listen_address="127.0.0.1",
+        listen_port=port,
+        peers=[PeerSpec(SCSCF)],
+        watchdog_interval=tw,
+        owner="hss",
+    )
+    server.set_request_handler(handler)
+    await server.start()
+    client = DiameterNode(
+        origin_host=SCSCF,
+        origin_realm="ims.test",
+        peers=[PeerSpec(HSS, "127.0.0.1", server.port)],
+        tc=tc,
+        watchdog_interval=tw,
+        owner="scscf",
+    )
+    client.set_request_handler(answer_anything)
+    await client.start()
+    try:
+        await client.wait_open(HSS, 5)
+        yield server, client
+    finally:
+        await client.stop()
+        await server.stop()
+
+
+async def test_cx_exchange_every_command_over_tcp():
+    events: list[WireEvent] = []
+    async with pair() as (server, client):
+        server.add_observer(events.append)
+        for req in [
+            e for e in all_commands() if e.IS_REQUEST and not isinstance(e, (cx.RTR, cx.PPR))
+        ]:
+            ans = await client.request(req, timeout=3)
+            assert ans.session_id == req.session_id
+            assert ans.is_success
+            assert type(ans) is req.ANSWER
+        maa = await client.request(mar())
+        assert maa == maa_for(mar())
+        # HSS-initiated RTR and PPR go the other way on the same connection.
+        for req in [e for e in all_commands() if isinstance(e, (cx.RTR, cx.PPR))]:
+            req = dataclasses.replace(req, destination_host=SCSCF)
+            ans = await server.request(req, timeout=3)
+            assert ans.result_code == 2001 and ans.origin_host == SCSCF
+    directions = {(e.direction, codec.decode_message(e.payload).code) for e in events}
+    assert ("in", 303) in directions and ("out", 303) in directions and ("out", 304) in directions
+    assert all(
+        e.protocol == "diameter" and e.transport == "tcp" and e.owner == "hss" for e in events
+    )
+    assert events[0].src[0] == "127.0.0.1"
+
+
+async def test_missing_mandatory_avp_over_tcp_gets_5005_and_server_keeps_serving():
+    async with pair() as (server, client):
+        msg = mar().to_message()
+        stripped = dataclasses.replace(msg, avps=tuple(a for a in msg.avps if a.code != 601))
+        ans = await client.request(stripped)
+        assert isinstance(ans, codec.Message)
+        assert ans.find(codec.AVP_RESULT_CODE).u32 == codec.DIAMETER_MISSING_AVP
+        assert ans.find(codec.AVP_FAILED_AVP).group[0].code == 601
+        assert server.counters["missing-avp"] == 1
+        assert (await client.request(mar())).is_success
+
+
+async def test_slow_handler_error_handler_and_none():
+    calls = []
+
+    async def handler(req, peer):
+        calls.append(peer.origin_host)
+        if req.user_name == "slow":
+            await asyncio.sleep(0.05)
+            await asyncio.sleep(0)
+            return maa_for(req)
+        if req.user_name == "boom":
+            raise RuntimeError("handler bug")
+        if req.user_name == "late-boom":
+            await asyncio.sleep(0.01)
+            raise RuntimeError("handler bug")
+        return None
+
+    async with pair(handler=handler) as (server, client):
+        results = await asyncio.gather(
+            client.request(mar(user_name="slow")),
+            client.request(mar(user_name="boom")),
+            client.request(mar(user_name="late-boom")),
+            client.request(mar(user_name="none")),
+        )
+        assert results[0].is_success and results[0].user_name == "slow"
+        assert [r.result_code for r in results[1:]] == [5012, 5012, 5012]
+        assert server.counters["handler-error"] == 2 and server.counters["handler-no-answer"] == 1
+        assert calls == [SCSCF] * 4
+
+
+async def test_request_timeout_and_failed_on_disconnect():
+    async def never(req, peer):
+        await asyncio.sleep(20)
+
+    async with pair(handler=never) as (server, client):
+        with pytest.raises(DiameterTimeoutError):
+            await client.request(mar(), timeout=0.2)
+        with pytest.raises(TimeoutError):
+            await client.request(mar(), timeout=0.2)
+        pending = asyncio.ensure_future(client.request(mar(), timeout=10))
+        await asyncio.sleep(0.1)
+        for conn in list(server._connections):
+            conn.transport.abort()
+        with pytest.raises(DiameterRequestError) as info:
+            await pending
+        assert info.value.reason == "disconnected"
+
+
+async def test_no_connection():
+    node = DiameterNode(
+        origin_host=SCSCF,
+        origin_realm="ims.test",
+        peers=[PeerSpec(HSS, "127.0.0.1", free_port())],
+        tc=0.1,
+    )
+    await node.start()
+    try:
+        with pytest.raises(DiameterRequestError) as info:
+            await node.request(mar(), timeout=0.3)
+        assert info.value.reason == "no-connection"
+        assert node.counters["connect-failed"] >= 1
+    finally:
+        await node.stop()
+
+
+# --- hostile peers with raw sockets ------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def server_only(tw: float = 30.0, cer_timeout: float = 10.0):
+    server = DiameterNode(
+        origin_host=HSS,
+        origin_realm="ims.test",
+        listen_address="127.0.0.1",
+        listen_port=0,
+        peers=[PeerSpec(SCSCF)],
+        watchdog_interval=tw,
+        cer_timeout=cer_timeout,
+    )
+    server.set_request_handler(answer_anything)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def raw_exchange(
+    port: int, data: bytes, wait: float = 3.0
+) -> tuple[list[codec.Message], bool]:
+    """Send data; collect framed messages until the server closes (True) or `wait` passes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    framer = codec.Framer()
+    got: list[codec.Message] = []
+    closed = False
+    loop = asyncio.get_running_loop()
+    end = loop.time() + wait
+    try:
+        while loop.time() < end:
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), end - loop.time())
+            except TimeoutError:
+                break
+            if not chunk:
+                closed = True
+                break
+            got += [codec.decode_message(f) for f in framer.feed(chunk)]
+    finally:
+        writer.close()
+    return got, closed
+
+
+def cer(host: str = SCSCF) -> bytes:
+    return codec.Message(
+        257,
+        0x80,
+        0,
+        1,
+        1,
+        (
+            codec.ORIGIN_HOST(host),
+            codec.ORIGIN_REALM("ims.test"),
+            codec.HOST_IP_ADDRESS("127.0.0.1"),
+            codec.VENDOR_ID(0),
+            codec.PRODUCT_NAME("raw"),
+            codec.VENDOR_SPECIFIC_APPLICATION_ID(
+                [codec.VENDOR_ID(10415), codec.AUTH_APPLICATION_ID(16777216)]
+            ),
+        ),
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "trigger"),
+    [
+        (b"\x01\x00\x00\x00" + b"\0" * 16, "length-too-small"),
+        (b"\x01\x00\x00\x16" + b"\0" * 18, "length-not-multiple-of-4"),
+        (b"\x01\xff\xff\xf0", "length-too-large"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "bad-version"),
+    ],
+    ids=["length-0", "not-multiple-of-4", "oversized", "garbage"],
+)
+async def test_hostile_framing_closes_connection(data, trigger):
+    async with server_only() as server:
+        got, closed = await raw_exchange(server.port, data)
+        assert closed and got == []
+        assert server.counters[trigger] == 1
+        # and the server keeps serving others
+        got, _ = await raw_exchange(server.port, cer(), wait=0.3)
+        assert got[0].find(codec.AVP_RESULT_CODE).u32 == 2001
+
+
+async def test_hostile_oversized_after_cer_too():
+    async with server_only() as server:
+        got, closed = await raw_exchange(server.port, cer() + b"\x01\x20\x00\x00")
+        assert got[0].code == 257 and closed
+        assert server.counters["length-too-large"] == 1
+
+
+async def test_request_before_cer_refused_and_closed():
+    async with server_only() as server:
+        got, closed = await raw_exchange(server.port, mar().encode(77, 78))
+        assert closed
+        [ans] = got
+        assert ans.code == 303 and ans.hop_by_hop == 77 and not ans.is_request
+        assert ans.find(codec.AVP_RESULT_CODE).u32 == codec.DIAMETER_UNKNOWN_PEER
+        assert server.counters["request-before-cer"] == 1
+
+
+async def test_unknown_peer_refused_3010_then_closed():
+    async with server_only() as server:
+        got, closed = await raw_exchange(server.port, cer("intruder.example.org"))
+        assert closed
+        [cea] = got
+        assert cea.code == 257 and cea.find(codec.AVP_RESULT_CODE).u32 == 3010
+        assert server.counters["unknown-peer"] == 1
+        assert server.open_peers == []
+
+
+async def test_silence_past_watchdog_dwr_then_disconnect():
+    async with server_only(tw=0.3) as server:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        got, closed = await raw_exchange(server.port, cer(), wait=5.0)
+        elapsed = loop.time() - start
+        assert [m.code for m in got] == [257, 280]  # CEA, then one DWR, then silence → close
+        assert got[1].is_request
+        assert closed and 0.6 < elapsed < 2.5
+        assert server.counters["watchdog-expired"] == 1
+
+
+async def test_silence_before_cer_times_out():
+    async with server_only(cer_timeout=0.3) as server:
+        got, closed = await raw_exchange(server.port, b"", wait=3.0)
+        assert closed and got == [] and server.counters["cer-timeout"] == 1
+
+
+async def test_watchdog_kept_alive_between_nodes():
+    async with pair(tw=0.2) as (server, client):
+        await asyncio.sleep(1.0)
+        assert client.is_open(HSS) and server.is_open(SCSCF)
+        assert (await client.request(mar())).is_success
+        assert client.counters["watchdog-expired"] == 0
+
+
+async def test_tc_reconnect_after_server_restart():
+    port = free_port()
+    server = DiameterNode(
+        origin_host=HSS,
+        origin_realm="ims.test",
+        listen_address="127.0.0.1",
+        listen_port=port,
+        peers=[PeerSpec(SCSCF)],
+    )
+    server.set_request_handler(answer_anything)
+    await server.start()
+    client = DiameterNode(
+        origin_host=SCSCF, origin_realm="ims.test", peers=[PeerSpec(HSS, "127.0.0.1", port)], tc=0.2
+    )
+    await client.start()
+    try:
+        await client.wait_open(HSS, 5)
+        assert (await client.request(mar())).is_success
+        await server.stop()
+        await asyncio.sleep(0.3)
+        assert not client.is_open(HSS)
+        server = DiameterNode(
+            origin_host=HSS,
+            origin_realm="ims.test",
+            listen_address="127.0.0.1",
+            listen_port=port,
+            peers=[PeerSpec(SCSCF)],
+        )
+        server.set_request_handler(answer_anything)
+        await server.start()
+        await client.wait_open(HSS, 5)
+        assert (await client.request(mar())).is_success
+    finally:
+        await client.stop()
+        await server.stop()
+
+
+async def test_stop_sends_dpr_and_peer_sees_it():
+    seen: list[WireEvent] = []
+    async with pair() as (server, client):
+        server.add_observer(seen.append)
+        await client.stop()
+        await asyncio.sleep(0.1)
+        assert not server.is_open(SCSCF)
+    codes = [(e.direction, codec.decode_message(e.payload).code) for e in seen]
+    assert ("in", 282) in codes and ("out", 282) in codes
+
+
+async def test_node_config_validation():
+    with pytest.raises(ValueError, match="listen_port"):
+        NodeConfig(origin_host="h", origin_realm="r", listen_port=70000)
+    with pytest.raises(ValueError, match="peers"):
+        NodeConfig(origin_host="h", origin_realm="r", peers=(PeerSpec("a"), PeerSpec("a")))
+    with pytest.raises(ValueError, match="tc"):
+        NodeConfig(origin_host="h", origin_realm="r", tc=0)
