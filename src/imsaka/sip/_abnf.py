@@ -178,11 +178,10 @@ def canonical_key(name: str) -> str:
 
 
 def display_name(key: str, given: str) -> str:
-    """The name we write for a header we add: the caller's spelling unless it is a
-    compact form, then the long canonical form."""
-    if len(given) == 1:
-        key = COMPACT_FORMS.get(given.lower(), given.lower())
-        return CANONICAL_NAMES.get(key) or "-".join(p.capitalize() for p in key.split("-"))
+    """The name we write for a header we add: the caller's spelling when it has
+    capitals, else (a compact form or all lower case) the long canonical form."""
+    if len(given) == 1 or given.islower():
+        return long_name(key)
     return given
 
 

@@ -176,6 +176,9 @@ class Contact(NameAddr):
         return "*" if self.star else super().__str__()
 
 
+_COLON_LWS_RE = re.compile(r"[ \t]*:[ \t]*")
+
+
 class Via:
     """`SIP/2.0/transport sent-by *(;via-params)` (§20.42, RFC 3581 rport, RFC 3486 comp)."""
 
@@ -226,7 +229,8 @@ class Via:
             sent_by = rest
             params = Params()
         # a ":" with spaces around the port is allowed by the grammar (HCOLON-like LWS)
-        sent_by = sent_by.replace(" ", "").replace("\t", "")
+        if " " in sent_by or "\t" in sent_by:
+            sent_by = _COLON_LWS_RE.sub(":", sent_by)
         host, port = parse_hostport(sent_by, "Via sent-by")
         via = cls(transport, host, port, params, f"{name}/{version}")
         for p in ("received", "rport", "ttl"):

@@ -560,7 +560,15 @@ def parse_message(
         # §8.2 / §16.3: the CSeq method must equal the request method
         cseq = msg.get("cseq")
         sp = cseq.find(" ")
-        if sp < 0 or cseq[sp + 1 :].strip() != msg.method or not cseq[:sp].isdigit():
+        num = cseq[:sp]
+        if (
+            sp < 0
+            or cseq[sp + 1 :].strip() != msg.method
+            or not num.isdigit()
+            or not num.isascii()
+            or sp > 10
+            or int(num) > 2147483647
+        ):
             msg.cseq  # noqa: B018 - raises the precise SipParseError for a bad CSeq
             raise SipParseError("CSeq method does not match the request method")
     return msg

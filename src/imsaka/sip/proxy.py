@@ -208,7 +208,8 @@ def error_response_bytes(data: bytes, status: int, reason: str) -> bytes | None:
         key = canonical_key(name)
         if key in found and all(c.isprintable() for c in value):
             found[key].append(value.strip())
-    if not found["via"] or not found["call-id"] or not found["cseq"]:
+    # a response must carry all five (§8.2.6.2); without them the peer could not match it
+    if not all(found[k] for k in _SALVAGE):
         return None
     try:
         for v in found["via"]:
