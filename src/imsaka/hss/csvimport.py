@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from imsaka.hss.subscriber import FieldError, SubscriberSpec, validate_subscriber
 
-__all__ = ["CsvError", "REQUIRED_COLUMNS", "parse_csv"]
+__all__ = ["REQUIRED_COLUMNS", "CsvError", "parse_csv"]
 
 REQUIRED_COLUMNS = ("impi", "impu", "k", "op", "opc", "amf")
 OPTIONAL_COLUMNS = ("sqn", "schemes", "password")

@@ -1,0 +1,397 @@
+"""Cx over real TCP on loopback: a DiameterNode client in the test acts as I-CSCF /
+S-CSCF against a running HssServer (TS 29.228 §6, TS 29.229 §6.2 result codes)."""
+
+from __future__ import annotations
+
+import asyncio
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from imsaka.aka.digest import password_for
+from imsaka.aka.isim import AkaSuccess, AkaSyncFailure, Isim
+from imsaka.aka.milenage import Milenage
+from imsaka.aka.resync import build_auts
+from imsaka.aka.sqn import SqnArray
+from imsaka.diameter import codec, cx
+from imsaka.diameter.errors import DiameterRequestError
+from imsaka.diameter.node import DiameterNode, PeerSpec
+from imsaka.hss.models import RegState
+
+from .conftest import (
+    HOME,
+    HSS_HOST,
+    ICSCF_HOST,
+    OP,
+    SCSCF_HOST,
+    SCSCF_NAME,
+    K,
+    alice,
+    client_node,
+    lir,
+    mar,
+    sar,
+    uar,
+)
+
+SAT = cx.ServerAssignmentType
+UAT = cx.UserAuthorizationType
+
+
+def milenage():
+    return Milenage(bytes.fromhex(K), op=bytes.fromhex(OP))
+
+
+# ---------------------------------------------------------------------------------- UAR
+
+
+async def test_uar_first_then_subsequent_registration(hss, scscf):
+    first = await scscf.request(uar())
+    assert first.experimental_result_code == cx.DIAMETER_FIRST_REGISTRATION
+    assert first.server_capabilities is not None and first.server_name is None
+    assert first.server_capabilities.server_names == (SCSCF_NAME,)
+    await scscf.request(sar(SAT.REGISTRATION))
+    again = await scscf.request(uar())
+    assert again.experimental_result_code == cx.DIAMETER_SUBSEQUENT_REGISTRATION
+    assert again.server_name == SCSCF_NAME
+    caps = await scscf.request(uar(uat=UAT.REGISTRATION_AND_CAPABILITIES))
+    assert (
+        caps.experimental_result_code == cx.DIAMETER_FIRST_REGISTRATION and caps.server_capabilities
+    )
+
+
+async def test_uar_always_names_a_server_or_capabilities_even_with_empty_pool(hss, scscf):
+    await hss.store.sync_scscf_pool([])
+    first = await scscf.request(uar())
+    assert first.is_success
+    assert first.server_name is not None or first.server_capabilities is not None
+
+
+async def test_uar_deregistration(hss, scscf):
+    not_reg = await scscf.request(uar(uat=UAT.DE_REGISTRATION))
+    assert not_reg.experimental_result_code == cx.DIAMETER_ERROR_IDENTITY_NOT_REGISTERED
+    await scscf.request(sar(SAT.REGISTRATION))
+    ok = await scscf.request(uar(uat=UAT.DE_REGISTRATION))
+    assert ok.result_code == cx.DIAMETER_SUCCESS and ok.server_name == SCSCF_NAME
+
+
+async def test_uar_errors(hss, scscf):
+    await hss.store.add_subscriber(alice(impi="bob@home1.net", impus=["sip:bob@home1.net"]))
+    unknown = await scscf.request(uar(impi="nobody@home1.net", impu="sip:nobody@home1.net"))
+    assert unknown.experimental_result_code == cx.DIAMETER_ERROR_USER_UNKNOWN
+    mismatch = await scscf.request(uar(impu="sip:bob@home1.net"))
+    assert mismatch.experimental_result_code == cx.DIAMETER_ERROR_IDENTITIES_DONT_MATCH
+
+
+async def test_roaming_refused_and_allowed(hss, scscf):
+    refused = await scscf.request(uar(visited="evil.example"))
+    assert refused.experimental_result_code == cx.DIAMETER_ERROR_ROAMING_NOT_ALLOWED
+    assert refused.experimental_result_vendor == codec.VENDOR_3GPP
+    allowed = await scscf.request(uar(visited="visited1.net"))  # [hss].visited_networks
+    assert allowed.is_success
+    await hss.store.update_subscriber("alice@home1.net", visited_networks=["roam.example"])
+    per_user = await scscf.request(uar(visited="Roam.Example"))
+    assert per_user.is_success
+    assert hss.service.counters["roaming-refused"] == 1
+
+
+async def test_uar_barred_identity_is_rejected_except_emergency(hss, scscf):
+    await hss.store.update_subscriber("alice@home1.net", barred={"sip:alice@home1.net": True})
+    barred = await scscf.request(uar())
+    assert barred.result_code == cx.DIAMETER_AUTHORIZATION_REJECTED
+    emergency = await scscf.request(uar(flags=1))
+    assert emergency.is_success
+
+
+# ---------------------------------------------------------------------------------- MAR
+
+
+async def test_mar_vectors_pass_the_isim(hss, scscf):
+    answer = await scscf.request(mar(n=3))
+    assert answer.result_code == cx.DIAMETER_SUCCESS
+    assert answer.user_name == "alice@home1.net" and answer.public_identity == "sip:alice@home1.net"
+    assert answer.sip_number_auth_items == 3 and len(answer.sip_auth_data_items) == 3
+    isim = Isim(milenage(), SqnArray())
+    sqns = []
+    for i, item in enumerate(answer.sip_auth_data_items, 1):
+        assert item.sip_item_number == i
+        assert item.sip_authentication_scheme == cx.SCHEME_AKAV1_MD5
+        assert len(item.sip_authenticate) == 32 and len(item.confidentiality_key) == 16
+        result = isim.authenticate(item.rand, item.autn)
+        assert isinstance(result, AkaSuccess)
+        assert result.res == item.sip_authorization and result.ck == item.confidentiality_key
+        assert result.ik == item.integrity_key
+        ak = milenage().f2345(item.rand)[3]
+        sqns.append(
+            int.from_bytes(bytes(a ^ b for a, b in zip(item.autn[:6], ak, strict=True)), "big")
+        )
+    assert sqns == sorted(sqns) and len(set(sqns)) == 3
+    assert await hss.store.sqn_of("alice@home1.net") == sqns[-1]
+    assert (await hss.store.get_subscriber("alice@home1.net")).pending_scscf == SCSCF_NAME
+
+
+async def test_mar_caps_vectors_and_defaults_scheme(hss, scscf):
+    answer = await scscf.request(mar(n=50, scheme=cx.SCHEME_UNKNOWN))
+    assert len(answer.sip_auth_data_items) == hss.config.max_vectors
+    # The scheme comes from the subscriber's record, never MD5 by default.
+    assert {i.sip_authentication_scheme for i in answer.sip_auth_data_items} == {
+        cx.SCHEME_AKAV1_MD5
+    }
+
+
+async def test_mar_akav2(hss, scscf):
+    answer = await scscf.request(mar(scheme=cx.SCHEME_AKAV2_MD5))
+    item = answer.sip_auth_data_items[0]
+    assert item.sip_authentication_scheme == cx.SCHEME_AKAV2_MD5
+    res = Isim(milenage(), SqnArray()).authenticate(item.rand, item.autn)
+    # the S-CSCF derives the AKAv2 password (RFC 4169) from XRES, IK, CK
+    assert password_for("AKAv2-MD5", res=res.res, ik=res.ik, ck=res.ck) == password_for(
+        "AKAv2-MD5", res=item.sip_authorization, ik=item.integrity_key, ck=item.confidentiality_key
+    )
+
+
+async def test_mar_errors(hss, scscf):
+    unknown = await scscf.request(mar(impi="nobody@home1.net", impu="sip:nobody@home1.net"))
+    assert unknown.experimental_result_code == cx.DIAMETER_ERROR_USER_UNKNOWN
+    wrong_impu = await scscf.request(mar(impu="sip:ghost@home1.net"))
+    assert wrong_impu.experimental_result_code == cx.DIAMETER_ERROR_USER_UNKNOWN
+    await hss.store.add_subscriber(alice(impi="bob@home1.net", impus=["sip:bob@home1.net"]))
+    mismatch = await scscf.request(mar(impu="sip:bob@home1.net"))
+    assert mismatch.experimental_result_code == cx.DIAMETER_ERROR_IDENTITIES_DONT_MATCH
+    for scheme in ("SIP Digest", "NASS-Bundled", "Digest-SHA-1024"):
+        bad = await scscf.request(mar(scheme=scheme))
+        assert bad.experimental_result_code == cx.DIAMETER_ERROR_AUTH_SCHEME_NOT_SUPPORTED
+    short = await scscf.request(mar(authorization=b"\x01" * 20))
+    assert short.result_code == cx.DIAMETER_INVALID_AVP_VALUE
+    # the server still serves
+    assert (await scscf.request(mar())).result_code == cx.DIAMETER_SUCCESS
+
+
+async def test_resync_with_valid_auts_moves_sqn(hss, scscf):
+    first = (await scscf.request(mar())).sip_auth_data_items[0]
+    # The ISIM has seen far more than the HSS (e.g. restored from an old backup).
+    array = SqnArray(entries=[0x2000000] * 32)
+    isim = Isim(milenage(), array)
+    failure = isim.authenticate(first.rand, first.autn)
+    assert isinstance(failure, AkaSyncFailure)
+    resync = await scscf.request(mar(authorization=first.rand + failure.auts))
+    assert resync.result_code == cx.DIAMETER_SUCCESS
+    item = resync.sip_auth_data_items[0]
+    assert isinstance(isim.authenticate(item.rand, item.autn), AkaSuccess)
+    assert hss.service.counters["resync"] == 1
+
+
+async def test_resync_with_forged_mac_s_never_moves_sqn(hss, scscf):
+    first = (await scscf.request(mar())).sip_auth_data_items[0]
+    before = await hss.store.sqn_of("alice@home1.net")
+    auts = bytearray(build_auts(milenage(), first.rand, 0x7FFFFFFF00))
+    auts[-1] ^= 0x01  # MAC-S broken
+    answer = await scscf.request(mar(authorization=first.rand + bytes(auts)))
+    assert answer.result_code == cx.DIAMETER_AUTHORIZATION_REJECTED
+    assert not answer.sip_auth_data_items
+    assert await hss.store.sqn_of("alice@home1.net") == before
+    # AUTS built with another K: MAC-S fails as well
+    other = Milenage(bytes(16), opc=bytes(16))
+    answer = await scscf.request(
+        mar(authorization=first.rand + build_auts(other, first.rand, 0x1000))
+    )
+    assert answer.result_code == cx.DIAMETER_AUTHORIZATION_REJECTED
+    assert await hss.store.sqn_of("alice@home1.net") == before
+    assert hss.service.counters["resync-mac-s-failure"] == 2
+
+
+# ---------------------------------------------------------------------------------- SAR
+
+
+async def test_sar_registration_returns_user_data_and_keeps_state(hss, scscf):
+    answer = await scscf.request(sar(SAT.REGISTRATION))
+    assert answer.result_code == cx.DIAMETER_SUCCESS and answer.user_name == "alice@home1.net"
+    root = ET.fromstring(answer.user_data)
+    identities = [e.text for e in root.iter("Identity")]
+    assert identities == ["sip:alice@home1.net", "tel:+15550001"]
+    view = await hss.store.get_subscriber("alice@home1.net")
+    assert {u.reg_state for u in view.impus} == {RegState.REGISTERED}  # the implicit set
+    assert view.scscf_name == SCSCF_NAME and view.scscf_host == SCSCF_HOST
+    assert view.pending_scscf is None
+    re = await scscf.request(sar(SAT.RE_REGISTRATION, udaa=1))
+    assert re.result_code == cx.DIAMETER_SUCCESS and re.user_data is None
+
+
+@pytest.mark.parametrize(
+    ("sat", "keeps_name"),
+    [
+        (SAT.USER_DEREGISTRATION, False),
+        (SAT.TIMEOUT_DEREGISTRATION, False),
+        (SAT.ADMINISTRATIVE_DEREGISTRATION, False),
+        (SAT.DEREGISTRATION_TOO_MUCH_DATA, False),
+        (SAT.USER_DEREGISTRATION_STORE_SERVER_NAME, True),
+        (SAT.TIMEOUT_DEREGISTRATION_STORE_SERVER_NAME, True),
+    ],
+)
+async def test_sar_deregistration_types(hss, scscf, sat, keeps_name):
+    await scscf.request(sar(SAT.REGISTRATION))
+    answer = await scscf.request(sar(sat))
+    assert answer.result_code == cx.DIAMETER_SUCCESS
+    view = await hss.store.get_subscriber("alice@home1.net")
+    assert {u.reg_state for u in view.impus} == {RegState.NOT_REGISTERED}
+    assert (view.scscf_name == SCSCF_NAME) is keeps_name
+    after = await scscf.request(uar())
+    expected = cx.DIAMETER_SUBSEQUENT_REGISTRATION if keeps_name else cx.DIAMETER_FIRST_REGISTRATION
+    assert after.experimental_result_code == expected
+
+
+async def test_sar_unregistered_user_and_lir(hss, scscf):
+    none = await scscf.request(lir())
+    assert none.experimental_result_code == cx.DIAMETER_ERROR_IDENTITY_NOT_REGISTERED
+    answer = await scscf.request(sar(SAT.UNREGISTERED_USER, impi=None, impus=("tel:+15550001",)))
+    assert answer.result_code == cx.DIAMETER_SUCCESS and answer.user_data
+    assert answer.user_name == "alice@home1.net"
+    state = await hss.store.user_state("tel:+15550001")
+    assert state.reg_state == RegState.UNREGISTERED
+    located = await scscf.request(lir("tel:+15550001"))
+    assert located.result_code == cx.DIAMETER_SUCCESS and located.server_name == SCSCF_NAME
+    unknown = await scscf.request(lir("sip:nobody@home1.net"))
+    assert unknown.experimental_result_code == cx.DIAMETER_ERROR_USER_UNKNOWN
+
+
+async def test_lir_unregistered_service_with_ifc(hss, scscf):
+    ifc = (
+        "<InitialFilterCriteria><Priority>1</Priority><ApplicationServer><ServerName>sip:vm.home1.net</ServerName>"
+        "</ApplicationServer><ProfilePartIndicator>1</ProfilePartIndicator></InitialFilterCriteria>"
+    )
+    await hss.store.update_subscriber("alice@home1.net", ifc_xml=ifc)
+    answer = await scscf.request(lir())
+    assert answer.experimental_result_code == cx.DIAMETER_UNREGISTERED_SERVICE
+    assert answer.server_capabilities is not None
+
+
+async def test_sar_auth_failure_clears_pending(hss, scscf):
+    await scscf.request(mar())
+    assert (await hss.store.get_subscriber("alice@home1.net")).pending_scscf == SCSCF_NAME
+    answer = await scscf.request(sar(SAT.AUTHENTICATION_FAILURE))
+    assert answer.result_code == cx.DIAMETER_SUCCESS
+    assert (await hss.store.get_subscriber("alice@home1.net")).pending_scscf is None
+
+
+async def test_sar_errors(hss, scscf):
+    assert (
+        await scscf.request(sar(SAT.REGISTRATION, impi="nobody@home1.net"))
+    ).experimental_result_code == 5001
+    assert (
+        await scscf.request(sar(SAT.REGISTRATION, impus=("sip:x@home1.net",)))
+    ).experimental_result_code == 5001
+    assert (await scscf.request(sar(SAT.AAA_USER_DATA_REQUEST))).experimental_result_code == 5007
+    assert (await scscf.request(sar(99))).result_code == cx.DIAMETER_INVALID_AVP_VALUE
+    wrong = await scscf.request(sar(SAT.NO_ASSIGNMENT))
+    assert wrong.result_code == cx.DIAMETER_UNABLE_TO_COMPLY
+    await scscf.request(sar(SAT.REGISTRATION))
+    ok = await scscf.request(sar(SAT.NO_ASSIGNMENT))
+    assert ok.result_code == cx.DIAMETER_SUCCESS and ok.user_data
+
+
+# ---------------------------------------------------------------------------------- robustness
+
+
+async def test_missing_mandatory_avp_gets_5005_and_server_keeps_serving(hss, scscf):
+    msg = uar().to_message()
+    stripped = codec.Message(
+        msg.code,
+        msg.flags,
+        msg.app_id,
+        0,
+        0,
+        tuple(a for a in msg.avps if a.code != cx.AVP_PUBLIC_IDENTITY),
+    )
+    answer = await scscf.request(stripped)
+    assert codec.Message is type(answer)
+    assert answer.find(codec.AVP_RESULT_CODE).u32 == cx.DIAMETER_MISSING_AVP
+    assert (await scscf.request(uar())).is_success
+
+
+async def test_unknown_peer_is_refused(hss):
+    intruder = DiameterNode(
+        origin_host="evil.example",
+        origin_realm="example",
+        peers=[PeerSpec(host=HSS_HOST, address="127.0.0.1", port=hss.diameter_port)],
+        tc=0.5,
+    )
+    await intruder.start()
+    try:
+        with pytest.raises(DiameterRequestError):
+            await intruder.request(mar(), timeout=1.5)
+    finally:
+        await intruder.stop()
+    assert await hss.store.sqn_of("alice@home1.net") == 0x20  # nothing handed out
+
+
+async def test_concurrent_mars_over_tcp_never_share_an_sqn(hss, scscf):
+    answers = await asyncio.gather(*[scscf.request(mar(n=2)) for _ in range(100)])
+    m = milenage()
+    sqns = []
+    for a in answers:
+        for item in a.sip_auth_data_items:
+            ak = m.f2345(item.rand)[3]
+            sqns.append(
+                int.from_bytes(bytes(x ^ y for x, y in zip(item.autn[:6], ak, strict=True)), "big")
+            )
+    assert len(sqns) == 200 and len(set(sqns)) == 200
+    assert max(sqns) == await hss.store.sqn_of("alice@home1.net")
+
+
+# ---------------------------------------------------------------------------------- RTR / PPR
+
+
+async def test_rtr_and_ppr_reach_the_serving_scscf(hss):
+    received = []
+
+    async def handler(request, peer):
+        received.append((request, peer.origin_host))
+        return request.answer(
+            origin_host=SCSCF_HOST, origin_realm=HOME, result_code=cx.DIAMETER_SUCCESS
+        )
+
+    node = await client_node(hss.diameter_port)
+    node.set_request_handler(handler)
+    try:
+        await node.request(sar(SAT.REGISTRATION))
+        await hss.store.update_subscriber(
+            "alice@home1.net",
+            ifc_xml=(
+                "<InitialFilterCriteria><Priority>0</Priority><ApplicationServer><ServerName>sip:as.home1.net"
+                "</ServerName></ApplicationServer></InitialFilterCriteria>"
+            ),
+        )
+        ppr = await hss.push_profile("alice@home1.net")
+        assert ppr == {"sent": True, "to": SCSCF_HOST, "ok": True, "result": 2001}
+        rtr = await hss.deregister_impu("tel:+15550001", "test")
+        assert rtr["ok"] is True
+    finally:
+        await node.stop()
+    (p, host1), (r, host2) = received
+    assert host1 == host2 == HSS_HOST  # arrived from the HSS over the S-CSCF's own connection
+    assert isinstance(p, cx.PushProfileRequest) and b"sip:as.home1.net" in p.user_data
+    assert p.destination_host == SCSCF_HOST and p.user_name == "alice@home1.net"
+    assert isinstance(r, cx.RegistrationTerminationRequest)
+    assert r.user_name == "alice@home1.net"
+    assert set(r.public_identities) == {"sip:alice@home1.net", "tel:+15550001"}
+    assert r.deregistration_reason.reason_code == cx.ReasonCode.PERMANENT_TERMINATION
+    view = await hss.store.get_subscriber("alice@home1.net")
+    assert view.scscf_name is None and {u.reg_state for u in view.impus} == {
+        RegState.NOT_REGISTERED
+    }
+
+
+async def test_rtr_to_unreachable_scscf_reports_it(hss, scscf):
+    await scscf.request(sar(SAT.REGISTRATION))
+    await scscf.stop()  # the S-CSCF is gone
+    result = await hss.deregister_impu("sip:alice@home1.net")
+    assert result["sent"] is True and result["ok"] is False
+    assert (await hss.store.get_subscriber("alice@home1.net")).scscf_name is None
+
+
+async def test_icscf_peer_is_served_too(hss):
+    node = await client_node(hss.diameter_port, host=ICSCF_HOST)
+    try:
+        assert (await node.request(uar())).is_success
+    finally:
+        await node.stop()

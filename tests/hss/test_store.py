@@ -1,0 +1,224 @@
+"""HSS store: schema from the Alembic migration, SQN allocation (TS 33.102 Annex C),
+provisioning writes all-or-nothing, User-Data XML (TS 29.228 Annex E)."""
+
+from __future__ import annotations
+
+import asyncio
+import xml.etree.ElementTree as ET
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from hypothesis import given
+from hypothesis import strategies as st
+
+from imsaka.aka.sqn import HssSqn, resync_sqn_he
+from imsaka.hss import models
+from imsaka.hss.store import Conflict, HssStore, NotFound, sqn_sequence, sqn_step
+from imsaka.hss.subscriber import FieldError, validate_subscriber
+
+from .conftest import OPC, PG_URL, alice, wipe
+
+
+@given(st.integers(0, (1 << 40)), st.integers(1, 40))
+def test_sqn_steps_match_the_aka_core(sqn_he, n):
+    # The SQL arithmetic is mirrored by sqn_step; both must equal imsaka.aka.sqn.
+    expected = HssSqn(sqn_he).take(n)
+    last = sqn_step(sqn_he, n)
+    assert last == expected[-1]
+    assert sqn_sequence(last, n) == expected
+
+
+async def test_migration_creates_exactly_the_model_schema(store):
+    def diff(sync_conn):
+        ctx = MigrationContext.configure(sync_conn)
+        return compare_metadata(ctx, models.metadata)
+
+    async with store.engine.connect() as conn:
+        assert await conn.run_sync(diff) == []
+        version = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalar()
+    assert version == "0001"
+
+
+async def test_migration_is_idempotent(db_url):
+    s1 = await HssStore.open(db_url)
+    await s1.add_subscriber(alice())
+    await s1.close()
+    s2 = await HssStore.open(db_url)  # second start: nothing to do, data intact
+    assert (await s2.get_subscriber("alice@home1.net")).impi == "alice@home1.net"
+    await s2.close()
+
+
+async def test_allocate_advances_atomically_and_in_sql(store):
+    await store.add_subscriber(alice(sqn="0000000003e0"))
+    got = await store.allocate_sqns("alice@home1.net", 3)
+    assert got == HssSqn(0x3E0).take(3)
+    assert await store.sqn_of("alice@home1.net") == got[-1]
+    with pytest.raises(NotFound):
+        await store.allocate_sqns("nobody@home1.net", 1)
+
+
+async def test_concurrent_mars_get_distinct_sqns_in_few_commits(store):
+    await store.add_subscriber(alice())
+    grants = await asyncio.gather(
+        *[store.mar("alice@home1.net", "sip:alice@home1.net", 2, "sip:s") for _ in range(50)]
+    )
+    sqns = [s for g in grants for s in g.sqns]
+    assert len(sqns) == 100 and len(set(sqns)) == 100
+    assert max(sqns) == await store.sqn_of("alice@home1.net")
+    assert sorted(sqns) == HssSqn(0x20).take(100)
+    assert store.batches < 50  # group commit really grouped
+
+
+async def test_mar_identity_checks(store):
+    await store.add_subscriber(alice())
+    await store.add_subscriber(
+        validate_subscriber(impi="bob@home1.net", impus=["sip:bob@home1.net"], k="00" * 16, opc=OPC)
+    )
+    before = await store.sqn_of("alice@home1.net")
+    unknown = await store.mar("alice@home1.net", "sip:nobody@home1.net", 1, None)
+    assert (unknown.impi_known, unknown.impu_known, unknown.matched) == (True, False, False)
+    mismatch = await store.mar("alice@home1.net", "sip:bob@home1.net", 1, None)
+    assert (mismatch.impi_known, mismatch.impu_known, mismatch.matched) == (True, True, False)
+    bad_scheme = await store.mar(
+        "alice@home1.net", "sip:alice@home1.net", 1, None, scheme="SIP Digest"
+    )
+    assert bad_scheme.matched
+    assert await store.sqn_of("alice@home1.net") == before  # no SQN taken by a refused MAR
+
+
+async def test_resync_keeps_or_restarts_per_aka_core(store):
+    await store.add_subscriber(alice(sqn="000000001000"))
+    # SQN_MS just below SQN_HE: SQN_HE stays, the next vector continues from it.
+    g = await store.mar("alice@home1.net", "sip:alice@home1.net", 1, None, resync_to=0x0FE0)
+    assert g.sqns == (sqn_step(resync_sqn_he(0x1000, 0x0FE0)),)
+    # SQN_MS far ahead: SQN_HE restarts from SQN_MS.
+    g = await store.mar("alice@home1.net", "sip:alice@home1.net", 2, None, resync_to=0x80000000)
+    assert g.sqns == tuple(HssSqn(0x80000000).take(2))
+
+
+async def test_import_is_all_or_nothing(store):
+    await store.add_subscriber(alice())
+    batch = [
+        validate_subscriber(
+            impi=f"u{i}@home1.net", impus=[f"sip:u{i}@home1.net"], k="00" * 16, opc=OPC
+        )
+        for i in range(10)
+    ]
+    clash = validate_subscriber(impi="z@home1.net", impus=["tel:+15550001"], k="00" * 16, opc=OPC)
+    with pytest.raises(Conflict) as err:
+        await store.import_subscribers([*batch, clash])
+    assert err.value.field == "impu"
+    assert await store.count_subscribers() == 1
+    assert await store.import_subscribers(batch) == 10
+    assert await store.count_subscribers() == 11
+
+
+async def test_show_never_returns_secrets(store):
+    await store.add_subscriber(alice())
+    view = await store.get_subscriber("alice@home1.net")
+    text = repr(view) + repr(view.as_dict())
+    spec = alice()
+    for secret in (spec.k, spec.opc, spec.op):
+        assert secret.hex() not in text
+    assert "k" not in view.as_dict() and "opc" not in view.as_dict()
+    assert "465b5ce8" not in repr(spec)  # SubscriberSpec hides K in its repr too
+
+
+async def test_delete_removes_everything(store):
+    await store.add_subscriber(alice())
+    await store.delete_subscriber("alice@home1.net")
+    async with store.engine.connect() as conn:
+        for table in ("impu", "impi", "subscription", "implicit_set", "service_profile"):
+            assert (await conn.execute(sa.text(f"SELECT count(*) FROM {table}"))).scalar() == 0
+    with pytest.raises(NotFound):
+        await store.delete_subscriber("alice@home1.net")
+
+
+async def test_assignment_survives_a_restart(db_url):
+    s = await HssStore.open(db_url)
+    await s.add_subscriber(alice())
+    await s.assign(
+        "sip:alice@home1.net",
+        state=models.RegState.REGISTERED,
+        server_name="sip:scscf1",
+        server_host="scscf1.home1.net",
+    )
+    await s.close()
+    s = await HssStore.open(db_url)
+    state = await s.user_state("tel:+15550001")  # implicit set member registered too
+    assert state.scscf_name == "sip:scscf1" and state.reg_state == models.RegState.REGISTERED
+    await s.close()
+
+
+async def test_user_data_follows_the_kamailio_rules(store):
+    ifc = (
+        "<InitialFilterCriteria><Priority>0</Priority><TriggerPoint><ConditionTypeCNF>0</ConditionTypeCNF>"
+        "<SPT><ConditionNegated>0</ConditionNegated><Group>0</Group><Method>INVITE</Method></SPT></TriggerPoint>"
+        "<ApplicationServer><ServerName>sip:as.home1.net</ServerName><DefaultHandling>0</DefaultHandling>"
+        "</ApplicationServer></InitialFilterCriteria>"
+    )
+    await store.add_subscriber(alice(ifc_xml=ifc, barred=["tel:+15550001"]))
+    data, members = await store.user_data("alice@home1.net", "tel:+15550001")
+    text = data.decode()
+    assert text.startswith('<?xml version="1.0" encoding="UTF-8"?>')
+    root = ET.fromstring(data)
+    assert root.tag == "IMSSubscription" and "xmlns" not in text
+    assert [c.tag for c in root] == ["PrivateID", "ServiceProfile"]
+    profile = root.find("ServiceProfile")
+    tags = [c.tag for c in profile]
+    assert tags == ["PublicIdentity", "PublicIdentity", "InitialFilterCriteria"]
+    for pub in profile.findall("PublicIdentity"):
+        assert [c.tag for c in pub] == ["BarringIndication", "Identity"]
+    ids = {
+        p.find("Identity").text: p.find("BarringIndication").text
+        for p in profile.findall("PublicIdentity")
+    }
+    assert ids == {"sip:alice@home1.net": "0", "tel:+15550001": "1"}
+    assert "<Identity>tel:+15550001</Identity>" in text  # byte-exact
+    assert set(members) == {"sip:alice@home1.net", "tel:+15550001"}
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"impi": "no-realm"}, "impi"),
+        ({"impus": ["mailto:x@y"]}, "impu"),
+        ({"k": "zz" * 16}, "k"),
+        ({"k": "00" * 15}, "k"),
+        ({"op": None, "opc": None}, "op/opc"),
+        ({"opc": OPC}, "op/opc"),  # both OP (from alice) and OPc
+        ({"amf": "123"}, "amf"),
+        ({"sqn": "1" * 13}, "sqn"),
+        ({"schemes": ["Digest-SHA512"]}, "schemes"),
+        ({"schemes": ["SIP Digest"]}, "password"),
+        (
+            {"ifc_xml": "<InitialFilterCriteria><Priority>x</Priority></InitialFilterCriteria>"},
+            "ifc_xml",
+        ),
+        ({"ifc_xml": "<Foo/>"}, "ifc_xml"),
+        ({"ifc_xml": "<!DOCTYPE x [<!ENTITY a 'b'>]><x/>"}, "ifc_xml"),
+    ],
+)
+def test_bad_subscriber_fields_are_named(fields, field):
+    with pytest.raises(FieldError) as err:
+        alice(**fields)
+    assert err.value.field == field
+    assert "465b5ce8" not in str(err.value)
+
+
+@pytest.mark.postgres
+async def test_postgres_store_roundtrip():
+    s = await HssStore.open(PG_URL)
+    try:
+        await wipe(s)
+        await s.add_subscriber(alice())
+        grants = await asyncio.gather(
+            *[s.mar("alice@home1.net", "sip:alice@home1.net", 1, "sip:s") for _ in range(30)]
+        )
+        sqns = [x for g in grants for x in g.sqns]
+        assert len(set(sqns)) == 30 and max(sqns) == await s.sqn_of("alice@home1.net")
+    finally:
+        await wipe(s)
+        await s.close()
