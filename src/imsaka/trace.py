@@ -301,7 +301,14 @@ class PcapWriter:
     LINKTYPE_RAW = 101
     SNAPLEN = 262144
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, esp: str = "udp") -> None:
+        """`esp`: how ESP packets are written: ``udp`` (ESP-in-UDP at the protected
+        ports, RFC 3948, as the userspace backend sends them) or ``ip`` (bare ESP,
+        IP protocol 50, as the kernel backend sends them: Wireshark then needs no
+        decode-as rule and dissects the decrypted SIP directly)."""
+        if esp not in ("udp", "ip"):
+            raise ValueError("esp: 'udp' or 'ip'")
+        self.esp = esp
         self._path = Path(path)
         self._fh: IO[bytes] | None = self._path.open("wb")
         self._fh.write(
@@ -337,7 +344,10 @@ class PcapWriter:
         v6 = ":" in src[0]
         if (":" in dst[0]) != v6:
             return None
-        if event.transport == "tcp":
+        if event.protocol == "esp" and self.esp == "ip":
+            proto = 50
+            l4 = b""
+        elif event.transport == "tcp":
             proto = 6
             key = (src, dst)
             seq = self._tcp_seq.get(key, 1)
@@ -359,8 +369,10 @@ class PcapWriter:
                 pseudo = s + d + struct.pack("!xBH", proto, segment_len)
         except OSError:
             return None
-        csum = _checksum(pseudo + l4 + event.payload)
-        if proto == 17:
+        csum = _checksum(pseudo + l4 + event.payload) if l4 else 0
+        if proto == 50:
+            pass
+        elif proto == 17:
             csum = csum or 0xFFFF
             l4 = l4[:6] + struct.pack("!H", csum)
         else:
@@ -589,7 +601,7 @@ def render_ladder(
     cols = _columns(records, order)
     index = {name: i for i, name in enumerate(cols)}
     lines = ["     " + "".join(name.center(width) for name in cols)]
-    for rec in records:
+    for number, rec in enumerate(records, 1):
         a, b = index[rec.src_name], index[rec.dst_name]
         cells = [" " * (width // 2) + "│" + " " * (width - width // 2 - 1) for _ in cols]
         row = list("".join(cells))
@@ -608,7 +620,7 @@ def render_ladder(
         elif rec.protocol == "sip":
             label += "  [clear]"
         arrow = "".join(row).rstrip()
-        lines.append(f"{rec.seq:>3}  {arrow}  {label}")
+        lines.append(f"{number:>3}  {arrow}  {label}")
         if headers and rec.protocol == "sip":
             for name, value in rec.headers:
                 if name.lower() in {h.lower() for h in LADDER_SIP_HEADERS}:
@@ -627,7 +639,7 @@ def print_ladder(
     from rich.console import Console
     from rich.text import Text
 
-    console = console or Console(highlight=False)
+    console = console or Console(highlight=False, soft_wrap=True)
     cols = _columns(records, order)
     lines = render_ladder(records, order=cols, headers=False)
     console.print(Text(lines[0], style="bold"))
