@@ -1,0 +1,373 @@
+"""Transports and the endpoint over real loopback sockets: UDP retransmission,
+absorption, timeouts, bad input, TCP framing, IPv6, rport, observers."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+
+from imsaka.sip import Request, make_response, parse_message
+from imsaka.sip.endpoint import SipEndpoint
+from imsaka.sip.transaction import TimerConfig
+from imsaka.sip.transport import SipTransport, TcpTransport, UdpTransport
+
+FAST = TimerConfig(t1=0.02, t2=0.08, t4=0.1, timer_d=0.1)
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def register(
+    n: int = 1,
+    host: str = "127.0.0.1",
+    port: int = 5060,
+    rport: bool = False,
+    branch: str | None = None,
+) -> Request:
+    via = f"SIP/2.0/UDP {host}:{port};{'rport;' if rport else ''}branch={branch or f'z9hG4bKr{n}'}"
+    return Request(
+        "REGISTER",
+        "sip:home1.net",
+        [
+            ("Via", via),
+            ("From", "<sip:ue@home1.net>;tag=u1"),
+            ("To", "<sip:ue@home1.net>"),
+            ("Call-ID", f"call-{n}"),
+            ("CSeq", f"{n} REGISTER"),
+            ("Max-Forwards", "70"),
+        ],
+    )
+
+
+def bare(n: int = 1) -> Request:
+    r = register(n)
+    r.remove("via")
+    return r
+
+
+class RawUdp(asyncio.DatagramProtocol):
+    """A bare peer: records datagrams; optionally answers REGISTERs after `drop` copies."""
+
+    def __init__(self, answer_after: int | None = None) -> None:
+        self.received: list[tuple[float, bytes, tuple]] = []
+        self.answer_after = answer_after
+        self.transport = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data, addr) -> None:
+        self.received.append((time.monotonic(), data, addr))
+        if self.answer_after is not None and len(self.received) > self.answer_after:
+            req = parse_message(data)
+            self.transport.sendto(make_response(req, 200, to_tag="r").to_bytes(), addr)
+
+
+async def raw_udp(answer_after=None, host="127.0.0.1"):
+    loop = asyncio.get_running_loop()
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    transport, proto = await loop.create_datagram_endpoint(
+        lambda: RawUdp(answer_after), local_addr=(host, 0), family=fam
+    )
+    return transport, proto
+
+
+async def endpoint(kind=UdpTransport, host="127.0.0.1", **kw) -> tuple[SipEndpoint, SipTransport]:
+    ep = SipEndpoint(timers=kw.pop("timers", FAST), **kw)
+    size = kw.get("max_size", 65536)
+    t = ep.add_transport(await kind.create(host, 0, owner=kw.get("owner", ""), max_size=size))
+    return ep, t
+
+
+async def wait_for(cond, timeout=3.0):
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.005)
+
+
+async def test_udp_retransmission_until_answered():
+    peer_t, peer = await raw_udp(answer_after=2)
+    ep, _t = await endpoint()
+    try:
+        resp = await ep.send_request(bare(), peer_t.get_extra_info("sockname")[:2])
+        assert resp.status == 200
+        assert len(peer.received) == 3  # the original and two retransmissions (Timer E)
+        first, second, third = (r[0] for r in peer.received)
+        assert second - first >= 0.015 and third - second >= 0.03  # E doubles
+        copies = {r[1] for r in peer.received}
+        assert len(copies) == 1  # the very same bytes each time
+        via = parse_message(peer.received[0][1]).top_via
+        assert via.branch.startswith("z9hG4bK") and via.rport is True
+        assert ep.layer.counters["retransmissions"] == 2
+    finally:
+        await ep.close()
+        peer_t.close()
+
+
+async def test_udp_timeout_gives_408():
+    peer_t, peer = await raw_udp(answer_after=None)  # never answers
+    ep, _t = await endpoint()
+    try:
+        started = time.monotonic()
+        resp = await ep.send_request(bare(), peer_t.get_extra_info("sockname")[:2])
+        assert resp.status == 408 and resp.call_id == "call-1"
+        assert time.monotonic() - started >= 64 * FAST.t1 * 0.9
+        assert len(peer.received) >= 5
+        assert ep.counters["timeout"] == 1
+    finally:
+        await ep.close()
+        peer_t.close()
+
+
+async def test_server_absorbs_retransmissions_and_resends_final():
+    ep, t = await endpoint()
+    calls = []
+
+    async def handler(req, tx):
+        calls.append(req)
+        await asyncio.sleep(0.05)
+        tx.reply(200, to_tag="srv")
+
+    ep.set_request_handler(handler)
+    peer_t, peer = await raw_udp()
+    try:
+        req = register(1, *peer_t.get_extra_info("sockname")[:2])
+        data = req.to_bytes()
+        peer_t.sendto(data, t.local_address)
+        await asyncio.sleep(0.01)
+        peer_t.sendto(data, t.local_address)  # retransmission while the TU works: absorbed
+        await wait_for(lambda: len(peer.received) == 1)
+        peer_t.sendto(data, t.local_address)  # after the final: the final again
+        await wait_for(lambda: len(peer.received) == 2)
+        assert len(calls) == 1
+        assert peer.received[0][1] == peer.received[1][1]
+        assert parse_message(peer.received[0][1]).to.tag == "srv"
+    finally:
+        await ep.close()
+        peer_t.close()
+
+
+async def test_rport_and_received_and_via_routing():
+    ep, t = await endpoint()
+    ep.set_request_handler(lambda req, tx: tx.reply(200))
+    a_t, a = await raw_udp()
+    b_t, b = await raw_udp()
+    try:
+        a_port = a_t.get_extra_info("sockname")[1]
+        b_port = b_t.get_extra_info("sockname")[1]
+        # rport: the answer goes back to the source port, with received and rport filled
+        a_t.sendto(register(1, "ue.invalid", 9, rport=True).to_bytes(), t.local_address)
+        await wait_for(lambda: len(a.received) == 1)
+        via = parse_message(a.received[0][1]).top_via
+        assert via.received == "127.0.0.1" and via.rport == a_port
+        # no rport: the answer goes to the Via sent-by port (RFC 3261 §18.2.2)
+        a_t.sendto(register(2, "127.0.0.1", b_port).to_bytes(), t.local_address)
+        await wait_for(lambda: len(b.received) == 1)
+        assert parse_message(b.received[0][1]).cseq.seq == 2
+        assert len(a.received) == 1
+    finally:
+        await ep.close()
+        a_t.close()
+        b_t.close()
+
+
+async def test_bad_input_answered_or_dropped_and_server_keeps_serving():
+    ep, t = await endpoint(max_size=4000)
+    ep.set_request_handler(lambda req, tx: tx.reply(200))
+    peer_t, peer = await raw_udp()
+    try:
+        host, port = peer_t.get_extra_info("sockname")[:2]
+        good = register(1, host, port)
+        # answerable: CSeq method mismatch -> 400 naming the fault
+        bad = good.to_bytes().replace(b"CSeq: 1 REGISTER", b"CSeq: 1 INVITE")
+        peer_t.sendto(bad, t.local_address)
+        await wait_for(lambda: len(peer.received) == 1)
+        r = parse_message(peer.received[0][1])
+        assert r.status == 400 and "CSeq" in r.reason and r.call_id == "call-1"
+        # unanswerable (no Call-ID): dropped and counted
+        peer_t.sendto(good.to_bytes().replace(b"Call-ID: call-1\r\n", b""), t.local_address)
+        # garbage
+        peer_t.sendto(b"\x00\x01garbage\r\n\r\n", t.local_address)
+        # oversized: 513
+        big = register(3, host, port)
+        big.body = b"x" * 5000
+        peer_t.sendto(big.to_bytes(), t.local_address)
+        await wait_for(lambda: len(peer.received) == 2)
+        assert parse_message(peer.received[1][1]).status == 513
+        # a malformed Via in an otherwise fine message (typed view fails at matching)
+        peer_t.sendto(good.to_bytes().replace(b"SIP/2.0/UDP", b"SIP/2.0/UDP [zz]"), t.local_address)
+        # still serving
+        peer_t.sendto(register(4, host, port).to_bytes(), t.local_address)
+        await wait_for(lambda: any(parse_message(d).status == 200 for _, d, _ in peer.received))
+        assert ep.counters["parse_errors"] >= 4
+        assert ep.counters["dropped"] >= 2
+        assert any(k.startswith("dropped: unparseable: missing Call-ID") for k in ep.counters)
+    finally:
+        await ep.close()
+        peer_t.close()
+
+
+async def test_invite_100_trying_cancel_487():
+    ep, t = await endpoint()
+    pending = []
+    ep.set_request_handler(lambda req, tx: pending.append(tx))  # never answers
+    peer_t, peer = await raw_udp()
+    try:
+        host, port = peer_t.get_extra_info("sockname")[:2]
+        inv = register(1, host, port, branch="z9hG4bKinv")
+        inv.method = "INVITE"
+        inv.set("CSeq", "1 INVITE")
+        peer_t.sendto(inv.to_bytes(), t.local_address)
+        await wait_for(lambda: len(peer.received) == 1)
+        assert parse_message(peer.received[0][1]).status == 100
+        cancel = register(1, host, port, branch="z9hG4bKinv")
+        cancel.method = "CANCEL"
+        cancel.set("CSeq", "1 CANCEL")
+        peer_t.sendto(cancel.to_bytes(), t.local_address)
+        await wait_for(lambda: len(peer.received) >= 3)
+        got = sorted(
+            (parse_message(d).status, parse_message(d).cseq.method)
+            for _, d, _ in peer.received[1:3]
+        )
+        assert got == [(200, "CANCEL"), (487, "INVITE")]
+        assert len(pending) == 1
+    finally:
+        await ep.close()
+        peer_t.close()
+
+
+async def test_handler_error_gives_500_and_no_handler_501():
+    ep, t = await endpoint()
+
+    def broken(req, tx):
+        raise RuntimeError("boom")
+
+    ep.set_request_handler(broken)
+    peer_t, peer = await raw_udp()
+    try:
+        host, port = peer_t.get_extra_info("sockname")[:2]
+        peer_t.sendto(register(1, host, port).to_bytes(), t.local_address)
+        await wait_for(lambda: len(peer.received) == 1)
+        assert parse_message(peer.received[0][1]).status == 500
+        ep.set_request_handler(None)
+        peer_t.sendto(register(2, host, port).to_bytes(), t.local_address)
+        await wait_for(lambda: len(peer.received) == 2)
+        assert parse_message(peer.received[1][1]).status == 501
+    finally:
+        await ep.close()
+        peer_t.close()
+
+
+@pytest.mark.parametrize("kind", [UdpTransport, TcpTransport])
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+async def test_endpoint_pair_and_observers(kind, host):
+    srv, st = await endpoint(kind, host, owner="scscf")
+    cli, _ct = await endpoint(kind, host, owner="ue")
+    events = []
+    st.add_observer(events.append)
+    srv.set_request_handler(
+        lambda req, tx: tx.reply(
+            200, to_tag="x", headers=[("Contact", req.get("contact") or "<sip:a@b>")]
+        )
+    )
+    try:
+        for n in range(1, 4):
+            resp = await cli.send_request(bare(n), st.local_address)
+            assert resp.status == 200 and resp.cseq.seq == n
+        assert [e.direction for e in events] == ["in", "out"] * 3
+        assert all(
+            e.protocol == "sip" and e.owner == "scscf" and e.transport == kind.name for e in events
+        )
+        assert parse_message(events[0].payload).method == "REGISTER"
+        if kind is TcpTransport:
+            assert st.connections == 1  # one connection, many messages
+    finally:
+        await cli.close()
+        await srv.close()
+
+
+async def test_tcp_split_and_coalesced_reads():
+    ep, t = await endpoint(TcpTransport)
+    ep.set_request_handler(lambda req, tx: tx.reply(200))
+    reader, writer = await asyncio.open_connection(*t.local_address)
+    try:
+        m1, m2, m3 = (register(n).to_bytes() for n in (1, 2, 3))
+        writer.write(m1 + m2)  # coalesced
+        await writer.drain()
+        for i in range(0, len(m3), 50):  # split
+            writer.write(m3[i : i + 50])
+            await writer.drain()
+            await asyncio.sleep(0.002)
+        buf = b""
+        seqs = []
+        while len(seqs) < 3:
+            buf += await asyncio.wait_for(reader.read(4096), 3)
+            while (end := buf.find(b"\r\n\r\n")) >= 0:
+                seqs.append(parse_message(buf[: end + 4]).cseq.seq)
+                buf = buf[end + 4 :]
+        assert sorted(seqs) == [1, 2, 3]
+        assert t.connections == 1
+    finally:
+        writer.close()
+        await ep.close()
+
+
+async def test_tcp_framing_errors():
+    ep, t = await endpoint(TcpTransport, max_size=3000)
+    ep.set_request_handler(lambda req, tx: tx.reply(200))
+    try:
+        # an over-long but well-framed message: 513, connection survives
+        reader, writer = await asyncio.open_connection(*t.local_address)
+        big = register(1)
+        big.body = b"y" * 4000
+        writer.write(big.to_bytes() + register(2).to_bytes())
+        got = []
+        buf = b""
+        while len(got) < 2:
+            buf += await asyncio.wait_for(reader.read(4096), 3)
+            while (end := buf.find(b"\r\n\r\n")) >= 0:
+                got.append(parse_message(buf[: end + 4]).status)
+                buf = buf[end + 4 :]
+        assert got == [513, 200]
+        writer.close()
+        # no Content-Length on a stream: 400, and the connection is closed
+        reader, writer = await asyncio.open_connection(*t.local_address)
+        writer.write(register(3).to_bytes().replace(b"Content-Length: 0\r\n", b""))
+        data = await asyncio.wait_for(reader.read(4096), 3)
+        assert parse_message(data).status == 400
+        assert await asyncio.wait_for(reader.read(4096), 3) == b""  # closed
+        writer.close()
+        # a header block that never ends: refused once over the limit
+        reader, writer = await asyncio.open_connection(*t.local_address)
+        writer.write(b"REGISTER sip:x SIP/2.0\r\n" + b"X-Flood: aaaaaaaaaa\r\n" * 300)
+        assert await asyncio.wait_for(reader.read(4096), 3) == b""
+        writer.close()
+        # still serving
+        cli, _ = await endpoint(TcpTransport)
+        assert (await cli.send_request(bare(4), t.local_address)).status == 200
+        await cli.close()
+        assert t.counters["framing_errors"] == 3
+    finally:
+        await ep.close()
+
+
+async def test_tcp_connect_failure_gives_503():
+    ep, _t = await endpoint(TcpTransport)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    closed_port = s.getsockname()[1]
+    s.close()
+    try:
+        resp = await ep.send_request(bare(), ("127.0.0.1", closed_port))
+        assert resp.status == 503
+    finally:
+        await ep.close()
+
+
+def test_transports_implement_the_interface():
+    assert isinstance(UdpTransport(), SipTransport)
+    assert isinstance(TcpTransport(), SipTransport)
