@@ -39,7 +39,9 @@ async def answer_anything(req, peer):
 
 
 @contextlib.asynccontextmanager
-async def pair(*, tw: float = 30.0, tc: float = 0.2, handler=answer_anything, port: int = 0):
+async def pair(
+    *, tw: float = 30.0, tc: float = 0.2, handler=answer_anything, port: int = 0, observer=None
+):
     server = DiameterNode(
         origin_host=HSS,
         origin_realm="ims.test",
@@ -50,6 +52,8 @@ async def pair(*, tw: float = 30.0, tc: float = 0.2, handler=answer_anything, po
         owner="hss",
     )
     server.set_request_handler(handler)
+    if observer is not None:
+        server.add_observer(observer)
     await server.start()
     client = DiameterNode(
         origin_host=SCSCF,

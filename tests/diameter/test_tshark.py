@@ -1,0 +1,109 @@
+"""Real Cx traffic captured from our node and decoded by Wireshark's dissector (tshark)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from imsaka.diameter import cx
+from imsaka.wire import WireEvent
+from tests.diameter.helpers import AUTN, CK, IK, RAND, XRES, mar
+from tests.diameter.pcap import write_pcap
+from tests.diameter.test_node import pair
+
+pytestmark = [pytest.mark.tshark, pytest.mark.timeout(60)]
+
+
+def tshark(pcap, port: int, *args: str) -> str:
+    return subprocess.run(
+        [
+            "tshark",
+            "-r",
+            str(pcap),
+            "-d",
+            f"tcp.port=={port},diameter",
+            "-o",
+            "tcp.check_checksum:TRUE",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+
+
+def _hex(value: str) -> str:
+    return value.replace(":", "").lower()
+
+
+async def test_captured_cx_decodes_cleanly_with_sent_values(tmp_path):
+    events: list[WireEvent] = []
+    async with pair(observer=events.append) as (server, client):
+        maa = await client.request(mar())
+        uaa = await client.request(
+            cx.UAR(
+                session_id="s;uar",
+                origin_host="scscf.ims.test",
+                origin_realm="ims.test",
+                destination_realm="ims.test",
+                user_name="u@ims.test",
+                public_identity="sip:u@ims.test",
+                visited_network_identifier="ims.test",
+            )
+        )
+        port = server.port
+    assert maa.is_success and uaa.experimental_result_code == cx.DIAMETER_FIRST_REGISTRATION
+    pcap = tmp_path / "cx.pcap"
+    write_pcap(pcap, events)
+
+    # No malformed packet, no expert warning or error anywhere in the capture.
+    expert = tshark(pcap, port, "-q", "-z", "expert,warn")
+    assert "Malformed" not in expert
+    assert "Warning" not in expert and "Error" not in expert, expert
+    lines = tshark(pcap, port, "-Y", "_ws.malformed || _ws.expert.severity >= 6291456")
+    assert lines.strip() == ""
+
+    fields = tshark(
+        pcap,
+        port,
+        "-Y",
+        "diameter",
+        "-T",
+        "fields",
+        "-E",
+        "separator=|",
+        "-e",
+        "diameter.cmd.code",
+        "-e",
+        "diameter.flags.request",
+        "-e",
+        "diameter.3GPP-SIP-Authenticate",
+        "-e",
+        "diameter.Confidentiality-Key",
+        "-e",
+        "diameter.Integrity-Key",
+        "-e",
+        "diameter.3GPP-SIP-Authorization",
+        "-e",
+        "diameter.Server-Name",
+        "-e",
+        "diameter.Experimental-Result-Code",
+        "-e",
+        "diameter.3GPP-SIP-Authentication-Scheme",
+    )
+    rows = [line.split("|") for line in fields.strip().splitlines()]
+    by_cmd = {(r[0], r[1] in ("1", "True")): r for r in rows}
+    assert ("257", True) in by_cmd and ("257", False) in by_cmd  # CER/CEA
+    mar_row = by_cmd[("303", True)]
+    assert mar_row[6] == mar().server_name
+    maa_row = by_cmd[("303", False)]
+    assert _hex(maa_row[2]) == (RAND + AUTN).hex()
+    assert _hex(maa_row[3]) == CK.hex()
+    assert _hex(maa_row[4]) == IK.hex()
+    assert _hex(maa_row[5]) == XRES.hex()
+    assert maa_row[8] == "Digest-AKAv1-MD5"
+    uaa_row = by_cmd[("300", False)]
+    assert uaa_row[7] == "2001"
+    assert uaa_row[6] == "sip:scscf.ims.test"
