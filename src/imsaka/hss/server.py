@@ -253,12 +253,8 @@ class HssServer:
 def run(config: Mapping[str, Any]) -> int:
     """``imsaka run hss``: start from the whole-network TOML dict, serve until a signal."""
     hss_config = parse_hss_config(config, base_dir=None)
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:  # pragma: no cover - optional speed-up
-        pass
+    # Plain asyncio loop: imsaka.diameter.node checks for asyncio.Transport, which
+    # uvloop's transports are not.
     return asyncio.run(_serve(hss_config))
 
 
