@@ -129,7 +129,9 @@ class NetworkOptions:
     database: str | None = None
     """HSS store URL; default a SQLite file in a temporary directory."""
     realm: str = "registrar.home1.net"
-    """Digest realm of the S-CSCF (the seed's)."""
+    """Digest realm of the S-CSCF (the seed's); empty: the first home domain."""
+    home_domains: tuple[str, ...] = (HOME_DOMAIN,)
+    """Home domains served (one P-CSCF route each)."""
     key_file: str | None = None
     """Write the Wireshark esp_sa key file here."""
     pcap: str | None = None
@@ -184,12 +186,18 @@ class Network:
         else:
             self._tmp = tempfile.TemporaryDirectory(prefix="imsaka-")
             database = f"sqlite+aiosqlite:///{Path(self._tmp.name) / 'hss.db'}"
-        route: dict[str, Any] = {
-            "domain": HOME_DOMAIN,
-            "icscf": f"sip:icscf1_p.home1.net:{icscf_port}",
-        }
-        if o.pcscf_to_scscf and not o.visited:
-            route["scscf"] = f"sip:scscf1.home1.net:{scscf_port}"
+        domains = [d.lower() for d in o.home_domains] or [HOME_DOMAIN]
+        routes = []
+        for domain in domains:
+            route: dict[str, Any] = {
+                "domain": domain,
+                "icscf": f"sip:icscf1_p.home1.net:{icscf_port}",
+            }
+            if o.pcscf_to_scscf and not o.visited:
+                route["scscf"] = f"sip:scscf1.home1.net:{scscf_port}"
+            routes.append(route)
+        if visited_id == HOME_DOMAIN:
+            visited_id = domains[0]
         diameter_peer = {
             "host": "hss.home1.net",
             "realm": HOME_DOMAIN,
@@ -199,7 +207,7 @@ class Network:
         doc: dict[str, Any] = {
             "network": {
                 "name": "imsaka in-process core",
-                "home_domains": [HOME_DOMAIN],
+                "home_domains": domains,
                 "hosts": {
                     pcscf_name: h,
                     "icscf1_p.home1.net": h,
@@ -226,7 +234,7 @@ class Network:
                 "visited_network_id": visited_id,
                 "home": not o.visited,
                 "sec_agree": o.sec_agree,
-                "routes": [route],
+                "routes": routes,
             },
             "icscf": {
                 "name": "icscf1_p.home1.net",
@@ -247,7 +255,7 @@ class Network:
                 "address": h,
                 "port": scscf_port,
                 "transports": ["udp"],
-                "realm": o.realm,
+                "realm": o.realm or domains[0],
                 "diameter": {
                     "host": "scscf1.home1.net",
                     "realm": HOME_DOMAIN,
@@ -290,6 +298,10 @@ class Network:
             await self.stop()
             raise
         self.trace.names.update(self.names())
+
+    async def provision_specs(self, specs: Sequence[Any]) -> int:
+        """Write already validated `imsaka.hss.subscriber.SubscriberSpec`s (CSV import)."""
+        return await self.hss.store.import_subscribers(list(specs))
 
     async def provision(self, subscribers: Iterable[TestSubscriber]) -> int:
         from imsaka.hss.subscriber import validate_subscriber
@@ -367,8 +379,8 @@ class Network:
         kwargs: dict[str, Any] = {
             "impi": sub.impi,
             "impus": list(sub.impus),
-            "home_domain": HOME_DOMAIN,
-            "registrar": "registrar.home1.net",
+            "home_domain": sub.impi.rsplit("@", 1)[-1],
+            "registrar": "registrar.home1.net" if sub.impi.endswith("@" + HOME_DOMAIN) else "",
             "k": sub.k,
             "op": sub.op,
             "opc": sub.opc,

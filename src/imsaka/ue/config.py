@@ -35,7 +35,9 @@ INTEGRITY_ALGORITHMS = ("hmac-sha-1-96", "hmac-md5-96")
 ENCRYPTION_ALGORITHMS = ("null", "aes-cbc", "des-ede3-cbc")
 
 
-def parse_hostport(value: str, field_name: str, default_port: int = 5060) -> tuple[str, int]:
+def parse_hostport(
+    value: str, field_name: str, default_port: int = 5060, *, allow_zero: bool = False
+) -> tuple[str, int]:
     """`host`, `host:port`, `[v6]:port` → (host, port); CliError naming the field."""
     value = value.strip()
     if not value:
@@ -53,7 +55,7 @@ def parse_hostport(value: str, field_name: str, default_port: int = 5060) -> tup
         host, port_text = value, ""
     if not port_text:
         return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not port_text.isdigit() or not (0 if allow_zero else 1) <= int(port_text) < 65536:
         raise CliError(f"{field_name}: port must be 1..65535, got {port_text!r}")
     return host, int(port_text)
 
