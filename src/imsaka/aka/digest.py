@@ -192,6 +192,35 @@ def compute_response(
     ``password`` is the output of `password_for` (raw octets). For AKA algorithms the
     digest itself is MD5; the algorithm name only selects the password.
     """
+    try:
+        return _compute(
+            algorithm, username, realm, password, method, uri, nonce, qop, nc, cnonce, body
+        )
+    except UnicodeEncodeError:
+        # e.g. a lone surrogate from a header decoded with surrogateescape
+        for name, value in (
+            ("username", username),
+            ("realm", realm),
+            ("method", method),
+            ("uri", uri),
+            ("nonce", nonce),
+            ("nc", nc),
+            ("cnonce", cnonce),
+        ):
+            if isinstance(value, str) and not _utf8_ok(value):
+                raise DigestError(f"{name}: not encodable as UTF-8") from None
+        raise
+
+
+def _utf8_ok(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _compute(algorithm, username, realm, password, method, uri, nonce, qop, nc, cnonce, body):
     canonical_algorithm(algorithm)
     if not isinstance(password, bytes | bytearray):
         raise DigestError("password: expected bytes (see password_for)")
@@ -253,7 +282,7 @@ def verify_response(
             cnonce=cnonce,
             body=body,
         )
-    except DigestError:
+    except (DigestError, TypeError):
         return False
     if not isinstance(response, str) or not response.isascii():
         return False
