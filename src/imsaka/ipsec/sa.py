@@ -193,15 +193,20 @@ class PortPool:
         self.sets_per_pair = sets_per_pair
         self._use = dict.fromkeys(self.pairs, 0)
 
-    def allocate(self, prefer: PortPair | None = None) -> PortPair:
-        if prefer is not None and self._use.get(prefer, self.sets_per_pair) < self.sets_per_pair:
-            self._use[prefer] += 1
-            return prefer
+    def allocate(self) -> PortPair:
         pair = min(self.pairs, key=self._use.__getitem__)
         if self._use[pair] >= self.sets_per_pair:
             raise PortPoolExhausted(
                 f"port pool: all {len(self.pairs)} protected port pairs are in use"
             )
+        self._use[pair] += 1
+        return pair
+
+    def share(self, pair: PortPair) -> PortPair:
+        """One more set of the same UE on `pair` (a re-registration keeps the P-CSCF's
+        protected ports; only the SPIs change), whatever `sets_per_pair` says."""
+        if self._use.get(pair, 0) <= 0:
+            raise LocalProtocolError(f"port pool: pair {pair} is not allocated")
         self._use[pair] += 1
         return pair
 
@@ -476,11 +481,15 @@ class SecurityAssociationTable:
 
     # -- allocation for the offer/answer
 
-    def allocate_local(self, avoid: Iterable[int] = ()) -> tuple[tuple[int, int], PortPair | None]:
+    def allocate_local(
+        self, avoid: Iterable[int] = (), contact: object = None
+    ) -> tuple[tuple[int, int], PortPair | None]:
         """Two fresh inbound SPIs (spi-c, spi-s) and, at the P-CSCF, a protected port pair.
 
         Call before building Security-Client (UE) or Security-Server (P-CSCF); pass the
-        result to `create_temporary`, or give it back with `release_local`.
+        result to `create_temporary`, or give it back with `release_local`. `avoid`: the
+        peer's SPIs (both ends may share one host). With `contact`, a UE that already
+        has a live set keeps the P-CSCF's port pair (re-registration, a new 401).
         """
         avoid = set(avoid)
         spi_c = self.spis.allocate(avoid)
@@ -492,12 +501,22 @@ class SecurityAssociationTable:
         pair = None
         if self.ports is not None:
             try:
-                pair = self.ports.allocate()
+                existing = self._live_pair(contact)
+                pair = self.ports.share(existing) if existing else self.ports.allocate()
             except Exception:
                 self.spis.release(spi_c)
                 self.spis.release(spi_s)
                 raise
         return (spi_c, spi_s), pair
+
+    def _live_pair(self, contact: object) -> PortPair | None:
+        c = self._contacts.get(contact) if contact is not None else None
+        if c is None:
+            return None
+        for s in (c.established, c.temporary, *c.old):
+            if s is not None and s.live and s.port_pair is not None:
+                return s.port_pair
+        return None
 
     def release_local(self, spis: tuple[int, int], pair: PortPair | None = None) -> None:
         for spi in spis:
@@ -538,9 +557,10 @@ class SecurityAssociationTable:
         for spi in (own.spi_c, own.spi_s):
             if not self.spis.is_live(spi) or spi in self._by_spi:  # type: ignore[arg-type]
                 raise LocalProtocolError(f"spi {spi}: not allocated by allocate_local")
-        c = self._contacts.setdefault(contact, _Contact())
-        if c.temporary is not None:
-            self._apply(c.temporary, SaInput.DISCARDED, now, "replaced by a newer 401")
+        earlier = self._contacts.get(contact)
+        if earlier is not None and earlier.temporary is not None:
+            self._apply(earlier.temporary, SaInput.DISCARDED, now, "replaced by a newer 401")
+        c = self._contacts.setdefault(contact, _Contact())  # the discard may have dropped it
         sa_set = SaSet(
             set_id=self._next_id,
             local_role=self.local_role,

@@ -1,0 +1,275 @@
+"""Userspace backend on loopback: SIP both ways over all four SAs, drops, key file, tshark."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from imsaka.ipsec import SaState, UserspaceBackend, create_backend
+from imsaka.ipsec.backend import (
+    NOT_ESP_CLEAR_SIP,
+    SA_NOT_USABLE,
+    SOURCE_MISMATCH,
+    UNKNOWN_SPI,
+    udp_checksum,
+)
+from imsaka.ipsec.esp import ICV_MISMATCH, REPLAY
+from imsaka.ipsec.keyfile import esp_sa_line
+from imsaka.wire import WireEvent
+from tests.ipsec.helpers import negotiate
+from tests.ipsec.pcap import write_pcap
+
+LEGACY = list(
+    itertools.product(["hmac-md5-96", "hmac-sha-1-96"], ["des-ede3-cbc", "aes-cbc", "null"])
+)
+
+
+def sip(method: str, n: int) -> bytes:
+    return (
+        f"{method} sip:ims.mnc001.mcc001.3gppnetwork.org SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK{n}\r\n"
+        f"Call-ID: call-{n}@imsaka\r\nCSeq: {n} {method}\r\n"
+        "From: <sip:001010000000001@ims.mnc001.mcc001.3gppnetwork.org>;tag=a\r\n"
+        "To: <sip:001010000000001@ims.mnc001.mcc001.3gppnetwork.org>\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def response(n: int) -> bytes:
+    return (
+        f"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK{n}\r\n"
+        f"Call-ID: call-{n}@imsaka\r\nCSeq: {n} REGISTER\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+async def recv(backend, timeout=2.0):
+    return await asyncio.wait_for(backend.receive(), timeout)
+
+
+async def exchange_all_four(n, ue, pc):
+    """UE request → P port-s; answer back; P request → UE port-s; answer back."""
+    uset, pset = n.ue_set, n.pcscf_set
+    assert ue.send(uset.client_sa(), sip("REGISTER", 1))
+    m = await recv(pc)
+    assert m.data == sip("REGISTER", 1)
+    assert m.sa.spi == pset.pcscf_spis[1] and m.local[1] == pset.pcscf_ports.port_s
+    assert m.peer == ("127.0.0.1", uset.ue_ports.port_c) and m.sa_set is pset
+    assert pc.send_reply(m.sa, response(1))
+    r = await recv(ue)
+    assert r.data == response(1) and r.sa.spi == uset.ue_spis[0]
+    assert r.local[1] == uset.ue_ports.port_c
+    assert pc.send(pset.client_sa(), sip("NOTIFY", 2))
+    m2 = await recv(ue)
+    assert m2.data == sip("NOTIFY", 2) and m2.sa.spi == uset.ue_spis[1]
+    assert m2.local[1] == uset.ue_ports.port_s and m2.peer[1] == pset.pcscf_ports.port_c
+    assert ue.send_reply(m2.sa, response(2))
+    r2 = await recv(pc)
+    assert r2.data == response(2) and r2.sa.spi == pset.pcscf_spis[0]
+    assert r2.local[1] == pset.pcscf_ports.port_c
+    return [m, r, m2, r2]
+
+
+@pytest.mark.parametrize("alg,ealg", [*LEGACY, ("null", "aes-gcm"), ("aes-gmac", "null")])
+async def test_sip_both_ways_over_all_four_sas(alg, ealg):
+    loop = asyncio.get_running_loop()
+    n = negotiate(alg, ealg, now=loop.time())
+    events: list[WireEvent] = []
+    async with UserspaceBackend(n.ue, owner="ue") as ue, UserspaceBackend(n.pcscf) as pc:
+        ue.add_observer(events.append)
+        pc.add_observer(events.append)
+        got = await exchange_all_four(n, ue, pc)
+        assert len({m.sa.spi for m in got}) == 4
+        assert ue.drops == {} and pc.drops == {}
+    esp = [e for e in events if e.protocol == "esp"]
+    assert len(esp) == 8  # 4 sent + 4 received
+    for e in esp:
+        assert e.transport == "udp" and e.inner is not None
+        assert e.inner not in e.payload or ealg == "null"  # encrypted on the wire
+        assert e.owner in ("ue", "pcscf")
+    # The payload observed on the wire is exactly the ESP packet the other side received.
+    outs = [e.payload for e in esp if e.direction == "out"]
+    ins = [e.payload for e in esp if e.direction == "in"]
+    assert sorted(outs) == sorted(ins)
+
+
+async def test_sockets_follow_the_sets_and_close():
+    loop = asyncio.get_running_loop()
+    n = negotiate(now=loop.time())
+    ue = create_backend("userspace", n.ue)
+    await ue.start()
+    try:
+        assert ue.bound_ports() == [n.ue_set.ue_ports.port_c, n.ue_set.ue_ports.port_s]
+    finally:
+        await ue.close()
+    assert ue.bound_ports() == []
+
+
+async def test_hostile_datagrams_are_dropped_and_counted():
+    loop = asyncio.get_running_loop()
+    n = negotiate(now=loop.time())
+    pset = n.pcscf_set
+    target = ("127.0.0.1", pset.pcscf_ports.port_s)
+    async with UserspaceBackend(n.ue) as ue, UserspaceBackend(n.pcscf) as pc:
+        wire: list[bytes] = []
+        ue.add_observer(lambda e: e.direction == "out" and wire.append(e.payload))
+        ue.send(n.ue_set.client_sa(), sip("REGISTER", 1))
+        await recv(pc)
+        good = wire[0]
+        ue_sock = next(
+            p.sock for p in ue._ports.values() if p.address[1] == n.ue_set.ue_ports.port_c
+        )
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+            stranger.bind(("127.0.0.1", 0))
+            stranger.sendto(sip("REGISTER", 9), target)  # clear SIP where ESP is due
+            stranger.sendto(b"\xde\xad\xbe\xef" + good[4:], target)  # unknown SPI
+            stranger.sendto(good, target)  # right SPI, wrong source address/port
+        tampered = bytearray(good)
+        tampered[-1] ^= 1
+        tampered[4:8] = (2).to_bytes(4, "big")
+        ue_sock.sendto(bytes(tampered), target)  # ICV fails
+        ue_sock.sendto(good, target)  # replay
+        ue.send(n.ue_set.client_sa(), sip("REGISTER", 3))  # still works afterwards
+        m = await recv(pc)
+        assert m.data == sip("REGISTER", 3)
+        assert pc.drops == {
+            NOT_ESP_CLEAR_SIP: 1,
+            UNKNOWN_SPI: 1,
+            SOURCE_MISMATCH: 1,
+            ICV_MISMATCH: 1,
+            REPLAY: 1,
+        }
+        assert pc.delivered == 2
+
+
+async def test_deregistration_200_goes_out_protected_then_sas_go():
+    loop = asyncio.get_running_loop()
+    n = negotiate(now=loop.time())
+    async with UserspaceBackend(n.ue) as ue, UserspaceBackend(n.pcscf) as pc:
+        pset = n.pcscf_set
+        n.pcscf.registered(pset, expires=600, now=loop.time())
+        n.ue.registered(n.ue_set, expires=600, now=loop.time())
+        pc.sync()
+        ue.send(n.ue_set.client_sa(), sip("REGISTER", 5))  # the de-REGISTER
+        m = await recv(pc)
+        n.pcscf.deregistered(pset, now=loop.time())
+        pc.sync()
+        assert pset.state is SaState.DRAINING and pc.bound_ports()
+        assert pc.send_reply(m.sa, response(5), final=True)
+        assert pset.state is SaState.REMOVED and pc.bound_ports() == []
+        r = await recv(ue)
+        assert r.data == response(5)  # it arrived protected; the UE could decrypt it
+        assert not pc.send(pset.client_sa(), sip("NOTIFY", 6))
+        assert pc.drops == {SA_NOT_USABLE: 1}
+
+
+async def test_expiry_timer_removes_the_set_and_closes_ports():
+    loop = asyncio.get_running_loop()
+    n = negotiate(now=loop.time())
+    n.pcscf.reg_await_auth = 0.05
+    n.pcscf_set.expires_at = loop.time() + 0.05
+    async with UserspaceBackend(n.pcscf) as pc:
+        removed = []
+        pc.on_table_event = removed.append
+        assert pc.bound_ports()
+        await asyncio.sleep(0.2)
+        assert n.pcscf_set.state is SaState.REMOVED and pc.bound_ports() == []
+        assert [e.reason for e in removed] == ["lifetime expired"]
+
+
+def test_udp_checksum_known_value():
+    # By hand: 7f00+0001+7f00+0001+0011+000a (pseudo) + 1f90+1f90+000a+0000+6869
+    # = 0x1a5b0 -> fold 0xa5b1 -> complement 0x5a4e.
+    seg = bytes.fromhex("1f901f90000a0000") + b"hi"
+    assert udp_checksum("127.0.0.1", "127.0.0.1", seg) == 0x5A4E
+    # A segment carrying its own correct checksum sums to zero.
+    filled = seg[:6] + (0x5A4E).to_bytes(2, "big") + seg[8:]
+    assert udp_checksum("127.0.0.1", "127.0.0.1", filled) in (0, 0xFFFF)
+
+
+def test_key_file_lines_match_the_uat_format(negotiated):
+    from tests.ipsec.helpers import CK, IK
+
+    sa = negotiated.ue_set.client_sa()
+    line = esp_sa_line(sa)
+    assert line == (
+        f'"IPv4","127.0.0.1","127.0.0.1","0x{sa.spi:08x}","AES-CBC [RFC3602]",'
+        f'"0x{CK.hex()}","HMAC-SHA-1-96 [RFC2404]","0x{IK.hex()}00000000"'
+    )
+
+
+# --- Wireshark interop: the capture decrypts in tshark with the key file only ---
+
+
+def _tshark(args: list[str], env: dict) -> str:
+    return subprocess.run(
+        ["tshark", *args], capture_output=True, text=True, env=env, timeout=60, check=True
+    ).stdout
+
+
+@pytest.mark.tshark
+@pytest.mark.parametrize(
+    "alg,ealg",
+    [("hmac-sha-1-96", "aes-cbc"), ("hmac-md5-96", "des-ede3-cbc"), ("null", "aes-gcm")],
+)
+async def test_capture_decrypts_in_tshark_with_the_key_file(tmp_path: Path, alg, ealg):
+    assert shutil.which("tshark"), "tshark is installed by .ci/run"
+    loop = asyncio.get_running_loop()
+    n = negotiate(alg, ealg, now=loop.time())
+    keys = tmp_path / "esp_sa"
+    events: list[WireEvent] = []
+    async with (
+        UserspaceBackend(n.ue, key_file=keys) as ue,
+        UserspaceBackend(n.pcscf) as pc,
+    ):
+        ue.add_observer(lambda e: e.direction == "out" and events.append(e))
+        pc.add_observer(lambda e: e.direction == "out" and events.append(e))
+        sent = await exchange_all_four(n, ue, pc)
+    assert oct(keys.stat().st_mode & 0o777) == "0o600"
+    assert len(keys.read_text().splitlines()) == 4
+    pcap = tmp_path / "gm.pcap"
+    write_pcap(pcap, events)
+    # A throwaway Wireshark config dir whose only setting is the esp_sa file.
+    conf = tmp_path / "config" / "wireshark"
+    conf.mkdir(parents=True)
+    shutil.copy(keys, conf / "esp_sa")
+    env = {
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "HOME": str(tmp_path),
+        "PATH": "/usr/bin:/bin",
+    }
+    ports = {
+        n.ue_set.ue_ports.port_c, n.ue_set.ue_ports.port_s,
+        n.pcscf_set.pcscf_ports.port_c, n.pcscf_set.pcscf_ports.port_s,
+    }  # fmt: skip
+    decode = [x for p in sorted(ports) for x in ("-d", f"udp.port=={p},udpencap")]
+    out = _tshark(
+        [
+            "-r", str(pcap), "-o", "esp.enable_encryption_decode:TRUE",
+            "-o", "esp.enable_authentication_check:TRUE", *decode,
+            "-T", "fields", "-E", "occurrence=f", "-e", "esp.spi", "-e", "esp.icv_good",
+            "-e", "esp.contained_data",
+        ],
+        env,
+    )  # fmt: skip
+    rows = [line.split("\t") for line in out.splitlines() if line.strip()]
+    assert len(rows) == 4
+    by_spi = {int(spi, 16): (icv, bytes.fromhex(data)) for spi, icv, data in rows}
+    for m in sent:
+        icv, contained = by_spi[m.sa.spi]
+        # Transport mode: the decrypted payload is the inner UDP header + the SIP message.
+        assert contained[:4] == m.sa.src[1].to_bytes(2, "big") + m.sa.dst[1].to_bytes(2, "big")
+        assert contained[8:] == m.data
+        if ealg != "aes-gcm":  # tshark checks the HMAC ICV; GCM's tag is checked by decryption
+            assert icv == "1"
+    # Without the key file nothing decrypts: the SIP text appears nowhere.
+    (conf / "esp_sa").unlink()
+    plain = _tshark(
+        ["-r", str(pcap), "-o", "esp.enable_encryption_decode:TRUE", *decode, "-x"], env
+    )
+    assert "REGISTER" not in plain and "NOTIFY" not in plain
