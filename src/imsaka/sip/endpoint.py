@@ -16,9 +16,12 @@ For network functions:
     tx.respond(response) / tx.reply(401, headers=[...])       # server side
     ep.send_stateless(msg, addr)             # ACK for 2xx, stateless forwarding
 
-A stateful proxy (P-CSCF, I-CSCF) forwards inside its handler: copy the request,
-`check_max_forwards`, `push_via`, `await ep.send_request(fwd, next_hop,
-on_provisional=...)`, `pop_via` on the response and `tx.respond(...)` it.
+A stateful proxy (P-CSCF, I-CSCF) forwards inside its handler: `fwd = req.copy()`,
+edit it (imsaka.sip.proxy: preprocess_route, add_path, ...), then
+`await ep.forward(tx, fwd, next_hop)`: Max-Forwards (483), our Via, 1xx relayed,
+the final response relayed upstream with our Via popped, 408/503 on timeout /
+transport error. (The same by hand: `check_max_forwards`, `push_via`,
+`await ep.send_request(fwd, next_hop, on_provisional=...)`, `pop_via`, `tx.respond`.)
 Responses that match no transaction (late 2xx to an INVITE) go to the
 `stray_response_handler` (a proxy pops its Via and relays them statelessly).
 
@@ -48,8 +51,10 @@ from imsaka.sip.message import (
 )
 from imsaka.sip.proxy import (
     Rng,
+    check_max_forwards,
     error_response_bytes,
     is_request_bytes,
+    pop_via,
     push_via,
     stamp_received,
     timeout_response,
@@ -233,6 +238,66 @@ class SipEndpoint:
             return await fut
         finally:
             self._pending.pop(key, None)
+
+    async def forward(
+        self,
+        tx: ServerTx,
+        request: Request,
+        addr: Address,
+        *,
+        transport: SipTransport | None = None,
+        relay_provisional: bool = True,
+    ) -> Response:
+        """Stateful forwarding (§16.6–§16.7) of `request` (the TU's already edited copy
+        of tx.request: Route/Path/P-headers done) to `addr`: Max-Forwards checked and
+        decremented (483 answered here), our Via pushed, 1xx (but 100) relayed, the
+        final response relayed with our Via popped. A timeout gives 408 upstream, a
+        transport error 503. Returns the response sent upstream."""
+        too_many = check_max_forwards(request)
+        if too_many is not None:
+            tx.respond(too_many)
+            return too_many
+        t = transport or self.transports[0]
+        host, port = t.local_address
+        push_via(request, t.name.upper(), host, port, rng=self.rng)
+
+        def provisional(resp: Response) -> None:
+            if relay_provisional and resp.status > 100 and not tx.final_sent:
+                up = resp.copy()
+                pop_via(up)
+                tx.respond(up)
+
+        resp = await self.send_request(request, addr, transport=t, on_provisional=provisional)
+        up = resp.copy()
+        pop_via(up)
+        if not tx.final_sent:
+            tx.respond(up)
+        return up
+
+    def relay_stray_responses(self) -> None:
+        """Act as a proxy for responses that match no transaction (§16.7 step 3,
+        §18.2.2): pop our Via and send the response on to the next Via."""
+        self.set_stray_response_handler(self._relay_stray)
+
+    def _relay_stray(self, response: Response, addr: Address, transport: SipTransport) -> None:
+        up = response.copy()
+        try:
+            ours = pop_via(up)
+            vias = up.via
+        except SipParseError as exc:
+            self._drop(f"stray response with a bad Via: {exc.reason}", addr)
+            return
+        local = {(t.local_address[1], t.name.upper()) for t in self.transports}
+        if ours is None or (ours.port, ours.transport) not in local or not vias:
+            self._drop("stray response not for us", addr)
+            return
+        nxt = vias[0]
+        for t in self.transports:
+            if t.name.upper() == nxt.transport:
+                t.send(up.to_bytes(), nxt.response_address())
+                self.counters["relayed_stray"] += 1
+                return
+        self._drop(f"no {nxt.transport} transport to relay a stray response", addr)
 
     def send_stateless(
         self, msg: Message, addr: Address, transport: SipTransport | None = None
