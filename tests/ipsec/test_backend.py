@@ -273,3 +273,34 @@ async def test_capture_decrypts_in_tshark_with_the_key_file(tmp_path: Path, alg,
         ["-r", str(pcap), "-o", "esp.enable_encryption_decode:TRUE", *decode, "-x"], env
     )
     assert "REGISTER" not in plain and "NOTIFY" not in plain
+
+
+async def test_random_datagrams_never_deliver_or_raise_and_logs_hold_no_keys(caplog):
+    import logging
+    import random
+
+    from tests.ipsec.helpers import CK, IK
+
+    loop = asyncio.get_running_loop()
+    n = negotiate(now=loop.time())
+    rnd = random.Random(5)
+    with caplog.at_level(logging.DEBUG, logger="imsaka.ipsec"):
+        async with UserspaceBackend(n.ue) as ue, UserspaceBackend(n.pcscf) as pc:
+            seen: list[WireEvent] = []
+            pc.add_observer(seen.append)
+            sock = next(
+                p.sock for p in ue._ports.values() if p.address[1] == n.ue_set.ue_ports.port_c
+            )
+            target = ("127.0.0.1", n.pcscf_set.pcscf_ports.port_s)
+            spi = n.pcscf_set.pcscf_spis[1].to_bytes(4, "big")
+            for i in range(200):
+                body = rnd.randbytes(rnd.randrange(0, 300))
+                sock.sendto(spi + body if i % 2 else body, target)
+            ue.send(n.ue_set.client_sa(), sip("OPTIONS", 1))
+            m = await recv(pc)
+            assert m.data == sip("OPTIONS", 1)
+            assert pc.delivered == 1 and sum(pc.drops.values()) == 200
+            assert len(seen) == 201 and sum(e.inner is None for e in seen) == 200
+    for secret in (IK.hex(), CK.hex()):
+        assert secret not in caplog.text
+    assert "esp-" in caplog.text

@@ -304,3 +304,32 @@ def test_answer_headers_and_strip():
     assert strip_sec_agree(["sec-agree, path", "Sec-Agree"]) == ["path"]
     assert strip_sec_agree(["sec-agree"]) == []
     assert strip_sec_agree(None) == []
+
+
+def test_accepts_the_sip_layer_typed_views():
+    from imsaka.sip import parse_message
+
+    raw = (
+        "REGISTER sip:ims.example SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK77\r\n"
+        "From: <sip:u@ims.example>;tag=1\r\nTo: <sip:u@ims.example>\r\n"
+        "Call-ID: x\r\nCSeq: 2 REGISTER\r\nMax-Forwards: 70\r\n"
+        f"Security-Client: {SEED_CLIENT}\r\n"
+        f"Security-Verify: {format_security_header(_server())}\r\n"
+        "Require: sec-agree\r\nProxy-Require: sec-agree\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    msg = parse_message(raw)
+    check_security_verify(_server(), msg.security("Security-Verify"))
+    check_security_client_unchanged(
+        parse_security_header(SEED_CLIENT), msg.security("Security-Client")
+    )
+    chosen = choose_mechanism(msg.security("Security-Client"), SecAgreePolicy())
+    assert chosen is not None and chosen.spi_c == 23456789
+    d = sec_agree_decision(
+        require=msg.get_all("Require"),
+        proxy_require=msg.get_all("Proxy-Require"),
+        supported=msg.get_all("Supported"),
+        security_client=msg.security("Security-Client"),
+        policy=SecAgreePolicy(),
+    )
+    assert d.proceed

@@ -218,12 +218,22 @@ def _parse_mechanism(text: str) -> SecurityMechanism:
     return SecurityMechanism(mechanism=name, extensions=tuple(extensions), **values)  # type: ignore[arg-type]
 
 
-def parse_security_header(values: str | Iterable[str]) -> list[SecurityMechanism]:
-    """Parse one header value or several (each possibly comma-separated) into mechanisms."""
+def parse_security_header(values: str | Iterable[object]) -> list[SecurityMechanism]:
+    """Parse one header value or several (each possibly comma-separated) into mechanisms.
+
+    Items may also be `SecurityMechanism`s (kept) or imsaka.sip's typed Security-*
+    views (``msg.security("Security-Verify")``), which are re-read from their text so
+    every comparison uses this module's rules.
+    """
     if isinstance(values, str):
         values = [values]
     out: list[SecurityMechanism] = []
     for value in values:
+        if isinstance(value, SecurityMechanism):
+            out.append(value)
+            continue
+        if not isinstance(value, str):
+            value = str(value)  # imsaka.sip.headers.SecurityMechanism renders its text
         for item in _split_outside_quotes(value, ","):
             item = item.strip()
             if not item:
@@ -277,9 +287,10 @@ class SecAgreePolicy:
 
 
 def choose_mechanism(
-    client: Sequence[SecurityMechanism], policy: SecAgreePolicy
+    client: str | Iterable[object], policy: SecAgreePolicy
 ) -> SecurityMechanism | None:
     """The Security-Client entry the P-CSCF takes, by operator preference (module doc)."""
+    client = parse_security_header(client)
     ranked: list[tuple[int, int, int, SecurityMechanism]] = []
     rank_of = {t: i for i, t in enumerate(policy.preference)}
     for position, m in enumerate(client):
@@ -320,13 +331,14 @@ def offer_mechanisms(
 
 
 def ue_choose_server_mechanism(
-    server: Sequence[SecurityMechanism], offered: Sequence[SecurityMechanism]
+    server: str | Iterable[object], offered: Sequence[SecurityMechanism]
 ) -> SecurityMechanism | None:
     """UE side: the Security-Server entry with the highest q among transforms it offered.
 
     TS 24.229 §5.1.1.5.1: without a usable entry (missing Annex H parameters) the UE
     abandons the registration; the caller does that on None.
     """
+    server = parse_security_header(server)
     offered_t = {(m.alg.lower(), m.effective_ealg.lower()) for m in offered if m.alg}
     best: tuple[int, int, SecurityMechanism] | None = None
     for position, m in enumerate(server):
@@ -344,7 +356,7 @@ def ue_choose_server_mechanism(
 
 
 def check_security_verify(
-    sent_server: Sequence[SecurityMechanism], verify_values: str | Iterable[str] | None
+    sent_server: Sequence[SecurityMechanism], verify_values: str | Iterable[object] | None
 ) -> None:
     """Raise DowngradeError (494) unless Security-Verify equals the Security-Server sent."""
     if verify_values is None:
@@ -360,7 +372,7 @@ def check_security_verify(
 
 
 def check_security_client_unchanged(
-    first: Sequence[SecurityMechanism], second_values: str | Iterable[str] | None
+    first: Sequence[SecurityMechanism], second_values: str | Iterable[object] | None
 ) -> None:
     """TS 33.203 §7.2: the protected REGISTER repeats the challenged REGISTER's Security-Client."""
     if second_values is None:
@@ -408,7 +420,7 @@ def sec_agree_decision(
     require: Iterable[str] | None,
     proxy_require: Iterable[str] | None,
     supported: Iterable[str] | None,
-    security_client: Iterable[str] | None,
+    security_client: Iterable[object] | None,
     policy: SecAgreePolicy,
 ) -> SecAgreeDecision:
     """RFC 3329 §2.3.1 (FACTS §3.3): 421 without the sec-agree tag, 494 with it only in
