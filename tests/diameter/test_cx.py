@@ -90,7 +90,7 @@ def test_maa_bytes_follow_ts_29229():
 
 def test_exact_bytes_of_a_sip_auth_data_item():
     item = cx.SipAuthDataItem(sip_authentication_scheme="Digest-AKAv1-MD5")
-    avp = cx._encode_value(612, 10415, cx.SipAuthDataItem, item)
+    avp = codec.Avp(612, 10415, 0xC0, cx._encode_group(cx.SipAuthDataItem, item))
     expected = (
         bytes.fromhex(
             "00000264"
@@ -333,5 +333,5 @@ def test_constructor_required_fields_match_decoder_checks(cls):
         for f in dataclasses.fields(cls)
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     }
-    checked = {attr for attr, *_rest, required in cls._SPEC if required}
+    checked = {attr for attr, *_rest in cls._REQ}
     assert no_default == checked

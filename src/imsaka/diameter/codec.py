@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from diameter.message import Message as _LibMessage
 from diameter.message.avp import avp as _libavp
@@ -133,17 +133,23 @@ _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")
 # --- AVPs ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Avp:
+class Avp(NamedTuple):
     """One AVP as it is on the wire: code, vendor (0 = none), flags, unpadded payload.
 
-    The payload may be a key (CK, IK) or XRES: it is never shown in the repr.
+    Immutable (a tuple: decoding creates one per AVP, and a tuple is several times
+    cheaper to build than a frozen dataclass). The payload may be a key (CK, IK) or
+    XRES: it is never shown in the repr.
     """
 
     code: int
     vendor: int
     flags: int
-    data: bytes = field(repr=False)
+    data: bytes
+
+    def __repr__(self) -> str:
+        return (
+            f"Avp(code={self.code}, vendor={self.vendor}, flags={self.flags}, len={len(self.data)})"
+        )
 
     @property
     def is_mandatory(self) -> bool:
@@ -231,9 +237,12 @@ def decode_avps(data: bytes, offset: int = 0, end: int | None = None) -> tuple[A
     """
     if end is None:
         end = len(data)
+    if type(data) is not bytes:
+        data = bytes(data)
     out: list[Avp] = []
     append = out.append
     unpack_head = _AVP_HEADER.unpack_from
+    new_avp = tuple.__new__
     while offset < end:
         if end - offset < 8:
             raise RemoteProtocolError(
@@ -256,7 +265,7 @@ def decode_avps(data: bytes, offset: int = 0, end: int | None = None) -> tuple[A
                 raise _avp_length_error(code, 0, flags)
         if offset + length > end:
             raise _avp_length_error(code, vendor, flags)
-        append(Avp(code, vendor, flags, bytes(data[offset + head : offset + length])))
+        append(new_avp(Avp, (code, vendor, flags, data[offset + head : offset + length])))
         offset += (length + 3) & ~3
     if offset > end + 3:  # padding of the last AVP may only reach the container end
         raise RemoteProtocolError(

@@ -16,6 +16,8 @@ CK, IK and XRES (or RAND‖AUTS) sit in `SipAuthDataItem` fields with `repr=Fals
 
 from __future__ import annotations
 
+import functools
+import struct
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, ClassVar
@@ -191,61 +193,118 @@ class MultipleRegistrationIndication(IntEnum):
 _Spec = tuple[tuple[str, int, int, Any, bool, bool], ...]
 
 
-def _encode_value(code: int, vendor: int, kind: Any, value: Any) -> Avp:
-    definition = codec.avp_def(code, vendor)
-    if kind == "str" or kind == "bytes":
-        data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
-    elif kind == "u32":
-        data = codec._U32.pack(value)
-    elif kind == "i32":
-        data = codec._I32.pack(value)
-    else:
-        data = b"".join([a.encode() for a in _encode_fields(value, kind._SPEC)])
-    return Avp(code, vendor, definition.flags, data)
-
-
-def _encode_fields(obj: Any, spec: _Spec) -> list[Avp]:
-    out: list[Avp] = []
-    for attr, code, vendor, kind, many, _ in spec:
-        value = getattr(obj, attr)
-        if value is None:
-            continue
-        if many:
-            out.extend(_encode_value(code, vendor, kind, v) for v in value)
-        else:
-            out.append(_encode_value(code, vendor, kind, value))
-    return out
-
-
-def _decode_value(avp: Avp, kind: Any) -> Any:
-    if kind == "str":
-        return avp.text
-    if kind == "bytes":
-        return avp.data
-    if kind == "u32":
-        return avp.u32
-    if kind == "i32":
-        return avp.i32
-    return _decode_fields(kind, avp.group, kind._SPEC, check_required=True)
-
-
 def _minimal_payload(kind: Any) -> bytes:
     return b"\0\0\0\0" if kind in ("u32", "i32") else b""
 
 
-def _decode_fields(
-    cls: Any, avps: tuple[Avp, ...], spec: _Spec, *, check_required: bool, **extra: Any
-) -> Any:
-    index = _index_for(cls, spec)
-    values: dict[str, Any] = dict(extra)
-    multi: dict[str, list[Any]] = {}
-    for avp in avps:
-        entry = index.get((avp.code, avp.vendor))
-        if entry is None:
+# Compiled tables (built once per class, see _compile): the hot paths below avoid
+# per-AVP dictionary lookups of definitions and intermediate objects.
+_HEAD = struct.Struct("!II").pack
+_VHEAD = struct.Struct("!III").pack
+_U32_PACK = codec._U32.pack
+_I32_PACK = codec._I32.pack
+_U32_UNPACK = codec._U32.unpack
+_I32_UNPACK = codec._I32.unpack
+_PADDING = codec._PAD
+
+
+def _enc_text(value: str | bytes) -> bytes:
+    return value.encode("utf-8") if type(value) is str else bytes(value)
+
+
+def _dec_text(avp: Avp) -> str:
+    try:
+        return avp[3].decode("utf-8")
+    except UnicodeDecodeError:
+        return avp.text  # raises the RemoteProtocolError naming the AVP
+
+
+def _dec_bytes(avp: Avp) -> bytes:
+    return avp[3]
+
+
+def _dec_u32(avp: Avp) -> int:
+    data = avp[3]
+    if len(data) != 4:
+        return avp.u32  # raises 5014 with the AVP
+    return _U32_UNPACK(data)[0]
+
+
+def _dec_i32(avp: Avp) -> int:
+    data = avp[3]
+    if len(data) != 4:
+        return avp.i32
+    return _I32_UNPACK(data)[0]
+
+
+def _encode_into(obj: Any, compiled: tuple, parts: list[bytes]) -> None:
+    append = parts.append
+    for attr, many, enc, code, vendor, flag_word in compiled:
+        value = getattr(obj, attr)
+        if value is None:
             continue
-        attr, kind, many = entry
-        value = _decode_value(avp, kind)
+        for v in value if many else (value,):
+            data = enc(v)
+            n = len(data)
+            if vendor:
+                append(_VHEAD(code, flag_word | (n + 12), vendor))
+            else:
+                append(_HEAD(code, flag_word | (n + 8)))
+            append(data)
+            if n & 3:
+                append(_PADDING[n & 3])
+
+
+def _encode_group(cls: Any, value: Any) -> bytes:
+    parts: list[bytes] = []
+    _encode_into(value, cls._ENC, parts)
+    return b"".join(parts)
+
+
+def _decode_group(cls: Any, avp: Avp) -> Any:
+    return _decode_fields(cls, codec.decode_avps(avp[3]))
+
+
+def _compile(cls: Any) -> None:
+    """Attach the encode table `_ENC`, decode index `_DEC` and required list `_REQ`."""
+    enc = []
+    dec = {}
+    req = []
+    for attr, code, vendor, kind, many, required in cls._SPEC:
+        flags = codec.avp_def(code, vendor).flags
+        if kind in ("str", "bytes"):
+            encoder, decoder = _enc_text, (_dec_text if kind == "str" else _dec_bytes)
+        elif kind == "u32":
+            encoder, decoder = _U32_PACK, _dec_u32
+        elif kind == "i32":
+            encoder, decoder = _I32_PACK, _dec_i32
+        else:
+            _compile(kind)
+            encoder = functools.partial(_encode_group, kind)
+            decoder = functools.partial(_decode_group, kind)
+        enc.append((attr, many, encoder, code, vendor, flags << 24))
+        dec[code | (vendor << 32)] = (attr, decoder, many)
+        if required:
+            req.append((attr, code, vendor, flags, _minimal_payload(kind)))
+    cls._ENC = tuple(enc)
+    cls._DEC = dec
+    cls._REQ = tuple(req)
+
+
+def _decode_fields(cls: Any, avps: tuple[Avp, ...], values: dict[str, Any] | None = None) -> Any:
+    index = cls._DEC
+    if values is None:
+        values = {}
+    multi: dict[str, list[Any]] | None = None
+    for avp in avps:
+        entry = index.get(avp[0] | (avp[1] << 32))
+        if entry is None:
+            continue  # unknown AVPs are ignored (see the module docstring)
+        attr, decoder, many = entry
+        value = decoder(avp)
         if many:
+            if multi is None:
+                multi = {}
             multi.setdefault(attr, []).append(value)
         elif attr in values:
             raise RemoteProtocolError(
@@ -256,30 +315,19 @@ def _decode_fields(
             )
         else:
             values[attr] = value
-    for attr, items in multi.items():
-        values[attr] = tuple(items)
-    if check_required:
-        for attr, code, vendor, kind, _many, required in spec:
-            if required and attr not in values:
-                definition = codec.avp_def(code, vendor)
-                raise RemoteProtocolError(
-                    f"{cls.__name__}: mandatory AVP {definition.name} ({code}) missing",
-                    result_code=DIAMETER_MISSING_AVP,
-                    reason="missing-avp",
-                    failed_avp=Avp(code, vendor, definition.flags, _minimal_payload(kind)),
-                )
+    if multi:
+        for attr, items in multi.items():
+            values[attr] = tuple(items)
+    for attr, code, vendor, flags, minimal in cls._REQ:
+        if attr not in values:
+            name = codec.avp_def(code, vendor).name
+            raise RemoteProtocolError(
+                f"{cls.__name__}: mandatory AVP {name} ({code}) missing",
+                result_code=DIAMETER_MISSING_AVP,
+                reason="missing-avp",
+                failed_avp=Avp(code, vendor, flags, minimal),
+            )
     return cls(**values)
-
-
-_INDEX_CACHE: dict[type, dict[tuple[int, int], tuple[str, Any, bool]]] = {}
-
-
-def _index_for(cls: type, spec: _Spec) -> dict[tuple[int, int], tuple[str, Any, bool]]:
-    index = _INDEX_CACHE.get(cls)
-    if index is None:
-        index = {(code, vendor): (attr, kind, many) for attr, code, vendor, kind, many, _ in spec}
-        _INDEX_CACHE[cls] = index
-    return index
 
 
 # --- grouped AVPs -----------------------------------------------------------------------
@@ -398,6 +446,8 @@ _VSAI = Avp(
     codec.VENDOR_ID(VENDOR_3GPP).encode() + codec.AUTH_APPLICATION_ID(CX_APPLICATION_ID).encode(),
 )
 _AUTH_SESSION_STATE = codec.AUTH_SESSION_STATE(NO_STATE_MAINTAINED)
+_VSAI_BYTES = _VSAI.encode()
+_AUTH_SESSION_STATE_BYTES = _AUTH_SESSION_STATE.encode()
 
 # Common head of every Cx request and answer (TS 29.229 §6.1.x ABNF order).
 _REQ_HEAD: _Spec = (
@@ -422,33 +472,45 @@ class _Command:
     __slots__ = ()
     CODE: ClassVar[int]
     IS_REQUEST: ClassVar[bool]
+    FLAGS: ClassVar[int]
     _SPEC: ClassVar[_Spec]
+    _ENC: ClassVar[tuple]
+    _DEC: ClassVar[dict]
+    _REQ: ClassVar[tuple]
 
-    def to_message(self, hop_by_hop: int = 0, end_to_end: int = 0) -> Message:
-        avps = _encode_fields(self, self._SPEC)
-        # ABNF order (TS 29.229 §6.1): Session-Id first (RFC 6733 §8.8), the fixed
-        # application AVPs, the result, then the command's own AVPs.
-        i = 1 if avps and avps[0].code == AVP_SESSION_ID else 0
-        body = avps[:i]
-        body.append(_VSAI)
-        if not self.IS_REQUEST:
-            if i < len(avps) and avps[i].code == AVP_RESULT_CODE:
-                body.append(avps[i])
-                i += 1
-            body += self._result_avps()
-        body.append(_AUTH_SESSION_STATE)
-        body += avps[i:]
-        body += self._failed_avps()
-        flags = (FLAG_REQUEST | FLAG_PROXIABLE) if self.IS_REQUEST else FLAG_PROXIABLE
-        return Message(self.CODE, flags, CX_APPLICATION_ID, hop_by_hop, end_to_end, tuple(body))
+    def encode_body(self) -> bytes:
+        """The AVPs, encoded, in ABNF order (TS 29.229 §6.1): Session-Id first (RFC 6733
+        §8.8), the fixed application AVPs, the result, then the command's own AVPs."""
+        enc = self._ENC
+        parts: list[bytes] = []
+        _encode_into(self, enc[:1], parts)
+        parts.append(_VSAI_BYTES)
+        if self.IS_REQUEST:
+            parts.append(_AUTH_SESSION_STATE_BYTES)
+            _encode_into(self, enc[1:], parts)
+        else:
+            _encode_into(self, enc[1:2], parts)
+            parts += self._result_parts()
+            parts.append(_AUTH_SESSION_STATE_BYTES)
+            _encode_into(self, enc[2:], parts)
+            parts += self._failed_parts()
+        return b"".join(parts)
 
     def encode(self, hop_by_hop: int = 0, end_to_end: int = 0) -> bytes:
-        return codec.encode_message(self.to_message(hop_by_hop, end_to_end))
+        """The whole message on the wire."""
+        return codec.encode_parts(
+            self.CODE, self.FLAGS, CX_APPLICATION_ID, hop_by_hop, end_to_end, self.encode_body()
+        )
 
-    def _result_avps(self) -> list[Avp]:
+    def to_message(self, hop_by_hop: int = 0, end_to_end: int = 0) -> Message:
+        """As a `codec.Message` (same bytes as `encode()`)."""
+        avps = codec.decode_avps(self.encode_body())
+        return Message(self.CODE, self.FLAGS, CX_APPLICATION_ID, hop_by_hop, end_to_end, avps)
+
+    def _result_parts(self) -> list[bytes]:
         return []
 
-    def _failed_avps(self) -> list[Avp]:
+    def _failed_parts(self) -> list[bytes]:
         return []
 
     @classmethod
@@ -457,7 +519,7 @@ class _Command:
             raise LocalProtocolError(f"{cls.__name__}.from_message: command {msg.code}")
         if cls.IS_REQUEST:
             _check_application_avps(cls.__name__, msg)
-            return _decode_fields(cls, msg.avps, cls._SPEC, check_required=True)
+            return _decode_fields(cls, msg.avps)
         extra: dict[str, Any] = {}
         exp = msg.find(AVP_EXPERIMENTAL_RESULT)
         if exp is not None:
@@ -470,7 +532,7 @@ class _Command:
         failed = msg.find(AVP_FAILED_AVP)
         if failed is not None:
             extra["failed_avp"] = failed.group
-        return _decode_fields(cls, msg.avps, cls._SPEC, check_required=True, **extra)
+        return _decode_fields(cls, msg.avps, extra)
 
 
 def _check_application_avps(name: str, msg: Message) -> None:
@@ -494,23 +556,23 @@ def _check_application_avps(name: str, msg: Message) -> None:
 class _Answer(_Command):
     __slots__ = ()
     IS_REQUEST: ClassVar[bool] = False
+    FLAGS: ClassVar[int] = FLAG_PROXIABLE
 
-    def _result_avps(self: Any) -> list[Avp]:
+    def _result_parts(self: Any) -> list[bytes]:
         if self.experimental_result_code is None:
             return []
-        return [
-            codec.EXPERIMENTAL_RESULT(
-                [
-                    codec.VENDOR_ID(self.experimental_result_vendor),
-                    codec.EXPERIMENTAL_RESULT_CODE(self.experimental_result_code),
-                ]
-            )
-        ]
+        avp = codec.EXPERIMENTAL_RESULT(
+            [
+                codec.VENDOR_ID(self.experimental_result_vendor),
+                codec.EXPERIMENTAL_RESULT_CODE(self.experimental_result_code),
+            ]
+        )
+        return [avp.encode()]
 
-    def _failed_avps(self: Any) -> list[Avp]:
+    def _failed_parts(self: Any) -> list[bytes]:
         if not self.failed_avp:
             return []
-        return [codec.FAILED_AVP(list(self.failed_avp))]
+        return [codec.FAILED_AVP(list(self.failed_avp)).encode()]
 
     @property
     def result(self: Any) -> int | None:
@@ -526,6 +588,7 @@ class _Answer(_Command):
 class _Request(_Command):
     __slots__ = ()
     IS_REQUEST: ClassVar[bool] = True
+    FLAGS: ClassVar[int] = FLAG_REQUEST | FLAG_PROXIABLE
     ANSWER: ClassVar[type]
 
     def answer(self: Any, **fields: Any) -> Any:
@@ -873,6 +936,12 @@ _BY_KEY: dict[tuple[int, bool], Any] = {
     (cls.CODE, cls.IS_REQUEST): cls
     for cls in (UAR, UAA, MAR, MAA, SAR, SAA, LIR, LIA, RTR, RTA, PPR, PPA)
 }
+for _cls in _BY_KEY.values():
+    # encode_body() relies on this order: Session-Id, then (answers) Result-Code.
+    assert _cls._SPEC[0][0] == "session_id"
+    assert _cls.IS_REQUEST or _cls._SPEC[1][0] == "result_code"
+    _compile(_cls)
+del _cls
 COMMAND_CODES = frozenset(code for code, _ in _BY_KEY)
 
 

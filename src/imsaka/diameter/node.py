@@ -270,13 +270,13 @@ class _Connection(asyncio.Protocol):
 
     def send_answer(self, request: Message, answer: Any) -> None:
         if isinstance(answer, Message):
-            msg = answer.with_ids(request.hop_by_hop, request.end_to_end)
+            data = answer.with_ids(request.hop_by_hop, request.end_to_end).encode()
         elif answer is None:
             self.node.counters["handler-no-answer"] += 1
-            msg = self._error(request, codec.DIAMETER_UNABLE_TO_COMPLY)
+            data = self._error(request, codec.DIAMETER_UNABLE_TO_COMPLY).encode()
         else:
-            msg = answer.to_message(request.hop_by_hop, request.end_to_end)
-        self.core.send_answer(msg, self.loop.time())
+            data = answer.encode(request.hop_by_hop, request.end_to_end)
+        self.core.send_encoded_answer(data, self.loop.time())
         self.process()
 
     def _error(self, request: Message, code: int, failed: codec.Avp | None = None) -> Message:
@@ -431,17 +431,22 @@ class DiameterNode(Observable):
             if conn is None:
                 raise DiameterRequestError("no open connection", reason="no-connection")
         is_cx = not isinstance(request, Message)
-        msg = request.to_message() if is_cx else request
         core = conn.core
-        sent = core.send_request(msg, self._loop.time(), timeout)
+        now = self._loop.time()
+        if is_cx:
+            hbh = core.send_encoded_request(
+                request.CODE, cx.CX_APPLICATION_ID, request.encode_body(), now, timeout
+            )
+        else:
+            hbh = core.send_request(request, now, timeout).hop_by_hop
         fut: asyncio.Future[Message] = self._loop.create_future()
-        conn.futures[sent.hop_by_hop] = fut
+        conn.futures[hbh] = fut
         conn.process()
         try:
             answer = await fut
         except asyncio.CancelledError:
-            conn.futures.pop(sent.hop_by_hop, None)
-            core.cancel_request(sent.hop_by_hop)
+            conn.futures.pop(hbh, None)
+            core.cancel_request(hbh)
             raise
         if not is_cx:
             return answer

@@ -526,11 +526,17 @@ class PeerConnection:
         """Queue the answer to a RequestReceived (same hop-by-hop and end-to-end ids)."""
         if msg.is_request:
             raise LocalProtocolError("send_answer: message has the R bit")
-        data = codec.encode_message(msg)
+        self.send_encoded_answer(codec.encode_message(msg), now)
+
+    def send_encoded_answer(self, data: bytes, now: float) -> None:
+        """Fast path of `send_answer` for an already encoded answer (header included)."""
+        if data[4] & FLAG_REQUEST:
+            raise LocalProtocolError("send_answer: message has the R bit")
         if self.remote is not None:
-            self.duplicates.answered((self.remote.origin_host, msg.end_to_end), data, now)
+            e2e = int.from_bytes(data[16:20], "big")
+            self.duplicates.answered((self.remote.origin_host, e2e), data, now)
         if self.state is S.CLOSED:
-            self._drop("answer-after-close", f"command {msg.code}")
+            self._drop("answer-after-close", f"command {int.from_bytes(data[5:8], 'big')}")
             return
         self._out.append(data)
 
