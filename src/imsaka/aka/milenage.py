@@ -135,7 +135,6 @@ class Milenage:
             | ((_rot(o, r[2]) ^ c[2]) << 128)
             | (_rot(o, r[3]) ^ c[3])
         )
-        # rot(TEMP, r2..r4) as byte slices when the rotations are whole octets
         self._vector_input = self._compile_vector_input()
         self._opc_prepare = int.from_bytes(opc * _PREPARE, "big")
         self._prepared: list[tuple[bytes, bytes]] = []
@@ -173,11 +172,6 @@ class Milenage:
     def f1star(self, rand: bytes, sqn: bytes, amf: bytes) -> bytes:
         """MAC-S (resynchronisation authentication code), 8 octets."""
         return self._out1(rand, sqn, amf)[8:]
-
-    def f1_both(self, rand: bytes, sqn: bytes, amf: bytes) -> tuple[bytes, bytes]:
-        """(MAC-A, MAC-S) from one cipher pass."""
-        out1 = self._out1(rand, sqn, amf)
-        return out1[:8], out1[8:]
 
     def _out1(self, rand: bytes, sqn: bytes, amf: bytes) -> bytes:
         rand = _octets("rand", rand, 16)
@@ -310,6 +304,12 @@ class Milenage:
         self, tb: bytes, sqn: int, amf: bytes
     ) -> tuple[bytes, bytes, bytes, bytes]:
         out = self._enc.update(self._vector_input(tb, sqn, (amf[0] << 8) | amf[1]))
+        # = self._vector_output(out, sqn, amf), inlined: one call less per vector
+        o = (int.from_bytes(out, "big") ^ self._opc4 ^ (sqn << 336)).to_bytes(64, "big")
+        return o[16:22] + amf + o[0:8], o[24:32], o[32:48], o[48:64]
+
+    def _vector_output(self, out: bytes, sqn: int, amf: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+        """(AUTN, XRES, CK, IK) from the cipher output OUT1..OUT4 (before ⊕ OPc)."""
         # ⊕ OPc on all four blocks, and SQN onto AK (octets 16..21) to get SQN ⊕ AK.
         o = (int.from_bytes(out, "big") ^ self._opc4 ^ (sqn << 336)).to_bytes(64, "big")
         return o[16:22] + amf + o[0:8], o[24:32], o[32:48], o[48:64]
@@ -327,11 +327,5 @@ class Milenage:
         amf_int = int.from_bytes(amf, "big")
         vi = self._vector_input
         out = enc(b"".join([vi(temps[16 * i : 16 * i + 16], sqns[i], amf_int) for i in range(n)]))
-        opc4 = self._opc4
-        result = []
-        for i in range(n):
-            o = (
-                int.from_bytes(out[64 * i : 64 * i + 64], "big") ^ opc4 ^ (sqns[i] << 336)
-            ).to_bytes(64, "big")
-            result.append((o[16:22] + amf + o[0:8], o[24:32], o[32:48], o[48:64]))
-        return result
+        finish = self._vector_output
+        return [finish(out[64 * i : 64 * i + 64], sqns[i], amf) for i in range(n)]

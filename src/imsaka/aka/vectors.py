@@ -13,12 +13,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from imsaka.aka.milenage import Milenage, MilenageError
-from imsaka.aka.rand import RandSource, SecretsRandPool, secure_rand
+from imsaka.aka.rand import RandSource, secure_rand
 
 __all__ = [
     "MAX_SQN",
     "AuthVector",
-    "SecretsRandPool",
     "generate_vector",
     "generate_vectors",
     "secure_rand",
