@@ -267,6 +267,22 @@ async def test_capture_decrypts_in_tshark_with_the_key_file(tmp_path: Path, alg,
         assert contained[8:] == m.data
         if ealg != "aes-gcm":  # tshark checks the HMAC ICV; GCM's tag is checked by decryption
             assert icv == "1"
+    # The same packets as native ESP (IP protocol 50, as the kernel sends them): the key
+    # file alone is enough and tshark dissects the SIP inside.
+    native = tmp_path / "gm-esp.pcap"
+    write_pcap(native, events, esp_as_ip=True)
+    out = _tshark(
+        ["-r", str(native), "-o", "esp.enable_encryption_decode:TRUE", "-T", "fields",
+         "-e", "esp.spi", "-e", "sip.Method", "-e", "sip.Status-Code", "-e", "sip.Call-ID"],
+        env,
+    )  # fmt: skip
+    rows = [line.split("\t") for line in out.splitlines() if line.strip()]
+    assert [(int(r[0], 16), r[1], r[2], r[3]) for r in rows] == [
+        (sent[0].sa.spi, "REGISTER", "", "call-1@imsaka"),
+        (sent[1].sa.spi, "", "200", "call-1@imsaka"),
+        (sent[2].sa.spi, "NOTIFY", "", "call-2@imsaka"),
+        (sent[3].sa.spi, "", "200", "call-2@imsaka"),
+    ]
     # Without the key file nothing decrypts: the SIP text appears nowhere.
     (conf / "esp_sa").unlink()
     plain = _tshark(
