@@ -219,10 +219,8 @@ class PcscfServer:
                 s = self._sets.pop(key, None)
                 if s is None or s.state is SaState.REMOVED or key in done:
                     continue
-                if s.state is SaState.TEMPORARY:
-                    self.table.auth_failed(s, now=now, response_due=False)
-                elif s.state is SaState.ESTABLISHED:
-                    self.table.deregistered(s, now=now, final_messages=0)
+                # Nothing more is due over it: it goes now.
+                self.table.remove_contact(("set", key), now=now)
                 self.backend.sync()
             elif isinstance(action, DropInput):
                 pass
@@ -264,8 +262,10 @@ class PcscfServer:
             port_c=sa.port_pc,
             port_s=sa.port_ps,
         )
+        # One table contact per set: the P-CSCF core decides which set replaces which
+        # (TS 33.203 §7.4) and says so with explicit releases.
         s = self.table.create_temporary(
-            (sa.impi, sa.ue_host),
+            ("set", sa.spi_ps),
             now=now,
             ue_ip=sa.ue_host,
             pcscf_ip=sa.pcscf_host,

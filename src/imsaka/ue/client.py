@@ -51,8 +51,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["UeClient", "UeResult", "free_udp_port"]
 
-_CONTACT = "ue"  # the UE keeps one registration flow: one contact key in its SA table
-
 
 def free_udp_port(host: str) -> int:
     """A UDP port the kernel just handed out (bound again by the backend at SA setup)."""
@@ -170,7 +168,7 @@ class UeClient:
     def _protected_ports(self) -> tuple[int, int]:
         host = self.config.local_host
         port_c = self.config.port_c or free_udp_port(host)
-        live = self.table.current(_CONTACT)
+        live = self._current_set()
         if live is None:
             self._port_s = self.config.port_s or free_udp_port(host)
         # TS 24.229 §5.1.1.4.2: port-s stays while a set is live; port-c is new.
@@ -296,7 +294,7 @@ class UeClient:
                 self.on_event(ev)
             if isinstance(ev, SendRequest):
                 if ev.protected:
-                    sa_set = self.table.temporary(_CONTACT) or self.table.current(_CONTACT)
+                    sa_set = self._current_set()
                     if sa_set is None:
                         self._finish(UeResult(False, 0, "no SA set to protect the REGISTER"))
                         continue
@@ -316,10 +314,7 @@ class UeClient:
             elif isinstance(ev, SecurityAssociationsReleased):
                 s = self._sets.pop(ev.sa.spi_uc, None)
                 if s is not None and s.state is not SaState.REMOVED:
-                    if not self._sets:
-                        self.table.remove_contact(_CONTACT, now=now)
-                    elif s.state is SaState.TEMPORARY:
-                        self.table.auth_failed(s, now=now, response_due=False)
+                    self.table.remove_contact(("set", ev.sa.spi_uc), now=now)
                     self.backend.sync()
             elif isinstance(ev, Registered):
                 self._finish(
@@ -357,7 +352,7 @@ class UeClient:
             port_s=sa.port_ps,
         )
         s = self.table.create_temporary(
-            _CONTACT,
+            ("set", sa.spi_uc),
             now=now,
             ue_ip=sa.ue_host,
             pcscf_ip=sa.pcscf_host,
@@ -369,6 +364,18 @@ class UeClient:
         self._offered_spis = None
         self._sets[sa.spi_uc] = s
         self.backend.sync()
+
+    def _current_set(self) -> SaSet | None:
+        """The newest live set: the temporary one while a challenge is answered, else the
+        established one (TS 33.203 §7.4)."""
+        live = [s for s in self._sets.values() if s.state is not SaState.REMOVED]
+        temporary = [s for s in live if s.state is SaState.TEMPORARY]
+        established = [s for s in live if s.state is SaState.ESTABLISHED]
+        if temporary:
+            return max(temporary, key=lambda s: s.id)
+        if established:
+            return max(established, key=lambda s: s.id)
+        return None
 
     def _finish(self, result: UeResult) -> None:
         if self._waiter is not None and not self._waiter.done():
