@@ -109,6 +109,7 @@ def test_passwords():
     assert password_for("AKAv2-MD5", res=RES, ik=IK, ck=CK) != RES
     assert password_for("MD5", password="secret") == b"secret"
     assert password_for("AKAv1-MD5", res=b"") == b""  # resync: the empty password
+    assert password_for("AKAv2-MD5", res=b"") == b""
 
 
 def test_res_with_zero_octets_is_not_truncated():

@@ -138,7 +138,8 @@ def password_for(
 
     AKAv1-MD5: RES (or XRES on the server) as raw octets; ``res=b""`` after a
     synchronisation failure (RFC 3310 §3.4). AKAv2-MD5: base64(HMAC-MD5(RES‖IK‖CK,
-    "http-digest-akav2-password")) as ASCII octets. MD5: ``password``.
+    "http-digest-akav2-password")) as ASCII octets (``res=b""``: the empty password
+    too). MD5: ``password``.
     """
     algorithm = canonical_algorithm(algorithm)
     if algorithm == MD5:
@@ -153,7 +154,9 @@ def password_for(
         raise DigestError(f"res: required for {algorithm}")
     # RES is 32..128 bits (TS 33.102 §6.3.2); the empty RES is the resync password.
     res = _octets("res", res, (0, 16))
-    if algorithm == AKAV1_MD5:
+    if algorithm == AKAV1_MD5 or not res:
+        # Empty RES: the resync password "" (RFC 3310 §3.4). A sync failure yields no
+        # RES, IK or CK, so AKAv2 uses the same empty password.
         return res
     if ik is None or ck is None:
         raise DigestError(f"{'ik' if ik is None else 'ck'}: required for {AKAV2_MD5}")
