@@ -372,3 +372,18 @@ async def test_node_config_validation():
         NodeConfig(origin_host="h", origin_realm="r", peers=(PeerSpec("a"), PeerSpec("a")))
     with pytest.raises(ValueError, match="tc"):
         NodeConfig(origin_host="h", origin_realm="r", tc=0)
+
+
+def test_exchange_on_uvloop():
+    """The deployed event loop: uvloop transports are not asyncio.Transport subclasses."""
+    import uvloop
+
+    async def main():
+        async with pair() as (_server, client):
+            return await client.request(mar())
+
+    loop = uvloop.new_event_loop()
+    try:
+        assert loop.run_until_complete(main()).is_success
+    finally:
+        loop.close()

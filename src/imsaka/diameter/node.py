@@ -174,8 +174,8 @@ class _Connection(asyncio.Protocol):
     # asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
+        self.transport = transport  # type: ignore[assignment]
         self.local = tuple(transport.get_extra_info("sockname")[:2])  # type: ignore[assignment]
         self.remote_addr = tuple(transport.get_extra_info("peername")[:2])  # type: ignore[assignment]
         self.node._connections.add(self)
