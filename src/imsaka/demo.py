@@ -116,7 +116,7 @@ async def run_demo(
     ues: list[UeClient] = []
     try:
         await net.start()
-        for i, sub in enumerate(subs):
+        for sub in subs:
             ue = UeClient(
                 net.ue_config(sub, encryption=("aes-cbc", "null")),
                 observers=[net.trace],

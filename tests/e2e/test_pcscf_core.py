@@ -167,7 +167,7 @@ def test_421_and_494():
     supported_only = no_tag.replace("Supported: path", "Supported: path, sec-agree")
     (r,) = p.receive_request(parse_message(supported_only.encode()), Arrival(UE), 0.0)
     assert r.message.status == 494
-    no_auth = "\r\n".join(l for l in PACKET1.split("\r\n") if not l.startswith("Authorization"))
+    no_auth = "\r\n".join(ln for ln in PACKET1.split("\r\n") if not ln.startswith("Authorization"))
     (r,) = p.receive_request(parse_message(no_auth.encode()), Arrival(UE), 0.0)
     assert r.message.status == 494
 
@@ -175,9 +175,9 @@ def test_421_and_494():
 def test_optional_admits_ue_without_security_client():
     p = core(sec_agree="optional")
     plain = "\r\n".join(
-        l
-        for l in PACKET1.split("\r\n")
-        if not l.startswith(("Security-Client", "Require", "Proxy-Require"))
+        ln
+        for ln in PACKET1.split("\r\n")
+        if not ln.startswith(("Security-Client", "Require", "Proxy-Require"))
     )
     (fwd,) = p.receive_request(parse_message(plain.encode()), Arrival(UE), 0.0)
     assert isinstance(fwd, Forward)

@@ -316,9 +316,9 @@ class PcscfCore:
         chosen = None
         for r in self.config.routes:
             d = r.domain.lower()
-            if domain == d or domain.endswith("." + d):
-                if chosen is None or len(d) > len(chosen.domain):
-                    chosen = r
+            matches = domain == d or domain.endswith("." + d)
+            if matches and (chosen is None or len(d) > len(chosen.domain)):
+                chosen = r
         if chosen is None:
             return None
         target = chosen.scscf if (self.config.home and chosen.scscf) else chosen.icscf
@@ -396,10 +396,9 @@ class PcscfCore:
             ue_branch, request.method + (str(arrival.spi) if arrival.spi else "")
         )
         pending = self.pending.get(branch)
-        if pending is not None:
-            if pending.final is not None:
-                self.counters["retransmission-answered"] += 1
-                return [self._to_ue(pending.final, arrival)]
+        if pending is not None and pending.final is not None:
+            self.counters["retransmission-answered"] += 1
+            return [self._to_ue(pending.final, arrival)]
         if request.method == "REGISTER":
             return self._register(request, arrival, branch, now)
         if request.method == "ACK":
@@ -735,14 +734,18 @@ class PcscfCore:
         # temporary SA set after the answer went out over it (TS 33.203 §7.3).
         actions: list[Action] = [self._to_ue(resp, pending.arrival)]
         reg = self.registrations.get(pending.impi)
-        if reg is not None and reg.temporary is not None and pending.kind == "register-protected":
-            if pending.arrival.spi in reg.temporary.inbound_spis:
-                actions.append(
-                    self._release(reg, reg.temporary, f"authentication failed ({resp.status})")
-                )
-                reg.temporary = None
-                if reg.sa is None:
-                    self._forget(reg)
+        if (
+            reg is not None
+            and reg.temporary is not None
+            and pending.kind == "register-protected"
+            and pending.arrival.spi in reg.temporary.inbound_spis
+        ):
+            actions.append(
+                self._release(reg, reg.temporary, f"authentication failed ({resp.status})")
+            )
+            reg.temporary = None
+            if reg.sa is None:
+                self._forget(reg)
         return actions
 
     def _on_401(self, resp: Response, pending: _Pending, now: float) -> list[Action]:
