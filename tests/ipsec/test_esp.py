@@ -257,3 +257,13 @@ def test_bit_flips_never_deliver(payload, where, bit):
     pos = 8 + where % (len(packet) - 8)
     packet[pos] ^= (bit % 8 + 1) & 0xFF
     assert isinstance(inb.unprotect(bytes(packet)), EspDrop)
+
+
+@pytest.mark.parametrize("alg,ealg", [("null", "aes-gcm"), ("aes-gmac", "null")])
+def test_gcm_nonces_differ_across_the_sas_of_a_set(alg, ealg):
+    # All four SAs share CK/IK and the salt; the IV (SPI ‖ Seq) keeps nonces unique.
+    keys = derive_esp_keys(alg, ealg, ik=IK, ck=CK)
+    a, b = EspOutbound(0x1001, keys), EspOutbound(0x1002, keys)
+    pa, pb = a.protect(b"same"), b.protect(b"same")
+    assert pa[8:16] == pa[:8] and pb[8:16] == pb[:8]
+    assert pa[8:16] != pb[8:16]

@@ -329,3 +329,13 @@ def test_spi_collision_with_a_live_sa_is_refused():
     with pytest.raises(LocalProtocolError, match="spi"):
         t.create_temporary("ue2", now=1.0, ue_ip="127.0.0.1", pcscf_ip="127.0.0.1",
                            client=client, server=server, ik=bytes(16), ck=bytes(16))  # fmt: skip
+
+
+def test_a_set_with_repeated_spis_is_refused():
+    from imsaka.ipsec import SaSet, derive_esp_keys
+
+    keys = derive_esp_keys("null", "aes-gcm", ik=bytes(16), ck=bytes(16))
+    with pytest.raises(LocalProtocolError, match="four SPIs"):
+        SaSet(set_id=1, local_role="ue", ue_ip="127.0.0.1", pcscf_ip="127.0.0.1",
+              ue_ports=PortPair(1, 2), pcscf_ports=PortPair(3, 4), ue_spis=(300, 301),
+              pcscf_spis=(301, 302), keys=keys, now=0.0, lifetime=10.0)  # fmt: skip

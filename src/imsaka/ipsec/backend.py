@@ -61,6 +61,7 @@ __all__ = [
 log = logging.getLogger("imsaka.ipsec.backend")
 
 MAX_DATAGRAM = 65535
+MAX_KEYFILE_SAS = 4096  # removed SAs kept in the esp_sa file, oldest dropped first
 _UDP = struct.Struct(">HHHH")
 
 # Drop triggers of the transport (the ESP ones are in imsaka.ipsec.esp).
@@ -216,8 +217,18 @@ class ProtectedTransport(Observable):
                 if self.on_table_event is not None:
                     self.on_table_event(event)
         if changed and self.key_file is not None:
+            self._trim_keyed()
             write_esp_sa_file(self.key_file, self._keyed.values())
         self._arm_timer()
+
+    def _trim_keyed(self) -> None:
+        # Removed SAs stay in the key file so a capture of the whole run decrypts, but
+        # a long-running node must not grow it without bound: forget the oldest.
+        excess = len(self._keyed) - MAX_KEYFILE_SAS
+        if excess <= 0:
+            return
+        for spi in [s for s, sa in self._keyed.items() if not sa.sa_set.live][:excess]:
+            del self._keyed[spi]
 
     def _installed(self, sa_set: SaSet) -> None:
         for port in (sa_set.local_ports.port_c, sa_set.local_ports.port_s):

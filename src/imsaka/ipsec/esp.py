@@ -8,9 +8,11 @@ Padding ‖ Pad Length ‖ Next Header) ‖ ICV. Transforms (TS 33.203 Annex H/I
 - encryption aes-cbc (RFC 3602) and des-ede3-cbc (RFC 2451) with a fresh unpredictable
   IV per packet, null (RFC 2410);
 - aes-gcm (RFC 4106, 16-octet ICV, AAD = SPI ‖ Seq) and aes-gmac (RFC 4543, integrity
-  only, AAD = SPI ‖ Seq ‖ IV ‖ plaintext). Their 8-octet IV is the packet's sequence
-  number: RFC 4106 §3.1 requires uniqueness, which a counter guarantees and a random
-  64-bit value does not.
+  only, AAD = SPI ‖ Seq ‖ IV ‖ plaintext). Their 8-octet IV is SPI ‖ sequence number:
+  RFC 4106 §3.1 requires that a (key, nonce) pair never repeats, and all four SAs of a
+  set share one key and salt (TS 33.203 Annex I), so a bare counter would repeat
+  across the SAs; the SPIs of a set are distinct (enforced by `SaSet`), which makes
+  SPI ‖ Seq unique, where a random 64-bit IV would only be unique with high probability.
 
 CBC IVs: one long-lived CBC context per SA; each packet is encrypted as R ‖ plaintext
 with R a fresh random block from the injected source, and the first ciphertext block
@@ -284,7 +286,7 @@ def _build_protect(spi: int, keys: EspKeys, rng: RandomSource):
 
         def protect_gcm(seq: int, payload: bytes, nh: int) -> bytes:
             header = pack(spi, seq)
-            iv = seq.to_bytes(8, "big")
+            iv = header  # SPI ‖ Seq: unique per (key, SA, packet)
             body = payload + _trailer(len(payload), 4, nh)
             return header + iv + aead.encrypt(salt + iv, body, header)
 
@@ -294,9 +296,9 @@ def _build_protect(spi: int, keys: EspKeys, rng: RandomSource):
         salt = keys.salt
 
         def protect_gmac(seq: int, payload: bytes, nh: int) -> bytes:
-            iv = seq.to_bytes(8, "big")
-            signed = pack(spi, seq) + iv + payload + _trailer(len(payload), 4, nh)
-            return signed + gmac.encrypt(salt + iv, b"", signed)
+            header = pack(spi, seq)
+            signed = header + header + payload + _trailer(len(payload), 4, nh)
+            return signed + gmac.encrypt(salt + header, b"", signed)
 
         return protect_gmac
     digest = integ.digest

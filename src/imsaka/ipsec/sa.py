@@ -306,6 +306,10 @@ class SaSet:
     ) -> None:
         if local_role not in ("ue", "pcscf"):
             raise LocalProtocolError("local_role: 'ue' or 'pcscf'")
+        if len({*ue_spis, *pcscf_spis}) != 4:
+            # One key serves all four SAs (Annex I): equal SPIs would make their
+            # traffic indistinguishable and their GCM nonces collide.
+            raise LocalProtocolError("spi: the four SPIs of an SA set must differ")
         self.id = set_id
         self.local_role = local_role
         self.ue_ip, self.pcscf_ip = ue_ip, pcscf_ip

@@ -143,7 +143,7 @@ def run_ip_batch(lines: Sequence[str]) -> None:
     )
     if proc.returncode != 0:
         first = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[0]
-        raise XfrmUnavailable(f"xfrm: ip -batch failed: {first}")
+        raise XfrmUnavailable(f"xfrm: ip: {first.rstrip('.')}")
 
 
 def probe_xfrm(runner: Runner = run_ip_batch) -> None:
@@ -158,9 +158,10 @@ def probe_xfrm(runner: Runner = run_ip_batch) -> None:
             ]
         )
     except XfrmUnavailable as exc:
+        reason = str(exc).removeprefix("xfrm: ")
         raise XfrmUnavailable(
-            f"{exc}; the kernel cannot hold ESP transport SAs (no XFRM/esp4 or no"
-            " CAP_NET_ADMIN): use the userspace IPsec backend"
+            f"xfrm: this kernel cannot hold ESP transport SAs ({reason}; needs XFRM with"
+            " esp4/esp6 and CAP_NET_ADMIN); use the userspace IPsec backend"
         ) from None
     except OSError as exc:
         raise XfrmUnavailable(f"xfrm: cannot run ip: {exc.strerror}") from None
