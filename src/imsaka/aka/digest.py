@@ -285,7 +285,7 @@ def verify_response(
             cnonce=cnonce,
             body=body,
         )
-    except (DigestError, TypeError):
+    except DigestError:
         return False
     if not isinstance(response, str) or not response.isascii():
         return False
