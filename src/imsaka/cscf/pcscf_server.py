@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from imsaka.config import NetworkConfig, PcscfConfig
+from imsaka.config import ImsConfig, NetworkConfig, PcscfConfig
 from imsaka.cscf.pcscf import (
     Action,
     Arrival,
@@ -105,6 +105,9 @@ class PcscfServer:
     def address(self) -> tuple[str, int]:
         assert self.udp is not None
         return self.udp.local_address
+
+    async def stop(self) -> None:
+        await self.close()
 
     async def close(self) -> None:
         if self._timer is not None:
@@ -296,3 +299,11 @@ class PcscfServer:
         assert self.core is not None
         now = asyncio.get_running_loop().time()
         self._execute(self.core.handle_timer(now), now)
+
+
+def run(config: ImsConfig) -> int:
+    """``imsaka run pcscf``: serve until SIGINT/SIGTERM."""
+    from imsaka.cscf._serve import serve_forever
+
+    assert config.pcscf is not None
+    return asyncio.run(serve_forever(PcscfServer(config.pcscf, config.network), "pcscf"))
