@@ -184,227 +184,44 @@ OP = "cdc202d5123e20f62b6d676ac72cb318"
 RAND = "23553cbe9637a89d218ae64dae47bf35"
 
 
+def vec(**over):
+    """``aka vector`` arguments, valid unless overridden (value None drops the option)."""
+    args = {"--k": K, "--op": OP, "--rand": RAND, "--sqn": "000000000001", "--amf": "8000"}
+    args.update(over)
+    out = ["vector"]
+    for key, value in args.items():
+        if value is not None:
+            out += [key, value]
+    return out
+
+
+SUB = ["--k", K, "--op", OP, "--rand", RAND]
+DIG = ["digest", "--username", "u", "--realm", "r", "--nonce", "n", "--uri", "u"]
+QOP = ["--res", "00" * 8, "--qop", "auth"]
+
+
 @pytest.mark.parametrize(
     ("argv", "field"),
     [
-        (
-            [
-                "vector",
-                "--k",
-                K[:-2],
-                "--op",
-                OP,
-                "--rand",
-                RAND,
-                "--sqn",
-                "000000000001",
-                "--amf",
-                "8000",
-            ],
-            "--k",
-        ),
-        (
-            [
-                "vector",
-                "--k",
-                K,
-                "--op",
-                OP + "00",
-                "--rand",
-                RAND,
-                "--sqn",
-                "000000000001",
-                "--amf",
-                "8000",
-            ],
-            "--op",
-        ),
-        (
-            [
-                "vector",
-                "--k",
-                K,
-                "--opc",
-                "zz" * 16,
-                "--rand",
-                RAND,
-                "--sqn",
-                "000000000001",
-                "--amf",
-                "8000",
-            ],
-            "--opc",
-        ),
-        (
-            [
-                "vector",
-                "--k",
-                K,
-                "--op",
-                OP,
-                "--rand",
-                RAND[:-1],
-                "--sqn",
-                "000000000001",
-                "--amf",
-                "8000",
-            ],
-            "--rand",
-        ),
-        (["vector", "--k", K, "--op", OP, "--rand", RAND, "--sqn", "01", "--amf", "8000"], "--sqn"),
-        (
-            [
-                "vector",
-                "--k",
-                K,
-                "--op",
-                OP,
-                "--rand",
-                RAND,
-                "--sqn",
-                "000000000001",
-                "--amf",
-                "80",
-            ],
-            "--amf",
-        ),
-        (["vector", "--k", K, "--rand", RAND, "--sqn", "000000000001", "--amf", "8000"], "--op"),
-        (
-            ["vector", "--k", K, "--op", OP, "--opc", OP, "--sqn", "000000000001", "--amf", "8000"],
-            "--opc",
-        ),
-        (["auts", "--k", K, "--op", OP, "--rand", RAND, "--sqn-ms", "0001"], "--sqn-ms"),
-        (["resync", "--k", K, "--op", OP, "--rand", RAND, "--auts", "00" * 13], "--auts"),
-        (["resync", "--k", K, "--op", OP, "--rand", RAND, "--auts", "g" * 28], "--auts"),
-        (["digest", "--username", "u", "--realm", "r", "--nonce", "n", "--uri", "u"], "--res"),
-        (
-            [
-                "digest",
-                "--username",
-                "u",
-                "--realm",
-                "r",
-                "--nonce",
-                "n",
-                "--uri",
-                "u",
-                "--res",
-                "00" * 17,
-            ],
-            "--res",
-        ),
-        (
-            [
-                "digest",
-                "--algorithm",
-                "AKAv2-MD5",
-                "--username",
-                "u",
-                "--realm",
-                "r",
-                "--nonce",
-                "n",
-                "--uri",
-                "u",
-                "--res",
-                "00" * 8,
-            ],
-            "--ik",
-        ),
-        (
-            [
-                "digest",
-                "--algorithm",
-                "SHA-256",
-                "--username",
-                "u",
-                "--realm",
-                "r",
-                "--nonce",
-                "n",
-                "--uri",
-                "u",
-            ],
-            "--algorithm",
-        ),
-        (
-            [
-                "digest",
-                "--algorithm",
-                "MD5",
-                "--username",
-                "u",
-                "--realm",
-                "r",
-                "--nonce",
-                "n",
-                "--uri",
-                "u",
-            ],
-            "--password",
-        ),
-        (
-            [
-                "digest",
-                "--username",
-                "u",
-                "--realm",
-                "r",
-                "--nonce",
-                "n",
-                "--uri",
-                "u",
-                "--res",
-                "00" * 8,
-                "--qop",
-                "auth",
-                "--cnonce",
-                "c",
-            ],
-            "--nc",
-        ),
-        (
-            [
-                "digest",
-                "--username",
-                "u",
-                "--realm",
-                "r",
-                "--nonce",
-                "n",
-                "--uri",
-                "u",
-                "--res",
-                "00" * 8,
-                "--qop",
-                "auth",
-                "--nc",
-                "1",
-                "--cnonce",
-                "c",
-            ],
-            "--nc",
-        ),
-        (
-            [
-                "digest",
-                "--username",
-                "u",
-                "--realm",
-                "r",
-                "--nonce",
-                "n",
-                "--uri",
-                "u",
-                "--res",
-                "00" * 8,
-                "--qop",
-                "auth",
-                "--nc",
-                "00000001",
-            ],
-            "--cnonce",
-        ),
+        (vec(**{"--k": K[:-2]}), "--k"),
+        (vec(**{"--op": OP + "00"}), "--op"),
+        (vec(**{"--op": None, "--opc": "zz" * 16}), "--opc"),
+        (vec(**{"--rand": RAND[:-1]}), "--rand"),
+        (vec(**{"--sqn": "01"}), "--sqn"),
+        (vec(**{"--amf": "80"}), "--amf"),
+        (vec(**{"--op": None}), "--op"),
+        (vec(**{"--opc": OP, "--rand": None}), "--opc"),
+        (["auts", *SUB, "--sqn-ms", "0001"], "--sqn-ms"),
+        (["resync", *SUB, "--auts", "00" * 13], "--auts"),
+        (["resync", *SUB, "--auts", "g" * 28], "--auts"),
+        (DIG, "--res"),
+        ([*DIG, "--res", "00" * 17], "--res"),
+        ([*DIG, "--algorithm", "AKAv2-MD5", "--res", "00" * 8], "--ik"),
+        ([*DIG, "--algorithm", "SHA-256"], "--algorithm"),
+        ([*DIG, "--algorithm", "MD5"], "--password"),
+        ([*DIG, *QOP, "--cnonce", "c"], "--nc"),
+        ([*DIG, *QOP, "--nc", "1", "--cnonce", "c"], "--nc"),
+        ([*DIG, *QOP, "--nc", "00000001"], "--cnonce"),
     ],
 )
 def test_bad_arguments_one_line_exit_2(capsys, argv, field):
@@ -476,3 +293,24 @@ def test_subprocess_vector_and_forged_resync(milenage_sets):
         timeout=60,
     )
     assert short.returncode == 2 and short.stderr.count("\n") == 1 and "--sqn-ms" in short.stderr
+
+
+def test_hex_with_0x_prefix_and_upper_case_is_accepted(capsys, milenage_sets):
+    ts = milenage_sets[3]
+    code, out, err = run(
+        capsys,
+        "vector",
+        "--k",
+        "0x" + ts["k"].upper(),
+        "--opc",
+        ts["opc"],
+        "--rand",
+        ts["rand"],
+        "--sqn",
+        "0X" + ts["sqn"],
+        "--amf",
+        ts["amf"],
+        "--json",
+    )
+    assert code == 0, err
+    assert json.loads(out)["mac_a"] == ts["f1"]
