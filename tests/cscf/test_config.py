@@ -1,0 +1,162 @@
+"""imsaka.config: the whole-network TOML; one line naming [section].field on any mistake."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from imsaka.config import ConfigError, load_config, parse_config, split_hostport
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "imsaka.toml"
+
+
+def example() -> dict:
+    return tomllib.loads(EXAMPLE.read_text())
+
+
+def test_example_describes_a_whole_loopback_network():
+    cfg = load_config(EXAMPLE)
+    assert cfg.network.home_domains == ("home1.net",)
+    assert cfg.pcscf.route_for("home1.net").icscf == "sip:icscf1_p.home1.net:5070"
+    assert cfg.icscf.scscfs[0].name == cfg.scscf.server_name
+    assert cfg.icscf.scscf_by_name("SIP:SCSCF1.home1.net:5080") is cfg.icscf.scscfs[0]
+    assert cfg.scscf.service_route == "<sip:orig@scscf1.home1.net:5080;lr>"
+    assert cfg.scscf.realm == "home1.net"
+    assert cfg.network.resolve("scscf1.home1.net") == "127.0.0.1"
+    assert cfg.hss["diameter_host"] == "hss.home1.net"
+    assert cfg.raw["hss"] is cfg.hss
+
+
+def test_the_hss_accepts_the_example_hss_section():
+    from imsaka.hss.config import parse_hss_config
+
+    hss = parse_hss_config(example())
+    assert hss.scscfs[0].name == "sip:scscf1.home1.net:5080"
+    assert {p.host for p in hss.peers} == {"icscf1.home1.net", "scscf1.home1.net"}
+
+
+def mutate(path: list[str], value) -> dict:
+    doc = example()
+    target = doc
+    for key in path[:-1]:
+        target = target[key] if not key.isdigit() else target[int(key)]
+    if value is KeyError:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (["scscf", "port"], "5080", "[scscf].port: must be an integer"),
+        (["scscf", "port"], 70000, "[scscf].port: must be at most 65535"),
+        (["scscf", "reauthenticate"], "sometimes", "[scscf].reauthenticate: must be one of"),
+        (["scscf", "binding_store"], "mysql://x", "[scscf].binding_store:"),
+        (["scscf", "min_expires"], 0, "[scscf].min_expires: must be at least 1"),
+        (["scscf", "default_expires"], 10, "[scscf].default_expires:"),
+        (["scscf", "vectors_per_request"], 0, "[scscf].vectors_per_request:"),
+        (["scscf", "colour"], "blue", "[scscf].colour: unknown field"),
+        (["scscf", "diameter"], KeyError, "[scscf].diameter: missing"),
+        (["scscf", "diameter", "peers"], [], "[scscf.diameter].peers:"),
+        (["icscf", "scscfs"], [], "[icscf].scscfs: at least one"),
+        (["icscf", "address"], "localhost", "[icscf].address: 'localhost' is not an IP address"),
+        (["pcscf", "sec_agree"], "maybe", "[pcscf].sec_agree: must be one of"),
+        (["pcscf", "integrity_algorithms"], ["hmac-sha-256"], "[pcscf].integrity_algorithms:"),
+        (["pcscf", "port_s"], 5060, "[pcscf].port_s: port, port_c and port_s must differ"),
+        (["network", "home_domains"], [], "[network].home_domains: must not be empty"),
+        (["network", "hosts"], {"a.b": "not-an-ip"}, "[network.hosts].a.b:"),
+        (["nonsense"], {}, "[nonsense]: unknown section"),
+    ],
+)
+def test_mistakes_name_the_field(path, value, message):
+    with pytest.raises(ConfigError) as info:
+        parse_config(mutate(path, value))
+    text = str(info.value)
+    assert text.startswith(message), text
+    assert "\n" not in text
+
+
+def test_route_needs_a_target():
+    doc = example()
+    doc["pcscf"]["routes"] = [{"domain": "home1.net"}]
+    with pytest.raises(ConfigError, match=r"^\[pcscf.routes\[0\]\].icscf: a route needs"):
+        parse_config(doc)
+
+
+def test_route_to_an_unknown_host_name():
+    doc = example()
+    doc["pcscf"]["routes"] = [{"domain": "home1.net", "icscf": "sip:nowhere.example:5070"}]
+    with pytest.raises(ConfigError, match=r"^\[pcscf.routes\[0\]\].icscf:"):
+        parse_config(doc)
+
+
+def test_sections_of_other_functions_may_be_absent():
+    doc = example()
+    del doc["pcscf"], doc["icscf"]
+    cfg = parse_config(doc)
+    assert cfg.pcscf is None and cfg.icscf is None and cfg.scscf is not None
+
+
+def test_not_toml(tmp_path):
+    p = tmp_path / "x.toml"
+    p.write_text("[scscf\nname=")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(p)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("sip:scscf1.home1.net:5080", ("scscf1.home1.net", 5080)),
+        ("sip:orig@scscf1.home1.net;lr", ("scscf1.home1.net", 5060)),
+        ("[::1]:5070", ("::1", 5070)),
+        ("127.0.0.1", ("127.0.0.1", 5060)),
+        ("sip:[2001:db8::1]:5090;transport=tcp", ("2001:db8::1", 5090)),
+    ],
+)
+def test_split_hostport(text, expected):
+    assert split_hostport(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "sip:", "[::1", "host:99999", "host:x"])
+def test_split_hostport_refuses(text):
+    with pytest.raises(ValueError):
+        split_hostport(text)
+
+
+def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "imsaka", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_cli_bad_file_is_one_line_and_exit_2(tmp_path):
+    doc = EXAMPLE.read_text().replace('reauthenticate = "never"', 'reauthenticate = "often"')
+    p = tmp_path / "bad.toml"
+    p.write_text(doc)
+    r = run_cli("run", "scscf", "-c", str(p))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "imsaka: error: [scscf].reauthenticate: must be one of 'never', 'always'"
+    ]
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_missing_file(tmp_path):
+    r = run_cli("run", "icscf", "-c", str(tmp_path / "none.toml"))
+    assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def test_cli_missing_section(tmp_path):
+    doc = example()
+    p = tmp_path / "x.toml"
+    p.write_text(EXAMPLE.read_text().split("[icscf]")[0])
+    r = run_cli("run", "icscf", "-c", str(p))
+    assert r.returncode == 2 and "[icscf]: missing section" in r.stderr
+    assert doc  # the example itself is untouched

@@ -1,0 +1,181 @@
+"""``imsaka run hss|scscf|icscf -c FILE``: three processes from one TOML, registered through."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from imsaka.aka.digest import compute_response, password_for, split_nonce
+from imsaka.aka.isim import Isim
+from imsaka.aka.milenage import Milenage
+from imsaka.sip import parse_message
+from imsaka.sip.endpoint import SipEndpoint
+from imsaka.sip.transport import UdpTransport
+from tests.conftest import free_port
+
+from .fakes import OPC, K
+
+pytestmark = pytest.mark.slow
+
+
+def toml(hss_port: int, icscf_port: int, scscf_port: int, db: str) -> str:
+    return f"""
+[network]
+home_domains = ["home1.net"]
+[network.hosts]
+"scscf1.home1.net" = "127.0.0.1"
+
+[hss]
+database = "{db}"
+diameter_host = "hss.home1.net"
+diameter_port = {hss_port}
+visited_networks = ["Visited Network Number 1"]
+api_port = 0
+
+[icscf]
+name = "icscf1_p.home1.net"
+port = {icscf_port}
+transports = ["udp"]
+[icscf.diameter]
+host = "icscf1.home1.net"
+timeout = 1.0
+[[icscf.diameter.peers]]
+host = "hss.home1.net"
+address = "127.0.0.1"
+port = {hss_port}
+[[icscf.scscfs]]
+name = "sip:scscf1.home1.net:{scscf_port}"
+
+[scscf]
+name = "scscf1.home1.net"
+port = {scscf_port}
+transports = ["udp"]
+[scscf.diameter]
+host = "scscf1.home1.net"
+timeout = 1.0
+[[scscf.diameter.peers]]
+host = "hss.home1.net"
+address = "127.0.0.1"
+port = {hss_port}
+"""
+
+
+def start(*args: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [sys.executable, "-m", "imsaka", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+async def wait_line(proc: subprocess.Popen, word: str, timeout: float = 20.0) -> str:
+    loop = asyncio.get_running_loop()
+    line = await asyncio.wait_for(loop.run_in_executor(None, proc.stdout.readline), timeout)
+    assert word in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+    return line
+
+
+async def wait_tcp(port: int, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            _r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            return
+        except OSError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+def stop(proc: subprocess.Popen) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+async def test_three_processes_from_one_file(tmp_path):
+    hss_port = free_port()
+    icscf_port = free_port(socket.SOCK_DGRAM)
+    scscf_port = free_port(socket.SOCK_DGRAM)
+    db = f"sqlite+aiosqlite:///{tmp_path / 'hss.db'}"
+    cfg = tmp_path / "imsaka.toml"
+    cfg.write_text(toml(hss_port, icscf_port, scscf_port, db))
+    add = subprocess.run(
+        [sys.executable, "-m", "imsaka", "hss", "add-subscriber", "-c", str(cfg),
+         "--impi", "user1_private@home1.net", "--impu", "sip:user1_public1@home1.net",
+         "--k", K.hex(), "--opc", OPC.hex()],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert add.returncode == 0, add.stderr
+    procs = []
+    client = None
+    try:
+        procs.append(start("run", "hss", "-c", str(cfg)))
+        await wait_tcp(hss_port)
+        procs.append(start("run", "scscf", "-c", str(cfg)))
+        await wait_line(procs[-1], "listening")
+        procs.append(start("run", "icscf", "-c", str(cfg)))
+        await wait_line(procs[-1], "listening")
+        client = SipEndpoint(owner="pcscf")
+        client.add_transport(await UdpTransport.create("127.0.0.1", 0))
+        port = client.transports[0].local_address[1]
+
+        def register(cseq: int, auth: str):
+            text = (
+                "REGISTER sip:home1.net SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP pcscf1.visited1.net:{port};branch=z9hG4bK{os.urandom(6).hex()}\r\n"
+                "Max-Forwards: 69\r\n"
+                "Path: <sip:term@pcscf1.visited1.net;lr>\r\nRequire: path\r\n"
+                'P-Visited-Network-ID: "Visited Network Number 1"\r\n'
+                "From: <sip:user1_public1@home1.net>;tag=1\r\nTo: <sip:user1_public1@home1.net>\r\n"
+                "Contact: <sip:127.0.0.1:40000>;expires=3600\r\nCall-ID: run-test\r\n"
+                f"Authorization: {auth}\r\nCSeq: {cseq} REGISTER\r\nContent-Length: 0\r\n\r\n"
+            )
+            return parse_message(text.encode())
+
+        base = 'Digest username="user1_private@home1.net", realm="home1.net", uri="sip:home1.net"'
+        r401 = None
+        for _ in range(20):  # the CSCFs reconnect to the HSS within a couple of seconds
+            r401 = await client.send_request(
+                register(1, f'{base}, nonce="", response="", integrity-protected="no"'),
+                ("127.0.0.1", icscf_port),
+            )
+            if r401.status != 480 and r401.status != 504:
+                break
+            await asyncio.sleep(0.25)
+        assert r401.status == 401, r401
+        nonce = r401.www_authenticate.get("nonce")
+        rand, autn, _ = split_nonce(nonce)
+        res = Isim(Milenage(K, opc=OPC)).authenticate(rand, autn).res
+        response = compute_response(
+            algorithm="AKAv1-MD5", username="user1_private@home1.net", realm="home1.net",
+            password=password_for("AKAv1-MD5", res=res), method="REGISTER",
+            uri="sip:home1.net", nonce=nonce,
+        )  # fmt: skip
+        r200 = await client.send_request(
+            register(2, f'{base}, nonce="{nonce}", algorithm=AKAv1-MD5, response="{response}", '
+                        'integrity-protected="yes"'),
+            ("127.0.0.1", icscf_port),
+        )  # fmt: skip
+        assert r200.status == 200, r200
+        assert r200.get("p-associated-uri") == "<sip:user1_public1@home1.net>"
+    finally:
+        if client is not None:
+            await client.close()
+        codes = [stop(p) for p in reversed(procs)]
+    assert codes == [0] * len(procs), [p.stderr.read()[-2000:] for p in procs]
