@@ -320,3 +320,54 @@ async def test_random_datagrams_never_deliver_or_raise_and_logs_hold_no_keys(cap
     for secret in (IK.hex(), CK.hex()):
         assert secret not in caplog.text
     assert "esp-" in caplog.text
+
+
+@pytest.mark.tshark
+async def test_live_capture_on_loopback_decrypts_with_the_key_file(tmp_path: Path):
+    """tshark -i lo on the protected ports while the two sides talk; then decrypt."""
+    loop = asyncio.get_running_loop()
+    n = negotiate("hmac-md5-96", "aes-cbc", now=loop.time())
+    ports = sorted({
+        n.ue_set.ue_ports.port_c, n.ue_set.ue_ports.port_s,
+        n.pcscf_set.pcscf_ports.port_c, n.pcscf_set.pcscf_ports.port_s,
+    })  # fmt: skip
+    pcap, keys = tmp_path / "live.pcap", tmp_path / "esp_sa"
+    capture = await asyncio.create_subprocess_exec(
+        "tshark", "-i", "lo", "-q", "-w", str(pcap),
+        "-f", " or ".join(f"udp port {p}" for p in ports),
+        stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        banner = b""
+        while b"Capturing on" not in banner:
+            chunk = await asyncio.wait_for(capture.stderr.read(200), 20)
+            assert chunk, "tshark exited before capturing"
+            banner += chunk
+        await asyncio.sleep(1.0)  # dumpcap reports before its first read
+        async with UserspaceBackend(n.ue, key_file=keys) as ue, UserspaceBackend(n.pcscf) as pc:
+            sent = await exchange_all_four(n, ue, pc)
+        await asyncio.sleep(0.5)
+    finally:
+        if capture.returncode is None:
+            capture.terminate()
+        await asyncio.wait_for(capture.wait(), 20)
+    conf = tmp_path / "config" / "wireshark"
+    conf.mkdir(parents=True)
+    shutil.copy(keys, conf / "esp_sa")
+    env = {
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "HOME": str(tmp_path),
+        "PATH": "/usr/bin:/bin",
+    }
+    decode = [x for p in ports for x in ("-d", f"udp.port=={p},udpencap")]
+    out = _tshark(
+        ["-r", str(pcap), "-o", "esp.enable_encryption_decode:TRUE",
+         "-o", "esp.enable_authentication_check:TRUE", *decode, "-T", "fields",
+         "-E", "occurrence=f", "-e", "esp.spi", "-e", "esp.icv_good", "-e", "esp.contained_data"],
+        env,
+    )  # fmt: skip
+    rows = {int(r[0], 16): r[1:] for r in (x.split("\t") for x in out.splitlines() if x.strip())}
+    assert len(rows) == 4
+    for m in sent:
+        icv, data = rows[m.sa.spi]
+        assert icv == "1" and bytes.fromhex(data)[8:] == m.data
