@@ -127,7 +127,10 @@ def test_dictionary_from_library_and_overrides():
     d = codec.avp_def(612, 10415)
     assert (d.name, d.type, d.mandatory, d.flags) == ("SIP-Auth-Data-Item", "Grouped", True, 0xC0)
     assert codec.avp_def(608, 10415).type == "UTF8String"
-    assert codec.avp_def(628, 10415).flags == 0x80  # Supported-Features: V, not M
+    assert codec.avp_def(637, 10415).flags == 0x80  # UAR-Flags: V, not M (Wireshark)
+    assert codec.avp_def(648, 10415).flags == 0x80  # Multiple-Registration-Indication
+    assert codec.avp_def(269).flags == 0  # Product-Name: M must not
+    assert codec.avp_def(628, 10415).flags == 0xC0
     assert codec.avp_def(263).flags == 0x40
     with pytest.raises(KeyError):
         codec.avp_def(999999, 4242)
@@ -185,3 +188,46 @@ def test_framer_returns_good_messages_before_a_bad_header():
     assert f.error is not None and f.error.reason == "length-too-small"
     with pytest.raises(FramingError):
         f.feed(b"")
+
+
+def test_m_and_v_flags_match_wiresharks_dictionary():
+    """Every AVP imsaka builds carries the M/V bits Wireshark's dictionary prescribes."""
+    import re
+    from pathlib import Path
+
+    from imsaka.diameter import cx
+
+    base = Path("/usr/share/wireshark/diameter")
+    rules: dict[tuple[int, int], str] = {}
+    for name, vendor in (("dictionary.xml", 0), ("TGPP.xml", 10415)):
+        text = (base / name).read_text(errors="replace")
+        for m in re.finditer(r'<avp name="[^"]+" code="(\d+)" mandatory="(\w+)"', text):
+            rules.setdefault((int(m.group(1)), vendor), m.group(2))
+    used = {(code, vendor) for cls in cx._BY_KEY.values() for _a, code, vendor, *_ in cls._SPEC}
+    used |= {
+        (c, 0)
+        for c in (
+            257,
+            258,
+            260,
+            263,
+            264,
+            265,
+            266,
+            267,
+            268,
+            269,
+            273,
+            277,
+            278,
+            279,
+            281,
+            296,
+            297,
+            298,
+        )
+    }
+    used |= {(c, 10415) for c in (604, 605, 608, 609, 610, 611, 613, 616, 617, 625, 626)}
+    for key in sorted(used):
+        assert key in rules, key
+        assert codec.avp_def(*key).mandatory == (rules[key] == "must"), key

@@ -352,11 +352,14 @@ _ENCODERS = {
     "Address": _enc_address,
 }
 
-# TS 29.229 §6.3 marks these Cx AVPs "M: must not" where the library sets M.
+# Where the library's M flag differs from Wireshark's dictionary (TGPP.xml and
+# dictionary.xml, the reference for the bytes; RFC 6733 §4.5 and TS 29.229 §6.3 tables
+# say "M: must not" for these), Wireshark wins.
 _M_OVERRIDES: dict[tuple[int, int], bool] = {
-    (628, VENDOR_3GPP): False,  # Supported-Features
-    (629, VENDOR_3GPP): False,  # Feature-List-ID
-    (630, VENDOR_3GPP): False,  # Feature-List
+    (267, 0): False,  # Firmware-Revision
+    (269, 0): False,  # Product-Name
+    (281, 0): False,  # Error-Message
+    **{(code, VENDOR_3GPP): False for code in (*range(635, 653), 656)},
 }
 # Names the library spells after RFC 4740 / its own prefixes; imsaka prints the
 # TS 29.229 names (the ones Wireshark shows).
