@@ -107,3 +107,43 @@ async def test_captured_cx_decodes_cleanly_with_sent_values(tmp_path):
     uaa_row = by_cmd[("300", False)]
     assert uaa_row[7] == "2001"
     assert uaa_row[6] == "sip:scscf.ims.test"
+
+
+async def test_every_cx_command_and_error_answers_decode_without_expert_info(tmp_path):
+    import dataclasses
+
+    from imsaka.diameter import codec
+    from tests.diameter.helpers import all_commands
+
+    events: list[WireEvent] = []
+    async with pair(observer=events.append) as (server, client):
+        for req in all_commands():
+            if not req.IS_REQUEST:
+                continue
+            if isinstance(req, (cx.RTR, cx.PPR)):
+                await server.request(dataclasses.replace(req, destination_host="scscf.ims.test"))
+            else:
+                await client.request(req)
+        msg = mar().to_message()
+        stripped = dataclasses.replace(msg, avps=tuple(a for a in msg.avps if a.code != 601))
+        answer = await client.request(stripped)  # answered 5005 with Failed-AVP
+        assert answer.find(codec.AVP_RESULT_CODE).u32 == 5005
+        port = server.port
+    pcap = tmp_path / "all.pcap"
+    write_pcap(pcap, events)
+    expert = tshark(pcap, port, "-q", "-z", "expert,note")
+    assert "Malformed" not in expert
+    assert "Warning" not in expert and "Error" not in expert, expert
+    codes = tshark(pcap, port, "-Y", "diameter", "-T", "fields", "-e", "diameter.cmd.code")
+    assert {"300", "301", "302", "303", "304", "305"} <= set(codes.split())
+    failed = tshark(
+        pcap,
+        port,
+        "-Y",
+        "diameter.Result-Code == 5005",
+        "-T",
+        "fields",
+        "-e",
+        "diameter.Failed-AVP",
+    )
+    assert failed.strip()
