@@ -46,10 +46,13 @@ class HssProcess:
 
     def __init__(self, config: Path) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # stderr to a file: a pipe nobody reads would block the child once full.
+        self.log_path = config.with_suffix(f".{time.monotonic_ns()}.log")
+        self._log = open(self.log_path, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "imsaka", "run", "hss", "-c", str(config)],
+            [sys.executable, "-m", "imsaka", "-v", "run", "hss", "-c", str(config)],
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self._log,
             text=True,
             env=env,
         )
@@ -67,14 +70,17 @@ class HssProcess:
                 api = re.search(r"REST API on 127\.0\.0\.1:(\d+)", line)
                 self.api_port = int(api.group(1)) if api else 0
                 return
-        err = self.proc.stderr.read() if self.proc.poll() is not None else ""
         self.stop()
+        err = self.log()
         raise RuntimeError(f"HSS process did not start: {err[-2000:]}")
 
     def kill9(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._log.close()
 
     def stop(self) -> int | None:
         if self.proc.poll() is None:
@@ -84,7 +90,11 @@ class HssProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._log.close()
         return self.proc.returncode
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
