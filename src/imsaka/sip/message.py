@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from imsaka.sip._abnf import (
     COMPACT_FORMS,
+    CTL_RE,
     LIST_HEADERS,
     METHOD_RE,
     REASON_PHRASES,
@@ -35,11 +36,22 @@ from imsaka.sip._abnf import (
     split_commas,
 )
 from imsaka.sip.errors import LocalProtocolError, SipParseError
+from imsaka.sip.headers import (
+    ChargingVector,
+    Contact,
+    CSeq,
+    DigestCredentials,
+    NameAddr,
+    SecurityMechanism,
+    Via,
+    parse_int,
+)
 
 DEFAULT_MAX_SIZE = 64 * 1024
 DEFAULT_MAX_HEADERS = 256
 
 _MANDATORY = ("via", "from", "to", "call-id", "cseq")
+_MANDATORY_SET = frozenset(_MANDATORY)
 
 # Header names seen before, already validated: name as written -> key. Bounded so a
 # flood of distinct names cannot grow it without limit.
@@ -197,6 +209,15 @@ class Message:
         if self._cache:
             self._cache.pop(key, None)
 
+    def replace_top_via(self, via) -> None:
+        """Replace the topmost Via value by `via` (a Via view), keeping the parsed
+        views of the others (used to stamp received/rport, §18.2.1)."""
+        vias = self.via
+        self.pop_first("via")
+        self.add("Via", str(via), first=True)
+        self._view("via", lambda m: None)  # ensure the cache dict exists
+        self._cache["via"] = [via, *vias[1:]]
+
     def _view(self, key: str, build):
         cache = self._cache
         if cache is None:
@@ -245,8 +266,6 @@ class Message:
 
     @property
     def via(self) -> list:
-        from imsaka.sip.headers import Via
-
         return self._view("via", lambda m: [Via.parse(v) for v in m.get_all("via")])
 
     @property
@@ -258,47 +277,33 @@ class Message:
 
     @property
     def cseq(self):
-        from imsaka.sip.headers import CSeq
-
         return self._view("cseq", lambda m: CSeq.parse(_required(m, "cseq")))
 
     @property
     def from_(self):
-        from imsaka.sip.headers import NameAddr
-
         return self._view("from", lambda m: NameAddr.parse(_required(m, "from")))
 
     @property
     def to(self):
-        from imsaka.sip.headers import NameAddr
-
         return self._view("to", lambda m: NameAddr.parse(_required(m, "to")))
 
     @property
     def contacts(self) -> list:
-        from imsaka.sip.headers import Contact
-
         return self._view("contact", lambda m: [Contact.parse(v) for v in m.get_all("contact")])
 
     @property
     def max_forwards(self) -> int | None:
-        from imsaka.sip.headers import parse_int
-
         v = self.get("max-forwards")
         return None if v is None else parse_int(v, "Max-Forwards", 255)
 
     @property
     def expires(self) -> int | None:
-        from imsaka.sip.headers import parse_int
-
         v = self.get("expires")
         return None if v is None else parse_int(v, "Expires", 2**32 - 1)
 
     def name_addrs(self, name: str) -> list:
         """Route, Record-Route, Path, Service-Route, P-Associated-URI,
         P-Asserted-Identity, P-Preferred-Identity as NameAddr lists."""
-        from imsaka.sip.headers import NameAddr
-
         key = _key(name)
         return self._view(key, lambda m: [NameAddr.parse(v) for v in m.get_all(key)])
 
@@ -320,16 +325,12 @@ class Message:
 
     def security(self, name: str) -> list:
         """Security-Client / Security-Server / Security-Verify (RFC 3329) entries."""
-        from imsaka.sip.headers import SecurityMechanism
-
         key = _key(name)
         return self._view(key, lambda m: [SecurityMechanism.parse(v) for v in m.get_all(key)])
 
     def auth(self, name: str) -> list:
         """Authorization / WWW-Authenticate / Proxy-* / Authentication-Info lines as
         DigestCredentials (one per line; the scheme absent for Authentication-Info)."""
-        from imsaka.sip.headers import DigestCredentials
-
         key = _key(name)
         info = key == "authentication-info"
         return self._view(
@@ -351,8 +352,6 @@ class Message:
 
     @property
     def charging_vector(self):
-        from imsaka.sip.headers import ChargingVector
-
         v = self.get("p-charging-vector")
         return (
             None
@@ -485,7 +484,7 @@ def parse_message(
         if len(code) != 3 or not STATUS_RE.fullmatch(code):
             raise SipParseError(f"invalid status code {code[:10]!r}")
         reason = parts[2] if len(parts) == 3 else ""
-        if "\x7f" in reason or any(ord(c) < 32 and c != "\t" for c in reason):
+        if CTL_RE.search(reason):
             raise SipParseError("control character in reason phrase")
         msg = Response.__new__(Response)
         msg.status = int(code)
@@ -511,42 +510,45 @@ def parse_message(
 
     headers: list[tuple[str, str, str]] = []
     append = headers.append
-    name_key = _name_key
-    if "\r\n " in head or "\r\n\t" in head:
-        lines = _unfold(lines)
-        for line, value in lines:
-            colon = line.find(":")
-            if colon <= 0:
-                raise SipParseError(f"header line without a name: {line[:40]!r}")
-            append((name_key(line[:colon]), value, line))
-    else:
-        cache = _NAME_CACHE
-        for i in range(1, len(lines)):
-            line = lines[i]
-            colon = line.find(":")
-            if colon <= 0:
-                raise SipParseError(f"header line without a name: {line[:40]!r}")
-            name = line[:colon]
-            key = cache.get(name)
-            if key is None:
-                key = name_key(name)
-            append((key, line[colon + 1 :].strip(), line))
+    cache = _NAME_CACHE
+    cl_values: list[str] = []
+    cseq = None
+    folded = "\r\n " in head or "\r\n\t" in head
+    for i in range(1, len(lines)):
+        line = lines[i]
+        if folded and line[:1] in (" ", "\t"):
+            # §7.3.1 continuation line: part of the previous field's value
+            if not headers:
+                raise SipParseError("continuation line before the first header")
+            k, v, raw = headers[-1]
+            s = line.strip()
+            headers[-1] = (k, f"{v} {s}" if v and s else v or s, f"{raw}\r\n{line}")
+            continue
+        colon = line.find(":")
+        if colon <= 0:
+            raise SipParseError(f"header line without a name: {line[:40]!r}")
+        name = line[:colon]
+        key = cache.get(name)
+        if key is None:
+            key = _name_key(name)
+        append((key, line[colon + 1 :].strip(), line))
 
+    seen = {h[0] for h in headers}
+    if not seen >= _MANDATORY_SET:
+        for key in _MANDATORY:
+            if key not in seen:
+                raise SipParseError(f"missing {long_name(key)} header")
     body_start = end + 4
     cl = None
-    seen = set()
-    for key, value, _ in headers:
-        seen.add(key)
-        if key == "content-length":
+    if "content-length" in seen:
+        cl_values = [h[1] for h in headers if h[0] == "content-length"]
+        for value in cl_values:
             if not value.isdigit() or not value.isascii() or len(value) > 9:
                 raise SipParseError(f"invalid Content-Length {value[:20]!r}")
             n = int(value)
             if cl is not None and n != cl:
                 raise SipParseError("conflicting Content-Length headers")
             cl = n
-    for key in _MANDATORY:
-        if key not in seen:
-            raise SipParseError(f"missing {long_name(key)} header")
     if cl is None:
         body = data[body_start:]
     else:
@@ -558,7 +560,10 @@ def parse_message(
     msg.body = body
     if msg.__class__ is Request:
         # §8.2 / §16.3: the CSeq method must equal the request method
-        cseq = msg.get("cseq")
+        for h in headers:
+            if h[0] == "cseq":
+                cseq = h[1]
+                break
         sp = cseq.find(" ")
         num = cseq[:sp]
         if (
@@ -572,32 +577,6 @@ def parse_message(
             msg.cseq  # noqa: B018 - raises the precise SipParseError for a bad CSeq
             raise SipParseError("CSeq method does not match the request method")
     return msg
-
-
-def _unfold(lines: list[str]) -> list[tuple[str, str]]:
-    """Join continuation lines (§7.3.1: LWS folding) into (raw, unfolded value)."""
-    out: list[tuple[str, str]] = []
-    raw_parts: list[str] = []
-    val_parts: list[str] = []
-    for line in lines[1:]:
-        if line[:1] in (" ", "\t"):
-            if not raw_parts:
-                raise SipParseError("continuation line before the first header")
-            raw_parts.append(line)
-            s = line.strip()
-            if s:
-                val_parts.append(s)
-            continue
-        if raw_parts:
-            out.append(("\r\n".join(raw_parts), " ".join(val_parts)))
-        colon = line.find(":")
-        raw_parts = [line]
-        val_parts = [line[colon + 1 :].strip()] if colon > 0 else []
-        if val_parts and not val_parts[0]:
-            val_parts = []
-    if raw_parts:
-        out.append(("\r\n".join(raw_parts), " ".join(val_parts)))
-    return out
 
 
 def make_response(

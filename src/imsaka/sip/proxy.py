@@ -65,8 +65,7 @@ def pop_via(response: Response) -> Via | None:
 def stamp_received(request: Request, source_host: str, source_port: int) -> None:
     """§18.2.1 + RFC 3581 §4: add `received` when the top Via host differs from the
     packet's source, and fill `rport` when the client asked for it."""
-    text = request.get_all("via")[0]
-    via = Via.parse(text)
+    via = request.top_via
     changed = via
     if host_ip(via.host) != source_host:
         changed = changed.with_param("received", source_host)
@@ -75,8 +74,7 @@ def stamp_received(request: Request, source_host: str, source_port: int) -> None
         if "received" not in changed.params:
             changed = changed.with_param("received", source_host)
     if changed is not via:
-        request.pop_first("via")
-        request.add("Via", str(changed), first=True)
+        request.replace_top_via(changed)
 
 
 def check_max_forwards(request: Request, default: int = 70) -> Response | None:
