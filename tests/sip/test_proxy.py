@@ -290,3 +290,49 @@ async def test_stray_response_relayed_statelessly():
     finally:
         await proxy.close()
         up_t.close()
+
+
+def test_ack_for_2xx():
+    from imsaka.sip.proxy import ack_for_2xx
+
+    invite = parse_message(SEED[1])
+    invite.method = "INVITE"
+    invite.set("CSeq", "7 INVITE")
+    ok = make_response(invite, 200, to_tag="callee")
+    ok.set("Contact", "<sip:callee@192.0.2.9:5070>")
+    ok.add("Record-Route", "<sip:p2;lr>")
+    ok.add("Record-Route", "<sip:p1;lr>")
+    ack = ack_for_2xx(invite, ok, counter_rng())
+    again = parse_message(ack.to_bytes())
+    assert again.method == "ACK" and again.uri == "sip:callee@192.0.2.9:5070"
+    assert [r.uri for r in again.route] == ["sip:p1;lr", "sip:p2;lr"]
+    assert again.to.tag == "callee" and again.from_.tag == "4fa3"
+    assert (again.cseq.seq, again.cseq.method) == (7, "ACK")
+    assert again.top_via.branch == "z9hG4bK0000000000000000"
+    assert again.top_via.comp == "sigcomp" and again.top_via.host == invite.top_via.host
+
+
+async def test_respond_to_source_transport_flag():
+    ep = SipEndpoint(timers=FAST)
+    t = ep.add_transport(await UdpTransport.create("127.0.0.1"))
+    t.respond_to_source = True  # as a protected transport would declare
+    ep.set_request_handler(lambda req, tx: tx.reply(200))
+    got = []
+
+    class Peer(asyncio.DatagramProtocol):
+        def datagram_received(self, data, addr):
+            got.append(data)
+
+    loop = asyncio.get_running_loop()
+    pt, _ = await loop.create_datagram_endpoint(Peer, local_addr=("127.0.0.1", 0))
+    try:
+        req = parse_message(SEED[8])  # Via sent-by [5555::...]:1357, no rport
+        pt.sendto(req.to_bytes(), t.local_address)
+        for _ in range(100):
+            if got:
+                break
+            await asyncio.sleep(0.01)
+        assert parse_message(got[0]).status == 200
+    finally:
+        await ep.close()
+        pt.close()

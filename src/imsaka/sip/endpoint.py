@@ -321,10 +321,14 @@ class SipEndpoint:
         try:
             if isinstance(msg, Request):
                 stamp_received(msg, source[0], source[1])
-                reply_to = (
-                    transport,
-                    source if transport.reliable else msg.top_via.response_address(),
-                )
+                # §18.2.2: over a stream the response uses the same connection; over
+                # UDP it goes to received/rport/sent-by, unless the transport says
+                # responses return to the packet's source (an IPsec transport whose
+                # SA pairs fix the ports, TS 33.203 §7.1)
+                if transport.reliable or getattr(transport, "respond_to_source", False):
+                    reply_to = (transport, source)
+                else:
+                    reply_to = (transport, msg.top_via.response_address())
                 self.layer.receive_request(msg, (transport, source), now, reply_to)
             else:
                 self.layer.receive_response(msg, (transport, source), now)

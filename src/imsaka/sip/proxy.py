@@ -165,6 +165,28 @@ def preload_route(request: Request, route_values: list[str]) -> None:
         request.add("Route", value, first=True)
 
 
+def ack_for_2xx(invite: Request, response: Response, rng: Rng | None = None) -> Request:
+    """§13.2.2.4: the UAC's ACK to a 2xx (sent with `send_stateless`, no transaction):
+    Request-URI = the 2xx's Contact, Route = its Record-Route reversed, From/Call-ID
+    of the INVITE, To (with tag) of the 2xx, the INVITE's CSeq number, a new branch."""
+    contacts = response.contacts
+    ack = Request("ACK", contacts[0].uri if contacts else invite.uri)
+    via = invite.top_via
+    items = tuple((n, v) for n, v in via.params if n.lower() != "branch")
+    ack.add(
+        "Via",
+        str(Via(via.transport, via.host, via.port, Params((*items, ("branch", new_branch(rng)))))),
+    )
+    ack.add("Max-Forwards", "70")
+    for rr in reversed(response.get_all("record-route")):
+        ack.add("Route", rr)
+    ack.add("From", invite.get("from"))
+    ack.add("To", response.get("to"))
+    ack.add("Call-ID", invite.call_id)
+    ack.add("CSeq", f"{invite.cseq.seq} ACK")
+    return ack
+
+
 def timeout_response(request: Request) -> Response:
     """The TU's own 408 on Timer B/F (§8.1.3.1, §16.7 step 10 for a proxy)."""
     return make_response(request, 408)

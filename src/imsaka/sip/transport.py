@@ -11,6 +11,10 @@ transports (the IPsec protected transport, imsaka.ipsec) implement too:
     set_receiver(cb)       cb(data: bytes, source: (host, port), transport) per message
     set_error_handler(cb)  cb(addr, exc) when sending to addr failed
     async close()
+    respond_to_source      optional, default False: when True, the endpoint sends
+                            responses back to the packet's source address instead of
+                            the Via received/rport/sent-by address (§18.2.2) – for a
+                            protected transport whose SA pairs fix the ports
 
 UDP hands up each datagram. TCP frames the stream by Content-Length
 (imsaka.sip.framing, bounded buffer): one connection carries many messages, split
@@ -78,6 +82,7 @@ class _BaseTransport(Observable):
         self.counters: Counter = Counter()
         self._receiver: Receiver = _noop_receiver
         self._error_handler: ErrorHandler | None = None
+        self.respond_to_source = False
 
     def set_receiver(self, receiver: Receiver) -> None:
         self._receiver = receiver
@@ -123,6 +128,7 @@ class UdpTransport(_BaseTransport):
         "counters",
         "max_size",
         "owner",
+        "respond_to_source",
     )
     name = "udp"
     reliable = False
@@ -249,6 +255,7 @@ class TcpTransport(_BaseTransport):
         "counters",
         "max_size",
         "owner",
+        "respond_to_source",
     )
     name = "tcp"
     reliable = True
