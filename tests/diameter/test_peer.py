@@ -490,3 +490,60 @@ def test_random_input_sequences_never_raise(inputs, start):
         conn.messages_to_send()
         conn.pop_events()
     assert conn.state in set(P.PeerState)
+
+
+def test_cea_without_origin_host_or_common_application():
+    a = make(True)
+    a.connection_made(0.0)
+    a.messages_to_send()
+    a.receive_data(codec.Message(257, 0, 0, 1, 1, (codec.RESULT_CODE(2001),)).encode(), 0.0)
+    assert a.state is P.PeerState.CLOSED and a.counters["missing-avp"] == 1
+    a = make(True)
+    a.connection_made(0.0)
+    a.messages_to_send()
+    cea = codec.Message(
+        257,
+        0,
+        0,
+        1,
+        1,
+        (
+            codec.RESULT_CODE(2001),
+            codec.ORIGIN_HOST(SERVER),
+            codec.ORIGIN_REALM("ims.test"),
+            codec.AUTH_APPLICATION_ID(16777251),
+        ),
+    )
+    a.receive_data(cea.encode(), 0.0)
+    assert a.state is P.PeerState.CLOSED and a.counters["no-common-application"] == 1
+
+
+def test_relay_application_is_common():
+    b = make(False)
+    b.receive_data(_cer(apps=(), extra=[codec.AUTH_APPLICATION_ID(0xFFFFFFFF)]), 0.0)
+    assert b.state is P.PeerState.R_OPEN
+
+
+def test_broken_answer_fails_its_request_and_bad_message_before_open_closes():
+    a, _ = opened_pair()
+    sent = a.send_request(mar().to_message(), 1.0, timeout=5)
+    a.messages_to_send()
+    good = maa_for(mar()).encode(sent.hop_by_hop, sent.end_to_end)
+    bad = bytearray(good)
+    bad[20 + 5 : 20 + 8] = (0xFFFF).to_bytes(3, "big")
+    a.receive_data(bytes(bad), 1.0)
+    assert P.RequestFailed(sent.hop_by_hop, "bad-answer") in a.pop_events()
+    b = make(False)
+    bad_req = bytearray(mar().encode(1, 1))
+    bad_req[20 + 5 : 20 + 8] = (0xFFFF).to_bytes(3, "big")
+    b.receive_data(bytes(bad_req), 0.0)
+    assert b.state is P.PeerState.CLOSED and b.counters["avp-bad-length"] == 1
+
+
+def test_answer_after_close_is_dropped():
+    _, b = opened_pair()
+    req = mar().to_message(3, 4)
+    b.receive_data(req.encode(), 1.0)
+    b.connection_lost(1.5)
+    b.send_answer(maa_for(mar()).to_message(3, 4), 2.0)
+    assert b.counters["answer-after-close"] == 1 and b.messages_to_send() == []
