@@ -371,3 +371,40 @@ async def test_live_capture_on_loopback_decrypts_with_the_key_file(tmp_path: Pat
     for m in sent:
         icv, data = rows[m.sa.spi]
         assert icv == "1" and bytes.fromhex(data)[8:] == m.data
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+async def test_ipv6_loopback_exchange():
+    assert _ipv6_loopback(), "the test machine has ::1"
+    loop = asyncio.get_running_loop()
+    n = negotiate("hmac-sha-1-96", "des-ede3-cbc", now=loop.time(), ue_ip="::1", pcscf_ip="::1")
+    async with UserspaceBackend(n.ue) as ue, UserspaceBackend(n.pcscf) as pc:
+        got = await exchange_all_four_at(n, ue, pc, "::1")
+        assert len(got) == 4
+
+
+async def exchange_all_four_at(n, ue, pc, host):
+    assert ue.send(n.ue_set.client_sa(), sip("REGISTER", 1))
+    m = await recv(pc)
+    assert m.peer == (host, n.ue_set.ue_ports.port_c)
+    assert pc.send_reply(m.sa, response(1))
+    r = await recv(ue)
+    assert pc.send(n.pcscf_set.client_sa(), sip("NOTIFY", 2))
+    m2 = await recv(ue)
+    assert ue.send_reply(m2.sa, response(2))
+    r2 = await recv(pc)
+    assert [x.data for x in (m, r, m2, r2)] == [
+        sip("REGISTER", 1),
+        response(1),
+        sip("NOTIFY", 2),
+        response(2),
+    ]
+    return [m, r, m2, r2]

@@ -18,8 +18,10 @@ Grammar (RFC 3329 §2.2 and Annex H; one mechanism per comma-separated value):
 module's parser is the one used, and the `SecurityMechanism` it returns is what the
 policy and the Security-Verify check work on.
 
-Decisions (RFC 3329 leaves them to the implementer; TS 24.229 §5.1.1.5.1 says the UE
-"mirrors" Security-Server into Security-Verify):
+RFC 3329 §2.3.1 (as cited by siphon-sip's sec-agree code; SPEC-Q) has the client
+mirror the server's list in Security-Verify and the server check that list against
+its own; TS 24.229 §5.1.1.5.1 has the UE mirror Security-Server likewise. How to
+compare is left to the implementer; the decisions here:
 
 - **Choice** (P-CSCF): among the UE's ``ipsec-3gpp`` offers, the first (alg, ealg) of the
   operator's ordered preference list that the UE offered wins; the UE's q-value only
