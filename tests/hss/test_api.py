@@ -1,0 +1,220 @@
+"""REST provisioning API: bearer auth, write-only secrets, 4xx naming the field,
+nothing half-written, RTR/PPR triggered towards a real S-CSCF peer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from imsaka.cli import main as cli_main
+from imsaka.diameter import cx
+from imsaka.hss.api import create_app
+from imsaka.hss.server import HssServer
+
+from ..conftest import free_port
+from .conftest import HOME, OP, OPC, SCSCF_HOST, K, client_node, hss_config, sar
+
+TOKEN = "s3cret-token-for-tests"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+BOB = {"impi": "bob@home1.net", "impus": ["sip:bob@home1.net", "tel:+15550002"], "k": K, "op": OP}
+
+
+@pytest.fixture
+async def api(hss):
+    app = create_app(hss, TOKEN)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://hss"
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+async def registered_scscf(hss):
+    """An S-CSCF peer that registered alice and answers RTR/PPR with 2001."""
+    received = []
+
+    async def handler(request, peer):
+        received.append(request)
+        return request.answer(
+            origin_host=SCSCF_HOST, origin_realm=HOME, result_code=cx.DIAMETER_SUCCESS
+        )
+
+    node = await client_node(hss.diameter_port)
+    node.set_request_handler(handler)
+    await node.request(sar(cx.ServerAssignmentType.REGISTRATION))
+    node.received = received
+    try:
+        yield node
+    finally:
+        await node.stop()
+
+
+async def test_auth_is_required(api):
+    assert (await api.get("/health")).status_code == 200
+    assert (await api.get("/api/v1/subscribers/alice@home1.net")).status_code == 401
+    bad = await api.get(
+        "/api/v1/subscribers/alice@home1.net", headers={"Authorization": "Bearer nope"}
+    )
+    assert bad.status_code == 401
+    assert (await api.post("/api/v1/subscribers", json=BOB)).status_code == 401
+    assert (await api.get("/api/v1/subscribers/alice@home1.net", headers=AUTH)).status_code == 200
+
+
+async def test_add_show_never_returns_secrets(api):
+    r = await api.post("/api/v1/subscribers", json=BOB, headers=AUTH)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["impi"] == "bob@home1.net" and body["op_kind"] == "op"
+    assert [u["impu"] for u in body["impus"]] == BOB["impus"]
+    shown = await api.get("/api/v1/subscribers/bob@home1.net", headers=AUTH)
+    for text in (r.text, shown.text):
+        assert K not in text and OP not in text and OPC not in text
+        assert '"k"' not in text and '"opc"' not in text
+    assert (await api.get("/openapi.json")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "field"),
+    [
+        ({"k": "12"}, 422, "k"),
+        ({"k": 5}, 422, "k"),
+        ({"opc": OPC}, 422, "op/opc"),
+        ({"impus": ["http://x"]}, 422, "impu"),
+        ({"impi": "nouser"}, 422, "impi"),
+        ({"amf": "80000"}, 422, "amf"),
+        ({"sqn": "xyz"}, 422, "sqn"),
+        ({"ifc_xml": "<InitialFilterCriteria>"}, 422, "ifc_xml"),
+        ({"colour": "blue"}, 422, "colour"),
+        ({"impi": "alice@home1.net"}, 409, "impi"),
+        ({"impus": ["tel:+15550001"]}, 409, "impu"),
+    ],
+)
+async def test_bad_input_names_the_field_and_writes_nothing(api, change, status, field):
+    body = {**BOB, **change}
+    r = await api.post("/api/v1/subscribers", json=body, headers=AUTH)
+    assert r.status_code == status, r.text
+    assert r.json()["detail"]["field"] == field
+    assert K not in r.text and OP not in r.text  # secrets never echoed
+    if change.get("impi") != "alice@home1.net":
+        assert (await api.get("/api/v1/subscribers/bob@home1.net", headers=AUTH)).status_code == 404
+
+
+async def test_patch_is_all_or_nothing(api, hss):
+    before = await hss.store.get_subscriber("alice@home1.net")
+    r = await api.patch(
+        "/api/v1/subscribers/alice@home1.net",
+        json={"amf": "0000", "barred": {"sip:someone@else.net": True}},
+        headers=AUTH,
+    )
+    assert r.status_code == 422 and r.json()["detail"]["field"] == "barred"
+    assert await hss.store.get_subscriber("alice@home1.net") == before
+    ok = await api.patch(
+        "/api/v1/subscribers/alice@home1.net", json={"amf": "0000", "opc": OPC}, headers=AUTH
+    )
+    assert ok.status_code == 200 and ok.json()["amf"] == "0000" and ok.json()["op_kind"] == "opc"
+    k, opc, amf = await hss.store.credentials("alice@home1.net")
+    assert opc.hex() == OPC and amf == b"\0\0"
+    nope = await api.patch(
+        "/api/v1/subscribers/nobody@home1.net", json={"amf": "0000"}, headers=AUTH
+    )
+    assert nope.status_code == 404 and nope.json()["detail"]["field"] == "impi"
+
+
+async def test_profile_change_pushes_ppr_and_delete_sends_rtr(api, registered_scscf):
+    ifc = "<InitialFilterCriteria><Priority>0</Priority><ApplicationServer><ServerName>sip:as.home1.net</ServerName></ApplicationServer></InitialFilterCriteria>"
+    r = await api.patch("/api/v1/subscribers/alice@home1.net", json={"ifc_xml": ifc}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["ppr"]["ok"] is True
+    r = await api.post(
+        "/api/v1/subscribers/alice@home1.net/impus",
+        json={"impus": ["sip:alice2@home1.net"]},
+        headers=AUTH,
+    )
+    assert r.status_code == 200 and r.json()["ppr"]["ok"] is True
+    r = await api.delete("/api/v1/subscribers/alice@home1.net", headers=AUTH)
+    assert r.status_code == 200 and r.json()["rtr"]["ok"] is True
+    kinds = [type(x).__name__ for x in registered_scscf.received]
+    assert kinds == ["PushProfileRequest", "PushProfileRequest", "RegistrationTerminationRequest"]
+    assert b"sip:alice2@home1.net" in registered_scscf.received[1].user_data
+    assert "sip:alice2@home1.net" in registered_scscf.received[2].public_identities
+    assert (await api.get("/api/v1/subscribers/alice@home1.net", headers=AUTH)).status_code == 404
+
+
+async def test_deregister_impu_sends_rtr(api, registered_scscf, hss):
+    r = await api.post(
+        "/api/v1/impus/tel:+15550001/deregister", json={"reason": "maintenance"}, headers=AUTH
+    )
+    assert r.status_code == 200 and r.json()["ok"] is True, r.text
+    rtr = registered_scscf.received[-1]
+    assert isinstance(rtr, cx.RegistrationTerminationRequest)
+    assert rtr.deregistration_reason.reason_info == "maintenance"
+    assert (await hss.store.get_subscriber("alice@home1.net")).scscf_name is None
+    again = await api.post("/api/v1/impus/tel:+15550001/deregister", headers=AUTH)
+    assert again.json() == {"sent": False, "reason": "not registered"}
+    unknown = await api.post("/api/v1/impus/sip:ghost@home1.net/deregister", headers=AUTH)
+    assert unknown.status_code == 404 and unknown.json()["detail"]["field"] == "impu"
+
+
+async def test_csv_import_all_or_nothing(api, hss):
+    good = "impi,impu,k,op,opc,amf,sqn\n" + "".join(
+        f"c{i}@home1.net,sip:c{i}@home1.net|tel:+1666{i:04d},{K},,{OPC},8000,{i:x}\n"
+        for i in range(20)
+    )
+    bad = good + f"bad@home1.net,sip:bad@home1.net,{K},{OP},{OPC},8000,0\n"
+    r = await api.post("/api/v1/import", content=bad, headers={**AUTH, "Content-Type": "text/csv"})
+    assert r.status_code == 422
+    assert r.json()["detail"] == {
+        "field": "op/opc",
+        "line": 22,
+        "message": "give exactly one of OP or OPc",
+    }
+    assert await hss.store.count_subscribers() == 1
+    r = await api.post("/api/v1/import", content=good, headers={**AUTH, "Content-Type": "text/csv"})
+    assert r.status_code == 200 and r.json() == {"imported": 20}
+    assert await hss.store.count_subscribers() == 21
+
+
+async def test_real_uvicorn_server_and_cli_deregister(store):
+    """The HSS with its REST API on a real loopback port, driven by `imsaka hss deregister`."""
+    from .conftest import alice
+
+    await store.add_subscriber(alice())
+    port = free_port()
+    server = HssServer(
+        hss_config(str(store.engine.url), api_port=port, api_token=TOKEN), store=store
+    )
+    await server.start()
+    node = None
+    try:
+        assert server.api_port == port
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            assert (await client.get("/health")).json()["subscribers"] == 1
+            assert (await client.get("/api/v1/subscribers/alice@home1.net")).status_code == 401
+            docs = await client.get("/docs")
+            assert docs.status_code == 200 and "swagger" in docs.text.lower()
+        node = await client_node(server.diameter_port)
+        node.set_request_handler(lambda req, peer: _answer(req))
+        await node.request(sar(cx.ServerAssignmentType.REGISTRATION))
+        argv = [
+            "hss",
+            "deregister",
+            "sip:alice@home1.net",
+            "--api",
+            f"http://127.0.0.1:{port}",
+            "--token",
+            TOKEN,
+        ]
+        rc = await asyncio.to_thread(cli_main, argv)
+        assert rc == 0
+        assert (await store.get_subscriber("alice@home1.net")).scscf_name is None
+        rc = await asyncio.to_thread(cli_main, [*argv[:-1], "wrong-token"])
+        assert rc == 2
+    finally:
+        if node is not None:
+            await node.stop()
+        await server.stop()
+
+
+async def _answer(req):
+    return req.answer(origin_host=SCSCF_HOST, origin_realm=HOME, result_code=cx.DIAMETER_SUCCESS)
