@@ -114,7 +114,7 @@ async def test_patch_is_all_or_nothing(api, hss):
         "/api/v1/subscribers/alice@home1.net", json={"amf": "0000", "opc": OPC}, headers=AUTH
     )
     assert ok.status_code == 200 and ok.json()["amf"] == "0000" and ok.json()["op_kind"] == "opc"
-    k, opc, amf = await hss.store.credentials("alice@home1.net")
+    _k, opc, amf = await hss.store.credentials("alice@home1.net")
     assert opc.hex() == OPC and amf == b"\0\0"
     nope = await api.patch(
         "/api/v1/subscribers/nobody@home1.net", json={"amf": "0000"}, headers=AUTH

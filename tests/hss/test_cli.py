@@ -61,7 +61,7 @@ def test_add_show_delete(capsys, db):
     ],
 )
 def test_bad_arguments_are_one_line_naming_the_field(capsys, db, change, message):
-    rc, out, err = run(capsys, *add(db), *change)
+    rc, _out, err = run(capsys, *add(db), *change)
     assert rc == 2
     assert err.startswith("imsaka: error: ") and message in err and err.count("\n") == 1
     assert K not in err and OP not in err
