@@ -69,8 +69,9 @@ def network_dict(hss_port: int, icscf_port: int, scscf_port: int, **scscf_over) 
 class HomeNetwork:
     """The running pieces of one test network and what crossed their sockets."""
 
-    def __init__(self, tmp_path, **scscf_over) -> None:
+    def __init__(self, tmp_path, *, dead_scscf: bool = False, **scscf_over) -> None:
         self.tmp_path = tmp_path
+        self.dead_scscf = dead_scscf
         self.scscf_over = scscf_over
         self.events: list = []
         self.hss: HssServer | None = None
@@ -97,6 +98,12 @@ class HomeNetwork:
         self.icscf_port = free_port(socket.SOCK_DGRAM)
         self.scscf_port = free_port(socket.SOCK_DGRAM)
         self.server_name = f"sip:scscf1.home1.net:{self.scscf_port}"
+        pool = [ScscfPoolEntry(self.server_name, SCSCF_HOST)]
+        if self.dead_scscf:
+            # An S-CSCF the HSS lists first but nobody runs (TCP: refused at once).
+            self.dead_port = free_port()
+            self.dead_name = f"sip:scscf0.home1.net:{self.dead_port}"
+            pool.insert(0, ScscfPoolEntry(self.dead_name, "scscf0.home1.net"))
         self.hss = HssServer(
             HssConfig(
                 database=str(self.store.engine.url),
@@ -108,17 +115,21 @@ class HomeNetwork:
                 visited_networks=(VISITED,),
                 api_port=0,
                 request_timeout=2.0,
-                scscfs=(ScscfPoolEntry(self.server_name, SCSCF_HOST),),
+                scscfs=tuple(pool),
             ),
             store=self.store,
             observers=(self.events.append,),
         )
         await self.hss.start()
-        self.config = parse_config(
-            network_dict(
-                self.hss.diameter_port, self.icscf_port, self.scscf_port, **self.scscf_over
-            )
+        doc = network_dict(
+            self.hss.diameter_port, self.icscf_port, self.scscf_port, **self.scscf_over
         )
+        if self.dead_scscf:
+            doc["icscf"]["transports"] = ["udp", "tcp"]
+            doc["icscf"]["scscfs"].insert(
+                0, {"name": self.dead_name, "address": "127.0.0.1", "transport": "tcp"}
+            )
+        self.config = parse_config(doc)
         await self.start_scscf()
         self.icscf = IcscfServer(
             self.config.icscf, self.config.network, observers=(self.events.append,), reconnect=0.5

@@ -3,7 +3,9 @@ P-CSCF (the seed's packets 2 and 9); packets 3/4/5 and 10/11/12 checked header b
 
 from __future__ import annotations
 
+import asyncio
 import os
+from dataclasses import replace
 
 import pytest
 
@@ -429,5 +431,52 @@ async def test_bad_register_is_400_and_the_core_keeps_serving(home):
     assert r.status == 401
 
 
-def test_hss_host_constant():
-    assert HSS_HOST == "hss.home1.net"
+async def test_icscf_retries_another_scscf_when_the_selected_one_is_dead(tmp_path):
+    net = HomeNetwork(tmp_path, dead_scscf=True)
+    try:
+        await net.start()
+        r401, r200 = await full_registration(net, new_ue())
+        assert r401.status == 401 and r200.status == 200
+        uars = [m for m in cx_seen(net, "icscf") if isinstance(m, cx.UserAuthorizationRequest)]
+        kinds = [u.user_authorization_type for u in uars]
+        assert cx.UserAuthorizationType.REGISTRATION_AND_CAPABILITIES in kinds
+        assert net.icscf.icscf.counters["scscf_retry"] >= 1
+    finally:
+        await net.stop()
+
+
+async def test_hss_restart_is_recovered_without_restarting_the_cscfs(home):
+    from imsaka.hss.server import HssServer
+
+    port = home.hss.diameter_port
+    config = home.hss.config
+    await home.hss.stop()
+    r = await send(home, register(home, cseq=1, authorization=empty_auth(), protected=False))
+    assert r.status == 480
+    home.hss = HssServer(replace(config, diameter_port=port), store=home.store)
+    await home.hss.start()
+    await home.icscf.node.wait_open(HSS_HOST, timeout=10)
+    await home.scscf.node.wait_open(HSS_HOST, timeout=10)
+    r401, r200 = await full_registration(home, new_ue())
+    assert r401.status == 401 and r200.status == 200
+
+
+async def test_binding_expiry_sends_timeout_deregistration(tmp_path):
+    net = HomeNetwork(tmp_path, min_expires=1, max_expires=1, default_expires=1)
+    try:
+        await net.start()
+        _, r200 = await full_registration(net, new_ue())
+        assert r200.status == 200 and r200.get("contact").endswith(";expires=1")
+        core = net.scscf.scscf.core
+        for _ in range(40):
+            if not core.registrations:
+                break
+            await asyncio.sleep(0.1)
+        assert not core.registrations
+        await asyncio.sleep(0.2)
+        sars = [m for m in cx_seen(net, "scscf") if isinstance(m, cx.ServerAssignmentRequest)]
+        assert sars[-1].server_assignment_type == cx.ServerAssignmentType.TIMEOUT_DEREGISTRATION
+        assert await net.scscf.scscf.store.get(IMPUS[0]) is None
+        assert core.pending_counts()["operations"] == 0
+    finally:
+        await net.stop()

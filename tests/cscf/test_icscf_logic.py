@@ -1,0 +1,181 @@
+"""I-CSCF pure parts: UAR fields from a REGISTER, S-CSCF selection, UAA → SIP answer."""
+
+from __future__ import annotations
+
+import pytest
+
+from imsaka.config import parse_config
+from imsaka.cscf.icscf import reply_for_uaa, select_scscf, uar_for
+from imsaka.diameter import cx
+from imsaka.sip import parse_message
+
+from .conftest import network_dict
+
+
+def config(scscfs):
+    doc = network_dict(3868, 5070, 5080)
+    doc["icscf"]["scscfs"] = scscfs
+    doc["network"]["hosts"]["scscf9.home1.net"] = "127.0.0.9"
+    cfg = parse_config(doc)
+    return cfg.icscf, cfg.network
+
+
+def uaa(**kw):
+    return cx.UserAuthorizationAnswer(
+        session_id="s", origin_host="hss", origin_realm="home1.net", **kw
+    )
+
+
+SCSCFS = [
+    {"name": "sip:a.home1.net:5080", "address": "127.0.0.1", "capabilities": [1]},
+    {"name": "sip:b.home1.net:5081", "address": "127.0.0.2", "capabilities": [1, 2, 3]},
+    {"name": "sip:c.home1.net:5082", "address": "127.0.0.3", "capabilities": [2]},
+]
+
+
+def test_server_name_wins():
+    icscf, net = config(SCSCFS)
+    entry = select_scscf(
+        uaa(experimental_result_code=2002, server_name="sip:c.home1.net:5082"), icscf, net
+    )
+    assert entry.address == "127.0.0.3" and entry.port == 5082
+
+
+def test_unconfigured_server_name_is_reached_through_the_host_table():
+    icscf, net = config(SCSCFS)
+    entry = select_scscf(
+        uaa(experimental_result_code=2002, server_name="sip:scscf9.home1.net:6000"), icscf, net
+    )
+    assert (entry.address, entry.port) == ("127.0.0.9", 6000)
+
+
+def test_unresolvable_server_name_falls_back_to_capabilities():
+    icscf, net = config(SCSCFS)
+    entry = select_scscf(
+        uaa(
+            experimental_result_code=2002,
+            server_name="sip:unknown.example:5080",
+            server_capabilities=cx.ServerCapabilities(mandatory_capabilities=(2,)),
+        ),
+        icscf,
+        net,
+    )
+    assert entry.name == "sip:b.home1.net:5081"
+
+
+def test_capabilities_mandatory_then_most_optional():
+    icscf, net = config(SCSCFS)
+    caps = cx.ServerCapabilities(mandatory_capabilities=(1,), optional_capabilities=(3,))
+    entry = select_scscf(uaa(experimental_result_code=2001, server_capabilities=caps), icscf, net)
+    assert entry.name == "sip:b.home1.net:5081"
+    caps = cx.ServerCapabilities(mandatory_capabilities=(2,))
+    assert (
+        select_scscf(uaa(experimental_result_code=2001, server_capabilities=caps), icscf, net).name
+        == "sip:b.home1.net:5081"
+    )
+    caps = cx.ServerCapabilities(mandatory_capabilities=(9,))
+    assert (
+        select_scscf(uaa(experimental_result_code=2001, server_capabilities=caps), icscf, net)
+        is None
+    )
+
+
+def test_listed_server_names_are_preferred_in_the_hss_order():
+    icscf, net = config(SCSCFS)
+    caps = cx.ServerCapabilities(server_names=("sip:c.home1.net:5082", "sip:a.home1.net:5080"))
+    assert (
+        select_scscf(uaa(experimental_result_code=2001, server_capabilities=caps), icscf, net).name
+        == "sip:c.home1.net:5082"
+    )
+    excluded = select_scscf(
+        uaa(experimental_result_code=2001, server_capabilities=caps),
+        icscf,
+        net,
+        exclude=frozenset({"sip:c.home1.net:5082"}),
+    )
+    assert excluded.name == "sip:a.home1.net:5080"
+
+
+def test_no_capabilities_picks_the_first_configured():
+    icscf, net = config(SCSCFS)
+    assert (
+        select_scscf(uaa(experimental_result_code=2001), icscf, net).name == "sip:a.home1.net:5080"
+    )
+
+
+@pytest.mark.parametrize(
+    ("answer", "status"),
+    [
+        (None, 480),
+        (uaa(experimental_result_code=cx.DIAMETER_FIRST_REGISTRATION), None),
+        (uaa(experimental_result_code=cx.DIAMETER_SUBSEQUENT_REGISTRATION), None),
+        (uaa(result_code=cx.DIAMETER_SUCCESS), None),
+        (uaa(experimental_result_code=cx.DIAMETER_ERROR_USER_UNKNOWN), 404),
+        (uaa(experimental_result_code=cx.DIAMETER_ERROR_IDENTITIES_DONT_MATCH), 403),
+        (uaa(experimental_result_code=cx.DIAMETER_ERROR_ROAMING_NOT_ALLOWED), 403),
+        (uaa(experimental_result_code=cx.DIAMETER_ERROR_IDENTITY_NOT_REGISTERED), 403),
+        (uaa(result_code=cx.DIAMETER_AUTHORIZATION_REJECTED), 403),
+        (uaa(result_code=cx.DIAMETER_TOO_BUSY), 480),
+        (uaa(result_code=cx.DIAMETER_UNABLE_TO_DELIVER), 480),
+        (uaa(), 480),
+    ],
+)
+def test_uaa_to_sip(answer, status):
+    out = reply_for_uaa(answer)
+    assert (out[0] if out else None) == status
+    if status == 480:
+        assert dict(out[2])["Retry-After"]
+
+
+def request(contact: str, extra: str = "", auth: bool = True, pvni: bool = True) -> object:
+    lines = [
+        "REGISTER sip:home1.net SIP/2.0",
+        "Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1",
+        "From: <sip:u@home1.net>;tag=1",
+        "To: <sip:u@home1.net>",
+        "Call-ID: c",
+        "CSeq: 1 REGISTER",
+        f"Contact: {contact}",
+    ]
+    if auth:
+        lines.append(
+            'Authorization: Digest username="u_priv@home1.net", realm="home1.net", nonce="", uri="sip:home1.net", response=""'
+        )
+    if pvni:
+        lines.append('P-Visited-Network-ID: "Visited Network Number 1"')
+    if extra:
+        lines.append(extra)
+    return parse_message(("\r\n".join([*lines, "Content-Length: 0", "", ""])).encode())
+
+
+def test_uar_fields():
+    _, net = config(SCSCFS)
+    u = uar_for(request("<sip:1.2.3.4>;expires=3600"), net)
+    assert (u.impi, u.impu, u.visited_network) == (
+        "u_priv@home1.net",
+        "sip:u@home1.net",
+        "Visited Network Number 1",
+    )
+    assert u.authorization_type is cx.UserAuthorizationType.REGISTRATION
+    assert (
+        uar_for(request("<sip:1.2.3.4>;expires=0"), net).authorization_type
+        is cx.UserAuthorizationType.DE_REGISTRATION
+    )
+    assert (
+        uar_for(request("*", "Expires: 0"), net).authorization_type
+        is cx.UserAuthorizationType.DE_REGISTRATION
+    )
+    assert (
+        uar_for(request("<sip:1.2.3.4>", "Expires: 0"), net).authorization_type
+        is cx.UserAuthorizationType.DE_REGISTRATION
+    )
+    assert (
+        uar_for(request("<sip:1.2.3.4>"), net, capabilities=True).authorization_type
+        is cx.UserAuthorizationType.REGISTRATION_AND_CAPABILITIES
+    )
+
+
+def test_uar_without_authorization_or_visited_network():
+    _, net = config(SCSCFS)
+    u = uar_for(request("<sip:1.2.3.4>", auth=False, pvni=False), net)
+    assert u.impi == "u@home1.net" and u.visited_network == "home1.net"
