@@ -408,3 +408,49 @@ async def exchange_all_four_at(n, ue, pc, host):
         response(2),
     ]
     return [m, r, m2, r2]
+
+
+async def test_authentic_esp_with_a_wrong_inner_packet_is_dropped():
+    import struct
+
+    from imsaka.ipsec.backend import BAD_INNER_UDP, NOT_UDP, SELECTOR_MISMATCH, WRONG_PORT
+
+    loop = asyncio.get_running_loop()
+    n = negotiate(now=loop.time())
+    async with UserspaceBackend(n.ue) as ue, UserspaceBackend(n.pcscf) as pc:
+        sa = n.ue_set.client_sa()  # UE port-c -> P-CSCF port-s
+        sock = next(p.sock for p in ue._ports.values() if p.address[1] == sa.src[1])
+        body = b"OPTIONS sip:x SIP/2.0\r\n\r\n"
+        good_udp = struct.pack(">HHHH", sa.src[1], sa.dst[1], 8 + len(body), 0) + body
+        sock.sendto(sa.esp.protect(good_udp, 6), sa.dst)  # TCP next header
+        sock.sendto(sa.esp.protect(b"\x00\x01", 17), sa.dst)  # inner UDP too short
+        sock.sendto(sa.esp.protect(good_udp + b"x", 17), sa.dst)  # length field wrong
+        wrong_ports = struct.pack(">HHHH", 5060, 5060, 8 + len(body), 0) + body
+        sock.sendto(sa.esp.protect(wrong_ports, 17), sa.dst)  # not the SA's selector
+        other = n.ue_set.server_sa()  # UE port-s -> P-CSCF port-c, aimed at port-s
+        sock.sendto(other.esp.protect(good_udp, 17), sa.dst)
+        assert ue.send(sa, body)
+        assert (await recv(pc)).data == body
+        assert pc.drops == {NOT_UDP: 1, BAD_INNER_UDP: 2, SELECTOR_MISMATCH: 1, WRONG_PORT: 1}
+        with pytest.raises(Exception, match="outbound"):
+            pc.send(n.pcscf_set.inbound[n.pcscf_set.pcscf_spis[1]], body)
+
+
+async def test_on_message_callback_and_send_failures():
+    loop = asyncio.get_running_loop()
+    n = negotiate(now=loop.time())
+    got = []
+    async with UserspaceBackend(n.ue) as ue, UserspaceBackend(n.pcscf, on_message=got.append):
+        ue.send(n.ue_set.client_sa(), sip("REGISTER", 1))
+        for _ in range(100):
+            if got:
+                break
+            await asyncio.sleep(0.01)
+        assert got and got[0].data == sip("REGISTER", 1)
+        with pytest.raises(Exception, match="too large"):
+            ue.send(n.ue_set.client_sa(), b"x" * 70000)
+        sa = n.ue_set.client_sa()
+        sa.esp.seq = 0xFFFFFFFF  # exhausted: refused and counted, never wrapped
+        assert not ue.send(sa, sip("REGISTER", 2))
+        assert ue.drops == {"esp-sequence-exhausted": 1}
+        assert any(type(e).__name__ == "NewRegistrationNeeded" for e in ue.events)

@@ -172,7 +172,6 @@ class EspOutbound:
         "_protect",
         "alg",
         "ealg",
-        "needs_new_registration",
         "seq",
         "soft_limit",
         "spi",
@@ -194,7 +193,6 @@ class EspOutbound:
         self.ealg = keys.ealg
         self.seq = first_seq - 1  # last sequence number used
         self.soft_limit = soft_limit
-        self.needs_new_registration = self.seq >= soft_limit
         self._protect = _build_protect(spi, keys, rng)
 
     def protect(self, payload: bytes, next_header: int = 17) -> bytes:
@@ -205,9 +203,12 @@ class EspOutbound:
                 f"spi 0x{self.spi:08x}: sequence numbers exhausted; re-register for new SAs"
             )
         self.seq = seq
-        if seq >= self.soft_limit:
-            self.needs_new_registration = True
         return self._protect(seq, payload, next_header)
+
+    @property
+    def needs_new_registration(self) -> bool:
+        """Past the soft limit (or exhausted): re-register to get fresh SAs in time."""
+        return self.seq >= self.soft_limit
 
 
 class EspInbound:
