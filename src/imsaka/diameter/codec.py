@@ -17,9 +17,10 @@ What we take from the library:
 What we encode ourselves, and why:
 - The hot path (encode and decode of every message on a peer) is a few `struct` calls
   here. The library builds one Python object per AVP through an `io.BytesIO` packer with
-  a decorator per field: about 90 µs to encode and 90 µs to decode a 170-octet MAA on
-  this machine, which alone would cap a server near 5,000 answers/s; this codec does
-  the same in a few µs.
+  a decorator per field: about 70-80 µs to encode and as much to decode an MAR or MAA
+  on this machine, which alone would cap a server near 6,000 answers/s; this codec
+  (with the compiled tables of imsaka.diameter.cx) encodes one in 5-7 µs and decodes
+  it, up to the Cx event, in 15-20 µs.
 - Framing: the library's `Message.from_bytes` trusts the header length (its peer spins
   forever on a length of 0). `Framer` checks version 1, length ≥ 20, a multiple of 4
   and below a cap as soon as the first four octets are in, before waiting for the rest.
