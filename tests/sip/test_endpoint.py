@@ -371,3 +371,51 @@ async def test_tcp_connect_failure_gives_503():
 def test_transports_implement_the_interface():
     assert isinstance(UdpTransport(), SipTransport)
     assert isinstance(TcpTransport(), SipTransport)
+
+
+async def test_tcp_connection_limit():
+    ep = SipEndpoint(timers=FAST)
+    t = ep.add_transport(await TcpTransport.create("127.0.0.1", 0, max_connections=2))
+    ep.set_request_handler(lambda req, tx: tx.reply(200))
+    conns = []
+    try:
+        for _ in range(3):
+            conns.append(await asyncio.open_connection(*t.local_address))
+        await wait_for(lambda: t.counters["refused_connections"] == 1)
+        assert t.connections == 2
+        # the refused one is closed, the others still serve
+        assert await asyncio.wait_for(conns[2][0].read(100), 3) == b""
+        conns[0][1].write(register(1).to_bytes())
+        data = await asyncio.wait_for(conns[0][0].read(4096), 3)
+        assert parse_message(data).status == 200
+    finally:
+        for _, w in conns:
+            w.close()
+        await ep.close()
+
+
+async def test_ack_outside_transactions_goes_to_the_ack_handler():
+    ep, t = await endpoint()
+    acks = []
+    ep.set_ack_handler(lambda req, addr, transport: acks.append((req.method, addr, transport)))
+    peer_t, _ = await raw_udp()
+    try:
+        ack = register(1, *peer_t.get_extra_info("sockname")[:2], branch="z9hG4bKack2xx")
+        ack.method = "ACK"
+        ack.set("CSeq", "1 ACK")
+        peer_t.sendto(ack.to_bytes(), t.local_address)
+        await wait_for(lambda: acks)
+        assert acks[0][0] == "ACK" and acks[0][2] is t
+    finally:
+        await ep.close()
+        peer_t.close()
+
+
+def test_digest_errors_never_echo_values():
+    from imsaka.sip import DigestCredentials, SipParseError
+
+    secret = "00112233445566778899aabbccddeeff"
+    for text in (f"Digest ck={secret} x", f'Digest realm="r", ck {secret}', f"Digest ik={secret}<"):
+        with pytest.raises(SipParseError) as e:
+            DigestCredentials.parse(text)
+        assert secret not in str(e.value) and secret[:8] not in str(e.value)

@@ -437,14 +437,16 @@ class DigestCredentials:
                 name = name.strip()
                 value = value.strip()
                 if not eq or not _AUTH_NAME_RE.fullmatch(name):
-                    raise SipParseError(f"invalid digest parameter {part[:30]!r}")
+                    # never echo values: ck/ik are keys (no secrets in errors)
+                    shown = name[:20] if _AUTH_NAME_RE.fullmatch(name) else "?"
+                    raise SipParseError(f"invalid digest parameter {shown!r} (name=value expected)")
                 if value[:1] == '"':
                     if len(value) < 2 or value[-1] != '"':
                         raise SipParseError(f"digest {name}: bad quoted string")
                     params.append(AuthParam(name, unquote(value), True))
                 else:
                     if not _AUTH_TOKEN_RE.fullmatch(value):
-                        raise SipParseError(f"digest {name}: invalid value {value[:30]!r}")
+                        raise SipParseError(f"digest {name[:20]}: invalid value")
                     params.append(AuthParam(name, value, False))
         elif scheme_required:
             raise SipParseError("auth header without parameters")

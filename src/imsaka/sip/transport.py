@@ -253,6 +253,7 @@ class TcpTransport(_BaseTransport):
         "_server",
         "_tasks",
         "counters",
+        "max_connections",
         "max_size",
         "owner",
         "respond_to_source",
@@ -260,8 +261,11 @@ class TcpTransport(_BaseTransport):
     name = "tcp"
     reliable = True
 
-    def __init__(self, owner: str = "", max_size: int = DEFAULT_MAX_SIZE) -> None:
+    def __init__(
+        self, owner: str = "", max_size: int = DEFAULT_MAX_SIZE, max_connections: int = 1024
+    ) -> None:
         self._init_common(owner, max_size)
+        self.max_connections = max_connections
         self._server: asyncio.base_events.Server | None = None
         self._conns: dict[Address, _TcpConnection] = {}
         self._connecting: dict[Address, list[bytes]] = {}
@@ -276,8 +280,9 @@ class TcpTransport(_BaseTransport):
         *,
         owner: str = "",
         max_size: int = DEFAULT_MAX_SIZE,
+        max_connections: int = 1024,
     ) -> TcpTransport:
-        self = cls(owner, max_size)
+        self = cls(owner, max_size, max_connections)
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._server = await loop.create_server(
@@ -295,12 +300,18 @@ class TcpTransport(_BaseTransport):
         return len(self._conns)
 
     def _connected(self, conn: _TcpConnection) -> None:
+        if len(self._conns) >= self.max_connections:
+            # a connection flood must not exhaust us: refuse the newcomer
+            self.counters["refused_connections"] += 1
+            log.info("sip tcp: refusing %s: %d connections open", conn.peer, len(self._conns))
+            conn.close()
+            return
         self._conns[conn.peer] = conn
         self.counters["connections"] += 1
 
     def _lost(self, conn: _TcpConnection) -> None:
-        if self._conns.get(conn.peer) is conn:
-            del self._conns[conn.peer]
+        for addr in [a for a, c in self._conns.items() if c is conn]:
+            del self._conns[addr]
 
     def _framing_error(self, conn: _TcpConnection, exc: SipParseError) -> None:
         from imsaka.sip.proxy import error_response_bytes
