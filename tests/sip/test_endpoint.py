@@ -419,3 +419,109 @@ def test_digest_errors_never_echo_values():
         with pytest.raises(SipParseError) as e:
             DigestCredentials.parse(text)
         assert secret not in str(e.value) and secret[:8] not in str(e.value)
+
+
+def invite(n: int = 1) -> Request:
+    r = bare(n)
+    r.method = "INVITE"
+    r.set("CSeq", f"{n} INVITE")
+    return r
+
+
+async def test_invite_provisional_then_2xx_and_late_2xx_to_stray_handler():
+    uas, ut = await endpoint(owner="uas")
+    uac, ct = await endpoint(owner="uac")
+    answered = []
+
+    async def handler(req, tx):
+        tx.reply(180, to_tag="callee")
+        await asyncio.sleep(0.02)
+        answered.append(tx.reply(200, to_tag="callee"))
+
+    uas.set_request_handler(handler)
+    provisional = []
+    strays = []
+    uac.set_stray_response_handler(lambda resp, addr, t: strays.append(resp.status))
+
+    def on_prov(resp):
+        provisional.append(resp.status)
+        raise RuntimeError("a broken callback must not break the endpoint")
+
+    try:
+        resp = await uac.send_request(invite(), ut.local_address, on_provisional=on_prov)
+        assert resp.status == 200 and resp.to.tag == "callee"
+        assert 180 in provisional
+        # the UAS retransmits its 2xx (the TU's job, RFC 6026): the UAC passes it on
+        uas.transports[0].send(answered[0].to_bytes(), ct.local_address)
+        await wait_for(lambda: strays == [200])
+    finally:
+        await uac.close()
+        await uas.close()
+
+
+async def test_async_handler_error_gives_500_and_overload_503():
+    ep, t = await endpoint()
+
+    async def broken(req, tx):
+        await asyncio.sleep(0)
+        raise ValueError("late boom")
+
+    ep.set_request_handler(broken)
+    ep.layer.max_transactions = 1
+    peer_t, peer = await raw_udp()
+    try:
+        host, port = peer_t.get_extra_info("sockname")[:2]
+        peer_t.sendto(register(1, host, port).to_bytes(), t.local_address)
+        await wait_for(lambda: len(peer.received) == 1)
+        assert parse_message(peer.received[0][1]).status == 500
+        assert ep.counters["handler_errors"] == 1
+        # the first transaction lingers (Timer J): the next request meets the limit
+        peer_t.sendto(register(2, host, port).to_bytes(), t.local_address)
+        await wait_for(lambda: len(peer.received) == 2)
+        assert parse_message(peer.received[1][1]).status == 503
+    finally:
+        await ep.close()
+        peer_t.close()
+
+
+async def test_timer_h_without_ack_and_stray_without_handler():
+    ep, t = await endpoint()
+    ep.set_request_handler(lambda req, tx: tx.reply(486, to_tag="busy"))
+    peer_t, peer = await raw_udp()
+    try:
+        host, port = peer_t.get_extra_info("sockname")[:2]
+        inv = register(1, host, port)
+        inv.method = "INVITE"
+        inv.set("CSeq", "1 INVITE")
+        peer_t.sendto(inv.to_bytes(), t.local_address)
+        # 100, 486 and its G retransmissions, until H: no ACK ever
+        await wait_for(lambda: ep.counters["dropped: Timer H: no ACK for the final response"] == 1)
+        statuses = [parse_message(d).status for _, d, _ in peer.received]
+        assert statuses[0] == 100 and statuses.count(486) >= 3
+        # a response nobody waits for, and no stray handler: dropped and counted
+        peer_t.sendto(make_response(register(5, host, port), 200).to_bytes(), t.local_address)
+        await wait_for(lambda: ep.counters["dropped: response matches no transaction"] == 1)
+    finally:
+        await ep.close()
+        peer_t.close()
+
+
+async def test_close_cancels_pending_requests():
+    peer_t, _ = await raw_udp()
+    ep, t = await endpoint(timers=TimerConfig())
+    try:
+        task = asyncio.ensure_future(ep.send_request(bare(), peer_t.get_extra_info("sockname")[:2]))
+        await asyncio.sleep(0.05)
+        await ep.close()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        peer_t.close()
+    assert ep.transport("udp") is t
+    from imsaka.sip import LocalProtocolError
+
+    with pytest.raises(LocalProtocolError):
+        ep.transport("tcp")
+    empty = SipEndpoint()
+    with pytest.raises(LocalProtocolError):
+        await empty.send_request(bare(), ("127.0.0.1", 9))
