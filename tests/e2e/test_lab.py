@@ -1,0 +1,115 @@
+"""`imsaka lab` as a real process: subscribers from a CSV, a `listening` line, UEs
+registering with and without sec-agree (policy optional), clean shutdown on SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+
+import pytest
+
+from imsaka.ue.client import UeClient
+from imsaka.ue.config import UeConfig
+
+pytestmark = pytest.mark.slow
+
+CSV = """impi,impu,k,op,opc,amf,sqn
+alice@home1.net,sip:alice@home1.net,465b5ce8b199b49faa5f0a2ee238a6bc,,cd63cb71954a9f4e48a5994e37a02baf,8000,0
+bob@home1.net,sip:bob@home1.net|sip:+12125551111@home1.net,0396eb317b6d1c36f19c1c84cd6ffd16,,53c15671c60a4b731c55b4a441c0bde2,8000,0
+carol@lab2.example,sip:carol@lab2.example,fec86ba6eb707ed08905757b1bb44b8f,cdc202d5123e20f62b6d676ac72cb318,,8000,0
+"""
+
+
+async def start_lab(tmp_path, *extra: str):
+    csv = tmp_path / "subs.csv"
+    csv.write_text(CSV)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "imsaka", "lab", "--subscribers", str(csv), "--pcscf", "127.0.0.1:0", "--duration", "60", *extra,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    lines = []
+    while True:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        assert line, (lines, (await proc.stderr.read()).decode())
+        lines.append(line)
+        if "listening" in line:
+            break
+    m = re.search(r"udp (\S+):(\d+)", lines[-1])
+    return proc, (m.group(1), int(m.group(2))), lines
+
+
+async def stop_lab(proc):
+    proc.send_signal(signal.SIGINT)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    return proc.returncode, out.decode(), err.decode()
+
+
+def ue(pcscf, impi, impu, k, *, op=None, opc=None, **kw):
+    return UeConfig(
+        impi=impi, impus=[impu], home_domain=impi.split("@")[1], k=bytes.fromhex(k),
+        op=bytes.fromhex(op) if op else None, opc=bytes.fromhex(opc) if opc else None, pcscf=pcscf, **kw,
+    )  # fmt: skip
+
+
+async def test_lab_registers_ues_with_and_without_sec_agree(tmp_path):
+    proc, addr, _ = await start_lab(tmp_path, "--sec-agree", "optional")
+    try:
+        alice = UeClient(ue(addr, "alice@home1.net", "sip:alice@home1.net", "465b5ce8b199b49faa5f0a2ee238a6bc",
+                            opc="cd63cb71954a9f4e48a5994e37a02baf", encryption=("aes-cbc",)))  # fmt: skip
+        bob = UeClient(ue(addr, "bob@home1.net", "sip:bob@home1.net", "0396eb317b6d1c36f19c1c84cd6ffd16",
+                          opc="53c15671c60a4b731c55b4a441c0bde2", sec_agree=False))  # fmt: skip
+        carol = UeClient(ue(addr, "carol@lab2.example", "sip:carol@lab2.example", "fec86ba6eb707ed08905757b1bb44b8f",
+                            op="cdc202d5123e20f62b6d676ac72cb318"))  # fmt: skip
+        for c in (alice, bob, carol):
+            await c.start()
+        try:
+            ra, rb, rc = await asyncio.gather(
+                alice.register(15), bob.register(15), carol.register(15)
+            )
+            assert ra.ok and ra.protected, ra
+            assert rb.ok and not rb.protected, rb
+            assert rb.associated_uris and any("+12125551111" in u for u in rb.associated_uris)
+            assert rc.ok and rc.protected, rc  # a second home domain, OP (not OPc) in the CSV
+            assert (await alice.deregister(15)).ok
+        finally:
+            for c in (alice, bob, carol):
+                await c.close()
+    finally:
+        code, out, err = await stop_lab(proc)
+    assert code == 0, err
+    assert "REGISTER" in out and "[ESP spi=" in out and "[clear]" in out
+    assert re.search(r"stopped: 3 registrations accepted, 2 still registered", out), out
+
+
+async def test_lab_required_refuses_ue_without_sec_agree(tmp_path):
+    proc, addr, _ = await start_lab(tmp_path, "--quiet")
+    try:
+        bob = UeClient(ue(addr, "bob@home1.net", "sip:bob@home1.net", "0396eb317b6d1c36f19c1c84cd6ffd16",
+                          opc="53c15671c60a4b731c55b4a441c0bde2", sec_agree=False))  # fmt: skip
+        await bob.start()
+        try:
+            res = await bob.register(15)
+        finally:
+            await bob.close()
+        assert not res.ok and res.status == 421, res
+    finally:
+        code, _out, err = await stop_lab(proc)
+    assert code == 0, err
+
+
+async def test_lab_bad_csv_is_one_line_error(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("impi,impu,k,op,opc,amf\nalice@home1.net,sip:alice@home1.net,zz,,00,8000\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "imsaka", "lab", "--subscribers", str(bad),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    assert (
+        err.decode().startswith("imsaka: error: --subscribers:") and err.decode().count("\n") == 1
+    )
