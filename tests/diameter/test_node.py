@@ -387,3 +387,62 @@ def test_exchange_on_uvloop():
         assert loop.run_until_complete(main()).is_success
     finally:
         loop.close()
+
+
+async def test_election_when_both_ends_connect():
+    """RFC 6733 §5.6.4: both nodes connect to each other; both keep the same connection."""
+    port_a, port_b = free_port(), free_port()
+    a = DiameterNode(
+        origin_host="a.ims.test",
+        origin_realm="ims.test",
+        listen_address="127.0.0.1",
+        listen_port=port_a,
+        peers=[PeerSpec("b.ims.test", "127.0.0.1", port_b)],
+        tc=0.2,
+    )
+    b = DiameterNode(
+        origin_host="b.ims.test",
+        origin_realm="ims.test",
+        listen_address="127.0.0.1",
+        listen_port=port_b,
+        peers=[PeerSpec("a.ims.test", "127.0.0.1", port_a)],
+        tc=0.2,
+    )
+    for node, me in ((a, "a.ims.test"), (b, "b.ims.test")):
+
+        async def handler(req, peer, me=me):
+            return req.answer(origin_host=me, origin_realm="ims.test", result_code=2001)
+
+        node.set_request_handler(handler)
+    await a.start()
+    await b.start()
+    try:
+        await a.wait_open("b.ims.test", 5)
+        await b.wait_open("a.ims.test", 5)
+        await asyncio.sleep(0.8)  # let both connect loops and any election settle
+        assert a.is_open("b.ims.test") and b.is_open("a.ims.test")
+        assert len(a._connections) == 1 and len(b._connections) == 1
+        conn_a = a._open["b.ims.test"]
+        conn_b = b._open["a.ims.test"]
+        assert conn_a.local == conn_b.remote_addr  # the very same TCP connection
+        # b.ims.test > a.ims.test: b keeps the connection it initiated
+        assert conn_b.core.initiator and not conn_a.core.initiator
+        lir = cx.LIR(
+            session_id="s;e",
+            origin_host="a.ims.test",
+            origin_realm="ims.test",
+            destination_realm="ims.test",
+            public_identity="sip:u@ims.test",
+        )
+        assert (await a.request(lir, peer="b.ims.test")).result_code == 2001
+        assert (await b.request(dataclasses.replace(lir, origin_host="b.ims.test"))).is_success
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_request_to_unconfigured_peer_fails_at_once():
+    async with pair() as (_server, client):
+        with pytest.raises(DiameterRequestError) as info:
+            await client.request(mar(), peer="stranger.test", timeout=5)
+        assert info.value.reason == "no-connection"

@@ -547,3 +547,31 @@ def test_answer_after_close_is_dropped():
     b.connection_lost(1.5)
     b.send_answer(maa_for(mar()).to_message(3, 4), 2.0)
     assert b.counters["answer-after-close"] == 1 and b.messages_to_send() == []
+
+
+_FRAMES = [
+    mar().encode(1, 1),
+    maa_for(mar()).encode(1, 1),
+    _cer(),
+    codec.Message(280, 0x80, 0, 2, 2, (codec.ORIGIN_HOST(CLIENT),)).encode(),
+    codec.Message(282, 0x80, 0, 3, 3, (codec.ORIGIN_HOST(CLIENT),)).encode(),
+    codec.Message(282, 0, 0, 3, 3, (codec.RESULT_CODE(2001),)).encode(),
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.one_of(st.binary(max_size=64), st.sampled_from(_FRAMES)), max_size=8), st.booleans()
+)
+def test_fuzz_peer_never_raises(chunks, initiator_side):
+    """Whatever arrives, the core answers, drops or closes; it never raises."""
+    a, b = opened_pair()
+    conn = a if initiator_side else b
+    now = 1.0
+    for chunk in chunks:
+        now += 0.1
+        conn.receive_data(chunk, now)
+        conn.handle_timer(now)
+        for out in conn.messages_to_send():
+            codec.decode_message(out)  # everything we emit is well-formed
+        conn.pop_events()

@@ -458,6 +458,10 @@ class DiameterNode(Observable):
 
     def _pick(self, request: Any, peer: str | None) -> _Connection | None:
         if peer is not None:
+            if peer not in self._allowed:
+                raise DiameterRequestError(
+                    f"{peer} is not a configured peer", reason="no-connection"
+                )
             return self._open.get(peer)
         dest = getattr(request, "destination_host", None)
         if dest is None and isinstance(request, Message):
@@ -574,12 +578,22 @@ class DiameterNode(Observable):
         remote = conn.core.remote
         assert remote is not None
         old = self._open.get(remote.origin_host)
-        self._open[remote.origin_host] = conn
-        if old is not None and old is not conn and old.transport is not None:
-            # The peer reconnected while we still held its old connection (half-open):
-            # the new one wins.
-            self.counters["replaced-connection"] += 1
-            old.transport.abort()
+        winner = conn
+        if old is not None and old is not conn:
+            if old.core.initiator != conn.core.initiator:
+                # RFC 6733 §5.6.4 election: the higher Origin-Host keeps the connection
+                # it initiated. Both ends reach the same verdict, whatever the order.
+                we_win = self.config.origin_host.lower() > remote.origin_host.lower()
+                winner = conn if conn.core.initiator == we_win else old
+                self.counters["election"] += 1
+            else:
+                # Same direction twice: the peer reconnected while we still held its old
+                # connection (half-open); the new one wins.
+                self.counters["replaced-connection"] += 1
+            loser = old if winner is conn else conn
+            if loser.transport is not None:
+                loser.transport.abort()
+        self._open[remote.origin_host] = winner
         for key in (remote.origin_host, ""):
             for fut in self._open_waiters.pop(key, []):
                 if not fut.done():
