@@ -454,3 +454,57 @@ async def test_on_message_callback_and_send_failures():
         assert not ue.send(sa, sip("REGISTER", 2))
         assert ue.drops == {"esp-sequence-exhausted": 1}
         assert any(type(e).__name__ == "NewRegistrationNeeded" for e in ue.events)
+
+
+async def test_sip_endpoint_transactions_over_the_protected_ports():
+    """imsaka.sip's endpoint runs its transactions over the SAs like over UDP sockets."""
+    from imsaka.ipsec.sip_transport import ProtectedSipTransports
+    from imsaka.sip import parse_message
+    from imsaka.sip.endpoint import SipEndpoint
+
+    loop = asyncio.get_running_loop()
+    n = negotiate(now=loop.time())
+    async with UserspaceBackend(n.ue) as ue_b, UserspaceBackend(n.pcscf) as pc_b:
+        ue_ports, pc_ports = ProtectedSipTransports(ue_b), ProtectedSipTransports(pc_b)
+        ue_ep, pc_ep = SipEndpoint(owner="ue"), SipEndpoint(owner="pcscf")
+        ue_c = ue_ep.add_transport(ue_ports.transport("127.0.0.1", n.ue_set.ue_ports.port_c))
+        ue_ep.add_transport(ue_ports.transport("127.0.0.1", n.ue_set.ue_ports.port_s))
+        pc_ep.add_transport(pc_ports.transport("127.0.0.1", n.pcscf_set.pcscf_ports.port_s))
+        pc_c = pc_ep.add_transport(pc_ports.transport("127.0.0.1", n.pcscf_set.pcscf_ports.port_c))
+        seen = []
+
+        def handler(request, tx):
+            seen.append((request.method, tx.transport.local_address[1]))
+            tx.reply(200)
+
+        def bare(method, number):
+            request = parse_message(sip(method, number))
+            request.remove("Via")  # the endpoint adds its own, for the protected port
+            request.set("Max-Forwards", "70")
+            return request
+
+        pc_ep.set_request_handler(handler)
+        ue_ep.set_request_handler(handler)
+        try:
+            req = bare("OPTIONS", 7)
+            resp = await asyncio.wait_for(
+                ue_ep.send_request(
+                    req, ("127.0.0.1", n.pcscf_set.pcscf_ports.port_s), transport=ue_c
+                ),
+                5,
+            )
+            assert resp.status == 200
+            req2 = bare("NOTIFY", 8)
+            req2.set("Event", "reg")
+            resp2 = await asyncio.wait_for(
+                pc_ep.send_request(req2, ("127.0.0.1", n.ue_set.ue_ports.port_s), transport=pc_c), 5
+            )
+            assert resp2.status == 200
+        finally:
+            await ue_ep.close()
+            await pc_ep.close()
+        assert seen == [
+            ("OPTIONS", n.pcscf_set.pcscf_ports.port_s),
+            ("NOTIFY", n.ue_set.ue_ports.port_s),
+        ]
+        assert ue_b.drops == {} and pc_b.drops == {} and ue_b.sent == 2 and pc_b.sent == 2

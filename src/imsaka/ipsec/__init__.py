@@ -5,7 +5,8 @@
 - `keys`: ESP keys from IK/CK (Annex I; Rel-5..12 expansions from imsaka.aka.keys).
 - `esp`: RFC 4303 transport-mode ESP codec with anti-replay, built once per SA.
 - `sa`: the four-SA set, SPI and protected-port allocation, the lifetime state table.
-- `backend`: protected transports (`userspace` ESP-in-UDP, `xfrm` kernel) and
+- `backend`: protected transports (`userspace` ESP-in-UDP, `xfrm` kernel),
+  `sip_transport`: the protected ports as imsaka.sip transports, and
   `keyfile`: Wireshark's esp_sa key file.
 """
 
@@ -57,6 +58,7 @@ from imsaka.ipsec.secagree import (
     strip_sec_agree,
     ue_choose_server_mechanism,
 )
+from imsaka.ipsec.sip_transport import ProtectedSipTransport, ProtectedSipTransports
 
 __all__ = [
     "BACKENDS",
@@ -73,6 +75,8 @@ __all__ = [
     "PortPool",
     "PortPoolExhausted",
     "ProtectedMessage",
+    "ProtectedSipTransport",
+    "ProtectedSipTransports",
     "ProtectedTransport",
     "RemoteProtocolError",
     "SaSet",
