@@ -138,6 +138,8 @@ def test_packet2_pcscf_additions():
     assert vnid.value == "Visited Network Number 1" and vnid.raw.startswith('"')
     assert m.charging_vector.icid_value == "AyretyU0dm+6O2IrT5tAFrbHLso=023551024"
     assert m.charging_vector.orig_ioi is None
+    assert m.visited_network_id == vnid and m.access_network_info.access_type == "3GPP-UTRAN-TDD"
+    assert m.option_tags("require") == ["path"] and m.content_type is None
     ip = m.authorization.param("integrity-protected")
     assert (ip.value, ip.quoted) == ("no", True)
 
@@ -215,6 +217,8 @@ def test_200_ok(n):
     assert m.contacts[0].expires == 600000
     date = parse_date(m.get("Date"))
     assert (date.year, date.month, date.day, date.hour) == (2001, 7, 11, 8)
+    assert m.date == date
+    assert m.associated_uris == m.name_addrs("p-associated-uri") and m.asserted_identities == []
     uris = m.name_addrs("P-Associated-URI")
     assert [u.uri for u in uris] == [
         "sip:user1_public2@home1.net",

@@ -37,13 +37,19 @@ from imsaka.sip._abnf import (
 )
 from imsaka.sip.errors import LocalProtocolError, SipParseError
 from imsaka.sip.headers import (
+    AccessNetworkInfo,
+    ChargingFunctionAddresses,
     ChargingVector,
     Contact,
+    ContentType,
     CSeq,
     DigestCredentials,
     NameAddr,
     SecurityMechanism,
     Via,
+    VisitedNetworkId,
+    option_tags,
+    parse_date,
     parse_int,
 )
 
@@ -349,6 +355,44 @@ class Message:
     def www_authenticate(self):
         items = self.auth("www-authenticate")
         return items[0] if items else None
+
+    def option_tags(self, name: str) -> list[str]:
+        """Require / Proxy-Require / Supported / Unsupported option tags."""
+        return option_tags(self.get_all(name))
+
+    @property
+    def access_network_info(self) -> AccessNetworkInfo | None:
+        v = self.get("p-access-network-info")
+        return None if v is None else AccessNetworkInfo.parse(v)
+
+    @property
+    def visited_network_id(self) -> VisitedNetworkId | None:
+        v = self.get("p-visited-network-id")
+        return None if v is None else VisitedNetworkId.parse(v)
+
+    @property
+    def charging_function_addresses(self) -> ChargingFunctionAddresses | None:
+        v = self.get("p-charging-function-addresses")
+        return None if v is None else ChargingFunctionAddresses.parse(v)
+
+    @property
+    def content_type(self) -> ContentType | None:
+        v = self.get("content-type")
+        return None if v is None else ContentType.parse(v)
+
+    @property
+    def date(self):
+        """Date as an aware datetime (UTC), or None."""
+        v = self.get("date")
+        return None if v is None else parse_date(v)
+
+    @property
+    def asserted_identities(self) -> list:
+        return self.name_addrs("p-asserted-identity")
+
+    @property
+    def associated_uris(self) -> list:
+        return self.name_addrs("p-associated-uri")
 
     @property
     def charging_vector(self):
