@@ -339,3 +339,34 @@ def test_a_set_with_repeated_spis_is_refused():
         SaSet(set_id=1, local_role="ue", ue_ip="127.0.0.1", pcscf_ip="127.0.0.1",
               ue_ports=PortPair(1, 2), pcscf_ports=PortPair(3, 4), ue_spis=(300, 301),
               pcscf_spis=(301, 302), keys=keys, now=0.0, lifetime=10.0)  # fmt: skip
+
+
+def test_upper_case_tokens_and_colliding_spis_before_any_change():
+    import dataclasses
+
+    from imsaka.ipsec import SecurityMechanism
+
+    t = SecurityAssociationTable("pcscf")
+    (spi_pc, spi_ps), _ = t.allocate_local()
+    client = SecurityMechanism(
+        "ipsec-3gpp",
+        alg="HMAC-SHA-1-96",
+        ealg="AES-CBC",
+        spi_c=7001,
+        spi_s=7002,
+        port_c=5062,
+        port_s=5064,
+    )
+    server = SecurityMechanism("ipsec-3gpp", alg="hmac-sha-1-96", ealg="aes-cbc", spi_c=spi_pc,
+                               spi_s=spi_ps, port_c=6100, port_s=6101)  # fmt: skip
+    s = t.create_temporary("ue", now=0.0, ue_ip="127.0.0.1", pcscf_ip="127.0.0.1",
+                           client=client, server=server, ik=bytes(16), ck=bytes(16))  # fmt: skip
+    assert s.keys.alg == "hmac-sha-1-96" and s.keys.ealg == "aes-cbc"
+    # A second 401 whose UE SPIs collide with ours is refused before the first set goes.
+    (spi_pc2, spi_ps2), _ = t.allocate_local()
+    bad_client = dataclasses.replace(client, spi_c=spi_pc2)
+    server2 = dataclasses.replace(server, spi_c=spi_pc2, spi_s=spi_ps2)
+    with pytest.raises(LocalProtocolError, match="four SPIs"):
+        t.create_temporary("ue", now=1.0, ue_ip="127.0.0.1", pcscf_ip="127.0.0.1",
+                           client=bad_client, server=server2, ik=bytes(16), ck=bytes(16))  # fmt: skip
+    assert s.state is SaState.TEMPORARY and t.temporary("ue") is s

@@ -553,9 +553,12 @@ class SecurityAssociationTable:
         for m, who in ((client, "Security-Client"), (server, "Security-Server")):
             if not m.has_sa_parameters():
                 raise LocalProtocolError(f"{who}: lacks alg, spi-c, spi-s, port-c or port-s")
-        alg, ealg = server.alg or "", server.effective_ealg
-        if (client.alg, client.effective_ealg) != (alg, ealg):
+        # Annex H tokens are compared case-insensitively (a UE may write HMAC-SHA-1-96).
+        alg, ealg = (server.alg or "").lower(), server.effective_ealg.lower()
+        if ((client.alg or "").lower(), client.effective_ealg.lower()) != (alg, ealg):
             raise LocalProtocolError("alg/ealg: Security-Client and Security-Server differ")
+        if len({client.spi_c, client.spi_s, server.spi_c, server.spi_s}) != 4:
+            raise LocalProtocolError("spi: the four SPIs of an SA set must differ")
         keys = derive_esp_keys(alg, ealg, ik=ik, ck=ck)
         own = server if self.local_role == "pcscf" else client
         for spi in (own.spi_c, own.spi_s):
