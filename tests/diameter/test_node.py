@@ -446,3 +446,44 @@ async def test_request_to_unconfigured_peer_fails_at_once():
         with pytest.raises(DiameterRequestError) as info:
             await client.request(mar(), peer="stranger.test", timeout=5)
         assert info.value.reason == "no-connection"
+
+
+async def test_too_many_requests_in_flight_get_3004():
+    async def slow(req, peer):
+        await asyncio.sleep(0.2)
+        return maa_for(req)
+
+    server = DiameterNode(
+        origin_host=HSS,
+        origin_realm="ims.test",
+        listen_address="127.0.0.1",
+        listen_port=0,
+        peers=[PeerSpec(SCSCF)],
+        max_inflight=2,
+    )
+    server.set_request_handler(slow)
+    await server.start()
+    client = DiameterNode(
+        origin_host=SCSCF, origin_realm="ims.test", peers=[PeerSpec(HSS, "127.0.0.1", server.port)]
+    )
+    await client.start()
+    try:
+        await client.wait_open(HSS, 5)
+        answers = await asyncio.gather(*(client.request(mar()) for _ in range(5)))
+        codes = sorted(a.result_code for a in answers)
+        assert codes == [2001, 2001, 3004, 3004, 3004]
+        assert server.counters["too-busy"] == 3
+        assert (await client.request(mar())).result_code == 2001  # slots given back
+    finally:
+        await client.stop()
+        await server.stop()
+
+
+async def test_backpressure_pauses_reading():
+    async with pair() as (server, _client):
+        conn = next(iter(server._connections))
+        conn.pause_writing()
+        assert not conn.transport.is_reading()
+        conn.resume_writing()
+        assert conn.transport.is_reading()
+        assert server.counters["backpressure"] == 1

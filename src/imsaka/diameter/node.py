@@ -101,6 +101,8 @@ class NodeConfig:
     """Tw (RFC 3539): idle seconds before a DWR."""
     request_timeout: float = 5.0
     """Default timeout of `request()`."""
+    max_inflight: int = 4096
+    """Requests of one peer being handled at once; more are answered 3004 TOO_BUSY."""
     cer_timeout: float = 10.0
     """Seconds a new connection has for its CER / CEA."""
     dpa_timeout: float = 2.0
@@ -123,6 +125,8 @@ class NodeConfig:
             raise ValueError("tc: must be positive")
         if not self.request_timeout > 0:
             raise ValueError("request_timeout: must be positive")
+        if self.max_inflight < 1:
+            raise ValueError("max_inflight: must be at least 1")
         hosts = [p.host for p in self.peers]
         if len(set(hosts)) != len(hosts):
             raise ValueError("peers: a host is listed twice")
@@ -150,6 +154,7 @@ class _Connection(asyncio.Protocol):
         "closed",
         "core",
         "futures",
+        "inflight",
         "local",
         "loop",
         "node",
@@ -168,6 +173,7 @@ class _Connection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at = float("inf")
         self.closed: asyncio.Future[None] = self.loop.create_future()
+        self.inflight = 0  # requests from this peer handed to the handler, not yet answered
         self.local: tuple[str, int] = ("0.0.0.0", 0)
         self.remote_addr: tuple[str, int] = ("0.0.0.0", 0)
 
@@ -206,6 +212,16 @@ class _Connection(asyncio.Protocol):
         self.futures.clear()
         if not self.closed.done():
             self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        # The peer does not read its answers: stop reading its requests until it does.
+        self.node.counters["backpressure"] += 1
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
 
     # driving the core -----------------------------------------------------------------------
 
@@ -269,6 +285,7 @@ class _Connection(asyncio.Protocol):
             log.info("diameter watchdog %s -> %s", event.old.value, event.new.value)
 
     def send_answer(self, request: Message, answer: Any) -> None:
+        self.inflight -= 1
         if isinstance(answer, Message):
             data = answer.with_ids(request.hop_by_hop, request.end_to_end).encode()
         elif answer is None:
@@ -516,6 +533,11 @@ class DiameterNode(Observable):
         )
 
     def _dispatch_request(self, conn: _Connection, msg: Message) -> None:
+        conn.inflight += 1  # send_answer() takes it back
+        if conn.inflight > self.config.max_inflight:
+            self.counters["too-busy"] += 1
+            conn.send_answer(msg, conn._error(msg, codec.DIAMETER_TOO_BUSY))
+            return
         handler = self._handler
         if handler is None:
             self.counters["no-handler"] += 1
