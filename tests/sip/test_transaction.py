@@ -400,6 +400,14 @@ def test_timer_config_validation():
         TimerConfig(t1=0)
     with pytest.raises(ValueError, match="t2"):
         TimerConfig(t1=5, t2=1)
+    ue = layer(config=TimerConfig.ims_ue())
+    ue.send_request(request(), "udp", 0.0)
+    assert ue.next_deadline() == 2.0
+    ue.handle_timer(200)
+    assert [type(e).__name__ for e in ue.events()][-2:] == [
+        "TransactionTimeout",
+        "TransactionTerminated",
+    ]
     lay = layer(config=TimerConfig(t1=0.01, t2=0.04, t4=0.05))
     lay.send_request(request(), "udp", 0.0)
     assert lay.next_deadline() == pytest.approx(0.01)

@@ -35,8 +35,10 @@ from imsaka.sip.message import Message, Request, Response
 
 @dataclass(frozen=True, slots=True)
 class TimerConfig:
-    """RFC 3261 Table 4 base values (seconds). IMS uses the same defaults
-    (TS 24.229 Table 7.7.1)."""
+    """RFC 3261 Table 4 base values (seconds), the defaults between IM CN subsystem
+    elements. `ims_ue()` gives the larger values TS 24.229 Table 7.7.1 applies at the
+    UE over a radio bearer (T1 2 s, T2 16 s, T4 17 s: Timer F = 128 s, the value
+    behind the 4-minute reg-await-auth)."""
 
     t1: float = 0.5
     """Round-trip estimate; A, E, G start at T1; B, F, H, J, L, M are 64*T1."""
@@ -46,6 +48,10 @@ class TimerConfig:
     """Maximum time a message stays in the network: Timers I and K."""
     timer_d: float = 32.0
     """Wait for response retransmissions after a non-2xx INVITE final (unreliable)."""
+
+    @classmethod
+    def ims_ue(cls) -> TimerConfig:
+        return cls(t1=2.0, t2=16.0, t4=17.0)
 
     def __post_init__(self) -> None:
         for name in ("t1", "t2", "t4", "timer_d"):
