@@ -480,3 +480,124 @@ async def test_binding_expiry_sends_timeout_deregistration(tmp_path):
         assert core.pending_counts()["operations"] == 0
     finally:
         await net.stop()
+
+
+@pytest.mark.redis
+async def test_two_scscfs_share_redis_bindings(tmp_path, redis_url):
+    """Two S-CSCF processes behind one Server-Name share the Redis store: a registration
+    made through one is refreshed and removed through the other."""
+    from imsaka.cscf.registrar import RedisBindingStore
+    from imsaka.cscf.scscf import ScscfServer
+
+    prefix = f"imsaka:test:{os.getpid()}:{os.urandom(4).hex()}:"
+    net = HomeNetwork(tmp_path)
+    other = None
+    try:
+        await net.start()
+        await net.scscf.stop()
+        await net.start_scscf(RedisBindingStore(redis_url, prefix=prefix))
+        _, r200 = await full_registration(net, new_ue())
+        assert r200.status == 200
+        other_port = __import__("tests.conftest", fromlist=["x"]).free_port(2)
+        other = ScscfServer(
+            replace(net.config.scscf, port=other_port),
+            store=RedisBindingStore(redis_url, prefix=prefix),
+            reconnect=0.5,
+        )
+        await other.start()
+        await other.node.wait_open(HSS_HOST, timeout=5)
+
+        def via_icscf(req):
+            # What the I-CSCF would send to the second S-CSCF.
+            req.add(
+                "Via",
+                f"SIP/2.0/UDP icscf1_p.home1.net:{net.pcscf_port};branch=z9hG4bK{os.urandom(5).hex()}",
+                first=True,
+            )
+            req.uri = net.server_name
+            return req
+
+        yes = (
+            f'Digest username="{IMPI}", realm="{REALM}", nonce="", uri="sip:registrar.home1.net", '
+            f'response="", integrity-protected="yes"'
+        )
+        r = await net.client.send_request(
+            via_icscf(register(net, cseq=3, protected=True, authorization=yes)),
+            ("127.0.0.1", other_port),
+        )
+        assert r.status == 200  # the other S-CSCF knew the registration from Redis
+        r = await net.client.send_request(
+            via_icscf(register(net, cseq=4, protected=True, authorization=yes, expires=0)),
+            ("127.0.0.1", other_port),
+        )
+        assert r.status == 200
+        assert await net.scscf.scscf.store.get(IMPUS[0]) is None
+        assert other.pending_counts()["registrations"] == 0
+    finally:
+        if other is not None:
+            await other.stop()
+        cleanup = RedisBindingStore(redis_url, prefix=prefix)
+        await cleanup.clear()
+        await cleanup.close()
+        await net.stop()
+
+
+async def test_nothing_left_behind_after_many_register_and_deregister(home):
+    from imsaka.hss.subscriber import validate_subscriber
+
+    n = 30
+    await home.store.import_subscribers(
+        [
+            validate_subscriber(
+                impi=f"u{i}@home1.net", impus=[f"sip:u{i}@home1.net"], k=K.hex(), opc=OPC.hex()
+            )
+            for i in range(n)
+        ]
+    )
+
+    async def life(i: int) -> None:
+        impi, impu = f"u{i}@home1.net", f"sip:u{i}@home1.net"
+        ue = new_ue()
+        r = await send(
+            home,
+            register(
+                home,
+                cseq=1,
+                authorization=empty_auth(impi),
+                protected=False,
+                impu=impu,
+                call_id=f"c{i}",
+            ),
+        )
+        assert r.status == 401, r
+        auth = answer_auth(r.www_authenticate, ue, impi)
+        r = await send(
+            home,
+            register(home, cseq=2, authorization=auth, protected=True, impu=impu, call_id=f"c{i}"),
+        )
+        assert r.status == 200, r
+        r = await send(
+            home,
+            register(
+                home,
+                cseq=3,
+                authorization=auth,
+                protected=True,
+                impu=impu,
+                call_id=f"c{i}",
+                expires=0,
+            ),
+        )
+        assert r.status == 200, r
+
+    # A few at a time: the HSS's database pool is the limit here, not the CSCFs.
+    gate = asyncio.Semaphore(3)
+
+    async def gated(i: int) -> None:
+        async with gate:
+            await life(i)
+
+    await asyncio.gather(*(gated(i) for i in range(n)))
+    counts = home.scscf.pending_counts()
+    assert counts["registrations"] == 0 and counts["challenges"] == 0, counts
+    assert counts["operations"] == 0 and counts["awaiting_reply"] == 0, counts

@@ -356,6 +356,10 @@ class IcscfServer:
         if self.node is not None:
             await self.node.stop()
 
+    def pending_counts(self) -> dict[str, int]:
+        """State sizes for leak checks: the I-CSCF keeps only SIP transactions."""
+        return {"sip_transactions": len(self.endpoint.layer) if self.endpoint is not None else 0}
+
 
 def run(config: ImsConfig) -> int:
     """``imsaka run icscf``: serve until SIGINT/SIGTERM."""

@@ -501,6 +501,16 @@ class ScscfServer:
         if self.scscf is not None:
             await self.scscf.close()
 
+    def pending_counts(self) -> dict[str, int]:
+        """State sizes for leak checks: registrations, challenges, cached vectors, Cx
+        operations in flight, SIP transactions, REGISTERs awaiting their answer."""
+        out = dict(self.scscf.core.pending_counts()) if self.scscf is not None else {}
+        if self.scscf is not None:
+            out["awaiting_reply"] = len(self.scscf._pending)
+        if self.endpoint is not None:
+            out["sip_transactions"] = len(self.endpoint.layer)
+        return out
+
 
 def run(config: ImsConfig) -> int:
     """``imsaka run scscf``: serve until SIGINT/SIGTERM."""
