@@ -179,3 +179,18 @@ def test_uar_without_authorization_or_visited_network():
     _, net = config(SCSCFS)
     u = uar_for(request("<sip:1.2.3.4>", auth=False, pvni=False), net)
     assert u.impi == "u@home1.net" and u.visited_network == "home1.net"
+
+
+def test_route_to_the_icscf_itself_is_removed():
+    from imsaka.cscf.icscf import Icscf
+
+    icscf_cfg, net = config(SCSCFS)
+    icscf = Icscf(icscf_cfg, net, endpoint=None, cx_send=None)
+    from imsaka.sip.proxy import preprocess_route
+
+    req = request("<sip:1.2.3.4>", "Route: <sip:icscf1_p.home1.net:5070;lr>")
+    preprocess_route(req, icscf._is_mine)
+    assert req.get("route") is None
+    req = request("<sip:1.2.3.4>", "Route: <sip:elsewhere.example;lr>")
+    preprocess_route(req, icscf._is_mine)
+    assert req.get("route") == "<sip:elsewhere.example;lr>"

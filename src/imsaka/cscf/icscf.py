@@ -36,7 +36,7 @@ from typing import Any
 from imsaka.config import IcscfConfig, ImsConfig, NetworkConfig, ScscfEntry, split_hostport
 from imsaka.diameter import cx
 from imsaka.sip import Request, Response, SipParseError, VisitedNetworkId
-from imsaka.sip.proxy import check_max_forwards, pop_via, push_via
+from imsaka.sip.proxy import check_max_forwards, pop_via, preprocess_route, push_via
 
 __all__ = [
     "Icscf",
@@ -208,6 +208,7 @@ class Icscf:
             self.counters["not_register"] += 1
             tx.reply(501, "Not Implemented (I-CSCF routes REGISTER only)")
             return
+        preprocess_route(request, self._is_mine)
         too_many = check_max_forwards(request)
         if too_many is not None:
             self.counters["max_forwards"] += 1
@@ -250,6 +251,11 @@ class Icscf:
             pop_via(response)
             tx.respond(response)
             return
+
+    def _is_mine(self, uri: Any) -> bool:
+        host = (uri.host or "").strip("[]").lower()
+        port = uri.port or 5060
+        return port == self.config.port and host in (self.config.name.lower(), self.config.address)
 
     def _is_our_timeout(self, response: Response) -> bool:
         # The endpoint answers a dead next hop itself (408 on Timer F, 503 on a transport

@@ -298,7 +298,11 @@ class Scscf:
         if entry is None:
             return
         request, respond = entry
-        respond(response_for(request, reply, self._random(4).hex()))
+        try:
+            respond(response_for(request, reply, self._random(4).hex()))
+        except Exception as exc:  # the transaction ended meanwhile (e.g. closed endpoint)
+            self.core.counters["reply_too_late"] += 1
+            log.info("REGISTER %s: answer %d not sent: %s", request.call_id, reply.status, exc)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
