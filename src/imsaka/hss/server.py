@@ -253,9 +253,12 @@ class HssServer:
 def run(config: Mapping[str, Any]) -> int:
     """``imsaka run hss``: start from the whole-network TOML dict, serve until a signal."""
     hss_config = parse_hss_config(config, base_dir=None)
-    # Plain asyncio loop: imsaka.diameter.node checks for asyncio.Transport, which
-    # uvloop's transports are not.
-    return asyncio.run(_serve(hss_config))
+    try:
+        import uvloop
+
+        return uvloop.run(_serve(hss_config))
+    except ImportError:  # pragma: no cover - uvloop is an optional speed-up
+        return asyncio.run(_serve(hss_config))
 
 
 async def _serve(config: HssConfig) -> int:

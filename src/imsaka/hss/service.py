@@ -36,6 +36,7 @@ __all__ = ["AKA_SCHEMES", "CxService"]
 log = logging.getLogger("imsaka.hss.cx")
 
 AKA_SCHEMES = (cx.SCHEME_AKAV1_MD5, cx.SCHEME_AKAV2_MD5)
+MILENAGE_CACHE = 4096
 SAT = cx.ServerAssignmentType
 UAT = cx.UserAuthorizationType
 
@@ -71,6 +72,9 @@ class CxService:
         self.config = config
         self.rand_source = rand_source
         self.counters: Counter[str] = Counter()
+        # Milenage objects (K's AES key schedule) per credential pair, most recent
+        # last: building one costs more than a whole vector. Event-loop thread only.
+        self._milenage: dict[tuple[bytes, bytes], Milenage] = {}
         self._handlers: dict[type, Callable[[Any], Any]] = {
             cx.UserAuthorizationRequest: self.uar,
             cx.MultimediaAuthRequest: self.mar,
@@ -232,7 +236,10 @@ class CxService:
             # The scheme comes from the subscriber's record (PITFALLS: never MD5 by default).
             scheme = next((s for s in grant.schemes if s in AKA_SCHEMES), cx.SCHEME_AKAV1_MD5)
         vectors = generate_vectors(
-            Milenage(grant.k, opc=grant.opc), grant.sqns, grant.amf, rand_source=self.rand_source
+            self._milenage_for(grant.k, grant.opc),
+            grant.sqns,
+            grant.amf,
+            rand_source=self.rand_source,
         )
         items = tuple(
             cx.SipAuthDataItem.aka_vector(
@@ -255,6 +262,16 @@ class CxService:
             sip_number_auth_items=len(items),
             sip_auth_data_items=items,
         )
+
+    def _milenage_for(self, k: bytes, opc: bytes) -> Milenage:
+        key = (k, opc)
+        mil = self._milenage.pop(key, None)
+        if mil is None:
+            mil = Milenage(k, opc=opc)
+            if len(self._milenage) >= MILENAGE_CACHE:
+                del self._milenage[next(iter(self._milenage))]
+        self._milenage[key] = mil
+        return mil
 
     # ------------------------------------------------------------------ SAR
 

@@ -24,6 +24,7 @@ of TS 33.102 Annex C SQN management:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -132,30 +133,32 @@ def normalize_url(url: str | None) -> str:
     return url
 
 
+def _sqlite_events(engine: sa.Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _sqlite_connect(dbapi_conn: Any, _rec: Any) -> None:
+        # We issue BEGIN ourselves (below), so the driver must not.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        # FULL: the WAL is fsynced at every commit, so a committed SQN survives
+        # a power cut as well as a kill -9.
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _sqlite_begin(conn: Any) -> None:
+        # IMMEDIATE takes the write lock at BEGIN: a transaction that reads then
+        # writes can never fail half-way with SQLITE_BUSY on lock upgrade.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def create_engine(url: str | None) -> AsyncEngine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": 30})
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_connect(dbapi_conn: Any, _rec: Any) -> None:
-            # We issue BEGIN ourselves (below), so the driver must not.
-            dbapi_conn.isolation_level = None
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            # FULL: the WAL is fsynced at every commit, so a committed SQN survives
-            # a power cut as well as a kill -9.
-            cur.execute("PRAGMA synchronous=FULL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
-
-        @event.listens_for(engine.sync_engine, "begin")
-        def _sqlite_begin(conn: Any) -> None:
-            # IMMEDIATE takes the write lock at BEGIN: a transaction that reads then
-            # writes can never fail half-way with SQLITE_BUSY on lock upgrade.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
+        _sqlite_events(engine.sync_engine)
         return engine
     return create_async_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=False)
 
@@ -303,8 +306,14 @@ class _MarJob:
     future: asyncio.Future
 
 
-class _Retry(Exception):
-    pass
+@dataclass(frozen=True, slots=True)
+class _GrantRow:
+    sqn: int
+    k: bytes = field(repr=False)
+    opc: bytes = field(repr=False)
+    amf: bytes
+    auth_schemes: str
+    digest_password: str | None = field(repr=False)
 
 
 # --------------------------------------------------------------------------- store
@@ -316,6 +325,17 @@ class HssStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self._sync_engine: sa.Engine | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        database = engine.url.database
+        if self.dialect == "sqlite" and database and database != ":memory:":
+            self._sync_engine = sa.create_engine(
+                engine.url.set(drivername="sqlite"), connect_args={"timeout": 30}
+            )
+            _sqlite_events(self._sync_engine)
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="hss-sqlite"
+            )
         self._queue: list[_MarJob] = []
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
@@ -341,6 +361,12 @@ class HssStore:
             if not job.future.done():
                 job.future.set_exception(RuntimeError("HSS store closed"))
         self._queue.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()
+            self._sync_engine = None
         await self.engine.dispose()
 
     # ------------------------------------------------------------------ provisioning
@@ -842,6 +868,20 @@ class HssStore:
             i is not None, u is not None, i is not None and u is not None and i[0] == u[0]
         )
 
+    @staticmethod
+    def _check_identities_sync(conn: sa.Connection, impi: str | None, impu: str) -> IdentityCheck:
+        u = conn.execute(
+            sa.select(m.impu.c.subscription_id).where(m.impu.c.identity == impu)
+        ).first()
+        i = None
+        if impi is not None:
+            i = conn.execute(
+                sa.select(m.impi.c.subscription_id).where(m.impi.c.identity == impi)
+            ).first()
+        return IdentityCheck(
+            i is not None, u is not None, i is not None and u is not None and i[0] == u[0]
+        )
+
     async def user_state(self, impu: str) -> UserState:
         async with self.engine.connect() as conn:
             return await self._user_state(conn, impu)
@@ -1168,6 +1208,87 @@ class HssStore:
 
     async def _batch_once(self, batch: list[_MarJob]) -> list[MarGrant | IdentityCheck]:
         self.batches += 1
+        if self._sync_engine is not None:
+            # SQLite file: the whole transaction (BEGIN IMMEDIATE … COMMIT with its
+            # fsync) runs on one dedicated thread, one hop per batch instead of one
+            # per statement; the event loop keeps decoding and answering meanwhile.
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, self._batch_in_thread, batch)
+        async with self.engine.begin() as conn:
+            outcome = await conn.run_sync(self._batch_sync, batch)
+        return self._hand_out(batch, *outcome)
+
+    def _batch_in_thread(self, batch: list[_MarJob]) -> list[MarGrant | IdentityCheck]:
+        assert self._sync_engine is not None
+        with self._sync_engine.begin() as conn:
+            if batch[0].resync_to is None:
+                outcome = self._batch_sqlite(conn, batch)
+            else:
+                outcome = self._batch_sync(conn, batch)
+        return self._hand_out(batch, *outcome)  # only after COMMIT returned
+
+    def _batch_sqlite(self, conn: sa.Connection, batch: list[_MarJob]) -> tuple[Any, ...]:
+        """`_batch_sync` for SQLite in plain SQL on the driver cursor.
+
+        The same two statements as the SQLAlchemy version, without expression
+        building and result processing (a third of the batch time under load).
+        The advance expression is `sqn_step` in SQL, as in `_sqn_advance_expr`.
+        """
+        impis = sorted({j.impi for j in batch})
+        impus = sorted({j.impu for j in batch})
+        cur = conn.connection.driver_connection.cursor()
+        try:
+            cur.execute(
+                "SELECT impi.identity, impi.auth_schemes, impu.identity FROM impi"
+                " LEFT OUTER JOIN impu ON impu.subscription_id = impi.subscription_id"
+                f" AND impu.identity IN ({','.join('?' * len(impus))})"
+                f" WHERE impi.identity IN ({','.join('?' * len(impis))})",
+                (*impus, *impis),
+            )
+            pairs: set[tuple[str, str]] = set()
+            allowed: dict[str, tuple[str, ...]] = {}
+            for identity, schemes, uri in cur.fetchall():
+                allowed[identity] = tuple(schemes.split(","))
+                if uri is not None:
+                    pairs.add((identity, uri))
+            ok = [
+                (j.impi, j.impu) in pairs and (j.scheme is None or j.scheme in allowed[j.impi])
+                for j in batch
+            ]
+            steps: dict[str, int] = {}
+            names: dict[str, str | None] = {}
+            for job, good in zip(batch, ok, strict=True):
+                if good:
+                    steps[job.impi] = steps.get(job.impi, 0) + job.n
+                    names[job.impi] = job.server_name
+            groups: dict[tuple[int, str | None], list[str]] = {}
+            for identity, n in steps.items():
+                groups.setdefault((n, names[identity]), []).append(identity)
+            granted: dict[str, Any] = {}
+            for (n, name), members in groups.items():
+                cur.execute(
+                    f"UPDATE impi SET sqn = (((sqn >> {IND_BITS}) + ?) << {IND_BITS})"
+                    f" | (((sqn & {IND_MASK}) + ?) & {IND_MASK}), pending_scscf = ?"
+                    f" WHERE identity IN ({','.join('?' * len(members))})"
+                    " RETURNING identity, sqn, k, opc, amf, auth_schemes, digest_password",
+                    (int(n), int(n), name, *members),
+                )
+                for row in cur.fetchall():
+                    granted[row[0]] = _GrantRow(*row[1:])
+            checks: dict[tuple[str, str], IdentityCheck] = {}
+            for job, good in zip(batch, ok, strict=True):
+                key = (job.impi, job.impu)
+                if not good and key not in checks:
+                    if key in pairs:
+                        checks[key] = IdentityCheck(True, True, True)
+                    else:
+                        checks[key] = self._check_identities_sync(conn, job.impi, job.impu)
+        finally:
+            cur.close()
+        return ok, steps, granted, checks
+
+    def _batch_sync(self, conn: sa.Connection, batch: list[_MarJob]) -> tuple[Any, ...]:
+        """The MAR batch inside one open transaction (sync: a thread or run_sync)."""
         impis = sorted({j.impi for j in batch})
         impus = sorted({j.impu for j in batch})
         returning = (
@@ -1179,73 +1300,82 @@ class HssStore:
             m.impi.c.auth_schemes,
             m.impi.c.digest_password,
         )
-        async with self.engine.begin() as conn:
-            # One read that validates every (IMPI, IMPU) pair and, on PostgreSQL,
-            # locks the IMPI rows in id order so two processes never deadlock.
-            q = (
-                sa.select(
-                    m.impi.c.id,
-                    m.impi.c.identity,
-                    m.impi.c.auth_schemes,
-                    m.impu.c.identity.label("impu"),
-                )
-                .select_from(m.impi)
-                .outerjoin(
-                    m.impu,
-                    sa.and_(
-                        m.impu.c.subscription_id == m.impi.c.subscription_id,
-                        m.impu.c.identity.in_(impus),
-                    ),
-                )
-                .where(m.impi.c.identity.in_(impis))
-                .order_by(m.impi.c.id)
+        # One read that validates every (IMPI, IMPU) pair and, on PostgreSQL,
+        # locks the IMPI rows in id order so two processes never deadlock.
+        q = (
+            sa.select(
+                m.impi.c.id,
+                m.impi.c.identity,
+                m.impi.c.auth_schemes,
+                m.impu.c.identity.label("impu"),
             )
-            if self.dialect == "postgresql":
-                q = q.with_for_update(of=m.impi)
-            pairs: set[tuple[str, str]] = set()
-            allowed: dict[str, tuple[str, ...]] = {}
-            for row in (await conn.execute(q)).all():
-                allowed[row.identity] = tuple(row.auth_schemes.split(","))
-                if row.impu is not None:
-                    pairs.add((row.identity, row.impu))
-            ok = [
-                (j.impi, j.impu) in pairs and (j.scheme is None or j.scheme in allowed[j.impi])
-                for j in batch
-            ]
-            # Steps per IMPI: the sum over its MARs in this batch.
-            steps: dict[str, int] = {}
-            names: dict[str, str | None] = {}
-            for job, good in zip(batch, ok, strict=True):
-                if good:
-                    steps[job.impi] = steps.get(job.impi, 0) + job.n
-                    names[job.impi] = job.server_name
-            granted: dict[str, Any] = {}
-            groups: dict[tuple[int, str | None], list[str]] = {}
-            for identity, n in steps.items():
-                groups.setdefault((n, names[identity]), []).append(identity)
-            resync_to = batch[0].resync_to if len(batch) == 1 else None
-            for (n, name), members in groups.items():
-                if resync_to is not None:
-                    new_value = _sqn_resync_expr(m.impi.c.sqn, resync_to, n)
+            .select_from(m.impi)
+            .outerjoin(
+                m.impu,
+                sa.and_(
+                    m.impu.c.subscription_id == m.impi.c.subscription_id,
+                    m.impu.c.identity.in_(impus),
+                ),
+            )
+            .where(m.impi.c.identity.in_(impis))
+            .order_by(m.impi.c.id)
+        )
+        if self.dialect == "postgresql":
+            q = q.with_for_update(of=m.impi)
+        pairs: set[tuple[str, str]] = set()
+        allowed: dict[str, tuple[str, ...]] = {}
+        for row in conn.execute(q).all():
+            allowed[row.identity] = tuple(row.auth_schemes.split(","))
+            if row.impu is not None:
+                pairs.add((row.identity, row.impu))
+        ok = [
+            (j.impi, j.impu) in pairs and (j.scheme is None or j.scheme in allowed[j.impi])
+            for j in batch
+        ]
+        # Steps per IMPI: the sum over its MARs in this batch.
+        steps: dict[str, int] = {}
+        names: dict[str, str | None] = {}
+        for job, good in zip(batch, ok, strict=True):
+            if good:
+                steps[job.impi] = steps.get(job.impi, 0) + job.n
+                names[job.impi] = job.server_name
+        granted: dict[str, Any] = {}
+        groups: dict[tuple[int, str | None], list[str]] = {}
+        for identity, n in steps.items():
+            groups.setdefault((n, names[identity]), []).append(identity)
+        resync_to = batch[0].resync_to if len(batch) == 1 else None
+        for (n, name), members in groups.items():
+            if resync_to is not None:
+                new_value = _sqn_resync_expr(m.impi.c.sqn, resync_to, n)
+            else:
+                new_value = _sqn_advance_expr(m.impi.c.sqn, n)
+            stmt = (
+                sa.update(m.impi)
+                .where(m.impi.c.identity.in_(members))
+                .values(sqn=new_value, pending_scscf=name)
+                .returning(*returning)
+            )
+            for row in conn.execute(stmt).all():
+                granted[row.identity] = row
+        checks: dict[tuple[str, str], IdentityCheck] = {}
+        for job, good in zip(batch, ok, strict=True):
+            key = (job.impi, job.impu)
+            if not good and key not in checks:
+                if key in pairs:  # identities fine, scheme not allowed
+                    checks[key] = IdentityCheck(True, True, True)
                 else:
-                    new_value = _sqn_advance_expr(m.impi.c.sqn, n)
-                stmt = (
-                    sa.update(m.impi)
-                    .where(m.impi.c.identity.in_(members))
-                    .values(sqn=new_value, pending_scscf=name)
-                    .returning(*returning)
-                )
-                for row in (await conn.execute(stmt)).all():
-                    granted[row.identity] = row
-            checks: dict[tuple[str, str], IdentityCheck] = {}
-            for job, good in zip(batch, ok, strict=True):
-                key = (job.impi, job.impu)
-                if not good and key not in checks:
-                    if key in pairs:  # identities fine, scheme not allowed
-                        checks[key] = IdentityCheck(True, True, True)
-                    else:
-                        checks[key] = await self._check_identities(conn, job.impi, job.impu)
-        # Committed. Hand each IMPI's new SQN range out to its MARs in queue order.
+                    checks[key] = self._check_identities_sync(conn, job.impi, job.impu)
+        return ok, steps, granted, checks
+
+    @staticmethod
+    def _hand_out(
+        batch: list[_MarJob],
+        ok: list[bool],
+        steps: dict[str, int],
+        granted: dict[str, Any],
+        checks: dict[tuple[str, str], IdentityCheck],
+    ) -> list[MarGrant | IdentityCheck]:
+        # Committed: hand each IMPI's new SQN range out to its MARs in queue order.
         results: list[MarGrant | IdentityCheck] = []
         ranges = {i: sqn_sequence(int(granted[i].sqn), n) for i, n in steps.items()}
         taken: dict[str, int] = {}
