@@ -36,7 +36,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import diameter_peer  # noqa: E402  (benchmarks/diameter_peer.py: fixed-MAA baselines)
-
 from imsaka.diameter import cx, loadgen  # noqa: E402
 
 PG_URL = os.environ.get("IMSAKA_BENCH_PG", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
