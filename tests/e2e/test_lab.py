@@ -108,7 +108,7 @@ async def test_lab_bad_csv_is_one_line_error(tmp_path):
         sys.executable, "-m", "imsaka", "lab", "--subscribers", str(bad),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    _out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2
     assert (
         err.decode().startswith("imsaka: error: --subscribers:") and err.decode().count("\n") == 1

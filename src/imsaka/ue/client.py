@@ -192,6 +192,12 @@ class UeClient:
         assert self.core is not None
         return await self._run(self.core.register, timeout)
 
+    async def reregister(self, timeout: float = 40.0) -> UeResult:
+        """Refresh now (what the re-registration timer does at half the expiry,
+        TS 24.229 §5.1.1.4): a protected REGISTER with a new Security-Client."""
+        assert self.core is not None
+        return await self._run(self.core.register, timeout)
+
     async def deregister(self, timeout: float = 40.0) -> UeResult:
         """De-register (Expires 0 over the SAs, TS 24.229 §5.1.1.6)."""
         assert self.core is not None

@@ -511,6 +511,10 @@ class UeRegistration:
 
     def _start_deregister(self, _resp: Response | None, now: float) -> list[Event]:
         protected = self.sa is not None
+        if protected:
+            # Fresh spi-c/spi-s/port-c: a network that challenges the de-REGISTER gets a
+            # usable Security-Client for a new temporary set (TS 33.203 §7.4).
+            self._new_offer()
         auth = self._authorization(
             nonce=self.last_nonce, response=self.last_response, algorithm=self.last_algorithm
         )
