@@ -86,3 +86,55 @@ async def test_our_client_against_python_diameter_server():
     finally:
         await client.stop()
         await asyncio.to_thread(lib_node.stop, 1, True)
+
+
+async def test_python_diameter_client_against_our_server():
+    """Its CER/MAR reach our node, it accepts our CEA and MAA, its DPR gets our DPA."""
+    from diameter.message.avp.grouped import SipAuthDataItem3gpp, VendorSpecificApplicationId
+    from diameter.node import Node
+    from diameter.node.application import SimpleThreadingApplication
+
+    logging.getLogger("diameter").setLevel(logging.CRITICAL)
+    seen = []
+    server = await loadgen.start_fixed_maa_server()
+    server.add_observer(seen.append)
+    node = Node(loadgen.CLIENT_HOST, loadgen.REALM, vendor_ids=[10415])
+    peer = node.add_peer(
+        f"aaa://{loadgen.SERVER_HOST}:{server.port}",
+        loadgen.REALM,
+        ip_addresses=["127.0.0.1"],
+        is_persistent=True,
+        is_default=True,
+    )
+    app = SimpleThreadingApplication(16777216, is_auth_application=True)
+    node.add_application(app, [peer])
+    try:
+        await asyncio.to_thread(node.start)
+        await asyncio.to_thread(app.wait_for_ready, 10)
+        assert server.open_peers == [loadgen.CLIENT_HOST]
+        req = codec.corrected_command("MultimediaAuthRequest")()
+        req.session_id = "lib;1"
+        req.vendor_specific_application_id = VendorSpecificApplicationId(
+            vendor_id=10415, auth_application_id=16777216
+        )
+        req.auth_session_state = 1
+        req.origin_host = loadgen.CLIENT_HOST.encode()
+        req.origin_realm = loadgen.REALM.encode()
+        req.destination_realm = loadgen.REALM.encode()
+        req.destination_host = loadgen.SERVER_HOST.encode()
+        req.user_name = "u@bench.test"
+        req.public_identity = ["sip:u@bench.test"]
+        req.server_name = "sip:scscf.bench.test"
+        req.sip_number_auth_items = 1
+        req.sip_auth_data_item = SipAuthDataItem3gpp(sip_authentication_scheme="Digest-AKAv1-MD5")
+        ans = await asyncio.to_thread(app.send_request, req, 5)
+        assert ans.result_code == 2001
+        item = ans.sip_auth_data_item[0]
+        assert item.confidentiality_key == loadgen.FIXED_ITEM.confidentiality_key
+        assert item.sip_authenticate == loadgen.FIXED_ITEM.sip_authenticate
+    finally:
+        await asyncio.to_thread(node.stop, 3, False)  # orderly: DPR → our DPA
+        await server.stop()
+    codes = [(e.direction, codec.decode_message(e.payload).code) for e in seen]
+    assert ("in", 282) in codes and ("out", 282) in codes
+    assert server.counters == {}
