@@ -266,6 +266,7 @@ class Dropped:
 
     reason: str
     key: tuple | None = None
+    detail: str = ""
 
 
 Event = (
@@ -666,7 +667,7 @@ class TransactionLayer:
         try:
             key = client_key(response)
         except SipParseError as exc:
-            self._drop(f"response without a usable Via/CSeq: {exc.reason}")
+            self._drop("response without a usable Via/CSeq", detail=exc.reason)
             return
         tx = self._client.get(key)
         if tx is None:
@@ -776,7 +777,8 @@ class TransactionLayer:
             del table[tx.key]
         self._events.append(TransactionTerminated(tx.key))
 
-    def _drop(self, reason: str, key: tuple | None = None) -> None:
+    def _drop(self, reason: str, key: tuple | None = None, detail: str = "") -> None:
+        # `reason` comes from a fixed set (table misses, named faults): bounded keys
         self.counters["dropped"] += 1
         self.counters[f"dropped: {reason}"] += 1
-        self._events.append(Dropped(reason, key))
+        self._events.append(Dropped(reason, key, detail))
