@@ -91,3 +91,39 @@ async def test_many_ues_register_and_deregister_leaving_nothing_behind():
         for u in ues:
             await u.close()
         await net.stop()
+
+
+async def test_registration_completes_with_20_percent_loss_on_gm(subscribers):
+    """Issue 7: 20% random UDP loss on the Gm leg (both directions, clear and ESP);
+    the transaction retransmissions (RFC 3261 §17.1.2) complete the registration."""
+    import random
+
+    net = Network(subscribers)
+    await net.start()
+    rng = random.Random(42)
+    dropped = {"n": 0}
+
+    def lossy(send):
+        def wrapper(*args, **kwargs):
+            if rng.random() < 0.2:
+                dropped["n"] += 1
+                return True
+            return send(*args, **kwargs)
+
+        return wrapper
+
+    net.pcscf.send_clear = lossy(net.pcscf.send_clear)  # responses to UEs only
+    net.pcscf.send_protected = lossy(net.pcscf.send_protected)
+    ues = [UeClient(net.ue_config(s)) for s in subscribers]
+    try:
+        for u in ues:
+            await u.start()
+            u.send_clear = lossy(u.send_clear)
+            u.send_protected = lossy(u.send_protected)
+        results = await asyncio.gather(*(u.register(60) for u in ues))
+        assert all(r.ok and r.protected for r in results), results
+        assert dropped["n"] > 0
+    finally:
+        for u in ues:
+            await u.close()
+        await net.stop()

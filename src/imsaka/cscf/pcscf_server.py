@@ -194,7 +194,7 @@ class PcscfServer:
             elif isinstance(action, Reply):
                 data = action.message.to_bytes()
                 if action.spi is None:
-                    self.udp.send(data, action.destination)
+                    self.send_clear(data, action.destination)
                     continue
                 sa_set, out_sa = self._outbound(action.spi)
                 if sa_set is None or out_sa is None:
@@ -205,7 +205,7 @@ class PcscfServer:
                 if key in releasing and key not in done:
                     final = self._mark_last_message(sa_set, now)
                     done.add(key)
-                self.backend.send(out_sa, data, final=final)
+                self.send_protected(out_sa, data, final)
             elif isinstance(action, InstallSecurityAssociations):
                 self._install(action.sa, now)
             elif isinstance(action, UpgradeSecurityAssociations):
@@ -228,6 +228,14 @@ class PcscfServer:
             elif isinstance(action, DropInput):
                 pass
         self._arm()
+
+    # Gm sends go through these two, so a test can inject loss on the Gm leg only.
+    def send_clear(self, data: bytes, addr: tuple[str, int]) -> None:
+        assert self.udp is not None
+        self.udp.send(data, addr)
+
+    def send_protected(self, sa: Any, data: bytes, final: bool = False) -> bool:
+        return self.backend.send(sa, data, final=final)
 
     def _mark_last_message(self, sa_set: SaSet, now: float) -> bool:
         if sa_set.state is SaState.TEMPORARY:

@@ -257,15 +257,22 @@ class UeClient:
     def _transmit(self, data: bytes, destination: Any) -> None:
         kind, where = destination
         if kind == "clear":
-            assert self.udp is not None
-            self.udp.send(data, where)
+            self.send_clear(data, where)
         else:
             sa_set: SaSet = where
             if sa_set.state is SaState.REMOVED:
                 log.info("%s: not sent: SA set #%d removed", self.name, sa_set.id)
                 return
             sa = sa_set.client_sa
-            self.backend.send(sa() if callable(sa) else sa, data)
+            self.send_protected(sa() if callable(sa) else sa, data)
+
+    # Every send goes through these two (a test injects loss here).
+    def send_clear(self, data: bytes, addr: tuple[str, int]) -> None:
+        assert self.udp is not None
+        self.udp.send(data, addr)
+
+    def send_protected(self, sa: Any, data: bytes) -> bool:
+        return self.backend.send(sa, data)
 
     def _arm(self) -> None:
         loop = asyncio.get_running_loop()
