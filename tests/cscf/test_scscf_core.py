@@ -13,6 +13,7 @@ from imsaka.cscf.scscf_core import (
     AskVectors,
     AssignmentType,
     CxOutcome,
+    RegisterRequest,
     RegistrarCore,
     RegistrarPolicy,
     RemoveRegistration,
@@ -417,3 +418,37 @@ def test_nonce_is_base64_of_rand_autn(h):
     nonce = parse_challenge(header(r, "WWW-Authenticate")[0])["nonce"]
     raw = base64.b64decode(nonce)
     assert len(raw) == 40
+
+
+def test_wrong_response_for_an_unregistered_user_sends_authentication_failure(h):
+    ue = FakeUe()
+    r401 = h.send(ue.register())
+    nonce = parse_challenge(header(r401, "WWW-Authenticate")[0])["nonce"]
+    assert h.send(ue.register(integrity="yes", nonce=nonce, response="1" * 32)).status == 403
+    assert h.asks[-1].assignment_type is AssignmentType.AUTHENTICATION_FAILURE
+    assert h.core.pending_counts()["operations"] == 0
+
+
+def test_reg_await_auth_expiry_sends_authentication_timeout(h):
+    h.send(FakeUe().register())
+    h.run(h.core.handle_timer(T0 + 241), T0 + 241)
+    assert h.asks[-1].assignment_type is AssignmentType.AUTHENTICATION_TIMEOUT
+
+
+def test_expiry_of_a_challenge_for_a_registered_user_sends_no_sar(h):
+    ue = FakeUe()
+    assert register(h, ue).status == 200
+    # reauthenticate="never", but a plain "no" REGISTER is always challenged
+    assert h.send(ue.register(integrity="no"), T0 + 10).status == 401
+    n = len(h.asks)
+    h.run(h.core.handle_timer(T0 + 300), T0 + 300)
+    assert len(h.asks) == n
+
+
+def test_out_of_order_register_is_refused(h):
+    ue = FakeUe()
+    assert register(h, ue).status == 200  # CSeq 2
+    stale = ue.register(integrity="yes")
+    stale = RegisterRequest(**{**{f: getattr(stale, f) for f in stale.__slots__}, "cseq": 2})
+    assert h.send(stale, T0 + 1).status == 500
+    assert h.send(ue.register(integrity="yes"), T0 + 2).status == 200

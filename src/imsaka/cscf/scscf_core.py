@@ -484,6 +484,12 @@ class RegistrarCore:
                 ch = self._challenges[key]
                 self._drop_challenge(ch)
                 self.counters["reg_await_auth_expired"] += 1
+                # TS 24.229 §5.4.1.2.1 / TS 29.228 §6.1.2: the HSS forgets the pending
+                # S-CSCF of a user that never answered, unless it is registered anyway.
+                if self._live_registration(ch.impu, now) is None:
+                    actions.append(
+                        self._background(ch.impi, ch.impu, AssignmentType.AUTHENTICATION_TIMEOUT)
+                    )
             else:
                 actions.extend(self._expire_binding(key, now))
         return actions
@@ -642,10 +648,21 @@ class RegistrarCore:
             except DigestError:
                 ok = False
         if not ok:
-            return self._auth_failed(token, ch.impi, now)
+            actions = self._auth_failed(token, ch.impi, now)
+            if self._live_registration(req.impu, now) is None:
+                actions.append(
+                    self._background(ch.impi, req.impu, AssignmentType.AUTHENTICATION_FAILURE)
+                )
+            return actions
         self._failures.pop(ch.impi, None)
         self.counters["auth_ok"] += 1
         return self._authenticated(token, req, ch.impi, now)
+
+    def _background(self, impi: str, impu: str, kind: AssignmentType) -> AskAssignment:
+        """An SAR nobody waits for (expiry, authentication failure or timeout)."""
+        token = self._new_token()
+        self._ops[token] = _Op(_OpKind.BACKGROUND, impi, impu, None, kind, False)
+        return AskAssignment(token, impi, impu, kind, False)
 
     def _auth_failed(self, token: int, impi: str, now: float) -> list[Action]:
         self.counters["auth_failed"] += 1
@@ -663,6 +680,11 @@ class RegistrarCore:
         self, token: int, req: RegisterRequest, impi: str, now: float
     ) -> list[Action]:
         reg = self._live_registration(req.impu, now)
+        if reg is not None and self._out_of_order(reg, req):
+            # RFC 3261 §10.3 step 7: an older REGISTER of the same Call-ID must not undo
+            # a newer one (a delayed copy arriving late).
+            self.counters["out_of_order"] += 1
+            return [self._reply(token, 500, "Server Internal Error (out-of-order REGISTER)")]
         remaining = self._apply_contacts(reg, req, now, dry_run=True)
         if not remaining:
             # De-registration (§5.4.1.4): no contact left for this IMPU.
@@ -676,6 +698,17 @@ class RegistrarCore:
         self._ops[token] = _Op(_OpKind.ASSIGN, impi, req.impu, req, kind)
         available = reg is not None and bool(reg.user_data) and reg.impi == impi
         return [AskAssignment(token, impi, req.impu, kind, available)]
+
+    def _out_of_order(self, reg: Registration, req: RegisterRequest) -> bool:
+        for spec in req.contacts:
+            binding = reg.contacts.get(spec.uri)
+            if binding is not None and binding.call_id == req.call_id and binding.cseq >= req.cseq:
+                return True
+        if req.star:
+            return any(
+                b.call_id == req.call_id and b.cseq >= req.cseq for b in reg.contacts.values()
+            )
+        return False
 
     def _apply_contacts(
         self, reg: Registration | None, req: RegisterRequest, now: float, *, dry_run: bool
@@ -786,14 +819,10 @@ class RegistrarCore:
             return [StoreRegistration(reg)]
         self.registrations.pop(impu, None)
         self._unindex(reg)
-        token = self._new_token()
-        self._ops[token] = _Op(
-            _OpKind.BACKGROUND, reg.impi, impu, None, AssignmentType.TIMEOUT_DEREGISTRATION, False
-        )
         self.counters["registration_expired"] += 1
         return [
             RemoveRegistration(impu, reg.impi, "timeout"),
-            AskAssignment(token, reg.impi, impu, AssignmentType.TIMEOUT_DEREGISTRATION, False),
+            self._background(reg.impi, impu, AssignmentType.TIMEOUT_DEREGISTRATION),
         ]
 
     # ----------------------------------------------------------------- plumbing
