@@ -553,3 +553,23 @@ def test_endpoint_config_validation():
         SipEndpoint(max_size=10)
     with pytest.raises(ValueError, match="max_headers"):
         SipEndpoint(max_headers=1)
+
+
+async def test_unanswered_request_gets_500_and_send_timeout_gives_408():
+    srv, st = await endpoint(answer_timeout=0.1)
+    parked = []
+    srv.set_request_handler(lambda req, tx: parked.append(tx))  # never answers
+    cli, _ct = await endpoint()
+    try:
+        resp = await cli.send_request(bare(1), st.local_address)
+        assert resp.status == 500 and "no answer" in resp.reason
+        assert srv.counters["dropped: no answer from the application"] == 1
+        # an INVITE is never answered automatically: the caller bounds its wait
+        started = time.monotonic()
+        resp = await cli.send_request(invite(2), st.local_address, timeout=0.2)
+        assert resp.status == 408 and time.monotonic() - started < 1.0
+        with pytest.raises(ValueError, match="answer_timeout"):
+            SipEndpoint(answer_timeout=0)
+    finally:
+        await cli.close()
+        await srv.close()

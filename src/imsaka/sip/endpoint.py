@@ -144,13 +144,21 @@ class SipEndpoint:
         max_size: int = DEFAULT_MAX_SIZE,
         max_headers: int = DEFAULT_MAX_HEADERS,
         auto_trying: bool = True,
+        answer_timeout: float | None = None,
     ) -> None:
         if not isinstance(max_size, int) or max_size < 512:
             raise ValueError("max_size: must be an integer of at least 512 octets")
         if not isinstance(max_headers, int) or max_headers < 16:
             raise ValueError("max_headers: must be an integer of at least 16")
+        if answer_timeout is not None and answer_timeout <= 0:
+            raise ValueError("answer_timeout: must be a positive number of seconds")
         self.owner = owner
         self.rng = rng
+        # a non-INVITE request the application never answers would keep its server
+        # transaction (Trying has no timer, §17.2.2) for ever: answer 500 after this
+        self.answer_timeout = (
+            answer_timeout if answer_timeout is not None else 64 * (timers or TimerConfig()).t1
+        )
         self.max_size = max_size
         self.max_headers = max_headers
         self.layer = TransactionLayer(
@@ -219,10 +227,12 @@ class SipEndpoint:
         *,
         transport: SipTransport | None = None,
         on_provisional: ResponseCallback | None = None,
+        timeout: float | None = None,
     ) -> Response:
         """Send `request` in a client transaction and wait for its final response.
         A request without Via gets ours (with rport and a fresh branch). Timer B/F
-        gives a local 408, a transport error a local 503."""
+        gives a local 408, a transport error a local 503; `timeout` (seconds) bounds
+        the wait also when 1xx keep the transaction alive (a 408 is returned)."""
         t = transport or (self.transports[0] if self.transports else None)
         if t is None:
             raise LocalProtocolError("transport: the endpoint has none")
@@ -239,7 +249,15 @@ class SipEndpoint:
             raise
         self._drain()
         try:
-            return await fut
+            if timeout is None:
+                return await fut
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), timeout)
+            except TimeoutError:
+                # like a proxy's Timer C (§16.6 step 11): give up waiting; the
+                # transaction itself still ends by its own timers
+                self.counters["timeout"] += 1
+                return timeout_response(request)
         finally:
             self._pending.pop(key, None)
 
@@ -474,6 +492,8 @@ class SipEndpoint:
         if handler is None:
             tx.reply(501 if req.method != "ACK" else 200)
             return
+        if req.method != "INVITE":
+            self._get_loop().call_later(self.answer_timeout, self._check_answered, tx)
         try:
             result = handler(req, tx)
         except Exception as exc:
@@ -483,6 +503,15 @@ class SipEndpoint:
             task = self._get_loop().create_task(self._await_handler(result, tx))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _check_answered(self, tx: ServerTx) -> None:
+        if tx.final_sent or self._closed or self.layer.server_transaction(tx.key) is None:
+            return
+        self._drop("no answer from the application", tx.source, tx.request.method)
+        try:
+            tx.reply(500, "Server Internal Error (no answer)")
+        except LocalProtocolError:
+            pass
 
     async def _await_handler(self, result: Awaitable[None], tx: ServerTx) -> None:
         try:
