@@ -369,7 +369,8 @@ class IcscfServer:
 
 def run(config: ImsConfig) -> int:
     """``imsaka run icscf``: serve until SIGINT/SIGTERM."""
-    from imsaka.cscf._serve import serve_forever
+    from imsaka.cscf._serve import serve_forever, use_uvloop
 
     assert config.icscf is not None
+    use_uvloop()
     return asyncio.run(serve_forever(IcscfServer(config.icscf, config.network), "icscf"))

@@ -518,7 +518,8 @@ class ScscfServer:
 
 def run(config: ImsConfig) -> int:
     """``imsaka run scscf``: serve until SIGINT/SIGTERM."""
-    from imsaka.cscf._serve import serve_forever
+    from imsaka.cscf._serve import serve_forever, use_uvloop
 
     assert config.scscf is not None
+    use_uvloop()
     return asyncio.run(serve_forever(ScscfServer(config.scscf), "scscf"))
