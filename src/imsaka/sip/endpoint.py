@@ -155,10 +155,10 @@ class SipEndpoint:
         self.owner = owner
         self.rng = rng
         # a non-INVITE request the application never answers would keep its server
-        # transaction (Trying has no timer, §17.2.2) for ever: answer 500 after this
-        self.answer_timeout = (
-            answer_timeout if answer_timeout is not None else 64 * (timers or TimerConfig()).t1
-        )
+        # transaction (Trying has no timer, §17.2.2) for ever: answer 500 after this,
+        # later than Timer F + T4 so that a proxy's own 408 (forward) always comes first
+        t = timers or TimerConfig()
+        self.answer_timeout = answer_timeout if answer_timeout is not None else 64 * t.t1 + t.t4
         self.max_size = max_size
         self.max_headers = max_headers
         self.layer = TransactionLayer(
