@@ -80,6 +80,14 @@ def all_commands() -> list:
             )
         ),
         maa_for(m),
+        maa_for(
+            m,
+            sip_auth_data_items=(
+                cx.SipAuthDataItem.sip_digest(
+                    realm="ims.test", ha1="0123456789abcdef0123456789abcdef", item_number=1
+                ),
+            ),
+        ),
         cx.MAA(**common, experimental_result_code=cx.DIAMETER_ERROR_USER_UNKNOWN),
         cx.SAR(
             **req_common,

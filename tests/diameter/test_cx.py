@@ -50,7 +50,7 @@ def _avp_at(data: bytes, code: int, vendor: int) -> tuple[int, int, int, bytes]:
             payload = buf[off + head : off + length]
             if c == code and v == vendor:
                 return flags, length, v, payload
-            if c in (612, 603, 615, 632, 260, 297, 279):
+            if c in (612, 603, 615, 632, 635, 260, 297, 279):
                 found = walk(buf, off + head, off + length)
                 if found:
                     return found
@@ -335,3 +335,15 @@ def test_constructor_required_fields_match_decoder_checks(cls):
     }
     checked = {attr for attr, *_rest in cls._REQ}
     assert no_default == checked
+
+
+def test_sip_digest_item_and_ha1_hidden():
+    item = cx.SipAuthDataItem.sip_digest(realm="ims.test", ha1="deadbeef" * 4)
+    maa = maa_for(mar(), sip_auth_data_items=(item,))
+    back = cx.decode_bytes(maa.encode())
+    assert back.sip_auth_data_items[0].sip_digest_authenticate.digest_ha1 == "deadbeef" * 4
+    assert back.sip_auth_data_items[0].sip_authentication_scheme == "SIP Digest"
+    assert "deadbeef" not in repr(back)
+    flags, _, vendor, _payload = _avp_at(maa.encode(), 635, 10415)
+    assert (flags, vendor) == (0x80, 10415)  # V set, M must not (TS 29.229 / Wireshark)
+    assert _avp_at(maa.encode(), 121, 0)[3] == b"deadbeef" * 4

@@ -113,6 +113,7 @@ AVP_USER_AUTHORIZATION_TYPE = 623
 AVP_USER_DATA_ALREADY_AVAILABLE = 624
 AVP_CONFIDENTIALITY_KEY = 625
 AVP_INTEGRITY_KEY = 626
+AVP_SIP_DIGEST_AUTHENTICATE = 635
 AVP_ASSOCIATED_IDENTITIES = 632
 AVP_ORIGINATING_REQUEST = 633
 AVP_UAR_FLAGS = 637
@@ -334,6 +335,27 @@ def _decode_fields(cls: Any, avps: tuple[Avp, ...], values: dict[str, Any] | Non
 
 
 @dataclass(frozen=True, slots=True)
+class SipDigestAuthenticate:
+    """SIP-Digest-Authenticate (635), TS 29.229 §6.3.36: the HTTP Digest (RFC 2617)
+    data of the "SIP Digest" scheme, with RFC 4740's Digest-* AVPs inside.
+
+    Digest-HA1 = H(username:realm:password) stands for the password: never in reprs.
+    """
+
+    digest_realm: str
+    digest_ha1: str = field(repr=False)
+    digest_algorithm: str | None = None
+    digest_qop: str | None = None
+
+    _SPEC: ClassVar[_Spec] = (
+        ("digest_realm", 104, 0, "str", False, True),
+        ("digest_algorithm", 111, 0, "str", False, False),
+        ("digest_qop", 110, 0, "str", False, False),
+        ("digest_ha1", 121, 0, "str", False, True),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class SipAuthDataItem:
     """SIP-Auth-Data-Item (612), TS 29.229 §6.3.13.
 
@@ -349,6 +371,7 @@ class SipAuthDataItem:
     sip_authentication_context: bytes | None = None
     confidentiality_key: bytes | None = field(default=None, repr=False)
     integrity_key: bytes | None = field(default=None, repr=False)
+    sip_digest_authenticate: SipDigestAuthenticate | None = None
 
     _SPEC: ClassVar[_Spec] = (
         ("sip_item_number", AVP_SIP_ITEM_NUMBER, VENDOR_3GPP, "u32", False, False),
@@ -358,6 +381,7 @@ class SipAuthDataItem:
         ("sip_authentication_context", AVP_SIP_AUTHENTICATION_CONTEXT, VENDOR_3GPP, "bytes", False, False),
         ("confidentiality_key", AVP_CONFIDENTIALITY_KEY, VENDOR_3GPP, "bytes", False, False),
         ("integrity_key", AVP_INTEGRITY_KEY, VENDOR_3GPP, "bytes", False, False),
+        ("sip_digest_authenticate", AVP_SIP_DIGEST_AUTHENTICATE, VENDOR_3GPP, SipDigestAuthenticate, False, False),
     )  # fmt: skip
 
     @classmethod
@@ -380,6 +404,25 @@ class SipAuthDataItem:
             sip_authorization=xres,
             confidentiality_key=ck,
             integrity_key=ik,
+        )
+
+    @classmethod
+    def sip_digest(
+        cls,
+        *,
+        realm: str,
+        ha1: str,
+        algorithm: str | None = "MD5",
+        qop: str | None = "auth",
+        item_number: int | None = None,
+    ) -> SipAuthDataItem:
+        """The MAA item of the "SIP Digest" scheme (TS 29.229 §6.3.9, §6.3.36)."""
+        return cls(
+            sip_item_number=item_number,
+            sip_authentication_scheme=SCHEME_SIP_DIGEST,
+            sip_digest_authenticate=SipDigestAuthenticate(
+                digest_realm=realm, digest_ha1=ha1, digest_algorithm=algorithm, digest_qop=qop
+            ),
         )
 
     @property
