@@ -122,7 +122,8 @@ AVP_MULTIPLE_REGISTRATION_INDICATION = 648
 # SIP-Authentication-Scheme strings (TS 29.229 §6.3.9, TS 33.203).
 SCHEME_AKAV1_MD5 = "Digest-AKAv1-MD5"
 SCHEME_AKAV2_MD5 = "Digest-AKAv2-MD5"
-SCHEME_SIP_DIGEST = "SIP Digest"
+SCHEME_SIP_DIGEST = "SIP Digest"  # TS 29.229's name for HTTP Digest MD5 (SIP-Digest-Authenticate)
+# Not a TS 29.229 value, but what some S-CSCFs (Kamailio's ims_auth among them) send for MD5.
 SCHEME_MD5 = "Digest-MD5"
 SCHEME_UNKNOWN = "Unknown"
 
