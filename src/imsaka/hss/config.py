@@ -12,7 +12,7 @@ Fields (all optional except where noted; see `HssConfig` for each one's meaning)
     visited_networks = ["visited1.net"]           # roaming allowed for every subscriber
     max_vectors = 5                               # cap on SIP-Number-Auth-Items
     api_address = "127.0.0.1"
-    api_port = 8080                               # 0: no REST API
+    api_port = 8080                               # default 8080 when a token is set; 0: off
     api_token = "…"                               # or api_token_file / $IMSAKA_HSS_API_TOKEN
     request_timeout = 5.0                         # seconds to wait for an RTA/PPA
 
@@ -118,8 +118,8 @@ class HssConfig:
     """Most vectors returned in one MAA (SIP-Number-Auth-Items is capped to it)."""
     api_address: str = "127.0.0.1"
     """Address of the REST provisioning API."""
-    api_port: int = 8080
-    """Port of the REST API; 0 disables it."""
+    api_port: int = 0
+    """Port of the REST API; 0 disables it (the default unless a token is configured)."""
     api_token: str | None = field(default=None, repr=False)
     """Bearer token the REST API requires (never logged)."""
     request_timeout: float = 5.0
@@ -311,6 +311,8 @@ def parse_hss_config(whole: Mapping[str, Any], *, base_dir: Path | None = None) 
         scheme = database.split("://", 1)[0]
         if not scheme.startswith(("sqlite", "postgresql", "postgres")):
             raise _fail("database", f"unsupported database {scheme!r}: use sqlite or postgresql")
+    diameter_address = _address(data, "diameter_address", "127.0.0.1")
+    diameter_port = _port(data, "diameter_port", 3868)
     max_vectors = data.get("max_vectors", 5)
     if (
         not isinstance(max_vectors, int)
@@ -324,7 +326,7 @@ def parse_hss_config(whole: Mapping[str, Any], *, base_dir: Path | None = None) 
     watchdog = data.get("watchdog", 30.0)
     if not isinstance(watchdog, int | float) or isinstance(watchdog, bool) or watchdog < 6:
         raise _fail("watchdog", "expected seconds ≥ 6 (RFC 3539 Tw)")
-    api_port = _port(data, "api_port", 8080)
+    api_address = _address(data, "api_address", "127.0.0.1")
     token = _str(data, "api_token", None)
     token_file = _str(data, "api_token_file", None)
     if token and token_file:
@@ -341,25 +343,28 @@ def parse_hss_config(whole: Mapping[str, Any], *, base_dir: Path | None = None) 
             raise _fail("api_token_file", "the file is empty")
     if token is None:
         token = os.environ.get("IMSAKA_HSS_API_TOKEN") or None
-    if api_port and token is not None and len(token) < 8:
-        raise _fail("api_token", "at least 8 characters")
+    # The REST API runs when a token is configured (default port 8080); api_port = 0
+    # turns it off; a port without a token is a mistake, never an open API.
+    api_port = _port(data, "api_port", 8080 if token else 0)
     if api_port and token is None:
         raise _fail(
             "api_token",
             "the REST API needs a bearer token (api_token, api_token_file or $IMSAKA_HSS_API_TOKEN), or api_port = 0",
         )
+    if api_port and token is not None and len(token) < 8:
+        raise _fail("api_token", "at least 8 characters")
     peers = _peers(data, whole)
     return HssConfig(
         database=database,
         diameter_host=host,
         diameter_realm=realm,
-        diameter_address=_address(data, "diameter_address", "127.0.0.1"),
-        diameter_port=_port(data, "diameter_port", 3868),
+        diameter_address=diameter_address,
+        diameter_port=diameter_port,
         peers=peers,
         home_networks=tuple(dict.fromkeys((*homes, realm.lower()))),
         visited_networks=_strs(data, "visited_networks"),
         max_vectors=max_vectors,
-        api_address=_address(data, "api_address", "127.0.0.1"),
+        api_address=api_address,
         api_port=api_port,
         api_token=token,
         request_timeout=float(timeout),
