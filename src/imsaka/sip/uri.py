@@ -7,6 +7,7 @@ URIs keep their text as written (user part escaping included) and expose the par
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -181,6 +182,16 @@ def quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+@functools.lru_cache(maxsize=1024)
+def _valid_ipv6(text: str) -> bool:
+    # ipaddress is slow; the same few addresses recur in every message of a flow
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_hostport(text: str, what: str = "host") -> tuple[str, int | None]:
     """`host[:port]` with IPv6 references in brackets."""
     if not text:
@@ -190,10 +201,8 @@ def parse_hostport(text: str, what: str = "host") -> tuple[str, int | None]:
         if close < 0:
             raise SipParseError(f"{what}: unterminated IPv6 reference")
         host = text[: close + 1]
-        try:
-            ipaddress.IPv6Address(host[1:-1])
-        except ValueError:
-            raise SipParseError(f"{what}: invalid IPv6 reference {host[:50]!r}") from None
+        if not _valid_ipv6(host[1:-1]):
+            raise SipParseError(f"{what}: invalid IPv6 reference {host[:50]!r}")
         rest = text[close + 1 :]
         if not rest:
             return host, None
