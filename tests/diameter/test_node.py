@@ -487,3 +487,30 @@ async def test_backpressure_pauses_reading():
         conn.resume_writing()
         assert conn.transport.is_reading()
         assert server.counters["backpressure"] == 1
+
+
+async def test_host_names_compare_without_case():
+    server = DiameterNode(
+        origin_host=HSS,
+        origin_realm="ims.test",
+        listen_address="127.0.0.1",
+        listen_port=0,
+        peers=[PeerSpec(SCSCF.upper())],
+    )
+    server.set_request_handler(answer_anything)
+    await server.start()
+    client = DiameterNode(
+        origin_host=SCSCF,
+        origin_realm="ims.test",
+        peers=[PeerSpec("HSS.Ims.Test", "127.0.0.1", server.port)],
+    )
+    await client.start()
+    try:
+        assert await client.wait_open("hss.ims.test", 5) == "hss.ims.test"
+        assert client.open_peers == ["HSS.Ims.Test"]
+        assert (await client.request(mar(), peer="HSS.IMS.TEST")).is_success
+        await server.wait_open(SCSCF, 5)
+        assert server.is_open(SCSCF.upper())
+    finally:
+        await client.stop()
+        await server.stop()

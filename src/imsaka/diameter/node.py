@@ -329,7 +329,10 @@ class DiameterNode(Observable):
         self._connect_tasks: list[asyncio.Task[None]] = []
         self._handler_tasks: set[asyncio.Task[None]] = set()
         self._peer_config = config.peer_config()
-        self._allowed = frozenset(p.host for p in config.peers)
+        # Hosts are FQDNs, compared without regard to case: keys are lower-case, and
+        # _names gives back the spelling of the configuration.
+        self._names = {p.host.lower(): p.host for p in config.peers}
+        self._allowed = frozenset(self._names)
         self._duplicates = DuplicateCache(self._peer_config.duplicate_window)
         self._ids: IdGenerator | None = None
         self._stopping = False
@@ -344,10 +347,10 @@ class DiameterNode(Observable):
 
     @property
     def open_peers(self) -> list[str]:
-        return list(self._open)
+        return [self._names.get(k, k) for k in self._open]
 
     def is_open(self, host: str) -> bool:
-        return host in self._open
+        return host.lower() in self._open
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -405,11 +408,12 @@ class DiameterNode(Observable):
     async def wait_open(self, host: str | None = None, timeout: float | None = None) -> str:
         """Wait until `host` (or any peer) is open; return its host name."""
         if host is None and self._open:
-            return next(iter(self._open))
-        if host is not None and host in self._open:
+            return self.open_peers[0]
+        if host is not None and host.lower() in self._open:
             return host
         fut: asyncio.Future[None] = self._loop.create_future()
-        self._open_waiters.setdefault(host or "", []).append(fut)
+        key = host.lower() if host else ""
+        self._open_waiters.setdefault(key, []).append(fut)
         try:
             await asyncio.wait_for(fut, timeout)
         except TimeoutError:
@@ -417,10 +421,10 @@ class DiameterNode(Observable):
                 f"no open connection to {host or 'any peer'}", reason="no-connection"
             ) from None
         finally:
-            waiters = self._open_waiters.get(host or "")
+            waiters = self._open_waiters.get(key)
             if waiters and fut in waiters:
                 waiters.remove(fut)
-        return host if host is not None else next(iter(self._open))
+        return host if host is not None else self.open_peers[0]
 
     # client ------------------------------------------------------------------------------------
 
@@ -475,15 +479,18 @@ class DiameterNode(Observable):
 
     def _pick(self, request: Any, peer: str | None) -> _Connection | None:
         if peer is not None:
-            if peer not in self._allowed:
+            key = peer.lower()
+            if key not in self._allowed:
                 raise DiameterRequestError(
                     f"{peer} is not a configured peer", reason="no-connection"
                 )
-            return self._open.get(peer)
+            return self._open.get(key)
         dest = getattr(request, "destination_host", None)
         if dest is None and isinstance(request, Message):
             avp = request.find(codec.AVP_DESTINATION_HOST)
             dest = avp.data.decode("utf-8", "replace") if avp is not None else None
+        if dest is not None:
+            dest = dest.lower()
         if dest is not None and dest in self._open:
             return self._open[dest]
         if dest is not None and dest in self._allowed:
@@ -495,7 +502,7 @@ class DiameterNode(Observable):
     async def _connect_loop(self, spec: PeerSpec) -> None:
         loop = self._loop
         while not self._stopping:
-            if spec.host not in self._open:
+            if spec.host.lower() not in self._open:
                 core = self._new_core(initiator=True, expected_host=spec.host)
                 try:
                     _, proto = await asyncio.wait_for(
@@ -599,7 +606,8 @@ class DiameterNode(Observable):
     def _peer_opened(self, conn: _Connection) -> None:
         remote = conn.core.remote
         assert remote is not None
-        old = self._open.get(remote.origin_host)
+        host = remote.origin_host.lower()
+        old = self._open.get(host)
         winner = conn
         if old is not None and old is not conn:
             if old.core.initiator != conn.core.initiator:
@@ -615,16 +623,16 @@ class DiameterNode(Observable):
             loser = old if winner is conn else conn
             if loser.transport is not None:
                 loser.transport.abort()
-        self._open[remote.origin_host] = winner
-        for key in (remote.origin_host, ""):
+        self._open[host] = winner
+        for key in (host, ""):
             for fut in self._open_waiters.pop(key, []):
                 if not fut.done():
                     fut.set_result(None)
 
     def _peer_closed(self, conn: _Connection, event: ConnectionTerminated) -> None:
         remote = conn.core.remote
-        if remote is not None and self._open.get(remote.origin_host) is conn:
-            del self._open[remote.origin_host]
+        if remote is not None and self._open.get(remote.origin_host.lower()) is conn:
+            del self._open[remote.origin_host.lower()]
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "diameter connection to %s closed: %s",

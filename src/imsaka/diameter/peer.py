@@ -395,7 +395,8 @@ class PeerConnection:
     ) -> None:
         self.config = config
         self.initiator = initiator
-        self.allowed_hosts = allowed_hosts
+        # DiameterIdentity is an FQDN: compared without regard to case.
+        self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
         self.expected_host = expected_host
         self._rng = rng or random.Random()
         self.ids = ids or IdGenerator(self._rng, now)
@@ -616,7 +617,7 @@ class PeerConnection:
             self._answer_cer(msg, exc.result_code, exc.failed_avp)
             self._terminate("cer-invalid")
             return
-        if remote.origin_host not in self.allowed_hosts:
+        if remote.origin_host.lower() not in self.allowed_hosts:
             self._drop("unknown-peer", f"Origin-Host {remote.origin_host!r} is not configured")
             self._answer_cer(msg, DIAMETER_UNKNOWN_PEER, None)
             self._terminate("unknown-peer")
@@ -644,7 +645,8 @@ class PeerConnection:
             self._drop("cea-refused", f"Result-Code {code}")
             self._terminate("cea-refused")
             return
-        if self.expected_host is not None and remote.origin_host != self.expected_host:
+        expected = self.expected_host
+        if expected is not None and remote.origin_host.lower() != expected.lower():
             self._drop("unexpected-peer-host", remote.origin_host)
             self._terminate("unexpected-peer-host")
             return
