@@ -69,6 +69,7 @@ class PcscfServer:
         self._sets: dict[int, SaSet] = {}  # by our inbound spi_ps
         self._timer: asyncio.TimerHandle | None = None
         self.parse_errors = 0
+        self.internal_errors = 0
 
     async def start(self) -> None:
         cfg = self.config
@@ -123,6 +124,7 @@ class PcscfServer:
         out["esp_drops"] = dict(self.backend.drops) if self.backend else {}
         out["sa_sets"] = len(self.table.sets())
         out["parse_errors"] = self.parse_errors
+        out["internal_errors"] = self.internal_errors
         return out
 
     # ---------------------------------------------------------------- inputs
@@ -151,14 +153,18 @@ class PcscfServer:
             )
             self._answer_unparsable(data, arrival, exc)
             return
-        if isinstance(msg, Request):
-            actions = self.core.receive_request(msg, arrival, now)
-        else:
-            if arrival.spi is not None:
+        try:
+            if isinstance(msg, Request):
+                actions = self.core.receive_request(msg, arrival, now)
+            elif arrival.spi is not None:
                 actions = [DropInput("response-over-sa-without-request")]
             else:
                 actions = self.core.receive_response(msg, arrival.source, now)
-        self._execute(actions, now)
+            self._execute(actions, now)
+        except Exception:
+            # A bug must cost one message, never the socket (counted, logged).
+            self.internal_errors += 1
+            log.exception("pcscf: internal error on a message from %s:%d", *arrival.source)
 
     def _answer_unparsable(self, data: bytes, arrival: Arrival, exc: SipParseError) -> None:
         """400/513 when the head is readable enough to answer (RFC 3261 §21.4.1)."""
