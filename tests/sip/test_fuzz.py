@@ -140,3 +140,49 @@ def test_random_bytes(data):
         parse_message(data)
     except SipParseError:
         pass
+
+
+class _FakeTransport:
+    """A SipTransport without sockets: records what the endpoint sends."""
+
+    name = "udp"
+    reliable = False
+    respond_to_source = False
+    local_address = ("127.0.0.1", 5060)
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, tuple]] = []
+
+    def send(self, data, addr) -> None:
+        self.sent.append((data, addr))
+
+    def set_receiver(self, receiver) -> None:
+        self.receiver = receiver
+
+    def set_error_handler(self, handler) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(mutated(), min_size=1, max_size=4))
+def test_endpoint_receive_path_never_raises(datas):
+    import asyncio
+
+    from imsaka.sip.endpoint import SipEndpoint
+
+    async def scenario():
+        ep = SipEndpoint(owner="fuzz")
+        t = _FakeTransport()
+        ep.add_transport(t)
+        ep.set_request_handler(lambda req, tx: tx.reply(200))
+        for data in datas:
+            t.receiver(data, ("127.0.0.1", 40000), t)  # must never raise
+        # everything we sent is a well-formed SIP response
+        for out, _addr in t.sent:
+            assert parse_message(out).__class__.__name__ == "Response"
+        await ep.close()
+
+    asyncio.run(scenario())
