@@ -6,6 +6,8 @@ import dataclasses
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imsaka.diameter import codec, cx
 from imsaka.diameter.errors import RemoteProtocolError
@@ -347,3 +349,55 @@ def test_sip_digest_item_and_ha1_hidden():
     flags, _, vendor, _payload = _avp_at(maa.encode(), 635, 10415)
     assert (flags, vendor) == (0x80, 10415)  # V set, M must not (TS 29.229 / Wireshark)
     assert _avp_at(maa.encode(), 121, 0)[3] == b"deadbeef" * 4
+
+
+def test_encoding_a_bad_value_is_a_local_error_naming_the_field():
+    from imsaka.diameter.errors import LocalProtocolError
+
+    with pytest.raises(LocalProtocolError, match="sip_number_auth_items"):
+        mar(sip_number_auth_items=-1).encode()
+    with pytest.raises(LocalProtocolError, match="user_name"):
+        mar(user_name=12).encode()
+    with pytest.raises(LocalProtocolError, match="sip_item_number"):
+        mar(sip_auth_data_item=cx.SipAuthDataItem(sip_item_number=2**33)).encode()
+    with pytest.raises(LocalProtocolError):
+        cx.MAA.from_message(mar().to_message())
+
+
+_text = st.text(min_size=1, max_size=40)
+_u32 = st.integers(0, 2**32 - 1)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    _text,
+    _text,
+    _text,
+    _u32,
+    st.binary(max_size=40),
+    st.binary(max_size=16),
+    st.lists(_text, max_size=3),
+    st.integers(-(2**31), 2**31 - 1),
+)
+def test_property_round_trips(user, impu, server, n, authz, ck, impus, sat):
+    req = mar(
+        user_name=user,
+        public_identity=impu,
+        server_name=server,
+        sip_number_auth_items=n,
+        sip_auth_data_item=cx.SipAuthDataItem(sip_authorization=authz),
+    )
+    assert cx.decode_bytes(req.encode(1, 2)) == req
+    ans = maa_for(req, sip_auth_data_items=(cx.SipAuthDataItem(confidentiality_key=ck),) * 2)
+    assert cx.decode_bytes(ans.encode(1, 2)) == ans
+    sar = cx.SAR(
+        session_id=user,
+        origin_host=server,
+        origin_realm="r",
+        destination_realm="r",
+        server_name=server,
+        server_assignment_type=sat,
+        user_data_already_available=0,
+        public_identities=tuple(impus),
+    )
+    assert cx.decode_bytes(sar.encode()) == sar

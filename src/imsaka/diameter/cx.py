@@ -211,7 +211,14 @@ _PADDING = codec._PAD
 
 
 def _enc_text(value: str | bytes) -> bytes:
-    return value.encode("utf-8") if type(value) is str else bytes(value)
+    kind = type(value)
+    if kind is str:
+        return value.encode("utf-8")  # type: ignore[union-attr]
+    if kind is bytes:
+        return value  # type: ignore[return-value]
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError("expected str or bytes")  # bytes(12) would be twelve zero octets
 
 
 def _dec_text(avp: Avp) -> str:
@@ -246,8 +253,15 @@ def _encode_into(obj: Any, compiled: tuple, parts: list[bytes]) -> None:
         if value is None:
             continue
         for v in value if many else (value,):
-            data = enc(v)
+            try:
+                data = enc(v)
+            except (struct.error, TypeError, AttributeError, UnicodeEncodeError) as exc:
+                raise LocalProtocolError(
+                    f"{type(obj).__name__}.{attr}: cannot encode {type(v).__name__} ({exc})"
+                ) from None
             n = len(data)
+            if n > 0xFFFFF0:
+                raise LocalProtocolError(f"{type(obj).__name__}.{attr}: value too long")
             if vendor:
                 append(_VHEAD(code, flag_word | (n + 12), vendor))
             else:
