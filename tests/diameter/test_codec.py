@@ -233,3 +233,11 @@ def test_m_and_v_flags_match_wiresharks_dictionary():
         assert key in rules, key
         if rules[key] != "may":
             assert codec.avp_def(*key).mandatory == (rules[key] == "must"), key
+
+
+def test_avp_builder_refuses_wrong_types():
+    with pytest.raises(TypeError):
+        codec.ORIGIN_HOST(12)
+    with pytest.raises(ValueError):
+        codec.HOST_IP_ADDRESS("not-an-ip")
+    assert codec.ORIGIN_HOST(b"h").data == b"h"

@@ -328,7 +328,11 @@ class AvpDef:
 
 
 def _enc_text(value: str | bytes) -> bytes:
-    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"expected str or bytes, not {type(value).__name__}")
 
 
 def _enc_address(value: str) -> bytes:
