@@ -601,3 +601,38 @@ async def test_nothing_left_behind_after_many_register_and_deregister(home):
     counts = home.scscf.pending_counts()
     assert counts["registrations"] == 0 and counts["challenges"] == 0, counts
     assert counts["operations"] == 0 and counts["awaiting_reply"] == 0, counts
+
+
+async def test_sqn_resynchronisation_through_the_hss(home):
+    """The ISIM has seen higher SQNs than the HSS hands out (a SIM moved between HSSs):
+    it answers with AUTS, the S-CSCF sends a resync MAR (RAND‖AUTS), the new challenge
+    passes."""
+    from imsaka.aka.digest import encode_auts
+    from imsaka.aka.isim import AkaSyncFailure
+
+    ue = new_ue()
+    for ind in range(32):
+        ue.sqn_array.accept((5000 << 5) | ind)
+    r401 = await send(home, register(home, cseq=1, authorization=empty_auth(), protected=False))
+    nonce = r401.www_authenticate.get("nonce")
+    rand, autn, _ = split_nonce(nonce)
+    result = ue.authenticate(rand, autn)
+    assert isinstance(result, AkaSyncFailure)
+    response = compute_response(
+        algorithm="AKAv1-MD5", username=IMPI, realm=REALM, password=b"", method="REGISTER",
+        uri="sip:registrar.home1.net", nonce=nonce,
+    )  # fmt: skip
+    auth = (
+        f'Digest username="{IMPI}", realm="{REALM}", nonce="{nonce}", algorithm=AKAv1-MD5, '
+        f'uri="sip:registrar.home1.net", response="{response}", auts="{encode_auts(result.auts)}", '
+        'integrity-protected="yes"'
+    )
+    again = await send(home, register(home, cseq=2, authorization=auth, protected=True))
+    assert again.status == 401
+    mars = [m for m in cx_seen(home, "scscf") if isinstance(m, cx.MultimediaAuthRequest)]
+    resync = mars[-1].sip_auth_data_item
+    assert resync.sip_authorization == rand + result.auts
+    assert resync.sip_authentication_scheme == cx.SCHEME_AKAV1_MD5
+    auth = answer_auth(again.www_authenticate, ue)
+    r200 = await send(home, register(home, cseq=3, authorization=auth, protected=True))
+    assert r200.status == 200

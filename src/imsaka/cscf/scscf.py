@@ -73,6 +73,10 @@ _SCHEME_TO_ALGORITHM = {
     cx.SCHEME_MD5.lower(): "MD5",
     cx.SCHEME_SIP_DIGEST.lower(): "MD5",
 }
+_ALGORITHM_TO_SCHEME = {
+    "AKAv1-MD5": cx.SCHEME_AKAV1_MD5,
+    "AKAv2-MD5": cx.SCHEME_AKAV2_MD5,
+}
 
 
 # --------------------------------------------------------------------------- SIP → core
@@ -307,7 +311,14 @@ class Scscf:
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # A bug must not pass silently: it is logged with its traceback and counted.
+            self.core.counters["internal_errors"] += 1
+            log.error("S-CSCF task failed", exc_info=task.exception())
 
     def _session_id(self) -> str:
         self._session += 1
@@ -334,15 +345,10 @@ class Scscf:
         return answer, outcome_of(answer)
 
     async def _mar(self, ask: AskVectors) -> None:
-        item = cx.SipAuthDataItem(
-            sip_authentication_scheme=cx.SCHEME_UNKNOWN,
-            sip_authorization=ask.resync,
-        )
-        if ask.resync is not None:
-            # TS 29.228 §6.3.3: a resynchronisation names the scheme it resynchronises.
-            item = cx.SipAuthDataItem(
-                sip_authentication_scheme=cx.SCHEME_AKAV1_MD5, sip_authorization=ask.resync
-            )
+        # The scheme comes from the subscriber's record at the HSS ("Unknown"), never from
+        # the REGISTER (PITFALLS); a resynchronisation names the scheme it resynchronises.
+        scheme = _ALGORITHM_TO_SCHEME.get(ask.algorithm or "", cx.SCHEME_UNKNOWN)
+        item = cx.SipAuthDataItem(sip_authentication_scheme=scheme, sip_authorization=ask.resync)
         mar = cx.MultimediaAuthRequest(
             **self._head(),
             user_name=ask.impi,
@@ -354,7 +360,12 @@ class Scscf:
         answer, outcome = await self._ask(mar)
         now = self._clock()
         if outcome is None:
-            actions = self.core.vectors_received(ask.token, vectors_from_maa(answer), now)
+            try:
+                vectors = vectors_from_maa(answer)
+            except Exception as exc:  # a malformed item (wrong lengths) from the HSS
+                log.warning("MAA for %s unusable: %s", ask.impi, exc)
+                vectors = []
+            actions = self.core.vectors_received(ask.token, vectors, now)
         else:
             actions = self.core.cx_failed(ask.token, outcome, now)
         await self._run_actions(actions)

@@ -174,6 +174,8 @@ class AskVectors:
     count: int
     resync: bytes | None = None
     """RAND‖AUTS for a resynchronisation MAR (SIP-Authorization), else None."""
+    algorithm: str | None = None
+    """The algorithm being resynchronised (AKAv1-MD5 / AKAv2-MD5); None: the HSS chooses."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -570,6 +572,7 @@ class RegistrarCore:
                 req.impu,
                 self.policy.vectors_per_request,
                 resync=ch.vector.rand + auts,
+                algorithm=ch.vector.algorithm,
             )
         ]
 
