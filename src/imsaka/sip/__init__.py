@@ -33,10 +33,35 @@ Typed views, parsed on first use and cached (`imsaka.sip.headers`, `imsaka.sip.u
     parse_date, option_tags; URIs: parse_uri -> SipUri | TelUri | AbsoluteUri, Params.
     Every view: ViewClass.parse(text), str(view) parses back to an equal view.
 
-Transactions (`imsaka.sip.transaction`, sans-I/O, RFC 3261 §17 + RFC 6026): see that
-module; transports and the asyncio endpoint: `imsaka.sip.transport`,
-`imsaka.sip.endpoint`; proxy helpers: `imsaka.sip.proxy`; stream framing:
-`imsaka.sip.framing`.
+Transactions (`imsaka.sip.transaction`, sans-I/O, RFC 3261 §17 + RFC 6026)::
+
+    layer = TransactionLayer(config=TimerConfig(), reliable=lambda dest: ...)
+    layer.send_request(req, dest, now) / receive_response(resp, src, now)
+    layer.receive_request(req, src, now, reply_to) / respond(key, resp, now)
+    layer.next_deadline(); layer.handle_timer(now); layer.next_event() / events()
+    events: Transmit, ResponseReceived, RequestReceived, AckReceived,
+            TransactionTimeout(timer="B"/"F"/"H"), TransportError, StrayResponse,
+            TransactionTerminated, Dropped(reason)
+
+Transports and the asyncio endpoint (`imsaka.sip.transport`, `imsaka.sip.endpoint`)::
+
+    ep = SipEndpoint(owner="pcscf", timers=TimerConfig(), max_size=65536)
+    t = ep.add_transport(await UdpTransport.create("127.0.0.1", 5060, owner="pcscf"))
+    t.add_observer(fn)                   # imsaka.wire.WireEvent(protocol="sip")
+    ep.set_request_handler(handler)      # handler(request, tx) sync or async;
+                                         # tx.respond(resp) / tx.reply(status, ...)
+    resp = await ep.send_request(req, addr, transport=t, on_provisional=cb, timeout=None)
+    await ep.forward(tx, fwd_copy, next_hop)   # stateful proxying (483/Via/408/503)
+    ep.send_stateless(msg, addr); ep.relay_stray_responses(); ep.set_ack_handler(fn)
+    SipTransport interface: name, reliable, local_address, send(data, addr),
+    set_receiver(cb(data, source, transport)), set_error_handler(cb), close(),
+    optional respond_to_source.
+
+Proxy helpers (`imsaka.sip.proxy`, sans-I/O): push_via, pop_via, new_branch,
+new_tag, new_call_id (rng injectable), check_max_forwards (483), preprocess_route,
+next_hop, add_record_route, add_path, route_from_path, preload_route,
+stamp_received (RFC 3581), ack_for_2xx, error_response_bytes (stateless 400/513).
+Stream framing: `imsaka.sip.framing.StreamFramer`.
 """
 
 from imsaka.sip.errors import LocalProtocolError, RemoteProtocolError, SipError, SipParseError
