@@ -122,6 +122,10 @@ async def test_slow_handler_error_handler_and_none():
             return maa_for(req)
         if req.user_name == "boom":
             raise RuntimeError("handler bug")
+        if req.user_name == "bad-answer":
+            return maa_for(req, sip_number_auth_items="one")  # not encodable
+        if req.user_name == "not-an-answer":
+            return 42
         if req.user_name == "late-boom":
             await asyncio.sleep(0.01)
             raise RuntimeError("handler bug")
@@ -133,11 +137,14 @@ async def test_slow_handler_error_handler_and_none():
             client.request(mar(user_name="boom")),
             client.request(mar(user_name="late-boom")),
             client.request(mar(user_name="none")),
+            client.request(mar(user_name="bad-answer")),
+            client.request(mar(user_name="not-an-answer")),
         )
         assert results[0].is_success and results[0].user_name == "slow"
-        assert [r.result_code for r in results[1:]] == [5012, 5012, 5012]
+        assert [r.result_code for r in results[1:]] == [5012] * 5
         assert server.counters["handler-error"] == 2 and server.counters["handler-no-answer"] == 1
-        assert calls == [SCSCF] * 4
+        assert server.counters["handler-bad-answer"] == 2
+        assert calls == [SCSCF] * 6
 
 
 async def test_request_timeout_and_failed_on_disconnect():

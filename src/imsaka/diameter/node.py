@@ -292,7 +292,12 @@ class _Connection(asyncio.Protocol):
             self.node.counters["handler-no-answer"] += 1
             data = self._error(request, codec.DIAMETER_UNABLE_TO_COMPLY).encode()
         else:
-            data = answer.encode(request.hop_by_hop, request.end_to_end)
+            try:
+                data = answer.encode(request.hop_by_hop, request.end_to_end)
+            except (LocalProtocolError, AttributeError, TypeError):
+                self.node.counters["handler-bad-answer"] += 1
+                log.exception("diameter request handler returned an answer that cannot be sent")
+                data = self._error(request, codec.DIAMETER_UNABLE_TO_COMPLY).encode()
         self.core.send_encoded_answer(data, self.loop.time())
         self.process()
 
