@@ -573,3 +573,26 @@ async def test_unanswered_request_gets_500_and_send_timeout_gives_408():
     finally:
         await cli.close()
         await srv.close()
+
+
+@pytest.mark.parametrize("kind", [UdpTransport, TcpTransport])
+async def test_broken_receiver_does_not_stop_the_transport(kind):
+    t = await kind.create("127.0.0.1", 0)
+    got = []
+
+    def receiver(data, source, transport):
+        got.append(data)
+        if len(got) == 1:
+            raise RuntimeError("receiver bug")
+
+    t.set_receiver(receiver)
+    other = await kind.create("127.0.0.1", 0)
+    try:
+        for n in (1, 2):
+            other.send(register(n).to_bytes(), t.local_address)
+            await asyncio.sleep(0.05)
+        await wait_for(lambda: len(got) == 2)
+        assert t.counters["receiver_errors"] == 1
+    finally:
+        await other.close()
+        await t.close()

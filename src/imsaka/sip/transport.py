@@ -90,6 +90,13 @@ class _BaseTransport(Observable):
     def set_error_handler(self, handler: ErrorHandler) -> None:
         self._error_handler = handler
 
+    def _deliver(self, data: bytes, source: Address) -> None:
+        try:
+            self._receiver(data, source, self)
+        except Exception:  # a broken receiver must not stop the socket serving
+            self.counters["receiver_errors"] += 1
+            log.exception("sip %s: receiver failed on a message from %s", self.name, source)
+
     def _report(self, direction: str, src: Address, dst: Address, payload: bytes) -> None:
         if self._observers:
             self._emit(
@@ -167,7 +174,7 @@ class UdpTransport(_BaseTransport):
         if len(data) > self.max_size:
             # the receiver still sees it: it answers 513 when the head allows
             self.counters["oversized"] += 1
-        self._receiver(data, source, self)
+        self._deliver(data, source)
 
     def send(self, data: bytes, addr: Address) -> None:
         if self._transport is None or self._transport.is_closing():
@@ -220,7 +227,7 @@ class _TcpConnection(asyncio.Protocol):
                 return
             owner.counters["received"] += 1
             owner._report("in", self.peer, self.local, msg)
-            owner._receiver(msg, self.peer, owner)
+            owner._deliver(msg, self.peer)
 
     def write(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
