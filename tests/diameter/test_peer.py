@@ -575,3 +575,20 @@ def test_fuzz_peer_never_raises(chunks, initiator_side):
         for out in conn.messages_to_send():
             codec.decode_message(out)  # everything we emit is well-formed
         conn.pop_events()
+
+
+def test_unanswered_request_is_not_in_progress_after_disconnect():
+    cache = P.DuplicateCache()
+    b = make(False)
+    b.duplicates = cache
+    b.receive_data(_cer(), 0.0)
+    b.messages_to_send()
+    req = mar().encode(1, 99)
+    b.receive_data(req, 1.0)
+    assert cache.lookup((CLIENT, 99), 1.0) == "in-progress"
+    b.connection_lost(1.5)
+    assert cache.lookup((CLIENT, 99), 1.5) is None
+    b2 = make(False)
+    b2.duplicates = cache
+    b2.receive_data(_cer() + req, 2.0)  # retransmitted on a new connection: processed
+    assert any(isinstance(e, P.RequestReceived) for e in b2.pop_events())

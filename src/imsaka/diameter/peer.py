@@ -417,6 +417,7 @@ class PeerConnection:
         self._pending: dict[int, float] = {}  # our requests: hop-by-hop id -> deadline
         self._pending_heap: list[tuple[float, int]] = []
         self._closed_reported = False
+        self._started: set[tuple[str, int]] = set()  # requests of the peer not yet answered
         self._disconnect_cause = REBOOTING
         self._cea_static = self._capabilities_avps()
 
@@ -535,7 +536,9 @@ class PeerConnection:
             raise LocalProtocolError("send_answer: message has the R bit")
         if self.remote is not None:
             e2e = int.from_bytes(data[16:20], "big")
-            self.duplicates.answered((self.remote.origin_host, e2e), data, now)
+            key = (self.remote.origin_host, e2e)
+            self._started.discard(key)
+            self.duplicates.answered(key, data, now)
         if self.state is S.CLOSED:
             self._drop("answer-after-close", f"command {int.from_bytes(data[5:8], 'big')}")
             return
@@ -696,6 +699,7 @@ class PeerConnection:
         seen = self.duplicates.lookup(key, now)
         if seen is None:
             self.duplicates.started(key)
+            self._started.add(key)
             self.events.append(RequestReceived(msg))
         elif seen == "in-progress":
             self._drop("duplicate-in-progress", f"end-to-end 0x{msg.end_to_end:08x}")
@@ -833,6 +837,11 @@ class PeerConnection:
     def _terminate(self, reason: str, cause: int | None = None) -> None:
         self.state = S.CLOSED
         self._timer = None
+        # Requests we were still handling: a retransmission on another connection must
+        # be processed, not dropped as "in progress" forever.
+        for key in self._started:
+            self.duplicates.abandon(key)
+        self._started.clear()
         if self._pending:
             for hbh in list(self._pending):
                 self.events.append(RequestFailed(hbh, "disconnected"))
