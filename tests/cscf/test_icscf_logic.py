@@ -194,3 +194,86 @@ def test_route_to_the_icscf_itself_is_removed():
     req = request("<sip:1.2.3.4>", "Route: <sip:elsewhere.example;lr>")
     preprocess_route(req, icscf._is_mine)
     assert req.get("route") == "<sip:elsewhere.example;lr>"
+
+
+class FakeEndpoint:
+    """Answers every forwarded REGISTER with what `answer(entry_port)` says."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.sent = []
+        self.transports = [self]
+        self.name = "udp"
+
+    def transport(self, name):
+        return self
+
+    async def send_request(self, request, addr, transport=None):
+        from imsaka.sip import make_response
+
+        self.sent.append((request.uri, addr))
+        status, tag = self.answer(addr[1])
+        return make_response(request, status, to_tag=tag)
+
+
+class FakeTx:
+    def __init__(self, request):
+        self.request = request
+        self.responses = []
+
+    def reply(self, status, reason=None, *, headers=None, to_tag=None):
+        from imsaka.sip import make_response
+
+        self.responses.append(make_response(self.request, status, reason, headers=headers))
+
+    def respond(self, response):
+        self.responses.append(response)
+
+
+def capabilities_uaa(names):
+    async def send(uar):
+        return uaa(
+            experimental_result_code=cx.DIAMETER_FIRST_REGISTRATION,
+            server_capabilities=cx.ServerCapabilities(server_names=tuple(names)),
+        )
+
+    return send
+
+
+async def run_icscf(answer):
+    from imsaka.cscf.icscf import Icscf
+
+    icscf_cfg, net = config(SCSCFS)
+    endpoint = FakeEndpoint(answer)
+    icscf = Icscf(
+        icscf_cfg, net, endpoint=endpoint, cx_send=capabilities_uaa([e["name"] for e in SCSCFS])
+    )
+    req = request("<sip:1.2.3.4>;expires=600")
+    tx = FakeTx(req)
+    await icscf.handle_request(req, tx)
+    return endpoint, tx, icscf
+
+
+async def test_all_scscfs_unreachable_is_600():
+    endpoint, tx, icscf = await run_icscf(lambda port: (503, None))
+    assert [r.status for r in tx.responses] == [600]
+    assert len(endpoint.sent) == 3 and icscf.counters["scscf_retry"] == 2
+
+
+async def test_scscf_480_moves_on_to_the_next():
+    endpoint, tx, _ = await run_icscf(lambda port: (480, "x") if port == 5080 else (401, "y"))
+    assert [r.status for r in tx.responses] == [401]
+    assert [a[1][1] for a in endpoint.sent] == [5080, 5081]
+    assert endpoint.sent[0][0] == "sip:a.home1.net:5080"  # Request-URI = the Server-Name
+
+
+async def test_final_answer_of_the_scscf_is_relayed_with_our_via_popped():
+    endpoint, tx, _ = await run_icscf(lambda port: (403, "x"))
+    (resp,) = tx.responses
+    assert resp.status == 403 and len(resp.get_all("via")) == 1
+    assert len(endpoint.sent) == 1
+
+
+async def test_last_scscf_480_is_relayed():
+    _endpoint, tx, _ = await run_icscf(lambda port: (480, "x"))
+    assert [r.status for r in tx.responses] == [480]

@@ -236,21 +236,27 @@ class Icscf:
                 tx.reply(600, "Busy Everywhere (no S-CSCF can be selected)")
                 return
             response = await self._forward(request, entry)
-            if (
-                response.status in (408, 503)
-                and self._is_our_timeout(response)
-                and len(tried) + 1 < len(self.config.scscfs)
-            ):
-                # TS 24.229 §5.3.1.2: the selected S-CSCF does not answer: ask the HSS for
-                # capabilities and pick another one.
+            unreachable = response.status in (408, 503) and self._is_our_timeout(response)
+            if unreachable or response.status == 480 or 300 <= response.status < 400:
+                # TS 24.229 §5.3.1.2: the selected S-CSCF does not answer (or turns the
+                # user away for now): ask the HSS for capabilities and pick another one;
+                # with none left, 600 (Busy Everywhere).
                 tried.add(entry.name)
-                capabilities = True
-                uar_input = uar_for(request, self.network, capabilities=True)
-                self.counters["scscf_retry"] += 1
-                continue
+                if self._has_untried(tried):
+                    self.counters["scscf_retry"] += 1
+                    capabilities = True
+                    uar_input = uar_for(request, self.network, capabilities=True)
+                    continue
+                if unreachable or response.status < 400:
+                    self.counters["no_scscf"] += 1
+                    tx.reply(600, "Busy Everywhere (no S-CSCF answered)")
+                    return
             pop_via(response)
             tx.respond(response)
             return
+
+    def _has_untried(self, tried: set[str]) -> bool:
+        return any(e.name not in tried for e in self.config.scscfs)
 
     def _is_mine(self, uri: Any) -> bool:
         host = (uri.host or "").strip("[]").lower()
