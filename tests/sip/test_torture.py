@@ -330,3 +330,13 @@ def test_stream_requires_content_length():
     framer.feed(VALID["no-content-length"])
     with pytest.raises(SipParseError):
         framer.next_message()
+
+
+def test_version_is_case_insensitive():
+    req = VALID["tel-ruri"].replace(b"SIP/2.0\r\n", b"sip/2.0\r\n", 1)
+    m = parse_message(req)
+    assert m.version == "sip/2.0" and m.to_bytes() == req
+    resp = VALID["odd-response"].replace(b"SIP/2.0 499", b"Sip/2.0 499")
+    r = parse_message(resp)
+    assert isinstance(r, Response) and r.status == 499 and r.to_bytes() == resp
+    assert parse_message(VALID["escapes"]).request_uri.user_unescaped == "alice;user-param= x"

@@ -52,6 +52,7 @@ from imsaka.sip.headers import (
     parse_date,
     parse_int,
 )
+from imsaka.sip.uri import parse_uri
 
 DEFAULT_MAX_SIZE = 64 * 1024
 DEFAULT_MAX_HEADERS = 256
@@ -436,6 +437,12 @@ class Request(Message):
     def start_line(self) -> str:
         return f"{self.method} {self.uri} {self.version}"
 
+    @property
+    def request_uri(self):
+        """The Request-URI parsed (SipUri | TelUri | AbsoluteUri); not cached, since
+        `uri` may be rewritten (loose/strict routing)."""
+        return parse_uri(self.uri)
+
     def copy(self) -> Request:
         new = Request.__new__(Request)
         new.method, new.uri, new.version = self.method, self.uri, self.version
@@ -517,12 +524,13 @@ def parse_message(
 
     first = lines[0]
     msg: Request | Response
-    if first.startswith("SIP/"):
+    # §7.1: SIP-Version is case-insensitive (sent in upper case, kept as received)
+    if first[:4].upper() == "SIP/":
         parts = first.split(" ", 2)
         if len(parts) < 2:
             raise SipParseError("malformed status line")
         version = parts[0]
-        if version != "SIP/2.0":
+        if version != "SIP/2.0" and version.upper() != "SIP/2.0":
             raise SipParseError(f"unsupported version {version[:20]!r}")
         code = parts[1]
         if len(code) != 3 or not STATUS_RE.fullmatch(code):
@@ -543,7 +551,7 @@ def parse_message(
             raise SipParseError(f"invalid method {method[:20]!r}")
         if not REQUEST_URI_RE.fullmatch(uri):
             raise SipParseError(f"invalid Request-URI {uri[:60]!r}")
-        if version != "SIP/2.0":
+        if version != "SIP/2.0" and version.upper() != "SIP/2.0":
             if VERSION_RE.fullmatch(version):
                 raise SipParseError(f"unsupported version {version[:20]!r}", 505)
             raise SipParseError(f"malformed request line version {version[:20]!r}")

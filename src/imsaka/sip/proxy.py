@@ -216,7 +216,7 @@ def error_response_bytes(data: bytes, status: int, reason: str) -> bytes | None:
     text = head.decode("utf-8", "replace")
     lines = text.split("\r\n")
     first = lines[0].split(" ")
-    if not lines[0] or lines[0].startswith("SIP/") or len(first) < 2:
+    if not lines[0] or lines[0][:4].upper() == "SIP/" or len(first) < 2:
         return None
     if first[0].upper() == "ACK":
         return None
@@ -247,4 +247,4 @@ def error_response_bytes(data: bytes, status: int, reason: str) -> bytes | None:
 
 
 def is_request_bytes(data: bytes) -> bool:
-    return not data.lstrip(b"\r\n").startswith(b"SIP/")
+    return data.lstrip(b"\r\n")[:4].upper() != b"SIP/"
