@@ -336,3 +336,17 @@ async def test_respond_to_source_transport_flag():
     finally:
         await ep.close()
         pt.close()
+
+
+def test_check_require_420():
+    from imsaka.sip.proxy import check_require
+
+    req = parse_message(SEED[1])  # Require: sec-agree, Proxy-Require: sec-agree
+    assert check_require(req, {"sec-agree", "path"}) is None
+    resp = check_require(req, {"path"})
+    assert resp.status == 420 and resp.get_all("unsupported") == ["sec-agree"]
+    assert check_require(req, {"SEC-AGREE"}, header="Proxy-Require") is None
+    assert check_require(req, set(), header="Proxy-Require").status == 420
+    ack = parse_message(SEED[1])
+    ack.method = "ACK"
+    assert check_require(ack, set()) is None

@@ -90,6 +90,22 @@ def check_max_forwards(request: Request, default: int = 70) -> Response | None:
     return None
 
 
+def check_require(
+    request: Request, supported: set[str] | frozenset[str], header: str = "Require"
+) -> Response | None:
+    """§8.2.2.3 (UAS, `Require`) / §16.3 step 5 (proxy, `Proxy-Require`): a 420 Bad
+    Extension listing the option tags we do not support in `Unsupported`, or None.
+    Never for ACK or CANCEL."""
+    if request.method in ("ACK", "CANCEL"):
+        return None
+    wanted = request.get_all(header)
+    known = {t.lower() for t in supported}
+    missing = [t for t in wanted if t.lower() not in known]
+    if not missing:
+        return None
+    return make_response(request, 420, headers=[("Unsupported", ", ".join(missing))])
+
+
 def _uri_of(value: str) -> SipUri | TelUri:
     na = NameAddr.parse(value)
     uri = na.parsed_uri
