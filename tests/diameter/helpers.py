@@ -103,6 +103,10 @@ def all_commands() -> list:
             result_code=2001,
             user_name="u@ims.test",
             user_data=b'<?xml version="1.0"?><IMSSubscription/>',
+            charging_information=cx.ChargingInformation(
+                primary_event_charging_function_name="aaa://ecf.ims.test",
+                primary_charging_collection_function_name="aaa://ccf.ims.test",
+            ),
             associated_identities=cx.AssociatedIdentities(("u2@ims.test",)),
             server_name="sip:scscf.ims.test",
         ),

@@ -109,6 +109,7 @@ AVP_SERVER_ASSIGNMENT_TYPE = 614
 AVP_DEREGISTRATION_REASON = 615
 AVP_REASON_CODE = 616
 AVP_REASON_INFO = 617
+AVP_CHARGING_INFORMATION = 618
 AVP_USER_AUTHORIZATION_TYPE = 623
 AVP_USER_DATA_ALREADY_AVAILABLE = 624
 AVP_CONFIDENTIALITY_KEY = 625
@@ -487,6 +488,24 @@ class DeregistrationReason:
 
 
 @dataclass(frozen=True, slots=True)
+class ChargingInformation:
+    """Charging-Information (618), TS 29.229 §6.3.19: the S-CSCF copies these into
+    P-Charging-Function-Addresses (ecf / ccf)."""
+
+    primary_event_charging_function_name: str | None = None
+    secondary_event_charging_function_name: str | None = None
+    primary_charging_collection_function_name: str | None = None
+    secondary_charging_collection_function_name: str | None = None
+
+    _SPEC: ClassVar[_Spec] = (
+        ("primary_event_charging_function_name", 619, VENDOR_3GPP, "str", False, False),
+        ("secondary_event_charging_function_name", 620, VENDOR_3GPP, "str", False, False),
+        ("primary_charging_collection_function_name", 621, VENDOR_3GPP, "str", False, False),
+        ("secondary_charging_collection_function_name", 622, VENDOR_3GPP, "str", False, False),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class AssociatedIdentities:
     """Associated-Identities (632), TS 29.229 §6.3.33: the IMPIs sharing the IMPU(s)."""
 
@@ -783,6 +802,7 @@ class ServerAssignmentAnswer(_Answer):
     experimental_result_vendor: int = VENDOR_3GPP
     user_name: str | None = None
     user_data: bytes | None = None
+    charging_information: ChargingInformation | None = None
     associated_identities: AssociatedIdentities | None = None
     server_name: str | None = None
     failed_avp: tuple[Avp, ...] = ()
@@ -793,6 +813,7 @@ class ServerAssignmentAnswer(_Answer):
         *_ANS_HEAD,
         ("user_name", AVP_USER_NAME, 0, "str", False, False),
         ("user_data", AVP_USER_DATA, VENDOR_3GPP, "bytes", False, False),
+        ("charging_information", AVP_CHARGING_INFORMATION, VENDOR_3GPP, ChargingInformation, False, False),
         ("associated_identities", AVP_ASSOCIATED_IDENTITIES, VENDOR_3GPP, AssociatedIdentities, False, False),
         ("server_name", AVP_SERVER_NAME, VENDOR_3GPP, "str", False, False),
         *_ANS_TAIL,
@@ -949,6 +970,7 @@ class PushProfileRequest(_Request):
     destination_realm: str
     user_name: str
     user_data: bytes | None = None
+    charging_information: ChargingInformation | None = None
     sip_auth_data_item: SipAuthDataItem | None = None
 
     CODE: ClassVar[int] = CMD_PUSH_PROFILE
@@ -961,6 +983,7 @@ class PushProfileRequest(_Request):
         ("destination_realm", AVP_DESTINATION_REALM, 0, "str", False, True),
         ("user_name", AVP_USER_NAME, 0, "str", False, True),
         ("user_data", AVP_USER_DATA, VENDOR_3GPP, "bytes", False, False),
+        ("charging_information", AVP_CHARGING_INFORMATION, VENDOR_3GPP, ChargingInformation, False, False),
         ("sip_auth_data_item", AVP_SIP_AUTH_DATA_ITEM, VENDOR_3GPP, SipAuthDataItem, False, False),
     )  # fmt: skip
 
