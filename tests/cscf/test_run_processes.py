@@ -24,8 +24,26 @@ from .fakes import OPC, K
 pytestmark = pytest.mark.slow
 
 
-def toml(hss_port: int, icscf_port: int, scscf_port: int, db: str) -> str:
-    return f"""
+def toml(hss_port: int, icscf_port: int, scscf_port: int, db: str, pcscf_port: int = 0) -> str:
+    pcscf = (
+        f"""
+[pcscf]
+name = "pcscf1.visited1.net"
+port = {pcscf_port}
+port_c = 0
+port_s = 0
+transports = ["udp"]
+sec_agree = "optional"
+[[pcscf.routes]]
+domain = "home1.net"
+icscf = "sip:127.0.0.1:{icscf_port}"
+"""
+        if pcscf_port
+        else ""
+    )
+    return (
+        pcscf
+        + f"""
 [network]
 home_domains = ["home1.net"]
 [network.hosts]
@@ -64,6 +82,7 @@ host = "hss.home1.net"
 address = "127.0.0.1"
 port = {hss_port}
 """
+    )
 
 
 def start(*args: str) -> subprocess.Popen:
@@ -177,5 +196,79 @@ async def test_three_processes_from_one_file(tmp_path):
     finally:
         if client is not None:
             await client.close()
+        codes = [stop(p) for p in reversed(procs)]
+    assert codes == [0] * len(procs), [p.stderr.read()[-2000:] for p in procs]
+
+
+async def test_four_processes_and_a_ue_without_sec_agree(tmp_path):
+    """``imsaka run pcscf`` too: a UE without IPsec (as SIPp would be) registers through
+    P-CSCF (sec_agree = "optional"), I-CSCF and S-CSCF processes against the HSS process."""
+    hss_port = free_port()
+    icscf_port = free_port(socket.SOCK_DGRAM)
+    scscf_port = free_port(socket.SOCK_DGRAM)
+    pcscf_port = free_port(socket.SOCK_DGRAM)
+    db = f"sqlite+aiosqlite:///{tmp_path / 'hss.db'}"
+    cfg = tmp_path / "imsaka.toml"
+    cfg.write_text(toml(hss_port, icscf_port, scscf_port, db, pcscf_port))
+    add = subprocess.run(
+        [sys.executable, "-m", "imsaka", "hss", "add-subscriber", "-c", str(cfg),
+         "--impi", "user1_private@home1.net", "--impu", "sip:user1_public1@home1.net",
+         "--k", K.hex(), "--opc", OPC.hex(), "--visited-network", "Visited Network Number 1"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert add.returncode == 0, add.stderr
+    procs = []
+    ue = None
+    try:
+        procs.append(start("run", "hss", "-c", str(cfg)))
+        await wait_tcp(hss_port)
+        for name in ("scscf", "icscf", "pcscf"):
+            procs.append(start("run", name, "-c", str(cfg)))
+            await wait_line(procs[-1], "listening")
+        ue = SipEndpoint(owner="ue")
+        ue.add_transport(await UdpTransport.create("127.0.0.1", 0))
+        port = ue.transports[0].local_address[1]
+
+        def register(cseq: int, auth: str):
+            text = (
+                "REGISTER sip:home1.net SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{os.urandom(6).hex()}\r\n"
+                "Max-Forwards: 70\r\n"
+                "From: <sip:user1_public1@home1.net>;tag=1\r\nTo: <sip:user1_public1@home1.net>\r\n"
+                f"Contact: <sip:127.0.0.1:{port}>;expires=3600\r\nCall-ID: ue-run-test\r\n"
+                f"Authorization: {auth}\r\nCSeq: {cseq} REGISTER\r\nSupported: path\r\n"
+                "Content-Length: 0\r\n\r\n"
+            )
+            return parse_message(text.encode())
+
+        base = 'Digest username="user1_private@home1.net", realm="home1.net", uri="sip:home1.net"'
+        r401 = None
+        for _ in range(20):
+            r401 = await ue.send_request(
+                register(1, f'{base}, nonce="", response=""'), ("127.0.0.1", pcscf_port)
+            )
+            if r401.status not in (480, 504):
+                break
+            await asyncio.sleep(0.25)
+        assert r401.status == 401, r401
+        www = r401.www_authenticate
+        assert www.get("ik") is None and www.get("ck") is None  # the P-CSCF kept them
+        nonce = www.get("nonce")
+        rand, autn, _ = split_nonce(nonce)
+        res = Isim(Milenage(K, opc=OPC)).authenticate(rand, autn).res
+        response = compute_response(
+            algorithm="AKAv1-MD5", username="user1_private@home1.net", realm="home1.net",
+            password=password_for("AKAv1-MD5", res=res), method="REGISTER",
+            uri="sip:home1.net", nonce=nonce,
+        )  # fmt: skip
+        r200 = await ue.send_request(
+            register(2, f'{base}, nonce="{nonce}", algorithm=AKAv1-MD5, response="{response}"'),
+            ("127.0.0.1", pcscf_port),
+        )
+        assert r200.status == 200, r200
+        assert r200.get("service-route") == f"<sip:orig@scscf1.home1.net:{scscf_port};lr>"
+    finally:
+        if ue is not None:
+            await ue.close()
         codes = [stop(p) for p in reversed(procs)]
     assert codes == [0] * len(procs), [p.stderr.read()[-2000:] for p in procs]
