@@ -493,3 +493,20 @@ def test_every_state_and_input(side, method, table, state, inp):
 def test_unused_names_are_exported():
     # the event classes the endpoint handles are all reachable
     assert {TransportError, AckReceived, StrayResponse}
+
+
+def test_invite_client_timer_c_in_proceeding():
+    lay = layer()
+    req = request("INVITE")
+    lay.send_request(req, "udp", 0.0)
+    lay.events()
+    lay.receive_response(make_response(req, 180, to_tag="t"), "udp", 0.1)
+    lay.events()
+    assert lay.next_deadline() == pytest.approx(180.1)
+    lay.receive_response(make_response(req, 183, to_tag="t"), "udp", 100.0)  # re-armed
+    lay.events()
+    assert lay.next_deadline() == pytest.approx(280.0)
+    lay.handle_timer(280.0)
+    timeout, terminated = lay.events()
+    assert isinstance(timeout, TransactionTimeout) and timeout.timer == "C"
+    assert isinstance(terminated, TransactionTerminated) and len(lay) == 0

@@ -48,13 +48,17 @@ class TimerConfig:
     """Maximum time a message stays in the network: Timers I and K."""
     timer_d: float = 32.0
     """Wait for response retransmissions after a non-2xx INVITE final (unreliable)."""
+    timer_c: float = 180.0
+    """An INVITE client transaction in Proceeding waits at most this long for a final
+    response, re-armed by each provisional (the proxy's Timer C, §16.6 step 11 and
+    §16.8: more than 3 minutes); without it a lost 2xx would leave it for ever."""
 
     @classmethod
     def ims_ue(cls) -> TimerConfig:
         return cls(t1=2.0, t2=16.0, t4=17.0)
 
     def __post_init__(self) -> None:
-        for name in ("t1", "t2", "t4", "timer_d"):
+        for name in ("t1", "t2", "t4", "timer_d", "timer_c"):
             v = getattr(self, name)
             if not isinstance(v, int | float) or v <= 0:
                 raise ValueError(f"{name}: must be a positive number of seconds")
@@ -87,6 +91,7 @@ class Input(Enum):
     # timers
     TIMER_A = "Timer A"
     TIMER_B = "Timer B"
+    TIMER_C = "Timer C"
     TIMER_D = "Timer D"
     TIMER_E = "Timer E"
     TIMER_F = "Timer F"
@@ -118,6 +123,7 @@ INVITE_CLIENT_TABLE: dict[tuple[State, Input], tuple[str, State]] = {
     # stale timers of the Calling state once a provisional arrived
     (S.PROCEEDING, I.TIMER_A): ("_nothing", S.PROCEEDING),
     (S.PROCEEDING, I.TIMER_B): ("_nothing", S.PROCEEDING),
+    (S.PROCEEDING, I.TIMER_C): ("_timeout", S.TERMINATED),
     (S.COMPLETED, I.RECV_FINAL): ("_resend_ack", S.COMPLETED),
     (S.COMPLETED, I.RECV_1XX): ("_absorb", S.COMPLETED),
     (S.COMPLETED, I.TIMER_D): ("_nothing", S.TERMINATED),
@@ -488,9 +494,10 @@ class ClientTransaction(Transaction):
         self._set_timer(Input.TIMER_A, now, 2 * self._intervals[Input.TIMER_A])
 
     def _pass_up(self, now: float, msg: Message | None) -> None:
-        if self.is_invite:
+        if self.is_invite and self.state is State.PROCEEDING:
             self.timers.pop(Input.TIMER_A, None)
             self.timers.pop(Input.TIMER_B, None)
+            self._set_timer(Input.TIMER_C, now, self.config.timer_c)
         self._emit(ResponseReceived(self.key, msg))
 
     def _accept(self, now: float, msg: Message | None) -> None:
