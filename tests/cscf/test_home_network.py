@@ -636,3 +636,37 @@ async def test_sqn_resynchronisation_through_the_hss(home):
     auth = answer_auth(again.www_authenticate, ue)
     r200 = await send(home, register(home, cseq=3, authorization=auth, protected=True))
     assert r200.status == 200
+
+
+async def test_mw_over_tcp(tmp_path):
+    """I-CSCF → S-CSCF over TCP (the entry's transport), P-CSCF leg over UDP."""
+    net = HomeNetwork(tmp_path, transports=["udp", "tcp"])
+    try:
+        net_doc_patch = {"transport": "tcp"}
+        await net.start()
+        # Rebuild the I-CSCF with a TCP route to the S-CSCF.
+        await net.icscf.stop()
+        from imsaka.config import parse_config
+        from imsaka.cscf.icscf import IcscfServer
+
+        from .conftest import network_dict
+
+        doc = network_dict(net.hss.diameter_port, net.icscf_port, net.scscf_port)
+        doc["icscf"]["transports"] = ["udp", "tcp"]
+        doc["icscf"]["scscfs"][0].update(net_doc_patch)
+        cfg = parse_config(doc)
+        net.icscf = IcscfServer(
+            cfg.icscf, cfg.network, observers=(net.events.append,), reconnect=0.5
+        )
+        await net.icscf.start()
+        await net.icscf.node.wait_open(HSS_HOST, timeout=5)
+        _, r200 = await full_registration(net, new_ue())
+        assert r200.status == 200
+        tcp = [
+            e
+            for e in net.events
+            if e.protocol == "sip" and e.owner == "scscf" and e.transport == "tcp"
+        ]
+        assert tcp, "nothing crossed the Mw over TCP"
+    finally:
+        await net.stop()
