@@ -1,0 +1,110 @@
+"""Hostile or odd Cx input at the HSS: the right answer code, never a crash, and the
+server keeps serving (TS 29.229 §6.2, RFC 6733 §7.1)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from imsaka.diameter import codec, cx
+
+from .conftest import HOME, HSS_HOST, SCSCF_HOST, mar, sar, session_id, uar
+
+
+def _replace(msg: codec.Message, code: int, vendor: int, data: bytes) -> codec.Message:
+    avps = tuple(
+        codec.Avp(a.code, a.vendor, a.flags, data) if (a.code, a.vendor) == (code, vendor) else a
+        for a in msg.avps
+    )
+    return codec.Message(msg.code, msg.flags, msg.app_id, 0, 0, avps)
+
+
+def _result(answer) -> int | None:
+    if isinstance(answer, codec.Message):
+        avp = answer.find(codec.AVP_RESULT_CODE)
+        return avp.u32 if avp is not None else None
+    return answer.result
+
+
+async def test_huge_vector_count_is_capped(hss, scscf):
+    msg = _replace(
+        mar().to_message(),
+        cx.AVP_SIP_NUMBER_AUTH_ITEMS,
+        codec.VENDOR_3GPP,
+        (2**32 - 1).to_bytes(4, "big"),
+    )
+    answer = await scscf.request(msg)
+    decoded = cx.decode(answer) if isinstance(answer, codec.Message) else answer
+    assert decoded.result_code == cx.DIAMETER_SUCCESS
+    assert len(decoded.sip_auth_data_items) == hss.config.max_vectors
+
+
+async def test_invalid_utf8_identity_gets_an_error_answer(hss, scscf):
+    msg = _replace(uar().to_message(), codec.AVP_USER_NAME, 0, b"\xff\xfe\x00alice")
+    answer = await scscf.request(msg)
+    assert _result(answer) not in (None, cx.DIAMETER_SUCCESS)
+    assert (await scscf.request(uar())).is_success
+
+
+async def test_empty_and_oversized_identities(hss, scscf):
+    empty = await scscf.request(uar(impi="", impu=""))
+    assert empty.experimental_result_code == cx.DIAMETER_ERROR_USER_UNKNOWN
+    huge = "sip:" + "a" * 5000 + "@home1.net"
+    answer = await scscf.request(mar(impi="x" * 5000 + "@home1.net", impu=huge))
+    assert answer.experimental_result_code == cx.DIAMETER_ERROR_USER_UNKNOWN
+    assert (await scscf.request(mar())).result_code == cx.DIAMETER_SUCCESS
+
+
+async def test_hss_initiated_commands_sent_to_the_hss_are_refused(hss, scscf):
+    rtr = cx.RegistrationTerminationRequest(
+        session_id=session_id(),
+        origin_host=SCSCF_HOST,
+        origin_realm=HOME,
+        destination_host=HSS_HOST,
+        destination_realm=HOME,
+        user_name="alice@home1.net",
+        deregistration_reason=cx.DeregistrationReason(0),
+    )
+    answer = await scscf.request(rtr)
+    assert answer.result_code == cx.DIAMETER_COMMAND_UNSUPPORTED
+    # nothing changed
+    assert (await hss.store.get_subscriber("alice@home1.net")).impi == "alice@home1.net"
+
+
+async def test_sar_without_any_identity_is_missing_avp(hss, scscf):
+    answer = await scscf.request(sar(cx.ServerAssignmentType.REGISTRATION, impi=None, impus=()))
+    assert answer.result_code == cx.DIAMETER_MISSING_AVP
+
+
+async def test_flood_of_unknown_users_does_not_starve_real_ones(hss, scscf):
+    bad = [
+        scscf.request(mar(impi=f"ghost{i}@home1.net", impu=f"sip:ghost{i}@home1.net"))
+        for i in range(200)
+    ]
+    good = [scscf.request(mar()) for _ in range(20)]
+    answers = await asyncio.gather(*bad, *good)
+    assert all(a.experimental_result_code == cx.DIAMETER_ERROR_USER_UNKNOWN for a in answers[:200])
+    good_sqns = [a.sip_auth_data_items[0].autn for a in answers[200:]]
+    assert all(a.result_code == cx.DIAMETER_SUCCESS for a in answers[200:])
+    assert len(set(good_sqns)) == 20
+
+
+async def test_store_failure_answers_unable_to_comply(hss, scscf, monkeypatch):
+    async def broken(*args, **kwargs):
+        raise RuntimeError("database gone")
+
+    monkeypatch.setattr(hss.store, "check_identities", broken)
+    answer = await scscf.request(uar())
+    assert answer.result_code == cx.DIAMETER_UNABLE_TO_COMPLY
+    assert hss.service.counters["unable-to-comply"] == 1
+    monkeypatch.undo()
+    assert (await scscf.request(uar())).is_success
+
+
+async def test_sqlite_runs_with_full_durability(store):
+    async with store.engine.connect() as conn:
+        mode = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar()
+        sync = (await conn.exec_driver_sql("PRAGMA synchronous")).scalar()
+    assert mode == "wal" and sync == 2  # FULL: the WAL is fsynced at every commit
+    assert store._sync_engine is not None
+    with store._sync_engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
