@@ -208,6 +208,9 @@ def test_initial_registration_again_is_told_by_state_not_port(h):
     assert r.status == 200
     assert h.asks[-1].assignment_type is AssignmentType.RE_REGISTRATION
     assert len(h.stored[IMPU].contacts) == 2
+    # RFC 3261 §10.3 step 8: the 200 lists every binding, the request's own first.
+    contacts = header(r, "Contact")
+    assert len(contacts) == 2 and contacts[0].startswith("<sip:127.0.0.1:40000>")
 
 
 def test_resync_with_auts():

@@ -777,11 +777,13 @@ class RegistrarCore:
         for p in req.path:
             headers.append(("Path", p))
         headers.append(("Service-Route", self.policy.service_route))
-        for spec in req.contacts:
-            binding = contacts.get(spec.uri)
-            if binding is not None:
-                left = max(0, round(binding.expires_at - now))
-                headers.append(("Contact", f"<{binding.uri}>{binding.params};expires={left}"))
+        # RFC 3261 §10.3 step 8: every current binding, this request's contacts first.
+        mine = [s.uri for s in req.contacts if s.uri in contacts]
+        others = [u for u in contacts if u not in set(mine)]
+        for uri in mine + others:
+            binding = contacts[uri]
+            left = max(0, round(binding.expires_at - now))
+            headers.append(("Contact", f"<{binding.uri}>{binding.params};expires={left}"))
         headers.append(("Date", formatdate(now, usegmt=True)))
         headers.append(("P-Associated-URI", ", ".join(f"<{u}>" for u in associated)))
         return [StoreRegistration(reg), self._reply(token, 200, "OK", tuple(headers))]
