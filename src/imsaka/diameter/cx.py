@@ -1,9 +1,10 @@
 """Cx commands as frozen events: TS 29.228 §6 (procedures) and TS 29.229 §6 (messages, AVPs).
 
 Application 16777216 (Cx), vendor 10415 (3GPP). Each command pair is a request and an
-answer dataclass, the same classes on both ends, with `to_message()` (a `codec.Message`
-ready for `encode()`) and `from_message()`. `decode(message)` picks the class from the
-command code and the R bit.
+answer dataclass, the same classes on both ends, with `encode(hop_by_hop, end_to_end)`
+(the wire bytes), `to_message()` (the same as a `codec.Message`) and `from_message()`.
+`decode(message)` picks the class from the command code and the R bit; a request's
+`answer(**fields)` builds its answer with the Session-Id copied.
 
 Decoding a request checks the AVPs TS 29.229 §6.1 writes in { braces } (required): one
 missing raises `RemoteProtocolError` with Result-Code 5005 DIAMETER_MISSING_AVP and a
@@ -631,6 +632,10 @@ def _check_application_avps(name: str, msg: Message) -> None:
 
 
 class _Answer(_Command):
+    """Every answer carries session_id, origin_host, origin_realm, a result (result_code,
+    or experimental_result_code with experimental_result_vendor, default 10415),
+    failed_avp (the AVPs inside Failed-AVP) and error_message."""
+
     __slots__ = ()
     IS_REQUEST: ClassVar[bool] = False
     FLAGS: ClassVar[int] = FLAG_PROXIABLE
@@ -671,12 +676,6 @@ class _Request(_Command):
     def answer(self: Any, **fields: Any) -> Any:
         """The answer class for this request, with Session-Id copied."""
         return self.ANSWER(session_id=self.session_id, **fields)
-
-
-# Fields every answer dataclass carries (keyword-only, after the command's own).
-def _answer_fields() -> None:  # documentation anchor for readers
-    """session_id, origin_host, origin_realm, result_code | experimental_result_code
-    (+ experimental_result_vendor, default 10415), failed_avp (inner AVPs), error_message."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
