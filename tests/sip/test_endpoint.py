@@ -596,3 +596,39 @@ async def test_broken_receiver_does_not_stop_the_transport(kind):
     finally:
         await other.close()
         await t.close()
+
+
+async def test_uas_retransmits_2xx_until_the_ack():
+    ep, t = await endpoint()
+    ep.set_request_handler(lambda req, tx: tx.reply(200, to_tag="uas"))
+    peer_t, peer = await raw_udp()
+    try:
+        host, port = peer_t.get_extra_info("sockname")[:2]
+        inv = register(1, host, port, branch="z9hG4bKinv2xx")
+        inv.method = "INVITE"
+        inv.set("CSeq", "1 INVITE")
+        peer_t.sendto(inv.to_bytes(), t.local_address)
+        # 100 Trying, the 200, then 200 retransmissions at T1, 2*T1, ... (no ACK yet)
+        await wait_for(
+            lambda: sum(parse_message(d).status == 200 for _, d, _ in peer.received) >= 3
+        )
+        ok = parse_message(next(d for _, d, _ in peer.received if parse_message(d).status == 200))
+        from imsaka.sip.proxy import ack_for_2xx
+
+        ack = ack_for_2xx(inv, ok)
+        ack.set("Via", f"SIP/2.0/UDP {host}:{port};branch=z9hG4bKack")
+        peer_t.sendto(ack.to_bytes(), t.local_address)
+        await asyncio.sleep(0.05)
+        count = len(peer.received)
+        await asyncio.sleep(0.3)
+        assert len(peer.received) == count  # the ACK stopped them
+        assert ep.counters["2xx_retransmissions"] >= 2
+        # without an ACK they stop after 64*T1 and the drop is counted
+        inv2 = register(2, host, port, branch="z9hG4bKinv2xx2")
+        inv2.method = "INVITE"
+        inv2.set("CSeq", "2 INVITE")
+        peer_t.sendto(inv2.to_bytes(), t.local_address)
+        await wait_for(lambda: ep.counters["dropped: 2xx to INVITE never acknowledged"] == 1, 5)
+    finally:
+        await ep.close()
+        peer_t.close()

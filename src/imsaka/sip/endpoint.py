@@ -114,6 +114,12 @@ class ServerTx:
             ep.layer.respond(self.key, response, ep._now())
         finally:
             ep._drain()
+        if (
+            200 <= response.status < 300
+            and self.request.method == "INVITE"
+            and not self.transport.reliable
+        ):
+            ep._retransmit_2xx(self, response)
 
     def reply(
         self,
@@ -172,6 +178,7 @@ class SipEndpoint:
         self._stray: StrayHandler | None = None
         self._ack: AckHandler | None = None
         self._pending: dict[tuple, tuple[asyncio.Future, ResponseCallback | None, Request]] = {}
+        self._unacked: dict[tuple, list] = {}  # 2xx to INVITE awaiting their ACK
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -211,6 +218,10 @@ class SipEndpoint:
             self._timer = None
         for task in list(self._tasks):
             task.cancel()
+        for entry in self._unacked.values():
+            if entry[2] is not None:
+                entry[2].cancel()
+        self._unacked.clear()
         for fut, _, _ in self._pending.values():
             if not fut.done():
                 fut.cancel()
@@ -435,6 +446,7 @@ class SipEndpoint:
                 else:
                     self._drop("response matches no transaction", addr)
             elif kind is AckReceived:
+                self._acked(ev.request)
                 if self._ack is not None:
                     tx = layer.server_transaction(ev.key)
                     src = tx.destination if tx is not None else (None, None)
@@ -480,7 +492,8 @@ class SipEndpoint:
     def _deliver_request(self, ev: RequestReceived) -> None:
         transport, addr = ev.source
         req = ev.request
-        if ev.key is None:  # ACK without a transaction
+        if ev.key is None:  # ACK without a transaction (the ACK to a 2xx)
+            self._acked(req)
             if self._ack is not None:
                 self._ack(req, addr, transport)
             return
@@ -503,6 +516,49 @@ class SipEndpoint:
             task = self._get_loop().create_task(self._await_handler(result, tx))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    # -- §13.3.1.4: the UAS core retransmits its 2xx to an INVITE until the ACK ---------
+
+    @staticmethod
+    def _dialog_key(msg: Message) -> tuple | None:
+        try:
+            return (msg.call_id, msg.cseq.seq, msg.from_.tag)
+        except SipParseError:
+            return None
+
+    def _retransmit_2xx(self, tx: ServerTx, response: Response) -> None:
+        key = self._dialog_key(tx.request)
+        stx = self.layer.server_transaction(tx.key)
+        if key is None or key in self._unacked or stx is None:
+            return
+        t1 = self.layer.config.t1
+        transport, addr = stx.destination
+        data = response.to_bytes()
+        entry: list = [t1, self._now() + 64 * t1, None]
+        self._unacked[key] = entry
+
+        def fire() -> None:
+            if self._unacked.get(key) is not entry or self._closed:
+                return
+            self.counters["2xx_retransmissions"] += 1
+            transport.send(data, addr)
+            entry[0] = min(2 * entry[0], self.layer.config.t2)
+            arm()
+
+        def arm() -> None:
+            if self._now() + entry[0] > entry[1]:
+                del self._unacked[key]
+                self._drop("2xx to INVITE never acknowledged", addr, tx.request.call_id or "")
+                return
+            entry[2] = self._get_loop().call_later(entry[0], fire)
+
+        arm()
+
+    def _acked(self, ack: Request) -> None:
+        key = self._dialog_key(ack)
+        entry = self._unacked.pop(key, None) if key is not None else None
+        if entry is not None and entry[2] is not None:
+            entry[2].cancel()
 
     def _check_answered(self, tx: ServerTx) -> None:
         if tx.final_sent or self._closed or self.layer.server_transaction(tx.key) is None:
