@@ -124,7 +124,10 @@ def test_initial_registration_packets_4_and_11(h):
         "challenges": 0,
         "cached_vectors": 2,
         "operations": 0,
+        "aliases": 2,  # user1_public2 and the tel URI, registered implicitly
     }
+    assert h.core.lookup("tel:+1-212-555-1111", T0).impu == IMPU
+    assert h.core.lookup("sip:barred@home1.net", T0) is None
 
 
 def test_one_vector_per_challenge_from_the_cache_never_reused(h):
@@ -344,6 +347,7 @@ def test_network_initiated_deregistration(h):
         "challenges": 0,
         "cached_vectors": 0,
         "operations": 0,
+        "aliases": 0,
     }
 
 
@@ -414,6 +418,7 @@ def test_many_users_leave_nothing_behind():
         assert h.send(ue.register(integrity="yes", expires=0), T0 + 1).status == 200
     counts = h.core.pending_counts()
     assert counts["registrations"] == 0 and counts["challenges"] == 0 and counts["operations"] == 0
+    assert counts["aliases"] == 0
 
 
 def test_nonce_is_base64_of_rand_autn(h):
@@ -455,3 +460,12 @@ def test_out_of_order_register_is_refused(h):
     stale = RegisterRequest(**{**{f: getattr(stale, f) for f in stale.__slots__}, "cseq": 2})
     assert h.send(stale, T0 + 1).status == 500
     assert h.send(ue.register(integrity="yes"), T0 + 2).status == 200
+
+
+def test_lookup_follows_expiry(h):
+    assert register(h, FakeUe()).status == 200
+    assert h.core.lookup(IMPU, T0 + 10) is not None
+    assert h.core.lookup("sip:user1_public2@home1.net", T0 + 10) is not None
+    assert h.core.lookup(IMPU, T0 + 600001) is None
+    h.run(h.core.handle_timer(T0 + 600001), T0 + 600001)
+    assert h.core.pending_counts()["aliases"] == 0

@@ -304,6 +304,8 @@ class RegistrarCore:
         self._random = random_bytes
         self.registrations: dict[str, Registration] = {}
         self._by_impi: dict[str, set[str]] = {}
+        # Implicitly registered IMPUs (P-Associated-URI) → the IMPU whose record holds them.
+        self._aliases: dict[str, str] = {}
         self._vectors: dict[str, deque[AuthVectorItem]] = {}
         self._challenges: dict[str, _Challenge] = {}  # nonce → challenge
         self._challenges_by_impi: dict[str, deque[str]] = {}
@@ -430,13 +432,25 @@ class RegistrarCore:
     def load(self, registration: Registration) -> None:
         """Adopt a registration read from the binding store (start-up, shared store)."""
         old = self.registrations.get(registration.impu)
-        if old is not None and old.impi != registration.impi:
+        if old is not None:
             self._unindex(old)
         self.registrations[registration.impu] = registration
         self._by_impi.setdefault(registration.impi, set()).add(registration.impu)
+        for alias in registration.associated:
+            if alias != registration.impu:
+                self._aliases[alias] = registration.impu
         expiry = registration.earliest_expiry()
         if expiry is not None:
             self._arm(expiry, "binding", registration.impu)
+
+    def lookup(self, impu: str, now: float) -> Registration | None:
+        """The live registration serving `impu`, registered explicitly or implicitly
+        (TS 24.229 §5.4.1.2.2: the implicit registration set); for routing to the UE."""
+        reg = self.registrations.get(impu)
+        if reg is None:
+            key = self._aliases.get(impu)
+            reg = self.registrations.get(key) if key is not None else None
+        return reg if reg is not None and reg.is_live(now) else None
 
     def forget(self, impu: str) -> None:
         """Drop a registration another S-CSCF removed from the shared store."""
@@ -503,6 +517,7 @@ class RegistrarCore:
             "challenges": len(self._challenges),
             "cached_vectors": sum(len(v) for v in self._vectors.values()),
             "operations": len(self._ops),
+            "aliases": len(self._aliases),
         }
 
     # ----------------------------------------------------------------- checks
@@ -842,6 +857,9 @@ class RegistrarCore:
             impus.discard(reg.impu)
             if not impus:
                 del self._by_impi[reg.impi]
+        for alias in reg.associated:
+            if self._aliases.get(alias) == reg.impu:
+                del self._aliases[alias]
 
     def _arm(self, deadline: float, kind: str, key: str) -> None:
         self._timer_seq += 1
