@@ -43,7 +43,7 @@ JUNK = [
             "MESSAGE sip:user2@home1.net SIP/2.0",
             "ACK sip:x SIP/2.0",
         ]
-    ),  # fmt: skip
+    ),
     st.booleans(),
     st.integers(0, 2**32 - 1),
 )
