@@ -632,3 +632,25 @@ async def test_uas_retransmits_2xx_until_the_ack():
     finally:
         await ep.close()
         peer_t.close()
+
+
+async def test_large_request_switches_to_tcp():
+    srv = SipEndpoint(timers=FAST)
+    su = srv.add_transport(await UdpTransport.create("127.0.0.1", 0))
+    stc = srv.add_transport(await TcpTransport.create("127.0.0.1", su.local_address[1]))
+    seen = []
+    srv.set_request_handler(lambda req, tx: (seen.append(tx.transport.name), tx.reply(200)))
+    cli = SipEndpoint(timers=FAST)
+    cu = cli.add_transport(await UdpTransport.create("127.0.0.1", 0))
+    cli.add_transport(await TcpTransport.create("127.0.0.1", cu.local_address[1]))
+    try:
+        small = await cli.send_request(bare(1), su.local_address)
+        big_req = bare(2)
+        big_req.add("X-Big", "x" * 1400)
+        big = await cli.send_request(big_req, stc.local_address)
+        assert small.status == big.status == 200
+        assert seen == ["udp", "tcp"]
+        assert big.top_via.transport == "TCP"
+    finally:
+        await cli.close()
+        await srv.close()

@@ -247,6 +247,15 @@ class SipEndpoint:
         t = transport or (self.transports[0] if self.transports else None)
         if t is None:
             raise LocalProtocolError("transport: the endpoint has none")
+        # §18.1.1: a request within 200 octets of a 1500-octet MTU (over 1300, ~120
+        # of them for the Via we add) goes over a congestion-controlled transport
+        if (
+            transport is None
+            and not t.reliable
+            and not request.has("via")
+            and len(request.to_bytes()) + 120 > 1300
+        ):
+            t = next((x for x in self.transports if x.reliable), t)
         if not request.has("via"):
             host, port = t.local_address
             push_via(request, t.name.upper(), host, port, rng=self.rng, rport=not t.reliable)
