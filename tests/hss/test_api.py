@@ -218,3 +218,54 @@ async def test_real_uvicorn_server_and_cli_deregister(store):
 
 async def _answer(req):
     return req.answer(origin_host=SCSCF_HOST, origin_realm=HOME, result_code=cx.DIAMETER_SUCCESS)
+
+
+async def test_user_data_capabilities_and_a_second_implicit_set(api, hss, scscf):
+    from xml.etree import ElementTree as ET
+
+    from .conftest import uar
+
+    r = await api.get("/api/v1/subscribers/alice@home1.net/user-data", headers=AUTH)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/xml")
+    assert ET.fromstring(r.content).find("PrivateID").text == "alice@home1.net"
+    missing = await api.get(
+        "/api/v1/subscribers/alice@home1.net/user-data?impu=sip:x@y.net", headers=AUTH
+    )
+    assert missing.status_code == 404 and missing.json()["detail"]["field"] == "impu"
+
+    # capabilities the I-CSCF must match: only pool members offering them are named
+    r = await api.patch(
+        "/api/v1/subscribers/alice@home1.net",
+        json={"mandatory_capabilities": [7], "optional_capabilities": [1]},
+        headers=AUTH,
+    )
+    assert r.status_code == 200 and r.json()["mandatory_capabilities"] == [7]
+    uaa = await scscf.request(uar())
+    assert uaa.server_capabilities.mandatory_capabilities == (7,)
+    assert uaa.server_capabilities.optional_capabilities == (1,)
+    assert uaa.server_capabilities.server_names == ()  # the pool's S-CSCF lacks 7
+    bad = await api.patch(
+        "/api/v1/subscribers/alice@home1.net", json={"mandatory_capabilities": [-1]}, headers=AUTH
+    )
+    assert bad.status_code == 422 and bad.json()["detail"]["field"] == "mandatory_capabilities"
+
+    # a second implicit registration set registers on its own
+    r = await api.post(
+        "/api/v1/subscribers/alice@home1.net/impus",
+        json={"impus": ["sip:alice-work@home1.net"], "new_implicit_set": True},
+        headers=AUTH,
+    )
+    assert r.status_code == 200
+    await scscf.request(sar(cx.ServerAssignmentType.REGISTRATION))
+    view = (await api.get("/api/v1/subscribers/alice@home1.net", headers=AUTH)).json()
+    states = {u["impu"]: u["reg_state"] for u in view["impus"]}
+    assert states == {
+        "sip:alice@home1.net": "REGISTERED",
+        "tel:+15550001": "REGISTERED",
+        "sip:alice-work@home1.net": "NOT_REGISTERED",
+    }
+    saa = await scscf.request(
+        sar(cx.ServerAssignmentType.REGISTRATION, impus=("sip:alice-work@home1.net",))
+    )
+    ids = [e.text for e in ET.fromstring(saa.user_data).iter("Identity")]
+    assert ids == ["sip:alice-work@home1.net"]  # User-Data of that implicit set only

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from fastapi import Body, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -97,6 +97,12 @@ class SubscriberPatch(BaseModel):
     ifc_xml: str | None = None
     barred: dict[str, bool] | None = None
     visited_networks: list[str] | None = None
+    mandatory_capabilities: list[int] | None = Field(
+        default=None, description="S-CSCF capabilities required (TS 29.228 §6.7)"
+    )
+    optional_capabilities: list[int] | None = Field(
+        default=None, description="S-CSCF capabilities preferred"
+    )
 
 
 class ImpusIn(BaseModel):
@@ -104,6 +110,9 @@ class ImpusIn(BaseModel):
 
     impus: list[str]
     barred: list[str] = []
+    new_implicit_set: bool = Field(
+        default=False, description="form a new implicit registration set"
+    )
 
 
 class DeregisterIn(BaseModel):
@@ -208,6 +217,19 @@ def create_app(backend: HssBackend, token: str) -> FastAPI:
         except NotFound:
             raise _bad(404, "impi", f"no subscriber {impi!r}") from None
 
+    @app.get("/api/v1/subscribers/{impi}/user-data", dependencies=[Depends(auth)])
+    async def user_data(impi: str, impu: str | None = None) -> Response:
+        """The IMS subscription XML (Cx User-Data) the S-CSCF gets for this user."""
+        try:
+            info = await store.serving_for_impi(impi)
+            target = impu or (info.impus[0] if info.impus else None)
+            if target is None or target not in info.impus:
+                raise _bad(404, "impu", f"{target!r} is not an IMPU of {impi!r}")
+            data, _members = await store.user_data(impi, target)
+        except NotFound:
+            raise _bad(404, "impi", f"no subscriber {impi!r}") from None
+        return Response(content=data, media_type="application/xml")
+
     @app.patch("/api/v1/subscribers/{impi}", dependencies=[Depends(auth)])
     async def change(impi: str, body: SubscriberPatch) -> dict[str, Any]:
         values: dict[str, Any] = {}
@@ -253,6 +275,12 @@ def create_app(backend: HssBackend, token: str) -> FastAPI:
                 profile_changed = True
             if body.visited_networks is not None:
                 values["visited_networks"] = [n.strip() for n in body.visited_networks if n.strip()]
+            for name in ("mandatory_capabilities", "optional_capabilities"):
+                caps = getattr(body, name)
+                if caps is not None:
+                    if any(not 0 <= c < 1 << 32 for c in caps):
+                        raise FieldError(name, "capabilities are numbers 0..2^32-1")
+                    values[name] = caps
             await store.update_subscriber(impi, **values)
         except NotFound:
             raise _bad(404, "impi", f"no subscriber {impi!r}") from None
@@ -273,7 +301,7 @@ def create_app(backend: HssBackend, token: str) -> FastAPI:
             for b in barred:
                 if b not in impus:
                     raise FieldError("barred", f"{b!r} is not one of the new IMPUs")
-            await store.add_impus(impi, impus, barred)
+            await store.add_impus(impi, impus, barred, new_set=body.new_implicit_set)
         except NotFound:
             raise _bad(404, "impi", f"no subscriber {impi!r}") from None
         except FieldError as exc:

@@ -209,6 +209,8 @@ class SubscriberView:
     pending_scscf: str | None
     visited_networks: tuple[str, ...]
     ifc_xml: str | None
+    mandatory_capabilities: tuple[int, ...] = ()
+    optional_capabilities: tuple[int, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -234,6 +236,8 @@ class SubscriberView:
             "pending_scscf": self.pending_scscf,
             "visited_networks": list(self.visited_networks),
             "ifc_xml": self.ifc_xml,
+            "mandatory_capabilities": list(self.mandatory_capabilities),
+            "optional_capabilities": list(self.optional_capabilities),
         }
 
 
@@ -544,6 +548,8 @@ class HssStore:
                     m.impi.c.subscription_id,
                     m.subscription.c.scscf_name,
                     m.subscription.c.scscf_host,
+                    m.subscription.c.mandatory_caps,
+                    m.subscription.c.optional_caps,
                 )
                 .join(m.subscription, m.subscription.c.id == m.impi.c.subscription_id)
                 .where(m.impi.c.identity == impi)
@@ -599,6 +605,8 @@ class HssStore:
             pending_scscf=row.pending_scscf,
             visited_networks=tuple(nets),
             ifc_xml=ifc,
+            mandatory_capabilities=_caps(row.mandatory_caps),
+            optional_capabilities=_caps(row.optional_caps),
         )
 
     async def delete_subscriber(self, impi: str) -> ServingInfo:
@@ -702,6 +710,8 @@ class HssStore:
         clear_ifc: bool = False,
         barred: dict[str, bool] | None = None,
         visited_networks: Sequence[str] | None = None,
+        mandatory_capabilities: Sequence[int] | None = None,
+        optional_capabilities: Sequence[int] | None = None,
     ) -> ServingInfo:
         """Change provisioned data in one transaction; returns where the user is served (PPR)."""
         async with self.engine.begin() as conn:
@@ -743,6 +753,17 @@ class HssStore:
                     )
                     if res.rowcount != 1:
                         raise FieldError("barred", f"{uri!r} is not an IMPU of {impi!r}")
+            caps: dict[str, str] = {}
+            if mandatory_capabilities is not None:
+                caps["mandatory_caps"] = ",".join(str(int(c)) for c in mandatory_capabilities)
+            if optional_capabilities is not None:
+                caps["optional_caps"] = ",".join(str(int(c)) for c in optional_capabilities)
+            if caps:
+                await conn.execute(
+                    sa.update(m.subscription)
+                    .where(m.subscription.c.id == info.subscription_id)
+                    .values(**caps)
+                )
             if visited_networks is not None:
                 await conn.execute(
                     sa.delete(m.visited_network).where(
@@ -760,9 +781,13 @@ class HssStore:
         return info
 
     async def add_impus(
-        self, impi: str, impus: Sequence[str], barred: Iterable[str] = ()
+        self, impi: str, impus: Sequence[str], barred: Iterable[str] = (), *, new_set: bool = False
     ) -> ServingInfo:
-        """Add IMPUs to the subscriber's implicit set and default profile."""
+        """Add IMPUs to the subscriber's implicit set and default profile.
+
+        With ``new_set`` they form a new implicit registration set of their own
+        (TS 29.228 §6.5: registered and de-registered together, apart from the others).
+        """
         barred = set(barred)
         async with self.engine.begin() as conn:
             info = await self._serving_by_impi(conn, impi)
@@ -783,6 +808,16 @@ class HssStore:
                     .limit(1)
                 )
             ).one()
+            set_id, state = ref.implicit_set_id, ref.reg_state
+            if new_set:
+                set_id = (
+                    await conn.execute(
+                        m.implicit_set.insert()
+                        .values(subscription_id=info.subscription_id)
+                        .returning(m.implicit_set.c.id)
+                    )
+                ).scalar_one()
+                state = int(RegState.NOT_REGISTERED)
             await conn.execute(
                 m.impu.insert(),
                 [
@@ -790,10 +825,10 @@ class HssStore:
                         "subscription_id": info.subscription_id,
                         "identity": u,
                         "barred": u in barred,
-                        "implicit_set_id": ref.implicit_set_id,
+                        "implicit_set_id": set_id,
                         "service_profile_id": ref.service_profile_id,
                         # TS 29.228 §6.5: an implicit set shares one registration state
-                        "reg_state": ref.reg_state,
+                        "reg_state": state,
                     }
                     for u in impus
                 ],
