@@ -521,3 +521,26 @@ async def test_host_names_compare_without_case():
     finally:
         await client.stop()
         await server.stop()
+
+
+async def test_answer_with_wrong_command_or_undecodable_is_bad_answer():
+    async def wrong(req, peer):
+        if req.user_name == "undecodable":
+            # an MAA without Origin-Host: cannot become a MultimediaAuthAnswer
+            return codec.Message(
+                303,
+                0x40,
+                cx.CX_APPLICATION_ID,
+                0,
+                0,
+                (codec.SESSION_ID(req.session_id), codec.RESULT_CODE(2001)),
+            )
+        return codec.Message(300, 0x40, cx.CX_APPLICATION_ID, 0, 0, (codec.RESULT_CODE(2001),))
+
+    async with pair(handler=wrong) as (_server, client):
+        for user in ("wrong-command", "undecodable"):
+            with pytest.raises(DiameterRequestError) as info:
+                await client.request(mar(user_name=user))
+            assert info.value.reason == "bad-answer"
+        assert client.counters["answer-wrong-command"] == 1
+        assert client.counters["missing-avp"] == 1

@@ -476,6 +476,11 @@ class DiameterNode(Observable):
             raise
         if not is_cx:
             return answer
+        if answer.code != request.CODE:
+            self.counters["answer-wrong-command"] += 1
+            raise DiameterRequestError(
+                f"answer is command {answer.code}, request was {request.CODE}", reason="bad-answer"
+            )
         try:
             return cx.decode(answer)
         except RemoteProtocolError as exc:
