@@ -469,3 +469,14 @@ def test_lookup_follows_expiry(h):
     assert h.core.lookup(IMPU, T0 + 600001) is None
     h.run(h.core.handle_timer(T0 + 600001), T0 + 600001)
     assert h.core.pending_counts()["aliases"] == 0
+
+
+def test_protected_reregistration_may_not_add_a_contact(h):
+    ue = FakeUe()
+    assert register(h, ue).status == 200
+    other = FakeUe(isim=ue.isim, contact="sip:127.0.0.1:40000", cseq=ue.cseq)
+    r = h.send(other.register(integrity="yes"), T0 + 5)
+    assert r.status == 403  # TS 24.229 §5.4.1.2.2
+    assert len(h.stored[IMPU].contacts) == 1
+    # The same contact refreshed over the SAs is fine.
+    assert h.send(ue.register(integrity="yes"), T0 + 6).status == 200

@@ -363,9 +363,22 @@ class RegistrarCore:
             and reg.impi == impi
             and self.policy.reauthenticate != "always"
         ):
+            if self._new_contact_without_reg_id(reg, req):
+                # TS 24.229 §5.4.1.2.2: a protected REGISTER may refresh or remove the
+                # contacts registered before, not add one (that needs its own AKA run and SAs).
+                self.counters["new_contact_refused"] += 1
+                return [self._reply(token, 403, "Forbidden (contact not registered before)")]
             self.counters["reregister_without_aka"] += 1
             return self._authenticated(token, req, impi, now)
         return self._challenge(token, req, impi, now)
+
+    def _new_contact_without_reg_id(self, reg: Registration, req: RegisterRequest) -> bool:
+        for spec in req.contacts:
+            if spec.uri in reg.contacts or self._expiry_of(req, spec) == 0:
+                continue
+            if ";reg-id=" not in spec.params.lower():
+                return True
+        return False
 
     def vectors_received(
         self, token: int, vectors: list[AuthVectorItem], now: float
