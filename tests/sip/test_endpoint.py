@@ -654,3 +654,21 @@ async def test_large_request_switches_to_tcp():
     finally:
         await cli.close()
         await srv.close()
+
+
+async def test_large_request_falls_back_to_udp_when_tcp_is_refused():
+    srv, su = await endpoint()  # UDP only: its TCP port is closed
+    srv.set_request_handler(lambda req, tx: tx.reply(200))
+    cli = SipEndpoint(timers=FAST)
+    cu = cli.add_transport(await UdpTransport.create("127.0.0.1", 0))
+    cli.add_transport(await TcpTransport.create("127.0.0.1", cu.local_address[1]))
+    try:
+        big_req = bare(3)
+        big_req.add("X-Big", "x" * 1400)
+        resp = await cli.send_request(big_req, su.local_address)
+        assert resp.status == 200 and resp.top_via.transport == "UDP"
+        assert len(big_req.via) == 1
+        assert cli.counters["tcp_fallback_to_udp"] == 1
+    finally:
+        await cli.close()
+        await srv.close()

@@ -179,6 +179,8 @@ class SipEndpoint:
         self._ack: AckHandler | None = None
         self._pending: dict[tuple, tuple[asyncio.Future, ResponseCallback | None, Request]] = {}
         self._unacked: dict[tuple, list] = {}  # 2xx to INVITE awaiting their ACK
+        self._refused: set[tuple] = set()  # pending keys that ended in a transport error
+
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -255,7 +257,26 @@ class SipEndpoint:
             and not request.has("via")
             and len(request.to_bytes()) + 120 > 1300
         ):
-            t = next((x for x in self.transports if x.reliable), t)
+            stream = next((x for x in self.transports if x.reliable), None)
+            if stream is not None:
+                resp, refused = await self._send(request, addr, stream, on_provisional, timeout)
+                if not refused:
+                    return resp
+                # the connection failed: §18.1.1 says retry over UDP
+                self.counters["tcp_fallback_to_udp"] += 1
+                request.pop_first("via")
+        resp, _ = await self._send(request, addr, t, on_provisional, timeout)
+        return resp
+
+    async def _send(
+        self,
+        request: Request,
+        addr: Address,
+        t: SipTransport,
+        on_provisional: ResponseCallback | None,
+        timeout: float | None,
+    ) -> tuple[Response, bool]:
+        """One client transaction; also says whether it ended in a transport error."""
         if not request.has("via"):
             host, port = t.local_address
             push_via(request, t.name.upper(), host, port, rng=self.rng, rport=not t.reliable)
@@ -270,16 +291,19 @@ class SipEndpoint:
         self._drain()
         try:
             if timeout is None:
-                return await fut
-            try:
-                return await asyncio.wait_for(asyncio.shield(fut), timeout)
-            except TimeoutError:
-                # like a proxy's Timer C (§16.6 step 11): give up waiting; the
-                # transaction itself still ends by its own timers
-                self.counters["timeout"] += 1
-                return timeout_response(request)
+                resp = await fut
+            else:
+                try:
+                    resp = await asyncio.wait_for(asyncio.shield(fut), timeout)
+                except TimeoutError:
+                    # like a proxy's Timer C (§16.6 step 11): give up waiting; the
+                    # transaction itself still ends by its own timers
+                    self.counters["timeout"] += 1
+                    return timeout_response(request), False
+            return resp, key in self._refused
         finally:
             self._pending.pop(key, None)
+            self._refused.discard(key)
 
     async def forward(
         self,
@@ -447,7 +471,9 @@ class SipEndpoint:
                 if ev.timer == "H":
                     self._drop("Timer H: no ACK for the final response")
             elif kind is TransportError:
-                self._resolve(ev.key, lambda req: unavailable_response(req), "transport error")
+                if ev.key in self._pending:
+                    self._refused.add(ev.key)
+                self._resolve(ev.key, unavailable_response, "transport error")
             elif kind is StrayResponse:
                 transport, addr = ev.source
                 if self._stray is not None:
