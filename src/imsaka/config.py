@@ -416,6 +416,8 @@ class ScscfConfig:
     """Granted when the REGISTER names no expiry."""
     reg_await_auth: int = 240
     """Seconds a challenge stays valid (TS 24.229 reg-await-auth, 4 min)."""
+    vector_lifetime: int = 3600
+    """Seconds a spare vector stays in the cache; older ones are dropped unused."""
     service_route_user: str = "orig"
     """User part of the Service-Route URI."""
 
@@ -678,6 +680,7 @@ def _scscf(t: _Table, network: NetworkConfig) -> ScscfConfig:
         max_expires=max_expires,
         default_expires=default_expires,
         reg_await_auth=t.int("reg_await_auth", 240, lo=1),
+        vector_lifetime=t.int("vector_lifetime", 3600, lo=1),
         service_route_user=t.str("service_route_user", "orig"),
     )
     t.done()

@@ -480,3 +480,19 @@ def test_protected_reregistration_may_not_add_a_contact(h):
     assert len(h.stored[IMPU].contacts) == 1
     # The same contact refreshed over the SAs is fine.
     assert h.send(ue.register(integrity="yes"), T0 + 6).status == 200
+
+
+def test_spare_vectors_expire_unused(h):
+    ue = FakeUe()
+    h.send(ue.register())
+    assert h.core.pending_counts()["cached_vectors"] == 2 and h.hss.mars == 1
+    h.send(ue.register(), T0 + 3601)  # both spares too old: a new MAR
+    assert h.hss.mars == 2
+    assert h.core.counters["vector_expired"] == 2
+
+
+def test_single_vector_maa_leaves_no_empty_cache_entry():
+    h = Harness(RegistrarCore(policy(vectors_per_request=1)), FakeHss())
+    for i in range(5):
+        h.send(FakeUe(impi=f"u{i}@home1.net", impu=f"sip:u{i}@home1.net").register())
+    assert not h.core._vectors

@@ -221,6 +221,7 @@ class RegistrarPolicy:
     max_expires: int = 600000
     default_expires: int = 600000
     reg_await_auth: float = 240.0
+    vector_lifetime: float = 3600.0
     max_pending_per_impi: int = 4
     retry_after: int = 30
 
@@ -237,6 +238,7 @@ class RegistrarPolicy:
             max_expires=cfg.max_expires,
             default_expires=cfg.default_expires,
             reg_await_auth=float(cfg.reg_await_auth),
+            vector_lifetime=float(cfg.vector_lifetime),
         )
 
 
@@ -306,7 +308,8 @@ class RegistrarCore:
         self._by_impi: dict[str, set[str]] = {}
         # Implicitly registered IMPUs (P-Associated-URI) → the IMPU whose record holds them.
         self._aliases: dict[str, str] = {}
-        self._vectors: dict[str, deque[AuthVectorItem]] = {}
+        # IMPI → spare vectors with the time they stop being offered (oldest first).
+        self._vectors: dict[str, deque[tuple[float, AuthVectorItem]]] = {}
         self._challenges: dict[str, _Challenge] = {}  # nonce → challenge
         self._challenges_by_impi: dict[str, deque[str]] = {}
         self._failures: dict[str, _Failures] = {}
@@ -392,11 +395,13 @@ class RegistrarCore:
         if not usable:
             self.counters["maa_without_vectors"] += 1
             return [self._reply(token, 403, "Forbidden (authentication scheme not supported)")]
-        cache = self._vectors.setdefault(op.impi, deque())
         if op.kind is _OpKind.RESYNC:
             # Vectors cached before the resync carry SQNs the ISIM has just rejected.
-            cache.clear()
-        cache.extend(usable[1:])
+            self._vectors.pop(op.impi, None)
+        if len(usable) > 1:
+            until = now + self.policy.vector_lifetime
+            cache = self._vectors.setdefault(op.impi, deque())
+            cache.extend((until, v) for v in usable[1:])
         assert op.request is not None
         return [self._send_challenge(token, op.request, op.impi, usable[0], now)]
 
@@ -570,10 +575,14 @@ class RegistrarCore:
 
     def _challenge(self, token: int, req: RegisterRequest, impi: str, now: float) -> list[Action]:
         cache = self._vectors.get(impi)
-        if cache:
-            vector = cache.popleft()
+        while cache:
+            until, vector = cache.popleft()
             if not cache:
                 del self._vectors[impi]
+            if until <= now:
+                # Kept too long: its SQN may have fallen out of the ISIM's window meanwhile.
+                self.counters["vector_expired"] += 1
+                continue
             self.counters["vector_from_cache"] += 1
             return [self._send_challenge(token, req, impi, vector, now)]
         self._ops[token] = _Op(_OpKind.CHALLENGE, impi, req.impu, req)
