@@ -395,3 +395,34 @@ async def test_icscf_peer_is_served_too(hss):
         assert (await node.request(uar())).is_success
     finally:
         await node.stop()
+
+
+async def test_sip_digest_returns_ha1_not_the_password(hss, scscf):
+    import hashlib
+
+    await hss.store.add_subscriber(
+        alice(
+            impi="carol@home1.net",
+            impus=["sip:carol@home1.net"],
+            schemes=["SIP Digest", "Digest-AKAv1-MD5"],
+            digest_password="correct horse",
+        )
+    )
+    raw = await scscf.request(
+        mar(
+            impi="carol@home1.net", impu="sip:carol@home1.net", scheme=cx.SCHEME_SIP_DIGEST
+        ).to_message()
+    )
+    answer = cx.decode(raw)
+    assert answer.result_code == cx.DIAMETER_SUCCESS and answer.sip_number_auth_items == 1
+    assert answer.sip_auth_data_items[0].sip_authentication_scheme == cx.SCHEME_SIP_DIGEST
+    item = raw.find(cx.AVP_SIP_AUTH_DATA_ITEM, codec.VENDOR_3GPP)
+    digest = next(a for a in item.group if a.code == 635)
+    fields = {a.code: a.text for a in digest.group}
+    expected = hashlib.md5(b"carol@home1.net:home1.net:correct horse").hexdigest()
+    assert fields == {104: "home1.net", 111: "MD5", 110: "auth", 121: expected}
+    assert b"correct horse" not in raw.encode()
+    assert (await hss.store.get_subscriber("carol@home1.net")).pending_scscf == SCSCF_NAME
+    # alice has no SIP Digest in her record
+    refused = await scscf.request(mar(scheme=cx.SCHEME_SIP_DIGEST))
+    assert refused.experimental_result_code == cx.DIAMETER_ERROR_AUTH_SCHEME_NOT_SUPPORTED

@@ -3,6 +3,7 @@ packet or an expert item, and the AVP values tshark shows equal what was sent.""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 
 import pytest
@@ -28,6 +29,14 @@ def tshark(pcap, port, *args) -> str:
 @pytest.mark.tshark
 async def test_cx_capture_decodes_cleanly_with_the_values_sent(store, tmp_path):
     await store.add_subscriber(alice())
+    await store.add_subscriber(
+        alice(
+            impi="carol@home1.net",
+            impus=["sip:carol@home1.net"],
+            schemes=["SIP Digest"],
+            digest_password="pw",
+        )
+    )
     pcap_path = tmp_path / "cx.pcap"
     pcap = PcapWriter(pcap_path)
     server = HssServer(hss_config(str(store.engine.url)), store=store, observers=(pcap.write,))
@@ -40,6 +49,9 @@ async def test_cx_capture_decodes_cleanly_with_the_values_sent(store, tmp_path):
             maa = await node.request(mar(n=2))
             saa = await node.request(sar(cx.ServerAssignmentType.REGISTRATION))
             lia = await node.request(lir())
+            digest = await node.request(
+                mar(impi="carol@home1.net", impu="sip:carol@home1.net", scheme=cx.SCHEME_SIP_DIGEST)
+            )
         finally:
             await node.stop()
     finally:
@@ -72,9 +84,11 @@ async def test_cx_capture_decodes_cleanly_with_the_values_sent(store, tmp_path):
         "diameter.Confidentiality-Key",
         "-e",
         "diameter.Integrity-Key",
+        "-e",
+        "diameter.Digest-HA1",
     ).splitlines()
     answers = [r.split("|") for r in rows if r.split("|")[0] in ("300", "301", "302", "303")]
-    assert [a[0] for a in answers] == ["300", "300", "303", "301", "302"]
+    assert [a[0] for a in answers] == ["300", "300", "303", "301", "302", "303"]
     # UAA: FIRST_REGISTRATION with the pool's Server-Name inside Server-Capabilities
     assert answers[0][1] == str(uaa.experimental_result_code) == "2001"
     assert answers[0][3] == SCSCF_NAME
@@ -89,3 +103,6 @@ async def test_cx_capture_decodes_cleanly_with_the_values_sent(store, tmp_path):
     # SAA with the subscription XML, LIA with the serving S-CSCF
     assert answers[3][2] == "2001" and saa.user_data
     assert answers[4][3] == lia.server_name == SCSCF_NAME
+    # SIP Digest MAA: SIP-Digest-Authenticate with HA1 (never the password)
+    assert digest.result_code == cx.DIAMETER_SUCCESS
+    assert answers[5][8] == hashlib.md5(b"carol@home1.net:home1.net:pw").hexdigest()

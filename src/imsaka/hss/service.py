@@ -16,6 +16,7 @@ failure gives DIAMETER_UNABLE_TO_COMPLY and is logged; nothing raises out of her
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import xml.etree.ElementTree as ET
@@ -26,7 +27,7 @@ from typing import Any
 from imsaka.aka.milenage import Milenage
 from imsaka.aka.resync import AutsError, AutsMacError, recover_sqn_ms
 from imsaka.aka.vectors import generate_vectors
-from imsaka.diameter import cx
+from imsaka.diameter import codec, cx
 from imsaka.hss.config import HssConfig
 from imsaka.hss.models import RegState
 from imsaka.hss.store import HssStore, IdentityCheck, MarGrant, NotFound
@@ -37,6 +38,11 @@ log = logging.getLogger("imsaka.hss.cx")
 
 AKA_SCHEMES = (cx.SCHEME_AKAV1_MD5, cx.SCHEME_AKAV2_MD5)
 MILENAGE_CACHE = 4096
+AVP_SIP_DIGEST_AUTHENTICATE = 635  # vendor 10415, TS 29.229 §6.3.36
+AVP_DIGEST_REALM = 104  # RFC 4590 §4.1
+AVP_DIGEST_QOP = 110
+AVP_DIGEST_ALGORITHM = 111
+AVP_DIGEST_HA1 = 121
 SAT = cx.ServerAssignmentType
 UAT = cx.UserAuthorizationType
 
@@ -212,8 +218,10 @@ class CxService:
                 log.warning("MAR resync for %s: MAC-S verification failed", req.user_name)
                 return self._error(req, result_code=cx.DIAMETER_AUTHORIZATION_REJECTED)
             self.counters["resync"] += 1
+        elif scheme == cx.SCHEME_SIP_DIGEST:
+            return await self._digest_maa(req)
         elif scheme not in (*AKA_SCHEMES, cx.SCHEME_UNKNOWN):
-            # SIP Digest / NASS-Bundled etc.: no vectors from this HSS over Cx.
+            # NASS-Bundled, Early-IMS-Security, …: not served by this HSS.
             return self._error(req, experimental=cx.DIAMETER_ERROR_AUTH_SCHEME_NOT_SUPPORTED)
         grant = await self.store.mar(
             req.user_name,
@@ -262,6 +270,45 @@ class CxService:
             sip_number_auth_items=len(items),
             sip_auth_data_items=items,
         )
+
+    async def _digest_maa(self, req: cx.MultimediaAuthRequest) -> Any:
+        """SIP Digest (TS 33.203 Annex N, TS 29.229 §6.3.36): one item carrying
+        SIP-Digest-Authenticate {Digest-Realm, Digest-Algorithm, Digest-QoP, Digest-HA1};
+        the password itself never leaves the HSS."""
+        check = await self.store.check_identities(req.user_name, req.public_identity)
+        if not check.matched:
+            return self._error(req, experimental=_identity_error(check))
+        schemes, password = await self.store.digest_credentials(req.user_name, req.server_name)
+        if cx.SCHEME_SIP_DIGEST not in schemes or password is None:
+            return self._error(req, experimental=cx.DIAMETER_ERROR_AUTH_SCHEME_NOT_SUPPORTED)
+        realm = req.user_name.rsplit("@", 1)[-1]
+        # HA1 = MD5(username:realm:password), RFC 2617 §3.2.2.2: MD5 is what the scheme is.
+        ha1 = hashlib.md5(f"{req.user_name}:{realm}:{password}".encode()).hexdigest()
+        base = self._answer(
+            req,
+            result_code=cx.DIAMETER_SUCCESS,
+            user_name=req.user_name,
+            public_identity=req.public_identity,
+            sip_number_auth_items=1,
+        ).to_message()
+        item = codec.avp_def(cx.AVP_SIP_AUTH_DATA_ITEM, codec.VENDOR_3GPP)(
+            [
+                codec.avp_def(cx.AVP_SIP_ITEM_NUMBER, codec.VENDOR_3GPP)(1),
+                codec.avp_def(cx.AVP_SIP_AUTHENTICATION_SCHEME, codec.VENDOR_3GPP)(
+                    cx.SCHEME_SIP_DIGEST
+                ),
+                codec.avp_def(AVP_SIP_DIGEST_AUTHENTICATE, codec.VENDOR_3GPP)(
+                    [
+                        codec.avp_def(AVP_DIGEST_REALM)(realm),
+                        codec.avp_def(AVP_DIGEST_ALGORITHM)("MD5"),
+                        codec.avp_def(AVP_DIGEST_QOP)("auth"),
+                        codec.avp_def(AVP_DIGEST_HA1)(ha1),
+                    ]
+                ),
+            ]
+        )
+        self.counters["maa-digest"] += 1
+        return codec.Message(base.code, base.flags, base.app_id, 0, 0, (*base.avps, item))
 
     def _milenage_for(self, k: bytes, opc: bytes) -> Milenage:
         key = (k, opc)

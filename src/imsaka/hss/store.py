@@ -1132,6 +1132,23 @@ class HssStore:
                 sa.update(m.impi).where(m.impi.c.subscription_id == sid).values(pending_scscf=None)
             )
 
+    async def digest_credentials(
+        self, impi: str, server_name: str | None
+    ) -> tuple[tuple[str, ...], str | None]:
+        """(allowed schemes, SIP Digest password) of an IMPI; records the pending S-CSCF."""
+        async with self.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    sa.update(m.impi)
+                    .where(m.impi.c.identity == impi)
+                    .values(pending_scscf=server_name)
+                    .returning(m.impi.c.auth_schemes, m.impi.c.digest_password)
+                )
+            ).first()
+        if row is None:
+            raise NotFound(impi)
+        return tuple(row.auth_schemes.split(",")), row.digest_password
+
     async def sqn_of(self, impi: str) -> int:
         async with self.engine.connect() as conn:
             value = (
