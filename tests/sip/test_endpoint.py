@@ -672,3 +672,12 @@ async def test_large_request_falls_back_to_udp_when_tcp_is_refused():
     finally:
         await cli.close()
         await srv.close()
+
+
+async def test_udp_refuses_names_that_would_block_on_dns():
+    ep, t = await endpoint()
+    try:
+        resp = await ep.send_request(bare(), ("registrar.home1.net", 5060))
+        assert resp.status == 503 and t.counters["send_errors"] == 1
+    finally:
+        await ep.close()

@@ -27,6 +27,8 @@ received is reported to observers as `imsaka.wire.WireEvent(protocol="sip")`.
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import logging
 import socket
 import time
@@ -66,6 +68,15 @@ class SipTransport(Protocol):
 
 def _addr(sockaddr) -> Address:
     return (sockaddr[0], sockaddr[1])
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _noop_receiver(data: bytes, source: Address, transport: SipTransport) -> None:
@@ -179,6 +190,10 @@ class UdpTransport(_BaseTransport):
     def send(self, data: bytes, addr: Address) -> None:
         if self._transport is None or self._transport.is_closing():
             self._send_failed(addr, ConnectionError("transport closed"))
+            return
+        if not _is_ip_literal(addr[0]):
+            # sendto() would resolve the name synchronously and block the loop
+            self._send_failed(addr, ValueError("address must be an IP literal (resolve first)"))
             return
         try:
             self._transport.sendto(data, addr)
