@@ -57,7 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the messages as JSON records")
     p.add_argument("--seed", type=int, help="deterministic subscriber keys")
     p.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds to wait for the registrations"
+        "--timeout", type=float, default=30.0, help="seconds to wait for each registration"
+    )
+    p.add_argument(
+        "--concurrency", type=int, default=8, help="registrations in flight at once (default 8)"
     )
     p.set_defaults(func=_cmd_demo)
 
@@ -67,6 +70,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise CliError("--subscribers: must be 1..10000")
     if args.timeout <= 0:
         raise CliError("--timeout: must be positive")
+    if args.concurrency < 1:
+        raise CliError("--concurrency: must be at least 1")
     for name in ("pcap", "esp_keys"):
         path = getattr(args, name)
         if path:
@@ -87,6 +92,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             as_json=args.json,
             seed=args.seed,
             timeout=args.timeout,
+            concurrency=args.concurrency,
         )
     )
 
@@ -101,6 +107,7 @@ async def run_demo(
     as_json: bool = False,
     seed: int | None = None,
     timeout: float = 30.0,
+    concurrency: int = 8,
     out: Any = None,
 ) -> int:
     """Run the demo; returns the exit code. `out` is a text stream (default stdout)."""
@@ -124,7 +131,15 @@ async def run_demo(
             )
             await ue.start()
             ues.append(ue)
-        results = await asyncio.gather(*(ue.register(timeout=timeout) for ue in ues))
+        # Registrations in flight at once: a bounded window, as a load generator would
+        # offer them (the HSS store serialises SQN updates per subscriber row anyway).
+        window = asyncio.Semaphore(concurrency)
+
+        async def one(ue: UeClient):
+            async with window:
+                return await ue.register(timeout=timeout)
+
+        results = await asyncio.gather(*(one(ue) for ue in ues))
         await asyncio.sleep(0.05)  # let the last datagrams reach their observers
     finally:
         for ue in ues:
