@@ -221,3 +221,10 @@ def test_non_utf8_octets_round_trip():
     data = SEED[1].replace(b"Supported: path", b"X-Raw: \xff\xfe\x80")
     m = parse_message(data)
     assert m.to_bytes() == data
+
+
+def test_get_skips_empty_list_lines():
+    m = parse_message(SEED[1].replace(b"Supported: path", b"Supported:\r\nSupported: , path"))
+    assert m.get("supported") == "path" and m.get_all("supported") == ["path"]
+    m = parse_message(SEED[1].replace(b"Supported: path", b"Supported:"))
+    assert m.get("supported") == "" and m.get_all("supported") == []

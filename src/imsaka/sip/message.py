@@ -121,13 +121,19 @@ class Message:
     def get(self, name: str) -> str | None:
         """First value of header `name` (first comma element for list headers)."""
         key = _key(name)
+        found = None
         for k, v, _ in self._headers:
             if k == key:
-                if key in LIST_HEADERS and "," in v:
+                if key not in LIST_HEADERS:
+                    return v
+                if "," in v:
                     parts = split_commas(v)
-                    return parts[0] if parts else ""
-                return v
-        return None
+                    if parts:
+                        return parts[0]
+                elif v:
+                    return v
+                found = ""  # present but empty so far: look at the next line
+        return found
 
     def get_all(self, name: str) -> list[str]:
         """Every value of header `name` over all its lines, split at top-level commas
