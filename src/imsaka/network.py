@@ -228,7 +228,7 @@ class Network:
                 "name": pcscf_name,
                 "address": h,
                 "port": pcscf_port,
-                "transports": ["udp"],
+                "transports": ["udp", "tcp"],
                 "port_c": port_c,
                 "port_s": port_s,
                 "visited_network_id": visited_id,

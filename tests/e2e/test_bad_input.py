@@ -213,3 +213,22 @@ async def test_drop_rules_of_seed_steps_1_and_6(home_network, subscribers):
     assert esp_drops.get("clear-sip-on-protected-port", 0) >= 1
     assert stats["parse_errors"] >= 1
     await still_serving(net, subscribers[2])
+
+
+async def test_421_over_tcp(home_network):
+    """The P-CSCF serves clear SIP over TCP at its port too; the answer comes back on the
+    same connection."""
+    net = home_network
+    host, port = net.pcscf_address
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        local_port = writer.get_extra_info("sockname")[1]
+        data = register_bytes(local_port, require=False).replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP")
+        writer.write(data)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        resp = parse_message(head)
+        assert resp.status == 421 and resp.get("Security-Server")
+    finally:
+        writer.close()
+        await writer.wait_closed()

@@ -35,7 +35,7 @@ from imsaka.ipsec.backend import ProtectedMessage, create_backend
 from imsaka.ipsec.sa import SaSet, SaState, SecurityAssociationTable
 from imsaka.ipsec.secagree import SecurityMechanism
 from imsaka.sip import Request, SipParseError, make_response, parse_message
-from imsaka.sip.transport import UdpTransport
+from imsaka.sip.transport import TcpTransport, UdpTransport
 from imsaka.wire import Observer
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class PcscfServer:
         )
         self.backend: Any = None
         self.udp: UdpTransport | None = None
+        self.tcp: TcpTransport | None = None
         self.core: PcscfCore | None = None
         self._sets: dict[int, SaSet] = {}  # by our inbound spi_ps
         self._timer: asyncio.TimerHandle | None = None
@@ -77,6 +78,18 @@ class PcscfServer:
         for obs in self._observers:
             self.udp.add_observer(obs)
         self.udp.set_receiver(self._clear_datagram)
+        if "tcp" in cfg.transports:
+            # Clear SIP over TCP at the same port (RFC 3261 §18.2.1); upstream stays UDP.
+            try:
+                self.tcp = await TcpTransport.create(
+                    cfg.address, self.udp.local_address[1], owner="pcscf"
+                )
+            except OSError:
+                await self.udp.close()
+                raise
+            for obs in self._observers:
+                self.tcp.add_observer(obs)
+            self.tcp.set_receiver(self._clear_stream)
         self.backend = create_backend(
             cfg.ipsec_backend,
             self.table,
@@ -116,6 +129,8 @@ class PcscfServer:
             self._timer = None
         if self.backend is not None:
             await self.backend.close()
+        if self.tcp is not None:
+            await self.tcp.close()
         if self.udp is not None:
             await self.udp.close()
 
@@ -131,6 +146,9 @@ class PcscfServer:
 
     def _clear_datagram(self, data: bytes, source: tuple[str, int], transport: Any) -> None:
         self._incoming(data, Arrival(source, "udp", None))
+
+    def _clear_stream(self, data: bytes, source: tuple[str, int], transport: Any) -> None:
+        self._incoming(data, Arrival(source, "tcp", None))
 
     def _protected(self, msg: ProtectedMessage) -> None:
         self._incoming(msg.data, Arrival(msg.peer, "udp", msg.sa.spi))
@@ -200,7 +218,7 @@ class PcscfServer:
             elif isinstance(action, Reply):
                 data = action.message.to_bytes()
                 if action.spi is None:
-                    self.send_clear(data, action.destination)
+                    self.send_clear(data, action.destination, action.transport)
                     continue
                 sa_set, out_sa = self._outbound(action.spi)
                 if sa_set is None or out_sa is None:
@@ -236,7 +254,10 @@ class PcscfServer:
         self._arm()
 
     # Gm sends go through these two, so a test can inject loss on the Gm leg only.
-    def send_clear(self, data: bytes, addr: tuple[str, int]) -> None:
+    def send_clear(self, data: bytes, addr: tuple[str, int], transport: str = "udp") -> None:
+        if transport == "tcp" and self.tcp is not None:
+            self.tcp.send(data, addr)  # over the connection the request came on
+            return
         assert self.udp is not None
         self.udp.send(data, addr)
 
