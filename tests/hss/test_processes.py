@@ -147,3 +147,36 @@ async def test_kill_9_between_mar_and_maa_never_moves_sqn_back(tmp_path, backend
         proc.stop()
         await wipe(store)
         await store.close()
+
+
+@pytest.mark.postgres
+async def test_two_processes_migrating_an_empty_database_at_once(tmp_path):
+    import sqlalchemy as sa
+
+    store = await HssStore.open(PG_URL, run_migrations=False)
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            sa.text(
+                "DROP TABLE IF EXISTS hss_alembic_version, visited_network, impu, impi,"
+                " implicit_set, service_profile, scscf, subscription CASCADE"
+            )
+        )
+    await store.close()
+    config = write_config(tmp_path / "hss.toml", PG_URL)
+    # Both start together: the advisory lock lets one migrate, the other finds it done.
+    procs = await asyncio.gather(
+        asyncio.to_thread(HssProcess, config), asyncio.to_thread(HssProcess, config)
+    )
+    try:
+        for p in procs:
+            node = await client_node(p.port)
+            try:
+                answer = await node.request(
+                    mar(impi="nobody@home1.net", impu="sip:nobody@home1.net")
+                )
+                assert answer.experimental_result_code == cx.DIAMETER_ERROR_USER_UNKNOWN
+            finally:
+                await node.stop()
+    finally:
+        for p in procs:
+            p.stop()

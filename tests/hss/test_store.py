@@ -32,12 +32,14 @@ def test_sqn_steps_match_the_aka_core(sqn_he, n):
 
 async def test_migration_creates_exactly_the_model_schema(store):
     def diff(sync_conn):
-        ctx = MigrationContext.configure(sync_conn)
+        ctx = MigrationContext.configure(sync_conn, opts={"version_table": "hss_alembic_version"})
         return compare_metadata(ctx, models.metadata)
 
     async with store.engine.connect() as conn:
         assert await conn.run_sync(diff) == []
-        version = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).scalar()
+        version = (
+            await conn.execute(sa.text("SELECT version_num FROM hss_alembic_version"))
+        ).scalar()
     assert version == "0001"
 
 

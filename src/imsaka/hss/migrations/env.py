@@ -19,6 +19,8 @@ if connection is None:  # pragma: no cover - only reachable by running `alembic`
 context.configure(
     connection=connection,
     target_metadata=metadata,
+    # Our own version table: the HSS schema may share a database with other users.
+    version_table="hss_alembic_version",
     render_as_batch=connection.dialect.name == "sqlite",
 )
 with context.begin_transaction():
