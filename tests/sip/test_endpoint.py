@@ -681,3 +681,31 @@ async def test_udp_refuses_names_that_would_block_on_dns():
         assert resp.status == 503 and t.counters["send_errors"] == 1
     finally:
         await ep.close()
+
+
+async def test_tcp_response_reopens_to_via_when_the_connection_is_gone():
+    ep, t = await endpoint(TcpTransport)
+    hold = []
+
+    async def slow(req, tx):
+        hold.append(tx)
+        await asyncio.sleep(0.3)  # the client's connection closes meanwhile
+        tx.reply(200)
+
+    ep.set_request_handler(slow)
+    listener = await TcpTransport.create("127.0.0.1", 0)  # where the Via points
+    got = []
+    listener.set_receiver(lambda data, source, tr: got.append(data))
+    try:
+        _reader, writer = await asyncio.open_connection(*t.local_address)
+        req = register(1, "127.0.0.1", listener.local_address[1])
+        req.set("Via", f"SIP/2.0/TCP 127.0.0.1:{listener.local_address[1]};branch=z9hG4bKtcp")
+        writer.write(req.to_bytes())
+        await writer.drain()
+        await wait_for(lambda: hold)
+        writer.close()
+        await wait_for(lambda: got, 3)
+        assert parse_message(got[0]).status == 200
+    finally:
+        await listener.close()
+        await ep.close()

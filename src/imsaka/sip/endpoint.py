@@ -75,6 +75,7 @@ from imsaka.sip.transaction import (
     client_key,
 )
 from imsaka.sip.transport import SipTransport
+from imsaka.sip.uri import host_ip
 from imsaka.wire import Address
 
 log = logging.getLogger(__name__)
@@ -391,7 +392,13 @@ class SipEndpoint:
                 # UDP it goes to received/rport/sent-by, unless the transport says
                 # responses return to the packet's source (an IPsec transport whose
                 # SA pairs fix the ports, TS 33.203 §7.1)
-                if transport.reliable or getattr(transport, "respond_to_source", False):
+                if transport.reliable and hasattr(transport, "has_connection"):
+                    # the same connection; if it is gone by then, a new one to
+                    # received + sent-by port (§18.2.2)
+                    via = msg.top_via
+                    fallback = (via.received or host_ip(via.host), via.port or 5060)
+                    reply_to = (transport, source, fallback)
+                elif transport.reliable or getattr(transport, "respond_to_source", False):
                     reply_to = (transport, source)
                 else:
                     reply_to = (transport, msg.top_via.response_address())
@@ -460,7 +467,10 @@ class SipEndpoint:
                 break
             kind = type(ev)
             if kind is Transmit:
-                transport, addr = ev.destination
+                dest = ev.destination
+                transport, addr = dest[0], dest[1]
+                if len(dest) > 2 and not transport.has_connection(addr):
+                    addr = dest[2]
                 transport.send(ev.data, addr)
             elif kind is ResponseReceived:
                 self._deliver_response(ev.key, ev.response)
@@ -567,7 +577,7 @@ class SipEndpoint:
         if key is None or key in self._unacked or stx is None:
             return
         t1 = self.layer.config.t1
-        transport, addr = stx.destination
+        transport, addr = stx.destination[0], stx.destination[1]
         data = response.to_bytes()
         entry: list = [t1, self._now() + 64 * t1, None]
         self._unacked[key] = entry

@@ -321,6 +321,11 @@ class TcpTransport(_BaseTransport):
     def connections(self) -> int:
         return len(self._conns)
 
+    def has_connection(self, addr: Address) -> bool:
+        """Whether a connection to `addr` is open (or being opened)."""
+        addr = _addr(addr)
+        return addr in self._conns or addr in self._connecting
+
     def _connected(self, conn: _TcpConnection) -> None:
         if len(self._conns) >= self.max_connections:
             # a connection flood must not exhaust us: refuse the newcomer
