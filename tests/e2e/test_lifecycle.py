@@ -127,3 +127,21 @@ async def test_registration_completes_with_20_percent_loss_on_gm(subscribers):
         for u in ues:
             await u.close()
         await net.stop()
+
+
+async def test_sqn_out_of_sync_resynchronises(home_network, subscribers):
+    """The ISIM is ahead of the HSS (a restored HSS database): the UE answers the first
+    challenge with AUTS (RFC 3310 §3.4), the S-CSCF resynchronises through MAR, and the
+    second challenge succeeds."""
+    net = home_network
+    ue = UeClient(net.ue_config(subscribers[2], sqn=(1 << 20) << 5), observers=[net.trace])
+    await ue.start()
+    try:
+        res = await ue.register(15)
+    finally:
+        await ue.close()
+    assert res.ok and res.protected, res
+    sip = [r for r in net.trace.messages("sip") if r.src_name == "UE"]
+    auths = [dict(r.headers).get("Authorization", "") for r in sip]
+    assert any("auts=" in a for a in auths)
+    assert sum(1 for r in net.trace.messages("diameter") if r.summary.startswith("MAR")) == 2

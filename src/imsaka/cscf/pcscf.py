@@ -419,7 +419,9 @@ class PcscfCore:
 
     def _register_clear(self, request, arrival, branch, auth, impi, now) -> list[Action]:
         security_client = request.get_all("Security-Client")
-        has_response = auth is not None and bool(auth.response)
+        # A challenge response; not one carrying AUTS: after a synchronisation failure
+        # the UE sets up no SAs and answers in the clear (TS 24.229 §5.1.1.5.3).
+        has_response = auth is not None and bool(auth.response) and not auth.auts
         reg = self.registrations.get(impi) if impi else None
         # Seed step 6: a challenge response (or a Security-Verify) in the clear where
         # sec-agree applies is dropped: it had to come over the temporary SAs.
