@@ -350,3 +350,43 @@ def test_check_require_420():
     ack = parse_message(SEED[1])
     ack.method = "ACK"
     assert check_require(ack, set()) is None
+
+
+def test_loop_detection_unit():
+    from imsaka.sip.proxy import detect_loop, loop_branch
+
+    req = parse_message(SEED[2])
+    ours = lambda via: via.host == "me.example.net"  # noqa: E731
+    assert detect_loop(req, ours) is None
+    push_via(req, "UDP", "me.example.net", 5060, branch=loop_branch(req, counter_rng()))
+    # the same request comes back: loop
+    resp = detect_loop(req, ours)
+    assert resp is not None and resp.status == 482 and resp.reason == "Loop Detected"
+    # an AS rewrote the Request-URI: spiral, not a loop
+    req.uri = "sip:other@home1.net"
+    assert detect_loop(req, ours) is None
+    # a Via of someone else with the same hash is not ours
+    assert detect_loop(req, lambda via: False) is None
+
+
+async def test_proxy_forwarding_to_itself_answers_482():
+    ue = SipEndpoint(owner="ue", timers=FAST)
+    proxy = SipEndpoint(owner="pcscf", timers=FAST)
+    ue.add_transport(await UdpTransport.create("127.0.0.1"))
+    pt = proxy.add_transport(await UdpTransport.create("127.0.0.1"))
+    loops = []
+
+    async def handler(req, tx):
+        loops.append(len(req.via))
+        await proxy.forward(tx, req.copy(), pt.local_address)  # misconfigured: to itself
+
+    proxy.set_request_handler(handler)
+    try:
+        req = parse_message(SEED[1])
+        req.remove("via")
+        resp = await ue.send_request(req, pt.local_address)
+        assert resp.status == 482 and len(resp.via) == 1
+        assert loops == [1, 2]  # it went round once, then the loop was seen
+    finally:
+        await ue.close()
+        await proxy.close()

@@ -52,8 +52,10 @@ from imsaka.sip.message import (
 from imsaka.sip.proxy import (
     Rng,
     check_max_forwards,
+    detect_loop,
     error_response_bytes,
     is_request_bytes,
+    loop_branch,
     pop_via,
     push_via,
     stamp_received,
@@ -317,16 +319,19 @@ class SipEndpoint:
     ) -> Response:
         """Stateful forwarding (§16.6–§16.7) of `request` (the TU's already edited copy
         of tx.request: Route/Path/P-headers done) to `addr`: Max-Forwards checked and
-        decremented (483 answered here), our Via pushed, 1xx (but 100) relayed, the
+        decremented (483 answered here), a loop answered 482 (§16.3 step 4; spirals
+        pass), our Via pushed (its branch carries the loop hash), 1xx (but 100) relayed, the
         final response relayed with our Via popped. A timeout gives 408 upstream, a
         transport error 503. Returns the response sent upstream."""
         too_many = check_max_forwards(request)
+        if too_many is None:
+            too_many = detect_loop(request, self._is_our_via)
         if too_many is not None:
             tx.respond(too_many)
             return too_many
         t = transport or self.transports[0]
         host, port = t.local_address
-        push_via(request, t.name.upper(), host, port, rng=self.rng)
+        push_via(request, t.name.upper(), host, port, branch=loop_branch(request, self.rng))
 
         def provisional(resp: Response) -> None:
             if relay_provisional and resp.status > 100 and not tx.final_sent:
@@ -340,6 +345,12 @@ class SipEndpoint:
         if not tx.final_sent:
             tx.respond(up)
         return up
+
+    def _is_our_via(self, via) -> bool:
+        return any(
+            via.port == t.local_address[1] and host_ip(via.host) == t.local_address[0]
+            for t in self.transports
+        )
 
     def relay_stray_responses(self) -> None:
         """Act as a proxy for responses that match no transaction (§16.7 step 3,

@@ -56,6 +56,46 @@ def push_via(
     return via
 
 
+def loop_hash(request: Request) -> str:
+    """§16.3 step 4 / §16.6 step 8: a digest of what decides where a request goes and
+    stays the same when it comes back round a loop: Request-URI, From/To tags,
+    Call-ID, CSeq number, Route, Proxy-Require and Proxy-Authorization. A spiral
+    (an AS changing the Request-URI or Route) changes it."""
+    import hashlib
+
+    parts = [
+        request.uri,
+        request.from_.tag or "",
+        request.to.tag or "",
+        request.call_id or "",
+        str(request.cseq.seq),
+        *request.get_all("route"),
+        *request.get_all("proxy-require"),
+        *request.get_all("proxy-authorization"),
+    ]
+    return hashlib.blake2s(
+        "\x00".join(parts).encode("utf-8", "surrogateescape"), digest_size=6
+    ).hexdigest()
+
+
+def loop_branch(request: Request, rng: Rng | None = None) -> str:
+    """A branch carrying the loop hash and a random part: unique per transaction,
+    recognisable when the same request returns."""
+    return f"{MAGIC_COOKIE}{loop_hash(request)}.{(rng or os.urandom)(6).hex()}"
+
+
+def detect_loop(request: Request, ours: Callable[[Via], bool]) -> Response | None:
+    """§16.3 step 4: 482 Loop Detected when one of our Vias carries the loop hash of
+    this very request (it came back unchanged); a spiral passes. Call before our Via
+    is pushed."""
+    prefix = f"{MAGIC_COOKIE}{loop_hash(request)}."
+    for via in request.via:
+        branch = via.branch or ""
+        if branch.startswith(prefix) and ours(via):
+            return make_response(request, 482)
+    return None
+
+
 def pop_via(response: Response) -> Via | None:
     """Remove our topmost Via from a response before relaying it (§16.7 step 3)."""
     text = response.pop_first("via")
