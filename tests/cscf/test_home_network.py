@@ -670,3 +670,101 @@ async def test_mw_over_tcp(tmp_path):
         assert tcp, "nothing crossed the Mw over TCP"
     finally:
         await net.stop()
+
+
+async def reg_event_subscribe(net: HomeNetwork, notifies: list, *, expires: int = 600000):
+    """The P-CSCF's SUBSCRIBE to the reg event of user1_public1 (TS 24.229 §5.2.3)."""
+
+    def on_request(req, tx):
+        notifies.append(req)
+        tx.reply(200)
+
+    net.client.set_request_handler(on_request)
+    text = (
+        f"SUBSCRIBE {IMPUS[0]} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{net.pcscf_port};branch=z9hG4bK{os.urandom(6).hex()}\r\n"
+        "Max-Forwards: 70\r\n"
+        f"Route: <sip:orig@scscf1.home1.net:{net.scscf_port};lr>\r\n"
+        "From: <sip:pcscf1.visited1.net>;tag=sub1\r\n"
+        f"To: <{IMPUS[0]}>\r\n"
+        "Call-ID: reg-event-1\r\nCSeq: 1 SUBSCRIBE\r\n"
+        "Event: reg\r\n"
+        f"Expires: {expires}\r\n"
+        f"Contact: <sip:127.0.0.1:{net.pcscf_port}>\r\n"
+        "Content-Length: 0\r\n\r\n"
+    )
+    return await net.client.send_request(
+        parse_message(text.encode()), ("127.0.0.1", net.scscf_port)
+    )
+
+
+async def wait_for(predicate, timeout: float = 5.0):
+    for _ in range(int(timeout / 0.05)):
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+async def test_reg_event_notify_on_rtr(home):
+    """RTR → bindings removed and the subscribed P-CSCF told by NOTIFY (TS 24.229 §5.4.1.5)."""
+    _, r200 = await full_registration(home, new_ue())
+    assert r200.status == 200
+    notifies: list = []
+    r = await reg_event_subscribe(home, notifies)
+    assert r.status == 200 and r.to.tag and r.get("expires") == "600000"
+    await wait_for(lambda: len(notifies) == 1)
+    first = notifies[0]
+    assert first.method == "NOTIFY" and first.get("event") == "reg"
+    assert first.get("subscription-state").startswith("active;expires=")
+    assert first.get("content-type") == "application/reginfo+xml"
+    assert first.from_.tag == r.to.tag and first.to.tag == "sub1" and first.call_id == "reg-event-1"
+    body = first.body.decode()
+    assert 'state="full"' in body and 'version="0"' in body
+    assert f'aor="{IMPUS[0]}"' in body and 'event="registered"' in body
+    assert "sip:[5555::aaa:bbb:ccc:ddd]:1357;comp=sigcomp" in body
+    assert f'aor="{IMPUS[2]}"' in body  # the implicit set too
+
+    result = await home.hss.deregister_impi(IMPI)
+    assert result["ok"], result
+    await wait_for(lambda: len(notifies) == 2)
+    last = notifies[1]
+    assert last.get("subscription-state") == "terminated;reason=rejected"
+    assert 'state="terminated" event="rejected"' in last.body.decode()
+    assert 'version="1"' in last.body.decode()
+    assert last.cseq.seq == first.cseq.seq + 1
+    assert home.scscf.pending_counts()["subscriptions"] == 0
+
+
+async def test_reg_event_notify_on_user_deregistration(home):
+    _, r200 = await full_registration(home, new_ue())
+    assert r200.status == 200
+    notifies: list = []
+    assert (await reg_event_subscribe(home, notifies)).status == 200
+    await wait_for(lambda: len(notifies) == 1)
+    yes = (
+        f'Digest username="{IMPI}", realm="{REALM}", nonce="", uri="sip:registrar.home1.net", '
+        f'response="", integrity-protected="yes"'
+    )
+    r = await send(home, register(home, cseq=3, protected=True, expires=0, authorization=yes))
+    assert r.status == 200
+    await wait_for(lambda: len(notifies) == 2)
+    assert notifies[1].get("subscription-state") == "terminated;reason=deactivated"
+    assert 'event="unregistered"' in notifies[1].body.decode()
+
+
+async def test_reg_event_subscribe_refused(home):
+    notifies: list = []
+    r = await reg_event_subscribe(home, notifies)
+    assert r.status == 403  # not registered
+    _, r200 = await full_registration(home, new_ue())
+    assert r200.status == 200
+    text = (
+        f"SUBSCRIBE {IMPUS[0]} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{home.pcscf_port};branch=z9hG4bK{os.urandom(6).hex()}\r\n"
+        "From: <sip:x@y>;tag=1\r\n"
+        f"To: <{IMPUS[0]}>\r\nCall-ID: e\r\nCSeq: 1 SUBSCRIBE\r\nEvent: presence\r\n"
+        f"Contact: <sip:127.0.0.1:{home.pcscf_port}>\r\nContent-Length: 0\r\n\r\n"
+    )
+    r = await home.client.send_request(parse_message(text.encode()), ("127.0.0.1", home.scscf_port))
+    assert r.status == 489 and r.get("allow-events") == "reg"

@@ -30,7 +30,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from imsaka.config import ImsConfig, ScscfConfig
+from imsaka.config import ImsConfig, NetworkConfig, ScscfConfig, split_hostport
+from imsaka.cscf.regevent import (
+    TERMINATION_EVENT,
+    RegSubscription,
+    RegSubscriptions,
+    notify_request,
+    reginfo_body,
+)
 from imsaka.cscf.registrar import BindingStore, MemoryBindingStore, open_binding_store
 from imsaka.cscf.scscf_core import (
     Action,
@@ -80,6 +87,10 @@ _ALGORITHM_TO_SCHEME = {
 
 
 # --------------------------------------------------------------------------- SIP → core
+
+
+def _uri_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def register_request_from_sip(req: Request) -> RegisterRequest:
@@ -201,8 +212,15 @@ class Scscf:
         store: BindingStore | None = None,
         clock: Callable[[], float] = time.time,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        send_request: Callable[[Request, tuple[str, int]], Awaitable[Response]] | None = None,
+        resolve: Callable[[str], str] | None = None,
     ) -> None:
         self.config = config
+        # reg-event (RFC 3680): subscriptions, and how to send their NOTIFYs.
+        self.subscriptions = RegSubscriptions()
+        self._send_request = send_request
+        self._resolve = resolve or (lambda host: host)
+        self._contact = f"<sip:{_uri_host(config.address)}:{config.port}>"
         self.core = RegistrarCore(RegistrarPolicy.from_config(config), random_bytes=random_bytes)
         self.store: BindingStore = (
             store if store is not None else open_binding_store(config.binding_store)
@@ -244,6 +262,9 @@ class Scscf:
     # ------------------------------------------------------------- SIP
 
     async def handle_request(self, request: Request, respond: Respond) -> None:
+        if request.method == "SUBSCRIBE":
+            self._subscribe(request, respond)
+            return
         if request.method != "REGISTER":
             # Sessions through the S-CSCF are not this issue's; say so instead of dropping.
             respond(make_response(request, 501, "Not Implemented (S-CSCF handles REGISTER only)"))
@@ -275,6 +296,119 @@ class Scscf:
         await self._run_actions(actions)
         self._rearm()
 
+    # ------------------------------------------------------------- reg event
+
+    def _subscribe(self, request: Request, respond: Respond) -> None:
+        """SUBSCRIBE to the reg event of a registered IMPU (TS 24.229 §5.4.2.1.1)."""
+        event = (request.get("event") or "").split(";", 1)[0].strip().lower()
+        if event != "reg":
+            respond(make_response(request, 489, "Bad Event", headers=[("Allow-Events", "reg")]))
+            return
+        try:
+            impu = request.to.uri
+            remote = request.from_
+            contacts = request.contacts
+            requested = request.expires
+        except SipParseError as exc:
+            respond(make_response(request, 400, f"Bad Request ({exc.reason})"[:120]))
+            return
+        if not remote.tag or not contacts or contacts[0].star:
+            respond(
+                make_response(
+                    request, 400, "Bad Request (SUBSCRIBE needs a From tag and a Contact)"
+                )
+            )
+            return
+        now = self._clock()
+        reg = self.core.lookup(impu, now)
+        if reg is None:
+            self.core.counters["subscribe_not_registered"] += 1
+            respond(make_response(request, 403, "Forbidden (not registered)"))
+            return
+        expires = (
+            self.config.max_expires
+            if requested is None
+            else min(requested, self.config.max_expires)
+        )
+        sub = self.subscriptions.add(
+            RegSubscription(
+                impu=reg.impu,
+                call_id=request.call_id or "",
+                local_tag=request.to.tag or self._random(4).hex(),
+                remote_tag=remote.tag,
+                remote_uri=remote.uri,
+                remote_target=contacts[0].uri,
+                route_set=tuple(request.get_all("record-route")),
+                expires_at=now + expires,
+            )
+        )
+        respond(
+            make_response(
+                request,
+                200,
+                "OK",
+                to_tag=sub.local_tag,
+                headers=[("Expires", str(expires)), ("Contact", self._contact)],
+            )
+        )
+        self.core.counters["subscribed"] += 1
+        if expires == 0:  # an unsubscribe: the final NOTIFY ends the dialog
+            self.subscriptions.remove(sub)
+            body = reginfo_body(reg.impu, reg, version=sub.version, now=now)
+            self._send_notify(sub, body, now, terminated_reason="timeout")
+            return
+        body = reginfo_body(reg.impu, reg, version=sub.version, now=now)
+        self._send_notify(sub, body, now)
+
+    def _notify_terminated(self, removed: RemoveRegistration) -> None:
+        """The registration ended: tell every subscriber (TS 24.229 §5.4.1.5, §5.4.2.1.2),
+        so that the P-CSCF removes the UE's security associations."""
+        subs = self.subscriptions.pop_impu(removed.impu)
+        if not subs:
+            return
+        now = self._clock()
+        event = TERMINATION_EVENT.get(removed.reason, "deactivated")
+        reason = "rejected" if removed.reason == "network-initiated" else "deactivated"
+        if removed.reason == "timeout":
+            reason = "timeout"
+        for sub in subs:
+            body = reginfo_body(
+                removed.impu, removed.registration, version=sub.version, now=now,
+                terminated_event=event,
+            )  # fmt: skip
+            self._send_notify(sub, body, now, terminated_reason=reason)
+
+    def _send_notify(
+        self, sub: RegSubscription, body: bytes, now: float, *, terminated_reason: str | None = None
+    ) -> None:
+        if self._send_request is None:
+            return
+        notify = notify_request(
+            sub, body, contact=self._contact, now=now, terminated_reason=terminated_reason
+        )
+        target = (
+            sub.route_set[0].strip("<>").split(">", 1)[0] if sub.route_set else sub.remote_target
+        )
+        try:
+            host, port = split_hostport(target)
+            address = (self._resolve(host), port)
+        except ValueError as exc:
+            self.core.counters["notify_unroutable"] += 1
+            log.warning("reg-event NOTIFY to %s: %s", target, exc)
+            return
+        self.core.counters["notify_sent"] += 1
+        self._spawn(self._deliver(sub, notify, address))
+
+    async def _deliver(
+        self, sub: RegSubscription, notify: Request, address: tuple[str, int]
+    ) -> None:
+        assert self._send_request is not None
+        response = await self._send_request(notify, address)
+        if response.status in (404, 408, 481) or response.status >= 500:
+            # RFC 6665 §4.2.2: the subscriber is gone; end the subscription.
+            self.core.counters["notify_failed"] += 1
+            self.subscriptions.remove(sub)
+
     # ------------------------------------------------------------- actions
 
     async def _run_actions(self, actions: list[Action]) -> None:
@@ -289,6 +423,7 @@ class Scscf:
                 await self._store(self.store.put(action.registration))
             elif isinstance(action, RemoveRegistration):
                 await self._store(self.store.delete(action.impu))
+                self._notify_terminated(action)
 
     async def _store(self, op: Awaitable[None]) -> None:
         try:
@@ -462,8 +597,10 @@ class ScscfServer:
         store: BindingStore | None = None,
         observers: tuple[Callable[[Any], None], ...] = (),
         reconnect: float = 2.0,
+        network: NetworkConfig | None = None,
     ) -> None:
         self.config = config
+        self.network = network
         self._store = store
         self._observers = observers
         self._reconnect = reconnect
@@ -489,9 +626,16 @@ class ScscfServer:
             host_ip_addresses=(d.address,),
             owner="scscf",
         )
-        self.scscf = Scscf(c, cx_send=self.node.request, store=self._store)
-        self.node.set_request_handler(self.scscf.handle_cx_request)
         self.endpoint = SipEndpoint(owner="scscf")
+        network = self.network
+        self.scscf = Scscf(
+            c,
+            cx_send=self.node.request,
+            store=self._store,
+            send_request=self.endpoint.send_request,
+            resolve=network.resolve if network is not None else None,
+        )
+        self.node.set_request_handler(self.scscf.handle_cx_request)
         for name in c.transports:
             cls = UdpTransport if name == "udp" else TcpTransport
             self.endpoint.add_transport(await cls.create(c.address, c.port, owner="scscf"))
@@ -522,6 +666,7 @@ class ScscfServer:
         out = dict(self.scscf.core.pending_counts()) if self.scscf is not None else {}
         if self.scscf is not None:
             out["awaiting_reply"] = len(self.scscf._pending)
+            out["subscriptions"] = len(self.scscf.subscriptions)
         if self.endpoint is not None:
             out["sip_transactions"] = len(self.endpoint.layer)
         return out
@@ -533,4 +678,4 @@ def run(config: ImsConfig) -> int:
 
     assert config.scscf is not None
     use_uvloop()
-    return asyncio.run(serve_forever(ScscfServer(config.scscf), "scscf"))
+    return asyncio.run(serve_forever(ScscfServer(config.scscf, network=config.network), "scscf"))

@@ -199,6 +199,8 @@ class RemoveRegistration:
     impu: str
     impi: str
     reason: str
+    registration: Registration | None = field(default=None, repr=False, compare=False)
+    """The record as it was (contacts, implicit set), for the reg-event NOTIFY."""
 
 
 Action = Reply | AskVectors | AskAssignment | StoreRegistration | RemoveRegistration
@@ -484,13 +486,14 @@ class RegistrarCore:
         Returns how many registrations were removed and the actions (removals)."""
         targets = set(self._by_impi.get(impi, ()))
         if impus:
-            wanted = {u.lower() for u in impus}
+            # An RTR may name any IMPU of an implicit set: map it to the record holding it.
+            wanted = {self._aliases.get(u, u).lower() for u in impus}
             targets = {u for u in targets if u.lower() in wanted}
         actions: list[Action] = []
         for impu in sorted(targets):
             reg = self.registrations.pop(impu)
             self._unindex(reg)
-            actions.append(RemoveRegistration(impu, impi, "network-initiated"))
+            actions.append(RemoveRegistration(impu, impi, "network-initiated", reg))
         self._vectors.pop(impi, None)
         for nonce in list(self._challenges_by_impi.get(impi, ())):
             ch = self._challenges.get(nonce)
@@ -838,7 +841,7 @@ class RegistrarCore:
             else:
                 self.registrations.pop(req.impu, None)
                 self._unindex(reg)
-                actions.append(RemoveRegistration(req.impu, op.impi, "user-deregistration"))
+                actions.append(RemoveRegistration(req.impu, op.impi, "user-deregistration", reg))
         self.counters["deregistered"] += 1
         headers: list[tuple[str, str]] = []
         for spec in req.contacts:
@@ -851,6 +854,7 @@ class RegistrarCore:
         reg = self.registrations.get(impu)
         if reg is None:
             return []
+        before = dict(reg.contacts)
         for uri in [c.uri for c in reg.contacts.values() if c.expires_at <= now]:
             del reg.contacts[uri]
             self.counters["contact_expired"] += 1
@@ -863,7 +867,14 @@ class RegistrarCore:
         self._unindex(reg)
         self.counters["registration_expired"] += 1
         return [
-            RemoveRegistration(impu, reg.impi, "timeout"),
+            RemoveRegistration(
+                impu,
+                reg.impi,
+                "timeout",
+                Registration(
+                    impu, reg.impi, before, reg.associated, registered_at=reg.registered_at
+                ),
+            ),
             self._background(reg.impi, impu, AssignmentType.TIMEOUT_DEREGISTRATION),
         ]
 

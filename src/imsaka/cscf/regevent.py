@@ -1,0 +1,167 @@
+"""The registration event package at the S-CSCF (RFC 3680; TS 24.229 §5.4.2.1), sans-I/O.
+
+After a successful registration the P-CSCF (TS 24.229 §5.2.3) and the UE (§5.1.1.3)
+SUBSCRIBE to the ``reg`` event of the registered IMPU. The S-CSCF answers 200 and sends a
+NOTIFY with the full registration state. When the registration ends it sends a NOTIFY
+with the registration ``terminated`` and the reason: user de-registration
+(``unregistered``), expiry (``expired``) or network-initiated de-registration after an RTR
+(``rejected``, §5.4.1.5). That NOTIFY tells the P-CSCF to remove the UE's security
+associations (issue 7).
+
+This module keeps the subscriptions (the dialog state a NOTIFY needs) and builds the
+NOTIFY requests and their ``application/reginfo+xml`` bodies. It does no I/O: the S-CSCF
+edge sends what it builds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from xml.sax.saxutils import escape, quoteattr
+
+from imsaka.cscf.registrar import Registration
+from imsaka.sip import Request
+
+__all__ = ["RegSubscription", "RegSubscriptions", "notify_request", "reginfo_body"]
+
+CONTENT_TYPE = "application/reginfo+xml"
+
+# RegisterRemoved reason (imsaka.cscf.scscf_core) → RFC 3680 contact event.
+TERMINATION_EVENT = {
+    "user-deregistration": "unregistered",
+    "timeout": "expired",
+    "network-initiated": "rejected",
+}
+
+
+@dataclass(slots=True)
+class RegSubscription:
+    """One reg-event subscription (a dialog created by SUBSCRIBE, RFC 6665 §4.2)."""
+
+    impu: str
+    """The IMPU whose registration is watched (Request-URI / To of the SUBSCRIBE)."""
+    call_id: str
+    local_tag: str
+    """Our tag (the To tag of our 200 OK, the From tag of our NOTIFYs)."""
+    remote_tag: str
+    remote_uri: str
+    """The subscriber's From URI (the To of our NOTIFYs)."""
+    remote_target: str
+    """The subscriber's Contact URI (the Request-URI of our NOTIFYs)."""
+    route_set: tuple[str, ...]
+    """Record-Route of the SUBSCRIBE, in order (RFC 3261 §12.1.1)."""
+    expires_at: float
+    cseq: int = 0
+    version: int = 0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.call_id, self.remote_tag)
+
+
+class RegSubscriptions:
+    """Subscriptions by IMPU; bounded by the registrations (they end with them)."""
+
+    __slots__ = ("_by_impu",)
+
+    def __init__(self) -> None:
+        self._by_impu: dict[str, dict[tuple[str, str], RegSubscription]] = {}
+
+    def add(self, sub: RegSubscription) -> RegSubscription:
+        """Store a new subscription, or refresh the existing one of the same dialog."""
+        subs = self._by_impu.setdefault(sub.impu, {})
+        old = subs.get(sub.key)
+        if old is not None:
+            old.expires_at = sub.expires_at
+            return old
+        subs[sub.key] = sub
+        return sub
+
+    def remove(self, sub: RegSubscription) -> None:
+        subs = self._by_impu.get(sub.impu)
+        if subs is not None:
+            subs.pop(sub.key, None)
+            if not subs:
+                del self._by_impu[sub.impu]
+
+    def pop_impu(self, impu: str) -> list[RegSubscription]:
+        """Every subscription to `impu`, removed (its registration has ended)."""
+        return list(self._by_impu.pop(impu, {}).values())
+
+    def live(self, impu: str, now: float) -> list[RegSubscription]:
+        subs = self._by_impu.get(impu)
+        if not subs:
+            return []
+        for key in [k for k, s in subs.items() if s.expires_at <= now]:
+            del subs[key]
+        if not subs:
+            del self._by_impu[impu]
+            return []
+        return list(subs.values())
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self._by_impu.values())
+
+
+def reginfo_body(
+    impu: str,
+    registration: Registration | None,
+    *,
+    version: int,
+    now: float,
+    terminated_event: str | None = None,
+    associated: tuple[str, ...] = (),
+) -> bytes:
+    """RFC 3680 §5.3 reginfo: one <registration> per IMPU of the implicit set (TS 24.229
+    §5.4.2.1.2), with the contacts active, or all terminated with `terminated_event`."""
+    impus = associated or (registration.associated if registration is not None else ()) or (impu,)
+    contacts = list(registration.contacts.values()) if registration is not None else []
+    lines = [
+        '<?xml version="1.0"?>',
+        f'<reginfo xmlns="urn:ietf:params:xml:ns:reginfo" version="{version}" state="full">',
+    ]
+    for n, aor in enumerate(impus):
+        state = "terminated" if terminated_event else "active"
+        lines.append(f'  <registration aor={quoteattr(aor)} id="r{n}" state="{state}">')
+        for m, c in enumerate(contacts):
+            if terminated_event:
+                attrs = f'state="terminated" event="{terminated_event}"'
+            else:
+                left = max(0, round(c.expires_at - now))
+                attrs = f'state="active" event="registered" expires="{left}"'
+            lines.append(f'    <contact id="c{n}.{m}" {attrs}>')
+            lines.append(f"      <uri>{escape(c.uri)}</uri>")
+            lines.append("    </contact>")
+        lines.append("  </registration>")
+    lines.append("</reginfo>")
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def notify_request(
+    sub: RegSubscription,
+    body: bytes,
+    *,
+    contact: str,
+    now: float,
+    terminated_reason: str | None = None,
+) -> Request:
+    """The next in-dialog NOTIFY of `sub` (RFC 6665 §4.2.2; RFC 3261 §12.2.1.1)."""
+    sub.cseq += 1
+    sub.version += 1
+    if terminated_reason is None:
+        state = f"active;expires={max(0, round(sub.expires_at - now))}"
+    else:
+        state = f"terminated;reason={terminated_reason}"
+    headers = [("Max-Forwards", "70")]
+    headers += [("Route", r) for r in sub.route_set]
+    headers += [
+        ("From", f"<{sub.impu}>;tag={sub.local_tag}"),
+        ("To", f"<{sub.remote_uri}>;tag={sub.remote_tag}"),
+        ("Call-ID", sub.call_id),
+        ("CSeq", f"{sub.cseq} NOTIFY"),
+        ("Contact", contact),
+        ("Event", "reg"),
+        ("Subscription-State", state),
+        ("Content-Type", CONTENT_TYPE),
+        ("Content-Length", str(len(body))),
+    ]
+    return Request("NOTIFY", sub.remote_target, headers, body)
