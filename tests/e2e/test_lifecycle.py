@@ -145,3 +145,46 @@ async def test_sqn_out_of_sync_resynchronises(home_network, subscribers):
     auths = [dict(r.headers).get("Authorization", "") for r in sip]
     assert any("auts=" in a for a in auths)
     assert sum(1 for r in net.trace.messages("diameter") if r.summary.startswith("MAR")) == 2
+
+
+async def test_ue_vanishing_after_401_leaves_no_sa(subscribers):
+    """The temporary SA set of a 401 that is never answered goes after its lifetime."""
+    net = Network(subscribers, NetworkOptions(extra={"pcscf": {"temporary_sa_lifetime": 1}}))
+    await net.start()
+    ue = UeClient(net.ue_config(subscribers[0]))
+    await ue.start()
+    ue.send_protected = lambda sa, data: True  # the UE vanishes: phase 2 never leaves
+    try:
+        res = await ue.register(timeout=0.5)
+        assert not res.ok
+        assert net.pcscf.stats()["sa_sets"] == 1
+        await asyncio.sleep(1.6)
+        stats = net.pcscf.stats()
+        assert stats["sa_sets"] == 0 and stats["registrations"] == 0, stats
+    finally:
+        await ue.close()
+        await net.stop()
+
+
+async def test_ue_refreshes_before_expiry(subscribers):
+    """TS 24.229 §5.1.1.4.1: re-REGISTER at half a short granted expiry, over the SAs."""
+    net = Network(subscribers, NetworkOptions(extra={"scscf": {"min_expires": 1}}))
+    await net.start()
+    ue = UeClient(net.ue_config(subscribers[1], expires=4), observers=[net.trace])
+    await ue.start()
+    try:
+        res = await ue.register(10)
+        assert res.ok and res.expires == 4, res
+        await asyncio.sleep(3.0)
+        from_ue = [r for r in net.trace.messages("sip") if r.src_name == "UE"]
+        assert len(from_ue) == 3 and from_ue[-1].esp_spi is not None  # the refresh, protected
+        oks = [
+            r
+            for r in net.trace.messages("sip")
+            if r.dst_name == "UE" and r.summary.startswith("200")
+        ]
+        assert len(oks) == 2
+        assert net.pcscf.stats()["registrations"] == 1
+    finally:
+        await ue.close()
+        await net.stop()
