@@ -60,7 +60,8 @@ Transports and the asyncio endpoint (`imsaka.sip.transport`, `imsaka.sip.endpoin
 Proxy helpers (`imsaka.sip.proxy`, sans-I/O): push_via, pop_via, new_branch,
 new_tag, new_call_id (rng injectable), check_max_forwards (483), preprocess_route,
 next_hop, add_record_route, add_path, route_from_path, preload_route,
-stamp_received (RFC 3581), ack_for_2xx, error_response_bytes (stateless 400/513).
+stamp_received (RFC 3581), ack_for_2xx, check_require (420), loop_branch /
+detect_loop (482, spirals pass), error_response_bytes (stateless 400/513).
 Stream framing: `imsaka.sip.framing.StreamFramer`.
 """
 
