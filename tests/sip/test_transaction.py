@@ -510,3 +510,25 @@ def test_invite_client_timer_c_in_proceeding():
     timeout, terminated = lay.events()
     assert isinstance(timeout, TransactionTimeout) and timeout.timer == "C"
     assert isinstance(terminated, TransactionTerminated) and len(lay) == 0
+
+
+def test_retransmissions_are_the_bytes_first_sent():
+    lay = layer()
+    req = request()
+    lay.send_request(req, "udp", 0.0)
+    (first,) = lay.events()
+    req.set("Subject", "edited after sending")  # the TU must not change what goes out
+    lay.handle_timer(0.5)
+    (again,) = lay.events()
+    assert again.data == first.data
+    srv = layer()
+    sreq = request("REGISTER")
+    tx = srv.receive_request(sreq, "udp", 0.0)
+    srv.events()
+    resp = make_response(sreq, 200)
+    tx.respond(resp, 0.1)
+    (sent,) = srv.events()
+    resp.set("Subject", "edited")
+    srv.receive_request(request("REGISTER"), "udp", 0.2)
+    (resent,) = srv.events()
+    assert resent.data == sent.data

@@ -328,7 +328,8 @@ class Transaction:
         "_intervals",
         "_last_input",
         "_layer",
-        "_seq",
+        "_request_wire",
+        "_response_wire",
         "deadline",
         "destination",
         "key",
@@ -363,7 +364,10 @@ class Transaction:
         self._intervals: dict[Input, float] = {}
         self.last_response: Response | None = None
         self.deadline: float | None = None
-        self._seq = 0
+        # the octets of the request / last response as first sent: retransmissions
+        # are the very same bytes even if the TU edits the message object afterwards
+        self._request_wire: bytes | None = None
+        self._response_wire: bytes | None = None
 
     @property
     def config(self) -> TimerConfig:
@@ -413,8 +417,18 @@ class Transaction:
     def _emit(self, event: Event) -> None:
         self._layer._events.append(event)
 
-    def _transmit(self, msg: Message) -> None:
-        self._emit(Transmit(self.key, msg, msg.to_bytes(), self.destination))
+    def _transmit(self, msg: Message, data: bytes | None = None) -> None:
+        self._emit(
+            Transmit(self.key, msg, msg.to_bytes() if data is None else data, self.destination)
+        )
+
+    def _transmit_request(self) -> None:
+        if self._request_wire is None:
+            self._request_wire = self.request.to_bytes()
+        self._transmit(self.request, self._request_wire)
+
+    def _transmit_last_response(self) -> None:
+        self._transmit(self.last_response, self._response_wire)
 
     def _nothing(self, now: float, msg: Message | None) -> None:
         pass
@@ -466,7 +480,7 @@ class ClientTransaction(Transaction):
 
     def start(self, now: float) -> None:
         t1 = self.config.t1
-        self._transmit(self.request)
+        self._transmit_request()
         if self.is_invite:
             if not self.reliable:
                 self._set_timer(Input.TIMER_A, now, t1)
@@ -490,7 +504,7 @@ class ClientTransaction(Transaction):
     # INVITE client actions
     def _retransmit_a(self, now: float, msg: Message | None) -> None:
         self._layer.counters["retransmissions"] += 1
-        self._transmit(self.request)
+        self._transmit_request()
         self._set_timer(Input.TIMER_A, now, 2 * self._intervals[Input.TIMER_A])
 
     def _pass_up(self, now: float, msg: Message | None) -> None:
@@ -532,12 +546,12 @@ class ClientTransaction(Transaction):
     # non-INVITE client actions
     def _retransmit_e(self, now: float, msg: Message | None) -> None:
         self._layer.counters["retransmissions"] += 1
-        self._transmit(self.request)
+        self._transmit_request()
         self._set_timer(Input.TIMER_E, now, min(2 * self._intervals[Input.TIMER_E], self.config.t2))
 
     def _retransmit_e_t2(self, now: float, msg: Message | None) -> None:
         self._layer.counters["retransmissions"] += 1
-        self._transmit(self.request)
+        self._transmit_request()
         self._set_timer(Input.TIMER_E, now, self.config.t2)
 
     def _complete(self, now: float, msg: Message | None) -> None:
@@ -593,13 +607,14 @@ class ServerTransaction(Transaction):
 
     def _send(self, now: float, msg: Message | None) -> None:
         self.last_response = msg
+        self._response_wire = msg.to_bytes()
         self.to_tag = msg.to.tag if msg.has("to") else None
-        self._transmit(msg)
+        self._transmit(msg, self._response_wire)
 
     def _resend_last(self, now: float, msg: Message | None) -> None:
         if self.last_response is not None:
             self._layer.counters["retransmissions"] += 1
-            self._transmit(self.last_response)
+            self._transmit_last_response()
         else:
             self._layer.counters["absorbed"] += 1
 
@@ -615,7 +630,7 @@ class ServerTransaction(Transaction):
 
     def _retransmit_g(self, now: float, msg: Message | None) -> None:
         self._layer.counters["retransmissions"] += 1
-        self._transmit(self.last_response)
+        self._transmit_last_response()
         self._set_timer(Input.TIMER_G, now, min(2 * self._intervals[Input.TIMER_G], self.config.t2))
 
     def _confirm(self, now: float, msg: Message | None) -> None:
