@@ -112,3 +112,30 @@ def test_run_hss_with_a_bad_section_is_one_line(tmp_path):
     assert (
         proc.stderr.strip() == "imsaka: error: [hss].diameter_port: expected a port number 0..65535"
     )
+
+
+async def test_start_errors_name_the_field(tmp_path):
+    import socket
+
+    from imsaka.hss.server import HssServer, HssStartError
+
+    from .conftest import hss_config
+
+    with pytest.raises(
+        HssStartError, match=r"^\[hss\]\.database: cannot open the store: directory"
+    ):
+        await HssServer(hss_config(f"sqlite:///{tmp_path}/missing/dir/x.db")).start()
+    with pytest.raises(HssStartError, match=r"^\[hss\]\.database: cannot open the store"):
+        await HssServer(hss_config("postgresql+asyncpg://postgres@127.0.0.1:1/test")).start()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        server = HssServer(hss_config(f"sqlite:///{tmp_path}/x.db", diameter_port=port))
+        with pytest.raises(HssStartError, match=r"^\[hss\]\.diameter_port: cannot listen"):
+            await server.start()
+        server = HssServer(
+            hss_config(f"sqlite:///{tmp_path}/x.db", api_port=port, api_token="t" * 16)
+        )
+        with pytest.raises(HssStartError, match=r"^\[hss\]\.api_port: cannot listen"):
+            await server.start()

@@ -17,10 +17,14 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
+from imsaka.clierror import CliError
 from imsaka.diameter import cx
 from imsaka.diameter.errors import DiameterRequestError
 from imsaka.diameter.node import DiameterNode, NodeConfig, PeerSpec
@@ -28,9 +32,13 @@ from imsaka.hss.config import HssConfig, parse_hss_config
 from imsaka.hss.service import CxService
 from imsaka.hss.store import HssStore, NotFound
 
-__all__ = ["HssServer", "run"]
+__all__ = ["HssServer", "HssStartError", "run"]
 
 log = logging.getLogger("imsaka.hss")
+
+
+class HssStartError(CliError):
+    """The HSS cannot start (store, port); the message names the ``[hss]`` field."""
 
 
 class HssServer:
@@ -53,6 +61,7 @@ class HssServer:
         self.service: CxService | None = None
         self._api_server: Any = None
         self._api_task: asyncio.Task | None = None
+        self._api_socket: socket.socket | None = None
         self._session_counter = 0
         self.diameter_port: int | None = None
         self.api_port: int | None = None
@@ -62,7 +71,14 @@ class HssServer:
     async def start(self) -> None:
         cfg = self.config
         if self.store is None:
-            self.store = await HssStore.open(cfg.database)
+            try:
+                self.store = await HssStore.open(cfg.database)
+            except (SQLAlchemyError, OSError) as exc:
+                orig = getattr(exc, "orig", None) or exc
+                first = (str(orig).splitlines() or [type(orig).__name__])[0]
+                raise HssStartError(
+                    f"[hss].database: cannot open the store: {first[:200]}"
+                ) from None
         await self.store.sync_scscf_pool(
             [
                 {
@@ -95,7 +111,12 @@ class HssServer:
             self.node.add_observer(obs)
         self.node.set_request_handler(self._on_request)
         try:
-            await self.node.start()
+            try:
+                await self.node.start()
+            except OSError as exc:
+                raise HssStartError(
+                    f"[hss].diameter_port: cannot listen on {cfg.diameter_address}:{cfg.diameter_port}: {exc.strerror or exc}"
+                ) from None
             self.diameter_port = self.node.port
             if cfg.api_port:
                 await self._start_api()
@@ -135,14 +156,31 @@ class HssServer:
         )
         server = _Server(ucfg)
         self._api_server = server
-        self._api_task = asyncio.get_running_loop().create_task(server.serve(), name="hss-api")
+        # Bind here, so a port in use is our one-line error (uvicorn would sys.exit).
+        family = socket.AF_INET6 if ":" in self.config.api_address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.config.api_address, self.config.api_port))
+        except OSError as exc:
+            sock.close()
+            raise HssStartError(
+                f"[hss].api_port: cannot listen on {self.config.api_address}:{self.config.api_port}: {exc.strerror or exc}"
+            ) from None
+        self._api_socket = sock
+        self._api_task = asyncio.get_running_loop().create_task(
+            server.serve(sockets=[sock]), name="hss-api"
+        )
         deadline = time.monotonic() + 10
         while not server.started:
             if self._api_task.done():
                 exc = self._api_task.exception()
-                raise OSError(f"[hss].api_port: REST API did not start ({exc or 'exited'})")
+                raise HssStartError(
+                    f"[hss].api_port: REST API did not start on {self.config.api_address}:{self.config.api_port}"
+                    f" ({exc or 'port in use?'})"
+                )
             if time.monotonic() > deadline:
-                raise OSError("[hss].api_port: REST API did not start within 10 s")
+                raise HssStartError("[hss].api_port: REST API did not start within 10 s")
             await asyncio.sleep(0.01)
         sockets = [s for srv in server.servers for s in srv.sockets]
         self.api_port = sockets[0].getsockname()[1] if sockets else self.config.api_port
@@ -157,6 +195,9 @@ class HssServer:
                     self._api_task.cancel()
             self._api_server = None
             self._api_task = None
+        if self._api_socket is not None:
+            self._api_socket.close()
+            self._api_socket = None
         if self.node is not None:
             await self.node.stop()
             self.node = None
@@ -267,13 +308,7 @@ async def _serve(config: HssConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        await server.start()
-    except OSError as exc:
-        from imsaka.clierror import CliError
-
-        await server.stop()
-        raise CliError(f"[hss]: cannot start: {exc}") from None
+    await server.start()  # HssStartError: one line naming the field, exit 2
     print(
         f"hss: Diameter {config.diameter_host} on {config.diameter_address}:{server.diameter_port}"
         + (f", REST API on {config.api_address}:{server.api_port}" if server.api_port else ""),

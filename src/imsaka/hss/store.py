@@ -349,8 +349,18 @@ class HssStore:
     @classmethod
     async def open(cls, url: str | None = None, *, run_migrations: bool = True) -> HssStore:
         engine = create_engine(url)
-        if run_migrations:
-            await migrate(engine)
+        database = engine.url.database
+        if engine.dialect.name == "sqlite" and database and database != ":memory:":
+            parent = Path(database).expanduser().resolve().parent
+            if not parent.is_dir():
+                await engine.dispose()
+                raise OSError(f"directory {str(parent)!r} does not exist")
+        try:
+            if run_migrations:
+                await migrate(engine)
+        except BaseException:
+            await engine.dispose()
+            raise
         return cls(engine)
 
     async def close(self) -> None:
