@@ -709,3 +709,21 @@ async def test_tcp_response_reopens_to_via_when_the_connection_is_gone():
     finally:
         await listener.close()
         await ep.close()
+
+
+async def test_handler_meeting_a_malformed_header_answers_400():
+    ep, t = await endpoint()
+    ep.set_request_handler(lambda req, tx: tx.reply(200, headers=[("X-Exp", str(req.expires))]))
+    peer_t, peer = await raw_udp()
+    try:
+        host, port = peer_t.get_extra_info("sockname")[:2]
+        req = register(1, host, port)
+        req.add("Expires", "soon")  # framing fine, the typed view fails in the handler
+        peer_t.sendto(req.to_bytes(), t.local_address)
+        await wait_for(lambda: peer.received)
+        r = parse_message(peer.received[0][1])
+        assert r.status == 400 and "Expires" in r.reason
+        assert ep.counters["bad_requests"] == 1 and ep.counters["handler_errors"] == 0
+    finally:
+        await ep.close()
+        peer_t.close()

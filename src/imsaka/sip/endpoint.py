@@ -39,7 +39,7 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
-from imsaka.sip.errors import LocalProtocolError, SipParseError
+from imsaka.sip.errors import LocalProtocolError, RemoteProtocolError, SipParseError
 from imsaka.sip.message import (
     DEFAULT_MAX_HEADERS,
     DEFAULT_MAX_SIZE,
@@ -53,6 +53,7 @@ from imsaka.sip.proxy import (
     Rng,
     check_max_forwards,
     detect_loop,
+    error_phrase,
     error_response_bytes,
     is_request_bytes,
     loop_branch,
@@ -634,13 +635,25 @@ class SipEndpoint:
             self._handler_failed(tx, exc)
 
     def _handler_failed(self, tx: ServerTx, exc: Exception) -> None:
-        self.counters["handler_errors"] += 1
-        log.error(
-            "sip %s: request handler failed on %s: %r", self.owner, tx.request, exc, exc_info=exc
-        )
+        if isinstance(exc, RemoteProtocolError):
+            # the peer's fault found while handling (a typed view that does not
+            # parse): the answer it carries, e.g. 400 naming the header
+            self.counters["bad_requests"] += 1
+            log.info("sip %s: %s in %s", self.owner, exc, tx.request)
+            status, reason = exc.status, error_phrase(exc.status, exc.reason)
+        else:
+            self.counters["handler_errors"] += 1
+            log.error(
+                "sip %s: request handler failed on %s: %r",
+                self.owner,
+                tx.request,
+                exc,
+                exc_info=exc,
+            )
+            status, reason = 500, None
         if not tx.final_sent:
             try:
-                tx.reply(500)
+                tx.reply(status, reason)
             except LocalProtocolError:
                 pass
 

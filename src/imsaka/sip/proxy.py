@@ -253,7 +253,7 @@ def unavailable_response(request: Request, reason: str = "Service Unavailable") 
     return make_response(request, 503, reason)
 
 
-def _phrase(status: int, reason: str) -> str:
+def error_phrase(status: int, reason: str) -> str:
     base = REASON_PHRASES.get(status, "Error")
     clean = "".join(c if c.isprintable() else " " for c in reason)[:120]
     return f"{base} ({clean})" if clean else base
@@ -292,7 +292,7 @@ def error_response_bytes(data: bytes, status: int, reason: str) -> bytes | None:
             Via.parse(v.split(",")[0])
     except SipParseError:
         return None
-    resp = Response(status, _phrase(status, reason))
+    resp = Response(status, error_phrase(status, reason))
     try:
         for key in _SALVAGE:
             for v in found[key][: 32 if key == "via" else 1]:
