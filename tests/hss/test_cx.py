@@ -50,6 +50,11 @@ async def test_uar_first_then_subsequent_registration(hss, scscf):
     assert first.experimental_result_code == cx.DIAMETER_FIRST_REGISTRATION
     assert first.server_capabilities is not None and first.server_name is None
     assert first.server_capabilities.server_names == (SCSCF_NAME,)
+    # After the MAR the second REGISTER goes to the S-CSCF holding the challenge.
+    await scscf.request(mar(server="sip:scscf9.home1.net"))
+    pending = await scscf.request(uar())
+    assert pending.experimental_result_code == cx.DIAMETER_SUBSEQUENT_REGISTRATION
+    assert pending.server_name == "sip:scscf9.home1.net"
     await scscf.request(sar(SAT.REGISTRATION))
     again = await scscf.request(uar())
     assert again.experimental_result_code == cx.DIAMETER_SUBSEQUENT_REGISTRATION
@@ -271,6 +276,7 @@ async def test_sar_auth_failure_clears_pending(hss, scscf):
     answer = await scscf.request(sar(SAT.AUTHENTICATION_FAILURE))
     assert answer.result_code == cx.DIAMETER_SUCCESS
     assert (await hss.store.get_subscriber("alice@home1.net")).pending_scscf is None
+    assert (await scscf.request(uar())).experimental_result_code == cx.DIAMETER_FIRST_REGISTRATION
 
 
 async def test_sar_errors(hss, scscf):

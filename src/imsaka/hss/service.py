@@ -149,7 +149,7 @@ class CxService:
         check = await self.store.check_identities(req.user_name, req.public_identity)
         if not check.matched:
             return self._error(req, experimental=_identity_error(check))
-        state = await self.store.user_state(req.public_identity)
+        state = await self.store.user_state(req.public_identity, req.user_name)
         emergency = bool((req.uar_flags or 0) & 1)
         if state.barred and not emergency:
             return self._error(req, result_code=cx.DIAMETER_AUTHORIZATION_REJECTED)
@@ -171,13 +171,14 @@ class CxService:
                     req, result_code=cx.DIAMETER_SUCCESS, server_name=state.scscf_name
                 )
             return self._error(req, experimental=cx.DIAMETER_ERROR_IDENTITY_NOT_REGISTERED)
-        if uat == UAT.REGISTRATION and state.scscf_name:
-            # Registered, unregistered-served, or the name kept after a
-            # de-registration that stored it: the same S-CSCF again.
+        if uat == UAT.REGISTRATION and (state.scscf_name or state.pending_scscf):
+            # Registered, unregistered-served, the name kept after a de-registration
+            # that stored it, or an authentication under way (the S-CSCF of the MAR,
+            # which holds the challenge): the same S-CSCF again.
             return self._answer(
                 req,
                 experimental_result_code=cx.DIAMETER_SUBSEQUENT_REGISTRATION,
-                server_name=state.scscf_name,
+                server_name=state.scscf_name or state.pending_scscf,
             )
         # First registration (or capabilities asked for): never an answer with
         # neither Server-Name nor Server-Capabilities (PITFALLS, Cx).

@@ -927,9 +927,10 @@ class HssStore:
             i is not None, u is not None, i is not None and u is not None and i[0] == u[0]
         )
 
-    async def user_state(self, impu: str) -> UserState:
+    async def user_state(self, impu: str, impi: str | None = None) -> UserState:
+        """State of ``impu``; with ``impi`` also that IMPI's pending S-CSCF (from MAR)."""
         async with self.engine.connect() as conn:
-            return await self._user_state(conn, impu)
+            return await self._user_state(conn, impu, impi)
 
     async def _user_state(
         self, conn: AsyncConnection, impu: str, impi: str | None = None
