@@ -728,7 +728,7 @@ class RegistrarCore:
             # a newer one (a delayed copy arriving late).
             self.counters["out_of_order"] += 1
             return [self._reply(token, 500, "Server Internal Error (out-of-order REGISTER)")]
-        remaining = self._apply_contacts(reg, req, now, dry_run=True)
+        remaining = self._apply_contacts(reg, req, now)
         if not remaining:
             # De-registration (§5.4.1.4): no contact left for this IMPU.
             self._ops[token] = _Op(
@@ -754,8 +754,10 @@ class RegistrarCore:
         return False
 
     def _apply_contacts(
-        self, reg: Registration | None, req: RegisterRequest, now: float, *, dry_run: bool
+        self, reg: Registration | None, req: RegisterRequest, now: float
     ) -> dict[str, ContactBinding]:
+        """The bindings this REGISTER would leave (RFC 3261 §10.3 step 7), as a new dict:
+        the record itself is not touched."""
         contacts: dict[str, ContactBinding] = {}
         if reg is not None:
             for c in reg.live_contacts(now):
@@ -798,7 +800,7 @@ class RegistrarCore:
             if req.impu.lower() in barred:
                 return [self._reply(token, 403, "Forbidden (identity barred)")]
         associated = associated_uris(req.impu, identities)
-        contacts = self._apply_contacts(old, req, now, dry_run=False)
+        contacts = self._apply_contacts(old, req, now)
         reg = Registration(
             impu=req.impu,
             impi=op.impi,
@@ -834,7 +836,7 @@ class RegistrarCore:
         actions: list[Action] = []
         reg = self.registrations.get(req.impu)
         if reg is not None and reg.impi == op.impi:
-            remaining = self._apply_contacts(reg, req, now, dry_run=False)
+            remaining = self._apply_contacts(reg, req, now)
             if remaining:  # another contact was added meanwhile: keep it
                 reg.contacts = remaining
                 actions.append(StoreRegistration(reg))
