@@ -390,3 +390,44 @@ async def test_proxy_forwarding_to_itself_answers_482():
     finally:
         await ue.close()
         await proxy.close()
+
+
+async def test_stateless_proxy_keeps_retransmissions_matching():
+    ue = SipEndpoint(owner="ue", timers=FAST)
+    proxy = SipEndpoint(owner="proxy", timers=FAST)
+    registrar = SipEndpoint(owner="registrar", timers=FAST)
+    ue.add_transport(await UdpTransport.create("127.0.0.1"))
+    pt = proxy.add_transport(await UdpTransport.create("127.0.0.1"))
+    rt = registrar.add_transport(await UdpTransport.create("127.0.0.1"))
+    calls = []
+
+    async def slow_registrar(req, tx):
+        calls.append(req)
+        await asyncio.sleep(0.1)  # the UE retransmits meanwhile (T1 = 20 ms)
+        tx.reply(200, to_tag="r")
+
+    registrar.set_request_handler(slow_registrar)
+
+    def stateless(req, source, transport):
+        proxy.forward_stateless(req, rt.local_address)
+        return True
+
+    proxy.set_stateless_handler(stateless)
+    proxy.relay_stray_responses()
+    try:
+        req = parse_message(SEED[1])
+        req.remove("via")
+        resp = await ue.send_request(req, pt.local_address)
+        assert resp.status == 200 and len(resp.via) == 1
+        assert len(calls) == 1  # every retransmission matched the registrar's transaction
+        assert proxy.counters["forwarded_stateless"] >= 2
+        assert len(proxy.layer) == 0  # no transaction at the stateless proxy
+        assert len(calls[0].via) == 2 and calls[0].top_via.branch.startswith("z9hG4bKsl")
+        # Max-Forwards 0: 483 straight back
+        req = parse_message(SEED[1])
+        req.remove("via")
+        req.set("Max-Forwards", "0")
+        assert (await ue.send_request(req, pt.local_address)).status == 483
+    finally:
+        for ep in (ue, proxy, registrar):
+            await ep.close()

@@ -60,6 +60,7 @@ from imsaka.sip.proxy import (
     pop_via,
     push_via,
     stamp_received,
+    stateless_branch,
     timeout_response,
     unavailable_response,
 )
@@ -87,6 +88,7 @@ RequestHandler = Callable[[Request, "ServerTx"], Awaitable[None] | None]
 ResponseCallback = Callable[[Response], None]
 StrayHandler = Callable[[Response, Address, SipTransport], None]
 AckHandler = Callable[[Request, Address, SipTransport], None]
+StatelessHandler = Callable[[Request, Address, SipTransport], bool]
 
 
 class ServerTx:
@@ -181,6 +183,7 @@ class SipEndpoint:
         self._handler: RequestHandler | None = None
         self._stray: StrayHandler | None = None
         self._ack: AckHandler | None = None
+        self._stateless: StatelessHandler | None = None
         self._pending: dict[tuple, tuple[asyncio.Future, ResponseCallback | None, Request]] = {}
         self._unacked: dict[tuple, list] = {}  # 2xx to INVITE awaiting their ACK
         self._refused: set[tuple] = set()  # pending keys that ended in a transport error
@@ -216,6 +219,32 @@ class SipEndpoint:
     def set_ack_handler(self, handler: AckHandler | None) -> None:
         """ACKs outside any transaction (to a 2xx; §13.2.2.4, §17.2.3)."""
         self._ack = handler
+
+    def set_stateless_handler(self, handler: StatelessHandler | None) -> None:
+        """A hook run on every request before the transaction layer: returning True
+        consumes it (a proxy forwarding statelessly, §16.11, with
+        `forward_stateless`); False lets it go on to a server transaction."""
+        self._stateless = handler
+
+    def forward_stateless(
+        self, request: Request, addr: Address, transport: SipTransport | None = None
+    ) -> None:
+        """§16.11: forward without a transaction. Max-Forwards checked (483 sent
+        back statelessly), our Via pushed with a branch that is the same for every
+        retransmission of the request, so the next hop's transaction matches them.
+        Responses come back as stray responses: `relay_stray_responses()`."""
+        too_many = check_max_forwards(request)
+        if too_many is not None:
+            if request.method != "ACK":
+                via = request.top_via
+                t = transport or self.transports[0]
+                t.send(too_many.to_bytes(), via.response_address())
+            return
+        t = transport or self.transports[0]
+        host, port = t.local_address
+        push_via(request, t.name.upper(), host, port, branch=stateless_branch(request))
+        t.send(request.to_bytes(), addr)
+        self.counters["forwarded_stateless"] += 1
 
     async def close(self) -> None:
         self._closed = True
@@ -400,6 +429,9 @@ class SipEndpoint:
         try:
             if isinstance(msg, Request):
                 stamp_received(msg, source[0], source[1])
+                if self._stateless is not None and self._stateless(msg, source, transport):
+                    self._drain()
+                    return
                 # §18.2.2: over a stream the response uses the same connection; over
                 # UDP it goes to received/rport/sent-by, unless the transport says
                 # responses return to the packet's source (an IPsec transport whose

@@ -84,6 +84,22 @@ def loop_branch(request: Request, rng: Rng | None = None) -> str:
     return f"{MAGIC_COOKIE}{loop_hash(request)}.{(rng or os.urandom)(6).hex()}"
 
 
+def stateless_branch(request: Request) -> str:
+    """§16.11: a stateless proxy's branch must be the same for every retransmission
+    of a request and differ between requests: a digest of the received top Via
+    (its branch, or the whole Via for RFC 2543 peers) and the method (ACK and
+    CANCEL get their own)."""
+    import hashlib
+
+    via = request.get_all("via")[0] if request.has("via") else ""
+    seed = f"{via}\x00{request.method}\x00{loop_hash(request)}"
+    return (
+        MAGIC_COOKIE
+        + "sl"
+        + hashlib.blake2s(seed.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
+    )
+
+
 def detect_loop(request: Request, ours: Callable[[Via], bool]) -> Response | None:
     """§16.3 step 4: 482 Loop Detected when one of our Vias carries the loop hash of
     this very request (it came back unchanged); a spiral passes. Call before our Via
