@@ -53,6 +53,8 @@ Transports and the asyncio endpoint (`imsaka.sip.transport`, `imsaka.sip.endpoin
     resp = await ep.send_request(req, addr, transport=t, on_provisional=cb, timeout=None)
     await ep.forward(tx, fwd_copy, next_hop)   # stateful proxying (483/Via/408/503)
     ep.send_stateless(msg, addr); ep.relay_stray_responses(); ep.set_ack_handler(fn)
+    ep.set_stateless_handler(fn)         # fn(request, source, transport) -> True if consumed
+    ep.forward_stateless(req, addr)      # §16.11, retransmission-stable branch
     SipTransport interface: name, reliable, local_address, send(data, addr),
     set_receiver(cb(data, source, transport)), set_error_handler(cb), close(),
     optional respond_to_source.
