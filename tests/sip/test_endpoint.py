@@ -95,14 +95,16 @@ async def test_udp_retransmission_until_answered():
     try:
         resp = await ep.send_request(bare(), peer_t.get_extra_info("sockname")[:2])
         assert resp.status == 200
-        assert len(peer.received) == 3  # the original and two retransmissions (Timer E)
-        first, second, third = (r[0] for r in peer.received)
+        # the original and two retransmissions (Timer E); a stalled machine may add one
+        # more before the answer arrives
+        assert 3 <= len(peer.received) <= 4
+        first, second, third = (r[0] for r in peer.received[:3])
         assert second - first >= 0.015 and third - second >= 0.03  # E doubles
         copies = {r[1] for r in peer.received}
         assert len(copies) == 1  # the very same bytes each time
         via = parse_message(peer.received[0][1]).top_via
         assert via.branch.startswith("z9hG4bK") and via.rport is True
-        assert ep.layer.counters["retransmissions"] == 2
+        assert ep.layer.counters["retransmissions"] == len(peer.received) - 1
     finally:
         await ep.close()
         peer_t.close()
