@@ -116,6 +116,8 @@ def test_no_capabilities_picks_the_first_configured():
         (uaa(experimental_result_code=cx.DIAMETER_ERROR_IDENTITY_NOT_REGISTERED), 403),
         (uaa(result_code=cx.DIAMETER_AUTHORIZATION_REJECTED), 403),
         (uaa(result_code=cx.DIAMETER_TOO_BUSY), 480),
+        (uaa(result_code=cx.DIAMETER_UNABLE_TO_COMPLY), 500),
+        (uaa(result_code=cx.DIAMETER_MISSING_AVP), 500),
         (uaa(result_code=cx.DIAMETER_UNABLE_TO_DELIVER), 480),
         (uaa(), 480),
     ],

@@ -496,3 +496,26 @@ def test_single_vector_maa_leaves_no_empty_cache_entry():
     for i in range(5):
         h.send(FakeUe(impi=f"u{i}@home1.net", impu=f"sip:u{i}@home1.net").register())
     assert not h.core._vectors
+
+
+def test_hss_error_is_500_not_403(h):
+    h.mar_failure = CxOutcome.HSS_ERROR
+    assert h.send(FakeUe().register()).status == 500
+
+
+def test_outcome_mapping():
+    from imsaka.cscf.scscf import outcome_of
+    from imsaka.diameter import cx
+
+    def maa(**kw):
+        return cx.MultimediaAuthAnswer(session_id="s", origin_host="h", origin_realm="r", **kw)
+
+    assert outcome_of(maa(result_code=cx.DIAMETER_SUCCESS)) is None
+    assert (
+        outcome_of(maa(experimental_result_code=cx.DIAMETER_ERROR_USER_UNKNOWN))
+        is CxOutcome.USER_UNKNOWN
+    )
+    assert outcome_of(maa(result_code=cx.DIAMETER_UNABLE_TO_COMPLY)) is CxOutcome.HSS_ERROR
+    assert outcome_of(maa(result_code=cx.DIAMETER_AUTHORIZATION_REJECTED)) is CxOutcome.REFUSED
+    assert outcome_of(maa(result_code=cx.DIAMETER_TOO_BUSY)) is CxOutcome.UNAVAILABLE
+    assert outcome_of(maa()) is CxOutcome.UNAVAILABLE

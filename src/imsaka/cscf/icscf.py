@@ -176,7 +176,10 @@ def reply_for_uaa(answer: Any | None) -> tuple[int, str, tuple[tuple[str, str], 
         return 403, f"Forbidden (HSS refused: {code})", ()
     if result is None or 3000 <= result < 5000:
         return 480, "Temporarily Unavailable (HSS busy)", (("Retry-After", "30"),)
-    return 403, f"Forbidden (HSS refused: {result})", ()
+    if result == cx.DIAMETER_AUTHORIZATION_REJECTED:
+        return 403, "Forbidden (authorization rejected)", ()
+    # UNABLE_TO_COMPLY, MISSING_AVP, ...: the exchange failed, the user was not refused.
+    return 500, f"Server Internal Error (HSS error {result})", ()
 
 
 # --------------------------------------------------------------------------- the edge

@@ -165,7 +165,11 @@ def outcome_of(answer: Any) -> CxOutcome | None:
     # UNABLE_TO_DELIVER) mean "try later", not "this user is refused".
     if result is None or 3000 <= result < 5000:
         return CxOutcome.UNAVAILABLE
-    return CxOutcome.REFUSED
+    if result == cx.DIAMETER_AUTHORIZATION_REJECTED:
+        return CxOutcome.REFUSED
+    # Other base 5xxx codes (UNABLE_TO_COMPLY, MISSING_AVP, ...) say the exchange failed,
+    # not that this user is refused: a server error, not 403.
+    return CxOutcome.HSS_ERROR
 
 
 def vectors_from_maa(answer: Any) -> list[AuthVectorItem]:

@@ -87,7 +87,8 @@ class CxOutcome(enum.Enum):
     USER_UNKNOWN = "user-unknown"  # 5001
     IDENTITIES_DONT_MATCH = "identities-dont-match"  # 5002
     AUTH_SCHEME_NOT_SUPPORTED = "auth-scheme-not-supported"  # 5006
-    REFUSED = "refused"  # any other permanent error
+    REFUSED = "refused"  # any other permanent refusal of this user
+    HSS_ERROR = "hss-error"  # the HSS failed the request (e.g. 5012 UNABLE_TO_COMPLY)
     UNAVAILABLE = "unavailable"  # timeout, no peer, transient error (HSS down)
 
 
@@ -442,6 +443,8 @@ class RegistrarCore:
                     (("Retry-After", str(self.policy.retry_after)),),
                 )
             ]
+        if outcome is CxOutcome.HSS_ERROR:
+            return [self._reply(token, 500, "Server Internal Error (HSS error)")]
         reason = {
             CxOutcome.USER_UNKNOWN: "Forbidden (user unknown)",
             CxOutcome.IDENTITIES_DONT_MATCH: "Forbidden (identities don't match)",
