@@ -14,7 +14,7 @@ from imsaka.hss.api import create_app
 from imsaka.hss.server import HssServer
 
 from ..conftest import free_port
-from .conftest import HOME, OP, OPC, SCSCF_HOST, K, client_node, hss_config, sar
+from .conftest import HOME, OP, OPC, SCSCF_HOST, K, client_node, hss_config, mar, sar
 
 TOKEN = "s3cret-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -269,3 +269,35 @@ async def test_user_data_capabilities_and_a_second_implicit_set(api, hss, scscf)
     )
     ids = [e.text for e in ET.fromstring(saa.user_data).iter("Identity")]
     assert ids == ["sip:alice-work@home1.net"]  # User-Data of that implicit set only
+
+
+async def test_second_impi_shares_the_impus(api, hss, registered_scscf):
+    r = await api.post(
+        "/api/v1/subscribers/alice@home1.net/impis",
+        json={"impi": "alice-tablet@home1.net", "k": "00" * 16, "opc": OPC},
+        headers=AUTH,
+    )
+    assert r.status_code == 201, r.text
+    assert {u["impu"] for u in r.json()["impus"]} == {"sip:alice@home1.net", "tel:+15550001"}
+    assert K not in r.text
+    # the tablet authenticates for the shared IMPU with its own credentials
+    maa = await registered_scscf.request(mar(impi="alice-tablet@home1.net", impu="tel:+15550001"))
+    assert maa.result_code == cx.DIAMETER_SUCCESS
+    dup = await api.post(
+        "/api/v1/subscribers/alice@home1.net/impis",
+        json={"impi": "alice-tablet@home1.net", "k": "00" * 16, "opc": OPC},
+        headers=AUTH,
+    )
+    assert dup.status_code == 409 and dup.json()["detail"]["field"] == "impi"
+    # an RTR names the other IMPI in Associated-Identities
+    r = await api.post("/api/v1/impus/sip:alice@home1.net/deregister", headers=AUTH)
+    assert r.json()["ok"] is True
+    rtr = registered_scscf.received[-1]
+    assert rtr.user_name == "alice@home1.net"
+    assert rtr.associated_identities.user_names == ("alice-tablet@home1.net",)
+    # deleting one IMPI keeps the subscription for the other
+    assert (
+        await api.delete("/api/v1/subscribers/alice@home1.net", headers=AUTH)
+    ).status_code == 200
+    left = await api.get("/api/v1/subscribers/alice-tablet@home1.net", headers=AUTH)
+    assert left.status_code == 200 and len(left.json()["impus"]) == 2

@@ -115,6 +115,21 @@ class ImpusIn(BaseModel):
     )
 
 
+class ImpiIn(BaseModel):
+    """Another private identity sharing the subscription's IMPUs (TS 23.228 §4.3.3.4)."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    impi: str
+    k: str
+    op: str | None = None
+    opc: str | None = None
+    amf: str | None = None
+    sqn: str | None = None
+    schemes: list[str] | None = None
+    password: str | None = None
+
+
 class DeregisterIn(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
@@ -311,6 +326,30 @@ def create_app(backend: HssBackend, token: str) -> FastAPI:
         result = (await store.get_subscriber(impi)).as_dict()
         result["ppr"] = await backend.push_profile(impi)
         return result
+
+    @app.post("/api/v1/subscribers/{impi}/impis", status_code=201, dependencies=[Depends(auth)])
+    async def add_impi(impi: str, body: ImpiIn) -> dict[str, Any]:
+        try:
+            current = await store.get_subscriber(impi)
+            spec = validate_subscriber(
+                impi=body.impi,
+                impus=[u.identity for u in current.impus],
+                k=body.k,
+                op=body.op,
+                opc=body.opc,
+                amf=body.amf,
+                sqn=body.sqn,
+                schemes=body.schemes,
+                digest_password=body.password,
+            )
+            await store.add_impi(impi, spec)
+        except NotFound:
+            raise _bad(404, "impi", f"no subscriber {impi!r}") from None
+        except FieldError as exc:
+            raise _bad(422, exc.field, exc.reason) from None
+        except Conflict as exc:
+            raise _bad(409, exc.field, str(exc).split(": ", 1)[-1]) from None
+        return (await store.get_subscriber(spec.impi)).as_dict()
 
     @app.delete("/api/v1/subscribers/{impi}", dependencies=[Depends(auth)])
     async def delete(impi: str) -> dict[str, Any]:

@@ -845,6 +845,39 @@ class HssStore:
             )
         return await self.serving_for_impi(impi)
 
+    async def add_impi(self, existing_impi: str, spec: SubscriberSpec) -> ServingInfo:
+        """Add another private identity to the subscription of ``existing_impi``.
+
+        TS 23.228 §4.3.3.4: several IMPIs of one IMS subscription share its IMPUs;
+        ``spec.impus`` is ignored (the shared ones apply).
+        """
+        try:
+            async with self.engine.begin() as conn:
+                info = await self._serving_by_impi(conn, existing_impi)
+                clash = (
+                    await conn.execute(sa.select(m.impi.c.id).where(m.impi.c.identity == spec.impi))
+                ).first()
+                if clash:
+                    raise Conflict("impi", f"{spec.impi!r} already exists")
+                await conn.execute(
+                    m.impi.insert().values(
+                        subscription_id=info.subscription_id,
+                        identity=spec.impi,
+                        k=spec.k,
+                        op_kind=spec.op_kind,
+                        op=spec.op,
+                        opc=spec.opc,
+                        amf=spec.amf,
+                        sqn=spec.sqn,
+                        algorithm="milenage",
+                        auth_schemes=",".join(spec.schemes),
+                        digest_password=spec.digest_password,
+                    )
+                )
+        except IntegrityError:
+            raise Conflict("impi", f"{spec.impi!r} was written concurrently") from None
+        return await self.serving_for_impi(spec.impi)
+
     async def sync_scscf_pool(self, pool: Sequence[dict[str, Any]]) -> None:
         """Make the scscf table equal to the configured pool (name, host, capabilities)."""
         async with self.engine.begin() as conn:
