@@ -57,6 +57,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the messages as JSON records")
     p.add_argument("--seed", type=int, help="deterministic subscriber keys")
     p.add_argument(
+        "--show-keys",
+        action="store_true",
+        help="show CK/IK of the S-CSCF's 401 in the ladder (hidden by default)",
+    )
+    p.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for each registration"
     )
     p.add_argument(
@@ -93,6 +98,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             seed=args.seed,
             timeout=args.timeout,
             concurrency=args.concurrency,
+            show_keys=args.show_keys,
         )
     )
 
@@ -108,6 +114,7 @@ async def run_demo(
     seed: int | None = None,
     timeout: float = 30.0,
     concurrency: int = 8,
+    show_keys: bool = False,
     out: Any = None,
 ) -> int:
     """Run the demo; returns the exit code. `out` is a text stream (default stdout)."""
@@ -117,7 +124,7 @@ async def run_demo(
 
     out = out or sys.stdout
     subs = make_subscribers(subscribers, seed=seed)
-    trace = Trace(pcap=PcapWriter(pcap, esp=pcap_esp) if pcap else None)
+    trace = Trace(pcap=PcapWriter(pcap, esp=pcap_esp) if pcap else None, show_keys=show_keys)
     net = Network(subs, NetworkOptions(visited=visited, key_file=esp_keys), trace=trace)
     results = []
     ues: list[UeClient] = []

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 import struct
 import threading
@@ -169,6 +170,20 @@ def _split_sip(payload: bytes) -> tuple[str, tuple[tuple[str, str], ...]] | None
             continue
         headers.append([name.strip(), value.strip()])
     return start, tuple((n, v) for n, v in headers)
+
+
+_KEY_PARAM = re.compile(r'\b(ck|ik)\s*=\s*"?[0-9A-Fa-f]*"?')
+
+
+def mask_keys(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """CK and IK in a WWW-Authenticate (S-CSCF → P-CSCF, TS 24.229 §5.4.1.2.1) shown as
+    <hidden>: keys never reach the printed ladder or JSON unless asked for."""
+    out = []
+    for name, value in headers:
+        if name.lower() == "www-authenticate" and ("ck" in value or "ik" in value):
+            value = _KEY_PARAM.sub(lambda m: f'{m.group(1)}="<hidden>"', value)
+        out.append((name, value))
+    return tuple(out)
 
 
 def _sip_summary(start: str) -> str:
@@ -415,12 +430,14 @@ class Trace:
         pcap: PcapWriter | None = None,
         live: Any = None,
         keep: bool = True,
+        show_keys: bool = False,
         max_records: int = 100_000,
     ) -> None:
         self.names: dict[Address, str] = dict(names or {})
         self.pcap = pcap
         self.live = live
         self.keep = keep
+        self.show_keys = show_keys
         self.records: list[LadderRecord] = []
         self._max = max_records
         self._seq = 0
@@ -499,7 +516,7 @@ class Trace:
                     dst_name=rec.dst_name,
                     summary=summary,
                     esp_spi=spi,
-                    headers=info["headers"],
+                    headers=info["headers"] if self.show_keys else mask_keys(info["headers"]),
                     payload=rec.payload,
                 )
                 return
@@ -531,7 +548,13 @@ class Trace:
                 ),
                 summary=summary,
                 esp_spi=spi,
-                headers=info.get("headers", ()) if event.protocol != "diameter" else (),
+                headers=(
+                    ()
+                    if event.protocol == "diameter"
+                    else info.get("headers", ())
+                    if self.show_keys
+                    else mask_keys(info.get("headers", ()))
+                ),
                 diameter=info if event.protocol == "diameter" else {},
                 payload=event.payload,
             )

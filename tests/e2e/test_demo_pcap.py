@@ -43,6 +43,8 @@ async def test_demo_json_records(tmp_path):
     # the 401 to the UE carries no ck/ik, the one to the P-CSCF does
     www = [dict(m["headers"]).get("WWW-Authenticate", "") for m in sip[3:6]]
     assert "ck=" in www[0] and "ck=" in www[1] and "ck=" not in www[2]
+    # CK/IK crossed Mw in the clear (as the spec has it) but are not printed
+    assert 'ck="<hidden>"' in www[0] and 'ik="<hidden>"' in www[1]
 
 
 async def test_demo_ladder_text():
