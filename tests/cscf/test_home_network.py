@@ -768,3 +768,14 @@ async def test_reg_event_subscribe_refused(home):
     )
     r = await home.client.send_request(parse_message(text.encode()), ("127.0.0.1", home.scscf_port))
     assert r.status == 489 and r.get("allow-events") == "reg"
+
+
+async def test_reg_event_subscription_expires_with_a_final_notify(home):
+    _, r200 = await full_registration(home, new_ue())
+    assert r200.status == 200
+    notifies: list = []
+    assert (await reg_event_subscribe(home, notifies, expires=1)).status == 200
+    await wait_for(lambda: len(notifies) == 2, timeout=5)
+    assert notifies[1].get("subscription-state") == "terminated;reason=timeout"
+    assert home.scscf.pending_counts()["subscriptions"] == 0
+    assert home.scscf.pending_counts()["registrations"] == 1  # the registration lives on

@@ -101,6 +101,11 @@ class RegSubscriptions:
     def __len__(self) -> int:
         return sum(len(s) for s in self._by_impu.values())
 
+    def __contains__(self, sub: object) -> bool:
+        if not isinstance(sub, RegSubscription):
+            return False
+        return self._by_impu.get(sub.impu, {}).get(sub.key) is sub
+
 
 def reginfo_body(
     impu: str,

@@ -363,6 +363,18 @@ class Scscf:
             return
         body = reginfo_body(reg.impu, reg, version=sub.version, now=now)
         self._send_notify(sub, body, now)
+        asyncio.get_running_loop().call_later(expires, self._subscription_expired, sub)
+
+    def _subscription_expired(self, sub: RegSubscription) -> None:
+        """RFC 6665 §4.2.2: a subscription not refreshed in time ends with a final NOTIFY."""
+        now = self._clock()
+        if self._closed or sub.expires_at > now or sub not in self.subscriptions:
+            return  # refreshed (a later timer covers it) or already ended
+        self.subscriptions.remove(sub)
+        self.core.counters["subscription_expired"] += 1
+        reg = self.core.lookup(sub.impu, now)
+        body = reginfo_body(sub.impu, reg, version=sub.version, now=now)
+        self._send_notify(sub, body, now, terminated_reason="timeout")
 
     def _notify_terminated(self, removed: RemoveRegistration) -> None:
         """The registration ended: tell every subscriber (TS 24.229 §5.4.1.5, §5.4.2.1.2),
