@@ -224,3 +224,42 @@ async def test_postgres_store_roundtrip():
     finally:
         await wipe(s)
         await s.close()
+
+
+async def test_mixed_batches_hand_out_each_sqn_once(store):
+    import random
+
+    rng = random.Random(7)
+    users = [f"m{i}@home1.net" for i in range(5)]
+    await store.import_subscribers(
+        [validate_subscriber(impi=u, impus=[f"sip:{u}"], k="00" * 16, opc=OPC) for u in users]
+    )
+    expected = {u: HssSqn(0) for u in users}
+    for _ in range(20):
+        jobs = []
+        for _ in range(rng.randint(1, 40)):
+            u = rng.choice(users)
+            kind = rng.random()
+            impu = (
+                f"sip:{u}"
+                if kind > 0.15
+                else ("sip:ghost@home1.net" if kind > 0.05 else f"sip:{users[0]}")
+            )
+            jobs.append((u, impu, rng.randint(1, 4)))
+        results = await asyncio.gather(*[store.mar(u, impu, n, "sip:s") for u, impu, n in jobs])
+        for (u, impu, n), res in zip(jobs, results, strict=True):
+            if impu != f"sip:{u}":
+                assert not res.matched
+                continue
+            assert len(res.sqns) == n
+        # Per IMPI the union of this round's SQNs is exactly the next steps of the counter.
+        for u in users:
+            got = sorted(
+                s
+                for (uu, impu, _), r in zip(jobs, results, strict=True)
+                if uu == u and impu == f"sip:{u}"
+                for s in r.sqns
+            )
+            want = expected[u].take(len(got))
+            assert got == want
+            assert await store.sqn_of(u) == expected[u].sqn_he
