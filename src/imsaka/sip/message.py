@@ -228,7 +228,8 @@ class Message:
         vias = self.via
         self.pop_first("via")
         self.add("Via", str(via), first=True)
-        self._view("via", lambda m: None)  # ensure the cache dict exists
+        if self._cache is None:
+            self._cache = {}
         self._cache["via"] = [via, *vias[1:]]
 
     def _view(self, key: str, build):
