@@ -12,6 +12,7 @@ from imsaka.cscf.scscf_core import (
     AskAssignment,
     AskVectors,
     AssignmentType,
+    ContactSpec,
     CxOutcome,
     RegisterRequest,
     RegistrarCore,
@@ -519,3 +520,20 @@ def test_outcome_mapping():
     assert outcome_of(maa(result_code=cx.DIAMETER_AUTHORIZATION_REJECTED)) is CxOutcome.REFUSED
     assert outcome_of(maa(result_code=cx.DIAMETER_TOO_BUSY)) is CxOutcome.UNAVAILABLE
     assert outcome_of(maa()) is CxOutcome.UNAVAILABLE
+
+
+def test_contact_floods_are_bounded():
+    h = Harness(RegistrarCore(policy(max_contacts=2)), FakeHss())
+    ue = FakeUe()
+    many = ue.register()
+    many = RegisterRequest(
+        **{
+            **{f: getattr(many, f) for f in many.__slots__},
+            "contacts": tuple(ContactSpec(f"sip:10.0.0.{i}", 3600) for i in range(3)),
+        }
+    )
+    assert h.send(many).status == 400
+    assert register(h, ue).status == 200
+    for i, expected in ((1, 200), (2, 403)):
+        other = FakeUe(isim=ue.isim, contact=f"sip:10.0.1.{i}", call_id=f"x{i}")
+        assert register(h, other, T0 + i).status == expected

@@ -226,6 +226,8 @@ class RegistrarPolicy:
     reg_await_auth: float = 240.0
     vector_lifetime: float = 3600.0
     max_pending_per_impi: int = 4
+    max_contacts: int = 16
+    """Bindings one IMPU may hold (a flood of Contacts must not grow the registrar)."""
     retry_after: int = 30
 
     @classmethod
@@ -549,6 +551,8 @@ class RegistrarCore:
     def _check_request(self, req: RegisterRequest) -> str | None:
         if not req.impu:
             return "Bad Request (no To URI)"
+        if len(req.contacts) > self.policy.max_contacts:
+            return "Bad Request (too many Contact values)"
         if req.star:
             if req.contacts:
                 return "Bad Request (Contact: * with other contacts)"
@@ -740,6 +744,9 @@ class RegistrarCore:
             if reg is None:
                 return self._finish_deregister(token, self._ops.pop(token), now)
             return [AskAssignment(token, impi, req.impu, AssignmentType.USER_DEREGISTRATION, False)]
+        if len(remaining) > self.policy.max_contacts:
+            self.counters["too_many_contacts"] += 1
+            return [self._reply(token, 403, "Forbidden (too many registered contacts)")]
         kind = AssignmentType.RE_REGISTRATION if reg is not None else AssignmentType.REGISTRATION
         self._ops[token] = _Op(_OpKind.ASSIGN, impi, req.impu, req, kind)
         available = reg is not None and bool(reg.user_data) and reg.impi == impi
