@@ -377,8 +377,10 @@ class SipEndpoint:
         return up
 
     def _is_our_via(self, via) -> bool:
+        host = host_ip(via.host)
         return any(
-            via.port == t.local_address[1] and host_ip(via.host) == t.local_address[0]
+            via.port == t.local_address[1]
+            and (host == t.local_address[0] or t.local_address[0] in ("0.0.0.0", "::"))
             for t in self.transports
         )
 
