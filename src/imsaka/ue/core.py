@@ -247,8 +247,10 @@ class UeRegistration:
     `local` is the unprotected (host, port) of the UE; `protected_ports` a callable
     returning a fresh (port_c, port_s) pair for each new SA set (the edge binds them;
     TS 24.229 §5.1.1.4.2: port-s stays the same over re-registrations, so the edge
-    returns the same port-s while a set is live). `isim` answers
-    `authenticate(rand, autn)` (imsaka.aka.isim.Isim).
+    returns the same port-s while a set is live); `spi_allocator` a callable returning
+    fresh (spi-c, spi-s) unique among the UE's live inbound SAs (the SA table's; without
+    it SPIs come from `rng`). `isim` answers `authenticate(rand, autn)`
+    (imsaka.aka.isim.Isim).
     """
 
     def __init__(
