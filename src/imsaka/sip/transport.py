@@ -181,14 +181,16 @@ class UdpTransport(_BaseTransport):
 
     def _datagram(self, data: bytes, source: Address) -> None:
         self.counters["received"] += 1
-        self._report("in", source, self._local, data)
+        if self._observers:
+            self._report("in", source, self._local, data)
         if len(data) > self.max_size:
             # the receiver still sees it: it answers 513 when the head allows
             self.counters["oversized"] += 1
         self._deliver(data, source)
 
     def send(self, data: bytes, addr: Address) -> None:
-        if self._transport is None or self._transport.is_closing():
+        transport = self._transport
+        if transport is None or transport.is_closing():
             self._send_failed(addr, ConnectionError("transport closed"))
             return
         if not _is_ip_literal(addr[0]):
@@ -196,12 +198,13 @@ class UdpTransport(_BaseTransport):
             self._send_failed(addr, ValueError("address must be an IP literal (resolve first)"))
             return
         try:
-            self._transport.sendto(data, addr)
+            transport.sendto(data, addr)
         except (OSError, ValueError) as exc:
             self._send_failed(addr, exc)
             return
         self.counters["sent"] += 1
-        self._report("out", self._local, addr, data)
+        if self._observers:
+            self._report("out", self._local, addr, data)
 
     async def close(self) -> None:
         if self._transport is not None:
