@@ -64,8 +64,10 @@ async def test_hss_initiated_commands_sent_to_the_hss_are_refused(hss, scscf):
         user_name="alice@home1.net",
         deregistration_reason=cx.DeregistrationReason(0),
     )
-    answer = await scscf.request(rtr)
-    assert answer.result_code == cx.DIAMETER_COMMAND_UNSUPPORTED
+    answer = await scscf.request(rtr.to_message())
+    assert answer.is_error  # E bit: a protocol error (RFC 6733 §7.1.3)
+    assert answer.find(codec.AVP_RESULT_CODE).u32 == cx.DIAMETER_COMMAND_UNSUPPORTED
+    assert answer.find(codec.AVP_SESSION_ID).text == rtr.session_id
     # nothing changed
     assert (await hss.store.get_subscriber("alice@home1.net")).impi == "alice@home1.net"
 
@@ -108,3 +110,13 @@ async def test_sqlite_runs_with_full_durability(store):
     assert store._sync_engine is not None
     with store._sync_engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+
+
+async def test_request_for_another_realm_is_not_served(hss, scscf):
+    import dataclasses
+
+    foreign = dataclasses.replace(uar(), destination_realm="other.example")
+    answer = await scscf.request(foreign.to_message())
+    assert answer.is_error
+    assert answer.find(codec.AVP_RESULT_CODE).u32 == codec.DIAMETER_REALM_NOT_SERVED
+    assert (await scscf.request(uar())).is_success

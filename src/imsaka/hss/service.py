@@ -81,6 +81,7 @@ class CxService:
         # Milenage objects (K's AES key schedule) per credential pair, most recent
         # last: building one costs more than a whole vector. Event-loop thread only.
         self._milenage: dict[tuple[bytes, bytes], Milenage] = {}
+        self._realms = frozenset(r.lower() for r in (config.diameter_realm, *config.home_networks))
         self._handlers: dict[type, Callable[[Any], Any]] = {
             cx.UserAuthorizationRequest: self.uar,
             cx.MultimediaAuthRequest: self.mar,
@@ -95,13 +96,25 @@ class CxService:
         if handler is None:
             # RTR/PPR are HSS → S-CSCF only; receiving one is a peer's mistake.
             self.counters["command-unsupported"] += 1
-            return self._error(request, result_code=cx.DIAMETER_COMMAND_UNSUPPORTED)
+            return self._protocol_error(request, cx.DIAMETER_COMMAND_UNSUPPORTED)
+        realm = (request.destination_realm or "").lower()
+        if realm not in self._realms:
+            # RFC 6733 §6.1.8: we serve our own realm(s) only and relay nothing.
+            self.counters["realm-not-served"] += 1
+            return self._protocol_error(request, codec.DIAMETER_REALM_NOT_SERVED)
         try:
             return await handler(request)
         except Exception:  # the server keeps serving whatever the store did
             self.counters["unable-to-comply"] += 1
             log.exception("Cx %s failed", type(request).__name__)
             return self._error(request, result_code=cx.DIAMETER_UNABLE_TO_COMPLY)
+
+    def _protocol_error(self, request: Any, code: int) -> codec.Message:
+        """A 3xxx answer: RFC 6733 §7.1.3 wants the E bit, which only the codec sets."""
+        self.counters[f"error-{code}"] += 1
+        return codec.error_answer(
+            request.to_message(), code, self.config.diameter_host, self.config.diameter_realm
+        )
 
     def _answer(self, request: Any, **fields: Any) -> Any:
         return request.answer(
