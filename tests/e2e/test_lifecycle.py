@@ -188,3 +188,21 @@ async def test_ue_refreshes_before_expiry(subscribers):
     finally:
         await ue.close()
         await net.stop()
+
+
+async def test_home_pcscf_routes_straight_to_the_scscf(subscribers):
+    """Seed step 3: in the home network the P-CSCF may send the REGISTER directly to the
+    S-CSCF ([[pcscf.routes]] scscf = ...), with no I-CSCF hop and no UAR."""
+    net = Network(subscribers, NetworkOptions(pcscf_to_scscf=True))
+    await net.start()
+    ue = UeClient(net.ue_config(subscribers[0]), observers=[net.trace])
+    await ue.start()
+    try:
+        res = await ue.register(10)
+        assert res.ok and res.protected, res
+        hops = {(r.src_name, r.dst_name) for r in net.trace.messages("sip")}
+        assert ("P-CSCF", "S-CSCF") in hops and not any("I-CSCF" in h for h in hops)
+        assert not [r for r in net.trace.messages("diameter") if r.summary.startswith("UAR")]
+    finally:
+        await ue.close()
+        await net.stop()
