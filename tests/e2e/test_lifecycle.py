@@ -206,3 +206,20 @@ async def test_home_pcscf_routes_straight_to_the_scscf(subscribers):
     finally:
         await ue.close()
         await net.stop()
+
+
+async def test_ipv6_loopback_visited(subscribers):
+    """The seed's UE is on IPv6: the whole core on ::1, SAs over IPv6, de-registration."""
+    net = Network(subscribers, NetworkOptions(host="::1", visited=True))
+    await net.start()
+    ue = UeClient(net.ue_config(subscribers[0]), observers=[net.trace])
+    await ue.start()
+    try:
+        res = await ue.register(10)
+        assert res.ok and res.protected, res
+        first = next(r for r in net.trace.messages("sip"))
+        assert first.src[0] == "::1" and "[::1]" in dict(first.headers)["Via"]
+        assert (await ue.deregister(10)).ok
+    finally:
+        await ue.close()
+        await net.stop()
