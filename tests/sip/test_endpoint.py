@@ -729,3 +729,17 @@ async def test_handler_meeting_a_malformed_header_answers_400():
     finally:
         await ep.close()
         peer_t.close()
+
+
+async def test_tcp_idle_connections_are_closed():
+    t = await TcpTransport.create("127.0.0.1", 0, idle_timeout=0.2)
+    try:
+        reader, writer = await asyncio.open_connection(*t.local_address)
+        await wait_for(lambda: t.connections == 1)
+        assert await asyncio.wait_for(reader.read(10), 3) == b""  # closed for idleness
+        assert t.counters["idle_closed"] == 1 and t.connections == 0
+        writer.close()
+        with pytest.raises(ValueError, match="idle_timeout"):
+            TcpTransport(idle_timeout=0)
+    finally:
+        await t.close()

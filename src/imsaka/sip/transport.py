@@ -222,6 +222,7 @@ class _TcpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: Address = ("", 0)
         self.local: Address = ("", 0)
+        self.last_activity = asyncio.get_running_loop().time()
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -231,6 +232,7 @@ class _TcpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         owner = self.owner
+        self.last_activity = asyncio.get_running_loop().time()
         self.framer.feed(data)
         while self.transport is not None:
             try:
@@ -251,6 +253,7 @@ class _TcpConnection(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             raise ConnectionError("connection closed")
         self.transport.write(data)
+        self.last_activity = asyncio.get_running_loop().time()
         self.owner.counters["sent"] += 1
         self.owner._report("out", self.local, self.peer, data)
 
@@ -276,8 +279,10 @@ class TcpTransport(_BaseTransport):
         "_observers",
         "_receiver",
         "_server",
+        "_sweeper",
         "_tasks",
         "counters",
+        "idle_timeout",
         "max_connections",
         "max_size",
         "owner",
@@ -287,10 +292,20 @@ class TcpTransport(_BaseTransport):
     reliable = True
 
     def __init__(
-        self, owner: str = "", max_size: int = DEFAULT_MAX_SIZE, max_connections: int = 1024
+        self,
+        owner: str = "",
+        max_size: int = DEFAULT_MAX_SIZE,
+        max_connections: int = 1024,
+        idle_timeout: float | None = 600.0,
     ) -> None:
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise ValueError("idle_timeout: must be a positive number of seconds or None")
         self._init_common(owner, max_size)
         self.max_connections = max_connections
+        # a connection silent this long is closed (a peer holding sockets open
+        # without sending must not exhaust max_connections)
+        self.idle_timeout = idle_timeout
+        self._sweeper: asyncio.TimerHandle | None = None
         self._server: asyncio.base_events.Server | None = None
         self._conns: dict[Address, _TcpConnection] = {}
         self._connecting: dict[Address, list[bytes]] = {}
@@ -306,15 +321,27 @@ class TcpTransport(_BaseTransport):
         owner: str = "",
         max_size: int = DEFAULT_MAX_SIZE,
         max_connections: int = 1024,
+        idle_timeout: float | None = 600.0,
     ) -> TcpTransport:
-        self = cls(owner, max_size, max_connections)
+        self = cls(owner, max_size, max_connections, idle_timeout)
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._server = await loop.create_server(
             lambda: _TcpConnection(self), host, port, family=family, reuse_address=True
         )
         self._local = _addr(self._server.sockets[0].getsockname())
+        if idle_timeout is not None:
+            self._sweeper = loop.call_later(idle_timeout / 2, self._sweep)
         return self
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        limit = loop.time() - self.idle_timeout
+        for conn in list(set(self._conns.values())):
+            if conn.last_activity < limit:
+                self.counters["idle_closed"] += 1
+                conn.close()
+        self._sweeper = loop.call_later(self.idle_timeout / 2, self._sweep)
 
     @property
     def local_address(self) -> Address:
@@ -393,6 +420,9 @@ class TcpTransport(_BaseTransport):
                 return
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for task in list(self._tasks):
             task.cancel()
         for conn in list(self._conns.values()):
