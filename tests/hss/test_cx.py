@@ -432,3 +432,14 @@ async def test_sip_digest_returns_ha1_not_the_password(hss, scscf):
     # alice has no SIP Digest in her record
     refused = await scscf.request(mar(scheme=cx.SCHEME_SIP_DIGEST))
     assert refused.experimental_result_code == cx.DIAMETER_ERROR_AUTH_SCHEME_NOT_SUPPORTED
+
+
+async def test_sqn_at_its_maximum_is_refused_without_moving(hss, scscf):
+    top = ((1 << 43) - 2) << 5  # one step left
+    await hss.store.update_subscriber("alice@home1.net", sqn=top)
+    assert (await scscf.request(mar(n=1))).result_code == cx.DIAMETER_SUCCESS
+    last = await hss.store.sqn_of("alice@home1.net")
+    refused = await scscf.request(mar(n=1))
+    assert refused.result_code == cx.DIAMETER_UNABLE_TO_COMPLY and not refused.sip_auth_data_items
+    assert await hss.store.sqn_of("alice@home1.net") == last
+    assert hss.service.counters["sqn-exhausted"] == 1

@@ -30,7 +30,7 @@ from imsaka.aka.vectors import generate_vectors
 from imsaka.diameter import codec, cx
 from imsaka.hss.config import HssConfig
 from imsaka.hss.models import RegState
-from imsaka.hss.store import HssStore, IdentityCheck, MarGrant, NotFound
+from imsaka.hss.store import HssStore, IdentityCheck, MarGrant, NotFound, SqnExhausted
 
 __all__ = ["AKA_SCHEMES", "CxService"]
 
@@ -245,6 +245,14 @@ class CxService:
             resync_to=sqn_ms,
             scheme=None if scheme == cx.SCHEME_UNKNOWN else scheme,
         )
+        if isinstance(grant, SqnExhausted):
+            self.counters["sqn-exhausted"] += 1
+            log.error(
+                "MAR for %s: SQN_HE at its maximum, the subscriber needs a new K", req.user_name
+            )
+            return self._error(
+                req, result_code=cx.DIAMETER_UNABLE_TO_COMPLY, error_message="SQN exhausted"
+            )
         if isinstance(grant, IdentityCheck):
             if grant.matched:  # matched but the scheme is not allowed for this IMPI
                 return self._error(req, experimental=cx.DIAMETER_ERROR_AUTH_SCHEME_NOT_SUPPORTED)

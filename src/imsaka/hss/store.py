@@ -59,6 +59,7 @@ log = logging.getLogger("imsaka.hss.store")
 IND_BITS = 5
 IND_MASK = (1 << IND_BITS) - 1
 MAX_SQN = (1 << 48) - 1
+MAX_SEQ = MAX_SQN >> IND_BITS  # SEQ_HE may not pass this: the subscriber then needs a new K
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _PG_MIGRATION_LOCK = 0x1A5A_4855  # advisory lock id: two HSS processes migrate one at a time
 
@@ -261,6 +262,18 @@ class IdentityCheck:
     impi_known: bool
     impu_known: bool
     matched: bool
+
+
+class SqnExhausted:
+    """MAR result when SEQ_HE would pass 2^43 − 1: no vector can be fresh any more."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "SQN_EXHAUSTED"
+
+
+SQN_EXHAUSTED = SqnExhausted()
 
 
 @dataclass(frozen=True, slots=True)
@@ -1244,7 +1257,7 @@ class HssStore:
         *,
         resync_to: int | None = None,
         scheme: str | None = None,
-    ) -> MarGrant | IdentityCheck:
+    ) -> MarGrant | IdentityCheck | SqnExhausted:
         """Allocate n SQNs for one MAR (group-committed with concurrent MARs).
 
         Returns a `MarGrant` (credentials + committed SQNs), or the `IdentityCheck`
@@ -1401,8 +1414,9 @@ class HssStore:
                     f"UPDATE impi SET sqn = (((sqn >> {IND_BITS}) + ?) << {IND_BITS})"
                     f" | (((sqn & {IND_MASK}) + ?) & {IND_MASK}), pending_scscf = ?"
                     f" WHERE identity IN ({','.join('?' * len(members))})"
+                    f" AND (sqn >> {IND_BITS}) + ? <= {MAX_SEQ}"
                     " RETURNING identity, sqn, k, opc, amf, auth_schemes, digest_password",
-                    (int(n), int(n), name, *members),
+                    (int(n), int(n), name, *members, int(n)),
                 )
                 for row in cur.fetchall():
                     granted[row[0]] = _GrantRow(*row[1:])
@@ -1442,6 +1456,7 @@ class HssStore:
                         f"UPDATE impi SET sqn = (((sqn >> {IND_BITS}) + $1::bigint) << {IND_BITS})"
                         f" | (((sqn & {IND_MASK}) + $1::bigint) & {IND_MASK}), pending_scscf = $2"
                         " WHERE identity = ANY($3::text[])"
+                        f" AND (sqn >> {IND_BITS}) + $1::bigint <= {MAX_SEQ}"
                         " RETURNING identity, sqn, k, opc, amf, auth_schemes, digest_password",
                         int(n),
                         name,
@@ -1491,7 +1506,15 @@ class HssStore:
                 new_value = _sqn_advance_expr(m.impi.c.sqn, n)
             stmt = (
                 sa.update(m.impi)
-                .where(m.impi.c.identity.in_(members))
+                .where(
+                    m.impi.c.identity.in_(members),
+                    sa.or_(
+                        sa.literal(resync_to is not None),
+                        m.impi.c.sqn.op(">>")(sa.literal_column(str(IND_BITS)))
+                        + sa.literal_column(str(int(n)))
+                        <= sa.literal_column(str(MAX_SEQ)),
+                    ),
+                )
                 .values(sqn=new_value, pending_scscf=name)
                 .returning(
                     m.impi.c.identity,
@@ -1520,11 +1543,14 @@ class HssStore:
     ) -> list[MarGrant | IdentityCheck]:
         # Committed: hand each IMPI's new SQN range out to its MARs in queue order.
         results: list[MarGrant | IdentityCheck] = []
-        ranges = {i: sqn_sequence(int(granted[i].sqn), n) for i, n in steps.items()}
+        ranges = {i: sqn_sequence(int(granted[i].sqn), n) for i, n in steps.items() if i in granted}
         taken: dict[str, int] = {}
         for job, good in zip(batch, ok, strict=True):
             if not good:
                 results.append(checks[(job.impi, job.impu)])
+                continue
+            if job.impi not in granted:
+                results.append(SQN_EXHAUSTED)
                 continue
             start = taken.get(job.impi, 0)
             taken[job.impi] = start + job.n
