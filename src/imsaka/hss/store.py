@@ -1239,13 +1239,19 @@ class HssStore:
             new = (
                 await conn.execute(
                     sa.update(m.impi)
-                    .where(m.impi.c.identity == impi)
+                    .where(
+                        m.impi.c.identity == impi,
+                        m.impi.c.sqn.op(">>")(sa.literal_column(str(IND_BITS)))
+                        + sa.literal_column(str(int(n)))
+                        <= sa.literal_column(str(MAX_SEQ)),
+                    )
                     .values(sqn=_sqn_advance_expr(m.impi.c.sqn, n))
                     .returning(m.impi.c.sqn)
                 )
             ).scalar()
         if new is None:
-            raise NotFound(impi)
+            await self.sqn_of(impi)  # NotFound for an unknown IMPI
+            raise ValueError("sqn: SEQ_HE is at its maximum; the subscriber needs a new K")
         return sqn_sequence(int(new), n)
 
     async def mar(
