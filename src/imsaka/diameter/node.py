@@ -12,8 +12,8 @@ Application side:
   answer a Cx answer dataclass; other applications get and return `codec.Message`.
   A Cx request missing a mandatory AVP is answered 5005 with Failed-AVP without calling
   the handler. `peer` is the `RemotePeer` (its Origin-Host, realm, addresses).
-  The handler's coroutine is started inline; a task is created only when it really
-  suspends (a database call), so a handler that answers at once costs no task.
+  Each request's handler runs in its own Task, so it may await pools, locks and
+  timeouts like any asyncio code.
 - client: `answer = await node.request(request, peer=None, timeout=5.0)`; raises
   `DiameterRequestError` (reason "disconnected", "no-connection", ...) or
   `DiameterTimeoutError` (also a `TimeoutError`).
@@ -571,45 +571,25 @@ class DiameterNode(Observable):
             request = msg
         remote = conn.core.remote
         assert remote is not None
-        try:
-            coro = handler(request, remote)
-            yielded = coro.send(None)  # type: ignore[attr-defined]
-        except StopIteration as done:
-            conn.send_answer(msg, done.value)
-            return
-        except Exception:
-            self.counters["handler-error"] += 1
-            log.exception("diameter request handler failed")
-            conn.send_answer(msg, conn._error(msg, codec.DIAMETER_UNABLE_TO_COMPLY))
-            return
-        # The handler really waits for something: finish it in a task.
-        task = self._loop.create_task(self._resume(conn, msg, coro, yielded))
+        # Always a Task: handlers await database pools and locks that need one
+        # (asyncio.timeout() refuses to run outside a task).
+        task = self._loop.create_task(self._run_handler(conn, msg, handler, request, remote))
         self._handler_tasks.add(task)
         task.add_done_callback(self._handler_tasks.discard)
 
-    async def _resume(self, conn: _Connection, msg: Message, coro: Any, yielded: Any) -> None:
-        """Drive a handler coroutine that suspended on its first step (like a Task)."""
+    async def _run_handler(
+        self, conn: _Connection, msg: Message, handler: Any, request: Any, remote: Any
+    ) -> None:
         try:
-            while True:
-                try:
-                    if yielded is None:
-                        await asyncio.sleep(0)
-                    else:
-                        await _until_done(yielded)
-                except asyncio.CancelledError:
-                    if yielded is not None:
-                        yielded.cancel()
-                    yielded = coro.throw(asyncio.CancelledError())
-                    continue
-                yielded = coro.send(None)
-        except StopIteration as done:
-            conn.send_answer(msg, done.value)
+            answer = await handler(request, remote)
         except asyncio.CancelledError:
             raise
         except Exception:
             self.counters["handler-error"] += 1
             log.exception("diameter request handler failed")
             conn.send_answer(msg, conn._error(msg, codec.DIAMETER_UNABLE_TO_COMPLY))
+            return
+        conn.send_answer(msg, answer)
 
     # events from connections ----------------------------------------------------------------------
 
@@ -664,20 +644,6 @@ class DiameterNode(Observable):
                     observer(event)
                 except Exception:
                     log.exception("wire observer failed")
-
-
-async def _until_done(fut: Any) -> None:
-    if fut.done():
-        return
-    loop = asyncio.get_running_loop()
-    waiter = loop.create_future()
-
-    def wake(_: Any) -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    fut.add_done_callback(wake)
-    await waiter
 
 
 __all__ = [
