@@ -210,6 +210,12 @@ async def test_real_uvicorn_server_and_cli_deregister(store):
         assert (await store.get_subscriber("alice@home1.net")).scscf_name is None
         rc = await asyncio.to_thread(cli_main, [*argv[:-1], "wrong-token"])
         assert rc == 2
+        api = ["--api", f"http://127.0.0.1:{port}", "--token", TOKEN]
+        rc = await asyncio.to_thread(cli_main, ["hss", "delete", "alice@home1.net", *api])
+        assert rc == 0
+        assert await store.count_subscribers() == 0
+        rc = await asyncio.to_thread(cli_main, ["hss", "delete", "alice@home1.net", *api])
+        assert rc == 2
     finally:
         if node is not None:
             await node.stop()
