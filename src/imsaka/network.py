@@ -286,7 +286,7 @@ class Network:
             await self.hss.start()
             if self.subscribers:
                 await self.provision(self.subscribers)
-            self.scscf = ScscfServer(cfg.scscf, observers=obs)
+            self.scscf = ScscfServer(cfg.scscf, observers=obs, network=cfg.network)
             await self.scscf.start()
             self.icscf = IcscfServer(cfg.icscf, cfg.network, observers=obs)
             await self.icscf.start()

@@ -32,6 +32,10 @@ async def test_demo_json_records(tmp_path):
     assert data["registered"] == 1
     msgs = data["messages"]
     sip = [m for m in msgs if m["protocol"] == "sip"]
+    # the reg-event subscription of the P-CSCF follows the registration
+    after = [m["summary"].split()[0] for m in sip[12:]]
+    assert after[:1] == ["SUBSCRIBE"] and set(after) <= {"SUBSCRIBE", "200", "NOTIFY"}, after
+    sip = sip[:12]
     dia = [m["summary"].split()[0] for m in msgs if m["protocol"] == "diameter"]
     assert len(sip) == 12
     assert [m["summary"].split()[0] for m in sip] == [

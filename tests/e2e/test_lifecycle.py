@@ -223,3 +223,32 @@ async def test_ipv6_loopback_visited(subscribers):
     finally:
         await ue.close()
         await net.stop()
+
+
+async def test_network_initiated_deregistration_removes_the_sas(home_network, subscribers):
+    """RTR from the HSS (TS 29.228 §6.1.3) → the S-CSCF ends the registration and NOTIFYs
+    the reg event as terminated → the P-CSCF, subscribed since the 200 OK (TS 24.229
+    §5.2.3), removes the UE's SAs and registration."""
+    net = home_network
+    ue = UeClient(net.ue_config(subscribers[0]), observers=[net.trace])
+    await ue.start()
+    try:
+        assert (await ue.register(10)).ok
+        for _ in range(50):  # the SUBSCRIBE goes out after the 200 OK
+            if net.pcscf.core.counters["reg-subscribed"]:
+                break
+            await asyncio.sleep(0.02)
+        assert net.pcscf.stats()["sa_sets"] == 1
+        result = await net.hss.deregister_impi(subscribers[0].impi)
+        assert result.get("ok"), result
+        for _ in range(100):
+            if net.pcscf.stats()["sa_sets"] == 0:
+                break
+            await asyncio.sleep(0.02)
+        stats = net.pcscf.stats()
+        assert stats["sa_sets"] == 0 and stats["registrations"] == 0, stats
+        assert stats.get("network-deregistered") == 1
+        notifies = [r for r in net.trace.messages("sip") if r.summary.startswith("NOTIFY")]
+        assert any("terminated" in dict(r.headers).get("Subscription-State", "") for r in notifies)
+    finally:
+        await ue.close()

@@ -212,6 +212,7 @@ class Registration:
     associated_uris: tuple[str, ...] = ()
     expires_at: float = 0.0
     clear_source: Address | None = None  # sec-agree-less registration (policy optional)
+    network_terminated: bool = False  # reg-event said terminated while a REGISTER was open
 
 
 @dataclass(slots=True)
@@ -281,6 +282,9 @@ class PcscfCore:
         self.pending: dict[str, _Pending] = {}
         self.registrations: dict[str, Registration] = {}  # by IMPI
         self.by_spi: dict[int, str] = {}  # inbound SPI -> IMPI
+        # reg-event subscriptions (TS 24.229 §5.2.3): Call-ID -> IMPI
+        self.subscriptions: dict[str, str] = {}
+        self.subscribe_reg_event = True
         self.drops: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
 
@@ -401,6 +405,12 @@ class PcscfCore:
             return [self._to_ue(pending.final, arrival)]
         if request.method == "REGISTER":
             return self._register(request, arrival, branch, now)
+        if (
+            request.method == "NOTIFY"
+            and arrival.spi is None
+            and request.get("Call-ID") in self.subscriptions
+        ):
+            return self._reg_notify(request, arrival, now)
         if request.method == "ACK":
             return self._drop("stray-ack")
         return self._other_request(request, arrival, branch, now)
@@ -709,6 +719,16 @@ class PcscfCore:
         pending = self.pending.get(branch)
         if pending is None:
             return self._drop("response-for-unknown-transaction")
+        if pending.kind == "subscribe":
+            if response.status >= 200:
+                del self.pending[branch]
+                if response.status >= 300:
+                    self.subscriptions.pop(response.get("Call-ID") or "", None)
+                    self.counters["reg-subscribe-refused"] += 1
+                    log.info("pcscf: reg-event SUBSCRIBE refused: %d", response.status)
+                else:
+                    self.counters["reg-subscribed"] += 1
+            return []
         resp = response.copy()
         resp.pop_first("Via")
         if response.status < 200:
@@ -720,6 +740,20 @@ class PcscfCore:
         actions: list[Action] = []
         if cseq.method == "REGISTER":
             actions = self._register_response(resp, pending, now)
+            reg = self.registrations.get(pending.impi)
+            if reg is not None and reg.network_terminated:
+                pending.final = resp  # no longer open
+                if not any(
+                    p.impi == reg.impi and p.kind.startswith("register") and p.final is None
+                    for p in self.pending.values()
+                ):
+                    for s in (reg.temporary, reg.sa):
+                        if s is not None:
+                            actions.append(
+                                self._release(reg, s, "registration terminated (reg event)")
+                            )
+                    reg.temporary = reg.sa = None
+                    self._forget(reg)
         else:
             actions = [self._to_ue(resp, pending.arrival)]
         for a in actions:
@@ -900,6 +934,88 @@ class PcscfCore:
         elif arrival.spi is None:
             reg.clear_source = arrival.source
         self.counters["registered"] += 1
+        if (
+            self.subscribe_reg_event
+            and reg.service_route
+            and reg.impi not in self.subscriptions.values()
+        ):
+            actions += self._subscribe_reg(reg, now)
+        return actions
+
+    # ------------------------------------------------------------------ reg event
+
+    def _subscribe_reg(self, reg: Registration, now: float) -> list[Action]:
+        """TS 24.229 §5.2.3: after the first registration, SUBSCRIBE to the reg event of
+        the registered IMPU along its Service-Route, so a network-initiated
+        de-registration reaches the P-CSCF (and it can remove the UE's SAs)."""
+        call_id = f"{self._rng.getrandbits(64):016x}@{self.config.name}"
+        branch = f"z9hG4bK{self._rng.getrandbits(64):016x}"
+        host = _addr_host(self.config.address)
+        sub = Request(
+            "SUBSCRIBE",
+            reg.impu,
+            [
+                ("Via", self._via(branch, "udp")),
+                ("Max-Forwards", "70"),
+                *[("Route", r) for r in reg.service_route],
+                (
+                    "From",
+                    f"<sip:{_addr_host(self.config.name)}:{self.port}>;tag={self._rng.getrandbits(32):08x}",
+                ),
+                ("To", f"<{reg.impu}>"),
+                ("Call-ID", call_id),
+                ("CSeq", "1 SUBSCRIBE"),
+                ("Event", "reg"),
+                ("Expires", str(600000)),
+                ("Contact", f"<sip:{host}:{self.port}>"),
+                ("P-Asserted-Identity", f"<sip:{_addr_host(self.config.name)}:{self.port}>"),
+                ("Content-Length", "0"),
+            ],
+        )
+        target = self._first_route_target(sub)
+        if target is None:
+            return []
+        self.subscriptions[call_id] = reg.impi
+        self.pending[branch] = _Pending(
+            arrival=Arrival(target), ue_branch="", kind="subscribe", impi=reg.impi, created=now
+        )
+        return [Forward(sub, target, "udp")]
+
+    def _reg_notify(self, request: Request, arrival: Arrival, now: float) -> list[Action]:
+        """A reg-event NOTIFY (RFC 3680): when the registration is terminated
+        (de-registration, expiry, RTR) the UE's SAs and registration go."""
+        call_id = request.get("Call-ID") or ""
+        impi = self.subscriptions.get(call_id, "")
+        ok = make_response(request, 200, to_tag=None)
+        actions: list[Action] = [Reply(ok, arrival.source, arrival.transport, None)]
+        state = (request.get("Subscription-State") or "").split(";", 1)[0].strip().lower()
+        body = request.body.decode("utf-8", "replace")
+        reg = self.registrations.get(impi)
+        terminated = state == "terminated" or (
+            'state="terminated"' in body and 'state="active"' not in body
+        )
+        if state == "terminated":
+            self.subscriptions.pop(call_id, None)
+        if (
+            terminated
+            and reg is not None
+            and any(
+                p.impi == impi and p.kind.startswith("register") and p.final is None
+                for p in self.pending.values()
+            )
+        ):
+            # A REGISTER of this UE is open (typically its de-REGISTER, whose NOTIFY can
+            # overtake the 200 OK): the SAs go once its answer went out over them.
+            reg.network_terminated = True
+            return actions
+        if terminated and reg is not None and reg.state is RegState.REGISTERED:
+            self.counters["network-deregistered"] += 1
+            log.info("pcscf: %s de-registered by the network (reg-event NOTIFY)", impi)
+            for s in (reg.temporary, reg.sa):
+                if s is not None:
+                    actions.append(self._release(reg, s, "registration terminated (reg event)"))
+            reg.temporary = reg.sa = None
+            self._forget(reg)
         return actions
 
     @staticmethod
