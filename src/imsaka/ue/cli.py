@@ -64,7 +64,10 @@ def _cmd_register(args: argparse.Namespace) -> int:
 async def _register(config, args: argparse.Namespace) -> int:
     from imsaka.ue.client import UeClient
 
-    client = UeClient(config, key_file=args.esp_keys)
+    try:
+        client = UeClient(config, key_file=args.esp_keys)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     try:
         await client.start()
     except OSError as exc:
