@@ -67,6 +67,8 @@ def _free_both(host: str) -> int:
 class TestSubscriber:
     """A subscriber as the UE and the HSS both know it (secrets out of repr)."""
 
+    __test__ = False  # not a pytest test class, despite the name
+
     impi: str
     impus: tuple[str, ...]
     k: bytes = field(repr=False)
