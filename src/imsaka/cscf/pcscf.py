@@ -605,8 +605,7 @@ class PcscfCore:
         if auth is not None:
             auth = auth.with_param("integrity-protected", "yes" if protected else "no", quoted=True)
             fwd.set("Authorization", str(auth))
-        _place_after_access_info(fwd, _ADDED_UPSTREAM)
-        return fwd
+        return _place_after_access_info(fwd, _ADDED_UPSTREAM)
 
     # ------------------------------------------------------------------ non-REGISTER
 
@@ -1091,7 +1090,7 @@ _ADDED_UPSTREAM = ("path", "require", "proxy-require", "p-visited-network-id", "
 _ANCHORS = ("via", "max-forwards", "p-access-network-info")
 
 
-def _place_after_access_info(msg: Request, keys: tuple[str, ...]) -> None:
+def _place_after_access_info(msg: Request, keys: tuple[str, ...]) -> Request:
     """Put the headers the P-CSCF adds where TS 24.228 packet 2 shows them: after
     Via / Max-Forwards / P-Access-Network-Info, before From (order is cosmetic in SIP
     but keeps traces comparable with the specification's flows)."""
@@ -1101,11 +1100,8 @@ def _place_after_access_info(msg: Request, keys: tuple[str, ...]) -> None:
     pos = max((i + 1 for i, (n, _) in enumerate(rest) if n.lower() in _ANCHORS), default=0)
     ordered = rest[:pos] + block + rest[pos:]
     if ordered == items:
-        return
-    for name in dict.fromkeys(n.lower() for n, _ in items):
-        msg.remove(name)
-    for n, v in ordered:
-        msg.add(n, v)
+        return msg
+    return Request(msg.method, msg.uri, ordered, body=msg.body, version=msg.version)
 
 
 def _seed_spelling(value: str) -> str:
