@@ -76,7 +76,8 @@ def _diameter_pending(node: Any) -> dict[str, int]:
     Needs: `DiameterNode.pending_counts()` (private `_connections`, `_handler_tasks`)."""
     sent = owed = futures = 0
     for conn in list(node._connections):
-        sent += conn.core.pending_count()
+        pc = conn.core.pending_count
+        sent += pc() if callable(pc) else pc
         futures += len(conn.futures)
         owed += conn.inflight
     return {

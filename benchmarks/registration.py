@@ -1,0 +1,1213 @@
+"""Registration benchmark (issue 7, "Performance"): IMS AKA registrations per second
+through the whole core, each function its own process, on loopback.
+
+    UE simulator → P-CSCF → I-CSCF → S-CSCF → HSS        (TS 24.229 §5.1–5.4, TS 33.203 §6–7)
+
+What it does, in one run:
+
+1. Provisions N distinct subscribers (default 10,000) through the HSS's bulk CSV import
+   (``imsaka hss import``), and a second set (K with OP, not OPc) for SIPp.
+2. Starts HSS, S-CSCF, I-CSCF and P-CSCF as four processes (``imsaka run FUNCTION -c
+   imsaka.toml`` with a generated whole-network TOML; uvloop installed in each child
+   where available), so the functions use both cores.
+3. IPsec phase: imsaka's UE simulator (`imsaka.ue.client.UeClient`, one per UE with its
+   own sockets and SA set, in this process) registers fresh UEs at a fixed offered rate,
+   stepped upward; per step: successes, failures, p50/p99 latency (from the *scheduled*
+   start, so a lagging generator shows as latency), CPU seconds per registration of every
+   function (utime+stime from /proc/PID/stat) and of the UE simulator. A step passes when
+   nothing failed and p99 stays under ``--p99-limit``; the highest passing rate is the
+   result. Every success must be IPsec-protected (the 200 OK arrived over ESP).
+4. Re-registration: the same R UEs register (full AKA, SA set) and then re-register over
+   their SAs at the same rate; the S-CSCF accepts ``integrity-protected="yes"`` without a
+   new vector (TS 24.229 §5.4.1.2.2) — checked per UE (no 401, no new SA set). Cost
+   ratio = core CPU per re-registration / core CPU per full registration.
+5. Memory: RSS of P-CSCF and S-CSCF before the first measured registration and their
+   peak (VmHWM, reset through /proc/PID/clear_refs) and final RSS after all; per
+   registered UE = delta / UEs still registered.
+6. SIPp phase: a fresh core with ``sec_agree = "optional"``; SIPp (AKAv1-MD5, no
+   sec-agree, scenario ``benchmarks/sipp/register_aka.xml``) registers its own subscribers
+   at stepped rates (``-r``, ``-m``); failures from its exit code and statistics file,
+   latency per call from ``-trace_rtt``.
+7. Baseline, same run: 2 × N bare UDP request/response round trips through three asyncio
+   forwarder processes and an echo process (`_forwarders.py`); ratios of throughput and
+   of CPU per registration against two round trips.
+
+Prints one JSON object on stdout (progress on stderr). ``--quick`` is a ~30 s run;
+``--profile`` runs the four functions under cProfile and adds their top costs (the
+numbers of a profiled run are slower: use it for the ranking, not the rates).
+
+    python benchmarks/registration.py [--quick] [--ues N] [--rates 100,200,...]
+        [--step-seconds S] [--no-sipp] [--no-baseline] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import pstats
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+from _forwarders import cpu_seconds, install_uvloop, run_baseline  # noqa: E402
+
+HOST = "127.0.0.1"
+DOMAIN = "home1.net"
+FUNCTIONS = ("hss", "scscf", "icscf", "pcscf")
+CORE = ("pcscf", "icscf", "scscf", "hss")
+SIPP_SCENARIO = BENCH / "sipp" / "register_aka.xml"
+# UE protected ports come from a range below the kernel's ephemeral range, handed out
+# and recycled here: asking the kernel for a "free" port and binding it later (after
+# the 401) races with the other UEs doing the same at hundreds per second.
+UE_PORT_FIRST = 20000
+UE_PORT_LAST = 32000
+
+
+def log(msg: str) -> None:
+    print(f"[registration] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port(kind: int = socket.SOCK_DGRAM, both: bool = False) -> int:
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind((HOST, 0))
+            port = s.getsockname()[1]
+        if not both:
+            return port
+        other = socket.SOCK_STREAM if kind == socket.SOCK_DGRAM else socket.SOCK_DGRAM
+        with socket.socket(socket.AF_INET, other) as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+        return port
+    raise OSError("no free port")
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    # Nearest-rank percentile.
+    k = min(len(ordered) - 1, max(0, math.ceil(q / 100.0 * len(ordered)) - 1))
+    return ordered[k]
+
+
+def ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000.0, 3)
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS / VmHWM in KiB from /proc/PID/status."""
+    out = {}
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                out[line.split(":")[0]] = int(line.split()[1])
+    return out
+
+
+def reset_peak(pid: int) -> bool:
+    """Reset VmHWM to the current RSS (Linux ≥ 4.0: write 5 to clear_refs)."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------- subscribers
+
+
+@dataclass(frozen=True, slots=True)
+class Sub:
+    impi: str
+    impu: str
+    k: bytes = field(repr=False)
+    opc: bytes | None = field(default=None, repr=False)
+    op: bytes | None = field(default=None, repr=False)
+    amf: bytes = b"\x80\x00"
+
+
+_PRINTABLE = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def make_subs(prefix: str, n: int, seed: int, *, for_sipp: bool = False) -> list[Sub]:
+    """`n` subscribers with random K and OPc; `for_sipp`: K and OP of 16 printable
+    characters and AMF "80", because SIPp 3.6.1 reads aka_K / aka_OP / aka_AMF as raw
+    octet strings (see benchmarks/sipp/register_aka.xml)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        if for_sipp:
+            k = "".join(rng.choice(_PRINTABLE) for _ in range(16)).encode()
+            o = "".join(rng.choice(_PRINTABLE) for _ in range(16)).encode()
+        else:
+            k = rng.getrandbits(128).to_bytes(16, "big")
+            o = rng.getrandbits(128).to_bytes(16, "big")
+        out.append(
+            Sub(
+                impi=f"{prefix}{i}@{DOMAIN}",
+                impu=f"sip:{prefix}{i}@{DOMAIN}",
+                k=k,
+                op=o if for_sipp else None,
+                opc=None if for_sipp else o,
+                amf=b"80" if for_sipp else b"\x80\x00",
+            )
+        )
+    return out
+
+
+def write_csv(path: Path, subs: list[Sub]) -> None:
+    with open(path, "w") as fh:
+        fh.write("impi,impu,k,op,opc,amf,sqn\n")
+        for s in subs:
+            op = s.op.hex() if s.op else ""
+            opc = s.opc.hex() if s.opc else ""
+            fh.write(f"{s.impi},{s.impu},{s.k.hex()},{op},{opc},{s.amf.hex()},0\n")
+
+
+def bulk_import(workdir: Path, db: str, subs: list[Sub], name: str) -> float:
+    """``imsaka hss import`` (one transaction), timed."""
+    path = workdir / f"{name}.csv"
+    write_csv(path, subs)
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "imsaka", "hss", "import", "--db", db, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"imsaka hss import failed: {done.stderr.strip()}")
+    return time.perf_counter() - started
+
+
+# --------------------------------------------------------------------------- the core
+
+
+def core_toml(ports: dict[str, int], db: str, *, sec_agree: str, vectors: int) -> str:
+    hosts = "\n".join(
+        f'"{h}" = "{HOST}"'
+        for h in ("pcscf1.home1.net", "icscf1.home1.net", "scscf1.home1.net", "hss.home1.net")
+    )
+    return f"""
+[network]
+name = "imsaka registration benchmark"
+home_domains = ["{DOMAIN}"]
+[network.hosts]
+{hosts}
+
+[hss]
+database = "{db}"
+diameter_host = "hss.home1.net"
+diameter_realm = "{DOMAIN}"
+diameter_address = "{HOST}"
+diameter_port = {ports["hss"]}
+api_port = 0
+
+[pcscf]
+name = "pcscf1.home1.net"
+address = "{HOST}"
+port = {ports["pcscf"]}
+transports = ["udp"]
+port_c = {ports["pcscf_c"]}
+port_s = {ports["pcscf_s"]}
+home = true
+visited_network_id = "{DOMAIN}"
+sec_agree = "{sec_agree}"
+[[pcscf.routes]]
+domain = "{DOMAIN}"
+icscf = "sip:icscf1.home1.net:{ports["icscf"]}"
+
+[icscf]
+name = "icscf1.home1.net"
+address = "{HOST}"
+port = {ports["icscf"]}
+transports = ["udp"]
+[icscf.diameter]
+host = "icscf1.home1.net"
+realm = "{DOMAIN}"
+[[icscf.diameter.peers]]
+host = "hss.home1.net"
+address = "{HOST}"
+port = {ports["hss"]}
+[[icscf.scscfs]]
+name = "sip:scscf1.home1.net:{ports["scscf"]}"
+address = "{HOST}"
+port = {ports["scscf"]}
+
+[scscf]
+name = "scscf1.home1.net"
+address = "{HOST}"
+port = {ports["scscf"]}
+transports = ["udp"]
+realm = "{DOMAIN}"
+vectors_per_request = {vectors}
+[scscf.diameter]
+host = "scscf1.home1.net"
+realm = "{DOMAIN}"
+[[scscf.diameter.peers]]
+host = "hss.home1.net"
+address = "{HOST}"
+port = {ports["hss"]}
+"""
+
+
+class Core:
+    """HSS, S-CSCF, I-CSCF and P-CSCF as four child processes (``imsaka run``)."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        db: str,
+        *,
+        name: str,
+        sec_agree: str,
+        vectors: int,
+        uvloop: tuple[str, ...],
+        profile: bool,
+    ) -> None:
+        self.workdir = workdir
+        self.name = name
+        self.uvloop = uvloop
+        self.profile = profile
+        self.ports = {
+            "hss": free_port(socket.SOCK_STREAM),
+            "pcscf": free_port(),
+            "pcscf_c": free_port(),
+            "pcscf_s": free_port(),
+            "icscf": free_port(),
+            "scscf": free_port(),
+        }
+        self.config = workdir / f"{name}.toml"
+        self.config.write_text(core_toml(self.ports, db, sec_agree=sec_agree, vectors=vectors))
+        self.procs: dict[str, subprocess.Popen] = {}
+        self._files: list[Any] = []
+
+    @property
+    def pcscf(self) -> tuple[str, int]:
+        return (HOST, self.ports["pcscf"])
+
+    def profile_path(self, function: str) -> Path:
+        return self.workdir / f"{self.name}-{function}.prof"
+
+    async def start(self) -> None:
+        for function in FUNCTIONS:
+            out = self.workdir / f"{self.name}-{function}.out"
+            err = open(self.workdir / f"{self.name}-{function}.err", "w")  # noqa: SIM115
+            outf = open(out, "w")  # noqa: SIM115
+            self._files += [err, outf]
+            cmd = [sys.executable, str(Path(__file__).resolve()), "_serve", function]
+            cmd += [str(self.config)]
+            if self.profile:
+                cmd += ["--profile-out", str(self.profile_path(function))]
+            if function not in self.uvloop:
+                cmd += ["--no-uvloop"]
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            self.procs[function] = subprocess.Popen(cmd, stdout=outf, stderr=err, env=env)
+            word = "hss:" if function == "hss" else "listening"
+            await self._wait_output(function, out, word)
+
+    async def _wait_output(self, function: str, path: Path, word: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if word in path.read_text():
+                return
+            if self.procs[function].poll() is not None:
+                break
+            await asyncio.sleep(0.05)
+        err = (self.workdir / f"{self.name}-{function}.err").read_text()[-2000:]
+        raise RuntimeError(f"{function} did not start: {err}")
+
+    def cpu(self) -> dict[str, float]:
+        return {f: cpu_seconds(p.pid) for f, p in self.procs.items()}
+
+    def memory(self) -> dict[str, dict[str, int]]:
+        return {f: proc_status(p.pid) for f, p in self.procs.items()}
+
+    def reset_peaks(self) -> bool:
+        return all(reset_peak(p.pid) for p in self.procs.values())
+
+    def stop(self) -> dict[str, int]:
+        codes = {}
+        for function in reversed(FUNCTIONS):
+            p = self.procs.get(function)
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for function in reversed(FUNCTIONS):
+            p = self.procs.get(function)
+            if p is None:
+                continue
+            try:
+                codes[function] = p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                codes[function] = p.wait()
+        for fh in self._files:
+            fh.close()
+        self._files.clear()
+        return codes
+
+    def errors_tail(self) -> dict[str, str]:
+        out = {}
+        for function in FUNCTIONS:
+            text = (self.workdir / f"{self.name}-{function}.err").read_text().strip()
+            if text:
+                out[function] = text[-600:]
+        return out
+
+    def top_costs(self, n: int = 5) -> dict[str, list[dict[str, Any]]]:
+        """Top `n` functions by own time (tottime) in each process's cProfile dump."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for function in (*FUNCTIONS, "ue_sim"):
+            path = self.profile_path(function)
+            if not path.exists():
+                continue
+            stats = pstats.Stats(str(path))
+            rows = []
+            idle = 0.0
+            for (file, line, fname), (_cc, nc, tt, ct, _callers) in stats.stats.items():
+                where = f"{_short(file)}:{line}({fname})"
+                if any(mark in where for mark in _IDLE):
+                    idle += tt  # waiting for I/O, not work
+                    continue
+                rows.append((tt, ct, nc, where))
+            busy = sum(r[0] for r in rows) or 1e-9
+            rows.sort(reverse=True)
+            out[function] = [
+                {
+                    "function": where,
+                    "self_s": round(tt, 3),
+                    "share_of_busy": round(tt / busy, 3),
+                    "cumulative_s": round(ct, 3),
+                    "calls": nc,
+                }
+                for tt, ct, nc, where in rows[:n]
+            ]
+            out[function].append({"busy_s": round(busy, 3), "idle_wait_s": round(idle, 3)})
+        return out
+
+
+# Where a profiled process waits for I/O (epoll, uvloop's loop): not a cost.
+_IDLE = ("method 'poll' of 'select.epoll'",)
+
+
+def _short(path: str) -> str:
+    for marker in ("/imsaka/", "/site-packages/", "/lib/python3"):
+        if marker in path:
+            return (
+                path.split(marker, 1)[1]
+                if marker != "/imsaka/"
+                else "imsaka/" + path.split(marker, 1)[1]
+            )
+    return path
+
+
+# --------------------------------------------------------------------------- UE simulator
+
+
+class PortPool:
+    """(port-c, port-s) pairs for the simulated UEs, recycled oldest-first."""
+
+    def __init__(self, first: int = UE_PORT_FIRST, last: int = UE_PORT_LAST) -> None:
+        self._free = deque((p, p + 1) for p in range(first, last, 2))
+
+    def take(self) -> tuple[int, int]:
+        return self._free.popleft()
+
+    def give(self, pair: tuple[int, int]) -> None:
+        self._free.append(pair)
+
+
+@dataclass(slots=True)
+class Outcome:
+    ok: bool
+    latency: float
+    status: int
+    reason: str
+    protected: bool
+    aka: bool  # a 401 challenge was answered during this attempt
+
+
+class UeSimulator:
+    """Registers subscribers through the P-CSCF with imsaka's UE simulator."""
+
+    def __init__(self, subs: list[Sub], pcscf: tuple[str, int], *, ealg: str) -> None:
+        self.subs = subs
+        self.pcscf = pcscf
+        self.ealg = ealg
+        self.ports = PortPool()
+        self.kept: dict[int, Any] = {}  # index -> (UeClient, ports) of UEs kept open
+
+    def _client(self, index: int) -> tuple[Any, tuple[int, int]]:
+        from imsaka.ue.client import UeClient
+        from imsaka.ue.config import UeConfig
+
+        s = self.subs[index]
+        pair = self.ports.take()
+        cfg = UeConfig(
+            impi=s.impi,
+            impus=[s.impu],
+            home_domain=DOMAIN,
+            k=s.k,
+            opc=s.opc,
+            pcscf=self.pcscf,
+            local_host=HOST,
+            port_c=pair[0],
+            port_s=pair[1],
+            encryption=(self.ealg,),
+        )
+        return UeClient(cfg, rng=random.Random(index), name=f"ue{index}"), pair
+
+    async def register(self, index: int, scheduled: float, keep: bool) -> Outcome:
+        from imsaka.ue.core import SetUpSecurityAssociations
+
+        loop = asyncio.get_running_loop()
+        client, pair = self._client(index)
+        try:
+            await client.start()
+            res = await client.register(timeout=30.0)
+        except Exception as exc:  # a UE that cannot even start is a failed registration
+            res = None
+            reason = f"{type(exc).__name__}: {exc}"
+        latency = loop.time() - scheduled
+        if res is None:
+            outcome = Outcome(False, latency, 0, reason, False, False)
+        else:
+            aka = any(isinstance(e, SetUpSecurityAssociations) for e in res.events)
+            outcome = Outcome(res.ok, latency, res.status, res.reason, res.protected, aka)
+        if keep and outcome.ok:
+            self.kept[index] = (client, pair)
+        else:
+            await client.close()
+            self.ports.give(pair)
+        return outcome
+
+    async def reregister(self, index: int, scheduled: float) -> Outcome:
+        from imsaka.ue.core import SetUpSecurityAssociations
+
+        loop = asyncio.get_running_loop()
+        client, _pair = self.kept[index]
+        res = await client.register(timeout=30.0)
+        aka = any(isinstance(e, SetUpSecurityAssociations) for e in res.events)
+        return Outcome(res.ok, loop.time() - scheduled, res.status, res.reason, res.protected, aka)
+
+    async def close_kept(self) -> None:
+        for client, pair in self.kept.values():
+            await client.close()
+            self.ports.give(pair)
+        self.kept.clear()
+
+
+async def offered_load(
+    indices: list[int], rate: float, attempt: Any
+) -> tuple[list[Outcome], float, float]:
+    """Start ``attempt(index, scheduled_time)`` for each index at `rate` per second (open
+    loop); returns the outcomes, the achieved start rate and the wall time until the last
+    one ended."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time() + 0.02
+    tasks = []
+    for i, index in enumerate(indices):
+        when = t0 + i / rate
+        delay = when - loop.time()
+        if delay > 0.001:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(attempt(index, when)))
+    launched = loop.time()
+    outcomes = await asyncio.gather(*tasks)
+    ended = loop.time()
+    achieved = len(indices) / max(launched - t0, 1e-9) if len(indices) > 1 else rate
+    return list(outcomes), min(achieved, rate * 10), ended - t0
+
+
+def summarize(
+    outcomes: list[Outcome],
+    cpu_before: dict[str, float],
+    cpu_after: dict[str, float],
+    *,
+    rate: float,
+    achieved: float,
+    wall: float,
+    p99_limit: float,
+    require_protected: bool,
+) -> dict[str, Any]:
+    ok = [o for o in outcomes if o.ok and (o.protected or not require_protected)]
+    failed = len(outcomes) - len(ok)
+    statuses = Counter(f"{o.status} {o.reason}"[:80] for o in outcomes if o not in ok)
+    lat = [o.latency for o in ok]
+    n = max(len(ok), 1)
+    cpu = {f: (cpu_after[f] - cpu_before[f]) / n for f in cpu_after}
+    core = sum(cpu[f] for f in CORE if f in cpu)
+    p99 = percentile(lat, 99)
+    return {
+        "offered_per_s": rate,
+        "started_per_s": round(achieved, 1),
+        "registrations": len(outcomes),
+        "ok": len(ok),
+        "failed": failed,
+        "failures": dict(statuses.most_common(5)),
+        "completed_per_s": round(len(ok) / wall, 1) if wall > 0 else None,
+        "p50_ms": ms(percentile(lat, 50)),
+        "p99_ms": ms(p99),
+        "max_ms": ms(max(lat) if lat else None),
+        "cpu_ms_per_registration": {f: round(v * 1000, 4) for f, v in cpu.items()},
+        "core_cpu_ms_per_registration": round(core * 1000, 4),
+        "passed": failed == 0 and p99 is not None and p99 <= p99_limit,
+    }
+
+
+def _cpu_all(core: Core, sim_name: str = "ue_sim") -> dict[str, float]:
+    out = core.cpu()
+    out[sim_name] = time.process_time()
+    return out
+
+
+async def warm_up(core: Core, sim: UeSimulator, indices: list[int]) -> int:
+    """Register a few UEs until the CSCFs' Diameter connections are up (a 480/504 while
+    they connect is expected); returns how many warm-up UEs registered."""
+    loop = asyncio.get_running_loop()
+    done = 0
+    deadline = time.monotonic() + 30
+    pending = list(indices)
+    while pending and time.monotonic() < deadline:
+        index = pending[0]
+        o = await sim.register(index, loop.time(), keep=False)
+        if o.ok:
+            pending.pop(0)
+            done += 1
+        else:
+            await asyncio.sleep(0.2)
+    if pending:
+        raise RuntimeError(f"core never answered a registration: {core.errors_tail()}")
+    return done
+
+
+async def ipsec_phase(args: argparse.Namespace, workdir: Path, subs: list[Sub]) -> dict[str, Any]:
+    db = f"sqlite+aiosqlite:///{workdir / 'ipsec-hss.db'}"
+    import_s = bulk_import(workdir, db, subs, "ipsec-subscribers")
+    log(f"imported {len(subs)} subscribers in {import_s:.2f} s")
+    core = Core(
+        workdir,
+        db,
+        name="ipsec",
+        sec_agree="required",
+        vectors=args.vectors,
+        uvloop=args.uvloop_functions,
+        profile=args.profile,
+    )
+    result: dict[str, Any] = {
+        "subscribers": len(subs),
+        "bulk_import_s": round(import_s, 3),
+        "sec_agree": "required",
+        "ealg": args.ealg,
+        "alg": "hmac-sha-1-96",
+    }
+    sim = UeSimulator(subs, core.pcscf, ealg=args.ealg)
+    warm = list(range(args.warmup))
+    reserve = list(range(len(subs) - args.rereg, len(subs)))
+    step_pool = deque(range(args.warmup, len(subs) - args.rereg))
+    try:
+        await core.start()
+        await warm_up(core, sim, warm)
+        await asyncio.sleep(0.3)
+        mem_before = core.memory()
+        peaks_reset = core.reset_peaks()
+        registered = 0
+        steps = []
+        best = None
+        ue_prof = None
+        if args.profile:
+            import cProfile
+
+            ue_prof = cProfile.Profile()
+            ue_prof.enable()
+        for rate in args.rates:
+            count = min(int(rate * args.step_seconds), len(step_pool))
+            if count < max(rate * 0.5, 20):
+                log(f"rate {rate}/s: not enough fresh subscribers left ({len(step_pool)})")
+                break
+            indices = [step_pool.popleft() for _ in range(count)]
+            before = _cpu_all(core)
+            outcomes, achieved, wall = await offered_load(
+                indices, rate, lambda i, t: sim.register(i, t, keep=False)
+            )
+            after = _cpu_all(core)
+            step = summarize(
+                outcomes,
+                before,
+                after,
+                rate=rate,
+                achieved=achieved,
+                wall=wall,
+                p99_limit=args.p99_limit,
+                require_protected=True,
+            )
+            registered += step["ok"]
+            steps.append(step)
+            log(
+                f"ipsec {rate}/s: ok {step['ok']}/{count} p50 {step['p50_ms']} ms "
+                f"p99 {step['p99_ms']} ms core {step['core_cpu_ms_per_registration']} ms/reg "
+                f"ue {step['cpu_ms_per_registration'].get('ue_sim')} ms/reg "
+                f"{'pass' if step['passed'] else 'FAIL'}"
+            )
+            if step["passed"]:
+                best = step
+            else:
+                break
+            await asyncio.sleep(args.pause)
+        if ue_prof is not None:
+            ue_prof.disable()
+            ue_prof.dump_stats(str(core.profile_path("ue_sim")))
+        result["steps"] = steps
+        result["p99_limit_ms"] = args.p99_limit * 1000
+        result["max_rate_zero_failures"] = best["offered_per_s"] if best else None
+        if best:
+            result["at_max_rate"] = {
+                k: best[k]
+                for k in (
+                    "p50_ms",
+                    "p99_ms",
+                    "cpu_ms_per_registration",
+                    "core_cpu_ms_per_registration",
+                )
+            }
+
+        # Fill: more fresh UEs at the highest passing rate (half the first rate if none
+        # passed), so the memory per registered UE is measured over many UEs.
+        fill_rate = best["offered_per_s"] if best else max(1.0, steps[0]["offered_per_s"] / 2)
+        fill_count = min(len(step_pool), int(fill_rate * args.fill_seconds))
+        if fill_count:
+            indices = [step_pool.popleft() for _ in range(fill_count)]
+            before = _cpu_all(core)
+            outcomes, achieved, wall = await offered_load(
+                indices, fill_rate, lambda i, t: sim.register(i, t, keep=False)
+            )
+            after = _cpu_all(core)
+            fill = summarize(
+                outcomes,
+                before,
+                after,
+                rate=fill_rate,
+                achieved=achieved,
+                wall=wall,
+                p99_limit=args.p99_limit,
+                require_protected=True,
+            )
+            registered += fill["ok"]
+            result["fill"] = fill
+            log(f"fill {fill_rate}/s: ok {fill['ok']}/{fill_count} p99 {fill['p99_ms']} ms")
+            await asyncio.sleep(args.pause)
+
+        # Re-registration without AKA vs full registration, same UEs, same rate.
+        rr_rate = args.rereg_rate or max(5.0, round(fill_rate / 2))
+        reserve = reserve[: max(10, int(rr_rate * args.rereg_seconds))]
+        if reserve:
+            before = _cpu_all(core)
+            full, achieved, wall = await offered_load(
+                reserve, rr_rate, lambda i, t: sim.register(i, t, keep=True)
+            )
+            after = _cpu_all(core)
+            full_s = summarize(
+                full,
+                before,
+                after,
+                rate=rr_rate,
+                achieved=achieved,
+                wall=wall,
+                p99_limit=args.p99_limit,
+                require_protected=True,
+            )
+            registered += full_s["ok"]
+            await asyncio.sleep(args.pause)
+            kept = [i for i in reserve if i in sim.kept]
+            before = _cpu_all(core)
+            rere, achieved, wall = await offered_load(kept, rr_rate, sim.reregister)
+            after = _cpu_all(core)
+            rere_s = summarize(
+                rere,
+                before,
+                after,
+                rate=rr_rate,
+                achieved=achieved,
+                wall=wall,
+                p99_limit=args.p99_limit,
+                require_protected=True,
+            )
+            rere_s["with_aka"] = sum(1 for o in rere if o.aka)
+            full_s["with_aka"] = sum(1 for o in full if o.aka)
+            full_core = full_s["core_cpu_ms_per_registration"]
+            rere_core = rere_s["core_cpu_ms_per_registration"]
+            result["reregistration"] = {
+                "ues": len(reserve),
+                "rate_per_s": rr_rate,
+                "full": full_s,
+                "reregister_without_aka": rere_s,
+                "core_cost_ratio": round(rere_core / full_core, 3) if full_core else None,
+                "core_and_ue_cost_ratio": _ratio_with_ue(rere_s, full_s),
+            }
+            log(
+                f"re-registration: full {full_core} ms, without AKA {rere_core} ms core CPU "
+                f"(ratio {result['reregistration']['core_cost_ratio']}); "
+                f"{rere_s['with_aka']} re-registrations were challenged"
+            )
+            await sim.close_kept()
+
+        mem_after = core.memory()
+        per_ue = {}
+        for f in ("pcscf", "scscf"):
+            per_ue[f] = {
+                "rss_before_kib": mem_before[f]["VmRSS"],
+                "rss_after_kib": mem_after[f]["VmRSS"],
+                "peak_kib": mem_after[f]["VmHWM"],
+            }
+        n = max(registered, 1)
+        peak_delta = sum(per_ue[f]["peak_kib"] - per_ue[f]["rss_before_kib"] for f in per_ue)
+        rss_delta = sum(per_ue[f]["rss_after_kib"] - per_ue[f]["rss_before_kib"] for f in per_ue)
+        result["memory"] = {
+            "registered_ues": registered,
+            "peak_reset": peaks_reset,
+            "per_function": per_ue,
+            "peak_kib_per_registered_ue_pcscf_plus_scscf": round(peak_delta / n, 3),
+            "final_rss_kib_per_registered_ue_pcscf_plus_scscf": round(rss_delta / n, 3),
+        }
+        log(
+            f"memory: {result['memory']['peak_kib_per_registered_ue_pcscf_plus_scscf']} KiB peak "
+            f"per registered UE (P-CSCF + S-CSCF, {registered} UEs)"
+        )
+    finally:
+        await sim.close_kept()
+        result["exit_codes"] = core.stop()
+        errs = core.errors_tail()
+        if errs:
+            result["stderr_tail"] = errs
+        if args.profile:
+            result["profile_top5"] = core.top_costs()
+    return result
+
+
+def _ratio_with_ue(rere: dict[str, Any], full: dict[str, Any]) -> float | None:
+    a = rere["core_cpu_ms_per_registration"] + rere["cpu_ms_per_registration"].get("ue_sim", 0)
+    b = full["core_cpu_ms_per_registration"] + full["cpu_ms_per_registration"].get("ue_sim", 0)
+    return round(a / b, 3) if b else None
+
+
+# --------------------------------------------------------------------------- SIPp
+
+
+def write_injection(path: Path, subs: list[Sub]) -> None:
+    """SIPp injection file: IMPI;IMPU user;domain;[authentication ...] (SIPp's AKA takes
+    OP, not OPc, as raw octets: see the scenario's comment)."""
+    with open(path, "w") as fh:
+        fh.write("SEQUENTIAL\n")
+        for s in subs:
+            user = s.impu.split(":", 1)[1].split("@", 1)[0]
+            assert s.op is not None
+            auth = (
+                f"[authentication username={s.impi} aka_K={s.k.decode()} "
+                f"aka_OP={s.op.decode()} aka_AMF={s.amf.decode()}]"
+            )
+            fh.write(f"{s.impi};{user};{DOMAIN};{auth}\n")
+
+
+def read_sipp_stats(path: Path) -> dict[str, int]:
+    """Last row of SIPp's ``-trace_stat`` CSV: cumulative successful / failed calls."""
+    text = path.read_text().strip().splitlines()
+    if len(text) < 2:
+        return {}
+    head = text[0].rstrip(";").split(";")
+    last = text[-1].rstrip(";").split(";")
+    row = dict(zip(head, last, strict=False))
+    out = {}
+    for key in ("SuccessfulCall(C)", "FailedCall(C)", "TotalCallCreated"):
+        with contextlib.suppress(KeyError, ValueError):
+            out[key] = int(row[key])
+    return out
+
+
+def read_rtt(workdir: Path) -> list[float]:
+    values = []
+    for path in workdir.glob("*_rtt.csv"):
+        for line in path.read_text().splitlines()[1:]:
+            parts = line.split(";")
+            if len(parts) >= 2:
+                with contextlib.suppress(ValueError):
+                    values.append(float(parts[1]) / 1000.0)
+        path.unlink()
+    return values
+
+
+async def run_sipp(
+    core: Core, workdir: Path, subs: list[Sub], rate: float, name: str
+) -> tuple[dict[str, Any], float]:
+    step_dir = workdir / name
+    step_dir.mkdir()
+    inj = step_dir / "users.csv"
+    write_injection(inj, subs)
+    stats = step_dir / "stats.csv"
+    port = free_port()
+    cmd = [
+        shutil.which("sipp") or "sipp",
+        f"{HOST}:{core.ports['pcscf']}",
+        "-sf", str(SIPP_SCENARIO),
+        "-inf", str(inj),
+        "-i", HOST,
+        "-p", str(port),
+        "-t", "u1",
+        "-r", str(int(rate)),
+        "-rp", "1000",
+        "-m", str(len(subs)),
+        "-l", str(max(1000, int(rate * 10))),
+        "-timeout", f"{int(len(subs) / rate + 20)}s",
+        "-timeout_error",
+        "-nostdin",
+        "-trace_stat", "-stf", str(stats), "-fd", "1",
+        "-trace_rtt", "-rtt_freq", "1",
+        "-trace_err",
+        "-max_recv_loops", "10000",
+    ]  # fmt: skip
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        *cmd,
+        cwd=step_dir,
+        stdin=subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _out, err = await proc.communicate()
+    wall = time.monotonic() - started
+    counts = read_sipp_stats(stats) if stats.exists() else {}
+    rtts = read_rtt(step_dir)
+    return {
+        "exit_code": proc.returncode,
+        "stderr": err.decode(errors="replace").strip()[-400:],
+        "counts": counts,
+        "rtt": rtts,
+    }, wall
+
+
+async def sipp_phase(args: argparse.Namespace, workdir: Path, subs: list[Sub]) -> dict[str, Any]:
+    if shutil.which("sipp") is None:
+        return {"skipped": "sipp is not installed (apt-get install sip-tester)"}
+    db = f"sqlite+aiosqlite:///{workdir / 'sipp-hss.db'}"
+    import_s = bulk_import(workdir, db, subs, "sipp-subscribers")
+    core = Core(
+        workdir,
+        db,
+        name="sipp",
+        sec_agree="optional",
+        vectors=args.vectors,
+        uvloop=args.uvloop_functions,
+        profile=False,
+    )
+    result: dict[str, Any] = {
+        "subscribers": len(subs),
+        "bulk_import_s": round(import_s, 3),
+        "scenario": str(SIPP_SCENARIO.relative_to(BENCH.parent)),
+        "sec_agree": "optional",
+        "algorithm": "AKAv1-MD5",
+    }
+    pool = deque(range(len(subs)))
+    steps = []
+    best = None
+    try:
+        await core.start()
+        # Warm-up through SIPp itself until the CSCFs' Cx connections answer.
+        for attempt in range(10):
+            index = pool[0]
+            warm, _ = await run_sipp(core, workdir, [subs[index]], 10, f"sipp-warm{attempt}")
+            if warm["exit_code"] == 0:
+                pool.popleft()
+                break
+            await asyncio.sleep(0.3)
+        else:
+            raise RuntimeError(f"SIPp warm-up never registered: {warm}")
+        mem_before = core.memory()
+        core.reset_peaks()
+        registered = 0
+        for rate in args.sipp_rates:
+            count = min(int(rate * args.step_seconds), len(pool))
+            if count < max(rate * 0.5, 20):
+                log(f"sipp {rate}/s: not enough fresh subscribers left ({len(pool)})")
+                break
+            chosen = [subs[pool.popleft()] for _ in range(count)]
+            before = core.cpu()
+            before["sipp"] = 0.0
+            run, wall = await run_sipp(core, workdir, chosen, rate, f"sipp-{rate}")
+            after = core.cpu()
+            counts = run["counts"]
+            ok = counts.get("SuccessfulCall(C)", 0)
+            failed = count - ok
+            n = max(ok, 1)
+            cpu = {f: round((after[f] - before[f]) / n * 1000, 4) for f in after}
+            lat = run["rtt"]
+            p99 = percentile(lat, 99)
+            step = {
+                "offered_per_s": rate,
+                "registrations": count,
+                "ok": ok,
+                "failed": failed,
+                "sipp_exit_code": run["exit_code"],
+                "completed_per_s": round(ok / wall, 1),
+                "p50_ms": ms(percentile(lat, 50)),
+                "p99_ms": ms(p99),
+                "latency_samples": len(lat),
+                "cpu_ms_per_registration": cpu,
+                "core_cpu_ms_per_registration": round(sum(cpu[f] for f in CORE), 4),
+                "passed": failed == 0
+                and run["exit_code"] == 0
+                and p99 is not None
+                and p99 <= args.p99_limit,
+            }
+            if run["exit_code"] not in (0, 1):
+                step["sipp_stderr"] = run["stderr"]
+            registered += ok
+            steps.append(step)
+            log(
+                f"sipp {rate}/s: ok {ok}/{count} p50 {step['p50_ms']} ms p99 {step['p99_ms']} ms "
+                f"core {step['core_cpu_ms_per_registration']} ms/reg "
+                f"{'pass' if step['passed'] else 'FAIL'}"
+            )
+            if step["passed"]:
+                best = step
+            else:
+                break
+            await asyncio.sleep(args.pause)
+        mem_after = core.memory()
+        n = max(registered, 1)
+        peak = sum(mem_after[f]["VmHWM"] - mem_before[f]["VmRSS"] for f in ("pcscf", "scscf"))
+        rss = sum(mem_after[f]["VmRSS"] - mem_before[f]["VmRSS"] for f in ("pcscf", "scscf"))
+        result["steps"] = steps
+        result["max_rate_zero_failures"] = best["offered_per_s"] if best else None
+        if best:
+            result["at_max_rate"] = {
+                k: best[k]
+                for k in (
+                    "p50_ms",
+                    "p99_ms",
+                    "cpu_ms_per_registration",
+                    "core_cpu_ms_per_registration",
+                )
+            }
+        result["memory"] = {
+            "registered_ues": registered,
+            "peak_kib_per_registered_ue_pcscf_plus_scscf": round(peak / n, 3),
+            "final_rss_kib_per_registered_ue_pcscf_plus_scscf": round(rss / n, 3),
+        }
+    finally:
+        result["exit_codes"] = core.stop()
+        errs = core.errors_tail()
+        if errs:
+            result["stderr_tail"] = errs
+    return result
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="~30 s: 1,000 UEs, short steps")
+    p.add_argument("--ues", type=int, help="distinct IPsec subscribers (default 10000)")
+    p.add_argument("--sipp-ues", type=int, help="distinct SIPp subscribers (default 10000)")
+    p.add_argument("--rates", help="IPsec offered rates per second, comma-separated")
+    p.add_argument("--sipp-rates", help="SIPp offered rates per second, comma-separated")
+    p.add_argument("--step-seconds", type=float, help="seconds of offered load per step")
+    p.add_argument("--rereg", type=int, help="UEs for the re-registration comparison")
+    p.add_argument("--rereg-rate", type=float, help="rate of the re-registration comparison")
+    p.add_argument(
+        "--rereg-seconds", type=float, help="bound on each re-registration comparison run"
+    )
+    p.add_argument(
+        "--fill-seconds", type=float, help="seconds of registrations at the best rate (memory)"
+    )
+    p.add_argument("--warmup", type=int, default=5, help="warm-up registrations (not measured)")
+    p.add_argument("--p99-limit", type=float, default=1.0, help="seconds; a step passes below it")
+    p.add_argument("--pause", type=float, default=1.0, help="seconds between steps")
+    p.add_argument("--vectors", type=int, default=1, help="S-CSCF vectors_per_request")
+    p.add_argument("--ealg", default="null", choices=("null", "aes-cbc", "des-ede3-cbc"))
+    p.add_argument("--no-sipp", action="store_true", help="skip the SIPp phase")
+    p.add_argument("--no-ipsec", action="store_true", help="skip the UE simulator (IPsec) phase")
+    p.add_argument("--no-baseline", action="store_true", help="skip the forwarder baseline")
+    p.add_argument("--no-uvloop", action="store_true", help="plain asyncio everywhere")
+    p.add_argument(
+        "--uvloop-functions",
+        default="hss,icscf,scscf",
+        help="functions run on uvloop (default: not the P-CSCF, whose timer code needs "
+        "asyncio.TimerHandle.when(), which uvloop's handles lack)",
+    )
+    p.add_argument("--profile", action="store_true", help="cProfile the functions (IPsec phase)")
+    p.add_argument("--keep", metavar="DIR", help="work in DIR and keep configs/logs/profiles")
+    args = p.parse_args(argv)
+    q = args.quick
+    args.ues = args.ues or (1000 if q else 10000)
+    args.sipp_ues = args.sipp_ues or (1000 if q else 10000)
+    args.step_seconds = args.step_seconds or (1.5 if q else 3.0)
+    args.rereg = args.rereg if args.rereg is not None else (100 if q else 1000)
+    args.rereg_seconds = args.rereg_seconds or (4.0 if q else 15.0)
+    args.fill_seconds = args.fill_seconds if args.fill_seconds is not None else (5 if q else 45)
+    default_rates = (
+        "10,20,40,80,160" if q else "10,20,40,60,80,100,150,200,300,400,500,600,800,1000"
+    )
+    default_sipp = "25,50,100,200" if q else "25,50,100,150,200,300,400,600,800,1000,1200,1500"
+    args.uvloop_functions = (
+        () if args.no_uvloop else tuple(f for f in args.uvloop_functions.split(",") if f)
+    )
+    args.rates = [float(r) for r in (args.rates or default_rates).split(",")]
+    args.sipp_rates = [float(r) for r in (args.sipp_rates or default_sipp).split(",")]
+    if args.ues < args.warmup + args.rereg + 20:
+        p.error("--ues: too few for warm-up, steps and the re-registration comparison")
+    return args
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.monotonic()
+    uv = False
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uv = isinstance(asyncio.get_running_loop(), uvloop.Loop)
+    result: dict[str, Any] = {
+        "benchmark": "registration",
+        "machine": {"cpus": os.cpu_count(), "load_avg_at_start": list(os.getloadavg())},
+        "uvloop": uv,
+        "settings": {
+            "ues": args.ues,
+            "rates": args.rates,
+            "sipp_rates": args.sipp_rates,
+            "fill_seconds": args.fill_seconds,
+            "step_seconds": args.step_seconds,
+            "p99_limit_s": args.p99_limit,
+            "scscf_vectors_per_request": args.vectors,
+            "processes": "hss, scscf, icscf, pcscf: one `imsaka run` process each; "
+            "UE simulator / SIPp / baseline client: one more process",
+            "profiled": args.profile,
+            "uvloop_functions": list(args.uvloop_functions),
+        },
+    }
+    workdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="imsaka-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        subs = make_subs("ue", args.ues, 7)
+        if not args.no_ipsec:
+            result["ipsec"] = await ipsec_phase(args, workdir, subs)
+        if not args.no_sipp:
+            sipp_subs = make_subs("sipp", args.sipp_ues, 8, for_sipp=True)
+            result["sipp"] = await sipp_phase(args, workdir, sipp_subs)
+        if not args.no_baseline:
+            log("baseline: three asyncio forwarders")
+            result["baseline"] = await run_baseline(2 * args.ues)
+        result["ratios"] = ratios(result)
+        result["goals"] = goals(result)
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    result["seconds"] = round(time.monotonic() - started, 1)
+    return result
+
+
+def ratios(result: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    base = result.get("baseline")
+    if not base:
+        return out
+    # A registration is two REGISTER transactions through three SIP hops.
+    base_regs = base["round_trips_per_s"] / 2
+    base_cpu = 2 * base["forwarders_cpu_s_per_round_trip"] * 1000
+    out["baseline_equivalent_registrations_per_s"] = round(base_regs, 1)
+    out["baseline_cpu_ms_per_two_round_trips"] = round(base_cpu, 4)
+    for phase in ("ipsec", "sipp"):
+        r = result.get(phase) or {}
+        rate = r.get("max_rate_zero_failures")
+        at = r.get("at_max_rate")
+        if rate:
+            out[f"{phase}_rate_vs_baseline"] = round(rate / base_regs, 4)
+        if at:
+            out[f"{phase}_core_cpu_vs_baseline"] = round(
+                at["core_cpu_ms_per_registration"] / base_cpu, 2
+            )
+    return out
+
+
+def goals(result: dict[str, Any]) -> dict[str, Any]:
+    ipsec = result.get("ipsec") or {}
+    sipp = result.get("sipp") or {}
+    rr = (ipsec.get("reregistration") or {}).get("core_cost_ratio")
+    mem = (ipsec.get("memory") or {}).get("peak_kib_per_registered_ue_pcscf_plus_scscf")
+    return {
+        "ipsec_500_per_s": {
+            "reached": (ipsec.get("max_rate_zero_failures") or 0) >= 500,
+            "measured": ipsec.get("max_rate_zero_failures"),
+        },
+        "sipp_1000_per_s": {
+            "reached": (sipp.get("max_rate_zero_failures") or 0) >= 1000,
+            "measured": sipp.get("max_rate_zero_failures"),
+        },
+        "memory_under_8_kib_per_ue": {"reached": mem is not None and mem < 8, "measured": mem},
+        "reregistration_under_a_third": {"reached": rr is not None and rr < 1 / 3, "measured": rr},
+    }
+
+
+def serve(argv: list[str]) -> int:
+    """Child process: ``imsaka run FUNCTION -c CONFIG`` with uvloop, optionally profiled."""
+    p = argparse.ArgumentParser(prog="registration.py _serve")
+    p.add_argument("function", choices=FUNCTIONS)
+    p.add_argument("config")
+    p.add_argument("--profile-out")
+    p.add_argument("--no-uvloop", action="store_true")
+    a = p.parse_args(argv)
+    if a.no_uvloop or a.profile_out:
+        # Plain asyncio: the HSS picks uvloop by itself where importable, and under
+        # uvloop cProfile books every callback's C-level work to the loop's run().
+        sys.modules["uvloop"] = None  # type: ignore[assignment]
+    else:
+        install_uvloop()
+    from imsaka.cli import main as imsaka_main
+
+    cli = ["run", a.function, "-c", a.config]
+    if not a.profile_out:
+        return imsaka_main(cli)
+    import cProfile
+
+    prof = cProfile.Profile()
+    prof.enable()
+    try:
+        return imsaka_main(cli)
+    finally:
+        prof.disable()
+        prof.dump_stats(a.profile_out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_serve"]:
+        return serve(argv[1:])
+    args = parse_args(argv)
+    if not args.no_uvloop:
+        install_uvloop()
+    result = asyncio.run(main_async(args))
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
