@@ -127,9 +127,16 @@ async def run_demo(
     trace = Trace(pcap=PcapWriter(pcap, esp=pcap_esp) if pcap else None, show_keys=show_keys)
     net = Network(subs, NetworkOptions(visited=visited, key_file=esp_keys), trace=trace)
     results = []
+    hint: dict[str, int] = {}
     ues: list[UeClient] = []
     try:
         await net.start()
+        assert net.config is not None and net.config.pcscf is not None
+        hint = {
+            "diameter": int(net.raw["hss"]["diameter_port"]),
+            "port_c": net.config.pcscf.port_c,
+            "port_s": net.config.pcscf.port_s,
+        }
         for sub in subs:
             ue = UeClient(
                 net.ue_config(sub, encryption=("aes-cbc", "null")),
@@ -186,12 +193,24 @@ async def run_demo(
             + (f"; pcap written to {pcap}" if pcap else "")
             + (f"; ESP keys in {esp_keys}" if esp_keys else "")
         )
+        if pcap:
+            console.print(_tshark_hint(pcap, esp_keys, pcap_esp, hint))
     return 0 if ok == len(subs) else 1
 
 
-def _first_ue_span(records: list) -> int:
-    """How many leading records belong to the first registration (up to its 200 OK to the UE)."""
-    for i, r in enumerate(records):
-        if r.protocol == "sip" and r.dst_name == "UE" and r.summary.startswith("200"):
-            return i + 1
-    return min(len(records), 40)
+def _tshark_hint(pcap: str, esp_keys: str | None, pcap_esp: str, ports: dict[str, int]) -> str:
+    """How to read the capture: the key file as the profile's ESP SA table, and
+    decode-as rules for the ports tshark cannot guess."""
+    steps = []
+    if esp_keys:
+        steps.append(f"cp {esp_keys} ~/.config/wireshark/esp_sa")
+    args = [f"tshark -r {pcap}", f"-d tcp.port=={ports['diameter']},diameter"]
+    if esp_keys:
+        args.append("-o esp.enable_encryption_decode:TRUE")
+    if pcap_esp == "udp":
+        args += [
+            f"-d udp.port=={ports['port_c']},udpencap",
+            f"-d udp.port=={ports['port_s']},udpencap",
+        ]
+    steps.append(" ".join(args))
+    return "read it with: " + "; ".join(steps)
