@@ -214,3 +214,11 @@ def _tshark_hint(pcap: str, esp_keys: str | None, pcap_esp: str, ports: dict[str
         ]
     steps.append(" ".join(args))
     return "read it with: " + "; ".join(steps)
+
+
+def _first_ue_span(records: list) -> int:
+    """How many leading records belong to the first registration (up to its 200 OK to the UE)."""
+    for i, r in enumerate(records):
+        if r.protocol == "sip" and r.dst_name == "UE" and r.summary.startswith("200"):
+            return i + 1
+    return min(len(records), 40)
