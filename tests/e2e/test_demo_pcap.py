@@ -109,3 +109,11 @@ async def test_demo_pcap_decrypts_in_tshark(tmp_path, esp):
         plain = b"".join(bytes.fromhex(h.split(",")[0]) for h in out.split() if h)
         assert b"REGISTER sip:registrar.home1.net SIP/2.0" in plain
         assert b"SIP/2.0 200 OK" in plain and b"Security-Verify:" in plain
+
+
+async def test_demo_many_ues_shows_the_first_and_a_summary(tmp_path):
+    buf = io.StringIO()
+    assert await run_demo(subscribers=5, out=buf, pcap=str(tmp_path / "d.pcap")) == 0
+    text = buf.getvalue()
+    assert "5/5 UEs registered" in text and "more messages (use --json for all)" in text
+    assert "read it with: tshark -r" in text and ",diameter" in text
