@@ -443,3 +443,12 @@ async def test_sqn_at_its_maximum_is_refused_without_moving(hss, scscf):
     assert refused.result_code == cx.DIAMETER_UNABLE_TO_COMPLY and not refused.sip_auth_data_items
     assert await hss.store.sqn_of("alice@home1.net") == last
     assert hss.service.counters["sqn-exhausted"] == 1
+
+
+async def test_resync_to_the_top_of_the_sqn_range_is_refused(hss, scscf):
+    first = (await scscf.request(mar())).sip_auth_data_items[0]
+    before = await hss.store.sqn_of("alice@home1.net")
+    auts = build_auts(milenage(), first.rand, (1 << 48) - 1)
+    answer = await scscf.request(mar(authorization=first.rand + auts))
+    assert answer.result_code == cx.DIAMETER_UNABLE_TO_COMPLY
+    assert await hss.store.sqn_of("alice@home1.net") == before

@@ -30,7 +30,15 @@ from imsaka.aka.vectors import generate_vectors
 from imsaka.diameter import codec, cx
 from imsaka.hss.config import HssConfig
 from imsaka.hss.models import RegState
-from imsaka.hss.store import HssStore, IdentityCheck, MarGrant, NotFound, SqnExhausted
+from imsaka.hss.store import (
+    IND_BITS,
+    MAX_SEQ,
+    HssStore,
+    IdentityCheck,
+    MarGrant,
+    NotFound,
+    SqnExhausted,
+)
 
 __all__ = ["AKA_SCHEMES", "CxService"]
 
@@ -231,6 +239,16 @@ class CxService:
                 self.counters["resync-mac-s-failure"] += 1
                 log.warning("MAR resync for %s: MAC-S verification failed", req.user_name)
                 return self._error(req, result_code=cx.DIAMETER_AUTHORIZATION_REJECTED)
+            if (sqn_ms >> IND_BITS) + n > MAX_SEQ:
+                # SQN_MS at the very top of the range: no fresh SQN can follow it.
+                self.counters["sqn-exhausted"] += 1
+                log.error(
+                    "MAR resync for %s: SQN_MS at its maximum, the subscriber needs a new K",
+                    req.user_name,
+                )
+                return self._error(
+                    req, result_code=cx.DIAMETER_UNABLE_TO_COMPLY, error_message="SQN exhausted"
+                )
             self.counters["resync"] += 1
         elif scheme == cx.SCHEME_SIP_DIGEST:
             return await self._digest_maa(req)
