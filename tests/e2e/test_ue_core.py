@@ -182,3 +182,65 @@ def test_stray_response_is_counted():
     (s,) = other.register(0.0)
     assert ue.receive(make_response(s.request, 200), 1.0) == []
     assert ue.drops["response-not-matching-pending-register"] == 1
+
+
+def _registered_ue():
+    ports = iter([(2468, 1357), (2470, 1357), (2472, 1357), (2474, 1357)])
+    cfg = UeConfig(
+        impi="user1_private@home1.net", impus=["sip:user1_public1@home1.net"], home_domain="home1.net",
+        registrar="registrar.home1.net", k=K, opc=OPC,
+    )  # fmt: skip
+    ue = UeRegistration(
+        cfg, Isim(Milenage(K, opc=OPC), SqnArray()), local=("127.0.0.1", 5060),
+        protected_ports=lambda: next(ports), rng=random.Random(3),
+    )  # fmt: skip
+    (send1,) = ue.register(0.0)
+    resp, _vec, _ = challenge(send1.request)
+    events = ue.receive(resp, 1.0)
+    req2 = next(e for e in events if isinstance(e, SendRequest)).request
+    ok = make_response(
+        req2, 200, to_tag="5ef4", headers=[("Contact", "<sip:127.0.0.1:1357>;expires=1200")]
+    )
+    ue.receive(parse_message(ok.to_bytes()), 2.0)
+    return ue, req2
+
+
+def test_refresh_is_protected_with_new_offer_and_same_port_s():
+    ue, req2 = _registered_ue()
+    assert ue.next_deadline() == 2.0 + 600  # 1200 s granted: refresh at half
+    assert ue.handle_timer(100.0) == []  # not yet
+    (send,) = ue.handle_timer(602.0)
+    assert send.protected
+    req = send.request
+    sc = req.security("Security-Client")[0]
+    old = req2.security("Security-Client")[0]
+    assert sc.port_s == old.port_s == 1357 and sc.port_c != old.port_c and sc.spi_c != old.spi_c
+    assert [str(v) for v in req.security("Security-Verify")] == [
+        str(v) for v in req2.security("Security-Verify")
+    ]
+    assert req.authorization.response == req2.authorization.response  # last response reused
+    assert req.cseq.seq == req2.cseq.seq + 1 and req.call_id == req2.call_id
+    assert ue.state is UeState.REREGISTERING
+
+
+def test_deregister_expires_zero_over_the_sas_then_released():
+    from imsaka.ue.core import Deregistered, SecurityAssociationsReleased
+
+    ue, _ = _registered_ue()
+    (send,) = ue.deregister(10.0)
+    assert send.protected and send.request.contacts[0].expires == 0
+    ok = make_response(send.request, 200, to_tag="5ef4")
+    events = ue.receive(parse_message(ok.to_bytes()), 11.0)
+    assert any(isinstance(e, SecurityAssociationsReleased) for e in events)
+    assert isinstance(events[-1], Deregistered) and ue.state is UeState.DEREGISTERED
+    assert ue.sa is None and ue.next_deadline() is None
+
+
+def test_inputs_outside_the_table_are_counted_drops():
+    ue = make_ue()
+    assert ue.deregister(0.0) == []  # not registered
+    assert ue.drops["deregister-in-idle"] == 1
+    assert ue.transaction_timeout(0.0) == []  # nothing pending
+    (send,) = ue.register(0.0)
+    events = ue.transaction_timeout(40.0)
+    assert isinstance(events[-1], RegistrationFailed) and events[-1].status == 408
