@@ -241,6 +241,6 @@ def test_inputs_outside_the_table_are_counted_drops():
     assert ue.deregister(0.0) == []  # not registered
     assert ue.drops["deregister-in-idle"] == 1
     assert ue.transaction_timeout(0.0) == []  # nothing pending
-    (send,) = ue.register(0.0)
+    (_send,) = ue.register(0.0)
     events = ue.transaction_timeout(40.0)
     assert isinstance(events[-1], RegistrationFailed) and events[-1].status == 408
