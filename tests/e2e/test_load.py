@@ -34,6 +34,7 @@ from imsaka.ipsec.sa import SaState
 from imsaka.network import Network, NetworkOptions, make_subscribers
 from imsaka.sip.transaction import State
 from imsaka.ue.client import UeClient
+from imsaka.ue.core import UeState
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
@@ -152,7 +153,7 @@ async def test_thousand_ues_register_and_deregister_at_once_leave_nothing_behind
         reg_done = time.monotonic()
 
         deregistered = await asyncio.gather(
-            *(ue.deregister(timeout=60) for ue in ues if ue.core.sa is not None)
+            *(ue.deregister(timeout=60) for ue in ues if ue.core.state is UeState.REGISTERED)
         )
         dereg_failed = [f"{r.status} {r.reason}" for r in deregistered if not r.ok]
         # The last 200 OKs may still be in flight to a few UEs' sockets when gather()
