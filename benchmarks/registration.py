@@ -405,9 +405,28 @@ class Core:
                 for tt, ct, nc, where in rows[:n]
             ]
             out[function].append({"busy_s": round(busy, 3), "idle_wait_s": round(idle, 3)})
+            # imsaka's own functions by cumulative time (what to optimise first), without
+            # the entry points that merely contain everything else.
+            mine = [
+                r
+                for r in rows
+                if r[3].startswith("imsaka/") and not any(w in r[3] for w in _WRAPPERS)
+            ]
+            mine.sort(key=lambda r: r[1], reverse=True)
+            out[f"{function}_imsaka_cumulative"] = [
+                {
+                    "function": where,
+                    "cumulative_s": round(ct, 3),
+                    "share_of_busy": round(ct / busy, 3),
+                    "calls": nc,
+                }
+                for _tt, ct, nc, where in mine[: n + 3]
+            ]
         return out
 
 
+# Entry points whose cumulative time is everything below them (not a cost of their own).
+_WRAPPERS = ("cli.py", "runner.py", "_serve.py", "(run)", "(main)", "(serve_forever)", "(_serve)")
 # Where a profiled process waits for I/O (epoll, uvloop's loop): not a cost.
 _IDLE = ("method 'poll' of 'select.epoll'",)
 
@@ -1105,10 +1124,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.rereg = args.rereg if args.rereg is not None else (100 if q else 1000)
     args.rereg_seconds = args.rereg_seconds or (4.0 if q else 15.0)
     args.fill_seconds = args.fill_seconds if args.fill_seconds is not None else (5 if q else 45)
-    default_rates = (
-        "10,20,40,80,160" if q else "10,20,40,60,80,100,150,200,300,400,500,600,800,1000"
-    )
-    default_sipp = "25,50,100,200" if q else "25,50,100,150,200,300,400,600,800,1000,1200,1500"
+    finer = "10,20,25,30,35,40,50,60,80,100,150,200,300,400,500,600,800,1000,1200,1500"
+    default_rates = "10,20,30,40,80,160" if q else finer
+    default_sipp = "10,20,30,40,80,160" if q else finer
     args.uvloop_functions = (
         () if args.no_uvloop else tuple(f for f in args.uvloop_functions.split(",") if f)
     )
