@@ -508,3 +508,33 @@ async def test_sip_endpoint_transactions_over_the_protected_ports():
             ("NOTIFY", n.ue_set.ue_ports.port_s),
         ]
         assert ue_b.drops == {} and pc_b.drops == {} and ue_b.sent == 2 and pc_b.sent == 2
+
+
+async def test_held_protected_ports_count_stray_esp_while_no_sa_is_live():
+    """A protected port held from start (the P-CSCF's port-c/port-s) stays bound with no
+    SA: stray ESP and clear SIP there are read and counted, never refused by the kernel;
+    the port outlives the sets that used it and goes with close()."""
+    from imsaka.ipsec import SecurityAssociationTable
+
+    table = SecurityAssociationTable("pcscf")
+    pc = create_backend("userspace", table)
+    await pc.start()
+    try:
+        port = pc.hold_port("127.0.0.1", 0)
+        assert port and pc.bound_ports() == [port]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stray:
+            stray.sendto(b"\x12\x34\x56\x78" + b"\x00" * 20, ("127.0.0.1", port))
+            stray.sendto(sip("REGISTER", 9), ("127.0.0.1", port))
+            for _ in range(50):
+                if pc.drops.get(UNKNOWN_SPI) and pc.drops.get(NOT_ESP_CLEAR_SIP):
+                    break
+                await asyncio.sleep(0.01)
+        assert pc.drops.get(UNKNOWN_SPI) == 1 and pc.drops.get(NOT_ESP_CLEAR_SIP) == 1
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+            with pytest.raises(OSError):
+                other.bind(("127.0.0.1", port))  # nobody else can take it
+        assert pc.hold_port("127.0.0.1", port) == port  # held twice: one socket
+        assert pc.bound_ports() == [port]
+    finally:
+        await pc.close()
+    assert pc.bound_ports() == []

@@ -231,6 +231,48 @@ def test_auth_failure_removes_the_temporary_set_after_the_4xx():
     assert s.state is SaState.REMOVED
 
 
+def test_a_new_401_after_an_auth_failure_gets_its_own_temporary_set():
+    """The failed set drains (its 4xx still due) outside the contact's temporary slot,
+    so the next challenge for the same contact installs a new set; each goes on its own."""
+    n = negotiate(now=0.0)
+    t, failed = n.pcscf, n.pcscf_set
+    t.auth_failed(failed, now=1.0)
+    assert t.temporary("ue1") is None
+    again = negotiate(now=2.0, ue_table=n.ue, pcscf_table=t)  # raised before the fix
+    assert failed.state is SaState.DRAINING and again.pcscf_set.state is SaState.TEMPORARY
+    assert t.temporary("ue1") is again.pcscf_set
+    t.message_sent(failed, now=2.1, final=True)
+    assert failed.state is SaState.REMOVED
+    assert again.pcscf_set.state is SaState.TEMPORARY and t.current("ue1") is again.pcscf_set
+    t.registered(again.pcscf_set, expires=600, now=3.0)
+    assert t.current("ue1") is again.pcscf_set and len(t.sets()) == 1
+
+
+def test_an_expiring_established_set_with_a_message_due_leaves_the_established_slot():
+    n = negotiate(now=0.0)
+    t, s = n.pcscf, n.pcscf_set
+    t.registered(s, expires=10, now=1.0)
+    t.transaction_started(s)
+    t.handle_timer(s.expires_at)
+    assert s.state is SaState.DRAINING and t.current("ue1") is None
+    t.transaction_finished(s, now=s.expires_at + 1)
+    assert s.state is SaState.REMOVED and not t.sets()
+
+
+def test_remove_drops_one_set_and_leaves_the_others():
+    n = negotiate(now=0.0)
+    t = n.pcscf
+    t.registered(n.pcscf_set, expires=600, now=1.0)
+    re = negotiate(now=2.0, ue_table=n.ue, pcscf_table=t)
+    t.registered(re.pcscf_set, expires=600, now=3.0)
+    assert n.pcscf_set.state is SaState.SUPERSEDED
+    t.remove(n.pcscf_set, now=3.0, reason="replaced by a newer set")
+    t.remove(n.pcscf_set, now=3.0)  # twice: no error
+    assert n.pcscf_set.state is SaState.REMOVED and t.current("ue1") is re.pcscf_set
+    assert [s.id for s in t.sets()] == [re.pcscf_set.id]
+    assert any(isinstance(e, SaSetRemoved) for e in events(t))
+
+
 def test_inputs_not_in_the_table_raise():
     n = negotiate(now=0.0)
     t, s = n.pcscf, n.pcscf_set

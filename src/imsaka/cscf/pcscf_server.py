@@ -100,25 +100,42 @@ class PcscfServer:
         for obs in self._observers:
             self.backend.add_observer(obs)
         await self.backend.start()
+        # The protected ports stay bound from start on, with or without SAs: stray ESP
+        # is counted as a drop, not refused by the kernel, and no other socket can take
+        # a port between start and the first 401 (configured 0: the kernel picks).
+        try:
+            port_c = self.backend.hold_port(cfg.address, cfg.port_c)
+            port_s = self.backend.hold_port(cfg.address, cfg.port_s)
+        except OSError:
+            await self.close()
+            raise
         self.core = PcscfCore(
             cfg,
             self.network,
             rng=self._rng,
             port=self.udp.local_address[1],
+            port_c=port_c,
+            port_s=port_s,
             spi_allocator=lambda: self.table.allocate_local()[0],
         )
         log.info(
             "pcscf listening on %s:%d (protected port-c %d, port-s %d)",
             cfg.address,
             self.udp.local_address[1],
-            cfg.port_c,
-            cfg.port_s,
+            port_c,
+            port_s,
         )
 
     @property
     def address(self) -> tuple[str, int]:
         assert self.udp is not None
         return self.udp.local_address
+
+    @property
+    def protected_ports(self) -> tuple[int, int]:
+        """(port-c, port-s) as bound (the configured ones, or the kernel's for 0)."""
+        assert self.core is not None
+        return self.core.port_c, self.core.port_s
 
     async def stop(self) -> None:
         await self.close()
@@ -247,7 +264,7 @@ class PcscfServer:
                 if s is None or s.state is SaState.REMOVED or key in done:
                     continue
                 # Nothing more is due over it: it goes now.
-                self.table.remove_contact(("set", key), now=now)
+                self.table.remove(s, now=now, reason=action.reason)
                 self.backend.sync()
             elif isinstance(action, DropInput):
                 pass
@@ -300,10 +317,11 @@ class PcscfServer:
             port_c=sa.port_pc,
             port_s=sa.port_ps,
         )
-        # One table contact per set: the P-CSCF core decides which set replaces which
-        # (TS 33.203 §7.4) and says so with explicit releases.
+        # One table contact per UE (IMPI, UE address): the table keeps its temporary,
+        # established and superseded sets apart; the P-CSCF core still decides which set
+        # replaces which (TS 33.203 §7.4) and says so with explicit releases.
         s = self.table.create_temporary(
-            ("set", sa.spi_ps),
+            (sa.impi, sa.ue_host),
             now=now,
             ue_ip=sa.ue_host,
             pcscf_ip=sa.pcscf_host,

@@ -262,8 +262,17 @@ class ProtectedTransport(Observable):
 
     # -- sockets
 
-    def _ref_port(self, ip: str, port: int) -> None:
-        p = self._ports.get(port)
+    def hold_port(self, ip: str, port: int) -> int:
+        """Keep a protected port bound for the node's lifetime, SA or no SA (0: the
+        kernel picks one); returns the bound port. Stray ESP or clear SIP arriving
+        while no set uses the port is then read and counted as a drop
+        (`esp-unknown-spi`, `clear-sip-on-protected-port`) instead of being refused
+        by the kernel with ICMP port unreachable, and no other socket can take the
+        port between start and the first SA set. Released by `close()`."""
+        return self._ref_port(ip, port)
+
+    def _ref_port(self, ip: str, port: int) -> int:
+        p = self._ports.get(port) if port else None
         if p is None:
             family = socket.AF_INET6 if ":" in ip else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -271,6 +280,7 @@ class ProtectedTransport(Observable):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.setblocking(False)
                 sock.bind((ip, port))
+                port = sock.getsockname()[1]
             except OSError:
                 sock.close()
                 raise
@@ -278,6 +288,7 @@ class ProtectedTransport(Observable):
             self.loop.add_reader(sock.fileno(), self._readable, p)
             self._ports[port] = p
         p.refs += 1
+        return port
 
     def _close_port(self, p: _Port) -> None:
         try:

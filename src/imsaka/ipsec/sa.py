@@ -372,6 +372,9 @@ class SaSet:
     def all_sas(self) -> list[SecurityAssociation]:
         return [*self.inbound.values(), *self.outbound.values()]
 
+    # client_sa / server_sa / reply_sa are methods (lookups in the outbound table, the
+    # last one with an argument); the set's plain attributes (local_ports, live, ...)
+    # are properties. Callers always call them: `sa_set.client_sa()`.
     def client_sa(self) -> SecurityAssociation:
         """Outbound SA for requests this node originates (from its protected client port)."""
         return self.outbound[self.local_ports.port_c]
@@ -615,7 +618,11 @@ class SecurityAssociationTable:
         sa_set.expires_at = max(sa_set.expires_at, now + expires + LIFETIME_MARGIN)
 
     def auth_failed(self, sa_set: SaSet, *, now: float, response_due: bool = True) -> None:
-        """Authentication failed on the temporary set; delete it after the 4xx goes out."""
+        """Authentication failed on the temporary set; delete it after the 4xx goes out.
+
+        The draining set leaves the contact's temporary slot at once, so the next 401
+        for the same contact installs a new temporary set while the 4xx is still due
+        over this one."""
         if response_due:
             sa_set.final_due += 1
         self._apply(sa_set, SaInput.AUTH_FAILED, now, "authentication failed")
@@ -625,10 +632,6 @@ class SecurityAssociationTable:
         de-REGISTER) have gone out over it (PITFALLS: 'SAs deleted too early')."""
         sa_set.final_due += final_messages
         self._apply(sa_set, SaInput.DEREGISTERED, now, "de-registered")
-        c = self._contact_of(sa_set)
-        if c.established is sa_set:
-            c.established = None
-            c.old.append(sa_set)
 
     def message_sent(self, sa_set: SaSet, *, now: float, final: bool = False) -> None:
         """A message left protected over `sa_set`; `final`: it was one that was due."""
@@ -657,6 +660,13 @@ class SecurityAssociationTable:
         sa_set.open_transactions -= 1
         if sa_set.state is SaState.DRAINING and not self._due(sa_set):
             self._apply(sa_set, SaInput.FINAL_SENT, now, "last transaction finished")
+
+    def remove(self, sa_set: SaSet, *, now: float, reason: str = "removed by request") -> None:
+        """Drop one set now (its owner decided nothing more is due over it, e.g. the
+        set a challenged re-registration replaced, TS 33.203 §7.4). A removed set is
+        left alone."""
+        if sa_set.live and sa_set.id in self._sets:
+            self._remove(sa_set, reason)
 
     def remove_contact(self, contact: object, *, now: float) -> None:
         """Drop every set of a contact at once (administrative; nothing due is waited for)."""
@@ -709,8 +719,22 @@ class SecurityAssociationTable:
             )  # type: ignore[union-attr]
         if nxt is SaState.REMOVED:
             self._remove(sa_set, reason or event.value)
-        else:
-            sa_set.state = nxt  # type: ignore[assignment]
+            return
+        sa_set.state = nxt  # type: ignore[assignment]
+        if nxt is SaState.DRAINING:
+            # A draining set only waits for what is due over it: it is no longer the
+            # contact's temporary or established set, so a new 401 or a new
+            # registration of that contact can install its own (the root of the
+            # "temporary slot still points at the draining set" fault).
+            c = self._contacts.get(self._set_contact.get(sa_set.id))
+            if c is not None:
+                moved = False
+                if c.temporary is sa_set:
+                    c.temporary, moved = None, True
+                if c.established is sa_set:
+                    c.established, moved = None, True
+                if moved and sa_set not in c.old:
+                    c.old.append(sa_set)
 
     def _remove(self, sa_set: SaSet, reason: str) -> None:
         sa_set.state = SaState.REMOVED

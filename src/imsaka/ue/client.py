@@ -263,8 +263,7 @@ class UeClient:
             if sa_set.state is SaState.REMOVED:
                 log.info("%s: not sent: SA set #%d removed", self.name, sa_set.id)
                 return
-            sa = sa_set.client_sa
-            self.send_protected(sa() if callable(sa) else sa, data)
+            self.send_protected(sa_set.client_sa(), data)
 
     # Every send goes through these two (a test injects loss here).
     def send_clear(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -327,7 +326,7 @@ class UeClient:
             elif isinstance(ev, SecurityAssociationsReleased):
                 s = self._sets.pop(ev.sa.spi_uc, None)
                 if s is not None and s.state is not SaState.REMOVED:
-                    self.table.remove_contact(("set", ev.sa.spi_uc), now=now)
+                    self.table.remove(s, now=now, reason=ev.reason)
                     self.backend.sync()
             elif isinstance(ev, Registered):
                 self._finish(
@@ -364,8 +363,9 @@ class UeClient:
             port_c=sa.port_pc,
             port_s=sa.port_ps,
         )
+        # One table contact: this UE's registration flow towards its P-CSCF.
         s = self.table.create_temporary(
-            ("set", sa.spi_uc),
+            ("ue", sa.pcscf_host),
             now=now,
             ue_ip=sa.ue_host,
             pcscf_ip=sa.pcscf_host,
