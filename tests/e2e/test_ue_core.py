@@ -244,3 +244,82 @@ def test_inputs_outside_the_table_are_counted_drops():
     (_send,) = ue.register(0.0)
     events = ue.transaction_timeout(40.0)
     assert isinstance(events[-1], RegistrationFailed) and events[-1].status == 408
+
+
+def _answer(req: Request, status: int, retry_after: str | None):
+    headers = [("Retry-After", retry_after)] if retry_after is not None else []
+    return parse_message(make_response(req, status, to_tag="5ef4", headers=headers).to_bytes())
+
+
+def test_504_with_retry_after_is_retried_after_the_indicated_time():
+    from imsaka.ue.core import RetryScheduled
+
+    ue = make_ue()
+    (send,) = ue.register(0.0)
+    events = ue.receive(_answer(send.request, 504, "30"), 1.0)
+    assert [type(e) for e in events] == [RetryScheduled]
+    assert events[0].at == 31.0 and events[0].attempt == 1
+    assert ue.state is UeState.WAITING_RETRY and ue.next_deadline() == 31.0
+    assert ue.handle_timer(30.0) == []  # not before the time the network asked for
+    (again,) = ue.handle_timer(31.0)
+    assert isinstance(again, SendRequest) and not again.protected
+    assert again.request.call_id != send.request.call_id  # a fresh phase 1
+    assert ue.state is UeState.UNPROTECTED_SENT
+
+
+def test_retries_are_bounded_and_need_retry_after():
+    ue = make_ue(max_retries=2)
+    (send,) = ue.register(0.0)
+    now = 0.0
+    for attempt in (1, 2):
+        ev = ue.receive(_answer(send.request, 503, "5;duration=60"), now)
+        assert ev[-1].attempt == attempt
+        now = ue.next_deadline()
+        (send,) = ue.handle_timer(now)
+    events = ue.receive(_answer(send.request, 503, "5"), now)
+    assert isinstance(events[-1], RegistrationFailed) and events[-1].status == 503
+    # no Retry-After, a status that is no temporary condition, a wait above the bound
+    for status, ra, kw in ((500, None, {}), (403, "5", {}), (504, "7200", {})):
+        ue = make_ue(**kw)
+        (send,) = ue.register(0.0)
+        events = ue.receive(_answer(send.request, status, ra), 1.0)
+        assert isinstance(events[-1], RegistrationFailed), (status, ra)
+
+
+def test_failed_refresh_with_retry_after_refreshes_over_the_same_sas():
+    from imsaka.ue.core import RetryScheduled
+
+    ue, req2 = _registered_ue()
+    (send,) = ue.handle_timer(602.0)
+    events = ue.receive(_answer(send.request, 480, "10 (HSS unreachable)"), 603.0)
+    assert isinstance(events[-1], RetryScheduled) and ue.sa is not None
+    (again,) = ue.handle_timer(613.0)
+    assert again.protected and again.request.call_id == req2.call_id
+    ok = make_response(
+        again.request,
+        200,
+        to_tag="5ef4",
+        headers=[("Contact", "<sip:127.0.0.1:1357>;expires=1200")],
+    )
+    events = ue.receive(parse_message(ok.to_bytes()), 614.0)
+    assert isinstance(events[-1], Registered) and ue.retries == 0
+
+
+def test_retry_settings_are_validated():
+    import pytest
+
+    from imsaka.clierror import CliError
+
+    with pytest.raises(CliError, match="max_retries"):
+        make_ue(max_retries=-1)
+    with pytest.raises(CliError, match="max_retry_after"):
+        UeConfig.from_dict(
+            {
+                "impi": "a@b.net",
+                "impus": ["sip:a@b.net"],
+                "home_domain": "b.net",
+                "k": K.hex(),
+                "opc": OPC.hex(),
+                "max_retry_after": "soon",
+            }
+        )

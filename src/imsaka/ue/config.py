@@ -122,6 +122,12 @@ class UeConfig:
     """SIP transport towards the P-CSCF."""
     password: str | None = field(default=None, repr=False)
     """Digest password when the network challenges with plain MD5."""
+    max_retries: int = 3
+    """How often a REGISTER answered 480/500/503/504 with Retry-After is tried again
+    (after the indicated time, RFC 3261 §20.33, §21.5.4) before the UE gives up."""
+    max_retry_after: int = 1800
+    """Upper bound in seconds on a Retry-After the UE is willing to wait; a longer
+    one ends the attempt at once (a network must not park the UE for hours)."""
 
     def __post_init__(self) -> None:
         if not self.impi or "@" not in self.impi:
@@ -145,6 +151,10 @@ class UeConfig:
                 raise CliError(f"encryption: unknown encryption algorithm {ealg!r}")
         if self.transport not in ("udp", "tcp"):
             raise CliError(f"transport: expected udp or tcp, got {self.transport!r}")
+        for name in ("max_retries", "max_retry_after"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise CliError(f"{name}: expected a non-negative integer")
         if not self.registrar:
             self.registrar = self.home_domain
         if not self.realm:
@@ -180,6 +190,8 @@ class UeConfig:
             "transport",
             "password",
             "amf_accept",
+            "max_retries",
+            "max_retry_after",
         }
         for key in data:
             if key not in known:
@@ -210,7 +222,7 @@ class UeConfig:
             kwargs["sqn"] = sqn
         if "pcscf" in data:
             kwargs["pcscf"] = parse_hostport(str(data["pcscf"]), "pcscf")
-        for name in ("local_port", "port_c", "port_s", "expires"):
+        for name in ("local_port", "port_c", "port_s", "expires", "max_retries", "max_retry_after"):
             if name in data:
                 if not isinstance(data[name], int) or data[name] < 0:
                     raise CliError(f"{name}: expected a non-negative integer")

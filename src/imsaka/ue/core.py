@@ -43,6 +43,7 @@ __all__ = [
     "Event",
     "Registered",
     "RegistrationFailed",
+    "RetryScheduled",
     "SaParameters",
     "SecurityAssociationsEstablished",
     "SecurityAssociationsReleased",
@@ -63,6 +64,7 @@ class UeState(enum.Enum):
     REREGISTERING = "reregistering"  # protected re-REGISTER out
     DEREGISTERING = "deregistering"
     DEREGISTERED = "deregistered"
+    WAITING_RETRY = "waiting-retry"  # a 5xx/480 with Retry-After: try again when it ends
     FAILED = "failed"
 
 
@@ -74,6 +76,7 @@ class _Input(enum.Enum):
     TIMEOUT = "timeout"
     REFRESH = "refresh"
     DEREGISTER = "deregister"
+    RETRY = "retry"
 
 
 S, In = UeState, _Input
@@ -101,6 +104,8 @@ _TRANSITIONS: dict[tuple[UeState, _Input], str] = {
     (S.DEREGISTERING, In.CHALLENGE): "_on_challenge",
     (S.DEREGISTERING, In.REJECT): "_on_dereg_ok",
     (S.DEREGISTERING, In.TIMEOUT): "_on_dereg_ok",
+    (S.WAITING_RETRY, In.RETRY): "_retry",
+    (S.WAITING_RETRY, In.REGISTER): "_retry",
 }
 del S, In
 
@@ -184,6 +189,17 @@ class RegistrationFailed:
     status: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class RetryScheduled:
+    """The network answered `status` with Retry-After: the REGISTER goes again at `at`
+    (attempt number `attempt` of the configured `max_retries`)."""
+
+    status: int
+    after: float
+    at: float
+    attempt: int
+
+
 Event = (
     SendRequest
     | SetUpSecurityAssociations
@@ -192,7 +208,23 @@ Event = (
     | Registered
     | Deregistered
     | RegistrationFailed
+    | RetryScheduled
 )
+
+# Answers after which a REGISTER is worth repeating when the network says when
+# (RFC 3261 §21.4.18 480, §21.5.1 500, §21.5.4 503, §21.5.5 504 with Retry-After §20.33):
+# the S-CSCF answers 504/500 and the I-CSCF 480 while the HSS is unreachable.
+RETRYABLE_STATUSES = frozenset({480, 500, 503, 504})
+
+
+def retry_after_seconds(resp: Response) -> int | None:
+    """Retry-After delta-seconds (RFC 3261 §20.33: `delta-seconds [comment] *(;param)`)."""
+    value = resp.get("Retry-After")
+    if value is None:
+        return None
+    head = value.strip().split(";", 1)[0].split("(", 1)[0].strip()
+    return int(head) if head.isdigit() else None
+
 
 # reg-await-auth: 4 minutes (TS 24.229 Table 7.8.1); the UE uses it for the temporary set.
 REG_AWAIT_AUTH = 240.0
@@ -299,11 +331,14 @@ class UeRegistration:
         self._deadline: float | None = None
         self.drops: Counter[str] = Counter()
         self.auth_rounds = 0
+        self.retries = 0  # Retry-After waits of the current attempt
 
     # ---------------------------------------------------------------- public inputs
 
     def register(self, now: float) -> list[Event]:
         """Start the initial registration (or a refresh when registered)."""
+        if self.state is not UeState.WAITING_RETRY:
+            self.retries = 0
         return self._dispatch(_Input.REGISTER, None, now)
 
     def deregister(self, now: float) -> list[Event]:
@@ -342,6 +377,9 @@ class UeRegistration:
         if self._deadline is None or now < self._deadline:
             return []
         self._deadline = None
+        if self.state is UeState.WAITING_RETRY:
+            return self._dispatch(_Input.RETRY, None, now)
+        self.retries = 0  # a refresh is a new attempt
         return self._dispatch(_Input.REFRESH, None, now)
 
     @property
@@ -548,7 +586,43 @@ class UeRegistration:
 
     def _on_reject(self, resp: Response | None, now: float) -> list[Event]:
         assert resp is not None
+        after = retry_after_seconds(resp) if resp.status in RETRYABLE_STATUSES else None
+        if (
+            after is not None
+            and after <= self.config.max_retry_after
+            and self.retries < self.config.max_retries
+        ):
+            return self._schedule_retry(resp.status, after, now)
         return self._fail(f"{resp.status} {resp.reason}", resp.status)
+
+    def _schedule_retry(self, status: int, after: int, now: float) -> list[Event]:
+        """The network is temporarily unable (HSS down, overload): wait the time it
+        asked for, then send the REGISTER again; a registration still in force keeps
+        its SA set and refreshes over it, otherwise the attempt starts from phase 1."""
+        events: list[Event] = []
+        if self.temporary_sa is not None:
+            events.append(SecurityAssociationsReleased(self.temporary_sa, f"{status} answered"))
+            self.temporary_sa = None
+        self.retries += 1
+        self._pending = None
+        self.state = UeState.WAITING_RETRY
+        self._deadline = now + after
+        log.info(
+            "ue %s: %d with Retry-After %d s: retry %d of %d",
+            self.config.impi,
+            status,
+            after,
+            self.retries,
+            self.config.max_retries,
+        )
+        events.append(RetryScheduled(status, float(after), now + after, self.retries))
+        return events
+
+    def _retry(self, _resp: Response | None, now: float) -> list[Event]:
+        self._deadline = None
+        if self.sa is not None and self.expires and now < self.registered_at + self.expires:
+            return self._start_refresh(None, now)
+        return self._start_initial(None, now)
 
     def _on_challenge(self, resp: Response | None, now: float) -> list[Event]:
         assert resp is not None
@@ -760,6 +834,7 @@ class UeRegistration:
             events.append(SecurityAssociationsEstablished(self.sa, lifetime))
             if old is not None:
                 events.append(SecurityAssociationsReleased(old, "replaced by a newer set"))
+        self.retries = 0
         self._pending = None
         self.state = UeState.REGISTERED
         self._deadline = now + refresh_interval(expires) if expires > 0 else None
