@@ -319,13 +319,26 @@ class PcscfConfig:
     """Seconds the temporary SAs of a 401 live if the UE never answers (TS 33.203 §7.1)."""
     routes: tuple[PcscfRoute, ...] = ()
     """Routes per home domain."""
+    subscribe_reg_event: bool = True
+    """After a UE's first registration, SUBSCRIBE to the reg event of its IMPU along the
+    Service-Route (TS 24.229 §5.2.3), so that a network-initiated de-registration (RTR,
+    expiry at the S-CSCF) reaches the P-CSCF and it removes the UE's SAs. ``false``:
+    the P-CSCF learns of an ended registration only from the UE or its own expiry."""
 
-    def route_for(self, domain: str) -> PcscfRoute | None:
-        domain = domain.lower()
+    def route_for(self, host: str) -> PcscfRoute | None:
+        """The route for a REGISTER whose Request-URI host is `host`, as the P-CSCF
+        core matches it: a route's `domain` matches the host itself and every name
+        under it (``home1.net`` serves ``registrar.home1.net``), case-insensitively;
+        when several match, the longest domain wins."""
+        host = host.lower().rstrip(".")
+        chosen: PcscfRoute | None = None
         for route in self.routes:
-            if route.domain.lower() == domain:
-                return route
-        return None
+            d = route.domain.lower().rstrip(".")
+            if (host == d or host.endswith("." + d)) and (
+                chosen is None or len(d) > len(chosen.domain)
+            ):
+                chosen = route
+        return chosen
 
 
 @dataclass(frozen=True, slots=True)
@@ -578,6 +591,7 @@ def _pcscf(t: _Table, network: NetworkConfig) -> PcscfConfig:
         ipsec_backend=t.choice("ipsec_backend", "userspace", ("userspace", "xfrm")),
         temporary_sa_lifetime=t.int("temporary_sa_lifetime", 240, lo=1),
         routes=tuple(routes),
+        subscribe_reg_event=t.bool("subscribe_reg_event", True),
     )
     t.done()
     fixed = [p for p in (cfg.port, cfg.port_c, cfg.port_s) if p]

@@ -22,6 +22,7 @@ def test_example_describes_a_whole_loopback_network():
     cfg = load_config(EXAMPLE)
     assert cfg.network.home_domains == ("home1.net",)
     assert cfg.pcscf.route_for("home1.net").icscf == "sip:icscf1_p.home1.net:5070"
+    assert cfg.pcscf.subscribe_reg_event is True
     assert cfg.icscf.scscfs[0].name == cfg.scscf.server_name
     assert cfg.icscf.scscf_by_name("SIP:SCSCF1.home1.net:5080") is cfg.icscf.scscfs[0]
     assert cfg.scscf.service_route == "<sip:orig@scscf1.home1.net:5080;lr>"
@@ -160,3 +161,30 @@ def test_cli_missing_section(tmp_path):
     r = run_cli("run", "icscf", "-c", str(p))
     assert r.returncode == 2 and "[icscf]: missing section" in r.stderr
     assert doc  # the example itself is untouched
+
+
+def test_pcscf_route_for_matches_the_request_uri_host_by_domain_suffix():
+    """The P-CSCF core routes by the Request-URI host: a route's domain serves the
+    domain and every name under it, case-insensitively, the longest domain winning."""
+    from imsaka.cscf.pcscf import PcscfCore
+
+    doc = example()
+    doc["network"]["home_domains"] = ["home1.net", "ims.home1.net"]
+    doc["network"]["hosts"]["icscf2.home1.net"] = "127.0.0.1"
+    doc["pcscf"]["routes"] = [
+        {"domain": "home1.net", "icscf": "sip:icscf1_p.home1.net:5070"},
+        {"domain": "IMS.home1.net", "icscf": "sip:icscf2.home1.net:5071"},
+    ]
+    doc["pcscf"]["subscribe_reg_event"] = False
+    cfg = parse_config(doc)
+    p = cfg.pcscf
+    assert p.subscribe_reg_event is False
+    assert p.route_for("registrar.home1.net").icscf.endswith(":5070")
+    assert p.route_for("HOME1.NET").icscf.endswith(":5070")
+    assert p.route_for("scscf.ims.home1.net").icscf.endswith(":5071")
+    assert p.route_for("evilhome1.net") is None and p.route_for("home2.net") is None
+    core = PcscfCore(p, cfg.network)
+    assert core.subscribe_reg_event is False
+    assert core.route("sip:registrar.home1.net") == ("127.0.0.1", 5070)
+    assert core.route("sip:x.ims.home1.net;transport=udp") == ("127.0.0.1", 5071)
+    assert core.route("sip:home2.net") is None

@@ -284,7 +284,7 @@ class PcscfCore:
         self.by_spi: dict[int, str] = {}  # inbound SPI -> IMPI
         # reg-event subscriptions (TS 24.229 §5.2.3): Call-ID -> IMPI
         self.subscriptions: dict[str, str] = {}
-        self.subscribe_reg_event = True
+        self.subscribe_reg_event = config.subscribe_reg_event
         self.drops: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
 
@@ -316,13 +316,9 @@ class PcscfCore:
 
     def route(self, request_uri: str) -> Address | None:
         """Next hop for a REGISTER to `request_uri` (seed steps 2–3)."""
-        domain = _domain_of(request_uri)
-        chosen = None
-        for r in self.config.routes:
-            d = r.domain.lower()
-            matches = domain == d or domain.endswith("." + d)
-            if matches and (chosen is None or len(d) > len(chosen.domain)):
-                chosen = r
+        # Request-URI host by domain suffix, longest route domain first (the matching
+        # rule lives in the config, so `imsaka.config` and the core agree).
+        chosen = self.config.route_for(_domain_of(request_uri))
         if chosen is None:
             return None
         target = chosen.scscf if (self.config.home and chosen.scscf) else chosen.icscf
