@@ -18,6 +18,7 @@ The configuration is the same whole-network TOML document `imsaka run` reads
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -32,7 +33,14 @@ from imsaka.ue.client import free_udp_port
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Network", "NetworkOptions", "TestSubscriber", "free_tcp_port", "make_subscribers"]
+__all__ = [
+    "Network",
+    "NetworkOptions",
+    "TestSubscriber",
+    "dump_toml",
+    "free_tcp_port",
+    "make_subscribers",
+]
 
 HOME_DOMAIN = "home1.net"
 VISITED_NETWORK_ID = "Visited Network Number 1"
@@ -140,6 +148,11 @@ class NetworkOptions:
     """Write a pcap of every message here."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Per-section overrides merged into the generated TOML document."""
+    hss_process: bool = False
+    """Run the HSS as its own ``imsaka run hss -c FILE`` process (the generated document
+    written to a file) instead of in this process, so a test can kill it for real
+    (`kill_hss`, `start_hss_process`). `Network.hss` is then None; provisioning goes
+    straight to its database before the process starts."""
 
 
 class Network:
@@ -167,6 +180,7 @@ class Network:
         self.scscf: Any = None
         self.icscf: Any = None
         self.pcscf: Any = None
+        self.hss_proc: Any = None  # subprocess.Popen with NetworkOptions.hss_process
 
     # ---------------------------------------------------------------- config
 
@@ -284,10 +298,15 @@ class Network:
         assert cfg.pcscf and cfg.icscf and cfg.scscf
         obs = tuple(self._observers)
         try:
-            self.hss = HssServer(parse_hss_config(self.raw), observers=obs)
-            await self.hss.start()
-            if self.subscribers:
-                await self.provision(self.subscribers)
+            if self.options.hss_process:
+                if self.subscribers:
+                    await self._provision_offline(self.subscribers)
+                await self.start_hss_process()
+            else:
+                self.hss = HssServer(parse_hss_config(self.raw), observers=obs)
+                await self.hss.start()
+                if self.subscribers:
+                    await self.provision(self.subscribers)
             self.scscf = ScscfServer(cfg.scscf, observers=obs, network=cfg.network)
             await self.scscf.start()
             self.icscf = IcscfServer(cfg.icscf, cfg.network, observers=obs)
@@ -301,34 +320,96 @@ class Network:
             raise
         self.trace.names.update(self.names())
 
+    # ---------------------------------------------------------------- HSS as a process
+
+    def write_config(self, path: str | Path) -> Path:
+        """The generated whole-network document as a TOML file (`imsaka run -c`)."""
+        p = Path(path)
+        p.write_text(dump_toml(self.raw), encoding="utf-8")
+        return p
+
+    async def _provision_offline(self, subscribers: Iterable[TestSubscriber]) -> int:
+        from imsaka.hss.store import HssStore
+
+        store = await HssStore.open(self.raw["hss"]["database"])
+        try:
+            return await store.import_subscribers(_specs(subscribers))
+        finally:
+            await store.close()
+
+    async def start_hss_process(self, timeout: float = 30.0) -> None:
+        """Start ``imsaka run hss`` on the generated file; return once it listens."""
+        import asyncio
+        import subprocess
+        import sys
+
+        if self.hss_proc is not None and self.hss_proc.poll() is None:
+            raise RuntimeError("hss process: already running")
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="imsaka-")
+        path = self.write_config(Path(self._tmp.name) / "imsaka.toml")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "imsaka", "run", "hss", "-c", str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.hss_proc = proc
+        loop = asyncio.get_running_loop()
+        assert proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(loop.run_in_executor(None, proc.stdout.readline), timeout)
+        except TimeoutError:
+            line = ""
+        if "hss: Diameter" not in line:
+            self.kill_hss()
+            err = proc.stderr.read() if proc.stderr is not None else ""
+            raise RuntimeError(f"hss process did not start: {line.strip()} {err.strip()[-500:]}")
+
+    def kill_hss(self) -> int | None:
+        """SIGKILL the HSS process (no clean shutdown: sockets reset, nothing flushed)
+        and reap it; returns its exit status."""
+        proc, self.hss_proc = self.hss_proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.kill()
+        try:
+            code = proc.wait(10)
+        finally:
+            for f in (proc.stdout, proc.stderr):
+                if f is not None:
+                    f.close()
+        return code
+
+    async def restart_scscf(self) -> None:
+        """Stop the S-CSCF and start a new one from the same configuration (its binding
+        store decides what survives: `redis://` keeps registrations)."""
+        from imsaka.cscf.scscf import ScscfServer
+
+        assert self.config is not None and self.config.scscf is not None
+        if self.scscf is not None:
+            await self.scscf.stop()
+            self.scscf = None
+        server = ScscfServer(
+            self.config.scscf, observers=tuple(self._observers), network=self.config.network
+        )
+        await server.start()
+        self.scscf = server
+
     async def provision_specs(self, specs: Sequence[Any]) -> int:
         """Write already validated `imsaka.hss.subscriber.SubscriberSpec`s (CSV import)."""
         return await self.hss.store.import_subscribers(list(specs))
 
     async def provision(self, subscribers: Iterable[TestSubscriber]) -> int:
-        from imsaka.hss.subscriber import validate_subscriber
-
-        specs = []
-        for s in subscribers:
-            kwargs: dict[str, Any] = {}
-            if s.schemes:
-                kwargs["schemes"] = list(s.schemes)
-            specs.append(
-                validate_subscriber(
-                    impi=s.impi,
-                    impus=list(s.impus),
-                    k=s.k.hex(),
-                    op=s.op.hex() if s.op else None,
-                    opc=s.opc.hex() if s.opc else None,
-                    amf=s.amf.hex(),
-                    sqn=s.sqn,
-                    visited_networks=list(s.visited_networks) or None,
-                    **kwargs,
-                )
-            )
-        return await self.hss.store.import_subscribers(specs)
+        if self.hss is None and self.options.hss_process:
+            return await self._provision_offline(subscribers)
+        return await self.hss.store.import_subscribers(_specs(subscribers))
 
     async def stop(self) -> None:
+        self.kill_hss()
         for name in ("pcscf", "icscf", "scscf", "hss"):
             server = getattr(self, name)
             if server is None:
@@ -391,6 +472,77 @@ class Network:
         }
         kwargs.update(overrides)
         return UeConfig(**kwargs)
+
+
+def _specs(subscribers: Iterable[TestSubscriber]) -> list[Any]:
+    from imsaka.hss.subscriber import validate_subscriber
+
+    specs = []
+    for s in subscribers:
+        kwargs: dict[str, Any] = {}
+        if s.schemes:
+            kwargs["schemes"] = list(s.schemes)
+        specs.append(
+            validate_subscriber(
+                impi=s.impi,
+                impus=list(s.impus),
+                k=s.k.hex(),
+                op=s.op.hex() if s.op else None,
+                opc=s.opc.hex() if s.opc else None,
+                amf=s.amf.hex(),
+                sqn=s.sqn,
+                visited_networks=list(s.visited_networks) or None,
+                **kwargs,
+            )
+        )
+    return specs
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"toml: cannot write {type(value).__name__}")
+
+
+def _toml_key(key: str) -> str:
+    bare = key.replace("_", "").replace("-", "").isalnum() and key.isascii()
+    return key if bare else json.dumps(key)
+
+
+def dump_toml(doc: dict[str, Any]) -> str:
+    """The generated network document as TOML (tables, arrays of tables, scalars): what
+    `imsaka.config.load_config` reads back."""
+    lines: list[str] = []
+
+    def table(prefix: str, t: dict[str, Any]) -> None:
+        subtables = []
+        for k, v in t.items():
+            if isinstance(v, dict):
+                subtables.append((k, v, False))
+            elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+                subtables.append((k, v, True))
+            else:
+                lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
+        for k, v, is_array in subtables:
+            name = f"{prefix}.{_toml_key(k)}" if prefix else _toml_key(k)
+            if is_array:
+                for item in v:
+                    lines.append(f"\n[[{name}]]")
+                    table(name, item)
+            else:
+                lines.append(f"\n[{name}]")
+                table(name, v)
+
+    table("", doc)
+    return "\n".join(lines).lstrip("\n") + "\n"
 
 
 def default_key_file() -> str:
