@@ -94,7 +94,7 @@ async def test_store_failure_answers_unable_to_comply(hss, scscf, monkeypatch):
     async def broken(*args, **kwargs):
         raise RuntimeError("database gone")
 
-    monkeypatch.setattr(hss.store, "check_identities", broken)
+    monkeypatch.setattr(hss.store, "_read", broken)  # every Cx read of the store fails
     answer = await scscf.request(uar())
     assert answer.result_code == cx.DIAMETER_UNABLE_TO_COMPLY
     assert hss.service.counters["unable-to-comply"] == 1

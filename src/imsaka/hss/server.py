@@ -296,10 +296,10 @@ def run(config: Mapping[str, Any]) -> int:
     hss_config = parse_hss_config(config, base_dir=None)
     try:
         import uvloop
-
-        return uvloop.run(_serve(hss_config))
     except ImportError:  # pragma: no cover - uvloop is an optional speed-up
         return asyncio.run(_serve(hss_config))
+    # Outside the try: an ImportError raised while serving must not start a second HSS.
+    return uvloop.run(_serve(hss_config))
 
 
 async def _serve(config: HssConfig) -> int:

@@ -46,11 +46,6 @@ log = logging.getLogger("imsaka.hss.cx")
 
 AKA_SCHEMES = (cx.SCHEME_AKAV1_MD5, cx.SCHEME_AKAV2_MD5)
 MILENAGE_CACHE = 4096
-AVP_SIP_DIGEST_AUTHENTICATE = 635  # vendor 10415, TS 29.229 §6.3.36
-AVP_DIGEST_REALM = 104  # RFC 4590 §4.1
-AVP_DIGEST_QOP = 110
-AVP_DIGEST_ALGORITHM = 111
-AVP_DIGEST_HA1 = 121
 SAT = cx.ServerAssignmentType
 UAT = cx.UserAuthorizationType
 
@@ -167,10 +162,12 @@ class CxService:
         )
 
     async def uar(self, req: cx.UserAuthorizationRequest) -> cx.UserAuthorizationAnswer:
-        check = await self.store.check_identities(req.user_name, req.public_identity)
-        if not check.matched:
+        # UAR only reads (TS 29.228 §6.1.1: no state changes at the HSS): one read.
+        check, state = await self.store.checked_state(
+            req.user_name, req.public_identity, with_pending=True
+        )
+        if not check.matched or state is None:
             return self._error(req, experimental=_identity_error(check))
-        state = await self.store.user_state(req.public_identity, req.user_name)
         emergency = bool((req.uar_flags or 0) & 1)
         if state.barred and not emergency:
             return self._error(req, result_code=cx.DIAMETER_AUTHORIZATION_REJECTED)
@@ -324,31 +321,18 @@ class CxService:
         realm = req.user_name.rsplit("@", 1)[-1]
         # HA1 = MD5(username:realm:password), RFC 2617 §3.2.2.2: MD5 is what the scheme is.
         ha1 = hashlib.md5(f"{req.user_name}:{realm}:{password}".encode()).hexdigest()
-        base = self._answer(
+        item = cx.SipAuthDataItem.sip_digest(
+            realm=realm, ha1=ha1, algorithm="MD5", qop="auth", item_number=1
+        )
+        self.counters["maa-digest"] += 1
+        return self._answer(
             req,
             result_code=cx.DIAMETER_SUCCESS,
             user_name=req.user_name,
             public_identity=req.public_identity,
             sip_number_auth_items=1,
-        ).to_message()
-        item = codec.avp_def(cx.AVP_SIP_AUTH_DATA_ITEM, codec.VENDOR_3GPP)(
-            [
-                codec.avp_def(cx.AVP_SIP_ITEM_NUMBER, codec.VENDOR_3GPP)(1),
-                codec.avp_def(cx.AVP_SIP_AUTHENTICATION_SCHEME, codec.VENDOR_3GPP)(
-                    cx.SCHEME_SIP_DIGEST
-                ),
-                codec.avp_def(AVP_SIP_DIGEST_AUTHENTICATE, codec.VENDOR_3GPP)(
-                    [
-                        codec.avp_def(AVP_DIGEST_REALM)(realm),
-                        codec.avp_def(AVP_DIGEST_ALGORITHM)("MD5"),
-                        codec.avp_def(AVP_DIGEST_QOP)("auth"),
-                        codec.avp_def(AVP_DIGEST_HA1)(ha1),
-                    ]
-                ),
-            ]
+            sip_auth_data_items=(item,),
         )
-        self.counters["maa-digest"] += 1
-        return codec.Message(base.code, base.flags, base.app_id, 0, 0, (*base.avps, item))
 
     def _milenage_for(self, k: bytes, opc: bytes) -> Milenage:
         key = (k, opc)
@@ -397,15 +381,11 @@ class CxService:
                 result_code=cx.DIAMETER_MISSING_AVP,
                 error_message="SAR: User-Name required for this Server-Assignment-Type",
             )
-        check = await self.store.check_identities(impi, impu) if impi else None
-        if check is not None and not check.matched:
+        check, state = await self.store.checked_state(impi, impu)
+        if impi and not check.matched:
             return self._error(req, experimental=_identity_error(check))
-        if check is None:
-            try:
-                await self.store.user_state(impu)
-            except NotFound:
-                return self._error(req, experimental=cx.DIAMETER_ERROR_USER_UNKNOWN)
-        state = await self.store.user_state(impu)
+        if state is None:
+            return self._error(req, experimental=cx.DIAMETER_ERROR_USER_UNKNOWN)
         want_data = (
             req.user_data_already_available == cx.UserDataAlreadyAvailable.USER_DATA_NOT_AVAILABLE
         )

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from imsaka.aka.sqn import DEFAULT_DELTA
+from imsaka.aka.sqn import DEFAULT_DELTA, SqnExhaustedError
 from imsaka.hss import models as m
 from imsaka.hss.models import RegState
 from imsaka.hss.subscriber import FieldError, SubscriberSpec
@@ -80,10 +80,15 @@ class Conflict(ValueError):
 
 
 def sqn_step(sqn: int, steps: int = 1) -> int:
-    """SQN after ``steps`` vectors: SEQ + steps, IND + steps mod 2^5 (TS 33.102 C.3.2)."""
+    """SQN after ``steps`` vectors: SEQ + steps, IND + steps mod 2^5 (TS 33.102 C.3.2).
+
+    Raises `SqnExhaustedError` when SEQ would pass 2^43 − 1, as
+    `imsaka.aka.sqn.next_sqn` does (and as the SQL UPDATEs refuse): never wraps."""
     seq = (sqn >> IND_BITS) + steps
+    if seq > MAX_SEQ:
+        raise SqnExhaustedError("sqn: SEQ_HE is at its maximum; the subscriber needs a new K")
     ind = ((sqn & IND_MASK) + steps) & IND_MASK
-    return ((seq << IND_BITS) | ind) & MAX_SQN
+    return (seq << IND_BITS) | ind
 
 
 def sqn_sequence(last: int, n: int) -> list[int]:
@@ -134,7 +139,7 @@ def normalize_url(url: str | None) -> str:
     return url
 
 
-def _sqlite_events(engine: sa.Engine) -> None:
+def _sqlite_events(engine: sa.Engine, *, immediate: bool = True) -> None:
     @event.listens_for(engine, "connect")
     def _sqlite_connect(dbapi_conn: Any, _rec: Any) -> None:
         # We issue BEGIN ourselves (below), so the driver must not.
@@ -150,9 +155,11 @@ def _sqlite_events(engine: sa.Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _sqlite_begin(conn: Any) -> None:
-        # IMMEDIATE takes the write lock at BEGIN: a transaction that reads then
-        # writes can never fail half-way with SQLITE_BUSY on lock upgrade.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers: IMMEDIATE takes the write lock at BEGIN, so a transaction that
+        # reads then writes can never fail half-way with SQLITE_BUSY on lock upgrade.
+        # Readers: a deferred BEGIN takes a WAL snapshot at the first SELECT and never
+        # waits for the writer (an IMMEDIATE read would queue behind every commit).
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def create_engine(url: str | None) -> AsyncEngine:
@@ -309,7 +316,7 @@ def _caps(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(",") if x.strip())
 
 
-# --------------------------------------------------------------------------- MAR batching
+# --------------------------------------------------------------------------- group commit
 
 
 @dataclass(slots=True)
@@ -321,6 +328,27 @@ class _MarJob:
     resync_to: int | None
     scheme: str | None
     future: asyncio.Future
+
+
+@dataclass(slots=True)
+class _WriteJob:
+    """A registration-state write (SAR assignment, pending S-CSCF) for the group commit.
+
+    ``fn`` runs on a synchronous Connection inside the batch's transaction; it raises
+    `NotFound` only before it has written anything, so the batch can go on."""
+
+    fn: Callable[[sa.Connection], Any]
+    future: asyncio.Future
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    """A job's expected error (unknown identity), raised to its caller after the commit."""
+
+    exc: Exception
+
+
+_EXPECTED = (NotFound, FieldError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,7 +381,20 @@ class HssStore:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 1, thread_name_prefix="hss-sqlite"
             )
-        self._queue: list[_MarJob] = []
+        # Cx reads: on a SQLite file they run on reader threads with deferred
+        # transactions (WAL snapshots) that never wait for the writer's lock.
+        self._reader = engine
+        self._read_sync: sa.Engine | None = None
+        self._read_executor: concurrent.futures.ThreadPoolExecutor | None = None
+        if self._sync_engine is not None:
+            self._read_sync = sa.create_engine(
+                engine.url.set(drivername="sqlite"), connect_args={"timeout": 30}
+            )
+            _sqlite_events(self._read_sync, immediate=False)
+            self._read_executor = concurrent.futures.ThreadPoolExecutor(
+                2, thread_name_prefix="hss-sqlite-read"
+            )
+        self._queue: list[_MarJob | _WriteJob] = []
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self.max_batch = 256
@@ -394,6 +435,12 @@ class HssStore:
         if self._sync_engine is not None:
             self._sync_engine.dispose()
             self._sync_engine = None
+        if self._read_executor is not None:
+            self._read_executor.shutdown(wait=True)
+            self._read_executor = None
+        if self._read_sync is not None:
+            self._read_sync.dispose()
+            self._read_sync = None
         await self.engine.dispose()
 
     # ------------------------------------------------------------------ provisioning
@@ -553,12 +600,11 @@ class HssStore:
             )
 
     async def get_subscriber(self, impi: str) -> SubscriberView:
-        async with self.engine.connect() as conn:
-            return await self._view(conn, impi)
+        return await self._read(self._view, impi)
 
-    async def _view(self, conn: AsyncConnection, impi: str) -> SubscriberView:
+    def _view(self, conn: sa.Connection, impi: str) -> SubscriberView:
         row = (
-            await conn.execute(
+            conn.execute(
                 sa.select(
                     m.impi.c.identity,
                     m.impi.c.op_kind,
@@ -582,13 +628,13 @@ class HssStore:
             raise NotFound(impi)
         sid = row.subscription_id
         impus = (
-            await conn.execute(
+            conn.execute(
                 sa.select(m.impu).where(m.impu.c.subscription_id == sid).order_by(m.impu.c.id)
             )
         ).all()
         nets = (
             (
-                await conn.execute(
+                conn.execute(
                     sa.select(m.visited_network.c.network)
                     .where(m.visited_network.c.subscription_id == sid)
                     .order_by(m.visited_network.c.id)
@@ -598,7 +644,7 @@ class HssStore:
             .all()
         )
         ifc = (
-            await conn.execute(
+            conn.execute(
                 sa.select(m.service_profile.c.ifc_xml)
                 .where(m.service_profile.c.subscription_id == sid)
                 .order_by(m.service_profile.c.id)
@@ -638,7 +684,7 @@ class HssStore:
         Returns where the subscriber was served, so the caller can send an RTR.
         """
         async with self.engine.begin() as conn:
-            info = await self._serving_by_impi(conn, impi)
+            info = await conn.run_sync(self._serving_by_impi, impi)
             await conn.execute(sa.delete(m.impi).where(m.impi.c.identity == impi))
             left = (
                 await conn.execute(
@@ -664,21 +710,19 @@ class HssStore:
                 await conn.execute(sa.delete(m.subscription).where(m.subscription.c.id == sid))
         return info
 
-    async def _serving_by_impi(self, conn: AsyncConnection, impi: str) -> ServingInfo:
+    def _serving_by_impi(self, conn: sa.Connection, impi: str) -> ServingInfo:
         row = (
-            await conn.execute(sa.select(m.impi.c.subscription_id).where(m.impi.c.identity == impi))
+            conn.execute(sa.select(m.impi.c.subscription_id).where(m.impi.c.identity == impi))
         ).first()
         if row is None:
             raise NotFound(impi)
-        return await self._serving(conn, row[0])
+        return self._serving(conn, row[0])
 
-    async def _serving(self, conn: AsyncConnection, sid: int) -> ServingInfo:
-        sub = (
-            await conn.execute(sa.select(m.subscription).where(m.subscription.c.id == sid))
-        ).one()
+    def _serving(self, conn: sa.Connection, sid: int) -> ServingInfo:
+        sub = (conn.execute(sa.select(m.subscription).where(m.subscription.c.id == sid))).one()
         impis = (
             (
-                await conn.execute(
+                conn.execute(
                     sa.select(m.impi.c.identity)
                     .where(m.impi.c.subscription_id == sid)
                     .order_by(m.impi.c.id)
@@ -689,7 +733,7 @@ class HssStore:
         )
         impus = (
             (
-                await conn.execute(
+                conn.execute(
                     sa.select(m.impu.c.identity)
                     .where(m.impu.c.subscription_id == sid)
                     .order_by(m.impu.c.id)
@@ -703,19 +747,18 @@ class HssStore:
         )
 
     async def serving_for_impu(self, impu: str) -> ServingInfo:
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(m.impu.c.subscription_id).where(m.impu.c.identity == impu)
-                )
-            ).first()
-            if row is None:
-                raise NotFound(impu)
-            return await self._serving(conn, row[0])
+        return await self._read(self._serving_by_impu, impu)
+
+    def _serving_by_impu(self, conn: sa.Connection, impu: str) -> ServingInfo:
+        row = conn.execute(
+            sa.select(m.impu.c.subscription_id).where(m.impu.c.identity == impu)
+        ).first()
+        if row is None:
+            raise NotFound(impu)
+        return self._serving(conn, row[0])
 
     async def serving_for_impi(self, impi: str) -> ServingInfo:
-        async with self.engine.connect() as conn:
-            return await self._serving_by_impi(conn, impi)
+        return await self._read(self._serving_by_impi, impi)
 
     async def update_subscriber(
         self,
@@ -738,7 +781,7 @@ class HssStore:
     ) -> ServingInfo:
         """Change provisioned data in one transaction; returns where the user is served (PPR)."""
         async with self.engine.begin() as conn:
-            info = await self._serving_by_impi(conn, impi)
+            info = await conn.run_sync(self._serving_by_impi, impi)
             values: dict[str, Any] = {}
             if k is not None:
                 values["k"] = k
@@ -813,7 +856,7 @@ class HssStore:
         """
         barred = set(barred)
         async with self.engine.begin() as conn:
-            info = await self._serving_by_impi(conn, impi)
+            info = await conn.run_sync(self._serving_by_impi, impi)
             existing = (
                 await conn.execute(
                     sa.select(m.impu.c.identity).where(m.impu.c.identity.in_(list(impus)))
@@ -866,7 +909,7 @@ class HssStore:
         """
         try:
             async with self.engine.begin() as conn:
-                info = await self._serving_by_impi(conn, existing_impi)
+                info = await conn.run_sync(self._serving_by_impi, existing_impi)
                 clash = (
                     await conn.execute(sa.select(m.impi.c.id).where(m.impi.c.identity == spec.impi))
                 ).first()
@@ -914,8 +957,11 @@ class HssStore:
                 )
 
     async def scscf_pool(self) -> list[dict[str, Any]]:
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(sa.select(m.scscf).order_by(m.scscf.c.id))).all()
+        return await self._read(self._scscf_pool)
+
+    @staticmethod
+    def _scscf_pool(conn: sa.Connection) -> list[dict[str, Any]]:
+        rows = conn.execute(sa.select(m.scscf).order_by(m.scscf.c.id)).all()
         return [
             {
                 "name": r.name,
@@ -927,37 +973,40 @@ class HssStore:
         ]
 
     async def scscf_host_for(self, server_name: str) -> str | None:
-        async with self.engine.connect() as conn:
-            return (
-                await conn.execute(
-                    sa.select(m.scscf.c.diameter_host).where(m.scscf.c.name == server_name)
-                )
+        def host(conn: sa.Connection) -> str | None:
+            return conn.execute(
+                sa.select(m.scscf.c.diameter_host).where(m.scscf.c.name == server_name)
             ).scalar()
 
+        return await self._read(host)
+
     async def count_subscribers(self) -> int:
-        async with self.engine.connect() as conn:
-            return (await conn.execute(sa.select(sa.func.count()).select_from(m.impi))).scalar_one()
+        def count(conn: sa.Connection) -> int:
+            return conn.execute(sa.select(sa.func.count()).select_from(m.impi)).scalar_one()
+
+        return await self._read(count)
 
     # ------------------------------------------------------------------ Cx reads
 
-    async def check_identities(self, impi: str | None, impu: str) -> IdentityCheck:
-        async with self.engine.connect() as conn:
-            return await self._check_identities(conn, impi, impu)
+    async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run the synchronous read ``fn(conn, *args)`` in one read-only transaction.
 
-    async def _check_identities(
-        self, conn: AsyncConnection, impi: str | None, impu: str
-    ) -> IdentityCheck:
-        u = (
-            await conn.execute(sa.select(m.impu.c.subscription_id).where(m.impu.c.identity == impu))
-        ).first()
-        if impi is None:
-            return IdentityCheck(False, u is not None, False)
-        i = (
-            await conn.execute(sa.select(m.impi.c.subscription_id).where(m.impi.c.identity == impi))
-        ).first()
-        return IdentityCheck(
-            i is not None, u is not None, i is not None and u is not None and i[0] == u[0]
-        )
+        SQLite file: on a reader thread with a deferred BEGIN (a WAL snapshot, never
+        waiting for the writer), one thread hop for the whole read instead of one per
+        statement. Otherwise on the async engine through ``run_sync``."""
+        if self._read_sync is not None:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._read_executor, self._read_in_thread, fn, args)
+        async with self._reader.connect() as conn:
+            return await conn.run_sync(fn, *args)
+
+    def _read_in_thread(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        assert self._read_sync is not None
+        with self._read_sync.connect() as conn:
+            return fn(conn, *args)
+
+    async def check_identities(self, impi: str | None, impu: str) -> IdentityCheck:
+        return await self._read(self._check_identities_sync, impi, impu)
 
     @staticmethod
     def _check_identities_sync(conn: sa.Connection, impi: str | None, impu: str) -> IdentityCheck:
@@ -975,14 +1024,26 @@ class HssStore:
 
     async def user_state(self, impu: str, impi: str | None = None) -> UserState:
         """State of ``impu``; with ``impi`` also that IMPI's pending S-CSCF (from MAR)."""
-        async with self.engine.connect() as conn:
-            return await self._user_state(conn, impu, impi)
+        return await self._read(self._user_state, impu, impi)
 
-    async def _user_state(
-        self, conn: AsyncConnection, impu: str, impi: str | None = None
-    ) -> UserState:
+    async def checked_state(
+        self, impi: str | None, impu: str, *, with_pending: bool = False
+    ) -> tuple[IdentityCheck, UserState | None]:
+        """UAR/SAR in one read: the identity check and, when ``impu`` exists, its state
+        (with ``with_pending`` also the pending S-CSCF of ``impi``)."""
+        return await self._read(self._checked_state, impi, impu, with_pending)
+
+    def _checked_state(
+        self, conn: sa.Connection, impi: str | None, impu: str, with_pending: bool
+    ) -> tuple[IdentityCheck, UserState | None]:
+        check = self._check_identities_sync(conn, impi, impu)
+        if not check.impu_known:
+            return check, None
+        return check, self._user_state(conn, impu, impi if with_pending else None)
+
+    def _user_state(self, conn: sa.Connection, impu: str, impi: str | None = None) -> UserState:
         row = (
-            await conn.execute(
+            conn.execute(
                 sa.select(
                     m.impu.c.subscription_id,
                     m.impu.c.identity,
@@ -1002,7 +1063,7 @@ class HssStore:
             raise NotFound(impu)
         nets = (
             (
-                await conn.execute(
+                conn.execute(
                     sa.select(m.visited_network.c.network).where(
                         m.visited_network.c.subscription_id == row.subscription_id
                     )
@@ -1014,9 +1075,7 @@ class HssStore:
         pending = None
         if impi is not None:
             pending = (
-                await conn.execute(
-                    sa.select(m.impi.c.pending_scscf).where(m.impi.c.identity == impi)
-                )
+                conn.execute(sa.select(m.impi.c.pending_scscf).where(m.impi.c.identity == impi))
             ).scalar()
         return UserState(
             subscription_id=row.subscription_id,
@@ -1034,14 +1093,13 @@ class HssStore:
 
     async def user_data(self, impi: str | None, impu: str) -> tuple[bytes, tuple[str, ...]]:
         """(User-Data XML, the implicit set of ``impu``) for an SAA (TS 29.228 §6.1.2, §6.5)."""
-        async with self.engine.connect() as conn:
-            return await self._user_data(conn, impi, impu)
+        return await self._read(self._user_data, impi, impu)
 
-    async def _user_data(
-        self, conn: AsyncConnection, impi: str | None, impu: str
+    def _user_data(
+        self, conn: sa.Connection, impi: str | None, impu: str
     ) -> tuple[bytes, tuple[str, ...]]:
         row = (
-            await conn.execute(
+            conn.execute(
                 sa.select(m.impu.c.subscription_id, m.impu.c.implicit_set_id).where(
                     m.impu.c.identity == impu
                 )
@@ -1052,7 +1110,7 @@ class HssStore:
         sid, set_id = row
         if impi is None:
             impi = (
-                await conn.execute(
+                conn.execute(
                     sa.select(m.impi.c.identity)
                     .where(m.impi.c.subscription_id == sid)
                     .order_by(m.impi.c.id)
@@ -1060,14 +1118,14 @@ class HssStore:
                 )
             ).scalar()
         members = (
-            await conn.execute(
+            conn.execute(
                 sa.select(m.impu.c.identity, m.impu.c.barred, m.impu.c.service_profile_id)
                 .where(m.impu.c.implicit_set_id == set_id)
                 .order_by(m.impu.c.id)
             )
         ).all()
         profiles = (
-            await conn.execute(
+            conn.execute(
                 sa.select(m.service_profile.c.id, m.service_profile.c.ifc_xml)
                 .where(m.service_profile.c.subscription_id == sid)
                 .order_by(m.service_profile.c.id)
@@ -1100,77 +1158,90 @@ class HssStore:
 
         With ``keep_server`` False the stored S-CSCF name is cleared (de-registration
         types that do not keep the name, TS 29.228 §6.1.2.1). Returns the implicit set.
+        Group-committed with concurrent writes; returns after the COMMIT.
         """
-        async with self.engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(m.impu.c.subscription_id, m.impu.c.implicit_set_id).where(
-                        m.impu.c.identity == impu
-                    )
-                )
-            ).first()
-            if row is None:
-                raise NotFound(impu)
-            sid, set_id = row
-            await conn.execute(
-                sa.update(m.impu)
-                .where(m.impu.c.implicit_set_id == set_id)
-                .values(reg_state=int(state))
+        return await self._write(
+            self._assign_sync,
+            impu,
+            state=state,
+            server_name=server_name,
+            server_host=server_host,
+            server_realm=server_realm,
+            keep_server=keep_server,
+            impi=impi,
+        )
+
+    @staticmethod
+    def _assign_sync(
+        conn: sa.Connection,
+        impu: str,
+        *,
+        state: RegState,
+        server_name: str | None,
+        server_host: str | None,
+        server_realm: str | None,
+        keep_server: bool,
+        impi: str | None,
+    ) -> tuple[str, ...]:
+        row = conn.execute(
+            sa.select(m.impu.c.subscription_id, m.impu.c.implicit_set_id).where(
+                m.impu.c.identity == impu
             )
-            if state == RegState.NOT_REGISTERED:
-                # The S-CSCF stays assigned while any other implicit set of the
-                # subscription is still registered or unregistered-served.
-                others = (
-                    await conn.execute(
-                        sa.select(sa.func.count()).where(
-                            m.impu.c.subscription_id == sid,
-                            m.impu.c.reg_state != int(RegState.NOT_REGISTERED),
-                        )
-                    )
-                ).scalar_one()
-                if not keep_server and others == 0:
-                    await conn.execute(
-                        sa.update(m.subscription)
-                        .where(m.subscription.c.id == sid)
-                        .values(scscf_name=None, scscf_host=None, scscf_realm=None)
-                    )
-                    await conn.execute(
-                        sa.update(m.impi)
-                        .where(m.impi.c.subscription_id == sid)
-                        .values(pending_scscf=None)
-                    )
-            else:
-                await conn.execute(
+        ).first()
+        if row is None:
+            raise NotFound(impu)  # nothing written yet: the batch goes on
+        sid, set_id = row
+        conn.execute(
+            sa.update(m.impu).where(m.impu.c.implicit_set_id == set_id).values(reg_state=int(state))
+        )
+        if state == RegState.NOT_REGISTERED:
+            # The S-CSCF stays assigned while any other implicit set of the
+            # subscription is still registered or unregistered-served.
+            others = conn.execute(
+                sa.select(sa.func.count()).where(
+                    m.impu.c.subscription_id == sid,
+                    m.impu.c.reg_state != int(RegState.NOT_REGISTERED),
+                )
+            ).scalar_one()
+            if not keep_server and others == 0:
+                conn.execute(
                     sa.update(m.subscription)
                     .where(m.subscription.c.id == sid)
-                    .values(
-                        scscf_name=server_name, scscf_host=server_host, scscf_realm=server_realm
-                    )
+                    .values(scscf_name=None, scscf_host=None, scscf_realm=None)
                 )
-                if impi is not None:
-                    await conn.execute(
-                        sa.update(m.impi)
-                        .where(m.impi.c.identity == impi)
-                        .values(pending_scscf=None)
-                    )
-            members = (
-                (
-                    await conn.execute(
-                        sa.select(m.impu.c.identity)
-                        .where(m.impu.c.implicit_set_id == set_id)
-                        .order_by(m.impu.c.id)
-                    )
+                conn.execute(
+                    sa.update(m.impi)
+                    .where(m.impi.c.subscription_id == sid)
+                    .values(pending_scscf=None)
                 )
-                .scalars()
-                .all()
+        else:
+            conn.execute(
+                sa.update(m.subscription)
+                .where(m.subscription.c.id == sid)
+                .values(scscf_name=server_name, scscf_host=server_host, scscf_realm=server_realm)
             )
+            if impi is not None:
+                conn.execute(
+                    sa.update(m.impi).where(m.impi.c.identity == impi).values(pending_scscf=None)
+                )
+        members = (
+            conn.execute(
+                sa.select(m.impu.c.identity)
+                .where(m.impu.c.implicit_set_id == set_id)
+                .order_by(m.impu.c.id)
+            )
+            .scalars()
+            .all()
+        )
         return tuple(members)
 
     async def clear_pending(self, impi: str) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                sa.update(m.impi).where(m.impi.c.identity == impi).values(pending_scscf=None)
-            )
+        """Forget the pending S-CSCF of ``impi`` (group-committed)."""
+        await self._write(self._clear_pending_sync, impi)
+
+    @staticmethod
+    def _clear_pending_sync(conn: sa.Connection, impi: str) -> None:
+        conn.execute(sa.update(m.impi).where(m.impi.c.identity == impi).values(pending_scscf=None))
 
     async def deregister_subscription(self, sid: int) -> None:
         """Administrative de-registration: every IMPU not registered, S-CSCF name cleared."""
@@ -1192,39 +1263,42 @@ class HssStore:
     async def digest_credentials(
         self, impi: str, server_name: str | None
     ) -> tuple[tuple[str, ...], str | None]:
-        """(allowed schemes, SIP Digest password) of an IMPI; records the pending S-CSCF."""
-        async with self.engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    sa.update(m.impi)
-                    .where(m.impi.c.identity == impi)
-                    .values(pending_scscf=server_name)
-                    .returning(m.impi.c.auth_schemes, m.impi.c.digest_password)
-                )
-            ).first()
+        """(allowed schemes, SIP Digest password) of an IMPI; records the pending S-CSCF
+        (group-committed: returns after the COMMIT)."""
+        return await self._write(self._digest_sync, impi, server_name)
+
+    @staticmethod
+    def _digest_sync(
+        conn: sa.Connection, impi: str, server_name: str | None
+    ) -> tuple[tuple[str, ...], str | None]:
+        row = conn.execute(
+            sa.update(m.impi)
+            .where(m.impi.c.identity == impi)
+            .values(pending_scscf=server_name)
+            .returning(m.impi.c.auth_schemes, m.impi.c.digest_password)
+        ).first()
         if row is None:
-            raise NotFound(impi)
+            raise NotFound(impi)  # no row matched: nothing written
         return tuple(row.auth_schemes.split(",")), row.digest_password
 
     async def sqn_of(self, impi: str) -> int:
-        async with self.engine.connect() as conn:
-            value = (
-                await conn.execute(sa.select(m.impi.c.sqn).where(m.impi.c.identity == impi))
-            ).scalar()
+        def sqn(conn: sa.Connection) -> int | None:
+            return conn.execute(sa.select(m.impi.c.sqn).where(m.impi.c.identity == impi)).scalar()
+
+        value = await self._read(sqn)
         if value is None:
             raise NotFound(impi)
         return int(value)
 
     async def credentials(self, impi: str) -> tuple[bytes, bytes, bytes]:
         """(K, OPc, AMF) for resync verification; never leaves the HSS."""
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(m.impi.c.k, m.impi.c.opc, m.impi.c.amf).where(
-                        m.impi.c.identity == impi
-                    )
-                )
+
+        def creds(conn: sa.Connection) -> Any:
+            return conn.execute(
+                sa.select(m.impi.c.k, m.impi.c.opc, m.impi.c.amf).where(m.impi.c.identity == impi)
             ).first()
+
+        row = await self._read(creds)
         if row is None:
             raise NotFound(impi)
         return bytes(row.k), bytes(row.opc), bytes(row.amf)
@@ -1275,19 +1349,36 @@ class HssStore:
         """
         if n < 1:
             raise ValueError("n must be ≥ 1")
+        if resync_to is not None and (resync_to >> IND_BITS) + n > MAX_SEQ:
+            return SQN_EXHAUSTED  # no fresh SQN can follow SQN_MS; nothing written
         loop = asyncio.get_running_loop()
         job = _MarJob(impi, impu, n, server_name, resync_to, scheme, loop.create_future())
-        if resync_to is not None:
-            return (await self._run_batch([job]))[0]
+        return await self._submit(job)
+
+    async def _write(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run the synchronous write ``fn(conn, *args, **kwargs)`` in the next group commit."""
+
+        def run(conn: sa.Connection) -> Any:
+            return fn(conn, *args, **kwargs)
+
+        job = _WriteJob(run, asyncio.get_running_loop().create_future())
+        return await self._submit(job)
+
+    def _submit(self, job: _MarJob | _WriteJob) -> asyncio.Future:
         self._queue.append(job)
         if self._worker is None or self._worker.done():
             self._wakeup = asyncio.Event()
-            self._worker = loop.create_task(self._mar_worker(), name="hss-mar-batcher")
+            self._worker = asyncio.get_running_loop().create_task(
+                self._write_worker(), name="hss-group-commit"
+            )
         assert self._wakeup is not None
         self._wakeup.set()
-        return await job.future
+        return job.future
 
-    async def _mar_worker(self) -> None:
+    async def _write_worker(self) -> None:
+        # Group commit: whatever queued up while the previous transaction was being
+        # committed goes into the next one (one BEGIN … COMMIT, one fsync), in arrival
+        # order. No future is resolved before its transaction's COMMIT has returned.
         assert self._wakeup is not None
         while True:
             await self._wakeup.wait()
@@ -1297,17 +1388,38 @@ class HssStore:
                 del self._queue[: self.max_batch]
                 try:
                     results = await self._run_batch(batch)
-                except Exception as exc:  # a DB failure fails these MARs, not the server
-                    log.error("MAR batch of %d failed: %s", len(batch), type(exc).__name__)
+                except Exception as exc:
+                    if len(batch) == 1:  # a DB failure fails this request, not the server
+                        log.error("HSS write failed: %s", type(exc).__name__)
+                        self._resolve(batch, [_Failed(exc)])
+                        continue
+                    # Nothing of the batch was committed: run each job on its own, so
+                    # one bad request cannot fail the others with it.
+                    log.warning(
+                        "group commit of %d failed (%s); retrying one by one",
+                        len(batch),
+                        type(exc).__name__,
+                    )
                     for job in batch:
-                        if not job.future.done():
-                            job.future.set_exception(exc)
+                        try:
+                            self._resolve([job], await self._run_batch([job]))
+                        except Exception as one:
+                            log.error("HSS write failed: %s", type(one).__name__)
+                            self._resolve([job], [_Failed(one)])
                     continue
-                for job, result in zip(batch, results, strict=True):
-                    if not job.future.done():
-                        job.future.set_result(result)
+                self._resolve(batch, results)
 
-    async def _run_batch(self, batch: list[_MarJob]) -> list[MarGrant | IdentityCheck]:
+    @staticmethod
+    def _resolve(batch: Sequence[_MarJob | _WriteJob], results: Sequence[Any]) -> None:
+        for job, result in zip(batch, results, strict=True):
+            if job.future.done():  # the caller went away (cancelled)
+                continue
+            if isinstance(result, _Failed):
+                job.future.set_exception(result.exc)
+            else:
+                job.future.set_result(result)
+
+    async def _run_batch(self, batch: list[_MarJob | _WriteJob]) -> list[Any]:
         for attempt in range(5):
             try:
                 return await self._batch_once(batch)
@@ -1321,20 +1433,55 @@ class HssStore:
                 raise
         raise RuntimeError("unreachable")
 
-    async def _batch_once(self, batch: list[_MarJob]) -> list[MarGrant | IdentityCheck]:
+    async def _batch_once(self, batch: list[_MarJob | _WriteJob]) -> list[Any]:
         self.batches += 1
-        resync = batch[0].resync_to is not None
-        if self._sync_engine is not None and not resync:
+        if self._sync_engine is not None:
             # SQLite file: the whole transaction (BEGIN IMMEDIATE … COMMIT with its
             # fsync) runs on one dedicated thread, one hop per batch instead of one
             # per statement; the event loop keeps decoding and answering meanwhile.
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._executor, self._batch_in_thread, batch)
-        if self.dialect == "postgresql" and not resync:
-            return await self._batch_pg(batch)
+        if self.dialect == "postgresql" and all(
+            isinstance(j, _MarJob) and j.resync_to is None for j in batch
+        ):
+            return await self._batch_pg(batch)  # type: ignore[arg-type]
         async with self.engine.begin() as conn:
-            outcome = await conn.run_sync(self._batch_sync, batch)
-        return self._hand_out(batch, *outcome)
+            return await conn.run_sync(self._run_jobs, batch, self._batch_sync)
+
+    def _run_jobs(
+        self,
+        conn: sa.Connection,
+        batch: list[_MarJob | _WriteJob],
+        mar_segment: Callable[[sa.Connection, list[_MarJob]], tuple[Any, ...]],
+    ) -> list[Any]:
+        """Run a batch in arrival order inside the caller's transaction.
+
+        Consecutive SQN allocations form one segment (one SELECT, one UPDATE per
+        group); a resync is a segment of its own (SQN_HE from SQN_MS); every other
+        write runs where it arrived, so a later write sees the earlier ones."""
+        results: list[Any] = []
+        i = 0
+        while i < len(batch):
+            job = batch[i]
+            if isinstance(job, _WriteJob):
+                try:
+                    results.append(job.fn(conn))
+                except _EXPECTED as exc:
+                    results.append(_Failed(exc))
+                i += 1
+                continue
+            j = i + 1
+            if job.resync_to is None:
+                while j < len(batch):
+                    nxt = batch[j]
+                    if not isinstance(nxt, _MarJob) or nxt.resync_to is not None:
+                        break
+                    j += 1
+            segment: list[_MarJob] = batch[i:j]  # type: ignore[assignment]
+            run = self._batch_sync if job.resync_to is not None else mar_segment
+            results.extend(self._hand_out(segment, *run(conn, segment)))
+            i = j
+        return results
 
     # The three executors below run the same plan: one SELECT validating every
     # (IMPI, IMPU) pair and the schemes, then one UPDATE … RETURNING per group of
@@ -1394,11 +1541,11 @@ class HssStore:
                 checks[key] = IdentityCheck(True, True, True)
         return checks
 
-    def _batch_in_thread(self, batch: list[_MarJob]) -> list[MarGrant | IdentityCheck]:
+    def _batch_in_thread(self, batch: list[_MarJob | _WriteJob]) -> list[Any]:
         assert self._sync_engine is not None
         with self._sync_engine.begin() as conn:
-            outcome = self._batch_sqlite(conn, batch)
-        return self._hand_out(batch, *outcome)  # only after COMMIT returned
+            results = self._run_jobs(conn, batch, self._batch_sqlite)
+        return results  # only after COMMIT (and its fsync) returned
 
     def _batch_sqlite(self, conn: sa.Connection, batch: list[_MarJob]) -> tuple[Any, ...]:
         """SQLite, plain SQL on the driver cursor (no expression building per batch)."""
@@ -1514,12 +1661,11 @@ class HssStore:
                 sa.update(m.impi)
                 .where(
                     m.impi.c.identity.in_(members),
-                    sa.or_(
-                        sa.literal(resync_to is not None),
-                        m.impi.c.sqn.op(">>")(sa.literal_column(str(IND_BITS)))
-                        + sa.literal_column(str(int(n)))
-                        <= sa.literal_column(str(MAX_SEQ)),
-                    ),
+                    # The same ceiling as imsaka.aka.sqn.next_sqn, on the value the
+                    # row would get (a resync that keeps SQN_HE near the top can
+                    # overflow it too): no row updated → SQN_EXHAUSTED, SQN unchanged.
+                    new_value.op(">>")(sa.literal_column(str(IND_BITS)))
+                    <= sa.literal_column(str(MAX_SEQ)),
                 )
                 .values(sqn=new_value, pending_scscf=name)
                 .returning(
