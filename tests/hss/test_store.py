@@ -263,3 +263,122 @@ async def test_mixed_batches_hand_out_each_sqn_once(store):
             want = expected[u].take(len(got))
             assert got == want
             assert await store.sqn_of(u) == expected[u].sqn_he
+
+
+# --------------------------------------------------------------------------- group commit
+
+
+def _users(n):
+    return [
+        validate_subscriber(
+            impi=f"g{i}@home1.net", impus=[f"sip:g{i}@home1.net"], k=f"{i + 1:032x}", opc=OPC
+        )
+        for i in range(n)
+    ]
+
+
+async def test_concurrent_sars_share_commits_and_all_land(store):
+    await store.import_subscribers(_users(60))
+    sets = await asyncio.gather(
+        *[
+            store.assign(
+                f"sip:g{i}@home1.net",
+                state=models.RegState.REGISTERED,
+                server_name="sip:scscf1.home1.net",
+                server_host="scscf1.home1.net",
+                impi=f"g{i}@home1.net",
+            )
+            for i in range(60)
+        ]
+    )
+    assert sets == [(f"sip:g{i}@home1.net",) for i in range(60)]
+    assert store.batches < 30  # SAR writes were grouped, not one commit each
+    for i in range(60):
+        view = await store.get_subscriber(f"g{i}@home1.net")
+        assert view.scscf_name == "sip:scscf1.home1.net"
+        assert view.impus[0].reg_state is models.RegState.REGISTERED
+
+
+async def test_mixed_batch_keeps_arrival_order(store):
+    await store.add_subscriber(alice())
+    impi, impu = "alice@home1.net", "sip:alice@home1.net"
+    # MAR (pending S-CSCF set) then SAR REGISTRATION (pending cleared), queued together.
+    grant, _ = await asyncio.gather(
+        store.mar(impi, impu, 1, "sip:s1"),
+        store.assign(impu, state=models.RegState.REGISTERED, server_name="sip:s1", impi=impi),
+    )
+    assert grant.sqns
+    assert (await store.get_subscriber(impi)).pending_scscf is None
+    # SAR first, MAR after: the MAR's pending S-CSCF stays.
+    await asyncio.gather(
+        store.assign(impu, state=models.RegState.REGISTERED, server_name="sip:s1", impi=impi),
+        store.mar(impi, impu, 1, "sip:s2"),
+    )
+    assert (await store.get_subscriber(impi)).pending_scscf == "sip:s2"
+
+
+async def test_one_bad_write_does_not_fail_its_batch(store):
+    await store.import_subscribers(_users(5))
+
+    def broken(conn):
+        raise RuntimeError("constraint blew up")
+
+    results = await asyncio.gather(
+        *[store.mar(f"g{i}@home1.net", f"sip:g{i}@home1.net", 1, None) for i in range(5)],
+        store.assign("sip:nobody@home1.net", state=models.RegState.REGISTERED, server_name="x"),
+        store._write(broken),
+        store.clear_pending("g0@home1.net"),
+        return_exceptions=True,
+    )
+    assert all(r.sqns for r in results[:5])
+    assert isinstance(results[5], NotFound)
+    assert isinstance(results[6], RuntimeError)
+    assert results[7] is None
+    sqns = [r.sqns[0] for r in results[:5]]
+    assert [await store.sqn_of(f"g{i}@home1.net") for i in range(5)] == sqns  # committed once
+
+
+async def test_reads_do_not_wait_for_the_writer(store, db_url):
+    import sqlite3
+
+    await store.add_subscriber(alice())
+    other = sqlite3.connect(db_url.split(":///", 1)[1], isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the write lock
+        other.execute("UPDATE impi SET pending_scscf = 'sip:elsewhere'")
+        check, state = await asyncio.wait_for(
+            store.checked_state("alice@home1.net", "sip:alice@home1.net", with_pending=True), 2
+        )
+        assert check.matched and state.pending_scscf is None  # the committed snapshot
+        assert (await asyncio.wait_for(store.user_data(None, "sip:alice@home1.net"), 2))[0]
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+async def test_resync_that_would_pass_the_top_of_seq_is_refused(store):
+    from imsaka.hss.store import IND_BITS, MAX_SEQ, SQN_EXHAUSTED
+
+    top = ((MAX_SEQ - 2) << IND_BITS) | 3
+    await store.add_subscriber(alice(sqn=f"{top:012x}"))
+    # SQN_MS just below SQN_HE keeps SQN_HE; 5 more vectors would pass 2^43 − 1.
+    ms = (MAX_SEQ - 5) << IND_BITS
+    got = await store.mar("alice@home1.net", "sip:alice@home1.net", 5, None, resync_to=ms)
+    assert got is SQN_EXHAUSTED
+    assert await store.sqn_of("alice@home1.net") == top  # nothing moved
+    got = await store.mar("alice@home1.net", "sip:alice@home1.net", 2, None, resync_to=ms)
+    assert got.sqns[-1] >> IND_BITS == MAX_SEQ
+
+
+def test_sqn_step_never_wraps():
+    from imsaka.aka.sqn import SqnExhaustedError, next_sqn
+    from imsaka.hss.store import IND_BITS, MAX_SEQ
+
+    last = (MAX_SEQ - 1) << IND_BITS
+    assert sqn_step(last) == next_sqn(last)
+    with pytest.raises(SqnExhaustedError):
+        sqn_step(MAX_SEQ << IND_BITS)
+    with pytest.raises(SqnExhaustedError):
+        next_sqn(MAX_SEQ << IND_BITS)
+    with pytest.raises(SqnExhaustedError):
+        sqn_step(last, 2)

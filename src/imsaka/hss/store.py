@@ -12,9 +12,16 @@ of TS 33.102 Annex C SQN management:
   cannot both hand out the same SQN (no read-modify-write in Python). A batch of n
   vectors is one statement that advances by n steps.
 - The UPDATE is committed before any vector leaves the HSS: a crash (kill -9)
-  after the MAR can skip SQNs forward but never hand one out again. Concurrent
-  MARs are grouped into one transaction (group commit), which keeps SQLite
-  above 2,000 answers/s with ``synchronous=FULL``.
+  after the MAR can skip SQNs forward but never hand one out again.
+- Group commit: every write a registration makes (MAR: SQNs and the pending
+  S-CSCF; SIP Digest MAR: the pending S-CSCF; SAR: registration state and the
+  assigned S-CSCF, or the pending one cleared) goes through one queue. Whatever
+  queued up while the previous transaction was committing shares the next one, in
+  arrival order: one BEGIN … COMMIT, one fsync. No caller gets its result (so no
+  answer leaves) before that COMMIT returned. UAR and LIR only read.
+- Reads (SQLite file): on reader threads in deferred transactions, i.e. WAL
+  snapshots that never wait for the writer's lock; the writer keeps
+  ``BEGIN IMMEDIATE`` and ``synchronous=FULL``.
 - Resync (TS 33.102 §6.3.5, `imsaka.aka.sqn.resync_sqn_he`): SQN_HE stays when
   its next SEQ is above SEQ_MS by at most Δ, else it restarts from SQN_MS; the
   new vectors are taken in the same single statement. The caller verifies MAC-S
@@ -1345,7 +1352,8 @@ class HssStore:
         ``matched`` True means the identities are fine but ``scheme`` is not one of
         the IMPI's allowed authentication schemes, and no SQN was taken).
         ``resync_to`` = SQN_MS (already verified by the caller): SQN_HE restarts there;
-        a resync runs in its own transaction, never batched with other MARs.
+        a resync is a step of its own in the group-committed transaction (its own
+        statement, never merged into another MAR's UPDATE).
         """
         if n < 1:
             raise ValueError("n must be ≥ 1")
