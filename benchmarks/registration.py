@@ -155,8 +155,8 @@ _PRINTABLE = "ABCDEFGHIJKLMNOPQRSTUVWYZabcdefghijklmnopqrstuvwyz0123456789"
 
 def make_subs(prefix: str, n: int, seed: int, *, for_sipp: bool = False) -> list[Sub]:
     """`n` subscribers with random K and OPc; `for_sipp`: K and OP of 16 printable
-    characters and AMF "80", because SIPp 3.6.1 reads aka_K / aka_OP / aka_AMF as raw
-    octet strings (see benchmarks/sipp/register_aka.xml)."""
+    characters and AMF "80", given to SIPp as raw octets in the injection file (see
+    benchmarks/sipp/register_aka.xml)."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
