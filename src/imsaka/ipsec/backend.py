@@ -152,7 +152,10 @@ class ProtectedTransport(Observable):
         self._loop = loop
         self._ports: dict[int, _Port] = {}
         self._queue: asyncio.Queue[ProtectedMessage] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        # The deadline `_timer` was armed for: uvloop's call_at returns a plain Handle
+        # without when() for a deadline already past, so it is kept here.
+        self._timer_at: float | None = None
         self._keyed: dict[int, SecurityAssociation] = {}
         self._closed = False
         self.drops: dict[str, int] = {}
@@ -248,15 +251,17 @@ class ProtectedTransport(Observable):
             return
         deadline = self.table.next_deadline()
         if self._timer is not None:
-            if deadline is not None and self._timer.when() == deadline:
+            if deadline is not None and self._timer_at == deadline:
                 return
             self._timer.cancel()
             self._timer = None
+        self._timer_at = deadline
         if deadline is not None:
             self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
+        self._timer_at = None
         self.table.handle_timer(self.now())
         self.sync()
 

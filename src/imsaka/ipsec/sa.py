@@ -38,6 +38,7 @@ the first request or response protected with the newly established set ... is re
 from __future__ import annotations
 
 import enum
+import heapq
 import logging
 import os
 from collections import deque
@@ -267,8 +268,9 @@ class SaSet:
 
     __slots__ = (
         "__weakref__",
+        "_expires_at",
+        "_on_deadline",
         "created",
-        "expires_at",
         "final_due",
         "id",
         "inbound",
@@ -317,7 +319,9 @@ class SaSet:
         self.ue_spis, self.pcscf_spis = ue_spis, pcscf_spis  # (spi-c, spi-s)
         self.keys = keys
         self.created = now
-        self.expires_at = now + lifetime
+        # The owning table watches every change of the lifetime (its deadline heap).
+        self._on_deadline: Callable[[SaSet], None] | None = None
+        self._expires_at = now + lifetime
         self.state = SaState.TEMPORARY
         self.final_due = 0
         self.open_transactions = 0
@@ -344,6 +348,16 @@ class SaSet:
                 self.inbound[spi] = sa
             else:
                 self.outbound[src[1]] = sa
+
+    @property
+    def expires_at(self) -> float:
+        return self._expires_at
+
+    @expires_at.setter
+    def expires_at(self, value: float) -> None:
+        self._expires_at = value
+        if self._on_deadline is not None:
+            self._on_deadline(self)
 
     def __repr__(self) -> str:
         return (
@@ -460,6 +474,10 @@ class SecurityAssociationTable:
         self._events: deque = deque()
         self._next_id = 1
         self._rereg_signalled: set[int] = set()
+        # (expires_at, set id) for every lifetime a set has had; entries whose set is
+        # gone or whose lifetime moved are skipped when they surface (lazy deletion),
+        # so a message or timer costs O(log n), not a walk over every set.
+        self._deadlines: list[tuple[float, int]] = []
 
     # -- queries
 
@@ -589,6 +607,8 @@ class SecurityAssociationTable:
         self._next_id += 1
         c.temporary = sa_set
         self._sets[sa_set.id] = sa_set
+        sa_set._on_deadline = self._schedule
+        self._schedule(sa_set)
         self._set_contact[sa_set.id] = contact
         for spi, sa in sa_set.inbound.items():
             self._by_spi[spi] = sa
@@ -680,12 +700,30 @@ class SecurityAssociationTable:
     # -- time
 
     def next_deadline(self) -> float | None:
-        return min((s.expires_at for s in self._sets.values()), default=None)
+        heap = self._deadlines
+        while heap:
+            deadline, set_id = heap[0]
+            s = self._sets.get(set_id)
+            if s is not None and s.live and s.expires_at == deadline:
+                return deadline
+            heapq.heappop(heap)
+        return None
 
     def handle_timer(self, now: float) -> None:
-        for s in list(self._sets.values()):
-            if s.live and now >= s.expires_at:
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            deadline, set_id = heapq.heappop(heap)
+            s = self._sets.get(set_id)
+            if s is not None and s.live and s.expires_at == deadline:
                 self._apply(s, SaInput.EXPIRED, now, "lifetime expired")
+
+    def _schedule(self, sa_set: SaSet) -> None:
+        heapq.heappush(self._deadlines, (sa_set.expires_at, sa_set.id))
+        if len(self._deadlines) > 64 + 4 * len(self._sets):
+            # Lifetimes that moved leave stale entries behind: compact now and then so
+            # the heap stays proportional to the live sets.
+            self._deadlines = [(s.expires_at, i) for i, s in self._sets.items() if s.live]
+            heapq.heapify(self._deadlines)
 
     # -- internals
 
@@ -738,6 +776,7 @@ class SecurityAssociationTable:
 
     def _remove(self, sa_set: SaSet, reason: str) -> None:
         sa_set.state = SaState.REMOVED
+        sa_set._on_deadline = None
         for spi in sa_set.inbound:
             self._by_spi.pop(spi, None)
         own = sa_set.pcscf_spis if self.local_role == "pcscf" else sa_set.ue_spis
