@@ -374,6 +374,8 @@ class IcscfConfig:
     """SIP port."""
     transports: tuple[str, ...] = ("udp", "tcp")
     """SIP transports served."""
+    retry_after: int = 30
+    """Retry-After (seconds) on the 480 answered while the HSS is unreachable or busy."""
 
     def scscf_by_name(self, server_name: str) -> ScscfEntry | None:
         key = _server_key(server_name)
@@ -433,6 +435,9 @@ class ScscfConfig:
     """Seconds a spare vector stays in the cache; older ones are dropped unused."""
     service_route_user: str = "orig"
     """User part of the Service-Route URI."""
+    retry_after: int = 30
+    """Retry-After (seconds) on the 504 answered while the HSS is unreachable
+    (TS 24.229 §5.4.1.2.1); the UE sends the REGISTER again after it."""
 
     @property
     def service_route(self) -> str:
@@ -646,6 +651,7 @@ def _icscf(t: _Table, network: NetworkConfig) -> IcscfConfig:
         address=t.address("address"),
         port=t.port("port", 5070),
         transports=t.strs("transports", ("udp", "tcp"), choices=TRANSPORTS),
+        retry_after=t.int("retry_after", 30, lo=0, hi=86400),
     )
     t.done()
     return cfg
@@ -696,6 +702,7 @@ def _scscf(t: _Table, network: NetworkConfig) -> ScscfConfig:
         reg_await_auth=t.int("reg_await_auth", 240, lo=1),
         vector_lifetime=t.int("vector_lifetime", 3600, lo=1),
         service_route_user=t.str("service_route_user", "orig"),
+        retry_after=t.int("retry_after", 30, lo=0, hi=86400),
     )
     t.done()
     return cfg

@@ -501,7 +501,28 @@ def test_single_vector_maa_leaves_no_empty_cache_entry():
 
 def test_hss_error_is_500_not_403(h):
     h.mar_failure = CxOutcome.HSS_ERROR
-    assert h.send(FakeUe().register()).status == 500
+    r = h.send(FakeUe().register())
+    assert r.status == 500 and header(r, "Retry-After") == ["30"]
+
+
+def test_retry_after_comes_from_the_config():
+    from imsaka.cscf.scscf_core import RegistrarPolicy
+
+    class Cfg:
+        realm = "home1.net"
+        service_route = "<sip:orig@s;lr>"
+        reauthenticate = "never"
+        vectors_per_request = 1
+        max_failed_attempts = 3
+        lockout = 300
+        min_expires = 1
+        max_expires = 600000
+        default_expires = 600000
+        reg_await_auth = 240
+        vector_lifetime = 3600
+        retry_after = 2
+
+    assert RegistrarPolicy.from_config(Cfg).retry_after == 2
 
 
 def test_outcome_mapping():

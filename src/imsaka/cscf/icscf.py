@@ -156,10 +156,16 @@ def select_scscf(
     return best
 
 
-def reply_for_uaa(answer: Any | None) -> tuple[int, str, tuple[tuple[str, str], ...]] | None:
+def reply_for_uaa(
+    answer: Any | None, retry_after: int = 30
+) -> tuple[int, str, tuple[tuple[str, str], ...]] | None:
     """None when the UAA allows the registration; else the SIP answer to give."""
     if answer is None:
-        return 480, "Temporarily Unavailable (HSS unreachable)", (("Retry-After", "30"),)
+        return (
+            480,
+            "Temporarily Unavailable (HSS unreachable)",
+            (("Retry-After", str(retry_after)),),
+        )
     result = answer.result
     if result is not None and 2000 <= result < 3000:
         return None
@@ -175,11 +181,17 @@ def reply_for_uaa(answer: Any | None) -> tuple[int, str, tuple[tuple[str, str], 
     if code is not None:
         return 403, f"Forbidden (HSS refused: {code})", ()
     if result is None or 3000 <= result < 5000:
-        return 480, "Temporarily Unavailable (HSS busy)", (("Retry-After", "30"),)
+        return 480, "Temporarily Unavailable (HSS busy)", (("Retry-After", str(retry_after)),)
     if result == cx.DIAMETER_AUTHORIZATION_REJECTED:
         return 403, "Forbidden (authorization rejected)", ()
     # UNABLE_TO_COMPLY, MISSING_AVP, ...: the exchange failed, the user was not refused.
-    return 500, f"Server Internal Error (HSS error {result})", ()
+    # An HSS answers 5012 when it is overloaded too: Retry-After (RFC 3261 §21.5.1) lets
+    # the UE try again later instead of giving up (bounded on its side).
+    return (
+        500,
+        f"Server Internal Error (HSS error {result})",
+        (("Retry-After", str(retry_after)),),
+    )
 
 
 # --------------------------------------------------------------------------- the edge
@@ -227,7 +239,7 @@ class Icscf:
         capabilities = False
         while True:
             answer = await self._uar(uar_input, capabilities)
-            refusal = reply_for_uaa(answer)
+            refusal = reply_for_uaa(answer, self.config.retry_after)
             if refusal is not None:
                 status, reason, headers = refusal
                 self.counters[f"uaa_refused_{status}"] += 1

@@ -244,6 +244,7 @@ class RegistrarPolicy:
             default_expires=cfg.default_expires,
             reg_await_auth=float(cfg.reg_await_auth),
             vector_lifetime=float(cfg.vector_lifetime),
+            retry_after=cfg.retry_after,
         )
 
 
@@ -446,7 +447,16 @@ class RegistrarCore:
                 )
             ]
         if outcome is CxOutcome.HSS_ERROR:
-            return [self._reply(token, 500, "Server Internal Error (HSS error)")]
+            # 5012 and friends: the exchange failed (an overloaded HSS answers so too);
+            # Retry-After (RFC 3261 §21.5.1) lets the UE come back later.
+            return [
+                self._reply(
+                    token,
+                    500,
+                    "Server Internal Error (HSS error)",
+                    (("Retry-After", str(self.policy.retry_after)),),
+                )
+            ]
         reason = {
             CxOutcome.USER_UNKNOWN: "Forbidden (user unknown)",
             CxOutcome.IDENTITIES_DONT_MATCH: "Forbidden (identities don't match)",
