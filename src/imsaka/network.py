@@ -147,7 +147,7 @@ class NetworkOptions:
     pcap: str | None = None
     """Write a pcap of every message here."""
     extra: dict[str, Any] = field(default_factory=dict)
-    """Per-section overrides merged into the generated TOML document."""
+    """Overrides merged into the generated TOML document (tables key by key)."""
     hss_process: bool = False
     """Run the HSS as its own ``imsaka run hss -c FILE`` process (the generated document
     written to a file) instead of in this process, so a test can kill it for real
@@ -279,8 +279,7 @@ class Network:
                 },
             },
         }
-        for section, values in o.extra.items():
-            doc.setdefault(section, {}).update(values)
+        _merge(doc, o.extra)
         return doc
 
     # ---------------------------------------------------------------- lifecycle
@@ -384,9 +383,10 @@ class Network:
                     f.close()
         return code
 
-    async def restart_scscf(self) -> None:
+    async def restart_scscf(self, store: Any = None) -> None:
         """Stop the S-CSCF and start a new one from the same configuration (its binding
-        store decides what survives: `redis://` keeps registrations)."""
+        store decides what survives: `redis://` keeps registrations). `store`: a
+        `imsaka.cscf.registrar` binding store to use instead of the configured one."""
         from imsaka.cscf.scscf import ScscfServer
 
         assert self.config is not None and self.config.scscf is not None
@@ -394,7 +394,10 @@ class Network:
             await self.scscf.stop()
             self.scscf = None
         server = ScscfServer(
-            self.config.scscf, observers=tuple(self._observers), network=self.config.network
+            self.config.scscf,
+            store=store,
+            observers=tuple(self._observers),
+            network=self.config.network,
         )
         await server.start()
         self.scscf = server
@@ -472,6 +475,17 @@ class Network:
         }
         kwargs.update(overrides)
         return UeConfig(**kwargs)
+
+
+def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Overrides into the generated document: tables merge key by key (so
+    ``{"scscf": {"diameter": {"timeout": 1}}}`` keeps the generated peers), anything
+    else replaces."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def _specs(subscribers: Iterable[TestSubscriber]) -> list[Any]:

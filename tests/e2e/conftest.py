@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from imsaka.network import Network, NetworkOptions, make_subscribers
@@ -30,3 +32,9 @@ async def visited_network(subscribers):
         yield net
     finally:
         await net.stop()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """Redis for the binding-store tests (TS 24.229 registrar state across restarts)."""
+    return os.environ.get("IMSAKA_TEST_REDIS", "redis://127.0.0.1:6379/15")

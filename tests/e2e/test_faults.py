@@ -1,0 +1,265 @@
+"""Faults of issue 7 through the whole core on loopback (UE → P-CSCF → I-CSCF →
+S-CSCF → HSS, IPsec on Gm): a wrong K on the UE, the HSS killed (SIGKILL of a real
+``imsaka run hss`` process) and restarted mid-run, the S-CSCF restarted on Redis
+bindings, random UDP loss on every SIP leg, a UE that vanishes after the 401.
+
+(SQN out of sync and 20 % loss on Gm alone: tests/e2e/test_lifecycle.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+
+import pytest
+
+from imsaka.network import Network, NetworkOptions, TestSubscriber, make_subscribers
+from imsaka.ue.client import UeClient
+from imsaka.ue.core import NETWORK_AUTH_FAILED, RetryScheduled
+
+pytestmark = pytest.mark.slow
+
+
+def count(net: Network, prefix: str, kind: str = "diameter") -> int:
+    return sum(1 for r in net.trace.messages(kind) if r.summary.startswith(prefix))
+
+
+async def eventually(predicate, timeout: float = 5.0, step: float = 0.02) -> bool:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        if predicate():
+            return True
+        await asyncio.sleep(step)
+    return predicate()
+
+
+def leftovers(net: Network) -> dict[str, int]:
+    """What the core still holds: SA sets, P-CSCF registrations, S-CSCF challenges."""
+    p = net.pcscf.stats()
+    s = net.scscf.pending_counts()
+    return {
+        "pcscf_sa_sets": p["sa_sets"],
+        "pcscf_registrations": p["registrations"],
+        "scscf_challenges": s.get("challenges", 0),
+    }
+
+
+async def test_wrong_k_on_the_ue_is_network_authentication_failed(home_network, subscribers):
+    """TS 33.102 §6.3.3 / TS 24.229 §5.1.1.5.3: a UE whose K differs from the HSS's finds
+    AUTN's MAC wrong, answers with an empty response and no auts, sets up no SAs and
+    stops; the S-CSCF spends the challenge (403) and the core keeps serving."""
+    net = home_network
+    sub = subscribers[1]
+    wrong = TestSubscriber(impi=sub.impi, impus=sub.impus, k=os.urandom(16), opc=sub.opc)
+    ue = UeClient(net.ue_config(wrong), observers=[net.trace])
+    await ue.start()
+    try:
+        res = await ue.register(10)
+    finally:
+        await ue.close()
+    assert not res.ok and res.reason == NETWORK_AUTH_FAILED, res
+    assert not ue.table.sets()
+    from_ue = [r for r in net.trace.messages("sip") if r.src_name == "UE"]
+    assert len(from_ue) == 2
+    auth = dict(from_ue[1].headers)["Authorization"]
+    assert 'response=""' in auth and "auts" not in auth
+    assert count(net, "MAR") == 1 and count(net, "SAR") == 0
+    # The S-CSCF answers the empty response with 403 and forgets the challenge; the
+    # P-CSCF's temporary set goes once that answer went out (or with its lifetime).
+    assert await eventually(
+        lambda: any(
+            r.summary.startswith("403") for r in net.trace.messages("sip") if r.src_name == "S-CSCF"
+        )
+    )
+    assert await eventually(lambda: net.scscf.pending_counts().get("challenges", 0) == 0)
+    # The right K registers through the same core.
+    good = UeClient(net.ue_config(sub), observers=[net.trace])
+    await good.start()
+    try:
+        res = await good.register(10)
+        assert res.ok and res.protected, res
+        assert (await good.deregister(10)).ok
+    finally:
+        await good.close()
+    assert await eventually(lambda: leftovers(net)["pcscf_sa_sets"] == 0), leftovers(net)
+
+
+async def test_hss_killed_and_restarted_mid_run():
+    """The HSS runs as its own ``imsaka run hss`` process and is killed with SIGKILL
+    while UEs are registered and others register. The I-CSCF answers 480 and the
+    S-CSCF 504, both with Retry-After; the UEs wait that long and try again (bounded).
+    After the HSS process is started again on the same database, the Diameter clients
+    reconnect by themselves and every registration completes — the CSCFs are never
+    restarted."""
+    subs = make_subscribers(3, seed=77)
+    net = Network(
+        subs,
+        NetworkOptions(
+            hss_process=True,
+            extra={
+                "icscf": {"retry_after": 1, "diameter": {"timeout": 1.0}},
+                "scscf": {"retry_after": 1, "diameter": {"timeout": 1.0}},
+            },
+        ),
+    )
+    await net.start()
+    ues = [UeClient(net.ue_config(s, max_retries=20), observers=[net.trace]) for s in subs]
+    cscfs = (net.pcscf, net.icscf, net.scscf)
+    try:
+        for u in ues:
+            await u.start()
+        assert (await ues[0].register(15)).ok
+        first_pid = net.hss_proc.pid
+        assert net.kill_hss() == -9  # SIGKILL: no clean Diameter disconnect
+        # During the outage: a new UE registers, a registered one refreshes.
+        newcomer = asyncio.create_task(ues[1].register(60))
+        refresh = asyncio.create_task(ues[0].reregister(60))
+        await asyncio.sleep(3.0)
+        assert not newcomer.done() and not refresh.done()
+        waits = [e for u in ues[:2] for e in u.events if isinstance(e, RetryScheduled)]
+        assert waits and {e.status for e in waits} <= {480, 500, 504}, waits
+        assert all(e.after == 1.0 for e in waits)
+        await net.start_hss_process()
+        assert net.hss_proc.pid != first_pid
+        res_new, res_refresh = await asyncio.gather(newcomer, refresh)
+        assert res_new.ok and res_new.protected, res_new
+        assert res_refresh.ok and res_refresh.protected, res_refresh
+        # A UE that starts after the restart registers at once.
+        res = await ues[2].register(15)
+        assert res.ok and res.protected, res
+        assert (net.pcscf, net.icscf, net.scscf) == cscfs  # never restarted
+        results = await asyncio.gather(*(u.deregister(15) for u in ues))
+        assert all(r.ok for r in results), results
+        assert await eventually(lambda: leftovers(net)["pcscf_sa_sets"] == 0), leftovers(net)
+        assert leftovers(net) == {
+            "pcscf_sa_sets": 0,
+            "pcscf_registrations": 0,
+            "scscf_challenges": 0,
+        }
+    finally:
+        for u in ues:
+            await u.close()
+        await net.stop()
+    assert net.hss_proc is None
+
+
+@pytest.mark.redis
+async def test_scscf_restart_with_redis_bindings_keeps_registrations(redis_url):
+    """The S-CSCF stores its bindings in Redis before each 200 OK leaves. Restarted, it
+    reads them back: the UE's protected re-REGISTER (integrity-protected="yes") is
+    accepted without AKA (no MAR, no 401) and the de-registration goes through."""
+    from imsaka.cscf.registrar import RedisBindingStore
+
+    prefix = f"imsaka:e2e:{os.getpid()}:{os.urandom(4).hex()}:"
+    subs = make_subscribers(2, seed=91)
+    net = Network(subs, NetworkOptions(extra={"scscf": {"binding_store": redis_url}}))
+    await net.start()
+    ue = UeClient(net.ue_config(subs[0]), observers=[net.trace])
+    try:
+        await net.restart_scscf(RedisBindingStore(redis_url, prefix=prefix))
+        await ue.start()
+        assert (await ue.register(10)).ok
+        mars, challenges = count(net, "MAR"), count(net, "401", "sip")
+        old = net.scscf
+        await net.restart_scscf(RedisBindingStore(redis_url, prefix=prefix))
+        assert net.scscf is not old
+        assert net.scscf.pending_counts()["registrations"] >= 1
+        res = await ue.reregister(10)
+        assert res.ok and res.protected, res
+        assert count(net, "MAR") == mars and count(net, "401", "sip") == challenges
+        assert count(net, "SAR") >= 2  # REGISTRATION, then RE_REGISTRATION
+        assert (await ue.deregister(10)).ok
+        assert await eventually(lambda: net.pcscf.stats()["sa_sets"] == 0)
+    finally:
+        await ue.close()
+        cleanup = RedisBindingStore(redis_url, prefix=prefix)
+        await cleanup.clear()
+        await cleanup.close()
+        await net.stop()
+
+
+async def test_random_udp_loss_on_every_sip_leg():
+    """RFC 3261 §17: 20 % of the UDP datagrams on Gm (clear and ESP, both ways) and on
+    Mw (P-CSCF ⇄ I-CSCF ⇄ S-CSCF) are lost; the transactions' retransmissions complete
+    registration and de-registration, and nothing is left behind."""
+    subs = make_subscribers(3, seed=5)
+    net = Network(subs)
+    await net.start()
+    rng = random.Random(2026)
+    dropped = {"n": 0}
+
+    def lossy(send):
+        def wrapper(*args, **kwargs):
+            if rng.random() < 0.2:
+                dropped["n"] += 1
+                return True
+            return send(*args, **kwargs)
+
+        return wrapper
+
+    def lossy_socket(transport) -> None:
+        # Loss below the SIP transport (the asyncio datagram socket): the transaction
+        # layer sees nothing of it, as with a real lossy link.
+        transport._transport.sendto = lossy(transport._transport.sendto)
+
+    ues = [UeClient(net.ue_config(s)) for s in subs]
+    try:
+        lossy_socket(net.pcscf.udp)  # Gm clear answers and Mw towards the I-/S-CSCF
+        net.pcscf.send_protected = lossy(net.pcscf.send_protected)  # Gm ESP
+        for server in (net.icscf, net.scscf):
+            for transport in server.endpoint.transports:
+                if transport.name == "udp":
+                    lossy_socket(transport)
+        for u in ues:
+            await u.start()
+            u.send_clear = lossy(u.send_clear)
+            u.send_protected = lossy(u.send_protected)
+        results = await asyncio.gather(*(u.register(60) for u in ues))
+        assert all(r.ok and r.protected for r in results), results
+        results = await asyncio.gather(*(u.deregister(60) for u in ues))
+        assert all(r.ok for r in results), results
+        assert dropped["n"] >= 5
+        assert await eventually(lambda: leftovers(net)["pcscf_sa_sets"] == 0, 10)
+        assert leftovers(net)["pcscf_registrations"] == 0
+        assert net.scscf.pending_counts()["registrations"] == 0
+    finally:
+        for u in ues:
+            await u.close()
+        await net.stop()
+
+
+async def test_ue_vanishing_after_the_401_leaves_neither_sas_nor_a_challenge():
+    """The UE takes its 401 and disappears. With short configured lifetimes, the
+    P-CSCF's temporary SA set goes after `temporary_sa_lifetime` and the S-CSCF's
+    challenge after `reg_await_auth` (the HSS is told: SAR AUTHENTICATION_TIMEOUT)."""
+    subs = make_subscribers(2, seed=13)
+    net = Network(
+        subs,
+        NetworkOptions(
+            extra={"pcscf": {"temporary_sa_lifetime": 1}, "scscf": {"reg_await_auth": 1}}
+        ),
+    )
+    await net.start()
+    ue = UeClient(net.ue_config(subs[0]), observers=[net.trace])
+    await ue.start()
+    ue.send_protected = lambda sa, data: True  # gone: the challenge response never leaves
+    try:
+        res = await ue.register(timeout=0.5)
+        assert not res.ok
+        assert net.pcscf.stats()["sa_sets"] == 1
+        assert net.scscf.pending_counts()["challenges"] == 1
+        assert await eventually(lambda: leftovers(net) == dict.fromkeys(leftovers(net), 0), 4)
+        assert await eventually(lambda: count(net, "SAR") == 1)  # AUTHENTICATION_TIMEOUT
+        # The same subscriber registers afresh (a new challenge, a new vector).
+        again = UeClient(net.ue_config(subs[0]), observers=[net.trace])
+        await again.start()
+        try:
+            res = await again.register(10)
+            assert res.ok and res.protected, res
+        finally:
+            await again.close()
+    finally:
+        await ue.close()
+        await net.stop()
