@@ -382,3 +382,16 @@ def test_sqn_step_never_wraps():
         next_sqn(MAX_SEQ << IND_BITS)
     with pytest.raises(SqnExhaustedError):
         sqn_step(last, 2)
+
+
+async def test_close_with_writes_in_flight_fails_them_instead_of_hanging(store):
+    await store.import_subscribers(_users(20))
+    tasks = [
+        asyncio.ensure_future(store.mar(f"g{i}@home1.net", f"sip:g{i}@home1.net", 1, None))
+        for i in range(20)
+    ]
+    while not store._inflight:  # the first batch is on the writer thread
+        await asyncio.sleep(0)
+    await store.close()
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+    assert all(isinstance(r, RuntimeError) or r.sqns for r in results)

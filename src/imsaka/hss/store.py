@@ -402,6 +402,7 @@ class HssStore:
                 2, thread_name_prefix="hss-sqlite-read"
             )
         self._queue: list[_MarJob | _WriteJob] = []
+        self._inflight: list[_MarJob | _WriteJob] = []
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self.max_batch = 256
@@ -432,9 +433,12 @@ class HssStore:
             except (asyncio.CancelledError, Exception):
                 pass
             self._worker = None
-        for job in self._queue:
+        # The batch being committed when the worker was cancelled may still commit on
+        # its thread (SQNs can only skip forward); its callers get an error, not a hang.
+        for job in (*self._inflight, *self._queue):
             if not job.future.done():
                 job.future.set_exception(RuntimeError("HSS store closed"))
+        self._inflight = []
         self._queue.clear()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
@@ -1441,6 +1445,7 @@ class HssStore:
             while self._queue:
                 batch = self._queue[: self.max_batch]
                 del self._queue[: self.max_batch]
+                self._inflight = batch
                 try:
                     results = await self._run_batch(batch)
                 except Exception as exc:
