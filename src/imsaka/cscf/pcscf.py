@@ -37,6 +37,7 @@ from __future__ import annotations
 import base64
 import enum
 import hashlib
+import heapq
 import logging
 import random
 from collections import Counter
@@ -287,8 +288,41 @@ class PcscfCore:
         self.subscribe_reg_event = config.subscribe_reg_event
         self.drops: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
+        # Deadline heap (deadline, seq, kind, key): kind "pending" keyed by branch,
+        # "temporary" / "expiry" keyed by IMPI. Entries are pushed wherever a deadline
+        # is set and checked against the live state when they surface (lazy deletion),
+        # so per-message timer work is O(log n) in the registered population.
+        self._timers: list[tuple[float, int, str, str]] = []
+        self._timer_seq = 0
 
     # ------------------------------------------------------------------ helpers
+
+    def _add_pending(self, branch: str, pending: _Pending) -> None:
+        self.pending[branch] = pending
+        self._watch(pending.created + TRANSACTION_LIFETIME, "pending", branch)
+
+    def _watch(self, deadline: float, kind: str, key: str) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (deadline, self._timer_seq, kind, key))
+        if len(self._timers) > 256 + 4 * (len(self.pending) + 2 * len(self.registrations)):
+            # Deadlines that moved leave stale entries: compact so the heap stays
+            # proportional to the live state.
+            self._timers = [t for t in self._timers if self._timer_due(t[2], t[3]) == t[0]]
+            heapq.heapify(self._timers)
+
+    def _timer_due(self, kind: str, key: str) -> float | None:
+        """The live deadline behind a heap entry (None: nothing is due any more)."""
+        if kind == "pending":
+            p = self.pending.get(key)
+            return None if p is None else p.created + TRANSACTION_LIFETIME
+        reg = self.registrations.get(key)
+        if reg is None:
+            return None
+        if kind == "temporary":
+            return reg.temporary_expires if reg.temporary is not None else None
+        if reg.state is RegState.REGISTERED and reg.expires_at:
+            return reg.expires_at + 30.0
+        return None
 
     def _drop(self, reason: str, detail: str = "") -> list[Action]:
         self.drops[reason] += 1
@@ -473,14 +507,17 @@ class PcscfCore:
         if fwd is None:
             return [self._reply(request, arrival, 400, "Bad Request")]
         contact_zero = self._expires_zero(request)
-        self.pending[branch] = _Pending(
-            arrival=arrival,
-            ue_branch=request.via[0].branch or "",
-            kind="register-clear",
-            impi=impi,
-            created=now,
-            security_client=offers,
-            expires_zero=contact_zero,
+        self._add_pending(
+            branch,
+            _Pending(
+                arrival=arrival,
+                ue_branch=request.via[0].branch or "",
+                kind="register-clear",
+                impi=impi,
+                created=now,
+                security_client=offers,
+                expires_zero=contact_zero,
+            ),
         )
         return [Forward(fwd, target, "udp")]
 
@@ -531,14 +568,17 @@ class PcscfCore:
         fwd = self._prepare_upstream(request, branch, arrival, protected=True)
         if fwd is None:
             return [self._reply(request, arrival, 400, "Bad Request")]
-        self.pending[branch] = _Pending(
-            arrival=arrival,
-            ue_branch=request.via[0].branch or "",
-            kind="register-protected",
-            impi=reg.impi,
-            created=now,
-            security_client=offers,
-            expires_zero=self._expires_zero(request),
+        self._add_pending(
+            branch,
+            _Pending(
+                arrival=arrival,
+                ue_branch=request.via[0].branch or "",
+                kind="register-protected",
+                impi=reg.impi,
+                created=now,
+                security_client=offers,
+                expires_zero=self._expires_zero(request),
+            ),
         )
         return [Forward(fwd, target, "udp")]
 
@@ -661,12 +701,15 @@ class PcscfCore:
         target = self._first_route_target(fwd)
         if target is None:
             return [self._reply(request, arrival, 404, "No route")]
-        self.pending[branch] = _Pending(
-            arrival=arrival,
-            ue_branch=request.via[0].branch or "",
-            kind="request",
-            impi=reg.impi,
-            created=now,
+        self._add_pending(
+            branch,
+            _Pending(
+                arrival=arrival,
+                ue_branch=request.via[0].branch or "",
+                kind="request",
+                impi=reg.impi,
+                created=now,
+            ),
         )
         return [Forward(fwd, target, "udp")]
 
@@ -708,10 +751,12 @@ class PcscfCore:
             vias = response.via
         except SipParseError:
             return self._drop("response-bad-via")
-        if len(vias) < 2:
+        branch = vias[0].branch if vias else ""
+        pending = self.pending.get(branch or "")
+        # Our own SUBSCRIBE's answer carries only our Via; everything else we forwarded
+        # for a UE carries the UE's Via under ours.
+        if len(vias) < 2 and (pending is None or pending.kind != "subscribe"):
             return self._drop("response-without-ue-via")
-        branch = vias[0].branch or ""
-        pending = self.pending.get(branch)
         if pending is None:
             return self._drop("response-for-unknown-transaction")
         if pending.kind == "subscribe":
@@ -855,6 +900,7 @@ class PcscfCore:
         )
         reg.temporary = sa
         reg.temporary_expires = now + float(self.config.temporary_sa_lifetime)
+        self._watch(reg.temporary_expires, "temporary", impi)
         reg.pending_server = [server]
         reg.security_client = offers
         try:
@@ -909,6 +955,7 @@ class PcscfCore:
             return actions
         reg.state = RegState.REGISTERED
         reg.expires_at = now + granted
+        self._watch(reg.expires_at + 30.0, "expiry", reg.impi)
         lifetime = float(granted) + 30.0
         if (
             reg.temporary is not None
@@ -971,8 +1018,11 @@ class PcscfCore:
         if target is None:
             return []
         self.subscriptions[call_id] = reg.impi
-        self.pending[branch] = _Pending(
-            arrival=Arrival(target), ue_branch="", kind="subscribe", impi=reg.impi, created=now
+        self._add_pending(
+            branch,
+            _Pending(
+                arrival=Arrival(target), ue_branch="", kind="subscribe", impi=reg.impi, created=now
+            ),
         )
         return [Forward(sub, target, "udp")]
 
@@ -1042,31 +1092,38 @@ class PcscfCore:
     # ------------------------------------------------------------------ timers
 
     def next_deadline(self) -> float | None:
-        deadlines = [p.created + TRANSACTION_LIFETIME for p in self.pending.values()]
-        for reg in self.registrations.values():
-            if reg.temporary is not None:
-                deadlines.append(reg.temporary_expires)
-            if reg.state is RegState.REGISTERED and reg.expires_at:
-                deadlines.append(reg.expires_at + 30.0)
-        return min(deadlines) if deadlines else None
+        timers = self._timers
+        while timers:
+            deadline, _, kind, key = timers[0]
+            if self._timer_due(kind, key) == deadline:
+                return deadline
+            heapq.heappop(timers)
+        return None
 
     def handle_timer(self, now: float) -> list[Action]:
         actions: list[Action] = []
-        for branch in [
-            b for b, p in self.pending.items() if p.created + TRANSACTION_LIFETIME <= now
-        ]:
-            del self.pending[branch]
-        for reg in list(self.registrations.values()):
-            if reg.temporary is not None and reg.temporary_expires <= now:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            deadline, _, kind, key = heapq.heappop(timers)
+            if self._timer_due(kind, key) != deadline:
+                continue  # gone, or its deadline moved (a newer entry carries it)
+            if kind == "pending":
+                del self.pending[key]
+                continue
+            reg = self.registrations[key]
+            if kind == "temporary":
                 # The UE never answered the 401 within the temporary set's lifetime.
                 actions.append(self._release(reg, reg.temporary, "temporary SA lifetime expired"))
                 reg.temporary = None
                 if reg.sa is None and reg.state is not RegState.REGISTERED:
                     self._forget(reg)
-            if reg.state is RegState.REGISTERED and reg.expires_at and reg.expires_at + 30.0 <= now:
+            else:
                 if reg.sa is not None:
                     actions.append(self._release(reg, reg.sa, "registration expired"))
                     reg.sa = None
+                if reg.temporary is not None:
+                    actions.append(self._release(reg, reg.temporary, "registration expired"))
+                    reg.temporary = None
                 self._forget(reg)
         return actions
 

@@ -68,7 +68,12 @@ class PcscfServer:
         self.tcp: TcpTransport | None = None
         self.core: PcscfCore | None = None
         self._sets: dict[int, SaSet] = {}  # by our inbound spi_ps
-        self._timer: asyncio.TimerHandle | None = None
+        # Outbound SPI (chosen by the UE, so unique per UE only) -> the sets using it.
+        self._by_outbound: dict[int, list[SaSet]] = {}
+        self._timer: asyncio.Handle | None = None
+        # The deadline `_timer` was armed for: uvloop's call_at returns a plain Handle
+        # without when() for a deadline already past.
+        self._timer_at: float | None = None
         self.parse_errors = 0
         self.internal_errors = 0
 
@@ -237,7 +242,7 @@ class PcscfServer:
                 if action.spi is None:
                     self.send_clear(data, action.destination, action.transport)
                     continue
-                sa_set, out_sa = self._outbound(action.spi)
+                sa_set, out_sa = self._outbound(action.spi, action.destination)
                 if sa_set is None or out_sa is None:
                     log.info("pcscf: reply not sent: no live SA with spi %d", action.spi)
                     continue
@@ -261,6 +266,8 @@ class PcscfServer:
             elif isinstance(action, ReleaseSecurityAssociations):
                 key = action.sa.spi_ps
                 s = self._sets.pop(key, None)
+                if s is not None:
+                    self._unindex(s)
                 if s is None or s.state is SaState.REMOVED or key in done:
                     continue
                 # Nothing more is due over it: it goes now.
@@ -293,12 +300,31 @@ class PcscfServer:
     def _key_of(self, sa_set: SaSet) -> int:
         return sa_set.pcscf_spis[1]
 
-    def _outbound(self, spi: int) -> tuple[SaSet | None, Any]:
-        for s in self._sets.values():
+    def _outbound(
+        self, spi: int, destination: tuple[str, int] | None = None
+    ) -> tuple[SaSet | None, Any]:
+        found: tuple[SaSet | None, Any] = (None, None)
+        for s in self._by_outbound.get(spi, ()):
             for sa in s.outbound.values():
                 if sa.spi == spi:
-                    return s, sa
-        return None, None
+                    if destination is None or sa.dst[1] == destination[1]:
+                        return s, sa
+                    found = found if found[0] is not None else (s, sa)
+        return found
+
+    def _index(self, sa_set: SaSet) -> None:
+        for sa in sa_set.outbound.values():
+            self._by_outbound.setdefault(sa.spi, []).append(sa_set)
+
+    def _unindex(self, sa_set: SaSet) -> None:
+        for sa in sa_set.outbound.values():
+            sets = self._by_outbound.get(sa.spi)
+            if sets is None:
+                continue
+            if sa_set in sets:
+                sets.remove(sa_set)
+            if not sets:
+                del self._by_outbound[sa.spi]
 
     def _install(self, sa: PcscfSa, now: float) -> None:
         client = SecurityMechanism(
@@ -330,7 +356,11 @@ class PcscfServer:
             ik=sa.ik,
             ck=sa.ck,
         )
+        replaced = self._sets.get(sa.spi_ps)
+        if replaced is not None:
+            self._unindex(replaced)
         self._sets[sa.spi_ps] = s
+        self._index(s)
         self.backend.sync()
 
     # ---------------------------------------------------------------- timers
@@ -340,15 +370,17 @@ class PcscfServer:
         loop = asyncio.get_running_loop()
         deadline = self.core.next_deadline()
         if self._timer is not None:
-            if deadline is not None and self._timer.when() == deadline:
+            if deadline is not None and self._timer_at == deadline:
                 return
             self._timer.cancel()
             self._timer = None
+        self._timer_at = deadline
         if deadline is not None:
             self._timer = loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
+        self._timer_at = None
         assert self.core is not None
         now = asyncio.get_running_loop().time()
         self._execute(self.core.handle_timer(now), now)
