@@ -263,3 +263,91 @@ async def test_ue_vanishing_after_the_401_leaves_neither_sas_nor_a_challenge():
     finally:
         await ue.close()
         await net.stop()
+
+
+def _wrong_response(ue: UeClient) -> None:
+    """Make the UE's challenge responses wrong (a bad RES), the rest untouched."""
+    import re
+
+    original = ue.core._build_register
+
+    def tampered(**kw):
+        kw["authorization"] = re.sub(
+            r'response="[0-9a-f]{32}"', 'response="' + "0" * 32 + '"', kw["authorization"]
+        )
+        return original(**kw)
+
+    ue.core._build_register = tampered
+
+
+async def test_failed_attempts_lock_the_impi_out():
+    """After `max_failed_attempts` wrong responses (403 each, the temporary SAs gone
+    after the 403 went out over them) the IMPI is refused without a challenge for
+    `lockout` seconds — a right response cannot be tried — then served again."""
+    subs = make_subscribers(2, seed=31)
+    net = Network(subs, NetworkOptions(extra={"scscf": {"max_failed_attempts": 2, "lockout": 2}}))
+    await net.start()
+    try:
+        for _ in range(2):
+            ue = UeClient(net.ue_config(subs[0]), observers=[net.trace])
+            await ue.start()
+            _wrong_response(ue)
+            try:
+                res = await ue.register(10)
+            finally:
+                await ue.close()
+            assert not res.ok and res.status == 403, res
+        mars = count(net, "MAR")
+        ue = UeClient(net.ue_config(subs[0]), observers=[net.trace])
+        await ue.start()
+        try:
+            res = await ue.register(10)  # a right K, but locked out
+            assert not res.ok and res.status == 403, res
+            assert count(net, "MAR") == mars  # refused before any vector is spent
+            assert net.scscf.scscf.core.counters["refused_locked"] == 1
+            other = UeClient(net.ue_config(subs[1]))  # another IMPI is not affected
+            await other.start()
+            try:
+                assert (await other.register(10)).ok
+            finally:
+                await other.close()
+            await asyncio.sleep(2.1)
+            res = await ue.register(10)
+            assert res.ok and res.protected, res
+        finally:
+            await ue.close()
+        assert await eventually(lambda: net.pcscf.stats()["sa_sets"] == 2)  # the two registered
+    finally:
+        await net.stop()
+
+
+async def test_binding_lapse_is_timeout_deregistration_and_the_pcscf_drops_the_sas():
+    """A UE registers for 2 s and disappears without refreshing. The S-CSCF removes the
+    lapsed binding (SAR TIMEOUT_DEREGISTRATION to the HSS) and NOTIFYs the reg event as
+    terminated (contact event `expired`); the P-CSCF, subscribed since the 200 OK,
+    removes the UE's SAs and registration."""
+    subs = make_subscribers(1, seed=41)
+    net = Network(subs, NetworkOptions(extra={"scscf": {"min_expires": 1}}))
+    await net.start()
+    ue = UeClient(net.ue_config(subs[0], expires=2), observers=[net.trace])
+    try:
+        await ue.start()
+        res = await ue.register(10)
+        assert res.ok and res.expires == 2, res
+        assert await eventually(lambda: net.pcscf.core.counters["reg-subscribed"] == 1)
+        await ue.close()  # gone: no refresh at half the expiry
+        sars = lambda: [  # noqa: E731
+            r for r in net.trace.messages("diameter") if r.summary.startswith("SAR")
+        ]
+        assert len(sars()) == 1
+        assert await eventually(lambda: net.pcscf.stats()["sa_sets"] == 0, 5.0)
+        stats = net.pcscf.stats()
+        assert stats["registrations"] == 0 and stats.get("network-deregistered") == 1, stats
+        assert len(sars()) == 2
+        assert "TIMEOUT_DEREGISTRATION" in str(sars()[-1].summary) + str(sars()[-1].headers)
+        notify = [r for r in net.trace.messages("sip") if r.summary.startswith("NOTIFY")][-1]
+        assert "terminated" in dict(notify.headers).get("Subscription-State", "")
+        assert net.scscf.pending_counts()["registrations"] == 0
+    finally:
+        await ue.close()
+        await net.stop()

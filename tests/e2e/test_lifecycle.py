@@ -53,11 +53,27 @@ async def test_challenged_reregistration_gets_a_new_sa_set(subscribers):
     try:
         assert (await ue.register(10)).ok
         first = {s.id for s in ue.table.sets()}
+        pcscf_first = {s.pcscf_spis for s in net.pcscf.table.sets()}
+        mars = sum(1 for r in net.trace.messages("diameter") if r.summary.startswith("MAR"))
         res = await ue.reregister(10)
         assert res.ok and res.protected, res
         await asyncio.sleep(0.05)
         live = [s for s in ue.table.sets() if s.state.value != "removed"]
         assert {s.id for s in live} - first  # a new set is established
+        assert len(live) == 1  # the old one went: the 200 OK arrived over the new set
+        # The P-CSCF holds exactly the new set (new SPIs, same protected ports).
+        pcscf_sets = net.pcscf.table.sets()
+        assert len(pcscf_sets) == 1 and pcscf_sets[0].state.value == "established"
+        assert pcscf_sets[0].pcscf_spis not in pcscf_first
+        assert pcscf_sets[0].pcscf_ports == live[0].pcscf_ports
+        # A new AKA run (reauthenticate = "always"): a second 401 reached the UE.
+        challenges = [
+            r
+            for r in net.trace.messages("sip")
+            if r.summary.startswith("401") and r.dst_name == "UE"
+        ]
+        assert len(challenges) == 2
+        assert mars <= sum(1 for r in net.trace.messages("diameter") if r.summary.startswith("MAR"))
         assert net.pcscf.stats()["registrations"] == 1
         assert (await ue.deregister(10)).ok
     finally:
@@ -238,6 +254,9 @@ async def test_network_initiated_deregistration_removes_the_sas(home_network, su
             if net.pcscf.core.counters["reg-subscribed"]:
                 break
             await asyncio.sleep(0.02)
+        # The SUBSCRIBE's 200 (only our Via in it) is taken, not dropped as a stray answer.
+        assert net.pcscf.core.counters["reg-subscribed"] == 1
+        assert not net.pcscf.core.drops
         assert net.pcscf.stats()["sa_sets"] == 1
         result = await net.hss.deregister_impi(subscribers[0].impi)
         assert result.get("ok"), result
@@ -252,3 +271,35 @@ async def test_network_initiated_deregistration_removes_the_sas(home_network, su
         assert any("terminated" in dict(r.headers).get("Subscription-State", "") for r in notifies)
     finally:
         await ue.close()
+
+
+async def test_pcscf_expires_a_lapsed_registration_on_its_own(subscribers):
+    """Without the reg-event subscription ([pcscf].subscribe_reg_event = false) the
+    P-CSCF still ends a registration the UE stopped refreshing: at the granted expiry
+    (+30 s, the SA lifetime margin of TS 24.229 §5.1.1.5.1) the SAs and the
+    registration go. The core is sans-I/O, so the test hands it a later `now`."""
+    net = Network(
+        subscribers,
+        NetworkOptions(
+            extra={"scscf": {"min_expires": 1}, "pcscf": {"subscribe_reg_event": False}}
+        ),
+    )
+    await net.start()
+    ue = UeClient(net.ue_config(subscribers[0], expires=5), observers=[net.trace])
+    try:
+        await ue.start()
+        res = await ue.register(10)
+        assert res.ok and res.expires == 5, res
+        await asyncio.sleep(0.1)
+        assert not [r for r in net.trace.messages("sip") if r.summary.startswith("SUBSCRIBE")]
+        assert net.pcscf.stats()["sa_sets"] == 1
+        now = asyncio.get_running_loop().time()
+        net.pcscf._execute(net.pcscf.core.handle_timer(now + 4.0), now + 4.0)
+        assert net.pcscf.stats()["registrations"] == 1  # not yet
+        later = now + 5.0 + 30.0
+        net.pcscf._execute(net.pcscf.core.handle_timer(later), later)
+        stats = net.pcscf.stats()
+        assert stats["sa_sets"] == 0 and stats["registrations"] == 0, stats
+    finally:
+        await ue.close()
+        await net.stop()
