@@ -82,3 +82,44 @@ def test_backend_expiry_timer_on_uvloop():
             assert n.pcscf_set.state is SaState.REMOVED and pc.bound_ports() == []
 
     _run(main())
+
+
+async def test_ue_binds_its_offered_ports_at_the_offer():
+    """The ports in Security-Client are bound when offered (not after the 401), so no
+    other socket on the host can take them in between; a re-offer gives back the
+    previous port-c but keeps port-s while a set is live (TS 24.229 §5.1.1.4.2)."""
+    import socket
+
+    from imsaka.trace import Trace
+    from imsaka.ue.client import UeClient
+
+    trace = Trace()
+    reg, p = await _network(trace)
+    ue = UeClient(_ue(p.address), observers=[trace])
+    try:
+        await ue.start()
+        port_c, port_s = ue._protected_ports()
+        assert {port_c, port_s} <= set(ue.backend.bound_ports())
+        for port in (port_c, port_s):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+                try:
+                    other.bind(("127.0.0.1", port))
+                except OSError:
+                    pass
+                else:
+                    raise AssertionError(f"port {port} was free for another socket")
+        res = await ue.register(timeout=10)
+        assert res.ok and res.protected, res
+        live = ue._current_set()
+        used_c, used_s = live.ue_ports.port_c, live.ue_ports.port_s
+        assert port_c not in ue.backend.bound_ports() or port_c in (used_c, used_s)
+        new_c, new_s = ue._protected_ports()
+        assert new_s == used_s and new_c != used_c
+        assert new_c in ue.backend.bound_ports() and used_c in ue.backend.bound_ports()
+        dres = await ue.deregister(timeout=10)
+        assert dres.ok, dres
+    finally:
+        await ue.close()
+        await p.close()
+        await reg.close()
+    assert ue.backend.bound_ports() == []

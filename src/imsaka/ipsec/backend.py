@@ -276,6 +276,17 @@ class ProtectedTransport(Observable):
         port between start and the first SA set. Released by `close()`."""
         return self._ref_port(ip, port)
 
+    def release_port(self, port: int) -> None:
+        """Give back one `hold_port` reference; the socket closes with its last user
+        (an SA set installed on the port holds its own reference)."""
+        p = self._ports.get(port)
+        if p is None:
+            return
+        p.refs -= 1
+        if p.refs <= 0:
+            self._close_port(p)
+            del self._ports[port]
+
     def _ref_port(self, ip: str, port: int) -> int:
         p = self._ports.get(port) if port else None
         if p is None:

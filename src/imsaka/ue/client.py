@@ -112,6 +112,10 @@ class UeClient:
         self._sets: dict[int, SaSet] = {}  # by spi_uc (our inbound at port-c)
         self._offered_spis: tuple[int, int] | None = None
         self._port_s = 0
+        # Protected ports bound for the current offer (port-c, port-s), held by the
+        # backend until the next offer replaces them or the client closes.
+        self._held_c = 0
+        self._held_s = 0
         self.events: list[Event] = []
         self.on_event: Callable[[Event], None] | None = None
 
@@ -166,14 +170,20 @@ class UeClient:
     # ---------------------------------------------------------------- allocation
 
     def _protected_ports(self) -> tuple[int, int]:
+        # Bound when offered and kept: a port the kernel merely named free (bound and
+        # closed again) can be taken by another socket before the SA set binds it
+        # after the 401, which happens at hundreds of UEs per second on one host.
         host = self.config.local_host
-        port_c = self.config.port_c or free_udp_port(host)
-        live = self._current_set()
-        if live is None:
-            self._port_s = self.config.port_s or free_udp_port(host)
-        # TS 24.229 §5.1.1.4.2: port-s stays while a set is live; port-c is new.
-        while port_c == self._port_s:
-            port_c = free_udp_port(host)
+        backend = self.backend
+        old_c, old_s = self._held_c, self._held_s
+        self._held_c = port_c = backend.hold_port(host, self.config.port_c or 0)
+        if self._current_set() is None or not self._held_s:
+            # TS 24.229 §5.1.1.4.2: port-s stays while a set is live; port-c is new.
+            self._held_s = self._port_s = backend.hold_port(host, self.config.port_s or 0)
+            if old_s:
+                backend.release_port(old_s)
+        if old_c:
+            backend.release_port(old_c)
         return port_c, self._port_s
 
     def _allocate_spis(self) -> tuple[int, int]:
