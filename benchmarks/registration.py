@@ -1115,7 +1115,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-uvloop", action="store_true", help="plain asyncio everywhere")
     p.add_argument(
         "--uvloop-functions",
-        default="hss,icscf,scscf",
+        default="hss,icscf,scscf,pcscf",
         help="functions run on uvloop (default: not the P-CSCF, whose timer code calls "
         "TimerHandle.when(); uvloop's call_at returns a Handle without it for a past deadline)",
     )
