@@ -290,6 +290,7 @@ def test_deregistration(h, star):
     assert h.asks[-1].assignment_type is AssignmentType.USER_DEREGISTRATION
     assert IMPU not in h.stored
     assert h.core.pending_counts()["registrations"] == 0
+    assert h.core.pending_counts()["cached_vectors"] == 0  # spares go with the IMPI
     if not star:
         assert header(r, "Contact")[0].endswith(";expires=0")
 

@@ -863,6 +863,7 @@ class RegistrarCore:
             else:
                 self.registrations.pop(req.impu, None)
                 self._unindex(reg)
+                self._drop_spare_vectors(reg.impi)
                 actions.append(RemoveRegistration(req.impu, op.impi, "user-deregistration", reg))
         self.counters["deregistered"] += 1
         headers: list[tuple[str, str]] = []
@@ -887,6 +888,7 @@ class RegistrarCore:
             return [StoreRegistration(reg)]
         self.registrations.pop(impu, None)
         self._unindex(reg)
+        self._drop_spare_vectors(reg.impi)
         self.counters["registration_expired"] += 1
         return [
             RemoveRegistration(
@@ -905,6 +907,12 @@ class RegistrarCore:
     def _new_token(self) -> int:
         self._next_token += 1
         return self._next_token
+
+    def _drop_spare_vectors(self, impi: str) -> None:
+        # The IMPI's last registration ended: its spare vectors go too, else they stay
+        # cached for every IMPI that ever registered.
+        if impi not in self._by_impi:
+            self._vectors.pop(impi, None)
 
     def _unindex(self, reg: Registration) -> None:
         impus = self._by_impi.get(reg.impi)
