@@ -65,6 +65,7 @@ from imsaka.sip import (
     Response,
     SipParseError,
     make_response,
+    parse_message,
 )
 
 log = logging.getLogger(__name__)
@@ -227,7 +228,20 @@ class _Pending:
     created: float
     security_client: list[SecurityMechanism] = field(default_factory=list)
     expires_zero: bool = False
-    final: Response | None = None  # cached for retransmitted requests
+    # The final answer, cached for retransmitted requests for Timer F; kept serialized
+    # because a parsed message costs about five times its bytes, for 32 s per REGISTER.
+    final_data: bytes | None = None
+
+    @property
+    def final(self) -> Response | None:
+        if self.final_data is None:
+            return None
+        msg = parse_message(self.final_data)
+        return msg if isinstance(msg, Response) else None
+
+    @final.setter
+    def final(self, response: Response | None) -> None:
+        self.final_data = None if response is None else response.to_bytes()
 
 
 def _addr_host(host: str) -> str:
@@ -784,7 +798,7 @@ class PcscfCore:
             if reg is not None and reg.network_terminated:
                 pending.final = resp  # no longer open
                 if not any(
-                    p.impi == reg.impi and p.kind.startswith("register") and p.final is None
+                    p.impi == reg.impi and p.kind.startswith("register") and p.final_data is None
                     for p in self.pending.values()
                 ):
                     for s in (reg.temporary, reg.sa):
@@ -1045,7 +1059,7 @@ class PcscfCore:
             terminated
             and reg is not None
             and any(
-                p.impi == impi and p.kind.startswith("register") and p.final is None
+                p.impi == impi and p.kind.startswith("register") and p.final_data is None
                 for p in self.pending.values()
             )
         ):
