@@ -18,7 +18,7 @@ it, so a monotonic clock would be meaningless to the next reader.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 __all__ = [
@@ -143,22 +143,31 @@ class MemoryBindingStore:
     __slots__ = ("_regs",)
 
     def __init__(self) -> None:
-        self._regs: dict[str, str] = {}
+        self._regs: dict[str, tuple[str, str]] = {}
 
     # Stored serialized so that a caller mutating its Registration afterwards cannot
-    # change the stored one behind the store's back (same semantics as Redis).
+    # change the stored one behind the store's back (same semantics as Redis). The
+    # User-Data XML, the largest part, is an immutable str: it is kept by reference
+    # (shared with the registrar core's record) instead of as a second copy in the JSON.
     async def get(self, impu: str) -> Registration | None:
-        text = self._regs.get(impu)
-        return None if text is None else Registration.from_json(text)
+        entry = self._regs.get(impu)
+        return None if entry is None else self._load(entry)
 
     async def put(self, registration: Registration) -> None:
-        self._regs[registration.impu] = registration.to_json()
+        text = replace(registration, user_data="").to_json()
+        self._regs[registration.impu] = (text, registration.user_data)
 
     async def delete(self, impu: str) -> None:
         self._regs.pop(impu, None)
 
     async def all(self) -> list[Registration]:
-        return [Registration.from_json(t) for t in self._regs.values()]
+        return [self._load(e) for e in self._regs.values()]
+
+    @staticmethod
+    def _load(entry: tuple[str, str]) -> Registration:
+        reg = Registration.from_json(entry[0])
+        reg.user_data = entry[1]
+        return reg
 
     async def close(self) -> None:
         return None
