@@ -250,3 +250,30 @@ def test_downgrade_refused_and_temporary_sa_expiry():
     acts = p2.handle_timer(1.0 + 241)
     assert any(isinstance(a, ReleaseSecurityAssociations) for a in acts)
     assert p2.stats()["sas"] == 0 and p2.stats()["registrations"] == 0
+
+
+def test_a_retransmitted_401_from_upstream_is_absorbed_not_a_second_sa_set():
+    """RFC 3261 §17.1.2: the upstream server transaction re-sends its 401 when the UE's
+    retransmitted REGISTER reaches it. The P-CSCF's client side absorbs the copy: no
+    second temporary SA set with new SPIs (the UE already set up SAs from the first)."""
+    p = core()
+    (fwd,) = p.receive_request(parse_message(PACKET1.encode()), Arrival(UE), 0.0)
+    c401 = make_response(
+        fwd.message,
+        401,
+        to_tag="5ef4",
+        headers=[
+            (
+                "WWW-Authenticate",
+                'Digest realm="r", nonce="AAAA", algorithm=AKAv1-MD5, ik="00112233445566778899aabbccddeeff", ck="ffeeddccbbaa11223344556677889900"',
+            )
+        ],
+    )
+    first = p.receive_response(parse_message(c401.to_bytes()), ICSCF, 1.0)
+    assert sum(isinstance(a, InstallSecurityAssociations) for a in first) == 1
+    again = p.receive_response(parse_message(c401.to_bytes()), ICSCF, 1.5)
+    assert again == [] and p.counters["upstream-retransmission-absorbed"] == 1
+    assert p.stats()["sas"] == 1 and p.counters["challenges"] == 1
+    # The UE's own retransmission of packet 1 still gets the cached 401.
+    (reply,) = p.receive_request(parse_message(PACKET1.encode()), Arrival(UE), 2.0)
+    assert reply.message.status == 401

@@ -783,6 +783,14 @@ class PcscfCore:
                 else:
                     self.counters["reg-subscribed"] += 1
             return []
+        if pending.final is not None:
+            # A retransmission of a final answer we already handled (the upstream server
+            # transaction re-sends it when the UE's retransmitted request reached it).
+            # RFC 3261 §16.7 step 5 / §17.1.2: the client transaction absorbs it. Acting on
+            # it again would, for a 401, install a second SA set with new SPIs behind the
+            # UE's back (its protected REGISTER then arrives on an unknown SPI).
+            self.counters["upstream-retransmission-absorbed"] += 1
+            return []
         resp = response.copy()
         resp.pop_first("Via")
         if response.status < 200:
