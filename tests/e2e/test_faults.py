@@ -351,3 +351,35 @@ async def test_binding_lapse_is_timeout_deregistration_and_the_pcscf_drops_the_s
     finally:
         await ue.close()
         await net.stop()
+
+
+async def test_lost_200_to_a_deregister_is_answered_again_over_the_draining_sas(
+    home_network, subscribers
+):
+    """The 200 OK to the de-REGISTER is lost on Gm. The SA set stays DRAINING (its last
+    message is still due), the UE's retransmitted de-REGISTER arrives over it and the
+    P-CSCF answers it again, protected, from the cached answer; then the set goes."""
+    net = home_network
+    ue = UeClient(net.ue_config(subscribers[0]), observers=[net.trace])
+    lost = {"n": 0}
+    original = net.pcscf.send_protected
+
+    def lose_first_final(sa, data, final=False):
+        if final and not lost["n"]:
+            lost["n"] += 1
+            return True
+        return original(sa, data, final)
+
+    net.pcscf.send_protected = lose_first_final
+    try:
+        await ue.start()
+        assert (await ue.register(10)).ok
+        res = await ue.deregister(10)
+        assert res.ok and res.status == 200, res
+        assert lost["n"] == 1
+        assert net.pcscf.core.counters["retransmission-answered"] >= 1
+        assert await eventually(lambda: net.pcscf.stats()["sa_sets"] == 0, 3)
+        assert net.pcscf.stats()["registrations"] == 0
+        assert not net.pcscf._by_outbound
+    finally:
+        await ue.close()

@@ -231,6 +231,10 @@ class _Pending:
     # The final answer, cached for retransmitted requests for Timer F; kept serialized
     # because a parsed message costs about five times its bytes, for 32 s per REGISTER.
     final_data: bytes | None = None
+    # The SPI the final answer left over (None: in the clear), so a retransmitted
+    # request gets its copy over the same SA even after the registration was
+    # forgotten (the 200 OK to a de-REGISTER whose first copy was lost).
+    final_spi: int | None = None
 
     @property
     def final(self) -> Response | None:
@@ -444,9 +448,13 @@ class PcscfCore:
             ue_branch, request.method + (str(arrival.spi) if arrival.spi else "")
         )
         pending = self.pending.get(branch)
-        if pending is not None and pending.final is not None:
+        if pending is not None and pending.final_data is not None:
             self.counters["retransmission-answered"] += 1
-            return [self._to_ue(pending.final, arrival)]
+            reply = self._to_ue(pending.final, arrival)  # type: ignore[arg-type]
+            if arrival.spi is not None and reply.spi is None:
+                # Never in the clear to a request that came protected.
+                reply = Reply(reply.message, reply.destination, reply.transport, pending.final_spi)
+            return [reply]
         if request.method == "REGISTER":
             return self._register(request, arrival, branch, now)
         if (
@@ -783,7 +791,7 @@ class PcscfCore:
                 else:
                     self.counters["reg-subscribed"] += 1
             return []
-        if pending.final is not None:
+        if pending.final_data is not None:
             # A retransmission of a final answer we already handled (the upstream server
             # transaction re-sends it when the UE's retransmitted request reached it).
             # RFC 3261 §16.7 step 5 / §17.1.2: the client transaction absorbs it. Acting on
@@ -821,6 +829,7 @@ class PcscfCore:
         for a in actions:
             if isinstance(a, Reply) and isinstance(a.message, Response):
                 pending.final = a.message
+                pending.final_spi = a.spi
         return actions
 
     def _register_response(self, resp: Response, pending: _Pending, now: float) -> list[Action]:

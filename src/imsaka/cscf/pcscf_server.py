@@ -32,7 +32,7 @@ from imsaka.cscf.pcscf import (
     UpgradeSecurityAssociations,
 )
 from imsaka.ipsec.backend import ProtectedMessage, create_backend
-from imsaka.ipsec.sa import SaSet, SaState, SecurityAssociationTable
+from imsaka.ipsec.sa import SaSet, SaSetRemoved, SaState, SecurityAssociationTable
 from imsaka.ipsec.secagree import SecurityMechanism
 from imsaka.sip import Request, SipParseError, make_response, parse_message
 from imsaka.sip.transport import TcpTransport, UdpTransport
@@ -104,6 +104,7 @@ class PcscfServer:
         )
         for obs in self._observers:
             self.backend.add_observer(obs)
+        self.backend.on_table_event = self._table_event
         await self.backend.start()
         # The protected ports stay bound from start on, with or without SAs: stray ESP
         # is counted as a drop, not refused by the kernel, and no other socket can take
@@ -251,6 +252,10 @@ class PcscfServer:
                 if key in releasing and key not in done:
                     final = self._mark_last_message(sa_set, now)
                     done.add(key)
+                elif sa_set.state is SaState.DRAINING and sa_set.final_due > 0:
+                    # The cached answer re-sent to a retransmitted request (its first
+                    # copy was lost): it is the message the draining set waits for.
+                    final = True
                 self.send_protected(out_sa, data, final)
             elif isinstance(action, InstallSecurityAssociations):
                 self._install(action.sa, now)
@@ -266,6 +271,11 @@ class PcscfServer:
             elif isinstance(action, ReleaseSecurityAssociations):
                 key = action.sa.spi_ps
                 s = self._sets.pop(key, None)
+                if s is not None and key in done and s.state is SaState.DRAINING:
+                    # Draining until its last message went out: a retransmitted request
+                    # over it still gets the cached answer over it (the index entry goes
+                    # with the table's SaSetRemoved, `_table_event`).
+                    continue
                 if s is not None:
                     self._unindex(s)
                 if s is None or s.state is SaState.REMOVED or key in done:
@@ -305,12 +315,22 @@ class PcscfServer:
     ) -> tuple[SaSet | None, Any]:
         found: tuple[SaSet | None, Any] = (None, None)
         for s in self._by_outbound.get(spi, ()):
+            if s.state is SaState.REMOVED:
+                continue
             for sa in s.outbound.values():
                 if sa.spi == spi:
                     if destination is None or sa.dst[1] == destination[1]:
                         return s, sa
                     found = found if found[0] is not None else (s, sa)
         return found
+
+    def _table_event(self, event: object) -> None:
+        # A set the table removed (drained, expired): forget its reply index.
+        if isinstance(event, SaSetRemoved):
+            self._unindex(event.sa_set)
+            key = self._key_of(event.sa_set)
+            if self._sets.get(key) is event.sa_set:
+                del self._sets[key]
 
     def _index(self, sa_set: SaSet) -> None:
         for sa in sa_set.outbound.values():
