@@ -293,7 +293,10 @@ class ProtectedTransport(Observable):
             family = socket.AF_INET6 if ":" in ip else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_DGRAM)
             try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                # Port 0 without SO_REUSEADDR: with it, Linux may pick a port that
+                # another SO_REUSEADDR UDP socket already has (two UEs on one port).
                 sock.setblocking(False)
                 sock.bind((ip, port))
                 port = sock.getsockname()[1]
