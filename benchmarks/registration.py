@@ -9,9 +9,7 @@ What it does, in one run:
    (``imsaka hss import``), and a second set (K with OP, not OPc) for SIPp.
 2. Starts HSS, S-CSCF, I-CSCF and P-CSCF as four processes (``imsaka run FUNCTION -c
    imsaka.toml`` with a generated whole-network TOML), so the functions use both cores;
-   uvloop is installed in the children where available, except in the P-CSCF by default
-   (``--uvloop-functions``): its timer re-arming calls ``TimerHandle.when()``, and uvloop's
-   ``call_at`` returns a plain ``Handle`` without ``when()`` for a deadline already past.
+   uvloop is installed in the children where available (``--uvloop-functions``).
 3. IPsec phase: imsaka's UE simulator (`imsaka.ue.client.UeClient`, one per UE with its
    own sockets and SA set, in this process) registers fresh UEs at a fixed offered rate,
    stepped upward; per step: successes, failures, p50/p99 latency (from the *scheduled*
@@ -1116,8 +1114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--uvloop-functions",
         default="hss,icscf,scscf,pcscf",
-        help="functions run on uvloop (default: not the P-CSCF, whose timer code calls "
-        "TimerHandle.when(); uvloop's call_at returns a Handle without it for a past deadline)",
+        help="comma-separated functions run on uvloop (default: all four)",
     )
     p.add_argument("--profile", action="store_true", help="cProfile the functions (IPsec phase)")
     p.add_argument("--keep", metavar="DIR", help="work in DIR and keep configs/logs/profiles")
