@@ -347,32 +347,14 @@ class IcscfServer:
         self.icscf: Icscf | None = None
 
     async def start(self) -> None:
-        from imsaka.diameter.node import DiameterNode, PeerSpec
+        from imsaka.cscf._wiring import add_transports, cx_node, observe
         from imsaka.sip.endpoint import SipEndpoint
-        from imsaka.sip.transport import TcpTransport, UdpTransport
 
         c = self.config
-        d = c.diameter
-        self.node = DiameterNode(
-            origin_host=d.host,
-            origin_realm=d.realm,
-            peers=tuple(PeerSpec(p.host, p.address, p.port) for p in d.peers),
-            listen_address=d.address if d.port else None,
-            listen_port=d.port or 3868,
-            request_timeout=d.timeout,
-            tc=self._reconnect,
-            host_ip_addresses=(d.address,),
-            owner="icscf",
-        )
+        self.node = cx_node(c.diameter, reconnect=self._reconnect, owner="icscf")
         self.endpoint = SipEndpoint(owner="icscf")
-        for name in c.transports:
-            cls = UdpTransport if name == "udp" else TcpTransport
-            transport = await cls.create(c.address, c.port, owner="icscf")
-            self.endpoint.add_transport(transport)
-        for obs in self._observers:
-            self.node.add_observer(obs)
-            for t in self.endpoint.transports:
-                t.add_observer(obs)
+        await add_transports(self.endpoint, c, "icscf")
+        observe(self.node, self.endpoint, self._observers)
         await self.node.start()
         self.icscf = Icscf(c, self.network, endpoint=self.endpoint, cx_send=self.node.request)
         self.endpoint.set_request_handler(self.icscf.handle_request)

@@ -625,23 +625,11 @@ class ScscfServer:
         self.scscf: Scscf | None = None
 
     async def start(self) -> None:
-        from imsaka.diameter.node import DiameterNode, PeerSpec
+        from imsaka.cscf._wiring import add_transports, cx_node, observe
         from imsaka.sip.endpoint import SipEndpoint
-        from imsaka.sip.transport import TcpTransport, UdpTransport
 
         c = self.config
-        d = c.diameter
-        self.node = DiameterNode(
-            origin_host=d.host,
-            origin_realm=d.realm,
-            peers=tuple(PeerSpec(p.host, p.address, p.port) for p in d.peers),
-            listen_address=d.address if d.port else None,
-            listen_port=d.port or 3868,
-            request_timeout=d.timeout,
-            tc=self._reconnect,
-            host_ip_addresses=(d.address,),
-            owner="scscf",
-        )
+        self.node = cx_node(c.diameter, reconnect=self._reconnect, owner="scscf")
         self.endpoint = SipEndpoint(owner="scscf")
         network = self.network
         self.scscf = Scscf(
@@ -652,13 +640,8 @@ class ScscfServer:
             resolve=network.resolve if network is not None else None,
         )
         self.node.set_request_handler(self.scscf.handle_cx_request)
-        for name in c.transports:
-            cls = UdpTransport if name == "udp" else TcpTransport
-            self.endpoint.add_transport(await cls.create(c.address, c.port, owner="scscf"))
-        for obs in self._observers:
-            self.node.add_observer(obs)
-            for t in self.endpoint.transports:
-                t.add_observer(obs)
+        await add_transports(self.endpoint, c, "scscf")
+        observe(self.node, self.endpoint, self._observers)
         await self.scscf.start()
         await self.node.start()
         scscf = self.scscf
