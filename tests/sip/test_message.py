@@ -228,3 +228,17 @@ def test_get_skips_empty_list_lines():
     assert m.get("supported") == "path" and m.get_all("supported") == ["path"]
     m = parse_message(SEED[1].replace(b"Supported: path", b"Supported:"))
     assert m.get("supported") == "" and m.get_all("supported") == []
+
+
+def test_make_response_to_a_request_with_an_unparsable_to_copies_it():
+    """Found by the P-CSCF fuzz test: a 400 to a request whose To is garbage must not
+    fail while deciding whether to add a To tag."""
+    raw = (
+        b"REGISTER sip:registrar.home1.net SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKx\r\n"
+        b"From: <sip:a@home1.net>;tag=1\r\nTo: garbage\r\nCall-ID: c\r\n"
+        b"CSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n"
+    )
+    resp = make_response(parse_message(raw), 400, "Bad Request", to_tag="t1")
+    assert resp.get("To") == "garbage"
+    assert resp.status == 400

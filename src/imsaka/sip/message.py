@@ -638,6 +638,15 @@ def parse_message(
     return msg
 
 
+def _to_tag_or_broken(request: Request) -> str | None:
+    """The request's To tag; an unparsable To counts as tagged, so that the answer to a
+    malformed request (often a 400) copies To as it came instead of failing on it."""
+    try:
+        return request.to.tag
+    except SipParseError:
+        return ""
+
+
 def make_response(
     request: Request,
     status: int,
@@ -663,7 +672,7 @@ def make_response(
         elif key == "to" and to_line is None:
             to_line = entry
             hs.append(entry)
-    if to_tag is not None and to_line is not None and request.to.tag is None:
+    if to_tag is not None and to_line is not None and _to_tag_or_broken(request) is None:
         value = f"{to_line[1]};tag={to_tag}"
         name = to_line[2].partition(":")[0].rstrip()
         hs[hs.index(to_line)] = ("to", value, f"{name}: {value}")
