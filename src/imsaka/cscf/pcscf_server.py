@@ -33,7 +33,6 @@ from imsaka.cscf.pcscf import (
 )
 from imsaka.ipsec.backend import ProtectedMessage, create_backend
 from imsaka.ipsec.sa import SaSet, SaSetRemoved, SaState, SecurityAssociationTable
-from imsaka.ipsec.secagree import SecurityMechanism
 from imsaka.sip import Request, SipParseError, make_response, parse_message
 from imsaka.sip.transport import TcpTransport, UdpTransport
 from imsaka.wire import Observer
@@ -347,35 +346,10 @@ class PcscfServer:
                 del self._by_outbound[sa.spi]
 
     def _install(self, sa: PcscfSa, now: float) -> None:
-        client = SecurityMechanism(
-            alg=sa.alg,
-            ealg=sa.ealg,
-            spi_c=sa.spi_uc,
-            spi_s=sa.spi_us,
-            port_c=sa.port_uc,
-            port_s=sa.port_us,
-        )
-        server = SecurityMechanism(
-            alg=sa.alg,
-            ealg=sa.ealg,
-            spi_c=sa.spi_pc,
-            spi_s=sa.spi_ps,
-            port_c=sa.port_pc,
-            port_s=sa.port_ps,
-        )
         # One table contact per UE (IMPI, UE address): the table keeps its temporary,
         # established and superseded sets apart; the P-CSCF core still decides which set
         # replaces which (TS 33.203 §7.4) and says so with explicit releases.
-        s = self.table.create_temporary(
-            (sa.impi, sa.ue_host),
-            now=now,
-            ue_ip=sa.ue_host,
-            pcscf_ip=sa.pcscf_host,
-            client=client,
-            server=server,
-            ik=sa.ik,
-            ck=sa.ck,
-        )
+        s = self.table.create_temporary_from((sa.impi, sa.ue_host), sa, now=now)
         replaced = self._sets.get(sa.spi_ps)
         if replaced is not None:
             self._unindex(replaced)

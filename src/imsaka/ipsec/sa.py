@@ -44,6 +44,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from imsaka.ipsec.errors import LocalProtocolError, PortPoolExhausted, SpiPoolExhausted
 from imsaka.ipsec.esp import EspInbound, EspOutbound
@@ -550,6 +551,37 @@ class SecurityAssociationTable:
             self.ports.release(pair)
 
     # -- lifecycle inputs
+
+    def create_temporary_from(self, contact: object, p: Any, *, now: float) -> SaSet:
+        """`create_temporary` from the flat parameters both ends keep after the 401:
+        `p` has alg, ealg, the UE's spi_uc/spi_us/port_uc/port_us, the P-CSCF's
+        spi_pc/spi_ps/port_pc/port_ps, ue_host, pcscf_host, ik and ck."""
+        client = SecurityMechanism(
+            alg=p.alg,
+            ealg=p.ealg,
+            spi_c=p.spi_uc,
+            spi_s=p.spi_us,
+            port_c=p.port_uc,
+            port_s=p.port_us,
+        )
+        server = SecurityMechanism(
+            alg=p.alg,
+            ealg=p.ealg,
+            spi_c=p.spi_pc,
+            spi_s=p.spi_ps,
+            port_c=p.port_pc,
+            port_s=p.port_ps,
+        )
+        return self.create_temporary(
+            contact,
+            now=now,
+            ue_ip=p.ue_host,
+            pcscf_ip=p.pcscf_host,
+            client=client,
+            server=server,
+            ik=p.ik,
+            ck=p.ck,
+        )
 
     def create_temporary(
         self,

@@ -23,7 +23,6 @@ from imsaka.aka.milenage import Milenage
 from imsaka.aka.sqn import SqnArray
 from imsaka.ipsec.backend import ProtectedMessage, create_backend
 from imsaka.ipsec.sa import SaSet, SaState, SecurityAssociationTable
-from imsaka.ipsec.secagree import SecurityMechanism
 from imsaka.sip import Response, SipParseError, parse_message
 from imsaka.sip.transaction import (
     ResponseReceived,
@@ -357,33 +356,8 @@ class UeClient:
         self._drain()
 
     def _install(self, sa: SaParameters, now: float) -> None:
-        client = SecurityMechanism(
-            alg=sa.alg,
-            ealg=sa.ealg,
-            spi_c=sa.spi_uc,
-            spi_s=sa.spi_us,
-            port_c=sa.port_uc,
-            port_s=sa.port_us,
-        )
-        server = SecurityMechanism(
-            alg=sa.alg,
-            ealg=sa.ealg,
-            spi_c=sa.spi_pc,
-            spi_s=sa.spi_ps,
-            port_c=sa.port_pc,
-            port_s=sa.port_ps,
-        )
         # One table contact: this UE's registration flow towards its P-CSCF.
-        s = self.table.create_temporary(
-            ("ue", sa.pcscf_host),
-            now=now,
-            ue_ip=sa.ue_host,
-            pcscf_ip=sa.pcscf_host,
-            client=client,
-            server=server,
-            ik=sa.ik,
-            ck=sa.ck,
-        )
+        s = self.table.create_temporary_from(("ue", sa.pcscf_host), sa, now=now)
         self._offered_spis = None
         self._sets[sa.spi_uc] = s
         self.backend.sync()
