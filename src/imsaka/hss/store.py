@@ -643,17 +643,7 @@ class HssStore:
                 sa.select(m.impu).where(m.impu.c.subscription_id == sid).order_by(m.impu.c.id)
             )
         ).all()
-        nets = (
-            (
-                conn.execute(
-                    sa.select(m.visited_network.c.network)
-                    .where(m.visited_network.c.subscription_id == sid)
-                    .order_by(m.visited_network.c.id)
-                )
-            )
-            .scalars()
-            .all()
-        )
+        nets = _of_subscription(conn, m.visited_network.c.network, sid)
         ifc = (
             conn.execute(
                 sa.select(m.service_profile.c.ifc_xml)
@@ -731,28 +721,8 @@ class HssStore:
 
     def _serving(self, conn: sa.Connection, sid: int) -> ServingInfo:
         sub = (conn.execute(sa.select(m.subscription).where(m.subscription.c.id == sid))).one()
-        impis = (
-            (
-                conn.execute(
-                    sa.select(m.impi.c.identity)
-                    .where(m.impi.c.subscription_id == sid)
-                    .order_by(m.impi.c.id)
-                )
-            )
-            .scalars()
-            .all()
-        )
-        impus = (
-            (
-                conn.execute(
-                    sa.select(m.impu.c.identity)
-                    .where(m.impu.c.subscription_id == sid)
-                    .order_by(m.impu.c.id)
-                )
-            )
-            .scalars()
-            .all()
-        )
+        impis = _of_subscription(conn, m.impi.c.identity, sid)
+        impus = _of_subscription(conn, m.impu.c.identity, sid)
         return ServingInfo(
             sid, tuple(impis), tuple(impus), sub.scscf_name, sub.scscf_host, sub.scscf_realm
         )
@@ -1779,3 +1749,10 @@ class HssStore:
                 )
             )
         return results
+
+
+def _of_subscription(conn: sa.Connection, column: sa.Column, sid: int) -> list[Any]:
+    """`column` of every row of its table that belongs to subscription `sid`, oldest first."""
+    t = column.table
+    query = sa.select(column).where(t.c.subscription_id == sid).order_by(t.c.id)
+    return list(conn.execute(query).scalars())
