@@ -27,6 +27,19 @@ from imsaka.sip.uri import (
 )
 
 
+def parse_qvalue(text: str | None, field: str) -> float | None:
+    """A q parameter (RFC 3261 §25.1 qvalue, RFC 3329 preference): 0 to 1, or None."""
+    if text is None:
+        return None
+    try:
+        q = float(text)
+    except ValueError:
+        raise SipParseError(f"invalid {field} {text[:10]!r}") from None
+    if not 0 <= q <= 1:
+        raise SipParseError(f"invalid {field} {text[:10]!r}")
+    return q
+
+
 def parse_int(text: str, field: str, maximum: int) -> int:
     t = text.strip()
     if not t.isdigit() or not t.isascii() or len(t) > 10 or int(t) > maximum:
@@ -158,16 +171,7 @@ class Contact(NameAddr):
 
     @property
     def q(self) -> float | None:
-        v = self.params.get("q")
-        if v is None:
-            return None
-        try:
-            q = float(v)
-        except ValueError:
-            raise SipParseError(f"invalid Contact q {v!r}") from None
-        if not 0 <= q <= 1:
-            raise SipParseError(f"invalid Contact q {v!r}")
-        return q
+        return parse_qvalue(self.params.get("q"), "Contact q")
 
     def with_param(self, name: str, value: str | None = None) -> Contact:
         return Contact(self.uri, self.display, self.params.with_param(name, value), self.star)
@@ -583,16 +587,7 @@ class SecurityMechanism:
 
     @property
     def q(self) -> float | None:
-        v = self.params.get("q")
-        if v is None:
-            return None
-        try:
-            q = float(v)
-        except ValueError:
-            raise SipParseError(f"invalid q {v[:10]!r}") from None
-        if not 0 <= q <= 1:
-            raise SipParseError(f"invalid q {v[:10]!r}")
-        return q
+        return parse_qvalue(self.params.get("q"), "q")
 
     alg = property(lambda self: self.params.get("alg"))
     ealg = property(lambda self: self.params.get("ealg"))
