@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="IMS core (HSS, P-CSCF, I-CSCF, S-CSCF) and UE simulator with IMS AKA and IPsec.",
     )
     parser.add_argument("--version", action="version", version=f"imsaka {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:
         try:

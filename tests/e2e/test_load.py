@@ -17,8 +17,8 @@ per-UE or per-transaction state is counted and must be empty:
 - Diameter requests without an answer at every node (RFC 6733 §5.6: hop-by-hop ids
   outstanding), and request handlers still running at the HSS.
 
-Some of these have no public accessor yet; where a private attribute is read, the
-function below says which accessor the owning module should offer.
+Each function reports these through its server's `census()`, the same counts that
+`imsaka run` exposes as metrics.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import pytest
 
 from imsaka.ipsec.sa import SaState
 from imsaka.network import Network, NetworkOptions, make_subscribers
-from imsaka.sip.transaction import State
 from imsaka.ue.client import UeClient
 from imsaka.ue.core import UeState
 
@@ -46,7 +45,6 @@ PACED_IN_FLIGHT = 5
 # as UeClient does by default, collides when a thousand UEs do it at once.
 PORT_FIRST = 12000
 PORT_LAST = 19998
-_WAITING = (State.CALLING, State.TRYING, State.PROCEEDING)
 
 
 def _port_pairs(n: int) -> list[tuple[int, int]]:
@@ -67,67 +65,25 @@ def _port_pairs(n: int) -> list[tuple[int, int]]:
     return pairs
 
 
-def _waiting_transactions(layer: Any) -> int:
-    """Transactions still waiting for a final response.
-    Needs: `TransactionLayer.pending()` (private `_client` / `_server` read here)."""
-    tables = (layer._client.values(), layer._server.values())
-    return sum(1 for table in tables for tx in table if tx.state in _WAITING)
-
-
-def _diameter_pending(node: Any) -> dict[str, int]:
-    """Requests sent and not answered, answers owed, handler tasks running.
-    Needs: `DiameterNode.pending_counts()` (private `_connections`, `_handler_tasks`)."""
-    sent = owed = futures = 0
-    for conn in list(node._connections):
-        pc = conn.core.pending_count
-        sent += pc() if callable(pc) else pc
-        futures += len(conn.futures)
-        owed += conn.inflight
-    return {
-        "requests_unanswered": sent,
-        "request_futures": futures,
-        "answers_owed": owed,
-        "handler_tasks": len(node._handler_tasks),
-    }
-
-
 def _live_sets(table: Any) -> int:
     return sum(1 for s in table.sets() if s.state is not SaState.REMOVED)
 
 
 def count_leftovers(net: Network, ues: list[UeClient]) -> dict[str, int]:
-    pcscf, icscf, scscf, hss = net.pcscf, net.icscf, net.scscf, net.hss
-    core_counts = scscf.scscf.core.pending_counts()
-    counts = {
-        "pcscf_sa_sets": _live_sets(pcscf.table),
-        "pcscf_registrations": len(pcscf.core.registrations),
-        "pcscf_sas_in_records": pcscf.core.stats()["sas"],
-        # P-CSCF forwarded requests without a final response yet (an entry with its
-        # final response cached absorbs retransmissions for 32 s, like Timer J). Its own
-        # reg-event SUBSCRIBEs (TS 24.229 §5.2.3) keep `final` None even once answered,
-        # so they are counted apart and not asserted. Needs: `PcscfCore.open_transactions()`.
-        "pcscf_pending_forwarded": sum(
-            1 for p in pcscf.core.pending.values() if p.final is None and p.kind != "subscribe"
-        ),
-        "icscf_transactions_waiting": _waiting_transactions(icscf.endpoint.layer),
-        # Needs: `SipEndpoint.pending_count()` (private `_pending`: requests awaiting
-        # their final response in `send_request`/`forward`).
-        "icscf_client_requests_waiting": len(icscf.endpoint._pending),
-        "scscf_transactions_waiting": _waiting_transactions(scscf.endpoint.layer),
-        "scscf_bindings": core_counts["registrations"],
-        "scscf_store_bindings": len(scscf.scscf.store),
-        "scscf_challenges": core_counts["challenges"],
-        "scscf_cached_vectors": core_counts["cached_vectors"],
-        "scscf_cx_operations": core_counts["operations"],
-        # Needs: `Scscf.pending_count()` (private `_pending`: REGISTERs awaiting a Reply).
-        "scscf_requests_awaiting_reply": len(scscf.scscf._pending),
-        "ue_sa_sets": sum(_live_sets(ue.table) for ue in ues),
-        "ue_transactions_waiting": sum(_waiting_transactions(ue.transactions) for ue in ues),
-        "ue_pending_registers": sum(1 for ue in ues if ue.core.pending is not None),
-    }
-    for name, node in (("icscf", icscf.node), ("scscf", scscf.node), ("hss", hss.node)):
-        for key, value in _diameter_pending(node).items():
-            counts[f"{name}_diameter_{key}"] = value
+    counts: dict[str, int] = {}
+    for name, server in (
+        ("pcscf", net.pcscf),
+        ("icscf", net.icscf),
+        ("scscf", net.scscf),
+        ("hss", net.hss),
+    ):
+        for key, value in server.census().items():
+            counts[f"{name}_{key}"] = value
+    # The P-CSCF's own reg-event SUBSCRIBE entries are reported, not asserted.
+    counts.pop("pcscf_subscribe_entries", None)
+    counts["ue_sa_sets"] = sum(_live_sets(ue.table) for ue in ues)
+    counts["ue_transactions_waiting"] = sum(ue.transactions.pending() for ue in ues)
+    counts["ue_pending_registers"] = sum(1 for ue in ues if ue.core.pending is not None)
     return counts
 
 
@@ -162,7 +118,7 @@ async def _register_and_deregister(n: int, in_flight: int | None) -> dict[str, A
         }
         during = {
             "pcscf_registrations": len(net.pcscf.core.registrations),
-            "scscf_bindings": net.scscf.scscf.core.pending_counts()["registrations"],
+            "scscf_bindings": net.scscf.census()["bindings"],
             "pcscf_sa_sets": _live_sets(net.pcscf.table),
         }
         reg_seconds = time.monotonic() - started
@@ -186,7 +142,7 @@ async def _register_and_deregister(n: int, in_flight: int | None) -> dict[str, A
                 v for k, v in leftovers.items() if k != "scscf_cached_vectors"
             ):
                 break
-        subscribe_entries = sum(1 for p in net.pcscf.core.pending.values() if p.kind == "subscribe")
+        subscribe_entries = net.pcscf.census()["subscribe_entries"]
     finally:
         for ue in ues:
             await ue.close()

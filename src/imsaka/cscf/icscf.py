@@ -369,6 +369,18 @@ class IcscfServer:
         """State sizes for leak checks: the I-CSCF keeps only SIP transactions."""
         return {"sip_transactions": len(self.endpoint.layer) if self.endpoint is not None else 0}
 
+    def census(self) -> dict[str, int]:
+        """Live per-transaction state, for leak checks and metrics: SIP transactions
+        awaiting a final response, requests forwarded and not answered, Diameter work."""
+        out: dict[str, int] = {}
+        if self.endpoint is not None:
+            out["transactions_waiting"] = self.endpoint.layer.pending()
+            out["client_requests_waiting"] = self.endpoint.pending_count()
+        if self.node is not None:
+            for key, value in self.node.pending_counts().items():
+                out[f"diameter_{key}"] = value
+        return out
+
 
 def run(config: ImsConfig) -> int:
     """``imsaka run icscf``: serve until SIGINT/SIGTERM."""

@@ -1158,6 +1158,14 @@ class PcscfCore:
                 self._forget(reg)
         return actions
 
+    def open_transactions(self) -> int:
+        """Forwarded requests without a final response yet. Entries whose final answer
+        is cached (for retransmissions, like Timer J) are not counted, nor the P-CSCF's
+        own reg-event SUBSCRIBEs (TS 24.229 §5.2.3), whose entry keeps no final."""
+        return sum(
+            1 for p in self.pending.values() if p.final_data is None and p.kind != "subscribe"
+        )
+
     def stats(self) -> dict[str, Any]:
         return {
             "registrations": len(self.registrations),

@@ -164,6 +164,20 @@ class PcscfServer:
         out["internal_errors"] = self.internal_errors
         return out
 
+    def census(self) -> dict[str, int]:
+        """Live per-UE and per-transaction state, for leak checks and metrics."""
+        live = sum(1 for s in self.table.sets() if s.state is not SaState.REMOVED)
+        core = self.core
+        return {
+            "sa_sets": live,
+            "registrations": len(core.registrations) if core else 0,
+            "sas_in_records": core.stats()["sas"] if core else 0,
+            "pending_forwarded": core.open_transactions() if core else 0,
+            "subscribe_entries": (
+                sum(1 for p in core.pending.values() if p.kind == "subscribe") if core else 0
+            ),
+        }
+
     # ---------------------------------------------------------------- inputs
 
     def _clear_datagram(self, data: bytes, source: tuple[str, int], transport: Any) -> None:

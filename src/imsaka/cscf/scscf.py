@@ -670,6 +670,25 @@ class ScscfServer:
             out["sip_transactions"] = len(self.endpoint.layer)
         return out
 
+    def census(self) -> dict[str, int]:
+        """Live per-UE and per-transaction state, for leak checks and metrics."""
+        out: dict[str, int] = {}
+        if self.scscf is not None:
+            core = self.scscf.core.pending_counts()
+            out["bindings"] = core["registrations"]
+            out["store_bindings"] = len(self.scscf.store)
+            out["challenges"] = core["challenges"]
+            out["cached_vectors"] = core["cached_vectors"]
+            out["cx_operations"] = core["operations"]
+            out["requests_awaiting_reply"] = len(self.scscf._pending)
+            out["subscriptions"] = len(self.scscf.subscriptions)
+        if self.endpoint is not None:
+            out["transactions_waiting"] = self.endpoint.layer.pending()
+        if self.node is not None:
+            for key, value in self.node.pending_counts().items():
+                out[f"diameter_{key}"] = value
+        return out
+
 
 def run(config: ImsConfig) -> int:
     """``imsaka run scscf``: serve until SIGINT/SIGTERM."""

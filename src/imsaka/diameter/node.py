@@ -344,6 +344,22 @@ class DiameterNode(Observable):
         self.counters: Counter[str] = Counter()
         self.port: int | None = None
 
+    def pending_counts(self) -> dict[str, int]:
+        """Outstanding work, for leak checks and metrics: requests sent and not answered
+        (RFC 6733 §5.6 hop-by-hop ids), their waiting futures, answers owed to peers and
+        request handlers still running."""
+        sent = owed = futures = 0
+        for conn in self._connections:
+            sent += conn.core.pending_count
+            futures += len(conn.futures)
+            owed += conn.inflight
+        return {
+            "requests_unanswered": sent,
+            "request_futures": futures,
+            "answers_owed": owed,
+            "handler_tasks": len(self._handler_tasks),
+        }
+
     # configuration -------------------------------------------------------------------------
 
     def set_request_handler(self, handler: RequestHandler | None) -> None:

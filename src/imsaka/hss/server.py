@@ -214,6 +214,12 @@ class HssServer:
 
     # ------------------------------------------------------------------ Cx
 
+    def census(self) -> dict[str, int]:
+        """Outstanding Diameter work, for leak checks and metrics."""
+        if self.node is None:
+            return {}
+        return {f"diameter_{k}": v for k, v in self.node.pending_counts().items()}
+
     async def _on_request(self, request: Any, peer: Any) -> Any:
         assert self.service is not None
         return await self.service.handle(request)

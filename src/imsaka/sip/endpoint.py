@@ -246,6 +246,10 @@ class SipEndpoint:
         t.send(request.to_bytes(), addr)
         self.counters["forwarded_stateless"] += 1
 
+    def pending_count(self) -> int:
+        """Requests sent by `send_request`/`forward` still awaiting their final response."""
+        return len(self._pending)
+
     async def close(self) -> None:
         self._closed = True
         if self._timer is not None:

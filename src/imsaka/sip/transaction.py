@@ -646,6 +646,9 @@ class ServerTransaction(Transaction):
         self._set_timer(Input.TIMER_J, now, 0.0 if self.reliable else 64 * self.config.t1)
 
 
+_WAITING = frozenset((State.CALLING, State.TRYING, State.PROCEEDING))
+
+
 @dataclass
 class TransactionLayer:
     """Demultiplexes messages onto transactions and collects their events.
@@ -781,6 +784,13 @@ class TransactionLayer:
 
     def __len__(self) -> int:
         return len(self._client) + len(self._server)
+
+    def pending(self) -> int:
+        """Transactions still waiting for a final response (client: Calling/Proceeding;
+        server: Trying/Proceeding). Completed ones only absorb retransmissions until
+        Timer J/K and are not counted."""
+        tables = (self._client.values(), self._server.values())
+        return sum(1 for table in tables for tx in table if tx.state in _WAITING)
 
     # -- internals ----------------------------------------------------------------
 
