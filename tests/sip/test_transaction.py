@@ -433,8 +433,9 @@ def _feed(tx, inp: Input, req: Request) -> None:
         Input.SEND_2XX: 200,
     }.get(inp, 486)
     if inp.name.startswith("TIMER"):
+        if inp not in (tx._intervals or {}):
+            tx._set_timer(inp, 9.5, 0.5)
         tx.timers[inp] = 10.0
-        tx._intervals.setdefault(inp, 0.5)
         tx.handle_timer(10.0)
     elif inp is Input.TRANSPORT_ERROR:
         tx.transport_error(10.0)
@@ -532,3 +533,64 @@ def test_retransmissions_are_the_bytes_first_sent():
     srv.receive_request(request("REGISTER"), "udp", 0.2)
     (resent,) = srv.events()
     assert resent.data == sent.data
+
+
+# -- what a finished transaction keeps (memory: up to 32 s per request) -----------
+
+
+def test_completed_server_transaction_keeps_only_the_final_bytes():
+    lay = layer()
+    req = request("REGISTER")
+    tx = lay.receive_request(req, "udp", 0.0)
+    lay.events()
+    tx.respond(make_response(req, 100), 0.1)
+    lay.events()
+    assert tx.request is req  # Trying/Proceeding: the TU may still need it
+    final = make_response(req, 401, to_tag="s1")
+    tx.respond(final, 0.2)
+    (sent,) = lay.events()
+    assert tx.state is State.COMPLETED
+    assert tx.request is None and tx.last_response is None and tx._intervals is None
+    assert tx.last_status == 401 and tx.to_tag == "s1"
+    # §17.2.2: a retransmitted request is recognised by the key and gets the same bytes
+    lay.receive_request(request("REGISTER"), "udp", 1.0)
+    (again,) = lay.events()
+    assert isinstance(again, Transmit) and again.data == sent.data and again.message is None
+    assert again.destination == sent.destination
+
+
+def test_completed_invite_server_retransmits_bytes_and_matches_ack():
+    lay = layer()
+    req = request("INVITE")
+    tx = lay.receive_request(req, "udp", 0.0)
+    lay.events()
+    tx.respond(make_response(req, 486, to_tag="s2"), 0.1)
+    (sent,) = [e for e in lay.events() if isinstance(e, Transmit)]
+    assert tx.request is None and tx.last_response is None
+    lay.handle_timer(0.6)  # Timer G
+    (again,) = lay.events()
+    assert again.data == sent.data
+    ack = request("ACK")
+    ack.set("CSeq", "1 ACK")
+    lay.receive_request(ack, "udp", 0.7)
+    assert tx.state is State.CONFIRMED
+
+
+def test_completed_client_transactions_keep_only_the_key():
+    lay = layer()
+    req = request("OPTIONS")
+    tx = lay.send_request(req, "udp", 0.0)
+    lay.events()
+    lay.receive_response(make_response(req, 200, to_tag="t"), "udp", 0.1)
+    assert tx.state is State.COMPLETED and tx.last_status == 200
+    assert tx.request is None and tx._request_wire is None and tx._intervals is None
+    inv = request("INVITE", branch="z9hG4bKinv")
+    itx = lay.send_request(inv, "udp", 0.0)
+    lay.events()
+    busy = make_response(inv, 486, to_tag="t9")
+    lay.receive_response(busy, "udp", 0.2)
+    ack = lay.events()[0]
+    assert itx.request is None and itx._request_wire is None
+    lay.receive_response(busy, "udp", 0.5)
+    (again,) = lay.events()
+    assert again.data == ack.data  # the same ACK, from its bytes

@@ -94,7 +94,7 @@ StatelessHandler = Callable[[Request, Address, SipTransport], bool]
 class ServerTx:
     """The TU's handle on one server transaction."""
 
-    __slots__ = ("_endpoint", "final_sent", "key", "request", "source", "transport")
+    __slots__ = ("_check", "_endpoint", "final_sent", "key", "request", "source", "transport")
 
     def __init__(
         self,
@@ -110,11 +110,17 @@ class ServerTx:
         self.source = source
         self.transport = transport
         self.final_sent = False
+        # the endpoint's "no answer from the application" timer; cancelled with the
+        # final answer, so the request is not kept alive by the loop for its 37 s
+        self._check: asyncio.TimerHandle | None = None
 
     def respond(self, response: Response) -> None:
         """Send a response through the transaction (retransmitted as §17.2 says)."""
         if response.status >= 200:
             self.final_sent = True
+            if self._check is not None:
+                self._check.cancel()
+                self._check = None
         ep = self._endpoint
         try:
             ep.layer.respond(self.key, response, ep._now())
@@ -601,7 +607,7 @@ class SipEndpoint:
             tx.reply(501 if req.method != "ACK" else 200)
             return
         if req.method != "INVITE":
-            self._get_loop().call_later(self.answer_timeout, self._check_answered, tx)
+            tx._check = self._get_loop().call_later(self.answer_timeout, self._check_answered, tx)
         try:
             result = handler(req, tx)
         except Exception as exc:
@@ -656,6 +662,7 @@ class SipEndpoint:
             entry[2].cancel()
 
     def _check_answered(self, tx: ServerTx) -> None:
+        tx._check = None
         if tx.final_sent or self._closed or self.layer.server_transaction(tx.key) is None:
             return
         self._drop("no answer from the application", tx.source, tx.request.method)
@@ -698,9 +705,7 @@ class SipEndpoint:
     def _cancel(self, tx: ServerTx) -> None:
         """§9.2: 200 to the CANCEL and 487 to the INVITE if it is still pending."""
         target = self.layer.find_cancel_target(tx.request)
-        if target is None or (
-            target.last_response is not None and target.last_response.status >= 200
-        ):
+        if target is None or target.last_status >= 200:
             tx.reply(481)
             return
         tx.reply(200)

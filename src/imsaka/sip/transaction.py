@@ -202,11 +202,13 @@ del S, I
 
 @dataclass(frozen=True, slots=True)
 class Transmit:
-    """Send `data` (the serialized `message`) to `destination` (opaque to the core:
-    the endpoint's (transport, address))."""
+    """Send `data` to `destination` (opaque to the core: the endpoint's (transport,
+    address)). `message` is the parsed message when the transaction still holds it;
+    a retransmission from the Completed state carries only the bytes (None): the
+    transaction keeps nothing else there (see `Transaction`)."""
 
     key: tuple
-    message: Message
+    message: Message | None
     data: bytes
     destination: Any
 
@@ -321,19 +323,32 @@ def server_key(req: Request) -> tuple:
 # -- transactions ---------------------------------------------------------------------
 
 
+# Timers whose interval doubles (A, E, G): only these remember their last interval.
+_BACKOFF = frozenset({Input.TIMER_A, Input.TIMER_E, Input.TIMER_G})
+
+
 class Transaction:
-    """Common engine: state, table, timers, the owning layer's event queue."""
+    """Common engine: state, table, timers, the owning layer's event queue.
+
+    Memory: a transaction outlives its final response by Timer D/I/J/K/L/M (up to
+    32 s on UDP), one per request a busy server handles, so what it keeps there is
+    cut to what the state still needs (RFC 3261 §17.1.1.2, §17.1.2.2, §17.2.1,
+    §17.2.2): a server transaction that sent its final keeps the response's bytes
+    (`_response_wire`), its status and To tag, and drops the parsed request and
+    response; a client transaction that received its final keeps its key (and, for
+    an INVITE, the bytes of its ACK), nothing of the request."""
 
     __slots__ = (
         "_intervals",
         "_last_input",
+        "_last_response",
         "_layer",
         "_request_wire",
         "_response_wire",
         "deadline",
         "destination",
         "key",
-        "last_response",
+        "last_status",
         "reliable",
         "request",
         "state",
@@ -361,8 +376,10 @@ class Transaction:
         self.table = self.TABLE
         self._last_input: Input | None = None
         self.timers: dict[Input, float] = {}
-        self._intervals: dict[Input, float] = {}
-        self.last_response: Response | None = None
+        self._intervals: dict[Input, float] | None = None
+        self._last_response: Response | None = None
+        # status of the last response sent (server) or received (client); 0: none yet
+        self.last_status = 0
         self.deadline: float | None = None
         # the octets of the request / last response as first sent: retransmissions
         # are the very same bytes even if the TU edits the message object afterwards
@@ -372,6 +389,28 @@ class Transaction:
     @property
     def config(self) -> TimerConfig:
         return self._layer.config
+
+    @property
+    def last_response(self) -> Response | None:
+        """The last response sent (server) as a parsed message, while the transaction
+        still waits for or carries a final one; None once only its bytes are kept."""
+        return self._last_response
+
+    @last_response.setter
+    def last_response(self, response: Response | None) -> None:
+        self._last_response = response
+        if response is None:
+            self._response_wire = None
+            self.last_status = 0
+        else:
+            self._response_wire = response.to_bytes()
+            self.last_status = response.status
+
+    def _shed(self) -> None:
+        """Final response sent / received: drop the parsed messages (see the class doc)."""
+        self.request = None  # type: ignore[assignment]
+        self._last_response = None
+        self._intervals = None
 
     def _input(self, inp: Input, now: float, msg: Message | None = None) -> None:
         entry = self.table.get((self.state, inp))
@@ -393,7 +432,14 @@ class Transaction:
 
     def _set_timer(self, timer: Input, now: float, delay: float) -> None:
         self.timers[timer] = now + delay
-        self._intervals[timer] = delay
+        if timer in _BACKOFF:
+            if self._intervals is None:
+                self._intervals = {}
+            self._intervals[timer] = delay
+
+    def _interval(self, timer: Input) -> float:
+        assert self._intervals is not None
+        return self._intervals[timer]
 
     def _rearm(self) -> None:
         deadline = min(self.timers.values()) if self.timers else None
@@ -428,7 +474,8 @@ class Transaction:
         self._transmit(self.request, self._request_wire)
 
     def _transmit_last_response(self) -> None:
-        self._transmit(self.last_response, self._response_wire)
+        assert self._response_wire is not None
+        self._emit(Transmit(self.key, self._last_response, self._response_wire, self.destination))
 
     def _nothing(self, now: float, msg: Message | None) -> None:
         pass
@@ -456,7 +503,7 @@ class Transaction:
 class ClientTransaction(Transaction):
     """INVITE or non-INVITE client transaction; starts by sending the request."""
 
-    __slots__ = ("is_invite",)
+    __slots__ = ("_ack_wire", "is_invite")
     kind = "client"
 
     def __init__(
@@ -477,6 +524,9 @@ class ClientTransaction(Transaction):
             State.CALLING if self.is_invite else State.TRYING,
         )
         self.table = INVITE_CLIENT_TABLE if self.is_invite else NON_INVITE_CLIENT_TABLE
+        # §17.1.1.3: the ACK to a non-2xx final, as bytes, re-sent for each retransmission
+        # of that final in Completed (the request itself is no longer kept there)
+        self._ack_wire: bytes | None = None
 
     def start(self, now: float) -> None:
         t1 = self.config.t1
@@ -505,7 +555,7 @@ class ClientTransaction(Transaction):
     def _retransmit_a(self, now: float, msg: Message | None) -> None:
         self._layer.counters["retransmissions"] += 1
         self._transmit_request()
-        self._set_timer(Input.TIMER_A, now, 2 * self._intervals[Input.TIMER_A])
+        self._set_timer(Input.TIMER_A, now, 2 * self._interval(Input.TIMER_A))
 
     def _pass_up(self, now: float, msg: Message | None) -> None:
         if self.is_invite and self.state is State.PROCEEDING:
@@ -514,20 +564,32 @@ class ClientTransaction(Transaction):
             self._set_timer(Input.TIMER_C, now, self.config.timer_c)
         self._emit(ResponseReceived(self.key, msg))
 
+    def _final_received(self, msg: Message | None) -> None:
+        """Completed / Accepted: only the key is needed from now on."""
+        self.last_status = msg.status if isinstance(msg, Response) else 0
+        self._request_wire = None
+        self._shed()
+
     def _accept(self, now: float, msg: Message | None) -> None:
         self.timers.clear()
         self._set_timer(Input.TIMER_M, now, 64 * self.config.t1)
+        self._final_received(msg)
         self._emit(ResponseReceived(self.key, msg))
 
     def _ack_and_pass_up(self, now: float, msg: Message | None) -> None:
         self.timers.clear()
-        self._transmit(self._build_ack(msg))
+        ack = self._build_ack(msg)
+        self._ack_wire = ack.to_bytes()
+        self._transmit(ack, self._ack_wire)
         self._set_timer(Input.TIMER_D, now, 0.0 if self.reliable else self.config.timer_d)
+        self._final_received(msg)
         self._emit(ResponseReceived(self.key, msg))
 
     def _resend_ack(self, now: float, msg: Message | None) -> None:
         self._layer.counters["retransmissions"] += 1
-        self._transmit(self._build_ack(msg))
+        if self._ack_wire is None:  # Completed entered without an ACK sent (tests)
+            self._ack_wire = self._build_ack(msg).to_bytes()
+        self._emit(Transmit(self.key, None, self._ack_wire, self.destination))
 
     def _build_ack(self, response: Response) -> Request:
         """§17.1.1.3: ACK for a non-2xx final, inside the transaction."""
@@ -547,7 +609,7 @@ class ClientTransaction(Transaction):
     def _retransmit_e(self, now: float, msg: Message | None) -> None:
         self._layer.counters["retransmissions"] += 1
         self._transmit_request()
-        self._set_timer(Input.TIMER_E, now, min(2 * self._intervals[Input.TIMER_E], self.config.t2))
+        self._set_timer(Input.TIMER_E, now, min(2 * self._interval(Input.TIMER_E), self.config.t2))
 
     def _retransmit_e_t2(self, now: float, msg: Message | None) -> None:
         self._layer.counters["retransmissions"] += 1
@@ -557,6 +619,7 @@ class ClientTransaction(Transaction):
     def _complete(self, now: float, msg: Message | None) -> None:
         self.timers.clear()
         self._set_timer(Input.TIMER_K, now, 0.0 if self.reliable else self.config.t4)
+        self._final_received(msg)
         self._emit(ResponseReceived(self.key, msg))
 
 
@@ -606,13 +669,17 @@ class ServerTransaction(Transaction):
             self._input(Input.RECV_REQUEST, now, request)
 
     def _send(self, now: float, msg: Message | None) -> None:
+        assert isinstance(msg, Response)
         self.last_response = msg
-        self._response_wire = msg.to_bytes()
         self.to_tag = msg.to.tag if msg.has("to") else None
         self._transmit(msg, self._response_wire)
+        if msg.status >= 200:
+            # Completed / Accepted: a retransmitted request is recognised by the key
+            # and answered with the bytes; the parsed request and response go.
+            self._shed()
 
     def _resend_last(self, now: float, msg: Message | None) -> None:
-        if self.last_response is not None:
+        if self._response_wire is not None:
             self._layer.counters["retransmissions"] += 1
             self._transmit_last_response()
         else:
@@ -631,7 +698,7 @@ class ServerTransaction(Transaction):
     def _retransmit_g(self, now: float, msg: Message | None) -> None:
         self._layer.counters["retransmissions"] += 1
         self._transmit_last_response()
-        self._set_timer(Input.TIMER_G, now, min(2 * self._intervals[Input.TIMER_G], self.config.t2))
+        self._set_timer(Input.TIMER_G, now, min(2 * self._interval(Input.TIMER_G), self.config.t2))
 
     def _confirm(self, now: float, msg: Message | None) -> None:
         self.timers.pop(Input.TIMER_G, None)
