@@ -33,6 +33,7 @@ __all__ = [
     "DiameterPeerConfig",
     "IcscfConfig",
     "ImsConfig",
+    "MetricsConfig",
     "NetworkConfig",
     "PcscfConfig",
     "PcscfRoute",
@@ -444,6 +445,30 @@ class ScscfConfig:
         return f"<sip:{self.service_route_user}@{_uri_host(self.name)}:{self.port};lr>"
 
 
+FUNCTIONS = ("hss", "pcscf", "icscf", "scscf")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """``[metrics]``: where each function's process serves Prometheus metrics
+    (``GET http://HOST:PORT/metrics``, `imsaka.metrics`). Each function is its own
+    process, so each has its own listener, written ``"HOST:PORT"`` (``"[v6]:PORT"``);
+    port 0 lets the kernel choose (the process prints the URL). A function not listed
+    serves no metrics."""
+
+    hss: tuple[str, int] | None = None
+    """``hss = "127.0.0.1:9104"``."""
+    pcscf: tuple[str, int] | None = None
+    """``pcscf = "127.0.0.1:9101"``."""
+    icscf: tuple[str, int] | None = None
+    """``icscf = "127.0.0.1:9102"``."""
+    scscf: tuple[str, int] | None = None
+    """``scscf = "127.0.0.1:9103"``."""
+
+    def listen(self, function: str) -> tuple[str, int] | None:
+        return getattr(self, function)
+
+
 @dataclass(frozen=True, slots=True)
 class ImsConfig:
     """The whole file. Sections of functions not described are None."""
@@ -460,6 +485,8 @@ class ImsConfig:
     """``[scscf]``."""
     raw: Mapping[str, Any] = field(repr=False, default_factory=dict)
     """The parsed TOML (handed to ``imsaka.hss.server.run``)."""
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    """``[metrics]``: Prometheus listeners per function."""
     path: str = ""
     """Where it was read from."""
 
@@ -496,6 +523,9 @@ def parse_config(data: Mapping[str, Any], *, path: str = "") -> ImsConfig:
     pcscf_t = top.table("pcscf")
     icscf_t = top.table("icscf")
     scscf_t = top.table("scscf")
+    if not isinstance(data.get("metrics", {}), Mapping):
+        raise ConfigError("[metrics]: must be a table")
+    metrics_t = top.table("metrics")
     for key in data:
         if key not in top._seen:
             raise ConfigError(f"[{key}]: unknown section")
@@ -507,7 +537,46 @@ def parse_config(data: Mapping[str, Any], *, path: str = "") -> ImsConfig:
         scscf=_scscf(scscf_t, network) if scscf_t else None,
         raw=data,
         path=path,
+        metrics=_metrics(metrics_t) if metrics_t else MetricsConfig(),
     )
+
+
+def parse_listen(text: Any, field_name: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` / ``"[v6]:PORT"`` with HOST an IP address and PORT 0–65535 (0: the
+    kernel picks) → (host, port); `ConfigError` naming `field_name` otherwise."""
+    if not isinstance(text, str) or not text:
+        raise ConfigError(f'{field_name}: must be a string "HOST:PORT", e.g. "127.0.0.1:9101"')
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if ":" in host:
+            sep = ""  # a bare IPv6 address: ambiguous without brackets
+    if not sep or not host:
+        raise ConfigError(f"{field_name}: {text!r} is not HOST:PORT (IPv6 as [ADDR]:PORT)")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"{field_name}: {host!r} is not an IP address") from None
+    if not port_text.isdigit() or int(port_text) > 65535:
+        raise ConfigError(f"{field_name}: {port_text!r} is not a port (0-65535)")
+    return host, int(port_text)
+
+
+def _metrics(t: _Table) -> MetricsConfig:
+    t = _rename(t, "metrics")
+    listen: dict[str, tuple[str, int]] = {}
+    for key in t._data:
+        if key not in FUNCTIONS:
+            raise t.fail(key, f"unknown field (one listener per function: {', '.join(FUNCTIONS)})")
+        t._seen.add(key)
+        listen[key] = parse_listen(t._data[key], f"[metrics].{key}")
+    seen: dict[tuple[str, int], str] = {}
+    for key, where in listen.items():
+        if where[1] and where in seen:
+            raise t.fail(key, f"same address as [metrics].{seen[where]} (one port per function)")
+        seen[where] = key
+    return MetricsConfig(**listen)
 
 
 def _rename(t: _Table, name: str) -> _Table:

@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 HOME_DOMAIN = "home1.net"
+PROCESSES = ("hss", "scscf", "icscf", "pcscf")
 VISITED_NETWORK_ID = "Visited Network Number 1"
 
 
@@ -153,6 +154,12 @@ class NetworkOptions:
     written to a file) instead of in this process, so a test can kill it for real
     (`kill_hss`, `start_hss_process`). `Network.hss` is then None; provisioning goes
     straight to its database before the process starts."""
+    processes: bool = False
+    """Run all four functions as ``imsaka run FUNCTION -c FILE`` processes (uvloop where
+    installed), each serving Prometheus metrics on a free port of `host`, so they use
+    every core; the UEs stay in the caller's process. `Network.hss/scscf/icscf/pcscf`
+    are then None: read their state with `census` / `scrape` (the metrics endpoint),
+    end them with `stop` (or `kill_processes` from synchronous code)."""
 
 
 class Network:
@@ -165,9 +172,14 @@ class Network:
         *,
         trace: Trace | None = None,
         observers: Iterable[Any] = (),
+        specs: Sequence[Any] = (),
     ) -> None:
         self.options = options or NetworkOptions()
         self.subscribers = list(subscribers)
+        self.specs = list(specs)
+        """Already validated `imsaka.hss.subscriber.SubscriberSpec`s (a CSV import),
+        provisioned on `start` like `subscribers`; `provisioned` counts both."""
+        self.provisioned = 0
         self.pcap = PcapWriter(self.options.pcap) if self.options.pcap else None
         self.trace = trace if trace is not None else Trace(pcap=self.pcap)
         if trace is not None and self.pcap is not None and trace.pcap is None:
@@ -181,6 +193,10 @@ class Network:
         self.icscf: Any = None
         self.pcscf: Any = None
         self.hss_proc: Any = None  # subprocess.Popen with NetworkOptions.hss_process
+        # NetworkOptions.processes: function -> subprocess.Popen, and its metrics URL.
+        self.procs: dict[str, Any] = {}
+        self.metrics_urls: dict[str, str] = {}
+        self.exit_codes: dict[str, int] = {}
 
     # ---------------------------------------------------------------- config
 
@@ -292,20 +308,31 @@ class Network:
         from imsaka.hss.server import HssServer
 
         self.raw = self.build_config()
+        if self.options.processes:
+            self.raw["metrics"] = {name: f"{_uri_host(self.options.host)}:0" for name in PROCESSES}
         self.config = parse_config(self.raw)
         cfg = self.config
         assert cfg.pcscf and cfg.icscf and cfg.scscf
         obs = tuple(self._observers)
+        if self.options.processes:
+            try:
+                await self._provision_offline(self.subscribers, self.specs)
+                await self._start_processes()
+            except BaseException:
+                await self.stop()
+                raise
+            return
         try:
             if self.options.hss_process:
-                if self.subscribers:
-                    await self._provision_offline(self.subscribers)
+                await self._provision_offline(self.subscribers, self.specs)
                 await self.start_hss_process()
             else:
                 self.hss = HssServer(parse_hss_config(self.raw), observers=obs)
                 await self.hss.start()
                 if self.subscribers:
-                    await self.provision(self.subscribers)
+                    self.provisioned += await self.provision(self.subscribers)
+                if self.specs:
+                    self.provisioned += await self.provision_specs(self.specs)
             self.scscf = ScscfServer(cfg.scscf, observers=obs, network=cfg.network)
             await self.scscf.start()
             self.icscf = IcscfServer(cfg.icscf, cfg.network, observers=obs)
@@ -327,14 +354,136 @@ class Network:
         p.write_text(dump_toml(self.raw), encoding="utf-8")
         return p
 
-    async def _provision_offline(self, subscribers: Iterable[TestSubscriber]) -> int:
+    async def _provision_offline(
+        self, subscribers: Iterable[TestSubscriber], specs: Sequence[Any] = ()
+    ) -> int:
         from imsaka.hss.store import HssStore
 
+        everything = [*_specs(subscribers), *specs]
+        if not everything:
+            return 0
         store = await HssStore.open(self.raw["hss"]["database"])
         try:
-            return await store.import_subscribers(_specs(subscribers))
+            count = await store.import_subscribers(everything)
         finally:
             await store.close()
+        self.provisioned += count
+        return count
+
+    # ---------------------------------------------------------------- every function a process
+
+    def _workdir(self) -> Path:
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="imsaka-")
+        return Path(self._tmp.name)
+
+    async def _start_processes(self, timeout: float = 30.0) -> None:
+        """``imsaka run`` for each function (HSS first: the CSCFs connect to it), each
+        with stdout/stderr in files of the work directory; returns once all listen."""
+        import asyncio
+
+        path = self.write_config(self._workdir() / "imsaka.toml")
+        await self._spawn("hss", path, "hss: Diameter", timeout)
+        await asyncio.gather(
+            *(self._spawn(name, path, "listening", timeout) for name in ("scscf", "icscf", "pcscf"))
+        )
+
+    async def _spawn(self, name: str, config: Path, word: str, timeout: float) -> None:
+        import asyncio
+        import subprocess
+        import sys
+        import time
+
+        work = self._workdir()
+        out_path, err_path = work / f"{name}.out", work / f"{name}.err"
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "imsaka", "run", name, "-c", str(config)],
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        self.procs[name] = proc
+        deadline = time.monotonic() + timeout
+        while True:
+            text = out_path.read_text(errors="replace")
+            if word in text:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                why = err_path.read_text(errors="replace").strip()[-800:] or text.strip()
+                raise RuntimeError(f"{name} process did not start: {why}")
+            await asyncio.sleep(0.05)
+        marker = f"{name} metrics on "
+        for line in text.splitlines():
+            if line.startswith(marker):
+                self.metrics_urls[name] = line[len(marker) :].strip()
+
+    def process_errors(self, name: str) -> str:
+        """What function `name`'s process wrote to stderr (processes mode)."""
+        if self._tmp is None:
+            return ""
+        path = Path(self._tmp.name) / f"{name}.err"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    async def scrape(self, name: str, timeout: float = 10.0) -> str:
+        """One scrape of function `name`'s metrics endpoint (processes mode)."""
+        from imsaka.metrics import scrape
+
+        return await scrape(self.metrics_urls[name], timeout=timeout)
+
+    async def census(self, name: str) -> dict[str, int]:
+        """Function `name`'s ``census()``: from its server in this process, or from
+        ``imsaka_state`` of its metrics endpoint when it runs as a process."""
+        from imsaka.metrics import parse_metrics
+
+        if name in self.procs:
+            samples = parse_metrics(await self.scrape(name))
+            return {
+                dict(labels)["kind"]: int(value)
+                for (metric, labels), value in samples.items()
+                if metric == "imsaka_state"
+            }
+        return dict(getattr(self, name).census())
+
+    async def events(self, name: str) -> dict[tuple[str, str], int]:
+        """Function `name`'s counters as (source, event) -> count (processes mode)."""
+        from imsaka.metrics import parse_metrics
+
+        samples = parse_metrics(await self.scrape(name))
+        out = {}
+        for (metric, labels), value in samples.items():
+            if metric == "imsaka_events_total":
+                d = dict(labels)
+                out[(d["source"], d["event"])] = int(value)
+        return out
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {name: proc.pid for name, proc in self.procs.items()}
+
+    def kill_processes(self, timeout: float = 10.0) -> dict[str, int]:
+        """End every function process this network started, by PID: SIGTERM (a clean
+        stop), SIGKILL after `timeout` seconds; returns the exit codes."""
+        import signal
+        import subprocess
+
+        codes: dict[str, int] = {}
+        procs = self.procs
+        self.procs = {}
+        for name in ("pcscf", "icscf", "scscf", "hss"):
+            proc = procs.get(name)
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in procs.items():
+            try:
+                codes[name] = proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[name] = proc.wait()
+        return codes
 
     async def start_hss_process(self, timeout: float = 30.0) -> None:
         """Start ``imsaka run hss`` on the generated file; return once it listens."""
@@ -407,12 +556,18 @@ class Network:
         return await self.hss.store.import_subscribers(list(specs))
 
     async def provision(self, subscribers: Iterable[TestSubscriber]) -> int:
-        if self.hss is None and self.options.hss_process:
+        if self.hss is None and (self.options.hss_process or self.options.processes):
             return await self._provision_offline(subscribers)
         return await self.hss.store.import_subscribers(_specs(subscribers))
 
     async def stop(self) -> None:
         self.kill_hss()
+        if self.procs:
+            import asyncio
+
+            self.exit_codes = await asyncio.get_running_loop().run_in_executor(
+                None, self.kill_processes
+            )
         for name in ("pcscf", "icscf", "scscf", "hss"):
             server = getattr(self, name)
             if server is None:
@@ -440,6 +595,8 @@ class Network:
 
     @property
     def pcscf_address(self) -> tuple[str, int]:
+        if self.pcscf is None and self.config is not None and self.config.pcscf is not None:
+            return (self.config.pcscf.address, self.config.pcscf.port)  # processes mode
         assert self.pcscf is not None
         return self.pcscf.address
 
@@ -475,6 +632,20 @@ class Network:
         }
         kwargs.update(overrides)
         return UeConfig(**kwargs)
+
+
+def _die_with_parent() -> None:
+    """In a function process (Linux): SIGTERM when the process that started it dies, so
+    a test runner killed outright leaves no function running."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _uri_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:

@@ -7,12 +7,22 @@ module exposes ``run(config) -> int``:
 - ``imsaka.hss.server.run(raw_toml_dict)`` (the HSS reads its own ``[hss]`` section),
 - ``imsaka.cscf.pcscf.run(ImsConfig)``, ``imsaka.cscf.icscf.run(ImsConfig)``,
   ``imsaka.cscf.scscf.run(ImsConfig)``.
+
+With a metrics listener for the function (``[metrics]`` in the file, or ``--metrics
+HOST:PORT``), the runner builds the function's server itself (the same class and
+arguments its ``run`` uses), serves it the same way (same output lines, uvloop where
+installed) and serves Prometheus metrics of that server beside it (`imsaka.metrics`),
+printing ``FUNCTION metrics on http://HOST:PORT/metrics`` first.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from imsaka.clierror import CliError
 
@@ -38,16 +48,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "-c", "--config", default="imsaka.toml", help="whole-network TOML (default: imsaka.toml)"
     )
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics here (overrides [metrics] of the file; port 0: any)",
+    )
     p.set_defaults(func=_cmd_run)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from imsaka.config import load_config
+    from imsaka.config import load_config, parse_listen
 
     config = load_config(args.config)
     name = args.function
     if name != "hss" and getattr(config, name) is None:
         raise CliError(f"[{name}]: missing section in {args.config}")
+    listen = config.metrics.listen(name)
+    if args.metrics is not None:
+        listen = parse_listen(args.metrics, "--metrics")
+    if listen is not None:
+        return _run_with_metrics(name, config, listen)
     run = None
     for module_name in _ENTRY[name]:
         try:
@@ -65,3 +85,64 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if name == "hss":
         return int(run(dict(config.raw)) or 0)
     return int(run(config) or 0)
+
+
+def _run_with_metrics(name: str, config: Any, listen: tuple[str, int]) -> int:
+    """Serve function `name` until SIGINT/SIGTERM with metrics on `listen`."""
+    from imsaka.cscf._serve import serve_forever, use_uvloop
+    from imsaka.metrics import serve_with_metrics
+
+    def announce(line: str) -> None:
+        print(line, flush=True)
+
+    server: Any
+    serve: Callable[[], Awaitable[int]]
+    if name == "hss":
+        from imsaka.hss.config import parse_hss_config
+        from imsaka.hss.server import HssServer
+
+        hss_config = parse_hss_config(dict(config.raw), base_dir=None)
+        server = HssServer(hss_config)
+
+        def serve() -> Awaitable[int]:
+            return _serve_hss(server, hss_config)
+    else:
+        if name == "pcscf":
+            from imsaka.cscf.pcscf_server import PcscfServer
+
+            server = PcscfServer(config.pcscf, config.network)
+        elif name == "icscf":
+            from imsaka.cscf.icscf import IcscfServer
+
+            server = IcscfServer(config.icscf, config.network)
+        else:
+            from imsaka.cscf.scscf import ScscfServer
+
+            server = ScscfServer(config.scscf, network=config.network)
+
+        def serve() -> Awaitable[int]:
+            return serve_forever(server, name)
+
+    use_uvloop()
+    return asyncio.run(serve_with_metrics(name, server, listen, serve, announce=announce))
+
+
+async def _serve_hss(server: Any, config: Any) -> int:
+    """What ``imsaka.hss.server.run`` does with the server it builds: start, print the
+    ``hss: Diameter ...`` line, wait for a signal, stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()  # HssStartError: one line naming the field
+    api = f", REST API on {config.api_address}:{server.api_port}" if server.api_port else ""
+    print(
+        f"hss: Diameter {config.diameter_host} on {config.diameter_address}:"
+        f"{server.diameter_port}{api}",
+        flush=True,
+    )
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+    return 0
