@@ -7,7 +7,7 @@ import asyncio
 
 from imsaka.diameter import codec, cx
 
-from .conftest import HOME, HSS_HOST, SCSCF_HOST, mar, sar, session_id, uar
+from .conftest import HOME, HSS_HOST, SCSCF_HOST, alice, mar, sar, session_id, uar
 
 
 def _replace(msg: codec.Message, code: int, vendor: int, data: bytes) -> codec.Message:
@@ -107,9 +107,10 @@ async def test_sqlite_runs_with_full_durability(store):
         mode = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar()
         sync = (await conn.exec_driver_sql("PRAGMA synchronous")).scalar()
     assert mode == "wal" and sync == 2  # FULL: the WAL is fsynced at every commit
-    assert store._sync_engine is not None
-    with store._sync_engine.connect() as conn:
-        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+    await store.add_subscriber(alice())
+    await store.mar("alice@home1.net", "sip:alice@home1.net", 1, None)  # opens the writer
+    assert store._writer_db is not None  # the group commit's own connection
+    assert store._writer_db.execute("PRAGMA synchronous").fetchone()[0] == 2
 
 
 async def test_request_for_another_realm_is_not_served(hss, scscf):

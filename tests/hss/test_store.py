@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from imsaka.aka.sqn import HssSqn, resync_sqn_he
-from imsaka.hss import models
+from imsaka.hss import models, plans
 from imsaka.hss.store import Conflict, HssStore, NotFound, sqn_sequence, sqn_step
 from imsaka.hss.subscriber import FieldError, validate_subscriber
 
@@ -320,7 +320,9 @@ async def test_mixed_batch_keeps_arrival_order(store):
 async def test_one_bad_write_does_not_fail_its_batch(store):
     await store.import_subscribers(_users(5))
 
-    def broken(conn):
+    def broken():
+        # a write plan that fails after it has written: its batch is rolled back
+        yield plans.RUN, "UPDATE impi SET pending_scscf = 'sip:broken'", {}
         raise RuntimeError("constraint blew up")
 
     results = await asyncio.gather(
@@ -336,6 +338,7 @@ async def test_one_bad_write_does_not_fail_its_batch(store):
     assert results[7] is None
     sqns = [r.sqns[0] for r in results[:5]]
     assert [await store.sqn_of(f"g{i}@home1.net") for i in range(5)] == sqns  # committed once
+    assert (await store.get_subscriber("g1@home1.net")).pending_scscf is None  # rolled back
 
 
 async def test_reads_do_not_wait_for_the_writer(store, db_url):
@@ -395,3 +398,78 @@ async def test_close_with_writes_in_flight_fails_them_instead_of_hanging(store):
     await store.close()
     results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
     assert all(isinstance(r, RuntimeError) or r.sqns for r in results)
+
+
+async def _cx_story(s: HssStore) -> list:
+    """Every Cx read and registration write of the store, in registration order."""
+    impi, impu = "alice@home1.net", "sip:alice@home1.net"
+    await s.add_subscriber(
+        alice(
+            visited_networks=["visited1.net"],
+            schemes=["Digest-AKAv1-MD5", "SIP Digest"],
+            digest_password="pw",
+        )
+    )
+    await s.add_impus(impi, ["sip:alice-work@home1.net"], new_set=True)
+    out: list = [await s.count_subscribers(), await s.scscf_pool()]
+    out.append(await s.checked_state(impi, impu, with_pending=True))
+    out.append(await s.checked_state("nobody@home1.net", impu))
+    out.append(await s.checked_state(impi, "sip:nobody@home1.net"))
+    grant = await s.mar(impi, impu, 2, "sip:scscf1")
+    out.append((grant.sqns, grant.schemes, grant.digest_password))
+    out.append(await s.user_state(impu, impi))
+    out.append(
+        await s.assign(
+            impu,
+            state=models.RegState.REGISTERED,
+            server_name="sip:scscf1",
+            server_host="scscf1.home1.net",
+            server_realm="home1.net",
+            impi=impi,
+        )
+    )
+    out.append(await s.user_data(impi, impu))
+    out.append(await s.user_data(None, "tel:+15550001"))
+    out.append(await s.serving_for_impu("sip:alice-work@home1.net"))
+    out.append(await s.serving_for_impi(impi))
+    out.append((await s.get_subscriber(impi)).as_dict())
+    out.append(await s.digest_credentials(impi, "sip:scscf2"))
+    await s.clear_pending(impi)
+    out.append(await s.mar(impi, impu, 1, None, resync_to=(7 << 5) | 3))
+    out.append(
+        await s.assign(
+            impu, state=models.RegState.NOT_REGISTERED, server_name=None, keep_server=False
+        )
+    )
+    out.append((await s.get_subscriber(impi)).as_dict())
+    out.append(await s.credentials(impi))
+    for bad in (s.user_state("sip:nobody@home1.net"), s.serving_for_impi("x@y"), s.sqn_of("x@y")):
+        with pytest.raises(NotFound):
+            await bad
+    return out
+
+
+@pytest.mark.postgres
+async def test_every_backend_reads_and_writes_the_same(db_url):
+    """SQLite file (loop-thread sqlite3 reads, writer thread), SQLite in memory (the
+    SQLAlchemy driver of the plans) and PostgreSQL (asyncpg) give equal results."""
+    stories = []
+    for url in (db_url, "sqlite+aiosqlite:///:memory:", PG_URL):
+        s = await HssStore.open(url)
+        try:
+            await wipe(s)
+            await s.sync_scscf_pool(
+                [
+                    {
+                        "name": "sip:scscf1",
+                        "diameter_host": "scscf1.home1.net",
+                        "optional_capabilities": (1, 2),
+                    }
+                ]
+            )
+            stories.append(await _cx_story(s))
+        finally:
+            await wipe(s)
+            await s.close()
+    assert stories[0] == stories[1] == stories[2]
+    assert stories[0][2][1].visited_networks == ("visited1.net",)

@@ -32,7 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
+import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from imsaka.aka.sqn import DEFAULT_DELTA, SqnExhaustedError
 from imsaka.hss import models as m
 from imsaka.hss.models import RegState
+from imsaka.hss.plans import ALL, ONE, RUN, Plan, run_pg, run_sa, run_sqlite
 from imsaka.hss.subscriber import FieldError, SubscriberSpec
 from imsaka.hss.userdata import ProfileIdentities, build_user_data
 
@@ -105,28 +109,38 @@ def sqn_sequence(last: int, n: int) -> list[int]:
     return [(((seq - j) << IND_BITS) | ((ind - j) & IND_MASK)) for j in range(n - 1, -1, -1)]
 
 
-def _sqn_advance_expr(col: Any, n: int) -> Any:
-    # Pure SQL arithmetic on the locked row, the same as sqn_step(); n is an int we
-    # built (never user text), rendered inline so PostgreSQL types it as bigint.
-    steps = sa.literal_column(str(int(n)))
-    ind_bits = sa.literal_column(str(IND_BITS))
-    mask = sa.literal_column(str(IND_MASK))
-    seq = col.op(">>")(ind_bits) + steps
-    ind = (col.op("&")(mask) + steps).op("&")(mask)
-    return seq.op("<<")(ind_bits).op("|")(ind)
+def _sqn_sql(n: int, resync_to: int | None = None, delta: int = DEFAULT_DELTA) -> str:
+    """The new SQN_HE as SQL on the locked row of ``impi`` after n vectors.
 
-
-def _sqn_resync_expr(col: Any, sqn_ms: int, n: int, delta: int = DEFAULT_DELTA) -> Any:
-    # imsaka.aka.sqn.resync_sqn_he in SQL, on the locked row: SQN_HE stays when its
-    # next SEQ is above SEQ_MS by at most Δ, else it restarts from SQN_MS; then the n
-    # vectors of this MAR are taken. One statement, so no concurrent MAR slips between.
-    ind_bits = sa.literal_column(str(IND_BITS))
-    seq_ms = sa.literal_column(str(int(sqn_ms) >> IND_BITS))
-    seq_he_next = col.op(">>")(ind_bits) + sa.literal_column("1")
-    keep = sa.and_(seq_ms < seq_he_next, seq_he_next <= seq_ms + sa.literal_column(str(int(delta))))
-    return sa.case(
-        (keep, _sqn_advance_expr(col, n)), else_=sa.literal_column(str(sqn_step(sqn_ms, n)))
+    Pure arithmetic on the row the UPDATE holds, the same as sqn_step(); with
+    ``resync_to`` = SQN_MS that of imsaka.aka.sqn.resync_sqn_he first: SQN_HE stays
+    when its next SEQ is above SEQ_MS by at most Δ, else it restarts from SQN_MS. One
+    statement, so no concurrent MAR slips between. Every number is an int built here
+    (never user text), inline, so PostgreSQL types the result as bigint."""
+    n = int(n)
+    advance = (
+        f"((((sqn >> {IND_BITS}) + {n}) << {IND_BITS}) | (((sqn & {IND_MASK}) + {n}) & {IND_MASK}))"
     )
+    if resync_to is None:
+        return advance
+    seq_ms = int(resync_to) >> IND_BITS
+    seq_next = f"((sqn >> {IND_BITS}) + 1)"
+    return (
+        f"(CASE WHEN {seq_ms} < {seq_next} AND {seq_next} <= {seq_ms + int(delta)}"
+        f" THEN {advance} ELSE {sqn_step(int(resync_to), n)} END)"
+    )
+
+
+def _connect_sqlite(path: str, *, timeout: float, query_only: bool = False) -> sqlite3.Connection:
+    """A DB-API connection to the SQLite file, in autocommit mode: we issue BEGIN."""
+    db = sqlite3.connect(
+        path, timeout=timeout, isolation_level=None, check_same_thread=False, cached_statements=256
+    )
+    if query_only:
+        db.execute("PRAGMA query_only=ON")
+    else:
+        _sqlite_durable(db)
+    return db
 
 
 # --------------------------------------------------------------------------- engine
@@ -146,27 +160,31 @@ def normalize_url(url: str | None) -> str:
     return url
 
 
-def _sqlite_events(engine: sa.Engine, *, immediate: bool = True) -> None:
+def _sqlite_durable(dbapi_conn: Any) -> None:
+    """WAL, and ``synchronous=FULL``: the WAL is fsynced at every commit, so a
+    committed SQN survives a power cut as well as a kill -9."""
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _sqlite_events(engine: sa.Engine) -> None:
     @event.listens_for(engine, "connect")
     def _sqlite_connect(dbapi_conn: Any, _rec: Any) -> None:
         # We issue BEGIN ourselves (below), so the driver must not.
         dbapi_conn.isolation_level = None
+        _sqlite_durable(dbapi_conn)
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        # FULL: the WAL is fsynced at every commit, so a committed SQN survives
-        # a power cut as well as a kill -9.
-        cur.execute("PRAGMA synchronous=FULL")
-        cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
 
     @event.listens_for(engine, "begin")
     def _sqlite_begin(conn: Any) -> None:
-        # Writers: IMMEDIATE takes the write lock at BEGIN, so a transaction that
-        # reads then writes can never fail half-way with SQLITE_BUSY on lock upgrade.
-        # Readers: a deferred BEGIN takes a WAL snapshot at the first SELECT and never
-        # waits for the writer (an IMMEDIATE read would queue behind every commit).
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        # IMMEDIATE takes the write lock at BEGIN, so a transaction that reads then
+        # writes can never fail half-way with SQLITE_BUSY on lock upgrade.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def create_engine(url: str | None) -> AsyncEngine:
@@ -323,6 +341,321 @@ def _caps(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(",") if x.strip())
 
 
+# --------------------------------------------------------------------------- query plans
+#
+# Every Cx read and registration write is a plan (`imsaka.hss.plans`): plain SQL with
+# ``:name`` parameters, run on the loop thread's sqlite3 connection, on the writer
+# thread's, on asyncpg, or on a SQLAlchemy connection. Rows are read by position.
+
+
+def _identities(impi: str | None, impu: str) -> Plan:
+    """IdentityCheck of an (IMPI, IMPU) pair: known each, and of one subscription."""
+    u = yield ONE, "SELECT subscription_id FROM impu WHERE identity = :impu", {"impu": impu}
+    i = None
+    if impi is not None:
+        i = yield ONE, "SELECT subscription_id FROM impi WHERE identity = :impi", {"impi": impi}
+    return IdentityCheck(
+        i is not None, u is not None, i is not None and u is not None and i[0] == u[0]
+    )
+
+
+_STATE_COLUMNS = (
+    "u.subscription_id, u.identity, u.barred, u.reg_state, u.implicit_set_id,"
+    " s.scscf_name, s.scscf_host, s.mandatory_caps, s.optional_caps"
+)
+
+
+def _nets(sid: int) -> Plan:
+    rows = yield (
+        ALL,
+        "SELECT network FROM visited_network WHERE subscription_id = :sid",
+        {"sid": sid},
+    )
+    return tuple(r[0] for r in rows)
+
+
+def _state_of(row: Any, pending: str | None, nets: tuple[str, ...]) -> UserState:
+    return UserState(
+        subscription_id=row[0],
+        impu=row[1],
+        barred=bool(row[2]),
+        reg_state=RegState(row[3]),
+        implicit_set_id=row[4],
+        scscf_name=row[5],
+        scscf_host=row[6],
+        pending_scscf=pending,
+        mandatory_caps=_caps(row[7]),
+        optional_caps=_caps(row[8]),
+        visited_networks=nets,
+    )
+
+
+def _checked_state(impi: str | None, impu: str, with_pending: bool) -> Plan:
+    # One joined SELECT (IMPU, its subscription, the IMPI) and the visited networks:
+    # every UAR and SAR runs it. "" never names an IMPI (identities are never empty).
+    row = yield (
+        ONE,
+        f"SELECT {_STATE_COLUMNS}, i.subscription_id, i.pending_scscf"
+        " FROM impu u JOIN subscription s ON s.id = u.subscription_id"
+        " LEFT OUTER JOIN impi i ON i.identity = :impi"
+        " WHERE u.identity = :impu",
+        {"impi": impi or "", "impu": impu},
+    )
+    if row is None:
+        return (yield from _identities(impi, impu)), None
+    impi_sid = row[9]
+    check = IdentityCheck(impi_sid is not None, True, impi_sid is not None and impi_sid == row[0])
+    nets = yield from _nets(row[0])
+    return check, _state_of(row, row[10] if with_pending and impi else None, nets)
+
+
+def _user_state(impu: str, impi: str | None) -> Plan:
+    row = yield (
+        ONE,
+        f"SELECT {_STATE_COLUMNS} FROM impu u JOIN subscription s ON s.id = u.subscription_id"
+        " WHERE u.identity = :impu",
+        {"impu": impu},
+    )
+    if row is None:
+        raise NotFound(impu)
+    nets = yield from _nets(row[0])
+    pending = None
+    if impi is not None:
+        got = yield ONE, "SELECT pending_scscf FROM impi WHERE identity = :impi", {"impi": impi}
+        pending = got[0] if got else None
+    return _state_of(row, pending, nets)
+
+
+def _user_data(impi: str | None, impu: str) -> Plan:
+    row = yield (
+        ONE,
+        "SELECT subscription_id, implicit_set_id FROM impu WHERE identity = :impu",
+        {"impu": impu},
+    )
+    if row is None:
+        raise NotFound(impu)
+    sid, set_id = row[0], row[1]
+    if impi is None:
+        first = yield (
+            ONE,
+            "SELECT identity FROM impi WHERE subscription_id = :sid ORDER BY id LIMIT 1",
+            {"sid": sid},
+        )
+        impi = first[0] if first else None
+    members = yield (
+        ALL,
+        "SELECT identity, barred, service_profile_id FROM impu"
+        " WHERE subscription_id = :sid AND implicit_set_id = :set_id ORDER BY id",
+        {"sid": sid, "set_id": set_id},
+    )
+    profiles = yield (
+        ALL,
+        "SELECT id, ifc_xml FROM service_profile WHERE subscription_id = :sid ORDER BY id",
+        {"sid": sid},
+    )
+    # The registering IMPU first: it must appear byte-exact (Kamailio looks it up).
+    ordered = sorted(members, key=lambda r: r[0] != impu)
+    docs = [
+        ProfileIdentities([(r[0], bool(r[1])) for r in ordered if r[2] == p[0]], p[1])
+        for p in profiles
+    ]
+    docs.sort(key=lambda d: not any(uri == impu for uri, _ in d.identities))
+    return build_user_data(impi or "", docs), tuple(r[0] for r in ordered)
+
+
+def _column(table: str, column: str, sid: int) -> Plan:
+    """`column` of every row of `table` that belongs to subscription `sid`, oldest first."""
+    rows = yield (
+        ALL,
+        f"SELECT {column} FROM {table} WHERE subscription_id = :sid ORDER BY id",
+        {"sid": sid},
+    )
+    return [r[0] for r in rows]
+
+
+def _view(impi: str) -> Plan:
+    row = yield (
+        ONE,
+        "SELECT i.identity, i.op_kind, i.amf, i.sqn, i.algorithm, i.auth_schemes,"
+        " i.digest_password IS NOT NULL, i.pending_scscf, i.subscription_id,"
+        " s.scscf_name, s.scscf_host, s.mandatory_caps, s.optional_caps"
+        " FROM impi i JOIN subscription s ON s.id = i.subscription_id"
+        " WHERE i.identity = :impi",
+        {"impi": impi},
+    )
+    if row is None:
+        raise NotFound(impi)
+    sid = row[8]
+    impus = yield (
+        ALL,
+        "SELECT identity, barred, reg_state, implicit_set_id, service_profile_id FROM impu"
+        " WHERE subscription_id = :sid ORDER BY id",
+        {"sid": sid},
+    )
+    nets = yield from _column("visited_network", "network", sid)
+    ifc = yield (
+        ONE,
+        "SELECT ifc_xml FROM service_profile WHERE subscription_id = :sid ORDER BY id LIMIT 1",
+        {"sid": sid},
+    )
+    return SubscriberView(
+        impi=row[0],
+        op_kind=row[1],
+        amf=bytes(row[2]).hex(),
+        sqn=row[3],
+        algorithm=row[4],
+        schemes=tuple(row[5].split(",")),
+        has_digest_password=bool(row[6]),
+        impus=tuple(ImpuView(u[0], bool(u[1]), RegState(u[2]), u[3], u[4]) for u in impus),
+        scscf_name=row[9],
+        scscf_host=row[10],
+        pending_scscf=row[7],
+        visited_networks=tuple(nets),
+        ifc_xml=ifc[0] if ifc else None,
+        mandatory_capabilities=_caps(row[11]),
+        optional_capabilities=_caps(row[12]),
+    )
+
+
+def _serving(sid: int) -> Plan:
+    sub = yield (
+        ONE,
+        "SELECT scscf_name, scscf_host, scscf_realm FROM subscription WHERE id = :sid",
+        {"sid": sid},
+    )
+    impis = yield from _column("impi", "identity", sid)
+    impus = yield from _column("impu", "identity", sid)
+    return ServingInfo(sid, tuple(impis), tuple(impus), sub[0], sub[1], sub[2])
+
+
+def _serving_by(table: str, identity: str) -> Plan:
+    """ServingInfo of the subscription of an IMPI (``table`` "impi") or IMPU ("impu")."""
+    row = yield (
+        ONE,
+        f"SELECT subscription_id FROM {table} WHERE identity = :identity",
+        {"identity": identity},
+    )
+    if row is None:
+        raise NotFound(identity)
+    return (yield from _serving(row[0]))
+
+
+def _scscf_pool() -> Plan:
+    rows = yield (
+        ALL,
+        "SELECT name, diameter_host, mandatory_caps, optional_caps FROM scscf ORDER BY id",
+        {},
+    )
+    return [
+        {
+            "name": r[0],
+            "diameter_host": r[1],
+            "mandatory_capabilities": _caps(r[2]),
+            "optional_capabilities": _caps(r[3]),
+        }
+        for r in rows
+    ]
+
+
+def _scscf_host(server_name: str) -> Plan:
+    row = yield ONE, "SELECT diameter_host FROM scscf WHERE name = :name", {"name": server_name}
+    return row[0] if row else None
+
+
+def _count() -> Plan:
+    row = yield ONE, "SELECT count(*) FROM impi", {}
+    return int(row[0])
+
+
+def _impi_columns(impi: str, columns: str) -> Plan:
+    row = yield ONE, f"SELECT {columns} FROM impi WHERE identity = :impi", {"impi": impi}
+    if row is None:
+        raise NotFound(impi)
+    return row
+
+
+# Registration writes (group-committed). Each raises NotFound only before it has
+# written anything, so its batch can go on.
+
+
+def _assign(
+    impu: str,
+    *,
+    state: RegState,
+    server_name: str | None,
+    server_host: str | None,
+    server_realm: str | None,
+    keep_server: bool,
+    impi: str | None,
+) -> Plan:
+    row = yield (
+        ONE,
+        "SELECT subscription_id, implicit_set_id FROM impu WHERE identity = :impu",
+        {"impu": impu},
+    )
+    if row is None:
+        raise NotFound(impu)  # nothing written yet: the batch goes on
+    sid, set_id = row[0], row[1]
+    yield (
+        RUN,
+        "UPDATE impu SET reg_state = :state"
+        " WHERE subscription_id = :sid AND implicit_set_id = :set_id",
+        {"state": int(state), "sid": sid, "set_id": set_id},
+    )
+    if state == RegState.NOT_REGISTERED:
+        # The S-CSCF stays assigned while any other implicit set of the
+        # subscription is still registered or unregistered-served.
+        others = yield (
+            ONE,
+            "SELECT count(*) FROM impu WHERE subscription_id = :sid AND reg_state != :none",
+            {"sid": sid, "none": int(RegState.NOT_REGISTERED)},
+        )
+        if not keep_server and others[0] == 0:
+            yield (
+                RUN,
+                "UPDATE subscription SET scscf_name = NULL, scscf_host = NULL,"
+                " scscf_realm = NULL WHERE id = :sid",
+                {"sid": sid},
+            )
+            yield (
+                RUN,
+                "UPDATE impi SET pending_scscf = NULL WHERE subscription_id = :sid",
+                {"sid": sid},
+            )
+    else:
+        yield (
+            RUN,
+            "UPDATE subscription SET scscf_name = :name, scscf_host = :host,"
+            " scscf_realm = :realm WHERE id = :sid",
+            {"name": server_name, "host": server_host, "realm": server_realm, "sid": sid},
+        )
+        if impi is not None:
+            yield from _clear_pending(impi)
+    members = yield (
+        ALL,
+        "SELECT identity FROM impu WHERE subscription_id = :sid AND implicit_set_id = :set_id"
+        " ORDER BY id",
+        {"sid": sid, "set_id": set_id},
+    )
+    return tuple(r[0] for r in members)
+
+
+def _clear_pending(impi: str) -> Plan:
+    yield RUN, "UPDATE impi SET pending_scscf = NULL WHERE identity = :impi", {"impi": impi}
+
+
+def _digest(impi: str, server_name: str | None) -> Plan:
+    row = yield (
+        ONE,
+        "UPDATE impi SET pending_scscf = :name WHERE identity = :impi"
+        " RETURNING auth_schemes, digest_password",
+        {"name": server_name, "impi": impi},
+    )
+    if row is None:
+        raise NotFound(impi)  # no row matched: nothing written
+    return tuple(row[0].split(",")), row[1]
+
+
 # --------------------------------------------------------------------------- group commit
 
 
@@ -341,10 +674,10 @@ class _MarJob:
 class _WriteJob:
     """A registration-state write (SAR assignment, pending S-CSCF) for the group commit.
 
-    ``fn`` runs on a synchronous Connection inside the batch's transaction; it raises
+    ``plan()`` gives the write's plan, run inside the batch's transaction; it raises
     `NotFound` only before it has written anything, so the batch can go on."""
 
-    fn: Callable[[sa.Connection], Any]
+    plan: Callable[[], Plan]
     future: asyncio.Future
 
 
@@ -377,36 +710,29 @@ class HssStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
-        self._sync_engine: sa.Engine | None = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        # SQLite file: the group commit runs on one writer thread with its own sqlite3
+        # connection (BEGIN IMMEDIATE, synchronous=FULL); Cx reads run on the event
+        # loop's own sqlite3 connection in deferred transactions (WAL snapshots that
+        # never wait for the writer); a read that finds the database busy anyway
+        # (WAL recovery, a checkpoint resetting the log) goes to a reader thread.
+        self._path: str | None = None
         database = engine.url.database
         if self.dialect == "sqlite" and database and database != ":memory:":
-            self._sync_engine = sa.create_engine(
-                engine.url.set(drivername="sqlite"), connect_args={"timeout": 30}
-            )
-            _sqlite_events(self._sync_engine)
-            self._executor = concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix="hss-sqlite"
-            )
-        # Cx reads: on a SQLite file they run on reader threads with deferred
-        # transactions (WAL snapshots) that never wait for the writer's lock.
-        self._reader = engine
-        self._read_sync: sa.Engine | None = None
+            self._path = database
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._writer_db: sqlite3.Connection | None = None
+        self._loop_db: sqlite3.Connection | None = None
+        self._loop_thread: int | None = None
         self._read_executor: concurrent.futures.ThreadPoolExecutor | None = None
-        if self._sync_engine is not None:
-            self._read_sync = sa.create_engine(
-                engine.url.set(drivername="sqlite"), connect_args={"timeout": 30}
-            )
-            _sqlite_events(self._read_sync, immediate=False)
-            self._read_executor = concurrent.futures.ThreadPoolExecutor(
-                2, thread_name_prefix="hss-sqlite-read"
-            )
+        self._reader_dbs: list[sqlite3.Connection] = []
+        self._reader_local = threading.local()
         self._queue: list[_MarJob | _WriteJob] = []
         self._inflight: list[_MarJob | _WriteJob] = []
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self.max_batch = 256
         self.batches = 0  # number of group commits (for benchmarks and tests)
+        self.reads_deferred = 0  # SQLite reads that found the database busy (to a thread)
 
     @classmethod
     async def open(cls, url: str | None = None, *, run_migrations: bool = True) -> HssStore:
@@ -440,18 +766,15 @@ class HssStore:
                 job.future.set_exception(RuntimeError("HSS store closed"))
         self._inflight = []
         self._queue.clear()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
-        if self._sync_engine is not None:
-            self._sync_engine.dispose()
-            self._sync_engine = None
-        if self._read_executor is not None:
-            self._read_executor.shutdown(wait=True)
-            self._read_executor = None
-        if self._read_sync is not None:
-            self._read_sync.dispose()
-            self._read_sync = None
+        for executor in (self._executor, self._read_executor):
+            if executor is not None:
+                executor.shutdown(wait=True)
+        self._executor = self._read_executor = None
+        for db in (self._writer_db, self._loop_db, *self._reader_dbs):
+            if db is not None:
+                db.close()
+        self._writer_db = self._loop_db = None
+        self._reader_dbs.clear()
         await self.engine.dispose()
 
     # ------------------------------------------------------------------ provisioning
@@ -611,73 +934,7 @@ class HssStore:
             )
 
     async def get_subscriber(self, impi: str) -> SubscriberView:
-        return await self._read(self._view, impi)
-
-    def _view(self, conn: sa.Connection, impi: str) -> SubscriberView:
-        row = (
-            conn.execute(
-                sa.select(
-                    m.impi.c.identity,
-                    m.impi.c.op_kind,
-                    m.impi.c.amf,
-                    m.impi.c.sqn,
-                    m.impi.c.algorithm,
-                    m.impi.c.auth_schemes,
-                    m.impi.c.digest_password.isnot(None),
-                    m.impi.c.pending_scscf,
-                    m.impi.c.subscription_id,
-                    m.subscription.c.scscf_name,
-                    m.subscription.c.scscf_host,
-                    m.subscription.c.mandatory_caps,
-                    m.subscription.c.optional_caps,
-                )
-                .join(m.subscription, m.subscription.c.id == m.impi.c.subscription_id)
-                .where(m.impi.c.identity == impi)
-            )
-        ).first()
-        if row is None:
-            raise NotFound(impi)
-        sid = row.subscription_id
-        impus = (
-            conn.execute(
-                sa.select(m.impu).where(m.impu.c.subscription_id == sid).order_by(m.impu.c.id)
-            )
-        ).all()
-        nets = _of_subscription(conn, m.visited_network.c.network, sid)
-        ifc = (
-            conn.execute(
-                sa.select(m.service_profile.c.ifc_xml)
-                .where(m.service_profile.c.subscription_id == sid)
-                .order_by(m.service_profile.c.id)
-                .limit(1)
-            )
-        ).scalar()
-        return SubscriberView(
-            impi=row.identity,
-            op_kind=row.op_kind,
-            amf=row.amf.hex(),
-            sqn=row.sqn,
-            algorithm=row.algorithm,
-            schemes=tuple(row.auth_schemes.split(",")),
-            has_digest_password=bool(row[6]),
-            impus=tuple(
-                ImpuView(
-                    u.identity,
-                    bool(u.barred),
-                    RegState(u.reg_state),
-                    u.implicit_set_id,
-                    u.service_profile_id,
-                )
-                for u in impus
-            ),
-            scscf_name=row.scscf_name,
-            scscf_host=row.scscf_host,
-            pending_scscf=row.pending_scscf,
-            visited_networks=tuple(nets),
-            ifc_xml=ifc,
-            mandatory_capabilities=_caps(row.mandatory_caps),
-            optional_capabilities=_caps(row.optional_caps),
-        )
+        return await self._read(_view, impi)
 
     async def delete_subscriber(self, impi: str) -> ServingInfo:
         """Delete the IMPI; its subscription (IMPUs, profiles) goes with its last IMPI.
@@ -685,7 +942,7 @@ class HssStore:
         Returns where the subscriber was served, so the caller can send an RTR.
         """
         async with self.engine.begin() as conn:
-            info = await conn.run_sync(self._serving_by_impi, impi)
+            info = await conn.run_sync(run_sa, _serving_by("impi", impi))
             await conn.execute(sa.delete(m.impi).where(m.impi.c.identity == impi))
             left = (
                 await conn.execute(
@@ -711,35 +968,11 @@ class HssStore:
                 await conn.execute(sa.delete(m.subscription).where(m.subscription.c.id == sid))
         return info
 
-    def _serving_by_impi(self, conn: sa.Connection, impi: str) -> ServingInfo:
-        row = (
-            conn.execute(sa.select(m.impi.c.subscription_id).where(m.impi.c.identity == impi))
-        ).first()
-        if row is None:
-            raise NotFound(impi)
-        return self._serving(conn, row[0])
-
-    def _serving(self, conn: sa.Connection, sid: int) -> ServingInfo:
-        sub = (conn.execute(sa.select(m.subscription).where(m.subscription.c.id == sid))).one()
-        impis = _of_subscription(conn, m.impi.c.identity, sid)
-        impus = _of_subscription(conn, m.impu.c.identity, sid)
-        return ServingInfo(
-            sid, tuple(impis), tuple(impus), sub.scscf_name, sub.scscf_host, sub.scscf_realm
-        )
-
     async def serving_for_impu(self, impu: str) -> ServingInfo:
-        return await self._read(self._serving_by_impu, impu)
-
-    def _serving_by_impu(self, conn: sa.Connection, impu: str) -> ServingInfo:
-        row = conn.execute(
-            sa.select(m.impu.c.subscription_id).where(m.impu.c.identity == impu)
-        ).first()
-        if row is None:
-            raise NotFound(impu)
-        return self._serving(conn, row[0])
+        return await self._read(_serving_by, "impu", impu)
 
     async def serving_for_impi(self, impi: str) -> ServingInfo:
-        return await self._read(self._serving_by_impi, impi)
+        return await self._read(_serving_by, "impi", impi)
 
     async def update_subscriber(
         self,
@@ -762,7 +995,7 @@ class HssStore:
     ) -> ServingInfo:
         """Change provisioned data in one transaction; returns where the user is served (PPR)."""
         async with self.engine.begin() as conn:
-            info = await conn.run_sync(self._serving_by_impi, impi)
+            info = await conn.run_sync(run_sa, _serving_by("impi", impi))
             values: dict[str, Any] = {}
             if k is not None:
                 values["k"] = k
@@ -837,7 +1070,7 @@ class HssStore:
         """
         barred = set(barred)
         async with self.engine.begin() as conn:
-            info = await conn.run_sync(self._serving_by_impi, impi)
+            info = await conn.run_sync(run_sa, _serving_by("impi", impi))
             existing = (
                 await conn.execute(
                     sa.select(m.impu.c.identity).where(m.impu.c.identity.in_(list(impus)))
@@ -890,7 +1123,7 @@ class HssStore:
         """
         try:
             async with self.engine.begin() as conn:
-                info = await conn.run_sync(self._serving_by_impi, existing_impi)
+                info = await conn.run_sync(run_sa, _serving_by("impi", existing_impi))
                 clash = (
                     await conn.execute(sa.select(m.impi.c.id).where(m.impi.c.identity == spec.impi))
                 ).first()
@@ -938,238 +1171,92 @@ class HssStore:
                 )
 
     async def scscf_pool(self) -> list[dict[str, Any]]:
-        return await self._read(self._scscf_pool)
-
-    @staticmethod
-    def _scscf_pool(conn: sa.Connection) -> list[dict[str, Any]]:
-        rows = conn.execute(sa.select(m.scscf).order_by(m.scscf.c.id)).all()
-        return [
-            {
-                "name": r.name,
-                "diameter_host": r.diameter_host,
-                "mandatory_capabilities": _caps(r.mandatory_caps),
-                "optional_capabilities": _caps(r.optional_caps),
-            }
-            for r in rows
-        ]
+        return await self._read(_scscf_pool)
 
     async def scscf_host_for(self, server_name: str) -> str | None:
-        def host(conn: sa.Connection) -> str | None:
-            return conn.execute(
-                sa.select(m.scscf.c.diameter_host).where(m.scscf.c.name == server_name)
-            ).scalar()
-
-        return await self._read(host)
+        return await self._read(_scscf_host, server_name)
 
     async def count_subscribers(self) -> int:
-        def count(conn: sa.Connection) -> int:
-            return conn.execute(sa.select(sa.func.count()).select_from(m.impi)).scalar_one()
-
-        return await self._read(count)
+        return await self._read(_count)
 
     # ------------------------------------------------------------------ Cx reads
 
-    async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run the synchronous read ``fn(conn, *args)`` in one read-only transaction.
+    async def _read(self, plan: Callable[..., Plan], *args: Any) -> Any:
+        """Run the read ``plan(*args)`` in one read-only transaction.
 
-        SQLite file: on a reader thread with a deferred BEGIN (a WAL snapshot, never
-        waiting for the writer), one thread hop for the whole read instead of one per
-        statement. Otherwise on the async engine through ``run_sync``."""
-        if self._read_sync is not None:
+        SQLite file: right here on the event loop's sqlite3 connection (short indexed
+        lookups on a WAL snapshot: a few microseconds each, cheaper than any thread
+        hand-off); if SQLite reports the database busy, again on a reader thread that
+        may wait. PostgreSQL: on asyncpg. Otherwise on the async engine."""
+        if self._path is not None:
+            db = self._loop_reader()
+            if db is not None:
+                try:
+                    return self._read_on(db, plan(*args))
+                except sqlite3.OperationalError as exc:
+                    if exc.sqlite_errorcode & 0xFF not in (
+                        sqlite3.SQLITE_BUSY,
+                        sqlite3.SQLITE_LOCKED,
+                    ):
+                        raise
+                    self.reads_deferred += 1
+            if self._read_executor is None:
+                self._read_executor = concurrent.futures.ThreadPoolExecutor(
+                    2, thread_name_prefix="hss-sqlite-read"
+                )
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._read_executor, self._read_in_thread, fn, args)
-        async with self._reader.connect() as conn:
-            return await conn.run_sync(fn, *args)
+            return await loop.run_in_executor(self._read_executor, self._read_in_thread, plan, args)
+        async with self.engine.connect() as conn:
+            if self.dialect == "postgresql":
+                raw = await conn.get_raw_connection()
+                return await run_pg(raw.driver_connection, plan(*args))
+            return await conn.run_sync(run_sa, plan(*args))
 
-    def _read_in_thread(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-        assert self._read_sync is not None
-        with self._read_sync.connect() as conn:
-            return fn(conn, *args)
-
-    async def check_identities(self, impi: str | None, impu: str) -> IdentityCheck:
-        return await self._read(self._check_identities_sync, impi, impu)
+    def _loop_reader(self) -> sqlite3.Connection | None:
+        """The sqlite3 connection of the thread that read first (the event loop's)."""
+        if self._loop_db is None:
+            assert self._path is not None
+            # timeout 0: a busy database raises at once (the read then goes to a thread)
+            self._loop_db = _connect_sqlite(self._path, timeout=0.0, query_only=True)
+            self._loop_thread = threading.get_ident()
+        elif self._loop_thread != threading.get_ident():
+            return None
+        return self._loop_db
 
     @staticmethod
-    def _check_identities_sync(conn: sa.Connection, impi: str | None, impu: str) -> IdentityCheck:
-        u = conn.execute(
-            sa.select(m.impu.c.subscription_id).where(m.impu.c.identity == impu)
-        ).first()
-        i = None
-        if impi is not None:
-            i = conn.execute(
-                sa.select(m.impi.c.subscription_id).where(m.impi.c.identity == impi)
-            ).first()
-        return IdentityCheck(
-            i is not None, u is not None, i is not None and u is not None and i[0] == u[0]
-        )
+    def _read_on(db: sqlite3.Connection, plan: Plan) -> Any:
+        db.execute("BEGIN")  # deferred: the snapshot starts at the first SELECT
+        try:
+            return run_sqlite(db, plan)
+        finally:
+            if db.in_transaction:
+                db.execute("COMMIT")
+
+    def _read_in_thread(self, plan: Callable[..., Plan], args: tuple[Any, ...]) -> Any:
+        db = getattr(self._reader_local, "db", None)
+        if db is None:
+            assert self._path is not None
+            db = self._reader_local.db = _connect_sqlite(self._path, timeout=30.0, query_only=True)
+            self._reader_dbs.append(db)
+        return self._read_on(db, plan(*args))
+
+    async def check_identities(self, impi: str | None, impu: str) -> IdentityCheck:
+        return await self._read(_identities, impi, impu)
 
     async def user_state(self, impu: str, impi: str | None = None) -> UserState:
         """State of ``impu``; with ``impi`` also that IMPI's pending S-CSCF (from MAR)."""
-        return await self._read(self._user_state, impu, impi)
+        return await self._read(_user_state, impu, impi)
 
     async def checked_state(
         self, impi: str | None, impu: str, *, with_pending: bool = False
     ) -> tuple[IdentityCheck, UserState | None]:
         """UAR/SAR in one read: the identity check and, when ``impu`` exists, its state
         (with ``with_pending`` also the pending S-CSCF of ``impi``)."""
-        return await self._read(self._checked_state, impi, impu, with_pending)
-
-    def _checked_state(
-        self, conn: sa.Connection, impi: str | None, impu: str, with_pending: bool
-    ) -> tuple[IdentityCheck, UserState | None]:
-        # One joined SELECT (IMPU, its subscription, the IMPI) instead of five: every
-        # UAR and SAR runs it, so its statements are most of the HSS's read work.
-        row = conn.execute(
-            sa.select(
-                m.impu.c.subscription_id,
-                m.impu.c.identity,
-                m.impu.c.barred,
-                m.impu.c.reg_state,
-                m.impu.c.implicit_set_id,
-                m.subscription.c.scscf_name,
-                m.subscription.c.scscf_host,
-                m.subscription.c.mandatory_caps,
-                m.subscription.c.optional_caps,
-                m.impi.c.subscription_id.label("impi_subscription_id"),
-                m.impi.c.pending_scscf,
-            )
-            .select_from(
-                m.impu.join(m.subscription, m.subscription.c.id == m.impu.c.subscription_id)
-                # "" never names an IMPI (validated identities are never empty).
-                .outerjoin(m.impi, m.impi.c.identity == (impi or ""))
-            )
-            .where(m.impu.c.identity == impu)
-        ).first()
-        if row is None:
-            return self._check_identities_sync(conn, impi, impu), None
-        impi_sid = row.impi_subscription_id
-        check = IdentityCheck(
-            impi_sid is not None, True, impi_sid is not None and impi_sid == row.subscription_id
-        )
-        nets = (
-            conn.execute(
-                sa.select(m.visited_network.c.network).where(
-                    m.visited_network.c.subscription_id == row.subscription_id
-                )
-            )
-            .scalars()
-            .all()
-        )
-        return check, UserState(
-            subscription_id=row.subscription_id,
-            impu=row.identity,
-            barred=bool(row.barred),
-            reg_state=RegState(row.reg_state),
-            implicit_set_id=row.implicit_set_id,
-            scscf_name=row.scscf_name,
-            scscf_host=row.scscf_host,
-            pending_scscf=row.pending_scscf if with_pending and impi else None,
-            mandatory_caps=_caps(row.mandatory_caps),
-            optional_caps=_caps(row.optional_caps),
-            visited_networks=tuple(nets),
-        )
-
-    def _user_state(self, conn: sa.Connection, impu: str, impi: str | None = None) -> UserState:
-        row = (
-            conn.execute(
-                sa.select(
-                    m.impu.c.subscription_id,
-                    m.impu.c.identity,
-                    m.impu.c.barred,
-                    m.impu.c.reg_state,
-                    m.impu.c.implicit_set_id,
-                    m.subscription.c.scscf_name,
-                    m.subscription.c.scscf_host,
-                    m.subscription.c.mandatory_caps,
-                    m.subscription.c.optional_caps,
-                )
-                .join(m.subscription, m.subscription.c.id == m.impu.c.subscription_id)
-                .where(m.impu.c.identity == impu)
-            )
-        ).first()
-        if row is None:
-            raise NotFound(impu)
-        nets = (
-            (
-                conn.execute(
-                    sa.select(m.visited_network.c.network).where(
-                        m.visited_network.c.subscription_id == row.subscription_id
-                    )
-                )
-            )
-            .scalars()
-            .all()
-        )
-        pending = None
-        if impi is not None:
-            pending = (
-                conn.execute(sa.select(m.impi.c.pending_scscf).where(m.impi.c.identity == impi))
-            ).scalar()
-        return UserState(
-            subscription_id=row.subscription_id,
-            impu=row.identity,
-            barred=bool(row.barred),
-            reg_state=RegState(row.reg_state),
-            implicit_set_id=row.implicit_set_id,
-            scscf_name=row.scscf_name,
-            scscf_host=row.scscf_host,
-            pending_scscf=pending,
-            mandatory_caps=_caps(row.mandatory_caps),
-            optional_caps=_caps(row.optional_caps),
-            visited_networks=tuple(nets),
-        )
+        return await self._read(_checked_state, impi, impu, with_pending)
 
     async def user_data(self, impi: str | None, impu: str) -> tuple[bytes, tuple[str, ...]]:
         """(User-Data XML, the implicit set of ``impu``) for an SAA (TS 29.228 §6.1.2, §6.5)."""
-        return await self._read(self._user_data, impi, impu)
-
-    def _user_data(
-        self, conn: sa.Connection, impi: str | None, impu: str
-    ) -> tuple[bytes, tuple[str, ...]]:
-        row = (
-            conn.execute(
-                sa.select(m.impu.c.subscription_id, m.impu.c.implicit_set_id).where(
-                    m.impu.c.identity == impu
-                )
-            )
-        ).first()
-        if row is None:
-            raise NotFound(impu)
-        sid, set_id = row
-        if impi is None:
-            impi = (
-                conn.execute(
-                    sa.select(m.impi.c.identity)
-                    .where(m.impi.c.subscription_id == sid)
-                    .order_by(m.impi.c.id)
-                    .limit(1)
-                )
-            ).scalar()
-        members = (
-            conn.execute(
-                sa.select(m.impu.c.identity, m.impu.c.barred, m.impu.c.service_profile_id)
-                .where(m.impu.c.implicit_set_id == set_id)
-                .order_by(m.impu.c.id)
-            )
-        ).all()
-        profiles = (
-            conn.execute(
-                sa.select(m.service_profile.c.id, m.service_profile.c.ifc_xml)
-                .where(m.service_profile.c.subscription_id == sid)
-                .order_by(m.service_profile.c.id)
-            )
-        ).all()
-        # The registering IMPU first: it must appear byte-exact (Kamailio looks it up).
-        ordered = sorted(members, key=lambda r: r.identity != impu)
-        docs = [
-            ProfileIdentities(
-                [(r.identity, bool(r.barred)) for r in ordered if r.service_profile_id == p.id],
-                p.ifc_xml,
-            )
-            for p in profiles
-        ]
-        docs.sort(key=lambda d: not any(uri == impu for uri, _ in d.identities))
-        return build_user_data(impi or "", docs), tuple(r.identity for r in ordered)
+        return await self._read(_user_data, impi, impu)
 
     async def assign(
         self,
@@ -1189,7 +1276,7 @@ class HssStore:
         Group-committed with concurrent writes; returns after the COMMIT.
         """
         return await self._write(
-            self._assign_sync,
+            _assign,
             impu,
             state=state,
             server_name=server_name,
@@ -1199,77 +1286,9 @@ class HssStore:
             impi=impi,
         )
 
-    @staticmethod
-    def _assign_sync(
-        conn: sa.Connection,
-        impu: str,
-        *,
-        state: RegState,
-        server_name: str | None,
-        server_host: str | None,
-        server_realm: str | None,
-        keep_server: bool,
-        impi: str | None,
-    ) -> tuple[str, ...]:
-        row = conn.execute(
-            sa.select(m.impu.c.subscription_id, m.impu.c.implicit_set_id).where(
-                m.impu.c.identity == impu
-            )
-        ).first()
-        if row is None:
-            raise NotFound(impu)  # nothing written yet: the batch goes on
-        sid, set_id = row
-        conn.execute(
-            sa.update(m.impu).where(m.impu.c.implicit_set_id == set_id).values(reg_state=int(state))
-        )
-        if state == RegState.NOT_REGISTERED:
-            # The S-CSCF stays assigned while any other implicit set of the
-            # subscription is still registered or unregistered-served.
-            others = conn.execute(
-                sa.select(sa.func.count()).where(
-                    m.impu.c.subscription_id == sid,
-                    m.impu.c.reg_state != int(RegState.NOT_REGISTERED),
-                )
-            ).scalar_one()
-            if not keep_server and others == 0:
-                conn.execute(
-                    sa.update(m.subscription)
-                    .where(m.subscription.c.id == sid)
-                    .values(scscf_name=None, scscf_host=None, scscf_realm=None)
-                )
-                conn.execute(
-                    sa.update(m.impi)
-                    .where(m.impi.c.subscription_id == sid)
-                    .values(pending_scscf=None)
-                )
-        else:
-            conn.execute(
-                sa.update(m.subscription)
-                .where(m.subscription.c.id == sid)
-                .values(scscf_name=server_name, scscf_host=server_host, scscf_realm=server_realm)
-            )
-            if impi is not None:
-                conn.execute(
-                    sa.update(m.impi).where(m.impi.c.identity == impi).values(pending_scscf=None)
-                )
-        members = (
-            conn.execute(
-                sa.select(m.impu.c.identity)
-                .where(m.impu.c.implicit_set_id == set_id)
-                .order_by(m.impu.c.id)
-            )
-            .scalars()
-            .all()
-        )
-        return tuple(members)
-
     async def clear_pending(self, impi: str) -> None:
         """Forget the pending S-CSCF of ``impi`` (group-committed)."""
-        await self._write(self._clear_pending_sync, impi)
-
-    @staticmethod
-    def _clear_pending_sync(conn: sa.Connection, impi: str) -> None:
-        conn.execute(sa.update(m.impi).where(m.impi.c.identity == impi).values(pending_scscf=None))
+        await self._write(_clear_pending, impi)
 
     async def deregister_subscription(self, sid: int) -> None:
         """Administrative de-registration: every IMPU not registered, S-CSCF name cleared."""
@@ -1293,43 +1312,15 @@ class HssStore:
     ) -> tuple[tuple[str, ...], str | None]:
         """(allowed schemes, SIP Digest password) of an IMPI; records the pending S-CSCF
         (group-committed: returns after the COMMIT)."""
-        return await self._write(self._digest_sync, impi, server_name)
-
-    @staticmethod
-    def _digest_sync(
-        conn: sa.Connection, impi: str, server_name: str | None
-    ) -> tuple[tuple[str, ...], str | None]:
-        row = conn.execute(
-            sa.update(m.impi)
-            .where(m.impi.c.identity == impi)
-            .values(pending_scscf=server_name)
-            .returning(m.impi.c.auth_schemes, m.impi.c.digest_password)
-        ).first()
-        if row is None:
-            raise NotFound(impi)  # no row matched: nothing written
-        return tuple(row.auth_schemes.split(",")), row.digest_password
+        return await self._write(_digest, impi, server_name)
 
     async def sqn_of(self, impi: str) -> int:
-        def sqn(conn: sa.Connection) -> int | None:
-            return conn.execute(sa.select(m.impi.c.sqn).where(m.impi.c.identity == impi)).scalar()
-
-        value = await self._read(sqn)
-        if value is None:
-            raise NotFound(impi)
-        return int(value)
+        return int((await self._read(_impi_columns, impi, "sqn"))[0])
 
     async def credentials(self, impi: str) -> tuple[bytes, bytes, bytes]:
         """(K, OPc, AMF) for resync verification; never leaves the HSS."""
-
-        def creds(conn: sa.Connection) -> Any:
-            return conn.execute(
-                sa.select(m.impi.c.k, m.impi.c.opc, m.impi.c.amf).where(m.impi.c.identity == impi)
-            ).first()
-
-        row = await self._read(creds)
-        if row is None:
-            raise NotFound(impi)
-        return bytes(row.k), bytes(row.opc), bytes(row.amf)
+        k, opc, amf = await self._read(_impi_columns, impi, "k, opc, amf")
+        return bytes(k), bytes(opc), bytes(amf)
 
     # ------------------------------------------------------------------ SQN allocation
 
@@ -1347,7 +1338,7 @@ class HssStore:
                         + sa.literal_column(str(int(n)))
                         <= sa.literal_column(str(MAX_SEQ)),
                     )
-                    .values(sqn=_sqn_advance_expr(m.impi.c.sqn, n))
+                    .values(sqn=sa.literal_column(_sqn_sql(n)))
                     .returning(m.impi.c.sqn)
                 )
             ).scalar()
@@ -1384,13 +1375,11 @@ class HssStore:
         job = _MarJob(impi, impu, n, server_name, resync_to, scheme, loop.create_future())
         return await self._submit(job)
 
-    async def _write(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run the synchronous write ``fn(conn, *args, **kwargs)`` in the next group commit."""
-
-        def run(conn: sa.Connection) -> Any:
-            return fn(conn, *args, **kwargs)
-
-        job = _WriteJob(run, asyncio.get_running_loop().create_future())
+    async def _write(self, plan: Callable[..., Plan], *args: Any, **kwargs: Any) -> Any:
+        """Run the write ``plan(*args, **kwargs)`` in the next group commit."""
+        job = _WriteJob(
+            functools.partial(plan, *args, **kwargs), asyncio.get_running_loop().create_future()
+        )
         return await self._submit(job)
 
     def _submit(self, job: _MarJob | _WriteJob) -> asyncio.Future:
@@ -1465,10 +1454,14 @@ class HssStore:
 
     async def _batch_once(self, batch: list[_MarJob | _WriteJob]) -> list[Any]:
         self.batches += 1
-        if self._sync_engine is not None:
+        if self._path is not None:
             # SQLite file: the whole transaction (BEGIN IMMEDIATE … COMMIT with its
             # fsync) runs on one dedicated thread, one hop per batch instead of one
             # per statement; the event loop keeps decoding and answering meanwhile.
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="hss-sqlite"
+                )
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._executor, self._batch_in_thread, batch)
         if self.dialect == "postgresql" and all(
@@ -1476,13 +1469,18 @@ class HssStore:
         ):
             return await self._batch_pg(batch)  # type: ignore[arg-type]
         async with self.engine.begin() as conn:
-            return await conn.run_sync(self._run_jobs, batch, self._batch_sync)
+            return await conn.run_sync(self._batch_sa, batch)
+
+    def _batch_sa(self, conn: sa.Connection, batch: list[_MarJob | _WriteJob]) -> list[Any]:
+        return self._run_jobs(
+            batch, functools.partial(run_sa, conn), functools.partial(self._batch_sync, conn)
+        )
 
     def _run_jobs(
         self,
-        conn: sa.Connection,
         batch: list[_MarJob | _WriteJob],
-        mar_segment: Callable[[sa.Connection, list[_MarJob]], tuple[Any, ...]],
+        run: Callable[[Plan], Any],
+        mar_segment: Callable[[list[_MarJob]], tuple[Any, ...]],
     ) -> list[Any]:
         """Run a batch in arrival order inside the caller's transaction.
 
@@ -1495,7 +1493,7 @@ class HssStore:
             job = batch[i]
             if isinstance(job, _WriteJob):
                 try:
-                    results.append(job.fn(conn))
+                    results.append(run(job.plan()))
                 except _EXPECTED as exc:
                     results.append(_Failed(exc))
                 i += 1
@@ -1508,8 +1506,7 @@ class HssStore:
                         break
                     j += 1
             segment: list[_MarJob] = batch[i:j]  # type: ignore[assignment]
-            run = self._batch_sync if job.resync_to is not None else mar_segment
-            results.extend(self._hand_out(segment, *run(conn, segment)))
+            results.extend(self._hand_out(segment, *mar_segment(segment)))
             i = j
         return results
 
@@ -1572,43 +1569,49 @@ class HssStore:
         return checks
 
     def _batch_in_thread(self, batch: list[_MarJob | _WriteJob]) -> list[Any]:
-        assert self._sync_engine is not None
-        with self._sync_engine.begin() as conn:
-            results = self._run_jobs(conn, batch, self._batch_sqlite)
+        db = self._writer_db
+        if db is None:
+            assert self._path is not None
+            db = self._writer_db = _connect_sqlite(self._path, timeout=30.0)
+        db.execute("BEGIN IMMEDIATE")  # the write lock at once, as _sqlite_begin
+        try:
+            results = self._run_jobs(
+                batch, functools.partial(run_sqlite, db), functools.partial(self._batch_sqlite, db)
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
         return results  # only after COMMIT (and its fsync) returned
 
-    def _batch_sqlite(self, conn: sa.Connection, batch: list[_MarJob]) -> tuple[Any, ...]:
-        """SQLite, plain SQL on the driver cursor (no expression building per batch)."""
+    def _batch_sqlite(self, db: sqlite3.Connection, batch: list[_MarJob]) -> tuple[Any, ...]:
+        """SQLite, plain SQL on the writer's sqlite3 connection (no expression building)."""
         impis = sorted({j.impi for j in batch})
         impus = sorted({j.impu for j in batch})
-        cur = conn.connection.driver_connection.cursor()
-        try:
-            cur.execute(
-                "SELECT impi.identity, impi.auth_schemes, impu.identity FROM impi"
-                " LEFT OUTER JOIN impu ON impu.subscription_id = impi.subscription_id"
-                f" AND impu.identity IN ({','.join('?' * len(impus))})"
-                f" WHERE impi.identity IN ({','.join('?' * len(impis))})",
-                (*impus, *impis),
-            )
-            ok, pairs, steps, groups = self._plan(batch, cur.fetchall())
-            granted: dict[str, Any] = {}
-            for (n, name), members in groups.items():
-                cur.execute(
-                    f"UPDATE impi SET sqn = (((sqn >> {IND_BITS}) + ?) << {IND_BITS})"
-                    f" | (((sqn & {IND_MASK}) + ?) & {IND_MASK}), pending_scscf = ?"
-                    f" WHERE identity IN ({','.join('?' * len(members))})"
-                    f" AND (sqn >> {IND_BITS}) + ? <= {MAX_SEQ}"
-                    " RETURNING identity, sqn, k, opc, amf, auth_schemes, digest_password",
-                    (int(n), int(n), name, *members, int(n)),
-                )
-                for row in cur.fetchall():
-                    granted[row[0]] = _GrantRow(*row[1:])
-            found = {
-                key: self._check_identities_sync(conn, *key)
-                for key in self._misses(batch, ok, pairs)
-            }
-        finally:
-            cur.close()
+        rows = db.execute(
+            "SELECT impi.identity, impi.auth_schemes, impu.identity FROM impi"
+            " LEFT OUTER JOIN impu ON impu.subscription_id = impi.subscription_id"
+            f" AND impu.identity IN ({','.join('?' * len(impus))})"
+            f" WHERE impi.identity IN ({','.join('?' * len(impis))})",
+            (*impus, *impis),
+        ).fetchall()
+        ok, pairs, steps, groups = self._plan(batch, rows)
+        resync_to = batch[0].resync_to  # a resync is always a segment of its own
+        granted: dict[str, Any] = {}
+        for (n, name), members in groups.items():
+            new = _sqn_sql(n, resync_to)
+            # The same ceiling as imsaka.aka.sqn.next_sqn, on the value the row would
+            # get: no row updated → SQN_EXHAUSTED, SQN unchanged.
+            for row in db.execute(
+                f"UPDATE impi SET sqn = {new}, pending_scscf = ?"
+                f" WHERE identity IN ({','.join('?' * len(members))})"
+                f" AND ({new}) >> {IND_BITS} <= {MAX_SEQ}"
+                " RETURNING identity, sqn, k, opc, amf, auth_schemes, digest_password",
+                (name, *members),
+            ).fetchall():
+                granted[row[0]] = _GrantRow(*row[1:])
+        found = {key: run_sqlite(db, _identities(*key)) for key in self._misses(batch, ok, pairs)}
         return ok, steps, granted, self._checks(batch, ok, pairs, found)
 
     async def _batch_pg(self, batch: list[_MarJob]) -> list[MarGrant | IdentityCheck]:
@@ -1646,17 +1649,10 @@ class HssStore:
                         members,
                     ):
                         granted[row[0]] = _GrantRow(*tuple(row)[1:])
-                found: dict[tuple[str, str], IdentityCheck] = {}
-                for impi, impu in self._misses(batch, ok, pairs):
-                    u = await pg.fetchval(
-                        "SELECT subscription_id FROM impu WHERE identity = $1", impu
-                    )
-                    i = await pg.fetchval(
-                        "SELECT subscription_id FROM impi WHERE identity = $1", impi
-                    )
-                    found[(impi, impu)] = IdentityCheck(
-                        i is not None, u is not None, i is not None and i == u
-                    )
+                found = {
+                    key: await run_pg(pg, _identities(*key))
+                    for key in self._misses(batch, ok, pairs)
+                }
             # the transaction committed when the block above ended
         return self._hand_out(batch, ok, steps, granted, self._checks(batch, ok, pairs, found))
 
@@ -1683,10 +1679,7 @@ class HssStore:
         resync_to = batch[0].resync_to if len(batch) == 1 else None
         granted: dict[str, Any] = {}
         for (n, name), members in groups.items():
-            if resync_to is not None:
-                new_value = _sqn_resync_expr(m.impi.c.sqn, resync_to, n)
-            else:
-                new_value = _sqn_advance_expr(m.impi.c.sqn, n)
+            new_value = sa.literal_column(_sqn_sql(n, resync_to))
             stmt = (
                 sa.update(m.impi)
                 .where(
@@ -1710,9 +1703,7 @@ class HssStore:
             )
             for row in conn.execute(stmt).all():
                 granted[row[0]] = _GrantRow(*tuple(row)[1:])
-        found = {
-            key: self._check_identities_sync(conn, *key) for key in self._misses(batch, ok, pairs)
-        }
+        found = {key: run_sa(conn, _identities(*key)) for key in self._misses(batch, ok, pairs)}
         return ok, steps, granted, self._checks(batch, ok, pairs, found)
 
     @staticmethod
@@ -1749,10 +1740,3 @@ class HssStore:
                 )
             )
         return results
-
-
-def _of_subscription(conn: sa.Connection, column: sa.Column, sid: int) -> list[Any]:
-    """`column` of every row of its table that belongs to subscription `sid`, oldest first."""
-    t = column.table
-    query = sa.select(column).where(t.c.subscription_id == sid).order_by(t.c.id)
-    return list(conn.execute(query).scalars())
