@@ -106,6 +106,27 @@ def test_four_sas_with_receiver_allocated_spis(negotiated):
         p.reply_sa(p.client_sa())
 
 
+@pytest.mark.parametrize("ealg", ["aes-cbc", "null", "aes-gcm"])
+def test_the_four_sas_share_one_transform_built_on_first_use(ealg):
+    n = negotiate(alg="null" if ealg == "aes-gcm" else "hmac-sha-1-96", ealg=ealg)
+    u, p = n.ue_set, n.pcscf_set
+    transforms = {id(sa.esp._transform) for sa in p.all_sas}
+    assert len(transforms) == 1
+    # nothing built at install time (memory per registered UE)
+    assert all(sa.esp._protect is None for sa in p.outbound.values())
+    assert all(sa.esp._open is None for sa in p.inbound.values())
+    # both directions over both SA pairs, several packets each: one shared context per
+    # direction still interoperates with the peer's
+    for _ in range(3):
+        for sender, receiver in ((u, p), (p, u)):
+            for out in sender.outbound.values():
+                packet = out.esp.protect(b"payload %d" % out.spi)
+                got = receiver.inbound[out.spi].esp.unprotect(packet)
+                assert got.payload == b"payload %d" % out.spi
+    assert len({sa.esp._protect for sa in p.outbound.values()}) == 1
+    assert len({sa.esp._open for sa in p.inbound.values()}) == 1
+
+
 def test_keys_do_not_leak_into_reprs(negotiated):
     from tests.ipsec.helpers import CK, IK
 

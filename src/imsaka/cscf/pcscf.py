@@ -40,8 +40,10 @@ import hashlib
 import heapq
 import logging
 import random
+import sys
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from imsaka.config import NetworkConfig, PcscfConfig, split_hostport
@@ -113,8 +115,10 @@ class PcscfSa:
     spi_ps: int
     port_pc: int
     port_ps: int
-    ck: bytes = field(repr=False)
-    ik: bytes = field(repr=False)
+    ck: bytes = field(default=b"", repr=False)
+    ik: bytes = field(default=b"", repr=False)
+    """CK/IK travel in `InstallSecurityAssociations` only: the copy the registration
+    keeps has them emptied (the table's SA set holds the derived ESP keys)."""
 
     @property
     def inbound_spis(self) -> tuple[int, int]:
@@ -207,9 +211,12 @@ class Registration:
     sa: PcscfSa | None = None  # established set
     temporary: PcscfSa | None = None
     temporary_expires: float = 0.0
-    security_server: list[SecurityMechanism] = field(default_factory=list)  # last sent
-    security_client: list[SecurityMechanism] = field(default_factory=list)  # challenged
-    pending_server: list[SecurityMechanism] = field(default_factory=list)
+    # Security-Server last sent (checked against Security-Verify on every REGISTER);
+    # while a challenge is open, the one sent in its 401 and the challenged REGISTER's
+    # Security-Client (both emptied once the set is established).
+    security_server: Sequence[SecurityMechanism] = ()
+    security_client: Sequence[SecurityMechanism] = ()
+    pending_server: Sequence[SecurityMechanism] = ()
     service_route: tuple[str, ...] = ()
     associated_uris: tuple[str, ...] = ()
     expires_at: float = 0.0
@@ -226,7 +233,7 @@ class _Pending:
     kind: str  # "register-clear", "register-protected", "request"
     impi: str
     created: float
-    security_client: list[SecurityMechanism] = field(default_factory=list)
+    security_client: Sequence[SecurityMechanism] = ()  # emptied once the final is in
     expires_zero: bool = False
     # The final answer, cached for retransmitted requests for Timer F; kept serialized
     # because a parsed message costs about five times its bytes, for 32 s per REGISTER.
@@ -306,12 +313,11 @@ class PcscfCore:
         self.subscribe_reg_event = config.subscribe_reg_event
         self.drops: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
-        # Deadline heap (deadline, seq, kind, key): kind "pending" keyed by branch,
+        # Deadline heap (deadline, kind, key): kind "pending" keyed by branch,
         # "temporary" / "expiry" keyed by IMPI. Entries are pushed wherever a deadline
         # is set and checked against the live state when they surface (lazy deletion),
         # so per-message timer work is O(log n) in the registered population.
-        self._timers: list[tuple[float, int, str, str]] = []
-        self._timer_seq = 0
+        self._timers: list[tuple[float, str, str]] = []
 
     # ------------------------------------------------------------------ helpers
 
@@ -320,12 +326,11 @@ class PcscfCore:
         self._watch(pending.created + TRANSACTION_LIFETIME, "pending", branch)
 
     def _watch(self, deadline: float, kind: str, key: str) -> None:
-        self._timer_seq += 1
-        heapq.heappush(self._timers, (deadline, self._timer_seq, kind, key))
+        heapq.heappush(self._timers, (deadline, kind, key))
         if len(self._timers) > 256 + 4 * (len(self.pending) + 2 * len(self.registrations)):
             # Deadlines that moved leave stale entries: compact so the heap stays
             # proportional to the live state.
-            self._timers = [t for t in self._timers if self._timer_due(t[2], t[3]) == t[0]]
+            self._timers = [t for t in self._timers if self._timer_due(t[1], t[2]) == t[0]]
             heapq.heapify(self._timers)
 
     def _timer_due(self, kind: str, key: str) -> float | None:
@@ -830,6 +835,9 @@ class PcscfCore:
             if isinstance(a, Reply) and isinstance(a.message, Response):
                 pending.final = a.message
                 pending.final_spi = a.spi
+        if pending.final_data is not None:
+            # kept only to answer retransmissions now (Timer F): the offers can go
+            pending.security_client = ()
         return actions
 
     def _register_response(self, resp: Response, pending: _Pending, now: float) -> list[Action]:
@@ -888,7 +896,7 @@ class PcscfCore:
         impi = pending.impi
         actions: list[Action] = []
         reg = self.registrations.get(impi)
-        ue_host = pending.arrival.source[0]
+        ue_host = sys.intern(pending.arrival.source[0])
         if reg is None:
             reg = Registration(impi=impi, impu="", ue_host=ue_host, state=RegState.CHALLENGED)
             self.registrations[impi] = reg
@@ -904,8 +912,8 @@ class PcscfCore:
                 spi_ps = self._new_spi()
         sa = PcscfSa(
             impi=impi,
-            alg=chosen.alg or "",
-            ealg=chosen.effective_ealg,
+            alg=sys.intern(chosen.alg or ""),
+            ealg=sys.intern(chosen.effective_ealg),
             ue_host=ue_host,
             pcscf_host=self.config.address,
             spi_uc=chosen.spi_c or 0,
@@ -929,7 +937,8 @@ class PcscfCore:
             port_c=self.port_c,
             port_s=self.port_s,
         )
-        reg.temporary = sa
+        # CK/IK go to the SA table with the install action and nowhere else.
+        reg.temporary = replace(sa, ck=b"", ik=b"")
         reg.temporary_expires = now + float(self.config.temporary_sa_lifetime)
         self._watch(reg.temporary_expires, "temporary", impi)
         reg.pending_server = [server]
@@ -970,7 +979,8 @@ class PcscfCore:
             reg.impu = resp.to.uri
         except SipParseError:
             pass
-        reg.service_route = tuple(resp.get_all("Service-Route"))
+        # the S-CSCF's route, the same for its many users: one string object
+        reg.service_route = tuple(sys.intern(r) for r in resp.get_all("Service-Route"))
         reg.associated_uris = tuple(resp.get_all("P-Associated-URI"))
         contacts = resp.get_all("Contact")
         reg.contact = contacts[0] if contacts else reg.contact
@@ -997,6 +1007,7 @@ class PcscfCore:
             reg.sa = reg.temporary
             reg.temporary = None
             reg.security_server = reg.pending_server
+            reg.pending_server = reg.security_client = ()
             actions.append(UpgradeSecurityAssociations(reg.sa, lifetime))
             if old is not None:
                 # TS 33.203 §7.4: the old set stays until the new one carries traffic;
@@ -1125,7 +1136,7 @@ class PcscfCore:
     def next_deadline(self) -> float | None:
         timers = self._timers
         while timers:
-            deadline, _, kind, key = timers[0]
+            deadline, kind, key = timers[0]
             if self._timer_due(kind, key) == deadline:
                 return deadline
             heapq.heappop(timers)
@@ -1135,7 +1146,7 @@ class PcscfCore:
         actions: list[Action] = []
         timers = self._timers
         while timers and timers[0][0] <= now:
-            deadline, _, kind, key = heapq.heappop(timers)
+            deadline, kind, key = heapq.heappop(timers)
             if self._timer_due(kind, key) != deadline:
                 continue  # gone, or its deadline moved (a newer entry carries it)
             if kind == "pending":

@@ -203,15 +203,19 @@ class ProtectedTransport(Observable):
         `send` and the receive path call it themselves.
         """
         changed = False
+        # The SAs whose keys go to the key file: kept only when one is written (else
+        # every SA ever installed would stay referenced here).
+        keyed = self.key_file is not None
         while (event := self.table.next_event()) is not None:
             if isinstance(event, SaSetInstalled):
                 self._installed(event.sa_set)
-                for sa in event.sa_set.all_sas:
-                    self._keyed[sa.spi] = sa
+                if keyed:
+                    for sa in event.sa_set.all_sas:
+                        self._keyed[sa.spi] = sa
                 changed = True
             elif isinstance(event, SaSetRemoved):
                 self._removed(event.sa_set)
-                if not self.keep_removed_keys:
+                if keyed and not self.keep_removed_keys:
                     for sa in event.sa_set.all_sas:
                         self._keyed.pop(sa.spi, None)
                 changed = True

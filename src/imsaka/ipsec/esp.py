@@ -14,7 +14,12 @@ Padding ‖ Pad Length ‖ Next Header) ‖ ICV. Transforms (TS 33.203 Annex H/I
   across the SAs; the SPIs of a set are distinct (enforced by `SaSet`), which makes
   SPI ‖ Seq unique, where a random 64-bit IV would only be unique with high probability.
 
-CBC IVs: one long-lived CBC context per SA; each packet is encrypted as R ‖ plaintext
+One transform per SA set (`EspTransform`): the four SAs of a set share IK/CK (TS 33.203
+Annex I), so they share the code and cipher objects that use them, built on the first
+packet, not per SA at install time (memory per registered UE: a set that never carries
+a packet over an SA costs no cipher context for it).
+
+CBC IVs: one long-lived CBC context per direction of a set; each packet is encrypted as R ‖ plaintext
 with R a fresh random block from the injected source, and the first ciphertext block
 E(R ⊕ previous) is the packet's IV (the "random first block" construction, equivalent
 to a random IV, RFC 3602 §2.4). Decryption feeds IV ‖ ciphertext into a long-lived
@@ -54,6 +59,7 @@ __all__ = [
     "EspDrop",
     "EspInbound",
     "EspOutbound",
+    "EspTransform",
     "ReplayWindow",
     "peek_spi",
 ]
@@ -165,11 +171,41 @@ class ReplayWindow:
             self.bitmap |= 1 << (self.top - seq)
 
 
+class EspTransform:
+    """The keys of one SA set and the transform code over them, shared by its SAs.
+
+    `protector()` / `opener()` build the sending / receiving function once, on first
+    use: `protect(spi, seq, payload, next_header) -> packet` and `open(packet) ->
+    (next_header, payload) | drop reason`. Sharing is sound: the SAs of a set share
+    the keys anyway; GCM/GMAC nonces carry the SPI; a CBC packet's IV is the
+    encryption of a fresh random block (whatever the context's previous block was),
+    and decryption drops the block that depends on the context's history."""
+
+    __slots__ = ("_open", "_protect", "_rng", "keys")
+
+    def __init__(self, keys: EspKeys, rng: RandomSource = os.urandom) -> None:
+        self.keys = keys
+        self._rng = rng
+        self._protect: Callable[[int, int, bytes, int], bytes] | None = None
+        self._open: Callable[[bytes], tuple[int, bytes] | str] | None = None
+
+    def protector(self) -> Callable[[int, int, bytes, int], bytes]:
+        if self._protect is None:
+            self._protect = _build_protect(self.keys, self._rng)
+        return self._protect
+
+    def opener(self) -> Callable[[bytes], tuple[int, bytes] | str]:
+        if self._open is None:
+            self._open = _build_open(self.keys)
+        return self._open
+
+
 class EspOutbound:
     """The sending side of one SA: `protect(payload, next_header) -> ESP packet`."""
 
     __slots__ = (
         "_protect",
+        "_transform",
         "alg",
         "ealg",
         "seq",
@@ -185,6 +221,7 @@ class EspOutbound:
         rng: RandomSource = os.urandom,
         soft_limit: int = MAX_SEQ - 0x10000,
         first_seq: int = 1,
+        transform: EspTransform | None = None,
     ) -> None:
         if not 0 < spi <= MAX_SEQ:
             raise LocalProtocolError("spi: out of range")
@@ -193,7 +230,8 @@ class EspOutbound:
         self.ealg = keys.ealg
         self.seq = first_seq - 1  # last sequence number used
         self.soft_limit = soft_limit
-        self._protect = _build_protect(spi, keys, rng)
+        self._transform = transform if transform is not None else EspTransform(keys, rng)
+        self._protect: Callable[[int, int, bytes, int], bytes] | None = None
 
     def protect(self, payload: bytes, next_header: int = 17) -> bytes:
         """One ESP packet carrying `payload`; raises SequenceNumberExhausted, never wraps."""
@@ -203,7 +241,10 @@ class EspOutbound:
                 f"spi 0x{self.spi:08x}: sequence numbers exhausted; re-register for new SAs"
             )
         self.seq = seq
-        return self._protect(seq, payload, next_header)
+        fn = self._protect
+        if fn is None:
+            fn = self._protect = self._transform.protector()
+        return fn(self.spi, seq, payload, next_header)
 
     @property
     def needs_new_registration(self) -> bool:
@@ -214,9 +255,16 @@ class EspOutbound:
 class EspInbound:
     """The receiving side of one SA: `unprotect(packet) -> EspDelivered | EspDrop`."""
 
-    __slots__ = ("_open", "alg", "delivered", "drops", "ealg", "spi", "window")
+    __slots__ = ("_drops", "_open", "_transform", "alg", "delivered", "ealg", "spi", "window")
 
-    def __init__(self, spi: int, keys: EspKeys, *, window: int = 64) -> None:
+    def __init__(
+        self,
+        spi: int,
+        keys: EspKeys,
+        *,
+        window: int = 64,
+        transform: EspTransform | None = None,
+    ) -> None:
         if not 0 < spi <= MAX_SEQ:
             raise LocalProtocolError("spi: out of range")
         self.spi = spi
@@ -224,8 +272,14 @@ class EspInbound:
         self.ealg = keys.ealg
         self.window = ReplayWindow(window)
         self.delivered = 0
-        self.drops: dict[str, int] = {}
-        self._open = _build_open(keys)
+        self._drops: dict[str, int] | None = None  # made on the first drop
+        self._transform = transform if transform is not None else EspTransform(keys)
+        self._open: Callable[[bytes], tuple[int, bytes] | str] | None = None
+
+    @property
+    def drops(self) -> dict[str, int]:
+        """Dropped packets by reason (a copy when there were none)."""
+        return self._drops if self._drops is not None else {}
 
     def unprotect(self, packet: bytes) -> EspDelivered | EspDrop:
         if len(packet) < 8:
@@ -236,7 +290,10 @@ class EspInbound:
         reason = self.window.check(seq)
         if reason is not None:
             return self._drop(spi, seq, reason)
-        result = self._open(packet)
+        fn = self._open
+        if fn is None:
+            fn = self._open = self._transform.opener()
+        result = fn(packet)
         if type(result) is str:
             return self._drop(spi, seq, result)
         self.window.update(seq)
@@ -244,7 +301,9 @@ class EspInbound:
         return EspDelivered(spi, seq, result[0], result[1])
 
     def _drop(self, spi: int | None, seq: int | None, reason: str) -> EspDrop:
-        self.drops[reason] = self.drops.get(reason, 0) + 1
+        if self._drops is None:
+            self._drops = {}
+        self._drops[reason] = self._drops.get(reason, 0) + 1
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "esp drop reason=%s sa_spi=0x%08x pkt_spi=%s seq=%s",
@@ -277,7 +336,7 @@ def _strip_trailer(pt: bytes) -> tuple[int, bytes] | str:
     return pt[-1], pt[:end]
 
 
-def _build_protect(spi: int, keys: EspKeys, rng: RandomSource):
+def _build_protect(keys: EspKeys, rng: RandomSource):
     integ = INTEGRITY[keys.alg]
     enc = ENCRYPTION[keys.ealg]
     pack = _HDR.pack
@@ -285,7 +344,7 @@ def _build_protect(spi: int, keys: EspKeys, rng: RandomSource):
         aead = AESGCM(keys.ck_esp)
         salt = keys.salt
 
-        def protect_gcm(seq: int, payload: bytes, nh: int) -> bytes:
+        def protect_gcm(spi: int, seq: int, payload: bytes, nh: int) -> bytes:
             header = pack(spi, seq)
             iv = header  # SPI ‖ Seq: unique per (key, SA, packet)
             body = payload + _trailer(len(payload), 4, nh)
@@ -296,7 +355,7 @@ def _build_protect(spi: int, keys: EspKeys, rng: RandomSource):
         gmac = AESGCM(keys.ik_esp)
         salt = keys.salt
 
-        def protect_gmac(seq: int, payload: bytes, nh: int) -> bytes:
+        def protect_gmac(spi: int, seq: int, payload: bytes, nh: int) -> bytes:
             header = pack(spi, seq)
             signed = header + header + payload + _trailer(len(payload), 4, nh)
             return signed + gmac.encrypt(salt + header, b"", signed)
@@ -308,7 +367,7 @@ def _build_protect(spi: int, keys: EspKeys, rng: RandomSource):
     mac = hmac.digest
     if keys.ealg == "null":
 
-        def protect_null(seq: int, payload: bytes, nh: int) -> bytes:
+        def protect_null(spi: int, seq: int, payload: bytes, nh: int) -> bytes:
             signed = pack(spi, seq) + payload + _trailer(len(payload), 4, nh)
             return signed + mac(ik, signed, digest)[:icv_len]
 
@@ -317,7 +376,7 @@ def _build_protect(spi: int, keys: EspKeys, rng: RandomSource):
     encryptor = Cipher(_block_cipher(keys.ealg, keys.ck_esp), modes.CBC(rng(block))).encryptor()
     update = encryptor.update
 
-    def protect_cbc(seq: int, payload: bytes, nh: int) -> bytes:
+    def protect_cbc(spi: int, seq: int, payload: bytes, nh: int) -> bytes:
         # The first output block, E(R xor previous block), is this packet's IV.
         signed = pack(spi, seq) + update(rng(block) + payload + _trailer(len(payload), block, nh))
         return signed + mac(ik, signed, digest)[:icv_len]

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imsaka.ipsec.errors import LocalProtocolError, PortPoolExhausted, SpiPoolExhausted
-from imsaka.ipsec.esp import EspInbound, EspOutbound
+from imsaka.ipsec.esp import EspInbound, EspOutbound, EspTransform
 from imsaka.ipsec.keys import EspKeys, derive_esp_keys
 from imsaka.ipsec.secagree import SecurityMechanism
 
@@ -341,9 +341,15 @@ class SaSet:
         receiving_at = (1, 2) if local_role == "ue" else (0, 3)
         self.inbound: dict[int, SecurityAssociation] = {}
         self.outbound: dict[int, SecurityAssociation] = {}  # keyed by local port
+        # One transform for the four SAs (one key set), built on the first packet.
+        transform = EspTransform(keys, rng)
         for index, (spi, src, dst) in enumerate(layout):
             receiving = index in receiving_at
-            esp = EspInbound(spi, keys) if receiving else EspOutbound(spi, keys, rng=rng)
+            esp = (
+                EspInbound(spi, keys, transform=transform)
+                if receiving
+                else EspOutbound(spi, keys, rng=rng, transform=transform)
+            )
             sa = SecurityAssociation(spi, receiving, src, dst, keys.alg, keys.ealg, esp, self)
             if receiving:
                 self.inbound[spi] = sa
