@@ -1,4 +1,4 @@
-"""``imsaka lab``: the whole IMS core in one process, for real phones, SIPp or other UEs.
+"""``imsaka lab``: the whole IMS core for real phones, SIPp or other UEs, in one command.
 
 Imports the subscribers of a CSV file (the HSS's format, `imsaka.hss.csvimport`) into a
 temporary HSS, serves the home domain(s) of their identities with HSS, S-CSCF, I-CSCF
@@ -10,6 +10,14 @@ every function cleanly and prints what happened.
 The P-CSCF's protected ports are port+2 (port-c) and port+3 (port-s) of the given
 ``--pcscf`` address (TS 33.203 §7.1; a fixed pair makes phone traces easy to read);
 ``--pcscf HOST:0`` takes free ports for everything (tests).
+
+``--processes`` runs each function as its own ``imsaka run FUNCTION`` process (uvloop
+where installed) from a generated whole-network TOML instead of all four on this
+process's event loop, so a load uses every core. Each process serves Prometheus metrics
+(`imsaka.metrics`; ``--metrics-port N``: P-CSCF on N, I-CSCF N+1, S-CSCF N+2, HSS N+3);
+one line per function gives its PID and metrics URL before the ``listening`` line. The
+ladder, ``--pcap`` and ``--esp-keys`` need the functions in one process and are not
+available then; the closing summary is read from the P-CSCF's metrics.
 """
 
 from __future__ import annotations
@@ -61,6 +69,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--esp-keys", metavar="FILE", help="write the Wireshark esp_sa key file (holds keys!)"
     )
     p.add_argument("--quiet", action="store_true", help="no ladder lines, only the summary")
+    p.add_argument(
+        "--processes",
+        action="store_true",
+        help="each function its own process (uses every core; Prometheus metrics; no ladder)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --processes: metrics of P-CSCF on N, I-CSCF N+1, S-CSCF N+2, HSS N+3 "
+        "(default: free ports, printed)",
+    )
     p.set_defaults(func=_cmd_lab)
 
 
@@ -86,6 +107,17 @@ def _cmd_lab(args: argparse.Namespace) -> int:
         raise CliError("--duration: must be positive")
     if port and port + 3 > 65535:
         raise CliError("--pcscf: port too high (port+2 and port+3 are the protected ports)")
+    if args.processes:
+        for flag, value in (("--pcap", args.pcap), ("--esp-keys", args.esp_keys)):
+            if value:
+                raise CliError(
+                    f"{flag}: not available with --processes (the functions run in separate "
+                    "processes; capture the loopback interface instead)"
+                )
+    if args.metrics_port and not args.processes:
+        raise CliError("--metrics-port: needs --processes")
+    if not 0 <= args.metrics_port <= 65535 - 3:
+        raise CliError("--metrics-port: must be 1-65532 (it uses N to N+3), or 0 for free ports")
     return asyncio.run(
         run_lab(
             specs,
@@ -97,6 +129,8 @@ def _cmd_lab(args: argparse.Namespace) -> int:
             pcap_esp=args.pcap_esp,
             esp_keys=args.esp_keys,
             quiet=args.quiet,
+            processes=args.processes,
+            metrics_port=args.metrics_port,
         )
     )
 
@@ -130,6 +164,8 @@ async def run_lab(
     quiet: bool = False,
     out: Any = None,
     ready: asyncio.Event | None = None,
+    processes: bool = False,
+    metrics_port: int = 0,
 ) -> int:
     from imsaka.network import Network, NetworkOptions
     from imsaka.trace import PcapWriter, Trace
@@ -161,8 +197,10 @@ async def run_lab(
         key_file=esp_keys,
         realm="",
         home_domains=domains,
+        processes=processes,
+        metrics_port=metrics_port,
     )
-    net = Network((), options, trace=trace)
+    net = Network((), options, trace=trace, specs=specs)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     installed = []
@@ -177,7 +215,20 @@ async def run_lab(
             raise CliError(
                 f"--pcscf: cannot listen on {host}:{port} (or its protected ports): {exc.strerror or exc}"
             ) from None
-        count = await net.provision_specs(specs)
+        except RuntimeError as exc:  # --processes: a function process did not start
+            last = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+            raise CliError(f"--processes: {last.replace('imsaka: error: ', '')}") from None
+        count = net.provisioned
+        for name, pid in net.pids.items():
+            url = net.metrics_urls.get(name, "-")
+            print(f"imsaka lab: {name} pid {pid}, metrics {url}", file=out, flush=True)
+        if processes and not quiet:
+            print(
+                "imsaka lab: no ladder with --processes (each function is its own process); "
+                "capture the loopback interface to see the messages",
+                file=out,
+                flush=True,
+            )
         cfg = net.config
         assert cfg is not None and cfg.pcscf is not None
         addr = net.pcscf_address
@@ -196,7 +247,7 @@ async def run_lab(
         else:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), duration)
-        stats = net.pcscf.stats() if net.pcscf else {}
+        stats = net.pcscf.stats() if net.pcscf else await _pcscf_stats(net)
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
@@ -209,3 +260,17 @@ async def run_lab(
         flush=True,
     )
     return 0
+
+
+async def _pcscf_stats(net: Any) -> dict[str, int]:
+    """The summary's counts from the P-CSCF process's metrics (--processes)."""
+    try:
+        events = await net.events("pcscf")
+        census = await net.census("pcscf")
+    except (OSError, KeyError, ValueError):
+        return {}
+    return {
+        "registered": events.get(("pcscf", "registered"), 0),
+        "challenges": events.get(("pcscf", "challenges"), 0),
+        "registrations": census.get("registrations", 0),
+    }

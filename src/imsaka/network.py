@@ -43,7 +43,8 @@ __all__ = [
 ]
 
 HOME_DOMAIN = "home1.net"
-PROCESSES = ("hss", "scscf", "icscf", "pcscf")
+# Metrics ports of the processes mode, from NetworkOptions.metrics_port upwards.
+METRICS_ORDER = ("pcscf", "icscf", "scscf", "hss")
 VISITED_NETWORK_ID = "Visited Network Number 1"
 
 
@@ -160,6 +161,9 @@ class NetworkOptions:
     every core; the UEs stay in the caller's process. `Network.hss/scscf/icscf/pcscf`
     are then None: read their state with `census` / `scrape` (the metrics endpoint),
     end them with `stop` (or `kill_processes` from synchronous code)."""
+    metrics_port: int = 0
+    """Processes mode: the first of four consecutive metrics ports on `host` (P-CSCF,
+    I-CSCF, S-CSCF, HSS in that order); 0: a free port each."""
 
 
 class Network:
@@ -309,7 +313,11 @@ class Network:
 
         self.raw = self.build_config()
         if self.options.processes:
-            self.raw["metrics"] = {name: f"{_uri_host(self.options.host)}:0" for name in PROCESSES}
+            first = self.options.metrics_port
+            self.raw["metrics"] = {
+                name: f"{_uri_host(self.options.host)}:{first + i if first else 0}"
+                for i, name in enumerate(METRICS_ORDER)
+            }
         self.config = parse_config(self.raw)
         cfg = self.config
         assert cfg.pcscf and cfg.icscf and cfg.scscf
@@ -404,6 +412,9 @@ class Network:
                 stderr=err,
                 stdin=subprocess.DEVNULL,
                 env=env,
+                # Its own session: a terminal's Ctrl-C reaches the parent only, which
+                # then reads the final counts and stops the functions in order.
+                start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         self.procs[name] = proc

@@ -4,6 +4,7 @@ registering with and without sec-agree (policy optional), clean shutdown on SIGI
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -103,6 +104,78 @@ async def test_lab_required_refuses_ue_without_sec_agree(tmp_path):
     finally:
         code, _out, err = await stop_lab(proc)
     assert code == 0, err
+
+
+async def test_lab_processes_registers_ues_and_stops_its_functions(tmp_path):
+    """``--processes``: four ``imsaka run`` processes, each with its PID and metrics URL
+    printed; UEs register through them; SIGINT stops them all (by PID) with a summary
+    read from the P-CSCF's metrics."""
+    from imsaka.metrics import parse_metrics, scrape
+
+    proc, addr, lines = await start_lab(tmp_path, "--sec-agree", "optional", "--processes")
+    pids: dict[str, int] = {}
+    try:
+        urls = {}
+        for line in lines:
+            m = re.match(r"imsaka lab: (\w+) pid (\d+), metrics (\S+)", line)
+            if m:
+                pids[m.group(1)] = int(m.group(2))
+                urls[m.group(1)] = m.group(3)
+        assert set(pids) == {"hss", "scscf", "icscf", "pcscf"}, lines
+        assert proc.pid not in pids.values()
+        alice = UeClient(ue(addr, "alice@home1.net", "sip:alice@home1.net", "465b5ce8b199b49faa5f0a2ee238a6bc",
+                            opc="cd63cb71954a9f4e48a5994e37a02baf"))  # fmt: skip
+        bob = UeClient(ue(addr, "bob@home1.net", "sip:bob@home1.net", "0396eb317b6d1c36f19c1c84cd6ffd16",
+                          opc="53c15671c60a4b731c55b4a441c0bde2", sec_agree=False))  # fmt: skip
+        carol = UeClient(ue(addr, "carol@lab2.example", "sip:carol@lab2.example", "fec86ba6eb707ed08905757b1bb44b8f",
+                            op="cdc202d5123e20f62b6d676ac72cb318"))  # fmt: skip
+        for c in (alice, bob, carol):
+            await c.start()
+        try:
+            ra, rb, rc = await asyncio.gather(
+                alice.register(15), bob.register(15), carol.register(15)
+            )
+            assert ra.ok and ra.protected, ra
+            assert rb.ok and not rb.protected, rb
+            assert rc.ok and rc.protected, rc
+            samples = parse_metrics(await scrape(urls["scscf"]))
+            assert samples[("imsaka_state", (("function", "scscf"), ("kind", "bindings")))] == 3
+            assert (await alice.deregister(15)).ok
+        finally:
+            for c in (alice, bob, carol):
+                await c.close()
+    finally:
+        code, out, err = await stop_lab(proc)
+        for pid in pids.values():  # whatever happened above, no function stays behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert code == 0, err
+    assert "no ladder with --processes" in "".join(lines)
+    assert re.search(r"stopped: 3 registrations accepted, 2 still registered", out), out
+    # The lab ended its functions (and reaped them) before it exited.
+    for pid in pids.values():
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--processes", "--pcap", "x.pcap"], "--pcap: not available with --processes"),
+        (["--metrics-port", "9100"], "--metrics-port: needs --processes"),
+        (["--processes", "--metrics-port", "65534"], "--metrics-port: must be 1-65532"),
+    ],
+)
+async def test_lab_processes_bad_options_are_one_line_errors(tmp_path, extra, message):
+    csv = tmp_path / "subs.csv"
+    csv.write_text(CSV)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "imsaka", "lab", "--subscribers", str(csv), *extra,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path,
+    )  # fmt: skip
+    _out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    assert err.decode().startswith(f"imsaka: error: {message}") and err.decode().count("\n") == 1
 
 
 async def test_lab_bad_csv_is_one_line_error(tmp_path):
