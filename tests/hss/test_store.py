@@ -435,6 +435,11 @@ async def _cx_story(s: HssStore) -> list:
     out.append((await s.get_subscriber(impi)).as_dict())
     out.append(await s.digest_credentials(impi, "sip:scscf2"))
     await s.clear_pending(impi)
+    grant, members = await asyncio.gather(  # one batch: an SQN segment, then a write
+        s.mar(impi, impu, 1, "sip:scscf1"),
+        s.assign(impu, state=models.RegState.REGISTERED, server_name="sip:scscf1", impi=impi),
+    )
+    out.append((grant.sqns, members, (await s.get_subscriber(impi)).pending_scscf))
     out.append(await s.mar(impi, impu, 1, None, resync_to=(7 << 5) | 3))
     out.append(
         await s.assign(

@@ -36,14 +36,14 @@ import functools
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from imsaka.aka.sqn import DEFAULT_DELTA, SqnExhaustedError
@@ -699,6 +699,29 @@ class _GrantRow:
     amf: bytes
     auth_schemes: str
     digest_password: str | None = field(repr=False)
+
+
+def _segments(batch: list[_MarJob | _WriteJob]) -> Iterator[_WriteJob | list[_MarJob]]:
+    """A batch in arrival order: each write on its own, consecutive SQN allocations as
+    one segment (one SELECT, one UPDATE per group), a resync as a segment of its own
+    (SQN_HE from SQN_MS). Writes stay where they arrived, so a later one sees the
+    earlier ones."""
+    i = 0
+    while i < len(batch):
+        job = batch[i]
+        if isinstance(job, _WriteJob):
+            yield job
+            i += 1
+            continue
+        j = i + 1
+        if job.resync_to is None:
+            while j < len(batch):
+                nxt = batch[j]
+                if not isinstance(nxt, _MarJob) or nxt.resync_to is not None:
+                    break
+                j += 1
+        yield batch[i:j]  # type: ignore[misc]
+        i = j
 
 
 # --------------------------------------------------------------------------- store
@@ -1442,10 +1465,11 @@ class HssStore:
         for attempt in range(5):
             try:
                 return await self._batch_once(batch)
-            except DBAPIError as exc:
+            except Exception as exc:
                 # PostgreSQL deadlock / serialization failure between two HSS
-                # processes: nothing was committed, so simply run the batch again.
-                orig = getattr(exc, "orig", None)
+                # processes (from asyncpg itself or through SQLAlchemy): nothing was
+                # committed, so simply run the batch again.
+                orig = getattr(exc, "orig", exc)
                 code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
                 if code in ("40P01", "40001") and attempt < 4:
                     continue
@@ -1464,10 +1488,8 @@ class HssStore:
                 )
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._executor, self._batch_in_thread, batch)
-        if self.dialect == "postgresql" and all(
-            isinstance(j, _MarJob) and j.resync_to is None for j in batch
-        ):
-            return await self._batch_pg(batch)  # type: ignore[arg-type]
+        if self.dialect == "postgresql":
+            return await self._batch_pg(batch)
         async with self.engine.begin() as conn:
             return await conn.run_sync(self._batch_sa, batch)
 
@@ -1482,32 +1504,16 @@ class HssStore:
         run: Callable[[Plan], Any],
         mar_segment: Callable[[list[_MarJob]], tuple[Any, ...]],
     ) -> list[Any]:
-        """Run a batch in arrival order inside the caller's transaction.
-
-        Consecutive SQN allocations form one segment (one SELECT, one UPDATE per
-        group); a resync is a segment of its own (SQN_HE from SQN_MS); every other
-        write runs where it arrived, so a later write sees the earlier ones."""
+        """Run a batch segment by segment (`_segments`) in the caller's transaction."""
         results: list[Any] = []
-        i = 0
-        while i < len(batch):
-            job = batch[i]
-            if isinstance(job, _WriteJob):
+        for part in _segments(batch):
+            if isinstance(part, _WriteJob):
                 try:
-                    results.append(run(job.plan()))
+                    results.append(run(part.plan()))
                 except _EXPECTED as exc:
                     results.append(_Failed(exc))
-                i += 1
-                continue
-            j = i + 1
-            if job.resync_to is None:
-                while j < len(batch):
-                    nxt = batch[j]
-                    if not isinstance(nxt, _MarJob) or nxt.resync_to is not None:
-                        break
-                    j += 1
-            segment: list[_MarJob] = batch[i:j]  # type: ignore[assignment]
-            results.extend(self._hand_out(segment, *mar_segment(segment)))
-            i = j
+            else:
+                results.extend(self._hand_out(part, *mar_segment(part)))
         return results
 
     # The three executors below run the same plan: one SELECT validating every
@@ -1614,47 +1620,54 @@ class HssStore:
         found = {key: run_sqlite(db, _identities(*key)) for key in self._misses(batch, ok, pairs)}
         return ok, steps, granted, self._checks(batch, ok, pairs, found)
 
-    async def _batch_pg(self, batch: list[_MarJob]) -> list[MarGrant | IdentityCheck]:
-        """PostgreSQL, plain SQL on the asyncpg connection in one explicit transaction.
-
-        The SELECT locks the IMPI rows FOR UPDATE in id order, so two HSS processes
-        lock in the same order and never deadlock; each UPDATE computes the new SQN
-        from the locked row.
-        """
-        impis = sorted({j.impi for j in batch})
-        impus = sorted({j.impu for j in batch})
+    async def _batch_pg(self, batch: list[_MarJob | _WriteJob]) -> list[Any]:
+        """PostgreSQL: the whole batch on the asyncpg connection in one transaction."""
         async with self.engine.connect() as conn:
             raw = await conn.get_raw_connection()
             pg = raw.driver_connection
+            results: list[Any] = []
             async with pg.transaction():
-                rows = await pg.fetch(
-                    "SELECT i.identity, i.auth_schemes, u.identity FROM impi i"
-                    " LEFT OUTER JOIN impu u ON u.subscription_id = i.subscription_id"
-                    " AND u.identity = ANY($1::text[])"
-                    " WHERE i.identity = ANY($2::text[]) ORDER BY i.id FOR UPDATE OF i",
-                    impus,
-                    impis,
-                )
-                ok, pairs, steps, groups = self._plan(batch, [tuple(r) for r in rows])
-                granted: dict[str, Any] = {}
-                for (n, name), members in groups.items():
-                    for row in await pg.fetch(
-                        f"UPDATE impi SET sqn = (((sqn >> {IND_BITS}) + $1::bigint) << {IND_BITS})"
-                        f" | (((sqn & {IND_MASK}) + $1::bigint) & {IND_MASK}), pending_scscf = $2"
-                        " WHERE identity = ANY($3::text[])"
-                        f" AND (sqn >> {IND_BITS}) + $1::bigint <= {MAX_SEQ}"
-                        " RETURNING identity, sqn, k, opc, amf, auth_schemes, digest_password",
-                        int(n),
-                        name,
-                        members,
-                    ):
-                        granted[row[0]] = _GrantRow(*tuple(row)[1:])
-                found = {
-                    key: await run_pg(pg, _identities(*key))
-                    for key in self._misses(batch, ok, pairs)
-                }
+                for part in _segments(batch):
+                    if isinstance(part, _WriteJob):
+                        try:
+                            results.append(await run_pg(pg, part.plan()))
+                        except _EXPECTED as exc:
+                            results.append(_Failed(exc))
+                    else:
+                        results.extend(self._hand_out(part, *await self._mar_pg(pg, part)))
             # the transaction committed when the block above ended
-        return self._hand_out(batch, ok, steps, granted, self._checks(batch, ok, pairs, found))
+        return results
+
+    async def _mar_pg(self, pg: Any, batch: list[_MarJob]) -> tuple[Any, ...]:
+        """PostgreSQL, plain SQL on asyncpg. The SELECT locks the IMPI rows FOR UPDATE
+        in id order, so two HSS processes lock in the same order and never deadlock on
+        them; each UPDATE computes the new SQN from the locked row."""
+        impis = sorted({j.impi for j in batch})
+        impus = sorted({j.impu for j in batch})
+        rows = await pg.fetch(
+            "SELECT i.identity, i.auth_schemes, u.identity FROM impi i"
+            " LEFT OUTER JOIN impu u ON u.subscription_id = i.subscription_id"
+            " AND u.identity = ANY($1::text[])"
+            " WHERE i.identity = ANY($2::text[]) ORDER BY i.id FOR UPDATE OF i",
+            impus,
+            impis,
+        )
+        ok, pairs, steps, groups = self._plan(batch, [tuple(r) for r in rows])
+        resync_to = batch[0].resync_to  # a resync is always a segment of its own
+        granted: dict[str, Any] = {}
+        for (n, name), members in groups.items():
+            new = _sqn_sql(n, resync_to)
+            for row in await pg.fetch(
+                f"UPDATE impi SET sqn = {new}, pending_scscf = $1"
+                " WHERE identity = ANY($2::text[])"
+                f" AND ({new}) >> {IND_BITS} <= {MAX_SEQ}"
+                " RETURNING identity, sqn, k, opc, amf, auth_schemes, digest_password",
+                name,
+                members,
+            ):
+                granted[row[0]] = _GrantRow(*tuple(row)[1:])
+        found = {key: await run_pg(pg, _identities(*key)) for key in self._misses(batch, ok, pairs)}
+        return ok, steps, granted, self._checks(batch, ok, pairs, found)
 
     def _batch_sync(self, conn: sa.Connection, batch: list[_MarJob]) -> tuple[Any, ...]:
         """Any backend through SQLAlchemy (used for resync: SQN_HE from SQN_MS)."""
