@@ -84,6 +84,8 @@ from imsaka.wire import Address
 
 log = logging.getLogger(__name__)
 
+_DEST_CACHE = 4096
+
 RequestHandler = Callable[[Request, "ServerTx"], Awaitable[None] | None]
 ResponseCallback = Callable[[Response], None]
 StrayHandler = Callable[[Response, Address, SipTransport], None]
@@ -193,6 +195,10 @@ class SipEndpoint:
         self._pending: dict[tuple, tuple[asyncio.Future, ResponseCallback | None, Request]] = {}
         self._unacked: dict[tuple, list] = {}  # 2xx to INVITE awaiting their ACK
         self._refused: set[tuple] = set()  # pending keys that ended in a transport error
+        # One tuple object per (transport, address) a transaction sends to: a server
+        # sees the same few peers over and over, and each transaction keeps its
+        # destination until Timer J/K (bounded: cleared when it grows past _DEST_CACHE)
+        self._destinations: dict[tuple, tuple] = {}
 
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -327,7 +333,7 @@ class SipEndpoint:
         fut = self._get_loop().create_future()
         self._pending[key] = (fut, on_provisional, request)
         try:
-            self.layer.send_request(request, (t, addr), self._now())
+            self.layer.send_request(request, self._dest((t, addr)), self._now())
         except BaseException:
             del self._pending[key]
             raise
@@ -458,7 +464,7 @@ class SipEndpoint:
                     reply_to = (transport, source)
                 else:
                     reply_to = (transport, msg.top_via.response_address())
-                self.layer.receive_request(msg, (transport, source), now, reply_to)
+                self.layer.receive_request(msg, (transport, source), now, self._dest(reply_to))
             else:
                 self.layer.receive_response(msg, (transport, source), now)
         except SipParseError as exc:  # a typed view used for matching (Via, CSeq, From)
@@ -468,6 +474,16 @@ class SipEndpoint:
             if isinstance(msg, Request) and msg.method != "ACK":
                 transport.send(make_response(msg, 503).to_bytes(), source)
         self._drain()
+
+    def _dest(self, destination: tuple) -> tuple:
+        cache = self._destinations
+        known = cache.get(destination)
+        if known is not None:
+            return known
+        if len(cache) >= _DEST_CACHE:
+            cache.clear()
+        cache[destination] = destination
+        return destination
 
     def _bad_input(
         self, data: bytes, source: Address, transport: SipTransport, exc: SipParseError

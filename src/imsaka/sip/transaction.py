@@ -23,6 +23,7 @@ ACK also by the To tag the server sent).
 from __future__ import annotations
 
 import heapq
+import sys
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from enum import Enum
@@ -308,7 +309,9 @@ def server_key(req: Request) -> tuple:
     method = "INVITE" if req.method == "ACK" else req.method
     branch = via.branch
     if branch and branch.startswith(MAGIC_COOKIE):
-        return ("s", branch, via.sent_by.lower(), method)
+        # sent-by and method repeat across a peer's requests: one string object each
+        # (the key lives as long as the transaction, up to Timer J)
+        return ("s", branch, sys.intern(via.sent_by.lower()), sys.intern(method))
     return (
         "s2543",
         req.uri,
@@ -325,6 +328,10 @@ def server_key(req: Request) -> tuple:
 
 # Timers whose interval doubles (A, E, G): only these remember their last interval.
 _BACKOFF = frozenset({Input.TIMER_A, Input.TIMER_E, Input.TIMER_G})
+
+
+def _due(pair: tuple[float, Input]) -> float:
+    return pair[0]
 
 
 class Transaction:
@@ -375,7 +382,9 @@ class Transaction:
         self.state = state
         self.table = self.TABLE
         self._last_input: Input | None = None
-        self.timers: dict[Input, float] = {}
+        # armed timers as (due time, timer) pairs, earliest first (a tuple: a
+        # transaction has at most two, and a dict costs four times the memory)
+        self.timers: tuple[tuple[float, Input], ...] = ()
         self._intervals: dict[Input, float] | None = None
         self._last_response: Response | None = None
         # status of the last response sent (server) or received (client); 0: none yet
@@ -426,23 +435,29 @@ class Transaction:
         self.state = nxt
         getattr(self, action)(now, msg)
         if nxt is State.TERMINATED:
-            self.timers.clear()
+            self.timers = ()
             self._layer._terminated(self)
         self._rearm()
 
     def _set_timer(self, timer: Input, now: float, delay: float) -> None:
-        self.timers[timer] = now + delay
+        pairs = [t for t in self.timers if t[1] is not timer]
+        pairs.append((now + delay, timer))
+        pairs.sort(key=_due)
+        self.timers = tuple(pairs)
         if timer in _BACKOFF:
             if self._intervals is None:
                 self._intervals = {}
             self._intervals[timer] = delay
+
+    def _stop_timers(self, *which: Input) -> None:
+        self.timers = tuple(t for t in self.timers if t[1] not in which)
 
     def _interval(self, timer: Input) -> float:
         assert self._intervals is not None
         return self._intervals[timer]
 
     def _rearm(self) -> None:
-        deadline = min(self.timers.values()) if self.timers else None
+        deadline = self.timers[0][0] if self.timers else None
         if deadline != self.deadline:
             self.deadline = deadline
             if deadline is not None:
@@ -451,10 +466,10 @@ class Transaction:
     def handle_timer(self, now: float) -> None:
         """Fire every timer due at `now`, earliest first."""
         while self.timers and self.state is not State.TERMINATED:
-            timer, when = min(self.timers.items(), key=lambda kv: kv[1])
+            when, timer = self.timers[0]
             if when > now:
                 break
-            del self.timers[timer]
+            self.timers = self.timers[1:]
             self._input(timer, now)
         self._rearm()
 
@@ -498,6 +513,10 @@ class Transaction:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.key} {self.state.value}>"
+
+    def __lt__(self, other: Transaction) -> bool:
+        # ties of the layer's deadline heap (deadline, transaction): any fixed order
+        return id(self) < id(other)
 
 
 class ClientTransaction(Transaction):
@@ -559,8 +578,7 @@ class ClientTransaction(Transaction):
 
     def _pass_up(self, now: float, msg: Message | None) -> None:
         if self.is_invite and self.state is State.PROCEEDING:
-            self.timers.pop(Input.TIMER_A, None)
-            self.timers.pop(Input.TIMER_B, None)
+            self._stop_timers(Input.TIMER_A, Input.TIMER_B)
             self._set_timer(Input.TIMER_C, now, self.config.timer_c)
         self._emit(ResponseReceived(self.key, msg))
 
@@ -571,13 +589,13 @@ class ClientTransaction(Transaction):
         self._shed()
 
     def _accept(self, now: float, msg: Message | None) -> None:
-        self.timers.clear()
+        self.timers = ()
         self._set_timer(Input.TIMER_M, now, 64 * self.config.t1)
         self._final_received(msg)
         self._emit(ResponseReceived(self.key, msg))
 
     def _ack_and_pass_up(self, now: float, msg: Message | None) -> None:
-        self.timers.clear()
+        self.timers = ()
         ack = self._build_ack(msg)
         self._ack_wire = ack.to_bytes()
         self._transmit(ack, self._ack_wire)
@@ -617,7 +635,7 @@ class ClientTransaction(Transaction):
         self._set_timer(Input.TIMER_E, now, self.config.t2)
 
     def _complete(self, now: float, msg: Message | None) -> None:
-        self.timers.clear()
+        self.timers = ()
         self._set_timer(Input.TIMER_K, now, 0.0 if self.reliable else self.config.t4)
         self._final_received(msg)
         self._emit(ResponseReceived(self.key, msg))
@@ -671,7 +689,9 @@ class ServerTransaction(Transaction):
     def _send(self, now: float, msg: Message | None) -> None:
         assert isinstance(msg, Response)
         self.last_response = msg
-        self.to_tag = msg.to.tag if msg.has("to") else None
+        # only an RFC 2543 ACK is matched by the To tag (§17.2.3)
+        if self.key[0] == "s2543":
+            self.to_tag = msg.to.tag if msg.has("to") else None
         self._transmit(msg, self._response_wire)
         if msg.status >= 200:
             # Completed / Accepted: a retransmitted request is recognised by the key
@@ -701,8 +721,7 @@ class ServerTransaction(Transaction):
         self._set_timer(Input.TIMER_G, now, min(2 * self._interval(Input.TIMER_G), self.config.t2))
 
     def _confirm(self, now: float, msg: Message | None) -> None:
-        self.timers.pop(Input.TIMER_G, None)
-        self.timers.pop(Input.TIMER_H, None)
+        self._stop_timers(Input.TIMER_G, Input.TIMER_H)
         self._set_timer(Input.TIMER_I, now, 0.0 if self.reliable else self.config.t4)
 
     def _pass_ack_up(self, now: float, msg: Message | None) -> None:
@@ -734,7 +753,6 @@ class TransactionLayer:
     _client: dict = field(default_factory=dict, repr=False)
     _server: dict = field(default_factory=dict, repr=False)
     _heap: list = field(default_factory=list, repr=False)
-    _tick: int = 0
 
     def _is_reliable(self, destination: Any) -> bool:
         return bool(self.reliable(destination)) if self.reliable is not None else False
@@ -825,7 +843,7 @@ class TransactionLayer:
     def next_deadline(self) -> float | None:
         heap = self._heap
         while heap:
-            deadline, _, tx = heap[0]
+            deadline, tx = heap[0]
             if tx.deadline == deadline and tx.state is not State.TERMINATED:
                 return deadline
             heapq.heappop(heap)
@@ -834,7 +852,7 @@ class TransactionLayer:
     def handle_timer(self, now: float) -> None:
         heap = self._heap
         while heap and heap[0][0] <= now:
-            deadline, _, tx = heapq.heappop(heap)
+            deadline, tx = heapq.heappop(heap)
             if tx.deadline == deadline and tx.state is not State.TERMINATED:
                 tx.deadline = None
                 tx.handle_timer(now)
@@ -867,8 +885,7 @@ class TransactionLayer:
             raise LocalProtocolError("too many transactions (max_transactions)")
 
     def _schedule(self, tx: Transaction, deadline: float) -> None:
-        self._tick += 1
-        heapq.heappush(self._heap, (deadline, self._tick, tx))
+        heapq.heappush(self._heap, (deadline, tx))
 
     def _terminated(self, tx: Transaction) -> None:
         table = self._client if isinstance(tx, ClientTransaction) else self._server
