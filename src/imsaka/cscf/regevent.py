@@ -15,6 +15,7 @@ edge sends what it builds.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from xml.sax.saxutils import escape, quoteattr
 
@@ -59,52 +60,75 @@ class RegSubscription:
 
 
 class RegSubscriptions:
-    """Subscriptions by IMPU; bounded by the registrations (they end with them)."""
+    """Subscriptions by IMPU; bounded by the registrations (they end with them).
 
-    __slots__ = ("_by_impu",)
+    An IMPU has one or two subscribers (its P-CSCF, its UE): they are kept in a short
+    list per IMPU (a dict per IMPU costs four times the memory, for every registered
+    UE), and the URIs every subscription of one P-CSCF repeats are one string object."""
+
+    __slots__ = ("_by_impu", "_count")
 
     def __init__(self) -> None:
-        self._by_impu: dict[str, dict[tuple[str, str], RegSubscription]] = {}
+        self._by_impu: dict[str, list[RegSubscription]] = {}
+        self._count = 0
+
+    def _find(self, subs: list[RegSubscription], key: tuple[str, str]) -> int:
+        for i, s in enumerate(subs):
+            if s.call_id == key[0] and s.remote_tag == key[1]:
+                return i
+        return -1
 
     def add(self, sub: RegSubscription) -> RegSubscription:
         """Store a new subscription, or refresh the existing one of the same dialog."""
-        subs = self._by_impu.setdefault(sub.impu, {})
-        old = subs.get(sub.key)
-        if old is not None:
+        subs = self._by_impu.setdefault(sub.impu, [])
+        i = self._find(subs, sub.key)
+        if i >= 0:
+            old = subs[i]
             old.expires_at = sub.expires_at
             return old
-        subs[sub.key] = sub
+        sub.remote_uri = sys.intern(sub.remote_uri)
+        sub.remote_target = sys.intern(sub.remote_target)
+        sub.route_set = tuple(sys.intern(r) for r in sub.route_set)
+        subs.append(sub)
+        self._count += 1
         return sub
 
     def remove(self, sub: RegSubscription) -> None:
         subs = self._by_impu.get(sub.impu)
         if subs is not None:
-            subs.pop(sub.key, None)
+            i = self._find(subs, sub.key)
+            if i >= 0:
+                del subs[i]
+                self._count -= 1
             if not subs:
                 del self._by_impu[sub.impu]
 
     def pop_impu(self, impu: str) -> list[RegSubscription]:
         """Every subscription to `impu`, removed (its registration has ended)."""
-        return list(self._by_impu.pop(impu, {}).values())
+        subs = self._by_impu.pop(impu, [])
+        self._count -= len(subs)
+        return subs
 
     def live(self, impu: str, now: float) -> list[RegSubscription]:
         subs = self._by_impu.get(impu)
         if not subs:
             return []
-        for key in [k for k, s in subs.items() if s.expires_at <= now]:
-            del subs[key]
-        if not subs:
+        keep = [s for s in subs if s.expires_at > now]
+        self._count -= len(subs) - len(keep)
+        if not keep:
             del self._by_impu[impu]
             return []
-        return list(subs.values())
+        subs[:] = keep
+        return list(keep)
 
     def __len__(self) -> int:
-        return sum(len(s) for s in self._by_impu.values())
+        return self._count
 
     def __contains__(self, sub: object) -> bool:
         if not isinstance(sub, RegSubscription):
             return False
-        return self._by_impu.get(sub.impu, {}).get(sub.key) is sub
+        subs = self._by_impu.get(sub.impu, ())
+        return any(s is sub for s in subs)
 
 
 def reginfo_body(

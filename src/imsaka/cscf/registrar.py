@@ -18,7 +18,7 @@ it, so a monotonic clock would be meaningless to the next reader.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol
 
 __all__ = [
@@ -143,19 +143,26 @@ class MemoryBindingStore:
     __slots__ = ("_regs",)
 
     def __init__(self) -> None:
-        self._regs: dict[str, tuple[str, str]] = {}
+        self._regs: dict[str, tuple] = {}
 
-    # Stored serialized so that a caller mutating its Registration afterwards cannot
-    # change the stored one behind the store's back (same semantics as Redis). The
-    # User-Data XML, the largest part, is an immutable str: it is kept by reference
-    # (shared with the registrar core's record) instead of as a second copy in the JSON.
+    # Stored as a snapshot of immutable values (a tuple of str, float, int and tuples
+    # of them), so a caller mutating its Registration afterwards cannot change the
+    # stored one behind the store's back (the semantics of Redis), while the strings,
+    # the User-Data XML first, are shared with the registrar core's record instead of
+    # copied into a JSON text (memory per registered UE).
     async def get(self, impu: str) -> Registration | None:
         entry = self._regs.get(impu)
         return None if entry is None else self._load(entry)
 
     async def put(self, registration: Registration) -> None:
-        text = replace(registration, user_data="").to_json()
-        self._regs[registration.impu] = (text, registration.user_data)
+        r = registration
+        contacts = tuple(
+            (c.uri, c.expires_at, c.params, tuple(c.path), c.call_id, c.cseq)
+            for c in r.contacts.values()
+        )
+        self._regs[r.impu] = (
+            r.impu, r.impi, contacts, tuple(r.associated), r.user_data, r.registered_at
+        )  # fmt: skip
 
     async def delete(self, impu: str) -> None:
         self._regs.pop(impu, None)
@@ -164,10 +171,17 @@ class MemoryBindingStore:
         return [self._load(e) for e in self._regs.values()]
 
     @staticmethod
-    def _load(entry: tuple[str, str]) -> Registration:
-        reg = Registration.from_json(entry[0])
-        reg.user_data = entry[1]
-        return reg
+    def _load(entry: tuple) -> Registration:
+        impu, impi, contacts, associated, user_data, registered_at = entry
+        bindings = [ContactBinding(*c) for c in contacts]
+        return Registration(
+            impu=impu,
+            impi=impi,
+            contacts={c.uri: c for c in bindings},
+            associated=associated,
+            user_data=user_data,
+            registered_at=registered_at,
+        )
 
     async def close(self) -> None:
         return None

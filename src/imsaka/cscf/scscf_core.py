@@ -31,7 +31,7 @@ import enum
 import heapq
 import logging
 import os
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -311,18 +311,22 @@ class RegistrarCore:
         self.policy = policy
         self._random = random_bytes
         self.registrations: dict[str, Registration] = {}
-        self._by_impi: dict[str, set[str]] = {}
+        self._by_impi: dict[str, tuple[str, ...]] = {}  # IMPI → its registered IMPUs
         # Implicitly registered IMPUs (P-Associated-URI) → the IMPU whose record holds them.
         self._aliases: dict[str, str] = {}
         # IMPI → spare vectors with the time they stop being offered (oldest first).
-        self._vectors: dict[str, deque[tuple[float, AuthVectorItem]]] = {}
-        self._challenges: dict[str, _Challenge] = {}  # nonce → challenge
-        self._challenges_by_impi: dict[str, deque[str]] = {}
+        # (short lists: a deque's first block alone is 600 octets, per IMPI)
+        self._vectors: dict[str, list[tuple[float, AuthVectorItem]]] = {}
+        # nonce → challenge, oldest first: every challenge lives reg-await-auth, so
+        # insertion order is expiry order and they need no timer entries of their own
+        # (an answered challenge leaves nothing behind for its 4 minutes)
+        self._challenges: dict[str, _Challenge] = {}
+        self._challenges_by_impi: dict[str, list[str]] = {}
         self._failures: dict[str, _Failures] = {}
         self._ops: dict[int, _Op] = {}
         self._next_token = 1 << 32  # tokens for SARs the core starts by itself
-        self._timers: list[tuple[float, int, str, str]] = []
-        self._timer_seq = 0
+        # binding expiries (deadline, IMPU); stale entries skipped when they surface
+        self._timers: list[tuple[float, str]] = []
         self.counters: Counter[str] = Counter()
 
     # ----------------------------------------------------------------- public API
@@ -406,7 +410,7 @@ class RegistrarCore:
             self._vectors.pop(op.impi, None)
         if len(usable) > 1:
             until = now + self.policy.vector_lifetime
-            cache = self._vectors.setdefault(op.impi, deque())
+            cache = self._vectors.setdefault(op.impi, [])
             cache.extend((until, v) for v in usable[1:])
         assert op.request is not None
         return [self._send_challenge(token, op.request, op.impi, usable[0], now)]
@@ -470,13 +474,15 @@ class RegistrarCore:
         if old is not None:
             self._unindex(old)
         self.registrations[registration.impu] = registration
-        self._by_impi.setdefault(registration.impi, set()).add(registration.impu)
+        impus = self._by_impi.get(registration.impi, ())
+        if registration.impu not in impus:
+            self._by_impi[registration.impi] = (*impus, registration.impu)
         for alias in registration.associated:
             if alias != registration.impu:
                 self._aliases[alias] = registration.impu
         expiry = registration.earliest_expiry()
         if expiry is not None:
-            self._arm(expiry, "binding", registration.impu)
+            self._arm(expiry, registration.impu)
 
     def lookup(self, impu: str, now: float) -> Registration | None:
         """The live registration serving `impu`, registered explicitly or implicitly
@@ -518,32 +524,37 @@ class RegistrarCore:
         return len(targets), actions
 
     def next_deadline(self) -> float | None:
+        deadline = None
         while self._timers:
-            deadline, _, kind, key = self._timers[0]
-            if self._timer_live(kind, key, deadline):
-                return deadline
+            when, impu = self._timers[0]
+            if self._timer_live(impu, when):
+                deadline = when
+                break
             heapq.heappop(self._timers)
-        return None
+        ch = next(iter(self._challenges.values()), None)
+        if ch is not None and (deadline is None or ch.deadline < deadline):
+            deadline = ch.deadline
+        return deadline
 
     def handle_timer(self, now: float) -> list[Action]:
         """Expire challenges (reg-await-auth) and bindings due at `now`."""
         actions: list[Action] = []
+        while self._challenges:
+            ch = next(iter(self._challenges.values()))
+            if ch.deadline > now:
+                break
+            self._drop_challenge(ch)
+            self.counters["reg_await_auth_expired"] += 1
+            # TS 24.229 §5.4.1.2.1 / TS 29.228 §6.1.2: the HSS forgets the pending
+            # S-CSCF of a user that never answered, unless it is registered anyway.
+            if self._live_registration(ch.impu, now) is None:
+                actions.append(
+                    self._background(ch.impi, ch.impu, AssignmentType.AUTHENTICATION_TIMEOUT)
+                )
         while self._timers and self._timers[0][0] <= now:
-            deadline, _, kind, key = heapq.heappop(self._timers)
-            if not self._timer_live(kind, key, deadline):
-                continue
-            if kind == "challenge":
-                ch = self._challenges[key]
-                self._drop_challenge(ch)
-                self.counters["reg_await_auth_expired"] += 1
-                # TS 24.229 §5.4.1.2.1 / TS 29.228 §6.1.2: the HSS forgets the pending
-                # S-CSCF of a user that never answered, unless it is registered anyway.
-                if self._live_registration(ch.impu, now) is None:
-                    actions.append(
-                        self._background(ch.impi, ch.impu, AssignmentType.AUTHENTICATION_TIMEOUT)
-                    )
-            else:
-                actions.extend(self._expire_binding(key, now))
+            when, impu = heapq.heappop(self._timers)
+            if self._timer_live(impu, when):
+                actions.extend(self._expire_binding(impu, now))
         return actions
 
     def pending_counts(self) -> dict[str, int]:
@@ -596,7 +607,7 @@ class RegistrarCore:
     def _challenge(self, token: int, req: RegisterRequest, impi: str, now: float) -> list[Action]:
         cache = self._vectors.get(impi)
         while cache:
-            until, vector = cache.popleft()
+            until, vector = cache.pop(0)
             if not cache:
                 del self._vectors[impi]
             if until <= now:
@@ -642,17 +653,16 @@ class RegistrarCore:
             nonce = make_nonce(vector.rand, vector.autn, self._random(8))
         else:
             nonce = base64.b64encode(self._random(24)).decode("ascii")
-        pending = self._challenges_by_impi.setdefault(impi, deque())
+        pending = self._challenges_by_impi.setdefault(impi, [])
         while len(pending) >= self.policy.max_pending_per_impi:
             old = self._challenges.get(pending[0])
             if old is None:
-                pending.popleft()
+                pending.pop(0)
             else:
                 self._drop_challenge(old)
         deadline = now + self.policy.reg_await_auth
         self._challenges[nonce] = _Challenge(impi, req.impu, nonce, vector, deadline, req.call_id)
         pending.append(nonce)
-        self._arm(deadline, "challenge", nonce)
         parts = [
             f'Digest realm="{self.policy.realm}"',
             f'nonce="{nonce}"',
@@ -884,7 +894,7 @@ class RegistrarCore:
         if reg.contacts:
             expiry = reg.earliest_expiry()
             assert expiry is not None
-            self._arm(expiry, "binding", impu)
+            self._arm(expiry, impu)
             return [StoreRegistration(reg)]
         self.registrations.pop(impu, None)
         self._unindex(reg)
@@ -917,29 +927,25 @@ class RegistrarCore:
     def _unindex(self, reg: Registration) -> None:
         impus = self._by_impi.get(reg.impi)
         if impus is not None:
-            impus.discard(reg.impu)
-            if not impus:
+            rest = tuple(u for u in impus if u != reg.impu)
+            if rest:
+                self._by_impi[reg.impi] = rest
+            else:
                 del self._by_impi[reg.impi]
         for alias in reg.associated:
             if self._aliases.get(alias) == reg.impu:
                 del self._aliases[alias]
 
-    def _arm(self, deadline: float, kind: str, key: str) -> None:
-        self._timer_seq += 1
-        heapq.heappush(self._timers, (deadline, self._timer_seq, kind, key))
+    def _arm(self, deadline: float, impu: str) -> None:
+        heapq.heappush(self._timers, (deadline, impu))
         # Re-registrations leave superseded entries far in the future: compact now and
         # then so the heap stays proportional to the live state.
-        if len(self._timers) > 1024 and len(self._timers) > 4 * (
-            len(self.registrations) + len(self._challenges)
-        ):
-            self._timers = [t for t in self._timers if self._timer_live(t[2], t[3], t[0])]
+        if len(self._timers) > 1024 and len(self._timers) > 4 * len(self.registrations):
+            self._timers = [t for t in self._timers if self._timer_live(t[1], t[0])]
             heapq.heapify(self._timers)
 
-    def _timer_live(self, kind: str, key: str, deadline: float) -> bool:
-        if kind == "challenge":
-            ch = self._challenges.get(key)
-            return ch is not None and ch.deadline == deadline
-        reg = self.registrations.get(key)
+    def _timer_live(self, impu: str, deadline: float) -> bool:
+        reg = self.registrations.get(impu)
         return reg is not None and reg.earliest_expiry() == deadline
 
     def _reply(
