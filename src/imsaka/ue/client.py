@@ -107,6 +107,9 @@ class UeClient:
         self.transactions = TransactionLayer()
         self.core: UeRegistration | None = None
         self._timer: asyncio.TimerHandle | None = None
+        # The deadline `_timer` is armed for (uvloop's call_at may return a Handle
+        # without when()): re-arming for the same deadline is skipped.
+        self._timer_at: float | None = None
         self._waiter: asyncio.Future | None = None
         self._sets: dict[int, SaSet] = {}  # by spi_uc (our inbound at port-c)
         self._offered_spis: tuple[int, int] | None = None
@@ -149,6 +152,7 @@ class UeClient:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+            self._timer_at = None
         if self.backend is not None:
             await self.backend.close()
         if self.udp is not None:
@@ -283,20 +287,24 @@ class UeClient:
         return self.backend.send(sa, data)
 
     def _arm(self) -> None:
-        loop = asyncio.get_running_loop()
-        deadlines = [
-            d
-            for d in (self.transactions.next_deadline(), self.core and self.core.next_deadline())
-            if d
-        ]
+        at = self.transactions.next_deadline()
+        core_at = self.core.next_deadline() if self.core is not None else None
+        if core_at and (not at or core_at < at):
+            at = core_at
+        if not at:
+            at = None
         if self._timer is not None:
+            if at == self._timer_at:
+                return  # already armed for it (most drains change no deadline)
             self._timer.cancel()
             self._timer = None
-        if deadlines:
-            self._timer = loop.call_at(min(deadlines), self._on_timer)
+        self._timer_at = at
+        if at is not None:
+            self._timer = asyncio.get_running_loop().call_at(at, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
+        self._timer_at = None
         loop = asyncio.get_running_loop()
         now = loop.time()
         self.transactions.handle_timer(now)

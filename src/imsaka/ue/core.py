@@ -309,6 +309,9 @@ class UeRegistration:
         self._pending_protected = False
         # sec-agree
         self._client_offer: list[dict[str, Any]] = []  # our Security-Client entries
+        # Their header values, built (and checked against the grammar) once per offer:
+        # both REGISTERs of a registration carry the same offer.
+        self._client_values: list[str] | None = None
         self._port_c = 0
         self._port_s = 0
         self._spi_c = 0
@@ -425,11 +428,14 @@ class UeRegistration:
             while self._spi_s == self._spi_c:
                 self._spi_s = self._new_spi()
         self._client_offer = []
+        self._client_values = None
         for alg in self.config.algorithms:
             for ealg in self.config.encryption:
                 self._client_offer.append({"alg": alg, "ealg": ealg})
 
     def _security_client_values(self) -> list[str]:
+        if self._client_values is not None:
+            return self._client_values
         out = []
         for offer in self._client_offer:
             params: list[tuple[str, str | None]] = [("alg", offer["alg"])]
@@ -442,6 +448,7 @@ class UeRegistration:
                 ("port-s", str(self._port_s)),
             ]
             out.append(_mechanism_text(params))
+        self._client_values = out
         return out
 
     def contact_uri(self, protected: bool) -> str:
