@@ -82,6 +82,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if run is None:
         where = " or ".join(_ENTRY[name])
         raise CliError(f"{name}: not available in this build (no run(config) in {where})")
+    # Every function on uvloop where installed (the ``fast`` extra), whether or not its
+    # own ``run`` installs it: the same event loop with and without metrics.
+    from imsaka.cscf._serve import use_uvloop
+
+    use_uvloop()
     if name == "hss":
         return int(run(dict(config.raw)) or 0)
     return int(run(config) or 0)
