@@ -478,3 +478,19 @@ async def test_every_backend_reads_and_writes_the_same(db_url):
             await s.close()
     assert stories[0] == stories[1] == stories[2]
     assert stories[0][2][1].visited_networks == ("visited1.net",)
+
+
+async def test_reregistration_that_changes_nothing_writes_nothing(store):
+    await store.add_subscriber(alice())
+    impi, impu = "alice@home1.net", "sip:alice@home1.net"
+    await store.mar(impi, impu, 1, "sip:s1")
+    first = dict(
+        state=models.RegState.REGISTERED, server_name="sip:s1", server_host="s1", impi=impi
+    )
+    await store.assign(impu, **first)
+    changes = store._writer_db.total_changes
+    assert await store.assign(impu, **first) == (impu, "tel:+15550001")
+    assert store._writer_db.total_changes == changes  # no row rewritten: no fsync'd frame
+    await store.assign(impu, **{**first, "server_host": "s2"})  # another S-CSCF host
+    assert store._writer_db.total_changes == changes + 1
+    assert (await store.serving_for_impi(impi)).scscf_host == "s2"

@@ -588,18 +588,22 @@ def _assign(
     keep_server: bool,
     impi: str | None,
 ) -> Plan:
+    # Each UPDATE only touches rows whose value changes: a re-registration that
+    # changes nothing dirties no page, so its COMMIT needs no fsync (and PostgreSQL
+    # writes no new row versions).
     row = yield (
         ONE,
-        "SELECT subscription_id, implicit_set_id FROM impu WHERE identity = :impu",
+        "SELECT u.subscription_id, u.implicit_set_id, s.scscf_name, s.scscf_host, s.scscf_realm"
+        " FROM impu u JOIN subscription s ON s.id = u.subscription_id WHERE u.identity = :impu",
         {"impu": impu},
     )
     if row is None:
         raise NotFound(impu)  # nothing written yet: the batch goes on
-    sid, set_id = row[0], row[1]
+    sid, set_id, serving = row[0], row[1], (row[2], row[3], row[4])
     yield (
         RUN,
         "UPDATE impu SET reg_state = :state"
-        " WHERE subscription_id = :sid AND implicit_set_id = :set_id",
+        " WHERE subscription_id = :sid AND implicit_set_id = :set_id AND reg_state != :state",
         {"state": int(state), "sid": sid, "set_id": set_id},
     )
     if state == RegState.NOT_REGISTERED:
@@ -611,24 +615,27 @@ def _assign(
             {"sid": sid, "none": int(RegState.NOT_REGISTERED)},
         )
         if not keep_server and others[0] == 0:
+            if serving != (None, None, None):
+                yield (
+                    RUN,
+                    "UPDATE subscription SET scscf_name = NULL, scscf_host = NULL,"
+                    " scscf_realm = NULL WHERE id = :sid",
+                    {"sid": sid},
+                )
             yield (
                 RUN,
-                "UPDATE subscription SET scscf_name = NULL, scscf_host = NULL,"
-                " scscf_realm = NULL WHERE id = :sid",
-                {"sid": sid},
-            )
-            yield (
-                RUN,
-                "UPDATE impi SET pending_scscf = NULL WHERE subscription_id = :sid",
+                "UPDATE impi SET pending_scscf = NULL"
+                " WHERE subscription_id = :sid AND pending_scscf IS NOT NULL",
                 {"sid": sid},
             )
     else:
-        yield (
-            RUN,
-            "UPDATE subscription SET scscf_name = :name, scscf_host = :host,"
-            " scscf_realm = :realm WHERE id = :sid",
-            {"name": server_name, "host": server_host, "realm": server_realm, "sid": sid},
-        )
+        if serving != (server_name, server_host, server_realm):
+            yield (
+                RUN,
+                "UPDATE subscription SET scscf_name = :name, scscf_host = :host,"
+                " scscf_realm = :realm WHERE id = :sid",
+                {"name": server_name, "host": server_host, "realm": server_realm, "sid": sid},
+            )
         if impi is not None:
             yield from _clear_pending(impi)
     members = yield (
@@ -641,7 +648,11 @@ def _assign(
 
 
 def _clear_pending(impi: str) -> Plan:
-    yield RUN, "UPDATE impi SET pending_scscf = NULL WHERE identity = :impi", {"impi": impi}
+    yield (
+        RUN,
+        "UPDATE impi SET pending_scscf = NULL WHERE identity = :impi AND pending_scscf IS NOT NULL",
+        {"impi": impi},
+    )
 
 
 def _digest(impi: str, server_name: str | None) -> Plan:
