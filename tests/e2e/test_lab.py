@@ -60,25 +60,36 @@ def ue(pcscf, impi, impu, k, *, op=None, opc=None, **kw):
     )  # fmt: skip
 
 
+def three_ues(addr, **alice_kw):
+    """alice (OPc, sec-agree), bob (no sec-agree, two IMPUs), carol (second home domain,
+    OP instead of OPc) from `CSV`, towards the P-CSCF at `addr`."""
+    alice = UeClient(ue(addr, "alice@home1.net", "sip:alice@home1.net", "465b5ce8b199b49faa5f0a2ee238a6bc",
+                        opc="cd63cb71954a9f4e48a5994e37a02baf", **alice_kw))  # fmt: skip
+    bob = UeClient(ue(addr, "bob@home1.net", "sip:bob@home1.net", "0396eb317b6d1c36f19c1c84cd6ffd16",
+                      opc="53c15671c60a4b731c55b4a441c0bde2", sec_agree=False))  # fmt: skip
+    carol = UeClient(ue(addr, "carol@lab2.example", "sip:carol@lab2.example", "fec86ba6eb707ed08905757b1bb44b8f",
+                        op="cdc202d5123e20f62b6d676ac72cb318"))  # fmt: skip
+    return alice, bob, carol
+
+
+async def register_three(alice, bob, carol):
+    """Register the three at once: alice and carol over IPsec, bob in the clear."""
+    ra, rb, rc = await asyncio.gather(alice.register(15), bob.register(15), carol.register(15))
+    assert ra.ok and ra.protected, ra
+    assert rb.ok and not rb.protected, rb
+    assert rc.ok and rc.protected, rc  # a second home domain, OP (not OPc) in the CSV
+    return ra, rb, rc
+
+
 async def test_lab_registers_ues_with_and_without_sec_agree(tmp_path):
     proc, addr, _ = await start_lab(tmp_path, "--sec-agree", "optional")
     try:
-        alice = UeClient(ue(addr, "alice@home1.net", "sip:alice@home1.net", "465b5ce8b199b49faa5f0a2ee238a6bc",
-                            opc="cd63cb71954a9f4e48a5994e37a02baf", encryption=("aes-cbc",)))  # fmt: skip
-        bob = UeClient(ue(addr, "bob@home1.net", "sip:bob@home1.net", "0396eb317b6d1c36f19c1c84cd6ffd16",
-                          opc="53c15671c60a4b731c55b4a441c0bde2", sec_agree=False))  # fmt: skip
-        carol = UeClient(ue(addr, "carol@lab2.example", "sip:carol@lab2.example", "fec86ba6eb707ed08905757b1bb44b8f",
-                            op="cdc202d5123e20f62b6d676ac72cb318"))  # fmt: skip
+        alice, bob, carol = three_ues(addr, encryption=("aes-cbc",))
         for c in (alice, bob, carol):
             await c.start()
         try:
-            ra, rb, rc = await asyncio.gather(
-                alice.register(15), bob.register(15), carol.register(15)
-            )
-            assert ra.ok and ra.protected, ra
-            assert rb.ok and not rb.protected, rb
+            _ra, rb, _rc = await register_three(alice, bob, carol)
             assert rb.associated_uris and any("+12125551111" in u for u in rb.associated_uris)
-            assert rc.ok and rc.protected, rc  # a second home domain, OP (not OPc) in the CSV
             assert (await alice.deregister(15)).ok
         finally:
             for c in (alice, bob, carol):
@@ -123,21 +134,11 @@ async def test_lab_processes_registers_ues_and_stops_its_functions(tmp_path):
                 urls[m.group(1)] = m.group(3)
         assert set(pids) == {"hss", "scscf", "icscf", "pcscf"}, lines
         assert proc.pid not in pids.values()
-        alice = UeClient(ue(addr, "alice@home1.net", "sip:alice@home1.net", "465b5ce8b199b49faa5f0a2ee238a6bc",
-                            opc="cd63cb71954a9f4e48a5994e37a02baf"))  # fmt: skip
-        bob = UeClient(ue(addr, "bob@home1.net", "sip:bob@home1.net", "0396eb317b6d1c36f19c1c84cd6ffd16",
-                          opc="53c15671c60a4b731c55b4a441c0bde2", sec_agree=False))  # fmt: skip
-        carol = UeClient(ue(addr, "carol@lab2.example", "sip:carol@lab2.example", "fec86ba6eb707ed08905757b1bb44b8f",
-                            op="cdc202d5123e20f62b6d676ac72cb318"))  # fmt: skip
+        alice, bob, carol = three_ues(addr)
         for c in (alice, bob, carol):
             await c.start()
         try:
-            ra, rb, rc = await asyncio.gather(
-                alice.register(15), bob.register(15), carol.register(15)
-            )
-            assert ra.ok and ra.protected, ra
-            assert rb.ok and not rb.protected, rb
-            assert rc.ok and rc.protected, rc
+            await register_three(alice, bob, carol)
             samples = parse_metrics(await scrape(urls["scscf"]))
             assert samples[("imsaka_state", (("function", "scscf"), ("kind", "bindings")))] == 3
             assert (await alice.deregister(15)).ok
