@@ -14,8 +14,15 @@ After each HSS run the store is checked: the SQN steps committed per subscriber 
 add up to exactly the number of vectors answered (nothing answered that was not
 committed, nothing handed out twice).
 
+``--registrations N`` also offers N registrations' Cx traffic (UAR, MAR, UAR, SAR per
+fresh subscriber, as the I-CSCF and S-CSCF send it) at ``--reg-rate`` per second to the
+same HSS process on each backend, and reports the HSS's CPU ms per registration
+(utime+stime from /proc/PID/stat over the run), the figure the registration benchmark
+reports as ``cpu_ms_per_registration.hss``.
+
     python benchmarks/hss_mar.py [--seconds 2] [--rounds 2] [--concurrency 32] [--users 1000]
                                  [--no-postgres] [--import-rows 100000]
+                                 [--registrations 1000] [--reg-rate 150]
 """
 
 from __future__ import annotations
@@ -201,6 +208,116 @@ def measure_hss(db: str, seconds: float, concurrency: int, users: int) -> dict:
     }
 
 
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _registrations(port: int, pid: int, count: int, rate: float) -> dict:
+    from imsaka.diameter.node import DiameterNode, PeerSpec
+
+    client = DiameterNode(
+        origin_host=loadgen.CLIENT_HOST,
+        origin_realm=loadgen.REALM,
+        peers=[PeerSpec(loadgen.SERVER_HOST, "127.0.0.1", port)],
+        tc=0.5,
+        owner="scscf",
+    )
+    await client.start()
+    sessions = 0
+    bad: Counter[str] = Counter()
+
+    def head() -> dict:
+        nonlocal sessions
+        sessions += 1
+        return {
+            "session_id": f"{loadgen.CLIENT_HOST};hss-reg;{sessions}",
+            "origin_host": loadgen.CLIENT_HOST,
+            "origin_realm": loadgen.REALM,
+            "destination_realm": loadgen.REALM,
+            "destination_host": loadgen.SERVER_HOST,
+        }
+
+    async def register(i: int) -> None:
+        name, scscf = impi(i), f"sip:{loadgen.CLIENT_HOST}:6060"
+        uar = {"user_name": name, "public_identity": f"sip:{name}"}
+        uar |= {"visited_network_identifier": loadgen.REALM, "user_authorization_type": 0}
+        steps = (
+            (cx.UserAuthorizationRequest(**head(), **uar), "uar-first", 2001),
+            (
+                cx.MultimediaAuthRequest(
+                    **head(),
+                    user_name=name,
+                    public_identity=f"sip:{name}",
+                    server_name=scscf,
+                    sip_number_auth_items=1,
+                    sip_auth_data_item=cx.SipAuthDataItem(
+                        sip_authentication_scheme=cx.SCHEME_UNKNOWN
+                    ),
+                ),
+                "mar",
+                cx.DIAMETER_SUCCESS,
+            ),
+            (cx.UserAuthorizationRequest(**head(), **uar), "uar-subsequent", 2002),
+            (
+                cx.ServerAssignmentRequest(
+                    **head(),
+                    user_name=name,
+                    public_identities=(f"sip:{name}",),
+                    server_name=scscf,
+                    server_assignment_type=cx.ServerAssignmentType.REGISTRATION,
+                    user_data_already_available=0,
+                ),
+                "sar",
+                cx.DIAMETER_SUCCESS,
+            ),
+        )
+        for request, what, expected in steps:
+            answer = await client.request(request, timeout=30.0)
+            if (answer.result_code or answer.experimental_result_code) != expected:
+                bad[what] += 1
+                return
+
+    try:
+        await client.wait_open(loadgen.SERVER_HOST, 10.0)
+        await asyncio.gather(*(register(count + j) for j in range(50)))  # warm-up
+        loop = asyncio.get_running_loop()
+        cpu0, start = _cpu_seconds(pid), loop.time()
+        tasks = []
+        for j in range(count):
+            delay = start + j / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(loop.create_task(register(j)))
+        await asyncio.gather(*tasks)
+        seconds, cpu = loop.time() - start, _cpu_seconds(pid) - cpu0
+    finally:
+        await client.stop()
+    return {
+        "registrations": count,
+        "offered_per_s": rate,
+        "completed_per_s": round(count / seconds, 1),
+        "hss_cpu_ms_per_registration": round(cpu * 1000 / count, 3),
+        "failed": dict(bad),
+    }
+
+
+def measure_registrations(db: str, count: int, rate: float) -> dict:
+    loop = diameter_peer._new_loop()
+    try:
+        loop.run_until_complete(provision(db, count + 50))
+    finally:
+        loop.close()
+    proc, port = start_hss(db)
+    loop = diameter_peer._new_loop()
+    try:
+        return loop.run_until_complete(_registrations(port, proc.pid, count, rate))
+    finally:
+        loop.close()
+        diameter_peer.stop_subprocess(proc)
+
+
 def measure_import(rows: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "subs.csv"
@@ -243,6 +360,10 @@ def main() -> int:
     parser.add_argument(
         "--import-rows", type=int, default=0, help="also time `imsaka hss import` of N CSV rows"
     )
+    parser.add_argument(
+        "--registrations", type=int, default=0, help="also N registrations' Cx (HSS CPU/reg)"
+    )
+    parser.add_argument("--reg-rate", type=float, default=150.0, help="registrations offered/s")
     parser.add_argument("--serve-hss", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -318,6 +439,15 @@ def main() -> int:
     }
     if args.import_rows:
         result["csv_import"] = measure_import(args.import_rows)
+    if args.registrations:
+        with tempfile.TemporaryDirectory() as tmp:
+            result["registrations_sqlite"] = measure_registrations(
+                f"sqlite+aiosqlite:///{tmp}/reg.db", args.registrations, args.reg_rate
+            )
+        if not args.no_postgres:
+            result["registrations_postgres"] = measure_registrations(
+                PG_URL, args.registrations, args.reg_rate
+            )
     print(json.dumps(result))
     return 0
 
