@@ -41,6 +41,7 @@ __all__ = [
     "ScscfEntry",
     "load_config",
     "parse_config",
+    "parse_listen",
     "split_hostport",
 ]
 
