@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import shutil
 import socket
+import struct
 import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from imsaka.ipsec import SaState, UserspaceBackend, create_backend
 from imsaka.ipsec.backend import (
@@ -190,6 +194,24 @@ def test_udp_checksum_known_value():
     # A segment carrying its own correct checksum sums to zero.
     filled = seg[:6] + (0x5A4E).to_bytes(2, "big") + seg[8:]
     assert udp_checksum("127.0.0.1", "127.0.0.1", filled) in (0, 0xFFFF)
+
+
+@given(
+    st.binary(max_size=80) | st.builds(lambda n: b"\xff" * n, st.integers(0, 40)),
+    st.sampled_from([("127.0.0.1", "10.0.0.2"), ("::1", "fe80::1"), ("0.0.0.0", "0.0.0.0")]),
+)
+def test_udp_checksum_is_rfc_1071(segment, addresses):
+    # the word-by-word one's complement sum with end-around carry, as RFC 1071 spells it
+    src, dst = (ipaddress.ip_address(a).packed for a in addresses)
+    if len(src) == 4:
+        pseudo = src + dst + struct.pack(">BBH", 0, 17, len(segment))
+    else:
+        pseudo = src + dst + struct.pack(">IxxxB", len(segment), 17)
+    data = pseudo + segment + b"\x00" * ((len(pseudo) + len(segment)) % 2)
+    total = sum((data[i] << 8) | data[i + 1] for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    assert udp_checksum(*addresses, segment) == (((~total) & 0xFFFF) or 0xFFFF)
 
 
 def test_key_file_lines_match_the_uat_format(negotiated):

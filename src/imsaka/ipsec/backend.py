@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import ipaddress
 import logging
 import socket
@@ -96,8 +97,8 @@ class ProtectedMessage:
 
 def udp_checksum(src_ip: str, dst_ip: str, segment: bytes) -> int:
     """RFC 768 / RFC 8200 §8.1 checksum over the pseudo-header and the UDP segment."""
-    src = ipaddress.ip_address(src_ip).packed
-    dst = ipaddress.ip_address(dst_ip).packed
+    src = _packed(src_ip)
+    dst = _packed(dst_ip)
     length = len(segment)
     if len(src) == 4:
         pseudo = src + dst + struct.pack(">BBH", 0, 17, length)
@@ -106,17 +107,16 @@ def udp_checksum(src_ip: str, dst_ip: str, segment: bytes) -> int:
     data = pseudo + segment
     if len(data) % 2:
         data += b"\x00"
-    # RFC 1071: the one's complement sum is byte-order independent, so sum native
-    # 16-bit words and swap once at the end.
-    total = sum(memoryview(data).cast("H"))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    if _LITTLE:
-        total = ((total & 0xFF) << 8) | (total >> 8)
+    # RFC 1071: the one's complement sum of the 16-bit words is the number the octets
+    # spell, modulo 0xFFFF (2^16 = 1 there), one big-integer operation in C; the sum
+    # 0xFFFF it cannot tell from 0 gives the same checksum (transmitted as 0xFFFF).
+    total = int.from_bytes(data, "big") % 0xFFFF
     return ((~total) & 0xFFFF) or 0xFFFF
 
 
-_LITTLE = struct.pack("=H", 1) == b"\x01\x00"
+@functools.lru_cache(maxsize=1024)
+def _packed(ip: str) -> bytes:
+    return ipaddress.ip_address(ip).packed
 
 
 class _Port:

@@ -357,12 +357,29 @@ def ue_choose_server_mechanism(
 # --- Security-Verify and Security-Client checks ----------------------------------------
 
 
+def _same_text(kept: Sequence[object], values: str | Iterable[object]) -> bool:
+    """The header text received is the very text kept (the usual case: a UE echoes what
+    it got): then it parses to the very same mechanisms, and the comparison below may
+    be skipped. Only for text kept as text (str items), never empty."""
+    if not kept or not all(type(v) is str and v for v in kept):
+        return False
+    received = [values] if isinstance(values, str) else values
+    if not isinstance(received, list | tuple):
+        return False
+    return len(received) == len(kept) and all(a == b for a, b in zip(kept, received, strict=True))
+
+
 def check_security_verify(
-    sent_server: Sequence[SecurityMechanism], verify_values: str | Iterable[object] | None
+    sent_server: Sequence[SecurityMechanism] | Sequence[str],
+    verify_values: str | Iterable[object] | None,
 ) -> None:
-    """Raise DowngradeError (494) unless Security-Verify equals the Security-Server sent."""
+    """Raise DowngradeError (494) unless Security-Verify equals the Security-Server sent
+    (`sent_server`: as mechanisms, or as the header text that was sent)."""
     if verify_values is None:
         raise DowngradeError("Security-Verify: missing")
+    if _same_text(sent_server, verify_values):
+        return
+    sent_server = parse_security_header(sent_server)
     try:
         received = parse_security_header(verify_values)
     except SecAgreeParseError as exc:
@@ -374,11 +391,16 @@ def check_security_verify(
 
 
 def check_security_client_unchanged(
-    first: Sequence[SecurityMechanism], second_values: str | Iterable[object] | None
+    first: Sequence[SecurityMechanism] | Sequence[str],
+    second_values: str | Iterable[object] | None,
 ) -> None:
-    """TS 33.203 §7.2: the protected REGISTER repeats the challenged REGISTER's Security-Client."""
+    """TS 33.203 §7.2: the protected REGISTER repeats the challenged REGISTER's
+    Security-Client (`first`: as mechanisms, or as the challenged REGISTER's text)."""
     if second_values is None:
         raise DowngradeError("Security-Client: missing in the protected REGISTER")
+    if _same_text(first, second_values):
+        return
+    first = parse_security_header(first)
     try:
         second = parse_security_header(second_values)
     except SecAgreeParseError as exc:
