@@ -284,10 +284,12 @@ async def serve_with_metrics(
     serve: Callable[[], Any],
     *,
     announce: Callable[[str], None] = print,
+    field: str = "",
 ) -> int:
     """Run ``await serve()`` (the function's own serve-until-signal coroutine) with a
     `MetricsServer` for `server` listening on `listen` (None: no metrics) meanwhile.
-    Prints one line ``FUNCTION metrics on http://HOST:PORT/metrics`` once it listens."""
+    Prints one line ``FUNCTION metrics on http://HOST:PORT/metrics`` once it listens;
+    `field` names where `listen` came from in the error when it cannot listen."""
     from imsaka.clierror import CliError
 
     metrics = None
@@ -297,7 +299,7 @@ async def serve_with_metrics(
             await metrics.start()
         except OSError as exc:
             raise CliError(
-                f"[metrics].{function}: cannot listen on {listen[0]}:{listen[1]}: "
+                f"{field or f'[metrics].{function}'}: cannot listen on {listen[0]}:{listen[1]}: "
                 f"{exc.strerror or exc}"
             ) from None
         announce(f"{function} metrics on {metrics.url}")

@@ -64,10 +64,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if name != "hss" and getattr(config, name) is None:
         raise CliError(f"[{name}]: missing section in {args.config}")
     listen = config.metrics.listen(name)
+    field = f"[metrics].{name}"
     if args.metrics is not None:
-        listen = parse_listen(args.metrics, "--metrics")
+        listen, field = parse_listen(args.metrics, "--metrics"), "--metrics"
     if listen is not None:
-        return _run_with_metrics(name, config, listen)
+        return _run_with_metrics(name, config, listen, field)
     run = None
     for module_name in _ENTRY[name]:
         try:
@@ -92,8 +93,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return int(run(config) or 0)
 
 
-def _run_with_metrics(name: str, config: Any, listen: tuple[str, int]) -> int:
-    """Serve function `name` until SIGINT/SIGTERM with metrics on `listen`."""
+def _run_with_metrics(name: str, config: Any, listen: tuple[str, int], field: str) -> int:
+    """Serve function `name` until SIGINT/SIGTERM with metrics on `listen` (from `field`)."""
     from imsaka.cscf._serve import serve_forever, use_uvloop
     from imsaka.metrics import serve_with_metrics
 
@@ -129,7 +130,9 @@ def _run_with_metrics(name: str, config: Any, listen: tuple[str, int]) -> int:
             return serve_forever(server, name)
 
     use_uvloop()
-    return asyncio.run(serve_with_metrics(name, server, listen, serve, announce=announce))
+    return asyncio.run(
+        serve_with_metrics(name, server, listen, serve, announce=announce, field=field)
+    )
 
 
 async def _serve_hss(server: Any, config: Any) -> int:

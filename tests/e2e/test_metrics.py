@@ -80,6 +80,38 @@ def test_imsaka_run_with_a_bad_metrics_value_says_one_line(tmp_path, toml, extra
     assert len(lines) == 1 and lines[0].startswith(f"imsaka: error: {message}"), proc.stderr
 
 
+@pytest.mark.parametrize("from_cli", [False, True])
+def test_imsaka_run_with_a_busy_metrics_port_says_one_line(tmp_path, from_cli):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        net = Network((), NetworkOptions())
+        doc = net.build_config()
+        extra = ["--metrics", f"127.0.0.1:{port}"] if from_cli else []
+        if not from_cli:
+            doc["metrics"] = {"icscf": f"127.0.0.1:{port}"}
+        cfg = tmp_path / "imsaka.toml"
+        cfg.write_text(dump_toml(doc))
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "imsaka", "run", "icscf", "-c", str(cfg), *extra],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        finally:
+            if net._tmp is not None:
+                net._tmp.cleanup()
+    field = "--metrics" if from_cli else "[metrics].icscf"
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"imsaka: error: {field}: cannot listen on 127.0.0.1:{port}")
+
+
 # --------------------------------------------------------------------------- HTTP endpoint
 
 
