@@ -58,6 +58,9 @@ DEFAULT_MAX_SIZE = 64 * 1024
 DEFAULT_MAX_HEADERS = 256
 
 _MANDATORY = ("via", "from", "to", "call-id", "cseq")
+# Key of the serialised message in a message's view cache (not a header name: no colon
+# can be in a header name).
+_WIRE = ":wire"
 _MANDATORY_SET = frozenset(_MANDATORY)
 
 # Header names seen before, already validated: name as written -> key. Bounded so a
@@ -156,6 +159,16 @@ class Message:
         key = _key(name)
         value = _check_value(str(value))
         line = f"{display_name(key, name)}: {value}"
+        hs = self._headers
+        found = [i for i, h in enumerate(hs) if h[0] == key]
+        if len(found) <= 1:
+            # the common case (Max-Forwards, Expires): one line or none
+            if found:
+                hs[found[0]] = (key, value, line)
+            else:
+                hs.append((key, value, line))
+            self._invalidate(key)
+            return
         new: list[tuple[str, str, str]] = []
         done = False
         for h in self._headers:
@@ -176,14 +189,35 @@ class Message:
         the end when the header is absent)."""
         key = _key(name)
         value = _check_value(str(value))
-        entry = (key, value, f"{display_name(key, name)}: {value}")
-        hs = self._headers
-        idx = [i for i, h in enumerate(hs) if h[0] == key]
-        if first:
-            hs.insert(idx[0] if idx else 0, entry)
-        else:
-            hs.insert(idx[-1] + 1 if idx else len(hs), entry)
+        self._insert(key, (key, value, f"{display_name(key, name)}: {value}"), first)
         self._invalidate(key)
+
+    def _insert(self, key: str, entry: tuple[str, str, str], first: bool) -> None:
+        hs = self._headers
+        if first:
+            for i, h in enumerate(hs):
+                if h[0] == key:
+                    hs.insert(i, entry)
+                    return
+            hs.insert(0, entry)
+            return
+        for i in range(len(hs) - 1, -1, -1):
+            if hs[i][0] == key:
+                hs.insert(i + 1, entry)
+                return
+        hs.append(entry)
+
+    def add_top_via(self, via: Via) -> None:
+        """Put `via` (a Via view) on top of the Via lines (§16.6 step 8), keeping the
+        parsed views of the Vias below."""
+        text = str(via)
+        self._insert("via", ("via", text, "Via: " + text), True)
+        cache = self._cache
+        if cache:
+            cache.pop(_WIRE, None)
+            vias = cache.get("via")
+            if vias is not None:
+                cache["via"] = [via, *vias]
 
     def remove(self, name: str) -> int:
         """Remove every line of `name`; returns how many lines went."""
@@ -207,7 +241,13 @@ class Message:
                 rest = ", ".join(parts[1:])
                 hname = raw.partition(":")[0].rstrip()
                 self._headers[i] = (key, rest, f"{hname}: {rest}")
-            self._invalidate(key)
+            cache = self._cache
+            if cache:
+                cache.pop(_WIRE, None)
+                view = cache.pop(key, None)
+                if parts and type(view) is list and view:
+                    # the views of the values below stay valid (Via of a relayed response)
+                    cache[key] = view[1:]
             return parts[0] if parts else v
         return None
 
@@ -219,18 +259,27 @@ class Message:
         return [k for k, _, _ in self._headers]
 
     def _invalidate(self, key: str) -> None:
-        if self._cache:
-            self._cache.pop(key, None)
+        cache = self._cache
+        if cache:
+            cache.pop(key, None)
+            cache.pop(_WIRE, None)
+
+    def pop_top_via(self) -> Via | None:
+        """Remove the topmost Via value and return it as a Via view (§16.7 step 3); the
+        views of the Vias below stay parsed."""
+        cache = self._cache
+        vias = cache.get("via") if cache else None
+        text = self.pop_first("via")
+        if text is None:
+            return None
+        return vias[0] if vias and text else Via.parse(text)
 
     def replace_top_via(self, via) -> None:
         """Replace the topmost Via value by `via` (a Via view), keeping the parsed
         views of the others (used to stamp received/rport, §18.2.1)."""
-        vias = self.via
+        self.via  # noqa: B018 - parses (and checks) every Via before one is replaced
         self.pop_first("via")
-        self.add("Via", str(via), first=True)
-        if self._cache is None:
-            self._cache = {}
-        self._cache["via"] = [via, *vias[1:]]
+        self.add_top_via(via)
 
     def _view(self, key: str, build):
         cache = self._cache
@@ -248,10 +297,25 @@ class Message:
         raise NotImplementedError
 
     def to_bytes(self) -> bytes:
-        """The message on the wire; Content-Length always matches the body."""
+        """The message on the wire; Content-Length always matches the body. Kept until
+        a header, the start line or the body changes (a request is often serialised
+        twice: to choose the transport by size, then to send it)."""
+        start = self.start_line()
         body = self.body
+        cache = self._cache
+        if cache is None:
+            cache = self._cache = {}
+        else:
+            wire = cache.get(_WIRE)
+            if wire is not None and wire[0] == start and wire[1] is body:
+                return wire[2]
+        data = self._serialize(start, body)
+        cache[_WIRE] = (start, body, data)
+        return data
+
+    def _serialize(self, start: str, body: bytes) -> bytes:
         blen = str(len(body))
-        lines = [self.start_line()]
+        lines = [start]
         append = lines.append
         seen_cl = False
         for key, value, raw in self._headers:
@@ -454,7 +518,8 @@ class Request(Message):
         new = Request.__new__(Request)
         new.method, new.uri, new.version = self.method, self.uri, self.version
         new._headers = list(self._headers)
-        new._cache = None
+        # the views are immutable objects in lists never changed in place: shared
+        new._cache = dict(self._cache) if self._cache else None
         new.body = self.body
         return new
 
@@ -491,7 +556,8 @@ class Response(Message):
         new = Response.__new__(Response)
         new.status, new.reason, new.version = self.status, self.reason, self.version
         new._headers = list(self._headers)
-        new._cache = None
+        # the views are immutable objects in lists never changed in place: shared
+        new._cache = dict(self._cache) if self._cache else None
         new.body = self.body
         return new
 
@@ -520,12 +586,12 @@ def parse_message(
     if end < 0:
         raise SipParseError("no empty line after the header fields")
     head = data[start:end].decode("utf-8", "surrogateescape")
-    crlf = head.count("\r\n")
+    lines = head.split("\r\n")
+    crlf = len(lines) - 1
     if head.count("\n") != crlf or head.count("\r") != crlf:
         raise SipParseError("bare CR or LF in the header")
     if "\x00" in head:
         raise SipParseError("NUL in the header")
-    lines = head.split("\r\n")
     if len(lines) > max_headers + 1:
         raise SipParseError(f"more than {max_headers} header lines")
 
@@ -570,27 +636,21 @@ def parse_message(
     headers: list[tuple[str, str, str]] = []
     append = headers.append
     cache = _NAME_CACHE
-    cl_values: list[str] = []
     cseq = None
-    folded = "\r\n " in head or "\r\n\t" in head
-    for i in range(1, len(lines)):
-        line = lines[i]
-        if folded and line[:1] in (" ", "\t"):
-            # §7.3.1 continuation line: part of the previous field's value
-            if not headers:
-                raise SipParseError("continuation line before the first header")
-            k, v, raw = headers[-1]
-            s = line.strip()
-            headers[-1] = (k, f"{v} {s}" if v and s else v or s, f"{raw}\r\n{line}")
-            continue
-        colon = line.find(":")
-        if colon <= 0:
-            raise SipParseError(f"header line without a name: {line[:40]!r}")
-        name = line[:colon]
-        key = cache.get(name)
-        if key is None:
-            key = _name_key(name)
-        append((key, line[colon + 1 :].strip(), line))
+    try:
+        for line in lines[1:]:
+            name, colon, value = line.partition(":")
+            if not colon or not name:
+                raise SipParseError(f"header line without a name: {line[:40]!r}")
+            key = cache.get(name)
+            if key is None:
+                key = _name_key(name)  # a continuation line fails here: no token
+            append((key, value.strip(), line))
+    except SipParseError:
+        if "\r\n " not in head and "\r\n\t" not in head:
+            raise
+        headers.clear()
+        _folded_lines(lines, headers)
 
     seen = {h[0] for h in headers}
     if not seen >= _MANDATORY_SET:
@@ -636,6 +696,30 @@ def parse_message(
             msg.cseq  # noqa: B018 - raises the precise SipParseError for a bad CSeq
             raise SipParseError("CSeq method does not match the request method")
     return msg
+
+
+def _folded_lines(lines: list[str], headers: list[tuple[str, str, str]]) -> None:
+    """The header lines of a message with continuation lines (§7.3.1)."""
+    append = headers.append
+    cache = _NAME_CACHE
+    for i in range(1, len(lines)):
+        line = lines[i]
+        if line[:1] in (" ", "\t"):
+            # §7.3.1 continuation line: part of the previous field's value
+            if not headers:
+                raise SipParseError("continuation line before the first header")
+            k, v, raw = headers[-1]
+            s = line.strip()
+            headers[-1] = (k, f"{v} {s}" if v and s else v or s, f"{raw}\r\n{line}")
+            continue
+        colon = line.find(":")
+        if colon <= 0:
+            raise SipParseError(f"header line without a name: {line[:40]!r}")
+        name = line[:colon]
+        key = cache.get(name)
+        if key is None:
+            key = _name_key(name)
+        append((key, line[colon + 1 :].strip(), line))
 
 
 def _to_tag_or_broken(request: Request) -> str | None:

@@ -52,7 +52,7 @@ def push_via(
         items.append((k, v))
     items.append(("branch", branch or new_branch(rng)))
     via = Via(transport, format_host(host), port, Params(tuple(items)))
-    msg.add("Via", str(via), first=True)
+    msg.add_top_via(via)
     return via
 
 
@@ -114,8 +114,7 @@ def detect_loop(request: Request, ours: Callable[[Via], bool]) -> Response | Non
 
 def pop_via(response: Response) -> Via | None:
     """Remove our topmost Via from a response before relaying it (§16.7 step 3)."""
-    text = response.pop_first("via")
-    return None if text is None else Via.parse(text)
+    return response.pop_top_via()
 
 
 def stamp_received(request: Request, source_host: str, source_port: int) -> None:

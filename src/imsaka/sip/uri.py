@@ -27,6 +27,12 @@ _USER_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+")
 _PASSWORD_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,%]*")
 # paramchar = param-unreserved / unreserved / escaped
 _PARAM_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$%]+")
+# A whole parameter list without quotes or whitespace: `p[=v] *(; p[=v])` with both
+# sides paramchar (the fast path of Params.parse; anything else takes the exact path).
+_PARAMS_FAST_RE = re.compile(
+    r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$%]+(?:=[A-Za-z0-9\-_.!~*'()\[\]/:&+$%]+)?"
+    r"(?:;[A-Za-z0-9\-_.!~*'()\[\]/:&+$%]+(?:=[A-Za-z0-9\-_.!~*'()\[\]/:&+$%]+)?)*"
+)
 # tel: global-number-digits / local-number-digits (RFC 3966 §3)
 _TEL_RE = re.compile(r"\+?[0-9A-Fa-f*#\-.()]*[0-9A-Fa-f*#][0-9A-Fa-f*#\-.()]*")
 
@@ -80,6 +86,13 @@ class Params:
     @classmethod
     def parse(cls, text: str, sep: str = ";") -> Params:
         """Parse `a=b;c;d="x"` (no leading separator)."""
+        if sep == ";" and _PARAMS_FAST_RE.fullmatch(text):
+            # the common case (no quotes, no whitespace): one match validates it all
+            items = []
+            for part in text.split(";"):
+                name, eq, value = part.partition("=")
+                items.append((name, value if eq else None))
+            return cls(tuple(items))
         items = []
         for part in split_unquoted(text, sep):
             part = part.strip()
@@ -106,7 +119,7 @@ class Params:
     def raw(self, name: str) -> str | None:
         lname = name.lower()
         for n, v in self.items:
-            if n.lower() == lname:
+            if n == lname or n.lower() == lname:
                 return v
         return None
 
@@ -114,7 +127,7 @@ class Params:
         """The value, unquoted (a flag parameter gives "")."""
         lname = name.lower()
         for n, v in self.items:
-            if n.lower() == lname:
+            if n == lname or n.lower() == lname:
                 if v is None:
                     return ""
                 if v[:1] == '"':
@@ -124,7 +137,10 @@ class Params:
 
     def __contains__(self, name: str) -> bool:
         lname = name.lower()
-        return any(n.lower() == lname for n, _ in self.items)
+        for n, _ in self.items:  # noqa: SIM110 - a plain loop: no generator per lookup
+            if n == lname or n.lower() == lname:
+                return True
+        return False
 
     def with_param(self, name: str, value: str | None = None) -> Params:
         """A copy with `name` set (replaced in place, or appended)."""
@@ -192,8 +208,25 @@ def _valid_ipv6(text: str) -> bool:
     return True
 
 
+# `host[:port]` texts parsed before (valid ones only): the same few hosts recur in
+# every message of a flow. Bounded: emptied when full.
+_HOSTPORT_CACHE: dict[str, tuple[str, int | None]] = {}
+_HOSTPORT_CACHE_MAX = 1024
+
+
 def parse_hostport(text: str, what: str = "host") -> tuple[str, int | None]:
     """`host[:port]` with IPv6 references in brackets."""
+    found = _HOSTPORT_CACHE.get(text)
+    if found is not None:
+        return found
+    found = _parse_hostport(text, what)
+    if len(_HOSTPORT_CACHE) >= _HOSTPORT_CACHE_MAX:
+        _HOSTPORT_CACHE.clear()
+    _HOSTPORT_CACHE[text] = found
+    return found
+
+
+def _parse_hostport(text: str, what: str) -> tuple[str, int | None]:
     if not text:
         raise SipParseError(f"empty {what}")
     if text[0] == "[":

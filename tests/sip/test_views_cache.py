@@ -1,0 +1,196 @@
+"""Parsed views kept across copy / push / pop, the serialisation cache, and the fast
+paths of the header parsers agreeing with the exact ones."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from imsaka.sip import SipParseError, parse_message
+from imsaka.sip.headers import DigestCredentials, Via, _digest_params_fast
+from imsaka.sip.proxy import pop_via, push_via, stamp_received
+from imsaka.sip.uri import Params, split_unquoted
+
+REGISTER = (
+    b"REGISTER sip:home1.net SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP pcscf1.home1.net:5070;branch=z9hG4bKp1;received=127.0.0.1\r\n"
+    b"Via: SIP/2.0/UDP 127.0.0.1:44960;branch=z9hG4bKu1\r\n"
+    b"Max-Forwards: 69\r\n"
+    b"From: <sip:alice@home1.net>;tag=e0b1\r\n"
+    b"To: <sip:alice@home1.net>\r\n"
+    b"Call-ID: c1@127.0.0.1\r\n"
+    b'Authorization: Digest username="alice@home1.net", realm="home1.net", nonce="",'
+    b' uri="sip:home1.net", response="", integrity-protected="no"\r\n'
+    b"CSeq: 1 REGISTER\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
+
+
+def rng(n: int) -> bytes:
+    return b"\x07" * n
+
+
+def test_copy_keeps_views_and_push_pop_keep_them_right():
+    req = parse_message(REGISTER)
+    vias = req.via
+    fwd = req.copy()
+    assert fwd.via == vias
+    ours = push_via(fwd, "UDP", "icscf1.home1.net", 5060, rng=rng)
+    assert fwd.via == [ours, *vias]
+    assert fwd.via == parse_message(fwd.to_bytes()).via
+    assert req.via == vias  # the original is untouched
+    popped = pop_via(fwd)
+    assert popped == ours and fwd.via == vias
+    assert parse_message(fwd.to_bytes()).via == vias
+
+
+def test_serialisation_follows_every_change():
+    req = parse_message(REGISTER)
+    first = req.to_bytes()
+    assert req.to_bytes() is first  # kept
+    req.uri = "sip:scscf1.home1.net"
+    assert req.to_bytes().startswith(b"REGISTER sip:scscf1.home1.net SIP/2.0\r\n")
+    req.set("Max-Forwards", "68")
+    assert b"Max-Forwards: 68\r\n" in req.to_bytes()
+    req.add("Path", "<sip:term@pcscf1.home1.net;lr>", first=True)
+    assert b"Path: <sip:term@pcscf1.home1.net;lr>\r\n" in req.to_bytes()
+    req.body = b"abc"
+    assert req.to_bytes().endswith(b"Content-Length: 3\r\n\r\nabc")
+    req.remove("Path")
+    assert b"Path:" not in req.to_bytes()
+    req.pop_first("via")
+    assert req.to_bytes().count(b"Via:") == 1
+    stamp_received(req, "192.0.2.9", 44960)
+    assert b"received=192.0.2.9" in req.to_bytes()
+    again = parse_message(req.to_bytes())
+    assert again.to_bytes() == req.to_bytes()
+
+
+def test_copy_serialises_its_own_changes():
+    req = parse_message(REGISTER)
+    wire = req.to_bytes()
+    fwd = req.copy()
+    fwd.uri = "sip:scscf1.home1.net"
+    assert fwd.to_bytes() != wire and req.to_bytes() == wire
+
+
+def test_pop_top_via_of_an_empty_line_still_fails():
+    req = parse_message(REGISTER)
+    req.add("Via", "", first=True)
+    with pytest.raises(SipParseError):
+        pop_via(req)
+
+
+def test_a_bad_lower_via_still_fails_when_the_top_is_stamped():
+    data = REGISTER.replace(b"127.0.0.1:44960;branch", b"[zz]:44960;branch")
+    req = parse_message(data)
+    with pytest.raises(SipParseError):
+        stamp_received(req, "192.0.2.9", 5060)
+
+
+NAME = st.text(alphabet="abcXYZ019-_.!~*'()[]/:&+$%", min_size=1, max_size=6)
+VALUE = st.one_of(
+    st.none(),
+    st.text(alphabet="abc019-_.!~*'()[]/:&+$%=\" \t;", min_size=0, max_size=8),
+)
+
+
+@given(st.lists(st.tuples(NAME, VALUE), min_size=1, max_size=5), st.sampled_from([";", " ; "]))
+def test_params_fast_path_agrees_with_the_exact_parser(items, sep):
+    text = sep.join(n if v is None else f"{n}={v}" for n, v in items)
+    try:
+        fast = Params.parse(text)
+    except SipParseError:
+        fast = None
+    try:
+        exact = _exact_params(text)
+    except SipParseError:
+        exact = None
+    assert fast == exact
+
+
+def _exact_params(text: str) -> Params:
+    """The parser as it was before its fast path (the reference)."""
+    import re
+
+    param = re.compile(r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$%]+")
+    items = []
+    for part in split_unquoted(text, ";"):
+        part = part.strip()
+        if not part:
+            raise SipParseError("empty")
+        name, eq, value = part.partition("=")
+        name = name.strip()
+        if not name or not param.fullmatch(name):
+            raise SipParseError("name")
+        if eq:
+            value = value.strip()
+            if not value:
+                raise SipParseError("empty value")
+            if value[0] == '"':
+                if len(value) < 2 or value[-1] != '"':
+                    raise SipParseError("quote")
+            elif not param.fullmatch(value):
+                raise SipParseError("value")
+            items.append((name, value))
+        else:
+            items.append((name, None))
+    return Params(tuple(items))
+
+
+DIGEST_VALUE = st.one_of(
+    st.text(alphabet="abc019-./=+", min_size=1, max_size=6),
+    st.text(alphabet='ab ,=\\"', min_size=0, max_size=6).map(lambda v: f'"{v}"'),
+    st.text(alphabet='ab ,="\\', min_size=0, max_size=6),
+)
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["nonce", "realm", "qop", "x-y"]), DIGEST_VALUE), max_size=4
+    ),
+    st.sampled_from([", ", ",", " , "]),
+)
+def test_digest_fast_path_agrees_with_the_exact_parser(items, sep):
+    rest = sep.join(f"{n}={v}" for n, v in items).strip()
+    if not rest or rest[-1] == ",":
+        return  # DigestCredentials.parse never takes the fast path for these
+    fast = _digest_params_fast(rest)
+    try:
+        exact = DigestCredentials.parse("Digest " + rest)
+    except SipParseError:
+        exact = None
+    if fast is not None:
+        # whenever the fast path accepts, the exact parser gives the same params
+        assert exact is not None and tuple(fast) == exact.params
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1;rport=5060;received=127.0.0.1",
+        "SIP/2.0/TCP [2001:db8::1]:5061;branch=z9hG4bK2",
+        "SIP / 2.0 / UDP host.example.com ; branch=z9hG4bK3",
+        "SIP/2.0/UDP host:5060 ;branch=z9hG4bK4",
+        "SIP/2.0/UDP h;rport",
+    ],
+)
+def test_via_forms(text):
+    via = Via.parse(text)
+    assert Via.parse(str(via)) == via
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "SIP/2.0/UDP h;rport=x",
+        "SIP/2.0/UDP h;ttl=99999",
+        "SIP/2.0/UDP h;",
+        "SIP/2.0/UDP -bad-;branch=1",
+        "SIP/2.0/UDP h:0",
+    ],
+)
+def test_bad_vias(text):
+    with pytest.raises(SipParseError):
+        Via.parse(text)
