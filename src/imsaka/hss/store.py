@@ -760,6 +760,7 @@ class HssStore:
         self._read_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._reader_dbs: list[sqlite3.Connection] = []
         self._reader_local = threading.local()
+        self._pg_pool: Any = None
         self._queue: list[_MarJob | _WriteJob] = []
         self._inflight: list[_MarJob | _WriteJob] = []
         self._wakeup: asyncio.Event | None = None
@@ -809,6 +810,9 @@ class HssStore:
                 db.close()
         self._writer_db = self._loop_db = None
         self._reader_dbs.clear()
+        if self._pg_pool is not None:
+            await self._pg_pool.close()
+            self._pg_pool = None
         await self.engine.dispose()
 
     # ------------------------------------------------------------------ provisioning
@@ -1240,11 +1244,29 @@ class HssStore:
                 )
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._read_executor, self._read_in_thread, plan, args)
+        if self.dialect == "postgresql":
+            async with (await self._pg()).acquire() as pg:
+                return await run_pg(pg, plan(*args))
         async with self.engine.connect() as conn:
-            if self.dialect == "postgresql":
-                raw = await conn.get_raw_connection()
-                return await run_pg(raw.driver_connection, plan(*args))
             return await conn.run_sync(run_sa, plan(*args))
+
+    async def _pg(self) -> Any:
+        """PostgreSQL: asyncpg's own pool for Cx reads and group commits (cheaper to
+        take a connection from than the SQLAlchemy pool: no greenlet, no reset)."""
+        if self._pg_pool is None:
+            import asyncpg
+
+            # The same connect arguments as the engine's (host, user, password, query
+            # options), less those only SQLAlchemy's adapter understands.
+            _args, kwargs = self.engine.dialect.create_connect_args(self.engine.url)
+            for key in ("prepared_statement_cache_size", "prepared_statement_name_func"):
+                kwargs.pop(key, None)
+            pool = await asyncpg.create_pool(min_size=1, max_size=8, **kwargs)
+            if self._pg_pool is None:
+                self._pg_pool = pool
+            else:  # another task created one meanwhile
+                await pool.close()
+        return self._pg_pool
 
     def _loop_reader(self) -> sqlite3.Connection | None:
         """The sqlite3 connection of the thread that read first (the event loop's)."""
@@ -1633,9 +1655,7 @@ class HssStore:
 
     async def _batch_pg(self, batch: list[_MarJob | _WriteJob]) -> list[Any]:
         """PostgreSQL: the whole batch on the asyncpg connection in one transaction."""
-        async with self.engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            pg = raw.driver_connection
+        async with (await self._pg()).acquire() as pg:
             results: list[Any] = []
             async with pg.transaction():
                 for part in _segments(batch):
