@@ -67,8 +67,10 @@ class PcscfServer:
         self.tcp: TcpTransport | None = None
         self.core: PcscfCore | None = None
         self._sets: dict[int, SaSet] = {}  # by our inbound spi_ps
-        # Outbound SPI (chosen by the UE, so unique per UE only) -> the sets using it.
-        self._by_outbound: dict[int, list[SaSet]] = {}
+        # Outbound SPI (chosen by the UE, so unique per UE only) -> the set using it, or
+        # a list of them when UEs happen to choose the same SPI (rare: one set is kept
+        # without a list around it, per registered UE).
+        self._by_outbound: dict[int, SaSet | list[SaSet]] = {}
         self._timer: asyncio.Handle | None = None
         # The deadline `_timer` was armed for: uvloop's call_at returns a plain Handle
         # without when() for a deadline already past.
@@ -327,7 +329,8 @@ class PcscfServer:
         self, spi: int, destination: tuple[str, int] | None = None
     ) -> tuple[SaSet | None, Any]:
         found: tuple[SaSet | None, Any] = (None, None)
-        for s in self._by_outbound.get(spi, ()):
+        entry = self._by_outbound.get(spi)
+        for s in (entry,) if type(entry) is SaSet else entry or ():
             if s.state is SaState.REMOVED:
                 continue
             for sa in s.outbound.values():
@@ -346,18 +349,29 @@ class PcscfServer:
                 del self._sets[key]
 
     def _index(self, sa_set: SaSet) -> None:
+        index = self._by_outbound
         for sa in sa_set.outbound.values():
-            self._by_outbound.setdefault(sa.spi, []).append(sa_set)
+            entry = index.get(sa.spi)
+            if entry is None:
+                index[sa.spi] = sa_set
+            elif type(entry) is SaSet:
+                index[sa.spi] = [entry, sa_set]
+            else:
+                entry.append(sa_set)
 
     def _unindex(self, sa_set: SaSet) -> None:
+        index = self._by_outbound
         for sa in sa_set.outbound.values():
-            sets = self._by_outbound.get(sa.spi)
-            if sets is None:
-                continue
-            if sa_set in sets:
-                sets.remove(sa_set)
-            if not sets:
-                del self._by_outbound[sa.spi]
+            entry = index.get(sa.spi)
+            if entry is sa_set:
+                del index[sa.spi]
+            elif type(entry) is list:
+                if sa_set in entry:
+                    entry.remove(sa_set)
+                if len(entry) == 1:
+                    index[sa.spi] = entry[0]
+                elif not entry:
+                    del index[sa.spi]
 
     def _install(self, sa: PcscfSa, now: float) -> None:
         # One table contact per UE (IMPI, UE address): the table keeps its temporary,

@@ -68,6 +68,10 @@ log = logging.getLogger("imsaka.ipsec.esp")
 
 MAX_SEQ = 0xFFFFFFFF
 _HDR = struct.Struct(">II")
+# Module-level, not captured per SA set (each captured name is a cell per closure).
+_pack = _HDR.pack
+_mac = hmac.digest
+_same = hmac.compare_digest
 _PAD = bytes(range(1, 256))
 RandomSource = Callable[[int], bytes]
 
@@ -315,7 +319,7 @@ class EspInbound:
         return EspDrop(spi, seq, reason)
 
 
-# --- transform builders: one closure per SA, no per-packet branching on algorithms ---
+# --- transform builders: one closure per SA set, no per-packet branching on algorithms ---
 
 
 def _trailer(n: int, block: int, next_header: int) -> bytes:
@@ -339,13 +343,12 @@ def _strip_trailer(pt: bytes) -> tuple[int, bytes] | str:
 def _build_protect(keys: EspKeys, rng: RandomSource):
     integ = INTEGRITY[keys.alg]
     enc = ENCRYPTION[keys.ealg]
-    pack = _HDR.pack
     if enc.aead:
         aead = AESGCM(keys.ck_esp)
         salt = keys.salt
 
         def protect_gcm(spi: int, seq: int, payload: bytes, nh: int) -> bytes:
-            header = pack(spi, seq)
+            header = _pack(spi, seq)
             iv = header  # SPI ‖ Seq: unique per (key, SA, packet)
             body = payload + _trailer(len(payload), 4, nh)
             return header + iv + aead.encrypt(salt + iv, body, header)
@@ -356,7 +359,7 @@ def _build_protect(keys: EspKeys, rng: RandomSource):
         salt = keys.salt
 
         def protect_gmac(spi: int, seq: int, payload: bytes, nh: int) -> bytes:
-            header = pack(spi, seq)
+            header = _pack(spi, seq)
             signed = header + header + payload + _trailer(len(payload), 4, nh)
             return signed + gmac.encrypt(salt + header, b"", signed)
 
@@ -364,12 +367,11 @@ def _build_protect(keys: EspKeys, rng: RandomSource):
     digest = integ.digest
     icv_len = integ.icv_len
     ik = keys.ik_esp
-    mac = hmac.digest
     if keys.ealg == "null":
 
         def protect_null(spi: int, seq: int, payload: bytes, nh: int) -> bytes:
-            signed = pack(spi, seq) + payload + _trailer(len(payload), 4, nh)
-            return signed + mac(ik, signed, digest)[:icv_len]
+            signed = _pack(spi, seq) + payload + _trailer(len(payload), 4, nh)
+            return signed + _mac(ik, signed, digest)[:icv_len]
 
         return protect_null
     block = enc.block_size
@@ -378,8 +380,8 @@ def _build_protect(keys: EspKeys, rng: RandomSource):
 
     def protect_cbc(spi: int, seq: int, payload: bytes, nh: int) -> bytes:
         # The first output block, E(R xor previous block), is this packet's IV.
-        signed = pack(spi, seq) + update(rng(block) + payload + _trailer(len(payload), block, nh))
-        return signed + mac(ik, signed, digest)[:icv_len]
+        signed = _pack(spi, seq) + update(rng(block) + payload + _trailer(len(payload), block, nh))
+        return signed + _mac(ik, signed, digest)[:icv_len]
 
     return protect_cbc
 
@@ -422,8 +424,6 @@ def _build_open(keys: EspKeys):
     digest = integ.digest
     icv_len = integ.icv_len
     ik = keys.ik_esp
-    mac = hmac.digest
-    same = hmac.compare_digest
     if keys.ealg == "null":
 
         def open_null(packet: bytes):
@@ -433,7 +433,7 @@ def _build_open(keys: EspKeys):
             if (n - 8 - icv_len) % 4:
                 return BAD_LENGTH
             signed = packet[:-icv_len]
-            if not same(mac(ik, signed, digest)[:icv_len], packet[-icv_len:]):
+            if not _same(_mac(ik, signed, digest)[:icv_len], packet[-icv_len:]):
                 return ICV_MISMATCH
             return _strip_trailer(signed[8:])
 
@@ -450,7 +450,7 @@ def _build_open(keys: EspKeys):
         if (n - 8 - icv_len) % block:
             return BAD_LENGTH
         signed = packet[:-icv_len]
-        if not same(mac(ik, signed, digest)[:icv_len], packet[-icv_len:]):
+        if not _same(_mac(ik, signed, digest)[:icv_len], packet[-icv_len:]):
             return ICV_MISMATCH
         # IV ‖ ciphertext through a long-lived context: block 0 of the output is junk.
         return _strip_trailer(update(signed[8:])[block:])

@@ -42,7 +42,7 @@ import heapq
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -264,6 +264,50 @@ class NewRegistrationNeeded:
     sa_set: SaSet
 
 
+class _SaPair(Mapping):
+    """The two SAs of one direction of a set, by SPI (inbound) or local port (outbound):
+    a read-only mapping of exactly two entries, a third of a dict's memory (a P-CSCF
+    keeps two per registered UE)."""
+
+    __slots__ = ("_k0", "_k1", "_v0", "_v1")
+
+    def __init__(self, k0: int, v0: SecurityAssociation, k1: int, v1: SecurityAssociation) -> None:
+        self._k0, self._v0, self._k1, self._v1 = k0, v0, k1, v1
+
+    def __getitem__(self, key: object) -> SecurityAssociation:
+        if key == self._k0:
+            return self._v0
+        if key == self._k1:
+            return self._v1
+        raise KeyError(key)
+
+    def get(self, key: object, default=None):
+        if key == self._k0:
+            return self._v0
+        if key == self._k1:
+            return self._v1
+        return default
+
+    def __contains__(self, key: object) -> bool:
+        return key == self._k0 or key == self._k1
+
+    def __iter__(self) -> Iterator[int]:
+        yield self._k0
+        yield self._k1
+
+    def __len__(self) -> int:
+        return 2
+
+    def values(self):  # type: ignore[override]
+        return (self._v0, self._v1)
+
+    def items(self):  # type: ignore[override]
+        return ((self._k0, self._v0), (self._k1, self._v1))
+
+    def __repr__(self) -> str:
+        return f"{{{self._k0!r}: {self._v0!r}, {self._k1!r}: {self._v1!r}}}"
+
+
 class SaSet:
     """Four SAs between one UE contact and the P-CSCF, with one lifetime and one state."""
 
@@ -339,8 +383,8 @@ class SaSet:
         )
         # The UE receives on SAs 1 and 2 (towards its ports), the P-CSCF on 0 and 3.
         receiving_at = (1, 2) if local_role == "ue" else (0, 3)
-        self.inbound: dict[int, SecurityAssociation] = {}
-        self.outbound: dict[int, SecurityAssociation] = {}  # keyed by local port
+        inbound: list = []
+        outbound: list = []  # keyed by local port
         # One transform for the four SAs (one key set), built on the first packet.
         transform = EspTransform(keys, rng)
         for index, (spi, src, dst) in enumerate(layout):
@@ -352,9 +396,15 @@ class SaSet:
             )
             sa = SecurityAssociation(spi, receiving, src, dst, keys.alg, keys.ealg, esp, self)
             if receiving:
-                self.inbound[spi] = sa
+                inbound += (spi, sa)
             else:
-                self.outbound[src[1]] = sa
+                outbound += (src[1], sa)
+        self.inbound: Mapping[int, SecurityAssociation] = _SaPair(*inbound)
+        self.outbound: Mapping[int, SecurityAssociation] = (
+            _SaPair(*outbound)
+            if outbound[0] != outbound[2]
+            else {outbound[2]: outbound[3]}  # one port for both (as a dict keeps it)
+        )
 
     @property
     def expires_at(self) -> float:
