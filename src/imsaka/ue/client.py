@@ -73,6 +73,11 @@ class UeResult:
     events: list[Any] = field(default_factory=list, repr=False)
 
 
+def _time_out(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(UeResult(False, 408, "no final answer in time"))
+
+
 class UeClient:
     """One simulated UE on loopback (or any address) towards one P-CSCF."""
 
@@ -218,14 +223,15 @@ class UeClient:
 
     async def _run(self, start: Callable[[float], list[Event]], timeout: float) -> UeResult:
         loop = asyncio.get_running_loop()
-        self._waiter = loop.create_future()
+        waiter = self._waiter = loop.create_future()
         first = len(self.events)
         self._apply(start(loop.time()))
+        # One timer handle ends the wait (cheaper than wait_for + shield per attempt).
+        timer = loop.call_later(timeout, _time_out, waiter)
         try:
-            result: UeResult = await asyncio.wait_for(asyncio.shield(self._waiter), timeout)
-        except TimeoutError:
-            result = UeResult(False, 408, "no final answer in time")
+            result: UeResult = await waiter
         finally:
+            timer.cancel()
             self._waiter = None
         result.events = self.events[first:]
         return result
