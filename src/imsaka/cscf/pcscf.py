@@ -318,17 +318,20 @@ class PcscfCore:
         self.subscribe_reg_event = config.subscribe_reg_event
         self.drops: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
-        # Deadline heap (deadline, kind, key): kind "pending" keyed by branch,
-        # "temporary" / "expiry" keyed by IMPI. Entries are pushed wherever a deadline
-        # is set and checked against the live state when they surface (lazy deletion),
-        # so per-message timer work is O(log n) in the registered population.
+        # Deadline heap (deadline, kind, key): kind "temporary" / "expiry" keyed by
+        # IMPI. Entries are pushed wherever a deadline is set and checked against the
+        # live state when they surface (lazy deletion), so per-message timer work is
+        # O(log n) in the registered population. Forwarded requests' contexts need no
+        # entries: they all live TRANSACTION_LIFETIME, so `pending` (a dict, insertion
+        # ordered) is in expiry order itself.
         self._timers: list[tuple[float, str, str]] = []
 
     # ------------------------------------------------------------------ helpers
 
     def _add_pending(self, branch: str, pending: _Pending) -> None:
+        # a replaced context moves to the end: the dict stays in expiry order
+        self.pending.pop(branch, None)
         self.pending[branch] = pending
-        self._watch(pending.created + TRANSACTION_LIFETIME, "pending", branch)
 
     def _watch(self, deadline: float, kind: str, key: str) -> None:
         heapq.heappush(self._timers, (deadline, kind, key))
@@ -340,9 +343,6 @@ class PcscfCore:
 
     def _timer_due(self, kind: str, key: str) -> float | None:
         """The live deadline behind a heap entry (None: nothing is due any more)."""
-        if kind == "pending":
-            p = self.pending.get(key)
-            return None if p is None else p.created + TRANSACTION_LIFETIME
         reg = self.registrations.get(key)
         if reg is None:
             return None
@@ -1145,24 +1145,34 @@ class PcscfCore:
     # ------------------------------------------------------------------ timers
 
     def next_deadline(self) -> float | None:
+        deadline = None
         timers = self._timers
         while timers:
-            deadline, kind, key = timers[0]
-            if self._timer_due(kind, key) == deadline:
-                return deadline
+            when, kind, key = timers[0]
+            if self._timer_due(kind, key) == when:
+                deadline = when
+                break
             heapq.heappop(timers)
-        return None
+        oldest = next(iter(self.pending.values()), None)
+        if oldest is not None:
+            when = oldest.created + TRANSACTION_LIFETIME
+            if deadline is None or when < deadline:
+                deadline = when
+        return deadline
 
     def handle_timer(self, now: float) -> list[Action]:
         actions: list[Action] = []
+        pending = self.pending
+        while pending:
+            branch, oldest = next(iter(pending.items()))
+            if oldest.created + TRANSACTION_LIFETIME > now:
+                break
+            del pending[branch]
         timers = self._timers
         while timers and timers[0][0] <= now:
             deadline, kind, key = heapq.heappop(timers)
             if self._timer_due(kind, key) != deadline:
                 continue  # gone, or its deadline moved (a newer entry carries it)
-            if kind == "pending":
-                del self.pending[key]
-                continue
             reg = self.registrations[key]
             if kind == "temporary":
                 # The UE never answered the 401 within the temporary set's lifetime.
