@@ -159,17 +159,20 @@ class _Table:
     def port(self, key: str, default: int, *, zero: bool = False) -> int:
         return self.int(key, default, lo=0 if zero else 1, hi=65535)
 
+    def _child(self, key: str) -> str:
+        return f"{self.name}.{key}" if self.name else key  # the document itself: no dot
+
     def table(self, key: str, *, required: bool = False) -> _Table | None:
         value = self._get(key, None, required)
         if value is None:
             return None
-        return _Table(f"{self.name}.{key}", value)
+        return _Table(self._child(key), value)
 
     def tables(self, key: str) -> list[_Table]:
         value = self._get(key, [], False)
         if not isinstance(value, list):
             raise self.fail(key, "must be an array of tables ([[...]])")
-        return [_Table(f"{self.name}.{key}[{i}]", item) for i, item in enumerate(value)]
+        return [_Table(f"{self._child(key)}[{i}]", item) for i, item in enumerate(value)]
 
     def done(self) -> None:
         """Unknown keys are mistakes (a typo must not silently fall back to a default)."""
@@ -524,8 +527,6 @@ def parse_config(data: Mapping[str, Any], *, path: str = "") -> ImsConfig:
     pcscf_t = top.table("pcscf")
     icscf_t = top.table("icscf")
     scscf_t = top.table("scscf")
-    if not isinstance(data.get("metrics", {}), Mapping):
-        raise ConfigError("[metrics]: must be a table")
     metrics_t = top.table("metrics")
     for key in data:
         if key not in top._seen:

@@ -59,6 +59,13 @@ def test_bad_metrics_values_name_the_field(section, message):
     assert "\n" not in str(exc.value)
 
 
+@pytest.mark.parametrize("section", ["network", "pcscf", "icscf", "scscf", "metrics"])
+def test_a_section_that_is_not_a_table_is_named_as_written(section):
+    doc = {"network": {"home_domains": ["home1.net"]}, section: 3}
+    with pytest.raises(ConfigError, match=rf"^\[{section}\]: must be a table$"):
+        parse_config(doc)
+
+
 @pytest.mark.parametrize(
     ("toml", "extra", "message"),
     [
