@@ -599,6 +599,27 @@ class Framer:
         if self.error is not None:
             raise self.error
         buf = self._buf
+        if not buf and len(data) >= 4 and type(data) is bytes:
+            # The common read: one or more whole messages, nothing held back. Frames are
+            # sliced from `data` without going through the buffer.
+            out = []
+            pos = 0
+            size = len(data)
+            while size - pos >= 4:
+                try:
+                    need = check_header(data[pos : pos + 4], self.max_length)
+                except FramingError as exc:
+                    if not out:
+                        raise
+                    self.error = exc
+                    return out
+                if size - pos < need:
+                    break
+                out.append(data if need == size else data[pos : pos + need])
+                pos += need
+            if pos < size:
+                buf += data[pos:] if pos else data
+            return out
         buf += data
         out: list[bytes] = []
         pos = 0

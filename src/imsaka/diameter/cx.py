@@ -599,7 +599,14 @@ class _Command:
             _check_application_avps(cls.__name__, msg)
             return _decode_fields(cls, msg.avps)
         extra: dict[str, Any] = {}
-        exp = msg.find(AVP_EXPERIMENTAL_RESULT)
+        exp = failed = None
+        for a in msg.avps:  # the first Experimental-Result and Failed-AVP, in one pass
+            if a[1] == 0:
+                if a[0] == AVP_EXPERIMENTAL_RESULT:
+                    if exp is None:
+                        exp = a
+                elif a[0] == AVP_FAILED_AVP and failed is None:
+                    failed = a
         if exp is not None:
             inner = exp.group
             for a in inner:
@@ -607,7 +614,6 @@ class _Command:
                     extra["experimental_result_code"] = a.u32
                 elif a.code == AVP_VENDOR_ID and a.vendor == 0:
                     extra["experimental_result_vendor"] = a.u32
-        failed = msg.find(AVP_FAILED_AVP)
         if failed is not None:
             extra["failed_avp"] = failed.group
         return _decode_fields(cls, msg.avps, extra)

@@ -86,6 +86,10 @@ class PeerState(Enum):
     R_OPEN = "R-Open"
     CLOSING = "Closing"
 
+    # Members are singletons: hash by identity (Enum's own __hash__ is Python code and
+    # runs for every table lookup of every message).
+    __hash__ = object.__hash__
+
 
 class PeerInput(Enum):
     """Events of RFC 6733 §5.6 as they reach one connection."""
@@ -103,6 +107,10 @@ class PeerInput(Enum):
     STOP = "Stop"  # local shutdown
     PEER_DISC = "Peer-Disc"  # transport lost
 
+    # Members are singletons: hash by identity (Enum's own __hash__ is Python code and
+    # runs for every table lookup of every message).
+    __hash__ = object.__hash__
+
 
 class WatchdogState(Enum):
     """RFC 3539 §3.4.1 (REOPEN not used, see the module docstring)."""
@@ -110,6 +118,10 @@ class WatchdogState(Enum):
     OKAY = "OKAY"
     SUSPECT = "SUSPECT"
     DOWN = "DOWN"
+
+    # Members are singletons: hash by identity (Enum's own __hash__ is Python code and
+    # runs for every table lookup of every message).
+    __hash__ = object.__hash__
 
 
 S, I = PeerState, PeerInput  # noqa: E741  (table readability)
@@ -600,7 +612,7 @@ class PeerConnection:
         action, next_state = entry
         previous = self.state
         self.state = next_state
-        getattr(self, "_do_" + action)(msg, now, previous)
+        _ACTIONS[action](self, msg, now, previous)
 
     def _do_nothing(self, msg: Message | None, now: float, previous: PeerState) -> None:
         pass
@@ -916,6 +928,10 @@ class PeerConnection:
         return RELAY_APPLICATION_ID in apps or any(
             a in apps for a in self.config.auth_application_ids
         )
+
+
+#: action name of TRANSITIONS -> PeerConnection._do_<name>
+_ACTIONS = {name: getattr(PeerConnection, "_do_" + name) for name, _ in set(TRANSITIONS.values())}
 
 
 def _parse_capabilities(msg: Message) -> RemotePeer:
