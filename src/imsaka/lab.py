@@ -14,10 +14,14 @@ The P-CSCF's protected ports are port+2 (port-c) and port+3 (port-s) of the give
 ``--processes`` runs each function as its own ``imsaka run FUNCTION`` process (uvloop
 where installed) from a generated whole-network TOML instead of all four on this
 process's event loop, so a load uses every core. Each process serves Prometheus metrics
-(`imsaka.metrics`; ``--metrics-port N``: P-CSCF on N, I-CSCF N+1, S-CSCF N+2, HSS N+3);
-one line per function gives its PID and metrics URL before the ``listening`` line. The
-ladder, ``--pcap`` and ``--esp-keys`` need the functions in one process and are not
-available then; the closing summary is read from the P-CSCF's metrics.
+(`imsaka.metrics`) on loopback; one line per function gives its PID and metrics URL
+before the ``listening`` line. The ladder, ``--pcap`` and ``--esp-keys`` need the
+functions in one process and are not available then; the closing summary is read from
+the P-CSCF's metrics.
+
+``--metrics-port N`` puts the metrics on fixed loopback ports, the same in both modes:
+P-CSCF on N, I-CSCF N+1, S-CSCF N+2, HSS N+3 (without it: free ports with
+``--processes``, no metrics in one process).
 """
 
 from __future__ import annotations
@@ -79,8 +83,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="with --processes: metrics of P-CSCF on N, I-CSCF N+1, S-CSCF N+2, HSS N+3 "
-        "(default: free ports, printed)",
+        help="Prometheus metrics on loopback: P-CSCF on N, I-CSCF N+1, S-CSCF N+2, HSS N+3 "
+        "(default: free ports with --processes, none otherwise)",
     )
     p.set_defaults(func=_cmd_lab)
 
@@ -114,8 +118,6 @@ def _cmd_lab(args: argparse.Namespace) -> int:
                     f"{flag}: not available with --processes (the functions run in separate "
                     "processes; capture the loopback interface instead)"
                 )
-    if args.metrics_port and not args.processes:
-        raise CliError("--metrics-port: needs --processes")
     if not 0 <= args.metrics_port <= 65535 - 3:
         raise CliError("--metrics-port: must be 1-65532 (it uses N to N+3), or 0 for free ports")
     return asyncio.run(
@@ -187,6 +189,7 @@ async def run_lab(
         print(f"{stamp} {rec.src_name} -> {rec.dst_name}  {rec.summary}{how}", file=out, flush=True)
 
     domains = _domains(specs)
+    loopback = "::1" if ":" in host else "127.0.0.1"
     trace = Trace(pcap=PcapWriter(pcap, esp=pcap_esp) if pcap else None, live=live, keep=False)
     options = NetworkOptions(
         sec_agree=sec_agree,
@@ -199,8 +202,10 @@ async def run_lab(
         home_domains=domains,
         processes=processes,
         metrics_port=metrics_port,
+        metrics_host=loopback,
     )
     net = Network((), options, trace=trace, specs=specs)
+    metrics: list[Any] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     installed = []
@@ -219,6 +224,8 @@ async def run_lab(
             last = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
             raise CliError(f"--processes: {last.replace('imsaka: error: ', '')}") from None
         count = net.provisioned
+        if metrics_port and not processes:
+            metrics = await _serve_metrics(net, loopback, metrics_port, out)
         for name, pid in net.pids.items():
             url = net.metrics_urls.get(name, "-")
             print(f"imsaka lab: {name} pid {pid}, metrics {url}", file=out, flush=True)
@@ -251,6 +258,8 @@ async def run_lab(
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+        for server in metrics:
+            await server.close()
         await net.stop()
         trace.close()
     print(
@@ -274,3 +283,25 @@ async def _pcscf_stats(net: Any) -> dict[str, int]:
         "challenges": events.get(("pcscf", "challenges"), 0),
         "registrations": census.get("registrations", 0),
     }
+
+
+async def _serve_metrics(net: Any, host: str, first: int, out: Any) -> list[Any]:
+    """One lab process: each function's metrics on its own port, as with --processes."""
+    from imsaka.metrics import MetricsServer, registry_for
+    from imsaka.network import METRICS_ORDER
+
+    servers: list[Any] = []
+    try:
+        for i, name in enumerate(METRICS_ORDER):
+            server = MetricsServer(registry_for(name, getattr(net, name)), host, first + i)
+            await server.start()
+            servers.append(server)
+            print(f"imsaka lab: {name} metrics {server.url}", file=out, flush=True)
+    except OSError as exc:
+        for server in servers:
+            await server.close()
+        raise CliError(
+            f"--metrics-port: cannot listen on {host} port {first + len(servers)}: "
+            f"{exc.strerror or exc}"
+        ) from None
+    return servers

@@ -162,8 +162,10 @@ class NetworkOptions:
     are then None: read their state with `census` / `scrape` (the metrics endpoint),
     end them with `stop` (or `kill_processes` from synchronous code)."""
     metrics_port: int = 0
-    """Processes mode: the first of four consecutive metrics ports on `host` (P-CSCF,
-    I-CSCF, S-CSCF, HSS in that order); 0: a free port each."""
+    """Processes mode: the first of four consecutive metrics ports (P-CSCF, I-CSCF,
+    S-CSCF, HSS in that order); 0: a free port each."""
+    metrics_host: str = ""
+    """Processes mode: the address the metrics listen on (empty: `host`)."""
 
 
 class Network:
@@ -314,9 +316,9 @@ class Network:
         self.raw = self.build_config()
         if self.options.processes:
             first = self.options.metrics_port
+            where = _uri_host(self.options.metrics_host or self.options.host)
             self.raw["metrics"] = {
-                name: f"{_uri_host(self.options.host)}:{first + i if first else 0}"
-                for i, name in enumerate(METRICS_ORDER)
+                name: f"{where}:{first + i if first else 0}" for i, name in enumerate(METRICS_ORDER)
             }
         self.config = parse_config(self.raw)
         cfg = self.config

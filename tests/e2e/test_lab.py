@@ -159,11 +159,64 @@ async def test_lab_processes_registers_ues_and_stops_its_functions(tmp_path):
             os.kill(pid, 0)
 
 
+def four_free_ports() -> int:
+    """N such that TCP ports N..N+3 are free on loopback now."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            first = s.getsockname()[1]
+        if first + 3 > 65535:
+            continue
+        socks = []
+        try:
+            for port in range(first, first + 4):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise OSError("no four consecutive free ports")
+
+
+async def test_lab_in_one_process_serves_metrics_per_function(tmp_path):
+    """``--metrics-port N`` without --processes: the same four endpoints (P-CSCF N,
+    I-CSCF N+1, S-CSCF N+2, HSS N+3), read from the functions in the lab's process."""
+    from imsaka.metrics import parse_metrics, scrape
+
+    first = four_free_ports()
+    proc, addr, lines = await start_lab(tmp_path, "--quiet", "--metrics-port", str(first))
+    try:
+        shown = [line.strip() for line in lines if " metrics " in line]
+        assert shown == [
+            f"imsaka lab: {name} metrics http://127.0.0.1:{first + i}/metrics"
+            for i, name in enumerate(("pcscf", "icscf", "scscf", "hss"))
+        ], lines
+        alice, _bob, _carol = three_ues(addr)
+        await alice.start()
+        try:
+            assert (await alice.register(15)).ok
+            pcscf = parse_metrics(await scrape(f"http://127.0.0.1:{first}/metrics"))
+            assert pcscf[("imsaka_state", (("function", "pcscf"), ("kind", "sa_sets")))] == 1
+            hss = await scrape(f"http://127.0.0.1:{first + 3}/metrics")
+            assert 'imsaka_events_total{event="maa-vectors",function="hss",source="hss_cx"}' in hss
+        finally:
+            await alice.close()
+    finally:
+        code, out, err = await stop_lab(proc)
+    assert code == 0, err
+    assert "stopped: 1 registrations accepted, 1 still registered" in out, out
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         (["--processes", "--pcap", "x.pcap"], "--pcap: not available with --processes"),
-        (["--metrics-port", "9100"], "--metrics-port: needs --processes"),
         (["--processes", "--metrics-port", "65534"], "--metrics-port: must be 1-65532"),
     ],
 )
