@@ -72,6 +72,18 @@ def three_ues(addr, **alice_kw):
     return alice, bob, carol
 
 
+@contextlib.asynccontextmanager
+async def started(*clients):
+    """The UE clients started, and closed again whatever happens."""
+    try:
+        for c in clients:
+            await c.start()
+        yield clients
+    finally:
+        for c in clients:
+            await c.close()
+
+
 async def register_three(alice, bob, carol):
     """Register the three at once: alice and carol over IPsec, bob in the clear."""
     ra, rb, rc = await asyncio.gather(alice.register(15), bob.register(15), carol.register(15))
@@ -84,16 +96,10 @@ async def register_three(alice, bob, carol):
 async def test_lab_registers_ues_with_and_without_sec_agree(tmp_path):
     proc, addr, _ = await start_lab(tmp_path, "--sec-agree", "optional")
     try:
-        alice, bob, carol = three_ues(addr, encryption=("aes-cbc",))
-        for c in (alice, bob, carol):
-            await c.start()
-        try:
+        async with started(*three_ues(addr, encryption=("aes-cbc",))) as (alice, bob, carol):
             _ra, rb, _rc = await register_three(alice, bob, carol)
             assert rb.associated_uris and any("+12125551111" in u for u in rb.associated_uris)
             assert (await alice.deregister(15)).ok
-        finally:
-            for c in (alice, bob, carol):
-                await c.close()
     finally:
         code, out, err = await stop_lab(proc)
     assert code == 0, err
@@ -134,17 +140,11 @@ async def test_lab_processes_registers_ues_and_stops_its_functions(tmp_path):
                 urls[m.group(1)] = m.group(3)
         assert set(pids) == {"hss", "scscf", "icscf", "pcscf"}, lines
         assert proc.pid not in pids.values()
-        alice, bob, carol = three_ues(addr)
-        for c in (alice, bob, carol):
-            await c.start()
-        try:
+        async with started(*three_ues(addr)) as (alice, bob, carol):
             await register_three(alice, bob, carol)
             samples = parse_metrics(await scrape(urls["scscf"]))
             assert samples[("imsaka_state", (("function", "scscf"), ("kind", "bindings")))] == 3
             assert (await alice.deregister(15)).ok
-        finally:
-            for c in (alice, bob, carol):
-                await c.close()
     finally:
         code, out, err = await stop_lab(proc)
         for pid in pids.values():  # whatever happened above, no function stays behind
