@@ -194,3 +194,46 @@ def test_via_forms(text):
 def test_bad_vias(text):
     with pytest.raises(SipParseError):
         Via.parse(text)
+
+
+URI_TEXT = st.text(alphabet="sipSIP:@.;=-_%?/[]1290abz,&+$!~*'()<> \t", min_size=1, max_size=24)
+
+
+@given(
+    st.one_of(URI_TEXT, URI_TEXT.map(lambda t: "sip:" + t), URI_TEXT.map(lambda t: "sips:u@" + t))
+)
+def test_name_addr_defers_only_uris_that_parse(text):
+    from imsaka.sip.headers import NameAddr
+    from imsaka.sip.uri import parse_uri
+
+    try:
+        expected = parse_uri(text.strip())
+    except SipParseError:
+        expected = None
+    try:
+        got = NameAddr.parse(f"<{text}>").parsed_uri
+    except SipParseError:
+        got = None
+    if expected is None:
+        assert got is None
+    else:
+        assert got == expected or "<" in text or ">" in text
+
+
+def test_a_via_we_sent_comes_back_as_the_same_view():
+    req = parse_message(REGISTER)
+    fwd = req.copy()
+    ours = push_via(fwd, "UDP", "icscf1.home1.net", 5060, rng=rng)
+    response = parse_message(
+        fwd.to_bytes()
+        .replace(b"REGISTER sip:home1.net", b"X sip:y", 1)
+        .replace(b"X sip:y SIP/2.0", b"SIP/2.0 200 OK", 1)
+        .replace(b"CSeq: 1 REGISTER", b"CSeq: 1 REGISTER")
+    )
+    assert response.top_via is ours  # no second parse of our own Via
+
+
+def test_digest_param_lookup_is_case_insensitive_and_first_wins():
+    cred = DigestCredentials.parse('Digest Username="a", username="b", NONCE=x')
+    assert cred.get("username") == "a" and cred["nonce"] == "x" and "Nonce" in cred
+    assert cred.get("cnonce") is None

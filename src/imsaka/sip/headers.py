@@ -51,6 +51,17 @@ _QUOTED_DISPLAY_RE = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _DISPLAY_TOKENS_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+(?:[ \t]+[A-Za-z0-9\-.!%*_+`'~]+)*")
 
 
+# A sip:/sips: URI that SipUri.parse certainly accepts: a user part of unreserved
+# characters (no escapes, password or ';'/'?'), a hostname, a port, plain params, no
+# headers. Anything else is parsed (and validated) at once.
+_PLAIN_SIP_URI_RE = re.compile(
+    r"[Ss][Ii][Pp][Ss]?:(?:[A-Za-z0-9\-_.!~*'()&=+$,/]+@)?"
+    r"[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9_])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9_])?)*\.?"
+    r"(?::([0-9]{1,5}))?"
+    r"(?:;[A-Za-z0-9\-_.!~*'()\[\]/:&+$%]+(?:=[A-Za-z0-9\-_.!~*'()\[\]/:&+$%]+)?)*"
+)
+
+
 class NameAddr:
     """`[display-name] <URI> *(;param)` or `addr-spec *(;param)` (From, To, Contact,
     Route, Record-Route, Path, Service-Route, P-Associated-URI, P-Asserted-Identity).
@@ -108,7 +119,10 @@ class NameAddr:
         else:
             params = Params()
         obj = cls(uri, display, params)
-        obj._uri_obj = parse_uri(uri)
+        m = _PLAIN_SIP_URI_RE.fullmatch(uri)
+        if m is None or (m.group(1) is not None and not 0 < int(m.group(1)) < 65536):
+            obj._uri_obj = parse_uri(uri)  # validates (raises SipParseError)
+        # else: a plain sip:/sips: URI, valid by construction; parsed on first use
         return obj
 
     @property
@@ -211,6 +225,16 @@ class Via:
 
     @classmethod
     def parse(cls, text: str) -> Via:
+        via = _VIA_SEEN.get(text)
+        if via is not None and cls is Via:
+            return via
+        via = cls._parse(text)
+        if cls is Via:
+            remember_via(text, via)
+        return via
+
+    @classmethod
+    def _parse(cls, text: str) -> Via:
         text = text.strip()
         m = _VIA_FAST_RE.fullmatch(text)
         if m is not None:
@@ -329,6 +353,22 @@ class Via:
         return f"Via({str(self)!r})"
 
 
+# Vias parsed or sent lately, by their text. A proxy meets each Via twice: in the
+# request, and again (the same text) in its response. Via views are never changed in
+# place, so one object can serve both. Small and bounded (oldest out first): it only
+# needs to span the transactions in flight.
+_VIA_SEEN: dict[str, Via] = {}
+_VIA_SEEN_MAX = 256
+
+
+def remember_via(text: str, via: Via) -> None:
+    """Note that `text` is `via` (a Via we parsed, or one we put on a message)."""
+    seen = _VIA_SEEN
+    if len(seen) >= _VIA_SEEN_MAX:
+        del seen[next(iter(seen))]
+    seen[text] = via
+
+
 class CSeq:
     """`CSeq: 1*DIGIT LWS Method` (§20.16; the number is below 2**31)."""
 
@@ -445,13 +485,14 @@ class DigestCredentials:
     AuthParam with its quoting. Never holds anything but what was on the wire, yet
     `ck`/`ik` are keys: repr() hides their values."""
 
-    __slots__ = ("params", "scheme")
+    __slots__ = ("_index", "params", "scheme")
 
     def __init__(
         self, scheme: str | None, params: tuple[AuthParam, ...] | list[AuthParam] = ()
     ) -> None:
         self.scheme = scheme
         self.params = tuple(params)
+        self._index: dict[str, AuthParam] | None = None
 
     @classmethod
     def build(cls, scheme: str | None = "Digest", **values: str | None) -> DigestCredentials:
@@ -508,11 +549,14 @@ class DigestCredentials:
         return cls(scheme, params)
 
     def param(self, name: str) -> AuthParam | None:
-        lname = name.lower()
-        for p in self.params:
-            if p.name.lower() == lname:
-                return p
-        return None
+        index = self._index
+        if index is None:
+            # built on first use: the S-CSCF reads a dozen params of every Authorization
+            index = {}
+            for p in self.params:
+                index.setdefault(p.name.lower(), p)
+            self._index = index
+        return index.get(name.lower())
 
     def get(self, name: str, default: str | None = None) -> str | None:
         p = self.param(name)

@@ -51,6 +51,7 @@ from imsaka.sip.headers import (
     option_tags,
     parse_date,
     parse_int,
+    remember_via,
 )
 from imsaka.sip.uri import parse_uri
 
@@ -94,6 +95,10 @@ def _key(name: str) -> str:
         if len(_KEY_CACHE) < _NAME_CACHE_MAX:
             _KEY_CACHE[name] = key
     return key
+
+
+# Header names given to `add`: name -> (key, name as we write it).
+_ADD_NAMES: dict[str, tuple[str, str]] = {}
 
 
 def _check_value(value: str) -> str:
@@ -187,9 +192,15 @@ class Message:
         """Add a line: before the first line of the same header when `first`
         (topmost Via, Route, Record-Route, Path), else after its last line (or at
         the end when the header is absent)."""
-        key = _key(name)
-        value = _check_value(str(value))
-        self._insert(key, (key, value, f"{display_name(key, name)}: {value}"), first)
+        spec = _ADD_NAMES.get(name)
+        if spec is None:
+            key = _key(name)
+            spec = (key, display_name(key, name))
+            if len(_ADD_NAMES) < _NAME_CACHE_MAX:
+                _ADD_NAMES[name] = spec
+        key, shown = spec
+        value = _check_value(value if type(value) is str else str(value))
+        self._insert(key, (key, value, f"{shown}: {value}"), first)
         self._invalidate(key)
 
     def _insert(self, key: str, entry: tuple[str, str, str], first: bool) -> None:
@@ -211,6 +222,7 @@ class Message:
         """Put `via` (a Via view) on top of the Via lines (§16.6 step 8), keeping the
         parsed views of the Vias below."""
         text = str(via)
+        remember_via(text, via)  # its response brings this very text back
         self._insert("via", ("via", text, "Via: " + text), True)
         cache = self._cache
         if cache:
