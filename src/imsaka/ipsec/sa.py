@@ -264,6 +264,19 @@ class NewRegistrationNeeded:
     sa_set: SaSet
 
 
+_SHARED: dict[tuple, tuple] = {}
+
+
+def _shared(address: tuple) -> tuple:
+    """One tuple object per address seen (bounded)."""
+    known = _SHARED.get(address)
+    if known is None:
+        if len(_SHARED) >= 1024:
+            _SHARED.clear()
+        known = _SHARED[address] = address
+    return known
+
+
 class _SaPair(Mapping):
     """The two SAs of one direction of a set, by SPI (inbound) or local port (outbound):
     a read-only mapping of exactly two entries, a third of a dict's memory (a P-CSCF
@@ -373,7 +386,8 @@ class SaSet:
         self.used = False
         self.port_pair = port_pair
         ue_c, ue_s = (ue_ip, ue_ports.port_c), (ue_ip, ue_ports.port_s)
-        p_c, p_s = (pcscf_ip, pcscf_ports.port_c), (pcscf_ip, pcscf_ports.port_s)
+        # the P-CSCF's protected addresses are the same for every set it holds
+        p_c, p_s = _shared((pcscf_ip, pcscf_ports.port_c)), _shared((pcscf_ip, pcscf_ports.port_s))
         # (spi, src, dst): the four SAs of TS 33.203 §7.1.
         layout = (
             (pcscf_spis[1], ue_c, p_s),
