@@ -452,9 +452,11 @@ _AUTH_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~/=]+")
 
 
 # One auth-param and its separator: name = ( quoted-string / token ), then "," or the end.
+# (The quoted-string as `[^"\\]*(?:\\.[^"\\]*)*`: the same language as `(?:[^"\\]|\\.)*`,
+# matched without an alternation per character.)
 _DIGEST_PARAM_RE = re.compile(
     r"[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*=[ \t]*"
-    r"(?:\"((?:[^\"\\]|\\.)*)\"|([A-Za-z0-9\-.!%*_+`'~/=]+))[ \t]*(?:,|\Z)"
+    r"(?:\"([^\"\\]*(?:\\.[^\"\\]*)*)\"|([A-Za-z0-9\-.!%*_+`'~/=]+))[ \t]*(?:,|\Z)"
 )
 
 
@@ -471,7 +473,9 @@ def _digest_params_fast(rest: str) -> list[AuthParam] | None:
             return None
         name, quoted, token = m.groups()
         if token is None:
-            params.append(AuthParam(name, unquote(f'"{quoted}"'), True))
+            if "\\" in quoted:
+                quoted = unquote(f'"{quoted}"')
+            params.append(AuthParam(name, quoted, True))
         else:
             params.append(AuthParam(name, token, False))
         pos = m.end()
