@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 from typing import Any
@@ -17,6 +18,22 @@ def use_uvloop() -> None:
     except ImportError:  # pragma: no cover - optional speed-up
         return
     uvloop.install()
+
+
+def settle_gc() -> None:
+    """Once a server has started: move everything built so far (modules, tables,
+    configuration) out of the cyclic garbage collector's sight (`gc.freeze`), and let
+    it run less often. A server allocates many short-lived containers per message;
+    with the default thresholds the collector ran every 700 of them and kept walking
+    the whole start-up heap (about a tenth of a CSCF's CPU under load). Reference
+    cycles are still collected, only later."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 20, 20)
+
+
+#: Allocations (minus frees) of container objects between two young collections.
+GC_THRESHOLD = 20_000
 
 
 async def serve_forever(server: Any, name: str) -> int:
@@ -36,6 +53,7 @@ async def serve_forever(server: Any, name: str) -> int:
         raise CliError(
             f"[{name}].port: cannot listen on {server.config.port}: {exc.strerror or exc}"
         ) from None
+    settle_gc()
     c = server.config
     print(
         f"{name} listening on {c.address}:{c.port} ({', '.join(c.transports)})",

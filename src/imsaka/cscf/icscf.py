@@ -215,6 +215,7 @@ class Icscf:
         self._cx_send = cx_send
         self._random = random_bytes
         self._session = 0
+        self._named: dict[str, ScscfEntry] = {}
         self.counters: Counter[str] = Counter()
 
     async def handle_request(self, request: Request, tx: Any) -> None:
@@ -245,7 +246,7 @@ class Icscf:
                 self.counters[f"uaa_refused_{status}"] += 1
                 tx.reply(status, reason, headers=list(headers))
                 return
-            entry = select_scscf(answer, self.config, self.network, exclude=frozenset(tried))
+            entry = self._select(answer, tried)
             if entry is None:
                 self.counters["no_scscf"] += 1
                 tx.reply(600, "Busy Everywhere (no S-CSCF can be selected)")
@@ -269,6 +270,20 @@ class Icscf:
             pop_via(response)
             tx.respond(response)
             return
+
+    def _select(self, answer: Any, tried: set[str]) -> ScscfEntry | None:
+        """`select_scscf`, remembering where the Server-Names the HSS hands out lead
+        (the configuration does not change while we run)."""
+        name = answer.server_name
+        if name and not tried:
+            entry = self._named.get(name)
+            if entry is None:
+                entry = _server_entry(name, self.config, self.network)
+                if entry is not None and len(self._named) < 64:
+                    self._named[name] = entry
+            if entry is not None:
+                return entry
+        return select_scscf(answer, self.config, self.network, exclude=frozenset(tried))
 
     def _has_untried(self, tried: set[str]) -> bool:
         return any(e.name not in tried for e in self.config.scscfs)
