@@ -494,3 +494,27 @@ async def test_reregistration_that_changes_nothing_writes_nothing(store):
     await store.assign(impu, **{**first, "server_host": "s2"})  # another S-CSCF host
     assert store._writer_db.total_changes == changes + 1
     assert (await store.serving_for_impi(impi)).scscf_host == "s2"
+
+
+async def test_a_busy_database_sends_the_read_to_a_reader_thread(store, tmp_path, monkeypatch):
+    import sqlite3
+
+    await store.add_subscriber(alice())
+    # A database in rollback-journal mode that another connection holds exclusively:
+    # any read of it fails at once with SQLITE_BUSY (busy timeout 0, as the loop's).
+    path = str(tmp_path / "locked.db")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE impu (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    busy = sqlite3.connect(path, timeout=0.0, isolation_level=None)
+    try:
+        monkeypatch.setattr(store, "_loop_reader", lambda: busy)
+        check, state = await store.checked_state(
+            "alice@home1.net", "sip:alice@home1.net", with_pending=True
+        )
+        assert check.matched and state.impu == "sip:alice@home1.net"
+        assert store.reads_deferred == 1  # answered from a reader thread's connection
+        assert not busy.in_transaction
+    finally:
+        busy.close()
+        holder.close()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import re
 import sqlite3
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,21 +32,25 @@ Plan = Generator[tuple[int, str, dict[str, Any]], Any, Any]
 _PARAM = re.compile(r"(?<![:\w]):(\w+)")
 
 
-def run_sqlite(db: sqlite3.Connection, plan: Plan) -> Any:
+def _drive(plan: Plan, step: Callable[[int, str, dict[str, Any]], Any]) -> Any:
     result: Any = None
     try:
         while True:
-            kind, sql, params = plan.send(result)
-            cur = db.execute(sql, params)
-            if kind == ONE:
-                result = cur.fetchone()
-            elif kind == ALL:
-                result = cur.fetchall()
-            else:
-                result = None
-            cur.close()
+            result = step(*plan.send(result))
     except StopIteration as stop:
         return stop.value
+
+
+def _sqlite_step(db: sqlite3.Connection, kind: int, sql: str, params: dict[str, Any]) -> Any:
+    cur = db.execute(sql, params)
+    try:
+        return cur.fetchone() if kind == ONE else cur.fetchall() if kind == ALL else None
+    finally:
+        cur.close()
+
+
+def run_sqlite(db: sqlite3.Connection, plan: Plan) -> Any:
+    return _drive(plan, functools.partial(_sqlite_step, db))
 
 
 @functools.lru_cache(maxsize=512)
@@ -54,20 +58,13 @@ def _text(sql: str) -> sa.TextClause:
     return sa.text(sql)
 
 
+def _sa_step(conn: sa.Connection, kind: int, sql: str, params: dict[str, Any]) -> Any:
+    res = conn.execute(_text(sql), params)
+    return res.first() if kind == ONE else res.all() if kind == ALL else None
+
+
 def run_sa(conn: sa.Connection, plan: Plan) -> Any:
-    result: Any = None
-    try:
-        while True:
-            kind, sql, params = plan.send(result)
-            res = conn.execute(_text(sql), params)
-            if kind == ONE:
-                result = res.first()
-            elif kind == ALL:
-                result = res.all()
-            else:
-                result = None
-    except StopIteration as stop:
-        return stop.value
+    return _drive(plan, functools.partial(_sa_step, conn))
 
 
 @functools.lru_cache(maxsize=512)
