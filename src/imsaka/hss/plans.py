@@ -42,11 +42,9 @@ def _drive(plan: Plan, step: Callable[[int, str, dict[str, Any]], Any]) -> Any:
 
 
 def _sqlite_step(db: sqlite3.Connection, kind: int, sql: str, params: dict[str, Any]) -> Any:
+    # The cursor goes when this returns (its statement is reset then).
     cur = db.execute(sql, params)
-    try:
-        return cur.fetchone() if kind == ONE else cur.fetchall() if kind == ALL else None
-    finally:
-        cur.close()
+    return cur.fetchone() if kind == ONE else cur.fetchall() if kind == ALL else None
 
 
 def run_sqlite(db: sqlite3.Connection, plan: Plan) -> Any:
