@@ -356,30 +356,53 @@ class Message:
 
     @property
     def via(self) -> list:
-        return self._view("via", lambda m: [Via.parse(v) for v in m.get_all("via")])
+        cache = self._cache
+        if cache:
+            vias = cache.get("via")
+            if vias is not None:
+                return vias
+        return self._view("via", _build_vias)
 
     @property
     def top_via(self):
-        vias = self.via
+        cache = self._cache
+        vias = cache.get("via") if cache else None
+        if vias is None:
+            vias = self._view("via", _build_vias)
         if not vias:
             raise SipParseError("missing Via")
         return vias[0]
 
     @property
     def cseq(self):
-        return self._view("cseq", lambda m: CSeq.parse(_required(m, "cseq")))
+        cache = self._cache
+        if cache:
+            found = cache.get("cseq")
+            if found is not None:
+                return found
+        return self._view("cseq", _build_cseq)
 
     @property
     def from_(self):
-        return self._view("from", lambda m: NameAddr.parse(_required(m, "from")))
+        cache = self._cache
+        if cache:
+            found = cache.get("from")
+            if found is not None:
+                return found
+        return self._view("from", _build_from)
 
     @property
     def to(self):
-        return self._view("to", lambda m: NameAddr.parse(_required(m, "to")))
+        cache = self._cache
+        if cache:
+            found = cache.get("to")
+            if found is not None:
+                return found
+        return self._view("to", _build_to)
 
     @property
     def contacts(self) -> list:
-        return self._view("contact", lambda m: [Contact.parse(v) for v in m.get_all("contact")])
+        return self._view("contact", _build_contacts)
 
     @property
     def max_forwards(self) -> int | None:
@@ -486,6 +509,27 @@ class Message:
             if v is None
             else self._view("p-charging-vector", lambda m: ChargingVector.parse(v))
         )
+
+
+# Builders of the typed views (module functions: no closure made per access).
+def _build_vias(m: Message) -> list:
+    return [Via.parse(v) for v in m.get_all("via")]
+
+
+def _build_cseq(m: Message) -> CSeq:
+    return CSeq.parse(_required(m, "cseq"))
+
+
+def _build_from(m: Message) -> NameAddr:
+    return NameAddr.parse(_required(m, "from"))
+
+
+def _build_to(m: Message) -> NameAddr:
+    return NameAddr.parse(_required(m, "to"))
+
+
+def _build_contacts(m: Message) -> list:
+    return [Contact.parse(v) for v in m.get_all("contact")]
 
 
 def _required(msg: Message, key: str) -> str:
