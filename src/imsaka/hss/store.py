@@ -338,6 +338,8 @@ class ServingInfo:
 
 
 def _caps(text: str) -> tuple[int, ...]:
+    if not text:  # most subscriptions: no capabilities (every UAR and SAR reads two)
+        return ()
     return tuple(int(x) for x in text.split(",") if x.strip())
 
 
