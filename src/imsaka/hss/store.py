@@ -19,9 +19,12 @@ of TS 33.102 Annex C SQN management:
   queued up while the previous transaction was committing shares the next one, in
   arrival order: one BEGIN … COMMIT, one fsync. No caller gets its result (so no
   answer leaves) before that COMMIT returned. UAR and LIR only read.
-- Reads (SQLite file): on reader threads in deferred transactions, i.e. WAL
-  snapshots that never wait for the writer's lock; the writer keeps
-  ``BEGIN IMMEDIATE`` and ``synchronous=FULL``.
+- Cx reads and registration writes are plans (`imsaka.hss.plans`, SQL written
+  once). SQLite file: reads on the event loop's own sqlite3 connection in deferred
+  transactions, i.e. WAL snapshots that never wait for the writer's lock (a busy
+  database sends the read to a reader thread); the writer thread keeps its own
+  connection with ``BEGIN IMMEDIATE`` and ``synchronous=FULL``. PostgreSQL: asyncpg.
+  No cache: every request reads what is committed.
 - Resync (TS 33.102 §6.3.5, `imsaka.aka.sqn.resync_sqn_he`): SQN_HE stays when
   its next SEQ is above SEQ_MS by at most Δ, else it restarts from SQN_MS; the
   new vectors are taken in the same single statement. The caller verifies MAC-S
