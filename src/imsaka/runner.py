@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -106,12 +105,13 @@ def _run_with_metrics(name: str, config: Any, listen: tuple[str, int], field: st
     if name == "hss":
         from imsaka.hss.config import parse_hss_config
         from imsaka.hss.server import HssServer
+        from imsaka.hss.server import serve as serve_hss
 
         hss_config = parse_hss_config(dict(config.raw), base_dir=None)
         server = HssServer(hss_config)
 
         def serve() -> Awaitable[int]:
-            return _serve_hss(server, hss_config)
+            return serve_hss(server, hss_config)
     else:
         if name == "pcscf":
             from imsaka.cscf.pcscf_server import PcscfServer
@@ -133,24 +133,3 @@ def _run_with_metrics(name: str, config: Any, listen: tuple[str, int], field: st
     return asyncio.run(
         serve_with_metrics(name, server, listen, serve, announce=announce, field=field)
     )
-
-
-async def _serve_hss(server: Any, config: Any) -> int:
-    """What ``imsaka.hss.server.run`` does with the server it builds: start, print the
-    ``hss: Diameter ...`` line, wait for a signal, stop."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await server.start()  # HssStartError: one line naming the field
-    api = f", REST API on {config.api_address}:{server.api_port}" if server.api_port else ""
-    print(
-        f"hss: Diameter {config.diameter_host} on {config.diameter_address}:"
-        f"{server.diameter_port}{api}",
-        flush=True,
-    )
-    try:
-        await stop.wait()
-    finally:
-        await server.stop()
-    return 0

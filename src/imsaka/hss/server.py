@@ -303,13 +303,13 @@ def run(config: Mapping[str, Any]) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is an optional speed-up
-        return asyncio.run(_serve(hss_config))
+        return asyncio.run(serve(HssServer(hss_config), hss_config))
     # Outside the try: an ImportError raised while serving must not start a second HSS.
-    return uvloop.run(_serve(hss_config))
+    return uvloop.run(serve(HssServer(hss_config), hss_config))
 
 
-async def _serve(config: HssConfig) -> int:
-    server = HssServer(config)
+async def serve(server: HssServer, config: HssConfig) -> int:
+    """Start `server`, print its ``hss: Diameter ...`` line, wait for SIGINT/SIGTERM, stop."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
