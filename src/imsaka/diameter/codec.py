@@ -599,38 +599,23 @@ class Framer:
         if self.error is not None:
             raise self.error
         buf = self._buf
-        if not buf and len(data) >= 4 and type(data) is bytes:
-            # The common read: one or more whole messages, nothing held back. Frames are
-            # sliced from `data` without going through the buffer.
-            out = []
-            pos = 0
-            size = len(data)
-            while size - pos >= 4:
-                try:
-                    need = check_header(data[pos : pos + 4], self.max_length)
-                except FramingError as exc:
-                    if not out:
-                        raise
-                    self.error = exc
-                    return out
-                if size - pos < need:
-                    break
-                out.append(data if need == size else data[pos : pos + need])
-                pos += need
-            if pos < size:
-                buf += data[pos:] if pos else data
-            return out
-        buf += data
+        if buf or type(data) is not bytes:
+            buf += data
+            src: bytes | bytearray = buf
+        else:
+            # Nothing held back (the common read): frames are sliced from `data` itself,
+            # and only an incomplete tail goes into the buffer.
+            src = data
         out: list[bytes] = []
         pos = 0
-        size = len(buf)
+        size = len(src)
         need = self._need
         while True:
             if not need:
                 if size - pos < 4:
                     break
                 try:
-                    need = check_header(buf[pos : pos + 4], self.max_length)
+                    need = check_header(src[pos : pos + 4], self.max_length)
                 except FramingError as exc:
                     if not out:
                         raise
@@ -638,11 +623,14 @@ class Framer:
                     break
             if size - pos < need:
                 break
-            out.append(bytes(buf[pos : pos + need]))
+            out.append(data if need == size and src is data else bytes(src[pos : pos + need]))
             pos += need
             need = 0
-        if pos:
-            del buf[:pos]
+        if src is buf:
+            if pos:
+                del buf[:pos]
+        elif pos < size:
+            buf += src[pos:] if pos else src
         self._need = need
         return out
 

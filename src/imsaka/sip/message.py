@@ -375,29 +375,14 @@ class Message:
 
     @property
     def cseq(self):
-        cache = self._cache
-        if cache:
-            found = cache.get("cseq")
-            if found is not None:
-                return found
         return self._view("cseq", _build_cseq)
 
     @property
     def from_(self):
-        cache = self._cache
-        if cache:
-            found = cache.get("from")
-            if found is not None:
-                return found
         return self._view("from", _build_from)
 
     @property
     def to(self):
-        cache = self._cache
-        if cache:
-            found = cache.get("to")
-            if found is not None:
-                return found
         return self._view("to", _build_to)
 
     @property
