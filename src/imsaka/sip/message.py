@@ -678,20 +678,24 @@ def parse_message(
     append = headers.append
     cache = _NAME_CACHE
     cseq = None
-    try:
-        for line in lines[1:]:
-            name, colon, value = line.partition(":")
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        key = cache.get(name) if colon else None
+        if key is None:
+            # not a name seen before (cached names are tokens: a line starting with
+            # whitespace never hits the cache)
+            if line[:1] in (" ", "\t"):
+                # §7.3.1 continuation line: part of the previous field's value
+                if not headers:
+                    raise SipParseError("continuation line before the first header")
+                k, v, raw = headers[-1]
+                s = line.strip()
+                headers[-1] = (k, f"{v} {s}" if v and s else v or s, f"{raw}\r\n{line}")
+                continue
             if not colon or not name:
                 raise SipParseError(f"header line without a name: {line[:40]!r}")
-            key = cache.get(name)
-            if key is None:
-                key = _name_key(name)  # a continuation line fails here: no token
-            append((key, value.strip(), line))
-    except SipParseError:
-        if "\r\n " not in head and "\r\n\t" not in head:
-            raise
-        headers.clear()
-        _folded_lines(lines, headers)
+            key = _name_key(name)
+        append((key, value.strip(), line))
 
     seen = {h[0] for h in headers}
     if not seen >= _MANDATORY_SET:
@@ -737,30 +741,6 @@ def parse_message(
             msg.cseq  # noqa: B018 - raises the precise SipParseError for a bad CSeq
             raise SipParseError("CSeq method does not match the request method")
     return msg
-
-
-def _folded_lines(lines: list[str], headers: list[tuple[str, str, str]]) -> None:
-    """The header lines of a message with continuation lines (§7.3.1)."""
-    append = headers.append
-    cache = _NAME_CACHE
-    for i in range(1, len(lines)):
-        line = lines[i]
-        if line[:1] in (" ", "\t"):
-            # §7.3.1 continuation line: part of the previous field's value
-            if not headers:
-                raise SipParseError("continuation line before the first header")
-            k, v, raw = headers[-1]
-            s = line.strip()
-            headers[-1] = (k, f"{v} {s}" if v and s else v or s, f"{raw}\r\n{line}")
-            continue
-        colon = line.find(":")
-        if colon <= 0:
-            raise SipParseError(f"header line without a name: {line[:40]!r}")
-        name = line[:colon]
-        key = cache.get(name)
-        if key is None:
-            key = _name_key(name)
-        append((key, line[colon + 1 :].strip(), line))
 
 
 def _to_tag_or_broken(request: Request) -> str | None:
