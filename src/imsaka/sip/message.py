@@ -157,7 +157,10 @@ class Message:
 
     def has(self, name: str) -> bool:
         key = _key(name)
-        return any(k == key for k, _, _ in self._headers)
+        for h in self._headers:  # noqa: SIM110 - a plain loop: no generator per call
+            if h[0] == key:
+                return True
+        return False
 
     def set(self, name: str, value: str) -> None:
         """Replace every line of `name` by one line (at the place of the first)."""
