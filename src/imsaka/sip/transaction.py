@@ -341,8 +341,8 @@ class Transaction:
     32 s on UDP), one per request a busy server handles, so what it keeps there is
     cut to what the state still needs (RFC 3261 §17.1.1.2, §17.1.2.2, §17.2.1,
     §17.2.2): a server transaction that sent its final keeps the response's bytes
-    (`_response_wire`), its status and To tag, and drops the parsed request and
-    response; a client transaction that received its final keeps its key (and, for
+    (`_response_wire`), its status (and its To tag where an RFC 2543 ACK is matched
+    by it), and drops the parsed request and response; a client transaction that received its final keeps its key (and, for
     an INVITE, the bytes of its ACK), nothing of the request."""
 
     __slots__ = (
