@@ -43,7 +43,7 @@ import random
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from imsaka.config import NetworkConfig, PcscfConfig, split_hostport
@@ -502,12 +502,20 @@ class PcscfCore:
                 return self._drop("clear-register-where-protection-due", impi)
         elif reg is not None and (reg.temporary is not None or reg.sa is not None) and has_response:
             return self._drop("clear-register-where-protection-due", impi)
+        # The offers, parsed once for the decision and the 401 (a header that does not
+        # parse is left to the decision, which answers it in its own order).
+        parsed: list[SecurityMechanism] | None = None
+        if security_client:
+            try:
+                parsed = parse_security_header(security_client)
+            except SecAgreeParseError:
+                parsed = None
         # RFC 3329 §2.3.1 under policy "required" (FACTS §3.3).
         decision = sec_agree_decision(
             require=request.get_all("Require"),
             proxy_require=request.get_all("Proxy-Require"),
             supported=request.get_all("Supported"),
-            security_client=security_client,
+            security_client=parsed or security_client,
             policy=self.policy,
         )
         if not decision.proceed:
@@ -527,7 +535,9 @@ class PcscfCore:
                 )
             ]
         offers: list[SecurityMechanism] = []
-        if security_client:
+        if parsed is not None:
+            offers = parsed
+        elif security_client:
             try:
                 offers = parse_security_header(security_client)
             except SecAgreeParseError as exc:
@@ -920,23 +930,22 @@ class PcscfCore:
             spi_ps = self._new_spi()
             while spi_ps == spi_pc:
                 spi_ps = self._new_spi()
-        sa = PcscfSa(
-            impi=impi,
-            alg=sys.intern(chosen.alg or ""),
-            ealg=sys.intern(chosen.effective_ealg),
-            ue_host=ue_host,
-            pcscf_host=self.config.address,
-            spi_uc=chosen.spi_c or 0,
-            spi_us=chosen.spi_s or 0,
-            port_uc=chosen.port_c or 0,
-            port_us=chosen.port_s or 0,
-            spi_pc=spi_pc,
-            spi_ps=spi_ps,
-            port_pc=self.port_c,
-            port_ps=self.port_s,
-            ck=ck,
-            ik=ik,
+        params = (
+            impi,
+            sys.intern(chosen.alg or ""),
+            sys.intern(chosen.effective_ealg),
+            ue_host,
+            self.config.address,
+            chosen.spi_c or 0,
+            chosen.spi_s or 0,
+            chosen.port_c or 0,
+            chosen.port_s or 0,
+            spi_pc,
+            spi_ps,
+            self.port_c,
+            self.port_s,
         )
+        sa = PcscfSa(*params, ck=ck, ik=ik)
         server = SecurityMechanism(
             "ipsec-3gpp",
             q=100,
@@ -948,7 +957,7 @@ class PcscfCore:
             port_s=self.port_s,
         )
         # CK/IK go to the SA table with the install action and nowhere else.
-        reg.temporary = replace(sa, ck=b"", ik=b"")
+        reg.temporary = PcscfSa(*params)
         reg.temporary_expires = now + float(self.config.temporary_sa_lifetime)
         self._watch(reg.temporary_expires, "temporary", impi)
         server_text = _seed_spelling(format_security_header([server]))
