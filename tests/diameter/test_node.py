@@ -546,26 +546,6 @@ async def test_answer_with_wrong_command_or_undecodable_is_bad_answer():
         assert client.counters["missing-avp"] == 1
 
 
-async def test_requests_and_answers_of_one_iteration_leave_in_one_write():
-    """Write coalescing: what is queued in one event-loop iteration is one transport
-    write of whole messages (RFC 6733 framing unchanged); every answer still arrives."""
-    async with pair() as (_server, client):
-        conn = next(iter(client._connections))
-        writes: list[int] = []
-        real_write = conn.transport.write
-
-        def counting_write(data):
-            writes.append(len(data))
-            real_write(data)
-
-        conn.transport.write = counting_write
-        reqs = [mar(session_id=f"scscf.ims.test;1;{i}") for i in range(8)]
-        answers = await asyncio.gather(*(client.request(r) for r in reqs))
-        assert [a.session_id for a in answers] == [r.session_id for r in reqs]
-        assert len(writes) == 1  # eight MARs, one write
-        assert writes[0] == sum(len(r.encode()) for r in reqs)
-
-
 def test_framer_fast_path_keeps_a_partial_tail():
     msgs = [mar(session_id=f"s;{i}").encode(i, i) for i in range(3)]
     stream = b"".join(msgs)
