@@ -22,18 +22,12 @@ def use_uvloop() -> None:
 
 def settle_gc() -> None:
     """Once a server has started: move everything built so far (modules, tables,
-    configuration) out of the cyclic garbage collector's sight (`gc.freeze`), and let
-    it run less often. A server allocates many short-lived containers per message;
-    with the default thresholds the collector ran every 700 of them and kept walking
-    the whole start-up heap (about a tenth of a CSCF's CPU under load). Reference
-    cycles are still collected, only later."""
+    configuration) out of the cyclic garbage collector's sight (`gc.freeze`), so that
+    its older-generation passes walk only what the server builds while it runs. The
+    collection thresholds stay as they are: collecting young objects less often saved
+    about 2 % of a CSCF's CPU but raised the peak memory per registered UE by ~0.8 KiB."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(GC_THRESHOLD, 20, 20)
-
-
-#: Allocations (minus frees) of container objects between two young collections.
-GC_THRESHOLD = 20_000
 
 
 async def serve_forever(server: Any, name: str) -> int:
