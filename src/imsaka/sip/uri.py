@@ -93,6 +93,11 @@ class Params:
                 name, eq, value = part.partition("=")
                 items.append((name, value if eq else None))
             return cls(tuple(items))
+        return cls._parse_exact(text, sep)
+
+    @classmethod
+    def _parse_exact(cls, text: str, sep: str) -> Params:
+        """The full grammar (quotes, whitespace, any separator); decides every error."""
         items = []
         for part in split_unquoted(text, sep):
             part = part.strip()
