@@ -779,3 +779,41 @@ async def test_reg_event_subscription_expires_with_a_final_notify(home):
     assert notifies[1].get("subscription-state") == "terminated;reason=timeout"
     assert home.scscf.pending_counts()["subscriptions"] == 0
     assert home.scscf.pending_counts()["registrations"] == 1  # the registration lives on
+
+
+async def test_reg_event_refreshes_keep_one_expiry_timer(home):
+    """RFC 6665 §4.2.1.2 (TS 24.229 §5.4.2.1.1): a refreshing SUBSCRIBE replaces the
+    subscription's expiry, so however often it is refreshed a subscription holds one live
+    timer (the 600,000 s timers of the refreshes must not pile up on the event loop)."""
+    _, r200 = await full_registration(home, new_ue())
+    assert r200.status == 200
+    scscf = home.scscf.scscf
+    loop = asyncio.get_running_loop()
+    armed: list[asyncio.TimerHandle] = []
+    call_later = loop.call_later
+
+    def counting_call_later(delay, callback, *args, **kw):
+        handle = call_later(delay, callback, *args, **kw)
+        if getattr(callback, "__func__", None) is type(scscf)._subscription_expired:
+            armed.append(handle)
+        return handle
+
+    loop.call_later = counting_call_later  # type: ignore[method-assign]
+    try:
+        notifies: list = []
+        for n in range(1, 31):
+            r = await reg_event_subscribe(home, notifies)
+            assert r.status == 200 and r.get("expires") == "600000"
+            await wait_for(lambda n=n: len(notifies) == n)
+    finally:
+        del loop.call_later
+    assert len(armed) == 30
+    assert sum(not h.cancelled() for h in armed) == 1
+    assert home.scscf.census()["subscriptions"] == 1
+    assert home.scscf.census()["subscription_timers"] == 1
+    # The registration ends: its subscription and its timer with it.
+    result = await home.hss.deregister_impi(IMPI)
+    assert result["ok"], result
+    await wait_for(lambda: len(notifies) == 31)
+    assert not any(not h.cancelled() for h in armed)
+    assert home.scscf.census()["subscription_timers"] == 0

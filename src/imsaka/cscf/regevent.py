@@ -16,7 +16,9 @@ edge sends what it builds.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from imsaka.cscf.registrar import Registration
@@ -53,6 +55,8 @@ class RegSubscription:
     expires_at: float
     cseq: int = 0
     version: int = 0
+    timer: Any = field(default=None, compare=False, repr=False)
+    """The edge's expiry timer handle (one per subscription: a refresh replaces it)."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -123,6 +127,10 @@ class RegSubscriptions:
 
     def __len__(self) -> int:
         return self._count
+
+    def __iter__(self) -> Iterator[RegSubscription]:
+        for subs in self._by_impu.values():
+            yield from subs
 
     def __contains__(self, sub: object) -> bool:
         if not isinstance(sub, RegSubscription):

@@ -222,6 +222,8 @@ class Scscf:
         self.config = config
         # reg-event (RFC 3680): subscriptions, and how to send their NOTIFYs.
         self.subscriptions = RegSubscriptions()
+        self.subscription_timers = 0
+        """Live expiry timers of `subscriptions` (one each; a refresh replaces it)."""
         self._send_request = send_request
         self._resolve = resolve or (lambda host: host)
         self._contact = f"<sip:{_uri_host(config.address)}:{config.port}>"
@@ -256,6 +258,8 @@ class Scscf:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
+        for sub in self.subscriptions:
+            self._cancel_timer(sub)
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -357,19 +361,41 @@ class Scscf:
         )
         self.core.counters["subscribed"] += 1
         if expires == 0:  # an unsubscribe: the final NOTIFY ends the dialog
-            self.subscriptions.remove(sub)
+            self._end_subscription(sub)
             body = reginfo_body(reg.impu, reg, version=sub.version, now=now)
             self._send_notify(sub, body, now, terminated_reason="timeout")
             return
         body = reginfo_body(reg.impu, reg, version=sub.version, now=now)
         self._send_notify(sub, body, now)
-        asyncio.get_running_loop().call_later(expires, self._subscription_expired, sub)
+        # RFC 6665 §4.2.1.2: a refresh replaces the expiry; one live timer per subscription.
+        self._cancel_timer(sub)
+        sub.timer = asyncio.get_running_loop().call_later(expires, self._subscription_expired, sub)
+        self.subscription_timers += 1
+
+    def _cancel_timer(self, sub: RegSubscription) -> None:
+        if sub.timer is not None:
+            sub.timer.cancel()
+            sub.timer = None
+            self.subscription_timers -= 1
+
+    def _end_subscription(self, sub: RegSubscription) -> None:
+        self.subscriptions.remove(sub)
+        self._cancel_timer(sub)
 
     def _subscription_expired(self, sub: RegSubscription) -> None:
         """RFC 6665 §4.2.2: a subscription not refreshed in time ends with a final NOTIFY."""
+        if sub.timer is not None:
+            sub.timer = None
+            self.subscription_timers -= 1
         now = self._clock()
-        if self._closed or sub.expires_at > now or sub not in self.subscriptions:
-            return  # refreshed (a later timer covers it) or already ended
+        if self._closed or sub not in self.subscriptions:
+            return  # already ended
+        if sub.expires_at > now:  # the clock ran behind the loop's: wait the rest
+            sub.timer = asyncio.get_running_loop().call_later(
+                sub.expires_at - now, self._subscription_expired, sub
+            )
+            self.subscription_timers += 1
+            return
         self.subscriptions.remove(sub)
         self.core.counters["subscription_expired"] += 1
         reg = self.core.lookup(sub.impu, now)
@@ -382,6 +408,8 @@ class Scscf:
         subs = self.subscriptions.pop_impu(removed.impu)
         if not subs:
             return
+        for sub in subs:
+            self._cancel_timer(sub)
         now = self._clock()
         event = TERMINATION_EVENT.get(removed.reason, "deactivated")
         reason = "rejected" if removed.reason == "network-initiated" else "deactivated"
@@ -423,7 +451,7 @@ class Scscf:
         if response.status in (404, 408, 481) or response.status >= 500:
             # RFC 6665 §4.2.2: the subscriber is gone; end the subscription.
             self.core.counters["notify_failed"] += 1
-            self.subscriptions.remove(sub)
+            self._end_subscription(sub)
 
     # ------------------------------------------------------------- actions
 
@@ -682,6 +710,7 @@ class ScscfServer:
             out["cx_operations"] = core["operations"]
             out["requests_awaiting_reply"] = len(self.scscf._pending)
             out["subscriptions"] = len(self.scscf.subscriptions)
+            out["subscription_timers"] = self.scscf.subscription_timers
         if self.endpoint is not None:
             out["transactions_waiting"] = self.endpoint.layer.pending()
         if self.node is not None:
