@@ -146,6 +146,9 @@ async def test_hss_killed_and_restarted_mid_run():
 
 
 @pytest.mark.redis
+# A REGISTER in flight when the old S-CSCF stops must not leave a coroutine never awaited.
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("error:coroutine .* was never awaited:RuntimeWarning")
 async def test_scscf_restart_with_redis_bindings_keeps_registrations(redis_url):
     """The S-CSCF stores its bindings in Redis before each 200 OK leaves. Restarted, it
     reads them back: the UE's protected re-REGISTER (integrity-protected="yes") is

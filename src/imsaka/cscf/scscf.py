@@ -487,6 +487,14 @@ class Scscf:
             self.core.counters["reply_too_late"] += 1
             log.info("REGISTER %s: answer %d not sent: %s", request.call_id, reply.status, exc)
 
+    def serve(self, request: Request, respond: Respond) -> asyncio.Task:
+        """`handle_request` as a task of this S-CSCF. Its failure is the caller's to
+        report (the SIP endpoint answers 500 and logs it); `close` cancels it."""
+        task = asyncio.ensure_future(self.handle_request(request, respond))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -674,8 +682,11 @@ class ScscfServer:
         await self.node.start()
         scscf = self.scscf
 
-        async def handle(request: Request, tx: Any) -> None:
-            await scscf.handle_request(request, tx.respond)
+        def handle(request: Request, tx: Any) -> asyncio.Task:
+            # The coroutine becomes a task at once (the S-CSCF's, cancelled by its close):
+            # the endpoint awaits the task, so a shutdown that cancels the endpoint's own
+            # wrapper before it ran cannot drop a coroutine never awaited.
+            return scscf.serve(request, tx.respond)
 
         self.endpoint.set_request_handler(handle)
 
