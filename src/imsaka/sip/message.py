@@ -20,6 +20,8 @@ Per §18.3, octets after the body that Content-Length announces are discarded
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from imsaka.sip._abnf import (
     COMPACT_FORMS,
     CTL_RE,
@@ -101,6 +103,14 @@ def _key(name: str) -> str:
 _ADD_NAMES: dict[str, tuple[str, str]] = {}
 
 
+def _add_spec(name: str) -> tuple[str, str]:
+    key = _key(name)
+    spec = (key, display_name(key, name))
+    if len(_ADD_NAMES) < _NAME_CACHE_MAX:
+        _ADD_NAMES[name] = spec
+    return spec
+
+
 def _check_value(value: str) -> str:
     if "\r" in value or "\n" in value or "\x00" in value:
         raise LocalProtocolError("header value must not contain CR, LF or NUL")
@@ -121,8 +131,34 @@ class Message:
         self._cache: dict | None = None
         self.body = bytes(body)
         if headers:
-            for name, value in headers:
-                self.add(name, value)
+            self._extend(headers)
+
+    def _extend(self, headers) -> None:
+        """`add` of each (name, value) in turn, in one pass: a line goes to the end
+        unless a line of its header is already there with others after it (then after
+        that header's last line, as `add` does)."""
+        hs = self._headers
+        append = hs.append
+        names = _ADD_NAMES
+        seen: set[str] = set()
+        for name, value in headers:
+            spec = names.get(name)
+            if spec is None:
+                spec = _add_spec(name)
+            key, shown = spec
+            if type(value) is not str:
+                value = str(value)
+            if "\r" in value or "\n" in value or "\x00" in value:
+                raise LocalProtocolError("header value must not contain CR, LF or NUL")
+            value = value.strip()
+            entry = (key, value, f"{shown}: {value}")
+            if key not in seen:
+                seen.add(key)
+                append(entry)
+            elif hs[-1][0] == key:
+                append(entry)
+            else:
+                self._insert(key, entry, False)
 
     # -- header access -------------------------------------------------------------
 
@@ -164,15 +200,24 @@ class Message:
 
     def set(self, name: str, value: str) -> None:
         """Replace every line of `name` by one line (at the place of the first)."""
-        key = _key(name)
-        value = _check_value(str(value))
-        line = f"{display_name(key, name)}: {value}"
+        spec = _ADD_NAMES.get(name)
+        if spec is None:
+            spec = _add_spec(name)
+        key, shown = spec
+        value = _check_value(value if type(value) is str else str(value))
+        line = f"{shown}: {value}"
         hs = self._headers
-        found = [i for i, h in enumerate(hs) if h[0] == key]
-        if len(found) <= 1:
+        at = -1
+        for i, h in enumerate(hs):
+            if h[0] == key:
+                if at >= 0:
+                    at = -2  # several lines: rebuilt below
+                    break
+                at = i
+        if at != -2:
             # the common case (Max-Forwards, Expires): one line or none
-            if found:
-                hs[found[0]] = (key, value, line)
+            if at >= 0:
+                hs[at] = (key, value, line)
             else:
                 hs.append((key, value, line))
             self._invalidate(key)
@@ -197,10 +242,7 @@ class Message:
         the end when the header is absent)."""
         spec = _ADD_NAMES.get(name)
         if spec is None:
-            key = _key(name)
-            spec = (key, display_name(key, name))
-            if len(_ADD_NAMES) < _NAME_CACHE_MAX:
-                _ADD_NAMES[name] = spec
+            spec = _add_spec(name)
         key, shown = spec
         value = _check_value(value if type(value) is str else str(value))
         self._insert(key, (key, value, f"{shown}: {value}"), first)
@@ -237,10 +279,38 @@ class Message:
     def remove(self, name: str) -> int:
         """Remove every line of `name`; returns how many lines went."""
         key = _key(name)
-        before = len(self._headers)
-        self._headers = [h for h in self._headers if h[0] != key]
+        hs = self._headers
+        for h in hs:
+            if h[0] == key:
+                break
+        else:
+            return 0  # absent: nothing to copy, no view to drop
+        self._headers = [h for h in hs if h[0] != key]
         self._invalidate(key)
-        return before - len(self._headers)
+        return len(hs) - len(self._headers)
+
+    def move_after(self, keys: Collection[str], anchors: Collection[str]) -> bool:
+        """Move every line of the headers `keys` (lower-case long names), keeping their
+        order, to just after the last line of any header in `anchors` (to the top when
+        there is none). The lines move as they are (spelling, folding, parsed views):
+        nothing is validated again. Returns whether the order changed."""
+        hs = self._headers
+        block = [h for h in hs if h[0] in keys]
+        if not block:
+            return False
+        rest = [h for h in hs if h[0] not in keys]
+        pos = 0
+        for i, h in enumerate(rest):
+            if h[0] in anchors:
+                pos = i + 1
+        rest[pos:pos] = block
+        if rest == hs:
+            return False
+        self._headers = rest
+        cache = self._cache
+        if cache:
+            cache.pop(_WIRE, None)
+        return True
 
     def pop_first(self, name: str) -> str | None:
         """Remove and return the first value of a list header (topmost Via, Route),
