@@ -68,6 +68,10 @@ class TimerConfig:
 
 
 class State(Enum):
+    # Members are singletons: hash by identity (Enum's own __hash__ is Python code and
+    # the transition table is looked up with (state, input) on every event).
+    __hash__ = object.__hash__
+
     CALLING = "Calling"
     TRYING = "Trying"
     PROCEEDING = "Proceeding"
@@ -78,6 +82,10 @@ class State(Enum):
 
 
 class Input(Enum):
+    # Members are singletons: hash by identity (Enum's own __hash__ is Python code and
+    # the transition table is looked up with (state, input) on every event).
+    __hash__ = object.__hash__
+
     # from the network
     RECV_1XX = "1xx received"
     RECV_2XX = "2xx received"
