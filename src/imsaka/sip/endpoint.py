@@ -38,6 +38,7 @@ import inspect
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from imsaka.sip.errors import LocalProtocolError, RemoteProtocolError, SipParseError
 from imsaka.sip.message import (
@@ -629,10 +630,14 @@ class SipEndpoint:
         except Exception as exc:
             self._handler_failed(tx, exc)
             return
-        if inspect.isawaitable(result):
-            task = self._get_loop().create_task(self._await_handler(result, tx))
+        if result is not None and inspect.isawaitable(result):
+            # the handler's coroutine is the task (no wrapper coroutine per request);
+            # its failure is read in the done callback
+            task = self._get_loop().create_task(
+                result if inspect.iscoroutine(result) else self._await(result)
+            )
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(partial(self._handler_done, tx))
 
     # -- §13.3.1.4: the UAS core retransmits its 2xx to an INVITE until the ACK ---------
 
@@ -687,12 +692,16 @@ class SipEndpoint:
         except LocalProtocolError:
             pass
 
-    async def _await_handler(self, result: Awaitable[None], tx: ServerTx) -> None:
-        try:
-            await result
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
+    @staticmethod
+    async def _await(result: Awaitable[None]) -> None:
+        await result
+
+    def _handler_done(self, tx: ServerTx, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if isinstance(exc, Exception):
             self._handler_failed(tx, exc)
 
     def _handler_failed(self, tx: ServerTx, exc: Exception) -> None:
