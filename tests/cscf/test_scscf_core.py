@@ -559,3 +559,39 @@ def test_contact_floods_are_bounded():
     for i, expected in ((1, 200), (2, 403)):
         other = FakeUe(isim=ue.isim, contact=f"sip:10.0.1.{i}", call_id=f"x{i}")
         assert register(h, other, T0 + i).status == expected
+
+
+def test_reregistration_with_the_same_user_data_does_not_parse_it_again(h, monkeypatch):
+    """The SAA of a re-registration brings the document the registration already holds
+    (or none, with User-Data-Already-Available): the implicit set and its barring are
+    those of the live record, not parsed again; another document is parsed and checked."""
+    import imsaka.cscf.scscf_core as scscf_core
+
+    ue = FakeUe()
+    assert register(h, ue).status == 200
+    associated = header(h.send(ue.register(integrity="yes"), T0 + 1), "P-Associated-URI")
+    parsed: list = []
+    real = scscf_core.parse_user_data
+    monkeypatch.setattr(scscf_core, "parse_user_data", lambda xml: parsed.append(xml) or real(xml))
+    for n in range(2, 5):
+        r = h.send(ue.register(integrity="yes"), T0 + n)
+        assert r.status == 200 and header(r, "P-Associated-URI") == associated
+    assert parsed == []
+    # The HSS now bars the registered identity: the new document is parsed and refused.
+    barred = USER_DATA.replace(
+        f"<BarringIndication>0</BarringIndication><Identity>{IMPU}</Identity>",
+        f"<BarringIndication>1</BarringIndication><Identity>{IMPU}</Identity>",
+    )
+    assert barred != USER_DATA
+    (sar,) = h.core.handle_register(999, ue.register(integrity="yes"), T0 + 10)
+    (reply,) = h.core.assignment_done(sar.token, barred, T0 + 10)
+    assert reply.status == 403 and parsed == [barred]
+
+
+def test_date_header_is_formatted_once_per_second():
+    from email.utils import formatdate
+
+    from imsaka.cscf.scscf_core import http_date
+
+    for now in (T0, T0 + 0.2, T0 + 0.999, T0 + 1, T0 + 1.5, 0.0, 1_700_000_000.75, T0):
+        assert http_date(now) == formatdate(now, usegmt=True)

@@ -104,18 +104,23 @@ def register_request_from_sip(req: Request) -> RegisterRequest:
     if cred is not None:
         if (cred.scheme or "").lower() != "digest":
             raise SipParseError("Authorization: only the Digest scheme is supported")
+        # One pass over the params (the first of a repeated name wins, as cred.get).
+        values: dict[str, str] = {}
+        for p in cred.params:
+            values.setdefault(p.name.lower(), p.value)
+        get = values.get
         auth = DigestParams(
-            username=cred.get("username") or "",
-            realm=cred.get("realm") or "",
-            nonce=cred.get("nonce") or "",
-            uri=cred.get("uri") or "",
-            response=cred.get("response"),
-            algorithm=cred.get("algorithm"),
-            qop=cred.get("qop"),
-            nc=cred.get("nc"),
-            cnonce=cred.get("cnonce"),
-            auts=cred.get("auts"),
-            integrity_protected=cred.get("integrity-protected"),
+            username=get("username") or "",
+            realm=get("realm") or "",
+            nonce=get("nonce") or "",
+            uri=get("uri") or "",
+            response=get("response"),
+            algorithm=get("algorithm"),
+            qop=get("qop"),
+            nc=get("nc"),
+            cnonce=get("cnonce"),
+            auts=get("auts"),
+            integrity_protected=get("integrity-protected"),
         )
     contacts = []
     star = False

@@ -92,6 +92,18 @@ class CxOutcome(enum.Enum):
     UNAVAILABLE = "unavailable"  # timeout, no peer, transient error (HSS down)
 
 
+_date_cache: tuple[int, str] = (-1, "")
+
+
+def http_date(now: float) -> str:
+    """RFC 3261 §20.17 Date (RFC 1123 form, GMT) of `now`; one formatting per second."""
+    global _date_cache
+    second = int(now)  # formatdate truncates to the second too (time.gmtime)
+    if _date_cache[0] != second or now < 0:
+        _date_cache = (second, formatdate(now, usegmt=True))
+    return _date_cache[1]
+
+
 # --------------------------------------------------------------------------- inputs
 
 
@@ -819,7 +831,12 @@ class RegistrarCore:
         old = self._live_registration(req.impu, now)
         xml = user_data if user_data else (old.user_data if old is not None else "")
         identities = []
-        if xml:
+        if old is not None and old.associated and xml == old.user_data:
+            # The same subscription document as the live registration of this IMPU (every
+            # re-registration, with or without User-Data-Already-Available): it passed the
+            # barring check then and gives the same P-Associated-URI; no parse.
+            associated = old.associated
+        elif xml:
             try:
                 _private, identities = parse_user_data(xml)
             except UserDataError as exc:
@@ -829,7 +846,9 @@ class RegistrarCore:
             barred = {p.identity.lower() for p in identities if p.barred}
             if req.impu.lower() in barred:
                 return [self._reply(token, 403, "Forbidden (identity barred)")]
-        associated = associated_uris(req.impu, identities)
+            associated = associated_uris(req.impu, identities)
+        else:
+            associated = associated_uris(req.impu, identities)
         contacts = self._apply_contacts(old, req, now)
         reg = Registration(
             impu=req.impu,
@@ -856,7 +875,7 @@ class RegistrarCore:
             binding = contacts[uri]
             left = max(0, round(binding.expires_at - now))
             headers.append(("Contact", f"<{binding.uri}>{binding.params};expires={left}"))
-        headers.append(("Date", formatdate(now, usegmt=True)))
+        headers.append(("Date", http_date(now)))
         headers.append(("P-Associated-URI", ", ".join(f"<{u}>" for u in associated)))
         return [StoreRegistration(reg), self._reply(token, 200, "OK", tuple(headers))]
 
@@ -879,7 +898,7 @@ class RegistrarCore:
         headers: list[tuple[str, str]] = []
         for spec in req.contacts:
             headers.append(("Contact", f"<{spec.uri}>{spec.params};expires=0"))
-        headers.append(("Date", formatdate(now, usegmt=True)))
+        headers.append(("Date", http_date(now)))
         actions.append(self._reply(token, 200, "OK", tuple(headers)))
         return actions
 
