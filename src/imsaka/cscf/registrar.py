@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 __all__ = [
     "BindingStore",
+    "Claim",
     "ContactBinding",
     "MemoryBindingStore",
     "RedisBindingStore",
@@ -123,6 +124,9 @@ class Registration:
         )
 
 
+Claim = Literal["removed", "gone", "live"]
+
+
 class BindingStore(Protocol):
     """Where registrations live. Every method is a coroutine (Redis is I/O)."""
 
@@ -131,6 +135,13 @@ class BindingStore(Protocol):
     async def put(self, registration: Registration) -> None: ...
 
     async def delete(self, impu: str) -> None: ...
+
+    async def claim_lapsed(self, impu: str, now: float) -> Claim:
+        """Remove `impu`'s record if none of its contacts is live at `now`, atomically:
+        ``"removed"`` (by this call: the caller sends the TIMEOUT_DEREGISTRATION SAR),
+        ``"gone"`` (already removed, by another S-CSCF sharing the store) or ``"live"``
+        (refreshed meanwhile through another S-CSCF: kept)."""
+        ...
 
     async def all(self) -> list[Registration]: ...
 
@@ -167,6 +178,15 @@ class MemoryBindingStore:
     async def delete(self, impu: str) -> None:
         self._regs.pop(impu, None)
 
+    async def claim_lapsed(self, impu: str, now: float) -> Claim:
+        entry = self._regs.get(impu)
+        if entry is None:
+            return "gone"
+        if any(c[1] > now for c in entry[2]):
+            return "live"
+        del self._regs[impu]
+        return "removed"
+
     async def all(self) -> list[Registration]:
         return [self._load(e) for e in self._regs.values()]
 
@@ -190,6 +210,23 @@ class MemoryBindingStore:
         return len(self._regs)
 
 
+# KEYS[1] the record, ARGV[1] now → 1 removed, 0 no record, -1 a contact is live (kept).
+_CLAIM_LAPSED = """
+local text = redis.call('GET', KEYS[1])
+if not text then return 0 end
+local ok, record = pcall(cjson.decode, text)
+if ok and type(record) == 'table' and type(record.contacts) == 'table' then
+  local now = tonumber(ARGV[1])
+  for _, c in ipairs(record.contacts) do
+    local at = tonumber(c.expires_at)
+    if at and at > now then return -1 end
+  end
+end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+
 class RedisBindingStore:
     """Bindings in Redis: one key per IMPU, expiring with its last contact.
 
@@ -198,7 +235,7 @@ class RedisBindingStore:
     nothing behind forever.
     """
 
-    __slots__ = ("_prefix", "_redis", "url")
+    __slots__ = ("_claim", "_prefix", "_redis", "url")
 
     def __init__(self, url: str, *, prefix: str = "imsaka:scscf:") -> None:
         import redis.asyncio as aioredis
@@ -206,6 +243,7 @@ class RedisBindingStore:
         self.url = url
         self._prefix = prefix
         self._redis = aioredis.from_url(url)
+        self._claim: Any = None
 
     def _key(self, impu: str) -> str:
         return f"{self._prefix}reg:{impu}"
@@ -226,6 +264,14 @@ class RedisBindingStore:
 
     async def delete(self, impu: str) -> None:
         await self._redis.delete(self._key(impu))
+
+    async def claim_lapsed(self, impu: str, now: float) -> Claim:
+        # One script, so that of the S-CSCFs whose timers saw the binding lapse exactly
+        # one removes the key (and sends the SAR), and none removes a refreshed record.
+        if self._claim is None:
+            self._claim = self._redis.register_script(_CLAIM_LAPSED)
+        result = int(await self._claim(keys=[self._key(impu)], args=[repr(float(now))]))
+        return "removed" if result == 1 else "live" if result < 0 else "gone"
 
     async def all(self) -> list[Registration]:
         out = []

@@ -38,11 +38,12 @@ from imsaka.cscf.regevent import (
     notify_request,
     reginfo_body,
 )
-from imsaka.cscf.registrar import BindingStore, MemoryBindingStore, open_binding_store
+from imsaka.cscf.registrar import BindingStore, Claim, MemoryBindingStore, open_binding_store
 from imsaka.cscf.scscf_core import (
     Action,
     AskAssignment,
     AskVectors,
+    AssignmentType,
     AuthVectorItem,
     ContactSpec,
     CxOutcome,
@@ -461,18 +462,50 @@ class Scscf:
     # ------------------------------------------------------------- actions
 
     async def _run_actions(self, actions: list[Action]) -> None:
+        claimed_elsewhere: set[str] = set()
         for action in actions:
             if isinstance(action, Reply):
                 self._reply(action)
             elif isinstance(action, AskVectors):
                 self._spawn(self._mar(action))
             elif isinstance(action, AskAssignment):
+                if (
+                    action.assignment_type is AssignmentType.TIMEOUT_DEREGISTRATION
+                    and action.impu in claimed_elsewhere
+                ):
+                    self.core.abandon(action.token)
+                    continue
                 self._spawn(self._sar(action))
             elif isinstance(action, StoreRegistration):
                 await self._store(self.store.put(action.registration))
             elif isinstance(action, RemoveRegistration):
-                await self._store(self.store.delete(action.impu))
+                if action.reason == "timeout" and self._shared:
+                    claim = await self._claim_lapsed(action.impu)
+                    if claim != "removed":
+                        claimed_elsewhere.add(action.impu)
+                    if claim == "live":
+                        continue  # refreshed through another S-CSCF: adopted again
+                else:
+                    await self._store(self.store.delete(action.impu))
                 self._notify_terminated(action)
+
+    async def _claim_lapsed(self, impu: str) -> Claim:
+        """A binding lapsed here; with a shared store, exactly one S-CSCF removes it and
+        sends the TIMEOUT_DEREGISTRATION SAR (docs/lifecycle.md)."""
+        try:
+            claim = await self.store.claim_lapsed(impu, self._clock())
+            stored = await self.store.get(impu) if claim == "live" else None
+        except Exception as exc:  # the store is down: send the SAR rather than none
+            self.core.counters["store_errors"] += 1
+            log.warning("binding store claim failed: %s", exc)
+            return "removed"
+        if claim == "live":
+            self.core.counters["expiry_refreshed_elsewhere"] += 1
+            if stored is not None:
+                self.core.load(stored)
+        elif claim == "gone":
+            self.core.counters["expiry_claimed_elsewhere"] += 1
+        return claim
 
     async def _store(self, op: Awaitable[None]) -> None:
         try:

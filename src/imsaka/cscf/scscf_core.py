@@ -746,6 +746,13 @@ class RegistrarCore:
         self._ops[token] = _Op(_OpKind.BACKGROUND, impi, impu, None, kind, False)
         return AskAssignment(token, impi, impu, kind, False)
 
+    def abandon(self, token: int) -> None:
+        """Forget the background SAR `token` unsent (another S-CSCF sharing the binding
+        store removed the binding and sends it)."""
+        op = self._ops.get(token)
+        if op is not None and op.kind is _OpKind.BACKGROUND:
+            del self._ops[token]
+
     def _auth_failed(self, token: int, impi: str, now: float) -> list[Action]:
         self.counters["auth_failed"] += 1
         fail = self._failures.setdefault(impi, _Failures())

@@ -1,0 +1,131 @@
+"""Two S-CSCFs sharing one Redis binding store: a lapsed binding is deregistered at the HSS
+once (TS 29.228 §6.1.2 TIMEOUT_DEREGISTRATION), by the S-CSCF that removes the record, and
+a record refreshed through one S-CSCF is not removed by the other's stale timer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from imsaka.config import parse_config
+from imsaka.cscf.registrar import ContactBinding, MemoryBindingStore, Registration
+from imsaka.cscf.scscf import Scscf
+from imsaka.cscf.scscf_core import AssignmentType
+from imsaka.diameter import cx
+
+from .conftest import network_dict
+
+pytestmark = pytest.mark.redis
+
+IMPU = "sip:user1_public1@home1.net"
+IMPI = "user1_private@home1.net"
+T0 = float(int(time.time()))  # Redis keeps a record until a minute past its last contact
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def record(expires_at: float) -> Registration:
+    uri = "sip:[5555::aaa:bbb:ccc:ddd]:1357"
+    binding = ContactBinding(uri, expires_at, "", (), "call-1", 2)
+    return Registration(IMPU, IMPI, {uri: binding}, (IMPU,), "", T0 - 100)
+
+
+def scscf(store, clock, sars: list) -> Scscf:
+    config = parse_config(network_dict(3868, 5061, 5062)).scscf
+
+    async def cx_send(request):
+        if isinstance(request, cx.ServerAssignmentRequest):
+            sars.append(request.server_assignment_type)
+        return SimpleNamespace(result=2001, experimental_result_code=None, user_data=None)
+
+    return Scscf(config, cx_send=cx_send, store=store, clock=clock)
+
+
+@pytest.fixture
+async def stores(redis_url):
+    from imsaka.cscf.registrar import RedisBindingStore
+
+    prefix = f"imsaka:test:{os.getpid()}:{os.urandom(4).hex()}:"
+    made = [RedisBindingStore(redis_url, prefix=prefix) for _ in range(3)]
+    try:
+        yield made
+    finally:
+        await made[2].clear()
+        for s in made:
+            await s.close()
+
+
+async def settle(*nodes: Scscf) -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+        if not any(n._tasks for n in nodes):
+            return
+    await asyncio.gather(*(t for n in nodes for t in list(n._tasks)))
+
+
+async def test_a_lapsed_binding_is_deregistered_once_by_two_scscfs(stores):
+    await stores[2].put(record(T0 + 60))
+    clock, sars = Clock(), []
+    a, b = scscf(stores[0], clock, sars), scscf(stores[1], clock, sars)
+    await a.start()
+    await b.start()
+    assert a.core.lookup(IMPU, T0) and b.core.lookup(IMPU, T0)
+    clock.now = T0 + 61
+    await asyncio.gather(a._fire(), b._fire())
+    await settle(a, b)
+    assert sars == [AssignmentType.TIMEOUT_DEREGISTRATION]
+    assert await stores[2].get(IMPU) is None
+    assert a.core.lookup(IMPU, clock.now) is None and b.core.lookup(IMPU, clock.now) is None
+    counters = a.core.counters + b.core.counters
+    assert counters["expiry_claimed_elsewhere"] == 1 and counters["registration_expired"] == 2
+    assert not a.core._ops and not b.core._ops  # the SAR not sent leaves no operation
+    await a.close()
+    await b.close()
+
+
+async def test_a_binding_refreshed_through_the_other_scscf_is_kept(stores):
+    await stores[2].put(record(T0 + 60))
+    clock, sars = Clock(), []
+    a, b = scscf(stores[0], clock, sars), scscf(stores[1], clock, sars)
+    await a.start()
+    await b.start()
+    # A re-registration through B pushed the expiry back; A still holds the old record.
+    await stores[2].put(record(T0 + 3600))
+    clock.now = T0 + 61
+    await a._fire()
+    await settle(a)
+    assert sars == []
+    assert (await stores[2].get(IMPU)) is not None
+    adopted = a.core.lookup(IMPU, clock.now)
+    assert adopted is not None and adopted.earliest_expiry() == T0 + 3600
+    assert a.core.counters["expiry_refreshed_elsewhere"] == 1
+    await a.close()
+    await b.close()
+
+
+async def test_memory_store_claims_like_redis():
+    store = MemoryBindingStore()
+    assert await store.claim_lapsed(IMPU, T0) == "gone"
+    await store.put(record(T0 + 60))
+    assert await store.claim_lapsed(IMPU, T0) == "live"
+    assert await store.claim_lapsed(IMPU, T0 + 60) == "removed"
+    assert await store.claim_lapsed(IMPU, T0 + 60) == "gone"
+
+
+async def test_redis_store_claims_exactly_once(stores):
+    await stores[2].put(record(T0 + 60))
+    assert await stores[0].claim_lapsed(IMPU, T0) == "live"
+    results = await asyncio.gather(
+        *(s.claim_lapsed(IMPU, T0 + 60.5) for s in (stores[0], stores[1], stores[0]))
+    )
+    assert sorted(results) == ["gone", "gone", "removed"]
