@@ -242,3 +242,64 @@ def test_make_response_to_a_request_with_an_unparsable_to_copies_it():
     resp = make_response(parse_message(raw), 400, "Bad Request", to_tag="t1")
     assert resp.get("To") == "garbage"
     assert resp.status == 400
+
+
+def test_constructor_is_add_of_each_item_in_turn():
+    """Built in one pass, a message equals one built with `add` line by line: a repeated
+    header joins its last line, also when other headers came in between."""
+    items = [
+        ("Via", "SIP/2.0/UDP a;branch=z9hG4bK1"),
+        ("Route", "<sip:r1;lr>"),
+        ("v", "SIP/2.0/UDP b;branch=z9hG4bK2"),
+        ("Route", "<sip:r2;lr>"),
+        ("Route", "<sip:r3;lr>"),
+        ("max-forwards", 70),
+        ("Call-ID", "  c1  "),
+    ]
+    built = Request("OPTIONS", "sip:x", items)
+    one_by_one = Request("OPTIONS", "sip:x")
+    for name, value in items:
+        one_by_one.add(name, value)
+    assert built._headers == one_by_one._headers
+    assert built.to_bytes() == one_by_one.to_bytes()
+    assert built.header_keys() == [
+        "via",
+        "via",
+        "route",
+        "route",
+        "route",
+        "max-forwards",
+        "call-id",
+    ]
+    with pytest.raises(LocalProtocolError):
+        Request("OPTIONS", "sip:x", [("Call-ID", "a\r\nX: b")])
+
+
+def test_move_after_keeps_lines_and_views():
+    m = parse_message(SEED[1])
+    m.top_via  # noqa: B018 - a parsed view that must survive the move
+    vias = m.via
+    m.add("Path", "<sip:term@pcscf1.visited1.net;lr>")
+    assert m.header_keys()[-1] == "path"
+    wire = m.to_bytes()
+    assert m.move_after({"path", "require"}, {"via", "max-forwards", "p-access-network-info"})
+    keys = m.header_keys()
+    assert keys[:5] == ["via", "max-forwards", "p-access-network-info", "require", "path"]
+    assert m.via is vias
+    assert m.to_bytes() != wire
+    assert sorted(m.to_bytes().split(b"\r\n")) == sorted(wire.split(b"\r\n"))
+    # the Authorization line keeps its folding (no rebuild)
+    assert b'Digest username="user1_private@home1.net",\r\n    realm=' in m.to_bytes()
+    # already in place, or nothing to move: no change
+    assert not m.move_after({"path", "require"}, {"via", "max-forwards", "p-access-network-info"})
+    assert not m.move_after({"route"}, {"via"})
+
+
+def test_remove_several_headers_in_one_pass():
+    m = parse_message(SEED[1])
+    m.security("Security-Client")
+    assert m.remove("Security-Client", "require", "Proxy-Require", "Route") == 3
+    assert not m.has("security-client") and not m.has("require") and m.has("supported")
+    assert m.security("Security-Client") == []
+    assert m.remove("Route", "Path") == 0
+    assert m.remove("Route") == 0

@@ -669,18 +669,17 @@ class PcscfCore:
         fwd.add("Path", self._path(), first=False)
         require = strip_sec_agree(fwd.get_all("Require"))
         proxy_require = strip_sec_agree(fwd.get_all("Proxy-Require"))
-        fwd.remove("Require")
-        fwd.remove("Proxy-Require")
+        fwd.remove("Require", "Proxy-Require")
         if "path" not in [t.lower() for t in require]:
             require.append("path")
         fwd.set("Require", ", ".join(require))
         if proxy_require:
             fwd.set("Proxy-Require", ", ".join(proxy_require))
-        fwd.remove("Security-Client")
-        fwd.remove("Security-Verify")
-        fwd.remove("P-Visited-Network-ID")
+        # removed first, so that the new lines go to the end, in this order
+        fwd.remove(
+            "Security-Client", "Security-Verify", "P-Visited-Network-ID", "P-Charging-Vector"
+        )
         fwd.set("P-Visited-Network-ID", f'"{self.config.visited_network_id}"')
-        fwd.remove("P-Charging-Vector")
         fwd.set("P-Charging-Vector", f'icid-value="{self._icid()}"')
         # integrity-protected, overwriting whatever the UE put there (FACTS §3.1).
         auth = fwd.authorization
@@ -726,16 +725,14 @@ class PcscfCore:
         mf = fwd.max_forwards
         fwd.set("Max-Forwards", str((mf if mf is not None else 70) - 1))
         preferred = fwd.get("P-Preferred-Identity")
-        fwd.remove("P-Preferred-Identity")
-        fwd.remove("P-Asserted-Identity")
+        fwd.remove("P-Preferred-Identity", "P-Asserted-Identity")
         asserted = self._assert_identity(reg, preferred)
         if asserted:
             fwd.set("P-Asserted-Identity", asserted)
         fwd.remove("Security-Verify")
         proxy_require = strip_sec_agree(fwd.get_all("Proxy-Require"))
         require = strip_sec_agree(fwd.get_all("Require"))
-        fwd.remove("Proxy-Require")
-        fwd.remove("Require")
+        fwd.remove("Proxy-Require", "Require")
         if proxy_require:
             fwd.set("Proxy-Require", ", ".join(proxy_require))
         if require:

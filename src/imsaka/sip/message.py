@@ -276,10 +276,19 @@ class Message:
             if vias is not None:
                 cache["via"] = [via, *vias]
 
-    def remove(self, name: str) -> int:
-        """Remove every line of `name`; returns how many lines went."""
-        key = _key(name)
+    def remove(self, name: str, *names: str) -> int:
+        """Remove every line of `name` (and of each of `names`, in the same pass);
+        returns how many lines went."""
         hs = self._headers
+        if names:
+            keys = {_key(n) for n in (name, *names)}
+            kept = [h for h in hs if h[0] not in keys]
+            if len(kept) != len(hs):
+                self._headers = kept
+                for key in keys:
+                    self._invalidate(key)
+            return len(hs) - len(kept)
+        key = _key(name)
         for h in hs:
             if h[0] == key:
                 break
