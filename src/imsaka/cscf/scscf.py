@@ -27,7 +27,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 from imsaka.config import ImsConfig, NetworkConfig, ScscfConfig, split_hostport
@@ -525,14 +525,6 @@ class Scscf:
             self.core.counters["reply_too_late"] += 1
             log.info("REGISTER %s: answer %d not sent: %s", request.call_id, reply.status, exc)
 
-    def serve(self, request: Request, respond: Respond) -> asyncio.Task:
-        """`handle_request` as a task of this S-CSCF. Its failure is the caller's to
-        report (the SIP endpoint answers 500 and logs it); `close` cancels it."""
-        task = asyncio.ensure_future(self.handle_request(request, respond))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -676,6 +668,25 @@ class Scscf:
         self._rearm()
 
 
+class _HandleRequest:
+    """`scscf.handle_request(request, respond)`, its coroutine made only when awaited.
+
+    The SIP endpoint awaits what its request handler returns in a task of its own; when
+    the endpoint closes it cancels that task, possibly before it ever ran. A coroutine
+    made beforehand would then be dropped never awaited (a RuntimeWarning on every
+    shutdown with a request in flight); this awaitable leaves nothing behind."""
+
+    __slots__ = ("_request", "_respond", "_scscf")
+
+    def __init__(self, scscf: Scscf, request: Request, respond: Respond) -> None:
+        self._scscf = scscf
+        self._request = request
+        self._respond = respond
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._scscf.handle_request(self._request, self._respond).__await__()
+
+
 class ScscfServer:
     """An S-CSCF with its sockets: SIP (UDP/TCP), a Diameter node towards the HSS (client,
     and a listener when ``[scscf.diameter].port`` is set, for RTR/PPR), and its store."""
@@ -720,11 +731,8 @@ class ScscfServer:
         await self.node.start()
         scscf = self.scscf
 
-        def handle(request: Request, tx: Any) -> asyncio.Task:
-            # The coroutine becomes a task at once (the S-CSCF's, cancelled by its close):
-            # the endpoint awaits the task, so a shutdown that cancels the endpoint's own
-            # wrapper before it ran cannot drop a coroutine never awaited.
-            return scscf.serve(request, tx.respond)
+        def handle(request: Request, tx: Any) -> _HandleRequest:
+            return _HandleRequest(scscf, request, tx.respond)
 
         self.endpoint.set_request_handler(handle)
 
