@@ -701,7 +701,7 @@ class SipEndpoint:
         if task.cancelled():
             return
         exc = task.exception()
-        if isinstance(exc, Exception):
+        if isinstance(exc, Exception) and not self._closed:
             self._handler_failed(tx, exc)
 
     def _handler_failed(self, tx: ServerTx, exc: Exception) -> None:
