@@ -648,6 +648,11 @@ class Scscf:
         deadline = self.core.next_deadline()
         if deadline == self._timer_at:
             return
+        armed = self._timer_at if self._timer is not None else None
+        if armed is not None and (deadline is None or armed <= deadline):
+            # Armed earlier than needed (the challenge it was for was answered): let it
+            # fire and re-arm then, rather than cancel and re-arm twice per registration.
+            return
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
