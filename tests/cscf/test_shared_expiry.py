@@ -73,12 +73,18 @@ async def settle(*nodes: Scscf) -> None:
     await asyncio.gather(*(t for n in nodes for t in list(n._tasks)))
 
 
-async def test_a_lapsed_binding_is_deregistered_once_by_two_scscfs(stores):
+async def two_scscfs(stores) -> tuple[Clock, list, Scscf, Scscf]:
+    """A registration lapsing at T0 + 60 in the store; two S-CSCFs that adopted it."""
     await stores[2].put(record(T0 + 60))
     clock, sars = Clock(), []
     a, b = scscf(stores[0], clock, sars), scscf(stores[1], clock, sars)
     await a.start()
     await b.start()
+    return clock, sars, a, b
+
+
+async def test_a_lapsed_binding_is_deregistered_once_by_two_scscfs(stores):
+    clock, sars, a, b = await two_scscfs(stores)
     assert a.core.lookup(IMPU, T0) and b.core.lookup(IMPU, T0)
     clock.now = T0 + 61
     await asyncio.gather(a._fire(), b._fire())
@@ -94,11 +100,7 @@ async def test_a_lapsed_binding_is_deregistered_once_by_two_scscfs(stores):
 
 
 async def test_a_binding_refreshed_through_the_other_scscf_is_kept(stores):
-    await stores[2].put(record(T0 + 60))
-    clock, sars = Clock(), []
-    a, b = scscf(stores[0], clock, sars), scscf(stores[1], clock, sars)
-    await a.start()
-    await b.start()
+    clock, sars, a, b = await two_scscfs(stores)
     # A re-registration through B pushed the expiry back; A still holds the old record.
     await stores[2].put(record(T0 + 3600))
     clock.now = T0 + 61
