@@ -27,7 +27,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from imsaka.config import ImsConfig, NetworkConfig, ScscfConfig, split_hostport
@@ -673,25 +673,6 @@ class Scscf:
         self._rearm()
 
 
-class _HandleRequest:
-    """`scscf.handle_request(request, respond)`, its coroutine made only when awaited.
-
-    The SIP endpoint awaits what its request handler returns in a task of its own; when
-    the endpoint closes it cancels that task, possibly before it ever ran. A coroutine
-    made beforehand would then be dropped never awaited (a RuntimeWarning on every
-    shutdown with a request in flight); this awaitable leaves nothing behind."""
-
-    __slots__ = ("_request", "_respond", "_scscf")
-
-    def __init__(self, scscf: Scscf, request: Request, respond: Respond) -> None:
-        self._scscf = scscf
-        self._request = request
-        self._respond = respond
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return self._scscf.handle_request(self._request, self._respond).__await__()
-
-
 class ScscfServer:
     """An S-CSCF with its sockets: SIP (UDP/TCP), a Diameter node towards the HSS (client,
     and a listener when ``[scscf.diameter].port`` is set, for RTR/PPR), and its store."""
@@ -736,8 +717,10 @@ class ScscfServer:
         await self.node.start()
         scscf = self.scscf
 
-        def handle(request: Request, tx: Any) -> _HandleRequest:
-            return _HandleRequest(scscf, request, tx.respond)
+        # The endpoint makes its task from this coroutine directly, so a task cancelled
+        # on close before it ran leaves no coroutine never awaited behind.
+        def handle(request: Request, tx: Any) -> Coroutine[Any, Any, None]:
+            return scscf.handle_request(request, tx.respond)
 
         self.endpoint.set_request_handler(handle)
 
