@@ -45,6 +45,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as _c_hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -70,8 +72,9 @@ MAX_SEQ = 0xFFFFFFFF
 _HDR = struct.Struct(">II")
 # Module-level, not captured per SA set (each captured name is a cell per closure).
 _pack = _HDR.pack
-_mac = hmac.digest
 _same = hmac.compare_digest
+# HMAC digests by the hashlib name in `INTEGRITY`.
+_HASHES = {"md5": hashes.MD5, "sha1": hashes.SHA1}
 _PAD = bytes(range(1, 256))
 RandomSource = Callable[[int], bytes]
 
@@ -340,6 +343,38 @@ def _strip_trailer(pt: bytes) -> tuple[int, bytes] | str:
     return pt[-1], pt[:end]
 
 
+class _KeyedHmacs:
+    """HMAC contexts keyed once, copied per packet: a copy costs about half of keying
+    afresh (`hmac.digest` re-derives the padded keys on every call).
+
+    Process-wide and bounded (first in, first out), not one per SA set: a keyed context
+    is ~850 octets of OpenSSL state, too much to keep for every registered UE, while
+    the packets of a set come in bursts (a registration's REGISTER, 200, NOTIFY within
+    milliseconds), so the last `size` keys catch almost all of them. An evicted key is
+    keyed again on its next packet. The cache holds IK_esp only as a dict key, in
+    memory, like the SAs themselves; nothing of it is logged."""
+
+    __slots__ = ("_contexts", "_digest", "size")
+
+    def __init__(self, digest: str, size: int = 1024) -> None:
+        self._digest = _HASHES[digest]
+        self._contexts: dict[bytes, _c_hmac.HMAC] = {}
+        self.size = size
+
+    def context(self, key: bytes) -> _c_hmac.HMAC:
+        """A fresh HMAC context over `key`, ready for `update`."""
+        keyed = self._contexts.get(key)
+        if keyed is None:
+            contexts = self._contexts
+            if len(contexts) >= self.size:
+                del contexts[next(iter(contexts))]
+            keyed = contexts[key] = _c_hmac.HMAC(key, self._digest())
+        return keyed.copy()
+
+
+_KEYED = {name: _KeyedHmacs(name) for name in _HASHES}
+
+
 def _build_protect(keys: EspKeys, rng: RandomSource):
     integ = INTEGRITY[keys.alg]
     enc = ENCRYPTION[keys.ealg]
@@ -364,14 +399,16 @@ def _build_protect(keys: EspKeys, rng: RandomSource):
             return signed + gmac.encrypt(salt + header, b"", signed)
 
         return protect_gmac
-    digest = integ.digest
     icv_len = integ.icv_len
     ik = keys.ik_esp
+    keyed = _KEYED[integ.digest].context
     if keys.ealg == "null":
 
         def protect_null(spi: int, seq: int, payload: bytes, nh: int) -> bytes:
             signed = _pack(spi, seq) + payload + _trailer(len(payload), 4, nh)
-            return signed + _mac(ik, signed, digest)[:icv_len]
+            mac = keyed(ik)
+            mac.update(signed)
+            return signed + mac.finalize()[:icv_len]
 
         return protect_null
     block = enc.block_size
@@ -381,7 +418,9 @@ def _build_protect(keys: EspKeys, rng: RandomSource):
     def protect_cbc(spi: int, seq: int, payload: bytes, nh: int) -> bytes:
         # The first output block, E(R xor previous block), is this packet's IV.
         signed = _pack(spi, seq) + update(rng(block) + payload + _trailer(len(payload), block, nh))
-        return signed + _mac(ik, signed, digest)[:icv_len]
+        mac = keyed(ik)
+        mac.update(signed)
+        return signed + mac.finalize()[:icv_len]
 
     return protect_cbc
 
@@ -421,9 +460,9 @@ def _build_open(keys: EspKeys):
             return _strip_trailer(packet[16:-16])
 
         return open_gmac
-    digest = integ.digest
     icv_len = integ.icv_len
     ik = keys.ik_esp
+    keyed = _KEYED[integ.digest].context
     if keys.ealg == "null":
 
         def open_null(packet: bytes):
@@ -433,7 +472,9 @@ def _build_open(keys: EspKeys):
             if (n - 8 - icv_len) % 4:
                 return BAD_LENGTH
             signed = packet[:-icv_len]
-            if not _same(_mac(ik, signed, digest)[:icv_len], packet[-icv_len:]):
+            mac = keyed(ik)
+            mac.update(signed)
+            if not _same(mac.finalize()[:icv_len], packet[-icv_len:]):
                 return ICV_MISMATCH
             return _strip_trailer(signed[8:])
 
@@ -450,7 +491,9 @@ def _build_open(keys: EspKeys):
         if (n - 8 - icv_len) % block:
             return BAD_LENGTH
         signed = packet[:-icv_len]
-        if not _same(_mac(ik, signed, digest)[:icv_len], packet[-icv_len:]):
+        mac = keyed(ik)
+        mac.update(signed)
+        if not _same(mac.finalize()[:icv_len], packet[-icv_len:]):
             return ICV_MISMATCH
         # IV ‖ ciphertext through a long-lived context: block 0 of the output is junk.
         return _strip_trailer(update(signed[8:])[block:])
