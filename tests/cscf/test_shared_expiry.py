@@ -131,3 +131,97 @@ async def test_redis_store_claims_exactly_once(stores):
         *(s.claim_lapsed(IMPU, T0 + 60.5) for s in (stores[0], stores[1], stores[0]))
     )
     assert sorted(results) == ["gone", "gone", "removed"]
+
+
+C1 = "sip:[5555::aaa:bbb:ccc:ddd]:1357"
+C2 = "sip:[5555::aaa:bbb:ccc:eee]:1357"
+
+
+def two_contacts(first: float, second: float) -> Registration:
+    contacts = {
+        C1: ContactBinding(C1, first, "", (), "call-1", 2),
+        C2: ContactBinding(C2, second, "", (), "call-2", 2),
+    }
+    return Registration(IMPU, IMPI, contacts, (IMPU,), "", T0 - 100)
+
+
+async def test_a_partial_expiry_does_not_overwrite_a_refresh_through_the_other_scscf(stores):
+    # C1 lapses at T0 + 60, C2 stays; both S-CSCFs adopted that record.
+    await stores[2].put(two_contacts(T0 + 60, T0 + 3600))
+    clock, sars = Clock(), []
+    a, b = scscf(stores[0], clock, sars), scscf(stores[1], clock, sars)
+    await a.start()
+    await b.start()
+    # A re-registration of C1 through B (A still holds the old record) ...
+    await stores[2].put(two_contacts(T0 + 1800, T0 + 3600))
+    # ... then A's timer sees C1 lapse. A plain SET would write {C2} over the refresh.
+    clock.now = T0 + 61
+    await a._fire()
+    await settle(a)
+    stored = await stores[2].get(IMPU)
+    assert stored is not None and stored.contacts[C1].expires_at == T0 + 1800
+    adopted = a.core.lookup(IMPU, clock.now)
+    assert adopted is not None and set(adopted.contacts) == {C1, C2}
+    assert a.core.counters["partial_expiry_changed_elsewhere"] == 1
+    assert sars == []
+    await a.close()
+    await b.close()
+
+
+async def test_a_partial_expiry_unchanged_elsewhere_is_written(stores):
+    await stores[2].put(two_contacts(T0 + 60, T0 + 3600))
+    clock, sars = Clock(), []
+    a = scscf(stores[0], clock, sars)
+    await a.start()
+    clock.now = T0 + 61
+    await a._fire()
+    await settle(a)
+    stored = await stores[2].get(IMPU)
+    assert stored is not None and set(stored.contacts) == {C2}
+    assert a.core.counters["partial_expiry_changed_elsewhere"] == 0
+    # The record A now holds is the stored one: a second partial write is accepted.
+    held = a.core.lookup(IMPU, clock.now)
+    assert held is not None and held.version == stored.version
+    await a.close()
+
+
+async def test_a_partial_expiry_of_a_record_removed_elsewhere_forgets_it(stores):
+    await stores[2].put(two_contacts(T0 + 60, T0 + 3600))
+    clock, sars = Clock(), []
+    a = scscf(stores[0], clock, sars)
+    await a.start()
+    await stores[2].delete(IMPU)  # deregistered through the other S-CSCF
+    clock.now = T0 + 61
+    await a._fire()
+    await settle(a)
+    assert await stores[2].get(IMPU) is None
+    assert a.core.lookup(IMPU, clock.now) is None
+    await a.close()
+
+
+async def test_put_if_unchanged_is_a_compare_and_set(stores):
+    mine, theirs = stores[0], stores[1]
+    await mine.put(two_contacts(T0 + 60, T0 + 3600))
+    held = await mine.get(IMPU)
+    other = await theirs.get(IMPU)
+    assert held is not None and other is not None and held.version == other.version != 0
+    await theirs.put(other)  # a write through the other S-CSCF
+    assert not await mine.put_if_unchanged(held)
+    fresh = await mine.get(IMPU)
+    assert fresh is not None and fresh.version == other.version
+    del fresh.contacts[C1]
+    assert await mine.put_if_unchanged(fresh)
+    assert not await theirs.put_if_unchanged(other)  # now the other one is stale
+    gone = two_contacts(T0, T0)
+    gone.impu = "sip:nobody@home1.net"
+    assert not await mine.put_if_unchanged(gone)
+
+
+async def test_memory_store_put_if_unchanged():
+    store = MemoryBindingStore()
+    reg = two_contacts(T0 + 60, T0 + 3600)
+    assert not await store.put_if_unchanged(reg)
+    await store.put(reg)
+    copy = await store.get(IMPU)
+    assert copy is not None and await store.put_if_unchanged(reg)
+    assert not await store.put_if_unchanged(copy)

@@ -18,6 +18,7 @@ it, so a monotonic clock would be meaningless to the next reader.
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -87,6 +88,10 @@ class Registration:
     """TS 29.228 IMS subscription XML from the SAA."""
     registered_at: float = 0.0
     """When it was first registered (wall clock)."""
+    version: int = field(default=0, compare=False)
+    """Stamp of the stored copy this record was last read as or written to (0: never).
+    A store's `put` gives the record a new one; `put_if_unchanged` writes only while the
+    stored copy still has this one (compare-and-set, shared store)."""
 
     def earliest_expiry(self) -> float | None:
         return min((c.expires_at for c in self.contacts.values()), default=None)
@@ -106,6 +111,7 @@ class Registration:
                 "associated": list(self.associated),
                 "user_data": self.user_data,
                 "registered_at": self.registered_at,
+                "v": self.version,
             },
             separators=(",", ":"),
         )
@@ -121,6 +127,7 @@ class Registration:
             associated=tuple(d.get("associated", ())),
             user_data=str(d.get("user_data", "")),
             registered_at=float(d.get("registered_at", 0.0)),
+            version=int(d.get("v", 0)),
         )
 
 
@@ -133,6 +140,12 @@ class BindingStore(Protocol):
     async def get(self, impu: str) -> Registration | None: ...
 
     async def put(self, registration: Registration) -> None: ...
+
+    async def put_if_unchanged(self, registration: Registration) -> bool:
+        """Write `registration` only if the stored copy is still the one it was read as or
+        last written to (same `version`), atomically; ``False`` (nothing written) if another
+        S-CSCF sharing the store wrote or removed it meanwhile: the caller re-reads it."""
+        ...
 
     async def delete(self, impu: str) -> None: ...
 
@@ -151,10 +164,11 @@ class BindingStore(Protocol):
 class MemoryBindingStore:
     """Bindings in this process only (lost on restart)."""
 
-    __slots__ = ("_regs",)
+    __slots__ = ("_regs", "_version")
 
     def __init__(self) -> None:
         self._regs: dict[str, tuple] = {}
+        self._version = 0
 
     # Stored as a snapshot of immutable values (a tuple of str, float, int and tuples
     # of them), so a caller mutating its Registration afterwards cannot change the
@@ -171,9 +185,19 @@ class MemoryBindingStore:
             (c.uri, c.expires_at, c.params, tuple(c.path), c.call_id, c.cseq)
             for c in r.contacts.values()
         )
+        self._version += 1
+        r.version = self._version
         self._regs[r.impu] = (
-            r.impu, r.impi, contacts, tuple(r.associated), r.user_data, r.registered_at
+            r.impu, r.impi, contacts, tuple(r.associated), r.user_data, r.registered_at,
+            r.version,
         )  # fmt: skip
+
+    async def put_if_unchanged(self, registration: Registration) -> bool:
+        entry = self._regs.get(registration.impu)
+        if entry is None or entry[6] != registration.version:
+            return False
+        await self.put(registration)
+        return True
 
     async def delete(self, impu: str) -> None:
         self._regs.pop(impu, None)
@@ -192,7 +216,7 @@ class MemoryBindingStore:
 
     @staticmethod
     def _load(entry: tuple) -> Registration:
-        impu, impi, contacts, associated, user_data, registered_at = entry
+        impu, impi, contacts, associated, user_data, registered_at, version = entry
         bindings = [ContactBinding(*c) for c in contacts]
         return Registration(
             impu=impu,
@@ -201,6 +225,7 @@ class MemoryBindingStore:
             associated=associated,
             user_data=user_data,
             registered_at=registered_at,
+            version=version,
         )
 
     async def close(self) -> None:
@@ -226,6 +251,20 @@ redis.call('DEL', KEYS[1])
 return 1
 """
 
+# KEYS[1] the record, ARGV[1] the version the writer read, ARGV[2] the new JSON, ARGV[3]
+# its TTL (s) → 1 written, 0 no record, -1 the stored version differs (nothing written).
+_PUT_IF_UNCHANGED = """
+local text = redis.call('GET', KEYS[1])
+if not text then return 0 end
+local ok, record = pcall(cjson.decode, text)
+if not ok or type(record) ~= 'table' or type(record.v or 0) ~= 'number'
+   or string.format('%.0f', record.v or 0) ~= ARGV[1] then
+  return -1
+end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
+return 1
+"""
+
 
 class RedisBindingStore:
     """Bindings in Redis: one key per IMPU, expiring with its last contact.
@@ -235,7 +274,7 @@ class RedisBindingStore:
     nothing behind forever.
     """
 
-    __slots__ = ("_claim", "_prefix", "_redis", "url")
+    __slots__ = ("_claim", "_prefix", "_put_if", "_redis", "url")
 
     def __init__(self, url: str, *, prefix: str = "imsaka:scscf:") -> None:
         import redis.asyncio as aioredis
@@ -244,6 +283,7 @@ class RedisBindingStore:
         self._prefix = prefix
         self._redis = aioredis.from_url(url)
         self._claim: Any = None
+        self._put_if: Any = None
 
     def _key(self, impu: str) -> str:
         return f"{self._prefix}reg:{impu}"
@@ -252,15 +292,41 @@ class RedisBindingStore:
         text = await self._redis.get(self._key(impu))
         return None if text is None else Registration.from_json(text)
 
-    async def put(self, registration: Registration) -> None:
+    @staticmethod
+    def _ttl(registration: Registration) -> int:
         import time
 
         expiry = registration.earliest_expiry()
         latest = max((c.expires_at for c in registration.contacts.values()), default=expiry)
         # Keep the key a little past the last contact so the S-CSCF that owns the expiry
         # timer still finds it when the timer fires (it then sends the SAR).
-        ttl = max(1, int((latest or 0) - time.time()) + 60)
+        return max(1, int((latest or 0) - time.time()) + 60)
+
+    @staticmethod
+    def _new_version() -> int:
+        # Random, not a counter: S-CSCFs sharing the store draw them independently. 52
+        # bits, so that Lua (whose numbers are doubles) reads it back exactly.
+        return random.getrandbits(52) | 1
+
+    async def put(self, registration: Registration) -> None:
+        registration.version = self._new_version()
+        ttl = self._ttl(registration)
         await self._redis.set(self._key(registration.impu), registration.to_json(), ex=ttl)
+
+    async def put_if_unchanged(self, registration: Registration) -> bool:
+        if self._put_if is None:
+            self._put_if = self._redis.register_script(_PUT_IF_UNCHANGED)
+        expected = registration.version
+        registration.version = self._new_version()
+        result = int(
+            await self._put_if(
+                keys=[self._key(registration.impu)],
+                args=[str(expected), registration.to_json(), self._ttl(registration)],
+            )
+        )
+        if result != 1:
+            registration.version = expected
+        return result == 1
 
     async def delete(self, impu: str) -> None:
         await self._redis.delete(self._key(impu))

@@ -38,7 +38,13 @@ from imsaka.cscf.regevent import (
     notify_request,
     reginfo_body,
 )
-from imsaka.cscf.registrar import BindingStore, Claim, MemoryBindingStore, open_binding_store
+from imsaka.cscf.registrar import (
+    BindingStore,
+    Claim,
+    MemoryBindingStore,
+    Registration,
+    open_binding_store,
+)
 from imsaka.cscf.scscf_core import (
     Action,
     AskAssignment,
@@ -477,7 +483,10 @@ class Scscf:
                     continue
                 self._spawn(self._sar(action))
             elif isinstance(action, StoreRegistration):
-                await self._store(self.store.put(action.registration))
+                if action.if_unchanged and self._shared:
+                    await self._store_partial_expiry(action.registration)
+                else:
+                    await self._store(self.store.put(action.registration))
             elif isinstance(action, RemoveRegistration):
                 if action.reason == "timeout" and self._shared:
                     claim = await self._claim_lapsed(action.impu)
@@ -506,6 +515,24 @@ class Scscf:
         elif claim == "gone":
             self.core.counters["expiry_claimed_elsewhere"] += 1
         return claim
+
+    async def _store_partial_expiry(self, reg: Registration) -> None:
+        """Some contacts of `reg` lapsed here, others stay: write that back only over the
+        stored copy this S-CSCF last saw; if another S-CSCF sharing the store refreshed
+        (or removed) it meanwhile, adopt the stored record instead (docs/lifecycle.md)."""
+        try:
+            if await self.store.put_if_unchanged(reg):
+                return
+            stored = await self.store.get(reg.impu)
+        except Exception as exc:
+            self.core.counters["store_errors"] += 1
+            log.warning("binding store write failed: %s", exc)
+            return
+        self.core.counters["partial_expiry_changed_elsewhere"] += 1
+        if stored is None:
+            self.core.forget(reg.impu)
+        else:
+            self.core.load(stored)  # re-arms its timer: a lapsed contact there expires next
 
     async def _store(self, op: Awaitable[None]) -> None:
         try:

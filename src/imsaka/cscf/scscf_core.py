@@ -205,6 +205,9 @@ class AskAssignment:
 @dataclass(frozen=True, slots=True)
 class StoreRegistration:
     registration: Registration
+    if_unchanged: bool = False
+    """A partial expiry: with a shared store, write it only over the copy it was read as
+    (`BindingStore.put_if_unchanged`), never over another S-CSCF's refresh."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -921,7 +924,7 @@ class RegistrarCore:
             expiry = reg.earliest_expiry()
             assert expiry is not None
             self._arm(expiry, impu)
-            return [StoreRegistration(reg)]
+            return [StoreRegistration(reg, if_unchanged=True)]
         self.registrations.pop(impu, None)
         self._unindex(reg)
         self._drop_spare_vectors(reg.impi)
