@@ -73,6 +73,9 @@ class UeResult:
     events: list[Any] = field(default_factory=list, repr=False)
 
 
+_CRLF = b"\r\n"
+
+
 def _time_out(waiter: asyncio.Future) -> None:
     if not waiter.done():
         waiter.set_result(UeResult(False, 408, "no final answer in time"))
@@ -245,8 +248,8 @@ class UeClient:
         self._incoming(msg.data, ("sa", msg.sa_set))
 
     def _incoming(self, data: bytes, source: Any) -> None:
-        if not data.strip(b"\r\n"):
-            return  # keep-alive
+        if not data or (data[0] in _CRLF and not data.strip(b"\r\n")):
+            return  # keep-alive (a SIP message starts with a letter: no copy for those)
         try:
             msg = parse_message(data)
         except SipParseError as exc:
@@ -379,14 +382,15 @@ class UeClient:
     def _current_set(self) -> SaSet | None:
         """The newest live set: the temporary one while a challenge is answered, else the
         established one (TS 33.203 §7.4)."""
-        live = [s for s in self._sets.values() if s.state is not SaState.REMOVED]
-        temporary = [s for s in live if s.state is SaState.TEMPORARY]
-        established = [s for s in live if s.state is SaState.ESTABLISHED]
-        if temporary:
-            return max(temporary, key=lambda s: s.id)
-        if established:
-            return max(established, key=lambda s: s.id)
-        return None
+        temporary = established = None
+        for s in self._sets.values():
+            state = s.state
+            if state is SaState.TEMPORARY:
+                if temporary is None or s.id > temporary.id:
+                    temporary = s
+            elif state is SaState.ESTABLISHED and (established is None or s.id > established.id):
+                established = s
+        return temporary if temporary is not None else established
 
     def _finish(self, result: UeResult) -> None:
         if self._waiter is not None and not self._waiter.done():

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import functools
 import logging
 import random
 from collections import Counter
@@ -233,14 +234,30 @@ REG_AWAIT_AUTH = 240.0
 # ------------------------------------------------------------------------- helpers
 
 
-def _mechanism_text(params: list[tuple[str, str | None]]) -> str:
-    # The seed's spelling ("ipsec-3gpp; alg=…; spi-c=…"), checked by the SIP stack's grammar.
+@functools.lru_cache(maxsize=64)
+def _checked_mechanism(head: str) -> str:
+    # The part that comes from the configuration, checked by the SIP stack's grammar
+    # once per spelling (with placeholder numbers, so the whole mechanism is parsed).
+    SecurityMechanism.parse(f"{head}; spi-c=1; spi-s=1; port-c=1; port-s=1")
+    return head
+
+
+def _mechanism_text(
+    params: list[tuple[str, str | None]], spi_c: int, spi_s: int, port_c: int, port_s: int
+) -> str:
+    """The seed's spelling ("ipsec-3gpp; alg=…; spi-c=…"): the grammar check of the
+    configured part is made once; the numbers are checked for range here."""
     parts = ["ipsec-3gpp"]
     for name, value in params:
         parts.append(name if value is None else f"{name}={value}")
-    text = "; ".join(parts)
-    SecurityMechanism.parse(text)
-    return text
+    head = _checked_mechanism("; ".join(parts))
+    for name, spi in (("spi-c", spi_c), ("spi-s", spi_s)):
+        if not 0 <= spi <= 0xFFFFFFFF:
+            raise SipParseError(f"invalid {name} {spi}")
+    for name, port in (("port-c", port_c), ("port-s", port_s)):
+        if not 0 < port <= 65535:
+            raise SipParseError(f"invalid {name} {port}")
+    return f"{head}; spi-c={spi_c}; spi-s={spi_s}; port-c={port_c}; port-s={port_s}"
 
 
 def _addr_host(host: str) -> str:
@@ -441,13 +458,9 @@ class UeRegistration:
             params: list[tuple[str, str | None]] = [("alg", offer["alg"])]
             if offer["ealg"] != "null" or len(self.config.encryption) > 1:
                 params.append(("ealg", offer["ealg"]))
-            params += [
-                ("spi-c", str(self._spi_c)),
-                ("spi-s", str(self._spi_s)),
-                ("port-c", str(self._port_c)),
-                ("port-s", str(self._port_s)),
-            ]
-            out.append(_mechanism_text(params))
+            out.append(
+                _mechanism_text(params, self._spi_c, self._spi_s, self._port_c, self._port_s)
+            )
         self._client_values = out
         return out
 
@@ -758,23 +771,30 @@ class UeRegistration:
                 continue
             if mech.mechanism.lower() != "ipsec-3gpp":
                 continue
-            if mech.alg is None or None in (mech.spi_c, mech.spi_s, mech.port_c, mech.port_s):
+            # Each parameter read once (every read is a lookup in the parameter list).
+            get = mech.params.get
+            alg = get("alg")
+            spi_c, spi_s, port_c, port_s = get("spi-c"), get("spi-s"), get("port-c"), get("port-s")
+            if alg is None or None in (spi_c, spi_s, port_c, port_s):
                 continue
-            if (mech.prot or "esp").lower() != "esp" or (mech.mod or "trans").lower() != "trans":
+            prot, mod = get("prot"), get("mod")
+            if (prot or "esp").lower() != "esp" or (mod or "trans").lower() != "trans":
                 continue
-            if (mech.alg, mech.ealg or "null") not in offered:
+            ealg = get("ealg") or "null"
+            if (alg, ealg) not in offered:
                 continue
-            params = {
-                "alg": mech.alg,
-                "ealg": mech.ealg or "null",
-                "spi-c": str(mech.spi_c),
-                "spi-s": str(mech.spi_s),
-                "port-c": str(mech.port_c),
-                "port-s": str(mech.port_s),
-            }
-            key = (0.1 if q is None else q, -index, params)
-            if best is None or key[:2] > best[:2]:
-                best = key
+            key = (0.1 if q is None else q, -index)
+            if best is None or key > best[:2]:
+                # str(int(v)): validate() checked the digits; the text is normalised.
+                params = {
+                    "alg": alg,
+                    "ealg": ealg,
+                    "spi-c": str(int(spi_c)),
+                    "spi-s": str(int(spi_s)),
+                    "port-c": str(int(port_c)),
+                    "port-s": str(int(port_s)),
+                }
+                best = (key[0], key[1], params)
         return None if best is None else best[2]
 
     def _answer_invalid_challenge(
