@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import random
 
+import pytest
+
 from imsaka.aka import digest
 from imsaka.aka.isim import Isim
 from imsaka.aka.milenage import Milenage
@@ -323,3 +325,20 @@ def test_retry_settings_are_validated():
                 "max_retry_after": "soon",
             }
         )
+
+
+def test_security_client_text_checks_its_numbers() -> None:
+    # The configured part is grammar-checked once; the numbers on every build.
+    from imsaka.sip import SipParseError
+    from imsaka.sip.headers import SecurityMechanism
+    from imsaka.ue.core import _mechanism_text
+
+    text = _mechanism_text([("alg", "hmac-sha-1-96")], 4000, 4001, 5000, 5001)
+    assert text == "ipsec-3gpp; alg=hmac-sha-1-96; spi-c=4000; spi-s=4001; port-c=5000; port-s=5001"
+    assert SecurityMechanism.parse(text).port_s == 5001
+    with pytest.raises(SipParseError):
+        _mechanism_text([("alg", "hmac-sha-1-96")], 4000, 4001, 0, 5001)
+    with pytest.raises(SipParseError):
+        _mechanism_text([("alg", "hmac-sha-1-96")], 2**32, 4001, 5000, 5001)
+    with pytest.raises(SipParseError):
+        _mechanism_text([("alg", "not a token")], 4000, 4001, 5000, 5001)

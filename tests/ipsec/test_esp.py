@@ -267,3 +267,21 @@ def test_gcm_nonces_differ_across_the_sas_of_a_set(alg, ealg):
     pa, pb = a.protect(b"same"), b.protect(b"same")
     assert pa[8:16] == pa[:8] and pb[8:16] == pb[:8]
     assert pa[8:16] != pb[8:16]
+
+
+def test_keyed_hmac_contexts_are_bounded_and_match_hmac() -> None:
+    # The ICV's HMAC comes from a copy of a context keyed once; the table of keyed
+    # contexts is bounded (first in, first out) and an evicted key is keyed again.
+    from imsaka.ipsec.esp import _KeyedHmacs
+
+    table = _KeyedHmacs("sha1", size=2)
+    keys = [bytes([i]) * 20 for i in range(3)]
+    for _round in range(2):
+        for key in keys:
+            mac = table.context(key)
+            mac.update(b"signed part")
+            assert mac.finalize() == hmac.digest(key, b"signed part", "sha1")
+    assert len(table._contexts) == 2
+    md5 = _KeyedHmacs("md5").context(keys[0])
+    md5.update(b"x")
+    assert md5.finalize() == hmac.digest(keys[0], b"x", "md5")
