@@ -555,3 +555,54 @@ def test_framer_fast_path_keeps_a_partial_tail():
     assert framer.buffered == 7
     assert framer.feed(stream[cut:]) == msgs[2:]
     assert framer.buffered == 0
+
+
+async def test_reconnect_after_a_watchdog_failure_is_reopen_until_three_dwas():
+    """RFC 3539 §3.4.1: the S-CSCF's first connection goes silent and fails the HSS's
+    watchdog; when the S-CSCF connects again the HSS keeps it in REOPEN (no requests to
+    it) until three DWR/DWA exchanges, Tw apart, succeed."""
+    tw = 0.3
+    async with server_only(tw=tw) as server:
+        _, closed = await raw_exchange(server.port, cer(), wait=5.0)
+        assert closed and server.counters["watchdog-expired"] == 1
+        client = DiameterNode(
+            origin_host=SCSCF,
+            origin_realm="ims.test",
+            peers=[PeerSpec(HSS, "127.0.0.1", server.port)],
+            tc=0.2,
+            watchdog_interval=tw,
+        )
+        client.set_request_handler(answer_anything)
+        loop = asyncio.get_running_loop()
+        await client.start()
+        try:
+            await client.wait_open(HSS, 5)  # the client saw no failure: OKAY at once
+            start = loop.time()
+            while server.counters["reopen"] == 0 and loop.time() - start < 5:
+                await asyncio.sleep(0.01)
+            assert server.counters["reopen"] == 1
+            assert not server.is_open(SCSCF) and server.open_peers == []
+            # A request of the HSS waits for the peer to be usable, then goes through.
+            answer = await server.request(mar(), peer=SCSCF, timeout=5.0)
+            elapsed = loop.time() - start
+            assert answer.is_success and server.is_open(SCSCF)
+            assert 2 * tw * 0.8 < elapsed < 3.0  # DWA 1 at once, 2 and 3 one Tw apart
+            assert not server._reopen_hosts
+        finally:
+            await client.stop()
+
+
+async def test_reconnect_after_a_transport_loss_is_usable_at_once():
+    """A connection that ended without a watchdog failure (the peer closed it) is not
+    followed by REOPEN: the reconnected peer is usable once CER/CEA succeed."""
+    async with pair(tw=30.0, tc=0.1) as (server, client):
+        conn = server._open[SCSCF]
+        conn.transport.abort()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while loop.time() - start < 5 and not (
+            server.is_open(SCSCF) and server._open[SCSCF] is not conn
+        ):
+            await asyncio.sleep(0.01)
+        assert server.is_open(SCSCF) and server.counters["reopen"] == 0
+        assert (await client.request(mar(), timeout=5.0)).is_success

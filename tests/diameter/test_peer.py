@@ -592,3 +592,117 @@ def test_unanswered_request_is_not_in_progress_after_disconnect():
     b2.duplicates = cache
     b2.receive_data(_cer() + req, 2.0)  # retransmitted on a new connection: processed
     assert any(isinstance(e, P.RequestReceived) for e in b2.pop_events())
+
+
+# --- RFC 3539 §3.4.1 REOPEN -------------------------------------------------------------
+
+
+def reopened_pair(**cfg) -> tuple[P.PeerConnection, P.PeerConnection]:
+    """The client reconnects to a server whose last connection failed its watchdog."""
+    config = P.PeerConfig(CLIENT, "ims.test", watchdog_interval=TW, **cfg)
+    a = P.PeerConnection(
+        config,
+        initiator=True,
+        now=0.0,
+        expected_host=SERVER,
+        rng=random.Random(7),
+        reopen_hosts={SERVER},
+    )
+    b = make(False)
+    a.connection_made(0.0)
+    a.receive_data(b"".join(b.messages_to_send()), 0.0)  # nothing yet
+    b.receive_data(b"".join(a.messages_to_send()), 0.0)  # CER
+    a.receive_data(b"".join(b.messages_to_send()), 0.0)  # CEA
+    b.pop_events()
+    return a, b
+
+
+def test_reopen_needs_three_dwas_spaced_by_tw_before_requests():
+    a, b = reopened_pair()
+    assert [type(e) for e in a.pop_events()] == [P.PeerOpened, P.WatchdogChanged]
+    assert a.is_open and not a.usable and a.watchdog is P.WatchdogState.REOPEN
+    with pytest.raises(LocalProtocolError, match="REOPEN"):
+        a.send_request(mar().to_message(), 0.0)
+    with pytest.raises(LocalProtocolError, match="REOPEN"):
+        a.send_encoded_request(301, 16777216, b"", 0.0)
+    [dwr] = decoded(a)  # DWR at once (Connection up: SendWatchdog)
+    assert dwr.code == 280 and dwr.is_request
+    b.receive_data(dwr.encode(), 0.0)
+    pump(a, b, 0.0)  # DWA 1
+    assert a.watchdog is P.WatchdogState.REOPEN
+    t = a.next_deadline()
+    assert TW - 1.0 <= t <= TW + 1.0  # the next DWR one Tw later, not at once
+    assert decoded(a) == []
+    a.handle_timer(t)
+    pump(a, b, t)  # DWR/DWA 2
+    assert a.watchdog is P.WatchdogState.REOPEN and not a.usable
+    t = a.next_deadline()
+    a.handle_timer(t)
+    pump(a, b, t)  # DWR/DWA 3
+    assert a.watchdog is P.WatchdogState.OKAY and a.usable
+    assert P.WatchdogChanged(P.WatchdogState.REOPEN, P.WatchdogState.OKAY) in a.pop_events()
+    a.send_request(mar().to_message(), t)
+    pump(a, b, t)
+    assert any(isinstance(e, P.RequestReceived) for e in b.pop_events())
+
+
+def test_reopen_throws_away_the_peers_requests_and_ignores_unsolicited_dwas():
+    a, b = reopened_pair()
+    a.pop_events()
+    a.messages_to_send()  # the first DWR, left unanswered
+    b.send_request(codec.Message(303, 0xC0, 16777216, 0, 0, mar().to_message().avps), 1.0)
+    a.receive_data(b"".join(b.messages_to_send()), 1.0)
+    assert a.messages_to_send() == [] and a.counters["reopen-throwaway"] == 1
+    assert not any(isinstance(e, P.RequestReceived) for e in a.pop_events())
+    # An application message does not restart the watchdog timer in REOPEN.
+    assert a.next_deadline() <= TW + 1.0
+    dwa = codec.Message(280, 0, 0, 99, 99, (codec.RESULT_CODE(2001),))
+    a.receive_data(dwa.encode(), 2.0)  # answers our pending DWR: counts (1)
+    a.receive_data(dwa.encode(), 2.0)  # none pending: does not count
+    a.receive_data(dwa.encode(), 2.0)
+    assert a.watchdog is P.WatchdogState.REOPEN and a.counters["unsolicited-dwa"] == 2
+    assert a.state is P.PeerState.I_OPEN
+
+
+def test_reopen_unanswered_dwr_restarts_the_count_then_closes():
+    a, b = reopened_pair()
+    a.pop_events()
+    pump(a, b, 0.0)  # DWA 1
+    t = a.next_deadline()
+    a.handle_timer(t)
+    a.messages_to_send()  # DWR 2 lost
+    t = a.next_deadline()
+    a.handle_timer(t)  # unanswered for one Tw: NumDWA = -1, still REOPEN
+    assert a.watchdog is P.WatchdogState.REOPEN and a.state is P.PeerState.I_OPEN
+    dwa = codec.Message(280, 0, 0, 99, 99, (codec.RESULT_CODE(2001),))
+    a.receive_data(dwa.encode(), t + 1)  # late DWA: NumDWA = 0, the count starts over
+    for _ in range(2):
+        t = a.next_deadline()
+        a.handle_timer(t)
+        pump(a, b, t)
+    assert a.watchdog is P.WatchdogState.REOPEN  # only 2 since the restart
+    t = a.next_deadline()
+    a.handle_timer(t)
+    pump(a, b, t)
+    assert a.watchdog is P.WatchdogState.OKAY
+    # A second reopened connection whose DWRs go unanswered for 2 Tw closes: DOWN.
+    c, _ = reopened_pair()
+    c.pop_events()
+    c.messages_to_send()
+    t = c.next_deadline()
+    c.handle_timer(t)
+    assert c.state is P.PeerState.I_OPEN
+    c.handle_timer(c.next_deadline())
+    assert c.state is P.PeerState.CLOSED and c.watchdog is P.WatchdogState.DOWN
+    assert P.ConnectionTerminated("watchdog") in c.pop_events()
+    assert c.counters["watchdog-expired"] == 1
+
+
+def test_reopen_dwas_configurable_and_hosts_not_listed_open_okay():
+    a, b = reopened_pair(reopen_dwas=1)
+    pump(a, b, 0.0)
+    assert a.watchdog is P.WatchdogState.OKAY and a.usable
+    c, _ = opened_pair()
+    assert c.watchdog is P.WatchdogState.OKAY and c.usable
+    with pytest.raises(ValueError, match="reopen_dwas"):
+        P.PeerConfig("h", "r", reopen_dwas=0)

@@ -19,6 +19,11 @@ Application side:
   `DiameterTimeoutError` (also a `TimeoutError`).
 - `start()` / `stop()` (DPR to every open peer, then close); observers (imsaka.wire)
   see every framed message in and out; `counters` counts drops by trigger.
+
+RFC 3539 §3.4.1 REOPEN: when a peer's connection ends after a watchdog failure (its
+watchdog SUSPECT, DOWN or still REOPEN), the node remembers the host; the next connection
+to or from it opens in REOPEN and is not open for requests (`is_open`, `open_peers`,
+`wait_open`, `request`) until `reopen_dwas` DWR/DWA exchanges in a row succeed.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from imsaka.diameter.peer import (
     RequestFailed,
     RequestReceived,
     WatchdogChanged,
+    WatchdogState,
 )
 from imsaka.wire import Observable, WireEvent
 
@@ -99,6 +105,9 @@ class NodeConfig:
     """Tc (RFC 6733 §2.1): seconds between connection attempts to a peer."""
     watchdog_interval: float = 30.0
     """Tw (RFC 3539): idle seconds before a DWR."""
+    reopen_dwas: int = 3
+    """DWR/DWA exchanges in a row before a peer reconnected after a watchdog failure is
+    used again (RFC 3539 §3.4.1 REOPEN)."""
     request_timeout: float = 5.0
     """Default timeout of `request()`."""
     max_inflight: int = 4096
@@ -140,6 +149,7 @@ class NodeConfig:
             product_name=self.product_name,
             auth_application_ids=self.auth_application_ids,
             watchdog_interval=self.watchdog_interval,
+            reopen_dwas=self.reopen_dwas,
             cer_timeout=self.cer_timeout,
             dpa_timeout=self.dpa_timeout,
             max_message_length=self.max_message_length,
@@ -287,6 +297,8 @@ class _Connection(asyncio.Protocol):
             pass  # counted and logged by the core
         elif kind is WatchdogChanged:
             log.info("diameter watchdog %s -> %s", event.old.value, event.new.value)
+            if event.old is WatchdogState.REOPEN and event.new is WatchdogState.OKAY:
+                self.node._peer_reopened(self)
 
     def send_answer(self, request: Message, answer: Any) -> None:
         self.inflight -= 1
@@ -334,6 +346,10 @@ class DiameterNode(Observable):
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._open: dict[str, _Connection] = {}
+        # RFC 3539 REOPEN: hosts whose last connection failed its watchdog, and the
+        # connections now proving themselves (open, not yet usable for requests).
+        self._reopen_hosts: set[str] = set()
+        self._reopening: dict[str, _Connection] = {}
         self._open_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._connect_tasks: list[asyncio.Task[None]] = []
         self._handler_tasks: set[asyncio.Task[None]] = set()
@@ -532,7 +548,8 @@ class DiameterNode(Observable):
     async def _connect_loop(self, spec: PeerSpec) -> None:
         loop = self._loop
         while not self._stopping:
-            if spec.host.lower() not in self._open:
+            key = spec.host.lower()
+            if key not in self._open and key not in self._reopening:
                 core = self._new_core(initiator=True, expected_host=spec.host)
                 try:
                     _, proto = await asyncio.wait_for(
@@ -567,6 +584,7 @@ class DiameterNode(Observable):
             ids=self._ids,
             duplicates=self._duplicates,
             counters=self.counters,
+            reopen_hosts=self._reopen_hosts,
         )
 
     def _dispatch_request(self, conn: _Connection, msg: Message) -> None:
@@ -617,7 +635,7 @@ class DiameterNode(Observable):
         remote = conn.core.remote
         assert remote is not None
         host = remote.origin_host.lower()
-        old = self._open.get(host)
+        old = self._open.get(host) or self._reopening.get(host)
         winner = conn
         if old is not None and old is not conn:
             if old.core.initiator != conn.core.initiator:
@@ -633,7 +651,26 @@ class DiameterNode(Observable):
             loser = old if winner is conn else conn
             if loser.transport is not None:
                 loser.transport.abort()
-        self._open[host] = winner
+        if winner.core.watchdog is WatchdogState.REOPEN:
+            # Not used for requests until its DWAs arrive (_peer_reopened).
+            self._open.pop(host, None)
+            self._reopening[host] = winner
+            self.counters["reopen"] += 1
+            return
+        self._reopening.pop(host, None)
+        self._make_open(host, winner)
+
+    def _peer_reopened(self, conn: _Connection) -> None:
+        remote = conn.core.remote
+        assert remote is not None
+        host = remote.origin_host.lower()
+        self._reopen_hosts.discard(host)
+        if self._reopening.get(host) is conn:
+            del self._reopening[host]
+            self._make_open(host, conn)
+
+    def _make_open(self, host: str, conn: _Connection) -> None:
+        self._open[host] = conn
         for key in (host, ""):
             for fut in self._open_waiters.pop(key, []):
                 if not fut.done():
@@ -641,8 +678,15 @@ class DiameterNode(Observable):
 
     def _peer_closed(self, conn: _Connection, event: ConnectionTerminated) -> None:
         remote = conn.core.remote
-        if remote is not None and self._open.get(remote.origin_host.lower()) is conn:
-            del self._open[remote.origin_host.lower()]
+        if remote is not None:
+            host = remote.origin_host.lower()
+            if self._open.get(host) is conn:
+                del self._open[host]
+            if self._reopening.get(host) is conn:
+                del self._reopening[host]
+            if conn.core.watchdog is not WatchdogState.OKAY and not self._stopping:
+                # RFC 3539: a watchdog failure; the next connection starts in REOPEN.
+                self._reopen_hosts.add(host)
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "diameter connection to %s closed: %s",

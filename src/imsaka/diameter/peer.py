@@ -1,6 +1,6 @@
 """Diameter peer connection, sans-I/O: RFC 6733 §5 (CER/CEA §5.3, DPR/DPA §5.4,
 peer state machine §5.6, duplicate detection §6.1.9 / §9.4) and the RFC 3539 §3.4
-watchdog (DWR/DWA, Tw, OKAY → SUSPECT → DOWN).
+watchdog (DWR/DWA, Tw, OKAY → SUSPECT → DOWN, and REOPEN after a watchdog failure).
 
 One `PeerConnection` is one transport connection. It is fed bytes and the time
 (`receive_data(data, now)`, `handle_timer(now)`), asked for `next_deadline()`, and hands
@@ -18,8 +18,12 @@ Differences from the letter of the RFCs, on purpose:
 - Host-IP-Address may be absent from a CER (Kamailio 5.6 omits it at times).
 - A request before the capabilities exchange is answered 3010 DIAMETER_UNKNOWN_PEER
   (we cannot know the sender yet) and the connection closed.
-- RFC 3539 REOPEN (three DWAs before use after a reconnect) is not applied: a fresh
-  CER/CEA already proves the peer alive, and Cx clients expect to send right away.
+- RFC 3539 §3.4.1 REOPEN applies only to a peer whose previous connection failed its
+  watchdog (ended in SUSPECT, DOWN or REOPEN): the node passes those hosts in
+  `reopen_hosts`. A connection lost otherwise (RST/FIN, a killed process, DPR) was not a
+  watchdog failure: its successor is OKAY once CER/CEA succeed, as before.
+- In REOPEN only a DWA answering our outstanding DWR counts towards the
+  `PeerConfig.reopen_dwas` (default 3) needed: unsolicited DWAs cannot shorten it.
 - Tw jitter is ±min(2 s, Tw/10) so that short test intervals stay short.
 """
 
@@ -113,11 +117,14 @@ class PeerInput(Enum):
 
 
 class WatchdogState(Enum):
-    """RFC 3539 §3.4.1 (REOPEN not used, see the module docstring)."""
+    """RFC 3539 §3.4.1. REOPEN: a connection re-established after a watchdog failure,
+    not used for application traffic until `PeerConfig.reopen_dwas` DWR/DWA exchanges in
+    a row succeed (then OKAY); a DWR unanswered twice in REOPEN closes it (DOWN)."""
 
     OKAY = "OKAY"
     SUSPECT = "SUSPECT"
     DOWN = "DOWN"
+    REOPEN = "REOPEN"
 
     # Members are singletons: hash by identity (Enum's own __hash__ is Python code and
     # runs for every table lookup of every message).
@@ -209,6 +216,9 @@ class PeerConfig:
     """Origin-State-Id in CER/CEA (RFC 6733 §8.16), e.g. the start time; None: omitted."""
     duplicate_window: float = 30.0
     """How long an answered request's end-to-end id is remembered (RFC 6733 §6.1.9)."""
+    reopen_dwas: int = 3
+    """DWR/DWA exchanges in a row a REOPEN connection needs before it is OKAY (RFC 3539
+    §3.4.1: three)."""
 
     def __post_init__(self) -> None:
         if not self.origin_host or not isinstance(self.origin_host, str):
@@ -220,6 +230,8 @@ class PeerConfig:
         for name in ("watchdog_interval", "cer_timeout", "dpa_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: must be positive")
+        if self.reopen_dwas < 1:
+            raise ValueError("reopen_dwas: must be at least 1")
         if self.max_message_length < codec.HEADER_LENGTH:
             raise ValueError("max_message_length: must be at least 20")
         for ip in self.host_ip_addresses:
@@ -390,6 +402,9 @@ class PeerConnection:
     `initiator=True`: we connected and send the CER (to `expected_host` if given, whose
     CEA must name it). `initiator=False`: the peer connected; its CER must come from a
     host in `allowed_hosts` (configured peers only), else CEA 3010 and close.
+    A peer whose (lower-case) host is in `reopen_hosts` when the capabilities exchange
+    succeeds starts in watchdog state REOPEN instead of OKAY (RFC 3539 §3.4.1): the node
+    keeps that collection, and it is read at that moment, not copied.
     """
 
     def __init__(
@@ -404,8 +419,10 @@ class PeerConnection:
         ids: IdGenerator | None = None,
         duplicates: DuplicateCache | None = None,
         counters: Counter[str] | None = None,
+        reopen_hosts: Collection[str] = (),
     ) -> None:
         self.config = config
+        self.reopen_hosts = reopen_hosts
         self.initiator = initiator
         # DiameterIdentity is an FQDN: compared without regard to case.
         self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
@@ -426,6 +443,7 @@ class PeerConnection:
         self._out: list[bytes] = []
         self._timer: float | None = now + config.cer_timeout
         self._dwa_pending = False
+        self._num_dwa = 0  # RFC 3539 NumDWA, in REOPEN
         self._pending: dict[int, float] = {}  # our requests: hop-by-hop id -> deadline
         self._pending_heap: list[tuple[float, int]] = []
         self._closed_reported = False
@@ -489,7 +507,13 @@ class PeerConnection:
 
     @property
     def is_open(self) -> bool:
+        """Capabilities exchanged and not closing (the transport is usable)."""
         return self.state in _OPEN
+
+    @property
+    def usable(self) -> bool:
+        """Open for application requests: open and not in watchdog REOPEN."""
+        return self.state in _OPEN and self.watchdog is not WatchdogState.REOPEN
 
     def send_request(self, msg: Message, now: float, timeout: float | None = None) -> Message:
         """Queue an application request; returns it with its hop-by-hop/end-to-end ids.
@@ -497,8 +521,10 @@ class PeerConnection:
         The ids are assigned here unless the message already carries an end-to-end id
         and the T flag (a retransmission after failover keeps its end-to-end id).
         """
-        if not self.is_open:
-            raise LocalProtocolError(f"cannot send a request in state {self.state.value}")
+        if self.state not in _OPEN or self.watchdog is WatchdogState.REOPEN:
+            raise LocalProtocolError(
+                f"cannot send a request in state {self.state.value}/{self.watchdog.value}"
+            )
         if not msg.is_request:
             raise LocalProtocolError("send_request: message has no R bit")
         hbh, e2e = self.ids.next_ids()
@@ -522,8 +548,10 @@ class PeerConnection:
         flags: int = FLAG_REQUEST | FLAG_PROXIABLE,
     ) -> int:
         """Fast path of `send_request` for a prebuilt AVP body; returns the hop-by-hop id."""
-        if not self.is_open:
-            raise LocalProtocolError(f"cannot send a request in state {self.state.value}")
+        if self.state not in _OPEN or self.watchdog is WatchdogState.REOPEN:
+            raise LocalProtocolError(
+                f"cannot send a request in state {self.state.value}/{self.watchdog.value}"
+            )
         hbh, e2e = self.ids.next_ids()
         self._out.append(codec.encode_parts(code, flags | FLAG_REQUEST, app_id, hbh, e2e, body))
         deadline = now + timeout if timeout is not None else float("inf")
@@ -593,8 +621,9 @@ class PeerConnection:
                 event = I.RCV_DPR if msg.is_request else I.RCV_DPA
         else:
             event = I.RCV_REQUEST if msg.is_request else I.RCV_ANSWER
-        if self.state in _OPEN:
-            # RFC 3539 §3.4.1: any traffic from the peer proves it alive.
+        if self.state in _OPEN and self.watchdog is not WatchdogState.REOPEN:
+            # RFC 3539 §3.4.1: any traffic from the peer proves it alive (in REOPEN only
+            # a DWA counts: see _do_watchdog_answer).
             self._timer = now + self._tw()
             if self.watchdog is WatchdogState.SUSPECT:
                 self._set_watchdog(WatchdogState.OKAY)
@@ -673,11 +702,19 @@ class PeerConnection:
         self._opened(now)
 
     def _opened(self, now: float) -> None:
-        self.watchdog = WatchdogState.OKAY
-        self._dwa_pending = False
-        self._timer = now + self._tw()
         assert self.remote is not None
         self.events.append(PeerOpened(self.remote))
+        if self.remote.origin_host.lower() in self.reopen_hosts:
+            # RFC 3539 §3.4.1 DOWN, connection up: NumDWA = 0, DWR now, Pending, REOPEN.
+            self.watchdog = WatchdogState.DOWN
+            self._set_watchdog(WatchdogState.REOPEN)
+            self._num_dwa = 0
+            self._send_dwr()
+            self._dwa_pending = True
+        else:
+            self.watchdog = WatchdogState.OKAY
+            self._dwa_pending = False
+        self._timer = now + self._tw()
 
     def _do_refuse_before_cer(self, msg: Message | None, now: float, previous: PeerState) -> None:
         assert msg is not None
@@ -703,6 +740,10 @@ class PeerConnection:
 
     def _do_deliver_request(self, msg: Message | None, now: float, previous: PeerState) -> None:
         assert msg is not None and self.remote is not None
+        if self.watchdog is WatchdogState.REOPEN:
+            # RFC 3539 §3.4.1 REOPEN, receive non-DWA: Throwaway() (no answer either).
+            self._drop("reopen-throwaway", f"command {msg.code}")
+            return
         if msg.app_id not in self.config.auth_application_ids:
             self._drop("application-unsupported", f"application {msg.app_id}")
             self._error_answer(msg, codec.DIAMETER_APPLICATION_UNSUPPORTED)
@@ -748,11 +789,36 @@ class PeerConnection:
         self._out.append(codec.encode_message(dwa))
 
     def _do_watchdog_answer(self, msg: Message | None, now: float, previous: PeerState) -> None:
+        if self.watchdog is WatchdogState.REOPEN and previous in _OPEN:
+            if not self._dwa_pending:
+                self._drop("unsolicited-dwa", "in REOPEN")
+                return
+            # RFC 3539 §3.4.1 REOPEN, receive DWA: NumDWA++, OKAY at the third.
+            self._dwa_pending = False
+            self._num_dwa += 1
+            if self._num_dwa >= self.config.reopen_dwas:
+                self._set_watchdog(WatchdogState.OKAY)
+            self._timer = now + self._tw()
+            return
         self._dwa_pending = False
 
     def _do_watchdog_timer(self, msg: Message | None, now: float, previous: PeerState) -> None:
         # RFC 3539 §3.4.1: OKAY: DWR, then SUSPECT if unanswered; SUSPECT: DOWN.
-        if self.watchdog is WatchdogState.OKAY and not self._dwa_pending:
+        if self.watchdog is WatchdogState.REOPEN:
+            # REOPEN: DWR when none is pending; a DWR unanswered for one Tw sets NumDWA
+            # to -1 (the count starts over), unanswered for a second Tw closes (DOWN).
+            if not self._dwa_pending:
+                self._send_dwr()
+                self._dwa_pending = True
+            elif self._num_dwa < 0:
+                self._set_watchdog(WatchdogState.DOWN)
+                self._drop("watchdog-expired", "DWR unanswered in REOPEN")
+                self._terminate("watchdog")
+                return
+            else:
+                self._num_dwa = -1
+            self._timer = now + self._tw()
+        elif self.watchdog is WatchdogState.OKAY and not self._dwa_pending:
             self._send_dwr()
             self._dwa_pending = True
             self._timer = now + self._tw()
