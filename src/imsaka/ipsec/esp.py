@@ -367,7 +367,8 @@ class _KeyedHmacs:
         if keyed is None:
             contexts = self._contexts
             if len(contexts) >= self.size:
-                del contexts[next(iter(contexts))]
+                # Tolerant of another thread's loop evicting at the same time.
+                contexts.pop(next(iter(contexts), None), None)
             keyed = contexts[key] = _c_hmac.HMAC(key, self._digest())
         return keyed.copy()
 
