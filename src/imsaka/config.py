@@ -272,6 +272,11 @@ class DiameterConfig:
     """TCP port to listen on for peers that connect to us (the HSS for RTR/PPR); 0: none."""
     timeout: float = 5.0
     """Seconds to wait for a Cx answer before treating the HSS as unreachable."""
+    watchdog_interval: float = 30.0
+    """Tw (RFC 3539 §3.4.1): seconds of silence before a DWR; at least 6."""
+    reopen_dwas: int = 3
+    """DWR/DWA exchanges in a row a peer reconnected after a watchdog failure must
+    answer before it carries Cx again (RFC 3539 §3.4.1 REOPEN)."""
 
     @property
     def hss(self) -> DiameterPeerConfig:
@@ -605,6 +610,10 @@ def _diameter(t: _Table, section: str, network: NetworkConfig) -> DiameterConfig
     address = t.address("address")
     port = t.port("port", 0, zero=True)
     timeout = t.float("timeout", 5.0)
+    watchdog_interval = t.float("watchdog_interval", 30.0)
+    if watchdog_interval < 6.0:
+        raise t.fail("watchdog_interval", "must be at least 6 (RFC 3539 §3.4.1)")
+    reopen_dwas = t.int("reopen_dwas", 3, lo=1, hi=10)
     peers = []
     for pt in t.tables("peers"):
         peers.append(
@@ -620,7 +629,14 @@ def _diameter(t: _Table, section: str, network: NetworkConfig) -> DiameterConfig
         raise t.fail("peers", "at least one peer (the HSS) is needed")
     t.done()
     return DiameterConfig(
-        host=host, realm=realm, peers=tuple(peers), address=address, port=port, timeout=timeout
+        host=host,
+        realm=realm,
+        peers=tuple(peers),
+        address=address,
+        port=port,
+        timeout=timeout,
+        watchdog_interval=watchdog_interval,
+        reopen_dwas=reopen_dwas,
     )
 
 

@@ -65,6 +65,16 @@ def mutate(path: list[str], value) -> dict:
         (["scscf", "colour"], "blue", "[scscf].colour: unknown field"),
         (["scscf", "diameter"], KeyError, "[scscf].diameter: missing"),
         (["scscf", "diameter", "peers"], [], "[scscf.diameter].peers:"),
+        (
+            ["icscf", "diameter", "watchdog_interval"],
+            2,
+            "[icscf.diameter].watchdog_interval: must be at least 6",
+        ),
+        (
+            ["scscf", "diameter", "reopen_dwas"],
+            0,
+            "[scscf.diameter].reopen_dwas: must be at least 1",
+        ),
         (["icscf", "scscfs"], [], "[icscf].scscfs: at least one"),
         (["icscf", "address"], "localhost", "[icscf].address: 'localhost' is not an IP address"),
         (["pcscf", "sec_agree"], "maybe", "[pcscf].sec_agree: must be one of"),
@@ -81,6 +91,19 @@ def test_mistakes_name_the_field(path, value, message):
     text = str(info.value)
     assert text.startswith(message), text
     assert "\n" not in text
+
+
+def test_watchdog_settings_reach_the_cx_node():
+    from imsaka.cscf._wiring import cx_node
+
+    doc = example()
+    doc["scscf"]["diameter"]["watchdog_interval"] = 12
+    doc["scscf"]["diameter"]["reopen_dwas"] = 2
+    cfg = parse_config(doc)
+    assert cfg.icscf.diameter.watchdog_interval == 30.0  # RFC 3539 default
+    node = cx_node(cfg.scscf.diameter, reconnect=1.0, owner="scscf")
+    assert node.config.watchdog_interval == 12.0
+    assert node.config.reopen_dwas == 2
 
 
 def test_route_needs_a_target():

@@ -22,6 +22,8 @@ def cx_node(d: DiameterConfig, *, reconnect: float, owner: str) -> DiameterNode:
         listen_address=d.address if d.port else None,
         listen_port=d.port or 3868,
         request_timeout=d.timeout,
+        watchdog_interval=d.watchdog_interval,
+        reopen_dwas=d.reopen_dwas,
         tc=reconnect,
         host_ip_addresses=(d.address,),
         owner=owner,
