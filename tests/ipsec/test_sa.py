@@ -127,6 +127,21 @@ def test_the_four_sas_share_one_transform_built_on_first_use(ealg):
     assert len({sa.esp._open for sa in p.inbound.values()}) == 1
 
 
+def test_a_removed_set_leaves_no_keyed_hmac_context_behind():
+    # The ICV contexts keyed over IK_esp are cached per process (esp._KEYED); a removed
+    # set's key must not stay there until newer keys push it out.
+    from imsaka.ipsec import esp
+
+    n = negotiate(now=0.0)
+    p = n.pcscf_set
+    out = next(iter(p.outbound.values()))
+    n.ue_set.inbound[out.spi].esp.unprotect(out.esp.protect(b"x"))
+    table = esp._KEYED["sha1"]
+    assert p.keys.ik_esp in table._contexts
+    n.pcscf.remove(p, now=1.0)
+    assert p.keys.ik_esp not in table._contexts
+
+
 def test_keys_do_not_leak_into_reprs(negotiated):
     from tests.ipsec.helpers import CK, IK
 

@@ -372,8 +372,19 @@ class _KeyedHmacs:
             keyed = contexts[key] = _c_hmac.HMAC(key, self._digest())
         return keyed.copy()
 
+    def forget(self, key: bytes) -> None:
+        self._contexts.pop(key, None)
+
 
 _KEYED = {name: _KeyedHmacs(name) for name in _HASHES}
+
+
+def forget_keys(keys: EspKeys) -> None:
+    """Drop the keyed HMAC context over `keys.ik_esp` once its SA set is removed, so the
+    table keeps IK_esp no longer than the SAs that use it."""
+    table = _KEYED.get(INTEGRITY[keys.alg].digest)
+    if table is not None:
+        table.forget(keys.ik_esp)
 
 
 def _build_protect(keys: EspKeys, rng: RandomSource):

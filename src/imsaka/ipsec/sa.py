@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imsaka.ipsec.errors import LocalProtocolError, PortPoolExhausted, SpiPoolExhausted
-from imsaka.ipsec.esp import EspInbound, EspOutbound, EspTransform
+from imsaka.ipsec.esp import EspInbound, EspOutbound, EspTransform, forget_keys
 from imsaka.ipsec.keys import EspKeys, derive_esp_keys
 from imsaka.ipsec.secagree import SecurityMechanism
 
@@ -878,6 +878,7 @@ class SecurityAssociationTable:
 
     def _remove(self, sa_set: SaSet, reason: str) -> None:
         sa_set.state = SaState.REMOVED
+        forget_keys(sa_set.keys)
         sa_set._on_deadline = None
         for spi in sa_set.inbound:
             self._by_spi.pop(spi, None)
