@@ -532,7 +532,7 @@ async def test_two_scscfs_share_redis_bindings(tmp_path, redis_url):
         )
         assert r.status == 200
         assert await net.scscf.scscf.store.get(IMPUS[0]) is None
-        assert other.pending_counts()["registrations"] == 0
+        assert other.census()["bindings"] == 0
     finally:
         if other is not None:
             await other.stop()
@@ -598,9 +598,9 @@ async def test_nothing_left_behind_after_many_register_and_deregister(home):
             await life(i)
 
     await asyncio.gather(*(gated(i) for i in range(n)))
-    counts = home.scscf.pending_counts()
-    assert counts["registrations"] == 0 and counts["challenges"] == 0, counts
-    assert counts["operations"] == 0 and counts["awaiting_reply"] == 0, counts
+    counts = home.scscf.census()
+    assert counts["bindings"] == 0 and counts["challenges"] == 0, counts
+    assert counts["cx_operations"] == 0 and counts["requests_awaiting_reply"] == 0, counts
 
 
 async def test_sqn_resynchronisation_through_the_hss(home):
@@ -733,7 +733,7 @@ async def test_reg_event_notify_on_rtr(home):
     assert 'state="terminated" event="rejected"' in last.body.decode()
     assert 'version="1"' in last.body.decode()
     assert last.cseq.seq == first.cseq.seq + 1
-    assert home.scscf.pending_counts()["subscriptions"] == 0
+    assert home.scscf.census()["subscriptions"] == 0
 
 
 async def test_reg_event_notify_on_user_deregistration(home):
@@ -777,8 +777,8 @@ async def test_reg_event_subscription_expires_with_a_final_notify(home):
     assert (await reg_event_subscribe(home, notifies, expires=1)).status == 200
     await wait_for(lambda: len(notifies) == 2, timeout=5)
     assert notifies[1].get("subscription-state") == "terminated;reason=timeout"
-    assert home.scscf.pending_counts()["subscriptions"] == 0
-    assert home.scscf.pending_counts()["registrations"] == 1  # the registration lives on
+    assert home.scscf.census()["subscriptions"] == 0
+    assert home.scscf.census()["bindings"] == 1  # the registration lives on
 
 
 async def test_reg_event_refreshes_keep_one_expiry_timer(home):

@@ -38,7 +38,7 @@ async def eventually(predicate, timeout: float = 5.0, step: float = 0.02) -> boo
 def leftovers(net: Network) -> dict[str, int]:
     """What the core still holds: SA sets, P-CSCF registrations, S-CSCF challenges."""
     p = net.pcscf.stats()
-    s = net.scscf.pending_counts()
+    s = net.scscf.census()
     return {
         "pcscf_sa_sets": p["sa_sets"],
         "pcscf_registrations": p["registrations"],
@@ -73,7 +73,7 @@ async def test_wrong_k_on_the_ue_is_network_authentication_failed(home_network, 
             r.summary.startswith("403") for r in net.trace.messages("sip") if r.src_name == "S-CSCF"
         )
     )
-    assert await eventually(lambda: net.scscf.pending_counts().get("challenges", 0) == 0)
+    assert await eventually(lambda: net.scscf.census().get("challenges", 0) == 0)
     # The right K registers through the same core.
     good = UeClient(net.ue_config(sub), observers=[net.trace])
     await good.start()
@@ -168,7 +168,7 @@ async def test_scscf_restart_with_redis_bindings_keeps_registrations(redis_url):
         old = net.scscf
         await net.restart_scscf(RedisBindingStore(redis_url, prefix=prefix))
         assert net.scscf is not old
-        assert net.scscf.pending_counts()["registrations"] >= 1
+        assert net.scscf.census()["bindings"] >= 1
         res = await ue.reregister(10)
         assert res.ok and res.protected, res
         assert count(net, "MAR") == mars and count(net, "401", "sip") == challenges
@@ -226,7 +226,7 @@ async def test_random_udp_loss_on_every_sip_leg():
         assert dropped["n"] >= 5
         assert await eventually(lambda: leftovers(net)["pcscf_sa_sets"] == 0, 10)
         assert leftovers(net)["pcscf_registrations"] == 0
-        assert net.scscf.pending_counts()["registrations"] == 0
+        assert net.scscf.census()["bindings"] == 0
     finally:
         for u in ues:
             await u.close()
@@ -252,7 +252,7 @@ async def test_ue_vanishing_after_the_401_leaves_neither_sas_nor_a_challenge():
         res = await ue.register(timeout=0.5)
         assert not res.ok
         assert net.pcscf.stats()["sa_sets"] == 1
-        assert net.scscf.pending_counts()["challenges"] == 1
+        assert net.scscf.census()["challenges"] == 1
         assert await eventually(lambda: leftovers(net) == dict.fromkeys(leftovers(net), 0), 4)
         assert await eventually(lambda: count(net, "SAR") == 1)  # AUTHENTICATION_TIMEOUT
         # The same subscriber registers afresh (a new challenge, a new vector).
@@ -350,7 +350,7 @@ async def test_binding_lapse_is_timeout_deregistration_and_the_pcscf_drops_the_s
         assert "TIMEOUT_DEREGISTRATION" in str(sars()[-1].summary) + str(sars()[-1].headers)
         notify = [r for r in net.trace.messages("sip") if r.summary.startswith("NOTIFY")][-1]
         assert "terminated" in dict(notify.headers).get("Subscription-State", "")
-        assert net.scscf.pending_counts()["registrations"] == 0
+        assert net.scscf.census()["bindings"] == 0
     finally:
         await ue.close()
         await net.stop()

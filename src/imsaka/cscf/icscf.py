@@ -380,10 +380,6 @@ class IcscfServer:
         if self.node is not None:
             await self.node.stop()
 
-    def pending_counts(self) -> dict[str, int]:
-        """State sizes for leak checks: the I-CSCF keeps only SIP transactions."""
-        return {"sip_transactions": len(self.endpoint.layer) if self.endpoint is not None else 0}
-
     def census(self) -> dict[str, int]:
         """Live per-transaction state, for leak checks and metrics: SIP transactions
         awaiting a final response, requests forwarded and not answered, Diameter work."""

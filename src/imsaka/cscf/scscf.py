@@ -759,24 +759,16 @@ class ScscfServer:
         if self.scscf is not None:
             await self.scscf.close()
 
-    def pending_counts(self) -> dict[str, int]:
-        """State sizes for leak checks: registrations, challenges, cached vectors, Cx
-        operations in flight, SIP transactions, REGISTERs awaiting their answer."""
-        out = dict(self.scscf.core.pending_counts()) if self.scscf is not None else {}
-        if self.scscf is not None:
-            out["awaiting_reply"] = len(self.scscf._pending)
-            out["subscriptions"] = len(self.scscf.subscriptions)
-        if self.endpoint is not None:
-            out["sip_transactions"] = len(self.endpoint.layer)
-        return out
-
     def census(self) -> dict[str, int]:
         """Live per-UE and per-transaction state, for leak checks and metrics."""
         out: dict[str, int] = {}
         if self.scscf is not None:
             core = self.scscf.core.pending_counts()
             out["bindings"] = core["registrations"]
-            out["store_bindings"] = len(self.scscf.store)
+            store = self.scscf.store
+            # the memory store counts locally; a shared Redis store is not scanned here
+            if hasattr(store, "__len__"):
+                out["store_bindings"] = len(store)
             out["challenges"] = core["challenges"]
             out["cached_vectors"] = core["cached_vectors"]
             out["cx_operations"] = core["operations"]
