@@ -35,7 +35,6 @@ from typing import Any
 
 import pytest
 
-from imsaka.ipsec.sa import SaState
 from imsaka.network import Network, NetworkOptions, make_subscribers
 from imsaka.ue.client import UeClient
 from imsaka.ue.core import UeState
@@ -70,10 +69,6 @@ def _port_pairs(n: int) -> list[tuple[int, int]]:
     return pairs
 
 
-def _live_sets(table: Any) -> int:
-    return sum(1 for s in table.sets() if s.state is not SaState.REMOVED)
-
-
 async def count_leftovers(net: Network, ues: list[UeClient]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for name in ("pcscf", "icscf", "scscf", "hss"):
@@ -81,7 +76,7 @@ async def count_leftovers(net: Network, ues: list[UeClient]) -> dict[str, int]:
             counts[f"{name}_{key}"] = value
     # The P-CSCF's own reg-event SUBSCRIBE entries are reported, not asserted.
     counts.pop("pcscf_subscribe_entries", None)
-    counts["ue_sa_sets"] = sum(_live_sets(ue.table) for ue in ues)
+    counts["ue_sa_sets"] = sum(len(ue.table.sets()) for ue in ues)
     counts["ue_transactions_waiting"] = sum(ue.transactions.pending() for ue in ues)
     counts["ue_pending_registers"] = sum(1 for ue in ues if ue.core.pending is not None)
     return counts

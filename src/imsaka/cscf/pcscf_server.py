@@ -168,10 +168,10 @@ class PcscfServer:
 
     def census(self) -> dict[str, int]:
         """Live per-UE and per-transaction state, for leak checks and metrics."""
-        live = sum(1 for s in self.table.sets() if s.state is not SaState.REMOVED)
         core = self.core
         return {
-            "sa_sets": live,
+            # a removed set leaves the table at once (SecurityAssociationTable._remove)
+            "sa_sets": len(self.table.sets()),
             "registrations": len(core.registrations) if core else 0,
             "sas_in_records": core.stats()["sas"] if core else 0,
             "pending_forwarded": core.open_transactions() if core else 0,
