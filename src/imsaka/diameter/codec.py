@@ -243,6 +243,7 @@ def decode_avps(data: bytes, offset: int = 0, end: int | None = None) -> tuple[A
     out: list[Avp] = []
     append = out.append
     unpack_head = _AVP_HEADER.unpack_from
+    unpack_vendor = _U32.unpack_from
     new_avp = tuple.__new__
     while offset < end:
         if end - offset < 8:
@@ -252,21 +253,21 @@ def decode_avps(data: bytes, offset: int = 0, end: int | None = None) -> tuple[A
                 reason="avp-truncated",
             )
         code, flags_len = unpack_head(data, offset)
-        flags = flags_len >> 24
         length = flags_len & 0xFFFFFF
-        if flags & AVP_FLAG_VENDOR:
-            head = 12
+        stop = offset + length
+        if flags_len & 0x80000000:  # V bit (AVP_FLAG_VENDOR)
             if length < 12 or end - offset < 12:
-                raise _avp_length_error(code, 0, flags)
-            vendor = _U32.unpack_from(data, offset + 8)[0]
+                raise _avp_length_error(code, 0, flags_len >> 24)
+            vendor = unpack_vendor(data, offset + 8)[0]
+            start = offset + 12
         else:
-            head = 8
-            vendor = 0
             if length < 8:
-                raise _avp_length_error(code, 0, flags)
-        if offset + length > end:
-            raise _avp_length_error(code, vendor, flags)
-        append(new_avp(Avp, (code, vendor, flags, data[offset + head : offset + length])))
+                raise _avp_length_error(code, 0, flags_len >> 24)
+            vendor = 0
+            start = offset + 8
+        if stop > end:
+            raise _avp_length_error(code, vendor, flags_len >> 24)
+        append(new_avp(Avp, (code, vendor, flags_len >> 24, data[start:stop])))
         offset += (length + 3) & ~3
     if offset > end + 3:  # padding of the last AVP may only reach the container end
         raise RemoteProtocolError(

@@ -223,54 +223,56 @@ def _enc_text(value: str | bytes) -> bytes:
     raise TypeError("expected str or bytes")  # bytes(12) would be twelve zero octets
 
 
-def _dec_text(avp: Avp) -> str:
+# Encoded AVPs of repeated values. Most AVPs of a Cx message repeat from one message to
+# the next: Origin-/Destination-Host and -Realm, Server-Name, Visited-Network-Identifier,
+# the subscriber's IMPI and IMPU over the four requests of a registration, the result
+# codes and enumerations. A field whose values repeat keeps a small table value →
+# encoded AVP (header, payload, padding), emptied when it reaches _CACHE_MAX entries.
+# Only plain `str` and `int` values are looked up (an IntEnum, a bool or a bytes value
+# takes the ordinary path), so a table hit is exactly what encoding would produce.
+# Never for Session-Id (unique per request), Error-Message, OctetStrings (XRES, CK, IK,
+# User-Data) or anything inside SIP-Auth-Data-Item (Digest-HA1).
+_CACHE_MAX = 512
+_UNCACHED_ATTRS = frozenset({"session_id", "error_message"})
+
+
+def _encode_avp_bytes(
+    obj: Any, attr: str, enc: Any, v: Any, code: int, vendor: int, flag_word: int
+) -> bytes:
     try:
-        return avp[3].decode("utf-8")
-    except UnicodeDecodeError:
-        return avp.text  # raises the RemoteProtocolError naming the AVP
-
-
-def _dec_bytes(avp: Avp) -> bytes:
-    return avp[3]
-
-
-def _dec_u32(avp: Avp) -> int:
-    data = avp[3]
-    if len(data) != 4:
-        return avp.u32  # raises 5014 with the AVP
-    return _U32_UNPACK(data)[0]
-
-
-def _dec_i32(avp: Avp) -> int:
-    data = avp[3]
-    if len(data) != 4:
-        return avp.i32
-    return _I32_UNPACK(data)[0]
+        data = enc(v)
+    except (struct.error, TypeError, AttributeError, UnicodeEncodeError) as exc:
+        raise LocalProtocolError(
+            f"{type(obj).__name__}.{attr}: cannot encode {type(v).__name__} ({exc})"
+        ) from None
+    n = len(data)
+    if n > 0xFFFFF0:
+        raise LocalProtocolError(f"{type(obj).__name__}.{attr}: value too long")
+    head = (
+        _VHEAD(code, flag_word | (n + 12), vendor) if vendor else _HEAD(code, flag_word | (n + 8))
+    )
+    return head + data + _PADDING[n & 3]
 
 
 def _encode_into(obj: Any, compiled: tuple, parts: list[bytes]) -> None:
     append = parts.append
-    for attr, many, enc, code, vendor, flag_word in compiled:
+    for attr, many, enc, code, vendor, flag_word, cache in compiled:
         value = getattr(obj, attr)
         if value is None:
             continue
         for v in value if many else (value,):
-            try:
-                data = enc(v)
-            except (struct.error, TypeError, AttributeError, UnicodeEncodeError) as exc:
-                raise LocalProtocolError(
-                    f"{type(obj).__name__}.{attr}: cannot encode {type(v).__name__} ({exc})"
-                ) from None
-            n = len(data)
-            if n > 0xFFFFF0:
-                raise LocalProtocolError(f"{type(obj).__name__}.{attr}: value too long")
-            if vendor:
-                append(_VHEAD(code, flag_word | (n + 12), vendor))
-            else:
-                append(_HEAD(code, flag_word | (n + 8)))
-            append(data)
-            if n & 3:
-                append(_PADDING[n & 3])
+            if cache is not None:
+                kind = type(v)
+                if kind is str or kind is int:
+                    found = cache.get(v)
+                    if found is None:
+                        found = _encode_avp_bytes(obj, attr, enc, v, code, vendor, flag_word)
+                        if len(cache) >= _CACHE_MAX:
+                            cache.clear()
+                        cache[v] = found
+                    append(found)
+                    continue
+            append(_encode_avp_bytes(obj, attr, enc, v, code, vendor, flag_word))
 
 
 def _encode_group(cls: Any, value: Any) -> bytes:
@@ -283,6 +285,11 @@ def _decode_group(cls: Any, avp: Avp) -> Any:
     return _decode_fields(cls, codec.decode_avps(avp[3]))
 
 
+# Field kinds of the decode index (inlined in _decode_fields: no call per AVP).
+_K_STR, _K_BYTES, _K_U32, _K_I32, _K_GROUP = range(5)
+_NO_CACHE_CLASSES: set[str] = {"SipAuthDataItem", "SipDigestAuthenticate"}
+
+
 def _compile(cls: Any) -> None:
     """Attach the encode table `_ENC`, decode index `_DEC` and required list `_REQ`."""
     enc = []
@@ -290,23 +297,33 @@ def _compile(cls: Any) -> None:
     req = []
     for attr, code, vendor, kind, many, required in cls._SPEC:
         flags = codec.avp_def(code, vendor).flags
+        cacheable = attr not in _UNCACHED_ATTRS and cls.__name__ not in _NO_CACHE_CLASSES
+        decoder = None
         if kind in ("str", "bytes"):
-            encoder, decoder = _enc_text, (_dec_text if kind == "str" else _dec_bytes)
+            encoder, tag = _enc_text, (_K_STR if kind == "str" else _K_BYTES)
+            cacheable = cacheable and kind == "str"
         elif kind == "u32":
-            encoder, decoder = _U32_PACK, _dec_u32
+            encoder, tag = _U32_PACK, _K_U32
         elif kind == "i32":
-            encoder, decoder = _I32_PACK, _dec_i32
+            encoder, tag = _I32_PACK, _K_I32
         else:
             _compile(kind)
             encoder = functools.partial(_encode_group, kind)
             decoder = functools.partial(_decode_group, kind)
-        enc.append((attr, many, encoder, code, vendor, flags << 24))
-        dec[code | (vendor << 32)] = (attr, decoder, many)
+            tag, cacheable = _K_GROUP, False
+        enc.append((attr, many, encoder, code, vendor, flags << 24, {} if cacheable else None))
+        dec[code | (vendor << 32)] = (attr, tag, many, decoder)
         if required:
             req.append((attr, code, vendor, flags, _minimal_payload(kind)))
     cls._ENC = tuple(enc)
     cls._DEC = dec
     cls._REQ = tuple(req)
+    if hasattr(cls, "IS_REQUEST"):
+        # encode_body()'s pieces: Session-Id, (answers) Result-Code, the rest.
+        split = 1 if cls.IS_REQUEST else 2
+        cls._ENC_SESSION = cls._ENC[:1]
+        cls._ENC_RESULT = cls._ENC[1:split]
+        cls._ENC_REST = cls._ENC[split:]
 
 
 def _decode_fields(cls: Any, avps: tuple[Avp, ...], values: dict[str, Any] | None = None) -> Any:
@@ -318,8 +335,22 @@ def _decode_fields(cls: Any, avps: tuple[Avp, ...], values: dict[str, Any] | Non
         entry = index.get(avp[0] | (avp[1] << 32))
         if entry is None:
             continue  # unknown AVPs are ignored (see the module docstring)
-        attr, decoder, many = entry
-        value = decoder(avp)
+        attr, kind, many, decoder = entry
+        if kind == _K_STR:
+            try:
+                value = avp[3].decode("utf-8")
+            except UnicodeDecodeError:
+                value = avp.text  # raises the RemoteProtocolError naming the AVP
+        elif kind == _K_U32:
+            data = avp[3]
+            value = _U32_UNPACK(data)[0] if len(data) == 4 else avp.u32  # else raises 5014
+        elif kind == _K_I32:
+            data = avp[3]
+            value = _I32_UNPACK(data)[0] if len(data) == 4 else avp.i32
+        elif kind == _K_BYTES:
+            value = avp[3]
+        else:
+            value = decoder(avp)
         if many:
             if multi is None:
                 multi = {}
@@ -525,6 +556,7 @@ _VSAI = Avp(
 )
 _AUTH_SESSION_STATE = codec.AUTH_SESSION_STATE(NO_STATE_MAINTAINED)
 _VSAI_BYTES = _VSAI.encode()
+_EXPERIMENTAL_RESULTS: dict[tuple[int, int], bytes] = {}
 _AUTH_SESSION_STATE_BYTES = _AUTH_SESSION_STATE.encode()
 
 # Common head of every Cx request and answer (TS 29.229 §6.1.x ABNF order).
@@ -553,25 +585,29 @@ class _Command:
     FLAGS: ClassVar[int]
     _SPEC: ClassVar[_Spec]
     _ENC: ClassVar[tuple]
+    _ENC_SESSION: ClassVar[tuple]
+    _ENC_RESULT: ClassVar[tuple]
+    _ENC_REST: ClassVar[tuple]
     _DEC: ClassVar[dict]
     _REQ: ClassVar[tuple]
 
     def encode_body(self) -> bytes:
         """The AVPs, encoded, in ABNF order (TS 29.229 §6.1): Session-Id first (RFC 6733
         §8.8), the fixed application AVPs, the result, then the command's own AVPs."""
-        enc = self._ENC
         parts: list[bytes] = []
-        _encode_into(self, enc[:1], parts)
+        _encode_into(self, self._ENC_SESSION, parts)
         parts.append(_VSAI_BYTES)
         if self.IS_REQUEST:
             parts.append(_AUTH_SESSION_STATE_BYTES)
-            _encode_into(self, enc[1:], parts)
+            _encode_into(self, self._ENC_REST, parts)
         else:
-            _encode_into(self, enc[1:2], parts)
-            parts += self._result_parts()
+            _encode_into(self, self._ENC_RESULT, parts)
+            if self.experimental_result_code is not None:  # type: ignore[attr-defined]
+                parts.append(self._experimental_result())  # type: ignore[attr-defined]
             parts.append(_AUTH_SESSION_STATE_BYTES)
-            _encode_into(self, enc[2:], parts)
-            parts += self._failed_parts()
+            _encode_into(self, self._ENC_REST, parts)
+            if self.failed_avp:  # type: ignore[attr-defined]
+                parts.append(codec.FAILED_AVP(list(self.failed_avp)).encode())  # type: ignore[attr-defined]
         return b"".join(parts)
 
     def encode(self, hop_by_hop: int = 0, end_to_end: int = 0) -> bytes:
@@ -585,19 +621,22 @@ class _Command:
         avps = codec.decode_avps(self.encode_body())
         return Message(self.CODE, self.FLAGS, CX_APPLICATION_ID, hop_by_hop, end_to_end, avps)
 
-    def _result_parts(self) -> list[bytes]:
-        return []
-
-    def _failed_parts(self) -> list[bytes]:
-        return []
-
     @classmethod
     def from_message(cls, msg: Message) -> Any:
         if msg.code != cls.CODE or msg.is_request != cls.IS_REQUEST:
             raise LocalProtocolError(f"{cls.__name__}.from_message: command {msg.code}")
         if cls.IS_REQUEST:
-            _check_application_avps(cls.__name__, msg)
-            return _decode_fields(cls, msg.avps)
+            avps = msg.avps
+            # Where we (and Kamailio, open5gs) put them: right after Session-Id.
+            if not (
+                len(avps) > 2
+                and avps[1][0] == AVP_VENDOR_SPECIFIC_APPLICATION_ID
+                and avps[2][0] == AVP_AUTH_SESSION_STATE
+                and not avps[1][1]
+                and not avps[2][1]
+            ):
+                _check_application_avps(cls.__name__, msg)
+            return _decode_fields(cls, avps)
         extra: dict[str, Any] = {}
         exp = failed = None
         for a in msg.avps:  # the first Experimental-Result and Failed-AVP, in one pass
@@ -646,21 +685,22 @@ class _Answer(_Command):
     IS_REQUEST: ClassVar[bool] = False
     FLAGS: ClassVar[int] = FLAG_PROXIABLE
 
-    def _result_parts(self: Any) -> list[bytes]:
-        if self.experimental_result_code is None:
-            return []
-        avp = codec.EXPERIMENTAL_RESULT(
-            [
-                codec.VENDOR_ID(self.experimental_result_vendor),
-                codec.EXPERIMENTAL_RESULT_CODE(self.experimental_result_code),
-            ]
-        )
-        return [avp.encode()]
-
-    def _failed_parts(self: Any) -> list[bytes]:
-        if not self.failed_avp:
-            return []
-        return [codec.FAILED_AVP(list(self.failed_avp)).encode()]
+    def _experimental_result(self: Any) -> bytes:
+        """Experimental-Result {Vendor-Id, Experimental-Result-Code}, encoded once per pair."""
+        vendor, code = self.experimental_result_vendor, self.experimental_result_code
+        plain = type(vendor) is int and type(code) is int
+        if plain:
+            found = _EXPERIMENTAL_RESULTS.get((vendor, code))
+            if found is not None:
+                return found
+        found = codec.EXPERIMENTAL_RESULT(
+            [codec.VENDOR_ID(vendor), codec.EXPERIMENTAL_RESULT_CODE(code)]
+        ).encode()
+        if plain:
+            if len(_EXPERIMENTAL_RESULTS) >= _CACHE_MAX:
+                _EXPERIMENTAL_RESULTS.clear()
+            _EXPERIMENTAL_RESULTS[(vendor, code)] = found
+        return found
 
     @property
     def result(self: Any) -> int | None:
