@@ -69,6 +69,7 @@ from imsaka.sip import (
     make_response,
     parse_message,
 )
+from imsaka.sip.transaction import WirePacker
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +261,23 @@ class _Pending:
         self.final_data = None if response is None else response.to_bytes()
 
 
+class _Answered:
+    """A forwarded request's context once its final answer went to the UE: all that a
+    retransmitted request still needs until Timer F (the answer's bytes, compressed,
+    and the SPI it left over), in the `pending` slot its open context had (so the table
+    stays in expiry order). Reads like a closed `_Pending` of no UE: `kind` and `impi`
+    match no open-REGISTER or SUBSCRIBE check."""
+
+    __slots__ = ("created", "final_data", "final_spi")
+    kind = "answered"
+    impi = ""
+
+    def __init__(self, created: float, final_data: bytes, final_spi: int | None) -> None:
+        self.created = created
+        self.final_data = final_data  # as `WirePacker.pack` gave it
+        self.final_spi = final_spi
+
+
 def _addr_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
@@ -310,7 +328,9 @@ class PcscfCore:
         )
         self.policy = SecAgreePolicy(preference=preference, required=config.sec_agree == "required")
         self._secret = self._rng.getrandbits(64).to_bytes(8, "big")
-        self.pending: dict[str, _Pending] = {}
+        self.pending: dict[str, _Pending | _Answered] = {}
+        # the cached final answers of `pending`, compressed (about a fifth of their size)
+        self._packer = WirePacker()
         self.registrations: dict[str, Registration] = {}  # by IMPI
         self.by_spi: dict[int, str] = {}  # inbound SPI -> IMPI
         # reg-event subscriptions (TS 24.229 §5.2.3): Call-ID -> IMPI
@@ -460,7 +480,8 @@ class PcscfCore:
         pending = self.pending.get(branch)
         if pending is not None and pending.final_data is not None:
             self.counters["retransmission-answered"] += 1
-            reply = self._to_ue(pending.final, arrival)  # type: ignore[arg-type]
+            final = parse_message(self._packer.unpack(pending.final_data))
+            reply = self._to_ue(final, arrival)  # type: ignore[arg-type]
             if arrival.spi is not None and reply.spi is None:
                 # Never in the clear to a request that came protected.
                 reply = Reply(reply.message, reply.destination, reply.transport, pending.final_spi)
@@ -851,10 +872,11 @@ class PcscfCore:
             if isinstance(a, Reply) and isinstance(a.message, Response):
                 pending.final = a.message
                 pending.final_spi = a.spi
-        if pending.final_data is not None:
-            # kept only to answer retransmissions now (Timer F): the offers can go
-            pending.security_client = ()
-            pending.security_client_text = ()
+        if pending.final_data is not None and self.pending.get(branch) is pending:
+            # kept only to answer retransmissions now (Timer F): the answer and its SPI
+            self.pending[branch] = _Answered(
+                pending.created, self._packer.pack(pending.final_data), pending.final_spi
+            )
         return actions
 
     def _register_response(self, resp: Response, pending: _Pending, now: float) -> list[Action]:

@@ -23,7 +23,9 @@ ACK also by the To tag the server sent).
 from __future__ import annotations
 
 import heapq
+import re
 import sys
+import zlib
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from enum import Enum
@@ -331,11 +333,120 @@ def server_key(req: Request) -> tuple:
     )
 
 
+# -- finished transactions' bytes -----------------------------------------------------
+
+# Header lines learned into a preset dictionary without their parameter values: those
+# are credentials or challenges (a 401 from an S-CSCF carries CK/IK to the P-CSCF).
+_SECRET_HEADERS = (
+    b"www-authenticate",
+    b"proxy-authenticate",
+    b"authentication-info",
+    b"authorization",
+    b"proxy-authorization",
+)
+
+
+# every parameter value of such a line: only the names and the scheme are learned
+_AUTH_VALUE = re.compile(rb'=\s*(?:"(?:[^"\\]|\\.)*"|[^,\s]*)')
+
+
+class PackedWire(bytes):
+    """Octets held compressed by a `WirePacker` (first octet: its dictionary version)."""
+
+    __slots__ = ()
+
+
+class WirePacker:
+    """Keeps the bytes of finished transactions' messages compressed (raw deflate with
+    a preset dictionary), for the time RFC 3261 asks them to be re-sent (Timer J: 32 s
+    on UDP, one final per request a busy server handles).
+
+    The messages of one node differ mostly in a few random tokens (branch, tags,
+    Call-ID, nonce): deflate against a dictionary made of the node's own earlier finals
+    keeps about a fifth of them. The dictionary is learned from the first final of each
+    kind (status line and CSeq method; header part only, authentication headers left
+    out, so no challenge or key material stays in it) and then frozen. Each packed
+    message names the dictionary version it was packed with, so unpacking gives back
+    exactly the octets packed. Unpacking happens only for a retransmission."""
+
+    __slots__ = ("_compressor", "_kinds", "_versions")
+
+    WBITS = -12  # 4 KiB window: the dictionary plus a message fit in it
+    MAX_DICTIONARY = 2048
+    MAX_KINDS = 6
+
+    def __init__(self) -> None:
+        self._versions: list[bytes] = []  # preset dictionary of each version
+        self._kinds: set[bytes] | None = set()  # None: the dictionary is frozen
+        self._compressor: Any = None  # primed with the newest dictionary, copied per use
+
+    def pack(self, data: bytes) -> bytes:
+        """`data`, or a shorter `PackedWire` that `unpack` turns back into it."""
+        if self._kinds is not None:
+            self._learn(data)
+        if self._compressor is None or len(data) < 64:
+            return data
+        c = self._compressor.copy()
+        packed = c.compress(data) + c.flush()
+        if len(packed) + 1 >= len(data):
+            return data
+        return PackedWire(bytes((len(self._versions) - 1,)) + packed)
+
+    def unpack(self, data: bytes) -> bytes:
+        if type(data) is not PackedWire:
+            return data
+        d = zlib.decompressobj(self.WBITS, self._versions[data[0]])
+        return d.decompress(data[1:]) + d.flush()
+
+    def _learn(self, data: bytes) -> None:
+        kinds = self._kinds
+        assert kinds is not None
+        head = data.split(b"\r\n\r\n", 1)[0]
+        first = head.split(b"\r\n", 1)[0]
+        at = head.find(b"\r\nCSeq: ")
+        end = head.find(b"\r\n", at + 8) if at >= 0 else -1
+        method = (
+            head[at + 8 : end if end >= 0 else len(head)].rsplit(b" ", 1)[-1] if at >= 0 else b""
+        )
+        kind = first + b" " + method
+        if kind in kinds:
+            return
+        kinds.add(kind)
+        sample = b"\r\n".join(
+            _AUTH_VALUE.sub(b"=", line) if line.lower().startswith(_SECRET_HEADERS) else line
+            for line in head.split(b"\r\n")
+        )
+        previous = self._versions[-1] if self._versions else b""
+        # newest last: deflate's shortest distances reach the newest sample
+        zdict = (previous + sample + b"\r\n")[-self.MAX_DICTIONARY :]
+        self._versions.append(zdict)
+        self._compressor = zlib.compressobj(
+            1, zlib.DEFLATED, self.WBITS, 2, zlib.Z_DEFAULT_STRATEGY, zdict
+        )
+        if len(kinds) >= self.MAX_KINDS or len(self._versions) >= 255:
+            self._kinds = None
+
+
 # -- transactions ---------------------------------------------------------------------
 
 
 # Timers whose interval doubles (A, E, G): only these remember their last interval.
 _BACKOFF = frozenset({Input.TIMER_A, Input.TIMER_E, Input.TIMER_G})
+
+# The last timer of a finished non-INVITE transaction (J: server, K: client). Its delay
+# is one constant per layer, so these expire in the order they were armed: the layer
+# keeps them in one FIFO per timer instead of a (due, timer) tuple per transaction and
+# an entry in its heap (a busy server holds one per request for 32 s).
+_SWEPT_TIMERS = frozenset({Input.TIMER_J, Input.TIMER_K})
+
+
+class _Swept(tuple):
+    __slots__ = ()
+
+
+# `Transaction.timers` of a transaction whose only timer waits in the layer's FIFO
+# (`deadline` is its due time): an empty tuple to every reader, told apart by identity.
+_SWEPT: tuple = _Swept()
 
 
 def _due(pair: tuple[float, Input]) -> float:
@@ -349,8 +460,9 @@ class Transaction:
     32 s on UDP), one per request a busy server handles, so what it keeps there is
     cut to what the state still needs (RFC 3261 §17.1.1.2, §17.1.2.2, §17.2.1,
     §17.2.2): a server transaction that sent its final keeps the response's bytes
-    (`_response_wire`), its status (and its To tag where an RFC 2543 ACK is matched
-    by it), and drops the parsed request and response; a client transaction that received its final keeps its key (and, for
+    (`_response_wire`; a non-INVITE one compressed by the layer's `WirePacker`), its status
+    (and its To tag where an RFC 2543 ACK is matched by it), and drops the parsed request
+    and response; Timer J / K wait in a FIFO of the layer, not in its heap; a client transaction that received its final keeps its key (and, for
     an INVITE, the bytes of its ACK), nothing of the request."""
 
     __slots__ = (
@@ -465,7 +577,16 @@ class Transaction:
         return self._intervals[timer]
 
     def _rearm(self) -> None:
-        deadline = self.timers[0][0] if self.timers else None
+        timers = self.timers
+        if timers is _SWEPT:
+            return
+        if (
+            len(timers) == 1
+            and timers[0][1] in _SWEPT_TIMERS
+            and self._layer._sweep(self, timers[0])
+        ):
+            return
+        deadline = timers[0][0] if timers else None
         if deadline != self.deadline:
             self.deadline = deadline
             if deadline is not None:
@@ -497,8 +618,11 @@ class Transaction:
         self._transmit(self.request, self._request_wire)
 
     def _transmit_last_response(self) -> None:
-        assert self._response_wire is not None
-        self._emit(Transmit(self.key, self._last_response, self._response_wire, self.destination))
+        data = self._response_wire
+        assert data is not None
+        if type(data) is PackedWire:
+            data = self._layer.packer.unpack(data)
+        self._emit(Transmit(self.key, self._last_response, data, self.destination))
 
     def _nothing(self, now: float, msg: Message | None) -> None:
         pass
@@ -737,7 +861,12 @@ class ServerTransaction(Transaction):
 
     def _send_final_non_invite(self, now: float, msg: Message | None) -> None:
         self._send(now, msg)
-        self._set_timer(Input.TIMER_J, now, 0.0 if self.reliable else 64 * self.config.t1)
+        if self.reliable:
+            self._set_timer(Input.TIMER_J, now, 0.0)
+            return
+        # Completed for Timer J: only a retransmitted request reads the bytes again
+        self._response_wire = self._layer.packer.pack(self._response_wire)
+        self._set_timer(Input.TIMER_J, now, 64 * self.config.t1)
 
 
 _WAITING = frozenset((State.CALLING, State.TRYING, State.PROCEEDING))
@@ -761,6 +890,11 @@ class TransactionLayer:
     _client: dict = field(default_factory=dict, repr=False)
     _server: dict = field(default_factory=dict, repr=False)
     _heap: list = field(default_factory=list, repr=False)
+    # Timer J / K: transactions in arming order, and the due time armed last of each
+    _swept: dict = field(default_factory=dict, repr=False)
+    _swept_last: dict = field(default_factory=dict, repr=False)
+    packer: WirePacker = field(default_factory=WirePacker, repr=False)
+    """Holds the finals of Completed non-INVITE server transactions compressed."""
 
     def _is_reliable(self, destination: Any) -> bool:
         return bool(self.reliable(destination)) if self.reliable is not None else False
@@ -849,21 +983,43 @@ class TransactionLayer:
     # -- time ---------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
+        best = None
         heap = self._heap
         while heap:
             deadline, tx = heap[0]
-            if tx.deadline == deadline and tx.state is not State.TERMINATED:
-                return deadline
+            if tx.deadline == deadline and tx.state is not State.TERMINATED and tx.timers:
+                best = deadline
+                break
             heapq.heappop(heap)
-        return None
+        for fifo in self._swept.values():
+            while fifo:
+                tx = fifo[0]
+                if tx.timers is _SWEPT:
+                    if best is None or tx.deadline < best:
+                        best = tx.deadline
+                    break
+                fifo.popleft()  # fired, terminated, or re-armed elsewhere
+        return best
 
     def handle_timer(self, now: float) -> None:
         heap = self._heap
-        while heap and heap[0][0] <= now:
-            deadline, tx = heapq.heappop(heap)
-            if tx.deadline == deadline and tx.state is not State.TERMINATED:
+        swept = self._swept
+        # earliest first across the heap and the FIFOs
+        while (deadline := self.next_deadline()) is not None and deadline <= now:
+            if heap and heap[0][0] == deadline:
+                tx = heapq.heappop(heap)[1]
                 tx.deadline = None
                 tx.handle_timer(now)
+                continue
+            for timer, fifo in swept.items():
+                if fifo and fifo[0].deadline == deadline:
+                    tx = fifo.popleft()
+                    tx.timers = ()
+                    tx.deadline = None
+                    tx._input(timer, now)
+                    break
+            else:  # pragma: no cover - next_deadline named a front of the heap or a FIFO
+                break
 
     # -- events -------------------------------------------------------------------
 
@@ -894,6 +1050,22 @@ class TransactionLayer:
 
     def _schedule(self, tx: Transaction, deadline: float) -> None:
         heapq.heappush(self._heap, (deadline, tx))
+
+    def _sweep(self, tx: Transaction, pair: tuple[float, Input]) -> bool:
+        """Queue `tx`'s only timer (J or K) in that timer's FIFO; False when it is due
+        before one queued already (a clock that went back: the heap takes it)."""
+        deadline, timer = pair
+        last = self._swept_last.get(timer)
+        if last is not None and deadline < last:
+            return False
+        fifo = self._swept.get(timer)
+        if fifo is None:
+            fifo = self._swept[timer] = deque()
+        fifo.append(tx)
+        self._swept_last[timer] = deadline
+        tx.timers = _SWEPT
+        tx.deadline = deadline
+        return True
 
     def _terminated(self, tx: Transaction) -> None:
         table = self._client if isinstance(tx, ClientTransaction) else self._server

@@ -1,0 +1,97 @@
+"""The P-CSCF's context of a forwarded REGISTER once its final answer went to the UE:
+only what a retransmitted request needs until Timer F (the answer, compressed, and the
+SPI it left over), and a retransmission still gets the same answer."""
+
+from __future__ import annotations
+
+import random
+
+from imsaka.config import NetworkConfig, PcscfConfig, PcscfRoute
+from imsaka.cscf.pcscf import TRANSACTION_LIFETIME, Arrival, Forward, PcscfCore, Reply
+from imsaka.sip import make_response, parse_message
+from imsaka.sip.transaction import PackedWire
+
+UE = ("127.0.0.1", 40000)
+ICSCF = ("127.0.0.1", 5070)
+IK, CK = "00112233445566778899aabbccddeeff", "ffeeddccbbaa11223344556677889900"
+
+
+def packet1(n: int) -> bytes:
+    return (
+        "REGISTER sip:registrar.home1.net SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bKue{n:04d}\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: <sip:user{n}_public1@home1.net>;tag=4fa3\r\n"
+        f"To: <sip:user{n}_public1@home1.net>\r\n"
+        "Contact: <sip:127.0.0.1:40000>;expires=600000\r\n"
+        f"Call-ID: call{n:04d}\r\n"
+        f'Authorization: Digest username="user{n}_private@home1.net", realm="registrar.home1.net", '
+        'nonce="", uri="sip:registrar.home1.net", response=""\r\n'
+        "Security-Client: ipsec-3gpp; alg=hmac-sha-1-96; spi-c=23456789; spi-s=12345678; "
+        "port-c=2468; port-s=1357\r\n"
+        "Require: sec-agree\r\n"
+        "Proxy-Require: sec-agree\r\n"
+        "CSeq: 1 REGISTER\r\n"
+        "Supported: path\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def core() -> PcscfCore:
+    cfg = PcscfConfig(
+        name="pcscf1.visited1.net",
+        port=5060,
+        routes=(PcscfRoute(domain="home1.net", icscf="sip:icscf1_p.home1.net:5070"),),
+    )
+    net = NetworkConfig(home_domains=("home1.net",), hosts={"icscf1_p.home1.net": "127.0.0.1"})
+    return PcscfCore(cfg, net, rng=random.Random(7))
+
+
+def challenge_all(p: PcscfCore, count: int) -> list[bytes]:
+    sent = []
+    for n in range(count):
+        (fwd,) = p.receive_request(parse_message(packet1(n)), Arrival(UE), float(n))
+        assert isinstance(fwd, Forward)
+        c401 = make_response(
+            fwd.message,
+            401,
+            to_tag=f"t{n}",
+            headers=[
+                (
+                    "WWW-Authenticate",
+                    f'Digest realm="registrar.home1.net", nonce="NONCE{n:04d}xyz", '
+                    f'algorithm=AKAv1-MD5, ik="{IK}", ck="{CK}"',
+                )
+            ],
+        )
+        acts = p.receive_response(parse_message(c401.to_bytes()), ICSCF, float(n) + 0.5)
+        (reply,) = [a for a in acts if isinstance(a, Reply)]
+        sent.append(reply.message.to_bytes())
+    return sent
+
+
+def test_answered_context_keeps_the_packed_answer_only():
+    p = core()
+    sent = challenge_all(p, 12)
+    assert p.open_transactions() == 0 and len(p.pending) == 12
+    for entry, data in zip(p.pending.values(), sent, strict=True):
+        assert not hasattr(entry, "arrival") and not hasattr(entry, "security_client")
+        assert type(entry.final_data) is PackedWire and len(entry.final_data) < len(data) // 2
+    # the key material the P-CSCF strips from the 401 never reaches its dictionary
+    for zdict in p._packer._versions:
+        assert IK.encode() not in zdict and CK.encode() not in zdict and b"NONCE" not in zdict
+
+
+def test_a_retransmitted_register_gets_the_same_answer_until_timer_f():
+    p = core()
+    sent = challenge_all(p, 5)
+    for n in range(5):
+        (again,) = p.receive_request(parse_message(packet1(n)), Arrival(UE), 10.0)
+        assert isinstance(again, Reply) and again.destination == UE
+        assert again.message.to_bytes() == sent[n]
+    assert p.counters["retransmission-answered"] == 5
+    assert p.counters["challenges"] == 5  # no second SA set per retransmission
+    # Timer F after the first context: it goes, the others stay
+    p.handle_timer(0.0 + TRANSACTION_LIFETIME)
+    assert len(p.pending) == 4
+    assert p.next_deadline() == 1.0 + TRANSACTION_LIFETIME
