@@ -26,6 +26,7 @@ from imsaka.ipsec.sa import SaSet, SaState, SecurityAssociationTable
 from imsaka.sip import Response, SipParseError, parse_message
 from imsaka.sip.transaction import (
     ResponseReceived,
+    TimerConfig,
     TransactionLayer,
     TransactionTimeout,
     Transmit,
@@ -74,6 +75,9 @@ class UeResult:
 
 
 _CRLF = b"\r\n"
+# Timer wake-ups fall on a grid of T1/10 (the client's transaction layer runs on the
+# default timers): a timer fires at most that late.
+_TICK = TimerConfig().t1 / 10
 
 
 def _time_out(waiter: asyncio.Future) -> None:
@@ -302,11 +306,17 @@ class UeClient:
             at = core_at
         if not at:
             at = None
+        armed = self._timer_at
         if self._timer is not None:
-            if at == self._timer_at:
+            if at is not None and armed is not None and at <= armed <= at + _TICK:
                 return  # already armed for it (most drains change no deadline)
             self._timer.cancel()
             self._timer = None
+        if at is not None:
+            # on a grid of T1/10: the UEs of one process (a load test) that are due
+            # within one step share the loop's wake-up (imsaka.sip.endpoint does the same)
+            grid = (at // _TICK + 1) * _TICK
+            at = grid if grid >= at else at
         self._timer_at = at
         if at is not None:
             self._timer = asyncio.get_running_loop().call_at(at, self._on_timer)

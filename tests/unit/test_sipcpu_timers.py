@@ -1,0 +1,127 @@
+"""The SIP endpoint's timer wake-ups fall on a grid of T1/10: the Timer J of several
+transactions finished within one step ends them all in one wake-up, none early."""
+
+from __future__ import annotations
+
+from imsaka.sip import Request
+from imsaka.sip.endpoint import SipEndpoint
+from imsaka.sip.transaction import TimerConfig
+
+
+class FakeHandle:
+    def __init__(self, loop: FakeLoop, when: float, callback, args) -> None:
+        self.loop, self.when, self.callback, self.args = loop, when, callback, args
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeLoop:
+    """Just what the endpoint's receive path asks of its loop, with a clock we set."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.handles: list[FakeHandle] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback, *args) -> FakeHandle:
+        h = FakeHandle(self, when, callback, args)
+        self.handles.append(h)
+        return h
+
+    def call_later(self, delay: float, callback, *args) -> FakeHandle:
+        return self.call_at(self.now + delay, callback, *args)
+
+    def fire(self, handle: FakeHandle) -> None:
+        self.handles.remove(handle)
+        self.now = handle.when
+        handle.callback(*handle.args)
+
+    def armed(self, callback_name: str) -> list[FakeHandle]:
+        return [
+            h
+            for h in self.handles
+            if not h.cancelled and getattr(h.callback, "__name__", "") == callback_name
+        ]
+
+
+class FakeUdp:
+    name = "udp"
+    reliable = False
+    local_address = ("127.0.0.1", 5060)
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes, addr) -> None:
+        self.sent.append(data)
+
+    def set_receiver(self, receiver) -> None:
+        self.receiver = receiver
+
+    def set_error_handler(self, handler) -> None:
+        pass
+
+
+def register(n: int) -> bytes:
+    return Request(
+        "REGISTER",
+        "sip:home1.net",
+        [
+            ("Via", f"SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bKgrid{n}"),
+            ("From", "<sip:ue@home1.net>;tag=u1"),
+            ("To", "<sip:ue@home1.net>"),
+            ("Call-ID", f"grid-{n}"),
+            ("CSeq", f"{n} REGISTER"),
+        ],
+    ).to_bytes()
+
+
+def test_timer_j_of_one_grid_step_ends_in_one_wake_up_never_early():
+    timers = TimerConfig()  # T1 0.5 s: Timer J 32 s, grid 50 ms
+    ep = SipEndpoint(timers=timers)
+    loop = FakeLoop()
+    ep._loop = loop
+    t = FakeUdp()
+    ep.add_transport(t)
+    ep.set_request_handler(lambda req, tx: tx.reply(200))
+    start = loop.now = 100.01  # inside a grid step (a grid point is its own wake-up)
+    for n in range(5):  # answered 1 ms apart: Timer J due 32.000 .. 32.004 s later
+        loop.now = start + n * 0.001
+        t.receiver(register(n), ("127.0.0.1", 5062), t)
+    assert len(t.sent) == 5 and len(ep.layer) == 5
+    (wake,) = loop.armed("_on_timer")
+    first_due = start + 64 * timers.t1
+    assert first_due <= wake.when <= first_due + timers.t1 / 10
+    # one wake-up ends all five (each due by then); before the grid it ended one
+    loop.fire(wake)
+    assert len(ep.layer) == 0
+    assert not loop.armed("_on_timer")
+
+
+def test_a_timer_never_fires_before_its_deadline():
+    timers = TimerConfig()
+    ep = SipEndpoint(timers=timers)
+    loop = FakeLoop()
+    ep._loop = loop
+    t = FakeUdp()
+    ep.add_transport(t)
+    ep.set_request_handler(lambda req, tx: tx.reply(200))
+    for n, at in enumerate((100.01, 100.02, 100.03, 100.3)):
+        loop.now = at
+        t.receiver(register(n), ("127.0.0.1", 5062), t)
+    ends = sorted(at + 64 * timers.t1 for at in (100.01, 100.02, 100.03, 100.3))
+    wake_ups = 0
+    while ep.layer.pending() or len(ep.layer):
+        (wake,) = loop.armed("_on_timer")
+        due = [e for e in ends if e <= wake.when]
+        assert due, "a wake-up with nothing due"
+        assert wake.when <= min(ends) + timers.t1 / 10
+        loop.fire(wake)
+        ends = [e for e in ends if e > wake.when]
+        assert len(ep.layer) == len(ends)
+        wake_ups += 1
+    assert wake_ups == 2  # the first three in one step, then the last
