@@ -1,0 +1,55 @@
+"""What an SA set keeps per registered UE (a P-CSCF holds one per UE): each SA is its
+own ESP object, null encryption needs no per-set closure, the replay windows share
+their mask, and the set still protects, verifies and refuses replays as before."""
+
+from __future__ import annotations
+
+import pytest
+from tests.ipsec.helpers import negotiate
+
+from imsaka.ipsec.esp import REPLAY, EspDelivered, EspDrop, EspInbound, EspOutbound
+from imsaka.ipsec.sa import SecurityAssociation
+
+
+@pytest.mark.parametrize("ealg", ["null", "aes-cbc", "des-ede3-cbc"])
+def test_each_sa_is_its_own_esp_object_and_still_interoperates(ealg):
+    n = negotiate(ealg=ealg)
+    u, p = n.ue_set, n.pcscf_set
+    for s in (u, p):
+        for sa in s.all_sas:
+            assert sa.esp is sa and isinstance(sa, SecurityAssociation)
+            assert isinstance(sa, EspInbound) is sa.inbound
+            assert isinstance(sa, EspOutbound) is (not sa.inbound)
+            assert sa.alg == "hmac-sha-1-96" and sa.ealg == ealg
+            assert sa.sa_set is s and sa.local == (sa.dst if sa.inbound else sa.src)
+            assert "SecurityAssociation(spi=" in repr(sa)
+    for sender, receiver in ((u, p), (p, u)):
+        for out in sender.outbound.values():
+            packet = out.protect(b"REGISTER %d" % out.spi)
+            inbound = receiver.inbound[out.spi]
+            got = inbound.unprotect(packet)
+            assert isinstance(got, EspDelivered) and got.payload == b"REGISTER %d" % out.spi
+            again = inbound.unprotect(packet)  # RFC 4303 §3.4.3: a replay is dropped
+            assert isinstance(again, EspDrop) and again.reason == REPLAY
+            tampered = packet[:-1] + bytes((packet[-1] ^ 1,))
+            assert isinstance(inbound.unprotect(tampered), EspDrop)
+
+
+def test_null_encryption_builds_no_closure_per_set():
+    n = negotiate(ealg="null")
+    p = n.pcscf_set
+    out = p.server_sa()
+    n.ue_set.inbound[out.spi].unprotect(out.protect(b"x"))
+    fn = out._protect
+    assert fn.__func__.__qualname__ == "_NullTransform.protect"
+    assert not hasattr(fn, "__closure__") or fn.__closure__ is None
+
+
+def test_replay_windows_share_their_mask_and_contacts_hold_no_empty_list():
+    a, b = negotiate(ealg="null", contact="a"), negotiate(ealg="null", contact="b")
+    windows = [sa.window for s in (a.pcscf_set, b.pcscf_set) for sa in s.inbound.values()]
+    assert len({id(w.mask) for w in windows}) == 1 and windows[0].mask == (1 << 64) - 1
+    contact = a.pcscf._contacts["a"]
+    assert contact.old == ()
+    # interned algorithm names: one string object across sets
+    assert a.pcscf_set.keys.alg is b.pcscf_set.keys.alg
