@@ -140,7 +140,7 @@ class Message:
         hs = self._headers
         append = hs.append
         names = _ADD_NAMES
-        seen: set[str] = set()
+        seen: set[str] = {h[0] for h in hs} if hs else set()
         for name, value in headers:
             spec = names.get(name)
             if spec is None:
@@ -864,7 +864,6 @@ def make_response(
         name = to_line[2].partition(":")[0].rstrip()
         hs[hs.index(to_line)] = ("to", value, f"{name}: {value}")
     if headers:
-        for name, value in headers:
-            resp.add(name, value)
+        resp._extend(headers)  # `add` of each, in one pass
     resp.body = bytes(body)
     return resp
