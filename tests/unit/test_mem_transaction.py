@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from imsaka.sip import Request, Response, make_response, parse_message
+from imsaka.sip import LocalProtocolError, Request, Response, make_response, parse_message
 from imsaka.sip.transaction import (
+    FinishedServerTransaction,
     Input,
     PackedWire,
     State,
@@ -69,9 +70,12 @@ def test_completed_server_resends_the_same_bytes_from_a_packed_final():
         tx, sent = answer(lay, f"z9hG4bK{i:04d}", now=float(i) / 10, status=401 if i % 2 else 200)
         finals[tx.key] = sent.data
         assert tx.state is State.COMPLETED and tx.request is None
-        # held compressed, and well below the octets sent
-        assert type(tx._response_wire) is PackedWire
-        assert len(tx._response_wire) < len(sent.data) // 2
+        # the layer holds a compact record, the final compressed well below its octets
+        rec = lay.server_transaction(tx.key)
+        assert type(rec) is FinishedServerTransaction and rec.state is State.COMPLETED
+        assert rec.last_status == (401 if i % 2 else 200) and rec.destination == "udp"
+        assert type(rec._response_wire) is PackedWire
+        assert len(rec._response_wire) < len(sent.data) // 2
     for i in range(20):
         lay.receive_request(request(branch=f"z9hG4bK{i:04d}"), "udp", 5.0)
         (again,) = lay.events()
@@ -144,11 +148,33 @@ def test_timer_k_of_completed_clients_from_the_fifo():
     assert lay.events() == [TransactionTerminated(txs[2].key)]
 
 
+def test_a_finished_server_transaction_takes_no_answer_and_is_counted():
+    lay = layer()
+    req = request()
+    tx = lay.receive_request(req, "udp", 0.0)
+    assert lay.pending() == 1
+    tx.respond(make_response(req, 200), 0.1)
+    lay.events()
+    assert len(lay) == 1 and lay.pending() == 0
+    with pytest.raises(LocalProtocolError):
+        lay.respond(tx.key, make_response(req, 500), 0.2)
+    with pytest.raises(LocalProtocolError):
+        tx.respond(make_response(req, 500), 0.2)  # the TU's own handle: Completed too
+    # an ACK never matches a non-INVITE transaction: it goes to the TU
+    ack = request("ACK")
+    assert lay.receive_request(ack, "udp", 0.3) is None
+    assert [type(e).__name__ for e in lay.events()] == ["RequestReceived"]
+
+
 def test_re_armed_swept_transaction_uses_its_new_timer():
     lay = layer()
-    tx, _ = answer(lay, "z9hG4bKr", now=0.0)
+    req = request("NOTIFY", branch="z9hG4bKr")
+    tx = lay.send_request(req, "udp", 0.0)
+    lay.receive_response(make_response(req, 200, to_tag="t"), "udp", 0.0)
+    lay.events()
+    assert lay.next_deadline() == pytest.approx(5.0)  # K from the FIFO
     # a timer set directly (as the table tests do) takes the transaction off the FIFO
-    tx._set_timer(Input.TIMER_J, 0.0, 1.0)
+    tx._set_timer(Input.TIMER_K, 0.0, 1.0)
     tx._rearm()
     assert lay.next_deadline() == pytest.approx(1.0)
     lay.handle_timer(1.0)

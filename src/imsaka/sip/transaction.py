@@ -866,7 +866,40 @@ class ServerTransaction(Transaction):
             return
         # Completed for Timer J: only a retransmitted request reads the bytes again
         self._response_wire = self._layer.packer.pack(self._response_wire)
-        self._set_timer(Input.TIMER_J, now, 64 * self.config.t1)
+        deadline = now + 64 * self.config.t1
+        if not self._layer._finish(self, deadline):
+            self._set_timer(Input.TIMER_J, now, 64 * self.config.t1)
+
+
+class FinishedServerTransaction:
+    """A non-INVITE server transaction in Completed over an unreliable transport
+    (RFC 3261 §17.2.2), as the layer keeps it until Timer J: the key, the final's
+    octets (packed), where they go, its status and the due time of J. A retransmitted
+    request gets the same octets again; the TU may not answer any more (the
+    `ServerTransaction` it answered through stays in Completed for its holder).
+
+    A fifth of a `ServerTransaction` plus its timer: a busy server holds one per request
+    it answered for 32 s."""
+
+    __slots__ = ("_response_wire", "deadline", "destination", "key", "last_status")
+    kind = "server"
+    is_invite = False
+    reliable = False
+    request = None
+    last_response = None
+    to_tag = None
+    state = State.COMPLETED
+    timers: tuple = ()
+
+    def __init__(self, tx: ServerTransaction, deadline: float) -> None:
+        self.key = tx.key
+        self._response_wire = tx._response_wire
+        self.destination = tx.destination
+        self.last_status = tx.last_status
+        self.deadline = deadline
+
+    def __repr__(self) -> str:
+        return f"<FinishedServerTransaction {self.key} Completed>"
 
 
 _WAITING = frozenset((State.CALLING, State.TRYING, State.PROCEEDING))
@@ -893,6 +926,9 @@ class TransactionLayer:
     # Timer J / K: transactions in arming order, and the due time armed last of each
     _swept: dict = field(default_factory=dict, repr=False)
     _swept_last: dict = field(default_factory=dict, repr=False)
+    # Completed non-INVITE server transactions, as records, in Timer J order
+    _finished: deque = field(default_factory=deque, repr=False)
+    _finished_last: float = field(default=float("-inf"), repr=False)
     packer: WirePacker = field(default_factory=WirePacker, repr=False)
     """Holds the finals of Completed non-INVITE server transactions compressed."""
 
@@ -945,7 +981,14 @@ class TransactionLayer:
             tx.receive_request(request, now)
             return tx
         if tx is not None:
-            tx.receive_request(request, now)
+            if type(tx) is FinishedServerTransaction:
+                # §17.2.2 Completed: a retransmitted request gets the final again
+                self.counters["retransmissions"] += 1
+                self._events.append(
+                    Transmit(key, None, self.packer.unpack(tx._response_wire), tx.destination)
+                )
+            else:
+                tx.receive_request(request, now)
             return tx
         self._check_capacity()
         dest = source if reply_to is None else reply_to
@@ -962,6 +1005,8 @@ class TransactionLayer:
         tx = self._server.get(key)
         if tx is None:
             raise LocalProtocolError(f"no server transaction {key!r} (terminated or never created)")
+        if type(tx) is FinishedServerTransaction:
+            raise LocalProtocolError("server: the final response was sent (state Completed)")
         tx.respond(response, now)
 
     def server_transaction(self, key: tuple) -> ServerTransaction | None:
@@ -977,7 +1022,12 @@ class TransactionLayer:
 
     def transport_error(self, key: tuple, now: float) -> None:
         tx = self._client.get(key) or self._server.get(key)
-        if tx is not None and tx.state is not State.TERMINATED:
+        if type(tx) is FinishedServerTransaction:
+            # (Completed, transport error) -> Terminated, as NON_INVITE_SERVER_TABLE says
+            del self._server[key]
+            self._events.append(TransportError(key))
+            self._events.append(TransactionTerminated(key))
+        elif tx is not None and tx.state is not State.TERMINATED:
             tx.transport_error(now)
 
     # -- time ---------------------------------------------------------------------
@@ -999,6 +1049,15 @@ class TransactionLayer:
                         best = tx.deadline
                     break
                 fifo.popleft()  # fired, terminated, or re-armed elsewhere
+        finished = self._finished
+        server = self._server
+        while finished:
+            rec = finished[0]
+            if server.get(rec.key) is rec:
+                if best is None or rec.deadline < best:
+                    best = rec.deadline
+                break
+            finished.popleft()  # ended by a transport error
         return best
 
     def handle_timer(self, now: float) -> None:
@@ -1010,6 +1069,13 @@ class TransactionLayer:
                 tx = heapq.heappop(heap)[1]
                 tx.deadline = None
                 tx.handle_timer(now)
+                continue
+            finished = self._finished
+            if finished and finished[0].deadline == deadline:
+                # Timer J of a finished server transaction: (Completed, J) -> Terminated
+                key = finished.popleft().key
+                del self._server[key]
+                self._events.append(TransactionTerminated(key))
                 continue
             for timer, fifo in swept.items():
                 if fifo and fifo[0].deadline == deadline:
@@ -1050,6 +1116,18 @@ class TransactionLayer:
 
     def _schedule(self, tx: Transaction, deadline: float) -> None:
         heapq.heappush(self._heap, (deadline, tx))
+
+    def _finish(self, tx: ServerTransaction, deadline: float) -> bool:
+        """Replace `tx` (its final sent, Completed) by a `FinishedServerTransaction`
+        queued for Timer J at `deadline`; False when J would be due before one queued
+        already (a clock that went back: `tx` keeps its own timer)."""
+        if deadline < self._finished_last or self._server.get(tx.key) is not tx:
+            return False
+        rec = FinishedServerTransaction(tx, deadline)
+        self._server[tx.key] = rec
+        self._finished.append(rec)
+        self._finished_last = deadline
+        return True
 
     def _sweep(self, tx: Transaction, pair: tuple[float, Input]) -> bool:
         """Queue `tx`'s only timer (J or K) in that timer's FIFO; False when it is due
