@@ -108,9 +108,15 @@ async def test_sqlite_runs_with_full_durability(store):
         sync = (await conn.exec_driver_sql("PRAGMA synchronous")).scalar()
     assert mode == "wal" and sync == 2  # FULL: the WAL is fsynced at every commit
     await store.add_subscriber(alice())
-    await store.mar("alice@home1.net", "sip:alice@home1.net", 1, None)  # opens the writer
-    assert store._writer_db is not None  # the group commit's own connection
-    assert store._writer_db.execute("PRAGMA synchronous").fetchone()[0] == 2
+    # A lone commit runs on the loop's commit connection, a commit under load (here:
+    # forced) on the writer thread's: both are the group commit's own, both FULL.
+    await store.mar("alice@home1.net", "sip:alice@home1.net", 1, None)
+    assert store._inline_db is not None
+    store.inline_commit_max = -1.0
+    await store.mar("alice@home1.net", "sip:alice@home1.net", 1, None)
+    assert store._writer_db is not None
+    for db in (store._inline_db, store._writer_db):
+        assert db.execute("PRAGMA synchronous").fetchone()[0] == 2
 
 
 async def test_request_for_another_realm_is_not_served(hss, scscf):

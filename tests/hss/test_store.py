@@ -481,6 +481,7 @@ async def test_every_backend_reads_and_writes_the_same(db_url):
 
 
 async def test_reregistration_that_changes_nothing_writes_nothing(store):
+    store.inline_commit_max = -1.0  # every commit on the writer thread's connection
     await store.add_subscriber(alice())
     impi, impu = "alice@home1.net", "sip:alice@home1.net"
     await store.mar(impi, impu, 1, "sip:s1")
