@@ -331,6 +331,8 @@ class PcscfCore:
         self.pending: dict[str, _Pending | _Answered] = {}
         # the cached final answers of `pending`, compressed (about a fifth of their size)
         self._packer = WirePacker()
+        # Service-Route tuples seen (bounded): registrations share them
+        self._routes: dict[tuple[str, ...], tuple[str, ...]] = {}
         self.registrations: dict[str, Registration] = {}  # by IMPI
         self.by_spi: dict[int, str] = {}  # inbound SPI -> IMPI
         # reg-event subscriptions (TS 24.229 §5.2.3): Call-ID -> IMPI
@@ -1018,8 +1020,14 @@ class PcscfCore:
             reg.impu = resp.to.uri
         except SipParseError:
             pass
-        # the S-CSCF's route, the same for its many users: one string object
-        reg.service_route = tuple(sys.intern(r) for r in resp.get_all("Service-Route"))
+        # the S-CSCF's route, the same for its many users: one tuple of one string object
+        route = tuple(sys.intern(r) for r in resp.get_all("Service-Route"))
+        shared = self._routes.get(route)
+        if shared is None:
+            if len(self._routes) >= 64:
+                self._routes.clear()
+            shared = self._routes[route] = route
+        reg.service_route = shared
         reg.associated_uris = tuple(resp.get_all("P-Associated-URI"))
         contacts = resp.get_all("Contact")
         reg.contact = contacts[0] if contacts else reg.contact

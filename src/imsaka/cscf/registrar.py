@@ -22,6 +22,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from imsaka.sip.transaction import PackedWire, WirePacker
+
 __all__ = [
     "BindingStore",
     "Claim",
@@ -72,9 +74,25 @@ class ContactBinding:
         )
 
 
-@dataclass(slots=True)
+# The User-Data documents of one S-CSCF differ mostly in the identities: they are kept
+# compressed against a dictionary of the first few (a third of their size or less).
+_USER_DATA = WirePacker()
+
+
+def _pack_user_data(xml: str | bytes) -> str | bytes:
+    if type(xml) is PackedWire or not xml:
+        return xml
+    packed = _USER_DATA.pack(xml.encode() if isinstance(xml, str) else xml)
+    return packed if type(packed) is PackedWire else xml
+
+
+@dataclass(slots=True, eq=False)
 class Registration:
-    """The S-CSCF's registration record for one IMPU."""
+    """The S-CSCF's registration record for one IMPU.
+
+    `user_data` (the TS 29.228 IMS subscription XML from the SAA) is given and read as
+    text; the record keeps it compressed (`_user_data`), and a store may hand the
+    compressed form from one record to the next as it is."""
 
     impu: str
     """The registered public user identity (To of the REGISTER)."""
@@ -84,14 +102,42 @@ class Registration:
     """Contact URI → binding."""
     associated: tuple[str, ...] = ()
     """Non-barred identities of the implicit registration set, registered IMPU first."""
-    user_data: str = field(default="", repr=False)
-    """TS 29.228 IMS subscription XML from the SAA."""
+    _user_data: str | bytes = field(default="", repr=False)
+    """TS 29.228 IMS subscription XML from the SAA (`user_data`), as kept."""
     registered_at: float = 0.0
     """When it was first registered (wall clock)."""
     version: int = field(default=0, compare=False)
     """Stamp of the stored copy this record was last read as or written to (0: never).
     A store's `put` gives the record a new one; `put_if_unchanged` writes only while the
     stored copy still has this one (compare-and-set, shared store)."""
+
+    def __post_init__(self) -> None:
+        self._user_data = _pack_user_data(self._user_data)
+
+    @property
+    def user_data(self) -> str:
+        kept = self._user_data
+        if type(kept) is PackedWire:
+            return _USER_DATA.unpack(kept).decode()
+        return kept.decode() if isinstance(kept, bytes) else kept
+
+    @user_data.setter
+    def user_data(self, xml: str) -> None:
+        self._user_data = _pack_user_data(xml)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Registration):
+            return NotImplemented
+        return (
+            self.impu == other.impu
+            and self.impi == other.impi
+            and self.contacts == other.contacts
+            and self.associated == other.associated
+            and self.user_data == other.user_data
+            and self.registered_at == other.registered_at
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
     def earliest_expiry(self) -> float | None:
         return min((c.expires_at for c in self.contacts.values()), default=None)
@@ -125,7 +171,7 @@ class Registration:
             impi=str(d["impi"]),
             contacts={c.uri: c for c in contacts},
             associated=tuple(d.get("associated", ())),
-            user_data=str(d.get("user_data", "")),
+            _user_data=str(d.get("user_data", "")),
             registered_at=float(d.get("registered_at", 0.0)),
             version=int(d.get("v", 0)),
         )
@@ -188,7 +234,7 @@ class MemoryBindingStore:
         self._version += 1
         r.version = self._version
         self._regs[r.impu] = (
-            r.impu, r.impi, contacts, tuple(r.associated), r.user_data, r.registered_at,
+            r.impu, r.impi, contacts, tuple(r.associated), r._user_data, r.registered_at,
             r.version,
         )  # fmt: skip
 
@@ -223,7 +269,7 @@ class MemoryBindingStore:
             impi=impi,
             contacts={c.uri: c for c in bindings},
             associated=associated,
-            user_data=user_data,
+            _user_data=user_data,  # as kept: packed once, shared
             registered_at=registered_at,
             version=version,
         )

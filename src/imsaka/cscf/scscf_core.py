@@ -31,6 +31,7 @@ import enum
 import heapq
 import logging
 import os
+import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -343,6 +344,7 @@ class RegistrarCore:
         # binding expiries (deadline, IMPU); stale entries skipped when they surface
         self._timers: list[tuple[float, str]] = []
         self.counters: Counter[str] = Counter()
+        self._paths: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     # ----------------------------------------------------------------- public API
 
@@ -791,7 +793,7 @@ class RegistrarCore:
             return [self._reply(token, 403, "Forbidden (too many registered contacts)")]
         kind = AssignmentType.RE_REGISTRATION if reg is not None else AssignmentType.REGISTRATION
         self._ops[token] = _Op(_OpKind.ASSIGN, impi, req.impu, req, kind)
-        available = reg is not None and bool(reg.user_data) and reg.impi == impi
+        available = reg is not None and bool(reg._user_data) and reg.impi == impi
         return [AskAssignment(token, impi, req.impu, kind, available)]
 
     def _out_of_order(self, reg: Registration, req: RegisterRequest) -> bool:
@@ -827,11 +829,20 @@ class RegistrarCore:
                 uri=spec.uri,
                 expires_at=now + granted,
                 params=spec.params,
-                path=req.path,
+                path=self._shared_path(req.path),
                 call_id=req.call_id,
                 cseq=req.cseq,
             )
         return contacts
+
+    def _shared_path(self, path: tuple[str, ...]) -> tuple[str, ...]:
+        """One tuple object per Path seen (a P-CSCF's, the same for all its UEs; bounded)."""
+        known = self._paths.get(path)
+        if known is None:
+            if len(self._paths) >= 256:
+                self._paths.clear()
+            known = self._paths[path] = tuple(sys.intern(p) for p in path)
+        return known
 
     def _finish_register(
         self, token: int, op: _Op, user_data: str | None, now: float
@@ -865,7 +876,7 @@ class RegistrarCore:
             impi=op.impi,
             contacts=contacts,
             associated=associated,
-            user_data=xml,
+            _user_data=xml,
             registered_at=old.registered_at if old is not None else now,
         )
         if old is not None and old.impi != op.impi:
