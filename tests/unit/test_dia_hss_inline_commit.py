@@ -11,7 +11,7 @@ import sqlite3
 import pytest
 
 from imsaka.hss.models import RegState
-from imsaka.hss.store import IND_BITS, HssStore, MarGrant
+from imsaka.hss.store import IND_BITS, HssStore, MarGrant, NotFound
 from imsaka.hss.subscriber import validate_subscriber
 
 K = "465b5ce8b199b49faa5f0a2ee238a6bc"
@@ -64,6 +64,7 @@ async def test_lone_commits_run_on_the_loop_and_are_durable_before_return(store)
     assert seen == sorted(set(seen))  # every SQN once, increasing
     assert store.commits_inline == 5
     assert store._executor is None  # the writer thread was never needed
+    assert store._worker is None  # nor the worker task: each commit ran in its caller
     await store.assign(
         f"sip:{_impi(0)}",
         state=RegState.REGISTERED,
@@ -127,3 +128,26 @@ async def test_slow_commits_or_queued_jobs_use_the_thread(store):
     sqns = sorted(g.sqns[-1] >> IND_BITS for g in grants)
     assert len(set(sqns)) == 4
     assert _committed_sqn(store, _impi(3)) >> IND_BITS == sqns[-1]
+
+
+async def test_direct_commit_raises_the_expected_error_after_committing_nothing(store):
+    with pytest.raises(NotFound):
+        await store.assign(
+            "sip:nobody@home1.net",
+            state=RegState.REGISTERED,
+            server_name=SCSCF,
+            server_host="scscf1.home1.net",
+            server_realm="home1.net",
+            impi=None,
+        )
+    assert store.commits_inline == 1
+    grant = await _mar(store, 0)  # the store goes on
+    assert _committed_sqn(store, _impi(0)) == grant.sqns[-1]
+
+
+async def test_a_busy_worker_keeps_the_queue_order(store):
+    store._worker_busy = True  # as while the worker takes batches off the queue
+    grant = await _mar(store, 0)
+    assert store._worker is not None  # queued and committed by the worker
+    assert _committed_sqn(store, _impi(0)) == grant.sqns[-1]
+    assert store._worker_busy is False  # the worker is done with the queue

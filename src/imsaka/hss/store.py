@@ -771,6 +771,7 @@ class HssStore:
         self.commits_inline = 0  # group commits run on the loop (for benchmarks and tests)
         self._commit_seconds = 0.0  # moving average of a group commit's wall time
         self._inline_db: sqlite3.Connection | None = None
+        self._worker_busy = False  # the worker is taking batches off the queue
         self._loop_db: sqlite3.Connection | None = None
         self._loop_thread: int | None = None
         self._read_executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -1445,13 +1446,39 @@ class HssStore:
             return SQN_EXHAUSTED  # no fresh SQN can follow SQN_MS; nothing written
         loop = asyncio.get_running_loop()
         job = _MarJob(impi, impu, n, server_name, resync_to, scheme, loop.create_future())
-        return await self._submit(job)
+        return await self._enqueue(job)
 
     async def _write(self, plan: Callable[..., Plan], *args: Any, **kwargs: Any) -> Any:
         """Run the write ``plan(*args, **kwargs)`` in the next group commit."""
         job = _WriteJob(
             functools.partial(plan, *args, **kwargs), asyncio.get_running_loop().create_future()
         )
+        return await self._enqueue(job)
+
+    async def _enqueue(self, job: _MarJob | _WriteJob) -> Any:
+        """The job's result once committed. With the writer idle, nothing queued and quick
+        commits (SQLite file), its own group commit right here on the loop, without the
+        worker task's hop; otherwise through the queue and the worker."""
+        if (
+            self._path is not None
+            and not self._queue
+            and not self._worker_busy
+            and self._commit_seconds <= self.inline_commit_max
+        ):
+            start = time.perf_counter()
+            try:
+                results = self._batch_inline([job])
+            except Exception as exc:  # as the worker: this request fails, not the server
+                log.error("HSS write failed: %s", type(exc).__name__)
+                raise
+            if results is not None:
+                self.batches += 1
+                self.commits_inline += 1
+                self._commit_seconds += (time.perf_counter() - start - self._commit_seconds) / 8
+                result = results[0]
+                if isinstance(result, _Failed):
+                    raise result.exc
+                return result
         return await self._submit(job)
 
     def _submit(self, job: _MarJob | _WriteJob) -> asyncio.Future:
@@ -1473,32 +1500,36 @@ class HssStore:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._queue:
-                batch = self._queue[: self.max_batch]
-                del self._queue[: self.max_batch]
-                self._inflight = batch
-                try:
-                    results = await self._run_batch(batch)
-                except Exception as exc:
-                    if len(batch) == 1:  # a DB failure fails this request, not the server
-                        log.error("HSS write failed: %s", type(exc).__name__)
-                        self._resolve(batch, [_Failed(exc)])
+            self._worker_busy = True
+            try:
+                while self._queue:
+                    batch = self._queue[: self.max_batch]
+                    del self._queue[: self.max_batch]
+                    self._inflight = batch
+                    try:
+                        results = await self._run_batch(batch)
+                    except Exception as exc:
+                        if len(batch) == 1:  # a DB failure fails this request, not the server
+                            log.error("HSS write failed: %s", type(exc).__name__)
+                            self._resolve(batch, [_Failed(exc)])
+                            continue
+                        # Nothing of the batch was committed: run each job on its own, so
+                        # one bad request cannot fail the others with it.
+                        log.warning(
+                            "group commit of %d failed (%s); retrying one by one",
+                            len(batch),
+                            type(exc).__name__,
+                        )
+                        for job in batch:
+                            try:
+                                self._resolve([job], await self._run_batch([job]))
+                            except Exception as one:
+                                log.error("HSS write failed: %s", type(one).__name__)
+                                self._resolve([job], [_Failed(one)])
                         continue
-                    # Nothing of the batch was committed: run each job on its own, so
-                    # one bad request cannot fail the others with it.
-                    log.warning(
-                        "group commit of %d failed (%s); retrying one by one",
-                        len(batch),
-                        type(exc).__name__,
-                    )
-                    for job in batch:
-                        try:
-                            self._resolve([job], await self._run_batch([job]))
-                        except Exception as one:
-                            log.error("HSS write failed: %s", type(one).__name__)
-                            self._resolve([job], [_Failed(one)])
-                    continue
-                self._resolve(batch, results)
+                    self._resolve(batch, results)
+            finally:
+                self._worker_busy = False
 
     @staticmethod
     def _resolve(batch: Sequence[_MarJob | _WriteJob], results: Sequence[Any]) -> None:
