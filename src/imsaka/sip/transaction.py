@@ -364,24 +364,29 @@ class WirePacker:
     The messages of one node differ mostly in a few random tokens (branch, tags,
     Call-ID, nonce): deflate against a dictionary made of the node's own earlier finals
     keeps about a fifth of them. The dictionary is learned from the first final of each
-    kind (status line and CSeq method; header part only, authentication headers left
-    out, so no challenge or key material stays in it) and then frozen. Each packed
+    kind (status line and CSeq method; header part only, authentication parameter values
+    left out, so no challenge or key material stays in it) among the first `LEARN_FROM`
+    messages, and then frozen. Each packed
     message names the dictionary version it was packed with, so unpacking gives back
     exactly the octets packed. Unpacking happens only for a retransmission."""
 
-    __slots__ = ("_compressor", "_kinds", "_versions")
+    __slots__ = ("_compressor", "_kinds", "_learning", "_versions")
 
     WBITS = -12  # 4 KiB window: the dictionary plus a message fit in it
     MAX_DICTIONARY = 2048
     MAX_KINDS = 6
+    LEARN_FROM = 64  # messages looked at for new kinds before the dictionary is frozen
 
     def __init__(self) -> None:
         self._versions: list[bytes] = []  # preset dictionary of each version
         self._kinds: set[bytes] | None = set()  # None: the dictionary is frozen
         self._compressor: Any = None  # primed with the newest dictionary, copied per use
+        self._learning = self.LEARN_FROM
 
     def pack(self, data: bytes) -> bytes:
         """`data`, or a shorter `PackedWire` that `unpack` turns back into it."""
+        if type(data) is not bytes:
+            data = bytes(data)  # (a PackedWire of another packer is just octets here)
         if self._kinds is not None:
             self._learn(data)
         if self._compressor is None or len(data) < 64:
@@ -401,6 +406,9 @@ class WirePacker:
     def _learn(self, data: bytes) -> None:
         kinds = self._kinds
         assert kinds is not None
+        self._learning -= 1
+        if self._learning <= 0:
+            self._kinds = None  # frozen: the kinds of a node's finals show up early
         head = data.split(b"\r\n\r\n", 1)[0]
         first = head.split(b"\r\n", 1)[0]
         at = head.find(b"\r\nCSeq: ")
