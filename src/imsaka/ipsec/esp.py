@@ -219,8 +219,6 @@ class EspOutbound:
     __slots__ = (
         "_protect",
         "_transform",
-        "alg",
-        "ealg",
         "seq",
         "soft_limit",
         "spi",
@@ -239,12 +237,19 @@ class EspOutbound:
         if not 0 < spi <= MAX_SEQ:
             raise LocalProtocolError("spi: out of range")
         self.spi = spi
-        self.alg = keys.alg
-        self.ealg = keys.ealg
         self.seq = first_seq - 1  # last sequence number used
         self.soft_limit = soft_limit
         self._transform = transform if transform is not None else EspTransform(keys, rng)
         self._protect: Callable[[int, int, bytes, int], bytes] | None = None
+
+    # the names come from the shared transform's keys (two slots fewer per SA)
+    @property
+    def alg(self) -> str:
+        return self._transform.keys.alg
+
+    @property
+    def ealg(self) -> str:
+        return self._transform.keys.ealg
 
     def protect(self, payload: bytes, next_header: int = 17) -> bytes:
         """One ESP packet carrying `payload`; raises SequenceNumberExhausted, never wraps."""
@@ -268,7 +273,7 @@ class EspOutbound:
 class EspInbound:
     """The receiving side of one SA: `unprotect(packet) -> EspDelivered | EspDrop`."""
 
-    __slots__ = ("_drops", "_open", "_transform", "alg", "delivered", "ealg", "spi", "window")
+    __slots__ = ("_drops", "_open", "_transform", "delivered", "spi", "window")
 
     def __init__(
         self,
@@ -281,13 +286,19 @@ class EspInbound:
         if not 0 < spi <= MAX_SEQ:
             raise LocalProtocolError("spi: out of range")
         self.spi = spi
-        self.alg = keys.alg
-        self.ealg = keys.ealg
         self.window = ReplayWindow(window)
         self.delivered = 0
         self._drops: dict[str, int] | None = None  # made on the first drop
         self._transform = transform if transform is not None else EspTransform(keys)
         self._open: Callable[[bytes], tuple[int, bytes] | str] | None = None
+
+    @property
+    def alg(self) -> str:
+        return self._transform.keys.alg
+
+    @property
+    def ealg(self) -> str:
+        return self._transform.keys.ealg
 
     @property
     def drops(self) -> dict[str, int]:

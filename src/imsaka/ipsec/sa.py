@@ -144,18 +144,20 @@ class SpiAllocator:
 
     def allocate(self, avoid: Iterable[int] = ()) -> int:
         """A fresh SPI, not live and not in `avoid` (e.g. the peer's SPIs on one host)."""
-        taken = self._live | {v for v in avoid if self.low <= v <= self.high}
+        live = self._live
+        # (no copy of the live set per allocation: a P-CSCF holds two per registered UE)
+        avoided = {v for v in avoid if self.low <= v <= self.high and v not in live}
         size = self.high - self.low + 1
-        if len(taken) >= size:
+        if len(live) + len(avoided) >= size:
             raise SpiPoolExhausted("spi: every SPI in the configured range is live")
         for _ in range(64):
             spi = self.low + int.from_bytes(self._rng(4), "big") % size
-            if spi not in taken:
-                self._live.add(spi)
+            if spi not in live and spi not in avoided:
+                live.add(spi)
                 return spi
         for spi in range(self.low, self.high + 1):  # a crowded small range: scan
-            if spi not in taken:
-                self._live.add(spi)
+            if spi not in live and spi not in avoided:
+                live.add(spi)
                 return spi
         raise SpiPoolExhausted("spi: every SPI in the configured range is live")  # pragma: no cover
 
@@ -174,6 +176,20 @@ class SpiAllocator:
 class PortPair:
     port_c: int
     port_s: int
+
+
+_PORT_PAIRS: dict[tuple[int, int], PortPair] = {}
+
+
+def _shared_ports(port_c: int, port_s: int) -> PortPair:
+    """One PortPair per (port-c, port-s) seen (a P-CSCF's pair is in every set; bounded)."""
+    key = (port_c, port_s)
+    known = _PORT_PAIRS.get(key)
+    if known is None:
+        if len(_PORT_PAIRS) >= 1024:
+            _PORT_PAIRS.clear()
+        known = _PORT_PAIRS[key] = PortPair(port_c, port_s)
+    return known
 
 
 class PortPool:
@@ -428,7 +444,8 @@ class SaSet:
         self.keys = keys
         self.created = now
         # The owning table watches every change of the lifetime (its deadline heap).
-        self._on_deadline: Callable[[SaSet], None] | None = None
+        # (the table itself, not a bound method of it: one object fewer per set)
+        self._on_deadline: SecurityAssociationTable | None = None
         self._expires_at = now + lifetime
         self.state = SaState.TEMPORARY
         self.final_due = 0
@@ -477,7 +494,7 @@ class SaSet:
     def expires_at(self, value: float) -> None:
         self._expires_at = value
         if self._on_deadline is not None:
-            self._on_deadline(self)
+            self._on_deadline._schedule(self)
 
     def __repr__(self) -> str:
         return (
@@ -750,7 +767,7 @@ class SecurityAssociationTable:
             ue_ip=ue_ip,
             pcscf_ip=pcscf_ip,
             ue_ports=PortPair(client.port_c, client.port_s),  # type: ignore[arg-type]
-            pcscf_ports=PortPair(server.port_c, server.port_s),  # type: ignore[arg-type]
+            pcscf_ports=_shared_ports(server.port_c, server.port_s),  # type: ignore[arg-type]
             ue_spis=(client.spi_c, client.spi_s),  # type: ignore[arg-type]
             pcscf_spis=(server.spi_c, server.spi_s),  # type: ignore[arg-type]
             keys=keys,
@@ -762,7 +779,7 @@ class SecurityAssociationTable:
         self._next_id += 1
         c.temporary = sa_set
         self._sets[sa_set.id] = sa_set
-        sa_set._on_deadline = self._schedule
+        sa_set._on_deadline = self
         self._schedule(sa_set)
         self._set_contact[sa_set.id] = contact
         for spi, sa in sa_set.inbound.items():
