@@ -95,3 +95,50 @@ def test_a_retransmitted_register_gets_the_same_answer_until_timer_f():
     p.handle_timer(0.0 + TRANSACTION_LIFETIME)
     assert len(p.pending) == 4
     assert p.next_deadline() == 1.0 + TRANSACTION_LIFETIME
+
+
+def test_one_deadline_entry_per_registration_and_both_deadlines_still_fire():
+    from tests.e2e.test_pcscf_core import ICSCF as UP
+    from tests.e2e.test_pcscf_core import PACKET1
+    from tests.e2e.test_pcscf_core import core as seed_core
+
+    from imsaka.cscf.pcscf import InstallSecurityAssociations, ReleaseSecurityAssociations
+
+    p = seed_core()
+    (fwd,) = p.receive_request(parse_message(PACKET1.encode()), Arrival(UE), 0.0)
+    www = f'Digest realm="r", nonce="AAAA", algorithm=AKAv1-MD5, ik="{IK}", ck="{CK}"'
+    c401 = make_response(fwd.message, 401, to_tag="t", headers=[("WWW-Authenticate", www)])
+    acts = p.receive_response(parse_message(c401.to_bytes()), UP, 1.0)
+    inst = next(a for a in acts if isinstance(a, InstallSecurityAssociations))
+    r7 = next(a for a in acts if isinstance(a, Reply)).message
+    p8 = (
+        PACKET1.replace('nonce=""', 'nonce="AAAA", algorithm=AKAv1-MD5')
+        .replace('response=""', 'response="6629fae49393a05397450978507c4ef1"')
+        .replace("CSeq: 1", "CSeq: 2")
+        .replace("z9hG4bKnashds7", "z9hG4bKsecond")
+        .replace(
+            "\r\nRequire: sec-agree\r\n",
+            f"\r\nSecurity-Verify: {r7.get('Security-Server')}\r\nRequire: sec-agree\r\n",
+            1,
+        )
+    )
+    ue_c = ("127.0.0.1", 2468)
+    (fwd9,) = p.receive_request(parse_message(p8.encode()), Arrival(ue_c, spi=inst.sa.spi_ps), 2.0)
+    ok = make_response(
+        fwd9.message,
+        200,
+        to_tag="t",
+        headers=[("Contact", "<sip:127.0.0.1:1357>;expires=600000")],
+    )
+    p.receive_response(parse_message(ok.to_bytes()), UP, 3.0)
+    assert p.stats()["registrations"] == 1
+    # the temporary set's deadline (1 + 240 s) carries the registration's one entry
+    assert len(p._timers) == 1 and p._timers[0][0] == 241.0
+    assert p.handle_timer(241.0) == []  # nothing due: the entry moves to the expiry
+    (entry,) = p._timers
+    assert entry[0] == 3.0 + 600000 + 30.0
+    acts = p.handle_timer(entry[0])
+    assert [a.reason for a in acts if isinstance(a, ReleaseSecurityAssociations)] == [
+        "registration expired"
+    ]
+    assert p.stats()["registrations"] == 0 and p.next_deadline() is None

@@ -225,6 +225,8 @@ class Registration:
     expires_at: float = 0.0
     clear_source: Address | None = None  # sec-agree-less registration (policy optional)
     network_terminated: bool = False  # reg-event said terminated while a REGISTER was open
+    # due time of this registration's one entry in the core's deadline heap (None: none)
+    scheduled: float | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(slots=True)
@@ -355,24 +357,36 @@ class PcscfCore:
         self.pending.pop(branch, None)
         self.pending[branch] = pending
 
-    def _watch(self, deadline: float, kind: str, key: str) -> None:
-        heapq.heappush(self._timers, (deadline, kind, key))
-        if len(self._timers) > 256 + 4 * (len(self.pending) + 2 * len(self.registrations)):
-            # Deadlines that moved leave stale entries: compact so the heap stays
-            # proportional to the live state.
-            self._timers = [t for t in self._timers if self._timer_due(t[1], t[2]) == t[0]]
+    def _watch(self, deadline: float, key: str) -> None:
+        """A deadline of registration `key` was set. One heap entry per registration,
+        for its earliest deadline: a later one (the expiry after the temporary set's
+        lifetime) is pushed when that entry surfaces, not now."""
+        reg = self.registrations.get(key)
+        if reg is None or (reg.scheduled is not None and reg.scheduled <= deadline):
+            return
+        reg.scheduled = deadline
+        heapq.heappush(self._timers, (deadline, key))
+        if len(self._timers) > 256 + 2 * len(self.registrations):
+            # Entries whose registration went or was rescheduled earlier: compact so
+            # the heap stays proportional to the live registrations.
+            self._timers = [t for t in self._timers if self._entry_live(t)]
             heapq.heapify(self._timers)
 
-    def _timer_due(self, kind: str, key: str) -> float | None:
-        """The live deadline behind a heap entry (None: nothing is due any more)."""
-        reg = self.registrations.get(key)
-        if reg is None:
-            return None
-        if kind == "temporary":
-            return reg.temporary_expires if reg.temporary is not None else None
+    def _entry_live(self, entry: tuple[float, str]) -> bool:
+        reg = self.registrations.get(entry[1])
+        return reg is not None and reg.scheduled == entry[0]
+
+    @staticmethod
+    def _due(reg: Registration) -> tuple[float, str] | None:
+        """The registration's earliest live deadline and its kind (None: none)."""
+        due = None
+        if reg.temporary is not None:
+            due = (reg.temporary_expires, "temporary")
         if reg.state is RegState.REGISTERED and reg.expires_at:
-            return reg.expires_at + 30.0
-        return None
+            expiry = reg.expires_at + 30.0
+            if due is None or expiry < due[0]:
+                due = (expiry, "expiry")
+        return due
 
     def _drop(self, reason: str, detail: str = "") -> list[Action]:
         self.drops[reason] += 1
@@ -980,7 +994,7 @@ class PcscfCore:
         # CK/IK go to the SA table with the install action and nowhere else.
         reg.temporary = PcscfSa(*params)
         reg.temporary_expires = now + float(self.config.temporary_sa_lifetime)
-        self._watch(reg.temporary_expires, "temporary", impi)
+        self._watch(reg.temporary_expires, impi)
         server_text = _seed_spelling(format_security_header([server]))
         reg.pending_server = (server_text,)
         reg.security_client = pending.security_client_text
@@ -1043,7 +1057,7 @@ class PcscfCore:
             return actions
         reg.state = RegState.REGISTERED
         reg.expires_at = now + granted
-        self._watch(reg.expires_at + 30.0, "expiry", reg.impi)
+        self._watch(reg.expires_at + 30.0, reg.impi)
         lifetime = float(granted) + 30.0
         if (
             reg.temporary is not None
@@ -1184,9 +1198,8 @@ class PcscfCore:
         deadline = None
         timers = self._timers
         while timers:
-            when, kind, key = timers[0]
-            if self._timer_due(kind, key) == when:
-                deadline = when
+            if self._entry_live(timers[0]):
+                deadline = timers[0][0]
                 break
             heapq.heappop(timers)
         oldest = next(iter(self.pending.values()), None)
@@ -1206,16 +1219,29 @@ class PcscfCore:
             del pending[branch]
         timers = self._timers
         while timers and timers[0][0] <= now:
-            deadline, kind, key = heapq.heappop(timers)
-            if self._timer_due(kind, key) != deadline:
-                continue  # gone, or its deadline moved (a newer entry carries it)
+            entry = heapq.heappop(timers)
+            if not self._entry_live(entry):
+                continue  # gone, or rescheduled earlier (a newer entry carries it)
+            key = entry[1]
             reg = self.registrations[key]
-            if kind == "temporary":
+            reg.scheduled = None
+            due = self._due(reg)
+            if due is None:
+                continue
+            if due[0] > now:
+                # the deadline moved later (the expiry after the temporary lifetime)
+                self._watch(due[0], key)
+                continue
+            if due[1] == "temporary":
                 # The UE never answered the 401 within the temporary set's lifetime.
                 actions.append(self._release(reg, reg.temporary, "temporary SA lifetime expired"))
                 reg.temporary = None
                 if reg.sa is None and reg.state is not RegState.REGISTERED:
                     self._forget(reg)
+                else:
+                    later = self._due(reg)
+                    if later is not None:
+                        self._watch(later[0], key)
             else:
                 if reg.sa is not None:
                     actions.append(self._release(reg, reg.sa, "registration expired"))
