@@ -53,3 +53,16 @@ def test_replay_windows_share_their_mask_and_contacts_hold_no_empty_list():
     assert contact.old == ()
     # interned algorithm names: one string object across sets
     assert a.pcscf_set.keys.alg is b.pcscf_set.keys.alg
+
+
+def test_one_heap_entry_per_set_and_the_lifetime_still_ends_it():
+    n = negotiate(ealg="null", now=0.0)
+    t, s = n.pcscf, n.pcscf_set
+    t.registered(s, expires=600, now=1.0)
+    assert len(t._deadlines) == 1  # the temporary lifetime's entry, moved on later
+    assert t.next_deadline() == s.expires_at  # exact, after moving the entry on
+    assert len(t._deadlines) == 1
+    t.handle_timer(s.expires_at - 1)
+    assert s.live
+    t.handle_timer(s.expires_at)
+    assert not s.live and t.next_deadline() is None

@@ -394,6 +394,7 @@ class SaSet:
         "__weakref__",
         "_expires_at",
         "_on_deadline",
+        "_scheduled",
         "created",
         "final_due",
         "id",
@@ -446,6 +447,7 @@ class SaSet:
         # The owning table watches every change of the lifetime (its deadline heap).
         # (the table itself, not a bound method of it: one object fewer per set)
         self._on_deadline: SecurityAssociationTable | None = None
+        self._scheduled: float | None = None  # due time of its entry in the table's heap
         self._expires_at = now + lifetime
         self.state = SaState.TEMPORARY
         self.final_due = 0
@@ -871,30 +873,52 @@ class SecurityAssociationTable:
 
     # -- time
 
-    def next_deadline(self) -> float | None:
+    # One heap entry per live set, `_scheduled` its due time: a lifetime that moves
+    # later (temporary -> registered) keeps the earlier entry, moved on when it
+    # surfaces; one that moves earlier gets a new entry (the old one is then stale).
+
+    def _front(self) -> tuple[float, SaSet] | None:
+        """The earliest live entry, with lifetimes that moved later moved on first."""
         heap = self._deadlines
         while heap:
             deadline, set_id = heap[0]
             s = self._sets.get(set_id)
-            if s is not None and s.live and s.expires_at == deadline:
-                return deadline
-            heapq.heappop(heap)
+            if s is None or not s.live or s._scheduled != deadline:
+                heapq.heappop(heap)
+                continue
+            if s.expires_at != deadline:
+                s._scheduled = s.expires_at
+                heapq.heapreplace(heap, (s.expires_at, set_id))
+                continue
+            return deadline, s
         return None
+
+    def next_deadline(self) -> float | None:
+        front = self._front()
+        return None if front is None else front[0]
 
     def handle_timer(self, now: float) -> None:
         heap = self._deadlines
-        while heap and heap[0][0] <= now:
-            deadline, set_id = heapq.heappop(heap)
-            s = self._sets.get(set_id)
-            if s is not None and s.live and s.expires_at == deadline:
-                self._apply(s, SaInput.EXPIRED, now, "lifetime expired")
+        while (front := self._front()) is not None and front[0] <= now:
+            heapq.heappop(heap)
+            s = front[1]
+            s._scheduled = None
+            self._apply(s, SaInput.EXPIRED, now, "lifetime expired")
 
     def _schedule(self, sa_set: SaSet) -> None:
-        heapq.heappush(self._deadlines, (sa_set.expires_at, sa_set.id))
-        if len(self._deadlines) > 64 + 4 * len(self._sets):
-            # Lifetimes that moved leave stale entries behind: compact now and then so
-            # the heap stays proportional to the live sets.
-            self._deadlines = [(s.expires_at, i) for i, s in self._sets.items() if s.live]
+        due = sa_set.expires_at
+        if sa_set._scheduled is not None and sa_set._scheduled <= due:
+            return  # the earlier entry surfaces first and moves on to `due`
+        sa_set._scheduled = due
+        heapq.heappush(self._deadlines, (due, sa_set.id))
+        if len(self._deadlines) > 64 + 2 * len(self._sets):
+            # Entries of removed sets and of lifetimes moved earlier: compact now and
+            # then so the heap stays proportional to the live sets.
+            self._deadlines = [
+                (s._scheduled, i)
+                for i, s in self._sets.items()
+                if s.live and s._scheduled is not None
+            ]
             heapq.heapify(self._deadlines)
 
     # -- internals
