@@ -46,3 +46,33 @@ def test_memory_store_hands_the_packed_form_on_unchanged():
     got = asyncio.run(store.get(reg.impu))
     assert got == reg and got.user_data == xml(7)
     assert got._user_data is reg._user_data  # shared, not packed again
+
+
+def test_contact_map_behaves_as_a_dict_through_one_and_more_contacts():
+    from imsaka.cscf.registrar import ContactMap
+
+    def b(uri: str) -> ContactBinding:
+        return ContactBinding(uri, 1.0)
+
+    m, d = ContactMap(), {}
+    steps = [("set", "a"), ("set", "a"), ("set", "b"), ("set", "c"), ("del", "b"), ("del", "a")]
+    steps += [("del", "c"), ("set", "d"), ("del", "d")]
+    for op, uri in steps:
+        if op == "set":
+            m[uri] = d[uri] = b(uri)
+        else:
+            del m[uri]
+            del d[uri]
+        assert dict(m.items()) == d and m == d and len(m) == len(d) and list(m) == list(d)
+        assert [x.uri for x in m.values()] == [x.uri for x in d.values()]
+        assert ("a" in m) == ("a" in d) and m.get("a") is d.get("a")
+    import pytest
+
+    with pytest.raises(KeyError):
+        del m["zz"]
+    with pytest.raises(KeyError):
+        m["zz"]
+    # a record's contacts are a ContactMap whatever it was given
+    reg = record(1)
+    assert type(reg.contacts) is ContactMap and list(reg.contacts) == ["sip:10.0.0.1:5060"]
+    assert Registration.from_json(reg.to_json()) == reg

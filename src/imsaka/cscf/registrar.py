@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -28,6 +29,7 @@ __all__ = [
     "BindingStore",
     "Claim",
     "ContactBinding",
+    "ContactMap",
     "MemoryBindingStore",
     "RedisBindingStore",
     "Registration",
@@ -74,6 +76,90 @@ class ContactBinding:
         )
 
 
+class ContactMap(MutableMapping):
+    """Contact URI → `ContactBinding`, the `contacts` of a `Registration`: one binding
+    is held without a dict (a registration has one contact almost always, and a dict
+    of one entry costs 224 octets); more go into a dict."""
+
+    __slots__ = ("_dict", "_key", "_value")
+
+    def __init__(self, items: Any = ()) -> None:
+        self._key: str | None = None
+        self._value: ContactBinding | None = None
+        self._dict: dict[str, ContactBinding] | None = None
+        for k, v in items.items() if hasattr(items, "items") else items:
+            self[k] = v
+
+    def __getitem__(self, key: str) -> ContactBinding:
+        d = self._dict
+        if d is not None:
+            return d[key]
+        if self._key is not None and key == self._key:
+            return self._value  # type: ignore[return-value]
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        d = self._dict
+        if d is not None:
+            return d.get(key, default)
+        return self._value if self._key is not None and key == self._key else default
+
+    def __contains__(self, key: object) -> bool:
+        d = self._dict
+        if d is not None:
+            return key in d
+        return self._key is not None and key == self._key
+
+    def __setitem__(self, key: str, value: ContactBinding) -> None:
+        d = self._dict
+        if d is not None:
+            d[key] = value
+        elif self._key is None or key == self._key:
+            self._key, self._value = key, value
+        else:
+            self._dict = {self._key: self._value, key: value}  # type: ignore[dict-item]
+            self._key = self._value = None
+
+    def __delitem__(self, key: str) -> None:
+        d = self._dict
+        if d is not None:
+            del d[key]
+            if len(d) == 1:
+                ((self._key, self._value),) = d.items()
+                self._dict = None
+            return
+        if self._key is None or key != self._key:
+            raise KeyError(key)
+        self._key = self._value = None
+
+    def __iter__(self) -> Iterator[str]:
+        d = self._dict
+        if d is not None:
+            return iter(d)
+        return iter(() if self._key is None else (self._key,))
+
+    def __len__(self) -> int:
+        d = self._dict
+        if d is not None:
+            return len(d)
+        return 0 if self._key is None else 1
+
+    def values(self):  # type: ignore[override]
+        d = self._dict
+        if d is not None:
+            return d.values()
+        return () if self._key is None else (self._value,)
+
+    def items(self):  # type: ignore[override]
+        d = self._dict
+        if d is not None:
+            return d.items()
+        return () if self._key is None else ((self._key, self._value),)
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
+
+
 # The User-Data documents of one S-CSCF differ mostly in the identities: they are kept
 # compressed against a dictionary of the first few (a third of their size or less).
 _USER_DATA = WirePacker()
@@ -98,8 +184,8 @@ class Registration:
     """The registered public user identity (To of the REGISTER)."""
     impi: str
     """The private user identity that authenticated it."""
-    contacts: dict[str, ContactBinding] = field(default_factory=dict)
-    """Contact URI → binding."""
+    contacts: MutableMapping[str, ContactBinding] = field(default_factory=ContactMap)
+    """Contact URI → binding (a `ContactMap`; a dict given is turned into one)."""
     associated: tuple[str, ...] = ()
     """Non-barred identities of the implicit registration set, registered IMPU first."""
     _user_data: str | bytes = field(default="", repr=False)
@@ -113,6 +199,8 @@ class Registration:
 
     def __post_init__(self) -> None:
         self._user_data = _pack_user_data(self._user_data)
+        if type(self.contacts) is not ContactMap:
+            self.contacts = ContactMap(self.contacts)
 
     @property
     def user_data(self) -> str:

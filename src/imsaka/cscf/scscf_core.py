@@ -46,7 +46,7 @@ from imsaka.aka.digest import (
     password_for,
     verify_response,
 )
-from imsaka.cscf.registrar import ContactBinding, Registration
+from imsaka.cscf.registrar import ContactBinding, ContactMap, Registration
 from imsaka.cscf.userdata import UserDataError, associated_uris
 
 # The uncached parser: `userdata.parse_user_data` keeps every document it parsed (and
@@ -915,7 +915,7 @@ class RegistrarCore:
         if reg is not None and reg.impi == op.impi:
             remaining = self._apply_contacts(reg, req, now)
             if remaining:  # another contact was added meanwhile: keep it
-                reg.contacts = remaining
+                reg.contacts = ContactMap(remaining)
                 actions.append(StoreRegistration(reg))
             else:
                 self.registrations.pop(req.impu, None)
