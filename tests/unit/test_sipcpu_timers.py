@@ -80,14 +80,20 @@ def register(n: int) -> bytes:
     ).to_bytes()
 
 
-def test_timer_j_of_one_grid_step_ends_in_one_wake_up_never_early():
-    timers = TimerConfig()  # T1 0.5 s: Timer J 32 s, grid 50 ms
+def answering_endpoint(timers: TimerConfig) -> tuple[SipEndpoint, FakeLoop, FakeUdp]:
+    """An endpoint on a fake loop that answers every request 200 at once."""
     ep = SipEndpoint(timers=timers)
     loop = FakeLoop()
     ep._loop = loop
     t = FakeUdp()
     ep.add_transport(t)
     ep.set_request_handler(lambda req, tx: tx.reply(200))
+    return ep, loop, t
+
+
+def test_timer_j_of_one_grid_step_ends_in_one_wake_up_never_early():
+    timers = TimerConfig()  # T1 0.5 s: Timer J 32 s, grid 50 ms
+    ep, loop, t = answering_endpoint(timers)
     start = loop.now = 100.01  # inside a grid step (a grid point is its own wake-up)
     for n in range(5):  # answered 1 ms apart: Timer J due 32.000 .. 32.004 s later
         loop.now = start + n * 0.001
@@ -104,12 +110,7 @@ def test_timer_j_of_one_grid_step_ends_in_one_wake_up_never_early():
 
 def test_a_timer_never_fires_before_its_deadline():
     timers = TimerConfig()
-    ep = SipEndpoint(timers=timers)
-    loop = FakeLoop()
-    ep._loop = loop
-    t = FakeUdp()
-    ep.add_transport(t)
-    ep.set_request_handler(lambda req, tx: tx.reply(200))
+    ep, loop, t = answering_endpoint(timers)
     for n, at in enumerate((100.01, 100.02, 100.03, 100.3)):
         loop.now = at
         t.receiver(register(n), ("127.0.0.1", 5062), t)
