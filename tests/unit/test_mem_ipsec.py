@@ -18,6 +18,8 @@ def test_each_sa_is_its_own_esp_object_and_still_interoperates(ealg):
     for s in (u, p):
         for sa in s.all_sas:
             assert sa.esp is sa and isinstance(sa, SecurityAssociation)
+            if sa.inbound:
+                assert sa.window is sa  # its own replay window
             assert isinstance(sa, EspInbound) is sa.inbound
             assert isinstance(sa, EspOutbound) is (not sa.inbound)
             assert sa.alg == "hmac-sha-1-96" and sa.ealg == ealg

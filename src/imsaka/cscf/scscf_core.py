@@ -334,7 +334,8 @@ class RegistrarCore:
         self.policy = policy
         self._random = random_bytes
         self.registrations: dict[str, Registration] = {}
-        self._by_impi: dict[str, tuple[str, ...]] = {}  # IMPI → its registered IMPUs
+        # IMPI → its registered IMPU, or a tuple of them when several (`_impus_of`)
+        self._by_impi: dict[str, str | tuple[str, ...]] = {}
         # Implicitly registered IMPUs (P-Associated-URI) → the IMPU whose record holds them.
         self._aliases: dict[str, str] = {}
         # IMPI → spare vectors with the time they stop being offered (oldest first).
@@ -498,9 +499,12 @@ class RegistrarCore:
         if old is not None:
             self._unindex(old)
         self.registrations[registration.impu] = registration
-        impus = self._by_impi.get(registration.impi, ())
+        impus = self._impus_of(registration.impi)
         if registration.impu not in impus:
-            self._by_impi[registration.impi] = (*impus, registration.impu)
+            # one IMPU per IMPI almost always: the string itself, no 1-tuple per UE
+            self._by_impi[registration.impi] = (
+                (*impus, registration.impu) if impus else registration.impu
+            )
         for alias in registration.associated:
             if alias != registration.impu:
                 self._aliases[alias] = registration.impu
@@ -529,7 +533,7 @@ class RegistrarCore:
         """RTR (TS 29.228 §6.1.3): remove the bindings of `impi` (all, or those `impus`).
 
         Returns how many registrations were removed and the actions (removals)."""
-        targets = set(self._by_impi.get(impi, ()))
+        targets = set(self._impus_of(impi))
         if impus:
             # An RTR may name any IMPU of an implicit set: map it to the record holding it.
             wanted = {self._aliases.get(u, u).lower() for u in impus}
@@ -965,6 +969,10 @@ class RegistrarCore:
         self._next_token += 1
         return self._next_token
 
+    def _impus_of(self, impi: str) -> tuple[str, ...]:
+        impus = self._by_impi.get(impi, ())
+        return (impus,) if type(impus) is str else impus
+
     def _drop_spare_vectors(self, impi: str) -> None:
         # The IMPI's last registration ended: its spare vectors go too, else they stay
         # cached for every IMPI that ever registered.
@@ -972,11 +980,10 @@ class RegistrarCore:
             self._vectors.pop(impi, None)
 
     def _unindex(self, reg: Registration) -> None:
-        impus = self._by_impi.get(reg.impi)
-        if impus is not None:
-            rest = tuple(u for u in impus if u != reg.impu)
+        if reg.impi in self._by_impi:
+            rest = tuple(u for u in self._impus_of(reg.impi) if u != reg.impu)
             if rest:
-                self._by_impi[reg.impi] = rest
+                self._by_impi[reg.impi] = rest if len(rest) > 1 else rest[0]
             else:
                 del self._by_impi[reg.impi]
         for alias in reg.associated:

@@ -270,10 +270,13 @@ class EspOutbound:
         return self.seq >= self.soft_limit
 
 
-class EspInbound:
-    """The receiving side of one SA: `unprotect(packet) -> EspDelivered | EspDrop`."""
+class EspInbound(ReplayWindow):
+    """The receiving side of one SA: `unprotect(packet) -> EspDelivered | EspDrop`.
 
-    __slots__ = ("_drops", "_open", "_transform", "delivered", "spi", "window")
+    It is its own replay window (`window` is the SA itself): one object fewer per
+    inbound SA, two per registered UE at a P-CSCF."""
+
+    __slots__ = ("_drops", "_open", "_transform", "delivered", "spi")
 
     def __init__(
         self,
@@ -286,7 +289,7 @@ class EspInbound:
         if not 0 < spi <= MAX_SEQ:
             raise LocalProtocolError("spi: out of range")
         self.spi = spi
-        self.window = ReplayWindow(window)
+        ReplayWindow.__init__(self, window)
         self.delivered = 0
         self._drops: dict[str, int] | None = None  # made on the first drop
         self._transform = transform if transform is not None else EspTransform(keys)
@@ -301,6 +304,10 @@ class EspInbound:
         return self._transform.keys.ealg
 
     @property
+    def window(self) -> ReplayWindow:
+        return self
+
+    @property
     def drops(self) -> dict[str, int]:
         """Dropped packets by reason (a copy when there were none)."""
         return self._drops if self._drops is not None else {}
@@ -311,7 +318,7 @@ class EspInbound:
         spi, seq = _HDR.unpack_from(packet)
         if spi != self.spi:
             return self._drop(spi, seq, WRONG_SPI)
-        reason = self.window.check(seq)
+        reason = self.check(seq)
         if reason is not None:
             return self._drop(spi, seq, reason)
         fn = self._open
@@ -320,7 +327,7 @@ class EspInbound:
         result = fn(packet)
         if type(result) is str:
             return self._drop(spi, seq, result)
-        self.window.update(seq)
+        self.update(seq)
         self.delivered += 1
         return EspDelivered(spi, seq, result[0], result[1])
 
