@@ -68,3 +68,22 @@ def test_one_heap_entry_per_set_and_the_lifetime_still_ends_it():
     assert s.live
     t.handle_timer(s.expires_at)
     assert not s.live and t.next_deadline() is None
+
+
+def test_live_spis_cost_little_per_spi():
+    import tracemalloc
+
+    from imsaka.ipsec.sa import SpiAllocator
+
+    a = SpiAllocator()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        spis = [a.allocate() for _ in range(2200)]
+        per_spi = (tracemalloc.get_traced_memory()[0] - before - 8 * len(spis)) / len(spis)
+    finally:
+        tracemalloc.stop()
+    assert per_spi < 90  # a set kept ~140 (its table grows fourfold)
+    assert len(set(spis)) == 2200 and a.live_count == 2200
+    a.release(spis[0])
+    assert not a.is_live(spis[0]) and a.is_live(spis[1]) and a.live_count == 2199
