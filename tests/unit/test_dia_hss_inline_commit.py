@@ -32,6 +32,7 @@ async def store(tmp_path):
             for i in range(4)
         ]
     )
+    s.alone = lambda: True  # as an HSS server handling one request at a time
     try:
         yield s
     finally:
@@ -151,3 +152,13 @@ async def test_a_busy_worker_keeps_the_queue_order(store):
     assert store._worker is not None  # queued and committed by the worker
     assert _committed_sqn(store, _impi(0)) == grant.sqns[-1]
     assert store._worker_busy is False  # the worker is done with the queue
+
+
+async def test_without_the_alone_hint_writes_share_group_commits(store):
+    store.alone = None
+    grants = await asyncio.gather(*(_mar(store, 2) for _ in range(8)))
+    assert len({g.sqns[-1] for g in grants}) == 8
+    assert store.batches == 1  # one commit for the eight, by the worker
+    store.alone = lambda: False  # other requests being handled: same
+    await asyncio.gather(*(_mar(store, 2) for _ in range(8)))
+    assert store.batches == 2

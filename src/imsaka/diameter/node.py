@@ -380,6 +380,11 @@ class DiameterNode(Observable):
             "handler_tasks": len(self._handler_tasks),
         }
 
+    @property
+    def handlers_running(self) -> int:
+        """Request handlers started and not finished (cheap: for a per-request check)."""
+        return len(self._handler_tasks)
+
     # configuration -------------------------------------------------------------------------
 
     def set_request_handler(self, handler: RequestHandler | None) -> None:

@@ -111,6 +111,10 @@ class HssServer:
         for obs in self._observers:
             self.node.add_observer(obs)
         self.node.set_request_handler(self._on_request)
+        node = self.node
+        # A write may commit without the worker's hop only while it is the one request
+        # being handled (those read together share a group commit).
+        self.store.alone = lambda: node.handlers_running <= 1
         try:
             try:
                 await self.node.start()

@@ -381,7 +381,20 @@ class CxService:
                 result_code=cx.DIAMETER_MISSING_AVP,
                 error_message="SAR: User-Name required for this Server-Assignment-Type",
             )
-        check, state = await self.store.checked_state(impi, impu)
+        data = None
+        if (
+            impi
+            and sat in (SAT.REGISTRATION, SAT.RE_REGISTRATION, SAT.RESTORATION)
+            and (
+                sat == SAT.REGISTRATION
+                or req.user_data_already_available
+                == cx.UserDataAlreadyAvailable.USER_DATA_NOT_AVAILABLE
+            )
+        ):
+            # The User-Data of the SAA comes with the check (one read, not two).
+            check, state, data = await self.store.checked_state_and_data(impi, impu)
+        else:
+            check, state = await self.store.checked_state(impi, impu)
         if impi and not check.matched:
             return self._error(req, experimental=_identity_error(check))
         if state is None:
@@ -399,7 +412,9 @@ class CxService:
                 server_realm=req.origin_realm,
                 impi=impi,
             )
-            return await self._saa_ok(req, impi, impu, want_data or sat == SAT.REGISTRATION)
+            return await self._saa_ok(
+                req, impi, impu, want_data or sat == SAT.REGISTRATION, data=data
+            )
         if sat == SAT.UNREGISTERED_USER:
             if state.reg_state == RegState.REGISTERED:
                 # Already registered: keep it, just hand out the profile.
@@ -444,12 +459,20 @@ class CxService:
         return self._error(req, experimental=cx.DIAMETER_ERROR_IN_ASSIGNMENT_TYPE)
 
     async def _saa_ok(
-        self, req: Any, impi: str | None, impu: str, with_data: bool, server_name: str | None = None
+        self,
+        req: Any,
+        impi: str | None,
+        impu: str,
+        with_data: bool,
+        server_name: str | None = None,
+        *,
+        data: tuple[bytes, tuple[str, ...]] | None = None,
     ) -> Any:
         fields: dict[str, Any] = {"result_code": cx.DIAMETER_SUCCESS}
         if with_data:
-            user_data, _members = await self.store.user_data(impi, impu)
-            fields["user_data"] = user_data
+            if data is None:
+                data = await self.store.user_data(impi, impu)
+            fields["user_data"] = data[0]
         if impi:
             fields["user_name"] = impi
         else:

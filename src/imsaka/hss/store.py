@@ -415,6 +415,17 @@ def _checked_state(impi: str | None, impu: str, with_pending: bool) -> Plan:
     return check, _state_of(row, row[10] if with_pending and impi else None, nets)
 
 
+def _checked_state_and_data(impi: str, impu: str) -> Plan:
+    # A registering SAR in one read: the identity check, the state and, when the
+    # identities match, the User-Data it answers with (neither changes with the
+    # assignment the SAR then writes).
+    check, state = yield from _checked_state(impi, impu, False)
+    data = None
+    if check.matched and state is not None:
+        data = yield from _user_data(impi, impu)
+    return check, state, data
+
+
 def _user_state(impu: str, impi: str | None) -> Plan:
     row = yield (
         ONE,
@@ -772,6 +783,11 @@ class HssStore:
         self._commit_seconds = 0.0  # moving average of a group commit's wall time
         self._inline_db: sqlite3.Connection | None = None
         self._worker_busy = False  # the worker is taking batches off the queue
+        #: True when no other request may be about to write (the HSS server asks its
+        #: Diameter node: one request handler running). Only then may a write skip the
+        #: worker (`_enqueue`): requests read together must still share one commit.
+        #: None: every write goes through the worker.
+        self.alone: Callable[[], bool] | None = None
         self._loop_db: sqlite3.Connection | None = None
         self._loop_thread: int | None = None
         self._read_executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -1327,6 +1343,12 @@ class HssStore:
         (with ``with_pending`` also the pending S-CSCF of ``impi``)."""
         return await self._read(_checked_state, impi, impu, with_pending)
 
+    async def checked_state_and_data(
+        self, impi: str, impu: str
+    ) -> tuple[IdentityCheck, UserState | None, tuple[bytes, tuple[str, ...]] | None]:
+        """`checked_state` and, when the identities match, `user_data`, in one read."""
+        return await self._read(_checked_state_and_data, impi, impu)
+
     async def user_data(self, impi: str | None, impu: str) -> tuple[bytes, tuple[str, ...]]:
         """(User-Data XML, the implicit set of ``impu``) for an SAA (TS 29.228 §6.1.2, §6.5)."""
         return await self._read(_user_data, impi, impu)
@@ -1456,14 +1478,18 @@ class HssStore:
         return await self._enqueue(job)
 
     async def _enqueue(self, job: _MarJob | _WriteJob) -> Any:
-        """The job's result once committed. With the writer idle, nothing queued and quick
-        commits (SQLite file), its own group commit right here on the loop, without the
-        worker task's hop; otherwise through the queue and the worker."""
+        """The job's result once committed. With the writer idle, nothing queued, quick
+        commits (SQLite file) and no other request about to write (`alone`), its own
+        group commit right here on the loop, without the worker task's hop; otherwise
+        through the queue and the worker."""
+        alone = self.alone
         if (
-            self._path is not None
+            alone is not None
+            and self._path is not None
             and not self._queue
             and not self._worker_busy
             and self._commit_seconds <= self.inline_commit_max
+            and alone()
         ):
             start = time.perf_counter()
             try:
