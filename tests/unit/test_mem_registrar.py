@@ -76,3 +76,21 @@ def test_contact_map_behaves_as_a_dict_through_one_and_more_contacts():
     reg = record(1)
     assert type(reg.contacts) is ContactMap and list(reg.contacts) == ["sip:10.0.0.1:5060"]
     assert Registration.from_json(reg.to_json()) == reg
+
+
+def test_memory_store_shares_immutable_bindings_and_keeps_its_snapshot():
+    import dataclasses
+
+    import pytest
+
+    store = MemoryBindingStore()
+    reg = record(2)
+    asyncio.run(store.put(reg))
+    (binding,) = reg.contacts.values()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        binding.expires_at = 0.0  # type: ignore[misc]
+    del reg.contacts[binding.uri]  # the caller's record changes, the stored one does not
+    got = asyncio.run(store.get(reg.impu))
+    assert list(got.contacts.values()) == [binding] and got.contacts[binding.uri] is binding
+    assert asyncio.run(store.claim_lapsed(reg.impu, 999.0)) == "live"
+    assert asyncio.run(store.claim_lapsed(reg.impu, 1000.0)) == "removed"

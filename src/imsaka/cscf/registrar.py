@@ -37,9 +37,10 @@ __all__ = [
 ]
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class ContactBinding:
-    """One registered contact of an IMPU (RFC 3261 §10.3 step 7)."""
+    """One registered contact of an IMPU (RFC 3261 §10.3 step 7). Immutable: a refresh
+    makes a new binding, so records and the memory store share bindings safely."""
 
     uri: str
     """The contact URI without angle brackets."""
@@ -304,21 +305,18 @@ class MemoryBindingStore:
         self._regs: dict[str, tuple] = {}
         self._version = 0
 
-    # Stored as a snapshot of immutable values (a tuple of str, float, int and tuples
-    # of them), so a caller mutating its Registration afterwards cannot change the
-    # stored one behind the store's back (the semantics of Redis), while the strings,
-    # the User-Data XML first, are shared with the registrar core's record instead of
-    # copied into a JSON text (memory per registered UE).
+    # Stored as a snapshot of immutable values (a tuple of str, float, int, immutable
+    # ContactBindings and tuples of them), so a caller mutating its Registration
+    # afterwards cannot change the stored one behind the store's back (the semantics
+    # of Redis), while the strings, the bindings and the packed User-Data are shared
+    # with the registrar core's record instead of copied (memory per registered UE).
     async def get(self, impu: str) -> Registration | None:
         entry = self._regs.get(impu)
         return None if entry is None else self._load(entry)
 
     async def put(self, registration: Registration) -> None:
         r = registration
-        contacts = tuple(
-            (c.uri, c.expires_at, c.params, tuple(c.path), c.call_id, c.cseq)
-            for c in r.contacts.values()
-        )
+        contacts = tuple(r.contacts.values())
         self._version += 1
         r.version = self._version
         self._regs[r.impu] = (
@@ -340,7 +338,7 @@ class MemoryBindingStore:
         entry = self._regs.get(impu)
         if entry is None:
             return "gone"
-        if any(c[1] > now for c in entry[2]):
+        if any(c.expires_at > now for c in entry[2]):
             return "live"
         del self._regs[impu]
         return "removed"
@@ -351,11 +349,10 @@ class MemoryBindingStore:
     @staticmethod
     def _load(entry: tuple) -> Registration:
         impu, impi, contacts, associated, user_data, registered_at, version = entry
-        bindings = [ContactBinding(*c) for c in contacts]
         return Registration(
             impu=impu,
             impi=impi,
-            contacts={c.uri: c for c in bindings},
+            contacts=ContactMap((c.uri, c) for c in contacts),
             associated=associated,
             _user_data=user_data,  # as kept: packed once, shared
             registered_at=registered_at,
