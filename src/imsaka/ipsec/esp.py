@@ -213,7 +213,23 @@ class EspTransform:
         return self._open
 
 
-class EspOutbound:
+class _AlgorithmNames:
+    """`alg` / `ealg` of an SA, read from its shared transform's keys (two slots fewer
+    per SA than a copy of each)."""
+
+    __slots__ = ()
+    _transform: EspTransform
+
+    @property
+    def alg(self) -> str:
+        return self._transform.keys.alg
+
+    @property
+    def ealg(self) -> str:
+        return self._transform.keys.ealg
+
+
+class EspOutbound(_AlgorithmNames):
     """The sending side of one SA: `protect(payload, next_header) -> ESP packet`."""
 
     __slots__ = (
@@ -242,15 +258,6 @@ class EspOutbound:
         self._transform = transform if transform is not None else EspTransform(keys, rng)
         self._protect: Callable[[int, int, bytes, int], bytes] | None = None
 
-    # the names come from the shared transform's keys (two slots fewer per SA)
-    @property
-    def alg(self) -> str:
-        return self._transform.keys.alg
-
-    @property
-    def ealg(self) -> str:
-        return self._transform.keys.ealg
-
     def protect(self, payload: bytes, next_header: int = 17) -> bytes:
         """One ESP packet carrying `payload`; raises SequenceNumberExhausted, never wraps."""
         seq = self.seq + 1
@@ -270,7 +277,7 @@ class EspOutbound:
         return self.seq >= self.soft_limit
 
 
-class EspInbound(ReplayWindow):
+class EspInbound(ReplayWindow, _AlgorithmNames):
     """The receiving side of one SA: `unprotect(packet) -> EspDelivered | EspDrop`.
 
     It is its own replay window (`window` is the SA itself): one object fewer per
@@ -294,14 +301,6 @@ class EspInbound(ReplayWindow):
         self._drops: dict[str, int] | None = None  # made on the first drop
         self._transform = transform if transform is not None else EspTransform(keys)
         self._open: Callable[[bytes], tuple[int, bytes] | str] | None = None
-
-    @property
-    def alg(self) -> str:
-        return self._transform.keys.alg
-
-    @property
-    def ealg(self) -> str:
-        return self._transform.keys.ealg
 
     @property
     def window(self) -> ReplayWindow:

@@ -279,39 +279,16 @@ class SecurityAssociation:
         )
 
 
+# The SA classes: the ESP side plus the selector (`src`, `dst`) and the set, which
+# `SaSet.__init__` fills in right after making each.
 class _InboundSa(EspInbound, SecurityAssociation):
     __slots__ = ("dst", "sa_set", "src")
     inbound = True
-
-    def __init__(
-        self,
-        spi: int,
-        keys: EspKeys,
-        transform: EspTransform,
-        src: Address,
-        dst: Address,
-        sa_set: SaSet,
-    ) -> None:
-        EspInbound.__init__(self, spi, keys, transform=transform)
-        self.src, self.dst, self.sa_set = src, dst, sa_set
 
 
 class _OutboundSa(EspOutbound, SecurityAssociation):
     __slots__ = ("dst", "sa_set", "src")
     inbound = False
-
-    def __init__(
-        self,
-        spi: int,
-        keys: EspKeys,
-        transform: EspTransform,
-        src: Address,
-        dst: Address,
-        sa_set: SaSet,
-        rng: RandomSource,
-    ) -> None:
-        EspOutbound.__init__(self, spi, keys, rng=rng, transform=transform)
-        self.src, self.dst, self.sa_set = src, dst, sa_set
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,10 +452,11 @@ class SaSet:
         for index, (spi, src, dst) in enumerate(layout):
             receiving = index in receiving_at
             sa: SecurityAssociation = (
-                _InboundSa(spi, keys, transform, src, dst, self)
+                _InboundSa(spi, keys, transform=transform)
                 if receiving
-                else _OutboundSa(spi, keys, transform, src, dst, self, rng)
+                else _OutboundSa(spi, keys, rng=rng, transform=transform)
             )
+            sa.src, sa.dst, sa.sa_set = src, dst, self
             if receiving:
                 inbound += (spi, sa)
             else:
