@@ -50,7 +50,8 @@ def challenge(req: Request, nonce: str, ck: str) -> Response:
 
 
 def layer() -> TransactionLayer:
-    return TransactionLayer(reliable=lambda d: d == "tcp")
+    # its own packer: the process-wide one learned its dictionary from other tests
+    return TransactionLayer(reliable=lambda d: d == "tcp", packer=WirePacker())
 
 
 def answer(lay, branch, now, status=200):
@@ -226,3 +227,18 @@ def test_a_packed_final_is_parsed_back_whole():
     lay.receive_request(request(), "udp", 1.0)
     (again,) = lay.events()
     assert parse_message(again.data).status == 401 and again.data == sent.data
+
+
+def test_layers_share_the_process_packer_by_default():
+    a, b = TransactionLayer(), TransactionLayer()
+    assert a.packer is b.packer
+    tx, sent = answer(a, "z9hG4bKshared", now=0.0)
+    b_req = request(branch="z9hG4bKshared2")
+    btx = b.receive_request(b_req, "udp", 0.0)
+    b.events()
+    btx.respond(make_response(b_req, 200), 0.0)
+    (bsent,) = b.events()
+    for lay, key, data in ((a, tx.key, sent.data), (b, btx.key, bsent.data)):
+        lay.receive_request(request(branch=key[1]), "udp", 1.0)
+        (again,) = lay.events()
+        assert again.data == data

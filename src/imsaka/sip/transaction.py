@@ -435,6 +435,9 @@ class WirePacker:
             self._kinds = None
 
 
+_PROCESS_PACKER = WirePacker()
+
+
 # -- transactions ---------------------------------------------------------------------
 
 
@@ -937,8 +940,10 @@ class TransactionLayer:
     # Completed non-INVITE server transactions, as records, in Timer J order
     _finished: deque = field(default_factory=deque, repr=False)
     _finished_last: float = field(default=float("-inf"), repr=False)
-    packer: WirePacker = field(default_factory=WirePacker, repr=False)
-    """Holds the finals of Completed non-INVITE server transactions compressed."""
+    packer: WirePacker = field(default_factory=lambda: _PROCESS_PACKER, repr=False)
+    """Holds the finals of Completed non-INVITE server transactions compressed; by
+    default one per process (a UE simulator runs a layer per UE: one compressor and
+    dictionary for all of them, not ~20 KiB each)."""
 
     def _is_reliable(self, destination: Any) -> bool:
         return bool(self.reliable(destination)) if self.reliable is not None else False
