@@ -572,9 +572,12 @@ def summarize(
     p99_limit: float,
     require_protected: bool,
 ) -> dict[str, Any]:
-    ok = [o for o in outcomes if o.ok and (o.protected or not require_protected)]
-    failed = len(outcomes) - len(ok)
-    statuses = Counter(f"{o.status} {o.reason}"[:80] for o in outcomes if o not in ok)
+    ok: list[Outcome] = []
+    bad: list[Outcome] = []
+    for o in outcomes:
+        (ok if o.ok and (o.protected or not require_protected) else bad).append(o)
+    failed = len(bad)
+    statuses = Counter(f"{o.status} {o.reason}"[:80] for o in bad)
     lat = [o.latency for o in ok]
     n = max(len(ok), 1)
     cpu = {f: (cpu_after[f] - cpu_before[f]) / n for f in cpu_after}
