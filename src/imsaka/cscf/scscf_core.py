@@ -47,14 +47,7 @@ from imsaka.aka.digest import (
     verify_response,
 )
 from imsaka.cscf.registrar import ContactBinding, ContactMap, Registration
-from imsaka.cscf.userdata import UserDataError, associated_uris
-
-# The uncached parser: `userdata.parse_user_data` keeps every document it parsed (and
-# its result) in a 4,096-entry LRU, ~0.8 KiB per registered UE held beside the record's
-# own (compressed) copy, while this core parses a document only when it differs from
-# the live registration's (first registration, a changed profile), where the LRU would
-# not hit anyway.
-from imsaka.cscf.userdata import _parse as parse_user_data
+from imsaka.cscf.userdata import UserDataError, associated_uris, parse_user_data
 
 __all__ = [
     "AskAssignment",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from functools import lru_cache
 
 __all__ = ["PublicIdentity", "UserDataError", "associated_uris", "parse_user_data"]
 
@@ -33,24 +32,12 @@ def _local(tag: str) -> str:
 
 
 def parse_user_data(xml: str | bytes) -> tuple[str, list[PublicIdentity]]:
-    """→ (PrivateID, public identities of every ServiceProfile, in document order)."""
-    if len(xml) > _CACHE_MAX_DOCUMENT:
-        return _parse(xml)
-    private_id, identities = _parse_cached(xml)
-    return private_id, list(identities)
+    """→ (PrivateID, public identities of every ServiceProfile, in document order).
 
-
-_CACHE_MAX_DOCUMENT = 16 * 1024  # bigger documents are parsed each time (bounded cache memory)
-
-
-# Every re-registration brings the same document again: parse it once.
-@lru_cache(maxsize=4096)
-def _parse_cached(xml: str | bytes) -> tuple[str, tuple[PublicIdentity, ...]]:
-    private_id, identities = _parse(xml)
-    return private_id, tuple(identities)
-
-
-def _parse(xml: str | bytes) -> tuple[str, list[PublicIdentity]]:
+    Not cached: the S-CSCF parses a document only when it differs from the live
+    registration's (a first registration, a changed profile), where a cache would not
+    hit but would hold every document and its parse per registered UE.
+    """
     if len(xml) > MAX_USER_DATA:
         raise UserDataError("User-Data larger than 256 KiB")
     if isinstance(xml, str):
