@@ -781,10 +781,26 @@ async def test_reg_event_subscription_expires_with_a_final_notify(home):
     assert home.scscf.census()["bindings"] == 1  # the registration lives on
 
 
+async def test_reg_event_refresh_to_a_shorter_expiry_ends_it_then(home):
+    """A refresh may shorten the subscription (RFC 6665 §4.2.1.2): the new, earlier
+    expiry is the one that ends it, not the 600,000 s one it replaced."""
+    _, r200 = await full_registration(home, new_ue())
+    assert r200.status == 200
+    notifies: list = []
+    assert (await reg_event_subscribe(home, notifies)).status == 200
+    await wait_for(lambda: len(notifies) == 1)
+    assert (await reg_event_subscribe(home, notifies, expires=1)).status == 200
+    await wait_for(lambda: len(notifies) == 3, timeout=5)
+    assert notifies[2].get("subscription-state") == "terminated;reason=timeout"
+    census = home.scscf.census()
+    assert census["subscriptions"] == 0 and census["subscription_timers"] == 0
+
+
 async def test_reg_event_refreshes_keep_one_expiry_timer(home):
     """RFC 6665 §4.2.1.2 (TS 24.229 §5.4.2.1.1): a refreshing SUBSCRIBE replaces the
     subscription's expiry, so however often it is refreshed a subscription holds one live
-    timer (the 600,000 s timers of the refreshes must not pile up on the event loop)."""
+    expiry entry (the 600,000 s expiries of the refreshes must not pile up), and the
+    S-CSCF one loop timer for all of them."""
     _, r200 = await full_registration(home, new_ue())
     assert r200.status == 200
     scscf = home.scscf.scscf
@@ -794,7 +810,7 @@ async def test_reg_event_refreshes_keep_one_expiry_timer(home):
 
     def counting_call_later(delay, callback, *args, **kw):
         handle = call_later(delay, callback, *args, **kw)
-        if getattr(callback, "__func__", None) is type(scscf)._subscription_expired:
+        if getattr(callback, "__func__", None) is type(scscf)._on_sub_timer:
             armed.append(handle)
         return handle
 
@@ -807,13 +823,13 @@ async def test_reg_event_refreshes_keep_one_expiry_timer(home):
             await wait_for(lambda n=n: len(notifies) == n)
     finally:
         del loop.call_later
-    assert len(armed) == 30
     assert sum(not h.cancelled() for h in armed) == 1
-    assert home.scscf.census()["subscriptions"] == 1
-    assert home.scscf.census()["subscription_timers"] == 1
-    # The registration ends: its subscription and its timer with it.
+    census = home.scscf.census()
+    assert census["subscriptions"] == 1
+    assert census["subscription_timers"] == 1
+    assert census["subscription_expiry_entries"] == 1
+    # The registration ends: its subscription and its expiry with it.
     result = await home.hss.deregister_impi(IMPI)
     assert result["ok"], result
     await wait_for(lambda: len(notifies) == 31)
-    assert not any(not h.cancelled() for h in armed)
     assert home.scscf.census()["subscription_timers"] == 0

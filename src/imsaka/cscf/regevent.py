@@ -56,7 +56,8 @@ class RegSubscription:
     cseq: int = 0
     version: int = 0
     timer: Any = field(default=None, compare=False, repr=False)
-    """The edge's expiry timer handle (one per subscription: a refresh replaces it)."""
+    """The edge's live expiry entry, (deadline, seq), or None (the S-CSCF keeps one heap
+    of them under one timer)."""
 
     @property
     def key(self) -> tuple[str, str]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import os
 import time
@@ -235,7 +236,16 @@ class Scscf:
         # reg-event (RFC 3680): subscriptions, and how to send their NOTIFYs.
         self.subscriptions = RegSubscriptions()
         self.subscription_timers = 0
-        """Live expiry timers of `subscriptions` (one each; a refresh replaces it)."""
+        """Subscriptions of `subscriptions` with an expiry pending (one entry each)."""
+        # RFC 6665 §4.2.2 expiries of every subscription in one heap of
+        # (deadline, seq, subscription) under one loop timer, instead of an asyncio timer
+        # per subscription (~0.3 KiB per registered UE). A subscription's live entry is
+        # `sub.timer` = (deadline, seq); an entry that is not is stale and skipped.
+        self._sub_heap: list[tuple[float, int, RegSubscription]] = []
+        self._sub_seq = 0
+        self._sub_stale = 0
+        self._sub_timer: asyncio.TimerHandle | None = None
+        self._sub_timer_at: float | None = None
         self._send_request = send_request
         self._resolve = resolve or (lambda host: host)
         self._contact = f"<sip:{_uri_host(config.address)}:{config.port}>"
@@ -272,6 +282,10 @@ class Scscf:
             self._timer.cancel()
         for sub in self.subscriptions:
             self._cancel_timer(sub)
+        if self._sub_timer is not None:
+            self._sub_timer.cancel()
+            self._sub_timer = None
+        self._sub_heap.clear()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -379,15 +393,62 @@ class Scscf:
             return
         body = reginfo_body(reg.impu, reg, version=sub.version, now=now)
         self._send_notify(sub, body, now)
-        # RFC 6665 §4.2.1.2: a refresh replaces the expiry; one live timer per subscription.
-        self._cancel_timer(sub)
-        sub.timer = asyncio.get_running_loop().call_later(expires, self._subscription_expired, sub)
-        self.subscription_timers += 1
+        # RFC 6665 §4.2.1.2: a refresh replaces the expiry; one live entry per subscription.
+        self._arm_expiry(sub)
+
+    def _arm_expiry(self, sub: RegSubscription) -> None:
+        """Make sure `sub` is looked at by its `expires_at`. A live entry that is due no
+        later stays (a refresh moves the expiry later; the entry re-arms when it
+        surfaces), so refreshes do not pile entries up."""
+        live = sub.timer
+        if live is not None:
+            if live[0] <= sub.expires_at:
+                return
+            self._sub_stale += 1
+        else:
+            self.subscription_timers += 1
+        self._sub_seq += 1
+        entry = (sub.expires_at, self._sub_seq)
+        sub.timer = entry
+        heapq.heappush(self._sub_heap, (entry[0], entry[1], sub))
+        if self._sub_stale > 64 and self._sub_stale * 2 > len(self._sub_heap):
+            self._sub_heap = [e for e in self._sub_heap if e[2].timer == (e[0], e[1])]
+            heapq.heapify(self._sub_heap)
+            self._sub_stale = 0
+        self._arm_sub_timer()
+
+    def _arm_sub_timer(self) -> None:
+        heap = self._sub_heap
+        due = heap[0][0] if heap else None
+        if due == self._sub_timer_at and (due is None or self._sub_timer is not None):
+            return
+        if self._sub_timer is not None:
+            self._sub_timer.cancel()
+            self._sub_timer = None
+        self._sub_timer_at = due
+        if due is not None and not self._closed:
+            delay = max(0.0, due - self._clock())
+            self._sub_timer = asyncio.get_running_loop().call_later(delay, self._on_sub_timer)
+
+    def _on_sub_timer(self) -> None:
+        self._sub_timer = None
+        self._sub_timer_at = None
+        now = self._clock()
+        heap = self._sub_heap
+        while heap and heap[0][0] <= now:
+            deadline, seq, sub = heapq.heappop(heap)
+            if sub.timer != (deadline, seq):
+                self._sub_stale -= 1
+                continue
+            sub.timer = None
+            self.subscription_timers -= 1
+            self._subscription_expired(sub)
+        self._arm_sub_timer()
 
     def _cancel_timer(self, sub: RegSubscription) -> None:
         if sub.timer is not None:
-            sub.timer.cancel()
             sub.timer = None
+            self._sub_stale += 1
             self.subscription_timers -= 1
 
     def _end_subscription(self, sub: RegSubscription) -> None:
@@ -396,17 +457,11 @@ class Scscf:
 
     def _subscription_expired(self, sub: RegSubscription) -> None:
         """RFC 6665 §4.2.2: a subscription not refreshed in time ends with a final NOTIFY."""
-        if sub.timer is not None:
-            sub.timer = None
-            self.subscription_timers -= 1
         now = self._clock()
         if self._closed or sub not in self.subscriptions:
             return  # already ended
-        if sub.expires_at > now:  # the clock ran behind the loop's: wait the rest
-            sub.timer = asyncio.get_running_loop().call_later(
-                sub.expires_at - now, self._subscription_expired, sub
-            )
-            self.subscription_timers += 1
+        if sub.expires_at > now:  # refreshed since its entry was pushed: wait the rest
+            self._arm_expiry(sub)
             return
         self.subscriptions.remove(sub)
         self.core.counters["subscription_expired"] += 1
@@ -775,6 +830,7 @@ class ScscfServer:
             out["requests_awaiting_reply"] = len(self.scscf._pending)
             out["subscriptions"] = len(self.scscf.subscriptions)
             out["subscription_timers"] = self.scscf.subscription_timers
+            out["subscription_expiry_entries"] = len(self.scscf._sub_heap)
         if self.endpoint is not None:
             out["transactions_waiting"] = self.endpoint.layer.pending()
         if self.node is not None:
