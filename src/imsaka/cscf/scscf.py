@@ -411,11 +411,17 @@ class Scscf:
         entry = (sub.expires_at, self._sub_seq)
         sub.timer = entry
         heapq.heappush(self._sub_heap, (entry[0], entry[1], sub))
-        if self._sub_stale > 64 and self._sub_stale * 2 > len(self._sub_heap):
+        self._compact_expiries()
+        self._arm_sub_timer()
+
+    def _compact_expiries(self) -> None:
+        # Stale entries (cancelled, or replaced by an earlier one) would otherwise wait
+        # for their deadline, up to max_expires: drop them once they are the majority
+        # (amortised O(1) per cancel), so the heap holds at most twice the live ones.
+        if self._sub_stale * 2 > len(self._sub_heap):
             self._sub_heap = [e for e in self._sub_heap if e[2].timer == (e[0], e[1])]
             heapq.heapify(self._sub_heap)
             self._sub_stale = 0
-        self._arm_sub_timer()
 
     def _arm_sub_timer(self) -> None:
         heap = self._sub_heap
@@ -450,6 +456,11 @@ class Scscf:
             sub.timer = None
             self._sub_stale += 1
             self.subscription_timers -= 1
+            self._compact_expiries()
+            if not self._sub_heap and self._sub_timer is not None:
+                self._sub_timer.cancel()
+                self._sub_timer = None
+                self._sub_timer_at = None
 
     def _end_subscription(self, sub: RegSubscription) -> None:
         self.subscriptions.remove(sub)
