@@ -17,10 +17,12 @@ What it does, in one run:
    function (utime+stime from /proc/PID/stat) and of the UE simulator. A step passes when
    nothing failed and p99 stays under ``--p99-limit``; the highest passing rate is the
    result. Every success must be IPsec-protected (the 200 OK arrived over ESP).
-4. Re-registration: the same R UEs register (full AKA, SA set) and then re-register over
-   their SAs at the same rate; the S-CSCF accepts ``integrity-protected="yes"`` without a
-   new vector (TS 24.229 §5.4.1.2.2) — checked per UE (no 401, no new SA set). Cost
-   ratio = core CPU per re-registration / core CPU per full registration.
+4. Re-registration (run first, on the quiet core): the same R UEs register (full AKA,
+   SA set) and then re-register over their SAs at the same rate; the S-CSCF accepts
+   ``integrity-protected="yes"`` without a new vector (TS 24.229 §5.4.1.2.2) — checked
+   per UE (no 401, no new SA set). Each phase's CPU is read 33 s after its last answer,
+   so it includes its own Timer J ends and no other phase's. Cost ratio = core CPU per
+   re-registration / core CPU per full registration.
 5. Memory: RSS of P-CSCF and S-CSCF before the first measured registration and their
    peak (VmHWM, reset through /proc/PID/clear_refs) and final RSS after all; per
    registered UE = delta / UEs still registered.
@@ -626,6 +628,62 @@ async def warm_up(core: Core, sim: UeSimulator, indices: list[int]) -> int:
     return done
 
 
+async def reregistration_comparison(
+    args: argparse.Namespace, core: Core, sim: UeSimulator, reserve: list[int]
+) -> tuple[dict[str, Any] | None, int]:
+    """Re-registration without AKA vs full registration: the same UEs at the same rate.
+
+    Runs before the rate steps, on a quiet core, and reads each phase's CPU only
+    ``--rereg-drain`` seconds (default 33: Timer J is 64·T1 = 32 s) after its last
+    answer, so each phase is booked with its own finished-transaction ends and with
+    nobody else's (run after the steps, the steps' Timer J ends landed in these windows).
+    Returns the result and the number of UEs it left registered."""
+    rr_rate = args.rereg_rate or 100.0
+    reserve = reserve[: max(10, int(rr_rate * args.rereg_seconds))]
+    if not reserve:
+        return None, 0
+
+    async def measured(indices: list[int], attempt: Any) -> dict[str, Any]:
+        before = _cpu_all(core)
+        outcomes, achieved, wall = await offered_load(indices, rr_rate, attempt)
+        await asyncio.sleep(args.rereg_drain)
+        after = _cpu_all(core)
+        summary = summarize(
+            outcomes,
+            before,
+            after,
+            rate=rr_rate,
+            achieved=achieved,
+            wall=wall,
+            p99_limit=args.p99_limit,
+            require_protected=True,
+        )
+        summary["with_aka"] = sum(1 for o in outcomes if o.aka)
+        return summary
+
+    full_s = await measured(reserve, lambda i, t: sim.register(i, t, keep=True))
+    kept = [i for i in reserve if i in sim.kept]
+    rere_s = await measured(kept, sim.reregister)
+    full_core = full_s["core_cpu_ms_per_registration"]
+    rere_core = rere_s["core_cpu_ms_per_registration"]
+    result = {
+        "ues": len(reserve),
+        "rate_per_s": rr_rate,
+        "cpu_read_after_last_answer_s": args.rereg_drain,
+        "full": full_s,
+        "reregister_without_aka": rere_s,
+        "core_cost_ratio": round(rere_core / full_core, 3) if full_core else None,
+        "core_and_ue_cost_ratio": _ratio_with_ue(rere_s, full_s),
+    }
+    log(
+        f"re-registration: full {full_core} ms, without AKA {rere_core} ms core CPU "
+        f"(ratio {result['core_cost_ratio']}); "
+        f"{rere_s['with_aka']} re-registrations were challenged"
+    )
+    await sim.close_kept()
+    return result, full_s["ok"]
+
+
 async def ipsec_phase(args: argparse.Namespace, workdir: Path, subs: list[Sub]) -> dict[str, Any]:
     db = f"sqlite+aiosqlite:///{workdir / 'ipsec-hss.db'}"
     import_s = bulk_import(workdir, db, subs, "ipsec-subscribers")
@@ -656,7 +714,9 @@ async def ipsec_phase(args: argparse.Namespace, workdir: Path, subs: list[Sub]) 
         await asyncio.sleep(0.3)
         mem_before = core.memory()
         peaks_reset = core.reset_peaks()
-        registered = 0
+        rereg, registered = await reregistration_comparison(args, core, sim, reserve)
+        if rereg is not None:
+            result["reregistration"] = rereg
         steps = []
         best = None
         ue_prof = None
@@ -747,60 +807,6 @@ async def ipsec_phase(args: argparse.Namespace, workdir: Path, subs: list[Sub]) 
             result["fill_rate_held_with_zero_failures"] = fill["passed"]
             log(f"fill {fill_rate}/s: ok {fill['ok']}/{fill_count} p99 {fill['p99_ms']} ms")
             await asyncio.sleep(args.pause)
-
-        # Re-registration without AKA vs full registration, same UEs, same rate.
-        rr_rate = args.rereg_rate or max(5.0, float(round(fill_rate / 2)))
-        reserve = reserve[: max(10, int(rr_rate * args.rereg_seconds))]
-        if reserve:
-            before = _cpu_all(core)
-            full, achieved, wall = await offered_load(
-                reserve, rr_rate, lambda i, t: sim.register(i, t, keep=True)
-            )
-            after = _cpu_all(core)
-            full_s = summarize(
-                full,
-                before,
-                after,
-                rate=rr_rate,
-                achieved=achieved,
-                wall=wall,
-                p99_limit=args.p99_limit,
-                require_protected=True,
-            )
-            registered += full_s["ok"]
-            await asyncio.sleep(args.pause)
-            kept = [i for i in reserve if i in sim.kept]
-            before = _cpu_all(core)
-            rere, achieved, wall = await offered_load(kept, rr_rate, sim.reregister)
-            after = _cpu_all(core)
-            rere_s = summarize(
-                rere,
-                before,
-                after,
-                rate=rr_rate,
-                achieved=achieved,
-                wall=wall,
-                p99_limit=args.p99_limit,
-                require_protected=True,
-            )
-            rere_s["with_aka"] = sum(1 for o in rere if o.aka)
-            full_s["with_aka"] = sum(1 for o in full if o.aka)
-            full_core = full_s["core_cpu_ms_per_registration"]
-            rere_core = rere_s["core_cpu_ms_per_registration"]
-            result["reregistration"] = {
-                "ues": len(reserve),
-                "rate_per_s": rr_rate,
-                "full": full_s,
-                "reregister_without_aka": rere_s,
-                "core_cost_ratio": round(rere_core / full_core, 3) if full_core else None,
-                "core_and_ue_cost_ratio": _ratio_with_ue(rere_s, full_s),
-            }
-            log(
-                f"re-registration: full {full_core} ms, without AKA {rere_core} ms core CPU "
-                f"(ratio {result['reregistration']['core_cost_ratio']}); "
-                f"{rere_s['with_aka']} re-registrations were challenged"
-            )
-            await sim.close_kept()
 
         mem_after = core.memory()
         per_ue = {}
@@ -1106,6 +1112,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--rereg-seconds", type=float, help="bound on each re-registration comparison run"
     )
     p.add_argument(
+        "--rereg-drain",
+        type=float,
+        help="seconds after a comparison phase's last answer before its CPU is read (33)",
+    )
+    p.add_argument(
         "--fill-seconds", type=float, help="seconds of registrations at the best rate (memory)"
     )
     p.add_argument("--warmup", type=int, default=5, help="warm-up registrations (not measured)")
@@ -1131,6 +1142,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.step_seconds = args.step_seconds or (1.5 if q else 3.0)
     args.rereg = args.rereg if args.rereg is not None else (100 if q else 1000)
     args.rereg_seconds = args.rereg_seconds or (4.0 if q else 15.0)
+    args.rereg_drain = args.rereg_drain if args.rereg_drain is not None else (1.0 if q else 33.0)
     args.fill_seconds = args.fill_seconds if args.fill_seconds is not None else (5 if q else 45)
     finer = "10,20,25,30,35,40,50,60,80,100,150,200,300,400,500,600,800,1000,1200,1500"
     default_rates = "10,20,30,40,80,160" if q else finer
