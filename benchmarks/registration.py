@@ -628,6 +628,36 @@ async def warm_up(core: Core, sim: UeSimulator, indices: list[int]) -> int:
     return done
 
 
+async def measured_load(
+    core: Core,
+    args: argparse.Namespace,
+    indices: list[int],
+    rate: float,
+    attempt: Any,
+    *,
+    drain: float = 0.0,
+) -> dict[str, Any]:
+    """Offer `attempt` for `indices` at `rate` and summarize it, with the core's CPU read
+    `drain` seconds after the last answer (and the UE simulator's)."""
+    before = _cpu_all(core)
+    outcomes, achieved, wall = await offered_load(indices, rate, attempt)
+    if drain:
+        await asyncio.sleep(drain)
+    after = _cpu_all(core)
+    summary = summarize(
+        outcomes,
+        before,
+        after,
+        rate=rate,
+        achieved=achieved,
+        wall=wall,
+        p99_limit=args.p99_limit,
+        require_protected=True,
+    )
+    summary["with_aka"] = sum(1 for o in outcomes if o.aka)
+    return summary
+
+
 async def reregistration_comparison(
     args: argparse.Namespace, core: Core, sim: UeSimulator, reserve: list[int]
 ) -> tuple[dict[str, Any] | None, int]:
@@ -643,27 +673,12 @@ async def reregistration_comparison(
     if not reserve:
         return None, 0
 
-    async def measured(indices: list[int], attempt: Any) -> dict[str, Any]:
-        before = _cpu_all(core)
-        outcomes, achieved, wall = await offered_load(indices, rr_rate, attempt)
-        await asyncio.sleep(args.rereg_drain)
-        after = _cpu_all(core)
-        summary = summarize(
-            outcomes,
-            before,
-            after,
-            rate=rr_rate,
-            achieved=achieved,
-            wall=wall,
-            p99_limit=args.p99_limit,
-            require_protected=True,
-        )
-        summary["with_aka"] = sum(1 for o in outcomes if o.aka)
-        return summary
-
-    full_s = await measured(reserve, lambda i, t: sim.register(i, t, keep=True))
+    drain = args.rereg_drain
+    full_s = await measured_load(
+        core, args, reserve, rr_rate, lambda i, t: sim.register(i, t, keep=True), drain=drain
+    )
     kept = [i for i in reserve if i in sim.kept]
-    rere_s = await measured(kept, sim.reregister)
+    rere_s = await measured_load(core, args, kept, rr_rate, sim.reregister, drain=drain)
     full_core = full_s["core_cpu_ms_per_registration"]
     rere_core = rere_s["core_cpu_ms_per_registration"]
     result = {
@@ -733,20 +748,8 @@ async def ipsec_phase(args: argparse.Namespace, workdir: Path, subs: list[Sub]) 
                 log(f"rate {rate}/s: not enough fresh subscribers left ({len(step_pool)})")
                 break
             indices = [step_pool.popleft() for _ in range(count)]
-            before = _cpu_all(core)
-            outcomes, achieved, wall = await offered_load(
-                indices, rate, lambda i, t: sim.register(i, t, keep=False)
-            )
-            after = _cpu_all(core)
-            step = summarize(
-                outcomes,
-                before,
-                after,
-                rate=rate,
-                achieved=achieved,
-                wall=wall,
-                p99_limit=args.p99_limit,
-                require_protected=True,
+            step = await measured_load(
+                core, args, indices, rate, lambda i, t: sim.register(i, t, keep=False)
             )
             registered += step["ok"]
             steps.append(step)
@@ -785,20 +788,8 @@ async def ipsec_phase(args: argparse.Namespace, workdir: Path, subs: list[Sub]) 
         fill_count = min(len(step_pool), int(fill_rate * args.fill_seconds))
         if fill_count:
             indices = [step_pool.popleft() for _ in range(fill_count)]
-            before = _cpu_all(core)
-            outcomes, achieved, wall = await offered_load(
-                indices, fill_rate, lambda i, t: sim.register(i, t, keep=False)
-            )
-            after = _cpu_all(core)
-            fill = summarize(
-                outcomes,
-                before,
-                after,
-                rate=fill_rate,
-                achieved=achieved,
-                wall=wall,
-                p99_limit=args.p99_limit,
-                require_protected=True,
+            fill = await measured_load(
+                core, args, indices, fill_rate, lambda i, t: sim.register(i, t, keep=False)
             )
             registered += fill["ok"]
             result["fill"] = fill
