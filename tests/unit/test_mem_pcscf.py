@@ -9,7 +9,7 @@ import random
 from imsaka.config import NetworkConfig, PcscfConfig, PcscfRoute
 from imsaka.cscf.pcscf import TRANSACTION_LIFETIME, Arrival, Forward, PcscfCore, Reply
 from imsaka.sip import make_response, parse_message
-from imsaka.sip.transaction import PackedWire
+from imsaka.sip.compact import PackedWire
 
 UE = ("127.0.0.1", 40000)
 ICSCF = ("127.0.0.1", 5070)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from imsaka.cscf.registrar import ContactBinding, MemoryBindingStore, Registration
-from imsaka.sip.transaction import PackedWire
+from imsaka.sip.compact import PackedWire
 
 
 def xml(n: int) -> str:

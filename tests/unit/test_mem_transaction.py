@@ -7,15 +7,14 @@ from __future__ import annotations
 import pytest
 
 from imsaka.sip import LocalProtocolError, Request, Response, make_response, parse_message
+from imsaka.sip.compact import PackedWire, WirePacker
 from imsaka.sip.transaction import (
     FinishedServerTransaction,
     Input,
-    PackedWire,
     State,
     TransactionLayer,
     TransactionTerminated,
     Transmit,
-    WirePacker,
 )
 
 

@@ -69,7 +69,7 @@ from imsaka.sip import (
     make_response,
     parse_message,
 )
-from imsaka.sip.transaction import WirePacker
+from imsaka.sip.compact import SharedTuples, WirePacker
 
 log = logging.getLogger(__name__)
 
@@ -333,8 +333,8 @@ class PcscfCore:
         self.pending: dict[str, _Pending | _Answered] = {}
         # the cached final answers of `pending`, compressed (about a fifth of their size)
         self._packer = WirePacker()
-        # Service-Route tuples seen (bounded): registrations share them
-        self._routes: dict[tuple[str, ...], tuple[str, ...]] = {}
+        # Service-Route sets seen (bounded): registrations share them
+        self._routes = SharedTuples(64)
         self.registrations: dict[str, Registration] = {}  # by IMPI
         self.by_spi: dict[int, str] = {}  # inbound SPI -> IMPI
         # reg-event subscriptions (TS 24.229 §5.2.3): Call-ID -> IMPI
@@ -1035,13 +1035,7 @@ class PcscfCore:
         except SipParseError:
             pass
         # the S-CSCF's route, the same for its many users: one tuple of one string object
-        route = tuple(sys.intern(r) for r in resp.get_all("Service-Route"))
-        shared = self._routes.get(route)
-        if shared is None:
-            if len(self._routes) >= 64:
-                self._routes.clear()
-            shared = self._routes[route] = route
-        reg.service_route = shared
+        reg.service_route = self._routes.share(resp.get_all("Service-Route"))
         reg.associated_uris = tuple(resp.get_all("P-Associated-URI"))
         contacts = resp.get_all("Contact")
         reg.contact = contacts[0] if contacts else reg.contact

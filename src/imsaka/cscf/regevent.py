@@ -23,6 +23,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from imsaka.cscf.registrar import Registration
 from imsaka.sip import Request
+from imsaka.sip.compact import SharedTuples
 
 __all__ = ["RegSubscription", "RegSubscriptions", "notify_request", "reginfo_body"]
 
@@ -34,6 +35,10 @@ TERMINATION_EVENT = {
     "timeout": "expired",
     "network-initiated": "rejected",
 }
+
+
+# Record-Route sets of the subscribers (one P-CSCF route for many UEs): shared tuples
+_ROUTE_SETS = SharedTuples()
 
 
 @dataclass(slots=True)
@@ -93,7 +98,7 @@ class RegSubscriptions:
             return old
         sub.remote_uri = sys.intern(sub.remote_uri)
         sub.remote_target = sys.intern(sub.remote_target)
-        sub.route_set = tuple(sys.intern(r) for r in sub.route_set)
+        sub.route_set = _ROUTE_SETS.share(sub.route_set)
         subs.append(sub)
         self._count += 1
         return sub

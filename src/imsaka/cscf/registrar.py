@@ -23,7 +23,7 @@ from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from imsaka.sip.transaction import PackedWire, WirePacker
+from imsaka.sip.compact import PackedWire, WirePacker
 
 __all__ = [
     "BindingStore",

@@ -31,7 +31,6 @@ import enum
 import heapq
 import logging
 import os
-import sys
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from imsaka.aka.digest import (
 )
 from imsaka.cscf.registrar import ContactBinding, ContactMap, Registration
 from imsaka.cscf.userdata import UserDataError, associated_uris, parse_user_data
+from imsaka.sip.compact import SharedTuples
 
 __all__ = [
     "AskAssignment",
@@ -345,7 +345,7 @@ class RegistrarCore:
         # binding expiries (deadline, IMPU); stale entries skipped when they surface
         self._timers: list[tuple[float, str]] = []
         self.counters: Counter[str] = Counter()
-        self._paths: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._paths = SharedTuples()  # a P-CSCF's Path, the same for all its UEs
 
     # ----------------------------------------------------------------- public API
 
@@ -833,20 +833,11 @@ class RegistrarCore:
                 uri=spec.uri,
                 expires_at=now + granted,
                 params=spec.params,
-                path=self._shared_path(req.path),
+                path=self._paths.share(req.path),
                 call_id=req.call_id,
                 cseq=req.cseq,
             )
         return contacts
-
-    def _shared_path(self, path: tuple[str, ...]) -> tuple[str, ...]:
-        """One tuple object per Path seen (a P-CSCF's, the same for all its UEs; bounded)."""
-        known = self._paths.get(path)
-        if known is None:
-            if len(self._paths) >= 256:
-                self._paths.clear()
-            known = self._paths[path] = tuple(sys.intern(p) for p in path)
-        return known
 
     def _finish_register(
         self, token: int, op: _Op, user_data: str | None, now: float

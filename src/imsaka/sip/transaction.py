@@ -23,15 +23,14 @@ ACK also by the To tag the server sent).
 from __future__ import annotations
 
 import heapq
-import re
 import sys
-import zlib
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar
 
 from imsaka.sip._abnf import MAGIC_COOKIE
+from imsaka.sip.compact import PackedWire, WirePacker
 from imsaka.sip.errors import LocalProtocolError, SipParseError
 from imsaka.sip.message import Message, Request, Response
 
@@ -331,108 +330,6 @@ def server_key(req: Request) -> tuple:
         str(via),
         method,
     )
-
-
-# -- finished transactions' bytes -----------------------------------------------------
-
-# Header lines learned into a preset dictionary without their parameter values: those
-# are credentials or challenges (a 401 from an S-CSCF carries CK/IK to the P-CSCF).
-_SECRET_HEADERS = (
-    b"www-authenticate",
-    b"proxy-authenticate",
-    b"authentication-info",
-    b"authorization",
-    b"proxy-authorization",
-)
-
-
-# every parameter value of such a line: only the names and the scheme are learned
-_AUTH_VALUE = re.compile(rb'=\s*(?:"(?:[^"\\]|\\.)*"|[^,\s]*)')
-
-
-class PackedWire(bytes):
-    """Octets held compressed by a `WirePacker` (first octet: its dictionary version)."""
-
-    __slots__ = ()
-
-
-class WirePacker:
-    """Keeps the bytes of finished transactions' messages compressed (raw deflate with
-    a preset dictionary), for the time RFC 3261 asks them to be re-sent (Timer J: 32 s
-    on UDP, one final per request a busy server handles).
-
-    The messages of one node differ mostly in a few random tokens (branch, tags,
-    Call-ID, nonce): deflate against a dictionary made of the node's own earlier finals
-    keeps about a fifth of them. The dictionary is learned from the first final of each
-    kind (status line and CSeq method; header part only, authentication parameter values
-    left out, so no challenge or key material stays in it) among the first `LEARN_FROM`
-    messages, and then frozen. Each packed
-    message names the dictionary version it was packed with, so unpacking gives back
-    exactly the octets packed. Unpacking happens only for a retransmission."""
-
-    __slots__ = ("_compressor", "_kinds", "_learning", "_versions")
-
-    WBITS = -12  # 4 KiB window: the dictionary plus a message fit in it
-    MAX_DICTIONARY = 2048
-    MAX_KINDS = 6
-    LEARN_FROM = 64  # messages looked at for new kinds before the dictionary is frozen
-
-    def __init__(self) -> None:
-        self._versions: list[bytes] = []  # preset dictionary of each version
-        self._kinds: set[bytes] | None = set()  # None: the dictionary is frozen
-        self._compressor: Any = None  # primed with the newest dictionary, copied per use
-        self._learning = self.LEARN_FROM
-
-    def pack(self, data: bytes) -> bytes:
-        """`data`, or a shorter `PackedWire` that `unpack` turns back into it."""
-        if type(data) is not bytes:
-            data = bytes(data)  # (a PackedWire of another packer is just octets here)
-        if self._kinds is not None:
-            self._learn(data)
-        if self._compressor is None or len(data) < 64:
-            return data
-        c = self._compressor.copy()
-        packed = c.compress(data) + c.flush()
-        if len(packed) + 1 >= len(data):
-            return data
-        return PackedWire(bytes((len(self._versions) - 1,)) + packed)
-
-    def unpack(self, data: bytes) -> bytes:
-        if type(data) is not PackedWire:
-            return data
-        d = zlib.decompressobj(self.WBITS, self._versions[data[0]])
-        return d.decompress(data[1:]) + d.flush()
-
-    def _learn(self, data: bytes) -> None:
-        kinds = self._kinds
-        assert kinds is not None
-        self._learning -= 1
-        if self._learning <= 0:
-            self._kinds = None  # frozen: the kinds of a node's finals show up early
-        head = data.split(b"\r\n\r\n", 1)[0]
-        first = head.split(b"\r\n", 1)[0]
-        at = head.find(b"\r\nCSeq: ")
-        end = head.find(b"\r\n", at + 8) if at >= 0 else -1
-        method = (
-            head[at + 8 : end if end >= 0 else len(head)].rsplit(b" ", 1)[-1] if at >= 0 else b""
-        )
-        kind = first + b" " + method
-        if kind in kinds:
-            return
-        kinds.add(kind)
-        sample = b"\r\n".join(
-            _AUTH_VALUE.sub(b"=", line) if line.lower().startswith(_SECRET_HEADERS) else line
-            for line in head.split(b"\r\n")
-        )
-        previous = self._versions[-1] if self._versions else b""
-        # newest last: deflate's shortest distances reach the newest sample
-        zdict = (previous + sample + b"\r\n")[-self.MAX_DICTIONARY :]
-        self._versions.append(zdict)
-        self._compressor = zlib.compressobj(
-            1, zlib.DEFLATED, self.WBITS, 2, zlib.Z_DEFAULT_STRATEGY, zdict
-        )
-        if len(kinds) >= self.MAX_KINDS or len(self._versions) >= 255:
-            self._kinds = None
 
 
 _PROCESS_PACKER = WirePacker()
