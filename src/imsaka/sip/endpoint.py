@@ -203,11 +203,10 @@ class SipEndpoint:
 
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        # Timer wake-ups fall on a grid of T1/10 (50 ms): a timer fires at most that late,
-        # and the transactions due within one step are handled in one wake-up. A busy
-        # server ends one transaction per request (Timer J/K, 5 s and 32 s after its
-        # final) and woke up once for each before, ~35 us of loop and timer work each.
-        self._tick = t.t1 / 10
+        # Timer wake-ups on a grid of T1/10 (`TimerConfig.wake_up_at`). A busy server
+        # ends one transaction per request (Timer J/K, 5 s and 32 s after its final)
+        # and woke up once for each before, ~35 us of loop and timer work each.
+        self._timers = t
         self._tasks: set[asyncio.Task] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -755,15 +754,11 @@ class SipEndpoint:
                 self._timer = None
                 self._timer_at = None
             return
-        tick = self._tick
-        if at is not None and deadline <= at <= deadline + tick:
+        if at is not None and deadline <= at <= deadline + self._timers.t1 / 10:
             return  # the armed wake-up is on the grid step of this deadline
         if self._timer is not None:
             self._timer.cancel()
-        # the first grid point not before the deadline
-        at = (deadline // tick + 1) * tick
-        if at < deadline:  # float rounding
-            at = deadline
+        at = self._timers.wake_up_at(deadline)
         self._timer_at = at
         self._timer = self._get_loop().call_at(at, self._on_timer)
 

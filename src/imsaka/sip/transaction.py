@@ -59,6 +59,15 @@ class TimerConfig:
     def ims_ue(cls) -> TimerConfig:
         return cls(t1=2.0, t2=16.0, t4=17.0)
 
+    def wake_up_at(self, deadline: float) -> float:
+        """When an edge wakes up for `deadline`: the first point of a grid of T1/10 not
+        before it. A timer fires at most T1/10 late, never early, and the timers due
+        within one grid step (a busy server ends one transaction per request) share
+        one wake-up of the event loop."""
+        tick = self.t1 / 10
+        at = (deadline // tick + 1) * tick
+        return at if at >= deadline else deadline  # (float rounding)
+
     def __post_init__(self) -> None:
         for name in ("t1", "t2", "t4", "timer_d", "timer_c"):
             v = getattr(self, name)

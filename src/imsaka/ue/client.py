@@ -75,9 +75,10 @@ class UeResult:
 
 
 _CRLF = b"\r\n"
-# Timer wake-ups fall on a grid of T1/10 (the client's transaction layer runs on the
-# default timers): a timer fires at most that late.
-_TICK = TimerConfig().t1 / 10
+# Timer wake-ups on a grid of T1/10 (`TimerConfig.wake_up_at`; the client's
+# transaction layer runs on the default timers).
+_TIMERS = TimerConfig()
+_TICK = _TIMERS.t1 / 10
 
 
 def _time_out(waiter: asyncio.Future) -> None:
@@ -313,10 +314,8 @@ class UeClient:
             self._timer.cancel()
             self._timer = None
         if at is not None:
-            # on a grid of T1/10: the UEs of one process (a load test) that are due
-            # within one step share the loop's wake-up (imsaka.sip.endpoint does the same)
-            grid = (at // _TICK + 1) * _TICK
-            at = grid if grid >= at else at
+            # the UEs of one process (a load test) due within one step share a wake-up
+            at = _TIMERS.wake_up_at(at)
         self._timer_at = at
         if at is not None:
             self._timer = asyncio.get_running_loop().call_at(at, self._on_timer)
