@@ -1491,16 +1491,13 @@ class HssStore:
             and self._commit_seconds <= self.inline_commit_max
             and alone()
         ):
-            start = time.perf_counter()
             try:
-                results = self._batch_inline([job])
+                results = self._commit_inline([job])
             except Exception as exc:  # as the worker: this request fails, not the server
                 log.error("HSS write failed: %s", type(exc).__name__)
                 raise
             if results is not None:
                 self.batches += 1
-                self.commits_inline += 1
-                self._commit_seconds += (time.perf_counter() - start - self._commit_seconds) / 8
                 result = results[0]
                 if isinstance(result, _Failed):
                     raise result.exc
@@ -1589,20 +1586,18 @@ class HssStore:
             # fsync) runs on one dedicated thread, one hop per batch instead of one
             # per statement; the event loop keeps decoding and answering meanwhile.
             # A lone batch after quick commits runs right here (see __init__).
-            start = time.perf_counter()
-            results = None
             if not self._queue and self._commit_seconds <= self.inline_commit_max:
-                results = self._batch_inline(batch)
-            if results is None:
-                if self._executor is None:
-                    self._executor = concurrent.futures.ThreadPoolExecutor(
-                        1, thread_name_prefix="hss-sqlite"
-                    )
-                loop = asyncio.get_running_loop()
-                results = await loop.run_in_executor(self._executor, self._batch_in_thread, batch)
-            else:
-                self.commits_inline += 1
-            self._commit_seconds += (time.perf_counter() - start - self._commit_seconds) / 8
+                results = self._commit_inline(batch)
+                if results is not None:
+                    return results
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="hss-sqlite"
+                )
+            loop = asyncio.get_running_loop()
+            start = time.perf_counter()
+            results = await loop.run_in_executor(self._executor, self._batch_in_thread, batch)
+            self._note_commit(start)
             return results
         if self.dialect == "postgresql":
             return await self._batch_pg(batch)
@@ -1697,6 +1692,18 @@ class HssStore:
             db = self._writer_db = _connect_sqlite(self._path, timeout=30.0)
         db.execute("BEGIN IMMEDIATE")  # the write lock at once, as _sqlite_begin
         return self._batch_begun(db, batch)
+
+    def _commit_inline(self, batch: list[_MarJob | _WriteJob]) -> list[Any] | None:
+        """`_batch_inline`, timed into the moving average of a commit's wall time."""
+        start = time.perf_counter()
+        results = self._batch_inline(batch)
+        if results is not None:
+            self.commits_inline += 1
+            self._note_commit(start)
+        return results
+
+    def _note_commit(self, start: float) -> None:
+        self._commit_seconds += (time.perf_counter() - start - self._commit_seconds) / 8
 
     def _batch_inline(self, batch: list[_MarJob | _WriteJob]) -> list[Any] | None:
         """The group commit on the calling (loop) thread; None, with nothing written, if
