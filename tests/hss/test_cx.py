@@ -222,6 +222,38 @@ async def test_sar_registration_returns_user_data_and_keeps_state(hss, scscf):
     assert re.result_code == cx.DIAMETER_SUCCESS and re.user_data is None
 
 
+async def test_sar_reregistration_that_changes_nothing_writes_nothing(hss, scscf):
+    """TS 29.228 §6.1.2: RE_REGISTRATION keeps the state; when the store already holds
+    exactly that (registered, this S-CSCF, nothing pending) no transaction is run, and
+    whenever something differs the write still happens."""
+    await scscf.request(sar(SAT.REGISTRATION))
+    store, counters = hss.store, hss.service.counters
+    batches = store.batches
+    re = await scscf.request(sar(SAT.RE_REGISTRATION, udaa=1))
+    assert re.result_code == cx.DIAMETER_SUCCESS and re.user_name == "alice@home1.net"
+    assert store.batches == batches and counters["sar_reregistration_unchanged"] == 1
+
+    # A pending S-CSCF (a MAR from another one) must be cleared: written.
+    await scscf.request(mar(server="sip:scscf9.home1.net"))
+    assert (await store.get_subscriber("alice@home1.net")).pending_scscf is not None
+    batches = store.batches
+    await scscf.request(sar(SAT.RE_REGISTRATION, udaa=1))
+    assert store.batches > batches and counters["sar_reregistration_unchanged"] == 1
+    assert (await store.get_subscriber("alice@home1.net")).pending_scscf is None
+
+    # Another S-CSCF name: written, and the HSS now names that one.
+    await scscf.request(sar(SAT.RE_REGISTRATION, udaa=1, server="sip:scscf9.home1.net"))
+    assert (await store.get_subscriber("alice@home1.net")).scscf_name == "sip:scscf9.home1.net"
+    assert counters["sar_reregistration_unchanged"] == 1
+
+    # Not registered any more (administrative de-registration): registered again.
+    await scscf.request(sar(SAT.ADMINISTRATIVE_DEREGISTRATION))
+    await scscf.request(sar(SAT.RE_REGISTRATION, udaa=1))
+    view = await store.get_subscriber("alice@home1.net")
+    assert {u.reg_state for u in view.impus} == {RegState.REGISTERED}
+    assert view.scscf_name == SCSCF_NAME and counters["sar_reregistration_unchanged"] == 1
+
+
 @pytest.mark.parametrize(
     ("sat", "keeps_name"),
     [

@@ -38,6 +38,7 @@ from imsaka.hss.store import (
     MarGrant,
     NotFound,
     SqnExhausted,
+    UserState,
 )
 
 __all__ = ["AKA_SCHEMES", "CxService"]
@@ -65,6 +66,20 @@ def _identity_error(check: IdentityCheck) -> int:
     if not (check.impi_known and check.impu_known):
         return cx.DIAMETER_ERROR_USER_UNKNOWN
     return cx.DIAMETER_ERROR_IDENTITIES_DONT_MATCH
+
+
+def _unchanged(state: UserState, req: cx.ServerAssignmentRequest) -> bool:
+    """A RE_REGISTRATION SAR that would write nothing: the implicit set is registered
+    (one state for the whole set, TS 29.228 §6.5) to this very S-CSCF and no other
+    S-CSCF is pending for the IMPI. Answered from the read alone, without a transaction
+    (the store's write plan would find every row already as the SAR asks)."""
+    return (
+        state.reg_state == RegState.REGISTERED
+        and state.pending_scscf is None
+        and state.scscf_name == req.server_name
+        and state.scscf_host == req.origin_host
+        and state.scscf_realm == req.origin_realm
+    )
 
 
 class CxService:
@@ -394,7 +409,9 @@ class CxService:
             # The User-Data of the SAA comes with the check (one read, not two).
             check, state, data = await self.store.checked_state_and_data(impi, impu)
         else:
-            check, state = await self.store.checked_state(impi, impu)
+            check, state = await self.store.checked_state(
+                impi, impu, with_pending=sat == SAT.RE_REGISTRATION
+            )
         if impi and not check.matched:
             return self._error(req, experimental=_identity_error(check))
         if state is None:
@@ -404,14 +421,17 @@ class CxService:
         )
 
         if sat in (SAT.REGISTRATION, SAT.RE_REGISTRATION, SAT.RESTORATION):
-            await self.store.assign(
-                impu,
-                state=RegState.REGISTERED,
-                server_name=req.server_name,
-                server_host=req.origin_host,
-                server_realm=req.origin_realm,
-                impi=impi,
-            )
+            if not (sat == SAT.RE_REGISTRATION and _unchanged(state, req)):
+                await self.store.assign(
+                    impu,
+                    state=RegState.REGISTERED,
+                    server_name=req.server_name,
+                    server_host=req.origin_host,
+                    server_realm=req.origin_realm,
+                    impi=impi,
+                )
+            else:
+                self.counters["sar_reregistration_unchanged"] += 1
             return await self._saa_ok(
                 req, impi, impu, want_data or sat == SAT.REGISTRATION, data=data
             )

@@ -323,6 +323,7 @@ class UserState:
     implicit_set_id: int
     scscf_name: str | None
     scscf_host: str | None
+    scscf_realm: str | None
     pending_scscf: str | None
     mandatory_caps: tuple[int, ...]
     optional_caps: tuple[int, ...]
@@ -367,7 +368,7 @@ def _identities(impi: str | None, impu: str) -> Plan:
 
 _STATE_COLUMNS = (
     "u.subscription_id, u.identity, u.barred, u.reg_state, u.implicit_set_id,"
-    " s.scscf_name, s.scscf_host, s.mandatory_caps, s.optional_caps"
+    " s.scscf_name, s.scscf_host, s.mandatory_caps, s.optional_caps, s.scscf_realm"
 )
 
 
@@ -389,6 +390,7 @@ def _state_of(row: Any, pending: str | None, nets: tuple[str, ...]) -> UserState
         implicit_set_id=row[4],
         scscf_name=row[5],
         scscf_host=row[6],
+        scscf_realm=row[9],
         pending_scscf=pending,
         mandatory_caps=_caps(row[7]),
         optional_caps=_caps(row[8]),
@@ -409,10 +411,10 @@ def _checked_state(impi: str | None, impu: str, with_pending: bool) -> Plan:
     )
     if row is None:
         return (yield from _identities(impi, impu)), None
-    impi_sid = row[9]
+    impi_sid = row[10]
     check = IdentityCheck(impi_sid is not None, True, impi_sid is not None and impi_sid == row[0])
     nets = yield from _nets(row[0])
-    return check, _state_of(row, row[10] if with_pending and impi else None, nets)
+    return check, _state_of(row, row[11] if with_pending and impi else None, nets)
 
 
 def _checked_state_and_data(impi: str, impu: str) -> Plan:
