@@ -15,6 +15,7 @@ edge sends what it builds.
 
 from __future__ import annotations
 
+import heapq
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -61,8 +62,7 @@ class RegSubscription:
     cseq: int = 0
     version: int = 0
     timer: Any = field(default=None, compare=False, repr=False)
-    """The edge's live expiry entry, (deadline, seq), or None (the S-CSCF keeps one heap
-    of them under one timer)."""
+    """Its live entry, (deadline, seq), in the expiry heap of `RegSubscriptions`, or None."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -70,17 +70,29 @@ class RegSubscription:
 
 
 class RegSubscriptions:
-    """Subscriptions by IMPU; bounded by the registrations (they end with them).
+    """Subscriptions by IMPU, bounded by the registrations (they end with them), and
+    their expiries (RFC 6665 §4.2.2).
 
     An IMPU has one or two subscribers (its P-CSCF, its UE): they are kept in a short
     list per IMPU (a dict per IMPU costs four times the memory, for every registered
-    UE), and the URIs every subscription of one P-CSCF repeats are one string object."""
+    UE), and the URIs every subscription of one P-CSCF repeats are one string object.
 
-    __slots__ = ("_by_impu", "_count")
+    Expiries: one heap of (deadline, seq, subscription) for all of them, so the edge
+    needs one timer (at `next_deadline()`) instead of one per subscription (~0.3 KiB per
+    registered UE). A subscription's live entry is `sub.timer`; an entry that is not is
+    stale and skipped. A refresh that moves the expiry later keeps the earlier entry
+    (the subscription is armed again when it surfaces), so refreshes do not pile up."""
+
+    __slots__ = ("_by_impu", "_count", "_heap", "_seq", "_stale", "armed")
 
     def __init__(self) -> None:
         self._by_impu: dict[str, list[RegSubscription]] = {}
         self._count = 0
+        self._heap: list[tuple[float, int, RegSubscription]] = []
+        self._seq = 0
+        self._stale = 0
+        self.armed = 0
+        """Subscriptions with a live expiry entry."""
 
     def _find(self, subs: list[RegSubscription], key: tuple[str, str]) -> int:
         for i, s in enumerate(subs):
@@ -104,6 +116,8 @@ class RegSubscriptions:
         return sub
 
     def remove(self, sub: RegSubscription) -> None:
+        """End `sub`: it leaves the table and its expiry with it."""
+        self.disarm(sub)
         subs = self._by_impu.get(sub.impu)
         if subs is not None:
             i = self._find(subs, sub.key)
@@ -114,22 +128,68 @@ class RegSubscriptions:
                 del self._by_impu[sub.impu]
 
     def pop_impu(self, impu: str) -> list[RegSubscription]:
-        """Every subscription to `impu`, removed (its registration has ended)."""
+        """Every subscription to `impu`, removed with its expiry (the registration ended)."""
         subs = self._by_impu.pop(impu, [])
         self._count -= len(subs)
+        for sub in subs:
+            self.disarm(sub)
         return subs
 
-    def live(self, impu: str, now: float) -> list[RegSubscription]:
-        subs = self._by_impu.get(impu)
-        if not subs:
-            return []
-        keep = [s for s in subs if s.expires_at > now]
-        self._count -= len(subs) - len(keep)
-        if not keep:
-            del self._by_impu[impu]
-            return []
-        subs[:] = keep
-        return list(keep)
+    # expiries ---------------------------------------------------------------------------
+
+    def arm(self, sub: RegSubscription) -> None:
+        """Make sure `sub` surfaces from `pop_due` by its `expires_at`."""
+        live = sub.timer
+        if live is not None:
+            if live[0] <= sub.expires_at:
+                return
+            self._stale += 1
+        else:
+            self.armed += 1
+        self._seq += 1
+        sub.timer = (sub.expires_at, self._seq)
+        heapq.heappush(self._heap, (sub.expires_at, self._seq, sub))
+        self._compact()
+
+    def disarm(self, sub: RegSubscription) -> None:
+        if sub.timer is not None:
+            sub.timer = None
+            self._stale += 1
+            self.armed -= 1
+            self._compact()
+
+    def _compact(self) -> None:
+        # Stale entries would otherwise wait for their deadline, up to max_expires: drop
+        # them once they are the majority (amortised O(1) per cancel), so the heap holds
+        # at most twice the live ones.
+        if self._stale * 2 > len(self._heap):
+            self._heap = [e for e in self._heap if e[2].timer == (e[0], e[1])]
+            heapq.heapify(self._heap)
+            self._stale = 0
+
+    def next_deadline(self) -> float | None:
+        """When the earliest entry is due (it may be stale: then nothing happens then)."""
+        return self._heap[0][0] if self._heap else None
+
+    def pop_due(self, now: float) -> list[RegSubscription]:
+        """The subscriptions whose live entry is due at `now`, disarmed. One refreshed
+        since its entry was pushed is among them: the caller arms it again."""
+        heap = self._heap
+        due = []
+        while heap and heap[0][0] <= now:
+            deadline, seq, sub = heapq.heappop(heap)
+            if sub.timer != (deadline, seq):
+                self._stale -= 1
+                continue
+            sub.timer = None
+            self.armed -= 1
+            due.append(sub)
+        return due
+
+    @property
+    def expiry_entries(self) -> int:
+        """Entries in the expiry heap, live and stale (at most about twice `armed`)."""
+        return len(self._heap)
 
     def __len__(self) -> int:
         return self._count

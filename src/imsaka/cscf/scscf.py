@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
 import os
 import time
@@ -234,18 +233,8 @@ class Scscf:
     ) -> None:
         self.config = config
         # reg-event (RFC 3680): subscriptions, and how to send their NOTIFYs.
+        # (their expiries too: one loop timer serves them and the registrar core)
         self.subscriptions = RegSubscriptions()
-        self.subscription_timers = 0
-        """Subscriptions of `subscriptions` with an expiry pending (one entry each)."""
-        # RFC 6665 §4.2.2 expiries of every subscription in one heap of
-        # (deadline, seq, subscription) under one loop timer, instead of an asyncio timer
-        # per subscription (~0.3 KiB per registered UE). A subscription's live entry is
-        # `sub.timer` = (deadline, seq); an entry that is not is stale and skipped.
-        self._sub_heap: list[tuple[float, int, RegSubscription]] = []
-        self._sub_seq = 0
-        self._sub_stale = 0
-        self._sub_timer: asyncio.TimerHandle | None = None
-        self._sub_timer_at: float | None = None
         self._send_request = send_request
         self._resolve = resolve or (lambda host: host)
         self._contact = f"<sip:{_uri_host(config.address)}:{config.port}>"
@@ -280,12 +269,8 @@ class Scscf:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
-        for sub in self.subscriptions:
-            self._cancel_timer(sub)
-        if self._sub_timer is not None:
-            self._sub_timer.cancel()
-            self._sub_timer = None
-        self._sub_heap.clear()
+        for sub in list(self.subscriptions):
+            self.subscriptions.disarm(sub)
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -387,84 +372,15 @@ class Scscf:
         )
         self.core.counters["subscribed"] += 1
         if expires == 0:  # an unsubscribe: the final NOTIFY ends the dialog
-            self._end_subscription(sub)
+            self.subscriptions.remove(sub)
             body = reginfo_body(reg.impu, reg, version=sub.version, now=now)
             self._send_notify(sub, body, now, terminated_reason="timeout")
             return
         body = reginfo_body(reg.impu, reg, version=sub.version, now=now)
         self._send_notify(sub, body, now)
         # RFC 6665 §4.2.1.2: a refresh replaces the expiry; one live entry per subscription.
-        self._arm_expiry(sub)
-
-    def _arm_expiry(self, sub: RegSubscription) -> None:
-        """Make sure `sub` is looked at by its `expires_at`. A live entry that is due no
-        later stays (a refresh moves the expiry later; the entry re-arms when it
-        surfaces), so refreshes do not pile entries up."""
-        live = sub.timer
-        if live is not None:
-            if live[0] <= sub.expires_at:
-                return
-            self._sub_stale += 1
-        else:
-            self.subscription_timers += 1
-        self._sub_seq += 1
-        entry = (sub.expires_at, self._sub_seq)
-        sub.timer = entry
-        heapq.heappush(self._sub_heap, (entry[0], entry[1], sub))
-        self._compact_expiries()
-        self._arm_sub_timer()
-
-    def _compact_expiries(self) -> None:
-        # Stale entries (cancelled, or replaced by an earlier one) would otherwise wait
-        # for their deadline, up to max_expires: drop them once they are the majority
-        # (amortised O(1) per cancel), so the heap holds at most twice the live ones.
-        if self._sub_stale * 2 > len(self._sub_heap):
-            self._sub_heap = [e for e in self._sub_heap if e[2].timer == (e[0], e[1])]
-            heapq.heapify(self._sub_heap)
-            self._sub_stale = 0
-
-    def _arm_sub_timer(self) -> None:
-        heap = self._sub_heap
-        due = heap[0][0] if heap else None
-        if due == self._sub_timer_at and (due is None or self._sub_timer is not None):
-            return
-        if self._sub_timer is not None:
-            self._sub_timer.cancel()
-            self._sub_timer = None
-        self._sub_timer_at = due
-        if due is not None and not self._closed:
-            delay = max(0.0, due - self._clock())
-            self._sub_timer = asyncio.get_running_loop().call_later(delay, self._on_sub_timer)
-
-    def _on_sub_timer(self) -> None:
-        self._sub_timer = None
-        self._sub_timer_at = None
-        now = self._clock()
-        heap = self._sub_heap
-        while heap and heap[0][0] <= now:
-            deadline, seq, sub = heapq.heappop(heap)
-            if sub.timer != (deadline, seq):
-                self._sub_stale -= 1
-                continue
-            sub.timer = None
-            self.subscription_timers -= 1
-            self._subscription_expired(sub)
-        self._arm_sub_timer()
-
-    def _cancel_timer(self, sub: RegSubscription) -> None:
-        if sub.timer is not None:
-            sub.timer = None
-            self._sub_stale += 1
-            self.subscription_timers -= 1
-            self._compact_expiries()
-            if not self._sub_heap and self._sub_timer is not None:
-                self._sub_timer.cancel()
-                self._sub_timer = None
-                self._sub_timer_at = None
-
-    def _end_subscription(self, sub: RegSubscription) -> None:
-        self.subscriptions.remove(sub)
-        self._cancel_timer(sub)
+        self.subscriptions.arm(sub)
+        self._rearm()
 
     def _subscription_expired(self, sub: RegSubscription) -> None:
         """RFC 6665 §4.2.2: a subscription not refreshed in time ends with a final NOTIFY."""
@@ -472,7 +388,7 @@ class Scscf:
         if self._closed or sub not in self.subscriptions:
             return  # already ended
         if sub.expires_at > now:  # refreshed since its entry was pushed: wait the rest
-            self._arm_expiry(sub)
+            self.subscriptions.arm(sub)
             return
         self.subscriptions.remove(sub)
         self.core.counters["subscription_expired"] += 1
@@ -486,8 +402,6 @@ class Scscf:
         subs = self.subscriptions.pop_impu(removed.impu)
         if not subs:
             return
-        for sub in subs:
-            self._cancel_timer(sub)
         now = self._clock()
         event = TERMINATION_EVENT.get(removed.reason, "deactivated")
         reason = "rejected" if removed.reason == "network-initiated" else "deactivated"
@@ -529,7 +443,7 @@ class Scscf:
         if response.status in (404, 408, 481) or response.status >= 500:
             # RFC 6665 §4.2.2: the subscriber is gone; end the subscription.
             self.core.counters["notify_failed"] += 1
-            self._end_subscription(sub)
+            self.subscriptions.remove(sub)
 
     # ------------------------------------------------------------- actions
 
@@ -736,9 +650,13 @@ class Scscf:
     # ------------------------------------------------------------- timer
 
     def _rearm(self) -> None:
+        """One loop timer for the registrar core's deadlines and the subscriptions'."""
         if self._closed:
             return
         deadline = self.core.next_deadline()
+        due = self.subscriptions.next_deadline()
+        if due is not None and (deadline is None or due < deadline):
+            deadline = due
         if deadline == self._timer_at:
             return
         armed = self._timer_at if self._timer is not None else None
@@ -759,7 +677,14 @@ class Scscf:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self._spawn(self._fire())
+        now = self._clock()
+        for sub in self.subscriptions.pop_due(now):
+            self._subscription_expired(sub)
+        core_due = self.core.next_deadline()
+        if core_due is not None and core_due <= now:
+            self._spawn(self._fire())
+        else:
+            self._rearm()
 
     async def _fire(self) -> None:
         await self._run_actions(self.core.handle_timer(self._clock()))
@@ -840,8 +765,8 @@ class ScscfServer:
             out["cx_operations"] = core["operations"]
             out["requests_awaiting_reply"] = len(self.scscf._pending)
             out["subscriptions"] = len(self.scscf.subscriptions)
-            out["subscription_timers"] = self.scscf.subscription_timers
-            out["subscription_expiry_entries"] = len(self.scscf._sub_heap)
+            out["subscription_timers"] = self.scscf.subscriptions.armed
+            out["subscription_expiry_entries"] = self.scscf.subscriptions.expiry_entries
         if self.endpoint is not None:
             out["transactions_waiting"] = self.endpoint.layer.pending()
         if self.node is not None:
