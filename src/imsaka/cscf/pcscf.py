@@ -40,6 +40,7 @@ import hashlib
 import heapq
 import logging
 import random
+import re
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -238,7 +239,9 @@ class _Pending:
     kind: str  # "register-clear", "register-protected", "request"
     impi: str
     created: float
-    security_client: Sequence[SecurityMechanism] = ()  # emptied once the final is in
+    # The offers of a REGISTER in the clear, parsed (for the sec-agree decision); a
+    # protected one keeps only `security_client_text`, parsed if it is challenged.
+    security_client: Sequence[SecurityMechanism] = ()
     expires_zero: bool = False
     # The final answer, cached for retransmitted requests for Timer F; kept serialized
     # because a parsed message costs about five times its bytes, for 32 s per REGISTER.
@@ -282,6 +285,42 @@ class _Answered:
 
 def _addr_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+# Credentials exactly as DigestCredentials renders them (RFC 2617 §3.2.2 / RFC 3261
+# §25.1: scheme SP auth-param *(", " auth-param), quoted values without escapes): such
+# a text is its own rendering, so a parameter can be appended to the text itself.
+_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
+_TOKEN_VALUE = r"[A-Za-z0-9\-.!%*_+`'~/=]+"
+_AUTH_PARAM = rf'{_TOKEN}=(?:"[^"\\]*"|{_TOKEN_VALUE})'
+_CANONICAL_CREDENTIALS = re.compile(f"{_TOKEN} {_AUTH_PARAM}(?:, {_AUTH_PARAM})*")
+
+
+def _with_integrity_protected(request: Request, auth: DigestCredentials, protected: bool) -> str:
+    """The Authorization value with integrity-protected set (TS 24.229 §5.2.2.1): the
+    UE's text with the parameter appended when it has none and is in the form we would
+    write, else the credentials re-rendered with it set in place or appended."""
+    value = "yes" if protected else "no"
+    if auth.param("integrity-protected") is None:
+        text = request.get("Authorization")
+        if text is not None and _CANONICAL_CREDENTIALS.fullmatch(text):
+            return f'{text}, integrity-protected="{value}"'
+    return str(auth.with_param("integrity-protected", value, quoted=True))
+
+
+def _names_uri(value: str | None, uri: str) -> bool:
+    """Whether a To/From value is `<uri>` (with or without params after it): then its
+    URI is `uri` without parsing it (a re-registration's 200 OK names the IMPU the
+    registration already holds; NameAddr.parse would give the same text)."""
+    return (
+        bool(uri)
+        and value is not None
+        and value.startswith("<")
+        and value.startswith(uri, 1)
+        and value.startswith(">", 1 + len(uri))
+        and ">" not in uri
+        and uri == uri.strip()
+    )
 
 
 def _domain_of(uri: str) -> str:
@@ -342,6 +381,17 @@ class PcscfCore:
         self.subscribe_reg_event = config.subscribe_reg_event
         self.drops: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
+        # IMPI -> Call-ID of its reg-event subscription: whether an IMPI is subscribed
+        # is asked on every 200 OK to a REGISTER, a scan of `subscriptions` otherwise.
+        self._subscribed: dict[str, str] = {}
+        # The texts every forwarded REGISTER carries, built once.
+        name = _addr_host(config.name)
+        self._via_prefix = f"{name}:{self.port};branch="
+        self._path_text = f"<sip:term@{name}:{self.port};lr>"
+        self._visited_text = f'"{config.visited_network_id}"'
+        # Request-URI -> next hop: the routes and the host table are fixed for the life
+        # of the core, and a P-CSCF sees a handful of registrar URIs.
+        self._routes_by_uri: dict[str, Address | None] = {}
         # Deadline heap (deadline, kind, key): kind "temporary" / "expiry" keyed by
         # IMPI. Entries are pushed wherever a deadline is set and checked against the
         # live state when they surface (lazy deletion), so per-message timer work is
@@ -414,6 +464,18 @@ class PcscfCore:
 
     def route(self, request_uri: str) -> Address | None:
         """Next hop for a REGISTER to `request_uri` (seed steps 2–3)."""
+        cache = self._routes_by_uri
+        try:
+            return cache[request_uri]
+        except KeyError:
+            pass
+        target = self._route(request_uri)
+        if len(cache) >= 64:
+            cache.clear()  # many distinct URIs (odd clients): bounded, not useful
+        cache[request_uri] = target
+        return target
+
+    def _route(self, request_uri: str) -> Address | None:
         # Request-URI host by domain suffix, longest route domain first (the matching
         # rule lives in the config, so `imsaka.config` and the core agree).
         chosen = self.config.route_for(_domain_of(request_uri))
@@ -432,10 +494,7 @@ class PcscfCore:
         return host, port
 
     def _via(self, branch: str, transport: str) -> str:
-        return f"SIP/2.0/{transport.upper()} {_addr_host(self.config.name)}:{self.port};branch={branch}"
-
-    def _path(self) -> str:
-        return f"<sip:term@{_addr_host(self.config.name)}:{self.port};lr>"
+        return f"SIP/2.0/{transport.upper()} {self._via_prefix}{branch}"
 
     def _reply(
         self,
@@ -503,7 +562,7 @@ class PcscfCore:
                 reply = Reply(reply.message, reply.destination, reply.transport, pending.final_spi)
             return [reply]
         if request.method == "REGISTER":
-            return self._register(request, arrival, branch, now)
+            return self._register(request, arrival, branch, ue_branch, mf, now)
         if (
             request.method == "NOTIFY"
             and arrival.spi is None
@@ -515,7 +574,13 @@ class PcscfCore:
         return self._other_request(request, arrival, branch, now)
 
     def _register(
-        self, request: Request, arrival: Arrival, branch: str, now: float
+        self,
+        request: Request,
+        arrival: Arrival,
+        branch: str,
+        ue_branch: str,
+        max_forwards: int | None,
+        now: float,
     ) -> list[Action]:
         try:
             auth = request.authorization
@@ -523,10 +588,16 @@ class PcscfCore:
             return [self._reply(request, arrival, 400, "Bad Authorization")]
         impi = auth.username if auth is not None and auth.username else ""
         if arrival.spi is None:
-            return self._register_clear(request, arrival, branch, auth, impi, now)
-        return self._register_protected(request, arrival, branch, auth, impi, now)
+            return self._register_clear(
+                request, arrival, branch, ue_branch, max_forwards, auth, impi, now
+            )
+        return self._register_protected(
+            request, arrival, branch, ue_branch, max_forwards, auth, impi, now
+        )
 
-    def _register_clear(self, request, arrival, branch, auth, impi, now) -> list[Action]:
+    def _register_clear(
+        self, request, arrival, branch, ue_branch, max_forwards, auth, impi, now
+    ) -> list[Action]:
         security_client = request.get_all("Security-Client")
         # A challenge response; not one carrying AUTS: after a synchronisation failure
         # the UE sets up no SAs and answers in the clear (TS 24.229 §5.1.1.5.3).
@@ -534,8 +605,9 @@ class PcscfCore:
         reg = self.registrations.get(impi) if impi else None
         # Seed step 6: a challenge response (or a Security-Verify) in the clear where
         # sec-agree applies is dropped: it had to come over the temporary SAs.
-        if security_client or request.get("Security-Verify") is not None:
-            if has_response or request.get("Security-Verify") is not None:
+        has_verify = request.has("Security-Verify")
+        if security_client or has_verify:
+            if has_response or has_verify:
                 return self._drop("clear-register-where-protection-due", impi)
         elif reg is not None and (reg.temporary is not None or reg.sa is not None) and has_response:
             return self._drop("clear-register-where-protection-due", impi)
@@ -547,10 +619,13 @@ class PcscfCore:
                 parsed = parse_security_header(security_client)
             except SecAgreeParseError:
                 parsed = None
+        # Read once: the decision and the forwarded copy both use them.
+        require = request.get_all("Require")
+        proxy_require = request.get_all("Proxy-Require")
         # RFC 3329 §2.3.1 under policy "required" (FACTS §3.3).
         decision = sec_agree_decision(
-            require=request.get_all("Require"),
-            proxy_require=request.get_all("Proxy-Require"),
+            require=require,
+            proxy_require=proxy_require,
             supported=request.get_all("Supported"),
             security_client=parsed or security_client,
             policy=self.policy,
@@ -582,7 +657,9 @@ class PcscfCore:
         target = self.route(request.uri)
         if target is None:
             return [self._reply(request, arrival, 404, "No route to the home network")]
-        fwd = self._prepare_upstream(request, branch, arrival, protected=False)
+        fwd = self._prepare_upstream(
+            request, branch, arrival, False, max_forwards, auth, require, proxy_require
+        )
         if fwd is None:
             return [self._reply(request, arrival, 400, "Bad Request")]
         contact_zero = self._expires_zero(request)
@@ -590,7 +667,7 @@ class PcscfCore:
             branch,
             _Pending(
                 arrival=arrival,
-                ue_branch=request.via[0].branch or "",
+                ue_branch=ue_branch,
                 kind="register-clear",
                 impi=impi,
                 created=now,
@@ -601,7 +678,9 @@ class PcscfCore:
         )
         return [Forward(fwd, target, "udp")]
 
-    def _register_protected(self, request, arrival, branch, auth, impi, now) -> list[Action]:
+    def _register_protected(
+        self, request, arrival, branch, ue_branch, max_forwards, auth, impi, now
+    ) -> list[Action]:
         owner = self.by_spi.get(arrival.spi)  # type: ignore[arg-type]
         reg = self.registrations.get(owner) if owner else None
         if reg is None:
@@ -613,12 +692,11 @@ class PcscfCore:
             ]
         on_temporary = reg.temporary is not None and arrival.spi in reg.temporary.inbound_spis
         sent_server = reg.pending_server if on_temporary else reg.security_server
+        sc = request.get_all("Security-Client")
         try:
             check_security_verify(sent_server, request.get_all("Security-Verify") or None)
             if on_temporary:
-                check_security_client_unchanged(
-                    reg.security_client, request.get_all("Security-Client") or None
-                )
+                check_security_client_unchanged(reg.security_client, sc or None)
         except DowngradeError as exc:
             self.counters["downgrade-refused"] += 1
             log.warning("pcscf: %s: downgrade attempt refused: %s", reg.impi, exc)
@@ -635,32 +713,25 @@ class PcscfCore:
                 actions.append(self._release(reg, reg.temporary, "downgrade attempt"))
                 reg.temporary = None
             return actions
-        offers: list[SecurityMechanism] = []
-        sc = request.get_all("Security-Client")
-        offer_text: tuple[str, ...] = ()
-        if sc and not on_temporary:
-            offer_text = tuple(sc)
-            try:
-                offers = parse_security_header(sc)
-            except SecAgreeParseError:
-                offers = []
+        # A re-REGISTER's offers for the next SA set matter only if it is challenged: kept
+        # as text here, parsed by `_on_401` (most re-registrations are answered 200).
+        offer_text: tuple[str, ...] = tuple(sc) if sc and not on_temporary else ()
         target = self.route(request.uri)
         if target is None:
             return [self._reply(request, arrival, 404, "No route to the home network")]
-        fwd = self._prepare_upstream(request, branch, arrival, protected=True)
+        fwd = self._prepare_upstream(request, branch, arrival, True, max_forwards, auth)
         if fwd is None:
             return [self._reply(request, arrival, 400, "Bad Request")]
         self._add_pending(
             branch,
             _Pending(
                 arrival=arrival,
-                ue_branch=request.via[0].branch or "",
+                ue_branch=ue_branch,
                 kind="register-protected",
                 impi=reg.impi,
                 created=now,
-                security_client=offers,
                 expires_zero=self._expires_zero(request),
-                security_client_text=offer_text if offers else (),
+                security_client_text=offer_text,
             ),
         )
         return [Forward(fwd, target, "udp")]
@@ -683,9 +754,19 @@ class PcscfCore:
         return True
 
     def _prepare_upstream(
-        self, request: Request, branch: str, arrival: Arrival, *, protected: bool
+        self,
+        request: Request,
+        branch: str,
+        arrival: Arrival,
+        protected: bool,
+        max_forwards: int | None,
+        auth: DigestCredentials | None,
+        require: list[str] | None = None,
+        proxy_require: list[str] | None = None,
     ) -> Request | None:
-        """Packet 1 → 2 (and 8 → 9): the P-CSCF's changes to a REGISTER."""
+        """Packet 1 → 2 (and 8 → 9): the P-CSCF's changes to a REGISTER. `max_forwards`,
+        `auth` (and Require / Proxy-Require when given) are the request's, as read
+        already; the headers this replaces go in one pass, the new ones are added."""
         fwd = request.copy()
         # RFC 3581: the UE's source address, so responses find it behind a NAT.
         try:
@@ -699,30 +780,34 @@ class PcscfCore:
                 top = top.with_param("rport", str(arrival.source[1]))
             fwd.pop_first("Via")
             fwd.add("Via", str(top), first=True)
-        fwd.add("Via", self._via(branch, "udp"), first=True)
-        mf = fwd.max_forwards
-        fwd.set("Max-Forwards", str((mf if mf is not None else 70) - 1))
-        # Path and Require: path (RFC 3327; TS 24.228 packet 2).
-        fwd.add("Path", self._path(), first=False)
-        require = strip_sec_agree(fwd.get_all("Require"))
-        proxy_require = strip_sec_agree(fwd.get_all("Proxy-Require"))
-        fwd.remove("Require", "Proxy-Require")
+        fwd.add("Via", f"SIP/2.0/UDP {self._via_prefix}{branch}", first=True)
+        fwd.set("Max-Forwards", str((max_forwards if max_forwards is not None else 70) - 1))
+        # integrity-protected, overwriting whatever the UE put there (FACTS §3.1).
+        if auth is not None:
+            fwd.set("Authorization", _with_integrity_protected(request, auth, protected))
+        # Path and Require: path (RFC 3327; TS 24.228 packet 2); no sec-agree tags,
+        # Security-Client or -Verify upstream (TS 24.228 R1-1c). The replaced and the
+        # removed headers go first, so that the new lines go to the end, in this order.
+        require = strip_sec_agree(request.get_all("Require") if require is None else require)
+        proxy_require = strip_sec_agree(
+            request.get_all("Proxy-Require") if proxy_require is None else proxy_require
+        )
+        fwd.remove(
+            "Require",
+            "Proxy-Require",
+            "Security-Client",
+            "Security-Verify",
+            "P-Visited-Network-ID",
+            "P-Charging-Vector",
+        )
+        fwd.add("Path", self._path_text)
         if "path" not in [t.lower() for t in require]:
             require.append("path")
-        fwd.set("Require", ", ".join(require))
+        fwd.add("Require", ", ".join(require))
         if proxy_require:
-            fwd.set("Proxy-Require", ", ".join(proxy_require))
-        # removed first, so that the new lines go to the end, in this order
-        fwd.remove(
-            "Security-Client", "Security-Verify", "P-Visited-Network-ID", "P-Charging-Vector"
-        )
-        fwd.set("P-Visited-Network-ID", f'"{self.config.visited_network_id}"')
-        fwd.set("P-Charging-Vector", f'icid-value="{self._icid()}"')
-        # integrity-protected, overwriting whatever the UE put there (FACTS §3.1).
-        auth = fwd.authorization
-        if auth is not None:
-            auth = auth.with_param("integrity-protected", "yes" if protected else "no", quoted=True)
-            fwd.set("Authorization", str(auth))
+            fwd.add("Proxy-Require", ", ".join(proxy_require))
+        fwd.add("P-Visited-Network-ID", self._visited_text)
+        fwd.add("P-Charging-Vector", f'icid-value="{self._icid()}"')
         return _place_after_access_info(fwd, _ADDED_UPSTREAM)
 
     # ------------------------------------------------------------------ non-REGISTER
@@ -843,7 +928,7 @@ class PcscfCore:
             if response.status >= 200:
                 del self.pending[branch]
                 if response.status >= 300:
-                    self.subscriptions.pop(response.get("Call-ID") or "", None)
+                    self._unsubscribe(response.get("Call-ID") or "")
                     self.counters["reg-subscribe-refused"] += 1
                     log.info("pcscf: reg-event SUBSCRIBE refused: %d", response.status)
                 else:
@@ -934,6 +1019,12 @@ class PcscfCore:
         for ch in stripped:
             resp.add("WWW-Authenticate", str(ch))
         offers = pending.security_client
+        if not offers and pending.security_client_text:
+            # a re-REGISTER's offers, kept as text until a challenge needs them
+            try:
+                offers = parse_security_header(pending.security_client_text)
+            except SecAgreeParseError:
+                offers = []
         if not offers:
             # A UE without sec-agree (policy optional): no SAs, plain 401.
             return [self._to_ue(resp, pending.arrival)]
@@ -1030,10 +1121,11 @@ class PcscfCore:
                 clear_source=arrival.source,
             )
             self.registrations[reg.impi] = reg
-        try:
-            reg.impu = resp.to.uri
-        except SipParseError:
-            pass
+        if not _names_uri(resp.get("To"), reg.impu):
+            try:
+                reg.impu = resp.to.uri
+            except SipParseError:
+                pass
         # the S-CSCF's route, the same for its many users: one tuple of one string object
         reg.service_route = self._routes.share(resp.get_all("Service-Route"))
         reg.associated_uris = tuple(resp.get_all("P-Associated-URI"))
@@ -1073,11 +1165,7 @@ class PcscfCore:
         elif arrival.spi is None:
             reg.clear_source = arrival.source
         self.counters["registered"] += 1
-        if (
-            self.subscribe_reg_event
-            and reg.service_route
-            and reg.impi not in self.subscriptions.values()
-        ):
+        if self.subscribe_reg_event and reg.service_route and reg.impi not in self._subscribed:
             actions += self._subscribe_reg(reg, now)
         return actions
 
@@ -1115,6 +1203,7 @@ class PcscfCore:
         if target is None:
             return []
         self.subscriptions[call_id] = reg.impi
+        self._subscribed[reg.impi] = call_id
         self._add_pending(
             branch,
             _Pending(
@@ -1137,7 +1226,7 @@ class PcscfCore:
             'state="terminated"' in body and 'state="active"' not in body
         )
         if state == "terminated":
-            self.subscriptions.pop(call_id, None)
+            self._unsubscribe(call_id)
         if (
             terminated
             and reg is not None
@@ -1159,6 +1248,11 @@ class PcscfCore:
             reg.temporary = reg.sa = None
             self._forget(reg)
         return actions
+
+    def _unsubscribe(self, call_id: str) -> None:
+        impi = self.subscriptions.pop(call_id, None)
+        if impi is not None and self._subscribed.get(impi) == call_id:
+            del self._subscribed[impi]
 
     @staticmethod
     def _granted_expires(resp: Response) -> int:
