@@ -34,12 +34,16 @@ from imsaka.cscf.pcscf import (
 from imsaka.ipsec.backend import ProtectedMessage, create_backend
 from imsaka.ipsec.sa import SaSet, SaSetRemoved, SaState, SecurityAssociationTable
 from imsaka.sip import Request, SipParseError, make_response, parse_message
+from imsaka.sip.transaction import TimerConfig
 from imsaka.sip.transport import TcpTransport, UdpTransport
 from imsaka.wire import Observer
 
 log = logging.getLogger(__name__)
 
 __all__ = ["PcscfServer"]
+
+_TIMERS = TimerConfig()
+_TICK = _TIMERS.t1 / 10
 
 
 class PcscfServer:
@@ -389,16 +393,21 @@ class PcscfServer:
 
     def _arm(self) -> None:
         assert self.core is not None
-        loop = asyncio.get_running_loop()
         deadline = self.core.next_deadline()
+        at = self._timer_at
         if self._timer is not None:
-            if deadline is not None and self._timer_at == deadline:
-                return
+            if deadline is not None and at is not None and deadline <= at <= deadline + _TICK:
+                return  # the armed wake-up is on the grid step of this deadline
             self._timer.cancel()
             self._timer = None
-        self._timer_at = deadline
-        if deadline is not None:
-            self._timer = loop.call_at(deadline, self._on_timer)
+        if deadline is None:
+            self._timer_at = None
+            return
+        # On the T1/10 grid (`TimerConfig.wake_up_at`): the core's earliest deadline is
+        # the oldest forwarded request's end of life, one per request at load; the ends
+        # due within one grid step share one wake-up.
+        at = self._timer_at = _TIMERS.wake_up_at(deadline)
+        self._timer = asyncio.get_running_loop().call_at(at, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
