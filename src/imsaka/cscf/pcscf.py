@@ -91,6 +91,12 @@ Address = tuple[str, int]
 
 # Timer F (64·T1) bounds how long a forwarded request's context is kept.
 TRANSACTION_LIFETIME = 32.0
+# Overload: requests forwarded upstream and not answered beyond which a new initial
+# REGISTER is refused 503 (`PcscfConfig.max_in_flight`; 0: no bound), and the base of
+# that 503's Retry-After in seconds (RFC 3261 §21.5.4, §20.33), randomised up to twice
+# the base so the refused UEs do not all come back in the same second.
+DEFAULT_MAX_IN_FLIGHT = 300
+OVERLOAD_RETRY_AFTER = 5
 
 
 # ----------------------------------------------------------------------- SA model
@@ -283,6 +289,11 @@ class _Answered:
         self.final_spi = final_spi
 
 
+def _in_flight(p: _Pending | _Answered) -> bool:
+    """Whether a `pending` entry is a UE's request forwarded and not answered yet."""
+    return p.final_data is None and p.kind != "subscribe"
+
+
 def _addr_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
@@ -351,8 +362,16 @@ class PcscfCore:
         port_c: int | None = None,
         port_s: int | None = None,
         spi_allocator: Any = None,
+        max_in_flight: int | None = None,
     ) -> None:
         self.config = config
+        # The overload bound: the argument, else the config's (read defensively: a
+        # config without the field gets the default), 0 or less for none.
+        if max_in_flight is None:
+            max_in_flight = getattr(config, "max_in_flight", DEFAULT_MAX_IN_FLIGHT)
+        self.max_in_flight = int(max_in_flight)
+        # UE requests forwarded and not answered yet (what `open_transactions` reports)
+        self._in_flight = 0
         # () -> (spi-c, spi-s): the SA table's allocator (unique among live SAs).
         self._spi_allocator = spi_allocator
         self.network = network
@@ -404,8 +423,12 @@ class PcscfCore:
 
     def _add_pending(self, branch: str, pending: _Pending) -> None:
         # a replaced context moves to the end: the dict stays in expiry order
-        self.pending.pop(branch, None)
+        replaced = self.pending.pop(branch, None)
+        if replaced is not None and _in_flight(replaced):
+            self._in_flight -= 1
         self.pending[branch] = pending
+        if _in_flight(pending):
+            self._in_flight += 1
 
     def _watch(self, deadline: float, key: str) -> None:
         """A deadline of registration `key` was set. One heap entry per registration,
@@ -611,6 +634,10 @@ class PcscfCore:
                 return self._drop("clear-register-where-protection-due", impi)
         elif reg is not None and (reg.temporary is not None or reg.sa is not None) and has_response:
             return self._drop("clear-register-where-protection-due", impi)
+        if 0 < self.max_in_flight <= self._in_flight and self._initial(
+            request, arrival, branch, auth, reg
+        ):
+            return [self._overloaded(request, arrival)]
         # The offers, parsed once for the decision and the 401 (a header that does not
         # parse is left to the decision, which answers it in its own order).
         parsed: list[SecurityMechanism] | None = None
@@ -677,6 +704,30 @@ class PcscfCore:
             ),
         )
         return [Forward(fwd, target, "udp")]
+
+    def _initial(self, request, arrival, branch, auth, reg) -> bool:
+        """Whether a REGISTER in the clear starts new work: not the retransmission of
+        one in flight, not the AUTS answer of an AKA run under way (TS 24.229
+        §5.1.1.5.3), not the refresh of a registration without sec-agree."""
+        if branch in self.pending or (auth is not None and auth.auts):
+            return False
+        return not (
+            reg is not None
+            and reg.state is RegState.REGISTERED
+            and reg.clear_source == arrival.source
+        )
+
+    def _overloaded(self, request: Request, arrival: Arrival) -> Reply:
+        """503 with Retry-After to a new initial REGISTER while `max_in_flight` requests
+        are forwarded and unanswered (RFC 3261 §21.5.4): not forwarded, so the work in
+        flight (AKA runs under way, re-registrations over SAs) is served first."""
+        self.counters["overload_rejected"] += 1
+        retry = OVERLOAD_RETRY_AFTER + self._rng.randrange(OVERLOAD_RETRY_AFTER + 1)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("pcscf: overload: 503 to %s:%d", *arrival.source)
+        return self._reply(
+            request, arrival, 503, "Service Unavailable", [("Retry-After", str(retry))]
+        )
 
     def _register_protected(
         self, request, arrival, branch, ue_branch, max_forwards, auth, impi, now
@@ -973,6 +1024,8 @@ class PcscfCore:
             if isinstance(a, Reply) and isinstance(a.message, Response):
                 pending.final = a.message
                 pending.final_spi = a.spi
+        if pending.final_data is not None:
+            self._in_flight -= 1  # it was open (checked above): answered now
         if pending.final_data is not None and self.pending.get(branch) is pending:
             # kept only to answer retransmissions now (Timer F): the answer and its SPI
             self.pending[branch] = _Answered(
@@ -1305,6 +1358,8 @@ class PcscfCore:
             if oldest.created + TRANSACTION_LIFETIME > now:
                 break
             del pending[branch]
+            if _in_flight(oldest):  # Timer F: never answered
+                self._in_flight -= 1
         timers = self._timers
         while timers and timers[0][0] <= now:
             entry = heapq.heappop(timers)
@@ -1343,10 +1398,9 @@ class PcscfCore:
     def open_transactions(self) -> int:
         """Forwarded requests without a final response yet. Entries whose final answer
         is cached (for retransmissions, like Timer J) are not counted, nor the P-CSCF's
-        own reg-event SUBSCRIBEs (TS 24.229 §5.2.3), whose entry keeps no final."""
-        return sum(
-            1 for p in self.pending.values() if p.final_data is None and p.kind != "subscribe"
-        )
+        own reg-event SUBSCRIBEs (TS 24.229 §5.2.3), whose entry keeps no final. Kept as
+        a count (the overload bound reads it on every initial REGISTER)."""
+        return self._in_flight
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,233 @@
+"""P-CSCF overload protection: past `max_in_flight` requests forwarded and unanswered, a
+new initial REGISTER gets 503 with Retry-After (RFC 3261 §21.5.4, §20.33) and is not
+forwarded; REGISTERs over an SA, retransmissions of requests in flight and AUTS
+answers are still served. Core (sans-I/O) and over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+
+from prometheus_client import generate_latest
+
+from imsaka.config import PcscfConfig
+from imsaka.cscf.pcscf import (
+    DEFAULT_MAX_IN_FLIGHT,
+    OVERLOAD_RETRY_AFTER,
+    Arrival,
+    Forward,
+    InstallSecurityAssociations,
+    PcscfCore,
+    Reply,
+)
+from imsaka.metrics import parse_metrics, registry_for
+from imsaka.sip import make_response, parse_message
+from imsaka.ue.client import UeClient
+
+from .test_pcscf_core import ICSCF, PACKET1, UE, core
+from .test_pcscf_rereg import CHALLENGE, OK_HEADERS, _second
+
+
+def _scan(p) -> int:
+    """In flight by the definition: UE requests in `pending` without a final answer."""
+    return sum(1 for e in p.pending.values() if e.final_data is None and e.kind != "subscribe")
+
+
+def _initial(n: int, impi: str = "user1_private@home1.net") -> bytes:
+    return (
+        PACKET1.replace("z9hG4bKnashds7", f"z9hG4bKinit{n}")
+        .replace("user1_private@home1.net", impi)
+        .replace("apb03a0s09dkjdfglkj49111", f"call{n}")
+        .encode()
+    )
+
+
+def _is_503(actions) -> int:
+    """The Retry-After of the one action, a 503 to the UE (not forwarded)."""
+    (reply,) = actions
+    assert isinstance(reply, Reply) and reply.message.status == 503
+    retry = int(reply.message.get("Retry-After"))
+    assert OVERLOAD_RETRY_AFTER <= retry <= 2 * OVERLOAD_RETRY_AFTER
+    return retry
+
+
+def test_bound_from_config_or_argument():
+    p = core()
+    assert p.max_in_flight == getattr(p.config, "max_in_flight", DEFAULT_MAX_IN_FLIGHT)
+    names = {f.name for f in dataclasses.fields(PcscfConfig)}
+    if "max_in_flight" in names:
+        cfg = dataclasses.replace(p.config, max_in_flight=7)
+    else:  # a config without the field yet: one that has it
+
+        class Configured(PcscfConfig):
+            max_in_flight = 7
+
+        cfg = Configured(**{n: getattr(p.config, n) for n in names})
+    assert PcscfCore(cfg, p.network).max_in_flight == 7
+    assert PcscfCore(cfg, p.network, max_in_flight=2).max_in_flight == 2
+
+
+def test_new_register_refused_while_protected_and_in_flight_ones_pass():
+    p = core()
+    p.max_in_flight = 2
+    # UE 1 registers: its SAs are established, nothing in flight afterwards
+    (fwd,) = p.receive_request(parse_message(_initial(1)), Arrival(UE), 0.0)
+    assert p.open_transactions() == 1 == _scan(p)
+    resp = make_response(fwd.message, 401, to_tag="t", headers=[CHALLENGE])
+    acts = p.receive_response(parse_message(resp.to_bytes()), ICSCF, 0.5)
+    sa = next(a for a in acts if isinstance(a, InstallSecurityAssociations)).sa
+    server = next(a for a in acts if isinstance(a, Reply)).message.get("Security-Server")
+    port_c = Arrival(("127.0.0.1", 2468), spi=sa.spi_ps)
+    (fwd,) = p.receive_request(parse_message(_second(2, server).encode()), port_c, 1.0)
+    resp = make_response(fwd.message, 200, to_tag="t", headers=OK_HEADERS)
+    p.receive_response(parse_message(resp.to_bytes()), ICSCF, 1.5)
+    assert p.open_transactions() == 0 == _scan(p)  # its SUBSCRIBE is not counted
+    # two other UEs' initial REGISTERs fill the bound
+    a = p.receive_request(parse_message(_initial(2, "u2@home1.net")), Arrival(UE), 2.0)
+    b = p.receive_request(parse_message(_initial(3, "u3@home1.net")), Arrival(UE), 2.0)
+    assert isinstance(a[0], Forward) and isinstance(b[0], Forward)
+    assert p.open_transactions() == 2 == _scan(p)
+    # a third: 503 with Retry-After, not forwarded, counted
+    _is_503(p.receive_request(parse_message(_initial(4, "u4@home1.net")), Arrival(UE), 2.1))
+    assert p.counters["overload_rejected"] == 1 and p.open_transactions() == 2
+    # the retransmission of one in flight is forwarded again (its work is under way)
+    (again,) = p.receive_request(parse_message(_initial(2, "u2@home1.net")), Arrival(UE), 2.2)
+    assert isinstance(again, Forward) and p.open_transactions() == 2 == _scan(p)
+    # an AUTS answer (resynchronisation of an AKA run) in the clear is served
+    auts = _initial(5, "u5@home1.net").replace(b'response=""', b'response="", auts="AAAA"')
+    (f,) = p.receive_request(parse_message(auts), Arrival(UE), 2.3)
+    assert isinstance(f, Forward)
+    # a re-registration over UE 1's SAs is served past the bound
+    (f,) = p.receive_request(parse_message(_second(3, server).encode()), port_c, 2.4)
+    assert isinstance(f, Forward) and p.open_transactions() == 4 == _scan(p)
+    assert p.stats()["overload_rejected"] == 1
+    # answers bring the count down: new REGISTERs are forwarded again
+    for fwd in (a[0], b[0], f):
+        resp = make_response(fwd.message, 403, to_tag="t")
+        p.receive_response(parse_message(resp.to_bytes()), ICSCF, 3.0)
+    assert p.open_transactions() == 1 == _scan(p)
+    (f,) = p.receive_request(parse_message(_initial(6, "u6@home1.net")), Arrival(UE), 3.1)
+    assert isinstance(f, Forward) and p.open_transactions() == 2 == _scan(p)
+    # requests never answered leave the count at Timer F
+    p.handle_timer(3.1 + 33.0)
+    assert p.open_transactions() == 0 == _scan(p) and not p.pending
+
+
+def test_no_bound_when_zero():
+    p = core()
+    p.max_in_flight = 0
+    for n in range(5):
+        (f,) = p.receive_request(parse_message(_initial(n, f"u{n}@h")), Arrival(UE), 0.0)
+        assert isinstance(f, Forward)
+    assert p.open_transactions() == 5 and "overload_rejected" not in p.counters
+
+
+# ---------------------------------------------------------------- over real sockets
+
+
+def _raw_register(sub, port: int, n: int) -> bytes:
+    """An initial REGISTER of `sub` as a UE at 127.0.0.1:`port` would send it."""
+    home = sub.impi.split("@", 1)[1]
+    impu = sub.impus[0]
+    return (
+        f"REGISTER sip:{home} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKraw{n}\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: <{impu}>;tag=raw{n}\r\n"
+        f"To: <{impu}>\r\n"
+        f"Contact: <sip:127.0.0.1:{port}>;expires=600000\r\n"
+        f"Call-ID: raw{n}@127.0.0.1\r\n"
+        f'Authorization: Digest username="{sub.impi}", realm="{home}", nonce="", '
+        f'uri="sip:{home}", response=""\r\n'
+        "Security-Client: ipsec-3gpp; alg=hmac-sha-1-96; spi-c=1111; spi-s=2222; "
+        "port-c=3333; port-s=4444\r\n"
+        "Require: sec-agree\r\n"
+        "Proxy-Require: sec-agree\r\n"
+        f"CSeq: {n} REGISTER\r\n"
+        "Supported: path\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+async def _answer_to(sock: socket.socket, timeout: float = 5.0):
+    loop = asyncio.get_running_loop()
+    data = await asyncio.wait_for(loop.sock_recv(sock, 65535), timeout)
+    return parse_message(data)
+
+
+async def test_overload_over_sockets(visited_network, subscribers):
+    net = visited_network
+    server = net.pcscf
+    ue_a = UeClient(net.ue_config(subscribers[0]))
+    await ue_a.start()
+    ue_b = UeClient(net.ue_config(subscribers[1]))
+    await ue_b.start()
+    raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    raw.bind(("127.0.0.1", 0))
+    raw.setblocking(False)
+    raw_port = raw.getsockname()[1]
+    try:
+        assert (await ue_a.register(timeout=15)).ok
+        server.core.max_in_flight = 1
+        # Hold what the upstream answers, so requests stay in flight.
+        icscf = (net.config.icscf.address, net.config.icscf.port)
+        held: list[tuple[bytes, tuple[str, int]]] = []
+        deliver = server._clear_datagram
+
+        def hold(data, source, transport):
+            if source == icscf:
+                held.append((data, source))
+            else:
+                deliver(data, source, transport)
+
+        server.udp.set_receiver(hold)
+        b_run = asyncio.ensure_future(ue_b.register(timeout=20))
+        for _ in range(200):
+            if server.core.open_transactions() == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert server.core.open_transactions() == 1
+        # a new UE's initial REGISTER: 503 at once, with Retry-After
+        pcscf = server.address
+        raw.sendto(_raw_register(subscribers[2], raw_port, 1), pcscf)
+        answer = await _answer_to(raw)
+        assert answer.status == 503
+        assert OVERLOAD_RETRY_AFTER <= int(answer.get("Retry-After")) <= 2 * OVERLOAD_RETRY_AFTER
+        assert server.core.open_transactions() == 1
+        # UE A's re-registration over its SAs is forwarded all the same
+        a_run = asyncio.ensure_future(ue_a.reregister(timeout=20))
+        for _ in range(200):
+            if server.core.open_transactions() == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert server.core.open_transactions() == 2
+        # the upstream answers: everything in flight completes
+        server.udp.set_receiver(deliver)
+        for data, source in held:
+            deliver(data, source, server.udp)
+        assert (await a_run).ok
+        assert (await b_run).ok
+        for _ in range(200):
+            if server.core.open_transactions() == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert server.core.open_transactions() == 0
+        # below the bound again: the new UE's REGISTER is forwarded (its 401 comes)
+        raw.sendto(_raw_register(subscribers[2], raw_port, 2), pcscf)
+        answer = await _answer_to(raw, timeout=10)
+        assert answer.status == 401 and answer.get("Security-Server")
+        assert server.stats()["overload_rejected"] == 1
+        assert server.census()["pending_forwarded"] == 0
+        samples = parse_metrics(
+            generate_latest(registry_for("pcscf", server, process=False)).decode()
+        )
+        key = (
+            "imsaka_events_total",
+            (("event", "overload_rejected"), ("function", "pcscf"), ("source", "pcscf")),
+        )
+        assert samples[key] == 1
+    finally:
+        raw.close()
+        await ue_a.close()
+        await ue_b.close()
