@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imsaka.aka.isim import Isim
+from imsaka.aka.isim import Isim, accept_any_amf
 from imsaka.aka.milenage import Milenage
 from imsaka.aka.sqn import SqnArray
 from imsaka.ipsec.backend import ProtectedMessage, create_backend
@@ -81,6 +81,10 @@ _TIMERS = TimerConfig()
 _TICK = _TIMERS.t1 / 10
 
 
+def _ignore_datagram(data: bytes, source: tuple[str, int], transport: Any) -> None:
+    pass
+
+
 def _time_out(waiter: asyncio.Future) -> None:
     if not waiter.done():
         waiter.set_result(UeResult(False, 408, "no final answer in time"))
@@ -113,7 +117,7 @@ class UeClient:
             # Seed SQN_MS: SEQ_MS of every IND slot at the configured SQN's SEQ.
             seq = config.sqn >> sqn_array.ind_bits
             sqn_array = SqnArray(entries=[seq] * (1 << sqn_array.ind_bits))
-        self.isim = Isim(milenage, sqn_array, accept_amf=config.amf_accept or (lambda _amf: True))
+        self.isim = Isim(milenage, sqn_array, accept_amf=config.amf_accept or accept_any_amf)
         self.table = SecurityAssociationTable("ue")
         self.backend: Any = None
         self.udp: UdpTransport | None = None
@@ -168,8 +172,16 @@ class UeClient:
             self._timer_at = None
         if self.backend is not None:
             await self.backend.close()
+            self.backend.on_message = None
         if self.udp is not None:
             await self.udp.close()
+            self.udp.set_receiver(_ignore_datagram)
+        if self.core is not None:
+            self.core.detach()
+        # The callbacks above were bound methods of this client (client → socket →
+        # callback → client): cut, a closed UE is freed by reference counting at once
+        # instead of waiting as cyclic garbage for a full collection, which in a load
+        # test holding thousands of UEs costs more than the registration itself.
 
     async def __aenter__(self) -> UeClient:
         await self.start()
@@ -232,8 +244,12 @@ class UeClient:
     async def _run(self, start: Callable[[float], list[Event]], timeout: float) -> UeResult:
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
-        first = len(self.events)
-        self._apply(start(loop.time()))
+        # A new list per run: a UE kept registered for hours holds its last run's
+        # events (and the REGISTERs in them), not every one it ever sent.
+        events = self.events = []
+        now = loop.time()
+        self._apply(start(now))
+        self._drain(now)
         # One timer handle ends the wait (cheaper than wait_for + shield per attempt).
         timer = loop.call_later(timeout, _time_out, waiter)
         try:
@@ -241,7 +257,7 @@ class UeClient:
         finally:
             timer.cancel()
             self._waiter = None
-        result.events = self.events[first:]
+        result.events = events[:]
         return result
 
     # ---------------------------------------------------------------- inputs
@@ -264,21 +280,26 @@ class UeClient:
             # The UE answers no requests in this simulator (no sessions yet).
             log.info("%s: dropped request %s", self.name, msg.method)
             return
-        loop = asyncio.get_running_loop()
-        self.transactions.receive_response(msg, source, loop.time())
-        self._drain()
+        now = asyncio.get_running_loop().time()
+        self.transactions.receive_response(msg, source, now)
+        self._drain(now)
 
-    def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        assert self.core is not None
-        while (ev := self.transactions.next_event()) is not None:
-            if isinstance(ev, Transmit):
+    def _drain(self, now: float) -> None:
+        """Act on the transaction layer's events until none is left, then arm the timer
+        once. The core's answers are applied in the same loop: what they send comes back
+        here as Transmit (one pass and one timer re-arm per input, not one per event)."""
+        core = self.core
+        assert core is not None
+        next_event = self.transactions.next_event
+        while (ev := next_event()) is not None:
+            kind = type(ev)
+            if kind is Transmit:
                 self._transmit(ev.data, ev.destination)
-            elif isinstance(ev, ResponseReceived):
+            elif kind is ResponseReceived:
                 if ev.response.status >= 200:
-                    self._apply(self.core.receive(ev.response, loop.time()))
-            elif isinstance(ev, TransactionTimeout):
-                self._apply(self.core.transaction_timeout(loop.time()))
+                    self._apply(core.receive(ev.response, now))
+            elif kind is TransactionTimeout:
+                self._apply(core.transaction_timeout(now))
         self._arm()
 
     def _transmit(self, data: bytes, destination: Any) -> None:
@@ -323,18 +344,21 @@ class UeClient:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = asyncio.get_running_loop().time()
         self.transactions.handle_timer(now)
-        self._drain()
+        self._drain(now)
         if self.core is not None:
-            self._apply(self.core.handle_timer(now))
+            events = self.core.handle_timer(now)
+            if events:
+                self._apply(events)
+                self._drain(now)
 
     # ---------------------------------------------------------------- core events
 
     def _apply(self, events: list[Event]) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        """Carry out the core's events; what they send is queued in the transaction
+        layer (the caller drains it)."""
+        now = asyncio.get_running_loop().time()
         for ev in events:
             self.events.append(ev)
             if self.on_event is not None:
@@ -379,7 +403,6 @@ class UeClient:
                 self._finish(UeResult(ev.status < 300, ev.status, "de-registered"))
             elif isinstance(ev, RegistrationFailed):
                 self._finish(UeResult(False, ev.status, ev.reason))
-        self._drain()
 
     def _install(self, sa: SaParameters, now: float) -> None:
         # One table contact: this UE's registration flow towards its P-CSCF.

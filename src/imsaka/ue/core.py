@@ -242,15 +242,46 @@ def _checked_mechanism(head: str) -> str:
     return head
 
 
+def _mechanism_head(params: list[tuple[str, str | None]]) -> str:
+    parts = ["ipsec-3gpp"]
+    for name, value in params:
+        parts.append(name if value is None else f"{name}={value}")
+    return _checked_mechanism("; ".join(parts))
+
+
 def _mechanism_text(
     params: list[tuple[str, str | None]], spi_c: int, spi_s: int, port_c: int, port_s: int
 ) -> str:
     """The seed's spelling ("ipsec-3gpp; alg=…; spi-c=…"): the grammar check of the
     configured part is made once; the numbers are checked for range here."""
-    parts = ["ipsec-3gpp"]
-    for name, value in params:
-        parts.append(name if value is None else f"{name}={value}")
-    head = _checked_mechanism("; ".join(parts))
+    return _with_numbers(_mechanism_head(params), spi_c, spi_s, port_c, port_s)
+
+
+@dataclass(frozen=True, slots=True)
+class _Offer:
+    """What a configuration offers in Security-Client (RFC 3329 §2.3.1): each offered
+    mechanism's checked text without the numbers, in preference order, and the
+    (alg, ealg) pairs a Security-Server may choose from. The same for every UE of a
+    configuration: built once per process."""
+
+    heads: tuple[str, ...]
+    accepted: frozenset[tuple[str, str]]
+
+
+@functools.lru_cache(maxsize=64)
+def _offer(algorithms: tuple[str, ...], encryption: tuple[str, ...]) -> _Offer:
+    pairs = tuple((alg, ealg) for alg in algorithms for ealg in encryption)
+    heads = []
+    for alg, ealg in pairs:
+        params: list[tuple[str, str | None]] = [("alg", alg)]
+        # ealg=null is the default (TS 33.203 §7.1): written only when there is a choice
+        if ealg != "null" or len(encryption) > 1:
+            params.append(("ealg", ealg))
+        heads.append(_mechanism_head(params))
+    return _Offer(tuple(heads), frozenset(pairs))
+
+
+def _with_numbers(head: str, spi_c: int, spi_s: int, port_c: int, port_s: int) -> str:
     for name, spi in (("spi-c", spi_c), ("spi-s", spi_s)):
         if not 0 <= spi <= 0xFFFFFFFF:
             raise SipParseError(f"invalid {name} {spi}")
@@ -323,9 +354,10 @@ class UeRegistration:
         self.from_tag = ""
         self.cseq = 0
         self._pending: Request | None = None  # the REGISTER awaiting its final response
+        self._pending_cseq = ""  # its CSeq value
         self._pending_protected = False
         # sec-agree
-        self._client_offer: list[dict[str, Any]] = []  # our Security-Client entries
+        self._client_offer: _Offer | None = None  # our Security-Client entries
         # Their header values, built (and checked against the grammar) once per offer:
         # both REGISTERs of a registration carry the same offer.
         self._client_values: list[str] | None = None
@@ -342,6 +374,12 @@ class UeRegistration:
         self.last_response = ""
         self.last_algorithm = digest.AKAV1_MD5
         self.realm = config.realm
+        # The fixed parts of every REGISTER of this UE, spelled once.
+        host = _addr_host(local[0])
+        self._via_head = f"SIP/2.0/{config.transport.upper()} {host}:"
+        self._contact_head = f"<sip:{host}:"
+        self._to = f"<{config.impu}>"
+        self._request_uri = f"sip:{config.registrar}"
         # results
         self.expires = 0
         self.registered_at = 0.0
@@ -367,12 +405,10 @@ class UeRegistration:
 
     def receive(self, response: Response, now: float) -> list[Event]:
         """A response to one of our REGISTERs (the edge matched transport and SA)."""
-        pending = self._pending
-        if pending is None:
+        if self._pending is None:
             return self._drop("response-without-request")
-        if response.get("Call-ID") != pending.get("Call-ID") or response.get("CSeq") != pending.get(
-            "CSeq"
-        ):
+        # The texts the pending REGISTER was built with (not read back from it).
+        if response.get("Call-ID") != self.call_id or response.get("CSeq") != self._pending_cseq:
             return self._drop("response-not-matching-pending-register")
         if response.status < 200:
             return []
@@ -401,6 +437,12 @@ class UeRegistration:
             return self._dispatch(_Input.RETRY, None, now)
         self.retries = 0  # a refresh is a new attempt
         return self._dispatch(_Input.REFRESH, None, now)
+
+    def detach(self) -> None:
+        """Forget the edge's port and SPI callbacks (the edge closed); a new offer
+        then takes SPIs from `rng` and keeps the ports it has."""
+        self._ports = None
+        self._spi_allocator = None
 
     @property
     def pending(self) -> Request | None:
@@ -444,29 +486,21 @@ class UeRegistration:
             self._spi_s = self._new_spi()
             while self._spi_s == self._spi_c:
                 self._spi_s = self._new_spi()
-        self._client_offer = []
+        self._client_offer = _offer(tuple(self.config.algorithms), tuple(self.config.encryption))
         self._client_values = None
-        for alg in self.config.algorithms:
-            for ealg in self.config.encryption:
-                self._client_offer.append({"alg": alg, "ealg": ealg})
 
     def _security_client_values(self) -> list[str]:
         if self._client_values is not None:
             return self._client_values
-        out = []
-        for offer in self._client_offer:
-            params: list[tuple[str, str | None]] = [("alg", offer["alg"])]
-            if offer["ealg"] != "null" or len(self.config.encryption) > 1:
-                params.append(("ealg", offer["ealg"]))
-            out.append(
-                _mechanism_text(params, self._spi_c, self._spi_s, self._port_c, self._port_s)
-            )
+        heads = self._client_offer.heads if self._client_offer is not None else ()
+        spi_c, spi_s, port_c, port_s = self._spi_c, self._spi_s, self._port_c, self._port_s
+        out = [_with_numbers(head, spi_c, spi_s, port_c, port_s) for head in heads]
         self._client_values = out
         return out
 
     def contact_uri(self, protected: bool) -> str:
         port = self._port_s if protected else self.local[1]
-        return f"<sip:{_addr_host(self.local[0])}:{port}>"
+        return f"{self._contact_head}{port}>"
 
     def _authorization(
         self, *, nonce: str = "", response: str = "", extra: str = "", algorithm: str = ""
@@ -479,7 +513,7 @@ class UeRegistration:
         ]
         if algorithm:
             parts.append(f"algorithm={algorithm}")
-        parts += [f'uri="sip:{cfg.registrar}"', f'response="{response}"']
+        parts += [f'uri="{self._request_uri}"', f'response="{response}"']
         if extra:
             parts.append(extra)
         return ", ".join(parts)
@@ -494,20 +528,16 @@ class UeRegistration:
     ) -> Request:
         cfg = self.config
         self.cseq += 1
-        via_port = self._port_s if protected else self.local[1]
-        transport = cfg.transport.upper()
+        port = self._port_s if protected else self.local[1]
         headers: list[tuple[str, str]] = [
-            (
-                "Via",
-                f"SIP/2.0/{transport} {_addr_host(self.local[0])}:{via_port};branch=z9hG4bK{self._hex(8)}",
-            ),
+            ("Via", f"{self._via_head}{port};branch=z9hG4bK{self._hex(8)}"),
             ("Max-Forwards", "70"),
             ("P-Access-Network-Info", cfg.access_network_info),
-            ("From", f"<{cfg.impu}>;tag={self.from_tag}"),
-            ("To", f"<{cfg.impu}>"),
+            ("From", f"{self._to};tag={self.from_tag}"),
+            ("To", self._to),
             (
                 "Contact",
-                f"{self.contact_uri(protected)};expires={cfg.expires if expires is None else expires}",
+                f"{self._contact_head}{port}>;expires={cfg.expires if expires is None else expires}",
             ),
             ("Call-ID", self.call_id),
             ("Authorization", authorization),
@@ -519,12 +549,13 @@ class UeRegistration:
                 headers.append(("Security-Verify", value))
             headers.append(("Require", "sec-agree"))
             headers.append(("Proxy-Require", "sec-agree"))
+        cseq = self._pending_cseq = f"{self.cseq} REGISTER"
         headers += [
-            ("CSeq", f"{self.cseq} REGISTER"),
+            ("CSeq", cseq),
             ("Supported", "path"),
             ("Content-Length", "0"),
         ]
-        request = Request("REGISTER", f"sip:{cfg.registrar}", headers)
+        request = Request("REGISTER", self._request_uri, headers)
         self._pending = request
         self._pending_protected = protected
         return request
@@ -704,7 +735,7 @@ class UeRegistration:
             realm=realm,
             password=password,
             method="REGISTER",
-            uri=f"sip:{cfg.registrar}",
+            uri=self._request_uri,
             nonce=nonce,
             qop=qop,
             nc=nc,
@@ -762,7 +793,7 @@ class UeRegistration:
     def _choose_server(self, servers: list[str]) -> dict[str, str] | None:
         """The Security-Server mechanism we use: highest q among those we offered (RFC 3329 §2.3.1)."""
         best: tuple[float, int, dict[str, str]] | None = None
-        offered = {(o["alg"], o["ealg"]) for o in self._client_offer}
+        offered = self._client_offer.accepted if self._client_offer is not None else frozenset()
         for index, text in enumerate(servers):
             try:
                 mech = SecurityMechanism.parse(text)
@@ -823,7 +854,7 @@ class UeRegistration:
             realm=realm,
             password=b"",
             method="REGISTER",
-            uri=f"sip:{cfg.registrar}",
+            uri=self._request_uri,
             nonce=nonce,
         )
         auts_b64 = base64.b64encode(auts).decode()
