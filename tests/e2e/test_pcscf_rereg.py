@@ -4,6 +4,7 @@ the integrity-protected rewrite of Authorization (TS 24.229 §5.2.2.1)."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,7 +16,7 @@ from imsaka.cscf.pcscf import (
     _names_uri,
     _with_integrity_protected,
 )
-from imsaka.sip import NameAddr, Request, SipParseError, make_response, parse_message
+from imsaka.sip import NameAddr, Request, Response, SipParseError, make_response, parse_message
 from imsaka.sip.headers import DigestCredentials
 
 from .test_pcscf_core import ICSCF, PACKET1, UE, core
@@ -221,3 +222,36 @@ def test_names_uri_agrees_with_parsing(uri, tail, form, held):
         except SipParseError:
             return
         assert parsed == held
+
+
+@pytest.mark.parametrize(
+    "rest",
+    ["", ";received=127.0.0.1", ";received=::1", ";rport=5060;received=1.2.3.4", "x", ";x", " "],
+)
+@pytest.mark.parametrize(
+    "below", ["SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bKa", "SIP/2.0/UDP ;;bad", None]
+)
+def test_top_branch_as_parsing_gives(rest, below):
+    """The branch and Via count read off our own Via's text equal those of the parsed
+    Vias, and a Via that does not parse fails the same way."""
+    p = core()
+    top = p._own_via + "z9hG4bK0123456789abcdef0123" + rest
+    vias = [("Via", top)] + ([("Via", below)] if below else [])
+    resp = Response(
+        200,
+        headers=[
+            *vias,
+            ("From", "<sip:a@home1.net>;tag=1"),
+            ("To", "<sip:a@home1.net>;tag=2"),
+            ("Call-ID", "c"),
+            ("CSeq", "1 REGISTER"),
+        ],
+    )
+
+    def outcome(read):
+        try:
+            return read(parse_message(resp.to_bytes()))
+        except SipParseError:
+            return "SipParseError"
+
+    assert outcome(p._top_branch) == outcome(lambda m: (m.via[0].branch, len(m.via)))

@@ -67,6 +67,7 @@ from imsaka.sip import (
     Request,
     Response,
     SipParseError,
+    Via,
     make_response,
     parse_message,
 )
@@ -289,6 +290,11 @@ class _Answered:
         self.final_spi = final_spi
 
 
+# What follows `branch=` in our own Via as it comes back in a response: the branch we
+# wrote (`_branch_for`, or a SUBSCRIBE's) and at most the IPv4 `received` of the hop.
+_OWN_VIA_REST = re.compile(r"(z9hG4bK[0-9a-f]+)(?:;received=[0-9.]{7,15})?")
+
+
 def _in_flight(p: _Pending | _Answered) -> bool:
     """Whether a `pending` entry is a UE's request forwarded and not answered yet."""
     return p.final_data is None and p.kind != "subscribe"
@@ -406,6 +412,7 @@ class PcscfCore:
         # The texts every forwarded REGISTER carries, built once.
         name = _addr_host(config.name)
         self._via_prefix = f"{name}:{self.port};branch="
+        self._own_via = f"SIP/2.0/UDP {self._via_prefix}"
         self._path_text = f"<sip:term@{name}:{self.port};lr>"
         self._visited_text = f'"{config.visited_network_id}"'
         # Request-URI -> next hop: the routes and the host table are fixed for the life
@@ -964,14 +971,13 @@ class PcscfCore:
     def receive_response(self, response: Response, source: Address, now: float) -> list[Action]:
         """A response from upstream: pop our Via, process, send to the UE."""
         try:
-            vias = response.via
+            branch, n_vias = self._top_branch(response)
         except SipParseError:
             return self._drop("response-bad-via")
-        branch = vias[0].branch if vias else ""
         pending = self.pending.get(branch or "")
         # Our own SUBSCRIBE's answer carries only our Via; everything else we forwarded
         # for a UE carries the UE's Via under ours.
-        if len(vias) < 2 and (pending is None or pending.kind != "subscribe"):
+        if n_vias < 2 and (pending is None or pending.kind != "subscribe"):
             return self._drop("response-without-ue-via")
         if pending is None:
             return self._drop("response-for-unknown-transaction")
@@ -1032,6 +1038,24 @@ class PcscfCore:
                 pending.created, self._packer.pack(pending.final_data), pending.final_spi
             )
         return actions
+
+    def _top_branch(self, response: Response) -> tuple[str | None, int]:
+        """The branch of the top Via and how many Via values there are; SipParseError
+        for a Via that does not parse, as `response.via` raises. The top Via is ours, as
+        we wrote it plus the `received` the next hop may add (RFC 3261 §18.2.1): its
+        branch is read off the text; the Vias below are parsed."""
+        values = response.get_all("Via")
+        if values:
+            top = values[0]
+            own = self._own_via
+            if top.startswith(own):
+                m = _OWN_VIA_REST.fullmatch(top, len(own))
+                if m is not None:
+                    for value in values[1:]:
+                        Via.parse(value)
+                    return m.group(1), len(values)
+        vias = response.via
+        return (vias[0].branch if vias else ""), len(vias)
 
     def _register_response(self, resp: Response, pending: _Pending, now: float) -> list[Action]:
         if resp.status == 401:
