@@ -156,6 +156,14 @@ async def _answer_to(sock: socket.socket, timeout: float = 5.0):
     return parse_message(data)
 
 
+async def _in_flight_reaches(server, count: int) -> bool:
+    for _ in range(200):
+        if server.core.open_transactions() == count:
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
 async def test_overload_over_sockets(visited_network, subscribers):
     net = visited_network
     server = net.pcscf
@@ -183,11 +191,7 @@ async def test_overload_over_sockets(visited_network, subscribers):
 
         server.udp.set_receiver(hold)
         b_run = asyncio.ensure_future(ue_b.register(timeout=20))
-        for _ in range(200):
-            if server.core.open_transactions() == 1:
-                break
-            await asyncio.sleep(0.01)
-        assert server.core.open_transactions() == 1
+        assert await _in_flight_reaches(server, 1)
         # a new UE's initial REGISTER: 503 at once, with Retry-After
         pcscf = server.address
         raw.sendto(_raw_register(subscribers[2], raw_port, 1), pcscf)
@@ -197,22 +201,14 @@ async def test_overload_over_sockets(visited_network, subscribers):
         assert server.core.open_transactions() == 1
         # UE A's re-registration over its SAs is forwarded all the same
         a_run = asyncio.ensure_future(ue_a.reregister(timeout=20))
-        for _ in range(200):
-            if server.core.open_transactions() == 2:
-                break
-            await asyncio.sleep(0.01)
-        assert server.core.open_transactions() == 2
+        assert await _in_flight_reaches(server, 2)
         # the upstream answers: everything in flight completes
         server.udp.set_receiver(deliver)
         for data, source in held:
             deliver(data, source, server.udp)
         assert (await a_run).ok
         assert (await b_run).ok
-        for _ in range(200):
-            if server.core.open_transactions() == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert server.core.open_transactions() == 0
+        assert await _in_flight_reaches(server, 0)
         # below the bound again: the new UE's REGISTER is forwarded (its 401 comes)
         raw.sendto(_raw_register(subscribers[2], raw_port, 2), pcscf)
         answer = await _answer_to(raw, timeout=10)
