@@ -23,6 +23,7 @@ def test_example_describes_a_whole_loopback_network():
     assert cfg.network.home_domains == ("home1.net",)
     assert cfg.pcscf.route_for("home1.net").icscf == "sip:icscf1_p.home1.net:5070"
     assert cfg.pcscf.subscribe_reg_event is True
+    assert cfg.pcscf.max_in_flight == 300
     assert cfg.icscf.scscfs[0].name == cfg.scscf.server_name
     assert cfg.icscf.scscf_by_name("SIP:SCSCF1.home1.net:5080") is cfg.icscf.scscfs[0]
     assert cfg.scscf.service_route == "<sip:orig@scscf1.home1.net:5080;lr>"
@@ -78,6 +79,8 @@ def mutate(path: list[str], value) -> dict:
         (["icscf", "scscfs"], [], "[icscf].scscfs: at least one"),
         (["icscf", "address"], "localhost", "[icscf].address: 'localhost' is not an IP address"),
         (["pcscf", "sec_agree"], "maybe", "[pcscf].sec_agree: must be one of"),
+        (["pcscf", "max_in_flight"], -1, "[pcscf].max_in_flight: must be at least 0"),
+        (["pcscf", "max_in_flight"], "many", "[pcscf].max_in_flight: must be an integer"),
         (["pcscf", "integrity_algorithms"], ["hmac-sha-256"], "[pcscf].integrity_algorithms:"),
         (["pcscf", "port_s"], 5060, "[pcscf].port_s: port, port_c and port_s must differ"),
         (["network", "home_domains"], [], "[network].home_domains: must not be empty"),
@@ -211,3 +214,11 @@ def test_pcscf_route_for_matches_the_request_uri_host_by_domain_suffix():
     assert core.route("sip:registrar.home1.net") == ("127.0.0.1", 5070)
     assert core.route("sip:x.ims.home1.net;transport=udp") == ("127.0.0.1", 5071)
     assert core.route("sip:home2.net") is None
+
+
+def test_pcscf_overload_bound_reaches_the_core():
+    from imsaka.cscf.pcscf import PcscfCore
+
+    cfg = parse_config(mutate(["pcscf", "max_in_flight"], 7))
+    assert cfg.pcscf.max_in_flight == 7
+    assert PcscfCore(cfg.pcscf, cfg.network).max_in_flight == 7
