@@ -12,6 +12,7 @@ from imsaka.cscf.pcscf import (
     Arrival,
     Forward,
     InstallSecurityAssociations,
+    PcscfCore,
     Reply,
     _names_uri,
     _with_integrity_protected,
@@ -255,3 +256,61 @@ def test_top_branch_as_parsing_gives(rest, below):
             return "SipParseError"
 
     assert outcome(p._top_branch) == outcome(lambda m: (m.via[0].branch, len(m.via)))
+
+
+def _expires_zero_by_parsing(request) -> bool:
+    """The de-registration test on the parsed contacts (RFC 3261 §10.2.2)."""
+    try:
+        contacts = request.contacts
+        expires = request.expires
+    except SipParseError:
+        return False
+    if not contacts:
+        return False
+    for c in contacts:
+        if c.star:
+            return True
+        e = c.expires if c.expires is not None else expires
+        if e != 0:
+            return False
+    return True
+
+
+_CONTACTS = [
+    "<sip:127.0.0.1:1357>;expires=600000",
+    "<sip:127.0.0.1:1357>;expires=0",
+    "<sip:127.0.0.1:1357>;expires=000",
+    "<sip:127.0.0.1:1357>",
+    "*",
+    "<sip:bad uri>;expires=5",
+    "<sip:a@b;expires=0>;expires=7",
+    "<sip:a@b>;expires=99999999999",
+    "<sip:a@b>;Expires=0",
+    '"A" <sip:a@b>;expires=3',
+]
+
+
+@given(
+    st.lists(st.sampled_from(_CONTACTS), max_size=3),
+    st.sampled_from([None, "0", "600", "x"]),
+)
+def test_expires_zero_as_parsing_gives(contacts, expires):
+    headers = [
+        ("Via", "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1"),
+        ("From", "<sip:a@home1.net>;tag=1"),
+        ("To", "<sip:a@home1.net>"),
+        ("Call-ID", "c"),
+        ("CSeq", "1 REGISTER"),
+        *[("Contact", c) for c in contacts],
+    ]
+    if expires is not None:
+        headers.append(("Expires", expires))
+    request = Request("REGISTER", "sip:registrar.home1.net", headers)
+
+    def outcome(test):
+        try:
+            return test(parse_message(request.to_bytes()))
+        except SipParseError:
+            return "SipParseError"
+
+    assert outcome(PcscfCore._expires_zero) == outcome(_expires_zero_by_parsing)

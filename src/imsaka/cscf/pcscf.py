@@ -295,6 +295,11 @@ class _Answered:
 _OWN_VIA_REST = re.compile(r"(z9hG4bK[0-9a-f]+)(?:;received=[0-9.]{7,15})?")
 
 
+# A Contact value `<URI>;expires=N` with N from 1 to 999999999 (RFC 3261 §20.10): its
+# expiry is N, not 0 (the URI holds no `>`, so the param is the header's).
+_CONTACT_EXPIRING = re.compile(r"<[^<>]*>;expires=[1-9][0-9]{0,8}")
+
+
 def _in_flight(p: _Pending | _Answered) -> bool:
     """Whether a `pending` entry is a UE's request forwarded and not answered yet."""
     return p.final_data is None and p.kind != "subscribe"
@@ -796,6 +801,12 @@ class PcscfCore:
 
     @staticmethod
     def _expires_zero(request: Request) -> bool:
+        """Whether the REGISTER removes its bindings (all contacts expire 0, or `*`)."""
+        values = request.get_all("Contact")
+        if values and _CONTACT_EXPIRING.fullmatch(values[0]):
+            # A first contact `<URI>;expires=N`, N not 0: not a removal, whether the
+            # contacts parse (the answer below when they do) or not (False then too).
+            return False
         try:
             contacts = request.contacts
             expires = request.expires
