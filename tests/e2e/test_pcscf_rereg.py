@@ -314,3 +314,22 @@ def test_expires_zero_as_parsing_gives(contacts, expires):
             return "SipParseError"
 
     assert outcome(PcscfCore._expires_zero) == outcome(_expires_zero_by_parsing)
+
+
+def test_retransmission_in_flight_goes_up_again_unchanged():
+    """RFC 3261 §16.6 / §17.2.1: a retransmitted REGISTER whose answer is not in yet goes
+    upstream again as the very request forwarded first (same branch, same icid), and its
+    context keeps the first copy's lifetime."""
+    p = core()
+    (first,) = p.receive_request(parse_message(PACKET1.encode()), Arrival(UE), 0.0)
+    (again,) = p.receive_request(parse_message(PACKET1.encode()), Arrival(UE), 1.0)
+    assert isinstance(again, Forward) and again.destination == first.destination
+    assert again.message.to_bytes() == first.message.to_bytes()
+    assert p.counters["retransmission-forwarded"] == 1 and p.open_transactions() == 1
+    assert p.next_deadline() == 32.0  # Timer F of the first copy
+    acts = _answer(p, again, 401, [CHALLENGE], 2.0)
+    assert any(isinstance(a, InstallSecurityAssociations) for a in acts)
+    assert p.open_transactions() == 0
+    # answered now: a further copy gets the cached 401, nothing goes upstream
+    (reply,) = p.receive_request(parse_message(PACKET1.encode()), Arrival(UE), 3.0)
+    assert isinstance(reply, Reply) and reply.message.status == 401

@@ -260,6 +260,9 @@ class _Pending:
     # The Security-Client header text of the request (kept by the registration after a
     # 401, for the protected REGISTER's check); emptied once the final is in.
     security_client_text: tuple[str, ...] = ()
+    # What went upstream, sent again as it was for a retransmission of the UE's request
+    # while no final answer is in (RFC 3261 §16.6: the copy is the request forwarded).
+    forward: Forward | None = None
 
     @property
     def final(self) -> Response | None:
@@ -588,6 +591,11 @@ class PcscfCore:
             ue_branch, request.method + (str(arrival.spi) if arrival.spi else "")
         )
         pending = self.pending.get(branch)
+        if pending is not None and pending.final_data is None and pending.forward is not None:
+            # In flight: the same request upstream again (its context, Timer F from the
+            # first copy, stays), not one built anew (new icid) from the copy.
+            self.counters["retransmission-forwarded"] += 1
+            return [pending.forward]
         if pending is not None and pending.final_data is not None:
             self.counters["retransmission-answered"] += 1
             final = parse_message(self._packer.unpack(pending.final_data))
@@ -702,6 +710,7 @@ class PcscfCore:
         if fwd is None:
             return [self._reply(request, arrival, 400, "Bad Request")]
         contact_zero = self._expires_zero(request)
+        forward = Forward(fwd, target, "udp")
         self._add_pending(
             branch,
             _Pending(
@@ -713,9 +722,10 @@ class PcscfCore:
                 security_client=offers,
                 expires_zero=contact_zero,
                 security_client_text=tuple(security_client),
+                forward=forward,
             ),
         )
-        return [Forward(fwd, target, "udp")]
+        return [forward]
 
     def _initial(self, request, arrival, branch, auth, reg) -> bool:
         """Whether a REGISTER in the clear starts new work: not the retransmission of
@@ -785,6 +795,7 @@ class PcscfCore:
         fwd = self._prepare_upstream(request, branch, arrival, True, max_forwards, auth)
         if fwd is None:
             return [self._reply(request, arrival, 400, "Bad Request")]
+        forward = Forward(fwd, target, "udp")
         self._add_pending(
             branch,
             _Pending(
@@ -795,9 +806,10 @@ class PcscfCore:
                 created=now,
                 expires_zero=self._expires_zero(request),
                 security_client_text=offer_text,
+                forward=forward,
             ),
         )
-        return [Forward(fwd, target, "udp")]
+        return [forward]
 
     @staticmethod
     def _expires_zero(request: Request) -> bool:
@@ -935,6 +947,7 @@ class PcscfCore:
         target = self._first_route_target(fwd)
         if target is None:
             return [self._reply(request, arrival, 404, "No route")]
+        forward = Forward(fwd, target, "udp")
         self._add_pending(
             branch,
             _Pending(
@@ -943,9 +956,10 @@ class PcscfCore:
                 kind="request",
                 impi=reg.impi,
                 created=now,
+                forward=forward,
             ),
         )
-        return [Forward(fwd, target, "udp")]
+        return [forward]
 
     def _assert_identity(self, reg: Registration, preferred: str | None) -> str:
         allowed = [a.strip() for a in reg.associated_uris] or [f"<{reg.impu}>"]
