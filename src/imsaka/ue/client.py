@@ -135,7 +135,7 @@ class UeClient:
         # backend until the next offer replaces them or the client closes.
         self._held_c = 0
         self._held_s = 0
-        self.events: list[Event] = []
+        self.events: list[Event] = []  # of the current (or last) register/deregister run
         self.on_event: Callable[[Event], None] | None = None
 
     # ---------------------------------------------------------------- lifecycle
