@@ -259,21 +259,18 @@ def test_top_branch_as_parsing_gives(rest, below):
 
 
 def _expires_zero_by_parsing(request) -> bool:
-    """The de-registration test on the parsed contacts (RFC 3261 §10.2.2)."""
+    """The de-registration rule on the parsed contacts (RFC 3261 §10.2.2): every
+    contact expires 0 (its own expires, else the Expires header), or one is `*`."""
     try:
-        contacts = request.contacts
-        expires = request.expires
+        contacts, default = request.contacts, request.expires
     except SipParseError:
-        return False
-    if not contacts:
         return False
     for c in contacts:
         if c.star:
             return True
-        e = c.expires if c.expires is not None else expires
-        if e != 0:
+        if (default if c.expires is None else c.expires) != 0:
             return False
-    return True
+    return bool(contacts)
 
 
 _CONTACTS = [
