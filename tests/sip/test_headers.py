@@ -361,3 +361,28 @@ def test_content_type_date_option_tags():
     assert option_tags(["path", "sec-agree"]) == ["path", "sec-agree"]
     with pytest.raises(SipParseError):
         option_tags(["bad tag"])
+
+
+def test_auth_params_are_equal_only_to_auth_params():
+    from imsaka.sip.headers import AuthParam
+
+    p = AuthParam("nonce", "abc", True)
+    assert (p.name, p.value, p.quoted) == ("nonce", "abc", True)
+    assert p == AuthParam("nonce", "abc", True) and p != AuthParam("nonce", "abc", False)
+    assert p != ("nonce", "abc", True) and hash(p) == hash(AuthParam("nonce", "abc", True))
+    assert str(p) == 'nonce="abc"' and repr(p) == "AuthParam('nonce=\"abc\"')"
+
+
+def test_digest_fast_path_and_exact_parser_agree():
+    from imsaka.sip.headers import DigestCredentials, _digest_params_fast
+
+    plain = 'username="u@h", realm="r", nonce="", uri="sip:r", response="", algorithm=AKAv1-MD5'
+    cred = DigestCredentials.parse("Digest " + plain)
+    assert cred.get("nonce") == "" and cred.algorithm == "AKAv1-MD5" and cred["realm"] == "r"
+    escaped = DigestCredentials.parse('Digest realm="a\\"b", qop="auth,auth-int"')
+    assert escaped.realm == 'a"b' and escaped.qop == "auth,auth-int"
+    # octets between two items: not the fast path's; the exact parser names the fault
+    assert _digest_params_fast('realm="r", junk, nonce="n"') is None
+    with pytest.raises(SipParseError, match="digest parameter"):
+        DigestCredentials.parse('Digest realm="r", junk, nonce="n"')
+    assert DigestCredentials.parse("Digest\trealm=r").scheme == "Digest"

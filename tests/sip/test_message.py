@@ -303,3 +303,70 @@ def test_remove_several_headers_in_one_pass():
     assert m.security("Security-Client") == []
     assert m.remove("Route", "Path") == 0
     assert m.remove("Route") == 0
+
+
+REG = (
+    b"REGISTER sip:registrar.home1.net SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP pcscf1.home1.net:5060;branch=z9hG4bKp1\r\n"
+    b"Max-Forwards: 69\r\n"
+    b"Via: SIP/2.0/UDP 127.0.0.1:37245;branch=z9hG4bKu1\r\n"
+    b"From: <sip:user1_public1@home1.net>;tag=f3\r\n"
+    b"To: <sip:user1_public1@home1.net>\r\n"
+    b"Call-ID: c1@127.0.0.1\r\n"
+    b"CSeq: 1 REGISTER\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
+
+
+def test_start_lines_remembered_only_when_valid():
+    from imsaka.sip import message
+
+    for _ in range(2):
+        assert parse_message(REG).uri == "sip:registrar.home1.net"
+    for bad in (b"REGISTER sip:x SIP/3.0\r\n", b"REG@STER sip:x SIP/2.0\r\n", b"SIP/2.0 20 OK\r\n"):
+        for _ in range(2):  # refused again: a refused line is never remembered
+            with pytest.raises(SipParseError):
+                parse_message(bad + REG.partition(b"\r\n")[2])
+    # bounded: a flood of distinct Request-URIs does not grow it past its size
+    for i in range(message._START_LINES_MAX + 10):
+        parse_message(REG.replace(b"sip:registrar", f"sip:r{i}".encode(), 1))
+    assert len(message._START_LINES) <= message._START_LINES_MAX
+    resp = parse_message(b"SIP/2.0 200 OK\r\n" + REG.partition(b"\r\n")[2])
+    assert (resp.status, resp.reason, resp.version) == (200, "OK", "SIP/2.0")
+
+
+def test_request_cseq_checked_against_the_method_also_when_remembered():
+    invite = REG.replace(b"REGISTER sip:", b"INVITE sip:").replace(b"1 REGISTER", b"1 INVITE")
+    assert parse_message(invite).cseq.method == "INVITE"  # "1 INVITE" now remembered
+    with pytest.raises(SipParseError, match="CSeq method"):
+        parse_message(REG.replace(b"1 REGISTER", b"1 INVITE"))
+    # LWS between number and method may be a tab (RFC 3261 §20.16, §25.1)
+    tabbed = parse_message(REG.replace(b"1 REGISTER", b"1\tREGISTER"))
+    assert (tabbed.cseq.seq, tabbed.cseq.method) == (1, "REGISTER")
+    with pytest.raises(SipParseError, match="CSeq"):
+        parse_message(REG.replace(b"1 REGISTER", b"x REGISTER"))
+
+
+def test_replace_top_via_rewrites_the_top_line_in_place():
+    from imsaka.sip.proxy import stamp_received
+
+    msg = parse_message(REG)
+    below = msg.via[1]
+    stamp_received(msg, "192.0.2.7", 5060)
+    assert msg.top_via.received == "192.0.2.7" and msg.via[1] is below
+    wire = msg.to_bytes()
+    assert wire.startswith(
+        b"REGISTER sip:registrar.home1.net SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP pcscf1.home1.net:5060;branch=z9hG4bKp1;received=192.0.2.7\r\n"
+        b"Max-Forwards: 69\r\n"
+    )
+    assert parse_message(wire).via == msg.via
+    # a top line of two values: the first value goes, a line of its own on top
+    two = parse_message(
+        REG.replace(
+            b"branch=z9hG4bKp1\r\n", b"branch=z9hG4bKp1, SIP/2.0/UDP h2;branch=z9hG4bKh2\r\n"
+        )
+    )
+    stamp_received(two, "192.0.2.7", 5060)
+    assert [v.host for v in two.via] == ["pcscf1.home1.net", "h2", "127.0.0.1"]
+    assert parse_message(two.to_bytes()).via == two.via

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from operator import itemgetter
 
 from imsaka.sip._abnf import TOKEN_RE
 from imsaka.sip.errors import SipParseError
 from imsaka.sip.uri import (
+    PARAMS_FAST,
     AbsoluteUri,
     Params,
     SipUri,
@@ -196,10 +198,10 @@ class Contact(NameAddr):
 
 _COLON_LWS_RE = re.compile(r"[ \t]*:[ \t]*")
 # sent-protocol SP sent-by [; params]: tokens, one space, a sent-by without whitespace
+# (with plain params, `PARAMS_FAST`, matched in the same pass; others go the exact way)
 _VIA_FAST_RE = re.compile(
     r"([A-Za-z0-9\-.!%*_+`'~]+)/([A-Za-z0-9\-.!%*_+`'~]+)/([A-Za-z0-9\-.!%*_+`'~]+) "
-    r"([^;\s]+)(?:;(.*))?",
-    re.DOTALL,
+    r"([^;\s]+)(?:;(" + PARAMS_FAST + r"))?",
 )
 _NO_PARAMS = Params()
 
@@ -241,13 +243,17 @@ class Via:
             # `name/version/transport sent-by[;params]` without odd whitespace: the
             # same checks as below, in fewer steps
             name, version, transport, sent_by, rest = m.groups()
-            params = Params.parse(rest) if rest is not None else _NO_PARAMS
+            params = Params._from_plain(rest) if rest is not None else _NO_PARAMS
             host, port = parse_hostport(sent_by, "Via sent-by")
-            via = cls(transport, host, port, params, f"{name}/{version}")
-            for pname, _value in params.items:
-                lname = pname.lower()
-                if lname == "rport" or lname == "ttl":
-                    via._check(lname)
+            protocol = "SIP/2.0" if name == "SIP" and version == "2.0" else f"{name}/{version}"
+            via = cls(transport, host, port, params, protocol)
+            if rest is not None:
+                low = rest.lower()
+                if "rport" in low or "ttl" in low:
+                    for pname, _value in params.items:
+                        lname = pname.lower()
+                        if lname == "rport" or lname == "ttl":
+                            via._check(lname)
             return via
         slash2 = -1
         s1 = text.find("/")
@@ -369,6 +375,20 @@ def remember_via(text: str, via: Via) -> None:
     seen[text] = via
 
 
+# CSeq values parsed lately, by their text (views are never changed in place): a
+# response brings its request's value back, and "1 REGISTER" starts every
+# registration. Bounded: emptied when full.
+_CSEQ_SEEN: dict[str, CSeq] = {}
+_CSEQ_SEEN_MAX = 512
+
+
+def remember_cseq(text: str, cseq: CSeq) -> None:
+    """Note that the CSeq value `text` is `cseq`."""
+    if len(_CSEQ_SEEN) >= _CSEQ_SEEN_MAX:
+        _CSEQ_SEEN.clear()
+    _CSEQ_SEEN[text] = cseq
+
+
 class CSeq:
     """`CSeq: 1*DIGIT LWS Method` (§20.16; the number is below 2**31)."""
 
@@ -380,10 +400,16 @@ class CSeq:
 
     @classmethod
     def parse(cls, text: str) -> CSeq:
+        known = _CSEQ_SEEN.get(text)
+        if known is not None and cls is CSeq:
+            return known
         parts = text.split()
         if len(parts) != 2 or not TOKEN_RE.fullmatch(parts[1]):
             raise SipParseError(f"invalid CSeq {text[:40]!r}")
-        return cls(parse_int(parts[0], "CSeq number", 2**31 - 1), parts[1])
+        cseq = cls(parse_int(parts[0], "CSeq number", 2**31 - 1), parts[1])
+        if cls is CSeq:
+            remember_cseq(text, cseq)
+        return cseq
 
     def __str__(self) -> str:
         return f"{self.seq} {self.method}"
@@ -398,31 +424,37 @@ class CSeq:
         return f"CSeq({str(self)!r})"
 
 
-class AuthParam:
-    """One digest auth-param: name, value (unquoted), and whether it was quoted."""
+class AuthParam(tuple):
+    """One digest auth-param: name, value (unquoted), and whether it was quoted.
 
-    __slots__ = ("name", "quoted", "value")
+    A tuple underneath (made by one C call: a challenge or credentials has a dozen),
+    equal only to another AuthParam."""
 
-    def __init__(self, name: str, value: str, quoted: bool) -> None:
-        self.name = name
-        self.value = value
-        self.quoted = quoted
+    __slots__ = ()
+
+    def __new__(cls, name: str, value: str, quoted: bool) -> AuthParam:
+        return _new_tuple(cls, (name, value, quoted))
+
+    name = property(itemgetter(0))
+    value = property(itemgetter(1))
+    quoted = property(itemgetter(2))
 
     def __str__(self) -> str:
-        return f"{self.name}={quote(self.value) if self.quoted else self.value}"
+        return f"{self[0]}={quote(self[1]) if self[2] else self[1]}"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, AuthParam) and (self.name, self.value, self.quoted) == (
-            other.name,
-            other.value,
-            other.quoted,
-        )
+        return isinstance(other, AuthParam) and tuple.__eq__(self, other)
 
-    def __hash__(self) -> int:
-        return hash((self.name, self.value, self.quoted))
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = tuple.__hash__
 
     def __repr__(self) -> str:
         return f"AuthParam({str(self)!r})"
+
+
+_new_tuple = tuple.__new__
 
 
 # Which digest parameters are quoted-strings when we build them (RFC 2617 §3.2,
@@ -453,32 +485,39 @@ _AUTH_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~/=]+")
 
 # One auth-param and its separator: name = ( quoted-string / token ), then "," or the end.
 # (The quoted-string as `[^"\\]*(?:\\.[^"\\]*)*`: the same language as `(?:[^"\\]|\\.)*`,
-# matched without an alternation per character.)
+# matched without an alternation per character.) Group 1 is the whole item.
 _DIGEST_PARAM_RE = re.compile(
-    r"[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*=[ \t]*"
-    r"(?:\"([^\"\\]*(?:\\.[^\"\\]*)*)\"|([A-Za-z0-9\-.!%*_+`'~/=]+))[ \t]*(?:,|\Z)"
+    r"([ \t]*([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*=[ \t]*"
+    r"(?:\"([^\"\\]*(?:\\.[^\"\\]*)*)\"|([A-Za-z0-9\-.!%*_+`'~/=]+))[ \t]*(?:,|\Z))"
 )
+# The same without backslash escapes in quoted-strings (the usual case): a quoted value
+# is then `"[^"]*"`, which the regex engine scans without backtracking points.
+_DIGEST_PLAIN_PARAM_RE = re.compile(
+    r"([ \t]*([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*=[ \t]*"
+    r"(?:\"([^\"]*)\"|([A-Za-z0-9\-.!%*_+`'~/=]+))[ \t]*(?:,|\Z))"
+)
+_FIRST = itemgetter(0)
+_TO_BLANK_RE = re.compile(r"[^ \t]*")
 
 
 def _digest_params_fast(rest: str) -> list[AuthParam] | None:
     """The params of a well-formed challenge or credentials in one regex pass; None
     when anything is unusual (the exact parser then decides and names the error)."""
+    escapes = "\\" in rest
+    found = (_DIGEST_PARAM_RE if escapes else _DIGEST_PLAIN_PARAM_RE).findall(rest)
+    # the items found cover the whole text: no octet skipped between two of them, so
+    # they are the items read one after the other from the start
+    if sum(map(len, map(_FIRST, found))) != len(rest):
+        return None
     params = []
-    match = _DIGEST_PARAM_RE.match
-    pos = 0
-    end = len(rest)
-    while pos < end:
-        m = match(rest, pos)
-        if m is None:
-            return None
-        name, quoted, token = m.groups()
-        if token is None:
-            if "\\" in quoted:
-                quoted = unquote(f'"{quoted}"')
-            params.append(AuthParam(name, quoted, True))
+    append = params.append
+    for _, name, quoted, token in found:
+        if token:
+            append(_new_tuple(AuthParam, (name, token, False)))
         else:
-            params.append(AuthParam(name, token, False))
-        pos = m.end()
+            if escapes and "\\" in quoted:
+                quoted = unquote(f'"{quoted}"')
+            append(_new_tuple(AuthParam, (name, quoted, True)))
     return params
 
 
@@ -516,9 +555,7 @@ class DigestCredentials:
         scheme = None
         rest = text
         if scheme_required:
-            sp = 0
-            while sp < len(text) and text[sp] not in " \t":
-                sp += 1
+            sp = _TO_BLANK_RE.match(text).end()  # type: ignore[union-attr]
             scheme = text[:sp]
             if not _AUTH_NAME_RE.fullmatch(scheme):
                 raise SipParseError(f"invalid auth scheme {scheme[:20]!r}")

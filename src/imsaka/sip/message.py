@@ -21,6 +21,7 @@ Per §18.3, octets after the body that Content-Length announces are discarded
 from __future__ import annotations
 
 from collections.abc import Collection
+from operator import itemgetter
 
 from imsaka.sip._abnf import (
     COMPACT_FORMS,
@@ -39,6 +40,7 @@ from imsaka.sip._abnf import (
 )
 from imsaka.sip.errors import LocalProtocolError, SipParseError
 from imsaka.sip.headers import (
+    _CSEQ_SEEN,
     AccessNetworkInfo,
     ChargingFunctionAddresses,
     ChargingVector,
@@ -53,6 +55,7 @@ from imsaka.sip.headers import (
     option_tags,
     parse_date,
     parse_int,
+    remember_cseq,
     remember_via,
 )
 from imsaka.sip.uri import parse_uri
@@ -65,6 +68,7 @@ _MANDATORY = ("via", "from", "to", "call-id", "cseq")
 # can be in a header name).
 _WIRE = ":wire"
 _MANDATORY_SET = frozenset(_MANDATORY)
+_FIRST = itemgetter(0)
 
 # Header names seen before, already validated: name as written -> key. Bounded so a
 # flood of distinct names cannot grow it without limit.
@@ -371,7 +375,21 @@ class Message:
     def replace_top_via(self, via) -> None:
         """Replace the topmost Via value by `via` (a Via view), keeping the parsed
         views of the others (used to stamp received/rport, §18.2.1)."""
-        self.via  # noqa: B018 - parses (and checks) every Via before one is replaced
+        vias = self.via  # parses (and checks) every Via before one is replaced
+        hs = self._headers
+        for i, h in enumerate(hs):
+            if h[0] == "via":
+                if "," in h[1]:
+                    break  # a line of several values: rewritten below
+                # the common case: the top line holds the top Via alone; one new line
+                text = str(via)
+                remember_via(text, via)  # its response brings this very text back
+                hs[i] = ("via", text, "Via: " + text)
+                cache = self._cache
+                assert cache is not None  # self.via filled it
+                cache.pop(_WIRE, None)
+                cache["via"] = [via, *vias[1:]]
+                return
         self.pop_first("via")
         self.add_top_via(via)
 
@@ -688,6 +706,47 @@ class Response(Message):
         return f"<Response {self.status} {self.reason} call-id={self.get('call-id')!r}>"
 
 
+# Start lines seen before, already validated: line -> (is a response, the three
+# parts). A node meets the same few (REGISTER to its registrar, "SIP/2.0 200 OK"), so
+# the method, Request-URI, status and reason checks run once per distinct line.
+# Bounded: emptied when full.
+_START_LINES: dict[str, tuple] = {}
+_START_LINES_MAX = 256
+
+
+def _parse_start_line(first: str) -> tuple:
+    """(True, version, status, reason) of a status line, (False, method, uri, version)
+    of a request line (RFC 3261 §7.1, §7.2); SipParseError when it is neither."""
+    # §7.1: SIP-Version is case-insensitive (sent in upper case, kept as received)
+    if first[:4].upper() == "SIP/":
+        parts = first.split(" ", 2)
+        if len(parts) < 2:
+            raise SipParseError("malformed status line")
+        version = parts[0]
+        if version != "SIP/2.0" and version.upper() != "SIP/2.0":
+            raise SipParseError(f"unsupported version {version[:20]!r}")
+        code = parts[1]
+        if len(code) != 3 or not STATUS_RE.fullmatch(code):
+            raise SipParseError(f"invalid status code {code[:10]!r}")
+        reason = parts[2] if len(parts) == 3 else ""
+        if CTL_RE.search(reason):
+            raise SipParseError("control character in reason phrase")
+        return (True, version, int(code), reason)
+    parts = first.split(" ")
+    if len(parts) != 3:
+        raise SipParseError("malformed request line")
+    method, uri, version = parts
+    if not METHOD_RE.fullmatch(method):
+        raise SipParseError(f"invalid method {method[:20]!r}")
+    if not REQUEST_URI_RE.fullmatch(uri):
+        raise SipParseError(f"invalid Request-URI {uri[:60]!r}")
+    if version != "SIP/2.0" and version.upper() != "SIP/2.0":
+        if VERSION_RE.fullmatch(version):
+            raise SipParseError(f"unsupported version {version[:20]!r}", 505)
+        raise SipParseError(f"malformed request line version {version[:20]!r}")
+    return (False, method, uri, version)
+
+
 def parse_message(
     data: bytes | bytearray | memoryview,
     *,
@@ -719,47 +778,23 @@ def parse_message(
         raise SipParseError(f"more than {max_headers} header lines")
 
     first = lines[0]
+    start_line = _START_LINES.get(first)
+    if start_line is None:
+        start_line = _parse_start_line(first)
+        if len(_START_LINES) >= _START_LINES_MAX:
+            _START_LINES.clear()
+        _START_LINES[first] = start_line
     msg: Request | Response
-    # §7.1: SIP-Version is case-insensitive (sent in upper case, kept as received)
-    if first[:4].upper() == "SIP/":
-        parts = first.split(" ", 2)
-        if len(parts) < 2:
-            raise SipParseError("malformed status line")
-        version = parts[0]
-        if version != "SIP/2.0" and version.upper() != "SIP/2.0":
-            raise SipParseError(f"unsupported version {version[:20]!r}")
-        code = parts[1]
-        if len(code) != 3 or not STATUS_RE.fullmatch(code):
-            raise SipParseError(f"invalid status code {code[:10]!r}")
-        reason = parts[2] if len(parts) == 3 else ""
-        if CTL_RE.search(reason):
-            raise SipParseError("control character in reason phrase")
+    if start_line[0]:
         msg = Response.__new__(Response)
-        msg.status = int(code)
-        msg.reason = reason
-        msg.version = version
+        _, msg.version, msg.status, msg.reason = start_line
     else:
-        parts = first.split(" ")
-        if len(parts) != 3:
-            raise SipParseError("malformed request line")
-        method, uri, version = parts
-        if not METHOD_RE.fullmatch(method):
-            raise SipParseError(f"invalid method {method[:20]!r}")
-        if not REQUEST_URI_RE.fullmatch(uri):
-            raise SipParseError(f"invalid Request-URI {uri[:60]!r}")
-        if version != "SIP/2.0" and version.upper() != "SIP/2.0":
-            if VERSION_RE.fullmatch(version):
-                raise SipParseError(f"unsupported version {version[:20]!r}", 505)
-            raise SipParseError(f"malformed request line version {version[:20]!r}")
         msg = Request.__new__(Request)
-        msg.method = method
-        msg.uri = uri
-        msg.version = version
+        _, msg.method, msg.uri, msg.version = start_line
 
     headers: list[tuple[str, str, str]] = []
     append = headers.append
     cache = _NAME_CACHE
-    cseq = None
     for line in lines[1:]:
         name, colon, value = line.partition(":")
         key = cache.get(name) if colon else None
@@ -779,7 +814,10 @@ def parse_message(
             key = _name_key(name)
         append((key, value.strip(), line))
 
-    seen = {h[0] for h in headers}
+    # the keys in one C-level pass: membership, counts and positions below without
+    # a Python loop over the fields each
+    keys = list(map(_FIRST, headers))
+    seen = set(keys)
     if not seen >= _MANDATORY_SET:
         for key in _MANDATORY:
             if key not in seen:
@@ -787,7 +825,10 @@ def parse_message(
     body_start = end + 4
     cl = None
     if "content-length" in seen:
-        cl_values = [h[1] for h in headers if h[0] == "content-length"]
+        if keys.count("content-length") == 1:
+            cl_values = [headers[keys.index("content-length")][1]]
+        else:
+            cl_values = [h[1] for h in headers if h[0] == "content-length"]
         for value in cl_values:
             if not value.isdigit() or not value.isascii() or len(value) > 9:
                 raise SipParseError(f"invalid Content-Length {value[:20]!r}")
@@ -806,23 +847,31 @@ def parse_message(
     msg.body = body
     if msg.__class__ is Request:
         # §8.2 / §16.3: the CSeq method must equal the request method
-        for h in headers:
-            if h[0] == "cseq":
-                cseq = h[1]
-                break
-        sp = cseq.find(" ")
-        num = cseq[:sp]
-        if (
-            sp < 0
-            or cseq[sp + 1 :].strip() != msg.method
-            or not num.isdigit()
-            or not num.isascii()
-            or sp > 10
-            or int(num) > 2147483647
-        ):
-            msg.cseq  # noqa: B018 - raises the precise SipParseError for a bad CSeq
-            raise SipParseError("CSeq method does not match the request method")
+        cseq = headers[keys.index("cseq")][1]
+        known = _CSEQ_SEEN.get(cseq)
+        if known is None or known.method != msg.method:
+            _check_cseq(msg, cseq)
     return msg
+
+
+def _check_cseq(msg: Request, cseq: str) -> None:
+    """A request's CSeq (its first line's value): `1*DIGIT LWS Method` with the
+    request's method (§8.2, §16.3); remembered as a view when it is."""
+    sp = cseq.find(" ")
+    num = cseq[:sp]
+    if (
+        sp < 0
+        or cseq[sp + 1 :].strip() != msg.method
+        or not num.isdigit()
+        or not num.isascii()
+        or sp > 10
+        or int(num) > 2147483647
+    ):
+        view = msg.cseq  # raises the precise SipParseError for a bad CSeq
+        if view.method != msg.method:
+            raise SipParseError("CSeq method does not match the request method")
+        return
+    remember_cseq(cseq, CSeq(int(num), msg.method))
 
 
 def _to_tag_or_broken(request: Request) -> str | None:

@@ -29,10 +29,11 @@ _PASSWORD_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()&=+$,%]*")
 _PARAM_RE = re.compile(r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$%]+")
 # A whole parameter list without quotes or whitespace: `p[=v] *(; p[=v])` with both
 # sides paramchar (the fast path of Params.parse; anything else takes the exact path).
-_PARAMS_FAST_RE = re.compile(
+PARAMS_FAST = (
     r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$%]+(?:=[A-Za-z0-9\-_.!~*'()\[\]/:&+$%]+)?"
     r"(?:;[A-Za-z0-9\-_.!~*'()\[\]/:&+$%]+(?:=[A-Za-z0-9\-_.!~*'()\[\]/:&+$%]+)?)*"
 )
+_PARAMS_FAST_RE = re.compile(PARAMS_FAST)
 # tel: global-number-digits / local-number-digits (RFC 3966 §3)
 _TEL_RE = re.compile(r"\+?[0-9A-Fa-f*#\-.()]*[0-9A-Fa-f*#][0-9A-Fa-f*#\-.()]*")
 
@@ -88,12 +89,17 @@ class Params:
         """Parse `a=b;c;d="x"` (no leading separator)."""
         if sep == ";" and _PARAMS_FAST_RE.fullmatch(text):
             # the common case (no quotes, no whitespace): one match validates it all
-            items = []
-            for part in text.split(";"):
-                name, eq, value = part.partition("=")
-                items.append((name, value if eq else None))
-            return cls(tuple(items))
+            return cls._from_plain(text)
         return cls._parse_exact(text, sep)
+
+    @classmethod
+    def _from_plain(cls, text: str) -> Params:
+        """Params of a text `_PARAMS_FAST_RE` (or a pattern embedding it) matched."""
+        items = []
+        for part in text.split(";"):
+            name, eq, value = part.partition("=")
+            items.append((name, value if eq else None))
+        return cls(tuple(items))
 
     @classmethod
     def _parse_exact(cls, text: str, sep: str) -> Params:
