@@ -75,8 +75,8 @@ class UeResult:
 
 
 _CRLF = b"\r\n"
-# Timer wake-ups on a grid of T1/10 (`TimerConfig.wake_up_at`; the client's
-# transaction layer runs on the default timers).
+# The timers of every UE's transaction layer (one frozen object for all the UEs of a
+# process) and its wake-up grid of T1/10 (`TimerConfig.wake_up_at`).
 _TIMERS = TimerConfig()
 _TICK = _TIMERS.t1 / 10
 
@@ -121,7 +121,7 @@ class UeClient:
         self.table = SecurityAssociationTable("ue")
         self.backend: Any = None
         self.udp: UdpTransport | None = None
-        self.transactions = TransactionLayer()
+        self.transactions = TransactionLayer(config=_TIMERS)
         self.core: UeRegistration | None = None
         self._timer: asyncio.TimerHandle | None = None
         # The deadline `_timer` is armed for (uvloop's call_at may return a Handle
