@@ -95,8 +95,11 @@ TRANSACTION_LIFETIME = 32.0
 # Overload: requests forwarded upstream and not answered beyond which a new initial
 # REGISTER is refused 503 (`PcscfConfig.max_in_flight`; 0: no bound), and the base of
 # that 503's Retry-After in seconds (RFC 3261 §21.5.4, §20.33), randomised up to twice
-# the base so the refused UEs do not all come back in the same second.
-DEFAULT_MAX_IN_FLIGHT = 300
+# the base so the refused UEs do not all come back in the same second. The wait of a
+# request upstream grows with the count (count / throughput): at 200 REGISTERs/s offered
+# to a core that completes ~100/s, 100 in flight gave 5,398 of 5,600 registered and 79
+# 408s, 300 gave 4,471 and 1,124 408s (benchmarks/registration.py, 28 s step).
+DEFAULT_MAX_IN_FLIGHT = 100
 OVERLOAD_RETRY_AFTER = 5
 
 
