@@ -64,6 +64,13 @@ _PLAIN_SIP_URI_RE = re.compile(
 )
 
 
+# Name-addr values parsed lately, by class and text (views are never changed in
+# place; `parsed_uri` only fills in what the text already says): a UE's From, To and
+# Contact come back in each message of its registration. Bounded: emptied when full.
+_NAME_ADDR_SEEN: dict[tuple[type, str], NameAddr] = {}
+_NAME_ADDR_SEEN_MAX = 512
+
+
 class NameAddr:
     """`[display-name] <URI> *(;param)` or `addr-spec *(;param)` (From, To, Contact,
     Route, Record-Route, Path, Service-Route, P-Associated-URI, P-Asserted-Identity).
@@ -80,6 +87,18 @@ class NameAddr:
 
     @classmethod
     def parse(cls, text: str) -> NameAddr:
+        key = (cls, text)
+        seen = _NAME_ADDR_SEEN.get(key)
+        if seen is not None:
+            return seen
+        obj = cls._parse(text)
+        if len(_NAME_ADDR_SEEN) >= _NAME_ADDR_SEEN_MAX:
+            _NAME_ADDR_SEEN.clear()
+        _NAME_ADDR_SEEN[key] = obj
+        return obj
+
+    @classmethod
+    def _parse(cls, text: str) -> NameAddr:
         text = text.strip()
         if not text:
             raise SipParseError("empty name-addr")
@@ -227,7 +246,7 @@ class Via:
 
     @classmethod
     def parse(cls, text: str) -> Via:
-        via = _VIA_SEEN.get(text)
+        via = _VIA_SEEN.get(text) or _VIA_OLDER.get(text)
         if via is not None and cls is Via:
             return via
         via = cls._parse(text)
@@ -361,17 +380,23 @@ class Via:
 
 # Vias parsed or sent lately, by their text. A proxy meets each Via twice: in the
 # request, and again (the same text) in its response. Via views are never changed in
-# place, so one object can serve both. Small and bounded (oldest out first): it only
-# needs to span the transactions in flight.
+# place, so one object can serve both. Small and bounded: it only needs to span the
+# transactions in flight. Two generations of up to _VIA_SEEN_MAX / 2 each: when the
+# newer is full it becomes the older (dropping the older), so the newest half are always
+# kept without evicting entry by entry (taking the oldest out of a dict scans the
+# slots its earlier deletions left, more of them with every message).
 _VIA_SEEN: dict[str, Via] = {}
+_VIA_OLDER: dict[str, Via] = {}
 _VIA_SEEN_MAX = 256
 
 
 def remember_via(text: str, via: Via) -> None:
     """Note that `text` is `via` (a Via we parsed, or one we put on a message)."""
     seen = _VIA_SEEN
-    if len(seen) >= _VIA_SEEN_MAX:
-        del seen[next(iter(seen))]
+    if len(seen) >= _VIA_SEEN_MAX // 2:
+        _VIA_OLDER.clear()
+        _VIA_OLDER.update(seen)
+        seen.clear()
     seen[text] = via
 
 

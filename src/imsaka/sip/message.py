@@ -796,8 +796,14 @@ def parse_message(
     append = headers.append
     cache = _NAME_CACHE
     for line in lines[1:]:
-        name, colon, value = line.partition(":")
+        # "Name: value" as we and most peers write it: the value comes without the
+        # space, and strip() then returns it as it is (no copy). A cached name holds
+        # no colon, so its first ": " is its first ":".
+        name, colon, value = line.partition(": ")
         key = cache.get(name) if colon else None
+        if key is None:
+            name, colon, value = line.partition(":")
+            key = cache.get(name) if colon else None
         if key is None:
             # not a name seen before (cached names are tokens: a line starting with
             # whitespace never hits the cache)

@@ -75,6 +75,9 @@ def split_unquoted(text: str, sep: str) -> list[str]:
     return out
 
 
+_new_object = object.__new__
+
+
 class Params:
     """An ordered, immutable list of `name[=value]` parameters; values as written
     (a quoted value keeps its quotes), names compared case-insensitively."""
@@ -95,11 +98,19 @@ class Params:
     @classmethod
     def _from_plain(cls, text: str) -> Params:
         """Params of a text `_PARAMS_FAST_RE` (or a pattern embedding it) matched."""
-        items = []
-        for part in text.split(";"):
-            name, eq, value = part.partition("=")
-            items.append((name, value if eq else None))
-        return cls(tuple(items))
+        if ";" not in text:
+            # one parameter (a Via's branch, a tag): no list to build
+            name, eq, value = text.partition("=")
+            items: tuple = ((name, value if eq else None),)
+        else:
+            parts = []
+            for part in text.split(";"):
+                name, eq, value = part.partition("=")
+                parts.append((name, value if eq else None))
+            items = tuple(parts)
+        new = _new_object(cls)
+        new.items = items
+        return new
 
     @classmethod
     def _parse_exact(cls, text: str, sep: str) -> Params:
