@@ -9,6 +9,12 @@ same run. Prints one JSON object.
 parse: a REGISTER built from header items (as imsaka.ue.core does) and serialised,
 and the P-CSCF's change of packet 1 into packet 2 (copy, Via, Max-Forwards, Path,
 Require, P-Visited-Network-ID, P-Charging-Vector, Authorization, the seed's order).
+
+`--icscf` measures the whole SIP layer of one function per message: the real I-CSCF
+(imsaka.cscf.icscf) on a SipEndpoint with an in-memory transport and a UAA answered at
+once, fed the REGISTERs a P-CSCF sends (captured from `imsaka demo`) and the S-CSCF's
+401 / 200, a new UE (Call-ID, tag, user, branches, ports) per registration: CPU
+(process_time) per SIP message received, parse, views, transactions, asyncio and all.
 """
 
 from __future__ import annotations
@@ -108,12 +114,190 @@ def build_bench(seconds: float, rounds: int) -> dict:
     }
 
 
+_ICSCF_REGISTER = (
+    "REGISTER sip:registrar.home1.net SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP pcscf1.home1.net:5060;branch=z9hG4bK@PBRANCH@\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:@PORT@;branch=z9hG4bK@UBRANCH@\r\n"
+    "Max-Forwards: 69\r\n"
+    "P-Access-Network-Info: 3GPP-UTRAN-TDD; utran-cell-id-3gpp=234151D0FCE11\r\n"
+    "Path: <sip:term@pcscf1.home1.net:5060;lr>\r\n"
+    "Require: path\r\n"
+    'P-Visited-Network-ID: "home1.net"\r\n'
+    'P-Charging-Vector: icid-value="Fx0vgyieji3eGXEUULkUr/BTqzM=850660319"\r\n'
+    "From: <sip:@USER@_public1@home1.net>;tag=@TAG@\r\n"
+    "To: <sip:@USER@_public1@home1.net>\r\n"
+    "Contact: <sip:127.0.0.1:@PORT@>;expires=600000\r\n"
+    "Call-ID: @CALLID@@127.0.0.1\r\n"
+    'Authorization: Digest username="@USER@_private@home1.net", realm="registrar.home1.net", '
+    "@CRED@\r\n"
+    "CSeq: @CSEQ@ REGISTER\r\n"
+    "Supported: path\r\n"
+    "Content-Length: 0\r\n\r\n"
+)
+_ICSCF_CRED = (
+    'nonce="", uri="sip:registrar.home1.net", response="", integrity-protected="no"',
+    'nonce="iSHLS4cvQL8GC8JKFLLgIIYqmdXb2IAAj6Pndgs4MIzW5fpNB0sZdQ==", algorithm=AKAv1-MD5, '
+    'uri="sip:registrar.home1.net", response="9ec7211427b39811488f9978868d124e", '
+    'integrity-protected="yes"',
+)
+_ICSCF_ANSWER_HEAD = (
+    "Via: SIP/2.0/UDP icscf1_p.home1.net:5070;branch=@IBRANCH@;received=127.0.0.1\r\n"
+    "Via: SIP/2.0/UDP pcscf1.home1.net:5060;branch=z9hG4bK@PBRANCH@;received=127.0.0.1\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:@PORT@;branch=z9hG4bK@UBRANCH@\r\n"
+    "From: <sip:@USER@_public1@home1.net>;tag=@TAG@\r\n"
+    "To: <sip:@USER@_public1@home1.net>;tag=7f9dd6b2\r\n"
+    "Call-ID: @CALLID@@127.0.0.1\r\n"
+    "CSeq: @CSEQ@ REGISTER\r\n"
+)
+_ICSCF_ANSWERS = (
+    "SIP/2.0 401 Unauthorized\r\n"
+    + _ICSCF_ANSWER_HEAD
+    + 'WWW-Authenticate: Digest realm="registrar.home1.net", '
+    'nonce="iSHLS4cvQL8GC8JKFLLgIIYqmdXb2IAAj6Pndgs4MIzW5fpNB0sZdQ==", algorithm=AKAv1-MD5, '
+    'ik="9258cc93fcfe27c91038f010c1447365", ck="d122b3ba2585fe2e1dc868b6fc8c5acf"\r\n'
+    "Content-Length: 0\r\n\r\n",
+    "SIP/2.0 200 OK\r\n" + _ICSCF_ANSWER_HEAD + "Path: <sip:term@pcscf1.home1.net:5060;lr>\r\n"
+    "Service-Route: <sip:orig@scscf1.home1.net:5080;lr>\r\n"
+    "Contact: <sip:127.0.0.1:@PORT@>;expires=600000\r\n"
+    "Date: Wed, 25 Nov 2026 22:05:51 GMT\r\n"
+    "P-Associated-URI: <sip:@USER@_public1@home1.net>, <sip:@USER@_public2@home1.net>\r\n"
+    "Content-Length: 0\r\n\r\n",
+)
+
+
+class _MemoryUdp:
+    """A UDP transport that keeps what is sent (the SipTransport protocol)."""
+
+    name = "udp"
+    reliable = False
+    respond_to_source = False
+
+    def __init__(self) -> None:
+        self.local_address = ("127.0.0.1", 5070)
+        self.sent: list[tuple[bytes, tuple]] = []
+
+    def set_receiver(self, receiver) -> None:
+        pass
+
+    def set_error_handler(self, handler) -> None:
+        pass
+
+    def send(self, data: bytes, addr) -> None:
+        self.sent.append((data, addr))
+
+    def has_connection(self, addr) -> bool:
+        return False
+
+    async def close(self) -> None:
+        pass
+
+
+async def _sent(t: _MemoryUdp, failure: str) -> None:
+    import asyncio
+
+    for _ in range(100):
+        if t.sent:
+            return
+        await asyncio.sleep(0)
+    raise RuntimeError(f"I-CSCF benchmark: {failure}")
+
+
+async def _icscf_run(registrations: int) -> float:
+    """CPU seconds for `registrations` two-phase registrations through the I-CSCF."""
+    import random
+    import tomllib
+
+    from imsaka.config import parse_config
+    from imsaka.cscf.icscf import Icscf
+    from imsaka.diameter import cx
+    from imsaka.sip.endpoint import SipEndpoint
+
+    cfg = parse_config(tomllib.loads((ROOT / "examples" / "imsaka.toml").read_text()))
+    scscf = cfg.icscf.scscfs[0]
+    answers = [
+        cx.UserAuthorizationAnswer(
+            session_id="s",
+            origin_host="hss",
+            origin_realm="home1.net",
+            experimental_result_code=code,
+            server_name=scscf.name,
+        )
+        for code in (2001, 2002)
+    ]
+    phase = [0]
+
+    async def cx_send(request):
+        return answers[phase[0]]
+
+    ep = SipEndpoint(owner="icscf")
+    t = _MemoryUdp()
+    ep.add_transport(t)
+    icscf = Icscf(
+        cfg.icscf,
+        cfg.network,
+        endpoint=ep,
+        cx_send=cx_send,
+        random_bytes=random.Random(7).randbytes,
+    )
+    ep.set_request_handler(icscf.handle_request)
+    receive = ep._on_message
+    pcscf, scscf_addr = ("127.0.0.1", 5060), (scscf.address, scscf.port)
+    start = time.process_time()
+    for i in range(2 * registrations):
+        ue, phase[0] = divmod(i, 2)
+        fields = {
+            "@PBRANCH@": f"p{i:016d}",
+            "@UBRANCH@": f"u{i:016d}",
+            "@USER@": f"user{ue}",
+            "@TAG@": f"{ue:08x}",
+            "@CALLID@": f"{ue:024x}",
+            "@PORT@": str(10000 + ue % 50000),
+            "@CSEQ@": str(phase[0] + 1),
+            "@CRED@": _ICSCF_CRED[phase[0]],
+        }
+        request, answer = _ICSCF_REGISTER, _ICSCF_ANSWERS[phase[0]]
+        for k, v in fields.items():
+            request = request.replace(k, v)
+            answer = answer.replace(k, v)
+        t.sent.clear()
+        receive(request.encode(), pcscf, t)
+        await _sent(t, "the REGISTER was not forwarded")
+        forwarded = t.sent[0][0]
+        at = forwarded.index(b"branch=") + 7
+        branch = forwarded[at : forwarded.index(b"\r\n", at)].decode()
+        t.sent.clear()
+        receive(answer.replace("@IBRANCH@", branch).encode(), scscf_addr, t)
+        await _sent(t, "the answer was not relayed")
+    cpu = time.process_time() - start
+    await ep.close()
+    return cpu
+
+
+def icscf_bench(registrations: int, rounds: int) -> dict:
+    import asyncio
+
+    per_message = sorted(
+        asyncio.run(_icscf_run(registrations)) / (4 * registrations) * 1e6 for _ in range(rounds)
+    )
+    return {
+        "benchmark": "sip_icscf",
+        "registrations": registrations,
+        "cpu_us_per_message_received": [round(x, 1) for x in per_message],
+        "cpu_us_per_message_best": round(per_message[0], 1),
+        "python": sys.version.split()[0],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=1.5, help="per round and contender")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--build", action="store_true", help="building/forwarding a REGISTER")
+    ap.add_argument("--icscf", type=int, metavar="N", help="N registrations through an I-CSCF")
     args = ap.parse_args(argv)
+    if args.icscf:
+        print(json.dumps(icscf_bench(args.icscf, args.rounds)))
+        return 0
     if args.build:
         print(json.dumps(build_bench(args.seconds, args.rounds)))
         return 0
