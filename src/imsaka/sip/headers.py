@@ -68,7 +68,7 @@ _PLAIN_SIP_URI_RE = re.compile(
 # place; `parsed_uri` only fills in what the text already says): a UE's From, To and
 # Contact come back in each message of its registration. Bounded: emptied when full.
 _NAME_ADDR_SEEN: dict[tuple[type, str], NameAddr] = {}
-_NAME_ADDR_SEEN_MAX = 512
+_NAME_ADDR_SEEN_MAX = 256
 
 
 class NameAddr:
@@ -223,6 +223,7 @@ _VIA_FAST_RE = re.compile(
     r"([^;\s]+)(?:;(" + PARAMS_FAST + r"))?",
 )
 _NO_PARAMS = Params()
+_new_object = object.__new__
 
 
 class Via:
@@ -264,8 +265,13 @@ class Via:
             name, version, transport, sent_by, rest = m.groups()
             params = Params._from_plain(rest) if rest is not None else _NO_PARAMS
             host, port = parse_hostport(sent_by, "Via sent-by")
-            protocol = "SIP/2.0" if name == "SIP" and version == "2.0" else f"{name}/{version}"
-            via = cls(transport, host, port, params, protocol)
+            via = _new_object(cls)
+            # what __init__ does, for a host parse_hostport gave (IPv6 in brackets)
+            via.protocol = "SIP/2.0" if name == "SIP" and version == "2.0" else f"{name}/{version}"
+            via.transport = transport.upper()
+            via.host = host
+            via.port = port
+            via.params = params
             if rest is not None:
                 low = rest.lower()
                 if "rport" in low or "ttl" in low:

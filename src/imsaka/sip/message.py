@@ -69,6 +69,7 @@ _MANDATORY = ("via", "from", "to", "call-id", "cseq")
 _WIRE = ":wire"
 _MANDATORY_SET = frozenset(_MANDATORY)
 _FIRST = itemgetter(0)
+_RAW = itemgetter(2)
 
 # Header names seen before, already validated: name as written -> key. Bounded so a
 # flood of distinct names cannot grow it without limit.
@@ -427,21 +428,36 @@ class Message:
 
     def _serialize(self, start: str, body: bytes) -> bytes:
         blen = str(len(body))
-        lines = [start]
-        append = lines.append
-        seen_cl = False
-        for key, value, raw in self._headers:
-            if key == "content-length":
-                if seen_cl:
-                    continue
-                seen_cl = True
+        hs = self._headers
+        keys = list(map(_FIRST, hs))
+        n = keys.count("content-length")
+        if n <= 1:
+            # the usual case, with the line lists made in C: the raw lines as they
+            # are, the one Content-Length line rewritten if the body changed
+            lines = [start, *map(_RAW, hs)]
+            if n:
+                at = keys.index("content-length")
+                value, raw = hs[at][1], hs[at][2]
                 if value != blen:
-                    raw = f"{raw.partition(':')[0].rstrip()}: {blen}"
-            append(raw)
-        if not seen_cl:
-            append("Content-Length: " + blen)
-        append("")
-        append("")
+                    lines[at + 1] = f"{raw.partition(':')[0].rstrip()}: {blen}"
+            else:
+                lines.append("Content-Length: " + blen)
+            lines.append("")
+            lines.append("")
+        else:
+            lines = [start]
+            append = lines.append
+            seen_cl = False
+            for key, value, raw in hs:
+                if key == "content-length":
+                    if seen_cl:
+                        continue  # one Content-Length only
+                    seen_cl = True
+                    if value != blen:
+                        raw = f"{raw.partition(':')[0].rstrip()}: {blen}"
+                append(raw)
+            append("")
+            append("")
         data = "\r\n".join(lines).encode("utf-8", "surrogateescape")
         return data + body if body else data
 

@@ -477,10 +477,15 @@ class Transaction:
         self._rearm()
 
     def _set_timer(self, timer: Input, now: float, delay: float) -> None:
-        pairs = [t for t in self.timers if t[1] is not timer]
-        pairs.append((now + delay, timer))
-        pairs.sort(key=_due)
-        self.timers = tuple(pairs)
+        timers = self.timers
+        if not timers:
+            # the usual first timer (E, F, J, K...): no list to sort
+            self.timers = ((now + delay, timer),)
+        else:
+            pairs = [t for t in timers if t[1] is not timer]
+            pairs.append((now + delay, timer))
+            pairs.sort(key=_due)
+            self.timers = tuple(pairs)
         if timer in _BACKOFF:
             if self._intervals is None:
                 self._intervals = {}
