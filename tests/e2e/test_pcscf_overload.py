@@ -114,6 +114,36 @@ def test_new_register_refused_while_protected_and_in_flight_ones_pass():
     assert p.open_transactions() == 0 == _scan(p) and not p.pending
 
 
+def test_challenge_response_without_sec_agree_passes_the_bound():
+    """Policy optional (SIPp, desk clients): the second REGISTER of an AKA run comes in
+    the clear with a response; refusing it would waste the 401 (and the MAR) already
+    done, so only the first REGISTER of a run can be refused."""
+    base = core()
+    p = PcscfCore(dataclasses.replace(base.config, sec_agree="optional"), base.network)
+    p.max_in_flight = 1
+
+    def plain(n: int, impi: str, response: str = "") -> bytes:
+        text = _initial(n, impi).decode()
+        lines = [
+            line
+            for line in text.split("\r\n")
+            if not line.startswith(("Security-Client", "Require", "Proxy-Require"))
+        ]
+        text = "\r\n".join(lines)
+        if response:
+            text = text.replace('response=""', f'response="{response}"').replace(
+                'nonce=""', 'nonce="bm9uY2U="'
+            )
+        return text.encode()
+
+    (f,) = p.receive_request(parse_message(plain(1, "u1@home1.net")), Arrival(UE), 0.0)
+    assert isinstance(f, Forward) and p.open_transactions() == 1
+    _is_503(p.receive_request(parse_message(plain(2, "u2@home1.net")), Arrival(UE), 0.1))
+    answer = plain(3, "u3@home1.net", response="6629fae49393a05397450978507c4ef1")
+    (f,) = p.receive_request(parse_message(answer), Arrival(UE), 0.2)
+    assert isinstance(f, Forward) and p.counters["overload_rejected"] == 1
+
+
 def test_no_bound_when_zero():
     p = core()
     p.max_in_flight = 0

@@ -733,8 +733,10 @@ class PcscfCore:
     def _initial(self, request, arrival, branch, auth, reg) -> bool:
         """Whether a REGISTER in the clear starts new work: not the retransmission of
         one in flight, not the AUTS answer of an AKA run under way (TS 24.229
-        §5.1.1.5.3), not the refresh of a registration without sec-agree."""
-        if branch in self.pending or (auth is not None and auth.auts):
+        §5.1.1.5.3), not the challenge response of a UE without sec-agree (a non-empty
+        `response`: its 401 was work done; a UE with sec-agree sends it over the
+        temporary SAs), not the refresh of a registration without sec-agree."""
+        if branch in self.pending or (auth is not None and (auth.auts or auth.response)):
             return False
         return not (
             reg is not None
