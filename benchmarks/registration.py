@@ -211,7 +211,9 @@ def bulk_import(workdir: Path, db: str, subs: list[Sub], name: str) -> float:
 # --------------------------------------------------------------------------- the core
 
 
-def core_toml(ports: dict[str, int], db: str, *, sec_agree: str, vectors: int) -> str:
+def core_toml(
+    ports: dict[str, int], db: str, *, sec_agree: str, vectors: int, max_in_flight: int | None
+) -> str:
     hosts = "\n".join(
         f'"{h}" = "{HOST}"'
         for h in ("pcscf1.home1.net", "icscf1.home1.net", "scscf1.home1.net", "hss.home1.net")
@@ -241,6 +243,7 @@ port_s = {ports["pcscf_s"]}
 home = true
 visited_network_id = "{DOMAIN}"
 sec_agree = "{sec_agree}"
+{"" if max_in_flight is None else f"max_in_flight = {max_in_flight}"}
 [[pcscf.routes]]
 domain = "{DOMAIN}"
 icscf = "sip:icscf1.home1.net:{ports["icscf"]}"
@@ -292,6 +295,7 @@ class Core:
         vectors: int,
         uvloop: tuple[str, ...],
         profile: bool,
+        max_in_flight: int | None = None,
     ) -> None:
         self.workdir = workdir
         self.name = name
@@ -306,7 +310,11 @@ class Core:
             "scscf": free_port(),
         }
         self.config = workdir / f"{name}.toml"
-        self.config.write_text(core_toml(self.ports, db, sec_agree=sec_agree, vectors=vectors))
+        self.config.write_text(
+            core_toml(
+                self.ports, db, sec_agree=sec_agree, vectors=vectors, max_in_flight=max_in_flight
+            )
+        )
         self.procs: dict[str, subprocess.Popen] = {}
         self._files: list[Any] = []
 
@@ -714,6 +722,7 @@ async def ipsec_phase(args: argparse.Namespace, workdir: Path, subs: list[Sub]) 
         vectors=args.vectors,
         uvloop=args.uvloop_functions,
         profile=args.profile,
+        max_in_flight=args.max_in_flight,
     )
     result: dict[str, Any] = {
         "subscribers": len(subs),
@@ -978,6 +987,7 @@ async def sipp_phase(args: argparse.Namespace, workdir: Path, subs: list[Sub]) -
         vectors=args.vectors,
         uvloop=args.uvloop_functions,
         profile=False,
+        max_in_flight=args.max_in_flight,
     )
     result: dict[str, Any] = {
         "subscribers": len(subs),
@@ -1117,6 +1127,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--p99-limit", type=float, default=1.0, help="seconds; a step passes below it")
     p.add_argument("--pause", type=float, default=1.0, help="seconds between steps")
     p.add_argument("--vectors", type=int, default=1, help="S-CSCF vectors_per_request")
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=None,
+        help="P-CSCF overload bound ([pcscf].max_in_flight; default: the product's; 0: none)",
+    )
     p.add_argument("--ealg", default="null", choices=("null", "aes-cbc", "des-ede3-cbc"))
     p.add_argument("--no-sipp", action="store_true", help="skip the SIPp phase")
     p.add_argument("--no-ipsec", action="store_true", help="skip the UE simulator (IPsec) phase")
@@ -1170,6 +1186,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "step_seconds": args.step_seconds,
             "p99_limit_s": args.p99_limit,
             "scscf_vectors_per_request": args.vectors,
+            "pcscf_max_in_flight": args.max_in_flight,
             "processes": "hss, scscf, icscf, pcscf: one `imsaka run` process each; "
             "UE simulator / SIPp / baseline client: one more process",
             "profiled": args.profile,
