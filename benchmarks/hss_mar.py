@@ -249,23 +249,24 @@ async def _registrations(port: int, pid: int, count: int, rate: float) -> dict:
         name, scscf = impi(i), f"sip:{loadgen.CLIENT_HOST}:6060"
         uar = {"user_name": name, "public_identity": f"sip:{name}"}
         uar |= {"visited_network_identifier": loadgen.REALM, "user_authorization_type": 0}
+
+        def sar(kind: cx.ServerAssignmentType, data_available: int) -> cx.ServerAssignmentRequest:
+            return cx.ServerAssignmentRequest(
+                **head(),
+                user_name=name,
+                public_identities=(f"sip:{name}",),
+                server_name=scscf,
+                server_assignment_type=kind,
+                user_data_already_available=data_available,
+            )
+
+        SAT = cx.ServerAssignmentType
         if again:
             # A re-registration without AKA: the I-CSCF's UAR, then the S-CSCF's SAR
             # RE_REGISTRATION with the profile it already holds (TS 29.228 §6.1.2).
             return (
                 (cx.UserAuthorizationRequest(**head(), **uar), "uar-rereg", 2002),
-                (
-                    cx.ServerAssignmentRequest(
-                        **head(),
-                        user_name=name,
-                        public_identities=(f"sip:{name}",),
-                        server_name=scscf,
-                        server_assignment_type=cx.ServerAssignmentType.RE_REGISTRATION,
-                        user_data_already_available=1,
-                    ),
-                    "sar-rereg",
-                    cx.DIAMETER_SUCCESS,
-                ),
+                (sar(SAT.RE_REGISTRATION, 1), "sar-rereg", cx.DIAMETER_SUCCESS),
             )
         return (
             (cx.UserAuthorizationRequest(**head(), **uar), "uar-first", 2001),
@@ -284,18 +285,7 @@ async def _registrations(port: int, pid: int, count: int, rate: float) -> dict:
                 cx.DIAMETER_SUCCESS,
             ),
             (cx.UserAuthorizationRequest(**head(), **uar), "uar-subsequent", 2002),
-            (
-                cx.ServerAssignmentRequest(
-                    **head(),
-                    user_name=name,
-                    public_identities=(f"sip:{name}",),
-                    server_name=scscf,
-                    server_assignment_type=cx.ServerAssignmentType.REGISTRATION,
-                    user_data_already_available=0,
-                ),
-                "sar",
-                cx.DIAMETER_SUCCESS,
-            ),
+            (sar(SAT.REGISTRATION, 0), "sar", cx.DIAMETER_SUCCESS),
         )
 
     async def register(i: int, again: bool = False) -> None:

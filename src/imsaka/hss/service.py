@@ -422,14 +422,7 @@ class CxService:
 
         if sat in (SAT.REGISTRATION, SAT.RE_REGISTRATION, SAT.RESTORATION):
             if not (sat == SAT.RE_REGISTRATION and _unchanged(state, req)):
-                await self.store.assign(
-                    impu,
-                    state=RegState.REGISTERED,
-                    server_name=req.server_name,
-                    server_host=req.origin_host,
-                    server_realm=req.origin_realm,
-                    impi=impi,
-                )
+                await self._assign_to_sender(req, impu, RegState.REGISTERED, impi)
             else:
                 self.counters["sar_reregistration_unchanged"] += 1
             return await self._saa_ok(
@@ -445,13 +438,7 @@ class CxService:
                 and state.reg_state == RegState.UNREGISTERED
             ):
                 return await self._saa_ok(req, impi, impu, True, server_name=state.scscf_name)
-            await self.store.assign(
-                impu,
-                state=RegState.UNREGISTERED,
-                server_name=req.server_name,
-                server_host=req.origin_host,
-                server_realm=req.origin_realm,
-            )
+            await self._assign_to_sender(req, impu, RegState.UNREGISTERED)
             return await self._saa_ok(req, impi, impu, True)
         if sat in _DEREGISTRATIONS:
             await self.store.assign(
@@ -477,6 +464,19 @@ class CxService:
             return await self._saa_ok(req, impi, impu, True)
         # AAA_USER_DATA_REQUEST, PGW_UPDATE: not for an IMS registrar.
         return self._error(req, experimental=cx.DIAMETER_ERROR_IN_ASSIGNMENT_TYPE)
+
+    async def _assign_to_sender(
+        self, req: Any, impu: str, state: RegState, impi: str | None = None
+    ) -> None:
+        """`impu`'s implicit set in `state`, served by the S-CSCF that sent `req`."""
+        await self.store.assign(
+            impu,
+            state=state,
+            server_name=req.server_name,
+            server_host=req.origin_host,
+            server_realm=req.origin_realm,
+            impi=impi,
+        )
 
     async def _saa_ok(
         self,
