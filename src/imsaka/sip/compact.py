@@ -16,6 +16,8 @@ import zlib
 from collections.abc import Iterable
 from typing import Any
 
+from imsaka.sip.memo import BoundedMemo
+
 __all__ = ["PackedWire", "SharedTuples", "WirePacker"]
 
 
@@ -124,17 +126,14 @@ class SharedTuples:
     Bounded: when `limit` different ones are known, the table starts again (the tuples
     already handed out stay valid)."""
 
-    __slots__ = ("_known", "_limit")
+    __slots__ = ("_known",)
 
     def __init__(self, limit: int = 256) -> None:
-        self._known: dict[tuple[str, ...], tuple[str, ...]] = {}
-        self._limit = limit
+        self._known = BoundedMemo(limit)
 
     def share(self, values: Iterable[str]) -> tuple[str, ...]:
         key = tuple(values)
         known = self._known.get(key)
         if known is None:
-            if len(self._known) >= self._limit:
-                self._known.clear()
-            known = self._known[key] = tuple(sys.intern(v) for v in key)
+            known = self._known.remember(key, tuple(sys.intern(v) for v in key))
         return known

@@ -15,6 +15,7 @@ from operator import itemgetter
 
 from imsaka.sip._abnf import TOKEN_RE
 from imsaka.sip.errors import SipParseError
+from imsaka.sip.memo import BoundedMemo
 from imsaka.sip.uri import (
     PARAMS_FAST,
     AbsoluteUri,
@@ -67,8 +68,7 @@ _PLAIN_SIP_URI_RE = re.compile(
 # Name-addr values parsed lately, by class and text (views are never changed in
 # place; `parsed_uri` only fills in what the text already says): a UE's From, To and
 # Contact come back in each message of its registration. Bounded: emptied when full.
-_NAME_ADDR_SEEN: dict[tuple[type, str], NameAddr] = {}
-_NAME_ADDR_SEEN_MAX = 256
+_NAME_ADDR_SEEN = BoundedMemo(256)
 
 
 class NameAddr:
@@ -91,11 +91,7 @@ class NameAddr:
         seen = _NAME_ADDR_SEEN.get(key)
         if seen is not None:
             return seen
-        obj = cls._parse(text)
-        if len(_NAME_ADDR_SEEN) >= _NAME_ADDR_SEEN_MAX:
-            _NAME_ADDR_SEEN.clear()
-        _NAME_ADDR_SEEN[key] = obj
-        return obj
+        return _NAME_ADDR_SEEN.remember(key, cls._parse(text))
 
     @classmethod
     def _parse(cls, text: str) -> NameAddr:
@@ -409,15 +405,7 @@ def remember_via(text: str, via: Via) -> None:
 # CSeq values parsed lately, by their text (views are never changed in place): a
 # response brings its request's value back, and "1 REGISTER" starts every
 # registration. Bounded: emptied when full.
-_CSEQ_SEEN: dict[str, CSeq] = {}
-_CSEQ_SEEN_MAX = 512
-
-
-def remember_cseq(text: str, cseq: CSeq) -> None:
-    """Note that the CSeq value `text` is `cseq`."""
-    if len(_CSEQ_SEEN) >= _CSEQ_SEEN_MAX:
-        _CSEQ_SEEN.clear()
-    _CSEQ_SEEN[text] = cseq
+CSEQ_SEEN = BoundedMemo(512)
 
 
 class CSeq:
@@ -431,7 +419,7 @@ class CSeq:
 
     @classmethod
     def parse(cls, text: str) -> CSeq:
-        known = _CSEQ_SEEN.get(text)
+        known = CSEQ_SEEN.get(text)
         if known is not None and cls is CSeq:
             return known
         parts = text.split()
@@ -439,7 +427,7 @@ class CSeq:
             raise SipParseError(f"invalid CSeq {text[:40]!r}")
         cseq = cls(parse_int(parts[0], "CSeq number", 2**31 - 1), parts[1])
         if cls is CSeq:
-            remember_cseq(text, cseq)
+            CSEQ_SEEN.remember(text, cseq)
         return cseq
 
     def __str__(self) -> str:

@@ -40,7 +40,7 @@ from imsaka.sip._abnf import (
 )
 from imsaka.sip.errors import LocalProtocolError, SipParseError
 from imsaka.sip.headers import (
-    _CSEQ_SEEN,
+    CSEQ_SEEN,
     AccessNetworkInfo,
     ChargingFunctionAddresses,
     ChargingVector,
@@ -55,9 +55,9 @@ from imsaka.sip.headers import (
     option_tags,
     parse_date,
     parse_int,
-    remember_cseq,
     remember_via,
 )
+from imsaka.sip.memo import BoundedMemo
 from imsaka.sip.uri import parse_uri
 
 DEFAULT_MAX_SIZE = 64 * 1024
@@ -439,7 +439,7 @@ class Message:
                 at = keys.index("content-length")
                 value, raw = hs[at][1], hs[at][2]
                 if value != blen:
-                    lines[at + 1] = f"{raw.partition(':')[0].rstrip()}: {blen}"
+                    lines[at + 1] = _length_line(raw, blen)
             else:
                 lines.append("Content-Length: " + blen)
             lines.append("")
@@ -454,7 +454,7 @@ class Message:
                         continue  # one Content-Length only
                     seen_cl = True
                     if value != blen:
-                        raw = f"{raw.partition(':')[0].rstrip()}: {blen}"
+                        raw = _length_line(raw, blen)
                 append(raw)
             append("")
             append("")
@@ -726,8 +726,13 @@ class Response(Message):
 # parts). A node meets the same few (REGISTER to its registrar, "SIP/2.0 200 OK"), so
 # the method, Request-URI, status and reason checks run once per distinct line.
 # Bounded: emptied when full.
-_START_LINES: dict[str, tuple] = {}
 _START_LINES_MAX = 256
+_START_LINES = BoundedMemo(_START_LINES_MAX)
+
+
+def _length_line(raw: str, length: str) -> str:
+    """A Content-Length line rewritten to `length`, its name as written (`l` or not)."""
+    return f"{raw.partition(':')[0].rstrip()}: {length}"
 
 
 def _parse_start_line(first: str) -> tuple:
@@ -796,10 +801,7 @@ def parse_message(
     first = lines[0]
     start_line = _START_LINES.get(first)
     if start_line is None:
-        start_line = _parse_start_line(first)
-        if len(_START_LINES) >= _START_LINES_MAX:
-            _START_LINES.clear()
-        _START_LINES[first] = start_line
+        start_line = _START_LINES.remember(first, _parse_start_line(first))
     msg: Request | Response
     if start_line[0]:
         msg = Response.__new__(Response)
@@ -870,7 +872,7 @@ def parse_message(
     if msg.__class__ is Request:
         # §8.2 / §16.3: the CSeq method must equal the request method
         cseq = headers[keys.index("cseq")][1]
-        known = _CSEQ_SEEN.get(cseq)
+        known = CSEQ_SEEN.get(cseq)
         if known is None or known.method != msg.method:
             _check_cseq(msg, cseq)
     return msg
@@ -893,7 +895,7 @@ def _check_cseq(msg: Request, cseq: str) -> None:
         if view.method != msg.method:
             raise SipParseError("CSeq method does not match the request method")
         return
-    remember_cseq(cseq, CSeq(int(num), msg.method))
+    CSEQ_SEEN.remember(cseq, CSeq(int(num), msg.method))
 
 
 def _to_tag_or_broken(request: Request) -> str | None:

@@ -537,7 +537,7 @@ class UeRegistration:
             ("To", self._to),
             (
                 "Contact",
-                f"{self._contact_head}{port}>;expires={cfg.expires if expires is None else expires}",
+                f"{self.contact_uri(protected)};expires={cfg.expires if expires is None else expires}",
             ),
             ("Call-ID", self.call_id),
             ("Authorization", authorization),
