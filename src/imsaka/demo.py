@@ -5,7 +5,9 @@ I-CSCF and P-CSCF in this process over real sockets (`imsaka.network`), register
 UE (or N) through both phases (seed §3, Appendix 1 packets 1–13: phase 1 in the
 clear, the 401 with RAND‖AUTN, AUTN checked by the UE, IPsec ESP SAs, phase 2 and
 the 200 OK protected) and prints the ladder of every SIP and Diameter message, with
-the UAR/MAR/SAR of TS 29.228 between the SIP packets. Exit status 0 when every UE
+the UAR/MAR/SAR of TS 29.228 between the SIP packets. After packet 13 come the
+reg-event subscriptions (RFC 3680) of the P-CSCF (TS 24.229 §5.2.3) and of the UE
+(§5.1.1.3, over the new SA set) with their first NOTIFYs. Exit status 0 when every UE
 registered.
 
 ``--pcap`` writes the traffic as a capture (imsaka.trace); ``--esp-keys`` writes the
@@ -154,6 +156,14 @@ async def run_demo(
                 return await ue.register(timeout=timeout)
 
         results = await asyncio.gather(*(one(ue) for ue in ues))
+        # The UEs' reg-event SUBSCRIBE and first NOTIFY follow the 200 OK (§5.1.1.3).
+        await asyncio.gather(
+            *(
+                ue.wait_subscribed(min(timeout, 5.0))
+                for ue, res in zip(ues, results, strict=True)
+                if res.ok and ue.config.subscribe_reg_event
+            )
+        )
         await asyncio.sleep(0.05)  # let the last datagrams reach their observers
     finally:
         for ue in ues:

@@ -26,7 +26,7 @@ import struct
 import threading
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -483,16 +483,30 @@ class Trace:
                 n = self._recent_out.get(key, 0)
                 if n:
                     # The sender (one of ours) has recorded it already; but an ESP
-                    # receiver knows the plaintext the sender may not have attached.
+                    # receiver knows the plaintext the sender may not have attached,
+                    # and who it is (a UE's port-s first heard of when a NOTIFY
+                    # reaches it, TS 24.229 §5.1.1.3).
                     if n == 1:
                         self._recent_out.pop(key)
                     else:
                         self._recent_out[key] = n - 1
                     self._fill_inner(event)
+                    if event.owner:
+                        self._name_receiver(key, _display_owner(event.owner))
                     return
         if self.pcap is not None:
             self.pcap.write(event)
         self._record(event)
+
+    def _name_receiver(self, key: tuple[Address, Address, bytes], owner: str) -> None:
+        src, dst, payload = key
+        unnamed = _fmt_addr(dst)
+        for i in range(len(self.records) - 1, max(-1, len(self.records) - 64), -1):
+            rec = self.records[i]
+            if rec.payload == payload and tuple(rec.src[:2]) == src and tuple(rec.dst[:2]) == dst:
+                if rec.dst_name == unnamed:
+                    self.records[i] = replace(rec, dst_name=owner)
+                return
 
     def _fill_inner(self, event: WireEvent) -> None:
         if event.protocol != "esp" or not event.inner:

@@ -32,9 +32,24 @@ async def test_demo_json_records(tmp_path):
     assert data["registered"] == 1
     msgs = data["messages"]
     sip = [m for m in msgs if m["protocol"] == "sip"]
-    # the reg-event subscription of the P-CSCF follows the registration
+    # the reg-event subscriptions of the P-CSCF (TS 24.229 §5.2.3) and of the UE
+    # (§5.1.1.3) follow the registration
     after = [m["summary"].split()[0] for m in sip[12:]]
     assert after[:1] == ["SUBSCRIBE"] and set(after) <= {"SUBSCRIBE", "200", "NOTIFY"}, after
+    ue_side = [
+        (m["from"], m["to"], m["summary"].split()[0], m["protected"])
+        for m in sip[12:]
+        if "UE" in (m["from"], m["to"])
+    ]
+    # the UE's SUBSCRIBE and its 200, the first NOTIFY and the UE's 200: all over ESP
+    assert sorted(ue_side) == sorted(
+        [
+            ("UE", "P-CSCF", "SUBSCRIBE", True),
+            ("P-CSCF", "UE", "200", True),
+            ("P-CSCF", "UE", "NOTIFY", True),
+            ("UE", "P-CSCF", "200", True),
+        ]
+    ), ue_side
     sip = sip[:12]
     dia = [m["summary"].split()[0] for m in msgs if m["protocol"] == "diameter"]
     assert len(sip) == 12

@@ -52,6 +52,23 @@ def test_esp_record_gets_its_plaintext_from_the_receiver():
     assert rec.esp_spi == 0x1234 and rec.summary.startswith("REGISTER") and rec.protected
 
 
+def test_a_port_first_heard_of_as_a_receiver_gets_its_owner_name():
+    # The P-CSCF's NOTIFY to the UE's port-s (TS 24.229 §5.1.1.3): the UE never sent
+    # from that port, so only its receive report names it; the ladder keeps one UE column.
+    t = Trace()
+    ue_c, ue_s, p_c = ("127.0.0.1", 40001), ("127.0.0.1", 40002), ("127.0.0.1", 5064)
+    t(ev("out", ue_c, ("127.0.0.1", 5060), REG, owner="ue"))
+    esp = (0x99).to_bytes(4, "big") + b"\x00\x00\x00\x01" + b"n" * 40
+    t(ev("out", p_c, ue_s, esp, protocol="esp", owner="pcscf"))
+    assert t.records[-1].dst_name == "127.0.0.1:40002"
+    t(ev("in", p_c, ue_s, esp, protocol="esp", owner="ue", inner=OK))
+    assert [(r.src_name, r.dst_name) for r in t.records] == [
+        ("UE", "127.0.0.1:5060"),
+        ("P-CSCF", "UE"),
+    ]
+    assert t.records[-1].summary == "200 OK"
+
+
 def test_keys_are_masked():
     h = (("WWW-Authenticate", 'Digest nonce="x", ik="0011", ck="ffee"'),)
     assert mask_keys(h)[0][1] == 'Digest nonce="x", ik="<hidden>", ck="<hidden>"'

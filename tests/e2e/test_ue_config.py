@@ -24,6 +24,16 @@ def test_good_file(tmp_path):
     cfg = load_ue_config(p)
     assert cfg.pcscf == ("::1", 5070) and cfg.registrar == "home1.net" and cfg.realm == "home1.net"
     assert "465b5ce8" not in repr(cfg) and "cd63cb71" not in repr(cfg)
+    assert cfg.subscribe_reg_event is True  # TS 24.229 §5.1.1.3 by default
+
+
+def test_subscribe_reg_event_switch(tmp_path):
+    p = tmp_path / "ue.toml"
+    p.write_text("[ue]\n" + GOOD + "subscribe_reg_event = false\n")
+    assert load_ue_config(p).subscribe_reg_event is False
+    with pytest.raises(CliError, match=r"^subscribe_reg_event:"):
+        UeConfig(impi="a@b", impus=["sip:a@b"], home_domain="b", k=bytes(16), opc=bytes(16),
+                 subscribe_reg_event=1)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -36,6 +46,7 @@ def test_good_file(tmp_path):
         ('algorithms = ["hmac-sha-256"]', "algorithms:"),
         ("colour = 1", "colour:"),
         ('impi = "nodomain"', "impi:"),
+        ('subscribe_reg_event = "yes"', "subscribe_reg_event:"),
     ],
 )
 def test_bad_field_named(tmp_path, change, field):

@@ -5,6 +5,10 @@ AUTN checked by the ISIM, SAs per TS 33.203 §7, phase 2 over ESP) and prints th
 outcome: the granted expiry, Service-Route and P-Associated-URI of the 200 OK, or why
 it failed ("network authentication failed" when AUTN's MAC is wrong). ``--stay``
 keeps the registration for that many seconds, then de-registers (over the SAs).
+While it stays, the UE's reg-event subscription (TS 24.229 §5.1.1.3; ``[ue]
+subscribe_reg_event``) tells it of a network-initiated de-registration (§5.1.1.7),
+printed as "network-initiated de-registration (<event>)"; after ``rejected`` it stays
+de-registered, after ``deactivated`` it registers again.
 Exit status 0 when registered.
 """
 
@@ -72,12 +76,20 @@ async def _register(config, args: argparse.Namespace) -> int:
         await client.start()
     except OSError as exc:
         raise CliError(f"local_host/local_port: cannot bind: {exc.strerror or exc}") from None
+    from imsaka.ue.core import NetworkDeregistered, UeState
+
+    def on_event(event) -> None:
+        if isinstance(event, NetworkDeregistered) and not args.json:
+            print(str(event) + (": registering again" if event.reregistering else ""))
+
+    client.on_event = on_event
     try:
         result = await client.register(timeout=args.timeout)
         dereg = None
         if result.ok and args.stay > 0:
             await asyncio.sleep(args.stay)
-            dereg = await client.deregister(timeout=args.timeout)
+            if client.core is not None and client.core.state is UeState.REGISTERED:
+                dereg = await client.deregister(timeout=args.timeout)
     finally:
         await client.close()
     if args.json:
@@ -92,6 +104,8 @@ async def _register(config, args: argparse.Namespace) -> int:
         }
         if dereg is not None:
             out["deregistered"] = dereg.ok
+        if client.network_event:
+            out["network_deregistered"] = client.network_event
         json.dump(out, sys.stdout)
         sys.stdout.write("\n")
     elif result.ok:

@@ -5,6 +5,11 @@ clear REGISTERs over a UDP socket at the UE's unprotected port (TS 24.229 §5.1.
 protected ones over ESP from port-c to the P-CSCF's port-s through the IPsec backend
 (`imsaka.ipsec.backend`, TS 33.203 §7.1); RFC 3261 §17 client transactions
 (`imsaka.sip.transaction`) retransmit over UDP and time out with Timer F.
+
+The reg-event subscription of TS 24.229 §5.1.1.3: the SUBSCRIBE leaves like any
+protected request (port-c to the P-CSCF's port-s, over the newest established set);
+the S-CSCF's NOTIFYs arrive over the SA at the UE's port-s and are answered through a
+server transaction back over the same SA pair (port-s to the P-CSCF's port-c).
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from imsaka.aka.milenage import Milenage
 from imsaka.aka.sqn import SqnArray
 from imsaka.ipsec.backend import ProtectedMessage, create_backend
 from imsaka.ipsec.sa import SaSet, SaState, SecurityAssociationTable
-from imsaka.sip import Response, SipParseError, parse_message
+from imsaka.sip import Request, SipParseError, parse_message
 from imsaka.sip.transaction import (
+    RequestReceived,
     ResponseReceived,
     TimerConfig,
     TransactionLayer,
@@ -36,15 +42,21 @@ from imsaka.ue.config import UeConfig
 from imsaka.ue.core import (
     Deregistered,
     Event,
+    NetworkDeregistered,
     Registered,
     RegistrationFailed,
+    RegStateNotified,
     SaParameters,
     SecurityAssociationsEstablished,
     SecurityAssociationsReleased,
     SendRequest,
+    SendResponse,
     SetUpSecurityAssociations,
+    Subscribed,
+    SubscriptionEnded,
     UeRegistration,
 )
+from imsaka.ue.regevent import SubState
 from imsaka.wire import Observer
 
 log = logging.getLogger(__name__)
@@ -83,6 +95,11 @@ _TICK = _TIMERS.t1 / 10
 
 def _ignore_datagram(data: bytes, source: tuple[str, int], transport: Any) -> None:
     pass
+
+
+def _wake_one(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _time_out(waiter: asyncio.Future) -> None:
@@ -137,6 +154,10 @@ class UeClient:
         self._held_s = 0
         self.events: list[Event] = []  # of the current (or last) register/deregister run
         self.on_event: Callable[[Event], None] | None = None
+        # The event of the last network-initiated de-registration (§5.1.1.7), "" if none.
+        self.network_event = ""
+        # Futures of `wait_*` callers, woken by reg-event events.
+        self._watchers: list[asyncio.Future] = []
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -266,9 +287,9 @@ class UeClient:
         self._incoming(data, ("clear", source))
 
     def _protected(self, msg: ProtectedMessage) -> None:
-        self._incoming(msg.data, ("sa", msg.sa_set))
+        self._incoming(msg.data, ("sa", msg.sa_set), msg.sa)
 
-    def _incoming(self, data: bytes, source: Any) -> None:
+    def _incoming(self, data: bytes, source: Any, arrived_on: Any = None) -> None:
         if not data or (data[0] in _CRLF and not data.strip(b"\r\n")):
             return  # keep-alive (a SIP message starts with a letter: no copy for those)
         try:
@@ -276,13 +297,30 @@ class UeClient:
         except SipParseError as exc:
             log.info("%s: dropped unparsable message: %s", self.name, exc)
             return
-        if not isinstance(msg, Response):
-            # The UE answers no requests in this simulator (no sessions yet).
-            log.info("%s: dropped request %s", self.name, msg.method)
-            return
         now = asyncio.get_running_loop().time()
-        self.transactions.receive_response(msg, source, now)
+        if type(msg) is Request:
+            self._request(msg, source, arrived_on, now)
+        else:
+            self.transactions.receive_response(msg, source, now)
         self._drain(now)
+
+    def _request(self, request: Request, source: Any, arrived_on: Any, now: float) -> None:
+        # The UE serves the NOTIFYs of its reg-event subscription; no sessions yet.
+        if request.method != "NOTIFY":
+            log.info("%s: dropped request %s", self.name, request.method)
+            return
+        core = self.core
+        if arrived_on is None and core is not None and core.sa is not None:
+            # Registered over SAs: a NOTIFY in the clear is nobody we listen to.
+            log.info("%s: dropped NOTIFY in the clear while protected", self.name)
+            return
+        # The answer goes back the way the NOTIFY came: over the SA pair it arrived on
+        # (from our port-s to the P-CSCF's port-c, TS 24.229 §5.1.1.5.1 NOTE 2).
+        reply_to = source if arrived_on is None else ("reply", arrived_on)
+        try:
+            self.transactions.receive_request(request, source, now, reply_to=reply_to)
+        except SipParseError as exc:
+            log.info("%s: dropped NOTIFY: %s", self.name, exc)
 
     def _drain(self, now: float) -> None:
         """Act on the transaction layer's events until none is left, then arm the timer
@@ -291,21 +329,51 @@ class UeClient:
         core = self.core
         assert core is not None
         next_event = self.transactions.next_event
-        while (ev := next_event()) is not None:
-            kind = type(ev)
-            if kind is Transmit:
-                self._transmit(ev.data, ev.destination)
-            elif kind is ResponseReceived:
-                if ev.response.status >= 200:
-                    self._apply(core.receive(ev.response, now))
-            elif kind is TransactionTimeout:
-                self._apply(core.transaction_timeout(now))
+        later: list[Event] | None = None
+        while True:
+            while (ev := next_event()) is not None:
+                kind = type(ev)
+                if kind is Transmit:
+                    self._transmit(ev.data, ev.destination)
+                elif kind is ResponseReceived:
+                    if ev.response.status >= 200:
+                        self._apply(core.receive(ev.response, now))
+                elif kind is TransactionTimeout:
+                    self._apply(core.transaction_timeout(now, ev.key[2]))
+                elif kind is RequestReceived and ev.key is not None:
+                    later = self._serve(ev.key, ev.request, now, later)
+            if later is None:
+                break
+            # What a NOTIFY decided happens once its answer went out (above): an SA
+            # set released before would have taken the 200 OK with it.
+            events, later = later, None
+            self._apply(events)
         self._arm()
+
+    def _serve(
+        self, key: tuple, request: Request, now: float, later: list[Event] | None
+    ) -> list[Event] | None:
+        assert self.core is not None
+        rest: list[Event] = []
+        for ev in self.core.receive_request(request, now):
+            if type(ev) is SendResponse:
+                self.transactions.respond(key, ev.response, now)
+            else:
+                rest.append(ev)
+        if not rest:
+            return later
+        return rest if later is None else later + rest
 
     def _transmit(self, data: bytes, destination: Any) -> None:
         kind, where = destination
         if kind == "clear":
             self.send_clear(data, where)
+        elif kind == "reply":
+            arrived_on: Any = where
+            if arrived_on.sa_set.state is SaState.REMOVED:
+                log.info("%s: answer not sent: SA set #%d removed", self.name, arrived_on.sa_set.id)
+                return
+            self.send_protected(arrived_on.sa_set.reply_sa(arrived_on), data)
         else:
             sa_set: SaSet = where
             if sa_set.state is SaState.REMOVED:
@@ -365,8 +433,16 @@ class UeClient:
                 self.on_event(ev)
             if isinstance(ev, SendRequest):
                 if ev.protected:
-                    sa_set = self._current_set()
+                    if ev.request.method == "REGISTER":
+                        sa_set = self._current_set()
+                    else:
+                        # Other requests only over an established set (TS 24.229
+                        # §5.1.2A.1.1): the newest one after a re-registration.
+                        sa_set = self._established_set()
                     if sa_set is None:
+                        if ev.request.method != "REGISTER":
+                            log.info("%s: %s not sent: no SA set", self.name, ev.request.method)
+                            continue
                         self._finish(UeResult(False, 0, "no SA set to protect the REGISTER"))
                         continue
                     dest: Any = ("sa", sa_set)
@@ -403,6 +479,14 @@ class UeClient:
                 self._finish(UeResult(ev.status < 300, ev.status, "de-registered"))
             elif isinstance(ev, RegistrationFailed):
                 self._finish(UeResult(False, ev.status, ev.reason))
+            elif isinstance(ev, NetworkDeregistered):
+                self.network_event = ev.event
+                log.warning("%s: %s", self.name, ev)
+                if not ev.reregistering:
+                    self._finish(UeResult(False, 0, str(ev)))
+                self._wake()
+            elif isinstance(ev, (Subscribed, SubscriptionEnded, RegStateNotified)):
+                self._wake()
 
     def _install(self, sa: SaParameters, now: float) -> None:
         # One table contact: this UE's registration flow towards its P-CSCF.
@@ -410,6 +494,13 @@ class UeClient:
         self._offered_spis = None
         self._sets[sa.spi_uc] = s
         self.backend.sync()
+
+    def _established_set(self) -> SaSet | None:
+        best = None
+        for s in self._sets.values():
+            if s.state is SaState.ESTABLISHED and (best is None or s.id > best.id):
+                best = s
+        return best
 
     def _current_set(self) -> SaSet | None:
         """The newest live set: the temporary one while a challenge is answered, else the
@@ -423,6 +514,52 @@ class UeClient:
             elif state is SaState.ESTABLISHED and (established is None or s.id > established.id):
                 established = s
         return temporary if temporary is not None else established
+
+    # ---------------------------------------------------------------- reg event
+
+    @property
+    def subscribed(self) -> bool:
+        """The reg-event subscription is active and its first NOTIFY was taken."""
+        sub = self.core.subscription if self.core is not None else None
+        return sub is not None and sub.state is SubState.ACTIVE and sub.version >= 0
+
+    async def wait_subscribed(self, timeout: float = 5.0) -> bool:
+        """Wait until `subscribed` (True), or it cannot be any more or `timeout` passed."""
+        return (
+            await self._wait_for(
+                lambda: self.subscribed or self.core is None or self.core.subscription is None,
+                timeout,
+            )
+            and self.subscribed
+        )
+
+    async def wait_network_deregistration(self, timeout: float = 5.0) -> str:
+        """Wait for a network-initiated de-registration; its event ("" at the timeout)."""
+        await self._wait_for(lambda: bool(self.network_event), timeout)
+        return self.network_event
+
+    async def _wait_for(self, done: Callable[[], bool], timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while not done():
+            left = end - loop.time()
+            if left <= 0:
+                return False
+            waiter = loop.create_future()
+            self._watchers.append(waiter)
+            handle = loop.call_later(left, _wake_one, waiter)
+            try:
+                await waiter
+            finally:
+                handle.cancel()
+                if waiter in self._watchers:
+                    self._watchers.remove(waiter)
+        return True
+
+    def _wake(self) -> None:
+        watchers, self._watchers = self._watchers, []
+        for waiter in watchers:
+            _wake_one(waiter)
 
     def _finish(self, result: UeResult) -> None:
         if self._waiter is not None and not self._waiter.done():

@@ -18,6 +18,7 @@ P-CSCF discovery by DHCP/PCO is out of scope: the address comes from configurati
     algorithms = ["hmac-sha-1-96"]
     encryption = ["aes-cbc", "null"]
     expires = 600000
+    subscribe_reg_event = true   # reg-event SUBSCRIBE after registering (§5.1.1.3)
 """
 
 from __future__ import annotations
@@ -128,6 +129,10 @@ class UeConfig:
     max_retry_after: int = 1800
     """Upper bound in seconds on a Retry-After the UE is willing to wait; a longer
     one ends the attempt at once (a network must not park the UE for hours)."""
+    subscribe_reg_event: bool = True
+    """SUBSCRIBE to the reg event of the IMPU after the 200 OK to the initial
+    registration (TS 24.229 §5.1.1.3), to learn of a network-initiated de-registration
+    (§5.1.1.7); False skips it (a bulk of UEs in a load test)."""
 
     def __post_init__(self) -> None:
         if not self.impi or "@" not in self.impi:
@@ -149,6 +154,8 @@ class UeConfig:
         for ealg in self.encryption:
             if ealg not in ENCRYPTION_ALGORITHMS:
                 raise CliError(f"encryption: unknown encryption algorithm {ealg!r}")
+        if not isinstance(self.subscribe_reg_event, bool):
+            raise CliError("subscribe_reg_event: expected true or false")
         if self.transport not in ("udp", "tcp"):
             raise CliError(f"transport: expected udp or tcp, got {self.transport!r}")
         for name in ("max_retries", "max_retry_after"):
@@ -192,6 +199,7 @@ class UeConfig:
             "amf_accept",
             "max_retries",
             "max_retry_after",
+            "subscribe_reg_event",
         }
         for key in data:
             if key not in known:
@@ -237,10 +245,11 @@ class UeConfig:
         ):
             if name in data:
                 kwargs[name] = str(data[name])
-        if "sec_agree" in data:
-            if not isinstance(data["sec_agree"], bool):
-                raise CliError("sec_agree: expected true or false")
-            kwargs["sec_agree"] = data["sec_agree"]
+        for name in ("sec_agree", "subscribe_reg_event"):
+            if name in data:
+                if not isinstance(data[name], bool):
+                    raise CliError(f"{name}: expected true or false")
+                kwargs[name] = data[name]
         for name in ("algorithms", "encryption"):
             if name in data:
                 value = data[name]

@@ -1,5 +1,6 @@
 """UE registration, sans-I/O: TS 24.229 §5.1.1 (registration, re-registration,
-de-registration, authentication), TS 33.203 §6.1 and §7 (AKA and the SA set), RFC 3329.
+de-registration, authentication), TS 33.203 §6.1 and §7 (AKA and the SA set), RFC 3329;
+the reg-event subscription (§5.1.1.3) and network-initiated de-registration (§5.1.1.7).
 
 The core builds the REGISTER requests and reads the responses; it opens no socket and
 reads no clock. The asyncio edge (`imsaka.ue.client`) sends what the core asks for,
@@ -17,6 +18,13 @@ Two phases (seed §3, Appendix 1 packets 1, 7, 8, 13):
    digest response. The 200 OK makes the SA set established; Service-Route and
    P-Associated-URI are kept.
 
+After the 200 OK to an initial registration the UE SUBSCRIBEs to the reg event of its
+IMPU (§5.1.1.3, RFC 3680) over the new SA set, refreshes that subscription in-dialog
+before it expires, and answers the S-CSCF's NOTIFYs (`receive_request`). A NOTIFY saying
+its registration is terminated (contact event ``rejected``, ``deactivated``, ...) removes
+the registration and its SAs; after ``deactivated`` a new initial registration starts
+(§5.1.1.7). A ``shortened`` contact moves the re-registration before the new expiry.
+
 States and inputs are a table (`_TRANSITIONS`); a response in a state that does not
 expect it is a counted drop, not a silent ignore.
 """
@@ -33,15 +41,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imsaka.aka import digest
-from imsaka.sip import Request, Response, SipParseError
+from imsaka.sip import Request, Response, SipParseError, make_response
 from imsaka.sip.headers import SecurityMechanism
 from imsaka.ue.config import UeConfig
+from imsaka.ue.regevent import CONTENT_TYPE as REGINFO
+from imsaka.ue.regevent import (
+    REG_SUBSCRIBE_EXPIRES,
+    Reginfo,
+    ReginfoError,
+    RegSubscription,
+    SubState,
+    parse_reginfo,
+    parse_subscription_state,
+    uri_key,
+)
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "Deregistered",
     "Event",
+    "NetworkDeregistered",
+    "RegStateNotified",
     "Registered",
     "RegistrationFailed",
     "RetryScheduled",
@@ -49,7 +70,10 @@ __all__ = [
     "SecurityAssociationsEstablished",
     "SecurityAssociationsReleased",
     "SendRequest",
+    "SendResponse",
     "SetUpSecurityAssociations",
+    "Subscribed",
+    "SubscriptionEnded",
     "UeRegistration",
     "UeState",
 ]
@@ -201,6 +225,52 @@ class RetryScheduled:
     attempt: int
 
 
+@dataclass(frozen=True, slots=True)
+class SendResponse:
+    """Answer the request given to `UeRegistration.receive_request` with `response`
+    (the edge sends it back the way the request came: over the same SA pair)."""
+
+    response: Response
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed:
+    """The reg-event SUBSCRIBE (or its refresh) was answered 2xx for `expires` seconds."""
+
+    expires: int
+    refreshed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RegStateNotified:
+    """A NOTIFY of the reg event was taken: its Subscription-State value and the
+    version of its reginfo (None: no body, or one not newer than the last)."""
+
+    subscription_state: str
+    version: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionEnded:
+    """The reg-event subscription is over (Subscription-State terminated, its refresh
+    refused, or it expired); not sent when it ends with our own de-registration."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkDeregistered:
+    """The network ended the registration (TS 24.229 §5.1.1.7): the reginfo `event` of
+    our contact (``rejected``, ``deactivated``, ``expired``...). Its state and SAs are
+    gone; `reregistering`: a new initial registration has started (``deactivated``)."""
+
+    event: str
+    reregistering: bool = False
+
+    def __str__(self) -> str:
+        return f"network-initiated de-registration ({self.event})"
+
+
 Event = (
     SendRequest
     | SetUpSecurityAssociations
@@ -210,6 +280,11 @@ Event = (
     | Deregistered
     | RegistrationFailed
     | RetryScheduled
+    | SendResponse
+    | Subscribed
+    | RegStateNotified
+    | SubscriptionEnded
+    | NetworkDeregistered
 )
 
 # Answers after which a REGISTER is worth repeating when the network says when
@@ -390,6 +465,11 @@ class UeRegistration:
         self.drops: Counter[str] = Counter()
         self.auth_rounds = 0
         self.retries = 0  # Retry-After waits of the current attempt
+        # reg event (§5.1.1.3): SUBSCRIBE after the 200 OK of the initial registration
+        self.subscription: RegSubscription | None = None
+        self._subscribe_after_ok = False
+        self._sub_deadline: float | None = None
+        self.network_event = ""  # of the last network-initiated de-registration
 
     # ---------------------------------------------------------------- public inputs
 
@@ -404,11 +484,24 @@ class UeRegistration:
         return self._dispatch(_Input.DEREGISTER, None, now)
 
     def receive(self, response: Response, now: float) -> list[Event]:
-        """A response to one of our REGISTERs (the edge matched transport and SA)."""
-        if self._pending is None:
-            return self._drop("response-without-request")
+        """A response to one of our REGISTERs or reg-event SUBSCRIBEs (the edge matched
+        transport and SA)."""
         # The texts the pending REGISTER was built with (not read back from it).
-        if response.get("Call-ID") != self.call_id or response.get("CSeq") != self._pending_cseq:
+        if (
+            self._pending is None
+            or response.get("Call-ID") != self.call_id
+            or response.get("CSeq") != self._pending_cseq
+        ):
+            sub = self.subscription
+            if (
+                sub is not None
+                and sub.pending_cseq
+                and response.get("CSeq") == sub.pending_cseq
+                and response.get("Call-ID") == sub.call_id
+            ):
+                return self._on_subscribe_response(sub, response, now)
+            if self._pending is None:
+                return self._drop("response-without-request")
             return self._drop("response-not-matching-pending-register")
         if response.status < 200:
             return []
@@ -420,23 +513,42 @@ class UeRegistration:
             inp = _Input.REJECT
         return self._dispatch(inp, response, now)
 
-    def transaction_timeout(self, now: float) -> list[Event]:
-        """The client transaction of the pending REGISTER timed out (Timer F)."""
+    def transaction_timeout(self, now: float, method: str = "REGISTER") -> list[Event]:
+        """The client transaction of the pending REGISTER (or SUBSCRIBE) timed out (Timer F)."""
+        if method == "SUBSCRIBE":
+            sub = self.subscription
+            if sub is None or not sub.pending_cseq:
+                return []
+            return self._subscribe_failed(sub, 408, "no answer to the SUBSCRIBE", now)
         if self._pending is None:
             return []
         return self._dispatch(_Input.TIMEOUT, None, now)
 
     def next_deadline(self) -> float | None:
-        return self._deadline
+        at, sub_at = self._deadline, self._sub_deadline
+        if sub_at is None:
+            return at
+        return sub_at if at is None or sub_at < at else at
 
     def handle_timer(self, now: float) -> list[Event]:
+        events: list[Event] = []
+        if self._sub_deadline is not None and now >= self._sub_deadline:
+            events = self._subscription_timer(now)
         if self._deadline is None or now < self._deadline:
-            return []
+            return events
         self._deadline = None
         if self.state is UeState.WAITING_RETRY:
-            return self._dispatch(_Input.RETRY, None, now)
+            return events + self._dispatch(_Input.RETRY, None, now)
         self.retries = 0  # a refresh is a new attempt
-        return self._dispatch(_Input.REFRESH, None, now)
+        return events + self._dispatch(_Input.REFRESH, None, now)
+
+    def receive_request(self, request: Request, now: float) -> list[Event]:
+        """A request to the UE (the edge holds its server transaction). The UE serves
+        the NOTIFYs of its reg-event subscription (RFC 6665 §4.1.3, RFC 3680); the first
+        event is always the `SendResponse` with the answer, before any SA goes."""
+        if request.method != "NOTIFY":
+            return [SendResponse(make_response(request, 501, "Not Implemented"))]
+        return self._on_notify(request, now)
 
     def detach(self) -> None:
         """Forget the edge's port and SPI callbacks (the edge closed); a new offer
@@ -576,6 +688,9 @@ class UeRegistration:
                 events.append(SecurityAssociationsReleased(old, "new initial registration"))
         self.temporary_sa = self.sa = None
         self.security_server = []
+        # A new registration gets a new subscription after its 200 OK (§5.1.1.3).
+        self._drop_subscription()
+        self._subscribe_after_ok = self.config.subscribe_reg_event
         if self.config.sec_agree:
             self._new_offer()
         request = self._build_register(protected=False, authorization=self._authorization())
@@ -897,6 +1012,11 @@ class UeRegistration:
         self.state = UeState.REGISTERED
         self._deadline = now + refresh_interval(expires) if expires > 0 else None
         events.append(Registered(expires, self.service_route, self.associated_uris, protected))
+        if self._subscribe_after_ok:
+            # Only after the initial registration, not after each re-registration.
+            self._subscribe_after_ok = False
+            if expires > 0:
+                events.append(self._subscribe(now))
         return events
 
     def _on_dereg_ok(self, resp: Response | None, now: float) -> list[Event]:
@@ -909,5 +1029,279 @@ class UeRegistration:
         self._pending = None
         self.state = UeState.DEREGISTERED
         self._deadline = None
+        # The subscription ends with the registration: the S-CSCF's final NOTIFY may
+        # still come (answered if the SAs let it through) or not (nothing waits for it).
+        self._drop_subscription()
         events.append(Deregistered(resp.status if resp is not None else 408))
         return events
+
+    # ---------------------------------------------------------------- reg event
+
+    def _drop_subscription(self) -> None:
+        self.subscription = None
+        self._sub_deadline = None
+
+    def _rearm_subscription(self) -> None:
+        sub = self.subscription
+        self._sub_deadline = sub.deadline() if sub is not None else None
+
+    def _subscribe(self, now: float) -> SendRequest:
+        """SUBSCRIBE to the reg event of our IMPU (§5.1.1.3) over the new SA set: the
+        Request-URI and To are the IMPU, Route is the P-CSCF's protected server port
+        then the Service-Route (the preloaded route of §5.1.2A.1.1)."""
+        sub = RegSubscription(f"{self._hex(12)}@{self.local[0]}", self._hex(4))
+        self.subscription = sub
+        return self._build_subscribe(sub, now)
+
+    def _build_subscribe(self, sub: RegSubscription, now: float) -> SendRequest:
+        cfg = self.config
+        sa = self.sa
+        protected = sa is not None
+        port = self._port_s if protected else self.local[1]
+        sub.local_cseq += 1
+        if sub.remote_tag:  # in-dialog refresh (RFC 6665 §4.1.2.1; RFC 3261 §12.2.1.1)
+            uri = sub.remote_target or cfg.impu
+            routes: tuple[str, ...] = sub.route_set
+            to = f"{self._to};tag={sub.remote_tag}"
+        else:
+            pcscf_port = sa.port_ps if sa is not None else cfg.pcscf[1]
+            uri = cfg.impu
+            routes = (f"<sip:{_addr_host(cfg.pcscf[0])}:{pcscf_port};lr>", *self.service_route)
+            to = self._to
+        headers: list[tuple[str, str]] = [
+            ("Via", f"{self._via_head}{port};branch=z9hG4bK{self._hex(8)}"),
+            ("Max-Forwards", "70"),
+        ]
+        headers += [("Route", r) for r in routes]
+        cseq = sub.pending_cseq = f"{sub.local_cseq} SUBSCRIBE"
+        headers += [
+            ("P-Access-Network-Info", cfg.access_network_info),
+            ("From", f"{self._to};tag={sub.local_tag}"),
+            ("To", to),
+            ("Call-ID", sub.call_id),
+            ("CSeq", cseq),
+            ("Event", "reg"),
+            ("Expires", str(REG_SUBSCRIBE_EXPIRES)),
+            ("Accept", REGINFO),
+            ("Contact", self.contact_uri(protected)),
+            ("Content-Length", "0"),
+        ]
+        # The answer comes through the transaction (Timer F); the expiry stays a deadline.
+        self._rearm_subscription()
+        return SendRequest(Request("SUBSCRIBE", uri, headers), protected=protected)
+
+    def _on_subscribe_response(
+        self, sub: RegSubscription, resp: Response, now: float
+    ) -> list[Event]:
+        if resp.status < 200:
+            return []
+        refreshed = sub.state is SubState.ACTIVE and sub.local_cseq > 1
+        if resp.status >= 300:
+            return self._subscribe_failed(sub, resp.status, f"{resp.status} {resp.reason}", now)
+        sub.pending_cseq = ""
+        try:
+            tag = resp.to.tag or ""
+            contacts = resp.contacts
+            granted = resp.expires
+        except SipParseError as exc:
+            self._drop_subscription()
+            log.info("ue %s: unusable 2xx to the reg SUBSCRIBE: %s", self.config.impi, exc)
+            return [SubscriptionEnded("unusable 2xx to the SUBSCRIBE")]
+        if not sub.route_from_2xx and tag:
+            # The dialog as the 2xx sets it up (RFC 3261 §12.1.2), also when a NOTIFY came
+            # first: the P-CSCF rewrites its own Record-Route entry in this 2xx to its
+            # protected server port, the one our requests go to.
+            sub.remote_tag = tag
+            sub.route_set = tuple(reversed(resp.get_all("Record-Route")))
+            sub.route_from_2xx = True
+            if contacts and not contacts[0].star:
+                sub.remote_target = contacts[0].uri
+        if granted is None:
+            granted = REG_SUBSCRIBE_EXPIRES
+        if granted == 0:
+            self._drop_subscription()
+            return [SubscriptionEnded("granted for 0 s")]
+        sub.state = SubState.ACTIVE
+        self._set_subscription_expiry(sub, granted, now)
+        return [Subscribed(granted, refreshed)]
+
+    def _set_subscription_expiry(self, sub: RegSubscription, expires: int, now: float) -> None:
+        # The refresh rule of the registration (§5.1.1.3 refers to §5.1.1.4.1's).
+        sub.expires_at = now + expires
+        sub.refresh_at = now + refresh_interval(expires)
+        self._rearm_subscription()
+
+    def _subscribe_failed(
+        self, sub: RegSubscription, status: int, reason: str, now: float
+    ) -> list[Event]:
+        sub.pending_cseq = ""
+        if (
+            sub.state is SubState.ACTIVE
+            and status not in (404, 408, 481)
+            and sub.expires_at is not None
+            and now < sub.expires_at
+        ):
+            # A refused refresh: the subscription stands until its expiry (RFC 6665
+            # §4.1.2.2), no second refresh before then.
+            sub.refresh_at = None
+            self._rearm_subscription()
+            log.info("ue %s: reg SUBSCRIBE refresh answered %s", self.config.impi, reason)
+            return []
+        self._drop_subscription()
+        log.info("ue %s: reg-event subscription ended: %s", self.config.impi, reason)
+        return [SubscriptionEnded(reason)]
+
+    def _subscription_timer(self, now: float) -> list[Event]:
+        sub = self.subscription
+        self._sub_deadline = None
+        if sub is None:
+            return []
+        if sub.expires_at is not None and now >= sub.expires_at:
+            self._drop_subscription()
+            return [SubscriptionEnded("expired")]
+        if sub.refresh_at is not None and now >= sub.refresh_at and not sub.pending_cseq:
+            sub.refresh_at = None
+            if self.sa is None and self.config.sec_agree:
+                self._rearm_subscription()  # no SA set to send it over: wait for the expiry
+                return []
+            return [self._build_subscribe(sub, now)]
+        self._rearm_subscription()
+        return []
+
+    def _on_notify(self, request: Request, now: float) -> list[Event]:
+        """RFC 6665 §4.1.3 with the checks of RFC 3261 §12.2.2; the reginfo per §5.1.1.7."""
+        sub = self.subscription
+        try:
+            call_id = request.call_id
+            local_tag = request.to.tag
+            remote_tag = request.from_.tag or ""
+            cseq = request.cseq.seq
+            contacts = request.contacts
+        except SipParseError as exc:
+            return [self._answer(request, 400, f"Bad Request ({exc.reason})"[:80])]
+        if (
+            sub is None
+            or call_id != sub.call_id
+            or local_tag != sub.local_tag
+            or (sub.remote_tag and remote_tag != sub.remote_tag)
+        ):
+            self.drops["notify-without-subscription"] += 1
+            return [self._answer(request, 481, "Subscription Does Not Exist")]
+        event = (request.get("Event") or "").split(";", 1)[0].strip().lower()
+        if event != "reg":
+            return [self._answer(request, 489, "Bad Event")]
+        if sub.remote_cseq >= 0 and cseq <= sub.remote_cseq:
+            return [self._answer(request, 500, "Server Internal Error (CSeq out of order)")]
+        try:
+            state = parse_subscription_state(request.get("Subscription-State"))
+            info = self._notify_body(request)
+        except ReginfoError as exc:
+            # The state stays as it was: a broken document changes nothing.
+            self.drops["bad-notify"] += 1
+            log.info("ue %s: NOTIFY refused: %s", self.config.impi, exc)
+            return [self._answer(request, 400, f"Bad Request ({exc})"[:100])]
+        except _UnsupportedType:
+            return [
+                SendResponse(
+                    make_response(
+                        request, 415, "Unsupported Media Type", headers=[("Accept", REGINFO)]
+                    )
+                )
+            ]
+        sub.remote_cseq = cseq
+        if not sub.remote_tag:
+            # The NOTIFY overtook the 2xx (RFC 6665 §4.1.2.4): it makes the dialog; the
+            # 2xx, when it comes, sets the route set of our requests.
+            sub.remote_tag = remote_tag
+            sub.route_set = tuple(request.get_all("Record-Route"))
+            if contacts and not contacts[0].star:
+                sub.remote_target = contacts[0].uri
+        if sub.state is SubState.SUBSCRIBING:
+            sub.state = SubState.ACTIVE
+        events: list[Event] = [SendResponse(make_response(request, 200, "OK"))]
+        version: int | None = None
+        if info is not None and info.version > sub.version:
+            sub.version = version = info.version
+        events.append(RegStateNotified(state.state, version))
+        if state.state == "terminated":
+            self._drop_subscription()
+            events.append(SubscriptionEnded(state.reason or "terminated"))
+        elif state.expires is not None and not sub.pending_cseq:
+            self._set_subscription_expiry(sub, state.expires, now)
+        if version is not None:
+            assert info is not None
+            events += self._take_reginfo(info, now)
+        return events
+
+    def _answer(self, request: Request, status: int, reason: str) -> SendResponse:
+        return SendResponse(make_response(request, status, reason))
+
+    def _notify_body(self, request: Request) -> Reginfo | None:
+        body = request.body
+        if not body:
+            return None  # a NOTIFY may carry no document (e.g. a pending subscription)
+        ctype = (request.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+        if ctype != REGINFO:
+            raise _UnsupportedType
+        return parse_reginfo(body)
+
+    def _take_reginfo(self, info: Reginfo, now: float) -> list[Event]:
+        """Act on the registration state of our IMPU and our contact (§5.1.1.7)."""
+        impu = uri_key(self.config.impu)
+        mine = next((r for r in info.registrations if uri_key(r.aor) == impu), None)
+        if mine is None:
+            return []
+        ours = uri_key(self.contact_uri(self.sa is not None or self._pending_protected))
+        contact = next((c for c in mine.contacts if uri_key(c.uri) == ours), None)
+        if mine.state == "terminated" or (contact is not None and contact.state == "terminated"):
+            if contact is not None:
+                event = contact.event
+            else:
+                event = mine.contacts[0].event if mine.contacts else "terminated"
+            return self._network_deregistered(event, now)
+        if (
+            contact is not None
+            and contact.event == "shortened"
+            and contact.expires is not None
+            and self.state is UeState.REGISTERED
+        ):
+            # Re-register before the new, earlier expiry (§5.1.1.4.1 timing).
+            self.expires = contact.expires
+            self.registered_at = now
+            at = now + refresh_interval(contact.expires)
+            if self._deadline is None or at < self._deadline:
+                self._deadline = at
+        return []
+
+    def _network_deregistered(self, event: str, now: float) -> list[Event]:
+        if self.state in (UeState.DEREGISTERING, UeState.DEREGISTERED):
+            # The final NOTIFY of our own de-registration: the subscription just ends.
+            self._drop_subscription()
+            return []
+        events: list[Event] = []
+        reason = f"network-initiated de-registration ({event})"
+        for old in (self.temporary_sa, self.sa):
+            if old is not None:
+                events.append(SecurityAssociationsReleased(old, reason))
+        self.temporary_sa = self.sa = None
+        self._pending = None
+        self._deadline = None
+        self._drop_subscription()
+        self.expires = 0
+        self.service_route = ()
+        self.associated_uris = ()
+        self.network_event = event
+        self.state = UeState.DEREGISTERED
+        log.warning("ue %s: %s", self.config.impi, reason)
+        # §5.1.1.7: after "deactivated" the UE registers anew; after "rejected" it does
+        # not (nor after the other events, which §5.1.1.7 does not ask to re-register).
+        again = event == "deactivated"
+        events.append(NetworkDeregistered(event, again))
+        if again:
+            self.retries = 0
+            events += self._start_initial(None, now)
+        return events
+
+
+class _UnsupportedType(Exception):
+    """A NOTIFY body that is not application/reginfo+xml (answered 415)."""

@@ -1,0 +1,144 @@
+"""The UE's reg-event subscription across the whole core on loopback sockets (TS 24.229
+§5.1.1.3) and a network-initiated de-registration reaching the UE (§5.1.1.7): RTR from
+the HSS → S-CSCF NOTIFY (registration terminated) → P-CSCF → over the SA to the UE's
+port-s → the UE answers 200, reports it and holds no SA."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from imsaka.ipsec.sa import SaState
+from imsaka.network import Network, NetworkOptions
+from imsaka.ue.client import UeClient
+from imsaka.ue.core import NetworkDeregistered, Subscribed, UeState
+
+pytestmark = pytest.mark.slow
+
+
+def _sip(net, *, src=None, dst=None, start=""):
+    return [
+        r
+        for r in net.trace.messages("sip")
+        if (src is None or r.src_name == src)
+        and (dst is None or r.dst_name == dst)
+        and r.summary.startswith(start)
+    ]
+
+
+def _live_sets(ue: UeClient):
+    return [s for s in ue.table.sets() if s.state is not SaState.REMOVED]
+
+
+async def _until(predicate, timeout: float = 5.0) -> bool:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        if loop.time() > end:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def test_ue_subscribes_and_learns_of_a_network_initiated_deregistration(
+    home_network, subscribers
+):
+    net = home_network
+    seen: list = []
+    ue = UeClient(net.ue_config(subscribers[0]), observers=[net.trace])
+    ue.on_event = seen.append
+    await ue.start()
+    try:
+        res = await ue.register(10)
+        assert res.ok and res.protected, res
+        assert await ue.wait_subscribed(5), ue.core.subscription
+        sub = ue.core.subscription
+        # The SUBSCRIBE left protected from the UE, the first NOTIFY reached it over ESP
+        # and its 200 went back over ESP.
+        (subscribe,) = _sip(net, src="UE", start="SUBSCRIBE")
+        assert subscribe.esp_spi is not None
+        assert [r.esp_spi is not None for r in _sip(net, dst="UE", start="NOTIFY")] == [True]
+        assert dict(subscribe.headers)["Call-ID"] == sub.call_id
+        # The S-CSCF holds two subscriptions to the IMPU: the P-CSCF's and the UE's.
+        census = net.scscf.census()
+        assert census["subscriptions"] == 2, census
+        theirs = {s.call_id for s in net.scscf.scscf.subscriptions}
+        assert sub.call_id in theirs
+        assert len(_live_sets(ue)) == 1
+
+        result = await net.hss.deregister_impi(subscribers[0].impi)
+        assert result.get("ok"), result
+        event = await ue.wait_network_deregistration(5)
+        assert event == "rejected"  # the S-CSCF's event after an RTR: no re-registration
+        assert NetworkDeregistered("rejected", False) in seen
+        assert (
+            str(NetworkDeregistered("rejected")) == "network-initiated de-registration (rejected)"
+        )
+        assert ue.core.state is UeState.DEREGISTERED and ue.core.sa is None
+        assert ue.core.subscription is None and ue.core.next_deadline() is None
+        assert _live_sets(ue) == []
+        assert await _until(lambda: net.pcscf.stats()["sa_sets"] == 0)
+        # no REGISTER after it (rejected), and no error on the way
+        assert len(_sip(net, src="UE", start="REGISTER")) == 2
+        assert not ue.core.drops
+    finally:
+        await ue.close()
+
+
+async def test_own_deregistration_ends_the_subscription_without_error(home_network, subscribers):
+    net = home_network
+    ue = UeClient(net.ue_config(subscribers[1]), observers=[net.trace])
+    await ue.start()
+    try:
+        assert (await ue.register(10)).ok
+        assert await ue.wait_subscribed(5)
+        res = await ue.deregister(10)
+        assert res.ok, res
+        await asyncio.sleep(0.2)  # the S-CSCF's final NOTIFY, if any gets through
+        assert ue.core.state is UeState.DEREGISTERED and not ue.network_event
+        assert ue.core.subscription is None and ue.core.next_deadline() is None
+        assert _live_sets(ue) == []
+        assert await _until(lambda: net.scscf.census()["subscriptions"] == 0)
+    finally:
+        await ue.close()
+
+
+async def test_subscription_refresh_goes_over_the_new_sa_set(subscribers):
+    """A challenged re-registration replaces the SA set (TS 33.203 §7.4); the next
+    in-dialog SUBSCRIBE (refresh at half of a short grant) leaves over the new set."""
+    net = Network(
+        subscribers,
+        NetworkOptions(
+            extra={
+                "scscf": {
+                    "reauthenticate": "always",
+                    "min_expires": 1,
+                    "max_expires": 3,
+                    "default_expires": 3,
+                }
+            }
+        ),
+    )
+    await net.start()
+    ue = UeClient(net.ue_config(subscribers[2], expires=3), observers=[net.trace])
+    seen: list = []
+    ue.on_event = seen.append
+    try:
+        await ue.start()
+        assert (await ue.register(10)).ok
+        assert await ue.wait_subscribed(5)
+        first_set = ue._established_set()
+        assert (await ue.reregister(10)).ok
+        new_set = ue._established_set()
+        assert new_set is not first_set
+        assert await _until(lambda: Subscribed(3, True) in seen, 4.0), seen
+        subscribes = _sip(net, src="UE", start="SUBSCRIBE")
+        assert len(subscribes) >= 2
+        refresh = subscribes[1]
+        assert refresh.esp_spi == new_set.pcscf_spis[1]  # to the P-CSCF's port-s, new set
+        headers = dict(refresh.headers)
+        assert ";tag=" in headers["To"] and headers["CSeq"] == "2 SUBSCRIBE"
+    finally:
+        await ue.close()
+        await net.stop()

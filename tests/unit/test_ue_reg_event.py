@@ -1,0 +1,400 @@
+"""The UE's reg-event subscription, sans-I/O (TS 24.229 §5.1.1.3, §5.1.1.7; RFC 3680,
+RFC 6665): the SUBSCRIBE after the initial registration, the dialog from its 2xx or
+from a NOTIFY that overtook it, the refresh, the NOTIFYs and what they do to the
+registration and its SAs."""
+
+from __future__ import annotations
+
+import pytest
+from tests.e2e.test_ue_core import challenge, make_ue
+
+from imsaka.sip import Request, make_response, parse_message
+from imsaka.ue.core import (
+    Deregistered,
+    NetworkDeregistered,
+    Registered,
+    RegStateNotified,
+    SecurityAssociationsReleased,
+    SendRequest,
+    SendResponse,
+    Subscribed,
+    SubscriptionEnded,
+    UeState,
+)
+from imsaka.ue.regevent import MAX_REGINFO, ReginfoError, parse_reginfo
+
+IMPU = "sip:user1_public1@home1.net"
+SERVICE_ROUTE = "<sip:orig@scscf1.home1.net:6060;lr>"
+PCSCF_RR = "<sip:127.0.0.1:7531;lr>"  # the P-CSCF's Record-Route, rewritten to its port-s
+SCSCF_RR = "<sip:scscf1.home1.net:6060;lr>"
+SCSCF_CONTACT = "sip:scscf1.home1.net:6060"
+OUR_CONTACT = "sip:127.0.0.1:1357"  # the UE's port-s (make_ue's protected ports 2468/1357)
+
+
+def wire(msg):
+    """Through the wire format, as the edge would hand it over."""
+    return parse_message(msg.to_bytes())
+
+
+def registered(seed: int = 1, *, expires: int = 600000, **kw):
+    """A UE through both phases; returns (ue, the SUBSCRIBE it sent or None, events)."""
+    ue = make_ue(seed, **kw)
+    (send1,) = ue.register(0.0)
+    resp, _vec, _nonce = challenge(send1.request)
+    send2 = next(e for e in ue.receive(resp, 1.0) if isinstance(e, SendRequest))
+    ok = make_response(
+        send2.request,
+        200,
+        to_tag="5ef4",
+        headers=[
+            ("Contact", f"<{OUR_CONTACT}>;expires={expires}"),
+            ("Service-Route", SERVICE_ROUTE),
+            ("P-Associated-URI", f"<{IMPU}>"),
+        ],
+    )
+    events = ue.receive(wire(ok), 2.0)
+    assert ue.state is UeState.REGISTERED
+    subs = [e for e in events if isinstance(e, SendRequest)]
+    return ue, (subs[0].request if subs else None), events
+
+
+def subscribe_ok(subscribe: Request, *, expires: int = 600000, tag: str = "s1"):
+    return wire(
+        make_response(
+            subscribe,
+            200,
+            to_tag=tag,
+            headers=[
+                ("Record-Route", PCSCF_RR),
+                ("Record-Route", SCSCF_RR),
+                ("Expires", str(expires)),
+                ("Contact", f"<{SCSCF_CONTACT}>"),
+            ],
+        )
+    )
+
+
+def reginfo(
+    *,
+    version: int = 0,
+    reg_state: str = "active",
+    contact_state: str = "active",
+    event: str = "registered",
+    expires: int | None = 600000,
+    contact: str = OUR_CONTACT,
+) -> bytes:
+    exp = f' expires="{expires}"' if expires is not None else ""
+    return (
+        '<?xml version="1.0"?>\n'
+        f'<reginfo xmlns="urn:ietf:params:xml:ns:reginfo" version="{version}" state="full">\n'
+        f'  <registration aor="{IMPU}" id="r0" state="{reg_state}">\n'
+        f'    <contact id="c0" state="{contact_state}" event="{event}"{exp}>\n'
+        f"      <uri>{contact}</uri>\n"
+        "    </contact>\n"
+        "  </registration>\n"
+        "</reginfo>\n"
+    ).encode()
+
+
+def notify(
+    subscribe: Request,
+    body: bytes = b"",
+    *,
+    cseq: int = 1,
+    state: str = "active;expires=600000",
+    tag: str = "s1",
+    content_type: str = "application/reginfo+xml",
+    call_id: str | None = None,
+) -> Request:
+    headers = [
+        ("Via", "SIP/2.0/UDP 127.0.0.1:8642;branch=z9hG4bKn" + str(cseq)),
+        ("Record-Route", PCSCF_RR),
+        ("Max-Forwards", "69"),
+        ("From", f"<{IMPU}>;tag={tag}"),
+        ("To", f"<{IMPU}>;tag={subscribe.from_.tag}"),
+        ("Call-ID", call_id or subscribe.call_id),
+        ("CSeq", f"{cseq} NOTIFY"),
+        ("Contact", f"<{SCSCF_CONTACT}>"),
+        ("Event", "reg"),
+        ("Subscription-State", state),
+    ]
+    if body:
+        headers.append(("Content-Type", content_type))
+    headers.append(("Content-Length", str(len(body))))
+    return wire(Request("NOTIFY", OUR_CONTACT, headers, body))
+
+
+def answer(events) -> int:
+    assert isinstance(events[0], SendResponse), events
+    return events[0].response.status
+
+
+def subscribed(seed: int = 1, **kw):
+    ue, sub, _ = registered(seed, **kw)
+    events = ue.receive(subscribe_ok(sub), 2.1)
+    assert events == [Subscribed(600000, False)]
+    assert answer(ue.receive_request(notify(sub, reginfo()), 2.2)) == 200
+    return ue, sub
+
+
+# ------------------------------------------------------------------- the SUBSCRIBE
+
+
+def test_subscribe_after_the_initial_registration_as_contracted():
+    ue, sub, events = registered()
+    kinds = [type(e) for e in events]
+    assert kinds.index(Registered) < kinds.index(SendRequest)  # after the 200 OK
+    send = next(e for e in events if isinstance(e, SendRequest))
+    assert send.protected  # over the newly established SA set
+    assert sub.method == "SUBSCRIBE" and sub.uri == IMPU
+    # the P-CSCF's protected server port, then the Service-Route (§5.1.2A.1.1)
+    assert sub.get_all("Route") == [PCSCF_RR, SERVICE_ROUTE]
+    assert sub.from_.uri == IMPU and sub.from_.tag
+    assert sub.to.uri == IMPU and sub.to.tag is None
+    assert sub.get("Event") == "reg" and sub.expires == 600000
+    assert sub.get("Accept") == "application/reginfo+xml"
+    assert sub.get("Contact") == f"<{OUR_CONTACT}>"
+    assert sub.top_via.port == 1357 and sub.top_via.branch.startswith("z9hG4bK")
+    assert sub.cseq.method == "SUBSCRIBE" and sub.get("Max-Forwards") == "70"
+    assert sub.call_id != ue.call_id  # a new Call-ID, not the registration's
+    wire(sub)
+
+
+def test_no_subscribe_after_a_reregistration_nor_when_switched_off():
+    ue, _sub = subscribed()
+    (rereg,) = ue.handle_timer(2.0 + 599400.0)
+    assert rereg.request.method == "REGISTER"
+    ok = make_response(
+        rereg.request, 200, to_tag="5ef4", headers=[("Contact", f"<{OUR_CONTACT}>;expires=600000")]
+    )
+    events = ue.receive(wire(ok), 599403.0)
+    assert not [e for e in events if isinstance(e, SendRequest)]
+
+    ue, sub, events = registered(subscribe_reg_event=False)
+    assert sub is None and ue.subscription is None
+    assert [type(e) for e in events if isinstance(e, SendRequest)] == []
+
+
+def test_the_2xx_makes_the_dialog_and_the_refresh_goes_in_it():
+    ue, sub, _ = registered()
+    ue.receive(subscribe_ok(sub, expires=3600), 10.0)
+    # granted over 1200 s: refresh 600 s before the expiry (§5.1.1.3)
+    assert ue.next_deadline() == pytest.approx(10.0 + 3000)
+    assert ue.handle_timer(10.0 + 2999) == []
+    (refresh,) = ue.handle_timer(10.0 + 3000)
+    req = refresh.request
+    assert refresh.protected and req.method == "SUBSCRIBE"
+    assert req.uri == SCSCF_CONTACT  # the remote target
+    assert req.get_all("Route") == [SCSCF_RR, PCSCF_RR]  # Record-Route reversed
+    assert req.call_id == sub.call_id and req.from_.tag == sub.from_.tag
+    assert req.to.tag == "s1" and req.cseq.seq == sub.cseq.seq + 1
+    assert req.expires == 600000
+    # no second refresh while this one is out; its 2xx sets the next
+    assert ue.handle_timer(10.0 + 3100) == []
+    assert ue.receive(subscribe_ok(req, expires=1000), 3020.0) == [Subscribed(1000, True)]
+    assert ue.next_deadline() == pytest.approx(3020.0 + 500)  # half of ≤ 1200 s
+
+
+def test_a_notify_before_the_2xx_is_taken_and_makes_the_dialog():
+    ue, sub, _ = registered()
+    n = notify(sub, reginfo())
+    events = ue.receive_request(n, 2.05)
+    assert answer(events) == 200
+    assert RegStateNotified("active", 0) in events
+    ans = events[0].response
+    assert ans.to.tag == sub.from_.tag and ans.call_id == sub.call_id  # in the dialog
+    assert ans.get_all("Via") == n.get_all("Via")
+    # the 2xx arrives later: it is the dialog's, and its Record-Route is our route set
+    assert ue.receive(subscribe_ok(sub), 2.1) == [Subscribed(600000, False)]
+    assert ue.subscription.route_set == (SCSCF_RR, PCSCF_RR)
+    sent = ue.handle_timer(2.1 + 599400)  # the re-registration is due then too
+    (refresh,) = [e for e in sent if e.request.method == "SUBSCRIBE"]
+    assert refresh.request.get_all("Route") == [SCSCF_RR, PCSCF_RR]
+
+
+def test_a_notify_of_another_dialog_is_481():
+    ue, sub = subscribed()
+    assert answer(ue.receive_request(notify(sub, cseq=2, call_id="other@x"), 3.0)) == 481
+    assert answer(ue.receive_request(notify(sub, cseq=2, tag="forked"), 3.0)) == 481
+    assert ue.state is UeState.REGISTERED
+
+
+# ------------------------------------------------------------------- §5.1.1.7
+
+
+@pytest.mark.parametrize("reg_state", ["terminated", "active"])
+def test_rejected_removes_the_registration_and_its_sas_without_reregistering(reg_state):
+    ue, sub = subscribed()
+    sa = ue.sa
+    body = reginfo(
+        version=1, reg_state=reg_state, contact_state="terminated", event="rejected", expires=None
+    )
+    events = ue.receive_request(notify(sub, body, cseq=2, state="terminated;reason=rejected"), 5.0)
+    assert answer(events) == 200  # first: the answer goes out before the SAs go
+    assert SecurityAssociationsReleased(sa, "network-initiated de-registration (rejected)") in (
+        events
+    )
+    assert NetworkDeregistered("rejected", False) in events
+    assert str(NetworkDeregistered("rejected")) == "network-initiated de-registration (rejected)"
+    assert not [e for e in events if isinstance(e, SendRequest)]
+    assert ue.state is UeState.DEREGISTERED and ue.sa is None and ue.network_event == "rejected"
+    assert ue.subscription is None and ue.next_deadline() is None  # no timer left
+
+
+def test_deactivated_starts_a_new_initial_registration():
+    ue, sub = subscribed()
+    sa, old_call_id = ue.sa, ue.call_id
+    body = reginfo(
+        version=1, reg_state="terminated", contact_state="terminated", event="deactivated"
+    )
+    events = ue.receive_request(
+        notify(sub, body, cseq=2, state="terminated;reason=deactivated"), 5.0
+    )
+    assert answer(events) == 200
+    released = [e for e in events if isinstance(e, SecurityAssociationsReleased)]
+    assert [e.sa for e in released] == [sa]
+    assert NetworkDeregistered("deactivated", True) in events
+    (send,) = [e for e in events if isinstance(e, SendRequest)]
+    assert send.request.method == "REGISTER" and not send.protected
+    assert send.request.call_id != old_call_id and send.request.authorization.response == ""
+    assert ue.state is UeState.UNPROTECTED_SENT
+
+
+def test_subscription_terminated_ends_the_dialog_but_not_the_registration():
+    ue, sub = subscribed()
+    events = ue.receive_request(notify(sub, cseq=2, state="terminated;reason=timeout"), 5.0)
+    assert answer(events) == 200
+    assert SubscriptionEnded("timeout") in events
+    assert ue.subscription is None and ue.state is UeState.REGISTERED and ue.sa is not None
+
+
+def test_shortened_moves_the_reregistration_before_the_new_expiry():
+    ue, sub = subscribed()
+    assert ue.next_deadline() == pytest.approx(2.0 + 599400)
+    body = reginfo(version=1, event="shortened", expires=100)
+    assert answer(ue.receive_request(notify(sub, body, cseq=2), 50.0)) == 200
+    assert ue.next_deadline() == pytest.approx(50.0 + 50)
+    (rereg,) = ue.handle_timer(100.0)
+    assert rereg.request.method == "REGISTER" and rereg.protected
+
+
+def test_an_older_version_changes_nothing():
+    ue, sub = subscribed()
+    ue.receive_request(notify(sub, reginfo(version=5), cseq=2), 3.0)
+    stale = reginfo(version=4, contact_state="terminated", event="rejected", expires=None)
+    events = ue.receive_request(notify(sub, stale, cseq=3), 4.0)
+    assert answer(events) == 200 and RegStateNotified("active", None) in events
+    assert ue.state is UeState.REGISTERED and ue.sa is not None
+
+
+def test_a_notify_out_of_cseq_order_is_refused():
+    ue, sub = subscribed()
+    assert answer(ue.receive_request(notify(sub, reginfo(version=1), cseq=1), 3.0)) == 500
+
+
+# ------------------------------------------------------------------- bad NOTIFYs
+
+
+BILLION_LAUGHS = b"""<?xml version="1.0"?>
+<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]>
+<reginfo xmlns="urn:ietf:params:xml:ns:reginfo" version="1" state="full">&lol2;</reginfo>"""
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<reginfo",  # not well-formed
+        BILLION_LAUGHS,
+        reginfo(version=1).replace(b'version="1"', b'version="x"'),
+        reginfo(version=1).replace(b'event="registered"', b'event="gone"'),
+        reginfo(version=1).replace(b"urn:ietf:params:xml:ns:reginfo", b"urn:other"),
+        reginfo(version=1, event="rejected", contact_state="terminated") + b" " * MAX_REGINFO,
+    ],
+    ids=["truncated", "dtd", "version", "event", "namespace", "oversize"],
+)
+def test_a_bad_reginfo_is_400_and_the_ue_keeps_its_state(body):
+    ue, sub = subscribed()
+    sa = ue.sa
+    events = ue.receive_request(notify(sub, body, cseq=2), 3.0)
+    assert answer(events) == 400 and len(events) == 1
+    assert ue.state is UeState.REGISTERED and ue.sa is sa and ue.subscription is not None
+    # the dialog goes on: the next good NOTIFY is taken
+    assert answer(ue.receive_request(notify(sub, reginfo(version=1), cseq=3), 4.0)) == 200
+
+
+def test_other_bad_notifies():
+    ue, sub = subscribed()
+    n = notify(sub, reginfo(version=1), cseq=2, content_type="text/plain")
+    events = ue.receive_request(n, 3.0)
+    assert answer(events) == 415 and events[0].response.get("Accept") == "application/reginfo+xml"
+    n = notify(sub, cseq=3)
+    n.set("Event", "presence")
+    assert answer(ue.receive_request(n, 3.0)) == 489
+    n = notify(sub, cseq=4)
+    n.remove("Subscription-State")
+    assert answer(ue.receive_request(n, 3.0)) == 400
+    assert ue.state is UeState.REGISTERED and ue.subscription is not None
+
+
+def test_parse_reginfo_limits():
+    with pytest.raises(ReginfoError):
+        parse_reginfo(b" " * (MAX_REGINFO + 1))
+    info = parse_reginfo(reginfo(version=3, event="shortened", expires=7))
+    (reg,) = info.registrations
+    assert (info.version, info.state, reg.aor, reg.state) == (3, "full", IMPU, "active")
+    assert reg.contacts[0].event == "shortened" and reg.contacts[0].expires == 7
+
+
+# ------------------------------------------------------------------- lifecycle
+
+
+def test_own_deregistration_ends_the_subscription_quietly():
+    ue, sub = subscribed()
+    (dereg,) = ue.deregister(10.0)
+    # the final NOTIFY may arrive before the 200 to the de-REGISTER: answered, no alarm
+    body = reginfo(
+        version=1, reg_state="terminated", contact_state="terminated", event="unregistered"
+    )
+    events = ue.receive_request(
+        notify(sub, body, cseq=2, state="terminated;reason=noresource"), 10.1
+    )
+    assert answer(events) == 200
+    assert not [e for e in events if isinstance(e, NetworkDeregistered)]
+    ok = make_response(dereg.request, 200, to_tag="5ef4")
+    events = ue.receive(wire(ok), 10.2)
+    assert [type(e) for e in events] == [SecurityAssociationsReleased, Deregistered]
+    assert ue.subscription is None and ue.next_deadline() is None
+
+
+def test_own_deregistration_without_the_final_notify_leaves_no_timer():
+    ue, sub = subscribed()
+    (dereg,) = ue.deregister(10.0)
+    events = ue.receive(wire(make_response(dereg.request, 200, to_tag="5ef4")), 10.2)
+    assert Deregistered(200) in events
+    assert ue.subscription is None and ue.next_deadline() is None
+    # a NOTIFY still on its way finds no dialog: 481, no error event
+    assert [type(e) for e in ue.receive_request(notify(sub, cseq=2), 10.3)] == [SendResponse]
+
+
+def test_a_subscribe_without_answer_ends_the_subscription():
+    ue, _sub, _ = registered()
+    assert ue.transaction_timeout(34.0, "SUBSCRIBE") == [
+        SubscriptionEnded("no answer to the SUBSCRIBE")
+    ]
+    assert ue.subscription is None and ue.state is UeState.REGISTERED
+    # and a REGISTER timeout is still the registration's
+    assert ue.transaction_timeout(35.0) == []
+
+
+def test_a_refused_subscribe_ends_it_and_a_refused_refresh_waits_for_the_expiry():
+    ue, sub, _ = registered()
+    refused = wire(make_response(sub, 403, "Forbidden"))
+    assert ue.receive(refused, 2.5) == [SubscriptionEnded("403 Forbidden")]
+    ue, sub, _ = registered(expires=0 + 7200)  # the re-registration due at 6602
+    ue.receive(subscribe_ok(sub, expires=1000), 3.0)
+    (refresh,) = ue.handle_timer(503.0)
+    assert ue.receive(wire(make_response(refresh.request, 500)), 504.0) == []
+    assert ue.subscription is not None
+    assert ue.next_deadline() == pytest.approx(1003.0)  # no second refresh: the expiry
+    assert ue.handle_timer(1003.0) == [SubscriptionEnded("expired")]
+    assert ue.next_deadline() == pytest.approx(2.0 + 6600)
