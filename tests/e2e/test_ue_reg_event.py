@@ -142,3 +142,27 @@ async def test_subscription_refresh_goes_over_the_new_sa_set(subscribers):
     finally:
         await ue.close()
         await net.stop()
+
+
+async def test_cli_prints_the_network_initiated_deregistration(home_network, subscribers, capsys):
+    """`imsaka ue register --stay`: the registration, then the line of §5.1.1.7, and no
+    de-REGISTER at the end (the network already ended it)."""
+    import argparse
+
+    from imsaka.ue import cli
+
+    net = home_network
+    args = argparse.Namespace(esp_keys=None, timeout=10.0, stay=1.5, json=False)
+
+    async def rtr():
+        await asyncio.sleep(0.7)
+        assert (await net.hss.deregister_impi(subscribers[2].impi)).get("ok")
+
+    task = asyncio.ensure_future(rtr())
+    assert await cli._register(net.ue_config(subscribers[2]), args) == 0
+    await task
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("registered sip:")
+    assert lines[-1] == "network-initiated de-registration (rejected)"
+    # the two REGISTERs of the registration, no de-REGISTER after the NOTIFY
+    assert len(_sip(net, dst="P-CSCF", start="REGISTER")) == 2

@@ -85,6 +85,8 @@ async def _register(config, args: argparse.Namespace) -> int:
     client.on_event = on_event
     try:
         result = await client.register(timeout=args.timeout)
+        if not args.json:
+            _print_registration(config, result)
         dereg = None
         if result.ok and args.stay > 0:
             await asyncio.sleep(args.stay)
@@ -108,21 +110,26 @@ async def _register(config, args: argparse.Namespace) -> int:
             out["network_deregistered"] = client.network_event
         json.dump(out, sys.stdout)
         sys.stdout.write("\n")
-    elif result.ok:
+    elif dereg is not None:
+        print(
+            "de-registered"
+            if dereg.ok
+            else f"de-registration failed: {dereg.status} {dereg.reason}"
+        )
+    return 0 if result.ok else 1
+
+
+def _print_registration(config, result) -> None:
+    # Printed as soon as it is known: what happens while the UE stays comes after it.
+    if result.ok:
         print(
             f"registered {config.impu} for {result.expires} s"
-            + (" over IPsec ESP" if result.protected else " (no IPsec)")
+            + (" over IPsec ESP" if result.protected else " (no IPsec)"),
+            flush=True,
         )
         for route in result.service_route:
             print(f"  Service-Route: {route}")
         for uri in result.associated_uris:
-            print(f"  P-Associated-URI: {uri}")
-        if dereg is not None:
-            print(
-                "de-registered"
-                if dereg.ok
-                else f"de-registration failed: {dereg.status} {dereg.reason}"
-            )
+            print(f"  P-Associated-URI: {uri}", flush=True)
     else:
         print(f"registration failed: {result.reason}", file=sys.stderr)
-    return 0 if result.ok else 1

@@ -156,8 +156,9 @@ class UeClient:
         self.on_event: Callable[[Event], None] | None = None
         # The event of the last network-initiated de-registration (§5.1.1.7), "" if none.
         self.network_event = ""
-        # Futures of `wait_*` callers, woken by reg-event events.
-        self._watchers: list[asyncio.Future] = []
+        # Futures of `wait_*` callers, woken by reg-event events (None: nobody waits,
+        # as in a load test: no list per UE).
+        self._watchers: list[asyncio.Future] | None = None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -199,6 +200,7 @@ class UeClient:
             self.udp.set_receiver(_ignore_datagram)
         if self.core is not None:
             self.core.detach()
+        self._wake()  # a `wait_*` caller sees the state as it is now
         # The callbacks above were bound methods of this client (client → socket →
         # callback → client): cut, a closed UE is freed by reference counting at once
         # instead of waiting as cyclic garbage for a full collection, which in a load
@@ -480,8 +482,7 @@ class UeClient:
             elif isinstance(ev, RegistrationFailed):
                 self._finish(UeResult(False, ev.status, ev.reason))
             elif isinstance(ev, NetworkDeregistered):
-                self.network_event = ev.event
-                log.warning("%s: %s", self.name, ev)
+                self.network_event = ev.event  # (the core logged it)
                 if not ev.reregistering:
                     self._finish(UeResult(False, 0, str(ev)))
                 self._wake()
@@ -546,19 +547,21 @@ class UeClient:
             if left <= 0:
                 return False
             waiter = loop.create_future()
+            if self._watchers is None:
+                self._watchers = []
             self._watchers.append(waiter)
             handle = loop.call_later(left, _wake_one, waiter)
             try:
                 await waiter
             finally:
                 handle.cancel()
-                if waiter in self._watchers:
+                if self._watchers is not None and waiter in self._watchers:
                     self._watchers.remove(waiter)
         return True
 
     def _wake(self) -> None:
-        watchers, self._watchers = self._watchers, []
-        for waiter in watchers:
+        watchers, self._watchers = self._watchers, None
+        for waiter in watchers or ():
             _wake_one(waiter)
 
     def _finish(self, result: UeResult) -> None:
