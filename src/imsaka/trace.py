@@ -76,7 +76,8 @@ _SAR_TYPES = {
     8: "ADMINISTRATIVE_DEREGISTRATION",
 }
 
-# Headers a ladder shows under a SIP line (the ones the seed's packets change).
+# Headers a ladder shows under a SIP line (the ones the seed's packets change, and
+# those that say what a reg-event SUBSCRIBE/NOTIFY is about: RFC 6665 §8.2).
 LADDER_SIP_HEADERS = (
     "Authorization",
     "WWW-Authenticate",
@@ -88,6 +89,8 @@ LADDER_SIP_HEADERS = (
     "P-Associated-URI",
     "P-Visited-Network-ID",
     "P-Charging-Vector",
+    "Event",
+    "Subscription-State",
 )
 
 

@@ -72,6 +72,8 @@ async def test_demo_ladder_text():
     text = buf.getvalue()
     assert "2/2 UEs registered (IPsec ESP protected)" in text
     assert "MAR" in text and "SAR" in text and "[ESP spi=" in text
+    # after packet 13: the reg-event SUBSCRIBEs and NOTIFYs, with what they are about
+    assert "Event: reg" in text and "Subscription-State: active;expires=" in text
 
 
 @pytest.mark.parametrize("esp", ["ip", "udp"])
