@@ -63,6 +63,7 @@ from imsaka.ipsec.secagree import (
 )
 from imsaka.sip import (
     DigestCredentials,
+    Message,
     NameAddr,
     Request,
     Response,
@@ -101,6 +102,14 @@ TRANSACTION_LIFETIME = 32.0
 # 408s, 300 gave 4,471 and 1,124 408s (benchmarks/registration.py, 28 s step).
 DEFAULT_MAX_IN_FLIGHT = 100
 OVERLOAD_RETRY_AFTER = 5
+
+# Requests from the served UE that start a dialog: the P-CSCF stays on its route
+# (Record-Route, TS 24.229 §5.2.6.3) so the dialog's later requests from the core reach
+# the UE over its SAs, and the UE's reach the P-CSCF at its protected server port.
+DIALOG_FORMING = frozenset(("INVITE", "SUBSCRIBE", "REFER"))
+
+# The UE's reg-event subscription as the P-CSCF sees it pass (Registration.ue_sub).
+UE_SUB_NONE, UE_SUB_ACTIVE, UE_SUB_NOTIFIED = 0, 1, 2
 
 
 # ----------------------------------------------------------------------- SA model
@@ -236,6 +245,14 @@ class Registration:
     expires_at: float = 0.0
     clear_source: Address | None = None  # sec-agree-less registration (policy optional)
     network_terminated: bool = False  # reg-event said terminated while a REGISTER was open
+    # The UE's own reg-event subscription (TS 24.229 §5.1.1.3) as seen passing through:
+    # UE_SUB_NONE, UE_SUB_ACTIVE (a 2xx to its SUBSCRIBE went back), or
+    # UE_SUB_NOTIFIED (its terminated NOTIFY reached it and was answered).
+    ue_sub: int = 0
+    # Network de-registration announced (our reg-event NOTIFY) while the UE's own
+    # terminated NOTIFY is still to pass over the SAs: they go at this time at the
+    # latest (0: not waiting).
+    release_at: float = 0.0
     # due time of this registration's one entry in the core's deadline heap (None: none)
     scheduled: float | None = field(default=None, repr=False, compare=False)
 
@@ -265,7 +282,8 @@ class _Pending:
     security_client_text: tuple[str, ...] = ()
     # What went upstream, sent again as it was for a retransmission of the UE's request
     # while no final answer is in (RFC 3261 §16.6: the copy is the request forwarded).
-    forward: Forward | None = None
+    # A request from the core to the UE keeps here the Reply that took it to the UE.
+    forward: Forward | Reply | None = None
 
     @property
     def final(self) -> Response | None:
@@ -306,9 +324,14 @@ _OWN_VIA_REST = re.compile(r"(z9hG4bK[0-9a-f]+)(?:;received=[0-9.]{7,15})?")
 _CONTACT_EXPIRING = re.compile(r"<[^<>]*>;expires=[1-9][0-9]{0,8}")
 
 
+# Contexts the overload bound does not count: our own SUBSCRIBE, and requests from the
+# core to a UE (how long those wait depends on the UE, not on the core's load).
+_NOT_IN_FLIGHT = frozenset(("subscribe", "terminating", "terminating-rr", "terminating-end"))
+
+
 def _in_flight(p: _Pending | _Answered) -> bool:
     """Whether a `pending` entry is a UE's request forwarded and not answered yet."""
-    return p.final_data is None and p.kind != "subscribe"
+    return p.final_data is None and p.kind not in _NOT_IN_FLIGHT
 
 
 def _addr_host(host: str) -> str:
@@ -349,6 +372,11 @@ def _names_uri(value: str | None, uri: str) -> bool:
         and ">" not in uri
         and uri == uri.strip()
     )
+
+
+def _event_package(msg: Request) -> str:
+    """The package of the Event header (RFC 6665 §8.2.1), lower case ("" if none)."""
+    return (msg.get("Event") or "").split(";", 1)[0].strip().lower()
 
 
 def _domain_of(uri: str) -> str:
@@ -425,6 +453,27 @@ class PcscfCore:
         self._via_prefix = f"{name}:{self.port};branch="
         self._own_via = f"SIP/2.0/UDP {self._via_prefix}"
         self._path_text = f"<sip:term@{name}:{self.port};lr>"
+        # Record-Route (RFC 3261 §16.6 step 4) as the core sees it, and as the UE sees it:
+        # the same URI with the protected server port, so the UE's in-dialog requests
+        # reach us over its SAs (TS 24.229 §5.2.6.3 / §5.2.6.4).
+        self._rr_core = f"<sip:{name}:{self.port};lr>"
+        self._rr_ue = f"<sip:{name}:{self.port_s};lr>"
+        # Our Via towards a UE: the protected client port the request leaves from, so
+        # the response comes back over the same SA pair (FACTS §1.3).
+        self._ue_via_prefix = f"SIP/2.0/UDP {_addr_host(config.address)}:{self.port_c};branch="
+        # What names us in a Route: our host name or address, with no port or one of ours.
+        self._own_hosts = frozenset(
+            h.strip("[]").lower() for h in (config.name, config.address) if h
+        )
+        self._own_ports = frozenset((self.port, self.port_c, self.port_s))
+        # (host, port) of a served UE's contact -> IMPI: the UE's (IP, protected server
+        # port) while it has an established SA set, or the source of a registration
+        # without sec-agree. Requests from the core to a UE are routed by it (their
+        # Request-URI is the UE's contact). Entries are checked against the
+        # registration on use, set when a set is established, gone with the set.
+        self._by_contact: dict[Address, str] = {}
+        # Requests from the core taken to a UE and not answered yet (pending_to_ue).
+        self._to_ue_open = 0
         self._visited_text = f'"{config.visited_network_id}"'
         # Request-URI -> next hop: the routes and the host table are fixed for the life
         # of the core, and a P-CSCF sees a handful of registrar URIs.
@@ -477,6 +526,8 @@ class PcscfCore:
             expiry = reg.expires_at + 30.0
             if due is None or expiry < due[0]:
                 due = (expiry, "expiry")
+        if reg.release_at and (due is None or reg.release_at < due[0]):
+            due = (reg.release_at, "release")
         return due
 
     def _drop(self, reason: str, detail: str = "") -> list[Action]:
@@ -617,6 +668,12 @@ class PcscfCore:
             return self._reg_notify(request, arrival, now)
         if request.method == "ACK":
             return self._drop("stray-ack")
+        if arrival.spi is None:
+            # From the core to a served UE? (A UE's own requests come over its SAs, or,
+            # without sec-agree, from its registered source.)
+            actions = self._terminating(request, arrival, branch, mf, now)
+            if actions is not None:
+                return actions
         return self._other_request(request, arrival, branch, now)
 
     def _register(
@@ -917,10 +974,7 @@ class PcscfCore:
                     )
                 ]
         else:
-            for r in self.registrations.values():
-                if r.clear_source == arrival.source and r.state is RegState.REGISTERED:
-                    reg = r
-                    break
+            reg = self._clear_ue(arrival.source)
             if reg is None:
                 if any(
                     r.ue_host == arrival.source[0] and r.sa is not None
@@ -945,11 +999,29 @@ class PcscfCore:
             fwd.set("Proxy-Require", ", ".join(proxy_require))
         if require:
             fwd.set("Require", ", ".join(require))
-        # Route along the Service-Route of the registration (TS 24.229 §5.2.6.3).
-        if reg.service_route and not fwd.get("Route"):
-            for route in reg.service_route:
-                fwd.add("Route", route)
-        target = self._first_route_target(fwd)
+        # Loose routing (RFC 3261 §16.4): the Route entries naming us are done with.
+        self._pop_own_routes(fwd)
+        try:
+            in_dialog = fwd.to.tag is not None
+        except SipParseError:
+            return [self._reply(request, arrival, 400, "Bad To")]
+        kind = "request"
+        if in_dialog:
+            # Along the dialog's route set, else to its remote target (RFC 3261 §12.2.1.1).
+            target = self._first_route_target(fwd, by_uri=True)
+        else:
+            # Route along the Service-Route of the registration (TS 24.229 §5.2.6.3).
+            if reg.service_route and not fwd.get("Route"):
+                for route in reg.service_route:
+                    fwd.add("Route", route)
+            if request.method in DIALOG_FORMING:
+                # Stay on the dialog's path (TS 24.229 §5.2.6.3): the core-side URI here,
+                # rewritten to the protected server port in the answers to the UE.
+                fwd.add("Record-Route", self._rr_core, first=True)
+                kind = "request-rr"
+            target = self._first_route_target(fwd)
+        if request.method == "SUBSCRIBE" and _event_package(fwd) == "reg":
+            kind += "-reg"  # the UE's own reg-event subscription (TS 24.229 §5.1.1.3)
         if target is None:
             return [self._reply(request, arrival, 404, "No route")]
         forward = Forward(fwd, target, "udp")
@@ -958,13 +1030,163 @@ class PcscfCore:
             _Pending(
                 arrival=arrival,
                 ue_branch=request.via[0].branch or "",
-                kind="request",
+                kind=kind,
                 impi=reg.impi,
                 created=now,
                 forward=forward,
             ),
         )
         return [forward]
+
+    def _clear_ue(self, source: Address) -> Registration | None:
+        """The registration without sec-agree whose UE sends from `source`, if any."""
+        impi = self._by_contact.get(source)
+        reg = self.registrations.get(impi) if impi is not None else None
+        if reg is not None and reg.clear_source == source and reg.state is RegState.REGISTERED:
+            return reg
+        return None
+
+    # ------------------------------------------------------------------ towards the UE
+
+    def _terminating(
+        self, request: Request, arrival: Arrival, branch: str, mf: int | None, now: float
+    ) -> list[Action] | None:
+        """A request from the core to a UE this P-CSCF serves (TS 24.229 §5.2.6.4): the
+        S-CSCF's reg-event NOTIFY to the UE's subscription (its Route is our
+        Record-Route), or any request along the Path (`<sip:term@…;lr>`). Its
+        Request-URI is the UE's registered contact: it goes there over the UE's
+        established SA set, from our protected client port to the UE's protected server
+        port (FACTS §1.3), or in the clear to a UE registered without sec-agree.
+
+        None: not such a request (a UE's own, handled by `_other_request`). A request
+        that names us in its Route for a contact we serve no longer (de-registered, SAs
+        gone) is answered 404 here at once: the contact does not exist at this proxy,
+        and RFC 5057 §5.1 reads 404 as the end of the dialog, so the S-CSCF's
+        transaction ends now (no Timer F) and it drops the subscription."""
+        try:
+            routes = request.route
+        except SipParseError:
+            return [self._reply(request, arrival, 400, "Bad Route")]
+        own_route = bool(routes) and self._names_us(routes[0].uri)
+        reg, sa, contact = self._served(request.uri)
+        if reg is None or contact is None:
+            if not own_route or self._clear_ue(arrival.source) is not None:
+                return None
+            self.counters["terminating-not-registered"] += 1
+            return [self._reply(request, arrival, 404, "Not Found (no registered UE there)")]
+        try:
+            initial = request.to.tag is None
+        except SipParseError:
+            return [self._reply(request, arrival, 400, "Bad To")]
+        fwd = request.copy()
+        self._pop_own_routes(fwd)
+        if sa is not None:
+            # The response comes back over the SA pair from the UE's port-s to our port-c.
+            fwd.add("Via", f"{self._ue_via_prefix}{branch}", first=True)
+        else:
+            fwd.add("Via", self._via(branch, "udp"), first=True)
+        fwd.set("Max-Forwards", str((mf if mf is not None else 70) - 1))
+        kind = "terminating"
+        if initial and request.method in DIALOG_FORMING:
+            fwd.add("Record-Route", self._rr_ue if sa is not None else self._rr_core, first=True)
+            kind = "terminating-rr"
+        elif (
+            request.method == "NOTIFY"
+            and _event_package(request) == "reg"
+            and (request.get("Subscription-State") or "").lstrip().lower().startswith("terminated")
+        ):
+            kind = "terminating-end"  # the UE's reg-event subscription ends (§5.1.1.7)
+        reply = Reply(fwd, contact, "udp", sa.spi_us if sa is not None else None)
+        self._add_pending(
+            branch,
+            _Pending(
+                arrival=arrival,
+                ue_branch=request.via[0].branch or "",
+                kind=kind,
+                impi=reg.impi,
+                created=now,
+                forward=reply,
+            ),
+        )
+        self._to_ue_open += 1
+        self.counters["terminating-forwarded"] += 1
+        return [reply]
+
+    def _end_to_ue(self, reg: Registration) -> list[Action]:
+        """The UE's SAs went (de-registration, expiry): the requests taken to it whose
+        answer can no longer come back over them (the S-CSCF's NOTIFY overtaking the
+        200 OK to a de-REGISTER, which comes the longer way through the I-CSCF) are
+        answered upstream now, as one arriving now would be (404, see `_terminating`),
+        so their senders' transactions end at once instead of at Timer F."""
+        if not self._to_ue_open:
+            return []
+        actions: list[Action] = []
+        for branch, p in list(self.pending.items()):
+            if (
+                p.impi != reg.impi
+                or p.final_data is not None
+                or not p.kind.startswith("terminating")
+                or p.forward is None
+            ):
+                continue
+            request = p.forward.message.copy()
+            request.pop_first("Via")  # ours: the answer is the sender's
+            answer = make_response(
+                request,  # type: ignore[arg-type]
+                404,
+                "Not Found (no registered UE there)",
+                to_tag=self._rng.getrandbits(32).to_bytes(4, "big").hex(),
+            )
+            actions.append(Forward(answer, p.arrival.source, p.arrival.transport))
+            self._to_ue_open -= 1
+            self.pending[branch] = _Answered(p.created, self._packer.pack(answer.to_bytes()), None)
+            self.counters["terminating-answered-for-gone-ue"] += 1
+        return actions
+
+    def _served(self, uri: str) -> tuple[Registration | None, PcscfSa | None, Address | None]:
+        """The registration whose UE has `uri` as contact: (registration, its established
+        SA set or None when it has none (no sec-agree), where to send); Nones: none."""
+        try:
+            host, port = split_hostport(uri)
+        except ValueError:
+            return None, None, None
+        key = (host, port)
+        impi = self._by_contact.get(key)
+        reg = self.registrations.get(impi) if impi is not None else None
+        if reg is None:
+            return None, None, None
+        sa = reg.sa
+        if sa is not None and sa.ue_host == host and sa.port_us == port:
+            return reg, sa, key
+        if sa is None and reg.clear_source == key and reg.state is RegState.REGISTERED:
+            return reg, None, key
+        return None, None, None
+
+    def _names_us(self, uri: str) -> bool:
+        """Whether a Route URI is this P-CSCF (any of its names and ports)."""
+        try:
+            host, port = split_hostport(uri)
+        except ValueError:
+            return False
+        return host.lower() in self._own_hosts and port in self._own_ports
+
+    def _pop_own_routes(self, msg: Request) -> None:
+        """Remove the Route entries on top that name us (RFC 3261 §16.4)."""
+        try:
+            routes = msg.route
+        except SipParseError:
+            return
+        n = 0
+        while n < len(routes) and self._names_us(routes[n].uri):
+            n += 1
+        if not n:
+            return
+        lines = msg.get_all("Route")
+        # one value per line (the usual spelling): the other lines stay as written
+        rest = lines[n:] if len(lines) == len(routes) else [str(r) for r in routes[n:]]
+        msg.remove("Route")
+        for value in rest:
+            msg.add("Route", value)
 
     def _assert_identity(self, reg: Registration, preferred: str | None) -> str:
         allowed = [a.strip() for a in reg.associated_uris] or [f"<{reg.impu}>"]
@@ -981,14 +1203,20 @@ class PcscfCore:
                     continue
         return allowed[0]
 
-    def _first_route_target(self, msg: Request) -> Address | None:
+    def _first_route_target(self, msg: Request, by_uri: bool = False) -> Address | None:
+        """Where the request goes: its first Route; without one, by the Request-URI's
+        home domain (a REGISTER's routes), or with `by_uri` to the Request-URI itself
+        (an in-dialog request's remote target)."""
         try:
             routes = msg.route
         except SipParseError:
             return None
-        if not routes:
+        if not routes and not by_uri:
             return self.route(msg.uri)
-        host, port = split_hostport(routes[0].uri)
+        try:
+            host, port = split_hostport(routes[0].uri if routes else msg.uri)
+        except ValueError:
+            return None
         if self.network is not None:
             try:
                 host = self.network.resolve(host)
@@ -998,19 +1226,36 @@ class PcscfCore:
 
     # ------------------------------------------------------------------ responses
 
-    def receive_response(self, response: Response, source: Address, now: float) -> list[Action]:
-        """A response from upstream: pop our Via, process, send to the UE."""
+    def receive_response(
+        self, response: Response, source: Address, now: float, spi: int | None = None
+    ) -> list[Action]:
+        """A response from upstream (pop our Via, process, send to the UE), or from a UE
+        to a request we took to it (`spi`: the inbound SPI it came over; pop our Via,
+        send upstream)."""
         try:
             branch, n_vias = self._top_branch(response)
         except SipParseError:
             return self._drop("response-bad-via")
         pending = self.pending.get(branch or "")
         # Our own SUBSCRIBE's answer carries only our Via; everything else we forwarded
-        # for a UE carries the UE's Via under ours.
+        # carries its sender's Via under ours.
         if n_vias < 2 and (pending is None or pending.kind != "subscribe"):
             return self._drop("response-without-ue-via")
         if pending is None:
+            if spi is not None:
+                return self._drop("response-over-sa-without-request")
             return self._drop("response-for-unknown-transaction")
+        if spi is not None and pending.final_data is not None:
+            # The UE's copy of a final answer already sent upstream: absorbed.
+            self.counters["ue-retransmission-absorbed"] += 1
+            return []
+        if pending.kind.startswith("terminating"):
+            if not self._from_target(pending, source, spi):
+                return self._drop("response-not-from-the-ue")
+            return self._terminating_response(response, pending, branch or "", now)
+        if spi is not None:
+            # Only a UE's answer to a request we sent it may come over its SAs.
+            return self._drop("response-over-sa-without-request")
         if pending.kind == "subscribe":
             if response.status >= 200:
                 del self.pending[branch]
@@ -1054,7 +1299,10 @@ class PcscfCore:
                             )
                     reg.temporary = reg.sa = None
                     self._forget(reg)
+                    actions += self._end_to_ue(reg)
         else:
+            if pending.kind != "request" and response.status < 300:
+                self._dialog_response(resp, pending)
             actions = [self._to_ue(resp, pending.arrival)]
         for a in actions:
             if isinstance(a, Reply) and isinstance(a.message, Response):
@@ -1067,6 +1315,56 @@ class PcscfCore:
             self.pending[branch] = _Answered(
                 pending.created, self._packer.pack(pending.final_data), pending.final_spi
             )
+        return actions
+
+    def _dialog_response(self, resp: Response, pending: _Pending) -> None:
+        """A 1xx/2xx to a UE's dialog-forming request, on its way to the UE: our
+        Record-Route entry names our protected server port there (TS 24.229 §5.2.6.3),
+        so the UE's in-dialog requests come over its SAs; a 2xx to its reg-event
+        SUBSCRIBE says it is subscribed (or no longer, Expires: 0)."""
+        if "-rr" in pending.kind:
+            _swap_record_route(resp, self._rr_core, self._rr_ue)
+        if pending.kind.endswith("-reg") and resp.status >= 200:
+            reg = self.registrations.get(pending.impi)
+            if reg is not None:
+                ended = (resp.get("Expires") or "").strip() == "0"
+                reg.ue_sub = UE_SUB_NONE if ended else UE_SUB_ACTIVE
+
+    def _from_target(self, pending: _Pending, source: Address, spi: int | None) -> bool:
+        """Whether an answer to a request we took to a UE came from that UE: over one of
+        its SAs, or (no sec-agree) in the clear from its host."""
+        sent = pending.forward
+        if spi is not None:
+            return self.by_spi.get(spi) == pending.impi
+        return sent is not None and sent.spi is None and sent.destination[0] == source[0]
+
+    def _terminating_response(
+        self, response: Response, pending: _Pending, branch: str, now: float
+    ) -> list[Action]:
+        """The UE's answer to a request from the core: our Via off, on to the hop that
+        sent the request (where it came from: RFC 3261 §18.2.2 with rport)."""
+        resp = response.copy()
+        resp.pop_first("Via")
+        status = response.status
+        if pending.kind == "terminating-rr" and status < 300:
+            # The core sees our core-side URI (TS 24.229 §5.2.6.4).
+            _swap_record_route(resp, self._rr_ue, self._rr_core)
+        forward = Forward(resp, pending.arrival.source, pending.arrival.transport)
+        if status < 200:
+            return [forward]
+        actions: list[Action] = [forward]
+        self._to_ue_open -= 1
+        data = resp.to_bytes()
+        if self.pending.get(branch) is pending:
+            # kept to answer the core's retransmissions of the request until Timer J
+            self.pending[branch] = _Answered(pending.created, self._packer.pack(data), None)
+        if pending.kind == "terminating-end":
+            reg = self.registrations.get(pending.impi)
+            if reg is not None:
+                reg.ue_sub = UE_SUB_NOTIFIED
+                if reg.release_at:
+                    # the UE has its terminated NOTIFY: the SAs can go (TS 24.229 §5.2.3)
+                    actions += self._network_release(reg)
         return actions
 
     def _top_branch(self, response: Response) -> tuple[str | None, int]:
@@ -1228,6 +1526,7 @@ class PcscfCore:
                 clear_source=arrival.source,
             )
             self.registrations[reg.impi] = reg
+            self._by_contact[arrival.source] = reg.impi
         if not _names_uri(resp.get("To"), reg.impu):
             try:
                 reg.impu = resp.to.uri
@@ -1247,7 +1546,7 @@ class PcscfCore:
                     actions.append(self._release(reg, s, "de-registered"))
             reg.temporary = reg.sa = None
             self._forget(reg)
-            return actions
+            return actions + self._end_to_ue(reg)
         reg.state = RegState.REGISTERED
         reg.expires_at = now + granted
         self._watch(reg.expires_at + 30.0, reg.impi)
@@ -1263,14 +1562,19 @@ class PcscfCore:
             reg.security_server = reg.pending_server
             reg.pending_server = reg.security_client = ()
             actions.append(UpgradeSecurityAssociations(reg.sa, lifetime))
+            self._by_contact[(reg.sa.ue_host, reg.sa.port_us)] = reg.impi
             if old is not None:
                 # TS 33.203 §7.4: the old set stays until the new one carries traffic;
                 # the UE already used the new one for this REGISTER.
                 actions.append(self._release(reg, old, "replaced by a newer set"))
         elif reg.sa is not None:
             actions.append(UpgradeSecurityAssociations(reg.sa, max(lifetime, 0.0)))
-        elif arrival.spi is None:
+        elif arrival.spi is None and reg.clear_source != arrival.source:
+            old_source = reg.clear_source
+            if old_source is not None and self._by_contact.get(old_source) == reg.impi:
+                del self._by_contact[old_source]
             reg.clear_source = arrival.source
+            self._by_contact[arrival.source] = reg.impi
         self.counters["registered"] += 1
         if self.subscribe_reg_event and reg.service_route and reg.impi not in self._subscribed:
             actions += self._subscribe_reg(reg, now)
@@ -1347,14 +1651,30 @@ class PcscfCore:
             reg.network_terminated = True
             return actions
         if terminated and reg is not None and reg.state is RegState.REGISTERED:
-            self.counters["network-deregistered"] += 1
-            log.info("pcscf: %s de-registered by the network (reg-event NOTIFY)", impi)
-            for s in (reg.temporary, reg.sa):
-                if s is not None:
-                    actions.append(self._release(reg, s, "registration terminated (reg event)"))
-            reg.temporary = reg.sa = None
-            self._forget(reg)
+            if reg.ue_sub == UE_SUB_ACTIVE and reg.sa is not None:
+                # The UE subscribed too (TS 24.229 §5.1.1.3): its own terminated NOTIFY,
+                # sent by the S-CSCF with ours, is how it learns of the de-registration
+                # (§5.1.1.7), and it can only reach it over these SAs. They go once that
+                # NOTIFY was answered, or when its transaction has surely ended.
+                if not reg.release_at:
+                    reg.release_at = now + TRANSACTION_LIFETIME
+                    self._watch(reg.release_at, reg.impi)
+                    self.counters["network-deregistration-awaits-ue-notify"] += 1
+                return actions
+            actions += self._network_release(reg)
         return actions
+
+    def _network_release(self, reg: Registration) -> list[Action]:
+        """The registration ended by the network (reg-event NOTIFY): SAs and state go."""
+        self.counters["network-deregistered"] += 1
+        log.info("pcscf: %s de-registered by the network (reg-event NOTIFY)", reg.impi)
+        actions: list[Action] = []
+        for s in (reg.temporary, reg.sa):
+            if s is not None:
+                actions.append(self._release(reg, s, "registration terminated (reg event)"))
+        reg.temporary = reg.sa = None
+        self._forget(reg)
+        return actions + self._end_to_ue(reg)
 
     def _unsubscribe(self, call_id: str) -> None:
         impi = self.subscriptions.pop(call_id, None)
@@ -1381,11 +1701,20 @@ class PcscfCore:
         for spi in sa.inbound_spis:
             if self.by_spi.get(spi) == reg.impi:
                 del self.by_spi[spi]
+        key = (sa.ue_host, sa.port_us)
+        if self._by_contact.get(key) == reg.impi:
+            # Kept when the set that stays (the newer one: port-s is the same across
+            # re-registrations, FACTS §1.1) is reached at the same contact.
+            live = reg.sa
+            if live is None or live is sa or (live.ue_host, live.port_us) != key:
+                del self._by_contact[key]
         return ReleaseSecurityAssociations(sa, reason)
 
     def _forget(self, reg: Registration) -> None:
         if self.registrations.get(reg.impi) is reg:
             del self.registrations[reg.impi]
+            if reg.clear_source is not None and self._by_contact.get(reg.clear_source) == reg.impi:
+                del self._by_contact[reg.clear_source]
 
     # ------------------------------------------------------------------ timers
 
@@ -1414,6 +1743,8 @@ class PcscfCore:
             del pending[branch]
             if _in_flight(oldest):  # Timer F: never answered
                 self._in_flight -= 1
+            elif oldest.final_data is None and oldest.kind.startswith("terminating"):
+                self._to_ue_open -= 1  # the UE never answered
         timers = self._timers
         while timers and timers[0][0] <= now:
             entry = heapq.heappop(timers)
@@ -1429,7 +1760,10 @@ class PcscfCore:
                 # the deadline moved later (the expiry after the temporary lifetime)
                 self._watch(due[0], key)
                 continue
-            if due[1] == "temporary":
+            if due[1] == "release":
+                # The UE's terminated NOTIFY never came through (TS 24.229 §5.2.3).
+                actions += self._network_release(reg)
+            elif due[1] == "temporary":
                 # The UE never answered the 401 within the temporary set's lifetime.
                 actions.append(self._release(reg, reg.temporary, "temporary SA lifetime expired"))
                 reg.temporary = None
@@ -1447,6 +1781,7 @@ class PcscfCore:
                     actions.append(self._release(reg, reg.temporary, "registration expired"))
                     reg.temporary = None
                 self._forget(reg)
+                actions += self._end_to_ue(reg)
         return actions
 
     def open_transactions(self) -> int:
@@ -1455,6 +1790,11 @@ class PcscfCore:
         own reg-event SUBSCRIBEs (TS 24.229 §5.2.3), whose entry keeps no final. Kept as
         a count (the overload bound reads it on every initial REGISTER)."""
         return self._in_flight
+
+    def pending_to_ue(self) -> int:
+        """Requests from the core taken to a UE (TS 24.229 §5.2.6.4) without its final
+        answer yet."""
+        return self._to_ue_open
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -1481,6 +1821,17 @@ def _place_after_access_info(msg: Request, keys: frozenset[str]) -> Request:
     they are: no rebuild, no second validation."""
     msg.move_after(keys, _ANCHORS)
     return msg
+
+
+def _swap_record_route(msg: Message, ours: str, theirs: str) -> None:
+    """Our Record-Route entry `ours` written as `theirs` (the other side's port),
+    the other entries and their order as they were."""
+    values = msg.get_all("Record-Route")
+    if not any(ours in v for v in values):
+        return
+    msg.remove("Record-Route")
+    for v in values:
+        msg.add("Record-Route", v.replace(ours, theirs))
 
 
 def _seed_spelling(value: str) -> str:

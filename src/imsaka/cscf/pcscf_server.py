@@ -4,8 +4,10 @@ Feeds `imsaka.cscf.pcscf.PcscfCore` with what arrives (TS 24.229 §5.2.2) and ca
 out its actions: clear SIP over UDP at the unprotected port (towards UEs and the
 I-/S-CSCF), protected SIP over the IPsec backend at port-c/port-s (TS 33.203 §7.1),
 the SA set lifecycle in `imsaka.ipsec.sa.SecurityAssociationTable`. A response to
-the UE leaves over the SA its request came on; an SA set that must go after a last
-message (the 200 OK to a de-REGISTER, the 4xx to a failed challenge response) is
+the UE leaves over the SA its request came on; a request from the core to the UE
+(TS 24.229 §5.2.6.4: the S-CSCF's reg-event NOTIFY) leaves from port-c to the UE's
+port-s, and the UE's answer, back over that pair, goes on to the core. An SA set that
+must go after a last message (the 200 OK to a de-REGISTER, the 4xx to a failed challenge response) is
 marked so the table removes it only once that message has been sent (PITFALLS).
 """
 
@@ -182,6 +184,8 @@ class PcscfServer:
             "subscribe_entries": (
                 sum(1 for p in core.pending.values() if p.kind == "subscribe") if core else 0
             ),
+            # requests from the core taken to a UE and not answered by it yet
+            "pending_to_ue": core.pending_to_ue() if core else 0,
         }
 
     # ---------------------------------------------------------------- inputs
@@ -216,10 +220,10 @@ class PcscfServer:
         try:
             if isinstance(msg, Request):
                 actions = self.core.receive_request(msg, arrival, now)
-            elif arrival.spi is not None:
-                actions = [DropInput("response-over-sa-without-request")]
             else:
-                actions = self.core.receive_response(msg, arrival.source, now)
+                # From upstream, or a UE's answer to a request we took to it (over its
+                # SA pair at our port-c, TS 24.229 §5.2.6.4); the core tells them apart.
+                actions = self.core.receive_response(msg, arrival.source, now, arrival.spi)
             self._execute(actions, now)
         except Exception:
             # A bug must cost one message, never the socket (counted, logged).
@@ -268,7 +272,9 @@ class PcscfServer:
                     continue
                 key = self._key_of(sa_set)
                 final = False
-                if key in releasing and key not in done:
+                if isinstance(action.message, Request):
+                    pass  # a request to the UE (a NOTIFY) is never the set's last message
+                elif key in releasing and key not in done:
                     final = self._mark_last_message(sa_set, now)
                     done.add(key)
                 elif sa_set.state is SaState.DRAINING and sa_set.final_due > 0:

@@ -100,6 +100,14 @@ class RegSubscriptions:
                 return i
         return -1
 
+    def get(self, impu: str, key: tuple[str, str]) -> RegSubscription | None:
+        """The subscription of dialog `key` (Call-ID, subscriber's tag) to `impu`."""
+        subs = self._by_impu.get(impu)
+        if not subs:
+            return None
+        i = self._find(subs, key)
+        return subs[i] if i >= 0 else None
+
     def add(self, sub: RegSubscription) -> RegSubscription:
         """Store a new subscription, or refresh the existing one of the same dialog."""
         subs = self._by_impu.setdefault(sub.impu, [])

@@ -349,6 +349,15 @@ class Scscf:
             if requested is None
             else min(requested, self.config.max_expires)
         )
+        local_tag = request.to.tag
+        if local_tag is not None:
+            held = self.subscriptions.get(reg.impu, (request.call_id or "", remote.tag))
+            if held is None or held.local_tag != local_tag:
+                # A refresh (RFC 6665 §4.1.2.1) of a subscription we do not hold (ended,
+                # expired, never ours): RFC 6665 §4.2.1.2 / RFC 3261 §12.2.2.
+                self.core.counters["subscribe_unknown_dialog"] += 1
+                respond(make_response(request, 481, "Subscription Does Not Exist"))
+                return
         sub = self.subscriptions.add(
             RegSubscription(
                 impu=reg.impu,
@@ -368,6 +377,9 @@ class Scscf:
                 "OK",
                 to_tag=sub.local_tag,
                 headers=[("Expires", str(expires)), ("Contact", self._contact)],
+                # RFC 3261 §12.1.1: the subscriber (a UE behind its P-CSCF) builds its
+                # route set from the Record-Route of the 2xx.
+                copy_record_route=True,
             )
         )
         self.core.counters["subscribed"] += 1
