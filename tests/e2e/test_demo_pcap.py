@@ -72,8 +72,12 @@ async def test_demo_ladder_text():
     text = buf.getvalue()
     assert "2/2 UEs registered (IPsec ESP protected)" in text
     assert "MAR" in text and "SAR" in text and "[ESP spi=" in text
-    # after packet 13: the reg-event SUBSCRIBEs and NOTIFYs, with what they are about
-    assert "Event: reg" in text and "Subscription-State: active;expires=" in text
+    # after packet 13: the reg-event SUBSCRIBEs and NOTIFYs (headers: one UE only)
+    assert "SUBSCRIBE sip:" in text and "NOTIFY sip:" in text
+    buf = io.StringIO()
+    assert await run_demo(out=buf) == 0
+    assert "Event: reg" in buf.getvalue()
+    assert "Subscription-State: active;expires=" in buf.getvalue()
 
 
 @pytest.mark.parametrize("esp", ["ip", "udp"])
