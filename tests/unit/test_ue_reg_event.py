@@ -212,6 +212,15 @@ def test_a_notify_before_the_2xx_is_taken_and_makes_the_dialog():
     assert refresh.request.get_all("Route") == [SCSCF_RR, PCSCF_RR]
 
 
+def test_a_2xx_of_another_dialog_than_the_first_notify_changes_nothing():
+    ue, sub, _ = registered()
+    assert answer(ue.receive_request(notify(sub, reginfo()), 2.05)) == 200
+    assert ue.receive(subscribe_ok(sub, tag="fork2"), 2.1) == [Subscribed(600000, False)]
+    assert ue.subscription.remote_tag == "s1"
+    assert ue.subscription.route_set == (PCSCF_RR,)  # the NOTIFY's Record-Route
+    assert answer(ue.receive_request(notify(sub, reginfo(version=1), cseq=2), 3.0)) == 200
+
+
 def test_a_notify_of_another_dialog_is_481():
     ue, sub = subscribed()
     assert answer(ue.receive_request(notify(sub, cseq=2, call_id="other@x"), 3.0)) == 481

@@ -1107,10 +1107,11 @@ class UeRegistration:
             self._drop_subscription()
             log.info("ue %s: unusable 2xx to the reg SUBSCRIBE: %s", self.config.impi, exc)
             return [SubscriptionEnded("unusable 2xx to the SUBSCRIBE")]
-        if not sub.route_from_2xx and tag:
+        if tag and not sub.route_from_2xx and sub.remote_tag in ("", tag):
             # The dialog as the 2xx sets it up (RFC 3261 §12.1.2), also when a NOTIFY came
             # first: the P-CSCF rewrites its own Record-Route entry in this 2xx to its
-            # protected server port, the one our requests go to.
+            # protected server port, the one our requests go to. (A 2xx of another
+            # dialog than the NOTIFY's, a fork, sets nothing: RFC 6665 §4.1.2.4.)
             sub.remote_tag = tag
             sub.route_set = tuple(reversed(resp.get_all("Record-Route")))
             sub.route_from_2xx = True
