@@ -135,10 +135,21 @@ async def test_subscription_refresh_goes_over_the_new_sa_set(subscribers):
         assert await _until(lambda: Subscribed(3, True) in seen, 4.0), seen
         subscribes = _sip(net, src="UE", start="SUBSCRIBE")
         assert len(subscribes) >= 2
-        refresh = subscribes[1]
+        first, refresh = subscribes[0], subscribes[1]
+        port_s = net.pcscf.protected_ports[1]
+        # initial: the P-CSCF at its protected server port, then the Service-Route
+        routes = [v for n, v in first.headers if n == "Route"]
+        assert routes[0] == f"<sip:{ue.config.pcscf[0]}:{port_s};lr>" and len(routes) == 2
         assert refresh.esp_spi == new_set.pcscf_spis[1]  # to the P-CSCF's port-s, new set
         headers = dict(refresh.headers)
         assert ";tag=" in headers["To"] and headers["CSeq"] == "2 SUBSCRIBE"
+        # in the dialog: the route set the 2xx's Record-Route gave (the P-CSCF, port-s)
+        # and the S-CSCF's Contact as the Request-URI
+        assert [v for n, v in refresh.headers if n == "Route"] == [
+            f"<sip:{net.config.pcscf.name}:{port_s};lr>"
+        ]
+        assert refresh.summary == f"SUBSCRIBE {ue.core.subscription.remote_target}"
+        assert ue.core.subscription.remote_target.startswith("sip:127.0.0.1:")
     finally:
         await ue.close()
         await net.stop()
