@@ -143,6 +143,35 @@ def subscribe_through(p: PcscfCore, inst) -> None:
     p.receive_response(_reparse(ok), SCSCF, 4.1)
 
 
+def send_de_register(p: PcscfCore, inst, now: float) -> Forward:
+    """The UE's de-REGISTER (Expires 0) over its SAs; what the P-CSCF sends upstream."""
+    reg = p.registrations["user1_private@home1.net"]
+    dereg = (
+        PACKET1.replace("CSeq: 1", "CSeq: 3")
+        .replace("z9hG4bKnashds7", "z9hG4bKdereg")
+        .replace(";expires=600000", ";expires=0")
+        .replace(
+            "\r\nRequire: sec-agree\r\n",
+            f"\r\nSecurity-Verify: {reg.security_server[0]}\r\nRequire: sec-agree\r\n",
+            1,
+        )
+    )
+    (fwd,) = p.receive_request(
+        parse_message(dereg.encode()), Arrival(UE_C, spi=inst.sa.spi_ps), now
+    )
+    return fwd
+
+
+def de_register_ok(fwd: Forward) -> Response:
+    ok = make_response(
+        _reparse(fwd.message),
+        200,
+        to_tag="5ef4",
+        headers=[("Contact", "<sip:127.0.0.1:1357>;expires=0")],
+    )
+    return _reparse(ok)
+
+
 def test_ue_subscribe_is_record_routed_and_its_2xx_names_port_s():
     p, inst, _ = registered()
     (fwd,) = p.receive_request(ue_subscribe(), Arrival(UE_C, spi=inst.sa.spi_ps), 4.0)
@@ -280,7 +309,9 @@ def test_own_reg_notify_still_handled_in_the_clear():
     assert p.stats()["registrations"] == 0
 
 
-def _own_terminated_notify(p: PcscfCore, acts: list) -> Request:
+def _own_terminated_notify(
+    p: PcscfCore, acts: list, state: str = "terminated;reason=rejected"
+) -> Request:
     (sub,) = [a for a in acts if isinstance(a, Forward)]
     own = _reparse(sub.message)
     return Request(
@@ -293,7 +324,7 @@ def _own_terminated_notify(p: PcscfCore, acts: list) -> Request:
             ("Call-ID", own.call_id),
             ("CSeq", "2 NOTIFY"),
             ("Event", "reg"),
-            ("Subscription-State", "terminated;reason=rejected"),
+            ("Subscription-State", state),
             ("Content-Length", "0"),
         ],
     )
@@ -364,27 +395,8 @@ def test_after_de_register_the_terminated_notify_is_answered_404():
     from the 200 OK itself)."""
     p, inst, _ = registered()
     subscribe_through(p, inst)
-    dereg = (
-        PACKET1.replace("CSeq: 1", "CSeq: 3")
-        .replace("z9hG4bKnashds7", "z9hG4bKdereg")
-        .replace(";expires=600000", ";expires=0")
-    )
-    reg = p.registrations["user1_private@home1.net"]
-    dereg = dereg.replace(
-        "\r\nRequire: sec-agree\r\n",
-        f"\r\nSecurity-Verify: {reg.security_server[0]}\r\nRequire: sec-agree\r\n",
-        1,
-    )
-    (fwd,) = p.receive_request(
-        parse_message(dereg.encode()), Arrival(UE_C, spi=inst.sa.spi_ps), 8.0
-    )
-    ok = make_response(
-        _reparse(fwd.message),
-        200,
-        to_tag="5ef4",
-        headers=[("Contact", "<sip:127.0.0.1:1357>;expires=0")],
-    )
-    out = p.receive_response(_reparse(ok), ICSCF, 8.1)
+    fwd = send_de_register(p, inst, 8.0)
+    out = p.receive_response(de_register_ok(fwd), ICSCF, 8.1)
     assert any(isinstance(a, ReleaseSecurityAssociations) for a in out)
     (rep,) = p.receive_request(
         scscf_notify("terminated;reason=deactivated", branch="z9hG4bKnotify3", cseq=2),
@@ -402,33 +414,14 @@ def test_notify_overtaking_the_de_register_200_is_answered_when_the_sas_go():
     P-CSCF answers 404 upstream at once."""
     p, inst, _ = registered()
     subscribe_through(p, inst)
-    reg = p.registrations["user1_private@home1.net"]
-    dereg = (
-        PACKET1.replace("CSeq: 1", "CSeq: 3")
-        .replace("z9hG4bKnashds7", "z9hG4bKdereg")
-        .replace(";expires=600000", ";expires=0")
-        .replace(
-            "\r\nRequire: sec-agree\r\n",
-            f"\r\nSecurity-Verify: {reg.security_server[0]}\r\nRequire: sec-agree\r\n",
-            1,
-        )
-    )
-    (fwd,) = p.receive_request(
-        parse_message(dereg.encode()), Arrival(UE_C, spi=inst.sa.spi_ps), 8.0
-    )
+    fwd = send_de_register(p, inst, 8.0)
     (rep,) = p.receive_request(
         scscf_notify("terminated;reason=deactivated", branch="z9hG4bKnotify3", cseq=2),
         Arrival(SCSCF),
         8.1,
     )
     assert rep.spi == inst.sa.spi_us and p.pending_to_ue() == 1
-    ok = make_response(
-        _reparse(fwd.message),
-        200,
-        to_tag="5ef4",
-        headers=[("Contact", "<sip:127.0.0.1:1357>;expires=0")],
-    )
-    out = p.receive_response(_reparse(ok), ICSCF, 8.2)
+    out = p.receive_response(de_register_ok(fwd), ICSCF, 8.2)
     assert any(isinstance(a, ReleaseSecurityAssociations) for a in out)
     (up,) = [a for a in out if isinstance(a, Forward)]
     answer = _reparse(up.message)
@@ -442,3 +435,15 @@ def test_notify_overtaking_the_de_register_200_is_answered_when_the_sas_go():
         8.3,
     )
     assert again.message.status == 404
+
+
+def test_a_lapsed_registration_releases_at_once_even_with_the_ue_subscribed():
+    """Expiry (Subscription-State reason=timeout): the UE stopped refreshing and knows
+    its own expiry; the SAs go with the P-CSCF's own NOTIFY."""
+    p, inst, acts = registered()
+    subscribe_through(p, inst)
+    out = p.receive_request(
+        _own_terminated_notify(p, acts, "terminated;reason=timeout"), Arrival(SCSCF), 5.0
+    )
+    assert any(isinstance(a, ReleaseSecurityAssociations) for a in out)
+    assert p.stats()["registrations"] == 0

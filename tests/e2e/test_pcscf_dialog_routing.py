@@ -105,7 +105,7 @@ class Hand:
         assert self.ue.backend.send_reply(raw.sa, ok.to_bytes())
 
 
-async def _register(net, sub) -> tuple[UeClient, tuple[str, ...]]:
+async def _register(net, sub) -> tuple[UeClient, Hand]:
     cfg = net.ue_config(sub)
     if hasattr(cfg, "subscribe_reg_event"):
         cfg = dataclasses.replace(cfg, subscribe_reg_event=False)  # the hand subscribes
@@ -115,7 +115,7 @@ async def _register(net, sub) -> tuple[UeClient, tuple[str, ...]]:
     assert res.ok and res.protected, res
     # the P-CSCF's own reg-event SUBSCRIBE (TS 24.229 §5.2.3) is in place first
     assert await eventually(lambda: net.pcscf.core.counters["reg-subscribed"] >= 1)
-    return ue, tuple(res.service_route)
+    return ue, Hand(ue, net, tuple(res.service_route))
 
 
 def _nothing_pending(net) -> bool:
@@ -127,9 +127,8 @@ async def test_ue_reg_subscription_notify_over_sa_then_network_deregistration(
     home_network, subscribers
 ):
     net = home_network
-    ue, service_route = await _register(net, subscribers[0])
+    ue, hand = await _register(net, subscribers[0])
     try:
-        hand = Hand(ue, net, service_route)
         hand.subscribe(call_id="hand-sub-1", cseq=1)
         ok, raw_ok = await hand.expect(Response)
         assert ok.status == 200 and ok.cseq.method == "SUBSCRIBE"
@@ -190,9 +189,8 @@ async def test_ue_reg_subscription_notify_over_sa_then_network_deregistration(
 
 async def test_notify_after_de_register_is_answered_by_the_pcscf(home_network, subscribers):
     net = home_network
-    ue, service_route = await _register(net, subscribers[1])
+    ue, hand = await _register(net, subscribers[1])
     try:
-        hand = Hand(ue, net, service_route)
         hand.subscribe(call_id="hand-sub-2", cseq=1)
         ok, _ = await hand.expect(Response)
         assert ok.status == 200

@@ -326,7 +326,8 @@ _CONTACT_EXPIRING = re.compile(r"<[^<>]*>;expires=[1-9][0-9]{0,8}")
 
 # Contexts the overload bound does not count: our own SUBSCRIBE, and requests from the
 # core to a UE (how long those wait depends on the UE, not on the core's load).
-_NOT_IN_FLIGHT = frozenset(("subscribe", "terminating", "terminating-rr", "terminating-end"))
+_TO_UE = frozenset(("terminating", "terminating-rr", "terminating-end"))
+_NOT_IN_FLIGHT = _TO_UE | {"subscribe"}
 
 
 def _in_flight(p: _Pending | _Answered) -> bool:
@@ -1024,19 +1025,7 @@ class PcscfCore:
             kind += "-reg"  # the UE's own reg-event subscription (TS 24.229 §5.1.1.3)
         if target is None:
             return [self._reply(request, arrival, 404, "No route")]
-        forward = Forward(fwd, target, "udp")
-        self._add_pending(
-            branch,
-            _Pending(
-                arrival=arrival,
-                ue_branch=request.via[0].branch or "",
-                kind=kind,
-                impi=reg.impi,
-                created=now,
-                forward=forward,
-            ),
-        )
-        return [forward]
+        return [self._open_context(branch, arrival, request, kind, reg, now, Forward(fwd, target))]
 
     def _clear_ue(self, source: Address) -> Registration | None:
         """The registration without sec-agree whose UE sends from `source`, if any."""
@@ -1097,6 +1086,22 @@ class PcscfCore:
         ):
             kind = "terminating-end"  # the UE's reg-event subscription ends (§5.1.1.7)
         reply = Reply(fwd, contact, "udp", sa.spi_us if sa is not None else None)
+        self._to_ue_open += 1
+        self.counters["terminating-forwarded"] += 1
+        return [self._open_context(branch, arrival, request, kind, reg, now, reply)]
+
+    def _open_context(
+        self,
+        branch: str,
+        arrival: Arrival,
+        request: Request,
+        kind: str,
+        reg: Registration,
+        now: float,
+        sent: Forward | Reply,
+    ) -> Forward | Reply:
+        """Keep the context of a non-REGISTER request sent on (`sent`) until its final
+        answer, for the answer and for retransmissions; returns `sent`."""
         self._add_pending(
             branch,
             _Pending(
@@ -1105,12 +1110,10 @@ class PcscfCore:
                 kind=kind,
                 impi=reg.impi,
                 created=now,
-                forward=reply,
+                forward=sent,
             ),
         )
-        self._to_ue_open += 1
-        self.counters["terminating-forwarded"] += 1
-        return [reply]
+        return sent
 
     def _end_to_ue(self, reg: Registration) -> list[Action]:
         """The UE's SAs went (de-registration, expiry): the requests taken to it whose
@@ -1125,7 +1128,7 @@ class PcscfCore:
             if (
                 p.impi != reg.impi
                 or p.final_data is not None
-                or not p.kind.startswith("terminating")
+                or p.kind not in _TO_UE
                 or p.forward is None
             ):
                 continue
@@ -1249,7 +1252,7 @@ class PcscfCore:
             # The UE's copy of a final answer already sent upstream: absorbed.
             self.counters["ue-retransmission-absorbed"] += 1
             return []
-        if pending.kind.startswith("terminating"):
+        if pending.kind in _TO_UE:
             if not self._from_target(pending, source, spi):
                 return self._drop("response-not-from-the-ue")
             return self._terminating_response(response, pending, branch or "", now)
@@ -1630,7 +1633,8 @@ class PcscfCore:
         impi = self.subscriptions.get(call_id, "")
         ok = make_response(request, 200, to_tag=None)
         actions: list[Action] = [Reply(ok, arrival.source, arrival.transport, None)]
-        state = (request.get("Subscription-State") or "").split(";", 1)[0].strip().lower()
+        state_text = (request.get("Subscription-State") or "").lower()
+        state = state_text.split(";", 1)[0].strip()
         body = request.body.decode("utf-8", "replace")
         reg = self.registrations.get(impi)
         terminated = state == "terminated" or (
@@ -1651,11 +1655,14 @@ class PcscfCore:
             reg.network_terminated = True
             return actions
         if terminated and reg is not None and reg.state is RegState.REGISTERED:
-            if reg.ue_sub == UE_SUB_ACTIVE and reg.sa is not None:
+            lapsed = "reason=timeout" in state_text or 'event="expired"' in body
+            if reg.ue_sub == UE_SUB_ACTIVE and reg.sa is not None and not lapsed:
                 # The UE subscribed too (TS 24.229 §5.1.1.3): its own terminated NOTIFY,
                 # sent by the S-CSCF with ours, is how it learns of the de-registration
                 # (§5.1.1.7), and it can only reach it over these SAs. They go once that
-                # NOTIFY was answered, or when its transaction has surely ended.
+                # NOTIFY was answered, or when its transaction has surely ended. (Not
+                # for a registration that lapsed: its UE stopped refreshing, is likely
+                # gone, and knows its own expiry.)
                 if not reg.release_at:
                     reg.release_at = now + TRANSACTION_LIFETIME
                     self._watch(reg.release_at, reg.impi)
@@ -1743,7 +1750,7 @@ class PcscfCore:
             del pending[branch]
             if _in_flight(oldest):  # Timer F: never answered
                 self._in_flight -= 1
-            elif oldest.final_data is None and oldest.kind.startswith("terminating"):
+            elif oldest.final_data is None and oldest.kind in _TO_UE:
                 self._to_ue_open -= 1  # the UE never answered
         timers = self._timers
         while timers and timers[0][0] <= now:
