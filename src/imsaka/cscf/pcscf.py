@@ -1248,17 +1248,9 @@ class PcscfCore:
             if spi is not None:
                 return self._drop("response-over-sa-without-request")
             return self._drop("response-for-unknown-transaction")
-        if spi is not None and pending.final_data is not None:
-            # The UE's copy of a final answer already sent upstream: absorbed.
-            self.counters["ue-retransmission-absorbed"] += 1
-            return []
-        if pending.kind in _TO_UE:
-            if not self._from_target(pending, source, spi):
-                return self._drop("response-not-from-the-ue")
-            return self._terminating_response(response, pending, branch or "", now)
-        if spi is not None:
-            # Only a UE's answer to a request we sent it may come over its SAs.
-            return self._drop("response-over-sa-without-request")
+        if spi is not None or pending.kind in _TO_UE:
+            # (one test on the way of the answers from upstream, most of them REGISTER's)
+            return self._response_from_ue(response, source, now, spi, pending, branch or "")
         if pending.kind == "subscribe":
             if response.status >= 200:
                 del self.pending[branch]
@@ -1319,6 +1311,27 @@ class PcscfCore:
                 pending.created, self._packer.pack(pending.final_data), pending.final_spi
             )
         return actions
+
+    def _response_from_ue(
+        self,
+        response: Response,
+        source: Address,
+        now: float,
+        spi: int | None,
+        pending: _Pending | _Answered,
+        branch: str,
+    ) -> list[Action]:
+        """A response over a UE's SAs, or to a request we took to a UE."""
+        if spi is not None and pending.final_data is not None:
+            # The UE's copy of a final answer already sent upstream: absorbed.
+            self.counters["ue-retransmission-absorbed"] += 1
+            return []
+        if isinstance(pending, _Pending) and pending.kind in _TO_UE:
+            if not self._from_target(pending, source, spi):
+                return self._drop("response-not-from-the-ue")
+            return self._terminating_response(response, pending, branch, now)
+        # Only a UE's answer to a request we sent it may come over its SAs.
+        return self._drop("response-over-sa-without-request")
 
     def _dialog_response(self, resp: Response, pending: _Pending) -> None:
         """A 1xx/2xx to a UE's dialog-forming request, on its way to the UE: our

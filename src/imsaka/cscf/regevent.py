@@ -115,6 +115,11 @@ class RegSubscriptions:
         if i >= 0:
             old = subs[i]
             old.expires_at = sub.expires_at
+            # SUBSCRIBE is a target refresh request (RFC 6665 §4.1.2.1; RFC 3261
+            # §12.2.2): its Contact is the remote target from now on; the route set
+            # stays the one of the dialog's creation.
+            if old.remote_target != sub.remote_target:
+                old.remote_target = sys.intern(sub.remote_target)
             return old
         sub.remote_uri = sys.intern(sub.remote_uri)
         sub.remote_target = sys.intern(sub.remote_target)
