@@ -25,6 +25,10 @@ same rate, reported as ``hss_cpu_ms_per_reregistration`` and its ratio.
     python benchmarks/hss_mar.py [--seconds 2] [--rounds 2] [--concurrency 32] [--users 1000]
                                  [--no-postgres] [--import-rows 100000]
                                  [--registrations 1000] [--reg-rate 150]
+                                 [--only-registrations] [--profile-hss FILE]
+
+``--only-registrations`` skips the MAR rounds and baselines; ``--profile-hss FILE``
+writes a cProfile (process time) of the HSS over the SQLite registrations run.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -59,7 +64,7 @@ def impi(i: int) -> str:
 # --- the HSS in a child process --------------------------------------------------------------
 
 
-def serve_hss(db: str, port: int) -> None:
+def serve_hss(db: str, port: int, profile: str | None = None) -> None:
     from imsaka.hss.config import HssConfig, PeerEntry
     from imsaka.hss.server import HssServer
 
@@ -75,10 +80,22 @@ def serve_hss(db: str, port: int) -> None:
         )
         server = HssServer(config)
         await server.start()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        profiler = None
+        if profile:
+            # The HSS's own CPU, by function (process time: load-independent).
+            import cProfile
+
+            profiler = cProfile.Profile(time.process_time)
+            profiler.enable()
         print("READY", flush=True)
         try:
-            await asyncio.Event().wait()
+            await stop.wait()
         finally:
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(profile)
             await server.stop()
 
     try:
@@ -91,10 +108,19 @@ def serve_hss(db: str, port: int) -> None:
         pass
 
 
-def start_hss(db: str) -> tuple[subprocess.Popen, int]:
+def start_hss(db: str, profile: str | None = None) -> tuple[subprocess.Popen, int]:
     port = diameter_peer.free_port()
+    extra = ["--profile-hss", profile] if profile else []
     proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--serve-hss", db, "--port", str(port)],
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--serve-hss",
+            db,
+            "--port",
+            str(port),
+            *extra,
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -325,13 +351,13 @@ async def _registrations(port: int, pid: int, count: int, rate: float) -> dict:
     }
 
 
-def measure_registrations(db: str, count: int, rate: float) -> dict:
+def measure_registrations(db: str, count: int, rate: float, profile: str | None = None) -> dict:
     loop = diameter_peer._new_loop()
     try:
         loop.run_until_complete(provision(db, count + 50))
     finally:
         loop.close()
-    proc, port = start_hss(db)
+    proc, port = start_hss(db, profile)
     loop = diameter_peer._new_loop()
     try:
         return loop.run_until_complete(_registrations(port, proc.pid, count, rate))
@@ -368,31 +394,7 @@ def measure_import(rows: int) -> dict:
     return {"rows": rows, "seconds": round(elapsed, 2), "ok": proc.returncode == 0}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--seconds", type=float, default=2.0, help="measured seconds per server and round"
-    )
-    parser.add_argument(
-        "--rounds", type=int, default=2, help="alternating rounds (best one reported)"
-    )
-    parser.add_argument("--concurrency", type=int, default=32, help="MARs in flight")
-    parser.add_argument("--users", type=int, default=1000, help="subscribers the MARs cycle over")
-    parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL run")
-    parser.add_argument(
-        "--import-rows", type=int, default=0, help="also time `imsaka hss import` of N CSV rows"
-    )
-    parser.add_argument(
-        "--registrations", type=int, default=0, help="also N registrations' Cx (HSS CPU/reg)"
-    )
-    parser.add_argument("--reg-rate", type=float, default=150.0, help="registrations offered/s")
-    parser.add_argument("--serve-hss", help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.serve_hss:
-        serve_hss(args.serve_hss, args.port)
-        return 0
-
+def mar_rounds(args: argparse.Namespace) -> dict:
     # Alternate the four servers round by round so load from elsewhere on the
     # machine hits them alike; report each one's best round and every sample.
     runs: dict[str, list] = {"sqlite": [], "postgres": [], "fixed": [], "python-diameter": []}
@@ -435,7 +437,7 @@ def main() -> int:
     fixed = max(runs["fixed"], key=lambda r: r.rate)
     pydia = max(runs["python-diameter"], key=lambda r: r.rate)
     rate = sqlite["answers_per_s"]
-    result = {
+    return {
         "benchmark": "hss_mar",
         "what": "HSS MAR->MAA/s over TCP loopback, fresh Milenage vector, SQN committed before the MAA",
         "ours_answers_per_s": rate,
@@ -460,12 +462,56 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "loadavg_1min": round(os.getloadavg()[0], 2),
     }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--seconds", type=float, default=2.0, help="measured seconds per server and round"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="alternating rounds (best one reported)"
+    )
+    parser.add_argument("--concurrency", type=int, default=32, help="MARs in flight")
+    parser.add_argument("--users", type=int, default=1000, help="subscribers the MARs cycle over")
+    parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL run")
+    parser.add_argument(
+        "--import-rows", type=int, default=0, help="also time `imsaka hss import` of N CSV rows"
+    )
+    parser.add_argument(
+        "--registrations", type=int, default=0, help="also N registrations' Cx (HSS CPU/reg)"
+    )
+    parser.add_argument("--reg-rate", type=float, default=150.0, help="registrations offered/s")
+    parser.add_argument(
+        "--only-registrations",
+        action="store_true",
+        help="skip the MAR load rounds and baselines (with --registrations)",
+    )
+    parser.add_argument(
+        "--profile-hss",
+        metavar="FILE",
+        help="cProfile (process time) of the HSS over the SQLite registrations run",
+    )
+    parser.add_argument("--serve-hss", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_hss:
+        serve_hss(args.serve_hss, args.port, args.profile_hss)
+        return 0
+
+    if args.only_registrations and args.registrations:
+        result: dict = {"benchmark": "hss_mar", "registrations_only": True}
+    else:
+        result = mar_rounds(args)
     if args.import_rows:
         result["csv_import"] = measure_import(args.import_rows)
     if args.registrations:
         with tempfile.TemporaryDirectory() as tmp:
             result["registrations_sqlite"] = measure_registrations(
-                f"sqlite+aiosqlite:///{tmp}/reg.db", args.registrations, args.reg_rate
+                f"sqlite+aiosqlite:///{tmp}/reg.db",
+                args.registrations,
+                args.reg_rate,
+                args.profile_hss,
             )
         if not args.no_postgres:
             result["registrations_postgres"] = measure_registrations(

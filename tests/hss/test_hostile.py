@@ -108,14 +108,14 @@ async def test_sqlite_runs_with_full_durability(store):
         sync = (await conn.exec_driver_sql("PRAGMA synchronous")).scalar()
     assert mode == "wal" and sync == 2  # FULL: the WAL is fsynced at every commit
     await store.add_subscriber(alice())
-    # A lone commit runs on the loop's commit connection, a commit under load (here:
-    # forced) on the writer thread's: both are the group commit's own, both FULL.
+    # A lone commit runs on the loop's connection (its reads' too), a commit under load
+    # (here: forced) on the writer thread's: both FULL.
     await store.mar("alice@home1.net", "sip:alice@home1.net", 1, None)
-    assert store._inline_db is not None
+    assert store._loop_db is not None
     store.inline_commit_max = -1.0
     await store.mar("alice@home1.net", "sip:alice@home1.net", 1, None)
     assert store._writer_db is not None
-    for db in (store._inline_db, store._writer_db):
+    for db in (store._loop_db, store._writer_db):
         assert db.execute("PRAGMA synchronous").fetchone()[0] == 2
 
 

@@ -519,3 +519,55 @@ async def test_a_busy_database_sends_the_read_to_a_reader_thread(store, tmp_path
     finally:
         busy.close()
         holder.close()
+
+
+def _traced(store: HssStore) -> list[str]:
+    """The statements the loop's sqlite3 connection runs from now on."""
+    assert store._loop_db is not None
+    seen: list[str] = []
+    store._loop_db.set_trace_callback(seen.append)
+    return seen
+
+
+async def test_a_state_read_is_one_statement_without_a_transaction(store):
+    impi, impu = "alice@home1.net", "sip:alice@home1.net"
+    await store.add_subscriber(alice())
+    await store.count_subscribers()  # opens the loop's connection
+    seen = _traced(store)
+    check, state = await store.checked_state(impi, impu, with_pending=True)
+    assert check.matched and state.visited_networks == ()
+    assert len(seen) == 1 and seen[0].startswith("SELECT")  # no BEGIN, no COMMIT
+    # With visited networks the plan reads on: all of it again in one snapshot.
+    await store.update_subscriber(impi, visited_networks=["b.example", "a.example"])
+    seen.clear()
+    _check, state = await store.checked_state(impi, impu)
+    assert sorted(state.visited_networks) == ["a.example", "b.example"]
+    assert seen[1] == "BEGIN" and seen[-1] == "COMMIT" and len(seen) == 5
+    # An unknown IMPU: the identity check goes on in one snapshot too.
+    seen.clear()
+    check, state = await store.checked_state(impi, "sip:nobody@home1.net")
+    assert state is None and check.impi_known and not check.impu_known
+    assert seen[1] == "BEGIN" and seen[-1] == "COMMIT"
+
+
+async def test_lone_commits_run_on_the_read_connection_and_are_read_back(store):
+    # The loop's reads and its inline group commits share one connection, so a commit
+    # leaves that connection's page cache valid; the read right after sees the commit.
+    impi, impu = "alice@home1.net", "sip:alice@home1.net"
+    await store.add_subscriber(alice())
+    store.alone = lambda: True
+    store.inline_commit_max = 10.0  # however slow this machine's fsync
+    await store.count_subscribers()
+    seen = _traced(store)
+    grant = await store.mar(impi, impu, 1, "sip:scscf1")
+    assert store.commits_inline == 1 and "BEGIN IMMEDIATE" in seen and seen[-1] == "COMMIT"
+    _check, state = await store.checked_state(impi, impu, with_pending=True)
+    assert state.pending_scscf == "sip:scscf1"
+    assert await store.sqn_of(impi) == grant.sqns[-1]
+    got = await store.assign(
+        impu, state=models.RegState.REGISTERED, server_name="sip:scscf1", impi=impi, want_set=False
+    )
+    assert got is None and store.commits_inline == 2
+    _check, state = await store.checked_state(impi, impu, with_pending=True)
+    assert state.reg_state == models.RegState.REGISTERED and state.pending_scscf is None
+    assert state.scscf_name == "sip:scscf1"

@@ -24,7 +24,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-__all__ = ["ALL", "ONE", "RUN", "Plan", "run_pg", "run_sa", "run_sqlite"]
+__all__ = ["ALL", "ONE", "RUN", "Plan", "run_pg", "run_sa", "run_sqlite", "run_sqlite_alone"]
 
 ONE, ALL, RUN = 0, 1, 2
 Plan = Generator[tuple[int, str, dict[str, Any]], Any, Any]
@@ -49,6 +49,19 @@ def _sqlite_step(db: sqlite3.Connection, kind: int, sql: str, params: dict[str, 
 
 def run_sqlite(db: sqlite3.Connection, plan: Plan) -> Any:
     return _drive(plan, functools.partial(_sqlite_step, db))
+
+
+def run_sqlite_alone(db: sqlite3.Connection, plan: Plan) -> tuple[bool, Any]:
+    """The plan's first statement on its own (outside any transaction SQLite reads it
+    from one snapshot): ``(True, result)`` if the plan ends there, else ``(False,
+    None)`` with the plan closed, and the caller runs it again in one transaction."""
+    kind, sql, params = next(plan)
+    try:
+        plan.send(_sqlite_step(db, kind, sql, params))
+    except StopIteration as stop:
+        return True, stop.value
+    plan.close()
+    return False, None
 
 
 @functools.lru_cache(maxsize=512)

@@ -49,6 +49,7 @@ AKA_SCHEMES = (cx.SCHEME_AKAV1_MD5, cx.SCHEME_AKAV2_MD5)
 MILENAGE_CACHE = 4096
 SAT = cx.ServerAssignmentType
 UAT = cx.UserAuthorizationType
+_SATS = {int(t): t for t in SAT}  # by value: a lookup, not an Enum call per SAR
 
 # Server-Assignment-Types that end a registration, and whether the S-CSCF name stays.
 _DEREGISTRATIONS = {
@@ -100,6 +101,10 @@ class CxService:
         # last: building one costs more than a whole vector. Event-loop thread only.
         self._milenage: dict[tuple[bytes, bytes], Milenage] = {}
         self._realms = frozenset(r.lower() for r in (config.diameter_realm, *config.home_networks))
+        # Visited networks every subscriber may roam from (plus each one's own list).
+        self._roaming = frozenset(
+            n.lower() for n in (*config.home_networks, *config.visited_networks)
+        )
         self._handlers: dict[type, Callable[[Any], Any]] = {
             cx.UserAuthorizationRequest: self.uar,
             cx.MultimediaAuthRequest: self.mar,
@@ -156,11 +161,7 @@ class CxService:
 
     def _roaming_allowed(self, visited: str, allowed_for_user: tuple[str, ...]) -> bool:
         v = visited.strip().lower()
-        allowed = {
-            n.lower()
-            for n in (*self.config.home_networks, *self.config.visited_networks, *allowed_for_user)
-        }
-        return v in allowed
+        return v in self._roaming or any(v == n.lower() for n in allowed_for_user)
 
     async def _capabilities(self, state: Any) -> cx.ServerCapabilities:
         pool = await self.store.scscf_pool()
@@ -362,9 +363,8 @@ class CxService:
     # ------------------------------------------------------------------ SAR
 
     async def sar(self, req: cx.ServerAssignmentRequest) -> cx.ServerAssignmentAnswer:
-        try:
-            sat = SAT(req.server_assignment_type)
-        except ValueError:
+        sat = _SATS.get(req.server_assignment_type)
+        if sat is None:
             return self._error(req, result_code=cx.DIAMETER_INVALID_AVP_VALUE)
         impi = req.user_name
         if req.public_identities:
@@ -446,6 +446,7 @@ class CxService:
                 state=RegState.NOT_REGISTERED,
                 server_name=None,
                 keep_server=_DEREGISTRATIONS[sat],
+                want_set=False,
             )
             return self._answer(req, result_code=cx.DIAMETER_SUCCESS, user_name=impi)
         if sat in (SAT.AUTHENTICATION_FAILURE, SAT.AUTHENTICATION_TIMEOUT):
@@ -476,6 +477,7 @@ class CxService:
             server_host=req.origin_host,
             server_realm=req.origin_realm,
             impi=impi,
+            want_set=False,
         )
 
     async def _saa_ok(

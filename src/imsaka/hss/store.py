@@ -53,7 +53,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from imsaka.aka.sqn import DEFAULT_DELTA, SqnExhaustedError
 from imsaka.hss import models as m
 from imsaka.hss.models import RegState
-from imsaka.hss.plans import ALL, ONE, RUN, Plan, run_pg, run_sa, run_sqlite
+from imsaka.hss.plans import ALL, ONE, RUN, Plan, run_pg, run_sa, run_sqlite, run_sqlite_alone
 from imsaka.hss.subscriber import FieldError, SubscriberSpec
 from imsaka.hss.userdata import ProfileIdentities, build_user_data
 
@@ -381,12 +381,16 @@ def _nets(sid: int) -> Plan:
     return tuple(r[0] for r in rows)
 
 
+# RegState by stored value: an index, not an Enum call (every UAR and SAR builds one).
+_REG_STATES = {int(s): s for s in RegState}
+
+
 def _state_of(row: Any, pending: str | None, nets: tuple[str, ...]) -> UserState:
     return UserState(
         subscription_id=row[0],
         impu=row[1],
         barred=bool(row[2]),
-        reg_state=RegState(row[3]),
+        reg_state=_REG_STATES[row[3]],
         implicit_set_id=row[4],
         scscf_name=row[5],
         scscf_host=row[6],
@@ -399,11 +403,13 @@ def _state_of(row: Any, pending: str | None, nets: tuple[str, ...]) -> UserState
 
 
 def _checked_state(impi: str | None, impu: str, with_pending: bool) -> Plan:
-    # One joined SELECT (IMPU, its subscription, the IMPI) and the visited networks:
-    # every UAR and SAR runs it. "" never names an IMPI (identities are never empty).
+    # One joined SELECT (IMPU, its subscription, the IMPI, whether any visited network
+    # is allowed): every UAR and SAR runs it, usually as the read's only statement; the
+    # networks are read only when there are some. "" never names an IMPI.
     row = yield (
         ONE,
-        f"SELECT {_STATE_COLUMNS}, i.subscription_id, i.pending_scscf"
+        f"SELECT {_STATE_COLUMNS}, i.subscription_id, i.pending_scscf,"
+        " EXISTS (SELECT 1 FROM visited_network v WHERE v.subscription_id = u.subscription_id)"
         " FROM impu u JOIN subscription s ON s.id = u.subscription_id"
         " LEFT OUTER JOIN impi i ON i.identity = :impi"
         " WHERE u.identity = :impu",
@@ -413,7 +419,7 @@ def _checked_state(impi: str | None, impu: str, with_pending: bool) -> Plan:
         return (yield from _identities(impi, impu)), None
     impi_sid = row[10]
     check = IdentityCheck(impi_sid is not None, True, impi_sid is not None and impi_sid == row[0])
-    nets = yield from _nets(row[0])
+    nets = (yield from _nets(row[0])) if row[12] else ()
     return check, _state_of(row, row[11] if with_pending and impi else None, nets)
 
 
@@ -424,7 +430,7 @@ def _checked_state_and_data(impi: str, impu: str) -> Plan:
     check, state = yield from _checked_state(impi, impu, False)
     data = None
     if check.matched and state is not None:
-        data = yield from _user_data(impi, impu)
+        data = yield from _set_data(impi, impu, state.subscription_id, state.implicit_set_id)
     return check, state, data
 
 
@@ -461,23 +467,26 @@ def _user_data(impi: str | None, impu: str) -> Plan:
             {"sid": sid},
         )
         impi = first[0] if first else None
+    return (yield from _set_data(impi, impu, sid, set_id))
+
+
+def _set_data(impi: str | None, impu: str, sid: int, set_id: int) -> Plan:
+    """(User-Data, the implicit set) of ``impu``'s set ``set_id`` in subscription ``sid``:
+    each member with its service profile, one SELECT."""
     members = yield (
         ALL,
-        "SELECT identity, barred, service_profile_id FROM impu"
-        " WHERE subscription_id = :sid AND implicit_set_id = :set_id ORDER BY id",
+        "SELECT u.identity, u.barred, u.service_profile_id, p.ifc_xml FROM impu u"
+        " JOIN service_profile p ON p.id = u.service_profile_id"
+        " WHERE u.subscription_id = :sid AND u.implicit_set_id = :set_id ORDER BY u.id",
         {"sid": sid, "set_id": set_id},
-    )
-    profiles = yield (
-        ALL,
-        "SELECT id, ifc_xml FROM service_profile WHERE subscription_id = :sid ORDER BY id",
-        {"sid": sid},
     )
     # The registering IMPU first: it must appear byte-exact (Kamailio looks it up).
     ordered = sorted(members, key=lambda r: r[0] != impu)
-    docs = [
-        ProfileIdentities([(r[0], bool(r[1])) for r in ordered if r[2] == p[0]], p[1])
-        for p in profiles
-    ]
+    profiles: dict[int, tuple[list[tuple[str, bool]], str | None]] = {}
+    for r in ordered:
+        profiles.setdefault(r[2], ([], r[3]))[0].append((r[0], bool(r[1])))
+    # Profiles in the order they were provisioned, the registering IMPU's first.
+    docs = [ProfileIdentities(*profiles[pid]) for pid in sorted(profiles)]
     docs.sort(key=lambda d: not any(uri == impu for uri, _ in d.identities))
     return build_user_data(impi or "", docs), tuple(r[0] for r in ordered)
 
@@ -593,6 +602,12 @@ def _impi_columns(impi: str, columns: str) -> Plan:
     return row
 
 
+# Reads whose usual path is a single statement: run without a transaction around it.
+_USUALLY_ONE_STATEMENT = frozenset(
+    {_checked_state, _scscf_pool, _scscf_host, _count, _impi_columns}
+)
+
+
 # Registration writes (group-committed). Each raises NotFound only before it has
 # written anything, so its batch can go on.
 
@@ -606,6 +621,7 @@ def _assign(
     server_realm: str | None,
     keep_server: bool,
     impi: str | None,
+    want_set: bool = True,
 ) -> Plan:
     # Each UPDATE only touches rows whose value changes: a re-registration that
     # changes nothing dirties no page, so its COMMIT needs no fsync (and PostgreSQL
@@ -657,6 +673,8 @@ def _assign(
             )
         if impi is not None:
             yield from _clear_pending(impi)
+    if not want_set:
+        return None
     members = yield (
         ALL,
         "SELECT identity FROM impu WHERE subscription_id = :sid AND implicit_set_id = :set_id"
@@ -765,8 +783,8 @@ class HssStore:
         self.dialect = engine.dialect.name
         # SQLite file: the group commit runs on one writer thread with its own sqlite3
         # connection (BEGIN IMMEDIATE, synchronous=FULL); Cx reads run on the event
-        # loop's own sqlite3 connection in deferred transactions (WAL snapshots that
-        # never wait for the writer); a read that finds the database busy anyway
+        # loop's own sqlite3 connection, a single statement on its own, else in a
+        # deferred transaction (WAL snapshots that never wait for the writer); a read that finds the database busy anyway
         # (WAL recovery, a checkpoint resetting the log) goes to a reader thread.
         self._path: str | None = None
         database = engine.url.database
@@ -775,15 +793,16 @@ class HssStore:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._writer_db: sqlite3.Connection | None = None
         # A group commit found with nothing else queued, while recent commits took at
-        # most `inline_commit_max` seconds, runs on the event loop itself (on a connection
-        # that never waits for a lock: busy → the writer thread after all). The loop
+        # most `inline_commit_max` seconds, runs on the event loop itself, on the loop's
+        # read connection (it never waits for a lock: busy → the writer thread after
+        # all; and its page cache survives its own commits, where a commit by another
+        # connection would make its next read fetch every page again). The loop
         # stalls for that one commit, but a lone commit spares the two thread hand-offs
         # (worker wake-up, loop wake-up) that cost about twice its own CPU time. Under
         # load (jobs queued behind the batch) or on a slow disk, the thread as before.
         self.inline_commit_max = 0.002
         self.commits_inline = 0  # group commits run on the loop (for benchmarks and tests)
         self._commit_seconds = 0.0  # moving average of a group commit's wall time
-        self._inline_db: sqlite3.Connection | None = None
         self._worker_busy = False  # the worker is taking batches off the queue
         #: True when no other request may be about to write (the HSS server asks its
         #: Diameter node: one request handler running). Only then may a write skip the
@@ -840,10 +859,10 @@ class HssStore:
             if executor is not None:
                 executor.shutdown(wait=True)
         self._executor = self._read_executor = None
-        for db in (self._writer_db, self._inline_db, self._loop_db, *self._reader_dbs):
+        for db in (self._writer_db, self._loop_db, *self._reader_dbs):
             if db is not None:
                 db.close()
-        self._writer_db = self._inline_db = self._loop_db = None
+        self._writer_db = self._loop_db = None
         self._reader_dbs.clear()
         if self._pg_pool is not None:
             await self._pg_pool.close()
@@ -1265,7 +1284,7 @@ class HssStore:
             db = self._loop_reader()
             if db is not None:
                 try:
-                    return self._read_on(db, plan(*args))
+                    return self._read_on(db, plan, args)
                 except sqlite3.OperationalError as exc:
                     if exc.sqlite_errorcode & 0xFF not in (
                         sqlite3.SQLITE_BUSY,
@@ -1304,21 +1323,28 @@ class HssStore:
         return self._pg_pool
 
     def _loop_reader(self) -> sqlite3.Connection | None:
-        """The sqlite3 connection of the thread that read first (the event loop's)."""
+        """The sqlite3 connection of the thread that came first (the event loop's): its
+        reads and its inline group commits."""
         if self._loop_db is None:
             assert self._path is not None
             # timeout 0: a busy database raises at once (the read then goes to a thread)
-            self._loop_db = _connect_sqlite(self._path, timeout=0.0, query_only=True)
+            self._loop_db = _connect_sqlite(self._path, timeout=0.0)
             self._loop_thread = threading.get_ident()
         elif self._loop_thread != threading.get_ident():
             return None
         return self._loop_db
 
     @staticmethod
-    def _read_on(db: sqlite3.Connection, plan: Plan) -> Any:
+    def _read_on(db: sqlite3.Connection, plan: Callable[..., Plan], args: tuple[Any, ...]) -> Any:
+        if plan in _USUALLY_ONE_STATEMENT:
+            # Its first statement alone is read from one snapshot without BEGIN and
+            # COMMIT (two statements fewer); if the plan goes on, all of it again below.
+            done, result = run_sqlite_alone(db, plan(*args))
+            if done:
+                return result
         db.execute("BEGIN")  # deferred: the snapshot starts at the first SELECT
         try:
-            return run_sqlite(db, plan)
+            return run_sqlite(db, plan(*args))
         finally:
             if db.in_transaction:
                 db.execute("COMMIT")
@@ -1329,7 +1355,7 @@ class HssStore:
             assert self._path is not None
             db = self._reader_local.db = _connect_sqlite(self._path, timeout=30.0, query_only=True)
             self._reader_dbs.append(db)
-        return self._read_on(db, plan(*args))
+        return self._read_on(db, plan, args)
 
     async def check_identities(self, impi: str | None, impu: str) -> IdentityCheck:
         return await self._read(_identities, impi, impu)
@@ -1365,11 +1391,13 @@ class HssStore:
         server_realm: str | None = None,
         keep_server: bool = True,
         impi: str | None = None,
-    ) -> tuple[str, ...]:
+        want_set: bool = True,
+    ) -> tuple[str, ...] | None:
         """Set the registration state of the implicit set of ``impu`` and the serving S-CSCF.
 
         With ``keep_server`` False the stored S-CSCF name is cleared (de-registration
-        types that do not keep the name, TS 29.228 §6.1.2.1). Returns the implicit set.
+        types that do not keep the name, TS 29.228 §6.1.2.1). Returns the implicit set
+        (None with ``want_set`` False: one SELECT fewer in the write transaction).
         Group-committed with concurrent writes; returns after the COMMIT.
         """
         return await self._write(
@@ -1381,6 +1409,7 @@ class HssStore:
             server_realm=server_realm,
             keep_server=keep_server,
             impi=impi,
+            want_set=want_set,
         )
 
     async def clear_pending(self, impi: str) -> None:
@@ -1710,10 +1739,9 @@ class HssStore:
     def _batch_inline(self, batch: list[_MarJob | _WriteJob]) -> list[Any] | None:
         """The group commit on the calling (loop) thread; None, with nothing written, if
         the database is busy (another process writing, a checkpoint): it must not wait."""
-        db = self._inline_db
-        if db is None:
-            assert self._path is not None
-            db = self._inline_db = _connect_sqlite(self._path, timeout=0.0)
+        db = self._loop_reader()
+        if db is None:  # not on the loop's thread: the writer thread takes the batch
+            return None
         try:
             db.execute("BEGIN IMMEDIATE")
             return self._batch_begun(db, batch)
