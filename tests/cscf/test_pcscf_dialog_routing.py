@@ -447,3 +447,46 @@ def test_a_lapsed_registration_releases_at_once_even_with_the_ue_subscribed():
     )
     assert any(isinstance(a, ReleaseSecurityAssociations) for a in out)
     assert p.stats()["registrations"] == 0
+
+
+def test_a_protected_ues_clear_request_is_still_dropped_not_answered():
+    """A UE with SAs sending in the clear, its preloaded route naming our port-s: not
+    taken for a request from the core (which names us by name at the core port)."""
+    p, _, _ = registered()
+    req = ue_subscribe(branch="z9hG4bKclear")
+    req.uri = "sip:127.0.0.1:9999"
+    (d,) = p.receive_request(req, Arrival(("127.0.0.1", 40000)), 5.0)
+    assert isinstance(d, DropInput) and d.reason == "clear-request-from-protected-ue"
+
+
+def test_initial_request_along_the_path_is_record_routed_both_ways():
+    """An INVITE from the core along the Path (`<sip:term@…;lr>`, RFC 3327): to the UE
+    with our Record-Route naming port-s, its 2xx upstream naming our core port."""
+    p, inst, _ = registered()
+    invite = Request(
+        "INVITE",
+        "sip:127.0.0.1:1357",
+        [
+            ("Via", "SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bKinv1"),
+            ("Max-Forwards", "70"),
+            ("Route", "<sip:term@pcscf1.visited1.net:5060;lr>"),
+            ("Record-Route", "<sip:mt@scscf1.home1.net:5080;lr>"),
+            ("From", "<sip:user2@home1.net>;tag=a"),
+            ("To", f"<{IMPU}>"),
+            ("Call-ID", "inv-1"),
+            ("CSeq", "1 INVITE"),
+            ("Contact", "<sip:127.0.0.1:7000>"),
+            ("Content-Length", "0"),
+        ],
+    )
+    (rep,) = p.receive_request(invite, Arrival(SCSCF), 5.0)
+    assert rep.spi == inst.sa.spi_us and rep.destination == UE_S
+    m = _reparse(rep.message)
+    assert m.get("Route") is None
+    assert m.get_all("Record-Route") == [OWN_RR_UE, "<sip:mt@scscf1.home1.net:5080;lr>"]
+    ok = make_response(m, 200, to_tag="ue", copy_record_route=True)
+    (up,) = p.receive_response(_reparse(ok), UE_S, 5.1, spi=inst.sa.spi_pc)
+    u = _reparse(up.message)
+    assert up.destination == SCSCF
+    assert u.get_all("Record-Route") == [OWN_RR, "<sip:mt@scscf1.home1.net:5080;lr>"]
+    assert p.pending_to_ue() == 0

@@ -23,7 +23,15 @@ The seed's packets 1→2, 7, 8→9 and 13: the P-CSCF is the UE's first hop. It
   P-Associated-URI); from then on accepts requests from that UE only over its SAs and
   replaces P-Preferred-Identity with a P-Asserted-Identity from the registered set;
 - sends every response to the UE over the SA its request came on; on a de-REGISTER
-  the SAs are removed only after the 200 OK has gone out over them (PITFALLS).
+  the SAs are removed only after the 200 OK has gone out over them (PITFALLS);
+- routes dialogs (TS 24.229 §5.2.6.3, §5.2.6.4; RFC 3261 §16): removes the Route
+  entries naming it from the UE's requests, Record-Routes the dialog-forming ones
+  (`<sip:NAME:PORT;lr>` towards the core, the same with port-s in the 1xx/2xx to the
+  UE), takes requests from the core to a registered contact (the S-CSCF's NOTIFY to
+  the UE's reg-event subscription) from port-c to the UE's port-s over its newest SA
+  set and the UE's answer back upstream, and answers 404 for a contact without SAs;
+  on a network de-registration it keeps the SAs until the UE's own terminated NOTIFY
+  went through (§5.1.1.7), at most until that NOTIFY's transaction ends.
 
 `sec_agree = "required"` answers a REGISTER without sec-agree 421/494 (RFC 3329 §2.3.1);
 `"optional"` admits a UE offering no Security-Client, without SAs.
@@ -467,6 +475,7 @@ class PcscfCore:
             h.strip("[]").lower() for h in (config.name, config.address) if h
         )
         self._own_ports = frozenset((self.port, self.port_c, self.port_s))
+        self._core_host = config.name.strip("[]").lower()
         # (host, port) of a served UE's contact -> IMPI: the UE's (IP, protected server
         # port) while it has an established SA set, or the source of a registration
         # without sec-agree. Requests from the core to a UE are routed by it (their
@@ -1056,7 +1065,10 @@ class PcscfCore:
             routes = request.route
         except SipParseError:
             return [self._reply(request, arrival, 400, "Bad Route")]
-        own_route = bool(routes) and self._names_us(routes[0].uri)
+        # The core reaches us by name at the unprotected port (our Path and core-side
+        # Record-Route); a UE's preloaded route names the address it was given, and a
+        # protected UE's names port-s: its requests in the clear stay `_other_request`'s.
+        own_route = bool(routes) and self._names_us(routes[0].uri, core_side=True)
         reg, sa, contact = self._served(request.uri)
         if reg is None or contact is None:
             if not own_route or self._clear_ue(arrival.source) is not None:
@@ -1165,12 +1177,15 @@ class PcscfCore:
             return reg, None, key
         return None, None, None
 
-    def _names_us(self, uri: str) -> bool:
-        """Whether a Route URI is this P-CSCF (any of its names and ports)."""
+    def _names_us(self, uri: str, core_side: bool = False) -> bool:
+        """Whether a Route URI is this P-CSCF (any of its names and ports; with
+        `core_side`, only as the core names it: host name and unprotected port)."""
         try:
             host, port = split_hostport(uri)
         except ValueError:
             return False
+        if core_side:
+            return port == self.port and host.lower() == self._core_host
         return host.lower() in self._own_hosts and port in self._own_ports
 
     def _pop_own_routes(self, msg: Request) -> None:
