@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -80,6 +81,10 @@ def serve_hss(db: str, port: int, profile: str | None = None) -> None:
         )
         server = HssServer(config)
         await server.start()
+        # As `imsaka run hss` (imsaka.hss.server.serve) does once started: what start-up
+        # built stays out of the cyclic collector's older-generation passes.
+        gc.collect()
+        gc.freeze()
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         profiler = None
