@@ -192,12 +192,17 @@ async def test_ue_refreshes_before_expiry(subscribers):
         res = await ue.register(10)
         assert res.ok and res.expires == 4, res
         await asyncio.sleep(3.0)
-        from_ue = [r for r in net.trace.messages("sip") if r.src_name == "UE"]
+
+        # the UE's reg-event SUBSCRIBE/NOTIFY (§5.1.1.3) share the trace: REGISTERs only
+        def register_cseq(r) -> bool:
+            return any(k.lower() == "cseq" and v.endswith("REGISTER") for k, v in r.headers)
+
+        from_ue = [r for r in net.trace.messages("sip") if r.src_name == "UE" and register_cseq(r)]
         assert len(from_ue) == 3 and from_ue[-1].esp_spi is not None  # the refresh, protected
         oks = [
             r
             for r in net.trace.messages("sip")
-            if r.dst_name == "UE" and r.summary.startswith("200")
+            if r.dst_name == "UE" and r.summary.startswith("200") and register_cseq(r)
         ]
         assert len(oks) == 2
         assert net.pcscf.stats()["registrations"] == 1
@@ -291,7 +296,14 @@ async def test_pcscf_expires_a_lapsed_registration_on_its_own(subscribers):
         res = await ue.register(10)
         assert res.ok and res.expires == 5, res
         await asyncio.sleep(0.1)
-        assert not [r for r in net.trace.messages("sip") if r.summary.startswith("SUBSCRIBE")]
+        # the P-CSCF subscribes to nothing (the UE's own SUBSCRIBE passes through it)
+        assert not [
+            r
+            for r in net.trace.messages("sip")
+            if r.summary.startswith("SUBSCRIBE")
+            and any(k.lower() == "from" and "pcscf" in v for k, v in r.headers)
+        ]
+        assert not net.pcscf.core.subscriptions
         assert net.pcscf.stats()["sa_sets"] == 1
         now = asyncio.get_running_loop().time()
         net.pcscf._execute(net.pcscf.core.handle_timer(now + 4.0), now + 4.0)
