@@ -756,7 +756,7 @@ async def test_reg_event_notify_on_user_deregistration(home):
 async def test_reg_event_subscribe_refused(home):
     notifies: list = []
     r = await reg_event_subscribe(home, notifies)
-    assert r.status == 403  # not registered
+    assert r.status == 480  # not registered (TS 24.229 §5.4.2.1.1 step 0)
     _, r200 = await full_registration(home, new_ue())
     assert r200.status == 200
     text = (
@@ -768,6 +768,35 @@ async def test_reg_event_subscribe_refused(home):
     )
     r = await home.client.send_request(parse_message(text.encode()), ("127.0.0.1", home.scscf_port))
     assert r.status == 489 and r.get("allow-events") == "reg"
+
+
+async def test_reg_event_subscribe_from_a_stranger_is_forbidden(home):
+    """TS 24.229 §5.4.2.1.1 step 1: only the user's own identities and the P-CSCF in its
+    Path may watch a registration (its contacts are the UE's addresses)."""
+    _, r200 = await full_registration(home, new_ue())
+    assert r200.status == 200
+
+    def subscribe(from_uri: str, asserted: str | None):
+        pai = f"P-Asserted-Identity: <{asserted}>\r\n" if asserted else ""
+        text = (
+            f"SUBSCRIBE {IMPUS[0]} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{home.pcscf_port};branch=z9hG4bK{os.urandom(6).hex()}\r\n"
+            f"From: <{from_uri}>;tag=w1\r\nTo: <{IMPUS[0]}>\r\n{pai}"
+            f"Call-ID: watch-{os.urandom(4).hex()}\r\nCSeq: 1 SUBSCRIBE\r\nEvent: reg\r\n"
+            f"Contact: <sip:127.0.0.1:{home.pcscf_port}>\r\nContent-Length: 0\r\n\r\n"
+        )
+        return home.client.send_request(
+            parse_message(text.encode()), ("127.0.0.1", home.scscf_port)
+        )
+
+    home.client.set_request_handler(lambda req, tx: tx.reply(200))
+    stranger = await subscribe("sip:watcher@elsewhere.example", None)
+    assert stranger.status == 403
+    # an asserted identity decides over From: a stranger's From with the user's own IMPU
+    assert (await subscribe("sip:watcher@elsewhere.example", IMPUS[1])).status == 200
+    # and a stranger's asserted identity is refused whatever the From says
+    assert (await subscribe(IMPUS[0], "sip:watcher@elsewhere.example")).status == 403
+    assert home.scscf.scscf.core.counters["subscribe_forbidden"] == 2
 
 
 async def test_reg_event_subscription_expires_with_a_final_notify(home):

@@ -23,10 +23,16 @@ from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from imsaka.cscf.registrar import Registration
-from imsaka.sip import Request
+from imsaka.sip import NameAddr, Request, SipParseError, SipUri, parse_uri
 from imsaka.sip.compact import SharedTuples
 
-__all__ = ["RegSubscription", "RegSubscriptions", "notify_request", "reginfo_body"]
+__all__ = [
+    "RegSubscription",
+    "RegSubscriptions",
+    "authorised_watcher",
+    "notify_request",
+    "reginfo_body",
+]
 
 CONTENT_TYPE = "application/reginfo+xml"
 
@@ -36,6 +42,40 @@ TERMINATION_EVENT = {
     "timeout": "expired",
     "network-initiated": "rejected",
 }
+
+
+def _sip_host(uri: str) -> str | None:
+    try:
+        parsed = parse_uri(uri)
+    except SipParseError:
+        return None
+    return parsed.host.lower() if isinstance(parsed, SipUri) else None
+
+
+def authorised_watcher(reg: Registration, watchers: list[str]) -> bool:
+    """TS 24.229 §5.4.2.1.1 step 1: who may watch this registration. `watchers` are the
+    subscriber's identities (its P-Asserted-Identity URIs, else its From URI). Allowed:
+    an identity of the user's own non-barred implicit set, or an entity named in the
+    Path of one of its contacts (the P-CSCF it is attached through). Application
+    servers from the initial filter criteria would be the third kind; this S-CSCF
+    evaluates no iFC, so there are none."""
+    own = {reg.impu.lower(), *(a.lower() for a in reg.associated)}
+    path_hosts: set[str] = set()
+    for binding in reg.contacts.values():
+        for entry in binding.path:
+            try:
+                host = _sip_host(NameAddr.parse(entry).uri)
+            except SipParseError:
+                continue
+            if host:
+                path_hosts.add(host)
+    for uri in watchers:
+        if uri.lower() in own:
+            return True
+        host = _sip_host(uri)
+        if host is not None and host in path_hosts:
+            return True
+    return False
 
 
 # Record-Route sets of the subscribers (one P-CSCF route for many UEs): shared tuples

@@ -35,6 +35,7 @@ from imsaka.cscf.regevent import (
     TERMINATION_EVENT,
     RegSubscription,
     RegSubscriptions,
+    authorised_watcher,
     notify_request,
     reginfo_body,
 )
@@ -341,8 +342,19 @@ class Scscf:
         now = self._clock()
         reg = self.core.lookup(impu, now)
         if reg is None:
+            # §5.4.2.1.1 step 0: no binding for the watched URI
             self.core.counters["subscribe_not_registered"] += 1
-            respond(make_response(request, 403, "Forbidden (not registered)"))
+            respond(make_response(request, 480, "Temporarily Unavailable (not registered)"))
+            return
+        try:
+            asserted = request.name_addrs("p-asserted-identity")
+        except SipParseError:
+            asserted = []
+        watchers = [na.uri for na in asserted] or [remote.uri]
+        if not authorised_watcher(reg, watchers):
+            # §5.4.2.1.1 step 1: a registration's contacts are not everyone's to read
+            self.core.counters["subscribe_forbidden"] += 1
+            respond(make_response(request, 403, "Forbidden (not authorised to watch this IMPU)"))
             return
         expires = (
             self.config.max_expires
