@@ -147,6 +147,52 @@ async def test_slow_handler_error_handler_and_none():
         assert calls == [SCSCF] * 6
 
 
+async def test_plain_function_handler_answers_without_a_task():
+    tasks_seen = []
+
+    def handler(req, peer):
+        tasks_seen.append(asyncio.current_task())
+        if req.user_name == "boom":
+            raise RuntimeError("handler bug")
+        if req.user_name == "none":
+            return None
+        if req.user_name == "bad-answer":
+            return maa_for(req, sip_number_auth_items="one")  # not encodable
+        if req.user_name == "later":
+            return answer_anything(req, peer)  # a coroutine: awaited in a Task
+        return maa_for(req)
+
+    async with pair(handler=handler) as (server, client):
+        created = []
+        loop = asyncio.get_running_loop()
+        factory = loop.get_task_factory()
+
+        def counting(loop, coro, **kwargs):
+            created.append(coro)
+            return factory(loop, coro, **kwargs) if factory else asyncio.Task(coro, loop=loop)
+
+        loop.set_task_factory(counting)
+        try:
+            first = await client.request(mar(user_name="now"))
+            during = len(created)
+            results = await asyncio.gather(
+                client.request(mar(user_name="boom")),
+                client.request(mar(user_name="none")),
+                client.request(mar(user_name="bad-answer")),
+                client.request(mar(user_name="later")),
+            )
+        finally:
+            loop.set_task_factory(factory)
+        assert first.is_success and first.user_name == "now"
+        assert during == 0 and tasks_seen[0] is None  # answered in data_received itself
+        assert [r.result_code for r in results[:3]] == [5012] * 3
+        assert results[3].is_success and results[3].user_name == "later"
+        assert server.counters["handler-error"] == 1
+        assert server.counters["handler-no-answer"] == 1
+        assert server.counters["handler-bad-answer"] == 1
+        assert server.handlers_running == 0
+
+
 async def test_request_timeout_and_failed_on_disconnect():
     async def never(req, peer):
         await asyncio.sleep(20)

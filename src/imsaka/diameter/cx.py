@@ -13,6 +13,15 @@ is 5009 DIAMETER_AVP_OCCURS_TOO_MANY_TIMES; a payload of the wrong size 5014. AV
 not know are ignored (Kamailio adds a vendor-50 Call-Id AVP to SAR).
 
 CK, IK and XRES (or RAND‖AUTS) sit in `SipAuthDataItem` fields with `repr=False`.
+
+Speed (every Cx message of a registration passes here twice, in two processes): each
+class's field table (`_SPEC`) is compiled once into an encoder function of straight-line
+code (`_make_encoder`), and `decode_frame(frame)`, which a `DiameterNode`'s peers use,
+decodes a well-formed frame to its event in one walk over the octets (`_walk`) without
+an Avp tuple per AVP. Both are fast paths of the table-driven reference
+(`codec.decode_message` + `decode`, `_encode_avp_bytes`): any unusual value or octet
+takes the reference path, so the bytes and the errors are the reference's
+(tests/diameter/test_captured.py checks every octet of a real registration's frames).
 """
 
 from __future__ import annotations
@@ -210,6 +219,11 @@ _I32_PACK = codec._I32.pack
 _U32_UNPACK = codec._U32.unpack
 _I32_UNPACK = codec._I32.unpack
 _PADDING = codec._PAD
+_HEADER_PACK = codec._HEADER.pack
+_HEAD_UNPACK_FROM = codec._AVP_HEADER.unpack_from
+_VHEAD_UNPACK_FROM = codec._AVP_VHEADER.unpack_from
+_U32_UNPACK_FROM = codec._U32.unpack_from
+_I32_UNPACK_FROM = codec._I32.unpack_from
 
 
 def _enc_text(value: str | bytes) -> bytes:
@@ -254,39 +268,215 @@ def _encode_avp_bytes(
     return head + data + _PADDING[n & 3]
 
 
-def _encode_into(obj: Any, compiled: tuple, parts: list[bytes]) -> None:
-    append = parts.append
+def _remember(
+    cache: dict, obj: Any, attr: str, enc: Any, v: Any, code: int, vendor: int, flag_word: int
+) -> bytes:
+    found = _encode_avp_bytes(obj, attr, enc, v, code, vendor, flag_word)
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[v] = found
+    return found
+
+
+def _fill_lines(compiled: tuple, ns: dict[str, Any], lines: list[str]) -> None:
+    """Source lines appending the AVPs of the fields in `compiled` to `parts`, in order.
+
+    One straight run of statements per field, constants folded in (see _make_encoder).
+    The common values are encoded inline; anything else (a group, an IntEnum, non-ASCII
+    text, a value out of range or of the wrong type) goes through `_encode_avp_bytes`,
+    which gives the bytes or the LocalProtocolError it always gave."""
     for attr, many, enc, code, vendor, flag_word, cache in compiled:
-        value = getattr(obj, attr)
-        if value is None:
-            continue
-        for v in value if many else (value,):
-            if cache is not None:
-                kind = type(v)
-                if kind is str or kind is int:
-                    found = cache.get(v)
-                    if found is None:
-                        found = _encode_avp_bytes(obj, attr, enc, v, code, vendor, flag_word)
-                        if len(cache) >= _CACHE_MAX:
-                            cache.clear()
-                        cache[v] = found
-                    append(found)
-                    continue
-            append(_encode_avp_bytes(obj, attr, enc, v, code, vendor, flag_word))
+        n = len(ns)
+        ns[f"enc{n}"] = enc
+        args = f'obj, "{attr}", enc{n}, v, {code}, {vendor}, {flag_word}'
+        if many:
+            lines += [f"value = obj.{attr}", "if value is not None:", "    for v in value:"]
+            pad = "        "
+        else:
+            lines += [f"v = obj.{attr}", "if v is not None:"]
+            pad = "    "
+        if cache is not None:
+            ns[f"cache{n}"] = cache
+            # Only the exact type of the field's values is looked up: an IntEnum, a bool,
+            # a bytes or a wrong-typed value takes the ordinary path (and its errors).
+            plain = "str" if enc is _enc_text else "int"
+            lines += [
+                f"{pad}if type(v) is {plain}:",
+                f"{pad}    found = cache{n}.get(v)",
+                f"{pad}    append(found if found is not None else _remember(cache{n}, {args}))",
+                f"{pad}else:",
+                f"{pad}    append(_encode_avp_bytes({args}))",
+            ]
+        elif enc is _enc_text:
+            head = (
+                f"_VHEAD({code}, {flag_word} | (n + 12), {vendor})"
+                if vendor
+                else (f"_HEAD({code}, {flag_word} | (n + 8))")
+            )
+            lines += [
+                f"{pad}data = v if type(v) is bytes else v.encode() if type(v) is str and v.isascii() else None",
+                f"{pad}if data is not None and (n := len(data)) <= 0xFFFFF0:",
+                f"{pad}    append({head} + data + _PADDING[n & 3])",
+                f"{pad}else:",
+                f"{pad}    append(_encode_avp_bytes({args}))",
+            ]
+        elif enc is _U32_PACK or enc is _I32_PACK:
+            # Fixed size: the AVP header is a constant.
+            ns[f"head{n}"] = (
+                _VHEAD(code, flag_word | 16, vendor) if vendor else _HEAD(code, flag_word | 12)
+            )
+            low, high = (0, 0xFFFFFFFF) if enc is _U32_PACK else (-(1 << 31), (1 << 31) - 1)
+            lines += [
+                f"{pad}if type(v) is int and {low} <= v <= {high}:",
+                f"{pad}    append(head{n} + enc{n}(v))",
+                f"{pad}else:",
+                f"{pad}    append(_encode_avp_bytes({args}))",
+            ]
+        else:
+            lines.append(f"{pad}append(_encode_avp_bytes({args}))")
+
+
+def _make_encoder(cls: Any) -> Any:
+    """`fill(obj, parts)` for a grouped class; for a command `body(obj) -> parts`, the
+    AVPs in ABNF order (TS 29.229 §6.1) after an empty slot for the header.
+
+    Generated once per class from its compiled table, like dataclasses writes __init__:
+    per field no table walk, no tuple unpacking, no test of "repeated?" or "cached?"."""
+    ns: dict[str, Any] = {
+        "_encode_avp_bytes": _encode_avp_bytes,
+        "_remember": _remember,
+        "_HEAD": _HEAD,
+        "_VHEAD": _VHEAD,
+        "_PADDING": _PADDING,
+        "_VSAI_BYTES": _VSAI_BYTES,
+        "_AUTH_SESSION_STATE_BYTES": _AUTH_SESSION_STATE_BYTES,
+        "_failed_avp": _failed_avp_bytes,
+    }
+    lines: list[str] = []
+    if not hasattr(cls, "IS_REQUEST"):
+        _fill_lines(cls._ENC, ns, lines)
+        head, tail = "def fill(obj, parts):\n    append = parts.append\n", "    return None\n"
+    else:
+        # Session-Id first (RFC 6733 §8.8), the fixed application AVPs, the result.
+        split = 1 if cls.IS_REQUEST else 2
+        _fill_lines(cls._ENC[:1], ns, lines)
+        lines.append("append(_VSAI_BYTES)")
+        if not cls.IS_REQUEST:
+            _fill_lines(cls._ENC[1:split], ns, lines)
+            lines.append("if obj.experimental_result_code is not None:")
+            lines.append("    append(obj._experimental_result())")
+        lines.append("append(_AUTH_SESSION_STATE_BYTES)")
+        _fill_lines(cls._ENC[split:], ns, lines)
+        if not cls.IS_REQUEST:
+            lines.append("if obj.failed_avp:")
+            lines.append("    append(_failed_avp(obj.failed_avp))")
+        head = 'def body(obj):\n    parts = [b""]\n    append = parts.append\n'
+        tail = "    return parts\n"
+    source = head + "".join(f"    {line}\n" for line in lines) + tail
+    exec(compile(source, f"<imsaka.diameter.cx encoder of {cls.__name__}>", "exec"), ns)
+    return ns["fill"] if "fill" in ns else ns["body"]
+
+
+def _failed_avp_bytes(avps: Any) -> bytes:
+    return codec.FAILED_AVP(list(avps)).encode()
 
 
 def _encode_group(cls: Any, value: Any) -> bytes:
     parts: list[bytes] = []
-    _encode_into(value, cls._ENC, parts)
+    cls._FILL(value, parts)
     return b"".join(parts)
 
 
 def _decode_group(cls: Any, avp: Avp) -> Any:
-    return _decode_fields(cls, codec.decode_avps(avp[3]))
+    data = avp[3]
+    values: dict[str, Any] = {}
+    if _walk(cls._DEC, data, 0, len(data), values, None) and _has_required(cls, values):
+        return cls(**values)
+    # Something unusual: the reference path raises the error it always raised.
+    return _decode_fields(cls, codec.decode_avps(data))
+
+
+def _walk(
+    index: dict, data: bytes, offset: int, end: int, values: dict, marks: dict | None
+) -> bool:
+    """The fields of the AVPs in data[offset:end] into `values`, in one walk without Avp
+    tuples: `codec.decode_avps` and `_decode_fields` in one, for well-formed input only.
+
+    On anything those would refuse (a length out of range, a repeated AVP, bad UTF-8, a
+    wrong size) it returns False, and the caller takes their path for its exact error.
+    Index entries of kind _K_MARK keep the payload of their first AVP in `marks`."""
+    multi: dict[str, list[Any]] | None = None
+    while offset < end:
+        if end - offset < 8:
+            return False
+        if data[offset + 4] & 0x80:  # V bit: code, flags and length, vendor in one unpack
+            if end - offset < 12:
+                return False
+            code, flags_len, vendor = _VHEAD_UNPACK_FROM(data, offset)
+            length = flags_len & 0xFFFFFF
+            if length < 12:
+                return False
+            key = code | (vendor << 32)
+            start = offset + 12
+        else:
+            code, flags_len = _HEAD_UNPACK_FROM(data, offset)
+            length = flags_len & 0xFFFFFF
+            if length < 8:
+                return False
+            key = code
+            start = offset + 8
+        stop = offset + length
+        if stop > end:
+            return False
+        offset += (length + 3) & ~3
+        entry = index.get(key)
+        if entry is None:
+            continue  # unknown AVPs are ignored (see the module docstring)
+        attr, kind, many, decoder = entry
+        if kind == _K_STR:
+            try:
+                value = data[start:stop].decode("utf-8")
+            except UnicodeDecodeError:
+                return False
+        elif kind == _K_U32:
+            if stop - start != 4:
+                return False
+            value = _U32_UNPACK_FROM(data, start)[0]
+        elif kind == _K_I32:
+            if stop - start != 4:
+                return False
+            value = _I32_UNPACK_FROM(data, start)[0]
+        elif kind == _K_BYTES:
+            value = data[start:stop]
+        elif kind == _K_MARK:
+            if attr not in marks:  # type: ignore[operator]
+                marks[attr] = data[start:stop]  # type: ignore[index]
+            continue
+        else:
+            try:
+                value = decoder(Avp(code, key >> 32, flags_len >> 24, data[start:stop]))
+            except RemoteProtocolError:
+                return False
+        if many:
+            if multi is None:
+                multi = {}
+            multi.setdefault(attr, []).append(value)
+        elif attr in values:
+            return False
+        else:
+            values[attr] = value
+    if multi:
+        for attr, items in multi.items():
+            values[attr] = tuple(items)
+    return True
+
+
+def _has_required(cls: Any, values: dict[str, Any]) -> bool:
+    return values.keys() >= cls._REQ_NAMES
 
 
 # Field kinds of the decode index (inlined in _decode_fields: no call per AVP).
-_K_STR, _K_BYTES, _K_U32, _K_I32, _K_GROUP = range(5)
+_K_STR, _K_BYTES, _K_U32, _K_I32, _K_GROUP, _K_MARK = range(6)
 _NO_CACHE_CLASSES: set[str] = {"SipAuthDataItem", "SipDigestAuthenticate"}
 
 
@@ -318,12 +508,19 @@ def _compile(cls: Any) -> None:
     cls._ENC = tuple(enc)
     cls._DEC = dec
     cls._REQ = tuple(req)
+    cls._REQ_NAMES = frozenset(r[0] for r in req)
     if hasattr(cls, "IS_REQUEST"):
-        # encode_body()'s pieces: Session-Id, (answers) Result-Code, the rest.
-        split = 1 if cls.IS_REQUEST else 2
-        cls._ENC_SESSION = cls._ENC[:1]
-        cls._ENC_RESULT = cls._ENC[1:split]
-        cls._ENC_REST = cls._ENC[split:]
+        cls._BODY = staticmethod(_make_encoder(cls))
+        # decode_frame's index: the fields, and the AVPs from_message reads itself.
+        marks = (
+            (AVP_VENDOR_SPECIFIC_APPLICATION_ID, AVP_AUTH_SESSION_STATE)
+            if cls.IS_REQUEST
+            else (AVP_EXPERIMENTAL_RESULT, AVP_FAILED_AVP)
+        )
+        assert not any(code in dec for code in marks)
+        cls._FAST = {**dec, **{code: (code, _K_MARK, False, None) for code in marks}}
+    else:
+        cls._FILL = staticmethod(_make_encoder(cls))
 
 
 def _decode_fields(cls: Any, avps: tuple[Avp, ...], values: dict[str, Any] | None = None) -> Any:
@@ -585,36 +782,26 @@ class _Command:
     FLAGS: ClassVar[int]
     _SPEC: ClassVar[_Spec]
     _ENC: ClassVar[tuple]
-    _ENC_SESSION: ClassVar[tuple]
-    _ENC_RESULT: ClassVar[tuple]
-    _ENC_REST: ClassVar[tuple]
+    _BODY: ClassVar[Any]
     _DEC: ClassVar[dict]
     _REQ: ClassVar[tuple]
 
     def encode_body(self) -> bytes:
         """The AVPs, encoded, in ABNF order (TS 29.229 §6.1): Session-Id first (RFC 6733
         §8.8), the fixed application AVPs, the result, then the command's own AVPs."""
-        parts: list[bytes] = []
-        _encode_into(self, self._ENC_SESSION, parts)
-        parts.append(_VSAI_BYTES)
-        if self.IS_REQUEST:
-            parts.append(_AUTH_SESSION_STATE_BYTES)
-            _encode_into(self, self._ENC_REST, parts)
-        else:
-            _encode_into(self, self._ENC_RESULT, parts)
-            if self.experimental_result_code is not None:  # type: ignore[attr-defined]
-                parts.append(self._experimental_result())  # type: ignore[attr-defined]
-            parts.append(_AUTH_SESSION_STATE_BYTES)
-            _encode_into(self, self._ENC_REST, parts)
-            if self.failed_avp:  # type: ignore[attr-defined]
-                parts.append(codec.FAILED_AVP(list(self.failed_avp)).encode())  # type: ignore[attr-defined]
-        return b"".join(parts)
+        return b"".join(self._BODY(self))
 
     def encode(self, hop_by_hop: int = 0, end_to_end: int = 0) -> bytes:
         """The whole message on the wire."""
-        return codec.encode_parts(
-            self.CODE, self.FLAGS, CX_APPLICATION_ID, hop_by_hop, end_to_end, self.encode_body()
+        parts = self._BODY(self)
+        parts[0] = _HEADER_PACK(
+            0x01000000 | (20 + sum(map(len, parts))),  # version 1, length with the header
+            (self.FLAGS << 24) | self.CODE,
+            CX_APPLICATION_ID,
+            hop_by_hop,
+            end_to_end,
         )
+        return b"".join(parts)
 
     def to_message(self, hop_by_hop: int = 0, end_to_end: int = 0) -> Message:
         """As a `codec.Message` (same bytes as `encode()`)."""
@@ -646,16 +833,22 @@ class _Command:
                         exp = a
                 elif a[0] == AVP_FAILED_AVP and failed is None:
                     failed = a
-        if exp is not None:
-            inner = exp.group
-            for a in inner:
-                if a.code == AVP_EXPERIMENTAL_RESULT_CODE and a.vendor == 0:
-                    extra["experimental_result_code"] = a.u32
-                elif a.code == AVP_VENDOR_ID and a.vendor == 0:
-                    extra["experimental_result_vendor"] = a.u32
-        if failed is not None:
-            extra["failed_avp"] = failed.group
+        _answer_extras(
+            None if exp is None else exp[3], None if failed is None else failed[3], extra
+        )
         return _decode_fields(cls, msg.avps, extra)
+
+
+def _answer_extras(exp: bytes | None, failed: bytes | None, values: dict[str, Any]) -> None:
+    """The fields an answer's Experimental-Result and Failed-AVP payloads give."""
+    if exp is not None:
+        for a in codec.decode_avps(exp):
+            if a.code == AVP_EXPERIMENTAL_RESULT_CODE and a.vendor == 0:
+                values["experimental_result_code"] = a.u32
+            elif a.code == AVP_VENDOR_ID and a.vendor == 0:
+                values["experimental_result_vendor"] = a.u32
+    if failed is not None:
+        values["failed_avp"] = codec.decode_avps(failed)
 
 
 def _check_application_avps(name: str, msg: Message) -> None:
@@ -1077,6 +1270,8 @@ def is_cx(msg: Message) -> bool:
 
 def decode(msg: Message) -> Any:
     """The Cx event for a decoded message (raises RemoteProtocolError as described above)."""
+    if type(msg) is codec.FramedMessage:
+        return msg.event
     cls = _BY_KEY.get((msg.code, msg.is_request))
     if cls is None:
         raise RemoteProtocolError(
@@ -1089,3 +1284,39 @@ def decode(msg: Message) -> Any:
 
 def decode_bytes(data: bytes) -> Any:
     return decode(codec.decode_message(data))
+
+
+def decode_frame(frame: bytes) -> Message:
+    """`codec.decode_message` for the peer of a Cx node: the same checks, errors and
+    result, but a well-formed Cx message is decoded to its event in the same walk and
+    comes back as a `codec.FramedMessage` (its `event` is what `decode` returns; its
+    AVPs are split only if someone reads them). Anything else, or anything unusual in
+    the frame, takes `codec.decode_message` and later `decode`, as before."""
+    code, flags, app_id, hbh, e2e = codec.decode_header(frame)
+    if app_id == CX_APPLICATION_ID and type(frame) is bytes:
+        cls = _BY_KEY.get((code, bool(flags & FLAG_REQUEST)))
+        if cls is not None:
+            event = _decode_plain(cls, frame)
+            if event is not None:
+                return codec.FramedMessage(code, flags, app_id, hbh, e2e, frame, event)
+    return codec.decode_message(frame)
+
+
+def _decode_plain(cls: Any, frame: bytes) -> Any:
+    """`cls.from_message(codec.decode_message(frame))` for a well-formed frame; None if
+    that would raise (see _walk)."""
+    values: dict[str, Any] = {}
+    marks: dict[int, bytes] = {}
+    if not _walk(cls._FAST, frame, codec.HEADER_LENGTH, len(frame), values, marks):
+        return None
+    if cls.IS_REQUEST:
+        if len(marks) != 2:  # Vendor-Specific-Application-Id or Auth-Session-State missing
+            return None
+    else:
+        try:
+            _answer_extras(marks.get(AVP_EXPERIMENTAL_RESULT), marks.get(AVP_FAILED_AVP), values)
+        except RemoteProtocolError:
+            return None
+    if not _has_required(cls, values):
+        return None
+    return cls(**values)

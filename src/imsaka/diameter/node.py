@@ -7,13 +7,14 @@ in with `loop.time()`, messages out, events drained, one `call_at` timer re-arme
 when the core's next deadline moves earlier.
 
 Application side:
-- server: `node.set_request_handler(async fn(request, peer) -> answer)`. For Cx
+- server: `node.set_request_handler(async fn(request, peer) -> answer)`, or a plain
+  function returning the answer (sent at once, without a Task). For Cx
   requests (application 16777216) `request` is the imsaka.diameter.cx dataclass and the
   answer a Cx answer dataclass; other applications get and return `codec.Message`.
   A Cx request missing a mandatory AVP is answered 5005 with Failed-AVP without calling
   the handler. `peer` is the `RemotePeer` (its Origin-Host, realm, addresses).
-  Each request's handler runs in its own Task, so it may await pools, locks and
-  timeouts like any asyncio code.
+  An awaitable a handler returns runs in its own Task, so it may await pools, locks
+  and timeouts like any asyncio code.
 - client: `answer = await node.request(request, peer=None, timeout=5.0)`; raises
   `DiameterRequestError` (reason "disconnected", "no-connection", ...) or
   `DiameterTimeoutError` (also a `TimeoutError`).
@@ -32,6 +33,7 @@ import asyncio
 import logging
 import random
 import time
+import types
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -66,7 +68,8 @@ log = logging.getLogger("imsaka.diameter.node")
 
 DEFAULT_PORT = 3868
 
-RequestHandler = Callable[[Any, RemotePeer], Awaitable[Any]]
+RequestHandler = Callable[[Any, RemotePeer], Awaitable[Any] | Any]
+_COROUTINE = types.CoroutineType
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,7 +391,8 @@ class DiameterNode(Observable):
     # configuration -------------------------------------------------------------------------
 
     def set_request_handler(self, handler: RequestHandler | None) -> None:
-        """`async handler(request, peer) -> answer` for every request a peer sends us."""
+        """`async handler(request, peer) -> answer` for every request a peer sends us; a
+        plain function returning the answer (or an awaitable of it) works too."""
         self._handler = handler
 
     @property
@@ -516,6 +520,15 @@ class DiameterNode(Observable):
             core.cancel_request(hbh)
             raise
         if not is_cx:
+            if type(answer) is not Message:  # a Cx answer to a raw request: a plain one
+                answer = Message(
+                    answer.code,
+                    answer.flags,
+                    answer.app_id,
+                    answer.hop_by_hop,
+                    answer.end_to_end,
+                    answer.avps,
+                )
             return answer
         if answer.code != request.CODE:
             self.counters["answer-wrong-command"] += 1
@@ -590,6 +603,7 @@ class DiameterNode(Observable):
             duplicates=self._duplicates,
             counters=self.counters,
             reopen_hosts=self._reopen_hosts,
+            decode=cx.decode_frame,
         )
 
     def _dispatch_request(self, conn: _Connection, msg: Message) -> None:
@@ -614,17 +628,26 @@ class DiameterNode(Observable):
             request = msg
         remote = conn.core.remote
         assert remote is not None
-        # Always a Task: handlers await database pools and locks that need one
-        # (asyncio.timeout() refuses to run outside a task).
-        task = self._loop.create_task(self._run_handler(conn, msg, handler, request, remote))
+        try:
+            answer = handler(request, remote)
+        except Exception:
+            self.counters["handler-error"] += 1
+            log.exception("diameter request handler failed")
+            conn.send_answer(msg, conn._error(msg, codec.DIAMETER_UNABLE_TO_COMPLY))
+            return
+        if type(answer) is not _COROUTINE and not hasattr(answer, "__await__"):
+            # A plain function's answer: sent at once, no Task.
+            conn.send_answer(msg, answer)
+            return
+        # An awaitable always runs in a Task: handlers await database pools and locks that
+        # need one (asyncio.timeout() refuses to run outside a task).
+        task = self._loop.create_task(self._run_handler(conn, msg, answer))
         self._handler_tasks.add(task)
         task.add_done_callback(self._handler_tasks.discard)
 
-    async def _run_handler(
-        self, conn: _Connection, msg: Message, handler: Any, request: Any, remote: Any
-    ) -> None:
+    async def _run_handler(self, conn: _Connection, msg: Message, pending: Awaitable[Any]) -> None:
         try:
-            answer = await handler(request, remote)
+            answer = await pending
         except asyncio.CancelledError:
             raise
         except Exception:

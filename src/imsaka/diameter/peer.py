@@ -33,7 +33,7 @@ import heapq
 import logging
 import random
 from collections import Counter, OrderedDict
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import Enum
 
@@ -420,14 +420,22 @@ class PeerConnection:
         duplicates: DuplicateCache | None = None,
         counters: Counter[str] | None = None,
         reopen_hosts: Collection[str] = (),
+        decode: Callable[[bytes], Message] = codec.decode_message,
     ) -> None:
         self.config = config
+        # Turns a frame into a Message with the checks and errors of codec.decode_message
+        # (a node serving Cx passes cx.decode_frame, which decodes the Cx event as well).
+        self._decode = decode
         self.reopen_hosts = reopen_hosts
         self.initiator = initiator
         # DiameterIdentity is an FQDN: compared without regard to case.
         self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
         self.expected_host = expected_host
         self._rng = rng or random.Random()
+        self._random = self._rng.random
+        self._tw_base = config.watchdog_interval
+        jitter = min(2.0, config.watchdog_interval / 10)
+        self._tw_low, self._tw_span = -jitter, jitter - -jitter
         self.ids = ids or IdGenerator(self._rng, now)
         self.duplicates = (
             duplicates if duplicates is not None else DuplicateCache(config.duplicate_window)
@@ -607,7 +615,7 @@ class PeerConnection:
 
     def _receive_frame(self, frame: bytes, now: float) -> None:
         try:
-            msg = codec.decode_message(frame)
+            msg = self._decode(frame)
         except RemoteProtocolError as exc:
             self._undecodable(frame, exc, now)
             return
@@ -908,9 +916,9 @@ class PeerConnection:
     # --- helpers ---------------------------------------------------------------------------
 
     def _tw(self) -> float:
-        tw = self.config.watchdog_interval
-        jitter = min(2.0, tw / 10)
-        return tw + self._rng.uniform(-jitter, jitter)
+        # Tw ± jitter, as tw + rng.uniform(-jitter, jitter) computes it (bit for bit),
+        # without its call: every received message sets the timer again.
+        return self._tw_base + (self._tw_low + self._tw_span * self._random())
 
     def _terminate(self, reason: str, cause: int | None = None) -> None:
         self.state = S.CLOSED
