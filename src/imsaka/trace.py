@@ -447,6 +447,9 @@ class Trace:
         self._recent_out: dict[tuple[Address, Address, bytes], int] = {}
         self._recent_order: deque[tuple[Address, Address, bytes]] = deque()
         self._owner_of: dict[Address, str] = {}
+        # Records whose receiver had no name when recorded, by (src, dst, payload): the
+        # receiver's own report names it (`_name_receiver`); bounded like the dedup.
+        self._unnamed: dict[tuple[Address, Address, bytes], int] = {}
         self._lock = threading.Lock()
 
     def name(self, addr: Address, owner: str = "") -> str:
@@ -494,22 +497,17 @@ class Trace:
                     else:
                         self._recent_out[key] = n - 1
                     self._fill_inner(event)
-                    if event.owner:
-                        self._name_receiver(key, _display_owner(event.owner))
+                    if event.owner and self._unnamed:
+                        self._name_receiver(key, event.owner)
                     return
         if self.pcap is not None:
             self.pcap.write(event)
         self._record(event)
 
     def _name_receiver(self, key: tuple[Address, Address, bytes], owner: str) -> None:
-        src, dst, payload = key
-        unnamed = _fmt_addr(dst)
-        for i in range(len(self.records) - 1, max(-1, len(self.records) - 64), -1):
-            rec = self.records[i]
-            if rec.payload == payload and tuple(rec.src[:2]) == src and tuple(rec.dst[:2]) == dst:
-                if rec.dst_name == unnamed:
-                    self.records[i] = replace(rec, dst_name=owner)
-                return
+        i = self._unnamed.pop(key, None)
+        if i is not None and i < len(self.records):
+            self.records[i] = replace(self.records[i], dst_name=_display_owner(owner))
 
     def _fill_inner(self, event: WireEvent) -> None:
         if event.protocol != "esp" or not event.inner:
@@ -577,6 +575,14 @@ class Trace:
             )
             if self.keep and len(self.records) < self._max:
                 self.records.append(record)
+                dst = (event.dst[0], event.dst[1])
+                if event.direction == "out" and dst not in self.names and dst not in self._owner_of:
+                    unnamed = self._unnamed
+                    if len(unnamed) >= self._DEDUP_WINDOW:
+                        unnamed.clear()  # receivers that never reported: forget them
+                    unnamed[((event.src[0], event.src[1]), dst, event.payload)] = (
+                        len(self.records) - 1
+                    )
         if self.live is not None:
             self.live(record)
 
