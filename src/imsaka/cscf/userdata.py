@@ -8,8 +8,9 @@ the XML text in the registration.
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+
+from imsaka.xmlsafe import parse_untrusted
 
 __all__ = ["PublicIdentity", "UserDataError", "associated_uris", "parse_user_data"]
 
@@ -38,16 +39,9 @@ def parse_user_data(xml: str | bytes) -> tuple[str, list[PublicIdentity]]:
     registration's (a first registration, a changed profile), where a cache would not
     hit but would hold every document and its parse per registered UE.
     """
-    if len(xml) > MAX_USER_DATA:
-        raise UserDataError("User-Data larger than 256 KiB")
     if isinstance(xml, str):
         xml = xml.encode("utf-8")
-    if b"<!DOCTYPE" in xml or b"<!ENTITY" in xml:
-        raise UserDataError("User-Data with a DOCTYPE or entity declarations is refused")
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError as exc:
-        raise UserDataError(f"User-Data is not well-formed XML ({exc})") from None
+    root = parse_untrusted(xml, limit=MAX_USER_DATA, what="User-Data", error=UserDataError)
     if _local(root.tag) != "IMSSubscription":
         raise UserDataError(f"User-Data root is <{_local(root.tag)}>, not <IMSSubscription>")
     private_id = ""

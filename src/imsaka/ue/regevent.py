@@ -19,6 +19,8 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from imsaka.xmlsafe import parse_untrusted
+
 if TYPE_CHECKING:
     from xml.etree import ElementTree
 
@@ -127,18 +129,7 @@ def _local(tag: str) -> str:
 def parse_reginfo(body: bytes) -> Reginfo:
     """An ``application/reginfo+xml`` body (RFC 3680 §5.3) → `Reginfo`; ReginfoError for
     an oversize body, a DTD, bad XML or a document outside the schema's required parts."""
-    if len(body) > MAX_REGINFO:
-        raise ReginfoError(f"reginfo of {len(body)} octets (limit {MAX_REGINFO})")
-    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
-        raise ReginfoError("reginfo with a document type declaration")
-    # Imported on the first NOTIFY: a process of UEs that never subscribe (a load
-    # test) does not pay for loading the XML modules.
-    from xml.etree import ElementTree
-
-    try:
-        root = ElementTree.fromstring(body)
-    except ElementTree.ParseError as exc:
-        raise ReginfoError(f"reginfo is not well-formed XML ({exc})") from None
+    root = parse_untrusted(body, limit=MAX_REGINFO, what="reginfo", error=ReginfoError)
     if root.tag != f"{_NS}reginfo":
         raise ReginfoError(f"root element {root.tag!r} is not reginfo")
     version = _int_attr(root, "version", required=True)
