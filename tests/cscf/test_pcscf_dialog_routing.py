@@ -21,7 +21,7 @@ from imsaka.cscf.pcscf import (
     Reply,
 )
 from imsaka.sip import Request, Response, make_response, parse_message
-from tests.e2e.test_pcscf_core import ICSCF, PACKET1, core
+from tests.e2e.test_pcscf_core import ICSCF, PACKET1, core, packet8
 
 SCSCF = ("127.0.0.1", 5080)
 UE_C = ("127.0.0.1", 2468)  # the UE's protected client port (Security-Client port-c)
@@ -51,17 +51,7 @@ def registered(**kw) -> tuple[PcscfCore, InstallSecurityAssociations, list]:
     acts = p.receive_response(_reparse(c401), ICSCF, 1.0)
     inst = next(a for a in acts if isinstance(a, InstallSecurityAssociations))
     r7 = next(a for a in acts if isinstance(a, Reply)).message
-    p8 = (
-        PACKET1.replace('nonce=""', 'nonce="AAAA", algorithm=AKAv1-MD5')
-        .replace('response=""', 'response="6629fae49393a05397450978507c4ef1"')
-        .replace("CSeq: 1", "CSeq: 2")
-        .replace("z9hG4bKnashds7", "z9hG4bKsecond")
-        .replace(
-            "\r\nRequire: sec-agree\r\n",
-            f"\r\nSecurity-Verify: {r7.get('Security-Server')}\r\nRequire: sec-agree\r\n",
-            1,
-        )
-    )
+    p8 = packet8(r7)
     (fwd9,) = p.receive_request(parse_message(p8.encode()), Arrival(UE_C, spi=inst.sa.spi_ps), 2.0)
     ok = make_response(
         _reparse(fwd9.message),

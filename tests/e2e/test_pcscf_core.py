@@ -40,6 +40,23 @@ PACKET1 = (
 )
 
 
+def packet8(r7) -> str:
+    """Packet 8 of the seed: PACKET1 answering the challenge of `r7` (the 401 the UE
+    got), with the RES response, CSeq 2, a new branch and `r7`'s Security-Server
+    mirrored in Security-Verify."""
+    return (
+        PACKET1.replace('nonce=""', 'nonce="AAAA", algorithm=AKAv1-MD5')
+        .replace('response=""', 'response="6629fae49393a05397450978507c4ef1"')
+        .replace("CSeq: 1", "CSeq: 2")
+        .replace("z9hG4bKnashds7", "z9hG4bKsecond")
+        .replace(
+            "\r\nRequire: sec-agree\r\n",
+            f"\r\nSecurity-Verify: {r7.get('Security-Server')}\r\nRequire: sec-agree\r\n",
+            1,
+        )
+    )
+
+
 def core(**kw) -> PcscfCore:
     cfg = PcscfConfig(
         name="pcscf1.visited1.net",
@@ -94,17 +111,7 @@ def test_packet2_and_packet7_and_packet13():
     assert inst.sa.ck == bytes.fromhex("ffeeddccbbaa11223344556677889900")
     assert (inst.sa.spi_uc, inst.sa.port_uc, inst.sa.port_us) == (23456789, 2468, 1357)
     # packet 8 over the temporary SA
-    p8 = (
-        PACKET1.replace('nonce=""', 'nonce="AAAA", algorithm=AKAv1-MD5')
-        .replace('response=""', 'response="6629fae49393a05397450978507c4ef1"')
-        .replace("CSeq: 1", "CSeq: 2")
-        .replace("z9hG4bKnashds7", "z9hG4bKsecond")
-    )
-    p8 = p8.replace(
-        "\r\nRequire: sec-agree\r\n",
-        f"\r\nSecurity-Verify: {r7.get('Security-Server')}\r\nRequire: sec-agree\r\n",
-        1,
-    )
+    p8 = packet8(r7)
     assert "Security-Verify" in p8
     # seed step 6: the same REGISTER in the clear is dropped
     acts = p.receive_request(parse_message(p8.encode()), Arrival(UE), 2.0)

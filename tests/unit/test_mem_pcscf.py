@@ -99,7 +99,7 @@ def test_a_retransmitted_register_gets_the_same_answer_until_timer_f():
 
 def test_one_deadline_entry_per_registration_and_both_deadlines_still_fire():
     from tests.e2e.test_pcscf_core import ICSCF as UP
-    from tests.e2e.test_pcscf_core import PACKET1
+    from tests.e2e.test_pcscf_core import PACKET1, packet8
     from tests.e2e.test_pcscf_core import core as seed_core
 
     from imsaka.cscf.pcscf import InstallSecurityAssociations, ReleaseSecurityAssociations
@@ -111,17 +111,7 @@ def test_one_deadline_entry_per_registration_and_both_deadlines_still_fire():
     acts = p.receive_response(parse_message(c401.to_bytes()), UP, 1.0)
     inst = next(a for a in acts if isinstance(a, InstallSecurityAssociations))
     r7 = next(a for a in acts if isinstance(a, Reply)).message
-    p8 = (
-        PACKET1.replace('nonce=""', 'nonce="AAAA", algorithm=AKAv1-MD5')
-        .replace('response=""', 'response="6629fae49393a05397450978507c4ef1"')
-        .replace("CSeq: 1", "CSeq: 2")
-        .replace("z9hG4bKnashds7", "z9hG4bKsecond")
-        .replace(
-            "\r\nRequire: sec-agree\r\n",
-            f"\r\nSecurity-Verify: {r7.get('Security-Server')}\r\nRequire: sec-agree\r\n",
-            1,
-        )
-    )
+    p8 = packet8(r7)
     ue_c = ("127.0.0.1", 2468)
     (fwd9,) = p.receive_request(parse_message(p8.encode()), Arrival(ue_c, spi=inst.sa.spi_ps), 2.0)
     ok = make_response(
