@@ -25,20 +25,18 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
+from imsaka import ports
 from imsaka.diameter import loadgen
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return ports.free_port("127.0.0.1", udp=False, tcp=True)
 
 
 # --- servers (run in the child) ------------------------------------------------------------

@@ -73,6 +73,7 @@ if str(BENCH) not in sys.path:
     sys.path.insert(0, str(BENCH))
 
 from _forwarders import cpu_seconds, install_uvloop, run_baseline  # noqa: E402
+from imsaka import ports  # noqa: E402
 
 HOST = "127.0.0.1"
 DOMAIN = "home1.net"
@@ -91,20 +92,9 @@ def log(msg: str) -> None:
 
 
 def free_port(kind: int = socket.SOCK_DGRAM, both: bool = False) -> int:
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, kind) as s:
-            s.bind((HOST, 0))
-            port = s.getsockname()[1]
-        if not both:
-            return port
-        other = socket.SOCK_STREAM if kind == socket.SOCK_DGRAM else socket.SOCK_DGRAM
-        with socket.socket(socket.AF_INET, other) as s:
-            try:
-                s.bind((HOST, port))
-            except OSError:
-                continue
-        return port
-    raise OSError("no free port")
+    udp = both or kind == socket.SOCK_DGRAM
+    tcp = both or kind == socket.SOCK_STREAM
+    return ports.free_port(HOST, udp=udp, tcp=tcp)
 
 
 def percentile(values: list[float], q: float) -> float | None:

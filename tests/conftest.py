@@ -8,16 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from imsaka import ports
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DATA = Path(__file__).resolve().parent / "data"
 
 
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
-    """A port the kernel just handed out on loopback (UDP or TCP)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, kind) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A loopback port free now for `kind`, outside the kernel's ephemeral range."""
+    return ports.free_port(host, udp=kind == socket.SOCK_DGRAM, tcp=kind == socket.SOCK_STREAM)
 
 
 @pytest.fixture

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from imsaka.config import ImsConfig, parse_config
+from imsaka.ports import free_port
 from imsaka.trace import PcapWriter, Trace
-from imsaka.ue.client import free_udp_port
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,6 @@ __all__ = [
     "NetworkOptions",
     "TestSubscriber",
     "dump_toml",
-    "free_tcp_port",
     "make_subscribers",
 ]
 
@@ -46,31 +45,6 @@ HOME_DOMAIN = "home1.net"
 # Metrics ports of the processes mode, from NetworkOptions.metrics_port upwards.
 METRICS_ORDER = ("pcscf", "icscf", "scscf", "hss")
 VISITED_NETWORK_ID = "Visited Network Number 1"
-
-
-def free_tcp_port(host: str = "127.0.0.1") -> int:
-    import socket
-
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _free_both(host: str) -> int:
-    """A port free for UDP and TCP alike (the CSCFs listen on both)."""
-    for _ in range(50):
-        port = free_udp_port(host)
-        import socket
-
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                continue
-        return port
-    raise OSError("no free port for UDP and TCP")
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,14 +185,15 @@ class Network:
         h = o.host
         pcscf_name = "pcscf1.visited1.net" if o.visited else "pcscf1.home1.net"
         visited_id = o.visited_network_id or (VISITED_NETWORK_ID if o.visited else HOME_DOMAIN)
-        hss_port = free_tcp_port(h)
-        icscf_port = _free_both(h)
-        scscf_port = _free_both(h)
-        pcscf_port = o.pcscf_port or _free_both(h)
-        port_c = o.pcscf_port_c or free_udp_port(h)
-        port_s = o.pcscf_port_s or free_udp_port(h)
+        hss_port = free_port(h, udp=False, tcp=True)
+        # The CSCFs listen on UDP and TCP alike.
+        icscf_port = free_port(h, tcp=True)
+        scscf_port = free_port(h, tcp=True)
+        pcscf_port = o.pcscf_port or free_port(h, tcp=True)
+        port_c = o.pcscf_port_c or free_port(h)
+        port_s = o.pcscf_port_s or free_port(h)
         while port_s in (port_c, pcscf_port):
-            port_s = free_udp_port(h)
+            port_s = free_port(h)
         if self.options.database:
             database = self.options.database
         else:

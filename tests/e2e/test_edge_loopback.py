@@ -7,8 +7,9 @@ import asyncio
 
 from imsaka.config import NetworkConfig, PcscfConfig, PcscfRoute
 from imsaka.cscf.pcscf_server import PcscfServer
+from imsaka.ports import free_port
 from imsaka.trace import Trace
-from imsaka.ue.client import UeClient, free_udp_port
+from imsaka.ue.client import UeClient
 from imsaka.ue.config import UeConfig
 
 from .fake_registrar import FakeRegistrar
@@ -22,9 +23,9 @@ async def _network(trace, sec_agree="required"):
     raddr = await reg.start()
     cfg = PcscfConfig(
         name="pcscf1.visited1.net",
-        port=free_udp_port("127.0.0.1"),
-        port_c=free_udp_port("127.0.0.1"),
-        port_s=free_udp_port("127.0.0.1"),
+        port=free_port("127.0.0.1"),
+        port_c=free_port("127.0.0.1"),
+        port_s=free_port("127.0.0.1"),
         sec_agree=sec_agree,
         routes=(PcscfRoute(domain="home1.net", icscf=f"sip:127.0.0.1:{raddr[1]}"),),
     )

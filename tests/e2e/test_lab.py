@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from imsaka.ue.client import UeClient, free_udp_port
+from imsaka.ports import free_port
+from imsaka.ue.client import UeClient
 from imsaka.ue.config import UeConfig
 
 pytestmark = pytest.mark.slow
@@ -164,9 +165,7 @@ def four_free_ports() -> int:
     import socket
 
     for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            first = s.getsockname()[1]
+        first = free_port("127.0.0.1", udp=False, tcp=True)
         if first + 3 > 65535:
             continue
         socks = []
@@ -263,7 +262,7 @@ async def test_lab_sipp_as_ue_without_sec_agree(tmp_path):
         for _attempt in range(3):
             sipp = await asyncio.create_subprocess_exec(
                 "sipp", f"{addr[0]}:{addr[1]}", "-sf", str(scenario), "-m", "1", "-i", "127.0.0.1",
-                "-p", str(free_udp_port("127.0.0.1")), "-timeout", "15", "-timeout_error", "-nostdin",
+                "-p", str(free_port("127.0.0.1")), "-timeout", "15", "-timeout_error", "-nostdin",
                 "-au", "dave@home1.net", cwd=tmp_path,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip

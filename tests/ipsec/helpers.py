@@ -16,17 +16,16 @@ from imsaka.ipsec import (
     parse_security_header,
     ue_choose_server_mechanism,
 )
+from imsaka.ports import free_port
 
 IK = bytes.fromhex("f769bcd751044604127672711c6d3441")  # TS 35.208 test set 1
 CK = bytes.fromhex("b40ba9a3c58b2a05bbf0d987b21bf8cb")
 
 
 def free_udp_ports(n: int, host: str = "127.0.0.1", step: int = 1) -> list[int]:
-    """`n` UDP ports starting at a kernel-chosen one, spaced `step` apart, all bindable now."""
+    """`n` UDP ports from a free one below the ephemeral range, `step` apart, bindable now."""
     for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind((host, 0))
-            base = s.getsockname()[1]
+        base = free_port(host)
         if base + n * step > 65000:
             continue
         ports = [base + i * step for i in range(n)]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,15 +60,7 @@ from imsaka.wire import Observer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["UeClient", "UeResult", "free_udp_port"]
-
-
-def free_udp_port(host: str) -> int:
-    """A UDP port the kernel just handed out (bound again by the backend at SA setup)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+__all__ = ["UeClient", "UeResult"]
 
 
 @dataclass(slots=True)

@@ -1,0 +1,49 @@
+"""imsaka.ports: configuration ports that a bind to port 0 can never take."""
+
+import socket
+
+import pytest
+
+from imsaka import ports
+
+
+def test_ports_lie_below_the_ephemeral_range_and_bind_for_udp_and_tcp():
+    low = ports._ephemeral_low()
+    seen = set()
+    for _ in range(50):
+        p = ports.free_port("127.0.0.1", tcp=True)
+        assert ports._LOWEST <= p < low
+        seen.add(p)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", p))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind(("127.0.0.1", p))
+    assert len(seen) == 50  # never the same port twice in one run
+
+
+def test_a_port_in_use_is_not_handed_out(monkeypatch):
+    taken = ports.free_port("127.0.0.1")
+    held = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    held.bind(("127.0.0.1", taken))
+    try:
+        forced = iter([taken] * 5 + [taken + 1 if taken + 1 < 32768 else taken - 1])
+        monkeypatch.setattr(ports, "_recent_set", set())
+        monkeypatch.setattr(ports._rng, "randrange", lambda a, b: next(forced))
+        assert ports.free_port("127.0.0.1") != taken
+    finally:
+        held.close()
+
+
+def test_a_low_ephemeral_range_falls_back_to_the_kernels_choice(monkeypatch, tmp_path):
+    f = tmp_path / "range"
+    f.write_text("10000\t60999\n")
+    monkeypatch.setattr(ports, "_RANGE_FILE", f)
+    p = ports.free_port("127.0.0.1")
+    assert p >= 10000
+
+
+@pytest.mark.parametrize("host", ["::1"])
+def test_ipv6_loopback(host):
+    p = ports.free_port(host)
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as u:
+        u.bind((host, p))
