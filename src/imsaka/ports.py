@@ -3,10 +3,12 @@
 A port that the kernel hands out for a bind to port 0 and that is then released can be
 handed out again to the next socket bound to port 0 before its owner binds it for real:
 a P-CSCF configured with such a port-c failed with EADDRINUSE when a UE or a Diameter
-client of the same run took it in between. Ports are therefore drawn from below the
-kernel's ephemeral range (``net.ipv4.ip_local_port_range``), which no port-0 bind ever
-takes, and each is checked by binding it. The process also remembers what it handed out
-recently, so two callers in one run never get the same port.
+client of the same run took it in between. Ports are therefore drawn from 8200-11999,
+below the kernel's ephemeral range (``net.ipv4.ip_local_port_range``, which no port-0
+bind ever takes) and clear of the fixed UE port pools of tests/e2e/test_load.py
+(12000-19998) and benchmarks/registration.py (20000-32000): UDP SO_REUSEADDR would let
+a UE share a core port silently. Each port is checked by binding it, and the process
+remembers what it handed out recently, so two callers in one run never get the same port.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from pathlib import Path
 
 __all__ = ["free_port"]
 
-_LOWEST = 20000
+_LOWEST = 8200
+_HIGHEST = 12000  # exclusive
 _RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _rng = random.Random()  # its own state: a test that seeds `random` must not repeat ports
 _recent: deque[int] = deque(maxlen=4096)
@@ -61,13 +64,13 @@ def free_port(host: str = "127.0.0.1", *, udp: bool = True, tcp: bool = False) -
     kinds = tuple(k for k, on in ((socket.SOCK_DGRAM, udp), (socket.SOCK_STREAM, tcp)) if on) or (
         socket.SOCK_DGRAM,
     )
-    high = _ephemeral_low()
+    high = min(_HIGHEST, _ephemeral_low())
     if high - _LOWEST >= 1000:
         for _ in range(200):
             port = _rng.randrange(_LOWEST, high)
             if port not in _recent_set and _bindable(host, port, kinds):
                 return _remember(port)
-    # A machine whose ephemeral range starts low: let the kernel choose.
+    # A machine whose ephemeral range starts below 9200: let the kernel choose.
     for _ in range(200):
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, kinds[0]) as s:
