@@ -96,14 +96,14 @@ def start(*args: str) -> subprocess.Popen:
     )
 
 
-async def wait_line(proc: subprocess.Popen, word: str, timeout: float = 20.0) -> str:
+async def wait_line(proc: subprocess.Popen, word: str, timeout: float = 60.0) -> str:
     loop = asyncio.get_running_loop()
     line = await asyncio.wait_for(loop.run_in_executor(None, proc.stdout.readline), timeout)
     assert word in line, (line, proc.stderr.read() if proc.poll() is not None else "")
     return line
 
 
-async def wait_tcp(port: int, timeout: float = 20.0) -> None:
+async def wait_tcp(port: int, timeout: float = 60.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         try:

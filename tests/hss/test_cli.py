@@ -108,11 +108,13 @@ def test_import_10k_rows_is_fast(capsys, db, tmp_path):
         fh.write("impu,impi,opc,op,k,amf\n")  # columns in any order; no sqn column
         for i in range(10_000):
             fh.write(f"sip:n{i}@home1.net,n{i}@home1.net,{OPC},,{K},\n")
-    start = time.monotonic()
+    # CPU time of this process (all its threads), not wall clock: a loaded machine
+    # stretched the wall-clock figure past its bound while the work stayed the same.
+    start = time.process_time()
     rc, out, _ = run(capsys, "hss", "import", str(path), "--db", db)
-    elapsed = time.monotonic() - start
+    cpu = time.process_time() - start
     assert rc == 0 and "imported 10000" in out
-    assert elapsed < 10  # 100,000 rows measured at ~9 s on this machine (README)
+    assert cpu < 10  # 100,000 rows measured at ~9 s on this machine (README)
 
 
 def test_import_header_errors(capsys, db, tmp_path):
