@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import heapq
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 from imsaka.cscf.registrar import Registration
@@ -82,9 +81,10 @@ def authorised_watcher(reg: Registration, watchers: list[str]) -> bool:
 _ROUTE_SETS = SharedTuples()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class RegSubscription:
-    """One reg-event subscription (a dialog created by SUBSCRIBE, RFC 6665 §4.2)."""
+    """One reg-event subscription (a dialog created by SUBSCRIBE, RFC 6665 §4.2). Compared
+    by identity: it is the state of one dialog, not a value."""
 
     impu: str
     """The IMPU whose registration is watched (Request-URI / To of the SUBSCRIBE)."""
@@ -101,90 +101,128 @@ class RegSubscription:
     expires_at: float
     cseq: int = 0
     version: int = 0
-    timer: Any = field(default=None, compare=False, repr=False)
-    """Its live entry, (deadline, seq), in the expiry heap of `RegSubscriptions`, or None."""
+    timer: float | None = field(default=None, repr=False)
+    """When its live entry in the expiry heap of `RegSubscriptions` is due, or None."""
+    _queued: float | None = field(default=None, init=False, repr=False)
+    # the key of its entry in that heap (the subscription is the entry), live or stale
+    _next: RegSubscription | None = field(default=None, init=False, repr=False)
+    # the next subscription to the same IMPU (`RegSubscriptions` chains them)
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.call_id, self.remote_tag)
+
+    def __lt__(self, other: RegSubscription) -> bool:  # the expiry heap's order
+        return self._queued < other._queued  # type: ignore[operator]
+
+
+def _share(text: str, same: Iterable[str]) -> str:
+    """`text` as one string object with an equal one in `same` (the registration's own
+    IMPU or contact), else the interned one (a P-CSCF's URIs, repeated per UE)."""
+    for candidate in same:
+        if candidate == text:
+            return candidate
+    return sys.intern(text)
 
 
 class RegSubscriptions:
     """Subscriptions by IMPU, bounded by the registrations (they end with them), and
     their expiries (RFC 6665 §4.2.2).
 
-    An IMPU has one or two subscribers (its P-CSCF, its UE): they are kept in a short
-    list per IMPU (a dict per IMPU costs four times the memory, for every registered
-    UE), and the URIs every subscription of one P-CSCF repeats are one string object.
+    An IMPU has one or two subscribers (its P-CSCF, its UE): they are chained from the
+    IMPU's entry (`_next`), oldest first, with no list or dict per IMPU; the URIs every
+    subscription of one P-CSCF repeats are one string object, and a UE's own From and
+    Contact URIs the registration's IMPU and contact strings.
 
-    Expiries: one heap of (deadline, seq, subscription) for all of them, so the edge
-    needs one timer (at `next_deadline()`) instead of one per subscription (~0.3 KiB per
-    registered UE). A subscription's live entry is `sub.timer`; an entry that is not is
-    stale and skipped. A refresh that moves the expiry later keeps the earlier entry
-    (the subscription is armed again when it surfaces), so refreshes do not pile up."""
+    Expiries: one heap for all of them, so the edge needs one timer (at
+    `next_deadline()`) instead of one per subscription. The subscriptions are the heap's
+    entries themselves (ordered by `_queued`), one at most each: a live one (`timer`
+    set) or a stale one, left by a subscription that ended, skipped when it surfaces and
+    dropped once the stale are the majority. A refresh that moves the expiry later keeps
+    the entry (the subscription is armed again when it surfaces); one that moves it
+    earlier moves the entry up."""
 
-    __slots__ = ("_by_impu", "_count", "_heap", "_seq", "_stale", "armed")
+    __slots__ = ("_by_impu", "_count", "_heap", "_stale", "armed")
 
     def __init__(self) -> None:
-        self._by_impu: dict[str, list[RegSubscription]] = {}
+        self._by_impu: dict[str, RegSubscription] = {}
         self._count = 0
-        self._heap: list[tuple[float, int, RegSubscription]] = []
-        self._seq = 0
+        self._heap: list[RegSubscription] = []
         self._stale = 0
         self.armed = 0
         """Subscriptions with a live expiry entry."""
 
-    def _find(self, subs: list[RegSubscription], key: tuple[str, str]) -> int:
-        for i, s in enumerate(subs):
-            if s.call_id == key[0] and s.remote_tag == key[1]:
-                return i
-        return -1
-
     def get(self, impu: str, key: tuple[str, str]) -> RegSubscription | None:
         """The subscription of dialog `key` (Call-ID, subscriber's tag) to `impu`."""
-        subs = self._by_impu.get(impu)
-        if not subs:
-            return None
-        i = self._find(subs, key)
-        return subs[i] if i >= 0 else None
+        call_id, remote_tag = key
+        s = self._by_impu.get(impu)
+        while s is not None:
+            if s.call_id == call_id and s.remote_tag == remote_tag:
+                return s
+            s = s._next
+        return None
 
-    def add(self, sub: RegSubscription) -> RegSubscription:
-        """Store a new subscription, or refresh the existing one of the same dialog."""
-        subs = self._by_impu.setdefault(sub.impu, [])
-        i = self._find(subs, sub.key)
-        if i >= 0:
-            old = subs[i]
+    def add(
+        self, sub: RegSubscription, registration: Registration | None = None
+    ) -> RegSubscription:
+        """Store a new subscription, or refresh the existing one of the same dialog.
+        `registration` (the watched one) lends its strings to the subscriber's URIs."""
+        contacts: Iterable[str] = registration.contacts if registration is not None else ()
+        old = self.get(sub.impu, sub.key)
+        if old is not None:
             old.expires_at = sub.expires_at
             # SUBSCRIBE is a target refresh request (RFC 6665 §4.1.2.1; RFC 3261
             # §12.2.2): its Contact is the remote target from now on; the route set
             # stays the one of the dialog's creation.
             if old.remote_target != sub.remote_target:
-                old.remote_target = sys.intern(sub.remote_target)
+                old.remote_target = _share(sub.remote_target, contacts)
             return old
-        sub.remote_uri = sys.intern(sub.remote_uri)
-        sub.remote_target = sys.intern(sub.remote_target)
+        if registration is not None:
+            sub.remote_uri = _share(sub.remote_uri, (registration.impu, *registration.associated))
+        else:
+            sub.remote_uri = sys.intern(sub.remote_uri)
+        sub.remote_target = _share(sub.remote_target, contacts)
         sub.route_set = _ROUTE_SETS.share(sub.route_set)
-        subs.append(sub)
+        sub._next = None
+        tail = self._by_impu.get(sub.impu)
+        if tail is None:
+            self._by_impu[sub.impu] = sub
+        else:
+            while tail._next is not None:
+                tail = tail._next
+            tail._next = sub
         self._count += 1
         return sub
 
     def remove(self, sub: RegSubscription) -> None:
         """End `sub`: it leaves the table and its expiry with it."""
         self.disarm(sub)
-        subs = self._by_impu.get(sub.impu)
-        if subs is not None:
-            i = self._find(subs, sub.key)
-            if i >= 0:
-                del subs[i]
+        call_id, remote_tag = sub.key
+        prev = None
+        s = self._by_impu.get(sub.impu)
+        while s is not None:
+            if s.call_id == call_id and s.remote_tag == remote_tag:
+                if prev is not None:
+                    prev._next = s._next
+                elif s._next is not None:
+                    self._by_impu[sub.impu] = s._next
+                else:
+                    del self._by_impu[sub.impu]
+                s._next = None
                 self._count -= 1
-            if not subs:
-                del self._by_impu[sub.impu]
+                return
+            prev, s = s, s._next
 
     def pop_impu(self, impu: str) -> list[RegSubscription]:
         """Every subscription to `impu`, removed with its expiry (the registration ended)."""
-        subs = self._by_impu.pop(impu, [])
+        subs = []
+        s = self._by_impu.pop(impu, None)
+        while s is not None:
+            subs.append(s)
+            s = s._next
         self._count -= len(subs)
         for sub in subs:
+            sub._next = None
             self.disarm(sub)
         return subs
 
@@ -192,17 +230,33 @@ class RegSubscriptions:
 
     def arm(self, sub: RegSubscription) -> None:
         """Make sure `sub` surfaces from `pop_due` by its `expires_at`."""
+        deadline = sub.expires_at
         live = sub.timer
         if live is not None:
-            if live[0] <= sub.expires_at:
+            if live <= deadline:
                 return
-            self._stale += 1
         else:
             self.armed += 1
-        self._seq += 1
-        sub.timer = (sub.expires_at, self._seq)
-        heapq.heappush(self._heap, (sub.expires_at, self._seq, sub))
-        self._compact()
+            queued = sub._queued
+            if queued is None:
+                sub.timer = sub._queued = deadline
+                heapq.heappush(self._heap, sub)
+                return
+            self._stale -= 1  # its stale entry is live again
+            if queued <= deadline:
+                sub.timer = queued
+                return
+        # due earlier than its entry: the entry moves up (a refresh to a shorter expiry)
+        sub.timer = sub._queued = deadline
+        heap = self._heap
+        i = heap.index(sub)  # by identity
+        while i:
+            parent = (i - 1) >> 1
+            if not deadline < heap[parent]._queued:  # type: ignore[operator]
+                break
+            heap[i] = heap[parent]
+            i = parent
+        heap[i] = sub
 
     def disarm(self, sub: RegSubscription) -> None:
         if sub.timer is not None:
@@ -216,22 +270,29 @@ class RegSubscriptions:
         # them once they are the majority (amortised O(1) per cancel), so the heap holds
         # at most twice the live ones.
         if self._stale * 2 > len(self._heap):
-            self._heap = [e for e in self._heap if e[2].timer == (e[0], e[1])]
-            heapq.heapify(self._heap)
+            live = []
+            for s in self._heap:
+                if s.timer is None:
+                    s._queued = None
+                else:
+                    live.append(s)
+            heapq.heapify(live)
+            self._heap = live
             self._stale = 0
 
     def next_deadline(self) -> float | None:
         """When the earliest entry is due (it may be stale: then nothing happens then)."""
-        return self._heap[0][0] if self._heap else None
+        return self._heap[0]._queued if self._heap else None
 
     def pop_due(self, now: float) -> list[RegSubscription]:
         """The subscriptions whose live entry is due at `now`, disarmed. One refreshed
         since its entry was pushed is among them: the caller arms it again."""
         heap = self._heap
         due = []
-        while heap and heap[0][0] <= now:
-            deadline, seq, sub = heapq.heappop(heap)
-            if sub.timer != (deadline, seq):
+        while heap and heap[0]._queued <= now:  # type: ignore[operator]
+            sub = heapq.heappop(heap)
+            sub._queued = None
+            if sub.timer is None:
                 self._stale -= 1
                 continue
             sub.timer = None
@@ -248,14 +309,20 @@ class RegSubscriptions:
         return self._count
 
     def __iter__(self) -> Iterator[RegSubscription]:
-        for subs in self._by_impu.values():
-            yield from subs
+        for s in self._by_impu.values():
+            while s is not None:
+                yield s
+                s = s._next
 
     def __contains__(self, sub: object) -> bool:
         if not isinstance(sub, RegSubscription):
             return False
-        subs = self._by_impu.get(sub.impu, ())
-        return any(s is sub for s in subs)
+        s = self._by_impu.get(sub.impu)
+        while s is not None:
+            if s is sub:
+                return True
+            s = s._next
+        return False
 
 
 def reginfo_body(

@@ -380,7 +380,8 @@ class Scscf:
                 remote_target=contacts[0].uri,
                 route_set=tuple(request.get_all("record-route")),
                 expires_at=now + expires,
-            )
+            ),
+            reg,
         )
         respond(
             make_response(
