@@ -18,7 +18,6 @@ from __future__ import annotations
 import heapq
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from xml.sax.saxutils import escape, quoteattr
 
 from imsaka.cscf.registrar import Registration
@@ -81,39 +80,102 @@ def authorised_watcher(reg: Registration, watchers: list[str]) -> bool:
 _ROUTE_SETS = SharedTuples()
 
 
-@dataclass(slots=True, eq=False)
 class RegSubscription:
     """One reg-event subscription (a dialog created by SUBSCRIBE, RFC 6665 §4.2). Compared
-    by identity: it is the state of one dialog, not a value."""
+    by identity: it is the state of one dialog, not a value.
 
-    impu: str
-    """The IMPU whose registration is watched (Request-URI / To of the SUBSCRIBE)."""
-    call_id: str
-    local_tag: str
-    """Our tag (the To tag of our 200 OK, the From tag of our NOTIFYs)."""
-    remote_tag: str
-    remote_uri: str
-    """The subscriber's From URI (the To of our NOTIFYs)."""
-    remote_target: str
-    """The subscriber's Contact URI (the Request-URI of our NOTIFYs)."""
-    route_set: tuple[str, ...]
-    """Record-Route of the SUBSCRIBE, in order (RFC 3261 §12.1.1)."""
-    expires_at: float
-    cseq: int = 0
-    version: int = 0
-    timer: float | None = field(default=None, repr=False)
-    """When its live entry in the expiry heap of `RegSubscriptions` is due, or None."""
-    _queued: float | None = field(default=None, init=False, repr=False)
-    # the key of its entry in that heap (the subscription is the entry), live or stale
-    _next: RegSubscription | None = field(default=None, init=False, repr=False)
-    # the next subscription to the same IMPU (`RegSubscriptions` chains them)
+    Its three random identifiers (Call-ID, the subscriber's tag, ours) are kept as one
+    string, NUL-separated (a SIP header holds no NUL: RFC 3261 §25.1, and the parser
+    refuses one), and read back on use: two string objects fewer per subscription, for
+    every registered UE and its P-CSCF."""
+
+    __slots__ = (
+        "_dialog",
+        "_next",
+        "_queued",
+        "cseq",
+        "expires_at",
+        "impu",
+        "remote_target",
+        "remote_uri",
+        "route_set",
+        "timer",
+        "version",
+    )
+
+    def __init__(
+        self,
+        impu: str,
+        call_id: str,
+        local_tag: str,
+        remote_tag: str,
+        remote_uri: str,
+        remote_target: str,
+        route_set: tuple[str, ...],
+        expires_at: float,
+        cseq: int = 0,
+        version: int = 0,
+        timer: float | None = None,
+    ) -> None:
+        if "\0" in call_id or "\0" in remote_tag or "\0" in local_tag:
+            raise ValueError("NUL in a dialog identifier")
+        self.impu = impu
+        """The IMPU whose registration is watched (Request-URI / To of the SUBSCRIBE)."""
+        self._dialog = f"{call_id}\0{remote_tag}\0{local_tag}"
+        self.remote_uri = remote_uri
+        """The subscriber's From URI (the To of our NOTIFYs)."""
+        self.remote_target = remote_target
+        """The subscriber's Contact URI (the Request-URI of our NOTIFYs)."""
+        self.route_set = route_set
+        """Record-Route of the SUBSCRIBE, in order (RFC 3261 §12.1.1)."""
+        self.expires_at = expires_at
+        self.cseq = cseq
+        self.version = version
+        self.timer = timer
+        """When its live entry in the expiry heap of `RegSubscriptions` is due, or None."""
+        self._queued: float | None = None
+        # the key of its entry in that heap (the subscription is the entry), live or stale
+        self._next: RegSubscription | None = None
+        # the next subscription to the same IMPU (`RegSubscriptions` chains them)
+
+    @property
+    def call_id(self) -> str:
+        return self._dialog.split("\0", 1)[0]
+
+    @property
+    def remote_tag(self) -> str:
+        return self._dialog.split("\0", 2)[1]
+
+    @property
+    def local_tag(self) -> str:
+        """Our tag (the To tag of our 200 OK, the From tag of our NOTIFYs)."""
+        return self._dialog.rsplit("\0", 1)[1]
 
     @property
     def key(self) -> tuple[str, str]:
-        return (self.call_id, self.remote_tag)
+        call_id, remote_tag, _ = self._dialog.split("\0")
+        return (call_id, remote_tag)
+
+    def _is(self, prefix: str) -> bool:
+        """Whether this is the dialog whose `_dialog_prefix` is `prefix`."""
+        return self._dialog.startswith(prefix)
 
     def __lt__(self, other: RegSubscription) -> bool:  # the expiry heap's order
         return self._queued < other._queued  # type: ignore[operator]
+
+    def __repr__(self) -> str:
+        return (
+            f"RegSubscription(impu={self.impu!r}, call_id={self.call_id!r}, "
+            f"local_tag={self.local_tag!r}, remote_tag={self.remote_tag!r}, "
+            f"remote_uri={self.remote_uri!r}, remote_target={self.remote_target!r}, "
+            f"route_set={self.route_set!r}, expires_at={self.expires_at!r}, "
+            f"cseq={self.cseq!r}, version={self.version!r})"
+        )
+
+
+def _dialog_prefix(key: tuple[str, str]) -> str:
+    """What the `_dialog` text of the subscription of dialog `key` starts with."""
+    return f"{key[0]}\0{key[1]}\0"
 
 
 def _share(text: str, same: Iterable[str]) -> str:
@@ -154,10 +216,10 @@ class RegSubscriptions:
 
     def get(self, impu: str, key: tuple[str, str]) -> RegSubscription | None:
         """The subscription of dialog `key` (Call-ID, subscriber's tag) to `impu`."""
-        call_id, remote_tag = key
+        prefix = _dialog_prefix(key)
         s = self._by_impu.get(impu)
         while s is not None:
-            if s.call_id == call_id and s.remote_tag == remote_tag:
+            if s._is(prefix):
                 return s
             s = s._next
         return None
@@ -197,11 +259,11 @@ class RegSubscriptions:
     def remove(self, sub: RegSubscription) -> None:
         """End `sub`: it leaves the table and its expiry with it."""
         self.disarm(sub)
-        call_id, remote_tag = sub.key
+        prefix = _dialog_prefix(sub.key)
         prev = None
         s = self._by_impu.get(sub.impu)
         while s is not None:
-            if s.call_id == call_id and s.remote_tag == remote_tag:
+            if s._is(prefix):
                 if prev is not None:
                     prev._next = s._next
                 elif s._next is not None:
