@@ -308,7 +308,8 @@ class RegSubscriptions:
             if queued <= deadline:
                 sub.timer = queued
                 return
-        # due earlier than its entry: the entry moves up (a refresh to a shorter expiry)
+        # Due earlier than its entry (a refresh to a shorter expiry, rare): the entry,
+        # found by an identity scan of the heap, moves up.
         sub.timer = sub._queued = deadline
         heap = self._heap
         i = heap.index(sub)  # by identity
