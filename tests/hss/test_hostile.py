@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from imsaka.diameter import codec, cx
+from imsaka.hss.store import WAIT
 
 from .conftest import HOME, HSS_HOST, SCSCF_HOST, alice, mar, sar, session_id, uar
 
@@ -90,11 +93,19 @@ async def test_flood_of_unknown_users_does_not_starve_real_ones(hss, scscf):
     assert len(set(good_sqns)) == 20
 
 
-async def test_store_failure_answers_unable_to_comply(hss, scscf, monkeypatch):
+@pytest.mark.parametrize("way", ["at-once", "task"])
+async def test_store_failure_answers_unable_to_comply(hss, scscf, monkeypatch, way):
+    def broken_now(*args, **kwargs):
+        raise RuntimeError("database gone")
+
     async def broken(*args, **kwargs):
         raise RuntimeError("database gone")
 
-    monkeypatch.setattr(hss.store, "_read", broken)  # every Cx read of the store fails
+    if way == "at-once":  # the read on the loop's connection fails, whichever way asks
+        monkeypatch.setattr(hss.store, "_read_on", broken_now)
+    else:  # no read at once: the async way's reads fail
+        monkeypatch.setattr(hss.store, "_read_now", lambda *args: WAIT)
+        monkeypatch.setattr(hss.store, "_read", broken)
     answer = await scscf.request(uar())
     assert answer.result_code == cx.DIAMETER_UNABLE_TO_COMPLY
     assert hss.service.counters["unable-to-comply"] == 1

@@ -225,9 +225,12 @@ class HssServer:
             return {}
         return {f"diameter_{k}": v for k, v in self.node.pending_counts().items()}
 
-    async def _on_request(self, request: Any, peer: Any) -> Any:
+    def _on_request(self, request: Any, peer: Any) -> Any:
+        """A plain-function request handler: the answer, sent at once when the Cx
+        service can give it without waiting (UAR, LIR, a re-registration's SAR read on
+        the loop's SQLite connection), else the awaitable the node runs in a Task."""
         assert self.service is not None
-        return await self.service.handle(request)
+        return self.service.respond(request)
 
     def _session_id(self) -> str:
         self._session_counter += 1

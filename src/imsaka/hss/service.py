@@ -12,6 +12,12 @@ MAC-S checked (`imsaka.aka.resync.recover_sqn_ms`) before SQN_HE may move.
 dataclass) and returns its answer. Bad identities, wrong schemes and malformed
 values give the TS 29.229 Result-Code or Experimental-Result; an unexpected store
 failure gives DIAMETER_UNABLE_TO_COMPLY and is logged; nothing raises out of here.
+
+`CxService.respond(request)` gives the same answer at once when no step of it waits
+(a UAR, a LIR, a RE_REGISTRATION SAR that writes nothing, read on the SQLite file's
+event-loop connection: `HssStore.*_now`), else the awaitable of `handle`; the
+`DiameterNode` then runs that in a Task. The decisions after each read are shared by
+both ways, so answers and counters do not depend on the way taken.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from imsaka.hss.models import RegState
 from imsaka.hss.store import (
     IND_BITS,
     MAX_SEQ,
+    WAIT,
     HssStore,
     IdentityCheck,
     MarGrant,
@@ -111,11 +118,49 @@ class CxService:
             cx.ServerAssignmentRequest: self.sar,
             cx.LocationInfoRequest: self.lir,
         }
+        # The same requests answered at once (None: this one has to wait after all).
+        self._now: dict[type, Callable[[Any], Any]] = {
+            cx.UserAuthorizationRequest: self._uar_now,
+            cx.ServerAssignmentRequest: self._sar_now,
+            cx.LocationInfoRequest: self._lir_now,
+        }
 
     # ------------------------------------------------------------------ dispatch
 
+    def respond(self, request: Any) -> Any:
+        """The answer to ``request`` if nothing has to wait for it, else the awaitable
+        of the answer (`handle`'s). A `DiameterNode` request handler of its own: answers
+        are sent at once, awaitables run in a Task.
+
+        At once: a refused command or realm; and, when the store reads them right now
+        on the event loop's sqlite3 connection, a UAR, a LIR (but for one with neither a
+        serving S-CSCF nor capabilities asked for) and a RE_REGISTRATION SAR that changes
+        nothing. Anything else (MAR, an SAR that writes, PostgreSQL, a busy database)
+        takes the async way, which reads again from the start: nothing was counted or
+        written before it was given up, and the answer is the one `handle` gives."""
+        handler = self._handlers.get(type(request))
+        refused = self._refused(request, handler)
+        if refused is not None:
+            return refused
+        now = self._now.get(type(request))
+        if now is not None:
+            try:
+                answer = now(request)
+            except Exception:  # the same read raised in `handle`: the same answer
+                return self._failed(request)
+            if answer is not None:
+                return answer
+        return self._handle(handler, request)
+
     async def handle(self, request: Any) -> Any:
         handler = self._handlers.get(type(request))
+        refused = self._refused(request, handler)
+        if refused is not None:
+            return refused
+        return await self._handle(handler, request)
+
+    def _refused(self, request: Any, handler: Any) -> Any:
+        """The protocol error for a request this HSS does not serve, else None."""
         if handler is None:
             # RTR/PPR are HSS → S-CSCF only; receiving one is a peer's mistake.
             self.counters["command-unsupported"] += 1
@@ -125,12 +170,18 @@ class CxService:
             # RFC 6733 §6.1.8: we serve our own realm(s) only and relay nothing.
             self.counters["realm-not-served"] += 1
             return self._protocol_error(request, codec.DIAMETER_REALM_NOT_SERVED)
+        return None
+
+    async def _handle(self, handler: Callable[[Any], Any], request: Any) -> Any:
         try:
             return await handler(request)
         except Exception:  # the server keeps serving whatever the store did
-            self.counters["unable-to-comply"] += 1
-            log.exception("Cx %s failed", type(request).__name__)
-            return self._error(request, result_code=cx.DIAMETER_UNABLE_TO_COMPLY)
+            return self._failed(request)
+
+    def _failed(self, request: Any) -> Any:
+        self.counters["unable-to-comply"] += 1
+        log.exception("Cx %s failed", type(request).__name__)
+        return self._error(request, result_code=cx.DIAMETER_UNABLE_TO_COMPLY)
 
     def _protocol_error(self, request: Any, code: int) -> codec.Message:
         """A 3xxx answer: RFC 6733 §7.1.3 wants the E bit, which only the codec sets."""
@@ -164,7 +215,16 @@ class CxService:
         return v in self._roaming or any(v == n.lower() for n in allowed_for_user)
 
     async def _capabilities(self, state: Any) -> cx.ServerCapabilities:
-        pool = await self.store.scscf_pool()
+        return self._server_capabilities(state, await self.store.scscf_pool())
+
+    def _with_capabilities(
+        self, req: Any, state: UserState, pool: list[dict[str, Any]], **code: int
+    ) -> Any:
+        """A UAA/LIA with ``code`` and the Server-Capabilities ``state`` asks of ``pool``."""
+        return self._answer(req, **code, server_capabilities=self._server_capabilities(state, pool))
+
+    @staticmethod
+    def _server_capabilities(state: Any, pool: list[dict[str, Any]]) -> cx.ServerCapabilities:
         needed = set(state.mandatory_caps)
         names = tuple(
             p["name"]
@@ -178,10 +238,34 @@ class CxService:
         )
 
     async def uar(self, req: cx.UserAuthorizationRequest) -> cx.UserAuthorizationAnswer:
-        # UAR only reads (TS 29.228 §6.1.1: no state changes at the HSS): one read.
+        # UAR only reads (TS 29.228 §6.1.1: no state changes at the HSS): one read,
+        # and the S-CSCF pool's for a first registration.
         check, state = await self.store.checked_state(
             req.user_name, req.public_identity, with_pending=True
         )
+        answer = self._uaa(req, check, state)
+        if answer is None:
+            answer = self._uaa_first(req, state, await self.store.scscf_pool())
+        return answer
+
+    def _uar_now(self, req: cx.UserAuthorizationRequest) -> cx.UserAuthorizationAnswer | None:
+        """`uar` without waiting; None if a read would have to wait."""
+        got = self.store.checked_state_now(req.user_name, req.public_identity, with_pending=True)
+        if got is WAIT:
+            return None
+        check, state = got
+        answer = self._uaa(req, check, state)
+        if answer is None:
+            pool = self.store.scscf_pool_now()
+            if pool is WAIT:
+                return None
+            answer = self._uaa_first(req, state, pool)
+        return answer
+
+    def _uaa(
+        self, req: cx.UserAuthorizationRequest, check: IdentityCheck, state: UserState | None
+    ) -> cx.UserAuthorizationAnswer | None:
+        """The UAA from the read; None for a first registration (`_uaa_first`)."""
         if not check.matched or state is None:
             return self._error(req, experimental=_identity_error(check))
         emergency = bool((req.uar_flags or 0) & 1)
@@ -214,12 +298,15 @@ class CxService:
                 experimental_result_code=cx.DIAMETER_SUBSEQUENT_REGISTRATION,
                 server_name=state.scscf_name or state.pending_scscf,
             )
+        return None
+
+    def _uaa_first(
+        self, req: cx.UserAuthorizationRequest, state: UserState, pool: list[dict[str, Any]]
+    ) -> cx.UserAuthorizationAnswer:
         # First registration (or capabilities asked for): never an answer with
         # neither Server-Name nor Server-Capabilities (PITFALLS, Cx).
-        return self._answer(
-            req,
-            experimental_result_code=cx.DIAMETER_FIRST_REGISTRATION,
-            server_capabilities=await self._capabilities(state),
+        return self._with_capabilities(
+            req, state, pool, experimental_result_code=cx.DIAMETER_FIRST_REGISTRATION
         )
 
     # ------------------------------------------------------------------ MAR
@@ -397,25 +484,17 @@ class CxService:
                 error_message="SAR: User-Name required for this Server-Assignment-Type",
             )
         data = None
-        if (
-            impi
-            and sat in (SAT.REGISTRATION, SAT.RE_REGISTRATION, SAT.RESTORATION)
-            and (
-                sat == SAT.REGISTRATION
-                or req.user_data_already_available
-                == cx.UserDataAlreadyAvailable.USER_DATA_NOT_AVAILABLE
-            )
-        ):
+        if self._sar_reads_data(req, sat, impi):
             # The User-Data of the SAA comes with the check (one read, not two).
             check, state, data = await self.store.checked_state_and_data(impi, impu)
         else:
             check, state = await self.store.checked_state(
                 impi, impu, with_pending=sat == SAT.RE_REGISTRATION
             )
-        if impi and not check.matched:
-            return self._error(req, experimental=_identity_error(check))
-        if state is None:
-            return self._error(req, experimental=cx.DIAMETER_ERROR_USER_UNKNOWN)
+        refused = self._sar_refused(req, impi, check, state)
+        if refused is not None:
+            return refused
+        assert state is not None
         want_data = (
             req.user_data_already_available == cx.UserDataAlreadyAvailable.USER_DATA_NOT_AVAILABLE
         )
@@ -466,6 +545,62 @@ class CxService:
         # AAA_USER_DATA_REQUEST, PGW_UPDATE: not for an IMS registrar.
         return self._error(req, experimental=cx.DIAMETER_ERROR_IN_ASSIGNMENT_TYPE)
 
+    @staticmethod
+    def _sar_reads_data(req: cx.ServerAssignmentRequest, sat: SAT, impi: str | None) -> bool:
+        """Whether the SAR's read takes the User-Data along (`checked_state_and_data`)."""
+        return bool(
+            impi
+            and sat in (SAT.REGISTRATION, SAT.RE_REGISTRATION, SAT.RESTORATION)
+            and (
+                sat == SAT.REGISTRATION
+                or req.user_data_already_available
+                == cx.UserDataAlreadyAvailable.USER_DATA_NOT_AVAILABLE
+            )
+        )
+
+    def _sar_refused(
+        self,
+        req: cx.ServerAssignmentRequest,
+        impi: str | None,
+        check: IdentityCheck,
+        state: UserState | None,
+    ) -> cx.ServerAssignmentAnswer | None:
+        if impi and not check.matched:
+            return self._error(req, experimental=_identity_error(check))
+        if state is None:
+            return self._error(req, experimental=cx.DIAMETER_ERROR_USER_UNKNOWN)
+        return None
+
+    def _sar_now(self, req: cx.ServerAssignmentRequest) -> cx.ServerAssignmentAnswer | None:
+        """`sar` without waiting for a RE_REGISTRATION with User-Name and Public-Identity
+        whose read finds nothing to write (`_unchanged`); None for any other SAR, or if
+        the read would have to wait."""
+        impi = req.user_name
+        sat = SAT.RE_REGISTRATION
+        if req.server_assignment_type != sat or not impi or not req.public_identities:
+            return None
+        impu = req.public_identities[0]
+        data = None
+        # Here the read takes the User-Data along exactly when the S-CSCF asks for it.
+        want_data = self._sar_reads_data(req, sat, impi)
+        if want_data:
+            got = self.store.checked_state_and_data_now(impi, impu)
+            if got is WAIT:
+                return None
+            check, state, data = got
+        else:
+            got = self.store.checked_state_now(impi, impu, with_pending=True)
+            if got is WAIT:
+                return None
+            check, state = got
+        refused = self._sar_refused(req, impi, check, state)
+        if refused is not None:
+            return refused
+        if not _unchanged(state, req) or (want_data and data is None):
+            return None  # a write (or another read) to wait for: `sar` does it all
+        self.counters["sar_reregistration_unchanged"] += 1
+        return self._saa(req, impi, None if data is None else data[0])
+
     async def _assign_to_sender(
         self, req: Any, impu: str, state: RegState, impi: str | None = None
     ) -> None:
@@ -490,17 +625,29 @@ class CxService:
         *,
         data: tuple[bytes, tuple[str, ...]] | None = None,
     ) -> Any:
-        fields: dict[str, Any] = {"result_code": cx.DIAMETER_SUCCESS}
-        if with_data:
-            if data is None:
-                data = await self.store.user_data(impi, impu)
-            fields["user_data"] = data[0]
-        if impi:
-            fields["user_name"] = impi
-        else:
+        if with_data and data is None:
+            data = await self.store.user_data(impi, impu)
+        user_name = impi
+        if not impi:
             info = await self.store.serving_for_impu(impu)
-            if info.impis:
-                fields["user_name"] = info.impis[0]
+            user_name = info.impis[0] if info.impis else None
+        return self._saa(
+            req, user_name, data[0] if with_data and data is not None else None, server_name
+        )
+
+    def _saa(
+        self,
+        req: Any,
+        user_name: str | None,
+        user_data: bytes | None,
+        server_name: str | None = None,
+    ) -> Any:
+        """The successful SAA: User-Data, User-Name and Server-Name where given."""
+        fields: dict[str, Any] = {"result_code": cx.DIAMETER_SUCCESS}
+        if user_data is not None:
+            fields["user_data"] = user_data
+        if user_name is not None:
+            fields["user_name"] = user_name
         if server_name:
             fields["server_name"] = server_name
         return self._answer(req, **fields)
@@ -513,16 +660,11 @@ class CxService:
         except NotFound:
             return self._error(req, experimental=cx.DIAMETER_ERROR_USER_UNKNOWN)
         if req.user_authorization_type == UAT.REGISTRATION_AND_CAPABILITIES:
-            return self._answer(
-                req,
-                result_code=cx.DIAMETER_SUCCESS,
-                server_capabilities=await self._capabilities(state),
-            )
-        if state.scscf_name and state.reg_state in (RegState.REGISTERED, RegState.UNREGISTERED):
-            return self._answer(req, result_code=cx.DIAMETER_SUCCESS, server_name=state.scscf_name)
-        if state.scscf_name:
-            # Not registered but the name was kept (…_STORE_SERVER_NAME).
-            return self._answer(req, result_code=cx.DIAMETER_SUCCESS, server_name=state.scscf_name)
+            pool = await self.store.scscf_pool()
+            return self._with_capabilities(req, state, pool, result_code=cx.DIAMETER_SUCCESS)
+        answer = self._lia_served(req, state)
+        if answer is not None:
+            return answer
         if await self._has_unregistered_services(req.public_identity):
             return self._answer(
                 req,
@@ -530,6 +672,33 @@ class CxService:
                 server_capabilities=await self._capabilities(state),
             )
         return self._error(req, experimental=cx.DIAMETER_ERROR_IDENTITY_NOT_REGISTERED)
+
+    def _lir_now(self, req: cx.LocationInfoRequest) -> cx.LocationInfoAnswer | None:
+        """`lir` without waiting; None if a read would have to wait, or for an IMPU that
+        has no serving S-CSCF (the profile's iFCs decide: `lir`)."""
+        try:
+            state = self.store.user_state_now(req.public_identity)
+        except NotFound:
+            return self._error(req, experimental=cx.DIAMETER_ERROR_USER_UNKNOWN)
+        if state is WAIT:
+            return None
+        if req.user_authorization_type == UAT.REGISTRATION_AND_CAPABILITIES:
+            pool = self.store.scscf_pool_now()
+            if pool is WAIT:
+                return None
+            return self._with_capabilities(req, state, pool, result_code=cx.DIAMETER_SUCCESS)
+        return self._lia_served(req, state)
+
+    def _lia_served(
+        self, req: cx.LocationInfoRequest, state: UserState
+    ) -> cx.LocationInfoAnswer | None:
+        """The LIA naming the serving S-CSCF; None when there is none."""
+        if state.scscf_name and state.reg_state in (RegState.REGISTERED, RegState.UNREGISTERED):
+            return self._answer(req, result_code=cx.DIAMETER_SUCCESS, server_name=state.scscf_name)
+        if state.scscf_name:
+            # Not registered but the name was kept (…_STORE_SERVER_NAME).
+            return self._answer(req, result_code=cx.DIAMETER_SUCCESS, server_name=state.scscf_name)
+        return None
 
     async def _has_unregistered_services(self, impu: str) -> bool:
         """An iFC that applies in the unregistered state (ProfilePartIndicator absent or 1)."""

@@ -24,7 +24,9 @@ of TS 33.102 Annex C SQN management:
   transactions, i.e. WAL snapshots that never wait for the writer's lock (a busy
   database sends the read to a reader thread); the writer thread keeps its own
   connection with ``BEGIN IMMEDIATE`` and ``synchronous=FULL``. PostgreSQL: asyncpg.
-  No cache: every request reads what is committed.
+  No cache: every request reads what is committed. The loop's reads are also offered
+  as plain calls (``*_now``: the result, or `WAIT` when the read would have to wait),
+  so the Cx service can answer a read-only request without a Task.
 - Resync (TS 33.102 §6.3.5, `imsaka.aka.sqn.resync_sqn_he`): SQN_HE stays when
   its next SEQ is above SEQ_MS by at most Δ, else it restarts from SQN_MS; the
   new vectors are taken in the same single statement. The caller verifies MAC-S
@@ -59,6 +61,7 @@ from imsaka.hss.userdata import ProfileIdentities, build_user_data
 
 __all__ = [
     "IND_BITS",
+    "WAIT",
     "Conflict",
     "HssStore",
     "MarGrant",
@@ -310,6 +313,18 @@ class SqnExhausted:
 
 
 SQN_EXHAUSTED = SqnExhausted()
+
+
+class Wait:
+    """A read that cannot be done at once on the event loop's connection (`_read_now`)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "WAIT"
+
+
+WAIT = Wait()
 
 
 @dataclass(frozen=True, slots=True)
@@ -1304,6 +1319,24 @@ class HssStore:
         async with self.engine.connect() as conn:
             return await conn.run_sync(run_sa, plan(*args))
 
+    def _read_now(self, plan: Callable[..., Plan], *args: Any) -> Any:
+        """``plan(*args)`` on the event loop's sqlite3 connection, at once, as `_read`
+        does first; `WAIT` where that cannot be (not a SQLite file, not the loop's
+        thread, the database busy), and the caller then takes the async way (`_read`),
+        which reads again. Never the async engine, its pool or asyncpg: those want a
+        Task (an asyncio timeout refuses to start outside one), and there is none here."""
+        if self._path is None:
+            return WAIT
+        db = self._loop_reader()
+        if db is None:
+            return WAIT
+        try:
+            return self._read_on(db, plan, args)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise
+            return WAIT  # not counted in reads_deferred: `_read` counts it when it defers
+
     async def _pg(self) -> Any:
         """PostgreSQL: asyncpg's own pool for Cx reads and group commits (cheaper to
         take a connection from than the SQLAlchemy pool: no greenlet, no reset)."""
@@ -1376,6 +1409,25 @@ class HssStore:
     ) -> tuple[IdentityCheck, UserState | None, tuple[bytes, tuple[str, ...]] | None]:
         """`checked_state` and, when the identities match, `user_data`, in one read."""
         return await self._read(_checked_state_and_data, impi, impu)
+
+    # The same reads at once on the loop's connection, for answers given without a Task
+    # (`imsaka.hss.service.CxService.respond`); `WAIT` when they must wait (`_read_now`).
+
+    def checked_state_now(
+        self, impi: str | None, impu: str, *, with_pending: bool = False
+    ) -> tuple[IdentityCheck, UserState | None] | Wait:
+        return self._read_now(_checked_state, impi, impu, with_pending)
+
+    def checked_state_and_data_now(
+        self, impi: str, impu: str
+    ) -> tuple[IdentityCheck, UserState | None, tuple[bytes, tuple[str, ...]] | None] | Wait:
+        return self._read_now(_checked_state_and_data, impi, impu)
+
+    def user_state_now(self, impu: str) -> UserState | Wait:
+        return self._read_now(_user_state, impu, None)
+
+    def scscf_pool_now(self) -> list[dict[str, Any]] | Wait:
+        return self._read_now(_scscf_pool)
 
     async def user_data(self, impi: str | None, impu: str) -> tuple[bytes, tuple[str, ...]]:
         """(User-Data XML, the implicit set of ``impu``) for an SAA (TS 29.228 §6.1.2, §6.5)."""
