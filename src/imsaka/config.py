@@ -99,12 +99,13 @@ class _Table:
             raise self.fail(key, f"must be at most {hi}")
         return value
 
-    def float(self, key: str, default: float, *, lo: float = 0.0) -> float:
+    def float(self, key: str, default: float, *, lo: float = 0.0, zero: bool = False) -> float:
+        """A number above `lo`; `zero`: 0 too (a switch's "off")."""
         value = self._get(key, default, False)
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise self.fail(key, "must be a number")
-        if value <= lo:
-            raise self.fail(key, f"must be greater than {lo}")
+        if value <= lo and not (zero and value == 0):
+            raise self.fail(key, f"must be greater than {lo}" + (" or 0" if zero else ""))
         return float(value)
 
     def bool(self, key: str, default: bool) -> bool:
@@ -334,10 +335,15 @@ class PcscfConfig:
     Service-Route (TS 24.229 §5.2.3), so that a network-initiated de-registration (RTR,
     expiry at the S-CSCF) reaches the P-CSCF and it removes the UE's SAs. ``false``:
     the P-CSCF learns of an ended registration only from the UE or its own expiry."""
-    max_in_flight: int = 100
+    max_in_flight: int = 1000
     """Overload bound: with this many UE requests forwarded and not yet answered, a new
     initial REGISTER (in the clear) is answered 503 with Retry-After (RFC 3261 §21.5.4)
     instead of being forwarded; requests over an SA always pass. 0: no bound."""
+    max_queue_delay: float = 0.4
+    """Overload bound by delay (seconds): a new initial REGISTER is also answered 503
+    while even the quickest answer from the core in the last 100 ms took longer than
+    this (a standing queue; one slow request does not count). It follows the machine's
+    own throughput, where a count fits one machine only. 0: off."""
 
     def route_for(self, host: str) -> PcscfRoute | None:
         """The route for a REGISTER whose Request-URI host is `host`, as the P-CSCF
@@ -688,7 +694,8 @@ def _pcscf(t: _Table, network: NetworkConfig) -> PcscfConfig:
         temporary_sa_lifetime=t.int("temporary_sa_lifetime", 240, lo=1),
         routes=tuple(routes),
         subscribe_reg_event=t.bool("subscribe_reg_event", True),
-        max_in_flight=t.int("max_in_flight", 100, lo=0),
+        max_in_flight=t.int("max_in_flight", 1000, lo=0),
+        max_queue_delay=t.float("max_queue_delay", 0.4, zero=True),
     )
     t.done()
     fixed = [p for p in (cfg.port, cfg.port_c, cfg.port_s) if p]

@@ -9,11 +9,13 @@ import asyncio
 import dataclasses
 import socket
 
+import pytest
 from prometheus_client import generate_latest
 
 from imsaka.config import PcscfConfig
 from imsaka.cscf.pcscf import (
     DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_QUEUE_DELAY,
     OVERLOAD_RETRY_AFTER,
     Arrival,
     Forward,
@@ -71,6 +73,7 @@ def test_bound_from_config_or_argument():
 def test_new_register_refused_while_protected_and_in_flight_ones_pass():
     p = core()
     p.max_in_flight = 2
+    p.max_queue_delay = 0  # the count alone
     # UE 1 registers: its SAs are established, nothing in flight afterwards
     (fwd,) = p.receive_request(parse_message(_initial(1)), Arrival(UE), 0.0)
     assert p.open_transactions() == 1 == _scan(p)
@@ -121,6 +124,7 @@ def test_challenge_response_without_sec_agree_passes_the_bound():
     base = core()
     p = PcscfCore(dataclasses.replace(base.config, sec_agree="optional"), base.network)
     p.max_in_flight = 1
+    p.max_queue_delay = 0  # the count alone
 
     def plain(n: int, impi: str, response: str = "") -> bytes:
         text = _initial(n, impi).decode()
@@ -147,10 +151,61 @@ def test_challenge_response_without_sec_agree_passes_the_bound():
 def test_no_bound_when_zero():
     p = core()
     p.max_in_flight = 0
+    p.max_queue_delay = 0  # the count alone
     for n in range(5):
         (f,) = p.receive_request(parse_message(_initial(n, f"u{n}@h")), Arrival(UE), 0.0)
         assert isinstance(f, Forward)
     assert p.open_transactions() == 5 and "overload_rejected" not in p.counters
+
+
+def _answer(p, fwd, at: float) -> None:
+    resp = make_response(fwd.message, 403, to_tag="t")
+    p.receive_response(parse_message(resp.to_bytes()), ICSCF, at)
+
+
+def test_standing_queue_refuses_new_registers_by_delay():
+    """`max_queue_delay`: 503 while the quickest answer of the last full 100 ms window
+    took longer than the target; one slow answer among quick ones does not count, and
+    the measure lapses when no answer came for a window."""
+    p = core()
+    p.max_in_flight = 0  # the delay alone
+    assert p.max_queue_delay == DEFAULT_MAX_QUEUE_DELAY == 0.4
+    n = iter(range(100, 1000))
+
+    def initial(at: float):
+        i = next(n)
+        return p.receive_request(parse_message(_initial(i, f"u{i}@h")), Arrival(UE), at)
+
+    # quick answers (50 ms) and one slow one (2 s) in a window: no standing queue
+    slow = initial(0.0)[0]
+    quick = [initial(1.95)[0] for _ in range(3)]
+    _answer(p, slow, 2.0)
+    for f in quick:
+        _answer(p, f, 2.0)
+    assert isinstance(initial(2.11)[0], Forward)  # the window [2.0, 2.1) is full: 50 ms
+    assert p.queue_delay(2.11) == pytest.approx(0.05)
+    # every answer of a window slow (0.5 s): new initial REGISTERs get 503 + Retry-After
+    late = [initial(2.5)[0] for _ in range(3)]
+    for f in late:
+        _answer(p, f, 3.0)
+    assert isinstance(initial(3.05)[0], Forward)  # that window is not full yet
+    _is_503(initial(3.12))
+    assert p.counters["overload_rejected"] == 1 and p.queue_delay(3.12) == pytest.approx(0.5)
+    # no answer for a whole window since: the measure lapses, REGISTERs pass again
+    assert p.queue_delay(3.25) == 0.0
+    assert isinstance(initial(3.25)[0], Forward)
+    # off: 0
+    p.max_queue_delay = 0
+    for f in [initial(4.0)[0] for _ in range(2)]:
+        _answer(p, f, 5.0)
+    assert isinstance(initial(5.15)[0], Forward)
+
+
+def test_queue_delay_config_field():
+    base = core()
+    cfg = dataclasses.replace(base.config, max_queue_delay=0.25)
+    assert PcscfCore(cfg, base.network).max_queue_delay == 0.25
+    assert PcscfCore(dataclasses.replace(cfg, max_queue_delay=0), base.network).max_queue_delay == 0
 
 
 # ---------------------------------------------------------------- over real sockets
@@ -222,6 +277,7 @@ async def test_overload_over_sockets(visited_network, subscribers):
         # before the bound is set, so the one request in flight below is UE B's.
         assert await _quiet(server)
         server.core.max_in_flight = 1
+        server.core.max_queue_delay = 0  # the count alone
         # Hold what the upstream answers, so requests stay in flight.
         icscf = (net.config.icscf.address, net.config.icscf.port)
         held: list[tuple[bytes, tuple[str, int]]] = []

@@ -47,6 +47,7 @@ import enum
 import hashlib
 import heapq
 import logging
+import math
 import random
 import re
 import sys
@@ -108,8 +109,16 @@ TRANSACTION_LIFETIME = 32.0
 # request upstream grows with the count (count / throughput): at 200 REGISTERs/s offered
 # to a core that completes ~100/s, 100 in flight gave 5,398 of 5,600 registered and 79
 # 408s, 300 gave 4,471 and 1,124 408s (benchmarks/registration.py, 28 s step).
-DEFAULT_MAX_IN_FLIGHT = 100
+DEFAULT_MAX_IN_FLIGHT = 1000
 OVERLOAD_RETRY_AFTER = 5
+# The delay side of the bound (`PcscfConfig.max_queue_delay`): a count fits one machine
+# only (100 in flight is 200 ms of queue at 500 REGISTERs/s and 670 ms at 150/s), so new
+# initial REGISTERs are also refused while a standing queue holds the core's answers
+# back: when even the quickest answer of the last window (CoDel's measure, RFC 8289
+# §4.3: one slow request or one lost datagram does not count) took longer than the
+# target. Below the UE's T1 (500 ms), so a refused UE is told before it retransmits.
+DEFAULT_MAX_QUEUE_DELAY = 0.4
+QUEUE_DELAY_WINDOW = 0.1
 
 # Requests from the served UE that start a dialog: the P-CSCF stays on its route
 # (Record-Route, TS 24.229 §5.2.6.3) so the dialog's later requests from the core reach
@@ -424,8 +433,16 @@ class PcscfCore:
         if max_in_flight is None:
             max_in_flight = getattr(config, "max_in_flight", DEFAULT_MAX_IN_FLIGHT)
         self.max_in_flight = int(max_in_flight)
+        self.max_queue_delay = float(
+            getattr(config, "max_queue_delay", DEFAULT_MAX_QUEUE_DELAY) or 0.0
+        )
         # UE requests forwarded and not answered yet (what `open_transactions` reports)
         self._in_flight = 0
+        # Upstream answer times (forwarded → final), in windows of QUEUE_DELAY_WINDOW:
+        # the current window's end and quickest answer, and the last full window's.
+        self._delay_window_end = 0.0
+        self._delay_min = math.inf
+        self._delay_last = 0.0
         # () -> (spi-c, spi-s): the SA table's allocator (unique among live SAs).
         self._spi_allocator = spi_allocator
         self.network = network
@@ -724,9 +741,10 @@ class PcscfCore:
                 return self._drop("clear-register-where-protection-due", impi)
         elif reg is not None and (reg.temporary is not None or reg.sa is not None) and has_response:
             return self._drop("clear-register-where-protection-due", impi)
-        if 0 < self.max_in_flight <= self._in_flight and self._initial(
-            request, arrival, branch, auth, reg
-        ):
+        if (
+            0 < self.max_in_flight <= self._in_flight
+            or 0 < self.max_queue_delay < self.queue_delay(now)
+        ) and self._initial(request, arrival, branch, auth, reg):
             return [self._overloaded(request, arrival)]
         # The offers, parsed once for the decision and the 401 (a header that does not
         # parse is left to the decision, which answers it in its own order).
@@ -811,10 +829,31 @@ class PcscfCore:
             and reg.clear_source == arrival.source
         )
 
+    def _note_answer_time(self, seconds: float, now: float) -> None:
+        """One forwarded request's final answer came after `seconds`."""
+        if now >= self._delay_window_end:
+            self._delay_last = 0.0 if self._delay_min == math.inf else self._delay_min
+            if now >= self._delay_window_end + QUEUE_DELAY_WINDOW:
+                self._delay_last = 0.0  # no answer in the window before: no measure
+            self._delay_min = seconds
+            self._delay_window_end = now + QUEUE_DELAY_WINDOW
+        elif seconds < self._delay_min:
+            self._delay_min = seconds
+
+    def queue_delay(self, now: float) -> float:
+        """The standing queue upstream: the quickest answer time of the last full window
+        that ended within a window of `now` (0: none measured)."""
+        if now < self._delay_window_end:
+            return self._delay_last
+        if now < self._delay_window_end + QUEUE_DELAY_WINDOW and self._delay_min != math.inf:
+            return self._delay_min
+        return 0.0
+
     def _overloaded(self, request: Request, arrival: Arrival) -> Reply:
         """503 with Retry-After to a new initial REGISTER while `max_in_flight` requests
-        are forwarded and unanswered (RFC 3261 §21.5.4): not forwarded, so the work in
-        flight (AKA runs under way, re-registrations over SAs) is served first."""
+        are forwarded and unanswered, or the core's answers queue past `max_queue_delay`
+        (RFC 3261 §21.5.4): not forwarded, so the work in flight (AKA runs under way,
+        re-registrations over SAs) is served first."""
         self.counters["overload_rejected"] += 1
         retry = OVERLOAD_RETRY_AFTER + self._rng.randrange(OVERLOAD_RETRY_AFTER + 1)
         if log.isEnabledFor(logging.DEBUG):
@@ -1320,6 +1359,7 @@ class PcscfCore:
                 pending.final_spi = a.spi
         if pending.final_data is not None:
             self._in_flight -= 1  # it was open (checked above): answered now
+            self._note_answer_time(now - pending.created, now)
         if pending.final_data is not None and self.pending.get(branch) is pending:
             # kept only to answer retransmissions now (Timer F): the answer and its SPI
             self.pending[branch] = _Answered(
