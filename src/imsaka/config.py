@@ -335,7 +335,7 @@ class PcscfConfig:
     Service-Route (TS 24.229 §5.2.3), so that a network-initiated de-registration (RTR,
     expiry at the S-CSCF) reaches the P-CSCF and it removes the UE's SAs. ``false``:
     the P-CSCF learns of an ended registration only from the UE or its own expiry."""
-    max_in_flight: int = 1000
+    max_in_flight: int = 300
     """Overload bound: with this many UE requests forwarded and not yet answered, a new
     initial REGISTER (in the clear) is answered 503 with Retry-After (RFC 3261 §21.5.4)
     instead of being forwarded; requests over an SA always pass. 0: no bound."""
@@ -694,7 +694,7 @@ def _pcscf(t: _Table, network: NetworkConfig) -> PcscfConfig:
         temporary_sa_lifetime=t.int("temporary_sa_lifetime", 240, lo=1),
         routes=tuple(routes),
         subscribe_reg_event=t.bool("subscribe_reg_event", True),
-        max_in_flight=t.int("max_in_flight", 1000, lo=0),
+        max_in_flight=t.int("max_in_flight", 300, lo=0),
         max_queue_delay=t.float("max_queue_delay", 0.4, zero=True),
     )
     t.done()

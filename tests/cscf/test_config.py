@@ -23,7 +23,7 @@ def test_example_describes_a_whole_loopback_network():
     assert cfg.network.home_domains == ("home1.net",)
     assert cfg.pcscf.route_for("home1.net").icscf == "sip:icscf1_p.home1.net:5070"
     assert cfg.pcscf.subscribe_reg_event is True
-    assert cfg.pcscf.max_in_flight == 1000
+    assert cfg.pcscf.max_in_flight == 300
     assert cfg.pcscf.max_queue_delay == 0.4
     assert cfg.icscf.scscfs[0].name == cfg.scscf.server_name
     assert cfg.icscf.scscf_by_name("SIP:SCSCF1.home1.net:5080") is cfg.icscf.scscfs[0]
