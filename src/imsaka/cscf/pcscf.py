@@ -114,9 +114,9 @@ OVERLOAD_RETRY_AFTER = 5
 # The delay side of the bound (`PcscfConfig.max_queue_delay`): a count fits one machine
 # only (100 in flight is 200 ms of queue at 500 REGISTERs/s and 670 ms at 150/s), so new
 # initial REGISTERs are also refused while a standing queue holds the core's answers
-# back: when even the quickest answer of the last window (CoDel's measure, RFC 8289
-# §4.3: one slow request or one lost datagram does not count) took longer than the
-# target. Below the UE's T1 (500 ms), so a refused UE is told before it retransmits.
+# back: when even the quickest answer of the last window (CoDel's measure of a
+# standing queue, RFC 8289: one slow request or one lost datagram does not count) took
+# longer than the target. Below the UE's T1 (500 ms), so a refused UE is told before it retransmits.
 DEFAULT_MAX_QUEUE_DELAY = 0.4
 QUEUE_DELAY_WINDOW = 0.1
 
