@@ -116,7 +116,8 @@ OVERLOAD_RETRY_AFTER = 5
 # initial REGISTERs are also refused while a standing queue holds the core's answers
 # back: when even the quickest answer of the last window (CoDel's measure of a
 # standing queue, RFC 8289: one slow request or one lost datagram does not count) took
-# longer than the target. Below the UE's T1 (500 ms), so a refused UE is told before it retransmits.
+# longer than the target. The target is below the UE's T1 (500 ms), so a refused UE is
+# told before it retransmits.
 DEFAULT_MAX_QUEUE_DELAY = 0.4
 QUEUE_DELAY_WINDOW = 0.1
 
