@@ -480,3 +480,19 @@ def test_initial_request_along_the_path_is_record_routed_both_ways():
     assert up.destination == SCSCF
     assert u.get_all("Record-Route") == [OWN_RR, "<sip:mt@scscf1.home1.net:5080;lr>"]
     assert p.pending_to_ue() == 0
+
+
+def test_retransmitted_own_terminated_notify_is_answered_481():
+    """The S-CSCF retransmits its terminating NOTIFY when our 200 was late; by then
+    the subscription is gone: 481 ends its transaction (it used to be dropped as a
+    request in the clear, or refused 403, and retransmitted until Timer F)."""
+    p, _, acts = registered()
+    notify = _own_terminated_notify(p, acts)
+    out = p.receive_request(notify, Arrival(SCSCF), 5.0)
+    assert out[0].message.status == 200 and p.stats()["registrations"] == 0
+    contexts = len(p.pending)
+    (again,) = p.receive_request(_reparse(notify), Arrival(SCSCF), 5.5)
+    assert again.message.status == 481 and again.destination == SCSCF and again.spi is None
+    assert p.counters["notify-unknown-subscription"] == 1
+    assert len(p.pending) == contexts  # nothing forwarded, nothing kept
+    assert "clear-request-from-protected-ue" not in p.stats().get("drops", {})

@@ -694,6 +694,13 @@ class PcscfCore:
             and request.get("Call-ID") in self.subscriptions
         ):
             return self._reg_notify(request, arrival, now)
+        if request.method == "NOTIFY" and arrival.spi is None and self._names_us(request.uri):
+            # To us, for a subscription we no longer hold: typically the S-CSCF's
+            # retransmission of the terminating NOTIFY we answered and acted on (our 200
+            # was late). 481 ends its transaction now (RFC 6665 §4.1.3), where a drop
+            # left it retransmitting until Timer F.
+            self.counters["notify-unknown-subscription"] += 1
+            return [self._reply(request, arrival, 481, "Subscription does not exist")]
         if request.method == "ACK":
             return self._drop("stray-ack")
         if arrival.spi is None:
