@@ -496,3 +496,26 @@ def test_retransmitted_own_terminated_notify_is_answered_481():
     assert p.counters["notify-unknown-subscription"] == 1
     assert len(p.pending) == contexts  # nothing forwarded, nothing kept
     assert "clear-request-from-protected-ue" not in p.stats().get("drops", {})
+
+
+def test_requests_to_a_ue_are_taken_only_from_the_core():
+    """A request for a served contact is relayed over the UE's SAs only when it comes
+    from a node the P-CSCF routes to (its configured routes, the Service-Route of the
+    200 OK): from anywhere else it would reach the UE as the network's own word."""
+    p, inst, _ = registered()
+    subscribe_through(p, inst)
+    # another host: treated as a UE's own request in the clear, refused, not relayed
+    (rep,) = p.receive_request(scscf_notify(), Arrival(("192.0.2.7", 5080)), 5.0)
+    assert rep.message.status == 403 and rep.spi is None and rep.destination[0] == "192.0.2.7"
+    # the S-CSCF's host but not its port over UDP (a UE on the same loopback): not relayed
+    out = p.receive_request(scscf_notify(branch="z9hG4bKother"), Arrival(UE_C), 5.1)
+    assert not any(isinstance(a, Reply) and a.spi is not None for a in out)
+    assert p.pending_to_ue() == 0 and p.counters["terminating-forwarded"] == 0
+    # over TCP the S-CSCF connects from any port of its host: relayed
+    (rep,) = p.receive_request(
+        scscf_notify(branch="z9hG4bKtcp"), Arrival(("127.0.0.1", 45678), "tcp"), 5.2
+    )
+    assert rep.spi == inst.sa.spi_us and rep.destination == UE_S
+    # and from the S-CSCF's address (the Service-Route's) over UDP
+    (rep,) = p.receive_request(scscf_notify(branch="z9hG4bKudp"), Arrival(SCSCF), 5.3)
+    assert rep.spi == inst.sa.spi_us and p.counters["terminating-forwarded"] == 2

@@ -465,6 +465,15 @@ class PcscfCore:
         self._packer = WirePacker()
         # Service-Route sets seen (bounded): registrations share them
         self._routes = SharedTuples(64)
+        # Where requests from the core to UEs may come from (`_from_core`): the
+        # configured routes now, each S-CSCF's Service-Route when a 200 OK brings it.
+        self._core_sources: set[Address] = set()
+        self._core_hosts: set[str] = set()
+        self._trusted_routes: set[tuple[str, ...]] = set()
+        for route in config.routes:
+            for uri in (route.icscf, route.scscf):
+                if uri:
+                    self._trust(uri)
         self.registrations: dict[str, Registration] = {}  # by IMPI
         self.by_spi: dict[int, str] = {}  # inbound SPI -> IMPI
         # reg-event subscriptions (TS 24.229 §5.2.3): Call-ID -> IMPI
@@ -605,13 +614,36 @@ class PcscfCore:
         target = target or chosen.scscf
         if target is None:
             return None
-        host, port = split_hostport(target)
+        return self._address(target)
+
+    def _address(self, uri: str) -> Address | None:
+        """(IP, port) of a `sip:` URI or host[:port], its name resolved by the network's
+        host table; None if it does not parse or resolve."""
+        try:
+            host, port = split_hostport(uri)
+        except ValueError:
+            return None
         if self.network is not None:
             try:
                 host = self.network.resolve(host)
             except ValueError:
                 return None
         return host, port
+
+    def _trust(self, uri: str) -> None:
+        """Requests to UEs are taken from the node at `uri` (a route or Service-Route)."""
+        address = self._address(uri)
+        if address is not None:
+            self._core_sources.add(address)
+            self._core_hosts.add(address[0])
+
+    def _from_core(self, arrival: Arrival) -> bool:
+        """Whether a request came from a node of the core this P-CSCF routes to: the
+        address of a configured route or of a Service-Route it was given. Over UDP the
+        node sends from its listening port; over TCP from any port of its host."""
+        if arrival.source in self._core_sources:
+            return True
+        return arrival.transport != "udp" and arrival.source[0] in self._core_hosts
 
     def _via(self, branch: str, transport: str) -> str:
         return f"SIP/2.0/{transport.upper()} {self._via_prefix}{branch}"
@@ -1108,6 +1140,10 @@ class PcscfCore:
         gone) is answered 404 here at once: the contact does not exist at this proxy,
         and RFC 5057 §5.1 reads 404 as the end of the dialog, so the S-CSCF's
         transaction ends now (no Timer F) and it drops the subscription."""
+        if not self._from_core(arrival):
+            # Not from a node we route to: not relayed to a UE over its SAs, where it
+            # would arrive as the network's own word (a UE's request: `_other_request`).
+            return None
         try:
             routes = request.route
         except SipParseError:
@@ -1278,16 +1314,7 @@ class PcscfCore:
             return None
         if not routes and not by_uri:
             return self.route(msg.uri)
-        try:
-            host, port = split_hostport(routes[0].uri if routes else msg.uri)
-        except ValueError:
-            return None
-        if self.network is not None:
-            try:
-                host = self.network.resolve(host)
-            except ValueError:
-                return None
-        return host, port
+        return self._address(routes[0].uri if routes else msg.uri)
 
     # ------------------------------------------------------------------ responses
 
@@ -1613,6 +1640,16 @@ class PcscfCore:
                 pass
         # the S-CSCF's route, the same for its many users: one tuple of one string object
         reg.service_route = self._routes.share(resp.get_all("Service-Route"))
+        if (
+            reg.service_route
+            and reg.service_route not in self._trusted_routes
+            and len(self._trusted_routes) < 64  # S-CSCFs are few; a flood stays bounded
+        ):
+            self._trusted_routes.add(reg.service_route)
+            try:
+                self._trust(NameAddr.parse(reg.service_route[0]).uri)
+            except SipParseError:
+                pass
         reg.associated_uris = tuple(resp.get_all("P-Associated-URI"))
         contacts = resp.get_all("Contact")
         reg.contact = contacts[0] if contacts else reg.contact
