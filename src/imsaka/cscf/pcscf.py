@@ -1640,11 +1640,11 @@ class PcscfCore:
                 pass
         # the S-CSCF's route, the same for its many users: one tuple of one string object
         reg.service_route = self._routes.share(resp.get_all("Service-Route"))
-        if (
-            reg.service_route
-            and reg.service_route not in self._trusted_routes
-            and len(self._trusted_routes) < 64  # S-CSCFs are few; a flood stays bounded
-        ):
+        if reg.service_route and reg.service_route not in self._trusted_routes:
+            if len(self._trusted_routes) >= 256:
+                # Service-Routes that differ per user: read them again (the addresses,
+                # a few S-CSCFs, stay)
+                self._trusted_routes.clear()
             self._trusted_routes.add(reg.service_route)
             try:
                 self._trust(NameAddr.parse(reg.service_route[0]).uri)
