@@ -47,7 +47,6 @@ import enum
 import hashlib
 import heapq
 import logging
-import math
 import random
 import re
 import sys
@@ -442,7 +441,7 @@ class PcscfCore:
         # Upstream answer times (forwarded → final), in windows of QUEUE_DELAY_WINDOW:
         # the current window's end and quickest answer, and the last full window's.
         self._delay_window_end = 0.0
-        self._delay_min = math.inf
+        self._delay_min = 0.0
         self._delay_last = 0.0
         # () -> (spi-c, spi-s): the SA table's allocator (unique among live SAs).
         self._spi_allocator = spi_allocator
@@ -872,9 +871,9 @@ class PcscfCore:
     def _note_answer_time(self, seconds: float, now: float) -> None:
         """One forwarded request's final answer came after `seconds`."""
         if now >= self._delay_window_end:
-            self._delay_last = 0.0 if self._delay_min == math.inf else self._delay_min
-            if now >= self._delay_window_end + QUEUE_DELAY_WINDOW:
-                self._delay_last = 0.0  # no answer in the window before: no measure
+            # the window that ended is the measure if it ended within one window of now
+            recent = now < self._delay_window_end + QUEUE_DELAY_WINDOW
+            self._delay_last = self._delay_min if recent else 0.0
             self._delay_min = seconds
             self._delay_window_end = now + QUEUE_DELAY_WINDOW
         elif seconds < self._delay_min:
@@ -885,7 +884,7 @@ class PcscfCore:
         that ended within a window of `now` (0: none measured)."""
         if now < self._delay_window_end:
             return self._delay_last
-        if now < self._delay_window_end + QUEUE_DELAY_WINDOW and self._delay_min != math.inf:
+        if now < self._delay_window_end + QUEUE_DELAY_WINDOW:
             return self._delay_min
         return 0.0
 

@@ -1296,17 +1296,11 @@ class HssStore:
         hand-off); if SQLite reports the database busy, again on a reader thread that
         may wait. PostgreSQL: on asyncpg. Otherwise on the async engine."""
         if self._path is not None:
-            db = self._loop_reader()
-            if db is not None:
-                try:
-                    return self._read_on(db, plan, args)
-                except sqlite3.OperationalError as exc:
-                    if exc.sqlite_errorcode & 0xFF not in (
-                        sqlite3.SQLITE_BUSY,
-                        sqlite3.SQLITE_LOCKED,
-                    ):
-                        raise
-                    self.reads_deferred += 1
+            got = self._read_now(plan, *args)
+            if got is not WAIT:
+                return got
+            if self._loop_reader() is not None:
+                self.reads_deferred += 1  # the loop's connection found the database busy
             if self._read_executor is None:
                 self._read_executor = concurrent.futures.ThreadPoolExecutor(
                     2, thread_name_prefix="hss-sqlite-read"
@@ -1335,7 +1329,7 @@ class HssStore:
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 raise
-            return WAIT  # not counted in reads_deferred: `_read` counts it when it defers
+            return WAIT  # counted in reads_deferred by `_read` when it defers
 
     async def _pg(self) -> Any:
         """PostgreSQL: asyncpg's own pool for Cx reads and group commits (cheaper to
