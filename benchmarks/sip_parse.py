@@ -94,7 +94,10 @@ def build_bench(seconds: float, rounds: int) -> dict:
 
     def forward() -> None:
         req = parse_message(raw1)
-        fwd = core._prepare_upstream(req, "z9hG4bKbench", arrival, protected=False)
+        # the P-CSCF reads Max-Forwards and the credentials first (its handler does)
+        fwd = core._prepare_upstream(
+            req, "z9hG4bKbench", arrival, False, req.max_forwards, req.authorization
+        )
         fwd.to_bytes()
 
     def parse_only() -> None:
