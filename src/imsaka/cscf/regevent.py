@@ -18,6 +18,7 @@ from __future__ import annotations
 import heapq
 import sys
 from collections.abc import Iterable, Iterator
+from functools import lru_cache
 from xml.sax.saxutils import escape, quoteattr
 
 from imsaka.cscf.registrar import Registration
@@ -42,12 +43,30 @@ TERMINATION_EVENT = {
 }
 
 
+@lru_cache(maxsize=256)
 def _sip_host(uri: str) -> str | None:
+    # Cached: the URIs asked about are a few P-CSCFs' (their P-Asserted-Identity), each
+    # repeated for every UE it serves.
     try:
         parsed = parse_uri(uri)
     except SipParseError:
         return None
     return parsed.host.lower() if isinstance(parsed, SipUri) else None
+
+
+@lru_cache(maxsize=256)
+def _path_hosts(path: tuple[str, ...]) -> frozenset[str]:
+    """The hosts named in a contact's Path (one P-CSCF's Path is the same tuple for all
+    its UEs: the registrar core shares it), each parsed once."""
+    hosts = set()
+    for entry in path:
+        try:
+            host = _sip_host(NameAddr.parse(entry).uri)
+        except SipParseError:
+            continue
+        if host:
+            hosts.add(host)
+    return frozenset(hosts)
 
 
 def authorised_watcher(reg: Registration, watchers: list[str]) -> bool:
@@ -58,20 +77,11 @@ def authorised_watcher(reg: Registration, watchers: list[str]) -> bool:
     servers from the initial filter criteria would be the third kind; this S-CSCF
     evaluates no iFC, so there are none."""
     own = {reg.impu.lower(), *(a.lower() for a in reg.associated)}
-    path_hosts: set[str] = set()
-    for binding in reg.contacts.values():
-        for entry in binding.path:
-            try:
-                host = _sip_host(NameAddr.parse(entry).uri)
-            except SipParseError:
-                continue
-            if host:
-                path_hosts.add(host)
     for uri in watchers:
         if uri.lower() in own:
             return True
         host = _sip_host(uri)
-        if host is not None and host in path_hosts:
+        if host is not None and any(host in _path_hosts(b.path) for b in reg.contacts.values()):
             return True
     return False
 
@@ -400,26 +410,34 @@ def reginfo_body(
     """RFC 3680 §5.3 reginfo: one <registration> per IMPU of the implicit set (TS 24.229
     §5.4.2.1.2), with the contacts active, or all terminated with `terminated_event`."""
     impus = associated or (registration.associated if registration is not None else ()) or (impu,)
-    contacts = list(registration.contacts.values()) if registration is not None else []
+    contacts = registration.contacts.values() if registration is not None else ()
+    # Each contact's element is the same under every IMPU of the set but for its id:
+    # its attributes and escaped URI are made once.
+    if terminated_event:
+        state = "terminated"
+        tails = [
+            f' state="terminated" event="{terminated_event}">\n'
+            f"      <uri>{escape(c.uri)}</uri>\n    </contact>"
+            for c in contacts
+        ]
+    else:
+        state = "active"
+        tails = [
+            f' state="active" event="registered" expires="{max(0, round(c.expires_at - now))}">\n'
+            f"      <uri>{escape(c.uri)}</uri>\n    </contact>"
+            for c in contacts
+        ]
     lines = [
         '<?xml version="1.0"?>',
         f'<reginfo xmlns="urn:ietf:params:xml:ns:reginfo" version="{version}" state="full">',
     ]
     for n, aor in enumerate(impus):
-        state = "terminated" if terminated_event else "active"
         lines.append(f'  <registration aor={quoteattr(aor)} id="r{n}" state="{state}">')
-        for m, c in enumerate(contacts):
-            if terminated_event:
-                attrs = f'state="terminated" event="{terminated_event}"'
-            else:
-                left = max(0, round(c.expires_at - now))
-                attrs = f'state="active" event="registered" expires="{left}"'
-            lines.append(f'    <contact id="c{n}.{m}" {attrs}>')
-            lines.append(f"      <uri>{escape(c.uri)}</uri>")
-            lines.append("    </contact>")
+        for m, tail in enumerate(tails):
+            lines.append(f'    <contact id="c{n}.{m}"{tail}')
         lines.append("  </registration>")
-    lines.append("</reginfo>")
-    return ("\n".join(lines) + "\n").encode("utf-8")
+    lines.append("</reginfo>\n")
+    return "\n".join(lines).encode()
 
 
 def notify_request(

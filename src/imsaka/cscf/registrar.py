@@ -315,6 +315,10 @@ class MemoryBindingStore:
         return None if entry is None else self._load(entry)
 
     async def put(self, registration: Registration) -> None:
+        self.put_now(registration)
+
+    def put_now(self, registration: Registration) -> None:
+        """`put` without a coroutine: nothing here waits (the S-CSCF writes so inline)."""
         r = registration
         contacts = tuple(r.contacts.values())
         self._version += 1
@@ -328,10 +332,14 @@ class MemoryBindingStore:
         entry = self._regs.get(registration.impu)
         if entry is None or entry[6] != registration.version:
             return False
-        await self.put(registration)
+        self.put_now(registration)
         return True
 
     async def delete(self, impu: str) -> None:
+        self.delete_now(impu)
+
+    def delete_now(self, impu: str) -> None:
+        """`delete` without a coroutine."""
         self._regs.pop(impu, None)
 
     async def claim_lapsed(self, impu: str, now: float) -> Claim:

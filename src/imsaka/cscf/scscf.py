@@ -239,6 +239,9 @@ class Scscf:
         self._send_request = send_request
         self._resolve = resolve or (lambda host: host)
         self._contact = f"<sip:{_uri_host(config.address)}:{config.port}>"
+        # NOTIFY target → address: the P-CSCFs' few, resolved once (bounded: a UE's own
+        # subscription without a route set targets its contact)
+        self._addresses: dict[str, tuple[str, int]] = {}
         self.core = RegistrarCore(RegistrarPolicy.from_config(config), random_bytes=random_bytes)
         self.store: BindingStore = (
             store if store is not None else open_binding_store(config.binding_store)
@@ -282,39 +285,63 @@ class Scscf:
     # ------------------------------------------------------------- SIP
 
     async def handle_request(self, request: Request, respond: Respond) -> None:
-        if request.method == "SUBSCRIBE":
+        pending = self.receive_request(request, respond)
+        if pending is not None:
+            await pending
+
+    def receive_request(
+        self, request: Request, respond: Respond
+    ) -> Coroutine[Any, Any, None] | None:
+        """`handle_request` without a task where none is needed: the request is handled
+        here and now (a SUBSCRIBE, a REGISTER with the memory store: its MAR/SAR run in
+        their own task), or the coroutine that handles it (a REGISTER whose record is
+        read from a shared store first) is returned for the caller to run."""
+        method = request.method
+        if method == "SUBSCRIBE":
             self._subscribe(request, respond)
-            return
-        if request.method != "REGISTER":
+            return None
+        if method != "REGISTER":
             # Sessions through the S-CSCF are not this issue's; say so instead of dropping.
             respond(make_response(request, 501, "Not Implemented (S-CSCF handles REGISTER only)"))
-            return
+            return None
         try:
             reg_req = register_request_from_sip(request)
         except SipParseError as exc:
             self.core.counters["bad_register"] += 1
             respond(make_response(request, 400, f"Bad Request ({exc.reason})"[:120]))
-            return
+            return None
         if self._shared:
-            # Another S-CSCF sharing the store may have changed this IMPU's record.
-            try:
-                stored = await self.store.get(reg_req.impu)
-            except Exception as exc:  # the store is down: do not guess
-                log.warning("binding store unavailable: %s", exc)
-                respond(
-                    make_response(request, 500, "Server Internal Error (binding store unavailable)")
-                )
-                return
-            if stored is None:
-                self.core.forget(reg_req.impu)
-            else:
-                self.core.load(stored)
+            return self._register_shared(request, respond, reg_req)
+        self._run_now(self._register(request, respond, reg_req))
+        self._rearm()
+        return None
+
+    async def _register_shared(
+        self, request: Request, respond: Respond, reg_req: RegisterRequest
+    ) -> None:
+        # Another S-CSCF sharing the store may have changed this IMPU's record.
+        try:
+            stored = await self.store.get(reg_req.impu)
+        except Exception as exc:  # the store is down: do not guess
+            log.warning("binding store unavailable: %s", exc)
+            respond(
+                make_response(request, 500, "Server Internal Error (binding store unavailable)")
+            )
+            return
+        if stored is None:
+            self.core.forget(reg_req.impu)
+        else:
+            self.core.load(stored)
+        await self._run_actions(self._register(request, respond, reg_req))
+        self._rearm()
+
+    def _register(
+        self, request: Request, respond: Respond, reg_req: RegisterRequest
+    ) -> list[Action]:
         self._token += 1
         token = self._token
         self._pending[token] = (request, respond)
-        actions = self.core.handle_register(token, reg_req, self._clock())
-        await self._run_actions(actions)
-        self._rearm()
+        return self.core.handle_register(token, reg_req, self._clock())
 
     # ------------------------------------------------------------- reg event
 
@@ -450,13 +477,18 @@ class Scscf:
         target = (
             sub.route_set[0].strip("<>").split(">", 1)[0] if sub.route_set else sub.remote_target
         )
-        try:
-            host, port = split_hostport(target)
-            address = (self._resolve(host), port)
-        except ValueError as exc:
-            self.core.counters["notify_unroutable"] += 1
-            log.warning("reg-event NOTIFY to %s: %s", target, exc)
-            return
+        address = self._addresses.get(target)
+        if address is None:
+            try:
+                host, port = split_hostport(target)
+                address = (self._resolve(host), port)
+            except ValueError as exc:
+                self.core.counters["notify_unroutable"] += 1
+                log.warning("reg-event NOTIFY to %s: %s", target, exc)
+                return
+            if len(self._addresses) >= 256:
+                self._addresses.clear()
+            self._addresses[target] = address
         self.core.counters["notify_sent"] += 1
         self._spawn(self._deliver(sub, notify, address))
 
@@ -472,7 +504,27 @@ class Scscf:
 
     # ------------------------------------------------------------- actions
 
+    def _run_now(self, actions: list[Action]) -> None:
+        """`_run_actions` with the memory store, where no action waits: inline."""
+        store = self.store
+        assert isinstance(store, MemoryBindingStore)
+        for action in actions:
+            if isinstance(action, Reply):
+                self._reply(action)
+            elif isinstance(action, AskVectors):
+                self._spawn(self._mar(action))
+            elif isinstance(action, AskAssignment):
+                self._spawn(self._sar(action))
+            elif isinstance(action, StoreRegistration):
+                store.put_now(action.registration)
+            elif isinstance(action, RemoveRegistration):
+                store.delete_now(action.impu)
+                self._notify_terminated(action)
+
     async def _run_actions(self, actions: list[Action]) -> None:
+        if not self._shared:
+            self._run_now(actions)
+            return
         claimed_elsewhere: set[str] = set()
         for action in actions:
             if isinstance(action, Reply):
@@ -488,12 +540,12 @@ class Scscf:
                     continue
                 self._spawn(self._sar(action))
             elif isinstance(action, StoreRegistration):
-                if action.if_unchanged and self._shared:
+                if action.if_unchanged:
                     await self._store_partial_expiry(action.registration)
                 else:
                     await self._store(self.store.put(action.registration))
             elif isinstance(action, RemoveRegistration):
-                if action.reason == "timeout" and self._shared:
+                if action.reason == "timeout":
                     claim = await self._claim_lapsed(action.impu)
                     if claim != "removed":
                         claimed_elsewhere.add(action.impu)
@@ -557,8 +609,8 @@ class Scscf:
             self.core.counters["reply_too_late"] += 1
             log.info("REGISTER %s: answer %d not sent: %s", request.call_id, reply.status, exc)
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -762,8 +814,8 @@ class ScscfServer:
 
         # The endpoint makes its task from this coroutine directly, so a task cancelled
         # on close before it ran leaves no coroutine never awaited behind.
-        def handle(request: Request, tx: Any) -> Coroutine[Any, Any, None]:
-            return scscf.handle_request(request, tx.respond)
+        def handle(request: Request, tx: Any) -> Coroutine[Any, Any, None] | None:
+            return scscf.receive_request(request, tx.respond)
 
         self.endpoint.set_request_handler(handle)
 

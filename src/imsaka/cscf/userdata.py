@@ -67,15 +67,16 @@ def parse_user_data(xml: str | bytes) -> tuple[str, list[PublicIdentity]]:
     return private_id, identities
 
 
-def _same_uri(a: str, b: str) -> bool:
-    return a.strip("<>").lower() == b.strip("<>").lower()
-
-
 def associated_uris(registered_impu: str, identities: list[PublicIdentity]) -> tuple[str, ...]:
-    """P-Associated-URI entries: the non-barred identities, the registered IMPU first."""
+    """P-Associated-URI entries: the non-barred identities, the registered IMPU first
+    (each once: compared without angle brackets, case-insensitively)."""
     out = [registered_impu]
+    seen = {registered_impu.strip("<>").lower()}
     for pid in identities:
-        if pid.barred or any(_same_uri(pid.identity, seen) for seen in out):
+        if pid.barred:
             continue
-        out.append(pid.identity)
+        key = pid.identity.strip("<>").lower()
+        if key not in seen:
+            seen.add(key)
+            out.append(pid.identity)
     return tuple(out)

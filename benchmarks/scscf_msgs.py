@@ -1,0 +1,415 @@
+"""CPU of the S-CSCF per registration and per re-registration, one process, no sockets.
+
+The real S-CSCF (imsaka.cscf.scscf.Scscf, as `imsaka run scscf` builds it) on a
+SipEndpoint with an in-memory UDP transport, fed what the I-CSCF and the P-CSCF send it
+(the messages of `imsaka demo`, TS 24.229 §5.4.1, a new UE per registration):
+
+- registration: REGISTER without credentials → MAR/MAA → 401; REGISTER with the digest
+  response → SAR/SAA (REGISTRATION, User-Data with three IMPUs) → 200 OK; the P-CSCF's
+  reg-event SUBSCRIBE → 200 and NOTIFY (reginfo); the P-CSCF's 200 to that NOTIFY;
+- re-registration (each UE once, after all registered): a protected REGISTER
+  (integrity-protected="yes") → SAR (RE_REGISTRATION, no User-Data) → 200 OK.
+
+Cx answers come at once from canned MAA/SAA frames built with imsaka.diameter.cx before
+the clock starts; with the codec on (default) each request is encoded and each answer
+frame decoded as a DiameterNode does, so the number is the S-CSCF process's CPU but for
+the Diameter peer and the sockets. Only the S-CSCF's work is timed (process_time from a
+message handed in until its answers are out); the UE's digest and the P-CSCF's 200 are
+built outside the timed spans. Every 401, 200, NOTIFY is checked (the run raises
+otherwise).
+
+Baseline in the same run: parse_message + to_bytes of every SIP message the S-CSCF
+receives in a registration (a ratio holds on a loaded machine, an absolute time does not).
+
+    python benchmarks/scscf_msgs.py [--n 1000] [--rounds 3] [--no-codec]
+    python benchmarks/scscf_msgs.py --callgrind [--callgrind-n 100 300]
+
+`--callgrind` runs the whole benchmark process under `valgrind --tool=callgrind` for two
+sizes A and B and prints instructions per registration (I_B - I_A) / (B - A), and per
+re-registration the same over runs that also re-register (start-up cancels out; counts
+do not move with the machine's load; the UE/P-CSCF side built in the harness, a few per
+cent, is included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+from imsaka.aka.digest import AKAV1_MD5, compute_response  # noqa: E402
+from imsaka.config import parse_config  # noqa: E402
+from imsaka.cscf.registrar import MemoryBindingStore  # noqa: E402
+from imsaka.cscf.scscf import Scscf  # noqa: E402
+from imsaka.diameter import cx  # noqa: E402
+from imsaka.hss.userdata import ProfileIdentities, build_user_data  # noqa: E402
+from imsaka.sip import parse_message  # noqa: E402
+from imsaka.sip.endpoint import SipEndpoint  # noqa: E402
+from sip_parse import _MemoryUdp  # noqa: E402
+
+ROOT = BENCH.parent
+CONFIG = ROOT / "examples" / "imsaka.toml"
+ICSCF = ("127.0.0.1", 5070)
+PCSCF = ("127.0.0.1", 5060)
+XRES = bytes.fromhex("a54211d5e3ba50bf")
+
+_REGISTER = (
+    "REGISTER sip:@SCSCF@ SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP icscf1_p.home1.net:5070;branch=z9hG4bKi@CSEQ@x@N@\r\n"
+    "Via: SIP/2.0/UDP pcscf1.home1.net:5060;branch=z9hG4bKp@CSEQ@x@N@;received=127.0.0.1\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:@PORT@;branch=z9hG4bKu@CSEQ@x@N@\r\n"
+    "Max-Forwards: 68\r\n"
+    "P-Access-Network-Info: 3GPP-UTRAN-TDD; utran-cell-id-3gpp=234151D0FCE11\r\n"
+    "Path: <sip:term@pcscf1.home1.net:5060;lr>\r\n"
+    "Require: path\r\n"
+    'P-Visited-Network-ID: "home1.net"\r\n'
+    'P-Charging-Vector: icid-value="RWP/XyBOG/3d4lp+w6E/mViuWBQ=@N@"\r\n'
+    "From: <sip:@USER@_public1@home1.net>;tag=@TAG@\r\n"
+    "To: <sip:@USER@_public1@home1.net>\r\n"
+    "Contact: <sip:127.0.0.1:@PORT@>;expires=600000\r\n"
+    "Call-ID: @CALLID@@127.0.0.1\r\n"
+    'Authorization: Digest username="@USER@_private@home1.net", realm="@REALM@", '
+    "@CRED@\r\n"
+    "CSeq: @CSEQ@ REGISTER\r\n"
+    "Supported: path\r\n"
+    "Content-Length: 0\r\n\r\n"
+)
+_NO_CRED = 'nonce="", uri="sip:@REALM@", response="", integrity-protected="no"'
+_CRED = (
+    'nonce="@NONCE@", algorithm=AKAv1-MD5, uri="sip:@REALM@", response="@RESPONSE@", '
+    'integrity-protected="@IP@"'
+)
+_SUBSCRIBE = (
+    "SUBSCRIBE sip:@USER@_public1@home1.net SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP pcscf1.home1.net:5060;branch=z9hG4bKs@N@\r\n"
+    "Max-Forwards: 70\r\n"
+    "Route: <sip:orig@@SCSCF@;lr>\r\n"
+    "From: <sip:pcscf1.home1.net:5060>;tag=s@TAG@\r\n"
+    "To: <sip:@USER@_public1@home1.net>\r\n"
+    "Call-ID: s@CALLID@@pcscf1.home1.net\r\n"
+    "CSeq: 1 SUBSCRIBE\r\n"
+    "Event: reg\r\n"
+    "Expires: 600000\r\n"
+    "Contact: <sip:127.0.0.1:5060>\r\n"
+    "P-Asserted-Identity: <sip:pcscf1.home1.net:5060>\r\n"
+    "Content-Length: 0\r\n\r\n"
+)
+# what the P-CSCF's 200 to a NOTIFY copies from it (make_response, RFC 3261 §8.2.6.2)
+_COPIED = (b"Via:", b"From:", b"To:", b"Call-ID:", b"CSeq:")
+
+
+def _fill(template: str, fields: dict[str, str]) -> str:
+    template = template.replace("@CRED@", fields.get("@CRED@", ""))  # it holds fields too
+    for k, v in fields.items():
+        template = template.replace(k, v)
+    return template
+
+
+@dataclass
+class _Ue:
+    fields: dict[str, str]
+    maa: bytes
+    saa: bytes
+    saa_again: bytes
+    nonce: str = ""
+    response: str = ""
+
+
+class Workload:
+    """N UEs and the Cx answer frames for them, built before any timing."""
+
+    def __init__(self, n: int, seed: int = 7) -> None:
+        cfg = parse_config(tomllib.loads(CONFIG.read_text()))
+        assert cfg.scscf is not None
+        self.config = cfg
+        s = cfg.scscf
+        rng = random.Random(seed)
+        self.ues: list[_Ue] = []
+        for i in range(n):
+            user = f"bench{i}"
+            impi = f"{user}_private@home1.net"
+            impus = [(f"sip:{user}_public{k}@home1.net", False) for k in (1, 2, 3)]
+            items = tuple(
+                cx.SipAuthDataItem.aka_vector(
+                    rand=rng.randbytes(16),
+                    autn=rng.randbytes(16),
+                    xres=XRES,
+                    ck=rng.randbytes(16),
+                    ik=rng.randbytes(16),
+                    item_number=k + 1,
+                )
+                for k in range(s.vectors_per_request)
+            )
+            head = {"session_id": f"s;{i}", "origin_host": "hss.home1.net"}
+            head["origin_realm"] = "home1.net"
+            maa = cx.MultimediaAuthAnswer(
+                **head,
+                result_code=cx.DIAMETER_SUCCESS,
+                user_name=impi,
+                public_identity=impus[0][0],
+                sip_number_auth_items=len(items),
+                sip_auth_data_items=items,
+            )
+            saa = cx.ServerAssignmentAnswer(
+                **head,
+                result_code=cx.DIAMETER_SUCCESS,
+                user_name=impi,
+                user_data=build_user_data(impi, [ProfileIdentities(impus)]),
+            )
+            self.ues.append(
+                _Ue(
+                    fields={
+                        "@N@": f"{i:016x}",
+                        "@USER@": user,
+                        "@TAG@": f"{i:08x}",
+                        "@CALLID@": f"{i:024x}",
+                        "@PORT@": str(10000 + i % 50000),
+                        "@REALM@": s.realm,
+                        "@SCSCF@": f"{s.name}:{s.port}",
+                    },
+                    maa=maa.encode(1, 1),
+                    saa=saa.encode(2, 2),
+                    saa_again=replace(saa, user_data=None).encode(3, 3),
+                )
+            )
+
+
+class _Harness:
+    def __init__(self, w: Workload, codec: bool) -> None:
+        self.w = w
+        self.codec = codec
+        self.answer = b""
+        self.cpu = {"register": 0.0, "reg_event": 0.0, "reregister": 0.0}
+        self.received = 0
+        self.sent = 0
+
+    async def cx_send(self, request):
+        if self.codec:  # as DiameterNode.request: encode out, decode the answer frame
+            request.encode_body()
+            return cx.decode(cx.decode_frame(self.answer))
+        return cx.decode_bytes(self.answer)
+
+    async def start(self) -> None:
+        cfg = self.w.config
+        s = cfg.scscf
+        assert s is not None
+        self.ep = SipEndpoint(owner="scscf")
+        self.t = _MemoryUdp()
+        self.t.local_address = (s.address, s.port)
+        self.ep.add_transport(self.t)
+        self.scscf = Scscf(
+            s,
+            cx_send=self.cx_send,
+            store=MemoryBindingStore(),
+            random_bytes=random.Random(11).randbytes,
+            send_request=self.ep.send_request,
+            resolve=cfg.network.resolve,
+        )
+        await self.scscf.start()
+        scscf = self.scscf
+        # as ScscfServer wires it: a coroutine (run as a task) only when one is needed
+        self.ep.set_request_handler(lambda request, tx: scscf.receive_request(request, tx.respond))
+
+    async def _exchange(self, data: str | bytes, source, expect: int, kind: str) -> list[bytes]:
+        """Hand `data` to the S-CSCF; return the `expect` messages it sent (CPU timed)."""
+        t = self.t
+        t.sent.clear()
+        raw = data.encode() if isinstance(data, str) else data
+        start = time.process_time()
+        self.ep._on_message(raw, source, t)
+        tasks = self.scscf._tasks
+        # until it sent them and its tasks ended; but a SUBSCRIBE's NOTIFY waits for its 200
+        waits = kind == "reg_event" and expect > 0
+        for _ in range(200):
+            if len(t.sent) >= expect and (waits or not tasks):
+                break
+            await asyncio.sleep(0)
+        self.cpu[kind] += time.process_time() - start
+        self.received += 1
+        self.sent += len(t.sent)
+        if len(t.sent) != expect:
+            raise RuntimeError(f"S-CSCF benchmark: {len(t.sent)} messages out, {expect} expected")
+        return [d for d, _ in t.sent]
+
+    async def register(self, ue: _Ue) -> None:
+        f = ue.fields
+        self.answer = ue.maa
+        first = dict(f, **{"@CSEQ@": "1", "@CRED@": _NO_CRED})
+        (challenge,) = await self._exchange(_fill(_REGISTER, first), ICSCF, 1, "register")
+        if not challenge.startswith(b"SIP/2.0 401 "):
+            raise RuntimeError(f"S-CSCF benchmark: no 401: {challenge[:40]!r}")
+        at = challenge.index(b'nonce="') + 7
+        ue.nonce = challenge[at : challenge.index(b'"', at)].decode()
+        realm = f["@REALM@"]
+        ue.response = compute_response(
+            algorithm=AKAV1_MD5,
+            username=f"{f['@USER@']}_private@home1.net",
+            realm=realm,
+            password=XRES,
+            method="REGISTER",
+            uri=f"sip:{realm}",
+            nonce=ue.nonce,
+        )
+        self.answer = ue.saa
+        second = dict(f, **{"@CSEQ@": "2", "@CRED@": _CRED, "@IP@": "yes"})
+        second.update({"@NONCE@": ue.nonce, "@RESPONSE@": ue.response})
+        (ok,) = await self._exchange(_fill(_REGISTER, second), ICSCF, 1, "register")
+        if not ok.startswith(b"SIP/2.0 200 ") or b"P-Associated-URI: " not in ok:
+            raise RuntimeError(f"S-CSCF benchmark: no 200: {ok[:40]!r}")
+        ok, notify = await self._exchange(_fill(_SUBSCRIBE, f), PCSCF, 2, "reg_event")
+        if not ok.startswith(b"SIP/2.0 200 ") or not notify.startswith(b"NOTIFY "):
+            raise RuntimeError("S-CSCF benchmark: SUBSCRIBE not answered 200 + NOTIFY")
+        if b'state="active"' not in notify:
+            raise RuntimeError("S-CSCF benchmark: the NOTIFY has no active registration")
+        head = notify[: notify.index(b"\r\n\r\n")].split(b"\r\n")
+        copied = [line for line in head if line.startswith(_COPIED)]
+        reply = b"\r\n".join([b"SIP/2.0 200 OK", *copied, b"Content-Length: 0", b"", b""])
+        await self._exchange(reply, PCSCF, 0, "reg_event")
+
+    async def reregister(self, ue: _Ue) -> None:
+        self.answer = ue.saa_again
+        again = dict(ue.fields, **{"@CSEQ@": "3", "@CRED@": _CRED, "@IP@": "yes"})
+        again.update({"@NONCE@": ue.nonce, "@RESPONSE@": ue.response})
+        (ok,) = await self._exchange(_fill(_REGISTER, again), ICSCF, 1, "reregister")
+        if not ok.startswith(b"SIP/2.0 200 "):
+            raise RuntimeError(f"S-CSCF benchmark: re-registration not 200: {ok[:40]!r}")
+
+
+async def _run(w: Workload, n: int, codec: bool, rereg: bool) -> _Harness:
+    h = _Harness(w, codec)
+    await h.start()
+    for ue in w.ues[:n]:
+        await h.register(ue)
+    if rereg:
+        for ue in w.ues[:n]:
+            await h.reregister(ue)
+    c = h.scscf.core.counters
+    if c["registered"] != n or (rereg and c["reregistered"] != n):
+        raise RuntimeError(f"S-CSCF benchmark: counters {dict(c)}")
+    await h.ep.close()
+    await h.scscf.close()
+    return h
+
+
+def baseline_us(w: Workload, rounds: int = 200) -> float:
+    """parse_message + to_bytes of the REGISTERs and the SUBSCRIBE of one registration."""
+    f = dict(w.ues[0].fields, **{"@NONCE@": "x" * 56, "@RESPONSE@": "0" * 32, "@IP@": "yes"})
+    msgs = [
+        _fill(_REGISTER, dict(f, **{"@CSEQ@": "1", "@CRED@": _NO_CRED})).encode(),
+        _fill(_REGISTER, dict(f, **{"@CSEQ@": "2", "@CRED@": _CRED})).encode(),
+        _fill(_SUBSCRIBE, f).encode(),
+    ]
+    start = time.process_time()
+    for _ in range(rounds):
+        for m in msgs:
+            parse_message(m).to_bytes()
+    return (time.process_time() - start) / rounds * 1e6
+
+
+def cpu_run(n: int, rounds: int, codec: bool) -> dict:
+    w = Workload(n)
+    asyncio.run(_run(w, min(n, 50), codec, True))  # warm imports and caches
+    runs = [asyncio.run(_run(w, n, codec, True)) for _ in range(rounds)]
+    base = min(baseline_us(w) for _ in range(rounds))
+    per = {k: sorted(h.cpu[k] / n * 1e6 for h in runs) for k in runs[0].cpu}
+    registration = sorted((h.cpu["register"] + h.cpu["reg_event"]) / n * 1e6 for h in runs)
+    h = runs[0]
+    return {
+        "benchmark": "scscf_msgs",
+        "registrations": n,
+        "codec": codec,
+        "cpu_us_per_registration": round(registration[0], 1),
+        "cpu_us_per_registration_runs": [round(x, 1) for x in registration],
+        "cpu_us_register_pair": round(per["register"][0], 1),
+        "cpu_us_reg_event": round(per["reg_event"][0], 1),
+        "cpu_us_per_reregistration": round(per["reregister"][0], 1),
+        "cpu_us_per_reregistration_runs": [round(x, 1) for x in per["reregister"]],
+        "messages_received": h.received,
+        "messages_sent": h.sent,
+        "messages_per_registration": {"received": 4, "sent": 4},
+        "messages_per_reregistration": {"received": 1, "sent": 1},
+        "baseline_parse_us_per_registration": round(base, 1),
+        "ratio_registration_to_baseline": round(registration[0] / base, 2),
+        "load_average": round(os.getloadavg()[0], 2),
+        "python": sys.version.split()[0],
+    }
+
+
+def callgrind(small: int, large: int, codec: bool, jobs: int = 2) -> dict:
+    """Instructions per registration and per re-registration, by differences of runs."""
+    runs = [(mode, n) for mode in ("reg", "rereg") for n in (small, large)]
+    counts: dict[tuple[str, int], int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = []
+        waiting = list(runs)
+        while waiting or procs:
+            while waiting and len(procs) < jobs:
+                mode, n = key = waiting.pop(0)
+                out = Path(tmp) / f"cg.{mode}.{n}"
+                cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+                cmd += [
+                    sys.executable,
+                    __file__,
+                    "--only",
+                    mode,
+                    "--n",
+                    str(n),
+                    "--pool",
+                    str(large),
+                ]
+                if not codec:
+                    cmd.append("--no-codec")
+                procs.append((key, subprocess.Popen(cmd, stdout=subprocess.DEVNULL), out))
+            key, proc, out = procs.pop(0)
+            if proc.wait() != 0:
+                raise RuntimeError(f"callgrind run {key} failed")
+            for line in out.read_text().splitlines():
+                if line.startswith(("summary:", "totals:")):
+                    counts[key] = int(line.split()[1])
+                    break
+    reg = (counts[("reg", large)] - counts[("reg", small)]) / (large - small)
+    both = (counts[("rereg", large)] - counts[("rereg", small)]) / (large - small)
+    return {
+        "instructions_per_registration": round(reg),
+        "instructions_per_reregistration": round(both - reg),
+        "callgrind_n": [small, large],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1000, help="registrations (new UEs) per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-codec", action="store_true", help="Cx answers without the codec")
+    ap.add_argument("--callgrind", action="store_true", help="instruction counts (slow)")
+    ap.add_argument("--callgrind-n", type=int, nargs=2, default=(100, 300), metavar=("A", "B"))
+    ap.add_argument("--only", choices=("reg", "rereg"), help=argparse.SUPPRESS)
+    ap.add_argument("--pool", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    codec = not args.no_codec
+    if args.only:  # one measured process for --callgrind
+        w = Workload(args.pool or args.n)
+        asyncio.run(_run(w, args.n, codec, args.only == "rereg"))
+        return 0
+    result = cpu_run(args.n, args.rounds, codec)
+    if args.callgrind:
+        result.update(callgrind(*args.callgrind_n, codec))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
