@@ -1,10 +1,13 @@
 """The SIP endpoint's timer wake-ups fall on a grid of T1/10: the Timer J of several
-transactions finished within one step ends them all in one wake-up, none early."""
+transactions finished within one step ends them all in one wake-up, none early; the
+answer timeout of requests the application has not answered rides on the same wake-up
+(no loop timer per request); a wake-up armed earlier than needed is kept."""
 
 from __future__ import annotations
 
 from imsaka.sip import Request
 from imsaka.sip.endpoint import SipEndpoint
+from imsaka.sip.proxy import push_via
 from imsaka.sip.transaction import TimerConfig
 
 
@@ -126,3 +129,87 @@ def test_a_timer_never_fires_before_its_deadline():
         assert len(ep.layer) == len(ends)
         wake_ups += 1
     assert wake_ups == 2  # the first three in one step, then the last
+
+
+def parking_endpoint(timers: TimerConfig) -> tuple[SipEndpoint, FakeLoop, FakeUdp, list]:
+    """An endpoint on a fake loop whose application answers only when the test says."""
+    ep = SipEndpoint(timers=timers)
+    loop = FakeLoop()
+    ep._loop = loop
+    t = FakeUdp()
+    ep.add_transport(t)
+    parked: list = []
+    ep.set_request_handler(lambda req, tx: parked.append(tx))
+    return ep, loop, t, parked
+
+
+def test_a_request_answered_later_arms_no_loop_timer_of_its_own():
+    # the 500 for an application that never answers is served by the endpoint's one
+    # wake-up: no loop timer made (and cancelled) per request
+    ep, loop, t, parked = parking_endpoint(TimerConfig())
+    for n in range(5):
+        loop.now = 100.01 + n * 0.001
+        t.receiver(register(n), ("127.0.0.1", 5062), t)
+    assert len(loop.handles) == 1 and loop.armed("_on_timer")
+    assert len(ep._awaiting) == 5
+    for tx in parked:
+        tx.reply(200)
+    assert len(t.sent) == 5 and not ep._awaiting
+    # answered: one wake-up moved earlier, to their Timer J (32 s, before the 37 s of
+    # the answer timeout), for all five
+    (wake,) = loop.armed("_on_timer")
+    assert len(loop.handles) == 2 and wake.when <= 100.01 + 64 * 0.5 + 0.05
+
+
+def test_an_unanswered_request_gets_500_after_the_answer_timeout_never_before():
+    timers = TimerConfig()
+    ep, loop, t, parked = parking_endpoint(timers)
+    loop.now = 100.01
+    t.receiver(register(1), ("127.0.0.1", 5062), t)
+    loop.now = 100.02
+    t.receiver(register(2), ("127.0.0.1", 5062), t)
+    parked[1].reply(200)  # the second is answered; the first never is
+    due = 100.01 + ep.answer_timeout
+    while not any(b.startswith(b"SIP/2.0 500") for b in t.sent):
+        (wake,) = loop.armed("_on_timer")
+        loop.fire(wake)
+        assert loop.now <= due + timers.t1 / 10
+    assert loop.now >= due
+    assert ep.counters["dropped: no answer from the application"] == 1
+    assert not ep._awaiting and not ep._answer_due
+    assert sum(b.startswith(b"SIP/2.0 500") for b in t.sent) == 1
+
+
+def test_an_early_wake_up_is_kept_not_moved_later():
+    # a client transaction answered before its Timer E leaves the wake-up for E armed:
+    # it finds nothing due and arms again, instead of a new loop timer per message
+    timers = TimerConfig()
+    ep, loop, t = answering_endpoint(timers)
+    loop.now = 100.01
+    t.receiver(register(1), ("127.0.0.1", 5062), t)  # answered: Timer J in 32 s
+    (j_wake,) = loop.armed("_on_timer")
+    req = Request(
+        "OPTIONS",
+        "sip:peer.example.com",
+        [
+            ("From", "<sip:a@home1.net>;tag=1"),
+            ("To", "<sip:b@home1.net>"),
+            ("Call-ID", "early-1"),
+            ("CSeq", "1 OPTIONS"),
+        ],
+    )
+    push_via(req, "UDP", "127.0.0.1", 5060, branch="z9hG4bKearly1")
+    ep.layer.send_request(req, (t, ("127.0.0.1", 5070)), loop.now)
+    ep._drain()  # Timer E due in T1: the wake-up moves earlier
+    (e_wake,) = loop.armed("_on_timer")
+    assert j_wake.cancelled and e_wake.when <= loop.now + timers.t1 + timers.t1 / 10
+    answer = (
+        b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKearly1\r\n"
+        b"From: <sip:a@home1.net>;tag=1\r\nTo: <sip:b@home1.net>;tag=2\r\n"
+        b"Call-ID: early-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+    t.receiver(answer, ("127.0.0.1", 5070), t)
+    assert loop.armed("_on_timer") == [e_wake]  # kept, though nothing is due then
+    loop.fire(e_wake)
+    (next_wake,) = loop.armed("_on_timer")  # armed again for what is due next
+    assert next_wake.when > e_wake.when

@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -97,7 +97,7 @@ StatelessHandler = Callable[[Request, Address, SipTransport], bool]
 class ServerTx:
     """The TU's handle on one server transaction."""
 
-    __slots__ = ("_check", "_endpoint", "final_sent", "key", "request", "source", "transport")
+    __slots__ = ("_due", "_endpoint", "final_sent", "key", "request", "source", "transport")
 
     def __init__(
         self,
@@ -113,18 +113,21 @@ class ServerTx:
         self.source = source
         self.transport = transport
         self.final_sent = False
-        # the endpoint's "no answer from the application" timer; cancelled with the
-        # final answer, so the request is not kept alive by the loop for its 37 s
-        self._check: asyncio.TimerHandle | None = None
+        # when the endpoint answers 500 for an application that never answered (a
+        # non-INVITE request); None while not waiting in the endpoint's answer queue
+        self._due: float | None = None
 
     def respond(self, response: Response) -> None:
         """Send a response through the transaction (retransmitted as §17.2 says)."""
+        ep = self._endpoint
         if response.status >= 200:
             self.final_sent = True
-            if self._check is not None:
-                self._check.cancel()
-                self._check = None
-        ep = self._endpoint
+            if self._due is not None:
+                # answered: out of the endpoint's table, so the request is not kept
+                # alive for the answer timeout (its queue entry is skipped)
+                self._due = None
+                if ep._awaiting.get(self.key) is self:
+                    del ep._awaiting[self.key]
         try:
             ep.layer.respond(self.key, response, ep._now())
         finally:
@@ -200,6 +203,12 @@ class SipEndpoint:
         # sees the same few peers over and over, and each transaction keeps its
         # destination until Timer J/K (bounded: cleared when it grows past _DEST_CACHE)
         self._destinations: dict[tuple, tuple] = {}
+        # Non-INVITE requests the application has not answered yet, for the 500 after
+        # `answer_timeout`: key -> ServerTx (out when answered), and (due, key) in
+        # arrival order (the timeout is one constant, so the head is due first). The
+        # endpoint's own timer serves them: no loop timer made and cancelled per request.
+        self._awaiting: dict[tuple, ServerTx] = {}
+        self._answer_due: deque[tuple[float, tuple]] = deque()
 
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -272,6 +281,8 @@ class SipEndpoint:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._awaiting.clear()
+        self._answer_due.clear()
         for task in list(self._tasks):
             task.cancel()
         for entry in self._unacked.values():
@@ -627,13 +638,17 @@ class SipEndpoint:
         if handler is None:
             tx.reply(501 if req.method != "ACK" else 200)
             return
-        if req.method != "INVITE":
-            tx._check = self._get_loop().call_later(self.answer_timeout, self._check_answered, tx)
         try:
             result = handler(req, tx)
         except Exception as exc:
             self._handler_failed(tx, exc)
             return
+        if not tx.final_sent and req.method != "INVITE":
+            # answered later (an async handler, a parked transaction): 500 if never
+            due = self._now() + self.answer_timeout
+            tx._due = due
+            self._awaiting[ev.key] = tx
+            self._answer_due.append((due, ev.key))
         if result is not None and inspect.isawaitable(result):
             # the handler's coroutine is the task (no wrapper coroutine per request);
             # its failure is read in the done callback
@@ -686,8 +701,32 @@ class SipEndpoint:
         if entry is not None and entry[2] is not None:
             entry[2].cancel()
 
+    def _answer_head(self) -> float | None:
+        """When the oldest unanswered request is due its 500; answered ones at the head
+        of the queue leave it here."""
+        queue = self._answer_due
+        awaiting = self._awaiting
+        while queue:
+            due, key = queue[0]
+            tx = awaiting.get(key)
+            if tx is not None and tx._due == due:
+                return due
+            queue.popleft()  # answered (or the key now names a later request)
+        return None
+
+    def _answer_overdue(self, now: float) -> None:
+        queue = self._answer_due
+        awaiting = self._awaiting
+        while queue and queue[0][0] <= now:
+            due, key = queue.popleft()
+            tx = awaiting.get(key)
+            if tx is None or tx._due != due:
+                continue
+            del awaiting[key]
+            tx._due = None
+            self._check_answered(tx)
+
     def _check_answered(self, tx: ServerTx) -> None:
-        tx._check = None
         if tx.final_sent or self._closed or self.layer.server_transaction(tx.key) is None:
             return
         self._drop("no answer from the application", tx.source, tx.request.method)
@@ -744,18 +783,26 @@ class SipEndpoint:
         self._drain()
 
     def _rearm(self) -> None:
-        deadline = self.layer.next_deadline()
-        at = self._timer_at
         if self._closed:
             return
+        deadline = self.layer.next_deadline()
+        if self._answer_due:
+            due = self._answer_head()
+            if due is not None and (deadline is None or due < deadline):
+                deadline = due
         if deadline is None:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
                 self._timer_at = None
             return
-        if at is not None and deadline <= at <= deadline + self._timers.t1 / 10:
-            return  # the armed wake-up is on the grid step of this deadline
+        at = self._timer_at
+        if at is not None and at <= deadline + self._timers.t1 / 10:
+            # armed for this deadline's grid step, or before it: an earlier wake-up
+            # finds nothing due and arms again. (A transaction that ends before its
+            # retransmission timer, the usual case, leaves the wake-up for that timer
+            # armed; moving it later on every message cost a loop timer each time.)
+            return
         if self._timer is not None:
             self._timer.cancel()
         at = self._timers.wake_up_at(deadline)
@@ -765,7 +812,10 @@ class SipEndpoint:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self.layer.handle_timer(self._now())
+        now = self._now()
+        if self._answer_due:
+            self._answer_overdue(now)
+        self.layer.handle_timer(now)
         self._drain()
 
 
