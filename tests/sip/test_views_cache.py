@@ -82,11 +82,45 @@ def test_pop_top_via_of_an_empty_line_still_fails():
         pop_via(req)
 
 
-def test_a_bad_lower_via_still_fails_when_the_top_is_stamped():
+def test_a_bad_lower_via_is_left_as_it_is_when_the_top_is_stamped():
+    # RFC 3261 §16.3 step 1: what a proxy does not use, well-formed or not, stays as
+    # it came; the top Via (matching, received, where the answer goes) must parse
     data = REGISTER.replace(b"127.0.0.1:44960;branch", b"[zz]:44960;branch")
     req = parse_message(data)
+    stamp_received(req, "192.0.2.9", 5060)
+    assert req.top_via.received == "192.0.2.9"
+    assert b"Via: SIP/2.0/UDP [zz]:44960;branch=z9hG4bKu1\r\n" in req.to_bytes()
     with pytest.raises(SipParseError):
-        stamp_received(req, "192.0.2.9", 5060)
+        req.via  # noqa: B018 - asking for every Via still finds the bad one
+    bad_top = parse_message(REGISTER.replace(b"pcscf1.home1.net:5070", b"[zz]:5070"))
+    with pytest.raises(SipParseError):
+        stamp_received(bad_top, "192.0.2.9", 5060)
+
+
+def test_top_via_alone_and_the_whole_list_agree_through_changes():
+    req = parse_message(REGISTER)
+    top = req.top_via
+    assert top.host == "pcscf1.home1.net" and "via" not in (req._cache or {})
+    fwd = req.copy()
+    ours = push_via(fwd, "UDP", "icscf1.home1.net", 5060, rng=rng)
+    assert fwd.top_via is ours and req.top_via is top
+    assert fwd.via == [ours, *parse_message(REGISTER).via]
+    assert pop_via(fwd) is ours and fwd.top_via == top
+    stamp_received(fwd, "192.0.2.9", 5060)
+    assert fwd.top_via.received == "192.0.2.9" and fwd.via[0] is fwd.top_via
+    assert parse_message(fwd.to_bytes()).via == fwd.via
+    fwd.pop_first("via")
+    assert fwd.top_via.host == "127.0.0.1" and fwd.top_via == fwd.via[0]
+    fwd.set("Via", "SIP/2.0/TCP h.example.com;branch=z9hG4bKnew")
+    assert fwd.top_via.transport == "TCP" and len(fwd.via) == 1
+    fwd.remove("via")
+    with pytest.raises(SipParseError):
+        fwd.top_via  # noqa: B018
+    two = parse_message(REGISTER.replace(b"\r\nVia: SIP/2.0/UDP 127", b", SIP/2.0/UDP 127"))
+    assert two.top_via.host == "pcscf1.home1.net"
+    stamp_received(two, "192.0.2.9", 5060)
+    assert [v.host for v in two.via] == ["pcscf1.home1.net", "127.0.0.1"]
+    assert two.top_via.received == "192.0.2.9"
 
 
 NAME = st.text(alphabet="abcXYZ019-_.!~*'()[]/:&+$%", min_size=1, max_size=6)

@@ -67,6 +67,10 @@ _MANDATORY = ("via", "from", "to", "call-id", "cseq")
 # Key of the serialised message in a message's view cache (not a header name: no colon
 # can be in a header name).
 _WIRE = ":wire"
+# Key of the topmost Via's view when the others are not parsed: most messages need only
+# that one (transaction matching, received/rport, where responses go), and RFC 3261
+# §16.3 step 1 has a proxy leave the components it does not use as they are.
+_TOP_VIA = ":top-via"
 _MANDATORY_SET = frozenset(_MANDATORY)
 _FIRST = itemgetter(0)
 _RAW = itemgetter(2)
@@ -275,11 +279,14 @@ class Message:
         remember_via(text, via)  # its response brings this very text back
         self._insert("via", ("via", text, "Via: " + text), True)
         cache = self._cache
-        if cache:
+        if cache is None:
+            cache = self._cache = {}
+        else:
             cache.pop(_WIRE, None)
             vias = cache.get("via")
             if vias is not None:
                 cache["via"] = [via, *vias]
+        cache[_TOP_VIA] = via
 
     def remove(self, name: str, *names: str) -> int:
         """Remove every line of `name` (and of each of `names`, in the same pass);
@@ -343,6 +350,8 @@ class Message:
             cache = self._cache
             if cache:
                 cache.pop(_WIRE, None)
+                if key == "via":
+                    cache.pop(_TOP_VIA, None)
                 view = cache.pop(key, None)
                 if parts and type(view) is list and view:
                     # the views of the values below stay valid (Via of a relayed response)
@@ -362,34 +371,44 @@ class Message:
         if cache:
             cache.pop(key, None)
             cache.pop(_WIRE, None)
+            if key == "via":
+                cache.pop(_TOP_VIA, None)
 
     def pop_top_via(self) -> Via | None:
         """Remove the topmost Via value and return it as a Via view (§16.7 step 3); the
         views of the Vias below stay parsed."""
         cache = self._cache
-        vias = cache.get("via") if cache else None
+        top = None
+        if cache:
+            top = cache.get(_TOP_VIA)
+            if top is None:
+                vias = cache.get("via")
+                top = vias[0] if vias else None
         text = self.pop_first("via")
         if text is None:
             return None
-        return vias[0] if vias and text else Via.parse(text)
+        return top if top is not None and text else Via.parse(text)
 
     def replace_top_via(self, via) -> None:
         """Replace the topmost Via value by `via` (a Via view), keeping the parsed
         views of the others (used to stamp received/rport, §18.2.1)."""
-        vias = self.via  # parses (and checks) every Via before one is replaced
+        _ = self.top_via  # the one replaced must parse (the others are not looked at)
         hs = self._headers
         for i, h in enumerate(hs):
             if h[0] == "via":
-                if "," in h[1]:
-                    break  # a line of several values: rewritten below
+                if "," in h[1] or not h[1]:
+                    break  # a line of several values (or none): rewritten below
                 # the common case: the top line holds the top Via alone; one new line
                 text = str(via)
                 remember_via(text, via)  # its response brings this very text back
                 hs[i] = ("via", text, "Via: " + text)
                 cache = self._cache
-                assert cache is not None  # self.via filled it
+                assert cache is not None  # self.top_via filled it
                 cache.pop(_WIRE, None)
-                cache["via"] = [via, *vias[1:]]
+                vias = cache.get("via")
+                if vias is not None:
+                    cache["via"] = [via, *vias[1:]]
+                cache[_TOP_VIA] = via
                 return
         self.pop_first("via")
         self.add_top_via(via)
@@ -481,13 +500,18 @@ class Message:
 
     @property
     def top_via(self):
+        """The topmost Via; the others are parsed only when `via` is asked for."""
         cache = self._cache
-        vias = cache.get("via") if cache else None
-        if vias is None:
-            vias = self._view("via", _build_vias)
-        if not vias:
-            raise SipParseError("missing Via")
-        return vias[0]
+        if cache:
+            top = cache.get(_TOP_VIA)
+            if top is not None:
+                return top
+            vias = cache.get("via")
+            if vias is not None:
+                if not vias:
+                    raise SipParseError("missing Via")
+                return vias[0]
+        return self._view(_TOP_VIA, _build_top_via)
 
     @property
     def cseq(self):
@@ -615,6 +639,13 @@ class Message:
 # Builders of the typed views (module functions: no closure made per access).
 def _build_vias(m: Message) -> list:
     return [Via.parse(v) for v in m.get_all("via")]
+
+
+def _build_top_via(m: Message) -> Via:
+    v = m.get("via")  # the first value of the first line that has one
+    if not v:
+        raise SipParseError("missing Via")
+    return Via.parse(v)
 
 
 def _build_cseq(m: Message) -> CSeq:
