@@ -130,6 +130,38 @@ async def test_sqlite_runs_with_full_durability(store):
         assert db.execute("PRAGMA synchronous").fetchone()[0] == 2
 
 
+async def test_only_commits_with_sqns_are_fsynced(store):
+    """A group commit that hands out SQNs is fsynced before its answer (synchronous=FULL,
+    TS 33.102 Annex C); one that only writes an assignment is not (NORMAL: in the WAL,
+    made power-cut safe by the next fsynced commit); `fsync_every_commit` fsyncs all."""
+    from imsaka.hss.models import RegState
+
+    await store.add_subscriber(alice())
+    store.alone = lambda: True
+    store.inline_commit_max = 10.0
+
+    def sync() -> int:  # of the loop's connection, which committed the last batch
+        return store._loop_db.execute("PRAGMA synchronous").fetchone()[0]
+
+    await store.mar("alice@home1.net", "sip:alice@home1.net", 1, "sip:s")
+    assert sync() == 2
+    await store.assign("sip:alice@home1.net", state=RegState.REGISTERED, server_name="sip:s")
+    assert sync() == 1
+    await store.mar("alice@home1.net", "sip:alice@home1.net", 1, "sip:s")
+    assert sync() == 2
+    store.fsync_every_commit = True
+    await store.clear_pending("alice@home1.net")
+    assert sync() == 2
+    assert store.commits_inline == 4
+    # the writer thread's connection follows the same rule
+    store.fsync_every_commit = False
+    store.inline_commit_max = -1.0
+    await store.clear_pending("alice@home1.net")
+    assert store._writer_db.execute("PRAGMA synchronous").fetchone()[0] == 1
+    await store.mar("alice@home1.net", "sip:alice@home1.net", 1, None)
+    assert store._writer_db.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
 async def test_request_for_another_realm_is_not_served(hss, scscf):
     import dataclasses
 

@@ -11,8 +11,10 @@ of TS 33.102 Annex C SQN management:
   database computes the new value from the row it locked, so two HSS processes
   cannot both hand out the same SQN (no read-modify-write in Python). A batch of n
   vectors is one statement that advances by n steps.
-- The UPDATE is committed before any vector leaves the HSS: a crash (kill -9)
-  after the MAR can skip SQNs forward but never hand one out again.
+- The UPDATE is committed, and on disk (fsynced), before any vector leaves the HSS: a
+  crash (kill -9, power cut) after the MAR can skip SQNs forward but never hand one out
+  again. A commit without SQNs (SAR assignments) is not fsynced on its own (SQLite
+  synchronous=NORMAL: `HssStore.fsync_every_commit`).
 - Group commit: every write a registration makes (MAR: SQNs and the pending
   S-CSCF; SIP Digest MAR: the pending S-CSCF; SAR: registration state and the
   assigned S-CSCF, or the pending one cleared) goes through one queue. Whatever
@@ -23,7 +25,7 @@ of TS 33.102 Annex C SQN management:
   once). SQLite file: reads on the event loop's own sqlite3 connection in deferred
   transactions, i.e. WAL snapshots that never wait for the writer's lock (a busy
   database sends the read to a reader thread); the writer thread keeps its own
-  connection with ``BEGIN IMMEDIATE`` and ``synchronous=FULL``. PostgreSQL: asyncpg.
+  connection with ``BEGIN IMMEDIATE``. PostgreSQL: asyncpg.
   No cache: every request reads what is committed. The loop's reads are also offered
   as plain calls (``*_now``: the result, or `WAIT` when the read would have to wait),
   so the Cx service can answer a read-only request without a Task.
@@ -167,9 +169,16 @@ def normalize_url(url: str | None) -> str:
     return url
 
 
+# PRAGMA synchronous values. FULL: the WAL is fsynced at every commit. NORMAL (WAL mode):
+# a commit is written to the WAL (so it survives a kill -9 of the HSS) and becomes
+# power-cut safe with the next FULL commit or checkpoint, which fsync the whole WAL.
+_SYNC_NORMAL, _SYNC_FULL = 1, 2
+
+
 def _sqlite_durable(dbapi_conn: Any) -> None:
     """WAL, and ``synchronous=FULL``: the WAL is fsynced at every commit, so a
-    committed SQN survives a power cut as well as a kill -9."""
+    committed SQN survives a power cut as well as a kill -9 (the group commit lowers
+    it to NORMAL for a batch that hands out no SQN: `HssStore._begin`)."""
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")
@@ -797,7 +806,7 @@ class HssStore:
         self.engine = engine
         self.dialect = engine.dialect.name
         # SQLite file: the group commit runs on one writer thread with its own sqlite3
-        # connection (BEGIN IMMEDIATE, synchronous=FULL); Cx reads run on the event
+        # connection (BEGIN IMMEDIATE); Cx reads run on the event
         # loop's own sqlite3 connection, a single statement on its own, else in a
         # deferred transaction (WAL snapshots that never wait for the writer); a read that finds the database busy anyway
         # (WAL recovery, a checkpoint resetting the log) goes to a reader thread.
@@ -835,6 +844,13 @@ class HssStore:
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self.max_batch = 256
+        #: False: a group commit that hands out no SQN (SAR assignments, a pending
+        #: S-CSCF) is not fsynced on its own (SQLite synchronous=NORMAL): it is in the
+        #: WAL before its answer, so a crash of the HSS keeps it, and the next commit
+        #: with SQNs (fsynced, TS 33.102 Annex C) or checkpoint makes it power-cut safe
+        #: too. True: every group commit is fsynced.
+        self.fsync_every_commit = False
+        self._sync_mode: dict[sqlite3.Connection, int] = {}  # PRAGMA synchronous per conn
         self.batches = 0  # number of group commits (for benchmarks and tests)
         self.reads_deferred = 0  # SQLite reads that found the database busy (to a thread)
 
@@ -878,6 +894,7 @@ class HssStore:
             if db is not None:
                 db.close()
         self._writer_db = self._loop_db = None
+        self._sync_mode.clear()
         self._reader_dbs.clear()
         if self._pg_pool is not None:
             await self._pg_pool.close()
@@ -1767,8 +1784,19 @@ class HssStore:
         if db is None:
             assert self._path is not None
             db = self._writer_db = _connect_sqlite(self._path, timeout=30.0)
-        db.execute("BEGIN IMMEDIATE")  # the write lock at once, as _sqlite_begin
+        self._begin(db, batch)
         return self._batch_begun(db, batch)
+
+    def _begin(self, db: sqlite3.Connection, batch: list[_MarJob | _WriteJob]) -> None:
+        """BEGIN IMMEDIATE (the write lock at once, as _sqlite_begin), fsynced at COMMIT
+        only if the batch hands out SQNs (or `fsync_every_commit`): an SQN must be on
+        disk before its vector leaves (TS 33.102 Annex C); an assignment need not be."""
+        durable = self.fsync_every_commit or any(type(job) is _MarJob for job in batch)
+        mode = _SYNC_FULL if durable else _SYNC_NORMAL
+        if self._sync_mode.get(db, _SYNC_FULL) != mode:
+            db.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
+            self._sync_mode[db] = mode
+        db.execute("BEGIN IMMEDIATE")
 
     def _commit_inline(self, batch: list[_MarJob | _WriteJob]) -> list[Any] | None:
         """`_batch_inline`, timed into the moving average of a commit's wall time."""
@@ -1789,7 +1817,7 @@ class HssStore:
         if db is None:  # not on the loop's thread: the writer thread takes the batch
             return None
         try:
-            db.execute("BEGIN IMMEDIATE")
+            self._begin(db, batch)
             return self._batch_begun(db, batch)
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
