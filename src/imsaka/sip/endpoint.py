@@ -77,7 +77,6 @@ from imsaka.sip.transaction import (
     TransactionTimeout,
     Transmit,
     TransportError,
-    client_key,
 )
 from imsaka.sip.transport import SipTransport
 from imsaka.sip.uri import host_ip
@@ -345,14 +344,12 @@ class SipEndpoint:
         if not request.has("via"):
             host, port = t.local_address
             push_via(request, t.name.upper(), host, port, rng=self.rng, rport=not t.reliable)
-        key = client_key(request)
         fut = self._get_loop().create_future()
+        # the transaction's key, computed once (its sends wait in the layer's queue
+        # until the drain below); a refused request (a branch in use) leaves the
+        # pending entry of the transaction that has it alone
+        key = self.layer.send_request(request, self._dest((t, addr)), self._now()).key
         self._pending[key] = (fut, on_provisional, request)
-        try:
-            self.layer.send_request(request, self._dest((t, addr)), self._now())
-        except BaseException:
-            del self._pending[key]
-            raise
         self._drain()
         try:
             if timeout is None:

@@ -611,11 +611,13 @@ class DigestCredentials:
     def param(self, name: str) -> AuthParam | None:
         index = self._index
         if index is None:
-            # built on first use: the S-CSCF reads a dozen params of every Authorization
-            index = {}
-            for p in self.params:
-                index.setdefault(p.name.lower(), p)
-            self._index = index
+            # built on first use (the S-CSCF reads a dozen params of every
+            # Authorization) in C: names lowered, the params zipped in reverse so that
+            # the first of a repeated name is the one kept
+            params = self.params
+            index = self._index = dict(
+                zip(map(str.lower, map(_FIRST, reversed(params))), reversed(params), strict=True)
+            )
         return index.get(name.lower())
 
     def get(self, name: str, default: str | None = None) -> str | None:
@@ -890,6 +892,10 @@ class AccessNetworkInfo:
         return hash((self.access_type, self.params))
 
 
+# P-Visited-Network-ID values parsed lately, by text (views are never changed in place).
+_VISITED_SEEN = BoundedMemo(64)
+
+
 class VisitedNetworkId:
     """P-Visited-Network-ID value (RFC 7315 §4.3): token or quoted-string, params."""
 
@@ -901,6 +907,17 @@ class VisitedNetworkId:
 
     @classmethod
     def parse(cls, text: str) -> VisitedNetworkId:
+        # a P-CSCF names the same visited network in every REGISTER it sends
+        seen = _VISITED_SEEN.get(text)
+        if seen is not None and cls is VisitedNetworkId:
+            return seen
+        parsed = cls._parse(text)
+        if cls is VisitedNetworkId:
+            _VISITED_SEEN.remember(text, parsed)
+        return parsed
+
+    @classmethod
+    def _parse(cls, text: str) -> VisitedNetworkId:
         parts = split_unquoted(text.strip(), ";")
         raw = parts[0].strip()
         if (

@@ -172,9 +172,11 @@ def _uri_of(value: str) -> SipUri | TelUri:
 def preprocess_route(request: Request, is_mine: Callable[[SipUri], bool]) -> None:
     """§16.4: undo a strict-routing previous hop (Request-URI is our Record-Route
     URI: replace it by the last Route value) and remove the top Route if it is ours."""
-    ruri = parse_uri(request.uri)
     routes = request.get_all("route")
-    if isinstance(ruri, SipUri) and is_mine(ruri) and routes:
+    if not routes:
+        return  # nothing to undo or remove: the Request-URI is not looked at
+    ruri = parse_uri(request.uri)
+    if isinstance(ruri, SipUri) and is_mine(ruri):
         last = routes[-1]
         request.uri = NameAddr.parse(last).uri
         keep = routes[:-1]
