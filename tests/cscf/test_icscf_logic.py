@@ -178,6 +178,24 @@ def test_uar_fields():
     )
 
 
+@pytest.mark.parametrize(
+    ("contact", "extra", "dereg"),
+    [
+        ("<sip:1.2.3.4>;expires=0, <sip:5.6.7.8>;expires=0", "", True),
+        ("<sip:1.2.3.4>;expires=0, <sip:5.6.7.8>", "Expires: 0", True),
+        ("<sip:1.2.3.4>;expires=0, <sip:5.6.7.8>", "Expires: 600", False),
+        ("<sip:1.2.3.4>;expires=0, <sip:5.6.7.8>", "", False),  # no Expires: not 0
+        ("<sip:1.2.3.4>;expires=600", "Expires: 0", False),  # the param wins
+        ("<sip:1.2.3.4>;expires=00", "", True),
+        ("<sip:1.2.3.4>;expires=600, *", "", True),
+    ],
+)
+def test_deregistration_needs_every_binding_at_expiry_zero(contact, extra, dereg):
+    _, net = config(SCSCFS)
+    kind = uar_for(request(contact, extra), net).authorization_type
+    assert (kind is cx.UserAuthorizationType.DE_REGISTRATION) is dereg
+
+
 def test_uar_without_authorization_or_visited_network():
     _, net = config(SCSCFS)
     u = uar_for(request("<sip:1.2.3.4>", auth=False, pvni=False), net)

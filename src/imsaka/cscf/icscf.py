@@ -80,10 +80,21 @@ def _is_deregistration(req: Request) -> bool:
     contacts = req.contacts
     if not contacts:
         return False
-    if any(c.star for c in contacts):
-        return True
-    header = req.expires
-    return all((c.expires if c.expires is not None else header) == 0 for c in contacts)
+    for c in contacts:
+        if c.star:
+            return True
+    # every binding asks for expiry 0 (RFC 3261 §10.2.2): the first that does not
+    # decides, and the Expires header is read only for a Contact without the param
+    header: int | None = -1
+    for c in contacts:
+        expires = c.expires
+        if expires is None:
+            if header == -1:
+                header = req.expires
+            expires = header
+        if expires != 0:
+            return False
+    return True
 
 
 def uar_for(req: Request, network: NetworkConfig, *, capabilities: bool = False) -> UarInput:

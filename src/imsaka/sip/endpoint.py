@@ -542,14 +542,14 @@ class SipEndpoint:
         return self._loop
 
     def _now(self) -> float:
-        return self._get_loop().time()
+        loop = self._loop
+        return (loop if loop is not None else self._get_loop()).time()
 
     def _drain(self) -> None:
         layer = self.layer
-        while True:
-            ev = layer.next_event()
-            if ev is None:
-                break
+        events = layer._events  # what next_event() pops, read here without a call each
+        while events:
+            ev = events.popleft()
             kind = type(ev)
             if kind is Transmit:
                 dest = ev.destination
