@@ -193,6 +193,74 @@ async def test_plain_function_handler_answers_without_a_task():
         assert server.handlers_running == 0
 
 
+class _MemoryTransport:
+    """What a node's connection uses of an asyncio transport; writes are kept."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def get_extra_info(self, name: str, default=None):
+        return ("127.0.0.1", 3868)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+async def test_requests_in_hand_counts_the_asker_tasks_and_the_rest_of_the_read():
+    from imsaka.diameter.peer import PeerConfig, PeerConnection
+
+    seen: list[tuple[str, int]] = []
+    server = DiameterNode(origin_host=HSS, origin_realm="ims.test", peers=[PeerSpec(SCSCF)])
+
+    async def later(req):
+        seen.append((req.user_name, server.requests_in_hand))
+        await asyncio.sleep(0)
+        return maa_for(req)
+
+    def handler(req, peer):
+        seen.append((req.user_name, server.requests_in_hand))
+        return later(req) if req.user_name.startswith("task") else maa_for(req)
+
+    server.set_request_handler(handler)
+    await server.start()
+    conn = server._accept()
+    transport = _MemoryTransport()
+    conn.connection_made(transport)
+    client = PeerConnection(PeerConfig(SCSCF, "ims.test"), initiator=True, now=0.0)
+    client.connection_made(0.0)
+    for _ in range(4):  # CER/CEA
+        for data in client.messages_to_send():
+            conn.data_received(data)
+        for data in transport.written:
+            client.receive_data(data, 0.0)
+        transport.written.clear()
+    try:
+        assert server.requests_in_hand == 0
+        names = ["a", "task1", "b", "task2", "c"]
+        conn.data_received(
+            b"".join(mar(user_name=n).encode(i, i) for i, n in enumerate(names, start=1))
+        )
+        # In the read: the asker, the Tasks started before it, the requests behind it.
+        assert seen == [("a", 5), ("task1", 4), ("b", 4), ("task2", 3), ("c", 3)]
+        seen.clear()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        # In its Task: itself and the other Task (the read is over).
+        assert seen == [("task1", 2), ("task2", 2)]
+        assert len(transport.written) == 5
+        conn.data_received(mar(user_name="alone").encode(9, 9))
+        assert seen[-1] == ("alone", 1) and server.requests_in_hand == 0
+    finally:
+        conn.connection_lost(None)
+        await server.stop()
+
+
 async def test_request_timeout_and_failed_on_disconnect():
     async def never(req, peer):
         await asyncio.sleep(20)

@@ -1,7 +1,8 @@
-"""The HSS's plain-function request handler (`CxService.respond`): UAR, LIR and an
-unchanged re-registration's SAR answered at once from the loop's SQLite connection,
-everything else through the async way (`CxService.handle`) in a Task, with the same
-bytes on the wire and the same counters either way.
+"""The HSS's plain-function request handler (`CxService.respond`): UAR, LIR, an AKA MAR
+and a registering SAR answered at once from the loop's SQLite connection (MAR and SAR
+committed there too, while no other request is being handled), everything else through
+the async way (`CxService.handle`) in a Task, with the same bytes on the wire and the
+same counters either way.
 
 A transcript of Cx requests (every UAR, SAR and LIR outcome of TS 29.228 §6.1 the
 HSS gives, MAR in between) goes through an `HssServer`'s real `DiameterNode` on an
@@ -139,11 +140,11 @@ def _steps() -> list[tuple[str, Any, bool]]:
         ("lir-unregistered-no-ifc", _lir(next(n)), False),
         ("lir-unregistered-ifc", _lir(next(n), impu=BOB_IMPU), False),
         ("lir-caps", _lir(next(n), uat=UAT.REGISTRATION_AND_CAPABILITIES), True),
-        ("sar-rereg-not-registered", _sar(next(n), SAT.RE_REGISTRATION), False),
+        ("sar-rereg-not-registered", _sar(next(n), SAT.RE_REGISTRATION), True),
         ("sar-dereg", _sar(next(n), SAT.USER_DEREGISTRATION), False),
-        ("mar", _mar(next(n), server=OTHER_NAME), False),
+        ("mar", _mar(next(n), server=OTHER_NAME), True),
         ("uar-pending", _uar(next(n)), True),
-        ("sar-registration", _sar(next(n), SAT.REGISTRATION, udaa=0), False),
+        ("sar-registration", _sar(next(n), SAT.REGISTRATION, udaa=0), True),
         ("uar-subsequent", _uar(next(n)), True),
         ("uar-dereg-registered", _uar(next(n), uat=UAT.DE_REGISTRATION), True),
         ("sar-rereg-unchanged", _sar(next(n), SAT.RE_REGISTRATION), True),
@@ -155,17 +156,17 @@ def _steps() -> list[tuple[str, Any, bool]]:
         ("sar-rereg-no-impu", _sar(next(n), SAT.RE_REGISTRATION, impus=()), False),
         ("lir-registered", _lir(next(n)), True),
         ("lir-registered-tel", _lir(next(n), impu=ALICE_TEL), True),
-        ("mar-while-registered", _mar(next(n), server=OTHER_NAME), False),
-        ("sar-rereg-pending", _sar(next(n), SAT.RE_REGISTRATION), False),
+        ("mar-while-registered", _mar(next(n), server=OTHER_NAME), True),
+        ("sar-rereg-pending", _sar(next(n), SAT.RE_REGISTRATION), True),
         ("sar-rereg-after-pending", _sar(next(n), SAT.RE_REGISTRATION), True),
-        ("sar-rereg-moved", _sar(next(n), SAT.RE_REGISTRATION, server=OTHER_NAME), False),
+        ("sar-rereg-moved", _sar(next(n), SAT.RE_REGISTRATION, server=OTHER_NAME), True),
         ("uar-moved", _uar(next(n)), True),
         ("sar-rereg-moved-again", _sar(next(n), SAT.RE_REGISTRATION, server=OTHER_NAME), True),
         ("sar-no-assignment", _sar(next(n), SAT.NO_ASSIGNMENT, server=OTHER_NAME), False),
         ("sar-dereg-store-name", _sar(next(n), SAT.USER_DEREGISTRATION_STORE_SERVER_NAME), False),
         ("lir-name-kept", _lir(next(n)), True),
         ("uar-name-kept", _uar(next(n)), True),
-        ("sar-rereg-after-dereg", _sar(next(n), SAT.RE_REGISTRATION, server=OTHER_NAME), False),
+        ("sar-rereg-after-dereg", _sar(next(n), SAT.RE_REGISTRATION, server=OTHER_NAME), True),
         ("sar-timeout-dereg", _sar(next(n), SAT.TIMEOUT_DEREGISTRATION), False),
         ("lir-after-dereg", _lir(next(n)), False),
         ("uar-after-dereg", _uar(next(n)), True),
@@ -340,7 +341,7 @@ async def test_answers_and_counters_are_those_recorded_before(tmp_path):
     assert counters == GOLDEN["counters"]
 
 
-async def test_uar_lir_and_unchanged_rereg_sar_are_answered_at_once(tmp_path):
+async def test_uar_lir_mar_and_registering_sar_are_answered_at_once(tmp_path):
     plain, _ = await transcript(_db(tmp_path, "plain.db"))
     expected = {label: at_once for label, _, at_once in _steps()}
     assert {label: at_once for label, _, at_once in plain} == expected
@@ -381,6 +382,69 @@ async def test_a_busy_database_sends_the_request_the_async_way(tmp_path, monkeyp
         await store.close()
 
 
+async def test_writes_read_together_share_a_group_commit(tmp_path):
+    # Two MARs and two SARs in one read: none is committed at once on its own (each
+    # would be a commit, the MARs' an fsync, of its own); the async way groups them.
+    server, conn, _client, written = await _serve(_db(tmp_path, "hss.db"))
+    store = server.store
+    try:
+        requests = [
+            _mar(1),
+            _mar(2, impi=BOB, impu=BOB_IMPU),
+            _sar(3, SAT.REGISTRATION, udaa=0),
+            _sar(4, SAT.REGISTRATION, impi=BOB, impus=(BOB_IMPU,)),
+        ]
+        batches = store.batches
+        conn.data_received(b"".join(r.encode(n, n) for n, r in enumerate(requests, start=10)))
+        assert not written
+        for _ in range(500):
+            if len(written) == 4:
+                break
+            await asyncio.sleep(0.001)
+        answers = [cx.decode(cx.decode_frame(frame)) for frame in written]
+        assert [a.result_code for a in answers] == [cx.DIAMETER_SUCCESS] * 4
+        assert store.batches == batches + 1  # one transaction for the four
+        # alone again: the next one is committed at once
+        inline = store.commits_inline
+        conn.data_received(_mar(5).encode(20, 20))
+        assert len(written) == 5 and store.commits_inline == inline + 1
+    finally:
+        conn.transport.write.side_effect = None
+        conn.connection_lost(None)
+        await server.stop()
+        await store.close()
+
+
+async def test_a_busy_database_sends_a_write_the_async_way(tmp_path):
+    # Another connection holds the write lock: BEGIN IMMEDIATE on the loop's connection
+    # (busy timeout 0) fails at once, nothing is written, and the async way (the writer
+    # thread, which may wait) commits; the answer is the same.
+    server, conn, _client, _written = await _serve(_db(tmp_path, "hss.db"))
+    store, service = server.store, server.service
+    assert service is not None
+    path = str(store.engine.url.database)
+    try:
+        conn.data_received(_uar(1).encode(1, 1))  # opens the loop's connection
+        for request in (_mar(2), _sar(3, SAT.REGISTRATION, udaa=0)):
+            other = sqlite3.connect(path, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")
+            answer = service.respond(request)
+            assert asyncio.iscoroutine(answer)
+            task = asyncio.ensure_future(answer)
+            await asyncio.sleep(0.05)
+            other.execute("ROLLBACK")
+            other.close()
+            assert (await task).result_code == cx.DIAMETER_SUCCESS
+        view = await store.get_subscriber(ALICE)
+        assert view.scscf_name == SCSCF_NAME and view.pending_scscf is None
+        assert view.sqn >> 5 == 1  # one vector handed out, by the async way
+    finally:
+        conn.transport.write.side_effect = None
+        conn.connection_lost(None)
+        await server.stop()
+        await store.close()
+
+
 async def test_without_a_sqlite_file_nothing_is_read_at_once(tmp_path, monkeypatch):
     # PostgreSQL or SQLite in memory: no loop connection, so every read takes the
     # async way (asyncpg or SQLAlchemy, in a Task), never tried here.
@@ -390,7 +454,13 @@ async def test_without_a_sqlite_file_nothing_is_read_at_once(tmp_path, monkeypat
     try:
         monkeypatch.setattr(store, "_path", None)
         monkeypatch.setattr(store, "_loop_reader", pytest.fail)
-        for request in (_uar(1), _lir(2), _sar(3, SAT.RE_REGISTRATION)):
+        for request in (
+            _uar(1),
+            _lir(2),
+            _mar(3),
+            _sar(4, SAT.RE_REGISTRATION),
+            _sar(5, SAT.REGISTRATION, udaa=0),
+        ):
             answer = service.respond(request)
             assert asyncio.iscoroutine(answer)
             answer.close()

@@ -165,3 +165,24 @@ async def test_without_the_alone_hint_writes_share_group_commits(store):
     store.alone = lambda: False  # other requests being handled: same
     await asyncio.gather(*(_mar(store, 2) for _ in range(8)))
     assert store.batches == 2
+
+
+async def test_slow_fsyncs_do_not_send_assignments_to_the_thread(store):
+    # An assignment is not fsynced (synchronous=NORMAL): how long fsynced commits took
+    # does not decide where it runs; an SQN's commit still goes to the thread.
+    store._commit_seconds = 1.0  # as if fsyncs had been slow
+    await store.assign(
+        f"sip:{_impi(1)}",
+        state=RegState.REGISTERED,
+        server_name=SCSCF,
+        server_host="scscf1.home1.net",
+        server_realm="home1.net",
+        impi=_impi(1),
+    )
+    assert store.commits_inline == 1
+    grant = await _mar(store, 1)
+    assert store.commits_inline == 1
+    assert _committed_sqn(store, _impi(1)) == grant.sqns[-1]
+    store._commit_seconds_nosync = 1.0  # a checkpoint made an assignment slow
+    await store.clear_pending(_impi(1))
+    assert store.commits_inline == 1

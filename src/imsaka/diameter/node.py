@@ -251,8 +251,15 @@ class _Connection(asyncio.Protocol):
                 self.node._report(self, "out", out)
             transport.write(out[0] if len(out) == 1 else b"".join(out))
         if core.events:
-            for event in core.pop_events():
+            events = core.pop_events()
+            node = self.node
+            behind = len(events)
+            for event in events:
+                # Requests framed behind this one (`DiameterNode.requests_in_hand`).
+                behind -= 1
+                node._behind = behind
                 self.handle_event(event)
+            node._behind = 0
         deadline = core.next_deadline()
         if deadline is not None and deadline < self.timer_at:
             if self.timer is not None:
@@ -356,6 +363,8 @@ class DiameterNode(Observable):
         self._open_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._connect_tasks: list[asyncio.Task[None]] = []
         self._handler_tasks: set[asyncio.Task[None]] = set()
+        self._dispatching = 0  # 1 while a plain-function handler runs (requests_in_hand)
+        self._behind = 0  # events of the same read still to dispatch (requests_in_hand)
         self._peer_config = config.peer_config()
         # Hosts are FQDNs, compared without regard to case: keys are lower-case, and
         # _names gives back the spelling of the configuration.
@@ -387,6 +396,15 @@ class DiameterNode(Observable):
     def handlers_running(self) -> int:
         """Request handlers started and not finished (cheap: for a per-request check)."""
         return len(self._handler_tasks)
+
+    @property
+    def requests_in_hand(self) -> int:
+        """Requests being handled or about to be, the asking one included: handler Tasks
+        not finished, the request whose plain-function handler is running, and those
+        that came in the same read behind it. 1: the asker is the only one (a handler
+        may then do at once what it would otherwise share with requests read together,
+        e.g. the HSS's group commit). Cheap: for a per-request check."""
+        return len(self._handler_tasks) + self._dispatching + self._behind
 
     # configuration -------------------------------------------------------------------------
 
@@ -628,6 +646,7 @@ class DiameterNode(Observable):
             request = msg
         remote = conn.core.remote
         assert remote is not None
+        self._dispatching = 1
         try:
             answer = handler(request, remote)
         except Exception:
@@ -635,6 +654,8 @@ class DiameterNode(Observable):
             log.exception("diameter request handler failed")
             conn.send_answer(msg, conn._error(msg, codec.DIAMETER_UNABLE_TO_COMPLY))
             return
+        finally:
+            self._dispatching = 0
         if type(answer) is not _COROUTINE and not hasattr(answer, "__await__"):
             # A plain function's answer: sent at once, no Task.
             conn.send_answer(msg, answer)

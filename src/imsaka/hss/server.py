@@ -113,8 +113,9 @@ class HssServer:
         self.node.set_request_handler(self._on_request)
         node = self.node
         # A write may commit without the worker's hop only while it is the one request
-        # being handled (those read together share a group commit).
-        self.store.alone = lambda: node.handlers_running <= 1
+        # being handled (those read together share a group commit): no other handler
+        # Task, and no request behind it in the same read.
+        self.store.alone = lambda: node.requests_in_hand <= 1
         try:
             try:
                 await self.node.start()
@@ -227,8 +228,9 @@ class HssServer:
 
     def _on_request(self, request: Any, peer: Any) -> Any:
         """A plain-function request handler: the answer, sent at once when the Cx
-        service can give it without waiting (UAR, LIR, a re-registration's SAR read on
-        the loop's SQLite connection), else the awaitable the node runs in a Task."""
+        service can give it without waiting (UAR, LIR, an AKA MAR, a registering SAR,
+        read and committed on the loop's SQLite connection), else the awaitable the node
+        runs in a Task."""
         assert self.service is not None
         return self.service.respond(request)
 

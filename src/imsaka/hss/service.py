@@ -14,10 +14,12 @@ values give the TS 29.229 Result-Code or Experimental-Result; an unexpected stor
 failure gives DIAMETER_UNABLE_TO_COMPLY and is logged; nothing raises out of here.
 
 `CxService.respond(request)` gives the same answer at once when no step of it waits
-(a UAR, a LIR, a RE_REGISTRATION SAR that writes nothing, read on the SQLite file's
-event-loop connection: `HssStore.*_now`), else the awaitable of `handle`; the
-`DiameterNode` then runs that in a Task. The decisions after each read are shared by
-both ways, so answers and counters do not depend on the way taken.
+(a UAR, a LIR, an AKA MAR, a REGISTRATION / RE_REGISTRATION / RESTORATION SAR, read
+and, for MAR and SAR, committed in a transaction of their own on the SQLite file's
+event-loop connection while no other request is being handled: `HssStore.*_now`), else
+the awaitable of `handle`; the `DiameterNode` then runs that in a Task. The decisions
+after each read are shared by both ways, so answers and counters do not depend on the
+way taken.
 """
 
 from __future__ import annotations
@@ -53,10 +55,13 @@ __all__ = ["AKA_SCHEMES", "CxService"]
 log = logging.getLogger("imsaka.hss.cx")
 
 AKA_SCHEMES = (cx.SCHEME_AKAV1_MD5, cx.SCHEME_AKAV2_MD5)
+_AKA_OR_UNKNOWN = frozenset((*AKA_SCHEMES, cx.SCHEME_UNKNOWN))
 MILENAGE_CACHE = 4096
 SAT = cx.ServerAssignmentType
 UAT = cx.UserAuthorizationType
 _SATS = {int(t): t for t in SAT}  # by value: a lookup, not an Enum call per SAR
+# Server-Assignment-Types that register the implicit set and the sender as its S-CSCF.
+_REGISTERING = frozenset((SAT.REGISTRATION, SAT.RE_REGISTRATION, SAT.RESTORATION))
 
 # Server-Assignment-Types that end a registration, and whether the S-CSCF name stays.
 _DEREGISTRATIONS = {
@@ -121,6 +126,7 @@ class CxService:
         # The same requests answered at once (None: this one has to wait after all).
         self._now: dict[type, Callable[[Any], Any]] = {
             cx.UserAuthorizationRequest: self._uar_now,
+            cx.MultimediaAuthRequest: self._mar_now,
             cx.ServerAssignmentRequest: self._sar_now,
             cx.LocationInfoRequest: self._lir_now,
         }
@@ -132,12 +138,14 @@ class CxService:
         of the answer (`handle`'s). A `DiameterNode` request handler of its own: answers
         are sent at once, awaitables run in a Task.
 
-        At once: a refused command or realm; and, when the store reads them right now
-        on the event loop's sqlite3 connection, a UAR, a LIR (but for one with neither a
-        serving S-CSCF nor capabilities asked for) and a RE_REGISTRATION SAR that changes
-        nothing. Anything else (MAR, an SAR that writes, PostgreSQL, a busy database)
-        takes the async way, which reads again from the start: nothing was counted or
-        written before it was given up, and the answer is the one `handle` gives."""
+        At once: a refused command or realm; and, when the store reads (and commits)
+        them right now on the event loop's sqlite3 connection, a UAR, a LIR (but for
+        one with neither a serving S-CSCF nor capabilities asked for), an AKA MAR
+        without resync and a registering SAR. Anything else (resync, SIP Digest, other
+        SARs, PostgreSQL, a busy database, other requests being handled: they share a
+        group commit) takes the async way, which reads again from the start: nothing was
+        counted or written before it was given up, and the answer is the one `handle`
+        gives."""
         handler = self._handlers.get(type(request))
         refused = self._refused(request, handler)
         if refused is not None:
@@ -363,6 +371,34 @@ class CxService:
             resync_to=sqn_ms,
             scheme=None if scheme == cx.SCHEME_UNKNOWN else scheme,
         )
+        return self._granted(req, grant, scheme)
+
+    def _mar_now(self, req: cx.MultimediaAuthRequest) -> cx.MultimediaAuthAnswer | None:
+        """`mar` without waiting for an AKA MAR (no resync: that reads and checks AUTS
+        first), its SQNs committed at once on the loop's connection (fsynced, as any
+        SQN: TS 33.102 Annex C); None for any other MAR, or if the commit would wait."""
+        item = req.sip_auth_data_item
+        scheme = item.sip_authentication_scheme or cx.SCHEME_UNKNOWN
+        if item.sip_authorization is not None or scheme not in _AKA_OR_UNKNOWN:
+            return None
+        grant = self.store.mar_now(
+            req.user_name,
+            req.public_identity,
+            max(1, min(int(req.sip_number_auth_items), self.config.max_vectors)),
+            req.server_name,
+            scheme=None if scheme == cx.SCHEME_UNKNOWN else scheme,
+        )
+        if grant is WAIT:
+            return None
+        return self._granted(req, grant, scheme)
+
+    def _granted(
+        self,
+        req: cx.MultimediaAuthRequest,
+        grant: MarGrant | IdentityCheck | SqnExhausted,
+        scheme: str,
+    ) -> cx.MultimediaAuthAnswer:
+        """The MAA for what the store's MAR gave: vectors, or why not."""
         if isinstance(grant, SqnExhausted):
             self.counters["sqn-exhausted"] += 1
             log.error(
@@ -572,33 +608,59 @@ class CxService:
         return None
 
     def _sar_now(self, req: cx.ServerAssignmentRequest) -> cx.ServerAssignmentAnswer | None:
-        """`sar` without waiting for a RE_REGISTRATION with User-Name and Public-Identity
-        whose read finds nothing to write (`_unchanged`); None for any other SAR, or if
-        the read would have to wait."""
+        """`sar` without waiting for a REGISTRATION, RE_REGISTRATION or RESTORATION with
+        User-Name and Public-Identity: a re-registration whose read finds nothing to write
+        (`_unchanged`) from that read alone; else the read and the assignment in one
+        transaction committed at once on the loop's connection (`checked_assign_now`).
+        None for any other SAR, or if the read or the commit would have to wait."""
         impi = req.user_name
-        sat = SAT.RE_REGISTRATION
-        if req.server_assignment_type != sat or not impi or not req.public_identities:
+        sat = _SATS.get(req.server_assignment_type)
+        if sat not in _REGISTERING or not impi or not req.public_identities:
             return None
         impu = req.public_identities[0]
-        data = None
-        # Here the read takes the User-Data along exactly when the S-CSCF asks for it.
-        want_data = self._sar_reads_data(req, sat, impi)
-        if want_data:
-            got = self.store.checked_state_and_data_now(impi, impu)
-            if got is WAIT:
-                return None
-            check, state, data = got
-        else:
-            got = self.store.checked_state_now(impi, impu, with_pending=True)
-            if got is WAIT:
-                return None
-            check, state = got
+        # The read takes the User-Data along exactly when the answer carries it.
+        with_data = self._sar_reads_data(req, sat, impi)
+        if sat == SAT.RE_REGISTRATION:
+            # Usually nothing changes: a read without the write lock decides.
+            if with_data:
+                got = self.store.checked_state_and_data_now(impi, impu)
+                if got is WAIT:
+                    return None
+                check, state, data = got
+            else:
+                got = self.store.checked_state_now(impi, impu, with_pending=True)
+                if got is WAIT:
+                    return None
+                (check, state), data = got, None
+            refused = self._sar_refused(req, impi, check, state)
+            if refused is not None:
+                return refused
+            if _unchanged(state, req) and (data is not None or not with_data):
+                self.counters["sar_reregistration_unchanged"] += 1
+                return self._saa(req, impi, None if data is None else data[0])
+
+        def assign(state: UserState) -> bool:
+            # What `sar` decides from its read: a RE_REGISTRATION changing nothing
+            # writes nothing (`_unchanged`); the others always assign.
+            return not (sat == SAT.RE_REGISTRATION and _unchanged(state, req))
+
+        got = self.store.checked_assign_now(
+            impi,
+            impu,
+            with_data=with_data,
+            assign=assign,
+            server_name=req.server_name,
+            server_host=req.origin_host,
+            server_realm=req.origin_realm,
+        )
+        if got is WAIT:
+            return None
+        check, state, data, assigned = got
         refused = self._sar_refused(req, impi, check, state)
         if refused is not None:
             return refused
-        if not _unchanged(state, req) or (want_data and data is None):
-            return None  # a write (or another read) to wait for: `sar` does it all
-        self.counters["sar_reregistration_unchanged"] += 1
+        if not assigned:
+            self.counters["sar_reregistration_unchanged"] += 1
         return self._saa(req, impi, None if data is None else data[0])
 
     async def _assign_to_sender(

@@ -647,9 +647,6 @@ def _assign(
     impi: str | None,
     want_set: bool = True,
 ) -> Plan:
-    # Each UPDATE only touches rows whose value changes: a re-registration that
-    # changes nothing dirties no page, so its COMMIT needs no fsync (and PostgreSQL
-    # writes no new row versions).
     row = yield (
         ONE,
         "SELECT u.subscription_id, u.implicit_set_id, s.scscf_name, s.scscf_host, s.scscf_realm"
@@ -658,7 +655,40 @@ def _assign(
     )
     if row is None:
         raise NotFound(impu)  # nothing written yet: the batch goes on
-    sid, set_id, serving = row[0], row[1], (row[2], row[3], row[4])
+    return (
+        yield from _assign_rows(
+            row[0],
+            row[1],
+            (row[2], row[3], row[4]),
+            state=state,
+            server_name=server_name,
+            server_host=server_host,
+            server_realm=server_realm,
+            keep_server=keep_server,
+            impi=impi,
+            want_set=want_set,
+        )
+    )
+
+
+def _assign_rows(
+    sid: int,
+    set_id: int,
+    serving: tuple[str | None, str | None, str | None],
+    *,
+    state: RegState,
+    server_name: str | None,
+    server_host: str | None,
+    server_realm: str | None,
+    keep_server: bool,
+    impi: str | None,
+    want_set: bool,
+) -> Plan:
+    """`_assign` for implicit set ``set_id`` of subscription ``sid``, whose serving S-CSCF
+    (name, host, realm) was read in this transaction."""
+    # Each UPDATE only touches rows whose value changes: a re-registration that
+    # changes nothing dirties no page, so its COMMIT needs no fsync (and PostgreSQL
+    # writes no new row versions).
     yield (
         RUN,
         "UPDATE impu SET reg_state = :state"
@@ -716,6 +746,42 @@ def _clear_pending(impi: str) -> Plan:
     )
 
 
+def _checked_assign(
+    impi: str,
+    impu: str,
+    with_data: bool,
+    assign: Callable[[UserState], bool],
+    server_name: str,
+    server_host: str,
+    server_realm: str,
+) -> Plan:
+    """A registering SAR in one write transaction: the read of `_checked_state` (with
+    `_checked_state_and_data`'s User-Data when ``with_data``), then, when the identities
+    match and ``assign(state)`` says so, the implicit set REGISTERED and served by the
+    sender (`_assign_rows` on what the read found: no second lookup). Returns (check,
+    state, data, assigned)."""
+    if with_data:
+        check, state, data = yield from _checked_state_and_data(impi, impu)
+    else:
+        check, state = yield from _checked_state(impi, impu, True)
+        data = None
+    if not (check.matched and state is not None and assign(state)):
+        return check, state, data, False
+    yield from _assign_rows(
+        state.subscription_id,
+        state.implicit_set_id,
+        (state.scscf_name, state.scscf_host, state.scscf_realm),
+        state=RegState.REGISTERED,
+        server_name=server_name,
+        server_host=server_host,
+        server_realm=server_realm,
+        keep_server=True,
+        impi=impi,
+        want_set=False,
+    )
+    return check, state, data, True
+
+
 def _digest(impi: str, server_name: str | None) -> Plan:
     row = yield (
         ONE,
@@ -739,7 +805,7 @@ class _MarJob:
     server_name: str | None
     resync_to: int | None
     scheme: str | None
-    future: asyncio.Future
+    future: asyncio.Future | None  # None: committed at once (`HssStore._commit_now`)
 
 
 @dataclass(slots=True)
@@ -750,7 +816,7 @@ class _WriteJob:
     `NotFound` only before it has written anything, so the batch can go on."""
 
     plan: Callable[[], Plan]
-    future: asyncio.Future
+    future: asyncio.Future | None  # None: committed at once (`HssStore._commit_now`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -826,7 +892,10 @@ class HssStore:
         # load (jobs queued behind the batch) or on a slow disk, the thread as before.
         self.inline_commit_max = 0.002
         self.commits_inline = 0  # group commits run on the loop (for benchmarks and tests)
-        self._commit_seconds = 0.0  # moving average of a group commit's wall time
+        # Moving averages of a group commit's wall time: fsynced ones (SQNs) and those
+        # that are not (`_begin`), which never wait for the disk but at a checkpoint.
+        self._commit_seconds = 0.0
+        self._commit_seconds_nosync = 0.0
         self._worker_busy = False  # the worker is taking batches off the queue
         #: True when no other request may be about to write (the HSS server asks its
         #: Diameter node: one request handler running). Only then may a write skip the
@@ -1572,31 +1641,84 @@ class HssStore:
         return await self._enqueue(job)
 
     async def _enqueue(self, job: _MarJob | _WriteJob) -> Any:
-        """The job's result once committed. With the writer idle, nothing queued, quick
-        commits (SQLite file) and no other request about to write (`alone`), its own
-        group commit right here on the loop, without the worker task's hop; otherwise
-        through the queue and the worker."""
+        """The job's result once committed: at once (`_commit_now`) when it can be,
+        otherwise through the queue and the worker."""
+        result = self._commit_now(job)
+        if result is WAIT:
+            return await self._submit(job)
+        return result
+
+    def _commit_now(self, job: _MarJob | _WriteJob) -> Any:
+        """The job's result, committed in a group commit of its own right here on the
+        loop, without the worker task's hop; or `WAIT`, with nothing written, unless the
+        writer is idle, nothing is queued, commits are quick (SQLite file) and no other
+        request is about to write (`alone`: those read together share a commit)."""
         alone = self.alone
         if (
-            alone is not None
-            and self._path is not None
-            and not self._queue
-            and not self._worker_busy
-            and self._commit_seconds <= self.inline_commit_max
-            and alone()
+            alone is None
+            or self._path is None
+            or self._queue
+            or self._worker_busy
+            or self._average(self._durable([job])) > self.inline_commit_max
+            or not alone()
         ):
-            try:
-                results = self._commit_inline([job])
-            except Exception as exc:  # as the worker: this request fails, not the server
-                log.error("HSS write failed: %s", type(exc).__name__)
-                raise
-            if results is not None:
-                self.batches += 1
-                result = results[0]
-                if isinstance(result, _Failed):
-                    raise result.exc
-                return result
-        return await self._submit(job)
+            return WAIT
+        try:
+            results = self._commit_inline([job])
+        except Exception as exc:  # as the worker: this request fails, not the server
+            log.error("HSS write failed: %s", type(exc).__name__)
+            raise
+        if results is None:
+            return WAIT
+        self.batches += 1
+        result = results[0]
+        if isinstance(result, _Failed):
+            raise result.exc
+        return result
+
+    # The same writes at once on the loop's connection, for answers given without a
+    # Task (`imsaka.hss.service.CxService.respond`); `WAIT` when they would have to wait
+    # (`_commit_now`), and then nothing was written.
+
+    def mar_now(
+        self, impi: str, impu: str, n: int, server_name: str | None, *, scheme: str | None = None
+    ) -> MarGrant | IdentityCheck | SqnExhausted | Wait:
+        """`mar` (no resync) committed at once, or `WAIT`."""
+        if n < 1:
+            raise ValueError("n must be ≥ 1")
+        return self._commit_now(_MarJob(impi, impu, n, server_name, None, scheme, None))
+
+    def checked_assign_now(
+        self,
+        impi: str,
+        impu: str,
+        *,
+        with_data: bool,
+        assign: Callable[[UserState], bool],
+        server_name: str,
+        server_host: str,
+        server_realm: str,
+    ) -> tuple[IdentityCheck, UserState | None, tuple[bytes, tuple[str, ...]] | None, bool] | Wait:
+        """A registering SAR's read (`checked_state`, with `checked_state_and_data`'s
+        User-Data when ``with_data``) and, if the identities match and ``assign(state)``
+        says so, its assignment (`assign`: the implicit set REGISTERED, served by
+        ``server_*``, the IMPI's pending S-CSCF cleared), in one write transaction
+        committed at once; or `WAIT`. Returns (check, state, data, assigned)."""
+        return self._commit_now(
+            _WriteJob(
+                functools.partial(
+                    _checked_assign,
+                    impi,
+                    impu,
+                    with_data,
+                    assign,
+                    server_name,
+                    server_host,
+                    server_realm,
+                ),
+                None,
+            )
+        )
 
     def _submit(self, job: _MarJob | _WriteJob) -> asyncio.Future:
         self._queue.append(job)
@@ -1680,7 +1802,8 @@ class HssStore:
             # fsync) runs on one dedicated thread, one hop per batch instead of one
             # per statement; the event loop keeps decoding and answering meanwhile.
             # A lone batch after quick commits runs right here (see __init__).
-            if not self._queue and self._commit_seconds <= self.inline_commit_max:
+            durable = self._durable(batch)
+            if not self._queue and self._average(durable) <= self.inline_commit_max:
                 results = self._commit_inline(batch)
                 if results is not None:
                     return results
@@ -1691,7 +1814,7 @@ class HssStore:
             loop = asyncio.get_running_loop()
             start = time.perf_counter()
             results = await loop.run_in_executor(self._executor, self._batch_in_thread, batch)
-            self._note_commit(start)
+            self._note_commit(start, durable)
             return results
         if self.dialect == "postgresql":
             return await self._batch_pg(batch)
@@ -1791,12 +1914,19 @@ class HssStore:
         """BEGIN IMMEDIATE (the write lock at once, as _sqlite_begin), fsynced at COMMIT
         only if the batch hands out SQNs (or `fsync_every_commit`): an SQN must be on
         disk before its vector leaves (TS 33.102 Annex C); an assignment need not be."""
-        durable = self.fsync_every_commit or any(type(job) is _MarJob for job in batch)
+        durable = self._durable(batch)
         mode = _SYNC_FULL if durable else _SYNC_NORMAL
         if self._sync_mode.get(db, _SYNC_FULL) != mode:
             db.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
             self._sync_mode[db] = mode
         db.execute("BEGIN IMMEDIATE")
+
+    def _durable(self, batch: list[_MarJob | _WriteJob]) -> bool:
+        """Whether the batch's commit is fsynced (`_begin`): it hands out SQNs."""
+        return self.fsync_every_commit or any(type(job) is _MarJob for job in batch)
+
+    def _average(self, durable: bool) -> float:
+        return self._commit_seconds if durable else self._commit_seconds_nosync
 
     def _commit_inline(self, batch: list[_MarJob | _WriteJob]) -> list[Any] | None:
         """`_batch_inline`, timed into the moving average of a commit's wall time."""
@@ -1804,11 +1934,15 @@ class HssStore:
         results = self._batch_inline(batch)
         if results is not None:
             self.commits_inline += 1
-            self._note_commit(start)
+            self._note_commit(start, self._durable(batch))
         return results
 
-    def _note_commit(self, start: float) -> None:
-        self._commit_seconds += (time.perf_counter() - start - self._commit_seconds) / 8
+    def _note_commit(self, start: float, durable: bool) -> None:
+        took = time.perf_counter() - start
+        if durable:
+            self._commit_seconds += (took - self._commit_seconds) / 8
+        else:
+            self._commit_seconds_nosync += (took - self._commit_seconds_nosync) / 8
 
     def _batch_inline(self, batch: list[_MarJob | _WriteJob]) -> list[Any] | None:
         """The group commit on the calling (loop) thread; None, with nothing written, if
