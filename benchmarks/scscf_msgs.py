@@ -43,6 +43,7 @@ import sys
 import tempfile
 import time
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -121,18 +122,26 @@ def _fill(template: str, fields: dict[str, str]) -> str:
 @dataclass
 class _Ue:
     fields: dict[str, str]
-    maa: bytes
-    saa: bytes
-    saa_again: bytes
+    maa: tuple[bytes, object]  # (frame, the answer decoded ahead for --no-codec)
+    saa: tuple[bytes, object]
+    saa_again: tuple[bytes, object]
     nonce: str = ""
     response: str = ""
+
+
+def _framed(answer) -> tuple[bytes, object]:
+    frame = answer.encode(1, 1)
+    return frame, cx.decode(cx.decode_frame(frame))
 
 
 class Workload:
     """N UEs and the Cx answer frames for them, built before any timing."""
 
-    def __init__(self, n: int, seed: int = 7) -> None:
+    def __init__(self, n: int, seed: int = 7, vectors: int | None = None) -> None:
         cfg = parse_config(tomllib.loads(CONFIG.read_text()))
+        assert cfg.scscf is not None
+        if vectors is not None:  # [scscf].vectors_per_request (the HSS answers as many)
+            cfg = replace(cfg, scscf=replace(cfg.scscf, vectors_per_request=vectors))
         assert cfg.scscf is not None
         self.config = cfg
         s = cfg.scscf
@@ -180,9 +189,9 @@ class Workload:
                         "@REALM@": s.realm,
                         "@SCSCF@": f"{s.name}:{s.port}",
                     },
-                    maa=maa.encode(1, 1),
-                    saa=saa.encode(2, 2),
-                    saa_again=replace(saa, user_data=None).encode(3, 3),
+                    maa=_framed(maa),
+                    saa=_framed(saa),
+                    saa_again=_framed(replace(saa, user_data=None)),
                 )
             )
 
@@ -191,7 +200,7 @@ class _Harness:
     def __init__(self, w: Workload, codec: bool) -> None:
         self.w = w
         self.codec = codec
-        self.answer = b""
+        self.answer: tuple[bytes, object] = (b"", None)
         self.cpu = {"register": 0.0, "reg_event": 0.0, "reregister": 0.0}
         self.received = 0
         self.sent = 0
@@ -199,8 +208,8 @@ class _Harness:
     async def cx_send(self, request):
         if self.codec:  # as DiameterNode.request: encode out, decode the answer frame
             request.encode_body()
-            return cx.decode(cx.decode_frame(self.answer))
-        return cx.decode_bytes(self.answer)
+            return cx.decode(cx.decode_frame(self.answer[0]))
+        return self.answer[1]
 
     async def start(self) -> None:
         cfg = self.w.config
@@ -319,8 +328,8 @@ def baseline_us(w: Workload, rounds: int = 200) -> float:
     return (time.process_time() - start) / rounds * 1e6
 
 
-def cpu_run(n: int, rounds: int, codec: bool) -> dict:
-    w = Workload(n)
+def cpu_run(n: int, rounds: int, codec: bool, vectors: int | None = None) -> dict:
+    w = Workload(n, vectors=vectors)
     asyncio.run(_run(w, min(n, 50), codec, True))  # warm imports and caches
     runs = [asyncio.run(_run(w, n, codec, True)) for _ in range(rounds)]
     base = min(baseline_us(w) for _ in range(rounds))
@@ -331,6 +340,7 @@ def cpu_run(n: int, rounds: int, codec: bool) -> dict:
         "benchmark": "scscf_msgs",
         "registrations": n,
         "codec": codec,
+        "vectors_per_request": w.config.scscf.vectors_per_request,  # type: ignore[union-attr]
         "cpu_us_per_registration": round(registration[0], 1),
         "cpu_us_per_registration_runs": [round(x, 1) for x in registration],
         "cpu_us_register_pair": round(per["register"][0], 1),
@@ -348,38 +358,28 @@ def cpu_run(n: int, rounds: int, codec: bool) -> dict:
     }
 
 
-def callgrind(small: int, large: int, codec: bool, jobs: int = 2) -> dict:
+def _instructions(args: list[str]) -> int:
+    """Instructions callgrind counts for one run of this script with `args`."""
+    with tempfile.NamedTemporaryFile(prefix="scscf_msgs.cg.") as out:
+        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out.name}"]
+        subprocess.run([*cmd, sys.executable, __file__, *args], check=True, capture_output=True)
+        for line in Path(out.name).read_text().splitlines():
+            if line.startswith("summary:"):  # the run's total (also on the last line)
+                return int(line.split()[1])
+    raise RuntimeError("callgrind wrote no summary")
+
+
+def callgrind(small: int, large: int, codec: bool, vectors: int | None, jobs: int = 2) -> dict:
     """Instructions per registration and per re-registration, by differences of runs."""
-    runs = [(mode, n) for mode in ("reg", "rereg") for n in (small, large)]
-    counts: dict[tuple[str, int], int] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        procs = []
-        waiting = list(runs)
-        while waiting or procs:
-            while waiting and len(procs) < jobs:
-                mode, n = key = waiting.pop(0)
-                out = Path(tmp) / f"cg.{mode}.{n}"
-                cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
-                cmd += [
-                    sys.executable,
-                    __file__,
-                    "--only",
-                    mode,
-                    "--n",
-                    str(n),
-                    "--pool",
-                    str(large),
-                ]
-                if not codec:
-                    cmd.append("--no-codec")
-                procs.append((key, subprocess.Popen(cmd, stdout=subprocess.DEVNULL), out))
-            key, proc, out = procs.pop(0)
-            if proc.wait() != 0:
-                raise RuntimeError(f"callgrind run {key} failed")
-            for line in out.read_text().splitlines():
-                if line.startswith(("summary:", "totals:")):
-                    counts[key] = int(line.split()[1])
-                    break
+    common = ["--pool", str(large)] + ([] if codec else ["--no-codec"])
+    common += [] if vectors is None else ["--vectors", str(vectors)]
+    keys = [(mode, n) for mode in ("reg", "rereg") for n in (small, large)]
+
+    def count(key: tuple[str, int]) -> int:
+        return _instructions(["--only", key[0], "--n", str(key[1]), *common])
+
+    with ThreadPoolExecutor(jobs) as pool:  # each run is a valgrind process of its own
+        counts = dict(zip(keys, pool.map(count, keys), strict=True))
     reg = (counts[("reg", large)] - counts[("reg", small)]) / (large - small)
     both = (counts[("rereg", large)] - counts[("rereg", small)]) / (large - small)
     return {
@@ -394,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=1000, help="registrations (new UEs) per round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-codec", action="store_true", help="Cx answers without the codec")
+    ap.add_argument("--vectors", type=int, help="vectors per MAR (default: the config's)")
     ap.add_argument("--callgrind", action="store_true", help="instruction counts (slow)")
     ap.add_argument("--callgrind-n", type=int, nargs=2, default=(100, 300), metavar=("A", "B"))
     ap.add_argument("--only", choices=("reg", "rereg"), help=argparse.SUPPRESS)
@@ -401,12 +402,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     codec = not args.no_codec
     if args.only:  # one measured process for --callgrind
-        w = Workload(args.pool or args.n)
+        w = Workload(args.pool or args.n, vectors=args.vectors)
         asyncio.run(_run(w, args.n, codec, args.only == "rereg"))
         return 0
-    result = cpu_run(args.n, args.rounds, codec)
+    result = cpu_run(args.n, args.rounds, codec, args.vectors)
     if args.callgrind:
-        result.update(callgrind(*args.callgrind_n, codec))
+        result.update(callgrind(*args.callgrind_n, codec, args.vectors))
     print(json.dumps(result))
     return 0
 

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 from imsaka.config import ImsConfig, NetworkConfig, ScscfConfig, split_hostport
@@ -136,7 +136,12 @@ def register_request_from_sip(req: Request) -> RegisterRequest:
         if c.star:
             star = True
             continue
-        contacts.append(ContactSpec(c.uri, c.expires, str(c.params.without("expires"))))
+        params = c.params
+        if len(params) == 1 and params.items[0][0].lower() == "expires":
+            rest = ""  # the usual Contact: nothing but expires
+        else:
+            rest = str(params.without("expires"))
+        contacts.append(ContactSpec(c.uri, c.expires, rest))
     return RegisterRequest(
         impu=to.uri,
         call_id=call_id,
@@ -504,10 +509,9 @@ class Scscf:
 
     # ------------------------------------------------------------- actions
 
-    def _run_now(self, actions: list[Action]) -> None:
-        """`_run_actions` with the memory store, where no action waits: inline."""
-        store = self.store
-        assert isinstance(store, MemoryBindingStore)
+    def _run_now(self, actions: Iterable[Action]) -> None:
+        """The actions that wait for nothing: a reply, a Cx request (in a task of its
+        own), and with the memory store its writes. All of them, with that store."""
         for action in actions:
             if isinstance(action, Reply):
                 self._reply(action)
@@ -516,30 +520,24 @@ class Scscf:
             elif isinstance(action, AskAssignment):
                 self._spawn(self._sar(action))
             elif isinstance(action, StoreRegistration):
-                store.put_now(action.registration)
+                self._memory().put_now(action.registration)
             elif isinstance(action, RemoveRegistration):
-                store.delete_now(action.impu)
+                self._memory().delete_now(action.impu)
                 self._notify_terminated(action)
+
+    def _memory(self) -> MemoryBindingStore:
+        store = self.store
+        assert isinstance(store, MemoryBindingStore)  # a shared one is written awaiting
+        return store
 
     async def _run_actions(self, actions: list[Action]) -> None:
         if not self._shared:
             self._run_now(actions)
             return
+        # A shared store: its reads and writes are awaited, in the actions' order.
         claimed_elsewhere: set[str] = set()
         for action in actions:
-            if isinstance(action, Reply):
-                self._reply(action)
-            elif isinstance(action, AskVectors):
-                self._spawn(self._mar(action))
-            elif isinstance(action, AskAssignment):
-                if (
-                    action.assignment_type is AssignmentType.TIMEOUT_DEREGISTRATION
-                    and action.impu in claimed_elsewhere
-                ):
-                    self.core.abandon(action.token)
-                    continue
-                self._spawn(self._sar(action))
-            elif isinstance(action, StoreRegistration):
+            if isinstance(action, StoreRegistration):
                 if action.if_unchanged:
                     await self._store_partial_expiry(action.registration)
                 else:
@@ -554,6 +552,14 @@ class Scscf:
                 else:
                     await self._store(self.store.delete(action.impu))
                 self._notify_terminated(action)
+            elif (
+                isinstance(action, AskAssignment)
+                and action.assignment_type is AssignmentType.TIMEOUT_DEREGISTRATION
+                and action.impu in claimed_elsewhere
+            ):
+                self.core.abandon(action.token)
+            else:
+                self._run_now((action,))
 
     async def _claim_lapsed(self, impu: str) -> Claim:
         """A binding lapsed here; with a shared store, exactly one S-CSCF removes it and

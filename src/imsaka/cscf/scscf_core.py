@@ -489,15 +489,20 @@ class RegistrarCore:
     def load(self, registration: Registration) -> None:
         """Adopt a registration read from the binding store (start-up, shared store)."""
         old = self.registrations.get(registration.impu)
-        if old is not None:
-            self._unindex(old)
         self.registrations[registration.impu] = registration
-        impus = self._impus_of(registration.impi)
-        if registration.impu not in impus:
-            # one IMPU per IMPI almost always: the string itself, no 1-tuple per UE
-            self._by_impi[registration.impi] = (
-                (*impus, registration.impu) if impus else registration.impu
-            )
+        # A refresh of the same record (a re-registration) is indexed as it is already.
+        if old is not None and (
+            old.impi != registration.impi or old.associated != registration.associated
+        ):
+            self._unindex(old)
+            old = None
+        if old is None:
+            impus = self._impus_of(registration.impi)
+            if registration.impu not in impus:
+                # one IMPU per IMPI almost always: the string itself, no 1-tuple per UE
+                self._by_impi[registration.impi] = (
+                    (*impus, registration.impu) if impus else registration.impu
+                )
         for alias in registration.associated:
             if alias != registration.impu:
                 self._aliases[alias] = registration.impu
@@ -845,13 +850,15 @@ class RegistrarCore:
         req = op.request
         assert req is not None
         old = self._live_registration(req.impu, now)
-        xml = user_data if user_data else (old.user_data if old is not None else "")
+        xml: str | bytes = user_data or ""
         identities = []
-        if old is not None and old.associated and xml == old.user_data:
+        if old is not None and old.associated and (not xml or xml == old.user_data):
             # The same subscription document as the live registration of this IMPU (every
             # re-registration, with or without User-Data-Already-Available): it passed the
-            # barring check then and gives the same P-Associated-URI; no parse.
+            # barring check then and gives the same P-Associated-URI; no parse, and the
+            # record keeps it as it was kept (compressed: not unpacked and packed again).
             associated = old.associated
+            xml = old._user_data
         elif xml:
             try:
                 _private, identities = parse_user_data(xml)
@@ -886,7 +893,7 @@ class RegistrarCore:
         headers.append(("Service-Route", self.policy.service_route))
         # RFC 3261 §10.3 step 8: every current binding, this request's contacts first.
         mine = [s.uri for s in req.contacts if s.uri in contacts]
-        others = [u for u in contacts if u not in set(mine)]
+        others = [u for u in contacts if u not in mine]  # a contact or two: no set
         for uri in mine + others:
             binding = contacts[uri]
             left = max(0, round(binding.expires_at - now))

@@ -29,7 +29,7 @@ class PublicIdentity:
 
 def _local(tag: str) -> str:
     # The XSD has no namespace, but tolerate one: match on the local name.
-    return tag.rsplit("}", 1)[-1]
+    return tag.rsplit("}", 1)[-1] if tag[:1] == "{" else tag
 
 
 def parse_user_data(xml: str | bytes) -> tuple[str, list[PublicIdentity]]:
