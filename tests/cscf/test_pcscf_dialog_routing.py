@@ -15,6 +15,7 @@ from imsaka.cscf.pcscf import (
     Arrival,
     DropInput,
     Forward,
+    HoldSecurityAssociations,
     InstallSecurityAssociations,
     PcscfCore,
     ReleaseSecurityAssociations,
@@ -133,10 +134,10 @@ def subscribe_through(p: PcscfCore, inst) -> None:
     p.receive_response(_reparse(ok), SCSCF, 4.1)
 
 
-def send_de_register(p: PcscfCore, inst, now: float) -> Forward:
-    """The UE's de-REGISTER (Expires 0) over its SAs; what the P-CSCF sends upstream."""
+def de_register_text(p: PcscfCore) -> str:
+    """The UE's de-REGISTER (Expires 0) as it sends it over its SAs."""
     reg = p.registrations["user1_private@home1.net"]
-    dereg = (
+    return (
         PACKET1.replace("CSeq: 1", "CSeq: 3")
         .replace("z9hG4bKnashds7", "z9hG4bKdereg")
         .replace(";expires=600000", ";expires=0")
@@ -146,8 +147,12 @@ def send_de_register(p: PcscfCore, inst, now: float) -> Forward:
             1,
         )
     )
+
+
+def send_de_register(p: PcscfCore, inst, now: float) -> Forward:
+    """The UE's de-REGISTER (Expires 0) over its SAs; what the P-CSCF sends upstream."""
     (fwd,) = p.receive_request(
-        parse_message(dereg.encode()), Arrival(UE_C, spi=inst.sa.spi_ps), now
+        parse_message(de_register_text(p).encode()), Arrival(UE_C, spi=inst.sa.spi_ps), now
     )
     return fwd
 
@@ -380,14 +385,15 @@ def test_network_deregistration_without_the_ue_answering_releases_at_timer_f():
 
 
 def test_after_de_register_the_terminated_notify_is_answered_404():
-    """De-REGISTER: the 200 goes out over the SAs, then they go; the S-CSCF's NOTIFY
-    to the UE that follows finds no SA and is answered 404 at once (the UE knows
-    from the 200 OK itself)."""
+    """De-REGISTER: the 200 goes out over the SAs, then they no longer route (held
+    only for the de-REGISTER's retransmissions); the S-CSCF's NOTIFY to the UE that
+    follows finds no SA and is answered 404 at once (the UE knows from the 200 OK
+    itself)."""
     p, inst, _ = registered()
     subscribe_through(p, inst)
     fwd = send_de_register(p, inst, 8.0)
     out = p.receive_response(de_register_ok(fwd), ICSCF, 8.1)
-    assert any(isinstance(a, ReleaseSecurityAssociations) for a in out)
+    assert [a.sa.spi_ps for a in out if isinstance(a, HoldSecurityAssociations)] == [inst.sa.spi_ps]
     (rep,) = p.receive_request(
         scscf_notify("terminated;reason=deactivated", branch="z9hG4bKnotify3", cseq=2),
         Arrival(SCSCF),
@@ -412,12 +418,16 @@ def test_notify_overtaking_the_de_register_200_is_answered_when_the_sas_go():
     )
     assert rep.spi == inst.sa.spi_us and p.pending_to_ue() == 1
     out = p.receive_response(de_register_ok(fwd), ICSCF, 8.2)
-    assert any(isinstance(a, ReleaseSecurityAssociations) for a in out)
+    assert any(isinstance(a, HoldSecurityAssociations) for a in out)
     (up,) = [a for a in out if isinstance(a, Forward)]
     answer = _reparse(up.message)
     assert up.destination == SCSCF and answer.status == 404
     assert answer.cseq.method == "NOTIFY" and [v.port for v in answer.via] == [5080]
     assert p.pending_to_ue() == 0
+    # the UE's late answer, over the set held for the de-REGISTER's retransmissions,
+    # is absorbed (its transaction was answered upstream)
+    late = make_response(_reparse(rep.message), 200)
+    assert p.receive_response(_reparse(late), UE_S, 8.25, spi=inst.sa.spi_pc) == []
     # the S-CSCF's retransmission gets the same answer
     (again,) = p.receive_request(
         scscf_notify("terminated;reason=deactivated", branch="z9hG4bKnotify3", cseq=2),

@@ -23,7 +23,10 @@ The seed's packets 1→2, 7, 8→9 and 13: the P-CSCF is the UE's first hop. It
   P-Associated-URI); from then on accepts requests from that UE only over its SAs and
   replaces P-Preferred-Identity with a P-Asserted-Identity from the registered set;
 - sends every response to the UE over the SA its request came on; on a de-REGISTER
-  the SAs are removed only after the 200 OK has gone out over them (PITFALLS);
+  the SAs are removed only after the 200 OK has gone out over them (PITFALLS), and the
+  set that 200 OK left over (UDP) stays for the de-REGISTER's retransmissions alone
+  until its transaction ends (64·T1), so a UE whose 200 was lost gets it again
+  (RFC 3261 §17.2.2; see `DEREGISTER_GRACE`);
 - routes dialogs (TS 24.229 §5.2.6.3, §5.2.6.4; RFC 3261 §16): removes the Route
   entries naming it from the UE's requests, Record-Routes the dialog-forming ones
   (`<sip:NAME:PORT;lr>` towards the core, the same with port-s in the 1xx/2xx to the
@@ -89,6 +92,7 @@ __all__ = [
     "Arrival",
     "DropInput",
     "Forward",
+    "HoldSecurityAssociations",
     "InstallSecurityAssociations",
     "PcscfCore",
     "PcscfSa",
@@ -101,6 +105,16 @@ Address = tuple[str, int]
 
 # Timer F (64·T1) bounds how long a forwarded request's context is kept.
 TRANSACTION_LIFETIME = 32.0
+# After the 200 OK to a UE's de-REGISTER left over UDP, the SA set it left over carries
+# that de-REGISTER's retransmissions (and nothing else) for this long: Timer J, 64·T1,
+# the time a non-INVITE server transaction stays Completed to answer retransmissions
+# (RFC 3261 §17.2.2; over TCP there are none and the set goes at once). Without it a
+# lost 200 left the UE retransmitting into an SPI nobody knew (`esp-unknown-spi`) until
+# its Timer F, and it ended with 408. TS 24.229 §5.2.2 / TS 33.203 §7.4 have the SAs go
+# after the last message due over them; whether their text covers a retransmission of
+# that message is UNCONFIRMED (FACTS §1.2 has no verbatim P-CSCF rule): this reads the
+# cached answer re-sent to a retransmission as still that last message.
+DEREGISTER_GRACE = TRANSACTION_LIFETIME
 # Overload: requests forwarded upstream and not answered beyond which a new initial
 # REGISTER is refused 503 (`PcscfConfig.max_in_flight`; 0: no bound), and the base of
 # that 503's Retry-After in seconds (RFC 3261 §21.5.4, §20.33), randomised up to twice
@@ -215,6 +229,17 @@ class ReleaseSecurityAssociations:
 
 
 @dataclass(frozen=True, slots=True)
+class HoldSecurityAssociations:
+    """The UE de-registered and the 200 OK (the Reply before this action) went out over
+    this set: it no longer routes anything, but stays for the de-REGISTER's
+    retransmissions until `until` (`DEREGISTER_GRACE`), when the core sends a
+    ReleaseSecurityAssociations for it."""
+
+    sa: PcscfSa
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
 class DropInput:
     reason: str
 
@@ -225,6 +250,7 @@ Action = (
     | InstallSecurityAssociations
     | UpgradeSecurityAssociations
     | ReleaseSecurityAssociations
+    | HoldSecurityAssociations
     | DropInput
 )
 
@@ -331,6 +357,27 @@ class _Answered:
         self.final_spi = final_spi
 
 
+class _Grace:
+    """An SA set after its UE's de-REGISTER was answered 200 over it, until
+    `release_at` (`DEREGISTER_GRACE`): out of every routing table (`by_spi`,
+    `_by_contact`), answering only a retransmission of that de-REGISTER (our branch for
+    it, `branch`) with its cached answer (`final_data`, packed, as `_Answered` keeps
+    it). `key` is its entry in the core's deadline heap (a NUL then our inbound spi-s:
+    no IMPI holds a NUL, so it is never a registration's key); `scheduled` as in
+    `Registration`."""
+
+    __slots__ = ("branch", "final_data", "impi", "key", "release_at", "sa", "scheduled")
+
+    def __init__(self, sa: PcscfSa, branch: str, release_at: float) -> None:
+        self.sa = sa
+        self.impi = sa.impi
+        self.branch = branch
+        self.final_data: bytes | None = None
+        self.release_at = release_at
+        self.key = f"\x00{sa.spi_ps}"
+        self.scheduled: float | None = None
+
+
 # What follows `branch=` in our own Via as it comes back in a response: the branch we
 # wrote (`_branch_for`, or a SUBSCRIBE's) and at most the IPv4 `received` of the hop.
 _OWN_VIA_REST = re.compile(r"(z9hG4bK[0-9a-f]+)(?:;received=[0-9.]{7,15})?")
@@ -426,8 +473,16 @@ class PcscfCore:
         port_s: int | None = None,
         spi_allocator: Any = None,
         max_in_flight: int | None = None,
+        dereg_grace: float | None = None,
     ) -> None:
         self.config = config
+        # How long a de-REGISTER's set stays for its retransmissions (0: released with
+        # the 200 OK, as over TCP): the argument, else the config's (read defensively,
+        # as `max_in_flight`: a config without the field gets the default). An
+        # attribute, so a test can shorten it.
+        if dereg_grace is None:
+            dereg_grace = getattr(config, "dereg_grace", DEREGISTER_GRACE)
+        self.dereg_grace = float(dereg_grace)
         # The overload bound: the argument, else the config's (read defensively: a
         # config without the field gets the default), 0 or less for none.
         if max_in_flight is None:
@@ -475,6 +530,10 @@ class PcscfCore:
                     self._trust(uri)
         self.registrations: dict[str, Registration] = {}  # by IMPI
         self.by_spi: dict[int, str] = {}  # inbound SPI -> IMPI
+        # De-registered UEs' sets kept for the de-REGISTER's retransmissions
+        # (`DEREGISTER_GRACE`): by heap key, and by each inbound SPI (not in `by_spi`).
+        self._grace: dict[str, _Grace] = {}
+        self._grace_by_spi: dict[int, _Grace] = {}
         # reg-event subscriptions (TS 24.229 §5.2.3): Call-ID -> IMPI
         self.subscriptions: dict[str, str] = {}
         self.subscribe_reg_event = config.subscribe_reg_event
@@ -514,13 +573,15 @@ class PcscfCore:
         # Request-URI -> next hop: the routes and the host table are fixed for the life
         # of the core, and a P-CSCF sees a handful of registrar URIs.
         self._routes_by_uri: dict[str, Address | None] = {}
-        # Deadline heap (deadline, kind, key): kind "temporary" / "expiry" keyed by
-        # IMPI. Entries are pushed wherever a deadline is set and checked against the
-        # live state when they surface (lazy deletion), so per-message timer work is
-        # O(log n) in the registered population. Forwarded requests' contexts need no
-        # entries: they all live TRANSACTION_LIFETIME, so `pending` (a dict, insertion
-        # ordered) is in expiry order itself.
-        self._timers: list[tuple[float, str, str]] = []
+        # Deadline heap (deadline, key): one entry per registration (keyed by IMPI) for
+        # its earliest deadline (temporary set, expiry, release), and one per set in
+        # its de-registration grace (`_Grace.key`). Entries are pushed wherever a
+        # deadline is set and checked against the live state when they surface (lazy
+        # deletion), so per-message timer work is O(log n) in the registered
+        # population. Forwarded requests' contexts need no entries: they all live
+        # TRANSACTION_LIFETIME, so `pending` (a dict, insertion ordered) is in expiry
+        # order itself.
+        self._timers: list[tuple[float, str]] = []
 
     # ------------------------------------------------------------------ helpers
 
@@ -533,23 +594,29 @@ class PcscfCore:
         if _in_flight(pending):
             self._in_flight += 1
 
+    def _holder(self, key: str) -> Registration | _Grace | None:
+        """What a heap key names: a registration (IMPI) or a set in grace (NUL first)."""
+        if key[:1] == "\x00":
+            return self._grace.get(key)
+        return self.registrations.get(key)
+
     def _watch(self, deadline: float, key: str) -> None:
-        """A deadline of registration `key` was set. One heap entry per registration,
-        for its earliest deadline: a later one (the expiry after the temporary set's
-        lifetime) is pushed when that entry surfaces, not now."""
-        reg = self.registrations.get(key)
+        """A deadline of registration (or set in grace) `key` was set. One heap entry
+        per registration, for its earliest deadline: a later one (the expiry after the
+        temporary set's lifetime) is pushed when that entry surfaces, not now."""
+        reg = self._holder(key)
         if reg is None or (reg.scheduled is not None and reg.scheduled <= deadline):
             return
         reg.scheduled = deadline
         heapq.heappush(self._timers, (deadline, key))
-        if len(self._timers) > 256 + 2 * len(self.registrations):
+        if len(self._timers) > 256 + 2 * (len(self.registrations) + len(self._grace)):
             # Entries whose registration went or was rescheduled earlier: compact so
             # the heap stays proportional to the live registrations.
             self._timers = [t for t in self._timers if self._entry_live(t)]
             heapq.heapify(self._timers)
 
     def _entry_live(self, entry: tuple[float, str]) -> bool:
-        reg = self.registrations.get(entry[1])
+        reg = self._holder(entry[1])
         return reg is not None and reg.scheduled == entry[0]
 
     @staticmethod
@@ -587,7 +654,7 @@ class PcscfCore:
     def _new_spi(self) -> int:
         while True:
             spi = self._rng.randrange(256, 2**32)
-            if spi not in self.by_spi:
+            if spi not in self.by_spi and spi not in self._grace_by_spi:
                 return spi
 
     def route(self, request_uri: str) -> Address | None:
@@ -703,6 +770,10 @@ class PcscfCore:
         branch = self._branch_for(
             ue_branch, request.method + (str(arrival.spi) if arrival.spi else "")
         )
+        if arrival.spi is not None and self._grace_by_spi:
+            grace = self._grace_by_spi.get(arrival.spi)
+            if grace is not None:
+                return self._over_grace_set(request, arrival, branch, grace)
         pending = self.pending.get(branch)
         if pending is not None and pending.final_data is None and pending.forward is not None:
             # In flight: the same request upstream again (its context, Timer F from the
@@ -741,6 +812,22 @@ class PcscfCore:
             if actions is not None:
                 return actions
         return self._other_request(request, arrival, branch, now)
+
+    def _over_grace_set(
+        self, request: Request, arrival: Arrival, branch: str, grace: _Grace
+    ) -> list[Action]:
+        """A request over a set in its de-registration grace: the de-REGISTER's
+        retransmission gets its 200 OK again over the same SA (its first copy was
+        lost); anything else is dropped, as over an SA the P-CSCF does not know (the
+        UE de-registered: a new registration starts in the clear)."""
+        if branch != grace.branch or grace.final_data is None:
+            return self._drop("request-over-deregistered-sa", grace.impi)
+        self.counters["retransmission-answered"] += 1
+        self.counters["deregister-answered-again-in-grace"] += 1
+        final = parse_message(self._packer.unpack(grace.final_data))
+        sa = grace.sa
+        spi = sa.spi_uc if arrival.spi == sa.spi_ps else sa.spi_us
+        return [Reply(final, arrival.source, arrival.transport, spi)]
 
     def _register(
         self,
@@ -1367,7 +1454,7 @@ class PcscfCore:
             return self._drop("response-bad-cseq")
         actions: list[Action] = []
         if cseq.method == "REGISTER":
-            actions = self._register_response(resp, pending, now)
+            actions = self._register_response(resp, pending, now, branch or "")
             reg = self.registrations.get(pending.impi)
             if reg is not None and reg.network_terminated:
                 pending.final = resp  # no longer open
@@ -1396,9 +1483,15 @@ class PcscfCore:
             self._note_answer_time(now - pending.created, now)
         if pending.final_data is not None and self.pending.get(branch) is pending:
             # kept only to answer retransmissions now (Timer F): the answer and its SPI
-            self.pending[branch] = _Answered(
+            answered = _Answered(
                 pending.created, self._packer.pack(pending.final_data), pending.final_spi
             )
+            self.pending[branch] = answered
+            if pending.expires_zero and pending.arrival.spi is not None:
+                grace = self._grace_by_spi.get(pending.arrival.spi)
+                if grace is not None and grace.branch == branch:
+                    # the same packed bytes, kept by the set's grace (Timer J from now)
+                    grace.final_data = answered.final_data
         return actions
 
     def _response_from_ue(
@@ -1490,11 +1583,13 @@ class PcscfCore:
         vias = response.via
         return (vias[0].branch if vias else ""), len(vias)
 
-    def _register_response(self, resp: Response, pending: _Pending, now: float) -> list[Action]:
+    def _register_response(
+        self, resp: Response, pending: _Pending, now: float, branch: str
+    ) -> list[Action]:
         if resp.status == 401:
             return self._on_401(resp, pending, now)
         if 200 <= resp.status < 300:
-            return self._on_200(resp, pending, now)
+            return self._on_200(resp, pending, now, branch)
         # Any other final answer: forward it; a failed challenge response ends the
         # temporary SA set after the answer went out over it (TS 33.203 §7.3).
         actions: list[Action] = [self._to_ue(resp, pending.arrival)]
@@ -1613,7 +1708,7 @@ class PcscfCore:
         self.counters["challenges"] += 1
         return actions
 
-    def _on_200(self, resp: Response, pending: _Pending, now: float) -> list[Action]:
+    def _on_200(self, resp: Response, pending: _Pending, now: float, branch: str) -> list[Action]:
         reg = self.registrations.get(pending.impi)
         arrival = pending.arrival
         actions: list[Action] = []
@@ -1655,9 +1750,19 @@ class PcscfCore:
         reply = self._to_ue(resp, arrival)  # over the SA the REGISTER came on
         actions.append(reply)
         if pending.expires_zero or granted == 0:
-            # De-registration: SAs go only after the 200 went out over them.
+            # De-registration: SAs go only after the 200 went out over them; the one it
+            # went over (UDP) stays for the de-REGISTER's retransmissions until Timer J.
             for s in (reg.temporary, reg.sa):
-                if s is not None:
+                if s is None:
+                    continue
+                if (
+                    reply.spi is not None
+                    and arrival.spi in s.inbound_spis
+                    and arrival.transport == "udp"
+                    and self.dereg_grace > 0
+                ):
+                    actions.append(self._hold(reg, s, branch, now))
+                else:
                     actions.append(self._release(reg, s, "de-registered"))
             reg.temporary = reg.sa = None
             self._forget(reg)
@@ -1817,6 +1922,35 @@ class PcscfCore:
         return best
 
     def _release(self, reg: Registration, sa: PcscfSa, reason: str) -> ReleaseSecurityAssociations:
+        self._unroute(reg, sa)
+        return ReleaseSecurityAssociations(sa, reason)
+
+    def _hold(self, reg: Registration, sa: PcscfSa, branch: str, now: float) -> Action:
+        """The de-registered UE's set the 200 OK left over: out of routing now, kept
+        for the de-REGISTER's retransmissions until `DEREGISTER_GRACE` has run, then
+        released (`_end_grace`)."""
+        self._unroute(reg, sa)
+        grace = _Grace(sa, branch, now + self.dereg_grace)
+        self._grace[grace.key] = grace
+        for spi in sa.inbound_spis:
+            self._grace_by_spi[spi] = grace
+        self._watch(grace.release_at, grace.key)
+        return HoldSecurityAssociations(sa, grace.release_at)
+
+    def _end_grace(self, grace: _Grace) -> ReleaseSecurityAssociations:
+        """Timer J of the de-REGISTER has run: its set goes (once: its record goes)."""
+        del self._grace[grace.key]
+        for spi in grace.sa.inbound_spis:
+            if self._grace_by_spi.get(spi) is grace:
+                del self._grace_by_spi[spi]
+        return ReleaseSecurityAssociations(grace.sa, "de-registered")
+
+    def in_grace(self) -> int:
+        """SA sets of de-registered UEs kept for their de-REGISTER's retransmissions."""
+        return len(self._grace)
+
+    def _unroute(self, reg: Registration, sa: PcscfSa) -> None:
+        """Nothing routes to or from the UE over `sa` any more."""
         for spi in sa.inbound_spis:
             if self.by_spi.get(spi) == reg.impi:
                 del self.by_spi[spi]
@@ -1827,7 +1961,6 @@ class PcscfCore:
             live = reg.sa
             if live is None or live is sa or (live.ue_host, live.port_us) != key:
                 del self._by_contact[key]
-        return ReleaseSecurityAssociations(sa, reason)
 
     def _forget(self, reg: Registration) -> None:
         if self.registrations.get(reg.impi) is reg:
@@ -1870,6 +2003,11 @@ class PcscfCore:
             if not self._entry_live(entry):
                 continue  # gone, or rescheduled earlier (a newer entry carries it)
             key = entry[1]
+            holder = self._holder(key)
+            if isinstance(holder, _Grace):
+                holder.scheduled = None
+                actions.append(self._end_grace(holder))
+                continue
             reg = self.registrations[key]
             reg.scheduled = None
             due = self._due(reg)

@@ -8,7 +8,11 @@ the UE leaves over the SA its request came on; a request from the core to the UE
 (TS 24.229 §5.2.6.4: the S-CSCF's reg-event NOTIFY) leaves from port-c to the UE's
 port-s, and the UE's answer, back over that pair, goes on to the core. An SA set that
 must go after a last message (the 200 OK to a de-REGISTER, the 4xx to a failed challenge response) is
-marked so the table removes it only once that message has been sent (PITFALLS).
+marked so the table removes it only once that message has been sent (PITFALLS). The
+set a de-REGISTER's 200 OK left over is then held (DRAINING, with the de-REGISTER's
+server transaction open on it) outside the reply index until the core releases it at
+the end of that transaction (Timer J, RFC 3261 §17.2.2): a retransmitted de-REGISTER
+whose 200 was lost still arrives over it and gets the cached 200 again over it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from imsaka.cscf.pcscf import (
     Arrival,
     DropInput,
     Forward,
+    HoldSecurityAssociations,
     InstallSecurityAssociations,
     PcscfCore,
     PcscfSa,
@@ -77,6 +82,11 @@ class PcscfServer:
         # a list of them when UEs happen to choose the same SPI (rare: one set is kept
         # without a list around it, per registered UE).
         self._by_outbound: dict[int, SaSet | list[SaSet]] = {}
+        # Sets held for a de-REGISTER's retransmissions (HoldSecurityAssociations),
+        # by our inbound spi_ps, and their outbound index (the same shape as
+        # `_by_outbound`, looked in only when that one has no live set for an SPI).
+        self._held: dict[int, SaSet] = {}
+        self._held_outbound: dict[int, SaSet | list[SaSet]] = {}
         self._timer: asyncio.Handle | None = None
         # The deadline `_timer` was armed for: uvloop's call_at returns a plain Handle
         # without when() for a deadline already past.
@@ -167,7 +177,9 @@ class PcscfServer:
     def stats(self) -> dict[str, Any]:
         out = self.core.stats() if self.core else {}
         out["esp_drops"] = dict(self.backend.drops) if self.backend else {}
-        out["sa_sets"] = len(self.table.sets())
+        # serving sets: those held for a de-REGISTER's retransmissions are census()'s
+        # `sa_sets_in_grace` (state, not a counter: not here, where metrics reads counters)
+        out["sa_sets"] = len(self.table.sets()) - len(self._held)
         out["parse_errors"] = self.parse_errors
         out["internal_errors"] = self.internal_errors
         return out
@@ -176,10 +188,14 @@ class PcscfServer:
         """Live per-UE and per-transaction state, for leak checks and metrics."""
         core = self.core
         return {
-            # a removed set leaves the table at once (SecurityAssociationTable._remove)
-            "sa_sets": len(self.table.sets()),
+            # a removed set leaves the table at once (SecurityAssociationTable._remove);
+            # the sets of de-registered UEs kept until their de-REGISTER's Timer J
+            # (`pcscf.DEREGISTER_GRACE`) are counted apart: the table's and the core's
+            "sa_sets": len(self.table.sets()) - len(self._held),
+            "sa_sets_in_grace": len(self._held),
             "registrations": len(core.registrations) if core else 0,
             "sas_in_records": core.stats()["sas"] if core else 0,
+            "sas_in_grace_records": core.in_grace() if core else 0,
             "pending_forwarded": core.open_transactions() if core else 0,
             "subscribe_entries": (
                 sum(1 for p in core.pending.values() if p.kind == "subscribe") if core else 0
@@ -254,8 +270,10 @@ class PcscfServer:
         assert self.udp is not None
         # A release listed after a reply over the same set: that reply is the last
         # message due over it (de-REGISTER 200 OK, failed-auth 4xx).
-        releasing: dict[int, ReleaseSecurityAssociations] = {
-            a.sa.spi_ps: a for a in actions if isinstance(a, ReleaseSecurityAssociations)
+        releasing: dict[int, ReleaseSecurityAssociations | HoldSecurityAssociations] = {
+            a.sa.spi_ps: a
+            for a in actions
+            if isinstance(a, (ReleaseSecurityAssociations, HoldSecurityAssociations))
         }
         done: set[int] = set()
         for action in actions:
@@ -276,6 +294,10 @@ class PcscfServer:
                     pass  # a request to the UE (a NOTIFY) is never the set's last message
                 elif key in releasing and key not in done:
                     final = self._mark_last_message(sa_set, now)
+                    if isinstance(releasing[key], HoldSecurityAssociations):
+                        # the de-REGISTER's transaction stays open on the set until
+                        # the core releases it: sending this 200 does not remove it
+                        self.table.transaction_started(sa_set)
                     done.add(key)
                 elif sa_set.state is SaState.DRAINING and sa_set.final_due > 0:
                     # The cached answer re-sent to a retransmitted request (its first
@@ -293,6 +315,8 @@ class PcscfServer:
                     elif s.state is SaState.ESTABLISHED:
                         self.table.reregistered(s, expires=expires, now=now)
                     self.backend.sync()
+            elif isinstance(action, HoldSecurityAssociations):
+                self._hold(action, action.sa.spi_ps in done, now)
             elif isinstance(action, ReleaseSecurityAssociations):
                 key = action.sa.spi_ps
                 s = self._sets.pop(key, None)
@@ -303,6 +327,8 @@ class PcscfServer:
                     continue
                 if s is not None:
                     self._unindex(s)
+                    if self._held.get(key) is s:
+                        del self._held[key]  # its de-REGISTER's Timer J has run
                 if s is None or s.state is SaState.REMOVED or key in done:
                     continue
                 # Nothing more is due over it: it goes now.
@@ -323,14 +349,36 @@ class PcscfServer:
     def send_protected(self, sa: Any, data: bytes, final: bool = False) -> bool:
         return self.backend.send(sa, data, final=final)
 
-    def _mark_last_message(self, sa_set: SaSet, now: float) -> bool:
+    def _mark_last_message(self, sa_set: SaSet, now: float, due: int = 1) -> bool:
+        """The set goes once `due` messages (0 or 1) have gone out over it: DRAINING."""
         if sa_set.state is SaState.TEMPORARY:
-            self.table.auth_failed(sa_set, now=now, response_due=True)
+            self.table.auth_failed(sa_set, now=now, response_due=due > 0)
             return True
-        if sa_set.state is SaState.ESTABLISHED:
-            self.table.deregistered(sa_set, now=now, final_messages=1)
+        if sa_set.state in (SaState.ESTABLISHED, SaState.SUPERSEDED):
+            self.table.deregistered(sa_set, now=now, final_messages=due)
             return True
         return False
+
+    def _hold(self, action: HoldSecurityAssociations, replied: bool, now: float) -> None:
+        """A de-registered UE's set, kept for its de-REGISTER's retransmissions until
+        the core releases it (`action.until`): DRAINING with that transaction open
+        (opened before the 200 OK was sent, when `replied`), out of the reply index
+        (nothing new goes to the UE over it), in `_held` and its own index."""
+        key = action.sa.spi_ps
+        s = self._sets.get(key)
+        if s is None or s.state is SaState.REMOVED:
+            return
+        if not replied:
+            # (the 200 did not go over it: held all the same, the core decides)
+            self._mark_last_message(s, now, due=0)
+            self.table.transaction_started(s)
+        # The table's own drain deadline (its backstop) must not come first: the SPIs
+        # would be free for a new set while the core still holds them in grace.
+        s.expires_at = max(s.expires_at, action.until + 1.0)
+        self._unindex(s)
+        self._held[key] = s
+        self._index(s, self._held_outbound)
+        self.backend.sync()
 
     def _key_of(self, sa_set: SaSet) -> int:
         return sa_set.pcscf_spis[1]
@@ -338,8 +386,20 @@ class PcscfServer:
     def _outbound(
         self, spi: int, destination: tuple[str, int] | None = None
     ) -> tuple[SaSet | None, Any]:
+        """The live set and its outbound SA with `spi` (towards `destination`'s port
+        when several): a serving set first, else one held for a de-REGISTER (a UE
+        that registers again may have chosen the same SPI for its new set)."""
+        found = self._find_outbound(self._by_outbound, spi, destination)
+        if found[0] is None and self._held_outbound:
+            found = self._find_outbound(self._held_outbound, spi, destination)
+        return found
+
+    @staticmethod
+    def _find_outbound(
+        index: dict[int, SaSet | list[SaSet]], spi: int, destination: tuple[str, int] | None
+    ) -> tuple[SaSet | None, Any]:
         found: tuple[SaSet | None, Any] = (None, None)
-        entry = self._by_outbound.get(spi)
+        entry = index.get(spi)
         for s in (entry,) if type(entry) is SaSet else entry or ():
             if s.state is SaState.REMOVED:
                 continue
@@ -357,9 +417,12 @@ class PcscfServer:
             key = self._key_of(event.sa_set)
             if self._sets.get(key) is event.sa_set:
                 del self._sets[key]
+            if self._held.get(key) is event.sa_set:
+                del self._held[key]
 
-    def _index(self, sa_set: SaSet) -> None:
-        index = self._by_outbound
+    def _index(self, sa_set: SaSet, index: dict[int, SaSet | list[SaSet]] | None = None) -> None:
+        if index is None:
+            index = self._by_outbound
         for sa in sa_set.outbound.values():
             entry = index.get(sa.spi)
             if entry is None:
@@ -370,18 +433,19 @@ class PcscfServer:
                 entry.append(sa_set)
 
     def _unindex(self, sa_set: SaSet) -> None:
-        index = self._by_outbound
-        for sa in sa_set.outbound.values():
-            entry = index.get(sa.spi)
-            if entry is sa_set:
-                del index[sa.spi]
-            elif type(entry) is list:
-                if sa_set in entry:
-                    entry.remove(sa_set)
-                if len(entry) == 1:
-                    index[sa.spi] = entry[0]
-                elif not entry:
+        """Out of the reply index and out of the held sets' index."""
+        for index in (self._by_outbound, self._held_outbound):
+            for sa in sa_set.outbound.values():
+                entry = index.get(sa.spi)
+                if entry is sa_set:
                     del index[sa.spi]
+                elif type(entry) is list:
+                    if sa_set in entry:
+                        entry.remove(sa_set)
+                    if len(entry) == 1:
+                        index[sa.spi] = entry[0]
+                    elif not entry:
+                        del index[sa.spi]
 
     def _install(self, sa: PcscfSa, now: float) -> None:
         # One table contact per UE (IMPI, UE address): the table keeps its temporary,
