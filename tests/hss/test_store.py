@@ -90,6 +90,28 @@ async def test_mar_identity_checks(store):
     assert await store.sqn_of("alice@home1.net") == before  # no SQN taken by a refused MAR
 
 
+async def test_mar_scheme_and_ceiling_checks_of_a_lone_mar(store):
+    # A MAR alone in its commit is one UPDATE that checks the scheme and the ceiling
+    # itself: a scheme is matched as a whole name, never a part of one.
+    from imsaka.hss.store import IND_BITS, MAX_SEQ, SQN_EXHAUSTED
+
+    await store.add_subscriber(alice())
+    before = await store.sqn_of("alice@home1.net")
+    for part in ("Digest-AKAv1", "AKAv1-MD5", "Digest-AKAv1-MD5,Digest-AKAv2-MD5"):
+        refused = await store.mar("alice@home1.net", "sip:alice@home1.net", 1, None, scheme=part)
+        assert refused.matched
+    assert await store.sqn_of("alice@home1.net") == before
+    for scheme in ("Digest-AKAv1-MD5", "Digest-AKAv2-MD5"):
+        grant = await store.mar("alice@home1.net", "sip:alice@home1.net", 1, "sip:s", scheme=scheme)
+        assert grant.sqns[-1] == await store.sqn_of("alice@home1.net")
+    top = (MAX_SEQ - 1) << IND_BITS
+    await store.update_subscriber("alice@home1.net", sqn=top)
+    assert await store.mar("alice@home1.net", "sip:alice@home1.net", 2, None) is SQN_EXHAUSTED
+    assert await store.sqn_of("alice@home1.net") == top
+    grant = await store.mar("alice@home1.net", "sip:alice@home1.net", 1, None)
+    assert grant.sqns[-1] >> IND_BITS == MAX_SEQ
+
+
 async def test_resync_keeps_or_restarts_per_aka_core(store):
     await store.add_subscriber(alice(sqn="000000001000"))
     # SQN_MS just below SQN_HE: SQN_HE stays, the next vector continues from it.

@@ -200,6 +200,9 @@ async def _serve(db: str) -> tuple[HssServer, Any, PeerConnection, list[bytes]]:
             ),
         ]
     )
+    # The disk's speed is not under test: slow fsyncs on a loaded machine would send a
+    # MAR's commit to the writer thread, i.e. the async way.
+    store.inline_commit_max = 10.0
     server = HssServer(_config(db), store=store, rand_source=_rand)
     await server.start()
     assert server.node is not None

@@ -1973,6 +1973,10 @@ class HssStore:
 
     def _batch_sqlite(self, db: sqlite3.Connection, batch: list[_MarJob]) -> tuple[Any, ...]:
         """SQLite, plain SQL on the writer's sqlite3 connection (no expression building)."""
+        if len(batch) == 1 and batch[0].resync_to is None:
+            lone = self._lone_mar_sqlite(db, batch[0])
+            if lone is not None:
+                return lone
         impis = sorted({j.impi for j in batch})
         impus = sorted({j.impu for j in batch})
         rows = db.execute(
@@ -1999,6 +2003,33 @@ class HssStore:
                 granted[row[0]] = _GrantRow(*row[1:])
         found = {key: run_sqlite(db, _identities(*key)) for key in self._misses(batch, ok, pairs)}
         return ok, steps, granted, self._checks(batch, ok, pairs, found)
+
+    @staticmethod
+    def _lone_mar_sqlite(db: sqlite3.Connection, job: _MarJob) -> tuple[Any, ...] | None:
+        """A MAR alone in its segment (the usual case), in one statement: the UPDATE …
+        RETURNING of `_batch_sqlite` that also checks what its SELECT would (the IMPU
+        belongs to the IMPI's subscription, the scheme is one the IMPI allows). None when
+        no row was updated, with nothing written: the general way then tells why."""
+        new = _sqn_sql(job.n)
+        scheme = ""
+        params: tuple[Any, ...] = (job.server_name, job.impi, job.impu)
+        if job.scheme is not None:
+            if "," in job.scheme:  # no scheme name has one: the general way refuses it
+                return None
+            # auth_schemes is a comma-joined list of scheme names: one matched whole.
+            scheme = " AND instr(',' || auth_schemes || ',', ',' || ? || ',') > 0"
+            params += (job.scheme,)
+        row = db.execute(
+            f"UPDATE impi SET sqn = {new}, pending_scscf = ? WHERE identity = ?"
+            f" AND ({new}) >> {IND_BITS} <= {MAX_SEQ}"
+            " AND EXISTS (SELECT 1 FROM impu WHERE impu.identity = ?"
+            " AND impu.subscription_id = impi.subscription_id)"
+            f"{scheme} RETURNING sqn, k, opc, amf, auth_schemes, digest_password",
+            params,
+        ).fetchone()
+        if row is None:
+            return None
+        return [True], {job.impi: job.n}, {job.impi: _GrantRow(*row)}, {}
 
     async def _batch_pg(self, batch: list[_MarJob | _WriteJob]) -> list[Any]:
         """PostgreSQL: the whole batch on the asyncpg connection in one transaction."""
