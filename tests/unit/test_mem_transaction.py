@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 
 from imsaka.sip import LocalProtocolError, Request, Response, make_response, parse_message
-from imsaka.sip.compact import PackedWire, WirePacker
+from imsaka.sip.compact import PackedItem, PackedWire, WirePacker
 from imsaka.sip.transaction import (
+    PACK_GROUP,
     FinishedServerTransaction,
     Input,
     State,
@@ -66,22 +67,45 @@ def answer(lay, branch, now, status=200):
 def test_completed_server_resends_the_same_bytes_from_a_packed_final():
     lay = layer()
     finals = {}
-    for i in range(20):
+    n = 2 * PACK_GROUP + 3  # two groups packed, three finals waiting for the next
+    for i in range(n):
         tx, sent = answer(lay, f"z9hG4bK{i:04d}", now=float(i) / 10, status=401 if i % 2 else 200)
         finals[tx.key] = sent.data
         assert tx.state is State.COMPLETED and tx.request is None
-        # the layer holds a compact record, the final compressed well below its octets
+        # the layer holds a compact record
         rec = lay.server_transaction(tx.key)
         assert type(rec) is FinishedServerTransaction and rec.state is State.COMPLETED
         assert rec.last_status == (401 if i % 2 else 200) and rec.destination == "udp"
-        assert type(rec._response_wire) is PackedWire
-        assert len(rec._response_wire) < len(sent.data) // 2
-    for i in range(20):
+    recs = [lay.server_transaction(key) for key in finals]
+    items = [r._response_wire for r in recs[: 2 * PACK_GROUP]]
+    assert all(type(item) is PackedItem for item in items)
+    assert all(type(r._response_wire) is bytes for r in recs[2 * PACK_GROUP :])
+    # each group in one deflate run, well below a quarter of its finals' octets
+    groups = {id(item[0]): item[0] for item in items}
+    assert len(groups) == 2
+    for group in groups.values():
+        assert type(group[0]) is PackedWire and len(group[1]) == PACK_GROUP
+    packed = sum(len(g[0]) for g in groups.values())
+    assert packed < sum(len(f) for f in list(finals.values())[: 2 * PACK_GROUP]) // 4
+    for i in range(n):
         lay.receive_request(request(branch=f"z9hG4bK{i:04d}"), "udp", 5.0)
         (again,) = lay.events()
         assert isinstance(again, Transmit) and again.message is None
         assert again.data == finals[again.key] and again.destination == "udp"
-    assert lay.counters["retransmissions"] == 20
+    assert lay.counters["retransmissions"] == n
+
+
+def test_a_packed_group_unpacks_each_message_alone():
+    packer = WirePacker()
+    datas = [
+        make_response(request(branch=f"z9hG4bK{i}", cseq=i + 1), 200 + i % 3).to_bytes()
+        for i in range(40)
+    ]
+    singles = [packer.pack(d) for d in datas[:20]]  # the dictionary learned meanwhile
+    group = packer.pack_group(datas[20:])
+    assert [packer.unpack(p) for p in singles + group] == datas
+    assert packer.pack_group([b"x", b"", b"yz"])[2][0][0] == b"xyz"  # short: as it is
+    assert [packer.unpack(p) for p in packer.pack_group([b"x", b"", b"yz"])] == [b"x", b"", b"yz"]
 
 
 def test_timer_j_fires_in_order_from_the_fifo_and_terminates():

@@ -2,7 +2,8 @@
 32 s of finals on UDP; registrations: hours).
 
 - `WirePacker`: messages kept compressed (raw deflate, RFC 1951) against a preset
-  dictionary learned from the node's first messages, credentials left out of it.
+  dictionary learned from the node's first messages, credentials left out of it;
+  alone, or several in one group (one deflate run for all, each unpacked alone).
 - `SharedTuples`: one tuple object per distinct route set (Path, Service-Route,
   Record-Route) with its strings interned: a P-CSCF's Path or an S-CSCF's
   Service-Route is the same for all its users.
@@ -13,12 +14,14 @@ from __future__ import annotations
 import re
 import sys
 import zlib
+from array import array
 from collections.abc import Iterable
+from itertools import accumulate
 from typing import Any
 
 from imsaka.sip.memo import BoundedMemo
 
-__all__ = ["PackedWire", "SharedTuples", "WirePacker"]
+__all__ = ["PackedGroup", "PackedItem", "PackedWire", "SharedTuples", "WirePacker"]
 
 
 # Header lines learned into a preset dictionary without their parameter values: those
@@ -40,6 +43,22 @@ class PackedWire(bytes):
     """Octets held compressed by a `WirePacker` (first octet: its dictionary version)."""
 
     __slots__ = ()
+
+
+class PackedGroup(tuple):
+    """Messages packed together by `WirePacker.pack_group`: (their octets joined, as
+    `pack` gave them, and the end offset of each message in an array)."""
+
+    __slots__ = ()
+
+
+class PackedItem(tuple):
+    """One message of a `PackedGroup`: (the group, its index); `unpack` gives it back."""
+
+    __slots__ = ()
+
+
+_new_tuple = tuple.__new__
 
 
 class WirePacker:
@@ -75,6 +94,21 @@ class WirePacker:
             data = bytes(data)  # (a PackedWire of another packer is just octets here)
         if self._kinds is not None:
             self._learn(data)
+        return self._compress(data)
+
+    def pack_group(self, items: list[bytes]) -> list[PackedItem]:
+        """Several messages packed in one deflate run (the compressor is copied and
+        flushed once for all, a quarter of the work per message of `pack` for a
+        node's finals, and later ones refer to earlier ones: a third of the size);
+        `unpack` of each result gives back its message (decompressing the group)."""
+        if self._kinds is not None:
+            for item in items:
+                self._learn(bytes(item))
+        ends = array("I", accumulate(map(len, items)))
+        group = _new_tuple(PackedGroup, (self._compress(b"".join(items)), ends))
+        return [_new_tuple(PackedItem, (group, i)) for i in range(len(items))]
+
+    def _compress(self, data: bytes) -> bytes:
         if self._compressor is None or len(data) < 64:
             return data
         c = self._compressor.copy()
@@ -83,7 +117,12 @@ class WirePacker:
             return data
         return PackedWire(bytes((len(self._versions) - 1,)) + packed)
 
-    def unpack(self, data: bytes) -> bytes:
+    def unpack(self, data: bytes | PackedItem) -> bytes:
+        if type(data) is PackedItem:
+            group, i = data
+            whole = self.unpack(group[0])
+            ends = group[1]
+            return whole[ends[i - 1] if i else 0 : ends[i]]
         if type(data) is not PackedWire:
             return data
         d = zlib.decompressobj(self.WBITS, self._versions[data[0]])

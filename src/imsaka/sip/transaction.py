@@ -30,7 +30,7 @@ from enum import Enum
 from typing import Any, ClassVar
 
 from imsaka.sip._abnf import MAGIC_COOKIE
-from imsaka.sip.compact import PackedWire, WirePacker
+from imsaka.sip.compact import WirePacker
 from imsaka.sip.errors import LocalProtocolError, SipParseError
 from imsaka.sip.message import Message, Request, Response
 
@@ -542,7 +542,7 @@ class Transaction:
     def _transmit_last_response(self) -> None:
         data = self._response_wire
         assert data is not None
-        if type(data) is PackedWire:
+        if type(data) is not bytes:
             data = self._layer.packer.unpack(data)
         self._emit(Transmit(self.key, self._last_response, data, self.destination))
 
@@ -787,16 +787,18 @@ class ServerTransaction(Transaction):
             self._set_timer(Input.TIMER_J, now, 0.0)
             return
         # Completed for Timer J: only a retransmitted request reads the bytes again
-        self._response_wire = self._layer.packer.pack(self._response_wire)
+        # (the layer packs them with the next finals: `_finish`)
         deadline = now + 64 * self.config.t1
         if not self._layer._finish(self, deadline):
+            self._response_wire = self._layer.packer.pack(self._response_wire)
             self._set_timer(Input.TIMER_J, now, 64 * self.config.t1)
 
 
 class FinishedServerTransaction:
     """A non-INVITE server transaction in Completed over an unreliable transport
     (RFC 3261 §17.2.2), as the layer keeps it until Timer J: the key, the final's
-    octets (packed), where they go, its status and the due time of J. A retransmitted
+    octets (packed with the finals around it, `PACK_GROUP` at a time), where they go,
+    its status and the due time of J. A retransmitted
     request gets the same octets again; the TU may not answer any more (the
     `ServerTransaction` it answered through stays in Completed for its holder).
 
@@ -826,6 +828,10 @@ class FinishedServerTransaction:
 
 _WAITING = frozenset((State.CALLING, State.TRYING, State.PROCEEDING))
 
+# Finished server transactions' finals are packed this many at a time (the last ones
+# wait in their octets until the group is full: a few KiB at most).
+PACK_GROUP = 16
+
 
 @dataclass
 class TransactionLayer:
@@ -851,6 +857,8 @@ class TransactionLayer:
     # Completed non-INVITE server transactions, as records, in Timer J order
     _finished: deque = field(default_factory=deque, repr=False)
     _finished_last: float = field(default=float("-inf"), repr=False)
+    # finished records whose finals wait to be packed together (`PACK_GROUP`)
+    _to_pack: list = field(default_factory=list, repr=False)
     packer: WirePacker = field(default_factory=lambda: _PROCESS_PACKER, repr=False)
     """Holds the finals of Completed non-INVITE server transactions compressed; by
     default one per process (a UE simulator runs a layer per UE: one compressor and
@@ -1051,6 +1059,15 @@ class TransactionLayer:
         self._server[tx.key] = rec
         self._finished.append(rec)
         self._finished_last = deadline
+        to_pack = self._to_pack
+        to_pack.append(rec)
+        if len(to_pack) >= PACK_GROUP:
+            # one deflate run for the group: a copy and a flush of the compressor
+            # each cost more than compressing a final against the ones before it
+            self._to_pack = []
+            packed = self.packer.pack_group([r._response_wire for r in to_pack])
+            for r, item in zip(to_pack, packed, strict=True):
+                r._response_wire = item
         return True
 
     def _sweep(self, tx: Transaction, pair: tuple[float, Input]) -> bool:
