@@ -221,6 +221,13 @@ async def _serve(db: str) -> tuple[HssServer, Any, PeerConnection, list[bytes]]:
     return server, conn, client, written
 
 
+async def _close(server: HssServer, conn: Any) -> None:
+    conn.transport.write.side_effect = None
+    conn.connection_lost(None)
+    await server.stop()
+    await server.store.close()
+
+
 async def transcript(db: str, *, task_handler: bool = False) -> tuple[list[Any], dict[str, int]]:
     """[(label, answer bytes, answered at once)] and the service's counters."""
     server, conn, _client, written = await _serve(db)
@@ -247,10 +254,7 @@ async def transcript(db: str, *, task_handler: bool = False) -> tuple[list[Any],
         assert server.service is not None
         return out, dict(server.service.counters)
     finally:
-        conn.transport.write.side_effect = None
-        conn.connection_lost(None)
-        await server.stop()
-        await server.store.close()
+        await _close(server, conn)
 
 
 def _digest(frame: bytes) -> str:
@@ -379,10 +383,7 @@ async def test_a_busy_database_sends_the_request_the_async_way(tmp_path, monkeyp
         assert store.reads_deferred == 2
         assert deferred.encode(1, 1) == at_once
     finally:
-        conn.transport.write.side_effect = None
-        conn.connection_lost(None)
-        await server.stop()
-        await store.close()
+        await _close(server, conn)
 
 
 async def test_writes_read_together_share_a_group_commit(tmp_path):
@@ -412,10 +413,7 @@ async def test_writes_read_together_share_a_group_commit(tmp_path):
         conn.data_received(_mar(5).encode(20, 20))
         assert len(written) == 5 and store.commits_inline == inline + 1
     finally:
-        conn.transport.write.side_effect = None
-        conn.connection_lost(None)
-        await server.stop()
-        await store.close()
+        await _close(server, conn)
 
 
 async def test_a_busy_database_sends_a_write_the_async_way(tmp_path):
@@ -442,10 +440,7 @@ async def test_a_busy_database_sends_a_write_the_async_way(tmp_path):
         assert view.scscf_name == SCSCF_NAME and view.pending_scscf is None
         assert view.sqn >> 5 == 1  # one vector handed out, by the async way
     finally:
-        conn.transport.write.side_effect = None
-        conn.connection_lost(None)
-        await server.stop()
-        await store.close()
+        await _close(server, conn)
 
 
 async def test_without_a_sqlite_file_nothing_is_read_at_once(tmp_path, monkeypatch):
@@ -468,10 +463,7 @@ async def test_without_a_sqlite_file_nothing_is_read_at_once(tmp_path, monkeypat
             assert asyncio.iscoroutine(answer)
             answer.close()
     finally:
-        conn.transport.write.side_effect = None
-        conn.connection_lost(None)
-        await server.stop()
-        await store.close()
+        await _close(server, conn)
 
 
 def record() -> dict[str, Any]:

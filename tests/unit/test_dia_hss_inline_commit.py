@@ -55,6 +55,18 @@ async def _mar(store: HssStore, i: int) -> MarGrant:
     return grant
 
 
+async def _register(store: HssStore, i: int) -> None:
+    """SAR REGISTRATION's write for subscriber ``i``."""
+    await store.assign(
+        f"sip:{_impi(i)}",
+        state=RegState.REGISTERED,
+        server_name=SCSCF,
+        server_host="scscf1.home1.net",
+        server_realm="home1.net",
+        impi=_impi(i),
+    )
+
+
 async def test_lone_commits_run_on_the_loop_and_are_durable_before_return(store):
     # The disk's speed is not under test (a loaded machine's fsync passed 2 ms and sent
     # a commit to the thread): any commit counts as quick here.
@@ -69,14 +81,7 @@ async def test_lone_commits_run_on_the_loop_and_are_durable_before_return(store)
     assert store.commits_inline == 5
     assert store._executor is None  # the writer thread was never needed
     assert store._worker is None  # nor the worker task: each commit ran in its caller
-    await store.assign(
-        f"sip:{_impi(0)}",
-        state=RegState.REGISTERED,
-        server_name=SCSCF,
-        server_host="scscf1.home1.net",
-        server_realm="home1.net",
-        impi=_impi(0),
-    )
+    await _register(store, 0)
     assert store.commits_inline == 6
 
 
@@ -171,14 +176,7 @@ async def test_slow_fsyncs_do_not_send_assignments_to_the_thread(store):
     # An assignment is not fsynced (synchronous=NORMAL): how long fsynced commits took
     # does not decide where it runs; an SQN's commit still goes to the thread.
     store._commit_seconds = 1.0  # as if fsyncs had been slow
-    await store.assign(
-        f"sip:{_impi(1)}",
-        state=RegState.REGISTERED,
-        server_name=SCSCF,
-        server_host="scscf1.home1.net",
-        server_realm="home1.net",
-        impi=_impi(1),
-    )
+    await _register(store, 1)
     assert store.commits_inline == 1
     grant = await _mar(store, 1)
     assert store.commits_inline == 1

@@ -649,9 +649,7 @@ class CxService:
             impu,
             with_data=with_data,
             assign=assign,
-            server_name=req.server_name,
-            server_host=req.origin_host,
-            server_realm=req.origin_realm,
+            sender=(req.server_name, req.origin_host, req.origin_realm),
         )
         if got is WAIT:
             return None

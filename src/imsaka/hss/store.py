@@ -636,17 +636,8 @@ _USUALLY_ONE_STATEMENT = frozenset(
 # written anything, so its batch can go on.
 
 
-def _assign(
-    impu: str,
-    *,
-    state: RegState,
-    server_name: str | None,
-    server_host: str | None,
-    server_realm: str | None,
-    keep_server: bool,
-    impi: str | None,
-    want_set: bool = True,
-) -> Plan:
+def _assign(impu: str, **how: Any) -> Plan:
+    """`_assign_rows` (``how``: its keywords) for the implicit set of ``impu``."""
     row = yield (
         ONE,
         "SELECT u.subscription_id, u.implicit_set_id, s.scscf_name, s.scscf_host, s.scscf_realm"
@@ -655,20 +646,7 @@ def _assign(
     )
     if row is None:
         raise NotFound(impu)  # nothing written yet: the batch goes on
-    return (
-        yield from _assign_rows(
-            row[0],
-            row[1],
-            (row[2], row[3], row[4]),
-            state=state,
-            server_name=server_name,
-            server_host=server_host,
-            server_realm=server_realm,
-            keep_server=keep_server,
-            impi=impi,
-            want_set=want_set,
-        )
-    )
+    return (yield from _assign_rows(row[0], row[1], (row[2], row[3], row[4]), **how))
 
 
 def _assign_rows(
@@ -682,10 +660,12 @@ def _assign_rows(
     server_realm: str | None,
     keep_server: bool,
     impi: str | None,
-    want_set: bool,
+    want_set: bool = True,
 ) -> Plan:
-    """`_assign` for implicit set ``set_id`` of subscription ``sid``, whose serving S-CSCF
-    (name, host, realm) was read in this transaction."""
+    """Implicit set ``set_id`` of subscription ``sid`` in ``state``, served by
+    ``server_*`` (or, not registered, the S-CSCF cleared unless ``keep_server`` or another
+    set is still served), ``impi``'s pending S-CSCF cleared; ``serving`` is the S-CSCF
+    (name, host, realm) read in this transaction. Returns the set's IMPUs (``want_set``)."""
     # Each UPDATE only touches rows whose value changes: a re-registration that
     # changes nothing dirties no page, so its COMMIT needs no fsync (and PostgreSQL
     # writes no new row versions).
@@ -751,15 +731,13 @@ def _checked_assign(
     impu: str,
     with_data: bool,
     assign: Callable[[UserState], bool],
-    server_name: str,
-    server_host: str,
-    server_realm: str,
+    sender: tuple[str, str, str],
 ) -> Plan:
     """A registering SAR in one write transaction: the read of `_checked_state` (with
     `_checked_state_and_data`'s User-Data when ``with_data``), then, when the identities
     match and ``assign(state)`` says so, the implicit set REGISTERED and served by the
-    sender (`_assign_rows` on what the read found: no second lookup). Returns (check,
-    state, data, assigned)."""
+    ``sender`` (Server-Name, Diameter host, realm; `_assign_rows` on what the read found:
+    no second lookup). Returns (check, state, data, assigned)."""
     if with_data:
         check, state, data = yield from _checked_state_and_data(impi, impu)
     else:
@@ -772,9 +750,9 @@ def _checked_assign(
         state.implicit_set_id,
         (state.scscf_name, state.scscf_host, state.scscf_realm),
         state=RegState.REGISTERED,
-        server_name=server_name,
-        server_host=server_host,
-        server_realm=server_realm,
+        server_name=sender[0],
+        server_host=sender[1],
+        server_realm=sender[2],
         keep_server=True,
         impi=impi,
         want_set=False,
@@ -1695,30 +1673,16 @@ class HssStore:
         *,
         with_data: bool,
         assign: Callable[[UserState], bool],
-        server_name: str,
-        server_host: str,
-        server_realm: str,
+        sender: tuple[str, str, str],
     ) -> tuple[IdentityCheck, UserState | None, tuple[bytes, tuple[str, ...]] | None, bool] | Wait:
         """A registering SAR's read (`checked_state`, with `checked_state_and_data`'s
         User-Data when ``with_data``) and, if the identities match and ``assign(state)``
-        says so, its assignment (`assign`: the implicit set REGISTERED, served by
-        ``server_*``, the IMPI's pending S-CSCF cleared), in one write transaction
-        committed at once; or `WAIT`. Returns (check, state, data, assigned)."""
-        return self._commit_now(
-            _WriteJob(
-                functools.partial(
-                    _checked_assign,
-                    impi,
-                    impu,
-                    with_data,
-                    assign,
-                    server_name,
-                    server_host,
-                    server_realm,
-                ),
-                None,
-            )
-        )
+        says so, its assignment (`assign`: the implicit set REGISTERED, served by the
+        ``sender``'s Server-Name, Diameter host and realm, the IMPI's pending S-CSCF
+        cleared), in one write transaction committed at once; or `WAIT`. Returns (check,
+        state, data, assigned)."""
+        plan = functools.partial(_checked_assign, impi, impu, with_data, assign, sender)
+        return self._commit_now(_WriteJob(plan, None))
 
     def _submit(self, job: _MarJob | _WriteJob) -> asyncio.Future:
         self._queue.append(job)
