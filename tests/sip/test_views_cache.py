@@ -3,12 +3,14 @@ paths of the header parsers agreeing with the exact ones."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from imsaka.sip import SipParseError, parse_message
-from imsaka.sip.headers import DigestCredentials, Via, _digest_params_fast
+from imsaka.sip.headers import DigestCredentials, Via, _digest_params_fast, digest_param
 from imsaka.sip.proxy import pop_via, push_via, stamp_received
 from imsaka.sip.uri import Params
 
@@ -169,6 +171,26 @@ def test_digest_fast_path_agrees_with_the_exact_parser(items, sep):
     if fast is not None:
         # whenever the fast path accepts, the exact parser gives the same params
         assert exact is not None and tuple(fast) == exact.params
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["username", "UserName", "realm", "nonce", "x-y"]), DIGEST_VALUE),
+        max_size=4,
+    ),
+    st.sampled_from([", ", ",", " , "]),
+    st.sampled_from(["Digest ", "Digest", "", "Di/gest "]),
+    st.sampled_from(["username", "REALM", "opaque"]),
+)
+def test_digest_param_reads_what_the_whole_parse_gives(items, sep, scheme, name):
+    text = scheme + sep.join(f"{n}={v}" for n, v in items)
+    try:
+        whole = DigestCredentials.parse(text).get(name)
+    except SipParseError as exc:
+        with pytest.raises(SipParseError, match=re.escape(exc.reason)):
+            digest_param(text, name)
+    else:
+        assert digest_param(text, name) == whole
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,7 @@ from typing import Any
 from imsaka.config import IcscfConfig, ImsConfig, NetworkConfig, ScscfEntry, split_hostport
 from imsaka.diameter import cx
 from imsaka.sip import Request, Response, SipParseError, VisitedNetworkId
+from imsaka.sip.headers import digest_param
 from imsaka.sip.proxy import check_max_forwards, pop_via, preprocess_route, push_via
 
 __all__ = [
@@ -100,8 +101,9 @@ def _is_deregistration(req: Request) -> bool:
 def uar_for(req: Request, network: NetworkConfig, *, capabilities: bool = False) -> UarInput:
     """The UAR fields for a REGISTER (raises `SipParseError` naming a bad header)."""
     impu = req.to.uri
-    cred = req.authorization
-    username = cred.get("username") if cred is not None else None
+    # only the username is read here: the S-CSCF parses (and checks) the credentials
+    cred = req.get("authorization")
+    username = digest_param(cred, "username") if cred is not None else None
     impi = username or _impi_from_impu(impu)
     pvni = req.get("p-visited-network-id")
     if pvni is not None:

@@ -519,14 +519,23 @@ _FIRST = itemgetter(0)
 _TO_BLANK_RE = re.compile(r"[^ \t]*")
 
 
-def _digest_params_fast(rest: str) -> list[AuthParam] | None:
-    """The params of a well-formed challenge or credentials in one regex pass; None
-    when anything is unusual (the exact parser then decides and names the error)."""
-    escapes = "\\" in rest
+def _digest_items(rest: str, escapes: bool) -> list[tuple[str, str, str, str]] | None:
+    """(item, name, quoted, token) of each param of a well-formed challenge or
+    credentials, in one regex pass; None when anything is unusual."""
     found = (_DIGEST_PARAM_RE if escapes else _DIGEST_PLAIN_PARAM_RE).findall(rest)
     # the items found cover the whole text: no octet skipped between two of them, so
     # they are the items read one after the other from the start
     if sum(map(len, map(_FIRST, found))) != len(rest):
+        return None
+    return found
+
+
+def _digest_params_fast(rest: str) -> list[AuthParam] | None:
+    """The params of a well-formed challenge or credentials in one regex pass; None
+    when anything is unusual (the exact parser then decides and names the error)."""
+    escapes = "\\" in rest
+    found = _digest_items(rest, escapes)
+    if found is None:
         return None
     params = []
     append = params.append
@@ -538,6 +547,29 @@ def _digest_params_fast(rest: str) -> list[AuthParam] | None:
                 quoted = unquote(f'"{quoted}"')
             append(_new_tuple(AuthParam, (name, quoted, True)))
     return params
+
+
+def digest_param(text: str, name: str) -> str | None:
+    """`DigestCredentials.parse(text).get(name)` (credentials or a challenge with its
+    scheme) without making the view: for a node that reads one param of a header it
+    forwards (the I-CSCF's username, TS 24.229 §5.3.1.2). A well-formed header is read
+    in one regex pass, all of it checked; anything else goes the exact way (and
+    raises the same SipParseError)."""
+    text = text.strip()
+    sp = _TO_BLANK_RE.match(text).end()  # type: ignore[union-attr]
+    rest = text[sp:].strip()
+    if rest and rest[-1] != "," and _AUTH_NAME_RE.fullmatch(text[:sp]):
+        escapes = "\\" in rest
+        found = _digest_items(rest, escapes)
+        if found is not None:
+            lname = name.lower()
+            for _, pname, quoted, token in found:
+                if pname == lname or pname.lower() == lname:
+                    if token:
+                        return token
+                    return unquote(f'"{quoted}"') if escapes and "\\" in quoted else quoted
+            return None
+    return DigestCredentials.parse(text).get(name)
 
 
 class DigestCredentials:
