@@ -264,3 +264,42 @@ def test_digest_param_lookup_is_case_insensitive_and_first_wins():
     cred = DigestCredentials.parse('Digest Username="a", username="b", NONCE=x')
     assert cred.get("username") == "a" and cred["nonce"] == "x" and "Nonce" in cred
     assert cred.get("cnonce") is None
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "received=127.0.0.1",
+        "received=[2001:db8::1]",
+        "branch=z9hG4bKother",  # a repeated name is kept twice, as parsed
+        "maddr",
+        "rport=5060",
+        "ttl=300",
+        "rport=x",
+        "ttl=999999",
+        'x="quoted"',
+        "",
+        "a=b;c=d",
+        "=v",
+    ],
+)
+@pytest.mark.parametrize(
+    "base",
+    [
+        "SIP/2.0/UDP icscf1_p.home1.net:5070;branch=z9hG4bKs1",
+        "SIP / 2.0 / UDP host.example.com ; branch=z9hG4bKs2",
+        "SIP/2.0/TCP [2001:db8::1]:5061;rport;branch=z9hG4bKs3",
+    ],
+)
+def test_a_known_via_with_a_param_added_parses_as_the_whole_text(base, extra):
+    Via.parse(base)  # known (ours, or seen in the request)
+    text = f"{base};{extra}"
+    try:
+        exact = Via._parse(text)
+    except SipParseError:
+        with pytest.raises(SipParseError):
+            Via.parse(text)
+        return
+    got = Via.parse(text)
+    assert got == exact and str(got) == str(exact) and got.protocol == exact.protocol
+    assert Via.parse(text) is got  # remembered

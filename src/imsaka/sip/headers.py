@@ -17,6 +17,7 @@ from imsaka.sip._abnf import TOKEN_RE
 from imsaka.sip.errors import SipParseError
 from imsaka.sip.memo import BoundedMemo
 from imsaka.sip.uri import (
+    _PARAM_RE,
     PARAMS_FAST,
     AbsoluteUri,
     Params,
@@ -243,12 +244,15 @@ class Via:
 
     @classmethod
     def parse(cls, text: str) -> Via:
+        if cls is not Via:
+            return cls._parse(text)
         via = _VIA_SEEN.get(text) or _VIA_OLDER.get(text)
-        if via is not None and cls is Via:
+        if via is not None:
             return via
-        via = cls._parse(text)
-        if cls is Via:
-            remember_via(text, via)
+        via = _stamped(text)
+        if via is None:
+            via = cls._parse(text)
+        remember_via(text, via)
         return via
 
     @classmethod
@@ -378,6 +382,35 @@ class Via:
 
     def __repr__(self) -> str:
         return f"Via({str(self)!r})"
+
+
+# One plain `name[=value]` parameter (an element of PARAMS_FAST).
+_ONE_PARAM_RE = re.compile(f"{_PARAM_RE.pattern}(?:={_PARAM_RE.pattern})?")
+
+
+def _stamped(text: str) -> Via | None:
+    """A Via we know with one plain parameter added at the end, as `Via._parse` would
+    give it: our own Via in a response, where the next hop added `received` (RFC 3261
+    §18.2.1). None for anything else (rport and ttl, checked values, go the exact way)."""
+    base, semi, extra = text.rpartition(";")
+    if not semi:
+        return None
+    known = _VIA_SEEN.get(base) or _VIA_OLDER.get(base)
+    if known is None or not _ONE_PARAM_RE.fullmatch(extra):
+        return None
+    name, eq, value = extra.partition("=")
+    lname = name.lower()
+    if lname == "rport" or lname == "ttl":
+        return None
+    params = _new_object(Params)
+    params.items = (*known.params.items, (name, value if eq else None))
+    via = _new_object(Via)
+    via.protocol = known.protocol
+    via.transport = known.transport
+    via.host = known.host
+    via.port = known.port
+    via.params = params
+    return via
 
 
 # Vias parsed or sent lately, by their text. A proxy meets each Via twice: in the
