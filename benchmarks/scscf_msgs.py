@@ -18,10 +18,10 @@ message handed in until its answers are out); the UE's digest and the P-CSCF's 2
 built outside the timed spans. Every 401, 200, NOTIFY is checked (the run raises
 otherwise).
 
-Baseline in the same run: parse_message + to_bytes of every SIP message the S-CSCF
-receives in a registration (a ratio holds on a loaded machine, an absolute time does not).
+Baseline in the same run: parse_message + to_bytes of the two REGISTERs and the SUBSCRIBE
+of a registration (a ratio holds on a loaded machine, an absolute time does not).
 
-    python benchmarks/scscf_msgs.py [--n 1000] [--rounds 3] [--no-codec]
+    python benchmarks/scscf_msgs.py [--n 1000] [--rounds 3] [--no-codec] [--vectors K] [--uvloop]
     python benchmarks/scscf_msgs.py --callgrind [--callgrind-n 100 300]
 
 `--callgrind` runs the whole benchmark process under `valgrind --tool=callgrind` for two
@@ -341,6 +341,7 @@ def cpu_run(n: int, rounds: int, codec: bool, vectors: int | None = None) -> dic
         "registrations": n,
         "codec": codec,
         "vectors_per_request": w.config.scscf.vectors_per_request,  # type: ignore[union-attr]
+        "event_loop": type(asyncio.get_event_loop_policy()).__module__.split(".")[0],
         "cpu_us_per_registration": round(registration[0], 1),
         "cpu_us_per_registration_runs": [round(x, 1) for x in registration],
         "cpu_us_register_pair": round(per["register"][0], 1),
@@ -369,10 +370,13 @@ def _instructions(args: list[str]) -> int:
     raise RuntimeError("callgrind wrote no summary")
 
 
-def callgrind(small: int, large: int, codec: bool, vectors: int | None, jobs: int = 2) -> dict:
+def callgrind(
+    small: int, large: int, codec: bool, vectors: int | None, uvloop: bool, jobs: int = 2
+) -> dict:
     """Instructions per registration and per re-registration, by differences of runs."""
     common = ["--pool", str(large)] + ([] if codec else ["--no-codec"])
     common += [] if vectors is None else ["--vectors", str(vectors)]
+    common += ["--uvloop"] if uvloop else []
     keys = [(mode, n) for mode in ("reg", "rereg") for n in (small, large)]
 
     def count(key: tuple[str, int]) -> int:
@@ -395,19 +399,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-codec", action="store_true", help="Cx answers without the codec")
     ap.add_argument("--vectors", type=int, help="vectors per MAR (default: the config's)")
+    ap.add_argument("--uvloop", action="store_true", help="uvloop, as `imsaka run` has it")
     ap.add_argument("--callgrind", action="store_true", help="instruction counts (slow)")
     ap.add_argument("--callgrind-n", type=int, nargs=2, default=(100, 300), metavar=("A", "B"))
     ap.add_argument("--only", choices=("reg", "rereg"), help=argparse.SUPPRESS)
     ap.add_argument("--pool", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     codec = not args.no_codec
+    if args.uvloop:
+        from imsaka.cscf._serve import use_uvloop
+
+        use_uvloop()
     if args.only:  # one measured process for --callgrind
         w = Workload(args.pool or args.n, vectors=args.vectors)
         asyncio.run(_run(w, args.n, codec, args.only == "rereg"))
         return 0
     result = cpu_run(args.n, args.rounds, codec, args.vectors)
     if args.callgrind:
-        result.update(callgrind(*args.callgrind_n, codec, args.vectors))
+        result.update(callgrind(*args.callgrind_n, codec, args.vectors, args.uvloop))
     print(json.dumps(result))
     return 0
 
