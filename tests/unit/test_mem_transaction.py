@@ -95,6 +95,23 @@ def test_completed_server_resends_the_same_bytes_from_a_packed_final():
     assert lay.counters["retransmissions"] == n
 
 
+def test_finals_waiting_for_a_group_go_with_their_records():
+    # a quiet layer (a UE's) may never fill a group: Timer J and transport errors take
+    # the waiting finals out with their records, nothing is kept past them
+    lay = layer()
+    keys = [answer(lay, f"z9hG4bKq{i}", now=float(i))[0].key for i in range(3)]
+    assert len(lay._to_pack) == 3
+    lay.transport_error(keys[0], 1.5)
+    lay.events()
+    assert lay.next_deadline() == pytest.approx(33.0)  # the first record is gone
+    assert [r.key for r in lay._to_pack] == keys[1:]
+    lay.handle_timer(40.0)
+    assert len(lay) == 0 and lay._to_pack == []
+    for i in range(PACK_GROUP):  # a full group still packs as one
+        answer(lay, f"z9hG4bKr{i}", now=50.0)
+    assert lay._to_pack == []
+
+
 def test_a_packed_group_unpacks_each_message_alone():
     packer = WirePacker()
     datas = [

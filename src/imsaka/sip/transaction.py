@@ -989,7 +989,7 @@ class TransactionLayer:
                 if best is None or rec.deadline < best:
                     best = rec.deadline
                 break
-            finished.popleft()  # ended by a transport error
+            self._pop_finished()  # ended by a transport error
         return best
 
     def handle_timer(self, now: float) -> None:
@@ -1005,7 +1005,7 @@ class TransactionLayer:
             finished = self._finished
             if finished and finished[0].deadline == deadline:
                 # Timer J of a finished server transaction: (Completed, J) -> Terminated
-                key = finished.popleft().key
+                key = self._pop_finished().key
                 del self._server[key]
                 self._events.append(TransactionTerminated(key))
                 continue
@@ -1069,6 +1069,17 @@ class TransactionLayer:
             for r, item in zip(to_pack, packed, strict=True):
                 r._response_wire = item
         return True
+
+    def _pop_finished(self) -> FinishedServerTransaction:
+        """The oldest finished record, out of the Timer J FIFO and, when its final is
+        still waiting to be packed, out of that list too (a quiet layer, a UE's, may
+        never fill a group: its finals go with their records). `_to_pack` holds the
+        newest records of the FIFO, so the oldest is the first of it if there."""
+        rec = self._finished.popleft()
+        to_pack = self._to_pack
+        if to_pack and to_pack[0] is rec:
+            del to_pack[0]
+        return rec
 
     def _sweep(self, tx: Transaction, pair: tuple[float, Input]) -> bool:
         """Queue `tx`'s only timer (J or K) in that timer's FIFO; False when it is due
