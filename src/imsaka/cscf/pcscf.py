@@ -388,6 +388,14 @@ _OWN_VIA_REST = re.compile(r"(z9hG4bK[0-9a-f]+)(?:;received=[0-9.]{7,15})?")
 _CONTACT_EXPIRING = re.compile(r"<[^<>]*>;expires=[1-9][0-9]{0,8}")
 
 
+# A Contact value `<sip:user@host:port>;expires=N` (a plain SIP URI, one param): N is
+# its expiry (group 2; group 1 the port, which a valid URI has from 1 to 65535).
+_CONTACT_GRANTED = re.compile(
+    r"<sips?:(?:[A-Za-z0-9\-_.!~*'()&=+$%]+@)?[A-Za-z0-9\-.]+(?::([0-9]{1,5}))?>"
+    r";expires=([0-9]{1,9})"
+)
+
+
 # Contexts the overload bound does not count: our own SUBSCRIBE, and requests from the
 # core to a UE (how long those wait depends on the UE, not on the core's load).
 _TO_UE = frozenset(("terminating", "terminating-rr", "terminating-end"))
@@ -422,6 +430,36 @@ def _with_integrity_protected(request: Request, auth: DigestCredentials, protect
         if text is not None and _CANONICAL_CREDENTIALS.fullmatch(text):
             return f'{text}, integrity-protected="{value}"'
     return str(auth.with_param("integrity-protected", value, quoted=True))
+
+
+# One auth-param of such a text and the ", " after it (none after the last).
+_AUTH_PARAM_ITEM = re.compile(rf'({_TOKEN})=("[^"\\]*"|{_TOKEN_VALUE})(?:, |$)')
+
+
+def _without_keys(text: str) -> tuple[str, str | None, str | None] | None:
+    """A challenge in that form without its ck and ik params, and their values: what
+    `str(DigestCredentials.parse(text).without("ck", "ik"))`, `.ck` and `.ik` give,
+    read off the text (TS 24.229 §5.2.2.1). None for a text in any other form."""
+    if _CANONICAL_CREDENTIALS.fullmatch(text) is None:
+        return None
+    scheme, _, rest = text.partition(" ")
+    kept: list[str] = []
+    found: dict[str, str] = {}
+    pos = 0
+    match = _AUTH_PARAM_ITEM.match
+    while pos < len(rest):
+        m = match(rest, pos)
+        if m is None:  # not reached: the text is a sequence of these
+            return None
+        name = m.group(1).lower()
+        if name == "ck" or name == "ik":
+            value = m.group(2)
+            found.setdefault(name, value[1:-1] if value[:1] == '"' else value)
+        else:
+            kept.append(rest[m.start(1) : m.end(2)])
+        pos = m.end()
+    stripped = f"{scheme} {', '.join(kept)}" if kept else scheme
+    return stripped, found.get("ck"), found.get("ik")
 
 
 def _names_uri(value: str | None, uri: str) -> bool:
@@ -570,6 +608,11 @@ class PcscfCore:
         # Requests from the core taken to a UE and not answered yet (pending_to_ue).
         self._to_ue_open = 0
         self._visited_text = f'"{config.visited_network_id}"'
+        # Our reg-event SUBSCRIBE's From / P-Asserted-Identity and Contact, and the
+        # address of a Service-Route's first entry (`_subscribe_reg`).
+        self._own_uri = f"<sip:{name}:{self.port}>"
+        self._sub_contact = f"<sip:{_addr_host(config.address)}:{self.port}>"
+        self._sub_targets: dict[tuple[str, ...], Address | None] = {}
         # Request-URI -> next hop: the routes and the host table are fixed for the life
         # of the core, and a P-CSCF sees a handful of registrar URIs.
         self._routes_by_uri: dict[str, Address | None] = {}
@@ -1096,8 +1139,9 @@ class PcscfCore:
             top = top.with_param("received", src_host)
             if top.rport is True:
                 top = top.with_param("rport", str(arrival.source[1]))
-            fwd.pop_first("Via")
-            fwd.add("Via", str(top), first=True)
+            # in place, remembered by its text: the response brings it back under ours
+            # (`_top_branch` checks it parses) and finds it parsed
+            fwd.replace_top_via(top)
         fwd.add("Via", f"SIP/2.0/UDP {self._via_prefix}{branch}", first=True)
         fwd.set("Max-Forwards", str((max_forwards if max_forwards is not None else 70) - 1))
         # integrity-protected, overwriting whatever the UE put there (FACTS §3.1).
@@ -1609,20 +1653,27 @@ class PcscfCore:
         return actions
 
     def _on_401(self, resp: Response, pending: _Pending, now: float) -> list[Action]:
-        try:
-            challenges = resp.auth("WWW-Authenticate")
-        except SipParseError:
-            return [self._to_ue(resp, pending.arrival)]
-        ck_hex = ik_hex = None
-        stripped: list[DigestCredentials] = []
-        for ch in challenges:
-            ck_hex = ck_hex or ch.ck
-            ik_hex = ik_hex or ch.ik
-            stripped.append(ch.without("ck", "ik"))
+        values = resp.get_all("WWW-Authenticate")
+        keyed = _without_keys(values[0]) if len(values) == 1 else None
+        if keyed is not None:
+            # the S-CSCF's one challenge, in the form it is rendered in: cut as text
+            text, ck_hex, ik_hex = keyed
+            stripped = [text]
+        else:
+            try:
+                challenges = resp.auth("WWW-Authenticate")
+            except SipParseError:
+                return [self._to_ue(resp, pending.arrival)]
+            ck_hex = ik_hex = None
+            stripped = []
+            for ch in challenges:
+                ck_hex = ck_hex or ch.ck
+                ik_hex = ik_hex or ch.ik
+                stripped.append(str(ch.without("ck", "ik")))
         # Never let ck/ik reach the UE (PITFALLS: phones stall on them).
         resp.remove("WWW-Authenticate")
-        for ch in stripped:
-            resp.add("WWW-Authenticate", str(ch))
+        for text in stripped:
+            resp.add("WWW-Authenticate", text)
         offers = pending.security_client
         if not offers and pending.security_client_text:
             # a re-REGISTER's offers, kept as text until a challenge needs them
@@ -1808,7 +1859,6 @@ class PcscfCore:
         de-registration reaches the P-CSCF (and it can remove the UE's SAs)."""
         call_id = f"{self._rng.getrandbits(64):016x}@{self.config.name}"
         branch = f"z9hG4bK{self._rng.getrandbits(64):016x}"
-        host = _addr_host(self.config.address)
         sub = Request(
             "SUBSCRIBE",
             reg.impu,
@@ -1816,21 +1866,27 @@ class PcscfCore:
                 ("Via", self._via(branch, "udp")),
                 ("Max-Forwards", "70"),
                 *[("Route", r) for r in reg.service_route],
-                (
-                    "From",
-                    f"<sip:{_addr_host(self.config.name)}:{self.port}>;tag={self._rng.getrandbits(32):08x}",
-                ),
+                ("From", f"{self._own_uri};tag={self._rng.getrandbits(32):08x}"),
                 ("To", f"<{reg.impu}>"),
                 ("Call-ID", call_id),
                 ("CSeq", "1 SUBSCRIBE"),
                 ("Event", "reg"),
-                ("Expires", str(600000)),
-                ("Contact", f"<sip:{host}:{self.port}>"),
-                ("P-Asserted-Identity", f"<sip:{_addr_host(self.config.name)}:{self.port}>"),
+                ("Expires", "600000"),
+                ("Contact", self._sub_contact),
+                ("P-Asserted-Identity", self._own_uri),
                 ("Content-Length", "0"),
             ],
         )
-        target = self._first_route_target(sub)
+        # Its first Route's address: the same for every SUBSCRIBE along a Service-Route
+        # (one shared tuple per S-CSCF), so worked out once per route set.
+        targets = self._sub_targets
+        try:
+            target = targets[reg.service_route]
+        except KeyError:
+            target = self._first_route_target(sub)
+            if len(targets) >= 64:
+                targets.clear()  # Service-Routes that differ per user: bounded
+            targets[reg.service_route] = target
         if target is None:
             return []
         self.subscriptions[call_id] = reg.impi
@@ -1907,6 +1963,20 @@ class PcscfCore:
 
     @staticmethod
     def _granted_expires(resp: Response) -> int:
+        """The longest expiry the registrar granted: its Contacts' `expires` (RFC 3261
+        §10.3 step 8), the Expires header for a Contact without one."""
+        if not resp.has("Expires"):
+            # each Contact `<URI>;expires=N` as the S-CSCF writes them: N read off the
+            # text (what the parsed Contacts give, without parsing them)
+            best = -1
+            for value in resp.get_all("Contact"):
+                m = _CONTACT_GRANTED.fullmatch(value)
+                if m is None or (m.group(1) is not None and not 0 < int(m.group(1)) < 65536):
+                    best = -1
+                    break
+                best = max(best, int(m.group(2)))
+            if best >= 0:
+                return best
         try:
             contacts = resp.contacts
             default = resp.expires
