@@ -16,6 +16,7 @@ from imsaka.cscf.pcscf import (
     Reply,
     _names_uri,
     _with_integrity_protected,
+    _without_keys,
 )
 from imsaka.sip import NameAddr, Request, Response, SipParseError, make_response, parse_message
 from imsaka.sip.headers import DigestCredentials
@@ -330,3 +331,88 @@ def test_retransmission_in_flight_goes_up_again_unchanged():
     # answered now: a further copy gets the cached 401, nothing goes upstream
     (reply,) = p.receive_request(parse_message(PACKET1.encode()), Arrival(UE), 3.0)
     assert isinstance(reply, Reply) and reply.message.status == 401
+
+
+@settings(max_examples=400)
+@given(_credentials(), st.sampled_from(["", ", ck=abc", ', ik="0a", CK="1b"', ",ck=x,ik=y", ","]))
+def test_challenge_without_keys_is_what_the_parsed_view_gives(text, keys):
+    """The 401's challenge cut as text (TS 24.229 §5.2.2.1: ck and ik never reach the
+    UE) is `str(DigestCredentials.parse(text).without("ck", "ik"))`, and the keys read
+    are `.ck` / `.ik`, for every text it accepts; the others go the parser's way."""
+    text += keys
+    fast = _without_keys(text)
+    if fast is None:
+        return
+    ch = DigestCredentials.parse(text)
+    assert fast == (str(ch.without("ck", "ik")), ch.ck, ch.ik)
+
+
+def test_challenge_without_keys_as_the_s_cscf_writes_it():
+    stripped, ck, ik = _without_keys(CHALLENGE[1]) or ("", None, None)
+    assert stripped == 'Digest realm="r", nonce="AAAA", algorithm=AKAv1-MD5'
+    assert ck == "ffeeddccbbaa11223344556677889900" and ik == "00112233445566778899aabbccddeeff"
+    # spellings left to the parser: escapes, a trailing comma, blanks around "="
+    for text in ('Digest a="x\\"y", ck=1', "Digest a=b, ck=1,", "Digest a = b, ck=1"):
+        assert _without_keys(text) is None, text
+
+
+def _granted_by_parsing(resp: Response) -> int:
+    """The longest expiry granted, from the parsed Contacts (the exact way)."""
+    try:
+        contacts = resp.contacts
+        default = resp.expires
+    except SipParseError:
+        return 0
+    best = 0
+    for c in contacts:
+        e = c.expires if c.expires is not None else default
+        if e is not None:
+            best = max(best, e)
+    if not contacts and default is not None:
+        best = default
+    return best
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(
+                [
+                    "sip:127.0.0.1:1357",
+                    "sip:u@h.net",
+                    "sips:u@h:65535",
+                    "sip:u@h:0",
+                    "sip:u@h:70000",
+                    "sip:u@[::1]:5",
+                    "sip:u@h;transport=udp",
+                    "",
+                ]
+            ),
+            st.sampled_from(["0", "1", "600000", "999999999", "-1", "x"]),
+        ),
+        max_size=3,
+    ),
+    st.sampled_from([None, "0", "300", "x"]),
+    st.booleans(),
+)
+def test_granted_expiry_read_off_the_contacts_is_what_parsing_gives(contacts, expires, lines):
+    """The 200 OK's granted expiry (RFC 3261 §10.3 step 8) read off Contacts
+    `<sip:...>;expires=N` is what the parsed Contacts give, for any Contact set."""
+    values = [f"<{uri}>;expires={n}" for uri, n in contacts]
+    headers = [("Via", "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1")]
+    if lines:
+        headers += [("Contact", v) for v in values]
+    elif values:
+        headers.append(("Contact", ", ".join(values)))
+    if expires is not None:
+        headers.append(("Expires", expires))
+    resp = Response(200, "OK", headers)
+
+    def outcome(test):
+        try:
+            return test(parse_message(resp.to_bytes()))
+        except SipParseError:
+            return "SipParseError"
+
+    assert outcome(PcscfCore._granted_expires) == outcome(_granted_by_parsing)

@@ -418,6 +418,10 @@ _TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
 _TOKEN_VALUE = r"[A-Za-z0-9\-.!%*_+`'~/=]+"
 _AUTH_PARAM = rf'{_TOKEN}=(?:"[^"\\]*"|{_TOKEN_VALUE})'
 _CANONICAL_CREDENTIALS = re.compile(f"{_TOKEN} {_AUTH_PARAM}(?:, {_AUTH_PARAM})*")
+# A challenge's scheme and one of its auth-params (name, value as written) with the
+# separator after it: "," and any blanks (DigestCredentials renders it ", "), or the end.
+_SCHEME_SP = re.compile(f"{_TOKEN} ")
+_PLAIN_ITEM = re.compile(rf'({_TOKEN})=("[^"\\]*"|{_TOKEN_VALUE})(,[ \t]*|\Z)')
 
 
 def _with_integrity_protected(request: Request, auth: DigestCredentials, protected: bool) -> str:
@@ -432,32 +436,38 @@ def _with_integrity_protected(request: Request, auth: DigestCredentials, protect
     return str(auth.with_param("integrity-protected", value, quoted=True))
 
 
-# One auth-param of such a text and the ", " after it (none after the last).
-_AUTH_PARAM_ITEM = re.compile(rf'({_TOKEN})=("[^"\\]*"|{_TOKEN_VALUE})(?:, |$)')
-
-
 def _without_keys(text: str) -> tuple[str, str | None, str | None] | None:
-    """A challenge in that form without its ck and ik params, and their values: what
+    """A challenge without its ck and ik params, and their values: what
     `str(DigestCredentials.parse(text).without("ck", "ik"))`, `.ck` and `.ik` give,
-    read off the text (TS 24.229 §5.2.2.1). None for a text in any other form."""
-    if _CANONICAL_CREDENTIALS.fullmatch(text) is None:
+    read off the text (TS 24.229 §5.2.2.1) when its params are each `name=token` or
+    `name="..."` without escapes, as the S-CSCF writes them; None for any other form
+    (the parser's then)."""
+    head = _SCHEME_SP.match(text)
+    if head is None:
         return None
-    scheme, _, rest = text.partition(" ")
+    pos = head.end()
+    end = len(text)
     kept: list[str] = []
     found: dict[str, str] = {}
-    pos = 0
-    match = _AUTH_PARAM_ITEM.match
-    while pos < len(rest):
-        m = match(rest, pos)
-        if m is None:  # not reached: the text is a sequence of these
+    match = _PLAIN_ITEM.match
+    while True:
+        m = match(text, pos)
+        if m is None:
             return None
         name = m.group(1).lower()
         if name == "ck" or name == "ik":
             value = m.group(2)
             found.setdefault(name, value[1:-1] if value[:1] == '"' else value)
         else:
-            kept.append(rest[m.start(1) : m.end(2)])
+            kept.append(text[m.start(1) : m.end(2)])
         pos = m.end()
+        if not m.group(3):  # the last one: at the end of the text
+            break
+        if pos == end:  # a comma at the end
+            return None
+    if pos != end:
+        return None
+    scheme = text[: head.end() - 1]
     stripped = f"{scheme} {', '.join(kept)}" if kept else scheme
     return stripped, found.get("ck"), found.get("ik")
 
