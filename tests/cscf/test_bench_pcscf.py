@@ -67,3 +67,15 @@ def test_a_p_cscf_that_does_not_subscribe_fails_the_run(monkeypatch):
     monkeypatch.setattr(bench.PcscfCore, "_subscribe_reg", lambda self, reg, now: [])
     with pytest.raises(RuntimeError, match=r"200: 1 messages out, 2 expected"):
         bench._run(2, 600.0)
+
+
+def test_steady_state_run_expires_contexts_while_timing():
+    """--steady: the untimed backlog's contexts expire during the timed registrations
+    (the timer ran on them), and only the timed ones are counted."""
+    bench = _bench()
+    h = bench._run(5, 2.0, 40.0)  # 80 UEs at 2/s untimed, past Timer F, then 5 timed
+    assert h.received == 5 * 6 and h.sent == 5 * 6
+    assert h.core.counters["registered"] == 85
+    # two answered contexts per UE of the last 32 s at most (401, 200), none older
+    assert 0 < len(h.core.pending) <= 2 * 33 * 2
+    assert h.cpu["timer"] > 0
