@@ -914,14 +914,17 @@ class PcscfCore:
     def _register_clear(
         self, request, arrival, branch, ue_branch, max_forwards, auth, impi, now
     ) -> list[Action]:
-        security_client = request.get_all("Security-Client")
+        # Which of the headers read below are there, in one pass over the lines: a
+        # UE without sec-agree (SIPp) sends none but Supported, each absent one a scan.
+        present = frozenset(request.header_keys())
+        security_client = request.get_all("Security-Client") if "security-client" in present else []
         # A challenge response; not one carrying AUTS: after a synchronisation failure
         # the UE sets up no SAs and answers in the clear (TS 24.229 §5.1.1.5.3).
         has_response = auth is not None and bool(auth.response) and not auth.auts
         reg = self.registrations.get(impi) if impi else None
         # Seed step 6: a challenge response (or a Security-Verify) in the clear where
         # sec-agree applies is dropped: it had to come over the temporary SAs.
-        has_verify = request.has("Security-Verify")
+        has_verify = "security-verify" in present
         if security_client or has_verify:
             if has_response or has_verify:
                 return self._drop("clear-register-where-protection-due", impi)
@@ -941,13 +944,13 @@ class PcscfCore:
             except SecAgreeParseError:
                 parsed = None
         # Read once: the decision and the forwarded copy both use them.
-        require = request.get_all("Require")
-        proxy_require = request.get_all("Proxy-Require")
+        require = request.get_all("Require") if "require" in present else []
+        proxy_require = request.get_all("Proxy-Require") if "proxy-require" in present else []
         # RFC 3329 §2.3.1 under policy "required" (FACTS §3.3).
         decision = sec_agree_decision(
             require=require,
             proxy_require=proxy_require,
-            supported=request.get_all("Supported"),
+            supported=request.get_all("Supported") if "supported" in present else [],
             security_client=parsed or security_client,
             policy=self.policy,
         )
