@@ -14,6 +14,7 @@ from imsaka.cscf.pcscf import (
     InstallSecurityAssociations,
     PcscfCore,
     Reply,
+    _granted_by_parsing,
     _names_uri,
     _with_integrity_protected,
     _without_keys,
@@ -162,6 +163,14 @@ def _credentials(draw) -> str:
     return scheme + draw(st.sampled_from([" ", " ", "  "])) + sep.join(params)
 
 
+def _outcome(test, msg):
+    """`test` of `msg` as it arrives (its bytes parsed), or the error it raises."""
+    try:
+        return test(parse_message(msg.to_bytes()))
+    except SipParseError:
+        return "SipParseError"
+
+
 def _request(authorization: str) -> Request:
     return Request(
         "REGISTER",
@@ -304,14 +313,7 @@ def test_expires_zero_as_parsing_gives(contacts, expires):
     if expires is not None:
         headers.append(("Expires", expires))
     request = Request("REGISTER", "sip:registrar.home1.net", headers)
-
-    def outcome(test):
-        try:
-            return test(parse_message(request.to_bytes()))
-        except SipParseError:
-            return "SipParseError"
-
-    assert outcome(PcscfCore._expires_zero) == outcome(_expires_zero_by_parsing)
+    assert _outcome(PcscfCore._expires_zero, request) == _outcome(_expires_zero_by_parsing, request)
 
 
 def test_retransmission_in_flight_goes_up_again_unchanged():
@@ -356,23 +358,6 @@ def test_challenge_without_keys_as_the_s_cscf_writes_it():
         assert _without_keys(text) is None, text
 
 
-def _granted_by_parsing(resp: Response) -> int:
-    """The longest expiry granted, from the parsed Contacts (the exact way)."""
-    try:
-        contacts = resp.contacts
-        default = resp.expires
-    except SipParseError:
-        return 0
-    best = 0
-    for c in contacts:
-        e = c.expires if c.expires is not None else default
-        if e is not None:
-            best = max(best, e)
-    if not contacts and default is not None:
-        best = default
-    return best
-
-
 @settings(max_examples=300)
 @given(
     st.lists(
@@ -408,11 +393,4 @@ def test_granted_expiry_read_off_the_contacts_is_what_parsing_gives(contacts, ex
     if expires is not None:
         headers.append(("Expires", expires))
     resp = Response(200, "OK", headers)
-
-    def outcome(test):
-        try:
-            return test(parse_message(resp.to_bytes()))
-        except SipParseError:
-            return "SipParseError"
-
-    assert outcome(PcscfCore._granted_expires) == outcome(_granted_by_parsing)
+    assert _outcome(PcscfCore._granted_expires, resp) == _outcome(_granted_by_parsing, resp)

@@ -1997,19 +1997,7 @@ class PcscfCore:
                 best = max(best, int(m.group(2)))
             if best >= 0:
                 return best
-        try:
-            contacts = resp.contacts
-            default = resp.expires
-        except SipParseError:
-            return 0
-        best = 0
-        for c in contacts:
-            e = c.expires if c.expires is not None else default
-            if e is not None:
-                best = max(best, e)
-        if not contacts and default is not None:
-            best = default
-        return best
+        return _granted_by_parsing(resp)
 
     def _release(self, reg: Registration, sa: PcscfSa, reason: str) -> ReleaseSecurityAssociations:
         self._unroute(reg, sa)
@@ -2159,6 +2147,24 @@ _ADDED_UPSTREAM = frozenset(
     ("path", "require", "proxy-require", "p-visited-network-id", "p-charging-vector")
 )
 _ANCHORS = frozenset(("via", "max-forwards", "p-access-network-info"))
+
+
+def _granted_by_parsing(resp: Response) -> int:
+    """`PcscfCore._granted_expires` the exact way: from the parsed Contacts and Expires
+    (0 when they do not parse; a Contact expires that does not raises)."""
+    try:
+        contacts = resp.contacts
+        default = resp.expires
+    except SipParseError:
+        return 0
+    best = 0
+    for c in contacts:
+        e = c.expires if c.expires is not None else default
+        if e is not None:
+            best = max(best, e)
+    if not contacts and default is not None:
+        best = default
+    return best
 
 
 def _place_after_access_info(msg: Request, keys: frozenset[str]) -> Request:
