@@ -1928,10 +1928,12 @@ class PcscfCore:
         actions: list[Action] = [Reply(ok, arrival.source, arrival.transport, None)]
         state_text = (request.get("Subscription-State") or "").lower()
         state = state_text.split(";", 1)[0].strip()
-        body = request.body.decode("utf-8", "replace")
+        # reginfo (RFC 3680) read for three ASCII attribute texts only: searched in the
+        # bytes, not decoded (UTF-8 keeps every ASCII octet as it is)
+        body = request.body
         reg = self.registrations.get(impi)
         terminated = state == "terminated" or (
-            'state="terminated"' in body and 'state="active"' not in body
+            b'state="terminated"' in body and b'state="active"' not in body
         )
         if state == "terminated":
             self._unsubscribe(call_id)
@@ -1948,7 +1950,7 @@ class PcscfCore:
             reg.network_terminated = True
             return actions
         if terminated and reg is not None and reg.state is RegState.REGISTERED:
-            lapsed = "reason=timeout" in state_text or 'event="expired"' in body
+            lapsed = "reason=timeout" in state_text or b'event="expired"' in body
             if reg.ue_sub == UE_SUB_ACTIVE and reg.sa is not None and not lapsed:
                 # The UE subscribed too (TS 24.229 §5.1.1.3): its own terminated NOTIFY,
                 # sent by the S-CSCF with ours, is how it learns of the de-registration
