@@ -9,7 +9,7 @@ import random
 from imsaka.config import NetworkConfig, PcscfConfig, PcscfRoute
 from imsaka.cscf.pcscf import TRANSACTION_LIFETIME, Arrival, Forward, PcscfCore, Reply
 from imsaka.sip import make_response, parse_message
-from imsaka.sip.compact import PackedWire
+from imsaka.sip.compact import PACK_GROUP, PackedItem, PackedWire
 
 UE = ("127.0.0.1", 40000)
 ICSCF = ("127.0.0.1", 5070)
@@ -72,11 +72,20 @@ def challenge_all(p: PcscfCore, count: int) -> list[bytes]:
 
 def test_answered_context_keeps_the_packed_answer_only():
     p = core()
-    sent = challenge_all(p, 12)
-    assert p.open_transactions() == 0 and len(p.pending) == 12
-    for entry, data in zip(p.pending.values(), sent, strict=True):
+    n = 2 * PACK_GROUP + 3  # two groups packed, three answers waiting for the next
+    sent = challenge_all(p, n)
+    assert p.open_transactions() == 0 and len(p.pending) == n
+    entries = list(p.pending.values())
+    for entry in entries:
         assert not hasattr(entry, "arrival") and not hasattr(entry, "security_client")
-        assert type(entry.final_data) is PackedWire and len(entry.final_data) < len(data) // 2
+    groups = {id(e.final_data[0]): e.final_data[0] for e in entries[: 2 * PACK_GROUP]}
+    assert all(type(e.final_data) is PackedItem for e in entries[: 2 * PACK_GROUP])
+    assert len(groups) == 2
+    for group in groups.values():
+        assert type(group[0]) is PackedWire
+        assert len(group[0]) < sum(len(d) for d in sent[:PACK_GROUP]) // 4
+    assert [e.final_data for e in entries[2 * PACK_GROUP :]] == sent[2 * PACK_GROUP :]
+    assert p._to_pack == entries[2 * PACK_GROUP :]
     # the key material the P-CSCF strips from the 401 never reaches its dictionary
     for zdict in p._packer._versions:
         assert IK.encode() not in zdict and CK.encode() not in zdict and b"NONCE" not in zdict
@@ -84,17 +93,30 @@ def test_answered_context_keeps_the_packed_answer_only():
 
 def test_a_retransmitted_register_gets_the_same_answer_until_timer_f():
     p = core()
-    sent = challenge_all(p, 5)
-    for n in range(5):
-        (again,) = p.receive_request(parse_message(packet1(n)), Arrival(UE), 10.0)
+    n = PACK_GROUP + 5  # a packed group and answers still waiting for one
+    sent = challenge_all(p, n)
+    for i in range(n):
+        (again,) = p.receive_request(parse_message(packet1(i)), Arrival(UE), 30.0)
         assert isinstance(again, Reply) and again.destination == UE
-        assert again.message.to_bytes() == sent[n]
-    assert p.counters["retransmission-answered"] == 5
-    assert p.counters["challenges"] == 5  # no second SA set per retransmission
+        assert again.message.to_bytes() == sent[i]
+    assert p.counters["retransmission-answered"] == n
+    assert p.counters["challenges"] == n  # no second SA set per retransmission
     # Timer F after the first context: it goes, the others stay
     p.handle_timer(0.0 + TRANSACTION_LIFETIME)
-    assert len(p.pending) == 4
+    assert len(p.pending) == n - 1
     assert p.next_deadline() == 1.0 + TRANSACTION_LIFETIME
+
+
+def test_answers_waiting_for_a_group_go_with_their_contexts():
+    # a quiet P-CSCF may never fill a group: Timer F takes the waiting answers out
+    # with their contexts, nothing is kept past it
+    p = core()
+    sent = challenge_all(p, 3)
+    assert len(p._to_pack) == 3
+    p.handle_timer(0.0 + TRANSACTION_LIFETIME)
+    assert [e.final_data for e in p._to_pack] == sent[1:]
+    p.handle_timer(40.0 + TRANSACTION_LIFETIME)
+    assert len(p.pending) == 0 and p._to_pack == []
 
 
 def test_one_deadline_entry_per_registration_and_both_deadlines_still_fire():

@@ -21,7 +21,11 @@ from typing import Any
 
 from imsaka.sip.memo import BoundedMemo
 
-__all__ = ["PackedGroup", "PackedItem", "PackedWire", "SharedTuples", "WirePacker"]
+__all__ = ["PACK_GROUP", "PackedGroup", "PackedItem", "PackedWire", "SharedTuples", "WirePacker"]
+
+# Finals held for retransmissions are packed this many at a time (`WirePacker.pack_onto`;
+# the last ones wait in their octets until the group is full: a few KiB at most).
+PACK_GROUP = 16
 
 
 # Header lines learned into a preset dictionary without their parameter values: those
@@ -107,6 +111,13 @@ class WirePacker:
         ends = array("I", accumulate(map(len, items)))
         group = _new_tuple(PackedGroup, (self._compress(b"".join(items)), ends))
         return [_new_tuple(PackedItem, (group, i)) for i in range(len(items))]
+
+    def pack_onto(self, holders: list[Any], attr: str) -> None:
+        """Packs the `attr` octets of each of `holders` as one group (`pack_group`) and
+        puts each one's `PackedItem` in their place."""
+        packed = self.pack_group([getattr(h, attr) for h in holders])
+        for h, item in zip(holders, packed, strict=True):
+            setattr(h, attr, item)
 
     def _compress(self, data: bytes) -> bytes:
         if self._compressor is None or len(data) < 64:

@@ -30,7 +30,7 @@ from enum import Enum
 from typing import Any, ClassVar
 
 from imsaka.sip._abnf import MAGIC_COOKIE
-from imsaka.sip.compact import WirePacker
+from imsaka.sip.compact import PACK_GROUP, WirePacker
 from imsaka.sip.errors import LocalProtocolError, SipParseError
 from imsaka.sip.message import Message, Request, Response
 
@@ -828,10 +828,6 @@ class FinishedServerTransaction:
 
 _WAITING = frozenset((State.CALLING, State.TRYING, State.PROCEEDING))
 
-# Finished server transactions' finals are packed this many at a time (the last ones
-# wait in their octets until the group is full: a few KiB at most).
-PACK_GROUP = 16
-
 
 @dataclass
 class TransactionLayer:
@@ -1065,9 +1061,7 @@ class TransactionLayer:
             # one deflate run for the group: a copy and a flush of the compressor
             # each cost more than compressing a final against the ones before it
             self._to_pack = []
-            packed = self.packer.pack_group([r._response_wire for r in to_pack])
-            for r, item in zip(to_pack, packed, strict=True):
-                r._response_wire = item
+            self.packer.pack_onto(to_pack, "_response_wire")
         return True
 
     def _pop_finished(self) -> FinishedServerTransaction:
