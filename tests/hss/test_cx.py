@@ -254,6 +254,25 @@ async def test_sar_reregistration_that_changes_nothing_writes_nothing(hss, scscf
     assert view.scscf_name == SCSCF_NAME and counters["sar_reregistration_unchanged"] == 1
 
 
+async def test_sar_reregistration_asking_for_user_data_clears_a_pending_scscf(hss, scscf):
+    """A RE_REGISTRATION SAR with User-Data-Already-Available 0 reads the User-Data along
+    with the state; it must read the IMPI's pending S-CSCF too, or an otherwise unchanged
+    re-registration is taken for one that writes nothing and the pending S-CSCF stays."""
+    await scscf.request(sar(SAT.REGISTRATION))
+    store, counters = hss.store, hss.service.counters
+    await scscf.request(mar(server="sip:scscf9.home1.net"))
+    assert (await store.get_subscriber("alice@home1.net")).pending_scscf is not None
+    re = await scscf.request(sar(SAT.RE_REGISTRATION, udaa=0))
+    assert re.result_code == cx.DIAMETER_SUCCESS and re.user_data is not None
+    assert (await store.get_subscriber("alice@home1.net")).pending_scscf is None
+    assert counters["sar_reregistration_unchanged"] == 0
+    # Now nothing differs: answered with the User-Data, nothing written.
+    batches = store.batches
+    again = await scscf.request(sar(SAT.RE_REGISTRATION, udaa=0))
+    assert again.user_data == re.user_data and store.batches == batches
+    assert counters["sar_reregistration_unchanged"] == 1
+
+
 @pytest.mark.parametrize(
     ("sat", "keeps_name"),
     [

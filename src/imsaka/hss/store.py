@@ -450,8 +450,10 @@ def _checked_state(impi: str | None, impu: str, with_pending: bool) -> Plan:
 def _checked_state_and_data(impi: str, impu: str) -> Plan:
     # A registering SAR in one read: the identity check, the state and, when the
     # identities match, the User-Data it answers with (neither changes with the
-    # assignment the SAR then writes).
-    check, state = yield from _checked_state(impi, impu, False)
+    # assignment the SAR then writes). The state carries the IMPI's pending S-CSCF (the
+    # same SELECT reads it): a RE_REGISTRATION asking for User-Data tells an unchanged
+    # registration from one that must clear a pending S-CSCF by it (`_unchanged`).
+    check, state = yield from _checked_state(impi, impu, True)
     data = None
     if check.matched and state is not None:
         data = yield from _set_data(impi, impu, state.subscription_id, state.implicit_set_id)
