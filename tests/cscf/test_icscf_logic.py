@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imsaka.config import parse_config
-from imsaka.cscf.icscf import reply_for_uaa, select_scscf, uar_for
+from imsaka.cscf.icscf import (
+    reply_for_uaa,
+    select_scscf,
+    uar_for,
+)
+from imsaka.cscf.registrar import PLAIN_NAME_ADDR_RE, plain_name_addr
 from imsaka.diameter import cx
-from imsaka.sip import parse_message
+from imsaka.sip import SipParseError, parse_message
+from imsaka.sip.headers import Contact, NameAddr
 
 from .conftest import network_dict
 
@@ -298,3 +308,44 @@ async def test_final_answer_of_the_scscf_is_relayed_with_our_via_popped():
 async def test_last_scscf_480_is_relayed():
     _endpoint, tx, _ = await run_icscf(lambda port: (480, "x"))
     assert [r.status for r in tx.responses] == [480]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.from_regex(PLAIN_NAME_ADDR_RE, fullmatch=True))
+def test_plain_name_addr_reads_what_the_parse_reads(text):
+    # the I-CSCF's reading of To and Contact without a view: whatever it takes, the
+    # parse takes too, with the same URI and expires
+    m = plain_name_addr(text)
+    if m is None:  # a port above 65535: the parse decides
+        assert int(PLAIN_NAME_ADDR_RE.fullmatch(text).group(2)) > 65535
+        return
+    contact = Contact.parse(text)
+    assert contact.uri == NameAddr.parse(text).uri == m.group(1)
+    contact.parsed_uri  # noqa: B018 - a URI the parse accepts when it is read
+    expires = m.group(3)
+    if expires is not None and int(expires) <= 0xFFFFFFFF:
+        assert contact.expires == int(expires)
+
+
+@pytest.mark.parametrize(
+    "contact",
+    [
+        "<sip:1.2.3.4:5060>;expires=600000",
+        "<sip:1.2.3.4:70000>;expires=600",  # no port above 65535: the parse refuses it
+        "<sip:1.2.3.4>;expires=4294967296",  # above 2**32-1: the parse refuses it
+        "<sip:1.2.3.4> ;expires=600",
+        "<sip:1.2.3.4>;expires=600;q=0.5",
+    ],
+)
+def test_deregistration_reading_matches_the_parse(contact):
+    # with and without the plain reading, the same kind or the same SipParseError
+    _, net = config(SCSCFS)
+    req = request(contact)
+    try:
+        expected = not all(c.expires != 0 for c in req.contacts)
+    except SipParseError as exc:
+        with pytest.raises(SipParseError, match=re.escape(exc.reason)):
+            uar_for(request(contact), net)
+        return
+    kind = uar_for(request(contact), net).authorization_type
+    assert (kind is cx.UserAuthorizationType.DE_REGISTRATION) is expected

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from xml.sax.saxutils import escape, quoteattr
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from imsaka.cscf.regevent import _attr, _text, authorised_watcher
-from imsaka.cscf.registrar import ContactBinding, Registration
+from imsaka.cscf.registrar import PLAIN_NAME_ADDR_RE, ContactBinding, Registration
+from imsaka.cscf.scscf import register_request_from_sip
 from imsaka.cscf.scscf_core import (
     AskAssignment,
     ContactSpec,
@@ -22,6 +24,8 @@ from imsaka.cscf.scscf_core import (
     Reply,
 )
 from imsaka.cscf.userdata import PublicIdentity, associated_uris
+from imsaka.sip import SipParseError, parse_message
+from imsaka.sip.headers import Contact
 
 _XMLISH = st.text(alphabet=st.sampled_from("ab:@;=+.&<>\"'\n\r\t ü"), max_size=12)
 
@@ -112,3 +116,33 @@ def test_reregistration_keeps_user_data_and_index():
         assert core.lookup("sip:alias@home1.net", 300.0) is fresh
         assert core.pending_counts()["aliases"] == 1
         reg = fresh
+
+
+def _sip_register(contact: str):
+    return parse_message(
+        (
+            "REGISTER sip:scscf1.home1.net SIP/2.0\r\n"
+            "Via: SIP/2.0/UDP icscf1.home1.net;branch=z9hG4bKx\r\n"
+            "From: <sip:u@home1.net>;tag=1\r\nTo: <sip:u@home1.net>\r\n"
+            f"Call-ID: c1\r\nCSeq: 1 REGISTER\r\nContact: {contact}\r\n"
+            "Content-Length: 0\r\n\r\n"
+        ).encode()
+    )
+
+
+@given(
+    st.one_of(
+        st.from_regex(PLAIN_NAME_ADDR_RE, fullmatch=True),
+        st.sampled_from(["<sip:a@1.2.3.4:5060>;expires=0", "<sip:h:99999>;expires=1"]),
+    )
+)
+def test_plain_contact_read_as_the_parse_reads_it(contact):
+    # one plain Contact is read off its text: the same ContactSpec as from its view
+    try:
+        c = Contact.parse(contact)
+        expected = (ContactSpec(c.uri, c.expires, str(c.params.without("expires"))),)
+    except SipParseError:
+        with pytest.raises(SipParseError):
+            register_request_from_sip(_sip_register(contact))
+        return
+    assert register_request_from_sip(_sip_register(contact)).contacts == expected

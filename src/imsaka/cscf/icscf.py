@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from imsaka.config import IcscfConfig, ImsConfig, NetworkConfig, ScscfEntry, split_hostport
+from imsaka.cscf.registrar import plain_contact, plain_name_addr
 from imsaka.diameter import cx
 from imsaka.sip import Request, Response, SipParseError, VisitedNetworkId
 from imsaka.sip.headers import digest_param
@@ -78,6 +79,13 @@ def _impi_from_impu(impu: str) -> str:
 
 
 def _is_deregistration(req: Request) -> bool:
+    # one plain binding with a non-zero expires param (a P-CSCF's registration or
+    # refresh): not a de-registration, whatever Expires says (RFC 3261 §10.2.1.1)
+    plain = plain_contact(req)
+    if plain is not None:
+        expires = plain.group(3)
+        if expires is not None and 0 < int(expires) <= 0xFFFFFFFF:
+            return False
     contacts = req.contacts
     if not contacts:
         return False
@@ -100,7 +108,8 @@ def _is_deregistration(req: Request) -> bool:
 
 def uar_for(req: Request, network: NetworkConfig, *, capabilities: bool = False) -> UarInput:
     """The UAR fields for a REGISTER (raises `SipParseError` naming a bad header)."""
-    impu = req.to.uri
+    plain = plain_name_addr(req.get("to"))
+    impu = plain.group(1) if plain is not None else req.to.uri
     # only the username is read here: the S-CSCF parses (and checks) the credentials
     cred = req.get("authorization")
     username = digest_param(cred, "username") if cred is not None else None
@@ -250,9 +259,14 @@ class Icscf:
             tx.reply(400, f"Bad Request ({exc.reason})"[:120])
             return
         tried: set[str] = set()
-        capabilities = False
         while True:
-            answer = await self._uar(uar_input, capabilities)
+            uar = self._uar(uar_input)
+            try:
+                answer = await self._cx_send(uar)
+            except Exception as exc:  # timeout, no connection: the HSS is unreachable
+                self.counters["uar_failed"] += 1
+                log.warning("UAR for %s failed: %s", uar_input.impu, exc or type(exc).__name__)
+                answer = None
             refusal = reply_for_uaa(answer, self.config.retry_after)
             if refusal is not None:
                 status, reason, headers = refusal
@@ -273,7 +287,6 @@ class Icscf:
                 tried.add(entry.name)
                 if self._has_untried(tried):
                     self.counters["scscf_retry"] += 1
-                    capabilities = True
                     uar_input = uar_for(request, self.network, capabilities=True)
                     continue
                 if unreachable or response.status < 400:
@@ -311,10 +324,10 @@ class Icscf:
         # error); such a response has our own Via on top and no To tag from a peer.
         return response.to.tag is None
 
-    async def _uar(self, u: UarInput, capabilities: bool) -> Any | None:
+    def _uar(self, u: UarInput) -> cx.UserAuthorizationRequest:
         d = self.config.diameter
         self._session += 1
-        uar = cx.UserAuthorizationRequest(
+        return cx.UserAuthorizationRequest(
             session_id=f"{d.host};{int(time.time())};{self._session}",
             origin_host=d.host,
             origin_realm=d.realm,
@@ -325,14 +338,9 @@ class Icscf:
             visited_network_identifier=u.visited_network,
             user_authorization_type=int(u.authorization_type),
         )
-        try:
-            return await self._cx_send(uar)
-        except Exception as exc:  # timeout, no connection: the HSS is unreachable
-            self.counters["uar_failed"] += 1
-            log.warning("UAR for %s failed: %s", u.impu, exc or type(exc).__name__)
-            return None
 
-    async def _forward(self, request: Request, entry: ScscfEntry) -> Response:
+    def _forward(self, request: Request, entry: ScscfEntry) -> Awaitable[Response]:
+        """The forwarded copy sent (the endpoint's coroutine, awaited by the caller)."""
         fwd = request.copy()
         fwd.uri = entry.name  # Max-Forwards was decremented by check_max_forwards
         transport = self._transport(entry.transport)
@@ -344,9 +352,7 @@ class Icscf:
             rng=self._random,
         )
         self.counters["forwarded"] += 1
-        return await self.endpoint.send_request(
-            fwd, (entry.address, entry.port), transport=transport
-        )
+        return self.endpoint.send_request(fwd, (entry.address, entry.port), transport=transport)
 
     def _transport(self, name: str) -> Any:
         try:

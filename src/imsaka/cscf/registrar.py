@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -34,7 +35,38 @@ __all__ = [
     "RedisBindingStore",
     "Registration",
     "open_binding_store",
+    "plain_contact",
+    "plain_name_addr",
 ]
+
+
+# A To or Contact value as a P-CSCF sends it: <a plain sip:/sips: URI> (user part of
+# unreserved characters, hostname or IPv4 address, port 1-65535) and at most an expires
+# param, no blanks. NameAddr.parse (Contact.parse) accepts every such text with the
+# same URI and expires (tested): read this way, the I-CSCF builds no view of To or
+# Contact that it would drop with the request, the S-CSCF none of a Contact it reads
+# once. Anything else takes the parse.
+PLAIN_NAME_ADDR_RE = re.compile(
+    r"<([Ss][Ii][Pp][Ss]?:(?:[A-Za-z0-9\-_.!~*'()&=+$,/]+@)?"
+    r"[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9_])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-_]*[A-Za-z0-9_])?)*"
+    r"(?::([1-9][0-9]{0,4}))?)>(?:;expires=([0-9]{1,10}))?"
+)
+
+
+def plain_name_addr(text: str | None) -> re.Match[str] | None:
+    """`text` matched by PLAIN_NAME_ADDR_RE with a port below 65536, else None."""
+    m = PLAIN_NAME_ADDR_RE.fullmatch(text) if text else None
+    if m is None:
+        return None
+    port = m.group(2)
+    return m if port is None or int(port) < 65536 else None
+
+
+def plain_contact(request: Any) -> re.Match[str] | None:
+    """The REGISTER's (SUBSCRIBE's) Contact when it has exactly one and that one is
+    plain (`plain_name_addr`): group 1 its URI, group 3 its expires param or None."""
+    values = request.get_all("contact")
+    return plain_name_addr(values[0]) if len(values) == 1 else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,9 @@ import contextlib
 import logging
 import os
 import time
+from asyncio import current_task
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from operator import itemgetter
 from typing import Any
 
 from imsaka.config import ImsConfig, NetworkConfig, ScscfConfig, split_hostport
@@ -45,6 +47,7 @@ from imsaka.cscf.registrar import (
     MemoryBindingStore,
     Registration,
     open_binding_store,
+    plain_contact,
 )
 from imsaka.cscf.scscf_core import (
     Action,
@@ -97,6 +100,11 @@ _ALGORITHM_TO_SCHEME = {
 # --------------------------------------------------------------------------- SIP → core
 
 
+# an AuthParam is a (name, value, quoted) tuple
+_NAME = itemgetter(0)
+_VALUE = itemgetter(1)
+
+
 def _uri_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -112,11 +120,10 @@ def register_request_from_sip(req: Request) -> RegisterRequest:
     if cred is not None:
         if (cred.scheme or "").lower() != "digest":
             raise SipParseError("Authorization: only the Digest scheme is supported")
-        # One pass over the params (the first of a repeated name wins, as cred.get).
-        values: dict[str, str] = {}
-        for p in cred.params:
-            values.setdefault(p.name.lower(), p.value)
-        get = values.get
+        # The params by lowered name, built in C; reversed, so that the first of a
+        # repeated name is the one kept (as cred.get)
+        given = cred.params[::-1]
+        get = dict(zip(map(str.lower, map(_NAME, given)), map(_VALUE, given), strict=True)).get
         auth = DigestParams(
             username=get("username") or "",
             realm=get("realm") or "",
@@ -130,18 +137,24 @@ def register_request_from_sip(req: Request) -> RegisterRequest:
             auts=get("auts"),
             integrity_protected=get("integrity-protected"),
         )
-    contacts = []
+    contacts: list[ContactSpec] = []
     star = False
-    for c in req.contacts:
-        if c.star:
-            star = True
-            continue
-        params = c.params
-        if len(params) == 1 and params.items[0][0].lower() == "expires":
-            rest = ""  # the usual Contact: nothing but expires
-        else:
-            rest = str(params.without("expires"))
-        contacts.append(ContactSpec(c.uri, c.expires, rest))
+    plain = plain_contact(req)
+    if plain is not None and (plain.group(3) is None or int(plain.group(3)) <= 0xFFFFFFFF):
+        # the one Contact a UE registers, read without its view (the same URI and expires)
+        expires = plain.group(3)
+        contacts.append(ContactSpec(plain.group(1), None if expires is None else int(expires)))
+    else:
+        for c in req.contacts:
+            if c.star:
+                star = True
+                continue
+            params = c.params
+            if len(params) == 1 and params.items[0][0].lower() == "expires":
+                rest = ""  # the usual Contact: nothing but expires
+            else:
+                rest = str(params.without("expires"))
+            contacts.append(ContactSpec(c.uri, c.expires, rest))
     return RegisterRequest(
         impu=to.uri,
         call_id=call_id,
@@ -285,6 +298,7 @@ class Scscf:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self._tasks.clear()
         await self.store.close()
 
     # ------------------------------------------------------------- SIP
@@ -359,12 +373,17 @@ class Scscf:
         try:
             impu = request.to.uri
             remote = request.from_
-            contacts = request.contacts
+            plain = plain_contact(request)  # a P-CSCF's: no view of it needed
+            if plain is not None:
+                target: str | None = plain.group(1)
+            else:
+                contacts = request.contacts
+                target = contacts[0].uri if contacts and not contacts[0].star else None
             requested = request.expires
         except SipParseError as exc:
             respond(make_response(request, 400, f"Bad Request ({exc.reason})"[:120]))
             return
-        if not remote.tag or not contacts or contacts[0].star:
+        if not remote.tag or target is None:
             respond(
                 make_response(
                     request, 400, "Bad Request (SUBSCRIBE needs a From tag and a Contact)"
@@ -409,7 +428,7 @@ class Scscf:
                 local_tag=request.to.tag or self._random(4).hex(),
                 remote_tag=remote.tag,
                 remote_uri=remote.uri,
-                remote_target=contacts[0].uri,
+                remote_target=target,
                 route_set=tuple(request.get_all("record-route")),
                 expires_at=now + expires,
             ),
@@ -500,12 +519,17 @@ class Scscf:
     async def _deliver(
         self, sub: RegSubscription, notify: Request, address: tuple[str, int]
     ) -> None:
-        assert self._send_request is not None
-        response = await self._send_request(notify, address)
-        if response.status in (404, 408, 481) or response.status >= 500:
-            # RFC 6665 §4.2.2: the subscriber is gone; end the subscription.
-            self.core.counters["notify_failed"] += 1
-            self.subscriptions.remove(sub)
+        try:
+            assert self._send_request is not None
+            response = await self._send_request(notify, address)
+            if response.status in (404, 408, 481) or response.status >= 500:
+                # RFC 6665 §4.2.2: the subscriber is gone; end the subscription.
+                self.core.counters["notify_failed"] += 1
+                self.subscriptions.remove(sub)
+        except Exception:
+            self._task_failed()
+        finally:
+            self._tasks.discard(current_task())
 
     # ------------------------------------------------------------- actions
 
@@ -515,10 +539,8 @@ class Scscf:
         for action in actions:
             if isinstance(action, Reply):
                 self._reply(action)
-            elif isinstance(action, AskVectors):
-                self._spawn(self._mar(action))
-            elif isinstance(action, AskAssignment):
-                self._spawn(self._sar(action))
+            elif isinstance(action, (AskVectors, AskAssignment)):
+                self._spawn(self._cx(action))
             elif isinstance(action, StoreRegistration):
                 self._memory().put_now(action.registration)
             elif isinstance(action, RemoveRegistration):
@@ -616,16 +638,17 @@ class Scscf:
             log.info("REGISTER %s: answer %d not sent: %s", request.call_id, reply.status, exc)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        # Each spawned body (_cx, _deliver, _fire) ends in try/except/finally
+        # that counts and logs a failure and leaves self._tasks: no done callback, which
+        # the loop would run as one more event per task. A task cancelled before it
+        # started never runs its finally: close() clears what it cancelled.
+        self._tasks.add(asyncio.get_running_loop().create_task(coro))
 
-    def _task_done(self, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            # A bug must not pass silently: it is logged with its traceback and counted.
-            self.core.counters["internal_errors"] += 1
-            log.error("S-CSCF task failed", exc_info=task.exception())
+    def _task_failed(self) -> None:
+        """In a spawned body's ``except Exception``: a bug must not pass silently, it is
+        logged with its traceback and counted."""
+        self.core.counters["internal_errors"] += 1
+        log.error("S-CSCF task failed", exc_info=True)
 
     def _session_id(self) -> str:
         self._session += 1
@@ -641,22 +664,12 @@ class Scscf:
             "destination_host": d.hss.host,
         }
 
-    async def _ask(self, request: Any) -> tuple[Any | None, CxOutcome | None]:
-        try:
-            answer = await self._cx_send(request)
-        except Exception as exc:  # timeout, no connection, peer down
-            log.warning(
-                "%s to the HSS failed: %s", type(request).__name__, exc or type(exc).__name__
-            )
-            return None, CxOutcome.UNAVAILABLE
-        return answer, outcome_of(answer)
-
-    async def _mar(self, ask: AskVectors) -> None:
+    def _mar_for(self, ask: AskVectors) -> cx.MultimediaAuthRequest:
         # The scheme comes from the subscriber's record at the HSS ("Unknown"), never from
         # the REGISTER (PITFALLS); a resynchronisation names the scheme it resynchronises.
         scheme = _ALGORITHM_TO_SCHEME.get(ask.algorithm or "", cx.SCHEME_UNKNOWN)
         item = cx.SipAuthDataItem(sip_authentication_scheme=scheme, sip_authorization=ask.resync)
-        mar = cx.MultimediaAuthRequest(
+        return cx.MultimediaAuthRequest(
             **self._head(),
             user_name=ask.impi,
             public_identity=ask.impu,
@@ -664,22 +677,9 @@ class Scscf:
             sip_number_auth_items=ask.count,
             sip_auth_data_item=item,
         )
-        answer, outcome = await self._ask(mar)
-        now = self._clock()
-        if outcome is None:
-            try:
-                vectors = vectors_from_maa(answer)
-            except Exception as exc:  # a malformed item (wrong lengths) from the HSS
-                log.warning("MAA for %s unusable: %s", ask.impi, exc)
-                vectors = []
-            actions = self.core.vectors_received(ask.token, vectors, now)
-        else:
-            actions = self.core.cx_failed(ask.token, outcome, now)
-        await self._run_actions(actions)
-        self._rearm()
 
-    async def _sar(self, ask: AskAssignment) -> None:
-        sar = cx.ServerAssignmentRequest(
+    def _sar_for(self, ask: AskAssignment) -> cx.ServerAssignmentRequest:
+        return cx.ServerAssignmentRequest(
             **self._head(),
             user_name=ask.impi,
             public_identities=(ask.impu,),
@@ -687,16 +687,44 @@ class Scscf:
             server_assignment_type=int(ask.assignment_type),
             user_data_already_available=int(ask.user_data_available),
         )
-        answer, outcome = await self._ask(sar)
-        now = self._clock()
-        if outcome is None:
-            data = answer.user_data
-            text = data.decode("utf-8", "replace") if data else None
-            actions = self.core.assignment_done(ask.token, text, now)
-        else:
-            actions = self.core.cx_failed(ask.token, outcome, now)
-        await self._run_actions(actions)
-        self._rearm()
+
+    def _maa_received(self, ask: AskVectors, answer: Any, now: float) -> list[Action]:
+        try:
+            vectors = vectors_from_maa(answer)
+        except Exception as exc:  # a malformed item (wrong lengths) from the HSS
+            log.warning("MAA for %s unusable: %s", ask.impi, exc)
+            vectors = []
+        return self.core.vectors_received(ask.token, vectors, now)
+
+    async def _cx(self, ask: AskVectors | AskAssignment) -> None:
+        """The task of one MAR or SAR (TS 29.228 §6.3, §6.1.2): ask the HSS, hand the
+        answer (or the failure) to the core, run what it says."""
+        try:
+            request = self._mar_for(ask) if isinstance(ask, AskVectors) else self._sar_for(ask)
+            try:
+                answer = await self._cx_send(request)
+            except Exception as exc:  # timeout, no connection, peer down
+                log.warning(
+                    "%s to the HSS failed: %s", type(request).__name__, exc or type(exc).__name__
+                )
+                answer, outcome = None, CxOutcome.UNAVAILABLE
+            else:
+                outcome = outcome_of(answer)
+            now = self._clock()
+            if outcome is not None:
+                actions = self.core.cx_failed(ask.token, outcome, now)
+            elif isinstance(ask, AskVectors):
+                actions = self._maa_received(ask, answer, now)
+            else:
+                data = answer.user_data
+                text = data.decode("utf-8", "replace") if data else None
+                actions = self.core.assignment_done(ask.token, text, now)
+            await self._run_actions(actions)
+            self._rearm()
+        except Exception:
+            self._task_failed()
+        finally:
+            self._tasks.discard(current_task())
 
     # ------------------------------------------------------------- Cx from the HSS
 
@@ -770,8 +798,13 @@ class Scscf:
             self._rearm()
 
     async def _fire(self) -> None:
-        await self._run_actions(self.core.handle_timer(self._clock()))
-        self._rearm()
+        try:
+            await self._run_actions(self.core.handle_timer(self._clock()))
+            self._rearm()
+        except Exception:
+            self._task_failed()
+        finally:
+            self._tasks.discard(current_task())
 
 
 class ScscfServer:
