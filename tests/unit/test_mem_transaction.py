@@ -7,9 +7,8 @@ from __future__ import annotations
 import pytest
 
 from imsaka.sip import LocalProtocolError, Request, Response, make_response, parse_message
-from imsaka.sip.compact import PackedItem, PackedWire, WirePacker
+from imsaka.sip.compact import PACK_GROUP, PackedItem, PackedWire, WirePacker
 from imsaka.sip.transaction import (
-    PACK_GROUP,
     FinishedServerTransaction,
     Input,
     State,

@@ -83,7 +83,7 @@ from imsaka.sip import (
     make_response,
     parse_message,
 )
-from imsaka.sip.compact import PACK_GROUP, PackedItem, SharedTuples, WirePacker
+from imsaka.sip.compact import PackedItem, SharedTuples, WirePacker
 
 log = logging.getLogger(__name__)
 
@@ -666,11 +666,7 @@ class PcscfCore:
         """The `pending` entry of a context answered with `data`: its answer waits in
         `_to_pack` until `PACK_GROUP` of them are packed together."""
         answered = _Answered(created, data, spi)
-        to_pack = self._to_pack
-        to_pack.append(answered)
-        if len(to_pack) >= PACK_GROUP:
-            self._to_pack = []
-            self._packer.pack_onto(to_pack, "final_data")
+        self._to_pack = self._packer.pack_later(self._to_pack, answered, "final_data")
         return answered
 
     def _unwait(self, entry: _Pending | _Answered) -> None:

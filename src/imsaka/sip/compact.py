@@ -23,7 +23,7 @@ from imsaka.sip.memo import BoundedMemo
 
 __all__ = ["PACK_GROUP", "PackedGroup", "PackedItem", "PackedWire", "SharedTuples", "WirePacker"]
 
-# Finals held for retransmissions are packed this many at a time (`WirePacker.pack_onto`;
+# Finals held for retransmissions are packed this many at a time (`WirePacker.pack_later`;
 # the last ones wait in their octets until the group is full: a few KiB at most).
 PACK_GROUP = 16
 
@@ -112,12 +112,19 @@ class WirePacker:
         group = _new_tuple(PackedGroup, (self._compress(b"".join(items)), ends))
         return [_new_tuple(PackedItem, (group, i)) for i in range(len(items))]
 
-    def pack_onto(self, holders: list[Any], attr: str) -> None:
-        """Packs the `attr` octets of each of `holders` as one group (`pack_group`) and
-        puts each one's `PackedItem` in their place."""
-        packed = self.pack_group([getattr(h, attr) for h in holders])
-        for h, item in zip(holders, packed, strict=True):
+    def pack_later(self, waiting: list[Any], holder: Any, attr: str) -> list[Any]:
+        """`holder`, whose `attr` holds octets to pack, put in `waiting`; once
+        `PACK_GROUP` wait, their octets are packed as one group (`pack_group`: one
+        deflate run, a copy and a flush of the compressor each costing more than
+        compressing a message against the ones before it), each `attr` set to its
+        `PackedItem`. Returns the list to wait in from now (a new one after a group)."""
+        waiting.append(holder)
+        if len(waiting) < PACK_GROUP:
+            return waiting
+        packed = self.pack_group([getattr(h, attr) for h in waiting])
+        for h, item in zip(waiting, packed, strict=True):
             setattr(h, attr, item)
+        return []
 
     def _compress(self, data: bytes) -> bytes:
         if self._compressor is None or len(data) < 64:

@@ -30,7 +30,7 @@ from enum import Enum
 from typing import Any, ClassVar
 
 from imsaka.sip._abnf import MAGIC_COOKIE
-from imsaka.sip.compact import PACK_GROUP, WirePacker
+from imsaka.sip.compact import WirePacker
 from imsaka.sip.errors import LocalProtocolError, SipParseError
 from imsaka.sip.message import Message, Request, Response
 
@@ -1055,13 +1055,7 @@ class TransactionLayer:
         self._server[tx.key] = rec
         self._finished.append(rec)
         self._finished_last = deadline
-        to_pack = self._to_pack
-        to_pack.append(rec)
-        if len(to_pack) >= PACK_GROUP:
-            # one deflate run for the group: a copy and a flush of the compressor
-            # each cost more than compressing a final against the ones before it
-            self._to_pack = []
-            self.packer.pack_onto(to_pack, "_response_wire")
+        self._to_pack = self.packer.pack_later(self._to_pack, rec, "_response_wire")
         return True
 
     def _pop_finished(self) -> FinishedServerTransaction:
