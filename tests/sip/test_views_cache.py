@@ -303,3 +303,44 @@ def test_a_known_via_with_a_param_added_parses_as_the_whole_text(base, extra):
     got = Via.parse(text)
     assert got == exact and str(got) == str(exact) and got.protocol == exact.protocol
     assert Via.parse(text) is got  # remembered
+
+
+@pytest.mark.parametrize(
+    ("wire", "vias_off"),
+    [
+        (REGISTER, False),  # before the first Via, which is the first header
+        (
+            # before a first Via further down, compact, after a line of its octets but
+            # for the name
+            b"REGISTER sip:home1.net SIP/2.0\r\n"
+            + REGISTER.split(b"\r\n", 3)[3].replace(
+                b"Call-ID: c1@127.0.0.1\r\n",
+                b"Call-ID: c1@127.0.0.1\r\nX-V: SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bKu1\r\n"
+                b"v: SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bKu1\r\n",
+            ),
+            False,
+        ),
+        (REGISTER, True),  # no Via: first of all (a UAC's request)
+        (REGISTER.replace(b"Content-Length: 0\r\n", b""), True),
+        (REGISTER.replace(b"Content-Length: 0", b"Content-Length: 3") + b"abc", True),
+        (REGISTER.replace(b"Content-Length: 0\r\n", b"Content-Length: 0\r\n" * 2), True),
+        (REGISTER.replace(b"alice", "alicé".encode()), True),  # not ASCII
+    ],
+)
+def test_a_via_put_on_a_serialised_message_gives_what_serialising_again_gives(wire, vias_off):
+    import random
+
+    for edited in (False, True):  # a line changed after the size check: serialised anew
+        sized, fresh = parse_message(wire), parse_message(wire)
+        for msg in (sized, fresh):
+            if vias_off:
+                msg.remove("Via")
+        sized.to_bytes()  # the size check of RFC 3261 §18.1.1 before the Via
+        for msg in (sized, fresh):
+            if edited:
+                msg.pop_first("Max-Forwards")
+            push_via(msg, "UDP", "scscf1.home1.net", 6060, rng=random.Random(3).randbytes)
+        assert sized.to_bytes() == fresh.to_bytes()
+        fresh._cache.pop(":wire", None)
+        assert sized.to_bytes() == fresh.to_bytes()
+        assert sized.to_bytes().count(b"Via: SIP/2.0/UDP scscf1.home1.net:6060;branch=") == 1

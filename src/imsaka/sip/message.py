@@ -277,16 +277,47 @@ class Message:
         parsed views of the Vias below."""
         text = str(via)
         remember_via(text, via)  # its response brings this very text back
-        self._insert("via", ("via", text, "Via: " + text), True)
+        line = "Via: " + text
+        self._insert("via", ("via", text, line), True)
         cache = self._cache
         if cache is None:
             cache = self._cache = {}
         else:
-            cache.pop(_WIRE, None)
+            wire = cache.pop(_WIRE, None)
+            if wire is not None:
+                # serialised already (a UAC's size check, RFC 3261 §18.1.1): the line
+                # put into those octets at its place, not the message serialised again
+                self._wire_with(wire, line)
             vias = cache.get("via")
             if vias is not None:
                 cache["via"] = [via, *vias]
         cache[_TOP_VIA] = via
+
+    def _wire_with(self, wire: tuple[str, bytes, bytes], line: str) -> None:
+        """Cache the octets `to_bytes` gives now that `line` went in before the first
+        Via (or first of all), from `wire` (start line, body, octets) as cached before:
+        the line put in where the header line it precedes began, when the start line
+        and the body are as they were."""
+        start, body, data = wire
+        if start != self.start_line() or body is not self.body:
+            return
+        hs = self._headers
+        at = 0
+        while hs[at][0] != "via":
+            at += 1
+        if at == 0:
+            # first of all: it follows the start line
+            off = len(start.encode("utf-8", "surrogateescape")) + 2
+        else:
+            # before the Via that was first: that line's octets begin after the CRLF
+            # ending the line before, and no line holds a CR or LF, so the first match
+            # is the first line with its octets (its name too: the first Via line)
+            nxt = hs[at + 1][2].encode("utf-8", "surrogateescape")
+            off = data.find(b"\r\n" + nxt + b"\r\n") + 2
+            if off < 2:
+                return
+        new = line.encode("utf-8", "surrogateescape")
+        self._cache[_WIRE] = (start, body, b"".join((data[:off], new, b"\r\n", data[off:])))
 
     def remove(self, name: str, *names: str) -> int:
         """Remove every line of `name` (and of each of `names`, in the same pass);
