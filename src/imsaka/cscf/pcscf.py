@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imsaka.config import NetworkConfig, PcscfConfig, split_hostport
+from imsaka.cscf.registrar import plain_name_addr
 from imsaka.ipsec.errors import DowngradeError, SecAgreeParseError
 from imsaka.ipsec.secagree import (
     SecAgreePolicy,
@@ -389,14 +390,6 @@ _OWN_VIA_REST = re.compile(r"(z9hG4bK[0-9a-f]+)(?:;received=[0-9.]{7,15})?")
 # A Contact value `<URI>;expires=N` with N from 1 to 999999999 (RFC 3261 §20.10): its
 # expiry is N, not 0 (the URI holds no `>`, so the param is the header's).
 _CONTACT_EXPIRING = re.compile(r"<[^<>]*>;expires=[1-9][0-9]{0,8}")
-
-
-# A Contact value `<sip:user@host:port>;expires=N` (a plain SIP URI, one param): N is
-# its expiry (group 2; group 1 the port, which a valid URI has from 1 to 65535).
-_CONTACT_GRANTED = re.compile(
-    r"<sips?:(?:[A-Za-z0-9\-_.!~*'()&=+$%]+@)?[A-Za-z0-9\-.]+(?::([0-9]{1,5}))?>"
-    r";expires=([0-9]{1,9})"
-)
 
 
 # Contexts the overload bound does not count: our own SUBSCRIBE, and requests from the
@@ -2021,11 +2014,12 @@ class PcscfCore:
             # text (what the parsed Contacts give, without parsing them)
             best = -1
             for value in resp.get_all("Contact"):
-                m = _CONTACT_GRANTED.fullmatch(value)
-                if m is None or (m.group(1) is not None and not 0 < int(m.group(1)) < 65536):
+                m = plain_name_addr(value)
+                granted = None if m is None or m.group(3) is None else int(m.group(3))
+                if granted is None or granted > 0xFFFFFFFF:
                     best = -1
                     break
-                best = max(best, int(m.group(2)))
+                best = max(best, granted)
             if best >= 0:
                 return best
         return _granted_by_parsing(resp)
