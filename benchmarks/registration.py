@@ -690,6 +690,7 @@ async def reregistration_comparison(
         core, args, reserve, rr_rate, lambda i, t: sim.register(i, t, keep=True), drain=drain
     )
     kept = [i for i in reserve if i in sim.kept]
+    log(f"re-registration: {len(kept)} UEs registered in full; now re-registering them")
     rere_s = await measured_load(core, args, kept, rr_rate, sim.reregister, drain=drain)
     full_core = full_s["core_cpu_ms_per_registration"]
     rere_core = rere_s["core_cpu_ms_per_registration"]
