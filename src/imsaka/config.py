@@ -19,6 +19,7 @@ Service-Route (RFC 3327, RFC 3608), reg-await-auth (TS 24.229 §5.4.1.2.1), sec-
 from __future__ import annotations
 
 import ipaddress
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -344,6 +345,12 @@ class PcscfConfig:
     while even the quickest answer from the core in the last 100 ms took longer than
     this (a standing queue; one slow request does not count). It follows the machine's
     own throughput, where a count fits one machine only. 0: off."""
+    dereg_grace: float = 32.0
+    """Seconds the SA set that a REGISTER's last answer left over (the 200 OK to a
+    de-REGISTER, to a REGISTER of a registration the network ended, the 4xx to a failed
+    challenge response) stays, over UDP, for that REGISTER's retransmissions alone:
+    Timer J, 64·T1 (RFC 3261 §17.2.2), so a UE whose answer was lost gets it again over
+    the same SA (TS 33.203 §7.4). 0: the set goes with the answer, as over TCP."""
 
     def route_for(self, host: str) -> PcscfRoute | None:
         """The route for a REGISTER whose Request-URI host is `host`, as the P-CSCF
@@ -696,8 +703,12 @@ def _pcscf(t: _Table, network: NetworkConfig) -> PcscfConfig:
         subscribe_reg_event=t.bool("subscribe_reg_event", True),
         max_in_flight=t.int("max_in_flight", 300, lo=0),
         max_queue_delay=t.float("max_queue_delay", 0.4, zero=True),
+        dereg_grace=t.float("dereg_grace", 32.0, zero=True),
     )
     t.done()
+    if not math.isfinite(cfg.dereg_grace):
+        # TOML has inf and nan: a set held forever, or never (nan compares false)
+        raise t.fail("dereg_grace", "must be a finite number")
     fixed = [p for p in (cfg.port, cfg.port_c, cfg.port_s) if p]
     if len(set(fixed)) != len(fixed):
         raise t.fail("port_s", "port, port_c and port_s must differ")

@@ -520,13 +520,10 @@ class PcscfCore:
         dereg_grace: float | None = None,
     ) -> None:
         self.config = config
-        # How long a de-REGISTER's set stays for its retransmissions (0: released with
-        # the 200 OK, as over TCP): the argument, else the config's (read defensively,
-        # as `max_in_flight`: a config without the field gets the default). An
-        # attribute, so a test can shorten it.
-        if dereg_grace is None:
-            dereg_grace = getattr(config, "dereg_grace", DEREGISTER_GRACE)
-        self.dereg_grace = float(dereg_grace)
+        # How long a set stays for the retransmissions of the REGISTER whose last
+        # answer it carried (0: released with that answer, as over TCP): the argument,
+        # else `PcscfConfig.dereg_grace`. An attribute, so a test can shorten it.
+        self.dereg_grace = float(config.dereg_grace if dereg_grace is None else dereg_grace)
         # The overload bound: the argument, else the config's (read defensively: a
         # config without the field gets the default), 0 or less for none.
         if max_in_flight is None:
