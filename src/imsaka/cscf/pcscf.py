@@ -116,6 +116,10 @@ TRANSACTION_LIFETIME = 32.0
 # that message is UNCONFIRMED (FACTS §1.2 has no verbatim P-CSCF rule): this reads the
 # cached answer re-sent to a retransmission as still that last message.
 DEREGISTER_GRACE = TRANSACTION_LIFETIME
+# A registrar's expires value that is not delta-seconds (a 200 OK's Contact param or
+# Expires header): "Malformed values SHOULD be treated as equivalent to 3600" (RFC 3261
+# §10.2.1.1, §20.10); read as an error it cost the 200 OK, read as 0 the UE's SAs.
+MALFORMED_EXPIRES = 3600
 # Overload: requests forwarded upstream and not answered beyond which a new initial
 # REGISTER is refused 503 (`PcscfConfig.max_in_flight`; 0: no bound), and the base of
 # that 503's Retry-After in seconds (RFC 3261 §21.5.4, §20.33), randomised up to twice
@@ -2005,7 +2009,10 @@ class PcscfCore:
     @staticmethod
     def _granted_expires(resp: Response) -> int:
         """The longest expiry the registrar granted: its Contacts' `expires` (RFC 3261
-        §10.3 step 8), the Expires header for a Contact without one."""
+        §10.3 step 8), the Expires header for a Contact without one; a malformed value
+        as RFC 3261 §10.2.1.1 reads it (`_delta_seconds`), never an error: the 200 goes
+        to the UE as it came (RFC 3261 §16.7 has a proxy forward it; the UE reads it by
+        the same rule) and the registration lasts what the UE will take it to."""
         if not resp.has("Expires"):
             # each Contact `<URI>;expires=N` as the S-CSCF writes them: N read off the
             # text (what the parsed Contacts give, without parsing them)
@@ -2173,17 +2180,34 @@ _ADDED_UPSTREAM = frozenset(
 _ANCHORS = frozenset(("via", "max-forwards", "p-access-network-info"))
 
 
+def _delta_seconds(text: str | None) -> int | None:
+    """An expires value (Contact param or Expires header) as RFC 3261 §10.2.1.1 has it
+    read: None when absent; digits above 2**32-1 as 2**32-1 (MAY); anything else that
+    is not delta-seconds as `MALFORMED_EXPIRES` (SHOULD)."""
+    if text is None:
+        return None
+    digits = text.strip()
+    if not (digits.isdigit() and digits.isascii()):
+        return MALFORMED_EXPIRES
+    digits = digits.lstrip("0")
+    # (no int() of a long text: CPython refuses over 4,300 digits)
+    return 0xFFFFFFFF if len(digits) > 10 else min(int(digits or "0"), 0xFFFFFFFF)
+
+
 def _granted_by_parsing(resp: Response) -> int:
-    """`PcscfCore._granted_expires` the exact way: from the parsed Contacts and Expires
-    (0 when they do not parse; a Contact expires that does not raises)."""
+    """`PcscfCore._granted_expires` the exact way: from the parsed Contacts and the
+    Expires header, each value read by `_delta_seconds` (0 when the Contacts do not
+    parse: no binding can be read)."""
     try:
         contacts = resp.contacts
-        default = resp.expires
     except SipParseError:
         return 0
+    default = _delta_seconds(resp.get("Expires"))
     best = 0
     for c in contacts:
-        e = c.expires if c.expires is not None else default
+        e = _delta_seconds(c.params.get("expires"))
+        if e is None:
+            e = default
         if e is not None:
             best = max(best, e)
     if not contacts and default is not None:
