@@ -81,6 +81,41 @@ _NAME_CACHE: dict[str, str] = {}
 _NAME_CACHE_MAX = 512
 
 
+# Whole header lines seen before, already split: line as received -> its (key, value,
+# line) entry (immutable, so messages share it). Only lines of the headers whose value
+# is the same in many messages of a node (Max-Forwards 69, CSeq 1 REGISTER, Require:
+# path, a P-CSCF's Path, Content-Length 0, ...) are kept, none with credentials or a
+# per-dialog token: those would only push the others out. Emptied when full.
+_LINES: dict[str, tuple[str, str, str]] = {}
+_LINES_MAX = 1024
+_SHARED_LINE_KEYS = frozenset(
+    {
+        "max-forwards",
+        "content-length",
+        "cseq",
+        "require",
+        "proxy-require",
+        "supported",
+        "allow",
+        "allow-events",
+        "accept",
+        "expires",
+        "event",
+        "content-type",
+        "user-agent",
+        "server",
+        "path",
+        "service-route",
+        "route",
+        "record-route",
+        "p-visited-network-id",
+        "p-access-network-info",
+        "p-charging-function-addresses",
+        "date",
+    }
+)
+
+
 def _name_key(name: str) -> str:
     key = _NAME_CACHE.get(name)
     if key is not None:
@@ -173,10 +208,11 @@ class Message:
 
     def get(self, name: str) -> str | None:
         """First value of header `name` (first comma element for list headers)."""
-        key = _key(name)
+        key = _KEY_CACHE.get(name) or _key(name)
         found = None
-        for k, v, _ in self._headers:
-            if k == key:
+        for h in self._headers:
+            if h[0] == key:
+                v = h[1]
                 if key not in LIST_HEADERS:
                     return v
                 if "," in v:
@@ -191,7 +227,7 @@ class Message:
     def get_all(self, name: str) -> list[str]:
         """Every value of header `name` over all its lines, split at top-level commas
         for list headers (RFC 3261 §7.3.1); one entry per line for the others."""
-        key = _key(name)
+        key = _KEY_CACHE.get(name) or _key(name)
         if key in LIST_HEADERS:
             out: list[str] = []
             for k, v, _ in self._headers:
@@ -201,7 +237,7 @@ class Message:
         return [v for k, v, _ in self._headers if k == key]
 
     def has(self, name: str) -> bool:
-        key = _key(name)
+        key = _KEY_CACHE.get(name) or _key(name)
         for h in self._headers:  # noqa: SIM110 - a plain loop: no generator per call
             if h[0] == key:
                 return True
@@ -877,7 +913,12 @@ def parse_message(
     headers: list[tuple[str, str, str]] = []
     append = headers.append
     cache = _NAME_CACHE
+    known = _LINES
     for line in lines[1:]:
+        entry = known.get(line)
+        if entry is not None:
+            append(entry)
+            continue
         # "Name: value" as we and most peers write it: the value comes without the
         # space, and strip() then returns it as it is (no copy). A cached name holds
         # no colon, so its first ": " is its first ":".
@@ -900,7 +941,12 @@ def parse_message(
             if not colon or not name:
                 raise SipParseError(f"header line without a name: {line[:40]!r}")
             key = _name_key(name)
-        append((key, value.strip(), line))
+        entry = (key, value.strip(), line)
+        append(entry)
+        if key in _SHARED_LINE_KEYS:
+            if len(known) >= _LINES_MAX:
+                known.clear()
+            known[line] = entry
 
     # the keys in one C-level pass: membership, counts and positions below without
     # a Python loop over the fields each

@@ -215,6 +215,13 @@ NON_INVITE_SERVER_TABLE: dict[tuple[State, Input], tuple[str, State]] = {
 
 del S, I
 
+# The members the per-message paths name, as module globals: in Python 3.11 reading an
+# attribute of a class (an Enum's member) is an unspecialised lookup, ~10x a global's.
+_TERMINATED = State.TERMINATED
+_TIMER_E, _TIMER_F, _TIMER_K = Input.TIMER_E, Input.TIMER_F, Input.TIMER_K
+_RECV_1XX, _RECV_2XX, _RECV_FINAL = Input.RECV_1XX, Input.RECV_2XX, Input.RECV_FINAL
+_SEND_1XX, _SEND_2XX, _SEND_FINAL = Input.SEND_1XX, Input.SEND_2XX, Input.SEND_FINAL
+
 
 # -- events ---------------------------------------------------------------------------
 
@@ -471,7 +478,7 @@ class Transaction:
         self._last_input = inp
         self.state = nxt
         getattr(self, action)(now, msg)
-        if nxt is State.TERMINATED:
+        if nxt is _TERMINATED:
             self.timers = ()
             self._layer._terminated(self)
         self._rearm()
@@ -516,7 +523,7 @@ class Transaction:
 
     def handle_timer(self, now: float) -> None:
         """Fire every timer due at `now`, earliest first."""
-        while self.timers and self.state is not State.TERMINATED:
+        while self.timers and self.state is not _TERMINATED:
             when, timer = self.timers[0]
             if when > now:
                 break
@@ -602,7 +609,7 @@ class ClientTransaction(Transaction):
         self._ack_wire: bytes | None = None
 
     def start(self, now: float) -> None:
-        t1 = self.config.t1
+        t1 = self._layer.config.t1
         self._transmit_request()
         if self.is_invite:
             if not self.reliable:
@@ -610,18 +617,18 @@ class ClientTransaction(Transaction):
             self._set_timer(Input.TIMER_B, now, 64 * t1)
         else:
             if not self.reliable:
-                self._set_timer(Input.TIMER_E, now, t1)
-            self._set_timer(Input.TIMER_F, now, 64 * t1)
+                self._set_timer(_TIMER_E, now, t1)
+            self._set_timer(_TIMER_F, now, 64 * t1)
         self._rearm()
 
     def receive_response(self, response: Response, now: float) -> None:
         status = response.status
         if status < 200:
-            inp = Input.RECV_1XX
+            inp = _RECV_1XX
         elif status < 300:
-            inp = Input.RECV_2XX
+            inp = _RECV_2XX
         else:
-            inp = Input.RECV_FINAL
+            inp = _RECV_FINAL
         self._input(inp, now, response)
 
     # INVITE client actions
@@ -690,7 +697,7 @@ class ClientTransaction(Transaction):
 
     def _complete(self, now: float, msg: Message | None) -> None:
         self.timers = ()
-        self._set_timer(Input.TIMER_K, now, 0.0 if self.reliable else self.config.t4)
+        self._set_timer(_TIMER_K, now, 0.0 if self.reliable else self._layer.config.t4)
         self._final_received(msg)
         self._emit(ResponseReceived(self.key, msg))
 
@@ -723,12 +730,13 @@ class ServerTransaction(Transaction):
 
     def respond(self, response: Response, now: float) -> None:
         """The TU's response (§17.2.1/§17.2.2)."""
-        if response.status < 200:
-            inp = Input.SEND_1XX
-        elif response.status < 300:
-            inp = Input.SEND_2XX
+        status = response.status
+        if status < 200:
+            inp = _SEND_1XX
+        elif status < 300:
+            inp = _SEND_2XX
         else:
-            inp = Input.SEND_FINAL
+            inp = _SEND_FINAL
         self._input(inp, now, response)
 
     def receive_request(self, request: Request, now: float) -> None:
@@ -788,10 +796,11 @@ class ServerTransaction(Transaction):
             return
         # Completed for Timer J: only a retransmitted request reads the bytes again
         # (the layer packs them with the next finals: `_finish`)
-        deadline = now + 64 * self.config.t1
-        if not self._layer._finish(self, deadline):
-            self._response_wire = self._layer.packer.pack(self._response_wire)
-            self._set_timer(Input.TIMER_J, now, 64 * self.config.t1)
+        layer = self._layer
+        delay = 64 * layer.config.t1
+        if not layer._finish(self, now + delay):
+            self._response_wire = layer.packer.pack(self._response_wire)
+            self._set_timer(Input.TIMER_J, now, delay)
 
 
 class FinishedServerTransaction:
@@ -953,9 +962,10 @@ class TransactionLayer:
         if type(tx) is FinishedServerTransaction:
             # (Completed, transport error) -> Terminated, as NON_INVITE_SERVER_TABLE says
             del self._server[key]
+            tx.deadline = None  # out of the table: its Timer J entry is skipped
             self._events.append(TransportError(key))
             self._events.append(TransactionTerminated(key))
-        elif tx is not None and tx.state is not State.TERMINATED:
+        elif tx is not None and tx.state is not _TERMINATED:
             tx.transport_error(now)
 
     # -- time ---------------------------------------------------------------------
@@ -965,7 +975,7 @@ class TransactionLayer:
         heap = self._heap
         while heap:
             deadline, tx = heap[0]
-            if tx.deadline == deadline and tx.state is not State.TERMINATED and tx.timers:
+            if tx.deadline == deadline and tx.state is not _TERMINATED and tx.timers:
                 best = deadline
                 break
             heapq.heappop(heap)
@@ -978,12 +988,11 @@ class TransactionLayer:
                     break
                 fifo.popleft()  # fired, terminated, or re-armed elsewhere
         finished = self._finished
-        server = self._server
         while finished:
-            rec = finished[0]
-            if server.get(rec.key) is rec:
-                if best is None or rec.deadline < best:
-                    best = rec.deadline
+            due = finished[0].deadline
+            if due is not None:
+                if best is None or due < best:
+                    best = due
                 break
             self._pop_finished()  # ended by a transport error
         return best
@@ -1038,7 +1047,7 @@ class TransactionLayer:
     # -- internals ----------------------------------------------------------------
 
     def _check_capacity(self) -> None:
-        if len(self) >= self.max_transactions:
+        if len(self._client) + len(self._server) >= self.max_transactions:
             self.counters["overload"] += 1
             raise LocalProtocolError("too many transactions (max_transactions)")
 

@@ -70,6 +70,12 @@ def _addr(sockaddr) -> Address:
     return (sockaddr[0], sockaddr[1])
 
 
+# Hosts sends went to that are IP literals: a set lookup per datagram sent instead of a
+# call into the cache below (a node sends to the same few peers). Bounded.
+_LITERALS: set[str] = set()
+_LITERALS_MAX = 4096
+
+
 @functools.lru_cache(maxsize=4096)
 def _is_ip_literal(host: str) -> bool:
     try:
@@ -126,7 +132,23 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.owner = owner
 
     def datagram_received(self, data: bytes, addr) -> None:
-        self.owner._datagram(data, _addr(addr))
+        # the transport's count, observers and _deliver in one frame: this runs once per datagram
+        # (an IPv4 address comes as the (host, port) pair already; IPv6 as a 4-tuple)
+        owner = self.owner
+        if len(addr) != 2:
+            addr = (addr[0], addr[1])
+        counters = owner.counters
+        counters["received"] += 1
+        if owner._observers:
+            owner._report("in", addr, owner._local, data)
+        if len(data) > owner.max_size:
+            # the receiver still sees it: it answers 513 when the head allows
+            counters["oversized"] += 1
+        try:
+            owner._receiver(data, addr, owner)
+        except Exception:  # a broken receiver must not stop the socket serving
+            counters["receiver_errors"] += 1
+            log.exception("sip udp: receiver failed on a message from %s", addr)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors (port unreachable) surface here without a usable address
@@ -194,24 +216,20 @@ class UdpTransport(_BaseTransport):
     def local_address(self) -> Address:
         return self._local
 
-    def _datagram(self, data: bytes, source: Address) -> None:
-        self.counters["received"] += 1
-        if self._observers:
-            self._report("in", source, self._local, data)
-        if len(data) > self.max_size:
-            # the receiver still sees it: it answers 513 when the head allows
-            self.counters["oversized"] += 1
-        self._deliver(data, source)
-
     def send(self, data: bytes, addr: Address) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
             self._send_failed(addr, ConnectionError("transport closed"))
             return
-        if not _is_ip_literal(addr[0]):
-            # sendto() would resolve the name synchronously and block the loop
-            self._send_failed(addr, ValueError("address must be an IP literal (resolve first)"))
-            return
+        host = addr[0]
+        if host not in _LITERALS:
+            if not _is_ip_literal(host):
+                # sendto() would resolve the name synchronously and block the loop
+                self._send_failed(addr, ValueError("address must be an IP literal (resolve first)"))
+                return
+            if len(_LITERALS) >= _LITERALS_MAX:
+                _LITERALS.clear()
+            _LITERALS.add(host)
         try:
             transport.sendto(data, addr)
         except (OSError, ValueError) as exc:

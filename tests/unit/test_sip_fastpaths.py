@@ -1,0 +1,146 @@
+"""Fast paths of the SIP layer against the general way they stand in for.
+
+- parse_message's memo of whole header lines (`message._LINES`): a line met before
+  gives the very entry the line-by-line split gives (key, unfolded value, line), in
+  any spelling, spacing or compact form, folded or not, and the message serialises to
+  the same octets.
+- the transaction layer's Timer J record leaves `next_deadline` once a transport error
+  took it out of the table (no table lookup per call to tell).
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from imsaka.sip import message as message_mod
+from imsaka.sip import parse_message
+from imsaka.sip.message import make_response
+from imsaka.sip.transaction import TransactionLayer
+
+_NAMES = [
+    "Max-Forwards",
+    "max-forwards",
+    "MAX-FORWARDS",
+    "Content-Length",
+    "l",
+    "CSeq",
+    "Require",
+    "Supported",
+    "k",
+    "Path",
+    "Service-Route",
+    "Route",
+    "Expires",
+    "P-Visited-Network-ID",
+    "P-Access-Network-Info",
+    "Date",
+    "Subject",
+    "s",
+    "X-Other",
+]
+_SEPARATORS = [":", ": ", " : ", ":\t", ":  ", "\t:"]
+_VALUES = st.text(
+    alphabet=st.sampled_from([*list("abcAB01 ;=<>:@.\t,\"'"), "é", "\x0b", "\xa0"]),
+    max_size=24,
+)
+
+
+def _message(lines: list[str]) -> bytes:
+    head = [
+        "OPTIONS sip:a@b.example SIP/2.0",
+        "Via: SIP/2.0/UDP h.example:5060;branch=z9hG4bKmemo",
+        "From: <sip:a@b.example>;tag=1",
+        "To: <sip:a@b.example>",
+        "Call-ID: memo-1",
+        "CSeq: 7 OPTIONS",
+        *lines,
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+
+
+def _parse_without_memo(data: bytes, monkeypatch: pytest.MonkeyPatch):
+    with monkeypatch.context() as m:
+        m.setattr(message_mod, "_SHARED_LINE_KEYS", frozenset())
+        m.setattr(message_mod, "_LINES", {})
+        return parse_message(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    fields=st.lists(
+        st.tuples(st.sampled_from(_NAMES), st.sampled_from(_SEPARATORS), _VALUES, st.booleans()),
+        max_size=8,
+    )
+)
+def test_a_remembered_line_gives_what_splitting_it_gives(fields, monkeypatch_module):
+    lines = []
+    for name, sep, value, fold in fields:
+        if "Content-Length" in name or name == "l":
+            value = "0"
+        lines.append(f"{name}{sep}{value}")
+        if fold:
+            lines.append(" folded " + value.strip())
+    data = _message(lines)
+    try:
+        expected = _parse_without_memo(data, monkeypatch_module)
+    except message_mod.SipParseError:
+        with pytest.raises(message_mod.SipParseError):
+            parse_message(data)
+        return
+    for _ in range(2):  # the first fills the memo, the second reads it
+        got = parse_message(data)
+        assert got._headers == expected._headers
+        assert got.to_bytes() == expected.to_bytes()
+    resp = make_response(got, 200)
+    assert resp.to_bytes() == make_response(expected, 200).to_bytes()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as m:
+        yield m
+
+
+def test_memo_entries_are_shared_and_bounded(monkeypatch):
+    monkeypatch.setattr(message_mod, "_LINES", {})
+    monkeypatch.setattr(message_mod, "_LINES_MAX", 8)
+    data = _message(["Max-Forwards: 70", "Require: path", "Supported: path", "Expires: 60"])
+    a, b = parse_message(data), parse_message(data)
+    assert next(h for h in a._headers if h[0] == "require") is (
+        next(h for h in b._headers if h[0] == "require")
+    )
+    for n in range(10):
+        parse_message(_message([f"Max-Forwards: {n}"]))
+        assert len(message_mod._LINES) <= 8
+    # per-dialog values and credentials never go in
+    parse_message(_message(['Authorization: Digest username="x", ck="00"']))
+    assert not any("Authorization" in line for line in message_mod._LINES)
+    assert not any(line.startswith(("Via", "Call-ID", "From")) for line in message_mod._LINES)
+
+
+def test_a_finished_record_ended_by_a_transport_error_leaves_the_deadline():
+    layer = TransactionLayer(reliable=lambda dest: False)
+    reqs = [
+        parse_message(
+            (
+                "OPTIONS sip:a@b.example SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP h.example:5060;branch=z9hG4bKrec{n}\r\n"
+                "From: <sip:a@b.example>;tag=1\r\nTo: <sip:a@b.example>\r\n"
+                f"Call-ID: rec-{n}\r\nCSeq: 1 OPTIONS\r\n\r\n"
+            ).encode()
+        )
+        for n in range(2)
+    ]
+    keys = []
+    for n, req in enumerate(reqs):
+        tx = layer.receive_request(req, "peer", 10.0 + n)
+        layer.respond(tx.key, make_response(req, 200), 10.0 + n)
+        keys.append(tx.key)
+    assert layer.next_deadline() == pytest.approx(10.0 + 32)
+    layer.transport_error(keys[0], 12.0)
+    assert layer.next_deadline() == pytest.approx(11.0 + 32)
+    layer.transport_error(keys[1], 12.0)
+    assert layer.next_deadline() is None
+    assert len(layer) == 0
