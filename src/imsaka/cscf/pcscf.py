@@ -15,7 +15,9 @@ The seed's packets 1→2, 7, 8→9 and 13: the P-CSCF is the UE's first hop. It
   the temporary SA set and adds Security-Server (packet 7);
 - on the protected REGISTER checks Security-Verify against the Security-Server it
   sent and Security-Client against the challenged REGISTER (a mismatch is a downgrade
-  attempt: 494, SAs dropped);
+  attempt: 494, SAs dropped); a failed challenge response's 4xx goes out over the
+  temporary SA it is due on, and the set is then held for that REGISTER's
+  retransmissions as a de-REGISTER's is (below);
 - drops a clear REGISTER that carries a challenge response where protection is due
   (seed step 6); an initial REGISTER arriving over ESP without an SA is dropped by the
   IPsec backend (unknown SPI, seed step 1);
@@ -116,6 +118,8 @@ TRANSACTION_LIFETIME = 32.0
 # that message is UNCONFIRMED (FACTS §1.2 has no verbatim P-CSCF rule): this reads the
 # cached answer re-sent to a retransmission as still that last message.
 DEREGISTER_GRACE = TRANSACTION_LIFETIME
+# The reason a de-registered UE's sets are released with.
+DEREGISTERED = "de-registered"
 # A registrar's expires value that is not delta-seconds (a 200 OK's Contact param or
 # Expires header): "Malformed values SHOULD be treated as equivalent to 3600" (RFC 3261
 # §10.2.1.1, §20.10); read as an error it cost the 200 OK, read as 0 the UE's SAs.
@@ -235,10 +239,10 @@ class ReleaseSecurityAssociations:
 
 @dataclass(frozen=True, slots=True)
 class HoldSecurityAssociations:
-    """The UE de-registered and the 200 OK (the Reply before this action) went out over
-    this set: it no longer routes anything, but stays for the de-REGISTER's
-    retransmissions until `until` (`DEREGISTER_GRACE`), when the core sends a
-    ReleaseSecurityAssociations for it."""
+    """The last answer due over this set (the Reply before this action: the 200 OK to
+    a de-REGISTER, the 4xx to a failed challenge response) went out over it: it no
+    longer routes anything, but stays for that REGISTER's retransmissions until `until`
+    (`DEREGISTER_GRACE`), when the core sends a ReleaseSecurityAssociations for it."""
 
     sa: PcscfSa
     until: float
@@ -366,22 +370,33 @@ class _Answered:
 
 
 class _Grace:
-    """An SA set after its UE's de-REGISTER was answered 200 over it, until
-    `release_at` (`DEREGISTER_GRACE`): out of every routing table (`by_spi`,
-    `_by_contact`), answering only a retransmission of that de-REGISTER (our branch for
-    it, `branch`) with its cached answer (`final_data`, packed, as `_Answered` keeps
-    it). `key` is its entry in the core's deadline heap (a NUL then our inbound spi-s:
-    no IMPI holds a NUL, so it is never a registration's key); `scheduled` as in
-    `Registration`."""
+    """An SA set after the last answer due over it went out (the 200 OK to its UE's
+    de-REGISTER, the 4xx to a failed challenge response), until `release_at`
+    (`DEREGISTER_GRACE`): out of every routing table (`by_spi`, `_by_contact`),
+    answering only a retransmission of the REGISTER so answered (our branch for it,
+    `branch`) with its cached answer (`final_data`, packed, as `_Answered` keeps it);
+    then released with `reason`. `key` is its entry in the core's deadline heap (a NUL
+    then our inbound spi-s: no IMPI holds a NUL, so it is never a registration's key);
+    `scheduled` as in `Registration`."""
 
-    __slots__ = ("branch", "final_data", "impi", "key", "release_at", "sa", "scheduled")
+    __slots__ = (
+        "branch",
+        "final_data",
+        "impi",
+        "key",
+        "reason",
+        "release_at",
+        "sa",
+        "scheduled",
+    )
 
-    def __init__(self, sa: PcscfSa, branch: str, release_at: float) -> None:
+    def __init__(self, sa: PcscfSa, branch: str, release_at: float, reason: str) -> None:
         self.sa = sa
         self.impi = sa.impi
         self.branch = branch
         self.final_data: bytes | None = None
         self.release_at = release_at
+        self.reason = reason
         self.key = f"\x00{sa.spi_ps}"
         self.scheduled: float | None = None
 
@@ -895,14 +910,17 @@ class PcscfCore:
     def _over_grace_set(
         self, request: Request, arrival: Arrival, branch: str, grace: _Grace
     ) -> list[Action]:
-        """A request over a set in its de-registration grace: the de-REGISTER's
-        retransmission gets its 200 OK again over the same SA (its first copy was
-        lost); anything else is dropped, as over an SA the P-CSCF does not know (the
-        UE de-registered: a new registration starts in the clear)."""
+        """A request over a set in its grace: the retransmission of the REGISTER whose
+        last answer it carried (the de-REGISTER's 200 OK, a failed challenge response's
+        4xx) gets that answer again over the same SA (its first copy was lost); anything
+        else is dropped, as over an SA the P-CSCF does not know (a new registration
+        starts in the clear)."""
         if branch != grace.branch or grace.final_data is None:
             return self._drop("request-over-deregistered-sa", grace.impi)
         self.counters["retransmission-answered"] += 1
-        self.counters["deregister-answered-again-in-grace"] += 1
+        self.counters["answered-again-in-grace"] += 1
+        if grace.reason == DEREGISTERED:
+            self.counters["deregister-answered-again-in-grace"] += 1
         final = parse_message(self._packer.unpack(grace.final_data))
         sa = grace.sa
         spi = sa.spi_uc if arrival.spi == sa.spi_ps else sa.spi_us
@@ -1567,7 +1585,7 @@ class PcscfCore:
         if pending.final_data is not None and self.pending.get(branch) is pending:
             # kept only to answer retransmissions now (Timer F): the answer and its SPI
             grace = None
-            if pending.expires_zero and pending.arrival.spi is not None:
+            if pending.arrival.spi is not None and self._grace_by_spi:
                 grace = self._grace_by_spi.get(pending.arrival.spi)
             if grace is not None and grace.branch == branch:
                 # the same packed bytes, kept by the set's grace (Timer J from now):
@@ -1678,8 +1696,10 @@ class PcscfCore:
         if 200 <= resp.status < 300:
             return self._on_200(resp, pending, now, branch)
         # Any other final answer: forward it; a failed challenge response ends the
-        # temporary SA set after the answer went out over it (TS 33.203 §7.3).
-        actions: list[Action] = [self._to_ue(resp, pending.arrival)]
+        # temporary SA set after the answer went out over it (TS 33.203 §7.3, §7.4),
+        # kept for that REGISTER's retransmissions as a de-REGISTER's set is.
+        reply = self._to_ue(resp, pending.arrival)
+        actions: list[Action] = [reply]
         reg = self.registrations.get(pending.impi)
         if (
             reg is not None
@@ -1687,9 +1707,8 @@ class PcscfCore:
             and pending.kind == "register-protected"
             and pending.arrival.spi in reg.temporary.inbound_spis
         ):
-            actions.append(
-                self._release(reg, reg.temporary, f"authentication failed ({resp.status})")
-            )
+            reason = f"authentication failed ({resp.status})"
+            actions += self._sets_go(reg, (reg.temporary,), reply, pending, branch, now, reason)
             reg.temporary = None
             if reg.sa is None:
                 self._forget(reg)
@@ -1846,18 +1865,8 @@ class PcscfCore:
         if pending.expires_zero or granted == 0:
             # De-registration: SAs go only after the 200 went out over them; the one it
             # went over (UDP) stays for the de-REGISTER's retransmissions until Timer J.
-            for s in (reg.temporary, reg.sa):
-                if s is None:
-                    continue
-                if (
-                    reply.spi is not None
-                    and arrival.spi in s.inbound_spis
-                    and arrival.transport == "udp"
-                    and self.dereg_grace > 0
-                ):
-                    actions.append(self._hold(reg, s, branch, now))
-                else:
-                    actions.append(self._release(reg, s, "de-registered"))
+            sets = (reg.temporary, reg.sa)
+            actions += self._sets_go(reg, sets, reply, pending, branch, now, DEREGISTERED)
             reg.temporary = reg.sa = None
             self._forget(reg)
             return actions + self._end_to_ue(reg)
@@ -2032,12 +2041,42 @@ class PcscfCore:
         self._unroute(reg, sa)
         return ReleaseSecurityAssociations(sa, reason)
 
-    def _hold(self, reg: Registration, sa: PcscfSa, branch: str, now: float) -> Action:
-        """The de-registered UE's set the 200 OK left over: out of routing now, kept
-        for the de-REGISTER's retransmissions until `DEREGISTER_GRACE` has run, then
-        released (`_end_grace`)."""
+    def _sets_go(
+        self,
+        reg: Registration,
+        sets: Sequence[PcscfSa | None],
+        reply: Reply,
+        pending: _Pending,
+        branch: str,
+        now: float,
+        reason: str,
+    ) -> list[Action]:
+        """`sets` of `reg` go after `reply`, the last message due over the one it
+        leaves over (TS 33.203 §7.4): that one, over UDP, held for the retransmissions
+        of the REGISTER it answers (`_hold`; over TCP there are none), the others
+        released at once."""
+        actions: list[Action] = []
+        arrival = pending.arrival
+        for s in sets:
+            if s is None:
+                continue
+            if (
+                reply.spi is not None
+                and arrival.spi in s.inbound_spis
+                and arrival.transport == "udp"
+                and self.dereg_grace > 0
+            ):
+                actions.append(self._hold(reg, s, branch, now, reason))
+            else:
+                actions.append(self._release(reg, s, reason))
+        return actions
+
+    def _hold(self, reg: Registration, sa: PcscfSa, branch: str, now: float, reason: str) -> Action:
+        """The set a REGISTER's last answer left over: out of routing now, kept for
+        that REGISTER's retransmissions until `DEREGISTER_GRACE` has run, then released
+        with `reason` (`_end_grace`)."""
         self._unroute(reg, sa)
-        grace = _Grace(sa, branch, now + self.dereg_grace)
+        grace = _Grace(sa, branch, now + self.dereg_grace, reason)
         self._grace[grace.key] = grace
         for spi in sa.inbound_spis:
             self._grace_by_spi[spi] = grace
@@ -2045,15 +2084,17 @@ class PcscfCore:
         return HoldSecurityAssociations(sa, grace.release_at)
 
     def _end_grace(self, grace: _Grace) -> ReleaseSecurityAssociations:
-        """Timer J of the de-REGISTER has run: its set goes (once: its record goes)."""
+        """Timer J of the answered REGISTER has run: its set goes (once: its record
+        goes)."""
         del self._grace[grace.key]
         for spi in grace.sa.inbound_spis:
             if self._grace_by_spi.get(spi) is grace:
                 del self._grace_by_spi[spi]
-        return ReleaseSecurityAssociations(grace.sa, "de-registered")
+        return ReleaseSecurityAssociations(grace.sa, grace.reason)
 
     def in_grace(self) -> int:
-        """SA sets of de-registered UEs kept for their de-REGISTER's retransmissions."""
+        """SA sets kept for the retransmissions of the REGISTER whose last answer
+        they carried (de-REGISTERs, failed challenge responses)."""
         return len(self._grace)
 
     def _unroute(self, reg: Registration, sa: PcscfSa) -> None:

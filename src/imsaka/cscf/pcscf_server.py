@@ -7,12 +7,13 @@ the SA set lifecycle in `imsaka.ipsec.sa.SecurityAssociationTable`. A response t
 the UE leaves over the SA its request came on; a request from the core to the UE
 (TS 24.229 §5.2.6.4: the S-CSCF's reg-event NOTIFY) leaves from port-c to the UE's
 port-s, and the UE's answer, back over that pair, goes on to the core. An SA set that
-must go after a last message (the 200 OK to a de-REGISTER, the 4xx to a failed challenge response) is
-marked so the table removes it only once that message has been sent (PITFALLS). The
-set a de-REGISTER's 200 OK left over is then held (DRAINING, with the de-REGISTER's
-server transaction open on it) outside the reply index until the core releases it at
-the end of that transaction (Timer J, RFC 3261 §17.2.2): a retransmitted de-REGISTER
-whose 200 was lost still arrives over it and gets the cached 200 again over it.
+must go after a last message (the 200 OK to a de-REGISTER, the 4xx to a failed
+challenge response) is marked so the table removes it only once that message has been
+sent (PITFALLS). Over UDP the set such a last answer left over is then held (DRAINING,
+with the answered REGISTER's server transaction open on it) outside the reply index
+until the core releases it at the end of that transaction (Timer J, RFC 3261 §17.2.2):
+a retransmitted REGISTER whose answer was lost still arrives over it and gets the
+cached answer again over it.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class PcscfServer:
         # a list of them when UEs happen to choose the same SPI (rare: one set is kept
         # without a list around it, per registered UE).
         self._by_outbound: dict[int, SaSet | list[SaSet]] = {}
-        # Sets held for a de-REGISTER's retransmissions (HoldSecurityAssociations),
+        # Sets held for a REGISTER's retransmissions (HoldSecurityAssociations),
         # by our inbound spi_ps, and their outbound index (the same shape as
         # `_by_outbound`, looked in only when that one has no live set for an SPI).
         self._held: dict[int, SaSet] = {}
@@ -177,7 +178,7 @@ class PcscfServer:
     def stats(self) -> dict[str, Any]:
         out = self.core.stats() if self.core else {}
         out["esp_drops"] = dict(self.backend.drops) if self.backend else {}
-        # serving sets: those held for a de-REGISTER's retransmissions are census()'s
+        # serving sets: those held for a REGISTER's retransmissions are census()'s
         # `sa_sets_in_grace` (state, not a counter: not here, where metrics reads counters)
         out["sa_sets"] = len(self.table.sets()) - len(self._held)
         out["parse_errors"] = self.parse_errors
@@ -189,7 +190,7 @@ class PcscfServer:
         core = self.core
         return {
             # a removed set leaves the table at once (SecurityAssociationTable._remove);
-            # the sets of de-registered UEs kept until their de-REGISTER's Timer J
+            # the sets kept until their answered REGISTER's Timer J
             # (`pcscf.DEREGISTER_GRACE`) are counted apart: the table's and the core's
             "sa_sets": len(self.table.sets()) - len(self._held),
             "sa_sets_in_grace": len(self._held),
@@ -295,8 +296,8 @@ class PcscfServer:
                 elif key in releasing and key not in done:
                     final = self._mark_last_message(sa_set, now)
                     if isinstance(releasing[key], HoldSecurityAssociations):
-                        # the de-REGISTER's transaction stays open on the set until
-                        # the core releases it: sending this 200 does not remove it
+                        # the answered REGISTER's transaction stays open on the set until
+                        # the core releases it: sending this answer does not remove it
                         self.table.transaction_started(sa_set)
                     done.add(key)
                 elif sa_set.state is SaState.DRAINING and sa_set.final_due > 0:
@@ -328,7 +329,7 @@ class PcscfServer:
                 if s is not None:
                     self._unindex(s)
                     if self._held.get(key) is s:
-                        del self._held[key]  # its de-REGISTER's Timer J has run
+                        del self._held[key]  # its REGISTER's Timer J has run
                 if s is None or s.state is SaState.REMOVED or key in done:
                     continue
                 # Nothing more is due over it: it goes now.
@@ -360,8 +361,9 @@ class PcscfServer:
         return False
 
     def _hold(self, action: HoldSecurityAssociations, replied: bool, now: float) -> None:
-        """A de-registered UE's set, kept for its de-REGISTER's retransmissions until
-        the core releases it (`action.until`): DRAINING with that transaction open
+        """A set whose last answer went out, kept for the answered REGISTER's
+        retransmissions until the core releases it (`action.until`): DRAINING with that
+        transaction open
         (opened before the 200 OK was sent, when `replied`), out of the reply index
         (nothing new goes to the UE over it), in `_held` and its own index."""
         key = action.sa.spi_ps
@@ -387,8 +389,9 @@ class PcscfServer:
         self, spi: int, destination: tuple[str, int] | None = None
     ) -> tuple[SaSet | None, Any]:
         """The live set and its outbound SA with `spi` (towards `destination`'s port
-        when several): a serving set first, else one held for a de-REGISTER (a UE
-        that registers again may have chosen the same SPI for its new set)."""
+        when several): a serving set first, else one held for a REGISTER's
+        retransmissions (a UE that registers again may have chosen the same SPI for its
+        new set)."""
         found = self._find_outbound(self._by_outbound, spi, destination)
         if found[0] is None and self._held_outbound:
             found = self._find_outbound(self._held_outbound, spi, destination)
