@@ -144,3 +144,79 @@ def test_a_finished_record_ended_by_a_transport_error_leaves_the_deadline():
     layer.transport_error(keys[1], 12.0)
     assert layer.next_deadline() is None
     assert len(layer) == 0
+
+
+# -- Via text memo: str(via) of a parsed / stamped / extended Via is the text built anew
+
+
+def _built(via) -> str:
+    return f"{via.protocol}/{via.transport} {via.sent_by}{via.params}"
+
+
+_HOSTS = st.sampled_from(
+    ["pcscf.home1.net", "10.0.0.1", "[2001:db8::1]", "a-b.example.", "H.Example"]
+)
+_PORTS = st.sampled_from(["", ":5060", ":05060", ":1", ":65535"])
+_PARAMS = st.lists(
+    st.tuples(
+        st.sampled_from(["branch", "received", "rport", "ttl", "maddr", "x", "Branch"]),
+        st.sampled_from([None, "", "z9hG4bK1", "10.0.0.2", "5", "[::1]", "a.b"]),
+    ),
+    max_size=4,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    proto=st.sampled_from(["SIP/2.0", "sip/2.0", "SIP/3.0"]),
+    transport=st.sampled_from(["UDP", "udp", "Tcp", "TLS", "WS"]),
+    host=_HOSTS,
+    port=_PORTS,
+    params=_PARAMS,
+    sep=st.sampled_from([" ", "  ", "\t"]),
+    added=st.sampled_from(["received", "rport", "x", "branch"]),
+    value=st.sampled_from([None, "10.0.0.9", "7"]),
+)
+def test_via_text_memo_is_the_text_built_anew(
+    proto, transport, host, port, params, sep, added, value
+):
+    from imsaka.sip.errors import SipParseError
+    from imsaka.sip.headers import Via, remember_via
+
+    text = f"{proto}/{transport}{sep}{host}{port}" + "".join(
+        f";{n}" if v is None else f";{n}={v}" for n, v in params
+    )
+    try:
+        via = Via._parse(text)
+    except SipParseError:
+        return
+    assert str(via) == _built(via)
+    grown = via.with_param(added, value)
+    assert str(grown) == _built(grown)
+    # a response brings our Via back with one param appended by the next hop
+    remember_via(text, via)
+    stamped = Via.parse(f"{text};received=10.1.1.1")
+    assert str(stamped) == _built(stamped)
+    assert str(Via.parse(text)) == _built(via)
+
+
+def test_a_non_invite_client_transaction_arms_e_before_f_as_set_timer_would():
+    from imsaka.sip.transaction import Input
+
+    req = parse_message(
+        b"OPTIONS sip:a@b.example SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP h.example:5060;branch=z9hG4bKef1\r\n"
+        b"From: <sip:a@b.example>;tag=1\r\nTo: <sip:a@b.example>\r\n"
+        b"Call-ID: ef-1\r\nCSeq: 1 OPTIONS\r\n\r\n"
+    )
+    for reliable in (False, True):
+        layer = TransactionLayer(reliable=lambda dest, r=reliable: r)
+        tx = layer.send_request(req.copy(), "peer", 5.0)
+        t1 = layer.config.t1
+        if reliable:
+            assert tx.timers == ((5.0 + 64 * t1, Input.TIMER_F),)
+        else:
+            assert tx.timers == ((5.0 + t1, Input.TIMER_E), (5.0 + 64 * t1, Input.TIMER_F))
+            layer.handle_timer(5.0 + t1)  # E fires: retransmission, E doubled
+            assert tx.timers[0] == (5.0 + t1 + 2 * t1, Input.TIMER_E)
+        assert layer.next_deadline() == tx.timers[0][0]

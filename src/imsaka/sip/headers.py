@@ -226,7 +226,11 @@ _new_object = object.__new__
 class Via:
     """`SIP/2.0/transport sent-by *(;via-params)` (§20.42, RFC 3581 rport, RFC 3486 comp)."""
 
-    __slots__ = ("host", "params", "port", "protocol", "transport")
+    # `_text`: str(self) once known (a view is never changed in place), None before;
+    # a Via parsed from its own canonical text has it at once, and a Via with a param
+    # appended (received, rport: RFC 3261 §18.2.1) extends it: a proxy that stamps and
+    # forwards a request writes its top Via without building the text again.
+    __slots__ = ("_text", "host", "params", "port", "protocol", "transport")
 
     def __init__(
         self,
@@ -241,6 +245,7 @@ class Via:
         self.host = host if ":" not in host or host[0] == "[" else f"[{host}]"
         self.port = port
         self.params = params if params is not None else Params()
+        self._text: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> Via:
@@ -272,6 +277,14 @@ class Via:
             via.host = host
             via.port = port
             via.params = params
+            # str(via) gives the text back when the transport was in upper case and
+            # the port has no leading zero (the params of PARAMS_FAST rejoin as they
+            # were): then it is known without building it
+            via._text = (
+                text
+                if via.transport == transport and (port is None or sent_by[len(host) + 1] != "0")
+                else None
+            )
             if rest is not None:
                 low = rest.lower()
                 if "rport" in low or "ttl" in low:
@@ -353,9 +366,22 @@ class Via:
         return self.host if self.port is None else f"{self.host}:{self.port}"
 
     def with_param(self, name: str, value: str | None = None) -> Via:
-        return Via(
-            self.transport, self.host, self.port, self.params.with_param(name, value), self.protocol
-        )
+        params = self.params.with_param(name, value)
+        via = _new_object(Via)
+        # the fields as __init__ leaves them already (transport upper case, IPv6 host
+        # in brackets): copied as they are
+        via.protocol = self.protocol
+        via.transport = self.transport
+        via.host = self.host
+        via.port = self.port
+        via.params = params
+        text = self._text
+        if text is not None and len(params.items) > len(self.params.items):
+            # appended at the end (it was absent): the text grows by that param
+            via._text = f"{text};{name}" if value is None else f"{text};{name}={value}"
+        else:
+            via._text = None
+        return via
 
     def response_address(self) -> tuple[str, int]:
         """Where responses go (§18.2.2 + RFC 3581 §4): received/rport if present,
@@ -369,7 +395,10 @@ class Via:
         return (host[1:-1] if host[:1] == "[" else host, port)
 
     def __str__(self) -> str:
-        return f"{self.protocol}/{self.transport} {self.sent_by}{self.params}"
+        text = self._text
+        if text is None:
+            text = self._text = f"{self.protocol}/{self.transport} {self.sent_by}{self.params}"
+        return text
 
     def _key(self) -> tuple:
         return (self.protocol, self.transport, self.host.lower(), self.port, self.params)
@@ -410,6 +439,8 @@ def _stamped(text: str) -> Via | None:
     via.host = known.host
     via.port = known.port
     via.params = params
+    # `text` is str(via) when `base` is str(known) (the param rejoins as written)
+    via._text = text if known._text == base else None
     return via
 
 

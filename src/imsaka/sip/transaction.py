@@ -615,10 +615,12 @@ class ClientTransaction(Transaction):
             if not self.reliable:
                 self._set_timer(Input.TIMER_A, now, t1)
             self._set_timer(Input.TIMER_B, now, 64 * t1)
-        else:
-            if not self.reliable:
-                self._set_timer(_TIMER_E, now, t1)
+        elif self.reliable:
             self._set_timer(_TIMER_F, now, 64 * t1)
+        else:
+            # E (T1) before F (64*T1): the pair in order, no list to sort
+            self.timers = ((now + t1, _TIMER_E), (now + 64 * t1, _TIMER_F))
+            self._intervals = {_TIMER_E: t1}
         self._rearm()
 
     def receive_response(self, response: Response, now: float) -> None:
