@@ -118,8 +118,10 @@ TRANSACTION_LIFETIME = 32.0
 # that message is UNCONFIRMED (FACTS §1.2 has no verbatim P-CSCF rule): this reads the
 # cached answer re-sent to a retransmission as still that last message.
 DEREGISTER_GRACE = TRANSACTION_LIFETIME
-# The reason a de-registered UE's sets are released with.
+# The reasons a de-registered UE's sets are released with: its own de-REGISTER, the
+# network's (a terminated reg-event NOTIFY, RFC 3680).
 DEREGISTERED = "de-registered"
+NETWORK_TERMINATED = "registration terminated (reg event)"
 # A registrar's expires value that is not delta-seconds (a 200 OK's Contact param or
 # Expires header): "Malformed values SHOULD be treated as equivalent to 3600" (RFC 3261
 # §10.2.1.1, §20.10); read as an error it cost the 200 OK, read as 0 the UE's SAs.
@@ -1558,16 +1560,15 @@ class PcscfCore:
             actions = self._register_response(resp, pending, now, branch or "")
             reg = self.registrations.get(pending.impi)
             if reg is not None and reg.network_terminated:
+                # (a 2xx has ended it in `_on_200`) the registration the network ended
+                # goes with the last open REGISTER's answer, after it, over its SA
                 pending.final = resp  # no longer open
-                if not any(
-                    p.impi == reg.impi and p.kind.startswith("register") and p.final_data is None
-                    for p in self.pending.values()
-                ):
-                    for s in (reg.temporary, reg.sa):
-                        if s is not None:
-                            actions.append(
-                                self._release(reg, s, "registration terminated (reg event)")
-                            )
+                if not self._register_open(reg.impi, branch or ""):
+                    reply = next((a for a in actions if isinstance(a, Reply)), None)
+                    sets = (reg.temporary, reg.sa)
+                    actions += self._sets_go(
+                        reg, sets, reply, pending, branch or "", now, NETWORK_TERMINATED
+                    )
                     reg.temporary = reg.sa = None
                     self._forget(reg)
                     actions += self._end_to_ue(reg)
@@ -1667,7 +1668,7 @@ class PcscfCore:
                 reg.ue_sub = UE_SUB_NOTIFIED
                 if reg.release_at:
                     # the UE has its terminated NOTIFY: the SAs can go (TS 24.229 §5.2.3)
-                    actions += self._network_release(reg)
+                    actions += self._network_end(reg)
         return actions
 
     def _top_branch(self, response: Response) -> tuple[str | None, int]:
@@ -1862,11 +1863,15 @@ class PcscfCore:
         reg.contact = contacts[0] if contacts else reg.contact
         reply = self._to_ue(resp, arrival)  # over the SA the REGISTER came on
         actions.append(reply)
-        if pending.expires_zero or granted == 0:
-            # De-registration: SAs go only after the 200 went out over them; the one it
-            # went over (UDP) stays for the de-REGISTER's retransmissions until Timer J.
+        own = pending.expires_zero or granted == 0
+        if own or (reg.network_terminated and not self._register_open(reg.impi, branch)):
+            # De-registration (the UE's, or the network's while this REGISTER was open):
+            # SAs go only after the 200 went out over them; the one it went over (UDP)
+            # stays for the REGISTER's retransmissions until Timer J. (Not refreshed,
+            # no reg-event SUBSCRIBE: the registration has ended.)
+            reason = DEREGISTERED if own else NETWORK_TERMINATED
             sets = (reg.temporary, reg.sa)
-            actions += self._sets_go(reg, sets, reply, pending, branch, now, DEREGISTERED)
+            actions += self._sets_go(reg, sets, reply, pending, branch, now, reason)
             reg.temporary = reg.sa = None
             self._forget(reg)
             return actions + self._end_to_ue(reg)
@@ -1969,16 +1974,10 @@ class PcscfCore:
         )
         if state == "terminated":
             self._unsubscribe(call_id)
-        if (
-            terminated
-            and reg is not None
-            and any(
-                p.impi == impi and p.kind.startswith("register") and p.final_data is None
-                for p in self.pending.values()
-            )
-        ):
-            # A REGISTER of this UE is open (typically its de-REGISTER, whose NOTIFY can
-            # overtake the 200 OK): the SAs go once its answer went out over them.
+        if terminated and reg is not None and self._register_open(impi):
+            # A REGISTER of this UE is open (its de-REGISTER, whose NOTIFY can overtake
+            # the 200 OK, or a re-REGISTER): the SAs go once its answer went out over
+            # them (TS 33.203 §7.4).
             reg.network_terminated = True
             return actions
         if terminated and reg is not None and reg.state is RegState.REGISTERED:
@@ -1997,6 +1996,28 @@ class PcscfCore:
                 return actions
             actions += self._network_release(reg)
         return actions
+
+    def _network_end(self, reg: Registration) -> list[Action]:
+        """The registration ended by the network, the UE's terminated NOTIFY through
+        (or its wait over): SAs and state go now; while a REGISTER of the UE is open,
+        once its answer went out over them (`receive_response`; at its Timer F in
+        `handle_timer` if none comes)."""
+        if self._register_open(reg.impi):
+            reg.network_terminated = True
+            reg.release_at = 0.0
+            return []
+        return self._network_release(reg)
+
+    def _register_open(self, impi: str, besides: str = "") -> bool:
+        """Whether a REGISTER of `impi` (other than ours with branch `besides`) was
+        forwarded and is not answered yet."""
+        return any(
+            b != besides
+            and p.impi == impi
+            and p.kind.startswith("register")
+            and p.final_data is None
+            for b, p in self.pending.items()
+        )
 
     def _network_release(self, reg: Registration) -> list[Action]:
         """The registration ended by the network (reg-event NOTIFY): SAs and state go."""
@@ -2045,7 +2066,7 @@ class PcscfCore:
         self,
         reg: Registration,
         sets: Sequence[PcscfSa | None],
-        reply: Reply,
+        reply: Reply | None,
         pending: _Pending,
         branch: str,
         now: float,
@@ -2061,7 +2082,8 @@ class PcscfCore:
             if s is None:
                 continue
             if (
-                reply.spi is not None
+                reply is not None
+                and reply.spi is not None
                 and arrival.spi in s.inbound_spis
                 and arrival.transport == "udp"
                 and self.dereg_grace > 0
@@ -2136,6 +2158,7 @@ class PcscfCore:
     def handle_timer(self, now: float) -> list[Action]:
         actions: list[Action] = []
         pending = self.pending
+        unanswered: list[str] = []  # IMPIs of REGISTERs never answered
         while pending:
             branch, oldest = next(iter(pending.items()))
             if oldest.created + TRANSACTION_LIFETIME > now:
@@ -2143,10 +2166,17 @@ class PcscfCore:
             del pending[branch]
             if _in_flight(oldest):  # Timer F: never answered
                 self._in_flight -= 1
+                if oldest.kind[:8] == "register" and oldest.impi:
+                    unanswered.append(oldest.impi)
             elif oldest.final_data is None and oldest.kind in _TO_UE:
                 self._to_ue_open -= 1  # the UE never answered
             elif self._to_pack:
                 self._unwait(oldest)
+        for impi in unanswered:
+            # the registration the network ended waited for this REGISTER's answer
+            reg = self.registrations.get(impi)
+            if reg is not None and reg.network_terminated and not self._register_open(impi):
+                actions += self._network_release(reg)
         timers = self._timers
         while timers and timers[0][0] <= now:
             entry = heapq.heappop(timers)
@@ -2169,7 +2199,10 @@ class PcscfCore:
                 continue
             if due[1] == "release":
                 # The UE's terminated NOTIFY never came through (TS 24.229 §5.2.3).
-                actions += self._network_release(reg)
+                actions += self._network_end(reg)
+                later = self._due(reg) if self.registrations.get(key) is reg else None
+                if later is not None:
+                    self._watch(later[0], key)
             elif due[1] == "temporary":
                 # The UE never answered the 401 within the temporary set's lifetime.
                 actions.append(self._release(reg, reg.temporary, "temporary SA lifetime expired"))

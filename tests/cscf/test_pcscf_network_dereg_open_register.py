@@ -1,0 +1,179 @@
+"""P-CSCF core (sans-I/O): a network-initiated de-registration or expiry (a terminated
+reg-event NOTIFY, RFC 3680) while a re-REGISTER of the UE is open. The answer to that
+re-REGISTER is the last message due over the SA set it came on (TS 33.203 §7.4,
+TS 24.229 §5.2.2): it goes out over that SA, and the set goes after it; over UDP it is
+held for the re-REGISTER's retransmissions until Timer J, as a de-REGISTER's set is
+(`DEREGISTER_GRACE`); over TCP it goes with the answer. Whichever NOTIFY ends the
+registration (the P-CSCF's own, the UE's own answered, or its wait running out), it
+does not take the set from under an open REGISTER."""
+
+from __future__ import annotations
+
+from imsaka.cscf.pcscf import (
+    DEREGISTER_GRACE,
+    TRANSACTION_LIFETIME,
+    Arrival,
+    Forward,
+    HoldSecurityAssociations,
+    PcscfCore,
+    ReleaseSecurityAssociations,
+    Reply,
+    UpgradeSecurityAssociations,
+)
+from imsaka.sip import make_response, parse_message
+from tests.cscf.test_pcscf_dialog_routing import (
+    ICSCF,
+    SCSCF,
+    SERVICE_ROUTE,
+    UE_C,
+    UE_S,
+    _own_terminated_notify,
+    de_register_text,
+    registered,
+    scscf_notify,
+    subscribe_through,
+)
+
+IMPI = "user1_private@home1.net"
+REASON = "registration terminated (reg event)"
+
+
+def _reparse(msg):
+    return parse_message(msg.to_bytes())
+
+
+def _re_register_text(p: PcscfCore) -> str:
+    return (
+        de_register_text(p)
+        .replace(";expires=0", ";expires=600000")
+        .replace("z9hG4bKdereg", "z9hG4bKrereg")
+    )
+
+
+def _open_re_register(p: PcscfCore, inst, at: float, transport: str = "udp"):
+    text = _re_register_text(p)
+    (fwd,) = p.receive_request(
+        parse_message(text.encode()), Arrival(UE_C, transport, spi=inst.sa.spi_ps), at
+    )
+    assert isinstance(fwd, Forward)
+    return text, fwd
+
+
+def _ok(fwd: Forward):
+    ok = make_response(
+        _reparse(fwd.message),
+        200,
+        to_tag="5ef4",
+        headers=[
+            ("Service-Route", SERVICE_ROUTE),
+            ("Contact", "<sip:127.0.0.1:1357>;expires=600000"),
+        ],
+    )
+    return _reparse(ok)
+
+
+def _sets(out) -> list:
+    return [
+        (type(a).__name__, a.sa.spi_ps)
+        for a in out
+        if isinstance(a, ReleaseSecurityAssociations | HoldSecurityAssociations)
+    ]
+
+
+def test_own_notify_during_a_re_register_its_200_goes_over_the_sa_then_the_set_is_held():
+    p, inst, acts = registered()
+    text, fwd = _open_re_register(p, inst, 8.0)
+    out = p.receive_request(_own_terminated_notify(p, acts), Arrival(SCSCF), 8.05)
+    assert [type(a) for a in out] == [Reply] and out[0].spi is None  # our 200 to it
+    out = p.receive_response(_ok(fwd), ICSCF, 8.1)
+    (reply,) = [a for a in out if isinstance(a, Reply)]
+    assert reply.message.status == 200
+    assert reply.spi == inst.sa.spi_uc and reply.destination == UE_C
+    # after it, the set is held (not released, not refreshed, no new SUBSCRIBE for a
+    # registration that has ended)
+    assert _sets(out) == [("HoldSecurityAssociations", inst.sa.spi_ps)]
+    assert out.index(reply) < next(
+        i for i, a in enumerate(out) if isinstance(a, HoldSecurityAssociations)
+    )
+    assert not any(isinstance(a, UpgradeSecurityAssociations | Forward) for a in out)
+    assert p.stats()["registrations"] == 0 and p.in_grace() == 1
+    assert not set(inst.sa.inbound_spis) & set(p.by_spi) and not p._by_contact
+    # the 200 was lost: the retransmitted re-REGISTER gets it again over the same SA
+    (again,) = p.receive_request(
+        parse_message(text.encode()), Arrival(UE_C, spi=inst.sa.spi_ps), 8.6
+    )
+    assert isinstance(again, Reply) and again.spi == inst.sa.spi_uc
+    assert again.message.to_bytes() == reply.message.to_bytes()
+    # Timer J: one release, with the reason of the network's de-registration
+    out = p.handle_timer(8.1 + DEREGISTER_GRACE)
+    assert [(a.sa.spi_ps, a.reason) for a in out] == [(inst.sa.spi_ps, REASON)]
+    assert p.in_grace() == 0
+
+
+def test_over_tcp_the_set_goes_right_after_the_200():
+    p, inst, acts = registered()
+    _, fwd = _open_re_register(p, inst, 8.0, "tcp")
+    p.receive_request(_own_terminated_notify(p, acts), Arrival(SCSCF), 8.05)
+    out = p.receive_response(_ok(fwd), ICSCF, 8.1)
+    assert [type(a) for a in out] == [Reply, ReleaseSecurityAssociations]
+    assert out[0].spi == inst.sa.spi_uc and out[1].reason == REASON
+    assert p.in_grace() == 0 and p.stats()["registrations"] == 0
+
+
+def test_the_ues_own_notify_answered_during_a_re_register_does_not_take_the_set():
+    """The UE subscribed (TS 24.229 §5.1.1.3): the SAs wait for its terminated NOTIFY.
+    Its answer comes while its re-REGISTER is open: the set stays until the 200 went
+    out over it (before, it went with the NOTIFY's answer and the 200 left in the
+    clear, making a registration without SAs of the UE's protected port)."""
+    p, inst, acts = registered()
+    subscribe_through(p, inst)
+    p.receive_request(_own_terminated_notify(p, acts), Arrival(SCSCF), 5.0)
+    assert p.registrations[IMPI].release_at
+    text, fwd = _open_re_register(p, inst, 5.2)
+    (notify,) = p.receive_request(
+        scscf_notify("terminated;reason=rejected", branch="z9hG4bKnotify2", cseq=2),
+        Arrival(SCSCF),
+        5.3,
+    )
+    assert notify.spi == inst.sa.spi_us
+    ue_ok = make_response(_reparse(notify.message), 200)
+    out = p.receive_response(_reparse(ue_ok), UE_S, 5.4, spi=inst.sa.spi_pc)
+    assert [type(a) for a in out] == [Forward] and out[0].destination == SCSCF
+    assert set(inst.sa.inbound_spis) <= set(p.by_spi)
+    out = p.receive_response(_ok(fwd), ICSCF, 5.5)
+    (reply,) = [a for a in out if isinstance(a, Reply)]
+    assert reply.spi == inst.sa.spi_uc and reply.message.status == 200
+    assert _sets(out) == [("HoldSecurityAssociations", inst.sa.spi_ps)]
+    assert p.stats()["registrations"] == 0 and not p._by_contact
+    assert p.counters["network-deregistered"] == 0  # not counted twice below
+    (again,) = p.receive_request(
+        parse_message(text.encode()), Arrival(UE_C, spi=inst.sa.spi_ps), 6.0
+    )
+    assert again.spi == inst.sa.spi_uc and again.message.status == 200
+
+
+def test_the_wait_for_the_ues_notify_running_out_during_a_re_register_waits_for_it():
+    p, inst, acts = registered()
+    subscribe_through(p, inst)
+    p.receive_request(_own_terminated_notify(p, acts), Arrival(SCSCF), 5.0)
+    release_at = p.registrations[IMPI].release_at
+    _, fwd = _open_re_register(p, inst, release_at - 1.0)
+    out = p.handle_timer(release_at)
+    assert _sets(out) == [] and set(inst.sa.inbound_spis) <= set(p.by_spi)
+    out = p.receive_response(_ok(fwd), ICSCF, release_at + 0.5)
+    (reply,) = [a for a in out if isinstance(a, Reply)]
+    assert reply.spi == inst.sa.spi_uc
+    assert _sets(out) == [("HoldSecurityAssociations", inst.sa.spi_ps)]
+    assert p.stats()["registrations"] == 0
+
+
+def test_a_re_register_never_answered_releases_the_set_at_its_timer_f():
+    p, inst, acts = registered()
+    _open_re_register(p, inst, 8.0)
+    p.receive_request(_own_terminated_notify(p, acts), Arrival(SCSCF), 8.05)
+    assert p.stats()["registrations"] == 1
+    out = p.handle_timer(8.0 + TRANSACTION_LIFETIME)
+    assert [(a.sa.spi_ps, a.reason) for a in out if isinstance(a, ReleaseSecurityAssociations)] == [
+        (inst.sa.spi_ps, REASON)
+    ]
+    assert p.stats()["registrations"] == 0 and p.in_grace() == 0
