@@ -19,6 +19,7 @@ constant; `Milenage.fresh_vector` computes TEMP for 32 fresh RANDs in one call.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 
@@ -65,9 +66,49 @@ def _rot(x: int, r: int) -> int:
     return ((x << r) | (x >> (128 - r))) & _MASK128
 
 
+#: ECB holds no state (no IV): one instance serves every cipher built.
+_ECB = modes.ECB()
+
+
 def _encryptor(k: bytes):
     # ECB on single blocks is exactly the block cipher E_K that Milenage is defined on.
-    return Cipher(algorithms.AES(k), modes.ECB()).encryptor()
+    return Cipher(algorithms.AES(k), _ECB).encryptor()
+
+
+def _checked_constants(r: Sequence[int], c: Sequence[int]) -> tuple[tuple, tuple]:
+    if r is DEFAULT_R and c is DEFAULT_C:  # the module's own tuples: valid already
+        return r, c
+    r = tuple(r)
+    c = tuple(c)
+    if len(r) != 5 or any(not isinstance(x, int) or not 0 <= x < 128 for x in r):
+        raise MilenageError("r: expected five rotations r1..r5 in 0..127 bits")
+    if len(c) != 5 or any(not isinstance(x, int) or not 0 <= x <= _MASK128 for x in c):
+        raise MilenageError("c: expected five 128-bit constants c1..c5")
+    return r, c
+
+
+def _in_const(o: int, r: tuple, c: tuple) -> int:
+    """[rot(OPc, ri) ⊕ ci] for i = 1..4 side by side (see `Milenage._compile_vector_input`)."""
+    return (
+        ((_rot(o, r[0]) ^ c[0]) << 384)
+        | ((_rot(o, r[1]) ^ c[1]) << 256)
+        | ((_rot(o, r[2]) ^ c[2]) << 128)
+        | (_rot(o, r[3]) ^ c[3])
+    )
+
+
+#: OPc-independent part of the default constants' `_in_const`: c1..c4 (rot of OPc by the
+#: default r1..r4 is folded in per subscriber by byte slices, `_default_in_const`).
+_DEFAULT_C_BLOCK = (
+    (DEFAULT_C[0] << 384) | (DEFAULT_C[1] << 256) | (DEFAULT_C[2] << 128) | DEFAULT_C[3]
+)
+
+
+def _default_in_const(opc: bytes) -> int:
+    """`_in_const` for the default r1..r4 (64, 0, 32, 64 bits: whole octets) and c1..c4,
+    from OPc's octets: rotations by whole octets are slices of OPc‖OPc."""
+    oo = opc + opc
+    return int.from_bytes(oo[8:24] + opc + oo[4:20] + oo[8:24], "big") ^ _DEFAULT_C_BLOCK
 
 
 def compute_opc(k: bytes, op: bytes) -> bytes:
@@ -76,6 +117,16 @@ def compute_opc(k: bytes, op: bytes) -> bytes:
     op = _octets("op", op, 16)
     e = _encryptor(k).update(op)
     return (int.from_bytes(e, "big") ^ int.from_bytes(op, "big")).to_bytes(16, "big")
+
+
+def _default_vector_input(const: int, tb: bytes, sqn: int, amf: int) -> bytes:
+    """`Milenage._compile_vector_input`'s ``build`` for the default r and c, bound to a
+    subscriber's ``const`` with functools.partial (no closure to build per Milenage):
+    r1 = 64 leaves SQN‖AMF‖SQN‖AMF as it is, r2..r4 (0, 32, 64) are slices of TEMP‖TEMP."""
+    v = (sqn << 16) | amf
+    tt = tb + tb
+    x = int.from_bytes(b"".join((tb, tb, tt[4:20], tt[8:24])), "big")
+    return (x ^ ((v | (v << 64)) << 384) ^ const).to_bytes(64, "big")
 
 
 class Milenage:
@@ -116,27 +167,22 @@ class Milenage:
         if (op is None) == (opc is None):
             raise MilenageError("op/opc: give exactly one of op or opc")
         opc = compute_opc(k, op) if op is not None else _octets("opc", opc, 16)
-        r = tuple(r)
-        c = tuple(c)
-        if len(r) != 5 or any(not isinstance(x, int) or not 0 <= x < 128 for x in r):
-            raise MilenageError("r: expected five rotations r1..r5 in 0..127 bits")
-        if len(c) != 5 or any(not isinstance(x, int) or not 0 <= x <= _MASK128 for x in c):
-            raise MilenageError("c: expected five 128-bit constants c1..c5")
+        r, c = _checked_constants(r, c)
+        # An HSS builds one per MAR (a fresh subscriber each time, mostly): everything
+        # here is on that path, and what only `fresh_vector` needs waits for it.
         self._enc = _encryptor(k)
         self._opc = opc
         self._opc_int = int.from_bytes(opc, "big")
         self._opc4 = int.from_bytes(opc * 4, "big")
         self._r = r
         self._c = c
-        o = self._opc_int
-        self._in_const = (
-            ((_rot(o, r[0]) ^ c[0]) << 384)
-            | ((_rot(o, r[1]) ^ c[1]) << 256)
-            | ((_rot(o, r[2]) ^ c[2]) << 128)
-            | (_rot(o, r[3]) ^ c[3])
-        )
-        self._vector_input = self._compile_vector_input()
-        self._opc_prepare = int.from_bytes(opc * _PREPARE, "big")
+        if r is DEFAULT_R and c is DEFAULT_C:
+            self._in_const = _default_in_const(opc)
+            self._vector_input = functools.partial(_default_vector_input, self._in_const)
+        else:
+            self._in_const = _in_const(self._opc_int, r, c)
+            self._vector_input = self._compile_vector_input()
+        self._opc_prepare = 0  # `_prepare` computes it on first use
         self._prepared: list[tuple[bytes, bytes]] = []
         self._prepared_pid = 0
 
@@ -290,6 +336,8 @@ class Milenage:
         return rand, autn, xres, ck, ik
 
     def _prepare(self) -> list[tuple[bytes, bytes]]:
+        if not self._opc_prepare:
+            self._opc_prepare = int.from_bytes(self._opc * _PREPARE, "big")
         pool = secure_rand(16 * _PREPARE)
         temps = self._enc.update(
             (int.from_bytes(pool, "big") ^ self._opc_prepare).to_bytes(16 * _PREPARE, "big")
