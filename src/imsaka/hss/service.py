@@ -62,6 +62,13 @@ UAT = cx.UserAuthorizationType
 _SATS = {int(t): t for t in SAT}  # by value: a lookup, not an Enum call per SAR
 # Server-Assignment-Types that register the implicit set and the sender as its S-CSCF.
 _REGISTERING = frozenset((SAT.REGISTRATION, SAT.RE_REGISTRATION, SAT.RESTORATION))
+# Those that always write (a RE_REGISTRATION reads first: usually nothing changes).
+_ASSIGNING = frozenset((SAT.REGISTRATION, SAT.RESTORATION))
+
+
+def _always(_state: UserState) -> bool:
+    return True
+
 
 # Server-Assignment-Types that end a registration, and whether the S-CSCF name stays.
 _DEREGISTRATIONS = {
@@ -519,6 +526,20 @@ class CxService:
                 result_code=cx.DIAMETER_MISSING_AVP,
                 error_message="SAR: User-Name required for this Server-Assignment-Type",
             )
+        if sat in _ASSIGNING and impi and req.public_identities:
+            # What `_sar_now` does at once: the read and the assignment in one write
+            # transaction, here in the group commit (no read of its own before it).
+            return self._assigned(
+                req,
+                impi,
+                await self.store.checked_assign(
+                    impi,
+                    impu,
+                    with_data=self._sar_reads_data(req, sat, impi),
+                    assign=_always,
+                    sender=(req.server_name, req.origin_host, req.origin_realm),
+                ),
+            )
         data = None
         if self._sar_reads_data(req, sat, impi):
             # The User-Data of the SAA comes with the check (one read, not two).
@@ -653,6 +674,16 @@ class CxService:
         )
         if got is WAIT:
             return None
+        return self._assigned(req, impi, got)
+
+    def _assigned(
+        self,
+        req: cx.ServerAssignmentRequest,
+        impi: str,
+        got: tuple[IdentityCheck, UserState | None, Any, bool],
+    ) -> cx.ServerAssignmentAnswer:
+        """The SAA for a registering SAR's `checked_assign` (read and assignment in one
+        transaction): refused identities, else success with the User-Data read."""
         check, state, data, assigned = got
         refused = self._sar_refused(req, impi, check, state)
         if refused is not None:

@@ -1524,6 +1524,19 @@ class HssStore:
             want_set=want_set,
         )
 
+    async def checked_assign(
+        self,
+        impi: str,
+        impu: str,
+        *,
+        with_data: bool,
+        assign: Callable[[UserState], bool],
+        sender: tuple[str, str, str],
+    ) -> tuple[IdentityCheck, UserState | None, tuple[bytes, tuple[str, ...]] | None, bool]:
+        """`checked_assign_now` in the next group commit: the SAR's read and its
+        assignment in one write transaction (no read of its own before it)."""
+        return await self._write(_checked_assign, impi, impu, with_data, assign, sender)
+
     async def clear_pending(self, impi: str) -> None:
         """Forget the pending S-CSCF of ``impi`` (group-committed)."""
         await self._write(_clear_pending, impi)
