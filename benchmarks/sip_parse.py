@@ -15,6 +15,11 @@ Require, P-Visited-Network-ID, P-Charging-Vector, Authorization, the seed's orde
 once, fed the REGISTERs a P-CSCF sends (captured from `imsaka demo`) and the S-CSCF's
 401 / 200, a new UE (Call-ID, tag, user, branches, ports) per registration: CPU
 (process_time) per SIP message received, parse, views, transactions, asyncio and all.
+`--icscf N --diameter` puts the real Cx client under it: a `DiameterNode` (framing, peer
+state machine, UAR encode, UAA decode) on an in-memory connection to an HSS that answers
+each UAR, in a later loop turn as a socket read would, with a prebuilt UAA frame (its
+hop-by-hop and end-to-end ids copied from the UAR); the node is wired to the I-CSCF as
+`IcscfServer` wires it.
 """
 
 from __future__ import annotations
@@ -205,7 +210,63 @@ async def _sent(t: _MemoryUdp, failure: str) -> None:
     raise RuntimeError(f"I-CSCF benchmark: {failure}")
 
 
-async def _icscf_run(registrations: int) -> float:
+def _memory_cx_node(d, answers: list, phase: list[int]):
+    """A real `DiameterNode` whose one peer, the HSS, is a sans-I/O core over an
+    in-memory connection answering each UAR with `answers[phase[0]]` (a frame)."""
+    import asyncio
+
+    from imsaka.diameter.node import DiameterNode, PeerSpec, _Connection
+    from imsaka.diameter.peer import IdGenerator, PeerConfig, PeerConnection
+
+    hss = d.hss.host
+    node = DiameterNode(origin_host=d.host, origin_realm=d.realm, peers=(PeerSpec(hss),))
+    loop = asyncio.get_running_loop()
+    node._loop = loop
+    node._ids = IdGenerator(node._rng, time.time())  # what start() sets, without a socket
+    conn = _Connection(node, node._new_core(initiator=True, expected_host=hss))
+    server = PeerConnection(
+        PeerConfig(hss, d.hss.realm), initiator=False, now=0.0, allowed_hosts=[d.host]
+    )
+    out: list[bytes] = []
+    conn.connection_made(_MemoryTcp(out.append))
+    server.connection_made(0.0)
+    for _ in range(4):  # CER / CEA
+        for data in server.messages_to_send():
+            conn.data_received(data)
+        for data in out:
+            server.receive_data(data, 0.0)
+        out.clear()
+    assert conn.core.is_open, conn.core.state
+    node._peer_opened(conn)
+
+    def hss_reads(data: bytes) -> None:
+        frame = answers[phase[0]]
+        loop.call_soon(conn.data_received, frame[:12] + data[12:20] + frame[20:])
+
+    conn.transport.sink = hss_reads  # type: ignore[union-attr]
+    return node
+
+
+class _MemoryTcp:
+    """The part of an asyncio transport a Diameter `_Connection` uses."""
+
+    def __init__(self, sink) -> None:
+        self.sink = sink
+
+    def write(self, data: bytes) -> None:
+        self.sink(data)
+
+    def get_extra_info(self, name: str, default=None):
+        return ("127.0.0.1", 3868)
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+async def _icscf_run(registrations: int, diameter: bool = False) -> float:
     """CPU seconds for `registrations` two-phase registrations through the I-CSCF."""
     import random
     import tomllib
@@ -232,6 +293,15 @@ async def _icscf_run(registrations: int) -> float:
     async def cx_send(request):
         return answers[phase[0]]
 
+    node = None
+    wiring: dict = {"cx_send": cx_send}
+    if diameter:
+        frames = [a.encode(0, 0) for a in answers]
+        node = _memory_cx_node(cfg.icscf.diameter, frames, phase)
+        wiring = {"cx_send": node.request}
+        if hasattr(node, "request_callback"):  # as IcscfServer wires it
+            wiring["cx_ask"] = node.request_callback
+
     ep = SipEndpoint(owner="icscf")
     t = _MemoryUdp()
     ep.add_transport(t)
@@ -239,10 +309,10 @@ async def _icscf_run(registrations: int) -> float:
         cfg.icscf,
         cfg.network,
         endpoint=ep,
-        cx_send=cx_send,
         random_bytes=random.Random(7).randbytes,
+        **wiring,
     )
-    ep.set_request_handler(icscf.handle_request)
+    ep.set_request_handler(getattr(icscf, "on_request", icscf.handle_request))
     receive = ep._on_message
     pcscf, scscf_addr = ("127.0.0.1", 5060), (scscf.address, scscf.port)
     start = time.process_time()
@@ -273,17 +343,20 @@ async def _icscf_run(registrations: int) -> float:
         await _sent(t, "the answer was not relayed")
     cpu = time.process_time() - start
     await ep.close()
+    if node is not None:
+        assert node.counters.total() == 0, node.counters  # nothing dropped or refused
     return cpu
 
 
-def icscf_bench(registrations: int, rounds: int) -> dict:
+def icscf_bench(registrations: int, rounds: int, diameter: bool = False) -> dict:
     import asyncio
 
     per_message = sorted(
-        asyncio.run(_icscf_run(registrations)) / (4 * registrations) * 1e6 for _ in range(rounds)
+        asyncio.run(_icscf_run(registrations, diameter)) / (4 * registrations) * 1e6
+        for _ in range(rounds)
     )
     return {
-        "benchmark": "sip_icscf",
+        "benchmark": "sip_icscf_diameter" if diameter else "sip_icscf",
         "registrations": registrations,
         "cpu_us_per_message_received": [round(x, 1) for x in per_message],
         "cpu_us_per_message_best": round(per_message[0], 1),
@@ -297,9 +370,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--build", action="store_true", help="building/forwarding a REGISTER")
     ap.add_argument("--icscf", type=int, metavar="N", help="N registrations through an I-CSCF")
+    ap.add_argument(
+        "--diameter", action="store_true", help="--icscf with a real Diameter node and codec"
+    )
     args = ap.parse_args(argv)
     if args.icscf:
-        print(json.dumps(icscf_bench(args.icscf, args.rounds)))
+        print(json.dumps(icscf_bench(args.icscf, args.rounds, args.diameter)))
         return 0
     if args.build:
         print(json.dumps(build_bench(args.seconds, args.rounds)))

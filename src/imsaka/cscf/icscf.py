@@ -19,7 +19,9 @@ don't match / roaming not allowed / any other permanent error → 403; HSS unrea
 timeout or a transient Diameter error → 480 with Retry-After; no S-CSCF can be selected
 → 600. The I-CSCF keeps no registration state: only the transactions in flight.
 
-`select_scscf`, `uar_for` and `reply_for_uaa` are pure; `Icscf` is the asyncio edge.
+`select_scscf`, `uar_for` and `reply_for_uaa` are pure; `Icscf` is the asyncio edge: a
+REGISTER's steps are callbacks of the UAA and of the forwarded transaction's response
+(`DiameterNode.request_callback`, `SipEndpoint.send_request_callback`), no Task each.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ log = logging.getLogger("imsaka.cscf.icscf")
 
 #: ``async send(cx_request) -> cx_answer``; raises on timeout / no connection.
 CxSender = Callable[[Any], Awaitable[Any]]
+#: ``ask(cx_request, callback)``: ``callback(cx_answer, None)`` or ``callback(None, exc)``
+#: (`DiameterNode.request_callback`).
+CxAsker = Callable[[Any, Callable[[Any, BaseException | None], None]], None]
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -229,6 +234,7 @@ class Icscf:
         *,
         endpoint: Any,
         cx_send: CxSender,
+        cx_ask: CxAsker | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.config = config
@@ -239,63 +245,57 @@ class Icscf:
         self._session = 0
         self._named: dict[str, ScscfEntry] = {}
         self.counters: Counter[str] = Counter()
+        # cx_ask(uar, callback): the UAR sent, callback(answer, None) or (None, exc)
+        self._cx_ask = cx_ask if cx_ask is not None else self._ask_in_task
+        self._tasks: set[asyncio.Future[Any]] = set()  # coroutine senders' waits
+
+    def on_request(self, request: Request, tx: Any) -> None:
+        """The SipEndpoint request handler: one REGISTER, one UAR, one forwarded
+        transaction, driven by the answers' callbacks (no Task, no coroutine)."""
+        uar_input = self._admit(request, tx)
+        if uar_input is not None:
+            _Register(self, request, tx, uar_input, None).ask()
 
     async def handle_request(self, request: Request, tx: Any) -> None:
-        """The SipEndpoint request handler: one REGISTER, one UAR, one forwarded transaction."""
+        """`on_request` as a coroutine that returns when the REGISTER is answered (or
+        raises what a callback raised)."""
+        uar_input = self._admit(request, tx)
+        if uar_input is not None:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            _Register(self, request, tx, uar_input, done).ask()
+            await done
+
+    def _admit(self, request: Request, tx: Any) -> UarInput | None:
+        """The UAR's input for a REGISTER we route, or None when it is answered here."""
         if request.method != "REGISTER":
             self.counters["not_register"] += 1
             tx.reply(501, "Not Implemented (I-CSCF routes REGISTER only)")
-            return
+            return None
         preprocess_route(request, self._is_mine)
         too_many = check_max_forwards(request)
         if too_many is not None:
             self.counters["max_forwards"] += 1
             tx.respond(too_many)
-            return
+            return None
         try:
-            uar_input = uar_for(request, self.network)
+            return uar_for(request, self.network)
         except SipParseError as exc:
             self.counters["bad_register"] += 1
             tx.reply(400, f"Bad Request ({exc.reason})"[:120])
-            return
-        tried: set[str] = set()
-        while True:
-            uar = self._uar(uar_input)
-            try:
-                answer = await self._cx_send(uar)
-            except Exception as exc:  # timeout, no connection: the HSS is unreachable
-                self.counters["uar_failed"] += 1
-                log.warning("UAR for %s failed: %s", uar_input.impu, exc or type(exc).__name__)
-                answer = None
-            refusal = reply_for_uaa(answer, self.config.retry_after)
-            if refusal is not None:
-                status, reason, headers = refusal
-                self.counters[f"uaa_refused_{status}"] += 1
-                tx.reply(status, reason, headers=list(headers))
-                return
-            entry = self._select(answer, tried)
-            if entry is None:
-                self.counters["no_scscf"] += 1
-                tx.reply(600, "Busy Everywhere (no S-CSCF can be selected)")
-                return
-            response = await self._forward(request, entry)
-            unreachable = response.status in (408, 503) and self._is_our_timeout(response)
-            if unreachable or response.status == 480 or 300 <= response.status < 400:
-                # TS 24.229 §5.3.1.2: the selected S-CSCF does not answer (or turns the
-                # user away for now): ask the HSS for capabilities and pick another one;
-                # with none left, 600 (Busy Everywhere).
-                tried.add(entry.name)
-                if self._has_untried(tried):
-                    self.counters["scscf_retry"] += 1
-                    uar_input = uar_for(request, self.network, capabilities=True)
-                    continue
-                if unreachable or response.status < 400:
-                    self.counters["no_scscf"] += 1
-                    tx.reply(600, "Busy Everywhere (no S-CSCF answered)")
-                    return
-            pop_via(response)
-            tx.respond(response)
-            return
+            return None
+
+    def _ask_in_task(self, uar: Any, callback: Callable[[Any, BaseException | None], None]) -> None:
+        """A coroutine `cx_send` behind the callback form (tests, other senders)."""
+        task = asyncio.ensure_future(self._cx_send(uar))
+        self._tasks.add(task)
+
+        def done(task: asyncio.Future[Any]) -> None:
+            self._tasks.discard(task)
+            if not task.cancelled():
+                exc = task.exception()
+                callback(None, exc) if exc is not None else callback(task.result(), None)
+
+        task.add_done_callback(done)
 
     def _select(self, answer: Any, tried: set[str]) -> ScscfEntry | None:
         """`select_scscf`, remembering where the Server-Names the HSS hands out lead
@@ -339,8 +339,8 @@ class Icscf:
             user_authorization_type=int(u.authorization_type),
         )
 
-    def _forward(self, request: Request, entry: ScscfEntry) -> Awaitable[Response]:
-        """The forwarded copy sent (the endpoint's coroutine, awaited by the caller)."""
+    def _forward(self, request: Request, entry: ScscfEntry, reg: _Register) -> None:
+        """The forwarded copy sent; its final response goes to `reg.on_response`."""
         fwd = request.copy()
         fwd.uri = entry.name  # Max-Forwards was decremented by check_max_forwards
         transport = self._transport(entry.transport)
@@ -352,13 +352,136 @@ class Icscf:
             rng=self._random,
         )
         self.counters["forwarded"] += 1
-        return self.endpoint.send_request(fwd, (entry.address, entry.port), transport=transport)
+        addr = (entry.address, entry.port)
+        send = getattr(self.endpoint, "send_request_callback", None)
+        if send is not None:
+            send(fwd, addr, transport, reg.on_response)
+            return
+        # an endpoint with the coroutine only (tests' fakes)
+        task = asyncio.ensure_future(self.endpoint.send_request(fwd, addr, transport=transport))
+        self._tasks.add(task)
+
+        def done(task: asyncio.Future[Response]) -> None:
+            self._tasks.discard(task)
+            if not task.cancelled():
+                exc = task.exception()
+                reg.fail(exc) if exc is not None else reg.on_response(task.result())
+
+        task.add_done_callback(done)
 
     def _transport(self, name: str) -> Any:
         try:
             return self.endpoint.transport(name)
         except Exception:
             return self.endpoint.transports[0]
+
+
+class _Register:
+    """One REGISTER in flight (TS 24.229 §5.3.1.2): UAR, S-CSCF selection, the
+    forwarded transaction, and on a silent or refusing S-CSCF a UAR with capabilities
+    and the next one. Each step is a callback of the answer before it; `done` (the
+    coroutine form's future) is resolved when the REGISTER is answered."""
+
+    __slots__ = ("done", "entry", "icscf", "request", "tried", "tx", "uar_input")
+
+    def __init__(
+        self,
+        icscf: Icscf,
+        request: Request,
+        tx: Any,
+        uar_input: UarInput,
+        done: asyncio.Future[None] | None,
+    ) -> None:
+        self.icscf = icscf
+        self.request = request
+        self.tx = tx
+        self.uar_input = uar_input
+        self.done = done
+        self.tried: set[str] = set()
+        self.entry: ScscfEntry | None = None
+
+    def ask(self) -> None:
+        icscf = self.icscf
+        icscf._cx_ask(icscf._uar(self.uar_input), self.on_uaa)
+
+    def on_uaa(self, answer: Any, exc: BaseException | None) -> None:
+        try:
+            self._on_uaa(answer, exc)
+        except Exception as failure:
+            self.fail(failure)
+
+    def _on_uaa(self, answer: Any, exc: BaseException | None) -> None:
+        icscf = self.icscf
+        if getattr(icscf.endpoint, "closed", False):
+            return  # shutting down: the node failing its requests is no answer to give
+        if exc is not None:  # timeout, no connection: the HSS is unreachable
+            if not isinstance(exc, Exception):
+                raise exc
+            icscf.counters["uar_failed"] += 1
+            log.warning("UAR for %s failed: %s", self.uar_input.impu, exc or type(exc).__name__)
+            answer = None
+        tx = self.tx
+        refusal = reply_for_uaa(answer, icscf.config.retry_after)
+        if refusal is not None:
+            status, reason, headers = refusal
+            icscf.counters[f"uaa_refused_{status}"] += 1
+            tx.reply(status, reason, headers=list(headers))
+            self.finish()
+            return
+        entry = icscf._select(answer, self.tried)
+        if entry is None:
+            icscf.counters["no_scscf"] += 1
+            tx.reply(600, "Busy Everywhere (no S-CSCF can be selected)")
+            self.finish()
+            return
+        self.entry = entry
+        icscf._forward(self.request, entry, self)
+
+    def on_response(self, response: Response) -> None:
+        try:
+            self._on_response(response)
+        except Exception as failure:
+            self.fail(failure)
+
+    def _on_response(self, response: Response) -> None:
+        icscf = self.icscf
+        entry = self.entry
+        assert entry is not None
+        status = response.status
+        unreachable = status in (408, 503) and icscf._is_our_timeout(response)
+        if unreachable or status == 480 or 300 <= status < 400:
+            # TS 24.229 §5.3.1.2: the selected S-CSCF does not answer (or turns the
+            # user away for now): ask the HSS for capabilities and pick another one;
+            # with none left, 600 (Busy Everywhere).
+            self.tried.add(entry.name)
+            if icscf._has_untried(self.tried):
+                icscf.counters["scscf_retry"] += 1
+                self.uar_input = uar_for(self.request, icscf.network, capabilities=True)
+                self.ask()
+                return
+            if unreachable or status < 400:
+                icscf.counters["no_scscf"] += 1
+                self.tx.reply(600, "Busy Everywhere (no S-CSCF answered)")
+                self.finish()
+                return
+        pop_via(response)
+        self.tx.respond(response)
+        self.finish()
+
+    def finish(self) -> None:
+        done = self.done
+        if done is not None and not done.done():
+            done.set_result(None)
+
+    def fail(self, exc: BaseException) -> None:
+        """A step raised: the coroutine form raises it, the endpoint's handler answers
+        it as it answers a failed handler (500, or 400 for the peer's fault)."""
+        done = self.done
+        if done is not None:
+            if not done.done():
+                done.set_exception(exc)
+        elif isinstance(exc, Exception):
+            self.icscf.endpoint.handler_failed(self.tx, exc)
 
 
 class IcscfServer:
@@ -390,8 +513,14 @@ class IcscfServer:
         await add_transports(self.endpoint, c, "icscf")
         observe(self.node, self.endpoint, self._observers)
         await self.node.start()
-        self.icscf = Icscf(c, self.network, endpoint=self.endpoint, cx_send=self.node.request)
-        self.endpoint.set_request_handler(self.icscf.handle_request)
+        self.icscf = Icscf(
+            c,
+            self.network,
+            endpoint=self.endpoint,
+            cx_send=self.node.request,
+            cx_ask=self.node.request_callback,
+        )
+        self.endpoint.set_request_handler(self.icscf.on_request)
 
     async def stop(self) -> None:
         if self.endpoint is not None:

@@ -17,7 +17,10 @@ Application side:
   and timeouts like any asyncio code.
 - client: `answer = await node.request(request, peer=None, timeout=5.0)`; raises
   `DiameterRequestError` (reason "disconnected", "no-connection", ...) or
-  `DiameterTimeoutError` (also a `TimeoutError`).
+  `DiameterTimeoutError` (also a `TimeoutError`). Without a coroutine:
+  `node.request_callback(cx_request, callback)` calls `callback(answer, None)` or
+  `callback(None, exc)` (the same answers and exceptions) from the connection's event
+  handling, so a caller answering many requests needs no Task per request.
 - `start()` / `stop()` (DPR to every open peer, then close); observers (imsaka.wire)
   see every framed message in and out; `counters` counts drops by trigger.
 
@@ -37,6 +40,7 @@ import types
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from imsaka.diameter import codec, cx
@@ -69,6 +73,8 @@ log = logging.getLogger("imsaka.diameter.node")
 DEFAULT_PORT = 3868
 
 RequestHandler = Callable[[Any, RemotePeer], Awaitable[Any] | Any]
+#: ``callback(answer, None)`` or ``callback(None, exception)`` (`request_callback`).
+AnswerCallback = Callable[[Any, BaseException | None], None]
 _COROUTINE = types.CoroutineType
 
 
@@ -334,6 +340,43 @@ class _Connection(asyncio.Protocol):
         )
 
 
+class _Waiter:
+    """A Cx request sent by `DiameterNode.request_callback`: it stands where the future
+    of `request()` stands in `_Connection.futures` (the same `done`, `set_result` and
+    `set_exception`), and calls back at once instead of waking a Task."""
+
+    __slots__ = ("callback", "finished", "node", "request")
+
+    def __init__(self, node: DiameterNode, request: Any, callback: AnswerCallback) -> None:
+        self.node = node
+        self.request = request
+        self.callback = callback
+        self.finished = False
+
+    def done(self) -> bool:
+        return self.finished
+
+    def set_result(self, message: Any) -> None:
+        self.finished = True
+        try:
+            answer = self.node._cx_answer(self.request, message)
+        except DiameterRequestError as exc:
+            self._call(None, exc)
+            return
+        self._call(answer, None)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.finished = True
+        self._call(None, exc)
+
+    def _call(self, answer: Any, exc: BaseException | None) -> None:
+        try:
+            self.callback(answer, exc)
+        except Exception:  # the caller's fault must not stop the connection's events
+            self.node.counters["callback-error"] += 1
+            log.exception("diameter answer callback failed")
+
+
 class DiameterNode(Observable):
     """A Diameter node speaking to its configured peers (see the module docstring)."""
 
@@ -363,6 +406,8 @@ class DiameterNode(Observable):
         self._open_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._connect_tasks: list[asyncio.Task[None]] = []
         self._handler_tasks: set[asyncio.Task[None]] = set()
+        # request_callback()'s requests waiting for a connection (cancelled by stop())
+        self._request_tasks: set[asyncio.Task[Any]] = set()
         self._dispatching = 0  # 1 while a plain-function handler runs (requests_in_hand)
         self._behind = 0  # events of the same read still to dispatch (requests_in_hand)
         self._peer_config = config.peer_config()
@@ -453,9 +498,11 @@ class DiameterNode(Observable):
         for conn in list(self._connections):
             if conn.transport is not None:
                 conn.transport.abort()
-        for task in list(self._handler_tasks):
+        for task in (*self._handler_tasks, *self._request_tasks):
             task.cancel()
-        await asyncio.gather(*self._connect_tasks, *self._handler_tasks, return_exceptions=True)
+        await asyncio.gather(
+            *self._connect_tasks, *self._handler_tasks, *self._request_tasks, return_exceptions=True
+        )
         self._connect_tasks.clear()
         if self._server is not None:
             await self._server.wait_closed()
@@ -548,6 +595,55 @@ class DiameterNode(Observable):
                     answer.avps,
                 )
             return answer
+        return self._cx_answer(request, answer)
+
+    def request_callback(
+        self,
+        request: Any,
+        callback: AnswerCallback,
+        peer: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """`request()` without a coroutine: `callback(answer, None)` with the Cx answer
+        dataclass, or `callback(None, exc)` with the exception `request()` raises. With
+        a connection open, no Task and no future: the answer's event calls back. Else
+        (waiting for a connection) and for a `codec.Message`, `request()` runs in a Task."""
+        conn = None
+        if not isinstance(request, Message):
+            try:
+                conn = self._pick(request, peer)
+            except DiameterRequestError as exc:
+                callback(None, exc)
+                return
+        if conn is None:
+            task = self._loop.create_task(self.request(request, peer, timeout))
+            self._request_tasks.add(task)
+            task.add_done_callback(partial(self._request_done, callback))
+            return
+        core = conn.core
+        hbh = core.send_encoded_request(
+            request.CODE,
+            cx.CX_APPLICATION_ID,
+            request.encode_body(),
+            self._loop.time(),
+            self.config.request_timeout if timeout is None else timeout,
+        )
+        conn.futures[hbh] = _Waiter(self, request, callback)  # type: ignore[assignment]
+        conn.process()
+
+    def _request_done(self, callback: AnswerCallback, task: asyncio.Task[Any]) -> None:
+        self._request_tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        try:
+            callback(None, exc) if exc is not None else callback(task.result(), None)
+        except Exception:
+            self.counters["callback-error"] += 1
+            log.exception("diameter answer callback failed")
+
+    def _cx_answer(self, request: Any, answer: Message) -> Any:
+        """The Cx answer dataclass of `answer` to `request` (or DiameterRequestError)."""
         if answer.code != request.CODE:
             self.counters["answer-wrong-command"] += 1
             raise DiameterRequestError(

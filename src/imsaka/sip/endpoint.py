@@ -155,6 +155,39 @@ class ServerTx:
         return resp
 
 
+class _Callback:
+    """A `send_request_callback` call where `send_request`'s future stands in the
+    endpoint's pending table (`done`, `set_result`, `cancel`): the final response leaves
+    the table and goes to the callback at once."""
+
+    __slots__ = ("callback", "endpoint", "finished", "key")
+
+    def __init__(
+        self, endpoint: SipEndpoint, key: tuple, callback: Callable[[Response], None]
+    ) -> None:
+        self.endpoint = endpoint
+        self.key = key
+        self.callback = callback
+        self.finished = False
+
+    def done(self) -> bool:
+        return self.finished
+
+    def cancel(self) -> None:
+        self.finished = True
+
+    def set_result(self, response: Response) -> None:
+        self.finished = True
+        ep = self.endpoint
+        ep._pending.pop(self.key, None)
+        ep._refused.discard(self.key)
+        try:
+            self.callback(response)
+        except Exception:  # the TU's callback must not break the event drain
+            ep.counters["callback_errors"] += 1
+            log.exception("sip %s: response callback failed", ep.owner)
+
+
 class SipEndpoint:
     """Transports + transaction layer + handlers, on the running asyncio loop."""
 
@@ -331,6 +364,43 @@ class SipEndpoint:
                 request.pop_first("via")
         resp, _ = await self._send(request, addr, t, on_provisional, timeout)
         return resp
+
+    def send_request_callback(
+        self,
+        request: Request,
+        addr: Address,
+        transport: SipTransport,
+        callback: Callable[[Response], None],
+    ) -> None:
+        """`send_request` without a coroutine: `callback(response)` gets the final
+        response (the local 408 on Timer B/F, 503 on a transport error, as there) from
+        the endpoint's event handling, so a proxy forwarding many requests needs no Task
+        each. The caller names the transport (no §18.1.1 switch to a stream); no 1xx
+        callback, no timeout of its own; `close()` drops the call."""
+        if not request.has("via"):
+            host, port = transport.local_address
+            push_via(
+                request,
+                transport.name.upper(),
+                host,
+                port,
+                rng=self.rng,
+                rport=not transport.reliable,
+            )
+        key = self.layer.send_request(request, self._dest((transport, addr)), self._now()).key
+        self._pending[key] = (_Callback(self, key, callback), None, request)  # type: ignore[assignment]
+        self._drain()
+
+    @property
+    def closed(self) -> bool:
+        """`close()` was called: handlers' late work (an answer from elsewhere) is moot."""
+        return self._closed
+
+    def handler_failed(self, tx: ServerTx, exc: Exception) -> None:
+        """A request handler's failure found after it returned (a callback of its): the
+        answer an async handler's failure gets (400 for the peer's fault, else 500)."""
+        if not self._closed:
+            self._handler_failed(tx, exc)
 
     async def _send(
         self,

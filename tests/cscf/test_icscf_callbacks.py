@@ -1,0 +1,140 @@
+"""The I-CSCF on a real SipEndpoint driven by callbacks (Icscf.on_request,
+SipEndpoint.send_request_callback, a cx_ask like DiameterNode.request_callback): no Task
+per REGISTER, and the same answers as the coroutine form: relay, retry with
+capabilities, 480 with Retry-After, 500 on a step's failure, nothing after close()."""
+
+from __future__ import annotations
+
+import asyncio
+
+from imsaka.cscf.icscf import Icscf
+from imsaka.diameter import cx
+from imsaka.diameter.errors import DiameterTimeoutError
+from imsaka.sip import make_response, parse_message
+from imsaka.sip.endpoint import SipEndpoint
+from tests.cscf.test_icscf_logic import SCSCFS, config, request, uaa
+
+PCSCF = ("127.0.0.1", 5060)
+
+
+class MemoryUdp:
+    name = "udp"
+    reliable = False
+    respond_to_source = False
+    local_address = ("127.0.0.1", 5070)
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, tuple]] = []
+
+    def set_receiver(self, receiver) -> None:
+        pass
+
+    def set_error_handler(self, handler) -> None:
+        pass
+
+    def send(self, data: bytes, addr) -> None:
+        self.sent.append((data, addr))
+
+    def has_connection(self, addr) -> bool:
+        return False
+
+    async def close(self) -> None:
+        pass
+
+
+def setup(answers):
+    """An I-CSCF on an endpoint; `answers` give each UAR's (answer, exc) at once, or
+    None: kept in `held` for the test to call back."""
+    icscf_cfg, net = config(SCSCFS)
+    ep = SipEndpoint(owner="icscf")
+    t = MemoryUdp()
+    ep.add_transport(t)
+    uars, held = [], []
+
+    def cx_ask(uar, callback):
+        uars.append(uar)
+        result = answers.pop(0)
+        if result is None:
+            held.append(callback)
+        else:
+            callback(*result)
+
+    async def cx_send(uar):  # the coroutine form must not be used
+        raise AssertionError("cx_send used")
+
+    icscf = Icscf(icscf_cfg, net, endpoint=ep, cx_send=cx_send, cx_ask=cx_ask)
+    ep.set_request_handler(icscf.on_request)
+    return icscf, ep, t, uars, held
+
+
+def receive(ep, t, data: bytes, source) -> list:
+    t.sent.clear()
+    ep._on_message(data, source, t)
+    return [(parse_message(d), a) for d, a in t.sent]
+
+
+def final(out) -> object:
+    (msg, addr), *rest = [(m, a) for m, a in out if getattr(m, "status", 0) >= 200]
+    assert not rest and addr == PCSCF
+    return msg
+
+
+FIRST = uaa(experimental_result_code=cx.DIAMETER_FIRST_REGISTRATION)
+CAPS = uaa(
+    experimental_result_code=cx.DIAMETER_FIRST_REGISTRATION,
+    server_capabilities=cx.ServerCapabilities(server_names=tuple(e["name"] for e in SCSCFS)),
+)
+
+
+async def test_register_relayed_without_a_task():
+    icscf, ep, t, uars, _ = setup([(FIRST, None)])
+    tasks = asyncio.all_tasks()
+    out = receive(ep, t, request("<sip:1.2.3.4>;expires=600").to_bytes(), PCSCF)
+    assert asyncio.all_tasks() == tasks and not icscf._tasks and not ep._tasks
+    (fwd, addr), *_ = [(m, a) for m, a in out if getattr(m, "method", "") == "REGISTER"]
+    assert fwd.uri == "sip:a.home1.net:5080" and addr == ("127.0.0.1", 5080)
+    assert ep.pending_count() == 1 and uars[0].user_authorization_type == 0
+    out = receive(ep, t, make_response(fwd, 401, to_tag="s").to_bytes(), addr)
+    resp = final(out)
+    assert resp.status == 401 and len(resp.get_all("via")) == 1
+    assert ep.pending_count() == 0 and not ep._awaiting  # answered: out of the 500 queue
+    await ep.close()
+
+
+async def test_480_from_the_scscf_asks_with_capabilities_and_moves_on():
+    icscf, ep, t, uars, _ = setup([(CAPS, None), (CAPS, None)])
+    out = receive(ep, t, request("<sip:1.2.3.4>;expires=600").to_bytes(), PCSCF)
+    (fwd, addr), *_ = [(m, a) for m, a in out if getattr(m, "method", "") == "REGISTER"]
+    out = receive(ep, t, make_response(fwd, 480, to_tag="s").to_bytes(), addr)
+    (fwd2, addr2), *_ = [(m, a) for m, a in out if getattr(m, "method", "") == "REGISTER"]
+    assert addr2 != addr and icscf.counters["scscf_retry"] == 1
+    assert [u.user_authorization_type for u in uars] == [
+        cx.UserAuthorizationType.REGISTRATION,
+        cx.UserAuthorizationType.REGISTRATION_AND_CAPABILITIES,
+    ]
+    assert (
+        final(receive(ep, t, make_response(fwd2, 200, to_tag="t").to_bytes(), addr2)).status == 200
+    )
+    await ep.close()
+
+
+async def test_hss_unreachable_is_480_with_retry_after():
+    icscf, ep, t, _, _ = setup([(None, DiameterTimeoutError("no answer", reason="timeout"))])
+    resp = final(receive(ep, t, request("<sip:1.2.3.4>").to_bytes(), PCSCF))
+    assert resp.status == 480 and resp.get("retry-after") == "30"
+    assert icscf.counters["uar_failed"] == 1
+
+
+async def test_a_failing_step_is_500_as_a_failed_handler():
+    _, ep, t, _, _ = setup([(object(), None)])  # not an answer: reply_for_uaa raises
+    resp = final(receive(ep, t, request("<sip:1.2.3.4>").to_bytes(), PCSCF))
+    assert resp.status == 500 and ep.counters["handler_errors"] == 1
+
+
+async def test_an_answer_after_close_sends_nothing():
+    _, ep, t, _, held = setup([None])
+    receive(ep, t, request("<sip:1.2.3.4>").to_bytes(), PCSCF)
+    await ep.close()
+    t.sent.clear()
+    held[0](None, DiameterTimeoutError("node stopped", reason="stopped"))
+    assert t.sent == []
