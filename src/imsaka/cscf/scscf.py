@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import time
 from asyncio import current_task
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -48,6 +49,7 @@ from imsaka.cscf.registrar import (
     Registration,
     open_binding_store,
     plain_contact,
+    plain_name_addr,
 )
 from imsaka.cscf.scscf_core import (
     Action,
@@ -95,6 +97,7 @@ _ALGORITHM_TO_SCHEME = {
     "AKAv1-MD5": cx.SCHEME_AKAV1_MD5,
     "AKAv2-MD5": cx.SCHEME_AKAV2_MD5,
 }
+_ASK_ANY_SCHEME = cx.SipAuthDataItem(sip_authentication_scheme=cx.SCHEME_UNKNOWN)
 
 
 # --------------------------------------------------------------------------- SIP → core
@@ -103,6 +106,68 @@ _ALGORITHM_TO_SCHEME = {
 # an AuthParam is a (name, value, quoted) tuple
 _NAME = itemgetter(0)
 _VALUE = itemgetter(1)
+
+# Credentials as a UE (through its P-CSCF) sends them: "Digest" and auth-params (RFC 2617
+# §3.2.2: name=token or name="quoted-string" without backslash escapes), separated by
+# commas, no trailing comma. DigestCredentials.parse reads every such text to the same
+# names and values (tested); read here with one C-level pass, no view and no AuthParam
+# tuples. Anything else takes the parse (and its SipParseError).
+_AUTH_PARAM = (
+    r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*=[ \t]*"
+    r"(?:\"([^\"\\]*)\"|([A-Za-z0-9\-.!%*_+`'~/=]+))"
+)
+_PLAIN_CREDENTIALS = re.compile(
+    rf"[Dd][Ii][Gg][Ee][Ss][Tt][ \t]+({_AUTH_PARAM}(?:[ \t]*,[ \t]*{_AUTH_PARAM})*)[ \t]*"
+).fullmatch
+_AUTH_PARAMS = re.compile(_AUTH_PARAM).findall
+
+
+def _plain_digest(request: Request) -> dict[str, str] | None:
+    """The auth-params of the REGISTER's one Authorization line by lowered name (the
+    first of a repeated name), when that line is plain (above); else None."""
+    lines = request.get_all("authorization")
+    if len(lines) != 1:
+        return None
+    m = _PLAIN_CREDENTIALS(lines[0])
+    if m is None:
+        return None
+    params: dict[str, str] = {}
+    for name, quoted, token in reversed(_AUTH_PARAMS(m.group(1))):
+        params[name.lower()] = token or quoted
+    return params
+
+
+# a tag param's value: RFC 3261 §25.1 token characters the parameter parser also takes
+_TAG = re.compile(r"[A-Za-z0-9\-.!%*_+'~]+").fullmatch
+
+
+def plain_tagged(text: str | None) -> tuple[str, str] | None:
+    """(URI, tag) of a From or To written ``<plain URI>;tag=token`` (`plain_name_addr`
+    without expires), as NameAddr.parse reads it (tested); else None (take the view)."""
+    if not text:
+        return None
+    head, sep, tag = text.partition(";tag=")
+    if not sep or not _TAG(tag):
+        return None
+    m = plain_name_addr(head)
+    if m is None or m.group(3) is not None:
+        return None
+    return m.group(1), tag
+
+
+def asserted_uris(request: Request) -> list[str]:
+    """The URIs of P-Asserted-Identity (TS 24.229 §5.4.2.1.1: who subscribes); [] when
+    there is none or one does not parse. Plain values are read off their text."""
+    uris = []
+    for value in request.get_all("p-asserted-identity"):
+        m = plain_name_addr(value)
+        if m is None:
+            try:
+                return [na.uri for na in request.name_addrs("p-asserted-identity")]
+            except SipParseError:
+                return []
+        uris.append(m.group(1))
+    return uris
 
 
 def _uri_host(host: str) -> str:
@@ -116,14 +181,18 @@ def register_request_from_sip(req: Request) -> RegisterRequest:
     if not call_id:
         raise SipParseError("missing Call-ID")
     auth = None
-    cred = req.authorization
-    if cred is not None:
-        if (cred.scheme or "").lower() != "digest":
-            raise SipParseError("Authorization: only the Digest scheme is supported")
-        # The params by lowered name, built in C; reversed, so that the first of a
-        # repeated name is the one kept (as cred.get)
-        given = cred.params[::-1]
-        get = dict(zip(map(str.lower, map(_NAME, given)), map(_VALUE, given), strict=True)).get
+    params = _plain_digest(req)
+    if params is None:
+        cred = req.authorization
+        if cred is not None:
+            if (cred.scheme or "").lower() != "digest":
+                raise SipParseError("Authorization: only the Digest scheme is supported")
+            # The params by lowered name, built in C; reversed, so that the first of a
+            # repeated name is the one kept (as cred.get)
+            given = cred.params[::-1]
+            params = dict(zip(map(str.lower, map(_NAME, given)), map(_VALUE, given), strict=True))
+    if params is not None:
+        get = params.get
         auth = DigestParams(
             username=get("username") or "",
             realm=get("realm") or "",
@@ -372,7 +441,12 @@ class Scscf:
             return
         try:
             impu = request.to.uri
-            remote = request.from_
+            tagged = plain_tagged(request.get("from"))  # a P-CSCF's or a UE's From
+            if tagged is not None:
+                remote_uri, remote_tag = tagged
+            else:
+                remote = request.from_
+                remote_uri, remote_tag = remote.uri, remote.tag
             plain = plain_contact(request)  # a P-CSCF's: no view of it needed
             if plain is not None:
                 target: str | None = plain.group(1)
@@ -383,7 +457,7 @@ class Scscf:
         except SipParseError as exc:
             respond(make_response(request, 400, f"Bad Request ({exc.reason})"[:120]))
             return
-        if not remote.tag or target is None:
+        if not remote_tag or target is None:
             respond(
                 make_response(
                     request, 400, "Bad Request (SUBSCRIBE needs a From tag and a Contact)"
@@ -397,11 +471,7 @@ class Scscf:
             self.core.counters["subscribe_not_registered"] += 1
             respond(make_response(request, 480, "Temporarily Unavailable (not registered)"))
             return
-        try:
-            asserted = request.name_addrs("p-asserted-identity")
-        except SipParseError:
-            asserted = []
-        watchers = [na.uri for na in asserted] or [remote.uri]
+        watchers = asserted_uris(request) or [remote_uri]
         if not authorised_watcher(reg, watchers):
             # §5.4.2.1.1 step 1: a registration's contacts are not everyone's to read
             self.core.counters["subscribe_forbidden"] += 1
@@ -414,7 +484,7 @@ class Scscf:
         )
         local_tag = request.to.tag
         if local_tag is not None:
-            held = self.subscriptions.get(reg.impu, (request.call_id or "", remote.tag))
+            held = self.subscriptions.get(reg.impu, (request.call_id or "", remote_tag))
             if held is None or held.local_tag != local_tag:
                 # A refresh (RFC 6665 §4.1.2.1) of a subscription we do not hold (ended,
                 # expired, never ours): RFC 6665 §4.2.1.2 / RFC 3261 §12.2.2.
@@ -426,8 +496,8 @@ class Scscf:
                 impu=reg.impu,
                 call_id=request.call_id or "",
                 local_tag=request.to.tag or self._random(4).hex(),
-                remote_tag=remote.tag,
-                remote_uri=remote.uri,
+                remote_tag=remote_tag,
+                remote_uri=remote_uri,
                 remote_target=target,
                 route_set=tuple(request.get_all("record-route")),
                 expires_at=now + expires,
@@ -654,23 +724,23 @@ class Scscf:
         self._session += 1
         return f"{self.config.diameter.host};{int(self._clock())};{self._session}"
 
-    def _head(self) -> dict[str, Any]:
-        d = self.config.diameter
-        return {
-            "session_id": self._session_id(),
-            "origin_host": d.host,
-            "origin_realm": d.realm,
-            "destination_realm": d.hss.realm,
-            "destination_host": d.hss.host,
-        }
-
     def _mar_for(self, ask: AskVectors) -> cx.MultimediaAuthRequest:
         # The scheme comes from the subscriber's record at the HSS ("Unknown"), never from
         # the REGISTER (PITFALLS); a resynchronisation names the scheme it resynchronises.
-        scheme = _ALGORITHM_TO_SCHEME.get(ask.algorithm or "", cx.SCHEME_UNKNOWN)
-        item = cx.SipAuthDataItem(sip_authentication_scheme=scheme, sip_authorization=ask.resync)
+        if ask.resync is None and ask.algorithm is None:
+            item = _ASK_ANY_SCHEME  # the usual MAR's item: one immutable value for all
+        else:
+            scheme = _ALGORITHM_TO_SCHEME.get(ask.algorithm or "", cx.SCHEME_UNKNOWN)
+            item = cx.SipAuthDataItem(
+                sip_authentication_scheme=scheme, sip_authorization=ask.resync
+            )
+        d = self.config.diameter
         return cx.MultimediaAuthRequest(
-            **self._head(),
+            session_id=self._session_id(),
+            origin_host=d.host,
+            origin_realm=d.realm,
+            destination_realm=d.hss.realm,
+            destination_host=d.hss.host,
             user_name=ask.impi,
             public_identity=ask.impu,
             server_name=self.config.server_name,
@@ -679,8 +749,13 @@ class Scscf:
         )
 
     def _sar_for(self, ask: AskAssignment) -> cx.ServerAssignmentRequest:
+        d = self.config.diameter
         return cx.ServerAssignmentRequest(
-            **self._head(),
+            session_id=self._session_id(),
+            origin_host=d.host,
+            origin_realm=d.realm,
+            destination_realm=d.hss.realm,
+            destination_host=d.hss.host,
             user_name=ask.impi,
             public_identities=(ask.impu,),
             server_name=self.config.server_name,

@@ -788,7 +788,7 @@ class RegistrarCore:
             # a newer one (a delayed copy arriving late).
             self.counters["out_of_order"] += 1
             return [self._reply(token, 500, "Server Internal Error (out-of-order REGISTER)")]
-        remaining = self._apply_contacts(reg, req, now)
+        remaining = self._contacts_left(reg, req, now)
         if not remaining:
             # De-registration (§5.4.1.4): no contact left for this IMPU.
             self._ops[token] = _Op(
@@ -797,7 +797,7 @@ class RegistrarCore:
             if reg is None:
                 return self._finish_deregister(token, self._ops.pop(token), now)
             return [AskAssignment(token, impi, req.impu, AssignmentType.USER_DEREGISTRATION, False)]
-        if len(remaining) > self.policy.max_contacts:
+        if remaining > self.policy.max_contacts:
             self.counters["too_many_contacts"] += 1
             return [self._reply(token, 403, "Forbidden (too many registered contacts)")]
         kind = AssignmentType.RE_REGISTRATION if reg is not None else AssignmentType.REGISTRATION
@@ -816,15 +816,32 @@ class RegistrarCore:
             )
         return False
 
+    def _contacts_left(self, reg: Registration | None, req: RegisterRequest, now: float) -> int:
+        """How many bindings `_apply_contacts` would leave, without making them (the SAA
+        it waits for comes later: its bindings are made then, expiring from then)."""
+        if req.star:
+            return 0
+        specs = req.contacts
+        if reg is None and len(specs) == 1:  # a first registration of one contact
+            return 0 if self._expiry_of(req, specs[0]) == 0 else 1
+        left = {c.uri for c in reg.contacts.values() if c.expires_at > now} if reg else set()
+        for spec in specs:
+            if self._expiry_of(req, spec) == 0:
+                left.discard(spec.uri)
+            else:
+                left.add(spec.uri)
+        return len(left)
+
     def _apply_contacts(
         self, reg: Registration | None, req: RegisterRequest, now: float
-    ) -> dict[str, ContactBinding]:
-        """The bindings this REGISTER would leave (RFC 3261 §10.3 step 7), as a new dict:
-        the record itself is not touched."""
-        contacts: dict[str, ContactBinding] = {}
+    ) -> ContactMap:
+        """The bindings this REGISTER would leave (RFC 3261 §10.3 step 7), as a new map
+        (the record's own kind, taken as it is): the record itself is not touched."""
+        contacts = ContactMap()
         if reg is not None:
-            for c in reg.live_contacts(now):
-                contacts[c.uri] = c
+            for c in reg.contacts.values():
+                if c.expires_at > now:
+                    contacts[c.uri] = c
         if req.star:
             contacts.clear()
             return contacts
@@ -910,7 +927,7 @@ class RegistrarCore:
         if reg is not None and reg.impi == op.impi:
             remaining = self._apply_contacts(reg, req, now)
             if remaining:  # another contact was added meanwhile: keep it
-                reg.contacts = ContactMap(remaining)
+                reg.contacts = remaining
                 actions.append(StoreRegistration(reg))
             else:
                 self.registrations.pop(req.impu, None)
