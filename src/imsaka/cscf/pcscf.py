@@ -417,6 +417,10 @@ _CONTACT_EXPIRING = re.compile(r"<[^<>]*>;expires=[1-9][0-9]{0,8}")
 # core to a UE (how long those wait depends on the UE, not on the core's load).
 _TO_UE = frozenset(("terminating", "terminating-rr", "terminating-end"))
 _NOT_IN_FLIGHT = _TO_UE | {"subscribe"}
+# Contexts a UE's end of registration looks for while they are open (`_open_by_impi`):
+# its REGISTERs (a terminated NOTIFY waits for their answers) and requests taken to it
+# (`_end_to_ue` answers them upstream).
+_PER_UE = _TO_UE | {"register-clear", "register-protected"}
 
 
 def _in_flight(p: _Pending | _Answered) -> bool:
@@ -584,6 +588,12 @@ class PcscfCore:
         # (some 38,000 at 600/s) going from the front, every `next_deadline` (once per
         # message) scanned thousands of them; its linked order reaches the first at once.
         self.pending: OrderedDict[str, _Pending | _Answered] = OrderedDict()
+        # The open contexts of `pending` of a `_PER_UE` kind, by IMPI then our branch (in
+        # `pending`'s order): a terminated reg-event NOTIFY, a de-registration or an
+        # expiry reads its UE's, not the whole table (O(n) per NOTIFY at load). An entry
+        # goes when its context is answered or leaves `pending` (`_settled`); readers
+        # check it against `pending` all the same.
+        self._open_by_impi: dict[str, dict[str, _Pending]] = {}
         # the cached final answers of `pending`, compressed `PACK_GROUP` at a time (one
         # deflate run per group: a quarter of the work per answer of packing each alone)
         self._packer = WirePacker()
@@ -669,9 +679,35 @@ class PcscfCore:
             if _in_flight(replaced):
                 self._in_flight -= 1
             self._unwait(replaced)
+            self._settled(branch, replaced)
         self.pending[branch] = pending
         if _in_flight(pending):
             self._in_flight += 1
+        if pending.kind in _PER_UE and pending.impi and pending.final_data is None:
+            by_branch = self._open_by_impi.get(pending.impi)
+            if by_branch is None:
+                self._open_by_impi[pending.impi] = {branch: pending}
+            else:
+                by_branch[branch] = pending
+
+    def _settled(self, branch: str, entry: _Pending | _Answered) -> None:
+        """The context `entry` at `branch` is answered or leaves `pending`: out of its
+        UE's open contexts."""
+        by_branch = self._open_by_impi.get(entry.impi) if entry.impi else None
+        if by_branch is not None and by_branch.get(branch) is entry:
+            del by_branch[branch]
+            if not by_branch:
+                del self._open_by_impi[entry.impi]
+
+    def _open_of(self, impi: str) -> list[tuple[str, _Pending]]:
+        """The open contexts of `impi`'s UE (`_open_by_impi`), oldest first."""
+        by_branch = self._open_by_impi.get(impi)
+        if not by_branch:
+            return []
+        pending = self.pending
+        return [
+            (b, p) for b, p in by_branch.items() if p.final_data is None and pending.get(b) is p
+        ]
 
     def _answered(self, created: float, data: bytes, spi: int | None) -> _Answered:
         """The `pending` entry of a context answered with `data`: its answer waits in
@@ -1408,13 +1444,8 @@ class PcscfCore:
         if not self._to_ue_open:
             return []
         actions: list[Action] = []
-        for branch, p in list(self.pending.items()):
-            if (
-                p.impi != reg.impi
-                or p.final_data is not None
-                or p.kind not in _TO_UE
-                or p.forward is None
-            ):
+        for branch, p in self._open_of(reg.impi):
+            if p.kind not in _TO_UE or p.forward is None:
                 continue
             request = p.forward.message.copy()
             request.pop_first("Via")  # ours: the answer is the sender's
@@ -1426,6 +1457,7 @@ class PcscfCore:
             )
             actions.append(Forward(answer, p.arrival.source, p.arrival.transport))
             self._to_ue_open -= 1
+            self._settled(branch, p)
             self.pending[branch] = self._answered(p.created, answer.to_bytes(), None)
             self.counters["terminating-answered-for-gone-ue"] += 1
         return actions
@@ -1585,6 +1617,7 @@ class PcscfCore:
             self._note_answer_time(now - pending.created, now)
         if pending.final_data is not None and self.pending.get(branch) is pending:
             # kept only to answer retransmissions now (Timer F): the answer and its SPI
+            self._settled(branch, pending)
             grace = None
             if pending.arrival.spi is not None and self._grace_by_spi:
                 grace = self._grace_by_spi.get(pending.arrival.spi)
@@ -1661,6 +1694,7 @@ class PcscfCore:
         data = resp.to_bytes()
         if self.pending.get(branch) is pending:
             # kept to answer the core's retransmissions of the request until Timer J
+            self._settled(branch, pending)
             self.pending[branch] = self._answered(pending.created, data, None)
         if pending.kind == "terminating-end":
             reg = self.registrations.get(pending.impi)
@@ -2011,13 +2045,7 @@ class PcscfCore:
     def _register_open(self, impi: str, besides: str = "") -> bool:
         """Whether a REGISTER of `impi` (other than ours with branch `besides`) was
         forwarded and is not answered yet."""
-        return any(
-            b != besides
-            and p.impi == impi
-            and p.kind.startswith("register")
-            and p.final_data is None
-            for b, p in self.pending.items()
-        )
+        return any(b != besides and p.kind[:8] == "register" for b, p in self._open_of(impi))
 
     def _network_release(self, reg: Registration) -> list[Action]:
         """The registration ended by the network (reg-event NOTIFY): SAs and state go."""
@@ -2168,8 +2196,10 @@ class PcscfCore:
                 self._in_flight -= 1
                 if oldest.kind[:8] == "register" and oldest.impi:
                     unanswered.append(oldest.impi)
+                self._settled(branch, oldest)
             elif oldest.final_data is None and oldest.kind in _TO_UE:
                 self._to_ue_open -= 1  # the UE never answered
+                self._settled(branch, oldest)
             elif self._to_pack:
                 self._unwait(oldest)
         for impi in unanswered:
