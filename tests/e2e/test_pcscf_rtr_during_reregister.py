@@ -1,0 +1,82 @@
+"""A network-initiated de-registration (RTR from the HSS → the S-CSCF's terminated
+reg-event NOTIFYs, RFC 3680) while the UE's re-REGISTER is open at the P-CSCF, through
+the whole core on loopback with the userspace ESP backend (TS 33.203 §7.4, TS 24.229
+§5.2.2): the 200 OK to that re-REGISTER, held back upstream of the P-CSCF until the
+NOTIFYs have passed, still leaves over the UE's SA; then the set is held for the
+re-REGISTER's retransmissions (`dereg_grace`, shortened here) and released once.
+Before, the set was released with that 200 and nothing answered a retransmission."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from imsaka.ue.client import UeClient
+from tests.e2e.test_faults import eventually
+
+pytestmark = pytest.mark.slow
+
+GRACE = 2.0
+
+
+async def test_rtr_during_a_re_register_its_200_leaves_protected_then_the_set_is_held(
+    home_network, subscribers
+):
+    net = home_network
+    pcscf = net.pcscf
+    pcscf.core.dereg_grace = GRACE
+    impi = subscribers[0].impi
+    ue = UeClient(net.ue_config(subscribers[0]), observers=[net.trace])
+    held: list = []
+    armed = False
+    incoming = pcscf._incoming
+
+    def hold_the_200(data: bytes, arrival) -> None:
+        # the 200 OK to the re-REGISTER, from upstream: kept back until the NOTIFYs passed
+        head = data.split(b"\r\n\r\n", 1)[0]
+        if armed and not held and head.startswith(b"SIP/2.0 200") and b" REGISTER" in head:
+            held.append((data, arrival))
+            return
+        incoming(data, arrival)
+
+    pcscf._incoming = hold_the_200
+    rereg = None
+    try:
+        await ue.start()
+        assert (await ue.register(10)).ok
+        assert await eventually(lambda: pcscf.core.counters["reg-subscribed"] == 1)
+        armed = True
+        rereg = asyncio.ensure_future(ue.reregister(4))
+        assert await eventually(lambda: bool(held)), "the re-REGISTER's 200 never came"
+        result = await net.hss.deregister_impi(impi)
+        assert result.get("ok"), result
+        # the P-CSCF's own terminated NOTIFY came while the re-REGISTER was open
+        assert await eventually(
+            lambda: (
+                impi in pcscf.core.registrations
+                and pcscf.core.registrations[impi].network_terminated
+            )
+        )
+        assert pcscf.census()["sa_sets"] == 1
+        sent_before = len(net.trace.messages("sip"))
+        incoming(*held[0])
+        answers = [
+            r
+            for r in net.trace.messages("sip")[sent_before:]
+            if r.src_name == "P-CSCF" and r.dst_name == "UE" and r.summary.startswith("200")
+        ]
+        assert len(answers) == 1 and answers[0].esp_spi is not None, answers
+        census = pcscf.census()
+        assert census["registrations"] == 0 and census["sa_sets"] == 0, census
+        assert census["sa_sets_in_grace"] == census["sas_in_grace_records"] == 1, census
+        assert await eventually(lambda: not pcscf.table.sets(), GRACE + 3.0)
+        census = pcscf.census()
+        assert census["sa_sets_in_grace"] == census["sas_in_grace_records"] == 0, census
+        assert not pcscf._held and not pcscf._held_outbound and not pcscf._sets
+        assert pcscf.internal_errors == 0
+    finally:
+        pcscf._incoming = incoming
+        if rereg is not None:
+            await asyncio.wait([rereg], timeout=5)
+        await ue.close()
