@@ -162,6 +162,50 @@ async def test_only_commits_with_sqns_are_fsynced(store):
     assert store._writer_db.execute("PRAGMA synchronous").fetchone()[0] == 2
 
 
+async def test_a_commit_under_load_syncs_the_wal_before_its_sqns_leave(store, monkeypatch):
+    """A group commit that is not run at once (slow disk, load) commits on the loop's
+    connection without an fsync, then fdatasyncs the WAL on the thread: the SQN is in
+    the WAL and on disk before `mar` returns (TS 33.102 Annex C); an assignment alone
+    is not synced, as with synchronous=NORMAL."""
+    import os
+    import sqlite3
+
+    from imsaka.hss import store as store_module
+    from imsaka.hss.models import RegState
+
+    if store._path is None:
+        pytest.skip("SQLite file only")
+    await store.add_subscriber(alice())
+    impi = "alice@home1.net"
+    store.inline_commit_max = 0.0
+    store._commit_seconds = store._commit_seconds_nosync = 1.0  # as after a slow disk
+    synced: list[tuple[str, int]] = []
+    real = os.fdatasync
+
+    def committed_sqn() -> int:
+        other = sqlite3.connect(store._path)
+        try:
+            return other.execute("SELECT sqn FROM impi WHERE identity = ?", (impi,)).fetchone()[0]
+        finally:
+            other.close()
+
+    def fdatasync(fd: int) -> None:
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), committed_sqn()))
+        real(fd)
+
+    monkeypatch.setattr(store_module.os, "fdatasync", fdatasync)
+    grant = await store.mar(impi, "sip:alice@home1.net", 1, "sip:s")
+    # synced once, the WAL, after the COMMIT that moved SQN_HE to the granted SQN
+    assert synced == [(os.path.realpath(store._path) + "-wal", grant.sqns[-1])]
+    assert store.wal_syncs == 1 and store.commits_inline == 0 and store._writer_db is None
+    await store.assign("sip:alice@home1.net", state=RegState.REGISTERED, server_name="sip:s")
+    assert store.wal_syncs == 1 and len(synced) == 1  # no SQN: no fsync
+    assert store._loop_db.execute("PRAGMA synchronous").fetchone()[0] == 1
+    store.fsync_every_commit = True
+    await store.clear_pending(impi)
+    assert store.wal_syncs == 2
+
+
 async def test_request_for_another_realm_is_not_served(hss, scscf):
     import dataclasses
 

@@ -24,8 +24,12 @@ of TS 33.102 Annex C SQN management:
 - Cx reads and registration writes are plans (`imsaka.hss.plans`, SQL written
   once). SQLite file: reads on the event loop's own sqlite3 connection in deferred
   transactions, i.e. WAL snapshots that never wait for the writer's lock (a busy
-  database sends the read to a reader thread); the writer thread keeps its own
-  connection with ``BEGIN IMMEDIATE``. PostgreSQL: asyncpg.
+  database sends the read to a reader thread). Group commits run on that connection
+  too (``BEGIN IMMEDIATE``, never waiting for the lock): a lone one fsynced at COMMIT
+  (synchronous=FULL), one under load committed without and the WAL then fdatasynced
+  on a thread before any of its SQNs leave, the loop serving meanwhile. Only when
+  the database is busy does the writer thread run the batch on its own connection,
+  FULL. PostgreSQL: asyncpg.
   No cache: every request reads what is committed. The loop's reads are also offered
   as plain calls (``*_now``: the result, or `WAIT` when the read would have to wait),
   so the Cx service can answer a read-only request without a Task.
@@ -41,6 +45,7 @@ import asyncio
 import concurrent.futures
 import functools
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -869,7 +874,10 @@ class HssStore:
         # connection would make its next read fetch every page again). The loop
         # stalls for that one commit, but a lone commit spares the two thread hand-offs
         # (worker wake-up, loop wake-up) that cost about twice its own CPU time. Under
-        # load (jobs queued behind the batch) or on a slow disk, the thread as before.
+        # load (jobs queued behind the batch) or on a slow disk, the batch is committed
+        # on the loop's connection without an fsync and only the WAL's fdatasync waits
+        # on the thread (`_commit_then_sync`). Negative: no group commit on the loop's
+        # connection at all, each on the writer thread's (busy database: always so).
         self.inline_commit_max = 0.002
         self.commits_inline = 0  # group commits run on the loop (for benchmarks and tests)
         # Moving averages of a group commit's wall time: fsynced ones (SQNs) and those
@@ -901,6 +909,8 @@ class HssStore:
         self.fsync_every_commit = False
         self._sync_mode: dict[sqlite3.Connection, int] = {}  # PRAGMA synchronous per conn
         self.batches = 0  # number of group commits (for benchmarks and tests)
+        self.wal_syncs = 0  # group commits on the loop whose WAL the thread fdatasynced
+        self._wal: int | None = None  # descriptor of the WAL file (`_wal_fd`)
         self.reads_deferred = 0  # SQLite reads that found the database busy (to a thread)
 
     @classmethod
@@ -942,6 +952,9 @@ class HssStore:
         for db in (self._writer_db, self._loop_db, *self._reader_dbs):
             if db is not None:
                 db.close()
+        if self._wal is not None:
+            os.close(self._wal)
+            self._wal = None
         self._writer_db = self._loop_db = None
         self._sync_mode.clear()
         self._reader_dbs.clear()
@@ -1786,13 +1799,13 @@ class HssStore:
                 results = self._commit_inline(batch)
                 if results is not None:
                     return results
-            if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(
-                    1, thread_name_prefix="hss-sqlite"
-                )
+            if self.inline_commit_max >= 0:
+                results = await self._commit_then_sync(batch, durable)
+                if results is not None:
+                    return results
             loop = asyncio.get_running_loop()
             start = time.perf_counter()
-            results = await loop.run_in_executor(self._executor, self._batch_in_thread, batch)
+            results = await loop.run_in_executor(self._thread(), self._batch_in_thread, batch)
             self._note_commit(start, durable)
             return results
         if self.dialect == "postgresql":
@@ -1881,6 +1894,64 @@ class HssStore:
                 checks[key] = IdentityCheck(True, True, True)
         return checks
 
+    def _thread(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The one thread that waits for the disk: whole group commits (busy database)
+        or the WAL's fdatasync after a commit on the loop (`_commit_then_sync`)."""
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="hss-sqlite"
+            )
+        return self._executor
+
+    async def _commit_then_sync(
+        self, batch: list[_MarJob | _WriteJob], durable: bool
+    ) -> list[Any] | None:
+        """The group commit's SQL and COMMIT on the loop's connection (synchronous=NORMAL:
+        no fsync inside), then, if it hands out SQNs, the WAL fdatasynced on the thread
+        before any result is given (TS 33.102 Annex C: what synchronous=FULL does at
+        COMMIT, with the loop free while the disk works). None, with nothing written,
+        when the database is busy: the writer thread then takes the whole batch.
+
+        Why not the writer thread's own connection: a commit by one connection makes
+        the other drop its whole page cache, so every write there cost the loop's next
+        reads a refetch of each page, besides the thread running SQL against the
+        loop for the GIL; the loop's connection keeps its cache over its own commits."""
+        db = self._loop_reader()
+        if db is None:
+            return None
+        start = time.perf_counter()
+        try:
+            self._begin(db, batch, fsync=False)
+            results = self._batch_begun(db, batch)
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise
+            return None  # rolled back: nothing of the batch is committed
+        if durable:
+            fd = self._wal_fd()
+            await asyncio.get_running_loop().run_in_executor(self._thread(), os.fdatasync, fd)
+            self.wal_syncs += 1
+        self._note_commit(start, durable)
+        return results  # only after the WAL holding the COMMIT is on disk
+
+    def _wal_fd(self) -> int:
+        """A descriptor of the database's WAL file (``<database>-wal``), to fdatasync it.
+        Checked against the path each time: should the WAL ever be deleted and made anew
+        (SQLite does so only when its last connection closes; the loop's stays open), the
+        descriptor follows it rather than syncing a file nobody writes."""
+        assert self._path is not None
+        path = self._path + "-wal"
+        now = os.stat(path)
+        fd = self._wal
+        if fd is not None:
+            then = os.fstat(fd)
+            if (then.st_dev, then.st_ino) == (now.st_dev, now.st_ino):
+                return fd
+            os.close(fd)
+            self._wal = None
+        self._wal = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return self._wal
+
     def _batch_in_thread(self, batch: list[_MarJob | _WriteJob]) -> list[Any]:
         db = self._writer_db
         if db is None:
@@ -1889,11 +1960,14 @@ class HssStore:
         self._begin(db, batch)
         return self._batch_begun(db, batch)
 
-    def _begin(self, db: sqlite3.Connection, batch: list[_MarJob | _WriteJob]) -> None:
+    def _begin(
+        self, db: sqlite3.Connection, batch: list[_MarJob | _WriteJob], *, fsync: bool = True
+    ) -> None:
         """BEGIN IMMEDIATE (the write lock at once, as _sqlite_begin), fsynced at COMMIT
         only if the batch hands out SQNs (or `fsync_every_commit`): an SQN must be on
-        disk before its vector leaves (TS 33.102 Annex C); an assignment need not be."""
-        durable = self._durable(batch)
+        disk before its vector leaves (TS 33.102 Annex C); an assignment need not be.
+        ``fsync`` False: never at COMMIT, the caller syncs the WAL (`_commit_then_sync`)."""
+        durable = fsync and self._durable(batch)
         mode = _SYNC_FULL if durable else _SYNC_NORMAL
         if self._sync_mode.get(db, _SYNC_FULL) != mode:
             db.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=NORMAL")
