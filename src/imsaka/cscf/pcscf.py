@@ -36,7 +36,9 @@ The seed's packets 1→2, 7, 8→9 and 13: the P-CSCF is the UE's first hop. It
   the UE's reg-event subscription) from port-c to the UE's port-s over its newest SA
   set and the UE's answer back upstream, and answers 404 for a contact without SAs;
   on a network de-registration it keeps the SAs until the UE's own terminated NOTIFY
-  went through (§5.1.1.7), at most until that NOTIFY's transaction ends.
+  went through (§5.1.1.7), at most until that NOTIFY's transaction ends, and while a
+  REGISTER of the UE is open, until its answer went out over them (then as after a
+  de-REGISTER's 200: held over UDP for that REGISTER's retransmissions).
 
 `sec_agree = "required"` answers a REGISTER without sec-agree 421/494 (RFC 3329 §2.3.1);
 `"optional"` admits a UE offering no Security-Client, without SAs.
