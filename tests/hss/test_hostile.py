@@ -206,6 +206,37 @@ async def test_a_commit_under_load_syncs_the_wal_before_its_sqns_leave(store, mo
     assert store.wal_syncs == 2
 
 
+async def test_the_wal_is_checkpointed_off_the_loop(store, monkeypatch):
+    """The loop's connection never checkpoints on its own (that would copy the WAL into
+    the database and fsync both on the event loop): once the WAL passes its size, the
+    thread does, and the loop's next commit starts the WAL again from its beginning."""
+    import asyncio
+    import os
+
+    from imsaka.hss import store as store_module
+
+    if store._path is None:
+        pytest.skip("SQLite file only")
+    await store.add_subscriber(alice())
+    store.alone = lambda: True
+    store.inline_commit_max = 10.0
+    monkeypatch.setattr(store_module, "_CHECK_EVERY", 1)
+    store.wal_checkpoint_bytes = 1
+    await store.mar("alice@home1.net", "sip:alice@home1.net", 1, None)
+    assert store._loop_db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    for _ in range(200):
+        if store.checkpoints:
+            break
+        await asyncio.sleep(0.01)
+    assert store.checkpoints == 1 and store.commits_inline == 1
+    wal = store._path + "-wal"
+    size = os.path.getsize(wal)
+    store.wal_checkpoint_bytes = 1 << 40  # no more checkpoints: the WAL is reused
+    for _ in range(3):
+        await store.mar("alice@home1.net", "sip:alice@home1.net", 1, None)
+    assert os.path.getsize(wal) == size  # written again from the start, not grown
+
+
 async def test_request_for_another_realm_is_not_served(hss, scscf):
     import dataclasses
 

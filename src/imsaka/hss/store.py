@@ -178,6 +178,9 @@ def normalize_url(url: str | None) -> str:
 # a commit is written to the WAL (so it survives a kill -9 of the HSS) and becomes
 # power-cut safe with the next FULL commit or checkpoint, which fsync the whole WAL.
 _SYNC_NORMAL, _SYNC_FULL = 1, 2
+# Commits on the loop's connection between two looks at the WAL's size (a registration
+# adds a few pages: the WAL passes its checkpoint size by a few hundred at most).
+_CHECK_EVERY = 64
 
 
 def _sqlite_durable(dbapi_conn: Any) -> None:
@@ -910,6 +913,11 @@ class HssStore:
         self._sync_mode: dict[sqlite3.Connection, int] = {}  # PRAGMA synchronous per conn
         self.batches = 0  # number of group commits (for benchmarks and tests)
         self.wal_syncs = 0  # group commits on the loop whose WAL the thread fdatasynced
+        #: WAL size from which the thread checkpoints it (SQLite's autocheckpoint: 1000 pages)
+        self.wal_checkpoint_bytes = 1000 * (4096 + 24)
+        self.checkpoints = 0  # checkpoints run on the thread (for tests)
+        self._since_check = 0
+        self._checkpointing = False
         self._wal: int | None = None  # descriptor of the WAL file (`_wal_fd`)
         self.reads_deferred = 0  # SQLite reads that found the database busy (to a thread)
 
@@ -1435,6 +1443,9 @@ class HssStore:
             assert self._path is not None
             # timeout 0: a busy database raises at once (the read then goes to a thread)
             self._loop_db = _connect_sqlite(self._path, timeout=0.0)
+            # Its commits never checkpoint (copying the WAL into the database and
+            # fsyncing both would stall the loop): the thread does (`_maybe_checkpoint`).
+            self._loop_db.execute("PRAGMA wal_autocheckpoint=0")
             self._loop_thread = threading.get_ident()
         elif self._loop_thread != threading.get_ident():
             return None
@@ -1932,6 +1943,7 @@ class HssStore:
             await asyncio.get_running_loop().run_in_executor(self._thread(), os.fdatasync, fd)
             self.wal_syncs += 1
         self._note_commit(start, durable)
+        self._maybe_checkpoint()
         return results  # only after the WAL holding the COMMIT is on disk
 
     def _wal_fd(self) -> int:
@@ -1988,7 +2000,37 @@ class HssStore:
         if results is not None:
             self.commits_inline += 1
             self._note_commit(start, self._durable(batch))
+            self._maybe_checkpoint()
         return results
+
+    def _maybe_checkpoint(self) -> None:
+        """Every `CHECK_EVERY` commits on the loop's connection: once the WAL holds more
+        than `wal_checkpoint_bytes`, a PASSIVE checkpoint on the thread's connection
+        (what SQLite's autocheckpoint would have done in the committing one, on the
+        loop). PASSIVE waits for no one; the loop's next write restarts the WAL."""
+        self._since_check += 1
+        if self._since_check < _CHECK_EVERY or self._checkpointing:
+            return
+        self._since_check = 0
+        if os.fstat(self._wal_fd()).st_size < self.wal_checkpoint_bytes:
+            return
+        self._checkpointing = True
+        future = self._thread().submit(self._checkpoint_in_thread)
+        future.add_done_callback(self._checkpoint_done)
+
+    def _checkpoint_in_thread(self) -> None:
+        db = self._writer_db
+        if db is None:
+            assert self._path is not None
+            db = self._writer_db = _connect_sqlite(self._path, timeout=30.0)
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _checkpoint_done(self, future: concurrent.futures.Future) -> None:
+        self._checkpointing = False
+        if not future.cancelled() and future.exception() is not None:
+            log.warning("WAL checkpoint failed: %s", type(future.exception()).__name__)
+        else:
+            self.checkpoints += 1
 
     def _note_commit(self, start: float, durable: bool) -> None:
         took = time.perf_counter() - start
