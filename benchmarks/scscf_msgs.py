@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import os
 import random
@@ -55,6 +56,11 @@ from imsaka.aka.digest import AKAV1_MD5, compute_response  # noqa: E402
 from imsaka.config import parse_config  # noqa: E402
 from imsaka.cscf.registrar import MemoryBindingStore  # noqa: E402
 from imsaka.cscf.scscf import Scscf  # noqa: E402
+
+try:  # (an older tree measured side by side has no callback forms)
+    from imsaka.cscf.scscf import notify_sender
+except ImportError:  # pragma: no cover
+    notify_sender = None
 from imsaka.diameter import cx  # noqa: E402
 from imsaka.hss.userdata import ProfileIdentities, build_user_data  # noqa: E402
 from imsaka.sip import parse_message  # noqa: E402
@@ -206,10 +212,17 @@ class _Harness:
         self.sent = 0
 
     async def cx_send(self, request):
+        return self._answer_to(request)
+
+    def _answer_to(self, request):
         if self.codec:  # as DiameterNode.request: encode out, decode the answer frame
             request.encode_body()
             return cx.decode(cx.decode_frame(self.answer[0]))
         return self.answer[1]
+
+    def cx_ask(self, request, callback) -> None:
+        """As DiameterNode.request_callback: the answer's callback from a loop event."""
+        asyncio.get_running_loop().call_soon(callback, self._answer_to(request), None)
 
     async def start(self) -> None:
         cfg = self.w.config
@@ -219,6 +232,12 @@ class _Harness:
         self.t = _MemoryUdp()
         self.t.local_address = (s.address, s.port)
         self.ep.add_transport(self.t)
+        # as ScscfServer wires it: the callback forms where this S-CSCF has them
+        callbacks = {}
+        if "cx_ask" in inspect.signature(Scscf).parameters:
+            callbacks["cx_ask"] = self.cx_ask
+        if notify_sender is not None:
+            callbacks["send_request_callback"] = notify_sender(self.ep)
         self.scscf = Scscf(
             s,
             cx_send=self.cx_send,
@@ -226,6 +245,7 @@ class _Harness:
             random_bytes=random.Random(11).randbytes,
             send_request=self.ep.send_request,
             resolve=cfg.network.resolve,
+            **callbacks,
         )
         await self.scscf.start()
         scscf = self.scscf

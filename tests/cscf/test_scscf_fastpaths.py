@@ -71,19 +71,27 @@ def _authorization(draw) -> str:
     return text + draw(_mostly(st.just(""), st.sampled_from([",", " ,", " x"])))
 
 
-def _register(authorizations: list[str]) -> bytes:
-    lines = [
-        "REGISTER sip:scscf1.home1.net SIP/2.0",
+def _request(method: str, uri: str, *lines: str) -> bytes:
+    head = [
+        f"{method} {uri} SIP/2.0",
         "Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1",
+        "Call-ID: c1",
+        *lines,
+        "Content-Length: 0",
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode()
+
+
+def _register(authorizations: list[str]) -> bytes:
+    return _request(
+        "REGISTER",
+        "sip:scscf1.home1.net",
         "From: <sip:u@home1.net>;tag=1",
         "To: <sip:u@home1.net>",
-        "Call-ID: c1",
         "CSeq: 2 REGISTER",
         "Contact: <sip:127.0.0.1:5070>;expires=600",
         *(f"Authorization: {a}" for a in authorizations),
-        "Content-Length: 0",
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+    )
 
 
 def _read(data: bytes, fast: bool):
@@ -195,18 +203,15 @@ def test_plain_from_generator_reaches_both_paths():
 
 
 def _subscribe(asserted: list[str]) -> bytes:
-    lines = [
-        "SUBSCRIBE sip:u@home1.net SIP/2.0",
-        "Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1",
+    return _request(
+        "SUBSCRIBE",
+        "sip:u@home1.net",
         "From: <sip:pcscf1.home1.net:5060>;tag=1",
         "To: <sip:u@home1.net>",
-        "Call-ID: c1",
         "CSeq: 1 SUBSCRIBE",
         "Event: reg",
         *(f"P-Asserted-Identity: {a}" for a in asserted),
-        "Content-Length: 0",
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+    )
 
 
 @settings(max_examples=300)

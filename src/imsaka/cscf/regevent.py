@@ -231,7 +231,7 @@ class RegSubscriptions:
     the entry (the subscription is armed again when it surfaces); one that moves it
     earlier moves the entry up."""
 
-    __slots__ = ("_by_impu", "_count", "_heap", "_stale", "armed")
+    __slots__ = ("_by_impu", "_count", "_heap", "_stale", "armed", "arms")
 
     def __init__(self) -> None:
         self._by_impu: dict[str, RegSubscription] = {}
@@ -240,6 +240,8 @@ class RegSubscriptions:
         self._stale = 0
         self.armed = 0
         """Subscriptions with a live expiry entry."""
+        self.arms = 0
+        """Calls of `arm` (only they can make `next_deadline()` earlier)."""
 
     def get(self, impu: str, key: tuple[str, str]) -> RegSubscription | None:
         """The subscription of dialog `key` (Call-ID, subscriber's tag) to `impu`."""
@@ -319,6 +321,7 @@ class RegSubscriptions:
 
     def arm(self, sub: RegSubscription) -> None:
         """Make sure `sub` surfaces from `pop_due` by its `expires_at`."""
+        self.arms += 1
         deadline = sub.expires_at
         live = sub.timer
         if live is not None:

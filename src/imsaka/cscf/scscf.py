@@ -30,6 +30,7 @@ import re
 import time
 from asyncio import current_task
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from functools import partial
 from operator import itemgetter
 from typing import Any
 
@@ -72,9 +73,12 @@ from imsaka.diameter import cx
 from imsaka.sip import Request, Response, SipParseError, make_response
 
 __all__ = [
+    "CxAsker",
     "CxSender",
+    "RequestSender",
     "Scscf",
     "ScscfServer",
+    "notify_sender",
     "outcome_of",
     "register_request_from_sip",
     "run",
@@ -85,6 +89,12 @@ log = logging.getLogger("imsaka.cscf.scscf")
 
 #: ``async send(request) -> answer``; raises on timeout or when no HSS is connected.
 CxSender = Callable[[Any], Awaitable[Any]]
+#: ``ask(request, callback)``: ``callback(answer, None)`` or ``callback(None, exc)`` later
+#: (`DiameterNode.request_callback`).
+CxAsker = Callable[[Any, Callable[[Any, BaseException | None], None]], None]
+#: ``send(request, address, callback) -> bool``: `callback(final response)` later; False
+#: when it declines (the request then goes the coroutine way). `notify_sender`.
+RequestSender = Callable[[Request, tuple[str, int], Callable[[Response], None]], bool]
 Respond = Callable[[Response], None]
 
 _SCHEME_TO_ALGORITHM = {
@@ -318,12 +328,17 @@ class Scscf:
         random_bytes: Callable[[int], bytes] = os.urandom,
         send_request: Callable[[Request, tuple[str, int]], Awaitable[Response]] | None = None,
         resolve: Callable[[str], str] | None = None,
+        cx_ask: CxAsker | None = None,
+        send_request_callback: RequestSender | None = None,
     ) -> None:
         self.config = config
         # reg-event (RFC 3680): subscriptions, and how to send their NOTIFYs.
         # (their expiries too: one loop timer serves them and the registrar core)
         self.subscriptions = RegSubscriptions()
         self._send_request = send_request
+        # the callback forms (the server's node and endpoint): a MAR/SAR or a NOTIFY
+        # waits for its answer without a Task each
+        self._send_callback = send_request_callback if send_request is not None else None
         self._resolve = resolve or (lambda host: host)
         self._contact = f"<sip:{_uri_host(config.address)}:{config.port}>"
         # NOTIFY target → address: the P-CSCFs' few, resolved once (bounded: a UE's own
@@ -335,6 +350,7 @@ class Scscf:
         )
         self._shared = not isinstance(self.store, MemoryBindingStore)
         self._cx_send = cx_send
+        self._cx_ask = cx_ask
         self._clock = clock
         self._random = random_bytes
         self._pending: dict[int, tuple[Request, Respond]] = {}
@@ -343,6 +359,7 @@ class Scscf:
         self._tasks: set[asyncio.Task] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._rearm_mark = -1  # `_rearm`: the deadline count when it last looked
         self._closed = False
 
     # ------------------------------------------------------------- life cycle
@@ -584,18 +601,31 @@ class Scscf:
                 self._addresses.clear()
             self._addresses[target] = address
         self.core.counters["notify_sent"] += 1
-        self._spawn(self._deliver(sub, notify, address))
+        send = self._send_callback
+        if send is None or not send(notify, address, partial(self._notify_answered, sub)):
+            self._spawn(self._deliver(sub, notify, address))
+
+    def _notify_answered(self, sub: RegSubscription, response: Response) -> None:
+        """The final response to a NOTIFY (the callback form of `_deliver`)."""
+        if self._closed:
+            return
+        try:
+            self._notify_outcome(sub, response)
+        except Exception:
+            self._task_failed()
+
+    def _notify_outcome(self, sub: RegSubscription, response: Response) -> None:
+        if response.status in (404, 408, 481) or response.status >= 500:
+            # RFC 6665 §4.2.2: the subscriber is gone; end the subscription.
+            self.core.counters["notify_failed"] += 1
+            self.subscriptions.remove(sub)
 
     async def _deliver(
         self, sub: RegSubscription, notify: Request, address: tuple[str, int]
     ) -> None:
         try:
             assert self._send_request is not None
-            response = await self._send_request(notify, address)
-            if response.status in (404, 408, 481) or response.status >= 500:
-                # RFC 6665 §4.2.2: the subscriber is gone; end the subscription.
-                self.core.counters["notify_failed"] += 1
-                self.subscriptions.remove(sub)
+            self._notify_outcome(sub, await self._send_request(notify, address))
         except Exception:
             self._task_failed()
         finally:
@@ -610,7 +640,7 @@ class Scscf:
             if isinstance(action, Reply):
                 self._reply(action)
             elif isinstance(action, (AskVectors, AskAssignment)):
-                self._spawn(self._cx(action))
+                self._ask(action)
             elif isinstance(action, StoreRegistration):
                 self._memory().put_now(action.registration)
             elif isinstance(action, RemoveRegistration):
@@ -771,30 +801,60 @@ class Scscf:
             vectors = []
         return self.core.vectors_received(ask.token, vectors, now)
 
+    def _ask(self, ask: AskVectors | AskAssignment) -> None:
+        """Send one MAR or SAR (TS 29.228 §6.3, §6.1.2). With the memory store and the
+        node's callback form its answer is handled in the callback (no Task); else in a
+        Task (`_cx`), which also awaits the shared store's writes."""
+        if self._cx_ask is None or self._shared:
+            self._spawn(self._cx(ask))
+            return
+        try:
+            request = self._mar_for(ask) if isinstance(ask, AskVectors) else self._sar_for(ask)
+            self._cx_ask(request, partial(self._cx_answered, ask, request))
+        except Exception:
+            self._task_failed()
+
+    def _cx_answered(
+        self, ask: AskVectors | AskAssignment, request: Any, answer: Any, exc: Any
+    ) -> None:
+        if self._closed:
+            return  # as a cancelled task: nothing after close()
+        try:
+            self._run_now(self._cx_outcome(ask, request, answer, exc))
+            self._rearm()
+        except Exception:
+            self._task_failed()
+
+    def _cx_outcome(
+        self, ask: AskVectors | AskAssignment, request: Any, answer: Any, exc: Any
+    ) -> list[Action]:
+        """Hand the answer (or the failure `exc`) to the core; what it says to do."""
+        if exc is not None:  # timeout, no connection, peer down
+            log.warning(
+                "%s to the HSS failed: %s", type(request).__name__, exc or type(exc).__name__
+            )
+            outcome: CxOutcome | None = CxOutcome.UNAVAILABLE
+        else:
+            outcome = outcome_of(answer)
+        now = self._clock()
+        if outcome is not None:
+            return self.core.cx_failed(ask.token, outcome, now)
+        if isinstance(ask, AskVectors):
+            return self._maa_received(ask, answer, now)
+        data = answer.user_data
+        text = data.decode("utf-8", "replace") if data else None
+        return self.core.assignment_done(ask.token, text, now)
+
     async def _cx(self, ask: AskVectors | AskAssignment) -> None:
-        """The task of one MAR or SAR (TS 29.228 §6.3, §6.1.2): ask the HSS, hand the
-        answer (or the failure) to the core, run what it says."""
+        """The task of one MAR or SAR: ask the HSS, hand the answer (or the failure) to
+        the core, run what it says."""
         try:
             request = self._mar_for(ask) if isinstance(ask, AskVectors) else self._sar_for(ask)
             try:
-                answer = await self._cx_send(request)
-            except Exception as exc:  # timeout, no connection, peer down
-                log.warning(
-                    "%s to the HSS failed: %s", type(request).__name__, exc or type(exc).__name__
-                )
-                answer, outcome = None, CxOutcome.UNAVAILABLE
-            else:
-                outcome = outcome_of(answer)
-            now = self._clock()
-            if outcome is not None:
-                actions = self.core.cx_failed(ask.token, outcome, now)
-            elif isinstance(ask, AskVectors):
-                actions = self._maa_received(ask, answer, now)
-            else:
-                data = answer.user_data
-                text = data.decode("utf-8", "replace") if data else None
-                actions = self.core.assignment_done(ask.token, text, now)
-            await self._run_actions(actions)
+                answer, exc = await self._cx_send(request), None
+            except Exception as error:
+                answer, exc = None, error
+            await self._run_actions(self._cx_outcome(ask, request, answer, exc))
             self._rearm()
         except Exception:
             self._task_failed()
@@ -839,6 +899,12 @@ class Scscf:
         """One loop timer for the registrar core's deadlines and the subscriptions'."""
         if self._closed:
             return
+        # No deadline added since the last look: the earliest can only have moved later
+        # (or gone), and a timer armed earlier is left to fire (below): nothing to do.
+        mark = self.core.deadlines_added + self.subscriptions.arms  # both only grow
+        if mark == self._rearm_mark:
+            return
+        self._rearm_mark = mark
         deadline = self.core.next_deadline()
         due = self.subscriptions.next_deadline()
         if due is not None and (deadline is None or due < deadline):
@@ -863,6 +929,7 @@ class Scscf:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
+        self._rearm_mark = -1  # fired: the next _rearm looks again
         now = self._clock()
         for sub in self.subscriptions.pop_due(now):
             self._subscription_expired(sub)
@@ -880,6 +947,30 @@ class Scscf:
             self._task_failed()
         finally:
             self._tasks.discard(current_task())
+
+
+def notify_sender(endpoint: Any) -> RequestSender:
+    """The NOTIFY sender of an S-CSCF on `endpoint` (a SipEndpoint): its callback form on
+    the first transport, as `send_request` sends; it declines (the coroutine form then
+    sends) where `send_request` would carry the request over a stream instead (RFC 3261
+    §18.1.1: within 200 octets of the MTU, a stream transport at hand)."""
+
+    def send(request: Request, address: tuple[str, int], callback: Callable[[Response], None]):
+        transports = endpoint.transports
+        if not transports:
+            return False
+        t = transports[0]
+        if (
+            not t.reliable
+            and not request.has("via")
+            and len(request.to_bytes()) + 120 > 1300
+            and any(x.reliable for x in transports)
+        ):
+            return False
+        endpoint.send_request_callback(request, address, t, callback)
+        return True
+
+    return send
 
 
 class ScscfServer:
@@ -915,8 +1006,10 @@ class ScscfServer:
         self.scscf = Scscf(
             c,
             cx_send=self.node.request,
+            cx_ask=self.node.request_callback,
             store=self._store,
             send_request=self.endpoint.send_request,
+            send_request_callback=notify_sender(self.endpoint),
             resolve=network.resolve if network is not None else None,
         )
         self.node.set_request_handler(self.scscf.handle_cx_request)

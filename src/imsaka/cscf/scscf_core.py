@@ -345,6 +345,9 @@ class RegistrarCore:
         # binding expiries (deadline, IMPU); stale entries skipped when they surface
         self._timers: list[tuple[float, str]] = []
         self.counters: Counter[str] = Counter()
+        self.deadlines_added = 0
+        """Counts the deadlines added (binding expiries, challenges): while it stays the
+        same, `next_deadline()` can only have moved later (the edge skips its look)."""
         self._paths = SharedTuples()  # a P-CSCF's Path, the same for all its UEs
 
     # ----------------------------------------------------------------- public API
@@ -615,7 +618,11 @@ class RegistrarCore:
         return self.policy.default_expires
 
     def _too_short(self, req: RegisterRequest) -> bool:
-        return any(0 < self._expiry_of(req, c) < self.policy.min_expires for c in req.contacts)
+        least = self.policy.min_expires
+        for c in req.contacts:  # noqa: SIM110 - a plain loop: no generator per REGISTER
+            if 0 < self._expiry_of(req, c) < least:
+                return True
+        return False
 
     def _usable(self, v: AuthVectorItem) -> bool:
         if v.algorithm in _AKA_ALGORITHMS:
@@ -688,6 +695,7 @@ class RegistrarCore:
                 self._drop_challenge(old)
         deadline = now + self.policy.reg_await_auth
         self._challenges[nonce] = _Challenge(impi, req.impu, nonce, vector, deadline, req.call_id)
+        self.deadlines_added += 1
         pending.append(nonce)
         parts = [
             f'Digest realm="{self.policy.realm}"',
@@ -999,6 +1007,7 @@ class RegistrarCore:
                 del self._aliases[alias]
 
     def _arm(self, deadline: float, impu: str) -> None:
+        self.deadlines_added += 1
         heapq.heappush(self._timers, (deadline, impu))
         # Re-registrations leave superseded entries far in the future: compact now and
         # then so the heap stays proportional to the live state.
