@@ -39,6 +39,10 @@ _NAMES = [
     "Subject",
     "s",
     "X-Other",
+    "Contact",
+    "m",
+    "i",
+    "To",
 ]
 _SEPARATORS = [":", ": ", " : ", ":\t", ":  ", "\t:"]
 _VALUES = st.text(
@@ -114,10 +118,10 @@ def test_memo_entries_are_shared_and_bounded(monkeypatch):
     for n in range(10):
         parse_message(_message([f"Max-Forwards: {n}"]))
         assert len(message_mod._LINES) <= 8
-    # per-dialog values and credentials never go in
+    # credentials and Vias never go in
     parse_message(_message(['Authorization: Digest username="x", ck="00"']))
     assert not any("Authorization" in line for line in message_mod._LINES)
-    assert not any(line.startswith(("Via", "Call-ID", "From")) for line in message_mod._LINES)
+    assert not any(line.startswith("Via") for line in message_mod._LINES)
 
 
 def test_a_finished_record_ended_by_a_transport_error_leaves_the_deadline():
@@ -220,3 +224,25 @@ def test_a_non_invite_client_transaction_arms_e_before_f_as_set_timer_would():
             layer.handle_timer(5.0 + t1)  # E fires: retransmission, E doubled
             assert tx.timers[0] == (5.0 + t1 + 2 * t1, Input.TIMER_E)
         assert layer.next_deadline() == tx.timers[0][0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    host=st.sampled_from(["PCSCF.home1.net", "pcscf.home1.net", "10.0.0.1", "[2001:DB8::1]"]),
+    port=st.sampled_from(["", ":5060", ":5070"]),
+    method=st.sampled_from(["REGISTER", "INVITE", "ACK", "SUBSCRIBE"]),
+)
+def test_server_key_parts_found_by_host_and_port_are_the_ones_built(host, port, method):
+    from imsaka.sip.transaction import server_key
+
+    data = (
+        f"{method} sip:a@b.example SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {host}{port};branch=z9hG4bKsk1\r\n"
+        "From: <sip:a@b.example>;tag=1\r\nTo: <sip:a@b.example>\r\n"
+        f"Call-ID: sk-1\r\nCSeq: 1 {method}\r\n\r\n"
+    ).encode()
+    first, again = server_key(parse_message(data)), server_key(parse_message(data))
+    via = parse_message(data).top_via
+    expected = ("s", "z9hG4bKsk1", via.sent_by.lower(), "INVITE" if method == "ACK" else method)
+    assert first == again == expected
+    assert first[2] is again[2] and first[3] is again[3]

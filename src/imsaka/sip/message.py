@@ -83,11 +83,12 @@ _NAME_CACHE_MAX = 512
 
 # Whole header lines seen before, already split: line as received -> its (key, value,
 # line) entry (immutable, so messages share it). Only lines of the headers whose value
-# is the same in many messages of a node (Max-Forwards 69, CSeq 1 REGISTER, Require:
-# path, a P-CSCF's Path, Content-Length 0, ...) are kept, none with credentials or a
-# per-dialog token: those would only push the others out. Emptied when full.
+# recurs in the messages of a node (Max-Forwards 69, CSeq 1 REGISTER, Require: path, a
+# P-CSCF's Path, Content-Length 0, ...; From, To, Call-ID and Contact within a
+# registration) are kept: never credentials, nor Via (a new branch each time). Emptied
+# when full.
 _LINES: dict[str, tuple[str, str, str]] = {}
-_LINES_MAX = 1024
+_LINES_MAX = 2048
 _SHARED_LINE_KEYS = frozenset(
     {
         "max-forwards",
@@ -112,6 +113,16 @@ _SHARED_LINE_KEYS = frozenset(
         "p-access-network-info",
         "p-charging-function-addresses",
         "date",
+        "subscription-state",
+        "accept-encoding",
+        "accept-language",
+        "privacy",
+        # per dialog, but met again within a registration or dialog (request, response,
+        # the next request): kept while the memo spans that
+        "from",
+        "to",
+        "call-id",
+        "contact",
     }
 )
 
@@ -230,11 +241,15 @@ class Message:
         key = _KEY_CACHE.get(name) or _key(name)
         if key in LIST_HEADERS:
             out: list[str] = []
-            for k, v, _ in self._headers:
-                if k == key:
-                    out.extend(split_commas(v))
+            for h in self._headers:
+                if h[0] == key:
+                    v = h[1]  # stripped already (parse, add, set): split only at a comma
+                    if "," in v:
+                        out.extend(split_commas(v))
+                    elif v:
+                        out.append(v)
             return out
-        return [v for k, v, _ in self._headers if k == key]
+        return [h[1] for h in self._headers if h[0] == key]
 
     def has(self, name: str) -> bool:
         key = _KEY_CACHE.get(name) or _key(name)

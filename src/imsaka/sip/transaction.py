@@ -327,6 +327,12 @@ def client_key(msg: Message) -> tuple:
     return ("c", branch, msg.cseq.method)
 
 
+# (Via host, port, method) -> the interned key parts (lower-case sent-by, method).
+# Bounded: emptied when full.
+_KEY_PARTS: dict[tuple, tuple[str, str]] = {}
+_KEY_PARTS_MAX = 1024
+
+
 def server_key(req: Request) -> tuple:
     """§17.2.3 key of a request; ACK maps onto its INVITE. RFC 2543 fallback when the
     branch lacks the magic cookie."""
@@ -335,8 +341,17 @@ def server_key(req: Request) -> tuple:
     branch = via.branch
     if branch and branch.startswith(MAGIC_COOKIE):
         # sent-by and method repeat across a peer's requests: one string object each
-        # (the key lives as long as the transaction, up to Timer J)
-        return ("s", branch, sys.intern(via.sent_by.lower()), sys.intern(method))
+        # (the key lives as long as the transaction, up to Timer J), found by host and
+        # port without building the sent-by text each time
+        parts = _KEY_PARTS.get((via.host, via.port, method))
+        if parts is None:
+            if len(_KEY_PARTS) >= _KEY_PARTS_MAX:
+                _KEY_PARTS.clear()
+            parts = _KEY_PARTS[(via.host, via.port, method)] = (
+                sys.intern(via.sent_by.lower()),
+                sys.intern(method),
+            )
+        return ("s", branch, parts[0], parts[1])
     return (
         "s2543",
         req.uri,
