@@ -18,6 +18,8 @@ Stages, each timed over --n registrations (one of each message per registration)
 - `client`: a `DiameterNode` sending with `await node.request(obj)`; the in-memory
   transport answers each request with the frame of its answer (ids patched): request
   encode, pending table, framing, future, answer decode;
+- `client_callback`: the same with `node.request_callback(obj, callback)` (the I-CSCF's
+  way): each answer's callback sends the next request;
 - `baseline`: python-diameter's codec on the same frames (`Message.from_bytes` then
   `as_bytes()` of each), measured in the same run, so the ratios hold on a loaded machine.
 
@@ -53,8 +55,16 @@ DATA = Path(__file__).resolve().parents[1] / "tests" / "diameter" / "data" / "re
 KINDS = ("uar1", "uar2", "mar", "sar")
 ANSWERS = {"uar1": "uaa1", "uar2": "uaa2", "mar": "maa", "sar": "saa"}
 HSS = "hss.home1.net"
-STAGES = ("encode", "decode", "server", "server_plain", "client", "baseline")
-PER = {"encode": 8, "decode": 8, "baseline": 8, "server": 4, "server_plain": 4, "client": 4}
+STAGES = ("encode", "decode", "server", "server_plain", "client", "client_callback", "baseline")
+PER = {
+    "encode": 8,
+    "decode": 8,
+    "baseline": 8,
+    "server": 4,
+    "server_plain": 4,
+    "client": 4,
+    "client_callback": 4,
+}
 
 
 def _fields(obj: Any) -> dict[str, Any]:
@@ -243,7 +253,8 @@ async def _server(w: Workload, n: int, plain: bool = False) -> float:
     return spent
 
 
-async def _client(w: Workload, n: int) -> float:
+async def _client_node() -> tuple[DiameterNode, _Connection]:
+    """A client node with its HSS connection open over the in-memory transport."""
     node = DiameterNode(
         origin_host="icscf1.home1.net", origin_realm="home1.net", peers=(PeerSpec(HSS),)
     )
@@ -254,6 +265,11 @@ async def _client(w: Workload, n: int) -> float:
     )
     _open_with_core(node, conn, server)
     node._peer_opened(conn)
+    return node, conn
+
+
+async def _client(w: Workload, n: int) -> float:
+    node, conn = await _client_node()
     loop = asyncio.get_running_loop()
     m = w.subscribers
     answer_for: list[bytes] = []
@@ -272,6 +288,48 @@ async def _client(w: Workload, n: int) -> float:
             answer_for.append(per[ANSWERS[name]])
             await node.request(req)
             answer_for.pop()
+    spent = time.process_time() - t0
+    await _close(node, conn)
+    return spent
+
+
+async def _client_callback(w: Workload, n: int) -> float:
+    """`client` with `node.request_callback` (as the I-CSCF sends its UARs): each answer's
+    callback sends the next request."""
+    node, conn = await _client_node()
+    loop = asyncio.get_running_loop()
+    m = w.subscribers
+    answer_for: list[bytes] = [b""]
+
+    def sink(data: bytes) -> None:
+        frame = answer_for[0]
+        loop.call_soon(conn.data_received, frame[:12] + data[12:20] + frame[20:])
+
+    conn.transport.sink = sink  # type: ignore[union-attr]
+    requests = [[w.build(name, r) for name in KINDS] for r in range(m)]
+    work = [
+        (w.frames[r % m][ANSWERS[name]], req)
+        for r in range(n)
+        for name, req in zip(KINDS, requests[r % len(requests)], strict=True)
+    ]
+    done = loop.create_future()
+    ask = node.request_callback
+    it = iter(work)
+
+    def next_one(answer: Any, exc: BaseException | None) -> None:
+        if exc is not None:
+            done.set_exception(exc)
+            return
+        item = next(it, None)
+        if item is None:
+            done.set_result(None)
+            return
+        answer_for[0] = item[0]
+        ask(item[1], next_one)
+
+    t0 = time.process_time()
+    next_one(None, None)
+    await done
     spent = time.process_time() - t0
     await _close(node, conn)
     return spent
@@ -300,6 +358,8 @@ def run_stage(stage: str, w: Workload, n: int) -> float:
         return _run_loop(_server(w, n, plain=True))
     if stage == "client":
         return _run_loop(_client(w, n))
+    if stage == "client_callback":
+        return _run_loop(_client_callback(w, n))
     return {"encode": stage_encode, "decode": stage_decode, "baseline": stage_baseline}[stage](w, n)
 
 
@@ -380,6 +440,7 @@ def main() -> None:
         "server": "request in and its answer out",
         "server_plain": "the same, the handler a plain function (no Task)",
         "client": "request out and its answer in",
+        "client_callback": "the same, sent with request_callback (no coroutine, no future)",
     }
     result["load_average"] = os.getloadavg()[0]
     print(json.dumps(result, indent=1))

@@ -983,8 +983,22 @@ class _Command:
         return _decode_fields(cls, msg.avps, extra)
 
 
+_TWO_U32_AVPS = struct.Struct("!IIIIII").unpack
+
+
 def _answer_extras(exp: bytes | None, failed: bytes | None, values: dict[str, Any]) -> None:
     """The fields an answer's Experimental-Result and Failed-AVP payloads give."""
+    if exp is not None and len(exp) == 24:
+        c1, w1, v1, c2, w2, v2 = _TWO_U32_AVPS(exp)
+        if not (w1 | w2) & 0x80000000 and w1 & 0xFFFFFF == 12 and w2 & 0xFFFFFF == 12:
+            # What the walk below reads off the usual layout, two 4-octet AVPs without
+            # a vendor (Vendor-Id and Experimental-Result-Code, RFC 6733 §7.6), at once.
+            for code, value in ((c1, v1), (c2, v2)):
+                if code == AVP_EXPERIMENTAL_RESULT_CODE:
+                    values["experimental_result_code"] = value
+                elif code == AVP_VENDOR_ID:
+                    values["experimental_result_vendor"] = value
+            exp = None
     if exp is not None:
         for a in codec.decode_avps(exp):
             if a.code == AVP_EXPERIMENTAL_RESULT_CODE and a.vendor == 0:

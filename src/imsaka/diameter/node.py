@@ -246,16 +246,7 @@ class _Connection(asyncio.Protocol):
 
     def process(self) -> None:
         core = self.core
-        out = core.messages_to_send()
-        transport = self.transport
-        if out and transport is not None:
-            # Written at once. Deferring writes to the end of the event-loop iteration, to
-            # coalesce the answers of several handlers, saved write() calls but cost a third
-            # of benchmarks/diameter_peer.py's throughput: the two peers took turns instead
-            # of working at the same time.
-            if self.node._observers:
-                self.node._report(self, "out", out)
-            transport.write(out[0] if len(out) == 1 else b"".join(out))
+        self.write_out()
         if core.events:
             events = core.pop_events()
             node = self.node
@@ -272,6 +263,18 @@ class _Connection(asyncio.Protocol):
                 self.timer.cancel()
             self.timer_at = deadline
             self.timer = self.loop.call_at(deadline, self.on_timer)
+
+    def write_out(self) -> None:
+        out = self.core.messages_to_send()
+        transport = self.transport
+        if out and transport is not None:
+            # Written at once. Deferring writes to the end of the event-loop iteration, to
+            # coalesce the answers of several handlers, saved write() calls but cost a third
+            # of benchmarks/diameter_peer.py's throughput: the two peers took turns instead
+            # of working at the same time.
+            if self.node._observers:
+                self.node._report(self, "out", out)
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def on_timer(self) -> None:
         self.timer = None
@@ -330,8 +333,13 @@ class _Connection(asyncio.Protocol):
                 self.node.counters["handler-bad-answer"] += 1
                 log.exception("diameter request handler returned an answer that cannot be sent")
                 data = self._error(request, codec.DIAMETER_UNABLE_TO_COMPLY).encode()
-        self.core.send_encoded_answer(data, self.loop.time())
-        self.process()
+        core = self.core
+        core.send_encoded_answer(data, self.loop.time())
+        if core.events:
+            self.process()
+        else:
+            # An answer queues its octets only (no event, no deadline): just written.
+            self.write_out()
 
     def _error(self, request: Message, code: int, failed: codec.Avp | None = None) -> Message:
         cfg = self.core.config
@@ -570,9 +578,7 @@ class DiameterNode(Observable):
         core = conn.core
         now = self._loop.time()
         if is_cx:
-            hbh = core.send_encoded_request(
-                request.CODE, cx.CX_APPLICATION_ID, request.encode_body(), now, timeout
-            )
+            hbh = core.send_cx_request(request, now, timeout)
         else:
             hbh = core.send_request(request, now, timeout).hop_by_hop
         fut: asyncio.Future[Message] = self._loop.create_future()
@@ -620,11 +626,8 @@ class DiameterNode(Observable):
             self._request_tasks.add(task)
             task.add_done_callback(partial(self._request_done, callback))
             return
-        core = conn.core
-        hbh = core.send_encoded_request(
-            request.CODE,
-            cx.CX_APPLICATION_ID,
-            request.encode_body(),
+        hbh = conn.core.send_cx_request(
+            request,
             self._loop.time(),
             self.config.request_timeout if timeout is None else timeout,
         )

@@ -36,6 +36,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from imsaka.diameter import codec
 from imsaka.diameter.codec import (
@@ -556,17 +557,32 @@ class PeerConnection:
         flags: int = FLAG_REQUEST | FLAG_PROXIABLE,
     ) -> int:
         """Fast path of `send_request` for a prebuilt AVP body; returns the hop-by-hop id."""
+        hbh, e2e = self._request_ids(now, timeout)
+        self._out.append(codec.encode_parts(code, flags | FLAG_REQUEST, app_id, hbh, e2e, body))
+        return hbh
+
+    def send_cx_request(self, request: Any, now: float, timeout: float | None = None) -> int:
+        """`send_encoded_request` for a request that encodes itself whole with our ids
+        (a Cx request dataclass: `request.encode(hbh, e2e)`, the same octets as its
+        header and `encode_body()`, in one join); returns the hop-by-hop id."""
+        hbh, e2e = self._request_ids(now, timeout)
+        self._out.append(request.encode(hbh, e2e))
+        return hbh
+
+    def _request_ids(self, now: float, timeout: float | None) -> tuple[int, int]:
+        """The ids of a request about to be queued, pending its answer until `timeout`."""
         if self.state not in _OPEN or self.watchdog is WatchdogState.REOPEN:
             raise LocalProtocolError(
                 f"cannot send a request in state {self.state.value}/{self.watchdog.value}"
             )
-        hbh, e2e = self.ids.next_ids()
-        self._out.append(codec.encode_parts(code, flags | FLAG_REQUEST, app_id, hbh, e2e, body))
-        deadline = now + timeout if timeout is not None else float("inf")
-        self._pending[hbh] = deadline
-        if timeout is not None:
+        ids = self.ids.next_ids()
+        hbh = ids[0]
+        if timeout is None:
+            self._pending[hbh] = float("inf")
+        else:
+            deadline = self._pending[hbh] = now + timeout
             heapq.heappush(self._pending_heap, (deadline, hbh))
-        return hbh
+        return ids
 
     def cancel_request(self, hop_by_hop: int) -> None:
         """Forget a pending request (its caller gave up); a late answer is then dropped."""
