@@ -246,3 +246,39 @@ def test_server_key_parts_found_by_host_and_port_are_the_ones_built(host, port, 
     expected = ("s", "z9hG4bKsk1", via.sent_by.lower(), "INVITE" if method == "ACK" else method)
     assert first == again == expected
     assert first[2] is again[2] and first[3] is again[3]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Transmit",
+        "ResponseReceived",
+        "RequestReceived",
+        "AckReceived",
+        "TransactionTimeout",
+        "TransportError",
+        "TransactionTerminated",
+        "StrayResponse",
+    ],
+)
+def test_events_built_through_their_slots_are_the_frozen_dataclasses_they_were(name):
+    import dataclasses
+
+    from imsaka.sip import transaction
+
+    cls = getattr(transaction, name)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = [(n, i) for i, n in enumerate(names)]
+    a = cls(*values)
+    b = cls(**dict(zip(names, values, strict=True)))
+    assert a == b and hash(a) == hash(b) and repr(a) == repr(b)
+    assert [getattr(a, n) for n in names] == values
+    assert (
+        repr(a)
+        == f"{name}(" + ", ".join(f"{n}={v!r}" for n, v in zip(names, values, strict=True)) + ")"
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(a, names[0], None)
+    with pytest.raises(TypeError):
+        cls(*values[:-1])
+    assert not hasattr(a, "__dict__")
