@@ -49,7 +49,7 @@ returns actions for the edge (`imsaka.cscf.pcscf_server`); it opens no socket.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import enum
 import hashlib
 import heapq
@@ -495,6 +495,26 @@ def _without_keys(text: str) -> tuple[str, str | None, str | None] | None:
     return stripped, found.get("ck"), found.get("ik")
 
 
+# A To/From tag param at the end of the value: a token (RFC 3261 §19.3) of the
+# characters the params' fast path reads as they are (paramchar: no "`").
+_TAG_AT_END = re.compile(r";tag=[A-Za-z0-9\-.!%*_+'~]+\Z")
+
+
+def _to_uri(resp: Response, text: str | None = None) -> str:
+    """`resp.to.uri` (SipParseError as it raises), read off the To text (`text`, if
+    read already) when it is `<plain URI>` (`plain_name_addr`) with at most a tag after
+    it, as registrars write it (a new registration's 200 OK, the 401): no NameAddr and
+    Params built for a view dropped with the answer."""
+    if text is None:
+        text = resp.get("To")
+    if text:
+        m = _TAG_AT_END.search(text)
+        plain = plain_name_addr(text[: m.start()] if m is not None else text)
+        if plain is not None:
+            return plain.group(1)
+    return resp.to.uri
+
+
 def _names_uri(value: str | None, uri: str) -> bool:
     """Whether a To/From value is `<uri>` (with or without params after it): then its
     URI is `uri` without parsing it (a re-registration's 200 OK names the IMPU the
@@ -775,7 +795,9 @@ class PcscfCore:
 
     def _icid(self) -> str:
         raw = self._rng.getrandbits(160).to_bytes(20, "big")
-        return base64.b64encode(raw).decode() + str(self._rng.randrange(10**9)).zfill(9)
+        # (what base64.b64encode gives, without its wrapper's checks)
+        text = binascii.b2a_base64(raw, newline=False).decode("ascii")
+        return f"{text}{self._rng.randrange(10**9):09d}"
 
     def _branch_for(self, ue_branch: str, salt: str) -> str:
         # Same UE branch → same upstream branch, so a retransmission maps to one context
@@ -924,12 +946,10 @@ class PcscfCore:
             return [reply]
         if request.method == "REGISTER":
             return self._register(request, arrival, branch, ue_branch, mf, now)
-        if (
-            request.method == "NOTIFY"
-            and arrival.spi is None
-            and request.get("Call-ID") in self.subscriptions
-        ):
-            return self._reg_notify(request, arrival, now)
+        if request.method == "NOTIFY" and arrival.spi is None:
+            call_id = request.get("Call-ID")
+            if call_id in self.subscriptions:
+                return self._reg_notify(request, arrival, now, call_id)
         if request.method == "NOTIFY" and arrival.spi is None and self._names_us(request.uri):
             # To us, for a subscription we no longer hold: typically the S-CSCF's
             # retransmission of the terminating NOTIFY we answered and acted on (our 200
@@ -1059,7 +1079,7 @@ class PcscfCore:
         if target is None:
             return [self._reply(request, arrival, 404, "No route to the home network")]
         fwd = self._prepare_upstream(
-            request, branch, arrival, False, max_forwards, auth, require, proxy_require
+            request, branch, arrival, False, max_forwards, auth, require, proxy_require, present
         )
         if fwd is None:
             return [self._reply(request, arrival, 400, "Bad Request")]
@@ -1221,10 +1241,13 @@ class PcscfCore:
         auth: DigestCredentials | None,
         require: list[str] | None = None,
         proxy_require: list[str] | None = None,
+        present: frozenset[str] | None = None,
     ) -> Request | None:
         """Packet 1 → 2 (and 8 → 9): the P-CSCF's changes to a REGISTER. `max_forwards`,
-        `auth` (and Require / Proxy-Require when given) are the request's, as read
-        already; the headers this replaces go in one pass, the new ones are added."""
+        `auth` (and Require / Proxy-Require, and the keys of the headers `present`, when
+        given) are the request's, as read already; the headers this replaces go in one
+        pass (none when `present` shows none of them: a UE without sec-agree), the new
+        ones are added."""
         fwd = request.copy()
         # RFC 3581: the UE's source address, so responses find it behind a NAT.
         try:
@@ -1251,14 +1274,8 @@ class PcscfCore:
         proxy_require = strip_sec_agree(
             request.get_all("Proxy-Require") if proxy_require is None else proxy_require
         )
-        fwd.remove(
-            "Require",
-            "Proxy-Require",
-            "Security-Client",
-            "Security-Verify",
-            "P-Visited-Network-ID",
-            "P-Charging-Vector",
-        )
+        if present is None or not present.isdisjoint(_REPLACED_UPSTREAM):
+            fwd.remove(*_REPLACED_UPSTREAM)
         fwd.add("Path", self._path_text)
         if "path" not in [t.lower() for t in require]:
             require.append("path")
@@ -1845,7 +1862,7 @@ class PcscfCore:
         reg.pending_server = (server_text,)
         reg.security_client = pending.security_client_text
         try:
-            reg.impu = reg.impu or resp.to.uri
+            reg.impu = reg.impu or _to_uri(resp)
         except SipParseError:
             pass
         self.by_spi[spi_pc] = impi
@@ -1862,7 +1879,8 @@ class PcscfCore:
         reg = self.registrations.get(pending.impi)
         arrival = pending.arrival
         actions: list[Action] = []
-        granted = self._granted_expires(resp)
+        contacts = resp.get_all("Contact")
+        granted = self._granted_expires(resp, contacts)
         if reg is None:
             # A registration without SAs (policy optional, or the UE never offered
             # sec-agree): keep it so its later requests are recognised.
@@ -1877,9 +1895,10 @@ class PcscfCore:
             )
             self.registrations[reg.impi] = reg
             self._by_contact[arrival.source] = reg.impi
-        if not _names_uri(resp.get("To"), reg.impu):
+        to = resp.get("To")
+        if not _names_uri(to, reg.impu):
             try:
-                reg.impu = resp.to.uri
+                reg.impu = _to_uri(resp, to)
             except SipParseError:
                 pass
         # the S-CSCF's route, the same for its many users: one tuple of one string object
@@ -1895,7 +1914,6 @@ class PcscfCore:
             except SipParseError:
                 pass
         reg.associated_uris = tuple(resp.get_all("P-Associated-URI"))
-        contacts = resp.get_all("Contact")
         reg.contact = contacts[0] if contacts else reg.contact
         reply = self._to_ue(resp, arrival)  # over the SA the REGISTER came on
         actions.append(reply)
@@ -1992,10 +2010,15 @@ class PcscfCore:
         )
         return [Forward(sub, target, "udp")]
 
-    def _reg_notify(self, request: Request, arrival: Arrival, now: float) -> list[Action]:
+    def _reg_notify(
+        self, request: Request, arrival: Arrival, now: float, call_id: str | None = None
+    ) -> list[Action]:
         """A reg-event NOTIFY (RFC 3680): when the registration is terminated
-        (de-registration, expiry, RTR) the UE's SAs and registration go."""
-        call_id = request.get("Call-ID") or ""
+        (de-registration, expiry, RTR) the UE's SAs and registration go. `call_id`: its
+        Call-ID, when read already."""
+        if call_id is None:
+            call_id = request.get("Call-ID")
+        call_id = call_id or ""
         impi = self.subscriptions.get(call_id, "")
         ok = make_response(request, 200, to_tag=None)
         actions: list[Action] = [Reply(ok, arrival.source, arrival.transport, None)]
@@ -2067,17 +2090,18 @@ class PcscfCore:
             del self._subscribed[impi]
 
     @staticmethod
-    def _granted_expires(resp: Response) -> int:
+    def _granted_expires(resp: Response, contacts: list[str] | None = None) -> int:
         """The longest expiry the registrar granted: its Contacts' `expires` (RFC 3261
         §10.3 step 8), the Expires header for a Contact without one; a malformed value
         as RFC 3261 §10.2.1.1 reads it (`_delta_seconds`), never an error: the 200 goes
         to the UE as it came (RFC 3261 §16.7 has a proxy forward it; the UE reads it by
-        the same rule) and the registration lasts what the UE will take it to."""
+        the same rule) and the registration lasts what the UE will take it to.
+        `contacts`: its Contact values (`get_all`), when read already."""
         if not resp.has("Expires"):
             # each Contact `<URI>;expires=N` as the S-CSCF writes them: N read off the
             # text (what the parsed Contacts give, without parsing them)
             best = -1
-            for value in resp.get_all("Contact"):
+            for value in resp.get_all("Contact") if contacts is None else contacts:
                 m = plain_name_addr(value)
                 granted = None if m is None or m.group(3) is None else int(m.group(3))
                 if granted is None or granted > 0xFFFFFFFF:
@@ -2174,8 +2198,11 @@ class PcscfCore:
         deadline = None
         timers = self._timers
         while timers:
-            if self._entry_live(timers[0]):
-                deadline = timers[0][0]
+            # `_entry_live(timers[0])`, inline: asked after every message
+            due, key = timers[0]
+            holder = self._grace.get(key) if key[:1] == "\x00" else self.registrations.get(key)
+            if holder is not None and holder.scheduled == due:
+                deadline = due
                 break
             heapq.heappop(timers)
         oldest = next(iter(self.pending.values()), None)
@@ -2284,6 +2311,15 @@ _ADDED_UPSTREAM = frozenset(
     ("path", "require", "proxy-require", "p-visited-network-id", "p-charging-vector")
 )
 _ANCHORS = frozenset(("via", "max-forwards", "p-access-network-info"))
+# The UE's headers a forwarded REGISTER loses (`_prepare_upstream`), as keys
+_REPLACED_UPSTREAM = (
+    "require",
+    "proxy-require",
+    "security-client",
+    "security-verify",
+    "p-visited-network-id",
+    "p-charging-vector",
+)
 
 
 def _delta_seconds(text: str | None) -> int | None:

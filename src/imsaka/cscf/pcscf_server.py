@@ -52,6 +52,7 @@ __all__ = ["PcscfServer"]
 
 _TIMERS = TimerConfig()
 _TICK = _TIMERS.t1 / 10
+_CR_LF = (13, 10)
 
 
 class PcscfServer:
@@ -217,8 +218,8 @@ class PcscfServer:
         self._incoming(msg.data, Arrival(msg.peer, "udp", msg.sa.spi))
 
     def _incoming(self, data: bytes, arrival: Arrival) -> None:
-        if not data.strip(b"\r\n"):
-            return  # keep-alive (RFC 5626 §4.4.1 CRLF)
+        if not data or (data[0] in _CR_LF and not data.strip(b"\r\n")):
+            return  # keep-alive (RFC 5626 §4.4.1 CRLF); a message is not stripped (copied)
         loop = asyncio.get_running_loop()
         now = loop.time()
         assert self.core is not None
@@ -269,6 +270,18 @@ class PcscfServer:
 
     def _execute(self, actions: list[Action], now: float) -> None:
         assert self.udp is not None
+        if len(actions) == 1:
+            # most messages: one request forwarded, or one answer in the clear (nothing
+            # released after it)
+            only = actions[0]
+            if type(only) is Forward:
+                self.udp.send(only.message.to_bytes(), only.destination)
+                self._arm()
+                return
+            if type(only) is Reply and only.spi is None:
+                self.send_clear(only.message.to_bytes(), only.destination, only.transport)
+                self._arm()
+                return
         # A release listed after a reply over the same set: that reply is the last
         # message due over it (de-REGISTER 200 OK, failed-auth 4xx).
         releasing: dict[int, ReleaseSecurityAssociations | HoldSecurityAssociations] = {
