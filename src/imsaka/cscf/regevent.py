@@ -93,12 +93,14 @@ def authorised_watcher(reg: Registration, watchers: list[str]) -> bool:
     Path of one of its contacts (the P-CSCF it is attached through). Application
     servers from the initial filter criteria would be the third kind; this S-CSCF
     evaluates no iFC, so there are none."""
-    own = {reg.impu.lower(), *(a.lower() for a in reg.associated)}
+    own = None  # (made on first need: the usual watcher is the P-CSCF, named in Path)
     for uri in watchers:
-        if uri.lower() in own:
-            return True
         host = _sip_host(uri)
         if host is not None and any(host in _path_hosts(b.path) for b in reg.contacts.values()):
+            return True
+        if own is None:
+            own = {reg.impu.lower(), *(a.lower() for a in reg.associated)}
+        if uri.lower() in own:
             return True
     return False
 
@@ -475,12 +477,13 @@ def notify_request(
         state = f"active;expires={max(0, round(sub.expires_at - now))}"
     else:
         state = f"terminated;reason={terminated_reason}"
+    call_id, remote_tag, local_tag = sub._dialog.split("\0")
     headers = [("Max-Forwards", "70")]
     headers += [("Route", r) for r in sub.route_set]
     headers += [
-        ("From", f"<{sub.impu}>;tag={sub.local_tag}"),
-        ("To", f"<{sub.remote_uri}>;tag={sub.remote_tag}"),
-        ("Call-ID", sub.call_id),
+        ("From", f"<{sub.impu}>;tag={local_tag}"),
+        ("To", f"<{sub.remote_uri}>;tag={remote_tag}"),
+        ("Call-ID", call_id),
         ("CSeq", f"{sub.cseq} NOTIFY"),
         ("Contact", contact),
         ("Event", "reg"),

@@ -264,17 +264,21 @@ class Registration:
     # almost always, read without a generator.
 
     def earliest_expiry(self) -> float | None:
-        contacts = self.contacts.values()
-        if len(contacts) == 1:
-            for c in contacts:
-                return c.expires_at
-        return min((c.expires_at for c in contacts), default=None)
+        contacts = self.contacts
+        if type(contacts) is ContactMap and contacts._dict is None:  # one binding or none
+            one = contacts._value
+            return None if one is None else one.expires_at
+        return min((c.expires_at for c in contacts.values()), default=None)
 
     def live_contacts(self, now: float) -> list[ContactBinding]:
         return [c for c in self.contacts.values() if c.expires_at > now]
 
     def is_live(self, now: float) -> bool:
-        for c in self.contacts.values():  # noqa: SIM110 - a plain loop: no generator
+        contacts = self.contacts
+        if type(contacts) is ContactMap and contacts._dict is None:  # one binding or none
+            one = contacts._value
+            return one is not None and one.expires_at > now
+        for c in contacts.values():  # noqa: SIM110 - a plain loop: no generator
             if c.expires_at > now:
                 return True
         return False

@@ -203,18 +203,18 @@ def register_request_from_sip(req: Request) -> RegisterRequest:
             params = dict(zip(map(str.lower, map(_NAME, given)), map(_VALUE, given), strict=True))
     if params is not None:
         get = params.get
-        auth = DigestParams(
-            username=get("username") or "",
-            realm=get("realm") or "",
-            nonce=get("nonce") or "",
-            uri=get("uri") or "",
-            response=get("response"),
-            algorithm=get("algorithm"),
-            qop=get("qop"),
-            nc=get("nc"),
-            cnonce=get("cnonce"),
-            auts=get("auts"),
-            integrity_protected=get("integrity-protected"),
+        auth = DigestParams(  # positional, in field order (as RegisterRequest below)
+            get("username") or "",
+            get("realm") or "",
+            get("nonce") or "",
+            get("uri") or "",
+            get("response"),
+            get("algorithm"),
+            get("qop"),
+            get("nc"),
+            get("cnonce"),
+            get("auts"),
+            get("integrity-protected"),
         )
     contacts: list[ContactSpec] = []
     star = False
@@ -234,17 +234,18 @@ def register_request_from_sip(req: Request) -> RegisterRequest:
             else:
                 rest = str(params.without("expires"))
             contacts.append(ContactSpec(c.uri, c.expires, rest))
+    # (positional, in field order: a frozen dataclass's keywords cost a name search each)
     return RegisterRequest(
-        impu=to.uri,
-        call_id=call_id,
-        cseq=req.cseq.seq,
-        auth=auth,
-        contacts=tuple(contacts),
-        star=star,
-        expires=req.expires,
-        path=tuple(req.get_all("path")),
-        method=req.method,
-        body=req.body,
+        to.uri,  # impu
+        call_id,
+        req.cseq.seq,
+        auth,
+        tuple(contacts),
+        star,
+        req.expires,
+        tuple(req.get_all("path")),
+        req.method,
+        req.body,
     )
 
 
@@ -509,15 +510,15 @@ class Scscf:
                 respond(make_response(request, 481, "Subscription Does Not Exist"))
                 return
         sub = self.subscriptions.add(
-            RegSubscription(
-                impu=reg.impu,
-                call_id=request.call_id or "",
-                local_tag=request.to.tag or self._random(4).hex(),
-                remote_tag=remote_tag,
-                remote_uri=remote_uri,
-                remote_target=target,
-                route_set=tuple(request.get_all("record-route")),
-                expires_at=now + expires,
+            RegSubscription(  # (positional, in the order of its parameters)
+                reg.impu,
+                request.call_id or "",  # call_id
+                local_tag or self._random(4).hex(),
+                remote_tag,
+                remote_uri,
+                target,  # remote_target
+                tuple(request.get_all("record-route")),  # route_set
+                now + expires,  # expires_at
             ),
             reg,
         )

@@ -32,7 +32,7 @@ import heapq
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 
@@ -403,7 +403,7 @@ class RegistrarCore:
                 self.counters["new_contact_refused"] += 1
                 return [self._reply(token, 403, "Forbidden (contact not registered before)")]
             self.counters["reregister_without_aka"] += 1
-            return self._authenticated(token, req, impi, now)
+            return self._authenticated(token, req, impi, now, reg)
         return self._challenge(token, req, impi, now)
 
     def _new_contact_without_reg_id(self, reg: Registration, req: RegisterRequest) -> bool:
@@ -760,7 +760,8 @@ class RegistrarCore:
             return actions
         self._failures.pop(ch.impi, None)
         self.counters["auth_ok"] += 1
-        return self._authenticated(token, req, ch.impi, now)
+        reg = self._live_registration(req.impu, now)
+        return self._authenticated(token, req, ch.impi, now, reg)
 
     def _background(self, impi: str, impu: str, kind: AssignmentType) -> AskAssignment:
         """An SAR nobody waits for (expiry, authentication failure or timeout)."""
@@ -788,9 +789,14 @@ class RegistrarCore:
     # ----------------------------------------------------------------- registration
 
     def _authenticated(
-        self, token: int, req: RegisterRequest, impi: str, now: float
+        self,
+        token: int,
+        req: RegisterRequest,
+        impi: str,
+        now: float,
+        reg: Registration | None,
     ) -> list[Action]:
-        reg = self._live_registration(req.impu, now)
+        """`reg`: the live registration of the IMPU at `now` (`_live_registration`)."""
         if reg is not None and self._out_of_order(reg, req):
             # RFC 3261 §10.3 step 7: an older REGISTER of the same Call-ID must not undo
             # a newer one (a delayed copy arriving late).
@@ -859,13 +865,13 @@ class RegistrarCore:
                 contacts.pop(spec.uri, None)
                 continue
             granted = min(max(expires, self.policy.min_expires), self.policy.max_expires)
-            contacts[spec.uri] = ContactBinding(
-                uri=spec.uri,
-                expires_at=now + granted,
-                params=spec.params,
-                path=self._paths.share(req.path),
-                call_id=req.call_id,
-                cseq=req.cseq,
+            contacts[spec.uri] = ContactBinding(  # (positional: uri, expires_at, params, ...)
+                spec.uri,
+                now + granted,
+                spec.params,
+                self._paths.share(req.path),
+                req.call_id,
+                req.cseq,
             )
         return contacts
 
@@ -898,13 +904,13 @@ class RegistrarCore:
         else:
             associated = associated_uris(req.impu, identities)
         contacts = self._apply_contacts(old, req, now)
-        reg = Registration(
-            impu=req.impu,
-            impi=op.impi,
-            contacts=contacts,
-            associated=associated,
-            _user_data=xml,
-            registered_at=old.registered_at if old is not None else now,
+        reg = Registration(  # (positional, in field order)
+            req.impu,
+            op.impi,
+            contacts,
+            associated,
+            xml,  # _user_data
+            old.registered_at if old is not None else now,
         )
         if old is not None and old.impi != op.impi:
             self._unindex(old)
@@ -917,10 +923,13 @@ class RegistrarCore:
             headers.append(("Path", p))
         headers.append(("Service-Route", self.policy.service_route))
         # RFC 3261 §10.3 step 8: every current binding, this request's contacts first.
-        mine = [s.uri for s in req.contacts if s.uri in contacts]
-        others = [u for u in contacts if u not in mine]  # a contact or two: no set
-        for uri in mine + others:
-            binding = contacts[uri]
+        if len(contacts) == 1:
+            bindings: Iterable[ContactBinding] = contacts.values()
+        else:
+            mine = [s.uri for s in req.contacts if s.uri in contacts]
+            others = [u for u in contacts if u not in mine]  # a contact or two: no set
+            bindings = [contacts[uri] for uri in mine + others]
+        for binding in bindings:
             left = max(0, round(binding.expires_at - now))
             headers.append(("Contact", f"<{binding.uri}>{binding.params};expires={left}"))
         headers.append(("Date", http_date(now)))
