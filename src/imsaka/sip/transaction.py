@@ -915,9 +915,6 @@ class TransactionLayer:
     default one per process (a UE simulator runs a layer per UE: one compressor and
     dictionary for all of them, not ~20 KiB each)."""
 
-    def _is_reliable(self, destination: Any) -> bool:
-        return bool(self.reliable(destination)) if self.reliable is not None else False
-
     # -- client side -------------------------------------------------------------
 
     def send_request(self, request: Request, destination: Any, now: float) -> ClientTransaction:
@@ -928,8 +925,12 @@ class TransactionLayer:
         key = client_key(request)
         if key in self._client:
             raise LocalProtocolError(f"branch: a client transaction {key[1]!r} already exists")
-        self._check_capacity()
-        tx = ClientTransaction(self, key, request, destination, self._is_reliable(destination))
+        if len(self._client) + len(self._server) >= self.max_transactions:
+            self._overload()
+        reliable = self.reliable
+        tx = ClientTransaction(
+            self, key, request, destination, reliable is not None and bool(reliable(destination))
+        )
         self._client[key] = tx
         tx.start(now)
         return tx
@@ -973,9 +974,13 @@ class TransactionLayer:
             else:
                 tx.receive_request(request, now)
             return tx
-        self._check_capacity()
+        if len(self._client) + len(self._server) >= self.max_transactions:
+            self._overload()
         dest = source if reply_to is None else reply_to
-        tx = ServerTransaction(self, key, request, dest, self._is_reliable(dest))
+        reliable = self.reliable
+        tx = ServerTransaction(
+            self, key, request, dest, reliable is not None and bool(reliable(dest))
+        )
         self._server[key] = tx
         self._events.append(RequestReceived(key, request, source))
         if tx.is_invite and self.auto_trying:
@@ -1092,10 +1097,10 @@ class TransactionLayer:
 
     # -- internals ----------------------------------------------------------------
 
-    def _check_capacity(self) -> None:
-        if len(self._client) + len(self._server) >= self.max_transactions:
-            self.counters["overload"] += 1
-            raise LocalProtocolError("too many transactions (max_transactions)")
+    def _overload(self) -> None:
+        # (send_request and receive_request compare against max_transactions inline)
+        self.counters["overload"] += 1
+        raise LocalProtocolError("too many transactions (max_transactions)")
 
     def _schedule(self, tx: Transaction, deadline: float) -> None:
         heapq.heappush(self._heap, (deadline, tx))
