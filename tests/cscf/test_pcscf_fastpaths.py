@@ -2,7 +2,8 @@
 the text (`_to_uri`) is what `resp.to.uri` gives for every form it accepts, and the
 parse (and its SipParseError) for any other; the forwarded REGISTER is the same
 octets whether the removal of the UE's sec-agree headers is skipped (none there) or
-run; the icid keeps its spelling (base64 of 20 random octets, nine digits)."""
+run; a 401's challenge cut at its keys in the S-CSCF's form is what the cut param by
+param gives; the icid keeps its spelling (base64 of 20 random octets, nine digits)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,17 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from imsaka.cscf.pcscf import Arrival, Forward, PcscfCore, _to_uri
+from imsaka.cscf.pcscf import (
+    _KEYS_AT_END,
+    Arrival,
+    Forward,
+    PcscfCore,
+    _to_uri,
+    _without_keys,
+    _without_keys_by_items,
+)
 from imsaka.sip import Response, SipParseError, parse_message
+from imsaka.sip.headers import DigestCredentials
 from tests.e2e.test_pcscf_core import core as make_core
 
 _TOKEN = "abcXYZ019-.!%*_+`'~"
@@ -160,3 +170,53 @@ def test_clear_register_forwarded_once() -> None:
     c: PcscfCore = make_core(sec_agree="optional")
     actions = c.receive_request(parse_message(_register()), Arrival(("10.0.0.9", 5061)), 0.0)
     assert len(actions) == 1 and isinstance(actions[0], Forward)
+
+
+_PARAM = st.builds(
+    lambda name, value: f"{name}={value}",
+    st.sampled_from(["realm", "nonce", "algorithm", "qop", "ck", "IK", "opaque", "a b"]),
+    st.sampled_from(['"home1.net"', '"x, ck=1"', "AKAv1-MD5", '"a\\"b"', '""', "tok/=", '"ik="']),
+)
+_KEYS_S = ', ik="0011", ck="ffee"'
+_KEYS = st.sampled_from(
+    [
+        ', ik="0011", ck="ffee"',
+        ', ck="ffee", ik="0011"',
+        ', ik="0011",ck="ffee"',
+        ', ik=0011, ck="ffee"',
+        ', IK="0011", ck="ffee"',
+        ', ik="00\\"11", ck="ffee"',
+        ', ik="0011", ck="ffee" ',
+        ', ck="ffee"',
+        "",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["Digest", "digest", "Digest ", "Di gest"]),
+    st.lists(_PARAM, max_size=4),
+    st.sampled_from([", ", ",", ",  "]),
+    _KEYS,
+)
+@example("Digest", ['realm="r"', 'nonce="AAAA"', "algorithm=AKAv1-MD5"], ", ", _KEYS_S)
+def test_challenge_cut_at_the_keys_as_item_by_item(scheme, params, sep, keys) -> None:
+    """The S-CSCF's form cut in one search gives what the cut param by param gives (and
+    that one is the parser's: tests/e2e/test_pcscf_rereg.py), for every text."""
+    text = f"{scheme} {sep.join(params)}{keys}" if params else f"{scheme}{keys.lstrip(',')}"
+    assert _without_keys(text) == _without_keys_by_items(text)
+    fast = _without_keys(text)
+    if fast is not None:
+        ch = DigestCredentials.parse(text)
+        assert fast == (str(ch.without("ck", "ik")), ch.ck, ch.ik)
+
+
+def test_challenge_as_the_s_cscf_writes_it_takes_the_search() -> None:
+    text = 'Digest realm="r", nonce="AAAA", algorithm=AKAv1-MD5' + _KEYS_S
+    assert _KEYS_AT_END.search(text) is not None
+    assert _without_keys(text) == (
+        'Digest realm="r", nonce="AAAA", algorithm=AKAv1-MD5',
+        "ffee",
+        "0011",
+    )

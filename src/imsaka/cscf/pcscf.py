@@ -89,6 +89,7 @@ from imsaka.sip import (
     parse_message,
 )
 from imsaka.sip.compact import PackedItem, SharedTuples, WirePacker
+from imsaka.sip.uri import quote
 
 log = logging.getLogger(__name__)
 
@@ -456,7 +457,21 @@ def _with_integrity_protected(request: Request, auth: DigestCredentials, protect
         text = request.get("Authorization")
         if text is not None and _CANONICAL_CREDENTIALS.fullmatch(text):
             return f'{text}, integrity-protected="{value}"'
+        if auth.scheme is not None and auth.params:
+            # (another spelling: SIPp writes no blank after the commas) the rendering
+            # of `auth.with_param(...)`, each param as `AuthParam.__str__` writes it and
+            # the new one last, without a copy of the view
+            body = ", ".join([f"{n}={quote(v)}" if q else f"{n}={v}" for n, v, q in auth.params])
+            return f'{auth.scheme} {body}, integrity-protected="{value}"'
     return str(auth.with_param("integrity-protected", value, quoted=True))
+
+
+# The keys as the S-CSCF appends them to its challenge: `, ik="…", ck="…"` (or ck first)
+# at the end, quoted without escapes.
+_KEYS_AT_END = re.compile(r', (?:ik="([^"\\]*)", ck="([^"\\]*)"|ck="([^"\\]*)", ik="([^"\\]*)")\Z')
+# A ck or ik param name, in any case, where a param can begin (or inside a quoted value:
+# then the text takes the long way all the same)
+_KEY_NAME = re.compile(r"(?:^|[ ,])(?:ck|ik)[ \t]*=", re.IGNORECASE)
 
 
 def _without_keys(text: str) -> tuple[str, str | None, str | None] | None:
@@ -464,7 +479,20 @@ def _without_keys(text: str) -> tuple[str, str | None, str | None] | None:
     `str(DigestCredentials.parse(text).without("ck", "ik"))`, `.ck` and `.ik` give,
     read off the text (TS 24.229 §5.2.2.1) when its params are each `name=token` or
     `name="..."` without escapes, as the S-CSCF writes them; None for any other form
-    (the parser's then)."""
+    (the parser's then). The S-CSCF's own form (the params before the keys already in
+    the rendered form, the two keys last) is cut at the keys in one search."""
+    m = _KEYS_AT_END.search(text)
+    if m is not None:
+        head = text[: m.start()]
+        if _CANONICAL_CREDENTIALS.fullmatch(head) and _KEY_NAME.search(head) is None:
+            if m.group(1) is not None:
+                return head, m.group(2), m.group(1)
+            return head, m.group(3), m.group(4)
+    return _without_keys_by_items(text)
+
+
+def _without_keys_by_items(text: str) -> tuple[str, str | None, str | None] | None:
+    """`_without_keys` param by param (any order, any blanks after the commas)."""
     head = _SCHEME_SP.match(text)
     if head is None:
         return None
