@@ -945,6 +945,11 @@ class RegistrarCore:
             remaining = self._apply_contacts(reg, req, now)
             if remaining:  # another contact was added meanwhile: keep it
                 reg.contacts = remaining
+                # the removed binding may have been the earliest: the timer armed for
+                # it is stale now, so the one left gets its own (§5.4.1.7 expiry)
+                expiry = reg.earliest_expiry()
+                if expiry is not None:
+                    self._arm(expiry, req.impu)
                 actions.append(StoreRegistration(reg))
             else:
                 self.registrations.pop(req.impu, None)
