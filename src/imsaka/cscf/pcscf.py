@@ -937,7 +937,8 @@ class PcscfCore:
         """A request from a UE (clear at the unprotected port, or decrypted off an SA)."""
         try:
             vias = request.via
-            if not vias or vias[0].branch is None:
+            top_branch = vias[0].branch if vias else None
+            if top_branch is None:
                 return [self._reply(request, arrival, 400, "Missing Via branch")]
             mf = request.max_forwards
         except SipParseError as exc:
@@ -948,7 +949,7 @@ class PcscfCore:
             ]
         if mf is not None and mf <= 0:
             return [self._reply(request, arrival, 483)]
-        ue_branch = vias[0].branch or ""
+        ue_branch = top_branch or ""
         # Retransmission of a request we already forwarded: resend the final answer or
         # forward again (the upstream transaction absorbs duplicates).
         branch = self._branch_for(
@@ -1075,7 +1076,12 @@ class PcscfCore:
         decision = sec_agree_decision(
             require=require,
             proxy_require=proxy_require,
-            supported=request.get_all("Supported") if "supported" in present else [],
+            # (read by the decision only under policy "required")
+            supported=(
+                request.get_all("Supported")
+                if "supported" in present and self.policy.required
+                else []
+            ),
             security_client=parsed or security_client,
             policy=self.policy,
         )
@@ -1283,9 +1289,10 @@ class PcscfCore:
         except SipParseError:
             return None
         src_host = arrival.source[0]
-        if top.host.strip("[]") != src_host or top.rport is True:
+        rport_asked = top.rport is True
+        if rport_asked or top.host.strip("[]") != src_host:
             top = top.with_param("received", src_host)
-            if top.rport is True:
+            if rport_asked:
                 top = top.with_param("rport", str(arrival.source[1]))
             # in place, remembered by its text: the response brings it back under ours
             # (`_top_branch` checks it parses) and finds it parsed
