@@ -668,9 +668,11 @@ def _make_builder(cls: Any) -> Any:
             params.append(f"{f.name}=_d{i}")
         ns[f"_s{i}"] = cls.__dict__[f.name].__set__
         body.append(f"    _s{i}(_o, {f.name})")
-    source = f"def build(*, {', '.join(params)}):\n" + "\n".join(body) + "\n    return _o\n"
-    exec(compile(source, f"<imsaka.diameter.cx builder of {cls.__name__}>", "exec"), ns)
-    return ns["build"]
+    # named after the class: a wrong or missing field's TypeError names it, as __init__'s
+    name = cls.__name__
+    source = f"def {name}(*, {', '.join(params)}):\n" + "\n".join(body) + "\n    return _o\n"
+    exec(compile(source, f"<imsaka.diameter.cx builder of {name}>", "exec"), ns)
+    return ns[name]
 
 
 def _make_decoder(cls: Any) -> Any:
@@ -956,6 +958,7 @@ class _Command:
     _BODY: ClassVar[Any]
     _DEC: ClassVar[dict]
     _REQ: ClassVar[tuple]
+    _BUILD: ClassVar[Any]
 
     def encode_body(self) -> bytes:
         """The AVPs, encoded, in ABNF order (TS 29.229 §6.1): Session-Id first (RFC 6733
@@ -1099,7 +1102,7 @@ class _Request(_Command):
 
     def answer(self: Any, **fields: Any) -> Any:
         """The answer class for this request, with Session-Id copied."""
-        return self.ANSWER(session_id=self.session_id, **fields)
+        return self.ANSWER._BUILD(session_id=self.session_id, **fields)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -1446,6 +1449,7 @@ for _cls in _BY_KEY.values():
     assert _cls.IS_REQUEST or _cls._SPEC[1][0] == "result_code"
     _compile(_cls)
     _cls._LAYOUT = staticmethod(_make_decoder(_cls))
+    _cls._BUILD = staticmethod(_make_builder(_cls))
 del _cls
 COMMAND_CODES = frozenset(code for code, _ in _BY_KEY)
 
