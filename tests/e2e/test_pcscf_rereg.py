@@ -385,7 +385,14 @@ def test_granted_expiry_read_off_the_contacts_is_what_parsing_gives(contacts, ex
     """The 200 OK's granted expiry (RFC 3261 §10.3 step 8) read off Contacts
     `<sip:...>;expires=N` is what the parsed Contacts give, for any Contact set."""
     values = [f"<{uri}>;expires={n}" for uri, n in contacts]
-    headers = [("Via", "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1")]
+    # a complete 200 (without From/To/Call-ID/CSeq both sides only fail to parse)
+    headers = [
+        ("Via", "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1"),
+        ("From", "<sip:u@home1.net>;tag=1"),
+        ("To", "<sip:u@home1.net>;tag=2"),
+        ("Call-ID", "c1"),
+        ("CSeq", "2 REGISTER"),
+    ]
     if lines:
         headers += [("Contact", v) for v in values]
     elif values:
