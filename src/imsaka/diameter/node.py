@@ -334,7 +334,7 @@ class _Connection(asyncio.Protocol):
                 log.exception("diameter request handler returned an answer that cannot be sent")
                 data = self._error(request, codec.DIAMETER_UNABLE_TO_COMPLY).encode()
         core = self.core
-        core.send_encoded_answer(data, self.loop.time())
+        core.send_encoded_answer(data, self.loop.time(), request.end_to_end)
         if core.events:
             self.process()
         else:

@@ -594,13 +594,15 @@ class PeerConnection:
             raise LocalProtocolError("send_answer: message has the R bit")
         self.send_encoded_answer(codec.encode_message(msg), now)
 
-    def send_encoded_answer(self, data: bytes, now: float) -> None:
-        """Fast path of `send_answer` for an already encoded answer (header included)."""
+    def send_encoded_answer(self, data: bytes, now: float, end_to_end: int | None = None) -> None:
+        """Fast path of `send_answer` for an already encoded answer (header included);
+        `end_to_end`: its end-to-end id when the caller has it at hand (else read)."""
         if data[4] & FLAG_REQUEST:
             raise LocalProtocolError("send_answer: message has the R bit")
         if self.remote is not None:
-            e2e = int.from_bytes(data[16:20], "big")
-            key = (self.remote.origin_host, e2e)
+            if end_to_end is None:
+                end_to_end = int.from_bytes(data[16:20], "big")
+            key = (self.remote.origin_host, end_to_end)
             self._started.discard(key)
             self.duplicates.answered(key, data, now)
         if self.state is S.CLOSED:
