@@ -220,3 +220,45 @@ def test_challenge_as_the_s_cscf_writes_it_takes_the_search() -> None:
         "ffee",
         "0011",
     )
+
+
+def test_forwarded_register_added_lines_after_access_info() -> None:
+    """TS 24.228 packet 2's order: the P-CSCF's lines after the last of Via /
+    Max-Forwards / P-Access-Network-Info, its Path after the UE's own (RFC 3327 §5.1:
+    a proxy adds its Path below those already there), Require and Proxy-Require
+    rewritten without sec-agree, the lines in between kept as they came."""
+    c: PcscfCore = make_core()
+    c._rng = random.Random(3)
+    extra = (
+        "Path: <sip:ue-side;lr>\r\n"
+        "P-Access-Network-Info: 3GPP-UTRAN-TDD; utran-cell-id-3gpp=1\r\n"
+        "Proxy-Require: sec-agree, foo\r\n"
+    )
+    req = parse_message(_register(extra))
+    fwd = c._prepare_upstream(
+        req, "z9hG4bKabc", Arrival(("10.0.0.9", 5061)), False, 70, req.authorization
+    )
+    assert fwd is not None
+    assert fwd.header_keys() == [
+        "via",
+        "via",
+        "max-forwards",
+        "from",
+        "to",
+        "call-id",
+        "cseq",
+        "contact",
+        "authorization",
+        "p-access-network-info",
+        "path",
+        "path",
+        "require",
+        "proxy-require",
+        "p-visited-network-id",
+        "p-charging-vector",
+        "supported",
+        "content-length",
+    ]
+    assert fwd.get_all("Path") == ["<sip:ue-side;lr>", c._path_text]
+    assert fwd.get_all("Require") == ["path"]
+    assert fwd.get_all("Proxy-Require") == ["foo"]

@@ -1304,22 +1304,26 @@ class PcscfCore:
             fwd.set("Authorization", _with_integrity_protected(request, auth, protected))
         # Path and Require: path (RFC 3327; TS 24.228 packet 2); no sec-agree tags,
         # Security-Client or -Verify upstream (TS 24.228 R1-1c). The replaced and the
-        # removed headers go first, so that the new lines go to the end, in this order.
+        # removed headers go first, so that the new lines follow the UE's Path lines (if
+        # any), in this order.
         require = strip_sec_agree(request.get_all("Require") if require is None else require)
         proxy_require = strip_sec_agree(
             request.get_all("Proxy-Require") if proxy_require is None else proxy_require
         )
         if present is None or not present.isdisjoint(_REPLACED_UPSTREAM):
             fwd.remove(*_REPLACED_UPSTREAM)
-        fwd.add("Path", self._path_text)
         if "path" not in [t.lower() for t in require]:
             require.append("path")
-        fwd.add("Require", ", ".join(require))
+        added = [("Path", self._path_text), ("Require", ", ".join(require))]
         if proxy_require:
-            fwd.add("Proxy-Require", ", ".join(proxy_require))
-        fwd.add("P-Visited-Network-ID", self._visited_text)
-        fwd.add("P-Charging-Vector", f'icid-value="{self._icid()}"')
-        return _place_after_access_info(fwd, _ADDED_UPSTREAM)
+            added.append(("Proxy-Require", ", ".join(proxy_require)))
+        added.append(("P-Visited-Network-ID", self._visited_text))
+        added.append(("P-Charging-Vector", f'icid-value="{self._icid()}"'))
+        # Where TS 24.228 packet 2 shows them: after Via / Max-Forwards /
+        # P-Access-Network-Info, before From (order is cosmetic in SIP but keeps traces
+        # comparable with the specification's flows); one pass, the UE's lines as they are.
+        fwd.add_after(added, _ANCHORS)
+        return fwd
 
     # ------------------------------------------------------------------ non-REGISTER
 
@@ -2342,9 +2346,6 @@ class PcscfCore:
         }
 
 
-_ADDED_UPSTREAM = frozenset(
-    ("path", "require", "proxy-require", "p-visited-network-id", "p-charging-vector")
-)
 _ANCHORS = frozenset(("via", "max-forwards", "p-access-network-info"))
 # The UE's headers a forwarded REGISTER loses (`_prepare_upstream`), as keys
 _REPLACED_UPSTREAM = (
@@ -2390,15 +2391,6 @@ def _granted_by_parsing(resp: Response) -> int:
     if not contacts and default is not None:
         best = default
     return best
-
-
-def _place_after_access_info(msg: Request, keys: frozenset[str]) -> Request:
-    """Put the headers the P-CSCF adds where TS 24.228 packet 2 shows them: after
-    Via / Max-Forwards / P-Access-Network-Info, before From (order is cosmetic in SIP
-    but keeps traces comparable with the specification's flows). The lines move as
-    they are: no rebuild, no second validation."""
-    msg.move_after(keys, _ANCHORS)
-    return msg
 
 
 def _swap_record_route(msg: Message, ours: str, theirs: str) -> None:
