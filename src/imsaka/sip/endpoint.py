@@ -85,6 +85,7 @@ from imsaka.wire import Address
 log = logging.getLogger(__name__)
 
 _DEST_CACHE = 4096
+_INF = float("inf")
 
 RequestHandler = Callable[[Request, "ServerTx"], Awaitable[None] | None]
 ResponseCallback = Callable[[Response], None]
@@ -127,8 +128,10 @@ class ServerTx:
                 self._due = None
                 if ep._awaiting.get(self.key) is self:
                     del ep._awaiting[self.key]
+        loop = ep._loop  # (ep._now() inline: one call less per request)
+        now = (loop if loop is not None else ep._get_loop()).time()
         try:
-            ep.layer.respond(self.key, response, ep._now())
+            ep.layer.respond(self.key, response, now)
         finally:
             ep._drain()
         if (
@@ -244,6 +247,9 @@ class SipEndpoint:
 
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        # the earliest answer timeout queued since `_rearm` last looked (see there)
+        self._due_min = _INF
+        self._tick = t.t1 / 10
         # Timer wake-ups on a grid of T1/10 (`TimerConfig.wake_up_at`). A busy server
         # ends one transaction per request (Timer J/K, 5 s and 32 s after its final)
         # and woke up once for each before, ~35 us of loop and timer work each.
@@ -387,7 +393,9 @@ class SipEndpoint:
                 rng=self.rng,
                 rport=not transport.reliable,
             )
-        key = self.layer.send_request(request, self._dest((transport, addr)), self._now()).key
+        loop = self._loop
+        now = (loop if loop is not None else self._get_loop()).time()
+        key = self.layer.send_request(request, self._dest((transport, addr)), now).key
         self._pending[key] = (_Callback(self, key, callback), None, request)  # type: ignore[assignment]
         self._drain()
 
@@ -526,7 +534,8 @@ class SipEndpoint:
         except SipParseError as exc:
             self._bad_input(data, source, transport, exc)
             return
-        now = self._now()
+        loop = self._loop
+        now = (loop if loop is not None else self._get_loop()).time()
         try:
             if isinstance(msg, Request):
                 stamp_received(msg, source[0], source[1])
@@ -712,8 +721,11 @@ class SipEndpoint:
             return
         if not tx.final_sent and req.method != "INVITE":
             # answered later (an async handler, a parked transaction): 500 if never
-            due = self._now() + self.answer_timeout
+            loop = self._loop
+            due = (loop if loop is not None else self._get_loop()).time() + self.answer_timeout
             tx._due = due
+            if due < self._due_min:
+                self._due_min = due
             self._awaiting[ev.key] = tx
             self._answer_due.append((due, ev.key))
         if result is not None and inspect.isawaitable(result):
@@ -852,7 +864,18 @@ class SipEndpoint:
     def _rearm(self) -> None:
         if self._closed:
             return
-        deadline = self.layer.next_deadline()
+        layer = self.layer
+        at = self._timer_at
+        tick = self._tick
+        if at is not None and at <= layer._armed_min + tick and at <= self._due_min + tick:
+            # armed, and nothing armed since is due before this wake-up's grid step:
+            # the older deadlines are not either (the last look armed for the earliest),
+            # so the look below would keep it too; one difference: with nothing left
+            # the wake-up stays (it finds nothing due and stops) instead of cancelled
+            layer._armed_min = self._due_min = _INF
+            return
+        layer._armed_min = self._due_min = _INF
+        deadline = layer.next_deadline()
         if self._answer_due:
             due = self._answer_head()
             if due is not None and (deadline is None or due < deadline):
@@ -863,8 +886,7 @@ class SipEndpoint:
                 self._timer = None
                 self._timer_at = None
             return
-        at = self._timer_at
-        if at is not None and at <= deadline + self._timers.t1 / 10:
+        if at is not None and at <= deadline + tick:
             # armed for this deadline's grid step, or before it: an earlier wake-up
             # finds nothing due and arms again. (A transaction that ends before its
             # retransmission timer, the usual case, leaves the wake-up for that timer

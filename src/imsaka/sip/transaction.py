@@ -218,8 +218,10 @@ del S, I
 # The members the per-message paths name, as module globals: in Python 3.11 reading an
 # attribute of a class (an Enum's member) is an unspecialised lookup, ~10x a global's.
 _TERMINATED = State.TERMINATED
-_TIMER_E, _TIMER_F, _TIMER_K = Input.TIMER_E, Input.TIMER_F, Input.TIMER_K
+_CALLING, _TRYING, _PROCEEDING = State.CALLING, State.TRYING, State.PROCEEDING
+_TIMER_E, _TIMER_F, _TIMER_J, _TIMER_K = Input.TIMER_E, Input.TIMER_F, Input.TIMER_J, Input.TIMER_K
 _RECV_1XX, _RECV_2XX, _RECV_FINAL = Input.RECV_1XX, Input.RECV_2XX, Input.RECV_FINAL
+_RECV_REQUEST = Input.RECV_REQUEST
 _SEND_1XX, _SEND_2XX, _SEND_FINAL = Input.SEND_1XX, Input.SEND_2XX, Input.SEND_FINAL
 
 
@@ -645,7 +647,7 @@ class ClientTransaction(Transaction):
             request,
             destination,
             reliable,
-            State.CALLING if self.is_invite else State.TRYING,
+            _CALLING if self.is_invite else _TRYING,
         )
         self.table = INVITE_CLIENT_TABLE if self.is_invite else NON_INVITE_CLIENT_TABLE
         # §17.1.1.3: the ACK to a non-2xx final, as bytes, re-sent for each retransmission
@@ -769,7 +771,7 @@ class ServerTransaction(Transaction):
             request,
             destination,
             reliable,
-            State.PROCEEDING if self.is_invite else State.TRYING,
+            _PROCEEDING if self.is_invite else _TRYING,
         )
         self.table = INVITE_SERVER_TABLE if self.is_invite else NON_INVITE_SERVER_TABLE
         self.to_tag: str | None = None
@@ -792,7 +794,7 @@ class ServerTransaction(Transaction):
                 return
             self._input(Input.RECV_ACK, now, request)
         else:
-            self._input(Input.RECV_REQUEST, now, request)
+            self._input(_RECV_REQUEST, now, request)
 
     def _send(self, now: float, msg: Message | None) -> None:
         assert isinstance(msg, Response)
@@ -838,7 +840,7 @@ class ServerTransaction(Transaction):
     def _send_final_non_invite(self, now: float, msg: Message | None) -> None:
         self._send(now, msg)
         if self.reliable:
-            self._set_timer(Input.TIMER_J, now, 0.0)
+            self._set_timer(_TIMER_J, now, 0.0)
             return
         # Completed for Timer J: only a retransmitted request reads the bytes again
         # (the layer packs them with the next finals: `_finish`)
@@ -846,7 +848,7 @@ class ServerTransaction(Transaction):
         delay = 64 * layer.config.t1
         if not layer._finish(self, now + delay):
             self._response_wire = layer.packer.pack(self._response_wire)
-            self._set_timer(Input.TIMER_J, now, delay)
+            self._set_timer(_TIMER_J, now, delay)
 
 
 class FinishedServerTransaction:
@@ -914,6 +916,9 @@ class TransactionLayer:
     """Holds the finals of Completed non-INVITE server transactions compressed; by
     default one per process (a UE simulator runs a layer per UE: one compressor and
     dictionary for all of them, not ~20 KiB each)."""
+    # the earliest deadline armed (heap, FIFOs) since an edge last reset it to inf: an
+    # edge whose wake-up is armed already asks `next_deadline` only when this is earlier
+    _armed_min: float = field(default=float("inf"), repr=False, compare=False)
 
     # -- client side -------------------------------------------------------------
 
@@ -1104,6 +1109,8 @@ class TransactionLayer:
 
     def _schedule(self, tx: Transaction, deadline: float) -> None:
         heapq.heappush(self._heap, (deadline, tx))
+        if deadline < self._armed_min:
+            self._armed_min = deadline
 
     def _finish(self, tx: ServerTransaction, deadline: float) -> bool:
         """Replace `tx` (its final sent, Completed) by a `FinishedServerTransaction`
@@ -1115,6 +1122,8 @@ class TransactionLayer:
         self._server[tx.key] = rec
         self._finished.append(rec)
         self._finished_last = deadline
+        if deadline < self._armed_min:
+            self._armed_min = deadline
         self._to_pack = self.packer.pack_later(self._to_pack, rec, "_response_wire")
         return True
 
@@ -1141,6 +1150,8 @@ class TransactionLayer:
             fifo = self._swept[timer] = deque()
         fifo.append(tx)
         self._swept_last[timer] = deadline
+        if deadline < self._armed_min:
+            self._armed_min = deadline
         tx.timers = _SWEPT
         tx.deadline = deadline
         return True
