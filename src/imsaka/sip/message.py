@@ -172,6 +172,37 @@ def _check_value(value: str) -> str:
     return value.strip()
 
 
+def _add_lines(hs: list[tuple[str, str, str]], headers) -> set[str]:
+    """`add` of each (name, value) in turn to the lines `hs`, in one pass: a line goes
+    to the end unless a line of its header is already there with others after it (then
+    after that header's last line, as `add` does). Returns the keys `hs` holds now."""
+    append = hs.append
+    names = _ADD_NAMES
+    seen: set[str] = {h[0] for h in hs} if hs else set()
+    for name, value in headers:
+        spec = names.get(name)
+        if spec is None:
+            spec = _add_spec(name)
+        key, shown = spec
+        if type(value) is not str:
+            value = str(value)
+        if "\r" in value or "\n" in value or "\x00" in value:
+            raise LocalProtocolError("header value must not contain CR, LF or NUL")
+        value = value.strip()
+        entry = (key, value, f"{shown}: {value}")
+        if key not in seen:
+            seen.add(key)
+            append(entry)
+        elif hs[-1][0] == key:
+            append(entry)
+        else:
+            for i in range(len(hs) - 1, -1, -1):
+                if hs[i][0] == key:
+                    hs.insert(i + 1, entry)
+                    break
+    return seen
+
+
 class Message:
     """Common part of Request and Response: ordered header fields and the body."""
 
@@ -186,34 +217,7 @@ class Message:
         self._cache: dict | None = None
         self.body = bytes(body)
         if headers:
-            self._extend(headers)
-
-    def _extend(self, headers) -> None:
-        """`add` of each (name, value) in turn, in one pass: a line goes to the end
-        unless a line of its header is already there with others after it (then after
-        that header's last line, as `add` does)."""
-        hs = self._headers
-        append = hs.append
-        names = _ADD_NAMES
-        seen: set[str] = {h[0] for h in hs} if hs else set()
-        for name, value in headers:
-            spec = names.get(name)
-            if spec is None:
-                spec = _add_spec(name)
-            key, shown = spec
-            if type(value) is not str:
-                value = str(value)
-            if "\r" in value or "\n" in value or "\x00" in value:
-                raise LocalProtocolError("header value must not contain CR, LF or NUL")
-            value = value.strip()
-            entry = (key, value, f"{shown}: {value}")
-            if key not in seen:
-                seen.add(key)
-                append(entry)
-            elif hs[-1][0] == key:
-                append(entry)
-            else:
-                self._insert(key, entry, False)
+            _add_lines(self._headers, headers)
 
     # -- header access -------------------------------------------------------------
 
@@ -400,14 +404,11 @@ class Message:
         A value with a CR, LF or NUL raises LocalProtocolError before any line goes in."""
         if type(headers) is not list:
             headers = list(headers)  # read twice when some of these headers are there
-        # the block of lines that goes in, built by `_extend` (the `add`s) on its own
+        # the block of lines that goes in, built by the `add`s on their own
         block: list[tuple[str, str, str]] = []
-        scratch = Message.__new__(Message)
-        scratch._headers = block
-        scratch._extend(headers)
+        keys = _add_lines(block, headers)
         if not block:
             return
-        keys = {e[0] for e in block}
         hs = self._headers
         ks = list(map(_FIRST, hs))
         if keys.isdisjoint(ks):
@@ -415,9 +416,8 @@ class Message:
         else:
             # their lines already there, in their order (`move_after` keeps it), each new
             # one added among them
-            scratch._headers = [h for h in hs if h[0] in keys]
-            scratch._extend(headers)
-            block = scratch._headers
+            block = [h for h in hs if h[0] in keys]
+            _add_lines(block, headers)
             rest = [h for h in hs if h[0] not in keys]
             ks = list(map(_FIRST, rest))
         pos = 0
@@ -1109,6 +1109,6 @@ def make_response(
         name = to_line[2].partition(":")[0].rstrip()
         hs[hs.index(to_line)] = ("to", value, f"{name}: {value}")
     if headers:
-        resp._extend(headers)  # `add` of each, in one pass
+        _add_lines(hs, headers)  # `add` of each, in one pass
     resp.body = bytes(body)
     return resp
