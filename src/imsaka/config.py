@@ -105,6 +105,9 @@ class _Table:
         value = self._get(key, default, False)
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise self.fail(key, "must be a number")
+        if not math.isfinite(value):
+            # TOML has inf and nan; nan passes every comparison below as false
+            raise self.fail(key, "must be a finite number")
         if value <= lo and not (zero and value == 0):
             raise self.fail(key, f"must be greater than {lo}" + (" or 0" if zero else ""))
         return float(value)
@@ -706,9 +709,6 @@ def _pcscf(t: _Table, network: NetworkConfig) -> PcscfConfig:
         dereg_grace=t.float("dereg_grace", 32.0, zero=True),
     )
     t.done()
-    if not math.isfinite(cfg.dereg_grace):
-        # TOML has inf and nan: a set held forever, or never (nan compares false)
-        raise t.fail("dereg_grace", "must be a finite number")
     fixed = [p for p in (cfg.port, cfg.port_c, cfg.port_s) if p]
     if len(set(fixed)) != len(fixed):
         raise t.fail("port_s", "port, port_c and port_s must differ")

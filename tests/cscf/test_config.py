@@ -82,6 +82,10 @@ def mutate(path: list[str], value) -> dict:
         (["pcscf", "sec_agree"], "maybe", "[pcscf].sec_agree: must be one of"),
         (["pcscf", "max_in_flight"], -1, "[pcscf].max_in_flight: must be at least 0"),
         (["pcscf", "max_in_flight"], "many", "[pcscf].max_in_flight: must be an integer"),
+        # TOML has inf and nan; nan would pass every bound check
+        (["pcscf", "max_queue_delay"], float("nan"), "[pcscf].max_queue_delay: must be a finite"),
+        (["pcscf", "max_queue_delay"], float("inf"), "[pcscf].max_queue_delay: must be a finite"),
+        (["icscf", "diameter", "timeout"], float("inf"), "[icscf.diameter].timeout: must be a fin"),
         (["pcscf", "integrity_algorithms"], ["hmac-sha-256"], "[pcscf].integrity_algorithms:"),
         (["pcscf", "port_s"], 5060, "[pcscf].port_s: port, port_c and port_s must differ"),
         (["network", "home_domains"], [], "[network].home_domains: must not be empty"),
