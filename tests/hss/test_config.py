@@ -74,6 +74,9 @@ def test_full_section():
             "[hss].scscfs[0].mandatory_capabilities",
         ),
         ({"watchdog": 1}, "[hss].watchdog"),
+        ({"watchdog": float("inf")}, "[hss].watchdog"),
+        ({"request_timeout": float("nan")}, "[hss].request_timeout"),
+        ({"request_timeout": float("inf")}, "[hss].request_timeout"),
         ({"visited_networks": "visited1.net"}, "[hss].visited_networks"),
     ],
 )

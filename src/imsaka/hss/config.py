@@ -31,6 +31,7 @@ with one line naming ``[hss].field``.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -62,6 +63,11 @@ _KNOWN = {
 
 class HssConfigError(CliError):
     """A mistake in ``[hss]``: the message starts with ``[hss].field:``."""
+
+
+def _finite(value: object) -> bool:
+    """A TOML number that is neither a bool nor inf/nan."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _fail(key: str, reason: str) -> HssConfigError:
@@ -321,10 +327,11 @@ def parse_hss_config(whole: Mapping[str, Any], *, base_dir: Path | None = None) 
     ):
         raise _fail("max_vectors", "expected an integer 1..32")
     timeout = data.get("request_timeout", 5.0)
-    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+    # TOML has inf and nan (nan passes a bound check as false)
+    if not _finite(timeout) or timeout <= 0:
         raise _fail("request_timeout", "expected a positive number of seconds")
     watchdog = data.get("watchdog", 30.0)
-    if not isinstance(watchdog, int | float) or isinstance(watchdog, bool) or watchdog < 6:
+    if not _finite(watchdog) or watchdog < 6:
         raise _fail("watchdog", "expected seconds ≥ 6 (RFC 3539 Tw)")
     api_address = _address(data, "api_address", "127.0.0.1")
     token = _str(data, "api_token", None)
