@@ -10,6 +10,7 @@ import asyncio
 
 from imsaka.cscf.scscf import notify_sender
 from imsaka.sip import Request
+from imsaka.sip.endpoint import SipEndpoint
 
 from .test_bench_scscf import _bench
 
@@ -91,6 +92,8 @@ class _Endpoint:
 
     def send_request_callback(self, request, address, transport, callback):
         self.sent.append((request, address, transport))
+
+    stream_for = SipEndpoint.stream_for  # the real §18.1.1 rule over these transports
 
 
 def _notify(size: int) -> Request:

@@ -961,12 +961,7 @@ def notify_sender(endpoint: Any) -> RequestSender:
         if not transports:
             return False
         t = transports[0]
-        if (
-            not t.reliable
-            and not request.has("via")
-            and len(request.to_bytes()) + 120 > 1300
-            and any(x.reliable for x in transports)
-        ):
+        if endpoint.stream_for(request, t) is not None:
             return False
         endpoint.send_request_callback(request, address, t, callback)
         return True

@@ -352,15 +352,8 @@ class SipEndpoint:
         t = transport or (self.transports[0] if self.transports else None)
         if t is None:
             raise LocalProtocolError("transport: the endpoint has none")
-        # §18.1.1: a request within 200 octets of a 1500-octet MTU (over 1300, ~120
-        # of them for the Via we add) goes over a congestion-controlled transport
-        if (
-            transport is None
-            and not t.reliable
-            and not request.has("via")
-            and len(request.to_bytes()) + 120 > 1300
-        ):
-            stream = next((x for x in self.transports if x.reliable), None)
+        if transport is None:
+            stream = self.stream_for(request, t)
             if stream is not None:
                 resp, refused = await self._send(request, addr, stream, on_provisional, timeout)
                 if not refused:
@@ -370,6 +363,15 @@ class SipEndpoint:
                 request.pop_first("via")
         resp, _ = await self._send(request, addr, t, on_provisional, timeout)
         return resp
+
+    def stream_for(self, request: Request, transport: SipTransport) -> SipTransport | None:
+        """The stream transport `send_request` carries `request` over instead of the
+        datagram `transport` (RFC 3261 §18.1.1: a request within 200 octets of a
+        1500-octet MTU, over 1300 with ~120 for the Via we add, goes over a
+        congestion-controlled transport), or None to send it as asked."""
+        if transport.reliable or request.has("via") or len(request.to_bytes()) + 120 <= 1300:
+            return None
+        return next((x for x in self.transports if x.reliable), None)
 
     def send_request_callback(
         self,
