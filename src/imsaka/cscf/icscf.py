@@ -286,14 +286,26 @@ class Icscf:
 
     def _ask_in_task(self, uar: Any, callback: Callable[[Any, BaseException | None], None]) -> None:
         """A coroutine `cx_send` behind the callback form (tests, other senders)."""
-        task = asyncio.ensure_future(self._cx_send(uar))
+        self._in_task(
+            self._cx_send(uar), lambda answer: callback(answer, None), lambda e: callback(None, e)
+        )
+
+    def _in_task(
+        self,
+        coro: Awaitable[Any],
+        on_result: Callable[[Any], None],
+        on_error: Callable[[BaseException], None],
+    ) -> None:
+        """`coro` in a Task (kept until it ends) whose result or exception goes to the
+        callbacks; a cancelled one (close) calls neither."""
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
 
         def done(task: asyncio.Future[Any]) -> None:
             self._tasks.discard(task)
             if not task.cancelled():
                 exc = task.exception()
-                callback(None, exc) if exc is not None else callback(task.result(), None)
+                on_error(exc) if exc is not None else on_result(task.result())
 
         task.add_done_callback(done)
 
@@ -358,16 +370,9 @@ class Icscf:
             send(fwd, addr, transport, reg.on_response)
             return
         # an endpoint with the coroutine only (tests' fakes)
-        task = asyncio.ensure_future(self.endpoint.send_request(fwd, addr, transport=transport))
-        self._tasks.add(task)
-
-        def done(task: asyncio.Future[Response]) -> None:
-            self._tasks.discard(task)
-            if not task.cancelled():
-                exc = task.exception()
-                reg.fail(exc) if exc is not None else reg.on_response(task.result())
-
-        task.add_done_callback(done)
+        self._in_task(
+            self.endpoint.send_request(fwd, addr, transport=transport), reg.on_response, reg.fail
+        )
 
     def _transport(self, name: str) -> Any:
         try:
