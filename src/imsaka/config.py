@@ -445,6 +445,11 @@ class ScscfConfig:
     reauthenticate: str = "never"
     """``never``: a re-REGISTER with integrity-protected="yes" for a live registration is
     accepted without a new AKA run (TS 24.229 §5.4.1.2.2); ``always``: challenge it."""
+    reregistration_sar: str = "always"
+    """``always``: every re-registration sends SAR RE_REGISTRATION to the HSS;
+    ``when-needed``: a re-REGISTER accepted without AKA that only refreshes bindings this
+    S-CSCF holds, with the subscription profile at hand, is answered without the SAR
+    (TS 23.228 §5.2.2.4 lets the S-CSCF omit the Cx-Put/Cx-Pull on re-registration)."""
     vectors_per_request: int = 3
     """SIP-Number-Auth-Items asked in a MAR; spare vectors are cached per IMPI, one per challenge."""
     max_failed_attempts: int = 3
@@ -802,6 +807,7 @@ def _scscf(t: _Table, network: NetworkConfig) -> ScscfConfig:
         server_name=server_name,
         realm=t.str("realm", network.home_domains[0]),
         reauthenticate=t.choice("reauthenticate", "never", ("never", "always")),
+        reregistration_sar=t.choice("reregistration_sar", "always", ("always", "when-needed")),
         vectors_per_request=t.int("vectors_per_request", 3, lo=1, hi=32),
         max_failed_attempts=t.int("max_failed_attempts", 3, lo=1),
         lockout=t.int("lockout", 300, lo=0),

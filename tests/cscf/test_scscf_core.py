@@ -513,6 +513,7 @@ def test_retry_after_comes_from_the_config():
         realm = "home1.net"
         service_route = "<sip:orig@s;lr>"
         reauthenticate = "never"
+        reregistration_sar = "always"
         vectors_per_request = 1
         max_failed_attempts = 3
         lockout = 300

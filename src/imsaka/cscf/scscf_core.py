@@ -15,7 +15,9 @@ Procedure selection (TS 24.229 §5.4.1.1, §5.4.1.2):
   (TS 24.229 §5.1.1.5.3) → 403;
 - integrity-protected="yes" for a live registration of that IMPI/IMPU and no pending
   challenge → accepted without a new AKA run unless ``reauthenticate = "always"``
-  (§5.4.1.2.2); Expires 0 there is a de-registration (§5.4.1.4);
+  (§5.4.1.2.2); Expires 0 there is a de-registration (§5.4.1.4). Such a re-REGISTER
+  sends SAR RE_REGISTRATION, or with ``reregistration_sar = "when-needed"`` and only
+  live bindings refreshed is answered from the stored profile (TS 23.228 §5.2.2.4);
 - anything else (integrity-protected="no", absent, unknown nonce, lapsed challenge) →
   a challenge: one vector per 401, taken from the per-IMPI cache or fetched by MAR
   (several at once), never reused; reg-await-auth (4 min) per challenge.
@@ -233,6 +235,7 @@ class RegistrarPolicy:
     realm: str
     service_route: str
     reauthenticate: str = "never"
+    reregistration_sar: str = "always"
     vectors_per_request: int = 3
     max_failed_attempts: int = 3
     lockout: float = 300.0
@@ -252,6 +255,7 @@ class RegistrarPolicy:
             realm=cfg.realm,
             service_route=cfg.service_route,
             reauthenticate=cfg.reauthenticate,
+            reregistration_sar=cfg.reregistration_sar,
             vectors_per_request=cfg.vectors_per_request,
             max_failed_attempts=cfg.max_failed_attempts,
             lockout=float(cfg.lockout),
@@ -815,9 +819,28 @@ class RegistrarCore:
             self.counters["too_many_contacts"] += 1
             return [self._reply(token, 403, "Forbidden (too many registered contacts)")]
         kind = AssignmentType.RE_REGISTRATION if reg is not None else AssignmentType.REGISTRATION
-        self._ops[token] = _Op(_OpKind.ASSIGN, impi, req.impu, req, kind)
+        op = _Op(_OpKind.ASSIGN, impi, req.impu, req, kind)
         available = reg is not None and bool(reg._user_data) and reg.impi == impi
+        if available and self.policy.reregistration_sar == "when-needed":
+            assert reg is not None
+            if self._refresh_only(reg, req, now):
+                # TS 23.228 §5.2.2.4: on re-registration the S-CSCF may omit the
+                # Cx-Put/Cx-Pull; the HSS already names this S-CSCF for the IMPU and
+                # the profile is the one it sent.
+                self.counters["reregister_without_sar"] += 1
+                return self._finish_register(token, op, None, now)
+        self._ops[token] = op
         return [AskAssignment(token, impi, req.impu, kind, available)]
+
+    def _refresh_only(self, reg: Registration, req: RegisterRequest, now: float) -> bool:
+        """Whether `req` only refreshes live bindings of `reg` (none added or removed)."""
+        if req.star or not req.contacts:
+            return False
+        for spec in req.contacts:
+            binding = reg.contacts.get(spec.uri)
+            if binding is None or binding.expires_at <= now or self._expiry_of(req, spec) == 0:
+                return False
+        return True
 
     def _out_of_order(self, reg: Registration, req: RegisterRequest) -> bool:
         for spec in req.contacts:
