@@ -449,7 +449,8 @@ class ScscfConfig:
     """``always``: every re-registration sends SAR RE_REGISTRATION to the HSS;
     ``when-needed``: a re-REGISTER accepted without AKA that only refreshes bindings this
     S-CSCF holds, with the subscription profile at hand, is answered without the SAR
-    (TS 23.228 §5.2.2.4 lets the S-CSCF omit the Cx-Put/Cx-Pull on re-registration)."""
+    (TS 23.228 §5.2.2.4 lets the S-CSCF omit the Cx-Put/Cx-Pull on re-registration).
+    Only with the memory binding store: a shared record may come from another S-CSCF."""
     vectors_per_request: int = 3
     """SIP-Number-Auth-Items asked in a MAR; spare vectors are cached per IMPI, one per challenge."""
     max_failed_attempts: int = 3
@@ -798,6 +799,11 @@ def _scscf(t: _Table, network: NetworkConfig) -> ScscfConfig:
         raise t.fail("max_expires", "must not be below min_expires")
     if not min_expires <= default_expires <= max_expires:
         raise t.fail("default_expires", "must lie between min_expires and max_expires")
+    reregistration_sar = t.choice("reregistration_sar", "always", ("always", "when-needed"))
+    if reregistration_sar == "when-needed" and binding_store != "memory://":
+        # A shared record may have been written by another S-CSCF, which the HSS may
+        # still name for the IMPU: only an SAR tells the HSS who serves it now.
+        raise t.fail("reregistration_sar", '"when-needed" needs binding_store = "memory://"')
     cfg = ScscfConfig(
         name=name,
         diameter=diameter,
@@ -807,7 +813,7 @@ def _scscf(t: _Table, network: NetworkConfig) -> ScscfConfig:
         server_name=server_name,
         realm=t.str("realm", network.home_domains[0]),
         reauthenticate=t.choice("reauthenticate", "never", ("never", "always")),
-        reregistration_sar=t.choice("reregistration_sar", "always", ("always", "when-needed")),
+        reregistration_sar=reregistration_sar,
         vectors_per_request=t.int("vectors_per_request", 3, lo=1, hi=32),
         max_failed_attempts=t.int("max_failed_attempts", 3, lo=1),
         lockout=t.int("lockout", 300, lo=0),

@@ -130,3 +130,11 @@ def test_config_field():
     assert cfg.scscf.reregistration_sar == "when-needed"
     with pytest.raises(ConfigError, match=r"\[scscf\]\.reregistration_sar: must be one of"):
         parse_config(tomllib.loads(BASE.format(extra='reregistration_sar = "sometimes"')))
+
+
+def test_when_needed_refuses_a_shared_binding_store():
+    # a record in a shared store may have been written by another S-CSCF that the HSS
+    # still names: the SAR is what moves the assignment, so it cannot be skipped there
+    extra = 'reregistration_sar = "when-needed"\nbinding_store = "redis://127.0.0.1:6379/0"'
+    with pytest.raises(ConfigError, match=r'\[scscf\]\.reregistration_sar: "when-needed" needs'):
+        parse_config(tomllib.loads(BASE.format(extra=extra)))
