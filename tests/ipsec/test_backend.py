@@ -21,6 +21,7 @@ from imsaka.ipsec.backend import (
     SA_NOT_USABLE,
     SOURCE_MISMATCH,
     UNKNOWN_SPI,
+    _checksum_of,
     udp_checksum,
 )
 from imsaka.ipsec.esp import ICV_MISMATCH, REPLAY
@@ -212,6 +213,46 @@ def test_udp_checksum_is_rfc_1071(segment, addresses):
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     assert udp_checksum(*addresses, segment) == (((~total) & 0xFFFF) or 0xFFFF)
+
+
+@given(
+    st.binary(max_size=300),
+    st.integers(0, 0xFFFF),
+    st.integers(0, 0xFFFF),
+    st.sampled_from([("127.0.0.1", "10.0.0.2"), ("::1", "fe80::1"), ("0.0.0.0", "0.0.0.0")]),
+)
+def test_checksum_of_an_inner_segment_is_udp_checksum_of_it(data, sport, dport, addresses):
+    """The send path's checksum (header and payload summed apart, never joined) is the
+    RFC 768 checksum of the segment it builds, odd payloads and both families."""
+    header = struct.pack(">HHHH", sport, dport, 8 + len(data), 0)
+    expected = udp_checksum(*addresses, header + data)
+    assert _checksum_of(*addresses, sport, dport, data) == expected
+
+
+async def test_a_later_lifetime_keeps_the_armed_wake_up_and_an_earlier_one_rearms():
+    """A re-registration moves a set's lifetime later: the backend keeps its wake-up (no
+    re-arm per message), which then fires early, finds nothing due and arms for the new
+    deadline; a deadline earlier than the armed one re-arms at once."""
+    loop = asyncio.get_running_loop()
+    n = negotiate(now=loop.time())
+    async with UserspaceBackend(n.pcscf) as pc:
+        pset = n.pcscf_set
+        pset.expires_at = loop.time() + 0.05
+        pc.sync()
+        armed = pc._timer_at
+        assert armed == pset.expires_at
+        pset.expires_at = loop.time() + 0.3  # later (as `reregistered` moves it)
+        pc.sync()
+        assert pc._timer_at == armed  # kept
+        await asyncio.sleep(0.1)
+        # woke early: the set is live, the wake-up now waits for its real deadline
+        assert pset.state is SaState.TEMPORARY and pc._timer_at == pset.expires_at
+        pset.expires_at = loop.time() + 0.02  # earlier: re-armed at once
+        pc.sync()
+        assert pc._timer_at == pset.expires_at
+        await asyncio.sleep(0.15)
+        assert pset.state is SaState.REMOVED and pc.bound_ports() == []
+        assert pc._timer is None
 
 
 def test_key_file_lines_match_the_uat_format(negotiated):

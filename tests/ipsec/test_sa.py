@@ -163,6 +163,24 @@ def test_temporary_then_established_lifetime():
     assert t.current("ue1") is s and t.next_deadline() == s.expires_at
 
 
+def test_deadline_version_moves_only_when_a_deadline_may_come_earlier():
+    """The backend keeps its wake-up while `deadline_version` is unchanged: a lifetime
+    moving later (a re-registration) or a set leaving leaves it; a new set or a
+    lifetime moving earlier than its entry moves it, and `next_deadline` is then never
+    below the deadline read before (unchanged version) or is re-read (changed)."""
+    n = negotiate(now=1000.0)
+    t, s = n.pcscf, n.pcscf_set
+    t.registered(s, expires=600, now=1010.0)
+    first = t.next_deadline()
+    version = t.deadline_version
+    t.reregistered(s, expires=6000, now=1020.0)
+    assert t.deadline_version == version and t.next_deadline() > first
+    s.expires_at = 1500.0  # earlier than its heap entry: a new entry
+    assert t.deadline_version == version + 1 and t.next_deadline() == 1500.0
+    t.remove(s, now=1030.0)
+    assert t.deadline_version == version + 1 and t.next_deadline() is None
+
+
 def test_temporary_expires_after_reg_await_auth_and_frees_spis_and_ports():
     n = negotiate(now=0.0)
     t, s = n.pcscf, n.pcscf_set

@@ -283,17 +283,21 @@ class PcscfServer:
                 self._arm()
                 return
         # A release listed after a reply over the same set: that reply is the last
-        # message due over it (de-REGISTER 200 OK, failed-auth 4xx).
-        releasing: dict[int, ReleaseSecurityAssociations | HoldSecurityAssociations] = {
-            a.sa.spi_ps: a
-            for a in actions
-            if isinstance(a, (ReleaseSecurityAssociations, HoldSecurityAssociations))
-        }
+        # message due over it (de-REGISTER 200 OK, failed-auth 4xx). (None: no release
+        # among them, as for a re-registration's 200 OK and its upgrade)
+        releasing: dict[int, ReleaseSecurityAssociations | HoldSecurityAssociations] | None
+        releasing = None
+        for a in actions:
+            if type(a) is ReleaseSecurityAssociations or type(a) is HoldSecurityAssociations:
+                if releasing is None:
+                    releasing = {}
+                releasing[a.sa.spi_ps] = a
         done: set[int] = set()
         for action in actions:
-            if isinstance(action, Forward):
+            kind = type(action)
+            if kind is Forward:
                 self.udp.send(action.message.to_bytes(), action.destination)
-            elif isinstance(action, Reply):
+            elif kind is Reply:
                 data = action.message.to_bytes()
                 if action.spi is None:
                     self.send_clear(data, action.destination, action.transport)
@@ -302,13 +306,13 @@ class PcscfServer:
                 if sa_set is None or out_sa is None:
                     log.info("pcscf: reply not sent: no live SA with spi %d", action.spi)
                     continue
-                key = self._key_of(sa_set)
+                key = sa_set.pcscf_spis[1]  # `_key_of`
                 final = False
                 if isinstance(action.message, Request):
                     pass  # a request to the UE (a NOTIFY) is never the set's last message
-                elif key in releasing and key not in done:
+                elif releasing is not None and key in releasing and key not in done:
                     final = self._mark_last_message(sa_set, now)
-                    if isinstance(releasing[key], HoldSecurityAssociations):
+                    if type(releasing[key]) is HoldSecurityAssociations:
                         # the answered REGISTER's transaction stays open on the set until
                         # the core releases it: sending this answer does not remove it
                         self.table.transaction_started(sa_set)
@@ -318,9 +322,7 @@ class PcscfServer:
                     # copy was lost): it is the message the draining set waits for.
                     final = True
                 self.send_protected(out_sa, data, final)
-            elif isinstance(action, InstallSecurityAssociations):
-                self._install(action.sa, now)
-            elif isinstance(action, UpgradeSecurityAssociations):
+            elif kind is UpgradeSecurityAssociations:
                 s = self._sets.get(action.sa.spi_ps)
                 if s is not None:
                     expires = max(action.lifetime - 30.0, 0.0)
@@ -329,9 +331,11 @@ class PcscfServer:
                     elif s.state is SaState.ESTABLISHED:
                         self.table.reregistered(s, expires=expires, now=now)
                     self.backend.sync()
-            elif isinstance(action, HoldSecurityAssociations):
+            elif kind is InstallSecurityAssociations:
+                self._install(action.sa, now)
+            elif kind is HoldSecurityAssociations:
                 self._hold(action, action.sa.spi_ps in done, now)
-            elif isinstance(action, ReleaseSecurityAssociations):
+            elif kind is ReleaseSecurityAssociations:
                 key = action.sa.spi_ps
                 s = self._sets.pop(key, None)
                 if s is not None and key in done and s.state is SaState.DRAINING:
@@ -348,7 +352,7 @@ class PcscfServer:
                 # Nothing more is due over it: it goes now.
                 self.table.remove(s, now=now, reason=action.reason)
                 self.backend.sync()
-            elif isinstance(action, DropInput):
+            elif kind is DropInput:
                 pass
         self._arm()
 

@@ -78,6 +78,11 @@ SEQ_EXHAUSTED = "esp-sequence-exhausted"
 SEND_FAILED = "send-failed"
 UNKNOWN_PEER = "xfrm-no-sa-for-peer"
 
+# `SaSet.usable_for_sending`, as a set for the per-message check
+_SENDABLE = frozenset(
+    (SaState.TEMPORARY, SaState.ESTABLISHED, SaState.SUPERSEDED, SaState.DRAINING)
+)
+
 _SIP_START = (b"REGISTER", b"INVITE", b"SIP/2.0", b"ACK", b"BYE", b"OPTIONS", b"SUBSCRIBE",
               b"NOTIFY", b"CANCEL", b"PRACK", b"UPDATE", b"MESSAGE", b"INFO", b"REFER",
               b"PUBLISH")  # fmt: skip
@@ -119,6 +124,25 @@ def _packed(ip: str) -> bytes:
     return ipaddress.ip_address(ip).packed
 
 
+@functools.lru_cache(maxsize=1024)
+def _address_sum(src_ip: str, dst_ip: str) -> int:
+    """The pseudo-header's addresses summed as 16-bit words, modulo 0xFFFF."""
+    return int.from_bytes(_packed(src_ip) + _packed(dst_ip), "big") % 0xFFFF
+
+
+def _checksum_of(src_ip: str, dst_ip: str, sport: int, dport: int, data: bytes) -> int:
+    """`udp_checksum` of the segment with header (sport, dport, 8 + len(data), 0) and
+    payload `data`, without building either: modulo 0xFFFF (2^16 = 1 there) the sum of
+    the words of an even-length prefix and of what follows is the sum of their values,
+    and both pseudo-headers (IPv4: length in 16 bits, IPv6: in 32) add length + 17."""
+    length = 8 + len(data)
+    value = int.from_bytes(data, "big")
+    if len(data) % 2:
+        value <<= 8  # the zero octet that pads it to whole words
+    total = (_address_sum(src_ip, dst_ip) + 17 + 2 * length + sport + dport + value) % 0xFFFF
+    return ((~total) & 0xFFFF) or 0xFFFF
+
+
 class _Port:
     __slots__ = ("address", "refs", "sock")
 
@@ -156,6 +180,9 @@ class ProtectedTransport(Observable):
         # The deadline `_timer` was armed for: uvloop's call_at returns a plain Handle
         # without when() for a deadline already past, so it is kept here.
         self._timer_at: float | None = None
+        # The table's `deadline_version` when `_timer` was armed: no deadline earlier
+        # than the armed one can have come since while it is unchanged.
+        self._armed_version = -1
         self._keyed: dict[int, SecurityAssociation] = {}
         self._closed = False
         self.drops: dict[str, int] = {}
@@ -202,6 +229,10 @@ class ProtectedTransport(Observable):
         Call after every table input (create_temporary, registered, deregistered ...);
         `send` and the receive path call it themselves.
         """
+        if not self.table._events:
+            # (most calls: a message came or went, nothing installed or removed)
+            self._arm_timer()
+            return
         changed = False
         # The SAs whose keys go to the key file: kept only when one is written (else
         # every SA ever installed would stay referenced here).
@@ -253,9 +284,18 @@ class ProtectedTransport(Observable):
     def _arm_timer(self) -> None:
         if self._closed:
             return
-        deadline = self.table.next_deadline()
+        table = self.table
+        version = table.deadline_version
+        if self._timer is not None and version == self._armed_version:
+            return  # no earlier deadline since it was armed (a later one: see below)
+        deadline = table.next_deadline()
+        self._armed_version = version
         if self._timer is not None:
-            if deadline is not None and self._timer_at == deadline:
+            # An armed wake-up at or before the deadline stays: a lifetime that moved
+            # later (a re-registration) costs no re-arm per message; the early wake-up
+            # finds nothing due and arms for the deadline then.
+            at = self._timer_at
+            if deadline is not None and at is not None and at <= deadline:
                 return
             self._timer.cancel()
             self._timer = None
@@ -373,7 +413,7 @@ class ProtectedTransport(Observable):
         if sa.inbound:
             raise LocalProtocolError("send: needs an outbound SA (use reply_sa / client_sa)")
         sa_set = sa.sa_set
-        if not sa_set.usable_for_sending() or sa_set.state is SaState.REMOVED:
+        if sa_set.state not in _SENDABLE:
             self._count(SA_NOT_USABLE, f"set #{sa_set.id}")
             return False
         p = self._ports.get(sa.src[1])
@@ -425,15 +465,15 @@ class UserspaceBackend(ProtectedTransport):
         length = 8 + len(data)
         if length > MAX_DATAGRAM - 100:
             raise LocalProtocolError("send: SIP message too large for one UDP datagram")
-        header = _UDP.pack(sa.src[1], sa.dst[1], length, 0)
-        checksum = udp_checksum(sa.src[0], sa.dst[0], header + data)
-        inner = _UDP.pack(sa.src[1], sa.dst[1], length, checksum) + data
-        return sa.esp.protect(inner, 17)  # type: ignore[union-attr]
+        (src_ip, sport), (dst_ip, dport) = sa.src, sa.dst
+        checksum = _checksum_of(src_ip, dst_ip, sport, dport, data)
+        return sa.protect(_UDP.pack(sport, dport, length, checksum) + data, 17)  # type: ignore[attr-defined]
 
     def _datagram(self, p: _Port, data: bytes, peer: Address) -> None:
         now = self.now()
-        spi = _esp.peek_spi(data)
-        sa = None if spi is None else self.table.lookup_inbound(spi)
+        # (`peek_spi` and `lookup_inbound`, inline: once per datagram)
+        spi = int.from_bytes(data[:4], "big") if len(data) >= 8 else None
+        sa = None if spi is None else self.table._by_spi.get(spi)
         inner = None
         try:
             if sa is None:
@@ -447,17 +487,18 @@ class UserspaceBackend(ProtectedTransport):
             if sa.dst[1] != p.address[1]:
                 self._count(WRONG_PORT, f"spi=0x{spi:08x}")
                 return
-            if _norm(peer[0]) != _norm(sa.src[0]) or peer[1] != sa.src[1]:
+            src = sa.src
+            if peer[1] != src[1] or (peer[0] != src[0] and _norm(peer[0]) != _norm(src[0])):
                 self._count(SOURCE_MISMATCH, f"spi=0x{spi:08x} from {peer[0]}:{peer[1]}")
                 return
-            result = sa.esp.unprotect(data)  # type: ignore[union-attr]
+            result = sa.unprotect_payload(data)  # type: ignore[attr-defined]
             if type(result) is _esp.EspDrop:
                 self._count(result.reason, f"spi=0x{spi:08x}")
                 return
-            if result.next_header != 17:
-                self._count(NOT_UDP, f"next header {result.next_header}")
+            next_header, payload = result
+            if next_header != 17:
+                self._count(NOT_UDP, f"next header {next_header}")
                 return
-            payload = result.payload
             if len(payload) < 8:
                 self._count(BAD_INNER_UDP, "short")
                 return

@@ -312,14 +312,25 @@ class EspInbound(ReplayWindow, _AlgorithmNames):
         return self._drops if self._drops is not None else {}
 
     def unprotect(self, packet: bytes) -> EspDelivered | EspDrop:
+        result = self.unprotect_payload(packet)
+        if type(result) is EspDrop:
+            return result
+        return EspDelivered(self.spi, _HDR.unpack_from(packet)[1], result[0], result[1])
+
+    def unprotect_payload(self, packet: bytes) -> tuple[int, bytes] | EspDrop:
+        """`unprotect` without its `EspDelivered`: (next header, payload), or the drop
+        (the same checks, window update and counters); what a backend reads per packet."""
         if len(packet) < 8:
             return self._drop(None, None, TOO_SHORT)
         spi, seq = _HDR.unpack_from(packet)
         if spi != self.spi:
             return self._drop(spi, seq, WRONG_SPI)
-        reason = self.check(seq)
-        if reason is not None:
-            return self._drop(spi, seq, reason)
+        if seq <= self.top:
+            # (a number above the window's top is always new and never 0: `check` only
+            # has something to say at or below it)
+            reason = self.check(seq)
+            if reason is not None:
+                return self._drop(spi, seq, reason)
         fn = self._open
         if fn is None:
             fn = self._open = self._transform.opener()
@@ -328,7 +339,7 @@ class EspInbound(ReplayWindow, _AlgorithmNames):
             return self._drop(spi, seq, result)
         self.update(seq)
         self.delivered += 1
-        return EspDelivered(spi, seq, result[0], result[1])
+        return result
 
     def _drop(self, spi: int | None, seq: int | None, reason: str) -> EspDrop:
         if self._drops is None:
@@ -424,8 +435,10 @@ class _NullTransform:
 
     def protect(self, spi: int, seq: int, payload: bytes, nh: int) -> bytes:
         keyed, icv_len = self._integ
-        signed = _pack(spi, seq) + payload + _trailer(len(payload), 4, nh)
-        mac = keyed(self._ik)
+        signed = b"".join((_pack(spi, seq), payload, _trailer(len(payload), 4, nh)))
+        # (the cache's dict read here: one call fewer per packet than `context`)
+        mac = keyed._contexts.get(self._ik)
+        mac = keyed.context(self._ik) if mac is None else mac.copy()
         mac.update(signed)
         return signed + mac.finalize()[:icv_len]
 
@@ -436,17 +449,18 @@ class _NullTransform:
             return TOO_SHORT
         if (n - 8 - icv_len) % 4:
             return BAD_LENGTH
-        signed = packet[:-icv_len]
-        mac = keyed(self._ik)
-        mac.update(signed)
-        if not _same(mac.finalize()[:icv_len], packet[-icv_len:]):
+        mac = keyed._contexts.get(self._ik)
+        mac = keyed.context(self._ik) if mac is None else mac.copy()
+        # a view: the signed part is not copied for the MAC
+        mac.update(memoryview(packet)[: n - icv_len])
+        if not _same(mac.finalize()[:icv_len], packet[n - icv_len :]):
             return ICV_MISMATCH
-        return _strip_trailer(signed[8:])
+        return _strip_trailer(packet[8 : n - icv_len])
 
 
-# (keyed HMAC context maker, ICV length) per HMAC integrity algorithm
+# (keyed HMAC contexts, ICV length) per HMAC integrity algorithm
 _NULL_INTEGRITY = {
-    name: (_KEYED[integ.digest].context, integ.icv_len)
+    name: (_KEYED[integ.digest], integ.icv_len)
     for name, integ in INTEGRITY.items()
     if getattr(integ, "digest", None) in _KEYED
 }

@@ -523,10 +523,12 @@ class SaSet:
         return self.outbound[arrived_on.dst[1]]
 
     def needs_new_registration(self) -> bool:
-        return any(
-            sa.esp.needs_new_registration
-            for sa in self.outbound.values()  # type: ignore[union-attr]
-        )
+        # (asked per message sent: a loop, no generator; an outbound SA is its own
+        # `EspOutbound`, `needs_new_registration` read inline)
+        for sa in self.outbound.values():  # noqa: SIM110 - no generator per call
+            if sa.seq >= sa.soft_limit:  # type: ignore[attr-defined]
+                return True
+        return False
 
     @property
     def live(self) -> bool:
@@ -599,6 +601,11 @@ class SecurityAssociationTable:
         # gone or whose lifetime moved are skipped when they surface (lazy deletion),
         # so a message or timer costs O(log n), not a walk over every set.
         self._deadlines: list[tuple[float, int]] = []
+        # Counts the entries pushed on `_deadlines`: only a push can bring a deadline
+        # earlier than `next_deadline()` was (a lifetime moving later or a set leaving
+        # cannot), so a caller whose wake-up was armed for it at an unchanged count
+        # keeps it (it wakes early at worst, finds nothing due and asks again).
+        self.deadline_version = 0
 
     # -- queries
 
@@ -820,7 +827,7 @@ class SecurityAssociationTable:
         """A message arrived over `sa_set`: the first one on a newer set retires the old."""
         sa_set.used = True
         c = self._contact_of(sa_set)
-        if c.established is sa_set:
+        if c.old and c.established is sa_set:
             for old in list(c.old):
                 if old.state is SaState.SUPERSEDED:
                     self._apply(old, SaInput.NEW_SET_USED, now, "replaced by a newer set")
@@ -891,6 +898,7 @@ class SecurityAssociationTable:
             return  # the earlier entry surfaces first and moves on to `due`
         sa_set._scheduled = due
         heapq.heappush(self._deadlines, (due, sa_set.id))
+        self.deadline_version += 1
         if len(self._deadlines) > 64 + 2 * len(self._sets):
             # Entries of removed sets and of lifetimes moved earlier: compact now and
             # then so the heap stays proportional to the live sets.
