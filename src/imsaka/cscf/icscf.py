@@ -248,6 +248,9 @@ class Icscf:
         # cx_ask(uar, callback): the UAR sent, callback(answer, None) or (None, exc)
         self._cx_ask = cx_ask if cx_ask is not None else self._ask_in_task
         self._tasks: set[asyncio.Future[Any]] = set()  # coroutine senders' waits
+        # the UAR's fixed AVPs, read once (the configuration does not change while we run)
+        d = config.diameter
+        self._uar_fixed = (d.host, d.realm, d.hss.realm, d.hss.host)
 
     def on_request(self, request: Request, tx: Any) -> None:
         """The SipEndpoint request handler: one REGISTER, one UAR, one forwarded
@@ -337,14 +340,14 @@ class Icscf:
         return response.to.tag is None
 
     def _uar(self, u: UarInput) -> cx.UserAuthorizationRequest:
-        d = self.config.diameter
+        host, realm, hss_realm, hss_host = self._uar_fixed
         self._session += 1
         return cx.UserAuthorizationRequest(
-            session_id=f"{d.host};{int(time.time())};{self._session}",
-            origin_host=d.host,
-            origin_realm=d.realm,
-            destination_realm=d.hss.realm,
-            destination_host=d.hss.host,
+            session_id=f"{host};{int(time.time())};{self._session}",
+            origin_host=host,
+            origin_realm=realm,
+            destination_realm=hss_realm,
+            destination_host=hss_host,
             user_name=u.impi,
             public_identity=u.impu,
             visited_network_identifier=u.visited_network,

@@ -45,13 +45,24 @@ def push_via(
     params: dict[str, str | None] | None = None,
 ) -> Via:
     """Insert our Via on top (§16.6 step 8). Returns the Via added."""
-    items: list[tuple[str, str | None]] = []
-    if rport:
-        items.append(("rport", None))
-    for k, v in (params or {}).items():
-        items.append((k, v))
-    items.append(("branch", branch or new_branch(rng)))
-    via = Via(transport, format_host(host), port, Params(tuple(items)))
+    if not branch:
+        branch = new_branch(rng)
+    if params:
+        items: list[tuple[str, str | None]] = [("rport", None)] if rport else []
+        items.extend(params.items())
+        items.append(("branch", branch))
+        via = Via(transport, format_host(host), port, Params(tuple(items)))
+    else:
+        # the usual Via (rport and branch only): its text written at once, the text
+        # str(via) would build from the params (a proxy pushes one per request)
+        pairs = (("rport", None), ("branch", branch)) if rport else (("branch", branch),)
+        via = Via(transport, host, port, Params(pairs))  # (brackets an IPv6 host)
+        sent_by = via.host if port is None else f"{via.host}:{port}"
+        via._text = (
+            f"SIP/2.0/{via.transport} {sent_by};rport;branch={branch}"
+            if rport
+            else f"SIP/2.0/{via.transport} {sent_by};branch={branch}"
+        )
     msg.add_top_via(via)
     return via
 
