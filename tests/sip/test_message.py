@@ -370,3 +370,19 @@ def test_replace_top_via_rewrites_the_top_line_in_place():
     stamp_received(two, "192.0.2.7", 5060)
     assert [v.host for v in two.via] == ["pcscf1.home1.net", "h2", "127.0.0.1"]
     assert parse_message(two.to_bytes()).via == two.via
+
+
+def test_line_values_reads_each_line_of_the_headers_asked_for():
+    msg = parse_message(
+        b"REGISTER sip:r.example SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP h.example;branch=z9hG4bKlv\r\n"
+        b"From: <sip:a@r.example>;tag=1\r\nTo: <sip:a@r.example>\r\n"
+        b"m: <sip:1.2.3.4>, <sip:5.6.7.8>\r\nContact: <sip:9.9.9.9>\r\n"
+        b"Call-ID: lv\r\nCSeq: 1 REGISTER\r\n\r\n"
+    )
+    got = msg.line_values({"contact", "to", "authorization"})
+    assert got == {
+        "to": ["<sip:a@r.example>"],
+        "contact": ["<sip:1.2.3.4>, <sip:5.6.7.8>", "<sip:9.9.9.9>"],
+    }
+    assert got["to"][0] == msg.get("to")

@@ -83,10 +83,16 @@ def _impi_from_impu(impu: str) -> str:
     return text.split(";", 1)[0]
 
 
-def _is_deregistration(req: Request) -> bool:
+def _is_deregistration(req: Request, contact_lines: list[str] | None) -> bool:
     # one plain binding with a non-zero expires param (a P-CSCF's registration or
     # refresh): not a de-registration, whatever Expires says (RFC 3261 §10.2.1.1)
-    plain = plain_contact(req)
+    if contact_lines is None:
+        return False  # no Contact: a query of the bindings
+    value = contact_lines[0]
+    if len(contact_lines) == 1 and value and "," not in value:
+        plain = plain_name_addr(value)  # plain_contact(req), from the line already read
+    else:
+        plain = plain_contact(req)
     if plain is not None:
         expires = plain.group(3)
         if expires is not None and 0 < int(expires) <= 0xFFFFFFFF:
@@ -111,22 +117,31 @@ def _is_deregistration(req: Request) -> bool:
     return True
 
 
+# The headers a UAR is made from, read in one pass over the REGISTER (`uar_for`).
+_UAR_HEADERS = frozenset({"to", "authorization", "p-visited-network-id", "contact"})
+
+
 def uar_for(req: Request, network: NetworkConfig, *, capabilities: bool = False) -> UarInput:
     """The UAR fields for a REGISTER (raises `SipParseError` naming a bad header)."""
-    plain = plain_name_addr(req.get("to"))
+    lines = req.line_values(_UAR_HEADERS)
+    to = lines.get("to")
+    plain = plain_name_addr(to[0]) if to is not None else None
     impu = plain.group(1) if plain is not None else req.to.uri
     # only the username is read here: the S-CSCF parses (and checks) the credentials
-    cred = req.get("authorization")
-    username = digest_param(cred, "username") if cred is not None else None
+    cred = lines.get("authorization")
+    username = digest_param(cred[0], "username") if cred is not None else None
     impi = username or _impi_from_impu(impu)
-    pvni = req.get("p-visited-network-id")
+    pvni = lines.get("p-visited-network-id")
     if pvni is not None:
-        visited = VisitedNetworkId.parse(pvni).value
+        first = pvni[0]
+        if not first or "," in first:  # a list on one line, or an empty line first
+            first = req.get("p-visited-network-id")
+        visited = VisitedNetworkId.parse(first).value  # type: ignore[arg-type]
     else:
         visited = network.home_domains[0] if network.home_domains else ""
     if capabilities:
         kind = cx.UserAuthorizationType.REGISTRATION_AND_CAPABILITIES
-    elif _is_deregistration(req):
+    elif _is_deregistration(req, lines.get("contact")):
         kind = cx.UserAuthorizationType.DE_REGISTRATION
     else:
         kind = cx.UserAuthorizationType.REGISTRATION
