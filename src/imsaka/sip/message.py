@@ -793,7 +793,8 @@ def _build_top_via(m: Message) -> Via:
 
 
 def _build_cseq(m: Message) -> CSeq:
-    return CSeq.parse(_required(m, "cseq"))
+    text = _required(m, "cseq")
+    return CSEQ_SEEN.get(text) or CSeq.parse(text)  # (CSeq.parse's memo, read inline)
 
 
 def _build_from(m: Message) -> NameAddr:
