@@ -8,7 +8,9 @@ SipEndpoint with an in-memory UDP transport, fed what the I-CSCF and the P-CSCF 
   response → SAR/SAA (REGISTRATION, User-Data with three IMPUs) → 200 OK; the P-CSCF's
   reg-event SUBSCRIBE → 200 and NOTIFY (reginfo); the P-CSCF's 200 to that NOTIFY;
 - re-registration (each UE once, after all registered): a protected REGISTER
-  (integrity-protected="yes") → SAR (RE_REGISTRATION, no User-Data) → 200 OK.
+  (integrity-protected="yes") → SAR (RE_REGISTRATION, no User-Data) → 200 OK; with
+  ``--reregistration-sar when-needed`` (``[scscf].reregistration_sar``) the 200 OK comes
+  from the stored profile, no SAR (TS 23.228 §5.2.2.4).
 
 Cx answers come at once from canned MAA/SAA frames built with imsaka.diameter.cx before
 the clock starts; with the codec on (default) each request is encoded and each answer
@@ -22,13 +24,16 @@ Baseline in the same run: parse_message + to_bytes of the two REGISTERs and the 
 of a registration (a ratio holds on a loaded machine, an absolute time does not).
 
     python benchmarks/scscf_msgs.py [--n 1000] [--rounds 3] [--no-codec] [--vectors K] [--uvloop]
+        [--reregistration-sar always|when-needed] [--freeze]
     python benchmarks/scscf_msgs.py --callgrind [--callgrind-n 100 300]
 
 `--callgrind` runs the whole benchmark process under `valgrind --tool=callgrind` for two
 sizes A and B and prints instructions per registration (I_B - I_A) / (B - A), and per
 re-registration the same over runs that also re-register (start-up cancels out; counts
 do not move with the machine's load; the UE/P-CSCF side built in the harness, a few per
-cent, is included).
+cent, is included), the re-registration under both ``reregistration_sar`` settings.
+`--freeze` does what `imsaka run` does once started (`settle_gc`: gc.collect and
+gc.freeze), so the cyclic collector's older passes skip the workload and the modules.
 """
 
 from __future__ import annotations
@@ -143,11 +148,15 @@ def _framed(answer) -> tuple[bytes, object]:
 class Workload:
     """N UEs and the Cx answer frames for them, built before any timing."""
 
-    def __init__(self, n: int, seed: int = 7, vectors: int | None = None) -> None:
+    def __init__(
+        self, n: int, seed: int = 7, vectors: int | None = None, rereg_sar: str | None = None
+    ) -> None:
         cfg = parse_config(tomllib.loads(CONFIG.read_text()))
         assert cfg.scscf is not None
         if vectors is not None:  # [scscf].vectors_per_request (the HSS answers as many)
             cfg = replace(cfg, scscf=replace(cfg.scscf, vectors_per_request=vectors))
+        if rereg_sar is not None:  # [scscf].reregistration_sar
+            cfg = replace(cfg, scscf=replace(cfg.scscf, reregistration_sar=rereg_sar))
         assert cfg.scscf is not None
         self.config = cfg
         s = cfg.scscf
@@ -317,9 +326,13 @@ class _Harness:
             raise RuntimeError(f"S-CSCF benchmark: re-registration not 200: {ok[:40]!r}")
 
 
-async def _run(w: Workload, n: int, codec: bool, rereg: bool) -> _Harness:
+async def _run(w: Workload, n: int, codec: bool, rereg: bool, freeze: bool = False) -> _Harness:
     h = _Harness(w, codec)
     await h.start()
+    if freeze:  # as `imsaka run` once the function started
+        from imsaka.cscf._serve import settle_gc
+
+        settle_gc()
     for ue in w.ues[:n]:
         await h.register(ue)
     if rereg:
@@ -327,6 +340,9 @@ async def _run(w: Workload, n: int, codec: bool, rereg: bool) -> _Harness:
             await h.reregister(ue)
     c = h.scscf.core.counters
     if c["registered"] != n or (rereg and c["reregistered"] != n):
+        raise RuntimeError(f"S-CSCF benchmark: counters {dict(c)}")
+    without_sar = w.config.scscf.reregistration_sar == "when-needed"  # type: ignore[union-attr]
+    if rereg and c["reregister_without_sar"] != (n if without_sar else 0):
         raise RuntimeError(f"S-CSCF benchmark: counters {dict(c)}")
     await h.ep.close()
     await h.scscf.close()
@@ -348,10 +364,17 @@ def baseline_us(w: Workload, rounds: int = 200) -> float:
     return (time.process_time() - start) / rounds * 1e6
 
 
-def cpu_run(n: int, rounds: int, codec: bool, vectors: int | None = None) -> dict:
-    w = Workload(n, vectors=vectors)
+def cpu_run(
+    n: int,
+    rounds: int,
+    codec: bool,
+    vectors: int | None = None,
+    rereg_sar: str | None = None,
+    freeze: bool = False,
+) -> dict:
+    w = Workload(n, vectors=vectors, rereg_sar=rereg_sar)
     asyncio.run(_run(w, min(n, 50), codec, True))  # warm imports and caches
-    runs = [asyncio.run(_run(w, n, codec, True)) for _ in range(rounds)]
+    runs = [asyncio.run(_run(w, n, codec, True, freeze)) for _ in range(rounds)]
     base = min(baseline_us(w) for _ in range(rounds))
     per = {k: sorted(h.cpu[k] / n * 1e6 for h in runs) for k in runs[0].cpu}
     registration = sorted((h.cpu["register"] + h.cpu["reg_event"]) / n * 1e6 for h in runs)
@@ -361,6 +384,8 @@ def cpu_run(n: int, rounds: int, codec: bool, vectors: int | None = None) -> dic
         "registrations": n,
         "codec": codec,
         "vectors_per_request": w.config.scscf.vectors_per_request,  # type: ignore[union-attr]
+        "reregistration_sar": w.config.scscf.reregistration_sar,  # type: ignore[union-attr]
+        "gc_freeze": freeze,
         "event_loop": type(asyncio.get_event_loop_policy()).__module__.split(".")[0],
         "cpu_us_per_registration": round(registration[0], 1),
         "cpu_us_per_registration_runs": [round(x, 1) for x in registration],
@@ -391,25 +416,43 @@ def _instructions(args: list[str]) -> int:
 
 
 def callgrind(
-    small: int, large: int, codec: bool, vectors: int | None, uvloop: bool, jobs: int = 2
+    small: int,
+    large: int,
+    codec: bool,
+    vectors: int | None,
+    uvloop: bool,
+    jobs: int = 2,
+    freeze: bool = False,
 ) -> dict:
-    """Instructions per registration and per re-registration, by differences of runs."""
+    """Instructions per registration and per re-registration (under each
+    ``reregistration_sar`` setting), by differences of runs."""
     common = ["--pool", str(large)] + ([] if codec else ["--no-codec"])
     common += [] if vectors is None else ["--vectors", str(vectors)]
     common += ["--uvloop"] if uvloop else []
-    keys = [(mode, n) for mode in ("reg", "rereg") for n in (small, large)]
+    common += ["--freeze"] if freeze else []
+    modes = ("reg", "rereg", "rereg-when-needed")
+    keys = [(mode, n) for mode in modes for n in (small, large)]
 
     def count(key: tuple[str, int]) -> int:
-        return _instructions(["--only", key[0], "--n", str(key[1]), *common])
+        mode, n = key
+        args = ["--only", mode.split("-", 1)[0], "--n", str(n), *common]
+        if mode == "rereg-when-needed":
+            args += ["--reregistration-sar", "when-needed"]
+        return _instructions(args)
 
     with ThreadPoolExecutor(jobs) as pool:  # each run is a valgrind process of its own
         counts = dict(zip(keys, pool.map(count, keys), strict=True))
-    reg = (counts[("reg", large)] - counts[("reg", small)]) / (large - small)
-    both = (counts[("rereg", large)] - counts[("rereg", small)]) / (large - small)
+
+    def per(mode: str) -> float:
+        return (counts[(mode, large)] - counts[(mode, small)]) / (large - small)
+
+    reg = per("reg")
     return {
         "instructions_per_registration": round(reg),
-        "instructions_per_reregistration": round(both - reg),
+        "instructions_per_reregistration": round(per("rereg") - reg),
+        "instructions_per_reregistration_when_needed": round(per("rereg-when-needed") - reg),
         "callgrind_n": [small, large],
+        "callgrind_gc_freeze": freeze,
     }
 
 
@@ -420,6 +463,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-codec", action="store_true", help="Cx answers without the codec")
     ap.add_argument("--vectors", type=int, help="vectors per MAR (default: the config's)")
     ap.add_argument("--uvloop", action="store_true", help="uvloop, as `imsaka run` has it")
+    ap.add_argument(
+        "--reregistration-sar",
+        choices=("always", "when-needed"),
+        help="[scscf].reregistration_sar (default: the config's)",
+    )
+    ap.add_argument("--freeze", action="store_true", help="gc.freeze() once started")
     ap.add_argument("--callgrind", action="store_true", help="instruction counts (slow)")
     ap.add_argument("--callgrind-n", type=int, nargs=2, default=(100, 300), metavar=("A", "B"))
     ap.add_argument("--only", choices=("reg", "rereg"), help=argparse.SUPPRESS)
@@ -431,12 +480,14 @@ def main(argv: list[str] | None = None) -> int:
 
         use_uvloop()
     if args.only:  # one measured process for --callgrind
-        w = Workload(args.pool or args.n, vectors=args.vectors)
-        asyncio.run(_run(w, args.n, codec, args.only == "rereg"))
+        w = Workload(args.pool or args.n, vectors=args.vectors, rereg_sar=args.reregistration_sar)
+        asyncio.run(_run(w, args.n, codec, args.only == "rereg", args.freeze))
         return 0
-    result = cpu_run(args.n, args.rounds, codec, args.vectors)
+    result = cpu_run(args.n, args.rounds, codec, args.vectors, args.reregistration_sar, args.freeze)
     if args.callgrind:
-        result.update(callgrind(*args.callgrind_n, codec, args.vectors, args.uvloop))
+        result.update(
+            callgrind(*args.callgrind_n, codec, args.vectors, args.uvloop, freeze=args.freeze)
+        )
     print(json.dumps(result))
     return 0
 

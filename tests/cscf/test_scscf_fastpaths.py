@@ -124,10 +124,67 @@ def test_a_ues_authorization_takes_the_fast_path():
         'integrity-protected="yes"'
     )
     request = parse_message(_register([value]))
+    assert scscf._UE_CREDENTIALS(value) is not None  # the UE's order: its own match
     params = scscf._plain_digest(request)
-    assert params is not None and params["integrity-protected"] == "yes"
-    assert params["algorithm"] == "AKAv1-MD5" and params["nonce"] == "bm9uY2U="
+    assert params is not None and params.integrity_protected == "yes"
+    assert params.algorithm == "AKAv1-MD5" and params.nonce == "bm9uY2U="
     assert _read(_register([value]), True) == _read(_register([value]), False)
+
+
+_ue_quoted = _mostly(_quoted_plain, _quoted_odd)
+
+
+@st.composite
+def _ue_authorization(draw) -> str:
+    """The UE's order (imsaka.ue: username, realm, nonce, [algorithm,] uri, response,
+    [qop, nc, cnonce,] and the P-CSCF's integrity-protected), now and then bent."""
+    q = lambda: f'"{draw(_ue_quoted)}"'  # noqa: E731
+    parts = [f"username={q()}", f"realm={q()}", f"nonce={q()}"]
+    if draw(st.booleans()):
+        algorithm = draw(_mostly(_token, st.sampled_from(["", "a b", '"a"'])))
+        parts.append(f"algorithm={algorithm}")
+    parts += [f"uri={q()}", f"response={q()}"]
+    if draw(st.booleans()):
+        parts += [f"qop={draw(_token)}", f"nc={draw(_token)}", f"cnonce={q()}"]
+    if draw(st.booleans()):
+        parts.append(f"integrity-protected={q()}")
+    if draw(_mostly(st.just(False), st.just(True))):
+        i = draw(st.integers(0, len(parts) - 1))
+        parts[i] = draw(
+            st.sampled_from([parts[i].upper(), parts[i].replace("=", " = "), "x=y", "auts=a"])
+        )
+    sep = draw(_mostly(st.just(", "), st.sampled_from([",", " , ", ",\t", ",,"])))
+    scheme = draw(_mostly(st.just("Digest "), st.sampled_from(["digest ", "Digest  "])))
+    return scheme + sep.join(parts)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_ue_authorization())
+def test_a_ues_order_read_as_the_parse_reads_it(value):
+    try:
+        data = _register([value])
+        parse_message(data)
+    except SipParseError:
+        return
+    assert _read(data, fast=True) == _read(data, fast=False)
+
+
+def test_ue_order_generator_reaches_both_matches():
+    seen = set()
+
+    @settings(max_examples=300)
+    @given(_ue_authorization())
+    def probe(value):
+        try:
+            request = parse_message(_register([value]))
+        except SipParseError:
+            return
+        seen.add(
+            (scscf._UE_CREDENTIALS(value) is not None, scscf._plain_digest(request) is not None)
+        )
+
+    probe()
+    assert seen >= {(True, True), (False, True), (False, False)}
 
 
 def test_fast_path_generator_reaches_both_paths():

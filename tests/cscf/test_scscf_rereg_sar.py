@@ -138,3 +138,53 @@ def test_when_needed_refuses_a_shared_binding_store():
     extra = 'reregistration_sar = "when-needed"\nbinding_store = "redis://127.0.0.1:6379/0"'
     with pytest.raises(ConfigError, match=r'\[scscf\]\.reregistration_sar: "when-needed" needs'):
         parse_config(tomllib.loads(BASE.format(extra=extra)))
+
+
+def test_refreshes_leave_one_timer_entry_that_follows_the_binding(h):
+    # a refresh moves the expiry later without a new heap entry: the one entry moves on
+    # when it surfaces, and the binding expires at its last refresh's expiry, not before
+    ue = FakeUe()
+    assert register(h, ue).status == 200
+    sizes = set()
+    for k in range(1, 11):
+        assert h.send(ue.register(integrity="yes", expires=3600), T0 + 100 * k).status == 200
+        sizes.add(len(h.core._timers))
+    # the first refresh (shorter than the 600000 s registered) pushed an earlier entry
+    # over the first; none after it
+    assert sizes == {2}
+    assert h.core.next_deadline() == T0 + 1000 + 3600
+    assert h.core._timers[0] == (T0 + 1000 + 3600, IMPU)  # moved on from T0 + 100 + 3600
+    assert h.core.next_deadline() == T0 + 1000 + 3600
+    assert h.run(h.core.handle_timer(T0 + 1000 + 3599), T0 + 1000 + 3599) == []
+    assert IMPU in h.stored and h.core.counters["registration_expired"] == 0
+    h.run(h.core.handle_timer(T0 + 1000 + 3600), T0 + 1000 + 3600)
+    assert IMPU not in h.stored and h.core.counters["registration_expired"] == 1
+    assert sars(h)[-1].assignment_type is AssignmentType.TIMEOUT_DEREGISTRATION
+    assert h.core.next_deadline() is None and not h.core._queued
+
+
+def test_a_refresh_to_a_shorter_expiry_is_due_at_it(h):
+    ue = FakeUe()
+    assert register(h, ue).status == 200  # 600000 s
+    added = h.core.deadlines_added
+    assert h.send(ue.register(integrity="yes", expires=120), T0 + 10).status == 200
+    assert h.core.deadlines_added == added + 1  # the edge looks again: it is earlier
+    assert h.core.next_deadline() == T0 + 130
+    h.run(h.core.handle_timer(T0 + 130), T0 + 130)
+    assert IMPU not in h.stored and h.core.counters["registration_expired"] == 1
+
+
+def test_a_timer_entry_outlives_its_deregistration_harmlessly(h):
+    # registered, de-registered, registered again later: the first record's entry is
+    # stale and the new record expires at its own expiry
+    ue = FakeUe()
+    assert register(h, ue).status == 200
+    assert h.send(ue.register(integrity="yes", expires=0), T0 + 5).status == 200
+    assert IMPU not in h.stored and not h.core._queued
+    ue2 = FakeUe(isim=ue.isim)
+    r401 = h.send(ue2.register(expires=3600), T0 + 10)
+    r = h.send(ue2.answer(header(r401, "WWW-Authenticate")[0], expires=3600), T0 + 10)
+    assert r.status == 200
+    assert h.core.next_deadline() == T0 + 10 + 3600
+    h.run(h.core.handle_timer(T0 + 10 + 3600), T0 + 10 + 3600)
+    assert IMPU not in h.stored and h.core.counters["registration_expired"] == 1

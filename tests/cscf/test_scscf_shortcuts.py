@@ -12,7 +12,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from imsaka.cscf.regevent import _attr, _text, authorised_watcher
-from imsaka.cscf.registrar import PLAIN_NAME_ADDR_RE, ContactBinding, Registration
+from imsaka.cscf.registrar import (
+    _PLAIN_NAME_ADDR,
+    PLAIN_NAME_ADDR_RE,
+    ContactBinding,
+    Registration,
+)
 from imsaka.cscf.scscf import register_request_from_sip
 from imsaka.cscf.scscf_core import (
     AskAssignment,
@@ -146,3 +151,42 @@ def test_plain_contact_read_as_the_parse_reads_it(contact):
             register_request_from_sip(_sip_register(contact))
         return
     assert register_request_from_sip(_sip_register(contact)).contacts == expected
+
+
+def _groups(m):
+    return None if m is None else m.groups()
+
+
+@given(
+    st.one_of(
+        st.from_regex(PLAIN_NAME_ADDR_RE, fullmatch=True),
+        # and near misses: a character dropped, doubled or replaced anywhere
+        st.tuples(
+            st.from_regex(PLAIN_NAME_ADDR_RE, fullmatch=True),
+            st.integers(0, 60),
+            st.sampled_from(["", "-", ".", "@", ":", "0", "a", "_", ">", ";", "--", "9" * 6]),
+            st.integers(0, 1),
+        ).map(lambda t: t[0][: t[1]] + t[2] + t[0][t[1] + t[3] :]),
+        st.sampled_from(
+            [
+                "<sip:a-.b>",
+                "<sip:a.-b>",
+                "<sip:-a>",
+                "<sip:a->",
+                "<sip:a_>",
+                "<sip:a@b@c>",
+                "<sip:a:0>",
+                "<sip:a:012>",
+                "<sip:a:123456>",
+                "<sips:a.b-c.d:65535>;expires=1",
+                "<sip:a>;expires=12345678901",
+                "<sip:a.>",
+                "<sip:a..b>",
+                "<SiPs:x_y@h>",
+            ]
+        ),
+    )
+)
+def test_plain_name_addr_matcher_is_the_grammar(text):
+    # the possessive matcher plain_name_addr uses reads what PLAIN_NAME_ADDR_RE reads
+    assert _groups(_PLAIN_NAME_ADDR(text)) == _groups(PLAIN_NAME_ADDR_RE.fullmatch(text))

@@ -346,8 +346,13 @@ class RegistrarCore:
         self._failures: dict[str, _Failures] = {}
         self._ops: dict[int, _Op] = {}
         self._next_token = 1 << 32  # tokens for SARs the core starts by itself
-        # binding expiries (deadline, IMPU); stale entries skipped when they surface
+        # Binding expiries: a heap of (deadline, IMPU), one live entry per record, the
+        # one `_queued` names (others are stale: skipped when they surface). The live
+        # entry is due at the record's earliest expiry or before: a re-registration,
+        # which moves that expiry later, leaves the entry as it is, and it moves on to
+        # the record's expiry when it surfaces (no push and no pop per refresh).
         self._timers: list[tuple[float, str]] = []
+        self._queued: dict[str, float] = {}
         self.counters: Counter[str] = Counter()
         self.deadlines_added = 0
         """Counts the deadlines added (binding expiries, challenges): while it stays the
@@ -451,7 +456,8 @@ class RegistrarCore:
         assert op.request is not None
         if op.kind is _OpKind.DEREGISTER:
             return self._finish_deregister(token, op, now)
-        return self._finish_register(token, op, user_data, now)
+        old = self._live_registration(op.request.impu, now)
+        return self._finish_register(token, op.request, op.impi, op.assignment, user_data, now, old)
 
     def cx_failed(self, token: int, outcome: CxOutcome, now: float) -> list[Action]:
         """The MAR/SAR for `token` failed (error answer, timeout or no HSS)."""
@@ -530,6 +536,7 @@ class RegistrarCore:
         """Drop a registration another S-CSCF removed from the shared store."""
         reg = self.registrations.pop(impu, None)
         if reg is not None:
+            self._queued.pop(impu, None)
             self._unindex(reg)
 
     def network_deregister(
@@ -546,6 +553,7 @@ class RegistrarCore:
         actions: list[Action] = []
         for impu in sorted(targets):
             reg = self.registrations.pop(impu)
+            self._queued.pop(impu, None)
             self._unindex(reg)
             actions.append(RemoveRegistration(impu, impi, "network-initiated", reg))
         self._vectors.pop(impi, None)
@@ -558,12 +566,12 @@ class RegistrarCore:
 
     def next_deadline(self) -> float | None:
         deadline = None
-        while self._timers:
-            when, impu = self._timers[0]
-            if self._timer_live(impu, when):
+        timers = self._timers
+        while timers:
+            when, impu = timers[0]
+            if self._surfaced(when, impu):
                 deadline = when
                 break
-            heapq.heappop(self._timers)
         ch = next(iter(self._challenges.values()), None)
         if ch is not None and (deadline is None or ch.deadline < deadline):
             deadline = ch.deadline
@@ -584,11 +592,34 @@ class RegistrarCore:
                 actions.append(
                     self._background(ch.impi, ch.impu, AssignmentType.AUTHENTICATION_TIMEOUT)
                 )
-        while self._timers and self._timers[0][0] <= now:
-            when, impu = heapq.heappop(self._timers)
-            if self._timer_live(impu, when):
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            when, impu = timers[0]
+            if self._surfaced(when, impu):
+                heapq.heappop(timers)
+                del self._queued[impu]
                 actions.extend(self._expire_binding(impu, now))
         return actions
+
+    def _surfaced(self, when: float, impu: str) -> bool:
+        """The heap's first entry (`when`, `impu`): whether it is its record's earliest
+        expiry. If not, it leaves the top: popped when stale or its record is gone,
+        else moved on to the record's earliest expiry (refreshed since it was pushed)."""
+        timers = self._timers
+        if self._queued.get(impu) != when:
+            heapq.heappop(timers)
+            return False
+        reg = self.registrations.get(impu)
+        expiry = reg.earliest_expiry() if reg is not None else None
+        if expiry is None:
+            heapq.heappop(timers)
+            del self._queued[impu]
+            return False
+        if expiry != when:
+            heapq.heapreplace(timers, (expiry, impu))
+            self._queued[impu] = expiry
+            return False
+        return True
 
     def pending_counts(self) -> dict[str, int]:
         """Sizes of the state, for leak checks (issue 7: nothing left behind)."""
@@ -819,17 +850,16 @@ class RegistrarCore:
             self.counters["too_many_contacts"] += 1
             return [self._reply(token, 403, "Forbidden (too many registered contacts)")]
         kind = AssignmentType.RE_REGISTRATION if reg is not None else AssignmentType.REGISTRATION
-        op = _Op(_OpKind.ASSIGN, impi, req.impu, req, kind)
         available = reg is not None and bool(reg._user_data) and reg.impi == impi
         if available and self.policy.reregistration_sar == "when-needed":
             assert reg is not None
             if self._refresh_only(reg, req, now):
                 # TS 23.228 §5.2.2.4: on re-registration the S-CSCF may omit the
                 # Cx-Put/Cx-Pull; the HSS already names this S-CSCF for the IMPU and
-                # the profile is the one it sent.
+                # the profile is the one it sent. (`reg` is the live record at `now`.)
                 self.counters["reregister_without_sar"] += 1
-                return self._finish_register(token, op, None, now)
-        self._ops[token] = op
+                return self._finish_register(token, req, impi, kind, None, now, reg)
+        self._ops[token] = _Op(_OpKind.ASSIGN, impi, req.impu, req, kind)
         return [AskAssignment(token, impi, req.impu, kind, available)]
 
     def _refresh_only(self, reg: Registration, req: RegisterRequest, now: float) -> bool:
@@ -859,8 +889,14 @@ class RegistrarCore:
         if req.star:
             return 0
         specs = req.contacts
-        if reg is None and len(specs) == 1:  # a first registration of one contact
-            return 0 if self._expiry_of(req, specs[0]) == 0 else 1
+        if len(specs) == 1:  # one contact, on no record or a record of one binding
+            if reg is None:
+                return 0 if self._expiry_of(req, specs[0]) == 0 else 1
+            contacts = reg.contacts
+            if type(contacts) is ContactMap and contacts._dict is None:
+                held = contacts._value
+                other = held is not None and held.expires_at > now and held.uri != specs[0].uri
+                return other + (self._expiry_of(req, specs[0]) != 0)
         left = {c.uri for c in reg.contacts.values() if c.expires_at > now} if reg else set()
         for spec in specs:
             if self._expiry_of(req, spec) == 0:
@@ -899,11 +935,16 @@ class RegistrarCore:
         return contacts
 
     def _finish_register(
-        self, token: int, op: _Op, user_data: str | None, now: float
+        self,
+        token: int,
+        req: RegisterRequest,
+        impi: str,
+        assignment: AssignmentType | None,
+        user_data: str | None,
+        now: float,
+        old: Registration | None,
     ) -> list[Action]:
-        req = op.request
-        assert req is not None
-        old = self._live_registration(req.impu, now)
+        """`old`: the live registration of the IMPU at `now` (`_live_registration`)."""
         xml: str | bytes = user_data or ""
         identities = []
         if old is not None and old.associated and (not xml or xml == old.user_data):
@@ -929,21 +970,19 @@ class RegistrarCore:
         contacts = self._apply_contacts(old, req, now)
         reg = Registration(  # (positional, in field order)
             req.impu,
-            op.impi,
+            impi,
             contacts,
             associated,
             xml,  # _user_data
             old.registered_at if old is not None else now,
         )
-        if old is not None and old.impi != op.impi:
+        if old is not None and old.impi != impi:
             self._unindex(old)
         self.load(reg)
         self.counters[
-            "registered" if op.assignment is AssignmentType.REGISTRATION else "reregistered"
+            "registered" if assignment is AssignmentType.REGISTRATION else "reregistered"
         ] += 1
-        headers: list[tuple[str, str]] = []
-        for p in req.path:
-            headers.append(("Path", p))
+        headers = [("Path", p) for p in req.path] if req.path else []
         headers.append(("Service-Route", self.policy.service_route))
         # RFC 3261 §10.3 step 8: every current binding, this request's contacts first.
         if len(contacts) == 1:
@@ -956,7 +995,8 @@ class RegistrarCore:
             left = max(0, round(binding.expires_at - now))
             headers.append(("Contact", f"<{binding.uri}>{binding.params};expires={left}"))
         headers.append(("Date", http_date(now)))
-        headers.append(("P-Associated-URI", ", ".join(f"<{u}>" for u in associated)))
+        # (one join: no generator or f-string per URI)
+        headers.append(("P-Associated-URI", f"<{'>, <'.join(associated)}>" if associated else ""))
         return [StoreRegistration(reg), self._reply(token, 200, "OK", tuple(headers))]
 
     def _finish_deregister(self, token: int, op: _Op, now: float) -> list[Action]:
@@ -968,14 +1008,16 @@ class RegistrarCore:
             remaining = self._apply_contacts(reg, req, now)
             if remaining:  # another contact was added meanwhile: keep it
                 reg.contacts = remaining
-                # the removed binding may have been the earliest: the timer armed for
-                # it is stale now, so the one left gets its own (§5.4.1.7 expiry)
+                # the removed binding may have been the earliest: its entry moves on to
+                # the one left when it surfaces; one earlier than it gets its own
+                # (§5.4.1.7 expiry)
                 expiry = reg.earliest_expiry()
                 if expiry is not None:
                     self._arm(expiry, req.impu)
                 actions.append(StoreRegistration(reg))
             else:
                 self.registrations.pop(req.impu, None)
+                self._queued.pop(req.impu, None)
                 self._unindex(reg)
                 self._drop_spare_vectors(reg.impi)
                 actions.append(RemoveRegistration(req.impu, op.impi, "user-deregistration", reg))
@@ -1044,17 +1086,20 @@ class RegistrarCore:
                 del self._aliases[alias]
 
     def _arm(self, deadline: float, impu: str) -> None:
+        """`impu`'s record expires first at `deadline` (its binding expiry timer)."""
+        queued = self._queued.get(impu)
+        if queued is not None and queued <= deadline:
+            return  # its entry surfaces first, and moves on to `deadline` then
+        self._queued[impu] = deadline
         self.deadlines_added += 1
         heapq.heappush(self._timers, (deadline, impu))
-        # Re-registrations leave superseded entries far in the future: compact now and
-        # then so the heap stays proportional to the live state.
-        if len(self._timers) > 1024 and len(self._timers) > 4 * len(self.registrations):
-            self._timers = [t for t in self._timers if self._timer_live(t[1], t[0])]
+        # Ended registrations and entries superseded by an earlier one leave stale
+        # entries behind: compact now and then so the heap stays proportional to the
+        # live state.
+        if len(self._timers) > 1024 and len(self._timers) > 2 * len(self._queued):
+            queued_at = self._queued.get
+            self._timers = [t for t in self._timers if queued_at(t[1]) == t[0]]
             heapq.heapify(self._timers)
-
-    def _timer_live(self, impu: str, deadline: float) -> bool:
-        reg = self.registrations.get(impu)
-        return reg is not None and reg.earliest_expiry() == deadline
 
     def _reply(
         self, token: int, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()
