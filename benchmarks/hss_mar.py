@@ -20,12 +20,23 @@ same HSS process on each backend, and reports the HSS's CPU ms per registration
 (utime+stime from /proc/PID/stat over the run), the figure the registration benchmark
 reports as ``cpu_ms_per_registration.hss``; then the same subscribers re-register
 without AKA (UAR, SAR RE_REGISTRATION with the profile already at the S-CSCF) at the
-same rate, reported as ``hss_cpu_ms_per_reregistration`` and its ratio.
+same rate, reported as ``hss_cpu_ms_per_reregistration`` and its ratio. With
+``--reregistration uar-only`` a re-registration is the I-CSCF's UAR alone: the S-CSCF's
+``[scscf].reregistration_sar = "when-needed"`` case, where the S-CSCF answers a refresh
+from the profile it holds (TS 23.228 §5.2.2.4). ``--rereg-rounds K`` re-registers every
+subscriber K times.
+
+Instructions of the HSS alone (callgrind, start-up cancelled by two run lengths): run
+with ``--hss-callgrind OUT`` (the HSS process under valgrind, SQLite only) for
+``--rereg-rounds 1`` and ``3``; the difference of the two totals over 2 x N is one
+re-registration (``callgrind_annotate OUT`` for the top costs).
 
     python benchmarks/hss_mar.py [--seconds 2] [--rounds 2] [--concurrency 32] [--users 1000]
                                  [--no-postgres] [--import-rows 100000]
                                  [--registrations 1000] [--reg-rate 150]
                                  [--only-registrations] [--profile-hss FILE]
+                                 [--reregistration sar|uar-only] [--rereg-rounds K]
+                                 [--hss-callgrind OUT]
 
 ``--only-registrations`` skips the MAR rounds and baselines; ``--profile-hss FILE``
 writes a cProfile (process time) of the HSS over the SQLite registrations run.
@@ -122,11 +133,20 @@ def serve_hss(db: str, port: int, profile: str | None = None) -> None:
         pass
 
 
-def start_hss(db: str, profile: str | None = None) -> tuple[subprocess.Popen, int]:
+def start_hss(
+    db: str, profile: str | None = None, callgrind: str | None = None
+) -> tuple[subprocess.Popen, int]:
     port = diameter_peer.free_port()
     extra = ["--profile-hss", profile] if profile else []
+    # valgrind cannot follow pyenv's shell shim: sys.executable is the interpreter itself.
+    prefix = (
+        ["valgrind", "--tool=callgrind", "--quiet", f"--callgrind-out-file={callgrind}"]
+        if callgrind
+        else []
+    )
     proc = subprocess.Popen(
         [
+            *prefix,
             sys.executable,
             str(Path(__file__).resolve()),
             "--serve-hss",
@@ -267,7 +287,9 @@ def measure_hss(db: str, seconds: float, concurrency: int, users: int) -> dict:
     }
 
 
-async def _registrations(port: int, pid: int, count: int, rate: float) -> dict:
+async def _registrations(
+    port: int, pid: int, count: int, rate: float, rereg: str = "sar", rounds: int = 1
+) -> dict:
     from imsaka.diameter.node import DiameterNode, PeerSpec
 
     client = DiameterNode(
@@ -310,11 +332,12 @@ async def _registrations(port: int, pid: int, count: int, rate: float) -> dict:
         SAT = cx.ServerAssignmentType
         if again:
             # A re-registration without AKA: the I-CSCF's UAR, then the S-CSCF's SAR
-            # RE_REGISTRATION with the profile it already holds (TS 29.228 §6.1.2).
-            return (
-                (cx.UserAuthorizationRequest(**head(), **uar), "uar-rereg", 2002),
-                (sar(SAT.RE_REGISTRATION, 1), "sar-rereg", cx.DIAMETER_SUCCESS),
-            )
+            # RE_REGISTRATION with the profile it already holds (TS 29.228 §6.1.2);
+            # under reregistration_sar = "when-needed" the UAR alone.
+            uar_step = (cx.UserAuthorizationRequest(**head(), **uar), "uar-rereg", 2002)
+            if rereg == "uar-only":
+                return (uar_step,)
+            return (uar_step, (sar(SAT.RE_REGISTRATION, 1), "sar-rereg", cx.DIAMETER_SUCCESS))
         return (
             (cx.UserAuthorizationRequest(**head(), **uar), "uar-first", 2001),
             (
@@ -359,12 +382,18 @@ async def _registrations(port: int, pid: int, count: int, rate: float) -> dict:
         await client.wait_open(loadgen.SERVER_HOST, 10.0)
         await asyncio.gather(*(register(count + j) for j in range(50)))  # warm-up
         seconds, user, system = await offer(False)
-        _, user_again, system_again = await offer(True)
+        user_again = system_again = 0.0
+        for _ in range(rounds):
+            _, u, s = await offer(True)
+            user_again, system_again = user_again + u, system_again + s
+        user_again, system_again = user_again / rounds, system_again / rounds
         cpu, cpu_again = user + system, user_again + system_again
     finally:
         await client.stop()
     return {
         "registrations": count,
+        "reregistration": rereg,
+        "rereg_rounds": rounds,
         "offered_per_s": rate,
         "completed_per_s": round(count / seconds, 1),
         "hss_cpu_ms_per_registration": round(cpu * 1000 / count, 3),
@@ -377,19 +406,32 @@ async def _registrations(port: int, pid: int, count: int, rate: float) -> dict:
     }
 
 
-def measure_registrations(db: str, count: int, rate: float, profile: str | None = None) -> dict:
+def measure_registrations(
+    db: str,
+    count: int,
+    rate: float,
+    profile: str | None = None,
+    rereg: str = "sar",
+    rounds: int = 1,
+    callgrind: str | None = None,
+) -> dict:
     loop = diameter_peer._new_loop()
     try:
         loop.run_until_complete(provision(db, count + 50))
     finally:
         loop.close()
-    proc, port = start_hss(db, profile)
+    proc, port = start_hss(db, profile, callgrind)
     loop = diameter_peer._new_loop()
     try:
-        result = loop.run_until_complete(_registrations(port, proc.pid, count, rate))
+        result = loop.run_until_complete(_registrations(port, proc.pid, count, rate, rereg, rounds))
     finally:
         loop.close()
-        diameter_peer.stop_subprocess(proc)
+        if callgrind:
+            # SIGKILL would lose the profile: valgrind writes it at the exit.
+            proc.terminate()
+            proc.wait(300)
+        else:
+            diameter_peer.stop_subprocess(proc)
     assert proc.stdout is not None
     for line in proc.stdout.read().splitlines():
         if line.startswith("STATS "):
@@ -523,6 +565,20 @@ def main() -> int:
         metavar="FILE",
         help="cProfile (process time) of the HSS over the SQLite registrations run",
     )
+    parser.add_argument(
+        "--reregistration",
+        choices=("sar", "uar-only"),
+        default="sar",
+        help='a re-registration: UAR + SAR RE_REGISTRATION, or the UAR alone ("when-needed")',
+    )
+    parser.add_argument(
+        "--rereg-rounds", type=int, default=1, help="re-registrations of each subscriber"
+    )
+    parser.add_argument(
+        "--hss-callgrind",
+        metavar="OUT",
+        help="run the HSS under valgrind --tool=callgrind writing OUT (SQLite run only)",
+    )
     parser.add_argument("--serve-hss", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -543,10 +599,17 @@ def main() -> int:
                 args.registrations,
                 args.reg_rate,
                 args.profile_hss,
+                args.reregistration,
+                args.rereg_rounds,
+                args.hss_callgrind,
             )
         if not args.no_postgres:
             result["registrations_postgres"] = measure_registrations(
-                PG_URL, args.registrations, args.reg_rate
+                PG_URL,
+                args.registrations,
+                args.reg_rate,
+                rereg=args.reregistration,
+                rounds=args.rereg_rounds,
             )
     print(json.dumps(result))
     return 0
