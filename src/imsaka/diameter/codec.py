@@ -34,6 +34,7 @@ What we encode ourselves, and why:
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import struct
 from dataclasses import dataclass
@@ -473,6 +474,39 @@ class Message:
         return encode_message(self)
 
 
+def frozen_builder(cls: Any) -> Any:
+    """`cls(...)` for a frozen dataclass with slots, with the same parameters (positional
+    and keyword-only as its __init__) and the same object, built without `type.__call__`
+    and `__init__`'s `object.__setattr__` per field (each slot's member descriptor sets
+    it): decoders and stores build one per message. `cls` itself when it has a
+    __post_init__, a default factory or a field outside __init__."""
+    fields = dataclasses.fields(cls)
+    if hasattr(cls, "__post_init__") or any(
+        f.default_factory is not dataclasses.MISSING or not f.init for f in fields
+    ):
+        return cls
+    ns: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    params: list[str] = []
+    keyword: list[str] = []
+    body = ["    _o = _new(_cls)"]
+    for i, f in enumerate(fields):
+        param = f.name
+        if f.default is not dataclasses.MISSING:
+            ns[f"_d{i}"] = f.default
+            param += f"=_d{i}"
+        (keyword if f.kw_only else params).append(param)
+        slot = next(k.__dict__[f.name] for k in cls.__mro__ if f.name in k.__dict__)
+        ns[f"_s{i}"] = slot.__set__
+        body.append(f"    _s{i}(_o, {f.name})")
+    if keyword:
+        params += ["*", *keyword]
+    # named after the class: a wrong or missing field's TypeError names it, as __init__'s
+    name = cls.__name__
+    source = f"def {name}({', '.join(params)}):\n" + "\n".join(body) + "\n    return _o\n"
+    exec(compile(source, f"<{cls.__module__} builder of {name}>", "exec"), ns)
+    return ns[name]
+
+
 def encode_message(msg: Message) -> bytes:
     body = b"".join([a.encode() for a in msg.avps])
     length = HEADER_LENGTH + len(body)
@@ -584,22 +618,25 @@ class FramedMessage(Message):
     def __init__(
         self, code: int, flags: int, app_id: int, hbh: int, e2e: int, frame: bytes, event: Any
     ) -> None:
-        setattr_ = object.__setattr__
-        setattr_(self, "code", code)
-        setattr_(self, "flags", flags)
-        setattr_(self, "app_id", app_id)
-        setattr_(self, "hop_by_hop", hbh)
-        setattr_(self, "end_to_end", e2e)
-        setattr_(self, "frame", frame)
-        setattr_(self, "event", event)
+        # Each slot's member descriptor sets it (`object.__setattr__` would look it up).
+        _set_code(self, code)
+        _set_flags(self, flags)
+        _set_app_id(self, app_id)
+        _set_hop_by_hop(self, hbh)
+        _set_end_to_end(self, e2e)
+        _set_frame(self, frame)
+        _set_event(self, event)
 
-    def __getattr__(self, name: str) -> Any:
-        # Only reached while the `avps` slot is still empty.
-        if name != "avps":
-            raise AttributeError(name)
-        avps = decode_avps(self.frame, HEADER_LENGTH)
-        object.__setattr__(self, "avps", avps)
-        return avps
+    # A property, not __getattr__: a class with __getattr__ pays a hook on every
+    # attribute read (code, flags, ids: a dozen per message), this only on `avps`.
+    @property  # type: ignore[misc]
+    def avps(self) -> tuple[Avp, ...]:  # type: ignore[override]
+        try:
+            return _get_avps(self)
+        except AttributeError:  # not split yet
+            avps = decode_avps(self.frame, HEADER_LENGTH)
+            _set_avps(self, avps)
+            return avps
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Message):
@@ -608,6 +645,18 @@ class FramedMessage(Message):
 
     def __hash__(self) -> int:
         return hash(_fields(self))
+
+
+_MESSAGE_SLOTS = Message.__dict__
+_set_code = _MESSAGE_SLOTS["code"].__set__
+_set_flags = _MESSAGE_SLOTS["flags"].__set__
+_set_app_id = _MESSAGE_SLOTS["app_id"].__set__
+_set_hop_by_hop = _MESSAGE_SLOTS["hop_by_hop"].__set__
+_set_end_to_end = _MESSAGE_SLOTS["end_to_end"].__set__
+_get_avps = _MESSAGE_SLOTS["avps"].__get__
+_set_avps = _MESSAGE_SLOTS["avps"].__set__
+_set_frame = FramedMessage.__dict__["frame"].__set__
+_set_event = FramedMessage.__dict__["event"].__set__
 
 
 def _fields(m: Message) -> tuple:

@@ -647,34 +647,6 @@ def _slot_lines(
     return lines
 
 
-def _make_builder(cls: Any) -> Any:
-    """`cls(**fields)` for a decoder: the same object, built without `type.__call__` and
-    `__init__`'s `object.__setattr__` per field of a frozen dataclass (each slot's member
-    descriptor sets it). `cls` itself when it has a __post_init__, a default factory or
-    a field outside __init__ (nothing here has)."""
-    fields = dataclasses.fields(cls)
-    if hasattr(cls, "__post_init__") or any(
-        f.default_factory is not dataclasses.MISSING or not f.init for f in fields
-    ):
-        return cls
-    ns: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
-    params = []
-    body = ["    _o = _new(_cls)"]
-    for i, f in enumerate(fields):
-        if f.default is dataclasses.MISSING:
-            params.append(f.name)
-        else:
-            ns[f"_d{i}"] = f.default
-            params.append(f"{f.name}=_d{i}")
-        ns[f"_s{i}"] = cls.__dict__[f.name].__set__
-        body.append(f"    _s{i}(_o, {f.name})")
-    # named after the class: a wrong or missing field's TypeError names it, as __init__'s
-    name = cls.__name__
-    source = f"def {name}(*, {', '.join(params)}):\n" + "\n".join(body) + "\n    return _o\n"
-    exec(compile(source, f"<imsaka.diameter.cx builder of {name}>", "exec"), ns)
-    return ns[name]
-
-
 def _make_decoder(cls: Any) -> Any:
     """`fast(data) -> event | None` for a whole frame of command `cls`, or for the
     payload of a grouped AVP of class `cls` (its AVPs in the order of its table)."""
@@ -686,7 +658,7 @@ def _make_decoder(cls: Any) -> Any:
         "_answer_extras": _answer_extras,
         "RemoteProtocolError": RemoteProtocolError,
         "cls": cls,
-        "build": _make_builder(cls),
+        "build": codec.frozen_builder(cls),
     }
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     fields: list[tuple[str, int, int, int, bool, bool, str]] = []  # (local, ..., attr)
@@ -1449,7 +1421,7 @@ for _cls in _BY_KEY.values():
     assert _cls.IS_REQUEST or _cls._SPEC[1][0] == "result_code"
     _compile(_cls)
     _cls._LAYOUT = staticmethod(_make_decoder(_cls))
-    _cls._BUILD = staticmethod(_make_builder(_cls))
+    _cls._BUILD = staticmethod(codec.frozen_builder(_cls))
 del _cls
 COMMAND_CODES = frozenset(code for code, _ in _BY_KEY)
 

@@ -134,6 +134,11 @@ class WatchdogState(Enum):
 
 S, I = PeerState, PeerInput  # noqa: E741  (table readability)
 _OPEN = (S.I_OPEN, S.R_OPEN)
+# The members every message's path tests, as globals: an Enum class's attribute is read
+# through EnumType's __getattr__ hook, a few hundred instructions each time.
+_CLOSED = S.CLOSED
+_RCV_REQUEST, _RCV_ANSWER = I.RCV_REQUEST, I.RCV_ANSWER
+_REOPEN, _SUSPECT = WatchdogState.REOPEN, WatchdogState.SUSPECT
 
 #: (state, input) → (action, next state). Inputs absent for a state are protocol errors.
 TRANSITIONS: dict[tuple[PeerState, PeerInput], tuple[str, PeerState]] = {
@@ -468,7 +473,7 @@ class PeerConnection:
             self._input(I.CONN_ACK, None, now)
 
     def receive_data(self, data: bytes, now: float) -> None:
-        if self.state is S.CLOSED:
+        if self.state is _CLOSED:
             return
         try:
             frames = self._framer.feed(data)
@@ -480,7 +485,7 @@ class PeerConnection:
             if self.record_frames:
                 self.received_frames.append(frame)
             self._receive_frame(frame, now)
-            if self.state is S.CLOSED:
+            if self.state is _CLOSED:
                 return
         error = self._framer.error
         if error is not None:
@@ -571,7 +576,7 @@ class PeerConnection:
 
     def _request_ids(self, now: float, timeout: float | None) -> tuple[int, int]:
         """The ids of a request about to be queued, pending its answer until `timeout`."""
-        if self.state not in _OPEN or self.watchdog is WatchdogState.REOPEN:
+        if self.state not in _OPEN or self.watchdog is _REOPEN:
             raise LocalProtocolError(
                 f"cannot send a request in state {self.state.value}/{self.watchdog.value}"
             )
@@ -605,7 +610,7 @@ class PeerConnection:
             key = (self.remote.origin_host, end_to_end)
             self._started.discard(key)
             self.duplicates.answered(key, data, now)
-        if self.state is S.CLOSED:
+        if self.state is _CLOSED:
             self._drop("answer-after-close", f"command {int.from_bytes(data[5:8], 'big')}")
             return
         self._out.append(data)
@@ -646,12 +651,12 @@ class PeerConnection:
             else:
                 event = I.RCV_DPR if msg.is_request else I.RCV_DPA
         else:
-            event = I.RCV_REQUEST if msg.is_request else I.RCV_ANSWER
-        if self.state in _OPEN and self.watchdog is not WatchdogState.REOPEN:
+            event = _RCV_REQUEST if msg.flags & FLAG_REQUEST else _RCV_ANSWER
+        if self.state in _OPEN and self.watchdog is not _REOPEN:
             # RFC 3539 §3.4.1: any traffic from the peer proves it alive (in REOPEN only
             # a DWA counts: see _do_watchdog_answer).
             self._timer = now + self._tw()
-            if self.watchdog is WatchdogState.SUSPECT:
+            if self.watchdog is _SUSPECT:
                 self._set_watchdog(WatchdogState.OKAY)
         self._input(event, msg, now)
 
@@ -766,7 +771,7 @@ class PeerConnection:
 
     def _do_deliver_request(self, msg: Message | None, now: float, previous: PeerState) -> None:
         assert msg is not None and self.remote is not None
-        if self.watchdog is WatchdogState.REOPEN:
+        if self.watchdog is _REOPEN:
             # RFC 3539 §3.4.1 REOPEN, receive non-DWA: Throwaway() (no answer either).
             self._drop("reopen-throwaway", f"command {msg.code}")
             return

@@ -59,6 +59,10 @@ _AKA_OR_UNKNOWN = frozenset((*AKA_SCHEMES, cx.SCHEME_UNKNOWN))
 MILENAGE_CACHE = 4096
 SAT = cx.ServerAssignmentType
 UAT = cx.UserAuthorizationType
+# Members every UAR tests, as globals: an Enum class's attribute is read through
+# EnumType's __getattr__ hook, a few hundred instructions each time.
+_UAT_REGISTRATION, _UAT_DE_REGISTRATION = UAT.REGISTRATION, UAT.DE_REGISTRATION
+_UATS = frozenset(UAT)  # TS 29.229 §6.3.24: the values a UAR may carry
 _SATS = {int(t): t for t in SAT}  # by value: a lookup, not an Enum call per SAR
 # Server-Assignment-Types that register the implicit set and the sender as its S-CSCF.
 _REGISTERING = frozenset((SAT.REGISTRATION, SAT.RE_REGISTRATION, SAT.RESTORATION))
@@ -286,25 +290,23 @@ class CxService:
         emergency = bool((req.uar_flags or 0) & 1)
         if state.barred and not emergency:
             return self._error(req, result_code=cx.DIAMETER_AUTHORIZATION_REJECTED)
-        uat = (
-            req.user_authorization_type
-            if req.user_authorization_type is not None
-            else UAT.REGISTRATION
-        )
-        if uat not in (UAT.REGISTRATION, UAT.DE_REGISTRATION, UAT.REGISTRATION_AND_CAPABILITIES):
+        uat = req.user_authorization_type
+        if uat is None:
+            uat = _UAT_REGISTRATION
+        elif uat not in _UATS:
             return self._error(req, result_code=cx.DIAMETER_INVALID_AVP_VALUE)
-        if uat != UAT.DE_REGISTRATION and not self._roaming_allowed(
+        if uat != _UAT_DE_REGISTRATION and not self._roaming_allowed(
             req.visited_network_identifier, state.visited_networks
         ):
             self.counters["roaming-refused"] += 1
             return self._error(req, experimental=cx.DIAMETER_ERROR_ROAMING_NOT_ALLOWED)
-        if uat == UAT.DE_REGISTRATION:
+        if uat == _UAT_DE_REGISTRATION:
             if state.scscf_name:
                 return self._answer(
                     req, result_code=cx.DIAMETER_SUCCESS, server_name=state.scscf_name
                 )
             return self._error(req, experimental=cx.DIAMETER_ERROR_IDENTITY_NOT_REGISTERED)
-        if uat == UAT.REGISTRATION and (state.scscf_name or state.pending_scscf):
+        if uat == _UAT_REGISTRATION and (state.scscf_name or state.pending_scscf):
             # Registered, unregistered-served, the name kept after a de-registration
             # that stored it, or an authentication under way (the S-CSCF of the MAR,
             # which holds the challenge): the same S-CSCF again.

@@ -60,6 +60,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from imsaka.aka.sqn import DEFAULT_DELTA, SqnExhaustedError
+from imsaka.diameter.codec import frozen_builder
 from imsaka.hss import models as m
 from imsaka.hss.models import RegState
 from imsaka.hss.plans import ALL, ONE, RUN, Plan, run_pg, run_sa, run_sqlite, run_sqlite_alone
@@ -331,6 +332,14 @@ class SqnExhausted:
 
 SQN_EXHAUSTED = SqnExhausted()
 
+# The eight IdentityChecks there are: frozen, so every read hands out one of these.
+_CHECKS = {
+    (i, u, m): IdentityCheck(i, u, m)
+    for i in (False, True)
+    for u in (False, True)
+    for m in (False, True)
+}
+
 
 class Wait:
     """A read that cannot be done at once on the event loop's connection (`_read_now`)."""
@@ -393,9 +402,7 @@ def _identities(impi: str | None, impu: str) -> Plan:
     i = None
     if impi is not None:
         i = yield ONE, "SELECT subscription_id FROM impi WHERE identity = :impi", {"impi": impi}
-    return IdentityCheck(
-        i is not None, u is not None, i is not None and u is not None and i[0] == u[0]
-    )
+    return _CHECKS[i is not None, u is not None, i is not None and u is not None and i[0] == u[0]]
 
 
 _STATE_COLUMNS = (
@@ -417,40 +424,46 @@ def _nets(sid: int) -> Plan:
 _REG_STATES = {int(s): s for s in RegState}
 
 
+_new_user_state = frozen_builder(UserState)  # UserState(...), no setattr per field
+
+
 def _state_of(row: Any, pending: str | None, nets: tuple[str, ...]) -> UserState:
-    return UserState(
-        subscription_id=row[0],
-        impu=row[1],
-        barred=bool(row[2]),
-        reg_state=_REG_STATES[row[3]],
-        implicit_set_id=row[4],
-        scscf_name=row[5],
-        scscf_host=row[6],
-        scscf_realm=row[9],
-        pending_scscf=pending,
-        mandatory_caps=_caps(row[7]),
-        optional_caps=_caps(row[8]),
-        visited_networks=nets,
+    return _new_user_state(
+        row[0],  # subscription_id
+        row[1],  # impu
+        bool(row[2]),  # barred
+        _REG_STATES[row[3]],  # reg_state
+        row[4],  # implicit_set_id
+        row[5],  # scscf_name
+        row[6],  # scscf_host
+        row[9],  # scscf_realm
+        pending,  # pending_scscf
+        _caps(row[7]),  # mandatory_caps
+        _caps(row[8]),  # optional_caps
+        nets,  # visited_networks
     )
+
+
+# Every UAR and SAR runs it: one string, so sqlite3's statement cache finds it by a hash
+# computed once.
+_CHECKED_STATE_SQL = (
+    f"SELECT {_STATE_COLUMNS}, i.subscription_id, i.pending_scscf,"
+    " EXISTS (SELECT 1 FROM visited_network v WHERE v.subscription_id = u.subscription_id)"
+    " FROM impu u JOIN subscription s ON s.id = u.subscription_id"
+    " LEFT OUTER JOIN impi i ON i.identity = :impi"
+    " WHERE u.identity = :impu"
+)
 
 
 def _checked_state(impi: str | None, impu: str, with_pending: bool) -> Plan:
     # One joined SELECT (IMPU, its subscription, the IMPI, whether any visited network
     # is allowed): every UAR and SAR runs it, usually as the read's only statement; the
     # networks are read only when there are some. "" never names an IMPI.
-    row = yield (
-        ONE,
-        f"SELECT {_STATE_COLUMNS}, i.subscription_id, i.pending_scscf,"
-        " EXISTS (SELECT 1 FROM visited_network v WHERE v.subscription_id = u.subscription_id)"
-        " FROM impu u JOIN subscription s ON s.id = u.subscription_id"
-        " LEFT OUTER JOIN impi i ON i.identity = :impi"
-        " WHERE u.identity = :impu",
-        {"impi": impi or "", "impu": impu},
-    )
+    row = yield ONE, _CHECKED_STATE_SQL, {"impi": impi or "", "impu": impu}
     if row is None:
         return (yield from _identities(impi, impu)), None
     impi_sid = row[10]
-    check = IdentityCheck(impi_sid is not None, True, impi_sid is not None and impi_sid == row[0])
+    check = _CHECKS[impi_sid is not None, True, impi_sid is not None and impi_sid == row[0]]
     nets = (yield from _nets(row[0])) if row[12] else ()
     return check, _state_of(row, row[11] if with_pending and impi else None, nets)
 
@@ -1902,7 +1915,7 @@ class HssStore:
         for job, good in zip(batch, ok, strict=True):
             key = (job.impi, job.impu)
             if not good and key in pairs:  # identities fine, scheme not allowed
-                checks[key] = IdentityCheck(True, True, True)
+                checks[key] = _CHECKS[True, True, True]
         return checks
 
     def _thread(self) -> concurrent.futures.ThreadPoolExecutor:
