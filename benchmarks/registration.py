@@ -818,6 +818,7 @@ async def ipsec_phase(args: argparse.Namespace, workdir: Path, subs: list[Sub]) 
         peaks_reset = core.reset_peaks()
         rereg, registered = await reregistration_comparison(args, core, sim, reserve)
         if rereg is not None:
+            rereg["reregistration_sar"] = _ipsec_sar(args)
             result["reregistration"] = rereg
         steps = []
         best = None
