@@ -67,6 +67,11 @@ def _ok(contacts: list[str], expires: str | None = None) -> Response:
         (["<sip:a@h>"], "x", MALFORMED_EXPIRES),
         (["<sip:a@h>"], "4294967296", MAX),
         (["<sip:a@h>;expires=abc"], "300", MALFORMED_EXPIRES),
+        # Contacts that do not parse: the Expires header's value, else read as malformed
+        (["<sip:a@h"], None, MALFORMED_EXPIRES),
+        (["<sip:a@h", "<sip:b@h>;expires=60"], None, MALFORMED_EXPIRES),
+        (["<sip:a@h"], "300", 300),
+        (["<sip:a@h"], "0", 0),
         # well-formed values: as before
         (["<sip:a@h>;expires=0"], None, 0),
         (["<sip:a@h>;expires=4294967295"], None, MAX),
@@ -121,13 +126,14 @@ def _re_register(p: PcscfCore, inst, contact: str, now: float = 8.0) -> list:
 
 @pytest.mark.parametrize(
     ("value", "granted"),
-    [("abc", MALFORMED_EXPIRES), ("-5", MALFORMED_EXPIRES), ("4294967296", MAX)],
+    [("abc", MALFORMED_EXPIRES), ("-5", MALFORMED_EXPIRES), ("4294967296", MAX), (None, 3600)],
 )
 def test_a_200_with_a_bad_contact_expires_keeps_the_registration(value, granted):
     """The 200 OK reaches the UE over its SA as the registrar wrote it; the
     registration and its SAs stay for the granted time read by RFC 3261 §10.2.1.1."""
     p, inst, _ = registered()
-    contact = f"<sip:127.0.0.1:1357>;expires={value}"
+    # value None: a Contact that does not parse at all (its expiry cannot be read)
+    contact = "<sip:127.0.0.1:1357" if value is None else f"<sip:127.0.0.1:1357>;expires={value}"
     out = _re_register(p, inst, contact)
     (reply,) = [a for a in out if isinstance(a, Reply)]
     assert reply.spi == inst.sa.spi_uc and reply.destination == UE_C

@@ -2374,13 +2374,14 @@ def _delta_seconds(text: str | None) -> int | None:
 
 def _granted_by_parsing(resp: Response) -> int:
     """`PcscfCore._granted_expires` the exact way: from the parsed Contacts and the
-    Expires header, each value read by `_delta_seconds` (0 when the Contacts do not
-    parse: no binding can be read)."""
+    Expires header, each value read by `_delta_seconds`. Contacts that do not parse
+    carry no expiry that can be read: the Expires header's, else `MALFORMED_EXPIRES`
+    as for a malformed value (never 0, which would end a live registration's SAs)."""
+    default = _delta_seconds(resp.get("Expires"))
     try:
         contacts = resp.contacts
     except SipParseError:
-        return 0
-    default = _delta_seconds(resp.get("Expires"))
+        return MALFORMED_EXPIRES if default is None else default
     best = 0
     for c in contacts:
         e = _delta_seconds(c.params.get("expires"))
