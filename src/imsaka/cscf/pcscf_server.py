@@ -306,7 +306,7 @@ class PcscfServer:
                 if sa_set is None or out_sa is None:
                     log.info("pcscf: reply not sent: no live SA with spi %d", action.spi)
                     continue
-                key = sa_set.pcscf_spis[1]  # `_key_of`
+                key = self._key_of(sa_set)
                 final = False
                 if isinstance(action.message, Request):
                     pass  # a request to the UE (a NOTIFY) is never the set's last message

@@ -524,9 +524,9 @@ class SaSet:
 
     def needs_new_registration(self) -> bool:
         # (asked per message sent: a loop, no generator; an outbound SA is its own
-        # `EspOutbound`, `needs_new_registration` read inline)
+        # `EspOutbound`)
         for sa in self.outbound.values():  # noqa: SIM110 - no generator per call
-            if sa.seq >= sa.soft_limit:  # type: ignore[attr-defined]
+            if sa.needs_new_registration:  # type: ignore[attr-defined]
                 return True
         return False
 

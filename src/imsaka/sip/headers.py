@@ -386,10 +386,12 @@ class Via:
     def response_address(self) -> tuple[str, int]:
         """Where responses go (§18.2.2 + RFC 3581 §4): received/rport if present,
         else sent-by (default port 5060/5061)."""
-        get = self.params.get  # (the received and rport properties, inline)
-        host = get("received") or self.host
-        rport = get("rport")
-        port = int(rport) if rport else self.port or (5061 if self.transport == "TLS" else 5060)
+        host = self.received or self.host
+        rport = self.rport
+        if isinstance(rport, int) and rport is not True:
+            port = rport
+        else:
+            port = self.port or (5061 if self.transport == "TLS" else 5060)
         return (host[1:-1] if host[:1] == "[" else host, port)
 
     def __str__(self) -> str:

@@ -793,8 +793,7 @@ def _build_top_via(m: Message) -> Via:
 
 
 def _build_cseq(m: Message) -> CSeq:
-    text = _required(m, "cseq")
-    return CSEQ_SEEN.get(text) or CSeq.parse(text)  # (CSeq.parse's memo, read inline)
+    return CSeq.parse(_required(m, "cseq"))
 
 
 def _build_from(m: Message) -> NameAddr:
