@@ -158,9 +158,11 @@ def test_invite_client_non_2xx_final_acks_inside_the_transaction():
     lay.receive_response(busy, "udp", 1.0)
     (again,) = lay.events()
     assert isinstance(again, Transmit) and parse_message(again.data).method == "ACK"
-    # Timer D = 32 s on UDP
-    assert lay.next_deadline() == pytest.approx(32.3)
+    # Timer D = 32 s on UDP (32.3), due on the 2*T1 grid: never before, at most 1 s after
+    assert lay.next_deadline() == pytest.approx(33.0)
     lay.handle_timer(32.3)
+    assert lay.events() == []
+    lay.handle_timer(33.0)
     assert kinds(lay.events()) == ["TransactionTerminated"]
 
 
@@ -175,8 +177,10 @@ def test_invite_client_2xx_goes_to_accepted_and_m():
     # RFC 6026: retransmitted 2xx (and forked 2xx) go to the TU
     lay.receive_response(ok, "udp", 0.6)
     assert kinds(lay.events()) == ["ResponseReceived"]
-    assert lay.next_deadline() == pytest.approx(32.1)  # M = 64*T1
+    assert lay.next_deadline() == pytest.approx(33.0)  # M = 64*T1 (32.1), on the grid
     lay.handle_timer(32.1)
+    assert lay.events() == []
+    lay.handle_timer(33.0)
     assert kinds(lay.events()) == ["TransactionTerminated"]
 
 
@@ -223,8 +227,10 @@ def test_non_invite_server_absorbs_and_retransmits_final():
     assert parse_message(ev.data).status == 401
     with pytest.raises(LocalProtocolError):
         tx.respond(make_response(req, 200), 2.1)
-    assert lay.next_deadline() == pytest.approx(33.1)  # J = 64*T1
+    assert lay.next_deadline() == pytest.approx(34.0)  # J = 64*T1 (33.1), on the grid
     lay.handle_timer(33.1)
+    assert lay.events() == []
+    lay.handle_timer(34.0)
     assert kinds(lay.events()) == ["TransactionTerminated"]
     with pytest.raises(LocalProtocolError):
         lay.respond(tx.key, final, 34)
@@ -279,8 +285,10 @@ def test_invite_server_ack_confirms_and_i_terminates():
     assert tx.state is State.CONFIRMED and lay.events() == []
     lay.receive_request(ack, "udp", 0.3)  # absorbed
     assert lay.events() == []
-    assert lay.next_deadline() == pytest.approx(5.2)  # I = T4
+    assert lay.next_deadline() == pytest.approx(6.0)  # I = T4 (5.2), on the grid
     lay.handle_timer(5.2)
+    assert lay.events() == []
+    lay.handle_timer(6.0)
     assert kinds(lay.events()) == ["TransactionTerminated"]
 
 
@@ -302,7 +310,9 @@ def test_invite_server_accepted_state_rfc6026():
     lay.receive_request(ack, "udp", 0.7)
     (ev,) = lay.events()
     assert isinstance(ev, AckReceived)
-    lay.handle_timer(32.1)  # L
+    lay.handle_timer(32.1)  # L = 64*T1, due on the 2*T1 grid: not yet
+    assert lay.events() == []
+    lay.handle_timer(33.0)
     assert kinds(lay.events()) == ["TransactionTerminated"]
 
 

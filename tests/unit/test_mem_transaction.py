@@ -180,11 +180,13 @@ def test_timer_k_of_completed_clients_from_the_fifo():
     # a retransmitted 200 is absorbed
     lay.receive_response(make_response(request("NOTIFY", branch="z9hG4bKn0"), 200), "udp", 1.0)
     assert lay.events() == [] and lay.counters["absorbed"] == 1
-    assert lay.next_deadline() == pytest.approx(5.1)  # K = T4
-    lay.handle_timer(6.5)
+    assert lay.next_deadline() == pytest.approx(6.0)  # K = T4 (5.1), on the 2*T1 grid
+    lay.handle_timer(7.0)  # the first two (K 6.0 and 7.0)
     assert lay.events() == [TransactionTerminated(txs[0].key), TransactionTerminated(txs[1].key)]
     assert txs[2].state is State.COMPLETED
-    lay.handle_timer(7.1)
+    lay.handle_timer(7.1)  # its K (7.1) is due at 8.0
+    assert lay.events() == []
+    lay.handle_timer(8.0)
     assert lay.events() == [TransactionTerminated(txs[2].key)]
 
 

@@ -1,5 +1,6 @@
-"""The SIP endpoint's timer wake-ups fall on a grid of T1/10: the Timer J of several
-transactions finished within one step ends them all in one wake-up, none early; the
+"""The SIP endpoint's timer wake-ups fall on a grid of T1/10, and the timers that only
+end a transaction (D, I, J, K, L, M) on a grid of 2*T1: the Timer J of the transactions
+finished within one such step ends them all in one wake-up, none early; the
 answer timeout of requests the application has not answered rides on the same wake-up
 (no loop timer per request); a wake-up armed earlier than needed is kept."""
 
@@ -104,31 +105,61 @@ def test_timer_j_of_one_grid_step_ends_in_one_wake_up_never_early():
     assert len(t.sent) == 5 and len(ep.layer) == 5
     (wake,) = loop.armed("_on_timer")
     first_due = start + 64 * timers.t1
-    assert first_due <= wake.when <= first_due + timers.t1 / 10
+    # never early; on the 2*T1 grid of transaction-ending timers (TimerConfig.end_at)
+    assert first_due <= wake.when <= timers.end_at(first_due) + timers.t1 / 10
     # one wake-up ends all five (each due by then); before the grid it ended one
     loop.fire(wake)
     assert len(ep.layer) == 0
     assert not loop.armed("_on_timer")
 
 
+def test_end_timers_fall_on_a_grid_of_two_t1_never_early():
+    timers = TimerConfig()
+    for due in (0.0, 32.0, 32.001, 32.999, 133.3, 1e6 + 0.25):
+        at = timers.end_at(due)
+        assert due <= at < due + 2 * timers.t1
+        assert at % (2 * timers.t1) == 0
+    ue = TimerConfig.ims_ue()  # T1 2 s: a 4 s grid
+    assert ue.end_at(129.0) == 132.0
+
+
+def test_a_second_of_requests_ends_in_at_most_two_wake_ups():
+    # 100 requests/s answered over one second: their Timer J (32 s later) used to wake
+    # the loop once per T1/10 step (20 a second); on the 2*T1 grid, once or twice
+    timers = TimerConfig()
+    ep, loop, t = answering_endpoint(timers)
+    for n in range(100):
+        loop.now = 200.005 + n * 0.01
+        t.receiver(register(n), ("127.0.0.1", 5062), t)
+    assert len(ep.layer) == 100
+    wake_ups = 0
+    while len(ep.layer):
+        (wake,) = loop.armed("_on_timer")
+        loop.fire(wake)
+        wake_ups += 1
+    assert wake_ups <= 2
+    assert loop.now <= timers.end_at(201.0 + 64 * timers.t1) + timers.t1 / 10
+
+
 def test_a_timer_never_fires_before_its_deadline():
     timers = TimerConfig()
     ep, loop, t = answering_endpoint(timers)
-    for n, at in enumerate((100.01, 100.02, 100.03, 100.3)):
+    starts = (100.01, 100.02, 100.03, 100.3, 101.3)
+    for n, at in enumerate(starts):
         loop.now = at
         t.receiver(register(n), ("127.0.0.1", 5062), t)
-    ends = sorted(at + 64 * timers.t1 for at in (100.01, 100.02, 100.03, 100.3))
+    ends = sorted(at + 64 * timers.t1 for at in starts)
     wake_ups = 0
     while ep.layer.pending() or len(ep.layer):
         (wake,) = loop.armed("_on_timer")
         due = [e for e in ends if e <= wake.when]
         assert due, "a wake-up with nothing due"
-        assert wake.when <= min(ends) + timers.t1 / 10
+        assert wake.when <= timers.end_at(min(ends)) + timers.t1 / 10
         loop.fire(wake)
         ends = [e for e in ends if e > wake.when]
         assert len(ep.layer) == len(ends)
         wake_ups += 1
-    assert wake_ups == 2  # the first three in one step, then the last
+    assert wake_ups == 2  # the first four in one 2*T1 step (J by 133 s), then the last
 
 
 def parking_endpoint(timers: TimerConfig) -> tuple[SipEndpoint, FakeLoop, FakeUdp, list]:
@@ -158,7 +189,8 @@ def test_a_request_answered_later_arms_no_loop_timer_of_its_own():
     # answered: one wake-up moved earlier, to their Timer J (32 s, before the 37 s of
     # the answer timeout), for all five
     (wake,) = loop.armed("_on_timer")
-    assert len(loop.handles) == 2 and wake.when <= 100.01 + 64 * 0.5 + 0.05
+    assert len(loop.handles) == 2
+    assert wake.when <= TimerConfig().end_at(100.01 + 64 * 0.5) + 0.05
 
 
 def test_an_unanswered_request_gets_500_after_the_answer_timeout_never_before():

@@ -89,6 +89,7 @@ from imsaka.sip import (
     parse_message,
 )
 from imsaka.sip.compact import PackedItem, SharedTuples, WirePacker
+from imsaka.sip.transaction import TimerConfig
 from imsaka.sip.uri import quote
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,10 @@ Address = tuple[str, int]
 
 # Timer F (64·T1) bounds how long a forwarded request's context is kept.
 TRANSACTION_LIFETIME = 32.0
+# Contexts past their lifetime are looked for on the 2·T1 grid of the timers that end a
+# transaction (`TimerConfig.end_at`): one wake-up a second for all of them, not one per
+# T1/10 step (a P-CSCF at 100 requests/s woke 20 times a second for this alone).
+_END_AT = TimerConfig().end_at
 # After the 200 OK to a UE's de-REGISTER left over UDP, the SA set it left over carries
 # that de-REGISTER's retransmissions (and nothing else) for this long: Timer J, 64·T1,
 # the time a non-INVITE server transaction stays Completed to answer retransmissions
@@ -2246,7 +2251,7 @@ class PcscfCore:
             heapq.heappop(timers)
         oldest = next(iter(self.pending.values()), None)
         if oldest is not None:
-            when = oldest.created + TRANSACTION_LIFETIME
+            when = _END_AT(oldest.created + TRANSACTION_LIFETIME)
             if deadline is None or when < deadline:
                 deadline = when
         return deadline

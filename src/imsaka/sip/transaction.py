@@ -68,6 +68,17 @@ class TimerConfig:
         at = (deadline // tick + 1) * tick
         return at if at >= deadline else deadline  # (float rounding)
 
+    def end_at(self, due: float) -> float:
+        """When a timer that only ends a transaction (D, I, J, K, L, M) set for `due`
+        fires: the first point of a grid of 2*T1 not before it. Such a timer keeps the
+        state a little longer than its minimum and never shorter (it absorbs
+        retransmissions, RFC 3261 §17.1.1.2, §17.2.2), and those of a whole grid step
+        share one wake-up: a server at 100 requests/s woke 20 times a second on the
+        T1/10 grid for them alone, about as often as for its messages."""
+        grid = 2 * self.t1
+        at = -(-due // grid) * grid
+        return at if at >= due else due  # (float rounding)
+
     def __post_init__(self) -> None:
         for name in ("t1", "t2", "t4", "timer_d", "timer_c"):
             v = getattr(self, name)
@@ -530,13 +541,22 @@ class Transaction:
         self._rearm()
 
     def _set_timer(self, timer: Input, now: float, delay: float) -> None:
+        self._set_timer_due(timer, now + delay, delay)
+
+    def _set_end_timer(self, timer: Input, now: float, delay: float) -> None:
+        """`_set_timer` for a timer that ends the transaction: due on the layer's
+        coarse grid (`TimerConfig.end_at`); a zero delay (reliable transport) stays now."""
+        due = self._layer.config.end_at(now + delay) if delay > 0 else now
+        self._set_timer_due(timer, due, delay)
+
+    def _set_timer_due(self, timer: Input, due: float, delay: float) -> None:
         timers = self.timers
         if not timers:
             # the usual first timer (E, F, J, K...): no list to sort
-            self.timers = ((now + delay, timer),)
+            self.timers = ((due, timer),)
         else:
             pairs = [t for t in timers if t[1] is not timer]
-            pairs.append((now + delay, timer))
+            pairs.append((due, timer))
             pairs.sort(key=_due)
             self.timers = tuple(pairs)
         if timer in _BACKOFF:
@@ -699,7 +719,7 @@ class ClientTransaction(Transaction):
 
     def _accept(self, now: float, msg: Message | None) -> None:
         self.timers = ()
-        self._set_timer(Input.TIMER_M, now, 64 * self.config.t1)
+        self._set_end_timer(Input.TIMER_M, now, 64 * self.config.t1)
         self._final_received(msg)
         self._emit(ResponseReceived(self.key, msg))
 
@@ -708,7 +728,7 @@ class ClientTransaction(Transaction):
         ack = self._build_ack(msg)
         self._ack_wire = ack.to_bytes()
         self._transmit(ack, self._ack_wire)
-        self._set_timer(Input.TIMER_D, now, 0.0 if self.reliable else self.config.timer_d)
+        self._set_end_timer(Input.TIMER_D, now, 0.0 if self.reliable else self.config.timer_d)
         self._final_received(msg)
         self._emit(ResponseReceived(self.key, msg))
 
@@ -745,7 +765,7 @@ class ClientTransaction(Transaction):
 
     def _complete(self, now: float, msg: Message | None) -> None:
         self.timers = ()
-        self._set_timer(_TIMER_K, now, 0.0 if self.reliable else self._layer.config.t4)
+        self._set_end_timer(_TIMER_K, now, 0.0 if self.reliable else self._layer.config.t4)
         self._final_received(msg)
         self._emit(ResponseReceived(self.key, msg))
 
@@ -817,7 +837,7 @@ class ServerTransaction(Transaction):
 
     def _send_2xx(self, now: float, msg: Message | None) -> None:
         self._send(now, msg)
-        self._set_timer(Input.TIMER_L, now, 64 * self.config.t1)
+        self._set_end_timer(Input.TIMER_L, now, 64 * self.config.t1)
 
     def _send_final_invite(self, now: float, msg: Message | None) -> None:
         self._send(now, msg)
@@ -832,7 +852,7 @@ class ServerTransaction(Transaction):
 
     def _confirm(self, now: float, msg: Message | None) -> None:
         self._stop_timers(Input.TIMER_G, Input.TIMER_H)
-        self._set_timer(Input.TIMER_I, now, 0.0 if self.reliable else self.config.t4)
+        self._set_end_timer(Input.TIMER_I, now, 0.0 if self.reliable else self.config.t4)
 
     def _pass_ack_up(self, now: float, msg: Message | None) -> None:
         self._emit(AckReceived(self.key, msg, None))
@@ -840,15 +860,15 @@ class ServerTransaction(Transaction):
     def _send_final_non_invite(self, now: float, msg: Message | None) -> None:
         self._send(now, msg)
         if self.reliable:
-            self._set_timer(_TIMER_J, now, 0.0)
+            self._set_end_timer(_TIMER_J, now, 0.0)
             return
         # Completed for Timer J: only a retransmitted request reads the bytes again
         # (the layer packs them with the next finals: `_finish`)
         layer = self._layer
         delay = 64 * layer.config.t1
-        if not layer._finish(self, now + delay):
+        if not layer._finish(self, layer.config.end_at(now + delay)):
             self._response_wire = layer.packer.pack(self._response_wire)
-            self._set_timer(_TIMER_J, now, delay)
+            self._set_end_timer(_TIMER_J, now, delay)
 
 
 class FinishedServerTransaction:
