@@ -74,7 +74,7 @@ class TimerConfig:
         state a little longer than its minimum and never shorter (it absorbs
         retransmissions, RFC 3261 §17.1.1.2, §17.2.2), and those of a whole grid step
         share one wake-up: a server at 100 requests/s woke 20 times a second on the
-        T1/10 grid for them alone, about as often as for its messages."""
+        T1/10 grid for them alone, once a second on this one."""
         grid = 2 * self.t1
         at = -(-due // grid) * grid
         return at if at >= due else due  # (float rounding)
