@@ -114,21 +114,14 @@ def ms(value: float | None) -> float | None:
 
 
 def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS / VmHWM in KiB from /proc/PID/status."""
+    """VmRSS / VmHWM in KiB and the main thread's voluntary context switches, from
+    /proc/PID/status."""
     out = {}
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:
-            if line.startswith(("VmRSS:", "VmHWM:")):
+            if line.startswith(("VmRSS:", "VmHWM:", "voluntary_ctxt_switches:")):
                 out[line.split(":")[0]] = int(line.split()[1])
     return out
-
-
-def voluntary_switches(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("voluntary_ctxt_switches:"):
-                return int(line.split()[1])
-    return 0
 
 
 def reset_peak(pid: int) -> bool:
@@ -351,8 +344,7 @@ class Core:
             outf = open(out, "w")  # noqa: SIM115
             self._files += [err, outf]
             cmd = [*self.prefix, sys.executable, str(Path(__file__).resolve()), "_serve"]
-            cmd += [function]
-            cmd += [str(self.config)]
+            cmd += [function, str(self.config)]
             if self.profile:
                 cmd += ["--profile-out", str(self.profile_path(function))]
             if function not in self.uvloop:
@@ -379,7 +371,7 @@ class Core:
     def wakeups(self) -> dict[str, int]:
         """Voluntary context switches of each function's main thread so far: how often
         its event loop went to sleep, i.e. how often something had to wake it."""
-        return {f: voluntary_switches(p.pid) for f, p in self.procs.items()}
+        return {f: proc_status(p.pid)["voluntary_ctxt_switches"] for f, p in self.procs.items()}
 
     def memory(self) -> dict[str, dict[str, int]]:
         return {f: proc_status(p.pid) for f, p in self.procs.items()}
@@ -756,9 +748,8 @@ async def reregistration_comparison(
         # each finds its process asleep and its caches cold (docs/benchmarks.md); at
         # three times the rate a re-registration costing a third keeps the core as busy
         # as the full phase did, so this ratio compares like with like: below 1/3 means
-        # three re-registrations take
-        # less CPU than one registration, i.e. the core re-registers three times as
-        # many UEs per second as it registers.
+        # three re-registrations take less CPU than one registration, i.e. the core
+        # re-registers three times as many UEs per second as it registers.
         fast_s = await measured_load(
             core, args, kept, rr_rate * factor, sim.reregister, drain=drain
         )
