@@ -658,16 +658,17 @@ def _cpu_all(core: Core, sim_name: str = "ue_sim") -> dict[str, float]:
     return out
 
 
-async def warm_up(core: Core, sim: UeSimulator, indices: list[int]) -> int:
+async def warm_up(core: Core, sim: UeSimulator, indices: list[int], *, keep: bool = False) -> int:
     """Register a few UEs until the CSCFs' Diameter connections are up (a 480/504 while
-    they connect is expected); returns how many warm-up UEs registered."""
+    they connect is expected); returns how many warm-up UEs registered (kept registered,
+    their SAs up, with `keep`)."""
     loop = asyncio.get_running_loop()
     done = 0
     deadline = time.monotonic() + 30
     pending = list(indices)
     while pending and time.monotonic() < deadline:
         index = pending[0]
-        o = await sim.register(index, loop.time(), keep=False)
+        o = await sim.register(index, loop.time(), keep=keep)
         if o.ok:
             pending.pop(0)
             done += 1

@@ -141,14 +141,8 @@ async def compare(args: argparse.Namespace, workdir: Path, setting: str) -> dict
         # valgrind translates each code path the first time it runs: the warm-up UEs
         # take the registration and the re-registration paths once before counting
         warm = list(range(args.warmup))
-        await warm_up(core, sim, [])
-        for i in warm:
-            for _ in range(3):
-                o = await sim.register(i, asyncio.get_running_loop().time(), keep=True)
-                if o.ok:
-                    break
-                await asyncio.sleep(1.0)
-        await offered_load([i for i in warm if i in sim.kept], args.rate, sim.reregister)
+        await warm_up(core, sim, warm, keep=True)
+        await offered_load(warm, args.rate, sim.reregister)
         await asyncio.sleep(args.drain)
         indices = list(range(args.warmup, len(subs)))
         full = offered_load(indices, args.rate, lambda i, t: sim.register(i, t, keep=True))
