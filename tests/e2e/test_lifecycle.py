@@ -61,9 +61,12 @@ async def test_challenged_reregistration_gets_a_new_sa_set(subscribers):
         live = [s for s in ue.table.sets() if s.state.value != "removed"]
         assert {s.id for s in live} - first  # a new set is established
         assert len(live) == 1  # the old one went: the 200 OK arrived over the new set
-        # The P-CSCF holds exactly the new set (new SPIs, same protected ports).
-        pcscf_sets = net.pcscf.table.sets()
+        # The P-CSCF serves exactly the new set (new SPIs, same protected ports); the
+        # old one stays out of service for the transactions that may still be open over
+        # it (TS 33.203 §7.4, `pcscf.SUPERSEDED_DRAIN`).
+        pcscf_sets = [s for s in net.pcscf.table.sets() if s not in net.pcscf._held.values()]
         assert len(pcscf_sets) == 1 and pcscf_sets[0].state.value == "established"
+        assert net.pcscf.census()["sa_sets_in_grace"] == 1
         assert pcscf_sets[0].pcscf_spis not in pcscf_first
         assert pcscf_sets[0].pcscf_ports == live[0].pcscf_ports
         # A new AKA run (reauthenticate = "always"): a second 401 reached the UE.

@@ -39,6 +39,10 @@ The seed's packets 1→2, 7, 8→9 and 13: the P-CSCF is the UE's first hop. It
   went through (§5.1.1.7), at most until that NOTIFY's transaction ends, and while a
   REGISTER of the UE is open, until its answer went out over them (then as after a
   de-REGISTER's 200: held over UDP for that REGISTER's retransmissions).
+- after a challenged re-registration keeps the set it replaced for the transactions
+  still open over it (TS 33.203 §7.4; `SUPERSEDED_DRAIN`): new requests take the new
+  set, what comes over the old one is served and answered over it; a response whose
+  set is gone is never sent in the clear (SPI 0: the edge sends nothing).
 
 `sec_agree = "required"` answers a REGISTER without sec-agree 421/494 (RFC 3329 §2.3.1);
 `"optional"` admits a UE offering no Security-Client, without SAs.
@@ -126,6 +130,15 @@ _END_AT = TimerConfig().end_at
 # that message is UNCONFIRMED (FACTS §1.2 has no verbatim P-CSCF rule): this reads the
 # cached answer re-sent to a retransmission as still that last message.
 DEREGISTER_GRACE = TRANSACTION_LIFETIME
+# After a challenged re-registration the set it replaced stays this long (Timer F,
+# 64·T1): the UE may still have a transaction open over it, a request sent or a
+# request of the core's being answered, when the 200 OK switches to the new set. TS
+# 24.229 §5.1.1.5.1 has the UE delete its old set only "after all SIP transactions that
+# use the old set ... are completed"; the P-CSCF mirrors it (FACTS §1.2, UNCONFIRMED
+# verbatim). No new request goes over it; what arrives over it is served as over the
+# registration's set, and its answers go back over it.
+SUPERSEDED_DRAIN = TRANSACTION_LIFETIME
+SUPERSEDED = "replaced by a newer set"
 # The reasons a de-registered UE's sets are released with: its own de-REGISTER, the
 # network's (a terminated reg-event NOTIFY, RFC 3680).
 DEREGISTERED = "de-registered"
@@ -294,6 +307,10 @@ class Registration:
     sa: PcscfSa | None = None  # established set
     temporary: PcscfSa | None = None
     temporary_expires: float = 0.0
+    # the set a challenged re-registration replaced, until `previous_until`
+    # (`SUPERSEDED_DRAIN`): still routed, never chosen for a new request to the UE
+    previous: PcscfSa | None = None
+    previous_until: float = 0.0
     # Security-Server last sent (checked against Security-Verify on every REGISTER);
     # while a challenge is open, the one sent in its 401 and the challenged REGISTER's
     # Security-Client (both emptied once the set is established). Kept as the header
@@ -604,6 +621,8 @@ class PcscfCore:
         # answer it carried (0: released with that answer, as over TCP): the argument,
         # else `PcscfConfig.dereg_grace`. An attribute, so a test can shorten it.
         self.dereg_grace = float(config.dereg_grace if dereg_grace is None else dereg_grace)
+        # (an attribute, so a test can shorten it)
+        self.superseded_drain = SUPERSEDED_DRAIN
         # The overload bound: the argument, else the config's (read defensively: a
         # config without the field gets the default), 0 or less for none.
         if max_in_flight is None:
@@ -818,6 +837,8 @@ class PcscfCore:
                 due = (expiry, "expiry")
         if reg.release_at and (due is None or reg.release_at < due[0]):
             due = (reg.release_at, "release")
+        if reg.previous is not None and (due is None or reg.previous_until < due[0]):
+            due = (reg.previous_until, "previous")
         return due
 
     def _drop(self, reason: str, detail: str = "") -> list[Action]:
@@ -921,19 +942,27 @@ class PcscfCore:
         return self._to_ue(resp, arrival)
 
     def _to_ue(self, resp: Response, arrival: Arrival) -> Reply:
-        """Responses go back the way the request came (over its SA: FACTS §1.3)."""
+        """Responses go back the way the request came (over its SA: FACTS §1.3); never
+        in the clear to a request that came protected: when its set is gone, over no
+        SA (SPI 0, reserved by RFC 4303 §2.1: the edge finds no SA and sends nothing)."""
         spi = None
         if arrival.spi is not None:
             impi = self.by_spi.get(arrival.spi)
             reg = self.registrations.get(impi) if impi else None
             sa = None
             if reg is not None:
-                for s in (reg.temporary, reg.sa):
+                for s in (reg.temporary, reg.sa, reg.previous):
                     if s is not None and arrival.spi in s.inbound_spis:
                         sa = s
                         break
+            if sa is None:
+                grace = self._grace_by_spi.get(arrival.spi)
+                sa = grace.sa if grace is not None else None
             if sa is not None:
                 spi = sa.spi_uc if arrival.spi == sa.spi_ps else sa.spi_us
+            else:
+                self.drops["reply-over-removed-sa"] += 1
+                spi = 0
         return Reply(resp, arrival.source, arrival.transport, spi)
 
     # ------------------------------------------------------------------ requests
@@ -974,7 +1003,7 @@ class PcscfCore:
             self.counters["retransmission-answered"] += 1
             final = parse_message(self._packer.unpack(pending.final_data))
             reply = self._to_ue(final, arrival)  # type: ignore[arg-type]
-            if arrival.spi is not None and reply.spi is None:
+            if arrival.spi is not None and not reply.spi:
                 # Never in the clear to a request that came protected.
                 reply = Reply(reply.message, reply.destination, reply.transport, pending.final_spi)
             return [reply]
@@ -1343,7 +1372,9 @@ class PcscfCore:
             reg = self.registrations.get(owner) if owner else None
             if reg is None:
                 return self._drop("request-over-unknown-sa")
-            if reg.sa is None or arrival.spi not in reg.sa.inbound_spis:
+            if (reg.sa is None or arrival.spi not in reg.sa.inbound_spis) and (
+                reg.previous is None or arrival.spi not in reg.previous.inbound_spis
+            ):
                 # Only REGISTER may use the temporary set.
                 return [
                     self._reply(
@@ -1660,11 +1691,11 @@ class PcscfCore:
                 pending.final = resp  # no longer open
                 if not self._register_open(reg.impi, branch or ""):
                     reply = next((a for a in actions if isinstance(a, Reply)), None)
-                    sets = (reg.temporary, reg.sa)
+                    sets = (reg.temporary, reg.sa, reg.previous)
                     actions += self._sets_go(
                         reg, sets, reply, pending, branch or "", now, NETWORK_TERMINATED
                     )
-                    reg.temporary = reg.sa = None
+                    reg.temporary = reg.sa = reg.previous = None
                     self._forget(reg)
                     actions += self._end_to_ue(reg)
         else:
@@ -1968,9 +1999,9 @@ class PcscfCore:
             # stays for the REGISTER's retransmissions until Timer J. (Not refreshed,
             # no reg-event SUBSCRIBE: the registration has ended.)
             reason = DEREGISTERED if own else NETWORK_TERMINATED
-            sets = (reg.temporary, reg.sa)
+            sets = (reg.temporary, reg.sa, reg.previous)
             actions += self._sets_go(reg, sets, reply, pending, branch, now, reason)
-            reg.temporary = reg.sa = None
+            reg.temporary = reg.sa = reg.previous = None
             self._forget(reg)
             return actions + self._end_to_ue(reg)
         reg.state = RegState.REGISTERED
@@ -1989,10 +2020,17 @@ class PcscfCore:
             reg.pending_server = reg.security_client = ()
             actions.append(UpgradeSecurityAssociations(reg.sa, lifetime))
             self._by_contact[(reg.sa.ue_host, reg.sa.port_us)] = reg.impi
+            if reg.previous is not None:
+                # replaced twice within a drain: the older one goes now
+                actions.append(self._release(reg, reg.previous, SUPERSEDED))
+                reg.previous = None
             if old is not None:
-                # TS 33.203 §7.4: the old set stays until the new one carries traffic;
-                # the UE already used the new one for this REGISTER.
-                actions.append(self._release(reg, old, "replaced by a newer set"))
+                # TS 33.203 §7.4: the UE already used the new set (for this REGISTER);
+                # the old one stays for the transactions still open over it.
+                reg.previous = old
+                reg.previous_until = now + self.superseded_drain
+                self._watch(reg.previous_until, reg.impi)
+                actions.append(HoldSecurityAssociations(old, reg.previous_until))
         elif reg.sa is not None:
             actions.append(UpgradeSecurityAssociations(reg.sa, max(lifetime, 0.0)))
         elif arrival.spi is None and reg.clear_source != arrival.source:
@@ -2121,10 +2159,10 @@ class PcscfCore:
         self.counters["network-deregistered"] += 1
         log.info("pcscf: %s de-registered by the network (reg-event NOTIFY)", reg.impi)
         actions: list[Action] = []
-        for s in (reg.temporary, reg.sa):
+        for s in (reg.temporary, reg.sa, reg.previous):
             if s is not None:
                 actions.append(self._release(reg, s, "registration terminated (reg event)"))
-        reg.temporary = reg.sa = None
+        reg.temporary = reg.sa = reg.previous = None
         self._forget(reg)
         return actions + self._end_to_ue(reg)
 
@@ -2214,8 +2252,12 @@ class PcscfCore:
 
     def in_grace(self) -> int:
         """SA sets kept for the retransmissions of the REGISTER whose last answer
-        they carried (de-REGISTERs, failed challenge responses)."""
-        return len(self._grace)
+        they carried (de-REGISTERs, failed challenge responses), and sets a challenged
+        re-registration replaced, kept for the transactions open over them (the edge
+        holds both kinds: its `sa_sets_in_grace`)."""
+        return len(self._grace) + sum(
+            1 for r in self.registrations.values() if r.previous is not None
+        )
 
     def _unroute(self, reg: Registration, sa: PcscfSa) -> None:
         """Nothing routes to or from the UE over `sa` any more."""
@@ -2306,6 +2348,13 @@ class PcscfCore:
                 later = self._due(reg) if self.registrations.get(key) is reg else None
                 if later is not None:
                     self._watch(later[0], key)
+            elif due[1] == "previous":
+                # the transactions over the set a re-registration replaced have ended
+                actions.append(self._release(reg, reg.previous, SUPERSEDED))
+                reg.previous = None
+                later = self._due(reg)
+                if later is not None:
+                    self._watch(later[0], key)
             elif due[1] == "temporary":
                 # The UE never answered the 401 within the temporary set's lifetime.
                 actions.append(self._release(reg, reg.temporary, "temporary SA lifetime expired"))
@@ -2320,9 +2369,10 @@ class PcscfCore:
                 if reg.sa is not None:
                     actions.append(self._release(reg, reg.sa, "registration expired"))
                     reg.sa = None
-                if reg.temporary is not None:
-                    actions.append(self._release(reg, reg.temporary, "registration expired"))
-                    reg.temporary = None
+                for s in (reg.temporary, reg.previous):
+                    if s is not None:
+                        actions.append(self._release(reg, s, "registration expired"))
+                reg.temporary = reg.previous = None
                 self._forget(reg)
                 actions += self._end_to_ue(reg)
         return actions

@@ -1,0 +1,140 @@
+"""P-CSCF core (sans-I/O): the SA set a challenged re-registration replaced (TS 33.203
+§7.4; TS 24.229 §5.1.1.5.1, mirrored at the P-CSCF, FACTS §1.2).
+
+When the 200 OK to the challenge response switches the UE to its new set, a transaction
+may still be open over the old one: a request the UE sent just before, or a request of
+the core's the UE is answering. The old set stays for `SUPERSEDED_DRAIN` (Timer F): what
+arrives over it is served, the answers to it go back over it, nothing new is sent over
+it; then it is released once. A response whose set is gone altogether is never sent in
+the clear to the UE's protected port.
+"""
+
+from __future__ import annotations
+
+from imsaka.cscf.pcscf import (
+    SUPERSEDED,
+    SUPERSEDED_DRAIN,
+    Arrival,
+    DropInput,
+    Forward,
+    HoldSecurityAssociations,
+    InstallSecurityAssociations,
+    ReleaseSecurityAssociations,
+    Reply,
+)
+from imsaka.sip import make_response, parse_message
+from tests.cscf.test_pcscf_dialog_routing import SCSCF, scscf_notify, ue_subscribe
+from tests.e2e.test_pcscf_core import core
+from tests.e2e.test_pcscf_rereg import CHALLENGE, OK_HEADERS, _answer, _registered, _second
+
+IMPI = "user1_private@home1.net"
+NEW_OFFER = "ipsec-3gpp; alg=hmac-sha-1-96; spi-c=777; spi-s=888; port-c=3333; port-s=1357"
+
+
+def _reauthenticated(p, server: str, arrival: Arrival, at: float):
+    """The registered UE's re-REGISTER over its set (a new offer), challenged, answered
+    over the new temporary set and accepted: (the new set, the 200 OK's actions)."""
+    (fwd,) = p.receive_request(parse_message(_second(3, server, NEW_OFFER).encode()), arrival, at)
+    acts = _answer(p, fwd, 401, [CHALLENGE], at + 0.1)
+    new = next(a for a in acts if isinstance(a, InstallSecurityAssociations)).sa
+    new_server = next(a for a in acts if isinstance(a, Reply)).message.get("Security-Server")
+    over_new = Arrival(("127.0.0.1", 3333), spi=new.spi_ps)
+    (fwd,) = p.receive_request(
+        parse_message(_second(4, new_server, NEW_OFFER).encode()), over_new, at + 0.2
+    )
+    return new, _answer(p, fwd, 200, OK_HEADERS, at + 0.3)
+
+
+def _released(actions) -> list:
+    return [a for a in actions if isinstance(a, ReleaseSecurityAssociations)]
+
+
+def test_a_transaction_open_over_the_old_set_ends_over_it_then_the_set_goes_once():
+    p = core()
+    old, server, over_old = _registered(p)
+    (sub,) = p.receive_request(ue_subscribe(), over_old, 9.0)  # open over the old set
+    assert isinstance(sub, Forward)
+    new, acts = _reauthenticated(p, server, over_old, 10.0)
+    assert not _released(acts)
+    (hold,) = [a for a in acts if isinstance(a, HoldSecurityAssociations)]
+    assert hold.sa.spi_ps == old.spi_ps and hold.until == 10.3 + SUPERSEDED_DRAIN
+    assert p.registrations[IMPI].sa.spi_ps == new.spi_ps and p.in_grace() == 1
+    # the SUBSCRIBE's answer, after the switch: back over the old set's SA it came on
+    (reply,) = _answer(p, sub, 200, [("Expires", "600000")], 10.5)
+    assert isinstance(reply, Reply) and reply.spi == old.spi_uc
+    # a request the UE sent over the old set in the same instant is served, not refused
+    (again,) = p.receive_request(
+        ue_subscribe("z9hG4bKsub2", **{"CSeq": "2 SUBSCRIBE"}), over_old, 10.6
+    )
+    assert isinstance(again, Forward)
+    # the core's new requests to the UE take the new set
+    out = p.receive_request(scscf_notify(), Arrival(SCSCF), 10.7)
+    (notify,) = [a for a in out if isinstance(a, Reply)]
+    assert notify.message.method == "NOTIFY" and notify.spi == new.spi_us
+    # the drain has run: the old set goes, once; its SPIs route nothing any more
+    assert not _released(p.handle_timer(10.3 + SUPERSEDED_DRAIN - 0.5))
+    gone = _released(p.handle_timer(10.3 + SUPERSEDED_DRAIN + 1.0))
+    assert [(r.sa.spi_ps, r.reason) for r in gone] == [(old.spi_ps, SUPERSEDED)]
+    assert not _released(p.handle_timer(10.3 + SUPERSEDED_DRAIN + 60.0))
+    assert set(p.by_spi) == set(new.inbound_spis) and p.in_grace() == 0
+    late = ue_subscribe("z9hG4bKsub3", **{"CSeq": "3 SUBSCRIBE"})
+    (drop,) = p.receive_request(late, over_old, 10.3 + SUPERSEDED_DRAIN + 61.0)
+    assert isinstance(drop, DropInput)
+
+
+def test_de_registration_while_the_old_set_drains_takes_both_sets():
+    p = core(dereg_grace=0.0)
+    old, server, over_old = _registered(p)
+    new, _ = _reauthenticated(p, server, over_old, 10.0)
+    new_server = p.registrations[IMPI].security_server[0]
+    dereg = _second(5, new_server, NEW_OFFER).replace("expires=600000", "expires=0")
+    over_new = Arrival(("127.0.0.1", 3333), spi=new.spi_ps)
+    (fwd,) = p.receive_request(parse_message(dereg.encode()), over_new, 12.0)
+    ok = [("Contact", "<sip:127.0.0.1:1357>;expires=0")]
+    out = _answer(p, fwd, 200, ok, 12.1)
+    assert {r.sa.spi_ps for r in _released(out)} == {old.spi_ps, new.spi_ps}
+    assert IMPI not in p.registrations and not p.by_spi and p.in_grace() == 0
+    assert not _released(p.handle_timer(10.3 + SUPERSEDED_DRAIN + 1.0))
+
+
+def test_a_second_challenged_reregistration_releases_the_set_still_draining():
+    p = core()
+    first, server, over_first = _registered(p)
+    second, _ = _reauthenticated(p, server, over_first, 10.0)
+    server2 = p.registrations[IMPI].security_server[0]
+    over_second = Arrival(("127.0.0.1", 3333), spi=second.spi_ps)
+    offer3 = NEW_OFFER.replace(
+        "spi-c=777; spi-s=888; port-c=3333", "spi-c=71; spi-s=72; port-c=3334"
+    )
+    (fwd,) = p.receive_request(
+        parse_message(_second(5, server2, offer3).encode()), over_second, 12.0
+    )
+    acts = _answer(p, fwd, 401, [CHALLENGE], 12.1)
+    third = next(a for a in acts if isinstance(a, InstallSecurityAssociations)).sa
+    server3 = next(a for a in acts if isinstance(a, Reply)).message.get("Security-Server")
+    over_third = Arrival(("127.0.0.1", 3334), spi=third.spi_ps)
+    (fwd,) = p.receive_request(
+        parse_message(_second(6, server3, offer3).encode()), over_third, 12.2
+    )
+    out = _answer(p, fwd, 200, OK_HEADERS, 12.3)
+    assert [(r.sa.spi_ps, r.reason) for r in _released(out)] == [(first.spi_ps, SUPERSEDED)]
+    (hold,) = [a for a in out if isinstance(a, HoldSecurityAssociations)]
+    assert hold.sa.spi_ps == second.spi_ps and p.in_grace() == 1
+    assert set(p.by_spi) == set(second.inbound_spis) | set(third.inbound_spis)
+
+
+def test_an_answer_whose_set_is_gone_is_not_sent_in_the_clear():
+    """The UE de-registers while its SUBSCRIBE is open upstream; the set goes (no
+    grace); the SUBSCRIBE's late answer gets SPI 0 (no SA: the edge sends nothing), never
+    None (the clear, to the UE's protected port)."""
+    p = core(dereg_grace=0.0)
+    _, server, over_old = _registered(p)
+    (sub,) = p.receive_request(ue_subscribe(), over_old, 9.0)
+    dereg = _second(3, server).replace("expires=600000", "expires=0")
+    (fwd,) = p.receive_request(parse_message(dereg.encode()), over_old, 10.0)
+    _answer(p, fwd, 200, [("Contact", "<sip:127.0.0.1:1357>;expires=0")], 10.1)
+    assert not p.by_spi
+    late = make_response(parse_message(sub.message.to_bytes()), 200, to_tag="s1")
+    (reply,) = p.receive_response(parse_message(late.to_bytes()), SCSCF, 10.5)
+    assert isinstance(reply, Reply) and reply.spi == 0
+    assert p.drops["reply-over-removed-sa"] == 1
