@@ -137,6 +137,10 @@ class UeClient:
         self._timer_at: float | None = None
         self._waiter: asyncio.Future | None = None
         self._sets: dict[int, SaSet] = {}  # by spi_uc (our inbound at port-c)
+        # Client transactions open over a set, by transaction key: a set a challenged
+        # re-registration replaced goes only once they have ended (TS 24.229 §5.1.1.5.1:
+        # "after all SIP transactions that use the old set ... are completed").
+        self._open_on: dict[tuple, SaSet] = {}
         self._offered_spis: tuple[int, int] | None = None
         self._port_s = 0
         # Protected ports bound for the current offer (port-c, port-s), held by the
@@ -330,8 +334,12 @@ class UeClient:
                     self._transmit(ev.data, ev.destination)
                 elif kind is ResponseReceived:
                     if ev.response.status >= 200:
+                        if self._open_on:
+                            self._transaction_ended(ev.key, now)
                         self._apply(core.receive(ev.response, now))
                 elif kind is TransactionTimeout:
+                    if self._open_on:
+                        self._transaction_ended(ev.key, now)
                     self._apply(core.transaction_timeout(now, ev.key[2]))
                 elif kind is RequestReceived and ev.key is not None:
                     later = self._serve(ev.key, ev.request, now, later)
@@ -439,8 +447,11 @@ class UeClient:
                         self._finish(UeResult(False, 0, "no SA set to protect the REGISTER"))
                         continue
                     dest: Any = ("sa", sa_set)
-                else:
-                    dest = ("clear", self.config.pcscf)
+                    tx = self.transactions.send_request(ev.request, dest, now)
+                    self.table.transaction_started(sa_set)
+                    self._open_on[tx.key] = sa_set
+                    continue
+                dest = ("clear", self.config.pcscf)
                 self.transactions.send_request(ev.request, dest, now)
             elif isinstance(ev, SetUpSecurityAssociations):
                 self._install(ev.sa, now)
@@ -448,12 +459,15 @@ class UeClient:
                 s = self._sets.get(ev.sa.spi_uc)
                 if s is not None and s.state is SaState.TEMPORARY:
                     self.table.registered(s, expires=max(ev.lifetime - 30.0, 0.0), now=now)
+                    # The 200 OK that established it came over it: a set it replaced
+                    # goes now, or once the transactions open over it have ended.
+                    self.table.message_received(s, now=now)
                 elif s is not None and s.state is SaState.ESTABLISHED:
                     self.table.reregistered(s, expires=max(ev.lifetime - 30.0, 0.0), now=now)
                 self.backend.sync()
             elif isinstance(ev, SecurityAssociationsReleased):
                 s = self._sets.pop(ev.sa.spi_uc, None)
-                if s is not None and s.state is not SaState.REMOVED:
+                if s is not None and s.state not in (SaState.REMOVED, SaState.DRAINING):
                     self.table.remove(s, now=now, reason=ev.reason)
                     self.backend.sync()
             elif isinstance(ev, Registered):
@@ -479,6 +493,14 @@ class UeClient:
                 self._wake()
             elif isinstance(ev, (Subscribed, SubscriptionEnded, RegStateNotified)):
                 self._wake()
+
+    def _transaction_ended(self, key: tuple, now: float) -> None:
+        """A client transaction over a set got its final answer or timed out: a set
+        draining (replaced by a newer one) goes once none is open over it."""
+        sa_set = self._open_on.pop(key, None)
+        if sa_set is not None and sa_set.state is not SaState.REMOVED:
+            self.table.transaction_finished(sa_set, now=now)
+            self.backend.sync()
 
     def _install(self, sa: SaParameters, now: float) -> None:
         # One table contact: this UE's registration flow towards its P-CSCF.
