@@ -126,3 +126,51 @@ def test_failed_reauthentication_keeps_the_registered_set():
     assert out[0].spi == temp.sa.spi_uc and out[1].sa.spi_ps == temp.sa.spi_ps
     assert p.registrations[IMPI].sa.spi_ps == inst.sa.spi_ps
     assert set(p.by_spi) == set(inst.sa.inbound_spis)
+
+
+def _downgraded(p8: str) -> str:
+    """Packet 8 with a Security-Verify that is not the Security-Server sent (RFC 3329
+    §2.3.1: a bid-down)."""
+    return "\r\n".join(
+        ln.replace("alg=hmac-sha-1-96", "alg=hmac-md5-96")
+        if ln.startswith("Security-Verify")
+        else ln
+        for ln in p8.split("\r\n")
+    )
+
+
+def test_494_to_a_downgrade_goes_over_the_temporary_sa_then_the_set_is_held():
+    """The 494 to a challenge response whose Security-Verify differs is the last message
+    due over the temporary set: held for that REGISTER's retransmissions (each gets the
+    same 494 over the same SA), then released once; no registration record stays."""
+    p = core()
+    inst, p8 = _challenged(p)
+    bad = _downgraded(p8)
+    over_temp = Arrival(UE_C, spi=inst.sa.spi_ps)
+    out = p.receive_request(parse_message(bad.encode()), over_temp, 2.0)
+    assert [type(a) for a in out] == [Reply, HoldSecurityAssociations]
+    assert out[0].message.status == 494 and out[0].spi == inst.sa.spi_uc
+    assert out[1].sa.spi_ps == inst.sa.spi_ps and out[1].until == 2.0 + DEREGISTER_GRACE
+    assert p.stats()["registrations"] == 0 and p.in_grace() == 1 and not p.by_spi
+    first = out[0].message.to_bytes()
+    for at in (2.5, 3.5):
+        (again,) = p.receive_request(parse_message(bad.encode()), over_temp, at)
+        assert isinstance(again, Reply) and again.spi == inst.sa.spi_uc
+        assert again.message.to_bytes() == first
+    assert p.counters["answered-again-in-grace"] == 2 and p.counters["downgrade-refused"] == 1
+    out = p.handle_timer(2.0 + DEREGISTER_GRACE)
+    released = [(a.sa.spi_ps, a.reason) for a in out if isinstance(a, ReleaseSecurityAssociations)]
+    assert released == [(inst.sa.spi_ps, "downgrade attempt")]
+    assert p.in_grace() == 0 and p.handle_timer(1000.0) == []
+
+
+def test_494_over_tcp_or_without_grace_takes_the_temporary_set_with_it():
+    for transport, grace in (("tcp", DEREGISTER_GRACE), ("udp", 0.0)):
+        p = core()
+        p.dereg_grace = grace
+        inst, p8 = _challenged(p)
+        arrival = Arrival(UE_C, transport, spi=inst.sa.spi_ps)
+        out = p.receive_request(parse_message(_downgraded(p8).encode()), arrival, 2.0)
+        assert [type(a) for a in out] == [Reply, ReleaseSecurityAssociations]
+        assert out[0].message.status == 494 and out[0].spi == inst.sa.spi_uc
+        assert p.in_grace() == 0 and p.stats()["registrations"] == 0

@@ -9,6 +9,7 @@ from imsaka.cscf.pcscf import (
     Arrival,
     DropInput,
     Forward,
+    HoldSecurityAssociations,
     InstallSecurityAssociations,
     PcscfCore,
     ReleaseSecurityAssociations,
@@ -235,7 +236,9 @@ def test_downgrade_refused_and_temporary_sa_expiry():
         parse_message(bad.encode()), Arrival(("127.0.0.1", 2468), spi=inst.sa.spi_ps), 2.0
     )
     assert acts[0].message.status == 494
-    assert any(isinstance(a, ReleaseSecurityAssociations) for a in acts)
+    # the temporary set goes after the 494 (held for that REGISTER's retransmissions)
+    assert [type(a) for a in acts[1:]] == [HoldSecurityAssociations]
+    assert acts[1].sa.spi_ps == inst.sa.spi_ps
     # a fresh challenge whose UE never answers: its temporary set expires
     p2 = core()
     (fwd,) = p2.receive_request(parse_message(PACKET1.encode()), Arrival(UE), 0.0)

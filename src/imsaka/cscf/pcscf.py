@@ -15,9 +15,9 @@ The seed's packets 1→2, 7, 8→9 and 13: the P-CSCF is the UE's first hop. It
   the temporary SA set and adds Security-Server (packet 7);
 - on the protected REGISTER checks Security-Verify against the Security-Server it
   sent and Security-Client against the challenged REGISTER (a mismatch is a downgrade
-  attempt: 494, SAs dropped); a failed challenge response's 4xx goes out over the
+  attempt: 494); the 494, like a failed challenge response's 4xx, goes out over the
   temporary SA it is due on, and the set is then held for that REGISTER's
-  retransmissions as a de-REGISTER's is (below);
+  retransmissions as a de-REGISTER's is (below), then dropped;
 - drops a clear REGISTER that carries a challenge response where protection is due
   (seed step 6); an initial REGISTER arriving over ESP without an SA is dropped by the
   IPsec backend (unknown SPI, seed step 1);
@@ -139,6 +139,9 @@ DEREGISTER_GRACE = TRANSACTION_LIFETIME
 # registration's set, and its answers go back over it.
 SUPERSEDED_DRAIN = TRANSACTION_LIFETIME
 SUPERSEDED = "replaced by a newer set"
+# A challenge response whose Security-Verify or Security-Client differs from what was
+# agreed (RFC 3329 §2.3.1 bid-down): answered 494, its temporary set ends.
+DOWNGRADE = "downgrade attempt"
 # The reasons a de-registered UE's sets are released with: its own de-REGISTER, the
 # network's (a terminated reg-event NOTIFY, RFC 3680).
 DEREGISTERED = "de-registered"
@@ -1238,18 +1241,23 @@ class PcscfCore:
         except DowngradeError as exc:
             self.counters["downgrade-refused"] += 1
             log.warning("pcscf: %s: downgrade attempt refused: %s", reg.impi, exc)
-            actions: list[Action] = [
-                self._reply(
-                    request,
-                    arrival,
-                    494,
-                    "Security Agreement Required",
-                    answer_headers(self.policy),
-                )
-            ]
-            if on_temporary and reg.temporary is not None:
-                actions.append(self._release(reg, reg.temporary, "downgrade attempt"))
+            reply = self._reply(
+                request, arrival, 494, "Security Agreement Required", answer_headers(self.policy)
+            )
+            actions: list[Action] = [reply]
+            temporary = reg.temporary
+            if on_temporary and temporary is not None:
+                # The 494 is the last message due over the temporary set: over UDP it is
+                # held for that REGISTER's retransmissions (the 494 again), as the set of
+                # a failed challenge response is; then the set goes.
                 reg.temporary = None
+                if arrival.transport == "udp" and self.dereg_grace > 0:
+                    final = self._packer.pack(reply.message.to_bytes())
+                    actions.append(self._hold(reg, temporary, branch, now, DOWNGRADE, final))
+                else:
+                    actions.append(self._release(reg, temporary, DOWNGRADE))
+                if reg.sa is None:
+                    self._forget(reg)
             return actions
         # A re-REGISTER's offers for the next SA set matter only if it is challenged: kept
         # as text here, parsed by `_on_401` (most re-registrations are answered 200).
@@ -2229,12 +2237,22 @@ class PcscfCore:
                 actions.append(self._release(reg, s, reason))
         return actions
 
-    def _hold(self, reg: Registration, sa: PcscfSa, branch: str, now: float, reason: str) -> Action:
+    def _hold(
+        self,
+        reg: Registration,
+        sa: PcscfSa,
+        branch: str,
+        now: float,
+        reason: str,
+        final: bytes | None = None,
+    ) -> Action:
         """The set a REGISTER's last answer left over: out of routing now, kept for
         that REGISTER's retransmissions until `DEREGISTER_GRACE` has run, then released
-        with `reason` (`_end_grace`)."""
+        with `reason` (`_end_grace`). `final`: that answer, packed, when the core made it
+        (else it is cached when the answer from upstream passes, `receive_response`)."""
         self._unroute(reg, sa)
         grace = _Grace(sa, branch, now + self.dereg_grace, reason)
+        grace.final_data = final
         self._grace[grace.key] = grace
         for spi in sa.inbound_spis:
             self._grace_by_spi[spi] = grace
