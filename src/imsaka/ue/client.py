@@ -500,7 +500,8 @@ class UeClient:
         sa_set = self._open_on.pop(key, None)
         if sa_set is not None and sa_set.state is not SaState.REMOVED:
             self.table.transaction_finished(sa_set, now=now)
-            self.backend.sync()
+            if sa_set.state is SaState.REMOVED:  # the last one over a draining set
+                self.backend.sync()
 
     def _install(self, sa: SaParameters, now: float) -> None:
         # One table contact: this UE's registration flow towards its P-CSCF.
