@@ -3,7 +3,8 @@
 
 A hypothesis state machine drives one UE through random sequences of initial
 registrations, challenge responses (accepted, refused 403, or downgraded: 494), plain and
-challenged re-registrations, de-registrations, requests over its current and replaced
+challenged re-registrations, de-registrations by the UE and by the network (a terminated
+reg-event NOTIFY), requests over its current and replaced
 sets, late answers from the core and time passing. After every step:
 
 - every set is installed once and released at most once, and only a live set is
@@ -33,7 +34,7 @@ from imsaka.cscf.pcscf import (
     UpgradeSecurityAssociations,
 )
 from imsaka.sip import parse_message
-from tests.cscf.test_pcscf_dialog_routing import ue_subscribe
+from tests.cscf.test_pcscf_dialog_routing import SCSCF, _own_terminated_notify, ue_subscribe
 from tests.e2e.test_pcscf_core import PACKET1, UE, core
 from tests.e2e.test_pcscf_rereg import CHALLENGE, OK_HEADERS, _answer, _second
 
@@ -62,6 +63,7 @@ class PcscfSaLifecycle(RuleBasedStateMachine):
         self.challenge: tuple | None = None  # an open 401: (sa, server, port-c, offer)
         self.replaced: list[tuple] = []  # sets a challenged re-registration replaced
         self.open: list[Forward] = []  # the UE's requests forwarded upstream
+        self.own_sub: Forward | None = None  # the P-CSCF's reg-event SUBSCRIBE
 
     # ------------------------------------------------------------------ plumbing
 
@@ -90,6 +92,9 @@ class PcscfSaLifecycle(RuleBasedStateMachine):
                 self.held.add(a.sa.spi_ps)
             elif isinstance(a, UpgradeSecurityAssociations):
                 assert a.sa.spi_ps in self.live and a.sa.spi_ps not in self.held, a
+            elif isinstance(a, Forward) and a.message.method == "SUBSCRIBE":
+                if "pcscf" in (a.message.get("From") or ""):
+                    self.own_sub = a
             elif isinstance(a, Reply) and a.destination[1] not in CORE_PORTS:
                 if a.spi is None:
                     # in the clear: only to the unprotected port, never to a request
@@ -184,6 +189,17 @@ class PcscfSaLifecycle(RuleBasedStateMachine):
         fwd = self._forwarded(self._from_ue(sub.to_bytes(), port_c, sa))
         if fwd is not None:
             self.open.append(fwd)
+
+    @precondition(lambda self: self.own_sub is not None)
+    @rule()
+    def network_terminates(self) -> None:
+        """The S-CSCF's terminated reg-event NOTIFY to the P-CSCF (RTR, expiry there)."""
+        notify = _own_terminated_notify(self.p, [self.own_sub])
+        self._check(self.p.receive_request(notify, Arrival(SCSCF), self._tick()))
+        self.own_sub = None
+        if self.current is not None:
+            self.replaced.append(self.current)
+            self.current = None
 
     @precondition(lambda self: self.open)
     @rule(data=st.data())
