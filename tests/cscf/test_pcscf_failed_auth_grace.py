@@ -8,6 +8,8 @@ J, then the set is released once. Over TCP it goes with the answer."""
 
 from __future__ import annotations
 
+import pytest
+
 from imsaka.cscf.pcscf import (
     DEREGISTER_GRACE,
     Arrival,
@@ -89,17 +91,6 @@ def test_403_goes_over_the_temporary_sa_then_the_set_is_held_for_retransmissions
     assert p.in_grace() == 0 and p.handle_timer(1000.0) == []
 
 
-def test_over_tcp_or_without_grace_the_temporary_set_goes_with_the_answer():
-    for transport, grace in (("tcp", DEREGISTER_GRACE), ("udp", 0.0)):
-        p = core()
-        p.dereg_grace = grace
-        inst, p8 = _challenged(p)
-        out = _refused(p, inst, p8, 2.0, transport=transport)
-        assert [type(a) for a in out] == [Reply, ReleaseSecurityAssociations]
-        assert out[0].spi == inst.sa.spi_uc and out[0].message.status == 403
-        assert out[1].sa.spi_ps == inst.sa.spi_ps and p.in_grace() == 0
-
-
 def test_failed_reauthentication_keeps_the_registered_set():
     """A registered UE re-authenticated (its re-REGISTER challenged, a new temporary
     set): the 403 to its wrong response goes over the temporary SA, which is held; the
@@ -164,13 +155,19 @@ def test_494_to_a_downgrade_goes_over_the_temporary_sa_then_the_set_is_held():
     assert p.in_grace() == 0 and p.handle_timer(1000.0) == []
 
 
-def test_494_over_tcp_or_without_grace_takes_the_temporary_set_with_it():
+@pytest.mark.parametrize("status", [403, 494])
+def test_over_tcp_or_without_grace_the_temporary_set_goes_with_the_answer(status):
+    """The 403 from upstream to a wrong response, or our 494 to a downgrade."""
     for transport, grace in (("tcp", DEREGISTER_GRACE), ("udp", 0.0)):
         p = core()
         p.dereg_grace = grace
         inst, p8 = _challenged(p)
-        arrival = Arrival(UE_C, transport, spi=inst.sa.spi_ps)
-        out = p.receive_request(parse_message(_downgraded(p8).encode()), arrival, 2.0)
+        if status == 494:
+            arrival = Arrival(UE_C, transport, spi=inst.sa.spi_ps)
+            out = p.receive_request(parse_message(_downgraded(p8).encode()), arrival, 2.0)
+        else:
+            out = _refused(p, inst, p8, 2.0, transport=transport)
         assert [type(a) for a in out] == [Reply, ReleaseSecurityAssociations]
-        assert out[0].message.status == 494 and out[0].spi == inst.sa.spi_uc
-        assert p.in_grace() == 0 and p.stats()["registrations"] == 0
+        assert out[0].spi == inst.sa.spi_uc and out[0].message.status == status
+        assert out[1].sa.spi_ps == inst.sa.spi_ps and p.in_grace() == 0
+        assert p.stats()["registrations"] == 0
