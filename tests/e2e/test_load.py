@@ -104,18 +104,26 @@ def networks():
 
 
 async def _register_and_deregister(
-    n: int, in_flight: int | None, *, processes: bool, networks: list[Network]
+    n: int,
+    in_flight: int | None,
+    *,
+    processes: bool,
+    networks: list[Network],
+    reauthenticate: bool = False,
 ) -> dict[str, Any]:
     """`n` UEs register together (at most `in_flight` at a time; None: all at once), then
+    (`reauthenticate`) re-register once each with a new AKA run and a new SA set, then
     de-register together; returns failures, counts while registered and leftovers."""
     started = time.monotonic()
     subscribers = make_subscribers(n, seed=7007)
-    net = Network(subscribers, NetworkOptions(processes=processes))
+    extra = {"scscf": {"reauthenticate": "always"}} if reauthenticate else {}
+    net = Network(subscribers, NetworkOptions(processes=processes, extra=extra))
     networks.append(net)
     await net.start()
     grace = DEREGISTER_GRACE
     if not processes:
         net.pcscf.core.dereg_grace = grace = PACED_GRACE
+        net.pcscf.core.superseded_drain = PACED_GRACE
     ues: list[UeClient] = []
     gate = asyncio.Semaphore(in_flight or n)
 
@@ -145,6 +153,17 @@ async def _register_and_deregister(
             "pcscf_sa_sets": pcscf["sa_sets"],
         }
         reg_seconds = time.monotonic() - started
+        rereg_failed: dict[str, str] = {}
+        if reauthenticate:
+            # each challenged: a new temporary set, then the old one drains (TS 33.203 §7.4)
+            again = await asyncio.gather(*(bounded(ue.reregister(timeout=60)) for ue in ues))
+            rereg_failed = {
+                ue.config.impi: f"{r.status} {r.reason}"
+                for ue, r in zip(ues, again, strict=True)
+                if not (r.ok and r.protected)
+            }
+            pcscf = await net.census("pcscf")
+            during["pcscf_sa_sets_after_reauthentication"] = pcscf["sa_sets"]
 
         deregistered = await asyncio.gather(
             *(
@@ -190,6 +209,7 @@ async def _register_and_deregister(
         await net.stop()
     return {
         "reg_failed": reg_failed,
+        "rereg_failed": rereg_failed,
         "during": during,
         "deregistered": len(deregistered),
         "dereg_failed": dereg_failed,
@@ -214,11 +234,11 @@ def _check(n: int, r: dict[str, Any]) -> None:
         f"(e.g. {list(r['reg_failed'].items())[:3]}); "
         f"leftovers after de-registering the others: {r['left']}"
     )
-    assert r["during"] == {
-        "pcscf_registrations": n,
-        "scscf_bindings": n,
-        "pcscf_sa_sets": n,
-    }, r["during"]
+    assert not r["rereg_failed"], list(r["rereg_failed"].items())[:3]
+    expected = {"pcscf_registrations": n, "scscf_bindings": n, "pcscf_sa_sets": n}
+    if "pcscf_sa_sets_after_reauthentication" in r["during"]:
+        expected["pcscf_sa_sets_after_reauthentication"] = n  # serving: the new sets
+    assert r["during"] == expected, r["during"]
     assert r["deregistered"] == n
     assert not r["dereg_failed"], (
         f"{len(r['dereg_failed'])} de-registrations failed: {r['dereg_failed'][:3]}"
@@ -251,5 +271,16 @@ async def test_paced_registrations_and_deregistrations_leave_nothing_behind(netw
     process, so that what is left behind is checked also without the burst above."""
     r = await _register_and_deregister(
         PACED_UES, PACED_IN_FLIGHT, processes=False, networks=networks
+    )
+    _check(PACED_UES, r)
+
+
+async def test_paced_reauthentication_leaves_nothing_behind(networks):
+    """Paced as above, with one challenged re-registration per UE between (the S-CSCF's
+    `reauthenticate = "always"`): every UE moves to a new SA set, the P-CSCF serves only
+    the new ones and lets each old one drain (`pcscf.SUPERSEDED_DRAIN`, shortened), and
+    after the de-registrations nothing is left."""
+    r = await _register_and_deregister(
+        PACED_UES, PACED_IN_FLIGHT, processes=False, networks=networks, reauthenticate=True
     )
     _check(PACED_UES, r)
