@@ -403,13 +403,10 @@ def test_after_de_register_the_terminated_notify_is_answered_404():
     assert p.pending_to_ue() == 0 and not p._by_contact
 
 
-def test_notify_overtaking_the_de_register_200_is_answered_when_the_sas_go():
-    """The S-CSCF's terminated NOTIFY goes straight to the P-CSCF while the 200 OK to
-    the de-REGISTER takes the way back through the I-CSCF: the NOTIFY reaches the UE
-    first; when the SAs go with the 200 its answer can no longer come back, so the
-    P-CSCF answers 404 upstream at once."""
-    p, inst, _ = registered()
-    subscribe_through(p, inst)
+def _notify_overtaking_the_de_register_200(p: PcscfCore, inst):
+    """The UE de-registers; the S-CSCF's terminated NOTIFY goes straight to the P-CSCF
+    and on to the UE over its SAs while the 200 OK to the de-REGISTER takes the way back
+    through the I-CSCF. Returns (the NOTIFY as sent to the UE, the 200's actions)."""
     fwd = send_de_register(p, inst, 8.0)
     (rep,) = p.receive_request(
         scscf_notify("terminated;reason=deactivated", branch="z9hG4bKnotify3", cseq=2),
@@ -417,24 +414,49 @@ def test_notify_overtaking_the_de_register_200_is_answered_when_the_sas_go():
         8.1,
     )
     assert rep.spi == inst.sa.spi_us and p.pending_to_ue() == 1
-    out = p.receive_response(de_register_ok(fwd), ICSCF, 8.2)
-    assert any(isinstance(a, HoldSecurityAssociations) for a in out)
-    (up,) = [a for a in out if isinstance(a, Forward)]
+    return rep, p.receive_response(de_register_ok(fwd), ICSCF, 8.2)
+
+
+def _answered_upstream(p: PcscfCore, up: Forward, status: int) -> None:
+    """`up` answers the NOTIFY to the S-CSCF with `status`, and so does the P-CSCF to
+    the S-CSCF's retransmission of it."""
     answer = _reparse(up.message)
-    assert up.destination == SCSCF and answer.status == 404
+    assert up.destination == SCSCF and answer.status == status
     assert answer.cseq.method == "NOTIFY" and [v.port for v in answer.via] == [5080]
     assert p.pending_to_ue() == 0
-    # the UE's late answer, over the set held for the de-REGISTER's retransmissions,
-    # is absorbed (its transaction was answered upstream)
-    late = make_response(_reparse(rep.message), 200)
-    assert p.receive_response(_reparse(late), UE_S, 8.25, spi=inst.sa.spi_pc) == []
-    # the S-CSCF's retransmission gets the same answer
     (again,) = p.receive_request(
         scscf_notify("terminated;reason=deactivated", branch="z9hG4bKnotify3", cseq=2),
         Arrival(SCSCF),
         8.3,
     )
-    assert again.message.status == 404
+    assert again.message.status == status
+
+
+def test_notify_overtaking_the_de_register_200_gets_the_ues_own_answer():
+    """Over UDP the set the 200 left over is held for the de-REGISTER's retransmissions:
+    the UE's answer to the NOTIFY still comes back over it and goes upstream (no 404
+    made up for it); the S-CSCF's retransmission then gets that answer again."""
+    p, inst, _ = registered()
+    subscribe_through(p, inst)
+    rep, out = _notify_overtaking_the_de_register_200(p, inst)
+    assert any(isinstance(a, HoldSecurityAssociations) for a in out)
+    assert not [a for a in out if isinstance(a, Forward)] and p.pending_to_ue() == 1
+    late = make_response(_reparse(rep.message), 200)
+    (up,) = p.receive_response(_reparse(late), UE_S, 8.25, spi=inst.sa.spi_pc)
+    _answered_upstream(p, up, 200)
+    # a copy of the UE's answer is absorbed (the transaction has its answer)
+    assert p.receive_response(_reparse(late), UE_S, 8.4, spi=inst.sa.spi_pc) == []
+
+
+def test_notify_overtaking_the_de_register_200_is_answered_when_the_sas_go():
+    """Over TCP, or without the hold, the SAs go with the 200: the UE's answer can no
+    longer come back, so the P-CSCF answers 404 upstream at once."""
+    p, inst, _ = registered(dereg_grace=0.0)
+    subscribe_through(p, inst)
+    _, out = _notify_overtaking_the_de_register_200(p, inst)
+    assert any(isinstance(a, ReleaseSecurityAssociations) for a in out)
+    (up,) = [a for a in out if isinstance(a, Forward)]
+    _answered_upstream(p, up, 404)
 
 
 def test_a_lapsed_registration_releases_at_once_even_with_the_ue_subscribed():

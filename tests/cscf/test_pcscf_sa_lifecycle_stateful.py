@@ -33,8 +33,14 @@ from imsaka.cscf.pcscf import (
     Reply,
     UpgradeSecurityAssociations,
 )
-from imsaka.sip import parse_message
-from tests.cscf.test_pcscf_dialog_routing import SCSCF, _own_terminated_notify, ue_subscribe
+from imsaka.sip import make_response, parse_message
+from tests.cscf.test_pcscf_dialog_routing import (
+    SCSCF,
+    UE_S,
+    _own_terminated_notify,
+    scscf_notify,
+    ue_subscribe,
+)
 from tests.e2e.test_pcscf_core import PACKET1, UE, core
 from tests.e2e.test_pcscf_rereg import CHALLENGE, OK_HEADERS, _answer, _second
 
@@ -64,6 +70,8 @@ class PcscfSaLifecycle(RuleBasedStateMachine):
         self.replaced: list[tuple] = []  # sets a challenged re-registration replaced
         self.open: list[Forward] = []  # the UE's requests forwarded upstream
         self.own_sub: Forward | None = None  # the P-CSCF's reg-event SUBSCRIBE
+        self.to_ue: list[Reply] = []  # the core's requests taken to the UE, unanswered
+        self.ever: dict[int, object] = {}  # every set installed, by the UE's spi-s
 
     # ------------------------------------------------------------------ plumbing
 
@@ -83,6 +91,7 @@ class PcscfSaLifecycle(RuleBasedStateMachine):
             if isinstance(a, InstallSecurityAssociations):
                 assert a.sa.spi_ps not in self.live
                 self.live[a.sa.spi_ps] = a.sa
+                self.ever[a.sa.spi_us] = a.sa
             elif isinstance(a, ReleaseSecurityAssociations):
                 assert a.sa.spi_ps in self.live, a
                 del self.live[a.sa.spi_ps]
@@ -92,7 +101,7 @@ class PcscfSaLifecycle(RuleBasedStateMachine):
                 self.held.add(a.sa.spi_ps)
             elif isinstance(a, UpgradeSecurityAssociations):
                 assert a.sa.spi_ps in self.live and a.sa.spi_ps not in self.held, a
-            elif isinstance(a, Forward) and a.message.method == "SUBSCRIBE":
+            elif isinstance(a, Forward) and getattr(a.message, "method", "") == "SUBSCRIBE":
                 if "pcscf" in (a.message.get("From") or ""):
                     self.own_sub = a
             elif isinstance(a, Reply) and a.destination[1] not in CORE_PORTS:
@@ -201,6 +210,27 @@ class PcscfSaLifecycle(RuleBasedStateMachine):
             self.replaced.append(self.current)
             self.current = None
 
+    @rule()
+    def core_sends_to_the_ue(self) -> None:
+        """The S-CSCF's NOTIFY to the UE's contact (its reg-event subscription)."""
+        n = self._next()
+        notify = scscf_notify(branch=f"z9hG4bKn{n}", cseq=n)
+        out = self._check(self.p.receive_request(notify, Arrival(SCSCF), self._tick()))
+        self.to_ue += [a for a in out if isinstance(a, Reply) and a.destination == UE_S]
+
+    @precondition(lambda self: self.to_ue)
+    @rule(data=st.data())
+    def ue_answers(self, data) -> None:
+        """The UE's 200, over the SA pair the request came on (while the UE has it)."""
+        sent = self.to_ue.pop(data.draw(st.integers(0, len(self.to_ue) - 1)))
+        sa = self.ever[sent.spi]
+        ok = make_response(parse_message(sent.message.to_bytes()), 200)
+        msg = parse_message(ok.to_bytes())
+        out = self._check(self.p.receive_response(msg, UE_S, self._tick(), spi=sa.spi_pc))
+        for a in out:
+            if isinstance(a, Forward):  # on to the S-CSCF: the UE's own answer
+                assert a.destination == SCSCF and a.message.status == 200, a
+
     @precondition(lambda self: self.open)
     @rule(data=st.data())
     def core_answers_late(self, data) -> None:
@@ -227,6 +257,7 @@ class PcscfSaLifecycle(RuleBasedStateMachine):
             self._check(self.p.handle_timer(self.now))
         assert not self.live, self.live
         assert not self.p.registrations and not self.p.by_spi and self.p.in_grace() == 0
+        assert self.p.pending_to_ue() == 0
 
 
 PcscfSaLifecycle.TestCase.settings = settings(

@@ -228,7 +228,7 @@ async def _register_and_deregister(
     }
 
 
-def _check(n: int, r: dict[str, Any]) -> None:
+def _check(n: int, r: dict[str, Any], held_per_ue: int = 1) -> None:
     assert not r["reg_failed"], (
         f"{len(r['reg_failed'])} of {n} registrations failed "
         f"(e.g. {list(r['reg_failed'].items())[:3]}); "
@@ -244,10 +244,12 @@ def _check(n: int, r: dict[str, Any]) -> None:
         f"{len(r['dereg_failed'])} de-registrations failed: {r['dereg_failed'][:3]}"
     )
     assert not r["left"], f"left behind after {n} registrations and de-registrations: {r['left']}"
-    # what was held for retransmissions once the network was quiet: at most one set per
-    # UE, the table's and the core's counts alike (all gone since: `left` is empty)
+    # what was held for retransmissions once the network was quiet: at most
+    # `held_per_ue` sets per UE, the table's and the core's counts alike (all gone
+    # since: `left` is empty)
     held = r["in_grace_when_quiet"]
-    assert held["pcscf_sa_sets_in_grace"] == held["pcscf_sas_in_grace_records"] <= n, held
+    limit = n * held_per_ue
+    assert held["pcscf_sa_sets_in_grace"] == held["pcscf_sas_in_grace_records"] <= limit, held
     # Every function process stopped cleanly on SIGTERM (none in the paced variant).
     assert all(code == 0 for code in r["exit_codes"].values()), (
         r["exit_codes"],
@@ -283,4 +285,7 @@ async def test_paced_reauthentication_leaves_nothing_behind(networks):
     r = await _register_and_deregister(
         PACED_UES, PACED_IN_FLIGHT, processes=False, networks=networks, reauthenticate=True
     )
-    _check(PACED_UES, r)
+    # the de-REGISTER is challenged too: the 200 leaves over a new temporary set (held
+    # for its retransmissions) while the S-CSCF's NOTIFY to the UE may still be open
+    # over the registered set (held for the UE's answer)
+    _check(PACED_UES, r, held_per_ue=2)

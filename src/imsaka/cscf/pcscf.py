@@ -1537,17 +1537,21 @@ class PcscfCore:
         )
         return sent
 
-    def _end_to_ue(self, reg: Registration) -> list[Action]:
+    def _end_to_ue(self, reg: Registration, went: Sequence[Action] = ()) -> list[Action]:
         """The UE's SAs went (de-registration, expiry): the requests taken to it whose
         answer can no longer come back over them (the S-CSCF's NOTIFY overtaking the
         200 OK to a de-REGISTER, which comes the longer way through the I-CSCF) are
         answered upstream now, as one arriving now would be (404, see `_terminating`),
-        so their senders' transactions end at once instead of at Timer F."""
+        so their senders' transactions end at once instead of at Timer F. Those sent
+        over a set `went` holds (`HoldSecurityAssociations`: kept for the REGISTER's
+        retransmissions) stay open: the UE's own answer still comes back over it
+        (`_from_target`), and a 404 made up here would stand in for it."""
         if not self._to_ue_open:
             return []
+        held = {a.sa.spi_us for a in went if type(a) is HoldSecurityAssociations}
         actions: list[Action] = []
         for branch, p in self._open_of(reg.impi):
-            if p.kind not in _TO_UE or p.forward is None:
+            if p.kind not in _TO_UE or p.forward is None or p.forward.spi in held:
                 continue
             request = p.forward.message.copy()
             request.pop_first("Via")  # ours: the answer is the sender's
@@ -1705,7 +1709,7 @@ class PcscfCore:
                     )
                     reg.temporary = reg.sa = reg.previous = None
                     self._forget(reg)
-                    actions += self._end_to_ue(reg)
+                    actions += self._end_to_ue(reg, actions)
         else:
             if pending.kind != "request" and response.status < 300:
                 self._dialog_response(resp, pending)
@@ -1771,10 +1775,19 @@ class PcscfCore:
 
     def _from_target(self, pending: _Pending, source: Address, spi: int | None) -> bool:
         """Whether an answer to a request we took to a UE came from that UE: over one of
-        its SAs, or (no sec-agree) in the clear from its host."""
+        its SAs (also the set a de-registration's answer left over, held, when the
+        request went over it), or (no sec-agree) in the clear from its host."""
         sent = pending.forward
         if spi is not None:
-            return self.by_spi.get(spi) == pending.impi
+            if self.by_spi.get(spi) == pending.impi:
+                return True
+            grace = self._grace_by_spi.get(spi)
+            return (
+                grace is not None
+                and grace.impi == pending.impi
+                and sent is not None
+                and sent.spi == grace.sa.spi_us
+            )
         return sent is not None and sent.spi is None and sent.destination[0] == source[0]
 
     def _terminating_response(
@@ -2011,7 +2024,7 @@ class PcscfCore:
             actions += self._sets_go(reg, sets, reply, pending, branch, now, reason)
             reg.temporary = reg.sa = reg.previous = None
             self._forget(reg)
-            return actions + self._end_to_ue(reg)
+            return actions + self._end_to_ue(reg, actions)
         reg.state = RegState.REGISTERED
         reg.expires_at = now + granted
         self._watch(reg.expires_at + 30.0, reg.impi)
@@ -2218,10 +2231,20 @@ class PcscfCore:
     ) -> list[Action]:
         """`sets` of `reg` go after `reply`, the last message due over the one it
         leaves over (TS 33.203 §7.4): that one, over UDP, held for the retransmissions
-        of the REGISTER it answers (`_hold`; over TCP there are none), the others
-        released at once."""
+        of the REGISTER it answers (`_hold`; over TCP there are none); one a request
+        taken to the UE is still open over (the S-CSCF's NOTIFY overtaking the 200 to a
+        challenged de-REGISTER, which left over the new set) held as long for the UE's
+        answer; the others released at once."""
         actions: list[Action] = []
         arrival = pending.arrival
+        grace = self.dereg_grace > 0
+        awaited: set[int] = set()
+        if grace and self._to_ue_open:
+            awaited = {
+                p.forward.spi
+                for _, p in self._open_of(reg.impi)
+                if p.kind in _TO_UE and p.forward is not None and p.forward.spi is not None
+            }
         for s in sets:
             if s is None:
                 continue
@@ -2230,9 +2253,12 @@ class PcscfCore:
                 and reply.spi is not None
                 and arrival.spi in s.inbound_spis
                 and arrival.transport == "udp"
-                and self.dereg_grace > 0
+                and grace
             ):
                 actions.append(self._hold(reg, s, branch, now, reason))
+            elif s.spi_us in awaited:
+                # no REGISTER of its own to answer again: `branch` "" matches none
+                actions.append(self._hold(reg, s, "", now, reason))
             else:
                 actions.append(self._release(reg, s, reason))
         return actions
