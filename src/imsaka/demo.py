@@ -10,6 +10,13 @@ reg-event subscriptions (RFC 3680) of the P-CSCF (TS 24.229 §5.2.3) and of the 
 (§5.1.1.3, over the new SA set) with their first NOTIFYs. Exit status 0 when every UE
 registered.
 
+``--lifecycle`` goes on with each registered UE: a re-registration over its SA set
+(TS 24.229 §5.1.1.4, answered without a new AKA run, §5.4.1.2.2), then its
+de-registration (§5.1.1.6, Expires 0 over the SAs; the SAs go after the 200 OK).
+``--reauthenticate`` sets the S-CSCF's ``reauthenticate = "always"``: the
+re-registration is challenged, runs AKA again and moves the UE to a new SA set (TS 33.203
+§7.4).
+
 ``--pcap`` writes the traffic as a capture (imsaka.trace); ``--esp-keys`` writes the
 Wireshark ``esp_sa`` file so the protected messages decrypt (see readme).
 """
@@ -69,6 +76,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--concurrency", type=int, default=8, help="registrations in flight at once (default 8)"
     )
+    p.add_argument(
+        "--lifecycle",
+        action="store_true",
+        help="then re-register and de-register each UE over its SAs",
+    )
+    p.add_argument(
+        "--reauthenticate",
+        action="store_true",
+        help="with --lifecycle: the S-CSCF challenges the re-registration (new AKA run, new SA set)",
+    )
     p.set_defaults(func=_cmd_demo)
 
 
@@ -79,6 +96,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         raise CliError("--timeout: must be positive")
     if args.concurrency < 1:
         raise CliError("--concurrency: must be at least 1")
+    if args.reauthenticate and not args.lifecycle:
+        raise CliError("--reauthenticate: needs --lifecycle (it changes the re-registration)")
     for name in ("pcap", "esp_keys"):
         path = getattr(args, name)
         if path:
@@ -101,6 +120,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             concurrency=args.concurrency,
             show_keys=args.show_keys,
+            lifecycle=args.lifecycle,
+            reauthenticate=args.reauthenticate,
         )
     )
 
@@ -117,9 +138,13 @@ async def run_demo(
     timeout: float = 30.0,
     concurrency: int = 8,
     show_keys: bool = False,
+    lifecycle: bool = False,
+    reauthenticate: bool = False,
     out: Any = None,
 ) -> int:
-    """Run the demo; returns the exit code. `out` is a text stream (default stdout)."""
+    """Run the demo; returns the exit code. `out` is a text stream (default stdout).
+    `lifecycle`: then re-register and de-register each registered UE; `reauthenticate`:
+    the S-CSCF challenges that re-registration."""
     from imsaka.network import Network, NetworkOptions, make_subscribers
     from imsaka.trace import PcapWriter, Trace, print_ladder
     from imsaka.ue.client import UeClient
@@ -127,8 +152,11 @@ async def run_demo(
     out = out or sys.stdout
     subs = make_subscribers(subscribers, seed=seed)
     trace = Trace(pcap=PcapWriter(pcap, esp=pcap_esp) if pcap else None, show_keys=show_keys)
-    net = Network(subs, NetworkOptions(visited=visited, key_file=esp_keys), trace=trace)
+    extra = {"scscf": {"reauthenticate": "always"}} if reauthenticate else {}
+    options = NetworkOptions(visited=visited, key_file=esp_keys, extra=extra)
+    net = Network(subs, options, trace=trace)
     results = []
+    later: list[tuple[str, bool]] = []  # per UE: what failed ("": none), new SA set
     hint: dict[str, int] = {}
     ues: list[UeClient] = []
     try:
@@ -164,6 +192,14 @@ async def run_demo(
                 if res.ok and ue.config.subscribe_reg_event
             )
         )
+        if lifecycle:
+            later = await asyncio.gather(
+                *(
+                    _refresh_then_end(ue, timeout, window)
+                    for ue, res in zip(ues, results, strict=True)
+                    if res.ok
+                )
+            )
         await asyncio.sleep(0.05)  # let the last datagrams reach their observers
     finally:
         for ue in ues:
@@ -197,15 +233,40 @@ async def run_demo(
                 console.print(
                     f"[red]{sub.impi}: registration failed: {res.status} {res.reason}[/red]"
                 )
+        for problem, _ in later:
+            if problem:
+                console.print(f"[red]{problem}[/red]")
         console.print(
             f"{ok}/{len(subs)} UEs registered"
             + (" (IPsec ESP protected)" if ok and all(r.protected for r in results if r.ok) else "")
+            + (_lifecycle_summary(later) if lifecycle else "")
             + (f"; pcap written to {pcap}" if pcap else "")
             + (f"; ESP keys in {esp_keys}" if esp_keys else "")
         )
         if pcap:
             console.print(_tshark_hint(pcap, esp_keys, pcap_esp, hint))
-    return 0 if ok == len(subs) else 1
+    return 0 if ok == len(subs) and not any(p for p, _ in later) else 1
+
+
+async def _refresh_then_end(ue: Any, timeout: float, window: asyncio.Semaphore) -> tuple[str, bool]:
+    """Re-register `ue` over its SA set, then de-register it: ("" when both went well,
+    else what failed; whether the re-registration moved it to a new SA set)."""
+    async with window:
+        before = ue.core.sa
+        res = await ue.reregister(timeout=timeout)
+        if not res.ok:
+            return f"{ue.config.impi}: re-registration failed: {res.status} {res.reason}", False
+        new_set = ue.core.sa is not before
+        res = await ue.deregister(timeout=timeout)
+        if not res.ok:
+            return f"{ue.config.impi}: de-registration failed: {res.status} {res.reason}", new_set
+        return "", new_set
+
+
+def _lifecycle_summary(later: list[tuple[str, bool]]) -> str:
+    done = sum(1 for problem, _ in later if not problem)
+    new_sets = sum(1 for problem, new_set in later if not problem and new_set)
+    return f", {done} re-registered ({new_sets} with a new SA set) and de-registered"
 
 
 def _tshark_hint(pcap: str, esp_keys: str | None, pcap_esp: str, ports: dict[str, int]) -> str:

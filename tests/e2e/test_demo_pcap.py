@@ -138,3 +138,47 @@ async def test_demo_many_ues_shows_the_first_and_a_summary(tmp_path):
     text = buf.getvalue()
     assert "5/5 UEs registered" in text and "more messages (use --json for all)" in text
     assert "read it with: tshark -r" in text and ",diameter" in text
+
+
+async def test_demo_lifecycle_with_reauthentication():
+    """`--lifecycle --reauthenticate`: after the registration the UE re-registers, is
+    challenged (a second AKA run, a new SA set), then de-registers (challenged too: the
+    S-CSCF's "always" covers every REGISTER); the S-CSCF's terminated NOTIFY to the UE
+    is answered by the UE itself, over the set held for the de-REGISTER, not by a 404
+    from the P-CSCF."""
+    buf = io.StringIO()
+    assert await run_demo(as_json=True, seed=3, lifecycle=True, reauthenticate=True, out=buf) == 0
+    msgs = json.loads(buf.getvalue())["messages"]
+    sip = [m for m in msgs if m["protocol"] == "sip"]
+    to_ue = [m["summary"].split()[0] for m in sip if m["to"] == "UE"]
+    assert to_ue.count("401") == 3, to_ue
+    # each AKA run gives the UE a new set: its protected REGISTERs use three P-CSCF SPIs
+    spis = [
+        m.get("esp_spi") for m in sip if m["from"] == "UE" and m["summary"].startswith("REGISTER")
+    ]
+    assert spis[0] is None and len(set(spis[1:])) == 3, spis
+    # every message between the UE and the P-CSCF after the first 401 is protected
+    gm = [m for m in sip if "UE" in (m["from"], m["to"])]
+    first_401 = next(i for i, m in enumerate(gm) if m["summary"].startswith("401"))
+    assert all(m["protected"] for m in gm[first_401 + 1 :]), gm[first_401 + 1 :]
+    assert not [m for m in sip if m["summary"].startswith("404")]
+    last = sip[-1]
+    assert (last["from"], last["to"], last["summary"]) == ("P-CSCF", "S-CSCF", "200 OK")
+
+
+def test_demo_reauthenticate_needs_lifecycle():
+    out = subprocess.run(
+        ["imsaka", "demo", "--reauthenticate"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "--reauthenticate" in out.stderr and "Traceback" not in out.stderr
+
+
+async def test_demo_lifecycle_summary_counts_the_new_sets():
+    for reauthenticate, new_sets in ((False, 0), (True, 1)):
+        buf = io.StringIO()
+        assert await run_demo(lifecycle=True, reauthenticate=reauthenticate, out=buf) == 0
+        summary = buf.getvalue().strip().splitlines()[-1]
+        assert summary.endswith(
+            f"1 re-registered ({new_sets} with a new SA set) and de-registered"
+        ), summary
