@@ -12,6 +12,7 @@ the clear to the UE's protected port.
 from __future__ import annotations
 
 from imsaka.cscf.pcscf import (
+    DEREGISTER_GRACE,
     SUPERSEDED,
     SUPERSEDED_DRAIN,
     Arrival,
@@ -138,3 +139,29 @@ def test_an_answer_whose_set_is_gone_is_not_sent_in_the_clear():
     (reply,) = p.receive_response(parse_message(late.to_bytes()), SCSCF, 10.5)
     assert isinstance(reply, Reply) and reply.spi == 0
     assert p.drops["reply-over-removed-sa"] == 1
+
+
+def test_de_registration_holds_the_draining_set_for_the_ues_open_request():
+    """A request the UE sent over its old set before a challenged re-registration is
+    still open when it de-registers: the old set is held (Timer J), not released, so
+    the request's retransmission over it goes up again and its answer comes back over
+    it."""
+    p = core()
+    old, server, over_old = _registered(p)
+    (sub,) = p.receive_request(ue_subscribe(), over_old, 9.0)
+    new, _ = _reauthenticated(p, server, over_old, 10.0)
+    new_server = p.registrations[IMPI].security_server[0]
+    dereg = _second(5, new_server, NEW_OFFER).replace("expires=600000", "expires=0")
+    over_new = Arrival(("127.0.0.1", 3333), spi=new.spi_ps)
+    (fwd,) = p.receive_request(parse_message(dereg.encode()), over_new, 12.0)
+    out = _answer(p, fwd, 200, [("Contact", "<sip:127.0.0.1:1357>;expires=0")], 12.1)
+    held = {a.sa.spi_ps for a in out if isinstance(a, HoldSecurityAssociations)}
+    assert held == {old.spi_ps, new.spi_ps} and not _released(out)
+    # the UE's retransmission of its SUBSCRIBE over the old set: sent up again
+    (again,) = p.receive_request(ue_subscribe(), over_old, 12.5)
+    assert isinstance(again, Forward) and again.message.to_bytes() == sub.message.to_bytes()
+    (reply,) = _answer(p, sub, 200, [("Expires", "600000")], 12.6)
+    assert isinstance(reply, Reply) and reply.spi == old.spi_uc
+    gone = _released(p.handle_timer(12.1 + DEREGISTER_GRACE + 1.0))
+    assert {r.sa.spi_ps for r in gone} == {old.spi_ps, new.spi_ps}
+    assert p.in_grace() == 0 and not p.by_spi

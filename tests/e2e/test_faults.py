@@ -183,14 +183,10 @@ async def test_scscf_restart_with_redis_bindings_keeps_registrations(redis_url):
         await net.stop()
 
 
-async def test_random_udp_loss_on_every_sip_leg():
-    """RFC 3261 §17: 20 % of the UDP datagrams on Gm (clear and ESP, both ways) and on
-    Mw (P-CSCF ⇄ I-CSCF ⇄ S-CSCF) are lost; the transactions' retransmissions complete
-    registration and de-registration, and nothing is left behind."""
-    subs = make_subscribers(3, seed=5)
-    net = Network(subs)
-    await net.start()
-    rng = random.Random(2026)
+def _lose_a_fifth(net: Network, ues: list[UeClient], seed: int) -> dict[str, int]:
+    """20 % of the UDP datagrams on Gm (clear and ESP, both ways) and on Mw (P-CSCF ⇄
+    I-CSCF ⇄ S-CSCF) are lost from now on; returns the count of those lost."""
+    rng = random.Random(seed)
     dropped = {"n": 0}
 
     def lossy(send):
@@ -207,18 +203,30 @@ async def test_random_udp_loss_on_every_sip_leg():
         # layer sees nothing of it, as with a real lossy link.
         transport._transport.sendto = lossy(transport._transport.sendto)
 
+    lossy_socket(net.pcscf.udp)  # Gm clear answers and Mw towards the I-/S-CSCF
+    net.pcscf.send_protected = lossy(net.pcscf.send_protected)  # Gm ESP
+    for server in (net.icscf, net.scscf):
+        for transport in server.endpoint.transports:
+            if transport.name == "udp":
+                lossy_socket(transport)
+    for u in ues:
+        u.send_clear = lossy(u.send_clear)
+        u.send_protected = lossy(u.send_protected)
+    return dropped
+
+
+async def test_random_udp_loss_on_every_sip_leg():
+    """RFC 3261 §17: 20 % of the UDP datagrams on Gm (clear and ESP, both ways) and on
+    Mw (P-CSCF ⇄ I-CSCF ⇄ S-CSCF) are lost; the transactions' retransmissions complete
+    registration and de-registration, and nothing is left behind."""
+    subs = make_subscribers(3, seed=5)
+    net = Network(subs)
+    await net.start()
     ues = [UeClient(net.ue_config(s)) for s in subs]
     try:
-        lossy_socket(net.pcscf.udp)  # Gm clear answers and Mw towards the I-/S-CSCF
-        net.pcscf.send_protected = lossy(net.pcscf.send_protected)  # Gm ESP
-        for server in (net.icscf, net.scscf):
-            for transport in server.endpoint.transports:
-                if transport.name == "udp":
-                    lossy_socket(transport)
         for u in ues:
             await u.start()
-            u.send_clear = lossy(u.send_clear)
-            u.send_protected = lossy(u.send_protected)
+        dropped = _lose_a_fifth(net, ues, 2026)
         results = await asyncio.gather(*(u.register(60) for u in ues))
         assert all(r.ok and r.protected for r in results), results
         results = await asyncio.gather(*(u.deregister(60) for u in ues))
@@ -227,6 +235,34 @@ async def test_random_udp_loss_on_every_sip_leg():
         assert await eventually(lambda: leftovers(net)["pcscf_sa_sets"] == 0, 10)
         assert leftovers(net)["pcscf_registrations"] == 0
         assert net.scscf.census()["bindings"] == 0
+    finally:
+        for u in ues:
+            await u.close()
+        await net.stop()
+
+
+async def test_random_udp_loss_with_every_register_challenged():
+    """The same loss with the S-CSCF's `reauthenticate = "always"`: the re-registration
+    and the de-registration are challenged too, so each moves the UE to a new SA set while
+    retransmissions still travel over the old one. The P-CSCF keeps the replaced set for
+    Timer F and the answered set for Timer J: no retransmission meets an SA it no longer
+    knows, and every step completes."""
+    subs = make_subscribers(3, seed=6)
+    net = Network(subs, NetworkOptions(extra={"scscf": {"reauthenticate": "always"}}))
+    await net.start()
+    ues = [UeClient(net.ue_config(s)) for s in subs]
+    try:
+        for u in ues:
+            await u.start()
+        dropped = _lose_a_fifth(net, ues, 4)
+        for step in (UeClient.register, UeClient.reregister, UeClient.deregister):
+            results = await asyncio.gather(*(step(u, 60) for u in ues))
+            assert all(r.ok for r in results), (step.__name__, results)
+        assert dropped["n"] >= 15
+        assert await eventually(lambda: leftovers(net)["pcscf_sa_sets"] == 0, 10)
+        assert leftovers(net)["pcscf_registrations"] == 0
+        assert net.scscf.census()["bindings"] == 0
+        assert net.pcscf.backend.drops.get("esp-unknown-spi", 0) == 0, net.pcscf.backend.drops
     finally:
         for u in ues:
             await u.close()

@@ -994,7 +994,9 @@ class PcscfCore:
         )
         if arrival.spi is not None and self._grace_by_spi:
             grace = self._grace_by_spi.get(arrival.spi)
-            if grace is not None:
+            # (a retransmission of a request we hold a context for is handled below,
+            # as over any set: sent up again, or answered from the context)
+            if grace is not None and (branch == grace.branch or branch not in self.pending):
                 return self._over_grace_set(request, arrival, branch, grace)
         pending = self.pending.get(branch)
         if pending is not None and pending.final_data is None and pending.forward is not None:
@@ -2234,7 +2236,8 @@ class PcscfCore:
         of the REGISTER it answers (`_hold`; over TCP there are none); one a request
         taken to the UE is still open over (the S-CSCF's NOTIFY overtaking the 200 to a
         challenged de-REGISTER, which left over the new set) held as long for the UE's
-        answer; the others released at once."""
+        answer, and so is the set a re-authentication replaced, still draining for the
+        UE's own transactions over it (`previous`); the others released at once."""
         actions: list[Action] = []
         arrival = pending.arrival
         grace = self.dereg_grace > 0
@@ -2256,7 +2259,7 @@ class PcscfCore:
                 and grace
             ):
                 actions.append(self._hold(reg, s, branch, now, reason))
-            elif s.spi_us in awaited:
+            elif s.spi_us in awaited or (s is reg.previous and grace):
                 # no REGISTER of its own to answer again: `branch` "" matches none
                 actions.append(self._hold(reg, s, "", now, reason))
             else:
