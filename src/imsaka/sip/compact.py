@@ -105,9 +105,10 @@ class WirePacker:
         flushed once for all, a quarter of the work per message of `pack` for a
         node's finals, and later ones refer to earlier ones: a third of the size);
         `unpack` of each result gives back its message (decompressing the group)."""
-        if self._kinds is not None:
-            for item in items:
-                self._learn(bytes(item))
+        for item in items:
+            if self._kinds is None:  # frozen (perhaps by an earlier item of this group)
+                break
+            self._learn(bytes(item))
         ends = array("I", accumulate(map(len, items)))
         group = _new_tuple(PackedGroup, (self._compress(b"".join(items)), ends))
         return [_new_tuple(PackedItem, (group, i)) for i in range(len(items))]
