@@ -446,13 +446,11 @@ class UeClient:
                             continue
                         self._finish(UeResult(False, 0, "no SA set to protect the REGISTER"))
                         continue
-                    dest: Any = ("sa", sa_set)
-                    tx = self.transactions.send_request(ev.request, dest, now)
+                    tx = self.transactions.send_request(ev.request, ("sa", sa_set), now)
                     self.table.transaction_started(sa_set)
                     self._open_on[tx.key] = sa_set
-                    continue
-                dest = ("clear", self.config.pcscf)
-                self.transactions.send_request(ev.request, dest, now)
+                else:
+                    self.transactions.send_request(ev.request, ("clear", self.config.pcscf), now)
             elif isinstance(ev, SetUpSecurityAssociations):
                 self._install(ev.sa, now)
             elif isinstance(ev, SecurityAssociationsEstablished):
