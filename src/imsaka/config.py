@@ -454,7 +454,8 @@ class ScscfConfig:
     vectors_per_request: int = 3
     """SIP-Number-Auth-Items asked in a MAR; spare vectors are cached per IMPI, one per challenge."""
     max_failed_attempts: int = 3
-    """Failed authentications per IMPI before it is refused for `lockout` seconds."""
+    """Failed authentications per IMPI before it is refused for `lockout` seconds; they
+    count until `lockout` seconds pass without another one."""
     lockout: int = 300
     """Seconds an IMPI stays refused after `max_failed_attempts` failures."""
     binding_store: str = "memory://"

@@ -126,6 +126,7 @@ def test_initial_registration_packets_4_and_11(h):
         "cached_vectors": 2,
         "operations": 0,
         "aliases": 2,  # user1_public2 and the tel URI, registered implicitly
+        "failure_records": 0,
     }
     assert h.core.lookup("tel:+1-212-555-1111", T0).impu == IMPU
     assert h.core.lookup("sip:barred@home1.net", T0) is None
@@ -168,6 +169,50 @@ def test_failed_attempt_limit_locks_the_impi(h):
     assert locked.status == 403 and "too many" in locked.reason
     later = h.send(ue.register(), T0 + 301)
     assert later.status == 401
+
+
+def fail_once(h: Harness, ue: FakeUe, now: float) -> None:
+    r401 = h.send(ue.register(), now)
+    nonce = parse_challenge(header(r401, "WWW-Authenticate")[0])["nonce"]
+    assert h.send(ue.register(integrity="yes", nonce=nonce, response="f" * 32), now).status == 403
+
+
+def test_failures_count_within_the_lockout_window_and_are_then_forgotten(h):
+    ue = FakeUe()
+    fail_once(h, ue, T0)
+    fail_once(h, ue, T0 + 100)
+    assert h.core.pending_counts()["failure_records"] == 1
+    # The record lapses `lockout` (300 s) after its latest failure: the timer says when.
+    assert h.core.next_deadline() <= T0 + 100 + 300
+    h.run(h.core.handle_timer(T0 + 399), T0 + 399)
+    assert h.core.pending_counts()["failure_records"] == 1
+    h.run(h.core.handle_timer(T0 + 400), T0 + 400)
+    assert h.core.pending_counts()["failure_records"] == 0
+    # Two failures long ago do not bring a third one, now, to the limit of three.
+    fail_once(h, ue, T0 + 500)
+    assert h.send(ue.register(), T0 + 500).status == 401
+    assert h.core.counters["locked"] == 0
+    # Three within the window still lock; the lock ends with the record.
+    fail_once(h, ue, T0 + 600)
+    fail_once(h, ue, T0 + 700)
+    assert h.send(ue.register(), T0 + 701).status == 403
+    assert h.core.counters["locked"] == 1
+    h.run(h.core.handle_timer(T0 + 1000), T0 + 1000)
+    assert h.core.pending_counts()["failure_records"] == 0
+    assert h.send(ue.register(), T0 + 1000).status == 401
+
+
+def test_failure_table_stays_in_order_of_the_latest_failure(h):
+    a, b = FakeUe(), FakeUe(impi="other@home1.net", impu="sip:other@home1.net", call_id="b")
+    fail_once(h, a, T0)
+    fail_once(h, b, T0 + 10)
+    fail_once(h, a, T0 + 20)  # a moves behind b
+    h.run(h.core.handle_timer(T0 + 311), T0 + 311)  # b's record lapses, a's does not
+    assert h.core.pending_counts()["failure_records"] == 1
+    assert h.core.counters["locked"] == 0
+    fail_once(h, a, T0 + 312)  # a's third, each within 300 s of the one before: locked
+    assert h.send(a.register(), T0 + 313).status == 403
+    assert h.send(b.register(), T0 + 313).status == 401  # b's one failure is forgotten
 
 
 def test_reregistration_integrity_yes_skips_aka(h):
@@ -350,6 +395,7 @@ def test_network_initiated_deregistration(h):
         "cached_vectors": 0,
         "operations": 0,
         "aliases": 0,
+        "failure_records": 0,
     }
 
 

@@ -303,6 +303,8 @@ class _Op:
 class _Failures:
     count: int = 0
     locked_until: float = 0.0
+    last: float = 0.0
+    """When the latest failure was: the count covers failures within `lockout` of it."""
 
 
 _AKA_ALGORITHMS = (AKAV1_MD5, AKAV2_MD5)
@@ -343,6 +345,9 @@ class RegistrarCore:
         # (an answered challenge leaves nothing behind for its 4 minutes)
         self._challenges: dict[str, _Challenge] = {}
         self._challenges_by_impi: dict[str, list[str]] = {}
+        # IMPI → its recent failed authentications, in order of the latest failure: an
+        # entry `lockout` seconds past its last failure (and so past any lock) counts for
+        # nothing and is dropped from the front (issue 7: no state left behind)
         self._failures: dict[str, _Failures] = {}
         self._ops: dict[int, _Op] = {}
         self._next_token = 1 << 32  # tokens for SARs the core starts by itself
@@ -575,11 +580,17 @@ class RegistrarCore:
         ch = next(iter(self._challenges.values()), None)
         if ch is not None and (deadline is None or ch.deadline < deadline):
             deadline = ch.deadline
+        fail = next(iter(self._failures.values()), None)
+        if fail is not None:
+            stale = fail.last + self.policy.lockout
+            if deadline is None or stale < deadline:
+                deadline = stale
         return deadline
 
     def handle_timer(self, now: float) -> list[Action]:
-        """Expire challenges (reg-await-auth) and bindings due at `now`."""
+        """Expire challenges (reg-await-auth), bindings and failure counts due at `now`."""
         actions: list[Action] = []
+        self._forget_failures(now)
         while self._challenges:
             ch = next(iter(self._challenges.values()))
             if ch.deadline > now:
@@ -629,6 +640,7 @@ class RegistrarCore:
             "cached_vectors": sum(len(v) for v in self._vectors.values()),
             "operations": len(self._ops),
             "aliases": len(self._aliases),
+            "failure_records": len(self._failures),
         }
 
     # ----------------------------------------------------------------- checks
@@ -813,13 +825,32 @@ class RegistrarCore:
 
     def _auth_failed(self, token: int, impi: str, now: float) -> list[Action]:
         self.counters["auth_failed"] += 1
-        fail = self._failures.setdefault(impi, _Failures())
+        self._forget_failures(now)
+        fail = self._failures.pop(impi, None)
+        if fail is None:
+            fail = _Failures()
+            if not self._failures:
+                self.deadlines_added += 1  # the table's first entry: its expiry is new
+        # re-inserted: the table stays in order of the latest failure
+        self._failures[impi] = fail
         fail.count += 1
+        fail.last = now
         if fail.count >= self.policy.max_failed_attempts:
             fail.locked_until = now + self.policy.lockout
             fail.count = 0
             self.counters["locked"] += 1
         return [self._reply(token, 403, "Forbidden (authentication failed)")]
+
+    def _forget_failures(self, now: float) -> None:
+        """Drop the failure counts whose latest failure is `lockout` seconds old: a lock
+        set then has ended too, and older failures no longer count towards the limit."""
+        failures = self._failures
+        lockout = self.policy.lockout
+        while failures:
+            impi, fail = next(iter(failures.items()))
+            if fail.last + lockout > now:
+                break
+            del failures[impi]
 
     # ----------------------------------------------------------------- registration
 
