@@ -445,10 +445,13 @@ _CONTACT_EXPIRING = re.compile(r"<[^<>]*>;expires=[1-9][0-9]{0,8}")
 # core to a UE (how long those wait depends on the UE, not on the core's load).
 _TO_UE = frozenset(("terminating", "terminating-rr", "terminating-end"))
 _NOT_IN_FLIGHT = _TO_UE | {"subscribe"}
+# A UE's own requests other than REGISTER (`_other_request`).
+_FROM_UE = frozenset(("request", "request-rr", "request-reg", "request-rr-reg"))
 # Contexts a UE's end of registration looks for while they are open (`_open_by_impi`):
-# its REGISTERs (a terminated NOTIFY waits for their answers) and requests taken to it
-# (`_end_to_ue` answers them upstream).
-_PER_UE = _TO_UE | {"register-clear", "register-protected"}
+# its REGISTERs (a terminated NOTIFY waits for their answers), requests taken to it
+# (`_end_to_ue` answers them upstream) and its own requests (their answers still go
+# over the set they came over: `_sets_go` holds it).
+_PER_UE = _TO_UE | _FROM_UE | {"register-clear", "register-protected"}
 
 
 def _in_flight(p: _Pending | _Answered) -> bool:
@@ -1819,7 +1822,7 @@ class PcscfCore:
                 reg.ue_sub = UE_SUB_NOTIFIED
                 if reg.release_at:
                     # the UE has its terminated NOTIFY: the SAs can go (TS 24.229 §5.2.3)
-                    actions += self._network_end(reg)
+                    actions += self._network_end(reg, now)
         return actions
 
     def _top_branch(self, response: Response) -> tuple[str | None, int]:
@@ -2158,10 +2161,10 @@ class PcscfCore:
                     self._watch(reg.release_at, reg.impi)
                     self.counters["network-deregistration-awaits-ue-notify"] += 1
                 return actions
-            actions += self._network_release(reg)
+            actions += self._network_release(reg, now)
         return actions
 
-    def _network_end(self, reg: Registration) -> list[Action]:
+    def _network_end(self, reg: Registration, now: float) -> list[Action]:
         """The registration ended by the network, the UE's terminated NOTIFY through
         (or its wait over): SAs and state go now; while a REGISTER of the UE is open,
         once its answer went out over them (`receive_response`; at its Timer F in
@@ -2170,24 +2173,29 @@ class PcscfCore:
             reg.network_terminated = True
             reg.release_at = 0.0
             return []
-        return self._network_release(reg)
+        return self._network_release(reg, now)
 
     def _register_open(self, impi: str, besides: str = "") -> bool:
         """Whether a REGISTER of `impi` (other than ours with branch `besides`) was
         forwarded and is not answered yet."""
         return any(b != besides and p.kind[:8] == "register" for b, p in self._open_of(impi))
 
-    def _network_release(self, reg: Registration) -> list[Action]:
-        """The registration ended by the network (reg-event NOTIFY): SAs and state go."""
+    def _network_release(self, reg: Registration, now: float) -> list[Action]:
+        """The registration ended by the network (reg-event NOTIFY): SAs and state go
+        (a set with an answer still due over it once that answer went: `_sets_go`)."""
         self.counters["network-deregistered"] += 1
         log.info("pcscf: %s de-registered by the network (reg-event NOTIFY)", reg.impi)
-        actions: list[Action] = []
-        for s in (reg.temporary, reg.sa, reg.previous):
-            if s is not None:
-                actions.append(self._release(reg, s, "registration terminated (reg event)"))
+        return self._registration_gone(reg, now, "registration terminated (reg event)")
+
+    def _registration_gone(self, reg: Registration, now: float, reason: str) -> list[Action]:
+        """`reg` ends with no REGISTER to answer (expiry, the network's de-registration):
+        its sets go, but one still awaited by a request of or to its UE is held until
+        Timer F (`_sets_go`); requests taken to the UE over the others are answered."""
+        sets = (reg.temporary, reg.sa, reg.previous)
+        went = self._sets_go(reg, sets, None, None, "", now, reason)
         reg.temporary = reg.sa = reg.previous = None
         self._forget(reg)
-        return actions + self._end_to_ue(reg)
+        return went + self._end_to_ue(reg, went)
 
     def _unsubscribe(self, call_id: str) -> None:
         impi = self.subscriptions.pop(call_id, None)
@@ -2226,7 +2234,7 @@ class PcscfCore:
         reg: Registration,
         sets: Sequence[PcscfSa | None],
         reply: Reply | None,
-        pending: _Pending,
+        pending: _Pending | None,
         branch: str,
         now: float,
         reason: str,
@@ -2236,30 +2244,39 @@ class PcscfCore:
         of the REGISTER it answers (`_hold`; over TCP there are none); one a request
         taken to the UE is still open over (the S-CSCF's NOTIFY overtaking the 200 to a
         challenged de-REGISTER, which left over the new set) held as long for the UE's
-        answer, and so is the set a re-authentication replaced, still draining for the
-        UE's own transactions over it (`previous`); the others released at once."""
+        answer, one the UE's own request came over and waits for its answer held for
+        that answer, and so is the set a re-authentication replaced, still draining
+        for the UE's own transactions over it (`previous`); the others released at
+        once. Without `reply` (expiry, de-registration by the network) only the
+        waiting ones are held."""
         actions: list[Action] = []
-        arrival = pending.arrival
         grace = self.dereg_grace > 0
-        awaited: set[int] = set()
-        if grace and self._to_ue_open:
-            awaited = {
-                p.forward.spi
-                for _, p in self._open_of(reg.impi)
-                if p.kind in _TO_UE and p.forward is not None and p.forward.spi is not None
-            }
+        awaited: set[int] = set()  # outbound SPIs of requests taken to the UE
+        asked: set[int] = set()  # inbound SPIs of the UE's own open requests
+        if grace:
+            for _, p in self._open_of(reg.impi):
+                if p.kind in _TO_UE:
+                    if p.forward is not None and p.forward.spi is not None:
+                        awaited.add(p.forward.spi)
+                elif p.kind in _FROM_UE and p.arrival.spi is not None:
+                    asked.add(p.arrival.spi)
         for s in sets:
             if s is None:
                 continue
             if (
                 reply is not None
+                and pending is not None
                 and reply.spi is not None
-                and arrival.spi in s.inbound_spis
-                and arrival.transport == "udp"
+                and pending.arrival.spi in s.inbound_spis
+                and pending.arrival.transport == "udp"
                 and grace
             ):
                 actions.append(self._hold(reg, s, branch, now, reason))
-            elif s.spi_us in awaited or (s is reg.previous and grace):
+            elif (
+                s.spi_us in awaited
+                or (s is reg.previous and grace)
+                or (asked and not asked.isdisjoint(s.inbound_spis))
+            ):
                 # no REGISTER of its own to answer again: `branch` "" matches none
                 actions.append(self._hold(reg, s, "", now, reason))
             else:
@@ -2368,7 +2385,7 @@ class PcscfCore:
             # the registration the network ended waited for this REGISTER's answer
             reg = self.registrations.get(impi)
             if reg is not None and reg.network_terminated and not self._register_open(impi):
-                actions += self._network_release(reg)
+                actions += self._network_release(reg, now)
         timers = self._timers
         while timers and timers[0][0] <= now:
             entry = heapq.heappop(timers)
@@ -2391,7 +2408,7 @@ class PcscfCore:
                 continue
             if due[1] == "release":
                 # The UE's terminated NOTIFY never came through (TS 24.229 §5.2.3).
-                actions += self._network_end(reg)
+                actions += self._network_end(reg, now)
                 later = self._due(reg) if self.registrations.get(key) is reg else None
                 if later is not None:
                     self._watch(later[0], key)
@@ -2413,15 +2430,7 @@ class PcscfCore:
                     if later is not None:
                         self._watch(later[0], key)
             else:
-                if reg.sa is not None:
-                    actions.append(self._release(reg, reg.sa, "registration expired"))
-                    reg.sa = None
-                for s in (reg.temporary, reg.previous):
-                    if s is not None:
-                        actions.append(self._release(reg, s, "registration expired"))
-                reg.temporary = reg.previous = None
-                self._forget(reg)
-                actions += self._end_to_ue(reg)
+                actions += self._registration_gone(reg, now, "registration expired")
         return actions
 
     def open_transactions(self) -> int:
