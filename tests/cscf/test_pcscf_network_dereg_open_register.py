@@ -28,9 +28,11 @@ from tests.cscf.test_pcscf_dialog_routing import (
     UE_C,
     UE_S,
     _own_terminated_notify,
+    de_register_ok,
     de_register_text,
     registered,
     scscf_notify,
+    send_de_register,
     subscribe_through,
 )
 
@@ -177,3 +179,62 @@ def test_a_re_register_never_answered_releases_the_set_at_its_timer_f():
         (inst.sa.spi_ps, REASON)
     ]
     assert p.stats()["registrations"] == 0 and p.in_grace() == 0
+
+
+def test_the_ues_own_notify_after_the_re_registers_200_goes_over_the_held_set():
+    """The order at the P-CSCF: its own terminated NOTIFY (the re-REGISTER open), the
+    re-REGISTER's 200 (the set held after it), then the UE's own terminated NOTIFY, its
+    first copy lost or overtaken. The UE got a 200 and believes itself registered; this
+    NOTIFY is how it learns otherwise (TS 24.229 §5.1.1.7): it goes over the held set
+    (it was answered 404 for a UE no longer registered)."""
+    p, inst, acts = registered()
+    subscribe_through(p, inst)
+    _, fwd = _open_re_register(p, inst, 8.0)
+    p.receive_request(_own_terminated_notify(p, acts), Arrival(SCSCF), 8.05)
+    out = p.receive_response(_ok(fwd), ICSCF, 8.1)
+    assert _sets(out) == [("HoldSecurityAssociations", inst.sa.spi_ps)]
+    assert p.stats()["registrations"] == 0
+    (notify,) = p.receive_request(
+        scscf_notify("terminated;reason=deactivated", branch="z9hG4bKnotify3", cseq=2),
+        Arrival(SCSCF),
+        8.6,
+    )
+    assert isinstance(notify, Reply) and notify.message.method == "NOTIFY"
+    assert notify.spi == inst.sa.spi_us and notify.destination == UE_S
+    assert p.counters["terminating-end-over-held-set"] == 1
+    # the UE's answer comes back over the held set and goes to the S-CSCF
+    ue_ok = make_response(_reparse(notify.message), 200)
+    out = p.receive_response(_reparse(ue_ok), UE_S, 8.7, spi=inst.sa.spi_pc)
+    assert [type(a) for a in out] == [Forward] and out[0].destination == SCSCF
+    assert p.pending_to_ue() == 0
+    # an active NOTIFY (or anything else) is not taken over a held set
+    (refused,) = p.receive_request(
+        scscf_notify("active;expires=60", branch="z9hG4bKnotify4", cseq=3), Arrival(SCSCF), 8.8
+    )
+    assert isinstance(refused, Reply) and refused.message.status == 404
+    # the set goes once at its Timer J; then the NOTIFY finds nothing
+    out = p.handle_timer(8.1 + DEREGISTER_GRACE)
+    assert [(a.sa.spi_ps, a.reason) for a in out] == [(inst.sa.spi_ps, REASON)]
+    (late,) = p.receive_request(
+        scscf_notify("terminated;reason=deactivated", branch="z9hG4bKnotify5", cseq=4),
+        Arrival(SCSCF),
+        8.2 + DEREGISTER_GRACE,
+    )
+    assert late.message.status == 404 and not p._grace_by_contact
+
+
+def test_a_user_de_registers_set_does_not_carry_the_late_notify():
+    """After the UE's own de-REGISTER the UE drops its SAs with the 200: a terminated
+    NOTIFY that comes after it is answered 404 at once, not sent into a set the UE no
+    longer has (its transaction would wait for Timer F)."""
+    p, inst, _ = registered()
+    subscribe_through(p, inst)
+    fwd = send_de_register(p, inst, 8.0)
+    p.receive_response(_reparse(de_register_ok(fwd)), ICSCF, 8.1)
+    assert p.in_grace() == 1
+    (late,) = p.receive_request(
+        scscf_notify("terminated;reason=unregistered", branch="z9hG4bKnotify3", cseq=2),
+        Arrival(SCSCF),
+        8.6,
+    )
+    assert isinstance(late, Reply) and late.message.status == 404

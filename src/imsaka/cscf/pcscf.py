@@ -696,6 +696,10 @@ class PcscfCore:
         # (`DEREGISTER_GRACE`): by heap key, and by each inbound SPI (not in `by_spi`).
         self._grace: dict[str, _Grace] = {}
         self._grace_by_spi: dict[int, _Grace] = {}
+        # The sets held after the network ended their registration (`NETWORK_TERMINATED`)
+        # by the UE's contact (host, port-s): the UE's own terminated NOTIFY still goes
+        # over one when it comes after the REGISTER's answer (`_terminating`).
+        self._grace_by_contact: dict[Address, _Grace] = {}
         # reg-event subscriptions (TS 24.229 §5.2.3): Call-ID -> IMPI
         self.subscriptions: dict[str, str] = {}
         self.subscribe_reg_event = config.subscribe_reg_event
@@ -1445,7 +1449,8 @@ class PcscfCore:
             kind += "-reg"  # the UE's own reg-event subscription (TS 24.229 §5.1.1.3)
         if target is None:
             return [self._reply(request, arrival, 404, "No route")]
-        return [self._open_context(branch, arrival, request, kind, reg, now, Forward(fwd, target))]
+        forward = Forward(fwd, target)
+        return [self._open_context(branch, arrival, request, kind, reg.impi, now, forward)]
 
     def _clear_ue(self, source: Address) -> Registration | None:
         """The registration without sec-agree whose UE sends from `source`, if any."""
@@ -1485,11 +1490,25 @@ class PcscfCore:
         # protected UE's names port-s: its requests in the clear stay `_other_request`'s.
         own_route = bool(routes) and self._names_us(routes[0].uri, core_side=True)
         reg, sa, contact = self._served(request.uri)
-        if reg is None or contact is None:
+        ending = (
+            request.method == "NOTIFY"
+            and _event_package(request) == "reg"
+            and (request.get("Subscription-State") or "").lstrip().lower().startswith("terminated")
+        )
+        if reg is not None and contact is not None:
+            impi = reg.impi
+        else:
             if not own_route or self._clear_ue(arrival.source) is not None:
                 return None
-            self.counters["terminating-not-registered"] += 1
-            return [self._reply(request, arrival, 404, "Not Found (no registered UE there)")]
+            held = self._ended_by_network(request.uri) if ending else None
+            if held is None:
+                self.counters["terminating-not-registered"] += 1
+                return [self._reply(request, arrival, 404, "Not Found (no registered UE there)")]
+            # The UE's own terminated NOTIFY after the network ended its registration
+            # while a REGISTER was open (its answer went first, then the set was held):
+            # the one message that tells the UE (TS 24.229 §5.1.1.7) goes over that set.
+            impi, sa, contact = held.impi, held.sa, (held.sa.ue_host, held.sa.port_us)
+            self.counters["terminating-end-over-held-set"] += 1
         try:
             initial = request.to.tag is None
         except SipParseError:
@@ -1506,16 +1525,12 @@ class PcscfCore:
         if initial and request.method in DIALOG_FORMING:
             fwd.add("Record-Route", self._rr_ue if sa is not None else self._rr_core, first=True)
             kind = "terminating-rr"
-        elif (
-            request.method == "NOTIFY"
-            and _event_package(request) == "reg"
-            and (request.get("Subscription-State") or "").lstrip().lower().startswith("terminated")
-        ):
+        elif ending:
             kind = "terminating-end"  # the UE's reg-event subscription ends (§5.1.1.7)
         reply = Reply(fwd, contact, "udp", sa.spi_us if sa is not None else None)
         self._to_ue_open += 1
         self.counters["terminating-forwarded"] += 1
-        return [self._open_context(branch, arrival, request, kind, reg, now, reply)]
+        return [self._open_context(branch, arrival, request, kind, impi, now, reply)]
 
     def _open_context(
         self,
@@ -1523,7 +1538,7 @@ class PcscfCore:
         arrival: Arrival,
         request: Request,
         kind: str,
-        reg: Registration,
+        impi: str,
         now: float,
         sent: Forward | Reply,
     ) -> Forward | Reply:
@@ -1535,7 +1550,7 @@ class PcscfCore:
                 arrival=arrival,
                 ue_branch=request.via[0].branch or "",
                 kind=kind,
-                impi=reg.impi,
+                impi=impi,
                 created=now,
                 forward=sent,
             ),
@@ -1572,6 +1587,17 @@ class PcscfCore:
             self.pending[branch] = self._answered(p.created, answer.to_bytes(), None)
             self.counters["terminating-answered-for-gone-ue"] += 1
         return actions
+
+    def _ended_by_network(self, uri: str) -> _Grace | None:
+        """The set held after the network ended the registration of the UE at contact
+        `uri` (`NETWORK_TERMINATED`), if any (`_grace_by_contact`)."""
+        if not self._grace_by_contact:
+            return None
+        try:
+            host, port = split_hostport(uri)
+        except ValueError:
+            return None
+        return self._grace_by_contact.get((host, port))
 
     def _served(self, uri: str) -> tuple[Registration | None, PcscfSa | None, Address | None]:
         """The registration whose UE has `uri` as contact: (registration, its established
@@ -2302,6 +2328,8 @@ class PcscfCore:
         self._grace[grace.key] = grace
         for spi in sa.inbound_spis:
             self._grace_by_spi[spi] = grace
+        if reason == NETWORK_TERMINATED:
+            self._grace_by_contact[(sa.ue_host, sa.port_us)] = grace
         self._watch(grace.release_at, grace.key)
         return HoldSecurityAssociations(sa, grace.release_at)
 
@@ -2312,6 +2340,9 @@ class PcscfCore:
         for spi in grace.sa.inbound_spis:
             if self._grace_by_spi.get(spi) is grace:
                 del self._grace_by_spi[spi]
+        contact = (grace.sa.ue_host, grace.sa.port_us)
+        if self._grace_by_contact.get(contact) is grace:
+            del self._grace_by_contact[contact]
         return ReleaseSecurityAssociations(grace.sa, grace.reason)
 
     def in_grace(self) -> int:
