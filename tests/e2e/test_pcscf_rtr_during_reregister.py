@@ -80,3 +80,70 @@ async def test_rtr_during_a_re_register_its_200_leaves_protected_then_the_set_is
         if rereg is not None:
             await asyncio.wait([rereg], timeout=5)
         await ue.close()
+
+
+async def test_rtr_during_a_re_register_the_ues_own_notify_after_the_200_still_reaches_it(
+    home_network, subscribers
+):
+    """The same race with the UE's own terminated NOTIFY held back too, and let through
+    after the 200: the UE, which has just had its re-REGISTER accepted, learns of the
+    network's de-registration over the held set (the P-CSCF had answered it 404)."""
+    net = home_network
+    pcscf = net.pcscf
+    pcscf.core.dereg_grace = GRACE
+    impi = subscribers[0].impi
+    ue = UeClient(net.ue_config(subscribers[0]), observers=[net.trace])
+    held: list = []
+    held_notify: list = []
+    armed = False
+    incoming = pcscf._incoming
+
+    def hold_back(data: bytes, arrival) -> None:
+        head = data.split(b"\r\n\r\n", 1)[0]
+        if armed and not held and head.startswith(b"SIP/2.0 200") and b" REGISTER" in head:
+            held.append((data, arrival))
+            return
+        if (
+            armed
+            and head.startswith(b"NOTIFY ")
+            and b"terminated" in head
+            and b"Route:" in head  # the UE's: routed through us (ours comes straight)
+        ):
+            held_notify.append((data, arrival))
+            return
+        incoming(data, arrival)
+
+    pcscf._incoming = hold_back
+    rereg = None
+    try:
+        await ue.start()
+        assert (await ue.register(10)).ok
+        assert await eventually(lambda: pcscf.core.counters["reg-subscribed"] == 1)
+        assert await eventually(lambda: ue.subscribed)
+        armed = True
+        rereg = asyncio.ensure_future(ue.reregister(4))
+        assert await eventually(lambda: bool(held)), "the re-REGISTER's 200 never came"
+        result = await net.hss.deregister_impi(impi)
+        assert result.get("ok"), result
+        assert await eventually(lambda: bool(held_notify)), "the UE's NOTIFY never came"
+        assert await eventually(
+            lambda: (
+                impi in pcscf.core.registrations
+                and pcscf.core.registrations[impi].network_terminated
+            )
+        )
+        incoming(*held[0])  # the 200 first: the set is held after it
+        assert (await asyncio.wait_for(rereg, 5)).ok
+        assert pcscf.census()["registrations"] == 0
+        incoming(*held_notify[0])  # then the UE's own NOTIFY
+        assert await ue.wait_network_deregistration(5.0)
+        assert pcscf.core.counters["terminating-end-over-held-set"] == 1
+        assert pcscf.core.counters["terminating-not-registered"] == 0
+        assert await eventually(lambda: pcscf.core.pending_to_ue() == 0)
+        assert await eventually(lambda: not pcscf.table.sets(), GRACE + 3.0)
+        assert pcscf.internal_errors == 0
+    finally:
+        pcscf._incoming = incoming
+        if rereg is not None and not rereg.done():
+            await asyncio.wait([rereg], timeout=5)
+        await ue.close()
