@@ -1063,6 +1063,7 @@ class ScscfServer:
                 out["store_bindings"] = len(store)
             out["challenges"] = core["challenges"]
             out["cached_vectors"] = core["cached_vectors"]
+            out["failure_records"] = core["failure_records"]
             out["cx_operations"] = core["operations"]
             out["requests_awaiting_reply"] = len(self.scscf._pending)
             out["subscriptions"] = len(self.scscf.subscriptions)
