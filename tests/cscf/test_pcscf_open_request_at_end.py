@@ -20,11 +20,12 @@ from imsaka.cscf.pcscf import (
     ReleaseSecurityAssociations,
     Reply,
 )
-from imsaka.sip import make_response, parse_message
+from imsaka.sip import make_response
 from tests.cscf.test_pcscf_dialog_routing import (
     SCSCF,
     UE_C,
     _own_terminated_notify,
+    _reparse,
     registered,
     ue_subscribe,
 )
@@ -32,10 +33,6 @@ from tests.cscf.test_pcscf_dialog_routing import (
 IMPI = "user1_private@home1.net"
 # packet 13 grants 600000 s at t=3.0; the P-CSCF lets a registration go 30 s after
 EXPIRY = 3.0 + 600000 + 30.0
-
-
-def _reparse(msg):
-    return parse_message(msg.to_bytes())
 
 
 def _sets(out) -> list:

@@ -2301,7 +2301,7 @@ class PcscfCore:
             elif (
                 s.spi_us in awaited
                 or (s is reg.previous and grace)
-                or (asked and not asked.isdisjoint(s.inbound_spis))
+                or not asked.isdisjoint(s.inbound_spis)
             ):
                 # no REGISTER of its own to answer again: `branch` "" matches none
                 actions.append(self._hold(reg, s, "", now, reason))
