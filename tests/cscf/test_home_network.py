@@ -473,8 +473,15 @@ async def test_binding_expiry_sends_timeout_deregistration(tmp_path):
                 break
             await asyncio.sleep(0.1)
         assert not core.registrations
-        await asyncio.sleep(0.2)
-        sars = [m for m in cx_seen(net, "scscf") if isinstance(m, cx.ServerAssignmentRequest)]
+        sars = lambda: [  # noqa: E731
+            m for m in cx_seen(net, "scscf") if isinstance(m, cx.ServerAssignmentRequest)
+        ]
+        await wait_for(
+            lambda: (
+                sars()[-1].server_assignment_type == cx.ServerAssignmentType.TIMEOUT_DEREGISTRATION
+            )
+        )
+        sars = sars()
         assert sars[-1].server_assignment_type == cx.ServerAssignmentType.TIMEOUT_DEREGISTRATION
         assert await net.scscf.scscf.store.get(IMPUS[0]) is None
         assert core.pending_counts()["operations"] == 0

@@ -18,6 +18,7 @@ from imsaka.network import Network, NetworkOptions, TestSubscriber
 from imsaka.sip import parse_message
 from imsaka.ue.client import UeClient
 from imsaka.ue.core import NETWORK_AUTH_FAILED
+from tests.polling import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -131,8 +132,8 @@ async def test_wrong_digest_response_gets_403(home_network, subscribers):
     finally:
         await ue.close()
     assert not res.ok and res.status == 403, res
-    await asyncio.sleep(0.1)
-    assert net.pcscf.stats()["sa_sets"] == 0  # the temporary set went after the 403
+    # the temporary set went after the 403
+    assert await eventually(lambda: net.pcscf.stats()["sa_sets"] == 0)
     await still_serving(net, subscribers[1])
 
 

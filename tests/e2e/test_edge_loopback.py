@@ -3,14 +3,13 @@ stand-in registrar: phase 1 in the clear, phase 2 and the 200 OK protected."""
 
 from __future__ import annotations
 
-import asyncio
-
 from imsaka.config import NetworkConfig, PcscfConfig, PcscfRoute
 from imsaka.cscf.pcscf_server import PcscfServer
 from imsaka.ports import free_port
 from imsaka.trace import Trace
 from imsaka.ue.client import UeClient
 from imsaka.ue.config import UeConfig
+from tests.polling import eventually
 
 from .fake_registrar import FakeRegistrar
 
@@ -63,8 +62,9 @@ async def test_register_and_deregister_over_esp():
         assert p.stats()["sa_sets"] == 1 and ue.table.sets()
         dres = await ue.deregister(timeout=10)
         assert dres.ok, dres
-        await asyncio.sleep(0.05)
-        assert p.stats()["sa_sets"] == 0 and p.stats()["registrations"] == 0
+        assert await eventually(
+            lambda: p.stats()["sa_sets"] == 0 and p.stats()["registrations"] == 0
+        )
         assert not ue.table.sets()
     finally:
         await ue.close()

@@ -11,6 +11,7 @@ import pytest
 
 from imsaka.network import Network, NetworkOptions, make_subscribers
 from imsaka.ue.client import UeClient
+from tests.polling import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -36,11 +37,10 @@ async def test_reregistration_without_new_aka_then_deregistration(home_network, 
         assert net.pcscf.stats()["sa_sets"] == 1
         res = await ue.deregister(10)
         assert res.ok, res
-        await asyncio.sleep(0.05)
         last = [r for r in net.trace.messages("sip") if r.dst_name == "UE"][-1]
         assert last.summary.startswith("200") and last.esp_spi is not None  # 200 went out protected
-        stats = net.pcscf.stats()
-        assert stats["sa_sets"] == 0 and stats["registrations"] == 0
+        stats = net.pcscf.stats
+        assert await eventually(lambda: stats()["sa_sets"] == 0 and stats()["registrations"] == 0)
     finally:
         await ue.close()
 
@@ -57,10 +57,10 @@ async def test_challenged_reregistration_gets_a_new_sa_set(subscribers):
         mars = sum(1 for r in net.trace.messages("diameter") if r.summary.startswith("MAR"))
         res = await ue.reregister(10)
         assert res.ok and res.protected, res
-        await asyncio.sleep(0.05)
-        live = [s for s in ue.table.sets() if s.state.value != "removed"]
-        assert {s.id for s in live} - first  # a new set is established
-        assert len(live) == 1  # the old one went: the 200 OK arrived over the new set
+        live = lambda: [s for s in ue.table.sets() if s.state.value != "removed"]  # noqa: E731
+        # the old one went: the 200 OK arrived over the new set
+        assert await eventually(lambda: len(live()) == 1)
+        assert {s.id for s in live()} - first  # a new set is established
         # The P-CSCF serves exactly the new set (new SPIs, same protected ports); the
         # old one stays out of service for the transactions that may still be open over
         # it (TS 33.203 §7.4, `pcscf.SUPERSEDED_DRAIN`).
@@ -68,7 +68,7 @@ async def test_challenged_reregistration_gets_a_new_sa_set(subscribers):
         assert len(pcscf_sets) == 1 and pcscf_sets[0].state.value == "established"
         assert net.pcscf.census()["sa_sets_in_grace"] == 1
         assert pcscf_sets[0].pcscf_spis not in pcscf_first
-        assert pcscf_sets[0].pcscf_ports == live[0].pcscf_ports
+        assert pcscf_sets[0].pcscf_ports == live()[0].pcscf_ports
         # A new AKA run (reauthenticate = "always"): a second 401 reached the UE.
         challenges = [
             r
@@ -99,9 +99,8 @@ async def test_many_ues_register_and_deregister_leaving_nothing_behind():
         assert net.pcscf.stats()["sa_sets"] == N_UES
         results = await asyncio.gather(*(u.deregister(20) for u in ues))
         assert all(r.ok for r in results)
-        await asyncio.sleep(0.1)
-        stats = net.pcscf.stats()
-        assert stats["sa_sets"] == 0 and stats["registrations"] == 0
+        stats = net.pcscf.stats
+        assert await eventually(lambda: stats()["sa_sets"] == 0 and stats()["registrations"] == 0)
         census = net.pcscf.census()
         held = census["sa_sets_in_grace"]
         assert held == census["sas_in_grace_records"] <= N_UES, census
@@ -185,9 +184,10 @@ async def test_ue_vanishing_after_401_leaves_no_sa(subscribers):
         res = await ue.register(timeout=0.5)
         assert not res.ok
         assert net.pcscf.stats()["sa_sets"] == 1
-        await asyncio.sleep(1.6)
-        stats = net.pcscf.stats()
-        assert stats["sa_sets"] == 0 and stats["registrations"] == 0, stats
+        stats = net.pcscf.stats
+        assert await eventually(
+            lambda: stats()["sa_sets"] == 0 and stats()["registrations"] == 0, timeout=6.0
+        ), stats()
     finally:
         await ue.close()
         await net.stop()

@@ -23,20 +23,11 @@ import pytest
 from imsaka.ipsec.sa import SaState
 from imsaka.sip import Request, Response, make_response, parse_message
 from imsaka.ue.client import UeClient
+from tests.polling import eventually
 
 pytestmark = pytest.mark.slow
 
 _branches = itertools.count(1)
-
-
-async def eventually(predicate, timeout: float = 5.0) -> bool:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while loop.time() < end:
-        if predicate():
-            return True
-        await asyncio.sleep(0.01)
-    return predicate()
 
 
 class Hand:

@@ -19,7 +19,7 @@ import pytest
 
 from imsaka.ue.client import UeClient
 from tests.e2e.test_dereg_lost_200 import lose_first_protected
-from tests.e2e.test_faults import eventually
+from tests.polling import eventually
 
 pytestmark = pytest.mark.slow
 

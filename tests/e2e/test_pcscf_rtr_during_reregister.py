@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from imsaka.ue.client import UeClient
-from tests.e2e.test_faults import eventually
+from tests.polling import eventually
 
 pytestmark = pytest.mark.slow
 

@@ -4,12 +4,11 @@ and identities, and a de-registration still tells the HSS (USER_DEREGISTRATION).
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from imsaka.network import Network, NetworkOptions
 from imsaka.ue.client import UeClient
+from tests.polling import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -39,8 +38,8 @@ async def test_reregistration_without_sar_then_deregistration(subscribers):
         assert net.scscf.scscf.core.counters["reregistered"] == 2
         res = await ue.deregister(10)
         assert res.ok, res
-        await asyncio.sleep(0.05)
-        assert len(_cx(net, "SAR")) == sars + 1  # USER_DEREGISTRATION reached the HSS
+        # USER_DEREGISTRATION reached the HSS
+        assert await eventually(lambda: len(_cx(net, "SAR")) == sars + 1)
         assert net.scscf.scscf.core.pending_counts()["registrations"] == 0
         assert net.pcscf.stats()["sa_sets"] == 0
     finally:

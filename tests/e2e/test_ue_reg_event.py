@@ -13,6 +13,7 @@ from imsaka.ipsec.sa import SaState
 from imsaka.network import Network, NetworkOptions
 from imsaka.ue.client import UeClient
 from imsaka.ue.core import NetworkDeregistered, Subscribed, UeState
+from tests.polling import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -29,16 +30,6 @@ def _sip(net, *, src=None, dst=None, start=""):
 
 def _live_sets(ue: UeClient):
     return [s for s in ue.table.sets() if s.state is not SaState.REMOVED]
-
-
-async def _until(predicate, timeout: float = 5.0) -> bool:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not predicate():
-        if loop.time() > end:
-            return False
-        await asyncio.sleep(0.02)
-    return True
 
 
 async def test_ue_subscribes_and_learns_of_a_network_initiated_deregistration(
@@ -78,7 +69,7 @@ async def test_ue_subscribes_and_learns_of_a_network_initiated_deregistration(
         assert ue.core.state is UeState.DEREGISTERED and ue.core.sa is None
         assert ue.core.subscription is None and ue.core.next_deadline() is None
         assert _live_sets(ue) == []
-        assert await _until(lambda: net.pcscf.stats()["sa_sets"] == 0)
+        assert await eventually(lambda: net.pcscf.stats()["sa_sets"] == 0)
         # no REGISTER after it (rejected), and no error on the way
         assert len(_sip(net, src="UE", start="REGISTER")) == 2
         assert not ue.core.drops
@@ -99,7 +90,7 @@ async def test_own_deregistration_ends_the_subscription_without_error(home_netwo
         assert ue.core.state is UeState.DEREGISTERED and not ue.network_event
         assert ue.core.subscription is None and ue.core.next_deadline() is None
         assert _live_sets(ue) == []
-        assert await _until(lambda: net.scscf.census()["subscriptions"] == 0)
+        assert await eventually(lambda: net.scscf.census()["subscriptions"] == 0)
     finally:
         await ue.close()
 
@@ -132,7 +123,7 @@ async def test_subscription_refresh_goes_over_the_new_sa_set(subscribers):
         assert (await ue.reregister(10)).ok
         new_set = ue._established_set()
         assert new_set is not first_set
-        assert await _until(lambda: Subscribed(3, True) in seen, 4.0), seen
+        assert await eventually(lambda: Subscribed(3, True) in seen, 4.0), seen
         subscribes = _sip(net, src="UE", start="SUBSCRIBE")
         assert len(subscribes) >= 2
         first, refresh = subscribes[0], subscribes[1]

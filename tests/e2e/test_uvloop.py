@@ -13,6 +13,7 @@ import uvloop
 from imsaka.cscf.pcscf import Arrival, _Pending
 from imsaka.ipsec import SaState, UserspaceBackend
 from tests.ipsec.helpers import negotiate
+from tests.polling import eventually
 
 from .test_edge_loopback import _network, _ue
 
@@ -58,8 +59,9 @@ def test_pcscf_registers_and_expires_on_uvloop():
             assert res.ok, res
             dres = await ue.deregister(timeout=10)
             assert dres.ok, dres
-            await asyncio.sleep(0.05)
-            assert p.stats()["sa_sets"] == 0 and p.stats()["registrations"] == 0
+            assert await eventually(
+                lambda: p.stats()["sa_sets"] == 0 and p.stats()["registrations"] == 0
+            )
             assert p.internal_errors == 0
         finally:
             await ue.close()
@@ -78,8 +80,9 @@ def test_backend_expiry_timer_on_uvloop():
             n.pcscf_set.expires_at = loop.time() - 1.0
             pc.sync()
             pc.sync()
-            await asyncio.sleep(0.05)
-            assert n.pcscf_set.state is SaState.REMOVED and pc.bound_ports() == []
+            assert await eventually(
+                lambda: n.pcscf_set.state is SaState.REMOVED and pc.bound_ports() == []
+            )
 
     _run(main())
 

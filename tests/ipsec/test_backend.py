@@ -29,6 +29,7 @@ from imsaka.ipsec.keyfile import esp_sa_line
 from imsaka.wire import WireEvent
 from tests.ipsec.helpers import negotiate
 from tests.ipsec.pcap import write_pcap
+from tests.polling import eventually
 
 LEGACY = list(
     itertools.product(["hmac-md5-96", "hmac-sha-1-96"], ["des-ede3-cbc", "aes-cbc", "null"])
@@ -182,8 +183,9 @@ async def test_expiry_timer_removes_the_set_and_closes_ports():
         removed = []
         pc.on_table_event = removed.append
         assert pc.bound_ports()
-        await asyncio.sleep(0.2)
-        assert n.pcscf_set.state is SaState.REMOVED and pc.bound_ports() == []
+        assert await eventually(
+            lambda: n.pcscf_set.state is SaState.REMOVED and pc.bound_ports() == []
+        )
         assert [e.reason for e in removed] == ["lifetime expired"]
 
 
@@ -250,8 +252,7 @@ async def test_a_later_lifetime_keeps_the_armed_wake_up_and_an_earlier_one_rearm
         pset.expires_at = loop.time() + 0.02  # earlier: re-armed at once
         pc.sync()
         assert pc._timer_at == pset.expires_at
-        await asyncio.sleep(0.15)
-        assert pset.state is SaState.REMOVED and pc.bound_ports() == []
+        assert await eventually(lambda: pset.state is SaState.REMOVED and pc.bound_ports() == [])
         assert pc._timer is None
 
 
