@@ -66,6 +66,11 @@ def registered(**kw) -> tuple[PcscfCore, InstallSecurityAssociations, list]:
     )
     acts = p.receive_response(_reparse(ok), ICSCF, 3.0)
     assert p.stats()["registrations"] == 1
+    # the S-CSCF takes the P-CSCF's reg-event SUBSCRIBE (else its Timer E runs on)
+    for a in acts:
+        if isinstance(a, Forward) and a.message.method == "SUBSCRIBE":
+            sub_ok = make_response(_reparse(a.message), 200, to_tag="scscf-reg")
+            assert p.receive_response(_reparse(sub_ok), SCSCF, 3.05) == []
     return p, inst, acts
 
 
@@ -220,9 +225,14 @@ def test_notify_from_the_core_goes_to_the_ue_over_its_sa_and_the_answer_upstream
     assert len(m.via) == 2 and m.get("Max-Forwards") == "69"
     assert p.pending_to_ue() == 1
     assert p.open_transactions() == 0  # not counted by the overload bound
-    # the S-CSCF retransmits before the UE answered: the same request to the UE again
-    (again,) = p.receive_request(scscf_notify(), Arrival(SCSCF), 5.5)
-    assert again is rep and p.counters["retransmission-forwarded"] == 1
+    # the S-CSCF retransmits before the UE answered: absorbed (RFC 3261 §17.2.2); our
+    # own Timer E sends the same request to the UE again at T1, then at 2·T1 after it
+    assert p.receive_request(scscf_notify(), Arrival(SCSCF), 5.4) == []
+    assert p.counters["retransmission-absorbed"] == 1
+    assert p.next_deadline() == 5.5
+    (again,) = p.handle_timer(5.5)
+    assert again is rep and p.counters["retransmitted"] == 1
+    assert p.next_deadline() == 6.5
     # the UE answers over the same SA pair (its port-s -> our port-c)
     ue_ok = make_response(m, 200)
     (up,) = p.receive_response(_reparse(ue_ok), UE_S, 5.6, spi=inst.sa.spi_pc)

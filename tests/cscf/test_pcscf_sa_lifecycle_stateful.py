@@ -314,6 +314,9 @@ class PcscfSaLifecycle(RuleBasedStateMachine):
         assert self.p.pending_to_ue() == 0
         assert not self.p._grace_by_contact and not self.p._grace_by_spi
         assert not self.p._open_by_impi
+        # Timer E: nothing left to send again, no entry left behind
+        assert self.p.next_deadline() is None
+        assert not self.p._retransmit_first and not self.p._retransmit
 
 
 PcscfSaLifecycle.TestCase.settings = settings(

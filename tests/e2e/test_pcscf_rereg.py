@@ -316,21 +316,36 @@ def test_expires_zero_as_parsing_gives(contacts, expires):
     assert _outcome(PcscfCore._expires_zero, request) == _outcome(_expires_zero_by_parsing, request)
 
 
-def test_retransmission_in_flight_goes_up_again_unchanged():
-    """RFC 3261 §16.6 / §17.2.1: a retransmitted REGISTER whose answer is not in yet goes
-    upstream again as the very request forwarded first (same branch, same icid), and its
-    context keeps the first copy's lifetime."""
+def test_retransmission_in_flight_is_absorbed_and_timer_e_sends_the_first_copy():
+    """RFC 3261 §17.2.2 / §17.1.2.2: a retransmitted REGISTER whose answer is not in yet
+    is absorbed; the P-CSCF's own client transaction sends the very request forwarded
+    first (same branch, same icid) at T1, 2·T1 and 4·T1 after it, and its context keeps
+    the first copy's lifetime (Timer F)."""
     p = core()
     (first,) = p.receive_request(parse_message(PACKET1.encode()), Arrival(UE), 0.0)
-    (again,) = p.receive_request(parse_message(PACKET1.encode()), Arrival(UE), 1.0)
-    assert isinstance(again, Forward) and again.destination == first.destination
-    assert again.message.to_bytes() == first.message.to_bytes()
-    assert p.counters["retransmission-forwarded"] == 1 and p.open_transactions() == 1
-    assert p.next_deadline() == 32.0  # Timer F of the first copy
-    acts = _answer(p, again, 401, [CHALLENGE], 2.0)
+    assert p.next_deadline() == 0.5  # Timer E
+    assert p.receive_request(parse_message(PACKET1.encode()), Arrival(UE), 0.4) == []
+    assert p.counters["retransmission-absorbed"] == 1 and p.open_transactions() == 1
+    sent = []
+    for at, next_at in ((0.5, 1.5), (1.5, 3.5), (3.5, 7.5)):
+        assert p.next_deadline() == at
+        (again,) = p.handle_timer(at)
+        assert p.next_deadline() == next_at
+        sent.append(again)
+    assert all(a is first for a in sent) and p.counters["retransmitted"] == 3
+    # a late wake-up sends one copy, and the next one counts from it (T2 from here on)
+    (late,) = p.handle_timer(20.0)
+    assert late is first and p.next_deadline() == 24.0
+    # Timer F ends it (the end of life on the 2·T1 grid; no copy after it)
+    assert [a for a in p.handle_timer(32.0) if isinstance(a, Forward)] == []
+    assert p.open_transactions() == 0 and p.next_deadline() is None
+    # answered: no Timer E, and a further copy gets the cached 401
+    p = core()
+    (first,) = p.receive_request(parse_message(PACKET1.encode()), Arrival(UE), 0.0)
+    acts = _answer(p, first, 401, [CHALLENGE], 0.2)
     assert any(isinstance(a, InstallSecurityAssociations) for a in acts)
     assert p.open_transactions() == 0
-    # answered now: a further copy gets the cached 401, nothing goes upstream
+    assert not [a for a in p.handle_timer(0.5) if isinstance(a, Forward)]
     (reply,) = p.receive_request(parse_message(PACKET1.encode()), Arrival(UE), 3.0)
     assert isinstance(reply, Reply) and reply.message.status == 401
 

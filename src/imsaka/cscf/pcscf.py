@@ -44,6 +44,11 @@ The seed's packets 1→2, 7, 8→9 and 13: the P-CSCF is the UE's first hop. It
   set, what comes over the old one is served and answered over it; a response whose
   set is gone is never sent in the clear (SPI 0: the edge sends nothing).
 
+- is transaction stateful on every hop it serves (RFC 3261 §16, §17): a request it
+  sends on over UDP it sends again itself until its answer (Timer E; to a UE only over
+  a set it still has), and the retransmissions reaching it meanwhile are absorbed;
+  after the answer they get it again from the context kept until Timer F.
+
 `sec_agree = "required"` answers a REGISTER without sec-agree 421/494 (RFC 3329 §2.3.1);
 `"optional"` admits a UE offering no Security-Client, without SAs.
 
@@ -61,7 +66,7 @@ import logging
 import random
 import re
 import sys
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,6 +143,15 @@ DEREGISTER_GRACE = TRANSACTION_LIFETIME
 # verbatim). No new request goes over it; what arrives over it is served as over the
 # registration's set, and its answers go back over it.
 SUPERSEDED_DRAIN = TRANSACTION_LIFETIME
+# A request the P-CSCF sends on over UDP (a UE's request upstream, the core's to the UE,
+# its own reg-event SUBSCRIBE) is sent again by the P-CSCF itself until an answer comes:
+# Timer E of its client transaction, T1 first, then doubling up to T2 (RFC 3261
+# §17.1.2.2); retransmissions of the request reaching it meanwhile are absorbed (its
+# server transaction in Trying, §17.2.2). Each hop so recovers its own losses: relaying
+# the UE's retransmissions instead made a REGISTER's every try need all legs at once
+# (under 20 % loss on each of six, 0.8⁶ = 26 %, and one in thirty ended in 408).
+RETRANSMIT_T1 = TimerConfig().t1
+RETRANSMIT_T2 = TimerConfig().t2
 SUPERSEDED = "replaced by a newer set"
 # A challenge response whose Security-Verify or Security-Client differs from what was
 # agreed (RFC 3329 §2.3.1 bid-down): answered 494, its temporary set ends.
@@ -366,6 +380,9 @@ class _Pending:
     # while no final answer is in (RFC 3261 §16.6: the copy is the request forwarded).
     # A request from the core to the UE keeps here the Reply that took it to the UE.
     forward: Forward | Reply | None = None
+    # The SA set a request from the core went to the UE over: Timer E sends it again
+    # only while the P-CSCF still has that set (routed, draining or held).
+    sa: PcscfSa | None = None
 
     @property
     def final(self) -> Response | None:
@@ -753,6 +770,14 @@ class PcscfCore:
         # TRANSACTION_LIFETIME, so `pending` (a dict, insertion ordered) is in expiry
         # order itself.
         self._timers: list[tuple[float, str]] = []
+        # Timer E (`RETRANSMIT_T1`): the contexts sent on over UDP, in due order for the
+        # first retransmission (all at T1 after their creation, a deque), and a heap
+        # (due, seq, branch, context, interval) for the later ones (intervals differ).
+        # Entries are checked against `pending` when they surface: a context answered
+        # (or gone) is skipped, so an answer costs nothing here.
+        self._retransmit_first: deque[tuple[float, str, _Pending]] = deque()
+        self._retransmit: list[tuple[float, int, str, _Pending, float]] = []
+        self._retransmit_seq = 0
 
     # ------------------------------------------------------------------ helpers
 
@@ -767,6 +792,10 @@ class PcscfCore:
         self.pending[branch] = pending
         if _in_flight(pending):
             self._in_flight += 1
+        sent = pending.forward
+        if sent is not None and sent.transport == "udp" and pending.final_data is None:
+            # in creation order, so in due order: Timer E's first firing (T1)
+            self._retransmit_first.append((pending.created + RETRANSMIT_T1, branch, pending))
         if pending.kind in _PER_UE and pending.impi and pending.final_data is None:
             by_branch = self._open_by_impi.get(pending.impi)
             if by_branch is None:
@@ -994,23 +1023,24 @@ class PcscfCore:
         if mf is not None and mf <= 0:
             return [self._reply(request, arrival, 483)]
         ue_branch = top_branch or ""
-        # Retransmission of a request we already forwarded: resend the final answer or
-        # forward again (the upstream transaction absorbs duplicates).
+        # Retransmission of a request we already forwarded: absorbed while its answer
+        # is not in (our Timer E sends it on again), else answered with that answer.
         branch = self._branch_for(
             ue_branch, request.method + (str(arrival.spi) if arrival.spi else "")
         )
         if arrival.spi is not None and self._grace_by_spi:
             grace = self._grace_by_spi.get(arrival.spi)
             # (a retransmission of a request we hold a context for is handled below,
-            # as over any set: sent up again, or answered from the context)
+            # as over any set: absorbed, or answered from the context)
             if grace is not None and (branch == grace.branch or branch not in self.pending):
                 return self._over_grace_set(request, arrival, branch, grace)
         pending = self.pending.get(branch)
         if pending is not None and pending.final_data is None and pending.forward is not None:
-            # In flight: the same request upstream again (its context, Timer F from the
-            # first copy, stays), not one built anew (new icid) from the copy.
-            self.counters["retransmission-forwarded"] += 1
-            return [pending.forward]
+            # In flight: absorbed (RFC 3261 §17.2.2, Trying). Over UDP our own client
+            # transaction sends the request again (`RETRANSMIT_T1`); over TCP nothing
+            # is lost.
+            self.counters["retransmission-absorbed"] += 1
+            return []
         if pending is not None and pending.final_data is not None:
             self.counters["retransmission-answered"] += 1
             final = parse_message(self._packer.unpack(pending.final_data))
@@ -1530,7 +1560,7 @@ class PcscfCore:
         reply = Reply(fwd, contact, "udp", sa.spi_us if sa is not None else None)
         self._to_ue_open += 1
         self.counters["terminating-forwarded"] += 1
-        return [self._open_context(branch, arrival, request, kind, impi, now, reply)]
+        return [self._open_context(branch, arrival, request, kind, impi, now, reply, sa)]
 
     def _open_context(
         self,
@@ -1541,9 +1571,11 @@ class PcscfCore:
         impi: str,
         now: float,
         sent: Forward | Reply,
+        sa: PcscfSa | None = None,
     ) -> Forward | Reply:
-        """Keep the context of a non-REGISTER request sent on (`sent`) until its final
-        answer, for the answer and for retransmissions; returns `sent`."""
+        """Keep the context of a non-REGISTER request sent on (`sent`, to the UE over
+        `sa`) until its final answer, for the answer and for retransmissions; returns
+        `sent`."""
         self._add_pending(
             branch,
             _Pending(
@@ -1553,9 +1585,24 @@ class PcscfCore:
                 impi=impi,
                 created=now,
                 forward=sent,
+                sa=sa,
             ),
         )
         return sent
+
+    def _set_known(self, sa: PcscfSa) -> bool:
+        """Whether the P-CSCF still has SA set `sa`: its registration's (current,
+        temporary or draining), or held (`_grace_by_spi`)."""
+        grace = self._grace_by_spi.get(sa.spi_ps)
+        if grace is not None:
+            return grace.sa.spi_us == sa.spi_us
+        reg = self.registrations.get(sa.impi)
+        if reg is None:
+            return False
+        return any(
+            s is not None and s.spi_ps == sa.spi_ps and s.spi_us == sa.spi_us
+            for s in (reg.sa, reg.previous, reg.temporary)
+        )
 
     def _end_to_ue(self, reg: Registration, went: Sequence[Action] = ()) -> list[Action]:
         """The UE's SAs went (de-registration, expiry): the requests taken to it whose
@@ -2136,13 +2183,19 @@ class PcscfCore:
             return []
         self.subscriptions[call_id] = reg.impi
         self._subscribed[reg.impi] = call_id
+        forward = Forward(sub, target, "udp")
         self._add_pending(
             branch,
             _Pending(
-                arrival=Arrival(target), ue_branch="", kind="subscribe", impi=reg.impi, created=now
+                arrival=Arrival(target),
+                ue_branch="",
+                kind="subscribe",
+                impi=reg.impi,
+                created=now,
+                forward=forward,
             ),
         )
-        return [Forward(sub, target, "udp")]
+        return [forward]
 
     def _reg_notify(
         self, request: Request, arrival: Arrival, now: float, call_id: str | None = None
@@ -2391,10 +2444,79 @@ class PcscfCore:
             when = _END_AT(oldest.created + TRANSACTION_LIFETIME)
             if deadline is None or when < deadline:
                 deadline = when
+        if self._retransmit_first or self._retransmit:
+            when = self._next_retransmission()
+            if when is not None and (deadline is None or when < deadline):
+                deadline = when
         return deadline
 
+    def _waits(self, branch: str, context: _Pending) -> bool:
+        """Whether `context` (at `branch`) still waits for its answer (Timer E runs):
+        a request to the UE only while its SA set is there (the UE answers over it)."""
+        if context.final_data is not None or self.pending.get(branch) is not context:
+            return False
+        return context.sa is None or self._set_known(context.sa)
+
+    def _next_retransmission(self) -> float | None:
+        """The earliest Timer E of a context still waiting; the answered ones in front
+        are dropped on the way."""
+        pending = self.pending
+        first = self._retransmit_first
+        while first:
+            _, branch, context = first[0]
+            # `_waits`, inline: asked after every message
+            if (
+                context.final_data is None
+                and pending.get(branch) is context
+                and (context.sa is None or self._set_known(context.sa))
+            ):
+                break
+            first.popleft()
+        later = self._retransmit
+        while later:
+            entry = later[0]
+            if self._waits(entry[2], entry[3]):
+                break
+            heapq.heappop(later)
+        when = first[0][0] if first else None
+        if later and (when is None or later[0][0] < when):
+            when = later[0][0]
+        return when
+
+    def _retransmissions(self, now: float) -> list[Action]:
+        """Timer E (RFC 3261 §17.1.2.2): what went on for each context still waiting
+        whose timer is due, sent again; the next one at twice the interval, at most
+        T2, until Timer F ends the context. Counted from `now`: a late wake-up sends
+        one copy, not one per interval it missed."""
+        out: list[Action] = []
+        later = self._retransmit
+        first = self._retransmit_first
+        while first and first[0][0] <= now:
+            _, branch, context = first.popleft()
+            if self._waits(branch, context):
+                self._retransmit_seq += 1
+                interval = min(2 * RETRANSMIT_T1, RETRANSMIT_T2)
+                heapq.heappush(
+                    later, (now + interval, self._retransmit_seq, branch, context, interval)
+                )
+                out.append(context.forward)  # type: ignore[arg-type]
+        while later and later[0][0] <= now:
+            _, _, branch, context, interval = heapq.heappop(later)
+            if self._waits(branch, context) and context.created + TRANSACTION_LIFETIME > now:
+                self._retransmit_seq += 1
+                interval = min(2 * interval, RETRANSMIT_T2)
+                heapq.heappush(
+                    later, (now + interval, self._retransmit_seq, branch, context, interval)
+                )
+                out.append(context.forward)  # type: ignore[arg-type]
+        if out:
+            self.counters["retransmitted"] += len(out)
+        return out
+
     def handle_timer(self, now: float) -> list[Action]:
-        actions: list[Action] = []
+        actions: list[Action] = (
+            self._retransmissions(now) if self._retransmit_first or self._retransmit else []
+        )
         pending = self.pending
         unanswered: list[str] = []  # IMPIs of REGISTERs never answered
         while pending:

@@ -486,8 +486,12 @@ class PcscfServer:
         deadline = self.core.next_deadline()
         at = self._timer_at
         if self._timer is not None:
-            if deadline is not None and at is not None and deadline <= at <= deadline + _TICK:
-                return  # the armed wake-up is on the grid step of this deadline
+            if at is not None and (deadline is None or at <= deadline + _TICK):
+                # The armed wake-up is on this deadline's grid step, or before it: kept.
+                # Firing early costs one look at the core, which arms again; moving it
+                # later on every change cost a cancel and a new timer per request once
+                # Timer E (due at T1, gone with the answer) came and went with each one.
+                return
             self._timer.cancel()
             self._timer = None
         if deadline is None:
