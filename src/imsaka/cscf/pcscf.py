@@ -376,9 +376,9 @@ class _Pending:
     # The Security-Client header text of the request (kept by the registration after a
     # 401, for the protected REGISTER's check); emptied once the final is in.
     security_client_text: tuple[str, ...] = ()
-    # What went upstream, sent again as it was for a retransmission of the UE's request
-    # while no final answer is in (RFC 3261 §16.6: the copy is the request forwarded).
-    # A request from the core to the UE keeps here the Reply that took it to the UE.
+    # What went upstream, sent again as it was by Timer E while no final answer is in
+    # (RFC 3261 §16.6: the copy is the request forwarded, same branch and icid). A
+    # request from the core to the UE keeps here the Reply that took it to the UE.
     forward: Forward | Reply | None = None
     # The SA set a request from the core went to the UE over: Timer E sends it again
     # only while the P-CSCF still has that set (routed, draining or held).
@@ -2488,18 +2488,14 @@ class PcscfCore:
         whose timer is due, sent again; the next one at twice the interval, at most
         T2, until Timer F ends the context. Counted from `now`: a late wake-up sends
         one copy, not one per interval it missed."""
-        out: list[Action] = []
         later = self._retransmit
         first = self._retransmit_first
         while first and first[0][0] <= now:
-            _, branch, context = first.popleft()
-            if self._waits(branch, context):
-                self._retransmit_seq += 1
-                interval = min(2 * RETRANSMIT_T1, RETRANSMIT_T2)
-                heapq.heappush(
-                    later, (now + interval, self._retransmit_seq, branch, context, interval)
-                )
-                out.append(context.forward)  # type: ignore[arg-type]
+            # T1 has passed: into the heap, as if its last interval had been T1
+            due, branch, context = first.popleft()
+            self._retransmit_seq += 1
+            heapq.heappush(later, (due, self._retransmit_seq, branch, context, RETRANSMIT_T1))
+        out: list[Action] = []
         while later and later[0][0] <= now:
             _, _, branch, context, interval = heapq.heappop(later)
             if self._waits(branch, context) and context.created + TRANSACTION_LIFETIME > now:
