@@ -986,17 +986,7 @@ class PcscfCore:
         SA (SPI 0, reserved by RFC 4303 §2.1: the edge finds no SA and sends nothing)."""
         spi = None
         if arrival.spi is not None:
-            impi = self.by_spi.get(arrival.spi)
-            reg = self.registrations.get(impi) if impi else None
-            sa = None
-            if reg is not None:
-                for s in (reg.temporary, reg.sa, reg.previous):
-                    if s is not None and arrival.spi in s.inbound_spis:
-                        sa = s
-                        break
-            if sa is None:
-                grace = self._grace_by_spi.get(arrival.spi)
-                sa = grace.sa if grace is not None else None
+            sa = self._set_of(arrival.spi)
             if sa is not None:
                 spi = sa.spi_uc if arrival.spi == sa.spi_ps else sa.spi_us
             else:
@@ -1590,19 +1580,22 @@ class PcscfCore:
         )
         return sent
 
+    def _set_of(self, spi: int) -> PcscfSa | None:
+        """The SA set the P-CSCF still has with inbound `spi`: a registration's
+        (temporary, current or draining, by `by_spi`), or held (`_grace_by_spi`)."""
+        impi = self.by_spi.get(spi)
+        reg = self.registrations.get(impi) if impi else None
+        if reg is not None:
+            for s in (reg.temporary, reg.sa, reg.previous):
+                if s is not None and spi in s.inbound_spis:
+                    return s
+        grace = self._grace_by_spi.get(spi)
+        return grace.sa if grace is not None else None
+
     def _set_known(self, sa: PcscfSa) -> bool:
-        """Whether the P-CSCF still has SA set `sa`: its registration's (current,
-        temporary or draining), or held (`_grace_by_spi`)."""
-        grace = self._grace_by_spi.get(sa.spi_ps)
-        if grace is not None:
-            return grace.sa.spi_us == sa.spi_us
-        reg = self.registrations.get(sa.impi)
-        if reg is None:
-            return False
-        return any(
-            s is not None and s.spi_ps == sa.spi_ps and s.spi_us == sa.spi_us
-            for s in (reg.sa, reg.previous, reg.temporary)
-        )
+        """Whether the P-CSCF still has SA set `sa` (`_set_of` its inbound spi-s)."""
+        have = self._set_of(sa.spi_ps)
+        return have is not None and have.spi_us == sa.spi_us
 
     def _end_to_ue(self, reg: Registration, went: Sequence[Action] = ()) -> list[Action]:
         """The UE's SAs went (de-registration, expiry): the requests taken to it whose
