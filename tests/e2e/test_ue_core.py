@@ -342,3 +342,64 @@ def test_security_client_text_checks_its_numbers() -> None:
         _mechanism_text([("alg", "hmac-sha-1-96")], 2**32, 4001, 5000, 5001)
     with pytest.raises(SipParseError):
         _mechanism_text([("alg", "not a token")], 4000, 4001, 5000, 5001)
+
+
+def _challenged_ue():
+    """A registered UE whose every new offer gets fresh ports, and a 401 for any request."""
+    counter = iter(range(2468, 2600, 2))
+    cfg = UeConfig(
+        impi="user1_private@home1.net", impus=["sip:user1_public1@home1.net"], home_domain="home1.net",
+        registrar="registrar.home1.net", k=K, opc=OPC,
+    )  # fmt: skip
+    ue = UeRegistration(
+        cfg, Isim(Milenage(K, opc=OPC), SqnArray()), local=("127.0.0.1", 5060),
+        protected_ports=lambda: (next(counter), 1357), rng=random.Random(5),
+    )  # fmt: skip
+    sqn = iter(range(33, 1000))
+
+    def answer_challenge(send: SendRequest, now: float) -> SendRequest:
+        resp, _vec, _ = challenge(send.request, sqn=next(sqn))
+        events = ue.receive(resp, now)
+        return next(e for e in events if isinstance(e, SendRequest))
+
+    def ok(send: SendRequest, now: float, expires: int = 1200) -> list:
+        resp = make_response(
+            send.request, 200, to_tag="5ef4",
+            headers=[("Contact", f"<sip:127.0.0.1:1357>;expires={expires}")],
+        )  # fmt: skip
+        return ue.receive(parse_message(resp.to_bytes()), now)
+
+    (send1,) = ue.register(0.0)
+    ok(answer_challenge(send1, 1.0), 2.0)
+    assert ue.state is UeState.REGISTERED
+    return ue, answer_challenge, ok
+
+
+def test_every_refresh_challenged_succeeds_however_many_there_are():
+    """A network that challenges every REGISTER (the S-CSCF's reauthenticate = "always",
+    TS 24.229 §5.4.1.2.2 lets it): the limit on challenges is per attempt. The UE counted
+    them from its initial registration on, so its third refresh met the fourth challenge
+    and failed with "too many authentication challenges"."""
+    ue, answer_challenge, ok = _challenged_ue()
+    for n in range(6):
+        (send,) = ue.register(10.0 + n)
+        events = ok(answer_challenge(send, 10.2 + n), 10.4 + n)
+        assert any(isinstance(e, Registered) for e in events), (n, events)
+        assert ue.state is UeState.REGISTERED
+    (send,) = ue.deregister(20.0)
+    events = ok(answer_challenge(send, 20.2), 20.4, expires=0)
+    assert ue.state is UeState.DEREGISTERED, events
+
+
+def test_challenges_within_one_attempt_are_still_bounded():
+    """Four 401s in a row to one refresh (each answered) end it: the network keeps
+    rejecting the responses, and the UE stops instead of looping."""
+    ue, answer_challenge, _ok = _challenged_ue()
+    (send,) = ue.register(10.0)
+    for n in range(3):
+        send = answer_challenge(send, 10.2 + n)
+    resp, _vec, _ = challenge(send.request, sqn=900)
+    events = ue.receive(resp, 14.0)
+    failed = next(e for e in events if isinstance(e, RegistrationFailed))
+    assert failed.reason == "too many authentication challenges"
+    assert ue.state is UeState.FAILED

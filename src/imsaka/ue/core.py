@@ -701,6 +701,9 @@ class UeRegistration:
     def _start_refresh(self, _resp: Response | None, now: float) -> list[Event]:
         """Protected re-REGISTER (§5.1.1.4.2): last nonce and response, a new
         Security-Client (new spi-c/spi-s/port-c) and Security-Verify of the last 401."""
+        # The bound on 401s is per attempt: a network that challenges every REGISTER
+        # (TS 24.229 §5.4.1.2.2) would otherwise fail the UE's third refresh.
+        self.auth_rounds = 0
         protected = self.sa is not None
         if protected:
             self._new_offer()
@@ -716,6 +719,7 @@ class UeRegistration:
         return [SendRequest(request, protected=protected)]
 
     def _start_deregister(self, _resp: Response | None, now: float) -> list[Event]:
+        self.auth_rounds = 0  # a new attempt, as in _start_refresh
         protected = self.sa is not None
         if protected:
             # Fresh spi-c/spi-s/port-c: a network that challenges the de-REGISTER gets a
