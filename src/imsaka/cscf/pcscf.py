@@ -2418,6 +2418,13 @@ class PcscfCore:
             del self.registrations[reg.impi]
             if reg.clear_source is not None and self._by_contact.get(reg.clear_source) == reg.impi:
                 del self._by_contact[reg.clear_source]
+            call_id = self._subscribed.pop(reg.impi, None)
+            if call_id is not None:
+                # The reg-event subscription was this registration's (RFC 3680): its
+                # NOTIFYs still to come (the S-CSCF's terminated one, late under loss)
+                # are answered but end nothing, and a new registration of the IMPI,
+                # which may already be under way, subscribes for itself.
+                self.subscriptions[call_id] = ""
 
     # ------------------------------------------------------------------ timers
 

@@ -204,6 +204,9 @@ class PcscfServer:
             ),
             # requests from the core taken to a UE and not answered by it yet
             "pending_to_ue": core.pending_to_ue() if core else 0,
+            # the P-CSCF's reg-event subscriptions (TS 24.229 §5.2.3), those of ended
+            # registrations included until their terminated NOTIFY
+            "reg_subscriptions": len(core.subscriptions) if core else 0,
         }
 
     # ---------------------------------------------------------------- inputs
