@@ -1981,6 +1981,17 @@ class PcscfCore:
         impi = pending.impi
         actions: list[Action] = []
         reg = self.registrations.get(impi)
+        if (
+            reg is not None
+            and (reg.release_at or reg.network_terminated)
+            and pending.kind == "register-clear"
+            and not self._register_open(impi, over_sa=True)
+        ):
+            # The network ended the registration this record holds (its release waits
+            # for the UE's terminated NOTIFY) and the UE starts over: that one goes now,
+            # the challenge gets a record of its own (else its set went with the old).
+            actions += self._network_release(reg, now)
+            reg = None
         ue_host = sys.intern(pending.arrival.source[0])
         if reg is None:
             reg = Registration(impi=impi, impu="", ue_host=ue_host, state=RegState.CHALLENGED)
@@ -2214,6 +2225,11 @@ class PcscfCore:
         if state == "terminated":
             self._unsubscribe(call_id)
         if terminated and reg is not None and self._register_open(impi):
+            if reg.state is RegState.REGISTERED and not self._register_open(impi, over_sa=True):
+                # Only an initial REGISTER is open (in the clear: the UE starts over, as
+                # after its own terminated NOTIFY): a registration of its own, whose 401
+                # makes a new record; nothing is due over the ended one's SAs.
+                return actions + self._network_release(reg, now)
             # A REGISTER of this UE is open (its de-REGISTER, whose NOTIFY can overtake
             # the 200 OK, or a re-REGISTER): the SAs go once its answer went out over
             # them (TS 33.203 §7.4).
@@ -2241,16 +2257,18 @@ class PcscfCore:
         (or its wait over): SAs and state go now; while a REGISTER of the UE is open,
         once its answer went out over them (`receive_response`; at its Timer F in
         `handle_timer` if none comes)."""
-        if self._register_open(reg.impi):
+        if self._register_open(reg.impi, over_sa=True):
             reg.network_terminated = True
             reg.release_at = 0.0
             return []
         return self._network_release(reg, now)
 
-    def _register_open(self, impi: str, besides: str = "") -> bool:
-        """Whether a REGISTER of `impi` (other than ours with branch `besides`) was
-        forwarded and is not answered yet."""
-        return any(b != besides and p.kind[:8] == "register" for b, p in self._open_of(impi))
+    def _register_open(self, impi: str, besides: str = "", over_sa: bool = False) -> bool:
+        """Whether a REGISTER of `impi` (other than ours with branch `besides`; with
+        `over_sa`, one that came over an SA set) was forwarded and is not answered yet."""
+        kind = "register-protected" if over_sa else "register"
+        n = len(kind)
+        return any(b != besides and p.kind[:n] == kind for b, p in self._open_of(impi))
 
     def _network_release(self, reg: Registration, now: float) -> list[Action]:
         """The registration ended by the network (reg-event NOTIFY): SAs and state go

@@ -1,0 +1,131 @@
+"""A UE registers again right after a network-initiated de-registration (RTR from the
+HSS, the S-CSCF's terminated reg-event NOTIFYs, RFC 3680; TS 24.229 §5.1.1.7, §5.2.3),
+through the whole core on loopback. The P-CSCF ends the registration the network ended,
+and only that one: the new registration's temporary SA set is not taken with it.
+
+Before, the P-CSCF kept one record per IMPI and applied the termination to whatever it
+held when the NOTIFY came: with the UE's new initial REGISTER open it marked the record
+terminated and released the new temporary set with the 401 (the UE's challenge
+response then met an unknown SPI and the registration ended in 408); with the release
+waiting for the UE's own terminated NOTIFY, a new challenge joined the ended record and
+went with it. Found by a seeded lifecycle run under 20 % loss on every leg."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from imsaka.ue.client import UeClient
+from tests.polling import eventually
+
+pytestmark = pytest.mark.slow
+
+
+class _Gate:
+    """Keeps back, at the P-CSCF's input, the NOTIFYs of one Call-ID and the 401s to
+    initial REGISTERs (CSeq 1) while told to."""
+
+    def __init__(self, pcscf) -> None:
+        self.incoming = pcscf._incoming
+        self.call_id = b""
+        self.notify_on = False
+        self.challenge_on = False
+        self.notifies: list = []
+        self.challenges: list = []
+
+    def __call__(self, data: bytes, arrival) -> None:
+        head = data.split(b"\r\n\r\n", 1)[0]
+        if self.notify_on and head.startswith(b"NOTIFY ") and self.call_id in head:
+            self.notifies.append((data, arrival))
+            return
+        if self.challenge_on and head.startswith(b"SIP/2.0 401") and b"1 REGISTER" in head:
+            self.challenges.append((data, arrival))
+            return
+        self.incoming(data, arrival)
+
+    def let_through(self, kept: list) -> None:
+        while kept:
+            self.incoming(*kept.pop(0))
+
+
+async def _registered(net, subscriber, gate: _Gate) -> UeClient:
+    core = net.pcscf.core
+    ue = UeClient(net.ue_config(subscriber), observers=[net.trace])
+    await ue.start()
+    assert (await ue.register(10)).ok
+    assert await eventually(lambda: core.counters["reg-subscribed"] >= 1 and ue.subscribed)
+    gate.call_id = core._subscribed[subscriber.impi].encode()
+    return ue
+
+
+async def _registers_and_refreshes(ue: UeClient, result) -> None:
+    assert result.ok and result.protected, result
+    again = await ue.reregister(10)
+    assert again.ok and again.protected, again
+    assert (await ue.deregister(10)).ok
+
+
+async def test_the_network_end_meets_the_ues_new_initial_register_open(home_network, subscribers):
+    """The UE learns of the de-registration from its own NOTIFY and registers anew;
+    the P-CSCF's own terminated NOTIFY (its first copies lost) arrives while that
+    initial REGISTER is open."""
+    net = home_network
+    core = net.pcscf.core
+    impi = subscribers[0].impi
+    gate = _Gate(net.pcscf)
+    net.pcscf._incoming = gate
+    ue = None
+    try:
+        ue = await _registered(net, subscribers[0], gate)
+        first_call_id = gate.call_id.decode()
+        gate.notify_on = True
+        assert (await net.hss.deregister_impi(impi)).get("ok")
+        assert await ue.wait_network_deregistration(10) == "rejected"
+        gate.challenge_on = True
+        task = asyncio.ensure_future(ue.register(15))
+        assert await eventually(lambda: bool(gate.challenges)), "no 401 to the new REGISTER"
+        assert core._register_open(impi) and gate.notifies
+        gate.notify_on = False
+        gate.let_through(gate.notifies)
+        assert await eventually(lambda: first_call_id not in core.subscriptions)
+        gate.challenge_on = False
+        gate.let_through(gate.challenges)
+        await _registers_and_refreshes(ue, await task)
+        assert net.pcscf.backend.drops.get("esp-unknown-spi", 0) == 0
+    finally:
+        net.pcscf._incoming = gate.incoming
+        if ue is not None:
+            await ue.close()
+
+
+async def test_a_new_challenge_while_the_release_awaits_the_ues_notify(home_network, subscribers):
+    """The P-CSCF learns first (its own NOTIFY) and waits for the UE's terminated
+    NOTIFY before the SAs go; that one is lost for now, and the subscriber registers
+    afresh from a new UE instance (initial REGISTER in the clear). Its challenge gets a
+    record of its own, and the ended registration goes at once."""
+    net = home_network
+    core = net.pcscf.core
+    impi = subscribers[0].impi
+    gate = _Gate(net.pcscf)
+    net.pcscf._incoming = gate
+    ue = fresh = None
+    try:
+        ue = await _registered(net, subscribers[0], gate)
+        # the UE's own NOTIFYs travel on the UE's dialog: kept back by its Call-ID
+        gate.call_id = ue.core.subscription.call_id.encode()
+        gate.notify_on = True
+        assert (await net.hss.deregister_impi(impi)).get("ok")
+        assert await eventually(lambda: core.registrations[impi].release_at > 0)
+        old = core.registrations[impi]
+        fresh = UeClient(net.ue_config(subscribers[0]), observers=[net.trace])
+        await fresh.start()
+        result = await fresh.register(15)
+        assert core.registrations.get(impi) is not old
+        await _registers_and_refreshes(fresh, result)
+        assert net.pcscf.backend.drops.get("esp-unknown-spi", 0) == 0
+    finally:
+        net.pcscf._incoming = gate.incoming
+        for u in (ue, fresh):
+            if u is not None:
+                await u.close()
