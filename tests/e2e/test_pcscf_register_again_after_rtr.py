@@ -23,16 +23,20 @@ pytestmark = pytest.mark.slow
 
 
 class _Gate:
-    """Keeps back, at the P-CSCF's input, the NOTIFYs of one Call-ID and the 401s to
-    initial REGISTERs (CSeq 1) while told to."""
+    """Keeps back, at the P-CSCF's input, while told to: the NOTIFYs of one Call-ID, the
+    401s to initial REGISTERs (CSeq 1), the challenge responses (CSeq 2) and their 200s."""
 
     def __init__(self, pcscf) -> None:
         self.incoming = pcscf._incoming
         self.call_id = b""
         self.notify_on = False
         self.challenge_on = False
+        self.response_on = False  # the UE's challenge response (CSeq 2), on its way in
+        self.ok_on = False  # the 200 OK to it, from upstream
         self.notifies: list = []
         self.challenges: list = []
+        self.responses: list = []
+        self.oks: list = []
 
     def __call__(self, data: bytes, arrival) -> None:
         head = data.split(b"\r\n\r\n", 1)[0]
@@ -41,6 +45,12 @@ class _Gate:
             return
         if self.challenge_on and head.startswith(b"SIP/2.0 401") and b"1 REGISTER" in head:
             self.challenges.append((data, arrival))
+            return
+        if self.response_on and head.startswith(b"REGISTER ") and b"2 REGISTER" in head:
+            self.responses.append((data, arrival))
+            return
+        if self.ok_on and head.startswith(b"SIP/2.0 200") and b"2 REGISTER" in head:
+            self.oks.append((data, arrival))
             return
         self.incoming(data, arrival)
 
@@ -91,6 +101,54 @@ async def test_the_network_end_meets_the_ues_new_initial_register_open(home_netw
         assert await eventually(lambda: first_call_id not in core.subscriptions)
         gate.challenge_on = False
         gate.let_through(gate.challenges)
+        await _registers_and_refreshes(ue, await task)
+        assert net.pcscf.backend.drops.get("esp-unknown-spi", 0) == 0
+    finally:
+        net.pcscf._incoming = gate.incoming
+        if ue is not None:
+            await ue.close()
+
+
+@pytest.mark.parametrize("when", ["response-open", "response-on-its-way"])
+async def test_the_network_end_after_the_401_to_the_ues_new_registration(
+    home_network, subscribers, when
+):
+    """As above, but the P-CSCF's own NOTIFY arrives after the 401 to the new initial
+    REGISTER, whose temporary set joined the record of the registration that ended:
+    while the challenge response is open (its 200 not back yet), or before the response
+    reached the P-CSCF. The S-CSCF answers that response after the de-registration it
+    made, so the new registration stands: its set stays, the ended one's goes."""
+    net = home_network
+    core = net.pcscf.core
+    impi = subscribers[0].impi
+    gate = _Gate(net.pcscf)
+    net.pcscf._incoming = gate
+    ue = None
+    try:
+        ue = await _registered(net, subscribers[0], gate)
+        first_call_id = gate.call_id.decode()
+        old_set = core.registrations[impi].sa
+        gate.notify_on = True
+        assert (await net.hss.deregister_impi(impi)).get("ok")
+        assert await ue.wait_network_deregistration(10) == "rejected"
+        if when == "response-open":
+            gate.ok_on = True
+            task = asyncio.ensure_future(ue.register(15))
+            assert await eventually(lambda: bool(gate.oks)), "no 200 to the challenge response"
+        else:
+            gate.response_on = True
+            task = asyncio.ensure_future(ue.register(15))
+            assert await eventually(lambda: bool(gate.responses)), "no challenge response"
+        reg = core.registrations[impi]
+        assert reg.started_over and reg.temporary is not None and reg.sa is old_set
+        gate.notify_on = False
+        gate.let_through(gate.notifies)
+        assert await eventually(lambda: first_call_id not in core.subscriptions)
+        assert core.registrations.get(impi) is reg and reg.sa is None
+        assert not reg.network_terminated and reg.temporary is not None
+        gate.ok_on = gate.response_on = False
+        gate.let_through(gate.responses)
+        gate.let_through(gate.oks)
         await _registers_and_refreshes(ue, await task)
         assert net.pcscf.backend.drops.get("esp-unknown-spi", 0) == 0
     finally:

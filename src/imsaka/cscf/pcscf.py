@@ -341,6 +341,9 @@ class Registration:
     expires_at: float = 0.0
     clear_source: Address | None = None  # sec-agree-less registration (policy optional)
     network_terminated: bool = False  # reg-event said terminated while a REGISTER was open
+    # `temporary` came from the 401 to an initial REGISTER (in the clear): a registration
+    # the UE started afresh, which a termination of the registration before it spares
+    started_over: bool = False
     # The UE's own reg-event subscription (TS 24.229 §5.1.1.3) as seen passing through:
     # UE_SUB_NONE, UE_SUB_ACTIVE (a 2xx to its SUBSCRIBE went back), or
     # UE_SUB_NOTIFIED (its terminated NOTIFY reached it and was answered).
@@ -2034,6 +2037,7 @@ class PcscfCore:
         )
         # CK/IK go to the SA table with the install action and nowhere else.
         reg.temporary = PcscfSa(*params)
+        reg.started_over = pending.kind == "register-clear"
         reg.temporary_expires = now + float(self.config.temporary_sa_lifetime)
         self._watch(reg.temporary_expires, impi)
         server_text = _seed_spelling(format_security_header([server]))
@@ -2119,6 +2123,7 @@ class PcscfCore:
             old = reg.sa
             reg.sa = reg.temporary
             reg.temporary = None
+            reg.started_over = False
             reg.security_server = reg.pending_server
             reg.pending_server = reg.security_client = ()
             actions.append(UpgradeSecurityAssociations(reg.sa, lifetime))
@@ -2224,6 +2229,8 @@ class PcscfCore:
         )
         if state == "terminated":
             self._unsubscribe(call_id)
+        if terminated and reg is not None and self._only_over_fresh_set(reg):
+            return actions + self._ended_before(reg, now)
         if terminated and reg is not None and self._register_open(impi):
             if reg.state is RegState.REGISTERED and not self._register_open(impi, over_sa=True):
                 # Only an initial REGISTER is open (in the clear: the UE starts over, as
@@ -2251,6 +2258,38 @@ class PcscfCore:
                 return actions
             actions += self._network_release(reg, now)
         return actions
+
+    def _only_over_fresh_set(self, reg: Registration) -> bool:
+        """Whether `reg` holds the temporary set of a registration its UE started afresh
+        (`started_over`: after its own terminated NOTIFY, most often) and the UE's
+        REGISTERs still open over SAs, if any, all came over that set (its challenge
+        response)."""
+        temporary = reg.temporary
+        if temporary is None or not reg.started_over:
+            return False
+        spis = temporary.inbound_spis
+        return all(
+            p.arrival.spi in spis
+            for _, p in self._open_of(reg.impi)
+            if p.kind == "register-protected"
+        )
+
+    def _ended_before(self, reg: Registration, now: float) -> list[Action]:
+        """The network ended the registration `reg` held while the UE registers afresh
+        (its challenge response open over the new temporary set): the S-CSCF answers
+        that REGISTER after the de-registration it already made, so the termination
+        is of the registration before. Its sets go (held while an answer is due over
+        them); the record stays for the new one, challenged."""
+        self.counters["network-deregistered"] += 1
+        log.info("pcscf: %s de-registered by the network while registering anew", reg.impi)
+        went = self._sets_go(
+            reg, (reg.sa, reg.previous), None, None, "", now, "registration terminated (reg event)"
+        )
+        reg.sa = reg.previous = None
+        reg.state = RegState.CHALLENGED
+        reg.release_at = 0.0
+        reg.ue_sub = UE_SUB_NONE
+        return went + self._end_to_ue(reg, went)
 
     def _network_end(self, reg: Registration, now: float) -> list[Action]:
         """The registration ended by the network, the UE's terminated NOTIFY through
