@@ -33,6 +33,10 @@ class _Gate:
         self.challenge_on = False
         self.response_on = False  # the UE's challenge response (CSeq 2), on its way in
         self.ok_on = False  # the 200 OK to it, from upstream
+        # the UE's 200 to its terminated NOTIFY: unseen, the P-CSCF does not know the
+        # UE was told (lost, or the UE answered it and went on at once)
+        self.answer_on = False
+        self.answers: list = []
         self.notifies: list = []
         self.challenges: list = []
         self.responses: list = []
@@ -51,6 +55,9 @@ class _Gate:
             return
         if self.ok_on and head.startswith(b"SIP/2.0 200") and b"2 REGISTER" in head:
             self.oks.append((data, arrival))
+            return
+        if self.answer_on and head.startswith(b"SIP/2.0 200") and b" NOTIFY\r\n" in head:
+            self.answers.append((data, arrival))
             return
         self.incoming(data, arrival)
 
@@ -89,18 +96,21 @@ async def test_the_network_end_meets_the_ues_new_initial_register_open(home_netw
     try:
         ue = await _registered(net, subscribers[0], gate)
         first_call_id = gate.call_id.decode()
-        gate.notify_on = True
+        gate.notify_on = gate.answer_on = True
+        old = core.registrations[impi]
         assert (await net.hss.deregister_impi(impi)).get("ok")
         assert await ue.wait_network_deregistration(10) == "rejected"
         gate.challenge_on = True
         task = asyncio.ensure_future(ue.register(15))
         assert await eventually(lambda: bool(gate.challenges)), "no 401 to the new REGISTER"
         assert core._register_open(impi) and gate.notifies
+        assert core.registrations[impi] is old and old.sa is not None  # nothing ended yet
         gate.notify_on = False
         gate.let_through(gate.notifies)
         assert await eventually(lambda: first_call_id not in core.subscriptions)
-        gate.challenge_on = False
+        gate.challenge_on = gate.answer_on = False
         gate.let_through(gate.challenges)
+        gate.let_through(gate.answers)
         await _registers_and_refreshes(ue, await task)
         assert net.pcscf.backend.drops.get("esp-unknown-spi", 0) == 0
     finally:
@@ -128,7 +138,7 @@ async def test_the_network_end_after_the_401_to_the_ues_new_registration(
         ue = await _registered(net, subscribers[0], gate)
         first_call_id = gate.call_id.decode()
         old_set = core.registrations[impi].sa
-        gate.notify_on = True
+        gate.notify_on = gate.answer_on = True
         assert (await net.hss.deregister_impi(impi)).get("ok")
         assert await ue.wait_network_deregistration(10) == "rejected"
         if when == "response-open":
@@ -149,6 +159,8 @@ async def test_the_network_end_after_the_401_to_the_ues_new_registration(
         gate.ok_on = gate.response_on = False
         gate.let_through(gate.responses)
         gate.let_through(gate.oks)
+        gate.answer_on = False
+        gate.let_through(gate.answers)
         await _registers_and_refreshes(ue, await task)
         assert net.pcscf.backend.drops.get("esp-unknown-spi", 0) == 0
     finally:
@@ -187,3 +199,32 @@ async def test_a_new_challenge_while_the_release_awaits_the_ues_notify(home_netw
         for u in (ue, fresh):
             if u is not None:
                 await u.close()
+
+
+async def test_the_ues_terminated_notify_ends_the_registration_when_ours_never_comes(
+    home_network, subscribers
+):
+    """The P-CSCF's own NOTIFY never arrives (lost every time; as when its SUBSCRIBE
+    reached the S-CSCF after the de-registration and was refused): the UE's terminated
+    NOTIFY, answered by the UE, is the S-CSCF's word that the registration ended, and
+    the P-CSCF releases its sets then instead of holding them until the registration's
+    expiry."""
+    net = home_network
+    core = net.pcscf.core
+    impi = subscribers[0].impi
+    gate = _Gate(net.pcscf)
+    net.pcscf._incoming = gate
+    ue = None
+    try:
+        ue = await _registered(net, subscribers[0], gate)
+        gate.notify_on = True  # ours, for good
+        assert (await net.hss.deregister_impi(impi)).get("ok")
+        assert await ue.wait_network_deregistration(10) == "rejected"
+        assert await eventually(lambda: impi not in core.registrations, 5)
+        assert core.counters["network-deregistration-seen-in-ue-notify"] == 1
+        assert await eventually(lambda: net.pcscf.census()["sa_sets"] == 0, 5)
+        assert gate.notifies  # ours was sent, and kept from the P-CSCF
+    finally:
+        net.pcscf._incoming = gate.incoming
+        if ue is not None:
+            await ue.close()

@@ -1887,10 +1887,22 @@ class PcscfCore:
             self.pending[branch] = self._answered(pending.created, data, None)
         if pending.kind == "terminating-end":
             reg = self.registrations.get(pending.impi)
-            if reg is not None:
+            if reg is not None and _went_over(pending.forward, reg):
+                # (a NOTIFY that went over an older registration's set tells nothing
+                # of the one the record now holds)
                 reg.ue_sub = UE_SUB_NOTIFIED
                 if reg.release_at:
                     # the UE has its terminated NOTIFY: the SAs can go (TS 24.229 §5.2.3)
+                    actions += self._network_end(reg, now)
+                elif (
+                    status < 300
+                    and reg.state is RegState.REGISTERED
+                    and _registration_ended(pending.forward)
+                ):
+                    # The S-CSCF's word that the registration ended, answered by the UE,
+                    # before our own NOTIFY (late, or none: our SUBSCRIBE refused when
+                    # the network ended the registration before it reached the S-CSCF).
+                    self.counters["network-deregistration-seen-in-ue-notify"] += 1
                     actions += self._network_end(reg, now)
         return actions
 
@@ -2709,6 +2721,22 @@ def _granted_by_parsing(resp: Response) -> int:
     if not contacts and default is not None:
         best = default
     return best
+
+
+def _went_over(sent: Any, reg: Registration) -> bool:
+    """Whether the request `sent` to the UE (a `Reply`) went over `reg`'s established
+    set or the one it replaced (in the clear: `reg` has none)."""
+    spi = sent.spi if sent is not None else None
+    if spi is None:
+        return reg.sa is None
+    return any(s is not None and s.spi_us == spi for s in (reg.sa, reg.previous))
+
+
+def _registration_ended(sent: Any) -> bool:
+    """Whether the reg-event NOTIFY `sent` on (a `Reply`) reports the registration
+    terminated (RFC 3680: a registration element "terminated", none "active")."""
+    body = sent.message.body if sent is not None else b""
+    return b'state="terminated"' in body and b'state="active"' not in body
 
 
 def _swap_record_route(msg: Message, ours: str, theirs: str) -> None:
