@@ -32,7 +32,7 @@ class _Gate:
         self.notify_on = False
         self.challenge_on = False
         self.response_on = False  # the UE's challenge response (CSeq 2), on its way in
-        self.ok_on = False  # the 200 OK to it, from upstream
+        self.ok_on = False  # the 200 OKs to REGISTERs, from upstream
         # the UE's 200 to its terminated NOTIFY: unseen, the P-CSCF does not know the
         # UE was told (lost, or the UE answered it and went on at once)
         self.answer_on = False
@@ -53,7 +53,7 @@ class _Gate:
         if self.response_on and head.startswith(b"REGISTER ") and b"2 REGISTER" in head:
             self.responses.append((data, arrival))
             return
-        if self.ok_on and head.startswith(b"SIP/2.0 200") and b"2 REGISTER" in head:
+        if self.ok_on and head.startswith(b"SIP/2.0 200") and b" REGISTER\r\n" in head:
             self.oks.append((data, arrival))
             return
         if self.answer_on and head.startswith(b"SIP/2.0 200") and b" NOTIFY\r\n" in head:
@@ -224,6 +224,56 @@ async def test_the_ues_terminated_notify_ends_the_registration_when_ours_never_c
         assert core.counters["network-deregistration-seen-in-ue-notify"] == 1
         assert await eventually(lambda: net.pcscf.census()["sa_sets"] == 0, 5)
         assert gate.notifies  # ours was sent, and kept from the P-CSCF
+    finally:
+        net.pcscf._incoming = gate.incoming
+        if ue is not None:
+            await ue.close()
+
+
+async def test_the_network_end_arriving_after_the_new_registration_is_up(home_network, subscribers):
+    """The P-CSCF learns nothing of the end before the UE has registered again over
+    the same record (its own NOTIFY lost for now, the UE's answer to its NOTIFY too):
+    the new registration is up, refreshes (challenged: `reauthenticate` is not asked
+    here, the refresh's REGISTER is what is open), and only then does the late NOTIFY
+    of the subscription made for the registration before arrive. It ends nothing: the
+    new registration subscribed for itself when it came up.
+
+    Before, the late NOTIFY found a REGISTER of the UE open and marked the record
+    terminated; its answer took the new registration's sets with it."""
+    net = home_network
+    core = net.pcscf.core
+    impi = subscribers[0].impi
+    gate = _Gate(net.pcscf)
+    net.pcscf._incoming = gate
+    ue = None
+    try:
+        ue = await _registered(net, subscribers[0], gate)
+        first_call_id = gate.call_id.decode()
+        gate.notify_on = gate.answer_on = True
+        assert (await net.hss.deregister_impi(impi)).get("ok")
+        assert await ue.wait_network_deregistration(10) == "rejected"
+        result = await ue.register(15)
+        assert result.ok and result.protected, result
+        reg = core.registrations[impi]
+        assert reg.sa is not None and reg.previous is not None  # the old set, draining
+        # a subscription of its own for the new registration
+        assert await eventually(lambda: core._subscribed.get(impi, first_call_id) != first_call_id)
+        # the refresh is open when the late NOTIFY comes
+        gate.ok_on = True
+        task = asyncio.ensure_future(ue.reregister(15))
+        assert await eventually(lambda: core._register_open(impi, over_sa=True))
+        gate.notify_on = gate.answer_on = False
+        gate.let_through(gate.notifies)
+        gate.let_through(gate.answers)
+        assert await eventually(lambda: first_call_id not in core.subscriptions)
+        assert core.registrations.get(impi) is reg and not reg.network_terminated
+        gate.ok_on = False
+        gate.let_through(gate.oks)
+        again = await task
+        assert again.ok and again.protected, again
+        assert core.registrations.get(impi) is reg and reg.sa is not None
+        assert (await ue.deregister(10)).ok
+        assert net.pcscf.backend.drops.get("esp-unknown-spi", 0) == 0
     finally:
         net.pcscf._incoming = gate.incoming
         if ue is not None:

@@ -2135,7 +2135,15 @@ class PcscfCore:
             old = reg.sa
             reg.sa = reg.temporary
             reg.temporary = None
-            reg.started_over = False
+            if reg.started_over:
+                # The UE registered afresh (initial REGISTER) over a record it had: the
+                # subscription made for the registration before may yet bring that
+                # one's end (a late terminated NOTIFY), which is not this one's. This
+                # one subscribes for itself (below); the UE's own subscription, too,
+                # is new (§5.1.1.3).
+                reg.started_over = False
+                reg.ue_sub = UE_SUB_NONE
+                self._detach_subscription(reg.impi)
             reg.security_server = reg.pending_server
             reg.pending_server = reg.security_client = ()
             actions.append(UpgradeSecurityAssociations(reg.sa, lifetime))
@@ -2487,13 +2495,17 @@ class PcscfCore:
             del self.registrations[reg.impi]
             if reg.clear_source is not None and self._by_contact.get(reg.clear_source) == reg.impi:
                 del self._by_contact[reg.clear_source]
-            call_id = self._subscribed.pop(reg.impi, None)
-            if call_id is not None:
-                # The reg-event subscription was this registration's (RFC 3680): its
-                # NOTIFYs still to come (the S-CSCF's terminated one, late under loss)
-                # are answered but end nothing, and a new registration of the IMPI,
-                # which may already be under way, subscribes for itself.
-                self.subscriptions[call_id] = ""
+            self._detach_subscription(reg.impi)
+
+    def _detach_subscription(self, impi: str) -> None:
+        """The reg-event subscription made for `impi`'s registration was that
+        registration's (RFC 3680), which ended: its NOTIFYs still to come (the S-CSCF's
+        terminated one, late under loss) are answered but end nothing, and a new
+        registration of the IMPI, which may already be under way, subscribes for
+        itself."""
+        call_id = self._subscribed.pop(impi, None)
+        if call_id is not None:
+            self.subscriptions[call_id] = ""
 
     # ------------------------------------------------------------------ timers
 
@@ -2725,11 +2737,12 @@ def _granted_by_parsing(resp: Response) -> int:
 
 def _went_over(sent: Any, reg: Registration) -> bool:
     """Whether the request `sent` to the UE (a `Reply`) went over `reg`'s established
-    set or the one it replaced (in the clear: `reg` has none)."""
+    set (in the clear: `reg` has none). Not over `previous`: after the UE registered
+    afresh over the record, that is the set of the registration before."""
     spi = sent.spi if sent is not None else None
     if spi is None:
         return reg.sa is None
-    return any(s is not None and s.spi_us == spi for s in (reg.sa, reg.previous))
+    return reg.sa is not None and reg.sa.spi_us == spi
 
 
 def _registration_ended(sent: Any) -> bool:
