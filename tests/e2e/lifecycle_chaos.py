@@ -1,0 +1,177 @@
+"""Seeded lifecycle runs under loss: the registration lifecycle of issue 7 (TS 24.229
+§5.1.1.4–5.1.1.7, §5.2.2, §5.4.1; TS 33.203 §7.4) with 20 % of the UDP datagrams lost
+on every SIP leg (`test_faults._lose_a_fifth`), for many seeds.
+
+Each run starts the whole core in process with its own settings drawn from the seed
+(the S-CSCF's `reauthenticate` and `reregistration_sar`), then each of N UEs takes M
+random steps at once with the others: register when not registered; else refresh,
+de-register, or have the HSS de-register it (RTR) once its reg-event subscription is
+up and wait for its terminated NOTIFY. Every step must succeed. At the end the
+registered UEs de-register and nothing may be left: no SA set, registration, binding,
+challenge, subscription or open transaction in any function (`census()`), no SA set at
+any UE.
+
+    python -m tests.e2e.lifecycle_chaos [--seeds 1-20] [--ues 5] [--steps 6] [--traces DIR]
+
+Prints one JSON line per seed and a summary; exits 1 when a run failed. With
+`--traces`, the ladder of each failed UE (SIP and Diameter, by time) is written there.
+Not a test of the suite (a run takes a minute or more): it found the defects fixed in
+d9c7eb2, f205b12, fd308eb, aa938fa, 0267196 and 1c69cb8."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from imsaka.network import Network, NetworkOptions, make_subscribers
+from imsaka.ue.client import UeClient
+from imsaka.ue.core import UeState
+from tests.e2e.test_faults import _lose_a_fifth
+from tests.polling import eventually
+
+# census entries that may stay after every UE de-registered: spare authentication
+# vectors cached per IMPI (not a binding, SA or transaction)
+ALLOWED = ("cached_vectors",)
+
+
+def _leftovers(net: Network, ues: list[UeClient]) -> dict[str, int]:
+    left: dict[str, int] = {}
+    for name, server in (("p", net.pcscf), ("i", net.icscf), ("s", net.scscf)):
+        for key, value in server.census().items():
+            if value and key not in ALLOWED:
+                left[f"{name}.{key}"] = value
+    sets = sum(len(u.table.sets()) for u in ues)
+    if sets:
+        left["ue.sa_sets"] = sets
+    return left
+
+
+def _ladder(net: Network, impi: str) -> str:
+    """The messages of one subscriber's UE (`userN_`), by time."""
+    user = impi.split("_", 1)[0] + "_"
+    lines = []
+    for rec in net.trace.messages("sip") + net.trace.messages("diameter"):
+        if any(user in v for _, v in rec.headers) or user in str(rec.diameter):
+            h = dict(rec.headers)
+            lines.append(
+                f"{rec.time:.3f} {rec.src_name}->{rec.dst_name} spi={rec.esp_spi} "
+                f"{rec.summary} | {h.get('CSeq', '')} | {h.get('Via', '')[:90]}"
+            )
+    return "\n".join(sorted(lines)) + "\n"
+
+
+async def run(seed: int, n_ues: int, steps: int, traces: Path | None) -> dict[str, Any]:
+    rng = random.Random(seed)
+    scscf: dict[str, str] = {}
+    if rng.random() < 0.4:
+        scscf["reauthenticate"] = "always"
+    if rng.random() < 0.4:
+        scscf["reregistration_sar"] = "when-needed"
+    subs = make_subscribers(n_ues, seed=seed % 1000 + 1)
+    net = Network(subs, NetworkOptions(extra={"scscf": scscf}))
+    await net.start()
+    ues = [UeClient(net.ue_config(s), observers=[net.trace]) for s in subs]
+    bad: list[Any] = []
+    done = 0
+
+    def write_ladder(i: int) -> None:
+        if traces is not None:
+            traces.mkdir(parents=True, exist_ok=True)
+            (traces / f"seed{seed}-ue{i}.txt").write_text(_ladder(net, subs[i].impi))
+
+    def failed(i: int, what: str, detail: str) -> None:
+        bad.append({"ue": i, "step": what, "detail": detail[:300]})
+        write_ladder(i)
+
+    async def life(i: int, ue: UeClient) -> None:
+        nonlocal done
+        r = random.Random(seed * 100 + i)
+        for _ in range(steps):
+            await asyncio.sleep(r.random() * 1.5)
+            if ue.core.state is not UeState.REGISTERED:
+                op = "register"
+                ue.network_event = ""
+                result = await ue.register(60)
+                ok, detail = result.ok, str(result)
+            else:
+                op = r.choice(["refresh", "refresh", "deregister", "rtr"])
+                if op == "refresh":
+                    result = await ue.reregister(60)
+                    ok, detail = result.ok, str(result)
+                elif op == "deregister":
+                    result = await ue.deregister(60)
+                    ok, detail = result.ok, str(result)
+                elif not await ue.wait_subscribed(40):
+                    ok, detail = False, "the reg-event subscription never came up"
+                else:
+                    answer = await net.hss.deregister_impi(subs[i].impi)
+                    event = await ue.wait_network_deregistration(60)
+                    ok, detail = bool(event), f"RTR {answer}, UE saw {event!r}"
+            if not ok:
+                failed(i, op, detail)
+                return
+            done += 1
+
+    try:
+        for ue in ues:
+            await ue.start()
+        dropped = _lose_a_fifth(net, ues, seed)
+        await asyncio.gather(*(life(i, ue) for i, ue in enumerate(ues)))
+        for i, ue in enumerate(ues):
+            if ue.core.state is UeState.REGISTERED:
+                result = await ue.deregister(60)
+                if not result.ok:
+                    failed(i, "final deregister", str(result))
+        if not bad and not await eventually(lambda: not _leftovers(net, ues), 45):
+            # the P-CSCF's records hold SA parameters, never CK/IK
+            records = [repr(r) for r in net.pcscf.core.registrations.values()]
+            bad.append({"left": _leftovers(net, ues), "pcscf_records": records})
+            for i in range(n_ues):
+                write_ladder(i)
+        return {"seed": seed, "scscf": scscf, "steps": done, "lost": dropped["n"], "bad": bad}
+    finally:
+        for ue in ues:
+            await ue.close()
+        await net.stop()
+
+
+def _seeds(text: str) -> range:
+    first, _, last = text.partition("-")
+    return range(int(first), int(last or first) + 1)
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    failures = 0
+    seeds = _seeds(args.seeds)
+    for seed in seeds:
+        started = time.monotonic()
+        try:
+            out = await run(seed, args.ues, args.steps, args.traces)
+        except Exception:  # a crash of the run itself is a failure of that seed
+            out = {"seed": seed, "bad": [traceback.format_exc()[-1500:]]}
+        out["seconds"] = round(time.monotonic() - started, 1)
+        failures += bool(out["bad"])
+        print(json.dumps(out, default=str), flush=True)
+    print(json.dumps({"runs": len(seeds), "failed": failures}), flush=True)
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tests.e2e.lifecycle_chaos")
+    p.add_argument("--seeds", default="1-10", help="A-B (inclusive) or one seed")
+    p.add_argument("--ues", type=int, default=5)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--traces", type=Path, help="write each failed UE's ladder here")
+    args = p.parse_args(argv)
+    return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
