@@ -13,6 +13,8 @@ went with it. Found by a seeded lifecycle run under 20 % loss on every leg."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -66,14 +68,23 @@ class _Gate:
             self.incoming(*kept.pop(0))
 
 
-async def _registered(net, subscriber, gate: _Gate) -> UeClient:
+@asynccontextmanager
+async def _scene(net, subscriber) -> AsyncIterator[tuple[_Gate, UeClient]]:
+    """A registered UE, both its and the P-CSCF's reg-event subscriptions up, behind a
+    gate at the P-CSCF's input (set for the P-CSCF's own NOTIFYs); both undone after."""
     core = net.pcscf.core
+    gate = _Gate(net.pcscf)
+    net.pcscf._incoming = gate
     ue = UeClient(net.ue_config(subscriber), observers=[net.trace])
-    await ue.start()
-    assert (await ue.register(10)).ok
-    assert await eventually(lambda: core.counters["reg-subscribed"] >= 1 and ue.subscribed)
-    gate.call_id = core._subscribed[subscriber.impi].encode()
-    return ue
+    try:
+        await ue.start()
+        assert (await ue.register(10)).ok
+        assert await eventually(lambda: core.counters["reg-subscribed"] >= 1 and ue.subscribed)
+        gate.call_id = core._subscribed[subscriber.impi].encode()
+        yield gate, ue
+    finally:
+        net.pcscf._incoming = gate.incoming
+        await ue.close()
 
 
 async def _registers_and_refreshes(ue: UeClient, result) -> None:
@@ -90,11 +101,7 @@ async def test_the_network_end_meets_the_ues_new_initial_register_open(home_netw
     net = home_network
     core = net.pcscf.core
     impi = subscribers[0].impi
-    gate = _Gate(net.pcscf)
-    net.pcscf._incoming = gate
-    ue = None
-    try:
-        ue = await _registered(net, subscribers[0], gate)
+    async with _scene(net, subscribers[0]) as (gate, ue):
         first_call_id = gate.call_id.decode()
         gate.notify_on = gate.answer_on = True
         old = core.registrations[impi]
@@ -113,10 +120,6 @@ async def test_the_network_end_meets_the_ues_new_initial_register_open(home_netw
         gate.let_through(gate.answers)
         await _registers_and_refreshes(ue, await task)
         assert net.pcscf.backend.drops.get("esp-unknown-spi", 0) == 0
-    finally:
-        net.pcscf._incoming = gate.incoming
-        if ue is not None:
-            await ue.close()
 
 
 @pytest.mark.parametrize("when", ["response-open", "response-on-its-way"])
@@ -131,11 +134,7 @@ async def test_the_network_end_after_the_401_to_the_ues_new_registration(
     net = home_network
     core = net.pcscf.core
     impi = subscribers[0].impi
-    gate = _Gate(net.pcscf)
-    net.pcscf._incoming = gate
-    ue = None
-    try:
-        ue = await _registered(net, subscribers[0], gate)
+    async with _scene(net, subscribers[0]) as (gate, ue):
         first_call_id = gate.call_id.decode()
         old_set = core.registrations[impi].sa
         gate.notify_on = gate.answer_on = True
@@ -163,10 +162,6 @@ async def test_the_network_end_after_the_401_to_the_ues_new_registration(
         gate.let_through(gate.answers)
         await _registers_and_refreshes(ue, await task)
         assert net.pcscf.backend.drops.get("esp-unknown-spi", 0) == 0
-    finally:
-        net.pcscf._incoming = gate.incoming
-        if ue is not None:
-            await ue.close()
 
 
 async def test_a_new_challenge_while_the_release_awaits_the_ues_notify(home_network, subscribers):
@@ -177,11 +172,7 @@ async def test_a_new_challenge_while_the_release_awaits_the_ues_notify(home_netw
     net = home_network
     core = net.pcscf.core
     impi = subscribers[0].impi
-    gate = _Gate(net.pcscf)
-    net.pcscf._incoming = gate
-    ue = fresh = None
-    try:
-        ue = await _registered(net, subscribers[0], gate)
+    async with _scene(net, subscribers[0]) as (gate, ue):
         # the UE's own NOTIFYs travel on the UE's dialog: kept back by its Call-ID
         gate.call_id = ue.core.subscription.call_id.encode()
         gate.notify_on = True
@@ -189,16 +180,14 @@ async def test_a_new_challenge_while_the_release_awaits_the_ues_notify(home_netw
         assert await eventually(lambda: core.registrations[impi].release_at > 0)
         old = core.registrations[impi]
         fresh = UeClient(net.ue_config(subscribers[0]), observers=[net.trace])
-        await fresh.start()
-        result = await fresh.register(15)
-        assert core.registrations.get(impi) is not old
-        await _registers_and_refreshes(fresh, result)
-        assert net.pcscf.backend.drops.get("esp-unknown-spi", 0) == 0
-    finally:
-        net.pcscf._incoming = gate.incoming
-        for u in (ue, fresh):
-            if u is not None:
-                await u.close()
+        try:
+            await fresh.start()
+            result = await fresh.register(15)
+            assert core.registrations.get(impi) is not old
+            await _registers_and_refreshes(fresh, result)
+            assert net.pcscf.backend.drops.get("esp-unknown-spi", 0) == 0
+        finally:
+            await fresh.close()
 
 
 async def test_the_ues_terminated_notify_ends_the_registration_when_ours_never_comes(
@@ -212,11 +201,7 @@ async def test_the_ues_terminated_notify_ends_the_registration_when_ours_never_c
     net = home_network
     core = net.pcscf.core
     impi = subscribers[0].impi
-    gate = _Gate(net.pcscf)
-    net.pcscf._incoming = gate
-    ue = None
-    try:
-        ue = await _registered(net, subscribers[0], gate)
+    async with _scene(net, subscribers[0]) as (gate, ue):
         gate.notify_on = True  # ours, for good
         assert (await net.hss.deregister_impi(impi)).get("ok")
         assert await ue.wait_network_deregistration(10) == "rejected"
@@ -224,10 +209,6 @@ async def test_the_ues_terminated_notify_ends_the_registration_when_ours_never_c
         assert core.counters["network-deregistration-seen-in-ue-notify"] == 1
         assert await eventually(lambda: net.pcscf.census()["sa_sets"] == 0, 5)
         assert gate.notifies  # ours was sent, and kept from the P-CSCF
-    finally:
-        net.pcscf._incoming = gate.incoming
-        if ue is not None:
-            await ue.close()
 
 
 async def test_the_network_end_arriving_after_the_new_registration_is_up(home_network, subscribers):
@@ -243,11 +224,7 @@ async def test_the_network_end_arriving_after_the_new_registration_is_up(home_ne
     net = home_network
     core = net.pcscf.core
     impi = subscribers[0].impi
-    gate = _Gate(net.pcscf)
-    net.pcscf._incoming = gate
-    ue = None
-    try:
-        ue = await _registered(net, subscribers[0], gate)
+    async with _scene(net, subscribers[0]) as (gate, ue):
         first_call_id = gate.call_id.decode()
         gate.notify_on = gate.answer_on = True
         assert (await net.hss.deregister_impi(impi)).get("ok")
@@ -274,7 +251,3 @@ async def test_the_network_end_arriving_after_the_new_registration_is_up(home_ne
         assert core.registrations.get(impi) is reg and reg.sa is not None
         assert (await ue.deregister(10)).ok
         assert net.pcscf.backend.drops.get("esp-unknown-spi", 0) == 0
-    finally:
-        net.pcscf._incoming = gate.incoming
-        if ue is not None:
-            await ue.close()

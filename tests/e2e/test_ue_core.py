@@ -186,16 +186,20 @@ def test_stray_response_is_counted():
     assert ue.drops["response-not-matching-pending-register"] == 1
 
 
-def _registered_ue():
-    ports = iter([(2468, 1357), (2470, 1357), (2472, 1357), (2474, 1357)])
+def _ue_with_ports(ports, seed: int) -> UeRegistration:
+    """A UE whose offers take their (port-c, port-s) from the iterator `ports`."""
     cfg = UeConfig(
         impi="user1_private@home1.net", impus=["sip:user1_public1@home1.net"], home_domain="home1.net",
         registrar="registrar.home1.net", k=K, opc=OPC,
     )  # fmt: skip
-    ue = UeRegistration(
+    return UeRegistration(
         cfg, Isim(Milenage(K, opc=OPC), SqnArray()), local=("127.0.0.1", 5060),
-        protected_ports=lambda: next(ports), rng=random.Random(3),
+        protected_ports=lambda: next(ports), rng=random.Random(seed),
     )  # fmt: skip
+
+
+def _registered_ue():
+    ue = _ue_with_ports(iter([(2468, 1357), (2470, 1357), (2472, 1357), (2474, 1357)]), 3)
     (send1,) = ue.register(0.0)
     resp, _vec, _ = challenge(send1.request)
     events = ue.receive(resp, 1.0)
@@ -346,15 +350,7 @@ def test_security_client_text_checks_its_numbers() -> None:
 
 def _challenged_ue():
     """A registered UE whose every new offer gets fresh ports, and a 401 for any request."""
-    counter = iter(range(2468, 2600, 2))
-    cfg = UeConfig(
-        impi="user1_private@home1.net", impus=["sip:user1_public1@home1.net"], home_domain="home1.net",
-        registrar="registrar.home1.net", k=K, opc=OPC,
-    )  # fmt: skip
-    ue = UeRegistration(
-        cfg, Isim(Milenage(K, opc=OPC), SqnArray()), local=("127.0.0.1", 5060),
-        protected_ports=lambda: (next(counter), 1357), rng=random.Random(5),
-    )  # fmt: skip
+    ue = _ue_with_ports(((port_c, 1357) for port_c in range(2468, 2600, 2)), 5)
     sqn = iter(range(33, 1000))
 
     def answer_challenge(send: SendRequest, now: float) -> SendRequest:
