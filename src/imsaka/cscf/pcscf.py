@@ -2244,9 +2244,7 @@ class PcscfCore:
         # bytes, not decoded (UTF-8 keeps every ASCII octet as it is)
         body = request.body
         reg = self.registrations.get(impi)
-        terminated = state == "terminated" or (
-            b'state="terminated"' in body and b'state="active"' not in body
-        )
+        terminated = state == "terminated" or _reginfo_ended(body)
         if state == "terminated":
             self._unsubscribe(call_id)
         if terminated and reg is not None and self._only_over_fresh_set(reg):
@@ -2745,11 +2743,17 @@ def _went_over(sent: Any, reg: Registration) -> bool:
     return reg.sa is not None and reg.sa.spi_us == spi
 
 
+def _reginfo_ended(body: bytes) -> bool:
+    """Whether a reginfo document reports the registration terminated (RFC 3680: a
+    registration element "terminated", none "active"). Searched in the bytes: the
+    attribute texts are ASCII, which UTF-8 keeps as they are."""
+    return b'state="terminated"' in body and b'state="active"' not in body
+
+
 def _registration_ended(sent: Any) -> bool:
     """Whether the reg-event NOTIFY `sent` on (a `Reply`) reports the registration
-    terminated (RFC 3680: a registration element "terminated", none "active")."""
-    body = sent.message.body if sent is not None else b""
-    return b'state="terminated"' in body and b'state="active"' not in body
+    terminated (`_reginfo_ended`)."""
+    return sent is not None and _reginfo_ended(sent.message.body)
 
 
 def _swap_record_route(msg: Message, ours: str, theirs: str) -> None:
