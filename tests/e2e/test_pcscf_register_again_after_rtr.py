@@ -46,21 +46,16 @@ class _Gate:
 
     def __call__(self, data: bytes, arrival) -> None:
         head = data.split(b"\r\n\r\n", 1)[0]
-        if self.notify_on and head.startswith(b"NOTIFY ") and self.call_id in head:
-            self.notifies.append((data, arrival))
-            return
-        if self.challenge_on and head.startswith(b"SIP/2.0 401") and b"1 REGISTER" in head:
-            self.challenges.append((data, arrival))
-            return
-        if self.response_on and head.startswith(b"REGISTER ") and b"2 REGISTER" in head:
-            self.responses.append((data, arrival))
-            return
-        if self.ok_on and head.startswith(b"SIP/2.0 200") and b" REGISTER\r\n" in head:
-            self.oks.append((data, arrival))
-            return
-        if self.answer_on and head.startswith(b"SIP/2.0 200") and b" NOTIFY\r\n" in head:
-            self.answers.append((data, arrival))
-            return
+        for on, start, mark, kept in (
+            (self.notify_on, b"NOTIFY ", self.call_id, self.notifies),
+            (self.challenge_on, b"SIP/2.0 401", b"1 REGISTER", self.challenges),
+            (self.response_on, b"REGISTER ", b"2 REGISTER", self.responses),
+            (self.ok_on, b"SIP/2.0 200", b" REGISTER\r\n", self.oks),
+            (self.answer_on, b"SIP/2.0 200", b" NOTIFY\r\n", self.answers),
+        ):
+            if on and head.startswith(start) and mark in head:
+                kept.append((data, arrival))
+                return
         self.incoming(data, arrival)
 
     def let_through(self, kept: list) -> None:
