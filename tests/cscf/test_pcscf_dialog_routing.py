@@ -43,7 +43,19 @@ def _reparse(msg):
 
 def registered(**kw) -> tuple[PcscfCore, InstallSecurityAssociations, list]:
     """A core with the PACKET1 UE registered over its SAs (packets 1, 7, 8, 13); the
-    actions of the 200 OK (the P-CSCF's own reg-event SUBSCRIBE among them)."""
+    actions of the 200 OK (the P-CSCF's own reg-event SUBSCRIBE among them, answered
+    200 by the S-CSCF)."""
+    p, inst, acts = register_through(**kw)
+    # the S-CSCF takes the P-CSCF's reg-event SUBSCRIBE (else its Timer E runs on)
+    for a in acts:
+        if isinstance(a, Forward) and a.message.method == "SUBSCRIBE":
+            sub_ok = make_response(_reparse(a.message), 200, to_tag="scscf-reg")
+            assert p.receive_response(_reparse(sub_ok), SCSCF, 3.05) == []
+    return p, inst, acts
+
+
+def register_through(**kw) -> tuple[PcscfCore, InstallSecurityAssociations, list]:
+    """As `registered`, the P-CSCF's own SUBSCRIBE left unanswered."""
     p = core(**kw)
     (fwd,) = p.receive_request(parse_message(PACKET1.encode()), Arrival(("127.0.0.1", 40000)), 0.0)
     c401 = make_response(
@@ -66,11 +78,6 @@ def registered(**kw) -> tuple[PcscfCore, InstallSecurityAssociations, list]:
     )
     acts = p.receive_response(_reparse(ok), ICSCF, 3.0)
     assert p.stats()["registrations"] == 1
-    # the S-CSCF takes the P-CSCF's reg-event SUBSCRIBE (else its Timer E runs on)
-    for a in acts:
-        if isinstance(a, Forward) and a.message.method == "SUBSCRIBE":
-            sub_ok = make_response(_reparse(a.message), 200, to_tag="scscf-reg")
-            assert p.receive_response(_reparse(sub_ok), SCSCF, 3.05) == []
     return p, inst, acts
 
 
@@ -315,7 +322,7 @@ def test_own_reg_notify_still_handled_in_the_clear():
 
 
 def _own_terminated_notify(
-    p: PcscfCore, acts: list, state: str = "terminated;reason=rejected"
+    p: PcscfCore, acts: list, state: str = "terminated;reason=rejected", body: bytes = b""
 ) -> Request:
     (sub,) = [a for a in acts if isinstance(a, Forward)]
     own = _reparse(sub.message)
@@ -330,9 +337,24 @@ def _own_terminated_notify(
             ("CSeq", "2 NOTIFY"),
             ("Event", "reg"),
             ("Subscription-State", state),
-            ("Content-Length", "0"),
+            *([("Content-Type", "application/reginfo+xml")] if body else []),
         ],
+        body,
     )
+
+
+def reginfo(reg_state: str, event: str) -> bytes:
+    """The S-CSCF's reginfo (RFC 3680) for IMPU, one contact, as regevent writes it."""
+    return (
+        '<?xml version="1.0"?>\n'
+        '<reginfo xmlns="urn:ietf:params:xml:ns:reginfo" version="1" state="full">\n'
+        f'  <registration aor="{IMPU}" id="r0" state="{reg_state}">\n'
+        f'    <contact id="c0" state="{reg_state}" event="{event}">\n'
+        "      <uri>sip:127.0.0.1:1357</uri>\n"
+        "    </contact>\n"
+        "  </registration>\n"
+        "</reginfo>\n"
+    ).encode()
 
 
 def test_network_deregistration_keeps_the_sas_until_the_ue_has_its_notify():
@@ -474,8 +496,9 @@ def test_a_lapsed_registration_releases_at_once_even_with_the_ue_subscribed():
     its own expiry; the SAs go with the P-CSCF's own NOTIFY."""
     p, inst, acts = registered()
     subscribe_through(p, inst)
+    expired = reginfo("terminated", "expired")
     out = p.receive_request(
-        _own_terminated_notify(p, acts, "terminated;reason=timeout"), Arrival(SCSCF), 5.0
+        _own_terminated_notify(p, acts, "terminated;reason=timeout", expired), Arrival(SCSCF), 5.0
     )
     assert any(isinstance(a, ReleaseSecurityAssociations) for a in out)
     assert p.stats()["registrations"] == 0

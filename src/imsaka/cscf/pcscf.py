@@ -44,6 +44,11 @@ The seed's packets 1→2, 7, 8→9 and 13: the P-CSCF is the UE's first hop. It
   set, what comes over the old one is served and answered over it; a response whose
   set is gone is never sent in the clear (SPI 0: the edge sends nothing).
 
+- subscribes to the reg event of each registered IMPU (TS 24.229 §5.2.3), refreshes
+  that subscription in its dialog before the S-CSCF's grant runs out, makes it again
+  when only the subscription ended, and ends it (Expires: 0) when a fresh registration
+  replaced the one it was made for (`imsaka.cscf.pcscf_regsub`);
+
 - is transaction stateful on every hop it serves (RFC 3261 §16, §17): a request it
   sends on over UDP it sends again itself until its answer (Timer E; to a UE only over
   a set it still has), and the retransmissions reaching it meanwhile are absorbed;
@@ -72,6 +77,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imsaka.config import NetworkConfig, PcscfConfig, split_hostport
+from imsaka.cscf.pcscf_regsub import (
+    ASKED,
+    RegEventSubscription,
+    in_dialog_subscribe,
+    on_2xx,
+    on_notify,
+)
 from imsaka.cscf.registrar import plain_name_addr
 from imsaka.ipsec.errors import DowngradeError, SecAgreeParseError
 from imsaka.ipsec.secagree import (
@@ -720,8 +732,10 @@ class PcscfCore:
         # by the UE's contact (host, port-s): the UE's own terminated NOTIFY still goes
         # over one when it comes after the REGISTER's answer (`_terminating`).
         self._grace_by_contact: dict[Address, _Grace] = {}
-        # reg-event subscriptions (TS 24.229 §5.2.3): Call-ID -> IMPI
-        self.subscriptions: dict[str, str] = {}
+        # reg-event subscriptions (TS 24.229 §5.2.3) by Call-ID, their registration's
+        # IMPI in each ("" once it ended); the S-CSCFs' contacts they name, shared
+        self.subscriptions: dict[str, RegEventSubscription] = {}
+        self._sub_names: dict[str, str] = {}
         self.subscribe_reg_event = config.subscribe_reg_event
         self.drops: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
@@ -867,11 +881,15 @@ class PcscfCore:
         reg = self._holder(entry[1])
         return reg is not None and reg.scheduled == entry[0]
 
-    @staticmethod
-    def _due(reg: Registration) -> tuple[float, str] | None:
+    def _due(self, reg: Registration) -> tuple[float, str] | None:
         """The registration's earliest live deadline and its kind (None: none)."""
         due = None
-        if reg.temporary is not None:
+        call_id = self._subscribed.get(reg.impi)
+        if call_id is not None and reg.state is RegState.REGISTERED:
+            sub = self.subscriptions.get(call_id)
+            if sub is not None and sub.refresh_at and sub.confirmed:
+                due = (sub.refresh_at, "subscription")
+        if reg.temporary is not None and (due is None or reg.temporary_expires < due[0]):
             due = (reg.temporary_expires, "temporary")
         if reg.state is RegState.REGISTERED and reg.expires_at:
             expiry = reg.expires_at + 30.0
@@ -1744,12 +1762,7 @@ class PcscfCore:
         if pending.kind == "subscribe":
             if response.status >= 200:
                 del self.pending[branch]
-                if response.status >= 300:
-                    self._unsubscribe(response.get("Call-ID") or "")
-                    self.counters["reg-subscribe-refused"] += 1
-                    log.info("pcscf: reg-event SUBSCRIBE refused: %d", response.status)
-                else:
-                    self.counters["reg-subscribed"] += 1
+                return self._subscribe_answered(response, now)
             return []
         if pending.final_data is not None:
             # A retransmission of a final answer we already handled (the upstream server
@@ -2121,7 +2134,12 @@ class PcscfCore:
             sets = (reg.temporary, reg.sa, reg.previous)
             actions += self._sets_go(reg, sets, reply, pending, branch, now, reason)
             reg.temporary = reg.sa = reg.previous = None
+            # The 200 lists the IMPU's other contacts (RFC 3261 §10.3 step 8): while it
+            # stays registered there, the S-CSCF keeps our subscription unless ended.
+            sub = self.subscriptions.get(self._subscribed.get(reg.impi, "")) if granted else None
             self._forget(reg)
+            if sub is not None:
+                actions += self._end_subscription(sub, now)
             return actions + self._end_to_ue(reg, actions)
         reg.state = RegState.REGISTERED
         reg.expires_at = now + granted
@@ -2143,7 +2161,7 @@ class PcscfCore:
                 # is new (§5.1.1.3).
                 reg.started_over = False
                 reg.ue_sub = UE_SUB_NONE
-                self._detach_subscription(reg.impi)
+                actions += self._replace_subscription(reg.impi, now)
             reg.security_server = reg.pending_server
             reg.pending_server = reg.security_client = ()
             actions.append(UpgradeSecurityAssociations(reg.sa, lifetime))
@@ -2180,6 +2198,7 @@ class PcscfCore:
         de-registration reaches the P-CSCF (and it can remove the UE's SAs)."""
         call_id = f"{self._rng.getrandbits(64):016x}@{self.config.name}"
         branch = f"z9hG4bK{self._rng.getrandbits(64):016x}"
+        local_tag = f"{self._rng.getrandbits(32):08x}"
         sub = Request(
             "SUBSCRIBE",
             reg.impu,
@@ -2187,12 +2206,12 @@ class PcscfCore:
                 ("Via", self._via(branch, "udp")),
                 ("Max-Forwards", "70"),
                 *[("Route", r) for r in reg.service_route],
-                ("From", f"{self._own_uri};tag={self._rng.getrandbits(32):08x}"),
+                ("From", f"{self._own_uri};tag={local_tag}"),
                 ("To", f"<{reg.impu}>"),
                 ("Call-ID", call_id),
                 ("CSeq", "1 SUBSCRIBE"),
                 ("Event", "reg"),
-                ("Expires", "600000"),
+                ("Expires", str(ASKED)),
                 ("Contact", self._sub_contact),
                 ("P-Asserted-Identity", self._own_uri),
                 ("Content-Length", "0"),
@@ -2210,8 +2229,16 @@ class PcscfCore:
             targets[reg.service_route] = target
         if target is None:
             return []
-        self.subscriptions[call_id] = reg.impi
+        self.subscriptions[call_id] = RegEventSubscription(
+            call_id, reg.impi, reg.impu, local_tag, now
+        )
         self._subscribed[reg.impi] = call_id
+        return [self._send_subscribe(sub, target, branch, reg.impi, now)]
+
+    def _send_subscribe(
+        self, sub: Request, target: Address, branch: str, impi: str, now: float
+    ) -> Forward:
+        """Our SUBSCRIBE out, kept as a client transaction (retransmitted over UDP)."""
         forward = Forward(sub, target, "udp")
         self._add_pending(
             branch,
@@ -2219,12 +2246,82 @@ class PcscfCore:
                 arrival=Arrival(target),
                 ue_branch="",
                 kind="subscribe",
-                impi=reg.impi,
+                impi=impi,
                 created=now,
                 forward=forward,
             ),
         )
-        return [forward]
+        return forward
+
+    def _in_dialog_subscribe(
+        self, sub: RegEventSubscription, expires: int, now: float
+    ) -> list[Action]:
+        """Refresh (`expires` > 0, TS 24.229 §5.2.3) or end (0) subscription `sub` with
+        a SUBSCRIBE in its dialog (RFC 6665 §4.1.2.2-4.1.2.3)."""
+        branch = f"z9hG4bK{self._rng.getrandbits(64):016x}"
+        request = in_dialog_subscribe(
+            sub, self._via(branch, "udp"), self._own_uri, self._sub_contact, expires
+        )
+        target = self._first_route_target(request, by_uri=True)
+        if target is None:
+            return []
+        sub.refresh_at = 0.0  # until its answer grants anew
+        return [self._send_subscribe(request, target, branch, sub.impi, now)]
+
+    def _refresh_subscription(self, reg: Registration, now: float) -> list[Action]:
+        """The registration's subscription reached its refresh point (TS 24.229 §5.2.3)."""
+        sub = self.subscriptions.get(self._subscribed.get(reg.impi, ""))
+        if sub is None or not sub.confirmed:
+            return []
+        self.counters["reg-subscription-refreshed"] += 1
+        return self._in_dialog_subscribe(sub, ASKED, now)
+
+    def _subscribe_answered(self, response: Response, now: float) -> list[Action]:
+        """The final answer to one of our SUBSCRIBEs: a 2xx sets up or renews the
+        dialog and its refresh; a refusal ends it here. A 481 to a refresh (the S-CSCF
+        no longer holds it, RFC 6665 §4.1.2.2) is followed by a new subscription while
+        the registration lives; after any other refusal the next 200 OK to a REGISTER
+        of the UE subscribes anew."""
+        call_id = response.get("Call-ID") or ""
+        sub = self.subscriptions.get(call_id)
+        if response.status >= 300:
+            self._unsubscribe(call_id)
+            self.counters["reg-subscribe-refused"] += 1
+            log.info("pcscf: reg-event SUBSCRIBE refused: %d", response.status)
+            reg = self.registrations.get(sub.impi) if sub is not None and sub.impi else None
+            if response.status == 481 and reg is not None and sub.cseq > 1:
+                return self._resubscribe(reg, now)
+            return []
+        if sub is None:
+            return []  # ended meanwhile (the final NOTIFY to our unsubscribe came first)
+        try:
+            on_2xx(sub, response, now, self._sub_names)
+        except SipParseError:
+            return self._drop("subscribe-2xx-unreadable")
+        if sub.cseq == 1:
+            self.counters["reg-subscribed"] += 1
+        if sub.impi and sub.refresh_at and self._subscribed.get(sub.impi) == call_id:
+            self._watch(sub.refresh_at, sub.impi)
+        return []
+
+    def _subscribe_unanswered(self, call_id: str) -> None:
+        """Our SUBSCRIBE in `call_id` got no final answer (Timer F). A subscription no
+        NOTIFY set up either, or whose refresh went unanswered (it may lapse at the
+        S-CSCF unseen), is not held here: the next 200 OK to a REGISTER of its UE
+        subscribes anew."""
+        sub = self.subscriptions.get(call_id)
+        if sub is not None and (not sub.confirmed or sub.cseq > 1):
+            self.counters["reg-subscribe-unanswered"] += 1
+            self._unsubscribe(call_id)
+
+    def _resubscribe(self, reg: Registration, now: float) -> list[Action]:
+        """A new subscription for live registration `reg`, whose own ended."""
+        if not (self.subscribe_reg_event and reg.service_route) or reg.impi in self._subscribed:
+            return []
+        if reg.state is not RegState.REGISTERED:
+            return []
+        self.counters["reg-resubscribed"] += 1
+        return self._subscribe_reg(reg, now)
 
     def _reg_notify(
         self, request: Request, arrival: Arrival, now: float, call_id: str | None = None
@@ -2235,18 +2332,41 @@ class PcscfCore:
         if call_id is None:
             call_id = request.get("Call-ID")
         call_id = call_id or ""
-        impi = self.subscriptions.get(call_id, "")
+        sub = self.subscriptions.get(call_id)
         ok = make_response(request, 200, to_tag=None)
         actions: list[Action] = [Reply(ok, arrival.source, arrival.transport, None)]
         state_text = (request.get("Subscription-State") or "").lower()
         state = state_text.split(";", 1)[0].strip()
+        if sub is None:
+            return actions
+        impi = sub.impi
+        on_notify(sub, request, state_text, now, self._sub_names)
         # reginfo (RFC 3680) read for three ASCII attribute texts only: searched in the
         # bytes, not decoded (UTF-8 keeps every ASCII octet as it is)
         body = request.body
-        reg = self.registrations.get(impi)
-        terminated = state == "terminated" or _reginfo_ended(body)
+        reg = self.registrations.get(impi) if impi else None
+        if b"<reginfo" in body:
+            terminated = _reginfo_ended(body)
+        else:
+            # No reginfo: only the subscription's state tells; a subscription that ran
+            # out (`timeout`, RFC 6665 §4.1.3) says nothing of the registration.
+            terminated = state == "terminated" and "reason=timeout" not in state_text
+        if not impi and state != "terminated":
+            # A subscription of a registration that ended here, the IMPU still
+            # registered at the S-CSCF (a contact of it is left there): ended there too.
+            return actions + self._end_subscription(sub, now)
         if state == "terminated":
             self._unsubscribe(call_id)
+            if not terminated and reg is not None:
+                # Only the subscription ended (its grant ran out, the S-CSCF dropped
+                # it) while the registration lives: made again at once (RFC 6665
+                # §4.1.3), unless the one that ended was itself that young.
+                self.counters["reg-subscription-ended"] += 1
+                if now - sub.since >= TRANSACTION_LIFETIME:
+                    actions += self._resubscribe(reg, now)
+                return actions
+        elif sub.impi and sub.refresh_at and self._subscribed.get(impi) == call_id:
+            self._watch(sub.refresh_at, impi)
         if terminated and reg is not None and self._only_over_fresh_set(reg):
             return actions + self._ended_before(reg, now)
         if terminated and reg is not None and self._register_open(impi):
@@ -2345,9 +2465,10 @@ class PcscfCore:
         return went + self._end_to_ue(reg, went)
 
     def _unsubscribe(self, call_id: str) -> None:
-        impi = self.subscriptions.pop(call_id, None)
-        if impi is not None and self._subscribed.get(impi) == call_id:
-            del self._subscribed[impi]
+        """Subscription `call_id` ended (or never came to be): forgotten here."""
+        sub = self.subscriptions.pop(call_id, None)
+        if sub is not None and self._subscribed.get(sub.impi) == call_id:
+            del self._subscribed[sub.impi]
 
     @staticmethod
     def _granted_expires(resp: Response, contacts: list[str] | None = None) -> int:
@@ -2495,6 +2616,23 @@ class PcscfCore:
                 del self._by_contact[reg.clear_source]
             self._detach_subscription(reg.impi)
 
+    def _replace_subscription(self, impi: str, now: float) -> list[Action]:
+        """A fresh registration of `impi` took over the record: the subscription made for
+        the one before is detached (`_detach_subscription`) and ended at the S-CSCF
+        (Expires: 0, RFC 6665 §4.1.2.3), which would otherwise keep it, and NOTIFY it,
+        for as long as the IMPU stays registered there."""
+        sub = self.subscriptions.get(self._subscribed.get(impi, ""))
+        self._detach_subscription(impi)
+        return self._end_subscription(sub, now) if sub is not None else []
+
+    def _end_subscription(self, sub: RegEventSubscription, now: float) -> list[Action]:
+        """Our Expires: 0 in the dialog of detached subscription `sub`, once."""
+        if sub.ending or not sub.confirmed:
+            return []
+        sub.ending = True
+        self.counters["reg-unsubscribed"] += 1
+        return self._in_dialog_subscribe(sub, 0, now)
+
     def _detach_subscription(self, impi: str) -> None:
         """The reg-event subscription made for `impi`'s registration was that
         registration's (RFC 3680), which ended: its NOTIFYs still to come (the S-CSCF's
@@ -2502,8 +2640,10 @@ class PcscfCore:
         registration of the IMPI, which may already be under way, subscribes for
         itself."""
         call_id = self._subscribed.pop(impi, None)
-        if call_id is not None:
-            self.subscriptions[call_id] = ""
+        sub = self.subscriptions.get(call_id) if call_id is not None else None
+        if sub is not None:
+            sub.impi = ""
+            sub.refresh_at = 0.0
 
     # ------------------------------------------------------------------ timers
 
@@ -2607,6 +2747,8 @@ class PcscfCore:
             elif oldest.final_data is None and oldest.kind in _TO_UE:
                 self._to_ue_open -= 1  # the UE never answered
                 self._settled(branch, oldest)
+            elif oldest.kind == "subscribe" and oldest.forward is not None:
+                self._subscribe_unanswered(oldest.forward.message.get("Call-ID") or "")
             elif self._to_pack:
                 self._unwait(oldest)
         for impi in unanswered:
@@ -2638,6 +2780,11 @@ class PcscfCore:
                 # The UE's terminated NOTIFY never came through (TS 24.229 §5.2.3).
                 actions += self._network_end(reg, now)
                 later = self._due(reg) if self.registrations.get(key) is reg else None
+                if later is not None:
+                    self._watch(later[0], key)
+            elif due[1] == "subscription":
+                actions += self._refresh_subscription(reg, now)
+                later = self._due(reg)
                 if later is not None:
                     self._watch(later[0], key)
             elif due[1] == "previous":

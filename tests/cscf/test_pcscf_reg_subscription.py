@@ -1,0 +1,129 @@
+"""P-CSCF core (sans-I/O): its own reg-event subscription as a dialog (TS 24.229
+§5.2.3; RFC 6665 §4.1): refreshed in the dialog before the S-CSCF's grant runs out, made
+again when only the subscription ended, forgotten when its SUBSCRIBE goes unanswered."""
+
+from __future__ import annotations
+
+import pytest
+
+from imsaka.cscf.pcscf import Arrival, Forward, PcscfCore
+from imsaka.cscf.pcscf_regsub import refresh_after
+from imsaka.sip import Request, make_response
+from tests.cscf.test_pcscf_dialog_routing import (
+    IMPU,
+    SCSCF,
+    SERVICE_ROUTE,
+    _own_terminated_notify,
+    _reparse,
+    reginfo,
+    register_through,
+)
+
+IMPI = "user1_private@home1.net"
+SCSCF_CONTACT = "sip:127.0.0.1:5080"
+
+
+def _subscribes(actions: list) -> list[Request]:
+    return [
+        a.message for a in actions if isinstance(a, Forward) and a.message.method == "SUBSCRIBE"
+    ]
+
+
+def _registered(grant: int | None = 1000) -> tuple[PcscfCore, Request, list]:
+    """PACKET1's UE registered over its SAs, the P-CSCF's SUBSCRIBE answered 200 by the
+    S-CSCF at 3.05 (its Contact, `grant` as Expires; None: no Expires). Returns the
+    core, that SUBSCRIBE and the actions of the 200 OK to the REGISTER."""
+    p, _, acts = register_through()
+    (sub,) = _subscribes(acts)
+    headers = [("Contact", f"<{SCSCF_CONTACT}>")]
+    if grant is not None:
+        headers.append(("Expires", str(grant)))
+    sub_ok = make_response(_reparse(sub), 200, to_tag="scscf-reg", headers=headers)
+    assert p.receive_response(_reparse(sub_ok), SCSCF, 3.05) == []
+    return p, sub, acts
+
+
+@pytest.mark.parametrize(("grant", "after"), [(1000, 500.0), (1200, 600.0), (3600, 3000.0)])
+def test_refresh_point(grant, after):
+    """TS 24.229 §5.2.3: half of a grant up to 1200 s, 600 s before the end of a longer one."""
+    assert refresh_after(grant) == after
+
+
+def test_the_subscription_is_refreshed_in_its_dialog_before_the_grant_runs_out():
+    p, initial, _ = _registered(grant=1000)
+    assert not _subscribes(p.handle_timer(3.05 + 499))
+    (refresh,) = _subscribes(p.handle_timer(3.05 + 500))
+    first = _reparse(initial)
+    refresh = _reparse(refresh)
+    # RFC 6665 §4.1.2.2: same dialog (Call-ID, both tags), next CSeq, to the remote target
+    assert refresh.uri == SCSCF_CONTACT and not refresh.get_all("Route")
+    assert refresh.call_id == first.call_id
+    assert refresh.from_.tag == first.from_.tag and refresh.to.tag == "scscf-reg"
+    assert refresh.cseq.seq == 2 and refresh.get("Expires") == "600000"
+    assert p.counters["reg-subscription-refreshed"] == 1
+    # its 200 grants anew: the next refresh moves with it (a NOTIFY's expires, too)
+    ok = make_response(refresh, 200, headers=[("Expires", "1000")])
+    assert p.receive_response(_reparse(ok), SCSCF, 504.0) == []
+    assert not _subscribes(p.handle_timer(504.0 + 499))
+    (again,) = _subscribes(p.handle_timer(504.0 + 500))
+    assert _reparse(again).cseq.seq == 3
+    assert len(p.subscriptions) == 1 and p.stats()["registrations"] == 1
+
+
+def test_a_notify_sets_up_the_dialog_and_its_grant_when_it_overtakes_the_2xx():
+    """RFC 6665 §4.1.2.4: the first NOTIFY can come before the 200 to the SUBSCRIBE; the
+    unanswered SUBSCRIBE's Timer F then leaves the subscription it confirmed."""
+    p, _, acts = register_through()
+    notify = _own_terminated_notify(p, acts, "active;expires=800", reginfo("active", "registered"))
+    notify.set("Contact", f"<{SCSCF_CONTACT}>")
+    (answer,) = p.receive_request(_reparse(notify), Arrival(SCSCF), 3.02)
+    assert answer.message.status == 200
+    (refresh,) = _subscribes(p.handle_timer(3.02 + 400))
+    assert _reparse(refresh).to.tag == "s" and refresh.uri == SCSCF_CONTACT
+
+
+def test_only_the_subscription_ending_keeps_the_registration_and_subscribes_anew():
+    """RFC 6665 §4.1.3: `terminated;reason=timeout` with the registration still active in
+    the reginfo ends the subscription, not the registration (its SAs stay); a
+    subscription that lived a while is made again at once."""
+    p, _, acts = _registered()
+    (old_call_id,) = p.subscriptions
+    lapse = _own_terminated_notify(
+        p, acts, "terminated;reason=timeout", reginfo("active", "registered")
+    )
+    out = p.receive_request(_reparse(lapse), Arrival(SCSCF), 900.0)
+    assert out[0].message.status == 200
+    assert p.stats()["registrations"] == 1 and p.stats()["sas"] == 1
+    (new,) = _subscribes(out)
+    assert new.call_id != old_call_id and not new.to.tag
+    assert list(p.subscriptions) == [new.call_id]
+    assert p.counters["reg-subscription-ended"] == 1 and p.counters["reg-resubscribed"] == 1
+
+
+def test_a_subscription_ended_at_once_is_not_made_again_at_once():
+    """No SUBSCRIBE/NOTIFY loop with an S-CSCF that ends every subscription it grants:
+    the next 200 OK to a REGISTER of the UE subscribes anew."""
+    p, _, acts = _registered()
+    lapse = _own_terminated_notify(p, acts, "terminated;reason=timeout")  # no reginfo
+    out = p.receive_request(_reparse(lapse), Arrival(SCSCF), 5.0)
+    assert not _subscribes(out) and p.subscriptions == {}
+    assert p.stats()["registrations"] == 1
+
+
+def test_a_481_to_a_refresh_makes_a_new_subscription():
+    """RFC 6665 §4.1.2.2: the S-CSCF no longer holds the subscription."""
+    p, initial, _ = _registered(grant=1000)
+    (refresh,) = _subscribes(p.handle_timer(503.05))
+    gone = make_response(_reparse(refresh), 481, "Subscription Does Not Exist")
+    (new,) = _subscribes(p.receive_response(_reparse(gone), SCSCF, 503.1))
+    assert new.call_id != initial.call_id and not new.to.tag
+    assert new.uri == IMPU and new.get_all("Route") == [SERVICE_ROUTE]
+    assert list(p.subscriptions) == [new.call_id]
+
+
+def test_an_unanswered_subscribe_is_forgotten_so_the_next_registration_subscribes():
+    p, _, _ = register_through()
+    assert len(p.subscriptions) == 1
+    p.handle_timer(3.0 + 33)
+    assert p.subscriptions == {} and p.counters["reg-subscribe-unanswered"] == 1
+    assert IMPI not in p._subscribed
