@@ -202,6 +202,8 @@ async def test_ue_refreshes_before_expiry(subscribers):
     try:
         res = await ue.register(10)
         assert res.ok and res.expires == 4, res
+        (first,) = ue.table.sets()
+        lifetime_before = first.expires_at
         await asyncio.sleep(3.0)
 
         # the UE's reg-event SUBSCRIBE/NOTIFY (§5.1.1.3) share the trace: REGISTERs only
@@ -217,6 +219,8 @@ async def test_ue_refreshes_before_expiry(subscribers):
         ]
         assert len(oks) == 2
         assert net.pcscf.stats()["registrations"] == 1
+        # the same set, its lifetime moved with the refresh (§5.1.1.4.1: + 30 s)
+        assert ue.table.sets() == [first] and first.expires_at >= lifetime_before + 1.5
     finally:
         await ue.close()
         await net.stop()

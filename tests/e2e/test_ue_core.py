@@ -229,6 +229,24 @@ def test_refresh_is_protected_with_new_offer_and_same_port_s():
     assert ue.state is UeState.REREGISTERING
 
 
+def test_unchallenged_refresh_moves_the_sa_lifetime():
+    """TS 24.229 §5.1.1.4.1: the 200 OK to a re-REGISTER that was not challenged sets
+    the lifetime of the set in use to the longer of what it had and the new
+    registration's plus 30 s (before 2026-11-27 it stayed at the first registration's,
+    and a UE registered longer than that lost its SAs while still registered)."""
+    from imsaka.ue.core import SecurityAssociationsEstablished
+
+    ue, _ = _registered_ue()
+    sa = ue.sa
+    (send,) = ue.handle_timer(602.0)
+    ok = make_response(
+        send.request, 200, to_tag="5ef4", headers=[("Contact", "<sip:127.0.0.1:1357>;expires=1200")]
+    )
+    events = ue.receive(parse_message(ok.to_bytes()), 603.0)
+    assert SecurityAssociationsEstablished(sa, 1230.0) in events
+    assert ue.sa is sa and ue.state is UeState.REGISTERED
+
+
 def test_deregister_expires_zero_over_the_sas_then_released():
     from imsaka.ue.core import Deregistered, SecurityAssociationsReleased
 

@@ -181,7 +181,9 @@ class SetUpSecurityAssociations:
 
 @dataclass(frozen=True, slots=True)
 class SecurityAssociationsEstablished:
-    """The temporary set became the established one (200 OK to the protected REGISTER)."""
+    """The temporary set became the established one (200 OK to the protected REGISTER),
+    or the established one's lifetime moves (200 OK to an unchallenged re-REGISTER):
+    it lasts at least `lifetime` s from now."""
 
     sa: SaParameters
     lifetime: float
@@ -1011,6 +1013,10 @@ class UeRegistration:
             events.append(SecurityAssociationsEstablished(self.sa, lifetime))
             if old is not None:
                 events.append(SecurityAssociationsReleased(old, "replaced by a newer set"))
+        elif self.sa is not None and protected and expires > 0:
+            # TS 24.229 §5.1.1.4.1: a refresh without a new AKA run keeps the set, whose
+            # lifetime becomes the longer of its own and this registration's + 30 s.
+            events.append(SecurityAssociationsEstablished(self.sa, expires + 30.0))
         self.retries = 0
         self._pending = None
         self.state = UeState.REGISTERED
