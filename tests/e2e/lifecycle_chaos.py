@@ -12,6 +12,11 @@ challenge, subscription or open transaction in any function (`census()`), no SA 
 any UE.
 
     python -m tests.e2e.lifecycle_chaos [--seeds 1-20] [--ues 5] [--steps 6] [--traces DIR]
+                                        [--expires S]
+
+`--expires S` grants every registration and subscription at most S seconds, so the
+UEs re-register, and the UEs and the P-CSCF refresh their reg-event subscriptions, by
+themselves in the middle of the steps (TS 24.229 §5.1.1.4, §5.1.1.3, §5.2.3).
 
 Prints one JSON line per seed and a summary; exits 1 when a run failed. With
 `--traces`, the ladder of each failed UE (SIP and Diameter, by time) is written there.
@@ -67,17 +72,25 @@ def _ladder(net: Network, impi: str) -> str:
     return "\n".join(sorted(lines)) + "\n"
 
 
-async def run(seed: int, n_ues: int, steps: int, traces: Path | None) -> dict[str, Any]:
+async def run(
+    seed: int, n_ues: int, steps: int, traces: Path | None, expires: int = 0
+) -> dict[str, Any]:
     rng = random.Random(seed)
-    scscf: dict[str, str] = {}
+    scscf: dict[str, Any] = {}
     if rng.random() < 0.4:
         scscf["reauthenticate"] = "always"
     if rng.random() < 0.4:
         scscf["reregistration_sar"] = "when-needed"
+    ue_extra: dict[str, Any] = {}
+    if expires:
+        # every grant that short: registrations and subscriptions (the UEs' and the
+        # P-CSCF's) refresh by themselves between and during the steps
+        scscf.update(min_expires=1, max_expires=expires, default_expires=expires)
+        ue_extra["expires"] = expires
     subs = make_subscribers(n_ues, seed=seed % 1000 + 1)
     net = Network(subs, NetworkOptions(extra={"scscf": scscf}))
     await net.start()
-    ues = [UeClient(net.ue_config(s), observers=[net.trace]) for s in subs]
+    ues = [UeClient(net.ue_config(s, **ue_extra), observers=[net.trace]) for s in subs]
     bad: list[Any] = []
     done = 0
 
@@ -153,7 +166,7 @@ async def main_async(args: argparse.Namespace) -> int:
     for seed in seeds:
         started = time.monotonic()
         try:
-            out = await run(seed, args.ues, args.steps, args.traces)
+            out = await run(seed, args.ues, args.steps, args.traces, args.expires)
         except Exception:  # a crash of the run itself is a failure of that seed
             out = {"seed": seed, "bad": [traceback.format_exc()[-1500:]]}
         out["seconds"] = round(time.monotonic() - started, 1)
@@ -169,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ues", type=int, default=5)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--traces", type=Path, help="write each failed UE's ladder here")
+    p.add_argument(
+        "--expires",
+        type=int,
+        default=0,
+        help="the S-CSCF's longest grant and the UEs' Expires, in s (default: the product's)",
+    )
     args = p.parse_args(argv)
     return asyncio.run(main_async(args))
 
