@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import random
 import sys
 import time
@@ -58,10 +59,39 @@ def _leftovers(net: Network, ues: list[UeClient]) -> dict[str, int]:
     return left
 
 
-def _ladder(net: Network, impi: str) -> str:
-    """The messages of one subscriber's UE (`userN_`), by time."""
+class _Logs(logging.Handler):
+    """The UE's and the P-CSCF's INFO lines (what they dropped and why), kept for the
+    ladders of failed UEs."""
+
+    LOGGERS = ("imsaka.ue", "imsaka.cscf.pcscf")
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[tuple[float, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.lines) < 500_000:
+            self.lines.append((record.created, f"{record.name}: {record.getMessage()}"))
+
+    def __enter__(self) -> _Logs:
+        for name in self.LOGGERS:
+            logger = logging.getLogger(name)
+            logger.addHandler(self)
+            logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeHandler(self)
+
+
+def _ladder(net: Network, impi: str, ue_name: str, logs: _Logs) -> str:
+    """The messages of one subscriber's UE (`userN_`), and the log lines naming it or
+    its IMPI, by time."""
     user = impi.split("_", 1)[0] + "_"
-    lines = []
+    lines = [
+        f"{t:.3f} log {text}" for t, text in logs.lines if user in text or f"{ue_name}:" in text
+    ]
     for rec in net.trace.messages("sip") + net.trace.messages("diameter"):
         if any(user in v for _, v in rec.headers) or user in str(rec.diameter):
             h = dict(rec.headers)
@@ -88,16 +118,35 @@ async def run(
         scscf.update(min_expires=1, max_expires=expires, default_expires=expires)
         ue_extra["expires"] = expires
     subs = make_subscribers(n_ues, seed=seed % 1000 + 1)
+    with _Logs() as logs:
+        return await _run(seed, n_ues, steps, traces, scscf, ue_extra, subs, logs)
+
+
+async def _run(
+    seed: int,
+    n_ues: int,
+    steps: int,
+    traces: Path | None,
+    scscf: dict[str, Any],
+    ue_extra: dict[str, Any],
+    subs: list,
+    logs: _Logs,
+) -> dict[str, Any]:
     net = Network(subs, NetworkOptions(extra={"scscf": scscf}))
     await net.start()
-    ues = [UeClient(net.ue_config(s, **ue_extra), observers=[net.trace]) for s in subs]
+    ues = [
+        UeClient(net.ue_config(s, **ue_extra), observers=[net.trace], name=f"ue{i}")
+        for i, s in enumerate(subs)
+    ]
     bad: list[Any] = []
     done = 0
 
     def write_ladder(i: int) -> None:
         if traces is not None:
             traces.mkdir(parents=True, exist_ok=True)
-            (traces / f"seed{seed}-ue{i}.txt").write_text(_ladder(net, subs[i].impi))
+            (traces / f"seed{seed}-ue{i}.txt").write_text(
+                _ladder(net, subs[i].impi, f"ue{i}", logs)
+            )
 
     def failed(i: int, what: str, detail: str) -> None:
         bad.append({"ue": i, "step": what, "detail": detail[:300]})
