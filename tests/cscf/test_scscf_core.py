@@ -41,6 +41,7 @@ class Harness:
         self.tokens = itertools.count(1)
         self.asks: list = []
         self.stored: dict[str, object] = {}
+        self.writes: list[StoreRegistration] = []  # every StoreRegistration, in order
         self.sar_failure: CxOutcome | None = None
         self.mar_failure: CxOutcome | None = None
 
@@ -67,6 +68,7 @@ class Harness:
                     queue += self.core.assignment_done(a.token, USER_DATA, now)
             elif isinstance(a, StoreRegistration):
                 self.stored[a.registration.impu] = a.registration
+                self.writes.append(a)
             elif isinstance(a, RemoveRegistration):
                 self.stored.pop(a.impu, None)
         return replies

@@ -59,6 +59,13 @@ def test_a_binding_added_while_the_deregistration_sar_was_out_still_expires():
     replies = h.run(h.core.assignment_done(sar.token, None, T0 + 12), T0 + 12)
     assert [r.status for r in replies] == [200]
     assert IMPU in h.stored
+    # its 200 lists the binding that stays (RFC 3261 §10.3 step 8), and the
+    # subscribers are told which one went (TS 24.229 §5.4.2.1.2)
+    contacts = header(replies[0], "Contact")
+    assert f"<{ue.contact}>;expires=0" in contacts
+    assert any(c.startswith(f"<{OTHER}>;expires=") and not c.endswith("=0") for c in contacts)
+    ((gone, event),) = h.writes[-1].ended
+    assert gone.uri == ue.contact and event == "unregistered"
     h.run(h.core.handle_timer(T0 + 1001), T0 + 1001)
     assert IMPU in h.stored
     h.run(h.core.handle_timer(T0 + 11 + 3001), T0 + 11 + 3001)

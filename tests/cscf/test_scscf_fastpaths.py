@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imsaka.cscf import scscf
+from imsaka.cscf.registrar import plain_tagged
 from imsaka.cscf.scscf import register_request_from_sip
 from imsaka.sip import SipParseError, parse_message
 
@@ -236,7 +237,7 @@ def _name_addr(draw) -> str:
 def test_plain_from_read_as_the_parse_reads_it(text):
     from imsaka.sip.headers import NameAddr
 
-    got = scscf.plain_tagged(text)
+    got = plain_tagged(text)
     if got is None:
         return
     parsed = NameAddr.parse(text)
@@ -249,11 +250,11 @@ def test_plain_from_generator_reaches_both_paths():
     @settings(max_examples=300)
     @given(_name_addr())
     def probe(text):
-        seen.add(scscf.plain_tagged(text) is not None)
+        seen.add(plain_tagged(text) is not None)
 
     probe()
     assert seen == {True, False}
-    assert scscf.plain_tagged("<sip:pcscf1.home1.net:5060>;tag=s1") == (
+    assert plain_tagged("<sip:pcscf1.home1.net:5060>;tag=s1") == (
         "sip:pcscf1.home1.net:5060",
         "s1",
     )

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from xml.sax.saxutils import escape, quoteattr
 
-from imsaka.cscf.registrar import Registration
+from imsaka.cscf.registrar import ContactBinding, Registration
 from imsaka.sip import NameAddr, Request, SipParseError, SipUri, parse_uri
 from imsaka.sip.compact import SharedTuples
 
@@ -306,6 +306,15 @@ class RegSubscriptions:
                 return
             prev, s = s, s._next
 
+    def of_impu(self, impu: str) -> list[RegSubscription]:
+        """Every subscription to `impu` (they stay)."""
+        subs = []
+        s = self._by_impu.get(impu)
+        while s is not None:
+            subs.append(s)
+            s = s._next
+        return subs
+
     def pop_impu(self, impu: str) -> list[RegSubscription]:
         """Every subscription to `impu`, removed with its expiry (the registration ended)."""
         subs = []
@@ -428,9 +437,12 @@ def reginfo_body(
     now: float,
     terminated_event: str | None = None,
     associated: tuple[str, ...] = (),
+    ended: tuple[tuple[ContactBinding, str], ...] = (),
 ) -> bytes:
     """RFC 3680 §5.3 reginfo: one <registration> per IMPU of the implicit set (TS 24.229
-    §5.4.2.1.2), with the contacts active, or all terminated with `terminated_event`."""
+    §5.4.2.1.2), with the contacts active, or all terminated with `terminated_event`.
+    `ended`: bindings just removed from a registration that stays, listed terminated
+    with their event after the active ones."""
     impus = associated or (registration.associated if registration is not None else ()) or (impu,)
     contacts = registration.contacts.values() if registration is not None else ()
     # Each contact's element is the same under every IMPU of the set but for its id:
@@ -448,6 +460,10 @@ def reginfo_body(
             f' state="active" event="registered" expires="{max(0, round(c.expires_at - now))}">\n'
             f"      <uri>{_text(c.uri)}</uri>\n    </contact>"
             for c in contacts
+        ]
+        tails += [
+            f' state="terminated" event="{event}">\n      <uri>{_text(c.uri)}</uri>\n    </contact>'
+            for c, event in ended
         ]
     lines = [
         '<?xml version="1.0"?>',

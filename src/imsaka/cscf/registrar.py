@@ -79,6 +79,23 @@ def plain_contact(request: Any) -> re.Match[str] | None:
     return plain_name_addr(values[0]) if len(values) == 1 else None
 
 
+_TAG = re.compile(r"[A-Za-z0-9\-.!%*_+'~]+").fullmatch
+
+
+def plain_tagged(text: str | None) -> tuple[str, str] | None:
+    """(URI, tag) of a From or To written ``<plain URI>;tag=token`` (`plain_name_addr`
+    without expires), as NameAddr.parse reads it (tested); else None (take the view)."""
+    if not text:
+        return None
+    head, sep, tag = text.partition(";tag=")
+    if not sep or not _TAG(tag):
+        return None
+    m = plain_name_addr(head)
+    if m is None or m.group(3) is not None:
+        return None
+    return m.group(1), tag
+
+
 @dataclass(frozen=True, slots=True)
 class ContactBinding:
     """One registered contact of an IMPU (RFC 3261 §10.3 step 7). Immutable: a refresh

@@ -51,6 +51,7 @@ from imsaka.cscf.registrar import (
     open_binding_store,
     plain_contact,
     plain_name_addr,
+    plain_tagged,
 )
 from imsaka.cscf.scscf_core import (
     Action,
@@ -183,23 +184,6 @@ def _digest_params(params: dict[str, str]) -> DigestParams:
 
 
 # a tag param's value: RFC 3261 §25.1 token characters the parameter parser also takes
-_TAG = re.compile(r"[A-Za-z0-9\-.!%*_+'~]+").fullmatch
-
-
-def plain_tagged(text: str | None) -> tuple[str, str] | None:
-    """(URI, tag) of a From or To written ``<plain URI>;tag=token`` (`plain_name_addr`
-    without expires), as NameAddr.parse reads it (tested); else None (take the view)."""
-    if not text:
-        return None
-    head, sep, tag = text.partition(";tag=")
-    if not sep or not _TAG(tag):
-        return None
-    m = plain_name_addr(head)
-    if m is None or m.group(3) is not None:
-        return None
-    return m.group(1), tag
-
-
 def asserted_uris(request: Request) -> list[str]:
     """The URIs of P-Asserted-Identity (TS 24.229 §5.4.2.1.1: who subscribes); [] when
     there is none or one does not parse. Plain values are read off their text."""
@@ -581,6 +565,20 @@ class Scscf:
         body = reginfo_body(sub.impu, reg, version=sub.version, now=now)
         self._send_notify(sub, body, now, terminated_reason="timeout")
 
+    def _notify_changed(self, stored: StoreRegistration) -> None:
+        """A contact of a registration that stays came or went: every subscriber gets
+        the new state, the contacts gone listed terminated with their event (TS 24.229
+        §5.4.2.1.2; RFC 3680 §5.3)."""
+        reg = stored.registration
+        subs = self.subscriptions.of_impu(reg.impu)
+        if not subs:
+            return
+        now = self._clock()
+        self.core.counters["notify_contacts_changed"] += 1
+        for sub in subs:
+            body = reginfo_body(reg.impu, reg, version=sub.version, now=now, ended=stored.ended)
+            self._send_notify(sub, body, now)
+
     def _notify_terminated(self, removed: RemoveRegistration) -> None:
         """The registration ended: tell every subscriber (TS 24.229 §5.4.1.5, §5.4.2.1.2),
         so that the P-CSCF removes the UE's security associations."""
@@ -665,6 +663,8 @@ class Scscf:
                 self._ask(action)
             elif isinstance(action, StoreRegistration):
                 self._memory().put_now(action.registration)
+                if action.ended or action.added:
+                    self._notify_changed(action)
             elif isinstance(action, RemoveRegistration):
                 self._memory().delete_now(action.impu)
                 self._notify_terminated(action)
@@ -683,9 +683,12 @@ class Scscf:
         for action in actions:
             if isinstance(action, StoreRegistration):
                 if action.if_unchanged:
-                    await self._store_partial_expiry(action.registration)
+                    written = await self._store_partial_expiry(action.registration)
                 else:
                     await self._store(self.store.put(action.registration))
+                    written = True
+                if written and (action.ended or action.added):
+                    self._notify_changed(action)
             elif isinstance(action, RemoveRegistration):
                 if action.reason == "timeout":
                     claim = await self._claim_lapsed(action.impu)
@@ -723,23 +726,25 @@ class Scscf:
             self.core.counters["expiry_claimed_elsewhere"] += 1
         return claim
 
-    async def _store_partial_expiry(self, reg: Registration) -> None:
+    async def _store_partial_expiry(self, reg: Registration) -> bool:
         """Some contacts of `reg` lapsed here, others stay: write that back only over the
         stored copy this S-CSCF last saw; if another S-CSCF sharing the store refreshed
-        (or removed) it meanwhile, adopt the stored record instead (docs/lifecycle.md)."""
+        (or removed) it meanwhile, adopt the stored record instead (docs/lifecycle.md).
+        Whether it was written."""
         try:
             if await self.store.put_if_unchanged(reg):
-                return
+                return True
             stored = await self.store.get(reg.impu)
         except Exception as exc:
             self.core.counters["store_errors"] += 1
             log.warning("binding store write failed: %s", exc)
-            return
+            return False
         self.core.counters["partial_expiry_changed_elsewhere"] += 1
         if stored is None:
             self.core.forget(reg.impu)
         else:
             self.core.load(stored)  # re-arms its timer: a lapsed contact there expires next
+        return False
 
     async def _store(self, op: Awaitable[None]) -> None:
         try:

@@ -34,7 +34,7 @@ import heapq
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
 
@@ -211,6 +211,12 @@ class StoreRegistration:
     if_unchanged: bool = False
     """A partial expiry: with a shared store, write it only over the copy it was read as
     (`BindingStore.put_if_unchanged`), never over another S-CSCF's refresh."""
+    ended: tuple[tuple[ContactBinding, str], ...] = ()
+    """Bindings this write removes from a registration that stays, each with its RFC 3680
+    event (`unregistered`, `expired`): the reg-event subscribers are told (TS 24.229
+    §5.4.2.1.2)."""
+    added: bool = False
+    """Whether it adds a contact to the registration (the subscribers are told)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +314,25 @@ class _Failures:
 
 
 _AKA_ALGORITHMS = (AKAV1_MD5, AKAV2_MD5)
+
+
+def _contact_changes(
+    old: Registration | None, contacts: Mapping[str, ContactBinding], now: float
+) -> tuple[tuple[tuple[ContactBinding, str], ...], bool]:
+    """What a REGISTER changes in an IMPU's contacts, for its reg-event subscribers
+    (TS 24.229 §5.4.2.1.2): the live bindings of `old` it removes (`unregistered`), and
+    whether it adds one. A refresh of the same contacts changes neither."""
+    if old is None:
+        return (), bool(contacts)
+    before = old.contacts
+    if len(before) == len(contacts) and all(uri in before for uri in contacts):
+        return (), False
+    ended = tuple(
+        (c, "unregistered")
+        for uri, c in before.items()
+        if uri not in contacts and c.expires_at > now
+    )
+    return ended, any(uri not in before for uri in contacts)
 
 
 def _impi_from_impu(impu: str) -> str:
@@ -999,6 +1024,7 @@ class RegistrarCore:
         else:
             associated = associated_uris(req.impu, identities)
         contacts = self._apply_contacts(old, req, now)
+        ended, added = _contact_changes(old, contacts, now)
         reg = Registration(  # (positional, in field order)
             req.impu,
             impi,
@@ -1028,24 +1054,27 @@ class RegistrarCore:
         headers.append(("Date", http_date(now)))
         # (one join: no generator or f-string per URI)
         headers.append(("P-Associated-URI", f"<{'>, <'.join(associated)}>" if associated else ""))
-        return [StoreRegistration(reg), self._reply(token, 200, "OK", tuple(headers))]
+        store = StoreRegistration(reg, ended=ended, added=added) if ended or added else None
+        return [store or StoreRegistration(reg), self._reply(token, 200, "OK", tuple(headers))]
 
     def _finish_deregister(self, token: int, op: _Op, now: float) -> list[Action]:
         req = op.request
         assert req is not None
         actions: list[Action] = []
         reg = self.registrations.get(req.impu)
+        staying: Mapping[str, ContactBinding] = {}
         if reg is not None and reg.impi == op.impi:
             remaining = self._apply_contacts(reg, req, now)
             if remaining:  # another contact was added meanwhile: keep it
-                reg.contacts = remaining
+                ended, _ = _contact_changes(reg, remaining, now)
+                reg.contacts = staying = remaining
                 # the removed binding may have been the earliest: its entry moves on to
                 # the one left when it surfaces; one earlier than it gets its own
                 # (§5.4.1.7 expiry)
                 expiry = reg.earliest_expiry()
                 if expiry is not None:
                     self._arm(expiry, req.impu)
-                actions.append(StoreRegistration(reg))
+                actions.append(StoreRegistration(reg, ended=ended))
             else:
                 self.registrations.pop(req.impu, None)
                 self._queued.pop(req.impu, None)
@@ -1056,6 +1085,9 @@ class RegistrarCore:
         headers: list[tuple[str, str]] = []
         for spec in req.contacts:
             headers.append(("Contact", f"<{spec.uri}>{spec.params};expires=0"))
+        for binding in staying.values():  # RFC 3261 §10.3 step 8: and those that stay
+            left = max(0, round(binding.expires_at - now))
+            headers.append(("Contact", f"<{binding.uri}>{binding.params};expires={left}"))
         headers.append(("Date", http_date(now)))
         actions.append(self._reply(token, 200, "OK", tuple(headers)))
         return actions
@@ -1065,14 +1097,16 @@ class RegistrarCore:
         if reg is None:
             return []
         before = dict(reg.contacts)
-        for uri in [c.uri for c in reg.contacts.values() if c.expires_at <= now]:
-            del reg.contacts[uri]
+        lapsed = [c for c in reg.contacts.values() if c.expires_at <= now]
+        for c in lapsed:
+            del reg.contacts[c.uri]
             self.counters["contact_expired"] += 1
         if reg.contacts:
             expiry = reg.earliest_expiry()
             assert expiry is not None
             self._arm(expiry, impu)
-            return [StoreRegistration(reg, if_unchanged=True)]
+            ended = tuple((c, "expired") for c in lapsed)
+            return [StoreRegistration(reg, if_unchanged=True, ended=ended)]
         self.registrations.pop(impu, None)
         self._unindex(reg)
         self._drop_spare_vectors(reg.impi)

@@ -1,0 +1,109 @@
+"""S-CSCF: the reg-event subscribers hear of a contact that comes or goes while the
+IMPU stays registered (TS 24.229 §5.4.2.1.2; RFC 3680 §5.3: the contact listed
+`terminated` with its event, `unregistered` or `expired`), not only of the whole
+registration's end; and the 200 to a de-REGISTER that leaves other bindings lists them
+(RFC 3261 §10.3 step 8)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from imsaka.cscf.scscf_core import ContactSpec, RegistrarCore
+
+from .fakes import IMPI, FakeHss, FakeUe
+from .test_home_network import (
+    REALM,
+    answer_auth,
+    empty_auth,
+    new_ue,
+    reg_event_subscribe,
+    register,
+    send,
+    wait_for,
+)
+from .test_scscf_core import T0, Harness, header, policy
+
+SECOND = "sip:[5555::aaa:bbb:ccc:eee]:1358"
+PROTECTED = "sip:[5555::aaa:bbb:ccc:ddd]:1357;comp=sigcomp"
+YES = (
+    f'Digest username="{IMPI}", realm="{REALM}", nonce="", uri="sip:registrar.home1.net", '
+    'response="", integrity-protected="yes"'
+)
+
+
+def _at(request, contact: str, expires: int):
+    request.set("Contact", f"<{contact}>;expires={expires}")
+    return request
+
+
+async def test_subscribers_hear_of_a_second_contact_and_of_its_deregistration(home):
+    first = await send(home, register(home, cseq=1, authorization=empty_auth(), protected=False))
+    ok = await send(
+        home,
+        register(
+            home,
+            cseq=2,
+            protected=True,
+            authorization=answer_auth(first.www_authenticate, new_ue()),
+        ),
+    )
+    assert ok.status == 200
+    notifies: list = []
+    assert (await reg_event_subscribe(home, notifies)).status == 200
+    await wait_for(lambda: len(notifies) == 1)
+
+    # another device of the user registers a second contact (its own AKA run)
+    ue2 = new_ue()
+    r401 = await send(
+        home,
+        _at(register(home, cseq=3, authorization=empty_auth(), protected=False), SECOND, 3600),
+    )
+    assert r401.status == 401
+    auth = answer_auth(r401.www_authenticate, ue2)
+    r200 = await send(
+        home, _at(register(home, cseq=4, authorization=auth, protected=True), SECOND, 3600)
+    )
+    assert r200.status == 200
+    await wait_for(lambda: len(notifies) == 2)
+    added = notifies[1].body.decode()
+    assert notifies[1].get("subscription-state").startswith("active;")
+    assert added.count('state="active" event="registered"') >= 2
+    assert SECOND.replace("[", "").split("]")[0] in added.replace("[", "")
+    assert 'version="1"' in added
+
+    # it de-registers: the first contact stays, the subscribers hear which one went
+    dereg = await send(
+        home, _at(register(home, cseq=5, authorization=YES, protected=True), SECOND, 0)
+    )
+    assert dereg.status == 200
+    contacts = dereg.get_all("contact")
+    # the bindings that stay (RFC 3261 §10.3 step 8); the one removed is not among them
+    assert not any(SECOND in c and not c.endswith(";expires=0") for c in contacts), contacts
+    assert any(PROTECTED in c and not c.endswith(";expires=0") for c in contacts), contacts
+    await wait_for(lambda: len(notifies) == 3)
+    gone = notifies[2].body.decode()
+    assert notifies[2].get("subscription-state").startswith("active;")
+    assert 'state="terminated" event="unregistered"' in gone
+    assert '<registration aor="sip:user1_public1@home1.net" id="r0" state="active">' in gone
+    assert home.scscf.census()["bindings"] == 1 and home.scscf.census()["subscriptions"] == 1
+    assert home.scscf.scscf.core.counters["notify_contacts_changed"] == 2
+
+
+def test_refresh_changes_no_contact_and_a_lapsed_one_is_expired():
+    """The registrar core says what changed (`StoreRegistration.ended` / `added`): a
+    refresh of the same contacts nothing; a binding lapsing beside another `expired`."""
+    h = Harness(RegistrarCore(policy(max_expires=3600, default_expires=3600)), FakeHss())
+    ue = FakeUe()
+    r401 = h.send(ue.register(), T0)
+    answer = ue.answer(header(r401, "WWW-Authenticate")[0])
+    both = (ContactSpec(ue.contact, 1000), ContactSpec(SECOND, 3000))
+    stores = h.writes
+    assert h.send(dataclasses.replace(answer, contacts=both), T0).status == 200
+    assert stores[-1].added and not stores[-1].ended
+    refresh = dataclasses.replace(ue.register(integrity="yes"), contacts=both)
+    assert h.send(refresh, T0 + 10).status == 200
+    assert not stores[-1].added and not stores[-1].ended
+    h.run(h.core.handle_timer(T0 + 10 + 1001), T0 + 10 + 1001)
+    (binding, event), *rest = stores[-1].ended
+    assert binding.uri == ue.contact and event == "expired" and not rest
+    assert stores[-1].if_unchanged
