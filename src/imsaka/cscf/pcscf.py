@@ -884,11 +884,9 @@ class PcscfCore:
     def _due(self, reg: Registration) -> tuple[float, str] | None:
         """The registration's earliest live deadline and its kind (None: none)."""
         due = None
-        call_id = self._subscribed.get(reg.impi)
-        if call_id is not None and reg.state is RegState.REGISTERED:
-            sub = self.subscriptions.get(call_id)
-            if sub is not None and sub.refresh_at and sub.confirmed:
-                due = (sub.refresh_at, "subscription")
+        sub = self._refresh_due(reg)
+        if sub is not None:
+            due = (sub.refresh_at, "subscription")
         if reg.temporary is not None and (due is None or reg.temporary_expires < due[0]):
             due = (reg.temporary_expires, "temporary")
         if reg.state is RegState.REGISTERED and reg.expires_at:
@@ -2144,6 +2142,11 @@ class PcscfCore:
         reg.state = RegState.REGISTERED
         reg.expires_at = now + granted
         self._watch(reg.expires_at + 30.0, reg.impi)
+        call_id = self._subscribed.get(reg.impi)
+        if call_id is not None:  # a refresh: it may now outlive its subscription's grant
+            sub = self.subscriptions.get(call_id)
+            if sub is not None and sub.expires_at < reg.expires_at:
+                self._watch_refresh(sub)
         lifetime = float(granted) + 30.0
         if (
             reg.temporary is not None
@@ -2300,9 +2303,27 @@ class PcscfCore:
             return self._drop("subscribe-2xx-unreadable")
         if sub.cseq == 1:
             self.counters["reg-subscribed"] += 1
-        if sub.impi and sub.refresh_at and self._subscribed.get(sub.impi) == call_id:
-            self._watch(sub.refresh_at, sub.impi)
+        self._watch_refresh(sub)
         return []
+
+    def _refresh_due(self, reg: Registration) -> RegEventSubscription | None:
+        """The subscription of `reg` when it is to be refreshed: the registration
+        outlives its grant (else it ends first, or its refresh, a REGISTER whose 200
+        OK moves it past the grant, brings the question back: `_watch_refresh`)."""
+        call_id = self._subscribed.get(reg.impi)
+        if call_id is None or reg.state is not RegState.REGISTERED:
+            return None
+        sub = self.subscriptions.get(call_id)
+        if sub is None or not sub.refresh_at or not sub.confirmed:
+            return None
+        return sub if reg.expires_at > sub.expires_at else None
+
+    def _watch_refresh(self, sub: RegEventSubscription) -> None:
+        """`sub`'s grant or its registration's expiry moved: its refresh is watched
+        when due (`_refresh_due`)."""
+        reg = self.registrations.get(sub.impi) if sub.impi else None
+        if reg is not None and self._refresh_due(reg) is sub:
+            self._watch(sub.refresh_at, sub.impi)
 
     def _subscribe_unanswered(self, call_id: str) -> None:
         """Our SUBSCRIBE in `call_id` got no final answer (Timer F). A subscription no
@@ -2365,8 +2386,8 @@ class PcscfCore:
                 if now - sub.since >= TRANSACTION_LIFETIME:
                     actions += self._resubscribe(reg, now)
                 return actions
-        elif sub.impi and sub.refresh_at and self._subscribed.get(impi) == call_id:
-            self._watch(sub.refresh_at, impi)
+        else:
+            self._watch_refresh(sub)
         if terminated and reg is not None and self._only_over_fresh_set(reg):
             return actions + self._ended_before(reg, now)
         if terminated and reg is not None and self._register_open(impi):

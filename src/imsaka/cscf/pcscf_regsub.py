@@ -11,6 +11,9 @@ the in-dialog SUBSCRIBE. Sending it, and deciding whether to, is `PcscfCore`'s.
 
 from __future__ import annotations
 
+import re
+
+from imsaka.cscf.registrar import plain_contact, plain_tagged
 from imsaka.sip import Request, Response, SipParseError
 
 # The refresh point of TS 24.229 §5.2.3, as §5.1.1.3 gives it for the UE: 600 s before
@@ -19,6 +22,9 @@ REFRESH_BEFORE = 600.0
 LONG_GRANT = 1200.0
 # The Expires our SUBSCRIBEs ask (TS 24.229 §5.2.3 gives 600 000 s).
 ASKED = 600000
+
+# Subscription-State's `expires` parameter (RFC 6665 §8.2.3), in the lower-cased text.
+_EXPIRES_PARAM = re.compile(r";\s*expires\s*=\s*([0-9]{1,10})\s*(?:;|$)").search
 
 
 def refresh_after(granted: float) -> float:
@@ -74,7 +80,11 @@ class RegEventSubscription:
         """The S-CSCF granted `seconds` from `now` (a 2xx's Expires, a NOTIFY's
         Subscription-State `expires`): the refresh moves with it. 0 leaves no refresh."""
         self.expires_at = now + seconds
-        self.refresh_at = now + refresh_after(seconds) if seconds > 0 else 0.0
+        if seconds > 0:  # (`refresh_after`, inline: once per NOTIFY)
+            after = seconds - REFRESH_BEFORE if seconds > LONG_GRANT else seconds / 2.0
+            self.refresh_at = now + after
+        else:
+            self.refresh_at = 0.0
 
     def __repr__(self) -> str:  # no secrets in it: identities, tags, times
         return (
@@ -102,11 +112,16 @@ def on_2xx(sub: RegEventSubscription, response: Response, now: float, names: dic
     §12.2.1.2), the grant from Expires (what we asked, if it has none). Returns the
     grant in seconds; raises SipParseError for headers it cannot read."""
     if not sub.remote_tag:
-        sub.remote_tag = response.to.tag or ""
+        tagged = plain_tagged(response.get("To"))  # as the S-CSCF writes it: no view
+        sub.remote_tag = tagged[1] if tagged is not None else response.to.tag or ""
         sub.route_set = tuple(reversed(response.get_all("Record-Route")))
-    contacts = response.contacts
-    if contacts and not contacts[0].star:
-        sub.remote_target = _shared(contacts[0].uri, names)
+    plain = plain_contact(response)
+    if plain is not None:
+        sub.remote_target = _shared(plain.group(1), names)
+    else:
+        contacts = response.contacts
+        if contacts and not contacts[0].star:
+            sub.remote_target = _shared(contacts[0].uri, names)
     expires = response.expires
     if expires is None:
         expires = 0 if sub.ending else ASKED  # what we asked
@@ -134,13 +149,10 @@ def on_notify(
                 sub.remote_target = _shared(contacts[0].uri, names)
     except SipParseError:
         return  # the dialog stays as it was; the NOTIFY is still answered
-    state, _, params = state_text.partition(";")
-    if state.strip() in ("active", "pending"):
-        for param in params.split(";"):
-            name, _, value = param.partition("=")
-            if name.strip() == "expires" and value.strip().isdigit():
-                sub.granted(int(value.strip()), now)
-                break
+    if state_text.startswith(("active", "pending")):
+        m = _EXPIRES_PARAM(state_text)
+        if m is not None:
+            sub.granted(int(m.group(1)), now)
 
 
 def in_dialog_subscribe(
