@@ -127,3 +127,46 @@ def test_an_unanswered_subscribe_is_forgotten_so_the_next_registration_subscribe
     p.handle_timer(3.0 + 33)
     assert p.subscriptions == {} and p.counters["reg-subscribe-unanswered"] == 1
     assert IMPI not in p._subscribed
+
+
+def _contacts_notify(p: PcscfCore, acts: list, ours: str, other: str) -> Request:
+    """The S-CSCF's NOTIFY on our subscription: the IMPU stays registered, our UE's
+    contact (sip:127.0.0.1:1357) reported `ours`, another device's `other`."""
+    body = reginfo("active", "registered").replace(
+        b'<contact id="c0" state="active" event="registered">',
+        f'<contact id="c0" state="{ours}" event="unregistered">'.encode(),
+    )
+    body = body.replace(
+        b"  </registration>",
+        f'    <contact id="c1" state="{other}" event="unregistered">\n'
+        "      <uri>sip:127.0.0.1:2222</uri>\n    </contact>\n  </registration>".encode(),
+    )
+    return _own_terminated_notify(p, acts, "active;expires=599000", body)
+
+
+def test_our_contact_reported_gone_ends_the_registration_while_the_impu_stays():
+    """TS 24.229 §5.4.2.1.2: the S-CSCF reports one contact de-registered while the IMPU
+    stays registered for another: the P-CSCF's registration holding that contact ends
+    (its SAs go); another device's contact gone ends nothing here."""
+    p, _, acts = _registered()
+    out = p.receive_request(
+        _reparse(_contacts_notify(p, acts, "active", "terminated")), Arrival(SCSCF), 5.0
+    )
+    assert out[0].message.status == 200 and p.stats()["registrations"] == 1
+    out = p.receive_request(
+        _reparse(_contacts_notify(p, acts, "terminated", "active")), Arrival(SCSCF), 6.0
+    )
+    assert out[0].message.status == 200
+    assert any(type(a).__name__ == "ReleaseSecurityAssociations" for a in out)
+    assert p.stats()["registrations"] == 0 and p.counters["network-deregistered"] == 1
+
+
+def test_a_refresh_that_cannot_be_routed_is_dropped_not_retried_in_a_loop():
+    """A remote target the P-CSCF cannot reach (its Contact names a host it cannot
+    resolve): the subscription is forgotten, the timer goes on."""
+    p, _, _ = _registered(grant=1000)
+    (sub,) = p.subscriptions.values()
+    sub.remote_target = "sip:unknown-host.invalid:5080"
+    assert not _subscribes(p.handle_timer(503.05))
+    assert p.subscriptions == {} and p.counters["reg-subscription-unroutable"] == 1
+    assert p.stats()["registrations"] == 1 and p.next_deadline() is not None

@@ -75,6 +75,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from xml.sax.saxutils import escape as xml_escape
 
 from imsaka.config import NetworkConfig, PcscfConfig, split_hostport
 from imsaka.cscf.pcscf_regsub import (
@@ -100,6 +101,7 @@ from imsaka.ipsec.secagree import (
 )
 from imsaka.sip import (
     DigestCredentials,
+    LocalProtocolError,
     Message,
     NameAddr,
     Request,
@@ -2261,14 +2263,21 @@ class PcscfCore:
     ) -> list[Action]:
         """Refresh (`expires` > 0, TS 24.229 §5.2.3) or end (0) subscription `sub` with
         a SUBSCRIBE in its dialog (RFC 6665 §4.1.2.2-4.1.2.3)."""
-        branch = f"z9hG4bK{self._rng.getrandbits(64):016x}"
-        request = in_dialog_subscribe(
-            sub, self._via(branch, "udp"), self._own_uri, self._sub_contact, expires
-        )
-        target = self._first_route_target(request, by_uri=True)
-        if target is None:
-            return []
         sub.refresh_at = 0.0  # until its answer grants anew
+        branch = f"z9hG4bK{self._rng.getrandbits(64):016x}"
+        try:
+            request = in_dialog_subscribe(
+                sub, self._via(branch, "udp"), self._own_uri, self._sub_contact, expires
+            )
+        except LocalProtocolError:
+            request = None  # a remote target or route set we cannot write
+        target = self._first_route_target(request, by_uri=True) if request else None
+        if request is None or target is None:
+            # Not sent: held here no longer (the next 200 OK to a REGISTER of its UE
+            # subscribes anew, along the Service-Route).
+            self.counters["reg-subscription-unroutable"] += 1
+            self._unsubscribe(sub.call_id)
+            return []
         return [self._send_subscribe(request, target, branch, sub.impi, now)]
 
     def _refresh_subscription(self, reg: Registration, now: float) -> list[Action]:
@@ -2367,7 +2376,11 @@ class PcscfCore:
         body = request.body
         reg = self.registrations.get(impi) if impi else None
         if b"<reginfo" in body:
-            terminated = _reginfo_ended(body)
+            terminated = _reginfo_ended(body) or (
+                # the registration stays, for other contacts of the IMPU; the one
+                # this registration holds is reported gone (TS 24.229 §5.4.2.1.2)
+                reg is not None and b'state="terminated"' in body and _contact_ended(body, reg)
+            )
         else:
             # No reginfo: only the subscription's state tells; a subscription that ran
             # out (`timeout`, RFC 6665 §4.1.3) says nothing of the registration.
@@ -2916,6 +2929,24 @@ def _reginfo_ended(body: bytes) -> bool:
     registration element "terminated", none "active"). Searched in the bytes: the
     attribute texts are ASCII, which UTF-8 keeps as they are."""
     return b'state="terminated"' in body and b'state="active"' not in body
+
+
+def _contact_ended(body: bytes, reg: Registration) -> bool:
+    """Whether reginfo `body` lists the contact `reg` registered (the Contact of its 200
+    OK) as a terminated <contact> element (RFC 3680 §5.3)."""
+    text = reg.contact
+    start = text.find("<")
+    end = text.find(">", start + 1)
+    if start < 0 or end < 0:
+        return False
+    needle = f"<uri>{xml_escape(text[start + 1 : end])}</uri>".encode()
+    at = body.find(needle)
+    while at >= 0:
+        element = body.rfind(b"<contact ", 0, at)
+        if element >= 0 and b'state="terminated"' in body[element:at]:
+            return True
+        at = body.find(needle, at + 1)
+    return False
 
 
 def _registration_ended(sent: Any) -> bool:
