@@ -37,9 +37,8 @@ class RegEventSubscription:
     ("" once that registration ended or a fresh one replaced it: its NOTIFYs are then
     answered and end nothing). `remote_tag` is "" until the S-CSCF's 2xx or first
     NOTIFY named its side of the dialog; `ending` once we sent the SUBSCRIBE that ends
-    it; `expires_at`/`refresh_at` are 0.0 until a
-    grant is known. `since`: when it was made (a subscription the S-CSCF ends at once is
-    not made again at once)."""
+    it; `expires_at`/`refresh_at` are 0.0 until a grant is known. `since`: when it was
+    made (a subscription the S-CSCF ends at once is not made again at once)."""
 
     __slots__ = (
         "call_id",
@@ -80,11 +79,7 @@ class RegEventSubscription:
         """The S-CSCF granted `seconds` from `now` (a 2xx's Expires, a NOTIFY's
         Subscription-State `expires`): the refresh moves with it. 0 leaves no refresh."""
         self.expires_at = now + seconds
-        if seconds > 0:  # (`refresh_after`, inline: once per NOTIFY)
-            after = seconds - REFRESH_BEFORE if seconds > LONG_GRANT else seconds / 2.0
-            self.refresh_at = now + after
-        else:
-            self.refresh_at = 0.0
+        self.refresh_at = now + refresh_after(seconds) if seconds > 0 else 0.0
 
     def __repr__(self) -> str:  # no secrets in it: identities, tags, times
         return (

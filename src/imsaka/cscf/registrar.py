@@ -79,6 +79,7 @@ def plain_contact(request: Any) -> re.Match[str] | None:
     return plain_name_addr(values[0]) if len(values) == 1 else None
 
 
+# a tag param's value: RFC 3261 §25.1 token characters the parameter parser also takes
 _TAG = re.compile(r"[A-Za-z0-9\-.!%*_+'~]+").fullmatch
 
 

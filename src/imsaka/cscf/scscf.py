@@ -183,7 +183,6 @@ def _digest_params(params: dict[str, str]) -> DigestParams:
     )
 
 
-# a tag param's value: RFC 3261 §25.1 token characters the parameter parser also takes
 def asserted_uris(request: Request) -> list[str]:
     """The URIs of P-Asserted-Identity (TS 24.229 §5.4.2.1.1: who subscribes); [] when
     there is none or one does not parse. Plain values are read off their text."""

@@ -1054,8 +1054,8 @@ class RegistrarCore:
         headers.append(("Date", http_date(now)))
         # (one join: no generator or f-string per URI)
         headers.append(("P-Associated-URI", f"<{'>, <'.join(associated)}>" if associated else ""))
-        store = StoreRegistration(reg, ended=ended, added=added) if ended or added else None
-        return [store or StoreRegistration(reg), self._reply(token, 200, "OK", tuple(headers))]
+        store = StoreRegistration(reg, ended=ended, added=added)
+        return [store, self._reply(token, 200, "OK", tuple(headers))]
 
     def _finish_deregister(self, token: int, op: _Op, now: float) -> list[Action]:
         req = op.request
