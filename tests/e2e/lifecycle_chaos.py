@@ -16,7 +16,10 @@ any UE.
 
 `--expires S` grants every registration and subscription at most S seconds, so the
 UEs re-register, and the UEs and the P-CSCF refresh their reg-event subscriptions, by
-themselves in the middle of the steps (TS 24.229 §5.1.1.4, §5.1.1.3, §5.2.3).
+themselves in the middle of the steps (TS 24.229 §5.1.1.4, §5.1.1.3, §5.2.3). With S up
+to 60 a step may also restart a UE: it loses its state and registers afresh from new
+ports while the network still holds its registration (its old contact lapses at the
+S-CSCF within the run).
 
 Prints one JSON line per seed and a summary; exits 1 when a run failed. With
 `--traces`, the ladder of each failed UE (SIP and Diameter, by time) is written there.
@@ -85,6 +88,22 @@ class _Logs(logging.Handler):
             logging.getLogger(name).removeHandler(self)
 
 
+def _lossy_ue(ue: UeClient, rng: random.Random, dropped: dict[str, int]) -> None:
+    """A fifth of a (restarted) UE's datagrams lost, as `_lose_a_fifth` does."""
+
+    def lossy(send: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if rng.random() < 0.2:
+                dropped["n"] += 1
+                return True
+            return send(*args, **kwargs)
+
+        return wrapper
+
+    ue.send_clear = lossy(ue.send_clear)  # type: ignore[method-assign]
+    ue.send_protected = lossy(ue.send_protected)  # type: ignore[method-assign]
+
+
 def _ladder(net: Network, impi: str, ue_name: str, logs: _Logs) -> str:
     """The messages of one subscriber's UE (`userN_`), and the log lines naming it or
     its IMPI, by time."""
@@ -140,6 +159,12 @@ async def _run(
     ]
     bad: list[Any] = []
     done = 0
+    ops: dict[str, int] = {}  # steps done, by kind
+    # With short grants a UE may also restart (its old contact lapses at the S-CSCF
+    # within the run, so the end's census can still ask for nothing left).
+    restart = ["restart"] if ue_extra.get("expires", 0) and ue_extra["expires"] <= 60 else []
+    loss_rng = random.Random(seed + 7)
+    dropped: dict[str, int] = {"n": 0}  # (a restarted UE's; `_lose_a_fifth` counts the rest)
 
     def write_ladder(i: int) -> None:
         if traces is not None:
@@ -163,8 +188,20 @@ async def _run(
                 result = await ue.register(60)
                 ok, detail = result.ok, str(result)
             else:
-                op = r.choice(["refresh", "refresh", "deregister", "rtr"])
-                if op == "refresh":
+                op = r.choice(["refresh", "refresh", "deregister", "rtr", *restart])
+                if op == "restart":
+                    # the UE reboots: its state is gone, and it registers afresh from
+                    # new ports while the network still holds its registration
+                    await ue.close()
+                    ue = UeClient(
+                        net.ue_config(subs[i], **ue_extra), observers=[net.trace], name=f"ue{i}"
+                    )
+                    await ue.start()
+                    _lossy_ue(ue, loss_rng, dropped)
+                    ues[i] = ue
+                    result = await ue.register(60)
+                    ok, detail = result.ok, str(result)
+                elif op == "refresh":
                     result = await ue.reregister(60)
                     ok, detail = result.ok, str(result)
                 elif op == "deregister":
@@ -180,11 +217,12 @@ async def _run(
                 failed(i, op, detail)
                 return
             done += 1
+            ops[op] = ops.get(op, 0) + 1
 
     try:
         for ue in ues:
             await ue.start()
-        dropped = _lose_a_fifth(net, ues, seed)
+        lost_first = _lose_a_fifth(net, ues, seed)
         await asyncio.gather(*(life(i, ue) for i, ue in enumerate(ues)))
         for i, ue in enumerate(ues):
             if ue.core.state is UeState.REGISTERED:
@@ -197,7 +235,10 @@ async def _run(
             bad.append({"left": _leftovers(net, ues), "pcscf_records": records})
             for i in range(n_ues):
                 write_ladder(i)
-        return {"seed": seed, "scscf": scscf, "steps": done, "lost": dropped["n"], "bad": bad}
+        lost = lost_first["n"] + dropped["n"]
+        return {
+            "seed": seed, "scscf": scscf, "steps": done, "ops": ops, "lost": lost, "bad": bad,
+        }  # fmt: skip
     finally:
         for ue in ues:
             await ue.close()
