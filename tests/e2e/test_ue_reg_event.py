@@ -68,6 +68,10 @@ async def test_ue_subscribes_and_learns_of_a_network_initiated_deregistration(
         )
         assert ue.core.state is UeState.DEREGISTERED and ue.core.sa is None
         assert ue.core.subscription is None and ue.core.next_deadline() is None
+        # the set only answers the NOTIFY's retransmissions now, until its Timer J
+        (held,) = _live_sets(ue)
+        assert held.state is SaState.DRAINING and ue._established_set() is None
+        ue.table.handle_timer(asyncio.get_running_loop().time() + 33.0)
         assert _live_sets(ue) == []
         assert await eventually(lambda: net.pcscf.stats()["sa_sets"] == 0)
         # no REGISTER after it (rejected), and no error on the way
@@ -168,3 +172,40 @@ async def test_cli_prints_the_network_initiated_deregistration(home_network, sub
     assert lines[-1] == "network-initiated de-registration (rejected)"
     # the two REGISTERs of the registration, no de-REGISTER after the NOTIFY
     assert len(_sip(net, dst="P-CSCF", start="REGISTER")) == 2
+
+
+async def test_the_ues_lost_answer_to_its_terminated_notify_is_sent_again(
+    home_network, subscribers
+):
+    """TS 24.229 §5.1.1.7: the UE's SAs go when the network ends its registration, but
+    the 200 to that terminated NOTIFY may be lost; the S-CSCF sends the NOTIFY again and
+    the UE answers it again over the same set (held for the NOTIFY's server transaction,
+    Timer J), so the P-CSCF lets the set go at once, not at its Timer F (32 s)."""
+    net = home_network
+    ue = UeClient(net.ue_config(subscribers[0]), observers=[net.trace])
+    await ue.start()
+    send = ue.send_protected
+    lost: list[bytes] = []
+
+    def lose_the_first_answer_to_a_terminated_notify(sa, data: bytes) -> bool:
+        head = data.split(b"\r\n\r\n", 1)[0]
+        # (the subscription's second NOTIFY: the terminated one of the RTR)
+        if not lost and head.startswith(b"SIP/2.0 200") and b"CSeq: 2 NOTIFY" in head:
+            lost.append(data)
+            return True
+        return send(sa, data)
+
+    ue.send_protected = lose_the_first_answer_to_a_terminated_notify  # type: ignore[method-assign]
+    try:
+        assert (await ue.register(10)).ok
+        assert await ue.wait_subscribed(5)
+        assert (await net.hss.deregister_impi(subscribers[0].impi)).get("ok")
+        assert await ue.wait_network_deregistration(5) == "rejected"
+        assert await eventually(lambda: bool(lost))
+        # the retransmitted NOTIFY's answer went out over the held set: the P-CSCF's
+        # set goes well before its Timer F
+        assert await eventually(lambda: net.pcscf.stats()["sa_sets"] == 0, 8.0)
+        answers = [r for r in _sip(net, src="UE", start="200") if "NOTIFY" in str(r.headers)]
+        assert len(answers) >= 2  # the first NOTIFY's, and the terminated one's again
+    finally:
+        await ue.close()

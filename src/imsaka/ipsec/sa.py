@@ -842,6 +842,21 @@ class SecurityAssociationTable:
         if sa_set.state is SaState.DRAINING and not self._due(sa_set):
             self._apply(sa_set, SaInput.FINAL_SENT, now, "last transaction finished")
 
+    def answers_only(self, sa_set: SaSet, *, until: float, now: float, reason: str) -> None:
+        """The registration of `sa_set` ended by a request that came over it (a UE's
+        terminated reg-event NOTIFY, TS 24.229 §5.1.1.7): nothing new goes out over it,
+        but the answer to that request's retransmissions still does, until `until` (its
+        server transaction's end, Timer J), when the set goes. A set not established
+        goes now."""
+        if sa_set.state not in (SaState.ESTABLISHED, SaState.SUPERSEDED):
+            self.remove(sa_set, now=now, reason=reason)
+            return
+        sa_set.final_due += 1  # (released by its lifetime, not by a message)
+        self._apply(sa_set, SaInput.DEREGISTERED, now, reason)
+        if until < sa_set.expires_at:
+            sa_set.expires_at = until
+            self._schedule(sa_set)
+
     def remove(self, sa_set: SaSet, *, now: float, reason: str = "removed by request") -> None:
         """Drop one set now (its owner decided nothing more is due over it, e.g. the
         set a challenged re-registration replaced, TS 33.203 §7.4). A removed set is

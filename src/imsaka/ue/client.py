@@ -39,6 +39,7 @@ from imsaka.sip.transaction import (
 from imsaka.sip.transport import UdpTransport
 from imsaka.ue.config import UeConfig
 from imsaka.ue.core import (
+    NETWORK_DEREGISTERED,
     Deregistered,
     Event,
     NetworkDeregistered,
@@ -466,7 +467,14 @@ class UeClient:
             elif isinstance(ev, SecurityAssociationsReleased):
                 s = self._sets.pop(ev.sa.spi_uc, None)
                 if s is not None and s.state not in (SaState.REMOVED, SaState.DRAINING):
-                    self.table.remove(s, now=now, reason=ev.reason)
+                    if ev.reason.startswith(NETWORK_DEREGISTERED):
+                        # Ended by the terminated NOTIFY that came over it (TS 24.229
+                        # §5.1.1.7): its retransmissions, if our 200 was lost, still get
+                        # the 200 over the set until that transaction ends (Timer J).
+                        until = now + 64 * _TIMERS.t1
+                        self.table.answers_only(s, until=until, now=now, reason=ev.reason)
+                    else:
+                        self.table.remove(s, now=now, reason=ev.reason)
                     self.backend.sync()
             elif isinstance(ev, Registered):
                 self._finish(

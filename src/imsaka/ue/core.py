@@ -59,6 +59,7 @@ from imsaka.ue.regevent import (
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "NETWORK_DEREGISTERED",
     "Deregistered",
     "Event",
     "NetworkDeregistered",
@@ -79,6 +80,11 @@ __all__ = [
 ]
 
 NETWORK_AUTH_FAILED = "network authentication failed"
+
+
+# What the UE reports, and gives as the reason its SAs go, when the network ends its
+# registration (the reg-event NOTIFY, §5.1.1.7): "… (<event>)".
+NETWORK_DEREGISTERED = "network-initiated de-registration"
 
 
 class UeState(enum.Enum):
@@ -270,7 +276,7 @@ class NetworkDeregistered:
     reregistering: bool = False
 
     def __str__(self) -> str:
-        return f"network-initiated de-registration ({self.event})"
+        return f"{NETWORK_DEREGISTERED} ({self.event})"
 
 
 Event = (
@@ -1290,7 +1296,7 @@ class UeRegistration:
             self._drop_subscription()
             return []
         events: list[Event] = []
-        reason = f"network-initiated de-registration ({event})"
+        reason = f"{NETWORK_DEREGISTERED} ({event})"
         for old in (self.temporary_sa, self.sa):
             if old is not None:
                 events.append(SecurityAssociationsReleased(old, reason))
