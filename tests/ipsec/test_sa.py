@@ -466,3 +466,23 @@ def test_upper_case_tokens_and_colliding_spis_before_any_change():
         t.create_temporary("ue", now=1.0, ue_ip="127.0.0.1", pcscf_ip="127.0.0.1",
                            client=bad_client, server=server2, ik=bytes(16), ck=bytes(16))  # fmt: skip
     assert s.state is SaState.TEMPORARY and t.temporary("ue") is s
+
+
+def test_answers_only_keeps_an_established_set_until_its_end_then_drops_it():
+    """A UE's set ended by the terminated NOTIFY that came over it (TS 24.229 §5.1.1.7):
+    no longer the contact's established set, still there for the answers to that
+    NOTIFY's retransmissions until `until`, then removed; a set not yet established goes
+    at once."""
+    n = negotiate(now=1000.0)
+    t, s = n.ue, n.ue_set
+    t.registered(s, expires=600, now=1010.0)
+    events(t)
+    t.answers_only(s, until=1042.0, now=1010.0, reason="network-initiated de-registration")
+    assert s.state is SaState.DRAINING and s.live and t.next_deadline() == 1042.0
+    t.handle_timer(1041.0)
+    assert s.live and not any(isinstance(e, SaSetRemoved) for e in events(t))
+    t.handle_timer(1042.0)
+    assert s.state is SaState.REMOVED and [type(e) for e in events(t)] == [SaSetRemoved]
+    fresh = negotiate(now=2000.0)
+    fresh.ue.answers_only(fresh.ue_set, until=2032.0, now=2000.0, reason="x")
+    assert fresh.ue_set.state is SaState.REMOVED
