@@ -33,6 +33,7 @@ import asyncio
 import json
 import logging
 import random
+import re
 import sys
 import time
 import traceback
@@ -44,6 +45,14 @@ from imsaka.ue.client import UeClient
 from imsaka.ue.core import UeState
 from tests.e2e.test_faults import _lose_a_fifth
 from tests.polling import eventually
+
+# A UE's registration with a request of its own open.
+_UNDER_WAY = (
+    UeState.UNPROTECTED_SENT,
+    UeState.RESPONSE_SENT,
+    UeState.REREGISTERING,
+    UeState.WAITING_RETRY,
+)
 
 # census entries that may stay after every UE de-registered: spare authentication
 # vectors cached per IMPI (not a binding, SA or transaction)
@@ -66,7 +75,7 @@ class _Logs(logging.Handler):
     """The UE's and the P-CSCF's INFO lines (what they dropped and why), kept for the
     ladders of failed UEs."""
 
-    LOGGERS = ("imsaka.ue", "imsaka.cscf.pcscf")
+    LOGGERS = ("imsaka.ue", "imsaka.cscf.pcscf", "imsaka.ipsec")
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
@@ -108,9 +117,8 @@ def _ladder(net: Network, impi: str, ue_name: str, logs: _Logs) -> str:
     """The messages of one subscriber's UE (`userN_`), and the log lines naming it or
     its IMPI, by time."""
     user = impi.split("_", 1)[0] + "_"
-    lines = [
-        f"{t:.3f} log {text}" for t, text in logs.lines if user in text or f"{ue_name}:" in text
-    ]
+    named = re.compile(rf"\b{ue_name}\b").search  # the UE's own lines, its ESP layer's too
+    lines = [f"{t:.3f} log {text}" for t, text in logs.lines if user in text or named(text)]
     for rec in net.trace.messages("sip") + net.trace.messages("diameter"):
         if any(user in v for _, v in rec.headers) or user in str(rec.diameter):
             h = dict(rec.headers)
@@ -225,11 +233,15 @@ async def _run(
         lost_first = _lose_a_fifth(net, ues, seed)
         await asyncio.gather(*(life(i, ue) for i, ue in enumerate(ues)))
         for i, ue in enumerate(ues):
+            # a refresh the UE started by itself (short grants) ends first
+            await eventually(lambda ue=ue: ue.core.state not in _UNDER_WAY, 40)
             if ue.core.state is UeState.REGISTERED:
                 result = await ue.deregister(60)
                 if not result.ok:
                     failed(i, "final deregister", str(result))
-        if not bad and not await eventually(lambda: not _leftovers(net, ues), 45):
+        # a restarted UE's old contact lapses at the S-CSCF within a grant
+        settle = max(45.0, ue_extra.get("expires", 0) + 35.0) if restart else 45.0
+        if not bad and not await eventually(lambda: not _leftovers(net, ues), settle):
             # the P-CSCF's records hold SA parameters, never CK/IK
             records = [repr(r) for r in net.pcscf.core.registrations.values()]
             bad.append({"left": _leftovers(net, ues), "pcscf_records": records})
