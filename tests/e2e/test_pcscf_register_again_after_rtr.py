@@ -246,3 +246,34 @@ async def test_the_network_end_arriving_after_the_new_registration_is_up(home_ne
         assert core.registrations.get(impi) is reg and reg.sa is not None
         assert (await ue.deregister(10)).ok
         assert net.pcscf.backend.drops.get("esp-unknown-spi", 0) == 0
+
+
+async def test_the_ues_answer_to_its_notify_after_its_new_challenge(home_network, subscribers):
+    """The P-CSCF's own NOTIFY never arrives; the UE, told by its NOTIFY, registers
+    afresh over the same record, and the 200 it sent to that NOTIFY reaches the P-CSCF
+    only after the new challenge (lost, then sent again): it ends the registration
+    before, not the new one whose challenge response is on its way over the new
+    temporary set."""
+    net = home_network
+    core = net.pcscf.core
+    impi = subscribers[0].impi
+    async with _scene(net, subscribers[0]) as (gate, ue):
+        gate.notify_on = True  # ours, for good
+        gate.answer_on = True  # the UE's 200 to its terminated NOTIFY, for now
+        assert (await net.hss.deregister_impi(impi)).get("ok")
+        assert await ue.wait_network_deregistration(10) == "rejected"
+        assert await eventually(lambda: bool(gate.answers))
+        gate.response_on = True
+        task = asyncio.ensure_future(ue.register(15))
+        assert await eventually(lambda: bool(gate.responses))
+        reg = core.registrations[impi]
+        assert reg.started_over and reg.temporary is not None
+        gate.answer_on = False
+        gate.let_through(gate.answers)
+        assert core.counters["network-deregistration-seen-in-ue-notify"] == 1
+        assert core.registrations.get(impi) is reg and reg.temporary is not None
+        assert reg.sa is None  # the ended registration's set went
+        gate.response_on = False
+        gate.let_through(gate.responses)
+        await _registers_and_refreshes(ue, await task)
+        assert net.pcscf.backend.drops.get("esp-unknown-spi", 0) == 0

@@ -2467,7 +2467,11 @@ class PcscfCore:
         """The registration ended by the network, the UE's terminated NOTIFY through
         (or its wait over): SAs and state go now; while a REGISTER of the UE is open,
         once its answer went out over them (`receive_response`; at its Timer F in
-        `handle_timer` if none comes)."""
+        `handle_timer` if none comes). A UE that already registers afresh over the
+        record (challenged, `_only_over_fresh_set`) keeps that: only the ended
+        registration's sets go (`_ended_before`)."""
+        if self._only_over_fresh_set(reg):
+            return self._ended_before(reg, now)
         if self._register_open(reg.impi, over_sa=True):
             reg.network_terminated = True
             reg.release_at = 0.0
