@@ -2144,11 +2144,7 @@ class PcscfCore:
         reg.state = RegState.REGISTERED
         reg.expires_at = now + granted
         self._watch(reg.expires_at + 30.0, reg.impi)
-        call_id = self._subscribed.get(reg.impi)
-        if call_id is not None:  # a refresh: it may now outlive its subscription's grant
-            sub = self.subscriptions.get(call_id)
-            if sub is not None and sub.expires_at < reg.expires_at:
-                self._watch_refresh(sub)
+        self._watch_refresh(reg)  # a refresh may now outlive its subscription's grant
         lifetime = float(granted) + 30.0
         if (
             reg.temporary is not None
@@ -2282,8 +2278,8 @@ class PcscfCore:
 
     def _refresh_subscription(self, reg: Registration, now: float) -> list[Action]:
         """The registration's subscription reached its refresh point (TS 24.229 §5.2.3)."""
-        sub = self.subscriptions.get(self._subscribed.get(reg.impi, ""))
-        if sub is None or not sub.confirmed:
+        sub = self._refresh_due(reg)
+        if sub is None:
             return []
         self.counters["reg-subscription-refreshed"] += 1
         return self._in_dialog_subscribe(sub, ASKED, now)
@@ -2312,7 +2308,7 @@ class PcscfCore:
             return self._drop("subscribe-2xx-unreadable")
         if sub.cseq == 1:
             self.counters["reg-subscribed"] += 1
-        self._watch_refresh(sub)
+        self._watch_refresh(self.registrations.get(sub.impi) if sub.impi else None)
         return []
 
     def _refresh_due(self, reg: Registration) -> RegEventSubscription | None:
@@ -2327,12 +2323,12 @@ class PcscfCore:
             return None
         return sub if reg.expires_at > sub.expires_at else None
 
-    def _watch_refresh(self, sub: RegEventSubscription) -> None:
-        """`sub`'s grant or its registration's expiry moved: its refresh is watched
-        when due (`_refresh_due`)."""
-        reg = self.registrations.get(sub.impi) if sub.impi else None
-        if reg is not None and self._refresh_due(reg) is sub:
-            self._watch(sub.refresh_at, sub.impi)
+    def _watch_refresh(self, reg: Registration | None) -> None:
+        """The grant of `reg`'s subscription or `reg`'s expiry moved: the refresh is
+        watched when due (`_refresh_due`)."""
+        sub = self._refresh_due(reg) if reg is not None else None
+        if sub is not None:
+            self._watch(sub.refresh_at, reg.impi)
 
     def _subscribe_unanswered(self, call_id: str) -> None:
         """Our SUBSCRIBE in `call_id` got no final answer (Timer F). A subscription no
@@ -2346,9 +2342,11 @@ class PcscfCore:
 
     def _resubscribe(self, reg: Registration, now: float) -> list[Action]:
         """A new subscription for live registration `reg`, whose own ended."""
-        if not (self.subscribe_reg_event and reg.service_route) or reg.impi in self._subscribed:
-            return []
-        if reg.state is not RegState.REGISTERED:
+        if (
+            not (self.subscribe_reg_event and reg.service_route)
+            or reg.impi in self._subscribed
+            or reg.state is not RegState.REGISTERED
+        ):
             return []
         self.counters["reg-resubscribed"] += 1
         return self._subscribe_reg(reg, now)
@@ -2400,7 +2398,7 @@ class PcscfCore:
                     actions += self._resubscribe(reg, now)
                 return actions
         else:
-            self._watch_refresh(sub)
+            self._watch_refresh(reg)
         if terminated and reg is not None and self._only_over_fresh_set(reg):
             return actions + self._ended_before(reg, now)
         if terminated and reg is not None and self._register_open(impi):

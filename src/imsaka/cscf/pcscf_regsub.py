@@ -100,12 +100,14 @@ def _shared(text: str, table: dict[str, str]) -> str:
     return kept
 
 
-def on_2xx(sub: RegEventSubscription, response: Response, now: float, names: dict[str, str]) -> int:
+def on_2xx(
+    sub: RegEventSubscription, response: Response, now: float, names: dict[str, str]
+) -> None:
     """A 2xx to our SUBSCRIBE (RFC 6665 §4.1.2.1): the dialog from it if no NOTIFY set
     it up first (the remote tag from To, the route set from Record-Route reversed, RFC
     3261 §12.1.2), the remote target from its Contact (a refresh's 2xx updates it,
-    §12.2.1.2), the grant from Expires (what we asked, if it has none). Returns the
-    grant in seconds; raises SipParseError for headers it cannot read."""
+    §12.2.1.2), the grant from Expires (what we asked, if it has none). Raises
+    SipParseError for headers it cannot read."""
     if not sub.remote_tag:
         tagged = plain_tagged(response.get("To"))  # as the S-CSCF writes it: no view
         sub.remote_tag = tagged[1] if tagged is not None else response.to.tag or ""
@@ -121,7 +123,6 @@ def on_2xx(sub: RegEventSubscription, response: Response, now: float, names: dic
     if expires is None:
         expires = 0 if sub.ending else ASKED  # what we asked
     sub.granted(expires, now)
-    return expires
 
 
 def on_notify(
