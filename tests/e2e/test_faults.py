@@ -415,3 +415,40 @@ async def test_lost_200_to_a_deregister_is_answered_again_over_the_draining_sas(
         assert not net.pcscf._by_outbound
     finally:
         await ue.close()
+
+
+@pytest.mark.redis
+async def test_scscf_restart_with_redis_keeps_the_reg_event_subscriptions(redis_url):
+    """A registration that survives an S-CSCF restart keeps its watchers: the P-CSCF's
+    and the UE's reg-event subscriptions (TS 24.229 §5.2.3, §5.1.1.3) are stored with
+    it. A network-initiated de-registration (RTR from the HSS) after the restart still
+    reaches both: the UE gets its terminated NOTIFY (§5.1.1.7) and the P-CSCF releases
+    the UE's SAs. Before, the restarted S-CSCF had no subscriber to tell, and both kept
+    a registration the network had ended."""
+    from imsaka.cscf.registrar import RedisBindingStore
+
+    prefix = f"imsaka:e2e:{os.getpid()}:{os.urandom(4).hex()}:"
+    subs = make_subscribers(1, seed=92)
+    net = Network(subs, NetworkOptions(extra={"scscf": {"binding_store": redis_url}}))
+    await net.start()
+    ue = UeClient(net.ue_config(subs[0]), observers=[net.trace])
+    try:
+        await net.restart_scscf(RedisBindingStore(redis_url, prefix=prefix))
+        await ue.start()
+        assert (await ue.register(10)).ok
+        pcscf = net.pcscf.core
+        assert await eventually(lambda: pcscf.counters["reg-subscribed"] >= 1 and ue.subscribed)
+        assert net.scscf.census()["subscriptions"] == 2
+        await net.restart_scscf(RedisBindingStore(redis_url, prefix=prefix))
+        assert net.scscf.census()["subscriptions"] == 2
+        assert (await net.hss.deregister_impi(subs[0].impi)).get("ok")
+        assert await ue.wait_network_deregistration(10) == "rejected"
+        assert await eventually(lambda: net.pcscf.stats()["sa_sets"] == 0, 10)
+        assert subs[0].impi not in pcscf.registrations
+        assert net.scscf.census()["subscriptions"] == 0
+    finally:
+        await ue.close()
+        cleanup = RedisBindingStore(redis_url, prefix=prefix)
+        await cleanup.clear()
+        await cleanup.close()
+        await net.stop()

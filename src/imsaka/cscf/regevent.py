@@ -27,6 +27,7 @@ from imsaka.sip import NameAddr, Request, SipParseError, SipUri, parse_uri
 from imsaka.sip.compact import SharedTuples
 
 __all__ = [
+    "RESTORED_GAP",
     "RegSubscription",
     "RegSubscriptions",
     "authorised_watcher",
@@ -35,6 +36,13 @@ __all__ = [
 ]
 
 CONTENT_TYPE = "application/reginfo+xml"
+
+# A subscription read back from a shared binding store after a restart goes on this many
+# NOTIFYs past its stored CSeq and reginfo version: they are written after each NOTIFY
+# leaves, so a crash can lose the last few, and its subscriber refuses a NOTIFY whose
+# CSeq is not above the last one (RFC 3261 §12.2.2) and ignores a reginfo whose version
+# is not newer (RFC 3680 §5.2). A gap costs nothing: every NOTIFY carries full state.
+RESTORED_GAP = 16
 
 # RegisterRemoved reason (imsaka.cscf.scscf_core) → RFC 3680 contact event.
 TERMINATION_EVENT = {
@@ -188,6 +196,44 @@ class RegSubscription:
     def _is(self, prefix: str) -> bool:
         """Whether this is the dialog whose `_dialog_prefix` is `prefix`."""
         return self._dialog.startswith(prefix)
+
+    def to_dict(self) -> dict:
+        """The dialog state, for a binding store that outlives the process (JSON)."""
+        call_id, remote_tag, local_tag = self._dialog.split("\0")
+        return {
+            "impu": self.impu,
+            "call_id": call_id,
+            "local_tag": local_tag,
+            "remote_tag": remote_tag,
+            "remote_uri": self.remote_uri,
+            "remote_target": self.remote_target,
+            "route_set": list(self.route_set),
+            "expires_at": self.expires_at,
+            "cseq": self.cseq,
+            "version": self.version,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, gap: int = 0) -> RegSubscription:
+        """A subscription as `to_dict` gave it, its NOTIFY CSeq and reginfo version moved
+        on by `gap` (see `RESTORED_GAP`). Raises ValueError (KeyError, TypeError) for a
+        record that is not one."""
+        route_set = d["route_set"]
+        texts = (d["impu"], d["call_id"], d["local_tag"], d["remote_tag"], d["remote_uri"])
+        if not all(type(t) is str for t in (*texts, d["remote_target"], *route_set)):
+            raise ValueError("a subscription's identifiers are text")
+        return cls(
+            d["impu"],
+            d["call_id"],
+            d["local_tag"],
+            d["remote_tag"],
+            d["remote_uri"],
+            d["remote_target"],
+            tuple(route_set),
+            float(d["expires_at"]),
+            cseq=int(d["cseq"]) + gap,
+            version=int(d["version"]) + gap,
+        )
 
     def __lt__(self, other: RegSubscription) -> bool:  # the expiry heap's order
         return self._queued < other._queued  # type: ignore[operator]

@@ -369,6 +369,16 @@ class BindingStore(Protocol):
 
     async def all(self) -> list[Registration]: ...
 
+    async def put_subscriptions(self, notifier: str, impu: str, subscriptions: list[dict]) -> None:
+        """Keep the reg-event subscriptions to `impu` (`RegSubscription.to_dict`) that the
+        S-CSCF `notifier` (its Contact: where their in-dialog requests go) serves, so
+        that it still has its watchers to NOTIFY once restarted; none: they go."""
+        ...
+
+    async def all_subscriptions(self, notifier: str) -> list[dict]:
+        """Every subscription kept by `put_subscriptions` for `notifier`."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -443,6 +453,13 @@ class MemoryBindingStore:
             version=version,
         )
 
+    # Subscriptions are not kept: this store ends with the process that holds them.
+    async def put_subscriptions(self, notifier: str, impu: str, subscriptions: list[dict]) -> None:
+        return None
+
+    async def all_subscriptions(self, notifier: str) -> list[dict]:
+        return []
+
     async def close(self) -> None:
         return None
 
@@ -481,12 +498,19 @@ return 1
 """
 
 
+def _glob_literal(text: str) -> str:
+    """`text` as a Redis glob pattern that matches itself only (an IPv6 host in an
+    S-CSCF's Contact has brackets)."""
+    return re.sub(r"([\\*?\[\]])", r"\\\1", text)
+
+
 class RedisBindingStore:
     """Bindings in Redis: one key per IMPU, expiring with its last contact.
 
-    Keys are ``<prefix>reg:<IMPU>`` holding the JSON of a `Registration`; Redis drops a
-    key by itself some time after its last contact lapsed, so a crashed S-CSCF leaves
-    nothing behind forever.
+    Keys are ``<prefix>reg:<IMPU>`` holding the JSON of a `Registration`, and
+    ``<prefix>sub:<notifier>|<IMPU>`` the JSON list of its reg-event subscriptions that
+    one S-CSCF serves; Redis drops a key by itself some time after its last contact
+    lapsed (or its last subscription), so a crashed S-CSCF leaves nothing behind forever.
     """
 
     __slots__ = ("_claim", "_prefix", "_put_if", "_redis", "url")
@@ -560,6 +584,33 @@ class RedisBindingStore:
             text = await self._redis.get(key)
             if text is not None:
                 out.append(Registration.from_json(text))
+        return out
+
+    async def put_subscriptions(self, notifier: str, impu: str, subscriptions: list[dict]) -> None:
+        import time
+
+        key = f"{self._prefix}sub:{notifier}|{impu}"
+        if not subscriptions:
+            await self._redis.delete(key)
+            return
+        latest = max(float(d["expires_at"]) for d in subscriptions)
+        ttl = max(1, int(latest - time.time()) + 60)
+        await self._redis.set(key, json.dumps(subscriptions, separators=(",", ":")), ex=ttl)
+
+    async def all_subscriptions(self, notifier: str) -> list[dict]:
+        out: list[dict] = []
+        match = _glob_literal(f"{self._prefix}sub:{notifier}|") + "*"
+        async for key in self._redis.scan_iter(match=match, count=500):
+            text = await self._redis.get(key)
+            if text is None:
+                continue
+            try:
+                items = json.loads(text)
+            except ValueError:
+                items = None
+            if type(items) is not list:
+                continue  # not ours to read: the caller gets only what can be one
+            out += [d for d in items if type(d) is dict]
         return out
 
     async def clear(self) -> None:

@@ -36,6 +36,7 @@ from typing import Any
 
 from imsaka.config import ImsConfig, NetworkConfig, ScscfConfig, split_hostport
 from imsaka.cscf.regevent import (
+    RESTORED_GAP,
     TERMINATION_EVENT,
     RegSubscription,
     RegSubscriptions,
@@ -366,15 +367,23 @@ class Scscf:
         self._timer_at: float | None = None
         self._rearm_mark = -1  # `_rearm`: the deadline count when it last looked
         self._closed = False
+        # A shared store keeps the reg-event subscriptions too: the IMPUs whose changed
+        # since last written, and whether a writer task is at it.
+        self._subs_dirty: set[str] = set()
+        self._subs_writing = False
 
     # ------------------------------------------------------------- life cycle
 
     async def start(self) -> None:
-        """Adopt the registrations already in the store (restart with Redis)."""
+        """Adopt the registrations already in the store (restart with Redis), and their
+        reg-event subscriptions: the watchers to tell when one ends."""
         now = self._clock()
         for reg in await self.store.all():
             self.core.load(reg)
-        # Registrations that lapsed while we were down expire now (TIMEOUT SAR).
+        for record in await self.store.all_subscriptions(self._contact):
+            self._adopt_subscription(record, now)
+        # Registrations that lapsed while we were down expire now (TIMEOUT SAR), their
+        # subscribers told.
         await self._run_actions(self.core.handle_timer(now))
         self._rearm()
 
@@ -390,7 +399,66 @@ class Scscf:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        # what the cancelled writer had not written yet: the next S-CSCF reads it
+        self._subs_writing = False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._write_subscriptions(), 5.0)
         await self.store.close()
+
+    def _adopt_subscription(self, record: dict, now: float) -> None:
+        """A subscription kept in the store by the S-CSCF before us at our Contact (where
+        its subscriber sends its refreshes; not another S-CSCF's sharing the store):
+        held again while its registration lives and it has not expired (RFC 6665
+        §4.2.2; one whose registration ended while we were down had its final NOTIFY
+        then, or has none to get now)."""
+        try:
+            sub = RegSubscription.from_dict(record, RESTORED_GAP)
+        except (KeyError, TypeError, ValueError) as exc:
+            self.core.counters["subscription_unreadable"] += 1
+            log.warning("a stored reg-event subscription is unreadable: %s", exc)
+            return
+        reg = self.core.registrations.get(sub.impu)
+        if reg is None or sub.expires_at <= now or not reg.is_live(now):
+            self._keep_subscriptions(sub.impu)  # gone: so is its record
+            return
+        sub = self.subscriptions.add(sub, reg)
+        self.subscriptions.arm(sub)
+        self.core.counters["subscription_restored"] += 1
+
+    def _keep_subscriptions(self, impu: str) -> None:
+        """The subscriptions to `impu` changed (made, refreshed, a NOTIFY sent, ended): a
+        shared store gets them, by one writer task that writes each IMPU's newest state
+        in turn (so no older write can land after a newer one)."""
+        if not self._shared:
+            return
+        self._subs_dirty.add(impu)
+        if not self._subs_writing and not self._closed:
+            self._subs_writing = True
+            self._spawn(self._subscriptions_writer())
+
+    async def _subscriptions_writer(self) -> None:
+        try:
+            await self._write_subscriptions()
+        except Exception:
+            self._task_failed()
+        finally:
+            self._subs_writing = False
+            self._tasks.discard(current_task())
+
+    async def _write_subscriptions(self) -> None:
+        dirty = self._subs_dirty
+        while dirty:
+            impu = dirty.pop()
+            records = [sub.to_dict() for sub in self.subscriptions.of_impu(impu)]
+            try:
+                await self.store.put_subscriptions(self._contact, impu, records)
+            except asyncio.CancelledError:
+                dirty.add(impu)  # not written: close() writes it
+                raise
+            except Exception as exc:  # the store is down: SIP goes on without it
+                # (the next change of this IMPU's subscriptions writes them again)
+                self.core.counters["store_errors"] += 1
+                log.warning("binding store write of reg-event subscriptions failed: %s", exc)
 
     # ------------------------------------------------------------- SIP
 
@@ -513,6 +581,7 @@ class Scscf:
                 self.core.counters["subscribe_unknown_dialog"] += 1
                 respond(make_response(request, 481, "Subscription Does Not Exist"))
                 return
+        self._keep_subscriptions(reg.impu)
         sub = self.subscriptions.add(
             RegSubscription(  # (positional, in the order of its parameters)
                 reg.impu,
@@ -559,6 +628,7 @@ class Scscf:
             self.subscriptions.arm(sub)
             return
         self.subscriptions.remove(sub)
+        self._keep_subscriptions(sub.impu)
         self.core.counters["subscription_expired"] += 1
         reg = self.core.lookup(sub.impu, now)
         body = reginfo_body(sub.impu, reg, version=sub.version, now=now)
@@ -584,6 +654,7 @@ class Scscf:
         subs = self.subscriptions.pop_impu(removed.impu)
         if not subs:
             return
+        self._keep_subscriptions(removed.impu)
         now = self._clock()
         event = TERMINATION_EVENT.get(removed.reason, "deactivated")
         reason = "rejected" if removed.reason == "network-initiated" else "deactivated"
@@ -604,6 +675,7 @@ class Scscf:
         notify = notify_request(
             sub, body, contact=self._contact, now=now, terminated_reason=terminated_reason
         )
+        self._keep_subscriptions(sub.impu)  # its CSeq and version moved on
         target = (
             sub.route_set[0].strip("<>").split(">", 1)[0] if sub.route_set else sub.remote_target
         )
@@ -638,6 +710,7 @@ class Scscf:
             # RFC 6665 §4.2.2: the subscriber is gone; end the subscription.
             self.core.counters["notify_failed"] += 1
             self.subscriptions.remove(sub)
+            self._keep_subscriptions(sub.impu)
 
     async def _deliver(
         self, sub: RegSubscription, notify: Request, address: tuple[str, int]

@@ -1,0 +1,215 @@
+"""Reg-event subscriptions kept with the registrations in a shared binding store, so that
+an S-CSCF restarted on Redis still has its watchers (TS 24.229 §5.2.3, §5.4.2.1; RFC
+6665 §4.2): written after every change (made, refreshed, a NOTIFY sent, ended) by one
+writer task, read back at start, their NOTIFY CSeq and reginfo version moved past what
+a crash could have lost (`RESTORED_GAP`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+
+import pytest
+
+from imsaka.cscf.regevent import RESTORED_GAP, RegSubscription
+
+from .conftest import IMPUS, REALM, HomeNetwork
+from .fakes import IMPI
+from .test_home_network import full_registration, new_ue, register, send, wait_for
+from .test_scscf_ue_subscription import _subscribe
+
+NOTIFIER = "<sip:[::1]:6060>"  # an S-CSCF's Contact: the brackets are glob characters
+OTHER = "<sip:[::1]:6061>"
+
+
+def _sub(**kw) -> RegSubscription:
+    args = dict(
+        impu=IMPUS[0],
+        call_id="c1@ue",
+        local_tag="s1",
+        remote_tag="u1",
+        remote_uri=IMPUS[0],
+        remote_target="sip:127.0.0.1:1357",
+        route_set=("<sip:127.0.0.1:5060;lr>",),
+        expires_at=1234.5,
+        cseq=3,
+        version=2,
+    )
+    args.update(kw)
+    return RegSubscription(**args)
+
+
+def test_a_subscription_goes_through_its_record_and_back():
+    sub = _sub()
+    record = json.loads(json.dumps(sub.to_dict()))
+    back = RegSubscription.from_dict(record)
+    assert back.to_dict() == sub.to_dict()
+    assert (back.call_id, back.remote_tag, back.local_tag) == ("c1@ue", "u1", "s1")
+    ahead = RegSubscription.from_dict(record, RESTORED_GAP)
+    assert (ahead.cseq, ahead.version) == (3 + RESTORED_GAP, 2 + RESTORED_GAP)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"call_id": None},
+        {"route_set": [7]},
+        {"local_tag": "a\0b"},
+        {"cseq": "three"},
+        {"expires_at": []},
+    ],
+)
+def test_a_record_that_is_not_a_subscription_is_refused(change):
+    record = {**_sub().to_dict(), **change}
+    with pytest.raises((KeyError, TypeError, ValueError)):
+        RegSubscription.from_dict(record)
+    del record["impu"]
+    with pytest.raises(KeyError):
+        RegSubscription.from_dict(record)
+
+
+@pytest.mark.redis
+async def test_redis_keeps_subscriptions_per_impu(redis_url):
+    from imsaka.cscf.registrar import RedisBindingStore
+
+    prefix = f"imsaka:test:{os.getpid()}:{os.urandom(4).hex()}:"
+    store = RedisBindingStore(redis_url, prefix=prefix)
+    try:
+        now = time.time()
+        first = _sub(expires_at=now + 100).to_dict()
+        second = _sub(call_id="c2@pcscf", expires_at=now + 3000).to_dict()
+        await store.put_subscriptions(NOTIFIER, IMPUS[0], [first, second])
+        await store.put_subscriptions(OTHER, IMPUS[0], [_sub(call_id="c3").to_dict()])
+        assert sorted(d["call_id"] for d in await store.all_subscriptions(NOTIFIER)) == [
+            "c1@ue",
+            "c2@pcscf",
+        ]
+        assert [d["call_id"] for d in await store.all_subscriptions(OTHER)] == ["c3"]
+        ttl = await store._redis.ttl(f"{prefix}sub:{NOTIFIER}|{IMPUS[0]}")
+        assert 3000 <= ttl <= 3061  # the latest expiry, and a minute
+        await store._redis.set(f"{prefix}sub:{NOTIFIER}|sip:junk@x", b"{not json")
+        await store._redis.set(f"{prefix}sub:{NOTIFIER}|sip:other@x", b'{"a": 1}')
+        # what is not a list is passed over
+        assert len(await store.all_subscriptions(NOTIFIER)) == 2
+        await store.put_subscriptions(NOTIFIER, IMPUS[0], [])
+        assert await store._redis.exists(f"{prefix}sub:{NOTIFIER}|{IMPUS[0]}") == 0
+        assert len(await store.all_subscriptions(OTHER)) == 1
+        assert await store.all() == []  # subscriptions are not registrations
+    finally:
+        await store.clear()
+        await store.close()
+
+
+async def _stored_until(store, notifier, predicate, timeout: float = 2.0) -> list[dict]:
+    """The store's subscription records once `predicate` holds of them (or at timeout)."""
+    for _ in range(int(timeout / 0.02)):
+        records = await store.all_subscriptions(notifier)
+        if predicate(records):
+            break
+        await asyncio.sleep(0.02)
+    return records
+
+
+def _protected(expires: int = 600000):
+    return dict(
+        protected=True,
+        expires=expires,
+        authorization=(
+            f'Digest username="{IMPI}", realm="{REALM}", nonce="", uri="sip:registrar.home1.net", '
+            f'response="", integrity-protected="yes"'
+        ),
+    )
+
+
+@pytest.mark.redis
+async def test_a_restarted_scscf_notifies_the_subscribers_of_the_one_before(tmp_path, redis_url):
+    """Subscribed and NOTIFYed (CSeq 1) by one S-CSCF, which writes the subscription to
+    Redis while it runs (before any stop: what a crash leaves); the next S-CSCF on the
+    same Redis reads it and NOTIFYs the de-registration in the same dialog, CSeq and
+    version moved on by `RESTORED_GAP`; the ended subscription leaves Redis."""
+    from imsaka.cscf.registrar import RedisBindingStore
+
+    prefix = f"imsaka:test:{os.getpid()}:{os.urandom(4).hex()}:"
+    net = HomeNetwork(tmp_path, binding_store=redis_url)
+    reader = RedisBindingStore(redis_url, prefix=prefix)
+    try:
+        await net.start()
+        await net.scscf.stop()
+        await net.start_scscf(RedisBindingStore(redis_url, prefix=prefix))
+        _, r200 = await full_registration(net, new_ue())
+        assert r200.status == 200
+        notifies: list = []
+
+        def on_request(req, tx):
+            notifies.append(req)
+            tx.reply(200)
+
+        net.client.set_request_handler(on_request)
+        r = await _subscribe(net, cseq=1, contact="sip:127.0.0.1:1357")
+        assert r.status == 200
+        await wait_for(lambda: len(notifies) == 1)
+        first = notifies[0]
+
+        # written by the S-CSCF's writer task, not by a stop
+        records = await _stored_until(
+            reader, net.scscf.scscf._contact, lambda r: bool(r) and r[0]["cseq"] == 1
+        )
+        assert [(d["call_id"], d["cseq"], d["version"]) for d in records] == [
+            ("ue-reg-event-1", first.cseq.seq, 1)
+        ]
+        await net.scscf.stop()
+        await net.start_scscf(RedisBindingStore(redis_url, prefix=prefix))
+        core = net.scscf.scscf.core
+        assert core.counters["subscription_restored"] == 1
+        assert net.scscf.census()["subscriptions"] == 1
+        r = await send(net, register(net, cseq=4, **_protected(expires=0)))
+        assert r.status == 200
+        await wait_for(lambda: len(notifies) == 2)
+        last = notifies[1]
+        assert last.call_id == first.call_id and last.to.tag == first.to.tag
+        assert last.from_.tag == first.from_.tag
+        assert last.get("subscription-state").startswith("terminated")
+        assert last.cseq.seq == first.cseq.seq + RESTORED_GAP + 1
+        assert f'version="{1 + RESTORED_GAP}"'.encode() in last.body
+        assert net.scscf.census()["subscriptions"] == 0
+        assert await _stored_until(reader, net.scscf.scscf._contact, lambda r: not r) == []
+    finally:
+        await reader.clear()
+        await reader.close()
+        await net.stop()
+
+
+@pytest.mark.redis
+async def test_stored_subscriptions_without_their_registration_are_dropped(tmp_path, redis_url):
+    """A subscription whose registration is not in the store (it ended while no S-CSCF
+    ran), and one that expired, are not taken up; their record goes."""
+    from imsaka.cscf.registrar import RedisBindingStore
+
+    prefix = f"imsaka:test:{os.getpid()}:{os.urandom(4).hex()}:"
+    net = HomeNetwork(tmp_path, binding_store=redis_url)
+    reader = RedisBindingStore(redis_url, prefix=prefix)
+    try:
+        now = time.time()
+        await net.start()
+        await net.scscf.stop()
+        ours = net.scscf.scscf._contact
+        gone = _sub(expires_at=now + 600).to_dict()
+        await reader.put_subscriptions(ours, IMPUS[0], [gone])
+        await reader.put_subscriptions(OTHER, IMPUS[0], [gone])  # another S-CSCF's: left
+        unreadable = json.dumps([{"impu": IMPUS[1], "call_id": 5}])
+        await reader._redis.set(f"{prefix}sub:{ours}|{IMPUS[1]}", unreadable, ex=60)
+        await net.start_scscf(RedisBindingStore(redis_url, prefix=prefix))
+        core = net.scscf.scscf.core
+        assert core.counters["subscription_restored"] == 0
+        assert core.counters["subscription_unreadable"] == 1
+        assert net.scscf.census()["subscriptions"] == 0
+        records = await _stored_until(reader, net.scscf.scscf._contact, lambda r: len(r) == 1)
+        # the one without a registration went; the unreadable one is left to its TTL
+        assert [d["impu"] for d in records] == [IMPUS[1]]
+        assert len(await reader.all_subscriptions(OTHER)) == 1
+    finally:
+        await reader.clear()
+        await reader.close()
+        await net.stop()
