@@ -9,8 +9,9 @@ the UE de-register. After every step:
 
 - at most one REGISTER of the UE is open, and a new one is sent only when none is;
 - a protected REGISTER goes out only while the UE has a set to send it over;
-- an SA set the UE sets up is not live already, and only a live set is established or
-  released (each once);
+- an SA set the UE sets up is not live already (but for a temporary one it replaces
+  with the same SPIs: a new challenge of the challenge response), and only a live set
+  is established or released (each once);
 - the UE holds at most three sets at once (temporary, established, the one a
   re-authentication replaced).
 """
@@ -62,10 +63,12 @@ class UeLifecycle(RuleBasedStateMachine):
                 elif method == "SUBSCRIBE":
                     self.subscribe = ev.request
             elif isinstance(ev, SetUpSecurityAssociations):
-                # (a set released may come back with the same SPIs: a challenge of the
-                # challenge response repeats the Security-Client of the first REGISTER)
+                # A new challenge of the challenge response is answered over the same
+                # SPIs (the Security-Client of the first REGISTER, repeated): the set
+                # set up then replaces the temporary one with them (the SA table
+                # discards it), which is not released on its own. Else the SPIs are new.
                 spi = ev.sa.spi_uc
-                assert spi not in self.live, ev
+                assert self.live.get(spi) in (None, "temporary"), ev
                 self.live[spi] = "temporary"
             elif isinstance(ev, SecurityAssociationsEstablished):
                 spi = ev.sa.spi_uc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -23,6 +24,7 @@ from imsaka.ipsec import (
 )
 from imsaka.ipsec.esp import EspInbound, EspOutbound
 from imsaka.ipsec.sa import LIFETIME_MARGIN, REG_AWAIT_AUTH, TRANSITIONS, SaInput
+from imsaka.ipsec.secagree import parse_security_header
 from tests.ipsec.helpers import negotiate
 
 
@@ -202,6 +204,38 @@ def test_new_401_discards_the_earlier_temporary_set():
     assert n.pcscf_set.state is SaState.REMOVED and n.ue_set.state is SaState.REMOVED
     assert again.pcscf_set.state is SaState.TEMPORARY
     assert n.pcscf.temporary("ue1") is again.pcscf_set
+
+
+def test_a_new_401_to_the_challenge_response_hands_the_same_spis_on():
+    """TS 24.229 §5.1.1.5.1: the challenge response repeats the first Security-Client, so
+    a UE challenged again sets up its new temporary set over the same SPIs; the earlier
+    one is discarded and its SPIs pass to the new one (live, found inbound)."""
+    n = negotiate(now=0.0)
+    ue, first = n.ue, n.ue_set
+    server = n.server[0]
+    client = next(
+        m
+        for m in parse_security_header(n.client_header)
+        if (m.alg, m.ealg) == (server.alg, server.ealg)
+    )
+    server = dataclasses.replace(server, spi_c=777001, spi_s=777002)
+    again = ue.create_temporary(
+        "ue1", now=5.0, ue_ip="127.0.0.1", pcscf_ip="127.0.0.1", client=client,
+        server=server, ik=bytes(16), ck=bytes(16),
+    )  # fmt: skip
+    assert first.state is SaState.REMOVED and again.state is SaState.TEMPORARY
+    assert again.ue_spis == first.ue_spis
+    assert all(ue.spis.is_live(spi) for spi in again.ue_spis)
+    assert all(ue.lookup_inbound(spi).sa_set is again for spi in again.ue_spis)
+    assert ue.temporary("ue1") is again
+    ue.remove(again, now=6.0)
+    assert not any(ue.spis.is_live(spi) for spi in first.ue_spis)
+    # other SPIs than the set's it replaces must still come from allocate_local
+    with pytest.raises(LocalProtocolError, match="allocate_local"):
+        ue.create_temporary(
+            "ue1", now=7.0, ue_ip="127.0.0.1", pcscf_ip="127.0.0.1", client=client,
+            server=server, ik=bytes(16), ck=bytes(16),
+        )  # fmt: skip
 
 
 def test_reregistration_replaces_old_set_after_first_message_on_new_set():

@@ -1310,8 +1310,9 @@ class PcscfCore:
                     self._forget(reg)
             return actions
         # A re-REGISTER's offers for the next SA set matter only if it is challenged: kept
-        # as text here, parsed by `_on_401` (most re-registrations are answered 200).
-        offer_text: tuple[str, ...] = tuple(sc) if sc and not on_temporary else ()
+        # as text here, parsed by `_on_401` (most re-registrations are answered 200). A
+        # challenge response's too: the registrar may answer it with a new challenge.
+        offer_text: tuple[str, ...] = tuple(sc) if sc else ()
         target = self.route(request.uri)
         if target is None:
             return [self._reply(request, arrival, 404, "No route to the home network")]
@@ -1941,7 +1942,7 @@ class PcscfCore:
         self, resp: Response, pending: _Pending, now: float, branch: str
     ) -> list[Action]:
         if resp.status == 401:
-            return self._on_401(resp, pending, now)
+            return self._on_401(resp, pending, now, branch)
         if 200 <= resp.status < 300:
             return self._on_200(resp, pending, now, branch)
         # Any other final answer: forward it; a failed challenge response ends the
@@ -1963,7 +1964,7 @@ class PcscfCore:
                 self._forget(reg)
         return actions
 
-    def _on_401(self, resp: Response, pending: _Pending, now: float) -> list[Action]:
+    def _on_401(self, resp: Response, pending: _Pending, now: float, branch: str) -> list[Action]:
         values = resp.get_all("WWW-Authenticate")
         keyed = _without_keys(values[0]) if len(values) == 1 else None
         if keyed is not None:
@@ -2024,8 +2025,27 @@ class PcscfCore:
         if reg is None:
             reg = Registration(impi=impi, impu="", ue_host=ue_host, state=RegState.CHALLENGED)
             self.registrations[impi] = reg
-        if reg.temporary is not None:  # an unanswered earlier challenge: its set goes
-            actions.append(self._release(reg, reg.temporary, "replaced by a new challenge"))
+        # Over the set the REGISTER came on (TS 24.229 §5.2.2.1), read before that set
+        # gives way to the new one (below)
+        reply = self._to_ue(resp, pending.arrival)
+        rechallenged = False
+        old = reg.temporary
+        if old is not None:
+            rechallenged = (
+                pending.kind == "register-protected" and pending.arrival.spi in old.inbound_spis
+            )
+            if rechallenged:
+                # A new challenge to the challenge response (the S-CSCF lost the first
+                # one, or asks again): this 401 is the last message over the temporary
+                # set it came on, which goes after it (held for that REGISTER's
+                # retransmissions); the new keys get a temporary set of their own, as
+                # the UE makes one (§5.1.1.5.1, TS 33.203 §7.4).
+                self.counters["challenge-response-rechallenged"] += 1
+                actions.append(reply)
+                reason = "replaced by a new challenge"
+                actions += self._sets_go(reg, (old,), reply, pending, branch, now, reason)
+            else:  # an unanswered earlier challenge: its set goes
+                actions.append(self._release(reg, old, "replaced by a new challenge"))
             reg.temporary = None
         if self._spi_allocator is not None:
             spi_pc, spi_ps = self._spi_allocator()
@@ -2062,7 +2082,8 @@ class PcscfCore:
         )
         # CK/IK go to the SA table with the install action and nowhere else.
         reg.temporary = PcscfSa(*params)
-        reg.started_over = pending.kind == "register-clear"
+        if not rechallenged:  # (a new challenge of the same attempt: as it started)
+            reg.started_over = pending.kind == "register-clear"
         reg.temporary_expires = now + float(self.config.temporary_sa_lifetime)
         self._watch(reg.temporary_expires, impi)
         server_text = _seed_spelling(format_security_header([server]))
@@ -2078,7 +2099,8 @@ class PcscfCore:
         actions.append(
             InstallSecurityAssociations(sa, float(self.config.temporary_sa_lifetime), True)
         )
-        actions.append(self._to_ue(resp, pending.arrival))
+        if not rechallenged:
+            actions.append(reply)
         self.counters["challenges"] += 1
         return actions
 

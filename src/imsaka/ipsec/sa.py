@@ -166,6 +166,12 @@ class SpiAllocator:
     def release(self, spi: int) -> None:
         self._live.pop(spi, None)
 
+    def take(self, spi: int) -> None:
+        """`spi` live again (a set taking over the SPIs of the one it replaces)."""
+        if not self.low <= spi <= self.high:
+            raise ValueError(f"spi {spi}: outside {self.low}..{self.high}")
+        self._live[spi] = None
+
     def is_live(self, spi: int) -> bool:
         return spi in self._live
 
@@ -728,7 +734,9 @@ class SecurityAssociationTable:
         `client` is the chosen Security-Client entry (UE's spi-c/spi-s/port-c/port-s),
         `server` the Security-Server entry (P-CSCF's). The SPIs this node receives on
         must come from `allocate_local`. Any earlier temporary set of the contact is
-        discarded (TS 24.229 §5.2.2 / §5.1.1.5.1).
+        discarded (TS 24.229 §5.2.2 / §5.1.1.5.1); its own SPIs pass to the new set
+        when it names them again (a UE's Security-Client is the same in its challenge
+        response, so a new challenge to that response is answered over the same SPIs).
         """
         for m, who in ((client, "Security-Client"), (server, "Security-Server")):
             if not m.has_sa_parameters():
@@ -743,12 +751,21 @@ class SecurityAssociationTable:
             raise LocalProtocolError("spi: the four SPIs of an SA set must differ")
         keys = derive_esp_keys(alg, ealg, ik=ik, ck=ck)
         own = server if self.local_role == "pcscf" else client
+        earlier = self._contacts.get(contact)
+        replaced = earlier.temporary if earlier is not None else None
+        taken_over: tuple[int, ...] = ()
+        if replaced is not None:
+            mine = replaced.pcscf_spis if self.local_role == "pcscf" else replaced.ue_spis
+            taken_over = tuple(spi for spi in (own.spi_c, own.spi_s) if spi in mine)
         for spi in (own.spi_c, own.spi_s):
+            if spi in taken_over:
+                continue
             if not self.spis.is_live(spi) or spi in self._by_spi:  # type: ignore[arg-type]
                 raise LocalProtocolError(f"spi {spi}: not allocated by allocate_local")
-        earlier = self._contacts.get(contact)
-        if earlier is not None and earlier.temporary is not None:
-            self._apply(earlier.temporary, SaInput.DISCARDED, now, "replaced by a newer 401")
+        if replaced is not None:
+            self._apply(replaced, SaInput.DISCARDED, now, "replaced by a newer 401")
+            for spi in taken_over:
+                self.spis.take(spi)  # released with the discarded set: the new one's now
         c = self._contacts.setdefault(contact, _Contact())  # the discard may have dropped it
         sa_set = SaSet(
             set_id=self._next_id,

@@ -822,10 +822,9 @@ class UeRegistration:
         opaque = www.opaque
         self.realm = realm
         events: list[Event] = []
-        if self.temporary_sa is not None:  # a fresh 401 replaces an unused temporary set
-            events.append(
-                SecurityAssociationsReleased(self.temporary_sa, "replaced by a new challenge")
-            )
+        replaced = self.temporary_sa
+        if replaced is not None:  # a fresh 401 replaces an unused temporary set
+            events.append(SecurityAssociationsReleased(replaced, "replaced by a new challenge"))
             self.temporary_sa = None
 
         ck = ik = b""
@@ -904,6 +903,10 @@ class UeRegistration:
             self.temporary_sa = sa
             verify = servers
             self._pending_security_server = servers
+            if replaced is not None:
+                # The new set replaces it instead (the SA table discards it and hands
+                # on its SPIs: our Security-Client, hence our SPIs, are the same).
+                events = [e for e in events if not isinstance(e, SecurityAssociationsReleased)]
             events.append(SetUpSecurityAssociations(sa, REG_AWAIT_AUTH))
         self.last_nonce = nonce
         self.last_response = response

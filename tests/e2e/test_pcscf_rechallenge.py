@@ -1,0 +1,60 @@
+"""A new challenge to the challenge response (TS 24.229 §5.2.2.1, §5.1.1.5.1; TS 33.203
+§7.4), through the whole core on loopback: the S-CSCF restarts between its 401 and the
+UE's answer, so it no longer knows the nonce and challenges again (MAR, 401). The
+P-CSCF sends that 401 over the temporary set the challenge response came on, with a
+Security-Server for a new temporary set keyed from the new CK/IK; the UE runs AKA again
+and registers over the new set.
+
+Before, the P-CSCF kept no Security-Client of a challenge response: it passed the new
+401 on without Security-Server (its CK/IK only stripped), and the UE gave up ("401
+without a usable Security-Server"). Found by `lifecycle_chaos --scscf-restarts`."""
+
+from __future__ import annotations
+
+import asyncio
+
+from imsaka.ue.client import UeClient
+from tests.polling import eventually
+
+
+def _count(net, prefix: str, kind: str = "diameter") -> int:
+    return sum(1 for r in net.trace.messages(kind) if r.summary.startswith(prefix))
+
+
+async def test_a_second_401_gets_a_temporary_set_of_its_own(home_network, subscribers):
+    net = home_network
+    core = net.pcscf.core
+    held: list = []
+    incoming = net.pcscf._incoming
+
+    def gate(data: bytes, arrival) -> None:
+        head = data.split(b"\r\n\r\n", 1)[0]
+        if head.startswith(b"REGISTER ") and b"\r\nCSeq: 2 REGISTER" in head and not held:
+            held.append((data, arrival))  # the first challenge response, for now
+            return
+        incoming(data, arrival)
+
+    net.pcscf._incoming = gate
+    ue = UeClient(net.ue_config(subscribers[0]), observers=[net.trace])
+    try:
+        await ue.start()
+        task = asyncio.ensure_future(ue.register(15))
+        assert await eventually(lambda: bool(held)), "no challenge response"
+        first_set = core.registrations[subscribers[0].impi].temporary
+        await net.restart_scscf()  # the challenge it made is gone with it
+        incoming(*held[0])
+        result = await task
+        assert result.ok and result.protected, result
+        assert _count(net, "MAR") == 2 and _count(net, "401", "sip") >= 2
+        assert core.counters["challenge-response-rechallenged"] == 1
+        reg = core.registrations[subscribers[0].impi]
+        assert reg.sa is not None and reg.sa.spi_ps != first_set.spi_ps
+        # the set the second 401 went over was held for that REGISTER, then goes
+        assert net.pcscf.backend.drops.get("esp-unknown-spi", 0) == 0
+        again = await ue.reregister(10)
+        assert again.ok and again.protected, again
+        assert (await ue.deregister(10)).ok
+        assert await eventually(lambda: net.pcscf.stats()["sa_sets"] == 0, 40)
+    finally:
+        net.pcscf._incoming = incoming
+        await ue.close()
