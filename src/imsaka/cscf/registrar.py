@@ -114,9 +114,13 @@ class ContactBinding:
     """Call-ID of the REGISTER that last refreshed it."""
     cseq: int = 0
     """CSeq number of that REGISTER."""
+    branch: str = ""
+    """Top Via branch of that REGISTER as it reached the S-CSCF, kept with a shared store
+    only: a retransmission of it that reaches another S-CSCF (or this one restarted, its
+    transactions gone) is known as one (RFC 3261 §17.2.3), not refused as out of order."""
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "uri": self.uri,
             "expires_at": self.expires_at,
             "params": self.params,
@@ -124,6 +128,9 @@ class ContactBinding:
             "call_id": self.call_id,
             "cseq": self.cseq,
         }
+        if self.branch:
+            d["branch"] = self.branch
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ContactBinding:
@@ -134,6 +141,7 @@ class ContactBinding:
             path=tuple(d.get("path", ())),
             call_id=str(d.get("call_id", "")),
             cseq=int(d.get("cseq", 0)),
+            branch=str(d.get("branch", "")),
         )
 
 

@@ -203,8 +203,9 @@ def _uri_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def register_request_from_sip(req: Request) -> RegisterRequest:
-    """Read what the registrar needs; `SipParseError` names the header that is wrong."""
+def register_request_from_sip(req: Request, keep_branch: bool = False) -> RegisterRequest:
+    """Read what the registrar needs; `SipParseError` names the header that is wrong.
+    `keep_branch`: its top Via branch too (the bindings of a shared store keep it)."""
     to = req.to
     call_id = req.call_id
     if not call_id:
@@ -251,6 +252,7 @@ def register_request_from_sip(req: Request) -> RegisterRequest:
         tuple(req.get_all("path")),
         req.method,
         req.body,
+        (req.top_via.branch or "") if keep_branch else "",
     )
 
 
@@ -483,7 +485,7 @@ class Scscf:
             respond(make_response(request, 501, "Not Implemented (S-CSCF handles REGISTER only)"))
             return None
         try:
-            reg_req = register_request_from_sip(request)
+            reg_req = register_request_from_sip(request, self._shared)
         except SipParseError as exc:
             self.core.counters["bad_register"] += 1
             respond(make_response(request, 400, f"Bad Request ({exc.reason})"[:120]))

@@ -150,6 +150,8 @@ class RegisterRequest:
     path: tuple[str, ...] = ()
     method: str = "REGISTER"
     body: bytes = b""
+    branch: str = ""
+    """Its top Via branch, when the bindings keep it (a shared store: `ContactBinding`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +335,16 @@ def _contact_changes(
         if uri not in contacts and c.expires_at > now
     )
     return ended, any(uri not in before for uri in contacts)
+
+
+def _older(req: RegisterRequest, binding: ContactBinding) -> bool:
+    """RFC 3261 §10.3 step 7: `req` has the Call-ID that last refreshed `binding` and not
+    a higher CSeq: a delayed older REGISTER, unless it is the very one that did (its
+    branch kept with the binding: a retransmission that outlived the transaction, at an
+    S-CSCF restarted since, or another one sharing the store; RFC 3261 §17.2.3)."""
+    if binding.call_id != req.call_id or binding.cseq < req.cseq:
+        return False
+    return not (binding.cseq == req.cseq and req.branch and binding.branch == req.branch)
 
 
 def _impi_from_impu(impu: str) -> str:
@@ -931,12 +943,10 @@ class RegistrarCore:
     def _out_of_order(self, reg: Registration, req: RegisterRequest) -> bool:
         for spec in req.contacts:
             binding = reg.contacts.get(spec.uri)
-            if binding is not None and binding.call_id == req.call_id and binding.cseq >= req.cseq:
+            if binding is not None and _older(req, binding):
                 return True
         if req.star:
-            return any(
-                b.call_id == req.call_id and b.cseq >= req.cseq for b in reg.contacts.values()
-            )
+            return any(_older(req, b) for b in reg.contacts.values())
         return False
 
     def _contacts_left(self, reg: Registration | None, req: RegisterRequest, now: float) -> int:
@@ -987,6 +997,7 @@ class RegistrarCore:
                 self._paths.share(req.path),
                 req.call_id,
                 req.cseq,
+                req.branch,
             )
         return contacts
 

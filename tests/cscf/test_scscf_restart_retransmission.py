@@ -1,0 +1,80 @@
+"""A REGISTER retransmitted across an S-CSCF restart on a shared (Redis) store (RFC 3261
+§17.2.3, §10.3 step 7): the restarted S-CSCF has none of its predecessor's transactions,
+but the binding keeps the top Via branch of the REGISTER that last refreshed it, so the
+retransmission (same Call-ID, CSeq and branch) is answered 200 instead of 500 "out of
+order"; a different REGISTER with that CSeq is still refused. Found by
+`lifecycle_chaos --scscf-restarts` (a 200 lost on its way to the I-CSCF, then a
+restart: the I-CSCF's next retransmission met the new S-CSCF)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from imsaka.sip import parse_message
+from imsaka.sip.transaction import client_key
+
+from .conftest import REALM, HomeNetwork
+from .fakes import IMPI
+from .test_home_network import full_registration, new_ue, register
+
+pytestmark = pytest.mark.redis
+
+_PROTECTED = (
+    f'Digest username="{IMPI}", realm="{REALM}", nonce="", uri="sip:registrar.home1.net", '
+    'response="", integrity-protected="yes"'
+)
+
+
+async def _to_scscf(net: HomeNetwork, text: bytes):
+    """The REGISTER as the I-CSCF sends it, straight to the S-CSCF. (A retransmission
+    that outlived our side's transaction, too: that one is forgotten first, as the
+    I-CSCF's is not.)"""
+    request = parse_message(text)
+    layer = net.client.layer
+    layer._client.pop(client_key(request), None)
+    return await net.client.send_request(request, ("127.0.0.1", net.scscf_port))
+
+
+async def test_a_retransmission_after_a_restart_is_not_out_of_order(tmp_path, redis_url):
+    from imsaka.cscf.registrar import RedisBindingStore
+
+    prefix = f"imsaka:test:{os.getpid()}:{os.urandom(4).hex()}:"
+    net = HomeNetwork(tmp_path, binding_store=redis_url)
+    try:
+        await net.start()
+        await net.scscf.stop()
+        await net.start_scscf(RedisBindingStore(redis_url, prefix=prefix))
+        _, r200 = await full_registration(net, new_ue())
+        assert r200.status == 200
+        refresh = register(net, cseq=3, protected=True, authorization=_PROTECTED).to_bytes()
+        assert (await _to_scscf(net, refresh)).status == 200
+        stored = await net.scscf.scscf.store.get(r200.to.uri)
+        branch = parse_message(refresh).top_via.branch
+        assert [c.branch for c in stored.contacts.values()] == [branch]
+        await net.scscf.stop()
+        await net.start_scscf(RedisBindingStore(redis_url, prefix=prefix))
+        again = await _to_scscf(net, refresh)  # its retransmission, the same octets
+        assert again.status == 200, again
+        assert again.get("contact")
+        # another REGISTER with the same Call-ID and CSeq: still out of order
+        other = register(net, cseq=3, protected=True, authorization=_PROTECTED).to_bytes()
+        assert parse_message(other).top_via.branch != branch
+        refused = await _to_scscf(net, other)
+        assert refused.status == 500 and "out-of-order" in refused.reason
+        assert net.scscf.scscf.core.counters["out_of_order"] == 1
+    finally:
+        cleanup = RedisBindingStore(redis_url, prefix=prefix)
+        await cleanup.clear()
+        await cleanup.close()
+        await net.stop()
+
+
+async def test_the_memory_store_keeps_no_branch(home):
+    """With the memory store the transactions absorb retransmissions for as long as the
+    bindings live (no restart keeps them): no branch is kept per binding."""
+    _, r200 = await full_registration(home, new_ue())
+    assert r200.status == 200
+    reg = home.scscf.scscf.core.registrations[r200.to.uri]
+    assert [c.branch for c in reg.contacts.values()] == [""]
