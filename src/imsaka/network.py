@@ -521,13 +521,16 @@ class Network:
         return code
 
     async def restart_scscf(self, store: Any = None) -> None:
-        """Stop the S-CSCF and start a new one from the same configuration (its binding
-        store decides what survives: `redis://` keeps registrations). `store`: a
-        `imsaka.cscf.registrar` binding store to use instead of the configured one."""
+        """Stop the S-CSCF, once what is under way ended (`ScscfServer.drain`, as on
+        SIGTERM), and start a new one from the same configuration (its binding store
+        decides what survives: `redis://` keeps registrations and their reg-event
+        subscriptions). `store`: a `imsaka.cscf.registrar` binding store to use
+        instead of the configured one."""
         from imsaka.cscf.scscf import ScscfServer
 
         assert self.config is not None and self.config.scscf is not None
         if self.scscf is not None:
+            await self.scscf.drain()  # as `imsaka run scscf` stops on SIGTERM
             await self.scscf.stop()
             self.scscf = None
         server = ScscfServer(

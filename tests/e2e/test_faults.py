@@ -452,3 +452,49 @@ async def test_scscf_restart_with_redis_keeps_the_reg_event_subscriptions(redis_
         await cleanup.clear()
         await cleanup.close()
         await net.stop()
+
+
+@pytest.mark.redis
+async def test_an_rtr_just_before_a_restart_still_reaches_both(redis_url):
+    """The S-CSCF handles an RTR, sends its terminated NOTIFYs (both lost the first
+    time) and is restarted at once: it stops only once they were answered
+    (`ScscfServer.drain`, as on SIGTERM), so the P-CSCF still releases the UE's SAs and
+    the UE still learns of the end (TS 24.229 §5.4.1.5, §5.1.1.7). Before, the NOTIFYs'
+    transactions ended with the process and neither heard of it."""
+    from imsaka.cscf.registrar import RedisBindingStore
+
+    prefix = f"imsaka:e2e:{os.getpid()}:{os.urandom(4).hex()}:"
+    subs = make_subscribers(1, seed=93)
+    net = Network(subs, NetworkOptions(extra={"scscf": {"binding_store": redis_url}}))
+    await net.start()
+    ue = UeClient(net.ue_config(subs[0]), observers=[net.trace])
+    try:
+        await net.restart_scscf(RedisBindingStore(redis_url, prefix=prefix))
+        await ue.start()
+        assert (await ue.register(10)).ok
+        assert await eventually(
+            lambda: net.pcscf.core.counters["reg-subscribed"] >= 1 and ue.subscribed
+        )
+        lost: list[bytes] = []
+        for transport in net.scscf.endpoint.transports:
+            if transport.name == "udp":
+                sendto = transport._transport.sendto
+
+                def lossy(data, *args, sendto=sendto):
+                    if data.startswith(b"NOTIFY ") and len(lost) < 2:
+                        lost.append(data)  # the first copy of each NOTIFY
+                        return None
+                    return sendto(data, *args)
+
+                transport._transport.sendto = lossy
+        assert (await net.hss.deregister_impi(subs[0].impi)).get("ok")
+        await net.restart_scscf(RedisBindingStore(redis_url, prefix=prefix))
+        assert len(lost) == 2
+        assert await ue.wait_network_deregistration(10) == "rejected"
+        assert await eventually(lambda: net.pcscf.stats()["sa_sets"] == 0, 10)
+    finally:
+        await ue.close()
+        cleanup = RedisBindingStore(redis_url, prefix=prefix)
+        await cleanup.clear()
+        await cleanup.close()
+        await net.stop()

@@ -56,6 +56,9 @@ async def serve_forever(server: Any, name: str) -> int:
     )
     try:
         await stop.wait()
+        drain = getattr(server, "drain", None)
+        if drain is not None:  # what is under way ends first (the S-CSCF's NOTIFYs)
+            await drain()
     finally:
         await server.stop()
     return 0

@@ -89,6 +89,10 @@ __all__ = [
 
 log = logging.getLogger("imsaka.cscf.scscf")
 
+# How long a stopping S-CSCF waits for its open transactions (`ScscfServer.drain`): a
+# NOTIFY sent just before is sent four times by then (T1 = 0.5 s).
+SHUTDOWN_DRAIN = 4.0
+
 #: ``async send(request) -> answer``; raises on timeout or when no HSS is connected.
 CxSender = Callable[[Any], Awaitable[Any]]
 #: ``ask(request, callback)``: ``callback(answer, None)`` or ``callback(None, exc)`` later
@@ -1121,6 +1125,19 @@ class ScscfServer:
             return scscf.receive_request(request, tx.respond)
 
         self.endpoint.set_request_handler(handle)
+
+    async def drain(self, seconds: float = SHUTDOWN_DRAIN) -> None:
+        """Before a stop that others outlive (SIGTERM, a restart): up to `seconds` for
+        what is under way to end, the NOTIFYs awaiting their answer (retransmitted at T1,
+        3·T1, 7·T1 over UDP) and the REGISTERs awaiting the HSS, so that the end of a
+        registration just handled (an RTR's NOTIFY: the P-CSCF's cue to release the
+        UE's SAs) is not lost with the process. New requests are still served."""
+        if self.endpoint is None:
+            return
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while self.endpoint.layer.pending() and loop.time() < end:
+            await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
         if self.endpoint is not None:
