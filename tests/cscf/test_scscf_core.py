@@ -342,6 +342,25 @@ def test_deregistration(h, star):
         assert header(r, "Contact")[0].endswith(";expires=0")
 
 
+@pytest.mark.parametrize("star", [False, True])
+def test_protected_deregistration_of_nothing_registered_is_200(h, star):
+    """§5.4.1.4 over the UE's SAs when the registration already ended (here: de-registered
+    once already, as a retransmission reaching a restarted S-CSCF would find it): 200
+    with nothing to remove, no challenge, no Cx request. Unprotected, it is challenged."""
+    ue = FakeUe()
+    assert register(h, ue).status == 200
+    assert h.send(ue.register(integrity="yes", expires=0), T0 + 5).status == 200
+    asks = len(h.asks)
+    if star:
+        req = ue.register(integrity="yes", star=True, expires=None, expires_header=0)
+    else:
+        req = ue.register(integrity="yes", expires=0)
+    r = h.send(req, T0 + 6)
+    assert r.status == 200 and len(h.asks) == asks
+    assert h.core.counters["deregister_not_registered"] == 1
+    assert h.send(ue.register(integrity="no", expires=0), T0 + 7).status == 401
+
+
 def test_star_with_nonzero_expires_is_400(h):
     r = h.send(FakeUe().register(star=True, expires=None, expires_header=3600))
     assert r.status == 400

@@ -15,7 +15,8 @@ Procedure selection (TS 24.229 §5.4.1.1, §5.4.1.2):
   (TS 24.229 §5.1.1.5.3) → 403;
 - integrity-protected="yes" for a live registration of that IMPI/IMPU and no pending
   challenge → accepted without a new AKA run unless ``reauthenticate = "always"``
-  (§5.4.1.2.2); Expires 0 there is a de-registration (§5.4.1.4). Such a re-REGISTER
+  (§5.4.1.2.2); Expires 0 there is a de-registration (§5.4.1.4), and with no live
+  registration left to remove is answered 200 at once. Such a re-REGISTER
   sends SAR RE_REGISTRATION, or with ``reregistration_sar = "when-needed"`` and only
   live bindings refreshed is answered from the stored profile (TS 23.228 §5.2.2.4);
 - anything else (integrity-protected="no", absent, unknown nonce, lapsed challenge) →
@@ -455,6 +456,19 @@ class RegistrarCore:
                 return [self._reply(token, 403, "Forbidden (contact not registered before)")]
             self.counters["reregister_without_aka"] += 1
             return self._authenticated(token, req, impi, now, reg)
+        if (
+            reg is None
+            and auth is not None
+            and auth.integrity_protected == "yes"
+            and self._contacts_left(None, req, now) == 0
+        ):
+            # §5.4.1.4 over the UE's SAs, with nothing registered to remove: the
+            # registration ended already (the network's de-registration or its expiry
+            # crossed it, or this is the retransmission of a de-REGISTER an S-CSCF
+            # restarted since had answered). RFC 3261 §10.3: 200, no binding; a
+            # challenge would only make the UE set up SAs to remove nothing.
+            self.counters["deregister_not_registered"] += 1
+            return self._authenticated(token, req, impi, now, None)
         return self._challenge(token, req, impi, now)
 
     def _new_contact_without_reg_id(self, reg: Registration, req: RegisterRequest) -> bool:
