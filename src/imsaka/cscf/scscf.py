@@ -1128,16 +1128,29 @@ class ScscfServer:
 
     async def drain(self, seconds: float = SHUTDOWN_DRAIN) -> None:
         """Before a stop that others outlive (SIGTERM, a restart): up to `seconds` for
-        what is under way to end, the NOTIFYs awaiting their answer (retransmitted at T1,
-        3·T1, 7·T1 over UDP) and the REGISTERs awaiting the HSS, so that the end of a
-        registration just handled (an RTR's NOTIFY: the P-CSCF's cue to release the
-        UE's SAs) is not lost with the process. New requests are still served."""
+        what is under way to end (`_under_way`): the NOTIFYs awaiting their answer
+        (retransmitted at T1, 3·T1, 7·T1 over UDP), the REGISTERs and RTRs being
+        handled, so that the end of a registration just handled (an RTR's NOTIFY: the
+        P-CSCF's cue to release the UE's SAs) is not lost with the process. New
+        requests are still served."""
         if self.endpoint is None:
             return
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds
-        while self.endpoint.layer.pending() and loop.time() < end:
+        while self._under_way() and loop.time() < end:
             await asyncio.sleep(0.05)
+
+    def _under_way(self) -> bool:
+        """Whether anything is in progress: a SIP transaction awaiting its final answer,
+        a task of the S-CSCF's (a Cx request, a store write: an RTR's NOTIFYs leave only
+        once its record is removed from a shared store), a Diameter request of either
+        side not answered yet."""
+        assert self.endpoint is not None
+        if self.endpoint.layer.pending():
+            return True
+        if self.scscf is not None and (self.scscf._tasks or self.scscf._pending):
+            return True
+        return self.node is not None and any(self.node.pending_counts().values())
 
     async def stop(self) -> None:
         if self.endpoint is not None:
