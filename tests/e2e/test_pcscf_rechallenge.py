@@ -58,3 +58,48 @@ async def test_a_second_401_gets_a_temporary_set_of_its_own(home_network, subscr
     finally:
         net.pcscf._incoming = incoming
         await ue.close()
+
+
+async def test_the_second_401_lost_once_comes_again_over_the_first_set(home_network, subscribers):
+    """As above, and the second 401 is lost on its way to the UE: the UE sends its
+    challenge response again over the first temporary set, and the P-CSCF answers with
+    that 401 again over that very set, not over the new one (both have the UE's SPIs:
+    by SPI alone the answer went out under the new keys and the UE dropped it)."""
+    net = home_network
+    core = net.pcscf.core
+    held: list = []
+    lost: list = []
+    incoming = net.pcscf._incoming
+    send_protected = net.pcscf.send_protected
+
+    def gate(data: bytes, arrival) -> None:
+        head = data.split(b"\r\n\r\n", 1)[0]
+        if head.startswith(b"REGISTER ") and b"\r\nCSeq: 2 REGISTER" in head and not held:
+            held.append((data, arrival))
+            return
+        incoming(data, arrival)
+
+    def lossy(sa, data: bytes, final: bool = False) -> bool:
+        if data.startswith(b"SIP/2.0 401") and not lost:
+            lost.append(data)  # the second 401's first copy
+            return True
+        return send_protected(sa, data, final)
+
+    net.pcscf._incoming = gate
+    net.pcscf.send_protected = lossy
+    ue = UeClient(net.ue_config(subscribers[0]), observers=[net.trace])
+    try:
+        await ue.start()
+        task = asyncio.ensure_future(ue.register(15))
+        assert await eventually(lambda: bool(held)), "no challenge response"
+        await net.restart_scscf()
+        incoming(*held[0])
+        result = await task
+        assert result.ok and result.protected, result
+        assert lost and core.counters["challenge-response-rechallenged"] == 1
+        assert core.counters["answered-again-in-grace"] >= 1
+        assert (await ue.deregister(10)).ok
+    finally:
+        net.pcscf._incoming = incoming
+        net.pcscf.send_protected = send_protected
+        await ue.close()

@@ -264,12 +264,16 @@ class Forward:
 @dataclass(frozen=True, slots=True)
 class Reply:
     """Send `message` to the UE: over the SA with outbound `spi` (from port-s to the UE's
-    port-c, or from port-c to its port-s), or in the clear when `spi` is None."""
+    port-c, or from port-c to its port-s), or in the clear when `spi` is None. `over`:
+    the spi-s of the set it must go over, when known (two sets can have the same
+    outbound SPIs: the UE's Security-Client is the same for a new challenge of its
+    challenge response, so the set that answer came over and the new one share them)."""
 
     message: Request | Response
     destination: Address
     transport: str = "udp"
     spi: int | None = None
+    over: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1010,9 +1014,9 @@ class PcscfCore:
             sa = self._set_of(arrival.spi)
             if sa is not None:
                 spi = sa.spi_uc if arrival.spi == sa.spi_ps else sa.spi_us
-            else:
-                self.drops["reply-over-removed-sa"] += 1
-                spi = 0
+                return Reply(resp, arrival.source, arrival.transport, spi, sa.spi_ps)
+            self.drops["reply-over-removed-sa"] += 1
+            spi = 0
         return Reply(resp, arrival.source, arrival.transport, spi)
 
     # ------------------------------------------------------------------ requests
@@ -1100,7 +1104,7 @@ class PcscfCore:
         final = parse_message(self._packer.unpack(grace.final_data))
         sa = grace.sa
         spi = sa.spi_uc if arrival.spi == sa.spi_ps else sa.spi_us
-        return [Reply(final, arrival.source, arrival.transport, spi)]
+        return [Reply(final, arrival.source, arrival.transport, spi, sa.spi_ps)]
 
     def _register(
         self,

@@ -305,7 +305,7 @@ class PcscfServer:
                 if action.spi is None:
                     self.send_clear(data, action.destination, action.transport)
                     continue
-                sa_set, out_sa = self._outbound(action.spi, action.destination)
+                sa_set, out_sa = self._outbound(action.spi, action.destination, action.over)
                 if sa_set is None or out_sa is None:
                     log.info("pcscf: reply not sent: no live SA with spi %d", action.spi)
                     continue
@@ -406,12 +406,18 @@ class PcscfServer:
         return sa_set.pcscf_spis[1]
 
     def _outbound(
-        self, spi: int, destination: tuple[str, int] | None = None
+        self, spi: int, destination: tuple[str, int] | None = None, over: int | None = None
     ) -> tuple[SaSet | None, Any]:
-        """The live set and its outbound SA with `spi` (towards `destination`'s port
-        when several): a serving set first, else one held for a REGISTER's
-        retransmissions (a UE that registers again may have chosen the same SPI for its
-        new set)."""
+        """The live set and its outbound SA with `spi`: of the set whose spi-s is `over`
+        when given and live; else towards `destination`'s port when several, a serving
+        set first, else one held for a REGISTER's retransmissions (a UE that registers
+        again may have chosen the same SPI for its new set)."""
+        if over is not None:
+            s = self._sets.get(over)
+            if s is not None and s.state is not SaState.REMOVED:
+                for sa in s.outbound.values():
+                    if sa.spi == spi:
+                        return s, sa
         found = self._find_outbound(self._by_outbound, spi, destination)
         if found[0] is None and self._held_outbound:
             found = self._find_outbound(self._held_outbound, spi, destination)
