@@ -1131,14 +1131,22 @@ class ScscfServer:
         what is under way to end (`_under_way`): the NOTIFYs awaiting their answer
         (retransmitted at T1, 3·T1, 7·T1 over UDP), the REGISTERs and RTRs being
         handled, so that the end of a registration just handled (an RTR's NOTIFY: the
-        P-CSCF's cue to release the UE's SAs) is not lost with the process. New
-        requests are still served."""
+        P-CSCF's cue to release the UE's SAs) is not lost with the process. SIP
+        requests are still served meanwhile; once idle, the Diameter node stops (no RTR
+        can then arrive between the last look and the close) and what it had started
+        ends too."""
         if self.endpoint is None:
             return
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds
         while self._under_way() and loop.time() < end:
             await asyncio.sleep(0.05)
+        if self.node is not None:
+            # No new RTR or PPR from here on (DPR: the HSS tells another S-CSCF, or
+            # this one restarted), then what the last of them started (their NOTIFYs).
+            await self.node.stop()
+            while self._under_way() and loop.time() < end:
+                await asyncio.sleep(0.05)
 
     def _under_way(self) -> bool:
         """Whether anything is in progress: a SIP transaction awaiting its final answer,
