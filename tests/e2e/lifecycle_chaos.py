@@ -12,7 +12,7 @@ challenge, subscription or open transaction in any function (`census()`), no SA 
 any UE.
 
     python -m tests.e2e.lifecycle_chaos [--seeds 1-20] [--ues 5] [--steps 6] [--traces DIR]
-                                        [--expires S]
+                                        [--expires S] [--scscf-restarts REDIS_URL]
 
 `--expires S` grants every registration and subscription at most S seconds, so the
 UEs re-register, and the UEs and the P-CSCF refresh their reg-event subscriptions, by
@@ -20,6 +20,13 @@ themselves in the middle of the steps (TS 24.229 §5.1.1.4, §5.1.1.3, §5.2.3).
 to 60 a step may also restart a UE: it loses its state and registers afresh from new
 ports while the network still holds its registration (its old contact lapses at the
 S-CSCF within the run).
+
+`--scscf-restarts redis://…` keeps the S-CSCF's bindings and reg-event subscriptions in
+Redis (a prefix of the run's own, removed after it) and restarts the S-CSCF every 3 to
+12 s while the UEs go through their steps (its UDP legs stay lossy): registrations,
+challenges and subscriptions meet a restart at every point of their lives. An RTR the
+HSS could not deliver (the S-CSCF down at that instant) is not a failure: the UE stays
+registered.
 
 Prints one JSON line per seed and a summary; exits 1 when a run failed. With
 `--traces`, the ladder of each failed UE (SIP and Diameter, by time) is written there.
@@ -75,7 +82,7 @@ class _Logs(logging.Handler):
     """The UE's and the P-CSCF's INFO lines (what they dropped and why), kept for the
     ladders of failed UEs."""
 
-    LOGGERS = ("imsaka.ue", "imsaka.cscf.pcscf", "imsaka.ipsec")
+    LOGGERS = ("imsaka.ue", "imsaka.cscf.pcscf", "imsaka.ipsec", "lifecycle_chaos")
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
@@ -97,20 +104,27 @@ class _Logs(logging.Handler):
             logging.getLogger(name).removeHandler(self)
 
 
+def _lossy(send: Any, rng: random.Random, dropped: dict[str, int]) -> Any:
+    """`send` losing a fifth of what it is given, as `_lose_a_fifth` does."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if rng.random() < 0.2:
+            dropped["n"] += 1
+            return True
+        return send(*args, **kwargs)
+
+    return wrapper
+
+
 def _lossy_ue(ue: UeClient, rng: random.Random, dropped: dict[str, int]) -> None:
-    """A fifth of a (restarted) UE's datagrams lost, as `_lose_a_fifth` does."""
+    """A fifth of a (restarted) UE's datagrams lost."""
+    ue.send_clear = _lossy(ue.send_clear, rng, dropped)  # type: ignore[method-assign]
+    ue.send_protected = _lossy(ue.send_protected, rng, dropped)  # type: ignore[method-assign]
 
-    def lossy(send: Any) -> Any:
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if rng.random() < 0.2:
-                dropped["n"] += 1
-                return True
-            return send(*args, **kwargs)
 
-        return wrapper
-
-    ue.send_clear = lossy(ue.send_clear)  # type: ignore[method-assign]
-    ue.send_protected = lossy(ue.send_protected)  # type: ignore[method-assign]
+def _lossy_socket(transport: Any, rng: random.Random, dropped: dict[str, int]) -> None:
+    """A fifth of a (restarted) function's UDP datagrams lost below its SIP transport."""
+    transport._transport.sendto = _lossy(transport._transport.sendto, rng, dropped)
 
 
 def _ladder(net: Network, impi: str, ue_name: str, logs: _Logs) -> str:
@@ -118,7 +132,11 @@ def _ladder(net: Network, impi: str, ue_name: str, logs: _Logs) -> str:
     its IMPI, by time."""
     user = impi.split("_", 1)[0] + "_"
     named = re.compile(rf"\b{ue_name}\b").search  # the UE's own lines, its ESP layer's too
-    lines = [f"{t:.3f} log {text}" for t, text in logs.lines if user in text or named(text)]
+    lines = [
+        f"{t:.3f} log {text}"
+        for t, text in logs.lines
+        if user in text or named(text) or text.startswith("lifecycle_chaos:")
+    ]
     for rec in net.trace.messages("sip") + net.trace.messages("diameter"):
         if any(user in v for _, v in rec.headers) or user in str(rec.diameter):
             h = dict(rec.headers)
@@ -130,7 +148,12 @@ def _ladder(net: Network, impi: str, ue_name: str, logs: _Logs) -> str:
 
 
 async def run(
-    seed: int, n_ues: int, steps: int, traces: Path | None, expires: int = 0
+    seed: int,
+    n_ues: int,
+    steps: int,
+    traces: Path | None,
+    expires: int = 0,
+    redis_url: str = "",
 ) -> dict[str, Any]:
     rng = random.Random(seed)
     scscf: dict[str, Any] = {}
@@ -145,8 +168,47 @@ async def run(
         scscf.update(min_expires=1, max_expires=expires, default_expires=expires)
         ue_extra["expires"] = expires
     subs = make_subscribers(n_ues, seed=seed % 1000 + 1)
-    with _Logs() as logs:
-        return await _run(seed, n_ues, steps, traces, scscf, ue_extra, subs, logs)
+    restarts = None
+    if redis_url:
+        scscf["binding_store"] = redis_url
+        scscf.pop("reregistration_sar", None)  # "when-needed" needs the memory store
+        restarts = _Restarts(redis_url, seed)
+    try:
+        with _Logs() as logs:
+            return await _run(seed, n_ues, steps, traces, scscf, ue_extra, subs, logs, restarts)
+    finally:
+        if restarts is not None:
+            await restarts.clear()
+
+
+class _Restarts:
+    """The S-CSCF restarted on its Redis store at random moments (`--scscf-restarts`)."""
+
+    def __init__(self, url: str, seed: int) -> None:
+        self.url = url
+        self.prefix = f"imsaka:chaos:{seed}:{random.getrandbits(32):08x}:"
+        self.rng = random.Random(seed + 13)
+        self.done = 0
+
+    def store(self) -> Any:
+        from imsaka.cscf.registrar import RedisBindingStore
+
+        return RedisBindingStore(self.url, prefix=self.prefix)
+
+    async def loop(self, net: Network, lossy_scscf: Any) -> None:
+        log = logging.getLogger("lifecycle_chaos")
+        while True:
+            await asyncio.sleep(self.rng.uniform(3.0, 12.0))
+            log.info("S-CSCF restart: draining")
+            await net.restart_scscf(self.store())
+            lossy_scscf()
+            self.done += 1
+            log.info("S-CSCF restart: the new one is up")
+
+    async def clear(self) -> None:
+        store = self.store()
+        await store.clear()
+        await store.close()
 
 
 async def _run(
@@ -158,9 +220,12 @@ async def _run(
     ue_extra: dict[str, Any],
     subs: list,
     logs: _Logs,
+    restarts: _Restarts | None = None,
 ) -> dict[str, Any]:
     net = Network(subs, NetworkOptions(extra={"scscf": scscf}))
     await net.start()
+    if restarts is not None:
+        await net.restart_scscf(restarts.store())  # on the run's own prefix
     ues = [
         UeClient(net.ue_config(s, **ue_extra), observers=[net.trace], name=f"ue{i}")
         for i, s in enumerate(subs)
@@ -219,19 +284,38 @@ async def _run(
                     ok, detail = False, "the reg-event subscription never came up"
                 else:
                     answer = await net.hss.deregister_impi(subs[i].impi)
-                    event = await ue.wait_network_deregistration(60)
-                    ok, detail = bool(event), f"RTR {answer}, UE saw {event!r}"
+                    if restarts is not None and not answer.get("ok"):
+                        # the S-CSCF was down at that instant: nothing was ended
+                        op, ok, detail = "rtr-undelivered", True, ""
+                    else:
+                        event = await ue.wait_network_deregistration(60)
+                        ok, detail = bool(event), f"RTR {answer}, UE saw {event!r}"
             if not ok:
                 failed(i, op, detail)
                 return
             done += 1
             ops[op] = ops.get(op, 0) + 1
 
+    restarter: asyncio.Task | None = None
     try:
         for ue in ues:
             await ue.start()
         lost_first = _lose_a_fifth(net, ues, seed)
+        if restarts is not None:
+            loss_rng2 = random.Random(seed + 11)
+
+            def lossy_scscf() -> None:
+                # the new S-CSCF's UDP legs as lossy as the old one's
+                for transport in net.scscf.endpoint.transports:
+                    if transport.name == "udp":
+                        _lossy_socket(transport, loss_rng2, dropped)
+
+            restarter = asyncio.ensure_future(restarts.loop(net, lossy_scscf))
         await asyncio.gather(*(life(i, ue) for i, ue in enumerate(ues)))
+        if restarter is not None:
+            restarter.cancel()
+            await asyncio.gather(restarter, return_exceptions=True)
+            ops["scscf-restart"] = restarts.done
         for i, ue in enumerate(ues):
             # a refresh the UE started by itself (short grants) ends first
             await eventually(lambda ue=ue: ue.core.state not in _UNDER_WAY, 40)
@@ -252,6 +336,9 @@ async def _run(
             "seed": seed, "scscf": scscf, "steps": done, "ops": ops, "lost": lost, "bad": bad,
         }  # fmt: skip
     finally:
+        if restarter is not None and not restarter.done():
+            restarter.cancel()
+            await asyncio.gather(restarter, return_exceptions=True)
         for ue in ues:
             await ue.close()
         await net.stop()
@@ -268,7 +355,9 @@ async def main_async(args: argparse.Namespace) -> int:
     for seed in seeds:
         started = time.monotonic()
         try:
-            out = await run(seed, args.ues, args.steps, args.traces, args.expires)
+            out = await run(
+                seed, args.ues, args.steps, args.traces, args.expires, args.scscf_restarts
+            )
         except Exception:  # a crash of the run itself is a failure of that seed
             out = {"seed": seed, "bad": [traceback.format_exc()[-1500:]]}
         out["seconds"] = round(time.monotonic() - started, 1)
@@ -289,6 +378,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         help="the S-CSCF's longest grant and the UEs' Expires, in s (default: the product's)",
+    )
+    p.add_argument(
+        "--scscf-restarts",
+        default="",
+        metavar="REDIS_URL",
+        help="keep the S-CSCF's bindings in this Redis and restart it every 3-12 s",
     )
     args = p.parse_args(argv)
     return asyncio.run(main_async(args))
