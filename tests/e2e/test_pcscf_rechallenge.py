@@ -51,6 +51,9 @@ async def test_a_second_401_gets_a_temporary_set_of_its_own(home_network, subscr
         assert reg.sa is not None and reg.sa.spi_ps != first_set.spi_ps
         # the set the second 401 went over was held for that REGISTER, then goes
         assert net.pcscf.backend.drops.get("esp-unknown-spi", 0) == 0
+        # requests to the UE (its reg-event NOTIFY) go over the new set too
+        assert await eventually(lambda: ue.subscribed and ue.core.subscription.version >= 0)
+        assert not ue.backend.drops.get("esp-icv-mismatch", 0), ue.backend.drops
         again = await ue.reregister(10)
         assert again.ok and again.protected, again
         assert (await ue.deregister(10)).ok
@@ -102,4 +105,49 @@ async def test_the_second_401_lost_once_comes_again_over_the_first_set(home_netw
     finally:
         net.pcscf._incoming = incoming
         net.pcscf.send_protected = send_protected
+        await ue.close()
+
+
+async def test_the_networks_end_reaches_the_ue_over_the_new_set(home_network, subscribers):
+    """After the new challenge the HSS de-registers the UE (RTR) at once, while the set
+    the second 401 went over is still held: the UE's terminated NOTIFY goes over the
+    set the registration holds, also when that one is held too (awaiting the UE's
+    answer) and both have the UE's SPIs. Before, the NOTIFY went out by SPI over the
+    first held one, under its keys: the UE dropped it ("esp-icv-mismatch") until Timer
+    F and never learned of the end (lifecycle_chaos --scscf-restarts seed 2012)."""
+    net = home_network
+    held: list = []
+    kept: list = []  # the S-CSCF's 200 to the UE's SUBSCRIBE, kept from the P-CSCF
+    incoming = net.pcscf._incoming
+
+    def gate(data: bytes, arrival) -> None:
+        head = data.split(b"\r\n\r\n", 1)[0]
+        if head.startswith(b"REGISTER ") and b"\r\nCSeq: 2 REGISTER" in head and not held:
+            held.append((data, arrival))
+            return
+        answer_to_ue = head.startswith(b"SIP/2.0 200") and b" SUBSCRIBE\r\n" in head
+        if answer_to_ue and held and b"\r\nFrom: <sip:pcscf" not in head:
+            kept.append(data)
+            return
+        incoming(data, arrival)
+
+    net.pcscf._incoming = gate
+    ue = UeClient(net.ue_config(subscribers[0]), observers=[net.trace])
+    try:
+        await ue.start()
+        task = asyncio.ensure_future(ue.register(15))
+        assert await eventually(lambda: bool(held)), "no challenge response"
+        await net.restart_scscf()
+        incoming(*held[0])
+        result = await task
+        assert result.ok and result.protected, result
+        # the UE's subscription is up at the S-CSCF (its first NOTIFY came), its
+        # SUBSCRIBE still open at the P-CSCF: the set is held for it when the end comes
+        assert await eventually(lambda: bool(kept) and ue.core.subscription.remote_tag)
+        assert net.pcscf.core.in_grace() >= 1  # the first temporary set, held
+        assert (await net.hss.deregister_impi(subscribers[0].impi)).get("ok")
+        assert await ue.wait_network_deregistration(10) == "rejected"
+        assert not ue.backend.drops.get("esp-icv-mismatch", 0), ue.backend.drops
+    finally:
+        net.pcscf._incoming = incoming
         await ue.close()

@@ -1573,7 +1573,10 @@ class PcscfCore:
             kind = "terminating-rr"
         elif ending:
             kind = "terminating-end"  # the UE's reg-event subscription ends (§5.1.1.7)
-        reply = Reply(fwd, contact, "udp", sa.spi_us if sa is not None else None)
+        if sa is not None:
+            reply = Reply(fwd, contact, "udp", sa.spi_us, sa.spi_ps)
+        else:
+            reply = Reply(fwd, contact, "udp")
         self._to_ue_open += 1
         self.counters["terminating-forwarded"] += 1
         return [self._open_context(branch, arrival, request, kind, impi, now, reply, sa)]

@@ -409,15 +409,17 @@ class PcscfServer:
         self, spi: int, destination: tuple[str, int] | None = None, over: int | None = None
     ) -> tuple[SaSet | None, Any]:
         """The live set and its outbound SA with `spi`: of the set whose spi-s is `over`
-        when given and live; else towards `destination`'s port when several, a serving
-        set first, else one held for a REGISTER's retransmissions (a UE that registers
-        again may have chosen the same SPI for its new set)."""
+        when given (none when that set is gone: another with the same SPI has other
+        keys); else towards `destination`'s port when several, a serving set first,
+        else one held for a REGISTER's retransmissions (a UE that registers again may
+        have chosen the same SPI for its new set)."""
         if over is not None:
             s = self._sets.get(over)
             if s is not None and s.state is not SaState.REMOVED:
                 for sa in s.outbound.values():
                     if sa.spi == spi:
                         return s, sa
+            return None, None
         found = self._find_outbound(self._by_outbound, spi, destination)
         if found[0] is None and self._held_outbound:
             found = self._find_outbound(self._held_outbound, spi, destination)
