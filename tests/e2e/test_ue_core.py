@@ -329,6 +329,31 @@ def test_failed_refresh_with_retry_after_refreshes_over_the_same_sas():
     assert isinstance(events[-1], Registered) and ue.retries == 0
 
 
+def test_deregister_refused_for_now_is_sent_again_over_the_same_sas():
+    """A de-REGISTER answered 480 with Retry-After (the HSS unreachable from the
+    I-CSCF) waits that long and goes again over the SAs, which stay meanwhile; a
+    refusal without Retry-After ends the UE's side at once, as before."""
+    from imsaka.ue.core import Deregistered, RetryScheduled, SecurityAssociationsReleased
+
+    ue, _ = _registered_ue()
+    sa = ue.sa
+    (send,) = ue.deregister(10.0)
+    events = ue.receive(_answer(send.request, 480, "1 (HSS unreachable)"), 11.0)
+    assert [type(e) for e in events] == [RetryScheduled]
+    assert ue.sa is sa and ue.state is UeState.WAITING_RETRY
+    (again,) = ue.handle_timer(12.0)
+    assert again.protected and ";expires=0" in again.request.get("Contact")
+    assert again.request.cseq.seq > send.request.cseq.seq
+    events = ue.receive(_answer(again.request, 200, None), 12.5)
+    assert isinstance(events[-1], Deregistered) and events[-1].status == 200
+    assert any(isinstance(e, SecurityAssociationsReleased) for e in events)
+    ue, _ = _registered_ue()
+    (send,) = ue.deregister(10.0)
+    events = ue.receive(_answer(send.request, 480, None), 11.0)
+    assert isinstance(events[-1], Deregistered) and events[-1].status == 480
+    assert ue.sa is None
+
+
 def test_retry_settings_are_validated():
     import pytest
 

@@ -133,10 +133,10 @@ _TRANSITIONS: dict[tuple[UeState, _Input], str] = {
     (S.REREGISTERING, In.TIMEOUT): "_on_timeout",
     (S.DEREGISTERING, In.OK): "_on_dereg_ok",
     (S.DEREGISTERING, In.CHALLENGE): "_on_challenge",
-    (S.DEREGISTERING, In.REJECT): "_on_dereg_ok",
+    (S.DEREGISTERING, In.REJECT): "_on_dereg_reject",
     (S.DEREGISTERING, In.TIMEOUT): "_on_dereg_ok",
     (S.WAITING_RETRY, In.RETRY): "_retry",
-    (S.WAITING_RETRY, In.REGISTER): "_retry",
+    (S.WAITING_RETRY, In.REGISTER): "_retry_register",
 }
 del S, In
 
@@ -473,6 +473,7 @@ class UeRegistration:
         self.drops: Counter[str] = Counter()
         self.auth_rounds = 0
         self.retries = 0  # Retry-After waits of the current attempt
+        self._retrying_deregister = False  # the wait is for a de-REGISTER
         # reg event (§5.1.1.3): SUBSCRIBE after the 200 OK of the initial registration
         self.subscription: RegSubscription | None = None
         self._subscribe_after_ok = False
@@ -489,6 +490,8 @@ class UeRegistration:
 
     def deregister(self, now: float) -> list[Event]:
         """De-register the contact: REGISTER with expires=0 over the SAs (§5.1.1.6)."""
+        if self.state is not UeState.WAITING_RETRY:
+            self.retries = 0
         return self._dispatch(_Input.DEREGISTER, None, now)
 
     def receive(self, response: Response, now: float) -> list[Event]:
@@ -798,6 +801,9 @@ class UeRegistration:
 
     def _retry(self, _resp: Response | None, now: float) -> list[Event]:
         self._deadline = None
+        if self._retrying_deregister:
+            self._retrying_deregister = False
+            return self._start_deregister(None, now)
         if self.sa is not None and self.expires and now < self.registered_at + self.expires:
             return self._start_refresh(None, now)
         return self._start_initial(None, now)
@@ -1037,6 +1043,28 @@ class UeRegistration:
             if expires > 0:
                 events.append(self._subscribe(now))
         return events
+
+    def _retry_register(self, resp: Response | None, now: float) -> list[Event]:
+        """`register()` while a retry waits: a waiting de-REGISTER gives way to it."""
+        self._retrying_deregister = False
+        return self._retry(resp, now)
+
+    def _on_dereg_reject(self, resp: Response | None, now: float) -> list[Event]:
+        """A de-REGISTER refused for now (HSS down, overload) with a Retry-After within
+        our bounds: sent again then, the registration and its SAs kept meanwhile (RFC
+        3261 §20.33, as for a REGISTER). Any other answer ends it here as a 200 would:
+        the UE goes, the network's registration lapses by itself."""
+        assert resp is not None
+        after = retry_after_seconds(resp) if resp.status in RETRYABLE_STATUSES else None
+        if (
+            after is not None
+            and after <= self.config.max_retry_after
+            and self.retries < self.config.max_retries
+            and self.sa is not None
+        ):
+            self._retrying_deregister = True
+            return self._schedule_retry(resp.status, after, now)
+        return self._on_dereg_ok(resp, now)
 
     def _on_dereg_ok(self, resp: Response | None, now: float) -> list[Event]:
         events: list[Event] = []
