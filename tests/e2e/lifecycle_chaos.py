@@ -13,6 +13,7 @@ any UE.
 
     python -m tests.e2e.lifecycle_chaos [--seeds 1-20] [--ues 5] [--steps 6] [--traces DIR]
                                         [--expires S] [--scscf-restarts REDIS_URL]
+                                        [--hss-restarts]
 
 `--expires S` grants every registration and subscription at most S seconds, so the
 UEs re-register, and the UEs and the P-CSCF refresh their reg-event subscriptions, by
@@ -27,6 +28,13 @@ Redis (a prefix of the run's own, removed after it) and restarts the S-CSCF ever
 challenges and subscriptions meet a restart at every point of their lives. An RTR the
 HSS could not deliver (the S-CSCF down at that instant) is not a failure: the UE stays
 registered.
+
+`--hss-restarts` runs the HSS as its own ``imsaka run hss`` process and kills it
+(SIGKILL) every 5 to 15 s, starting it again 0.5 to 4 s later on the same database:
+the I-CSCF and the S-CSCF answer 480/504 with Retry-After 1 meanwhile, the UEs wait and
+try again (up to 30 times), and the Diameter clients reconnect by themselves. The HSS
+is then out of this process, so no step asks it for an RTR; `reg_await_auth` is 30 s,
+so that challenges the UEs gave up on in an outage have lapsed at the end.
 
 Prints one JSON line per seed and a summary; exits 1 when a run failed. With
 `--traces`, the ladder of each failed UE (SIP and Diameter, by time) is written there.
@@ -154,6 +162,7 @@ async def run(
     traces: Path | None,
     expires: int = 0,
     redis_url: str = "",
+    hss_restarts: bool = False,
 ) -> dict[str, Any]:
     rng = random.Random(seed)
     scscf: dict[str, Any] = {}
@@ -173,9 +182,22 @@ async def run(
         scscf["binding_store"] = redis_url
         scscf.pop("reregistration_sar", None)  # "when-needed" needs the memory store
         restarts = _Restarts(redis_url, seed)
+    options = NetworkOptions(extra={"scscf": scscf})
+    if hss_restarts:
+        # answers that tell the UE to wait a second, and Cx timeouts that say so soon
+        fast = {"retry_after": 1, "diameter": {"timeout": 1.0}}
+        scscf.update(fast)
+        # A challenge whose REGISTER the UE gave up on in an outage (it then starts
+        # again with a new one) stays until reg-await-auth: short here, so that it
+        # has lapsed when the end counts what is left.
+        scscf["reg_await_auth"] = 30
+        options = NetworkOptions(hss_process=True, extra={"scscf": scscf, "icscf": fast})
+        ue_extra["max_retries"] = 30
     try:
         with _Logs() as logs:
-            return await _run(seed, n_ues, steps, traces, scscf, ue_extra, subs, logs, restarts)
+            return await _run(
+                seed, n_ues, steps, traces, options, ue_extra, subs, logs, restarts, hss_restarts
+            )
     finally:
         if restarts is not None:
             await restarts.clear()
@@ -211,18 +233,33 @@ class _Restarts:
         await store.close()
 
 
+async def _hss_restarts(net: Network, rng: random.Random, done: dict[str, int]) -> None:
+    """`--hss-restarts`: the HSS process killed and started again, over and over."""
+    log = logging.getLogger("lifecycle_chaos")
+    while True:
+        await asyncio.sleep(rng.uniform(5.0, 15.0))
+        log.info("HSS killed (SIGKILL)")
+        net.kill_hss()
+        await asyncio.sleep(rng.uniform(0.5, 4.0))
+        await net.start_hss_process()
+        done["hss-restart"] = done.get("hss-restart", 0) + 1
+        log.info("HSS started again")
+
+
 async def _run(
     seed: int,
     n_ues: int,
     steps: int,
     traces: Path | None,
-    scscf: dict[str, Any],
+    options: NetworkOptions,
     ue_extra: dict[str, Any],
     subs: list,
     logs: _Logs,
     restarts: _Restarts | None = None,
+    hss_restarts: bool = False,
 ) -> dict[str, Any]:
-    net = Network(subs, NetworkOptions(extra={"scscf": scscf}))
+    scscf = options.extra["scscf"]
+    net = Network(subs, options)
     await net.start()
     if restarts is not None:
         await net.restart_scscf(restarts.store())  # on the run's own prefix
@@ -261,7 +298,8 @@ async def _run(
                 result = await ue.register(60)
                 ok, detail = result.ok, str(result)
             else:
-                op = r.choice(["refresh", "refresh", "deregister", "rtr", *restart])
+                rtr = [] if hss_restarts else ["rtr"]  # (the HSS is not in this process)
+                op = r.choice(["refresh", "refresh", "deregister", *rtr, *restart])
                 if op == "restart":
                     # the UE reboots: its state is gone, and it registers afresh from
                     # new ports while the network still holds its registration
@@ -297,6 +335,7 @@ async def _run(
             ops[op] = ops.get(op, 0) + 1
 
     restarter: asyncio.Task | None = None
+    hss_restarter: asyncio.Task | None = None
     try:
         for ue in ues:
             await ue.start()
@@ -311,11 +350,18 @@ async def _run(
                         _lossy_socket(transport, loss_rng2, dropped)
 
             restarter = asyncio.ensure_future(restarts.loop(net, lossy_scscf))
+        if hss_restarts:
+            hss_restarter = asyncio.ensure_future(_hss_restarts(net, random.Random(seed + 17), ops))
         await asyncio.gather(*(life(i, ue) for i, ue in enumerate(ues)))
         if restarter is not None:
             restarter.cancel()
             await asyncio.gather(restarter, return_exceptions=True)
             ops["scscf-restart"] = restarts.done
+        if hss_restarter is not None:
+            hss_restarter.cancel()
+            await asyncio.gather(hss_restarter, return_exceptions=True)
+            if net.hss_proc is None:  # killed when the steps ended: back for the end
+                await net.start_hss_process()
         for i, ue in enumerate(ues):
             # a refresh the UE started by itself (short grants) ends first
             await eventually(lambda ue=ue: ue.core.state not in _UNDER_WAY, 40)
@@ -336,9 +382,10 @@ async def _run(
             "seed": seed, "scscf": scscf, "steps": done, "ops": ops, "lost": lost, "bad": bad,
         }  # fmt: skip
     finally:
-        if restarter is not None and not restarter.done():
-            restarter.cancel()
-            await asyncio.gather(restarter, return_exceptions=True)
+        for task in (restarter, hss_restarter):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         for ue in ues:
             await ue.close()
         await net.stop()
@@ -356,7 +403,13 @@ async def main_async(args: argparse.Namespace) -> int:
         started = time.monotonic()
         try:
             out = await run(
-                seed, args.ues, args.steps, args.traces, args.expires, args.scscf_restarts
+                seed,
+                args.ues,
+                args.steps,
+                args.traces,
+                args.expires,
+                args.scscf_restarts,
+                args.hss_restarts,
             )
         except Exception:  # a crash of the run itself is a failure of that seed
             out = {"seed": seed, "bad": [traceback.format_exc()[-1500:]]}
@@ -384,6 +437,11 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         metavar="REDIS_URL",
         help="keep the S-CSCF's bindings in this Redis and restart it every 3-12 s",
+    )
+    p.add_argument(
+        "--hss-restarts",
+        action="store_true",
+        help="run the HSS as a process and kill and restart it every 5-15 s",
     )
     args = p.parse_args(argv)
     return asyncio.run(main_async(args))
