@@ -373,8 +373,9 @@ class Scscf:
         self._timer_at: float | None = None
         self._rearm_mark = -1  # `_rearm`: the deadline count when it last looked
         self._closed = False
-        # A shared store keeps the reg-event subscriptions too: the IMPUs whose changed
-        # since last written, and whether a writer task is at it.
+        # A shared store keeps the reg-event subscriptions too: the IMPUs whose
+        # subscriptions changed since they were last written, and whether a writer
+        # task is at it.
         self._subs_dirty: set[str] = set()
         self._subs_writing = False
 
