@@ -175,3 +175,38 @@ async def home(tmp_path):
 @pytest.fixture
 def redis_url() -> str:
     return os.environ.get("IMSAKA_TEST_REDIS", "redis://127.0.0.1:6379/15")
+
+
+class RedisHome:
+    """A `HomeNetwork` whose S-CSCF keeps its bindings in Redis under a prefix of its
+    own: `store()` opens a store on that prefix, `restart_scscf()` stops the S-CSCF and
+    starts a new one on it (a restart that keeps what Redis holds)."""
+
+    def __init__(self, net: HomeNetwork, url: str) -> None:
+        self.net = net
+        self.url = url
+        self.prefix = f"imsaka:test:{os.getpid()}:{os.urandom(4).hex()}:"
+
+    def store(self):
+        from imsaka.cscf.registrar import RedisBindingStore
+
+        return RedisBindingStore(self.url, prefix=self.prefix)
+
+    async def restart_scscf(self) -> None:
+        await self.net.scscf.stop()
+        await self.net.start_scscf(self.store())
+
+
+@pytest.fixture
+async def redis_home(tmp_path, redis_url):
+    """`RedisHome` started; its keys removed and the network stopped after the test."""
+    home = RedisHome(HomeNetwork(tmp_path, binding_store=redis_url), redis_url)
+    try:
+        await home.net.start()
+        await home.restart_scscf()  # on the test's own prefix
+        yield home
+    finally:
+        cleanup = home.store()
+        await cleanup.clear()
+        await cleanup.close()
+        await home.net.stop()

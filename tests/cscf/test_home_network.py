@@ -384,42 +384,29 @@ async def test_hss_down_after_uaa_is_504_at_the_scscf(tmp_path):
 
 
 @pytest.mark.redis
-async def test_redis_bindings_survive_an_scscf_restart(tmp_path, redis_url):
-    from imsaka.cscf.registrar import RedisBindingStore
-
-    prefix = f"imsaka:test:{os.getpid()}:{os.urandom(4).hex()}:"
-    net = HomeNetwork(tmp_path, binding_store=redis_url)
-    try:
-        await net.start()
-        await net.scscf.stop()
-        await net.start_scscf(RedisBindingStore(redis_url, prefix=prefix))
-        ue = new_ue()
-        _, r200 = await full_registration(net, ue)
-        assert r200.status == 200
-        await net.scscf.stop()
-        # A new S-CSCF process on the same Redis: the registration is still there.
-        await net.start_scscf(RedisBindingStore(redis_url, prefix=prefix))
-        assert net.scscf.scscf.core.pending_counts()["registrations"] == 1
-        r = await send(
+async def test_redis_bindings_survive_an_scscf_restart(redis_home):
+    net = redis_home.net
+    ue = new_ue()
+    _, r200 = await full_registration(net, ue)
+    assert r200.status == 200
+    # A new S-CSCF process on the same Redis: the registration is still there.
+    await redis_home.restart_scscf()
+    assert net.scscf.scscf.core.pending_counts()["registrations"] == 1
+    r = await send(
+        net,
+        register(
             net,
-            register(
-                net,
-                cseq=3,
-                protected=True,
-                authorization=(
-                    f'Digest username="{IMPI}", realm="{REALM}", nonce="", uri="sip:registrar.home1.net", '
-                    f'response="", integrity-protected="yes"'
-                ),
+            cseq=3,
+            protected=True,
+            authorization=(
+                f'Digest username="{IMPI}", realm="{REALM}", nonce="", uri="sip:registrar.home1.net", '
+                f'response="", integrity-protected="yes"'
             ),
-        )
-        assert r.status == 200  # accepted without a challenge: the binding survived
-        stored = await net.scscf.scscf.store.get(IMPUS[0])
-        assert stored is not None and stored.impi == IMPI
-    finally:
-        cleanup = RedisBindingStore(redis_url, prefix=prefix)
-        await cleanup.clear()
-        await cleanup.close()
-        await net.stop()
+        ),
+    )
+    assert r.status == 200  # accepted without a challenge: the binding survived
+    stored = await net.scscf.scscf.store.get(IMPUS[0])
+    assert stored is not None and stored.impi == IMPI
 
 
 async def test_bad_register_is_400_and_the_core_keeps_serving(home):

@@ -8,8 +8,6 @@ restart: the I-CSCF's next retransmission met the new S-CSCF)."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from imsaka.sip import parse_message
@@ -18,8 +16,6 @@ from imsaka.sip.transaction import client_key
 from .conftest import REALM, HomeNetwork
 from .fakes import IMPI
 from .test_home_network import full_registration, new_ue, register
-
-pytestmark = pytest.mark.redis
 
 _PROTECTED = (
     f'Digest username="{IMPI}", realm="{REALM}", nonce="", uri="sip:registrar.home1.net", '
@@ -37,38 +33,26 @@ async def _to_scscf(net: HomeNetwork, text: bytes):
     return await net.client.send_request(request, ("127.0.0.1", net.scscf_port))
 
 
-async def test_a_retransmission_after_a_restart_is_not_out_of_order(tmp_path, redis_url):
-    from imsaka.cscf.registrar import RedisBindingStore
-
-    prefix = f"imsaka:test:{os.getpid()}:{os.urandom(4).hex()}:"
-    net = HomeNetwork(tmp_path, binding_store=redis_url)
-    try:
-        await net.start()
-        await net.scscf.stop()
-        await net.start_scscf(RedisBindingStore(redis_url, prefix=prefix))
-        _, r200 = await full_registration(net, new_ue())
-        assert r200.status == 200
-        refresh = register(net, cseq=3, protected=True, authorization=_PROTECTED).to_bytes()
-        assert (await _to_scscf(net, refresh)).status == 200
-        stored = await net.scscf.scscf.store.get(r200.to.uri)
-        branch = parse_message(refresh).top_via.branch
-        assert [c.branch for c in stored.contacts.values()] == [branch]
-        await net.scscf.stop()
-        await net.start_scscf(RedisBindingStore(redis_url, prefix=prefix))
-        again = await _to_scscf(net, refresh)  # its retransmission, the same octets
-        assert again.status == 200, again
-        assert again.get("contact")
-        # another REGISTER with the same Call-ID and CSeq: still out of order
-        other = register(net, cseq=3, protected=True, authorization=_PROTECTED).to_bytes()
-        assert parse_message(other).top_via.branch != branch
-        refused = await _to_scscf(net, other)
-        assert refused.status == 500 and "out-of-order" in refused.reason
-        assert net.scscf.scscf.core.counters["out_of_order"] == 1
-    finally:
-        cleanup = RedisBindingStore(redis_url, prefix=prefix)
-        await cleanup.clear()
-        await cleanup.close()
-        await net.stop()
+@pytest.mark.redis
+async def test_a_retransmission_after_a_restart_is_not_out_of_order(redis_home):
+    net = redis_home.net
+    _, r200 = await full_registration(net, new_ue())
+    assert r200.status == 200
+    refresh = register(net, cseq=3, protected=True, authorization=_PROTECTED).to_bytes()
+    assert (await _to_scscf(net, refresh)).status == 200
+    stored = await net.scscf.scscf.store.get(r200.to.uri)
+    branch = parse_message(refresh).top_via.branch
+    assert [c.branch for c in stored.contacts.values()] == [branch]
+    await redis_home.restart_scscf()
+    again = await _to_scscf(net, refresh)  # its retransmission, the same octets
+    assert again.status == 200, again
+    assert again.get("contact")
+    # another REGISTER with the same Call-ID and CSeq: still out of order
+    other = register(net, cseq=3, protected=True, authorization=_PROTECTED).to_bytes()
+    assert parse_message(other).top_via.branch != branch
+    refused = await _to_scscf(net, other)
+    assert refused.status == 500 and "out-of-order" in refused.reason
+    assert net.scscf.scscf.core.counters["out_of_order"] == 1
 
 
 async def test_the_memory_store_keeps_no_branch(home):

@@ -15,7 +15,7 @@ import pytest
 
 from imsaka.cscf.regevent import RESTORED_GAP, RegSubscription
 
-from .conftest import IMPUS, REALM, HomeNetwork
+from .conftest import IMPUS, REALM
 from .fakes import IMPI
 from .test_home_network import full_registration, new_ue, register, send, wait_for
 from .test_scscf_ue_subscription import _subscribe
@@ -124,20 +124,14 @@ def _protected(expires: int = 600000):
 
 
 @pytest.mark.redis
-async def test_a_restarted_scscf_notifies_the_subscribers_of_the_one_before(tmp_path, redis_url):
+async def test_a_restarted_scscf_notifies_the_subscribers_of_the_one_before(redis_home):
     """Subscribed and NOTIFYed (CSeq 1) by one S-CSCF, which writes the subscription to
     Redis while it runs (before any stop: what a crash leaves); the next S-CSCF on the
     same Redis reads it and NOTIFYs the de-registration in the same dialog, CSeq and
     version moved on by `RESTORED_GAP`; the ended subscription leaves Redis."""
-    from imsaka.cscf.registrar import RedisBindingStore
-
-    prefix = f"imsaka:test:{os.getpid()}:{os.urandom(4).hex()}:"
-    net = HomeNetwork(tmp_path, binding_store=redis_url)
-    reader = RedisBindingStore(redis_url, prefix=prefix)
+    net = redis_home.net
+    reader = redis_home.store()
     try:
-        await net.start()
-        await net.scscf.stop()
-        await net.start_scscf(RedisBindingStore(redis_url, prefix=prefix))
         _, r200 = await full_registration(net, new_ue())
         assert r200.status == 200
         notifies: list = []
@@ -151,16 +145,13 @@ async def test_a_restarted_scscf_notifies_the_subscribers_of_the_one_before(tmp_
         assert r.status == 200
         await wait_for(lambda: len(notifies) == 1)
         first = notifies[0]
-
+        ours = net.scscf.scscf._contact
         # written by the S-CSCF's writer task, not by a stop
-        records = await _stored_until(
-            reader, net.scscf.scscf._contact, lambda r: bool(r) and r[0]["cseq"] == 1
-        )
+        records = await _stored_until(reader, ours, lambda r: bool(r) and r[0]["cseq"] == 1)
         assert [(d["call_id"], d["cseq"], d["version"]) for d in records] == [
             ("ue-reg-event-1", first.cseq.seq, 1)
         ]
-        await net.scscf.stop()
-        await net.start_scscf(RedisBindingStore(redis_url, prefix=prefix))
+        await redis_home.restart_scscf()
         core = net.scscf.scscf.core
         assert core.counters["subscription_restored"] == 1
         assert net.scscf.census()["subscriptions"] == 1
@@ -174,42 +165,33 @@ async def test_a_restarted_scscf_notifies_the_subscribers_of_the_one_before(tmp_
         assert last.cseq.seq == first.cseq.seq + RESTORED_GAP + 1
         assert f'version="{1 + RESTORED_GAP}"'.encode() in last.body
         assert net.scscf.census()["subscriptions"] == 0
-        assert await _stored_until(reader, net.scscf.scscf._contact, lambda r: not r) == []
+        assert await _stored_until(reader, ours, lambda r: not r) == []
     finally:
-        await reader.clear()
         await reader.close()
-        await net.stop()
 
 
 @pytest.mark.redis
-async def test_stored_subscriptions_without_their_registration_are_dropped(tmp_path, redis_url):
+async def test_stored_subscriptions_without_their_registration_are_dropped(redis_home):
     """A subscription whose registration is not in the store (it ended while no S-CSCF
     ran), and one that expired, are not taken up; their record goes."""
-    from imsaka.cscf.registrar import RedisBindingStore
-
-    prefix = f"imsaka:test:{os.getpid()}:{os.urandom(4).hex()}:"
-    net = HomeNetwork(tmp_path, binding_store=redis_url)
-    reader = RedisBindingStore(redis_url, prefix=prefix)
+    net = redis_home.net
+    reader = redis_home.store()
     try:
         now = time.time()
-        await net.start()
-        await net.scscf.stop()
         ours = net.scscf.scscf._contact
         gone = _sub(expires_at=now + 600).to_dict()
         await reader.put_subscriptions(ours, IMPUS[0], [gone])
         await reader.put_subscriptions(OTHER, IMPUS[0], [gone])  # another S-CSCF's: left
         unreadable = json.dumps([{"impu": IMPUS[1], "call_id": 5}])
-        await reader._redis.set(f"{prefix}sub:{ours}|{IMPUS[1]}", unreadable, ex=60)
-        await net.start_scscf(RedisBindingStore(redis_url, prefix=prefix))
+        await reader._redis.set(f"{redis_home.prefix}sub:{ours}|{IMPUS[1]}", unreadable, ex=60)
+        await redis_home.restart_scscf()
         core = net.scscf.scscf.core
         assert core.counters["subscription_restored"] == 0
         assert core.counters["subscription_unreadable"] == 1
         assert net.scscf.census()["subscriptions"] == 0
-        records = await _stored_until(reader, net.scscf.scscf._contact, lambda r: len(r) == 1)
+        records = await _stored_until(reader, ours, lambda r: len(r) == 1)
         # the one without a registration went; the unreadable one is left to its TTL
         assert [d["impu"] for d in records] == [IMPUS[1]]
         assert len(await reader.all_subscriptions(OTHER)) == 1
     finally:
-        await reader.clear()
         await reader.close()
-        await net.stop()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -35,6 +37,33 @@ def leftovers(net: Network) -> dict[str, int]:
         "pcscf_registrations": p["registrations"],
         "scscf_challenges": s.get("challenges", 0),
     }
+
+
+@asynccontextmanager
+async def _on_redis(redis_url: str, subs: list[TestSubscriber]) -> AsyncIterator[tuple]:
+    """The whole core with the S-CSCF's bindings in Redis under a prefix of its own, and
+    a UE of `subs[0]` (started): yields (network, UE, restart), `restart()` restarting
+    the S-CSCF on that prefix. The keys go, and everything stops, after the block."""
+    from imsaka.cscf.registrar import RedisBindingStore
+
+    prefix = f"imsaka:e2e:{os.getpid()}:{os.urandom(4).hex()}:"
+    net = Network(subs, NetworkOptions(extra={"scscf": {"binding_store": redis_url}}))
+    await net.start()
+    ue = UeClient(net.ue_config(subs[0]), observers=[net.trace])
+
+    async def restart() -> None:
+        await net.restart_scscf(RedisBindingStore(redis_url, prefix=prefix))
+
+    try:
+        await restart()  # on the test's own prefix
+        await ue.start()
+        yield net, ue, restart
+    finally:
+        await ue.close()
+        cleanup = RedisBindingStore(redis_url, prefix=prefix)
+        await cleanup.clear()
+        await cleanup.close()
+        await net.stop()
 
 
 async def test_wrong_k_on_the_ue_is_network_authentication_failed(home_network, subscribers):
@@ -144,20 +173,11 @@ async def test_scscf_restart_with_redis_bindings_keeps_registrations(redis_url):
     """The S-CSCF stores its bindings in Redis before each 200 OK leaves. Restarted, it
     reads them back: the UE's protected re-REGISTER (integrity-protected="yes") is
     accepted without AKA (no MAR, no 401) and the de-registration goes through."""
-    from imsaka.cscf.registrar import RedisBindingStore
-
-    prefix = f"imsaka:e2e:{os.getpid()}:{os.urandom(4).hex()}:"
-    subs = make_subscribers(2, seed=91)
-    net = Network(subs, NetworkOptions(extra={"scscf": {"binding_store": redis_url}}))
-    await net.start()
-    ue = UeClient(net.ue_config(subs[0]), observers=[net.trace])
-    try:
-        await net.restart_scscf(RedisBindingStore(redis_url, prefix=prefix))
-        await ue.start()
+    async with _on_redis(redis_url, make_subscribers(2, seed=91)) as (net, ue, restart):
         assert (await ue.register(10)).ok
         mars, challenges = count(net, "MAR"), count(net, "401", "sip")
         old = net.scscf
-        await net.restart_scscf(RedisBindingStore(redis_url, prefix=prefix))
+        await restart()
         assert net.scscf is not old
         assert net.scscf.census()["bindings"] >= 1
         res = await ue.reregister(10)
@@ -166,12 +186,6 @@ async def test_scscf_restart_with_redis_bindings_keeps_registrations(redis_url):
         assert count(net, "SAR") >= 2  # REGISTRATION, then RE_REGISTRATION
         assert (await ue.deregister(10)).ok
         assert await eventually(lambda: net.pcscf.stats()["sa_sets"] == 0)
-    finally:
-        await ue.close()
-        cleanup = RedisBindingStore(redis_url, prefix=prefix)
-        await cleanup.clear()
-        await cleanup.close()
-        await net.stop()
 
 
 def _lose_a_fifth(net: Network, ues: list[UeClient], seed: int) -> dict[str, int]:
@@ -425,33 +439,19 @@ async def test_scscf_restart_with_redis_keeps_the_reg_event_subscriptions(redis_
     reaches both: the UE gets its terminated NOTIFY (§5.1.1.7) and the P-CSCF releases
     the UE's SAs. Before, the restarted S-CSCF had no subscriber to tell, and both kept
     a registration the network had ended."""
-    from imsaka.cscf.registrar import RedisBindingStore
-
-    prefix = f"imsaka:e2e:{os.getpid()}:{os.urandom(4).hex()}:"
     subs = make_subscribers(1, seed=92)
-    net = Network(subs, NetworkOptions(extra={"scscf": {"binding_store": redis_url}}))
-    await net.start()
-    ue = UeClient(net.ue_config(subs[0]), observers=[net.trace])
-    try:
-        await net.restart_scscf(RedisBindingStore(redis_url, prefix=prefix))
-        await ue.start()
+    async with _on_redis(redis_url, subs) as (net, ue, restart):
         assert (await ue.register(10)).ok
         pcscf = net.pcscf.core
         assert await eventually(lambda: pcscf.counters["reg-subscribed"] >= 1 and ue.subscribed)
         assert net.scscf.census()["subscriptions"] == 2
-        await net.restart_scscf(RedisBindingStore(redis_url, prefix=prefix))
+        await restart()
         assert net.scscf.census()["subscriptions"] == 2
         assert (await net.hss.deregister_impi(subs[0].impi)).get("ok")
         assert await ue.wait_network_deregistration(10) == "rejected"
         assert await eventually(lambda: net.pcscf.stats()["sa_sets"] == 0, 10)
         assert subs[0].impi not in pcscf.registrations
         assert net.scscf.census()["subscriptions"] == 0
-    finally:
-        await ue.close()
-        cleanup = RedisBindingStore(redis_url, prefix=prefix)
-        await cleanup.clear()
-        await cleanup.close()
-        await net.stop()
 
 
 @pytest.mark.redis
@@ -461,16 +461,8 @@ async def test_an_rtr_just_before_a_restart_still_reaches_both(redis_url):
     (`ScscfServer.drain`, as on SIGTERM), so the P-CSCF still releases the UE's SAs and
     the UE still learns of the end (TS 24.229 §5.4.1.5, §5.1.1.7). Before, the NOTIFYs'
     transactions ended with the process and neither heard of it."""
-    from imsaka.cscf.registrar import RedisBindingStore
-
-    prefix = f"imsaka:e2e:{os.getpid()}:{os.urandom(4).hex()}:"
     subs = make_subscribers(1, seed=93)
-    net = Network(subs, NetworkOptions(extra={"scscf": {"binding_store": redis_url}}))
-    await net.start()
-    ue = UeClient(net.ue_config(subs[0]), observers=[net.trace])
-    try:
-        await net.restart_scscf(RedisBindingStore(redis_url, prefix=prefix))
-        await ue.start()
+    async with _on_redis(redis_url, subs) as (net, ue, restart):
         assert (await ue.register(10)).ok
         assert await eventually(
             lambda: net.pcscf.core.counters["reg-subscribed"] >= 1 and ue.subscribed
@@ -488,13 +480,7 @@ async def test_an_rtr_just_before_a_restart_still_reaches_both(redis_url):
 
                 transport._transport.sendto = lossy
         assert (await net.hss.deregister_impi(subs[0].impi)).get("ok")
-        await net.restart_scscf(RedisBindingStore(redis_url, prefix=prefix))
+        await restart()
         assert len(lost) == 2
         assert await ue.wait_network_deregistration(10) == "rejected"
         assert await eventually(lambda: net.pcscf.stats()["sa_sets"] == 0, 10)
-    finally:
-        await ue.close()
-        cleanup = RedisBindingStore(redis_url, prefix=prefix)
-        await cleanup.clear()
-        await cleanup.close()
-        await net.stop()

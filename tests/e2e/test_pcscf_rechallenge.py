@@ -12,6 +12,8 @@ without a usable Security-Server"). Found by `lifecycle_chaos --scscf-restarts`.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from imsaka.ue.client import UeClient
 from tests.polling import eventually
@@ -21,29 +23,46 @@ def _count(net, prefix: str, kind: str = "diameter") -> int:
     return sum(1 for r in net.trace.messages(kind) if r.summary.startswith(prefix))
 
 
-async def test_a_second_401_gets_a_temporary_set_of_its_own(home_network, subscribers):
-    net = home_network
-    core = net.pcscf.core
+@asynccontextmanager
+async def _rechallenged(
+    net, subscriber, keep: Callable[[bytes], bool] | None = None
+) -> AsyncIterator[tuple[UeClient, object, object]]:
+    """A UE of `subscriber` registers; its first challenge response is kept back at the
+    P-CSCF's input until the S-CSCF has restarted (the challenge gone with it), so that
+    it is challenged again. Yields (the UE, its registration's result, the first
+    temporary set). `keep(head)`: other datagrams to the P-CSCF kept back from then on
+    (while the gate is in place: until the end of the block)."""
     held: list = []
     incoming = net.pcscf._incoming
 
     def gate(data: bytes, arrival) -> None:
         head = data.split(b"\r\n\r\n", 1)[0]
         if head.startswith(b"REGISTER ") and b"\r\nCSeq: 2 REGISTER" in head and not held:
-            held.append((data, arrival))  # the first challenge response, for now
+            held.append((data, arrival))
+            return
+        if held and keep is not None and keep(head):
             return
         incoming(data, arrival)
 
     net.pcscf._incoming = gate
-    ue = UeClient(net.ue_config(subscribers[0]), observers=[net.trace])
+    ue = UeClient(net.ue_config(subscriber), observers=[net.trace])
     try:
         await ue.start()
         task = asyncio.ensure_future(ue.register(15))
         assert await eventually(lambda: bool(held)), "no challenge response"
-        first_set = core.registrations[subscribers[0].impi].temporary
-        await net.restart_scscf()  # the challenge it made is gone with it
+        first_set = net.pcscf.core.registrations[subscriber.impi].temporary
+        await net.restart_scscf()
         incoming(*held[0])
-        result = await task
+        yield ue, await task, first_set
+    finally:
+        net.pcscf._incoming = incoming
+        await ue.close()
+
+
+async def test_a_second_401_gets_a_temporary_set_of_its_own(home_network, subscribers):
+    net = home_network
+    core = net.pcscf.core
+    async with _rechallenged(net, subscribers[0]) as (ue, result, first_set):
         assert result.ok and result.protected, result
         assert _count(net, "MAR") == 2 and _count(net, "401", "sip") >= 2
         assert core.counters["challenge-response-rechallenged"] == 1
@@ -58,9 +77,6 @@ async def test_a_second_401_gets_a_temporary_set_of_its_own(home_network, subscr
         assert again.ok and again.protected, again
         assert (await ue.deregister(10)).ok
         assert await eventually(lambda: net.pcscf.stats()["sa_sets"] == 0, 40)
-    finally:
-        net.pcscf._incoming = incoming
-        await ue.close()
 
 
 async def test_the_second_401_lost_once_comes_again_over_the_first_set(home_network, subscribers):
@@ -69,18 +85,8 @@ async def test_the_second_401_lost_once_comes_again_over_the_first_set(home_netw
     that 401 again over that very set, not over the new one (both have the UE's SPIs:
     by SPI alone the answer went out under the new keys and the UE dropped it)."""
     net = home_network
-    core = net.pcscf.core
-    held: list = []
     lost: list = []
-    incoming = net.pcscf._incoming
     send_protected = net.pcscf.send_protected
-
-    def gate(data: bytes, arrival) -> None:
-        head = data.split(b"\r\n\r\n", 1)[0]
-        if head.startswith(b"REGISTER ") and b"\r\nCSeq: 2 REGISTER" in head and not held:
-            held.append((data, arrival))
-            return
-        incoming(data, arrival)
 
     def lossy(sa, data: bytes, final: bool = False) -> bool:
         if data.startswith(b"SIP/2.0 401") and not lost:
@@ -88,24 +94,15 @@ async def test_the_second_401_lost_once_comes_again_over_the_first_set(home_netw
             return True
         return send_protected(sa, data, final)
 
-    net.pcscf._incoming = gate
     net.pcscf.send_protected = lossy
-    ue = UeClient(net.ue_config(subscribers[0]), observers=[net.trace])
     try:
-        await ue.start()
-        task = asyncio.ensure_future(ue.register(15))
-        assert await eventually(lambda: bool(held)), "no challenge response"
-        await net.restart_scscf()
-        incoming(*held[0])
-        result = await task
-        assert result.ok and result.protected, result
-        assert lost and core.counters["challenge-response-rechallenged"] == 1
-        assert core.counters["answered-again-in-grace"] >= 1
-        assert (await ue.deregister(10)).ok
+        async with _rechallenged(net, subscribers[0]) as (ue, result, _):
+            assert result.ok and result.protected, result
+            assert lost and net.pcscf.core.counters["challenge-response-rechallenged"] == 1
+            assert net.pcscf.core.counters["answered-again-in-grace"] >= 1
+            assert (await ue.deregister(10)).ok
     finally:
-        net.pcscf._incoming = incoming
         net.pcscf.send_protected = send_protected
-        await ue.close()
 
 
 async def test_the_networks_end_reaches_the_ue_over_the_new_set(home_network, subscribers):
@@ -116,30 +113,16 @@ async def test_the_networks_end_reaches_the_ue_over_the_new_set(home_network, su
     first held one, under its keys: the UE dropped it ("esp-icv-mismatch") until Timer
     F and never learned of the end (lifecycle_chaos --scscf-restarts seed 2012)."""
     net = home_network
-    held: list = []
     kept: list = []  # the S-CSCF's 200 to the UE's SUBSCRIBE, kept from the P-CSCF
-    incoming = net.pcscf._incoming
 
-    def gate(data: bytes, arrival) -> None:
-        head = data.split(b"\r\n\r\n", 1)[0]
-        if head.startswith(b"REGISTER ") and b"\r\nCSeq: 2 REGISTER" in head and not held:
-            held.append((data, arrival))
-            return
+    def keep(head: bytes) -> bool:
         answer_to_ue = head.startswith(b"SIP/2.0 200") and b" SUBSCRIBE\r\n" in head
-        if answer_to_ue and held and b"\r\nFrom: <sip:pcscf" not in head:
-            kept.append(data)
-            return
-        incoming(data, arrival)
+        if answer_to_ue and b"\r\nFrom: <sip:pcscf" not in head:
+            kept.append(head)
+            return True
+        return False
 
-    net.pcscf._incoming = gate
-    ue = UeClient(net.ue_config(subscribers[0]), observers=[net.trace])
-    try:
-        await ue.start()
-        task = asyncio.ensure_future(ue.register(15))
-        assert await eventually(lambda: bool(held)), "no challenge response"
-        await net.restart_scscf()
-        incoming(*held[0])
-        result = await task
+    async with _rechallenged(net, subscribers[0], keep) as (ue, result, _):
         assert result.ok and result.protected, result
         # the UE's subscription is up at the S-CSCF (its first NOTIFY came), its
         # SUBSCRIBE still open at the P-CSCF: the set is held for it when the end comes
@@ -148,6 +131,3 @@ async def test_the_networks_end_reaches_the_ue_over_the_new_set(home_network, su
         assert (await net.hss.deregister_impi(subscribers[0].impi)).get("ok")
         assert await ue.wait_network_deregistration(10) == "rejected"
         assert not ue.backend.drops.get("esp-icv-mismatch", 0), ue.backend.drops
-    finally:
-        net.pcscf._incoming = incoming
-        await ue.close()

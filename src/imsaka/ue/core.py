@@ -767,14 +767,18 @@ class UeRegistration:
 
     def _on_reject(self, resp: Response | None, now: float) -> list[Event]:
         assert resp is not None
-        after = retry_after_seconds(resp) if resp.status in RETRYABLE_STATUSES else None
-        if (
-            after is not None
-            and after <= self.config.max_retry_after
-            and self.retries < self.config.max_retries
-        ):
+        after = self._retry_after(resp)
+        if after is not None:
             return self._schedule_retry(resp.status, after, now)
         return self._fail(f"{resp.status} {resp.reason}", resp.status)
+
+    def _retry_after(self, resp: Response) -> int | None:
+        """The wait a refusal for now asks for (480/500/503/504 with Retry-After), when
+        within our bounds (`max_retry_after`, `max_retries`); None: not to be retried."""
+        after = retry_after_seconds(resp) if resp.status in RETRYABLE_STATUSES else None
+        if after is None or after > self.config.max_retry_after:
+            return None
+        return after if self.retries < self.config.max_retries else None
 
     def _schedule_retry(self, status: int, after: int, now: float) -> list[Event]:
         """The network is temporarily unable (HSS down, overload): wait the time it
@@ -1055,13 +1059,8 @@ class UeRegistration:
         3261 §20.33, as for a REGISTER). Any other answer ends it here as a 200 would:
         the UE goes, the network's registration lapses by itself."""
         assert resp is not None
-        after = retry_after_seconds(resp) if resp.status in RETRYABLE_STATUSES else None
-        if (
-            after is not None
-            and after <= self.config.max_retry_after
-            and self.retries < self.config.max_retries
-            and self.sa is not None
-        ):
+        after = self._retry_after(resp) if self.sa is not None else None
+        if after is not None:
             self._retrying_deregister = True
             return self._schedule_retry(resp.status, after, now)
         return self._on_dereg_ok(resp, now)
