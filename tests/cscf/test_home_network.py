@@ -471,7 +471,8 @@ async def test_binding_expiry_sends_timeout_deregistration(tmp_path):
         sars = sars()
         assert sars[-1].server_assignment_type == cx.ServerAssignmentType.TIMEOUT_DEREGISTRATION
         assert await net.scscf.scscf.store.get(IMPUS[0]) is None
-        assert core.pending_counts()["operations"] == 0
+        # (the SAR is seen when sent; its operation ends with the SAA)
+        await wait_for(lambda: core.pending_counts()["operations"] == 0)
     finally:
         await net.stop()
 
