@@ -667,14 +667,22 @@ async def test_mw_over_tcp(tmp_path):
         await net.stop()
 
 
-async def reg_event_subscribe(net: HomeNetwork, notifies: list, *, expires: int = 600000):
-    """The P-CSCF's SUBSCRIBE to the reg event of user1_public1 (TS 24.229 §5.2.3)."""
+def collect_notifies(net: HomeNetwork, notifies: list | None = None) -> list:
+    """The requests the S-CSCF sends the harness (its NOTIFYs), each answered 200,
+    appended to `notifies` (a new list if none), which is returned."""
+    got: list = [] if notifies is None else notifies
 
     def on_request(req, tx):
-        notifies.append(req)
+        got.append(req)
         tx.reply(200)
 
     net.client.set_request_handler(on_request)
+    return got
+
+
+async def reg_event_subscribe(net: HomeNetwork, notifies: list, *, expires: int = 600000):
+    """The P-CSCF's SUBSCRIBE to the reg event of user1_public1 (TS 24.229 §5.2.3)."""
+    collect_notifies(net, notifies)
     text = (
         f"SUBSCRIBE {IMPUS[0]} SIP/2.0\r\n"
         f"Via: SIP/2.0/UDP 127.0.0.1:{net.pcscf_port};branch=z9hG4bK{os.urandom(6).hex()}\r\n"

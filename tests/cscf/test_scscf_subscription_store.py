@@ -17,7 +17,14 @@ from imsaka.cscf.regevent import RESTORED_GAP, RegSubscription
 
 from .conftest import IMPUS, REALM
 from .fakes import IMPI
-from .test_home_network import full_registration, new_ue, register, send, wait_for
+from .test_home_network import (
+    collect_notifies,
+    full_registration,
+    new_ue,
+    register,
+    send,
+    wait_for,
+)
 from .test_scscf_ue_subscription import _subscribe
 
 NOTIFIER = "<sip:[::1]:6060>"  # an S-CSCF's Contact: the brackets are glob characters
@@ -134,13 +141,7 @@ async def test_a_restarted_scscf_notifies_the_subscribers_of_the_one_before(redi
     try:
         _, r200 = await full_registration(net, new_ue())
         assert r200.status == 200
-        notifies: list = []
-
-        def on_request(req, tx):
-            notifies.append(req)
-            tx.reply(200)
-
-        net.client.set_request_handler(on_request)
+        notifies = collect_notifies(net)
         r = await _subscribe(net, cseq=1, contact="sip:127.0.0.1:1357")
         assert r.status == 200
         await wait_for(lambda: len(notifies) == 1)

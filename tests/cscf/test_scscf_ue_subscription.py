@@ -14,7 +14,7 @@ import os
 from imsaka.sip import parse_message
 
 from .conftest import IMPUS
-from .test_home_network import full_registration, new_ue, wait_for
+from .test_home_network import collect_notifies, full_registration, new_ue, wait_for
 
 
 def _subscribe(net, *, cseq: int, contact: str, to_tag: str = "", expires: int = 600000,
@@ -39,13 +39,7 @@ def _subscribe(net, *, cseq: int, contact: str, to_tag: str = "", expires: int =
 async def test_ue_subscription_through_a_record_routing_pcscf(home):
     _, r200 = await full_registration(home, new_ue())
     assert r200.status == 200
-    notifies: list = []
-
-    def on_request(req, tx):
-        notifies.append(req)
-        tx.reply(200)
-
-    home.client.set_request_handler(on_request)
+    notifies = collect_notifies(home)
     record_route = f"<sip:127.0.0.1:{home.pcscf_port};lr>"
     r = await _subscribe(home, cseq=1, contact="sip:127.0.0.1:1357")
     assert r.status == 200 and r.to.tag

@@ -467,6 +467,11 @@ class Scscf:
                 self.core.counters["store_errors"] += 1
                 log.warning("binding store write of reg-event subscriptions failed: %s", exc)
 
+    def busy(self) -> bool:
+        """Whether a task of ours (a Cx request, a store write, a NOTIFY's delivery) or
+        a REGISTER awaiting its reply is in progress."""
+        return bool(self._tasks or self._pending)
+
     # ------------------------------------------------------------- SIP
 
     async def handle_request(self, request: Request, respond: Respond) -> None:
@@ -1157,7 +1162,7 @@ class ScscfServer:
         assert self.endpoint is not None
         if self.endpoint.layer.pending():
             return True
-        if self.scscf is not None and (self.scscf._tasks or self.scscf._pending):
+        if self.scscf is not None and self.scscf.busy():
             return True
         return self.node is not None and any(self.node.pending_counts().values())
 
