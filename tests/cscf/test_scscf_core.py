@@ -540,15 +540,41 @@ def test_lookup_follows_expiry(h):
     assert h.core.pending_counts()["aliases"] == 0
 
 
-def test_protected_reregistration_may_not_add_a_contact(h):
+def test_protected_reregistration_adding_a_contact_is_challenged(h):
     ue = FakeUe()
     assert register(h, ue).status == 200
     other = FakeUe(isim=ue.isim, contact="sip:127.0.0.1:40000", cseq=ue.cseq)
+    # TS 24.229 §5.4.1.2.2: a new contact is never added without a new AKA run; the
+    # S-CSCF re-authenticates (step 1) rather than refusing it (step 2's 403).
     r = h.send(other.register(integrity="yes"), T0 + 5)
-    assert r.status == 403  # TS 24.229 §5.4.1.2.2
+    assert r.status == 401
+    assert h.core.counters["new_contact_reauthenticated"] == 1
     assert len(h.stored[IMPU].contacts) == 1
-    # The same contact refreshed over the SAs is fine.
-    assert h.send(ue.register(integrity="yes"), T0 + 6).status == 200
+    ok = h.send(other.answer(header(r, "WWW-Authenticate")[0]), T0 + 6)
+    assert ok.status == 200
+    assert sorted(h.stored[IMPU].contacts) == sorted([ue.contact, other.contact])
+    # The contact registered before, refreshed over the SAs, needs no AKA run.
+    ue.cseq = other.cseq
+    assert h.send(ue.register(integrity="yes"), T0 + 7).status == 200
+    assert h.core.counters["reregister_without_aka"] == 1
+
+
+def test_challenge_response_lost_in_a_restart_is_challenged_again(h):
+    """A UE restarts (new contact) and answers its challenge over the new temporary
+    SAs; meanwhile the S-CSCF restarted and lost the challenge, while its old contact
+    lives on in the shared store. Seen in the lifecycle runner (seed 5105): 403 then,
+    and the UE could not register until its old contact lapsed."""
+    ue = FakeUe()
+    assert register(h, ue).status == 200
+    restarted = FakeUe(isim=ue.isim, contact="sip:127.0.0.1:40002", call_id="after-restart")
+    r401 = h.send(restarted.register(), T0 + 10)
+    assert r401.status == 401
+    h.core._challenges.clear()  # what a restart of the S-CSCF loses
+    again = h.send(restarted.answer(header(r401, "WWW-Authenticate")[0]), T0 + 11)
+    assert again.status == 401
+    ok = h.send(restarted.answer(header(again, "WWW-Authenticate")[0]), T0 + 12)
+    assert ok.status == 200
+    assert restarted.contact in h.stored[IMPU].contacts
 
 
 def test_spare_vectors_expire_unused(h):

@@ -15,7 +15,8 @@ Procedure selection (TS 24.229 §5.4.1.1, §5.4.1.2):
   (TS 24.229 §5.1.1.5.3) → 403;
 - integrity-protected="yes" for a live registration of that IMPI/IMPU and no pending
   challenge → accepted without a new AKA run unless ``reauthenticate = "always"``
-  (§5.4.1.2.2); Expires 0 there is a de-registration (§5.4.1.4), and with no live
+  or it adds a contact not registered before (§5.4.1.2.2: then a new challenge, not
+  the 403 that skipping authentication would require); Expires 0 there is a de-registration (§5.4.1.4), and with no live
   registration left to remove is answered 200 at once. Such a re-REGISTER
   sends SAR RE_REGISTRATION, or with ``reregistration_sar = "when-needed"`` and only
   live bindings refreshed is answered from the stored profile (TS 23.228 §5.2.2.4);
@@ -450,10 +451,15 @@ class RegistrarCore:
             and self.policy.reauthenticate != "always"
         ):
             if self._new_contact_without_reg_id(reg, req):
-                # TS 24.229 §5.4.1.2.2: a protected REGISTER may refresh or remove the
-                # contacts registered before, not add one (that needs its own AKA run and SAs).
-                self.counters["new_contact_refused"] += 1
-                return [self._reply(token, 403, "Forbidden (contact not registered before)")]
+                # TS 24.229 §5.4.1.2.2: without a new AKA run a protected REGISTER may
+                # refresh or remove the contacts registered before, not add one (step 2:
+                # 403). Step 1 lets the S-CSCF re-authenticate any REGISTER first, and a
+                # new contact is where it should: a UE that restarted and answered a
+                # challenge this S-CSCF no longer holds (lost in a restart) comes here,
+                # and a new challenge lets it register instead of failing until its old
+                # contact lapses.
+                self.counters["new_contact_reauthenticated"] += 1
+                return self._challenge(token, req, impi, now)
             self.counters["reregister_without_aka"] += 1
             return self._authenticated(token, req, impi, now, reg)
         if (
