@@ -12,10 +12,12 @@ without a usable Security-Server"). Found by `lifecycle_chaos --scscf-restarts`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+from imsaka.network import make_subscribers
 from imsaka.ue.client import UeClient
+from tests.e2e.test_faults import _on_redis
 from tests.polling import eventually
 
 
@@ -25,13 +27,17 @@ def _count(net, prefix: str, kind: str = "diameter") -> int:
 
 @asynccontextmanager
 async def _rechallenged(
-    net, subscriber, keep: Callable[[bytes], bool] | None = None
+    net,
+    subscriber,
+    keep: Callable[[bytes], bool] | None = None,
+    restart: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncIterator[tuple[UeClient, object, object]]:
     """A UE of `subscriber` registers; its first challenge response is kept back at the
     P-CSCF's input until the S-CSCF has restarted (the challenge gone with it), so that
     it is challenged again. Yields (the UE, its registration's result, the first
     temporary set). `keep(head)`: other datagrams to the P-CSCF kept back from then on
-    (while the gate is in place: until the end of the block)."""
+    (while the gate is in place: until the end of the block). `restart`: how the
+    S-CSCF restarts (default `net.restart_scscf()`)."""
     held: list = []
     incoming = net.pcscf._incoming
 
@@ -51,7 +57,7 @@ async def _rechallenged(
         task = asyncio.ensure_future(ue.register(15))
         assert await eventually(lambda: bool(held)), "no challenge response"
         first_set = net.pcscf.core.registrations[subscriber.impi].temporary
-        await net.restart_scscf()
+        await (restart or net.restart_scscf)()
         incoming(*held[0])
         yield ue, await task, first_set
     finally:
@@ -131,3 +137,22 @@ async def test_the_networks_end_reaches_the_ue_over_the_new_set(home_network, su
         assert (await net.hss.deregister_impi(subscribers[0].impi)).get("ok")
         assert await ue.wait_network_deregistration(10) == "rejected"
         assert not ue.backend.drops.get("esp-icv-mismatch", 0), ue.backend.drops
+
+
+async def test_a_restarted_ue_whose_challenge_a_restart_lost_registers(redis_url):
+    """The UE restarts (new ports: a new contact) while its old contact lives on in
+    Redis, and the S-CSCF restarts between the new 401 and the answer. That answer comes
+    integrity-protected (over the temporary set) with a contact not registered before:
+    refused 403 before (TS 24.229 §5.4.1.2.2 step 2), so the UE could not register until
+    its old contact lapsed (`lifecycle_chaos --expires 60 --scscf-restarts`, seed 5105).
+    Now it is challenged again (step 1) and registers."""
+    subs = make_subscribers(1, seed=94)
+    async with _on_redis(redis_url, subs) as (net, old_ue, restart):
+        assert (await old_ue.register(10)).ok
+        async with _rechallenged(net, subs[0], restart=restart) as (ue, result, _):
+            assert result.ok and result.protected, result
+            core = net.scscf.scscf.core
+            assert core.counters["new_contact_reauthenticated"] == 1
+            assert _count(net, "MAR") == 2 and _count(net, "401", "sip") >= 2
+            assert len(core.registrations[subs[0].impus[0]].contacts) == 2
+            assert (await ue.deregister(10)).ok
