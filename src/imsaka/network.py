@@ -542,6 +542,26 @@ class Network:
         await server.start()
         self.scscf = server
 
+    async def restart_icscf(self, down: float = 0.0) -> None:
+        """Stop the I-CSCF at once (what it had under way goes with it, as in a crash)
+        and, after `down` seconds, start a new one from the same configuration on the
+        same ports. The P-CSCF's and the S-CSCF's retransmissions meet the new one."""
+        import asyncio
+
+        from imsaka.cscf.icscf import IcscfServer
+
+        assert self.config is not None and self.config.icscf is not None
+        if self.icscf is not None:
+            await self.icscf.stop()
+            self.icscf = None
+        if down > 0:
+            await asyncio.sleep(down)
+        server = IcscfServer(
+            self.config.icscf, self.config.network, observers=tuple(self._observers)
+        )
+        await server.start()
+        self.icscf = server
+
     async def provision_specs(self, specs: Sequence[Any]) -> int:
         """Write already validated `imsaka.hss.subscriber.SubscriberSpec`s (CSV import)."""
         return await self.hss.store.import_subscribers(list(specs))

@@ -14,6 +14,7 @@ from imsaka.sip.proxy import (
     add_path,
     add_record_route,
     check_max_forwards,
+    derived_branch,
     new_branch,
     new_call_id,
     new_tag,
@@ -45,6 +46,23 @@ def test_branches_tags_call_ids_from_injected_rng():
     assert new_tag(rng) == "000000000002"
     assert new_call_id("[::1]", rng) == "000000000000000000000003@::1"
     assert new_branch() != new_branch()
+
+
+def test_derived_branch_is_the_same_for_the_same_request_and_target_only():
+    req = parse_message(SEED[1])
+    again = parse_message(SEED[1])  # its retransmission
+    b = derived_branch(req, "sip:scscf1.home1.net", "icscf:5060")
+    assert b is not None and b.startswith("z9hG4bK") and len(b) == 7 + 16
+    assert derived_branch(again, "sip:scscf1.home1.net", "icscf:5060") == b
+    assert derived_branch(req, "sip:scscf2.home1.net", "icscf:5060") != b  # failover
+    assert derived_branch(req, "sip:scscf1.home1.net", "other:5060") != b
+    other = parse_message(SEED[1])
+    other.replace_top_via(push_via(parse_message(SEED[1]), "UDP", "ue", 1, branch="z9hG4bKx"))
+    assert derived_branch(other, "sip:scscf1.home1.net", "icscf:5060") != b
+    # an RFC 2543 branch (no magic cookie) tells one request from another too poorly
+    old = parse_message(SEED[1])
+    old.replace_top_via(push_via(parse_message(SEED[1]), "UDP", "ue", 1, branch="1234"))
+    assert derived_branch(old, "sip:scscf1.home1.net", "icscf:5060") is None
 
 
 def test_push_and_pop_via():

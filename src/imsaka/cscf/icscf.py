@@ -40,7 +40,13 @@ from imsaka.cscf.registrar import plain_contact, plain_name_addr
 from imsaka.diameter import cx
 from imsaka.sip import Request, Response, SipParseError, VisitedNetworkId
 from imsaka.sip.headers import digest_param
-from imsaka.sip.proxy import check_max_forwards, pop_via, preprocess_route, push_via
+from imsaka.sip.proxy import (
+    check_max_forwards,
+    derived_branch,
+    pop_via,
+    preprocess_route,
+    push_via,
+)
 
 __all__ = [
     "Icscf",
@@ -257,6 +263,7 @@ class Icscf:
         self.endpoint = endpoint
         self._cx_send = cx_send
         self._random = random_bytes
+        self._branch_salt = f"{config.name}:{config.port}"
         self._session = 0
         self._named: dict[str, ScscfEntry] = {}
         self.counters: Counter[str] = Counter()
@@ -374,11 +381,16 @@ class Icscf:
         fwd = request.copy()
         fwd.uri = entry.name  # Max-Forwards was decremented by check_max_forwards
         transport = self._transport(entry.transport)
+        # The same branch for the P-CSCF's retransmission after a restart of ours: the
+        # S-CSCF then answers it from the transaction it has (a 401 with the nonce it
+        # sent, a 200 without a second SAR), where a new branch would make it a new
+        # REGISTER with the same Call-ID and CSeq (RFC 3261 §10.3 step 7: refused).
         push_via(
             fwd,
             transport.name.upper(),
             self.config.name,
             self.config.port,
+            branch=derived_branch(request, entry.name, self._branch_salt),
             rng=self._random,
         )
         self.counters["forwarded"] += 1
