@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -42,10 +41,10 @@ from imsaka.sip import Request, Response, SipParseError, VisitedNetworkId
 from imsaka.sip.headers import digest_param
 from imsaka.sip.proxy import (
     check_max_forwards,
-    derived_branch,
     pop_via,
     preprocess_route,
     push_via,
+    stateless_branch,
 )
 
 __all__ = [
@@ -256,14 +255,11 @@ class Icscf:
         endpoint: Any,
         cx_send: CxSender,
         cx_ask: CxAsker | None = None,
-        random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.config = config
         self.network = network
         self.endpoint = endpoint
         self._cx_send = cx_send
-        self._random = random_bytes
-        self._branch_salt = f"{config.name}:{config.port}"
         self._session = 0
         self._named: dict[str, ScscfEntry] = {}
         self.counters: Counter[str] = Counter()
@@ -381,17 +377,18 @@ class Icscf:
         fwd = request.copy()
         fwd.uri = entry.name  # Max-Forwards was decremented by check_max_forwards
         transport = self._transport(entry.transport)
-        # The same branch for the P-CSCF's retransmission after a restart of ours: the
-        # S-CSCF then answers it from the transaction it has (a 401 with the nonce it
-        # sent, a 200 without a second SAR), where a new branch would make it a new
-        # REGISTER with the same Call-ID and CSeq (RFC 3261 §10.3 step 7: refused).
+        # The same branch for the P-CSCF's retransmission after a restart of ours (the
+        # §16.11 one, from `fwd` before our Via is on: its Request-URI names the
+        # S-CSCF, so a failover's differs). The S-CSCF then answers it from the
+        # transaction it has (the 401 with the nonce it sent, the 200 without a second
+        # SAR), where a new branch would make it a new REGISTER with the same Call-ID
+        # and CSeq (RFC 3261 §10.3 step 7: refused).
         push_via(
             fwd,
             transport.name.upper(),
             self.config.name,
             self.config.port,
-            branch=derived_branch(request, entry.name, self._branch_salt),
-            rng=self._random,
+            branch=stateless_branch(fwd),
         )
         self.counters["forwarded"] += 1
         addr = (entry.address, entry.port)

@@ -24,29 +24,6 @@ def new_branch(rng: Rng | None = None) -> str:
     return MAGIC_COOKIE + (rng or os.urandom)(8).hex()
 
 
-def derived_branch(request: Request, target: str, salt: str) -> str | None:
-    """A branch that the same request forwarded again to the same `target` gets again
-    (the §16.11 way, for a transaction-stateful proxy that may have restarted: the
-    next hop then takes its retransmission for the request it has already answered,
-    §17.2.3, instead of a new one). Made from the incoming top Via (its branch and
-    sent-by: one client transaction upstream), the Call-ID and CSeq number, the
-    target and `salt` (this proxy's own name). None when the incoming branch is no
-    §8.1.1.7 one (then the request cannot be told from another: use `new_branch`)."""
-    import hashlib
-
-    via = request.top_via
-    if via is None:
-        return None
-    branch = via.branch
-    if not branch or not branch.startswith(MAGIC_COOKIE) or len(branch) <= len(MAGIC_COOKIE):
-        return None
-    cseq = request.cseq
-    seed = "\n".join(
-        (branch, via.sent_by, request.call_id or "", str(cseq.seq if cseq else ""), target, salt)
-    )
-    return MAGIC_COOKIE + hashlib.blake2b(seed.encode(), digest_size=8).hexdigest()
-
-
 def new_tag(rng: Rng | None = None) -> str:
     """A From/To tag (§19.3: at least 32 random bits)."""
     return (rng or os.urandom)(6).hex()
