@@ -268,7 +268,6 @@ class _MemoryTcp:
 
 async def _icscf_run(registrations: int, diameter: bool = False) -> float:
     """CPU seconds for `registrations` two-phase registrations through the I-CSCF."""
-    import random
     import tomllib
 
     from imsaka.config import parse_config
@@ -309,7 +308,6 @@ async def _icscf_run(registrations: int, diameter: bool = False) -> float:
         cfg.icscf,
         cfg.network,
         endpoint=ep,
-        random_bytes=random.Random(7).randbytes,
         **wiring,
     )
     ep.set_request_handler(getattr(icscf, "on_request", icscf.handle_request))
