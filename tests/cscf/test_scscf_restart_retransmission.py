@@ -62,3 +62,39 @@ async def test_the_memory_store_keeps_no_branch(home):
     assert r200.status == 200
     reg = home.scscf.scscf.core.registrations[r200.to.uri]
     assert [c.branch for c in reg.contacts.values()] == [""]
+
+
+@pytest.mark.redis
+async def test_a_register_that_comes_while_the_restarted_one_starts_waits_for_it(redis_home):
+    """The restarted S-CSCF binds its port, then reads the registrations back and brings
+    its Diameter node up; a REGISTER that comes meanwhile (the I-CSCF's retransmission)
+    got 501 "Not Implemented" from the endpoint, which had no handler yet, and the
+    UE's de-registration failed (`lifecycle_chaos --scscf-restarts --hss-restarts`,
+    seed 6102). Now it waits for the handler and is answered as any other."""
+    import asyncio
+
+    from imsaka.cscf.registrar import RedisBindingStore
+
+    net = redis_home.net
+    _, r200 = await full_registration(net, new_ue())
+    assert r200.status == 200
+    await net.scscf.stop()
+
+    class SlowStore(RedisBindingStore):
+        async def all(self):
+            await asyncio.sleep(0.6)  # a long read back: the port is bound meanwhile
+            return await super().all()
+
+    starting = asyncio.ensure_future(
+        net.start_scscf(SlowStore(redis_home.url, prefix=redis_home.prefix))
+    )
+    try:
+        await asyncio.sleep(0.2)
+        assert not starting.done()
+        refresh = register(net, cseq=3, protected=True, authorization=_PROTECTED).to_bytes()
+        answer = await _to_scscf(net, refresh)
+        assert answer.status == 200, answer
+        assert starting.done()
+        assert net.scscf.scscf.core.counters["reregister_without_aka"] == 1
+    finally:
+        await starting

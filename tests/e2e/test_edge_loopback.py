@@ -70,3 +70,19 @@ async def test_register_and_deregister_over_esp():
         await ue.close()
         await p.close()
         await reg.close()
+
+
+async def test_a_datagram_before_the_pcscf_is_up_is_dropped_not_a_traceback():
+    """The P-CSCF's UDP port is bound before its core exists (the core needs the ports
+    the kernel gave); a datagram in between (a UE retransmitting to a restarting
+    P-CSCF) was an AssertionError in the receiver. It is dropped and counted; the
+    UE's next copy finds the core."""
+    from imsaka.cscf.pcscf import Arrival
+
+    p = PcscfServer(
+        PcscfConfig(name="pcscf1.visited1.net", port=0, port_c=0, port_s=0),
+        NetworkConfig(home_domains=("home1.net",)),
+    )
+    p._clear_datagram(b"REGISTER sip:home1.net SIP/2.0\r\n\r\n", ("127.0.0.1", 5060), None)
+    p._incoming(b"OPTIONS sip:home1.net SIP/2.0\r\n\r\n", Arrival(("127.0.0.1", 5060)))
+    assert p.early_drops == 2 and p.stats()["early_drops"] == 2

@@ -266,6 +266,50 @@ async def test_handler_error_gives_500_and_no_handler_501():
 
 
 @pytest.mark.parametrize("kind", [UdpTransport, TcpTransport])
+async def test_held_requests_wait_for_the_handler(kind):
+    """A server bound before it is ready (`hold_requests`): a request that comes first
+    is answered by the handler once set (not 501); one the handler never gets is
+    answered 500 after answer_timeout; the server then serves as usual."""
+    srv, st = await endpoint(kind, answer_timeout=0.3)
+    srv.hold_requests()
+    cli, _ct = await endpoint(kind)
+    try:
+        early = asyncio.ensure_future(cli.send_request(bare(1), st.local_address))
+        await wait_for(lambda: srv._held)
+        await asyncio.sleep(0.1)  # UDP: its retransmissions absorbed meanwhile
+        assert not early.done()
+        seen = []
+
+        def answer(req, tx):
+            seen.append(req.cseq.seq)
+            tx.reply(200)
+
+        srv.set_request_handler(answer)
+        assert (await early).status == 200 and seen == [1]
+        assert (await cli.send_request(bare(2), st.local_address)).status == 200
+        assert seen == [1, 2] and srv._held is None
+        # holding is for start only: without a handler later, 501 again
+        srv.set_request_handler(None)
+        assert (await cli.send_request(bare(3), st.local_address)).status == 501
+    finally:
+        await cli.close()
+        await srv.close()
+
+
+async def test_a_held_request_never_handed_over_gets_500():
+    srv, st = await endpoint(answer_timeout=0.1)
+    srv.hold_requests()
+    cli, _ct = await endpoint()
+    try:
+        resp = await cli.send_request(bare(1), st.local_address)
+        assert resp.status == 500 and "no answer" in resp.reason
+        srv.set_request_handler(lambda req, tx: pytest.fail("handed over after its 500"))
+    finally:
+        await cli.close()
+        await srv.close()
+
+
+@pytest.mark.parametrize("kind", [UdpTransport, TcpTransport])
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 async def test_endpoint_pair_and_observers(kind, host):
     srv, st = await endpoint(kind, host, owner="scscf")

@@ -542,6 +542,7 @@ class IcscfServer:
         c = self.config
         self.node = cx_node(c.diameter, reconnect=self._reconnect, owner="icscf")
         self.endpoint = SipEndpoint(owner="icscf")
+        self.endpoint.hold_requests()  # until the handler is set below (not 501)
         await add_transports(self.endpoint, c, "icscf")
         observe(self.node, self.endpoint, self._observers)
         await self.node.start()

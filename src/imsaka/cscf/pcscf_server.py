@@ -95,6 +95,7 @@ class PcscfServer:
         self._timer_at: float | None = None
         self.parse_errors = 0
         self.internal_errors = 0
+        self.early_drops = 0  # datagrams that came before the core was up
 
     async def start(self) -> None:
         cfg = self.config
@@ -184,6 +185,7 @@ class PcscfServer:
         out["sa_sets"] = len(self.table.sets()) - len(self._held)
         out["parse_errors"] = self.parse_errors
         out["internal_errors"] = self.internal_errors
+        out["early_drops"] = self.early_drops
         return out
 
     def census(self) -> dict[str, int]:
@@ -223,9 +225,13 @@ class PcscfServer:
     def _incoming(self, data: bytes, arrival: Arrival) -> None:
         if not data or (data[0] in _CR_LF and not data.strip(b"\r\n")):
             return  # keep-alive (RFC 5626 §4.4.1 CRLF); a message is not stripped (copied)
+        if self.core is None:
+            # bound, not started yet (its ports are known only once bound): dropped,
+            # the sender's retransmission comes after
+            self.early_drops += 1
+            return
         loop = asyncio.get_running_loop()
         now = loop.time()
-        assert self.core is not None
         try:
             msg = parse_message(data)
         except SipParseError as exc:

@@ -1108,6 +1108,10 @@ class ScscfServer:
         c = self.config
         self.node = cx_node(c.diameter, reconnect=self._reconnect, owner="scscf")
         self.endpoint = SipEndpoint(owner="scscf")
+        # Bound before the registrations are read back and the Diameter node is up (a
+        # restart): what arrives meanwhile (the I-CSCF's retransmissions) waits for
+        # the handler below instead of getting 501.
+        self.endpoint.hold_requests()
         network = self.network
         self.scscf = Scscf(
             c,

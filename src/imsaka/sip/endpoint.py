@@ -85,6 +85,8 @@ from imsaka.wire import Address
 log = logging.getLogger(__name__)
 
 _DEST_CACHE = 4096
+#: requests a server not yet ready holds for its handler (`SipEndpoint.hold_requests`)
+MAX_HELD = 1000
 _INF = float("inf")
 
 RequestHandler = Callable[[Request, "ServerTx"], Awaitable[None] | None]
@@ -244,6 +246,8 @@ class SipEndpoint:
         # endpoint's own timer serves them: no loop timer made and cancelled per request.
         self._awaiting: dict[tuple, ServerTx] = {}
         self._answer_due: deque[tuple[float, tuple]] = deque()
+        # `hold_requests`: the requests that came before the handler (None: not holding)
+        self._held: list[ServerTx] | None = None
 
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -276,6 +280,20 @@ class SipEndpoint:
 
     def set_request_handler(self, handler: RequestHandler | None) -> None:
         self._handler = handler
+        held, self._held = self._held, None
+        if handler is not None and held:
+            for tx in held:
+                if not tx.final_sent:  # (not answered 500 by the timeout meanwhile)
+                    self._hand_over(tx, handler)
+
+    def hold_requests(self) -> None:
+        """Until `set_request_handler` gives the handler, requests wait for it (at most
+        `answer_timeout`, then 500; at most `MAX_HELD` of them) instead of getting 501.
+        For a server that binds its sockets before it is ready to serve: a restarted
+        one, whose peers' retransmissions arrive at once (and over TCP would not come
+        again)."""
+        if self._handler is None and self._held is None:
+            self._held = []
 
     def set_stray_response_handler(self, handler: StrayHandler | None) -> None:
         self._stray = handler
@@ -714,22 +732,36 @@ class SipEndpoint:
             return
         handler = self._handler
         if handler is None:
+            held = self._held
+            if held is not None and len(held) < MAX_HELD and req.method != "ACK":
+                held.append(tx)
+                if req.method != "INVITE":
+                    self._await_answer(tx)
+                return
             tx.reply(501 if req.method != "ACK" else 200)
             return
+        self._hand_over(tx, handler)
+
+    def _await_answer(self, tx: ServerTx) -> None:
+        """`tx` is answered later (an async handler, a parked transaction): 500 after
+        `answer_timeout` if never."""
+        loop = self._loop
+        due = (loop if loop is not None else self._get_loop()).time() + self.answer_timeout
+        tx._due = due
+        if due < self._due_min:
+            self._due_min = due
+        self._awaiting[tx.key] = tx
+        self._answer_due.append((due, tx.key))
+
+    def _hand_over(self, tx: ServerTx, handler: RequestHandler) -> None:
+        req = tx.request
         try:
             result = handler(req, tx)
         except Exception as exc:
             self._handler_failed(tx, exc)
             return
-        if not tx.final_sent and req.method != "INVITE":
-            # answered later (an async handler, a parked transaction): 500 if never
-            loop = self._loop
-            due = (loop if loop is not None else self._get_loop()).time() + self.answer_timeout
-            tx._due = due
-            if due < self._due_min:
-                self._due_min = due
-            self._awaiting[ev.key] = tx
-            self._answer_due.append((due, ev.key))
+        if not tx.final_sent and req.method != "INVITE" and tx._due is None:
+            self._await_answer(tx)
         if result is not None and inspect.isawaitable(result):
             # the handler's coroutine is the task (no wrapper coroutine per request);
             # its failure is read in the done callback
