@@ -13,7 +13,7 @@ any UE.
 
     python -m tests.e2e.lifecycle_chaos [--seeds 1-20] [--ues 5] [--steps 6] [--traces DIR]
                                         [--expires S] [--scscf-restarts REDIS_URL]
-                                        [--hss-restarts]
+                                        [--hss-restarts] [--icscf-restarts]
 
 `--expires S` grants every registration and subscription at most S seconds, so the
 UEs re-register, and the UEs and the P-CSCF refresh their reg-event subscriptions, by
@@ -35,6 +35,10 @@ the I-CSCF and the S-CSCF answer 480/504 with Retry-After 1 meanwhile, the UEs w
 try again (up to 30 times), and the Diameter clients reconnect by themselves. The HSS
 is then out of this process, so no step asks it for an RTR; `reg_await_auth` is 30 s,
 so that challenges the UEs gave up on in an outage have lapsed at the end.
+
+`--icscf-restarts` stops the I-CSCF at once (what it had under way is lost, as in a
+crash) every 3 to 12 s and starts a new one on the same port 0 to 1 s later: the
+P-CSCF's retransmissions meet the new one.
 
 Prints one JSON line per seed and a summary; exits 1 when a run failed. With
 `--traces`, the ladder of each failed UE (SIP and Diameter, by time) is written there.
@@ -163,6 +167,7 @@ async def run(
     expires: int = 0,
     redis_url: str = "",
     hss_restarts: bool = False,
+    icscf_restarts: bool = False,
 ) -> dict[str, Any]:
     rng = random.Random(seed)
     scscf: dict[str, Any] = {}
@@ -196,7 +201,17 @@ async def run(
     try:
         with _Logs() as logs:
             return await _run(
-                seed, n_ues, steps, traces, options, ue_extra, subs, logs, restarts, hss_restarts
+                seed,
+                n_ues,
+                steps,
+                traces,
+                options,
+                ue_extra,
+                subs,
+                logs,
+                restarts,
+                hss_restarts,
+                icscf_restarts,
             )
     finally:
         if restarts is not None:
@@ -246,6 +261,21 @@ async def _hss_restarts(net: Network, rng: random.Random, done: dict[str, int]) 
         log.info("HSS started again")
 
 
+async def _icscf_restarts(
+    net: Network, rng: random.Random, done: dict[str, int], lossy: Any
+) -> None:
+    """`--icscf-restarts`: the I-CSCF stopped at once (its transactions lost, as in a
+    crash) every 3-12 s and started again 0-1 s later on the same port."""
+    log = logging.getLogger("lifecycle_chaos")
+    while True:
+        await asyncio.sleep(rng.uniform(3.0, 12.0))
+        log.info("I-CSCF stopped")
+        await net.restart_icscf(rng.uniform(0.0, 1.0))
+        lossy()
+        done["icscf-restart"] = done.get("icscf-restart", 0) + 1
+        log.info("I-CSCF started again")
+
+
 async def _run(
     seed: int,
     n_ues: int,
@@ -257,6 +287,7 @@ async def _run(
     logs: _Logs,
     restarts: _Restarts | None = None,
     hss_restarts: bool = False,
+    icscf_restarts: bool = False,
 ) -> dict[str, Any]:
     scscf = options.extra["scscf"]
     net = Network(subs, options)
@@ -336,6 +367,7 @@ async def _run(
 
     restarter: asyncio.Task | None = None
     hss_restarter: asyncio.Task | None = None
+    icscf_restarter: asyncio.Task | None = None
     try:
         for ue in ues:
             await ue.start()
@@ -352,11 +384,28 @@ async def _run(
             restarter = asyncio.ensure_future(restarts.loop(net, lossy_scscf))
         if hss_restarts:
             hss_restarter = asyncio.ensure_future(_hss_restarts(net, random.Random(seed + 17), ops))
+        if icscf_restarts:
+            loss_rng3 = random.Random(seed + 19)
+
+            def lossy_icscf() -> None:
+                for transport in net.icscf.endpoint.transports:
+                    if transport.name == "udp":
+                        _lossy_socket(transport, loss_rng3, dropped)
+
+            icscf_restarter = asyncio.ensure_future(
+                _icscf_restarts(net, random.Random(seed + 23), ops, lossy_icscf)
+            )
         await asyncio.gather(*(life(i, ue) for i, ue in enumerate(ues)))
         if restarter is not None:
             restarter.cancel()
             await asyncio.gather(restarter, return_exceptions=True)
             ops["scscf-restart"] = restarts.done
+        if icscf_restarter is not None:
+            icscf_restarter.cancel()
+            await asyncio.gather(icscf_restarter, return_exceptions=True)
+            if net.icscf is None:  # cancelled while it was down: back for the end
+                await net.restart_icscf()
+                lossy_icscf()
         if hss_restarter is not None:
             hss_restarter.cancel()
             await asyncio.gather(hss_restarter, return_exceptions=True)
@@ -374,7 +423,14 @@ async def _run(
         if not bad and not await eventually(lambda: not _leftovers(net, ues), settle):
             # the P-CSCF's records hold SA parameters, never CK/IK
             records = [repr(r) for r in net.pcscf.core.registrations.values()]
-            bad.append({"left": _leftovers(net, ues), "pcscf_records": records})
+            scscf = net.scscf.scscf.core if net.scscf and net.scscf.scscf else None
+            bindings = {
+                impu: sorted(reg.contacts)
+                for impu, reg in (scscf.registrations if scscf else {}).items()
+            }
+            bad.append(
+                {"left": _leftovers(net, ues), "pcscf_records": records, "scscf_bindings": bindings}
+            )
             for i in range(n_ues):
                 write_ladder(i)
         lost = lost_first["n"] + dropped["n"]
@@ -410,6 +466,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 args.expires,
                 args.scscf_restarts,
                 args.hss_restarts,
+                args.icscf_restarts,
             )
         except Exception:  # a crash of the run itself is a failure of that seed
             out = {"seed": seed, "bad": [traceback.format_exc()[-1500:]]}
@@ -442,6 +499,11 @@ def main(argv: list[str] | None = None) -> int:
         "--hss-restarts",
         action="store_true",
         help="run the HSS as a process and kill and restart it every 5-15 s",
+    )
+    p.add_argument(
+        "--icscf-restarts",
+        action="store_true",
+        help="stop the I-CSCF at once every 3-12 s and start it again 0-1 s later",
     )
     args = p.parse_args(argv)
     return asyncio.run(main_async(args))
