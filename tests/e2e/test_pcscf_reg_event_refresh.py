@@ -95,3 +95,34 @@ async def test_a_fresh_registration_ends_the_subscription_of_the_one_it_replaced
     finally:
         await after.close()
         await before.close()
+
+
+async def test_a_detached_subscription_whose_end_never_comes_is_given_up(
+    home_network, subscribers, monkeypatch
+):
+    """The S-CSCF restarts on its memory store (registrations and subscriptions lost);
+    the UE's de-REGISTER is answered 200 by the new one (nothing registered) and the
+    P-CSCF's subscription, detached from the ended registration, waits for a terminated
+    NOTIFY no S-CSCF will send. It was kept for ever (`lifecycle_chaos --scscf-restarts
+    --hss-restarts`, seed 6102: one left at the end); after `DETACHED_WAIT` it is now
+    ended from here (Expires: 0, which the new S-CSCF refuses: it never knew it) and
+    forgotten."""
+    import imsaka.cscf.pcscf as pcscf_module
+
+    monkeypatch.setattr(pcscf_module, "DETACHED_WAIT", 1.0, raising=False)
+    net = home_network
+    ue = UeClient(net.ue_config(subscribers[0]), observers=[net.trace])
+    await ue.start()
+    try:
+        assert (await ue.register(10)).ok
+        core = net.pcscf.core
+        assert await eventually(lambda: core.counters["reg-subscribed"] == 1)
+        await net.restart_scscf()  # the memory store: nothing survives
+        assert (await ue.deregister(10)).ok
+        assert net.pcscf.census()["reg_subscriptions"] == 1  # detached, waiting
+        assert await eventually(lambda: net.pcscf.census()["reg_subscriptions"] == 0, 10)
+        assert core.counters["reg-subscription-given-up"] == 1
+        ending = [s for s in _subscribes_from_pcscf(net) if dict(s.headers).get("Expires") == "0"]
+        assert len(ending) == 1
+    finally:
+        await ue.close()

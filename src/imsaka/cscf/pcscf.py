@@ -135,6 +135,11 @@ Address = tuple[str, int]
 
 # Timer F (64·T1) bounds how long a forwarded request's context is kept.
 TRANSACTION_LIFETIME = 32.0
+# How long a subscription detached from its ended registration waits for the S-CSCF's
+# terminated NOTIFY (sent when the registration ends there, retransmitted for up to a
+# transaction's lifetime) before it is ended from here and forgotten: an S-CSCF that
+# restarted may never send it.
+DETACHED_WAIT = TRANSACTION_LIFETIME + 8.0
 # Contexts past their lifetime are looked for on the 2·T1 grid of the timers that end a
 # transaction (`TimerConfig.end_at`): one wake-up a second for all of them, not one per
 # T1/10 step (a P-CSCF at 100 requests/s woke 20 times a second for this alone).
@@ -748,6 +753,9 @@ class PcscfCore:
         # IMPI -> Call-ID of its reg-event subscription: whether an IMPI is subscribed
         # is asked on every 200 OK to a REGISTER, a scan of `subscriptions` otherwise.
         self._subscribed: dict[str, str] = {}
+        # (when, Call-ID) of the detached subscriptions, oldest first (one wait for all):
+        # each given up then if its terminated NOTIFY has not come (`_give_up_detached`)
+        self._detached: deque[tuple[float, str]] = deque()
         # The texts every forwarded REGISTER carries, built once.
         name = _addr_host(config.name)
         self._via_prefix = f"{name}:{self.port};branch="
@@ -1311,7 +1319,7 @@ class PcscfCore:
                 else:
                     actions.append(self._release(reg, temporary, DOWNGRADE))
                 if reg.sa is None:
-                    self._forget(reg)
+                    self._forget(reg, now)
             return actions
         # A re-REGISTER's offers for the next SA set matter only if it is challenged: kept
         # as text here, parsed by `_on_401` (most re-registrations are answered 200). A
@@ -1803,7 +1811,7 @@ class PcscfCore:
                         reg, sets, reply, pending, branch or "", now, NETWORK_TERMINATED
                     )
                     reg.temporary = reg.sa = reg.previous = None
-                    self._forget(reg)
+                    self._forget(reg, now)
                     actions += self._end_to_ue(reg, actions)
         else:
             if pending.kind != "request" and response.status < 300:
@@ -1968,7 +1976,7 @@ class PcscfCore:
             actions += self._sets_go(reg, (reg.temporary,), reply, pending, branch, now, reason)
             reg.temporary = None
             if reg.sa is None:
-                self._forget(reg)
+                self._forget(reg, now)
         return actions
 
     def _on_401(self, resp: Response, pending: _Pending, now: float, branch: str) -> list[Action]:
@@ -2166,7 +2174,7 @@ class PcscfCore:
             # The 200 lists the IMPU's other contacts (RFC 3261 §10.3 step 8): while it
             # stays registered there, the S-CSCF keeps our subscription unless ended.
             sub = self.subscriptions.get(self._subscribed.get(reg.impi, "")) if granted else None
-            self._forget(reg)
+            self._forget(reg, now)
             if sub is not None:
                 actions += self._end_subscription(sub, now)
             return actions + self._end_to_ue(reg, actions)
@@ -2526,7 +2534,7 @@ class PcscfCore:
         sets = (reg.temporary, reg.sa, reg.previous)
         went = self._sets_go(reg, sets, None, None, "", now, reason)
         reg.temporary = reg.sa = reg.previous = None
-        self._forget(reg)
+        self._forget(reg, now)
         return went + self._end_to_ue(reg, went)
 
     def _unsubscribe(self, call_id: str) -> None:
@@ -2674,12 +2682,12 @@ class PcscfCore:
             if live is None or live is sa or (live.ue_host, live.port_us) != key:
                 del self._by_contact[key]
 
-    def _forget(self, reg: Registration) -> None:
+    def _forget(self, reg: Registration, now: float) -> None:
         if self.registrations.get(reg.impi) is reg:
             del self.registrations[reg.impi]
             if reg.clear_source is not None and self._by_contact.get(reg.clear_source) == reg.impi:
                 del self._by_contact[reg.clear_source]
-            self._detach_subscription(reg.impi)
+            self._detach_subscription(reg.impi, now)
 
     def _replace_subscription(self, impi: str, now: float) -> list[Action]:
         """A fresh registration of `impi` took over the record: the subscription made for
@@ -2687,7 +2695,7 @@ class PcscfCore:
         (Expires: 0, RFC 6665 §4.1.2.3), which would otherwise keep it, and NOTIFY it,
         for as long as the IMPU stays registered there."""
         sub = self.subscriptions.get(self._subscribed.get(impi, ""))
-        self._detach_subscription(impi)
+        self._detach_subscription(impi, now)
         return self._end_subscription(sub, now) if sub is not None else []
 
     def _end_subscription(self, sub: RegEventSubscription, now: float) -> list[Action]:
@@ -2698,17 +2706,36 @@ class PcscfCore:
         self.counters["reg-unsubscribed"] += 1
         return self._in_dialog_subscribe(sub, 0, now)
 
-    def _detach_subscription(self, impi: str) -> None:
+    def _detach_subscription(self, impi: str, now: float) -> None:
         """The reg-event subscription made for `impi`'s registration was that
         registration's (RFC 3680), which ended: its NOTIFYs still to come (the S-CSCF's
         terminated one, late under loss) are answered but end nothing, and a new
         registration of the IMPI, which may already be under way, subscribes for
-        itself."""
+        itself. If that NOTIFY has not come within `DETACHED_WAIT`, it is given up."""
         call_id = self._subscribed.pop(impi, None)
         sub = self.subscriptions.get(call_id) if call_id is not None else None
         if sub is not None:
             sub.impi = ""
             sub.refresh_at = 0.0
+            self._detached.append((now + DETACHED_WAIT, sub.call_id))
+
+    def _give_up_detached(self, now: float) -> list[Action]:
+        """Detached subscriptions whose terminated NOTIFY never came (the S-CSCF that
+        held them restarted and lost them, or its NOTIFY was lost for good): ended with
+        our Expires: 0 if the dialog allows (RFC 6665 §4.1.2.3; its answer and final
+        NOTIFY then find nothing here and end nothing) and forgotten, so that none is
+        kept for ever."""
+        out: list[Action] = []
+        detached = self._detached
+        while detached and detached[0][0] <= now:
+            _, call_id = detached.popleft()
+            sub = self.subscriptions.get(call_id)
+            if sub is None or sub.impi:
+                continue  # ended meanwhile
+            self.counters["reg-subscription-given-up"] += 1
+            out += self._end_subscription(sub, now)
+            self._unsubscribe(call_id)
+        return out
 
     # ------------------------------------------------------------------ timers
 
@@ -2731,6 +2758,10 @@ class PcscfCore:
         if self._retransmit_first or self._retransmit:
             when = self._next_retransmission()
             if when is not None and (deadline is None or when < deadline):
+                deadline = when
+        if self._detached:
+            when = self._detached[0][0]
+            if deadline is None or when < deadline:
                 deadline = when
         return deadline
 
@@ -2797,6 +2828,8 @@ class PcscfCore:
         actions: list[Action] = (
             self._retransmissions(now) if self._retransmit_first or self._retransmit else []
         )
+        if self._detached and self._detached[0][0] <= now:
+            actions += self._give_up_detached(now)
         pending = self.pending
         unanswered: list[str] = []  # IMPIs of REGISTERs never answered
         while pending:
@@ -2864,7 +2897,7 @@ class PcscfCore:
                 actions.append(self._release(reg, reg.temporary, "temporary SA lifetime expired"))
                 reg.temporary = None
                 if reg.sa is None and reg.state is not RegState.REGISTERED:
-                    self._forget(reg)
+                    self._forget(reg, now)
                 else:
                     later = self._due(reg)
                     if later is not None:
