@@ -423,10 +423,10 @@ async def _run(
         if not bad and not await eventually(lambda: not _leftovers(net, ues), settle):
             # the P-CSCF's records hold SA parameters, never CK/IK
             records = [repr(r) for r in net.pcscf.core.registrations.values()]
-            scscf = net.scscf.scscf.core if net.scscf and net.scscf.scscf else None
+            core = net.scscf.scscf.core if net.scscf and net.scscf.scscf else None
             bindings = {
                 impu: sorted(reg.contacts)
-                for impu, reg in (scscf.registrations if scscf else {}).items()
+                for impu, reg in (core.registrations if core else {}).items()
             }
             bad.append(
                 {"left": _leftovers(net, ues), "pcscf_records": records, "scscf_bindings": bindings}
