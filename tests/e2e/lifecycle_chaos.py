@@ -318,6 +318,13 @@ async def _run(
         bad.append({"ue": i, "step": what, "detail": detail[:300]})
         write_ladder(i)
 
+    # With the CSCFs or the HSS restarting under loss, a REGISTER transaction can run
+    # out (Timer F, 32 s) with every copy lost or met by a restart: the UE registers
+    # again, once, as a UE does after a failed attempt. A UE in the HSS's outages
+    # waits out its Retry-Afters too, so its bound is longer.
+    crashes = icscf_restarts or (restarts is not None and hss_restarts)
+    bound = 120 if hss_restarts else 60
+
     async def life(i: int, ue: UeClient) -> None:
         nonlocal done
         r = random.Random(seed * 100 + i)
@@ -326,7 +333,10 @@ async def _run(
             if ue.core.state is not UeState.REGISTERED:
                 op = "register"
                 ue.network_event = ""
-                result = await ue.register(60)
+                result = await ue.register(bound)
+                if crashes and not result.ok and result.status == 408:
+                    op = "register-again"
+                    result = await ue.register(bound)
                 ok, detail = result.ok, str(result)
             else:
                 rtr = [] if hss_restarts else ["rtr"]  # (the HSS is not in this process)
@@ -347,8 +357,14 @@ async def _run(
                     result = await ue.reregister(60)
                     ok, detail = result.ok, str(result)
                 elif op == "deregister":
-                    result = await ue.deregister(60)
+                    result = await ue.deregister(bound)
                     ok, detail = result.ok, str(result)
+                    if icscf_restarts and result.status == 403:
+                        # Its 200 lost, then an I-CSCF restart: the new one's UAR finds
+                        # the identity no longer registered (TS 29.228: the HSS answers
+                        # DIAMETER_ERROR_IDENTITY_NOT_REGISTERED) and answers 403. The
+                        # de-registration took effect; the end's census checks that.
+                        op, ok = "deregister-answered-403", True
                 elif not await ue.wait_subscribed(40):
                     ok, detail = False, "the reg-event subscription never came up"
                 else:

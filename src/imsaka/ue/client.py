@@ -466,6 +466,8 @@ class UeClient:
                 self.backend.sync()
             elif isinstance(ev, SecurityAssociationsReleased):
                 s = self._sets.pop(ev.sa.spi_uc, None)
+                if s is not None:
+                    log.info("%s: SA set #%d released: %s", self.name, s.id, ev.reason)
                 if s is not None and s.state not in (SaState.REMOVED, SaState.DRAINING):
                     if ev.reason.startswith(NETWORK_DEREGISTERED):
                         # Ended by the terminated NOTIFY that came over it (TS 24.229
@@ -512,6 +514,9 @@ class UeClient:
     def _install(self, sa: SaParameters, now: float) -> None:
         # One table contact: this UE's registration flow towards its P-CSCF.
         s = self.table.create_temporary_from(("ue", sa.pcscf_host), sa, now=now)
+        log.info(
+            "%s: SA set #%d set up (spi-uc %d, spi-us %d)", self.name, s.id, sa.spi_uc, sa.spi_us
+        )
         self._offered_spis = None
         self._sets[sa.spi_uc] = s
         self.backend.sync()
