@@ -22,9 +22,11 @@ from imsaka.sip.proxy import (
     preload_route,
     preprocess_route,
     push_via,
+    retransmission_branch,
     route_from_path,
     stamp_received,
     stateless_branch,
+    target_token,
 )
 from imsaka.sip.transaction import TimerConfig
 from imsaka.sip.transport import TcpTransport, UdpTransport
@@ -48,17 +50,29 @@ def test_branches_tags_call_ids_from_injected_rng():
     assert new_branch() != new_branch()
 
 
-def test_stateless_branch_is_the_same_for_a_retransmission_only():
-    # the I-CSCF forwards with it: the same REGISTER to the same S-CSCF, forwarded
-    # again after a restart, is the same transaction there (RFC 3261 §16.11, §17.2.3)
+@pytest.mark.parametrize("digest", [stateless_branch, retransmission_branch])
+def test_a_derived_branch_is_the_same_for_a_retransmission_only(digest):
+    # the I-CSCF forwards with retransmission_branch: the same REGISTER to the same
+    # S-CSCF, forwarded again after a restart, is the same transaction there (RFC 3261
+    # §17.2.3); stateless_branch is §16.11's (its target is the Request-URI)
+    def branch(req, target="sip:scscf1.home1.net"):
+        if digest is stateless_branch:
+            req.uri = target
+            return stateless_branch(req)
+        return retransmission_branch(req, target_token(target))
+
     req, again = parse_message(SEED[1]), parse_message(SEED[1])
-    b = stateless_branch(req)
-    assert b.startswith("z9hG4bK") and stateless_branch(again) == b
-    again.uri = "sip:scscf2.home1.net"  # another S-CSCF (failover)
-    assert stateless_branch(again) != b
+    b = branch(req)
+    assert b.startswith("z9hG4bK") and branch(again) == b
+    assert branch(again, "sip:scscf2.home1.net") != b  # another S-CSCF (failover)
     other = parse_message(SEED[1])
-    other.replace_top_via(push_via(parse_message(SEED[1]), "UDP", "ue", 1, branch="z9hG4bKx"))
-    assert stateless_branch(other) != b  # another client transaction upstream
+    other.replace_top_via(push_via(parse_message(SEED[1]), "UDP", "ue", 1, branch="z9hG4bKx1234"))
+    assert branch(other) != b  # another client transaction upstream
+    if digest is retransmission_branch:
+        # an RFC 2543 branch tells one request from another too poorly: random
+        old = parse_message(SEED[1])
+        old.replace_top_via(push_via(parse_message(SEED[1]), "UDP", "ue", 1, branch="1234"))
+        assert branch(old) != branch(old)
 
 
 def test_push_and_pop_via():

@@ -44,7 +44,8 @@ from imsaka.sip.proxy import (
     pop_via,
     preprocess_route,
     push_via,
-    stateless_branch,
+    retransmission_branch,
+    target_token,
 )
 
 __all__ = [
@@ -262,6 +263,7 @@ class Icscf:
         self._cx_send = cx_send
         self._session = 0
         self._named: dict[str, ScscfEntry] = {}
+        self._tokens: dict[str, str] = {}  # S-CSCF name -> its `target_token`
         self.counters: Counter[str] = Counter()
         # cx_ask(uar, callback): the UAR sent, callback(answer, None) or (None, exc)
         self._cx_ask = cx_ask if cx_ask is not None else self._ask_in_task
@@ -377,9 +379,8 @@ class Icscf:
         fwd = request.copy()
         fwd.uri = entry.name  # Max-Forwards was decremented by check_max_forwards
         transport = self._transport(entry.transport)
-        # The same branch for the P-CSCF's retransmission after a restart of ours (the
-        # §16.11 one, from `fwd` before our Via is on: its Request-URI names the
-        # S-CSCF, so a failover's differs). The S-CSCF then answers it from the
+        # The same branch for the P-CSCF's retransmission after a restart of ours (one
+        # per S-CSCF: a failover's differs). The S-CSCF then answers it from the
         # transaction it has (the 401 with the nonce it sent, the 200 without a second
         # SAR), where a new branch would make it a new REGISTER with the same Call-ID
         # and CSeq (RFC 3261 §10.3 step 7: refused).
@@ -388,7 +389,7 @@ class Icscf:
             transport.name.upper(),
             self.config.name,
             self.config.port,
-            branch=stateless_branch(fwd),
+            branch=retransmission_branch(request, self._token(entry.name)),
         )
         self.counters["forwarded"] += 1
         addr = (entry.address, entry.port)
@@ -400,6 +401,15 @@ class Icscf:
         self._in_task(
             self.endpoint.send_request(fwd, addr, transport=transport), reg.on_response, reg.fail
         )
+
+    def _token(self, name: str) -> str:
+        """`target_token` of an S-CSCF, made once (a few S-CSCFs, all requests)."""
+        token = self._tokens.get(name)
+        if token is None:
+            if len(self._tokens) >= 64:
+                self._tokens.clear()
+            token = self._tokens[name] = target_token(name)
+        return token
 
     def _transport(self, name: str) -> Any:
         try:

@@ -24,6 +24,28 @@ def new_branch(rng: Rng | None = None) -> str:
     return MAGIC_COOKIE + (rng or os.urandom)(8).hex()
 
 
+def retransmission_branch(request: Request, target_token: str) -> str:
+    """The branch of a transaction-stateful proxy's forwarded copy of `request`, the
+    same when the same client transaction upstream is forwarded to the same target
+    again, e.g. by the same proxy restarted: the next hop then takes it for the request
+    it has answered (RFC 3261 §17.2.3) instead of a new one. It is the upstream branch
+    (unique per client transaction, §8.1.1.7) and `target_token`, a short name of the
+    target (`target_token()`), so a copy to another target (a failover) is another
+    transaction. A random branch where the upstream one is no RFC 3261 branch."""
+    via = request.top_via
+    branch = via.branch if via is not None else None
+    if not branch or not branch.startswith(MAGIC_COOKIE) or len(branch) < len(MAGIC_COOKIE) + 4:
+        return new_branch()
+    return f"{branch}.{target_token}"
+
+
+def target_token(target: str) -> str:
+    """A short token naming `target` in `retransmission_branch`."""
+    import hashlib
+
+    return hashlib.blake2s(target.encode("utf-8", "surrogateescape"), digest_size=3).hexdigest()
+
+
 def new_tag(rng: Rng | None = None) -> str:
     """A From/To tag (§19.3: at least 32 random bits)."""
     return (rng or os.urandom)(6).hex()
