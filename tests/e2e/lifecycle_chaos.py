@@ -429,11 +429,15 @@ async def _run(
                 await net.start_hss_process()
         for i, ue in enumerate(ues):
             # a refresh the UE started by itself (short grants) ends first
-            await eventually(lambda ue=ue: ue.core.state not in _UNDER_WAY, 40)
+            if not await eventually(lambda ue=ue: ue.core.state not in _UNDER_WAY, 40):
+                failed(i, "final deregister", f"still {ue.core.state.value} after 40 s")
+                continue
             if ue.core.state is UeState.REGISTERED:
                 result = await ue.deregister(60)
                 if not result.ok:
                     failed(i, "final deregister", str(result))
+            elif ue.core.state is UeState.FAILED:
+                failed(i, "final deregister", f"failed: {ue.core.failure}")
         # a restarted UE's old contact lapses at the S-CSCF within a grant
         settle = max(45.0, ue_extra.get("expires", 0) + 35.0) if restart else 45.0
         if not bad and not await eventually(lambda: not _leftovers(net, ues), settle):
