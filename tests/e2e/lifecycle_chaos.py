@@ -319,8 +319,9 @@ async def _run(
         write_ladder(i)
 
     # With the CSCFs or the HSS restarting under loss, a REGISTER transaction can run
-    # out (Timer F, 32 s) with every copy lost or met by a restart: the UE registers
-    # again, once, as a UE does after a failed attempt. A UE in the HSS's outages
+    # out (Timer F, 32 s) with every copy lost or met by a restart, or an attempt meet
+    # three S-CSCF restarts: the UE registers again, once, as a UE does after a failed
+    # attempt. A UE in the HSS's outages
     # waits out its Retry-Afters too, so its bound is longer.
     crashes = icscf_restarts or (restarts is not None and hss_restarts)
     bound = 120 if hss_restarts else 60
@@ -334,7 +335,9 @@ async def _run(
                 op = "register"
                 ue.network_event = ""
                 result = await ue.register(bound)
-                if crashes and not result.ok and result.status == 408:
+                if crashes and not result.ok and result.status in (401, 408):
+                    # (401: its third challenge in one attempt, each S-CSCF restart
+                    # having lost the one before: the UE's bound)
                     op = "register-again"
                     result = await ue.register(bound)
                 ok, detail = result.ok, str(result)
