@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from imsaka.cscf.pcscf import (
     DEREGISTER_GRACE,
+    DETACHED_WAIT,
     Arrival,
     DropInput,
     Forward,
@@ -75,7 +76,12 @@ def test_lost_200_retransmission_gets_the_cached_200_over_the_same_sa_then_one_r
     out = p.handle_timer(8.1 + DEREGISTER_GRACE)
     released = [a for a in out if isinstance(a, ReleaseSecurityAssociations)]
     assert [(a.sa.spi_ps, a.reason) for a in released] == [(inst.sa.spi_ps, "de-registered")]
-    assert p.in_grace() == 0 and not p._grace_by_spi and p.next_deadline() is None
+    assert p.in_grace() == 0 and not p._grace_by_spi
+    # left: the registration's reg-event subscription, detached, waiting for the
+    # S-CSCF's terminated NOTIFY (none comes here) until it is given up
+    assert p.next_deadline() == 8.1 + DETACHED_WAIT
+    p.handle_timer(8.1 + DETACHED_WAIT)
+    assert not p.subscriptions and p.next_deadline() is None
     assert p.handle_timer(1000.0) == []
     # after it, the SPI is unknown: the retransmission is dropped as over any unknown SA
     (drop,) = p.receive_request(
