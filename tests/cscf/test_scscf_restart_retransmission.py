@@ -55,6 +55,33 @@ async def test_a_retransmission_after_a_restart_is_not_out_of_order(redis_home):
     assert net.scscf.scscf.core.counters["out_of_order"] == 1
 
 
+@pytest.mark.redis
+async def test_the_retransmission_is_answered_from_the_store_without_a_second_sar(redis_home):
+    """The same retransmission, the HSS down meanwhile: answered 200 from the stored
+    registration, no SAR. Before, it ran the SAR again, which failed (504 with
+    Retry-After), so the UE started over with a new contact while the network kept the
+    registration it had made: its binding stayed behind (`lifecycle_chaos
+    --icscf-restarts --scscf-restarts --hss-restarts`, seed 8000)."""
+    from imsaka.diameter import cx
+
+    from .test_home_network import cx_seen
+
+    net = redis_home.net
+    _, r200 = await full_registration(net, new_ue())
+    assert r200.status == 200
+    refresh = register(net, cseq=3, protected=True, authorization=_PROTECTED).to_bytes()
+    assert (await _to_scscf(net, refresh)).status == 200
+    await redis_home.restart_scscf()
+    sars = len([m for m in cx_seen(net, "scscf") if isinstance(m, cx.ServerAssignmentRequest)])
+    await net.hss.stop()
+    again = await _to_scscf(net, refresh)
+    assert again.status == 200, again
+    assert again.get("contact") and again.get_all("p-associated-uri")
+    after = [m for m in cx_seen(net, "scscf") if isinstance(m, cx.ServerAssignmentRequest)]
+    assert len(after) == sars
+    assert net.scscf.scscf.core.counters["retransmission_answered_from_store"] == 1
+
+
 async def test_the_memory_store_keeps_no_branch(home):
     """With the memory store the transactions absorb retransmissions for as long as the
     bindings live (no restart keeps them): no branch is kept per binding."""

@@ -939,6 +939,15 @@ class RegistrarCore:
             return [self._reply(token, 403, "Forbidden (too many registered contacts)")]
         kind = AssignmentType.RE_REGISTRATION if reg is not None else AssignmentType.REGISTRATION
         available = reg is not None and bool(reg._user_data) and reg.impi == impi
+        if available and self._made_by(reg, req):
+            # The very REGISTER that made these bindings, retransmitted past its
+            # transaction (a restart between its 200 and the I-CSCF): RFC 3261 §17.2.3
+            # answers it as before. Its SAR was done; another one could only fail it
+            # now (the HSS down: 504) while its registration stands, and the UE would
+            # then start over with a new contact, leaving this one behind.
+            assert reg is not None
+            self.counters["retransmission_answered_from_store"] += 1
+            return self._finish_register(token, req, impi, kind, None, now, reg)
         if available and self.policy.reregistration_sar == "when-needed":
             assert reg is not None
             if self._refresh_only(reg, req, now):
@@ -949,6 +958,18 @@ class RegistrarCore:
                 return self._finish_register(token, req, impi, kind, None, now, reg)
         self._ops[token] = _Op(_OpKind.ASSIGN, impi, req.impu, req, kind)
         return [AskAssignment(token, impi, req.impu, kind, available)]
+
+    @staticmethod
+    def _made_by(reg: Registration, req: RegisterRequest) -> bool:
+        """Whether `req` is the REGISTER that last refreshed each of its contacts'
+        bindings: same Call-ID, CSeq and top Via branch (kept with a shared store)."""
+        if not req.branch or req.star or not req.contacts:
+            return False
+        for spec in req.contacts:
+            b = reg.contacts.get(spec.uri)
+            if b is None or (b.call_id, b.cseq, b.branch) != (req.call_id, req.cseq, req.branch):
+                return False
+        return True
 
     def _refresh_only(self, reg: Registration, req: RegisterRequest, now: float) -> bool:
         """Whether `req` only refreshes live bindings of `reg` (none added or removed)."""
