@@ -9,10 +9,7 @@ has answered, not for a new one with the same Call-ID and CSeq (RFC 3261 §10.3 
 
 from __future__ import annotations
 
-import asyncio
-
-from imsaka.ue.client import UeClient
-from tests.polling import eventually
+from tests.e2e.pcscf_gate import first_held
 
 
 def _count(net, prefix: str, kind: str = "diameter") -> int:
@@ -23,30 +20,16 @@ async def _lose_first(net, status: bytes, cseq: bytes, subscriber, then) -> obje
     """A UE of `subscriber` registers; the first `status` answer to the REGISTER with
     CSeq `cseq` is lost on its way into the P-CSCF, and `then()` runs at that moment.
     Returns the registration's result."""
-    lost: list[bytes] = []
-    incoming = net.pcscf._incoming
 
-    def gate(data: bytes, arrival) -> None:
-        head = data.split(b"\r\n\r\n", 1)[0]
-        if not lost and head.startswith(b"SIP/2.0 " + status) and b"\r\nCSeq: " + cseq in head:
-            lost.append(data)
-            return
-        incoming(data, arrival)
+    def answer(head: bytes) -> bool:
+        return head.startswith(b"SIP/2.0 " + status) and b"\r\nCSeq: " + cseq in head
 
-    net.pcscf._incoming = gate
-    ue = UeClient(net.ue_config(subscriber), observers=[net.trace])
-    try:
-        await ue.start()
-        task = asyncio.ensure_future(ue.register(20))
-        assert await eventually(lambda: bool(lost)), "the answer never came"
+    async with first_held(net, subscriber, answer, 20) as (ue, task, _lost, _):
         await then()
         result = await task
         if result.ok:
             assert (await ue.deregister(10)).ok
         return result
-    finally:
-        net.pcscf._incoming = incoming
-        await ue.close()
 
 
 async def test_the_200_lost_and_the_icscf_restarted_still_registers(home_network, subscribers):

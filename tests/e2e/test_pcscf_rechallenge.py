@@ -11,12 +11,12 @@ without a usable Security-Server"). Found by `lifecycle_chaos --scscf-restarts`.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from imsaka.network import make_subscribers
 from imsaka.ue.client import UeClient
+from tests.e2e.pcscf_gate import first_held
 from tests.e2e.test_faults import _on_redis
 from tests.polling import eventually
 
@@ -38,31 +38,20 @@ async def _rechallenged(
     temporary set). `keep(head)`: other datagrams to the P-CSCF kept back from then on
     (while the gate is in place: until the end of the block). `restart`: how the
     S-CSCF restarts (default `net.restart_scscf()`)."""
-    held: list = []
-    incoming = net.pcscf._incoming
 
-    def gate(data: bytes, arrival) -> None:
-        head = data.split(b"\r\n\r\n", 1)[0]
-        if head.startswith(b"REGISTER ") and b"\r\nCSeq: 2 REGISTER" in head and not held:
-            held.append((data, arrival))
-            return
-        if held and keep is not None and keep(head):
-            return
-        incoming(data, arrival)
+    def challenge_response(head: bytes) -> bool:
+        return head.startswith(b"REGISTER ") and b"\r\nCSeq: 2 REGISTER" in head
 
-    net.pcscf._incoming = gate
-    ue = UeClient(net.ue_config(subscriber), observers=[net.trace])
-    try:
-        await ue.start()
-        task = asyncio.ensure_future(ue.register(15))
-        assert await eventually(lambda: bool(held)), "no challenge response"
+    async with first_held(net, subscriber, challenge_response, 15, keep) as (
+        ue,
+        task,
+        held,
+        incoming,
+    ):
         first_set = net.pcscf.core.registrations[subscriber.impi].temporary
         await (restart or net.restart_scscf)()
-        incoming(*held[0])
+        incoming(*held)
         yield ue, await task, first_set
-    finally:
-        net.pcscf._incoming = incoming
-        await ue.close()
 
 
 async def test_a_second_401_gets_a_temporary_set_of_its_own(home_network, subscribers):
