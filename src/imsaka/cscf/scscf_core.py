@@ -16,8 +16,10 @@ Procedure selection (TS 24.229 §5.4.1.1, §5.4.1.2):
 - integrity-protected="yes" for a live registration of that IMPI/IMPU and no pending
   challenge → accepted without a new AKA run unless ``reauthenticate = "always"``
   or it adds a contact not registered before (§5.4.1.2.2: then a new challenge, not
-  the 403 that skipping authentication would require); Expires 0 there is a de-registration (§5.4.1.4), and with no live
-  registration left to remove is answered 200 at once. Such a re-REGISTER
+  the 403 that skipping authentication would require); Expires 0 there is a
+  de-registration (§5.4.1.4), and with no live registration left to remove is
+  answered 200 at once. The very REGISTER that made the bindings, retransmitted past
+  its transaction (shared store), is answered 200 from the record. Such a re-REGISTER
   sends SAR RE_REGISTRATION, or with ``reregistration_sar = "when-needed"`` and only
   live bindings refreshed is answered from the stored profile (TS 23.228 §5.2.2.4);
 - anything else (integrity-protected="no", absent, unknown nonce, lapsed challenge) →
