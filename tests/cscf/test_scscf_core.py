@@ -577,6 +577,30 @@ def test_challenge_response_lost_in_a_restart_is_challenged_again(h):
     assert restarted.contact in h.stored[IMPU].contacts
 
 
+def test_the_challenge_response_again_after_a_restart_is_answered_from_the_record():
+    """With a shared store (the branch kept), the challenge response that made the
+    binding, retransmitted to an S-CSCF that restarted since (its nonce gone), is
+    answered 200 from the record: no new challenge (with `reauthenticate = "always"`
+    that made a UE give up after its third), no MAR, no SAR. Another REGISTER with a
+    new branch is challenged as before."""
+    import dataclasses
+
+    h = Harness(RegistrarCore(policy(reauthenticate="always")), FakeHss())
+    ue = FakeUe()
+    r401 = h.send(ue.register())
+    response = dataclasses.replace(
+        ue.answer(header(r401, "WWW-Authenticate")[0]), branch="z9hG4bKchallenge-response"
+    )
+    assert h.send(response, T0 + 1).status == 200
+    asks = len(h.asks)
+    h.core._challenges.clear()  # what a restart loses (the record is in the store)
+    again = h.send(response, T0 + 2)
+    assert again.status == 200 and len(h.asks) == asks
+    assert h.core.counters["retransmission_answered_from_store"] == 1
+    other = dataclasses.replace(response, branch="z9hG4bKanother")
+    assert h.send(other, T0 + 3).status == 401
+
+
 def test_spare_vectors_expire_unused(h):
     ue = FakeUe()
     h.send(ue.register())

@@ -446,6 +446,23 @@ class RegistrarCore:
             return [self._reply(token, 403, "Forbidden (network authentication failed at the UE)")]
         reg = self._live_registration(req.impu, now)
         if (
+            reg is not None
+            and auth is not None
+            and auth.integrity_protected == "yes"
+            and reg.impi == impi
+            and reg._user_data
+            and self._made_by(reg, req)
+        ):
+            # The very REGISTER that made these bindings (a challenge response too),
+            # retransmitted past its transaction (a restart between its 200 and the
+            # I-CSCF): RFC 3261 §17.2.3 answers it as before. It was authenticated and
+            # its SAR done; a new challenge (its nonce went with the restart) or SAR
+            # (the HSS down: 504) could only fail it now while its registration stands,
+            # and the UE would start over with a new contact, leaving this one behind.
+            self.counters["retransmission_answered_from_store"] += 1
+            kind = AssignmentType.RE_REGISTRATION
+            return self._finish_register(token, req, impi, kind, None, now, reg)
+        if (
             auth is not None
             and auth.integrity_protected == "yes"
             and reg is not None
@@ -941,15 +958,6 @@ class RegistrarCore:
             return [self._reply(token, 403, "Forbidden (too many registered contacts)")]
         kind = AssignmentType.RE_REGISTRATION if reg is not None else AssignmentType.REGISTRATION
         available = reg is not None and bool(reg._user_data) and reg.impi == impi
-        if available and self._made_by(reg, req):
-            # The very REGISTER that made these bindings, retransmitted past its
-            # transaction (a restart between its 200 and the I-CSCF): RFC 3261 §17.2.3
-            # answers it as before. Its SAR was done; another one could only fail it
-            # now (the HSS down: 504) while its registration stands, and the UE would
-            # then start over with a new contact, leaving this one behind.
-            assert reg is not None
-            self.counters["retransmission_answered_from_store"] += 1
-            return self._finish_register(token, req, impi, kind, None, now, reg)
         if available and self.policy.reregistration_sar == "when-needed":
             assert reg is not None
             if self._refresh_only(reg, req, now):
