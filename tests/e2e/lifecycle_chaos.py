@@ -326,20 +326,22 @@ async def _run(
     crashes = icscf_restarts or (restarts is not None and hss_restarts)
     bound = 120 if hss_restarts else 60
 
+    async def register(ue: UeClient, op: str) -> tuple[str, Any]:
+        result = await ue.register(bound)
+        if crashes and not result.ok and result.status in (401, 408):
+            # (401: its third challenge in one attempt, each lost with the S-CSCF that
+            # made it, a draining one too: the UE's bound)
+            return f"{op}-again", await ue.register(bound)
+        return op, result
+
     async def life(i: int, ue: UeClient) -> None:
         nonlocal done
         r = random.Random(seed * 100 + i)
         for _ in range(steps):
             await asyncio.sleep(r.random() * 1.5)
             if ue.core.state is not UeState.REGISTERED:
-                op = "register"
                 ue.network_event = ""
-                result = await ue.register(bound)
-                if crashes and not result.ok and result.status in (401, 408):
-                    # (401: its third challenge in one attempt, each S-CSCF restart
-                    # having lost the one before: the UE's bound)
-                    op = "register-again"
-                    result = await ue.register(bound)
+                op, result = await register(ue, "register")
                 ok, detail = result.ok, str(result)
             else:
                 rtr = [] if hss_restarts else ["rtr"]  # (the HSS is not in this process)
@@ -354,7 +356,7 @@ async def _run(
                     await ue.start()
                     _lossy_ue(ue, loss_rng, dropped)
                     ues[i] = ue
-                    result = await ue.register(60)
+                    op, result = await register(ue, "restart")
                     ok, detail = result.ok, str(result)
                 elif op == "refresh":
                     result = await ue.reregister(60)
