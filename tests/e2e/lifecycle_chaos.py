@@ -364,7 +364,13 @@ async def _run(
                 elif op == "deregister":
                     result = await ue.deregister(bound)
                     ok, detail = result.ok, str(result)
-                    if icscf_restarts and result.status == 403:
+                    if crashes and result.status == 408:
+                        # Every copy lost or met by a restart (or its retry after a 480,
+                        # its first 200 lost, dropped over the sets the network's end
+                        # released: seed 8017). The UE ends its side either way; the
+                        # end's census checks the network's.
+                        op, ok = "deregister-timed-out", True
+                    elif icscf_restarts and result.status == 403:
                         # Its 200 lost, then an I-CSCF restart: the new one's UAR finds
                         # the identity no longer registered (TS 29.228: the HSS answers
                         # DIAMETER_ERROR_IDENTITY_NOT_REGISTERED) and answers 403. The
