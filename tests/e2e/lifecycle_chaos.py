@@ -321,8 +321,8 @@ async def _run(
     # With the CSCFs or the HSS restarting under loss, a REGISTER transaction can run
     # out (Timer F, 32 s) with every copy lost or met by a restart, or an attempt meet
     # three S-CSCF restarts: the UE registers again, once, as a UE does after a failed
-    # attempt. A UE in the HSS's outages
-    # waits out its Retry-Afters too, so its bound is longer.
+    # attempt. A UE in the HSS's outages waits out its Retry-Afters too, so its bound
+    # is longer.
     crashes = icscf_restarts or (restarts is not None and hss_restarts)
     bound = 120 if hss_restarts else 60
 
