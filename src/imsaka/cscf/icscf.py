@@ -263,7 +263,6 @@ class Icscf:
         self._cx_send = cx_send
         self._session = 0
         self._named: dict[str, ScscfEntry] = {}
-        self._tokens: dict[str, str] = {}  # S-CSCF name -> its `target_token`
         self.counters: Counter[str] = Counter()
         # cx_ask(uar, callback): the UAR sent, callback(answer, None) or (None, exc)
         self._cx_ask = cx_ask if cx_ask is not None else self._ask_in_task
@@ -389,7 +388,7 @@ class Icscf:
             transport.name.upper(),
             self.config.name,
             self.config.port,
-            branch=retransmission_branch(request, self._token(entry.name)),
+            branch=retransmission_branch(request, target_token(entry.name)),
         )
         self.counters["forwarded"] += 1
         addr = (entry.address, entry.port)
@@ -401,15 +400,6 @@ class Icscf:
         self._in_task(
             self.endpoint.send_request(fwd, addr, transport=transport), reg.on_response, reg.fail
         )
-
-    def _token(self, name: str) -> str:
-        """`target_token` of an S-CSCF, made once (a few S-CSCFs, all requests)."""
-        token = self._tokens.get(name)
-        if token is None:
-            if len(self._tokens) >= 64:
-                self._tokens.clear()
-            token = self._tokens[name] = target_token(name)
-        return token
 
     def _transport(self, name: str) -> Any:
         try:

@@ -341,14 +341,24 @@ def _contact_changes(
     return ended, any(uri not in before for uri in contacts)
 
 
+def _made(req: RegisterRequest, binding: ContactBinding | None) -> bool:
+    """Whether `req` is the very REGISTER that last refreshed `binding`: same Call-ID,
+    CSeq and top Via branch (kept with the binding by a shared store), so a
+    retransmission that outlived its transaction (RFC 3261 §17.2.3)."""
+    return (
+        binding is not None
+        and bool(req.branch)
+        and (binding.call_id, binding.cseq, binding.branch) == (req.call_id, req.cseq, req.branch)
+    )
+
+
 def _older(req: RegisterRequest, binding: ContactBinding) -> bool:
     """RFC 3261 §10.3 step 7: `req` has the Call-ID that last refreshed `binding` and not
-    a higher CSeq: a delayed older REGISTER, unless it is the very one that did (its
-    branch kept with the binding: a retransmission that outlived the transaction, at an
-    S-CSCF restarted since, or another one sharing the store; RFC 3261 §17.2.3)."""
+    a higher CSeq: a delayed older REGISTER, unless it is the very one that did (`_made`:
+    at an S-CSCF restarted since, or another one sharing the store)."""
     if binding.call_id != req.call_id or binding.cseq < req.cseq:
         return False
-    return not (binding.cseq == req.cseq and req.branch and binding.branch == req.branch)
+    return not _made(req, binding)
 
 
 def _impi_from_impu(impu: str) -> str:
@@ -972,14 +982,10 @@ class RegistrarCore:
     @staticmethod
     def _made_by(reg: Registration, req: RegisterRequest) -> bool:
         """Whether `req` is the REGISTER that last refreshed each of its contacts'
-        bindings: same Call-ID, CSeq and top Via branch (kept with a shared store)."""
+        bindings (`_made`)."""
         if not req.branch or req.star or not req.contacts:
             return False
-        for spec in req.contacts:
-            b = reg.contacts.get(spec.uri)
-            if b is None or (b.call_id, b.cseq, b.branch) != (req.call_id, req.cseq, req.branch):
-                return False
-        return True
+        return all(_made(req, reg.contacts.get(spec.uri)) for spec in req.contacts)
 
     def _refresh_only(self, reg: Registration, req: RegisterRequest, now: float) -> bool:
         """Whether `req` only refreshes live bindings of `reg` (none added or removed)."""

@@ -7,6 +7,7 @@ comes from an injectable `rng(n) -> n random octets` (default `os.urandom`).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 
@@ -24,23 +25,25 @@ def new_branch(rng: Rng | None = None) -> str:
     return MAGIC_COOKIE + (rng or os.urandom)(8).hex()
 
 
-def retransmission_branch(request: Request, target_token: str) -> str:
+def retransmission_branch(request: Request, token: str) -> str:
     """The branch of a transaction-stateful proxy's forwarded copy of `request`, the
     same when the same client transaction upstream is forwarded to the same target
     again, e.g. by the same proxy restarted: the next hop then takes it for the request
     it has answered (RFC 3261 §17.2.3) instead of a new one. It is the upstream branch
-    (unique per client transaction, §8.1.1.7) and `target_token`, a short name of the
+    (unique per client transaction, §8.1.1.7) and `token`, a short name of the
     target (`target_token()`), so a copy to another target (a failover) is another
     transaction. A random branch where the upstream one is no RFC 3261 branch."""
     via = request.top_via
     branch = via.branch if via is not None else None
     if not branch or not branch.startswith(MAGIC_COOKIE) or len(branch) < len(MAGIC_COOKIE) + 4:
         return new_branch()
-    return f"{branch}.{target_token}"
+    return f"{branch}.{token}"
 
 
+@functools.lru_cache(maxsize=64)
 def target_token(target: str) -> str:
-    """A short token naming `target` in `retransmission_branch`."""
+    """A short token naming `target` in `retransmission_branch` (made once per target:
+    a proxy has a few, and forwards every request to one)."""
     import hashlib
 
     return hashlib.blake2s(target.encode("utf-8", "surrogateescape"), digest_size=3).hexdigest()
