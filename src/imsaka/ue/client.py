@@ -110,7 +110,10 @@ class UeClient:
         key_file: str | Path | None = None,
         rng: random.Random | None = None,
         name: str = "ue",
+        timers: TimerConfig | None = None,
     ) -> None:
+        """`timers`: the SIP timers of the UE's transactions (RFC 3261 Table 4; Timer
+        F = 64·T1 ends a REGISTER the network never answers)."""
         if config.transport != "udp":
             raise ValueError("transport: the UE simulator speaks UDP towards the P-CSCF")
         self.config = config
@@ -130,7 +133,8 @@ class UeClient:
         self.table = SecurityAssociationTable("ue")
         self.backend: Any = None
         self.udp: UdpTransport | None = None
-        self.transactions = TransactionLayer(config=_TIMERS)
+        self._timers = timers = timers or _TIMERS
+        self.transactions = TransactionLayer(config=timers)
         self.core: UeRegistration | None = None
         self._timer: asyncio.TimerHandle | None = None
         # The deadline `_timer` is armed for (uvloop's call_at may return a Handle
@@ -222,13 +226,14 @@ class UeClient:
         # after the 401, which happens at hundreds of UEs per second on one host.
         host = self.config.local_host
         backend = self.backend
-        old_c, old_s = self._held_c, self._held_s
+        old_c = self._held_c
         self._held_c = port_c = backend.hold_port(host, self.config.port_c or 0)
-        if self._current_set() is None or not self._held_s:
-            # TS 24.229 §5.1.1.4.2: port-s stays while a set is live; port-c is new.
+        if not self._held_s:
+            # port-c is new for every offer; port-s is the UE's for its whole life
+            # (TS 24.229 §5.1.1.4.2, TS 34.229-1 §8.2), new initial registrations
+            # included: it is the contact, and a registration whose 200 the UE never
+            # saw is then replaced by the next one instead of left beside it.
             self._held_s = self._port_s = backend.hold_port(host, self.config.port_s or 0)
-            if old_s:
-                backend.release_port(old_s)
         if old_c:
             backend.release_port(old_c)
         return port_c, self._port_s
@@ -406,7 +411,7 @@ class UeClient:
             self._timer = None
         if at is not None:
             # the UEs of one process (a load test) due within one step share a wake-up
-            at = _TIMERS.wake_up_at(at)
+            at = self._timers.wake_up_at(at)
         self._timer_at = at
         if at is not None:
             self._timer = asyncio.get_running_loop().call_at(at, self._on_timer)
@@ -473,7 +478,7 @@ class UeClient:
                         # Ended by the terminated NOTIFY that came over it (TS 24.229
                         # §5.1.1.7): its retransmissions, if our 200 was lost, still get
                         # the 200 over the set until that transaction ends (Timer J).
-                        until = now + 64 * _TIMERS.t1
+                        until = now + 64 * self._timers.t1
                         self.table.answers_only(s, until=until, now=now, reason=ev.reason)
                     else:
                         self.table.remove(s, now=now, reason=ev.reason)
