@@ -329,6 +329,57 @@ def test_failed_refresh_with_retry_after_refreshes_over_the_same_sas():
     assert isinstance(events[-1], Registered) and ue.retries == 0
 
 
+def test_a_failed_refresh_is_followed_by_an_initial_registration():
+    """TS 24.229 §5.1.1.4.1: a re-registration that times out (Timer F: a restarted
+    P-CSCF knows none of the UE's SAs and drops what comes over them) or is answered
+    408, 500 or 504 is followed by an initial registration, not by a UE that stays
+    failed; that one's own failure ends the attempt (no loop)."""
+    from imsaka.ue.core import RegisteringAnew, SecurityAssociationsReleased
+
+    for fail in ("timeout", 408, 500, 504):
+        ue, req2 = _registered_ue()
+        sa = ue.sa
+        (send,) = ue.handle_timer(602.0)
+        if fail == "timeout":
+            events = ue.transaction_timeout(634.0)
+        else:
+            events = ue.receive(_answer(send.request, fail, None), 603.0)
+        assert [type(e) for e in events] == [
+            RegisteringAnew,
+            SecurityAssociationsReleased,
+            SendRequest,
+        ], fail
+        assert events[1].sa is sa and ue.sa is None
+        again = events[-1]
+        assert not again.protected and again.request.call_id != req2.call_id
+        assert again.request.get("Authorization").count('response=""') == 1
+        assert again.request.security("Security-Client")[0].port_s == 1357  # same contact
+        assert ue.state is UeState.UNPROTECTED_SENT
+        events = ue.transaction_timeout(700.0)
+        assert [type(e) for e in events] == [RegistrationFailed], fail
+
+
+def test_a_refresh_refused_otherwise_fails_and_keeps_its_set():
+    ue, _ = _registered_ue()
+    sa = ue.sa
+    (send,) = ue.handle_timer(602.0)
+    events = ue.receive(_answer(send.request, 403, None), 603.0)
+    assert [type(e) for e in events] == [RegistrationFailed] and ue.sa is sa
+
+
+def test_a_challenged_refresh_whose_answer_times_out_registers_anew():
+    from imsaka.ue.core import RegisteringAnew
+
+    ue, _ = _registered_ue()
+    (send,) = ue.handle_timer(602.0)
+    resp, _vec, _ = challenge(send.request, sqn=64)  # a fresh SQN
+    events = ue.receive(resp, 603.0)
+    assert ue.state is UeState.RESPONSE_SENT and ue.temporary_sa is not None
+    events = ue.transaction_timeout(640.0)
+    assert isinstance(events[0], RegisteringAnew) and isinstance(events[-1], SendRequest)
+    assert ue.temporary_sa is None and ue.sa is None and not events[-1].protected
+
+
 def test_deregister_refused_for_now_is_sent_again_over_the_same_sas():
     """A de-REGISTER answered 480 with Retry-After (the HSS unreachable from the
     I-CSCF) waits that long and goes again over the SAs, which stay meanwhile; a

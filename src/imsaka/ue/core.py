@@ -65,6 +65,7 @@ __all__ = [
     "NetworkDeregistered",
     "RegStateNotified",
     "Registered",
+    "RegisteringAnew",
     "RegistrationFailed",
     "RetryScheduled",
     "SaParameters",
@@ -81,6 +82,10 @@ __all__ = [
 
 NETWORK_AUTH_FAILED = "network authentication failed"
 
+
+# A re-registration answered so, or timed out, is followed by an initial registration
+# (TS 24.229 §5.1.1.4.1); with a usable Retry-After the UE waits and refreshes instead.
+_REGISTER_ANEW_AFTER = frozenset({408, 500, 504})
 
 # What the UE reports, and gives as the reason its SAs go, when the network ends its
 # registration (the reg-event NOTIFY, §5.1.1.7): "… (<event>)".
@@ -234,6 +239,14 @@ class RetryScheduled:
 
 
 @dataclass(frozen=True, slots=True)
+class RegisteringAnew:
+    """A re-registration failed (`reason`); an initial registration follows at once
+    (TS 24.229 §5.1.1.4.1), its events after this one."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class SendResponse:
     """Answer the request given to `UeRegistration.receive_request` with `response`
     (the edge sends it back the way the request came: over the same SA pair)."""
@@ -288,6 +301,7 @@ Event = (
     | Deregistered
     | RegistrationFailed
     | RetryScheduled
+    | RegisteringAnew
     | SendResponse
     | Subscribed
     | RegStateNotified
@@ -408,9 +422,9 @@ class UeRegistration:
     """Registration state of one UE (one IMPI, one contact) towards one P-CSCF.
 
     `local` is the unprotected (host, port) of the UE; `protected_ports` a callable
-    returning a fresh (port_c, port_s) pair for each new SA set (the edge binds them;
-    TS 24.229 §5.1.1.4.2: port-s stays the same over re-registrations, so the edge
-    returns the same port-s while a set is live); `spi_allocator` a callable returning
+    returning a (port_c, port_s) pair for each new SA set (the edge binds them; port-c
+    is fresh each time, port-s stays the same over re-registrations, TS 24.229
+    §5.1.1.4.2, and the edge keeps it for the UE's life); `spi_allocator` a callable returning
     fresh (spi-c, spi-s) unique among the UE's live inbound SAs (the SA table's; without
     it SPIs come from `rng`). `isim` answers `authenticate(rand, autn)`
     (imsaka.aka.isim.Isim).
@@ -598,7 +612,7 @@ class UeRegistration:
         return self._rng.randrange(256, 2**32)
 
     def _new_offer(self) -> None:
-        """Fresh spi-c, spi-s and port-c (TS 24.229 §5.1.1.4.2); port-s kept while live."""
+        """Fresh spi-c, spi-s and port-c (TS 24.229 §5.1.1.4.2); port-s as the edge keeps it."""
         if self._ports is not None:
             self._port_c, self._port_s = self._ports()
         if self._spi_allocator is not None:
@@ -763,14 +777,32 @@ class UeRegistration:
         return events
 
     def _on_timeout(self, _resp: Response | None, now: float) -> list[Event]:
-        return self._fail("no response from the network (transaction timeout)", 408)
+        reason = "no response from the network (transaction timeout)"
+        if self.sa is not None:
+            return self._register_anew(reason, now)
+        return self._fail(reason, 408)
 
     def _on_reject(self, resp: Response | None, now: float) -> list[Event]:
         assert resp is not None
         after = self._retry_after(resp)
         if after is not None:
             return self._schedule_retry(resp.status, after, now)
+        if self.sa is not None and resp.status in _REGISTER_ANEW_AFTER:
+            return self._register_anew(f"{resp.status} {resp.reason}", now)
         return self._fail(f"{resp.status} {resp.reason}", resp.status)
+
+    def _register_anew(self, reason: str, now: float) -> list[Event]:
+        """A re-registration (an established set is in force: this attempt refreshes
+        it, challenged or not) that timed out or was answered 408, 500 or 504 is
+        followed by an initial registration (TS 24.229 §5.1.1.4.1): the P-CSCF may
+        have lost the SAs (a restart) or the registration may be gone, and the old set
+        is not to be trusted again. The initial registration's own failure ends it."""
+        log.warning(
+            "ue %s: re-registration failed (%s): registering anew", self.config.impi, reason
+        )
+        self.retries = 0
+        self._pending = None
+        return [RegisteringAnew(reason), *self._start_initial(None, now)]
 
     def _retry_after(self, resp: Response) -> int | None:
         """The wait a refusal for now asks for (480/500/503/504 with Retry-After), when
