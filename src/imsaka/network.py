@@ -562,6 +562,30 @@ class Network:
         await server.start()
         self.icscf = server
 
+    async def restart_pcscf(self, down: float = 0.0) -> None:
+        """Stop the P-CSCF at once, as in a crash: its SAs, registrations and
+        transactions (all in memory) go with it. After `down` seconds a new one starts
+        from the same configuration on the same ports; what the UEs send over their old
+        SAs is then ESP with SPIs it does not know, and they must register anew."""
+        import asyncio
+
+        from imsaka.cscf.pcscf_server import PcscfServer
+
+        assert self.config is not None and self.config.pcscf is not None
+        if self.pcscf is not None:
+            await self.pcscf.stop()
+            self.pcscf = None
+        if down > 0:
+            await asyncio.sleep(down)
+        server = PcscfServer(
+            self.config.pcscf,
+            self.config.network,
+            observers=tuple(self._observers),
+            key_file=self.options.key_file,
+        )
+        await server.start()
+        self.pcscf = server
+
     async def provision_specs(self, specs: Sequence[Any]) -> int:
         """Write already validated `imsaka.hss.subscriber.SubscriberSpec`s (CSV import)."""
         return await self.hss.store.import_subscribers(list(specs))

@@ -107,3 +107,24 @@ def test_refresh_changes_no_contact_and_a_lapsed_one_is_expired():
     (binding, event), *rest = stores[-1].ended
     assert binding.uri == ue.contact and event == "expired" and not rest
     assert stores[-1].if_unchanged
+
+
+def test_a_contact_bound_again_by_a_new_registration_is_a_change():
+    """A UE that registers from scratch (another Call-ID: after a P-CSCF restart or a
+    failed refresh, TS 24.229 §5.1.1.4.1) with the contact it had binds it anew: the
+    subscribers are told (the old P-CSCF's and the UE's old subscriptions may be dead,
+    and the NOTIFY's 481 ends them). A refresh under the same Call-ID is no change."""
+    h = Harness(RegistrarCore(policy(max_expires=3600, default_expires=3600)), FakeHss())
+    ue = FakeUe()
+    r401 = h.send(ue.register(), T0)
+    assert h.send(ue.answer(header(r401, "WWW-Authenticate")[0]), T0).status == 200
+    stores = h.writes
+    assert h.send(ue.register(integrity="yes"), T0 + 10).status == 200
+    assert not stores[-1].added and not stores[-1].ended
+    ue.call_id = "a-new-registration-of-the-same-contact"
+    ue.cseq = 1
+    r401 = h.send(ue.register(), T0 + 20)
+    assert r401.status == 401
+    assert h.send(ue.answer(header(r401, "WWW-Authenticate")[0]), T0 + 20).status == 200
+    assert stores[-1].added and not stores[-1].ended
+    assert list(stores[-1].registration.contacts) == [ue.contact]

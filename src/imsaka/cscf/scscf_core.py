@@ -222,7 +222,8 @@ class StoreRegistration:
     event (`unregistered`, `expired`): the reg-event subscribers are told (TS 24.229
     §5.4.2.1.2)."""
     added: bool = False
-    """Whether it adds a contact to the registration (the subscribers are told)."""
+    """Whether it adds a contact to the registration, or binds one anew under another
+    Call-ID (the subscribers are told)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,12 +328,16 @@ def _contact_changes(
 ) -> tuple[tuple[tuple[ContactBinding, str], ...], bool]:
     """What a REGISTER changes in an IMPU's contacts, for its reg-event subscribers
     (TS 24.229 §5.4.2.1.2): the live bindings of `old` it removes (`unregistered`), and
-    whether it adds one. A refresh of the same contacts changes neither."""
+    whether it adds one or makes one anew. A refresh of the same contacts changes
+    neither. A contact bound again by another registration (another Call-ID: the UE
+    registered from scratch after a P-CSCF restart or a failed refresh, §5.1.1.4.1) is
+    made anew: the subscriptions of the old one may be dead (those of the P-CSCF that
+    restarted, and the UE's through it), and the NOTIFY ends them with its 481."""
     if old is None:
         return (), bool(contacts)
     before = old.contacts
     if len(before) == len(contacts) and all(uri in before for uri in contacts):
-        return (), False
+        return (), any(before[uri].call_id != c.call_id for uri, c in contacts.items())
     ended = tuple(
         (c, "unregistered")
         for uri, c in before.items()

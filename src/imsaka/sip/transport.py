@@ -243,6 +243,9 @@ class UdpTransport(_BaseTransport):
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+            # The loop closes the socket in a callback it schedules now: let it run, so
+            # that a node restarted at once can bind the same port again.
+            await asyncio.sleep(0)
 
     def __repr__(self) -> str:
         return f"<UdpTransport {self._local}>"

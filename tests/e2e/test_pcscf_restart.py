@@ -1,0 +1,52 @@
+"""A P-CSCF restart under registered UEs (TS 24.229 §5.1.1.4.1, §5.2.2; TS 33.203 §7.4),
+through the whole core on loopback.
+
+The P-CSCF keeps its SAs, registrations and reg-event subscriptions in memory: a new
+one knows none of them, and drops the ESP that comes over the old SAs (it has no SA to
+answer over). The UE's refresh then times out (Timer F), and the UE registers anew: a
+fresh AKA run and SA set through the new P-CSCF, with the same contact (its port-s),
+which replaces the binding at the S-CSCF. The binding made anew (another Call-ID) is a
+change its reg-event subscribers are told of, and the old P-CSCF's subscription ends
+with the 481 of the new P-CSCF. (The UE's old one, whose NOTIFY the new P-CSCF gets
+before the 200 that registers the UE and so refuses 403, ends with the registration.)"""
+
+from __future__ import annotations
+
+from imsaka.sip.transaction import TimerConfig
+from imsaka.ue.client import UeClient
+from imsaka.ue.core import RegisteringAnew
+from tests.polling import eventually
+
+# Timer F = 64·T1 = 3.2 s instead of 32 s: the refresh over lost SAs ends sooner.
+FAST = TimerConfig(t1=0.05, t2=0.4, t4=0.5)
+
+
+async def test_a_ue_registers_anew_after_a_pcscf_restart(home_network, subscribers):
+    net = home_network
+    impu = subscribers[0].impus[0]
+    scscf = net.scscf.scscf
+    async with UeClient(net.ue_config(subscribers[0]), observers=[net.trace], timers=FAST) as ue:
+        assert (await ue.register(10)).ok
+        contact = ue.core.contact_uri(protected=True).strip("<>")
+        # the UE's and the P-CSCF's reg-event subscriptions, both up
+        assert await eventually(lambda: len(scscf.subscriptions) == 2)
+        (old_pcscf,) = [s for s in scscf.subscriptions if s.remote_target != contact]
+        await net.restart_pcscf()
+        result = await ue.reregister(20)
+        assert result.ok and result.protected, result
+        anew = [e for e in result.events if isinstance(e, RegisteringAnew)]
+        assert len(anew) == 1 and "timeout" in anew[0].reason, result.events
+        assert net.pcscf.backend.drops.get("esp-unknown-spi", 0) >= 1
+        assert list(scscf.core.registrations[impu].contacts) == [contact]
+        census = net.pcscf.census()
+        assert census["registrations"] == 1 and census["sa_sets"] == 1, census
+        assert scscf.core.counters["notify_contacts_changed"] == 1
+        assert await eventually(lambda: old_pcscf not in set(scscf.subscriptions))
+        assert net.pcscf.core.counters["notify-unknown-subscription"] == 1
+        # the new P-CSCF's and the UE's new subscriptions
+        assert await eventually(lambda: net.pcscf.census()["reg_subscriptions"] == 1)
+        assert await eventually(lambda: ue.core.subscription.remote_tag)
+        assert (await ue.deregister(10)).ok
+    assert impu not in scscf.core.registrations
+    assert await eventually(lambda: not scscf.subscriptions, timeout=10)
+    assert await eventually(lambda: net.pcscf.census()["registrations"] == 0)
