@@ -12,6 +12,8 @@ before the 200 that registers the UE and so refuses 403, ends with the registrat
 
 from __future__ import annotations
 
+import asyncio
+
 from imsaka.sip.transaction import TimerConfig
 from imsaka.ue.client import UeClient
 from imsaka.ue.core import RegisteringAnew
@@ -50,3 +52,35 @@ async def test_a_ue_registers_anew_after_a_pcscf_restart(home_network, subscribe
     assert impu not in scscf.core.registrations
     assert await eventually(lambda: not scscf.subscriptions, timeout=10)
     assert await eventually(lambda: net.pcscf.census()["registrations"] == 0)
+
+
+async def test_a_retransmission_through_the_restarted_pcscf_is_not_challenged_anew(
+    home_network, subscribers
+):
+    """The 401 to the UE's first REGISTER is lost, and the P-CSCF restarts before the
+    UE sends it again. The new P-CSCF forwards the retransmission under the branch the
+    old one used (the branch is a digest of the UE's, keyed by the P-CSCF's own name and
+    port, not by a secret of the process), so the I-CSCF answers it from its
+    transaction: the one challenge, no second vector spent, none left to lapse at
+    reg-await-auth (`lifecycle_chaos --pcscf-restarts`, seeds 9000 and 9001)."""
+    net = home_network
+    core = net.scscf.scscf.core
+    lost: list[bytes] = []
+    incoming = net.pcscf._incoming
+
+    def gate(data: bytes, arrival) -> None:
+        if not lost and data.startswith(b"SIP/2.0 401"):
+            lost.append(data)
+            return
+        incoming(data, arrival)
+
+    net.pcscf._incoming = gate
+    async with UeClient(net.ue_config(subscribers[0]), observers=[net.trace]) as ue:
+        task = asyncio.ensure_future(ue.register(20))
+        assert await eventually(lambda: bool(lost))
+        await net.restart_pcscf()
+        result = await task
+        assert result.ok and result.protected, result
+        assert core.counters["register"] == 2  # the first REGISTER and the answer
+        assert core.pending_counts()["challenges"] == 0
+        assert (await ue.deregister(10)).ok

@@ -702,7 +702,14 @@ class PcscfCore:
             for alg in config.integrity_algorithms
         )
         self.policy = SecAgreePolicy(preference=preference, required=config.sec_agree == "required")
-        self._secret = self._rng.getrandbits(64).to_bytes(8, "big")
+        # The key of `_branch_for`: this P-CSCF's own name and port, not a secret of the
+        # process, so that a restarted P-CSCF forwards a UE's retransmission under the
+        # branch its predecessor used and the next hop answers it from its transaction
+        # (RFC 3261 §17.2.3) instead of taking it for a new REGISTER (a second challenge,
+        # the first left to lapse). Two P-CSCFs still differ.
+        self._secret = hashlib.blake2s(
+            f"{config.name}\x00{config.address}\x00{self.port}".encode(), digest_size=8
+        ).digest()
         # Forwarded requests' contexts by our branch, oldest first (they all live
         # TRANSACTION_LIFETIME, so this is their expiry order: `next_deadline` reads the
         # first, `handle_timer` takes them off the front). An OrderedDict, not a dict:
