@@ -14,6 +14,7 @@ any UE.
     python -m tests.e2e.lifecycle_chaos [--seeds 1-20] [--ues 5] [--steps 6] [--traces DIR]
                                         [--expires S] [--scscf-restarts REDIS_URL]
                                         [--hss-restarts] [--icscf-restarts]
+                                        [--pcscf-restarts]
 
 `--expires S` grants every registration and subscription at most S seconds, so the
 UEs re-register, and the UEs and the P-CSCF refresh their reg-event subscriptions, by
@@ -39,6 +40,14 @@ so that challenges the UEs gave up on in an outage have lapsed at the end.
 `--icscf-restarts` stops the I-CSCF at once (what it had under way is lost, as in a
 crash) every 3 to 12 s and starts a new one on the same port 0 to 1 s later: the
 P-CSCF's retransmissions meet the new one.
+
+`--pcscf-restarts` does the same to the P-CSCF every 10 to 25 s: its SAs,
+registrations and subscriptions (all in memory) go with it. What the UEs send over
+their old SAs is lost; a refresh then runs out (Timer F) and the UE registers anew
+(TS 24.229 §5.1.1.4.1); a de-REGISTER that runs out leaves its binding to lapse; an
+RTR whose NOTIFY cannot reach the UE (no registration at the new P-CSCF yet) is seen
+by the UE at its next refresh. Grants are then at most 60 s (`--expires 60` unless
+shorter), so that what a lost de-REGISTER left lapses within the end's wait.
 
 Prints one JSON line per seed and a summary; exits 1 when a run failed. With
 `--traces`, the ladder of each failed UE (SIP and Diameter, by time) is written there.
@@ -168,9 +177,16 @@ async def run(
     redis_url: str = "",
     hss_restarts: bool = False,
     icscf_restarts: bool = False,
+    pcscf_restarts: bool = False,
 ) -> dict[str, Any]:
     rng = random.Random(seed)
+    if pcscf_restarts and not 0 < expires <= 60:
+        expires = 60
     scscf: dict[str, Any] = {}
+    if pcscf_restarts:
+        # A challenge whose answer went with a P-CSCF (the UE then starts again under a
+        # new Call-ID) stays until reg-await-auth: short, as with --hss-restarts.
+        scscf["reg_await_auth"] = 30
     if rng.random() < 0.4:
         scscf["reauthenticate"] = "always"
     if rng.random() < 0.4:
@@ -212,6 +228,7 @@ async def run(
                 restarts,
                 hss_restarts,
                 icscf_restarts,
+                pcscf_restarts,
             )
     finally:
         if restarts is not None:
@@ -276,6 +293,21 @@ async def _icscf_restarts(
         log.info("I-CSCF started again")
 
 
+async def _pcscf_restarts(
+    net: Network, rng: random.Random, done: dict[str, int], lossy: Any
+) -> None:
+    """`--pcscf-restarts`: the P-CSCF stopped at once (its SAs, registrations and
+    transactions lost, as in a crash) every 10-25 s and started again 0-1 s later."""
+    log = logging.getLogger("lifecycle_chaos")
+    while True:
+        await asyncio.sleep(rng.uniform(10.0, 25.0))
+        log.info("P-CSCF stopped")
+        await net.restart_pcscf(rng.uniform(0.0, 1.0))
+        lossy()
+        done["pcscf-restart"] = done.get("pcscf-restart", 0) + 1
+        log.info("P-CSCF started again")
+
+
 async def _run(
     seed: int,
     n_ues: int,
@@ -288,6 +320,7 @@ async def _run(
     restarts: _Restarts | None = None,
     hss_restarts: bool = False,
     icscf_restarts: bool = False,
+    pcscf_restarts: bool = False,
 ) -> dict[str, Any]:
     scscf = options.extra["scscf"]
     net = Network(subs, options)
@@ -322,9 +355,10 @@ async def _run(
     # out (Timer F, 32 s) with every copy lost or met by a restart, or an attempt meet
     # three S-CSCF restarts: the UE registers again, once, as a UE does after a failed
     # attempt. A UE in the HSS's outages waits out its Retry-Afters too, so its bound
-    # is longer.
-    crashes = icscf_restarts or (restarts is not None and hss_restarts)
-    bound = 120 if hss_restarts else 60
+    # is longer, as is one whose refresh runs out over SAs a P-CSCF restart took
+    # (Timer F, then a new registration).
+    crashes = icscf_restarts or pcscf_restarts or (restarts is not None and hss_restarts)
+    bound = 120 if hss_restarts or pcscf_restarts else 60
 
     async def register(ue: UeClient, op: str) -> tuple[str, Any]:
         result = await ue.register(bound)
@@ -333,6 +367,33 @@ async def _run(
             # made it, a draining one too: the UE's bound)
             return f"{op}-again", await ue.register(bound)
         return op, result
+
+    def behind_a_restarted_pcscf(i: int) -> bool:
+        """The UE's registration was made through a P-CSCF that has restarted since:
+        the new one knows nothing of it, so neither the NOTIFYs of its subscription nor
+        the network's end reach it until its next refresh runs out and it registers
+        anew (`--pcscf-restarts`)."""
+        return pcscf_restarts and subs[i].impi not in net.pcscf.core.registrations
+
+    async def network_deregisters(i: int, ue: UeClient) -> tuple[str, bool, str]:
+        """The HSS de-registers the UE (RTR) once its subscription is up; the UE must
+        see the terminated NOTIFY."""
+        before = ops.get("pcscf-restart", 0)
+        if not await ue.wait_subscribed(40):
+            if behind_a_restarted_pcscf(i) or ops.get("pcscf-restart", 0) != before:
+                return "rtr-skipped-pcscf-restarted", True, ""
+            return "rtr", False, "the reg-event subscription never came up"
+        behind = behind_a_restarted_pcscf(i)
+        before = ops.get("pcscf-restart", 0)
+        answer = await net.hss.deregister_impi(subs[i].impi)
+        if restarts is not None and not answer.get("ok"):
+            # the S-CSCF was down at that instant: nothing was ended
+            return "rtr-undelivered", True, ""
+        event = await ue.wait_network_deregistration(60)
+        if not event and (behind or ops.get("pcscf-restart", 0) != before):
+            # the new P-CSCF answers the NOTIFY 403 (no registration to take it over)
+            return "rtr-unseen-after-pcscf-restart", True, ""
+        return "rtr", bool(event), f"RTR {answer}, UE saw {event!r}"
 
     async def life(i: int, ue: UeClient) -> None:
         nonlocal done
@@ -359,7 +420,12 @@ async def _run(
                     op, result = await register(ue, "restart")
                     ok, detail = result.ok, str(result)
                 elif op == "refresh":
-                    result = await ue.reregister(60)
+                    result = await ue.reregister(bound)
+                    if crashes and not result.ok and result.status == 408:
+                        # (the refresh ran out over lost SAs and the initial
+                        # registration after it too: a P-CSCF restart took its
+                        # temporary set as well)
+                        op, result = await register(ue, "refresh-then-register-again")
                     ok, detail = result.ok, str(result)
                 elif op == "deregister":
                     result = await ue.deregister(bound)
@@ -376,16 +442,8 @@ async def _run(
                         # DIAMETER_ERROR_IDENTITY_NOT_REGISTERED) and answers 403. The
                         # de-registration took effect; the end's census checks that.
                         op, ok = "deregister-answered-403", True
-                elif not await ue.wait_subscribed(40):
-                    ok, detail = False, "the reg-event subscription never came up"
                 else:
-                    answer = await net.hss.deregister_impi(subs[i].impi)
-                    if restarts is not None and not answer.get("ok"):
-                        # the S-CSCF was down at that instant: nothing was ended
-                        op, ok, detail = "rtr-undelivered", True, ""
-                    else:
-                        event = await ue.wait_network_deregistration(60)
-                        ok, detail = bool(event), f"RTR {answer}, UE saw {event!r}"
+                    op, ok, detail = await network_deregisters(i, ue)
             if not ok:
                 failed(i, op, detail)
                 return
@@ -395,6 +453,7 @@ async def _run(
     restarter: asyncio.Task | None = None
     hss_restarter: asyncio.Task | None = None
     icscf_restarter: asyncio.Task | None = None
+    pcscf_restarter: asyncio.Task | None = None
     try:
         for ue in ues:
             await ue.start()
@@ -422,6 +481,17 @@ async def _run(
             icscf_restarter = asyncio.ensure_future(
                 _icscf_restarts(net, random.Random(seed + 23), ops, lossy_icscf)
             )
+        if pcscf_restarts:
+            loss_rng4 = random.Random(seed + 29)
+
+            def lossy_pcscf() -> None:
+                # the new P-CSCF's Gm (clear and ESP) and Mw legs as lossy as the old one's
+                _lossy_socket(net.pcscf.udp, loss_rng4, dropped)
+                net.pcscf.send_protected = _lossy(net.pcscf.send_protected, loss_rng4, dropped)
+
+            pcscf_restarter = asyncio.ensure_future(
+                _pcscf_restarts(net, random.Random(seed + 31), ops, lossy_pcscf)
+            )
         await asyncio.gather(*(life(i, ue) for i, ue in enumerate(ues)))
         if restarter is not None:
             restarter.cancel()
@@ -433,6 +503,12 @@ async def _run(
             if net.icscf is None:  # cancelled while it was down: back for the end
                 await net.restart_icscf()
                 lossy_icscf()
+        if pcscf_restarter is not None:
+            pcscf_restarter.cancel()
+            await asyncio.gather(pcscf_restarter, return_exceptions=True)
+            if net.pcscf is None:  # cancelled while it was down: back for the end
+                await net.restart_pcscf()
+                lossy_pcscf()
         if hss_restarter is not None:
             hss_restarter.cancel()
             await asyncio.gather(hss_restarter, return_exceptions=True)
@@ -445,9 +521,16 @@ async def _run(
                 continue
             if ue.core.state is UeState.REGISTERED:
                 result = await ue.deregister(60)
-                if not result.ok:
+                # (a de-REGISTER run out under crashes: its binding lapses, as in a step)
+                if not result.ok and not (crashes and result.status == 408):
                     failed(i, "final deregister", str(result))
             elif ue.core.state is UeState.FAILED:
+                if crashes and "timeout" in ue.core.failure:
+                    # (a registration it started by itself ran out in the crashes: it
+                    # registers again, once, as after a failed step)
+                    again = await ue.register(bound)
+                    if again.ok and (await ue.deregister(60)).status in (200, 408):
+                        continue
                 failed(i, "final deregister", f"failed: {ue.core.failure}")
         # a restarted UE's old contact lapses at the S-CSCF within a grant
         settle = max(45.0, ue_extra.get("expires", 0) + 35.0) if restart else 45.0
@@ -469,7 +552,7 @@ async def _run(
             "seed": seed, "scscf": scscf, "steps": done, "ops": ops, "lost": lost, "bad": bad,
         }  # fmt: skip
     finally:
-        for task in (restarter, hss_restarter):
+        for task in (restarter, hss_restarter, icscf_restarter, pcscf_restarter):
             if task is not None and not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -498,6 +581,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 args.scscf_restarts,
                 args.hss_restarts,
                 args.icscf_restarts,
+                args.pcscf_restarts,
             )
         except Exception:  # a crash of the run itself is a failure of that seed
             out = {"seed": seed, "bad": [traceback.format_exc()[-1500:]]}
@@ -535,6 +619,12 @@ def main(argv: list[str] | None = None) -> int:
         "--icscf-restarts",
         action="store_true",
         help="stop the I-CSCF at once every 3-12 s and start it again 0-1 s later",
+    )
+    p.add_argument(
+        "--pcscf-restarts",
+        action="store_true",
+        help="stop the P-CSCF at once every 10-25 s and start it again 0-1 s later "
+        "(grants at most 60 s)",
     )
     args = p.parse_args(argv)
     return asyncio.run(main_async(args))
