@@ -99,11 +99,23 @@ def _leftovers(net: Network, ues: list[UeClient]) -> dict[str, int]:
     return left
 
 
-class _Logs(logging.Handler):
-    """The UE's and the P-CSCF's INFO lines (what they dropped and why), kept for the
-    ladders of failed UEs."""
+# Log lines every ladder carries, whoever they name: the runner's own (restarts), and
+# what the SIP endpoints and the I-CSCF dropped (their lines name no subscriber).
+_EVERY_LADDER = ("lifecycle_chaos:", "imsaka.sip.endpoint:", "imsaka.cscf.icscf:")
 
-    LOGGERS = ("imsaka.ue", "imsaka.cscf.pcscf", "imsaka.ipsec", "lifecycle_chaos")
+
+class _Logs(logging.Handler):
+    """The UE's, the P-CSCF's, the I-CSCF's and the SIP endpoints' INFO lines (what
+    they dropped and why), kept for the ladders of failed UEs."""
+
+    LOGGERS = (
+        "imsaka.ue",
+        "imsaka.cscf.pcscf",
+        "imsaka.cscf.icscf",
+        "imsaka.sip.endpoint",
+        "imsaka.ipsec",
+        "lifecycle_chaos",
+    )
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
@@ -156,7 +168,7 @@ def _ladder(net: Network, impi: str, ue_name: str, logs: _Logs) -> str:
     lines = [
         f"{t:.3f} log {text}"
         for t, text in logs.lines
-        if user in text or named(text) or text.startswith("lifecycle_chaos:")
+        if user in text or named(text) or text.startswith(_EVERY_LADDER)
     ]
     for rec in net.trace.messages("sip") + net.trace.messages("diameter"):
         if any(user in v for _, v in rec.headers) or user in str(rec.diameter):
@@ -373,7 +385,8 @@ async def _run(
         the new one knows nothing of it, so neither the NOTIFYs of its subscription nor
         the network's end reach it until its next refresh runs out and it registers
         anew (`--pcscf-restarts`)."""
-        return pcscf_restarts and subs[i].impi not in net.pcscf.core.registrations
+        pcscf = net.pcscf  # (None while one is down)
+        return pcscf_restarts and (pcscf is None or subs[i].impi not in pcscf.core.registrations)
 
     async def network_deregisters(i: int, ue: UeClient) -> tuple[str, bool, str]:
         """The HSS de-registers the UE (RTR) once its subscription is up; the UE must
@@ -516,8 +529,11 @@ async def _run(
                 await net.start_hss_process()
         for i, ue in enumerate(ues):
             # a refresh the UE started by itself (short grants) ends first
-            if not await eventually(lambda ue=ue: ue.core.state not in _UNDER_WAY, 40):
-                failed(i, "final deregister", f"still {ue.core.state.value} after 40 s")
+            # (after a P-CSCF restart a refresh the UE started by itself runs out first,
+            # Timer F, and a new registration follows)
+            wait = 80 if pcscf_restarts else 40
+            if not await eventually(lambda ue=ue: ue.core.state not in _UNDER_WAY, wait):
+                failed(i, "final deregister", f"still {ue.core.state.value} after {wait} s")
                 continue
             if ue.core.state is UeState.REGISTERED:
                 result = await ue.deregister(60)

@@ -7,8 +7,11 @@ answer over). The UE's refresh then times out (Timer F), and the UE registers an
 fresh AKA run and SA set through the new P-CSCF, with the same contact (its port-s),
 which replaces the binding at the S-CSCF. The binding made anew (another Call-ID) is a
 change its reg-event subscribers are told of, and the old P-CSCF's subscription ends
-with the 481 of the new P-CSCF. (The UE's old one, whose NOTIFY the new P-CSCF gets
-before the 200 that registers the UE and so refuses 403, ends with the registration.)"""
+with the 481 of the new P-CSCF. (The UE's old one stays: its NOTIFY reaches the new
+P-CSCF before the 200 whose Service-Route names the S-CSCF to it, so it comes from no
+node the P-CSCF trusts yet and is refused 403, which does not end a dialog usage, RFC
+5057. The next NOTIFY to it, over the UE's new set, meets the UE's 481, and the
+registration's end takes it at the latest.)"""
 
 from __future__ import annotations
 
