@@ -546,45 +546,46 @@ class Network:
         """Stop the I-CSCF at once (what it had under way goes with it, as in a crash)
         and, after `down` seconds, start a new one from the same configuration on the
         same ports. The P-CSCF's and the S-CSCF's retransmissions meet the new one."""
-        import asyncio
-
         from imsaka.cscf.icscf import IcscfServer
 
         assert self.config is not None and self.config.icscf is not None
-        if self.icscf is not None:
-            await self.icscf.stop()
-            self.icscf = None
-        if down > 0:
-            await asyncio.sleep(down)
-        server = IcscfServer(
-            self.config.icscf, self.config.network, observers=tuple(self._observers)
+        cfg = self.config
+        await self._crash_and_start(
+            "icscf",
+            down,
+            lambda: IcscfServer(cfg.icscf, cfg.network, observers=tuple(self._observers)),
         )
-        await server.start()
-        self.icscf = server
 
     async def restart_pcscf(self, down: float = 0.0) -> None:
         """Stop the P-CSCF at once, as in a crash: its SAs, registrations and
         transactions (all in memory) go with it. After `down` seconds a new one starts
         from the same configuration on the same ports; what the UEs send over their old
         SAs is then ESP with SPIs it does not know, and they must register anew."""
-        import asyncio
-
         from imsaka.cscf.pcscf_server import PcscfServer
 
         assert self.config is not None and self.config.pcscf is not None
-        if self.pcscf is not None:
-            await self.pcscf.stop()
-            self.pcscf = None
+        cfg, key_file = self.config, self.options.key_file
+        await self._crash_and_start(
+            "pcscf",
+            down,
+            lambda: PcscfServer(
+                cfg.pcscf, cfg.network, observers=tuple(self._observers), key_file=key_file
+            ),
+        )
+
+    async def _crash_and_start(self, name: str, down: float, make: Any) -> None:
+        """Stop the function `name` (no drain), wait `down` s, start `make()` in its place."""
+        import asyncio
+
+        server = getattr(self, name)
+        if server is not None:
+            await server.stop()
+            setattr(self, name, None)
         if down > 0:
             await asyncio.sleep(down)
-        server = PcscfServer(
-            self.config.pcscf,
-            self.config.network,
-            observers=tuple(self._observers),
-            key_file=self.options.key_file,
-        )
+        server = make()
         await server.start()
-        self.pcscf = server
+        setattr(self, name, server)
 
     async def provision_specs(self, specs: Sequence[Any]) -> int:
         """Write already validated `imsaka.hss.subscriber.SubscriberSpec`s (CSV import)."""

@@ -290,34 +290,26 @@ async def _hss_restarts(net: Network, rng: random.Random, done: dict[str, int]) 
         log.info("HSS started again")
 
 
-async def _icscf_restarts(
-    net: Network, rng: random.Random, done: dict[str, int], lossy: Any
+async def _crashes(
+    name: str,
+    restart: Any,
+    every: tuple[float, float],
+    rng: random.Random,
+    done: dict[str, int],
+    lossy: Any,
 ) -> None:
-    """`--icscf-restarts`: the I-CSCF stopped at once (its transactions lost, as in a
-    crash) every 3-12 s and started again 0-1 s later on the same port."""
+    """`--icscf-restarts`, `--pcscf-restarts`: the function `name` stopped at once (what
+    it holds in memory lost, as in a crash) every `every` s and started again 0-1 s
+    later on the same ports (`restart(down)`), its UDP legs as lossy as before."""
     log = logging.getLogger("lifecycle_chaos")
     while True:
-        await asyncio.sleep(rng.uniform(3.0, 12.0))
-        log.info("I-CSCF stopped")
-        await net.restart_icscf(rng.uniform(0.0, 1.0))
+        await asyncio.sleep(rng.uniform(*every))
+        log.info("%s stopped", name)
+        await restart(rng.uniform(0.0, 1.0))
         lossy()
-        done["icscf-restart"] = done.get("icscf-restart", 0) + 1
-        log.info("I-CSCF started again")
-
-
-async def _pcscf_restarts(
-    net: Network, rng: random.Random, done: dict[str, int], lossy: Any
-) -> None:
-    """`--pcscf-restarts`: the P-CSCF stopped at once (its SAs, registrations and
-    transactions lost, as in a crash) every 10-25 s and started again 0-1 s later."""
-    log = logging.getLogger("lifecycle_chaos")
-    while True:
-        await asyncio.sleep(rng.uniform(10.0, 25.0))
-        log.info("P-CSCF stopped")
-        await net.restart_pcscf(rng.uniform(0.0, 1.0))
-        lossy()
-        done["pcscf-restart"] = done.get("pcscf-restart", 0) + 1
-        log.info("P-CSCF started again")
+        key = f"{name.lower().replace('-', '')}-restart"  # icscf-restart, pcscf-restart
+        done[key] = done.get(key, 0) + 1
+        log.info("%s started again", name)
 
 
 async def _run(
@@ -502,7 +494,14 @@ async def _run(
                         _lossy_socket(transport, loss_rng3, dropped)
 
             icscf_restarter = asyncio.ensure_future(
-                _icscf_restarts(net, random.Random(seed + 23), ops, lossy_icscf)
+                _crashes(
+                    "I-CSCF",
+                    net.restart_icscf,
+                    (3.0, 12.0),
+                    random.Random(seed + 23),
+                    ops,
+                    lossy_icscf,
+                )
             )
         if pcscf_restarts:
             loss_rng4 = random.Random(seed + 29)
@@ -513,7 +512,14 @@ async def _run(
                 net.pcscf.send_protected = _lossy(net.pcscf.send_protected, loss_rng4, dropped)
 
             pcscf_restarter = asyncio.ensure_future(
-                _pcscf_restarts(net, random.Random(seed + 31), ops, lossy_pcscf)
+                _crashes(
+                    "P-CSCF",
+                    net.restart_pcscf,
+                    (10.0, 25.0),
+                    random.Random(seed + 31),
+                    ops,
+                    lossy_pcscf,
+                )
             )
         await asyncio.gather(*(life(i, ue) for i, ue in enumerate(ues)))
         if restarter is not None:

@@ -702,7 +702,7 @@ class PcscfCore:
             for alg in config.integrity_algorithms
         )
         self.policy = SecAgreePolicy(preference=preference, required=config.sec_agree == "required")
-        # The key of `_branch_for`: this P-CSCF's own name and port, not a secret of the
+        # The key of `_branch_for`: this P-CSCF's name, address and port, not a secret of the
         # process, so that a restarted P-CSCF forwards a UE's retransmission under the
         # branch its predecessor used and the next hop answers it from its transaction
         # (RFC 3261 §17.2.3) instead of taking it for a new REGISTER (a second challenge,

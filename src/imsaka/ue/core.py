@@ -424,10 +424,10 @@ class UeRegistration:
     `local` is the unprotected (host, port) of the UE; `protected_ports` a callable
     returning a (port_c, port_s) pair for each new SA set (the edge binds them; port-c
     is fresh each time, port-s stays the same over re-registrations, TS 24.229
-    §5.1.1.4.2, and the edge keeps it for the UE's life); `spi_allocator` a callable returning
-    fresh (spi-c, spi-s) unique among the UE's live inbound SAs (the SA table's; without
-    it SPIs come from `rng`). `isim` answers `authenticate(rand, autn)`
-    (imsaka.aka.isim.Isim).
+    §5.1.1.4.2, and the edge keeps it for the UE's life); `spi_allocator` a callable
+    returning fresh (spi-c, spi-s) unique among the UE's live inbound SAs (the SA
+    table's; without it SPIs come from `rng`). `isim` answers `authenticate(rand,
+    autn)` (imsaka.aka.isim.Isim).
     """
 
     def __init__(
@@ -801,7 +801,6 @@ class UeRegistration:
             "ue %s: re-registration failed (%s): registering anew", self.config.impi, reason
         )
         self.retries = 0
-        self._pending = None
         return [RegisteringAnew(reason), *self._start_initial(None, now)]
 
     def _retry_after(self, resp: Response) -> int | None:
