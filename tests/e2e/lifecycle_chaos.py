@@ -290,26 +290,46 @@ async def _hss_restarts(net: Network, rng: random.Random, done: dict[str, int]) 
         log.info("HSS started again")
 
 
-async def _crashes(
-    name: str,
-    restart: Any,
-    every: tuple[float, float],
-    rng: random.Random,
-    done: dict[str, int],
-    lossy: Any,
-) -> None:
-    """`--icscf-restarts`, `--pcscf-restarts`: the function `name` stopped at once (what
-    it holds in memory lost, as in a crash) every `every` s and started again 0-1 s
-    later on the same ports (`restart(down)`), its UDP legs as lossy as before."""
-    log = logging.getLogger("lifecycle_chaos")
-    while True:
-        await asyncio.sleep(rng.uniform(*every))
-        log.info("%s stopped", name)
-        await restart(rng.uniform(0.0, 1.0))
-        lossy()
-        key = f"{name.lower().replace('-', '')}-restart"  # icscf-restart, pcscf-restart
-        done[key] = done.get(key, 0) + 1
-        log.info("%s started again", name)
+class _Crashes:
+    """`--icscf-restarts`, `--pcscf-restarts`: the function `name` ("icscf", "pcscf")
+    stopped at once (what it holds in memory lost, as in a crash) every `every` s and
+    started again 0-1 s later on the same ports (`Network.restart_<name>`), its UDP
+    legs made as lossy as before by `lossy()`; `done["<name>-restart"]` counts them."""
+
+    def __init__(
+        self,
+        net: Network,
+        name: str,
+        every: tuple[float, float],
+        rng: random.Random,
+        done: dict[str, int],
+        lossy: Any,
+    ) -> None:
+        self.net, self.name, self.every, self.rng = net, name, every, rng
+        self.done, self.lossy = done, lossy
+        self.restart = getattr(net, f"restart_{name}")
+        self.task = asyncio.ensure_future(self._loop())
+
+    async def _loop(self) -> None:
+        log = logging.getLogger("lifecycle_chaos")
+        label = self.name.upper().replace("CSCF", "-CSCF")
+        key = f"{self.name}-restart"
+        while True:
+            await asyncio.sleep(self.rng.uniform(*self.every))
+            log.info("%s stopped", label)
+            await self.restart(self.rng.uniform(0.0, 1.0))
+            self.lossy()
+            self.done[key] = self.done.get(key, 0) + 1
+            log.info("%s started again", label)
+
+    async def stop(self) -> None:
+        """No more crashes; one cancelled while the function was down starts it again
+        for the end."""
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        if getattr(self.net, self.name) is None:
+            await self.restart()
+            self.lossy()
 
 
 async def _run(
@@ -467,8 +487,7 @@ async def _run(
 
     restarter: asyncio.Task | None = None
     hss_restarter: asyncio.Task | None = None
-    icscf_restarter: asyncio.Task | None = None
-    pcscf_restarter: asyncio.Task | None = None
+    crashes_of: list[_Crashes] = []  # the I-CSCF's and the P-CSCF's
     try:
         for ue in ues:
             await ue.start()
@@ -493,15 +512,8 @@ async def _run(
                     if transport.name == "udp":
                         _lossy_socket(transport, loss_rng3, dropped)
 
-            icscf_restarter = asyncio.ensure_future(
-                _crashes(
-                    "I-CSCF",
-                    net.restart_icscf,
-                    (3.0, 12.0),
-                    random.Random(seed + 23),
-                    ops,
-                    lossy_icscf,
-                )
+            crashes_of.append(
+                _Crashes(net, "icscf", (3.0, 12.0), random.Random(seed + 23), ops, lossy_icscf)
             )
         if pcscf_restarts:
             loss_rng4 = random.Random(seed + 29)
@@ -511,42 +523,24 @@ async def _run(
                 _lossy_socket(net.pcscf.udp, loss_rng4, dropped)
                 net.pcscf.send_protected = _lossy(net.pcscf.send_protected, loss_rng4, dropped)
 
-            pcscf_restarter = asyncio.ensure_future(
-                _crashes(
-                    "P-CSCF",
-                    net.restart_pcscf,
-                    (10.0, 25.0),
-                    random.Random(seed + 31),
-                    ops,
-                    lossy_pcscf,
-                )
+            crashes_of.append(
+                _Crashes(net, "pcscf", (10.0, 25.0), random.Random(seed + 31), ops, lossy_pcscf)
             )
         await asyncio.gather(*(life(i, ue) for i, ue in enumerate(ues)))
         if restarter is not None:
             restarter.cancel()
             await asyncio.gather(restarter, return_exceptions=True)
             ops["scscf-restart"] = restarts.done
-        if icscf_restarter is not None:
-            icscf_restarter.cancel()
-            await asyncio.gather(icscf_restarter, return_exceptions=True)
-            if net.icscf is None:  # cancelled while it was down: back for the end
-                await net.restart_icscf()
-                lossy_icscf()
-        if pcscf_restarter is not None:
-            pcscf_restarter.cancel()
-            await asyncio.gather(pcscf_restarter, return_exceptions=True)
-            if net.pcscf is None:  # cancelled while it was down: back for the end
-                await net.restart_pcscf()
-                lossy_pcscf()
+        for c in crashes_of:
+            await c.stop()
         if hss_restarter is not None:
             hss_restarter.cancel()
             await asyncio.gather(hss_restarter, return_exceptions=True)
             if net.hss_proc is None:  # killed when the steps ended: back for the end
                 await net.start_hss_process()
         for i, ue in enumerate(ues):
-            # a refresh the UE started by itself (short grants) ends first
-            # (after a P-CSCF restart a refresh the UE started by itself runs out first,
-            # Timer F, and a new registration follows)
+            # a refresh the UE started by itself (short grants) ends first; after a
+            # P-CSCF restart it runs out (Timer F) and a new registration follows
             wait = 80 if pcscf_restarts else 40
             if not await eventually(lambda ue=ue: ue.core.state not in _UNDER_WAY, wait):
                 failed(i, "final deregister", f"still {ue.core.state.value} after {wait} s")
@@ -584,7 +578,7 @@ async def _run(
             "seed": seed, "scscf": scscf, "steps": done, "ops": ops, "lost": lost, "bad": bad,
         }  # fmt: skip
     finally:
-        for task in (restarter, hss_restarter, icscf_restarter, pcscf_restarter):
+        for task in (restarter, hss_restarter, *(c.task for c in crashes_of)):
             if task is not None and not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

@@ -337,7 +337,10 @@ def _contact_changes(
         return (), bool(contacts)
     before = old.contacts
     if len(before) == len(contacts) and all(uri in before for uri in contacts):
-        return (), any(before[uri].call_id != c.call_id for uri, c in contacts.items())
+        for uri, c in contacts.items():  # (a loop: no generator on every re-REGISTER)
+            if before[uri].call_id != c.call_id:
+                return (), True
+        return (), False
     ended = tuple(
         (c, "unregistered")
         for uri, c in before.items()
