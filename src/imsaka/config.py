@@ -22,7 +22,7 @@ import ipaddress
 import math
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -348,6 +348,14 @@ class PcscfConfig:
     while even the quickest answer from the core in the last 100 ms took longer than
     this (a standing queue; one slow request does not count). It follows the machine's
     own throughput, where a count fits one machine only. 0: off."""
+    trusted_nodes: tuple[str, ...] = ()
+    """Core nodes (``sip:host:port``) whose requests to UEs (a reg-event NOTIFY, anything
+    along the Path) this P-CSCF takes from the start, besides its routes and the
+    Service-Routes registrations bring: the S-CSCFs, so that a P-CSCF restarted under
+    registered UEs knows them before the first 200 OK names one, and answers a NOTIFY
+    for a UE not registered here 404, which ends that subscription (RFC 5057 §5.1),
+    instead of refusing it 403 as it would a UE's request (which ends nothing). Default:
+    the S-CSCFs the same document defines (``[scscf]``, ``[[icscf.scscfs]]``)."""
     dereg_grace: float = 32.0
     """Seconds the SA set that a REGISTER's last answer left over (the 200 OK to a
     de-REGISTER, to a REGISTER of a registration the network ended, the 4xx to a failed
@@ -563,12 +571,17 @@ def parse_config(data: Mapping[str, Any], *, path: str = "") -> ImsConfig:
     for key in data:
         if key not in top._seen:
             raise ConfigError(f"[{key}]: unknown section")
+    pcscf = _pcscf(pcscf_t, network) if pcscf_t else None
+    icscf = _icscf(icscf_t, network) if icscf_t else None
+    scscf = _scscf(scscf_t, network) if scscf_t else None
+    if pcscf is not None and not pcscf_t.has("trusted_nodes"):
+        pcscf = replace(pcscf, trusted_nodes=_scscf_nodes(icscf, scscf))
     return ImsConfig(
         network=network,
         hss=hss,
-        pcscf=_pcscf(pcscf_t, network) if pcscf_t else None,
-        icscf=_icscf(icscf_t, network) if icscf_t else None,
-        scscf=_scscf(scscf_t, network) if scscf_t else None,
+        pcscf=pcscf,
+        icscf=icscf,
+        scscf=scscf,
         raw=data,
         path=path,
         metrics=_metrics(metrics_t) if metrics_t else MetricsConfig(),
@@ -680,6 +693,29 @@ def _sip_uri(t: _Table, key: str, network: NetworkConfig) -> str | None:
     return value if value.startswith("sip:") else f"sip:{value}"
 
 
+def _sip_uris(t: _Table, key: str, network: NetworkConfig) -> tuple[str, ...]:
+    uris = []
+    for value in t.strs(key, (), nonempty=False):
+        try:
+            host, _port = split_hostport(value)
+            network.resolve(host)
+        except ValueError as exc:
+            raise t.fail(
+                key, f"{value!r}: {exc} (an IP address or a name from [network].hosts)"
+            ) from None
+        uris.append(value if value.startswith("sip:") else f"sip:{value}")
+    return tuple(uris)
+
+
+def _scscf_nodes(icscf: IcscfConfig | None, scscf: ScscfConfig | None) -> tuple[str, ...]:
+    """``sip:address:port`` of each S-CSCF a whole-network document defines (a port of 0,
+    picked by the kernel at start, names no node yet)."""
+    nodes = [f"sip:{e.address}:{e.port}" for e in (icscf.scscfs if icscf else ()) if e.port]
+    if scscf is not None and scscf.port:
+        nodes.append(f"sip:{scscf.address}:{scscf.port}")
+    return tuple(dict.fromkeys(nodes))
+
+
 def _pcscf(t: _Table, network: NetworkConfig) -> PcscfConfig:
     t = _rename(t, "pcscf")
     routes = []
@@ -714,6 +750,7 @@ def _pcscf(t: _Table, network: NetworkConfig) -> PcscfConfig:
         max_in_flight=t.int("max_in_flight", 300, lo=0),
         max_queue_delay=t.float("max_queue_delay", 0.4, zero=True),
         dereg_grace=t.float("dereg_grace", 32.0, zero=True),
+        trusted_nodes=_sip_uris(t, "trusted_nodes", network),
     )
     t.done()
     fixed = [p for p in (cfg.port, cfg.port_c, cfg.port_s) if p]

@@ -87,6 +87,12 @@ def mutate(path: list[str], value) -> dict:
         (["pcscf", "max_queue_delay"], float("inf"), "[pcscf].max_queue_delay: must be a finite"),
         (["icscf", "diameter", "timeout"], float("inf"), "[icscf.diameter].timeout: must be a fin"),
         (["pcscf", "integrity_algorithms"], ["hmac-sha-256"], "[pcscf].integrity_algorithms:"),
+        (["pcscf", "trusted_nodes"], "sip:x", "[pcscf].trusted_nodes: must be a list"),
+        (
+            ["pcscf", "trusted_nodes"],
+            ["sip:nowhere.example:5080"],
+            "[pcscf].trusted_nodes: 'sip:nowhere.example:5080':",
+        ),
         (["pcscf", "port_s"], 5060, "[pcscf].port_s: port, port_c and port_s must differ"),
         (["network", "home_domains"], [], "[network].home_domains: must not be empty"),
         (["network", "hosts"], {"a.b": "not-an-ip"}, "[network.hosts].a.b:"),
@@ -227,3 +233,26 @@ def test_pcscf_overload_bound_reaches_the_core():
     cfg = parse_config(mutate(["pcscf", "max_in_flight"], 7))
     assert cfg.pcscf.max_in_flight == 7
     assert PcscfCore(cfg.pcscf, cfg.network).max_in_flight == 7
+
+
+def test_pcscf_trusts_the_scscfs_of_the_document_unless_told_otherwise():
+    """`[pcscf].trusted_nodes`: by default the S-CSCFs the document defines (the P-CSCF
+    takes their requests to UEs before any Service-Route named them, e.g. after its own
+    restart); a list given replaces them, an empty one trusts routes and Service-Routes
+    only."""
+    from imsaka.cscf.pcscf import Arrival, PcscfCore
+
+    assert parse_config(example()).pcscf.trusted_nodes == ("sip:127.0.0.1:5080",)
+    doc = example()
+    doc["pcscf"]["trusted_nodes"] = ["scscf1.home1.net:5090"]
+    cfg = parse_config(doc)
+    assert cfg.pcscf.trusted_nodes == ("sip:scscf1.home1.net:5090",)
+    core = PcscfCore(cfg.pcscf, network=cfg.network)
+    assert core._from_core(Arrival(("127.0.0.1", 5090), "udp"))
+    assert not core._from_core(Arrival(("127.0.0.1", 5080), "udp"))
+    doc["pcscf"]["trusted_nodes"] = []
+    cfg = parse_config(doc)
+    assert cfg.pcscf.trusted_nodes == ()
+    assert not PcscfCore(cfg.pcscf, network=cfg.network)._from_core(
+        Arrival(("127.0.0.1", 5090), "udp")
+    )

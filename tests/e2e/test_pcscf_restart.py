@@ -7,11 +7,12 @@ answer over). The UE's refresh then times out (Timer F), and the UE registers an
 fresh AKA run and SA set through the new P-CSCF, with the same contact (its port-s),
 which replaces the binding at the S-CSCF. The binding made anew (another Call-ID) is a
 change its reg-event subscribers are told of, and the old P-CSCF's subscription ends
-with the 481 of the new P-CSCF. (The UE's old one stays: its NOTIFY reaches the new
-P-CSCF before the 200 whose Service-Route names the S-CSCF to it, so it comes from no
-node the P-CSCF trusts yet and is refused 403, which does not end a dialog usage, RFC
-5057. The next NOTIFY to it, over the UE's new set, meets the UE's 481, and the
-registration's end takes it at the latest.)"""
+with the 481 of the new P-CSCF. The UE's old one ends too: its NOTIFY reaches the new
+P-CSCF before the UE is registered there, from the S-CSCF, a node the P-CSCF trusts
+from its start (`[pcscf].trusted_nodes`), and is answered 404, the end of that dialog
+usage (RFC 5057 §5.1). (Before, the P-CSCF trusted only the S-CSCFs that Service-Routes
+had named to it, refused that NOTIFY 403 as a UE's request, and the subscription
+stayed until the registration ended.)"""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ async def test_a_ue_registers_anew_after_a_pcscf_restart(home_network, subscribe
         # the UE's and the P-CSCF's reg-event subscriptions, both up
         assert await eventually(lambda: len(scscf.subscriptions) == 2)
         (old_pcscf,) = [s for s in scscf.subscriptions if s.remote_target != contact]
+        (old_ue,) = [s for s in scscf.subscriptions if s.remote_target == contact]
         await net.restart_pcscf()
         result = await ue.reregister(20)
         assert result.ok and result.protected, result
@@ -48,6 +50,10 @@ async def test_a_ue_registers_anew_after_a_pcscf_restart(home_network, subscribe
         assert scscf.core.counters["notify_contacts_changed"] == 1
         assert await eventually(lambda: old_pcscf not in set(scscf.subscriptions))
         assert net.pcscf.core.counters["notify-unknown-subscription"] == 1
+        # the UE's old one: its NOTIFY met the new P-CSCF before the UE was registered
+        # there, from a node it trusts from the start (`trusted_nodes`): 404, and gone
+        assert await eventually(lambda: old_ue not in set(scscf.subscriptions))
+        assert net.pcscf.core.counters["terminating-not-registered"] == 1
         # the new P-CSCF's and the UE's new subscriptions
         assert await eventually(lambda: net.pcscf.census()["reg_subscriptions"] == 1)
         assert await eventually(lambda: ue.core.subscription.remote_tag)

@@ -732,7 +732,8 @@ class PcscfCore:
         # Service-Route sets seen (bounded): registrations share them
         self._routes = SharedTuples(64)
         # Where requests from the core to UEs may come from (`_from_core`): the
-        # configured routes now, each S-CSCF's Service-Route when a 200 OK brings it.
+        # configured routes and trusted nodes now, each S-CSCF's Service-Route when a
+        # 200 OK brings it.
         self._core_sources: set[Address] = set()
         self._core_hosts: set[str] = set()
         self._trusted_routes: set[tuple[str, ...]] = set()
@@ -740,6 +741,8 @@ class PcscfCore:
             for uri in (route.icscf, route.scscf):
                 if uri:
                     self._trust(uri)
+        for uri in getattr(config, "trusted_nodes", ()):
+            self._trust(uri)
         self.registrations: dict[str, Registration] = {}  # by IMPI
         self.by_spi: dict[int, str] = {}  # inbound SPI -> IMPI
         # De-registered UEs' sets kept for the de-REGISTER's retransmissions
