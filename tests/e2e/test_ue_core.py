@@ -405,6 +405,69 @@ def test_deregister_refused_for_now_is_sent_again_over_the_same_sas():
     assert ue.sa is None
 
 
+def test_a_failure_that_may_pass_is_followed_by_registering_again_after_a_back_off():
+    """With `recovery_base_time` (RFC 5626 §4.5 base-time) a failed attempt (no answer,
+    5xx, 600) is followed by a new initial registration after rand(½…1) · min(max-time,
+    base · 2^failures) s; the waits double up to max-time and start again after a
+    success. Without it the UE stays failed, as before."""
+    from imsaka.ue.core import RecoveryScheduled
+
+    ue = make_ue(recovery_base_time=30, recovery_max_time=200)
+    (send,) = ue.register(0.0)
+    now, waits = 0.0, []
+    for fail in ("timeout", 500, 600, 503, "timeout"):
+        if fail == "timeout":
+            events = ue.transaction_timeout(now + 32.0)
+            now += 32.0
+        else:
+            events = ue.receive(_answer(send.request, fail, None), now + 1.0)
+            now += 1.0
+        assert [type(e) for e in events] == [RegistrationFailed, RecoveryScheduled], fail
+        rec = events[-1]
+        assert rec.status == (408 if fail == "timeout" else fail) and rec.at == now + rec.after
+        ceiling = min(200.0, 30.0 * 2**rec.failures)
+        assert ceiling / 2 <= rec.after <= ceiling, (rec.failures, rec.after)
+        waits.append(rec.after)
+        assert ue.state is UeState.WAITING_RETRY and ue.next_deadline() == rec.at
+        assert ue.handle_timer(rec.at - 0.5) == []
+        (send,) = ue.handle_timer(rec.at)
+        now = rec.at
+        assert isinstance(send, SendRequest) and not send.protected
+        assert send.request.get("Authorization").count('response=""') == 1  # phase 1
+    assert rec.failures == 5 and waits[-1] >= 100.0  # 200 s max-time reached
+    # registered at last: the count starts again
+    resp, _vec, _ = challenge(send.request)
+    req2 = next(e for e in ue.receive(resp, now + 1) if isinstance(e, SendRequest)).request
+    ok = make_response(
+        req2, 200, to_tag="5ef4", headers=[("Contact", "<sip:127.0.0.1:1357>;expires=1200")]
+    )
+    events = ue.receive(parse_message(ok.to_bytes()), now + 2)
+    assert any(isinstance(e, Registered) for e in events)
+    assert ue.recoveries == 0 and ue.state is UeState.REGISTERED
+    # without the setting, as before: failed, no deadline
+    ue = make_ue()
+    (send,) = ue.register(0.0)
+    assert [type(e) for e in ue.transaction_timeout(32.0)] == [RegistrationFailed]
+    assert ue.state is UeState.FAILED and ue.next_deadline() is None
+
+
+def test_a_refusal_of_the_ue_itself_is_not_tried_again():
+    for status in (403, 404, 420, 494):
+        ue = make_ue(recovery_base_time=30)
+        (send,) = ue.register(0.0)
+        events = ue.receive(_answer(send.request, status, None), 1.0)
+        assert [type(e) for e in events] == [RegistrationFailed], status
+        assert ue.state is UeState.FAILED and ue.next_deadline() is None
+    # nor a network whose AUTN fails the ISIM's MAC check (another K)
+    ue = make_ue(recovery_base_time=30)
+    (send,) = ue.register(0.0)
+    resp, _vec, _ = challenge(send.request, k=bytes(16))
+    events = ue.receive(resp, 1.0)
+    assert isinstance(events[0], SendRequest) and ue.failure == NETWORK_AUTH_FAILED
+    assert isinstance(events[-1], RegistrationFailed)
+    assert ue.state is UeState.FAILED and ue.next_deadline() is None
+
+
 def test_retry_settings_are_validated():
     import pytest
 
@@ -412,6 +475,10 @@ def test_retry_settings_are_validated():
 
     with pytest.raises(CliError, match="max_retries"):
         make_ue(max_retries=-1)
+    with pytest.raises(CliError, match="recovery_base_time"):
+        make_ue(recovery_base_time=-5)
+    with pytest.raises(CliError, match="recovery_max_time"):
+        make_ue(recovery_max_time=True)
     with pytest.raises(CliError, match="max_retry_after"):
         UeConfig.from_dict(
             {

@@ -8,7 +8,11 @@ keeps the registration for that many seconds, then de-registers (over the SAs).
 While it stays, the UE's reg-event subscription (TS 24.229 §5.1.1.3; ``[ue]
 subscribe_reg_event``) tells it of a network-initiated de-registration (§5.1.1.7),
 printed as "network-initiated de-registration (<event>)"; after ``rejected`` it stays
-de-registered, after ``deactivated`` it registers again.
+de-registered, after ``deactivated`` it registers again. While it stays it also keeps
+itself registered as a phone does: a refresh that fails is followed by an initial
+registration (TS 24.229 §5.1.1.4.1), and an attempt that fails for a reason that may
+pass (no answer, 5xx) by another one after RFC 5626 §4.5's back-off (``[ue]
+recovery_base_time``, 30 s unless the file sets it; ``recovery_max_time``, 1800 s).
 Exit status 0 when registered.
 """
 
@@ -22,6 +26,10 @@ import sys
 from imsaka.clierror import CliError
 
 __all__ = ["register"]
+
+# RFC 5626 §4.5's base-time when every flow failed: a UE that stays registered tries
+# again after 30–60 s, then 60–120 s, ... up to `recovery_max_time`.
+STAY_RECOVERY_BASE_TIME = 30
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -62,6 +70,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
         raise CliError("--timeout: must be positive")
     if args.stay < 0:
         raise CliError("--stay: must not be negative")
+    if args.stay > 0 and config.recovery_base_time is None:
+        config.recovery_base_time = STAY_RECOVERY_BASE_TIME
     return asyncio.run(_register(config, args))
 
 
@@ -76,15 +86,41 @@ async def _register(config, args: argparse.Namespace) -> int:
         await client.start()
     except OSError as exc:
         raise CliError(f"local_host/local_port: cannot bind: {exc.strerror or exc}") from None
-    from imsaka.ue.core import NetworkDeregistered, UeState
+    from imsaka.ue.core import (
+        NetworkDeregistered,
+        RecoveryScheduled,
+        Registered,
+        RegisteringAnew,
+        RegistrationFailed,
+        UeState,
+    )
+
+    lost = False  # since the last registration: printed when the UE is back
 
     def on_event(event) -> None:
-        if isinstance(event, NetworkDeregistered) and not args.json:
+        nonlocal lost
+        if args.json:
+            return
+        if isinstance(event, Registered) and lost and event.expires > 0:
+            lost = False
+            print(f"registered again for {event.expires} s", flush=True)
+        elif isinstance(event, NetworkDeregistered):
             print(str(event) + (": registering again" if event.reregistering else ""))
+        elif isinstance(event, RegisteringAnew):
+            lost = True
+            print(f"re-registration failed ({event.reason}): registering anew", flush=True)
+        elif isinstance(event, RegistrationFailed) and registered_once:
+            print(f"registration failed: {event.reason}", flush=True)
+        elif isinstance(event, RecoveryScheduled):
+            lost = True
+            print(f"registering again in {event.after:.0f} s", flush=True)
+
+    registered_once = False
 
     client.on_event = on_event
     try:
         result = await client.register(timeout=args.timeout)
+        registered_once = result.ok
         if not args.json:
             _print_registration(config, result)
         dereg = None
@@ -92,6 +128,7 @@ async def _register(config, args: argparse.Namespace) -> int:
             await asyncio.sleep(args.stay)
             if client.core is not None and client.core.state is UeState.REGISTERED:
                 dereg = await client.deregister(timeout=args.timeout)
+
     finally:
         await client.close()
     if args.json:

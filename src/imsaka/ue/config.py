@@ -19,6 +19,7 @@ P-CSCF discovery by DHCP/PCO is out of scope: the address comes from configurati
     encryption = ["aes-cbc", "null"]
     expires = 600000
     subscribe_reg_event = true   # reg-event SUBSCRIBE after registering (§5.1.1.3)
+    recovery_base_time = 30      # register again after a failure that may pass (RFC 5626 §4.5)
 """
 
 from __future__ import annotations
@@ -129,6 +130,17 @@ class UeConfig:
     max_retry_after: int = 1800
     """Upper bound in seconds on a Retry-After the UE is willing to wait; a longer
     one ends the attempt at once (a network must not park the UE for hours)."""
+    recovery_base_time: int | None = None
+    """Seconds: RFC 5626 §4.5's base-time for getting registered again after an attempt
+    failed for a reason that may pass (no answer, 408, 480, 5xx, 600, each without a
+    usable Retry-After): the UE starts a new initial registration after a random
+    ½…1 of min(`recovery_max_time`, base-time · 2^failures in a row) seconds, as a
+    phone does; a refusal of the UE itself (403, 404, a bad AUTN) ends it for good.
+    0 or None: the UE stays failed and its user decides (tests, load runs);
+    ``imsaka ue register --stay`` takes 30 (RFC 5626's base-time when every flow
+    failed) unless the file sets it."""
+    recovery_max_time: int = 1800
+    """Seconds: RFC 5626 §4.5's max-time, the longest wait between such attempts."""
     subscribe_reg_event: bool = True
     """SUBSCRIBE to the reg event of the IMPU after the 200 OK to the initial
     registration (TS 24.229 §5.1.1.3), to learn of a network-initiated de-registration
@@ -158,10 +170,13 @@ class UeConfig:
             raise CliError("subscribe_reg_event: expected true or false")
         if self.transport not in ("udp", "tcp"):
             raise CliError(f"transport: expected udp or tcp, got {self.transport!r}")
-        for name in ("max_retries", "max_retry_after"):
+        for name in ("max_retries", "max_retry_after", "recovery_max_time"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise CliError(f"{name}: expected a non-negative integer")
+        base = self.recovery_base_time
+        if base is not None and (not isinstance(base, int) or isinstance(base, bool) or base < 0):
+            raise CliError("recovery_base_time: expected a non-negative integer")
         if not self.registrar:
             self.registrar = self.home_domain
         if not self.realm:
@@ -199,6 +214,8 @@ class UeConfig:
             "amf_accept",
             "max_retries",
             "max_retry_after",
+            "recovery_base_time",
+            "recovery_max_time",
             "subscribe_reg_event",
         }
         for key in data:
@@ -230,7 +247,16 @@ class UeConfig:
             kwargs["sqn"] = sqn
         if "pcscf" in data:
             kwargs["pcscf"] = parse_hostport(str(data["pcscf"]), "pcscf")
-        for name in ("local_port", "port_c", "port_s", "expires", "max_retries", "max_retry_after"):
+        for name in (
+            "local_port",
+            "port_c",
+            "port_s",
+            "expires",
+            "max_retries",
+            "max_retry_after",
+            "recovery_base_time",
+            "recovery_max_time",
+        ):
             if name in data:
                 if not isinstance(data[name], int) or data[name] < 0:
                     raise CliError(f"{name}: expected a non-negative integer")

@@ -25,6 +25,11 @@ its registration is terminated (contact event ``rejected``, ``deactivated``, ...
 the registration and its SAs; after ``deactivated`` a new initial registration starts
 (§5.1.1.7). A ``shortened`` contact moves the re-registration before the new expiry.
 
+With `UeConfig.recovery_base_time` set, an attempt that failed for a reason that may
+pass (no answer, 408, 480, 5xx, 600) is followed, after RFC 5626 §4.5's randomised
+exponential back-off, by a new initial registration, as a phone keeps itself
+registered; a refusal of the UE itself (403, 404, a bad AUTN) ends it for good.
+
 States and inputs are a table (`_TRANSITIONS`); a response in a state that does not
 expect it is a counted drop, not a silent ignore.
 """
@@ -63,6 +68,7 @@ __all__ = [
     "Deregistered",
     "Event",
     "NetworkDeregistered",
+    "RecoveryScheduled",
     "RegStateNotified",
     "Registered",
     "RegisteringAnew",
@@ -239,6 +245,18 @@ class RetryScheduled:
 
 
 @dataclass(frozen=True, slots=True)
+class RecoveryScheduled:
+    """The attempt failed (`status`, 408 for no answer) for a reason that may pass: a
+    new initial registration starts at `at`, `after` seconds from the failure
+    (RFC 5626 §4.5 back-off; the `failures`-th in a row)."""
+
+    status: int
+    after: float
+    at: float
+    failures: int
+
+
+@dataclass(frozen=True, slots=True)
 class RegisteringAnew:
     """A re-registration failed (`reason`); an initial registration follows at once
     (TS 24.229 §5.1.1.4.1), its events after this one."""
@@ -301,6 +319,7 @@ Event = (
     | Deregistered
     | RegistrationFailed
     | RetryScheduled
+    | RecoveryScheduled
     | RegisteringAnew
     | SendResponse
     | Subscribed
@@ -313,6 +332,14 @@ Event = (
 # (RFC 3261 §21.4.18 480, §21.5.1 500, §21.5.4 503, §21.5.5 504 with Retry-After §20.33):
 # the S-CSCF answers 504/500 and the I-CSCF 480 while the HSS is unreachable.
 RETRYABLE_STATUSES = frozenset({480, 500, 503, 504})
+
+# Failures after which a UE with `recovery_base_time` tries again by itself (when no
+# usable Retry-After said when): no answer (408), the user busy or unavailable for now
+# (480), a server error (5xx), no S-CSCF found (600 from the I-CSCF). Anything else
+# (403, 404, 420, 494, a bad AUTN) is about the UE itself and ends it for good.
+_RECOVERABLE = frozenset({408, 480, 600, *range(500, 600)})
+# Exponent bound: 2^16 · base-time is past any max-time worth configuring.
+_MAX_DOUBLINGS = 16
 
 
 def retry_after_seconds(resp: Response) -> int | None:
@@ -487,6 +514,7 @@ class UeRegistration:
         self.drops: Counter[str] = Counter()
         self.auth_rounds = 0
         self.retries = 0  # Retry-After waits of the current attempt
+        self.recoveries = 0  # failed attempts in a row (RFC 5626 §4.5 consecutive-failures)
         self._retrying_deregister = False  # the wait is for a de-REGISTER
         # reg event (§5.1.1.3): SUBSCRIBE after the 200 OK of the initial registration
         self.subscription: RegSubscription | None = None
@@ -780,7 +808,7 @@ class UeRegistration:
         reason = "no response from the network (transaction timeout)"
         if self.sa is not None:
             return self._register_anew(reason, now)
-        return self._fail(reason, 408)
+        return self._fail(reason, 408) + self._recover(408, now)
 
     def _on_reject(self, resp: Response | None, now: float) -> list[Event]:
         assert resp is not None
@@ -789,7 +817,33 @@ class UeRegistration:
             return self._schedule_retry(resp.status, after, now)
         if self.sa is not None and resp.status in _REGISTER_ANEW_AFTER:
             return self._register_anew(f"{resp.status} {resp.reason}", now)
-        return self._fail(f"{resp.status} {resp.reason}", resp.status)
+        return self._fail(f"{resp.status} {resp.reason}", resp.status) + self._recover(
+            resp.status, now
+        )
+
+    def _recover(self, status: int, now: float) -> list[Event]:
+        """After a failure that may pass, with `recovery_base_time` set: a new attempt
+        after W·rand(½…1) s, W = min(max-time, base-time · 2^failures in a row) (RFC 5626
+        §4.5, the flow-recovery back-off TS 24.229 points UEs to; its text was not
+        retrievable here). The wait is `WAITING_RETRY` with a deadline, as for a
+        Retry-After, so `register()` meanwhile starts at once."""
+        base = self.config.recovery_base_time
+        if not base or status not in _RECOVERABLE:
+            return []
+        self.recoveries += 1
+        doublings = min(self.recoveries, _MAX_DOUBLINGS)
+        ceiling = min(float(self.config.recovery_max_time), float(base) * 2**doublings)
+        after = ceiling * self._rng.uniform(0.5, 1.0)
+        self.retries = 0
+        self.state = UeState.WAITING_RETRY
+        self._deadline = now + after
+        log.info(
+            "ue %s: registering again in %.0f s (failure %d in a row)",
+            self.config.impi,
+            after,
+            self.recoveries,
+        )
+        return [RecoveryScheduled(status, after, now + after, self.recoveries)]
 
     def _register_anew(self, reason: str, now: float) -> list[Event]:
         """A re-registration (an established set is in force: this attempt refreshes
@@ -1068,6 +1122,7 @@ class UeRegistration:
             # lifetime becomes the longer of its own and this registration's + 30 s.
             events.append(SecurityAssociationsEstablished(self.sa, expires + 30.0))
         self.retries = 0
+        self.recoveries = 0
         self._pending = None
         self.state = UeState.REGISTERED
         self._deadline = now + refresh_interval(expires) if expires > 0 else None

@@ -1,0 +1,94 @@
+"""A UE keeps itself registered through an outage of its P-CSCF (TS 24.229 §5.1.1.4.1;
+RFC 5626 §4.5 back-off), through the whole core on loopback.
+
+The P-CSCF is down for longer than the UE's refresh and the initial registration that
+follows it (each runs out at Timer F). A UE with `recovery_base_time` then waits
+rand(½…1) · base · 2^failures and registers again, and again, until the P-CSCF is
+back; without it the UE stays failed (the previous behaviour, kept for tests and load
+runs that decide for themselves)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+from imsaka.sip.transaction import TimerConfig
+from imsaka.ue.client import UeClient
+from imsaka.ue.core import RecoveryScheduled, RegisteringAnew, RegistrationFailed, UeState
+from tests.polling import eventually
+
+# Timer F = 64·T1 = 3.2 s instead of 32 s.
+FAST = TimerConfig(t1=0.05, t2=0.4, t4=0.5)
+DOWN = 7.0  # the refresh (3.2 s) and the initial registration after it (3.2 s) run out
+
+
+async def test_a_ue_registers_again_by_itself_once_its_pcscf_is_back(home_network, subscribers):
+    net = home_network
+    impu = subscribers[0].impus[0]
+    config = dataclasses.replace(net.ue_config(subscribers[0]), recovery_base_time=1)
+    seen: list[object] = []
+    async with UeClient(config, observers=[net.trace], timers=FAST) as ue:
+        ue.on_event = seen.append
+        assert (await ue.register(10)).ok
+        outage = asyncio.ensure_future(net.restart_pcscf(down=DOWN))
+        await asyncio.sleep(0.2)  # the P-CSCF is down now
+        result = await ue.reregister(15)
+        assert not result.ok and result.status == 408, result
+        kinds = [type(e) for e in seen]
+        assert RegisteringAnew in kinds and RegistrationFailed in kinds
+        assert RecoveryScheduled in kinds
+        await outage
+        assert await eventually(lambda: ue.core.state is UeState.REGISTERED, timeout=15)
+        recoveries = [e for e in seen if isinstance(e, RecoveryScheduled)]
+        assert all(0.5 * 2**r.failures <= r.after <= 2**r.failures for r in recoveries)
+        assert ue.core.recoveries == 0
+        contact = ue.core.contact_uri(protected=True).strip("<>")
+        assert list(net.scscf.scscf.core.registrations[impu].contacts) == [contact]
+        census = net.pcscf.census()
+        assert census["registrations"] == 1 and census["sa_sets"] == 1, census
+        assert (await ue.deregister(10)).ok
+
+
+async def test_without_recovery_the_ue_stays_failed(home_network, subscribers):
+    net = home_network
+    async with UeClient(net.ue_config(subscribers[0]), timers=FAST) as ue:
+        assert (await ue.register(10)).ok
+        outage = asyncio.ensure_future(net.restart_pcscf(down=DOWN))
+        await asyncio.sleep(0.2)
+        assert not (await ue.reregister(15)).ok
+        await outage
+        await asyncio.sleep(2.5)  # longer than a first back-off with base-time 1
+        assert ue.core.state is UeState.FAILED and ue.core.next_deadline() is None
+
+
+def test_the_cli_keeps_a_staying_ue_registered_unless_the_file_says_otherwise(tmp_path):
+    """`imsaka ue register --stay`: RFC 5626's base-time of 30 s unless ue.toml sets
+    `recovery_base_time` (0 switches it off); a plain registration keeps none."""
+    import argparse
+
+    from imsaka.ue import cli
+
+    seen = []
+
+    async def fake_register(config, args):
+        seen.append(config.recovery_base_time)
+        return 0
+
+    base = (
+        'impi = "a@home1.net"\nimpus = ["sip:a@home1.net"]\nhome_domain = "home1.net"\n'
+        f'k = "{"00" * 16}"\nopc = "{"11" * 16}"\n'
+    )
+    plain, off = tmp_path / "ue.toml", tmp_path / "off.toml"
+    plain.write_text(base)
+    off.write_text(base + "recovery_base_time = 0\n")
+    original = cli._register
+    cli._register = fake_register
+    try:
+        for path, stay in ((plain, 60.0), (plain, 0.0), (off, 60.0)):
+            args = argparse.Namespace(
+                config=str(path), pcscf=None, timeout=10.0, stay=stay, esp_keys=None, json=False
+            )
+            assert cli._cmd_register(args) == 0
+    finally:
+        cli._register = original
+    assert seen == [cli.STAY_RECOVERY_BASE_TIME, None, 0]
