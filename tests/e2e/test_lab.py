@@ -29,9 +29,9 @@ dave@home1.net,sip:dave@home1.net,6162636465666768696a6b6c6d6e6f70,7172737475767
 # its message template and then trips over a byte 0x5b ('[') as a keyword start.
 
 
-async def start_lab(tmp_path, *extra: str):
+async def start_lab(tmp_path, *extra: str, csv_text: str = CSV):
     csv = tmp_path / "subs.csv"
-    csv.write_text(CSV)
+    csv.write_text(csv_text)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "imsaka", "lab", "--subscribers", str(csv), "--pcscf", "127.0.0.1:0", "--duration", "60", *extra,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -275,3 +275,28 @@ async def test_lab_sipp_as_ue_without_sec_agree(tmp_path):
         code, out, err = await stop_lab(proc)
     assert code == 0, err
     assert "REGISTER sip:home1.net [clear]" in out and "200 OK [clear]" in out
+
+
+async def test_the_example_files_register_a_ue_with_the_lab(tmp_path):
+    """What README's try-it shows: `imsaka lab --subscribers examples/subs.csv` and, in a
+    second terminal, `imsaka ue register -c examples/ue.toml --stay N` (here --pcscf
+    points it at the lab's free port): registered over IPsec, de-registered at the end."""
+    import json
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    csv_text = (examples / "subs.csv").read_text()
+    proc, (host, port), _ = await start_lab(tmp_path, "--quiet", csv_text=csv_text)
+    try:
+        ue_proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "imsaka", "ue", "register", "-c", str(examples / "ue.toml"),
+            "--pcscf", f"{host}:{port}", "--stay", "1", "--json",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(ue_proc.communicate(), 60)
+        assert ue_proc.returncode == 0, err.decode()
+        result = json.loads(out.decode())
+        assert result["registered"] and result["protected"] and result["deregistered"], result
+        assert result["p_associated_uri"] == ["<sip:alice@home1.net>"]
+    finally:
+        code, _out, err = await stop_lab(proc)
+    assert code == 0, err
