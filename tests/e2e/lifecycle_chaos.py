@@ -426,7 +426,7 @@ async def _run(
             return "rtr-undelivered", True, ""
         event = await ue.wait_network_deregistration(60)
         if not event and (behind or ops.get("pcscf-restart", 0) != before):
-            # the new P-CSCF answers the NOTIFY 403 (no registration to take it over)
+            # the new P-CSCF answers the NOTIFY 404 (no registration to take it over)
             return "rtr-unseen-after-pcscf-restart", True, ""
         return "rtr", bool(event), f"RTR {answer}, UE saw {event!r}"
 

@@ -49,6 +49,38 @@ async def test_a_ue_registers_again_by_itself_once_its_pcscf_is_back(home_networ
         assert (await ue.deregister(10)).ok
 
 
+async def test_a_reg_event_subscription_that_could_not_be_made_is_made_again(
+    home_network, subscribers
+):
+    """Every copy of the UE's first reg-event SUBSCRIBE is lost: its transaction runs
+    out (Timer F), and a UE with `recovery_base_time` subscribes anew (a new dialog)
+    after the back-off, so that it hears of a network-initiated de-registration
+    (TS 24.229 §5.1.1.3, §5.1.1.7) after all."""
+    net = home_network
+    config = dataclasses.replace(net.ue_config(subscribers[1]), recovery_base_time=1)
+    async with UeClient(config, observers=[net.trace], timers=FAST) as ue:
+        send = ue.send_protected
+        lost: list[bytes] = []
+        first: list[bytes] = []
+
+        def lose_the_first_subscribe(sa, data: bytes) -> bool:
+            if data.startswith(b"SUBSCRIBE "):
+                call_id = data.split(b"Call-ID: ", 1)[1].split(b"\r\n", 1)[0]
+                first[:] = first or [call_id]
+                if call_id == first[0]:
+                    lost.append(data)
+                    return True
+            return send(sa, data)
+
+        ue.send_protected = lose_the_first_subscribe  # type: ignore[method-assign]
+        assert (await ue.register(10)).ok
+        assert await ue.wait_subscribed(15)
+        assert len(lost) >= 2  # the SUBSCRIBE and its retransmissions, all lost
+        assert ue.core.subscription.call_id.encode() != first[0]
+        assert (await net.hss.deregister_impi(subscribers[1].impi)).get("ok")
+        assert await ue.wait_network_deregistration(5) == "rejected"
+
+
 async def test_without_recovery_the_ue_stays_failed(home_network, subscribers):
     net = home_network
     async with UeClient(net.ue_config(subscribers[0]), timers=FAST) as ue:

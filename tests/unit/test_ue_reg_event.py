@@ -407,3 +407,71 @@ def test_a_refused_subscribe_ends_it_and_a_refused_refresh_waits_for_the_expiry(
     assert ue.next_deadline() == pytest.approx(1003.0)  # no second refresh: the expiry
     assert ue.handle_timer(1003.0) == [SubscriptionEnded("expired")]
     assert ue.next_deadline() == pytest.approx(2.0 + 6600)
+
+
+# ------------------------------------------- keeping the subscription (recovery_base_time)
+
+
+def test_a_subscription_that_could_not_be_made_is_made_again_later():
+    """With `recovery_base_time` a SUBSCRIBE that got no answer, or one that may pass
+    (480/5xx, 404/481: the notifier lost it), is sent again as a new subscription
+    after its Retry-After or the RFC 5626 §4.5 back-off while the UE stays registered;
+    403 and 489 are final; without the setting nothing is sent again (as before)."""
+    ue, sub, _ = registered(recovery_base_time=30)
+    assert ue.transaction_timeout(34.0, "SUBSCRIBE") == [
+        SubscriptionEnded("no answer to the SUBSCRIBE")
+    ]
+    at = ue.next_deadline()
+    assert 34.0 + 30.0 <= at <= 34.0 + 60.0  # 30 · 2^1 · rand(½…1)
+    assert ue.handle_timer(at - 1.0) == []
+    (again,) = ue.handle_timer(at)
+    assert isinstance(again, SendRequest) and again.protected
+    assert again.request.method == "SUBSCRIBE" and again.request.call_id != sub.call_id
+    assert again.request.to.tag is None  # a new dialog
+    # the network asks for 120 s: that is the wait
+    refused = make_response(again.request, 503, headers=[("Retry-After", "120")])
+    assert ue.receive(wire(refused), at + 1) == [SubscriptionEnded("503 Service Unavailable")]
+    assert ue.next_deadline() == pytest.approx(at + 1 + 120)
+    (third,) = ue.handle_timer(at + 121)
+    assert ue.receive(subscribe_ok(third.request), at + 122) == [Subscribed(600000, False)]
+    assert ue._sub_failures == 0
+    # final answers, and the UE without the setting
+    for status, kw in (
+        (403, {"recovery_base_time": 30}),
+        (489, {"recovery_base_time": 30}),
+        (500, {}),
+    ):
+        ue, sub, _ = registered(**kw)
+        ue.receive(wire(make_response(sub, status)), 2.5)
+        assert ue.subscription is None and ue.next_deadline() == pytest.approx(2.0 + 600000 - 600)
+
+
+def test_a_subscription_the_network_ends_while_the_registration_stays_is_made_again():
+    ue, sub = subscribed(recovery_base_time=30)
+    state = "terminated;reason=deactivated;retry-after=5"
+    events = ue.receive_request(notify(sub, cseq=2, state=state), 10.0)
+    assert answer(events) == 200 and SubscriptionEnded("deactivated") in events
+    assert ue.state is UeState.REGISTERED and ue.next_deadline() == pytest.approx(15.0)
+    (again,) = ue.handle_timer(15.0)
+    assert again.request.method == "SUBSCRIBE" and again.request.call_id != sub.call_id
+    # "rejected" is final (RFC 6665 §4.2.2), and a registration ended by the NOTIFY is
+    # not subscribed again (a new registration subscribes after its own 200)
+    ue, sub = subscribed(recovery_base_time=30)
+    ue.receive_request(notify(sub, cseq=2, state="terminated;reason=rejected"), 10.0)
+    assert ue.next_deadline() == pytest.approx(2.0 + 600000 - 600)
+    ue, sub = subscribed(recovery_base_time=30)
+    body = reginfo(version=1, reg_state="terminated", contact_state="terminated", event="rejected")
+    ue.receive_request(notify(sub, body, cseq=2, state="terminated;reason=deactivated"), 10.0)
+    assert ue.state is not UeState.REGISTERED and ue.next_deadline() is None
+
+
+def test_a_lapsed_subscription_is_made_again():
+    ue, sub, _ = registered(expires=7200, recovery_base_time=30)
+    ue.receive(subscribe_ok(sub, expires=1000), 3.0)
+    (refresh,) = ue.handle_timer(503.0)
+    ue.receive(wire(make_response(refresh.request, 500)), 504.0)  # stands until 1003
+    assert ue.handle_timer(1003.0) == [SubscriptionEnded("expired")]
+    at = ue.next_deadline()
+    assert 1003.0 + 30.0 <= at <= 1003.0 + 60.0
+    (again,) = ue.handle_timer(at)
+    assert again.request.method == "SUBSCRIBE" and again.request.to.tag is None

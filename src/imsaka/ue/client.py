@@ -555,10 +555,15 @@ class UeClient:
         return sub is not None and sub.state is SubState.ACTIVE and sub.version >= 0
 
     async def wait_subscribed(self, timeout: float = 5.0) -> bool:
-        """Wait until `subscribed` (True), or it cannot be any more or `timeout` passed."""
+        """Wait until `subscribed` (True), or it cannot be any more (no subscription and
+        none planned) or `timeout` passed."""
         return (
             await self._wait_for(
-                lambda: self.subscribed or self.core is None or self.core.subscription is None,
+                lambda: (
+                    self.subscribed
+                    or self.core is None
+                    or (self.core.subscription is None and self.core.resubscribe_at is None)
+                ),
                 timeout,
             )
             and self.subscribed

@@ -136,6 +136,9 @@ class UeConfig:
     usable Retry-After): the UE starts a new initial registration after a random
     ½…1 of min(`recovery_max_time`, base-time · 2^failures in a row) seconds, as a
     phone does; a refusal of the UE itself (403, 404, a bad AUTN) ends it for good.
+    The same back-off keeps the reg-event subscription up while the UE stays
+    registered (one that could not be made or kept, that lapsed, or that the network
+    ended with reason deactivated/timeout/probation/giveup is made anew).
     0 or None: the UE stays failed and its user decides (tests, load runs);
     ``imsaka ue register --stay`` takes 30 (RFC 5626's base-time when every flow
     failed) unless the file sets it."""

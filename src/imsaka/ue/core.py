@@ -28,7 +28,11 @@ the registration and its SAs; after ``deactivated`` a new initial registration s
 With `UeConfig.recovery_base_time` set, an attempt that failed for a reason that may
 pass (no answer, 408, 480, 5xx, 600) is followed, after RFC 5626 §4.5's randomised
 exponential back-off, by a new initial registration, as a phone keeps itself
-registered; a refusal of the UE itself (403, 404, a bad AUTN) ends it for good.
+registered; a refusal of the UE itself (403, 404, a bad AUTN) ends it for good. The
+same setting keeps the reg-event subscription up while the UE stays registered: one that
+could not be made or refreshed for a reason that may pass, that lapsed, or that the
+network ended without ending the registration (RFC 6665 §4.2.2: deactivated, timeout,
+probation, giveup) is made anew after its Retry-After or the same back-off.
 
 States and inputs are a table (`_TRANSITIONS`); a response in a state that does not
 expect it is a counted drop, not a silent ignore.
@@ -340,6 +344,13 @@ RETRYABLE_STATUSES = frozenset({480, 500, 503, 504})
 _RECOVERABLE = frozenset({408, 480, 600, *range(500, 600)})
 # Exponent bound: 2^16 · base-time is past any max-time worth configuring.
 _MAX_DOUBLINGS = 16
+# Answers to a reg-event SUBSCRIBE after which a UE with `recovery_base_time` that is
+# still registered subscribes again later: the notifier lost the dialog (404, 481) or
+# cannot answer now (408, 480, 5xx). 403 and 489 are final.
+_RESUBSCRIBE_AFTER = frozenset({404, 408, 480, 481, *range(500, 600)})
+# Subscription-State reasons of a terminated NOTIFY that invite a new subscription
+# (RFC 6665 §4.2.2); "rejected" and "noresource" do not.
+_RESUBSCRIBE_REASONS = frozenset({"deactivated", "timeout", "probation", "giveup"})
 
 
 def retry_after_seconds(resp: Response) -> int | None:
@@ -520,6 +531,9 @@ class UeRegistration:
         self.subscription: RegSubscription | None = None
         self._subscribe_after_ok = False
         self._sub_deadline: float | None = None
+        # a new reg-event subscription planned at this time (`recovery_base_time`)
+        self._resubscribe_at: float | None = None
+        self._sub_failures = 0  # subscriptions in a row that could not be made or kept
         self.network_event = ""  # of the last network-initiated de-registration
 
     # ---------------------------------------------------------------- public inputs
@@ -616,6 +630,11 @@ class UeRegistration:
     @property
     def pending_protected(self) -> bool:
         return self._pending_protected
+
+    @property
+    def resubscribe_at(self) -> float | None:
+        """When a new reg-event subscription is due (`recovery_base_time`), or None."""
+        return self._resubscribe_at
 
     # ---------------------------------------------------------------- dispatch
 
@@ -1172,10 +1191,30 @@ class UeRegistration:
     def _drop_subscription(self) -> None:
         self.subscription = None
         self._sub_deadline = None
+        self._resubscribe_at = None
 
     def _rearm_subscription(self) -> None:
         sub = self.subscription
-        self._sub_deadline = sub.deadline() if sub is not None else None
+        self._sub_deadline = sub.deadline() if sub is not None else self._resubscribe_at
+
+    def _plan_resubscribe(self, now: float, retry_after: int | None = None) -> None:
+        """The subscription is gone while the registration stays: with
+        `recovery_base_time`, a new one after `retry_after` (the network's Retry-After
+        or retry-after parameter) or the RFC 5626 §4.5 back-off of `_recover`, so the
+        UE keeps hearing of a network-initiated de-registration (§5.1.1.7)."""
+        base = self.config.recovery_base_time
+        if not base or self.state not in (UeState.REGISTERED, UeState.REREGISTERING):
+            return
+        self._sub_failures += 1
+        if retry_after is None:
+            doublings = min(self._sub_failures, _MAX_DOUBLINGS)
+            ceiling = min(float(self.config.recovery_max_time), float(base) * 2**doublings)
+            after = ceiling * self._rng.uniform(0.5, 1.0)
+        else:
+            after = float(retry_after)
+        self._resubscribe_at = now + after
+        self._rearm_subscription()
+        log.info("ue %s: reg-event subscription again in %.0f s", self.config.impi, after)
 
     def _subscribe(self, now: float) -> SendRequest:
         """SUBSCRIBE to the reg event of our IMPU (§5.1.1.3) over the new SA set: the
@@ -1229,7 +1268,10 @@ class UeRegistration:
             return []
         refreshed = sub.state is SubState.ACTIVE and sub.local_cseq > 1
         if resp.status >= 300:
-            return self._subscribe_failed(sub, resp.status, f"{resp.status} {resp.reason}", now)
+            retry_after = retry_after_seconds(resp) if resp.status in _RESUBSCRIBE_AFTER else None
+            return self._subscribe_failed(
+                sub, resp.status, f"{resp.status} {resp.reason}", now, retry_after
+            )
         sub.pending_cseq = ""
         try:
             tag = resp.to.tag or ""
@@ -1255,6 +1297,7 @@ class UeRegistration:
             self._drop_subscription()
             return [SubscriptionEnded("granted for 0 s")]
         sub.state = SubState.ACTIVE
+        self._sub_failures = 0
         self._set_subscription_expiry(sub, granted, now)
         return [Subscribed(granted, refreshed)]
 
@@ -1265,7 +1308,12 @@ class UeRegistration:
         self._rearm_subscription()
 
     def _subscribe_failed(
-        self, sub: RegSubscription, status: int, reason: str, now: float
+        self,
+        sub: RegSubscription,
+        status: int,
+        reason: str,
+        now: float,
+        retry_after: int | None = None,
     ) -> list[Event]:
         sub.pending_cseq = ""
         if (
@@ -1282,15 +1330,29 @@ class UeRegistration:
             return []
         self._drop_subscription()
         log.info("ue %s: reg-event subscription ended: %s", self.config.impi, reason)
+        if status in _RESUBSCRIBE_AFTER:
+            self._plan_resubscribe(now, retry_after)
         return [SubscriptionEnded(reason)]
 
     def _subscription_timer(self, now: float) -> list[Event]:
         sub = self.subscription
         self._sub_deadline = None
         if sub is None:
-            return []
+            at = self._resubscribe_at
+            if at is None:
+                return []
+            if now < at:
+                self._sub_deadline = at
+                return []
+            self._resubscribe_at = None
+            if self.state not in (UeState.REGISTERED, UeState.REREGISTERING) or (
+                self.sa is None and self.config.sec_agree
+            ):
+                return []  # a registration made anew subscribes after its own 200
+            return [self._subscribe(now)]
         if sub.expires_at is not None and now >= sub.expires_at:
             self._drop_subscription()
+            self._plan_resubscribe(now)
             return [SubscriptionEnded("expired")]
         if sub.refresh_at is not None and now >= sub.refresh_at and not sub.pending_cseq:
             sub.refresh_at = None
@@ -1364,6 +1426,17 @@ class UeRegistration:
         if version is not None:
             assert info is not None
             events += self._take_reginfo(info, now)
+        if (
+            state.state == "terminated"
+            and (state.reason or "").lower() in _RESUBSCRIBE_REASONS
+            and self.subscription is None
+        ):
+            # The subscription ended, the registration did not (the reginfo left it, and
+            # so the UE, registered): RFC 6665 §4.2.2 asks for a new one, after
+            # retry-after when given. Otherwise after the back-off, not at once as it
+            # allows for "deactivated" and "timeout": a notifier that ends each new
+            # subscription at once would otherwise get a SUBSCRIBE storm.
+            self._plan_resubscribe(now, state.retry_after)
         return events
 
     def _answer(self, request: Request, status: int, reason: str) -> SendResponse:

@@ -164,11 +164,12 @@ def parse_reginfo(body: bytes) -> Reginfo:
 @dataclass(frozen=True, slots=True)
 class SubscriptionState:
     """Subscription-State (RFC 6665 §8.2.3): ``active``/``pending``/``terminated`` with
-    its ``expires`` and ``reason`` parameters."""
+    its ``expires``, ``reason`` and ``retry-after`` parameters."""
 
     state: str
     expires: int | None = None
     reason: str = ""
+    retry_after: int | None = None
 
 
 def parse_subscription_state(value: str | None) -> SubscriptionState:
@@ -179,6 +180,7 @@ def parse_subscription_state(value: str | None) -> SubscriptionState:
     if not state:
         raise ReginfoError("empty Subscription-State")
     expires: int | None = None
+    retry_after: int | None = None
     reason = ""
     for p in params:
         name, _, v = p.partition("=")
@@ -189,7 +191,9 @@ def parse_subscription_state(value: str | None) -> SubscriptionState:
             expires = int(v)
         elif name == "reason":
             reason = v.lower()
-    return SubscriptionState(state, expires, reason)
+        elif name == "retry-after" and v.isdigit() and len(v) <= 10:
+            retry_after = int(v)  # (a malformed one is ignored: it only advises)
+    return SubscriptionState(state, expires, reason, retry_after)
 
 
 class SubState(enum.Enum):
