@@ -840,6 +840,14 @@ class UeRegistration:
             resp.status, now
         )
 
+    def _back_off(self, base_time: int, failures: int) -> float:
+        """RFC 5626 §4.5: rand(½…1) · min(max-time, base-time · 2^failures) seconds."""
+        ceiling = min(
+            float(self.config.recovery_max_time),
+            float(base_time) * 2 ** min(failures, _MAX_DOUBLINGS),
+        )
+        return ceiling * self._rng.uniform(0.5, 1.0)
+
     def _recover(self, status: int, now: float) -> list[Event]:
         """After a failure that may pass, with `recovery_base_time` set: a new attempt
         after W·rand(½…1) s, W = min(max-time, base-time · 2^failures in a row) (RFC 5626
@@ -850,9 +858,7 @@ class UeRegistration:
         if not base or status not in _RECOVERABLE:
             return []
         self.recoveries += 1
-        doublings = min(self.recoveries, _MAX_DOUBLINGS)
-        ceiling = min(float(self.config.recovery_max_time), float(base) * 2**doublings)
-        after = ceiling * self._rng.uniform(0.5, 1.0)
+        after = self._back_off(base, self.recoveries)
         self.retries = 0
         self.state = UeState.WAITING_RETRY
         self._deadline = now + after
@@ -1206,12 +1212,7 @@ class UeRegistration:
         if not base or self.state not in (UeState.REGISTERED, UeState.REREGISTERING):
             return
         self._sub_failures += 1
-        if retry_after is None:
-            doublings = min(self._sub_failures, _MAX_DOUBLINGS)
-            ceiling = min(float(self.config.recovery_max_time), float(base) * 2**doublings)
-            after = ceiling * self._rng.uniform(0.5, 1.0)
-        else:
-            after = float(retry_after)
+        after = self._back_off(base, self._sub_failures) if retry_after is None else retry_after
         self._resubscribe_at = now + after
         self._rearm_subscription()
         log.info("ue %s: reg-event subscription again in %.0f s", self.config.impi, after)
