@@ -1206,7 +1206,7 @@ class UeRegistration:
     def _plan_resubscribe(self, now: float, retry_after: int | None = None) -> None:
         """The subscription is gone while the registration stays: with
         `recovery_base_time`, a new one after `retry_after` (the network's Retry-After
-        or retry-after parameter) or the RFC 5626 §4.5 back-off of `_recover`, so the
+        or retry-after parameter) or the RFC 5626 §4.5 back-off (`_back_off`), so the
         UE keeps hearing of a network-initiated de-registration (§5.1.1.7)."""
         base = self.config.recovery_base_time
         if not base or self.state not in (UeState.REGISTERED, UeState.REREGISTERING):
