@@ -96,6 +96,7 @@ async def _register(config, args: argparse.Namespace) -> int:
     )
 
     lost = False  # since the last registration: printed when the UE is back
+    registered_once = False  # failures before the first registration print once, below
 
     def on_event(event) -> None:
         nonlocal lost
@@ -115,8 +116,6 @@ async def _register(config, args: argparse.Namespace) -> int:
             lost = True
             print(f"registering again in {event.after:.0f} s", flush=True)
 
-    registered_once = False
-
     client.on_event = on_event
     try:
         result = await client.register(timeout=args.timeout)
@@ -128,7 +127,6 @@ async def _register(config, args: argparse.Namespace) -> int:
             await asyncio.sleep(args.stay)
             if client.core is not None and client.core.state is UeState.REGISTERED:
                 dereg = await client.deregister(timeout=args.timeout)
-
     finally:
         await client.close()
     if args.json:
