@@ -560,3 +560,29 @@ def test_challenges_within_one_attempt_are_still_bounded():
     failed = next(e for e in events if isinstance(e, RegistrationFailed))
     assert failed.reason == "too many authentication challenges"
     assert ue.state is UeState.FAILED
+
+
+def test_deregister_while_waiting_or_failed_ends_at_once():
+    """`deregister()` of a UE that waits to try again (Retry-After, recovery) or whose
+    attempt failed: without an SA set nothing goes to the network and the UE is
+    de-registered at once (no more attempts); with one the de-REGISTER goes over it."""
+    from imsaka.ue.core import Deregistered
+
+    ue = make_ue(recovery_base_time=30)
+    (send,) = ue.register(0.0)
+    ue.transaction_timeout(32.0)  # recovery planned
+    assert ue.state is UeState.WAITING_RETRY
+    assert ue.deregister(40.0) == [Deregistered(0)]
+    assert ue.state is UeState.DEREGISTERED and ue.next_deadline() is None
+    ue = make_ue()
+    (send,) = ue.register(0.0)
+    ue.receive(_answer(send.request, 403, None), 1.0)
+    assert ue.state is UeState.FAILED and ue.deregister(2.0) == [Deregistered(0)]
+    # a refresh waiting out a Retry-After still holds its set: the de-REGISTER goes over it
+    ue, _ = _registered_ue()
+    (send,) = ue.handle_timer(602.0)
+    ue.receive(_answer(send.request, 503, "60"), 603.0)
+    assert ue.state is UeState.WAITING_RETRY and ue.sa is not None
+    (dereg,) = ue.deregister(610.0)
+    assert dereg.protected and ";expires=0" in dereg.request.get("Contact")
+    assert ue.state is UeState.DEREGISTERING and ue.next_deadline() is None

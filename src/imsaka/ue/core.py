@@ -152,6 +152,8 @@ _TRANSITIONS: dict[tuple[UeState, _Input], str] = {
     (S.DEREGISTERING, In.TIMEOUT): "_on_dereg_ok",
     (S.WAITING_RETRY, In.RETRY): "_retry",
     (S.WAITING_RETRY, In.REGISTER): "_retry_register",
+    (S.WAITING_RETRY, In.DEREGISTER): "_deregister_unregistered",
+    (S.FAILED, In.DEREGISTER): "_deregister_unregistered",
 }
 del S, In
 
@@ -1158,6 +1160,21 @@ class UeRegistration:
             if expires > 0:
                 events.append(self._subscribe(now))
         return events
+
+    def _deregister_unregistered(self, _resp: Response | None, now: float) -> list[Event]:
+        """`deregister()` while a retry or a recovery waits, or after a failed attempt:
+        with an SA set (its registration may still stand at the network) the de-REGISTER
+        goes over it now; without one there is nothing to de-register at the network, so
+        the wait ends (no more attempts) and the UE is de-registered at once (status 0),
+        instead of the caller waiting out its timeout."""
+        self._retrying_deregister = False
+        self._deadline = None
+        if self.sa is not None:
+            return self._start_deregister(None, now)
+        self.state = UeState.DEREGISTERED
+        self._pending = None
+        self._drop_subscription()
+        return [Deregistered(0)]
 
     def _retry_register(self, resp: Response | None, now: float) -> list[Event]:
         """`register()` while a retry waits: a waiting de-REGISTER gives way to it."""
