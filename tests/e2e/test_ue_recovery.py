@@ -60,13 +60,14 @@ async def test_a_reg_event_subscription_that_could_not_be_made_is_made_again(
     config = dataclasses.replace(net.ue_config(subscribers[1]), recovery_base_time=1)
     async with UeClient(config, observers=[net.trace], timers=FAST) as ue:
         send = ue.send_protected
-        lost: list[bytes] = []
-        first: list[bytes] = []
+        lost: list[bytes] = []  # every copy of the first SUBSCRIBE (one Call-ID)
+        first: list[bytes] = []  # that Call-ID, once seen
 
         def lose_the_first_subscribe(sa, data: bytes) -> bool:
             if data.startswith(b"SUBSCRIBE "):
                 call_id = data.split(b"Call-ID: ", 1)[1].split(b"\r\n", 1)[0]
-                first[:] = first or [call_id]
+                if not first:
+                    first.append(call_id)
                 if call_id == first[0]:
                     lost.append(data)
                     return True
