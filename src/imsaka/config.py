@@ -680,31 +680,29 @@ def _diameter(t: _Table, section: str, network: NetworkConfig) -> DiameterConfig
     )
 
 
-def _sip_uri(t: _Table, key: str, network: NetworkConfig) -> str | None:
-    if not t.has(key):
-        t._seen.add(key)
-        return None
-    value = t.str(key, required=True)
+def _routable(t: _Table, key: str, value: str, network: NetworkConfig, label: str = "") -> str:
+    """`value` (``[sip:]host[:port]``, host an IP address or a [network].hosts name) as a
+    ``sip:`` URI; else the field's one-line error, `label` before the reason."""
     try:
         host, _port = split_hostport(value)
         network.resolve(host)
     except ValueError as exc:
-        raise t.fail(key, f"{exc} (an IP address or a name from [network].hosts)") from None
+        raise t.fail(key, f"{label}{exc} (an IP address or a name from [network].hosts)") from None
     return value if value.startswith("sip:") else f"sip:{value}"
 
 
+def _sip_uri(t: _Table, key: str, network: NetworkConfig) -> str | None:
+    if not t.has(key):
+        t._seen.add(key)
+        return None
+    return _routable(t, key, t.str(key, required=True), network)
+
+
 def _sip_uris(t: _Table, key: str, network: NetworkConfig) -> tuple[str, ...]:
-    uris = []
-    for value in t.strs(key, (), nonempty=False):
-        try:
-            host, _port = split_hostport(value)
-            network.resolve(host)
-        except ValueError as exc:
-            raise t.fail(
-                key, f"{value!r}: {exc} (an IP address or a name from [network].hosts)"
-            ) from None
-        uris.append(value if value.startswith("sip:") else f"sip:{value}")
-    return tuple(uris)
+    return tuple(
+        _routable(t, key, value, network, f"{value!r}: ")
+        for value in t.strs(key, (), nonempty=False)
+    )
 
 
 def _scscf_nodes(icscf: IcscfConfig | None, scscf: ScscfConfig | None) -> tuple[str, ...]:

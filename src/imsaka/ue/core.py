@@ -862,8 +862,7 @@ class UeRegistration:
         self.recoveries += 1
         after = self._back_off(base, self.recoveries)
         self.retries = 0
-        self.state = UeState.WAITING_RETRY
-        self._deadline = now + after
+        self._wait_to_retry(now + after)
         log.info(
             "ue %s: registering again in %.0f s (failure %d in a row)",
             self.config.impi,
@@ -902,8 +901,7 @@ class UeRegistration:
             self.temporary_sa = None
         self.retries += 1
         self._pending = None
-        self.state = UeState.WAITING_RETRY
-        self._deadline = now + after
+        self._wait_to_retry(now + after)
         log.info(
             "ue %s: %d with Retry-After %d s: retry %d of %d",
             self.config.impi,
@@ -914,6 +912,12 @@ class UeRegistration:
         )
         events.append(RetryScheduled(status, float(after), now + after, self.retries))
         return events
+
+    def _wait_to_retry(self, at: float) -> None:
+        """`WAITING_RETRY` until `at` (a Retry-After, or the recovery back-off), when
+        `handle_timer` sends the REGISTER again (`_retry`)."""
+        self.state = UeState.WAITING_RETRY
+        self._deadline = at
 
     def _retry(self, _resp: Response | None, now: float) -> list[Event]:
         self._deadline = None
@@ -1286,9 +1290,8 @@ class UeRegistration:
             return []
         refreshed = sub.state is SubState.ACTIVE and sub.local_cseq > 1
         if resp.status >= 300:
-            retry_after = retry_after_seconds(resp) if resp.status in _RESUBSCRIBE_AFTER else None
             return self._subscribe_failed(
-                sub, resp.status, f"{resp.status} {resp.reason}", now, retry_after
+                sub, resp.status, f"{resp.status} {resp.reason}", now, retry_after_seconds(resp)
             )
         sub.pending_cseq = ""
         try:
@@ -1446,7 +1449,7 @@ class UeRegistration:
             events += self._take_reginfo(info, now)
         if (
             state.state == "terminated"
-            and (state.reason or "").lower() in _RESUBSCRIBE_REASONS
+            and state.reason in _RESUBSCRIBE_REASONS
             and self.subscription is None
         ):
             # The subscription ended, the registration did not (the reginfo left it, and
