@@ -356,6 +356,13 @@ class PcscfConfig:
     for a UE not registered here 404, which ends that subscription (RFC 5057 §5.1),
     instead of refusing it 403 as it would a UE's request (which ends nothing). Default:
     the S-CSCFs the same document defines (``[scscf]``, ``[[icscf.scscfs]]``)."""
+    state_file: str = ""
+    """Where a stopping P-CSCF (SIGTERM, SIGINT) writes its registrations, SA sets with
+    their ESP keys and sequence numbers, and reg-event subscriptions, and where the
+    next start reads them back and deletes the file (`imsaka.cscf.pcscf_state`): UEs
+    stay registered across a restart. Relative to the working directory; written
+    readable by its owner only. Empty: nothing is kept (a restarted P-CSCF knows no
+    UE; each registers anew at its next refresh). Needs ``ipsec_backend = "userspace"``."""
     dereg_grace: float = 32.0
     """Seconds the SA set that a REGISTER's last answer left over (the 200 OK to a
     de-REGISTER, to a REGISTER of a registration the network ended, the 4xx to a failed
@@ -749,8 +756,15 @@ def _pcscf(t: _Table, network: NetworkConfig) -> PcscfConfig:
         max_queue_delay=t.float("max_queue_delay", 0.4, zero=True),
         dereg_grace=t.float("dereg_grace", 32.0, zero=True),
         trusted_nodes=_sip_uris(t, "trusted_nodes", network),
+        state_file=t.str("state_file", ""),
     )
     t.done()
+    if cfg.state_file and cfg.ipsec_backend != "userspace":
+        # the kernel's sequence numbers and replay windows are not read out yet
+        raise t.fail("state_file", 'needs ipsec_backend = "userspace"')
+    if cfg.state_file and 0 in (cfg.port, cfg.port_c, cfg.port_s):
+        # the UEs' SAs and the S-CSCF's Path name them
+        raise t.fail("state_file", "needs fixed port, port_c and port_s (not 0)")
     fixed = [p for p in (cfg.port, cfg.port_c, cfg.port_s) if p]
     if len(set(fixed)) != len(fixed):
         raise t.fail("port_s", "port, port_c and port_s must differ")

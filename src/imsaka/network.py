@@ -452,6 +452,20 @@ class Network:
     def pids(self) -> dict[str, int]:
         return {name: proc.pid for name, proc in self.procs.items()}
 
+    async def restart_process(self, name: str, timeout: float = 30.0) -> int:
+        """Stop function `name`'s process as an operator would (SIGTERM: a clean stop)
+        and start it again from the same configuration (processes mode); returns the
+        old process's exit code."""
+        import asyncio
+        import signal
+
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        code = await loop.run_in_executor(None, proc.wait, timeout)
+        await self._spawn(name, self._workdir() / "imsaka.toml", "listening", timeout)
+        return code
+
     def kill_processes(self, timeout: float = 10.0) -> dict[str, int]:
         """End every function process this network started, by PID: SIGTERM (a clean
         stop), SIGKILL after `timeout` seconds; returns the exit codes."""
@@ -556,15 +570,19 @@ class Network:
             lambda: IcscfServer(cfg.icscf, cfg.network, observers=tuple(self._observers)),
         )
 
-    async def restart_pcscf(self, down: float = 0.0) -> None:
+    async def restart_pcscf(self, down: float = 0.0, *, planned: bool = False) -> None:
         """Stop the P-CSCF at once, as in a crash: its SAs, registrations and
         transactions (all in memory) go with it. After `down` seconds a new one starts
         from the same configuration on the same ports; what the UEs send over their old
-        SAs is then ESP with SPIs it does not know, and they must register anew."""
+        SAs is then ESP with SPIs it does not know, and they must register anew.
+        `planned`: stopped as SIGTERM stops ``imsaka run pcscf`` (`PcscfServer.drain`),
+        so with ``[pcscf].state_file`` set the new one takes back what it held."""
         from imsaka.cscf.pcscf_server import PcscfServer
 
         assert self.config is not None and self.config.pcscf is not None
         cfg, key_file = self.config, self.options.key_file
+        if planned and self.pcscf is not None:
+            await self.pcscf.drain()
         await self._crash_and_start(
             "pcscf",
             down,

@@ -94,6 +94,7 @@ def mutate(path: list[str], value) -> dict:
             "[pcscf].trusted_nodes: 'sip:nowhere.example:5080':",
         ),
         (["pcscf", "port_s"], 5060, "[pcscf].port_s: port, port_c and port_s must differ"),
+        (["pcscf", "state_file"], 7, "[pcscf].state_file: must be a non-empty string"),
         (["network", "home_domains"], [], "[network].home_domains: must not be empty"),
         (["network", "hosts"], {"a.b": "not-an-ip"}, "[network.hosts].a.b:"),
         (["nonsense"], {}, "[nonsense]: unknown section"),
@@ -186,6 +187,19 @@ def test_cli_bad_file_is_one_line_and_exit_2(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def test_cli_state_file_in_a_folder_it_cannot_write_is_one_line(tmp_path):
+    doc = EXAMPLE.read_text().replace(
+        "[pcscf]\n", f'[pcscf]\nstate_file = "{tmp_path}/none/pcscf.state"\n', 1
+    )
+    p = tmp_path / "x.toml"
+    p.write_text(doc)
+    r = run_cli("run", "pcscf", "-c", str(p))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"imsaka: error: [pcscf].state_file: cannot write in {tmp_path}/none"
+    ]
+
+
 def test_cli_missing_file(tmp_path):
     r = run_cli("run", "icscf", "-c", str(tmp_path / "none.toml"))
     assert r.returncode == 2 and "no such file" in r.stderr
@@ -256,3 +270,19 @@ def test_pcscf_trusts_the_scscfs_of_the_document_unless_told_otherwise():
     assert not PcscfCore(cfg.pcscf, network=cfg.network)._from_core(
         Arrival(("127.0.0.1", 5090), "udp")
     )
+
+
+def test_pcscf_state_file_needs_the_userspace_backend_and_fixed_ports():
+    doc = example()
+    doc["pcscf"]["state_file"] = "pcscf.state"
+    assert parse_config(doc).pcscf.state_file == "pcscf.state"
+    assert parse_config(example()).pcscf.state_file == ""
+    for key, value, message in (
+        ("ipsec_backend", "xfrm", '[pcscf].state_file: needs ipsec_backend = "userspace"'),
+        ("port_c", 0, "[pcscf].state_file: needs fixed port, port_c and port_s (not 0)"),
+    ):
+        bad = example()
+        bad["pcscf"].update(state_file="pcscf.state", **{key: value})
+        with pytest.raises(ConfigError) as info:
+            parse_config(bad)
+        assert str(info.value) == message

@@ -995,6 +995,56 @@ class PcscfCore:
             self._core_sources.add(address)
             self._core_hosts.add(address[0])
 
+    def _trust_route(self, service_route: tuple[str, ...]) -> None:
+        """The S-CSCF a Service-Route names first is a core node from now on."""
+        if not service_route or service_route in self._trusted_routes:
+            return
+        if len(self._trusted_routes) >= 256:
+            # Service-Routes that differ per user: read them again (the addresses, a
+            # few S-CSCFs, stay)
+            self._trusted_routes.clear()
+        self._trusted_routes.add(service_route)
+        try:
+            self._trust(NameAddr.parse(service_route[0]).uri)
+        except SipParseError:
+            pass
+
+    def subscription_of(self, impi: str) -> RegEventSubscription | None:
+        """The reg-event subscription made for `impi`'s registration, if any."""
+        call_id = self._subscribed.get(impi)
+        return None if call_id is None else self.subscriptions.get(call_id)
+
+    def adopt(
+        self, reg: Registration, sub: RegEventSubscription | None, now: float
+    ) -> list[Action]:
+        """Take back registration `reg` (and its reg-event subscription `sub`) as a
+        P-CSCF before this one held it (`imsaka.cscf.pcscf_state`): indexed by its
+        inbound SPIs and contact as the 401 and 200 OK that made it had, its
+        Service-Route trusted, its deadlines watched. The edge restores its SA sets.
+        A registered one that comes without a subscription (its SUBSCRIBE was still
+        unanswered, or the grant ran out meanwhile) subscribes anew now: the returned
+        SUBSCRIBE."""
+        impi = reg.impi
+        self.registrations[impi] = reg
+        reg.service_route = self._routes.share(list(reg.service_route))
+        self._trust_route(reg.service_route)
+        for sa in (reg.sa, reg.temporary):
+            if sa is not None:
+                for spi in sa.inbound_spis:
+                    self.by_spi[spi] = impi
+        if reg.sa is not None:
+            self._by_contact[(reg.sa.ue_host, reg.sa.port_us)] = impi
+        if reg.clear_source is not None:
+            self._by_contact[reg.clear_source] = impi
+        if sub is not None:
+            self.subscriptions[sub.call_id] = sub
+            self._subscribed[impi] = sub.call_id
+        reg.scheduled = None
+        due = self._due(reg)
+        if due is not None:
+            self._watch(due[0], impi)
+        return self._resubscribe(reg, now) if sub is None else []
+
     def _from_core(self, arrival: Arrival) -> bool:
         """Whether a request came from a node of the core this P-CSCF routes to: the
         address of a configured route or of a Service-Route it was given. Over UDP the
@@ -2157,16 +2207,7 @@ class PcscfCore:
                 pass
         # the S-CSCF's route, the same for its many users: one tuple of one string object
         reg.service_route = self._routes.share(resp.get_all("Service-Route"))
-        if reg.service_route and reg.service_route not in self._trusted_routes:
-            if len(self._trusted_routes) >= 256:
-                # Service-Routes that differ per user: read them again (the addresses,
-                # a few S-CSCFs, stay)
-                self._trusted_routes.clear()
-            self._trusted_routes.add(reg.service_route)
-            try:
-                self._trust(NameAddr.parse(reg.service_route[0]).uri)
-            except SipParseError:
-                pass
+        self._trust_route(reg.service_route)
         reg.associated_uris = tuple(resp.get_all("P-Associated-URI"))
         reg.contact = contacts[0] if contacts else reg.contact
         reply = self._to_ue(resp, arrival)  # over the SA the REGISTER came on

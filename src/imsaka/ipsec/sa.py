@@ -43,7 +43,7 @@ import logging
 import os
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -548,6 +548,17 @@ class SaSet:
             SaState.DRAINING,
         )
 
+    def counters(self) -> dict[int, tuple[int, ...]]:
+        """Every SA's ESP sequence state by SPI: (last sequence number sent,) for an
+        outbound SA, (highest received, replay bitmap) for an inbound one; what
+        `SecurityAssociationTable.restore` takes back."""
+        out: dict[int, tuple[int, ...]] = {}
+        for sa in self.outbound.values():
+            out[sa.spi] = (sa.seq,)  # type: ignore[attr-defined]
+        for sa in self.inbound.values():
+            out[sa.spi] = (sa.top, sa.bitmap)  # type: ignore[attr-defined]
+        return out
+
     def drop_counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for sa in self.inbound.values():
@@ -685,10 +696,13 @@ class SecurityAssociationTable:
 
     # -- lifecycle inputs
 
-    def create_temporary_from(self, contact: object, p: Any, *, now: float) -> SaSet:
+    def create_temporary_from(
+        self, contact: object, p: Any, *, now: float, keys: EspKeys | None = None
+    ) -> SaSet:
         """`create_temporary` from the flat parameters both ends keep after the 401:
         `p` has alg, ealg, the UE's spi_uc/spi_us/port_uc/port_us, the P-CSCF's
-        spi_pc/spi_ps/port_pc/port_ps, ue_host, pcscf_host, ik and ck."""
+        spi_pc/spi_ps/port_pc/port_ps, ue_host, pcscf_host, ik and ck (or `keys`, the
+        ESP keys already expanded from them)."""
         client = SecurityMechanism(
             alg=p.alg,
             ealg=p.ealg,
@@ -714,6 +728,7 @@ class SecurityAssociationTable:
             server=server,
             ik=p.ik,
             ck=p.ck,
+            keys=keys,
         )
 
     def create_temporary(
@@ -728,6 +743,7 @@ class SecurityAssociationTable:
         ik: bytes,
         ck: bytes,
         port_pair: PortPair | None = None,
+        keys: EspKeys | None = None,
     ) -> SaSet:
         """After the 401 (P-CSCF: when forwarding it; UE: on receiving it).
 
@@ -749,7 +765,10 @@ class SecurityAssociationTable:
             raise LocalProtocolError("alg/ealg: Security-Client and Security-Server differ")
         if len({client.spi_c, client.spi_s, server.spi_c, server.spi_s}) != 4:
             raise LocalProtocolError("spi: the four SPIs of an SA set must differ")
-        keys = derive_esp_keys(alg, ealg, ik=ik, ck=ck)
+        if keys is None:
+            keys = derive_esp_keys(alg, ealg, ik=ik, ck=ck)
+        elif (keys.alg, keys.ealg) != (alg, ealg):
+            raise LocalProtocolError("keys: for another alg/ealg than the set's")
         own = server if self.local_role == "pcscf" else client
         earlier = self._contacts.get(contact)
         replaced = earlier.temporary if earlier is not None else None
@@ -808,6 +827,48 @@ class SecurityAssociationTable:
             self._apply(previous, SaInput.SUPERSEDED, now)
             c.old = (*c.old, previous)
         c.established = sa_set
+
+    def restore(
+        self,
+        contact: object,
+        p: Any,
+        keys: EspKeys,
+        *,
+        established: bool,
+        expires_at: float,
+        counters: Mapping[int, Sequence[int]],
+        now: float,
+    ) -> SaSet:
+        """A set this node held before a restart, as `SaSet.counters` and its
+        parameters (`create_temporary_from`'s `p`, with `keys` in place of IK/CK) gave
+        it: temporary (a challenge's, its protected REGISTER still to come) or
+        established, with its lifetime and every SA's sequence number or replay window
+        as they were, so that neither end sees a sequence number again (RFC 4303
+        §3.3.3, §3.4.3). Its own SPIs must not be live here."""
+        own = (p.spi_pc, p.spi_ps) if self.local_role == "pcscf" else (p.spi_uc, p.spi_us)
+        for spi in own:
+            if self.spis.is_live(spi) or spi in self._by_spi:
+                raise LocalProtocolError(f"spi {spi}: already live")
+        for spi in own:
+            self.spis.take(spi)
+        try:
+            sa_set = self.create_temporary_from(contact, p, now=now, keys=keys)
+        except Exception:
+            for spi in own:
+                self.spis.release(spi)
+            raise
+        if established:
+            self.registered(sa_set, expires=0.0, now=now)
+        sa_set.expires_at = expires_at
+        for sa in sa_set.all_sas:
+            value = counters.get(sa.spi)
+            if value is None:
+                continue
+            if sa.inbound:
+                sa.top, sa.bitmap = int(value[0]), int(value[1]) & sa.mask  # type: ignore[attr-defined]
+            else:
+                sa.seq = int(value[0])  # type: ignore[attr-defined]
+        return sa_set
 
     def reregistered(self, sa_set: SaSet, *, expires: float, now: float) -> None:
         """A 200 OK to a re-REGISTER that was not challenged: only the lifetime moves."""
