@@ -151,6 +151,50 @@ class _Registrar:
         )
 
 
+def bench_config(registrar: tuple[str, int], **settings: Any) -> tuple[PcscfConfig, NetworkConfig]:
+    """A P-CSCF on free loopback ports with the stand-in registrar as its next hop."""
+    cfg = PcscfConfig(
+        name="pcscf1.visited1.net",
+        port=free_port(HOST),
+        port_c=free_port(HOST),
+        port_s=free_port(HOST),
+        routes=(PcscfRoute(domain="home1.net", icscf=f"sip:{HOST}:{registrar[1]}"),),
+        **settings,
+    )
+    net = NetworkConfig(
+        home_domains=("home1.net",),
+        hosts={"pcscf1.visited1.net": HOST, "scscf1.home1.net": HOST},
+    )
+    return cfg, net
+
+
+async def bench_close(ues: list[UeClient], server: PcscfServer, registrar: _Registrar) -> None:
+    for ue in ues:
+        await ue.close()
+    await server.close()
+    if registrar.udp is not None:
+        await registrar.udp.close()
+
+
+def bench_ue(i: int, pcscf: tuple[str, int], ealg: str, **settings: Any) -> UeClient:
+    """UE number `i` of the stand-in registrar's subscribers (K, OPc above)."""
+    return UeClient(
+        UeConfig(
+            impi=f"bench{i}_private@home1.net",
+            impus=[f"sip:bench{i}_public1@home1.net"],
+            home_domain="home1.net",
+            registrar="registrar.home1.net",
+            k=K,
+            opc=OPC,
+            pcscf=pcscf,
+            encryption=(ealg,),
+            **settings,
+        ),
+        rng=Random(i),
+        name=f"ue{i}",
+    )
+
+
 class _Share:
     """The P-CSCF's entry points, wrapped: process_time added up, or callgrind's
     collection toggled on for their span (nesting counted)."""
@@ -232,36 +276,13 @@ async def _bench(args: argparse.Namespace, share: _Share) -> dict[str, Any]:
     assert isinstance(loop, _Loop)
     registrar = _Registrar()
     raddr = await registrar.start()
-    cfg = PcscfConfig(
-        name="pcscf1.visited1.net",
-        port=free_port(HOST),
-        port_c=free_port(HOST),
-        port_s=free_port(HOST),
-        routes=(PcscfRoute(domain="home1.net", icscf=f"sip:{HOST}:{raddr[1]}"),),
-    )
-    net = NetworkConfig(
-        home_domains=("home1.net",),
-        hosts={"pcscf1.visited1.net": HOST, "scscf1.home1.net": HOST},
-    )
+    cfg, net = bench_config(raddr)
     server = PcscfServer(cfg, net)  # as `imsaka run pcscf` builds it (SystemRandom)
     await server.start()
     ues: list[UeClient] = []
     try:
         for i in range(args.ues):
-            ue = UeClient(
-                UeConfig(
-                    impi=f"bench{i}_private@home1.net",
-                    impus=[f"sip:bench{i}_public1@home1.net"],
-                    home_domain="home1.net",
-                    registrar="registrar.home1.net",
-                    k=K,
-                    opc=OPC,
-                    pcscf=server.address,
-                    encryption=(args.ealg,),
-                ),
-                rng=Random(i),
-                name=f"ue{i}",
-            )
+            ue = bench_ue(i, server.address, args.ealg)
             await ue.start()
             ues.append(ue)
         for ue in ues:  # untimed: full registration, then one re-registration
@@ -303,11 +324,7 @@ async def _bench(args: argparse.Namespace, share: _Share) -> dict[str, Any]:
             "pcscf_entries_per_reregistration": round(share.calls / args.n, 2),
         }
     finally:
-        for ue in ues:
-            await ue.close()
-        await server.close()
-        if registrar.udp is not None:
-            await registrar.udp.close()
+        await bench_close(ues, server, registrar)
 
 
 def _run(args: argparse.Namespace, share: _Share) -> dict[str, Any]:
