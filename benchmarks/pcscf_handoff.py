@@ -12,10 +12,17 @@ configuration and reads it back. Timed (wall clock, this process only): the writ
 rebuilt), the whole stop and the whole start. Then every UE refreshes over the SA set
 it has: each must be answered 200 over it, unchallenged, with no ESP drop at either end.
 
+`--store redis://…`: ``[pcscf].state_store`` instead (`imsaka.cscf.pcscf_store`): a
+pass writing every record and a pass finding none changed (the steady cost of each
+`state_interval`) timed, then a crash (stopped without `drain()`: nothing more
+written) and the start that takes the records back, and the same refreshes.
+
 Baseline in the same run: `json.dumps` then `json.loads` of the same document, the
-floor any file of this content costs; the ratio is (write + take-back) / floor.
+floor any file of this content costs; the ratio is (write + take-back) / floor (with
+`--store`: the full pass / floor).
 
     python benchmarks/pcscf_handoff.py [--ues 2000] [--ealg null]
+    python benchmarks/pcscf_handoff.py --store redis://127.0.0.1:6379/15 [--ues 2000]
 """
 
 from __future__ import annotations
@@ -72,6 +79,53 @@ def _timed(record: dict[str, float], key: str, fn):
     return run
 
 
+async def _register_all(args: argparse.Namespace, server: PcscfServer, ues: list) -> int:
+    """`args.ues` UEs registered; returns how many P-CSCF subscriptions are confirmed."""
+    for i in range(args.ues):
+        ue = bench_ue(i, server.address, args.ealg, subscribe_reg_event=False)
+        await ue.start()
+        ues.append(ue)
+    for ue in ues:
+        res = await ue.register(timeout=10)
+        if not res.ok or not res.protected:
+            raise RuntimeError(f"pcscf_handoff: registration failed: {res}")
+    assert server.core is not None
+    for _ in range(200):  # the P-CSCF's reg-event subscriptions, confirmed
+        if sum(s.confirmed for s in server.core.subscriptions.values()) == args.ues:
+            break
+        await asyncio.sleep(0.05)
+    return sum(s.confirmed for s in server.core.subscriptions.values())
+
+
+def _json_floor(server: PcscfServer) -> float:
+    """Seconds json.dumps + json.loads of the server's whole document take."""
+    loop = asyncio.get_running_loop()
+    doc = pcscf_state.dump(
+        server.core, server._sets, own=server._own(), now=loop.time(), wall=time.time()
+    )
+    start = time.perf_counter()
+    json.loads(json.dumps(doc, separators=(",", ":")))
+    return time.perf_counter() - start
+
+
+async def _refresh_all(server: PcscfServer, ues: list, registrar: _Registrar) -> dict[str, Any]:
+    """Every UE refreshes over the set it has: counted."""
+    challenged = registrar.counts["challenged"]
+    ok = 0
+    for ue in ues:
+        res = await ue.reregister(timeout=10)
+        ok += res.ok and res.protected
+    return {
+        "refreshed_over_old_sas": ok,
+        "challenged_after": registrar.counts["challenged"] - challenged,
+        "esp_drops": {
+            "pcscf": sum(server.backend.drops.values()),
+            "ues": sum(sum(ue.backend.drops.values()) for ue in ues),
+        },
+        "sa_sets": server.census()["sa_sets"],
+    }
+
+
 async def _bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     registrar = _Registrar2()
     raddr = await registrar.start()
@@ -82,29 +136,8 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     ues: list[UeClient] = []
     spent: dict[str, float] = {}
     try:
-        for i in range(args.ues):
-            ue = bench_ue(i, server.address, args.ealg, subscribe_reg_event=False)
-            await ue.start()
-            ues.append(ue)
-        for ue in ues:
-            res = await ue.register(timeout=10)
-            if not res.ok or not res.protected:
-                raise RuntimeError(f"pcscf_handoff: registration failed: {res}")
-        assert server.core is not None
-        for _ in range(200):  # the P-CSCF's reg-event subscriptions, confirmed
-            if sum(s.confirmed for s in server.core.subscriptions.values()) == args.ues:
-                break
-            await asyncio.sleep(0.05)
-        subscribed = sum(s.confirmed for s in server.core.subscriptions.values())
-        # the baseline: the same document through the json module alone
-        loop = asyncio.get_running_loop()
-        doc = pcscf_state.dump(
-            server.core, server._sets, own=server._own(), now=loop.time(), wall=time.time()
-        )
-        start = time.perf_counter()
-        text = json.dumps(doc, separators=(",", ":"))
-        json.loads(text)
-        floor = time.perf_counter() - start
+        subscribed = await _register_all(args, server, ues)
+        floor = _json_floor(server)  # the baseline
 
         server._hand_off = _timed(spent, "write", server._hand_off)  # type: ignore[method-assign]
         start = time.perf_counter()
@@ -120,14 +153,8 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         if server.restored != args.ues or state.exists():
             raise RuntimeError(f"pcscf_handoff: {server.restored} of {args.ues} taken back")
         census = server.census()
-
-        challenged = registrar.counts["challenged"]
-        ok = 0
-        for ue in ues:
-            res = await ue.reregister(timeout=10)
-            ok += res.ok and res.protected
-        ue_drops = sum(sum(ue.backend.drops.values()) for ue in ues)
         return {
+            "mode": "state_file, SIGTERM",
             "ues": args.ues,
             "ealg": args.ealg,
             "subscriptions_carried": census["reg_subscriptions"],
@@ -143,22 +170,81 @@ async def _bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             ),
             "baseline_json_round_trip_ms": round(floor * 1e3, 1),
             "ratio_to_baseline": round((spent["write"] + spent["take_back"]) / floor, 2),
-            "refreshed_over_old_sas": ok,
-            "challenged_after": registrar.counts["challenged"] - challenged,
-            "esp_drops": {"pcscf": sum(server.backend.drops.values()), "ues": ue_drops},
-            "sa_sets": census["sa_sets"],
+            **await _refresh_all(server, ues, registrar),
         }
     finally:
         await bench_close(ues, server, registrar)
+
+
+async def _bench_store(args: argparse.Namespace) -> dict[str, Any]:
+    """`--store`: the passes of ``[pcscf].state_store`` timed (one writing every record,
+    one finding nothing changed: the steady cost per `state_interval`), then a crash
+    (stop without drain) and the start that takes the records back."""
+    registrar = _Registrar2()
+    raddr = await registrar.start()
+    # no pass of its own between the timed ones
+    cfg, net = bench_config(raddr, state_store=args.store, state_interval=3600.0)
+    server = PcscfServer(cfg, net)
+    await server.start()
+    key = f"{cfg.name}@{cfg.address}:{cfg.port}"
+    ues: list[UeClient] = []
+    spent: dict[str, float] = {}
+    try:
+        await _register_all(args, server, ues)
+        floor = _json_floor(server)
+        passes = {}
+        for name in ("full", "idle"):
+            if name == "full":
+                server._marks = {}  # every record written
+            start = time.perf_counter()
+            await server._store_pass()
+            passes[name] = time.perf_counter() - start
+        cpu = time.process_time()
+        for _ in range(5):
+            await server._store_pass()
+        idle_cpu = (time.process_time() - cpu) / 5
+        await server.stop()  # as a crash: nothing more written
+        server = PcscfServer(cfg, net)
+        server._adopt_all = _timed(spent, "adopt", server._adopt_all)  # type: ignore[method-assign]
+        start = time.perf_counter()
+        await server.start()
+        begin = time.perf_counter() - start
+        if server.restored != args.ues:
+            raise RuntimeError(f"pcscf_handoff: {server.restored} of {args.ues} taken back")
+        return {
+            "mode": "state_store, crash",
+            "ues": args.ues,
+            "ealg": args.ealg,
+            "full_pass_ms": round(passes["full"] * 1e3, 1),
+            "idle_pass_ms": round(passes["idle"] * 1e3, 1),
+            "idle_pass_cpu_ms": round(idle_cpu * 1e3, 2),
+            "idle_pass_us_per_ue": round(idle_cpu / args.ues * 1e6, 2),
+            "start_after_crash_ms": round(begin * 1e3, 1),
+            "take_back_ms": round(spent["adopt"] * 1e3, 1),
+            "baseline_json_round_trip_ms": round(floor * 1e3, 1),
+            "full_pass_ratio_to_baseline": round(passes["full"] / floor, 2),
+            **await _refresh_all(server, ues, registrar),
+        }
+    finally:
+        await bench_close(ues, server, registrar)
+        from imsaka.cscf.pcscf_store import PcscfStateStore
+
+        store = PcscfStateStore(args.store, key)
+        await store.clear()
+        await store.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ues", type=int, default=2000, help="registered UEs to hand over")
     ap.add_argument("--ealg", default="null", help="the UEs' encryption offer")
+    ap.add_argument("--store", metavar="REDIS_URL", help="[pcscf].state_store and a crash instead")
     args = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="pcscf_handoff.") as work:
-        result = asyncio.run(_bench(args, Path(work)))
+    if args.store:
+        result = asyncio.run(_bench_store(args))
+    else:
+        with tempfile.TemporaryDirectory(prefix="pcscf_handoff.") as work:
+            result = asyncio.run(_bench(args, Path(work)))
     result = {"benchmark": "pcscf_handoff", **result, "python": sys.version.split()[0]}
     print(json.dumps(result))
     bad = (

@@ -363,6 +363,15 @@ class PcscfConfig:
     stay registered across a restart. Relative to the working directory; written
     readable by its owner only. Empty: nothing is kept (a restarted P-CSCF knows no
     UE; each registers anew at its next refresh). Needs ``ipsec_backend = "userspace"``."""
+    state_store: str = ""
+    """``redis://host:port/db``: the P-CSCF writes its registrations there as it runs
+    (every `state_interval` s, those that changed; `imsaka.cscf.pcscf_store`) and a
+    start takes them back, after a crash too: a UE registered before the last write
+    stays registered over its SAs (their sequence numbers move on 2^20 past the last
+    written; packets received after that write could be taken once more). Not with
+    `state_file`; needs ``ipsec_backend = "userspace"``."""
+    state_interval: float = 2.0
+    """Seconds between two writes of `state_store`."""
     dereg_grace: float = 32.0
     """Seconds the SA set that a REGISTER's last answer left over (the 200 OK to a
     de-REGISTER, to a REGISTER of a registration the network ended, the 4xx to a failed
@@ -757,14 +766,21 @@ def _pcscf(t: _Table, network: NetworkConfig) -> PcscfConfig:
         dereg_grace=t.float("dereg_grace", 32.0, zero=True),
         trusted_nodes=_sip_uris(t, "trusted_nodes", network),
         state_file=t.str("state_file", ""),
+        state_store=t.str("state_store", ""),
+        state_interval=t.float("state_interval", 2.0),
     )
     t.done()
-    if cfg.state_file and cfg.ipsec_backend != "userspace":
+    if cfg.state_file and cfg.state_store:
+        raise t.fail("state_store", "state_file or state_store, not both")
+    if cfg.state_store and not cfg.state_store.startswith(("redis://", "rediss://", "unix://")):
+        raise t.fail("state_store", "a redis://host:port/db URL")
+    kept = "state_file" if cfg.state_file else "state_store" if cfg.state_store else ""
+    if kept and cfg.ipsec_backend != "userspace":
         # the kernel's sequence numbers and replay windows are not read out yet
-        raise t.fail("state_file", 'needs ipsec_backend = "userspace"')
-    if cfg.state_file and 0 in (cfg.port, cfg.port_c, cfg.port_s):
+        raise t.fail(kept, 'needs ipsec_backend = "userspace"')
+    if kept and 0 in (cfg.port, cfg.port_c, cfg.port_s):
         # the UEs' SAs and the S-CSCF's Path name them
-        raise t.fail("state_file", "needs fixed port, port_c and port_s (not 0)")
+        raise t.fail(kept, "needs fixed port, port_c and port_s (not 0)")
     fixed = [p for p in (cfg.port, cfg.port_c, cfg.port_s) if p]
     if len(set(fixed)) != len(fixed):
         raise t.fail("port_s", "port, port_c and port_s must differ")

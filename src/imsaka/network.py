@@ -452,15 +452,17 @@ class Network:
     def pids(self) -> dict[str, int]:
         return {name: proc.pid for name, proc in self.procs.items()}
 
-    async def restart_process(self, name: str, timeout: float = 30.0) -> int:
-        """Stop function `name`'s process as an operator would (SIGTERM: a clean stop)
-        and start it again from the same configuration (processes mode); returns the
-        old process's exit code."""
+    async def restart_process(
+        self, name: str, timeout: float = 30.0, *, kill: bool = False
+    ) -> int:
+        """Stop function `name`'s process as an operator would (SIGTERM: a clean stop),
+        or with `kill` as a crash would (SIGKILL), and start it again from the same
+        configuration (processes mode); returns the old process's exit code."""
         import asyncio
         import signal
 
         proc = self.procs.pop(name)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
         loop = asyncio.get_running_loop()
         code = await loop.run_in_executor(None, proc.wait, timeout)
         await self._spawn(name, self._workdir() / "imsaka.toml", "listening", timeout)

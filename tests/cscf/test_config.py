@@ -95,6 +95,7 @@ def mutate(path: list[str], value) -> dict:
         ),
         (["pcscf", "port_s"], 5060, "[pcscf].port_s: port, port_c and port_s must differ"),
         (["pcscf", "state_file"], 7, "[pcscf].state_file: must be a non-empty string"),
+        (["pcscf", "state_store"], "/tmp/x", "[pcscf].state_store: a redis://host:port/db URL"),
         (["network", "home_domains"], [], "[network].home_domains: must not be empty"),
         (["network", "hosts"], {"a.b": "not-an-ip"}, "[network.hosts].a.b:"),
         (["nonsense"], {}, "[nonsense]: unknown section"),
@@ -277,12 +278,21 @@ def test_pcscf_state_file_needs_the_userspace_backend_and_fixed_ports():
     doc["pcscf"]["state_file"] = "pcscf.state"
     assert parse_config(doc).pcscf.state_file == "pcscf.state"
     assert parse_config(example()).pcscf.state_file == ""
-    for key, value, message in (
-        ("ipsec_backend", "xfrm", '[pcscf].state_file: needs ipsec_backend = "userspace"'),
-        ("port_c", 0, "[pcscf].state_file: needs fixed port, port_c and port_s (not 0)"),
+    doc = example()
+    doc["pcscf"]["state_store"] = "redis://127.0.0.1:6379/3"
+    assert parse_config(doc).pcscf.state_store == "redis://127.0.0.1:6379/3"
+    assert parse_config(doc).pcscf.state_interval == 2.0
+    for kept, key, value, message in (
+        ("state_file", "ipsec_backend", "xfrm", 'state_file: needs ipsec_backend = "userspace"'),
+        ("state_file", "port_c", 0, "state_file: needs fixed port, port_c and port_s (not 0)"),
+        ("state_store", "port", 0, "state_store: needs fixed port, port_c and port_s (not 0)"),
+        ("state_store", "state_file", "x", "state_store: state_file or state_store, not both"),
+        ("state_store", "state_interval", 0, "state_interval: must be greater than 0.0"),
     ):
         bad = example()
-        bad["pcscf"].update(state_file="pcscf.state", **{key: value})
+        where = "pcscf.state" if kept == "state_file" else "redis://127.0.0.1/0"
+        bad["pcscf"].update({kept: where, key: value})
+        message = "[pcscf]." + message
         with pytest.raises(ConfigError) as info:
             parse_config(bad)
         assert str(info.value) == message

@@ -29,7 +29,8 @@ def _sa(s, impi: str) -> PcscfSa:
 
 def _core(now: float):
     """One registered UE with its set and confirmed subscription, one challenged, one
-    whose registration the network is ending (not written)."""
+    (without sec-agree) whose registration the network ended while its REGISTER was
+    open."""
     table = SecurityAssociationTable("pcscf", ports=PortPool(free_udp_ports(1)[0], 1, 4))
     a = negotiate(pcscf_table=table, contact="a", now=now)
     table.registered(a.pcscf_set, expires=3600, now=now)
@@ -66,10 +67,14 @@ def _core(now: float):
 def test_what_is_written_comes_back_on_another_clock():
     core, sets = _core(now=1000.0)
     doc = json.loads(json.dumps(dump(core, sets, own=OWN, now=1000.0, wall=5000.0)))
-    assert [r["impi"] for r in doc["registrations"]] == ["a@x", "b@x"]
+    assert [r["impi"] for r in doc["registrations"]] == ["a@x", "b@x", "c@x"]
     # 20 s later by the wall clock, on a loop clock that starts at 50
     restored = load(doc, own=OWN, now=50.0, wall=5020.0)
-    a, b = restored
+    a, b, c = restored
+    # the REGISTER whose answer was due may not come again: released in a
+    # transaction's life unless it does
+    assert c.registration.network_terminated and c.registration.release_at == 50.0 + 32.0
+    assert c.registration.clear_source == ("127.0.0.1", 7) and not c.sets
     reg = a.registration
     assert reg.state is RegState.REGISTERED and reg.sa.impi == "a@x"
     assert reg.expires_at == pytest.approx(50.0 + 3600 - 20)
@@ -99,7 +104,7 @@ def test_what_ran_out_while_down_is_not_taken_back():
     core, sets = _core(now=0.0)
     doc = dump(core, sets, own=OWN, now=0.0, wall=0.0)
     # 300 s later: the challenge's temporary set (240 s) ran out, the registration not
-    (a,) = load(doc, own=OWN, now=0.0, wall=300.0)
+    (a,) = load(doc, own=OWN, now=0.0, wall=300.0)  # (c@x's 60 s ran out too)
     assert a.registration.impi == "a@x"
     assert load(doc, own=OWN, now=0.0, wall=3700.0) == []
 
@@ -108,7 +113,8 @@ def test_a_set_not_in_the_table_is_not_written():
     core, sets = _core(now=0.0)
     for s in sets.values():
         s.state = SaState.DRAINING
-    assert dump(core, sets, own=OWN, now=0.0, wall=0.0)["registrations"] == []
+    records = dump(core, sets, own=OWN, now=0.0, wall=0.0)["registrations"]
+    assert [r["impi"] for r in records] == ["c@x"]  # (no set: sec-agree-less)
 
 
 @pytest.mark.parametrize(
@@ -137,3 +143,34 @@ def test_a_document_it_cannot_take_is_refused_in_one_line(change, message):
     text = str(info.value)
     assert message in text and "\n" not in text
     assert "ik_esp" not in text or "zz" not in text  # never the key material itself
+
+
+def test_after_a_crash_sequence_numbers_move_on_and_windows_close():
+    from imsaka.cscf.pcscf_state import SEQ_MARGIN
+
+    core, sets = _core(now=0.0)
+    doc = dump(core, sets, own=OWN, now=0.0, wall=0.0)
+    exact = {s.sa.spi_ps: s.counters for r in load(doc, own=OWN, now=0.0, wall=1.0) for s in r.sets}
+    crashed = load(doc, own=OWN, now=0.0, wall=1.0, crashed=True)
+    for r in crashed:
+        for s in r.sets:
+            for spi, value in s.counters.items():
+                before = exact[s.sa.spi_ps][spi]
+                if len(value) == 1:
+                    assert value == (before[0] + SEQ_MARGIN,)
+                else:
+                    assert value[0] == before[0] and value[1] >= (1 << 64) - 1
+
+
+def test_a_record_kept_apart_counts_from_its_own_save():
+    """A store's records are written at different times: each has its own saved_at."""
+    core, sets = _core(now=100.0)
+    from imsaka.cscf.pcscf_state import record_of
+
+    reg = core.registrations["a@x"]
+    record = record_of(reg, None, sets, 100.0, wall=1000.0)
+    assert record["saved_at"] == 1000.0 and "subscription" not in record
+    doc = {"format": "imsaka-pcscf-state", "version": 1, "pcscf": OWN, "saved_at": 5000.0}
+    doc["registrations"] = [record]
+    (r,) = load(doc, own=OWN, now=0.0, wall=1010.0)
+    assert r.registration.expires_at == pytest.approx(3600 - 10)

@@ -19,17 +19,14 @@ cached answer again over it.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import random
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from imsaka.config import ImsConfig, NetworkConfig, PcscfConfig
-from imsaka.cscf import pcscf_state
 from imsaka.cscf.pcscf import (
     Action,
     Arrival,
@@ -43,8 +40,8 @@ from imsaka.cscf.pcscf import (
     Reply,
     UpgradeSecurityAssociations,
 )
+from imsaka.cscf.pcscf_keep import KeepsState
 from imsaka.ipsec.backend import ProtectedMessage, create_backend
-from imsaka.ipsec.errors import LocalProtocolError
 from imsaka.ipsec.sa import SaSet, SaSetRemoved, SaState, SecurityAssociationTable
 from imsaka.sip import Request, SipParseError, make_response, parse_message
 from imsaka.sip.transaction import TimerConfig
@@ -60,7 +57,7 @@ _TICK = _TIMERS.t1 / 10
 _CR_LF = (13, 10)
 
 
-class PcscfServer:
+class PcscfServer(KeepsState):
     """One P-CSCF process part: bind, serve, close."""
 
     def __init__(
@@ -101,11 +98,7 @@ class PcscfServer:
         self.parse_errors = 0
         self.internal_errors = 0
         self.early_drops = 0  # datagrams that came before the core was up
-        # `drain()` was called: the stop is one asked for, and `[pcscf].state_file`
-        # (if set) gets what the next P-CSCF takes back (`imsaka.cscf.pcscf_state`)
-        self._handoff = False
-        # registrations taken back from the state file at start
-        self.restored = 0
+        self._keep_init()
 
     async def start(self) -> None:
         cfg = self.config
@@ -156,6 +149,8 @@ class PcscfServer:
         )
         if cfg.state_file:
             self._take_back(Path(cfg.state_file))
+        if cfg.state_store:
+            await self._store_start(cfg.state_store)
         log.info(
             "pcscf listening on %s:%d (protected port-c %d, port-s %d)",
             cfg.address,
@@ -177,8 +172,9 @@ class PcscfServer:
 
     async def drain(self) -> None:
         """Before a stop asked for (SIGTERM, SIGINT: `serve_forever`): the close that
-        follows writes `[pcscf].state_file`, once no socket can bring or send anything
-        more (so no sequence number moves after it is written)."""
+        follows writes `[pcscf].state_file` (or the last, clean, write of
+        `[pcscf].state_store`) once no socket can bring or send anything more (so no
+        sequence number moves after it is written)."""
         self._handoff = True
 
     async def stop(self) -> None:
@@ -195,107 +191,9 @@ class PcscfServer:
         if self.udp is not None:
             await self.udp.close()
         if self._handoff and self.config.state_file and self.core is not None:
-            self._handoff = False
             self._hand_off(Path(self.config.state_file))
-
-    # ---------------------------------------------------------------- restarts
-
-    def _own(self) -> dict[str, Any]:
-        assert self.core is not None and self.udp is not None
-        return {
-            "address": self.config.address,
-            "port": self.udp.local_address[1],
-            "port_c": self.core.port_c,
-            "port_s": self.core.port_s,
-        }
-
-    def _hand_off(self, path: Path) -> None:
-        """Write what the next P-CSCF takes back: readable by the owner only, whole or
-        not at all (a temporary file renamed over it)."""
-        assert self.core is not None
-        now = asyncio.get_running_loop().time()
-        doc = pcscf_state.dump(self.core, self._sets, own=self._own(), now=now, wall=time.time())
-        data = json.dumps(doc, separators=(",", ":")).encode()
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except OSError as exc:
-            log.error("pcscf: state not written to %s: %s", path, exc.strerror or exc)
-            return
-        log.info(
-            "pcscf: %d registrations written to %s for the next start",
-            len(doc["registrations"]),
-            path,
-        )
-
-    def _take_back(self, path: Path) -> None:
-        """Read the state a P-CSCF before this one wrote, and delete it (it is good
-        once: its sequence numbers move from here on). One that cannot be used is
-        kept beside it as ``….rejected`` and the P-CSCF starts without it."""
-        assert self.core is not None
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            log.error("pcscf: state file %s not read: %s", path, exc.strerror or exc)
-            return
-        now = asyncio.get_running_loop().time()
-        try:
-            restored = pcscf_state.load(
-                json.loads(data), own=self._own(), now=now, wall=time.time()
-            )
-        except (ValueError, pcscf_state.StateError) as exc:
-            log.error("pcscf: state file %s not used: %s", path, str(exc).splitlines()[0])
-            try:
-                os.replace(path, path.with_name(path.name + ".rejected"))
-            except OSError:
-                pass
-            return
-        try:
-            path.unlink()
-        except OSError as exc:
-            log.error("pcscf: state file %s not deleted: %s", path, exc.strerror or exc)
-        sets = 0
-        actions: list[Action] = []
-        for r in restored:
-            reg = r.registration
-            made: list[SaSet] = []
-            try:
-                for rs in r.sets:
-                    s = self.table.restore(
-                        (reg.impi, reg.ue_host),
-                        rs.sa,
-                        rs.keys,
-                        established=rs.established,
-                        expires_at=rs.expires_at,
-                        counters=rs.counters,
-                        now=now,
-                    )
-                    made.append(s)
-            except LocalProtocolError as exc:
-                log.warning("pcscf: registration of %s not taken back: %s", reg.impi, exc)
-                for s in made:
-                    self.table.remove(s, now=now, reason="not taken back")
-                continue
-            for s in made:
-                self._sets[self._key_of(s)] = s
-                self._index(s)
-            actions += self.core.adopt(reg, r.subscription, now)
-            sets += len(made)
-        self.restored = len(restored)
-        if self.backend is not None:
-            self.backend.sync()
-        self._execute(actions, now)
-        log.info(
-            "pcscf: %d registrations (%d SA sets) taken back from %s", len(restored), sets, path
-        )
+        await self._store_stop()
+        self._handoff = False
 
     def stats(self) -> dict[str, Any]:
         out = self.core.stats() if self.core else {}

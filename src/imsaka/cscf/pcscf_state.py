@@ -1,14 +1,18 @@
-"""What a P-CSCF hands to the one that follows it across a planned restart.
+"""What a P-CSCF hands to the one that follows it across a restart.
 
 A P-CSCF keeps its registrations, SA sets and reg-event subscriptions in memory (TS
 24.229 §5.2.2, §5.2.3; TS 33.203 §7). A new process knows none of them: a UE finds out
 at its next refresh, which the usual grant puts up to a week away, and registers anew.
 With the kernel's SAs (XFRM) the ESP state outlives the process; the userspace backend
-keeps it in the process, so it is written out here instead, on a stop asked for
-(SIGTERM), and read back by the next start:
+keeps it in the process, so it is written out here instead, and read back by the next
+start: all at once on a stop asked for (SIGTERM: ``[pcscf].state_file``, exact), or
+record by record as it runs (``[pcscf].state_store``, `imsaka.cscf.pcscf_store`: as
+last written, after a crash too):
 
 - every registration that is established or challenged (its temporary set awaiting
-  the protected REGISTER), not one that is ending;
+  the protected REGISTER), and one the network ended whose last answer or NOTIFY is
+  still due over its SAs (released when that has passed, or a transaction's life
+  after the start);
 - its SA sets, with the ESP keys expanded from IK/CK (TS 33.203 Annex I; never IK/CK
   themselves, which the P-CSCF does not keep), their lifetimes, and every SA's
   sequence state: the last sequence number sent on each outbound SA, the highest
@@ -25,11 +29,13 @@ retransmissions or superseded by a re-registration) is not carried: the UE's and
 core's retransmissions finish those transactions through the new process, which
 forwards them under the branches its predecessor used.
 
-Sans-I/O: `dump` turns a core's state into a JSON-ready document, `load` a document
-back into what `PcscfCore.adopt` and `SecurityAssociationTable.restore` take. Times are
-kept as seconds left at `saved_at` (wall clock), since the monotonic clocks of two
-processes share no origin. The document holds ESP keys: the edge writes it readable by
-its owner only and deletes it once read.
+Sans-I/O: `dump` turns a core's state into a JSON-ready document (`record_of` one
+registration's record, `fingerprint` what would change it), `load` a document back into
+what `PcscfCore.adopt` and `SecurityAssociationTable.restore` take (`crashed`: counters
+as written some time before the stop, moved on). Times are kept as seconds left at
+`saved_at` (wall clock; the document's, or a record's own), since the monotonic clocks
+of two processes share no origin. The document holds ESP keys: the file is written
+readable by its owner only and deleted once read; the store is the operator's Redis.
 """
 
 from __future__ import annotations
@@ -38,15 +44,39 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from imsaka.cscf.pcscf import PcscfCore, PcscfSa, Registration, RegState
+from imsaka.cscf.pcscf import (
+    TRANSACTION_LIFETIME,
+    PcscfCore,
+    PcscfSa,
+    Registration,
+    RegState,
+)
 from imsaka.cscf.pcscf_regsub import RegEventSubscription
 from imsaka.ipsec.keys import EspKeys
 from imsaka.ipsec.sa import SaSet, SaState
 
-__all__ = ["FORMAT", "VERSION", "RestoredRegistration", "RestoredSet", "StateError", "dump", "load"]
+__all__ = [
+    "FORMAT",
+    "SEQ_MARGIN",
+    "VERSION",
+    "RestoredRegistration",
+    "RestoredSet",
+    "StateError",
+    "dump",
+    "fingerprint",
+    "load",
+    "record_of",
+]
 
 FORMAT = "imsaka-pcscf-state"
 VERSION = 1
+# After a crash: how far past the last written sequence number an outbound SA goes on
+# (more than any SA carries between two writes of a store; 2^32 - 1 numbers in all, and
+# the P-CSCF asks for a new registration 65,536 before the end, `EspOutbound`)
+SEQ_MARGIN = 1 << 20
+# ... and an inbound window's bitmap: every number up to its top received (masked to
+# the window's size by `SecurityAssociationTable.restore`)
+ALL_RECEIVED = (1 << 1024) - 1
 
 _SA_INTS = (
     "spi_uc",
@@ -98,13 +128,9 @@ def dump(
     next one must have for the sets to be of use."""
     out = []
     for reg in core.registrations.values():
-        record = _registration(reg, sets, now)
-        if record is None:
-            continue
-        sub = core.subscription_of(reg.impi)
-        if sub is not None and sub.confirmed and not sub.ending:
-            record["subscription"] = _subscription(sub, now)
-        out.append(record)
+        record = record_of(reg, core.subscription_of(reg.impi), sets, now)
+        if record is not None:
+            out.append(record)
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -114,11 +140,45 @@ def dump(
     }
 
 
+def fingerprint(reg: Registration, sub: RegEventSubscription | None) -> tuple:
+    """What changes when `record_of` would write `reg` differently, but for its SAs'
+    sequence state (their set's `used` flag tells that): compared, not stored."""
+    return (
+        reg.state,
+        reg.expires_at,
+        reg.sa,
+        reg.temporary,
+        reg.contact,
+        reg.security_server,
+        reg.network_terminated,
+        reg.release_at,
+        None if sub is None else (sub.call_id, sub.cseq, sub.remote_tag, sub.expires_at),
+    )
+
+
+def record_of(
+    reg: Registration,
+    sub: RegEventSubscription | None,
+    sets: Mapping[int, SaSet],
+    now: float,
+    wall: float | None = None,
+) -> dict[str, Any] | None:
+    """The record of one registration (with its subscription `sub`, if confirmed), or
+    None when it is not to be taken back. `wall`: the wall clock, for a record kept
+    apart from a document (a store's), whose times count from its own ``saved_at``."""
+    record = _registration(reg, sets, now)
+    if record is None:
+        return None
+    if sub is not None and sub.confirmed and not sub.ending and sub.impi == reg.impi:
+        record["subscription"] = _subscription(sub, now)
+    if wall is not None:
+        record["saved_at"] = wall
+    return record
+
+
 def _registration(
     reg: Registration, sets: Mapping[int, SaSet], now: float
 ) -> dict[str, Any] | None:
-    if reg.network_terminated or reg.release_at:
-        return None  # ending: the UE learns it at its next request, as without a restart
     established = _set(reg.sa, sets, SaState.ESTABLISHED, now) if reg.sa else None
     temporary = _set(reg.temporary, sets, SaState.TEMPORARY, now) if reg.temporary else None
     if reg.state is RegState.REGISTERED:
@@ -141,6 +201,10 @@ def _registration(
         "clear_source": list(reg.clear_source) if reg.clear_source else None,
         "started_over": reg.started_over,
         "ue_sub": reg.ue_sub,
+        # ended by the network, the UE's REGISTER (its de-REGISTER) still to be
+        # answered over the SAs, or its terminated NOTIFY still to pass them
+        "network_terminated": reg.network_terminated,
+        "release_in": reg.release_at - now if reg.release_at else None,
         "sa": established,
         "temporary": temporary,
         "temporary_expires_in": reg.temporary_expires - now if temporary else None,
@@ -189,12 +253,24 @@ def _subscription(sub: RegEventSubscription, now: float) -> dict[str, Any]:
 
 
 def load(
-    doc: object, *, own: Mapping[str, Any], now: float, wall: float
+    doc: object,
+    *,
+    own: Mapping[str, Any],
+    now: float,
+    wall: float,
+    crashed: bool = False,
 ) -> list[RestoredRegistration]:
     """What document `doc` gives back at loop time `now` (wall clock `wall`): the
     registrations with time left, their sets that have not run out, their
     subscriptions. Raises StateError when it is not a document of this format and
-    version, names another address or ports than `own`, or a field is unreadable."""
+    version, names another address or ports than `own`, or a field is unreadable.
+
+    `crashed`: the document was written some time before the P-CSCF stopped (a store
+    written as it ran), so the SAs carried packets the counters do not show. Then
+    every outbound SA goes on `SEQ_MARGIN` past the last number written (the UE takes
+    any number above those it had, RFC 4303 §3.4.3, so none is seen twice), and every
+    inbound SA's window counts all numbers up to its top as received (what came before
+    that top is not taken again; what came after it, since the write, could be once)."""
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise StateError(f"not an {FORMAT} document")
     if doc.get("version") != VERSION:
@@ -206,12 +282,14 @@ def load(
     records = doc.get("registrations")
     if not isinstance(records, list):
         raise StateError("registrations: not a list")
-    # seconds left at the save, minus the time since: deadlines on this loop's clock
-    shift = now - max(0.0, wall - saved_at)
     out = []
     for i, record in enumerate(records):
         try:
-            restored = _restored(record, shift, now)
+            # seconds left at the save, minus the time since: this loop's clock
+            at = record.get("saved_at", saved_at) if isinstance(record, dict) else saved_at
+            if isinstance(at, bool) or not isinstance(at, (int, float)):
+                raise ValueError("saved_at: not a number")
+            restored = _restored(record, now - max(0.0, wall - at), now, crashed)
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"registrations[{i}]: {_reason(exc)}") from None
         if restored is not None:
@@ -262,7 +340,9 @@ def _at(value: object, name: str, shift: float) -> float:
     return shift + float(value)
 
 
-def _restored(record: object, shift: float, now: float) -> RestoredRegistration | None:
+def _restored(
+    record: object, shift: float, now: float, crashed: bool
+) -> RestoredRegistration | None:
     if not isinstance(record, dict):
         raise ValueError("not an object")
     state = RegState(_text(record, "state"))
@@ -290,15 +370,22 @@ def _restored(record: object, shift: float, now: float) -> RestoredRegistration 
         clear_source=source,
         started_over=bool(record["started_over"]),
         ue_sub=_int(record, "ue_sub"),
+        network_terminated=bool(record.get("network_terminated", False)),
     )
+    reg.release_at = _at(record.get("release_in"), "release_in", shift)
+    if reg.network_terminated and not reg.release_at:
+        # its REGISTER's answer was due when the P-CSCF stopped: if the UE's
+        # retransmission does not bring it through this one within a transaction's
+        # life, the sets go then (`PcscfCore._network_end`)
+        reg.release_at = now + TRANSACTION_LIFETIME
     sets: list[RestoredSet] = []
     if record["sa"] is not None:
-        restored = _restored_set(record["sa"], impi, True, shift, now)
+        restored = _restored_set(record["sa"], impi, True, shift, now, crashed)
         if restored is not None:
             reg.sa = restored.sa
             sets.append(restored)
     if record["temporary"] is not None:
-        restored = _restored_set(record["temporary"], impi, False, shift, now)
+        restored = _restored_set(record["temporary"], impi, False, shift, now, crashed)
         if restored is not None:
             reg.temporary = restored.sa
             reg.temporary_expires = _at(
@@ -316,7 +403,7 @@ def _restored(record: object, shift: float, now: float) -> RestoredRegistration 
 
 
 def _restored_set(
-    record: object, impi: str, established: bool, shift: float, now: float
+    record: object, impi: str, established: bool, shift: float, now: float, crashed: bool
 ) -> RestoredSet | None:
     if not isinstance(record, dict):
         raise ValueError("set: not an object")
@@ -348,6 +435,10 @@ def _restored_set(
             isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
         ):
             raise ValueError(f"counters[{spi}]: not a list of counts")
+        if crashed and len(value) == 1:
+            value = [value[0] + SEQ_MARGIN]
+        elif crashed and len(value) == 2:
+            value = [value[0], ALL_RECEIVED]
         counters[int(spi)] = tuple(value)
     return RestoredSet(sa, keys, established, expires_at, counters)
 

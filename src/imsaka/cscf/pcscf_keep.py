@@ -1,0 +1,260 @@
+"""The P-CSCF edge's part in keeping its UEs across a restart: the file a stop asked
+for writes (``[pcscf].state_file``) and the Redis store it writes as it runs
+(``[pcscf].state_store``), both read back at the next start.
+
+What is written and how it is read is `imsaka.cscf.pcscf_state` (sans-I/O); Redis is
+`imsaka.cscf.pcscf_store`. Here: when to write, where from (the core's registrations,
+the server's SA sets), and how a record taken back is put in place (the SA table's
+sets, the reply index, `PcscfCore.adopt`). A mixin of `PcscfServer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from imsaka.cscf import pcscf_state
+from imsaka.ipsec.errors import LocalProtocolError
+
+log = logging.getLogger("imsaka.cscf.pcscf_server")
+
+__all__ = ["KeepsState"]
+
+
+class KeepsState:
+    """`PcscfServer`'s restarts. Needs its `config`, `core`, `table`, `backend`, `udp`,
+    `_sets`, `_index`, `_key_of` and `_execute`."""
+
+    config: Any
+    core: Any
+    table: Any
+    backend: Any
+    udp: Any
+    _sets: dict
+    restored: int
+
+    def _keep_init(self) -> None:
+        # `drain()` was called: the stop is one asked for (the file gets written, the
+        # store's last write is marked clean)
+        self._handoff = False
+        self.restored = 0  # registrations taken back at start
+        self._store: Any = None
+        self._store_task: asyncio.Task | None = None
+        # IMPI -> `pcscf_state.fingerprint` of what the store holds for it (None: to be
+        # written again), and the IMPIs whose records the store holds
+        self._marks: dict[str, tuple] = {}
+        self._stored: set[str] = set()
+        self._store_failing = False
+
+    def _own(self) -> dict[str, Any]:
+        return {
+            "address": self.config.address,
+            "port": self.udp.local_address[1],
+            "port_c": self.core.port_c,
+            "port_s": self.core.port_s,
+        }
+
+    # ------------------------------------------------------------- the file
+
+    def _hand_off(self, path: Path) -> None:
+        """Write what the next P-CSCF takes back: readable by the owner only, whole or
+        not at all (a temporary file renamed over it)."""
+        now = asyncio.get_running_loop().time()
+        doc = pcscf_state.dump(self.core, self._sets, own=self._own(), now=now, wall=time.time())
+        data = json.dumps(doc, separators=(",", ":")).encode()
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.error("pcscf: state not written to %s: %s", path, exc.strerror or exc)
+            return
+        log.info(
+            "pcscf: %d registrations written to %s for the next start",
+            len(doc["registrations"]),
+            path,
+        )
+
+    def _take_back(self, path: Path) -> None:
+        """Read the state a P-CSCF before this one wrote, and delete it (it is good
+        once: its sequence numbers move from here on). One that cannot be used is
+        kept beside it as ``….rejected`` and the P-CSCF starts without it."""
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.error("pcscf: state file %s not read: %s", path, exc.strerror or exc)
+            return
+        now = asyncio.get_running_loop().time()
+        try:
+            restored = pcscf_state.load(
+                json.loads(data), own=self._own(), now=now, wall=time.time()
+            )
+        except (ValueError, pcscf_state.StateError) as exc:
+            log.error("pcscf: state file %s not used: %s", path, str(exc).splitlines()[0])
+            try:
+                os.replace(path, path.with_name(path.name + ".rejected"))
+            except OSError:
+                pass
+            return
+        try:
+            path.unlink()
+        except OSError as exc:
+            log.error("pcscf: state file %s not deleted: %s", path, exc.strerror or exc)
+        self._adopt_all(restored, now, str(path))
+
+    def _adopt_all(
+        self, restored: list[pcscf_state.RestoredRegistration], now: float, source: str
+    ) -> None:
+        """Put each registration taken back in place: its SA sets in the table and the
+        reply index, the registration in the core (whose SUBSCRIBEs go out)."""
+        sets = 0
+        actions: list = []
+        for r in restored:
+            reg = r.registration
+            made: list = []
+            try:
+                for rs in r.sets:
+                    s = self.table.restore(
+                        (reg.impi, reg.ue_host),
+                        rs.sa,
+                        rs.keys,
+                        established=rs.established,
+                        expires_at=rs.expires_at,
+                        counters=rs.counters,
+                        now=now,
+                    )
+                    made.append(s)
+            except LocalProtocolError as exc:
+                log.warning("pcscf: registration of %s not taken back: %s", reg.impi, exc)
+                for s in made:
+                    self.table.remove(s, now=now, reason="not taken back")
+                continue
+            for s in made:
+                self._sets[self._key_of(s)] = s  # type: ignore[attr-defined]
+                self._index(s)  # type: ignore[attr-defined]
+            actions += self.core.adopt(reg, r.subscription, now)
+            sets += len(made)
+            self.restored += 1
+        if self.backend is not None:
+            self.backend.sync()
+        self._execute(actions, now)  # type: ignore[attr-defined]
+        log.info(
+            "pcscf: %d registrations (%d SA sets) taken back from %s", self.restored, sets, source
+        )
+
+    # ------------------------------------------------------------ the store
+
+    def _head(self, clean: bool) -> dict[str, Any]:
+        return {
+            "format": pcscf_state.FORMAT,
+            "version": pcscf_state.VERSION,
+            "pcscf": self._own(),
+            "saved_at": time.time(),
+            "clean": clean,
+        }
+
+    async def _store_start(self, url: str) -> None:
+        """Connect, take back what the store holds (as written before a crash unless
+        its last write was a clean stop's), mark it running, start writing."""
+        from imsaka.cscf.pcscf_store import PcscfStateStore
+
+        own = self._own()
+        self._store = PcscfStateStore(url, f"{self.config.name}@{own['address']}:{own['port']}")
+        now = asyncio.get_running_loop().time()
+        try:
+            head, records = await self._store.read()
+        except Exception as exc:  # Redis down, or not JSON: start without
+            log.error("pcscf: state store %s not read: %s", url, str(exc).splitlines()[0])
+            head, records = None, {}
+        self._stored = set(records)
+        if records:
+            crashed = not (isinstance(head, dict) and head.get("clean") is True)
+            doc = dict(head) if isinstance(head, dict) else {}
+            doc.setdefault("saved_at", time.time())
+            doc["registrations"] = list(records.values())
+            try:
+                restored = pcscf_state.load(
+                    doc, own=self._own(), now=now, wall=time.time(), crashed=crashed
+                )
+            except pcscf_state.StateError as exc:
+                log.error("pcscf: state store %s not used: %s", url, exc)
+                restored = []
+            what = "after a crash" if crashed else "after a stop"
+            self._adopt_all(restored, now, f"{url} ({what})")
+        # Running (`clean` false), and every record written now, before any packet
+        # moves a counter (no await since the take-back): after a crash those written
+        # went on SEQ_MARGIN past the last ones, so that a second crash before the
+        # next write does not start again from those.
+        await self._store_pass()
+        self._store_task = asyncio.ensure_future(self._store_loop())
+
+    async def _store_loop(self) -> None:
+        interval = float(self.config.state_interval)
+        while True:
+            await asyncio.sleep(interval)
+            await self._store_pass()
+
+    async def _store_pass(self, clean: bool = False) -> None:
+        """Write the records that changed since the last pass (all of them for a
+        `clean` stop), remove those that went; on a failure, they are written at the
+        next pass."""
+        now = asyncio.get_running_loop().time()
+        wall = time.time()
+        core, sets = self.core, self._sets
+        changed: dict[str, str] = {}
+        # (what went from the core goes from the store)
+        removed = [impi for impi in self._stored if impi not in core.registrations]
+        marks: dict[str, tuple] = {}
+        for impi, reg in core.registrations.items():
+            sub = core.subscription_of(impi)
+            mark = marks[impi] = pcscf_state.fingerprint(reg, sub)
+            used = False  # traffic over its sets since the last pass: counters moved
+            for sa in (reg.sa, reg.temporary):
+                s = sets.get(sa.spi_ps) if sa is not None else None
+                if s is not None and s.used:
+                    used = True
+                    s.used = False
+            if not clean and not used and self._marks.get(impi) == mark:
+                continue
+            record = pcscf_state.record_of(reg, sub, sets, now, wall)
+            if record is not None:
+                changed[impi] = json.dumps(record, separators=(",", ":"))
+            elif impi in self._stored:
+                removed.append(impi)  # (ending: not to be taken back)
+        try:
+            await self._store.write(self._head(clean), changed, removed)
+        except Exception as exc:  # Redis away: the same records next time
+            if not self._store_failing:
+                log.error("pcscf: state store not written: %s", str(exc).splitlines()[0])
+            self._store_failing = True
+            self._marks = {}  # (all written again at the next pass)
+            return
+        if self._store_failing:
+            log.info("pcscf: state store written again")
+            self._store_failing = False
+        self._marks = marks
+        self._stored = (self._stored - set(removed)) | set(changed)
+
+    async def _store_stop(self) -> None:
+        if self._store is None:
+            return
+        if self._store_task is not None:
+            self._store_task.cancel()
+            await asyncio.gather(self._store_task, return_exceptions=True)
+            self._store_task = None
+        if self._handoff:
+            await self._store_pass(clean=True)
+        await self._store.close()
+        self._store = None

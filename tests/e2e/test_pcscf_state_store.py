@@ -1,0 +1,176 @@
+"""The P-CSCF's registrations in Redis as it runs (``[pcscf].state_store``,
+`imsaka.cscf.pcscf_store`), through the whole core on loopback: a P-CSCF that stopped
+without warning comes back with the UEs it served (TS 24.229 §5.2.2; TS 33.203 §7).
+
+After a crash the records are as last written: every outbound SA goes on 2^20 past
+the sequence number written (the UE takes it: it is above any it had), every inbound
+window counts all up to its written top as received (a packet from before the write
+is a replay). A registration made after the last write is lost, as without the store;
+a stop asked for writes everything exactly (``clean``)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from imsaka.cscf.pcscf_state import SEQ_MARGIN
+from imsaka.cscf.pcscf_store import PcscfStateStore
+from imsaka.ipsec.esp import REPLAY
+from imsaka.network import Network, NetworkOptions
+from imsaka.sip.transaction import TimerConfig
+from imsaka.ue.client import UeClient
+from imsaka.ue.core import RegisteringAnew
+from tests.polling import eventually
+
+pytestmark = pytest.mark.redis
+
+FAST = TimerConfig(t1=0.05, t2=0.4, t4=0.5)
+INTERVAL = 0.2
+
+
+@pytest.fixture
+async def net(subscribers, redis_url):
+    extra = {"pcscf": {"state_store": redis_url, "state_interval": INTERVAL}}
+    n = Network(subscribers, NetworkOptions(extra=extra))
+    await n.start()
+    own = n.pcscf._own()
+    store = PcscfStateStore(redis_url, f"{n.config.pcscf.name}@{own['address']}:{own['port']}")
+    try:
+        yield n
+    finally:
+        await n.stop()
+        await store.clear()
+        await store.close()
+
+
+def _counters(pcscf) -> dict[int, tuple[int, ...]]:
+    (s,) = pcscf.table.sets()
+    return s.counters()
+
+
+async def test_a_ue_stays_registered_across_a_crash(net, subscribers):
+    scscf = net.scscf.scscf
+    seen: list = []
+    async with UeClient(net.ue_config(subscribers[0]), observers=[seen.append], timers=FAST) as ue:
+        assert (await ue.register(10)).ok
+        assert await eventually(lambda: len(scscf.subscriptions) == 2)
+        await asyncio.sleep(3 * INTERVAL)  # written since
+        before = _counters(net.pcscf)
+        # the last ESP packet the UE sent to the P-CSCF's port-s, to replay after
+        port_s = net.pcscf.protected_ports[1]
+        (last, *_) = [
+            e
+            for e in reversed(seen)
+            if e.owner == "ue" and e.protocol == "esp" and e.direction == "out"
+            and e.dst[1] == port_s
+        ]  # fmt: skip
+        challenges = scscf.core.counters["challenge"]
+
+        await net.restart_pcscf(0.2)  # at once, nothing written at the stop
+
+        pcscf = net.pcscf
+        assert pcscf.restored == 1
+        after = _counters(pcscf)
+        for spi, value in before.items():
+            if len(value) == 1:  # outbound: on past what was written
+                assert after[spi] == (value[0] + SEQ_MARGIN,)
+            else:  # inbound: the same top, everything up to it received
+                assert after[spi][0] == value[0] and after[spi][1] == (1 << 64) - 1
+        census = pcscf.census()
+        assert (census["registrations"], census["sa_sets"]) == (1, 1), census
+        assert await eventually(lambda: pcscf.census()["reg_subscriptions"] == 1)
+
+        # a packet the old P-CSCF took is not taken again
+        (sock,) = [p.sock for p in ue.backend._ports.values() if p.address[1] == last.src[1]]
+        sock.sendto(last.payload, last.dst)
+        assert await eventually(lambda: pcscf.backend.drops.get(REPLAY, 0) == 1)
+
+        result = await ue.reregister(10)
+        assert result.ok and result.protected, result
+        assert not [e for e in result.events if isinstance(e, RegisteringAnew)], result.events
+        assert scscf.core.counters["challenge"] == challenges
+        assert not ue.backend.drops, ue.backend.drops
+        assert (await ue.deregister(10)).ok
+    assert await eventually(lambda: net.pcscf.census()["registrations"] == 0)
+
+
+async def test_a_registration_made_after_the_last_write_is_lost_as_without_a_store(
+    net, subscribers
+):
+    pcscf = net.pcscf
+    pcscf._store_task.cancel()  # no write after the one at the start
+    async with UeClient(net.ue_config(subscribers[0]), timers=FAST) as ue:
+        assert (await ue.register(10)).ok
+        await net.restart_pcscf()
+        assert net.pcscf.restored == 0
+        result = await ue.reregister(20)
+        assert result.ok
+        assert [e for e in result.events if isinstance(e, RegisteringAnew)]
+
+
+async def test_a_stop_asked_for_writes_everything_exactly(net, subscribers):
+    async with UeClient(net.ue_config(subscribers[0]), timers=FAST) as ue:
+        assert (await ue.register(10)).ok
+        before = _counters(net.pcscf)
+        await net.restart_pcscf(planned=True)
+        assert net.pcscf.restored == 1
+        assert _counters(net.pcscf) == before  # clean: no margin
+        result = await ue.reregister(10)
+        assert result.ok and not [e for e in result.events if isinstance(e, RegisteringAnew)]
+        assert not ue.backend.drops
+        assert (await ue.deregister(10)).ok
+        # de-registered: gone from the store at the next write, not taken back again
+        await asyncio.sleep(3 * INTERVAL)
+        await net.restart_pcscf()
+        assert net.pcscf.restored == 0
+
+
+async def test_redis_away_at_the_start_and_for_a_while(subscribers, caplog):
+    """Nothing to read (Redis not answering): the P-CSCF starts without, serves, and
+    says so in one line."""
+    extra = {"pcscf": {"state_store": "redis://127.0.0.1:1/0", "state_interval": INTERVAL}}
+    net = Network(subscribers, NetworkOptions(extra=extra))
+    await net.start()
+    try:
+        async with UeClient(net.ue_config(subscribers[0])) as ue:
+            assert (await ue.register(10)).ok
+            await asyncio.sleep(3 * INTERVAL)
+            assert (await ue.deregister(10)).ok
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert any("state store" in m and "not read" in m for m in errors), errors
+        assert sum("not written" in m for m in errors) == 1, errors  # once per outage
+    finally:
+        await net.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_imsaka_run_pcscf_killed_comes_back_with_its_ues(subscribers, redis_url):
+    """The functions as ``imsaka run`` processes; the P-CSCF's is SIGKILLed and started
+    again: the UE's refresh goes over its old SAs."""
+    extra = {"pcscf": {"state_store": redis_url, "state_interval": INTERVAL}}
+    net = Network(subscribers, NetworkOptions(processes=True, extra=extra))
+    cfg = None
+    try:
+        await net.start()
+        cfg = net.config.pcscf
+        async with UeClient(net.ue_config(subscribers[0]), timers=FAST) as ue:
+            assert (await ue.register(20)).ok
+            await asyncio.sleep(5 * INTERVAL)
+            assert await net.restart_process("pcscf", kill=True) == -9
+            census = await net.census("pcscf")
+            assert (census["registrations"], census["sa_sets"]) == (1, 1), census
+            result = await ue.reregister(20)
+            assert result.ok and result.protected, result
+            assert not [e for e in result.events if isinstance(e, RegisteringAnew)]
+            assert not ue.backend.drops, ue.backend.drops
+            assert (await ue.deregister(20)).ok
+        assert "Traceback" not in net.process_errors("pcscf")
+    finally:
+        net.kill_processes()
+        await net.stop()
+        if cfg is not None:
+            store = PcscfStateStore(redis_url, f"{cfg.name}@{cfg.address}:{cfg.port}")
+            await store.clear()
+            await store.close()
