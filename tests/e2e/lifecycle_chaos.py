@@ -14,7 +14,8 @@ any UE.
     python -m tests.e2e.lifecycle_chaos [--seeds 1-20] [--ues 5] [--steps 6] [--traces DIR]
                                         [--expires S] [--scscf-restarts REDIS_URL]
                                         [--hss-restarts] [--icscf-restarts]
-                                        [--pcscf-restarts]
+                                        [--pcscf-restarts [--pcscf-store REDIS_URL]]
+                                        [--pcscf-handoffs]
 
 `--expires S` grants every registration and subscription at most S seconds, so the
 UEs re-register, and the UEs and the P-CSCF refresh their reg-event subscriptions, by
@@ -49,6 +50,17 @@ RTR whose NOTIFY cannot reach the UE (no registration at the new P-CSCF yet) is 
 by the UE at its next refresh. Grants are then at most 60 s (`--expires 60` unless
 shorter), so that what a lost de-REGISTER left lapses within the end's wait.
 
+`--pcscf-handoffs` stops the P-CSCF as SIGTERM does instead (`PcscfServer.drain`, with
+``[pcscf].state_file`` in a folder of the run's own) every 3 to 12 s: the new one
+takes back the registrations, SA sets and subscriptions, and the steps are held to what
+they are without restarts (no second attempt, every RTR seen by its UE): what was under
+way at the stop is finished by the retransmissions through the new process.
+
+`--pcscf-store redis://…` keeps the P-CSCF's registrations in Redis as it runs
+(``[pcscf].state_store``, written every 0.5 s) under `--pcscf-restarts`: the crashed
+P-CSCF's successor takes back what was written, so only what happened in the last half
+second before a crash is lost (the steps keep the crash allowances).
+
 Prints one JSON line per seed and a summary; exits 1 when a run failed. With
 `--traces`, the ladder of each failed UE (SIP and Diameter, by time) is written there.
 Not a test of the suite (a run takes a minute or more): it found the defects fixed in
@@ -58,11 +70,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import random
 import re
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -190,6 +204,8 @@ async def run(
     hss_restarts: bool = False,
     icscf_restarts: bool = False,
     pcscf_restarts: bool = False,
+    pcscf_handoffs: bool = False,
+    pcscf_store: str = "",
 ) -> dict[str, Any]:
     rng = random.Random(seed)
     if pcscf_restarts and not 0 < expires <= 60:
@@ -216,6 +232,13 @@ async def run(
         scscf.pop("reregistration_sar", None)  # "when-needed" needs the memory store
         restarts = _Restarts(redis_url, seed)
     options = NetworkOptions(extra={"scscf": scscf})
+    handoff_dir = None
+    if pcscf_handoffs:
+        handoff_dir = tempfile.TemporaryDirectory(prefix="imsaka-handoff-")
+        state_file = str(Path(handoff_dir.name) / "pcscf.state")
+        options.extra["pcscf"] = {"state_file": state_file}
+    if pcscf_store:
+        options.extra["pcscf"] = {"state_store": pcscf_store, "state_interval": 0.5}
     if hss_restarts:
         # answers that tell the UE to wait a second, and Cx timeouts that say so soon
         fast = {"retry_after": 1, "diameter": {"timeout": 1.0}}
@@ -224,7 +247,9 @@ async def run(
         # again with a new one) stays until reg-await-auth: short here, so that it
         # has lapsed when the end counts what is left.
         scscf["reg_await_auth"] = 30
-        options = NetworkOptions(hss_process=True, extra={"scscf": scscf, "icscf": fast})
+        options = NetworkOptions(
+            hss_process=True, extra={**options.extra, "scscf": scscf, "icscf": fast}
+        )
         ue_extra["max_retries"] = 30
     try:
         with _Logs() as logs:
@@ -241,10 +266,13 @@ async def run(
                 hss_restarts,
                 icscf_restarts,
                 pcscf_restarts,
+                pcscf_handoffs,
             )
     finally:
         if restarts is not None:
             await restarts.clear()
+        if handoff_dir is not None:
+            handoff_dir.cleanup()
 
 
 class _Restarts:
@@ -305,17 +333,21 @@ class _Crashes:
         done: dict[str, int],
         lossy: Any,
         first: tuple[float, float] | None = None,
+        planned: bool = False,
     ) -> None:
         self.net, self.name, self.every, self.rng = net, name, every, rng
         self.done, self.lossy = done, lossy
         self.first = first or every
-        self.restart = getattr(net, f"restart_{name}")
+        restart = getattr(net, f"restart_{name}")
+        # `planned`: stopped as SIGTERM stops it (`--pcscf-handoffs`), counted apart
+        self.restart = functools.partial(restart, planned=True) if planned else restart
+        self.key = f"{name}-handoff" if planned else f"{name}-restart"
         self.task = asyncio.ensure_future(self._loop())
 
     async def _loop(self) -> None:
         log = logging.getLogger("lifecycle_chaos")
         label = self.name.upper().replace("CSCF", "-CSCF")
-        key = f"{self.name}-restart"
+        key = self.key
         every = self.first
         while True:
             await asyncio.sleep(self.rng.uniform(*every))
@@ -349,6 +381,7 @@ async def _run(
     hss_restarts: bool = False,
     icscf_restarts: bool = False,
     pcscf_restarts: bool = False,
+    pcscf_handoffs: bool = False,
 ) -> dict[str, Any]:
     scscf = options.extra["scscf"]
     net = Network(subs, options)
@@ -519,7 +552,7 @@ async def _run(
             crashes_of.append(
                 _Crashes(net, "icscf", (3.0, 12.0), random.Random(seed + 23), ops, lossy_icscf)
             )
-        if pcscf_restarts:
+        if pcscf_restarts or pcscf_handoffs:
             loss_rng4 = random.Random(seed + 29)
 
             def lossy_pcscf() -> None:
@@ -533,11 +566,13 @@ async def _run(
                 _Crashes(
                     net,
                     "pcscf",
-                    (10.0, 25.0),
+                    # (a handoff loses nothing a UE sees: as often as the I-CSCF's crashes)
+                    (3.0, 12.0) if pcscf_handoffs else (10.0, 25.0),
                     random.Random(seed + 31),
                     ops,
                     lossy_pcscf,
                     first=(1.0, 6.0),
+                    planned=pcscf_handoffs,
                 )
             )
         await asyncio.gather(*(life(i, ue) for i, ue in enumerate(ues)))
@@ -599,6 +634,13 @@ async def _run(
         for ue in ues:
             await ue.close()
         await net.stop()
+        cfg = net.config.pcscf if net.config is not None else None
+        if cfg is not None and cfg.state_store:  # the run's records, not left behind
+            from imsaka.cscf.pcscf_store import PcscfStateStore
+
+            store = PcscfStateStore(cfg.state_store, f"{cfg.name}@{cfg.address}:{cfg.port}")
+            await store.clear()
+            await store.close()
 
 
 def _seeds(text: str) -> range:
@@ -622,6 +664,8 @@ async def main_async(args: argparse.Namespace) -> int:
                 args.hss_restarts,
                 args.icscf_restarts,
                 args.pcscf_restarts,
+                args.pcscf_handoffs,
+                args.pcscf_store,
             )
         except Exception:  # a crash of the run itself is a failure of that seed
             out = {"seed": seed, "bad": [traceback.format_exc()[-1500:]]}
@@ -666,7 +710,21 @@ def main(argv: list[str] | None = None) -> int:
         help="stop the P-CSCF at once every 10-25 s (first after 1-6 s), start it 0-1 s later "
         "(grants at most 60 s)",
     )
+    p.add_argument(
+        "--pcscf-handoffs",
+        action="store_true",
+        help="stop the P-CSCF as SIGTERM does (state_file) every 3-12 s (first after 1-6 s), "
+        "start it 0-1 s later; steps held to the no-restart rules",
+    )
+    p.add_argument(
+        "--pcscf-store",
+        default="",
+        metavar="REDIS_URL",
+        help="with --pcscf-restarts: the P-CSCF's registrations in this Redis (state_store)",
+    )
     args = p.parse_args(argv)
+    if args.pcscf_restarts and args.pcscf_handoffs:
+        p.error("--pcscf-restarts and --pcscf-handoffs: one or the other")
     return asyncio.run(main_async(args))
 
 
