@@ -174,3 +174,32 @@ async def test_imsaka_run_pcscf_killed_comes_back_with_its_ues(subscribers, redi
             store = PcscfStateStore(redis_url, f"{cfg.name}@{cfg.address}:{cfg.port}")
             await store.clear()
             await store.close()
+
+
+async def test_a_store_it_could_not_read_is_replaced_at_the_first_write(
+    subscribers, redis_url, monkeypatch
+):
+    """Records it never read (Redis away at its start) are not its own: its first
+    write replaces them all, so a later crash takes back none of them."""
+    from imsaka.ports import free_port
+
+    port = free_port("127.0.0.1")
+    extra = {"pcscf": {"state_store": redis_url, "state_interval": INTERVAL}}
+    net = Network(subscribers, NetworkOptions(pcscf_port=port, extra=extra))
+    store = PcscfStateStore(redis_url, f"pcscf1.home1.net@127.0.0.1:{port}")
+    await store.write({"clean": False}, {"stale@x": "{}"}, [])
+
+    async def unreadable(self):
+        raise ConnectionError("Redis not answering")
+
+    monkeypatch.setattr(PcscfStateStore, "read", unreadable)
+    await net.start()
+    try:
+        assert net.config.pcscf.name == "pcscf1.home1.net"
+        monkeypatch.undo()
+        head, records = await store.read()
+        assert records == {} and head["clean"] is False
+    finally:
+        await net.stop()
+        await store.clear()
+        await store.close()

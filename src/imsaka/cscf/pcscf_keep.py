@@ -50,6 +50,9 @@ class KeepsState:
         self._marks: dict[str, tuple] = {}
         self._stored: set[str] = set()
         self._store_failing = False
+        # the store could not be read at the start: what it holds is unknown, so the
+        # first write replaces all of it
+        self._store_unread = False
 
     def _own(self) -> dict[str, Any]:
         return {
@@ -178,6 +181,7 @@ class KeepsState:
         except Exception as exc:  # Redis down, or not JSON: start without
             log.error("pcscf: state store %s not read: %s", url, str(exc).splitlines()[0])
             head, records = None, {}
+            self._store_unread = True
         self._stored = set(records)
         if records:
             crashed = not (isinstance(head, dict) and head.get("clean") is True)
@@ -213,6 +217,8 @@ class KeepsState:
         now = asyncio.get_running_loop().time()
         wall = time.time()
         core, sets = self.core, self._sets
+        replace = self._store_unread
+        every = clean or replace
         changed: dict[str, str] = {}
         # (what went from the core goes from the store)
         removed = [impi for impi in self._stored if impi not in core.registrations]
@@ -226,7 +232,7 @@ class KeepsState:
                 if s is not None and s.used:
                     used = True
                     s.used = False
-            if not clean and not used and self._marks.get(impi) == mark:
+            if not every and not used and self._marks.get(impi) == mark:
                 continue
             record = pcscf_state.record_of(reg, sub, sets, now, wall)
             if record is not None:
@@ -234,7 +240,7 @@ class KeepsState:
             elif impi in self._stored:
                 removed.append(impi)  # (ending: not to be taken back)
         try:
-            await self._store.write(self._head(clean), changed, removed)
+            await self._store.write(self._head(clean), changed, removed, replace=replace)
         except Exception as exc:  # Redis away: the same records next time
             if not self._store_failing:
                 log.error("pcscf: state store not written: %s", str(exc).splitlines()[0])
@@ -246,6 +252,7 @@ class KeepsState:
             self._store_failing = False
         self._marks = marks
         self._stored = (self._stored - set(removed)) | set(changed)
+        self._store_unread = False
 
     async def _store_stop(self) -> None:
         if self._store is None:

@@ -38,7 +38,8 @@ class PcscfStateStore:
         prefix = f"imsaka:pcscf:{name}:"
         self._regs = prefix + "regs"
         self._meta = prefix + "meta"
-        self._redis = aioredis.from_url(url)
+        # bounded: a Redis that does not answer must not hold up a start or a pass
+        self._redis = aioredis.from_url(url, socket_connect_timeout=2.0, socket_timeout=2.0)
 
     async def read(self) -> tuple[Any, dict[str, Any]]:
         """(the head as written, or None; records by IMPI). Raises ValueError for a
@@ -52,11 +53,18 @@ class PcscfStateStore:
         return head, records
 
     async def write(
-        self, head: Mapping[str, Any], changed: Mapping[str, str], removed: Iterable[str]
+        self,
+        head: Mapping[str, Any],
+        changed: Mapping[str, str],
+        removed: Iterable[str],
+        *,
+        replace: bool = False,
     ) -> None:
         """The records in `changed` (IMPI -> JSON) set, those of `removed` deleted and
-        the head written, all at once."""
+        the head written, all at once; `replace`: every other record deleted first."""
         pipe = self._redis.pipeline(transaction=True)
+        if replace:
+            pipe.delete(self._regs)
         if changed:
             pipe.hset(self._regs, mapping=dict(changed))
         gone = list(removed)
