@@ -59,7 +59,9 @@ def _core(now: float):
     sub.granted(600000, now)
     sets = {s.pcscf_spis[1]: s for s in (a.pcscf_set, b.pcscf_set)}
     core = SimpleNamespace(
-        registrations=regs, subscription_of=lambda impi: sub if impi == "a@x" else None
+        registrations=regs,
+        subscription_of=lambda impi: sub if impi == "a@x" else None,
+        held_sets=lambda: [],
     )
     return core, sets
 
@@ -174,3 +176,24 @@ def test_a_record_kept_apart_counts_from_its_own_save():
     doc["registrations"] = [record]
     (r,) = load(doc, own=OWN, now=0.0, wall=1010.0)
     assert r.registration.expires_at == pytest.approx(3600 - 10)
+
+
+def test_a_set_held_for_a_retransmission_comes_back_with_its_answer():
+    from imsaka.cscf.pcscf_state import RestoredHold
+
+    core, sets = _core(now=0.0)
+    table = SecurityAssociationTable("pcscf", ports=PortPool(free_udp_ports(1)[0], 1, 4))
+    d = negotiate(pcscf_table=table, contact="d", now=0.0)
+    d.pcscf_set.state = SaState.DRAINING
+    sets[d.pcscf_set.pcscf_spis[1]] = d.pcscf_set
+    answer = b"SIP/2.0 200 OK\r\nCSeq: 3 REGISTER\r\n\r\n"
+    held = (_sa(d.pcscf_set, "d@x"), "z9hG4bKabc", 30.0, "de-registered", answer)
+    core.held_sets = lambda: [held]
+    doc = json.loads(json.dumps(dump(core, sets, own=OWN, now=0.0, wall=0.0)))
+    (hold,) = [r for r in load(doc, own=OWN, now=0.0, wall=10.0) if isinstance(r, RestoredHold)]
+    assert (hold.branch, hold.reason, hold.final) == ("z9hG4bKabc", "de-registered", answer)
+    assert hold.release_at == pytest.approx(20.0) and hold.set.sa.impi == "d@x"
+    assert not [r for r in load(doc, own=OWN, now=0.0, wall=31.0) if isinstance(r, RestoredHold)]
+    doc["held"][0]["final"] = "not base64!"
+    with pytest.raises(StateError, match=r"^held\[0\]: "):
+        load(doc, own=OWN, now=0.0, wall=1.0)

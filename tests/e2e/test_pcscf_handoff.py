@@ -256,3 +256,32 @@ async def test_a_subscription_unanswered_at_the_stop_is_made_anew_at_the_start(n
         )
         assert len(scscf.subscriptions) == 2
         assert (await ue.deregister(10)).ok
+
+
+async def test_a_deregister_whose_200_was_lost_is_answered_by_the_next_pcscf(net, subscribers):
+    """The 200 OK to the UE's de-REGISTER is lost on its way out and the P-CSCF
+    restarts: the set it left over is carried with that answer (its hold, RFC 3261
+    §17.2.2; TS 33.203 §7.4), so the UE's retransmission gets it again over the same
+    SA from the next P-CSCF (before, the de-REGISTER ran out: 408)."""
+    lost: list = []
+    send = net.pcscf.send_protected
+
+    def gate(sa, data: bytes, final: bool = False) -> bool:
+        if not lost and data.startswith(b"SIP/2.0 200") and b"expires=0" in data:
+            lost.append(data)
+            return True
+        return send(sa, data, final)
+
+    async with UeClient(net.ue_config(subscribers[0]), timers=FAST) as ue:
+        assert (await ue.register(10)).ok
+        net.pcscf.send_protected = gate
+        net.pcscf.core.dereg_grace = 3.0  # (Timer J: 32 s) the hold carried with its end
+        task = asyncio.ensure_future(ue.deregister(10))
+        assert await eventually(lambda: bool(lost))
+        assert net.pcscf.census()["sa_sets_in_grace"] == 1
+        await net.restart_pcscf(planned=True)
+        assert net.pcscf.census()["sa_sets_in_grace"] == 1
+        result = await task
+        assert result.ok, result
+        assert net.pcscf.core.counters["deregister-answered-again-in-grace"] == 1
+    assert await eventually(lambda: net.pcscf.census()["sa_sets_in_grace"] == 0, timeout=10)

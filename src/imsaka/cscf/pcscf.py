@@ -1045,6 +1045,36 @@ class PcscfCore:
             self._watch(due[0], impi)
         return self._resubscribe(reg, now) if sub is None else []
 
+    def held_sets(self) -> list[tuple[PcscfSa, str, float, str, bytes | None]]:
+        """The sets in their grace (`_hold`): (set, our branch of the REGISTER they
+        answer, release time, reason, that answer's octets or None)."""
+        return [
+            (
+                g.sa,
+                g.branch,
+                g.release_at,
+                g.reason,
+                None if g.final_data is None else self._packer.unpack(g.final_data),
+            )
+            for g in self._grace.values()
+        ]
+
+    def adopt_held(
+        self, sa: PcscfSa, branch: str, release_at: float, reason: str, final: bytes | None
+    ) -> list[Action]:
+        """Take back a set in its grace (`held_sets` of a P-CSCF before this one): it
+        answers its REGISTER's retransmission with `final` until `release_at`. The edge
+        restores the set; the returned hold puts it out of the reply index."""
+        grace = _Grace(sa, branch, release_at, reason)
+        grace.final_data = None if final is None else self._packer.pack(final)
+        self._grace[grace.key] = grace
+        for spi in sa.inbound_spis:
+            self._grace_by_spi[spi] = grace
+        if reason == NETWORK_TERMINATED:
+            self._grace_by_contact[(sa.ue_host, sa.port_us)] = grace
+        self._watch(release_at, grace.key)
+        return [HoldSecurityAssociations(sa, release_at)]
+
     def _from_core(self, arrival: Arrival) -> bool:
         """Whether a request came from a node of the core this P-CSCF routes to: the
         address of a configured route or of a Service-Route it was given. Over UDP the

@@ -117,14 +117,35 @@ class KeepsState:
             log.error("pcscf: state file %s not deleted: %s", path, exc.strerror or exc)
         self._adopt_all(restored, now, str(path))
 
-    def _adopt_all(
-        self, restored: list[pcscf_state.RestoredRegistration], now: float, source: str
-    ) -> None:
+    def _adopt_all(self, restored: list, now: float, source: str) -> None:
         """Put each registration taken back in place: its SA sets in the table and the
-        reply index, the registration in the core (whose SUBSCRIBEs go out)."""
+        reply index, the registration in the core (whose SUBSCRIBEs go out); and each
+        set held for a REGISTER's retransmissions (its hold out of the reply index)."""
         sets = 0
         actions: list = []
         for r in restored:
+            if isinstance(r, pcscf_state.RestoredHold):
+                rs = r.set
+                try:
+                    # a table contact of its own: it is no UE's current set, and none
+                    # restored after it supersedes it
+                    s = self.table.restore(
+                        ("held", rs.sa.impi, rs.sa.spi_ps),
+                        rs.sa,
+                        rs.keys,
+                        established=True,
+                        expires_at=max(rs.expires_at, r.release_at + 1.0),
+                        counters=rs.counters,
+                        now=now,
+                    )
+                except LocalProtocolError as exc:
+                    log.warning("pcscf: held set of %s not taken back: %s", rs.sa.impi, exc)
+                    continue
+                self._sets[self._key_of(s)] = s  # type: ignore[attr-defined]
+                self._index(s)  # type: ignore[attr-defined]
+                actions += self.core.adopt_held(rs.sa, r.branch, r.release_at, r.reason, r.final)
+                sets += 1
+                continue
             reg = r.registration
             made: list = []
             try:

@@ -24,10 +24,12 @@ last written, after a crash too):
 - its reg-event subscription's dialog (RFC 6665 §4.1; RFC 3261 §12), so the S-CSCF's
   NOTIFYs keep finding it and the refresh comes when it was due.
 
-What is under way (forwarded requests awaiting an answer, sets held for a de-REGISTER's
-retransmissions or superseded by a re-registration) is not carried: the UE's and the
-core's retransmissions finish those transactions through the new process, which
-forwards them under the branches its predecessor used.
+Also carried by the file: the sets held for the retransmissions of the REGISTER whose
+last answer they carried (a de-REGISTER's 200 OK: `PcscfCore.held_sets`), with that
+answer. What else is under way (forwarded requests awaiting an answer, a set a
+re-registration superseded) is not: the UE's and the core's retransmissions finish
+those transactions through the new process, which forwards them under the branches
+its predecessor used.
 
 Sans-I/O: `dump` turns a core's state into a JSON-ready document (`record_of` one
 registration's record, `fingerprint` what would change it), `load` a document back into
@@ -40,6 +42,7 @@ readable by its owner only and deleted once read; the store is the operator's Re
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +62,7 @@ __all__ = [
     "FORMAT",
     "SEQ_MARGIN",
     "VERSION",
+    "RestoredHold",
     "RestoredRegistration",
     "RestoredSet",
     "StateError",
@@ -106,6 +110,18 @@ class RestoredSet:
 
 
 @dataclass(frozen=True, slots=True)
+class RestoredHold:
+    """A set in its grace (`PcscfCore.adopt_held`): the REGISTER it answered, by our
+    branch, gets `final` again over it until `release_at`."""
+
+    set: RestoredSet
+    branch: str
+    release_at: float
+    reason: str
+    final: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
 class RestoredRegistration:
     registration: Registration
     sets: tuple[RestoredSet, ...]
@@ -131,12 +147,27 @@ def dump(
         record = record_of(reg, core.subscription_of(reg.impi), sets, now)
         if record is not None:
             out.append(record)
+    held = []
+    for sa, branch, release_at, reason, final in core.held_sets():
+        kept = _set(sa, sets, SaState.DRAINING, now)
+        if kept is not None:
+            held.append(
+                {
+                    "impi": sa.impi,
+                    "set": kept,
+                    "branch": branch,
+                    "release_in": release_at - now,
+                    "reason": reason,
+                    "final": None if final is None else base64.b64encode(final).decode(),
+                }
+            )
     return {
         "format": FORMAT,
         "version": VERSION,
         "saved_at": wall,
         "pcscf": dict(own),
         "registrations": out,
+        "held": held,
     }
 
 
@@ -259,7 +290,7 @@ def load(
     now: float,
     wall: float,
     crashed: bool = False,
-) -> list[RestoredRegistration]:
+) -> list[RestoredRegistration | RestoredHold]:
     """What document `doc` gives back at loop time `now` (wall clock `wall`): the
     registrations with time left, their sets that have not run out, their
     subscriptions. Raises StateError when it is not a document of this format and
@@ -294,7 +325,33 @@ def load(
             raise StateError(f"registrations[{i}]: {_reason(exc)}") from None
         if restored is not None:
             out.append(restored)
+    held = doc.get("held", [])
+    if not isinstance(held, list):
+        raise StateError("held: not a list")
+    shift = now - max(0.0, wall - saved_at)
+    for i, record in enumerate(held):
+        try:
+            hold = _restored_hold(record, shift, now, crashed)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StateError(f"held[{i}]: {_reason(exc)}") from None
+        if hold is not None:
+            out.append(hold)
     return out
+
+
+def _restored_hold(record: object, shift: float, now: float, crashed: bool) -> RestoredHold | None:
+    if not isinstance(record, dict):
+        raise ValueError("not an object")
+    release_at = _at(record["release_in"], "release_in", shift)
+    if release_at <= now:
+        return None  # its REGISTER's transaction ended meanwhile
+    kept = _restored_set(record["set"], _text(record, "impi"), True, shift, now, crashed)
+    if kept is None:
+        return None
+    final = record["final"]
+    if final is not None:
+        final = base64.b64decode(_text(record, "final"), validate=True)
+    return RestoredHold(kept, _text(record, "branch"), release_at, _text(record, "reason"), final)
 
 
 def _reason(exc: Exception) -> str:
