@@ -452,9 +452,7 @@ class Network:
     def pids(self) -> dict[str, int]:
         return {name: proc.pid for name, proc in self.procs.items()}
 
-    async def restart_process(
-        self, name: str, timeout: float = 30.0, *, kill: bool = False
-    ) -> int:
+    async def restart_process(self, name: str, timeout: float = 30.0, *, kill: bool = False) -> int:
         """Stop function `name`'s process as an operator would (SIGTERM: a clean stop),
         or with `kill` as a crash would (SIGKILL), and start it again from the same
         configuration (processes mode); returns the old process's exit code."""
