@@ -618,7 +618,17 @@ async def _run(
                 for impu, reg in (core.registrations if core else {}).items()
             }
             bad.append(
-                {"left": _leftovers(net, ues), "pcscf_records": records, "scscf_bindings": bindings}
+                {
+                    "left": _leftovers(net, ues),
+                    "pcscf_records": records,
+                    "scscf_bindings": bindings,
+                    # whose challenges are left (IMPI: how many)
+                    "scscf_challenges": {
+                        impi: len(nonces)
+                        for impi, nonces in (core._challenges_by_impi if core else {}).items()
+                        if nonces
+                    },
+                }
             )
             for i in range(n_ues):
                 write_ladder(i)

@@ -66,6 +66,7 @@ async def test_a_ue_stays_registered_across_a_planned_restart(net, subscribers):
 
         pcscf = net.pcscf
         assert pcscf.restored == 1
+        assert pcscf.core.counters["registrations-taken-back"] == 1  # (a metric)
         assert not _state_file(net).exists()  # good once: deleted when read
         census = pcscf.census()
         assert census["registrations"] == 1 and census["sa_sets"] == 1, census
@@ -215,6 +216,7 @@ async def test_imsaka_run_pcscf_hands_over_on_sigterm(subscribers, tmp_path):
             assert not ue.backend.drops, ue.backend.drops
             events = await net.events("pcscf")
             assert events.get(("pcscf", "challenges"), 0) == 0
+            assert events[("pcscf", "registrations-taken-back")] == 1
             assert (await ue.deregister(20)).ok
         assert "Traceback" not in net.process_errors("pcscf")
     finally:

@@ -144,6 +144,7 @@ class KeepsState:
                 self._sets[self._key_of(s)] = s  # type: ignore[attr-defined]
                 self._index(s)  # type: ignore[attr-defined]
                 actions += self.core.adopt_held(rs.sa, r.branch, r.release_at, r.reason, r.final)
+                self.core.counters["held-sets-taken-back"] += 1
                 sets += 1
                 continue
             reg = r.registration
@@ -171,6 +172,7 @@ class KeepsState:
             actions += self.core.adopt(reg, r.subscription, now)
             sets += len(made)
             self.restored += 1
+            self.core.counters["registrations-taken-back"] += 1
         if self.backend is not None:
             self.backend.sync()
         self._execute(actions, now)  # type: ignore[attr-defined]
@@ -263,6 +265,7 @@ class KeepsState:
         try:
             await self._store.write(self._head(clean), changed, removed, replace=replace)
         except Exception as exc:  # Redis away: the same records next time
+            self.core.counters["state-store-write-failed"] += 1
             if not self._store_failing:
                 log.error("pcscf: state store not written: %s", str(exc).splitlines()[0])
             self._store_failing = True
