@@ -287,3 +287,23 @@ async def test_a_deregister_whose_200_was_lost_is_answered_by_the_next_pcscf(net
         assert result.ok, result
         assert net.pcscf.core.counters["deregister-answered-again-in-grace"] == 1
     assert await eventually(lambda: net.pcscf.census()["sa_sets_in_grace"] == 0, timeout=10)
+
+
+async def test_a_record_the_table_cannot_take_is_skipped_not_fatal(net, subscribers, caplog):
+    """A set whose SPI this P-CSCF would never allocate (below its range): that one
+    registration is not taken back (one warning); the P-CSCF starts and serves."""
+    async with UeClient(net.ue_config(subscribers[0]), timers=FAST) as ue:
+        assert (await ue.register(10)).ok
+        pcscf = net.pcscf
+        await pcscf.drain()
+        await pcscf.stop()
+        net.pcscf = None
+        path = _state_file(net)
+        doc = json.loads(path.read_text())
+        doc["registrations"][0]["sa"]["spi_pc"] = 5
+        path.write_text(json.dumps(doc))
+        await net.restart_pcscf()
+        assert net.pcscf.restored == 0
+        assert any("not taken back" in r.getMessage() for r in caplog.records)
+        result = await ue.reregister(20)  # as after a crash: registers anew
+        assert result.ok and [e for e in result.events if isinstance(e, RegisteringAnew)]

@@ -138,7 +138,7 @@ class KeepsState:
                         counters=rs.counters,
                         now=now,
                     )
-                except LocalProtocolError as exc:
+                except (LocalProtocolError, ValueError) as exc:  # (an SPI out of range)
                     log.warning("pcscf: held set of %s not taken back: %s", rs.sa.impi, exc)
                     continue
                 self._sets[self._key_of(s)] = s  # type: ignore[attr-defined]
@@ -161,7 +161,7 @@ class KeepsState:
                         now=now,
                     )
                     made.append(s)
-            except LocalProtocolError as exc:
+            except (LocalProtocolError, ValueError) as exc:  # (an SPI out of range)
                 log.warning("pcscf: registration of %s not taken back: %s", reg.impi, exc)
                 for s in made:
                     self.table.remove(s, now=now, reason="not taken back")
