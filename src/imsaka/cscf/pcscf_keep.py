@@ -11,6 +11,8 @@ sets, the reply index, `PcscfCore.adopt`). A mixin of `PcscfServer`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 import logging
 import os
@@ -24,6 +26,20 @@ from imsaka.ipsec.errors import LocalProtocolError
 log = logging.getLogger("imsaka.cscf.pcscf_server")
 
 __all__ = ["KeepsState"]
+
+
+@contextlib.contextmanager
+def _bulk():
+    """No cyclic collection while a whole document is built or read: its many young
+    objects (a few hundred thousand for 10,000 UEs) would set off collections that each
+    walk the heap of every registration, for nothing (they are all kept)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class KeepsState:
@@ -68,8 +84,11 @@ class KeepsState:
         """Write what the next P-CSCF takes back: readable by the owner only, whole or
         not at all (a temporary file renamed over it)."""
         now = asyncio.get_running_loop().time()
-        doc = pcscf_state.dump(self.core, self._sets, own=self._own(), now=now, wall=time.time())
-        data = json.dumps(doc, separators=(",", ":")).encode()
+        with _bulk():
+            doc = pcscf_state.dump(
+                self.core, self._sets, own=self._own(), now=now, wall=time.time()
+            )
+            data = json.dumps(doc, separators=(",", ":")).encode()
         tmp = path.with_name(path.name + ".tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -101,9 +120,10 @@ class KeepsState:
             return
         now = asyncio.get_running_loop().time()
         try:
-            restored = pcscf_state.load(
-                json.loads(data), own=self._own(), now=now, wall=time.time()
-            )
+            with _bulk():
+                restored = pcscf_state.load(
+                    json.loads(data), own=self._own(), now=now, wall=time.time()
+                )
         except (ValueError, pcscf_state.StateError) as exc:
             log.error("pcscf: state file %s not used: %s", path, str(exc).splitlines()[0])
             try:
@@ -115,7 +135,8 @@ class KeepsState:
             path.unlink()
         except OSError as exc:
             log.error("pcscf: state file %s not deleted: %s", path, exc.strerror or exc)
-        self._adopt_all(restored, now, str(path))
+        with _bulk():
+            self._adopt_all(restored, now, str(path))
 
     def _adopt_all(self, restored: list, now: float, source: str) -> None:
         """Put each registration taken back in place: its SA sets in the table and the
@@ -212,14 +233,16 @@ class KeepsState:
             doc.setdefault("saved_at", time.time())
             doc["registrations"] = list(records.values())
             try:
-                restored = pcscf_state.load(
-                    doc, own=self._own(), now=now, wall=time.time(), crashed=crashed
-                )
+                with _bulk():
+                    restored = pcscf_state.load(
+                        doc, own=self._own(), now=now, wall=time.time(), crashed=crashed
+                    )
             except pcscf_state.StateError as exc:
                 log.error("pcscf: state store %s not used: %s", url, exc)
                 restored = []
             what = "after a crash" if crashed else "after a stop"
-            self._adopt_all(restored, now, f"{url} ({what})")
+            with _bulk():
+                self._adopt_all(restored, now, f"{url} ({what})")
         # Running (`clean` false), and every record written now, before any packet
         # moves a counter (no await since the take-back): after a crash those written
         # went on SEQ_MARGIN past the last ones, so that a second crash before the
@@ -245,23 +268,24 @@ class KeepsState:
         changed: dict[str, str] = {}
         # (what went from the core goes from the store)
         removed = [impi for impi in self._stored if impi not in core.registrations]
-        marks: dict[str, tuple] = {}
-        for impi, reg in core.registrations.items():
-            sub = core.subscription_of(impi)
-            mark = marks[impi] = pcscf_state.fingerprint(reg, sub)
-            used = False  # traffic over its sets since the last pass: counters moved
-            for sa in (reg.sa, reg.temporary):
-                s = sets.get(sa.spi_ps) if sa is not None else None
-                if s is not None and s.used:
-                    used = True
-                    s.used = False
-            if not every and not used and self._marks.get(impi) == mark:
-                continue
-            record = pcscf_state.record_of(reg, sub, sets, now, wall)
-            if record is not None:
-                changed[impi] = json.dumps(record, separators=(",", ":"))
-            elif impi in self._stored:
-                removed.append(impi)  # (ending: not to be taken back)
+        with _bulk():  # (a full pass, at a start or a clean stop, builds them all)
+            marks: dict[str, tuple] = {}
+            for impi, reg in core.registrations.items():
+                sub = core.subscription_of(impi)
+                mark = marks[impi] = pcscf_state.fingerprint(reg, sub)
+                used = False  # traffic over its sets since the last pass: counters moved
+                for sa in (reg.sa, reg.temporary):
+                    s = sets.get(sa.spi_ps) if sa is not None else None
+                    if s is not None and s.used:
+                        used = True
+                        s.used = False
+                if not every and not used and self._marks.get(impi) == mark:
+                    continue
+                record = pcscf_state.record_of(reg, sub, sets, now, wall)
+                if record is not None:
+                    changed[impi] = json.dumps(record, separators=(",", ":"))
+                elif impi in self._stored:
+                    removed.append(impi)  # (ending: not to be taken back)
         try:
             await self._store.write(self._head(clean), changed, removed, replace=replace)
         except Exception as exc:  # Redis away: the same records next time
