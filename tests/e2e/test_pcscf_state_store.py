@@ -11,6 +11,7 @@ a stop asked for writes everything exactly (``clean``)."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -198,7 +199,7 @@ async def test_a_store_it_could_not_read_is_replaced_at_the_first_write(
         assert net.config.pcscf.name == "pcscf1.home1.net"
         monkeypatch.undo()
         head, records = await store.read()
-        assert records == {} and head["clean"] is False
+        assert records == {} and json.loads(head)["clean"] is False
     finally:
         await net.stop()
         await store.clear()

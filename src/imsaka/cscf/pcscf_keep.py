@@ -221,7 +221,10 @@ class KeepsState:
         self._store = PcscfStateStore(url, f"{self.config.name}@{own['address']}:{own['port']}")
         now = asyncio.get_running_loop().time()
         try:
-            head, records = await self._store.read()
+            raw_head, raw = await self._store.read()
+            with _bulk():
+                head = json.loads(raw_head) if raw_head is not None else None
+                records = {impi: json.loads(text) for impi, text in raw.items()}
         except Exception as exc:  # Redis down, or not JSON: start without
             log.error("pcscf: state store %s not read: %s", url, str(exc).splitlines()[0])
             head, records = None, {}

@@ -41,16 +41,14 @@ class PcscfStateStore:
         # bounded: a Redis that does not answer must not hold up a start or a pass
         self._redis = aioredis.from_url(url, socket_connect_timeout=2.0, socket_timeout=2.0)
 
-    async def read(self) -> tuple[Any, dict[str, Any]]:
-        """(the head as written, or None; records by IMPI). Raises ValueError for a
-        value that is not JSON, and redis' errors when Redis cannot be reached."""
+    async def read(self) -> tuple[bytes | None, dict[str, bytes]]:
+        """(the head's JSON as written, or None; the records' JSON by IMPI), for the
+        caller to decode. Raises redis' errors when Redis cannot be reached."""
         pipe = self._redis.pipeline(transaction=True)
         pipe.get(self._meta)
         pipe.hgetall(self._regs)
         meta, fields = await pipe.execute()
-        head = json.loads(meta) if meta is not None else None
-        records = {k.decode(): json.loads(v) for k, v in fields.items()}
-        return head, records
+        return meta, {k.decode(): v for k, v in fields.items()}
 
     async def write(
         self,
