@@ -574,7 +574,8 @@ class Network:
         """Stop the P-CSCF at once, as in a crash: its SAs, registrations and
         transactions (all in memory) go with it. After `down` seconds a new one starts
         from the same configuration on the same ports; what the UEs send over their old
-        SAs is then ESP with SPIs it does not know, and they must register anew.
+        SAs is then ESP with SPIs it does not know, and they must register anew (with
+        ``[pcscf].state_store``: those registered before its last write do not).
         `planned`: stopped as SIGTERM stops ``imsaka run pcscf`` (`PcscfServer.drain`),
         so with ``[pcscf].state_file`` set the new one takes back what it held."""
         from imsaka.cscf.pcscf_server import PcscfServer

@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -40,10 +41,16 @@ async def net(subscribers, tmp_path):
         await n.stop()
 
 
-def _state_file(net: Network):
-    from pathlib import Path
-
+def _state_file(net: Network) -> Path:
     return Path(net.config.pcscf.state_file)
+
+
+async def _stopped_as_asked(net: Network) -> Path:
+    """The P-CSCF stopped as SIGTERM stops it and not started again: its state file."""
+    await net.pcscf.drain()
+    await net.pcscf.stop()
+    net.pcscf = None
+    return _state_file(net)
 
 
 def _counters(pcscf) -> dict[int, tuple[int, ...]]:
@@ -136,11 +143,7 @@ async def test_a_challenge_under_way_completes_across_a_planned_restart(net, sub
 async def test_the_state_file_is_readable_by_its_owner_only(net, subscribers):
     async with UeClient(net.ue_config(subscribers[0])) as ue:
         assert (await ue.register(10)).ok
-        pcscf = net.pcscf
-        await pcscf.drain()
-        await pcscf.stop()
-        net.pcscf = None
-        path = _state_file(net)
+        path = await _stopped_as_asked(net)
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         doc = json.loads(path.read_text())
         (record,) = doc["registrations"]
@@ -294,11 +297,7 @@ async def test_a_record_the_table_cannot_take_is_skipped_not_fatal(net, subscrib
     registration is not taken back (one warning); the P-CSCF starts and serves."""
     async with UeClient(net.ue_config(subscribers[0]), timers=FAST) as ue:
         assert (await ue.register(10)).ok
-        pcscf = net.pcscf
-        await pcscf.drain()
-        await pcscf.stop()
-        net.pcscf = None
-        path = _state_file(net)
+        path = await _stopped_as_asked(net)
         doc = json.loads(path.read_text())
         doc["registrations"][0]["sa"]["spi_pc"] = 5
         path.write_text(json.dumps(doc))

@@ -61,8 +61,8 @@ class KeepsState:
         self.restored = 0  # registrations taken back at start
         self._store: Any = None
         self._store_task: asyncio.Task | None = None
-        # IMPI -> `pcscf_state.fingerprint` of what the store holds for it (None: to be
-        # written again), and the IMPIs whose records the store holds
+        # IMPI -> `pcscf_state.fingerprint` of what the store holds for it (absent: to
+        # be written at the next pass), and the IMPIs whose records the store holds
         self._marks: dict[str, tuple] = {}
         self._stored: set[str] = set()
         self._store_failing = False
