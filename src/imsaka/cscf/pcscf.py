@@ -1026,7 +1026,7 @@ class PcscfCore:
         SUBSCRIBE."""
         impi = reg.impi
         self.registrations[impi] = reg
-        reg.service_route = self._routes.share(list(reg.service_route))
+        reg.service_route = self._routes.share(reg.service_route)
         self._trust_route(reg.service_route)
         for sa in (reg.sa, reg.temporary):
             if sa is not None:

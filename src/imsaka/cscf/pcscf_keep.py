@@ -150,20 +150,17 @@ class KeepsState:
                 try:
                     # a table contact of its own: it is no UE's current set, and none
                     # restored after it supersedes it
-                    s = self.table.restore(
+                    s = self._restore_set(
                         ("held", rs.sa.impi, rs.sa.spi_ps),
-                        rs.sa,
-                        rs.keys,
+                        rs,
+                        now,
                         established=True,
                         expires_at=max(rs.expires_at, r.release_at + 1.0),
-                        counters=rs.counters,
-                        now=now,
                     )
                 except (LocalProtocolError, ValueError) as exc:  # (an SPI out of range)
                     log.warning("pcscf: held set of %s not taken back: %s", rs.sa.impi, exc)
                     continue
-                self._sets[self._key_of(s)] = s  # type: ignore[attr-defined]
-                self._index(s)  # type: ignore[attr-defined]
+                self._in_place(s)
                 actions += self.core.adopt_held(rs.sa, r.branch, r.release_at, r.reason, r.final)
                 self.core.counters["held-sets-taken-back"] += 1
                 sets += 1
@@ -172,24 +169,22 @@ class KeepsState:
             made: list = []
             try:
                 for rs in r.sets:
-                    s = self.table.restore(
-                        (reg.impi, reg.ue_host),
-                        rs.sa,
-                        rs.keys,
-                        established=rs.established,
-                        expires_at=rs.expires_at,
-                        counters=rs.counters,
-                        now=now,
+                    made.append(
+                        self._restore_set(
+                            (reg.impi, reg.ue_host),
+                            rs,
+                            now,
+                            established=rs.established,
+                            expires_at=rs.expires_at,
+                        )
                     )
-                    made.append(s)
             except (LocalProtocolError, ValueError) as exc:  # (an SPI out of range)
                 log.warning("pcscf: registration of %s not taken back: %s", reg.impi, exc)
                 for s in made:
                     self.table.remove(s, now=now, reason="not taken back")
                 continue
             for s in made:
-                self._sets[self._key_of(s)] = s  # type: ignore[attr-defined]
-                self._index(s)  # type: ignore[attr-defined]
+                self._in_place(s)
             actions += self.core.adopt(reg, r.subscription, now)
             sets += len(made)
             self.restored += 1
@@ -200,6 +195,25 @@ class KeepsState:
         log.info(
             "pcscf: %d registrations (%d SA sets) taken back from %s", self.restored, sets, source
         )
+
+    def _restore_set(
+        self, contact: object, rs: Any, now: float, *, established: bool, expires_at: float
+    ) -> Any:
+        """`rs` (a `pcscf_state.RestoredSet`) back in the SA table under `contact`."""
+        return self.table.restore(
+            contact,
+            rs.sa,
+            rs.keys,
+            established=established,
+            expires_at=expires_at,
+            counters=rs.counters,
+            now=now,
+        )
+
+    def _in_place(self, sa_set: Any) -> None:
+        """A restored set where the server finds it: by our spi-s, in the reply index."""
+        self._sets[self._key_of(sa_set)] = sa_set  # type: ignore[attr-defined]
+        self._index(sa_set)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------ the store
 
