@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -200,6 +201,116 @@ async def test_a_store_it_could_not_read_is_replaced_at_the_first_write(
         monkeypatch.undo()
         head, records = await store.read()
         assert records == {} and json.loads(head)["clean"] is False
+    finally:
+        await net.stop()
+        await store.clear()
+        await store.close()
+
+
+def _same(stored: object, full: object, at: tuple[float, float], path: str = "") -> None:
+    """`stored` (written at some pass) says what `full` (written now) says: times as
+    seconds left at each record's own ``saved_at`` (`at`: theirs), so compared as the
+    moments they name."""
+    if isinstance(full, dict):
+        assert isinstance(stored, dict) and stored.keys() == full.keys(), (path, stored, full)
+        for k in full:
+            if k == "saved_at":
+                continue
+            s, f = stored[k], full[k]
+            if k.endswith("_in") and f is not None:
+                assert s is not None and abs((at[0] + s) - (at[1] + f)) < 0.05, (path + k, s, f)
+            elif k == "age":
+                assert abs((at[0] - s) - (at[1] - f)) < 0.05, (path + k, s, f)
+            else:
+                _same(s, f, at, f"{path}{k}.")
+    else:
+        assert stored == full, (path, stored, full)
+
+
+async def _store_is_a_full_write(pcscf, store) -> None:
+    """After a pass, the store holds exactly what a pass over every registration would
+    write now."""
+    from imsaka.cscf.pcscf_state import record_of
+
+    await pcscf._store_pass()
+    _, raw = await store.read()
+    stored = {impi: json.loads(text) for impi, text in raw.items()}
+    now, wall = asyncio.get_running_loop().time(), time.time()
+    core = pcscf.core
+    full = {}
+    for impi, reg in core.registrations.items():
+        record = record_of(reg, core.subscription_of(impi), pcscf._sets, now, wall)
+        if record is not None:
+            full[impi] = record
+    assert stored.keys() == full.keys()
+    for impi, record in full.items():
+        _same(stored[impi], record, (stored[impi]["saved_at"], record["saved_at"]), impi + ".")
+
+
+@pytest.mark.parametrize("reauthenticate", ["never", "always"])
+async def test_each_pass_writes_what_changed_and_the_store_is_then_a_full_write(
+    subscribers, redis_url, reauthenticate, monkeypatch
+):
+    """The pass looks only at what the core and the SA table named (O(changes)); after
+    each step of two UEs' lives the store holds what writing every record would."""
+    extra = {
+        "pcscf": {"state_store": redis_url, "state_interval": 3600.0},  # (passes: here)
+        "scscf": {"reauthenticate": reauthenticate},
+    }
+    net = Network(subscribers, NetworkOptions(extra=extra))
+    await net.start()
+    pcscf = net.pcscf
+    own = pcscf._own()
+    store = PcscfStateStore(redis_url, f"{net.config.pcscf.name}@{own['address']}:{own['port']}")
+    writes: list[tuple[int, int]] = []  # (records written, records removed) per pass
+    write = PcscfStateStore.write
+
+    async def counted(self, head, changed, removed, *, replace=False):
+        removed = list(removed)
+        writes.append((len(changed), len(removed)))
+        await write(self, head, changed, removed, replace=replace)
+
+    monkeypatch.setattr(PcscfStateStore, "write", counted)
+    scscf = net.scscf.scscf
+    try:
+        async with (
+            UeClient(net.ue_config(subscribers[0]), timers=FAST) as a,
+            UeClient(net.ue_config(subscribers[1]), timers=FAST) as b,
+        ):
+            assert (await a.register(10)).ok and (await b.register(10)).ok
+            # both UEs' and the P-CSCF's reg-event subscriptions
+            assert await eventually(lambda: len(scscf.subscriptions) == 4)
+            await _store_is_a_full_write(pcscf, store)
+            assert writes[-1] == (2, 0)
+            await pcscf._store_pass()  # nothing since: nothing looked at
+            assert writes[-1] == (0, 0)
+
+            assert (await a.reregister(10)).ok
+            await asyncio.sleep(0.1)
+            await _store_is_a_full_write(pcscf, store)
+            assert writes[-1] == (1, 0)
+
+            # traffic alone (a message to the UE over its set): counters written again
+            s = pcscf._sets[pcscf.core.registrations[subscribers[0].impi].sa.spi_ps]
+            s.server_sa().esp.protect(b"x")
+            pcscf.table.message_sent(s, now=asyncio.get_running_loop().time())
+            await _store_is_a_full_write(pcscf, store)
+            assert writes[-1] == (1, 0)
+
+            assert (await net.hss.deregister_impi(subscribers[1].impi)).get("ok")
+            assert await eventually(lambda: subscribers[1].impi not in pcscf.core.registrations)
+            await _store_is_a_full_write(pcscf, store)
+            assert writes[-1][1] == 1
+
+            assert (await a.deregister(10)).ok
+            await _store_is_a_full_write(pcscf, store)
+            assert not pcscf.core.registrations and writes[-1] == (0, 1)
+
+            assert (await a.register(10)).ok
+            await asyncio.sleep(0.1)
+            await _store_is_a_full_write(pcscf, store)
+            await _store_is_a_full_write(pcscf, store)
+            assert writes[-1] == (0, 0)
     finally:
         await net.stop()
         await store.clear()

@@ -86,6 +86,7 @@ from imsaka.cscf.pcscf_regsub import (
     on_notify,
 )
 from imsaka.cscf.registrar import plain_name_addr
+from imsaka.cscf.tracking import tracked
 from imsaka.ipsec.errors import DowngradeError, SecAgreeParseError
 from imsaka.ipsec.secagree import (
     SecAgreePolicy,
@@ -745,6 +746,11 @@ class PcscfCore:
             self._trust(uri)
         self.registrations: dict[str, Registration] = {}  # by IMPI
         self.by_spi: dict[int, str] = {}  # inbound SPI -> IMPI
+        # What registrations and subscriptions are made of; `track_changes` swaps in
+        # subclasses that note which IMPI's record changed (None: nobody asks).
+        self.registration_type: type[Registration] = Registration
+        self.subscription_type: type[RegEventSubscription] = RegEventSubscription
+        self.changed: set[str] | None = None
         # De-registered UEs' sets kept for the de-REGISTER's retransmissions
         # (`DEREGISTER_GRACE`): by heap key, and by each inbound SPI (not in `by_spi`).
         self._grace: dict[str, _Grace] = {}
@@ -1025,7 +1031,14 @@ class PcscfCore:
         unanswered, or the grant ran out meanwhile) subscribes anew now: the returned
         SUBSCRIBE."""
         impi = reg.impi
+        if not isinstance(reg, self.registration_type) or (
+            sub is not None and not isinstance(sub, self.subscription_type)
+        ):
+            # (one made before `track_changes` would change unseen)
+            raise TypeError("adopt: not of this core's registration_type/subscription_type")
         self.registrations[impi] = reg
+        if self.changed is not None:
+            self.changed.add(impi)
         reg.service_route = self._routes.share(reg.service_route)
         self._trust_route(reg.service_route)
         for sa in (reg.sa, reg.temporary):
@@ -1044,6 +1057,22 @@ class PcscfCore:
         if due is not None:
             self._watch(due[0], impi)
         return self._resubscribe(reg, now) if sub is None else []
+
+    def track_changes(self) -> set[str]:
+        """From now on, the IMPI of every registration whose record
+        (`pcscf_state.record_of`) may have changed goes into the returned set: any
+        assignment to a registration or reg-event subscription made from here on
+        (`tracking.tracked`), and a registration or subscription this core drops. A
+        state store's pass takes them out (`pcscf_keep`). Called before the core holds
+        any registration."""
+        if self.registrations:
+            raise RuntimeError("track_changes: the core already holds registrations")
+        if self.changed is None:
+            self.changed = set()
+            # (`scheduled` is the deadline heap's bookkeeping, not part of a record)
+            self.registration_type = tracked(Registration, self.changed, ignore=("scheduled",))
+            self.subscription_type = tracked(RegEventSubscription, self.changed)
+        return self.changed
 
     def held_sets(self) -> list[tuple[PcscfSa, str, float, str, bytes | None]]:
         """The sets in their grace (`_hold`): (set, our branch of the REGISTER they
@@ -2128,7 +2157,9 @@ class PcscfCore:
             reg = None
         ue_host = sys.intern(pending.arrival.source[0])
         if reg is None:
-            reg = Registration(impi=impi, impu="", ue_host=ue_host, state=RegState.CHALLENGED)
+            reg = self.registration_type(
+                impi=impi, impu="", ue_host=ue_host, state=RegState.CHALLENGED
+            )
             self.registrations[impi] = reg
         # Over the set the REGISTER came on (TS 24.229 §5.2.2.1), read before that set
         # gives way to the new one (below)
@@ -2220,7 +2251,7 @@ class PcscfCore:
             # sec-agree): keep it so its later requests are recognised.
             if pending.expires_zero or granted == 0:
                 return [self._to_ue(resp, arrival)]
-            reg = Registration(
+            reg = self.registration_type(
                 impi=pending.impi or arrival.source[0],
                 impu="",
                 ue_host=arrival.source[0],
@@ -2348,7 +2379,7 @@ class PcscfCore:
             targets[reg.service_route] = target
         if target is None:
             return []
-        self.subscriptions[call_id] = RegEventSubscription(
+        self.subscriptions[call_id] = self.subscription_type(
             call_id, reg.impi, reg.impu, local_tag, now
         )
         self._subscribed[reg.impi] = call_id
@@ -2623,6 +2654,8 @@ class PcscfCore:
         sub = self.subscriptions.pop(call_id, None)
         if sub is not None and self._subscribed.get(sub.impi) == call_id:
             del self._subscribed[sub.impi]
+            if self.changed is not None:
+                self.changed.add(sub.impi)  # (its registration's record loses it)
 
     @staticmethod
     def _granted_expires(resp: Response, contacts: list[str] | None = None) -> int:
@@ -2766,6 +2799,8 @@ class PcscfCore:
     def _forget(self, reg: Registration, now: float) -> None:
         if self.registrations.get(reg.impi) is reg:
             del self.registrations[reg.impi]
+            if self.changed is not None:
+                self.changed.add(reg.impi)
             if reg.clear_source is not None and self._by_contact.get(reg.clear_source) == reg.impi:
                 del self._by_contact[reg.clear_source]
             self._detach_subscription(reg.impi, now)

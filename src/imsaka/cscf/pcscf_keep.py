@@ -61,10 +61,12 @@ class KeepsState:
         self.restored = 0  # registrations taken back at start
         self._store: Any = None
         self._store_task: asyncio.Task | None = None
-        # IMPI -> `pcscf_state.fingerprint` of what the store holds for it (absent: to
-        # be written at the next pass), and the IMPIs whose records the store holds
+        # IMPI -> `pcscf_state.fingerprint` of the record the store holds for it, and
+        # the IMPIs whose records the store holds; the IMPIs whose records may have
+        # changed since the last pass (`PcscfCore.track_changes`)
         self._marks: dict[str, tuple] = {}
         self._stored: set[str] = set()
+        self._changed: set[str] = set()
         self._store_failing = False
         # the store could not be read at the start: what it holds is unknown, so the
         # first write replaces all of it
@@ -233,6 +235,10 @@ class KeepsState:
 
         own = self._own()
         self._store = PcscfStateStore(url, f"{self.config.name}@{own['address']}:{own['port']}")
+        # a pass writes what changed: the core says which registrations, the SA table
+        # which sets carried traffic
+        self._changed = self.core.track_changes()
+        self.table.track_use()
         now = asyncio.get_running_loop().time()
         try:
             raw_head, raw = await self._store.read()
@@ -252,7 +258,12 @@ class KeepsState:
             try:
                 with _bulk():
                     restored = pcscf_state.load(
-                        doc, own=self._own(), now=now, wall=time.time(), crashed=crashed
+                        doc,
+                        own=self._own(),
+                        now=now,
+                        wall=time.time(),
+                        crashed=crashed,
+                        types=(self.core.registration_type, self.core.subscription_type),
                     )
             except pcscf_state.StateError as exc:
                 log.error("pcscf: state store %s not used: %s", url, exc)
@@ -260,6 +271,8 @@ class KeepsState:
             what = "after a crash" if crashed else "after a stop"
             with _bulk():
                 self._adopt_all(restored, now, f"{url} ({what})")
+        # records not taken back (run out, refused) go at the first pass
+        self._changed.update(i for i in self._stored if i not in self.core.registrations)
         # Running (`clean` false), and every record written now, before any packet
         # moves a counter (no await since the take-back): after a crash those written
         # went on SEQ_MARGIN past the last ones, so that a second crash before the
@@ -275,32 +288,44 @@ class KeepsState:
 
     async def _store_pass(self, clean: bool = False) -> None:
         """Write the records that changed since the last pass (all of them for a
-        `clean` stop), remove those that went; on a failure, they are written at the
-        next pass."""
+        `clean` stop, or over a store it could not read), remove those that went; on a
+        failure, they are written at the next pass. O(changes): the registrations the
+        core marked changed, and those whose SA sets carried traffic (their counters
+        moved), are the only ones looked at."""
         now = asyncio.get_running_loop().time()
         wall = time.time()
         core, sets = self.core, self._sets
         replace = self._store_unread
         every = clean or replace
+        marked = set(self._changed)
+        self._changed.clear()
+        moved: set[str] = set()
+        for s in self.table.take_used():
+            impi = core.by_spi.get(s.pcscf_spis[1])  # (our spi-s: its key in `_sets`)
+            if impi is not None:
+                moved.add(impi)
+        if every:
+            looked_at: set[str] = set(core.registrations) | self._stored
+        else:
+            looked_at = marked | moved
         changed: dict[str, str] = {}
-        # (what went from the core goes from the store)
-        removed = [impi for impi in self._stored if impi not in core.registrations]
+        removed: list[str] = []
+        marks: dict[str, tuple] = {}
         with _bulk():  # (a full pass, at a start or a clean stop, builds them all)
-            marks: dict[str, tuple] = {}
-            for impi, reg in core.registrations.items():
+            for impi in looked_at:
+                reg = core.registrations.get(impi)
+                if reg is None:
+                    if impi in self._stored:
+                        removed.append(impi)
+                    continue
                 sub = core.subscription_of(impi)
-                mark = marks[impi] = pcscf_state.fingerprint(reg, sub)
-                used = False  # traffic over its sets since the last pass: counters moved
-                for sa in (reg.sa, reg.temporary):
-                    s = sets.get(sa.spi_ps) if sa is not None else None
-                    if s is not None and s.used:
-                        used = True
-                        s.used = False
-                if not every and not used and self._marks.get(impi) == mark:
+                mark = pcscf_state.fingerprint(reg, sub)
+                if not every and impi not in moved and self._marks.get(impi) == mark:
                     continue
                 record = pcscf_state.record_of(reg, sub, sets, now, wall)
                 if record is not None:
                     changed[impi] = json.dumps(record, separators=(",", ":"))
+                    marks[impi] = mark
                 elif impi in self._stored:
                     removed.append(impi)  # (ending: not to be taken back)
         try:
@@ -310,13 +335,21 @@ class KeepsState:
             if not self._store_failing:
                 log.error("pcscf: state store not written: %s", str(exc).splitlines()[0])
             self._store_failing = True
-            self._marks = {}  # (all written again at the next pass)
+            for impi in looked_at:
+                self._marks.pop(impi, None)  # (so that each is written, not compared)
+            self._changed |= looked_at
             return
         if self._store_failing:
             log.info("pcscf: state store written again")
             self._store_failing = False
-        self._marks = marks
-        self._stored = (self._stored - set(removed)) | set(changed)
+        if replace:
+            self._marks.clear()
+            self._stored.clear()
+        for impi in removed:
+            self._marks.pop(impi, None)
+            self._stored.discard(impi)
+        self._marks.update(marks)
+        self._stored.update(changed)
         self._store_unread = False
 
     async def _store_stop(self) -> None:

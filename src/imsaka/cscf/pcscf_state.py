@@ -290,6 +290,10 @@ def load(
     now: float,
     wall: float,
     crashed: bool = False,
+    types: tuple[type[Registration], type[RegEventSubscription]] = (
+        Registration,
+        RegEventSubscription,
+    ),
 ) -> list[RestoredRegistration | RestoredHold]:
     """What document `doc` gives back at loop time `now` (wall clock `wall`): the
     registrations with time left, their sets that have not run out, their
@@ -301,7 +305,10 @@ def load(
     every outbound SA goes on `SEQ_MARGIN` past the last number written (the UE takes
     any number above those it had, RFC 4303 §3.4.3, so none is seen twice), and every
     inbound SA's window counts all numbers up to its top as received (what came before
-    that top is not taken again; what came after it, since the write, could be once)."""
+    that top is not taken again; what came after it, since the write, could be once).
+
+    `types`: the classes of registration and subscription to make (the adopting
+    core's `registration_type`, `subscription_type`)."""
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise StateError(f"not an {FORMAT} document")
     if doc.get("version") != VERSION:
@@ -320,7 +327,7 @@ def load(
             at = record.get("saved_at", saved_at) if isinstance(record, dict) else saved_at
             if isinstance(at, bool) or not isinstance(at, (int, float)):
                 raise ValueError("saved_at: not a number")
-            restored = _restored(record, now - max(0.0, wall - at), now, crashed)
+            restored = _restored(record, now - max(0.0, wall - at), now, crashed, types)
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"registrations[{i}]: {_reason(exc)}") from None
         if restored is not None:
@@ -398,7 +405,11 @@ def _at(value: object, name: str, shift: float) -> float:
 
 
 def _restored(
-    record: object, shift: float, now: float, crashed: bool
+    record: object,
+    shift: float,
+    now: float,
+    crashed: bool,
+    types: tuple[type[Registration], type[RegEventSubscription]],
 ) -> RestoredRegistration | None:
     if not isinstance(record, dict):
         raise ValueError("not an object")
@@ -412,7 +423,7 @@ def _restored(
             raise ValueError("clear_source: not [host, port]")
         source = (str(source[0]), int(source[1]))
     impi = _text(record, "impi")
-    reg = Registration(
+    reg = types[0](
         impi=impi,
         impu=_text(record, "impu"),
         ue_host=_text(record, "ue_host"),
@@ -455,7 +466,7 @@ def _restored(
         return None
     sub = None
     if record.get("subscription") is not None and reg.state is RegState.REGISTERED:
-        sub = _restored_subscription(record["subscription"], reg, shift, now)
+        sub = _restored_subscription(record["subscription"], reg, shift, now, types[1])
     return RestoredRegistration(reg, tuple(sets), sub)
 
 
@@ -501,7 +512,11 @@ def _restored_set(
 
 
 def _restored_subscription(
-    record: object, reg: Registration, shift: float, now: float
+    record: object,
+    reg: Registration,
+    shift: float,
+    now: float,
+    kind: type[RegEventSubscription],
 ) -> RegEventSubscription | None:
     if not isinstance(record, dict):
         raise ValueError("subscription: not an object")
@@ -511,7 +526,7 @@ def _restored_subscription(
     age = record["age"]
     if isinstance(age, bool) or not isinstance(age, (int, float)):
         raise ValueError("subscription.age: not a number")
-    sub = RegEventSubscription(
+    sub = kind(
         _text(record, "call_id"), reg.impi, _text(record, "impu"), _text(record, "local_tag"), now
     )
     sub.remote_tag = _text(record, "remote_tag")

@@ -7,9 +7,9 @@ running at once never share an address and port): field IMPI, value the JSON rec
 `imsaka.cscf.pcscf_state.record_of` makes (its times counted from its own
 ``saved_at``); and ``…:meta``, the document's head (format, version, the P-CSCF's
 address and ports, ``clean``). The server writes, every ``state_interval`` seconds,
-the records that changed since (`pcscf_state.fingerprint`, or traffic over their SA
-sets) and removes those that went, in one MULTI/EXEC; ``clean`` is false while it
-runs and true after the last write of a stop asked for. A start that finds it false
+the records that changed since (those the core and the SA table name:
+`imsaka.cscf.tracking`) and removes those that went, in one MULTI/EXEC; ``clean`` is
+false while it runs and true after the last write of a stop asked for. A start that finds it false
 takes the records back as written before a crash (`pcscf_state.load(crashed=True)`:
 sequence numbers moved on past what was written).
 

@@ -623,6 +623,27 @@ class SecurityAssociationTable:
         # cannot), so a caller whose wake-up was armed for it at an unchanged count
         # keeps it (it wakes early at worst, finds nothing due and asks again).
         self.deadline_version = 0
+        # the sets that carried a message since `take_used` (None: nobody asks)
+        self._used: list[SaSet] | None = None
+
+    def track_use(self) -> None:
+        """From now on `take_used` names the sets that carried a message since it was
+        last called (a P-CSCF's state store writes their counters again)."""
+        if self._used is None:
+            self._used = []
+            for s in self._sets.values():
+                s.used = False
+
+    def take_used(self) -> list[SaSet]:
+        """The sets (still in the table or not) that carried a message since the last
+        call, each once; their `used` flags cleared."""
+        used = self._used
+        if not used:
+            return []
+        self._used = []
+        for s in used:
+            s.used = False
+        return used
 
     # -- queries
 
@@ -894,7 +915,10 @@ class SecurityAssociationTable:
 
     def message_sent(self, sa_set: SaSet, *, now: float, final: bool = False) -> None:
         """A message left protected over `sa_set`; `final`: it was one that was due."""
-        sa_set.used = True
+        if not sa_set.used:
+            sa_set.used = True
+            if self._used is not None:
+                self._used.append(sa_set)
         if final and sa_set.final_due > 0:
             sa_set.final_due -= 1
             if sa_set.state is SaState.DRAINING:
@@ -903,7 +927,10 @@ class SecurityAssociationTable:
 
     def message_received(self, sa_set: SaSet, *, now: float) -> None:
         """A message arrived over `sa_set`: the first one on a newer set retires the old."""
-        sa_set.used = True
+        if not sa_set.used:
+            sa_set.used = True
+            if self._used is not None:
+                self._used.append(sa_set)
         c = self._contact_of(sa_set)
         if c.old and c.established is sa_set:
             for old in list(c.old):
