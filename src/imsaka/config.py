@@ -370,8 +370,10 @@ class PcscfConfig:
     stays registered over its SAs (their sequence numbers move on 2^20 past the last
     written; packets received after that write could be taken once more). Not with
     `state_file`; needs ``ipsec_backend = "userspace"``."""
-    state_interval: float = 2.0
-    """Seconds between two writes of `state_store`."""
+    state_interval: float = 0.5
+    """Seconds between two writes of `state_store`: a crash loses what changed since
+    the last. A write looks only at what changed (0.3-0.4 ms of CPU when nothing did,
+    whatever the number of UEs; ~50 us per registration that did)."""
     dereg_grace: float = 32.0
     """Seconds the SA set that a REGISTER's last answer left over (the 200 OK to a
     de-REGISTER, to a REGISTER of a registration the network ended, the 4xx to a failed
@@ -767,7 +769,7 @@ def _pcscf(t: _Table, network: NetworkConfig) -> PcscfConfig:
         trusted_nodes=_sip_uris(t, "trusted_nodes", network),
         state_file=t.str("state_file", ""),
         state_store=t.str("state_store", ""),
-        state_interval=t.float("state_interval", 2.0),
+        state_interval=t.float("state_interval", 0.5),
     )
     t.done()
     if cfg.state_file and cfg.state_store:

@@ -281,7 +281,7 @@ def test_pcscf_state_file_needs_the_userspace_backend_and_fixed_ports():
     doc = example()
     doc["pcscf"]["state_store"] = "redis://127.0.0.1:6379/3"
     assert parse_config(doc).pcscf.state_store == "redis://127.0.0.1:6379/3"
-    assert parse_config(doc).pcscf.state_interval == 2.0
+    assert parse_config(doc).pcscf.state_interval == 0.5
     for kept, key, value, message in (
         ("state_file", "ipsec_backend", "xfrm", 'state_file: needs ipsec_backend = "userspace"'),
         ("state_file", "port_c", 0, "state_file: needs fixed port, port_c and port_s (not 0)"),
