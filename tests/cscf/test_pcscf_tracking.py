@@ -92,3 +92,26 @@ def test_the_table_names_each_set_that_carried_traffic_once():
     assert table.take_used() == []
     table.message_sent(a.pcscf_set, now=0.0)
     assert table.take_used() == [a.pcscf_set]
+
+
+def test_a_held_set_is_named_by_its_key_made_changed_and_released():
+    from imsaka.cscf.pcscf import HELD, PcscfSa
+
+    cfg = load_config(EXAMPLE)
+    core = PcscfCore(cfg.pcscf, network=cfg.network)
+    changed = core.track_changes()
+    sa = PcscfSa(
+        impi="a@x", alg="hmac-sha-1-96", ealg="null", ue_host="10.0.0.1",
+        pcscf_host="10.0.0.2", spi_uc=1, spi_us=2, port_uc=5, port_us=6, spi_pc=3,
+        spi_ps=4, port_pc=7, port_ps=8,
+    )  # fmt: skip
+    core.adopt_held(sa, "z9hG4bK-1", 32.0, "de-registered", b"SIP/2.0 200 OK\r\n\r\n")
+    key = f"{HELD}4"
+    assert changed == {key} and core.held_keys() == [key] and core.record_key(4) == key
+    assert core.held_set(key)[4] == b"SIP/2.0 200 OK\r\n\r\n"
+    changed.clear()
+    core._grace[key].final_data = None
+    assert changed == {key}
+    changed.clear()
+    core._end_grace(core._grace[key])
+    assert changed == {key} and core.held_set(key) is None and core.record_key(4) is None

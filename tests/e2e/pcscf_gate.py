@@ -47,3 +47,19 @@ async def first_held(
     finally:
         net.pcscf._incoming = incoming
         await ue.close()
+
+
+def lose_dereg_200(pcscf, *, every: bool = False) -> list[bytes]:
+    """The 200 OK to a de-REGISTER lost on its way out of `pcscf` (its first copy, or
+    `every` copy it sends: one that is about to crash); returns the list of those lost."""
+    lost: list[bytes] = []
+    send = pcscf.send_protected
+
+    def gate(sa, data: bytes, final: bool = False) -> bool:
+        if (every or not lost) and data.startswith(b"SIP/2.0 200") and b"expires=0" in data:
+            lost.append(data)
+            return True
+        return send(sa, data, final)
+
+    pcscf.send_protected = gate
+    return lost

@@ -24,6 +24,7 @@ from imsaka.network import Network, NetworkOptions
 from imsaka.sip.transaction import TimerConfig
 from imsaka.ue.client import UeClient
 from imsaka.ue.core import RegisteringAnew
+from tests.e2e.pcscf_gate import lose_dereg_200
 from tests.polling import eventually
 
 # Timer F = 64·T1 = 3.2 s: a test that must see a refresh fail ends sooner.
@@ -268,18 +269,9 @@ async def test_a_deregister_whose_200_was_lost_is_answered_by_the_next_pcscf(net
     restarts: the set it left over is carried with that answer (its hold, RFC 3261
     §17.2.2; TS 33.203 §7.4), so the UE's retransmission gets it again over the same
     SA from the next P-CSCF (before, the de-REGISTER ran out: 408)."""
-    lost: list = []
-    send = net.pcscf.send_protected
-
-    def gate(sa, data: bytes, final: bool = False) -> bool:
-        if not lost and data.startswith(b"SIP/2.0 200") and b"expires=0" in data:
-            lost.append(data)
-            return True
-        return send(sa, data, final)
-
     async with UeClient(net.ue_config(subscribers[0]), timers=FAST) as ue:
         assert (await ue.register(10)).ok
-        net.pcscf.send_protected = gate
+        lost = lose_dereg_200(net.pcscf)
         net.pcscf.core.dereg_grace = 3.0  # (Timer J: 32 s) the hold carried with its end
         task = asyncio.ensure_future(ue.deregister(10))
         assert await eventually(lambda: bool(lost))

@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from imsaka.cscf.pcscf import HELD
 from imsaka.cscf.pcscf_state import SEQ_MARGIN
 from imsaka.cscf.pcscf_store import PcscfStateStore
 from imsaka.ipsec.esp import REPLAY
@@ -23,6 +24,7 @@ from imsaka.network import Network, NetworkOptions
 from imsaka.sip.transaction import TimerConfig
 from imsaka.ue.client import UeClient
 from imsaka.ue.core import RegisteringAnew
+from tests.e2e.pcscf_gate import lose_dereg_200
 from tests.polling import eventually
 
 pytestmark = pytest.mark.redis
@@ -128,6 +130,27 @@ async def test_a_stop_asked_for_writes_everything_exactly(net, subscribers):
         assert net.pcscf.restored == 0
 
 
+async def test_a_deregister_whose_200_was_lost_is_answered_after_a_crash(net, subscribers):
+    """The set a de-REGISTER's 200 OK left over is held for its retransmissions (RFC
+    3261 §17.2.2) and written as a record of its own: after a crash the UE's
+    retransmission gets the answer again over the same SA (before, it ran out: 408)."""
+    async with UeClient(net.ue_config(subscribers[0]), timers=FAST) as ue:
+        assert (await ue.register(10)).ok
+        lost = lose_dereg_200(net.pcscf, every=True)  # (each copy the crashing one sends)
+        net.pcscf.core.dereg_grace = 3.0  # (Timer J: 32 s) the hold carried with its end
+        task = asyncio.ensure_future(ue.deregister(10))
+        assert await eventually(lambda: bool(lost))
+        await asyncio.sleep(3 * INTERVAL)  # written since
+        await net.restart_pcscf(0.05)  # at once, nothing written at the stop
+        assert net.pcscf.census()["sa_sets_in_grace"] == 1
+        result = await task
+        assert result.ok, result
+        assert net.pcscf.core.counters["deregister-answered-again-in-grace"] == 1
+        # (a retransmission sent while no P-CSCF listened came back as ICMP)
+        assert set(ue.backend.drops) <= {"recv-error"}, ue.backend.drops
+    assert await eventually(lambda: net.pcscf.census()["sa_sets_in_grace"] == 0, timeout=10)
+
+
 async def test_redis_away_at_the_start_and_for_a_while(subscribers, caplog):
     """Nothing to read (Redis not answering): the P-CSCF starts without, serves, and
     says so in one line."""
@@ -230,11 +253,11 @@ def _same(stored: object, full: object, at: tuple[float, float], path: str = "")
 async def _store_is_a_full_write(pcscf, store) -> None:
     """After a pass, the store holds exactly what a pass over every registration would
     write now."""
-    from imsaka.cscf.pcscf_state import record_of
+    from imsaka.cscf.pcscf_state import held_record, record_of
 
     await pcscf._store_pass()
     _, raw = await store.read()
-    stored = {impi: json.loads(text) for impi, text in raw.items()}
+    stored = {key: json.loads(text) for key, text in raw.items()}
     now, wall = asyncio.get_running_loop().time(), time.time()
     core = pcscf.core
     full = {}
@@ -242,9 +265,14 @@ async def _store_is_a_full_write(pcscf, store) -> None:
         record = record_of(reg, core.subscription_of(impi), pcscf._sets, now, wall)
         if record is not None:
             full[impi] = record
+    for key in core.held_keys():
+        record = held_record(core.held_set(key), pcscf._sets, now, wall)
+        if record is not None:
+            full[key] = record
     assert stored.keys() == full.keys()
-    for impi, record in full.items():
-        _same(stored[impi], record, (stored[impi]["saved_at"], record["saved_at"]), impi + ".")
+    for key, record in full.items():
+        _same(stored[key], record, (stored[key]["saved_at"], record["saved_at"]), repr(key))
+    return stored.keys()
 
 
 @pytest.mark.parametrize("reauthenticate", ["never", "always"])
@@ -299,12 +327,17 @@ async def test_each_pass_writes_what_changed_and_the_store_is_then_a_full_write(
 
             assert (await net.hss.deregister_impi(subscribers[1].impi)).get("ok")
             assert await eventually(lambda: subscribers[1].impi not in pcscf.core.registrations)
-            await _store_is_a_full_write(pcscf, store)
+            assert subscribers[1].impi not in await _store_is_a_full_write(pcscf, store)
             assert writes[-1][1] == 1
 
+            # the set its 200 OK left over, held for the de-REGISTER's retransmissions
             assert (await a.deregister(10)).ok
-            await _store_is_a_full_write(pcscf, store)
-            assert not pcscf.core.registrations and writes[-1] == (0, 1)
+            assert await eventually(lambda: not pcscf.core.registrations)
+            keys = await _store_is_a_full_write(pcscf, store)
+            assert keys and all(k.startswith(HELD) for k in keys), keys
+            for key in list(keys):
+                pcscf.core._end_grace(pcscf.core._grace[key])  # (Timer J, early)
+            assert not await _store_is_a_full_write(pcscf, store)
 
             assert (await a.register(10)).ok
             await asyncio.sleep(0.1)

@@ -119,6 +119,7 @@ from imsaka.sip.uri import quote
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "HELD",
     "Address",
     "Arrival",
     "DropInput",
@@ -443,6 +444,11 @@ class _Answered:
         self.final_spi = final_spi
 
 
+# What a held set's key starts with (`_Grace.key`): a NUL, which no IMPI holds, so the
+# two share the deadline heap and a state store's records without meeting.
+HELD = "\x00"
+
+
 class _Grace:
     """An SA set after the last answer due over it went out (the 200 OK to its UE's
     de-REGISTER, the 4xx to a failed challenge response), until `release_at`
@@ -471,7 +477,7 @@ class _Grace:
         self.final_data: bytes | None = None
         self.release_at = release_at
         self.reason = reason
-        self.key = f"\x00{sa.spi_ps}"
+        self.key = f"{HELD}{sa.spi_ps}"
         self.scheduled: float | None = None
 
 
@@ -750,6 +756,7 @@ class PcscfCore:
         # subclasses that note which IMPI's record changed (None: nobody asks).
         self.registration_type: type[Registration] = Registration
         self.subscription_type: type[RegEventSubscription] = RegEventSubscription
+        self.grace_type: type[_Grace] = _Grace
         self.changed: set[str] | None = None
         # De-registered UEs' sets kept for the de-REGISTER's retransmissions
         # (`DEREGISTER_GRACE`): by heap key, and by each inbound SPI (not in `by_spi`).
@@ -1062,9 +1069,10 @@ class PcscfCore:
         """From now on, the IMPI of every registration whose record
         (`pcscf_state.record_of`) may have changed goes into the returned set: any
         assignment to a registration or reg-event subscription made from here on
-        (`tracking.tracked`), and a registration or subscription this core drops. A
-        state store's pass takes them out (`pcscf_keep`). Called before the core holds
-        any registration."""
+        (`tracking.tracked`), and a registration or subscription this core drops; and
+        likewise the key of every set held for a REGISTER's retransmissions
+        (`held_set`) made, changed or released. A state store's pass takes them out
+        (`pcscf_keep`). Called before the core holds any registration."""
         if self.registrations:
             raise RuntimeError("track_changes: the core already holds registrations")
         if self.changed is None:
@@ -1072,21 +1080,35 @@ class PcscfCore:
             # (`scheduled` is the deadline heap's bookkeeping, not part of a record)
             self.registration_type = tracked(Registration, self.changed, ignore=("scheduled",))
             self.subscription_type = tracked(RegEventSubscription, self.changed)
+            self.grace_type = tracked(_Grace, self.changed, key="key", ignore=("scheduled",))
         return self.changed
 
     def held_sets(self) -> list[tuple[PcscfSa, str, float, str, bytes | None]]:
         """The sets in their grace (`_hold`): (set, our branch of the REGISTER they
         answer, release time, reason, that answer's octets or None)."""
-        return [
-            (
-                g.sa,
-                g.branch,
-                g.release_at,
-                g.reason,
-                None if g.final_data is None else self._packer.unpack(g.final_data),
-            )
-            for g in self._grace.values()
-        ]
+        return [self._held(g) for g in self._grace.values()]
+
+    def held_set(self, key: str) -> tuple[PcscfSa, str, float, str, bytes | None] | None:
+        """One set of `held_sets` by its key (a NUL, then our inbound spi-s), or None."""
+        g = self._grace.get(key)
+        return None if g is None else self._held(g)
+
+    def _held(self, g: _Grace) -> tuple[PcscfSa, str, float, str, bytes | None]:
+        final = None if g.final_data is None else self._packer.unpack(g.final_data)
+        return (g.sa, g.branch, g.release_at, g.reason, final)
+
+    def held_keys(self) -> list[str]:
+        """The keys of `held_sets`, as `held_set` takes them."""
+        return list(self._grace)
+
+    def record_key(self, spi: int) -> str | None:
+        """Whose record an SA set with our inbound `spi` belongs to: the IMPI of its
+        registration, the key of its hold (`held_set`), or None."""
+        impi = self.by_spi.get(spi)
+        if impi is not None:
+            return impi
+        grace = self._grace_by_spi.get(spi)
+        return None if grace is None else grace.key
 
     def adopt_held(
         self, sa: PcscfSa, branch: str, release_at: float, reason: str, final: bytes | None
@@ -1094,7 +1116,7 @@ class PcscfCore:
         """Take back a set in its grace (`held_sets` of a P-CSCF before this one): it
         answers its REGISTER's retransmission with `final` until `release_at`. The edge
         restores the set; the returned hold puts it out of the reply index."""
-        grace = _Grace(sa, branch, release_at, reason)
+        grace = self.grace_type(sa, branch, release_at, reason)
         grace.final_data = None if final is None else self._packer.pack(final)
         self._grace[grace.key] = grace
         for spi in sa.inbound_spis:
@@ -2752,7 +2774,7 @@ class PcscfCore:
         with `reason` (`_end_grace`). `final`: that answer, packed, when the core made it
         (else it is cached when the answer from upstream passes, `receive_response`)."""
         self._unroute(reg, sa)
-        grace = _Grace(sa, branch, now + self.dereg_grace, reason)
+        grace = self.grace_type(sa, branch, now + self.dereg_grace, reason)
         grace.final_data = final
         self._grace[grace.key] = grace
         for spi in sa.inbound_spis:
@@ -2766,6 +2788,8 @@ class PcscfCore:
         """Timer J of the answered REGISTER has run: its set goes (once: its record
         goes)."""
         del self._grace[grace.key]
+        if self.changed is not None:
+            self.changed.add(grace.key)
         for spi in grace.sa.inbound_spis:
             if self._grace_by_spi.get(spi) is grace:
                 del self._grace_by_spi[spi]

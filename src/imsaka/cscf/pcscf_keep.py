@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from imsaka.cscf import pcscf_state
+from imsaka.cscf.pcscf import HELD
 from imsaka.ipsec.errors import LocalProtocolError
 
 log = logging.getLogger("imsaka.cscf.pcscf_server")
@@ -62,8 +63,8 @@ class KeepsState:
         self._store: Any = None
         self._store_task: asyncio.Task | None = None
         # IMPI -> `pcscf_state.fingerprint` of the record the store holds for it, and
-        # the IMPIs whose records the store holds; the IMPIs whose records may have
-        # changed since the last pass (`PcscfCore.track_changes`)
+        # the keys of the records the store holds (IMPIs, held sets' keys); the keys of
+        # those that may have changed since the last pass (`PcscfCore.track_changes`)
         self._marks: dict[str, tuple] = {}
         self._stored: set[str] = set()
         self._changed: set[str] = set()
@@ -254,7 +255,9 @@ class KeepsState:
             crashed = not (isinstance(head, dict) and head.get("clean") is True)
             doc = dict(head) if isinstance(head, dict) else {}
             doc.setdefault("saved_at", time.time())
-            doc["registrations"] = list(records.values())
+            # (a held set's key starts with a NUL, which no IMPI holds)
+            doc["registrations"] = [r for k, r in records.items() if not k.startswith(HELD)]
+            doc["held"] = [r for k, r in records.items() if k.startswith(HELD)]
             try:
                 with _bulk():
                     restored = pcscf_state.load(
@@ -272,13 +275,19 @@ class KeepsState:
             with _bulk():
                 self._adopt_all(restored, now, f"{url} ({what})")
         # records not taken back (run out, refused) go at the first pass
-        self._changed.update(i for i in self._stored if i not in self.core.registrations)
+        self._changed.update(k for k in self._stored if not self._holds(k))
         # Running (`clean` false), and every record written now, before any packet
         # moves a counter (no await since the take-back): after a crash those written
         # went on SEQ_MARGIN past the last ones, so that a second crash before the
         # next write does not start again from those.
         await self._store_pass()
         self._store_task = asyncio.ensure_future(self._store_loop())
+
+    def _holds(self, key: str) -> bool:
+        """Whether the core holds what the store's record `key` is of."""
+        if key.startswith(HELD):
+            return self.core.held_set(key) is not None
+        return key in self.core.registrations
 
     async def _store_loop(self) -> None:
         interval = float(self.config.state_interval)
@@ -289,9 +298,10 @@ class KeepsState:
     async def _store_pass(self, clean: bool = False) -> None:
         """Write the records that changed since the last pass (all of them for a
         `clean` stop, or over a store it could not read), remove those that went; on a
-        failure, they are written at the next pass. O(changes): the registrations the
-        core marked changed, and those whose SA sets carried traffic (their counters
-        moved), are the only ones looked at."""
+        failure, they are written at the next pass. O(changes): the records the core
+        marked changed (registrations, and sets held for a REGISTER's retransmissions),
+        and those whose SA sets carried traffic (their counters moved), are the only
+        ones looked at."""
         now = asyncio.get_running_loop().time()
         wall = time.time()
         core, sets = self.core, self._sets
@@ -301,33 +311,38 @@ class KeepsState:
         self._changed.clear()
         moved: set[str] = set()
         for s in self.table.take_used():
-            impi = core.by_spi.get(s.pcscf_spis[1])  # (our spi-s: its key in `_sets`)
-            if impi is not None:
-                moved.add(impi)
+            key = core.record_key(s.pcscf_spis[1])  # (our spi-s: its key in `_sets`)
+            if key is not None:
+                moved.add(key)
         if every:
             looked_at: set[str] = set(core.registrations) | self._stored
+            looked_at.update(core.held_keys())
         else:
             looked_at = marked | moved
         changed: dict[str, str] = {}
         removed: list[str] = []
         marks: dict[str, tuple] = {}
         with _bulk():  # (a full pass, at a start or a clean stop, builds them all)
-            for impi in looked_at:
-                reg = core.registrations.get(impi)
-                if reg is None:
-                    if impi in self._stored:
-                        removed.append(impi)
-                    continue
-                sub = core.subscription_of(impi)
-                mark = pcscf_state.fingerprint(reg, sub)
-                if not every and impi not in moved and self._marks.get(impi) == mark:
-                    continue
-                record = pcscf_state.record_of(reg, sub, sets, now, wall)
+            for key in looked_at:  # (an IMPI, or a held set's key)
+                record = None
+                if key.startswith(HELD):
+                    hold = core.held_set(key)
+                    if hold is not None:
+                        record = pcscf_state.held_record(hold, sets, now, wall)
+                else:
+                    reg = core.registrations.get(key)
+                    if reg is not None:
+                        sub = core.subscription_of(key)
+                        mark = pcscf_state.fingerprint(reg, sub)
+                        if not every and key not in moved and self._marks.get(key) == mark:
+                            continue
+                        record = pcscf_state.record_of(reg, sub, sets, now, wall)
+                        if record is not None:
+                            marks[key] = mark
                 if record is not None:
-                    changed[impi] = json.dumps(record, separators=(",", ":"))
-                    marks[impi] = mark
-                elif impi in self._stored:
-                    removed.append(impi)  # (ending: not to be taken back)
+                    changed[key] = json.dumps(record, separators=(",", ":"))
+                elif key in self._stored:
+                    removed.append(key)  # (gone, or ending: not to be taken back)
         try:
             await self._store.write(self._head(clean), changed, removed, replace=replace)
         except Exception as exc:  # Redis away: the same records next time
@@ -335,8 +350,8 @@ class KeepsState:
             if not self._store_failing:
                 log.error("pcscf: state store not written: %s", str(exc).splitlines()[0])
             self._store_failing = True
-            for impi in looked_at:
-                self._marks.pop(impi, None)  # (so that each is written, not compared)
+            for key in looked_at:
+                self._marks.pop(key, None)  # (so that each is written, not compared)
             self._changed |= looked_at
             return
         if self._store_failing:
@@ -345,9 +360,9 @@ class KeepsState:
         if replace:
             self._marks.clear()
             self._stored.clear()
-        for impi in removed:
-            self._marks.pop(impi, None)
-            self._stored.discard(impi)
+        for key in removed:
+            self._marks.pop(key, None)
+            self._stored.discard(key)
         self._marks.update(marks)
         self._stored.update(changed)
         self._store_unread = False

@@ -24,9 +24,10 @@ last written, after a crash too):
 - its reg-event subscription's dialog (RFC 6665 §4.1; RFC 3261 §12), so the S-CSCF's
   NOTIFYs keep finding it and the refresh comes when it was due.
 
-Also carried by the file: the sets held for the retransmissions of the REGISTER whose
-last answer they carried (a de-REGISTER's 200 OK: `PcscfCore.held_sets`), with that
-answer. What else is under way (forwarded requests awaiting an answer, a set a
+Also carried: the sets held for the retransmissions of the REGISTER whose last answer
+they carried (a de-REGISTER's 200 OK: `PcscfCore.held_sets`), with that answer
+(`held_record`; in the store, under their key, a NUL and our spi-s, which no IMPI
+holds). What else is under way (forwarded requests awaiting an answer, a set a
 re-registration superseded) is not: the UE's and the core's retransmissions finish
 those transactions through the new process, which forwards them under the branches
 its predecessor used.
@@ -68,6 +69,7 @@ __all__ = [
     "StateError",
     "dump",
     "fingerprint",
+    "held_record",
     "load",
     "record_of",
 ]
@@ -148,19 +150,10 @@ def dump(
         if record is not None:
             out.append(record)
     held = []
-    for sa, branch, release_at, reason, final in core.held_sets():
-        kept = _set(sa, sets, SaState.DRAINING, now)
-        if kept is not None:
-            held.append(
-                {
-                    "impi": sa.impi,
-                    "set": kept,
-                    "branch": branch,
-                    "release_in": release_at - now,
-                    "reason": reason,
-                    "final": None if final is None else base64.b64encode(final).decode(),
-                }
-            )
+    for hold in core.held_sets():
+        record = held_record(hold, sets, now)
+        if record is not None:
+            held.append(record)
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -202,6 +195,32 @@ def record_of(
         return None
     if sub is not None and sub.confirmed and not sub.ending and sub.impi == reg.impi:
         record["subscription"] = _subscription(sub, now)
+    if wall is not None:
+        record["saved_at"] = wall
+    return record
+
+
+def held_record(
+    hold: tuple[PcscfSa, str, float, str, bytes | None],
+    sets: Mapping[int, SaSet],
+    now: float,
+    wall: float | None = None,
+) -> dict[str, Any] | None:
+    """The record of one set held for a REGISTER's retransmissions (an entry of
+    `PcscfCore.held_sets`), or None when its set is no longer held. `wall` as in
+    `record_of`."""
+    sa, branch, release_at, reason, final = hold
+    kept = _set(sa, sets, SaState.DRAINING, now)
+    if kept is None:
+        return None
+    record = {
+        "impi": sa.impi,
+        "set": kept,
+        "branch": branch,
+        "release_in": release_at - now,
+        "reason": reason,
+        "final": None if final is None else base64.b64encode(final).decode(),
+    }
     if wall is not None:
         record["saved_at"] = wall
     return record
@@ -335,10 +354,12 @@ def load(
     held = doc.get("held", [])
     if not isinstance(held, list):
         raise StateError("held: not a list")
-    shift = now - max(0.0, wall - saved_at)
     for i, record in enumerate(held):
         try:
-            hold = _restored_hold(record, shift, now, crashed)
+            at = record.get("saved_at", saved_at) if isinstance(record, dict) else saved_at
+            if isinstance(at, bool) or not isinstance(at, (int, float)):
+                raise ValueError("saved_at: not a number")
+            hold = _restored_hold(record, now - max(0.0, wall - at), now, crashed)
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"held[{i}]: {_reason(exc)}") from None
         if hold is not None:

@@ -5,7 +5,8 @@ the UEs it served (TS 24.229 §5.2.2, §5.2.3; TS 33.203 §7).
 One hash per P-CSCF, ``imsaka:pcscf:<name>@<address>:<port>:regs`` (two P-CSCFs
 running at once never share an address and port): field IMPI, value the JSON record
 `imsaka.cscf.pcscf_state.record_of` makes (its times counted from its own
-``saved_at``); and ``…:meta``, the document's head (format, version, the P-CSCF's
+``saved_at``), and for a set held for a REGISTER's retransmissions, field its key (a
+NUL, then the P-CSCF's spi-s), value its `pcscf_state.held_record`; and ``…:meta``, the document's head (format, version, the P-CSCF's
 address and ports, ``clean``). The server writes, every ``state_interval`` seconds,
 the records that changed since (those the core and the SA table name:
 `imsaka.cscf.tracking`) and removes those that went, in one MULTI/EXEC; ``clean`` is

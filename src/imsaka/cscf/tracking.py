@@ -5,9 +5,10 @@ records of the registrations that changed since its last write (`imsaka.cscf.pcs
 `imsaka.cscf.pcscf_state.record_of`). Comparing every registration's fingerprint
 would cost the event loop O(registrations) per pass; instead the objects a record is
 made of say when they change: `tracked` makes a subclass whose every assignment puts
-the instance's IMPI in a set that the pass empties, so a pass costs O(changes).
+the instance's IMPI (or, for a set held for a REGISTER's retransmissions, its key) in a
+set that the pass empties, so a pass costs O(changes).
 
-Only assignments are seen: the fields of a registration and of a subscription are
+Only assignments are seen: the fields of a registration, a subscription or a hold are
 replaced, never changed in place (tuples, frozen `PcscfSa`), and what the core drops
 from its tables it names itself (`PcscfCore.track_changes`). Traffic over an SA set
 moves its counters without any of these: the SA table lists the sets that carried a
@@ -24,11 +25,14 @@ __all__ = ["tracked"]
 T = TypeVar("T")
 
 
-def tracked(cls: type[T], changed: set[str], *, ignore: Collection[str] = ()) -> type[T]:
-    """A subclass of `cls` (slotted, with an ``impi`` attribute) whose every assignment,
-    but to the attributes named in `ignore`, adds the instance's ``impi`` to `changed`;
-    an assignment to ``impi`` itself adds the one it had before too (a subscription
-    leaving its registration changes that registration's record)."""
+def tracked(
+    cls: type[T], changed: set[str], *, key: str = "impi", ignore: Collection[str] = ()
+) -> type[T]:
+    """A subclass of `cls` (slotted, with a `key` attribute naming its record: an IMPI,
+    or a held set's key) whose every assignment, but to the attributes named in
+    `ignore`, adds the instance's `key` to `changed`; an assignment to `key` itself adds
+    the one it had before too (a subscription leaving its registration changes that
+    registration's record)."""
     store = object.__setattr__
     skip = frozenset(ignore)
 
@@ -36,14 +40,14 @@ def tracked(cls: type[T], changed: set[str], *, ignore: Collection[str] = ()) ->
         if name in skip:
             store(self, name, value)
             return
-        if name == "impi":
-            before = getattr(self, "impi", "")
+        if name == key:
+            before = getattr(self, key, "")
             if before:
                 changed.add(before)
         store(self, name, value)
-        impi = getattr(self, "impi", "")  # (not yet set early in an __init__)
-        if impi:
-            changed.add(impi)
+        now = getattr(self, key, "")  # (not yet set early in an __init__)
+        if now:
+            changed.add(now)
 
     return type(
         cls.__name__,
