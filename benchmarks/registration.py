@@ -213,6 +213,7 @@ def core_toml(
     vectors: int,
     max_in_flight: int | None,
     reregistration_sar: str = "always",
+    pcscf_store: str = "",
 ) -> str:
     hosts = "\n".join(
         f'"{h}" = "{HOST}"'
@@ -244,6 +245,7 @@ home = true
 visited_network_id = "{DOMAIN}"
 sec_agree = "{sec_agree}"
 {"" if max_in_flight is None else f"max_in_flight = {max_in_flight}"}
+{f'state_store = "{pcscf_store}"' if pcscf_store else ""}
 [[pcscf.routes]]
 domain = "{DOMAIN}"
 icscf = "sip:icscf1.home1.net:{ports["icscf"]}"
@@ -300,8 +302,10 @@ class Core:
         reregistration_sar: str = "always",
         prefix: list[str] | None = None,
         start_timeout: float = 30.0,
+        pcscf_store: str = "",
     ) -> None:
         self.workdir = workdir
+        self.pcscf_store = pcscf_store
         self.name = name
         # a command each function runs under (valgrind for rereg_instructions.py)
         self.prefix = prefix or []
@@ -325,6 +329,7 @@ class Core:
                 vectors=vectors,
                 max_in_flight=max_in_flight,
                 reregistration_sar=reregistration_sar,
+                pcscf_store=pcscf_store,
             )
         )
         self.procs: dict[str, subprocess.Popen] = {}
@@ -397,6 +402,13 @@ class Core:
         for fh in self._files:
             fh.close()
         self._files.clear()
+        if self.pcscf_store:  # (the P-CSCF's records, written at its stop)
+            import redis
+
+            client = redis.Redis.from_url(self.pcscf_store)
+            prefix = f"imsaka:pcscf:pcscf1.home1.net@{HOST}:{self.ports['pcscf']}:"
+            client.delete(prefix + "regs", prefix + "meta")
+            client.close()
         return codes
 
     def errors_tail(self) -> dict[str, str]:
@@ -843,6 +855,7 @@ async def ipsec_phase(args: argparse.Namespace, workdir: Path, subs: list[Sub]) 
         profile=args.profile,
         max_in_flight=args.max_in_flight,
         reregistration_sar=_ipsec_sar(args),
+        pcscf_store=args.pcscf_store,
     )
     result: dict[str, Any] = {
         "subscribers": len(subs),
@@ -852,6 +865,7 @@ async def ipsec_phase(args: argparse.Namespace, workdir: Path, subs: list[Sub]) 
         "alg": "hmac-sha-1-96",
         "ue_reg_event_subscription": args.ue_reg_event,
         "reregistration_sar": _ipsec_sar(args),
+        "pcscf_state_store": args.pcscf_store or None,
     }
     sim = UeSimulator(subs, core.pcscf, ealg=args.ealg, reg_event=args.ue_reg_event)
     warm = list(range(args.warmup))
@@ -1277,6 +1291,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="P-CSCF overload bound ([pcscf].max_in_flight; default: the product's; 0: none)",
     )
     p.add_argument("--ealg", default="null", choices=("null", "aes-cbc", "des-ede3-cbc"))
+    p.add_argument(
+        "--pcscf-store",
+        metavar="REDIS_URL",
+        default="",
+        help="the IPsec core's P-CSCF keeps its registrations there ([pcscf].state_store)",
+    )
     p.add_argument(
         "--ue-reg-event",
         action="store_true",

@@ -317,6 +317,8 @@ async def test_each_pass_writes_what_changed_and_the_store_is_then_a_full_write(
             await asyncio.sleep(0.1)
             await _store_is_a_full_write(pcscf, store)
             assert writes[-1] == (1, 0)
+            written = pcscf.core.counters["state-store-records-written"]
+            assert written == sum(w for w, _ in writes), writes
 
             # traffic alone (a message to the UE over its set): counters written again
             s = pcscf._sets[pcscf.core.registrations[subscribers[0].impi].sa.spi_ps]

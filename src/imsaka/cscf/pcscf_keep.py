@@ -357,6 +357,9 @@ class KeepsState:
         if self._store_failing:
             log.info("pcscf: state store written again")
             self._store_failing = False
+        counters = self.core.counters
+        counters["state-store-records-written"] += len(changed)
+        counters["state-store-records-removed"] += len(removed)
         if replace:
             self._marks.clear()
             self._stored.clear()
