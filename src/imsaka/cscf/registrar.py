@@ -387,6 +387,17 @@ class BindingStore(Protocol):
         """Every subscription kept by `put_subscriptions` for `notifier`."""
         ...
 
+    async def put_challenges(self, notifier: str, challenges: list[dict], ttl: float) -> None:
+        """Keep the open challenges of the stopping S-CSCF `notifier`
+        (`ScscfCore.challenges_to_keep`, with the wall-clock time they were written) for
+        the next one, at most `ttl` seconds."""
+        ...
+
+    async def take_challenges(self, notifier: str) -> list[dict]:
+        """The challenges `put_challenges` kept for `notifier`, removed as they are read
+        (one S-CSCF takes them, once)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -466,6 +477,12 @@ class MemoryBindingStore:
         return None
 
     async def all_subscriptions(self, notifier: str) -> list[dict]:
+        return []
+
+    async def put_challenges(self, notifier: str, challenges: list[dict], ttl: float) -> None:
+        return None  # (a restart loses the bindings they are for too)
+
+    async def take_challenges(self, notifier: str) -> list[dict]:
         return []
 
     async def close(self) -> None:
@@ -619,6 +636,23 @@ class RedisBindingStore:
             if type(items) is not list:
                 continue  # not ours to read: the caller gets only what can be one
             out += [d for d in items if type(d) is dict]
+        return out
+
+    async def put_challenges(self, notifier: str, challenges: list[dict], ttl: float) -> None:
+        key = f"{self._prefix}challenges:{notifier}"
+        if challenges:
+            text = json.dumps(challenges, separators=(",", ":"))
+            await self._redis.set(key, text, ex=max(1, int(ttl) + 1))
+
+    async def take_challenges(self, notifier: str) -> list[dict]:
+        text = await self._redis.getdel(f"{self._prefix}challenges:{notifier}")
+        try:
+            items = json.loads(text) if text is not None else []
+        except ValueError:
+            items = []
+        out: list[dict] = []
+        if type(items) is list:
+            out = [d for d in items if type(d) is dict]
         return out
 
     async def clear(self) -> None:

@@ -378,6 +378,9 @@ class Scscf:
         # task is at it.
         self._subs_dirty: set[str] = set()
         self._subs_writing = False
+        # a stop asked for (`ScscfServer.drain`): the open challenges are written for
+        # the next S-CSCF on the same store (`close`)
+        self.keep_challenges = False
 
     # ------------------------------------------------------------- life cycle
 
@@ -389,6 +392,7 @@ class Scscf:
             self.core.load(reg)
         for record in await self.store.all_subscriptions(self._contact):
             self._adopt_subscription(record, now)
+        await self._take_challenges(now)
         # Registrations that lapsed while we were down expire now (TIMEOUT SAR), their
         # subscribers told.
         await self._run_actions(self.core.handle_timer(now))
@@ -410,7 +414,45 @@ class Scscf:
         self._subs_writing = False
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._write_subscriptions(), 5.0)
+        if self.keep_challenges:
+            await self._keep_challenges()
         await self.store.close()
+
+    async def _keep_challenges(self) -> None:
+        """The open challenges written for the next S-CSCF (`ScscfCore.challenges_to_keep`:
+        XRES or the MD5 password, never IK/CK), each stamped with the wall clock; only
+        a shared store keeps them."""
+        records = self.core.challenges_to_keep(self._clock())
+        if not records:
+            return
+        wall = time.time()
+        for r in records:
+            r["saved_at"] = wall
+        try:
+            await asyncio.wait_for(
+                self.store.put_challenges(self._contact, records, max(r["left"] for r in records)),
+                5.0,
+            )
+        except Exception as exc:  # (Redis away: they are challenged anew, as before)
+            log.error("scscf: open challenges not kept: %s", str(exc).splitlines()[0])
+            return
+        log.info("scscf: %d open challenges kept for the next start", len(records))
+
+    async def _take_challenges(self, now: float) -> None:
+        """The challenges the S-CSCF before this one kept (`_keep_challenges`), taken."""
+        try:
+            records = await self.store.take_challenges(self._contact)
+        except Exception as exc:
+            log.error("scscf: open challenges not read: %s", str(exc).splitlines()[0])
+            return
+        wall = time.time()
+        for r in records:
+            at = r.get("saved_at")
+            if isinstance(at, (int, float)) and isinstance(r.get("left"), (int, float)):
+                r["left"] -= max(0.0, wall - at)
+        taken = self.core.adopt_challenges(records, now)
+        if records:
+            log.info("scscf: %d of %d open challenges taken back", taken, len(records))
 
     def _adopt_subscription(self, record: dict, now: float) -> None:
         """A subscription kept in the store by the S-CSCF before us at our Contact (where
@@ -1144,9 +1186,12 @@ class ScscfServer:
         P-CSCF's cue to release the UE's SAs) is not lost with the process. SIP
         requests are still served meanwhile; once idle, the Diameter node stops (no RTR
         can then arrive between the last look and the close) and what it had started
-        ends too."""
+        ends too. The stop that follows writes the open challenges for the next S-CSCF
+        (`Scscf._keep_challenges`)."""
         if self.endpoint is None:
             return
+        if self.scscf is not None:
+            self.scscf.keep_challenges = True
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds
         while self._under_way() and loop.time() < end:

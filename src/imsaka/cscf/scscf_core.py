@@ -726,6 +726,78 @@ class RegistrarCore:
             return False
         return True
 
+    def challenges_to_keep(self, now: float) -> list[dict]:
+        """The open challenges, for the S-CSCF that follows this one to verify their
+        answers (a restart asked for: the UE's challenge response then gets its 200
+        instead of a second challenge, one more MAR and AKA run). Each as JSON-ready data
+        with the seconds it has `left`: the IMPI, IMPU, nonce, Call-ID, algorithm, and
+        what verifying needs: for AKAv1-MD5 RAND, AUTN and XRES (RES is the digest
+        password, RFC 3310 §3.3; RAND for an AUTS, TS 33.203 §6.1.2), for MD5 the
+        password. AKAv2-MD5's password is made from IK and CK too (RFC 4169), which are
+        not written out: those are challenged anew."""
+        out = []
+        for ch in self._challenges.values():
+            v, left = ch.vector, ch.deadline - now
+            if left <= 0 or v.algorithm not in (AKAV1_MD5, MD5):
+                continue
+            out.append(
+                {
+                    "impi": ch.impi,
+                    "impu": ch.impu,
+                    "nonce": ch.nonce,
+                    "call_id": ch.call_id,
+                    "algorithm": v.algorithm,
+                    "rand": v.rand.hex(),
+                    "autn": v.autn.hex(),
+                    "xres": v.xres.hex(),
+                    "password": v.password.hex(),
+                    "left": left,
+                }
+            )
+        return out
+
+    def adopt_challenges(self, records: Iterable[object], now: float) -> int:
+        """Take the challenges of an S-CSCF before this one (`challenges_to_keep`, their
+        `left` counted from now) as made here; one unreadable, run out or beyond the
+        per-IMPI bound is skipped. Before any challenge of this one's own (their order
+        is their expiry order). Returns how many were taken."""
+        taken = []
+        for r in records:
+            try:
+                if not isinstance(r, dict) or r["algorithm"] not in (AKAV1_MD5, MD5):
+                    continue
+                left = min(float(r["left"]), self.policy.reg_await_auth)
+                ch = _Challenge(
+                    str(r["impi"]),
+                    str(r["impu"]),
+                    str(r["nonce"]),
+                    AuthVectorItem(
+                        r["algorithm"],
+                        rand=bytes.fromhex(r["rand"]),
+                        autn=bytes.fromhex(r["autn"]),
+                        xres=bytes.fromhex(r["xres"]),
+                        password=bytes.fromhex(r["password"]),
+                    ),
+                    now + left,
+                    str(r["call_id"]),
+                )
+            except (KeyError, TypeError, ValueError):
+                continue
+            if left > 0:
+                taken.append(ch)
+        n = 0
+        for ch in sorted(taken, key=lambda c: c.deadline):
+            pending = self._challenges_by_impi.setdefault(ch.impi, [])
+            if ch.nonce in self._challenges or len(pending) >= self.policy.max_pending_per_impi:
+                continue
+            pending.append(ch.nonce)
+            self._challenges[ch.nonce] = ch
+            n += 1
+        if n:
+            self.deadlines_added += 1
+            self.counters["challenge_restored"] += n
+        return n
+
     def pending_counts(self) -> dict[str, int]:
         """Sizes of the state, for leak checks (issue 7: nothing left behind)."""
         return {

@@ -1,0 +1,113 @@
+"""Open challenges across an S-CSCF restart asked for (SIGTERM, `ScscfServer.drain`):
+written to the shared store at the stop (`ScscfCore.challenges_to_keep`: XRES or the MD5
+password, never IK/CK) and taken by the next S-CSCF (`adopt_challenges`), so a UE's
+challenge response that meets the new one is answered 200, not challenged again with
+one more MAR and AKA run (TS 24.229 §5.4.1.2.1; RFC 3310 §3.3)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from imsaka.cscf.scscf_core import AskAssignment, AskVectors, RegistrarCore
+
+from .fakes import FakeHss, FakeUe
+from .test_home_network import answer_auth, empty_auth, new_ue, register, send
+from .test_scscf_core import T0, Harness, header, policy
+
+
+def _handed_over(core: RegistrarCore, hss: FakeHss, now: float) -> Harness:
+    """A new core taking `core`'s open challenges (through JSON, as a store does)."""
+    records = json.loads(json.dumps(core.challenges_to_keep(now)))
+    after = Harness(RegistrarCore(policy()), hss)
+    assert after.core.adopt_challenges(records, now) == len(records)
+    return after
+
+
+def test_a_response_to_the_challenge_of_the_one_before_is_answered_200():
+    hss = FakeHss()
+    before = Harness(RegistrarCore(policy()), hss)
+    ue = FakeUe()
+    r401 = before.send(ue.register())
+    assert r401.status == 401
+    (kept,) = before.core.challenges_to_keep(T0 + 1)
+    assert "ik" not in kept and "ck" not in kept and kept["left"] == 239.0
+    after = _handed_over(before.core, hss, T0 + 1)
+    mars = hss.mars
+    r200 = after.send(ue.answer(header(r401, "WWW-Authenticate")[0]), T0 + 2)
+    assert r200.status == 200 and hss.mars == mars
+    assert isinstance(after.asks[-1], AskAssignment)
+    assert after.core.counters["challenge_restored"] == 1
+    assert after.core.pending_counts()["challenges"] == 0
+
+
+def test_an_auts_to_a_kept_challenge_resynchronises_through_its_rand():
+    hss = FakeHss()
+    before = Harness(RegistrarCore(policy()), hss)
+    ue = FakeUe()
+    for ind in range(32):  # an ISIM far ahead of the HSS
+        ue.isim.sqn_array.accept((1000 << 5) | ind)
+    r401 = before.send(ue.register())
+    after = _handed_over(before.core, hss, T0)
+    r = after.send(ue.answer(header(r401, "WWW-Authenticate")[0]))
+    assert r.status == 401 and hss.resyncs == 1
+    (ask,) = [a for a in after.asks if isinstance(a, AskVectors)]
+    assert ask.resync is not None
+    assert after.send(ue.answer(header(r, "WWW-Authenticate")[0])).status == 200
+
+
+def test_what_is_not_kept_and_what_is_not_taken():
+    hss = FakeHss()
+    before = Harness(RegistrarCore(policy()), hss)
+    before.send(FakeUe().register())
+    assert before.core.challenges_to_keep(T0 + 240) == []  # run out
+    (record,) = before.core.challenges_to_keep(T0)
+    core = RegistrarCore(policy())
+    bad = [
+        {**record, "algorithm": "AKAv2-MD5"},  # its password needs IK and CK
+        {**record, "left": -1},
+        {**record, "xres": "not hex"},
+        {k: v for k, v in record.items() if k != "nonce"},
+        "not a record",
+    ]
+    assert core.adopt_challenges(bad, T0) == 0
+    assert core.adopt_challenges([record, record], T0) == 1  # (one nonce, once)
+    assert core.next_deadline() == T0 + 240
+
+
+@pytest.mark.redis
+async def test_a_challenge_response_after_a_restart_asked_for_gets_its_200(redis_home):
+    """Through the I-CSCF and the S-CSCF on Redis: the 401 from one S-CSCF, a drain and
+    stop, the response to the next one: 200, with one MAR in all."""
+    net = redis_home.net
+    ue = new_ue()
+    r401 = await send(net, register(net, cseq=1, authorization=empty_auth(), protected=False))
+    assert r401.status == 401
+    await net.scscf.drain()
+    await redis_home.restart_scscf()
+    scscf = net.scscf.scscf
+    assert scscf.core.counters["challenge_restored"] == 1
+    auth = answer_auth(r401.www_authenticate, ue)
+    r200 = await send(net, register(net, cseq=2, authorization=auth, protected=True))
+    assert r200.status == 200, r200
+    assert scscf.core.counters["challenge"] == 0  # (none of its own)
+    reader = redis_home.store()
+    try:
+        assert await reader.take_challenges(scscf._contact) == []  # taken once
+    finally:
+        await reader.close()
+
+
+@pytest.mark.redis
+async def test_after_a_crash_the_response_is_challenged_anew(redis_home):
+    """Without the drain (a crash) nothing is kept: the response meets a new challenge,
+    as before."""
+    net = redis_home.net
+    ue = new_ue()
+    r401 = await send(net, register(net, cseq=1, authorization=empty_auth(), protected=False))
+    await redis_home.restart_scscf()
+    auth = answer_auth(r401.www_authenticate, ue)
+    r = await send(net, register(net, cseq=2, authorization=auth, protected=True))
+    assert r.status == 401
+    assert net.scscf.scscf.core.counters["challenge_restored"] == 0
