@@ -27,7 +27,9 @@ S-CSCF within the run).
 `--scscf-restarts redis://…` keeps the S-CSCF's bindings and reg-event subscriptions in
 Redis (a prefix of the run's own, removed after it) and restarts the S-CSCF every 3 to
 12 s while the UEs go through their steps (its UDP legs stay lossy): registrations,
-challenges and subscriptions meet a restart at every point of their lives. An RTR the
+challenges and subscriptions meet a restart at every point of their lives. Open
+challenges are kept across each restart (SIGTERM-like), so `reg_await_auth` is 30 s:
+one the UE no longer answers has lapsed at the end. An RTR the
 HSS could not deliver (the S-CSCF down at that instant) is not a failure: the UE stays
 registered.
 
@@ -231,6 +233,10 @@ async def run(
         scscf["binding_store"] = redis_url
         scscf.pop("reregistration_sar", None)  # "when-needed" needs the memory store
         restarts = _Restarts(redis_url, seed)
+        # Open challenges outlive a restart (kept at the stop): one the UE no longer
+        # answers (a retransmitted REGISTER met the new S-CSCF, which challenged it
+        # anew, and the UE answered that one) stays until reg-await-auth: short.
+        scscf["reg_await_auth"] = 30
     options = NetworkOptions(extra={"scscf": scscf})
     handoff_dir = None
     if pcscf_handoffs:

@@ -285,11 +285,6 @@ async def test_each_pass_writes_what_changed_and_the_store_is_then_a_full_write(
         "pcscf": {"state_store": redis_url, "state_interval": 3600.0},  # (passes: here)
         "scscf": {"reauthenticate": reauthenticate},
     }
-    net = Network(subscribers, NetworkOptions(extra=extra))
-    await net.start()
-    pcscf = net.pcscf
-    own = pcscf._own()
-    store = PcscfStateStore(redis_url, f"{net.config.pcscf.name}@{own['address']}:{own['port']}")
     writes: list[tuple[int, int]] = []  # (records written, records removed) per pass
     write = PcscfStateStore.write
 
@@ -299,8 +294,15 @@ async def test_each_pass_writes_what_changed_and_the_store_is_then_a_full_write(
         await write(self, head, changed, removed, replace=replace)
 
     monkeypatch.setattr(PcscfStateStore, "write", counted)
-    scscf = net.scscf.scscf
+    net = Network(subscribers, NetworkOptions(extra=extra))
+    store = None
     try:
+        await net.start()
+        pcscf = net.pcscf
+        own = pcscf._own()
+        name = f"{net.config.pcscf.name}@{own['address']}:{own['port']}"
+        store = PcscfStateStore(redis_url, name)
+        scscf = net.scscf.scscf
         async with (
             UeClient(net.ue_config(subscribers[0]), timers=FAST) as a,
             UeClient(net.ue_config(subscribers[1]), timers=FAST) as b,
@@ -348,5 +350,6 @@ async def test_each_pass_writes_what_changed_and_the_store_is_then_a_full_write(
             assert writes[-1] == (0, 0)
     finally:
         await net.stop()
-        await store.clear()
-        await store.close()
+        if store is not None:
+            await store.clear()
+            await store.close()
