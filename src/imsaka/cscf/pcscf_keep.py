@@ -291,7 +291,9 @@ class KeepsState:
 
     async def _store_loop(self) -> None:
         interval = float(self.config.state_interval)
-        while True:
+        # (a flag, not only the cancel: a cancel that lands inside a Redis call can come
+        # out of redis-py as another error, which the pass takes for Redis away)
+        while self._store_task is not None:
             await asyncio.sleep(interval)
             await self._store_pass()
 
@@ -346,6 +348,9 @@ class KeepsState:
         try:
             await self._store.write(self._head(clean), changed, removed, replace=replace)
         except Exception as exc:  # Redis away: the same records next time
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from exc  # (the stop's cancel, not Redis)
             self.core.counters["state-store-write-failed"] += 1
             if not self._store_failing:
                 log.error("pcscf: state store not written: %s", str(exc).splitlines()[0])
@@ -373,10 +378,10 @@ class KeepsState:
     async def _store_stop(self) -> None:
         if self._store is None:
             return
-        if self._store_task is not None:
-            self._store_task.cancel()
-            await asyncio.gather(self._store_task, return_exceptions=True)
-            self._store_task = None
+        task, self._store_task = self._store_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         if self._handoff:
             await self._store_pass(clean=True)
         await self._store.close()
