@@ -534,17 +534,19 @@ class Network:
                     f.close()
         return code
 
-    async def restart_scscf(self, store: Any = None) -> None:
+    async def restart_scscf(self, store: Any = None, *, crash: bool = False) -> None:
         """Stop the S-CSCF, once what is under way ended (`ScscfServer.drain`, as on
         SIGTERM), and start a new one from the same configuration (its binding store
         decides what survives: `redis://` keeps registrations and their reg-event
-        subscriptions). `store`: a `imsaka.cscf.registrar` binding store to use
-        instead of the configured one."""
+        subscriptions, and the open challenges of a stop asked for). `store`: a
+        `imsaka.cscf.registrar` binding store to use instead of the configured one.
+        `crash`: stopped at once instead (no drain, no challenges kept)."""
         from imsaka.cscf.scscf import ScscfServer
 
         assert self.config is not None and self.config.scscf is not None
         if self.scscf is not None:
-            await self.scscf.drain()  # as `imsaka run scscf` stops on SIGTERM
+            if not crash:
+                await self.scscf.drain()  # as `imsaka run scscf` stops on SIGTERM
             await self.scscf.stop()
             self.scscf = None
         server = ScscfServer(

@@ -43,7 +43,8 @@ def leftovers(net: Network) -> dict[str, int]:
 async def _on_redis(redis_url: str, subs: list[TestSubscriber]) -> AsyncIterator[tuple]:
     """The whole core with the S-CSCF's bindings in Redis under a prefix of its own, and
     a UE of `subs[0]` (started): yields (network, UE, restart), `restart()` restarting
-    the S-CSCF on that prefix. The keys go, and everything stops, after the block."""
+    the S-CSCF on that prefix (`restart(crash=True)`: without the drain of a stop asked
+    for, so its open challenges are lost). The keys go, and everything stops, after the block."""
     from imsaka.cscf.registrar import RedisBindingStore
 
     prefix = f"imsaka:e2e:{os.getpid()}:{os.urandom(4).hex()}:"
@@ -51,8 +52,8 @@ async def _on_redis(redis_url: str, subs: list[TestSubscriber]) -> AsyncIterator
     await net.start()
     ue = UeClient(net.ue_config(subs[0]), observers=[net.trace])
 
-    async def restart() -> None:
-        await net.restart_scscf(RedisBindingStore(redis_url, prefix=prefix))
+    async def restart(crash: bool = False) -> None:
+        await net.restart_scscf(RedisBindingStore(redis_url, prefix=prefix), crash=crash)
 
     try:
         await restart()  # on the test's own prefix

@@ -37,7 +37,8 @@ async def _rechallenged(
     it is challenged again. Yields (the UE, its registration's result, the first
     temporary set). `keep(head)`: other datagrams to the P-CSCF kept back from then on
     (while the gate is in place: until the end of the block). `restart`: how the
-    S-CSCF restarts (default `net.restart_scscf()`)."""
+    S-CSCF restarts (default `net.restart_scscf()`: the memory store keeps no
+    challenge; on Redis only a crash loses it)."""
 
     def challenge_response(head: bytes) -> bool:
         return head.startswith(b"REGISTER ") and b"\r\nCSeq: 2 REGISTER" in head
@@ -138,7 +139,11 @@ async def test_a_restarted_ue_whose_challenge_a_restart_lost_registers(redis_url
     subs = make_subscribers(1, seed=94)
     async with _on_redis(redis_url, subs) as (net, old_ue, restart):
         assert (await old_ue.register(10)).ok
-        async with _rechallenged(net, subs[0], restart=restart) as (ue, result, _):
+
+        async def crash() -> None:  # (a restart asked for would keep the challenge)
+            await restart(crash=True)
+
+        async with _rechallenged(net, subs[0], restart=crash) as (ue, result, _):
             assert result.ok and result.protected, result
             core = net.scscf.scscf.core
             assert core.counters["new_contact_reauthenticated"] == 1
