@@ -291,8 +291,9 @@ class KeepsState:
 
     async def _store_loop(self) -> None:
         interval = float(self.config.state_interval)
-        # (a flag, not only the cancel: a cancel that lands inside a Redis call can come
-        # out of redis-py as another error, which the pass takes for Redis away)
+        # (a flag, not only the cancel: redis-py 8.1's pipeline execute() was seen to
+        # return normally from a cancel that landed inside it, the task left cancelling,
+        # and the loop then went on for ever; the class of redis/redis-py#2028, #2551)
         while self._store_task is not None:
             await asyncio.sleep(interval)
             await self._store_pass()
