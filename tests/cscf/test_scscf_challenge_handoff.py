@@ -1,5 +1,5 @@
 """Open challenges across an S-CSCF restart asked for (SIGTERM, `ScscfServer.drain`):
-written to the shared store at the stop (`ScscfCore.challenges_to_keep`: XRES or the MD5
+written to the shared store at the stop (`RegistrarCore.challenges_to_keep`: XRES or the MD5
 password, never IK/CK) and taken by the next S-CSCF (`adopt_challenges`), so a UE's
 challenge response that meets the new one is answered 200, not challenged again with
 one more MAR and AKA run (TS 24.229 §5.4.1.2.1; RFC 3310 §3.3)."""

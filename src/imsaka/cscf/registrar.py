@@ -389,7 +389,7 @@ class BindingStore(Protocol):
 
     async def put_challenges(self, notifier: str, challenges: list[dict], ttl: float) -> None:
         """Keep the open challenges of the stopping S-CSCF `notifier`
-        (`ScscfCore.challenges_to_keep`, with the wall-clock time they were written) for
+        (`RegistrarCore.challenges_to_keep`, with the wall-clock time they were written) for
         the next one, at most `ttl` seconds."""
         ...
 

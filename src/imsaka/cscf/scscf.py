@@ -419,7 +419,7 @@ class Scscf:
         await self.store.close()
 
     async def _keep_challenges(self) -> None:
-        """The open challenges written for the next S-CSCF (`ScscfCore.challenges_to_keep`:
+        """The open challenges written for the next S-CSCF (`RegistrarCore.challenges_to_keep`:
         XRES or the MD5 password, never IK/CK), each stamped with the wall clock; only
         a shared store keeps them."""
         records = self.core.challenges_to_keep(self._clock())

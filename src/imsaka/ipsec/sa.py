@@ -645,6 +645,11 @@ class SecurityAssociationTable:
             s.used = False
         return used
 
+    def _mark_used(self, sa_set: SaSet) -> None:
+        sa_set.used = True
+        if self._used is not None:
+            self._used.append(sa_set)
+
     # -- queries
 
     def lookup_inbound(self, spi: int) -> SecurityAssociation | None:
@@ -916,9 +921,7 @@ class SecurityAssociationTable:
     def message_sent(self, sa_set: SaSet, *, now: float, final: bool = False) -> None:
         """A message left protected over `sa_set`; `final`: it was one that was due."""
         if not sa_set.used:
-            sa_set.used = True
-            if self._used is not None:
-                self._used.append(sa_set)
+            self._mark_used(sa_set)
         if final and sa_set.final_due > 0:
             sa_set.final_due -= 1
             if sa_set.state is SaState.DRAINING:
@@ -928,9 +931,7 @@ class SecurityAssociationTable:
     def message_received(self, sa_set: SaSet, *, now: float) -> None:
         """A message arrived over `sa_set`: the first one on a newer set retires the old."""
         if not sa_set.used:
-            sa_set.used = True
-            if self._used is not None:
-                self._used.append(sa_set)
+            self._mark_used(sa_set)
         c = self._contact_of(sa_set)
         if c.old and c.established is sa_set:
             for old in list(c.old):
