@@ -62,10 +62,8 @@ class KeepsState:
         self.restored = 0  # registrations taken back at start
         self._store: Any = None
         self._store_task: asyncio.Task | None = None
-        # IMPI -> `pcscf_state.fingerprint` of the record the store holds for it, and
         # the keys of the records the store holds (IMPIs, held sets' keys); the keys of
         # those that may have changed since the last pass (`PcscfCore.track_changes`)
-        self._marks: dict[str, tuple] = {}
         self._stored: set[str] = set()
         self._changed: set[str] = set()
         self._store_failing = False
@@ -324,7 +322,6 @@ class KeepsState:
             looked_at = marked | moved
         changed: dict[str, str] = {}
         removed: list[str] = []
-        marks: dict[str, tuple] = {}
         with _bulk():  # (a full pass, at a start or a clean stop, builds them all)
             for key in looked_at:  # (an IMPI, or a held set's key)
                 record = None
@@ -336,12 +333,7 @@ class KeepsState:
                     reg = core.registrations.get(key)
                     if reg is not None:
                         sub = core.subscription_of(key)
-                        mark = pcscf_state.fingerprint(reg, sub)
-                        if not every and key not in moved and self._marks.get(key) == mark:
-                            continue
                         record = pcscf_state.record_of(reg, sub, sets, now, wall)
-                        if record is not None:
-                            marks[key] = mark
                 if record is not None:
                     changed[key] = json.dumps(record, separators=(",", ":"))
                 elif key in self._stored:
@@ -356,8 +348,6 @@ class KeepsState:
             if not self._store_failing:
                 log.error("pcscf: state store not written: %s", str(exc).splitlines()[0])
             self._store_failing = True
-            for key in looked_at:
-                self._marks.pop(key, None)  # (so that each is written, not compared)
             self._changed |= looked_at
             return
         if self._store_failing:
@@ -367,12 +357,8 @@ class KeepsState:
         counters["state-store-records-written"] += len(changed)
         counters["state-store-records-removed"] += len(removed)
         if replace:
-            self._marks.clear()
             self._stored.clear()
-        for key in removed:
-            self._marks.pop(key, None)
-            self._stored.discard(key)
-        self._marks.update(marks)
+        self._stored.difference_update(removed)
         self._stored.update(changed)
         self._store_unread = False
 

@@ -33,7 +33,7 @@ those transactions through the new process, which forwards them under the branch
 its predecessor used.
 
 Sans-I/O: `dump` turns a core's state into a JSON-ready document (`record_of` one
-registration's record, `fingerprint` what would change it), `load` a document back into
+registration's record, `held_record` one held set's), `load` a document back into
 what `PcscfCore.adopt` and `SecurityAssociationTable.restore` take (`crashed`: counters
 as written some time before the stop, moved on). Times are kept as seconds left at
 `saved_at` (wall clock; the document's, or a record's own), since the monotonic clocks
@@ -68,7 +68,6 @@ __all__ = [
     "RestoredSet",
     "StateError",
     "dump",
-    "fingerprint",
     "held_record",
     "load",
     "record_of",
@@ -162,22 +161,6 @@ def dump(
         "registrations": out,
         "held": held,
     }
-
-
-def fingerprint(reg: Registration, sub: RegEventSubscription | None) -> tuple:
-    """What changes when `record_of` would write `reg` differently, but for its SAs'
-    sequence state (their set's `used` flag tells that): compared, not stored."""
-    return (
-        reg.state,
-        reg.expires_at,
-        reg.sa,
-        reg.temporary,
-        reg.contact,
-        reg.security_server,
-        reg.network_terminated,
-        reg.release_at,
-        None if sub is None else (sub.call_id, sub.cseq, sub.remote_tag, sub.expires_at),
-    )
 
 
 def record_of(

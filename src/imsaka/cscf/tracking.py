@@ -2,9 +2,9 @@
 
 A P-CSCF with ``[pcscf].state_store`` writes, every ``state_interval`` seconds, the
 records of the registrations that changed since its last write (`imsaka.cscf.pcscf_keep`,
-`imsaka.cscf.pcscf_state.record_of`). Comparing every registration's fingerprint
-would cost the event loop O(registrations) per pass; instead the objects a record is
-made of say when they change: `tracked` makes a subclass whose every assignment puts
+`imsaka.cscf.pcscf_state.record_of`). Looking at every registration would cost the
+event loop O(registrations) per pass; instead the objects a record is made of say
+when they change: `tracked` makes a subclass whose every assignment puts
 the instance's IMPI (or, for a set held for a REGISTER's retransmissions, its key) in a
 set that the pass empties, so a pass costs O(changes).
 
