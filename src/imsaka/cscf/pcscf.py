@@ -1688,7 +1688,12 @@ class PcscfCore:
         ending = (
             request.method == "NOTIFY"
             and _event_package(request) == "reg"
-            and (request.get("Subscription-State") or "").lstrip().lower().startswith("terminated")
+            and (
+                (request.get("Subscription-State") or "").lstrip().lower().startswith("terminated")
+                # The registration reported ended while the subscription stays active
+                # (Kamailio's S-CSCF ends it so): the UE is told all the same (§5.1.1.7).
+                or _tells_end(request.body, reg)
+            )
         )
         if reg is not None and contact is not None:
             impi = reg.impi
@@ -2545,11 +2550,9 @@ class PcscfCore:
         body = request.body
         reg = self.registrations.get(impi) if impi else None
         if b"<reginfo" in body:
-            terminated = _reginfo_ended(body) or (
-                # the registration stays, for other contacts of the IMPU; the one
-                # this registration holds is reported gone (TS 24.229 §5.4.2.1.2)
-                reg is not None and b'state="terminated"' in body and _contact_ended(body, reg)
-            )
+            # ended, or only the contact this registration holds (the IMPU stays
+            # registered for other contacts, TS 24.229 §5.4.2.1.2)
+            terminated = _tells_end(body, reg)
         else:
             # No reginfo: only the subscription's state tells; a subscription that ran
             # out (`timeout`, RFC 6665 §4.1.3) says nothing of the registration.
@@ -3133,6 +3136,17 @@ def _reginfo_ended(body: bytes) -> bool:
     registration element "terminated", none "active"). Searched in the bytes: the
     attribute texts are ASCII, which UTF-8 keeps as they are."""
     return b'state="terminated"' in body and b'state="active"' not in body
+
+
+def _tells_end(body: bytes, reg: Registration | None) -> bool:
+    """Whether reginfo `body` reports the registration ended, or (for `reg`) the
+    contact it registered terminated: what a reg-event NOTIFY tells of it, whatever its
+    Subscription-State."""
+    if b"<reginfo" not in body:
+        return False
+    if _reginfo_ended(body):
+        return True
+    return reg is not None and b'state="terminated"' in body and _contact_ended(body, reg)
 
 
 def _contact_ended(body: bytes, reg: Registration) -> bool:
