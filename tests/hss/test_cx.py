@@ -98,6 +98,12 @@ async def test_roaming_refused_and_allowed(hss, scscf):
     per_user = await scscf.request(uar(visited="Roam.Example"))
     assert per_user.is_success
     assert hss.service.counters["roaming-refused"] == 1
+    # the P-Visited-Network-ID's text as Kamailio's I-CSCF copies it: a quoted-string
+    # (RFC 7315 §4.3), a parameter after it, names the same network
+    quoted = await scscf.request(uar(visited='"visited1.net";p=1'))
+    assert quoted.is_success
+    refused = await scscf.request(uar(visited='"evil.example"'))
+    assert refused.experimental_result_code == cx.DIAMETER_ERROR_ROAMING_NOT_ALLOWED
 
 
 async def test_uar_barred_identity_is_rejected_except_emergency(hss, scscf):

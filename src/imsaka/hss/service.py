@@ -106,6 +106,26 @@ def _unchanged(state: UserState, req: cx.ServerAssignmentRequest) -> bool:
     )
 
 
+def network_name(visited: str) -> str:
+    """The network a Visited-Network-Identifier names, lower-cased for comparison.
+
+    It carries the P-Visited-Network-ID value (AVP 600, TS 29.229 §6.3.1), a token or a
+    quoted-string, parameters after it (RFC 7315 §4.3). Our I-CSCF sends the bare name;
+    Kamailio's copies the header's text (seen in tests/e2e/test_kamailio_icscf.py): a
+    quoted-string names the network its content names."""
+    v = visited.strip()
+    if v.startswith('"'):
+        out: list[str] = []
+        i = 1
+        while i < len(v) and v[i] != '"':
+            if v[i] == "\\" and i + 1 < len(v):
+                i += 1  # quoted-pair (RFC 3261 §25.1)
+            out.append(v[i])
+            i += 1
+        return "".join(out).lower()
+    return v.lower()  # (a bare name may hold what a quoted-string held: no split at ';')
+
+
 class CxService:
     """Answers Cx requests from the store. One instance per HSS process."""
 
@@ -230,7 +250,7 @@ class CxService:
     # ------------------------------------------------------------------ UAR
 
     def _roaming_allowed(self, visited: str, allowed_for_user: tuple[str, ...]) -> bool:
-        v = visited.strip().lower()
+        v = network_name(visited)
         return v in self._roaming or any(v == n.lower() for n in allowed_for_user)
 
     async def _capabilities(self, state: Any) -> cx.ServerCapabilities:
