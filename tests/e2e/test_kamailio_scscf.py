@@ -18,9 +18,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from imsaka.network import Network, NetworkOptions, make_subscribers
+from imsaka.network import Network
 from imsaka.ue.client import UeClient
-from tests.e2e.kamailio_scscf import DIAMETER_HOST, KamailioScscf, available
+from tests.e2e.kamailio import SCSCF_HOST, KamailioScscf, available, core_with, diameter, free_port
 from tests.polling import eventually
 
 pytestmark = pytest.mark.slow
@@ -28,58 +28,23 @@ pytestmark = pytest.mark.slow
 HOME = "home1.net"
 
 
-def _free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 async def core(tmp_path) -> AsyncIterator[tuple[Network, KamailioScscf]]:
     """Our HSS, I-CSCF and P-CSCF; Kamailio as the S-CSCF the I-CSCF picks.
 
-    Two names are `localhost` because Kamailio resolves names with the system's
-    resolver (no DNS here): the HSS's Diameter identity (cdp connects to its peer's
-    FQDN) and the P-CSCF's host (the Path and Record-Route Kamailio's NOTIFYs to the UE
-    follow)."""
+    Kamailio resolves names with the system's resolver (no DNS here), so the P-CSCF's
+    host, which the Path and Record-Route its NOTIFYs to the UE follow, is `localhost`
+    (as the HSS's Diameter identity is, `kamailio._peering`)."""
     assert available(), ".ci/run installs kamailio, kamailio-ims-modules, kamailio-presence-modules"
-    hss_port = _free_tcp_port()
+    hss_port = free_port(socket.SOCK_STREAM)
     kam = KamailioScscf(tmp_path / "kamailio", hss_port=hss_port, realm=HOME)
-    hss_peer = {"host": "localhost", "realm": HOME, "address": "127.0.0.1", "port": hss_port}
     extra = {
-        "network": {"hosts": {DIAMETER_HOST: "127.0.0.1", "localhost": "127.0.0.1"}},
-        "hss": {
-            "diameter_port": hss_port,
-            "diameter_host": "localhost",
-            "peers": [
-                "icscf1.home1.net",
-                "scscf1.home1.net",
-                {"host": DIAMETER_HOST, "address": "127.0.0.1", "port": kam.diameter_port},
-            ],
-        },
         "pcscf": {"name": "localhost"},
-        "icscf": {
-            "diameter": {"peers": [hss_peer]},
-            "scscfs": [{"name": kam.name, "address": "127.0.0.1", "port": kam.sip_port}],
-        },
         # ours starts too (Network always does) but no REGISTER reaches it
-        "scscf": {"diameter": {"peers": [hss_peer]}},
+        "icscf": {"scscfs": [{"name": kam.name, "address": "127.0.0.1", "port": kam.sip_port}]},
     }
-    net = Network(make_subscribers(3, seed=2611), NetworkOptions(extra=extra))
-    await net.start()
-    try:
-        kam.start()
-        assert await eventually(lambda: DIAMETER_HOST in net.hss.node.open_peers, timeout=15), (
-            kam.tail()
-        )
+    async with core_with(kam, extra, seed=2611) as net:
         yield net, kam
-    finally:
-        kam.stop()
-        await net.stop()
-
-
-def _diameter(net: Network, command: str) -> list:
-    return [r for r in net.trace.messages("diameter") if r.summary.startswith(command)]
 
 
 def _ue(net: Network, index: int, **overrides) -> UeClient:
@@ -98,12 +63,12 @@ async def test_ims_aka_registration_through_kamailio(core):
         assert res.ok and res.protected, (res, kam.tail())
         # Kamailio built its Service-Route and took the implicit set from our SAA's
         # User-Data (three IMPUs, registered one first)
-        assert res.service_route == (f"<sip:orig@{DIAMETER_HOST}:{kam.sip_port};lr>",)
+        assert res.service_route == (f"<sip:orig@{SCSCF_HOST}:{kam.sip_port};lr>",)
         assert res.associated_uris == tuple(f"<{u}>" for u in net.subscribers[0].impus)
-        mar, maa = _diameter(net, "MAR"), _diameter(net, "MAA")
+        mar, maa = diameter(net, "MAR"), diameter(net, "MAA")
         assert len(mar) == 1 and maa[0].diameter.get("result_code") == 2001
         assert mar[0].diameter["user_name"] == net.subscribers[0].impi
-        sar, saa = _diameter(net, "SAR"), _diameter(net, "SAA")
+        sar, saa = diameter(net, "SAR"), diameter(net, "SAA")
         assert [r.diameter["server_assignment_type"] for r in sar] == ["REGISTRATION"]
         assert saa[0].diameter.get("result_code") == 2001
         assert sar[0].diameter["server_name"] == kam.name
@@ -139,8 +104,8 @@ async def test_reregistration_and_deregistration_through_kamailio(core):
         # a new SA set (TS 33.203 §7.4), the old one gone once the new one carries
         res = await ue.reregister(10)
         assert res.ok and res.protected, (res, kam.tail())
-        assert len(_diameter(net, "MAR")) == 2
-        assert [r.diameter["server_assignment_type"] for r in _diameter(net, "SAR")] == [
+        assert len(diameter(net, "MAR")) == 2
+        assert [r.diameter["server_assignment_type"] for r in diameter(net, "SAR")] == [
             "REGISTRATION",
             "RE_REGISTRATION",
         ]
@@ -148,7 +113,7 @@ async def test_reregistration_and_deregistration_through_kamailio(core):
         assert await eventually(lambda: stats()["sa_sets"] == 1)
         res = await ue.deregister(10)
         assert res.ok, (res, kam.tail())
-        assert _diameter(net, "SAR")[-1].diameter["server_assignment_type"] == (
+        assert diameter(net, "SAR")[-1].diameter["server_assignment_type"] == (
             "USER_DEREGISTRATION"
         )
         # the 200 to the de-REGISTER left over the SAs, then they went
@@ -178,7 +143,7 @@ async def test_sqn_resynchronisation_through_kamailio(core):
         if r.src_name == "UE"
     ]
     assert any("auts=" in a for a in auths)
-    maas = _diameter(net, "MAA")
+    maas = diameter(net, "MAA")
     assert len(maas) == 2 and all(r.diameter.get("result_code") == 2001 for r in maas)
 
 
