@@ -1,0 +1,86 @@
+"""Interoperability: our UE (without sec-agree), I-CSCF, S-CSCF and HSS with Kamailio's
+IMS P-CSCF (5.6, Debian's `kamailio-ims-modules`) in place of ours, over real UDP and
+Diameter on loopback.
+
+What it checks against the real peer: our I-CSCF and S-CSCF behind a P-CSCF of
+another make (its Path, Require and P-Visited-Network-ID; TS 24.229 §5.2.2.1), our
+401 as its configuration edits it (ck/ik taken out by a pattern on our header's text),
+our 200 (Path, Service-Route, P-Associated-URI) as its `pcscf_save` takes it, and a
+re-registration and a de-registration through it. Kamailio's IPsec module needs the
+kernel's XFRM, which this machine lacks, so the UE registers without sec-agree: each
+of its REGISTERs is challenged (TS 24.229 §5.4.1.2.2).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+
+from imsaka.network import Network
+from imsaka.ue.client import UeClient
+from tests.e2e.kamailio import PCSCF_HOST, KamailioPcscf, available, core_with, diameter, free_port
+from tests.polling import eventually
+
+pytestmark = pytest.mark.slow
+
+HOME = "home1.net"
+
+
+@pytest.fixture
+async def core(tmp_path) -> AsyncIterator[tuple[Network, KamailioPcscf]]:
+    """Our HSS, I-CSCF and S-CSCF; Kamailio as the P-CSCF the UE registers through."""
+    assert available(), ".ci/run installs kamailio, kamailio-ims-modules, kamailio-presence-modules"
+    icscf_port = free_port(socket.SOCK_DGRAM)
+    kam = KamailioPcscf(
+        tmp_path / "kamailio",
+        hss_port=free_port(socket.SOCK_STREAM),
+        realm=HOME,
+        icscf=f"sip:127.0.0.1:{icscf_port}",
+    )
+    # ours starts too (Network always does) but no UE talks to it
+    extra = {"icscf": {"port": icscf_port}}
+    async with core_with(kam, extra, seed=2613) as net:
+        yield net, kam
+
+
+async def test_registration_through_kamailio_pcscf(core):
+    net, kam = core
+    sub = net.subscribers[0]
+    config = net.ue_config(
+        sub, pcscf=("127.0.0.1", kam.sip_port), sec_agree=False, subscribe_reg_event=False
+    )
+    ue = UeClient(config, observers=[net.trace])
+    await ue.start()
+    try:
+        res = await ue.register(10)
+        assert res.ok and not res.protected, (res, kam.tail())
+        assert res.associated_uris == tuple(f"<{u}>" for u in sub.impus)
+        assert res.service_route and net.config.scscf.name in res.service_route[0]
+        # our S-CSCF stored Kamailio's Path (its terminating route to the UE) and
+        # returned it in the 200 (RFC 3327)
+        sip = net.trace.messages("sip")
+        ok = next(r for r in sip if r.src_name == "S-CSCF" and r.summary.startswith("200"))
+        assert dict(ok.headers)["Path"] == f"<sip:term@{PCSCF_HOST}:{kam.sip_port};lr>"
+        # the I-CSCF took Kamailio's P-Visited-Network-ID (a token) for the UAR
+        assert diameter(net, "UAA")[0].diameter.get("experimental_result_code") == 2001
+        # Kamailio's edit of our 401 left no ck/ik for the UE (PITFALLS: phones stall)
+        challenge = next(
+            r for r in sip if r.dst_name == "UE" and r.summary.startswith("401")
+        ).headers
+        www = dict(challenge)["WWW-Authenticate"]
+        assert "ck=" not in www and "ik=" not in www and "AKAv1-MD5" in www
+        sar = diameter(net, "SAR")
+        assert [r.diameter["server_assignment_type"] for r in sar] == ["REGISTRATION"]
+
+        res = await ue.reregister(10)
+        assert res.ok, (res, kam.tail())
+        res = await ue.deregister(10)
+        assert res.ok, (res, kam.tail())
+        assert diameter(net, "SAR")[-1].diameter["server_assignment_type"] == (
+            "USER_DEREGISTRATION"
+        )
+        assert await eventually(lambda: net.scscf.census()["bindings"] == 0), net.scscf.census()
+    finally:
+        await ue.close()
