@@ -1061,7 +1061,12 @@ def read_rtt(workdir: Path) -> list[float]:
 
 
 async def run_sipp(
-    core: Core, workdir: Path, subs: list[Sub], rate: float, name: str
+    core: Core,
+    workdir: Path,
+    subs: list[Sub],
+    rate: float,
+    name: str,
+    scenario: Path = SIPP_SCENARIO,
 ) -> tuple[dict[str, Any], float]:
     step_dir = workdir / name
     step_dir.mkdir()
@@ -1072,7 +1077,7 @@ async def run_sipp(
     cmd = [
         shutil.which("sipp") or "sipp",
         f"{HOST}:{core.ports['pcscf']}",
-        "-sf", str(SIPP_SCENARIO),
+        "-sf", str(scenario),
         "-inf", str(inj),
         "-i", HOST,
         "-p", str(port),

@@ -68,6 +68,8 @@ class _Kamailio:
     sip_port: int = field(default_factory=lambda: free_port(socket.SOCK_DGRAM))
     diameter_port: int = field(default_factory=lambda: free_port(socket.SOCK_STREAM))
     proc: subprocess.Popen | None = None
+    debug: int = 3  # its log level (3: everything; 1: warnings and notices)
+    shm_mb: int = 64  # its shared memory (registrations, vectors, transactions live there)
     host: ClassVar[str] = ""  # its Diameter identity and SIP host name
 
     @property
@@ -110,7 +112,7 @@ class _Kamailio:
         w = self.workdir
         loads = "\n".join(f'loadmodule "{m}.so"' for m in self.modules)
         return f"""#!KAMAILIO
-debug=3
+debug={self.debug}
 log_stderror=yes
 children=2
 auto_aliases=no
@@ -179,7 +181,7 @@ route[REQINIT] {{
                     "-f",
                     str(cfg),
                     "-m",
-                    "64",
+                    str(self.shm_mb),
                     "-M",
                     "8",
                     "-P",
@@ -248,6 +250,9 @@ class KamailioScscf(_Kamailio):
     """Kamailio as the S-CSCF (registrar, IMS AKA, reg event)."""
 
     expires: int = 600000
+    # the qop options of its challenges (its default "auth,auth-int"; "": none, as the
+    # seed's 401 and ours)
+    qop: str = "auth,auth-int"
     host = SCSCF_HOST
     modules = (
         "rr",
@@ -268,6 +273,7 @@ modparam("ims_auth", "registration_default_algorithm", "AKAv1-MD5")
 modparam("ims_auth", "cxdx_dest_realm", "{self.realm}")
 modparam("ims_auth", "av_request_at_once", 1)
 modparam("ims_auth", "av_request_at_sync", 1)
+modparam("ims_auth", "registration_qop", "{self.qop}")
 modparam("ims_registrar_scscf", "scscf_name", "{self.name}")
 modparam("ims_registrar_scscf", "cxdx_dest_realm", "{self.realm}")
 modparam("ims_registrar_scscf", "use_path", 1)
