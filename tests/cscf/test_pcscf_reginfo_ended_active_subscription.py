@@ -94,3 +94,40 @@ def test_an_active_reginfo_is_not_an_end():
     reg = p.registrations["user1_private@home1.net"]
     assert reg.ue_sub != UE_SUB_NOTIFIED and reg.sa is not None
     assert p.stats()["registrations"] == 1
+
+
+def _unsubscribes(out: list) -> list:
+    return [
+        a
+        for a in out
+        if isinstance(a, Forward)
+        and a.message.method == "SUBSCRIBE"
+        and a.message.get("Expires") == "0"
+    ]
+
+
+def test_our_subscription_kept_active_after_the_end_is_ended_at_once():
+    """The S-CSCF reported the registration ended and keeps our subscription active:
+    no terminated NOTIFY is coming, so our Expires: 0 goes at the next timer, not
+    `DETACHED_WAIT` later, before a new registration's SUBSCRIBE meets it there
+    (Kamailio then merges the two)."""
+    p, _inst, acts = registered()
+    ended = _reginfo("terminated", contact=False)
+    notify = _own_terminated_notify(p, acts, ACTIVE, ended)
+    notify.add("Contact", "<sip:127.0.0.1:5080>")  # (the dialog's remote target)
+    out = p.receive_request(notify, Arrival(SCSCF), 5.0)
+    assert any(isinstance(a, Release) for a in out)
+    assert p.next_deadline() == 5.0
+    (unsub,) = _unsubscribes(p.handle_timer(5.0))
+    assert unsub.message.call_id == _own_terminated_notify(p, acts).call_id
+    assert p.counters["reg-subscription-given-up"] == 1 and not p.subscriptions
+
+
+def test_a_terminated_subscription_needs_no_unsubscribe():
+    p, _inst, acts = registered()
+    ended = _reginfo("terminated", contact=False)
+    notify = _own_terminated_notify(p, acts, "terminated;reason=deactivated", ended)
+    p.receive_request(notify, Arrival(SCSCF), 5.0)
+    assert not p.subscriptions
+    deadline = p.next_deadline()
+    assert not _unsubscribes(p.handle_timer(deadline if deadline is not None else 5.0))

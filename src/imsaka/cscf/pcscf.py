@@ -2553,6 +2553,8 @@ class PcscfCore:
             # ended, or only the contact this registration holds (the IMPU stays
             # registered for other contacts, TS 24.229 §5.4.2.1.2)
             terminated = _tells_end(body, reg)
+            if terminated and state in ("active", "pending"):
+                sub.ended_active = True
         else:
             # No reginfo: only the subscription's state tells; a subscription that ran
             # out (`timeout`, RFC 6665 §4.1.3) says nothing of the registration.
@@ -2860,7 +2862,13 @@ class PcscfCore:
         if sub is not None:
             sub.impi = ""
             sub.refresh_at = 0.0
-            self._detached.append((now + DETACHED_WAIT, sub.call_id))
+            if sub.ended_active:
+                # The S-CSCF told the end and keeps the subscription: no terminated
+                # NOTIFY is coming, so ours ends it now (at the next timer), before a
+                # new registration's SUBSCRIBE meets it there.
+                self._detached.appendleft((now, sub.call_id))
+            else:
+                self._detached.append((now + DETACHED_WAIT, sub.call_id))
 
     def _give_up_detached(self, now: float) -> list[Action]:
         """Detached subscriptions whose terminated NOTIFY never came (the S-CSCF that

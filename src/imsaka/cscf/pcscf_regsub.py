@@ -38,11 +38,15 @@ class RegEventSubscription:
     answered and end nothing). `remote_tag` is "" until the S-CSCF's 2xx or first
     NOTIFY named its side of the dialog; `ending` once we sent the SUBSCRIBE that ends
     it; `expires_at`/`refresh_at` are 0.0 until a grant is known. `since`: when it was
-    made (a subscription the S-CSCF ends at once is not made again at once)."""
+    made (a subscription the S-CSCF ends at once is not made again at once).
+    `ended_active`: a NOTIFY reported the registration ended while the subscription
+    stays active (Kamailio's S-CSCF ends registrations so): no terminated NOTIFY will
+    end it, so it is ended from here as soon as the registration is gone."""
 
     __slots__ = (
         "call_id",
         "cseq",
+        "ended_active",
         "ending",
         "expires_at",
         "impi",
@@ -65,6 +69,7 @@ class RegEventSubscription:
         self.route_set: tuple[str, ...] = ()
         self.cseq = 1
         self.ending = False  # our Expires: 0 is out
+        self.ended_active = False
         self.expires_at = 0.0
         self.refresh_at = 0.0
         self.since = now
