@@ -49,6 +49,7 @@ from imsaka.hss.store import (
     SqnExhausted,
     UserState,
 )
+from imsaka.sip.uri import split_unquoted, unquote
 
 __all__ = ["AKA_SCHEMES", "CxService"]
 
@@ -112,18 +113,12 @@ def network_name(visited: str) -> str:
     It carries the P-Visited-Network-ID value (AVP 600, TS 29.229 §6.3.1), a token or a
     quoted-string, parameters after it (RFC 7315 §4.3). Our I-CSCF sends the bare name;
     Kamailio's copies the header's text (seen in tests/e2e/test_kamailio_icscf.py): a
-    quoted-string names the network its content names."""
+    quoted-string names the network its content names. (A bare name is compared whole:
+    it may hold what a quoted-string held, ';' included.)"""
     v = visited.strip()
     if v.startswith('"'):
-        out: list[str] = []
-        i = 1
-        while i < len(v) and v[i] != '"':
-            if v[i] == "\\" and i + 1 < len(v):
-                i += 1  # quoted-pair (RFC 3261 §25.1)
-            out.append(v[i])
-            i += 1
-        return "".join(out).lower()
-    return v.lower()  # (a bare name may hold what a quoted-string held: no split at ';')
+        v = unquote(split_unquoted(v, ";")[0].strip())
+    return v.lower()
 
 
 class CxService:
