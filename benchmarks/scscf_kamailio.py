@@ -6,9 +6,11 @@ of CPU per registration", measured elsewhere; this measures it here).
     SIPp (AKAv1-MD5, no sec-agree) → S-CSCF → HSS        (TS 24.229 §5.4.1.2, TS 29.228)
 
 Each registration is REGISTER → MAR → 401 → REGISTER → SAR → 200 at the S-CSCF (no
-P-CSCF, no I-CSCF: the two S-CSCFs alone). One HSS process (ours, SQLite, bulk-imported
-subscribers, Diameter identity `localhost`) serves both; each S-CSCF registers its own
-subscribers at the same stepped rates (`--rates`, `--step-seconds` each):
+P-CSCF, no I-CSCF: the two S-CSCFs alone). With `--with-icscf` SIPp sends to an I-CSCF
+in front of each (ours; Kamailio's `ims_icscf`), which asks the HSS (UAR) and relays:
+the CPU is then that of both CSCFs. An HSS of ours (SQLite, bulk-imported subscribers,
+Diameter identity `localhost`) serves each side, a fresh one for each; each side
+registers its own subscribers at the same stepped rates (`--rates`, `--step-seconds`):
 
 - ours: ``imsaka run scscf`` (uvloop), one process, `vectors_per_request = 1`;
 - Kamailio: `tests/e2e/kamailio.py`'s configuration (`ims_auth`, `ims_registrar_scscf`,
@@ -52,7 +54,13 @@ for path in (BENCH, ROOT):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from tests.e2e.kamailio import SCSCF_HOST, KamailioScscf, available  # noqa: E402
+from tests.e2e.kamailio import (  # noqa: E402
+    ICSCF_HOST,
+    SCSCF_HOST,
+    KamailioIcscf,
+    KamailioScscf,
+    available,
+)
 
 from _forwarders import cpu_seconds  # noqa: E402
 from registration import (  # noqa: E402
@@ -67,6 +75,7 @@ from registration import (  # noqa: E402
 )
 
 OURS = "scscf1.home1.net"
+OURS_I = "icscf1.home1.net"
 
 
 def log(msg: str) -> None:
@@ -90,13 +99,24 @@ def session_cpu_seconds(sid: int) -> float:
     return total
 
 
-def network_toml(db: str, hss_port: int, scscf_port: int, kam: KamailioScscf) -> str:
+def network_toml(
+    db: str,
+    hss_port: int,
+    scscf_port: int,
+    icscf_port: int,
+    kam: KamailioScscf,
+    kic: KamailioIcscf,
+    pool: tuple[str, str],
+) -> str:
+    """The network file of one side: its HSS names `pool` (Server-Name, Diameter host)
+    as the S-CSCF of a first registration (else it takes ours from [icscf])."""
     return f"""
 [network]
 name = "imsaka S-CSCF benchmark"
 home_domains = ["{DOMAIN}"]
 [network.hosts]
 "{OURS}" = "{HOST}"
+"{OURS_I}" = "{HOST}"
 "localhost" = "{HOST}"
 
 [hss]
@@ -106,7 +126,27 @@ diameter_realm = "{DOMAIN}"
 diameter_address = "{HOST}"
 diameter_port = {hss_port}
 api_port = 0
-peers = ["{OURS}", {{ host = "{SCSCF_HOST}", address = "{HOST}", port = {kam.diameter_port} }}]
+peers = ["{OURS}", "{OURS_I}", {{ host = "{SCSCF_HOST}", address = "{HOST}", port = {kam.diameter_port} }},
+  {{ host = "{ICSCF_HOST}", address = "{HOST}", port = {kic.diameter_port} }}]
+scscfs = [{{ name = "{pool[0]}", diameter_host = "{pool[1]}" }}]
+
+[icscf]
+name = "{OURS_I}"
+address = "{HOST}"
+port = {icscf_port}
+transports = ["udp"]
+[icscf.diameter]
+host = "{OURS_I}"
+realm = "{DOMAIN}"
+[[icscf.diameter.peers]]
+host = "localhost"
+realm = "{DOMAIN}"
+address = "{HOST}"
+port = {hss_port}
+[[icscf.scscfs]]
+name = "sip:{OURS}:{scscf_port}"
+address = "{HOST}"
+port = {scscf_port}
 
 [scscf]
 name = "{OURS}"
@@ -144,17 +184,19 @@ async def _wait_for(path: Path, word: str, proc: subprocess.Popen, timeout: floa
     raise RuntimeError(f"{path.name}: no {word!r} in time")
 
 
-def _spawn(workdir: Path, function: str, config: Path) -> tuple[subprocess.Popen, Path]:
-    out = workdir / f"{function}.out"
+def _spawn(
+    workdir: Path, function: str, config: Path, name: str = ""
+) -> tuple[subprocess.Popen, Path]:
+    out = workdir / f"{name or function}.out"
     cmd = [sys.executable, str(BENCH / "registration.py"), "_serve", function, str(config)]
-    with open(out, "w") as fh, open(workdir / f"{function}.err", "w") as err:
+    with open(out, "w") as fh, open(workdir / f"{name or function}.err", "w") as err:
         proc = subprocess.Popen(
             cmd, stdout=fh, stderr=err, env=dict(os.environ, PYTHONUNBUFFERED="1")
         )
     return proc, out
 
 
-def paced_scenario(workdir: Path, delay_ms: int) -> Path:
+def paced_scenario(workdir: Path, delay_ms: int, visited: bool = False) -> Path:
     """benchmarks/sipp/register_aka.xml with the UE's answer `delay_ms` after the 401,
     as a phone's ISIM takes its time: Kamailio refuses a share of answers that come
     within a millisecond (see the module docstring), ours does not."""
@@ -162,6 +204,13 @@ def paced_scenario(workdir: Path, delay_ms: int) -> Path:
     anchor = '<recv response="401" auth="true">'
     end = text.index("</recv>", text.index(anchor)) + len("</recv>")
     paced = text[:end] + f'\n  <pause milliseconds="{delay_ms}"/>' + text[end:]
+    if visited:
+        # straight at an I-CSCF: the P-Visited-Network-ID a P-CSCF adds (Kamailio's
+        # I-CSCF answers 400 without it)
+        paced = paced.replace(
+            "      Supported: path\n",
+            f"      Supported: path\n      P-Visited-Network-ID: {DOMAIN}\n",
+        )
     path = workdir / "register_aka_paced.xml"
     path.write_text(paced)
     return path
@@ -178,7 +227,7 @@ async def measure(
 ) -> dict[str, Any]:
     """Stepped SIPp runs against one S-CSCF; `cpu()` reads its CPU seconds."""
     target = _Target(port)
-    scenario = paced_scenario(workdir, args.answer_delay_ms)
+    scenario = paced_scenario(workdir, args.answer_delay_ms, visited=args.with_icscf)
     pool = list(subs)
     # warm-up: until a registration goes through (the Cx connection is up)
     for attempt in range(20):
@@ -216,7 +265,7 @@ async def measure(
             "completed_per_s": round(ok / wall, 1),
             "p50_ms": _ms(percentile(run["rtt"], 50)),
             "p99_ms": _ms(p99),
-            "scscf_cpu_ms_per_registration": round((after[0] - before[0]) / n * 1000, 3),
+            "cscf_cpu_ms_per_registration": round((after[0] - before[0]) / n * 1000, 3),
             "hss_cpu_ms_per_registration": round((after[1] - before[1]) / n * 1000, 3),
             "passed": by_core == 0
             and run["exit_code"] in (0, 1)
@@ -233,8 +282,8 @@ async def measure(
         )
         steps.append(step)
         log(
-            f"{name} {rate}/s: ok {ok}/{count} p99 {step['p99_ms']} ms, S-CSCF "
-            f"{step['scscf_cpu_ms_per_registration']} ms, HSS {step['hss_cpu_ms_per_registration']} ms"
+            f"{name} {rate}/s: ok {ok}/{count} p99 {step['p99_ms']} ms, CSCF "
+            f"{step['cscf_cpu_ms_per_registration']} ms, HSS {step['hss_cpu_ms_per_registration']} ms"
             f" {'pass' if step['passed'] else 'held' if step['held'] else 'FAIL'}"
         )
         if not step["held"]:
@@ -258,10 +307,15 @@ async def main_async(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     per = int(sum(args.rates) * args.step_seconds) + 40
     ours_subs = make_subs("ours", per, seed=71, for_sipp=True)
     kam_subs = make_subs("kam", per, seed=72, for_sipp=True)
-    db = f"sqlite+aiosqlite:///{workdir / 'hss.db'}"
-    bulk_import(workdir, db, ours_subs + kam_subs, "subscribers")
+    # an HSS of its own for each side: it names the S-CSCFs it knows in a first
+    # registration's UAA, and Kamailio's I-CSCF would pick ours from that
+    dbs = {side: f"sqlite+aiosqlite:///{workdir / f'hss-{side}.db'}" for side in ("ours", "kam")}
+    bulk_import(workdir, dbs["ours"], ours_subs, "subscribers-ours")
+    bulk_import(workdir, dbs["kam"], kam_subs, "subscribers-kam")
     hss_port = free_port(socket.SOCK_STREAM)
     scscf_port = free_port(socket.SOCK_DGRAM, both=True)
+    icscf_port = free_port(socket.SOCK_DGRAM, both=True)
+    with_i = args.with_icscf
     kam = KamailioScscf(
         workdir / "kamailio",
         hss_port=hss_port,
@@ -269,39 +323,75 @@ async def main_async(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         debug=args.kamailio_debug,
         qop=args.kamailio_qop,
         shm_mb=1024,
+        # behind Kamailio's I-CSCF its Server-Name must resolve there
+        sip_host=HOST if with_i else "",
     )
-    config = workdir / "network.toml"
-    config.write_text(network_toml(db, hss_port, scscf_port, kam))
+    kic = KamailioIcscf(
+        workdir / "kamailio-icscf",
+        hss_port=hss_port,
+        realm=DOMAIN,
+        debug=args.kamailio_debug,
+        shm_mb=1024,
+        scscfs=(kam.name,),
+    )
+    configs = {}
+    for side, db in dbs.items():
+        configs[side] = workdir / f"network-{side}.toml"
+        pool = (f"sip:{OURS}:{scscf_port}", OURS) if side == "ours" else (kam.name, SCSCF_HOST)
+        configs[side].write_text(network_toml(db, hss_port, scscf_port, icscf_port, kam, kic, pool))
     procs: list[subprocess.Popen] = []
     result: dict[str, Any] = {
         "benchmark": "scscf_kamailio",
-        "settings": {"rates": args.rates, "step_seconds": args.step_seconds},
+        "settings": {
+            "rates": args.rates,
+            "step_seconds": args.step_seconds,
+            "answer_delay_ms": args.answer_delay_ms,
+            "chain": "I-CSCF + S-CSCF" if with_i else "S-CSCF",
+        },
     }
     try:
-        hss, hss_out = _spawn(workdir, "hss", config)
+        hss, hss_out = _spawn(workdir, "hss", configs["ours"])
         procs.append(hss)
         await _wait_for(hss_out, "hss:", hss)
-        scscf, scscf_out = _spawn(workdir, "scscf", config)
-        procs.append(scscf)
-        await _wait_for(scscf_out, "listening", scscf)
+        functions = ("scscf", "icscf") if with_i else ("scscf",)
+        ours = [_spawn(workdir, f, configs["ours"]) for f in functions]
+        for proc, out in ours:
+            procs.append(proc)
+            await _wait_for(out, "listening", proc)
+        pids = [proc.pid for proc, _ in ours]
         result["ours"] = await measure(
-            "ours", scscf_port, lambda: cpu_seconds(scscf.pid), hss.pid, ours_subs, args, workdir
+            "ours",
+            icscf_port if with_i else scscf_port,
+            lambda: sum(cpu_seconds(pid) for pid in pids),
+            hss.pid,
+            ours_subs,
+            args,
+            workdir,
         )
-        # ours stops before Kamailio starts: each S-CSCF has both cores to itself
-        scscf.send_signal(signal.SIGTERM)
-        scscf.wait(20)
+        # ours stop before Kamailio starts: each side has both cores to itself
+        for proc, _ in [*ours, (hss, hss_out)]:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(20)
+        hss, hss_out = _spawn(workdir, "hss", configs["kam"], "hss-kam")
+        procs.append(hss)
+        await _wait_for(hss_out, "hss:", hss)
         kam.start()
-        pid = kam.proc.pid if kam.proc else 0
+        kams = [kam]
+        if with_i:
+            kic.start()
+            kams.append(kic)
+        sids = [k.proc.pid for k in kams if k.proc]
         result["kamailio"] = await measure(
             "kamailio",
-            kam.sip_port,
-            lambda: session_cpu_seconds(pid),
+            kic.sip_port if with_i else kam.sip_port,
+            lambda: sum(session_cpu_seconds(sid) for sid in sids),
             hss.pid,
             kam_subs,
             args,
             workdir,
         )
     finally:
+        kic.stop()
         kam.stop()
         for proc in reversed(procs):
             if proc.poll() is None:
@@ -325,10 +415,10 @@ def _compare(result: dict[str, Any]) -> dict[str, Any]:
     o, k = ours[rate], kam[rate]
     return {
         "at_rate": rate,
-        "ours_scscf_cpu_ms": o["scscf_cpu_ms_per_registration"],
-        "kamailio_scscf_cpu_ms": k["scscf_cpu_ms_per_registration"],
+        "ours_cscf_cpu_ms": o["cscf_cpu_ms_per_registration"],
+        "kamailio_cscf_cpu_ms": k["cscf_cpu_ms_per_registration"],
         "ratio_ours_to_kamailio": round(
-            o["scscf_cpu_ms_per_registration"] / max(k["scscf_cpu_ms_per_registration"], 1e-9), 2
+            o["cscf_cpu_ms_per_registration"] / max(k["cscf_cpu_ms_per_registration"], 1e-9), 2
         ),
         "hss_cpu_ms_with_ours": o["hss_cpu_ms_per_registration"],
         "hss_cpu_ms_with_kamailio": k["hss_cpu_ms_per_registration"],
@@ -353,6 +443,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--kamailio-debug", type=int, default=1, help="its log level (2: one line per check)"
+    )
+    p.add_argument(
+        "--with-icscf",
+        action="store_true",
+        help="SIPp at an I-CSCF in front of each S-CSCF (ours / Kamailio's ims_icscf): "
+        "CPU of both CSCFs",
     )
     p.add_argument("--keep", metavar="DIR", help="work in DIR and keep its logs")
     args = p.parse_args(argv)

@@ -70,12 +70,15 @@ class _Kamailio:
     proc: subprocess.Popen | None = None
     debug: int = 3  # its log level (3: everything; 1: warnings and notices)
     shm_mb: int = 64  # its shared memory (registrations, vectors, transactions live there)
+    # the host of its SIP URI when not `host` (another Kamailio resolves it with the
+    # system's resolver: an address there)
+    sip_host: str = ""
     host: ClassVar[str] = ""  # its Diameter identity and SIP host name
 
     @property
     def name(self) -> str:
         """Its SIP URI (for an S-CSCF, its Server-Name)."""
-        return f"sip:{self.host}:{self.sip_port}"
+        return f"sip:{self.sip_host or self.host}:{self.sip_port}"
 
     @property
     def log(self) -> Path:

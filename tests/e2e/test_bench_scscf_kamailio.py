@@ -26,5 +26,5 @@ def test_scscf_kamailio_benchmark_prints_json():
     result = json.loads(done.stdout)
     for side in ("ours", "kamailio"):
         (step,) = result[side]["steps"]
-        assert step["ok"] > 0 and step["scscf_cpu_ms_per_registration"] > 0, (side, step)
+        assert step["ok"] > 0 and step["cscf_cpu_ms_per_registration"] > 0, (side, step)
     assert result["comparison"]["at_rate"] == 20.0
