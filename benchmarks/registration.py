@@ -1061,7 +1061,7 @@ def read_rtt(workdir: Path) -> list[float]:
 
 
 async def run_sipp(
-    core: Core,
+    target_port: int,
     workdir: Path,
     subs: list[Sub],
     rate: float,
@@ -1076,7 +1076,7 @@ async def run_sipp(
     port = free_port()
     cmd = [
         shutil.which("sipp") or "sipp",
-        f"{HOST}:{core.ports['pcscf']}",
+        f"{HOST}:{target_port}",  # the P-CSCF, or whatever the UEs register at
         "-sf", str(scenario),
         "-inf", str(inj),
         "-i", HOST,
@@ -1147,7 +1147,9 @@ async def sipp_phase(args: argparse.Namespace, workdir: Path, subs: list[Sub]) -
         # Warm-up through SIPp itself until the CSCFs' Cx connections answer.
         for attempt in range(10):
             index = pool[0]
-            warm, _ = await run_sipp(core, workdir, [subs[index]], 10, f"sipp-warm{attempt}")
+            warm, _ = await run_sipp(
+                core.ports["pcscf"], workdir, [subs[index]], 10, f"sipp-warm{attempt}"
+            )
             if warm["exit_code"] == 0 and not warm["refusals"]["core_refused"]:
                 pool.popleft()
                 break
@@ -1165,7 +1167,7 @@ async def sipp_phase(args: argparse.Namespace, workdir: Path, subs: list[Sub]) -
             chosen = [subs[pool.popleft()] for _ in range(count)]
             before = core.cpu()
             before["sipp"] = 0.0
-            run, wall = await run_sipp(core, workdir, chosen, rate, f"sipp-{rate}")
+            run, wall = await run_sipp(core.ports["pcscf"], workdir, chosen, rate, f"sipp-{rate}")
             after = core.cpu()
             counts = run["counts"]
             refusals = run["refusals"]

@@ -63,6 +63,7 @@ from tests.e2e.kamailio import (  # noqa: E402
 )
 
 from _forwarders import cpu_seconds  # noqa: E402
+from imsaka.network import dump_toml  # noqa: E402
 from registration import (  # noqa: E402
     DOMAIN,
     HOST,
@@ -110,67 +111,50 @@ def network_toml(
 ) -> str:
     """The network file of one side: its HSS names `pool` (Server-Name, Diameter host)
     as the S-CSCF of a first registration (else it takes ours from [icscf])."""
-    return f"""
-[network]
-name = "imsaka S-CSCF benchmark"
-home_domains = ["{DOMAIN}"]
-[network.hosts]
-"{OURS}" = "{HOST}"
-"{OURS_I}" = "{HOST}"
-"localhost" = "{HOST}"
-
-[hss]
-database = "{db}"
-diameter_host = "localhost"
-diameter_realm = "{DOMAIN}"
-diameter_address = "{HOST}"
-diameter_port = {hss_port}
-api_port = 0
-peers = ["{OURS}", "{OURS_I}", {{ host = "{SCSCF_HOST}", address = "{HOST}", port = {kam.diameter_port} }},
-  {{ host = "{ICSCF_HOST}", address = "{HOST}", port = {kic.diameter_port} }}]
-scscfs = [{{ name = "{pool[0]}", diameter_host = "{pool[1]}" }}]
-
-[icscf]
-name = "{OURS_I}"
-address = "{HOST}"
-port = {icscf_port}
-transports = ["udp"]
-[icscf.diameter]
-host = "{OURS_I}"
-realm = "{DOMAIN}"
-[[icscf.diameter.peers]]
-host = "localhost"
-realm = "{DOMAIN}"
-address = "{HOST}"
-port = {hss_port}
-[[icscf.scscfs]]
-name = "sip:{OURS}:{scscf_port}"
-address = "{HOST}"
-port = {scscf_port}
-
-[scscf]
-name = "{OURS}"
-address = "{HOST}"
-port = {scscf_port}
-transports = ["udp"]
-realm = "{DOMAIN}"
-vectors_per_request = 1
-[scscf.diameter]
-host = "{OURS}"
-realm = "{DOMAIN}"
-[[scscf.diameter.peers]]
-host = "localhost"
-realm = "{DOMAIN}"
-address = "{HOST}"
-port = {hss_port}
-"""
-
-
-class _Target:
-    """What `registration.run_sipp` sends to: one S-CSCF's SIP port."""
-
-    def __init__(self, port: int) -> None:
-        self.ports = {"pcscf": port}
+    hss_peer = {"host": "localhost", "realm": DOMAIN, "address": HOST, "port": hss_port}
+    return dump_toml(
+        {
+            "network": {
+                "name": "imsaka S-CSCF benchmark",
+                "home_domains": [DOMAIN],
+                "hosts": {OURS: HOST, OURS_I: HOST, "localhost": HOST},
+            },
+            "hss": {
+                "database": db,
+                "diameter_host": "localhost",
+                "diameter_realm": DOMAIN,
+                "diameter_address": HOST,
+                "diameter_port": hss_port,
+                "api_port": 0,
+                "peers": [
+                    OURS,
+                    OURS_I,
+                    {"host": SCSCF_HOST, "address": HOST, "port": kam.diameter_port},
+                    {"host": ICSCF_HOST, "address": HOST, "port": kic.diameter_port},
+                ],
+                "scscfs": [{"name": pool[0], "diameter_host": pool[1]}],
+            },
+            "icscf": {
+                "name": OURS_I,
+                "address": HOST,
+                "port": icscf_port,
+                "transports": ["udp"],
+                "diameter": {"host": OURS_I, "realm": DOMAIN, "peers": [hss_peer]},
+                "scscfs": [
+                    {"name": f"sip:{OURS}:{scscf_port}", "address": HOST, "port": scscf_port}
+                ],
+            },
+            "scscf": {
+                "name": OURS,
+                "address": HOST,
+                "port": scscf_port,
+                "transports": ["udp"],
+                "realm": DOMAIN,
+                "vectors_per_request": 1,
+                "diameter": {"host": OURS, "realm": DOMAIN, "peers": [hss_peer]},
+            },
+        }
+    )
 
 
 async def _wait_for(path: Path, word: str, proc: subprocess.Popen, timeout: float = 30) -> None:
@@ -226,12 +210,11 @@ async def measure(
     workdir: Path,
 ) -> dict[str, Any]:
     """Stepped SIPp runs against one S-CSCF; `cpu()` reads its CPU seconds."""
-    target = _Target(port)
     scenario = paced_scenario(workdir, args.answer_delay_ms, visited=args.with_icscf)
     pool = list(subs)
     # warm-up: until a registration goes through (the Cx connection is up)
     for attempt in range(20):
-        warm, _ = await run_sipp(target, workdir, [pool[0]], 10, f"{name}-warm{attempt}", scenario)
+        warm, _ = await run_sipp(port, workdir, [pool[0]], 10, f"{name}-warm{attempt}", scenario)
         if warm["exit_code"] == 0 and not warm["refusals"]["core_refused"]:
             pool.pop(0)
             break
@@ -248,7 +231,7 @@ async def measure(
             break
         chosen, pool = pool[:count], pool[count:]
         before = (cpu(), cpu_seconds(hss_pid))
-        run, wall = await run_sipp(target, workdir, chosen, rate, f"{name}-{rate}", scenario)
+        run, wall = await run_sipp(port, workdir, chosen, rate, f"{name}-{rate}", scenario)
         after = (cpu(), cpu_seconds(hss_pid))
         refusals = run["refusals"]
         refused = refusals["sipp_res_with_nul"] + refusals["core_refused"]

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from imsaka.network import Network, NetworkOptions, make_subscribers
+from imsaka.network import Network, NetworkOptions, _merge, make_subscribers
+from imsaka.ports import free_port
 from tests.polling import eventually
 
 # Debian's multiarch path (/usr/lib/x86_64-linux-gnu/… or /usr/lib/aarch64-linux-gnu/…)
@@ -50,12 +51,6 @@ def available() -> bool:
     )
 
 
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class _Kamailio:
     """One Kamailio instance: a Diameter peer of our HSS (`host`), listening for SIP on
@@ -65,8 +60,8 @@ class _Kamailio:
     hss_port: int
     hss_host: str = "localhost"
     realm: str = "home1.net"
-    sip_port: int = field(default_factory=lambda: free_port(socket.SOCK_DGRAM))
-    diameter_port: int = field(default_factory=lambda: free_port(socket.SOCK_STREAM))
+    sip_port: int = field(default_factory=free_port)
+    diameter_port: int = field(default_factory=lambda: free_port(udp=False, tcp=True))
     proc: subprocess.Popen | None = None
     debug: int = 3  # its log level (3: everything; 1: warnings and notices)
     shm_mb: int = 64  # its shared memory (registrations, vectors, transactions live there)
@@ -492,9 +487,9 @@ async def core_with(kam: _Kamailio, extra: dict[str, Any], seed: int) -> AsyncIt
     """Our core built with `extra` (see `Network`) over `_peering`, three
     subscribers, then `kam` started and connected to our HSS; both stopped after, also
     on failure."""
-    net = Network(
-        make_subscribers(3, seed=seed), NetworkOptions(extra=_merged(_peering(kam), extra))
-    )
+    doc = _peering(kam)
+    _merge(doc, extra)  # (as Network merges its `extra`: tables key by key)
+    net = Network(make_subscribers(3, seed=seed), NetworkOptions(extra=doc))
     await net.start()
     try:
         kam.start()
@@ -535,13 +530,3 @@ def _peering(kam: _Kamailio) -> dict[str, Any]:
         "icscf": {"diameter": {"peers": [hss_peer]}},
         "scscf": {"diameter": {"peers": [hss_peer]}},
     }
-
-
-def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merged(out[key], value)
-        else:
-            out[key] = value
-    return out

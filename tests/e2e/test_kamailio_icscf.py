@@ -11,14 +11,14 @@ the 401 and 200 it relays back, and a de-registration through it.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 
 import pytest
 
 from imsaka.network import Network
+from imsaka.ports import free_port
 from imsaka.ue.client import UeClient
-from tests.e2e.kamailio import KamailioIcscf, available, core_with, diameter, free_port
+from tests.e2e.kamailio import KamailioIcscf, available, core_with, diameter
 from tests.polling import eventually
 
 pytestmark = pytest.mark.slow
@@ -34,8 +34,8 @@ async def core(tmp_path) -> AsyncIterator[tuple[Network, KamailioIcscf]]:
     Server-Name, which the UAA names and Kamailio relays to, is `localhost` (as the
     HSS's Diameter identity is, `kamailio._peering`)."""
     assert available(), ".ci/run installs kamailio, kamailio-ims-modules, kamailio-presence-modules"
-    hss_port = free_port(socket.SOCK_STREAM)
-    scscf_port = free_port(socket.SOCK_DGRAM)
+    hss_port = free_port(udp=False, tcp=True)
+    scscf_port = free_port()
     server_name = f"sip:localhost:{scscf_port}"
     kam = KamailioIcscf(tmp_path / "kamailio", hss_port=hss_port, realm=HOME, scscfs=(server_name,))
     extra = {

@@ -13,14 +13,14 @@ of its REGISTERs is challenged (TS 24.229 §5.4.1.2.2).
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 
 import pytest
 
 from imsaka.network import Network
+from imsaka.ports import free_port
 from imsaka.ue.client import UeClient
-from tests.e2e.kamailio import PCSCF_HOST, KamailioPcscf, available, core_with, diameter, free_port
+from tests.e2e.kamailio import PCSCF_HOST, KamailioPcscf, available, core_with, diameter
 from tests.polling import eventually
 
 pytestmark = pytest.mark.slow
@@ -32,10 +32,10 @@ HOME = "home1.net"
 async def core(tmp_path) -> AsyncIterator[tuple[Network, KamailioPcscf]]:
     """Our HSS, I-CSCF and S-CSCF; Kamailio as the P-CSCF the UE registers through."""
     assert available(), ".ci/run installs kamailio, kamailio-ims-modules, kamailio-presence-modules"
-    icscf_port = free_port(socket.SOCK_DGRAM)
+    icscf_port = free_port()
     kam = KamailioPcscf(
         tmp_path / "kamailio",
-        hss_port=free_port(socket.SOCK_STREAM),
+        hss_port=free_port(udp=False, tcp=True),
         realm=HOME,
         icscf=f"sip:127.0.0.1:{icscf_port}",
     )

@@ -12,15 +12,15 @@ the release of the UE's SAs on de-registration and on a network-initiated one (T
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 
 from imsaka.network import Network
+from imsaka.ports import free_port
 from imsaka.ue.client import UeClient
-from tests.e2e.kamailio import SCSCF_HOST, KamailioScscf, available, core_with, diameter, free_port
+from tests.e2e.kamailio import SCSCF_HOST, KamailioScscf, available, core_with, diameter
 from tests.polling import eventually
 
 pytestmark = pytest.mark.slow
@@ -36,7 +36,7 @@ async def core(tmp_path) -> AsyncIterator[tuple[Network, KamailioScscf]]:
     host, which the Path and Record-Route its NOTIFYs to the UE follow, is `localhost`
     (as the HSS's Diameter identity is, `kamailio._peering`)."""
     assert available(), ".ci/run installs kamailio, kamailio-ims-modules, kamailio-presence-modules"
-    hss_port = free_port(socket.SOCK_STREAM)
+    hss_port = free_port(udp=False, tcp=True)
     kam = KamailioScscf(tmp_path / "kamailio", hss_port=hss_port, realm=HOME)
     extra = {
         "pcscf": {"name": "localhost"},
