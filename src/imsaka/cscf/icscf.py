@@ -1,4 +1,4 @@
-"""I-CSCF: the home network's entry point for REGISTER (TS 24.229 §5.3.1; TS 29.228 §6.1.1, §6.7).
+"""I-CSCF: the home network's entry point (TS 24.229 §5.3.1, §5.3.2; TS 29.228 §6.1.1, §6.3, §6.7).
 
 For each REGISTER (seed packets 2→3 and 9→10):
 1. UAR to the HSS: User-Name from the Authorization username (the IMPI; without
@@ -19,9 +19,19 @@ don't match / roaming not allowed / any other permanent error → 403; HSS unrea
 timeout or a transient Diameter error → 480 with Retry-After; no S-CSCF can be selected
 → 600. The I-CSCF keeps no registration state: only the transactions in flight.
 
-`select_scscf`, `uar_for` and `reply_for_uaa` are pure; `Icscf` is the asyncio edge: a
-REGISTER's steps are callbacks of the UAA and of the forwarded transaction's response
-(`DiameterNode.request_callback`, `SipEndpoint.send_request_callback`), no Task each.
+Any other request (TS 24.229 §5.3.2.1: an initial or standalone request for a user of
+this network, e.g. a P-CSCF's or an application server's SUBSCRIBE to a user's reg
+event) is routed by a user location query: LIR for the Request-URI's identity, then the
+LIA's Server-Name, or an S-CSCF chosen from its capabilities when the user has services
+while unregistered (2003), gets the request with its URI as the top Route (the
+Request-URI unchanged). LIA errors: user unknown → 404, not registered → 480 (TS 29.228
+§6.3). INVITE is refused with 501 (this core sets up no sessions yet), as is a Route
+that leads past the I-CSCF (it routes by the HSS only).
+
+`select_scscf`, `uar_for`, `lir_identity`, `reply_for_uaa` and `reply_for_lia` are pure;
+`Icscf` is the asyncio edge: a request's steps are callbacks of the Cx answer and of the
+forwarded transaction's response (`DiameterNode.request_callback`,
+`SipEndpoint.send_request_callback`), no Task each.
 """
 
 from __future__ import annotations
@@ -37,7 +47,15 @@ from typing import Any
 from imsaka.config import IcscfConfig, ImsConfig, NetworkConfig, ScscfEntry, split_hostport
 from imsaka.cscf.registrar import plain_contact, plain_name_addr
 from imsaka.diameter import cx
-from imsaka.sip import Request, Response, SipParseError, VisitedNetworkId
+from imsaka.sip import (
+    Request,
+    Response,
+    SipParseError,
+    SipUri,
+    TelUri,
+    VisitedNetworkId,
+    parse_uri,
+)
 from imsaka.sip.headers import digest_param
 from imsaka.sip.proxy import (
     check_max_forwards,
@@ -52,6 +70,8 @@ __all__ = [
     "Icscf",
     "IcscfServer",
     "UarInput",
+    "lir_identity",
+    "reply_for_lia",
     "reply_for_uaa",
     "run",
     "select_scscf",
@@ -209,11 +229,7 @@ def reply_for_uaa(
 ) -> tuple[int, str, tuple[tuple[str, str], ...]] | None:
     """None when the UAA allows the registration; else the SIP answer to give."""
     if answer is None:
-        return (
-            480,
-            "Temporarily Unavailable (HSS unreachable)",
-            (("Retry-After", str(retry_after)),),
-        )
+        return _hss_unreachable(retry_after)
     result = answer.result
     if result is not None and 2000 <= result < 3000:
         return None
@@ -228,18 +244,62 @@ def reply_for_uaa(
         return 403, "Forbidden (identity not registered)", ()
     if code is not None:
         return 403, f"Forbidden (HSS refused: {code})", ()
-    if result is None or 3000 <= result < 5000:
-        return 480, "Temporarily Unavailable (HSS busy)", (("Retry-After", str(retry_after)),)
     if result == cx.DIAMETER_AUTHORIZATION_REJECTED:
         return 403, "Forbidden (authorization rejected)", ()
+    return _exchange_failed(result, retry_after)
+
+
+def _hss_unreachable(retry_after: int) -> tuple[int, str, tuple[tuple[str, str], ...]]:
+    return 480, "Temporarily Unavailable (HSS unreachable)", (("Retry-After", str(retry_after)),)
+
+
+def _exchange_failed(
+    result: int | None, retry_after: int
+) -> tuple[int, str, tuple[tuple[str, str], ...]]:
+    """The answer to give when the Cx exchange failed without refusing the user."""
+    later = (("Retry-After", str(retry_after)),)
+    if result is None or 3000 <= result < 5000:
+        return 480, "Temporarily Unavailable (HSS busy)", later
     # UNABLE_TO_COMPLY, MISSING_AVP, ...: the exchange failed, the user was not refused.
     # An HSS answers 5012 when it is overloaded too: Retry-After (RFC 3261 §21.5.1) lets
     # the UE try again later instead of giving up (bounded on its side).
-    return (
-        500,
-        f"Server Internal Error (HSS error {result})",
-        (("Retry-After", str(retry_after)),),
-    )
+    return 500, f"Server Internal Error (HSS error {result})", later
+
+
+def lir_identity(req: Request) -> str:
+    """The Public-Identity of the LIR for a request the I-CSCF routes (TS 24.229
+    §5.3.2.1: the user the Request-URI names; TS 29.228 §6.3): a SIP URI without its
+    port, parameters and headers; a tel URI's number; a SIP URI with user=phone as the
+    tel URI it stands for (RFC 3261 §19.1.6). Raises `SipParseError` for a URI that
+    names no user of a network."""
+    uri = parse_uri(req.uri)
+    if isinstance(uri, TelUri):
+        return f"tel:{uri.number}"
+    if not isinstance(uri, SipUri) or not uri.user:
+        raise SipParseError(f"Request-URI names no user: {req.uri[:60]!r}")
+    if uri.params.get("user") == "phone":
+        return f"tel:{uri.user.split(';', 1)[0]}"
+    return uri.aor()
+
+
+def reply_for_lia(
+    answer: Any | None, retry_after: int = 30
+) -> tuple[int, str, tuple[tuple[str, str], ...]] | None:
+    """None when the LIA names an S-CSCF or the capabilities to choose one by; else the
+    SIP answer to give (TS 24.229 §5.3.2.1, TS 29.228 §6.3)."""
+    if answer is None:
+        return _hss_unreachable(retry_after)
+    result = answer.result  # (the Experimental-Result's when there is no Result-Code)
+    if result is not None and 2000 <= result < 3000:
+        return None  # a Server-Name, or 2003 (DIAMETER_UNREGISTERED_SERVICE) with capabilities
+    code = answer.experimental_result_code
+    if code == cx.DIAMETER_ERROR_USER_UNKNOWN:
+        return 404, "Not Found (user unknown)", ()
+    if code == cx.DIAMETER_ERROR_IDENTITY_NOT_REGISTERED:
+        return 480, "Temporarily Unavailable (not registered)", ()
+    if code is not None:
+        return 404, f"Not Found (HSS refused: {code})", ()
+    return _exchange_failed(result, retry_after)
 
 
 # --------------------------------------------------------------------------- the edge
@@ -272,26 +332,29 @@ class Icscf:
         self._uar_fixed = (d.host, d.realm, d.hss.realm, d.hss.host)
 
     def on_request(self, request: Request, tx: Any) -> None:
-        """The SipEndpoint request handler: one REGISTER, one UAR, one forwarded
-        transaction, driven by the answers' callbacks (no Task, no coroutine)."""
-        uar_input = self._admit(request, tx)
-        if uar_input is not None:
-            _Register(self, request, tx, uar_input, None).ask()
+        """The SipEndpoint request handler: one request, one UAR (REGISTER) or LIR (any
+        other), one forwarded transaction, driven by the answers' callbacks (no Task, no
+        coroutine)."""
+        query = self._admit(request, tx)
+        if query is not None:
+            _Routing(self, request, tx, query, None).ask()
 
     async def handle_request(self, request: Request, tx: Any) -> None:
-        """`on_request` as a coroutine that returns when the REGISTER is answered (or
+        """`on_request` as a coroutine that returns when the request is answered (or
         raises what a callback raised)."""
-        uar_input = self._admit(request, tx)
-        if uar_input is not None:
+        query = self._admit(request, tx)
+        if query is not None:
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            _Register(self, request, tx, uar_input, done).ask()
+            _Routing(self, request, tx, query, done).ask()
             await done
 
-    def _admit(self, request: Request, tx: Any) -> UarInput | None:
-        """The UAR's input for a REGISTER we route, or None when it is answered here."""
-        if request.method != "REGISTER":
-            self.counters["not_register"] += 1
-            tx.reply(501, "Not Implemented (I-CSCF routes REGISTER only)")
+    def _admit(self, request: Request, tx: Any) -> UarInput | str | None:
+        """The UAR's input for a REGISTER we route, the LIR's Public-Identity for any
+        other request, or None when it is answered here."""
+        method = request.method
+        if method == "INVITE":
+            self.counters["not_routed"] += 1
+            tx.reply(501, "Not Implemented (no sessions through this core yet)")
             return None
         preprocess_route(request, self._is_mine)
         too_many = check_max_forwards(request)
@@ -299,11 +362,27 @@ class Icscf:
             self.counters["max_forwards"] += 1
             tx.respond(too_many)
             return None
+        if method != "REGISTER":
+            return self._lir_identity(request, tx)
         try:
             return uar_for(request, self.network)
         except SipParseError as exc:
             self.counters["bad_register"] += 1
             tx.reply(400, f"Bad Request ({exc.reason})"[:120])
+            return None
+
+    def _lir_identity(self, request: Request, tx: Any) -> str | None:
+        """§5.3.2.1: the user a request other than REGISTER is for, or None (answered)."""
+        if request.get("route") is not None:
+            # A Route past us was set by someone else: we route by the HSS only.
+            self.counters["not_routed"] += 1
+            tx.reply(403, "Forbidden (the I-CSCF routes by the HSS, not by Route)")
+            return None
+        try:
+            return lir_identity(request)
+        except SipParseError as exc:
+            self.counters["bad_request"] += 1
+            tx.reply(404, f"Not Found ({exc.reason})"[:120])
             return None
 
     def _ask_in_task(self, uar: Any, callback: Callable[[Any, BaseException | None], None]) -> None:
@@ -358,25 +437,46 @@ class Icscf:
         # error); such a response has our own Via on top and no To tag from a peer.
         return response.to.tag is None
 
-    def _uar(self, u: UarInput) -> cx.UserAuthorizationRequest:
+    def _head(self) -> dict[str, str]:
+        """The fields every Cx request of ours starts with, a new Session-Id each."""
         host, realm, hss_realm, hss_host = self._uar_fixed
         self._session += 1
+        return {
+            "session_id": f"{host};{int(time.time())};{self._session}",
+            "origin_host": host,
+            "origin_realm": realm,
+            "destination_realm": hss_realm,
+            "destination_host": hss_host,
+        }
+
+    def _uar(self, u: UarInput) -> cx.UserAuthorizationRequest:
         return cx.UserAuthorizationRequest(
-            session_id=f"{host};{int(time.time())};{self._session}",
-            origin_host=host,
-            origin_realm=realm,
-            destination_realm=hss_realm,
-            destination_host=hss_host,
+            **self._head(),
             user_name=u.impi,
             public_identity=u.impu,
             visited_network_identifier=u.visited_network,
             user_authorization_type=int(u.authorization_type),
         )
 
-    def _forward(self, request: Request, entry: ScscfEntry, reg: _Register) -> None:
+    def _lir(self, impu: str, *, capabilities: bool) -> cx.LocationInfoRequest:
+        return cx.LocationInfoRequest(
+            **self._head(),
+            public_identity=impu,
+            user_authorization_type=(
+                int(cx.UserAuthorizationType.REGISTRATION_AND_CAPABILITIES)
+                if capabilities
+                else None
+            ),
+        )
+
+    def _forward(self, request: Request, entry: ScscfEntry, reg: _Routing) -> None:
         """The forwarded copy sent; its final response goes to `reg.on_response`."""
-        fwd = request.copy()
-        fwd.uri = entry.name  # Max-Forwards was decremented by check_max_forwards
+        fwd = request.copy()  # Max-Forwards was decremented by check_max_forwards
+        if reg.lir is None:
+            fwd.uri = entry.name
+        else:
+            # §5.3.2.1: the S-CSCF as the top Route, the Request-URI (the user) kept
+            fwd.add("Route", f"<{_loose(entry.name)}>", first=True)
         transport = self._transport(entry.transport)
         # The same branch for the P-CSCF's retransmission after a restart of ours (one
         # per S-CSCF: a failover's differs). The S-CSCF then answers it from the
@@ -408,33 +508,48 @@ class Icscf:
             return self.endpoint.transports[0]
 
 
-class _Register:
-    """One REGISTER in flight (TS 24.229 §5.3.1.2): UAR, S-CSCF selection, the
-    forwarded transaction, and on a silent or refusing S-CSCF a UAR with capabilities
-    and the next one. Each step is a callback of the answer before it; `done` (the
-    coroutine form's future) is resolved when the REGISTER is answered."""
+def _loose(name: str) -> str:
+    """An S-CSCF's name as a loose-routing Route URI (RFC 3261 §16.12)."""
+    return name if ";lr" in name.lower() else f"{name};lr"
 
-    __slots__ = ("done", "entry", "icscf", "request", "tried", "tx", "uar_input")
+
+class _Routing:
+    """One request in flight: a REGISTER (TS 24.229 §5.3.1.2: UAR) or another one for a
+    user of ours (§5.3.2.1: LIR, `lir` its Public-Identity), then S-CSCF selection, the
+    forwarded transaction, and on a silent or refusing S-CSCF a query with capabilities
+    and the next one. Each step is a callback of the answer before it; `done` (the
+    coroutine form's future) is resolved when the request is answered."""
+
+    __slots__ = ("done", "entry", "icscf", "lir", "request", "tried", "tx", "uar_input")
 
     def __init__(
         self,
         icscf: Icscf,
         request: Request,
         tx: Any,
-        uar_input: UarInput,
+        query: UarInput | str,
         done: asyncio.Future[None] | None,
     ) -> None:
         self.icscf = icscf
         self.request = request
         self.tx = tx
-        self.uar_input = uar_input
+        if isinstance(query, str):
+            self.lir: str | None = query
+            self.uar_input: UarInput | None = None
+        else:
+            self.lir = None
+            self.uar_input = query
         self.done = done
         self.tried: set[str] = set()
         self.entry: ScscfEntry | None = None
 
     def ask(self) -> None:
         icscf = self.icscf
-        icscf._cx_ask(icscf._uar(self.uar_input), self.on_uaa)
+        if self.lir is None:
+            assert self.uar_input is not None
+            icscf._cx_ask(icscf._uar(self.uar_input), self.on_uaa)
+        else:
+            icscf._cx_ask(icscf._lir(self.lir, capabilities=bool(self.tried)), self.on_uaa)
 
     def on_uaa(self, answer: Any, exc: BaseException | None) -> None:
         try:
@@ -449,14 +564,19 @@ class _Register:
         if exc is not None:  # timeout, no connection: the HSS is unreachable
             if not isinstance(exc, Exception):
                 raise exc
-            icscf.counters["uar_failed"] += 1
-            log.warning("UAR for %s failed: %s", self.uar_input.impu, exc or type(exc).__name__)
+            query = "UAR" if self.lir is None else "LIR"
+            icscf.counters[f"{query.lower()}_failed"] += 1
+            who = self.lir if self.uar_input is None else self.uar_input.impu
+            log.warning("%s for %s failed: %s", query, who, exc or type(exc).__name__)
             answer = None
         tx = self.tx
-        refusal = reply_for_uaa(answer, icscf.config.retry_after)
+        if self.lir is None:
+            refusal = reply_for_uaa(answer, icscf.config.retry_after)
+        else:
+            refusal = reply_for_lia(answer, icscf.config.retry_after)
         if refusal is not None:
             status, reason, headers = refusal
-            icscf.counters[f"uaa_refused_{status}"] += 1
+            icscf.counters[f"{'uaa' if self.lir is None else 'lia'}_refused_{status}"] += 1
             tx.reply(status, reason, headers=list(headers))
             self.finish()
             return
@@ -481,14 +601,18 @@ class _Register:
         assert entry is not None
         status = response.status
         unreachable = status in (408, 503) and icscf._is_our_timeout(response)
-        if unreachable or status == 480 or 300 <= status < 400:
+        # A REGISTER moves on from an S-CSCF that turns the user away for now (480,
+        # 3xx); another request only from one that does not answer: its 480 is the
+        # user's (not registered), and no other S-CSCF holds the registration.
+        if unreachable or (self.lir is None and (status == 480 or 300 <= status < 400)):
             # TS 24.229 §5.3.1.2: the selected S-CSCF does not answer (or turns the
             # user away for now): ask the HSS for capabilities and pick another one;
             # with none left, 600 (Busy Everywhere).
             self.tried.add(entry.name)
             if icscf._has_untried(self.tried):
                 icscf.counters["scscf_retry"] += 1
-                self.uar_input = uar_for(self.request, icscf.network, capabilities=True)
+                if self.lir is None:
+                    self.uar_input = uar_for(self.request, icscf.network, capabilities=True)
                 self.ask()
                 return
             if unreachable or status < 400:
