@@ -62,10 +62,19 @@ _AVP_EXPERIMENTAL_RESULT_CODE = 298
 _AVP_PUBLIC_IDENTITY = 601
 _AVP_SERVER_NAME = 602
 _AVP_SERVER_ASSIGNMENT_TYPE = 614
+_AVP_DEREGISTRATION_REASON = 615
+_AVP_REASON_CODE = 616
 _AVP_USER_AUTHORIZATION_TYPE = 623
 _AVP_SIP_NUMBER_AUTH_ITEMS = 607
 _VENDOR_3GPP = 10415
 
+# Reason-Code of an RTR's Deregistration-Reason (TS 29.229 §6.3.17)
+_REASON_CODES = {
+    0: "PERMANENT_TERMINATION",
+    1: "NEW_SERVER_ASSIGNED",
+    2: "SERVER_CHANGE",
+    3: "REMOVE_S-CSCF",
+}
 _SAR_TYPES = {
     0: "NO_ASSIGNMENT",
     1: "REGISTRATION",
@@ -258,6 +267,11 @@ def _decode_diameter(payload: bytes) -> dict[str, Any] | None:
             vendor == _VENDOR_3GPP and avp_code == _AVP_USER_AUTHORIZATION_TYPE and len(value) == 4
         ):
             info["user_authorization_type"] = int.from_bytes(value, "big")
+        elif vendor == _VENDOR_3GPP and avp_code == _AVP_DEREGISTRATION_REASON:
+            for sub, _v, sv in _iter_avps(value, 0, len(value)):
+                if sub == _AVP_REASON_CODE and len(sv) == 4:
+                    reason = int.from_bytes(sv, "big")
+                    info["deregistration_reason"] = _REASON_CODES.get(reason, str(reason))
     return info
 
 
@@ -269,6 +283,8 @@ def _diameter_summary(info: dict[str, Any]) -> str:
         parts.append(f"exp {info['experimental_result_code']}")
     if "server_assignment_type" in info:
         parts.append(info["server_assignment_type"])
+    if "deregistration_reason" in info:
+        parts.append(info["deregistration_reason"])
     if "public_identity" in info and info["request"]:
         parts.append(info["public_identity"])
     if "server_name" in info and not info["request"]:

@@ -733,7 +733,7 @@ async def test_reg_event_notify_on_rtr(home):
     await wait_for(lambda: len(notifies) == 2)
     last = notifies[1]
     assert last.get("subscription-state") == "terminated;reason=rejected"
-    assert 'state="terminated" event="rejected"' in last.body.decode()
+    assert 'state="terminated" event="rejected" expires="0"' in last.body.decode()
     assert 'version="1"' in last.body.decode()
     assert last.cseq.seq == first.cseq.seq + 1
     assert home.scscf.census()["subscriptions"] == 0

@@ -83,7 +83,7 @@ async def test_subscribers_hear_of_a_second_contact_and_of_its_deregistration(ho
     await wait_for(lambda: len(notifies) == 3)
     gone = notifies[2].body.decode()
     assert notifies[2].get("subscription-state").startswith("active;")
-    assert 'state="terminated" event="unregistered"' in gone
+    assert 'state="terminated" event="unregistered" expires="0"' in gone
     assert '<registration aor="sip:user1_public1@home1.net" id="r0" state="active">' in gone
     assert home.scscf.census()["bindings"] == 1 and home.scscf.census()["subscriptions"] == 1
     assert home.scscf.scscf.core.counters["notify_contacts_changed"] == 2

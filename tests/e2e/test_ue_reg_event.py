@@ -9,6 +9,7 @@ import asyncio
 
 import pytest
 
+from imsaka.diameter import cx
 from imsaka.ipsec.sa import SaState
 from imsaka.network import Network, NetworkOptions
 from imsaka.ue.client import UeClient
@@ -77,6 +78,37 @@ async def test_ue_subscribes_and_learns_of_a_network_initiated_deregistration(
         # no REGISTER after it (rejected), and no error on the way
         assert len(_sip(net, src="UE", start="REGISTER")) == 2
         assert not ue.core.drops
+    finally:
+        await ue.close()
+
+
+async def test_rtr_with_server_change_makes_the_ue_register_again(home_network, subscribers):
+    """An RTR with Reason-Code SERVER_CHANGE (TS 29.229 §6.3.17): the S-CSCF reports the
+    contact "deactivated" (TS 24.229 §5.4.1.5), so the UE registers anew at once
+    (§5.1.1.7), with a new AKA run and a new SA set, and subscribes again."""
+    net = home_network
+    seen: list = []
+    ue = UeClient(net.ue_config(subscribers[1]), observers=[net.trace])
+    ue.on_event = seen.append
+    await ue.start()
+    try:
+        assert (await ue.register(10)).ok
+        assert await ue.wait_subscribed(5)
+        first_set = ue._established_set()
+        result = await net.hss.deregister_impi(
+            subscribers[1].impi, reason=cx.ReasonCode.SERVER_CHANGE
+        )
+        assert result.get("ok"), result
+        assert await ue.wait_network_deregistration(5) == "deactivated"
+        assert NetworkDeregistered("deactivated", True) in seen
+        rtr = next(r for r in net.trace.messages("diameter") if r.summary.startswith("RTR"))
+        assert rtr.diameter["deregistration_reason"] == "SERVER_CHANGE"
+        # registered again: four REGISTERs in all, a new SA set, a new subscription
+        assert await eventually(lambda: ue.core.state is UeState.REGISTERED, 10)
+        assert len(_sip(net, src="UE", start="REGISTER")) == 4
+        assert ue._established_set() is not first_set
+        assert await ue.wait_subscribed(5)
+        assert await eventually(lambda: net.pcscf.stats()["sa_sets"] == 1)
     finally:
         await ue.close()
 

@@ -149,11 +149,28 @@ async def test_deregister_impu_sends_rtr(api, registered_scscf, hss):
     rtr = registered_scscf.received[-1]
     assert isinstance(rtr, cx.RegistrationTerminationRequest)
     assert rtr.deregistration_reason.reason_info == "maintenance"
+    assert rtr.deregistration_reason.reason_code == cx.ReasonCode.PERMANENT_TERMINATION
     assert (await hss.store.get_subscriber("alice@home1.net")).scscf_name is None
     again = await api.post("/api/v1/impus/tel:+15550001/deregister", headers=AUTH)
     assert again.json() == {"sent": False, "reason": "not registered"}
     unknown = await api.post("/api/v1/impus/sip:ghost@home1.net/deregister", headers=AUTH)
     assert unknown.status_code == 404 and unknown.json()["detail"]["field"] == "impu"
+
+
+async def test_deregister_with_server_change_and_a_bad_reason_code(api, registered_scscf):
+    bad = await api.post(
+        "/api/v1/impus/tel:+15550001/deregister", json={"reason_code": "LATER"}, headers=AUTH
+    )
+    assert bad.status_code == 422 and "reason_code" in bad.text
+    assert registered_scscf.received == []
+    r = await api.post(
+        "/api/v1/impus/tel:+15550001/deregister",
+        json={"reason_code": "SERVER_CHANGE"},
+        headers=AUTH,
+    )
+    assert r.status_code == 200 and r.json()["ok"] is True, r.text
+    (rtr,) = registered_scscf.received
+    assert rtr.deregistration_reason.reason_code == cx.ReasonCode.SERVER_CHANGE
 
 
 async def test_csv_import_all_or_nothing(api, hss):
@@ -194,12 +211,14 @@ async def test_real_uvicorn_server_and_cli_deregister(store):
             docs = await client.get("/docs")
             assert docs.status_code == 200 and "swagger" in docs.text.lower()
         node = await client_node(server.diameter_port)
-        node.set_request_handler(lambda req, peer: _answer(req))
+        rtrs: list = []
+        node.set_request_handler(lambda req, peer: rtrs.append(req) or _answer(req))
         await node.request(sar(cx.ServerAssignmentType.REGISTRATION))
         argv = [
             "hss",
             "deregister",
             "sip:alice@home1.net",
+            "--server-change",
             "--api",
             f"http://127.0.0.1:{port}",
             "--token",
@@ -207,6 +226,8 @@ async def test_real_uvicorn_server_and_cli_deregister(store):
         ]
         rc = await asyncio.to_thread(cli_main, argv)
         assert rc == 0
+        (rtr,) = rtrs
+        assert rtr.deregistration_reason.reason_code == cx.ReasonCode.SERVER_CHANGE
         assert (await store.get_subscriber("alice@home1.net")).scscf_name is None
         rc = await asyncio.to_thread(cli_main, [*argv[:-1], "wrong-token"])
         assert rc == 2

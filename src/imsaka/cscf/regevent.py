@@ -49,6 +49,8 @@ TERMINATION_EVENT = {
     "user-deregistration": "unregistered",
     "timeout": "expired",
     "network-initiated": "rejected",
+    # RTR with SERVER_CHANGE: the UE is to register again (TS 24.229 §5.4.1.5)
+    "server-change": "deactivated",
 }
 
 
@@ -493,10 +495,12 @@ def reginfo_body(
     contacts = registration.contacts.values() if registration is not None else ()
     # Each contact's element is the same under every IMPU of the set but for its id:
     # its attributes and escaped URI are made once.
+    # A terminated contact says expires="0": RFC 3680 leaves it out there, but
+    # Kamailio's P-CSCF (5.6) skips a contact without it and keeps the binding.
     if terminated_event:
         state = "terminated"
         tails = [
-            f' state="terminated" event="{terminated_event}">\n'
+            f' state="terminated" event="{terminated_event}" expires="0">\n'
             f"      <uri>{_text(c.uri)}</uri>\n    </contact>"
             for c in contacts
         ]
@@ -508,7 +512,8 @@ def reginfo_body(
             for c in contacts
         ]
         tails += [
-            f' state="terminated" event="{event}">\n      <uri>{_text(c.uri)}</uri>\n    </contact>'
+            f' state="terminated" event="{event}" expires="0">\n'
+            f"      <uri>{_text(c.uri)}</uri>\n    </contact>"
             for c, event in ended
         ]
     lines = [

@@ -1022,7 +1022,10 @@ class Scscf:
         base = {"origin_host": d.host, "origin_realm": d.realm}
         if isinstance(request, cx.RegistrationTerminationRequest):
             impus = list(request.public_identities) or None
-            _count, actions = self.core.network_deregister(request.user_name, impus, self._clock())
+            again = request.deregistration_reason.reason_code == cx.ReasonCode.SERVER_CHANGE
+            _count, actions = self.core.network_deregister(
+                request.user_name, impus, self._clock(), register_again=again
+            )
             if self._shared and not _count:
                 # The registration may be known only to the shared store.
                 for impu in impus or []:

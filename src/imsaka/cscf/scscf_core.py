@@ -639,9 +639,12 @@ class RegistrarCore:
             self._unindex(reg)
 
     def network_deregister(
-        self, impi: str, impus: list[str] | None, now: float
+        self, impi: str, impus: list[str] | None, now: float, *, register_again: bool = False
     ) -> tuple[int, list[Action]]:
         """RTR (TS 29.228 §6.1.3): remove the bindings of `impi` (all, or those `impus`).
+        `register_again` (the RTR's Reason-Code SERVER_CHANGE): the UE is to register
+        anew, so the removals' reason is "server-change" (reg event "deactivated",
+        TS 24.229 §5.4.1.5) instead of "network-initiated" ("rejected").
 
         Returns how many registrations were removed and the actions (removals)."""
         targets = set(self._impus_of(impi))
@@ -650,11 +653,12 @@ class RegistrarCore:
             wanted = {self._aliases.get(u, u).lower() for u in impus}
             targets = {u for u in targets if u.lower() in wanted}
         actions: list[Action] = []
+        why = "server-change" if register_again else "network-initiated"
         for impu in sorted(targets):
             reg = self.registrations.pop(impu)
             self._queued.pop(impu, None)
             self._unindex(reg)
-            actions.append(RemoveRegistration(impu, impi, "network-initiated", reg))
+            actions.append(RemoveRegistration(impu, impi, why, reg))
         self._vectors.pop(impi, None)
         for nonce in list(self._challenges_by_impi.get(impi, ())):
             ch = self._challenges.get(nonce)

@@ -12,7 +12,7 @@ validation errors never echo the submitted values. A bad field gives 4xx with
 from __future__ import annotations
 
 import hmac
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from fastapi import Body, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
+from imsaka.diameter.cx import ReasonCode
 from imsaka.hss.csvimport import CsvError, parse_csv
 from imsaka.hss.store import Conflict, HssStore, NotFound
 from imsaka.hss.subscriber import (
@@ -41,11 +42,11 @@ class HssBackend(Protocol):
     store: HssStore
 
     async def deregister_impu(
-        self, impu: str, reason_info: str | None = None
+        self, impu: str, reason_info: str | None = None, reason: ReasonCode = ...
     ) -> dict[str, Any]: ...
 
     async def deregister_impi(
-        self, impi: str, reason_info: str | None = None
+        self, impi: str, reason_info: str | None = None, reason: ReasonCode = ...
     ) -> dict[str, Any]: ...
 
     async def push_profile(self, impi: str) -> dict[str, Any]: ...
@@ -134,6 +135,12 @@ class DeregisterIn(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     reason: str | None = Field(default=None, description="Reason-Info text for the RTR")
+    reason_code: Literal["PERMANENT_TERMINATION", "SERVER_CHANGE"] = Field(
+        default="PERMANENT_TERMINATION",
+        description="Reason-Code of the RTR (TS 29.229 §6.3.17): SERVER_CHANGE asks the "
+        "UE to register again (reg event 'deactivated'), PERMANENT_TERMINATION not to "
+        "('rejected')",
+    )
 
 
 def _bad(status: int, field: str, message: str) -> HTTPException:
@@ -369,7 +376,9 @@ def create_app(backend: HssBackend, token: str) -> FastAPI:
     async def deregister(impu: str, body: DeregisterIn | None = None) -> dict[str, Any]:
         try:
             validate_impu(impu)
-            return await backend.deregister_impu(impu, body.reason if body else None)
+            if body is None:
+                return await backend.deregister_impu(impu)
+            return await backend.deregister_impu(impu, body.reason, ReasonCode[body.reason_code])
         except FieldError as exc:
             raise _bad(422, exc.field, exc.reason) from None
         except NotFound:

@@ -101,6 +101,12 @@ def register(subparsers: Any) -> None:
     )
     r.add_argument("impu")
     r.add_argument("--reason", help="Reason-Info text for the RTR")
+    r.add_argument(
+        "--server-change",
+        action="store_true",
+        help="Reason-Code SERVER_CHANGE: the UE is asked to register again (default: "
+        "PERMANENT_TERMINATION, it is not)",
+    )
     common(r, api=True)
     r.set_defaults(func=_deregister)
 
@@ -359,7 +365,11 @@ def _deregister(args: argparse.Namespace) -> int:
         raise CliError(
             "--api: de-registration needs the running HSS (give --api and --token, or [hss].api_* in -c)"
         )
-    body = {"reason": args.reason} if args.reason else None
+    body: dict[str, str] | None = None
+    if args.reason or args.server_change:
+        body = {"reason_code": "SERVER_CHANGE" if args.server_change else "PERMANENT_TERMINATION"}
+        if args.reason:
+            body["reason"] = args.reason
     status, data = _call_api(
         *api, "POST", f"/api/v1/impus/{quote(args.impu, safe=':@+')}/deregister", body
     )

@@ -252,16 +252,30 @@ class HssServer:
             return {"sent": True, "to": host, "ok": False, "error": str(reason)}
         return {"sent": True, "to": host, "ok": answer.is_success, "result": answer.result}
 
-    async def deregister_impu(self, impu: str, reason_info: str | None = None) -> dict[str, Any]:
-        """Administrative de-registration of the subscription holding ``impu`` (RTR)."""
+    async def deregister_impu(
+        self,
+        impu: str,
+        reason_info: str | None = None,
+        reason: cx.ReasonCode = cx.ReasonCode.PERMANENT_TERMINATION,
+    ) -> dict[str, Any]:
+        """Administrative de-registration of the subscription holding ``impu`` (RTR).
+        `reason` SERVER_CHANGE asks the UE to register again (at an S-CSCF chosen
+        anew); PERMANENT_TERMINATION, the default, not to."""
         info = await self.store.serving_for_impu(impu)
-        return await self._deregister(info, reason_info)
+        return await self._deregister(info, reason_info, reason)
 
-    async def deregister_impi(self, impi: str, reason_info: str | None = None) -> dict[str, Any]:
+    async def deregister_impi(
+        self,
+        impi: str,
+        reason_info: str | None = None,
+        reason: cx.ReasonCode = cx.ReasonCode.PERMANENT_TERMINATION,
+    ) -> dict[str, Any]:
         info = await self.store.serving_for_impi(impi)
-        return await self._deregister(info, reason_info)
+        return await self._deregister(info, reason_info, reason)
 
-    async def _deregister(self, info: Any, reason_info: str | None) -> dict[str, Any]:
+    async def _deregister(
+        self, info: Any, reason_info: str | None, reason: cx.ReasonCode
+    ) -> dict[str, Any]:
         if not info.scscf_name:
             return {"sent": False, "reason": "not registered"}
         host = info.scscf_host or (await self.store.scscf_host_for(info.scscf_name))
@@ -275,7 +289,7 @@ class HssServer:
             destination_realm=info.scscf_realm,
             impis=info.impis,
             impus=info.impus,
-            reason=cx.ReasonCode.PERMANENT_TERMINATION,
+            reason=reason,
             reason_info=reason_info or "administrative de-registration",
         )
         result = await self._send(rtr, host)
