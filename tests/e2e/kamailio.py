@@ -20,6 +20,7 @@ OPTIONS; `stop()` ends it by PID (SIGTERM; its session killed if it lingers).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -37,6 +38,8 @@ from tests.polling import eventually
 
 # Debian's multiarch path (/usr/lib/x86_64-linux-gnu/… or /usr/lib/aarch64-linux-gnu/…)
 MODULES = next(iter(sorted(Path("/usr/lib").glob("*/kamailio/modules"))), Path("/nonexistent"))
+# the db_text schema files Kamailio ships (its `pua` table, the `version` table)
+DBTEXT = Path("/usr/share/kamailio/dbtext/kamailio")
 SCSCF_HOST = "kscscf.home1.net"
 ICSCF_HOST = "kicscf.home1.net"
 PCSCF_HOST = "kpcscf.home1.net"
@@ -48,6 +51,8 @@ def available() -> bool:
         and (MODULES / "ims_registrar_scscf.so").exists()
         and (MODULES / "presence.so").exists()
         and (MODULES / "db_text.so").exists()
+        and (MODULES / "pua.so").exists()
+        and (DBTEXT / "pua").exists()
     )
 
 
@@ -432,22 +437,54 @@ onreply_route[REGISTER_REPLY] {{
 @dataclass
 class KamailioPcscf(_Kamailio):
     """Kamailio as the P-CSCF for UEs without sec-agree (its IPsec module needs the
-    kernel's XFRM, which this machine lacks) and without its reg-event subscription
-    (the `pua` module it takes needs a database of its own): REGISTERs relayed to
-    `icscf` with its Path, the 401 relayed with ck/ik taken out (in its configuration,
-    as its sample does), the contact saved on the 200."""
+    kernel's XFRM, which this machine lacks): REGISTERs relayed to `icscf` with its
+    Path, the 401 relayed with ck/ik taken out (in its configuration, as its sample
+    does), the contact saved on the 200. With `reginfo`, it also subscribes to the
+    user's reg event after the 200 (its `pua` module, on a db_text database here),
+    through `icscf` (where DNS would send it in a real network; there is none here),
+    and takes the NOTIFYs: a contact the reginfo ends leaves its location table."""
 
     icscf: str = ""  # sip:HOST:PORT of the I-CSCF, HOST an address
+    reginfo: bool = False
     host = PCSCF_HOST
-    # ims_registrar_pcscf binds the IPsec module at start, used or not
-    modules = ("ims_usrloc_pcscf", "ims_ipsec_pcscf", "ims_registrar_pcscf")
+
+    @property
+    def modules(self) -> tuple[str, ...]:  # type: ignore[override]
+        # ims_registrar_pcscf binds the IPsec module at start, used or not; and pua,
+        # when it subscribes to the reg event
+        pua = ("db_text", "pua") if self.reginfo else ()
+        return (*pua, "ims_usrloc_pcscf", "ims_ipsec_pcscf", "ims_registrar_pcscf")
+
+    def write(self) -> Path:
+        if self.reginfo:
+            db = self.workdir / "db"
+            db.mkdir(parents=True, exist_ok=True)
+            for table in ("version", "pua"):  # the schema Kamailio ships for db_text
+                shutil.copyfile(DBTEXT / table, db / table)
+        return super().write()
+
+    def _reginfo(self) -> str:
+        if not self.reginfo:
+            return 'modparam("ims_registrar_pcscf", "subscribe_to_reginfo", 0)'
+        return f"""modparam("pua", "db_url", "text://{self.workdir}/db")
+modparam("ims_registrar_pcscf", "subscribe_to_reginfo", 1)
+modparam("ims_registrar_pcscf", "subscription_expires", 600)
+modparam("ims_registrar_pcscf", "force_icscf_uri", "{self.icscf}")"""
 
     def _role(self) -> str:
         return f"""modparam("ims_registrar_pcscf", "pcscf_uri", "{self.name}")
-modparam("ims_registrar_pcscf", "subscribe_to_reginfo", 0)
+{self._reginfo()}
 
 request_route {{
     route(REQINIT);
+    if (is_method("NOTIFY") && uri == myself) {{
+        if (reginfo_handle_notify("location")) {{
+            send_reply("200", "OK - P-CSCF processed notification");
+        }} else {{
+            send_reply("500", "Error encountered while processing notification");
+        }}
+        exit;
+    }}
     if (!is_method("REGISTER")) {{
         sl_send_reply("403", "Only registration here");
         exit;
@@ -480,6 +517,18 @@ onreply_route[REGISTER_REPLY] {{
     }}
 }}
 """
+
+    def contacts(self) -> int:
+        """The contacts in its location table (`ulpcscf.status` over its control
+        socket)."""
+        out = subprocess.run(
+            ["kamcmd", "-s", f"unix:{self.workdir}/ctl.sock", "ulpcscf.status"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+        return sum(int(n) for n in re.findall(r"Records:\s*(\d+)", out))
 
 
 @asynccontextmanager

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from imsaka.diameter import cx
 from imsaka.network import Network
 from imsaka.ports import free_port
 from imsaka.ue.client import UeClient
@@ -28,9 +29,10 @@ pytestmark = pytest.mark.slow
 HOME = "home1.net"
 
 
-@pytest.fixture
-async def core(tmp_path) -> AsyncIterator[tuple[Network, KamailioPcscf]]:
-    """Our HSS, I-CSCF and S-CSCF; Kamailio as the P-CSCF the UE registers through."""
+@pytest.fixture(params=[False], ids=["plain"])
+async def core(request, tmp_path) -> AsyncIterator[tuple[Network, KamailioPcscf]]:
+    """Our HSS, I-CSCF and S-CSCF; Kamailio as the P-CSCF the UE registers through
+    (subscribing to the reg event when the parameter says so)."""
     assert available(), ".ci/run installs kamailio, kamailio-ims-modules, kamailio-presence-modules"
     icscf_port = free_port()
     kam = KamailioPcscf(
@@ -38,6 +40,7 @@ async def core(tmp_path) -> AsyncIterator[tuple[Network, KamailioPcscf]]:
         hss_port=free_port(udp=False, tcp=True),
         realm=HOME,
         icscf=f"sip:127.0.0.1:{icscf_port}",
+        reginfo=request.param,
     )
     # ours starts too (Network always does) but no UE talks to it
     extra = {"icscf": {"port": icscf_port}}
@@ -82,5 +85,54 @@ async def test_registration_through_kamailio_pcscf(core):
             "USER_DEREGISTRATION"
         )
         assert await eventually(lambda: net.scscf.census()["bindings"] == 0), net.scscf.census()
+    finally:
+        await ue.close()
+
+
+@pytest.mark.parametrize("core", [True], ids=["reginfo"], indirect=True)
+async def test_kamailio_pcscf_subscribes_through_our_icscf_and_hears_of_an_rtr(core):
+    """Its reg-event SUBSCRIBE enters at our I-CSCF (LIR, TS 24.229 §5.3.2.1), our
+    S-CSCF takes it (Kamailio is in the registration's Path) and notifies it; after an
+    RTR our S-CSCF's terminated reginfo makes it drop the UE's contact.
+
+    The RTR asks for SERVER_CHANGE: the contact's event is then "deactivated". After a
+    PERMANENT_TERMINATION it is "rejected" (TS 24.229 §5.4.1.5, RFC 3680 §5.1.2), an
+    event Kamailio's P-CSCF (5.6.3, and its master branch as of 2026) does not know: it
+    logs "Unknown Event rejected" and keeps the contact until it expires."""
+    net, kam = core
+    sub = net.subscribers[1]
+    config = net.ue_config(
+        sub, pcscf=("127.0.0.1", kam.sip_port), sec_agree=False, subscribe_reg_event=False
+    )
+    ue = UeClient(config, observers=[net.trace])
+    await ue.start()
+    try:
+        res = await ue.register(10)
+        assert res.ok, (res, kam.tail())
+        assert await eventually(lambda: net.scscf.census()["subscriptions"] == 1), kam.tail()
+        sip = net.trace.messages("sip")
+        subscribe = next(r for r in sip if r.summary.startswith("SUBSCRIBE"))
+        assert subscribe.dst_name == "I-CSCF" and subscribe.src[1] == kam.sip_port
+        (lir,) = diameter(net, "LIR")
+        assert lir.diameter["public_identity"] == sub.impus[0]
+        assert diameter(net, "LIA")[0].diameter.get("result_code") == 2001
+
+        def notify_answers() -> list[str]:
+            return [
+                r.summary
+                for r in net.trace.messages("sip")
+                if r.dst_name == "S-CSCF" and "NOTIFY" in dict(r.headers).get("CSeq", "")
+            ]
+
+        assert await eventually(lambda: len(notify_answers()) == 1), kam.tail()
+        assert notify_answers()[0].startswith("200"), kam.tail()
+        assert kam.contacts() == 1
+
+        result = await net.hss.deregister_impi(sub.impi, reason=cx.ReasonCode.SERVER_CHANGE)
+        assert result.get("ok"), result
+        assert await eventually(lambda: len(notify_answers()) == 2), kam.tail()
+        assert notify_answers()[1].startswith("200"), kam.tail()
+        assert await eventually(lambda: kam.contacts() == 0), kam.tail()
+        assert net.scscf.census()["subscriptions"] == 0
     finally:
         await ue.close()
