@@ -1103,7 +1103,13 @@ async def run_sipp(
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
-    _out, err = await proc.communicate()
+    try:
+        _out, err = await proc.communicate()
+    except BaseException:  # interrupted (Ctrl-C, a cancelled run): SIPp goes too
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
     wall = time.monotonic() - started
     counts = read_sipp_stats(stats) if stats.exists() else {}
     rtts = read_rtt(step_dir)
