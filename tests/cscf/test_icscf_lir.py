@@ -7,6 +7,8 @@ user's, not the S-CSCF's), a silent S-CSCF replaced after an LIR with capabiliti
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from imsaka.cscf.icscf import lir_identity, reply_for_lia
 from imsaka.diameter import cx
@@ -180,4 +182,28 @@ async def test_a_route_to_the_icscf_itself_is_taken_off_first():
     out = receive(ep, t, subscribe(extra="Route: <sip:icscf1_p.home1.net:5070;lr>\r\n"), PCSCF)
     fwd, _ = forwarded(out)
     assert fwd.get_all("route") == ["<sip:a.home1.net:5080;lr>"] and len(asks) == 1
+    await ep.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    uri=st.one_of(
+        st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=60),
+        st.from_regex(r"(sips?|tel|urn|mailto):[!-~]{0,40}", fullmatch=True),
+    )
+)
+async def test_any_request_uri_gets_a_routing_or_a_clear_answer(uri):
+    """Whatever the Request-URI of a SUBSCRIBE: an LIR (then forwarded) or a 4xx naming
+    the problem, never a failed handler (500) and nothing left open."""
+    _, ep, t, asks, _ = setup([(lia(result_code=2001, server_name=SCSCFS[0]["name"]), None)])
+    data = subscribe().replace(f"SUBSCRIBE {IMPU} ".encode(), f"SUBSCRIBE {uri} ".encode(), 1)
+    out = receive(ep, t, data, PCSCF)
+    answers = [m for m, _ in out if getattr(m, "status", 0) >= 200]
+    forwards = [m for m, _ in out if getattr(m, "method", "") == "SUBSCRIBE"]
+    assert ep.counters["handler_errors"] == 0
+    if forwards:
+        assert len(asks) == 1 and not answers
+    else:
+        # the transport layer's 400 for a request line it cannot read, or ours
+        assert all(400 <= a.status < 500 for a in answers), [a.status for a in answers]
     await ep.close()
