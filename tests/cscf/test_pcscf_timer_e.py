@@ -39,7 +39,7 @@ def test_own_reg_subscribe_is_sent_again_until_its_answer():
     assert p.counters["retransmitted"] == 2
 
 
-def test_request_to_the_ue_is_sent_again_over_its_set_while_the_p_cscf_has_it():
+def test_request_to_the_ue_is_sent_again_over_its_newest_set():
     p = core()
     old, server, over_old = _registered(p)
     p.pending.clear()  # (the P-CSCF's own SUBSCRIBE: not this test's)
@@ -48,15 +48,30 @@ def test_request_to_the_ue_is_sent_again_over_its_set_while_the_p_cscf_has_it():
     # the S-CSCF's retransmission is absorbed; ours goes at T1 over the same SA
     assert p.receive_request(scscf_notify(), Arrival(SCSCF), 5.3) == []
     assert _sent(p.handle_timer(5.5), Reply) == [notify]
-    # a re-authentication moves the UE to a new set: the old one drains, and the
-    # request open over it is still sent again over it (the UE answers over it)
+    # a re-authentication moves the UE to a new set, and the UE deletes the old one
+    # once our 200 OK over the new one reaches it (TS 33.203 §7.4): a copy of ours lost
+    # before that is sent again over the new set (found by lifecycle_chaos seed 9701:
+    # the NOTIFY went on into the SPI the UE had deleted until Timer F)
     new, _ = _reauthenticated(p, server, over_old, 6.0)
     assert p.registrations[IMPI].previous.spi_ps == old.spi_ps
-    assert _sent(p.handle_timer(6.5), Reply) == [notify]
-    # a second one replaces the draining set: it is gone, and so is the resending
+    (again,) = _sent(p.handle_timer(6.5), Reply)
+    assert again.message is notify.message
+    assert (again.spi, again.over, again.destination) == (
+        new.spi_us,
+        new.spi_ps,
+        (new.ue_host, new.port_us),
+    )
+    assert p.counters["retransmitted-over-new-set"] == 1
+    # a second one replaces that set too: the next copy takes the newest
     new_server = p.registrations[IMPI].security_server[0]
     over_new = Arrival(("127.0.0.1", 3333), spi=new.spi_ps)
-    _, acts = _reauthenticated(p, new_server, over_new, 7.0, OTHER_OFFER, 3335)
+    newest, acts = _reauthenticated(p, new_server, over_new, 7.0, OTHER_OFFER, 3335)
     assert [r.sa.spi_ps for r in _released(acts)] == [old.spi_ps]
-    assert _sent(p.handle_timer(12.0), Reply) == []
-    assert p.counters["retransmitted"] == 2 and p.next_deadline() != 12.5
+    (third,) = _sent(p.handle_timer(12.0), Reply)
+    assert third.spi == newest.spi_us and p.counters["retransmitted-over-new-set"] == 2
+    # the UE's answer, over the newest set, ends it
+    ok = make_response(parse_message(notify.message.to_bytes()), 200)
+    ue_port_s = (newest.ue_host, newest.port_us)
+    out = p.receive_response(parse_message(ok.to_bytes()), ue_port_s, 12.1, newest.spi_pc)
+    assert [type(a).__name__ for a in out] == ["Forward"]
+    assert _sent(p.handle_timer(20.0), Reply) == []

@@ -2923,6 +2923,27 @@ class PcscfCore:
             return False
         return context.sa is None or self._set_known(context.sa)
 
+    def _onto_newer_set(self, context: _Pending) -> None:
+        """A request to the UE still unanswered over a set that a re-registration has
+        replaced since goes again over the new one. The UE deletes the old set as soon
+        as our first message over the new one reaches it (the 200 OK to its
+        re-REGISTER; TS 33.203 §7.4, TS 24.229 §5.1.1.5.1): it knows its own transactions
+        on the old set, not ours in flight towards it, so a copy of ours that was lost
+        before the switch would otherwise be sent again into an SPI it no longer has
+        until Timer F. Its answer is taken over any of its sets (`_from_target`)."""
+        reg = self.registrations.get(context.impi)
+        if reg is None or reg.previous is not context.sa:
+            return
+        new = reg.sa
+        sent = context.forward
+        if new is None or type(sent) is not Reply:
+            return
+        context.sa = new
+        context.forward = Reply(
+            sent.message, (new.ue_host, new.port_us), sent.transport, new.spi_us, new.spi_ps
+        )
+        self.counters["retransmitted-over-new-set"] += 1
+
     def _next_retransmission(self) -> float | None:
         """The earliest Timer E of a context still waiting; the answered ones in front
         are dropped on the way."""
@@ -2970,6 +2991,8 @@ class PcscfCore:
                 heapq.heappush(
                     later, (now + interval, self._retransmit_seq, branch, context, interval)
                 )
+                if context.sa is not None:
+                    self._onto_newer_set(context)
                 out.append(context.forward)  # type: ignore[arg-type]
         if out:
             self.counters["retransmitted"] += len(out)
