@@ -17,6 +17,7 @@ import asyncio
 import pytest
 
 from imsaka.network import Network, NetworkOptions
+from imsaka.sip import parse_message
 from imsaka.ue.client import UeClient
 from imsaka.ue.core import Subscribed
 from tests.e2e.test_faults import eventually
@@ -111,3 +112,82 @@ async def test_the_answer_to_a_request_over_the_replaced_set_goes_back_over_it(
         assert net.pcscf.internal_errors == 0
     finally:
         await ue.close()
+
+
+async def test_a_notify_answered_before_a_challenged_refresh_is_answered_again_over_the_new_set(
+    reauthenticating_network, subscribers
+):
+    """The UE's 200 to a NOTIFY over its set is lost; the UE then re-registers, is
+    challenged and moves to a new set, deleting the old one (nothing of its own open on
+    it). The P-CSCF's Timer E copy of the NOTIFY takes the new set (the old one is
+    gone at the UE), the UE's transaction sends its 200 again, over the new set, and the
+    S-CSCF's NOTIFY transaction ends with it. Before, the copies went into the old
+    set's SPI, then (P-CSCF fixed) the UE's answer was "not sent: SA set removed"."""
+    net = reauthenticating_network
+    ue = UeClient(net.ue_config(subscribers[1]), observers=[net.trace])
+    await ue.start()
+    try:
+        assert (await ue.register(10)).ok
+        assert await ue.wait_subscribed(5)
+        old_spi = ue.core.sa.spi_us  # the UE's inbound SPI at its server port
+        dropping = [True]
+        lost: list = []
+        send = ue.send_protected
+
+        lost_spi: list = []
+
+        def lossy(sa, data):
+            if dropping[0] and data.startswith(b"SIP/2.0 200") and b" NOTIFY\r\n" in data:
+                lost.append(data)
+                lost_spi.append(sa.spi)
+                return True
+            return send(sa, data)
+
+        ue.send_protected = lossy
+        before = len(_notifies_to_ue(net))
+        # the UE refreshes its subscription: the S-CSCF's NOTIFY follows the 200
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        ue._apply([ue.core._build_subscribe(ue.core.subscription, now)])
+        ue._drain(now)
+        assert await eventually(lambda: lost, 5.0)
+        res = await ue.reregister(10)
+        assert res.ok and res.protected, res
+        assert ue.core.sa.spi_us != old_spi  # challenged: a new set, the old one gone
+        dropping[0] = False
+        # the P-CSCF's next copy goes over the new set; the UE's 200 reaches the S-CSCF
+        assert await eventually(
+            lambda: any(r.esp_spi == ue.core.sa.spi_us for r in _notifies_to_ue(net)[before:]),
+            8.0,
+        ), [(r.time, r.esp_spi) for r in _notifies_to_ue(net)[before:]]
+        lost_msg = parse_message(lost[0])
+        key = (lost_msg.call_id, lost_msg.get("cseq"))
+        assert await eventually(lambda: _answers_from_ue(net, key), 8.0), (
+            key,
+            [(r.time, r.summary, r.esp_spi) for r in net.trace.messages("sip")[-30:]],
+        )
+        # it came over the new set (the P-CSCF's inbound SPI at its client port)
+        assert _answers_from_ue(net, key)[-1].esp_spi != lost_spi[0]
+        assert net.pcscf.core.counters["retransmitted-over-new-set"] >= 1
+        assert net.pcscf.internal_errors == 0
+    finally:
+        await ue.close()
+
+
+def _notifies_to_ue(net) -> list:
+    return [
+        r
+        for r in net.trace.messages("sip")
+        if r.src_name == "P-CSCF" and r.dst_name == "UE" and r.summary.startswith("NOTIFY")
+    ]
+
+
+def _answers_from_ue(net, key) -> list:
+    """The UE's answers (UE → P-CSCF) to the NOTIFY with this (Call-ID, CSeq)."""
+    out = []
+    for r in net.trace.messages("sip"):
+        if r.src_name == "UE" and r.dst_name == "P-CSCF" and r.summary.startswith("200"):
+            h = {k.lower(): v for k, v in r.headers}
+            if (h.get("call-id"), h.get("cseq")) == key:
+                out.append(r)
+    return out

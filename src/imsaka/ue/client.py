@@ -378,7 +378,7 @@ class UeClient:
         elif kind == "reply":
             arrived_on: Any = where
             if arrived_on.sa_set.state is SaState.REMOVED:
-                log.info("%s: answer not sent: SA set #%d removed", self.name, arrived_on.sa_set.id)
+                self._reply_over_newer_set(arrived_on, data)
                 return
             self.send_protected(arrived_on.sa_set.reply_sa(arrived_on), data)
         else:
@@ -387,6 +387,18 @@ class UeClient:
                 log.info("%s: not sent: SA set #%d removed", self.name, sa_set.id)
                 return
             self.send_protected(sa_set.client_sa(), data)
+
+    def _reply_over_newer_set(self, arrived_on: Any, data: bytes) -> None:
+        """An answer sent again (its request came once more) after the set the request
+        first came over went: a re-registration replaced it, and the P-CSCF, which knows
+        the new set, sent the request again over that one. The answer leaves from the
+        same port over the established set (the P-CSCF takes it over any set of ours)."""
+        port = arrived_on.dst[1]
+        newer = self._established_set()
+        if newer is None or port not in newer.outbound:
+            log.info("%s: answer not sent: SA set #%d removed", self.name, arrived_on.sa_set.id)
+            return
+        self.send_protected(newer.outbound[port], data)
 
     # Every send goes through these two (a test injects loss here).
     def send_clear(self, data: bytes, addr: tuple[str, int]) -> None:
