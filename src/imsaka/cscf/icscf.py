@@ -25,8 +25,8 @@ event) is routed by a user location query: LIR for the Request-URI's identity, t
 LIA's Server-Name, or an S-CSCF chosen from its capabilities when the user has services
 while unregistered (2003), gets the request with its URI as the top Route (the
 Request-URI unchanged). LIA errors: user unknown → 404, not registered → 480 (TS 29.228
-§6.3). INVITE is refused with 501 (this core sets up no sessions yet), as is a Route
-that leads past the I-CSCF (it routes by the HSS only).
+§6.3). INVITE is refused with 501 (this core sets up no sessions yet), a request whose
+Route leads past the I-CSCF with 403 (it routes by the HSS only).
 
 `select_scscf`, `uar_for`, `lir_identity`, `reply_for_uaa` and `reply_for_lia` are pure;
 `Icscf` is the asyncio edge: a request's steps are callbacks of the Cx answer and of the
