@@ -1022,7 +1022,8 @@ class Scscf:
         base = {"origin_host": d.host, "origin_realm": d.realm}
         if isinstance(request, cx.RegistrationTerminationRequest):
             impus = list(request.public_identities) or None
-            again = request.deregistration_reason.reason_code == cx.ReasonCode.SERVER_CHANGE
+            why = request.deregistration_reason  # (mandatory; read with care all the same)
+            again = why is not None and why.reason_code == cx.ReasonCode.SERVER_CHANGE
             _count, actions = self.core.network_deregister(
                 request.user_name, impus, self._clock(), register_again=again
             )
