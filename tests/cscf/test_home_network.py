@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from contextlib import asynccontextmanager
 from dataclasses import replace
 
 import pytest
@@ -477,10 +478,12 @@ async def test_binding_expiry_sends_timeout_deregistration(tmp_path):
         await net.stop()
 
 
-@pytest.mark.redis
-async def test_two_scscfs_share_redis_bindings(tmp_path, redis_url):
-    """Two S-CSCF processes behind one Server-Name share the Redis store: a registration
-    made through one is refreshed and removed through the other."""
+@asynccontextmanager
+async def two_scscfs_on_redis(tmp_path, redis_url):
+    """The home network with its S-CSCF on a Redis prefix of its own and a second
+    S-CSCF behind the same Server-Name on the same prefix: yields (net, the second
+    one's server, its port, `via_icscf`: a request made as the I-CSCF would send it
+    to the second one). Both stopped and the keys removed after, also on failure."""
     from imsaka.cscf.registrar import RedisBindingStore
     from imsaka.cscf.scscf import ScscfServer
 
@@ -491,8 +494,6 @@ async def test_two_scscfs_share_redis_bindings(tmp_path, redis_url):
         await net.start()
         await net.scscf.stop()
         await net.start_scscf(RedisBindingStore(redis_url, prefix=prefix))
-        _, r200 = await full_registration(net, new_ue())
-        assert r200.status == 200
         other_port = __import__("tests.conftest", fromlist=["x"]).free_port(2)
         other = ScscfServer(
             replace(net.config.scscf, port=other_port),
@@ -503,7 +504,6 @@ async def test_two_scscfs_share_redis_bindings(tmp_path, redis_url):
         await other.node.wait_open(HSS_HOST, timeout=5)
 
         def via_icscf(req):
-            # What the I-CSCF would send to the second S-CSCF.
             req.add(
                 "Via",
                 f"SIP/2.0/UDP icscf1_p.home1.net:{net.pcscf_port};branch=z9hG4bK{os.urandom(5).hex()}",
@@ -512,22 +512,7 @@ async def test_two_scscfs_share_redis_bindings(tmp_path, redis_url):
             req.uri = net.server_name
             return req
 
-        yes = (
-            f'Digest username="{IMPI}", realm="{REALM}", nonce="", uri="sip:registrar.home1.net", '
-            f'response="", integrity-protected="yes"'
-        )
-        r = await net.client.send_request(
-            via_icscf(register(net, cseq=3, protected=True, authorization=yes)),
-            ("127.0.0.1", other_port),
-        )
-        assert r.status == 200  # the other S-CSCF knew the registration from Redis
-        r = await net.client.send_request(
-            via_icscf(register(net, cseq=4, protected=True, authorization=yes, expires=0)),
-            ("127.0.0.1", other_port),
-        )
-        assert r.status == 200
-        assert await net.scscf.scscf.store.get(IMPUS[0]) is None
-        assert other.census()["bindings"] == 0
+        yield net, other, other_port, via_icscf
     finally:
         if other is not None:
             await other.stop()
@@ -535,6 +520,88 @@ async def test_two_scscfs_share_redis_bindings(tmp_path, redis_url):
         await cleanup.clear()
         await cleanup.close()
         await net.stop()
+
+
+PROTECTED_YES = (
+    f'Digest username="{IMPI}", realm="{REALM}", nonce="", uri="sip:registrar.home1.net", '
+    f'response="", integrity-protected="yes"'
+)
+
+
+@pytest.mark.redis
+async def test_two_scscfs_share_redis_bindings(tmp_path, redis_url):
+    """Two S-CSCF processes behind one Server-Name share the Redis store: a registration
+    made through one is refreshed and removed through the other."""
+    async with two_scscfs_on_redis(tmp_path, redis_url) as (net, other, other_port, via_icscf):
+        _, r200 = await full_registration(net, new_ue())
+        assert r200.status == 200
+        r = await net.client.send_request(
+            via_icscf(register(net, cseq=3, protected=True, authorization=PROTECTED_YES)),
+            ("127.0.0.1", other_port),
+        )
+        assert r.status == 200  # the other S-CSCF knew the registration from Redis
+        r = await net.client.send_request(
+            via_icscf(
+                register(net, cseq=4, protected=True, authorization=PROTECTED_YES, expires=0)
+            ),
+            ("127.0.0.1", other_port),
+        )
+        assert r.status == 200
+        assert await net.scscf.scscf.store.get(IMPUS[0]) is None
+        assert other.census()["bindings"] == 0
+
+
+@pytest.mark.redis
+async def test_an_end_through_the_other_scscf_reaches_the_subscribers_held_here(
+    tmp_path, redis_url
+):
+    """The P-CSCF subscribed at one S-CSCF; the registration ends through the other
+    one sharing the store, by a de-REGISTER and then (registered again) by an RTR. The
+    other one publishes the end through Redis and the first NOTIFYs its subscriber
+    (TS 24.229 §5.4.2.1.2): before, the P-CSCF never heard of it and kept the UE's
+    SAs until the registration would have expired."""
+    async with two_scscfs_on_redis(tmp_path, redis_url) as (net, other, other_port, via_icscf):
+        here = net.scscf.scscf
+        for end in ("de-REGISTER", "RTR"):
+            _, r200 = await full_registration(net, new_ue())
+            assert r200.status == 200, end
+            notifies: list = []
+            r = await reg_event_subscribe(net, notifies)
+            assert r.status == 200
+            await wait_for(lambda: len(notifies) == 1)  # noqa: B023
+            if end == "de-REGISTER":
+                r = await net.client.send_request(
+                    via_icscf(
+                        register(
+                            net, cseq=4, protected=True, authorization=PROTECTED_YES, expires=0
+                        )
+                    ),
+                    ("127.0.0.1", other_port),
+                )
+                assert r.status == 200
+                event = "unregistered"
+            else:
+                rtr = cx.RegistrationTerminationRequest(
+                    session_id="hss;1;rtr",
+                    origin_host=HSS_HOST,
+                    origin_realm=REALM,
+                    destination_host=net.config.scscf.diameter.host,
+                    destination_realm=REALM,
+                    user_name=IMPI,
+                    deregistration_reason=cx.DeregistrationReason(0, "test"),
+                    public_identities=(IMPUS[0],),
+                )
+                answer = await other.scscf.handle_cx_request(rtr)
+                assert answer.result_code == cx.DIAMETER_SUCCESS
+                event = "rejected"
+            await wait_for(lambda: len(notifies) == 2)  # noqa: B023
+            last = notifies[1]
+            assert last.get("subscription-state").startswith("terminated"), end
+            assert f'event="{event}"'.encode() in last.body, (end, last.body)
+            assert net.scscf.census()["subscriptions"] == 0
+            assert await here.store.get(IMPUS[0]) is None
+        assert here.core.counters["ended_elsewhere_notified"] == 2
+        assert other.scscf.core.counters["ended_elsewhere_notified"] == 0
 
 
 async def test_nothing_left_behind_after_many_register_and_deregister(home):

@@ -17,14 +17,19 @@ it, so a monotonic clock would be meaningless to the next reader.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import random
 import re
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from imsaka.sip.compact import PackedWire, WirePacker
+
+log = logging.getLogger("imsaka.cscf.registrar")
 
 __all__ = [
     "BindingStore",
@@ -398,6 +403,17 @@ class BindingStore(Protocol):
         (one S-CSCF takes them, once)."""
         ...
 
+    async def publish_ended(self, record: dict) -> None:
+        """Tell every S-CSCF sharing the store that a registration ended here (`record`:
+        notifier, IMPU, IMPI, reason, the registration's JSON), so that the one holding
+        reg-event subscriptions to it NOTIFYs them."""
+        ...
+
+    async def follow_ended(self, on_record: Callable[[dict], None]) -> None:
+        """Until cancelled: `on_record` for every record `publish_ended` sends (its own
+        too); returns at once where there is nobody else to hear from."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -484,6 +500,12 @@ class MemoryBindingStore:
 
     async def take_challenges(self, notifier: str) -> list[dict]:
         return []
+
+    async def publish_ended(self, record: dict) -> None:
+        return None  # one process: nobody else holds subscriptions to its registrations
+
+    async def follow_ended(self, on_record: Callable[[dict], None]) -> None:
+        return None
 
     async def close(self) -> None:
         return None
@@ -654,6 +676,37 @@ class RedisBindingStore:
         if type(items) is list:
             out = [d for d in items if type(d) is dict]
         return out
+
+    async def publish_ended(self, record: dict) -> None:
+        await self._redis.publish(f"{self._prefix}ended", json.dumps(record, separators=(",", ":")))
+
+    async def follow_ended(self, on_record: Callable[[dict], None]) -> None:
+        channel = f"{self._prefix}ended"
+        me = asyncio.current_task()
+        # (redis-py's reads can swallow a cancellation: the loop looks for one itself,
+        # reading with a timeout so that it gets to look)
+        while me is None or not me.cancelling():
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(channel)
+                while me is None or not me.cancelling():
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                    if message is None or message.get("type") != "message":
+                        continue
+                    try:
+                        record = json.loads(message["data"])
+                    except (TypeError, ValueError):
+                        continue
+                    if type(record) is dict:
+                        on_record(record)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis gone for a while: listen again when back
+                log.warning("binding store: following ended registrations: %s", exc)
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
 
     async def clear(self) -> None:
         """Remove every key under this store's prefix (tests, lab reset)."""

@@ -381,6 +381,9 @@ class Scscf:
         # a stop asked for (`ScscfServer.drain`): the open challenges are written for
         # the next S-CSCF on the same store (`close`)
         self.keep_challenges = False
+        # With a shared store: hears of the registrations the other S-CSCFs end
+        # (`_ended_elsewhere`), for the subscriptions to them held here.
+        self._follower: asyncio.Future | None = None
 
     # ------------------------------------------------------------- life cycle
 
@@ -393,6 +396,8 @@ class Scscf:
         for record in await self.store.all_subscriptions(self._contact):
             self._adopt_subscription(record, now)
         await self._take_challenges(now)
+        if self._shared:
+            self._follower = asyncio.ensure_future(self.store.follow_ended(self._ended_elsewhere))
         # Registrations that lapsed while we were down expire now (TIMEOUT SAR), their
         # subscribers told.
         await self._run_actions(self.core.handle_timer(now))
@@ -402,6 +407,11 @@ class Scscf:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._follower
+            self._follower = None
         for sub in list(self.subscriptions):
             self.subscriptions.disarm(sub)
         for task in list(self._tasks):
@@ -702,6 +712,55 @@ class Scscf:
             body = reginfo_body(reg.impu, reg, version=sub.version, now=now, ended=stored.ended)
             self._send_notify(sub, body, now)
 
+    async def _read_store(self, impu: str) -> Registration | None:
+        """`impu`'s record in the store, or None (none there, or the store is down)."""
+        try:
+            return await self.store.get(impu)
+        except Exception as exc:
+            log.warning("binding store: %s not read: %s", impu, exc)
+            return None
+
+    async def _publish_ended(self, removed: RemoveRegistration) -> None:
+        """Tell the S-CSCFs sharing the store that `removed` ended here: one of them may
+        hold reg-event subscriptions to it (`_ended_elsewhere`)."""
+        reg = removed.registration
+        record = {
+            "notifier": self._contact,
+            "impu": removed.impu,
+            "impi": removed.impi,
+            "reason": removed.reason,
+            "registration": reg.to_json() if reg is not None else None,
+        }
+        try:
+            await self.store.publish_ended(record)
+        except Exception as exc:  # the store is down: our own subscribers were told
+            log.warning("binding store: end of %s not published: %s", removed.impu, exc)
+
+    def _ended_elsewhere(self, record: dict) -> None:
+        """Another S-CSCF sharing the store ended a registration (de-registration, RTR,
+        expiry): the reg-event subscriptions to it held here get their terminated
+        NOTIFY (TS 24.229 §5.4.2.1.2), as if it had ended here. Two S-CSCFs behind one
+        Server-Name take a UE's REGISTERs, an RTR and the SUBSCRIBEs in any order."""
+        if self._closed or record.get("notifier") == self._contact:
+            return
+        impu, impi, reason = record.get("impu"), record.get("impi"), record.get("reason")
+        if type(impu) is not str or not self.subscriptions.of_impu(impu):
+            return
+        reg: Registration | None = None
+        text = record.get("registration")
+        if type(text) is str:
+            with contextlib.suppress(Exception):  # unreadable: its contacts go unnamed
+                reg = Registration.from_json(text)
+        removed = RemoveRegistration(
+            impu,
+            impi if type(impi) is str else "",
+            reason if type(reason) is str else "network-initiated",
+            reg,
+        )
+        self.core.counters["ended_elsewhere_notified"] += 1
+        self._notify_terminated(removed)
+        self._rearm()
+
     def _notify_terminated(self, removed: RemoveRegistration) -> None:
         """The registration ended: tell every subscriber (TS 24.229 §5.4.1.5, §5.4.2.1.2),
         so that the P-CSCF removes the UE's security associations."""
@@ -825,6 +884,8 @@ class Scscf:
                 else:
                     await self._store(self.store.delete(action.impu))
                 self._notify_terminated(action)
+                if action.impu not in claimed_elsewhere:  # (the claimer tells the rest)
+                    await self._publish_ended(action)
             elif (
                 isinstance(action, AskAssignment)
                 and action.assignment_type is AssignmentType.TIMEOUT_DEREGISTRATION
@@ -1022,6 +1083,14 @@ class Scscf:
         base = {"origin_host": d.host, "origin_realm": d.realm}
         if isinstance(request, cx.RegistrationTerminationRequest):
             impus = list(request.public_identities) or None
+            if self._shared:
+                # The registration may have been made or refreshed through another
+                # S-CSCF sharing the store: read it, so that its end is told (to our
+                # subscribers, and through the store to the others').
+                for impu in impus or []:
+                    stored = await self._read_store(impu)
+                    if stored is not None:
+                        self.core.load(stored)
             why = request.deregistration_reason  # (mandatory; read with care all the same)
             again = why is not None and why.reason_code == cx.ReasonCode.SERVER_CHANGE
             _count, actions = self.core.network_deregister(
