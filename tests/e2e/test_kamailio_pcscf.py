@@ -48,14 +48,21 @@ async def core(request, tmp_path) -> AsyncIterator[tuple[Network, KamailioPcscf]
         yield net, kam
 
 
-async def test_registration_through_kamailio_pcscf(core):
-    net, kam = core
-    sub = net.subscribers[0]
+async def _ue_behind(net: Network, kam: KamailioPcscf, sub) -> UeClient:
+    """Our UE for `sub`, started, registering through Kamailio without sec-agree and
+    without a reg-event subscription of its own."""
     config = net.ue_config(
         sub, pcscf=("127.0.0.1", kam.sip_port), sec_agree=False, subscribe_reg_event=False
     )
     ue = UeClient(config, observers=[net.trace])
     await ue.start()
+    return ue
+
+
+async def test_registration_through_kamailio_pcscf(core):
+    net, kam = core
+    sub = net.subscribers[0]
+    ue = await _ue_behind(net, kam, sub)
     try:
         res = await ue.register(10)
         assert res.ok and not res.protected, (res, kam.tail())
@@ -101,11 +108,7 @@ async def test_kamailio_pcscf_subscribes_through_our_icscf_and_hears_of_an_rtr(c
     logs "Unknown Event rejected" and keeps the contact until it expires."""
     net, kam = core
     sub = net.subscribers[1]
-    config = net.ue_config(
-        sub, pcscf=("127.0.0.1", kam.sip_port), sec_agree=False, subscribe_reg_event=False
-    )
-    ue = UeClient(config, observers=[net.trace])
-    await ue.start()
+    ue = await _ue_behind(net, kam, sub)
     try:
         res = await ue.register(10)
         assert res.ok, (res, kam.tail())
