@@ -604,6 +604,32 @@ async def test_an_end_through_the_other_scscf_reaches_the_subscribers_held_here(
         assert other.scscf.core.counters["ended_elsewhere_notified"] == 0
 
 
+@pytest.mark.redis
+async def test_a_subscription_at_the_other_scscf_to_a_registration_made_here(tmp_path, redis_url):
+    """The SUBSCRIBE reaches the second S-CSCF (behind one Server-Name the I-CSCF may
+    route it to either): it reads the registration from the store and takes it (it
+    answered 480, not registered, before); the de-registration through the first one
+    then reaches that subscriber through the store's channel."""
+    async with two_scscfs_on_redis(tmp_path, redis_url) as (net, other, other_port, _):
+        _, r200 = await full_registration(net, new_ue())
+        assert r200.status == 200
+        notifies: list = []
+        r = await reg_event_subscribe(net, notifies, port=other_port)
+        assert r.status == 200, r
+        await wait_for(lambda: len(notifies) == 1)
+        assert b'state="active"' in notifies[0].body
+        assert other.census()["subscriptions"] == 1
+        r = await send(
+            net, register(net, cseq=3, protected=True, authorization=PROTECTED_YES, expires=0)
+        )
+        assert r.status == 200
+        await wait_for(lambda: len(notifies) == 2)
+        assert notifies[1].get("subscription-state").startswith("terminated")
+        assert b'event="unregistered"' in notifies[1].body
+        assert other.census()["subscriptions"] == 0
+        assert other.scscf.core.counters["ended_elsewhere_notified"] == 1
+
+
 async def test_nothing_left_behind_after_many_register_and_deregister(home):
     from imsaka.hss.subscriber import validate_subscriber
 
@@ -747,14 +773,18 @@ def collect_notifies(net: HomeNetwork, notifies: list | None = None) -> list:
     return got
 
 
-async def reg_event_subscribe(net: HomeNetwork, notifies: list, *, expires: int = 600000):
-    """The P-CSCF's SUBSCRIBE to the reg event of user1_public1 (TS 24.229 §5.2.3)."""
+async def reg_event_subscribe(
+    net: HomeNetwork, notifies: list, *, expires: int = 600000, port: int | None = None
+):
+    """The P-CSCF's SUBSCRIBE to the reg event of user1_public1 (TS 24.229 §5.2.3), to
+    the S-CSCF (or another one at `port`)."""
+    port = net.scscf_port if port is None else port
     collect_notifies(net, notifies)
     text = (
         f"SUBSCRIBE {IMPUS[0]} SIP/2.0\r\n"
         f"Via: SIP/2.0/UDP 127.0.0.1:{net.pcscf_port};branch=z9hG4bK{os.urandom(6).hex()}\r\n"
         "Max-Forwards: 70\r\n"
-        f"Route: <sip:orig@scscf1.home1.net:{net.scscf_port};lr>\r\n"
+        f"Route: <sip:orig@scscf1.home1.net:{port};lr>\r\n"
         "From: <sip:pcscf1.visited1.net>;tag=sub1\r\n"
         f"To: <{IMPUS[0]}>\r\n"
         "Call-ID: reg-event-1\r\nCSeq: 1 SUBSCRIBE\r\n"
@@ -763,9 +793,7 @@ async def reg_event_subscribe(net: HomeNetwork, notifies: list, *, expires: int 
         f"Contact: <sip:127.0.0.1:{net.pcscf_port}>\r\n"
         "Content-Length: 0\r\n\r\n"
     )
-    return await net.client.send_request(
-        parse_message(text.encode()), ("127.0.0.1", net.scscf_port)
-    )
+    return await net.client.send_request(parse_message(text.encode()), ("127.0.0.1", port))
 
 
 async def wait_for(predicate, timeout: float = 5.0):

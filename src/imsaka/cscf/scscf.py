@@ -537,14 +537,23 @@ class Scscf:
         """`handle_request` without a task where none is needed: the request is handled
         here and now (a SUBSCRIBE, a REGISTER with the memory store: its MAR/SAR run in
         their own task), or the coroutine that handles it (a REGISTER whose record is
-        read from a shared store first) is returned for the caller to run."""
+        read from a shared store first, a SUBSCRIBE to a registration not known here
+        yet) is returned for the caller to run."""
         method = request.method
         if method == "SUBSCRIBE":
+            if self._shared:
+                impu = self._unknown_watched(request)
+                if impu is not None:
+                    return self._subscribe_shared(impu, request, respond)
             self._subscribe(request, respond)
             return None
         if method != "REGISTER":
             # Sessions through the S-CSCF are not this issue's; say so instead of dropping.
-            respond(make_response(request, 501, "Not Implemented (S-CSCF handles REGISTER only)"))
+            respond(
+                make_response(
+                    request, 501, "Not Implemented (S-CSCF handles REGISTER and SUBSCRIBE only)"
+                )
+            )
             return None
         try:
             reg_req = register_request_from_sip(request, self._shared)
@@ -557,6 +566,25 @@ class Scscf:
         self._run_now(self._register(request, respond, reg_req))
         self._rearm()
         return None
+
+    def _unknown_watched(self, request: Request) -> str | None:
+        """The IMPU a SUBSCRIBE watches when no live registration of it is known here;
+        None when one is (or the To does not parse: `_subscribe` answers that)."""
+        try:
+            impu = request.to.uri
+        except SipParseError:
+            return None
+        return impu if self.core.lookup(impu, self._clock()) is None else None
+
+    async def _subscribe_shared(self, impu: str, request: Request, respond: Respond) -> None:
+        """A SUBSCRIBE to a registration not known here, with a shared store: it may have
+        been made through another S-CSCF sharing it (behind one Server-Name, the I-CSCF
+        routes the SUBSCRIBE to either: TS 24.229 §5.3.2.1), so it is read first."""
+        stored = await self._read_store(impu)
+        if stored is not None:
+            self.core.load(stored)
+        self._subscribe(request, respond)
+        self._rearm()
 
     async def _register_shared(
         self, request: Request, respond: Respond, reg_req: RegisterRequest
