@@ -277,7 +277,9 @@ def _tshark_hint(pcap: str, esp_keys: str | None, pcap_esp: str, ports: dict[str
         steps.append(f"cp {esp_keys} ~/.config/wireshark/esp_sa")
     args = [f"tshark -r {pcap}", f"-d tcp.port=={ports['diameter']},diameter"]
     if esp_keys:
-        args.append("-o esp.enable_encryption_decode:TRUE")
+        # (the SIP inside ESP is found by its heuristic: a protected port can be one
+        # tshark gives another protocol)
+        args.append("-o esp.enable_encryption_decode:TRUE -o udp.try_heuristic_first:TRUE")
     if pcap_esp == "udp":
         args += [
             f"-d udp.port=={ports['port_c']},udpencap",

@@ -17,6 +17,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.tshark]
 
 def tshark(pcap, keys, *extra: str) -> str:
     args = ["tshark", "-n", "-r", str(pcap), "-o", "esp.enable_encryption_decode:TRUE"]
+    args += ["-o", "udp.try_heuristic_first:TRUE"]  # SIP inside ESP, whatever its ports
     for line in keys.read_text().splitlines():
         if line.strip():
             args += ["-o", f"uat:esp_sa:{line}"]
