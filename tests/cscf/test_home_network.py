@@ -29,6 +29,13 @@ ICID = 'icid-value="AyretyU0dm+6O2IrT5tAFrbHLso=023551024"'
 CALL_ID = "apb03a0s09dkjdfglkj49111"
 
 
+# A re-REGISTER's Authorization over the SAs (TS 24.229 §5.1.1.4.1): no AKA run.
+PROTECTED_YES = (
+    f'Digest username="{IMPI}", realm="{REALM}", nonce="", uri="sip:registrar.home1.net", '
+    f'response="", integrity-protected="yes"'
+)
+
+
 def register(
     net: HomeNetwork,
     *,
@@ -317,10 +324,7 @@ async def test_reregistration_and_deregistration(home):
             home,
             cseq=3,
             protected=True,
-            authorization=(
-                f'Digest username="{IMPI}", realm="{REALM}", nonce="", uri="sip:registrar.home1.net", '
-                f'response="", integrity-protected="yes"'
-            ),
+            authorization=PROTECTED_YES,
         ),
     )
     assert r.status == 200
@@ -340,10 +344,7 @@ async def test_reregistration_and_deregistration(home):
             cseq=4,
             protected=True,
             expires=0,
-            authorization=(
-                f'Digest username="{IMPI}", realm="{REALM}", nonce="", uri="sip:registrar.home1.net", '
-                f'response="", integrity-protected="yes"'
-            ),
+            authorization=PROTECTED_YES,
         ),
     )
     assert r.status == 200
@@ -399,10 +400,7 @@ async def test_redis_bindings_survive_an_scscf_restart(redis_home):
             net,
             cseq=3,
             protected=True,
-            authorization=(
-                f'Digest username="{IMPI}", realm="{REALM}", nonce="", uri="sip:registrar.home1.net", '
-                f'response="", integrity-protected="yes"'
-            ),
+            authorization=PROTECTED_YES,
         ),
     )
     assert r.status == 200  # accepted without a challenge: the binding survived
@@ -520,12 +518,6 @@ async def two_scscfs_on_redis(tmp_path, redis_url):
         await cleanup.clear()
         await cleanup.close()
         await net.stop()
-
-
-PROTECTED_YES = (
-    f'Digest username="{IMPI}", realm="{REALM}", nonce="", uri="sip:registrar.home1.net", '
-    f'response="", integrity-protected="yes"'
-)
 
 
 @pytest.mark.redis
@@ -840,11 +832,9 @@ async def test_reg_event_notify_on_user_deregistration(home):
     notifies: list = []
     assert (await reg_event_subscribe(home, notifies)).status == 200
     await wait_for(lambda: len(notifies) == 1)
-    yes = (
-        f'Digest username="{IMPI}", realm="{REALM}", nonce="", uri="sip:registrar.home1.net", '
-        f'response="", integrity-protected="yes"'
+    r = await send(
+        home, register(home, cseq=3, protected=True, expires=0, authorization=PROTECTED_YES)
     )
-    r = await send(home, register(home, cseq=3, protected=True, expires=0, authorization=yes))
     assert r.status == 200
     await wait_for(lambda: len(notifies) == 2)
     assert notifies[1].get("subscription-state") == "terminated;reason=deactivated"

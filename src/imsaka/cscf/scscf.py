@@ -580,9 +580,7 @@ class Scscf:
         """A SUBSCRIBE to a registration not known here, with a shared store: it may have
         been made through another S-CSCF sharing it (behind one Server-Name, the I-CSCF
         routes the SUBSCRIBE to either: TS 24.229 §5.3.2.1), so it is read first."""
-        stored = await self._read_store(impu)
-        if stored is not None:
-            self.core.load(stored)
+        await self._adopt_stored(impu)
         self._subscribe(request, respond)
         self._rearm()
 
@@ -740,13 +738,17 @@ class Scscf:
             body = reginfo_body(reg.impu, reg, version=sub.version, now=now, ended=stored.ended)
             self._send_notify(sub, body, now)
 
-    async def _read_store(self, impu: str) -> Registration | None:
-        """`impu`'s record in the store, or None (none there, or the store is down)."""
+    async def _adopt_stored(self, impu: str) -> None:
+        """`impu`'s record from the shared store taken up here, if there is one (another
+        S-CSCF sharing the store may have made or refreshed it); nothing when the store
+        is down."""
         try:
-            return await self.store.get(impu)
+            stored = await self.store.get(impu)
         except Exception as exc:
             log.warning("binding store: %s not read: %s", impu, exc)
-            return None
+            return
+        if stored is not None:
+            self.core.load(stored)
 
     async def _publish_ended(self, removed: RemoveRegistration) -> None:
         """Tell the S-CSCFs sharing the store that `removed` ended here: one of them may
@@ -1116,9 +1118,7 @@ class Scscf:
                 # S-CSCF sharing the store: read it, so that its end is told (to our
                 # subscribers, and through the store to the others').
                 for impu in impus or []:
-                    stored = await self._read_store(impu)
-                    if stored is not None:
-                        self.core.load(stored)
+                    await self._adopt_stored(impu)
             why = request.deregistration_reason  # (mandatory; read with care all the same)
             again = why is not None and why.reason_code == cx.ReasonCode.SERVER_CHANGE
             _count, actions = self.core.network_deregister(
