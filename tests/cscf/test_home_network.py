@@ -596,6 +596,111 @@ async def test_an_end_through_the_other_scscf_reaches_the_subscribers_held_here(
         assert other.scscf.core.counters["ended_elsewhere_notified"] == 0
 
 
+def with_second_contact(request, call_id: str):
+    """`request` as the same UE sends it for a second contact (another host) under
+    another Call-ID."""
+    text = bytes(request).replace(
+        b"Contact: <sip:[5555::aaa:bbb:ccc:ddd]", b"Contact: <sip:[5555::aaa:bbb:ccc:eee]"
+    )
+    return parse_message(text.replace(CALL_ID.encode(), call_id.encode()))
+
+
+@pytest.mark.redis
+async def test_a_contact_change_through_the_other_scscf_reaches_the_subscribers_held_here(
+    tmp_path, redis_url
+):
+    """The P-CSCF subscribed at one S-CSCF; through the other one sharing the store the
+    UE registers a second contact (a new AKA run), then de-registers that contact
+    alone. Each change is published through Redis and the first S-CSCF NOTIFYs its
+    subscriber with the record as written (TS 24.229 §5.4.2.1.2): before, a change short
+    of an end reached nobody."""
+    async with two_scscfs_on_redis(tmp_path, redis_url) as (net, other, other_port, via_icscf):
+        here = net.scscf.scscf
+        ue = new_ue()
+        _, r200 = await full_registration(net, ue)
+        assert r200.status == 200
+        notifies: list = []
+        r = await reg_event_subscribe(net, notifies)
+        assert r.status == 200
+        await wait_for(lambda: len(notifies) == 1)
+        assert b"ccc:eee" not in notifies[0].body
+
+        def second(body: bytes) -> list[bytes]:
+            """The second contact's elements (one in each registration of the implicit
+            set)."""
+            return [c for c in body.split(b"<contact ")[1:] if b"ccc:eee" in c]
+
+        async def to_other(request):
+            request = with_second_contact(request, "second-contact")
+            return await net.client.send_request(via_icscf(request), ("127.0.0.1", other_port))
+
+        r401 = await to_other(register(net, cseq=1, authorization=empty_auth(), protected=False))
+        assert r401.status == 401, r401
+        auth = answer_auth(r401.www_authenticate, ue)
+        r = await to_other(register(net, cseq=2, authorization=auth, protected=True))
+        assert r.status == 200, r
+        assert len(r.get_all("contact")) == 2
+        await wait_for(lambda: len(notifies) == 2)
+        body = notifies[1].body
+        assert notifies[1].get("subscription-state").startswith("active")
+        assert len(second(body)) == len(IMPUS) and b'state="terminated"' not in body, body
+
+        r = await to_other(
+            register(net, cseq=3, protected=True, authorization=PROTECTED_YES, expires=0)
+        )
+        assert r.status == 200, r
+        await wait_for(lambda: len(notifies) == 3)
+        body = notifies[2].body
+        assert notifies[2].get("subscription-state").startswith("active")
+        assert b'<registration aor="' in body and b'state="active"' in body
+        assert len(second(body)) == len(IMPUS), body
+        for gone in second(body):
+            assert b'state="terminated"' in gone and b'event="unregistered"' in gone, body
+        assert body.count(b'state="terminated"') == len(IMPUS)
+        # the first S-CSCF took up the record as the other one wrote it
+        assert list(here.core.registrations[IMPUS[0]].contacts) == [
+            "sip:[5555::aaa:bbb:ccc:ddd]:1357;comp=sigcomp"
+        ]
+        assert here.core.counters["changed_elsewhere_notified"] == 2
+        assert other.scscf.core.counters["changed_elsewhere_notified"] == 0
+        assert net.scscf.census()["subscriptions"] == 1
+
+
+@pytest.mark.redis
+async def test_a_damaged_change_on_the_channel_is_counted_and_changes_nothing(tmp_path, redis_url):
+    """Records on the changes channel that do not read as a registration of the IMPU
+    they name (another version's, damaged) are counted and dropped: no NOTIFY, the
+    registration held here as it was, the follower still listening."""
+    async with two_scscfs_on_redis(tmp_path, redis_url) as (net, other, *_):
+        here = net.scscf.scscf
+        _, r200 = await full_registration(net, new_ue())
+        assert r200.status == 200
+        notifies: list = []
+        assert (await reg_event_subscribe(net, notifies)).status == 200
+        await wait_for(lambda: len(notifies) == 1)
+        held = here.core.registrations[IMPUS[0]]
+        good = held.to_json()
+        base = {"notifier": "<sip:elsewhere>", "kind": "changed", "impu": IMPUS[0]}
+        damaged = [
+            {**base, "registration": "{not json"},
+            {**base, "registration": None},
+            {**base, "registration": good, "ended": [[{"uri": 7}, "unregistered"]]},
+            {**base, "registration": good, "ended": "nothing"},
+            {**base, "impu": IMPUS[1], "registration": good},
+        ]
+        for record in damaged:
+            await other.scscf.store.publish_change(record)
+        await wait_for(lambda: here.core.counters["change_unreadable"] == len(damaged) - 1)
+        # (the IMPU of the last one is not held here: not read at all)
+        await asyncio.sleep(0.2)
+        assert len(notifies) == 1
+        assert here.core.registrations[IMPUS[0]] is held
+        assert here.core.counters["changed_elsewhere_notified"] == 0
+        await other.scscf.store.publish_change({**base, "registration": good, "added": True})
+        await wait_for(lambda: len(notifies) == 2)
+        assert here.core.counters["changed_elsewhere_notified"] == 1
+
+
 @pytest.mark.redis
 async def test_a_subscription_at_the_other_scscf_to_a_registration_made_here(tmp_path, redis_url):
     """The SUBSCRIBE reaches the second S-CSCF (behind one Server-Name the I-CSCF may

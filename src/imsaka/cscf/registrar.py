@@ -403,14 +403,15 @@ class BindingStore(Protocol):
         (one S-CSCF takes them, once)."""
         ...
 
-    async def publish_ended(self, record: dict) -> None:
-        """Tell every S-CSCF sharing the store that a registration ended here (`record`:
-        notifier, IMPU, IMPI, reason, the registration's JSON), so that the one holding
-        reg-event subscriptions to it NOTIFYs them."""
+    async def publish_change(self, record: dict) -> None:
+        """Tell every S-CSCF sharing the store that a registration ended here or that a
+        contact of it came or went (`record`: notifier, kind `ended` or `changed`, IMPU,
+        the registration's JSON, …), so that the one holding reg-event subscriptions to
+        it NOTIFYs them."""
         ...
 
-    async def follow_ended(self, on_record: Callable[[dict], None]) -> None:
-        """Until cancelled: `on_record` for every record `publish_ended` sends (its own
+    async def follow_changes(self, on_record: Callable[[dict], None]) -> None:
+        """Until cancelled: `on_record` for every record `publish_change` sends (its own
         too); returns at once where there is nobody else to hear from."""
         ...
 
@@ -501,10 +502,10 @@ class MemoryBindingStore:
     async def take_challenges(self, notifier: str) -> list[dict]:
         return []
 
-    async def publish_ended(self, record: dict) -> None:
+    async def publish_change(self, record: dict) -> None:
         return None  # one process: nobody else holds subscriptions to its registrations
 
-    async def follow_ended(self, on_record: Callable[[dict], None]) -> None:
+    async def follow_changes(self, on_record: Callable[[dict], None]) -> None:
         return None
 
     async def close(self) -> None:
@@ -677,11 +678,12 @@ class RedisBindingStore:
             out = [d for d in items if type(d) is dict]
         return out
 
-    async def publish_ended(self, record: dict) -> None:
-        await self._redis.publish(f"{self._prefix}ended", json.dumps(record, separators=(",", ":")))
+    async def publish_change(self, record: dict) -> None:
+        text = json.dumps(record, separators=(",", ":"))
+        await self._redis.publish(f"{self._prefix}changes", text)
 
-    async def follow_ended(self, on_record: Callable[[dict], None]) -> None:
-        channel = f"{self._prefix}ended"
+    async def follow_changes(self, on_record: Callable[[dict], None]) -> None:
+        channel = f"{self._prefix}changes"
         me = asyncio.current_task()
         # (redis-py's reads can swallow a cancellation: the loop looks for one itself,
         # reading with a timeout so that it gets to look)
@@ -702,7 +704,7 @@ class RedisBindingStore:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis gone for a while: listen again when back
-                log.warning("binding store: following ended registrations: %s", exc)
+                log.warning("binding store: following registration changes: %s", exc)
                 await asyncio.sleep(1.0)
             finally:
                 with contextlib.suppress(Exception):

@@ -47,6 +47,7 @@ from imsaka.cscf.regevent import (
 from imsaka.cscf.registrar import (
     BindingStore,
     Claim,
+    ContactBinding,
     MemoryBindingStore,
     Registration,
     open_binding_store,
@@ -381,8 +382,8 @@ class Scscf:
         # a stop asked for (`ScscfServer.drain`): the open challenges are written for
         # the next S-CSCF on the same store (`close`)
         self.keep_challenges = False
-        # With a shared store: hears of the registrations the other S-CSCFs end
-        # (`_ended_elsewhere`), for the subscriptions to them held here.
+        # With a shared store: hears of the registrations the other S-CSCFs end or
+        # change (`_changed_elsewhere`), for the subscriptions to them held here.
         self._follower: asyncio.Future | None = None
 
     # ------------------------------------------------------------- life cycle
@@ -397,7 +398,9 @@ class Scscf:
             self._adopt_subscription(record, now)
         await self._take_challenges(now)
         if self._shared:
-            self._follower = asyncio.ensure_future(self.store.follow_ended(self._ended_elsewhere))
+            self._follower = asyncio.ensure_future(
+                self.store.follow_changes(self._changed_elsewhere)
+            )
         # Registrations that lapsed while we were down expire now (TIMEOUT SAR), their
         # subscribers told.
         await self._run_actions(self.core.handle_timer(now))
@@ -752,30 +755,58 @@ class Scscf:
 
     async def _publish_ended(self, removed: RemoveRegistration) -> None:
         """Tell the S-CSCFs sharing the store that `removed` ended here: one of them may
-        hold reg-event subscriptions to it (`_ended_elsewhere`)."""
+        hold reg-event subscriptions to it (`_changed_elsewhere`)."""
         reg = removed.registration
-        record = {
-            "notifier": self._contact,
-            "impu": removed.impu,
-            "impi": removed.impi,
-            "reason": removed.reason,
-            "registration": reg.to_json() if reg is not None else None,
-        }
-        try:
-            await self.store.publish_ended(record)
-        except Exception as exc:  # the store is down: our own subscribers were told
-            log.warning("binding store: end of %s not published: %s", removed.impu, exc)
+        await self._publish(
+            {
+                "notifier": self._contact,
+                "kind": "ended",
+                "impu": removed.impu,
+                "impi": removed.impi,
+                "reason": removed.reason,
+                "registration": reg.to_json() if reg is not None else None,
+            }
+        )
 
-    def _ended_elsewhere(self, record: dict) -> None:
+    async def _publish_changed(self, stored: StoreRegistration) -> None:
+        """Tell the S-CSCFs sharing the store that a contact of a registration that stays
+        came or went here (`_notify_changed` told our own subscribers)."""
+        reg = stored.registration
+        await self._publish(
+            {
+                "notifier": self._contact,
+                "kind": "changed",
+                "impu": reg.impu,
+                "registration": reg.to_json(),
+                "ended": [[binding.to_dict(), event] for binding, event in stored.ended],
+                "added": stored.added,
+            }
+        )
+
+    async def _publish(self, record: dict) -> None:
+        try:
+            await self.store.publish_change(record)
+        except Exception as exc:  # the store is down: our own subscribers were told
+            log.warning("binding store: change of %s not published: %s", record["impu"], exc)
+
+    def _changed_elsewhere(self, record: dict) -> None:
         """Another S-CSCF sharing the store ended a registration (de-registration, RTR,
-        expiry): the reg-event subscriptions to it held here get their terminated
-        NOTIFY (TS 24.229 §5.4.2.1.2), as if it had ended here. Two S-CSCFs behind one
-        Server-Name take a UE's REGISTERs, an RTR and the SUBSCRIBEs in any order."""
+        expiry) or added or removed a contact of one: the reg-event subscriptions to it
+        held here get the NOTIFY they would have had had it happened here (TS 24.229
+        §5.4.2.1.2). Two S-CSCFs behind one Server-Name take a UE's REGISTERs, an RTR
+        and the SUBSCRIBEs in any order."""
         if self._closed or record.get("notifier") == self._contact:
             return
-        impu, impi, reason = record.get("impu"), record.get("impi"), record.get("reason")
-        if type(impu) is not str or not self.subscriptions.of_impu(impu):
+        impu = record.get("impu")
+        if type(impu) is not str:
             return
+        if record.get("kind") == "changed":
+            self._contacts_changed_elsewhere(impu, record)
+        elif self.subscriptions.of_impu(impu):
+            self._ended_elsewhere(impu, record)
+
+    def _ended_elsewhere(self, impu: str, record: dict) -> None:
+        impi, reason = record.get("impi"), record.get("reason")
         reg: Registration | None = None
         text = record.get("registration")
         if type(text) is str:
@@ -789,6 +820,33 @@ class Scscf:
         )
         self.core.counters["ended_elsewhere_notified"] += 1
         self._notify_terminated(removed)
+        self._rearm()
+
+    def _contacts_changed_elsewhere(self, impu: str, record: dict) -> None:
+        """The record as the other S-CSCF wrote it is taken up where this one holds the
+        registration or subscriptions to it (its copy here was older), and those
+        subscribers are told which contacts came or went."""
+        subscribed = bool(self.subscriptions.of_impu(impu))
+        if not subscribed and impu not in self.core.registrations:
+            return
+        try:
+            reg = Registration.from_json(record["registration"])
+            ended = tuple(
+                (ContactBinding.from_dict(binding), str(event))
+                for binding, event in record.get("ended") or ()
+            )
+        except Exception:  # (a record of another version, or damaged: not ours to fix)
+            self.core.counters["change_unreadable"] += 1
+            return
+        if reg.impu != impu:
+            self.core.counters["change_unreadable"] += 1
+            return
+        self.core.load(reg)
+        if subscribed:
+            self.core.counters["changed_elsewhere_notified"] += 1
+            self._notify_changed(
+                StoreRegistration(reg, ended=ended, added=record.get("added") is True)
+            )
         self._rearm()
 
     def _notify_terminated(self, removed: RemoveRegistration) -> None:
@@ -904,6 +962,7 @@ class Scscf:
                     written = True
                 if written and (action.ended or action.added):
                     self._notify_changed(action)
+                    await self._publish_changed(action)
             elif isinstance(action, RemoveRegistration):
                 if action.reason == "timeout":
                     claim = await self._claim_lapsed(action.impu)
