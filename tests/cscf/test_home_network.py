@@ -541,6 +541,44 @@ async def test_two_scscfs_share_redis_bindings(tmp_path, redis_url):
         assert r.status == 200
         assert await net.scscf.scscf.store.get(IMPUS[0]) is None
         assert other.census()["bindings"] == 0
+        # the first one heard of the end through the store's channel and dropped its
+        # copy (it stayed until the grant ran out, a week, before)
+        await wait_for(lambda: net.scscf.census()["bindings"] == 0)
+        assert net.scscf.scscf.core.counters["ended_elsewhere_forgotten"] == 1
+
+
+@pytest.mark.redis
+async def test_an_end_published_late_leaves_a_newer_registration_made_here(tmp_path, redis_url):
+    """An end published for a registration this S-CSCF has since made anew (the UE
+    registered again through it before the end reached it) leaves that one alone."""
+    async with two_scscfs_on_redis(tmp_path, redis_url) as (net, other, *_):
+        here = net.scscf.scscf
+        ue = new_ue()
+        assert (await full_registration(net, ue))[1].status == 200
+        ended = here.core.registrations[IMPUS[0]].to_json()
+        r = await send(
+            net, register(net, cseq=3, protected=True, authorization=PROTECTED_YES, expires=0)
+        )
+        assert r.status == 200
+        assert (await full_registration(net, ue, call_id="again"))[1].status == 200
+        record = {"notifier": "<sip:elsewhere>", "kind": "ended", "impu": IMPUS[0]}
+        await other.scscf.store.publish_change(
+            {**record, "impi": IMPI, "reason": "user-deregistration", "registration": ended}
+        )
+        await asyncio.sleep(0.3)
+        assert net.scscf.census()["bindings"] == 1
+        # nor a refresh made here after the copy that ended (same Call-ID, higher CSeq)
+        again = here.core.registrations[IMPUS[0]].to_json()
+        refresh = register(
+            net, cseq=3, protected=True, authorization=PROTECTED_YES, call_id="again"
+        )
+        assert (await send(net, refresh)).status == 200
+        await other.scscf.store.publish_change(
+            {**record, "impi": IMPI, "reason": "user-deregistration", "registration": again}
+        )
+        await asyncio.sleep(0.3)
+        assert net.scscf.census()["bindings"] == 1
+        assert here.core.counters["ended_elsewhere_forgotten"] == 0
 
 
 @pytest.mark.redis

@@ -802,7 +802,7 @@ class Scscf:
             return
         if record.get("kind") == "changed":
             self._contacts_changed_elsewhere(impu, record)
-        elif self.subscriptions.of_impu(impu):
+        elif self.subscriptions.of_impu(impu) or impu in self.core.registrations:
             self._ended_elsewhere(impu, record)
 
     def _ended_elsewhere(self, impu: str, record: dict) -> None:
@@ -812,6 +812,10 @@ class Scscf:
         if type(text) is str:
             with contextlib.suppress(Exception):  # unreadable: its contacts go unnamed
                 reg = Registration.from_json(text)
+        if reg is not None and reg.impu == impu:
+            self._forget_ended(reg)
+        if not self.subscriptions.of_impu(impu):
+            return
         removed = RemoveRegistration(
             impu,
             impi if type(impi) is str else "",
@@ -821,6 +825,22 @@ class Scscf:
         self.core.counters["ended_elsewhere_notified"] += 1
         self._notify_terminated(removed)
         self._rearm()
+
+    def _forget_ended(self, ended: Registration) -> None:
+        """Our copy of a registration that ended through another S-CSCF goes, unless it
+        is newer than the one that ended (the UE registered again through us since):
+        every contact of ours was in the ended one, made by the same REGISTER or one
+        before it. Otherwise it stayed until its own expiry, up to the grant (days)."""
+        held = self.core.registrations.get(ended.impu)
+        if held is None:
+            return
+        theirs = ended.contacts
+        for uri, ours in held.contacts.items():
+            binding = theirs.get(uri)
+            if binding is None or binding.call_id != ours.call_id or binding.cseq < ours.cseq:
+                return
+        self.core.forget(ended.impu)
+        self.core.counters["ended_elsewhere_forgotten"] += 1
 
     def _contacts_changed_elsewhere(self, impu: str, record: dict) -> None:
         """The record as the other S-CSCF wrote it is taken up where this one holds the
