@@ -423,7 +423,9 @@ class IcscfConfig:
     diameter: DiameterConfig
     """Cx towards the HSS (UAR/UAA)."""
     scscfs: tuple[ScscfEntry, ...]
-    """S-CSCFs it may select, in order of preference."""
+    """S-CSCFs it may select, in order of preference. Entries that repeat a name are
+    instances of one S-CSCF (one Server-Name at the HSS, sharing a binding store), tried
+    in their order as the targets of a DNS SRV record are by priority (RFC 3263 §4.4)."""
     address: str = "127.0.0.1"
     """IP address to listen on."""
     port: int = 5070
@@ -432,6 +434,13 @@ class IcscfConfig:
     """SIP transports served."""
     retry_after: int = 30
     """Retry-After (seconds) on the 480 answered while the HSS is unreachable or busy."""
+    scscf_timeout: float = 8.0
+    """Seconds an instance of an S-CSCF with several (`scscfs`) may leave a request
+    unanswered before the next instance gets it: longer than the S-CSCF's own Cx
+    timeout (a slow HSS is no reason to move), well inside the 32 s of the P-CSCF's
+    and the UE's Timer F."""
+    scscf_down_time: float = 30.0
+    """Seconds an instance that did not answer is tried after the others."""
 
     def scscf_by_name(self, server_name: str) -> ScscfEntry | None:
         key = _server_key(server_name)
@@ -439,6 +448,11 @@ class IcscfConfig:
             if _server_key(entry.name) == key:
                 return entry
         return None
+
+    def instances_of(self, server_name: str) -> tuple[ScscfEntry, ...]:
+        """Every entry with this Server-Name, in configuration order."""
+        key = _server_key(server_name)
+        return tuple(e for e in self.scscfs if _server_key(e.name) == key)
 
 
 def _server_key(name: str) -> str:
@@ -826,6 +840,16 @@ def _icscf(t: _Table, network: NetworkConfig) -> IcscfConfig:
             )
         )
         st.done()
+        for before in scscfs[:-1]:
+            if (before.address, before.port) == (scscfs[-1].address, scscfs[-1].port):
+                raise st.fail("port", f"{before.address}:{before.port} is listed twice")
+            if (
+                _server_key(before.name) == _server_key(name)
+                and before.capabilities != scscfs[-1].capabilities
+            ):
+                raise st.fail(
+                    "capabilities", f"differ from the other instance of {name} (one S-CSCF)"
+                )
     if not scscfs:
         raise t.fail("scscfs", "at least one S-CSCF is needed")
     cfg = IcscfConfig(
@@ -836,6 +860,8 @@ def _icscf(t: _Table, network: NetworkConfig) -> IcscfConfig:
         port=t.port("port", 5070),
         transports=t.strs("transports", ("udp", "tcp"), choices=TRANSPORTS),
         retry_after=t.int("retry_after", 30, lo=0, hi=86400),
+        scscf_timeout=t.float("scscf_timeout", 8.0),
+        scscf_down_time=t.float("scscf_down_time", 30.0, zero=True),
     )
     t.done()
     return cfg

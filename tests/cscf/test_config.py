@@ -78,6 +78,8 @@ def mutate(path: list[str], value) -> dict:
             "[scscf.diameter].reopen_dwas: must be at least 1",
         ),
         (["icscf", "scscfs"], [], "[icscf].scscfs: at least one"),
+        (["icscf", "scscf_timeout"], 0, "[icscf].scscf_timeout: must be greater than 0"),
+        (["icscf", "scscf_down_time"], -1, "[icscf].scscf_down_time: must be greater than 0"),
         (["icscf", "address"], "localhost", "[icscf].address: 'localhost' is not an IP address"),
         (["pcscf", "sec_agree"], "maybe", "[pcscf].sec_agree: must be one of"),
         (["pcscf", "max_in_flight"], -1, "[pcscf].max_in_flight: must be at least 0"),
@@ -107,6 +109,36 @@ def test_mistakes_name_the_field(path, value, message):
     text = str(info.value)
     assert text.startswith(message), text
     assert "\n" not in text
+
+
+def test_an_scscf_listed_twice_by_name_is_one_scscf_with_two_instances():
+    doc = example()
+    first = doc["icscf"]["scscfs"][0]
+    doc["icscf"]["scscfs"].append({**first, "address": "127.0.0.2"})
+    doc["icscf"]["scscf_timeout"] = 2.5
+    cfg = parse_config(doc)
+    instances = cfg.icscf.instances_of(first["name"].upper())
+    assert [e.address for e in instances] == ["127.0.0.1", "127.0.0.2"]
+    assert cfg.icscf.scscf_by_name(first["name"]) is instances[0]
+    assert (cfg.icscf.scscf_timeout, cfg.icscf.scscf_down_time) == (2.5, 30.0)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({}, "[icscf.scscfs[1]].port: 127.0.0.1:5080 is listed twice"),
+        ({"address": "127.0.0.2", "capabilities": [7]}, "[icscf.scscfs[1]].capabilities: differ"),
+    ],
+)
+def test_instances_of_one_scscf_must_differ_in_address_and_agree_in_capabilities(
+    change, message
+):
+    doc = example()
+    first = doc["icscf"]["scscfs"][0]
+    doc["icscf"]["scscfs"].append({**first, **change})
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc)
+    assert str(info.value).startswith(message), str(info.value)
 
 
 def test_watchdog_settings_reach_the_cx_node():

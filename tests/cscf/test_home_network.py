@@ -765,6 +765,77 @@ async def test_a_subscription_at_the_other_scscf_to_a_registration_made_here(tmp
         assert other.scscf.core.counters["ended_elsewhere_notified"] == 1
 
 
+async def icscf_with_instances(net: HomeNetwork, ports: list[int], timeout: float = 0.5):
+    """The I-CSCF restarted on its port with the S-CSCF's Server-Name served by an
+    instance at each of `ports`, in that order (`[[icscf.scscfs]]` repeating a name)."""
+    from imsaka.config import ScscfEntry
+    from imsaka.cscf.icscf import IcscfServer
+
+    instances = tuple(
+        ScscfEntry(name=net.server_name, address="127.0.0.1", port=port) for port in ports
+    )
+    config = replace(net.config.icscf, scscfs=instances, scscf_timeout=timeout)
+    await net.icscf.stop()
+    net.icscf = IcscfServer(config, net.config.network, observers=(net.events.append,))
+    await net.icscf.start()
+    await net.icscf.node.wait_open(HSS_HOST, timeout=5)
+    return net.icscf.icscf
+
+
+async def test_an_scscf_instance_that_does_not_answer_is_passed_over(home):
+    """The S-CSCF's first instance listens nowhere (UDP: no error comes back): after
+    `scscf_timeout` of silence the I-CSCF sends the REGISTER to the next instance of the
+    same Server-Name, with no second UAR, and sends the next request there at once (the
+    silent one is tried last for `scscf_down_time`)."""
+    silent = __import__("tests.conftest", fromlist=["x"]).free_port(2)
+    icscf = await icscf_with_instances(home, [silent, home.scscf_port], timeout=0.5)
+    t0 = asyncio.get_running_loop().time()
+    r401 = await send(home, register(home, cseq=1, authorization=empty_auth(), protected=False))
+    waited = asyncio.get_running_loop().time() - t0
+    assert r401.status == 401 and 0.5 <= waited < 3.0, (r401, waited)
+    uars = [m for m in cx_seen(home, "icscf") if isinstance(m, cx.UserAuthorizationRequest)]
+    assert len(uars) == 1
+    t0 = asyncio.get_running_loop().time()
+    auth = answer_auth(r401.www_authenticate, new_ue())
+    r200 = await send(home, register(home, cseq=2, authorization=auth, protected=True))
+    assert r200.status == 200
+    assert asyncio.get_running_loop().time() - t0 < 0.5
+    assert icscf.counters["scscf_instance_failover"] == 1
+    assert icscf.counters["scscf_instance_down"] == 1
+    assert icscf.counters["scscf_retry"] == 0
+    # the copy sent to the silent instance is left to its Timer F; nothing else waits
+    assert home.icscf.census()["client_requests_waiting"] == 1
+
+
+@pytest.mark.redis
+async def test_an_scscf_instance_gone_leaves_its_registrations_to_the_other(tmp_path, redis_url):
+    """Two instances of one S-CSCF share Redis behind one Server-Name. The registration
+    is made through the first; that one stops; the refresh goes (after the first's
+    silence) to the second, which knows the registration from the store and takes it
+    without a new AKA run, and so the de-registration."""
+    async with two_scscfs_on_redis(tmp_path, redis_url) as (net, other, other_port, _):
+        # (long enough for the first REGISTER's cold start: a MAR to a fresh HSS)
+        icscf = await icscf_with_instances(net, [net.scscf_port, other_port], timeout=3.0)
+        _, r200 = await full_registration(net, new_ue())
+        assert r200.status == 200
+        assert other.scscf.core.counters["register"] == 0
+        await net.scscf.stop()
+        mars = len(
+            [m for m in cx_seen(net, "hss", "in") if isinstance(m, cx.MultimediaAuthRequest)]
+        )
+        refresh = register(net, cseq=3, protected=True, authorization=PROTECTED_YES)
+        r = await send(net, refresh)
+        assert r.status == 200, r
+        assert other.scscf.core.counters["reregister_without_aka"] == 1
+        dereg = register(net, cseq=4, protected=True, authorization=PROTECTED_YES, expires=0)
+        assert (await send(net, dereg)).status == 200
+        assert other.census()["bindings"] == 0
+        assert await other.scscf.store.get(IMPUS[0]) is None
+        after = [m for m in cx_seen(net, "hss", "in") if isinstance(m, cx.MultimediaAuthRequest)]
+        assert len(after) == mars  # no new vector
+        assert icscf.counters["scscf_instance_failover"] == 1
+
+
 async def test_nothing_left_behind_after_many_register_and_deregister(home):
     from imsaka.hss.subscriber import validate_subscriber
 

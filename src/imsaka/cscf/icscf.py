@@ -330,6 +330,15 @@ class Icscf:
         # the UAR's fixed AVPs, read once (the configuration does not change while we run)
         d = config.diameter
         self._uar_fixed = (d.host, d.realm, d.hss.realm, d.hss.host)
+        # S-CSCFs with several instances (`[[icscf.scscfs]]` entries repeating a name):
+        # name -> the instances in order; and until when an instance that left a request
+        # unanswered is tried after the others
+        self._pools: dict[str, tuple[ScscfEntry, ...]] = {}
+        for entry in config.scscfs:
+            instances = config.instances_of(entry.name)
+            if len(instances) > 1:
+                self._pools[entry.name] = instances
+        self._down_until: dict[tuple[str, int], float] = {}
 
     def on_request(self, request: Request, tx: Any) -> None:
         """The SipEndpoint request handler: one request, one UAR (REGISTER) or LIR (any
@@ -424,6 +433,38 @@ class Icscf:
                 return entry
         return select_scscf(answer, self.config, self.network, exclude=frozenset(tried))
 
+    def _instance(self, entry: ScscfEntry, tried: list[ScscfEntry] | None) -> ScscfEntry | None:
+        """For an S-CSCF with several instances: the first in order that this request has
+        not tried, those that left a request unanswered lately last; None when every
+        one was tried. `entry` itself for any other S-CSCF."""
+        pool = self._pools.get(entry.name)
+        if pool is None:
+            return entry if not tried else None
+        now = time.monotonic()
+        down = self._down_until
+        fallback = None
+        for instance in pool:
+            if tried and instance in tried:
+                continue
+            if down.get((instance.address, instance.port), 0.0) > now:
+                fallback = fallback or instance
+                continue
+            return instance
+        return fallback
+
+    def _mark_down(self, entry: ScscfEntry) -> None:
+        if entry.name in self._pools:
+            self.counters["scscf_instance_down"] += 1
+            until = time.monotonic() + self.config.scscf_down_time
+            self._down_until[(entry.address, entry.port)] = until
+            log.warning(
+                "S-CSCF %s at %s:%d did not answer; its other instances first for %g s",
+                entry.name,
+                entry.address,
+                entry.port,
+                self.config.scscf_down_time,
+            )
+
     def _has_untried(self, tried: set[str]) -> bool:
         return any(e.name not in tried for e in self.config.scscfs)
 
@@ -483,22 +524,29 @@ class Icscf:
         # transaction it has (the 401 with the nonce it sent, the 200 without a second
         # SAR), where a new branch would make it a new REGISTER with the same Call-ID
         # and CSeq (RFC 3261 §10.3 step 7: refused).
+        pooled = entry.name in self._pools
+        # (an instance of several: its own token, so that copies to two instances at
+        # once are two transactions here)
+        target = f"{entry.name} {entry.address}:{entry.port}" if pooled else entry.name
         push_via(
             fwd,
             transport.name.upper(),
             self.config.name,
             self.config.port,
-            branch=retransmission_branch(request, target_token(entry.name)),
+            branch=retransmission_branch(request, target_token(target)),
         )
         self.counters["forwarded"] += 1
         addr = (entry.address, entry.port)
+        on_response = reg.on_response
+        if pooled:
+            on_response = reg.watch(entry, self.config.scscf_timeout)
         send = getattr(self.endpoint, "send_request_callback", None)
         if send is not None:
-            send(fwd, addr, transport, reg.on_response)
+            send(fwd, addr, transport, on_response)
             return
         # an endpoint with the coroutine only (tests' fakes)
         self._in_task(
-            self.endpoint.send_request(fwd, addr, transport=transport), reg.on_response, reg.fail
+            self.endpoint.send_request(fwd, addr, transport=transport), on_response, reg.fail
         )
 
     def _transport(self, name: str) -> Any:
@@ -520,7 +568,18 @@ class _Routing:
     and the next one. Each step is a callback of the answer before it; `done` (the
     coroutine form's future) is resolved when the request is answered."""
 
-    __slots__ = ("done", "entry", "icscf", "lir", "request", "tried", "tx", "uar_input")
+    __slots__ = (
+        "done",
+        "entry",
+        "icscf",
+        "instances",
+        "lir",
+        "request",
+        "silence",
+        "tried",
+        "tx",
+        "uar_input",
+    )
 
     def __init__(
         self,
@@ -542,6 +601,10 @@ class _Routing:
         self.done = done
         self.tried: set[str] = set()
         self.entry: ScscfEntry | None = None
+        # an S-CSCF with several instances: those this request went to, and the timer
+        # that moves it on from a silent one
+        self.instances: list[ScscfEntry] | None = None
+        self.silence: asyncio.TimerHandle | None = None
 
     def ask(self) -> None:
         icscf = self.icscf
@@ -581,6 +644,9 @@ class _Routing:
             self.finish()
             return
         entry = icscf._select(answer, self.tried)
+        if entry is not None and icscf._pools:
+            self.instances = None
+            entry = icscf._instance(entry, None)
         if entry is None:
             icscf.counters["no_scscf"] += 1
             tx.reply(600, "Busy Everywhere (no S-CSCF can be selected)")
@@ -588,6 +654,52 @@ class _Routing:
             return
         self.entry = entry
         icscf._forward(self.request, entry, self)
+
+    def watch(self, entry: ScscfEntry, timeout: float) -> Callable[[Response], None]:
+        """The response callback of a copy sent to `entry`, an instance of an S-CSCF with
+        several: a copy this request has since sent to another instance answers for
+        nothing; while another instance is left, silence for `timeout` s moves it on."""
+        if self.instances is None:
+            self.instances = []
+        self.instances.append(entry)
+        self._stop_watch()
+        if self.icscf._instance(entry, self.instances) is not None:
+            loop = asyncio.get_running_loop()
+            self.silence = loop.call_later(timeout, self._silent, entry)
+
+        def on_response(response: Response) -> None:
+            if self.entry is entry:
+                self._stop_watch()
+                self.on_response(response)
+
+        return on_response
+
+    def _stop_watch(self) -> None:
+        if self.silence is not None:
+            self.silence.cancel()
+            self.silence = None
+
+    def _silent(self, entry: ScscfEntry) -> None:
+        self.silence = None
+        if self.entry is entry and not getattr(self.icscf.endpoint, "closed", False):
+            try:
+                self._next_instance(entry)
+            except Exception as failure:
+                self.fail(failure)
+
+    def _next_instance(self, entry: ScscfEntry) -> bool:
+        """`entry` did not answer: the request to the next instance of its S-CSCF, if
+        one is left (TS 24.229 §5.3.1.2 leaves how an S-CSCF is reached to the I-CSCF;
+        RFC 3263 §4.3 moves on to the next target of the same name)."""
+        icscf = self.icscf
+        icscf._mark_down(entry)
+        following = icscf._instance(entry, self.instances) if self.instances else None
+        if following is None:
+            return False
+        icscf.counters["scscf_instance_failover"] += 1
+        self.entry = following
+        icscf._forward(self.request, following, self)
+        return True
 
     def on_response(self, response: Response) -> None:
         try:
@@ -601,6 +713,8 @@ class _Routing:
         assert entry is not None
         status = response.status
         unreachable = status in (408, 503) and icscf._is_our_timeout(response)
+        if unreachable and self.instances is not None and self._next_instance(entry):
+            return
         # A REGISTER moves on from an S-CSCF that turns the user away for now (480,
         # 3xx); another request only from one that does not answer: its 480 is the
         # user's (not registered), and no other S-CSCF holds the registration.
@@ -625,6 +739,8 @@ class _Routing:
         self.finish()
 
     def finish(self) -> None:
+        if self.silence is not None:
+            self._stop_watch()
         done = self.done
         if done is not None and not done.done():
             done.set_result(None)
@@ -632,6 +748,8 @@ class _Routing:
     def fail(self, exc: BaseException) -> None:
         """A step raised: the coroutine form raises it, the endpoint's handler answers
         it as it answers a failed handler (500, or 400 for the peer's fault)."""
+        if self.silence is not None:
+            self._stop_watch()
         done = self.done
         if done is not None:
             if not done.done():
