@@ -836,6 +836,26 @@ async def test_an_scscf_instance_gone_leaves_its_registrations_to_the_other(tmp_
         assert icscf.counters["scscf_instance_failover"] == 1
 
 
+@pytest.mark.redis
+async def test_a_challenge_of_an_instance_gone_is_answered_by_the_other(tmp_path, redis_url):
+    """The 401 comes from the first instance, which then stops; the UE's response goes
+    (after the first's silence) to the second, which takes the challenge from the store
+    under its nonce and answers 200: no second AKA run for the UE."""
+    async with two_scscfs_on_redis(tmp_path, redis_url) as (net, other, other_port, _):
+        icscf = await icscf_with_instances(net, [net.scscf_port, other_port], timeout=3.0)
+        ue = new_ue()
+        r401 = await send(net, register(net, cseq=1, authorization=empty_auth(), protected=False))
+        assert r401.status == 401
+        await net.scscf.stop()
+        auth = answer_auth(r401.www_authenticate, ue)
+        r200 = await send(net, register(net, cseq=2, authorization=auth, protected=True))
+        assert r200.status == 200, r200
+        counters = other.scscf.core.counters
+        assert counters["challenge_taken_from_store"] == 1 and counters["challenge"] == 0
+        assert icscf.counters["scscf_instance_failover"] == 1
+        assert await other.scscf.store.get(IMPUS[0]) is not None
+
+
 async def test_nothing_left_behind_after_many_register_and_deregister(home):
     from imsaka.hss.subscriber import validate_subscriber
 

@@ -6,14 +6,16 @@ one more MAR and AKA run (TS 24.229 §5.4.1.2.1; RFC 3310 §3.3)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 
 from imsaka.cscf.scscf_core import AskAssignment, AskVectors, RegistrarCore
+from imsaka.diameter import cx
 
 from .fakes import FakeHss, FakeUe
-from .test_home_network import answer_auth, empty_auth, new_ue, register, send
+from .test_home_network import answer_auth, cx_seen, empty_auth, new_ue, register, send
 from .test_scscf_core import T0, Harness, header, policy
 
 
@@ -100,14 +102,59 @@ async def test_a_challenge_response_after_a_restart_asked_for_gets_its_200(redis
 
 
 @pytest.mark.redis
-async def test_after_a_crash_the_response_is_challenged_anew(redis_home):
-    """Without the drain (a crash) nothing is kept: the response meets a new challenge,
-    as before."""
+async def test_after_a_crash_the_response_is_verified_from_the_challenge_kept_at_once(redis_home):
+    """Without the drain (a crash): each challenge was written to the store under its
+    nonce before its 401 went (`share_challenge`), so the next S-CSCF takes the one the
+    response names and answers 200 with no second MAR; the record is taken once. Before,
+    the response met a new challenge."""
     net = redis_home.net
     ue = new_ue()
     r401 = await send(net, register(net, cseq=1, authorization=empty_auth(), protected=False))
+    assert r401.status == 401
+    mars = len(hss_mars(net))
     await redis_home.restart_scscf()
+    scscf = net.scscf.scscf
+    assert scscf.core.counters["challenge_restored"] == 0  # (no list kept at a stop)
     auth = answer_auth(r401.www_authenticate, ue)
     r = await send(net, register(net, cseq=2, authorization=auth, protected=True))
-    assert r.status == 401
-    assert net.scscf.scscf.core.counters["challenge_restored"] == 0
+    assert r.status == 200, r
+    assert scscf.core.counters["challenge_taken_from_store"] == 1
+    assert scscf.core.counters["challenge"] == 0
+    assert len(hss_mars(net)) == mars
+    nonce = split_nonce_of(r401)
+    reader = redis_home.store()
+    try:
+        assert await reader.take_challenge(nonce) is None  # taken once
+    finally:
+        await reader.close()
+
+
+@pytest.mark.redis
+async def test_a_challenge_answered_where_it_was_made_leaves_no_record(redis_home):
+    """The usual case: the 401 and its response at one S-CSCF. The record written for
+    another one is removed once the response is verified (not left for its 4 minutes)."""
+    net = redis_home.net
+    r401 = await send(net, register(net, cseq=1, authorization=empty_auth(), protected=False))
+    nonce = split_nonce_of(r401)
+    reader = redis_home.store()
+    try:
+        assert (await reader._redis.exists(reader._challenge_key(nonce))) == 1
+        auth = answer_auth(r401.www_authenticate, new_ue())
+        r = await send(net, register(net, cseq=2, authorization=auth, protected=True))
+        assert r.status == 200
+        for _ in range(50):
+            if not await reader._redis.exists(reader._challenge_key(nonce)):
+                break
+            await asyncio.sleep(0.02)
+        assert await reader.take_challenge(nonce) is None
+        assert net.scscf.scscf.core.counters["challenge_taken_from_store"] == 0
+    finally:
+        await reader.close()
+
+
+def hss_mars(net) -> list:
+    return [m for m in cx_seen(net, "hss", "in") if isinstance(m, cx.MultimediaAuthRequest)]
+
+
+def split_nonce_of(r401) -> str:
+    return r401.www_authenticate.get("nonce")

@@ -403,6 +403,21 @@ class BindingStore(Protocol):
         (one S-CSCF takes them, once)."""
         ...
 
+    async def share_challenge(self, record: dict, ttl: float) -> None:
+        """Keep one open challenge (`RegistrarCore.challenge_record`, with the wall-clock
+        time it was written) under its nonce for at most `ttl` seconds, for whichever
+        S-CSCF sharing the store gets its answer."""
+        ...
+
+    async def take_challenge(self, nonce: str) -> dict | None:
+        """The challenge `share_challenge` kept under `nonce`, removed as it is read (one
+        S-CSCF verifies an answer, once); None if there is none."""
+        ...
+
+    async def drop_challenges(self, nonces: list[str]) -> None:
+        """Remove the challenges kept under `nonces` (answered or replaced where made)."""
+        ...
+
     async def publish_change(self, record: dict) -> None:
         """Tell every S-CSCF sharing the store that a registration ended here or that a
         contact of it came or went (`record`: notifier, kind `ended` or `changed`, IMPU,
@@ -501,6 +516,15 @@ class MemoryBindingStore:
 
     async def take_challenges(self, notifier: str) -> list[dict]:
         return []
+
+    async def share_challenge(self, record: dict, ttl: float) -> None:
+        return None  # one process: the challenge is where its answer comes
+
+    async def take_challenge(self, nonce: str) -> dict | None:
+        return None
+
+    async def drop_challenges(self, nonces: list[str]) -> None:
+        return None
 
     async def publish_change(self, record: dict) -> None:
         return None  # one process: nobody else holds subscriptions to its registrations
@@ -677,6 +701,27 @@ class RedisBindingStore:
         if type(items) is list:
             out = [d for d in items if type(d) is dict]
         return out
+
+    def _challenge_key(self, nonce: str) -> str:
+        return f"{self._prefix}challenge:{nonce}"
+
+    async def share_challenge(self, record: dict, ttl: float) -> None:
+        text = json.dumps(record, separators=(",", ":"))
+        await self._redis.set(self._challenge_key(record["nonce"]), text, ex=max(1, int(ttl) + 1))
+
+    async def take_challenge(self, nonce: str) -> dict | None:
+        text = await self._redis.getdel(self._challenge_key(nonce))
+        if text is None:
+            return None
+        try:
+            record = json.loads(text)
+        except ValueError:
+            return None
+        return record if type(record) is dict else None
+
+    async def drop_challenges(self, nonces: list[str]) -> None:
+        if nonces:
+            await self._redis.delete(*(self._challenge_key(n) for n in nonces))
 
     async def publish_change(self, record: dict) -> None:
         text = json.dumps(record, separators=(",", ":"))

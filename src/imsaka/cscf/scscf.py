@@ -362,6 +362,8 @@ class Scscf:
             store if store is not None else open_binding_store(config.binding_store)
         )
         self._shared = not isinstance(self.store, MemoryBindingStore)
+        # (an answer may reach another S-CSCF sharing the store, or this one restarted)
+        self.core.share_challenges = self._shared
         self._cx_send = cx_send
         self._cx_ask = cx_ask
         self._clock = clock
@@ -603,8 +605,55 @@ class Scscf:
             self.core.forget(reg_req.impu)
         else:
             self.core.load(stored)
+        auth = reg_req.auth
+        if auth is not None and auth.nonce and not self.core.has_challenge(auth.nonce):
+            await self._take_shared_challenge(auth.nonce)
         await self._run_actions(self._register(request, respond, reg_req))
         self._rearm()
+
+    async def _take_shared_challenge(self, nonce: str) -> None:
+        """An answer to a challenge not made here: another S-CSCF sharing the store made
+        it (the I-CSCF moved on from a silent instance), or this one before a crash.
+        Its record taken from the store (`_share_challenges`) is verified here, where
+        it was challenged again before."""
+        try:
+            record = await self.store.take_challenge(nonce)
+        except Exception as exc:  # the store is down: challenged anew
+            self.core.counters["store_errors"] += 1
+            log.warning("binding store: challenge not read: %s", str(exc).splitlines()[0])
+            return
+        if record is None:
+            return
+        at = record.get("saved_at")
+        if isinstance(at, (int, float)) and isinstance(record.get("left"), (int, float)):
+            record["left"] -= max(0.0, time.time() - at)
+        if self.core.adopt_challenges([record], self._clock()):
+            self.core.counters["challenge_taken_from_store"] += 1
+
+    async def _share_challenges(self) -> None:
+        """The challenges made here since the last look, written to the shared store
+        before their 401s go (XRES or the MD5 password, never IK/CK)."""
+        core = self.core
+        made, core.challenges_made = core.challenges_made, []
+        now, wall = self._clock(), time.time()
+        try:
+            for nonce in made:
+                record = core.challenge_record(nonce, now)
+                if record is not None:
+                    record["saved_at"] = wall
+                    await self.store.share_challenge(record, record["left"])
+        except Exception as exc:  # the store is down: an answer elsewhere is challenged anew
+            core.counters["store_errors"] += 1
+            log.warning("binding store: challenge not written: %s", str(exc).splitlines()[0])
+
+    async def _drop_shared_challenges(self, nonces: list[str]) -> None:
+        try:
+            await self.store.drop_challenges(nonces)
+        except Exception as exc:  # (they run out on their own)
+            self.core.counters["store_errors"] += 1
+            log.warning("binding store: challenges not removed: %s", str(exc).splitlines()[0])
+        finally:
+            self._tasks.discard(current_task())
 
     def _register(
         self, request: Request, respond: Respond, reg_req: RegisterRequest
@@ -972,6 +1021,12 @@ class Scscf:
             self._run_now(actions)
             return
         # A shared store: its reads and writes are awaited, in the actions' order.
+        core = self.core
+        if core.challenges_made:
+            await self._share_challenges()
+        if core.challenges_ended:
+            ended, core.challenges_ended = core.challenges_ended, []
+            self._spawn(self._drop_shared_challenges(ended))
         claimed_elsewhere: set[str] = set()
         for action in actions:
             if isinstance(action, StoreRegistration):

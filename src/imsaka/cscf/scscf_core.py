@@ -294,6 +294,24 @@ class _Challenge:
     call_id: str
 
 
+def _challenge_record(ch: _Challenge, now: float) -> dict | None:
+    v, left = ch.vector, ch.deadline - now
+    if left <= 0 or v.algorithm not in (AKAV1_MD5, MD5):
+        return None
+    return {
+        "impi": ch.impi,
+        "impu": ch.impu,
+        "nonce": ch.nonce,
+        "call_id": ch.call_id,
+        "algorithm": v.algorithm,
+        "rand": v.rand.hex(),
+        "autn": v.autn.hex(),
+        "xres": v.xres.hex(),
+        "password": v.password.hex(),
+        "left": left,
+    }
+
+
 class _OpKind(enum.Enum):
     CHALLENGE = "challenge"  # waiting for an MAA to send a 401
     RESYNC = "resync"  # waiting for a resync MAA
@@ -422,6 +440,14 @@ class RegistrarCore:
         """Counts the deadlines added (binding expiries, challenges): while it stays the
         same, `next_deadline()` can only have moved later (the edge skips its look)."""
         self._paths = SharedTuples()  # a P-CSCF's Path, the same for all its UEs
+        # With a store shared by several S-CSCFs (the edge sets `share_challenges`): the
+        # nonces of the challenges made and ended since the edge last looked, so that
+        # it writes and removes their records (`challenge_record`) for an S-CSCF that
+        # gets the answer instead of this one (another instance, or this one after a
+        # crash) to verify it.
+        self.share_challenges = False
+        self.challenges_made: list[str] = []
+        self.challenges_ended: list[str] = []
 
     # ----------------------------------------------------------------- public API
 
@@ -693,7 +719,7 @@ class RegistrarCore:
             ch = next(iter(self._challenges.values()))
             if ch.deadline > now:
                 break
-            self._drop_challenge(ch)
+            self._drop_challenge(ch, shared_too=False)  # (its stored record runs out too)
             self.counters["reg_await_auth_expired"] += 1
             # TS 24.229 §5.4.1.2.1 / TS 29.228 §6.1.2: the HSS forgets the pending
             # S-CSCF of a user that never answered, unless it is registered anyway.
@@ -741,30 +767,27 @@ class RegistrarCore:
         not written out: those are challenged anew."""
         out = []
         for ch in self._challenges.values():
-            v, left = ch.vector, ch.deadline - now
-            if left <= 0 or v.algorithm not in (AKAV1_MD5, MD5):
-                continue
-            out.append(
-                {
-                    "impi": ch.impi,
-                    "impu": ch.impu,
-                    "nonce": ch.nonce,
-                    "call_id": ch.call_id,
-                    "algorithm": v.algorithm,
-                    "rand": v.rand.hex(),
-                    "autn": v.autn.hex(),
-                    "xres": v.xres.hex(),
-                    "password": v.password.hex(),
-                    "left": left,
-                }
-            )
+            record = _challenge_record(ch, now)
+            if record is not None:
+                out.append(record)
         return out
 
+    def challenge_record(self, nonce: str, now: float) -> dict | None:
+        """One open challenge as `challenges_to_keep` writes it; None when there is no
+        such challenge or it cannot be written out (AKAv2-MD5)."""
+        ch = self._challenges.get(nonce)
+        return _challenge_record(ch, now) if ch is not None else None
+
+    def has_challenge(self, nonce: str) -> bool:
+        return nonce in self._challenges
+
     def adopt_challenges(self, records: Iterable[object], now: float) -> int:
-        """Take the challenges of an S-CSCF before this one (`challenges_to_keep`, their
-        `left` counted from now) as made here; one unreadable, run out or beyond the
-        per-IMPI bound is skipped. Before any challenge of this one's own (their order
-        is their expiry order). Returns how many were taken."""
+        """Take challenges another S-CSCF made (`challenges_to_keep`, their `left`
+        counted from now) as made here; one unreadable, run out, already held or beyond
+        the per-IMPI bound is skipped. At start, before any challenge of this one's own,
+        their order is their expiry order; one taken later may have less left than
+        those before it and is then removed up to reg-await-auth late, never answered
+        late (its own deadline is checked). Returns how many were taken."""
         taken = []
         for r in records:
             try:
@@ -914,6 +937,8 @@ class RegistrarCore:
         self._challenges[nonce] = _Challenge(impi, req.impu, nonce, vector, deadline, req.call_id)
         self.deadlines_added += 1
         pending.append(nonce)
+        if self.share_challenges:
+            self.challenges_made.append(nonce)
         parts = [
             f'Digest realm="{self.policy.realm}"',
             f'nonce="{nonce}"',
@@ -926,8 +951,13 @@ class RegistrarCore:
         self.counters["challenge"] += 1
         return self._reply(token, 401, "Unauthorized", (("WWW-Authenticate", ", ".join(parts)),))
 
-    def _drop_challenge(self, ch: _Challenge) -> None:
-        self._challenges.pop(ch.nonce, None)
+    def _drop_challenge(self, ch: _Challenge, *, shared_too: bool = True) -> None:
+        if (
+            self._challenges.pop(ch.nonce, None) is not None
+            and shared_too
+            and self.share_challenges
+        ):
+            self.challenges_ended.append(ch.nonce)
         pending = self._challenges_by_impi.get(ch.impi)
         if pending is not None:
             try:
