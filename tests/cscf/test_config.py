@@ -130,9 +130,7 @@ def test_an_scscf_listed_twice_by_name_is_one_scscf_with_two_instances():
         ({"address": "127.0.0.2", "capabilities": [7]}, "[icscf.scscfs[1]].capabilities: differ"),
     ],
 )
-def test_instances_of_one_scscf_must_differ_in_address_and_agree_in_capabilities(
-    change, message
-):
+def test_instances_of_one_scscf_must_differ_in_address_and_agree_in_capabilities(change, message):
     doc = example()
     first = doc["icscf"]["scscfs"][0]
     doc["icscf"]["scscfs"].append({**first, **change})
