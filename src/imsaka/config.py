@@ -464,6 +464,23 @@ def _server_key(name: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class ScscfInstance:
+    """``[[scscf.instances]]``: one more process of this S-CSCF (the same Server-Name,
+    the same shared binding store) at its own SIP address and with its own Diameter
+    identity: two peers of one Origin-Host would take the HSS's connection from each
+    other (RFC 6733 §5.6.4)."""
+
+    port: int
+    """SIP port."""
+    diameter_host: str
+    """Its Origin-Host."""
+    address: str = "127.0.0.1"
+    """IP address to listen on (SIP, and Diameter if `diameter_port`)."""
+    diameter_port: int = 0
+    """TCP port its Diameter node listens on (the HSS connecting to it); 0: none."""
+
+
+@dataclass(frozen=True, slots=True)
 class ScscfConfig:
     """``[scscf]``: the S-CSCF registrar and authenticator (TS 24.229 §5.4.1)."""
 
@@ -500,6 +517,9 @@ class ScscfConfig:
     """Seconds an IMPI stays refused after `max_failed_attempts` failures."""
     binding_store: str = "memory://"
     """``memory://`` or ``redis://HOST:PORT/DB`` (bindings survive a restart and can be shared)."""
+    binding_store_prefix: str = "imsaka:scscf:"
+    """What the names of a Redis store's keys and channel start with: S-CSCFs sharing
+    bindings have the same one; networks sharing a Redis server each their own."""
     min_expires: int = 60
     """Shortest registration granted; a shorter non-zero request gets 423 with Min-Expires."""
     max_expires: int = 600000
@@ -515,10 +535,33 @@ class ScscfConfig:
     retry_after: int = 30
     """Retry-After (seconds) on the 504 answered while the HSS is unreachable
     (TS 24.229 §5.4.1.2.1); the UE sends the REGISTER again after it."""
+    instances: tuple[ScscfInstance, ...] = ()
+    """More processes of this S-CSCF (``imsaka run scscf --instance N``, N from 2); the
+    section itself is instance 1. They need a shared binding store."""
 
     @property
     def service_route(self) -> str:
         return f"<sip:{self.service_route_user}@{_uri_host(self.name)}:{self.port};lr>"
+
+    def instance(self, number: int) -> ScscfConfig:
+        """The configuration instance `number` runs with (1: this one)."""
+        if number == 1:
+            return self
+        if not 2 <= number <= len(self.instances) + 1:
+            raise ValueError(
+                f"--instance: {number} is not an instance of this S-CSCF "
+                f"(1 to {len(self.instances) + 1}: [scscf] and its [[scscf.instances]])"
+            )
+        other = self.instances[number - 2]
+        diameter = replace(
+            self.diameter,
+            host=other.diameter_host,
+            address=other.address,
+            port=other.diameter_port,
+        )
+        return replace(
+            self, address=other.address, port=other.port, diameter=diameter, instances=()
+        )
 
 
 FUNCTIONS = ("hss", "pcscf", "icscf", "scscf")
@@ -912,6 +955,7 @@ def _scscf(t: _Table, network: NetworkConfig) -> ScscfConfig:
         max_failed_attempts=t.int("max_failed_attempts", 3, lo=1),
         lockout=t.int("lockout", 300, lo=0),
         binding_store=binding_store,
+        binding_store_prefix=t.str("binding_store_prefix", "imsaka:scscf:"),
         min_expires=min_expires,
         max_expires=max_expires,
         default_expires=default_expires,
@@ -919,6 +963,33 @@ def _scscf(t: _Table, network: NetworkConfig) -> ScscfConfig:
         vector_lifetime=t.int("vector_lifetime", 3600, lo=1),
         service_route_user=t.str("service_route_user", "orig"),
         retry_after=t.int("retry_after", 30, lo=0, hi=86400),
+        instances=_scscf_instances(t, binding_store, port, diameter),
     )
     t.done()
     return cfg
+
+
+def _scscf_instances(
+    t: _Table, binding_store: str, port: int, diameter: DiameterConfig
+) -> tuple[ScscfInstance, ...]:
+    out: list[ScscfInstance] = []
+    hosts = {diameter.host.lower()}
+    for it in t.tables("instances"):
+        if not it.has("port"):
+            raise it.fail("port", "missing (each instance has its own SIP port)")
+        instance = ScscfInstance(
+            port=it.port("port", 0),
+            diameter_host=it.str("diameter_host", required=True),
+            address=it.address("address"),
+            diameter_port=it.port("diameter_port", 0, zero=True),
+        )
+        it.done()
+        if instance.diameter_host.lower() in hosts:
+            raise it.fail("diameter_host", f"{instance.diameter_host} is taken by another instance")
+        hosts.add(instance.diameter_host.lower())
+        if instance.port == port or instance.port in [o.port for o in out]:
+            raise it.fail("port", f"{instance.port} is taken by another instance")
+        out.append(instance)
+    if out and binding_store == "memory://":
+        raise t.fail("instances", 'need a shared binding_store ("redis://HOST:PORT/DB")')
+    return tuple(out)

@@ -537,10 +537,11 @@ class Network:
     async def restart_scscf(self, store: Any = None, *, crash: bool = False) -> None:
         """Stop the S-CSCF, once what is under way ended (`ScscfServer.drain`, as on
         SIGTERM), and start a new one from the same configuration (its binding store
-        decides what survives: `redis://` keeps registrations and their reg-event
-        subscriptions, and the open challenges of a stop asked for). `store`: a
-        `imsaka.cscf.registrar` binding store to use instead of the configured one.
-        `crash`: stopped at once instead (no drain, no challenges kept)."""
+        decides what survives: `redis://` keeps registrations, their reg-event
+        subscriptions and the open challenges). `store`: a `imsaka.cscf.registrar`
+        binding store to use instead of the configured one. `crash`: stopped at once
+        instead (no drain: what was under way goes, and no list of open challenges is
+        written at the stop; on Redis each was written when made)."""
         from imsaka.cscf.scscf import ScscfServer
 
         assert self.config is not None and self.config.scscf is not None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -52,6 +53,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="HOST:PORT",
         help="serve Prometheus metrics here (overrides [metrics] of the file; port 0: any)",
     )
+    p.add_argument(
+        "--instance",
+        type=int,
+        default=1,
+        metavar="N",
+        help="scscf only: run instance N of the S-CSCF (2 and up: its [[scscf.instances]]; "
+        "metrics then only with --metrics)",
+    )
     p.set_defaults(func=_cmd_run)
 
 
@@ -63,6 +72,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if name != "hss" and getattr(config, name) is None:
         raise CliError(f"[{name}]: missing section in {args.config}")
     listen = config.metrics.listen(name)
+    if args.instance != 1:
+        if name != "scscf":
+            raise CliError("--instance: only an S-CSCF runs as several instances")
+        try:
+            config = dataclasses.replace(config, scscf=config.scscf.instance(args.instance))
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        listen = None  # ([metrics].scscf is instance 1's address)
     field = f"[metrics].{name}"
     if args.metrics is not None:
         listen, field = parse_listen(args.metrics, "--metrics"), "--metrics"

@@ -26,6 +26,8 @@ REALM = "registrar.home1.net"
 HSS_HOST = "hss.home1.net"
 ICSCF_HOST = "icscf1.home1.net"
 SCSCF_HOST = "scscf1.home1.net"
+# the Diameter identity of a second instance of the S-CSCF (tests that run one)
+SCSCF2_HOST = "scscf1b.home1.net"
 VISITED = "Visited Network Number 1"
 IMPUS = ["sip:user1_public1@home1.net", "sip:user1_public2@home1.net", "tel:+1-212-555-1111"]
 
@@ -110,7 +112,7 @@ class HomeNetwork:
                 diameter_host=HSS_HOST,
                 diameter_realm=HOME,
                 diameter_port=0,
-                peers=(PeerEntry(SCSCF_HOST), PeerEntry(ICSCF_HOST)),
+                peers=(PeerEntry(SCSCF_HOST), PeerEntry(ICSCF_HOST), PeerEntry(SCSCF2_HOST)),
                 home_networks=(HOME,),
                 visited_networks=(VISITED,),
                 api_port=0,

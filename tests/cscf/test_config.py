@@ -139,6 +139,70 @@ def test_instances_of_one_scscf_must_differ_in_address_and_agree_in_capabilities
     assert str(info.value).startswith(message), str(info.value)
 
 
+def with_instances(*instances: dict, store: str = "redis://127.0.0.1:6379/15") -> dict:
+    doc = example()
+    doc["scscf"]["binding_store"] = store
+    doc["scscf"]["instances"] = list(instances)
+    return doc
+
+
+def test_an_scscf_instance_runs_with_its_own_port_and_diameter_identity():
+    from imsaka.hss.config import parse_hss_config
+
+    doc = with_instances({"port": 5081, "diameter_host": "scscf1b.home1.net"})
+    cfg = parse_config(doc)
+    first, second = cfg.scscf.instance(1), cfg.scscf.instance(2)
+    assert first is cfg.scscf
+    assert (second.port, second.diameter.host) == (5081, "scscf1b.home1.net")
+    assert second.server_name == first.server_name  # one S-CSCF to the HSS and the I-CSCF
+    assert second.diameter.peers == first.diameter.peers and second.instances == ()
+    with pytest.raises(ValueError, match="--instance: 3 is not an instance"):
+        cfg.scscf.instance(3)
+    hss = parse_hss_config(doc)
+    assert "scscf1b.home1.net" in [p.host for p in hss.peers]
+    assert hss.scscf_instances == (
+        (first.server_name, "scscf1.home1.net"),
+        (first.server_name, "scscf1b.home1.net"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("instances", "store", "message"),
+    [
+        ([{"port": 5081, "diameter_host": "x.home1.net"}], "memory://", "[scscf].instances: need"),
+        ([{"diameter_host": "x.home1.net"}], None, "[scscf.instances[0]].port: missing"),
+        ([{"port": 5081}], None, "[scscf.instances[0]].diameter_host: missing"),
+        (
+            [{"port": 5081, "diameter_host": "SCSCF1.home1.net"}],
+            None,
+            "[scscf.instances[0]].diameter_host: SCSCF1.home1.net is taken",
+        ),
+        ([{"port": 5080, "diameter_host": "x.home1.net"}], None, "[scscf.instances[0]].port:"),
+    ],
+)
+def test_scscf_instances_mistakes_name_the_field(instances, store, message):
+    doc = with_instances(*instances, **({"store": store} if store else {}))
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc)
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_cli_instance_of_what_has_none_is_one_line(tmp_path):
+    p = tmp_path / "x.toml"
+    p.write_text(EXAMPLE.read_text())
+    r = run_cli("run", "pcscf", "--instance", "2", "-c", str(p))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "imsaka: error: --instance: only an S-CSCF runs as several instances"
+    ]
+    r = run_cli("run", "scscf", "--instance", "2", "-c", str(p))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "imsaka: error: --instance: 2 is not an instance of this S-CSCF "
+        "(1 to 1: [scscf] and its [[scscf.instances]])"
+    ]
+
+
 def test_watchdog_settings_reach_the_cx_node():
     from imsaka.cscf._wiring import cx_node
 

@@ -17,7 +17,7 @@ from imsaka.aka.sqn import SqnArray
 from imsaka.diameter import cx
 from imsaka.sip import parse_message
 
-from .conftest import HSS_HOST, IMPUS, REALM, VISITED, HomeNetwork
+from .conftest import HSS_HOST, IMPUS, REALM, SCSCF2_HOST, SCSCF_HOST, VISITED, HomeNetwork
 from .fakes import IMPI, OPC, K
 
 UE_VIA = "SIP/2.0/UDP [5555::aaa:bbb:ccc:ddd];comp=sigcomp;branch=z9hG4bKnashds7"
@@ -493,8 +493,11 @@ async def two_scscfs_on_redis(tmp_path, redis_url):
         await net.scscf.stop()
         await net.start_scscf(RedisBindingStore(redis_url, prefix=prefix))
         other_port = __import__("tests.conftest", fromlist=["x"]).free_port(2)
+        # (its own Diameter identity: two peers of one Origin-Host would take the HSS's
+        # connection from each other, over and over)
+        diameter = replace(net.config.scscf.diameter, host=SCSCF2_HOST)
         other = ScscfServer(
-            replace(net.config.scscf, port=other_port),
+            replace(net.config.scscf, port=other_port, diameter=diameter),
             store=RedisBindingStore(redis_url, prefix=prefix),
             reconnect=0.5,
         )
@@ -545,6 +548,27 @@ async def test_two_scscfs_share_redis_bindings(tmp_path, redis_url):
         # copy (it stayed until the grant ran out, a week, before)
         await wait_for(lambda: net.scscf.census()["bindings"] == 0)
         assert net.scscf.scscf.core.counters["ended_elsewhere_forgotten"] == 1
+        assert net.hss.node.counters["replaced-connection"] == 0  # (each its own identity)
+
+
+@pytest.mark.redis
+async def test_an_rtr_the_serving_instance_cannot_take_goes_to_the_other(tmp_path, redis_url):
+    """The registration's SAR came from the first instance, which then stops: the
+    HSS's RTR finds no connection to it and goes to the other instance of the same
+    Server-Name, which reads the registration from the store and removes it (before,
+    the RTR failed and the binding stayed until it expired)."""
+    async with two_scscfs_on_redis(tmp_path, redis_url) as (net, other, *_):
+        net.hss.config = replace(
+            net.hss.config,
+            scscf_instances=((net.server_name, SCSCF_HOST), (net.server_name, SCSCF2_HOST)),
+        )
+        _, r200 = await full_registration(net, new_ue())
+        assert r200.status == 200
+        await net.scscf.stop()
+        result = await net.hss.deregister_impi(IMPI)
+        assert result["ok"] and result["to"] == SCSCF2_HOST, result
+        assert await other.scscf.store.get(IMPUS[0]) is None
+        assert other.scscf.core.counters["rtr_removed"] == 1
 
 
 @pytest.mark.redis

@@ -272,3 +272,115 @@ async def test_four_processes_and_a_ue_without_sec_agree(tmp_path):
             await ue.close()
         codes = [stop(p) for p in reversed(procs)]
     assert codes == [0] * len(procs), [p.stderr.read()[-2000:] for p in procs]
+
+
+@pytest.mark.redis
+async def test_two_scscf_instances_one_killed_between_the_401_and_the_answer(tmp_path, redis_url):
+    """`imsaka run scscf` and `imsaka run scscf --instance 2` from one file: one
+    Server-Name, each its own port and Diameter identity, one Redis store; the I-CSCF
+    lists both. The first sends the 401 and is killed (SIGKILL); the UE's answer goes,
+    after the I-CSCF's `scscf_timeout`, to the second, which verifies it from the
+    challenge the first wrote to Redis: 200, no second challenge. The refresh after it
+    goes to the second at once."""
+    from imsaka.cscf.registrar import RedisBindingStore
+
+    hss_port = free_port()
+    icscf_port = free_port(socket.SOCK_DGRAM)
+    scscf_port = free_port(socket.SOCK_DGRAM)
+    scscf2_port = free_port(socket.SOCK_DGRAM)
+    prefix = f"imsaka:test:{os.getpid()}:{os.urandom(4).hex()}:"
+    db = f"sqlite+aiosqlite:///{tmp_path / 'hss.db'}"
+    first = f'[[icscf.scscfs]]\nname = "sip:scscf1.home1.net:{scscf_port}"\n'
+    text = (
+        toml(hss_port, icscf_port, scscf_port, db)
+        .replace(first, f"{first}{first}port = {scscf2_port}\n")
+        .replace("[icscf]\n", "[icscf]\nscscf_timeout = 1.0\n")
+        .replace(
+            '[scscf]\nname = "scscf1.home1.net"\n',
+            '[scscf]\nname = "scscf1.home1.net"\n'
+            f'binding_store = "{redis_url}"\nbinding_store_prefix = "{prefix}"\n',
+        )
+        + f'[[scscf.instances]]\nport = {scscf2_port}\ndiameter_host = "scscf1b.home1.net"\n'
+    )
+    cfg = tmp_path / "imsaka.toml"
+    cfg.write_text(text)
+    add = subprocess.run(
+        [sys.executable, "-m", "imsaka", "hss", "add-subscriber", "-c", str(cfg),
+         "--impi", "user1_private@home1.net", "--impu", "sip:user1_public1@home1.net",
+         "--k", K.hex(), "--opc", OPC.hex()],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert add.returncode == 0, add.stderr
+    procs: list[subprocess.Popen] = []
+    client = None
+    try:
+        procs.append(start("run", "hss", "-c", str(cfg)))
+        await wait_tcp(hss_port)
+        procs.append(start("run", "scscf", "-c", str(cfg)))
+        await wait_line(procs[-1], "listening")
+        procs.append(start("run", "scscf", "--instance", "2", "-c", str(cfg)))
+        assert f":{scscf2_port}" in await wait_line(procs[-1], "listening")
+        procs.append(start("run", "icscf", "-c", str(cfg)))
+        await wait_line(procs[-1], "listening")
+        client = SipEndpoint(owner="pcscf")
+        client.add_transport(await UdpTransport.create("127.0.0.1", 0))
+        port = client.transports[0].local_address[1]
+
+        def register(cseq: int, auth: str):
+            text = (
+                "REGISTER sip:home1.net SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP pcscf1.visited1.net:{port};branch=z9hG4bK{os.urandom(6).hex()}\r\n"
+                "Max-Forwards: 69\r\n"
+                "Path: <sip:term@pcscf1.visited1.net;lr>\r\nRequire: path\r\n"
+                'P-Visited-Network-ID: "Visited Network Number 1"\r\n'
+                "From: <sip:user1_public1@home1.net>;tag=1\r\nTo: <sip:user1_public1@home1.net>\r\n"
+                "Contact: <sip:127.0.0.1:40000>;expires=3600\r\nCall-ID: run-test\r\n"
+                f"Authorization: {auth}\r\nCSeq: {cseq} REGISTER\r\nContent-Length: 0\r\n\r\n"
+            )
+            return parse_message(text.encode())
+
+        base = 'Digest username="user1_private@home1.net", realm="home1.net", uri="sip:home1.net"'
+        r401 = None
+        for _ in range(40):  # both instances and the I-CSCF reach the HSS within seconds
+            r401 = await client.send_request(
+                register(1, f'{base}, nonce="", response="", integrity-protected="no"'),
+                ("127.0.0.1", icscf_port),
+            )
+            if r401.status not in (480, 504):
+                break
+            await asyncio.sleep(0.25)
+        assert r401.status == 401, r401
+        procs[1].kill()  # the first instance: no drain, nothing written at the stop
+        procs[1].wait()
+        nonce = r401.www_authenticate.get("nonce")
+        rand, autn, _ = split_nonce(nonce)
+        res = Isim(Milenage(K, opc=OPC)).authenticate(rand, autn).res
+        response = compute_response(
+            algorithm="AKAv1-MD5", username="user1_private@home1.net", realm="home1.net",
+            password=password_for("AKAv1-MD5", res=res), method="REGISTER",
+            uri="sip:home1.net", nonce=nonce,
+        )  # fmt: skip
+        t0 = asyncio.get_running_loop().time()
+        r200 = await client.send_request(
+            register(2, f'{base}, nonce="{nonce}", algorithm=AKAv1-MD5, response="{response}", '
+                        'integrity-protected="yes"'),
+            ("127.0.0.1", icscf_port),
+        )  # fmt: skip
+        assert r200.status == 200, r200
+        assert 1.0 <= asyncio.get_running_loop().time() - t0 < 10.0
+        t0 = asyncio.get_running_loop().time()
+        refresh = await client.send_request(
+            register(3, f'{base}, nonce="", response="", integrity-protected="yes"'),
+            ("127.0.0.1", icscf_port),
+        )
+        assert refresh.status == 200, refresh
+        assert asyncio.get_running_loop().time() - t0 < 1.0  # (the killed one is passed over)
+    finally:
+        if client is not None:
+            await client.close()
+        codes = [stop(p) for p in reversed(procs)]
+        store = RedisBindingStore(redis_url, prefix=prefix)
+        await store.clear()
+        await store.close()
+    # (stopped in reverse: the I-CSCF, the second instance, the killed first, the HSS)
+    assert codes == [0, 0, -signal.SIGKILL, 0], [p.stderr.read()[-2000:] for p in procs]

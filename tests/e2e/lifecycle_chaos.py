@@ -27,9 +27,10 @@ S-CSCF within the run).
 `--scscf-restarts redis://…` keeps the S-CSCF's bindings and reg-event subscriptions in
 Redis (a prefix of the run's own, removed after it) and restarts the S-CSCF every 3 to
 12 s while the UEs go through their steps (its UDP legs stay lossy): registrations,
-challenges and subscriptions meet a restart at every point of their lives. Open
-challenges are kept across each restart (SIGTERM-like), so `reg_await_auth` is 30 s:
-one the UE no longer answers has lapsed at the end. An RTR the
+challenges and subscriptions meet a restart at every point of their lives. Half of
+the restarts drain first (SIGTERM-like), half are a crash (what was under way goes).
+Open challenges survive both (written to Redis as they are made), so `reg_await_auth`
+is 30 s: one the UE no longer answers has lapsed at the end. An RTR the
 HSS could not deliver (the S-CSCF down at that instant) is not a failure: the UE stays
 registered.
 
@@ -289,6 +290,7 @@ class _Restarts:
         self.prefix = f"imsaka:chaos:{seed}:{random.getrandbits(32):08x}:"
         self.rng = random.Random(seed + 13)
         self.done = 0
+        self.crashes = 0
 
     def store(self) -> Any:
         from imsaka.cscf.registrar import RedisBindingStore
@@ -299,10 +301,13 @@ class _Restarts:
         log = logging.getLogger("lifecycle_chaos")
         while True:
             await asyncio.sleep(self.rng.uniform(3.0, 12.0))
-            log.info("S-CSCF restart: draining")
-            await net.restart_scscf(self.store())
+            # half of them a crash: nothing drained, no challenges listed at the stop
+            crash = self.rng.random() < 0.5
+            log.info("S-CSCF restart: %s", "crash" if crash else "draining")
+            await net.restart_scscf(self.store(), crash=crash)
             lossy_scscf()
             self.done += 1
+            self.crashes += crash
             log.info("S-CSCF restart: the new one is up")
 
     async def clear(self) -> None:
@@ -592,6 +597,7 @@ async def _run(
             restarter.cancel()
             await asyncio.gather(restarter, return_exceptions=True)
             ops["scscf-restart"] = restarts.done
+            ops["scscf-crash"] = restarts.crashes
         for c in crashes_of:
             await c.stop()
         if hss_restarter is not None:

@@ -359,7 +359,9 @@ class Scscf:
         self._addresses: dict[str, tuple[str, int]] = {}
         self.core = RegistrarCore(RegistrarPolicy.from_config(config), random_bytes=random_bytes)
         self.store: BindingStore = (
-            store if store is not None else open_binding_store(config.binding_store)
+            store
+            if store is not None
+            else open_binding_store(config.binding_store, prefix=config.binding_store_prefix)
         )
         self._shared = not isinstance(self.store, MemoryBindingStore)
         # (an answer may reach another S-CSCF sharing the store, or this one restarted)

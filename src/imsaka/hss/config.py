@@ -134,6 +134,10 @@ class HssConfig:
     """Tw, the RFC 3539 watchdog interval towards peers."""
     scscfs: tuple[ScscfPoolEntry, ...] = ()
     """The S-CSCF pool named in Server-Capabilities."""
+    scscf_instances: tuple[tuple[str, str], ...] = ()
+    """(Server-Name, Diameter host) of every instance of the document's S-CSCF
+    (``[scscf]`` and its ``[[scscf.instances]]``): an RTR or PPR the instance that last
+    served a user cannot take goes to another."""
 
     def api_url(self) -> str:
         host = f"[{self.api_address}]" if ":" in self.api_address else self.api_address
@@ -194,14 +198,17 @@ def _peers(data: Mapping[str, Any], whole: Mapping[str, Any]) -> tuple[PeerEntry
             )
             if isinstance(d, Mapping) and isinstance(d.get("host"), str):
                 port = d.get("port", 0)
+                realm = d.get("realm") if isinstance(d.get("realm"), str) else None
                 found.append(
                     PeerEntry(
                         host=d["host"],
-                        realm=d.get("realm") if isinstance(d.get("realm"), str) else None,
+                        realm=realm,
                         address=d.get("address", "127.0.0.1") if port else None,
                         port=port if isinstance(port, int) and port else 3868,
                     )
                 )
+                if section == "scscf":
+                    found += _instance_peers(whole["scscf"], realm)
         return tuple(found)
     value = data["peers"]
     if not isinstance(value, list):
@@ -236,6 +243,24 @@ def _peers(data: Mapping[str, Any], whole: Mapping[str, Any]) -> tuple[PeerEntry
             raise _fail(f"{where}.port", "expected a port number 1..65535")
         out.append(PeerEntry(host=host.strip(), realm=realm, address=address, port=port))
     return tuple(out)
+
+
+def _instance_peers(scscf: Mapping[str, Any], realm: str | None) -> list[PeerEntry]:
+    """The Diameter identities of the S-CSCF's other instances (``[[scscf.instances]]``)."""
+    out = []
+    instances = scscf.get("instances", [])
+    for item in instances if isinstance(instances, list) else []:
+        if isinstance(item, Mapping) and isinstance(item.get("diameter_host"), str):
+            port = item.get("diameter_port", 0)
+            out.append(
+                PeerEntry(
+                    host=item["diameter_host"],
+                    realm=realm,
+                    address=item.get("address", "127.0.0.1") if port else None,
+                    port=port if isinstance(port, int) and port else 3868,
+                )
+            )
+    return out
 
 
 def _pool(data: Mapping[str, Any], whole: Mapping[str, Any]) -> tuple[ScscfPoolEntry, ...]:
@@ -286,8 +311,12 @@ def _pool(data: Mapping[str, Any], whole: Mapping[str, Any]) -> tuple[ScscfPoolE
     if isinstance(scscf, Mapping) and isinstance(scscf.get("diameter"), Mapping):
         scscf_host = scscf["diameter"].get("host")
     entries = icscf.get("scscfs", []) if isinstance(icscf, Mapping) else []
+    seen: set[str] = set()
     for item in entries if isinstance(entries, list) else []:
         if isinstance(item, Mapping) and isinstance(item.get("name"), str):
+            if item["name"].lower() in seen:
+                continue  # another instance of the same S-CSCF: one Server-Name
+            seen.add(item["name"].lower())
             caps = item.get("capabilities", [])
             caps = tuple(c for c in caps if isinstance(c, int)) if isinstance(caps, list) else ()
             out.append(
@@ -377,4 +406,19 @@ def parse_hss_config(whole: Mapping[str, Any], *, base_dir: Path | None = None) 
         request_timeout=float(timeout),
         watchdog=float(watchdog),
         scscfs=_pool(data, whole),
+        scscf_instances=_scscf_instances(whole),
     )
+
+
+def _scscf_instances(whole: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    scscf = whole.get("scscf")
+    if not isinstance(scscf, Mapping) or not isinstance(scscf.get("instances"), list):
+        return ()
+    d = scscf.get("diameter")
+    host = d.get("host") if isinstance(d, Mapping) else None
+    name, port = scscf.get("name"), scscf.get("port", 5080)
+    server_name = scscf.get("server_name") or (f"sip:{name}:{port}" if name else None)
+    if not isinstance(server_name, str):
+        return ()
+    hosts = [host] + [i.get("diameter_host") for i in scscf["instances"] if isinstance(i, Mapping)]
+    return tuple((server_name, h) for h in hosts if isinstance(h, str) and h)

@@ -66,6 +66,8 @@ class HssServer:
         self._session_counter = 0
         self.diameter_port: int | None = None
         self.api_port: int | None = None
+        # Server-Name -> the Diameter hosts heard sending SARs with it (`_heard_from`)
+        self._scscf_hosts: dict[str, dict[str, None]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -232,7 +234,23 @@ class HssServer:
         read and committed on the loop's SQLite connection), else the awaitable the node
         runs in a Task."""
         assert self.service is not None
+        if type(request) is cx.ServerAssignmentRequest:
+            self._heard_from(request.server_name, request.origin_host)
         return self.service.respond(request)
+
+    def _heard_from(self, server_name: str | None, host: str | None) -> None:
+        """Which Diameter hosts serve a Server-Name (several for the instances of one
+        S-CSCF sharing a binding store): an RTR or PPR the last SAR's instance cannot
+        take goes to another (`_send_to_scscf`)."""
+        if not server_name or not host:
+            return
+        hosts = self._scscf_hosts.get(server_name)
+        if hosts is None:
+            if len(self._scscf_hosts) >= 256:
+                self._scscf_hosts.clear()
+            self._scscf_hosts[server_name] = hosts = {}
+        if host not in hosts and len(hosts) < 16:
+            hosts[host] = None
 
     def _session_id(self) -> str:
         self._session_counter += 1
@@ -283,16 +301,20 @@ class HssServer:
             await self.store.deregister_subscription(info.subscription_id)
             return {"sent": False, "reason": "serving S-CSCF has no Diameter host; state cleared"}
         assert self.service is not None
-        rtr = self.service.rtr(
-            session_id=self._session_id(),
-            destination_host=host,
-            destination_realm=info.scscf_realm,
-            impis=info.impis,
-            impus=info.impus,
-            reason=reason,
-            reason_info=reason_info or "administrative de-registration",
-        )
-        result = await self._send(rtr, host)
+        service = self.service
+
+        def rtr(host: str) -> Any:
+            return service.rtr(
+                session_id=self._session_id(),
+                destination_host=host,
+                destination_realm=info.scscf_realm,
+                impis=info.impis,
+                impus=info.impus,
+                reason=reason,
+                reason_info=reason_info or "administrative de-registration",
+            )
+
+        result = await self._send_to_scscf(rtr, host, info.scscf_name)
         # The operator asked for it: the HSS forgets the registration whether or
         # not the S-CSCF answered (it would otherwise keep serving a ghost).
         await self.store.deregister_subscription(info.subscription_id)
@@ -311,14 +333,33 @@ class HssServer:
             return {"sent": False, "reason": "serving S-CSCF has no Diameter host"}
         user_data, _ = await self.store.user_data(impi, info.impus[0])
         assert self.service is not None
-        ppr = self.service.ppr(
-            session_id=self._session_id(),
-            destination_host=host,
-            destination_realm=info.scscf_realm,
-            impi=impi,
-            user_data=user_data,
-        )
-        return await self._send(ppr, host)
+        service = self.service
+
+        def ppr(host: str) -> Any:
+            return service.ppr(
+                session_id=self._session_id(),
+                destination_host=host,
+                destination_realm=info.scscf_realm,
+                impi=impi,
+                user_data=user_data,
+            )
+
+        return await self._send_to_scscf(ppr, host, info.scscf_name)
+
+    async def _send_to_scscf(
+        self, make: Callable[[str], Any], host: str, server_name: str
+    ) -> dict[str, Any]:
+        """`make(host)` sent to `host`; if it cannot be delivered there (no connection,
+        no answer), to each other host heard serving `server_name`, in turn."""
+        result = await self._send(make(host), host)
+        heard = list(self._scscf_hosts.get(server_name, ()))
+        configured = [h for name, h in self.config.scscf_instances if name == server_name]
+        others = [h for h in dict.fromkeys(heard + configured) if h != host]
+        for other in others:
+            if result.get("ok") or "result" in result:
+                break  # answered: the S-CSCF's say
+            result = await self._send(make(other), other)
+        return result
 
 
 def run(config: Mapping[str, Any]) -> int:
