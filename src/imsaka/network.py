@@ -140,6 +140,11 @@ class NetworkOptions:
     S-CSCF, HSS in that order); 0: a free port each."""
     metrics_host: str = ""
     """Processes mode: the address the metrics listen on (empty: `host`)."""
+    scscf_instances: int = 1
+    """In process only: the S-CSCF as this many instances behind one Server-Name
+    (``[[scscf.instances]]``, each listed in ``[[icscf.scscfs]]``); from 2 the document
+    needs a Redis ``binding_store`` (give it in `extra`). `Network.scscf` is instance 1,
+    `Network.scscf_others` the rest."""
 
 
 class Network:
@@ -170,6 +175,7 @@ class Network:
         self.raw: dict[str, Any] = {}
         self.hss: Any = None
         self.scscf: Any = None
+        self.scscf_others: list[Any] = []  # instances 2, 3, … (`scscf_instances`)
         self.icscf: Any = None
         self.pcscf: Any = None
         self.hss_proc: Any = None  # subprocess.Popen with NetworkOptions.hss_process
@@ -276,6 +282,17 @@ class Network:
                 },
             },
         }
+        if o.scscf_instances > 1:
+            instances = []
+            for n in range(2, o.scscf_instances + 1):
+                port = free_port(h, tcp=True)
+                instances.append(
+                    {"address": h, "port": port, "diameter_host": f"scscf1-{n}.home1.net"}
+                )
+                doc["icscf"]["scscfs"].append(
+                    {"name": f"sip:scscf1.home1.net:{scscf_port}", "address": h, "port": port}
+                )
+            doc["scscf"]["instances"] = instances
         _merge(doc, o.extra)
         return doc
 
@@ -320,6 +337,10 @@ class Network:
                     self.provisioned += await self.provision_specs(self.specs)
             self.scscf = ScscfServer(cfg.scscf, observers=obs, network=cfg.network)
             await self.scscf.start()
+            for n in range(2, len(cfg.scscf.instances) + 2):
+                other = ScscfServer(cfg.scscf.instance(n), observers=obs, network=cfg.network)
+                self.scscf_others.append(other)
+                await other.start()
             self.icscf = IcscfServer(cfg.icscf, cfg.network, observers=obs)
             await self.icscf.start()
             self.pcscf = PcscfServer(
@@ -534,30 +555,45 @@ class Network:
                     f.close()
         return code
 
-    async def restart_scscf(self, store: Any = None, *, crash: bool = False) -> None:
+    async def restart_scscf(
+        self, store: Any = None, *, crash: bool = False, instance: int = 1, down: float = 0.0
+    ) -> None:
         """Stop the S-CSCF, once what is under way ended (`ScscfServer.drain`, as on
         SIGTERM), and start a new one from the same configuration (its binding store
         decides what survives: `redis://` keeps registrations, their reg-event
         subscriptions and the open challenges). `store`: a `imsaka.cscf.registrar`
         binding store to use instead of the configured one. `crash`: stopped at once
         instead (no drain: what was under way goes, and no list of open challenges is
-        written at the stop; on Redis each was written when made)."""
+        written at the stop; on Redis each was written when made). `instance`: which
+        instance of the S-CSCF (`NetworkOptions.scscf_instances`); `down`: seconds it
+        stays stopped."""
         from imsaka.cscf.scscf import ScscfServer
 
         assert self.config is not None and self.config.scscf is not None
-        if self.scscf is not None:
+        import asyncio
+
+        old = self.scscf if instance == 1 else self.scscf_others[instance - 2]
+        if old is not None:
             if not crash:
-                await self.scscf.drain()  # as `imsaka run scscf` stops on SIGTERM
-            await self.scscf.stop()
-            self.scscf = None
+                await old.drain()  # as `imsaka run scscf` stops on SIGTERM
+            await old.stop()
+            if instance == 1:
+                self.scscf = None
+            else:
+                self.scscf_others[instance - 2] = None
+        if down > 0:
+            await asyncio.sleep(down)
         server = ScscfServer(
-            self.config.scscf,
+            self.config.scscf.instance(instance),
             store=store,
             observers=tuple(self._observers),
             network=self.config.network,
         )
         await server.start()
-        self.scscf = server
+        if instance == 1:
+            self.scscf = server
+        else:
+            self.scscf_others[instance - 2] = server
 
     async def restart_icscf(self, down: float = 0.0) -> None:
         """Stop the I-CSCF at once (what it had under way goes with it, as in a crash)
@@ -626,6 +662,13 @@ class Network:
             self.exit_codes = await asyncio.get_running_loop().run_in_executor(
                 None, self.kill_processes
             )
+        for other in self.scscf_others:
+            if other is not None:
+                try:
+                    await other.stop()
+                except Exception:
+                    log.exception("stopping an S-CSCF instance failed")
+        self.scscf_others = []
         for name in ("pcscf", "icscf", "scscf", "hss"):
             server = getattr(self, name)
             if server is None:
@@ -669,6 +712,8 @@ class Network:
             (cfg.icscf.address, cfg.icscf.port): "I-CSCF",
             (cfg.scscf.address, cfg.scscf.port): "S-CSCF",
         }
+        for n, instance in enumerate(cfg.scscf.instances, start=2):
+            out[(instance.address, instance.port)] = f"S-CSCF#{n}"
         hss = self.raw.get("hss", {})
         out[(hss.get("diameter_address", "127.0.0.1"), int(hss.get("diameter_port", 3868)))] = "HSS"
         return out

@@ -807,28 +807,45 @@ async def icscf_with_instances(net: HomeNetwork, ports: list[int], timeout: floa
 
 
 async def test_an_scscf_instance_that_does_not_answer_is_passed_over(home):
-    """The S-CSCF's first instance listens nowhere (UDP: no error comes back): after
+    """The S-CSCF's first instance takes datagrams and answers none: after
     `scscf_timeout` of silence the I-CSCF sends the REGISTER to the next instance of the
-    same Server-Name, with no second UAR, and sends the next request there at once (the
-    silent one is tried last for `scscf_down_time`)."""
-    silent = __import__("tests.conftest", fromlist=["x"]).free_port(2)
-    icscf = await icscf_with_instances(home, [silent, home.scscf_port], timeout=0.5)
-    t0 = asyncio.get_running_loop().time()
-    r401 = await send(home, register(home, cseq=1, authorization=empty_auth(), protected=False))
-    waited = asyncio.get_running_loop().time() - t0
-    assert r401.status == 401 and 0.5 <= waited < 3.0, (r401, waited)
-    uars = [m for m in cx_seen(home, "icscf") if isinstance(m, cx.UserAuthorizationRequest)]
-    assert len(uars) == 1
-    t0 = asyncio.get_running_loop().time()
-    auth = answer_auth(r401.www_authenticate, new_ue())
-    r200 = await send(home, register(home, cseq=2, authorization=auth, protected=True))
-    assert r200.status == 200
-    assert asyncio.get_running_loop().time() - t0 < 0.5
-    assert icscf.counters["scscf_instance_failover"] == 1
-    assert icscf.counters["scscf_instance_down"] == 1
-    assert icscf.counters["scscf_retry"] == 0
-    # the copy sent to the silent instance is left to its Timer F; nothing else waits
-    assert home.icscf.census()["client_requests_waiting"] == 1
+    same Server-Name, with no second UAR and the same branch, sends the silent one no
+    more copies (were it to come back, it would take a request answered elsewhere), and
+    sends the next
+    request to the other at once (the silent one is tried last for `scscf_down_time`)."""
+    loop = asyncio.get_running_loop()
+    copies: list[bytes] = []
+
+    class Silent(asyncio.DatagramProtocol):
+        def datagram_received(self, data, addr):
+            copies.append(data)
+
+    silent, _ = await loop.create_datagram_endpoint(Silent, local_addr=("127.0.0.1", 0))
+    try:
+        silent_port = silent.get_extra_info("sockname")[1]
+        icscf = await icscf_with_instances(home, [silent_port, home.scscf_port], timeout=0.6)
+        t0 = loop.time()
+        r401 = await send(home, register(home, cseq=1, authorization=empty_auth(), protected=False))
+        waited = loop.time() - t0
+        assert r401.status == 401 and 0.6 <= waited < 3.0, (r401, waited)
+        taken = len(copies)
+        assert taken == 2  # the first copy and Timer E's one at 0.5 s
+        uars = [m for m in cx_seen(home, "icscf") if isinstance(m, cx.UserAuthorizationRequest)]
+        assert len(uars) == 1
+        t0 = loop.time()
+        auth = answer_auth(r401.www_authenticate, new_ue())
+        r200 = await send(home, register(home, cseq=2, authorization=auth, protected=True))
+        assert r200.status == 200
+        assert loop.time() - t0 < 0.5
+        assert icscf.counters["scscf_instance_failover"] == 1
+        assert icscf.counters["scscf_instance_down"] == 1
+        assert icscf.counters["scscf_retry"] == 0
+        await asyncio.sleep(3.0)  # Timer E would have sent it at 1.5 and 3.5 s
+        assert len(copies) == taken
+        # the copy sent to the silent instance was abandoned: nothing waits
+        assert home.icscf.census()["client_requests_waiting"] == 0
+    finally:
+        silent.close()
 
 
 @pytest.mark.redis

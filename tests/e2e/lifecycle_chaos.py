@@ -106,7 +106,9 @@ ALLOWED = ("cached_vectors",)
 
 def _leftovers(net: Network, ues: list[UeClient]) -> dict[str, int]:
     left: dict[str, int] = {}
-    for name, server in (("p", net.pcscf), ("i", net.icscf), ("s", net.scscf)):
+    servers = [("p", net.pcscf), ("i", net.icscf), ("s", net.scscf)]
+    servers += [(f"s{n}", other) for n, other in enumerate(net.scscf_others, start=2)]
+    for name, server in servers:
         for key, value in server.census().items():
             if value and key not in ALLOWED:
                 left[f"{name}.{key}"] = value
@@ -209,6 +211,7 @@ async def run(
     pcscf_restarts: bool = False,
     pcscf_handoffs: bool = False,
     pcscf_store: str = "",
+    scscf_instances: int = 1,
 ) -> dict[str, Any]:
     rng = random.Random(seed)
     if pcscf_restarts and not 0 < expires <= 60:
@@ -233,12 +236,17 @@ async def run(
     if redis_url:
         scscf["binding_store"] = redis_url
         scscf.pop("reregistration_sar", None)  # "when-needed" needs the memory store
-        restarts = _Restarts(redis_url, seed)
+        restarts = _Restarts(redis_url, seed, scscf_instances)
+        # (the instances read the run's own prefix from the document)
+        scscf["binding_store_prefix"] = restarts.prefix
         # Open challenges outlive a restart (kept at the stop): one the UE no longer
         # answers (a retransmitted REGISTER met the new S-CSCF, which challenged it
         # anew, and the UE answered that one) stays until reg-await-auth: short.
         scscf["reg_await_auth"] = 30
-    options = NetworkOptions(extra={"scscf": scscf})
+    options = NetworkOptions(extra={"scscf": scscf}, scscf_instances=scscf_instances)
+    if scscf_instances > 1:
+        # an instance that does not answer is passed over well inside the UE's Timer F
+        options.extra["icscf"] = {"scscf_timeout": 2.0}
     handoff_dir = None
     if pcscf_handoffs:
         handoff_dir = tempfile.TemporaryDirectory(prefix="imsaka-handoff-")
@@ -255,7 +263,13 @@ async def run(
         # has lapsed when the end counts what is left.
         scscf["reg_await_auth"] = 30
         options = NetworkOptions(
-            hss_process=True, extra={**options.extra, "scscf": scscf, "icscf": fast}
+            hss_process=True,
+            extra={
+                **options.extra,
+                "scscf": scscf,
+                "icscf": {**options.extra.get("icscf", {}), **fast},
+            },
+            scscf_instances=scscf_instances,
         )
         ue_extra["max_retries"] = 30
     try:
@@ -283,10 +297,13 @@ async def run(
 
 
 class _Restarts:
-    """The S-CSCF restarted on its Redis store at random moments (`--scscf-restarts`)."""
+    """The S-CSCF restarted on its Redis store at random moments (`--scscf-restarts`);
+    with several instances (`--scscf-instances`) one of them at a time, down for up to
+    4 s, so that the I-CSCF passes over it."""
 
-    def __init__(self, url: str, seed: int) -> None:
+    def __init__(self, url: str, seed: int, instances: int = 1) -> None:
         self.url = url
+        self.instances = instances
         self.prefix = f"imsaka:chaos:{seed}:{random.getrandbits(32):08x}:"
         self.rng = random.Random(seed + 13)
         self.done = 0
@@ -303,9 +320,16 @@ class _Restarts:
             await asyncio.sleep(self.rng.uniform(3.0, 12.0))
             # half of them a crash: nothing drained, no challenges listed at the stop
             crash = self.rng.random() < 0.5
-            log.info("S-CSCF restart: %s", "crash" if crash else "draining")
-            await net.restart_scscf(self.store(), crash=crash)
-            lossy_scscf()
+            instance = self.rng.randint(1, self.instances)
+            down = self.rng.uniform(0.0, 4.0) if self.instances > 1 else 0.0
+            log.info(
+                "S-CSCF #%d restart: %s, down %.1f s",
+                instance,
+                "crash" if crash else "draining",
+                down,
+            )
+            await net.restart_scscf(self.store(), crash=crash, instance=instance, down=down)
+            lossy_scscf(instance)
             self.done += 1
             self.crashes += crash
             log.info("S-CSCF restart: the new one is up")
@@ -549,9 +573,10 @@ async def _run(
         if restarts is not None:
             loss_rng2 = random.Random(seed + 11)
 
-            def lossy_scscf() -> None:
+            def lossy_scscf(instance: int) -> None:
                 # the new S-CSCF's UDP legs as lossy as the old one's
-                for transport in net.scscf.endpoint.transports:
+                server = net.scscf if instance == 1 else net.scscf_others[instance - 2]
+                for transport in server.endpoint.transports:
                     if transport.name == "udp":
                         _lossy_socket(transport, loss_rng2, dropped)
 
@@ -694,6 +719,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 args.pcscf_restarts,
                 args.pcscf_handoffs,
                 args.pcscf_store,
+                args.scscf_instances,
             )
         except Exception:  # a crash of the run itself is a failure of that seed
             out = {"seed": seed, "bad": [traceback.format_exc()[-1500:]]}
@@ -750,7 +776,17 @@ def main(argv: list[str] | None = None) -> int:
         metavar="REDIS_URL",
         help="with --pcscf-restarts: the P-CSCF's registrations in this Redis (state_store)",
     )
+    p.add_argument(
+        "--scscf-instances",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --scscf-restarts: the S-CSCF as N instances behind one Server-Name "
+        "([[scscf.instances]]), one restarted at a time and down for 0-4 s",
+    )
     args = p.parse_args(argv)
+    if args.scscf_instances > 1 and not args.scscf_restarts:
+        p.error("--scscf-instances needs --scscf-restarts (their shared Redis)")
     if args.pcscf_restarts and args.pcscf_handoffs:
         p.error("--pcscf-restarts and --pcscf-handoffs: one or the other")
     return asyncio.run(main_async(args))

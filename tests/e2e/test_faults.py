@@ -211,7 +211,7 @@ def _lose_a_fifth(net: Network, ues: list[UeClient], seed: int) -> dict[str, int
 
     lossy_socket(net.pcscf.udp)  # Gm clear answers and Mw towards the I-/S-CSCF
     net.pcscf.send_protected = lossy(net.pcscf.send_protected)  # Gm ESP
-    for server in (net.icscf, net.scscf):
+    for server in (net.icscf, net.scscf, *net.scscf_others):
         for transport in server.endpoint.transports:
             if transport.name == "udp":
                 lossy_socket(transport)

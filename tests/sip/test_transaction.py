@@ -85,6 +85,29 @@ def test_non_invite_client_retransmits_with_e_and_times_out_with_f():
     assert lay.counters["retransmissions"] == 10
 
 
+def test_an_abandoned_client_sends_no_more_and_its_key_is_free_again():
+    """`abandon` (a proxy takes the request to another instance of the next hop, with
+    the same branch): no retransmission, no timeout, no event after it; a response to it
+    is a stray; a new transaction with the same key gets the next response."""
+    lay = layer()
+    tx = lay.send_request(request(branch="z9hG4bKsame"), "udp", now=0.0)
+    lay.events()
+    run_until(lay, 2.0)  # E at 0.5 and 1.5
+    assert lay.counters["retransmissions"] == 2
+    lay.events()
+    lay.abandon(tx.key)
+    assert len(lay) == 0 and run_until(lay, 100.0) == []
+    answer = make_response(parse_message(bytes(request(branch="z9hG4bKsame"))), 200)
+    lay.receive_response(answer, "udp", 100.0)
+    assert kinds(lay.events()) == ["StrayResponse"]
+    again = lay.send_request(request(branch="z9hG4bKsame"), "udp2", now=100.0)
+    assert again.key == tx.key
+    lay.events()
+    lay.receive_response(answer, "udp", 100.1)
+    assert kinds(lay.events()) == ["ResponseReceived"]
+    assert lay.counters["retransmissions"] == 2 and lay.counters["abandoned"] == 1
+
+
 def test_non_invite_client_proceeding_uses_t2_and_completes():
     lay = layer()
     req = request()

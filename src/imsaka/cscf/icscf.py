@@ -525,15 +525,14 @@ class Icscf:
         # SAR), where a new branch would make it a new REGISTER with the same Call-ID
         # and CSeq (RFC 3261 §10.3 step 7: refused).
         pooled = entry.name in self._pools
-        # (an instance of several: its own token, so that copies to two instances at
-        # once are two transactions here)
-        target = f"{entry.name} {entry.address}:{entry.port}" if pooled else entry.name
+        # (every instance of one S-CSCF gets the same branch: the one the request goes
+        # to next knows a copy the one before answered, from the shared store)
         push_via(
             fwd,
             transport.name.upper(),
             self.config.name,
             self.config.port,
-            branch=retransmission_branch(request, target_token(target)),
+            branch=retransmission_branch(request, target_token(entry.name)),
         )
         self.counters["forwarded"] += 1
         addr = (entry.address, entry.port)
@@ -542,7 +541,9 @@ class Icscf:
             on_response = reg.watch(entry, self.config.scscf_timeout)
         send = getattr(self.endpoint, "send_request_callback", None)
         if send is not None:
-            send(fwd, addr, transport, on_response)
+            key = send(fwd, addr, transport, on_response)
+            if pooled:
+                reg.sent = key
             return
         # an endpoint with the coroutine only (tests' fakes)
         self._in_task(
@@ -575,6 +576,7 @@ class _Routing:
         "instances",
         "lir",
         "request",
+        "sent",
         "silence",
         "tried",
         "tx",
@@ -605,6 +607,7 @@ class _Routing:
         # that moves it on from a silent one
         self.instances: list[ScscfEntry] | None = None
         self.silence: asyncio.TimerHandle | None = None
+        self.sent: tuple | None = None  # the copy to the current instance (its key)
 
     def ask(self) -> None:
         icscf = self.icscf
@@ -697,6 +700,15 @@ class _Routing:
         if following is None:
             return False
         icscf.counters["scscf_instance_failover"] += 1
+        if self.sent is not None:
+            # the silent one is sent it no more: should it come back while its copy was
+            # still being retransmitted, it would take a request answered elsewhere
+            # (a late de-REGISTER ending the registration made after it); and the copy
+            # to the next one has the same branch
+            abandon = getattr(icscf.endpoint, "abandon_request", None)
+            if abandon is not None:
+                abandon(self.sent)
+            self.sent = None
         self.entry = following
         icscf._forward(self.request, following, self)
         return True

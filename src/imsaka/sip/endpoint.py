@@ -397,12 +397,13 @@ class SipEndpoint:
         addr: Address,
         transport: SipTransport,
         callback: Callable[[Response], None],
-    ) -> None:
+    ) -> tuple:
         """`send_request` without a coroutine: `callback(response)` gets the final
         response (the local 408 on Timer B/F, 503 on a transport error, as there) from
         the endpoint's event handling, so a proxy forwarding many requests needs no Task
         each. The caller names the transport (no §18.1.1 switch to a stream); no 1xx
-        callback, no timeout of its own; `close()` drops the call."""
+        callback, no timeout of its own; `close()` drops the call. Returns the client
+        transaction's key (`abandon_request`)."""
         if not request.has("via"):
             host, port = transport.local_address
             push_via(
@@ -418,6 +419,14 @@ class SipEndpoint:
         key = self.layer.send_request(request, self._dest((transport, addr)), now).key
         self._pending[key] = (_Callback(self, key, callback), None, request)  # type: ignore[assignment]
         self._drain()
+        return key
+
+    def abandon_request(self, key: tuple) -> None:
+        """Client transaction `key` ends here, its callback never called: the request
+        is sent no more (the caller takes it elsewhere, and may use the same branch)."""
+        self.layer.abandon(key)
+        self._pending.pop(key, None)
+        self._rearm()
 
     @property
     def closed(self) -> bool:

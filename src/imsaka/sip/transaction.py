@@ -1028,6 +1028,18 @@ class TransactionLayer:
     def client_transaction(self, key: tuple) -> ClientTransaction | None:
         return self._client.get(key)
 
+    def abandon(self, key: tuple) -> None:
+        """End the client transaction `key` here and now, silently: its request is sent
+        no more and a late response to it is a stray, or the response of a transaction
+        started after it with the same key (a proxy that takes the request to another
+        instance of the same next hop, RFC 3263 §4.3, with the same branch)."""
+        tx = self._client.pop(key, None)
+        if tx is not None:
+            tx.timers = ()
+            tx.state = _TERMINATED  # (its timer entries are skipped)
+            tx.deadline = None
+            self.counters["abandoned"] += 1
+
     def find_cancel_target(self, cancel: Request) -> ServerTransaction | None:
         """§9.2: the INVITE server transaction a CANCEL refers to."""
         key = server_key(cancel)
