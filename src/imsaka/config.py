@@ -538,6 +538,12 @@ class ScscfConfig:
     instances: tuple[ScscfInstance, ...] = ()
     """More processes of this S-CSCF (``imsaka run scscf --instance N``, N from 2); the
     section itself is instance 1. They need a shared binding store."""
+    share_challenges: bool = False
+    """With a Redis store: write each challenge under its nonce before its 401 (and
+    remove it once answered here), so that an answer reaching another instance, or this
+    one after a crash, is verified instead of challenged again. Two Redis round trips
+    per registration (~0.24 ms of S-CSCF CPU measured here). Default: on when there are
+    `instances`."""
 
     @property
     def service_route(self) -> str:
@@ -561,7 +567,7 @@ class ScscfConfig:
         )
         return replace(
             self, address=other.address, port=other.port, diameter=diameter, instances=()
-        )
+        )  # (share_challenges as instance 1 has it)
 
 
 FUNCTIONS = ("hss", "pcscf", "icscf", "scscf")
@@ -941,6 +947,10 @@ def _scscf(t: _Table, network: NetworkConfig) -> ScscfConfig:
         # A shared record may have been written by another S-CSCF, which the HSS may
         # still name for the IMPU: only an SAR tells the HSS who serves it now.
         raise t.fail("reregistration_sar", '"when-needed" needs binding_store = "memory://"')
+    instances = _scscf_instances(t, binding_store, port, diameter)
+    share_challenges = t.bool("share_challenges", bool(instances))
+    if share_challenges and binding_store == "memory://":
+        raise t.fail("share_challenges", 'needs a shared binding_store ("redis://HOST:PORT/DB")')
     cfg = ScscfConfig(
         name=name,
         diameter=diameter,
@@ -963,7 +973,8 @@ def _scscf(t: _Table, network: NetworkConfig) -> ScscfConfig:
         vector_lifetime=t.int("vector_lifetime", 3600, lo=1),
         service_route_user=t.str("service_route_user", "orig"),
         retry_after=t.int("retry_after", 30, lo=0, hi=86400),
-        instances=_scscf_instances(t, binding_store, port, diameter),
+        instances=instances,
+        share_challenges=share_challenges,
     )
     t.done()
     return cfg

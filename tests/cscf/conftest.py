@@ -202,7 +202,9 @@ class RedisHome:
 @pytest.fixture
 async def redis_home(tmp_path, redis_url):
     """`RedisHome` started; its keys removed and the network stopped after the test."""
-    home = RedisHome(HomeNetwork(tmp_path, binding_store=redis_url), redis_url)
+    home = RedisHome(
+        HomeNetwork(tmp_path, binding_store=redis_url, share_challenges=True), redis_url
+    )
     try:
         await home.net.start()
         await home.restart_scscf()  # on the test's own prefix

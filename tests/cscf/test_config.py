@@ -158,6 +158,8 @@ def test_an_scscf_instance_runs_with_its_own_port_and_diameter_identity():
     assert second.diameter.peers == first.diameter.peers and second.instances == ()
     with pytest.raises(ValueError, match="--instance: 3 is not an instance"):
         cfg.scscf.instance(3)
+    assert first.share_challenges and second.share_challenges  # (on with instances)
+    assert not parse_config(with_instances()).scscf.share_challenges
     hss = parse_hss_config(doc)
     assert "scscf1b.home1.net" in [p.host for p in hss.peers]
     assert hss.scscf_instances == (
@@ -185,6 +187,15 @@ def test_scscf_instances_mistakes_name_the_field(instances, store, message):
     with pytest.raises(ConfigError) as info:
         parse_config(doc)
     assert str(info.value).startswith(message), str(info.value)
+
+
+def test_share_challenges_needs_a_shared_store():
+    doc = example()
+    doc["scscf"]["share_challenges"] = True
+    with pytest.raises(ConfigError, match=r"^\[scscf\].share_challenges: needs a shared"):
+        parse_config(doc)
+    doc["scscf"]["binding_store"] = "redis://127.0.0.1:6379/15"
+    assert parse_config(doc).scscf.share_challenges
 
 
 def test_cli_instance_of_what_has_none_is_one_line(tmp_path):

@@ -486,7 +486,8 @@ async def two_scscfs_on_redis(tmp_path, redis_url):
     from imsaka.cscf.scscf import ScscfServer
 
     prefix = f"imsaka:test:{os.getpid()}:{os.urandom(4).hex()}:"
-    net = HomeNetwork(tmp_path)
+    # (both on the test's own prefix: the stores are given, the document's URL unused)
+    net = HomeNetwork(tmp_path, binding_store=redis_url, share_challenges=True)
     other = None
     try:
         await net.start()

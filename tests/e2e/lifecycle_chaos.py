@@ -29,8 +29,8 @@ Redis (a prefix of the run's own, removed after it) and restarts the S-CSCF ever
 12 s while the UEs go through their steps (its UDP legs stay lossy): registrations,
 challenges and subscriptions meet a restart at every point of their lives. Half of
 the restarts drain first (SIGTERM-like), half are a crash (what was under way goes).
-Open challenges survive both (written to Redis as they are made), so `reg_await_auth`
-is 30 s: one the UE no longer answers has lapsed at the end. An RTR the
+Open challenges survive both (`share_challenges`: written to Redis as they are made),
+so `reg_await_auth` is 30 s: one the UE no longer answers has lapsed at the end. An RTR the
 HSS could not deliver (the S-CSCF down at that instant) is not a failure: the UE stays
 registered.
 
@@ -235,6 +235,7 @@ async def run(
     restarts = None
     if redis_url:
         scscf["binding_store"] = redis_url
+        scscf["share_challenges"] = True  # (on by itself with several instances)
         scscf.pop("reregistration_sar", None)  # "when-needed" needs the memory store
         restarts = _Restarts(redis_url, seed, scscf_instances)
         # (the instances read the run's own prefix from the document)

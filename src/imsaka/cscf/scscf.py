@@ -365,7 +365,7 @@ class Scscf:
         )
         self._shared = not isinstance(self.store, MemoryBindingStore)
         # (an answer may reach another S-CSCF sharing the store, or this one restarted)
-        self.core.share_challenges = self._shared
+        self.core.share_challenges = self._shared and config.share_challenges
         self._cx_send = cx_send
         self._cx_ask = cx_ask
         self._clock = clock
