@@ -158,3 +158,27 @@ def hss_mars(net) -> list:
 
 def split_nonce_of(r401) -> str:
     return r401.www_authenticate.get("nonce")
+
+
+def test_an_answer_to_a_challenge_gone_is_named_in_the_log(caplog):
+    """The challenge response that made the bindings, again under another Via branch
+    with its challenge gone (an S-CSCF instance that did not share it, or a restart):
+    logged with both branches and counted, so that a trace shows why it is challenged
+    again. A refresh carrying the last nonce (TS 24.229 §5.1.1.4.1) is not."""
+    import dataclasses
+    import logging
+
+    h = Harness(RegistrarCore(policy()), FakeHss())
+    ue = FakeUe()
+    r401 = h.send(ue.register())
+    answer = dataclasses.replace(ue.answer(header(r401, "WWW-Authenticate")[0]), branch="z9hG4bKb1")
+    assert h.send(answer).status == 200
+    refresh = dataclasses.replace(answer, cseq=answer.cseq + 1, branch="z9hG4bKb3")
+    with caplog.at_level(logging.INFO, logger="imsaka.cscf.scscf"):
+        assert h.send(refresh).status == 200  # (protected: no new AKA run)
+        assert h.core.counters["answer_to_unknown_challenge"] == 0
+        again = dataclasses.replace(refresh, branch="z9hG4bKb4")
+        h.send(again)
+    assert h.core.counters["answer_to_unknown_challenge"] == 1
+    (line,) = [r.getMessage() for r in caplog.records if "not held here" in r.getMessage()]
+    assert "branch z9hG4bKb3, this with z9hG4bKb4" in line

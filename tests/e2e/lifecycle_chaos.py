@@ -131,6 +131,7 @@ class _Logs(logging.Handler):
         "imsaka.ue",
         "imsaka.cscf.pcscf",
         "imsaka.cscf.icscf",
+        "imsaka.cscf.scscf",
         "imsaka.sip.endpoint",
         "imsaka.ipsec",
         "lifecycle_chaos",
@@ -624,6 +625,11 @@ async def _run(
             await asyncio.gather(restarter, return_exceptions=True)
             ops["scscf-restart"] = restarts.done
             ops["scscf-crash"] = restarts.crashes
+            # one cancelled while it was down is started again, for the end's steps
+            for n in range(1, restarts.instances + 1):
+                if (net.scscf if n == 1 else net.scscf_others[n - 2]) is None:
+                    await net.restart_scscf(restarts.store(), instance=n)
+                    lossy_scscf(n)
         for c in crashes_of:
             await c.stop()
         if hss_restarter is not None:

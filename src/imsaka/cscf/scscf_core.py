@@ -489,6 +489,8 @@ class RegistrarCore:
             self.counters["ue_network_auth_failed"] += 1
             return [self._reply(token, 403, "Forbidden (network authentication failed at the UE)")]
         reg = self._live_registration(req.impu, now)
+        if auth is not None and auth.response and auth.nonce:
+            self._note_unknown_challenge(req, impi, reg)
         if (
             reg is not None
             and auth is not None
@@ -539,6 +541,38 @@ class RegistrarCore:
             self.counters["deregister_not_registered"] += 1
             return self._authenticated(token, req, impi, now, None)
         return self._challenge(token, req, impi, now)
+
+    def _note_unknown_challenge(
+        self, req: RegisterRequest, impi: str, reg: Registration | None
+    ) -> None:
+        """Log an answer to a challenge not held here (run out, or made by an S-CSCF that
+        did not share it) where it will be challenged again although it may not need to
+        be: nothing registered, or the very REGISTER that made the bindings (Call-ID and
+        CSeq) under another Via branch. (A UE's refresh carrying its last nonce, as TS
+        24.229 §5.1.1.4.1 has it, is neither.)"""
+        if reg is None:
+            why = "nothing is registered"
+        else:
+            made = [
+                b
+                for spec in req.contacts
+                if (b := reg.contacts.get(spec.uri)) is not None
+                and (b.call_id, b.cseq) == (req.call_id, req.cseq)
+                and b.branch != req.branch
+            ]
+            if not made:
+                return
+            why = (
+                f"its bindings' REGISTER came with branch {made[0].branch}, this with {req.branch}"
+            )
+        self.counters["answer_to_unknown_challenge"] += 1
+        log.info(
+            "REGISTER of %s (%s, CSeq %d) answers a challenge not held here: %s",
+            impi,
+            req.impu,
+            req.cseq,
+            why,
+        )
 
     def _new_contact_without_reg_id(self, reg: Registration, req: RegisterRequest) -> bool:
         for spec in req.contacts:
