@@ -85,6 +85,37 @@ port = {hss_port}
     )
 
 
+# The REGISTER as the P-CSCF sends it (to the I-CSCF) in the tests without a P-CSCF.
+BASE_AUTH = 'Digest username="user1_private@home1.net", realm="home1.net", uri="sip:home1.net"'
+
+
+def register_as_pcscf(port: int, cseq: int, auth: str):
+    text = (
+        "REGISTER sip:home1.net SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP pcscf1.visited1.net:{port};branch=z9hG4bK{os.urandom(6).hex()}\r\n"
+        "Max-Forwards: 69\r\n"
+        "Path: <sip:term@pcscf1.visited1.net;lr>\r\nRequire: path\r\n"
+        'P-Visited-Network-ID: "Visited Network Number 1"\r\n'
+        "From: <sip:user1_public1@home1.net>;tag=1\r\nTo: <sip:user1_public1@home1.net>\r\n"
+        "Contact: <sip:127.0.0.1:40000>;expires=3600\r\nCall-ID: run-test\r\n"
+        f"Authorization: {auth}\r\nCSeq: {cseq} REGISTER\r\nContent-Length: 0\r\n\r\n"
+    )
+    return parse_message(text.encode())
+
+
+def aka_answer(r401) -> tuple[str, str]:
+    """The nonce of `r401` and the UE's AKAv1-MD5 response to it."""
+    nonce = r401.www_authenticate.get("nonce")
+    rand, autn, _ = split_nonce(nonce)
+    res = Isim(Milenage(K, opc=OPC)).authenticate(rand, autn).res
+    response = compute_response(
+        algorithm="AKAv1-MD5", username="user1_private@home1.net", realm="home1.net",
+        password=password_for("AKAv1-MD5", res=res), method="REGISTER",
+        uri="sip:home1.net", nonce=nonce,
+    )  # fmt: skip
+    return nonce, response
+
+
 def start(*args: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen(
@@ -155,39 +186,21 @@ async def test_three_processes_from_one_file(tmp_path):
         port = client.transports[0].local_address[1]
 
         def register(cseq: int, auth: str):
-            text = (
-                "REGISTER sip:home1.net SIP/2.0\r\n"
-                f"Via: SIP/2.0/UDP pcscf1.visited1.net:{port};branch=z9hG4bK{os.urandom(6).hex()}\r\n"
-                "Max-Forwards: 69\r\n"
-                "Path: <sip:term@pcscf1.visited1.net;lr>\r\nRequire: path\r\n"
-                'P-Visited-Network-ID: "Visited Network Number 1"\r\n'
-                "From: <sip:user1_public1@home1.net>;tag=1\r\nTo: <sip:user1_public1@home1.net>\r\n"
-                "Contact: <sip:127.0.0.1:40000>;expires=3600\r\nCall-ID: run-test\r\n"
-                f"Authorization: {auth}\r\nCSeq: {cseq} REGISTER\r\nContent-Length: 0\r\n\r\n"
-            )
-            return parse_message(text.encode())
+            return register_as_pcscf(port, cseq, auth)
 
-        base = 'Digest username="user1_private@home1.net", realm="home1.net", uri="sip:home1.net"'
         r401 = None
         for _ in range(20):  # the CSCFs reconnect to the HSS within a couple of seconds
             r401 = await client.send_request(
-                register(1, f'{base}, nonce="", response="", integrity-protected="no"'),
+                register(1, f'{BASE_AUTH}, nonce="", response="", integrity-protected="no"'),
                 ("127.0.0.1", icscf_port),
             )
             if r401.status != 480 and r401.status != 504:
                 break
             await asyncio.sleep(0.25)
         assert r401.status == 401, r401
-        nonce = r401.www_authenticate.get("nonce")
-        rand, autn, _ = split_nonce(nonce)
-        res = Isim(Milenage(K, opc=OPC)).authenticate(rand, autn).res
-        response = compute_response(
-            algorithm="AKAv1-MD5", username="user1_private@home1.net", realm="home1.net",
-            password=password_for("AKAv1-MD5", res=res), method="REGISTER",
-            uri="sip:home1.net", nonce=nonce,
-        )  # fmt: skip
+        nonce, response = aka_answer(r401)
         r200 = await client.send_request(
-            register(2, f'{base}, nonce="{nonce}", algorithm=AKAv1-MD5, response="{response}", '
+            register(2, f'{BASE_AUTH}, nonce="{nonce}", algorithm=AKAv1-MD5, response="{response}", '
                         'integrity-protected="yes"'),
             ("127.0.0.1", icscf_port),
         )  # fmt: skip
@@ -241,11 +254,10 @@ async def test_four_processes_and_a_ue_without_sec_agree(tmp_path):
             )
             return parse_message(text.encode())
 
-        base = 'Digest username="user1_private@home1.net", realm="home1.net", uri="sip:home1.net"'
         r401 = None
         for _ in range(20):
             r401 = await ue.send_request(
-                register(1, f'{base}, nonce="", response=""'), ("127.0.0.1", pcscf_port)
+                register(1, f'{BASE_AUTH}, nonce="", response=""'), ("127.0.0.1", pcscf_port)
             )
             if r401.status not in (480, 504):
                 break
@@ -253,16 +265,11 @@ async def test_four_processes_and_a_ue_without_sec_agree(tmp_path):
         assert r401.status == 401, r401
         www = r401.www_authenticate
         assert www.get("ik") is None and www.get("ck") is None  # the P-CSCF kept them
-        nonce = www.get("nonce")
-        rand, autn, _ = split_nonce(nonce)
-        res = Isim(Milenage(K, opc=OPC)).authenticate(rand, autn).res
-        response = compute_response(
-            algorithm="AKAv1-MD5", username="user1_private@home1.net", realm="home1.net",
-            password=password_for("AKAv1-MD5", res=res), method="REGISTER",
-            uri="sip:home1.net", nonce=nonce,
-        )  # fmt: skip
+        nonce, response = aka_answer(r401)
         r200 = await ue.send_request(
-            register(2, f'{base}, nonce="{nonce}", algorithm=AKAv1-MD5, response="{response}"'),
+            register(
+                2, f'{BASE_AUTH}, nonce="{nonce}", algorithm=AKAv1-MD5, response="{response}"'
+            ),
             ("127.0.0.1", pcscf_port),
         )
         assert r200.status == 200, r200
@@ -327,23 +334,12 @@ async def test_two_scscf_instances_one_killed_between_the_401_and_the_answer(tmp
         port = client.transports[0].local_address[1]
 
         def register(cseq: int, auth: str):
-            text = (
-                "REGISTER sip:home1.net SIP/2.0\r\n"
-                f"Via: SIP/2.0/UDP pcscf1.visited1.net:{port};branch=z9hG4bK{os.urandom(6).hex()}\r\n"
-                "Max-Forwards: 69\r\n"
-                "Path: <sip:term@pcscf1.visited1.net;lr>\r\nRequire: path\r\n"
-                'P-Visited-Network-ID: "Visited Network Number 1"\r\n'
-                "From: <sip:user1_public1@home1.net>;tag=1\r\nTo: <sip:user1_public1@home1.net>\r\n"
-                "Contact: <sip:127.0.0.1:40000>;expires=3600\r\nCall-ID: run-test\r\n"
-                f"Authorization: {auth}\r\nCSeq: {cseq} REGISTER\r\nContent-Length: 0\r\n\r\n"
-            )
-            return parse_message(text.encode())
+            return register_as_pcscf(port, cseq, auth)
 
-        base = 'Digest username="user1_private@home1.net", realm="home1.net", uri="sip:home1.net"'
         r401 = None
         for _ in range(40):  # both instances and the I-CSCF reach the HSS within seconds
             r401 = await client.send_request(
-                register(1, f'{base}, nonce="", response="", integrity-protected="no"'),
+                register(1, f'{BASE_AUTH}, nonce="", response="", integrity-protected="no"'),
                 ("127.0.0.1", icscf_port),
             )
             if r401.status not in (480, 504):
@@ -352,17 +348,10 @@ async def test_two_scscf_instances_one_killed_between_the_401_and_the_answer(tmp
         assert r401.status == 401, r401
         procs[1].kill()  # the first instance: no drain, nothing written at the stop
         procs[1].wait()
-        nonce = r401.www_authenticate.get("nonce")
-        rand, autn, _ = split_nonce(nonce)
-        res = Isim(Milenage(K, opc=OPC)).authenticate(rand, autn).res
-        response = compute_response(
-            algorithm="AKAv1-MD5", username="user1_private@home1.net", realm="home1.net",
-            password=password_for("AKAv1-MD5", res=res), method="REGISTER",
-            uri="sip:home1.net", nonce=nonce,
-        )  # fmt: skip
+        nonce, response = aka_answer(r401)
         t0 = asyncio.get_running_loop().time()
         r200 = await client.send_request(
-            register(2, f'{base}, nonce="{nonce}", algorithm=AKAv1-MD5, response="{response}", '
+            register(2, f'{BASE_AUTH}, nonce="{nonce}", algorithm=AKAv1-MD5, response="{response}", '
                         'integrity-protected="yes"'),
             ("127.0.0.1", icscf_port),
         )  # fmt: skip
@@ -370,7 +359,7 @@ async def test_two_scscf_instances_one_killed_between_the_401_and_the_answer(tmp
         assert 1.0 <= asyncio.get_running_loop().time() - t0 < 10.0
         t0 = asyncio.get_running_loop().time()
         refresh = await client.send_request(
-            register(3, f'{base}, nonce="", response="", integrity-protected="yes"'),
+            register(3, f'{BASE_AUTH}, nonce="", response="", integrity-protected="yes"'),
             ("127.0.0.1", icscf_port),
         )
         assert refresh.status == 200, refresh

@@ -197,16 +197,8 @@ def _peers(data: Mapping[str, Any], whole: Mapping[str, Any]) -> tuple[PeerEntry
                 else {}
             )
             if isinstance(d, Mapping) and isinstance(d.get("host"), str):
-                port = d.get("port", 0)
                 realm = d.get("realm") if isinstance(d.get("realm"), str) else None
-                found.append(
-                    PeerEntry(
-                        host=d["host"],
-                        realm=realm,
-                        address=d.get("address", "127.0.0.1") if port else None,
-                        port=port if isinstance(port, int) and port else 3868,
-                    )
-                )
+                found.append(_listed_peer(d["host"], realm, d.get("address"), d.get("port", 0)))
                 if section == "scscf":
                     found += _instance_peers(whole["scscf"], realm)
         return tuple(found)
@@ -251,16 +243,23 @@ def _instance_peers(scscf: Mapping[str, Any], realm: str | None) -> list[PeerEnt
     instances = scscf.get("instances", [])
     for item in instances if isinstance(instances, list) else []:
         if isinstance(item, Mapping) and isinstance(item.get("diameter_host"), str):
-            port = item.get("diameter_port", 0)
             out.append(
-                PeerEntry(
-                    host=item["diameter_host"],
-                    realm=realm,
-                    address=item.get("address", "127.0.0.1") if port else None,
-                    port=port if isinstance(port, int) and port else 3868,
+                _listed_peer(
+                    item["diameter_host"], realm, item.get("address"), item.get("diameter_port", 0)
                 )
             )
     return out
+
+
+def _listed_peer(host: str, realm: str | None, address: Any, port: Any) -> PeerEntry:
+    """A CSCF of the document as a peer: connected to where it listens for Diameter (a
+    port), else only accepted when it connects."""
+    return PeerEntry(
+        host=host,
+        realm=realm,
+        address=(address or "127.0.0.1") if port else None,
+        port=port if isinstance(port, int) and port else 3868,
+    )
 
 
 def _pool(data: Mapping[str, Any], whole: Mapping[str, Any]) -> tuple[ScscfPoolEntry, ...]:
