@@ -947,14 +947,15 @@ def _scscf(t: _Table, network: NetworkConfig) -> ScscfConfig:
         # A shared record may have been written by another S-CSCF, which the HSS may
         # still name for the IMPU: only an SAR tells the HSS who serves it now.
         raise t.fail("reregistration_sar", '"when-needed" needs binding_store = "memory://"')
-    instances = _scscf_instances(t, binding_store, port, diameter)
+    address = t.address("address")
+    instances = _scscf_instances(t, binding_store, (address, port), diameter)
     share_challenges = t.bool("share_challenges", bool(instances))
     if share_challenges and binding_store == "memory://":
         raise t.fail("share_challenges", 'needs a shared binding_store ("redis://HOST:PORT/DB")')
     cfg = ScscfConfig(
         name=name,
         diameter=diameter,
-        address=t.address("address"),
+        address=address,
         port=port,
         transports=t.strs("transports", ("udp", "tcp"), choices=TRANSPORTS),
         server_name=server_name,
@@ -981,10 +982,12 @@ def _scscf(t: _Table, network: NetworkConfig) -> ScscfConfig:
 
 
 def _scscf_instances(
-    t: _Table, binding_store: str, port: int, diameter: DiameterConfig
+    t: _Table, binding_store: str, first: tuple[str, int], diameter: DiameterConfig
 ) -> tuple[ScscfInstance, ...]:
+    """`[[scscf.instances]]`; `first`: the address and port of `[scscf]` itself."""
     out: list[ScscfInstance] = []
     hosts = {diameter.host.lower()}
+    taken = {first}
     for it in t.tables("instances"):
         if not it.has("port"):
             raise it.fail("port", "missing (each instance has its own SIP port)")
@@ -998,8 +1001,11 @@ def _scscf_instances(
         if instance.diameter_host.lower() in hosts:
             raise it.fail("diameter_host", f"{instance.diameter_host} is taken by another instance")
         hosts.add(instance.diameter_host.lower())
-        if instance.port == port or instance.port in [o.port for o in out]:
-            raise it.fail("port", f"{instance.port} is taken by another instance")
+        if (instance.address, instance.port) in taken:
+            raise it.fail(
+                "port", f"{instance.address}:{instance.port} is taken by another instance"
+            )
+        taken.add((instance.address, instance.port))
         out.append(instance)
     if out and binding_store == "memory://":
         raise t.fail("instances", 'need a shared binding_store ("redis://HOST:PORT/DB")')
