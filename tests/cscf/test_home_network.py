@@ -730,6 +730,42 @@ async def test_a_contact_change_through_the_other_scscf_reaches_the_subscribers_
 
 
 @pytest.mark.redis
+async def test_an_end_while_the_subscribers_scscf_was_down_is_told_when_it_is_back(
+    tmp_path, redis_url
+):
+    """The subscription is held at the second S-CSCF, which is down when the UE
+    de-registers through the first (the publication reaches nobody there). Started
+    again, it takes back the subscription, finds the registration gone and sends the
+    final NOTIFY with the reason the first one kept (before: dropped silently; the
+    P-CSCF kept the UE's SAs, the UE never heard)."""
+    from imsaka.cscf.registrar import RedisBindingStore
+    from imsaka.cscf.scscf import ScscfServer
+
+    async with two_scscfs_on_redis(tmp_path, redis_url) as (net, other, other_port, _):
+        _, r200 = await full_registration(net, new_ue())
+        assert r200.status == 200
+        notifies: list = []
+        assert (await reg_event_subscribe(net, notifies, port=other_port)).status == 200
+        await wait_for(lambda: len(notifies) == 1)
+        config, prefix = other.config, other.scscf.store._prefix
+        await other.stop()
+        dereg = register(net, cseq=3, protected=True, authorization=PROTECTED_YES, expires=0)
+        assert (await send(net, dereg)).status == 200
+        await asyncio.sleep(0.2)
+        assert len(notifies) == 1  # nobody to tell
+        back = ScscfServer(config, store=RedisBindingStore(redis_url, prefix=prefix))
+        try:
+            await back.start()
+            await wait_for(lambda: len(notifies) == 2)
+            assert notifies[1].get("subscription-state").startswith("terminated")
+            assert b'event="unregistered"' in notifies[1].body
+            assert back.scscf.core.counters["ended_while_down_notified"] == 1
+            assert back.census()["subscriptions"] == 0
+        finally:
+            await back.stop()
+
+
+@pytest.mark.redis
 async def test_a_damaged_change_on_the_channel_is_counted_and_changes_nothing(tmp_path, redis_url):
     """Records on the changes channel that do not read as a registration of the IMPU
     they name (another version's, damaged) are counted and dropped: no NOTIFY, the

@@ -430,6 +430,12 @@ class BindingStore(Protocol):
         too); returns at once where there is nobody else to hear from."""
         ...
 
+    async def ended_record(self, impu: str) -> dict | None:
+        """The record `publish_change` sent when the registration of `impu` ended, for
+        an hour (for an S-CSCF that was down then and holds subscriptions to it); None
+        if there is none."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -532,6 +538,9 @@ class MemoryBindingStore:
     async def follow_changes(self, on_record: Callable[[dict], None]) -> None:
         return None
 
+    async def ended_record(self, impu: str) -> dict | None:
+        return None
+
     async def close(self) -> None:
         return None
 
@@ -568,6 +577,10 @@ end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
 return 1
 """
+
+
+# Seconds the record of an ended registration is kept (`RedisBindingStore.ended_record`).
+ENDED_KEPT = 3600
 
 
 def _glob_literal(text: str) -> str:
@@ -725,7 +738,22 @@ class RedisBindingStore:
 
     async def publish_change(self, record: dict) -> None:
         text = json.dumps(record, separators=(",", ":"))
+        if record.get("kind") == "ended":
+            # kept too, for an S-CSCF that is down now (`ended_record`): one round trip
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(f"{self._prefix}ended:{record['impu']}", text, ex=ENDED_KEPT)
+                pipe.publish(f"{self._prefix}changes", text)
+                await pipe.execute()
+            return
         await self._redis.publish(f"{self._prefix}changes", text)
+
+    async def ended_record(self, impu: str) -> dict | None:
+        text = await self._redis.get(f"{self._prefix}ended:{impu}")
+        try:
+            record = json.loads(text) if text is not None else None
+        except ValueError:
+            return None
+        return record if type(record) is dict else None
 
     async def follow_changes(self, on_record: Callable[[dict], None]) -> None:
         channel = f"{self._prefix}changes"

@@ -398,17 +398,39 @@ class Scscf:
         now = self._clock()
         for reg in await self.store.all():
             self.core.load(reg)
+        orphans = []
         for record in await self.store.all_subscriptions(self._contact):
-            self._adopt_subscription(record, now)
+            orphan = self._adopt_subscription(record, now)
+            if orphan is not None:
+                orphans.append(orphan)
         await self._take_challenges(now)
         if self._shared:
             self._follower = asyncio.ensure_future(
                 self.store.follow_changes(self._changed_elsewhere)
             )
         # Registrations that lapsed while we were down expire now (TIMEOUT SAR), their
-        # subscribers told.
+        # subscribers told; so are those of registrations that ended meanwhile.
         await self._run_actions(self.core.handle_timer(now))
+        for sub in orphans:
+            await self._ended_while_down(sub)
         self._rearm()
+
+    async def _ended_while_down(self, sub: RegSubscription) -> None:
+        """A kept subscription whose registration ended while we were down, through
+        another S-CSCF sharing the store (its publication reached nobody here): its
+        final NOTIFY now, from the record that S-CSCF kept (TS 24.229 §5.4.2.1.2), or
+        as expired when there is none."""
+        try:
+            record = await self.store.ended_record(sub.impu)
+        except Exception as exc:  # the store is down: the end is told anyway
+            log.warning("binding store: end of %s not read: %s", sub.impu, exc)
+            record = None
+        self.subscriptions.add(sub)
+        self.core.counters["ended_while_down_notified"] += 1
+        if record is not None:
+            self._ended_elsewhere(sub.impu, record)
+        else:
+            self._notify_terminated(RemoveRegistration(sub.impu, "", "timeout", None))
 
     async def close(self) -> None:
         self._closed = True
@@ -471,25 +493,28 @@ class Scscf:
         if records:
             log.info("scscf: %d of %d open challenges taken back", taken, len(records))
 
-    def _adopt_subscription(self, record: dict, now: float) -> None:
+    def _adopt_subscription(self, record: dict, now: float) -> RegSubscription | None:
         """A subscription kept in the store by the S-CSCF before us at our Contact (where
         its subscriber sends its refreshes; not another S-CSCF's sharing the store):
-        held again while its registration lives and it has not expired (RFC 6665
-        §4.2.2; one whose registration ended while we were down had its final NOTIFY
-        then, or has none to get now)."""
+        held again until it expires (RFC 6665 §4.2.2). One whose registration lapsed
+        meanwhile gets its final NOTIFY from the expiry at start; one whose registration
+        is gone is returned, for `_ended_while_down`."""
         try:
             sub = RegSubscription.from_dict(record, RESTORED_GAP)
         except (KeyError, TypeError, ValueError) as exc:
             self.core.counters["subscription_unreadable"] += 1
             log.warning("a stored reg-event subscription is unreadable: %s", exc)
-            return
-        reg = self.core.registrations.get(sub.impu)
-        if reg is None or sub.expires_at <= now or not reg.is_live(now):
+            return None
+        if sub.expires_at <= now:
             self._keep_subscriptions(sub.impu)  # gone: so is its record
-            return
+            return None
+        reg = self.core.registrations.get(sub.impu)
+        if reg is None:
+            return sub
         sub = self.subscriptions.add(sub, reg)
         self.subscriptions.arm(sub)
         self.core.counters["subscription_restored"] += 1
+        return None
 
     def _keep_subscriptions(self, impu: str) -> None:
         """The subscriptions to `impu` changed (made, refreshed, a NOTIFY sent, ended): a
