@@ -116,6 +116,24 @@ def aka_answer(r401) -> tuple[str, str]:
     return nonce, response
 
 
+async def first_challenge(client, port: int, icscf_port: int, *, tries: int):
+    """The first REGISTER through the I-CSCF, again while the CSCFs are still reaching
+    the HSS (480, 504): its 401."""
+    r401 = None
+    for _ in range(tries):
+        r401 = await client.send_request(
+            register_as_pcscf(
+                port, 1, f'{BASE_AUTH}, nonce="", response="", integrity-protected="no"'
+            ),
+            ("127.0.0.1", icscf_port),
+        )
+        if r401.status not in (480, 504):
+            break
+        await asyncio.sleep(0.25)
+    assert r401.status == 401, r401
+    return r401
+
+
 def start(*args: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen(
@@ -188,16 +206,8 @@ async def test_three_processes_from_one_file(tmp_path):
         def register(cseq: int, auth: str):
             return register_as_pcscf(port, cseq, auth)
 
-        r401 = None
-        for _ in range(20):  # the CSCFs reconnect to the HSS within a couple of seconds
-            r401 = await client.send_request(
-                register(1, f'{BASE_AUTH}, nonce="", response="", integrity-protected="no"'),
-                ("127.0.0.1", icscf_port),
-            )
-            if r401.status != 480 and r401.status != 504:
-                break
-            await asyncio.sleep(0.25)
-        assert r401.status == 401, r401
+        # (the CSCFs reach the HSS within seconds)
+        r401 = await first_challenge(client, port, icscf_port, tries=20)
         nonce, response = aka_answer(r401)
         r200 = await client.send_request(
             register(2, f'{BASE_AUTH}, nonce="{nonce}", algorithm=AKAv1-MD5, response="{response}", '
@@ -336,16 +346,8 @@ async def test_two_scscf_instances_one_killed_between_the_401_and_the_answer(tmp
         def register(cseq: int, auth: str):
             return register_as_pcscf(port, cseq, auth)
 
-        r401 = None
-        for _ in range(40):  # both instances and the I-CSCF reach the HSS within seconds
-            r401 = await client.send_request(
-                register(1, f'{BASE_AUTH}, nonce="", response="", integrity-protected="no"'),
-                ("127.0.0.1", icscf_port),
-            )
-            if r401.status not in (480, 504):
-                break
-            await asyncio.sleep(0.25)
-        assert r401.status == 401, r401
+        # (the CSCFs reach the HSS within seconds)
+        r401 = await first_challenge(client, port, icscf_port, tries=40)
         procs[1].kill()  # the first instance: no drain, nothing written at the stop
         procs[1].wait()
         nonce, response = aka_answer(r401)
