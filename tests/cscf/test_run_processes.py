@@ -116,6 +116,13 @@ def aka_answer(r401) -> tuple[str, str]:
     return nonce, response
 
 
+async def pcscf_client() -> tuple[SipEndpoint, int]:
+    """A SIP endpoint on a free loopback port, playing the P-CSCF: it and its port."""
+    client = SipEndpoint(owner="pcscf")
+    client.add_transport(await UdpTransport.create("127.0.0.1", 0))
+    return client, client.transports[0].local_address[1]
+
+
 async def first_challenge(client, port: int, icscf_port: int, *, tries: int):
     """The first REGISTER through the I-CSCF, again while the CSCFs are still reaching
     the HSS (480, 504): its 401."""
@@ -199,9 +206,7 @@ async def test_three_processes_from_one_file(tmp_path):
         await wait_line(procs[-1], "listening")
         procs.append(start("run", "icscf", "-c", str(cfg)))
         await wait_line(procs[-1], "listening")
-        client = SipEndpoint(owner="pcscf")
-        client.add_transport(await UdpTransport.create("127.0.0.1", 0))
-        port = client.transports[0].local_address[1]
+        client, port = await pcscf_client()
 
         def register(cseq: int, auth: str):
             return register_as_pcscf(port, cseq, auth)
@@ -339,9 +344,7 @@ async def test_two_scscf_instances_one_killed_between_the_401_and_the_answer(tmp
         assert f":{scscf2_port}" in await wait_line(procs[-1], "listening")
         procs.append(start("run", "icscf", "-c", str(cfg)))
         await wait_line(procs[-1], "listening")
-        client = SipEndpoint(owner="pcscf")
-        client.add_transport(await UdpTransport.create("127.0.0.1", 0))
-        port = client.transports[0].local_address[1]
+        client, port = await pcscf_client()
 
         def register(cseq: int, auth: str):
             return register_as_pcscf(port, cseq, auth)

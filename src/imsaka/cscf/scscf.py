@@ -323,6 +323,14 @@ def vectors_from_maa(answer: Any) -> list[AuthVectorItem]:
 # --------------------------------------------------------------------------- the S-CSCF
 
 
+def _age_challenge(record: dict, wall: float) -> None:
+    """A kept challenge's `left` less the wall-clock time since it was written
+    (`saved_at`), where both read as numbers."""
+    at, left = record.get("saved_at"), record.get("left")
+    if isinstance(at, (int, float)) and isinstance(left, (int, float)):
+        record["left"] = left - max(0.0, wall - at)
+
+
 class Scscf:
     """One S-CSCF: the registrar core, its Cx client, its binding store and its timer.
 
@@ -486,9 +494,7 @@ class Scscf:
             return
         wall = time.time()
         for r in records:
-            at = r.get("saved_at")
-            if isinstance(at, (int, float)) and isinstance(r.get("left"), (int, float)):
-                r["left"] -= max(0.0, wall - at)
+            _age_challenge(r, wall)
         taken = self.core.adopt_challenges(records, now)
         if records:
             log.info("scscf: %d of %d open challenges taken back", taken, len(records))
@@ -651,9 +657,7 @@ class Scscf:
             return
         if record is None:
             return
-        at = record.get("saved_at")
-        if isinstance(at, (int, float)) and isinstance(record.get("left"), (int, float)):
-            record["left"] -= max(0.0, time.time() - at)
+        _age_challenge(record, time.time())
         if self.core.adopt_challenges([record], self._clock()):
             self.core.counters["challenge_taken_from_store"] += 1
 

@@ -21,6 +21,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -301,19 +302,14 @@ class HssServer:
             await self.store.deregister_subscription(info.subscription_id)
             return {"sent": False, "reason": "serving S-CSCF has no Diameter host; state cleared"}
         assert self.service is not None
-        service = self.service
-
-        def rtr(host: str) -> Any:
-            return service.rtr(
-                session_id=self._session_id(),
-                destination_host=host,
-                destination_realm=info.scscf_realm,
-                impis=info.impis,
-                impus=info.impus,
-                reason=reason,
-                reason_info=reason_info or "administrative de-registration",
-            )
-
+        rtr = partial(
+            self.service.rtr,
+            destination_realm=info.scscf_realm,
+            impis=info.impis,
+            impus=info.impus,
+            reason=reason,
+            reason_info=reason_info or "administrative de-registration",
+        )
         result = await self._send_to_scscf(rtr, host, info.scscf_name)
         # The operator asked for it: the HSS forgets the registration whether or
         # not the S-CSCF answered (it would otherwise keep serving a ghost).
@@ -333,32 +329,29 @@ class HssServer:
             return {"sent": False, "reason": "serving S-CSCF has no Diameter host"}
         user_data, _ = await self.store.user_data(impi, info.impus[0])
         assert self.service is not None
-        service = self.service
-
-        def ppr(host: str) -> Any:
-            return service.ppr(
-                session_id=self._session_id(),
-                destination_host=host,
-                destination_realm=info.scscf_realm,
-                impi=impi,
-                user_data=user_data,
-            )
-
+        ppr = partial(
+            self.service.ppr, destination_realm=info.scscf_realm, impi=impi, user_data=user_data
+        )
         return await self._send_to_scscf(ppr, host, info.scscf_name)
 
     async def _send_to_scscf(
-        self, make: Callable[[str], Any], host: str, server_name: str
+        self, make: Callable[..., Any], host: str, server_name: str
     ) -> dict[str, Any]:
-        """`make(host)` sent to `host`; if it cannot be delivered there (no connection,
-        no answer), to each other host heard serving `server_name`, in turn."""
-        result = await self._send(make(host), host)
+        """The request `make(session_id=…, destination_host=host)` builds, sent to
+        `host`; if it cannot be delivered there (no connection, no answer), to each
+        other instance of the S-CSCF `server_name`, in turn."""
+
+        def request(to: str) -> Any:
+            return make(session_id=self._session_id(), destination_host=to)
+
+        result = await self._send(request(host), host)
         heard = list(self._scscf_hosts.get(server_name, ()))
         configured = [h for name, h in self.config.scscf_instances if name == server_name]
         others = [h for h in dict.fromkeys(heard + configured) if h != host]
         for other in others:
             if result.get("ok") or "result" in result:
                 break  # answered: the S-CSCF's say
-            result = await self._send(make(other), other)
+            result = await self._send(request(other), other)
         return result
 
 
