@@ -59,7 +59,7 @@ async def test_a_notify_answered_481_ends_the_subscription():
     ue = h.w.ues[0]
     await h.register(ue)
     (sub,) = list(h.scscf.subscriptions)
-    h.scscf._notify_answered(sub, _response(481))
+    h.scscf._notify_answered(sub, False, _response(481))
     assert len(h.scscf.subscriptions) == 0
     assert h.scscf.core.counters["notify_failed"] == 1
     await h.ep.close()

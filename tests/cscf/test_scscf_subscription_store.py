@@ -174,7 +174,8 @@ async def test_a_restarted_scscf_notifies_the_subscribers_of_the_one_before(redi
 @pytest.mark.redis
 async def test_stored_subscriptions_without_their_registration_are_dropped(redis_home):
     """A subscription whose registration is not in the store (it ended while no S-CSCF
-    ran), and one that expired, are not taken up; their record goes."""
+    ran), and one that expired, are not taken up: the first gets its final NOTIFY, the
+    second's record goes."""
     net = redis_home.net
     reader = redis_home.store()
     try:
@@ -190,9 +191,63 @@ async def test_stored_subscriptions_without_their_registration_are_dropped(redis
         assert core.counters["subscription_restored"] == 0
         assert core.counters["subscription_unreadable"] == 1
         assert net.scscf.census()["subscriptions"] == 0
-        records = await _stored_until(reader, ours, lambda r: len(r) == 1)
-        # the one without a registration went; the unreadable one is left to its TTL
-        assert [d["impu"] for d in records] == [IMPUS[1]]
+        records = await _stored_until(reader, ours, lambda r: len(r) == 2)
+        # the one without a registration has had its final NOTIFY and is kept `ending`
+        # until that is answered (nobody at its address here: Timer F); the unreadable
+        # one is left to its TTL
+        assert sorted((d["impu"], d.get("ending")) for d in records) == [
+            (IMPUS[0], "timeout"),
+            (IMPUS[1], None),
+        ]
         assert len(await reader.all_subscriptions(OTHER)) == 1
+    finally:
+        await reader.close()
+
+
+@pytest.mark.redis
+async def test_a_final_notify_under_way_at_a_crash_is_sent_again(redis_home):
+    """The de-registration's NOTIFY is not answered (its copies lost) when the S-CSCF
+    crashes: the subscription stays in Redis marked `ending` until an answer comes, so
+    the next S-CSCF sends the final NOTIFY again, CSeq moved on, with the contacts of
+    the registration that ended; answered, the record goes. (Before: the record went
+    with the first copy, and the subscriber never heard of the end: chaos seed 9791.)"""
+    net = redis_home.net
+    reader = redis_home.store()
+    try:
+        _, r200 = await full_registration(net, new_ue())
+        assert r200.status == 200
+        notifies: list = []
+        answering = [True]
+
+        def on_request(req, tx):
+            notifies.append(req)
+            if answering[0] or not req.get("subscription-state").startswith("terminated"):
+                tx.reply(200)
+
+        net.client.set_request_handler(on_request)
+        r = await _subscribe(net, cseq=1, contact="sip:127.0.0.1:1357")
+        assert r.status == 200
+        await wait_for(lambda: len(notifies) == 1)
+        ours = net.scscf.scscf._contact
+        answering[0] = False
+        r = await send(net, register(net, cseq=4, **_protected(expires=0)))
+        assert r.status == 200
+        await wait_for(lambda: len(notifies) == 2)
+        first_end = notifies[1]
+        assert first_end.get("subscription-state").startswith("terminated")
+        records = await _stored_until(reader, ours, lambda r: bool(r) and "ending" in r[0])
+        assert [d.get("ending") for d in records] == ["user-deregistration"]
+        answering[0] = True
+        await redis_home.restart_scscf()  # no drain: as a crash
+        core = net.scscf.scscf.core
+        assert core.counters["final_notify_sent_again"] == 1
+        await wait_for(lambda: any(n.cseq.seq > first_end.cseq.seq for n in notifies))
+        again = next(n for n in notifies if n.cseq.seq > first_end.cseq.seq)
+        assert again.call_id == first_end.call_id and again.from_.tag == first_end.from_.tag
+        assert again.get("subscription-state").startswith("terminated")
+        assert b'event="unregistered"' in again.body and b"1357" in again.body
+        assert await _stored_until(reader, ours, lambda r: not r) == []
+        assert net.scscf.census()["subscriptions"] == 0
+        assert net.scscf.scscf._ending == {}
     finally:
         await reader.close()

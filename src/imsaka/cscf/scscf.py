@@ -323,6 +323,24 @@ def vectors_from_maa(answer: Any) -> list[AuthVectorItem]:
 # --------------------------------------------------------------------------- the S-CSCF
 
 
+def _removal(impu: str, record: dict) -> RemoveRegistration:
+    """The end of `impu` as an S-CSCF sharing the store published it (`_publish_ended`);
+    the registration as it was where it reads as one of `impu` (else its contacts go
+    unnamed in the NOTIFY)."""
+    impi, reason = record.get("impi"), record.get("reason")
+    reg: Registration | None = None
+    text = record.get("registration")
+    if type(text) is str:
+        with contextlib.suppress(Exception):
+            reg = Registration.from_json(text)
+    return RemoveRegistration(
+        impu,
+        impi if type(impi) is str else "",
+        reason if type(reason) is str else "network-initiated",
+        reg if reg is not None and reg.impu == impu else None,
+    )
+
+
 def _age_challenge(record: dict, wall: float) -> None:
     """A kept challenge's `left` less the wall-clock time since it was written
     (`saved_at`), where both read as numbers."""
@@ -391,6 +409,10 @@ class Scscf:
         # task is at it.
         self._subs_dirty: set[str] = set()
         self._subs_writing = False
+        # ... and the subscriptions ended whose final NOTIFY awaits its answer, by IMPU:
+        # kept in the store, marked `ending`, until it comes, so that a crash meanwhile
+        # does not take the end with it (the next start sends it again).
+        self._ending: dict[str, list[tuple[RegSubscription, str]]] = {}
         # a stop asked for (`ScscfServer.drain`): the open challenges are written for
         # the next S-CSCF on the same store (`close`)
         self.keep_challenges = False
@@ -406,10 +428,14 @@ class Scscf:
         now = self._clock()
         for reg in await self.store.all():
             self.core.load(reg)
-        orphans = []
+        orphans, ending = [], []
         for record in await self.store.all_subscriptions(self._contact):
             orphan = self._adopt_subscription(record, now)
-            if orphan is not None:
+            if orphan is None:
+                continue
+            if record.get("ending"):
+                ending.append((orphan, record["ending"]))
+            else:
                 orphans.append(orphan)
         await self._take_challenges(now)
         if self._shared:
@@ -421,6 +447,8 @@ class Scscf:
         await self._run_actions(self.core.handle_timer(now))
         for sub in orphans:
             await self._ended_while_down(sub)
+        for sub, reason in ending:
+            await self._end_again(sub, reason)
         self._rearm()
 
     async def _ended_while_down(self, sub: RegSubscription) -> None:
@@ -439,6 +467,25 @@ class Scscf:
             self._ended_elsewhere(sub.impu, record)
         else:
             self._notify_terminated(RemoveRegistration(sub.impu, "", "timeout", None))
+
+    async def _end_again(self, sub: RegSubscription, reason: object) -> None:
+        """A subscription whose final NOTIFY the S-CSCF before us sent but never saw
+        answered (it crashed with the NOTIFY retransmitting): sent again, the contacts
+        from the ended registration's record where it is kept. The subscriber may never
+        have had it (the P-CSCF's cue to release the UE's SAs: TS 24.229 §5.2.3); one
+        that had it answers 481."""
+        try:
+            record = await self.store.ended_record(sub.impu)
+        except Exception as exc:  # the store is down: the end is told anyway
+            log.warning("binding store: end of %s not read: %s", sub.impu, exc)
+            record = None
+        removed = _removal(sub.impu, record) if record is not None else None
+        if removed is None or removed.reason != reason:  # (an older end's record)
+            removed = RemoveRegistration(
+                sub.impu, "", reason if type(reason) is str else "timeout", None
+            )
+        self.core.counters["final_notify_sent_again"] += 1
+        self._notify_ended(sub, removed, self._clock())
 
     async def close(self) -> None:
         self._closed = True
@@ -504,7 +551,8 @@ class Scscf:
         its subscriber sends its refreshes; not another S-CSCF's sharing the store):
         held again until it expires (RFC 6665 §4.2.2). One whose registration lapsed
         meanwhile gets its final NOTIFY from the expiry at start; one whose registration
-        is gone is returned, for `_ended_while_down`."""
+        is gone is returned, for `_ended_while_down`, and so is one whose final NOTIFY
+        was under way (`ending`), for `_end_again`."""
         try:
             sub = RegSubscription.from_dict(record, RESTORED_GAP)
         except (KeyError, TypeError, ValueError) as exc:
@@ -515,7 +563,7 @@ class Scscf:
             self._keep_subscriptions(sub.impu)  # gone: so is its record
             return None
         reg = self.core.registrations.get(sub.impu)
-        if reg is None:
+        if reg is None or record.get("ending"):
             return sub
         sub = self.subscriptions.add(sub, reg)
         self.subscriptions.arm(sub)
@@ -547,6 +595,8 @@ class Scscf:
         while dirty:
             impu = dirty.pop()
             records = [sub.to_dict() for sub in self.subscriptions.of_impu(impu)]
+            for sub, reason in self._ending.get(impu, ()):
+                records.append({**sub.to_dict(), "ending": reason})
             try:
                 await self.store.put_subscriptions(self._contact, impu, records)
             except asyncio.CancelledError:
@@ -886,22 +936,11 @@ class Scscf:
             self._ended_elsewhere(impu, record)
 
     def _ended_elsewhere(self, impu: str, record: dict) -> None:
-        impi, reason = record.get("impi"), record.get("reason")
-        reg: Registration | None = None
-        text = record.get("registration")
-        if type(text) is str:
-            with contextlib.suppress(Exception):  # unreadable: its contacts go unnamed
-                reg = Registration.from_json(text)
-        if reg is not None and reg.impu == impu:
-            self._forget_ended(reg)
+        removed = _removal(impu, record)
+        if removed.registration is not None:
+            self._forget_ended(removed.registration)
         if not self.subscriptions.of_impu(impu):
             return
-        removed = RemoveRegistration(
-            impu,
-            impi if type(impi) is str else "",
-            reason if type(reason) is str else "network-initiated",
-            reg,
-        )
         self.core.counters["ended_elsewhere_notified"] += 1
         self._notify_terminated(removed)
         self._rearm()
@@ -957,19 +996,30 @@ class Scscf:
             return
         self._keep_subscriptions(removed.impu)
         now = self._clock()
+        for sub in subs:
+            self._notify_ended(sub, removed, now)
+
+    def _notify_ended(self, sub: RegSubscription, removed: RemoveRegistration, now: float) -> None:
+        """The final NOTIFY of `sub`, ended with the registration `removed`; with a
+        shared store it stays there (`_ending`) until the NOTIFY is answered."""
         event = TERMINATION_EVENT.get(removed.reason, "deactivated")
         reason = "rejected" if removed.reason == "network-initiated" else "deactivated"
         if removed.reason == "timeout":
             reason = "timeout"
-        for sub in subs:
-            body = reginfo_body(
-                removed.impu, removed.registration, version=sub.version, now=now,
-                terminated_event=event,
-            )  # fmt: skip
-            self._send_notify(sub, body, now, terminated_reason=reason)
+        body = reginfo_body(
+            removed.impu, removed.registration, version=sub.version, now=now,
+            terminated_event=event,
+        )  # fmt: skip
+        self._send_notify(sub, body, now, terminated_reason=reason, ending=removed.reason)
 
     def _send_notify(
-        self, sub: RegSubscription, body: bytes, now: float, *, terminated_reason: str | None = None
+        self,
+        sub: RegSubscription,
+        body: bytes,
+        now: float,
+        *,
+        terminated_reason: str | None = None,
+        ending: str | None = None,
     ) -> None:
         if self._send_request is None:
             return
@@ -993,11 +1043,14 @@ class Scscf:
                 self._addresses.clear()
             self._addresses[target] = address
         self.core.counters["notify_sent"] += 1
+        final = ending is not None and self._shared
+        if final:
+            self._ending.setdefault(sub.impu, []).append((sub, ending))
         send = self._send_callback
-        if send is None or not send(notify, address, partial(self._notify_answered, sub)):
-            self._spawn(self._deliver(sub, notify, address))
+        if send is None or not send(notify, address, partial(self._notify_answered, sub, final)):
+            self._spawn(self._deliver(sub, notify, address, final))
 
-    def _notify_answered(self, sub: RegSubscription, response: Response) -> None:
+    def _notify_answered(self, sub: RegSubscription, final: bool, response: Response) -> None:
         """The final response to a NOTIFY (the callback form of `_deliver`)."""
         if self._closed:
             return
@@ -1005,6 +1058,9 @@ class Scscf:
             self._notify_outcome(sub, response)
         except Exception:
             self._task_failed()
+        finally:
+            if final:
+                self._ended_told(sub)
 
     def _notify_outcome(self, sub: RegSubscription, response: Response) -> None:
         if response.status in (404, 408, 481) or response.status >= 500:
@@ -1013,8 +1069,20 @@ class Scscf:
             self.subscriptions.remove(sub)
             self._keep_subscriptions(sub.impu)
 
+    def _ended_told(self, sub: RegSubscription) -> None:
+        """The final NOTIFY of `sub` answered (or given up on): its record goes."""
+        held = self._ending.get(sub.impu)
+        if held is None:
+            return
+        left = [entry for entry in held if entry[0] is not sub]
+        if left:
+            self._ending[sub.impu] = left
+        else:
+            del self._ending[sub.impu]
+        self._keep_subscriptions(sub.impu)
+
     async def _deliver(
-        self, sub: RegSubscription, notify: Request, address: tuple[str, int]
+        self, sub: RegSubscription, notify: Request, address: tuple[str, int], final: bool
     ) -> None:
         try:
             assert self._send_request is not None
@@ -1023,6 +1091,8 @@ class Scscf:
             self._task_failed()
         finally:
             self._tasks.discard(current_task())
+            if final and not self._closed:
+                self._ended_told(sub)
 
     # ------------------------------------------------------------- actions
 
