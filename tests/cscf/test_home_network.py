@@ -934,6 +934,42 @@ async def test_a_challenge_of_an_instance_gone_is_answered_by_the_other(tmp_path
         assert await other.scscf.store.get(IMPUS[0]) is not None
 
 
+@pytest.mark.redis
+async def test_a_challenge_answer_whose_sar_is_slow_is_taken_by_the_other_instance(
+    tmp_path, redis_url
+):
+    """The first instance verifies the UE's answer and waits for its SAA (the HSS slow):
+    the I-CSCF gives the silent instance's copy to the second, which finds the challenge
+    still in the store and registers the UE, no second AKA run. (Before: the first
+    removed the challenge's record as it verified, so the second found neither it nor
+    the bindings and challenged again: chaos seeds 9779, 9785.) The first's late 200
+    goes nowhere, and it keeps nothing of the answer."""
+    async with two_scscfs_on_redis(tmp_path, redis_url) as (net, other, other_port, _):
+        icscf = await icscf_with_instances(net, [net.scscf_port, other_port], timeout=1.5)
+        first = net.scscf.scscf
+        ue = new_ue()
+        r401 = await send(net, register(net, cseq=1, authorization=empty_auth(), protected=False))
+        assert r401.status == 401
+        send_cx = first._cx_send
+
+        async def slow_sar(request):
+            if isinstance(request, cx.ServerAssignmentRequest):
+                await asyncio.sleep(3.0)
+            return await send_cx(request)
+
+        first._cx_send = slow_sar
+        auth = answer_auth(r401.www_authenticate, ue)
+        r200 = await send(net, register(net, cseq=2, authorization=auth, protected=True))
+        assert r200.status == 200, r200
+        counters = other.scscf.core.counters
+        assert counters["challenge_taken_from_store"] == 1 and counters["challenge"] == 0
+        assert first.core.counters["auth_ok"] == 1
+        assert icscf.counters["scscf_instance_failover"] == 1
+        await wait_for(lambda: first.core.counters["registered"] == 1)
+        assert net.scscf.census()["answered_challenges_open"] == 0
+        assert await other.scscf.store.take_challenge(r401.www_authenticate.get("nonce")) is None
+
+
 async def test_nothing_left_behind_after_many_register_and_deregister(home):
     from imsaka.hss.subscriber import validate_subscriber
 

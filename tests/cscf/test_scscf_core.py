@@ -129,6 +129,7 @@ def test_initial_registration_packets_4_and_11(h):
         "operations": 0,
         "aliases": 2,  # user1_public2 and the tel URI, registered implicitly
         "failure_records": 0,
+        "answered_challenges": 0,
     }
     assert h.core.lookup("tel:+1-212-555-1111", T0).impu == IMPU
     assert h.core.lookup("sip:barred@home1.net", T0) is None
@@ -417,6 +418,7 @@ def test_network_initiated_deregistration(h):
         "operations": 0,
         "aliases": 0,
         "failure_records": 0,
+        "answered_challenges": 0,
     }
 
 

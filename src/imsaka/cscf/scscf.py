@@ -1125,9 +1125,6 @@ class Scscf:
         core = self.core
         if core.challenges_made:
             await self._share_challenges()
-        if core.challenges_ended:
-            ended, core.challenges_ended = core.challenges_ended, []
-            self._spawn(self._drop_shared_challenges(ended))
         claimed_elsewhere: set[str] = set()
         for action in actions:
             if isinstance(action, StoreRegistration):
@@ -1159,6 +1156,11 @@ class Scscf:
                 self.core.abandon(action.token)
             else:
                 self._run_now((action,))
+        if core.challenges_ended:
+            # after the bindings' write: another instance getting the REGISTER's copy
+            # meanwhile finds the challenge or the bindings it made, never neither
+            ended, core.challenges_ended = core.challenges_ended, []
+            self._spawn(self._drop_shared_challenges(ended))
 
     async def _claim_lapsed(self, impu: str) -> Claim:
         """A binding lapsed here; with a shared store, exactly one S-CSCF removes it and
@@ -1572,11 +1574,13 @@ class ScscfServer:
             out["challenges"] = core["challenges"]
             out["cached_vectors"] = core["cached_vectors"]
             out["failure_records"] = core["failure_records"]
+            out["answered_challenges_open"] = core["answered_challenges"]
             out["cx_operations"] = core["operations"]
             out["requests_awaiting_reply"] = len(self.scscf._pending)
             out["subscriptions"] = len(self.scscf.subscriptions)
             out["subscription_timers"] = self.scscf.subscriptions.armed
             out["subscription_expiry_entries"] = self.scscf.subscriptions.expiry_entries
+            out["final_notifies_open"] = sum(map(len, self.scscf._ending.values()))
         if self.endpoint is not None:
             out["transactions_waiting"] = self.endpoint.layer.pending()
         if self.node is not None:

@@ -448,6 +448,11 @@ class RegistrarCore:
         self.share_challenges = False
         self.challenges_made: list[str] = []
         self.challenges_ended: list[str] = []
+        # token → the nonce of the challenge its REGISTER answered rightly, whose shared
+        # record stays until the REGISTER is answered: a copy the I-CSCF gives another
+        # instance meanwhile (this one awaiting the HSS's SAA) is verified there from
+        # it, not challenged again.
+        self._answering: dict[int, str] = {}
 
     # ----------------------------------------------------------------- public API
 
@@ -868,6 +873,7 @@ class RegistrarCore:
             "operations": len(self._ops),
             "aliases": len(self._aliases),
             "failure_records": len(self._failures),
+            "answered_challenges": len(self._answering),
         }
 
     # ----------------------------------------------------------------- checks
@@ -1008,7 +1014,9 @@ class RegistrarCore:
     ) -> list[Action]:
         v = ch.vector
         # A challenge answers once, right or wrong: a second try needs a new one.
-        self._drop_challenge(ch)
+        self._drop_challenge(ch, shared_too=False)
+        if self.share_challenges:
+            self._answering[token] = ch.nonce  # (`_reply` ends its shared record)
         ok = False
         if auth.realm == self.policy.realm:
             try:
@@ -1387,4 +1395,8 @@ class RegistrarCore:
     ) -> Reply:
         if status >= 300:
             self.counters[f"reply_{status}"] += 1
+        if self._answering:
+            nonce = self._answering.pop(token, None)
+            if nonce is not None:
+                self.challenges_ended.append(nonce)
         return Reply(token, status, reason, headers)
