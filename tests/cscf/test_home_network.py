@@ -970,6 +970,54 @@ async def test_a_challenge_answer_whose_sar_is_slow_is_taken_by_the_other_instan
         assert await other.scscf.store.take_challenge(r401.www_authenticate.get("nonce")) is None
 
 
+@pytest.mark.redis
+async def test_a_challenge_answered_at_the_other_instance_gets_no_timeout_sar(tmp_path, redis_url):
+    """The 401 comes from the first instance, the answer goes to the second (which
+    registers the UE from the challenge's record): when reg-await-auth runs out at the
+    first, the store has the UE registered, so no AUTHENTICATION_TIMEOUT SAR goes to the
+    HSS. One that nobody answered still gets it."""
+    async with two_scscfs_on_redis(tmp_path, redis_url) as (net, other, other_port, via_icscf):
+        first = net.scscf.scscf
+
+        def timeout_sars() -> int:
+            return sum(
+                1
+                for m in cx_seen(net, "hss", "in")
+                if isinstance(m, cx.ServerAssignmentRequest)
+                and m.server_assignment_type == cx.ServerAssignmentType.AUTHENTICATION_TIMEOUT
+            )
+
+        r401 = await send(net, register(net, cseq=1, authorization=empty_auth(), protected=False))
+        assert r401.status == 401
+        auth = answer_auth(r401.www_authenticate, new_ue())
+        r200 = await net.client.send_request(
+            via_icscf(register(net, cseq=2, authorization=auth, protected=True)),
+            ("127.0.0.1", other_port),
+        )
+        assert r200.status == 200, r200
+        assert other.scscf.core.counters["challenge_taken_from_store"] == 1
+        later = first._clock() + first.core.policy.reg_await_auth + 1
+        await first._run_actions(first.core.handle_timer(later))
+        assert first.core.counters["reg_await_auth_expired"] == 1
+        assert first.core.counters["auth_timeout_registered_elsewhere"] == 1
+        assert net.scscf.census()["cx_operations"] == 0
+        await asyncio.sleep(0.2)
+        assert timeout_sars() == 0
+        # a challenge nobody answers (another user): its SAR goes
+        impi2, impu2 = "user2_private@home1.net", "sip:user2_public1@home1.net"
+        r401 = await send(
+            net,
+            register(
+                net, cseq=1, authorization=empty_auth(impi2), protected=False, impu=impu2,
+                call_id="never-answered",
+            ),
+        )  # fmt: skip
+        assert r401.status == 401, r401
+        later = first._clock() + first.core.policy.reg_await_auth + 1
+        await first._run_actions(first.core.handle_timer(later))
+        await wait_for(lambda: timeout_sars() == 1)
+
+
 async def test_nothing_left_behind_after_many_register_and_deregister(home):
     from imsaka.hss.subscriber import validate_subscriber
 

@@ -1148,10 +1148,8 @@ class Scscf:
                 self._notify_terminated(action)
                 if action.impu not in claimed_elsewhere:  # (the claimer tells the rest)
                     await self._publish_ended(action)
-            elif (
-                isinstance(action, AskAssignment)
-                and action.assignment_type is AssignmentType.TIMEOUT_DEREGISTRATION
-                and action.impu in claimed_elsewhere
+            elif isinstance(action, AskAssignment) and await self._needless(
+                action, claimed_elsewhere
             ):
                 self.core.abandon(action.token)
             else:
@@ -1161,6 +1159,34 @@ class Scscf:
             # meanwhile finds the challenge or the bindings it made, never neither
             ended, core.challenges_ended = core.challenges_ended, []
             self._spawn(self._drop_shared_challenges(ended))
+
+    async def _needless(self, ask: AskAssignment, claimed_elsewhere: set[str]) -> bool:
+        """Whether another S-CSCF sharing the store made the background SAR `ask`
+        needless: it claimed the lapsed registration (and sends the SAR itself), or it
+        registered the user whose challenge ran out here."""
+        kind = ask.assignment_type
+        if kind is AssignmentType.TIMEOUT_DEREGISTRATION:
+            return ask.impu in claimed_elsewhere
+        if kind is AssignmentType.AUTHENTICATION_TIMEOUT:
+            return await self._registered_elsewhere(ask.impu)
+        return False
+
+    async def _registered_elsewhere(self, impu: str) -> bool:
+        """A challenge made here ran out unanswered here (reg-await-auth) with nothing
+        registered here: whether the store has the IMPU registered all the same (its
+        answer went to another S-CSCF sharing the store, which registered the UE). Then
+        no AUTHENTICATION_TIMEOUT SAR (TS 29.228 §6.1.2: it is for a user that never
+        answered)."""
+        try:
+            stored = await self.store.get(impu)
+        except Exception as exc:  # the store is down: the SAR goes, as before
+            self.core.counters["store_errors"] += 1
+            log.warning("binding store: %s not read: %s", impu, str(exc).splitlines()[0])
+            return False
+        if stored is None or not stored.is_live(self._clock()):
+            return False
+        self.core.counters["auth_timeout_registered_elsewhere"] += 1
+        return True
 
     async def _claim_lapsed(self, impu: str) -> Claim:
         """A binding lapsed here; with a shared store, exactly one S-CSCF removes it and
