@@ -14,6 +14,7 @@ import pytest
 from imsaka.cscf.scscf_core import AskAssignment, AskVectors, RegistrarCore
 from imsaka.diameter import cx
 
+from .conftest import HomeNetwork
 from .fakes import FakeHss, FakeUe
 from .test_home_network import answer_auth, cx_seen, empty_auth, new_ue, register, send
 from .test_scscf_core import T0, Harness, header, policy
@@ -79,26 +80,49 @@ def test_what_is_not_kept_and_what_is_not_taken():
 
 
 @pytest.mark.redis
-async def test_a_challenge_response_after_a_restart_asked_for_gets_its_200(redis_home):
+@pytest.mark.parametrize("share", [False, True], ids=["list-at-the-stop", "shared-per-nonce"])
+async def test_a_challenge_response_after_a_restart_asked_for_gets_its_200(
+    tmp_path, redis_url, share
+):
     """Through the I-CSCF and the S-CSCF on Redis: the 401 from one S-CSCF, a drain and
-    stop, the response to the next one: 200, with one MAR in all."""
+    stop, the response to the next one: 200, with one MAR in all. Without
+    `share_challenges` the open challenges are written as a list at the stop and taken
+    at the start; with it, each is in the store under its nonce already, so no list is
+    written (it would be held twice: the next start could answer a challenge another
+    instance took and verified)."""
+    from .conftest import RedisHome
+
+    redis_home = RedisHome(
+        HomeNetwork(tmp_path, binding_store=redis_url, share_challenges=share), redis_url
+    )
     net = redis_home.net
-    ue = new_ue()
-    r401 = await send(net, register(net, cseq=1, authorization=empty_auth(), protected=False))
-    assert r401.status == 401
-    await net.scscf.drain()
-    await redis_home.restart_scscf()
-    scscf = net.scscf.scscf
-    assert scscf.core.counters["challenge_restored"] == 1
-    auth = answer_auth(r401.www_authenticate, ue)
-    r200 = await send(net, register(net, cseq=2, authorization=auth, protected=True))
-    assert r200.status == 200, r200
-    assert scscf.core.counters["challenge"] == 0  # (none of its own)
-    reader = redis_home.store()
     try:
-        assert await reader.take_challenges(scscf._contact) == []  # taken once
+        await net.start()
+        await redis_home.restart_scscf()  # on the test's own prefix
+        ue = new_ue()
+        r401 = await send(net, register(net, cseq=1, authorization=empty_auth(), protected=False))
+        assert r401.status == 401
+        await net.scscf.drain()
+        await redis_home.restart_scscf()
+        scscf = net.scscf.scscf
+        counters = scscf.core.counters
+        assert counters["challenge_restored"] == (0 if share else 1)
+        auth = answer_auth(r401.www_authenticate, ue)
+        r200 = await send(net, register(net, cseq=2, authorization=auth, protected=True))
+        assert r200.status == 200, r200
+        assert counters["challenge_taken_from_store"] == (1 if share else 0)
+        assert counters["challenge"] == 0  # (none of its own)
+        reader = redis_home.store()
+        try:
+            assert await reader.take_challenges(scscf._contact) == []  # taken once
+            assert await reader.take_challenge(r401.www_authenticate.get("nonce")) is None
+        finally:
+            await reader.close()
     finally:
-        await reader.close()
+        cleanup = redis_home.store()
+        await cleanup.clear()
+        await cleanup.close()
+        await net.stop()
 
 
 @pytest.mark.redis

@@ -508,7 +508,10 @@ class Scscf:
         self._subs_writing = False
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._write_subscriptions(), 5.0)
-        if self.keep_challenges:
+        if self.keep_challenges and not self.core.share_challenges:
+            # (shared, each is in the store under its nonce already: a list as well
+            # would let the next start hold one that another instance took and
+            # verified, to be answered twice)
             await self._keep_challenges()
         await self.store.close()
 
