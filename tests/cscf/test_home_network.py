@@ -766,6 +766,87 @@ async def test_an_end_while_the_subscribers_scscf_was_down_is_told_when_it_is_ba
 
 
 @pytest.mark.redis
+async def test_an_end_through_one_instance_reaches_the_subscribers_of_a_stopped_one(
+    tmp_path, redis_url
+):
+    """The subscription is held at the second S-CSCF, which is stopped (SIGTERM: it says
+    so in the store) and not started again. The UE de-registers through the first,
+    which tells that subscriber itself, in its dialog, from the record the second kept
+    (before: nobody did until the second came back, if ever). Started again later, the
+    second finds nothing left to tell."""
+    from imsaka.cscf.registrar import RedisBindingStore
+    from imsaka.cscf.scscf import ScscfServer
+
+    async with two_scscfs_on_redis(tmp_path, redis_url) as (net, other, other_port, _):
+        here = net.scscf.scscf
+        _, r200 = await full_registration(net, new_ue())
+        assert r200.status == 200
+        notifies: list = []
+        assert (await reg_event_subscribe(net, notifies, port=other_port)).status == 200
+        await wait_for(lambda: len(notifies) == 1)
+        first = notifies[0]
+        config, prefix, theirs = other.config, other.scscf.store._prefix, other.scscf._contact
+        await other.drain()
+        await other.stop()
+        await wait_for(lambda: theirs in here._stopped)
+        dereg = register(net, cseq=3, protected=True, authorization=PROTECTED_YES, expires=0)
+        assert (await send(net, dereg)).status == 200
+        await wait_for(lambda: len(notifies) == 2)
+        end = notifies[1]
+        assert end.get("subscription-state").startswith("terminated")
+        assert b'event="unregistered"' in end.body
+        assert (end.call_id, end.from_.tag, end.to.tag) == (
+            first.call_id,
+            first.from_.tag,
+            first.to.tag,
+        )
+        assert end.cseq.seq > first.cseq.seq
+        assert here.core.counters["ended_for_stopped_notifier"] == 1
+        assert await here.store.all_subscriptions(theirs) == []
+        back = ScscfServer(config, store=RedisBindingStore(redis_url, prefix=prefix))
+        try:
+            await back.start()
+            await asyncio.sleep(0.3)
+            assert len(notifies) == 2
+            assert back.scscf.core.counters["ended_while_down_notified"] == 0
+        finally:
+            await back.stop()
+
+
+@pytest.mark.redis
+async def test_a_crashed_instances_subscriptions_to_an_end_it_missed_are_told(
+    tmp_path, redis_url, monkeypatch
+):
+    """The second S-CSCF crashes (nothing said: its heartbeat runs out) and the UE
+    de-registers through the first at once, while the second still counts as running:
+    the publication reaches nobody. Once the second's heartbeat has run out, the first
+    takes the subscriptions it kept to registrations that are gone and tells them."""
+    import imsaka.cscf.scscf as scscf_module
+
+    monkeypatch.setattr(scscf_module, "HEARTBEAT", 0.2)
+    monkeypatch.setattr(scscf_module, "ALIVE_FOR", 1.0)
+    async with two_scscfs_on_redis(tmp_path, redis_url) as (net, other, other_port, _):
+        here = net.scscf.scscf
+        _, r200 = await full_registration(net, new_ue())
+        assert r200.status == 200
+        notifies: list = []
+        assert (await reg_event_subscribe(net, notifies, port=other_port)).status == 200
+        await wait_for(lambda: len(notifies) == 1)
+        theirs = other.scscf._contact
+        await other.stop()  # no drain: as a crash
+        assert theirs not in here._stopped
+        dereg = register(net, cseq=3, protected=True, authorization=PROTECTED_YES, expires=0)
+        assert (await send(net, dereg)).status == 200
+        assert here.core.counters["ended_for_stopped_notifier"] == 0
+        await wait_for(lambda: len(notifies) == 2)
+        assert notifies[1].get("subscription-state").startswith("terminated")
+        assert b'event="unregistered"' in notifies[1].body
+        assert here.core.counters["ended_for_stopped_notifier"] == 1
+        assert theirs in here._stopped
+        assert await here.store.all_subscriptions(theirs) == []
+
+
+@pytest.mark.redis
 async def test_a_damaged_change_on_the_channel_is_counted_and_changes_nothing(tmp_path, redis_url):
     """Records on the changes channel that do not read as a registration of the IMPU
     they name (another version's, damaged) are counted and dropped: no NOTIFY, the

@@ -109,6 +109,38 @@ async def test_redis_keeps_subscriptions_per_impu(redis_url):
         await store.close()
 
 
+@pytest.mark.redis
+async def test_redis_heartbeats_name_the_stopped_notifiers(redis_url):
+    """Each S-CSCF's heartbeat lists it and says it runs for `ttl`; the answer names the
+    others listed that no longer say so: one that left (a stop asked for) at once, one
+    silent (a crash) once its `ttl` ran out. A notifier forgotten is no longer named;
+    subscriptions are taken once."""
+    from imsaka.cscf.registrar import RedisBindingStore
+
+    prefix = f"imsaka:test:{os.getpid()}:{os.urandom(4).hex()}:"
+    store = RedisBindingStore(redis_url, prefix=prefix)
+    try:
+        assert await store.heartbeat(NOTIFIER, 5.0) == []
+        assert await store.heartbeat(OTHER, 0.3) == []
+        assert await store.heartbeat(NOTIFIER, 5.0) == []
+        await asyncio.sleep(0.4)
+        assert await store.heartbeat(NOTIFIER, 5.0) == [OTHER]  # silent past its ttl
+        assert await store.heartbeat(OTHER, 5.0) == []  # back
+        await store.leave(NOTIFIER)
+        assert await store.heartbeat(OTHER, 5.0) == [NOTIFIER]
+        await store.forget_notifier(NOTIFIER)
+        assert await store.heartbeat(OTHER, 5.0) == []
+        record = _sub(expires_at=time.time() + 100).to_dict()
+        await store.put_subscriptions(NOTIFIER, IMPUS[0], [record])
+        assert await store.take_subscriptions(NOTIFIER, IMPUS[0]) == [record]
+        assert await store.take_subscriptions(NOTIFIER, IMPUS[0]) == []
+        await store._redis.set(f"{prefix}sub:{NOTIFIER}|{IMPUS[1]}", b"{not json")
+        assert await store.take_subscriptions(NOTIFIER, IMPUS[1]) == []
+    finally:
+        await store.clear()
+        await store.close()
+
+
 async def _stored_until(store, notifier, predicate, timeout: float = 2.0) -> list[dict]:
     """The store's subscription records once `predicate` holds of them (or at timeout)."""
     for _ in range(int(timeout / 0.02)):

@@ -436,6 +436,25 @@ class BindingStore(Protocol):
         if there is none."""
         ...
 
+    async def heartbeat(self, notifier: str, ttl: float) -> list[str]:
+        """Say that the S-CSCF `notifier` runs, for `ttl` seconds; the other notifiers
+        that once said so and no longer do (stopped, or crashed: their subscriptions'
+        ends are then told by the others: `take_subscriptions`)."""
+        ...
+
+    async def leave(self, notifier: str) -> None:
+        """`notifier` stops (a stop asked for): no longer running from now on."""
+        ...
+
+    async def forget_notifier(self, notifier: str) -> None:
+        """`notifier` stopped and left no subscription: no longer listed."""
+        ...
+
+    async def take_subscriptions(self, notifier: str, impu: str) -> list[dict]:
+        """The subscriptions `put_subscriptions` kept for `notifier` to `impu`, removed
+        as they are read (one S-CSCF takes them, once)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -541,6 +560,18 @@ class MemoryBindingStore:
     async def ended_record(self, impu: str) -> dict | None:
         return None
 
+    async def heartbeat(self, notifier: str, ttl: float) -> list[str]:
+        return []  # one process: no other notifier
+
+    async def leave(self, notifier: str) -> None:
+        return None
+
+    async def forget_notifier(self, notifier: str) -> None:
+        return None
+
+    async def take_subscriptions(self, notifier: str, impu: str) -> list[dict]:
+        return []
+
     async def close(self) -> None:
         return None
 
@@ -594,7 +625,8 @@ class RedisBindingStore:
 
     Keys are ``<prefix>reg:<IMPU>`` holding the JSON of a `Registration`, and
     ``<prefix>sub:<notifier>|<IMPU>`` the JSON list of its reg-event subscriptions that
-    one S-CSCF serves; Redis drops a key by itself some time after its last contact
+    one S-CSCF serves (``<prefix>notifiers`` lists the S-CSCFs that ever kept some,
+    ``<prefix>alive:<notifier>`` says for a few seconds at a time that one runs); Redis drops a key by itself some time after its last contact
     lapsed (or its last subscription), so a crashed S-CSCF leaves nothing behind forever.
     """
 
@@ -782,6 +814,34 @@ class RedisBindingStore:
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
+
+    async def heartbeat(self, notifier: str, ttl: float) -> list[str]:
+        listed = f"{self._prefix}notifiers"
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(f"{self._prefix}alive:{notifier}", b"1", px=max(1, int(ttl * 1000)))
+            pipe.sadd(listed, notifier)
+            pipe.smembers(listed)
+            *_, members = await pipe.execute()
+        others = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+        others = [n for n in others if n != notifier]
+        if not others:
+            return []
+        alive = await self._redis.mget([f"{self._prefix}alive:{n}" for n in others])
+        return [n for n, a in zip(others, alive, strict=True) if a is None]
+
+    async def leave(self, notifier: str) -> None:
+        await self._redis.delete(f"{self._prefix}alive:{notifier}")
+
+    async def forget_notifier(self, notifier: str) -> None:
+        await self._redis.srem(f"{self._prefix}notifiers", notifier)
+
+    async def take_subscriptions(self, notifier: str, impu: str) -> list[dict]:
+        text = await self._redis.getdel(f"{self._prefix}sub:{notifier}|{impu}")
+        try:
+            items = json.loads(text) if text is not None else []
+        except ValueError:
+            items = []
+        return [d for d in items if type(d) is dict] if type(items) is list else []
 
     async def clear(self) -> None:
         """Remove every key under this store's prefix (tests, lab reset)."""

@@ -94,6 +94,13 @@ log = logging.getLogger("imsaka.cscf.scscf")
 # NOTIFY sent just before is sent four times by then (T1 = 0.5 s).
 SHUTDOWN_DRAIN = 4.0
 
+# With a shared store each S-CSCF says every HEARTBEAT seconds that it runs, for
+# ALIVE_FOR seconds: one silent longer (stopped, crashed) has the ends of registrations
+# told to its reg-event subscribers by the others (`Scscf._beat`). Longer than a busy
+# loop's stall; a restart quicker than it is left to the restarted S-CSCF.
+HEARTBEAT = 1.0
+ALIVE_FOR = 5.0
+
 #: ``async send(request) -> answer``; raises on timeout or when no HSS is connected.
 CxSender = Callable[[Any], Awaitable[Any]]
 #: ``ask(request, callback)``: ``callback(answer, None)`` or ``callback(None, exc)`` later
@@ -419,6 +426,11 @@ class Scscf:
         # With a shared store: hears of the registrations the other S-CSCFs end or
         # change (`_changed_elsewhere`), for the subscriptions to them held here.
         self._follower: asyncio.Future | None = None
+        # ... and says that it runs (`_heartbeats`); the S-CSCFs sharing the store seen
+        # stopped at the last look, whose subscribers it tells of the ends it makes
+        self._heart: asyncio.Future | None = None
+        self._stopped: set[str] = set()
+        self._store_silent = False  # (the heartbeat's warning: once per outage)
 
     # ------------------------------------------------------------- life cycle
 
@@ -426,6 +438,8 @@ class Scscf:
         """Adopt the registrations already in the store (restart with Redis), and their
         reg-event subscriptions: the watchers to tell when one ends."""
         now = self._clock()
+        if self._shared:
+            await self._beat()  # running again: the others leave our subscribers to us
         for reg in await self.store.all():
             self.core.load(reg)
         orphans, ending = [], []
@@ -449,6 +463,8 @@ class Scscf:
             await self._ended_while_down(sub)
         for sub, reason in ending:
             await self._end_again(sub, reason)
+        if self._shared:
+            self._heart = asyncio.ensure_future(self._heartbeats())
         self._rearm()
 
     async def _ended_while_down(self, sub: RegSubscription) -> None:
@@ -468,7 +484,9 @@ class Scscf:
         else:
             self._notify_terminated(RemoveRegistration(sub.impu, "", "timeout", None))
 
-    async def _end_again(self, sub: RegSubscription, reason: object) -> None:
+    async def _end_again(
+        self, sub: RegSubscription, reason: object, counter: str = "final_notify_sent_again"
+    ) -> None:
         """A subscription whose final NOTIFY the S-CSCF before us sent but never saw
         answered (it crashed with the NOTIFY retransmitting): sent again, the contacts
         from the ended registration's record where it is kept. The subscriber may never
@@ -480,22 +498,124 @@ class Scscf:
             log.warning("binding store: end of %s not read: %s", sub.impu, exc)
             record = None
         removed = _removal(sub.impu, record) if record is not None else None
-        if removed is None or removed.reason != reason:  # (an older end's record)
+        if removed is None or (reason is not None and removed.reason != reason):
+            # (none kept, or an older end's)
             removed = RemoveRegistration(
                 sub.impu, "", reason if type(reason) is str else "timeout", None
             )
-        self.core.counters["final_notify_sent_again"] += 1
+        self.core.counters[counter] += 1
         self._notify_ended(sub, removed, self._clock())
+
+    # ------------------------------------------------------------- others stopped
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            try:
+                await self._beat()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._task_failed()
+
+    async def _beat(self) -> None:
+        """Say that we run; an S-CSCF sharing the store newly seen stopped has the
+        subscriptions it kept to registrations that ended (and its final NOTIFYs under
+        way) told from here (`_sweep`)."""
+        try:
+            stopped = set(await self.store.heartbeat(self._contact, ALIVE_FOR))
+        except Exception as exc:  # the store is down: nobody's state is known
+            if not self._store_silent:
+                self._store_silent = True
+                log.warning("binding store: heartbeat failed: %s", str(exc).splitlines()[0])
+            return
+        self._store_silent = False
+        newly = stopped - self._stopped
+        self._stopped = stopped
+        for notifier in sorted(newly):
+            log.info(
+                "scscf: %s stopped; the ends of its subscriptions are told from here", notifier
+            )
+            await self._sweep(notifier)
+
+    async def _sweep(self, notifier: str) -> None:
+        """The subscriptions the stopped S-CSCF `notifier` kept to registrations that are
+        gone (they ended while it was stopping or stopped, its publication heard by
+        nobody there) or whose final NOTIFY it had under way: taken, and their final
+        NOTIFY sent from here, in their dialogs (TS 24.229 §5.4.2.1.2; our Contact in it
+        is a target refresh, RFC 6665 §4.1.2). Those to live registrations stay for it
+        (or for the end made here: `_end_for_stopped`)."""
+        try:
+            records = await self.store.all_subscriptions(notifier)
+        except Exception as exc:
+            self.core.counters["store_errors"] += 1
+            log.warning("binding store: subscriptions of %s not read: %s", notifier, exc)
+            return
+        by_impu: dict[str, list[dict]] = {}
+        for record in records:
+            impu = record.get("impu")
+            if type(impu) is str:
+                by_impu.setdefault(impu, []).append(record)
+        now = self._clock()
+        left = False
+        for impu, held in by_impu.items():
+            try:
+                if not all(r.get("ending") for r in held):
+                    reg = await self.store.get(impu)
+                    if reg is not None and reg.is_live(now):
+                        left = True
+                        continue
+                taken = await self.store.take_subscriptions(notifier, impu)
+            except Exception as exc:
+                self.core.counters["store_errors"] += 1
+                log.warning("binding store: subscriptions to %s not taken: %s", impu, exc)
+                left = True
+                continue
+            for record in taken:
+                sub = self._taken_subscription(record, now)
+                if sub is not None:
+                    await self._end_again(sub, record.get("ending"), "ended_for_stopped_notifier")
+        if not left:
+            with contextlib.suppress(Exception):
+                await self.store.forget_notifier(notifier)
+
+    async def _end_for_stopped(self, removed: RemoveRegistration) -> None:
+        """A registration ended here: the subscriptions to it that S-CSCFs sharing the
+        store, stopped now, kept get its final NOTIFY from here (their publication
+        reaches nobody there)."""
+        now = self._clock()
+        for notifier in sorted(self._stopped):
+            try:
+                taken = await self.store.take_subscriptions(notifier, removed.impu)
+            except Exception as exc:
+                self.core.counters["store_errors"] += 1
+                log.warning("binding store: subscriptions of %s not taken: %s", notifier, exc)
+                continue
+            for record in taken:
+                sub = self._taken_subscription(record, now)
+                if sub is not None:
+                    self.core.counters["ended_for_stopped_notifier"] += 1
+                    self._notify_ended(sub, removed, now)
+
+    def _taken_subscription(self, record: dict, now: float) -> RegSubscription | None:
+        try:
+            sub = RegSubscription.from_dict(record, RESTORED_GAP)
+        except (KeyError, TypeError, ValueError) as exc:
+            self.core.counters["subscription_unreadable"] += 1
+            log.warning("a stored reg-event subscription is unreadable: %s", exc)
+            return None
+        return sub if sub.expires_at > now else None
 
     async def close(self) -> None:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
-        if self._follower is not None:
-            self._follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._follower
-            self._follower = None
+        for future in (self._follower, self._heart):
+            if future is not None:
+                future.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await future
+        self._follower = self._heart = None
         for sub in list(self.subscriptions):
             self.subscriptions.disarm(sub)
         for task in list(self._tasks):
@@ -508,6 +628,11 @@ class Scscf:
         self._subs_writing = False
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._write_subscriptions(), 5.0)
+        if self.keep_challenges and self._shared:
+            # a stop asked for: the others tell our subscribers of the ends they make
+            # from now on, not ALIVE_FOR seconds later (a crash leaves that to the TTL)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.store.leave(self._contact), 2.0)
         if self.keep_challenges and not self.core.share_challenges:
             # (shared, each is in the store under its nonce already: a list as well
             # would let the next start hold one that another instance took and
@@ -1151,6 +1276,8 @@ class Scscf:
                 self._notify_terminated(action)
                 if action.impu not in claimed_elsewhere:  # (the claimer tells the rest)
                     await self._publish_ended(action)
+                    if self._stopped:
+                        await self._end_for_stopped(action)
             elif isinstance(action, AskAssignment) and await self._needless(
                 action, claimed_elsewhere
             ):
