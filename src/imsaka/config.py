@@ -787,11 +787,14 @@ def _sip_uris(t: _Table, key: str, network: NetworkConfig) -> tuple[str, ...]:
 
 
 def _scscf_nodes(icscf: IcscfConfig | None, scscf: ScscfConfig | None) -> tuple[str, ...]:
-    """``sip:address:port`` of each S-CSCF a whole-network document defines (a port of 0,
-    picked by the kernel at start, names no node yet)."""
+    """``sip:address:port`` of each S-CSCF a whole-network document defines, instances
+    included (a port of 0, picked by the kernel at start, names no node yet)."""
     nodes = [f"sip:{e.address}:{e.port}" for e in (icscf.scscfs if icscf else ()) if e.port]
     if scscf is not None and scscf.port:
         nodes.append(f"sip:{scscf.address}:{scscf.port}")
+    if scscf is not None:
+        # (each instance NOTIFYs the subscribers of another that stopped)
+        nodes += [f"sip:{i.address}:{i.port}" for i in scscf.instances if i.port]
     return tuple(dict.fromkeys(nodes))
 
 

@@ -166,6 +166,8 @@ def test_an_scscf_instance_runs_with_its_own_port_and_diameter_identity():
         (first.server_name, "scscf1.home1.net"),
         (first.server_name, "scscf1b.home1.net"),
     )
+    # the P-CSCF takes NOTIFYs from either (one tells the subscribers of the other)
+    assert cfg.pcscf.trusted_nodes == ("sip:127.0.0.1:5080", "sip:127.0.0.1:5081")
 
 
 @pytest.mark.parametrize(
