@@ -430,6 +430,8 @@ class Scscf:
         # stopped at the last look, whose subscribers it tells of the ends it makes
         self._heart: asyncio.Future | None = None
         self._stopped: set[str] = set()
+        self._to_sweep: set[str] = set()  # (newly seen stopped, for `_sweeps`)
+        self._sweeper: asyncio.Future | None = None
         self._store_silent = False  # (the heartbeat's warning: once per outage)
 
     # ------------------------------------------------------------- life cycle
@@ -439,7 +441,12 @@ class Scscf:
         reg-event subscriptions: the watchers to tell when one ends."""
         now = self._clock()
         if self._shared:
-            await self._beat()  # running again: the others leave our subscribers to us
+            # running again: the others leave our subscribers to us (those seen stopped
+            # are swept by the first heartbeat, not here: a start waits for no sweep)
+            try:
+                await self.store.heartbeat(self._contact, ALIVE_FOR)
+            except Exception as exc:
+                log.warning("binding store: heartbeat failed: %s", str(exc).splitlines()[0])
         for reg in await self.store.all():
             self.core.load(reg)
         orphans, ending = [], []
@@ -521,7 +528,8 @@ class Scscf:
     async def _beat(self) -> None:
         """Say that we run; an S-CSCF sharing the store newly seen stopped has the
         subscriptions it kept to registrations that ended (and its final NOTIFYs under
-        way) told from here (`_sweep`)."""
+        way) told from here (`_sweep`, in a task of its own: however long it takes, the
+        heartbeat goes on)."""
         try:
             stopped = set(await self.store.heartbeat(self._contact, ALIVE_FOR))
         except Exception as exc:  # the store is down: nobody's state is known
@@ -536,7 +544,21 @@ class Scscf:
             log.info(
                 "scscf: %s stopped; the ends of its subscriptions are told from here", notifier
             )
-            await self._sweep(notifier)
+        self._to_sweep |= newly
+        if self._to_sweep and (self._sweeper is None or self._sweeper.done()):
+            self._sweeper = asyncio.ensure_future(self._sweeps())
+
+    async def _sweeps(self) -> None:
+        try:
+            while self._to_sweep:
+                notifier = min(self._to_sweep)
+                self._to_sweep.discard(notifier)
+                if notifier in self._stopped:  # (not back meanwhile)
+                    await self._sweep(notifier)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._task_failed()
 
     async def _sweep(self, notifier: str) -> None:
         """The subscriptions the stopped S-CSCF `notifier` kept to registrations that are
@@ -610,12 +632,12 @@ class Scscf:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
-        for future in (self._follower, self._heart):
+        for future in (self._follower, self._heart, self._sweeper):
             if future is not None:
                 future.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await future
-        self._follower = self._heart = None
+        self._follower = self._heart = self._sweeper = None
         for sub in list(self.subscriptions):
             self.subscriptions.disarm(sub)
         for task in list(self._tasks):
