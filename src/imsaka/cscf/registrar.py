@@ -626,8 +626,9 @@ class RedisBindingStore:
     Keys are ``<prefix>reg:<IMPU>`` holding the JSON of a `Registration`, and
     ``<prefix>sub:<notifier>|<IMPU>`` the JSON list of its reg-event subscriptions that
     one S-CSCF serves (``<prefix>notifiers`` lists the S-CSCFs that ever kept some,
-    ``<prefix>alive:<notifier>`` says for a few seconds at a time that one runs); Redis drops a key by itself some time after its last contact
-    lapsed (or its last subscription), so a crashed S-CSCF leaves nothing behind forever.
+    ``<prefix>alive:<notifier>`` says for a few seconds at a time that one runs); Redis
+    drops a key by itself some time after its last contact lapsed (or its last
+    subscription), so a crashed S-CSCF leaves nothing behind forever.
     """
 
     __slots__ = ("_claim", "_prefix", "_put_if", "_redis", "url")

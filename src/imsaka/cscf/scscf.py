@@ -494,11 +494,13 @@ class Scscf:
     async def _end_again(
         self, sub: RegSubscription, reason: object, counter: str = "final_notify_sent_again"
     ) -> None:
-        """A subscription whose final NOTIFY the S-CSCF before us sent but never saw
-        answered (it crashed with the NOTIFY retransmitting): sent again, the contacts
-        from the ended registration's record where it is kept. The subscriber may never
-        have had it (the P-CSCF's cue to release the UE's SAs: TS 24.229 §5.2.3); one
-        that had it answers 481."""
+        """The final NOTIFY of a subscription taken from the store: one whose final
+        NOTIFY the S-CSCF before us sent but never saw answered (it crashed with the
+        NOTIFY retransmitting; `reason`: the end's, as it kept it), or one a stopped
+        S-CSCF kept to a registration gone (`_sweep`; `reason` None), the contacts from
+        the ended registration's record where it is kept. The subscriber may never have
+        had it (the P-CSCF's cue to release the UE's SAs: TS 24.229 §5.2.3); one that
+        had it answers 481."""
         try:
             record = await self.store.ended_record(sub.impu)
         except Exception as exc:  # the store is down: the end is told anyway

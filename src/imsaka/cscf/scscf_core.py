@@ -448,8 +448,8 @@ class RegistrarCore:
         self.share_challenges = False
         self.challenges_made: list[str] = []
         self.challenges_ended: list[str] = []
-        # token → the nonce of the challenge its REGISTER answered rightly, whose shared
-        # record stays until the REGISTER is answered: a copy the I-CSCF gives another
+        # token → the nonce of the challenge its REGISTER answered, whose shared record
+        # stays until the REGISTER is answered: a copy the I-CSCF gives another
         # instance meanwhile (this one awaiting the HSS's SAA) is verified there from
         # it, not challenged again.
         self._answering: dict[int, str] = {}
