@@ -566,9 +566,8 @@ class Scscf:
         """The subscriptions the stopped S-CSCF `notifier` kept to registrations that are
         gone (they ended while it was stopping or stopped, its publication heard by
         nobody there) or whose final NOTIFY it had under way: taken, and their final
-        NOTIFY sent from here, in their dialogs (TS 24.229 §5.4.2.1.2; our Contact in it
-        is a target refresh, RFC 6665 §4.1.2). Those to live registrations stay for it
-        (or for the end made here: `_end_for_stopped`)."""
+        NOTIFY sent from here, in their dialogs (TS 24.229 §5.4.2.1.2). Those to live
+        registrations stay for it (or for the end made here: `_end_for_stopped`)."""
         try:
             records = await self.store.all_subscriptions(notifier)
         except Exception as exc:
