@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,6 +177,8 @@ class Network:
         self.hss: Any = None
         self.scscf: Any = None
         self.scscf_others: list[Any] = []  # instances 2, 3, … (`scscf_instances`)
+        # what the S-CSCFs stopped by `restart_scscf` had counted (`scscf_counters`)
+        self._scscf_counted: Counter[str] = Counter()
         self.icscf: Any = None
         self.pcscf: Any = None
         self.hss_proc: Any = None  # subprocess.Popen with NetworkOptions.hss_process
@@ -577,6 +580,8 @@ class Network:
             if not crash:
                 await old.drain()  # as `imsaka run scscf` stops on SIGTERM
             await old.stop()
+            if old.scscf is not None:
+                self._scscf_counted.update(old.scscf.core.counters)
             if instance == 1:
                 self.scscf = None
             else:
@@ -594,6 +599,15 @@ class Network:
             self.scscf = server
         else:
             self.scscf_others[instance - 2] = server
+
+    def scscf_counters(self) -> Counter[str]:
+        """The S-CSCF's counters (`RegistrarCore.counters`) summed over its instances and
+        over those `restart_scscf` stopped."""
+        total = Counter(self._scscf_counted)
+        for server in (self.scscf, *self.scscf_others):
+            if server is not None and server.scscf is not None:
+                total.update(server.scscf.core.counters)
+        return total
 
     async def restart_icscf(self, down: float = 0.0) -> None:
         """Stop the I-CSCF at once (what it had under way goes with it, as in a crash)

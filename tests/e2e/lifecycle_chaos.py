@@ -64,7 +64,9 @@ way at the stop is finished by the retransmissions through the new process.
 P-CSCF's successor takes back what was written, so only what happened in the last half
 second before a crash is lost (the steps keep the crash allowances).
 
-Prints one JSON line per seed and a summary; exits 1 when a run failed. With
+Prints one JSON line per seed (with `scscf_seen`: what the restarts and instances made
+the S-CSCF do, its counters summed over all of them) and a summary; exits 1 when a run
+failed. With
 `--traces`, the ladder of each failed UE (SIP and Diameter, by time) is written there.
 Not a test of the suite (a run takes a minute or more): it found the defects fixed in
 d9c7eb2, f205b12, fd308eb, aa938fa, 0267196 and 1c69cb8."""
@@ -121,6 +123,23 @@ def _leftovers(net: Network, ues: list[UeClient]) -> dict[str, int]:
 # Log lines every ladder carries, whoever they name: the runner's own (restarts), and
 # what the SIP endpoints and the I-CSCF dropped (their lines name no subscriber).
 _EVERY_LADDER = ("lifecycle_chaos:", "imsaka.sip.endpoint:", "imsaka.cscf.icscf:")
+
+
+# S-CSCF counters each run reports (`Network.scscf_counters`): what the restarts and
+# instances made it do.
+_SCSCF_SEEN = (
+    "challenge_taken_from_store",
+    "challenge_restored",
+    "retransmission_answered_from_store",
+    "answer_to_unknown_challenge",
+    "auth_timeout_registered_elsewhere",
+    "ended_elsewhere_notified",
+    "ended_while_down_notified",
+    "ended_for_stopped_notifier",
+    "final_notify_sent_again",
+    "changed_elsewhere_notified",
+    "subscription_restored",
+)
 
 
 class _Logs(logging.Handler):
@@ -683,8 +702,12 @@ async def _run(
             for i in range(n_ues):
                 write_ladder(i)
         lost = lost_first["n"] + dropped["n"]
+        # what the S-CSCF did across its restarts and instances (where it is in process)
+        counted = net.scscf_counters()
+        seen = {k: counted[k] for k in _SCSCF_SEEN if counted[k]}
         return {
             "seed": seed, "scscf": scscf, "steps": done, "ops": ops, "lost": lost, "bad": bad,
+            "scscf_seen": seen,
         }  # fmt: skip
     finally:
         for task in (restarter, hss_restarter, *(c.task for c in crashes_of)):
