@@ -122,6 +122,14 @@ async def test_redis_heartbeats_name_the_stopped_notifiers(redis_url):
     try:
         assert await store.heartbeat(NOTIFIER, 5.0) == []
         assert await store.heartbeat(OTHER, 0.3) == []
+        await asyncio.sleep(0.4)
+        # listed only once they keep subscriptions
+        assert await store.heartbeat(NOTIFIER, 5.0) == []
+        for notifier, ttl in ((NOTIFIER, 100), (OTHER, 3000)):
+            record = _sub(expires_at=time.time() + ttl).to_dict()
+            await store.put_subscriptions(notifier, IMPUS[2], [record])
+        assert 3000 <= await store._redis.ttl(f"{prefix}notifiers") <= 3061  # the longest
+        assert await store.heartbeat(OTHER, 0.3) == []
         assert await store.heartbeat(NOTIFIER, 5.0) == []
         await asyncio.sleep(0.4)
         assert await store.heartbeat(NOTIFIER, 5.0) == [OTHER]  # silent past its ttl

@@ -438,8 +438,9 @@ class BindingStore(Protocol):
 
     async def heartbeat(self, notifier: str, ttl: float) -> list[str]:
         """Say that the S-CSCF `notifier` runs, for `ttl` seconds; the other notifiers
-        that once said so and no longer do (stopped, or crashed: their subscriptions'
-        ends are then told by the others: `take_subscriptions`)."""
+        that keep subscriptions (`put_subscriptions` lists them) and no longer say so
+        (stopped, or crashed: their subscriptions' ends are then told by the others:
+        `take_subscriptions`)."""
         ...
 
     async def leave(self, notifier: str) -> None:
@@ -625,7 +626,7 @@ class RedisBindingStore:
 
     Keys are ``<prefix>reg:<IMPU>`` holding the JSON of a `Registration`, and
     ``<prefix>sub:<notifier>|<IMPU>`` the JSON list of its reg-event subscriptions that
-    one S-CSCF serves (``<prefix>notifiers`` lists the S-CSCFs that ever kept some,
+    one S-CSCF serves (``<prefix>notifiers`` lists the S-CSCFs that keep some,
     ``<prefix>alive:<notifier>`` says for a few seconds at a time that one runs); Redis
     drops a key by itself some time after its last contact lapsed (or its last
     subscription), so a crashed S-CSCF leaves nothing behind forever.
@@ -713,7 +714,14 @@ class RedisBindingStore:
             return
         latest = max(float(d["expires_at"]) for d in subscriptions)
         ttl = max(1, int(latest - time.time()) + 60)
-        await self._redis.set(key, json.dumps(subscriptions, separators=(",", ":")), ex=ttl)
+        listed = f"{self._prefix}notifiers"
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(key, json.dumps(subscriptions, separators=(",", ":")), ex=ttl)
+            # listed for as long as any of its subscriptions is kept (`heartbeat`)
+            pipe.sadd(listed, notifier)
+            pipe.expire(listed, ttl, nx=True)
+            pipe.expire(listed, ttl, gt=True)
+            await pipe.execute()
 
     async def all_subscriptions(self, notifier: str) -> list[dict]:
         out: list[dict] = []
@@ -817,12 +825,10 @@ class RedisBindingStore:
                     await pubsub.aclose()
 
     async def heartbeat(self, notifier: str, ttl: float) -> list[str]:
-        listed = f"{self._prefix}notifiers"
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.set(f"{self._prefix}alive:{notifier}", b"1", px=max(1, int(ttl * 1000)))
-            pipe.sadd(listed, notifier)
-            pipe.smembers(listed)
-            *_, members = await pipe.execute()
+            pipe.smembers(f"{self._prefix}notifiers")
+            _, members = await pipe.execute()
         others = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
         others = [n for n in others if n != notifier]
         if not others:
