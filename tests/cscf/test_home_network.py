@@ -788,7 +788,7 @@ async def test_an_end_through_one_instance_reaches_the_subscribers_of_a_stopped_
         config, prefix, theirs = other.config, other.scscf.store._prefix, other.scscf._contact
         await other.drain()
         await other.stop()
-        await wait_for(lambda: theirs in here._stopped)
+        await wait_for(lambda: theirs in here._peers.stopped)
         dereg = register(net, cseq=3, protected=True, authorization=PROTECTED_YES, expires=0)
         assert (await send(net, dereg)).status == 200
         await wait_for(lambda: len(notifies) == 2)
@@ -834,7 +834,7 @@ async def test_a_crashed_instances_subscriptions_to_an_end_it_missed_are_told(
         await wait_for(lambda: len(notifies) == 1)
         theirs = other.scscf._contact
         await other.stop()  # no drain: as a crash
-        assert theirs not in here._stopped
+        assert theirs not in here._peers.stopped
         dereg = register(net, cseq=3, protected=True, authorization=PROTECTED_YES, expires=0)
         assert (await send(net, dereg)).status == 200
         assert here.core.counters["ended_for_stopped_notifier"] == 0
@@ -842,7 +842,7 @@ async def test_a_crashed_instances_subscriptions_to_an_end_it_missed_are_told(
         assert notifies[1].get("subscription-state").startswith("terminated")
         assert b'event="unregistered"' in notifies[1].body
         assert here.core.counters["ended_for_stopped_notifier"] == 1
-        assert theirs in here._stopped
+        assert theirs in here._peers.stopped
         assert await here.store.all_subscriptions(theirs) == []
 
 

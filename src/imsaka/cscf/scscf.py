@@ -356,6 +356,24 @@ def _age_challenge(record: dict, wall: float) -> None:
         record["left"] = left - max(0.0, wall - at)
 
 
+class _Peers:
+    """With a shared store, the S-CSCF's view of the others sharing it."""
+
+    __slots__ = ("follower", "heart", "stopped", "store_silent", "sweeper", "to_sweep")
+
+    def __init__(self) -> None:
+        # hears of the registrations the others end or change (`_changed_elsewhere`),
+        # for the subscriptions to them held here
+        self.follower: asyncio.Future | None = None
+        # says that we run (`_heartbeats`); those seen stopped at the last look, whose
+        # subscribers we tell of the ends we make; those newly seen so, for `_sweeps`
+        self.heart: asyncio.Future | None = None
+        self.stopped: set[str] = set()
+        self.to_sweep: set[str] = set()
+        self.sweeper: asyncio.Future | None = None
+        self.store_silent = False  # (the heartbeat's warning: once per outage)
+
+
 class Scscf:
     """One S-CSCF: the registrar core, its Cx client, its binding store and its timer.
 
@@ -423,16 +441,10 @@ class Scscf:
         # a stop asked for (`ScscfServer.drain`): the open challenges are written for
         # the next S-CSCF on the same store (`close`)
         self.keep_challenges = False
-        # With a shared store: hears of the registrations the other S-CSCFs end or
-        # change (`_changed_elsewhere`), for the subscriptions to them held here.
-        self._follower: asyncio.Future | None = None
-        # ... and says that it runs (`_heartbeats`); the S-CSCFs sharing the store seen
-        # stopped at the last look, whose subscribers it tells of the ends it makes
-        self._heart: asyncio.Future | None = None
-        self._stopped: set[str] = set()
-        self._to_sweep: set[str] = set()  # (newly seen stopped, for `_sweeps`)
-        self._sweeper: asyncio.Future | None = None
-        self._store_silent = False  # (the heartbeat's warning: once per outage)
+        # With a shared store: what it knows of the other S-CSCFs sharing it (one
+        # attribute: past 30 an instance's attributes no longer share their keys, and
+        # every attribute read of the hot path costs more)
+        self._peers = _Peers()
 
     # ------------------------------------------------------------- life cycle
 
@@ -460,7 +472,7 @@ class Scscf:
                 orphans.append(orphan)
         await self._take_challenges(now)
         if self._shared:
-            self._follower = asyncio.ensure_future(
+            self._peers.follower = asyncio.ensure_future(
                 self.store.follow_changes(self._changed_elsewhere)
             )
         # Registrations that lapsed while we were down expire now (TIMEOUT SAR), their
@@ -471,7 +483,7 @@ class Scscf:
         for sub, reason in ending:
             await self._end_again(sub, reason)
         if self._shared:
-            self._heart = asyncio.ensure_future(self._heartbeats())
+            self._peers.heart = asyncio.ensure_future(self._heartbeats())
         self._rearm()
 
     async def _ended_while_down(self, sub: RegSubscription) -> None:
@@ -532,30 +544,32 @@ class Scscf:
         subscriptions it kept to registrations that ended (and its final NOTIFYs under
         way) told from here (`_sweep`, in a task of its own: however long it takes, the
         heartbeat goes on)."""
+        peers = self._peers
         try:
             stopped = set(await self.store.heartbeat(self._contact, ALIVE_FOR))
         except Exception as exc:  # the store is down: nobody's state is known
-            if not self._store_silent:
-                self._store_silent = True
+            if not peers.store_silent:
+                peers.store_silent = True
                 log.warning("binding store: heartbeat failed: %s", str(exc).splitlines()[0])
             return
-        self._store_silent = False
-        newly = stopped - self._stopped
-        self._stopped = stopped
+        peers.store_silent = False
+        newly = stopped - peers.stopped
+        peers.stopped = stopped
         for notifier in sorted(newly):
             log.info(
                 "scscf: %s stopped; the ends of its subscriptions are told from here", notifier
             )
-        self._to_sweep |= newly
-        if self._to_sweep and (self._sweeper is None or self._sweeper.done()):
-            self._sweeper = asyncio.ensure_future(self._sweeps())
+        peers.to_sweep |= newly
+        if peers.to_sweep and (peers.sweeper is None or peers.sweeper.done()):
+            peers.sweeper = asyncio.ensure_future(self._sweeps())
 
     async def _sweeps(self) -> None:
+        peers = self._peers
         try:
-            while self._to_sweep:
-                notifier = min(self._to_sweep)
-                self._to_sweep.discard(notifier)
-                if notifier in self._stopped:  # (not back meanwhile)
+            while peers.to_sweep:
+                notifier = min(peers.to_sweep)
+                peers.to_sweep.discard(notifier)
+                if notifier in peers.stopped:  # (not back meanwhile)
                     await self._sweep(notifier)
         except asyncio.CancelledError:
             raise
@@ -607,7 +621,7 @@ class Scscf:
         store, stopped now, kept get its final NOTIFY from here (their publication
         reaches nobody there)."""
         now = self._clock()
-        for notifier in sorted(self._stopped):
+        for notifier in sorted(self._peers.stopped):
             try:
                 taken = await self.store.take_subscriptions(notifier, removed.impu)
             except Exception as exc:
@@ -633,12 +647,13 @@ class Scscf:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
-        for future in (self._follower, self._heart, self._sweeper):
+        peers = self._peers
+        for future in (peers.follower, peers.heart, peers.sweeper):
             if future is not None:
                 future.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await future
-        self._follower = self._heart = self._sweeper = None
+        peers.follower = peers.heart = peers.sweeper = None
         for sub in list(self.subscriptions):
             self.subscriptions.disarm(sub)
         for task in list(self._tasks):
@@ -1299,7 +1314,7 @@ class Scscf:
                 self._notify_terminated(action)
                 if action.impu not in claimed_elsewhere:  # (the claimer tells the rest)
                     await self._publish_ended(action)
-                    if self._stopped:
+                    if self._peers.stopped:
                         await self._end_for_stopped(action)
             elif isinstance(action, AskAssignment) and await self._needless(
                 action, claimed_elsewhere
