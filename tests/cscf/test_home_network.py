@@ -742,11 +742,7 @@ async def test_an_end_while_the_subscribers_scscf_was_down_is_told_when_it_is_ba
     from imsaka.cscf.scscf import ScscfServer
 
     async with two_scscfs_on_redis(tmp_path, redis_url) as (net, other, other_port, _):
-        _, r200 = await full_registration(net, new_ue())
-        assert r200.status == 200
-        notifies: list = []
-        assert (await reg_event_subscribe(net, notifies, port=other_port)).status == 200
-        await wait_for(lambda: len(notifies) == 1)
+        notifies = await registered_and_subscribed_at(net, other_port)
         config, prefix = other.config, other.scscf.store._prefix
         await other.stop()
         dereg = register(net, cseq=3, protected=True, authorization=PROTECTED_YES, expires=0)
@@ -779,11 +775,7 @@ async def test_an_end_through_one_instance_reaches_the_subscribers_of_a_stopped_
 
     async with two_scscfs_on_redis(tmp_path, redis_url) as (net, other, other_port, _):
         here = net.scscf.scscf
-        _, r200 = await full_registration(net, new_ue())
-        assert r200.status == 200
-        notifies: list = []
-        assert (await reg_event_subscribe(net, notifies, port=other_port)).status == 200
-        await wait_for(lambda: len(notifies) == 1)
+        notifies = await registered_and_subscribed_at(net, other_port)
         first = notifies[0]
         config, prefix, theirs = other.config, other.scscf.store._prefix, other.scscf._contact
         await other.drain()
@@ -827,11 +819,7 @@ async def test_a_crashed_instances_subscriptions_to_an_end_it_missed_are_told(
     monkeypatch.setattr(scscf_module, "ALIVE_FOR", 1.0)
     async with two_scscfs_on_redis(tmp_path, redis_url) as (net, other, other_port, _):
         here = net.scscf.scscf
-        _, r200 = await full_registration(net, new_ue())
-        assert r200.status == 200
-        notifies: list = []
-        assert (await reg_event_subscribe(net, notifies, port=other_port)).status == 200
-        await wait_for(lambda: len(notifies) == 1)
+        notifies = await registered_and_subscribed_at(net, other_port)
         theirs = other.scscf._contact
         await other.stop()  # no drain: as a crash
         assert theirs not in here._peers.stopped
@@ -1263,6 +1251,17 @@ async def reg_event_subscribe(
         "Content-Length: 0\r\n\r\n"
     )
     return await net.client.send_request(parse_message(text.encode()), ("127.0.0.1", port))
+
+
+async def registered_and_subscribed_at(net: HomeNetwork, port: int) -> list:
+    """The UE registered (through the I-CSCF) and the P-CSCF's reg-event subscription
+    made at the S-CSCF at `port`, its first NOTIFY in: the list its NOTIFYs go to."""
+    _, r200 = await full_registration(net, new_ue())
+    assert r200.status == 200
+    notifies: list = []
+    assert (await reg_event_subscribe(net, notifies, port=port)).status == 200
+    await wait_for(lambda: len(notifies) == 1)
+    return notifies
 
 
 async def wait_for(predicate, timeout: float = 5.0):

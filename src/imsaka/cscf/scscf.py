@@ -635,13 +635,19 @@ class Scscf:
                     self._notify_ended(sub, removed, now)
 
     def _taken_subscription(self, record: dict, now: float) -> RegSubscription | None:
+        sub = self._stored_subscription(record)
+        return sub if sub is not None and sub.expires_at > now else None
+
+    def _stored_subscription(self, record: dict) -> RegSubscription | None:
+        """A subscription as the store kept it, its NOTIFY CSeq and reginfo version moved
+        past what a crash could have lost; None (counted, logged) when it does not read
+        as one."""
         try:
-            sub = RegSubscription.from_dict(record, RESTORED_GAP)
+            return RegSubscription.from_dict(record, RESTORED_GAP)
         except (KeyError, TypeError, ValueError) as exc:
             self.core.counters["subscription_unreadable"] += 1
             log.warning("a stored reg-event subscription is unreadable: %s", exc)
             return None
-        return sub if sub.expires_at > now else None
 
     async def close(self) -> None:
         self._closed = True
@@ -719,11 +725,8 @@ class Scscf:
         meanwhile gets its final NOTIFY from the expiry at start; one whose registration
         is gone is returned, for `_ended_while_down`, and so is one whose final NOTIFY
         was under way (`ending`), for `_end_again`."""
-        try:
-            sub = RegSubscription.from_dict(record, RESTORED_GAP)
-        except (KeyError, TypeError, ValueError) as exc:
-            self.core.counters["subscription_unreadable"] += 1
-            log.warning("a stored reg-event subscription is unreadable: %s", exc)
+        sub = self._stored_subscription(record)
+        if sub is None:
             return None
         if sub.expires_at <= now:
             self._keep_subscriptions(sub.impu)  # gone: so is its record
