@@ -461,15 +461,15 @@ class Scscf:
                 log.warning("binding store: heartbeat failed: %s", str(exc).splitlines()[0])
         for reg in await self.store.all():
             self.core.load(reg)
-        orphans, ending = [], []
+        ended: list[tuple[RegSubscription, object, str]] = []
         for record in await self.store.all_subscriptions(self._contact):
-            orphan = self._adopt_subscription(record, now)
-            if orphan is None:
+            sub = self._adopt_subscription(record, now)
+            if sub is None:
                 continue
             if record.get("ending"):
-                ending.append((orphan, record["ending"]))
+                ended.append((sub, record["ending"], "final_notify_sent_again"))
             else:
-                orphans.append(orphan)
+                ended.append((sub, None, "ended_while_down_notified"))
         await self._take_challenges(now)
         if self._shared:
             self._peers.follower = asyncio.ensure_future(
@@ -478,41 +478,22 @@ class Scscf:
         # Registrations that lapsed while we were down expire now (TIMEOUT SAR), their
         # subscribers told; so are those of registrations that ended meanwhile.
         await self._run_actions(self.core.handle_timer(now))
-        for sub in orphans:
-            await self._ended_while_down(sub)
-        for sub, reason in ending:
-            await self._end_again(sub, reason)
+        for sub, reason, counter in ended:
+            await self._end_from_store(sub, reason, counter)
         if self._shared:
             self._peers.heart = asyncio.ensure_future(self._heartbeats())
         self._rearm()
 
-    async def _ended_while_down(self, sub: RegSubscription) -> None:
-        """A kept subscription whose registration ended while we were down, through
-        another S-CSCF sharing the store (its publication reached nobody here): its
-        final NOTIFY now, from the record that S-CSCF kept (TS 24.229 §5.4.2.1.2), or
-        as expired when there is none."""
-        try:
-            record = await self.store.ended_record(sub.impu)
-        except Exception as exc:  # the store is down: the end is told anyway
-            log.warning("binding store: end of %s not read: %s", sub.impu, exc)
-            record = None
-        self.subscriptions.add(sub)
-        self.core.counters["ended_while_down_notified"] += 1
-        if record is not None:
-            self._ended_elsewhere(sub.impu, record)
-        else:
-            self._notify_terminated(RemoveRegistration(sub.impu, "", "timeout", None))
-
-    async def _end_again(
-        self, sub: RegSubscription, reason: object, counter: str = "final_notify_sent_again"
-    ) -> None:
-        """The final NOTIFY of a subscription taken from the store: one whose final
-        NOTIFY the S-CSCF before us sent but never saw answered (it crashed with the
-        NOTIFY retransmitting; `reason`: the end's, as it kept it), or one a stopped
-        S-CSCF kept to a registration gone (`_sweep`; `reason` None), the contacts from
-        the ended registration's record where it is kept. The subscriber may never have
-        had it (the P-CSCF's cue to release the UE's SAs: TS 24.229 §5.2.3); one that
-        had it answers 481."""
+    async def _end_from_store(self, sub: RegSubscription, reason: object, counter: str) -> None:
+        """The final NOTIFY of a subscription taken from the store whose registration
+        ended where nobody told it (TS 24.229 §5.4.2.1.2): one of ours whose
+        registration ended through another S-CSCF while we were down (its publication
+        reached nobody here), one whose final NOTIFY the S-CSCF before us sent but never
+        saw answered (it crashed with the NOTIFY retransmitting; `reason`: the end's, as
+        it kept it), or one a stopped S-CSCF kept to a registration gone (`_sweep`).
+        The contacts come from the ended registration's record where it is kept; with
+        none, it ends as expired. The subscriber may never have had it (the P-CSCF's cue
+        to release the UE's SAs: TS 24.229 §5.2.3); one that had it answers 481."""
         try:
             record = await self.store.ended_record(sub.impu)
         except Exception as exc:  # the store is down: the end is told anyway
@@ -611,7 +592,9 @@ class Scscf:
             for record in taken:
                 sub = self._taken_subscription(record, now)
                 if sub is not None:
-                    await self._end_again(sub, record.get("ending"), "ended_for_stopped_notifier")
+                    await self._end_from_store(
+                        sub, record.get("ending"), "ended_for_stopped_notifier"
+                    )
         if not left:
             with contextlib.suppress(Exception):
                 await self.store.forget_notifier(notifier)
@@ -723,8 +706,8 @@ class Scscf:
         its subscriber sends its refreshes; not another S-CSCF's sharing the store):
         held again until it expires (RFC 6665 §4.2.2). One whose registration lapsed
         meanwhile gets its final NOTIFY from the expiry at start; one whose registration
-        is gone is returned, for `_ended_while_down`, and so is one whose final NOTIFY
-        was under way (`ending`), for `_end_again`."""
+        is gone is returned, and so is one whose final NOTIFY was under way (`ending`),
+        for `_end_from_store`."""
         sub = self._stored_subscription(record)
         if sub is None:
             return None
