@@ -24,7 +24,7 @@ from imsaka.network import Network, NetworkOptions
 from imsaka.sip.transaction import TimerConfig
 from imsaka.ue.client import UeClient
 from imsaka.ue.core import RegisteringAnew
-from tests.e2e.pcscf_gate import lose_dereg_200
+from tests.e2e.pcscf_gate import first_held, lose_dereg_200
 from tests.polling import eventually
 
 pytestmark = pytest.mark.redis
@@ -149,6 +149,38 @@ async def test_a_deregister_whose_200_was_lost_is_answered_after_a_crash(net, su
         # (a retransmission sent while no P-CSCF listened came back as ICMP)
         assert set(ue.backend.drops) <= {"recv-error"}, ue.backend.drops
     assert await eventually(lambda: net.pcscf.census()["sa_sets_in_grace"] == 0, timeout=10)
+
+
+def _ok_to_register(head: bytes) -> bool:
+    return head.startswith(b"SIP/2.0 200") and b" REGISTER" in head
+
+
+async def test_a_200_relayed_just_before_a_crash_leaves_the_ues_set_in_use(net, subscribers):
+    """The 200 to the challenge response relayed after the last write (it came late),
+    then a crash: the store says challenged, the UE took the set as established. Its
+    refresh over that set, with new offers, is its next REGISTER (a later CSeq), not a
+    bid-down of its challenge response: it goes on over the set (chaos seeds 9861 and
+    9862 ended on 494 here)."""
+    gate = first_held(net, subscribers[0], _ok_to_register, 10, keep=_ok_to_register)
+    async with gate as (ue, task, held, incoming):
+        await asyncio.sleep(3 * INTERVAL)  # the challenge response's record written
+        store_task, net.pcscf._store_task = net.pcscf._store_task, None
+        store_task.cancel()  # ... and nothing after it
+        incoming(*held)
+        assert (await task).ok
+        await net.restart_pcscf(0.05)  # at once, nothing written at the stop
+        pcscf = net.pcscf
+        assert pcscf.restored == 1
+        (reg,) = pcscf.core.registrations.values()
+        assert reg.temporary is not None and reg.sa is None and reg.answered_cseq == 2
+
+        result = await ue.reregister(10)
+        assert result.ok and result.protected, result
+        assert not [e for e in result.events if isinstance(e, RegisteringAnew)], result.events
+        assert pcscf.core.counters["established-by-later-register"] == 1
+        assert pcscf.core.counters["downgrade-refused"] == 0
+        assert (await ue.deregister(10)).ok
+    assert await eventually(lambda: net.pcscf.census()["registrations"] == 0)
 
 
 async def test_redis_away_at_the_start_and_for_a_while(subscribers, caplog):

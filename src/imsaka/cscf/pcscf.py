@@ -17,7 +17,10 @@ The seed's packets 1→2, 7, 8→9 and 13: the P-CSCF is the UE's first hop. It
   sent and Security-Client against the challenged REGISTER (a mismatch is a downgrade
   attempt: 494); the 494, like a failed challenge response's 4xx, goes out over the
   temporary SA it is due on, and the set is then held for that REGISTER's
-  retransmissions as a de-REGISTER's is (below), then dropped;
+  retransmissions as a de-REGISTER's is (below), then dropped; a REGISTER over the
+  temporary set with a CSeq above the challenge response that passed is the UE's next
+  one (RFC 3261 §10.2): the 200 went out, so the set is taken as established (a record
+  written before that 200 and read back after a crash);
 - drops a clear REGISTER that carries a challenge response where protection is due
   (seed step 6); an initial REGISTER arriving over ESP without an SA is dropped by the
   IPsec backend (unknown SPI, seed step 1);
@@ -369,6 +372,11 @@ class Registration:
     # `temporary` came from the 401 to an initial REGISTER (in the clear): a registration
     # the UE started afresh, which a termination of the registration before it spares
     started_over: bool = False
+    # The CSeq number of the challenge response that passed the checks over `temporary`
+    # (0: none yet). A later REGISTER over that set shows the UE had the 200 to it (RFC
+    # 3261 §10.2: no new REGISTER before the final answer to the last) though this
+    # record, written before that 200 and read back after a crash, says challenged.
+    answered_cseq: int = 0
     # The UE's own reg-event subscription (TS 24.229 §5.1.1.3) as seen passing through:
     # UE_SUB_NONE, UE_SUB_ACTIVE (a 2xx to its SUBSCRIBE went back), or
     # UE_SUB_NOTIFIED (its terminated NOTIFY reached it and was answered).
@@ -1435,19 +1443,29 @@ class PcscfCore:
                 self._reply(request, arrival, 403, "IMPI does not match the security association")
             ]
         on_temporary = reg.temporary is not None and arrival.spi in reg.temporary.inbound_spis
+        established: list[Action] = []
+        if on_temporary:
+            cseq = request.cseq.seq
+            if reg.answered_cseq and cseq > reg.answered_cseq:
+                # The UE took the 200 to its challenge response and the set as
+                # established: this is its next REGISTER (a refresh with new offers,
+                # a de-REGISTER), not a second try at that response.
+                established = self._establish_unseen(reg, now)
+                on_temporary = False
         sent_server = reg.pending_server if on_temporary else reg.security_server
         sc = request.get_all("Security-Client")
         try:
             check_security_verify(sent_server, request.get_all("Security-Verify") or None)
             if on_temporary:
                 check_security_client_unchanged(reg.security_client, sc or None)
+                reg.answered_cseq = cseq
         except DowngradeError as exc:
             self.counters["downgrade-refused"] += 1
             log.warning("pcscf: %s: downgrade attempt refused: %s", reg.impi, exc)
             reply = self._reply(
                 request, arrival, 494, "Security Agreement Required", answer_headers(self.policy)
             )
-            actions: list[Action] = [reply]
+            actions: list[Action] = [*established, reply]
             temporary = reg.temporary
             if on_temporary and temporary is not None:
                 # The 494 is the last message due over the temporary set: over UDP it is
@@ -1486,7 +1504,22 @@ class PcscfCore:
                 forward=forward,
             ),
         )
+        if established:
+            established.append(forward)
+            return established
         return [forward]
+
+    def _establish_unseen(self, reg: Registration, now: float) -> list[Action]:
+        """The temporary set carried a REGISTER after its challenge response: the 200
+        to that response went to the UE (through a P-CSCF that crashed before its store
+        pass wrote the change), so the set is made the established one as that 200
+        would have made it. Until the answer to this REGISTER says otherwise the
+        registration lasts what the set was granted (a refresh's 200 sets both)."""
+        self.counters["established-by-later-register"] += 1
+        reg.state = RegState.REGISTERED
+        reg.expires_at = max(reg.expires_at, reg.temporary_expires)
+        self._watch(reg.expires_at + 30.0, reg.impi)
+        return self._promote(reg, now, reg.expires_at - now + 30.0)
 
     @staticmethod
     def _expires_zero(request: Request) -> bool:
@@ -2245,6 +2278,7 @@ class PcscfCore:
         )
         # CK/IK go to the SA table with the install action and nowhere else.
         reg.temporary = PcscfSa(*params)
+        reg.answered_cseq = 0  # (a new challenge: its response is yet to come)
         if not rechallenged:  # (a new challenge of the same attempt: as it started)
             reg.started_over = pending.kind == "register-clear"
         reg.temporary_expires = now + float(self.config.temporary_sa_lifetime)
@@ -2327,33 +2361,7 @@ class PcscfCore:
             and arrival.spi is not None
             and arrival.spi in reg.temporary.inbound_spis
         ):
-            old = reg.sa
-            reg.sa = reg.temporary
-            reg.temporary = None
-            if reg.started_over:
-                # The UE registered afresh (initial REGISTER) over a record it had: the
-                # subscription made for the registration before may yet bring that
-                # one's end (a late terminated NOTIFY), which is not this one's. This
-                # one subscribes for itself (below); the UE's own subscription, too,
-                # is new (§5.1.1.3).
-                reg.started_over = False
-                reg.ue_sub = UE_SUB_NONE
-                actions += self._replace_subscription(reg.impi, now)
-            reg.security_server = reg.pending_server
-            reg.pending_server = reg.security_client = ()
-            actions.append(UpgradeSecurityAssociations(reg.sa, lifetime))
-            self._by_contact[(reg.sa.ue_host, reg.sa.port_us)] = reg.impi
-            if reg.previous is not None:
-                # replaced twice within a drain: the older one goes now
-                actions.append(self._release(reg, reg.previous, SUPERSEDED))
-                reg.previous = None
-            if old is not None:
-                # TS 33.203 §7.4: the UE already used the new set (for this REGISTER);
-                # the old one stays for the transactions still open over it.
-                reg.previous = old
-                reg.previous_until = now + self.superseded_drain
-                self._watch(reg.previous_until, reg.impi)
-                actions.append(HoldSecurityAssociations(old, reg.previous_until))
+            actions += self._promote(reg, now, lifetime)
         elif reg.sa is not None:
             actions.append(UpgradeSecurityAssociations(reg.sa, max(lifetime, 0.0)))
         elif arrival.spi is None and reg.clear_source != arrival.source:
@@ -2365,6 +2373,40 @@ class PcscfCore:
         self.counters["registered"] += 1
         if self.subscribe_reg_event and reg.service_route and reg.impi not in self._subscribed:
             actions += self._subscribe_reg(reg, now)
+        return actions
+
+    def _promote(self, reg: Registration, now: float, lifetime: float) -> list[Action]:
+        """The temporary set becomes the established one (TS 33.203 §7.4)."""
+        actions: list[Action] = []
+        old = reg.sa
+        reg.sa = reg.temporary
+        assert reg.sa is not None
+        reg.temporary = None
+        reg.answered_cseq = 0
+        if reg.started_over:
+            # The UE registered afresh (initial REGISTER) over a record it had: the
+            # subscription made for the registration before may yet bring that
+            # one's end (a late terminated NOTIFY), which is not this one's. This
+            # one subscribes for itself (`_on_200`); the UE's own subscription, too,
+            # is new (§5.1.1.3).
+            reg.started_over = False
+            reg.ue_sub = UE_SUB_NONE
+            actions += self._replace_subscription(reg.impi, now)
+        reg.security_server = reg.pending_server
+        reg.pending_server = reg.security_client = ()
+        actions.append(UpgradeSecurityAssociations(reg.sa, lifetime))
+        self._by_contact[(reg.sa.ue_host, reg.sa.port_us)] = reg.impi
+        if reg.previous is not None:
+            # replaced twice within a drain: the older one goes now
+            actions.append(self._release(reg, reg.previous, SUPERSEDED))
+            reg.previous = None
+        if old is not None:
+            # TS 33.203 §7.4: the UE already used the new set (for a REGISTER); the old
+            # one stays for the transactions still open over it.
+            reg.previous = old
+            reg.previous_until = now + self.superseded_drain
+            self._watch(reg.previous_until, reg.impi)
+            actions.append(HoldSecurityAssociations(old, reg.previous_until))
         return actions
 
     # ------------------------------------------------------------------ reg event
