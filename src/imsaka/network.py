@@ -179,6 +179,7 @@ class Network:
         self.scscf_others: list[Any] = []  # instances 2, 3, … (`scscf_instances`)
         # what the S-CSCFs stopped by `restart_scscf` had counted (`scscf_counters`)
         self._scscf_counted: Counter[str] = Counter()
+        self._pcscf_counted: Counter[str] = Counter()  # likewise for `restart_pcscf`
         self.icscf: Any = None
         self.pcscf: Any = None
         self.hss_proc: Any = None  # subprocess.Popen with NetworkOptions.hss_process
@@ -609,6 +610,14 @@ class Network:
                 total.update(server.scscf.core.counters)
         return total
 
+    def pcscf_counters(self) -> Counter[str]:
+        """The P-CSCF's counters (`PcscfCore.counters`), summed over those
+        `restart_pcscf` stopped and the one running."""
+        total = Counter(self._pcscf_counted)
+        if self.pcscf is not None and self.pcscf.core is not None:
+            total.update(self.pcscf.core.counters)
+        return total
+
     async def restart_icscf(self, down: float = 0.0) -> None:
         """Stop the I-CSCF at once (what it had under way goes with it, as in a crash)
         and, after `down` seconds, start a new one from the same configuration on the
@@ -637,6 +646,8 @@ class Network:
         cfg, key_file = self.config, self.options.key_file
         if planned and self.pcscf is not None:
             await self.pcscf.drain()
+        if self.pcscf is not None and self.pcscf.core is not None:
+            self._pcscf_counted.update(self.pcscf.core.counters)
         await self._crash_and_start(
             "pcscf",
             down,

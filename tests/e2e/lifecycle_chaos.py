@@ -64,12 +64,12 @@ way at the stop is finished by the retransmissions through the new process.
 P-CSCF's successor takes back what was written, so only what happened in the last half
 second before a crash is lost (the steps keep the crash allowances).
 
-Prints one JSON line per seed (with `scscf_seen`: what the restarts and instances made
-the S-CSCF do, its counters summed over all of them) and a summary; exits 1 when a run
-failed. With
-`--traces`, the ladder of each failed UE (SIP and Diameter, by time) is written there.
-Not a test of the suite (a run takes a minute or more): it found the defects fixed in
-d9c7eb2, f205b12, fd308eb, aa938fa, 0267196 and 1c69cb8."""
+Prints one JSON line per seed (with `scscf_seen` and `pcscf_seen`: what the restarts
+and instances made the S-CSCF and the P-CSCF do, their counters summed over all of
+them) and a summary; exits 1 when a run failed. With `--traces`, the ladder of each
+failed UE (SIP and Diameter, by time) is written there. Not a test of the suite (a run
+takes a minute or more): it found the defects fixed in d9c7eb2, f205b12, fd308eb,
+aa938fa, 0267196 and 1c69cb8."""
 
 from __future__ import annotations
 
@@ -139,6 +139,16 @@ _SCSCF_SEEN = (
     "final_notify_sent_again",
     "changed_elsewhere_notified",
     "subscription_restored",
+)
+
+# The P-CSCF's (`Network.pcscf_counters`): what its restarts made it do.
+_PCSCF_SEEN = (
+    "established-by-later-register",
+    "downgrade-refused",
+    "answered-again-in-grace",
+    "retransmission-answered",
+    "notify-unknown-subscription",
+    "state-store-write-failed",
 )
 
 
@@ -705,9 +715,11 @@ async def _run(
         # what the S-CSCF did across its restarts and instances (where it is in process)
         counted = net.scscf_counters()
         seen = {k: counted[k] for k in _SCSCF_SEEN if counted[k]}
+        counted = net.pcscf_counters()
+        pcscf_seen = {k: counted[k] for k in _PCSCF_SEEN if counted[k]}
         return {
             "seed": seed, "scscf": scscf, "steps": done, "ops": ops, "lost": lost, "bad": bad,
-            "scscf_seen": seen,
+            "scscf_seen": seen, "pcscf_seen": pcscf_seen,
         }  # fmt: skip
     finally:
         for task in (restarter, hss_restarter, *(c.task for c in crashes_of)):
