@@ -806,6 +806,78 @@ async def test_an_end_through_one_instance_reaches_the_subscribers_of_a_stopped_
 
 
 @pytest.mark.redis
+async def test_a_change_through_one_instance_moves_the_subscriptions_of_a_stopped_one(
+    tmp_path, redis_url
+):
+    """The subscription is held at the second S-CSCF, which is stopped and not started
+    again. The UE registers a second contact through the first, which takes the
+    subscription over: the NOTIFY of that change goes in its dialog, its Contact the
+    first S-CSCF's (a target refresh), so the subscriber's refresh comes here and is
+    taken; the contact's de-registration is then NOTIFYed from here as for any
+    subscription of its own (before: the change reached nobody, the refresh went to the
+    stopped one)."""
+    async with two_scscfs_on_redis(tmp_path, redis_url) as (net, other, other_port, _):
+        here = net.scscf.scscf
+        ue = new_ue()
+        notifies = await registered_and_subscribed_at(net, other_port, ue)
+        first = notifies[0]
+        theirs = other.scscf._contact
+        await other.drain()
+        await other.stop()
+        await wait_for(lambda: theirs in here._peers.stopped)
+
+        async def second_contact(request):
+            return await send(net, with_second_contact(request, "second-contact"))
+
+        r401 = await second_contact(
+            register(net, cseq=1, authorization=empty_auth(), protected=False)
+        )
+        assert r401.status == 401, r401
+        auth = answer_auth(r401.www_authenticate, ue)
+        r = await second_contact(register(net, cseq=2, authorization=auth, protected=True))
+        assert r.status == 200 and len(r.get_all("contact")) == 2, r
+        await wait_for(lambda: len(notifies) == 2)
+        change = notifies[1]
+        assert (change.call_id, change.from_.tag, change.to.tag) == (
+            first.call_id,
+            first.from_.tag,
+            first.to.tag,
+        )
+        assert change.cseq.seq > first.cseq.seq
+        assert change.get("subscription-state").startswith("active")
+        assert b"ccc:eee" in change.body
+        assert change.contacts[0].uri == here._contact.strip("<>")
+        assert here.core.counters["changed_for_stopped_notifier"] == 1
+        assert await here.store.all_subscriptions(theirs) == []
+        assert net.scscf.census()["subscriptions"] == 1
+
+        refresh = (
+            f"SUBSCRIBE {change.contacts[0].uri} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{net.pcscf_port};branch=z9hG4bK{os.urandom(6).hex()}\r\n"
+            "Max-Forwards: 70\r\n"
+            f"From: <sip:pcscf1.visited1.net>;tag={first.to.tag}\r\n"
+            f"To: <{IMPUS[0]}>;tag={first.from_.tag}\r\n"
+            f"Call-ID: {first.call_id}\r\nCSeq: 2 SUBSCRIBE\r\n"
+            "Event: reg\r\nExpires: 600000\r\n"
+            f"Contact: <sip:127.0.0.1:{net.pcscf_port}>\r\n"
+            "Content-Length: 0\r\n\r\n"
+        )
+        r = await net.client.send_request(
+            parse_message(refresh.encode()), ("127.0.0.1", net.scscf_port)
+        )
+        assert r.status == 200, r
+
+        r = await second_contact(
+            register(net, cseq=3, protected=True, authorization=PROTECTED_YES, expires=0)
+        )
+        assert r.status == 200, r
+        await wait_for(lambda: len(notifies) >= 4)  # (the refresh's NOTIFY, then this one)
+        last = notifies[-1]
+        assert last.call_id == first.call_id and last.get("subscription-state").startswith("active")
+        assert b'event="unregistered"' in last.body
+
+
+@pytest.mark.redis
 async def test_a_crashed_instances_subscriptions_to_an_end_it_missed_are_told(
     tmp_path, redis_url, monkeypatch
 ):
@@ -1253,10 +1325,11 @@ async def reg_event_subscribe(
     return await net.client.send_request(parse_message(text.encode()), ("127.0.0.1", port))
 
 
-async def registered_and_subscribed_at(net: HomeNetwork, port: int) -> list:
-    """The UE registered (through the I-CSCF) and the P-CSCF's reg-event subscription
-    made at the S-CSCF at `port`, its first NOTIFY in: the list its NOTIFYs go to."""
-    _, r200 = await full_registration(net, new_ue())
+async def registered_and_subscribed_at(net: HomeNetwork, port: int, ue: Isim | None = None) -> list:
+    """The UE (`ue`, or a new one) registered (through the I-CSCF) and the P-CSCF's
+    reg-event subscription made at the S-CSCF at `port`, its first NOTIFY in: the list
+    its NOTIFYs go to."""
+    _, r200 = await full_registration(net, ue or new_ue())
     assert r200.status == 200
     notifies: list = []
     assert (await reg_event_subscribe(net, notifies, port=port)).status == 200

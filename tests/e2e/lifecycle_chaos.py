@@ -136,6 +136,7 @@ _SCSCF_SEEN = (
     "ended_elsewhere_notified",
     "ended_while_down_notified",
     "ended_for_stopped_notifier",
+    "changed_for_stopped_notifier",
     "final_notify_sent_again",
     "changed_elsewhere_notified",
     "subscription_restored",

@@ -1443,7 +1443,7 @@ class PcscfCore:
                 self._reply(request, arrival, 403, "IMPI does not match the security association")
             ]
         on_temporary = reg.temporary is not None and arrival.spi in reg.temporary.inbound_spis
-        established: list[Action] = []
+        established: Sequence[Action] = ()
         if on_temporary:
             cseq = request.cseq.seq
             if reg.answered_cseq and cseq > reg.answered_cseq:
@@ -1505,8 +1505,7 @@ class PcscfCore:
             ),
         )
         if established:
-            established.append(forward)
-            return established
+            return [*established, forward]
         return [forward]
 
     def _establish_unseen(self, reg: Registration, now: float) -> list[Action]:

@@ -604,9 +604,42 @@ class Scscf:
         store, stopped now, kept get its final NOTIFY from here (their publication
         reaches nobody there)."""
         now = self._clock()
+        for sub, _ in await self._take_from_stopped(removed.impu, now):
+            self.core.counters["ended_for_stopped_notifier"] += 1
+            self._notify_ended(sub, removed, now)
+
+    async def _change_for_stopped(self, stored: StoreRegistration) -> None:
+        """A contact of a registration that stays came or went here: the subscriptions
+        to it that stopped S-CSCFs sharing the store kept are taken over and told, in
+        their dialogs. A NOTIFY is a target refresh (the subscriber takes its Contact as
+        the dialog's remote target, RFC 6665 §4.1.2.4, RFC 3261 §12.2.1.2): ours sends
+        the subscriber's refreshes here from now on, where they went to the stopped one
+        and failed. One whose final NOTIFY was under way there gets that NOTIFY (as
+        `_sweep` sends it)."""
+        reg = stored.registration
+        held = self.core.registrations.get(reg.impu)
+        if held is None:
+            return
+        now = self._clock()
+        for sub, ending in await self._take_from_stopped(reg.impu, now):
+            if ending:
+                await self._end_from_store(sub, ending, "ended_for_stopped_notifier")
+                continue
+            sub = self.subscriptions.add(sub, held)
+            self.subscriptions.arm(sub)
+            self.core.counters["changed_for_stopped_notifier"] += 1
+            body = reginfo_body(reg.impu, reg, version=sub.version, now=now, ended=stored.ended)
+            self._send_notify(sub, body, now)
+        self._rearm()
+
+    async def _take_from_stopped(self, impu: str, now: float) -> list[tuple[RegSubscription, Any]]:
+        """The unexpired subscriptions to `impu` that the stopped S-CSCFs sharing the
+        store kept, taken from it (GETDEL), each with the reason of a final NOTIFY it
+        had under way (`ending`; None if none)."""
+        found: list[tuple[RegSubscription, Any]] = []
         for notifier in sorted(self._peers.stopped):
             try:
-                taken = await self.store.take_subscriptions(notifier, removed.impu)
+                taken = await self.store.take_subscriptions(notifier, impu)
             except Exception as exc:
                 self.core.counters["store_errors"] += 1
                 log.warning("binding store: subscriptions of %s not taken: %s", notifier, exc)
@@ -614,8 +647,8 @@ class Scscf:
             for record in taken:
                 sub = self._taken_subscription(record, now)
                 if sub is not None:
-                    self.core.counters["ended_for_stopped_notifier"] += 1
-                    self._notify_ended(sub, removed, now)
+                    found.append((sub, record.get("ending")))
+        return found
 
     def _taken_subscription(self, record: dict, now: float) -> RegSubscription | None:
         sub = self._stored_subscription(record)
@@ -1288,6 +1321,8 @@ class Scscf:
                 if written and (action.ended or action.added):
                     self._notify_changed(action)
                     await self._publish_changed(action)
+                    if self._peers.stopped:
+                        await self._change_for_stopped(action)
             elif isinstance(action, RemoveRegistration):
                 if action.reason == "timeout":
                     claim = await self._claim_lapsed(action.impu)
