@@ -8,8 +8,9 @@ Security-Client offers for the next set; or its de-REGISTER) comes over that set
 is not a second try at the challenge response, whose Security-Client must repeat the
 challenged REGISTER's (else a bid-down: 494): a UE sends no new REGISTER before the
 final answer to the last one, so a CSeq above the challenge response that passed the
-check shows the 200 went out. The state here is the restored one: the challenge
-response forwarded, its 200 never relayed by this core."""
+check shows the 200 went out; so does any other request over that set (the UE's
+reg-event SUBSCRIBE follows its 200 at once). The state here is the restored one: the
+challenge response forwarded, its 200 never relayed by this core."""
 
 from __future__ import annotations
 
@@ -24,7 +25,14 @@ from imsaka.cscf.pcscf import (
     UpgradeSecurityAssociations,
 )
 from imsaka.sip import make_response, parse_message
-from tests.cscf.test_pcscf_dialog_routing import ICSCF, IMPU, SERVICE_ROUTE, UE_C, WWW
+from tests.cscf.test_pcscf_dialog_routing import (
+    ICSCF,
+    IMPU,
+    SERVICE_ROUTE,
+    UE_C,
+    WWW,
+    ue_subscribe,
+)
 from tests.e2e.test_pcscf_core import PACKET1, core, packet8
 
 IMPI = "user1_private@home1.net"
@@ -143,3 +151,24 @@ def test_a_new_challenge_wants_its_own_response():
     (reply, *_) = _over(p, second, tampered, 2.5)
     assert reply.message.status == 494
     assert p.counters["established-by-later-register"] == 0
+
+
+def test_another_request_over_the_set_after_the_challenge_response_makes_it_established():
+    """The UE's reg-event SUBSCRIBE follows its 200 at once, over the new set: after the
+    challenge response passed, such a request shows the 200 went out too. Before any
+    response passed, only REGISTER may use the temporary set (403)."""
+    route = "<sip:127.0.0.1:5063;lr>, " + SERVICE_ROUTE
+    p = core()
+    inst, p8 = _challenged(p)
+    sub = ue_subscribe(Route=route)
+    (refused,) = p.receive_request(sub, Arrival(UE_C, spi=inst.sa.spi_ps), 1.5)
+    assert refused.message.status == 403 and IMPI in p.registrations
+
+    _over(p, inst, p8, 2.0)
+    acts = p.receive_request(
+        ue_subscribe("z9hG4bKsub2", Route=route), Arrival(UE_C, spi=inst.sa.spi_ps), 2.5
+    )
+    assert [type(a) for a in acts] == [UpgradeSecurityAssociations, Forward], acts
+    assert acts[1].message.method == "SUBSCRIBE"
+    assert p.registrations[IMPI].state is RegState.REGISTERED
+    assert p.counters["established-by-later-register"] == 1

@@ -17,10 +17,10 @@ The seed's packets 1→2, 7, 8→9 and 13: the P-CSCF is the UE's first hop. It
   sent and Security-Client against the challenged REGISTER (a mismatch is a downgrade
   attempt: 494); the 494, like a failed challenge response's 4xx, goes out over the
   temporary SA it is due on, and the set is then held for that REGISTER's
-  retransmissions as a de-REGISTER's is (below), then dropped; a REGISTER over the
-  temporary set with a CSeq above the challenge response that passed is the UE's next
-  one (RFC 3261 §10.2): the 200 went out, so the set is taken as established (a record
-  written before that 200 and read back after a crash);
+  retransmissions as a de-REGISTER's is (below), then dropped; once a challenge
+  response passed, a REGISTER over the temporary set with a higher CSeq (the UE's next
+  one, RFC 3261 §10.2) or any other request over it shows the 200 went out, so the set
+  is taken as established (a record written before that 200, read back after a crash);
 - drops a clear REGISTER that carries a challenge response where protection is due
   (seed step 6); an initial REGISTER arriving over ESP without an SA is dropped by the
   IPsec backend (unknown SPI, seed step 1);
@@ -1611,6 +1611,7 @@ class PcscfCore:
         """Requests after registration: only over the UE's SAs (or from the registered
         clear contact of a sec-agree-less UE); P-Preferred-Identity → P-Asserted-Identity."""
         reg: Registration | None = None
+        established: Sequence[Action] = ()
         if arrival.spi is not None:
             owner = self.by_spi.get(arrival.spi)
             reg = self.registrations.get(owner) if owner else None
@@ -1619,12 +1620,20 @@ class PcscfCore:
             if (reg.sa is None or arrival.spi not in reg.sa.inbound_spis) and (
                 reg.previous is None or arrival.spi not in reg.previous.inbound_spis
             ):
-                # Only REGISTER may use the temporary set.
-                return [
-                    self._reply(
-                        request, arrival, 403, "Not registered over this security association"
-                    )
-                ]
+                if not (
+                    reg.answered_cseq
+                    and reg.temporary is not None
+                    and arrival.spi in reg.temporary.inbound_spis
+                ):
+                    # Only REGISTER may use the temporary set.
+                    return [
+                        self._reply(
+                            request, arrival, 403, "Not registered over this security association"
+                        )
+                    ]
+                # ... until its challenge response's 200: a UE that uses it for another
+                # request took that 200 (its reg-event SUBSCRIBE follows it at once)
+                established = self._establish_unseen(reg, now)
         else:
             reg = self._clear_ue(arrival.source)
             if reg is None:
@@ -1656,7 +1665,7 @@ class PcscfCore:
         try:
             in_dialog = fwd.to.tag is not None
         except SipParseError:
-            return [self._reply(request, arrival, 400, "Bad To")]
+            return [*established, self._reply(request, arrival, 400, "Bad To")]
         kind = "request"
         if in_dialog:
             # Along the dialog's route set, else to its remote target (RFC 3261 §12.2.1.1).
@@ -1675,9 +1684,10 @@ class PcscfCore:
         if request.method == "SUBSCRIBE" and _event_package(fwd) == "reg":
             kind += "-reg"  # the UE's own reg-event subscription (TS 24.229 §5.1.1.3)
         if target is None:
-            return [self._reply(request, arrival, 404, "No route")]
+            return [*established, self._reply(request, arrival, 404, "No route")]
         forward = Forward(fwd, target)
-        return [self._open_context(branch, arrival, request, kind, reg.impi, now, forward)]
+        opened = self._open_context(branch, arrival, request, kind, reg.impi, now, forward)
+        return [*established, opened] if established else [opened]
 
     def _clear_ue(self, source: Address) -> Registration | None:
         """The registration without sec-agree whose UE sends from `source`, if any."""
