@@ -14,6 +14,8 @@ challenge response forwarded, its 200 never relayed by this core."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from imsaka.cscf.pcscf import (
     Arrival,
     Forward,
@@ -172,3 +174,27 @@ def test_another_request_over_the_set_after_the_challenge_response_makes_it_esta
     assert acts[1].message.method == "SUBSCRIBE"
     assert p.registrations[IMPI].state is RegState.REGISTERED
     assert p.counters["established-by-later-register"] == 1
+
+
+def test_a_record_taken_back_before_its_response_counts_that_response_as_the_next_cseq():
+    """Written after the 401, before any challenge response passed (then the response,
+    its 200 and a crash): the P-CSCF that takes the record back counts the response
+    as the challenged REGISTER's CSeq + 1 (RFC 3261 §10.2), so the UE's refresh after
+    it (+2) takes the set as established, while the response itself with other offers
+    is still refused."""
+    p = core()
+    inst, p8 = _challenged(p)
+    written = replace(p.registrations[IMPI])
+    assert (written.challenged_cseq, written.answered_cseq) == (1, 0)
+
+    q = core()
+    q.adopt(replace(written), None, 10.0)
+    assert q.registrations[IMPI].answered_cseq == 2
+    (reply, *_) = _over(q, inst, _next_register(p8, 2, "z9hG4bKcopy"), 11.0)
+    assert reply.message.status == 494
+
+    r = core()
+    r.adopt(replace(written), None, 10.0)
+    acts = _over(r, inst, _next_register(p8, 3, "z9hG4bKthird"), 11.0)
+    assert [type(a) for a in acts] == [UpgradeSecurityAssociations, Forward], acts
+    assert r.counters["established-by-later-register"] == 1

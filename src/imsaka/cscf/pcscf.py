@@ -20,7 +20,8 @@ The seed's packets 1→2, 7, 8→9 and 13: the P-CSCF is the UE's first hop. It
   retransmissions as a de-REGISTER's is (below), then dropped; once a challenge
   response passed, a REGISTER over the temporary set with a higher CSeq (the UE's next
   one, RFC 3261 §10.2) or any other request over it shows the 200 went out, so the set
-  is taken as established (a record written before that 200, read back after a crash);
+  is taken as established (a record written before that 200, read back after a crash;
+  one written before the response counts it as the challenged REGISTER's CSeq + 1);
 - drops a clear REGISTER that carries a challenge response where protection is due
   (seed step 6); an initial REGISTER arriving over ESP without an SA is dropped by the
   IPsec backend (unknown SPI, seed step 1);
@@ -377,6 +378,10 @@ class Registration:
     # 3261 §10.2: no new REGISTER before the final answer to the last) though this
     # record, written before that 200 and read back after a crash, says challenged.
     answered_cseq: int = 0
+    # The CSeq number of the REGISTER the 401 that made `temporary` answered (0: not
+    # known). A record taken back with no response seen counts that response as the
+    # next number (`PcscfCore.adopt`; RFC 3261 §10.2: one more per REGISTER).
+    challenged_cseq: int = 0
     # The UE's own reg-event subscription (TS 24.229 §5.1.1.3) as seen passing through:
     # UE_SUB_NONE, UE_SUB_ACTIVE (a 2xx to its SUBSCRIBE went back), or
     # UE_SUB_NOTIFIED (its terminated NOTIFY reached it and was answered).
@@ -1067,6 +1072,11 @@ class PcscfCore:
         if sub is not None:
             self.subscriptions[sub.call_id] = sub
             self._subscribed[impi] = sub.call_id
+        if reg.temporary is not None and not reg.answered_cseq and reg.challenged_cseq:
+            # Written before its challenge response passed, if one did: that response
+            # carried the next CSeq (RFC 3261 §10.2) and any later use of the set shows
+            # the 200 to it went out, unwritten (`_register_protected`, `_other_request`).
+            reg.answered_cseq = reg.challenged_cseq + 1
         reg.scheduled = None
         due = self._due(reg)
         if due is not None:
@@ -2288,6 +2298,10 @@ class PcscfCore:
         # CK/IK go to the SA table with the install action and nowhere else.
         reg.temporary = PcscfSa(*params)
         reg.answered_cseq = 0  # (a new challenge: its response is yet to come)
+        try:
+            reg.challenged_cseq = resp.cseq.seq
+        except SipParseError:
+            reg.challenged_cseq = 0
         if not rechallenged:  # (a new challenge of the same attempt: as it started)
             reg.started_over = pending.kind == "register-clear"
         reg.temporary_expires = now + float(self.config.temporary_sa_lifetime)

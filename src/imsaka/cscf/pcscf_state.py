@@ -234,6 +234,7 @@ def _registration(
         "clear_source": list(reg.clear_source) if reg.clear_source else None,
         "started_over": reg.started_over,
         "answered_cseq": reg.answered_cseq,
+        "challenged_cseq": reg.challenged_cseq,
         "ue_sub": reg.ue_sub,
         # ended by the network, the UE's REGISTER (its de-REGISTER) still to be
         # answered over the SAs, or its terminated NOTIFY still to pass them
@@ -444,6 +445,7 @@ def _restored(
         started_over=bool(record["started_over"]),
         # (absent in a record written before 2026-11-28: none seen)
         answered_cseq=_int(record, "answered_cseq") if "answered_cseq" in record else 0,
+        challenged_cseq=_int(record, "challenged_cseq") if "challenged_cseq" in record else 0,
         ue_sub=_int(record, "ue_sub"),
         network_terminated=bool(record.get("network_terminated", False)),
     )

@@ -1,0 +1,214 @@
+"""A P-CSCF on a state store (``[pcscf].state_store``) crashing after any message of a
+UE's registration, its store last written after any earlier one (TS 24.229 §5.2.2,
+TS 33.203 §7.4): whatever the successor takes back, the UE ends registered over SAs
+the P-CSCF knows, refreshes and de-registers, and never meets a refusal meant for a
+tampered or unregistered UE (494, 403).
+
+The P-CSCF's input is numbered from the UE's initial REGISTER on: after datagram W the
+store is written (nothing else is let in until it is), and right after datagram C
+(C > W, or no write at all) the P-CSCF stops as in a crash and a new one starts on
+the same ports from what was written. The UE is imsaka's own, with timers 10 times
+faster than the product's, so a request lost with the crash runs out in 3.2 s."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from imsaka.cscf.pcscf_store import PcscfStateStore
+from imsaka.network import Network, NetworkOptions, make_subscribers
+from imsaka.sip.transaction import TimerConfig
+from imsaka.ue.client import UeClient
+
+pytestmark = pytest.mark.redis
+
+FAST = TimerConfig(t1=0.05, t2=0.4, t4=0.5)
+# the messages into the P-CSCF while a UE registers and subscribes: its REGISTER, the
+# 401, the challenge response, the 200, the UE's SUBSCRIBE and its 200, the NOTIFY to
+# the P-CSCF's own subscription and the 200 to its SUBSCRIBE, the NOTIFY to the UE and
+# the UE's 200
+FLOW = 10
+# ... and while it re-registers, challenged: its REGISTER, the 401, the challenge
+# response, the 200
+REREG_FLOW = 4
+
+
+class _Gate:
+    """The P-CSCF's input, counted; the store written after datagram `write_after`,
+    a crash after datagram `crash_after`."""
+
+    def __init__(self, net: Network, write_after: int, crash_after: int) -> None:
+        self.net = net
+        self.pcscf = net.pcscf
+        self.incoming = net.pcscf._incoming
+        self.write_after = write_after
+        self.crash_after = crash_after
+        self.count = 0
+        self.paused = False
+        self.queue: list[tuple[bytes, Any]] = []
+        self.tasks: list[asyncio.Future] = []
+        net.pcscf._incoming = self
+
+    def __call__(self, data: bytes, arrival: Any) -> None:
+        if self.paused:
+            self.queue.append((data, arrival))
+            return
+        self.count += 1
+        self.incoming(data, arrival)
+        if self.count == self.write_after:
+            self.paused = True
+            self.tasks.append(asyncio.ensure_future(self._write()))
+        elif self.count == self.crash_after:
+            self.paused = True
+            self.tasks.append(asyncio.ensure_future(self._crash()))
+
+    async def _write(self) -> None:
+        await self.pcscf._store_pass()
+        self.paused = False
+        queued, self.queue = self.queue, []
+        for data, arrival in queued:
+            self(data, arrival)
+
+    async def _crash(self) -> None:
+        self.queue.clear()  # (lost with it)
+        await self.net.restart_pcscf(0.05)
+
+
+def _statuses(seen: list) -> list[int]:
+    """The status codes of the responses the UE received."""
+    out = []
+    for e in seen:
+        if e.owner != "ue" or e.direction != "in":
+            continue
+        data = e.inner if e.protocol == "esp" else e.payload
+        if data and data.startswith(b"SIP/2.0 "):
+            out.append(int(data[8:11]))
+    return out
+
+
+async def _core(subscriber, redis_url, rereg: bool) -> tuple[Network, PcscfStateStore]:
+    """A core whose P-CSCF writes its store only when told (and at its start); with
+    `rereg`, its S-CSCF challenges every REGISTER (``reauthenticate = "always"``)."""
+    extra: dict[str, Any] = {"pcscf": {"state_store": redis_url, "state_interval": 3600}}
+    if rereg:
+        extra["scscf"] = {"reauthenticate": "always"}
+    net = Network([subscriber], NetworkOptions(extra=extra))
+    await net.start()
+    own = net.pcscf._own()
+    return net, PcscfStateStore(
+        redis_url, f"{net.config.pcscf.name}@{own['address']}:{own['port']}"
+    )
+
+
+async def _crash_during(net, subscriber, write_after, crash_after, rereg=False):
+    """The UE's registration (or, `rereg`, its re-registration, challenged) with the
+    store written after datagram `write_after` (0: not since the start; with `rereg`,
+    not since the registration) and a crash after datagram `crash_after`; then the
+    UE's refresh and de-registration. Returns the first attempt's result, the statuses
+    the UE received and the last P-CSCF's counters."""
+    seen: list = []
+    async with UeClient(net.ue_config(subscriber), observers=[seen.append], timers=FAST) as ue:
+        if rereg:
+            assert (await ue.register(20)).ok
+            assert await ue.wait_subscribed()
+            await asyncio.sleep(0.3)  # (the P-CSCF's own subscription too)
+            await net.pcscf._store_pass()
+            seen.clear()
+        gate = _Gate(net, write_after, crash_after)
+        first = await (ue.reregister(20) if rereg else ue.register(20))
+        await asyncio.gather(*gate.tasks)
+        result = first if first.ok else await ue.register(20)
+        assert result.ok, (first, result)
+        refresh = await ue.reregister(20)
+        assert refresh.ok and refresh.protected, refresh
+        assert (await ue.deregister(20)).ok
+        return first, _statuses(seen), net.pcscf.core.counters
+
+
+async def _matrix(subscriber, redis_url, flow: int, rereg: bool) -> list[tuple]:
+    """Every (write, crash) pair of `flow` datagrams, eight at a time, each on a core
+    of its own (started one after the other: the HSS's schema migration is not made
+    for two at once; the cases wait on timers, not on the CPU): (write, crash, the
+    first attempt's result, the statuses, the counters) or (write, crash, the
+    failure)."""
+    pairs = [(w, c) for c in range(1, flow + 1) for w in range(c)]
+    out: list[tuple] = []
+    for i in range(0, len(pairs), 8):
+        batch = pairs[i : i + 8]
+        cores: list[tuple[Network, PcscfStateStore]] = []
+        try:
+            for _ in batch:
+                cores.append(await _core(subscriber, redis_url, rereg))
+            results = await asyncio.gather(
+                *(
+                    _crash_during(net, subscriber, w, c, rereg)
+                    for (w, c), (net, _) in zip(batch, cores, strict=True)
+                ),
+                return_exceptions=True,
+            )
+        finally:
+            for net, store in cores:
+                await net.stop()
+                await store.clear()
+                await store.close()
+        for (w, c), r in zip(batch, results, strict=True):
+            if isinstance(r, BaseException):
+                if not isinstance(r, AssertionError):
+                    raise r
+                out.append((w, c, f"{type(r).__name__}: {r}"))
+            else:
+                out.append((w, c, *r))
+    return out
+
+
+def _refused(case: tuple) -> bool:
+    """A refusal meant for a tampered or unregistered UE reached it, or it failed."""
+    return len(case) == 3 or 494 in case[3] or 403 in case[3]
+
+
+async def test_a_crash_after_any_message_of_a_registration(subscribers, redis_url):
+    cases = await _matrix(subscribers[0], redis_url, FLOW, rereg=False)
+    assert len(cases) == FLOW * (FLOW + 1) // 2
+    assert not [c for c in cases if _refused(c)], [c for c in cases if _refused(c)]
+    for write, crash, first, statuses, counters in cases:
+        if first.ok:
+            assert statuses[:2] == [401, 200], (write, crash, statuses)
+        else:
+            # the 401 relayed, nothing written since: the challenge response meets a
+            # P-CSCF without its set, runs out, and the UE registers anew (as without
+            # a store)
+            assert first.status == 408 and write < 2 <= crash, (write, crash, first)
+        if 2 <= write < 4 <= crash:
+            # the 200 went out unwritten: the UE's next use of the set shows it
+            assert counters["established-by-later-register"] == 1, (write, crash, counters)
+
+
+async def test_a_crash_after_any_message_of_a_challenged_reregistration(subscribers, redis_url):
+    cases = await _matrix(subscribers[0], redis_url, REREG_FLOW, rereg=True)
+    assert not [c for c in cases if _refused(c)], [c for c in cases if _refused(c)]
+    for write, crash, first, _, counters in cases:
+        assert first.ok or first.status == 408, (write, crash, first)
+        if 2 <= write < 4 <= crash:
+            assert counters["established-by-later-register"] == 1, (write, crash, counters)
+
+
+if __name__ == "__main__":  # the whole matrix, printed (`--rereg`: the other one)
+    import logging
+    import sys
+
+    logging.basicConfig(level=logging.ERROR)
+
+    async def main() -> None:
+        (sub,) = make_subscribers(1, seed=2026)
+        rereg = "--rereg" in sys.argv
+        flow = REREG_FLOW if rereg else FLOW
+        for case in await _matrix(sub, "redis://127.0.0.1:6379/15", flow, rereg):
+            if len(case) == 3:
+                print(*case, flush=True)
+            else:
+                w, c, first, statuses, counters = case
+                print(w, c, first.status, statuses, counters["established-by-later-register"])
+
+    asyncio.run(main())
