@@ -1,12 +1,13 @@
-"""An S-CSCF on Redis bindings crashing after any message of a UE's registration, of
-its refresh or of its de-registration (TS 24.229 §5.4.1; the store as docs/home-network.md
-describes it): the UE ends registered, refreshes and de-registers, never refused for a
-reason that is not its own, and afterwards nothing is left: no binding or
-subscription in Redis, no SA set or registration at the P-CSCF.
+"""An S-CSCF on Redis bindings, or the I-CSCF, crashing after any message of a UE's
+registration, of its refresh or of its de-registration (TS 24.229 §5.3.1, §5.4.1;
+the store as docs/home-network.md describes it): the UE ends registered, refreshes
+and de-registers, never refused for a reason that is not its own, and afterwards
+nothing is left: no binding in Redis, no SA set or registration at the P-CSCF.
 
-The S-CSCF's SIP input is numbered from the operation's first REGISTER; right after
-datagram C it stops as in a crash (no drain) and a new one starts on the same ports
-and prefix. The UE is imsaka's own with timers 10 times faster than the product's."""
+The function's SIP input is numbered from the operation's first REGISTER; right
+after datagram C it stops as in a crash (no drain) and a new one starts on the same
+ports (the S-CSCF on the same prefix). The UE is imsaka's own with timers 10 times
+faster than the product's."""
 
 from __future__ import annotations
 
@@ -28,17 +29,19 @@ pytestmark = pytest.mark.redis
 # SUBSCRIBEs and the 200s to their NOTIFYs; per refresh its REGISTER; per
 # de-registration its REGISTER and the 200s to the two final NOTIFYs.
 STEPS = {"register": 6, "reregister": 1, "deregister": 3}
+# The I-CSCF's: each REGISTER and its final answer (the SUBSCRIBEs go by the
+# Service-Route, the NOTIFYs from the S-CSCF straight to the P-CSCF).
+ICSCF_STEPS = {"register": 4, "reregister": 2, "deregister": 2}
 
 
 class _Gate:
     """The S-CSCF's SIP input, counted once `armed`; a crash after datagram `crash_after`."""
 
-    def __init__(self, net: Network, restart: Any, crash_after: int) -> None:
-        self.net, self.restart, self.crash_after = net, restart, crash_after
+    def __init__(self, endpoint: Any, restart: Any, crash_after: int) -> None:
+        self.restart, self.crash_after = restart, crash_after
         self.armed = False
         self.count = 0
         self.crashed: asyncio.Future | None = None
-        endpoint = net.scscf.endpoint
         self.receive = endpoint._on_message
         for transport in endpoint.transports:
             transport.set_receiver(self)
@@ -53,19 +56,24 @@ class _Gate:
                 self.crashed = asyncio.ensure_future(self.restart())
 
 
-async def _crash_during(subscriber, redis_url: str, step: str, crash_after: int) -> tuple:
+async def _crash_during(
+    subscriber, redis_url: str, step: str, crash_after: int, function: str = "scscf"
+) -> tuple:
     prefix = f"imsaka:e2e:{os.getpid()}:{os.urandom(4).hex()}:"
     net = Network([subscriber], NetworkOptions(extra={"scscf": {"binding_store": redis_url}}))
     await net.start()
 
     async def restart(crash: bool = True) -> None:
-        await net.restart_scscf(RedisBindingStore(redis_url, prefix=prefix), crash=crash)
+        if function == "icscf" and crash:
+            await net.restart_icscf()
+        else:
+            await net.restart_scscf(RedisBindingStore(redis_url, prefix=prefix), crash=crash)
 
     try:
-        await restart(crash=False)  # on the test's own prefix
+        await restart(crash=False)  # the S-CSCF on the test's own prefix
         seen: list = []
         async with UeClient(net.ue_config(subscriber), observers=[seen.append], timers=FAST) as ue:
-            gate = _Gate(net, restart, crash_after)
+            gate = _Gate(getattr(net, function).endpoint, restart, crash_after)
             if step != "register":
                 assert (await ue.register(20)).ok
                 assert await ue.wait_subscribed()
@@ -105,14 +113,24 @@ async def _crash_during(subscriber, redis_url: str, step: str, crash_after: int)
 @pytest.mark.parametrize(
     ("step", "crash"), [(step, c) for step, n in STEPS.items() for c in range(1, n + 1)]
 )
-async def test_a_crash_after_any_message(subscribers, redis_url, step, crash):
+async def test_an_scscf_crash_after_any_message(subscribers, redis_url, step, crash):
     statuses, count = await _crash_during(subscribers[0], redis_url, step, crash)
     assert count >= crash  # (it did crash there)
     refused = [s for s in statuses if s >= 400 and s != 401]
     assert not refused, statuses
 
 
-if __name__ == "__main__":  # (python -m tests.e2e.test_scscf_crash_points)
+@pytest.mark.parametrize(
+    ("step", "crash"), [(step, c) for step, n in ICSCF_STEPS.items() for c in range(1, n + 1)]
+)
+async def test_an_icscf_crash_after_any_message(subscribers, redis_url, step, crash):
+    statuses, count = await _crash_during(subscribers[0], redis_url, step, crash, "icscf")
+    assert count >= crash
+    refused = [s for s in statuses if s >= 400 and s != 401]
+    assert not refused, statuses
+
+
+if __name__ == "__main__":  # (python -m tests.e2e.test_cscf_crash_points)
     import logging
     import sys
 
@@ -120,17 +138,16 @@ if __name__ == "__main__":  # (python -m tests.e2e.test_scscf_crash_points)
 
     async def main() -> None:
         (sub,) = make_subscribers(1, seed=2026)
-        for step, n in STEPS.items():
-            for crash in range(1, n + 1):
-                try:
-                    print(
-                        step,
-                        crash,
-                        *await _crash_during(sub, "redis://127.0.0.1:6379/15", step, crash),
-                        flush=True,
-                    )
-                except AssertionError as exc:
-                    print(step, crash, "FAILED", str(exc)[:300], flush=True)
+        for function, steps in (("scscf", STEPS), ("icscf", ICSCF_STEPS)):
+            for step, n in steps.items():
+                for crash in range(1, n + 1):
+                    try:
+                        got = await _crash_during(
+                            sub, "redis://127.0.0.1:6379/15", step, crash, function
+                        )
+                        print(function, step, crash, *got, flush=True)
+                    except AssertionError as exc:
+                        print(function, step, crash, "FAILED", str(exc)[:300], flush=True)
 
     asyncio.run(main())
     sys.exit(0)
