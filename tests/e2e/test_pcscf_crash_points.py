@@ -1,12 +1,13 @@
 """A P-CSCF on a state store (``[pcscf].state_store``) crashing after any message of a
-UE's registration, its store last written after any earlier one (TS 24.229 §5.2.2,
-TS 33.203 §7.4): whatever the successor takes back, the UE ends registered over SAs
-the P-CSCF knows, refreshes and de-registers, and never meets a refusal meant for a
-tampered or unregistered UE (494, 403).
+UE's registration (or of a challenged re-registration, or of a de-registration up to
+its 200), its store last written after any earlier one (TS 24.229 §5.2.2, TS 33.203
+§7.4): whatever the successor takes back, the UE ends registered over SAs the P-CSCF
+knows, refreshes and de-registers, never meets a refusal meant for a tampered or
+unregistered UE (494, 403), and the P-CSCF is left holding nothing of it.
 
-The P-CSCF's input is numbered from the UE's initial REGISTER on: after datagram W the
-store is written (nothing else is let in until it is), and right after datagram C
-(C > W, or no write at all) the P-CSCF stops as in a crash and a new one starts on
+The P-CSCF's input is numbered from the operation's first REGISTER on: after datagram
+W the store is written (nothing else is let in until it is), and right after datagram
+C (C > W, or no write at all) the P-CSCF stops as in a crash and a new one starts on
 the same ports from what was written. The UE is imsaka's own, with timers 10 times
 faster than the product's, so a request lost with the crash runs out in 3.2 s."""
 
@@ -21,6 +22,7 @@ from imsaka.cscf.pcscf_store import PcscfStateStore
 from imsaka.network import Network, NetworkOptions, make_subscribers
 from imsaka.sip.transaction import TimerConfig
 from imsaka.ue.client import UeClient
+from tests.polling import eventually
 
 pytestmark = pytest.mark.redis
 
@@ -33,6 +35,9 @@ FLOW = 10
 # ... and while it re-registers, challenged: its REGISTER, the 401, the challenge
 # response, the 200
 REREG_FLOW = 4
+# ... and while it de-registers: its de-REGISTER, the 200, the terminated NOTIFY to the
+# P-CSCF's subscription, the one to the UE's and the UE's 200 to it
+DEREG_FLOW = 5
 
 
 class _Gate:
@@ -88,11 +93,12 @@ def _statuses(seen: list) -> list[int]:
     return out
 
 
-async def _core(subscriber, redis_url, rereg: bool) -> tuple[Network, PcscfStateStore]:
-    """A core whose P-CSCF writes its store only when told (and at its start); with
-    `rereg`, its S-CSCF challenges every REGISTER (``reauthenticate = "always"``)."""
+async def _core(subscriber, redis_url, phase: str) -> tuple[Network, PcscfStateStore]:
+    """A core whose P-CSCF writes its store only when told (and at its start); for a
+    re-registration's phase, its S-CSCF challenges every REGISTER (``reauthenticate =
+    "always"``)."""
     extra: dict[str, Any] = {"pcscf": {"state_store": redis_url, "state_interval": 3600}}
-    if rereg:
+    if phase == "reregister":
         extra["scscf"] = {"reauthenticate": "always"}
     net = Network([subscriber], NetworkOptions(extra=extra))
     await net.start()
@@ -102,32 +108,41 @@ async def _core(subscriber, redis_url, rereg: bool) -> tuple[Network, PcscfState
     )
 
 
-async def _crash_during(net, subscriber, write_after, crash_after, rereg=False):
-    """The UE's registration (or, `rereg`, its re-registration, challenged) with the
-    store written after datagram `write_after` (0: not since the start; with `rereg`,
-    not since the registration) and a crash after datagram `crash_after`; then the
-    UE's refresh and de-registration. Returns the first attempt's result, the statuses
+async def _crash_during(net, subscriber, write_after, crash_after, phase="register"):
+    """The UE's registration (or its re-registration, challenged, or its
+    de-registration: `phase`) with the store written after datagram `write_after` (0:
+    not since the start; after a registration, not since it) and a crash after
+    datagram `crash_after`; then the UE's refresh and de-registration. At the end the
+    P-CSCF holds nothing of the UE. Returns the first attempt's result, the statuses
     the UE received and the last P-CSCF's counters."""
     seen: list = []
     async with UeClient(net.ue_config(subscriber), observers=[seen.append], timers=FAST) as ue:
-        if rereg:
+        if phase != "register":
             assert (await ue.register(20)).ok
             assert await ue.wait_subscribed()
             await asyncio.sleep(0.3)  # (the P-CSCF's own subscription too)
             await net.pcscf._store_pass()
             seen.clear()
         gate = _Gate(net, write_after, crash_after)
-        first = await (ue.reregister(20) if rereg else ue.register(20))
-        await asyncio.gather(*gate.tasks)
-        result = first if first.ok else await ue.register(20)
-        assert result.ok, (first, result)
-        refresh = await ue.reregister(20)
-        assert refresh.ok and refresh.protected, refresh
-        assert (await ue.deregister(20)).ok
+        if phase == "deregister":
+            first = await ue.deregister(20)
+            await asyncio.gather(*gate.tasks)
+            assert first.ok, first
+        else:
+            first = await (ue.reregister(20) if phase == "reregister" else ue.register(20))
+            await asyncio.gather(*gate.tasks)
+            result = first if first.ok else await ue.register(20)
+            assert result.ok, (first, result)
+            refresh = await ue.reregister(20)
+            assert refresh.ok and refresh.protected, refresh
+            assert (await ue.deregister(20)).ok
+        census = net.pcscf.census
+        assert await eventually(lambda: census()["registrations"] == 0, 5), census()
+        assert await eventually(lambda: census()["sa_sets"] == 0, 5), census()
         return first, _statuses(seen), net.pcscf.core.counters
 
 
-async def _matrix(subscriber, redis_url, flow: int, rereg: bool) -> list[tuple]:
+async def _matrix(subscriber, redis_url, flow: int, phase: str) -> list[tuple]:
     """Every (write, crash) pair of `flow` datagrams, eight at a time, each on a core
     of its own (started one after the other: the HSS's schema migration is not made
     for two at once; the cases wait on timers, not on the CPU): (write, crash, the
@@ -140,10 +155,10 @@ async def _matrix(subscriber, redis_url, flow: int, rereg: bool) -> list[tuple]:
         cores: list[tuple[Network, PcscfStateStore]] = []
         try:
             for _ in batch:
-                cores.append(await _core(subscriber, redis_url, rereg))
+                cores.append(await _core(subscriber, redis_url, phase))
             results = await asyncio.gather(
                 *(
-                    _crash_during(net, subscriber, w, c, rereg)
+                    _crash_during(net, subscriber, w, c, phase)
                     for (w, c), (net, _) in zip(batch, cores, strict=True)
                 ),
                 return_exceptions=True,
@@ -169,7 +184,7 @@ def _refused(case: tuple) -> bool:
 
 
 async def test_a_crash_after_any_message_of_a_registration(subscribers, redis_url):
-    cases = await _matrix(subscribers[0], redis_url, FLOW, rereg=False)
+    cases = await _matrix(subscribers[0], redis_url, FLOW, "register")
     assert len(cases) == FLOW * (FLOW + 1) // 2
     assert not [c for c in cases if _refused(c)], [c for c in cases if _refused(c)]
     for write, crash, first, statuses, counters in cases:
@@ -186,7 +201,7 @@ async def test_a_crash_after_any_message_of_a_registration(subscribers, redis_ur
 
 
 async def test_a_crash_after_any_message_of_a_challenged_reregistration(subscribers, redis_url):
-    cases = await _matrix(subscribers[0], redis_url, REREG_FLOW, rereg=True)
+    cases = await _matrix(subscribers[0], redis_url, REREG_FLOW, "reregister")
     assert not [c for c in cases if _refused(c)], [c for c in cases if _refused(c)]
     for write, crash, first, _, counters in cases:
         assert first.ok or first.status == 408, (write, crash, first)
@@ -194,7 +209,17 @@ async def test_a_crash_after_any_message_of_a_challenged_reregistration(subscrib
             assert counters["established-by-later-register"] == 1, (write, crash, counters)
 
 
-if __name__ == "__main__":  # the whole matrix, printed (`--rereg`: the other one)
+async def test_a_crash_during_a_de_registration_before_its_200_went_out(subscribers, redis_url):
+    """Crashes after the de-REGISTER, the terminated NOTIFY to the P-CSCF's own
+    subscription or the one to the UE (the 200 not yet relayed): the UE's retransmission
+    gets its 200 from the successor and nothing is left. (After the 200 went out, a
+    record written before it comes back registered: see docs/lifecycle.md.)"""
+    cases = await _matrix(subscribers[0], redis_url, DEREG_FLOW - 2, "deregister")
+    assert len(cases) == 6
+    assert not [c for c in cases if _refused(c)], [c for c in cases if _refused(c)]
+
+
+if __name__ == "__main__":  # a whole matrix, printed (argument: register, reregister, deregister)
     import logging
     import sys
 
@@ -202,9 +227,9 @@ if __name__ == "__main__":  # the whole matrix, printed (`--rereg`: the other on
 
     async def main() -> None:
         (sub,) = make_subscribers(1, seed=2026)
-        rereg = "--rereg" in sys.argv
-        flow = REREG_FLOW if rereg else FLOW
-        for case in await _matrix(sub, "redis://127.0.0.1:6379/15", flow, rereg):
+        phase = sys.argv[1] if len(sys.argv) > 1 else "register"
+        flow = {"register": FLOW, "reregister": REREG_FLOW, "deregister": DEREG_FLOW}[phase]
+        for case in await _matrix(sub, "redis://127.0.0.1:6379/15", flow, phase):
             if len(case) == 3:
                 print(*case, flush=True)
             else:
