@@ -1519,10 +1519,10 @@ class PcscfCore:
         return [forward]
 
     def _establish_unseen(self, reg: Registration, now: float) -> list[Action]:
-        """The temporary set carried a REGISTER after its challenge response: the 200
-        to that response went to the UE (through a P-CSCF that crashed before its store
-        pass wrote the change), so the set is made the established one as that 200
-        would have made it. Until the answer to this REGISTER says otherwise the
+        """The temporary set carried the UE's next REGISTER, or another request, after
+        its challenge response: the 200 to that response went to the UE (through a
+        P-CSCF that crashed before its store pass wrote the change), so the set is made
+        the established one as that 200 would have made it. Until the answer to this REGISTER says otherwise the
         registration lasts what the set was granted (a refresh's 200 sets both)."""
         self.counters["established-by-later-register"] += 1
         reg.state = RegState.REGISTERED
