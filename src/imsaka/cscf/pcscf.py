@@ -2298,10 +2298,7 @@ class PcscfCore:
         # CK/IK go to the SA table with the install action and nowhere else.
         reg.temporary = PcscfSa(*params)
         reg.answered_cseq = 0  # (a new challenge: its response is yet to come)
-        try:
-            reg.challenged_cseq = resp.cseq.seq
-        except SipParseError:
-            reg.challenged_cseq = 0
+        reg.challenged_cseq = resp.cseq.seq  # (read by `receive_response` already)
         if not rechallenged:  # (a new challenge of the same attempt: as it started)
             reg.started_over = pending.kind == "register-clear"
         reg.temporary_expires = now + float(self.config.temporary_sa_lifetime)
