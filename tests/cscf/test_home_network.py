@@ -851,19 +851,8 @@ async def test_a_change_through_one_instance_moves_the_subscriptions_of_a_stoppe
         assert await here.store.all_subscriptions(theirs) == []
         assert net.scscf.census()["subscriptions"] == 1
 
-        refresh = (
-            f"SUBSCRIBE {change.contacts[0].uri} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP 127.0.0.1:{net.pcscf_port};branch=z9hG4bK{os.urandom(6).hex()}\r\n"
-            "Max-Forwards: 70\r\n"
-            f"From: <sip:pcscf1.visited1.net>;tag={first.to.tag}\r\n"
-            f"To: <{IMPUS[0]}>;tag={first.from_.tag}\r\n"
-            f"Call-ID: {first.call_id}\r\nCSeq: 2 SUBSCRIBE\r\n"
-            "Event: reg\r\nExpires: 600000\r\n"
-            f"Contact: <sip:127.0.0.1:{net.pcscf_port}>\r\n"
-            "Content-Length: 0\r\n\r\n"
-        )
         r = await net.client.send_request(
-            parse_message(refresh.encode()), ("127.0.0.1", net.scscf_port)
+            pcscf_refresh(net, change, cseq=2), ("127.0.0.1", net.scscf_port)
         )
         assert r.status == 200, r
 
@@ -875,6 +864,106 @@ async def test_a_change_through_one_instance_moves_the_subscriptions_of_a_stoppe
         last = notifies[-1]
         assert last.call_id == first.call_id and last.get("subscription-state").startswith("active")
         assert b'event="unregistered"' in last.body
+
+
+def pcscf_refresh(net: HomeNetwork, notify, cseq: int, impu: str = IMPUS[0]) -> object:
+    """The P-CSCF's in-dialog refresh of its subscription to `impu` that `notify` came
+    in, sent to that NOTIFY's Contact (the dialog's remote target)."""
+    text = (
+        f"SUBSCRIBE {notify.contacts[0].uri} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{net.pcscf_port};branch=z9hG4bK{os.urandom(6).hex()}\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: <sip:pcscf1.visited1.net>;tag={notify.to.tag}\r\n"
+        f"To: <{impu}>;tag={notify.from_.tag}\r\n"
+        f"Call-ID: {notify.call_id}\r\nCSeq: {cseq} SUBSCRIBE\r\n"
+        "Event: reg\r\nExpires: 600000\r\n"
+        f"Contact: <sip:127.0.0.1:{net.pcscf_port}>\r\n"
+        "Content-Length: 0\r\n\r\n"
+    )
+    return parse_message(text.encode())
+
+
+@pytest.mark.redis
+async def test_an_instance_stopped_for_good_has_its_subscriptions_taken_over(
+    tmp_path, redis_url, monkeypatch
+):
+    """Subscriptions to the registrations of two users are held at the second S-CSCF,
+    which stops and does not come back. Until it has been stopped TAKE_OVER_AFTER
+    nothing moves (a restart is left to itself); then the first takes both over, paced
+    (one NOTIFY per batch here), each NOTIFY in its own dialog with the first one's
+    Contact, so the P-CSCF's refresh, sent there, is taken (before: it went to the
+    stopped one until the UE registered again). The registration's end is then told from
+    here as for any subscription of its own; the second, started again, finds none."""
+    import imsaka.cscf.scscf as scscf_module
+    from imsaka.cscf.registrar import RedisBindingStore
+    from imsaka.cscf.scscf import ScscfServer
+
+    monkeypatch.setattr(scscf_module, "HEARTBEAT", 0.2)
+    monkeypatch.setattr(scscf_module, "ALIVE_FOR", 1.0)
+    monkeypatch.setattr(scscf_module, "TAKE_OVER_AFTER", 1.5)
+    monkeypatch.setattr(scscf_module, "TAKE_OVER_BATCH", 1)
+    monkeypatch.setattr(scscf_module, "TAKE_OVER_PAUSE", 0.4)
+    async with two_scscfs_on_redis(tmp_path, redis_url) as (net, other, other_port, _):
+        here = net.scscf.scscf
+        notifies = await registered_and_subscribed_at(net, other_port)
+        impi2, impu2 = "user2_private@home1.net", "sip:user2_public1@home1.net"
+        kw = {"impu": impu2, "call_id": "user2-reg", "protected": False}
+        r401 = await send(net, register(net, cseq=1, authorization=empty_auth(impi2), **kw))
+        auth = answer_auth(r401.www_authenticate, new_ue(), impi2)
+        r = await send(net, register(net, cseq=2, authorization=auth, **{**kw, "protected": True}))
+        assert r.status == 200, r
+        r = await reg_event_subscribe(
+            net, notifies, port=other_port, call_id="reg-event-2", impu=impu2
+        )
+        assert r.status == 200
+        await wait_for(lambda: len(notifies) == 2)
+        firsts = {n.call_id: n for n in notifies}
+        times = [0.0, 0.0]
+        collect_notifies(net, notifies, times)
+        config, prefix, theirs = other.config, other.scscf.store._prefix, other.scscf._contact
+        await other.drain()
+        await other.stop()
+        await wait_for(lambda: theirs in here._peers.stopped)
+        await asyncio.sleep(0.7)  # stopped, not yet for long
+        assert len(notifies) == 2 and net.scscf.census()["subscriptions"] == 0
+        await wait_for(lambda: len(notifies) == 4, timeout=5)
+        moved = notifies[2:]
+        assert times[3] - times[2] >= 0.35  # paced
+        for notify in moved:
+            first = firsts[notify.call_id]
+            assert (notify.from_.tag, notify.to.tag) == (first.from_.tag, first.to.tag)
+            assert notify.cseq.seq > first.cseq.seq
+            assert notify.get("subscription-state").startswith("active")
+            assert b'state="active"' in notify.body
+            assert notify.contacts[0].uri == here._contact.strip("<>")
+        assert {n.call_id for n in moved} == set(firsts)
+        assert here.core.counters["taken_from_stopped_notifier"] == 2
+        assert net.scscf.census()["subscriptions"] == 2
+        assert await here.store.all_subscriptions(theirs) == []
+        assert len(await here.store.all_subscriptions(here._contact)) == 2
+        await wait_for(lambda: theirs not in here._peers.stopped)  # nothing of it left
+
+        ours = next(n for n in moved if n.call_id == "reg-event-1")
+        refresh = pcscf_refresh(net, ours, cseq=2)
+        r = await net.client.send_request(refresh, ("127.0.0.1", net.scscf_port))
+        assert r.status == 200, r
+        await wait_for(lambda: len(notifies) == 5)
+
+        dereg = register(net, cseq=3, protected=True, authorization=PROTECTED_YES, expires=0)
+        assert (await send(net, dereg)).status == 200
+        await wait_for(lambda: len(notifies) == 6)
+        end = notifies[5]
+        assert end.call_id == "reg-event-1"
+        assert end.get("subscription-state").startswith("terminated")
+        assert here.core.counters["ended_for_stopped_notifier"] == 0
+        back = ScscfServer(config, store=RedisBindingStore(redis_url, prefix=prefix))
+        try:
+            await back.start()
+            await asyncio.sleep(0.3)
+            assert len(notifies) == 6
+            assert back.census()["subscriptions"] == 0
+        finally:
+            await back.stop()
 
 
 @pytest.mark.redis
@@ -1289,13 +1378,18 @@ async def test_mw_over_tcp(tmp_path):
         await net.stop()
 
 
-def collect_notifies(net: HomeNetwork, notifies: list | None = None) -> list:
+def collect_notifies(
+    net: HomeNetwork, notifies: list | None = None, times: list | None = None
+) -> list:
     """The requests the S-CSCF sends the harness (its NOTIFYs), each answered 200,
-    appended to `notifies` (a new list if none), which is returned."""
+    appended to `notifies` (a new list if none), which is returned; the loop's time of
+    each to `times`, if given."""
     got: list = [] if notifies is None else notifies
 
     def on_request(req, tx):
         got.append(req)
+        if times is not None:
+            times.append(asyncio.get_running_loop().time())
         tx.reply(200)
 
     net.client.set_request_handler(on_request)
@@ -1303,20 +1397,26 @@ def collect_notifies(net: HomeNetwork, notifies: list | None = None) -> list:
 
 
 async def reg_event_subscribe(
-    net: HomeNetwork, notifies: list, *, expires: int = 600000, port: int | None = None
+    net: HomeNetwork,
+    notifies: list,
+    *,
+    expires: int = 600000,
+    port: int | None = None,
+    call_id: str = "reg-event-1",
+    impu: str = IMPUS[0],
 ):
-    """The P-CSCF's SUBSCRIBE to the reg event of user1_public1 (TS 24.229 §5.2.3), to
-    the S-CSCF (or another one at `port`)."""
+    """The P-CSCF's SUBSCRIBE to the reg event of `impu` (user1_public1; TS 24.229
+    §5.2.3), to the S-CSCF (or another one at `port`)."""
     port = net.scscf_port if port is None else port
     collect_notifies(net, notifies)
     text = (
-        f"SUBSCRIBE {IMPUS[0]} SIP/2.0\r\n"
+        f"SUBSCRIBE {impu} SIP/2.0\r\n"
         f"Via: SIP/2.0/UDP 127.0.0.1:{net.pcscf_port};branch=z9hG4bK{os.urandom(6).hex()}\r\n"
         "Max-Forwards: 70\r\n"
         f"Route: <sip:orig@scscf1.home1.net:{port};lr>\r\n"
         "From: <sip:pcscf1.visited1.net>;tag=sub1\r\n"
-        f"To: <{IMPUS[0]}>\r\n"
-        "Call-ID: reg-event-1\r\nCSeq: 1 SUBSCRIBE\r\n"
+        f"To: <{impu}>\r\n"
+        f"Call-ID: {call_id}\r\nCSeq: 1 SUBSCRIBE\r\n"
         "Event: reg\r\n"
         f"Expires: {expires}\r\n"
         f"Contact: <sip:127.0.0.1:{net.pcscf_port}>\r\n"

@@ -100,6 +100,15 @@ SHUTDOWN_DRAIN = 4.0
 # loop's stall; a restart quicker than it is left to the restarted S-CSCF.
 HEARTBEAT = 1.0
 ALIVE_FOR = 5.0
+# One seen stopped this long is taken as gone for good (a restart is quicker): its
+# subscriptions to live registrations are taken over by the others (`_sweep`), each
+# told in its dialog so that its refreshes come to the taker. Sooner would move every
+# subscription of an instance at each rolling restart, a NOTIFY each.
+TAKE_OVER_AFTER = 30.0
+# NOTIFYs a take-over sends before it pauses for TAKE_OVER_PAUSE s (~500 a second): the
+# subscribers of a whole instance are not all told in one burst.
+TAKE_OVER_BATCH = 50
+TAKE_OVER_PAUSE = 0.1
 
 #: ``async send(request) -> answer``; raises on timeout or when no HSS is connected.
 CxSender = Callable[[Any], Awaitable[Any]]
@@ -359,7 +368,16 @@ def _age_challenge(record: dict, wall: float) -> None:
 class _Peers:
     """With a shared store, the S-CSCF's view of the others sharing it."""
 
-    __slots__ = ("follower", "heart", "stopped", "store_silent", "sweeper", "to_sweep")
+    __slots__ = (
+        "follower",
+        "heart",
+        "stopped",
+        "stopped_since",
+        "store_silent",
+        "sweeper",
+        "to_sweep",
+        "to_take",
+    )
 
     def __init__(self) -> None:
         # hears of the registrations the others end or change (`_changed_elsewhere`),
@@ -370,6 +388,10 @@ class _Peers:
         self.heart: asyncio.Future | None = None
         self.stopped: set[str] = set()
         self.to_sweep: set[str] = set()
+        # when each was first seen stopped (our clock; again after a take-over that
+        # left some behind), and those due for a take-over (`TAKE_OVER_AFTER`)
+        self.stopped_since: dict[str, float] = {}
+        self.to_take: set[str] = set()
         self.sweeper: asyncio.Future | None = None
         self.store_silent = False  # (the heartbeat's warning: once per outage)
 
@@ -541,28 +563,44 @@ class Scscf:
                 "scscf: %s stopped; the ends of its subscriptions are told from here", notifier
             )
         peers.to_sweep |= newly
-        if peers.to_sweep and (peers.sweeper is None or peers.sweeper.done()):
+        now = self._clock()
+        since = peers.stopped_since
+        for notifier in [n for n in since if n not in stopped]:
+            del since[notifier]  # back, or forgotten once nothing of it was left
+        for notifier in newly:
+            since[notifier] = now
+        for notifier, at in since.items():
+            if now - at >= TAKE_OVER_AFTER:
+                since[notifier] = now  # (tried again after as long, if it leaves some)
+                peers.to_take.add(notifier)
+        if (peers.to_sweep or peers.to_take) and (peers.sweeper is None or peers.sweeper.done()):
             peers.sweeper = asyncio.ensure_future(self._sweeps())
 
     async def _sweeps(self) -> None:
         peers = self._peers
         try:
-            while peers.to_sweep:
-                notifier = min(peers.to_sweep)
-                peers.to_sweep.discard(notifier)
+            while peers.to_sweep or peers.to_take:
+                take = not peers.to_sweep
+                pending = peers.to_take if take else peers.to_sweep
+                notifier = min(pending)
+                pending.discard(notifier)
                 if notifier in peers.stopped:  # (not back meanwhile)
-                    await self._sweep(notifier)
+                    await self._sweep(notifier, take_over=take)
         except asyncio.CancelledError:
             raise
         except Exception:
             self._task_failed()
 
-    async def _sweep(self, notifier: str) -> None:
+    async def _sweep(self, notifier: str, *, take_over: bool = False) -> None:
         """The subscriptions the stopped S-CSCF `notifier` kept to registrations that are
         gone (they ended while it was stopping or stopped, its publication heard by
         nobody there) or whose final NOTIFY it had under way: taken, and their final
         NOTIFY sent from here, in their dialogs (TS 24.229 §5.4.2.1.2). Those to live
-        registrations stay for it (or for the end made here: `_end_for_stopped`)."""
+        registrations stay for it (or for the end or change made here:
+        `_end_for_stopped`, `_change_for_stopped`), unless `take_over` (it has been
+        stopped `TAKE_OVER_AFTER` s): then they are held here and told so
+        (`_hold_taken`), so that their refreshes, which went to it and failed, come
+        here. Stops where `notifier` runs again."""
         try:
             records = await self.store.all_subscriptions(notifier)
         except Exception as exc:
@@ -574,13 +612,19 @@ class Scscf:
             impu = record.get("impu")
             if type(impu) is str:
                 by_impu.setdefault(impu, []).append(record)
-        now = self._clock()
         left = False
+        told = 0
         for impu, held in by_impu.items():
+            if notifier not in self._peers.stopped:
+                return  # back: the rest is its own again
+            now = self._clock()
+            live = None
             try:
                 if not all(r.get("ending") for r in held):
-                    reg = await self.store.get(impu)
-                    if reg is not None and reg.is_live(now):
+                    live = await self.store.get(impu)
+                    if live is None or not live.is_live(now):
+                        live = None
+                    elif not take_over:
                         left = True
                         continue
                 taken = await self.store.take_subscriptions(notifier, impu)
@@ -589,12 +633,28 @@ class Scscf:
                 log.warning("binding store: subscriptions to %s not taken: %s", impu, exc)
                 left = True
                 continue
-            for record in taken:
-                sub = self._taken_subscription(record, now)
-                if sub is not None:
-                    await self._end_from_store(
-                        sub, record.get("ending"), "ended_for_stopped_notifier"
-                    )
+            subs = [
+                (sub, record.get("ending"))
+                for record in taken
+                if (sub := self._taken_subscription(record, now)) is not None
+            ]
+            if live is not None:
+                if self.core.registrations.get(impu) is None:
+                    self.core.load(live)
+                told += await self._hold_taken(impu, subs, (), "taken_from_stopped_notifier")
+            else:
+                for sub, ending in subs:
+                    await self._end_from_store(sub, ending, "ended_for_stopped_notifier")
+                told += len(subs)
+            if told >= TAKE_OVER_BATCH:
+                told = 0
+                await asyncio.sleep(TAKE_OVER_PAUSE)
+        if take_over and by_impu:
+            log.info(
+                "scscf: %s stopped %g s ago; its reg-event subscriptions are held here now",
+                notifier,
+                TAKE_OVER_AFTER,
+            )
         if not left:
             with contextlib.suppress(Exception):
                 await self.store.forget_notifier(notifier)
@@ -610,27 +670,43 @@ class Scscf:
 
     async def _change_for_stopped(self, stored: StoreRegistration) -> None:
         """A contact of a registration that stays came or went here: the subscriptions
-        to it that stopped S-CSCFs sharing the store kept are taken over and told, in
-        their dialogs. A NOTIFY is a target refresh (the subscriber takes its Contact as
-        the dialog's remote target, RFC 6665 §4.1.2.4, RFC 3261 §12.2.1.2): ours sends
-        the subscriber's refreshes here from now on, where they went to the stopped one
-        and failed. One whose final NOTIFY was under way there gets that NOTIFY (as
-        `_sweep` sends it)."""
-        reg = stored.registration
-        held = self.core.registrations.get(reg.impu)
-        if held is None:
+        to it that stopped S-CSCFs sharing the store kept are taken over and told the
+        change, in their dialogs (`_hold_taken`)."""
+        impu = stored.registration.impu
+        if self.core.registrations.get(impu) is None:
             return
+        taken = await self._take_from_stopped(impu, self._clock())
+        await self._hold_taken(impu, taken, stored.ended, "changed_for_stopped_notifier")
+
+    async def _hold_taken(
+        self,
+        impu: str,
+        taken: list[tuple[RegSubscription, Any]],
+        ended: tuple[tuple[ContactBinding, str], ...],
+        counter: str,
+    ) -> int:
+        """Subscriptions to `impu` (live, held here) taken from a stopped S-CSCF held
+        here from now on, each told the registration's state (with the contacts
+        `ended` just now) in its dialog. A NOTIFY is a target refresh (the subscriber
+        takes its Contact as the dialog's remote target, RFC 6665 §4.1.2.4, RFC 3261
+        §12.2.1.2): ours sends the subscriber's refreshes here from now on. One whose
+        final NOTIFY was under way there gets that NOTIFY (as `_sweep` sends it).
+        Returns how many NOTIFYs went."""
+        reg = self.core.registrations.get(impu)
+        if reg is None:
+            return 0
         now = self._clock()
-        for sub, ending in await self._take_from_stopped(reg.impu, now):
+        for sub, ending in taken:
             if ending:
                 await self._end_from_store(sub, ending, "ended_for_stopped_notifier")
                 continue
-            sub = self.subscriptions.add(sub, held)
+            sub = self.subscriptions.add(sub, reg)
             self.subscriptions.arm(sub)
-            self.core.counters["changed_for_stopped_notifier"] += 1
-            body = reginfo_body(reg.impu, reg, version=sub.version, now=now, ended=stored.ended)
+            self.core.counters[counter] += 1
+            body = reginfo_body(impu, reg, version=sub.version, now=now, ended=ended)
             self._send_notify(sub, body, now)
         self._rearm()
+        return len(taken)
 
     async def _take_from_stopped(self, impu: str, now: float) -> list[tuple[RegSubscription, Any]]:
         """The unexpired subscriptions to `impu` that the stopped S-CSCFs sharing the
