@@ -440,7 +440,12 @@ class IcscfConfig:
     timeout (a slow HSS is no reason to move), well inside the 32 s of the P-CSCF's
     and the UE's Timer F."""
     scscf_down_time: float = 30.0
-    """Seconds an instance that did not answer is tried after the others."""
+    """Seconds an instance that did not answer is tried after the others, when it is
+    not probed (`scscf_probe_interval` 0)."""
+    scscf_probe_interval: float = 5.0
+    """An instance that did not answer is asked with an OPTIONS every this many seconds
+    and tried after the others until it answers one (RFC 3261 §11), so no user's
+    request waits out its silence again; 0: `scscf_down_time` instead."""
 
     def scscf_by_name(self, server_name: str) -> ScscfEntry | None:
         key = _server_key(server_name)
@@ -914,6 +919,7 @@ def _icscf(t: _Table, network: NetworkConfig) -> IcscfConfig:
         retry_after=t.int("retry_after", 30, lo=0, hi=86400),
         scscf_timeout=t.float("scscf_timeout", 8.0),
         scscf_down_time=t.float("scscf_down_time", 30.0, zero=True),
+        scscf_probe_interval=t.float("scscf_probe_interval", 5.0, zero=True),
     )
     t.done()
     return cfg

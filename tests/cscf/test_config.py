@@ -80,6 +80,11 @@ def mutate(path: list[str], value) -> dict:
         (["icscf", "scscfs"], [], "[icscf].scscfs: at least one"),
         (["icscf", "scscf_timeout"], 0, "[icscf].scscf_timeout: must be greater than 0"),
         (["icscf", "scscf_down_time"], -1, "[icscf].scscf_down_time: must be greater than 0"),
+        (
+            ["icscf", "scscf_probe_interval"],
+            -1,
+            "[icscf].scscf_probe_interval: must be greater than 0",
+        ),
         (["icscf", "address"], "localhost", "[icscf].address: 'localhost' is not an IP address"),
         (["pcscf", "sec_agree"], "maybe", "[pcscf].sec_agree: must be one of"),
         (["pcscf", "max_in_flight"], -1, "[pcscf].max_in_flight: must be at least 0"),
@@ -121,6 +126,7 @@ def test_an_scscf_listed_twice_by_name_is_one_scscf_with_two_instances():
     assert [e.address for e in instances] == ["127.0.0.1", "127.0.0.2"]
     assert cfg.icscf.scscf_by_name(first["name"]) is instances[0]
     assert (cfg.icscf.scscf_timeout, cfg.icscf.scscf_down_time) == (2.5, 30.0)
+    assert cfg.icscf.scscf_probe_interval == 5.0
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ P-CSCF (the seed's packets 2 and 9); packets 3/4/5 and 10/11/12 checked header b
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -1056,16 +1057,21 @@ async def test_a_subscription_at_the_other_scscf_to_a_registration_made_here(tmp
         assert other.scscf.core.counters["ended_elsewhere_notified"] == 1
 
 
-async def icscf_with_instances(net: HomeNetwork, ports: list[int], timeout: float = 0.5):
+async def icscf_with_instances(
+    net: HomeNetwork, ports: list[int], timeout: float = 0.5, probe: float = 5.0
+):
     """The I-CSCF restarted on its port with the S-CSCF's Server-Name served by an
-    instance at each of `ports`, in that order (`[[icscf.scscfs]]` repeating a name)."""
+    instance at each of `ports`, in that order (`[[icscf.scscfs]]` repeating a name),
+    one that went silent probed every `probe` s."""
     from imsaka.config import ScscfEntry
     from imsaka.cscf.icscf import IcscfServer
 
     instances = tuple(
         ScscfEntry(name=net.server_name, address="127.0.0.1", port=port) for port in ports
     )
-    config = replace(net.config.icscf, scscfs=instances, scscf_timeout=timeout)
+    config = replace(
+        net.config.icscf, scscfs=instances, scscf_timeout=timeout, scscf_probe_interval=probe
+    )
     await net.icscf.stop()
     net.icscf = IcscfServer(config, net.config.network, observers=(net.events.append,))
     await net.icscf.start()
@@ -1113,6 +1119,68 @@ async def test_an_scscf_instance_that_does_not_answer_is_passed_over(home):
         assert home.icscf.census()["client_requests_waiting"] == 0
     finally:
         silent.close()
+
+
+async def test_a_silent_instance_is_probed_and_tried_again_once_it_answers(home):
+    """The first instance goes silent: passed over, it is asked with an OPTIONS every
+    probe interval, each unanswered one given up on, and stays passed over while they go
+    unanswered (the next REGISTER goes to the other at once, not after the silence
+    again); its first answer puts it back in its turn and ends the probing. The real
+    S-CSCF answers the same OPTIONS 200, with a To tag and what it allows."""
+    from imsaka.cscf.probe import options_request
+
+    loop = asyncio.get_running_loop()
+    got: list = []
+    answering = False
+
+    class Instance(asyncio.DatagramProtocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def datagram_received(self, data, addr):
+            msg = parse_message(data)
+            got.append(msg)
+            if answering and msg.method == "OPTIONS":
+                ok = __import__("imsaka.sip", fromlist=["x"]).make_response(msg, 200, to_tag="up")
+                self.transport.sendto(ok.to_bytes(), addr)
+
+    sock, _ = await loop.create_datagram_endpoint(Instance, local_addr=("127.0.0.1", 0))
+    try:
+        port = sock.get_extra_info("sockname")[1]
+        icscf = await icscf_with_instances(home, [port, home.scscf_port], timeout=0.6, probe=0.3)
+        r401 = await send(home, register(home, cseq=1, authorization=empty_auth(), protected=False))
+        assert r401.status == 401
+        assert icscf._down_until == {("127.0.0.1", port): math.inf}
+        await wait_for(lambda: sum(m.method == "OPTIONS" for m in got) >= 3)
+        probes = [m for m in got if m.method == "OPTIONS"]
+        assert str(probes[0].uri) == f"sip:127.0.0.1:{port}"
+        assert len({m.call_id for m in probes}) == 1
+        assert [m.cseq.seq for m in probes[:3]] == [1, 2, 3]
+        assert probes[0].get("via") != probes[1].get("via")  # a new branch each
+        t0 = loop.time()
+        auth = answer_auth(r401.www_authenticate, new_ue())
+        r200 = await send(home, register(home, cseq=2, authorization=auth, protected=True))
+        assert r200.status == 200 and loop.time() - t0 < 0.5
+        registers = sum(m.method == "REGISTER" for m in got)
+        assert registers == 2  # the first copy and Timer E's: nothing since
+        answering = True
+        await wait_for(lambda: icscf.counters["scscf_instance_up"] == 1, timeout=3)
+        assert icscf._down_until == {}
+        assert icscf.counters["scscf_probe_answered"] == 1
+        sent = icscf.counters["scscf_probe_sent"]
+        await asyncio.sleep(0.8)
+        assert icscf.counters["scscf_probe_sent"] == sent  # probing ended
+        assert home.icscf.census()["client_requests_waiting"] == 0
+        again = register(home, cseq=3, protected=True, authorization=PROTECTED_YES)
+        assert (await send(home, again)).status == 200  # (passed over again after 0.6 s)
+        assert sum(m.method == "REGISTER" for m in got) > registers  # tried first again
+    finally:
+        sock.close()
+    r = await home.client.send_request(
+        options_request(("127.0.0.1", home.scscf_port), "icscf.home1.net", 1, "probe-test"),
+        ("127.0.0.1", home.scscf_port),
+    )
+    assert r.status == 200 and r.to.tag and "OPTIONS" in r.get_all("allow"), r
 
 
 @pytest.mark.redis

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from imsaka.config import IcscfConfig, ImsConfig, NetworkConfig, ScscfEntry, split_hostport
+from imsaka.cscf.probe import Prober
 from imsaka.cscf.registrar import plain_contact, plain_name_addr
 from imsaka.diameter import cx
 from imsaka.sip import (
@@ -339,6 +341,9 @@ class Icscf:
             if len(instances) > 1:
                 self._pools[entry.name] = instances
         self._down_until: dict[tuple[str, int], float] = {}
+        self._prober = Prober(
+            endpoint, config.name, config.scscf_probe_interval, self._answers_again, self.counters
+        )
 
     def on_request(self, request: Request, tx: Any) -> None:
         """The SipEndpoint request handler: one request, one UAR (REGISTER) or LIR (any
@@ -453,17 +458,43 @@ class Icscf:
         return fallback
 
     def _mark_down(self, entry: ScscfEntry) -> None:
-        if entry.name in self._pools:
-            self.counters["scscf_instance_down"] += 1
-            until = time.monotonic() + self.config.scscf_down_time
-            self._down_until[(entry.address, entry.port)] = until
+        if entry.name not in self._pools:
+            return
+        self.counters["scscf_instance_down"] += 1
+        address = (entry.address, entry.port)
+        if self.config.scscf_probe_interval > 0:
+            # until it answers an OPTIONS (`_answers_again`)
+            if self._prober.probing(address):
+                return
+            self._down_until[address] = math.inf
+            self._prober.start(address, self._transport(entry.transport))
             log.warning(
-                "S-CSCF %s at %s:%d did not answer; its other instances first for %g s",
+                "S-CSCF %s at %s:%d did not answer; its other instances first until it "
+                "answers an OPTIONS (every %g s)",
                 entry.name,
                 entry.address,
                 entry.port,
-                self.config.scscf_down_time,
+                self.config.scscf_probe_interval,
             )
+            return
+        self._down_until[address] = time.monotonic() + self.config.scscf_down_time
+        log.warning(
+            "S-CSCF %s at %s:%d did not answer; its other instances first for %g s",
+            entry.name,
+            entry.address,
+            entry.port,
+            self.config.scscf_down_time,
+        )
+
+    def _answers_again(self, address: tuple[str, int]) -> None:
+        """An instance passed over answered its probe: tried in its turn again."""
+        if self._down_until.pop(address, None) is not None:
+            self.counters["scscf_instance_up"] += 1
+            log.info("S-CSCF instance at %s:%d answers again", *address)
+
+    def close(self) -> None:
+        """Stop probing (the endpoint closes)."""
+        self._prober.close()
 
     def _has_untried(self, tried: set[str]) -> bool:
         return any(e.name not in tried for e in self.config.scscfs)
@@ -810,6 +841,8 @@ class IcscfServer:
         self.endpoint.set_request_handler(self.icscf.on_request)
 
     async def stop(self) -> None:
+        if self.icscf is not None:
+            self.icscf.close()
         if self.endpoint is not None:
             await self.endpoint.close()
         if self.node is not None:

@@ -131,6 +131,8 @@ _ALGORITHM_TO_SCHEME = {
     "AKAv2-MD5": cx.SCHEME_AKAV2_MD5,
 }
 _ASK_ANY_SCHEME = cx.SipAuthDataItem(sip_authentication_scheme=cx.SCHEME_UNKNOWN)
+# what a 200 to OPTIONS says the S-CSCF takes (RFC 3261 §11.2)
+_ALLOW = (("Allow", "REGISTER, SUBSCRIBE, OPTIONS"),)
 
 
 # --------------------------------------------------------------------------- SIP → core
@@ -895,6 +897,11 @@ class Scscf:
                 if impu is not None:
                     return self._subscribe_shared(impu, request, respond)
             self._subscribe(request, respond)
+            return None
+        if method == "OPTIONS":
+            # asked of the S-CSCF itself (an I-CSCF's probe: RFC 3261 §11.2)
+            tag = self._random(4).hex()
+            respond(make_response(request, 200, "OK", to_tag=tag, headers=list(_ALLOW)))
             return None
         if method != "REGISTER":
             # Sessions through the S-CSCF are not this issue's; say so instead of dropping.
