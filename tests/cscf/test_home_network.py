@@ -1126,7 +1126,8 @@ async def test_a_silent_instance_is_probed_and_tried_again_once_it_answers(home)
     probe interval, each unanswered one given up on, and stays passed over while they go
     unanswered (the next REGISTER goes to the other at once, not after the silence
     again); its first answer puts it back in its turn and ends the probing. The real
-    S-CSCF answers the same OPTIONS 200, with a To tag and what it allows."""
+    S-CSCF, and the I-CSCF, answer such an OPTIONS 200, with a To tag and what they
+    allow."""
     from imsaka.cscf.probe import options_request
 
     loop = asyncio.get_running_loop()
@@ -1176,11 +1177,10 @@ async def test_a_silent_instance_is_probed_and_tried_again_once_it_answers(home)
         assert sum(m.method == "REGISTER" for m in got) > registers  # tried first again
     finally:
         sock.close()
-    r = await home.client.send_request(
-        options_request(("127.0.0.1", home.scscf_port), "icscf.home1.net", 1, "probe-test"),
-        ("127.0.0.1", home.scscf_port),
-    )
-    assert r.status == 200 and r.to.tag and "OPTIONS" in r.get_all("allow"), r
+    for port in (home.scscf_port, home.icscf_port):  # (each asked itself)
+        probe = options_request(("127.0.0.1", port), "pcscf.home1.net", 1, f"probe-{port}")
+        r = await home.client.send_request(probe, ("127.0.0.1", port))
+        assert r.status == 200 and r.to.tag and "OPTIONS" in r.get_all("allow"), (port, r)
 
 
 @pytest.mark.redis

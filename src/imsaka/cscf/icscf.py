@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -377,6 +378,12 @@ class Icscf:
             tx.respond(too_many)
             return None
         if method != "REGISTER":
+            uri = request.request_uri if method == "OPTIONS" else None
+            if isinstance(uri, SipUri) and not uri.user and self._is_mine(uri):
+                # asked of the I-CSCF itself (a peer's keep-alive probe: RFC 3261 §11.2)
+                allow = [("Allow", "REGISTER, SUBSCRIBE, OPTIONS")]
+                tx.reply(200, to_tag=os.urandom(4).hex(), headers=allow)
+                return None
             return self._lir_identity(request, tx)
         try:
             return uar_for(request, self.network)
