@@ -64,6 +64,11 @@ way at the stop is finished by the retransmissions through the new process.
 P-CSCF's successor takes back what was written, so only what happened in the last half
 second before a crash is lost (the steps keep the crash allowances).
 
+`--scscf-long-downs` (with `--scscf-instances`): one restart in four of an instance
+other than the first keeps it stopped 10 to 20 s, longer than the run's
+`TAKE_OVER_AFTER` (6 s): the others take its reg-event subscriptions over (their
+refreshes then go there) and the I-CSCF probes it with OPTIONS until it is back.
+
 Prints one JSON line per seed (with `scscf_seen` and `pcscf_seen`: what the restarts
 and instances made the S-CSCF and the P-CSCF do, their counters summed over all of
 them) and a summary; exits 1 when a run failed. With `--traces`, the ladder of each
@@ -101,6 +106,10 @@ _UNDER_WAY = (
     UeState.WAITING_RETRY,
 )
 
+# With --scscf-long-downs: how long an instance is stopped before the others take its
+# subscriptions over (the product's 30 s would outlast most long downs of a run).
+LONG_DOWN_TAKE_OVER = 6.0
+
 # census entries that may stay after every UE de-registered: spare authentication
 # vectors cached per IMPI (not a binding, SA or transaction)
 ALLOWED = ("cached_vectors",)
@@ -137,6 +146,7 @@ _SCSCF_SEEN = (
     "ended_while_down_notified",
     "ended_for_stopped_notifier",
     "changed_for_stopped_notifier",
+    "taken_from_stopped_notifier",
     "final_notify_sent_again",
     "changed_elsewhere_notified",
     "subscription_restored",
@@ -243,6 +253,7 @@ async def run(
     pcscf_handoffs: bool = False,
     pcscf_store: str = "",
     scscf_instances: int = 1,
+    scscf_long_downs: bool = False,
 ) -> dict[str, Any]:
     rng = random.Random(seed)
     if pcscf_restarts and not 0 < expires <= 60:
@@ -268,7 +279,7 @@ async def run(
         scscf["binding_store"] = redis_url
         scscf["share_challenges"] = True  # (on by itself with several instances)
         scscf.pop("reregistration_sar", None)  # "when-needed" needs the memory store
-        restarts = _Restarts(redis_url, seed, scscf_instances)
+        restarts = _Restarts(redis_url, seed, scscf_instances, scscf_long_downs)
         # (the instances read the run's own prefix from the document)
         scscf["binding_store_prefix"] = restarts.prefix
         # Open challenges outlive a restart (kept at the stop): one the UE no longer
@@ -304,6 +315,11 @@ async def run(
             scscf_instances=scscf_instances,
         )
         ue_extra["max_retries"] = 30
+    import imsaka.cscf.scscf as scscf_module
+
+    take_over_after = scscf_module.TAKE_OVER_AFTER
+    if restarts is not None and restarts.long_downs:
+        scscf_module.TAKE_OVER_AFTER = LONG_DOWN_TAKE_OVER
     try:
         with _Logs() as logs:
             return await _run(
@@ -322,6 +338,7 @@ async def run(
                 pcscf_handoffs,
             )
     finally:
+        scscf_module.TAKE_OVER_AFTER = take_over_after
         if restarts is not None:
             await restarts.clear()
         if handoff_dir is not None:
@@ -331,15 +348,21 @@ async def run(
 class _Restarts:
     """The S-CSCF restarted on its Redis store at random moments (`--scscf-restarts`);
     with several instances (`--scscf-instances`) one of them at a time, down for up to
-    4 s, so that the I-CSCF passes over it."""
+    4 s, so that the I-CSCF passes over it; with `long_downs` one restart in four of
+    an instance other than the first keeps it down 10-20 s, past `LONG_DOWN_TAKE_OVER`
+    (the run's TAKE_OVER_AFTER), so that the others take its subscriptions over and
+    the I-CSCF probes it until it is back."""
 
-    def __init__(self, url: str, seed: int, instances: int = 1) -> None:
+    def __init__(self, url: str, seed: int, instances: int = 1, long_downs: bool = False) -> None:
         self.url = url
         self.instances = instances
+        self.long_downs = long_downs and instances > 1
         self.prefix = f"imsaka:chaos:{seed}:{random.getrandbits(32):08x}:"
         self.rng = random.Random(seed + 13)
+        self.long_rng = random.Random(seed + 17)  # (the other draws as without it)
         self.done = 0
         self.crashes = 0
+        self.long = 0
 
     def store(self) -> Any:
         from imsaka.cscf.registrar import RedisBindingStore
@@ -354,6 +377,9 @@ class _Restarts:
             crash = self.rng.random() < 0.5
             instance = self.rng.randint(1, self.instances)
             down = self.rng.uniform(0.0, 4.0) if self.instances > 1 else 0.0
+            if self.long_downs and instance > 1 and self.long_rng.random() < 0.25:
+                down = self.long_rng.uniform(10.0, 20.0)
+                self.long += 1
             log.info(
                 "S-CSCF #%d restart: %s, down %.1f s",
                 instance,
@@ -655,6 +681,8 @@ async def _run(
             await asyncio.gather(restarter, return_exceptions=True)
             ops["scscf-restart"] = restarts.done
             ops["scscf-crash"] = restarts.crashes
+            if restarts.long_downs:
+                ops["scscf-long-down"] = restarts.long
             # one cancelled while it was down is started again, for the end's steps
             for n in range(1, restarts.instances + 1):
                 if (net.scscf if n == 1 else net.scscf_others[n - 2]) is None:
@@ -763,6 +791,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 args.pcscf_handoffs,
                 args.pcscf_store,
                 args.scscf_instances,
+                args.scscf_long_downs,
             )
         except Exception:  # a crash of the run itself is a failure of that seed
             out = {"seed": seed, "bad": [traceback.format_exc()[-1500:]]}
@@ -827,7 +856,15 @@ def main(argv: list[str] | None = None) -> int:
         help="with --scscf-restarts: the S-CSCF as N instances behind one Server-Name "
         "([[scscf.instances]]), one restarted at a time and down for 0-4 s",
     )
+    p.add_argument(
+        "--scscf-long-downs",
+        action="store_true",
+        help="with --scscf-instances: one restart in four of an instance but the first keeps "
+        f"it down 10-20 s (the others take its subscriptions over after {LONG_DOWN_TAKE_OVER} s)",
+    )
     args = p.parse_args(argv)
+    if args.scscf_long_downs and args.scscf_instances < 2:
+        p.error("--scscf-long-downs needs --scscf-instances 2 or more")
     if args.scscf_instances > 1 and not args.scscf_restarts:
         p.error("--scscf-instances needs --scscf-restarts (their shared Redis)")
     if args.pcscf_restarts and args.pcscf_handoffs:
