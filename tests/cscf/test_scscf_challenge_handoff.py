@@ -1,6 +1,6 @@
 """Open challenges across an S-CSCF restart asked for (SIGTERM, `ScscfServer.drain`):
-written to the shared store at the stop (`RegistrarCore.challenges_to_keep`: XRES or the MD5
-password, never IK/CK) and taken by the next S-CSCF (`adopt_challenges`), so a UE's
+written to the shared store at the stop (`RegistrarCore.challenges_to_keep`: XRES, the
+AKAv2-MD5 or MD5 password, never IK/CK) and taken by the next S-CSCF (`adopt_challenges`), so a UE's
 challenge response that meets the new one is answered 200, not challenged again with
 one more MAR and AKA run (TS 24.229 §5.4.1.2.1; RFC 3310 §3.3)."""
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -45,6 +46,33 @@ def test_a_response_to_the_challenge_of_the_one_before_is_answered_200():
     assert after.core.pending_counts()["challenges"] == 0
 
 
+@pytest.mark.parametrize("right", [True, False], ids=["right", "wrong"])
+def test_an_akav2_challenge_is_kept_with_its_password_and_never_ik_or_ck(right):
+    """AKAv2-MD5's digest password is made from XRES, IK and CK (RFC 4169 §3): the
+    record carries that password, made by the S-CSCF that challenged, and no IK, CK or
+    XRES, so the next S-CSCF verifies the answer (200 without a second MAR) and refuses
+    a wrong one; before, such a challenge was not kept and the UE was challenged again."""
+    hss = FakeHss(algorithm="AKAv2-MD5")
+    before = Harness(RegistrarCore(policy()), hss)
+    ue = FakeUe()
+    r401 = before.send(ue.register())
+    assert r401.status == 401 and "algorithm=AKAv2-MD5" in header(r401, "WWW-Authenticate")[0]
+    (kept,) = before.core.challenges_to_keep(T0 + 1)
+    vector = next(iter(before.core._challenges.values())).vector
+    text = json.dumps(kept)
+    for secret in (vector.ik, vector.ck, vector.xres):
+        assert secret.hex() not in text
+    assert kept["xres"] == "" and len(bytes.fromhex(kept["password"])) == 24  # base64 of 16
+    after = _handed_over(before.core, hss, T0 + 1)
+    mars = hss.mars
+    answer = ue.answer(header(r401, "WWW-Authenticate")[0])
+    if not right:
+        answer = replace(answer, auth=replace(answer.auth, response="0" * 32))
+    r = after.send(answer, T0 + 2)
+    assert r.status == (200 if right else 403) and hss.mars == mars
+    assert after.core.counters["challenge_restored"] == 1
+
+
 def test_an_auts_to_a_kept_challenge_resynchronises_through_its_rand():
     hss = FakeHss()
     before = Harness(RegistrarCore(policy()), hss)
@@ -68,7 +96,7 @@ def test_what_is_not_kept_and_what_is_not_taken():
     (record,) = before.core.challenges_to_keep(T0)
     core = RegistrarCore(policy())
     bad = [
-        {**record, "algorithm": "AKAv2-MD5"},  # its password needs IK and CK
+        {**record, "algorithm": "AKAv2-MD5"},  # with no password made from IK and CK
         {**record, "left": -1},
         {**record, "xres": "not hex"},
         {k: v for k, v in record.items() if k != "nonce"},

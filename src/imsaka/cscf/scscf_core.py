@@ -170,7 +170,8 @@ class AuthVectorItem:
     ck: bytes = field(default=b"", repr=False)
     ik: bytes = field(default=b"", repr=False)
     password: bytes = field(default=b"", repr=False)
-    """MD5 only: the password (SIP-Authorization of the item)."""
+    """MD5: the password (SIP-Authorization of the item); AKAv2-MD5 taken from another
+    S-CSCF (`adopt_challenges`): the digest password made there, with no IK or CK."""
 
 
 # --------------------------------------------------------------------------- actions
@@ -296,7 +297,17 @@ class _Challenge:
 
 def _challenge_record(ch: _Challenge, now: float) -> dict | None:
     v, left = ch.vector, ch.deadline - now
-    if left <= 0 or v.algorithm not in (AKAV1_MD5, MD5):
+    if left <= 0:
+        return None
+    xres, password = v.xres, v.password
+    if v.algorithm == AKAV2_MD5 and not password:
+        # the digest password itself (RFC 4169 §3), made here: IK and CK stay here
+        try:
+            password = password_for(AKAV2_MD5, res=xres, ik=v.ik, ck=v.ck)
+        except DigestError:
+            return None
+        xres = b""
+    elif v.algorithm not in (AKAV1_MD5, MD5):
         return None
     return {
         "impi": ch.impi,
@@ -306,8 +317,8 @@ def _challenge_record(ch: _Challenge, now: float) -> dict | None:
         "algorithm": v.algorithm,
         "rand": v.rand.hex(),
         "autn": v.autn.hex(),
-        "xres": v.xres.hex(),
-        "password": v.password.hex(),
+        "xres": xres.hex(),
+        "password": password.hex(),
         "left": left,
     }
 
@@ -801,9 +812,9 @@ class RegistrarCore:
         instead of a second challenge, one more MAR and AKA run). Each as JSON-ready data
         with the seconds it has `left`: the IMPI, IMPU, nonce, Call-ID, algorithm, and
         what verifying needs: for AKAv1-MD5 RAND, AUTN and XRES (RES is the digest
-        password, RFC 3310 §3.3; RAND for an AUTS, TS 33.203 §6.1.2), for MD5 the
-        password. AKAv2-MD5's password is made from IK and CK too (RFC 4169), which are
-        not written out: those are challenged anew."""
+        password, RFC 3310 §3.3; RAND for an AUTS, TS 33.203 §6.1.2), for AKAv2-MD5 RAND,
+        AUTN and the digest password made from XRES, IK and CK (RFC 4169 §3: one-way, so
+        IK and CK are never written out), for MD5 the password."""
         out = []
         for ch in self._challenges.values():
             record = _challenge_record(ch, now)
@@ -813,7 +824,7 @@ class RegistrarCore:
 
     def challenge_record(self, nonce: str, now: float) -> dict | None:
         """One open challenge as `challenges_to_keep` writes it; None when there is no
-        such challenge or it cannot be written out (AKAv2-MD5)."""
+        such challenge (or it has run out)."""
         ch = self._challenges.get(nonce)
         return _challenge_record(ch, now) if ch is not None else None
 
@@ -830,7 +841,9 @@ class RegistrarCore:
         taken = []
         for r in records:
             try:
-                if not isinstance(r, dict) or r["algorithm"] not in (AKAV1_MD5, MD5):
+                if not isinstance(r, dict) or r["algorithm"] not in (AKAV1_MD5, AKAV2_MD5, MD5):
+                    continue
+                if r["algorithm"] == AKAV2_MD5 and not r["password"]:
                     continue
                 left = min(float(r["left"]), self.policy.reg_await_auth)
                 ch = _Challenge(
@@ -1020,7 +1033,9 @@ class RegistrarCore:
         ok = False
         if auth.realm == self.policy.realm:
             try:
-                if v.algorithm == MD5:
+                if v.password:
+                    # MD5's, or an AKAv2-MD5 challenge's taken from another S-CSCF
+                    # (its password made there: `_challenge_record`)
                     password = password_for(MD5, password=v.password)
                 else:
                     password = password_for(v.algorithm, res=v.xres, ik=v.ik, ck=v.ck)
