@@ -103,14 +103,14 @@ def register_as_pcscf(port: int, cseq: int, auth: str):
     return parse_message(text.encode())
 
 
-def aka_answer(r401) -> tuple[str, str]:
-    """The nonce of `r401` and the UE's AKAv1-MD5 response to it."""
+def aka_answer(r401, algorithm: str = "AKAv1-MD5") -> tuple[str, str]:
+    """The nonce of `r401` and the UE's response to it (`algorithm`)."""
     nonce = r401.www_authenticate.get("nonce")
     rand, autn, _ = split_nonce(nonce)
-    res = Isim(Milenage(K, opc=OPC)).authenticate(rand, autn).res
+    aka = Isim(Milenage(K, opc=OPC)).authenticate(rand, autn)
     response = compute_response(
-        algorithm="AKAv1-MD5", username="user1_private@home1.net", realm="home1.net",
-        password=password_for("AKAv1-MD5", res=res), method="REGISTER",
+        algorithm=algorithm, username="user1_private@home1.net", realm="home1.net",
+        password=password_for(algorithm, res=aka.res, ik=aka.ik, ck=aka.ck), method="REGISTER",
         uri="sip:home1.net", nonce=nonce,
     )  # fmt: skip
     return nonce, response
@@ -297,13 +297,17 @@ async def test_four_processes_and_a_ue_without_sec_agree(tmp_path):
 
 
 @pytest.mark.redis
-async def test_two_scscf_instances_one_killed_between_the_401_and_the_answer(tmp_path, redis_url):
+@pytest.mark.parametrize("algorithm", ["AKAv1-MD5", "AKAv2-MD5"])
+async def test_two_scscf_instances_one_killed_between_the_401_and_the_answer(
+    tmp_path, redis_url, algorithm
+):
     """`imsaka run scscf` and `imsaka run scscf --instance 2` from one file: one
     Server-Name, each its own port and Diameter identity, one Redis store; the I-CSCF
     lists both. The first sends the 401 and is killed (SIGKILL); the UE's answer goes,
     after the I-CSCF's `scscf_timeout`, to the second, which verifies it from the
-    challenge the first wrote to Redis: 200, no second challenge. The refresh after it
-    goes to the second at once."""
+    challenge the first wrote to Redis (for AKAv2-MD5 its digest password, made by the
+    first from XRES, IK and CK): 200, no second challenge. The refresh after it goes to
+    the second at once."""
     from imsaka.cscf.registrar import RedisBindingStore
 
     hss_port = free_port()
@@ -329,7 +333,7 @@ async def test_two_scscf_instances_one_killed_between_the_401_and_the_answer(tmp
     add = subprocess.run(
         [sys.executable, "-m", "imsaka", "hss", "add-subscriber", "-c", str(cfg),
          "--impi", "user1_private@home1.net", "--impu", "sip:user1_public1@home1.net",
-         "--k", K.hex(), "--opc", OPC.hex()],
+         "--k", K.hex(), "--opc", OPC.hex(), "--scheme", f"Digest-{algorithm}"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert add.returncode == 0, add.stderr
@@ -351,12 +355,13 @@ async def test_two_scscf_instances_one_killed_between_the_401_and_the_answer(tmp
 
         # (the CSCFs reach the HSS within seconds)
         r401 = await first_challenge(client, port, icscf_port, tries=40)
+        assert r401.www_authenticate.get("algorithm") == algorithm
         procs[1].kill()  # the first instance: no drain, nothing written at the stop
         procs[1].wait()
-        nonce, response = aka_answer(r401)
+        nonce, response = aka_answer(r401, algorithm)
         t0 = asyncio.get_running_loop().time()
         r200 = await client.send_request(
-            register(2, f'{BASE_AUTH}, nonce="{nonce}", algorithm=AKAv1-MD5, response="{response}", '
+            register(2, f'{BASE_AUTH}, nonce="{nonce}", algorithm={algorithm}, response="{response}", '
                         'integrity-protected="yes"'),
             ("127.0.0.1", icscf_port),
         )  # fmt: skip
