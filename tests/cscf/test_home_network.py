@@ -1127,7 +1127,7 @@ async def test_a_silent_instance_is_probed_and_tried_again_once_it_answers(home)
     unanswered (the next REGISTER goes to the other at once, not after the silence
     again); its first answer puts it back in its turn and ends the probing. The real
     S-CSCF, and the I-CSCF, answer such an OPTIONS 200, with a To tag and what they
-    allow."""
+    allow; the S-CSCF does not take one for a user as its own."""
     from imsaka.cscf.probe import options_request
 
     loop = asyncio.get_running_loop()
@@ -1181,6 +1181,10 @@ async def test_a_silent_instance_is_probed_and_tried_again_once_it_answers(home)
         probe = options_request(("127.0.0.1", port), "pcscf.home1.net", 1, f"probe-{port}")
         r = await home.client.send_request(probe, ("127.0.0.1", port))
         assert r.status == 200 and r.to.tag and "OPTIONS" in r.get_all("allow"), (port, r)
+    to_user = options_request(("127.0.0.1", home.scscf_port), "pcscf.home1.net", 1, "to-user")
+    to_user.uri = IMPUS[0]  # (for the user's UE, which the S-CSCF does not reach yet)
+    r = await home.client.send_request(to_user, ("127.0.0.1", home.scscf_port))
+    assert r.status == 501, r
 
 
 @pytest.mark.redis

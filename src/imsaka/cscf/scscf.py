@@ -73,7 +73,7 @@ from imsaka.cscf.scscf_core import (
 )
 from imsaka.cscf.userdata import UserDataError, parse_user_data
 from imsaka.diameter import cx
-from imsaka.sip import Request, Response, SipParseError, make_response
+from imsaka.sip import Request, Response, SipParseError, SipUri, make_response
 
 __all__ = [
     "CxAsker",
@@ -136,6 +136,15 @@ _ALLOW = (("Allow", "REGISTER, SUBSCRIBE, OPTIONS"),)
 
 
 # --------------------------------------------------------------------------- SIP → core
+
+
+def _to_a_node(request: Request) -> bool:
+    """Whether the Request-URI names a server rather than a user (no user part)."""
+    try:
+        uri = request.request_uri
+    except SipParseError:
+        return False
+    return isinstance(uri, SipUri) and not uri.user
 
 
 # an AuthParam is a (name, value, quoted) tuple
@@ -898,8 +907,9 @@ class Scscf:
                     return self._subscribe_shared(impu, request, respond)
             self._subscribe(request, respond)
             return None
-        if method == "OPTIONS":
-            # asked of the S-CSCF itself (an I-CSCF's probe: RFC 3261 §11.2)
+        if method == "OPTIONS" and _to_a_node(request):
+            # asked of the S-CSCF itself (an I-CSCF's probe: RFC 3261 §11.2); one to a
+            # user would go on to the user's UE, as sessions would (not here yet)
             tag = self._random(4).hex()
             respond(make_response(request, 200, "OK", to_tag=tag, headers=list(_ALLOW)))
             return None
