@@ -71,8 +71,9 @@ refreshes then go there) and the I-CSCF probes it with OPTIONS until it is back.
 
 Prints one JSON line per seed (with `scscf_seen` and `pcscf_seen`: what the restarts
 and instances made the S-CSCF and the P-CSCF do, their counters summed over all of
-them) and a summary; exits 1 when a run failed. With `--traces`, the ladder of each
-failed UE (SIP and Diameter, by time) is written there. Not a test of the suite (a run
+them; `icscf_seen`: the last I-CSCF's failovers and probes) and a summary; exits 1
+when a run failed. With `--traces`, the ladder of each failed UE (SIP and Diameter, by
+time) is written there. Not a test of the suite (a run
 takes a minute or more): it found the defects fixed in d9c7eb2, f205b12, fd308eb,
 aa938fa, 0267196 and 1c69cb8."""
 
@@ -160,6 +161,16 @@ _PCSCF_SEEN = (
     "retransmission-answered",
     "notify-unknown-subscription",
     "state-store-write-failed",
+)
+
+
+# The I-CSCF's (the one running at the end): how it passed over instances and probed them.
+_ICSCF_SEEN = (
+    "scscf_instance_down",
+    "scscf_instance_failover",
+    "scscf_probe_sent",
+    "scscf_probe_answered",
+    "scscf_instance_up",
 )
 
 
@@ -746,9 +757,12 @@ async def _run(
         seen = {k: counted[k] for k in _SCSCF_SEEN if counted[k]}
         counted = net.pcscf_counters()
         pcscf_seen = {k: counted[k] for k in _PCSCF_SEEN if counted[k]}
+        # (the running I-CSCF's only: a restarted one starts from nothing)
+        counted = net.icscf.icscf.counters if net.icscf and net.icscf.icscf else {}
+        icscf_seen = {k: counted[k] for k in _ICSCF_SEEN if counted.get(k)}
         return {
             "seed": seed, "scscf": scscf, "steps": done, "ops": ops, "lost": lost, "bad": bad,
-            "scscf_seen": seen, "pcscf_seen": pcscf_seen,
+            "scscf_seen": seen, "pcscf_seen": pcscf_seen, "icscf_seen": icscf_seen,
         }  # fmt: skip
     finally:
         for task in (restarter, hss_restarter, *(c.task for c in crashes_of)):
