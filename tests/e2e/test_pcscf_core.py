@@ -287,3 +287,32 @@ def test_a_retransmitted_401_from_upstream_is_absorbed_not_a_second_sa_set():
     # The UE's own retransmission of packet 1 still gets the cached 401.
     (reply,) = p.receive_request(parse_message(PACKET1.encode()), Arrival(UE), 2.0)
     assert reply.message.status == 401
+
+
+def test_an_options_asked_of_the_pcscf_itself_is_answered_200_registered_or_not():
+    """A keep-alive OPTIONS to the P-CSCF's own address (no user part, RFC 3261 §11.2)
+    gets 200 with Allow from anyone; one for a user from an unregistered UE is still
+    refused like any other of its requests."""
+    p = core()
+
+    def options(uri: str) -> Request:
+        return parse_message(
+            (
+                f"OPTIONS {uri} SIP/2.0\r\n"
+                "Via: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bKopt1\r\n"
+                "Max-Forwards: 70\r\n"
+                "From: <sip:user1_public1@home1.net>;tag=o1\r\n"
+                f"To: <{uri}>\r\n"
+                "Call-ID: options-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+            ).encode()
+        )
+
+    (rep,) = p.receive_request(options("sip:pcscf1.visited1.net:5060"), Arrival(UE), 0.0)
+    assert isinstance(rep, Reply) and rep.destination == UE and rep.spi is None
+    r = parse_message(rep.message.to_bytes())
+    assert r.status == 200 and r.to.tag and "OPTIONS" in r.get_all("Allow")
+    assert p.counters["options-answered"] == 1
+    req = options("sip:user1_public2@home1.net")
+    req.set("Via", "SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bKopt2")
+    (rep,) = p.receive_request(req, Arrival(UE), 0.0)
+    assert parse_message(rep.message.to_bytes()).status == 403

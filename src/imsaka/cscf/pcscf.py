@@ -160,6 +160,9 @@ _END_AT = TimerConfig().end_at
 # that message is UNCONFIRMED (FACTS §1.2 has no verbatim P-CSCF rule): this reads the
 # cached answer re-sent to a retransmission as still that last message.
 DEREGISTER_GRACE = TRANSACTION_LIFETIME
+
+# A 200 to an OPTIONS asked of the P-CSCF itself: what it passes on.
+_ALLOW = (("Allow", "REGISTER, SUBSCRIBE, NOTIFY, OPTIONS"),)
 # After a challenged re-registration the set it replaced stays this long (Timer F,
 # 64·T1): the UE may still have a transaction open over it, a request sent or a
 # request of the core's being answered, when the 200 OK switches to the new set. TS
@@ -1233,6 +1236,11 @@ class PcscfCore:
             return [reply]
         if request.method == "REGISTER":
             return self._register(request, arrival, branch, ue_branch, mf, now)
+        if request.method == "OPTIONS" and "@" not in request.uri and self._names_us(request.uri):
+            # Asked of the P-CSCF itself (a keep-alive, RFC 3261 §11.2), by a UE
+            # registered or not: no user's service is reached, so none is refused.
+            self.counters["options-answered"] += 1
+            return [self._reply(request, arrival, 200, headers=list(_ALLOW))]
         if request.method == "NOTIFY" and arrival.spi is None:
             call_id = request.get("Call-ID")
             if call_id in self.subscriptions:
