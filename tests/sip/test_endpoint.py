@@ -363,6 +363,35 @@ async def test_tcp_split_and_coalesced_reads():
         await ep.close()
 
 
+async def test_a_crlf_ping_gets_a_pong_and_a_pong_gets_nothing():
+    """RFC 5626 §4.4.1 over TCP: a double-CRLF ping, whole or split across reads, is
+    answered with one CRLF; a lone CRLF (a pong, an empty line) is not answered; the
+    connection goes on serving SIP."""
+    ep, t = await endpoint(TcpTransport)
+    ep.set_request_handler(lambda req, tx: tx.reply(200))
+    reader, writer = await asyncio.open_connection(*t.local_address)
+    try:
+        for _ in range(2):  # every ping of an idle flow
+            writer.write(b"\r\n\r\n")
+            assert await asyncio.wait_for(reader.read(100), 3) == b"\r\n"
+        writer.write(b"\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.write(b"\r\n")  # with the one before: a ping split across reads
+        assert await asyncio.wait_for(reader.read(100), 3) == b"\r\n"
+        writer.write(register(1).to_bytes() + b"\r\n")  # then a pong: owed nothing
+        answer = await asyncio.wait_for(reader.read(4096), 3)
+        assert parse_message(answer).status == 200  # (no CRLF before it)
+        await asyncio.sleep(0.1)
+        writer.write(register(2).to_bytes())
+        answer = await asyncio.wait_for(reader.read(4096), 3)
+        assert answer.startswith(b"SIP/2.0 200")  # (nor after the last)
+        assert t.counters["keepalive_pongs"] == 3
+    finally:
+        writer.close()
+        await ep.close()
+
+
 async def test_tcp_framing_errors():
     ep, t = await endpoint(TcpTransport, max_size=3000)
     ep.set_request_handler(lambda req, tx: tx.reply(200))

@@ -29,6 +29,22 @@ def test_keepalives_between_messages():
     assert drain(f) == [] and f.buffered == 0
 
 
+def test_pings_are_two_crlfs_in_a_row_even_split_and_a_lone_crlf_is_none():
+    f = StreamFramer()
+    f.feed(b"\r\n\r\n")
+    assert drain(f) == [] and f.pings == 1
+    f.feed(b"\r\n\r\n")  # the next one on an idle flow
+    assert drain(f) == [] and f.pings == 2
+    f.feed(MSG + b"\r\n")  # a pong after a message
+    assert drain(f) == [MSG] and f.pings == 2
+    f.feed(b"\r")
+    assert drain(f) == [] and f.pings == 2
+    f.feed(b"\n")  # with the one before: the second CRLF of a ping
+    assert drain(f) == [] and f.pings == 3
+    f.feed(MSG + b"\r\n\r\n" + MSG)
+    assert drain(f) == [MSG, MSG] and f.pings == 4
+
+
 def test_body_split_across_reads():
     body = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n"
     msg = MSG.replace(b"Content-Length: 0", f"Content-Length: {len(body)}".encode()) + body

@@ -10,7 +10,9 @@ an over-long but well-framed message, whose octets are skipped (`skipping`) so t
 connection keeps serving after a 513.
 
 CRLF keep-alives between messages (RFC 5626 §3.5.1: "\\r\\n\\r\\n" ping, "\\r\\n" pong)
-are consumed and counted in `keepalives`.
+are consumed and counted in `keepalives`; `pings` counts each two CRLFs in a row (a
+ping, even split across reads), each owed a pong (§4.4.1) by the caller. A lone CRLF
+(a pong, or the §7.5 empty line before a start line) is owed nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from imsaka.sip.message import DEFAULT_MAX_SIZE
 class StreamFramer:
     """Feed bytes with `feed`, take whole messages with `next_message`."""
 
-    __slots__ = ("_buf", "_search", "_skip", "keepalives", "max_size")
+    __slots__ = ("_buf", "_crlfs", "_search", "_skip", "keepalives", "max_size", "pings")
 
     def __init__(self, max_size: int = DEFAULT_MAX_SIZE) -> None:
         if max_size < 64:
@@ -32,6 +34,8 @@ class StreamFramer:
         self._search = 0
         self._skip = 0
         self.keepalives = 0
+        self.pings = 0
+        self._crlfs = 0  # a CRLF not yet part of a ping (since the last other octet)
 
     @property
     def buffered(self) -> int:
@@ -60,10 +64,15 @@ class StreamFramer:
                 i += 2
             if i:
                 self.keepalives += 1
+                run = self._crlfs + i // 2
+                self.pings += run // 2
+                self._crlfs = run % 2
                 del buf[:i]
                 self._search = 0
         if not buf:
             return None
+        if buf[0] != 0x0D:  # (a lone CR may be half of the next CRLF)
+            self._crlfs = 0
         end = buf.find(b"\r\n\r\n", self._search)
         if end < 0:
             if len(buf) > self.max_size:

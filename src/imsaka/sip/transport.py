@@ -269,16 +269,23 @@ class _TcpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         owner = self.owner
         self.last_activity = asyncio.get_running_loop().time()
-        self.framer.feed(data)
+        framer = self.framer
+        framer.feed(data)
         while self.transport is not None:
+            pings = framer.pings
             try:
-                msg = self.framer.next_message()
+                msg = framer.next_message()
             except SipParseError as exc:
                 owner._framing_error(self, exc)
                 if exc.head is None:  # cannot resynchronise: close
                     self.close()
                     return
                 continue
+            if framer.pings != pings and not self.transport.is_closing():
+                # RFC 5626 §4.4.1: a CRLF ping gets a CRLF pong (a client using
+                # keep-alives takes a missing one for a dead flow and reconnects)
+                self.transport.write(b"\r\n" * (framer.pings - pings))
+                owner.counters["keepalive_pongs"] += framer.pings - pings
             if msg is None:
                 return
             owner.counters["received"] += 1
