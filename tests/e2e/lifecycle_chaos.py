@@ -64,8 +64,8 @@ way at the stop is finished by the retransmissions through the new process.
 P-CSCF's successor takes back what was written, so only what happened in the last half
 second before a crash is lost (the steps keep the crash allowances).
 
-`--scscf-long-downs` (with `--scscf-instances`): one restart in four of an instance
-other than the first keeps it stopped 10 to 20 s, longer than the run's
+`--scscf-long-downs` (with `--scscf-instances`): one restart in four keeps its
+instance stopped 10 to 20 s, longer than the run's
 `TAKE_OVER_AFTER` (6 s): the others take its reg-event subscriptions over (their
 refreshes then go there) and the I-CSCF probes it with OPTIONS until it is back.
 
@@ -359,8 +359,8 @@ async def run(
 class _Restarts:
     """The S-CSCF restarted on its Redis store at random moments (`--scscf-restarts`);
     with several instances (`--scscf-instances`) one of them at a time, down for up to
-    4 s, so that the I-CSCF passes over it; with `long_downs` one restart in four of
-    an instance other than the first keeps it down 10-20 s, past `LONG_DOWN_TAKE_OVER`
+    4 s, so that the I-CSCF passes over it; with `long_downs` one restart in four
+    keeps the instance down 10-20 s, past `LONG_DOWN_TAKE_OVER`
     (the run's TAKE_OVER_AFTER), so that the others take its subscriptions over and
     the I-CSCF probes it until it is back."""
 
@@ -388,7 +388,7 @@ class _Restarts:
             crash = self.rng.random() < 0.5
             instance = self.rng.randint(1, self.instances)
             down = self.rng.uniform(0.0, 4.0) if self.instances > 1 else 0.0
-            if self.long_downs and instance > 1 and self.long_rng.random() < 0.25:
+            if self.long_downs and self.long_rng.random() < 0.25:
                 down = self.long_rng.uniform(10.0, 20.0)
                 self.long += 1
             log.info(
@@ -873,8 +873,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--scscf-long-downs",
         action="store_true",
-        help="with --scscf-instances: one restart in four of an instance but the first keeps "
-        f"it down 10-20 s (the others take its subscriptions over after {LONG_DOWN_TAKE_OVER} s)",
+        help="with --scscf-instances: one restart in four keeps its instance "
+        f"down 10-20 s (the others take its subscriptions over after {LONG_DOWN_TAKE_OVER} s)",
     )
     args = p.parse_args(argv)
     if args.scscf_long_downs and args.scscf_instances < 2:
