@@ -478,7 +478,7 @@ async def test_binding_expiry_sends_timeout_deregistration(tmp_path):
 
 
 @asynccontextmanager
-async def two_scscfs_on_redis(tmp_path, redis_url):
+async def two_scscfs_on_redis(tmp_path, redis_url, **scscf_over):
     """The home network with its S-CSCF on a Redis prefix of its own and a second
     S-CSCF behind the same Server-Name on the same prefix: yields (net, the second
     one's server, its port, `via_icscf`: a request made as the I-CSCF would send it
@@ -488,7 +488,7 @@ async def two_scscfs_on_redis(tmp_path, redis_url):
 
     prefix = f"imsaka:test:{os.getpid()}:{os.urandom(4).hex()}:"
     # (both on the test's own prefix: the stores are given, the document's URL unused)
-    net = HomeNetwork(tmp_path, binding_store=redis_url, share_challenges=True)
+    net = HomeNetwork(tmp_path, binding_store=redis_url, share_challenges=True, **scscf_over)
     other = None
     try:
         await net.start()
@@ -1270,6 +1270,74 @@ async def test_a_challenge_answer_whose_sar_is_slow_is_taken_by_the_other_instan
         await wait_for(lambda: first.core.counters["registered"] == 1)
         assert net.scscf.census()["answered_challenges_open"] == 0
         assert await other.scscf.store.take_challenge(r401.www_authenticate.get("nonce")) is None
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("what", ["refresh", "de-registration of one contact"])
+async def test_a_reauthenticated_register_answered_by_one_instance_is_answered_by_the_other(
+    tmp_path, redis_url, what
+):
+    """reauthenticate = "always": a protected REGISTER is challenged and its answer
+    verified by the first instance (200); the I-CSCF, that 200 lost, gives the same copy
+    (same branch) to the second, which must answer it 200 too, not challenge it again: a
+    refresh from the store as the REGISTER that made the bindings; the de-registration
+    of one contact of two, whose binding is gone, as removing nothing (before: 401, and
+    the UE's answer met a P-CSCF that had let the contact's SAs go: chaos seed 9960)."""
+    async with two_scscfs_on_redis(tmp_path, redis_url, reauthenticate="always") as (
+        net,
+        other,
+        other_port,
+        via_icscf,
+    ):
+        ue = new_ue()
+        _, r200 = await full_registration(net, ue)
+        assert r200.status == 200
+        expires = 600000
+        if what != "refresh":
+            # a second contact (its own Call-ID), which this REGISTER then removes
+            r401 = await send(
+                net,
+                with_second_contact(
+                    register(net, cseq=1, authorization=empty_auth(), protected=False), "c2"
+                ),
+            )
+            auth = answer_auth(r401.www_authenticate, ue)
+            second = register(net, cseq=2, authorization=auth, protected=True)
+            assert (await send(net, with_second_contact(second, "c2"))).status == 200
+            expires = 0
+
+        def request(cseq: int, authorization: str):
+            req = register(
+                net, cseq=cseq, protected=True, authorization=authorization, expires=expires
+            )
+            return via_icscf(req if what == "refresh" else with_second_contact(req, "c2"))
+
+        r401 = await net.client.send_request(
+            request(3, PROTECTED_YES), ("127.0.0.1", net.scscf_port)
+        )
+        assert r401.status == 401, r401
+        answer = request(4, answer_auth(r401.www_authenticate, ue))
+        copy = parse_message(answer.to_bytes())
+        client = net.client
+        got: list = []
+        key = client.send_request_callback(
+            answer, ("127.0.0.1", net.scscf_port), client.transports[0], got.append
+        )
+        await wait_for(lambda: got)
+        assert got[0].status == 200, got
+        client.abandon_request(key)  # (the I-CSCF's failover: the same branch elsewhere)
+        key = client.send_request_callback(
+            copy, ("127.0.0.1", other_port), client.transports[0], got.append
+        )
+        await wait_for(lambda: len(got) == 2)
+        assert got[1].status == 200, got[1]
+        assert len(got[1].get_all("contact")) == 1
+        counter = (
+            "retransmission_answered_from_store"
+            if what == "refresh"
+            else "deregister_not_registered"
+        )
+        assert other.scscf.core.counters[counter] == 1
 
 
 @pytest.mark.redis
