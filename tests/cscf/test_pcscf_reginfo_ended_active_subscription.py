@@ -131,3 +131,28 @@ def test_a_terminated_subscription_needs_no_unsubscribe():
     assert not p.subscriptions
     deadline = p.next_deadline()
     assert not _unsubscribes(p.handle_timer(deadline if deadline is not None else 5.0))
+
+
+def test_a_ues_481_to_an_end_tells_it_nothing_and_its_own_end_is_still_awaited():
+    """A terminated NOTIFY the UE answers 481 (the final NOTIFY of a subscription it
+    dropped with an earlier registration, reaching the same contact) told it nothing:
+    its current subscription stays active here, so when the network then ends the
+    registration the SAs wait for the UE's own NOTIFY (before: the 481 counted as its
+    word, the SAs went with our NOTIFY, and the UE's NOTIFY met 404: chaos seed 9962)."""
+    p, inst, acts = registered()
+    subscribe_through(p, inst)
+    ended = _reginfo("terminated", contact=False)
+    stale = scscf_notify("terminated;reason=deactivated", branch="z9hG4bKold", cseq=9)
+    (rep,) = p.receive_request(stale, Arrival(SCSCF), 4.0)
+    gone = make_response(parse_message(rep.message.to_bytes()), 481)
+    out = p.receive_response(parse_message(gone.to_bytes()), UE_S, 4.01, spi=inst.sa.spi_pc)
+    assert not any(isinstance(a, Release) for a in out)
+    reg = p.registrations["user1_private@home1.net"]
+    assert reg.ue_sub != UE_SUB_NOTIFIED and reg.sa is not None
+    out = p.receive_request(
+        _own_terminated_notify(p, acts, "terminated;reason=rejected", ended), Arrival(SCSCF), 5.0
+    )
+    assert not any(isinstance(a, Release) for a in out)
+    assert reg.release_at == 5.0 + TRANSACTION_LIFETIME
+    out = _through_ue(p, inst, _ue_notify(ended, 10), 5.01)
+    assert [a.sa.spi_ps for a in out if isinstance(a, Release)] == [inst.sa.spi_ps]

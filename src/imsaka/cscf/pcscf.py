@@ -2120,7 +2120,10 @@ class PcscfCore:
             # kept to answer the core's retransmissions of the request until Timer J
             self._settled(branch, pending)
             self.pending[branch] = self._answered(pending.created, data, None)
-        if pending.kind == "terminating-end":
+        if pending.kind == "terminating-end" and status < 300:
+            # (a UE that answers 481 has no such subscription: the final NOTIFY of one it
+            # dropped with an earlier registration at the same contact told it nothing,
+            # and its own is still to come)
             reg = self.registrations.get(pending.impi)
             if reg is not None and _went_over(pending.forward, reg):
                 # (a NOTIFY that went over an older registration's set tells nothing
@@ -2129,11 +2132,7 @@ class PcscfCore:
                 if reg.release_at:
                     # the UE has its terminated NOTIFY: the SAs can go (TS 24.229 §5.2.3)
                     actions += self._network_end(reg, now)
-                elif (
-                    status < 300
-                    and reg.state is RegState.REGISTERED
-                    and _registration_ended(pending.forward)
-                ):
+                elif reg.state is RegState.REGISTERED and _registration_ended(pending.forward):
                     # The S-CSCF's word that the registration ended, answered by the UE,
                     # before our own NOTIFY (late, or none: our SUBSCRIBE refused when
                     # the network ended the registration before it reached the S-CSCF).
