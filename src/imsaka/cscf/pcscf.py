@@ -163,6 +163,7 @@ DEREGISTER_GRACE = TRANSACTION_LIFETIME
 
 # A 200 to an OPTIONS asked of the P-CSCF itself: what it passes on.
 _ALLOW = (("Allow", "REGISTER, SUBSCRIBE, NOTIFY, OPTIONS"),)
+
 # After a challenged re-registration the set it replaced stays this long (Timer F,
 # 64·T1): the UE may still have a transaction open over it, a request sent or a
 # request of the core's being answered, when the 200 OK switches to the new set. TS

@@ -1048,7 +1048,7 @@ class RegistrarCore:
         ok = False
         if auth.realm == self.policy.realm:
             try:
-                if v.password:
+                if v.algorithm == MD5 or v.password:
                     # MD5's, or an AKAv2-MD5 challenge's taken from another S-CSCF
                     # (its password made there: `_challenge_record`)
                     password = password_for(MD5, password=v.password)
