@@ -525,21 +525,6 @@ class RegistrarCore:
             kind = AssignmentType.RE_REGISTRATION
             return self._finish_register(token, req, impi, kind, None, now, reg)
         if (
-            reg is not None
-            and auth is not None
-            and auth.integrity_protected == "yes"
-            and reg.impi == impi
-            and self._removes_only_unregistered(reg, req, now)
-        ):
-            # §5.4.1.4 over the UE's SAs for contacts no longer registered while others
-            # stay: the copy of a de-REGISTER that another S-CSCF sharing the store
-            # answered (its 200 lost; the I-CSCF moved on), or one its binding's expiry
-            # crossed. It removes nothing, so nothing is authenticated anew, whatever
-            # `reauthenticate` says: a challenge would only make the UE set up SAs the
-            # P-CSCF may already have let go with the contact (chaos seed 9960).
-            self.counters["deregister_not_registered"] += 1
-            return self._authenticated(token, req, impi, now, reg)
-        if (
             auth is not None
             and auth.integrity_protected == "yes"
             and reg is not None
@@ -557,6 +542,21 @@ class RegistrarCore:
                 self.counters["new_contact_reauthenticated"] += 1
                 return self._challenge(token, req, impi, now)
             self.counters["reregister_without_aka"] += 1
+            return self._authenticated(token, req, impi, now, reg)
+        if (
+            reg is not None
+            and auth is not None
+            and auth.integrity_protected == "yes"
+            and reg.impi == impi
+            and self._removes_only_unregistered(reg, req, now)
+        ):
+            # (`reauthenticate = "always"`) §5.4.1.4 over the UE's SAs for contacts no
+            # longer registered while others stay: the copy of a de-REGISTER that
+            # another S-CSCF sharing the store answered (its 200 lost; the I-CSCF moved
+            # on), or one its binding's expiry crossed. It removes nothing, so nothing
+            # is authenticated anew: a challenge would only make the UE set up SAs the
+            # P-CSCF may already have let go with the contact (chaos seed 9960).
+            self.counters["deregister_not_registered"] += 1
             return self._authenticated(token, req, impi, now, reg)
         if (
             reg is None
