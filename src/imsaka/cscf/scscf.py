@@ -644,11 +644,7 @@ class Scscf:
                 log.warning("binding store: subscriptions to %s not taken: %s", impu, exc)
                 left = True
                 continue
-            subs = [
-                (sub, record.get("ending"))
-                for record in taken
-                if (sub := self._taken_subscription(record, now)) is not None
-            ]
+            subs = self._taken_subscriptions(taken, now)
             if live is not None:
                 if self.core.registrations.get(impu) is None:
                     self.core.load(live)
@@ -731,15 +727,20 @@ class Scscf:
                 self.core.counters["store_errors"] += 1
                 log.warning("binding store: subscriptions of %s not taken: %s", notifier, exc)
                 continue
-            for record in taken:
-                sub = self._taken_subscription(record, now)
-                if sub is not None:
-                    found.append((sub, record.get("ending")))
+            found += self._taken_subscriptions(taken, now)
         return found
 
-    def _taken_subscription(self, record: dict, now: float) -> RegSubscription | None:
-        sub = self._stored_subscription(record)
-        return sub if sub is not None and sub.expires_at > now else None
+    def _taken_subscriptions(
+        self, records: list[dict], now: float
+    ) -> list[tuple[RegSubscription, Any]]:
+        """The unexpired subscriptions among records taken from the store, each with the
+        reason of a final NOTIFY under way (`ending`; None if none)."""
+        out = []
+        for record in records:
+            sub = self._stored_subscription(record)
+            if sub is not None and sub.expires_at > now:
+                out.append((sub, record.get("ending")))
+        return out
 
     def _stored_subscription(self, record: dict) -> RegSubscription | None:
         """A subscription as the store kept it, its NOTIFY CSeq and reginfo version moved
