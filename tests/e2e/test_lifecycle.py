@@ -330,3 +330,36 @@ async def test_pcscf_expires_a_lapsed_registration_on_its_own(subscribers):
     finally:
         await ue.close()
         await net.stop()
+
+
+async def test_a_reregister_refused_494_by_the_pcscf_registers_anew(home_network, subscribers):
+    """A protected re-REGISTER whose Security-Verify is not the Security-Server the
+    P-CSCF holds for the set (here the UE's copy altered, as a P-CSCF that lost or
+    changed its side of the agreement would see it) is refused 494 over the SAs; the UE
+    makes the agreement anew from phase 1 (before: it stopped for good) and ends
+    registered over a new set, the old one gone on both sides."""
+    from imsaka.ue.core import RegisteringAnew
+
+    net = home_network
+    async with UeClient(net.ue_config(subscribers[2]), observers=[net.trace]) as ue:
+        assert (await ue.register(10)).ok
+        old = {s.id for s in ue.table.sets()}
+        pcscf_old = {s.pcscf_spis for s in net.pcscf.table.sets()}
+        refused = net.pcscf.core.counters["downgrade-refused"]
+        ue.core.security_server = [
+            text.replace("q=0.1", "q=0.2") if "q=0.1" in text else text + ";q=0.5"
+            for text in ue.core.security_server
+        ]
+        result = await ue.reregister(10)
+        assert result.ok, result
+        assert [e for e in result.events if isinstance(e, RegisteringAnew)]
+        assert net.pcscf.core.counters["downgrade-refused"] == refused + 1
+        answers = [r.summary[:3] for r in net.trace.messages("sip") if r.dst_name == "UE"]
+        refusal = answers.index("494")
+        assert answers.count("494") == 1 and "401" in answers[refusal:], answers
+        live = lambda: [s for s in ue.table.sets() if s.state.value != "removed"]  # noqa: E731
+        assert await eventually(lambda: len(live()) == 1)
+        assert not {s.id for s in live()} & old
+        serving = [s for s in net.pcscf.table.sets() if s not in net.pcscf._held.values()]
+        assert len(serving) == 1 and serving[0].pcscf_spis not in pcscf_old
+        assert (await ue.reregister(10)).ok

@@ -333,10 +333,11 @@ def test_a_failed_refresh_is_followed_by_an_initial_registration():
     """TS 24.229 §5.1.1.4.1: a re-registration that times out (Timer F: a restarted
     P-CSCF knows none of the UE's SAs and drops what comes over them) or is answered
     408, 500 or 504 is followed by an initial registration, not by a UE that stays
-    failed; that one's own failure ends the attempt (no loop)."""
+    failed; so is a 494 (RFC 3329 §2.3.1: the P-CSCF holds no agreement it accepts for
+    the set); that one's own failure ends the attempt (no loop)."""
     from imsaka.ue.core import RegisteringAnew, SecurityAssociationsReleased
 
-    for fail in ("timeout", 408, 500, 504):
+    for fail in ("timeout", 408, 494, 500, 504):
         ue, req2 = _registered_ue()
         sa = ue.sa
         (send,) = ue.handle_timer(602.0)
@@ -357,6 +358,30 @@ def test_a_failed_refresh_is_followed_by_an_initial_registration():
         assert ue.state is UeState.UNPROTECTED_SENT
         events = ue.transaction_timeout(700.0)
         assert [type(e) for e in events] == [RegistrationFailed], fail
+
+
+def test_a_494_to_a_challenge_response_registers_anew_and_to_phase_1_ends():
+    """A challenged re-registration whose answer (over the temporary set, the
+    established one still held) gets 494 starts over from phase 1 with both sets
+    released; a 494 to that unprotected REGISTER is final."""
+    from imsaka.ue.core import RegisteringAnew, SecurityAssociationsReleased
+
+    ue, _ = _registered_ue()
+    (send,) = ue.handle_timer(602.0)
+    resp, _vec, _ = challenge(send.request, sqn=64)
+    answer = next(e for e in ue.receive(resp, 603.0) if isinstance(e, SendRequest))
+    assert answer.protected and ue.temporary_sa is not None and ue.sa is not None
+    events = ue.receive(_answer(answer.request, 494, None), 603.5)
+    assert [type(e) for e in events] == [
+        RegisteringAnew,
+        SecurityAssociationsReleased,
+        SecurityAssociationsReleased,
+        SendRequest,
+    ]
+    assert ue.temporary_sa is None and ue.sa is None and not events[-1].protected
+    events = ue.receive(_answer(events[-1].request, 494, None), 604.0)
+    assert [type(e) for e in events] == [RegistrationFailed] and events[0].status == 494
+    assert ue.state is UeState.FAILED and ue.next_deadline() is None
 
 
 def test_a_refresh_refused_otherwise_fails_and_keeps_its_set():

@@ -95,7 +95,11 @@ NETWORK_AUTH_FAILED = "network authentication failed"
 
 # A re-registration answered so, or timed out, is followed by an initial registration
 # (TS 24.229 §5.1.1.4.1); with a usable Retry-After the UE waits and refreshes instead.
-_REGISTER_ANEW_AFTER = frozenset({408, 500, 504})
+# A 494 to a REGISTER over the SAs says the P-CSCF holds no agreement it accepts for
+# them (RFC 3329 §2.3.1: it lost its state, or compares Security-Verify with another
+# Security-Server): the agreement is made anew from phase 1. A 494 to that initial
+# REGISTER (no set any more) refuses the offer itself and ends the attempt.
+_REGISTER_ANEW_AFTER = frozenset({408, 494, 500, 504})
 
 # What the UE reports, and gives as the reason its SAs go, when the network ends its
 # registration (the reg-event NOTIFY, §5.1.1.7): "… (<event>)".
@@ -342,7 +346,8 @@ RETRYABLE_STATUSES = frozenset({480, 500, 503, 504})
 # Failures after which a UE with `recovery_base_time` tries again by itself (when no
 # usable Retry-After said when): no answer (408), the user busy or unavailable for now
 # (480), a server error (5xx), no S-CSCF found (600 from the I-CSCF). Anything else
-# (403, 404, 420, 494, a bad AUTN) is about the UE itself and ends it for good.
+# (403, 404, 420, a 494 to an initial REGISTER, a bad AUTN) is about the UE itself
+# and ends it for good.
 _RECOVERABLE = frozenset({408, 480, 600, *range(500, 600)})
 # Exponent bound: 2^16 · base-time is past any max-time worth configuring.
 _MAX_DOUBLINGS = 16
@@ -873,7 +878,7 @@ class UeRegistration:
 
     def _register_anew(self, reason: str, now: float) -> list[Event]:
         """A re-registration (an established set is in force: this attempt refreshes
-        it, challenged or not) that timed out or was answered 408, 500 or 504 is
+        it, challenged or not) that timed out or was answered 408, 494, 500 or 504 is
         followed by an initial registration (TS 24.229 §5.1.1.4.1): the P-CSCF may
         have lost the SAs (a restart) or the registration may be gone, and the old set
         is not to be trusted again. The initial registration's own failure ends it."""
