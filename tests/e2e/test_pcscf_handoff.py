@@ -298,3 +298,69 @@ async def test_a_record_the_table_cannot_take_is_skipped_not_fatal(net, subscrib
         assert any("not taken back" in r.getMessage() for r in caplog.records)
         result = await ue.reregister(20)  # as after a crash: registers anew
         assert result.ok and [e for e in result.events if isinstance(e, RegisteringAnew)]
+
+
+async def test_a_registration_ended_while_no_pcscf_held_it_goes_after_a_long_stop(
+    subscribers, tmp_path
+):
+    """Stopped as asked, the P-CSCF is not started again for longer than the S-CSCF
+    retransmits a NOTIFY, and the HSS de-registers the user meanwhile (RTR): the
+    terminated NOTIFYs find no P-CSCF. Its successor takes the registration back as
+    written, sees the file is older than a transaction's lifetime, and refreshes the
+    subscription at once (RFC 6665 §4.1.2.2); the S-CSCF answers 480 (not registered)
+    and the registration and its SAs go after `dereg_grace` (before 2026-11-28 they
+    stayed until expiry). A UE still registered at such a start keeps its registration,
+    its subscription refreshed once."""
+    state = tmp_path / "pcscf.state"
+    extra = {"pcscf": {"state_file": str(state), "dereg_grace": 0.5}}
+    net = Network(subscribers[:2], NetworkOptions(extra=extra))
+    await net.start()
+    try:
+        gone, stays = subscribers[0], subscribers[1]
+        async with (
+            UeClient(net.ue_config(gone), timers=FAST) as ue,
+            UeClient(net.ue_config(stays), timers=FAST) as other,
+        ):
+            assert (await ue.register(10)).ok and (await other.register(10)).ok
+            assert await eventually(lambda: net.pcscf.core.counters["reg-subscribed"] == 2)
+            scscf = net.scscf.scscf
+            # its NOTIFYs given up after 3.2 s (Timer F, as 32 s in the product)
+            net.scscf.endpoint.layer.config = FAST
+            path = await _stopped_as_asked(net)
+            assert (await net.hss.deregister_impi(gone.impi)).get("ok")
+            assert await eventually(lambda: scscf.core.lookup(gone.impus[0], 0.0) is None)
+            await asyncio.sleep(3.5)  # every NOTIFY of the end given up
+            doc = json.loads(path.read_text())
+            doc["saved_at"] -= 60.0  # written a minute ago: NOTIFYs since were lost
+            path.write_text(json.dumps(doc))
+
+            await net.restart_pcscf()
+
+            pcscf = net.pcscf
+            assert pcscf.restored == 2
+            counters = pcscf.core.counters
+            assert await eventually(lambda: counters["reg-subscription-audited"] == 2)
+            assert await eventually(lambda: counters["audit-found-not-registered"] == 1)
+            assert gone.impi in pcscf.core.registrations  # (for dereg_grace yet)
+            census = pcscf.census
+            assert await eventually(lambda: census()["registrations"] == 1, 3), census()
+            assert set(pcscf.core.registrations) == {stays.impi}
+            assert await eventually(lambda: census()["sa_sets"] == 1, 3), census()
+            assert census()["reg_subscriptions"] == 1
+            refresh = await other.reregister(10)
+            assert refresh.ok and refresh.protected
+            assert not [e for e in refresh.events if isinstance(e, RegisteringAnew)]
+    finally:
+        await net.stop()
+
+
+async def test_a_restart_soon_after_the_stop_refreshes_nothing(net, subscribers):
+    """Started again within a transaction's lifetime, the P-CSCF would still get what
+    the S-CSCF sends meanwhile (its NOTIFYs are retransmitted): no audit."""
+    async with UeClient(net.ue_config(subscribers[0]), timers=FAST) as ue:
+        assert (await ue.register(10)).ok
+        assert await eventually(lambda: net.pcscf.core.counters["reg-subscribed"] == 1)
+        await net.restart_pcscf(0.2, planned=True)
+        assert net.pcscf.restored == 1
+        await asyncio.sleep(0.5)
+        assert net.pcscf.core.counters["reg-subscription-audited"] == 0

@@ -146,6 +146,13 @@ TRANSACTION_LIFETIME = 32.0
 # transaction's lifetime) before it is ended from here and forgotten: an S-CSCF that
 # restarted may never send it.
 DETACHED_WAIT = TRANSACTION_LIFETIME + 8.0
+# A P-CSCF that takes back registrations written before a crash (or a stop long enough
+# for the S-CSCF's NOTIFYs to it to run out) may hold some the network ended meanwhile:
+# each restored subscription is refreshed at once (RFC 6665 §4.1.2.2: the answer and
+# the NOTIFY it brings tell the registration's state now), AUDIT_BATCH of them every
+# AUDIT_PAUSE s (at most 500 SUBSCRIBEs a second to the S-CSCFs after a restart).
+AUDIT_BATCH = 50
+AUDIT_PAUSE = 0.1
 # Contexts past their lifetime are looked for on the 2·T1 grid of the timers that end a
 # transaction (`TimerConfig.end_at`): one wake-up a second for all of them, not one per
 # T1/10 step (a P-CSCF at 100 requests/s woke 20 times a second for this alone).
@@ -793,6 +800,9 @@ class PcscfCore:
         # IMPI -> Call-ID of its reg-event subscription: whether an IMPI is subscribed
         # is asked on every 200 OK to a REGISTER, a scan of `subscriptions` otherwise.
         self._subscribed: dict[str, str] = {}
+        # IMPIs of restored registrations whose subscription is refreshed to learn
+        # whether the network ended them while no P-CSCF held them (`adopt`)
+        self._audit: set[str] = set()
         # (when, Call-ID) of the detached subscriptions, oldest first (one wait for all):
         # each given up then if its terminated NOTIFY has not come (`_give_up_detached`)
         self._detached: deque[tuple[float, str]] = deque()
@@ -1045,7 +1055,11 @@ class PcscfCore:
         return None if call_id is None else self.subscriptions.get(call_id)
 
     def adopt(
-        self, reg: Registration, sub: RegEventSubscription | None, now: float
+        self,
+        reg: Registration,
+        sub: RegEventSubscription | None,
+        now: float,
+        audit: bool = False,
     ) -> list[Action]:
         """Take back registration `reg` (and its reg-event subscription `sub`) as a
         P-CSCF before this one held it (`imsaka.cscf.pcscf_state`): indexed by its
@@ -1053,7 +1067,10 @@ class PcscfCore:
         Service-Route trusted, its deadlines watched. The edge restores its SA sets.
         A registered one that comes without a subscription (its SUBSCRIBE was still
         unanswered, or the grant ran out meanwhile) subscribes anew now: the returned
-        SUBSCRIBE."""
+        SUBSCRIBE. With `audit` (taken back after a crash, or from a stop long past)
+        its subscription is refreshed soon, paced (`AUDIT_BATCH`): a registration the
+        network ended meanwhile goes when the answer or its NOTIFY says so
+        (`_subscribe_answered`, `_reg_notify`)."""
         impi = reg.impi
         if not isinstance(reg, self.registration_type) or (
             sub is not None and not isinstance(sub, self.subscription_type)
@@ -1076,6 +1093,10 @@ class PcscfCore:
         if sub is not None:
             self.subscriptions[sub.call_id] = sub
             self._subscribed[impi] = sub.call_id
+            if audit and sub.confirmed and sub.refresh_at and reg.state is RegState.REGISTERED:
+                at = now + (len(self._audit) // AUDIT_BATCH) * AUDIT_PAUSE
+                sub.refresh_at = min(sub.refresh_at, at)
+                self._audit.add(impi)
         if reg.temporary is not None and not reg.answered_cseq and reg.challenged_cseq:
             # Written before its challenge response passed, if one did: that response
             # carried the next CSeq (RFC 3261 §10.2) and any later use of the set shows
@@ -1085,7 +1106,12 @@ class PcscfCore:
         due = self._due(reg)
         if due is not None:
             self._watch(due[0], impi)
-        return self._resubscribe(reg, now) if sub is None else []
+        if sub is not None:
+            return []
+        made = self._resubscribe(reg, now)
+        if audit and made:
+            self._audit.add(impi)  # (its answer tells as a refresh's would)
+        return made
 
     def track_changes(self) -> set[str]:
         """From now on, the IMPI of every registration whose record
@@ -2381,6 +2407,10 @@ class PcscfCore:
             return actions + self._end_to_ue(reg, actions)
         reg.state = RegState.REGISTERED
         reg.expires_at = now + granted
+        if reg.release_at:
+            # registered again after the network's end (or the audit's finding) was
+            # heard: the wait for that end's last messages is over
+            reg.release_at = 0.0
         self._watch(reg.expires_at + 30.0, reg.impi)
         self._watch_refresh(reg)  # a refresh may now outlive its subscription's grant
         lifetime = float(granted) + 30.0
@@ -2527,7 +2557,10 @@ class PcscfCore:
         sub = self._refresh_due(reg)
         if sub is None:
             return []
-        self.counters["reg-subscription-refreshed"] += 1
+        if reg.impi in self._audit:
+            self.counters["reg-subscription-audited"] += 1
+        else:
+            self.counters["reg-subscription-refreshed"] += 1
         return self._in_dialog_subscribe(sub, ASKED, now)
 
     def _subscribe_answered(self, response: Response, now: float) -> list[Action]:
@@ -2535,17 +2568,28 @@ class PcscfCore:
         dialog and its refresh; a refusal ends it here. A 481 to a refresh (the S-CSCF
         no longer holds it, RFC 6665 §4.1.2.2) is followed by a new subscription while
         the registration lives; after any other refusal the next 200 OK to a REGISTER
-        of the UE subscribes anew."""
+        of the UE subscribes anew. The audit of a registration taken back (`adopt`)
+        ends with this answer, or with the new subscription's after a 481: a 480, the
+        S-CSCF's answer for an IMPU it holds no registration of (TS 24.229 §5.4.2.1.1),
+        says the network ended it while no P-CSCF held it, and it goes."""
         call_id = response.get("Call-ID") or ""
         sub = self.subscriptions.get(call_id)
+        impi = sub.impi if sub is not None else ""
+        audited = impi in self._audit if impi else False
         if response.status >= 300:
             self._unsubscribe(call_id)
             self.counters["reg-subscribe-refused"] += 1
             log.info("pcscf: reg-event SUBSCRIBE refused: %d", response.status)
-            reg = self.registrations.get(sub.impi) if sub is not None and sub.impi else None
+            reg = self.registrations.get(impi) if impi else None
             if response.status == 481 and reg is not None and sub.cseq > 1:
-                return self._resubscribe(reg, now)
+                return self._resubscribe(reg, now)  # (an audit waits for its answer)
+            if audited:
+                self._audit.discard(impi)
+                if response.status == 480 and reg is not None:
+                    self._found_not_registered(reg, now)
             return []
+        if audited:
+            self._audit.discard(impi)  # (the NOTIFY that follows tells the state)
         if sub is None:
             return []  # ended meanwhile (the final NOTIFY to our unsubscribe came first)
         try:
@@ -2557,6 +2601,18 @@ class PcscfCore:
         self._watch_refresh(self.registrations.get(sub.impi) if sub.impi else None)
         return []
 
+    def _found_not_registered(self, reg: Registration, now: float) -> None:
+        """The audit of taken-back `reg` found it ended at the S-CSCF: it goes once a
+        request its UE had under way at the crash (a de-REGISTER's retransmission,
+        answered by the S-CSCF as usual) had `dereg_grace` to pass over its SAs, as
+        after the 200 to a de-REGISTER (`_network_end` at the release time)."""
+        self.counters["audit-found-not-registered"] += 1
+        log.info("pcscf: %s taken back, not registered any more", reg.impi)
+        at = now + self.dereg_grace
+        if not reg.release_at or at < reg.release_at:
+            reg.release_at = at
+            self._watch(at, reg.impi)
+
     def _refresh_due(self, reg: Registration) -> RegEventSubscription | None:
         """The subscription of `reg` when it is to be refreshed: the registration
         outlives its grant (else it ends first, or its refresh, a REGISTER whose 200
@@ -2567,7 +2623,7 @@ class PcscfCore:
         sub = self.subscriptions.get(call_id)
         if sub is None or not sub.refresh_at or not sub.confirmed:
             return None
-        return sub if reg.expires_at > sub.expires_at else None
+        return sub if reg.expires_at > sub.expires_at or reg.impi in self._audit else None
 
     def _watch_refresh(self, reg: Registration | None) -> None:
         """The grant of `reg`'s subscription or `reg`'s expiry moved: the refresh is
@@ -2584,6 +2640,7 @@ class PcscfCore:
         sub = self.subscriptions.get(call_id)
         if sub is not None and (not sub.confirmed or sub.cseq > 1):
             self.counters["reg-subscribe-unanswered"] += 1
+            self._audit.discard(sub.impi)
             self._unsubscribe(call_id)
 
     def _resubscribe(self, reg: Registration, now: float) -> list[Action]:
@@ -2928,6 +2985,7 @@ class PcscfCore:
         registration of the IMPI, which may already be under way, subscribes for
         itself. If that NOTIFY has not come within `DETACHED_WAIT`, it is given up."""
         call_id = self._subscribed.pop(impi, None)
+        self._audit.discard(impi)
         sub = self.subscriptions.get(call_id) if call_id is not None else None
         if sub is not None:
             sub.impi = ""

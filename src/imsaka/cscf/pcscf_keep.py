@@ -21,12 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from imsaka.cscf import pcscf_state
-from imsaka.cscf.pcscf import HELD
+from imsaka.cscf.pcscf import HELD, TRANSACTION_LIFETIME
 from imsaka.ipsec.errors import LocalProtocolError
 
 log = logging.getLogger("imsaka.cscf.pcscf_server")
 
 __all__ = ["KeepsState"]
+
+
+def _age(doc: object, wall: float) -> float:
+    """Seconds since the state document `doc` was written (0 when it does not say)."""
+    saved_at = doc.get("saved_at") if isinstance(doc, dict) else None
+    return wall - saved_at if isinstance(saved_at, (int, float)) else 0.0
 
 
 @contextlib.contextmanager
@@ -120,11 +126,11 @@ class KeepsState:
             log.error("pcscf: state file %s not read: %s", path, exc.strerror or exc)
             return
         now = asyncio.get_running_loop().time()
+        wall = time.time()
         try:
             with _bulk():
-                restored = pcscf_state.load(
-                    json.loads(data), own=self._own(), now=now, wall=time.time()
-                )
+                doc = json.loads(data)
+                restored = pcscf_state.load(doc, own=self._own(), now=now, wall=wall)
         except (ValueError, pcscf_state.StateError) as exc:
             log.error("pcscf: state file %s not used: %s", path, str(exc).splitlines()[0])
             try:
@@ -136,13 +142,18 @@ class KeepsState:
             path.unlink()
         except OSError as exc:
             log.error("pcscf: state file %s not deleted: %s", path, exc.strerror or exc)
+        # Stopped longer than the S-CSCFs retransmit a NOTIFY: what they told
+        # meanwhile was lost, and each registration's subscription is refreshed to
+        # learn it (`PcscfCore.adopt`).
         with _bulk():
-            self._adopt_all(restored, now, str(path))
+            self._adopt_all(restored, now, str(path), audit=_age(doc, wall) > TRANSACTION_LIFETIME)
 
-    def _adopt_all(self, restored: list, now: float, source: str) -> None:
+    def _adopt_all(self, restored: list, now: float, source: str, audit: bool = False) -> None:
         """Put each registration taken back in place: its SA sets in the table and the
         reply index, the registration in the core (whose SUBSCRIBEs go out); and each
-        set held for a REGISTER's retransmissions (its hold out of the reply index)."""
+        set held for a REGISTER's retransmissions (its hold out of the reply index).
+        `audit`: what was written may be out of date (a crash, a long stop): each
+        registration's subscription is refreshed (`PcscfCore.adopt`)."""
         sets = 0
         actions: list = []
         for r in restored:
@@ -186,7 +197,7 @@ class KeepsState:
                 continue
             for s in made:
                 self._in_place(s)
-            actions += self.core.adopt(reg, r.subscription, now)
+            actions += self.core.adopt(reg, r.subscription, now, audit)
             sets += len(made)
             self.restored += 1
             self.core.counters["registrations-taken-back"] += 1
@@ -271,7 +282,12 @@ class KeepsState:
                 restored = []
             what = "after a crash" if crashed else "after a stop"
             with _bulk():
-                self._adopt_all(restored, now, f"{url} ({what})")
+                self._adopt_all(
+                    restored,
+                    now,
+                    f"{url} ({what})",
+                    audit=crashed or _age(doc, time.time()) > TRANSACTION_LIFETIME,
+                )
         # records not taken back (run out, refused) go at the first pass
         self._changed.update(k for k in self._stored if not self._holds(k))
         # Running (`clean` false), and every record written now, before any packet
