@@ -161,6 +161,8 @@ _PCSCF_SEEN = (
     "retransmission-answered",
     "notify-unknown-subscription",
     "state-store-write-failed",
+    "reg-subscription-audited",
+    "audit-found-not-registered",
 )
 
 
