@@ -225,3 +225,32 @@ async def test_memory_store_put_if_unchanged():
     copy = await store.get(IMPU)
     assert copy is not None and await store.put_if_unchanged(reg)
     assert not await store.put_if_unchanged(copy)
+
+
+async def test_each_write_of_the_shared_store_is_one_debug_line_without_user_data(stores, caplog):
+    """What an instance wrote, and when, read off a run (how the cross-instance defects
+    of 2026-11-28 were found, with a build of its own then): one debug line per write,
+    with the identities, contacts, expiries and version, never the user data."""
+    import logging
+
+    a = stores[0]
+    reg = record(T0 + 60)
+    reg.user_data = "<IMSSubscription>secret-profile</IMSSubscription>"
+    with caplog.at_level(logging.DEBUG, logger="imsaka.cscf.registrar"):
+        await a.put(reg)
+        assert await a.put_if_unchanged(reg)
+        stale = Registration.from_json(reg.to_json())
+        stale.version = 2  # not the record's: refused
+        assert not await a.put_if_unchanged(stale)
+        assert await a.claim_lapsed(IMPU, T0) == "live"
+        await a.delete(IMPU)
+    lines = [r.getMessage() for r in caplog.records if r.name == "imsaka.cscf.registrar"]
+    assert [line.split(" sip:")[0] for line in lines] == [
+        "store: put",
+        "store: put-if-unchanged",
+        "store: put refused (changed)",
+        "store: claim lapsed",
+        "store: delete",
+    ], lines
+    assert f"version {reg.version}" in lines[1] and "[5555::aaa:bbb:ccc:ddd]:1357" in lines[0]
+    assert not [line for line in lines if "secret-profile" in line]

@@ -621,6 +621,20 @@ def _glob_literal(text: str) -> str:
     return re.sub(r"([\\*?\[\]])", r"\\\1", text)
 
 
+def _log_write(what: str, registration: Registration) -> None:
+    """One debug line per binding write of the shared store (which instance wrote
+    what, when: how cross-instance races are read off a run). Identities, contact
+    URIs, their expiry and the record's version only: no user data, no keys."""
+    log.debug(
+        "store: %s %s (IMPI %s) version %d contacts %s",
+        what,
+        registration.impu,
+        registration.impi,
+        registration.version,
+        [(c.uri, round(c.expires_at, 1)) for c in registration.contacts.values()],
+    )
+
+
 class RedisBindingStore:
     """Bindings in Redis: one key per IMPU, expiring with its last contact.
 
@@ -670,6 +684,8 @@ class RedisBindingStore:
         registration.version = self._new_version()
         ttl = self._ttl(registration)
         await self._redis.set(self._key(registration.impu), registration.to_json(), ex=ttl)
+        if log.isEnabledFor(logging.DEBUG):
+            _log_write("put", registration)
 
     async def put_if_unchanged(self, registration: Registration) -> bool:
         if self._put_if is None:
@@ -684,10 +700,13 @@ class RedisBindingStore:
         )
         if result != 1:
             registration.version = expected
+        if log.isEnabledFor(logging.DEBUG):
+            _log_write("put-if-unchanged" if result == 1 else "put refused (changed)", registration)
         return result == 1
 
     async def delete(self, impu: str) -> None:
         await self._redis.delete(self._key(impu))
+        log.debug("store: delete %s", impu)
 
     async def claim_lapsed(self, impu: str, now: float) -> Claim:
         # One script, so that of the S-CSCFs whose timers saw the binding lapse exactly
@@ -695,7 +714,9 @@ class RedisBindingStore:
         if self._claim is None:
             self._claim = self._redis.register_script(_CLAIM_LAPSED)
         result = int(await self._claim(keys=[self._key(impu)], args=[repr(float(now))]))
-        return "removed" if result == 1 else "live" if result < 0 else "gone"
+        claim: Claim = "removed" if result == 1 else "live" if result < 0 else "gone"
+        log.debug("store: claim lapsed %s: %s", impu, claim)
+        return claim
 
     async def all(self) -> list[Registration]:
         out = []
