@@ -380,6 +380,20 @@ class PcscfConfig:
     challenge response) stays, over UDP, for that REGISTER's retransmissions alone:
     Timer J, 64·T1 (RFC 3261 §17.2.2), so a UE whose answer was lost gets it again over
     the same SA (TS 33.203 §7.4). 0: the set goes with the answer, as over TCP."""
+    scscf_instances: tuple[tuple[str, ...], ...] = ()
+    """The instances of each S-CSCF that runs as several (``[[pcscf.scscfs]]``, each
+    ``instances = ["sip:host:port", ...]`` in the order tried): a request sent to one
+    of them (along a Service-Route, a route set, to a notifier's Contact) that it
+    leaves unanswered for `scscf_timeout` s goes to the next, as to the targets of one
+    DNS SRV record (RFC 3263 §4.3; there is no DNS here). Default: the instances the
+    same document defines (``[scscf]`` with its ``[[scscf.instances]]``)."""
+    scscf_timeout: float = 8.0
+    """Seconds an instance of `scscf_instances` may leave a request unanswered before
+    the next instance gets it (the same copy, the same branch): longer than an
+    S-CSCF's Cx timeout, well inside the UE's Timer F (32 s). 0: no moving."""
+    scscf_down_time: float = 30.0
+    """Seconds an instance that left a request unanswered is passed over for the next
+    of its S-CSCF (tried first again after)."""
 
     def route_for(self, host: str) -> PcscfRoute | None:
         """The route for a REGISTER whose Request-URI host is `host`, as the P-CSCF
@@ -662,6 +676,8 @@ def parse_config(data: Mapping[str, Any], *, path: str = "") -> ImsConfig:
     scscf = _scscf(scscf_t, network) if scscf_t else None
     if pcscf is not None and not pcscf_t.has("trusted_nodes"):
         pcscf = replace(pcscf, trusted_nodes=_scscf_nodes(icscf, scscf))
+    if pcscf is not None and not pcscf_t.has("scscfs"):
+        pcscf = replace(pcscf, scscf_instances=_scscf_groups(scscf))
     return ImsConfig(
         network=network,
         hss=hss,
@@ -791,6 +807,34 @@ def _sip_uris(t: _Table, key: str, network: NetworkConfig) -> tuple[str, ...]:
     )
 
 
+def _instance_groups(t: _Table, network: NetworkConfig) -> tuple[tuple[str, ...], ...]:
+    """``[[pcscf.scscfs]]``: each entry's ``instances``, two or more, no URI twice."""
+    groups: list[tuple[str, ...]] = []
+    seen: set[str] = set()
+    for g in t.tables("scscfs"):
+        uris = _sip_uris(g, "instances", network)
+        if len(uris) < 2:
+            raise g.fail("instances", "two or more sip:host:port of one S-CSCF")
+        for uri in uris:
+            if uri in seen:
+                raise g.fail("instances", f"{uri!r} is listed twice")
+            seen.add(uri)
+        groups.append(uris)
+        g.done()
+    return tuple(groups)
+
+
+def _scscf_groups(scscf: ScscfConfig | None) -> tuple[tuple[str, ...], ...]:
+    """The instances of the S-CSCF a whole-network document defines, as one group
+    (none when it runs as one, or while a port is still 0: picked at start)."""
+    if scscf is None or not scscf.instances:
+        return ()
+    nodes = [(scscf.address, scscf.port), *((i.address, i.port) for i in scscf.instances)]
+    if not all(port for _, port in nodes):
+        return ()
+    return (tuple(f"sip:{a}:{p}" for a, p in nodes),)
+
+
 def _scscf_nodes(icscf: IcscfConfig | None, scscf: ScscfConfig | None) -> tuple[str, ...]:
     """``sip:address:port`` of each S-CSCF a whole-network document defines, instances
     included (a port of 0, picked by the kernel at start, names no node yet)."""
@@ -837,6 +881,9 @@ def _pcscf(t: _Table, network: NetworkConfig) -> PcscfConfig:
         max_in_flight=t.int("max_in_flight", 300, lo=0),
         max_queue_delay=t.float("max_queue_delay", 0.4, zero=True),
         dereg_grace=t.float("dereg_grace", 32.0, zero=True),
+        scscf_instances=_instance_groups(t, network),
+        scscf_timeout=t.float("scscf_timeout", 8.0, zero=True),
+        scscf_down_time=t.float("scscf_down_time", 30.0),
         trusted_nodes=_sip_uris(t, "trusted_nodes", network),
         state_file=t.str("state_file", ""),
         state_store=t.str("state_store", ""),

@@ -101,6 +101,23 @@ def mutate(path: list[str], value) -> dict:
             "[pcscf].trusted_nodes: 'sip:nowhere.example:5080':",
         ),
         (["pcscf", "port_s"], 5060, "[pcscf].port_s: port, port_c and port_s must differ"),
+        (["pcscf", "scscf_timeout"], -1, "[pcscf].scscf_timeout: must be greater than 0.0 or 0"),
+        (["pcscf", "scscf_down_time"], 0, "[pcscf].scscf_down_time: must be greater than 0"),
+        (
+            ["pcscf", "scscfs"],
+            [{"instances": ["sip:127.0.0.1:6060"]}],
+            "[pcscf.scscfs[0]].instances: two or more sip:host:port of one S-CSCF",
+        ),
+        (
+            ["pcscf", "scscfs"],
+            [{"instances": ["sip:127.0.0.1:6060", "sip:127.0.0.1:6060"]}],
+            "[pcscf.scscfs[0]].instances: has duplicates",
+        ),
+        (
+            ["pcscf", "scscfs"],
+            [{"instances": ["sip:127.0.0.1:1", "sip:127.0.0.1:2"], "weight": 1}],
+            "[pcscf.scscfs[0]].weight: unknown field",
+        ),
         (["pcscf", "state_file"], 7, "[pcscf].state_file: must be a non-empty string"),
         (["pcscf", "state_store"], "/tmp/x", "[pcscf].state_store: a redis://host:port/db URL"),
         (["network", "home_domains"], [], "[network].home_domains: must not be empty"),

@@ -163,6 +163,7 @@ _PCSCF_SEEN = (
     "state-store-write-failed",
     "reg-subscription-audited",
     "audit-found-not-registered",
+    "scscf-instance-failover",
 )
 
 
@@ -310,6 +311,10 @@ async def run(
         options.extra["pcscf"] = {"state_file": state_file}
     if pcscf_store:
         options.extra["pcscf"] = {"state_store": pcscf_store, "state_interval": 0.5}
+    if scscf_instances > 1:
+        # a request along a Service-Route to a stopped instance moves to another as
+        # soon as the I-CSCF's would
+        options.extra.setdefault("pcscf", {})["scscf_timeout"] = 2.0
     if hss_restarts:
         # answers that tell the UE to wait a second, and Cx timeouts that say so soon
         fast = {"retry_after": 1, "diameter": {"timeout": 1.0}}

@@ -435,6 +435,9 @@ class _Pending:
     # The SA set a request from the core went to the UE over: Timer E sends it again
     # only while the P-CSCF still has that set (routed, draining or held).
     sa: PcscfSa | None = None
+    # When the request went to an S-CSCF instance it has moved to (`_failover`; 0:
+    # it is at its first hop since `created`)
+    moved_at: float = 0.0
 
     @property
     def final(self) -> Response | None:
@@ -774,6 +777,17 @@ class PcscfCore:
                     self._trust(uri)
         for uri in getattr(config, "trusted_nodes", ()):
             self._trust(uri)
+        # The instances of each S-CSCF that runs as several, by address: each one's
+        # group in the order tried (`_live`); those passed over, until when. The
+        # timings are attributes, so a test can shorten them.
+        self._siblings: dict[Address, tuple[Address, ...]] = {}
+        for group in getattr(config, "scscf_instances", ()):
+            addresses = tuple(a for a in map(self._address, group) if a is not None)
+            for address in addresses:
+                self._siblings[address] = addresses
+        self._down: dict[Address, float] = {}
+        self.scscf_timeout = float(getattr(config, "scscf_timeout", 8.0))
+        self.scscf_down_time = float(getattr(config, "scscf_down_time", 30.0))
         self.registrations: dict[str, Registration] = {}  # by IMPI
         self.by_spi: dict[int, str] = {}  # inbound SPI -> IMPI
         # What registrations and subscriptions are made of; `track_changes` swaps in
@@ -1405,6 +1419,8 @@ class PcscfCore:
         target = self.route(request.uri)
         if target is None:
             return [self._reply(request, arrival, 404, "No route to the home network")]
+        if self._down:
+            target = self._live(target, now)
         fwd = self._prepare_upstream(
             request, branch, arrival, False, max_forwards, auth, require, proxy_require, present
         )
@@ -1532,6 +1548,8 @@ class PcscfCore:
         target = self.route(request.uri)
         if target is None:
             return [self._reply(request, arrival, 404, "No route to the home network")]
+        if self._down:
+            target = self._live(target, now)
         fwd = self._prepare_upstream(request, branch, arrival, True, max_forwards, auth)
         if fwd is None:
             return [self._reply(request, arrival, 400, "Bad Request")]
@@ -1714,7 +1732,7 @@ class PcscfCore:
         kind = "request"
         if in_dialog:
             # Along the dialog's route set, else to its remote target (RFC 3261 §12.2.1.1).
-            target = self._first_route_target(fwd, by_uri=True)
+            target = self._first_route_target(fwd, now, by_uri=True)
         else:
             # Route along the Service-Route of the registration (TS 24.229 §5.2.6.3).
             if reg.service_route and not fwd.get("Route"):
@@ -1725,7 +1743,7 @@ class PcscfCore:
                 # rewritten to the protected server port in the answers to the UE.
                 fwd.add("Record-Route", self._rr_core, first=True)
                 kind = "request-rr"
-            target = self._first_route_target(fwd)
+            target = self._first_route_target(fwd, now)
         if request.method == "SUBSCRIBE" and _event_package(fwd) == "reg":
             kind += "-reg"  # the UE's own reg-event subscription (TS 24.229 §5.1.1.3)
         if target is None:
@@ -1972,10 +1990,16 @@ class PcscfCore:
                     continue
         return allowed[0]
 
-    def _first_route_target(self, msg: Request, by_uri: bool = False) -> Address | None:
+    def _first_route_target(self, msg: Request, now: float, by_uri: bool = False) -> Address | None:
         """Where the request goes: its first Route; without one, by the Request-URI's
         home domain (a REGISTER's routes), or with `by_uri` to the Request-URI itself
-        (an in-dialog request's remote target)."""
+        (an in-dialog request's remote target). An S-CSCF instance passed over gives
+        way to the next of its S-CSCF (`_live`)."""
+        target = self._route_target(msg, by_uri)
+        return self._live(target, now) if self._down and target is not None else target
+
+    def _route_target(self, msg: Request, by_uri: bool = False) -> Address | None:
+        """`_first_route_target` whether or not an instance is passed over."""
         try:
             routes = msg.route
         except SipParseError:
@@ -1983,6 +2007,45 @@ class PcscfCore:
         if not routes and not by_uri:
             return self.route(msg.uri)
         return self._address(routes[0].uri if routes else msg.uri)
+
+    def _live(self, target: Address, now: float) -> Address:
+        """`target`, or while it is passed over (`_down`) the first instance of its
+        S-CSCF that is not; all passed over: `target` itself."""
+        until = self._down.get(target)
+        if until is None:
+            return target
+        if until <= now:
+            del self._down[target]  # tried first again
+            return target
+        for other in self._siblings.get(target, ()):
+            until = self._down.get(other)
+            if until is None or until <= now:
+                return other
+        return target
+
+    def _failover(self, context: _Pending, now: float) -> None:
+        """Timer E of a request at an S-CSCF instance that has left it unanswered for
+        `scscf_timeout` s: the instance is passed over for `scscf_down_time` s and the
+        request (the same copy, the same branch: RFC 3263 §4.3, the next target of one
+        name) goes to the next instance of its S-CSCF, once per instance."""
+        sent = context.forward
+        if not isinstance(sent, Forward) or sent.destination not in self._siblings:
+            return
+        if now - (context.moved_at or context.created) < self.scscf_timeout:
+            return
+        self._down[sent.destination] = now + self.scscf_down_time
+        nxt = self._live(sent.destination, now)
+        if nxt == sent.destination:
+            return  # every instance passed over: left where it is
+        self.counters["scscf-instance-failover"] += 1
+        log.info(
+            "pcscf: S-CSCF instance %s:%d silent for %.0f s; on to %s:%d",
+            *sent.destination,
+            now - (context.moved_at or context.created),
+            *nxt,
+        )
+        context.forward = Forward(sent.message, nxt, sent.transport)
+        context.moved_at = now
 
     # ------------------------------------------------------------------ responses
 
@@ -2500,12 +2563,14 @@ class PcscfCore:
         try:
             target = targets[reg.service_route]
         except KeyError:
-            target = self._first_route_target(sub)
+            target = self._route_target(sub)
             if len(targets) >= 64:
                 targets.clear()  # Service-Routes that differ per user: bounded
             targets[reg.service_route] = target
         if target is None:
             return []
+        if self._down:
+            target = self._live(target, now)
         self.subscriptions[call_id] = self.subscription_type(
             call_id, reg.impi, reg.impu, local_tag, now
         )
@@ -2543,7 +2608,7 @@ class PcscfCore:
             )
         except LocalProtocolError:
             request = None  # a remote target or route set we cannot write
-        target = self._first_route_target(request, by_uri=True) if request else None
+        target = self._first_route_target(request, now, by_uri=True) if request else None
         if request is None or target is None:
             # Not sent: held here no longer (the next 200 OK to a REGISTER of its UE
             # subscribes anew, along the Service-Route).
@@ -3121,6 +3186,8 @@ class PcscfCore:
                 )
                 if context.sa is not None:
                     self._onto_newer_set(context)
+                elif self._siblings and self.scscf_timeout > 0:
+                    self._failover(context, now)
                 out.append(context.forward)  # type: ignore[arg-type]
         if out:
             self.counters["retransmitted"] += len(out)

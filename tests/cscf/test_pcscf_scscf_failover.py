@@ -1,0 +1,97 @@
+"""A P-CSCF's request to an instance of an S-CSCF that runs as several
+(`PcscfConfig.scscf_instances`, RFC 3263 §4.3 as for the targets of one SRV record)
+that stays unanswered for `scscf_timeout` s goes on, the same copy with the same
+branch, to the next instance; the silent one is passed over for `scscf_down_time` s.
+Sans-I/O: the core's actions read directly."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from imsaka.config import load_config, parse_config
+from imsaka.cscf.pcscf import Forward, PcscfCore, RegState
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "imsaka.toml"
+FIRST, SECOND = ("127.0.0.1", 6060), ("127.0.0.1", 6061)
+
+
+def _core(groups=(("sip:127.0.0.1:6060", "sip:127.0.0.1:6061"),)) -> PcscfCore:
+    cfg = load_config(EXAMPLE)
+    core = PcscfCore(replace(cfg.pcscf, scscf_instances=groups), network=cfg.network)
+    core.scscf_timeout, core.scscf_down_time = 4.0, 30.0
+    return core
+
+
+def _registered(core: PcscfCore, n: int, now: float) -> list:
+    """A registration taken back without its subscription, Service-Route to the first
+    instance: the SUBSCRIBE it makes at once."""
+    reg = core.registration_type(
+        impi=f"u{n}@home1.net",
+        impu=f"sip:u{n}@home1.net",
+        ue_host="127.0.0.9",
+        state=RegState.REGISTERED,
+        expires_at=now + 600.0,
+        service_route=("<sip:orig@127.0.0.1:6060;lr>",),
+    )
+    return core.adopt(reg, None, now)
+
+
+def _sent(actions: list) -> list[tuple]:
+    return [
+        (a.destination, a.message.get("Via"))
+        for a in actions
+        if isinstance(a, Forward) and getattr(a.message, "method", "") == "SUBSCRIBE"
+    ]
+
+
+def test_a_silent_instance_passes_its_request_to_the_next_and_is_passed_over():
+    core = _core()
+    ((dest, via),) = _sent(_registered(core, 0, 0.0))
+    assert dest == FIRST
+    copies = []
+    for t in (0.5, 1.5, 3.5):  # Timer E, all to the first while within scscf_timeout
+        copies += _sent(core.handle_timer(t))
+    assert [d for d, _ in copies] == [FIRST] * 3
+    (moved,) = _sent(core.handle_timer(7.5))
+    assert moved == (SECOND, via)  # the same copy, the same branch
+    assert core.counters["scscf-instance-failover"] == 1
+    # the next request goes to the second at once, while the first is passed over
+    ((dest, _),) = _sent(_registered(core, 1, 8.0))
+    assert dest == SECOND
+    # the second's retransmissions stay there (its own timeout counts from its move)
+    assert {d for d, _ in _sent(core.handle_timer(11.5))} == {SECOND}
+    # after scscf_down_time the first is tried first again
+    ((dest, _),) = _sent(_registered(core, 2, 38.0))
+    assert dest == FIRST
+
+
+def test_every_instance_silent_leaves_the_request_where_it_is_and_none_is_moved_without_groups():
+    core = _core()
+    _registered(core, 0, 0.0)
+    for t in (0.5, 1.5, 3.5, 7.5):
+        core.handle_timer(t)
+    seen = [d for t in (11.5, 15.5, 19.5) for d, _ in _sent(core.handle_timer(t))]
+    # moved once to the second; silent too, it is passed over as well, and with no
+    # instance left the request stays where it is
+    assert seen == [SECOND] * 3 and core.counters["scscf-instance-failover"] == 1
+    plain = _core(groups=())
+    _registered(plain, 0, 0.0)
+    seen = [d for t in (0.5, 1.5, 3.5, 7.5, 11.5) for d, _ in _sent(plain.handle_timer(t))]
+    assert seen == [FIRST] * 5 and not plain.counters["scscf-instance-failover"]
+
+
+def test_the_groups_come_from_the_document_or_from_pcscf_scscfs():
+    import tomllib
+
+    doc = tomllib.loads(EXAMPLE.read_text())
+    assert parse_config(doc).pcscf.scscf_instances == ()  # one S-CSCF: no group
+    doc["scscf"]["binding_store"] = "redis://127.0.0.1:6379/15"
+    doc["scscf"]["instances"] = [{"port": 5072, "diameter_host": "scscf2.home1.net"}]
+    cfg = parse_config(doc)
+    (group,) = cfg.pcscf.scscf_instances
+    assert group == (f"sip:{cfg.scscf.address}:{cfg.scscf.port}", f"sip:{cfg.scscf.address}:5072")
+    doc["pcscf"]["scscfs"] = [{"instances": ["sip:127.0.0.1:7001", "sip:127.0.0.1:7002"]}]
+    assert parse_config(doc).pcscf.scscf_instances == (
+        ("sip:127.0.0.1:7001", "sip:127.0.0.1:7002"),
+    )

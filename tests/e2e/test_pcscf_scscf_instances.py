@@ -1,0 +1,77 @@
+"""The P-CSCF in front of an S-CSCF that runs as two instances on Redis
+(``[[scscf.instances]]``; the P-CSCF's ``scscf_instances`` come from the same
+document): a request to the instance that registered the UE, stopped, goes on to the
+other after ``[pcscf].scscf_timeout`` (RFC 3263 §4.3, as to the next target of one
+name), and the silent one is passed over for the next requests (TS 24.229 §5.2.3: the
+P-CSCF's reg-event subscription). Before 2026-11-28 such a request waited out Timer F
+and failed, and a new subscription along the Service-Route went to the stopped
+instance again."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from imsaka.cscf.pcscf_store import PcscfStateStore
+from imsaka.network import Network, NetworkOptions
+from imsaka.sip.transaction import TimerConfig
+from imsaka.ue.client import UeClient
+from tests.polling import eventually
+
+pytestmark = pytest.mark.redis
+
+FAST = TimerConfig(t1=0.05, t2=0.4, t4=0.5)
+
+
+async def test_a_pcscf_restarted_with_the_registering_instance_down_subscribes_at_the_other(
+    subscribers, redis_url
+):
+    """The P-CSCF crashes together with the instance that registered the UE and held
+    both subscriptions. The P-CSCF's successor audits what it took back: its refresh
+    goes to the stopped instance's Contact, is silent for 1 s and moves to the other
+    instance, which does not hold that subscription (481); the new subscription along
+    the Service-Route, which names the stopped instance, goes straight to the other
+    (passed over) and is set up there. The UE stays registered and refreshes."""
+    prefix = f"imsaka:test:{os.getpid()}:{os.urandom(4).hex()}:"
+    extra = {
+        "scscf": {"binding_store": redis_url, "binding_store_prefix": prefix},
+        "icscf": {"scscf_timeout": 1.0},
+        "pcscf": {"state_store": redis_url, "state_interval": 0.2, "scscf_timeout": 1.0},
+    }
+    net = Network(subscribers[:1], NetworkOptions(extra=extra, scscf_instances=2))
+    await net.start()
+    own = net.pcscf._own()
+    store = PcscfStateStore(redis_url, f"{net.config.pcscf.name}@{own['address']}:{own['port']}")
+    down = None
+    try:
+        async with UeClient(net.ue_config(subscribers[0]), timers=FAST) as ue:
+            assert (await ue.register(10)).ok
+            assert await ue.wait_subscribed()
+            first, other = net.scscf.scscf, net.scscf_others[0].scscf
+            assert await eventually(lambda: len(first.subscriptions) == 2)
+            assert not other.subscriptions
+            await asyncio.sleep(0.6)  # the P-CSCF's store written since
+            down = asyncio.ensure_future(net.restart_scscf(instance=1, crash=True, down=60))
+            assert await eventually(lambda: net.scscf is None)
+
+            await net.restart_pcscf(0.1)  # a crash: the store as last written
+
+            counters = net.pcscf.core.counters
+            assert net.pcscf.restored == 1
+            assert await eventually(lambda: counters["reg-subscribed"] == 1, 8), counters
+            assert counters["reg-subscription-audited"] == 1
+            assert counters["scscf-instance-failover"] == 1
+            assert counters["reg-resubscribed"] == 1
+            assert other.core.counters["subscribe_unknown_dialog"] == 1  # the 481
+            assert len(other.subscriptions) == 1  # the P-CSCF's, made anew there
+            refresh = await ue.reregister(10)
+            assert refresh.ok and refresh.protected, refresh
+    finally:
+        if down is not None:
+            down.cancel()
+            await asyncio.gather(down, return_exceptions=True)
+        await net.stop()
+        await store.clear()
+        await store.close()
