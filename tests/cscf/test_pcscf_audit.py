@@ -34,6 +34,8 @@ def _core_with(n: int, now: float) -> PcscfCore:
         sub.remote_tag = f"s{i}"
         sub.remote_target = "sip:127.0.0.1:6060"
         sub.granted(600_000, now - 100)  # its refresh far away, past the registration
+        if i == 1:
+            sub.refresh_at = 0.0  # its refresh was under way at the crash
         core.adopt(reg, sub, now, audit=True)
     return core
 
@@ -76,6 +78,7 @@ def test_taken_back_subscriptions_are_refreshed_in_paced_batches():
 
 def test_the_answer_keeps_the_registration_or_ends_it_after_the_grace():
     core = _core_with(3, 100.0)
+    assert core.subscription_of("u1@home1.net").refresh_at == 100.0
     kept, gone, moved = _subscribes(core.handle_timer(100.0))
     # 200: still registered there; the NOTIFY it brings tells the rest
     core.receive_response(_answer(kept, 200), ("127.0.0.1", 6060), 100.1)

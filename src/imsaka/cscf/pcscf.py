@@ -1107,9 +1107,11 @@ class PcscfCore:
         if sub is not None:
             self.subscriptions[sub.call_id] = sub
             self._subscribed[impi] = sub.call_id
-            if audit and sub.confirmed and sub.refresh_at and reg.state is RegState.REGISTERED:
+            if audit and sub.confirmed and reg.state is RegState.REGISTERED:
+                # (one whose refresh was under way at the crash has no refresh time:
+                # it gets this one)
                 at = now + (len(self._audit) // AUDIT_BATCH) * AUDIT_PAUSE
-                sub.refresh_at = min(sub.refresh_at, at)
+                sub.refresh_at = min(sub.refresh_at, at) if sub.refresh_at else at
                 self._audit.add(impi)
         if reg.temporary is not None and not reg.answered_cseq and reg.challenged_cseq:
             # Written before its challenge response passed, if one did: that response
