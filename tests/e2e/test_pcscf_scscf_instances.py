@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -25,15 +27,11 @@ pytestmark = pytest.mark.redis
 FAST = TimerConfig(t1=0.05, t2=0.4, t4=0.5)
 
 
-async def test_a_pcscf_restarted_with_the_registering_instance_down_subscribes_at_the_other(
-    subscribers, redis_url
-):
-    """The P-CSCF crashes together with the instance that registered the UE and held
-    both subscriptions. The P-CSCF's successor audits what it took back: its refresh
-    goes to the stopped instance's Contact, is silent for 1 s and moves to the other
-    instance, which does not hold that subscription (481); the new subscription along
-    the Service-Route, which names the stopped instance, goes straight to the other
-    (passed over) and is set up there. The UE stays registered and refreshes."""
+@asynccontextmanager
+async def _first_instance_crashed(subscribers, redis_url) -> AsyncIterator[tuple]:
+    """Two S-CSCF instances and a P-CSCF on Redis; a UE registered and subscribed
+    through the first, which holds both subscriptions (the UE's and the P-CSCF's) and
+    then crashes, not started again. Yields (net, ue, the second instance's Scscf)."""
     prefix = f"imsaka:test:{os.getpid()}:{os.urandom(4).hex()}:"
     extra = {
         "scscf": {"binding_store": redis_url, "binding_store_prefix": prefix},
@@ -55,19 +53,7 @@ async def test_a_pcscf_restarted_with_the_registering_instance_down_subscribes_a
             await asyncio.sleep(0.6)  # the P-CSCF's store written since
             down = asyncio.ensure_future(net.restart_scscf(instance=1, crash=True, down=60))
             assert await eventually(lambda: net.scscf is None)
-
-            await net.restart_pcscf(0.1)  # a crash: the store as last written
-
-            counters = net.pcscf.core.counters
-            assert net.pcscf.restored == 1
-            assert await eventually(lambda: counters["reg-subscribed"] == 1, 8), counters
-            assert counters["reg-subscription-audited"] == 1
-            assert counters["scscf-instance-failover"] == 1
-            assert counters["reg-resubscribed"] == 1
-            assert other.core.counters["subscribe_unknown_dialog"] == 1  # the 481
-            assert len(other.subscriptions) == 1  # the P-CSCF's, made anew there
-            refresh = await ue.reregister(10)
-            assert refresh.ok and refresh.protected, refresh
+            yield net, ue, other
     finally:
         if down is not None:
             down.cancel()
@@ -75,3 +61,56 @@ async def test_a_pcscf_restarted_with_the_registering_instance_down_subscribes_a
         await net.stop()
         await store.clear()
         await store.close()
+
+
+async def test_a_pcscf_restarted_with_the_registering_instance_down_subscribes_at_the_other(
+    subscribers, redis_url
+):
+    """The P-CSCF crashes right after the instance that registered the UE and held
+    both subscriptions. The P-CSCF's successor audits what it took back: its refresh
+    goes to the stopped instance's Contact, is silent for 1 s and moves to the other
+    instance, which does not hold that subscription and does not see the first stopped
+    yet (481); the new subscription along the Service-Route, which names the stopped
+    instance, goes straight to the other (passed over) and is set up there. The UE
+    stays registered and refreshes."""
+    async with _first_instance_crashed(subscribers, redis_url) as (net, ue, other):
+        await net.restart_pcscf(0.1)  # a crash: the store as last written
+
+        counters = net.pcscf.core.counters
+        assert net.pcscf.restored == 1
+        assert await eventually(lambda: counters["reg-subscribed"] == 1, 8), counters
+        assert counters["reg-subscription-audited"] == 1
+        assert counters["scscf-instance-failover"] == 1
+        assert counters["reg-resubscribed"] == 1
+        assert other.core.counters["subscribe_unknown_dialog"] == 1  # the 481
+        assert len(other.subscriptions) == 1  # the P-CSCF's, made anew there
+        refresh = await ue.reregister(10)
+        assert refresh.ok and refresh.protected, refresh
+
+
+async def test_a_refresh_moved_to_the_other_instance_is_taken_over_there(subscribers, redis_url):
+    """As above, but the P-CSCF comes back once the other instance sees the first
+    stopped (its heartbeat gone for 5 s): the moved refresh makes it take the first's
+    subscriptions to the IMPU from the store at once, the P-CSCF's answered 200 in its
+    own dialog (no 481, no new subscription) and the UE's told in its dialog (a NOTIFY
+    with the other's Contact), long before the take-over after 30 s."""
+    async with _first_instance_crashed(subscribers, redis_url) as (net, ue, other):
+        assert await eventually(lambda: bool(other._peers.stopped), 8)
+        await net.restart_pcscf(0.1)
+
+        counters = net.pcscf.core.counters
+        assert await eventually(lambda: counters["scscf-instance-failover"] == 1, 5), counters
+        seen = other.core.counters
+        assert await eventually(lambda: seen["refresh_taken_from_stopped_notifier"] == 1)
+        assert seen["taken_from_stopped_notifier"] == 1  # the UE's, told in its dialog
+        assert not seen["subscribe_unknown_dialog"]
+        assert len(other.subscriptions) == 2
+        assert not counters["reg-resubscribed"] and counters["reg-subscribe-refused"] == 0
+        (sub,) = net.pcscf.core.subscriptions.values()
+        assert str(other_port(net)) in sub.remote_target  # the next refresh goes there
+        refresh = await ue.reregister(10)
+        assert refresh.ok and refresh.protected, refresh
+
+
+def other_port(net) -> int:
+    return net.config.scscf.instances[0].port

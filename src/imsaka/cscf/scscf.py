@@ -906,6 +906,10 @@ class Scscf:
                 impu = self._unknown_watched(request)
                 if impu is not None:
                     return self._subscribe_shared(impu, request, respond)
+                if self._peers.stopped:
+                    found = self._refresh_not_held(request)
+                    if found is not None:
+                        return self._refresh_taken(*found, request, respond)
             self._subscribe(request, respond)
             return None
         if method == "OPTIONS" and _to_a_node(request):
@@ -934,6 +938,48 @@ class Scscf:
         self._rearm()
         return None
 
+    def _refresh_not_held(self, request: Request) -> tuple[str, tuple[str, str]] | None:
+        """(IMPU, dialog key) of an in-dialog SUBSCRIBE (a refresh) to a live
+        registration whose subscription is not held here; None otherwise."""
+        try:
+            if request.to.tag is None:
+                return None
+            impu = request.to.uri
+            tagged = plain_tagged(request.get("from"))
+            remote_tag = tagged[1] if tagged is not None else request.from_.tag
+        except SipParseError:
+            return None
+        reg = self.core.lookup(impu, self._clock())
+        if reg is None or not remote_tag:
+            return None
+        key = (request.call_id or "", remote_tag)
+        return None if self.subscriptions.get(reg.impu, key) is not None else (reg.impu, key)
+
+    async def _refresh_taken(
+        self, impu: str, key: tuple[str, str], request: Request, respond: Respond
+    ) -> None:
+        """A refresh of a subscription not held here while an S-CSCF sharing the store
+        is seen stopped: the P-CSCF moved it from that silent instance
+        (`[pcscf].scscf_timeout`). The stopped ones' subscriptions to the IMPU are
+        taken now (GETDEL, as the take-over after `TAKE_OVER_AFTER` would): the one
+        refreshed is held as if it had been all along and answered as any refresh (its
+        200 and NOTIFY carry our Contact: the next refreshes come here), the others
+        told in their dialogs (`_hold_taken`). Before 2026-11-28 it was answered 481
+        and made anew."""
+        now = self._clock()
+        taken = await self._take_from_stopped(impu, now)
+        reg = self.core.registrations.get(impu)
+        others: list[tuple[RegSubscription, Any]] = []
+        for sub, ending in taken:
+            if reg is not None and not ending and sub.key == key:
+                self.subscriptions.arm(self.subscriptions.add(sub, reg))
+                self.core.counters["refresh_taken_from_stopped_notifier"] += 1
+            else:
+                others.append((sub, ending))
+        await self._hold_taken(impu, others, (), "taken_from_stopped_notifier")
+        self._subscribe(request, respond)
+        self._rearm()
+
     def _unknown_watched(self, request: Request) -> str | None:
         """The IMPU a SUBSCRIBE watches when no live registration of it is known here;
         None when one is (or the To does not parse: `_subscribe` answers that)."""
@@ -948,6 +994,10 @@ class Scscf:
         been made through another S-CSCF sharing it (behind one Server-Name, the I-CSCF
         routes the SUBSCRIBE to either: TS 24.229 §5.3.2.1), so it is read first."""
         await self._adopt_stored(impu)
+        found = self._refresh_not_held(request) if self._peers.stopped else None
+        if found is not None:
+            await self._refresh_taken(*found, request, respond)
+            return
         self._subscribe(request, respond)
         self._rearm()
 
