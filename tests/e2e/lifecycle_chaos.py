@@ -148,6 +148,7 @@ _SCSCF_SEEN = (
     "ended_for_stopped_notifier",
     "changed_for_stopped_notifier",
     "taken_from_stopped_notifier",
+    "refresh_taken_from_stopped_notifier",
     "final_notify_sent_again",
     "changed_elsewhere_notified",
     "subscription_restored",
