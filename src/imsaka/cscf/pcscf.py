@@ -2028,8 +2028,12 @@ class PcscfCore:
     def _failover(self, context: _Pending, now: float) -> None:
         """Timer E of a request at an S-CSCF instance that has left it unanswered for
         `scscf_timeout` s: the instance is passed over for `scscf_down_time` s and the
-        request (the same copy, the same branch: RFC 3263 §4.3, the next target of one
-        name) goes to the next instance of its S-CSCF, once per instance."""
+        request goes to the next instance of its S-CSCF (RFC 3263 §4.3: the next target
+        of one name), once per instance. The same copy with the same branch, as the
+        I-CSCF sends it on: the context is the UE's transaction (its upstream branch is
+        derived from the UE's), and an instance that finds a copy of a REGISTER it
+        already answered through the store knows it by that branch. (RFC 3263 has the
+        next target get a new transaction, a new branch: recalled, not verified here.)"""
         sent = context.forward
         if not isinstance(sent, Forward) or sent.destination not in self._siblings:
             return
