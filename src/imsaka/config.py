@@ -393,7 +393,12 @@ class PcscfConfig:
     S-CSCF's Cx timeout, well inside the UE's Timer F (32 s). 0: no moving."""
     scscf_down_time: float = 30.0
     """Seconds an instance that left a request unanswered is passed over for the next
-    of its S-CSCF (tried first again after)."""
+    of its S-CSCF (tried first again after), when it is not probed
+    (`scscf_probe_interval` 0)."""
+    scscf_probe_interval: float = 5.0
+    """An instance that left a request unanswered is asked with an OPTIONS every this
+    many seconds and passed over until it answers one (RFC 3261 §11), as the I-CSCF
+    does; 0: `scscf_down_time` instead."""
 
     def route_for(self, host: str) -> PcscfRoute | None:
         """The route for a REGISTER whose Request-URI host is `host`, as the P-CSCF
@@ -884,6 +889,7 @@ def _pcscf(t: _Table, network: NetworkConfig) -> PcscfConfig:
         scscf_instances=_instance_groups(t, network),
         scscf_timeout=t.float("scscf_timeout", 8.0, zero=True),
         scscf_down_time=t.float("scscf_down_time", 30.0),
+        scscf_probe_interval=t.float("scscf_probe_interval", 5.0, zero=True),
         trusted_nodes=_sip_uris(t, "trusted_nodes", network),
         state_file=t.str("state_file", ""),
         state_store=t.str("state_store", ""),

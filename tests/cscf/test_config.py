@@ -104,6 +104,11 @@ def mutate(path: list[str], value) -> dict:
         (["pcscf", "scscf_timeout"], -1, "[pcscf].scscf_timeout: must be greater than 0.0 or 0"),
         (["pcscf", "scscf_down_time"], 0, "[pcscf].scscf_down_time: must be greater than 0"),
         (
+            ["pcscf", "scscf_probe_interval"],
+            -1,
+            "[pcscf].scscf_probe_interval: must be greater than 0",
+        ),
+        (
             ["pcscf", "scscfs"],
             [{"instances": ["sip:127.0.0.1:6060"]}],
             "[pcscf.scscfs[0]].instances: two or more sip:host:port of one S-CSCF",

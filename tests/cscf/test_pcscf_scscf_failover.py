@@ -16,10 +16,11 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "imsaka.toml"
 FIRST, SECOND = ("127.0.0.1", 6060), ("127.0.0.1", 6061)
 
 
-def _core(groups=(("sip:127.0.0.1:6060", "sip:127.0.0.1:6061"),)) -> PcscfCore:
+def _core(groups=(("sip:127.0.0.1:6060", "sip:127.0.0.1:6061"),), probe=0.0) -> PcscfCore:
     cfg = load_config(EXAMPLE)
     core = PcscfCore(replace(cfg.pcscf, scscf_instances=groups), network=cfg.network)
     core.scscf_timeout, core.scscf_down_time = 4.0, 30.0
+    core.scscf_probe_interval = probe
     return core
 
 
@@ -95,3 +96,54 @@ def test_the_groups_come_from_the_document_or_from_pcscf_scscfs():
     assert parse_config(doc).pcscf.scscf_instances == (
         ("sip:127.0.0.1:7001", "sip:127.0.0.1:7002"),
     )
+
+
+def _options(actions: list) -> list:
+    return [
+        a.message
+        for a in actions
+        if isinstance(a, Forward) and getattr(a.message, "method", "") == "OPTIONS"
+    ]
+
+
+def test_an_instance_passed_over_is_probed_and_back_at_its_first_answer():
+    """With `scscf_probe_interval` (5 s by default) the silent instance is asked with an
+    OPTIONS at once and every interval after, passed over until it answers one (past
+    `scscf_down_time` too); any final answer puts it back, and the probing stops."""
+    from imsaka.sip import make_response, parse_message
+
+    core = _core(probe=5.0)
+    _registered(core, 0, 0.0)
+    for t in (0.5, 1.5, 3.5):
+        core.handle_timer(t)
+    actions = core.handle_timer(7.5)  # the request moves
+    (moved,) = [a.message for a in actions if isinstance(a, Forward)]
+    assert [d for d, _ in _sent(actions)] == [SECOND]
+    ok = parse_message(make_response(moved, 200, to_tag="s").to_bytes())
+    core.receive_response(ok, SECOND, 7.5)  # the second answers
+    assert core.next_deadline() == 7.5  # the first probe: due at once
+    actions = core.handle_timer(7.5)
+    (probe,) = _options(actions)
+    assert probe.uri == "sip:127.0.0.1:6060" and probe.cseq.method == "OPTIONS"
+    (sent,) = [a for a in actions if isinstance(a, Forward)]
+    assert sent.destination == FIRST
+    assert core.handle_timer(7.6) == []  # one probe per interval
+    (copy,) = _options(core.handle_timer(9.0))  # Timer E: the same OPTIONS again
+    assert copy.call_id == probe.call_id
+    (again,) = _options(core.handle_timer(12.5))
+    assert again.call_id != probe.call_id
+    # the one before is given up: none of its copies go any more
+    assert {m.call_id for m in _options(core.handle_timer(16.5))} == {again.call_id}
+    # silent past scscf_down_time: still passed over
+    for t in (20.0, 30.0, 40.0):
+        core.handle_timer(t)
+    ((dest, _),) = _sent(_registered(core, 1, 40.0))
+    assert dest == SECOND
+    (last,) = _options(core.handle_timer(42.6))
+    answer = parse_message(make_response(last, 200, to_tag="x").to_bytes())
+    core.receive_response(answer, FIRST, 42.7)
+    assert core.counters["scscf-instance-up"] == 1
+    ((dest, _),) = _sent(_registered(core, 2, 43.0))
+    assert dest == FIRST
+    assert _options(core.handle_timer(60.0)) == []  # probing stopped
+    assert core.counters["scscf-probe-sent"] == 5  # at 7.5, 12.5, 20, 30 and 40

@@ -28,10 +28,13 @@ FAST = TimerConfig(t1=0.05, t2=0.4, t4=0.5)
 
 
 @asynccontextmanager
-async def _first_instance_crashed(subscribers, redis_url) -> AsyncIterator[tuple]:
+async def _first_instance_crashed(
+    subscribers, redis_url, down: float = 60.0
+) -> AsyncIterator[tuple]:
     """Two S-CSCF instances and a P-CSCF on Redis; a UE registered and subscribed
     through the first, which holds both subscriptions (the UE's and the P-CSCF's) and
-    then crashes, not started again. Yields (net, ue, the second instance's Scscf)."""
+    then crashes, started again `down` s later. Yields (net, ue, the second instance's
+    Scscf)."""
     prefix = f"imsaka:test:{os.getpid()}:{os.urandom(4).hex()}:"
     extra = {
         "scscf": {"binding_store": redis_url, "binding_store_prefix": prefix},
@@ -42,7 +45,7 @@ async def _first_instance_crashed(subscribers, redis_url) -> AsyncIterator[tuple
     await net.start()
     own = net.pcscf._own()
     store = PcscfStateStore(redis_url, f"{net.config.pcscf.name}@{own['address']}:{own['port']}")
-    down = None
+    restart = None
     try:
         async with UeClient(net.ue_config(subscribers[0]), timers=FAST) as ue:
             assert (await ue.register(10)).ok
@@ -51,13 +54,14 @@ async def _first_instance_crashed(subscribers, redis_url) -> AsyncIterator[tuple
             assert await eventually(lambda: len(first.subscriptions) == 2)
             assert not other.subscriptions
             await asyncio.sleep(0.6)  # the P-CSCF's store written since
-            down = asyncio.ensure_future(net.restart_scscf(instance=1, crash=True, down=60))
+            later = net.restart_scscf(instance=1, crash=True, down=down)
+            restart = asyncio.ensure_future(later)
             assert await eventually(lambda: net.scscf is None)
             yield net, ue, other
     finally:
-        if down is not None:
-            down.cancel()
-            await asyncio.gather(down, return_exceptions=True)
+        if restart is not None:
+            restart.cancel()
+            await asyncio.gather(restart, return_exceptions=True)
         await net.stop()
         await store.clear()
         await store.close()
@@ -110,6 +114,20 @@ async def test_a_refresh_moved_to_the_other_instance_is_taken_over_there(subscri
         assert str(other_port(net)) in sub.remote_target  # the next refresh goes there
         refresh = await ue.reregister(10)
         assert refresh.ok and refresh.protected, refresh
+
+
+async def test_the_instance_passed_over_is_probed_and_used_again_once_back(subscribers, redis_url):
+    """The first instance is back 4 s after its crash: the P-CSCF, which passed it over
+    when its refresh moved, asks it with an OPTIONS every 5 s and takes it back at its
+    first answer: nothing is passed over any more, so a Service-Route leads to it again."""
+    async with _first_instance_crashed(subscribers, redis_url, down=4.0) as (net, _ue, _other):
+        await net.restart_pcscf(0.1)
+        counters = net.pcscf.core.counters
+        assert await eventually(lambda: counters["scscf-instance-failover"] == 1, 5), counters
+        assert await eventually(lambda: counters["scscf-instance-up"] == 1, 12), counters
+        assert counters["scscf-probe-sent"] >= 1
+        assert not net.pcscf.core._down
+        assert net.scscf is not None  # (back)
 
 
 def other_port(net) -> int:

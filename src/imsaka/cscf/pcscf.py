@@ -72,6 +72,7 @@ import enum
 import hashlib
 import heapq
 import logging
+import math
 import random
 import re
 import sys
@@ -521,7 +522,7 @@ _CONTACT_EXPIRING = re.compile(r"<[^<>]*>;expires=[1-9][0-9]{0,8}")
 # Contexts the overload bound does not count: our own SUBSCRIBE, and requests from the
 # core to a UE (how long those wait depends on the UE, not on the core's load).
 _TO_UE = frozenset(("terminating", "terminating-rr", "terminating-end"))
-_NOT_IN_FLIGHT = _TO_UE | {"subscribe"}
+_NOT_IN_FLIGHT = _TO_UE | {"subscribe", "probe"}
 # A UE's own requests other than REGISTER (`_other_request`).
 _FROM_UE = frozenset(("request", "request-rr", "request-reg", "request-rr-reg"))
 # Contexts a UE's end of registration looks for while they are open (`_open_by_impi`):
@@ -788,6 +789,13 @@ class PcscfCore:
         self._down: dict[Address, float] = {}
         self.scscf_timeout = float(getattr(config, "scscf_timeout", 8.0))
         self.scscf_down_time = float(getattr(config, "scscf_down_time", 30.0))
+        # An instance passed over is asked with an OPTIONS every this many seconds
+        # until it answers one, and passed over till then (0: for scscf_down_time);
+        # the next probe of each, by address
+        self.scscf_probe_interval = float(getattr(config, "scscf_probe_interval", 5.0))
+        self._probe_at: dict[Address, float] = {}
+        self._probe_branch: dict[Address, str] = {}  # each one's open OPTIONS
+        self._probe_cseq = 0
         self.registrations: dict[str, Registration] = {}  # by IMPI
         self.by_spi: dict[int, str] = {}  # inbound SPI -> IMPI
         # What registrations and subscriptions are made of; `track_changes` swaps in
@@ -2037,9 +2045,16 @@ class PcscfCore:
         sent = context.forward
         if not isinstance(sent, Forward) or sent.destination not in self._siblings:
             return
-        if now - (context.moved_at or context.created) < self.scscf_timeout:
+        if context.kind == "probe" or (
+            now - (context.moved_at or context.created) < self.scscf_timeout
+        ):
             return
-        self._down[sent.destination] = now + self.scscf_down_time
+        if self.scscf_probe_interval > 0:
+            # passed over until it answers an OPTIONS (`_probes`), the first now
+            self._down[sent.destination] = math.inf
+            self._probe_at.setdefault(sent.destination, now)
+        else:
+            self._down[sent.destination] = now + self.scscf_down_time
         nxt = self._live(sent.destination, now)
         if nxt == sent.destination:
             return  # every instance passed over: left where it is
@@ -2052,6 +2067,64 @@ class PcscfCore:
         )
         context.forward = Forward(sent.message, nxt, sent.transport)
         context.moved_at = now
+
+    def _probes(self, now: float) -> list[Action]:
+        """An OPTIONS to each instance passed over whose probe is due (RFC 3261 §11: no
+        user part, asked of the node itself), the next `scscf_probe_interval` s later,
+        each given up on (sent no more) when the next goes, as the I-CSCF's; the first
+        final answer, any status, puts the instance back (`_probe_answered`)."""
+        out: list[Action] = []
+        for target, at in list(self._probe_at.items()):
+            if at > now:
+                continue
+            self._probe_at[target] = now + self.scscf_probe_interval
+            self._probe_cseq += 1
+            branch = f"z9hG4bK{self._rng.getrandbits(64):016x}"
+            old = self._probe_branch.get(target)
+            if old is not None:
+                self.pending.pop(old, None)  # (its Timer E finds it gone)
+            self._probe_branch[target] = branch
+            host, port = target
+            uri = f"sip:{host}:{port}" if ":" not in host else f"sip:[{host}]:{port}"
+            probe = Request(
+                "OPTIONS",
+                uri,
+                [
+                    ("Via", self._via(branch, "udp")),
+                    ("Max-Forwards", "70"),
+                    ("From", f"{self._own_uri};tag={self._rng.getrandbits(32):08x}"),
+                    ("To", f"<{uri}>"),
+                    ("Call-ID", f"probe-{self._rng.getrandbits(64):016x}"),
+                    ("CSeq", f"{self._probe_cseq} OPTIONS"),
+                    ("Content-Length", "0"),
+                ],
+            )
+            forward = Forward(probe, target)
+            self._add_pending(
+                branch,
+                _Pending(
+                    arrival=Arrival(target),
+                    ue_branch="",
+                    kind="probe",
+                    impi="",
+                    created=now,
+                    forward=forward,
+                ),
+            )
+            self.counters["scscf-probe-sent"] += 1
+            out.append(forward)
+        return out
+
+    def _probe_answered(self, pending: _Pending) -> None:
+        """A final answer to our OPTIONS: the instance runs again and is tried first."""
+        sent = pending.forward
+        if not isinstance(sent, Forward) or sent.destination not in self._probe_at:
+            return
+        del self._probe_at[sent.destination]
+        self._probe_branch.pop(sent.destination, None)
+        self._down.pop(sent.destination, None)
+        self.counters["scscf-instance-up"] += 1
+        log.info("pcscf: S-CSCF instance %s:%d answers again", *sent.destination)
 
     # ------------------------------------------------------------------ responses
 
@@ -2068,7 +2141,7 @@ class PcscfCore:
         pending = self.pending.get(branch or "")
         # Our own SUBSCRIBE's answer carries only our Via; everything else we forwarded
         # carries its sender's Via under ours.
-        if n_vias < 2 and (pending is None or pending.kind != "subscribe"):
+        if n_vias < 2 and (pending is None or pending.kind not in ("subscribe", "probe")):
             return self._drop("response-without-ue-via")
         if pending is None:
             if spi is not None:
@@ -2081,6 +2154,11 @@ class PcscfCore:
             if response.status >= 200:
                 del self.pending[branch]
                 return self._subscribe_answered(response, now)
+            return []
+        if pending.kind == "probe":
+            if response.status >= 200:
+                del self.pending[branch]
+                self._probe_answered(pending)  # type: ignore[arg-type]
             return []
         if pending.final_data is not None:
             # A retransmission of a final answer we already handled (the upstream server
@@ -3113,6 +3191,10 @@ class PcscfCore:
             when = self._detached[0][0]
             if deadline is None or when < deadline:
                 deadline = when
+        if self._probe_at:
+            when = min(self._probe_at.values())
+            if deadline is None or when < deadline:
+                deadline = when
         return deadline
 
     def _waits(self, branch: str, context: _Pending) -> bool:
@@ -3200,9 +3282,10 @@ class PcscfCore:
         return out
 
     def handle_timer(self, now: float) -> list[Action]:
-        actions: list[Action] = (
-            self._retransmissions(now) if self._retransmit_first or self._retransmit else []
-        )
+        # (probes first: the one a new probe gives up on is not sent again with it)
+        actions: list[Action] = self._probes(now) if self._probe_at else []
+        if self._retransmit_first or self._retransmit:
+            actions += self._retransmissions(now)
         if self._detached and self._detached[0][0] <= now:
             actions += self._give_up_detached(now)
         pending = self.pending
