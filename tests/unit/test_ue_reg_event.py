@@ -105,6 +105,7 @@ def notify(
     tag: str = "s1",
     content_type: str = "application/reginfo+xml",
     call_id: str | None = None,
+    contact: str = SCSCF_CONTACT,
 ) -> Request:
     headers = [
         ("Via", "SIP/2.0/UDP 127.0.0.1:8642;branch=z9hG4bKn" + str(cseq)),
@@ -114,7 +115,7 @@ def notify(
         ("To", f"<{IMPU}>;tag={subscribe.from_.tag}"),
         ("Call-ID", call_id or subscribe.call_id),
         ("CSeq", f"{cseq} NOTIFY"),
-        ("Contact", f"<{SCSCF_CONTACT}>"),
+        ("Contact", f"<{contact}>"),
         ("Event", "reg"),
         ("Subscription-State", state),
     ]
@@ -209,6 +210,22 @@ def test_a_notify_before_the_2xx_is_taken_and_makes_the_dialog():
     assert ue.subscription.route_set == (SCSCF_RR, PCSCF_RR)
     sent = ue.handle_timer(2.1 + 599400)  # the re-registration is due then too
     (refresh,) = [e for e in sent if e.request.method == "SUBSCRIBE"]
+    assert refresh.request.get_all("Route") == [SCSCF_RR, PCSCF_RR]
+
+
+def test_a_notify_naming_another_contact_moves_the_next_refresh_there():
+    """A NOTIFY is a target refresh (RFC 6665; RFC 3261 §12.2.1.2): the instance of
+    the S-CSCF that took the subscription over from a stopped one NOTIFYs with its own
+    Contact, and the UE's next refresh goes there, along the same route set (before
+    2026-11-28 it went on to the stopped instance: lifecycle_chaos seed 10006)."""
+    ue, sub, _ = registered()
+    ue.receive(subscribe_ok(sub, expires=3600), 10.0)
+    assert answer(ue.receive_request(notify(sub, reginfo()), 10.1)) == 200
+    taker = "sip:scscf1.home1.net:6061"
+    n = notify(sub, reginfo(version=1), cseq=20, contact=taker, state="active;expires=3000")
+    assert answer(ue.receive_request(n, 500.0)) == 200
+    (refresh,) = ue.handle_timer(500.0 + 3000 - 600)
+    assert refresh.request.uri == taker
     assert refresh.request.get_all("Route") == [SCSCF_RR, PCSCF_RR]
 
 
@@ -475,3 +492,23 @@ def test_a_lapsed_subscription_is_made_again():
     assert 1003.0 + 30.0 <= at <= 1003.0 + 60.0
     (again,) = ue.handle_timer(at)
     assert again.request.method == "SUBSCRIBE" and again.request.to.tag is None
+
+
+def test_a_refresh_answered_481_is_followed_by_a_new_subscription_at_once():
+    """The notifier no longer holds the dialog of a refresh (RFC 6665 §4.1.2.2: it
+    restarted, or another instance of it got the refresh): with `recovery_base_time`
+    a new subscription goes at once, the first time in a row; a second 481 waits the
+    back-off (before 2026-11-28 the first did too, 15-30 s without a subscription:
+    lifecycle_chaos seed 10006)."""
+    ue, sub, _ = registered(recovery_base_time=30, expires=7200)
+    ue.receive(subscribe_ok(sub, expires=1000), 3.0)
+    (refresh,) = ue.handle_timer(503.0)
+    lost = wire(make_response(refresh.request, 481, "Subscription Does Not Exist"))
+    assert ue.receive(lost, 504.0) == [SubscriptionEnded("481 Subscription Does Not Exist")]
+    assert ue.next_deadline() == pytest.approx(504.0)
+    (again,) = ue.handle_timer(504.0)
+    assert again.request.to.tag is None and again.request.call_id != sub.call_id
+    # the new one answered 481 too (no dialog yet): the back-off
+    refused = wire(make_response(again.request, 481, "Subscription Does Not Exist"))
+    ue.receive(refused, 505.0)
+    assert 505.0 + 60.0 <= ue.next_deadline() <= 505.0 + 120.0  # 30 · 2^2 · rand(½…1)

@@ -1354,10 +1354,14 @@ class UeRegistration:
             self._rearm_subscription()
             log.info("ue %s: reg SUBSCRIBE refresh answered %s", self.config.impi, reason)
             return []
+        lost = status == 481 and bool(sub.remote_tag) and not self._sub_failures
         self._drop_subscription()
         log.info("ue %s: reg-event subscription ended: %s", self.config.impi, reason)
         if status in _RESUBSCRIBE_AFTER:
-            self._plan_resubscribe(now, retry_after)
+            # The notifier no longer holds the dialog of a refresh (RFC 6665 §4.1.2.2:
+            # restarted, or another instance of it got the refresh): a new one at
+            # once, the first time in a row; the back-off after that.
+            self._plan_resubscribe(now, 0 if lost and retry_after is None else retry_after)
         return [SubscriptionEnded(reason)]
 
     def _subscription_timer(self, now: float) -> list[Event]:
@@ -1437,6 +1441,11 @@ class UeRegistration:
             sub.route_set = tuple(request.get_all("Record-Route"))
             if contacts and not contacts[0].star:
                 sub.remote_target = contacts[0].uri
+        elif contacts and not contacts[0].star and contacts[0].uri != sub.remote_target:
+            # A NOTIFY is a target refresh (RFC 6665; RFC 3261 §12.2.1.2): an instance
+            # of the S-CSCF that took the subscription over names itself here, and the
+            # next refresh goes there (before 2026-11-28 it went to the stopped one).
+            sub.remote_target = contacts[0].uri
         if sub.state is SubState.SUBSCRIBING:
             sub.state = SubState.ACTIVE
         events: list[Event] = [SendResponse(make_response(request, 200, "OK"))]
