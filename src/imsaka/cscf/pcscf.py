@@ -90,6 +90,7 @@ from imsaka.cscf.pcscf_regsub import (
     on_2xx,
     on_notify,
 )
+from imsaka.cscf.probe import options_request
 from imsaka.cscf.registrar import plain_name_addr
 from imsaka.cscf.tracking import tracked
 from imsaka.ipsec.errors import DowngradeError, SecAgreeParseError
@@ -2084,21 +2085,13 @@ class PcscfCore:
             if old is not None:
                 self.pending.pop(old, None)  # (its Timer E finds it gone)
             self._probe_branch[target] = branch
-            host, port = target
-            uri = f"sip:{host}:{port}" if ":" not in host else f"sip:[{host}]:{port}"
-            probe = Request(
-                "OPTIONS",
-                uri,
-                [
-                    ("Via", self._via(branch, "udp")),
-                    ("Max-Forwards", "70"),
-                    ("From", f"{self._own_uri};tag={self._rng.getrandbits(32):08x}"),
-                    ("To", f"<{uri}>"),
-                    ("Call-ID", f"probe-{self._rng.getrandbits(64):016x}"),
-                    ("CSeq", f"{self._probe_cseq} OPTIONS"),
-                    ("Content-Length", "0"),
-                ],
+            probe = options_request(
+                target,
+                self._core_host,
+                self._probe_cseq,
+                f"probe-{self._rng.getrandbits(64):016x}",
             )
+            probe.add("Via", self._via(branch, "udp"), first=True)
             forward = Forward(probe, target)
             self._add_pending(
                 branch,
