@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from imsaka.cscf.pcscf_store import PcscfStateStore
+from imsaka.cscf.registrar import RedisBindingStore
 from imsaka.network import Network, NetworkOptions
 from imsaka.sip.transaction import TimerConfig
 from imsaka.ue.client import UeClient
@@ -65,6 +66,9 @@ async def _first_instance_crashed(
         await net.stop()
         await store.clear()
         await store.close()
+        bindings = RedisBindingStore(redis_url, prefix=prefix)
+        await bindings.clear()  # (the instances' registrations and subscriptions)
+        await bindings.close()
 
 
 async def test_a_pcscf_restarted_with_the_registering_instance_down_subscribes_at_the_other(
