@@ -792,10 +792,9 @@ class PcscfCore:
         self.scscf_down_time = float(getattr(config, "scscf_down_time", 30.0))
         # An instance passed over is asked with an OPTIONS every this many seconds
         # until it answers one, and passed over till then (0: for scscf_down_time);
-        # the next probe of each, by address
+        # (next probe, branch of the open one or "") of each, by address
         self.scscf_probe_interval = float(getattr(config, "scscf_probe_interval", 5.0))
-        self._probe_at: dict[Address, float] = {}
-        self._probe_branch: dict[Address, str] = {}  # each one's open OPTIONS
+        self._probing: dict[Address, tuple[float, str]] = {}
         self._probe_cseq = 0
         self.registrations: dict[str, Registration] = {}  # by IMPI
         self.by_spi: dict[int, str] = {}  # inbound SPI -> IMPI
@@ -2053,7 +2052,7 @@ class PcscfCore:
         if self.scscf_probe_interval > 0:
             # passed over until it answers an OPTIONS (`_probes`), the first now
             self._down[sent.destination] = math.inf
-            self._probe_at.setdefault(sent.destination, now)
+            self._probing.setdefault(sent.destination, (now, ""))
         else:
             self._down[sent.destination] = now + self.scscf_down_time
         nxt = self._live(sent.destination, now)
@@ -2075,16 +2074,14 @@ class PcscfCore:
         each given up on (sent no more) when the next goes, as the I-CSCF's; the first
         final answer, any status, puts the instance back (`_probe_answered`)."""
         out: list[Action] = []
-        for target, at in list(self._probe_at.items()):
+        for target, (at, old) in list(self._probing.items()):
             if at > now:
                 continue
-            self._probe_at[target] = now + self.scscf_probe_interval
             self._probe_cseq += 1
             branch = f"z9hG4bK{self._rng.getrandbits(64):016x}"
-            old = self._probe_branch.get(target)
-            if old is not None:
+            if old:
                 self.pending.pop(old, None)  # (its Timer E finds it gone)
-            self._probe_branch[target] = branch
+            self._probing[target] = (now + self.scscf_probe_interval, branch)
             probe = options_request(
                 target,
                 self._core_host,
@@ -2111,10 +2108,9 @@ class PcscfCore:
     def _probe_answered(self, pending: _Pending) -> None:
         """A final answer to our OPTIONS: the instance runs again and is tried first."""
         sent = pending.forward
-        if not isinstance(sent, Forward) or sent.destination not in self._probe_at:
+        if not isinstance(sent, Forward) or sent.destination not in self._probing:
             return
-        del self._probe_at[sent.destination]
-        self._probe_branch.pop(sent.destination, None)
+        del self._probing[sent.destination]
         self._down.pop(sent.destination, None)
         self.counters["scscf-instance-up"] += 1
         log.info("pcscf: S-CSCF instance %s:%d answers again", *sent.destination)
@@ -3184,8 +3180,8 @@ class PcscfCore:
             when = self._detached[0][0]
             if deadline is None or when < deadline:
                 deadline = when
-        if self._probe_at:
-            when = min(self._probe_at.values())
+        if self._probing:
+            when = min(at for at, _ in self._probing.values())
             if deadline is None or when < deadline:
                 deadline = when
         return deadline
@@ -3276,7 +3272,7 @@ class PcscfCore:
 
     def handle_timer(self, now: float) -> list[Action]:
         # (probes first: the one a new probe gives up on is not sent again with it)
-        actions: list[Action] = self._probes(now) if self._probe_at else []
+        actions: list[Action] = self._probes(now) if self._probing else []
         if self._retransmit_first or self._retransmit:
             actions += self._retransmissions(now)
         if self._detached and self._detached[0][0] <= now:
