@@ -386,3 +386,26 @@ def test_line_values_reads_each_line_of_the_headers_asked_for():
         "contact": ["<sip:1.2.3.4>, <sip:5.6.7.8>", "<sip:9.9.9.9>"],
     }
     assert got["to"][0] == msg.get("to")
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("5", 5),
+        (" 120 (back after the upgrade);duration=60", 120),
+        ("18000;duration=3600", 18000),
+        ("soon", None),
+        ("-1", None),
+        ("1" * 11, None),
+        ("", None),
+    ],
+)
+def test_retry_after_reads_delta_seconds_and_never_raises(value, seconds):
+    common = (
+        "Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1\r\nCSeq: 1 OPTIONS\r\n"
+        "Call-ID: c\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\n"
+    )
+    text = f"SIP/2.0 503 Service Unavailable\r\n{common}Retry-After: {value}\r\n\r\n"
+    assert parse_message(text.encode()).retry_after == seconds
+    plain = parse_message(f"SIP/2.0 503 Service Unavailable\r\n{common}\r\n".encode())
+    assert plain.retry_after is None

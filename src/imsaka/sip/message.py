@@ -683,6 +683,17 @@ class Message:
         v = self.get("expires")
         return None if v is None else parse_int(v, "Expires", 2**32 - 1)
 
+    @property
+    def retry_after(self) -> int | None:
+        """Retry-After in seconds (RFC 3261 §20.33: delta-seconds, then an optional
+        comment and parameters); None without one that reads so (never raises: it only
+        tunes when to try again)."""
+        value = self.get("retry-after")
+        if value is None:
+            return None
+        head = value.split(";", 1)[0].split("(", 1)[0].strip()
+        return int(head) if head.isdigit() and len(head) <= 10 else None
+
     def name_addrs(self, name: str) -> list:
         """Route, Record-Route, Path, Service-Route, P-Associated-URI,
         P-Asserted-Identity, P-Preferred-Identity as NameAddr lists."""

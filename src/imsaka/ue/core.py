@@ -360,15 +360,6 @@ _RESUBSCRIBE_AFTER = frozenset({404, 408, 480, 481, *range(500, 600)})
 _RESUBSCRIBE_REASONS = frozenset({"deactivated", "timeout", "probation", "giveup"})
 
 
-def retry_after_seconds(resp: Response) -> int | None:
-    """Retry-After delta-seconds (RFC 3261 §20.33: `delta-seconds [comment] *(;param)`)."""
-    value = resp.get("Retry-After")
-    if value is None:
-        return None
-    head = value.strip().split(";", 1)[0].split("(", 1)[0].strip()
-    return int(head) if head.isdigit() else None
-
-
 # reg-await-auth: 4 minutes (TS 24.229 Table 7.8.1); the UE uses it for the temporary set.
 REG_AWAIT_AUTH = 240.0
 
@@ -891,7 +882,7 @@ class UeRegistration:
     def _retry_after(self, resp: Response) -> int | None:
         """The wait a refusal for now asks for (480/500/503/504 with Retry-After), when
         within our bounds (`max_retry_after`, `max_retries`); None: not to be retried."""
-        after = retry_after_seconds(resp) if resp.status in RETRYABLE_STATUSES else None
+        after = resp.retry_after if resp.status in RETRYABLE_STATUSES else None
         if after is None or after > self.config.max_retry_after:
             return None
         return after if self.retries < self.config.max_retries else None
@@ -1296,7 +1287,7 @@ class UeRegistration:
         refreshed = sub.state is SubState.ACTIVE and sub.local_cseq > 1
         if resp.status >= 300:
             return self._subscribe_failed(
-                sub, resp.status, f"{resp.status} {resp.reason}", now, retry_after_seconds(resp)
+                sub, resp.status, f"{resp.status} {resp.reason}", now, resp.retry_after
             )
         sub.pending_cseq = ""
         try:
