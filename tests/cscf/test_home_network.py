@@ -478,9 +478,10 @@ async def test_binding_expiry_sends_timeout_deregistration(tmp_path):
 
 
 @asynccontextmanager
-async def two_scscfs_on_redis(tmp_path, redis_url, **scscf_over):
+async def two_scscfs_on_redis(tmp_path, redis_url, other_url: str | None = None, **scscf_over):
     """The home network with its S-CSCF on a Redis prefix of its own and a second
-    S-CSCF behind the same Server-Name on the same prefix: yields (net, the second
+    S-CSCF behind the same Server-Name on the same prefix (reaching Redis at
+    `other_url`, if given: through a proxy that a test cuts): yields (net, the second
     one's server, its port, `via_icscf`: a request made as the I-CSCF would send it
     to the second one). Both stopped and the keys removed after, also on failure."""
     from imsaka.cscf.registrar import RedisBindingStore
@@ -500,7 +501,7 @@ async def two_scscfs_on_redis(tmp_path, redis_url, **scscf_over):
         diameter = replace(net.config.scscf.diameter, host=SCSCF2_HOST)
         other = ScscfServer(
             replace(net.config.scscf, port=other_port, diameter=diameter),
-            store=RedisBindingStore(redis_url, prefix=prefix),
+            store=RedisBindingStore(other_url or redis_url, prefix=prefix),
             reconnect=0.5,
         )
         await other.start()

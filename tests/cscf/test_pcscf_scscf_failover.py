@@ -1,7 +1,9 @@
 """A P-CSCF's request to an instance of an S-CSCF that runs as several
 (`PcscfConfig.scscf_instances`, RFC 3263 §4.3 as for the targets of one SRV record)
-that stays unanswered for `scscf_timeout` s goes on, the same copy with the same
-branch, to the next instance; the silent one is passed over for `scscf_down_time` s.
+that stays unanswered for `scscf_timeout` s, or is answered 503, goes on, the same
+copy with the same branch, to the next instance; the silent one is passed over for
+`scscf_down_time` s (or until it answers an OPTIONS), one that answered 503 for its
+Retry-After.
 Sans-I/O: the core's actions read directly."""
 
 from __future__ import annotations
@@ -147,3 +149,58 @@ def test_an_instance_passed_over_is_probed_and_back_at_its_first_answer():
     assert dest == FIRST
     assert _options(core.handle_timer(60.0)) == []  # probing stopped
     assert core.counters["scscf-probe-sent"] == 5  # at 7.5, 12.5, 20, 30 and 40
+
+
+def _answer(message, status: int, **headers):
+    from imsaka.sip import make_response, parse_message
+
+    extra = list(headers.items())
+    return parse_message(make_response(message, status, to_tag="s", headers=extra).to_bytes())
+
+
+def test_a_503_from_an_instance_moves_the_request_at_once_and_passes_it_over_for_retry_after():
+    """An instance that cannot serve now (one cut off from its binding store) answers
+    503 with Retry-After: the request goes to the next instance at once, the same copy
+    (RFC 3263 §4.3: a 503 is a failure of that target), and the first gets no request
+    for Retry-After s (RFC 3261 §21.5.4), no OPTIONS either; a copy of that 503 that
+    comes again is absorbed, and the answer of the second is the one relayed."""
+    core = _core(probe=5.0)
+    actions = _registered(core, 0, 0.0)
+    (sent,) = [a for a in actions if isinstance(a, Forward)]
+    assert sent.destination == FIRST
+    refused = _answer(sent.message, 503, **{"Retry-After": "5"})
+    moved = core.receive_response(refused, FIRST, 0.1)
+    assert _sent(moved) == [(SECOND, sent.message.get("Via"))]
+    assert core.counters["scscf-instance-503"] == 1
+    assert core.counters["scscf-instance-failover"] == 1
+    assert core.receive_response(refused, FIRST, 0.2) == []  # its retransmission
+    assert core.counters["scscf-instance-failover"] == 1
+    ((dest, _),) = _sent(_registered(core, 1, 1.0))
+    assert dest == SECOND  # passed over
+    assert _options(core.handle_timer(2.0)) == []  # it answers: nothing to probe
+    ((dest, _),) = _sent(_registered(core, 2, 5.2))
+    assert dest == FIRST  # Retry-After over: tried first again
+    branch = sent.message.top_via.branch
+    assert branch in core.pending
+    core.receive_response(_answer(moved[0].message, 200), SECOND, 0.3)
+    assert branch not in core.pending  # answered by the second
+
+
+def test_a_503_without_another_instance_left_is_the_answer():
+    """Both instances answer 503: the request moved once, then the second's 503 is its
+    answer (its subscription failed, tried again later as any failed one); with no
+    groups a 503 is only an answer, nothing is passed over."""
+    core = _core(probe=5.0)
+    (sent,) = [a for a in _registered(core, 0, 0.0) if isinstance(a, Forward)]
+    moved = core.receive_response(_answer(sent.message, 503), FIRST, 0.1)
+    assert _sent(moved)[0][0] == SECOND
+    # without Retry-After: passed over until it answers an OPTIONS (probed at once)
+    assert [m.uri for m in _options(core.handle_timer(0.1))] == ["sip:127.0.0.1:6060"]
+    last = core.receive_response(_answer(moved[0].message, 503), SECOND, 0.2)
+    assert _sent(last) == [] and core.counters["scscf-instance-failover"] == 1
+    plain = _core(groups=())
+    (sent,) = [a for a in _registered(plain, 0, 0.0) if isinstance(a, Forward)]
+    assert _sent(plain.receive_response(_answer(sent.message, 503), FIRST, 0.1)) == []
+    assert not plain.counters["scscf-instance-503"]
+    ((dest, _),) = _sent(_registered(plain, 1, 0.2))
+    assert dest == FIRST

@@ -87,7 +87,9 @@ async def test_redis_keeps_subscriptions_per_impu(redis_url):
         now = time.time()
         first = _sub(expires_at=now + 100).to_dict()
         second = _sub(call_id="c2@pcscf", expires_at=now + 3000).to_dict()
-        await store.put_subscriptions(NOTIFIER, IMPUS[0], [first, second])
+        for notifier in (NOTIFIER, OTHER):  # (each writes only while it says it runs)
+            await store.heartbeat(notifier, 30.0)
+        assert await store.put_subscriptions(NOTIFIER, IMPUS[0], [first, second])
         await store.put_subscriptions(OTHER, IMPUS[0], [_sub(call_id="c3").to_dict()])
         assert sorted(d["call_id"] for d in await store.all_subscriptions(NOTIFIER)) == [
             "c1@ue",
@@ -127,7 +129,8 @@ async def test_redis_heartbeats_name_the_stopped_notifiers(redis_url):
         assert await store.heartbeat(NOTIFIER, 5.0) == []
         for notifier, ttl in ((NOTIFIER, 100), (OTHER, 3000)):
             record = _sub(expires_at=time.time() + ttl).to_dict()
-            await store.put_subscriptions(notifier, IMPUS[2], [record])
+            await store.heartbeat(notifier, 5.0 if notifier == NOTIFIER else 0.3)
+            assert await store.put_subscriptions(notifier, IMPUS[2], [record])
         assert 3000 <= await store._redis.ttl(f"{prefix}notifiers") <= 3061  # the longest
         assert await store.heartbeat(OTHER, 0.3) == []
         assert await store.heartbeat(NOTIFIER, 5.0) == []
@@ -139,11 +142,52 @@ async def test_redis_heartbeats_name_the_stopped_notifiers(redis_url):
         await store.forget_notifier(NOTIFIER)
         assert await store.heartbeat(OTHER, 5.0) == []
         record = _sub(expires_at=time.time() + 100).to_dict()
-        await store.put_subscriptions(NOTIFIER, IMPUS[0], [record])
+        await store._redis.set(f"{prefix}sub:{NOTIFIER}|{IMPUS[0]}", json.dumps([record]))
         assert await store.take_subscriptions(NOTIFIER, IMPUS[0]) == [record]
         assert await store.take_subscriptions(NOTIFIER, IMPUS[0]) == []
         await store._redis.set(f"{prefix}sub:{NOTIFIER}|{IMPUS[1]}", b"{not json")
         assert await store.take_subscriptions(NOTIFIER, IMPUS[1]) == []
+    finally:
+        await store.clear()
+        await store.close()
+
+
+@pytest.mark.redis
+async def test_redis_writes_and_takes_subscriptions_only_across_a_lapsed_heartbeat(redis_url):
+    """A notifier writes its subscriptions only while its heartbeat stands (nothing is
+    written over what the others may take once it lapsed: the check and the write are
+    one script); the others take them only while it has lapsed (one back keeps them),
+    and what they take is noted for it, read once (`taken_from`), with the TTL the
+    subscriptions had."""
+    from imsaka.cscf.registrar import RedisBindingStore
+
+    prefix = f"imsaka:test:{os.getpid()}:{os.urandom(4).hex()}:"
+    store = RedisBindingStore(redis_url, prefix=prefix)
+    try:
+        record = _sub(expires_at=time.time() + 900).to_dict()
+        other = _sub(call_id="c2", expires_at=time.time() + 900).to_dict()
+        assert not await store.put_subscriptions(NOTIFIER, IMPUS[0], [record])  # never beat
+        assert await store.all_subscriptions(NOTIFIER) == []
+        await store.heartbeat(NOTIFIER, 0.3)
+        assert await store.put_subscriptions(NOTIFIER, IMPUS[0], [record])
+        assert await store.put_subscriptions(NOTIFIER, IMPUS[1], [other])
+        assert await store.take_subscriptions(NOTIFIER, IMPUS[0]) == []  # it runs
+        assert len(await store.all_subscriptions(NOTIFIER)) == 2
+        await asyncio.sleep(0.4)  # its heartbeat lapsed
+        assert not await store.put_subscriptions(NOTIFIER, IMPUS[0], [])  # no delete either
+        assert not await store.put_subscriptions(NOTIFIER, IMPUS[2], [record])
+        assert await store.take_subscriptions(NOTIFIER, IMPUS[0]) == [record]
+        assert await store.take_subscriptions(NOTIFIER, IMPUS[0]) == []  # once
+        noted = f"{prefix}taken:{NOTIFIER}|{IMPUS[0]}"
+        assert 890 <= await store._redis.ttl(noted) <= 961
+        assert await store.taken_from(OTHER) == []
+        assert await store.taken_from(NOTIFIER) == [record]
+        assert await store.taken_from(NOTIFIER) == []  # read once
+        await store.heartbeat(NOTIFIER, 5.0)  # back before the second was taken
+        assert await store.take_subscriptions(NOTIFIER, IMPUS[1]) == []
+        assert await store.all_subscriptions(NOTIFIER) == [other]
+        assert await store.put_subscriptions(NOTIFIER, IMPUS[1], [])
+        assert await store.all_subscriptions(NOTIFIER) == []
     finally:
         await store.clear()
         await store.close()
@@ -223,6 +267,7 @@ async def test_stored_subscriptions_without_their_registration_are_dropped(redis
         ours = net.scscf.scscf._contact
         gone = _sub(expires_at=now + 600).to_dict()
         await reader.put_subscriptions(ours, IMPUS[0], [gone])
+        await reader.heartbeat(OTHER, 30.0)  # (it runs: its write lands)
         await reader.put_subscriptions(OTHER, IMPUS[0], [gone])  # another S-CSCF's: left
         unreadable = json.dumps([{"impu": IMPUS[1], "call_id": 5}])
         await reader._redis.set(f"{redis_home.prefix}sub:{ours}|{IMPUS[1]}", unreadable, ex=60)

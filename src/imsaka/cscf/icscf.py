@@ -464,11 +464,23 @@ class Icscf:
             return instance
         return fallback
 
-    def _mark_down(self, entry: ScscfEntry) -> None:
+    def _mark_down(self, entry: ScscfEntry, retry_after: int | None = None) -> None:
         if entry.name not in self._pools:
             return
         self.counters["scscf_instance_down"] += 1
         address = (entry.address, entry.port)
+        if retry_after is not None:
+            # it answers, but cannot serve now: no request for as long as it asks
+            # (RFC 3261 §21.5.4), no probe either
+            self._down_until[address] = time.monotonic() + retry_after
+            log.warning(
+                "S-CSCF %s at %s:%d answered 503; its other instances first for %d s",
+                entry.name,
+                entry.address,
+                entry.port,
+                retry_after,
+            )
+            return
         if self.config.scscf_probe_interval > 0:
             # until it answers an OPTIONS (`_answers_again`)
             if self._prober.probing(address):
@@ -728,12 +740,13 @@ class _Routing:
             except Exception as failure:
                 self.fail(failure)
 
-    def _next_instance(self, entry: ScscfEntry) -> bool:
-        """`entry` did not answer: the request to the next instance of its S-CSCF, if
-        one is left (TS 24.229 §5.3.1.2 leaves how an S-CSCF is reached to the I-CSCF;
-        RFC 3263 §4.3 moves on to the next target of the same name)."""
+    def _next_instance(self, entry: ScscfEntry, retry_after: int | None = None) -> bool:
+        """`entry` did not answer (or answered 503, with `retry_after`): the request to
+        the next instance of its S-CSCF, if one is left (TS 24.229 §5.3.1.2 leaves how
+        an S-CSCF is reached to the I-CSCF; RFC 3263 §4.3 moves on to the next target
+        of the same name)."""
         icscf = self.icscf
-        icscf._mark_down(entry)
+        icscf._mark_down(entry, retry_after)
         following = icscf._instance(entry, self.instances) if self.instances else None
         if following is None:
             return False
@@ -764,6 +777,15 @@ class _Routing:
         status = response.status
         unreachable = status in (408, 503) and icscf._is_our_timeout(response)
         if unreachable and self.instances is not None and self._next_instance(entry):
+            return
+        if (
+            status == 503
+            and not unreachable
+            and self.instances is not None
+            and self._next_instance(entry, response.retry_after)
+        ):
+            # an instance that cannot serve now (one cut off from its binding store):
+            # the next one at once (RFC 3263 §4.3: a 503 is a failure of that target)
             return
         # A REGISTER moves on from an S-CSCF that turns the user away for now (480,
         # 3xx); another request only from one that does not answer: its 480 is the

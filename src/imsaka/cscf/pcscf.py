@@ -2040,8 +2040,9 @@ class PcscfCore:
         of one name), once per instance. The same copy with the same branch, as the
         I-CSCF sends it on: the context is the UE's transaction (its upstream branch is
         derived from the UE's), and an instance that finds a copy of a REGISTER it
-        already answered through the store knows it by that branch. (RFC 3263 has the
-        next target get a new transaction, a new branch: recalled, not verified here.)"""
+        already answered through the store knows it by that branch. (RFC 3263 §4.3 has
+        the next target get a new request with a new branch, a SHOULD: not followed,
+        for those two reasons; docs/home-network.md.)"""
         sent = context.forward
         if not isinstance(sent, Forward) or sent.destination not in self._siblings:
             return
@@ -2049,24 +2050,58 @@ class PcscfCore:
             now - (context.moved_at or context.created) < self.scscf_timeout
         ):
             return
-        if self.scscf_probe_interval > 0:
-            # passed over until it answers an OPTIONS (`_probes`), the first now
-            self._down[sent.destination] = math.inf
-            self._probing.setdefault(sent.destination, (now, ""))
+        self._pass_over(sent.destination, now)
+        self._move(
+            context, sent, now, f"silent for {now - (context.moved_at or context.created):.0f} s"
+        )
+
+    def _pass_over(self, instance: Address, now: float, retry_after: int | None = None) -> None:
+        """`instance` gets no request for `retry_after` s (a 503's Retry-After, RFC 3261
+        §21.5.4), or without one until it answers an OPTIONS (`_probes`, the first
+        now), or with probes off for `scscf_down_time` s."""
+        if retry_after is not None:
+            self._down[instance] = now + retry_after
+            self._probing.pop(instance, None)  # (it answers: no probe needed)
+        elif self.scscf_probe_interval > 0:
+            self._down[instance] = math.inf
+            self._probing.setdefault(instance, (now, ""))
         else:
-            self._down[sent.destination] = now + self.scscf_down_time
+            self._down[instance] = now + self.scscf_down_time
+
+    def _move(self, context: _Pending, sent: Forward, now: float, why: str) -> bool:
+        """The request of `context` on to the next instance of its S-CSCF that is not
+        passed over; False (left where it is) when every one is."""
         nxt = self._live(sent.destination, now)
         if nxt == sent.destination:
-            return  # every instance passed over: left where it is
+            return False
         self.counters["scscf-instance-failover"] += 1
-        log.info(
-            "pcscf: S-CSCF instance %s:%d silent for %.0f s; on to %s:%d",
-            *sent.destination,
-            now - (context.moved_at or context.created),
-            *nxt,
-        )
+        log.info("pcscf: S-CSCF instance %s:%d %s; on to %s:%d", *sent.destination, why, *nxt)
         context.forward = Forward(sent.message, nxt, sent.transport)
         context.moved_at = now
+        return True
+
+    def _on_503(
+        self, context: _Pending, response: Response, source: Address, now: float
+    ) -> list[Action] | None:
+        """A 503 to a request at an S-CSCF instance with others (one cut off from its
+        binding store answers so): the instance is passed over (`_pass_over`, for the
+        503's Retry-After) and the request goes on to the next at once (RFC 3263 §4.3:
+        a 503 is a failure of that target); [] (absorbed) when it comes from an
+        instance the request has moved on from; None when it is the answer (no other
+        instance left, or not an instance's)."""
+        sent = context.forward
+        if not isinstance(sent, Forward) or sent.destination not in self._siblings:
+            return None
+        if source != sent.destination:
+            if source in self._siblings:
+                self.counters["upstream-retransmission-absorbed"] += 1
+                return []
+            return None
+        self.counters["scscf-instance-503"] += 1
+        self._pass_over(sent.destination, now, response.retry_after)
+        if not self._move(context, sent, now, "answered 503"):
+            return None
+        return [context.forward]  # type: ignore[list-item]
 
     def _probes(self, now: float) -> list[Action]:
         """An OPTIONS to each instance passed over whose probe is due (RFC 3261 §11: no
@@ -2141,6 +2176,10 @@ class PcscfCore:
             return self._response_from_ue(response, source, now, spi, pending, branch or "")
         if pending.kind == "subscribe":
             if response.status >= 200:
+                if response.status == 503 and self._siblings:
+                    moved = self._on_503(pending, response, source, now)
+                    if moved is not None:
+                        return moved
                 del self.pending[branch]
                 return self._subscribe_answered(response, now)
             return []
@@ -2157,6 +2196,10 @@ class PcscfCore:
             # UE's back (its protected REGISTER then arrives on an unknown SPI).
             self.counters["upstream-retransmission-absorbed"] += 1
             return []
+        if response.status == 503 and self._siblings:
+            moved = self._on_503(pending, response, source, now)
+            if moved is not None:
+                return moved
         resp = response.copy()
         resp.pop_first("Via")
         if response.status < 200:

@@ -382,10 +382,13 @@ class BindingStore(Protocol):
 
     async def all(self) -> list[Registration]: ...
 
-    async def put_subscriptions(self, notifier: str, impu: str, subscriptions: list[dict]) -> None:
+    async def put_subscriptions(self, notifier: str, impu: str, subscriptions: list[dict]) -> bool:
         """Keep the reg-event subscriptions to `impu` (`RegSubscription.to_dict`) that the
         S-CSCF `notifier` (its Contact: where their in-dialog requests go) serves, so
-        that it still has its watchers to NOTIFY once restarted; none: they go."""
+        that it still has its watchers to NOTIFY once restarted; none: they go. Only
+        while `notifier`'s heartbeat stands, atomically with the check (``False``:
+        nothing written): one the others may see stopped, and take from, writes
+        nothing over what they took."""
         ...
 
     async def all_subscriptions(self, notifier: str) -> list[dict]:
@@ -453,7 +456,15 @@ class BindingStore(Protocol):
 
     async def take_subscriptions(self, notifier: str, impu: str) -> list[dict]:
         """The subscriptions `put_subscriptions` kept for `notifier` to `impu`, removed
-        as they are read (one S-CSCF takes them, once)."""
+        as they are read (one S-CSCF takes them, once), and only while `notifier`'s
+        heartbeat has lapsed, atomically with the check (back: none taken); what was
+        taken is noted for `notifier` (`taken_from`)."""
+        ...
+
+    async def taken_from(self, notifier: str) -> list[dict]:
+        """The subscriptions others took from `notifier` (`take_subscriptions`) since
+        it last asked, removed as they are read: what it must no longer serve once it
+        reaches the store again after its heartbeat lapsed."""
         ...
 
     async def close(self) -> None: ...
@@ -531,8 +542,8 @@ class MemoryBindingStore:
         )
 
     # Subscriptions are not kept: this store ends with the process that holds them.
-    async def put_subscriptions(self, notifier: str, impu: str, subscriptions: list[dict]) -> None:
-        return None
+    async def put_subscriptions(self, notifier: str, impu: str, subscriptions: list[dict]) -> bool:
+        return True
 
     async def all_subscriptions(self, notifier: str) -> list[dict]:
         return []
@@ -573,6 +584,9 @@ class MemoryBindingStore:
     async def take_subscriptions(self, notifier: str, impu: str) -> list[dict]:
         return []
 
+    async def taken_from(self, notifier: str) -> list[dict]:
+        return []
+
     async def close(self) -> None:
         return None
 
@@ -610,6 +624,36 @@ redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
 return 1
 """
 
+# KEYS[1] the subscriptions of a notifier to an IMPU, KEYS[2] its heartbeat, KEYS[3]
+# the list of notifiers; ARGV[1] the JSON ("": none left), ARGV[2] its TTL (s), ARGV[3]
+# the notifier → 1 written, 0 its heartbeat lapsed (nothing written: the others may
+# have taken these already, `_TAKE_SUBSCRIPTIONS`).
+_PUT_SUBSCRIPTIONS = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+if ARGV[1] == '' then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+local ttl = tonumber(ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
+redis.call('SADD', KEYS[3], ARGV[3])
+redis.call('EXPIRE', KEYS[3], ttl, 'NX')
+redis.call('EXPIRE', KEYS[3], ttl, 'GT')
+return 1
+"""
+
+# KEYS[1] the subscriptions of a notifier to an IMPU, KEYS[2] its heartbeat, KEYS[3]
+# where what is taken is noted for it → the JSON taken; nil if none, or if its
+# heartbeat stands again (back: it serves them itself).
+_TAKE_SUBSCRIPTIONS = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return false end
+local ttl = redis.call('PTTL', KEYS[1])
+local text = redis.call('GETDEL', KEYS[1])
+if not text then return false end
+if ttl < 1000 then ttl = 3600000 end
+redis.call('SET', KEYS[3], text, 'PX', ttl)
+return text
+"""
 
 # Seconds the record of an ended registration is kept (`RedisBindingStore.ended_record`).
 ENDED_KEPT = 3600
@@ -619,6 +663,15 @@ def _glob_literal(text: str) -> str:
     """`text` as a Redis glob pattern that matches itself only (an IPv6 host in an
     S-CSCF's Contact has brackets)."""
     return re.sub(r"([\\*?\[\]])", r"\\\1", text)
+
+
+def _records(text: str | bytes | None) -> list[dict]:
+    """The subscription records of a stored JSON list; none of what is not one."""
+    try:
+        items = json.loads(text) if text is not None else []
+    except ValueError:
+        return []
+    return [d for d in items if type(d) is dict] if type(items) is list else []
 
 
 def _log_write(what: str, registration: Registration) -> None:
@@ -641,12 +694,13 @@ class RedisBindingStore:
     Keys are ``<prefix>reg:<IMPU>`` holding the JSON of a `Registration`, and
     ``<prefix>sub:<notifier>|<IMPU>`` the JSON list of its reg-event subscriptions that
     one S-CSCF serves (``<prefix>notifiers`` lists the S-CSCFs that keep some,
-    ``<prefix>alive:<notifier>`` says for a few seconds at a time that one runs); Redis
-    drops a key by itself some time after its last contact lapsed (or its last
+    ``<prefix>alive:<notifier>`` says for a few seconds at a time that one runs,
+    ``<prefix>taken:<notifier>|<IMPU>`` what the others took from one whose heartbeat
+    lapsed, until it reads it); Redis drops a key by itself some time after its last contact lapsed (or its last
     subscription), so a crashed S-CSCF leaves nothing behind forever.
     """
 
-    __slots__ = ("_claim", "_prefix", "_put_if", "_redis", "url")
+    __slots__ = ("_claim", "_prefix", "_put_if", "_put_subs", "_redis", "_take_subs", "url")
 
     def __init__(self, url: str, *, prefix: str = "imsaka:scscf:") -> None:
         import redis.asyncio as aioredis
@@ -656,6 +710,8 @@ class RedisBindingStore:
         self._redis = aioredis.from_url(url)
         self._claim: Any = None
         self._put_if: Any = None
+        self._put_subs: Any = None
+        self._take_subs: Any = None
 
     def _key(self, impu: str) -> str:
         return f"{self._prefix}reg:{impu}"
@@ -726,23 +782,23 @@ class RedisBindingStore:
                 out.append(Registration.from_json(text))
         return out
 
-    async def put_subscriptions(self, notifier: str, impu: str, subscriptions: list[dict]) -> None:
+    async def put_subscriptions(self, notifier: str, impu: str, subscriptions: list[dict]) -> bool:
         import time
 
-        key = f"{self._prefix}sub:{notifier}|{impu}"
-        if not subscriptions:
-            await self._redis.delete(key)
-            return
-        latest = max(float(d["expires_at"]) for d in subscriptions)
-        ttl = max(1, int(latest - time.time()) + 60)
-        listed = f"{self._prefix}notifiers"
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(key, json.dumps(subscriptions, separators=(",", ":")), ex=ttl)
+        text, ttl = "", 1
+        if subscriptions:
+            latest = max(float(d["expires_at"]) for d in subscriptions)
+            ttl = max(1, int(latest - time.time()) + 60)
+            text = json.dumps(subscriptions, separators=(",", ":"))
+        if self._put_subs is None:
+            self._put_subs = self._redis.register_script(_PUT_SUBSCRIPTIONS)
+        keys = [
+            f"{self._prefix}sub:{notifier}|{impu}",
+            f"{self._prefix}alive:{notifier}",
             # listed for as long as any of its subscriptions is kept (`heartbeat`)
-            pipe.sadd(listed, notifier)
-            pipe.expire(listed, ttl, nx=True)
-            pipe.expire(listed, ttl, gt=True)
-            await pipe.execute()
+            f"{self._prefix}notifiers",
+        ]
+        return int(await self._put_subs(keys=keys, args=[text, ttl, notifier])) == 1
 
     async def all_subscriptions(self, notifier: str) -> list[dict]:
         out: list[dict] = []
@@ -864,12 +920,21 @@ class RedisBindingStore:
         await self._redis.srem(f"{self._prefix}notifiers", notifier)
 
     async def take_subscriptions(self, notifier: str, impu: str) -> list[dict]:
-        text = await self._redis.getdel(f"{self._prefix}sub:{notifier}|{impu}")
-        try:
-            items = json.loads(text) if text is not None else []
-        except ValueError:
-            items = []
-        return [d for d in items if type(d) is dict] if type(items) is list else []
+        if self._take_subs is None:
+            self._take_subs = self._redis.register_script(_TAKE_SUBSCRIPTIONS)
+        keys = [
+            f"{self._prefix}sub:{notifier}|{impu}",
+            f"{self._prefix}alive:{notifier}",
+            f"{self._prefix}taken:{notifier}|{impu}",
+        ]
+        return _records(await self._take_subs(keys=keys))
+
+    async def taken_from(self, notifier: str) -> list[dict]:
+        out: list[dict] = []
+        match = _glob_literal(f"{self._prefix}taken:{notifier}|") + "*"
+        async for key in self._redis.scan_iter(match=match, count=500):
+            out += _records(await self._redis.getdel(key))
+        return out
 
     async def clear(self) -> None:
         """Remove every key under this store's prefix (tests, lab reset)."""

@@ -105,6 +105,14 @@ ALIVE_FOR = 5.0
 # told in its dialog so that its refreshes come to the taker. Sooner would move every
 # subscription of an instance at each rolling restart, a NOTIFY each.
 TAKE_OVER_AFTER = 30.0
+# An S-CSCF whose heartbeat has not landed for ALIVE_FOR - HEARTBEAT seconds may be
+# seen stopped by the others, who may then take its subscriptions (`_take_from_stopped`).
+# From then until its heartbeat lands again and it has read what they took (`_back`)
+# it is cut off (`_cut_off`): it serves no reg-event subscriber (a SUBSCRIBE gets 503
+# with Retry-After: CUT_OFF_RETRY_AFTER s, which the P-CSCF takes to another instance,
+# as the I-CSCF takes a REGISTER answered so while the store cannot be read) and holds
+# its NOTIFYs, so that no dialog has two notifiers.
+CUT_OFF_RETRY_AFTER = 5
 # NOTIFYs a take-over sends before it pauses for TAKE_OVER_PAUSE s (~500 a second): the
 # subscribers of a whole instance are not all told in one burst.
 TAKE_OVER_BATCH = 50
@@ -380,14 +388,18 @@ class _Peers:
     """With a shared store, the S-CSCF's view of the others sharing it."""
 
     __slots__ = (
+        "beat_at",
+        "cut_off",
         "follower",
         "heart",
+        "held",
         "stopped",
         "stopped_since",
         "store_silent",
         "sweeper",
         "to_sweep",
         "to_take",
+        "unwritten",
     )
 
     def __init__(self) -> None:
@@ -405,6 +417,14 @@ class _Peers:
         self.to_take: set[str] = set()
         self.sweeper: asyncio.Future | None = None
         self.store_silent = False  # (the heartbeat's warning: once per outage)
+        # when our last heartbeat that landed was sent (monotonic clock), whether we are
+        # cut off (`Scscf._cut_off`), the NOTIFYs held meanwhile (the last one of each
+        # subscription: a reginfo document is the full state), and the IMPUs whose
+        # subscriptions could not be written meanwhile (written once back)
+        self.beat_at = time.monotonic()
+        self.cut_off = False
+        self.held: dict[tuple[str, tuple[str, str]], tuple] = {}
+        self.unwritten: set[str] = set()
 
 
 class Scscf:
@@ -488,8 +508,12 @@ class Scscf:
         if self._shared:
             # running again: the others leave our subscribers to us (those seen stopped
             # are swept by the first heartbeat, not here: a start waits for no sweep)
+            started = time.monotonic()
             try:
                 await self.store.heartbeat(self._contact, ALIVE_FOR)
+                self._peers.beat_at = started
+                # (what was taken from an earlier run at this Contact is not ours to drop)
+                await self.store.taken_from(self._contact)
             except Exception as exc:
                 log.warning("binding store: heartbeat failed: %s", str(exc).splitlines()[0])
         for reg in await self.store.all():
@@ -559,6 +583,7 @@ class Scscf:
         way) told from here (`_sweep`, in a task of its own: however long it takes, the
         heartbeat goes on)."""
         peers = self._peers
+        started = time.monotonic()
         try:
             stopped = set(await self.store.heartbeat(self._contact, ALIVE_FOR))
         except Exception as exc:  # the store is down: nobody's state is known
@@ -567,6 +592,13 @@ class Scscf:
                 log.warning("binding store: heartbeat failed: %s", str(exc).splitlines()[0])
             return
         peers.store_silent = False
+        told = peers.cut_off  # (`_cut_off` has warned)
+        lapsed = told or started - peers.beat_at >= ALIVE_FOR - HEARTBEAT
+        peers.beat_at = started
+        if lapsed:
+            peers.cut_off = True  # (until `_back` has read what was taken meanwhile)
+            if not await self._back(told):
+                return
         newly = stopped - peers.stopped
         peers.stopped = stopped
         for notifier in sorted(newly):
@@ -586,6 +618,80 @@ class Scscf:
                 peers.to_take.add(notifier)
         if (peers.to_sweep or peers.to_take) and (peers.sweeper is None or peers.sweeper.done()):
             peers.sweeper = asyncio.ensure_future(self._sweeps())
+
+    def _cut_off(self) -> bool:
+        """With a shared store: whether the others may see us stopped (our last
+        heartbeat that landed was sent ALIVE_FOR - HEARTBEAT s ago or more), from then
+        until `_back` has run. Meanwhile we serve no reg-event subscriber and hold our
+        NOTIFYs: a subscription the others take is theirs alone."""
+        peers = self._peers
+        if peers.cut_off:
+            return True
+        if time.monotonic() - peers.beat_at < ALIVE_FOR - HEARTBEAT:
+            return False
+        peers.cut_off = True
+        self.core.counters["store_cut_off"] += 1
+        log.warning(
+            "scscf: no heartbeat has reached the binding store for %.1f s: the other "
+            "S-CSCFs may take our reg-event subscriptions; SUBSCRIBEs answered 503 and "
+            "NOTIFYs held until it is reached again",
+            time.monotonic() - peers.beat_at,
+        )
+        return True
+
+    async def _back(self, told: bool) -> bool:
+        """Our heartbeat landed after one lapsed: the subscriptions the others took
+        meanwhile (`taken_from`) are served here no more, dropped without a NOTIFY
+        (the taker told each subscriber in its dialog, and the refreshes go there),
+        with the NOTIFYs held for them; the NOTIFYs held for the rest go now, and what
+        could not be written meanwhile is written (logged when `_cut_off` warned, `told`,
+        or something changed). False (still cut off, tried again at the next heartbeat)
+        when what was taken cannot be read."""
+        peers = self._peers
+        try:
+            records = await self.store.taken_from(self._contact)
+        except Exception as exc:
+            log.warning("binding store: what was taken not read: %s", str(exc).splitlines()[0])
+            return False
+        taken = {(r.get("impu"), (r.get("call_id"), r.get("remote_tag"))) for r in records}
+        held, peers.held = peers.held, {}
+        dropped = 0
+        for impu, key in taken:
+            if type(impu) is not str:
+                continue
+            sub = self.subscriptions.get(impu, key)
+            if sub is not None:
+                self.subscriptions.remove(sub)
+            ending = self._ending.get(impu)
+            if ending:
+                left = [e for e in ending if e[0].key != key]
+                if left:
+                    self._ending[impu] = left
+                else:
+                    del self._ending[impu]
+            was_held = held.pop((impu, key), None) is not None
+            if sub is not None or was_held:
+                dropped += 1
+        peers.cut_off = False
+        now = self._clock()
+        sent = 0
+        for sub, body, reason, ending in held.values():
+            if reason is None and sub not in self.subscriptions:
+                continue  # ended here since without a NOTIFY (its subscriber gone)
+            self._send_notify(sub, body, now, terminated_reason=reason, ending=ending)
+            sent += 1
+        unwritten, peers.unwritten = peers.unwritten, set()
+        for impu in unwritten:
+            self._keep_subscriptions(impu)
+        self.core.counters["subscription_taken_while_cut_off"] += dropped
+        if told or dropped or sent:  # (a lapse nothing asked about passes quietly)
+            log.info(
+                "scscf: the binding store is reached again; %d reg-event subscriptions "
+                "taken meanwhile dropped here, %d held NOTIFYs sent",
+                dropped,
+                sent,
+            )
+        return True
 
     async def _sweeps(self) -> None:
         peers = self._peers
@@ -774,8 +880,9 @@ class Scscf:
         self._tasks.clear()
         # what the cancelled writer had not written yet: the next S-CSCF reads it
         self._subs_writing = False
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._write_subscriptions(), 5.0)
+        if not (self._shared and self._cut_off()):  # (cut off: none may be ours)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._write_subscriptions(), 5.0)
         if self.keep_challenges and self._shared:
             # a stop asked for: the others tell our subscribers of the ends they make
             # from now on, not ALIVE_FOR seconds later (a crash leaves that to the TTL)
@@ -871,14 +978,19 @@ class Scscf:
             for sub, reason in self._ending.get(impu, ()):
                 records.append({**sub.to_dict(), "ending": reason})
             try:
-                await self.store.put_subscriptions(self._contact, impu, records)
+                written = await self.store.put_subscriptions(self._contact, impu, records)
             except asyncio.CancelledError:
                 dirty.add(impu)  # not written: close() writes it
                 raise
             except Exception as exc:  # the store is down: SIP goes on without it
-                # (the next change of this IMPU's subscriptions writes them again)
+                # (written again once it is back: `_back`)
+                self._peers.unwritten.add(impu)
                 self.core.counters["store_errors"] += 1
                 log.warning("binding store write of reg-event subscriptions failed: %s", exc)
+                continue
+            if not written:  # our heartbeat lapsed: not over what the others may take
+                self._peers.unwritten.add(impu)
+                self.core.counters["subscriptions_not_written_cut_off"] += 1
 
     def busy(self) -> bool:
         """Whether a task of ours (a Cx request, a store write, a NOTIFY's delivery) or
@@ -903,6 +1015,11 @@ class Scscf:
         method = request.method
         if method == "SUBSCRIBE":
             if self._shared:
+                if self._cut_off():
+                    # (RFC 3263 §4.3: the P-CSCF tries another instance at once)
+                    self.core.counters["subscribe_refused_cut_off"] += 1
+                    respond(self._unavailable(request))
+                    return None
                 impu = self._unknown_watched(request)
                 if impu is not None:
                     return self._subscribe_shared(impu, request, respond)
@@ -937,6 +1054,17 @@ class Scscf:
         self._run_now(self._register(request, respond, reg_req))
         self._rearm()
         return None
+
+    @staticmethod
+    def _unavailable(request: Request) -> Response:
+        """503 with Retry-After (RFC 3261 §21.5.4): this instance cannot serve the
+        request now, another instance of the S-CSCF may."""
+        return make_response(
+            request,
+            503,
+            "Service Unavailable (binding store out of reach)",
+            headers=[("Retry-After", str(CUT_OFF_RETRY_AFTER))],
+        )
 
     def _refresh_not_held(self, request: Request) -> tuple[str, tuple[str, str]] | None:
         """(IMPU, dialog key) of an in-dialog SUBSCRIBE (a refresh) to a live
@@ -1007,11 +1135,12 @@ class Scscf:
         # Another S-CSCF sharing the store may have changed this IMPU's record.
         try:
             stored = await self.store.get(reg_req.impu)
-        except Exception as exc:  # the store is down: do not guess
+        except Exception as exc:  # the store is out of reach: do not guess
             log.warning("binding store unavailable: %s", exc)
-            respond(
-                make_response(request, 500, "Server Internal Error (binding store unavailable)")
-            )
+            self.core.counters["register_refused_store_unavailable"] += 1
+            # 503 with Retry-After: the I-CSCF (or a P-CSCF) tries another instance of
+            # this S-CSCF at once (RFC 3263 §4.3), which may reach the store
+            respond(self._unavailable(request))
             return
         if stored is None:
             self.core.forget(reg_req.impu)
@@ -1351,6 +1480,10 @@ class Scscf:
         ending: str | None = None,
     ) -> None:
         if self._send_request is None:
+            return
+        if self._shared and self._cut_off():
+            self._peers.held[(sub.impu, sub.key)] = (sub, body, terminated_reason, ending)
+            self.core.counters["notify_held_cut_off"] += 1
             return
         notify = notify_request(
             sub, body, contact=self._contact, now=now, terminated_reason=terminated_reason
@@ -1940,6 +2073,7 @@ class ScscfServer:
             out["subscription_timers"] = self.scscf.subscriptions.armed
             out["subscription_expiry_entries"] = self.scscf.subscriptions.expiry_entries
             out["final_notifies_open"] = sum(map(len, self.scscf._ending.values()))
+            out["notifies_held_cut_off"] = len(self.scscf._peers.held)
         if self.endpoint is not None:
             out["transactions_waiting"] = self.endpoint.layer.pending()
         if self.node is not None:

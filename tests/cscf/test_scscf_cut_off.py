@@ -1,0 +1,172 @@
+"""An S-CSCF instance cut off from the shared binding store while the others reach it
+(docs/home-network.md, "Cut off from the store"). Once its heartbeat may have lapsed
+it serves no reg-event subscriber (503 with Retry-After) and holds its NOTIFYs; the
+others, seeing it stopped, may take its subscriptions; when it reaches the store again
+it drops what they took (noted in the store by the take itself) without a NOTIFY, and
+sends what it held for the rest. The store refuses its writes while its heartbeat has
+lapsed, and refuses the others' takes once it stands again (both atomic with the
+check). Needs Redis (127.0.0.1:6379, db 15); its connection goes through a TCP proxy
+that the test cuts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+
+from ..tcp_proxy import CuttableProxy, redis_target
+from .test_home_network import (
+    PROTECTED_YES,
+    answer_auth,
+    empty_auth,
+    new_ue,
+    pcscf_refresh,
+    reg_event_subscribe,
+    register,
+    registered_and_subscribed_at,
+    send,
+    two_scscfs_on_redis,
+    wait_for,
+    with_second_contact,
+)
+
+pytestmark = pytest.mark.redis
+
+
+@contextlib.asynccontextmanager
+async def cut_off_pair(tmp_path, redis_url, monkeypatch):
+    """Two S-CSCFs on one Redis prefix, the second through a proxy to cut; heartbeats
+    shortened (every 0.2 s, alive for 1 s: cut off 0.8 s after its last one landed) and
+    no take-over by time: only what the test makes happen moves."""
+    import imsaka.cscf.scscf as scscf_module
+
+    monkeypatch.setattr(scscf_module, "HEARTBEAT", 0.2)
+    monkeypatch.setattr(scscf_module, "ALIVE_FOR", 1.0)
+    monkeypatch.setattr(scscf_module, "TAKE_OVER_AFTER", 3600.0)
+    target, db = redis_target(redis_url)
+    proxy = CuttableProxy(target)
+    await proxy.start()
+    try:
+        async with two_scscfs_on_redis(
+            tmp_path, redis_url, other_url=f"redis://127.0.0.1:{proxy.port}/{db}"
+        ) as pair:
+            yield (*pair, proxy)
+    finally:
+        await proxy.close()
+
+
+def _from(notifies: list, contact: str) -> list:
+    return [n for n in notifies if n.contacts and n.contacts[0].uri == contact.strip("<>")]
+
+
+async def test_a_cut_off_instance_serves_nobody_and_drops_what_was_taken_meanwhile(
+    tmp_path, redis_url, monkeypatch
+):
+    """The P-CSCF's subscription (Expires 4 s) is held at the second S-CSCF, whose
+    connection to Redis is then cut. It refuses the P-CSCF's refresh with 503 and
+    Retry-After; the first, seeing it stopped, takes the subscription on a change
+    (its NOTIFY carries its own Contact) and has it refreshed for long. The second's
+    copy runs out while it is cut off: that final NOTIFY is held, not sent (before: a
+    "terminated" NOTIFY in a dialog the first now serves, which ends the P-CSCF's
+    subscription there). Back, it finds the take noted, drops the subscription and the
+    NOTIFY, and writes nothing of it again."""
+    async with cut_off_pair(tmp_path, redis_url, monkeypatch) as (net, other, port, _, proxy):
+        here, there = net.scscf.scscf, other.scscf
+        ue = new_ue()
+        notifies = await registered_and_subscribed_at(net, port, ue)
+        # (the first subscription is the harness's default: made anew short-lived)
+        notifies.clear()
+        r = await reg_event_subscribe(net, notifies, port=port, call_id="short-lived", expires=4)
+        assert r.status == 200, r
+        await wait_for(lambda: len(notifies) == 1)
+        first = notifies[0]
+        for _ in range(100):  # (its writer task writes both to the store)
+            if len(await here.store.all_subscriptions(there._contact)) == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert len(await here.store.all_subscriptions(there._contact)) == 2
+
+        await proxy.cut()
+        await wait_for(lambda: there._contact in here._peers.stopped, timeout=5)
+        r = await net.client.send_request(pcscf_refresh(net, first, cseq=2), ("127.0.0.1", port))
+        assert r.status == 503 and r.get("retry-after") == "5", r
+        assert there.core.counters["subscribe_refused_cut_off"] == 1
+
+        async def second_contact(request):
+            return await send(net, with_second_contact(request, "second-contact"))
+
+        r401 = await second_contact(
+            register(net, cseq=1, authorization=empty_auth(), protected=False)
+        )
+        auth = answer_auth(r401.www_authenticate, ue)
+        r = await second_contact(register(net, cseq=2, authorization=auth, protected=True))
+        assert r.status == 200, r
+        await wait_for(lambda: len(_from(notifies, here._contact)) == 2)
+        assert here.core.counters["changed_for_stopped_notifier"] == 2  # both of there's
+        moved = next(n for n in _from(notifies, here._contact) if n.call_id == "short-lived")
+        assert (moved.from_.tag, moved.to.tag) == (first.from_.tag, first.to.tag)
+        r = await net.client.send_request(
+            pcscf_refresh(net, moved, cseq=3), ("127.0.0.1", net.scscf_port)
+        )  # (Expires 600000)
+        assert r.status == 200, r
+
+        await asyncio.sleep(4.5)  # the second's copy ran out meanwhile
+        assert there.core.counters["notify_held_cut_off"] >= 1
+        assert _from(notifies[1:], there._contact) == []  # nothing sent from there
+
+        await proxy.mend()
+        await wait_for(lambda: not there._peers.cut_off, timeout=5)
+        assert there.core.counters["subscription_taken_while_cut_off"] == 2
+        await asyncio.sleep(0.5)
+        assert _from(notifies[1:], there._contact) == []
+        assert other.census()["subscriptions"] == 0
+        assert await here.store.all_subscriptions(there._contact) == []
+        assert len(await here.store.all_subscriptions(here._contact)) == 2
+        ends = [n for n in notifies if (n.get("subscription-state") or "").startswith("terminated")]
+        assert ends == []
+        # what it holds now is nothing: a refresh there is not one of its dialogs
+        r = await net.client.send_request(pcscf_refresh(net, first, cseq=4), ("127.0.0.1", port))
+        assert r.status == 481, r
+
+        dereg = dict(protected=True, authorization=PROTECTED_YES, expires=0)
+        assert (await send(net, register(net, cseq=3, **dereg))).status == 200
+        assert (await second_contact(register(net, cseq=3, **dereg))).status == 200
+        await wait_for(lambda: len(_ended(notifies)) == 2)
+        assert {n.contacts[0].uri for n in _ended(notifies)} == {here._contact.strip("<>")}
+        assert {n.call_id for n in _ended(notifies)} == {"short-lived", "reg-event-1"}
+
+
+def _ended(notifies: list) -> list:
+    return [n for n in notifies if (n.get("subscription-state") or "").startswith("terminated")]
+
+
+async def test_a_register_at_an_instance_cut_off_goes_on_to_the_other_at_once(
+    tmp_path, redis_url, monkeypatch
+):
+    """The I-CSCF knows both instances, the one cut off from Redis first. It cannot
+    read the user's record: it answers 503 with Retry-After (before: 500, which
+    reached the UE), and the I-CSCF sends the REGISTER on to the other at once (no
+    second UAR), whose 401 and then 200 come back; the one cut off is passed over for
+    its Retry-After, so the challenge's answer goes straight to the other."""
+    from imsaka.diameter import cx
+
+    from .test_home_network import cx_seen, icscf_with_instances
+
+    async with cut_off_pair(tmp_path, redis_url, monkeypatch) as (net, other, port, _, proxy):
+        icscf = await icscf_with_instances(net, [port, net.scscf_port], timeout=5.0)
+        await proxy.cut()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        r401 = await send(net, register(net, cseq=1, authorization=empty_auth(), protected=False))
+        assert r401.status == 401 and loop.time() - t0 < 1.0, r401
+        assert other.scscf.core.counters["register_refused_store_unavailable"] == 1
+        assert icscf.counters["scscf_instance_failover"] == 1
+        assert icscf.counters["scscf_instance_down"] == 1
+        auth = answer_auth(r401.www_authenticate, new_ue())
+        r200 = await send(net, register(net, cseq=2, authorization=auth, protected=True))
+        assert r200.status == 200, r200
+        assert other.scscf.core.counters["register_refused_store_unavailable"] == 1
+        uars = [m for m in cx_seen(net, "icscf") if isinstance(m, cx.UserAuthorizationRequest)]
+        assert len(uars) == 2  # one per REGISTER: none for the move
+        assert net.scscf.census()["bindings"] == 1
