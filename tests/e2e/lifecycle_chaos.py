@@ -69,6 +69,12 @@ instance stopped 10 to 20 s, longer than the run's
 `TAKE_OVER_AFTER` (6 s): the others take its reg-event subscriptions over (their
 refreshes then go there) and the I-CSCF probes it with OPTIONS until it is back.
 
+`--scscf-store-cuts` (with `--scscf-instances`): each instance reaches Redis through a
+TCP proxy of its own, and about one event in three cuts one instance off for 2 to
+12 s instead of restarting it: alive but out of reach of the store, it fences itself
+(SUBSCRIBEs and REGISTERs answered 503, which the P-CSCF and the I-CSCF take to
+another instance; NOTIFYs held) and drops what the others took meanwhile once back.
+
 Prints one JSON line per seed (with `scscf_seen` and `pcscf_seen`: what the restarts
 and instances made the S-CSCF and the P-CSCF do, their counters summed over all of
 them; `icscf_seen`: the last I-CSCF's failovers and probes) and a summary; exits 1
@@ -98,6 +104,7 @@ from imsaka.ue.client import UeClient
 from imsaka.ue.core import UeState
 from tests.e2e.test_faults import _lose_a_fifth
 from tests.polling import eventually
+from tests.tcp_proxy import CuttableProxy, redis_target
 
 # A UE's registration with a request of its own open.
 _UNDER_WAY = (
@@ -152,6 +159,11 @@ _SCSCF_SEEN = (
     "final_notify_sent_again",
     "changed_elsewhere_notified",
     "subscription_restored",
+    "store_cut_off",
+    "subscription_taken_while_cut_off",
+    "subscribe_refused_cut_off",
+    "register_refused_store_unavailable",
+    "notify_held_cut_off",
 )
 
 # The P-CSCF's (`Network.pcscf_counters`): what its restarts made it do.
@@ -165,6 +177,7 @@ _PCSCF_SEEN = (
     "reg-subscription-audited",
     "audit-found-not-registered",
     "scscf-instance-failover",
+    "scscf-instance-503",
 )
 
 
@@ -269,6 +282,7 @@ async def run(
     pcscf_store: str = "",
     scscf_instances: int = 1,
     scscf_long_downs: bool = False,
+    scscf_store_cuts: bool = False,
 ) -> dict[str, Any]:
     rng = random.Random(seed)
     if pcscf_restarts and not 0 < expires <= 60:
@@ -294,7 +308,7 @@ async def run(
         scscf["binding_store"] = redis_url
         scscf["share_challenges"] = True  # (on by itself with several instances)
         scscf.pop("reregistration_sar", None)  # "when-needed" needs the memory store
-        restarts = _Restarts(redis_url, seed, scscf_instances, scscf_long_downs)
+        restarts = _Restarts(redis_url, seed, scscf_instances, scscf_long_downs, scscf_store_cuts)
         # (the instances read the run's own prefix from the document)
         scscf["binding_store_prefix"] = restarts.prefix
         # Open challenges outlive a restart (kept at the stop): one the UE no longer
@@ -370,12 +384,26 @@ class _Restarts:
     4 s, so that the I-CSCF passes over it; with `long_downs` one restart in four
     keeps the instance down 10-20 s, past `LONG_DOWN_TAKE_OVER`
     (the run's TAKE_OVER_AFTER), so that the others take its subscriptions over and
-    the I-CSCF probes it until it is back."""
+    the I-CSCF probes it until it is back. With `store_cuts` each instance reaches
+    Redis through a proxy of its own, and about one event in three instead cuts one
+    instance off from Redis for 2-12 s (alive, the others reaching it: it fences
+    itself, and they may take its subscriptions)."""
 
-    def __init__(self, url: str, seed: int, instances: int = 1, long_downs: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        seed: int,
+        instances: int = 1,
+        long_downs: bool = False,
+        store_cuts: bool = False,
+    ) -> None:
         self.url = url
         self.instances = instances
         self.long_downs = long_downs and instances > 1
+        self.store_cuts = store_cuts and instances > 1
+        self.cut_rng = random.Random(seed + 23)  # (the other draws as without it)
+        self.proxies: dict[int, CuttableProxy] = {}
+        self.cuts = 0
         self.prefix = f"imsaka:chaos:{seed}:{random.getrandbits(32):08x}:"
         self.rng = random.Random(seed + 13)
         self.long_rng = random.Random(seed + 17)  # (the other draws as without it)
@@ -383,15 +411,48 @@ class _Restarts:
         self.crashes = 0
         self.long = 0
 
-    def store(self) -> Any:
+    def store(self, instance: int = 1) -> Any:
         from imsaka.cscf.registrar import RedisBindingStore
 
-        return RedisBindingStore(self.url, prefix=self.prefix)
+        proxy = self.proxies.get(instance)
+        if proxy is None:
+            return RedisBindingStore(self.url, prefix=self.prefix)
+        _, db = redis_target(self.url)
+        return RedisBindingStore(f"redis://127.0.0.1:{proxy.port}/{db}", prefix=self.prefix)
+
+    async def setup(self, net: Network) -> None:
+        """Every instance on the run's own prefix (with `store_cuts`, each through its
+        own proxy)."""
+        if self.store_cuts:
+            target, _ = redis_target(self.url)
+            for n in range(1, self.instances + 1):
+                self.proxies[n] = CuttableProxy(target)
+                await self.proxies[n].start()
+                await net.restart_scscf(self.store(n), instance=n)
+        else:
+            await net.restart_scscf(self.store())
+
+    async def _cut(self) -> None:
+        instance = self.cut_rng.randint(1, self.instances)
+        length = self.cut_rng.uniform(2.0, 12.0)
+        log = logging.getLogger("lifecycle_chaos")
+        log.info("S-CSCF #%d cut off from Redis for %.1f s", instance, length)
+        proxy = self.proxies[instance]
+        await proxy.cut()
+        try:
+            await asyncio.sleep(length)
+        finally:
+            await proxy.mend()
+        self.cuts += 1
+        log.info("S-CSCF #%d reaches Redis again", instance)
 
     async def loop(self, net: Network, lossy_scscf: Any) -> None:
         log = logging.getLogger("lifecycle_chaos")
         while True:
             await asyncio.sleep(self.rng.uniform(3.0, 12.0))
+            if self.store_cuts and self.cut_rng.random() < 0.35:
+                await self._cut()
+                continue
             # half of them a crash: nothing drained, no challenges listed at the stop
             crash = self.rng.random() < 0.5
             instance = self.rng.randint(1, self.instances)
@@ -405,13 +466,15 @@ class _Restarts:
                 "crash" if crash else "draining",
                 down,
             )
-            await net.restart_scscf(self.store(), crash=crash, instance=instance, down=down)
+            await net.restart_scscf(self.store(instance), crash=crash, instance=instance, down=down)
             lossy_scscf(instance)
             self.done += 1
             self.crashes += crash
             log.info("S-CSCF restart: the new one is up")
 
     async def clear(self) -> None:
+        for proxy in self.proxies.values():
+            await proxy.close()
         store = self.store()
         await store.clear()
         await store.close()
@@ -499,7 +562,7 @@ async def _run(
     net = Network(subs, options)
     await net.start()
     if restarts is not None:
-        await net.restart_scscf(restarts.store())  # on the run's own prefix
+        await restarts.setup(net)  # on the run's own prefix
     ues = [
         UeClient(net.ue_config(s, **ue_extra), observers=[net.trace], name=f"ue{i}")
         for i, s in enumerate(subs)
@@ -702,10 +765,12 @@ async def _run(
             ops["scscf-crash"] = restarts.crashes
             if restarts.long_downs:
                 ops["scscf-long-down"] = restarts.long
+            if restarts.store_cuts:
+                ops["scscf-store-cut"] = restarts.cuts
             # one cancelled while it was down is started again, for the end's steps
             for n in range(1, restarts.instances + 1):
                 if (net.scscf if n == 1 else net.scscf_others[n - 2]) is None:
-                    await net.restart_scscf(restarts.store(), instance=n)
+                    await net.restart_scscf(restarts.store(n), instance=n)
                     lossy_scscf(n)
         for c in crashes_of:
             await c.stop()
@@ -814,6 +879,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 args.pcscf_store,
                 args.scscf_instances,
                 args.scscf_long_downs,
+                args.scscf_store_cuts,
             )
         except Exception:  # a crash of the run itself is a failure of that seed
             out = {"seed": seed, "bad": [traceback.format_exc()[-1500:]]}
@@ -884,7 +950,15 @@ def main(argv: list[str] | None = None) -> int:
         help="with --scscf-instances: one restart in four keeps its instance "
         f"down 10-20 s (the others take its subscriptions over after {LONG_DOWN_TAKE_OVER} s)",
     )
+    p.add_argument(
+        "--scscf-store-cuts",
+        action="store_true",
+        help="with --scscf-instances: about one event in three cuts one instance off "
+        "from Redis for 2-12 s instead of restarting it",
+    )
     args = p.parse_args(argv)
+    if args.scscf_store_cuts and args.scscf_instances < 2:
+        p.error("--scscf-store-cuts needs --scscf-instances 2 or more")
     if args.scscf_long_downs and args.scscf_instances < 2:
         p.error("--scscf-long-downs needs --scscf-instances 2 or more")
     if args.scscf_instances > 1 and not args.scscf_restarts:
