@@ -473,9 +473,11 @@ class _Restarts:
             log.info("S-CSCF restart: the new one is up")
 
     async def clear(self) -> None:
+        from imsaka.cscf.registrar import RedisBindingStore
+
         for proxy in self.proxies.values():
             await proxy.close()
-        store = self.store()
+        store = RedisBindingStore(self.url, prefix=self.prefix)  # (not through a proxy)
         await store.clear()
         await store.close()
 
