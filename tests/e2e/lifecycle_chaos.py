@@ -70,8 +70,8 @@ instance stopped 10 to 20 s, longer than the run's
 refreshes then go there) and the I-CSCF probes it with OPTIONS until it is back.
 
 `--scscf-store-cuts` (with `--scscf-instances`): each instance reaches Redis through a
-TCP proxy of its own, and about one event in three cuts one instance off for 2 to
-12 s instead of restarting it: alive but out of reach of the store, it fences itself
+TCP proxy of its own, and about one event in two cuts one instance off for 3 to
+15 s instead of restarting it: alive but out of reach of the store, it fences itself
 (SUBSCRIBEs and REGISTERs answered 503, which the P-CSCF and the I-CSCF take to
 another instance; NOTIFYs held) and drops what the others took meanwhile once back.
 
@@ -385,8 +385,8 @@ class _Restarts:
     keeps the instance down 10-20 s, past `LONG_DOWN_TAKE_OVER`
     (the run's TAKE_OVER_AFTER), so that the others take its subscriptions over and
     the I-CSCF probes it until it is back. With `store_cuts` each instance reaches
-    Redis through a proxy of its own, and about one event in three instead cuts one
-    instance off from Redis for 2-12 s (alive, the others reaching it: it fences
+    Redis through a proxy of its own, and about one event in two instead cuts one
+    instance off from Redis for 3-15 s (alive, the others reaching it: it fences
     itself, and they may take its subscriptions)."""
 
     def __init__(
@@ -434,7 +434,7 @@ class _Restarts:
 
     async def _cut(self) -> None:
         instance = self.cut_rng.randint(1, self.instances)
-        length = self.cut_rng.uniform(2.0, 12.0)
+        length = self.cut_rng.uniform(3.0, 15.0)
         log = logging.getLogger("lifecycle_chaos")
         log.info("S-CSCF #%d cut off from Redis for %.1f s", instance, length)
         proxy = self.proxies[instance]
@@ -450,7 +450,7 @@ class _Restarts:
         log = logging.getLogger("lifecycle_chaos")
         while True:
             await asyncio.sleep(self.rng.uniform(3.0, 12.0))
-            if self.store_cuts and self.cut_rng.random() < 0.35:
+            if self.store_cuts and self.cut_rng.random() < 0.5:
                 await self._cut()
                 continue
             # half of them a crash: nothing drained, no challenges listed at the stop
@@ -955,8 +955,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--scscf-store-cuts",
         action="store_true",
-        help="with --scscf-instances: about one event in three cuts one instance off "
-        "from Redis for 2-12 s instead of restarting it",
+        help="with --scscf-instances: about one event in two cuts one instance off "
+        "from Redis for 3-15 s instead of restarting it",
     )
     args = p.parse_args(argv)
     if args.scscf_store_cuts and args.scscf_instances < 2:
