@@ -20,6 +20,7 @@ from .test_home_network import (
     PROTECTED_YES,
     answer_auth,
     empty_auth,
+    icscf_with_instances,
     new_ue,
     pcscf_refresh,
     reg_event_subscribe,
@@ -151,7 +152,7 @@ async def test_a_register_at_an_instance_cut_off_goes_on_to_the_other_at_once(
     its Retry-After, so the challenge's answer goes straight to the other."""
     from imsaka.diameter import cx
 
-    from .test_home_network import cx_seen, icscf_with_instances
+    from .test_home_network import cx_seen
 
     async with cut_off_pair(tmp_path, redis_url, monkeypatch) as (net, other, port, _, proxy):
         icscf = await icscf_with_instances(net, [port, net.scscf_port], timeout=5.0)
@@ -170,3 +171,30 @@ async def test_a_register_at_an_instance_cut_off_goes_on_to_the_other_at_once(
         uars = [m for m in cx_seen(net, "icscf") if isinstance(m, cx.UserAuthorizationRequest)]
         assert len(uars) == 2  # one per REGISTER: none for the move
         assert net.scscf.census()["bindings"] == 1
+
+
+async def test_a_503_from_the_last_instance_left_reaches_the_ue_with_its_retry_after(
+    tmp_path, redis_url, monkeypatch
+):
+    """The first instance is silent, the other cut off from Redis: the REGISTER moves
+    on after the silence, is answered 503 with Retry-After there, and with no instance
+    left that 503 is the answer (the UE tries again after it). Before, the 503 had no To
+    tag and the I-CSCF took it for its own transport error: 600 Busy Everywhere (chaos
+    seed 10112)."""
+    loop = asyncio.get_running_loop()
+
+    class Silent(asyncio.DatagramProtocol):
+        pass
+
+    silent, _ = await loop.create_datagram_endpoint(Silent, local_addr=("127.0.0.1", 0))
+    try:
+        async with cut_off_pair(tmp_path, redis_url, monkeypatch) as (net, _o, port, _, proxy):
+            silent_port = silent.get_extra_info("sockname")[1]
+            icscf = await icscf_with_instances(net, [silent_port, port], timeout=0.6)
+            await proxy.cut()
+            r = await send(net, register(net, cseq=1, authorization=empty_auth(), protected=False))
+            assert r.status == 503 and r.retry_after == 5 and r.to.tag, r
+            assert icscf.counters["scscf_instance_failover"] == 1
+            assert not icscf.counters["no_scscf"]
+    finally:
+        silent.close()

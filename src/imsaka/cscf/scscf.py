@@ -1055,14 +1055,16 @@ class Scscf:
         self._rearm()
         return None
 
-    @staticmethod
-    def _unavailable(request: Request) -> Response:
+    def _unavailable(self, request: Request) -> Response:
         """503 with Retry-After (RFC 3261 §21.5.4): this instance cannot serve the
-        request now, another instance of the S-CSCF may."""
+        request now, another instance of the S-CSCF may. With a To tag (§8.2.6.2): the
+        I-CSCF tells a 503 of its own (a transport error, no tag) from a peer's by it,
+        and relays a peer's when no instance is left, instead of answering 600."""
         return make_response(
             request,
             503,
             "Service Unavailable (binding store out of reach)",
+            to_tag=self._random(4).hex(),
             headers=[("Retry-After", str(CUT_OFF_RETRY_AFTER))],
         )
 
