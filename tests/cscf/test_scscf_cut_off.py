@@ -198,3 +198,39 @@ async def test_a_503_from_the_last_instance_left_reaches_the_ue_with_its_retry_a
             assert not icscf.counters["no_scscf"]
     finally:
         silent.close()
+
+
+@pytest.mark.parametrize("fenced", [False, True], ids=["at-once", "fenced"])
+async def test_an_rtr_to_an_instance_cut_off_goes_to_the_other(
+    tmp_path, redis_url, monkeypatch, fenced
+):
+    """The registration was made through the second instance, which is then cut off
+    from Redis. The HSS's RTR for it, at once (the record cannot be read) or once the
+    instance has fenced itself, is answered 3004 DIAMETER_TOO_BUSY there (its state
+    is in the store it cannot reach, and an end made there would reach nobody), so the
+    HSS sends it to the other instance, which reads the registration from the store,
+    removes it and tells its subscriber (before: answered 2001 and nothing ended; chaos
+    seed 10121, the UE never heard of the RTR)."""
+    from dataclasses import replace
+
+    from .conftest import IMPUS, SCSCF2_HOST, SCSCF_HOST
+    from .fakes import IMPI
+
+    async with cut_off_pair(tmp_path, redis_url, monkeypatch) as (net, other, port, _, proxy):
+        net.hss.config = replace(
+            net.hss.config,
+            scscf_instances=((net.server_name, SCSCF_HOST), (net.server_name, SCSCF2_HOST)),
+        )
+        await icscf_with_instances(net, [port, net.scscf_port], timeout=5.0)
+        notifies = await registered_and_subscribed_at(net, net.scscf_port)
+        assert await other.scscf.store.get(IMPUS[0]) is not None
+        await proxy.cut()
+        if fenced:
+            await wait_for(lambda: other.scscf._cut_off(), timeout=5)
+        result = await net.hss.deregister_impi(IMPI)
+        assert result["ok"] and result["to"] == SCSCF_HOST, result
+        assert other.scscf.core.counters["cx_refused_cut_off"] == 1
+        assert net.scscf.scscf.core.counters["rtr_removed"] == 1
+        assert await net.scscf.scscf.store.get(IMPUS[0]) is None
+        await wait_for(lambda: len(notifies) == 2)
+        assert (notifies[1].get("subscription-state") or "").startswith("terminated")

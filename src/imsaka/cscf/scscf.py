@@ -32,7 +32,7 @@ from asyncio import current_task
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from functools import partial
 from operator import itemgetter
-from typing import Any
+from typing import Any, NoReturn
 
 from imsaka.config import ImsConfig, NetworkConfig, ScscfConfig, split_hostport
 from imsaka.cscf.regevent import (
@@ -73,6 +73,7 @@ from imsaka.cscf.scscf_core import (
 )
 from imsaka.cscf.userdata import UserDataError, parse_user_data
 from imsaka.diameter import cx
+from imsaka.diameter.errors import RequestRefused
 from imsaka.sip import Request, Response, SipParseError, SipUri, make_response
 
 __all__ = [
@@ -1331,17 +1332,18 @@ class Scscf:
             body = reginfo_body(reg.impu, reg, version=sub.version, now=now, ended=stored.ended)
             self._send_notify(sub, body, now)
 
-    async def _adopt_stored(self, impu: str) -> None:
+    async def _adopt_stored(self, impu: str) -> bool:
         """`impu`'s record from the shared store taken up here, if there is one (another
         S-CSCF sharing the store may have made or refreshed it); nothing when the store
-        is down."""
+        is down. Whether the store could be read."""
         try:
             stored = await self.store.get(impu)
         except Exception as exc:
             log.warning("binding store: %s not read: %s", impu, exc)
-            return
+            return False
         if stored is not None:
             self.core.load(stored)
+        return True
 
     async def _publish_ended(self, removed: RemoveRegistration) -> None:
         """Tell the S-CSCFs sharing the store that `removed` ended here: one of them may
@@ -1842,6 +1844,8 @@ class Scscf:
         """RTR and PPR from the HSS (TS 29.228 §6.1.3, §6.1.4)."""
         d = self.config.diameter
         base = {"origin_host": d.host, "origin_realm": d.realm}
+        if self._shared and self._cut_off():
+            self._refuse_cut_off()
         if isinstance(request, cx.RegistrationTerminationRequest):
             impus = list(request.public_identities) or None
             if self._shared:
@@ -1849,7 +1853,8 @@ class Scscf:
                 # S-CSCF sharing the store: read it, so that its end is told (to our
                 # subscribers, and through the store to the others').
                 for impu in impus or []:
-                    await self._adopt_stored(impu)
+                    if not await self._adopt_stored(impu):
+                        self._refuse_cut_off()
             why = request.deregistration_reason  # (mandatory; read with care all the same)
             again = why is not None and why.reason_code == cx.ReasonCode.SERVER_CHANGE
             _count, actions = self.core.network_deregister(
@@ -1877,6 +1882,14 @@ class Scscf:
                         await self._store(self.store.put(reg))
             return request.answer(**base, result_code=cx.DIAMETER_SUCCESS)
         return None
+
+    def _refuse_cut_off(self) -> NoReturn:
+        """An RTR or PPR while the shared store is out of reach: the registration's
+        state is there (it may have been made through another instance since), and an
+        end made here would reach nobody. TOO_BUSY, on which the HSS tries the next
+        instance of this S-CSCF (RFC 6733 §7.1.3)."""
+        self.core.counters["cx_refused_cut_off"] += 1
+        raise RequestRefused(cx.DIAMETER_TOO_BUSY, "binding store out of reach")
 
     # ------------------------------------------------------------- timer
 

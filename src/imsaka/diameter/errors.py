@@ -19,6 +19,17 @@ class DiameterError(Exception):
     """Base of both families."""
 
 
+class RequestRefused(DiameterError):
+    """Raised by a request handler that cannot act on a request now: the node answers
+    it with `result_code`, a base Result-Code (an answer-message with the E bit for a
+    3xxx protocol error, RFC 6733 §7.2), e.g. 3004 DIAMETER_TOO_BUSY, on which the
+    sender tries another peer (RFC 6733 §7.1.3)."""
+
+    def __init__(self, result_code: int, reason: str = "") -> None:
+        super().__init__(reason or f"refused with {result_code}")
+        self.result_code = result_code
+
+
 class LocalProtocolError(DiameterError):
     """We were asked to do something the protocol does not allow."""
 

@@ -50,6 +50,7 @@ from imsaka.diameter.errors import (
     DiameterTimeoutError,
     LocalProtocolError,
     RemoteProtocolError,
+    RequestRefused,
 )
 from imsaka.diameter.peer import (
     AnswerReceived,
@@ -748,6 +749,10 @@ class DiameterNode(Observable):
         self._dispatching = 1
         try:
             answer = handler(request, remote)
+        except RequestRefused as refused:
+            self.counters["handler-refused"] += 1
+            conn.send_answer(msg, conn._error(msg, refused.result_code))
+            return
         except Exception:
             self.counters["handler-error"] += 1
             log.exception("diameter request handler failed")
@@ -770,6 +775,10 @@ class DiameterNode(Observable):
             answer = await pending
         except asyncio.CancelledError:
             raise
+        except RequestRefused as refused:
+            self.counters["handler-refused"] += 1
+            conn.send_answer(msg, conn._error(msg, refused.result_code))
+            return
         except Exception:
             self.counters["handler-error"] += 1
             log.exception("diameter request handler failed")

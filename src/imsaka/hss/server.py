@@ -338,7 +338,8 @@ class HssServer:
         self, make: Callable[..., Any], host: str, server_name: str
     ) -> dict[str, Any]:
         """The request `make(session_id=…, destination_host=host)` builds, sent to
-        `host`; if it cannot be delivered there (no connection, no answer), to each
+        `host`; if it cannot be delivered there (no connection, no answer, or an answer
+        3004 DIAMETER_TOO_BUSY: an instance cut off from its binding store), to each
         other instance of the S-CSCF `server_name`, in turn."""
 
         def request(to: str) -> Any:
@@ -349,8 +350,10 @@ class HssServer:
         configured = [h for name, h in self.config.scscf_instances if name == server_name]
         others = [h for h in dict.fromkeys(heard + configured) if h != host]
         for other in others:
-            if result.get("ok") or "result" in result:
-                break  # answered: the S-CSCF's say
+            if result.get("ok") or (
+                "result" in result and result["result"] != cx.DIAMETER_TOO_BUSY
+            ):
+                break  # answered: the S-CSCF's say (TOO_BUSY: try another, RFC 6733 §7.1.3)
             result = await self._send(request(other), other)
         return result
 
