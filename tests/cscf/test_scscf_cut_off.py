@@ -20,6 +20,7 @@ from .test_home_network import (
     PROTECTED_YES,
     answer_auth,
     empty_auth,
+    full_registration,
     icscf_with_instances,
     new_ue,
     pcscf_refresh,
@@ -234,3 +235,20 @@ async def test_an_rtr_to_an_instance_cut_off_goes_to_the_other(
         assert await net.scscf.scscf.store.get(IMPUS[0]) is None
         await wait_for(lambda: len(notifies) == 2)
         assert (notifies[1].get("subscription-state") or "").startswith("terminated")
+
+
+async def test_a_subscribe_the_store_cannot_answer_for_is_503_not_480(
+    tmp_path, redis_url, monkeypatch
+):
+    """The registration was made at the first instance; the P-CSCF's SUBSCRIBE reaches
+    the second just after its connection to Redis was cut, before it fenced itself. It
+    cannot read the registration: 503 with Retry-After (the P-CSCF tries the other
+    instance), where it answered 480 "not registered" (chaos seed 10121: the UE's and
+    the P-CSCF's subscriptions were refused for a user registered at the other)."""
+    async with cut_off_pair(tmp_path, redis_url, monkeypatch) as (net, other, port, _, proxy):
+        _, r200 = await full_registration(net, new_ue())
+        assert r200.status == 200
+        await proxy.cut()
+        r = await reg_event_subscribe(net, [], port=port)
+        assert r.status == 503 and r.retry_after == 5, r
+        assert other.scscf.core.counters["subscribe_refused_store_unavailable"] == 1

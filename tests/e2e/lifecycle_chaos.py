@@ -162,6 +162,8 @@ _SCSCF_SEEN = (
     "store_cut_off",
     "subscription_taken_while_cut_off",
     "subscribe_refused_cut_off",
+    "subscribe_refused_store_unavailable",
+    "cx_refused_cut_off",
     "register_refused_store_unavailable",
     "notify_held_cut_off",
 )

@@ -1123,8 +1123,13 @@ class Scscf:
     async def _subscribe_shared(self, impu: str, request: Request, respond: Respond) -> None:
         """A SUBSCRIBE to a registration not known here, with a shared store: it may have
         been made through another S-CSCF sharing it (behind one Server-Name, the I-CSCF
-        routes the SUBSCRIBE to either: TS 24.229 §5.3.2.1), so it is read first."""
-        await self._adopt_stored(impu)
+        routes the SUBSCRIBE to either: TS 24.229 §5.3.2.1), so it is read first. A
+        store that cannot be read gets 503, not 480 (the registration may well be
+        there): the P-CSCF tries another instance."""
+        if not await self._adopt_stored(impu):
+            self.core.counters["subscribe_refused_store_unavailable"] += 1
+            respond(self._unavailable(request))
+            return
         found = self._refresh_not_held(request) if self._peers.stopped else None
         if found is not None:
             await self._refresh_taken(*found, request, respond)
