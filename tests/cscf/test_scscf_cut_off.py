@@ -252,3 +252,31 @@ async def test_a_subscribe_the_store_cannot_answer_for_is_503_not_480(
         r = await reg_event_subscribe(net, [], port=port)
         assert r.status == 503 and r.retry_after == 5, r
         assert other.scscf.core.counters["subscribe_refused_store_unavailable"] == 1
+
+
+async def test_an_end_published_while_the_connection_was_broken_is_caught_up(
+    tmp_path, redis_url, monkeypatch
+):
+    """The subscription is held at the second instance; its connection to Redis breaks
+    for a moment (shorter than its heartbeat's lapse: nobody takes anything) while the
+    UE de-registers through the first, whose publication of the end is lost to the
+    second. When it listens again it reads its IMPUs from the store and NOTIFYs the end
+    (before: the subscriber never heard of it). A break with nothing changed NOTIFYs
+    nothing."""
+    async with cut_off_pair(tmp_path, redis_url, monkeypatch) as (net, other, port, _, proxy):
+        there = other.scscf
+        notifies = await registered_and_subscribed_at(net, port)
+        await proxy.cut()
+        await asyncio.sleep(0.1)
+        await proxy.mend()
+        await asyncio.sleep(1.5)  # (it listens again a second after the break)
+        assert there.core.counters["changes_caught_up"] == 0 and len(notifies) == 1
+        await proxy.cut()
+        dereg = register(net, cseq=3, protected=True, authorization=PROTECTED_YES, expires=0)
+        assert (await send(net, dereg)).status == 200
+        await proxy.mend()
+        await wait_for(lambda: len(notifies) == 2, timeout=5)
+        assert (notifies[1].get("subscription-state") or "").startswith("terminated")
+        assert notifies[1].contacts[0].uri == there._contact.strip("<>")
+        assert there.core.counters["changes_caught_up"] == 1
+        assert other.census()["subscriptions"] == 0

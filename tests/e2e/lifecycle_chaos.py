@@ -164,6 +164,7 @@ _SCSCF_SEEN = (
     "subscribe_refused_cut_off",
     "subscribe_refused_store_unavailable",
     "cx_refused_cut_off",
+    "changes_caught_up",
     "register_refused_store_unavailable",
     "notify_held_cut_off",
 )

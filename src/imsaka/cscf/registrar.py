@@ -428,9 +428,13 @@ class BindingStore(Protocol):
         it NOTIFYs them."""
         ...
 
-    async def follow_changes(self, on_record: Callable[[dict], None]) -> None:
+    async def follow_changes(
+        self, on_record: Callable[[dict], None], on_gap: Callable[[], None] | None = None
+    ) -> None:
         """Until cancelled: `on_record` for every record `publish_change` sends (its own
-        too); returns at once where there is nobody else to hear from."""
+        too); `on_gap` each time it listens again after its connection broke (what was
+        sent meanwhile is lost: the caller reads what it must again); returns at once
+        where there is nobody else to hear from."""
         ...
 
     async def ended_record(self, impu: str) -> dict | None:
@@ -566,7 +570,9 @@ class MemoryBindingStore:
     async def publish_change(self, record: dict) -> None:
         return None  # one process: nobody else holds subscriptions to its registrations
 
-    async def follow_changes(self, on_record: Callable[[dict], None]) -> None:
+    async def follow_changes(
+        self, on_record: Callable[[dict], None], on_gap: Callable[[], None] | None = None
+    ) -> None:
         return None
 
     async def ended_record(self, impu: str) -> dict | None:
@@ -873,8 +879,11 @@ class RedisBindingStore:
             return None
         return record if type(record) is dict else None
 
-    async def follow_changes(self, on_record: Callable[[dict], None]) -> None:
+    async def follow_changes(
+        self, on_record: Callable[[dict], None], on_gap: Callable[[], None] | None = None
+    ) -> None:
         channel = f"{self._prefix}changes"
+        broken = False
         me = asyncio.current_task()
         # (redis-py's reads can swallow a cancellation: the loop looks for one itself,
         # reading with a timeout so that it gets to look)
@@ -882,6 +891,10 @@ class RedisBindingStore:
             pubsub = self._redis.pubsub()
             try:
                 await pubsub.subscribe(channel)
+                if broken:
+                    broken = False
+                    if on_gap is not None:
+                        on_gap()
                 while me is None or not me.cancelling():
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
                     if message is None or message.get("type") != "message":
@@ -895,6 +908,7 @@ class RedisBindingStore:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis gone for a while: listen again when back
+                broken = True
                 log.warning("binding store: following registration changes: %s", exc)
                 await asyncio.sleep(1.0)
             finally:

@@ -531,7 +531,7 @@ class Scscf:
         await self._take_challenges(now)
         if self._shared:
             self._peers.follower = asyncio.ensure_future(
-                self.store.follow_changes(self._changed_elsewhere)
+                self.store.follow_changes(self._changed_elsewhere, self._changes_missed)
             )
         # Registrations that lapsed while we were down expire now (TIMEOUT SAR), their
         # subscribers told; so are those of registrations that ended meanwhile.
@@ -1401,6 +1401,56 @@ class Scscf:
             self._contacts_changed_elsewhere(impu, record)
         elif self.subscriptions.of_impu(impu) or impu in self.core.registrations:
             self._ended_elsewhere(impu, record)
+
+    def _changes_missed(self) -> None:
+        """The connection the others' changes come over broke and is back: what they
+        published meanwhile is lost (`_catch_up`)."""
+        if not self._closed:
+            self._spawn(self._catch_up())
+
+    async def _catch_up(self) -> None:
+        """Each IMPU with reg-event subscriptions here read again from the store, as
+        the others' publications would have told it: one whose record is gone and
+        whose end is kept (`ended_record`) ended elsewhere, one whose record is not the
+        copy held here changed elsewhere (the contacts held here and gone there told
+        ended). Before 2026-11-28 such an end, published while this instance's
+        connection to Redis was broken (a cut shorter than the heartbeat's), never
+        reached its subscribers."""
+        try:
+            impus = list(dict.fromkeys(sub.impu for sub in self.subscriptions))
+            caught = 0
+            for impu in impus:
+                try:
+                    stored = await self.store.get(impu)
+                    ended = await self.store.ended_record(impu) if stored is None else None
+                except Exception as exc:  # broken again: the next gap tries again
+                    log.warning("binding store: catching up: %s", str(exc).splitlines()[0])
+                    return
+                if not self.subscriptions.of_impu(impu):
+                    continue  # (ended here meanwhile)
+                held = self.core.registrations.get(impu)
+                if stored is None:
+                    if ended is not None and ended.get("notifier") != self._contact:
+                        caught += 1
+                        self._changed_elsewhere(ended)
+                elif held is None or held.version != stored.version:
+                    gone = [
+                        [binding.to_dict(), "unregistered"]
+                        for uri, binding in (held.contacts.items() if held else ())
+                        if uri not in stored.contacts
+                    ]
+                    caught += 1
+                    self._contacts_changed_elsewhere(
+                        impu,
+                        {"registration": stored.to_json(), "ended": gone, "added": False},
+                    )
+            self.core.counters["changes_caught_up"] += caught
+            if caught:
+                log.info("scscf: %d registrations changed or ended elsewhere caught up", caught)
+        except Exception:
+            self._task_failed()
+        finally:
+            self._tasks.discard(current_task())
 
     def _ended_elsewhere(self, impu: str, record: dict) -> None:
         removed = _removal(impu, record)
