@@ -702,8 +702,9 @@ class RedisBindingStore:
     one S-CSCF serves (``<prefix>notifiers`` lists the S-CSCFs that keep some,
     ``<prefix>alive:<notifier>`` says for a few seconds at a time that one runs,
     ``<prefix>taken:<notifier>|<IMPU>`` what the others took from one whose heartbeat
-    lapsed, until it reads it); Redis drops a key by itself some time after its last contact lapsed (or its last
-    subscription), so a crashed S-CSCF leaves nothing behind forever.
+    lapsed, until it reads it); Redis drops a key by itself some time after its last
+    contact lapsed (or its last subscription), so a crashed S-CSCF leaves nothing
+    behind forever.
     """
 
     __slots__ = ("_claim", "_prefix", "_put_if", "_put_subs", "_redis", "_take_subs", "url")
@@ -721,6 +722,14 @@ class RedisBindingStore:
 
     def _key(self, impu: str) -> str:
         return f"{self._prefix}reg:{impu}"
+
+    def _sub_key(self, kind: str, notifier: str, impu: str = "") -> str:
+        """``<prefix>sub:`` (kept) or ``<prefix>taken:`` (taken from it) subscriptions
+        of `notifier` to `impu`; without `impu`, the prefix of all of them."""
+        return f"{self._prefix}{kind}:{notifier}|{impu}"
+
+    def _alive_key(self, notifier: str) -> str:
+        return f"{self._prefix}alive:{notifier}"
 
     async def get(self, impu: str) -> Registration | None:
         text = await self._redis.get(self._key(impu))
@@ -798,17 +807,17 @@ class RedisBindingStore:
             text = json.dumps(subscriptions, separators=(",", ":"))
         if self._put_subs is None:
             self._put_subs = self._redis.register_script(_PUT_SUBSCRIPTIONS)
+        # (listed in `notifiers` for as long as any of its subscriptions is kept)
         keys = [
-            f"{self._prefix}sub:{notifier}|{impu}",
-            f"{self._prefix}alive:{notifier}",
-            # listed for as long as any of its subscriptions is kept (`heartbeat`)
+            self._sub_key("sub", notifier, impu),
+            self._alive_key(notifier),
             f"{self._prefix}notifiers",
         ]
         return int(await self._put_subs(keys=keys, args=[text, ttl, notifier])) == 1
 
     async def all_subscriptions(self, notifier: str) -> list[dict]:
         out: list[dict] = []
-        match = _glob_literal(f"{self._prefix}sub:{notifier}|") + "*"
+        match = _glob_literal(self._sub_key("sub", notifier)) + "*"
         async for key in self._redis.scan_iter(match=match, count=500):
             text = await self._redis.get(key)
             if text is None:
@@ -917,18 +926,18 @@ class RedisBindingStore:
 
     async def heartbeat(self, notifier: str, ttl: float) -> list[str]:
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(f"{self._prefix}alive:{notifier}", b"1", px=max(1, int(ttl * 1000)))
+            pipe.set(self._alive_key(notifier), b"1", px=max(1, int(ttl * 1000)))
             pipe.smembers(f"{self._prefix}notifiers")
             _, members = await pipe.execute()
         others = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
         others = [n for n in others if n != notifier]
         if not others:
             return []
-        alive = await self._redis.mget([f"{self._prefix}alive:{n}" for n in others])
+        alive = await self._redis.mget([self._alive_key(n) for n in others])
         return [n for n, a in zip(others, alive, strict=True) if a is None]
 
     async def leave(self, notifier: str) -> None:
-        await self._redis.delete(f"{self._prefix}alive:{notifier}")
+        await self._redis.delete(self._alive_key(notifier))
 
     async def forget_notifier(self, notifier: str) -> None:
         await self._redis.srem(f"{self._prefix}notifiers", notifier)
@@ -937,15 +946,15 @@ class RedisBindingStore:
         if self._take_subs is None:
             self._take_subs = self._redis.register_script(_TAKE_SUBSCRIPTIONS)
         keys = [
-            f"{self._prefix}sub:{notifier}|{impu}",
-            f"{self._prefix}alive:{notifier}",
-            f"{self._prefix}taken:{notifier}|{impu}",
+            self._sub_key("sub", notifier, impu),
+            self._alive_key(notifier),
+            self._sub_key("taken", notifier, impu),
         ]
         return _records(await self._take_subs(keys=keys))
 
     async def taken_from(self, notifier: str) -> list[dict]:
         out: list[dict] = []
-        match = _glob_literal(f"{self._prefix}taken:{notifier}|") + "*"
+        match = _glob_literal(self._sub_key("taken", notifier)) + "*"
         async for key in self._redis.scan_iter(match=match, count=500):
             out += _records(await self._redis.getdel(key))
         return out

@@ -663,13 +663,9 @@ class Scscf:
             sub = self.subscriptions.get(impu, key)
             if sub is not None:
                 self.subscriptions.remove(sub)
-            ending = self._ending.get(impu)
-            if ending:
-                left = [e for e in ending if e[0].key != key]
-                if left:
-                    self._ending[impu] = left
-                else:
-                    del self._ending[impu]
+            for ending, _ in list(self._ending.get(impu, ())):
+                if ending.key == key:
+                    self._ended_told(ending)  # (its final NOTIFY is the taker's)
             was_held = held.pop((impu, key), None) is not None
             if sub is not None or was_held:
                 dropped += 1
