@@ -392,6 +392,53 @@ def test_own_deregistration_ends_the_subscription_quietly():
     assert ue.subscription is None and ue.next_deadline() is None
 
 
+def _final_notify(sub: Request, at: float, cseq: int = 2):
+    body = reginfo(
+        version=1, reg_state="terminated", contact_state="terminated", event="unregistered"
+    )
+    return notify(sub, body, cseq=cseq, state="terminated;reason=noresource"), at
+
+
+def test_a_refusal_after_the_final_notify_ends_the_deregistration_without_a_retry():
+    """The NOTIFY that ended our contact came, then a 503 with Retry-After (an S-CSCF
+    instance the I-CSCF moved the de-REGISTER to after the 200 of the one that did it
+    was lost): the de-registration took effect, so the UE goes now instead of sending
+    the de-REGISTER again over SAs the P-CSCF has let go (chaos seed 10110: 408)."""
+    ue, sub = subscribed()
+    sa = ue.sa
+    (dereg,) = ue.deregister(10.0)
+    assert answer(ue.receive_request(*_final_notify(sub, 10.1))) == 200
+    refused = make_response(dereg.request, 503, to_tag="5ef4", headers=[("Retry-After", "5")])
+    events = ue.receive(wire(refused), 11.0)
+    assert events == [SecurityAssociationsReleased(sa, "de-registered"), Deregistered(503, True)]
+    assert ue.state is UeState.DEREGISTERED and ue.next_deadline() is None
+    # without that NOTIFY the same 503 is waited out and the de-REGISTER sent again
+    ue, sub = subscribed()
+    (dereg,) = ue.deregister(10.0)
+    events = ue.receive(
+        wire(make_response(dereg.request, 503, to_tag="5ef4", headers=[("Retry-After", "5")])), 11.0
+    )
+    assert ue.state is UeState.WAITING_RETRY and ue.next_deadline() == 16.0
+
+
+def test_the_final_notify_while_a_deregister_waits_to_go_again_ends_it():
+    """A refusal with Retry-After first, then the NOTIFY that ended our contact: nothing
+    is left to send; the UE is de-registered at once (status 0: no answer awaited)."""
+    ue, sub = subscribed()
+    sa = ue.sa
+    (dereg,) = ue.deregister(10.0)
+    refused = make_response(dereg.request, 503, to_tag="5ef4", headers=[("Retry-After", "5")])
+    ue.receive(wire(refused), 11.0)
+    assert ue.state is UeState.WAITING_RETRY
+    events = ue.receive_request(*_final_notify(sub, 12.0))
+    assert answer(events) == 200
+    assert SecurityAssociationsReleased(sa, "de-registered") in events
+    assert Deregistered(0, True) in events
+    assert not [e for e in events if isinstance(e, NetworkDeregistered)]
+    assert ue.state is UeState.DEREGISTERED and ue.next_deadline() is None
+    assert ue.handle_timer(16.0) == []
+
+
 def test_own_deregistration_without_the_final_notify_leaves_no_timer():
     ue, sub = subscribed()
     (dereg,) = ue.deregister(10.0)

@@ -508,7 +508,10 @@ class UeClient:
                     )
                 )
             elif isinstance(ev, Deregistered):
-                self._finish(UeResult(ev.status < 300, ev.status, "de-registered"))
+                # After the NOTIFY that ended our contact the de-registration stands
+                # whatever answer the de-REGISTER got (a failover's refusal, say).
+                reason = "de-registered (reg-event NOTIFY)" if ev.notified else "de-registered"
+                self._finish(UeResult(ev.status < 300 or ev.notified, ev.status, reason))
             elif isinstance(ev, RegistrationFailed):
                 self._finish(UeResult(False, ev.status, ev.reason))
             elif isinstance(ev, NetworkDeregistered):

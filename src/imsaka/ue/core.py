@@ -234,7 +234,12 @@ class Registered:
 
 @dataclass(frozen=True, slots=True)
 class Deregistered:
+    """The UE is de-registered: `status` answered its de-REGISTER (408: none came, 0:
+    none awaited); `notified` when the reg-event NOTIFY had already told it that its
+    contact ended, so the de-registration took effect whatever `status` is."""
+
     status: int
+    notified: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -525,6 +530,9 @@ class UeRegistration:
         self.retries = 0  # Retry-After waits of the current attempt
         self.recoveries = 0  # failed attempts in a row (RFC 5626 §4.5 consecutive-failures)
         self._retrying_deregister = False  # the wait is for a de-REGISTER
+        # The reg-event NOTIFY ended our contact while our de-REGISTER was open: the
+        # de-registration took effect, whatever answer the de-REGISTER itself gets.
+        self._dereg_notified = False
         # reg event (§5.1.1.3): SUBSCRIBE after the 200 OK of the initial registration
         self.subscription: RegSubscription | None = None
         self._subscribe_after_ok = False
@@ -806,6 +814,7 @@ class UeRegistration:
         )
         self._deadline = None
         self.state = UeState.DEREGISTERING
+        self._dereg_notified = False
         return [SendRequest(request, protected=protected)]
 
     def _fail(self, reason: str, status: int = 0) -> list[Event]:
@@ -1185,8 +1194,13 @@ class UeRegistration:
         """A de-REGISTER refused for now (HSS down, overload) with a Retry-After within
         our bounds: sent again then, the registration and its SAs kept meanwhile (RFC
         3261 §20.33, as for a REGISTER). Any other answer ends it here as a 200 would:
-        the UE goes, the network's registration lapses by itself."""
+        the UE goes, the network's registration lapses by itself. So does any answer
+        after the reg-event NOTIFY ended our contact: an S-CSCF did de-register us, and
+        the refusal came from another (a failover after its 200 was lost), so a retry
+        would only go over SAs the P-CSCF has let go with that NOTIFY."""
         assert resp is not None
+        if self._dereg_notified:
+            return self._on_dereg_ok(resp, now)
         after = self._retry_after(resp) if self.sa is not None else None
         if after is not None:
             self._retrying_deregister = True
@@ -1194,7 +1208,12 @@ class UeRegistration:
         return self._on_dereg_ok(resp, now)
 
     def _on_dereg_ok(self, resp: Response | None, now: float) -> list[Event]:
+        return self._dereg_done(resp.status if resp is not None else 408)
+
+    def _dereg_done(self, status: int) -> list[Event]:
         events: list[Event] = []
+        notified = self._dereg_notified
+        self._dereg_notified = False
         # The 200 has arrived over the SAs: only now may they go (issue 7, PITFALLS).
         for old in (self.temporary_sa, self.sa):
             if old is not None:
@@ -1206,7 +1225,7 @@ class UeRegistration:
         # The subscription ends with the registration: the S-CSCF's final NOTIFY may
         # still come (answered if the SAs let it through) or not (nothing waits for it).
         self._drop_subscription()
-        events.append(Deregistered(resp.status if resp is not None else 408))
+        events.append(Deregistered(status, notified))
         return events
 
     # ---------------------------------------------------------------- reg event
@@ -1506,10 +1525,20 @@ class UeRegistration:
         return []
 
     def _network_deregistered(self, event: str, now: float) -> list[Event]:
-        if self.state in (UeState.DEREGISTERING, UeState.DEREGISTERED):
-            # The final NOTIFY of our own de-registration: the subscription just ends.
+        if self.state is UeState.DEREGISTERED:
             self._drop_subscription()
             return []
+        if self.state is UeState.DEREGISTERING or self._retrying_deregister:
+            # The final NOTIFY of our own de-registration: the subscription ends, and
+            # the de-REGISTER's answer, when it comes, only closes the transaction.
+            self._drop_subscription()
+            self._dereg_notified = True
+            if self.state is UeState.DEREGISTERING:
+                return []
+            # A retry was waiting (a refusal came first): nothing is left to send, and
+            # no answer is awaited (status 0, as for `_deregister_unregistered`).
+            self._retrying_deregister = False
+            return self._dereg_done(0)
         events: list[Event] = []
         reason = f"{NETWORK_DEREGISTERED} ({event})"
         for old in (self.temporary_sa, self.sa):
