@@ -115,6 +115,51 @@ async def test_a_binding_refreshed_through_the_other_scscf_is_kept(stores):
     await b.close()
 
 
+@pytest.mark.parametrize("refreshed", [True, False], ids=["refreshed-elsewhere", "lapsed"])
+async def test_a_binding_lapsing_while_the_store_is_out_of_reach_waits_for_it(
+    stores, monkeypatch, refreshed
+):
+    """A's timer sees the binding lapse while A cannot reach the store (B can). Whether
+    B refreshed it is not known: A neither ends it nor sends the SAR (before: it sent
+    TIMEOUT_DEREGISTRATION "rather than none", and NOTIFYed the end of a registration
+    B had just refreshed; chaos seed 10112). It asks the store again until it answers:
+    refreshed, A adopts the record, no SAR; lapsed, A removes it and sends the SAR."""
+    import imsaka.cscf.scscf as scscf_module
+
+    monkeypatch.setattr(scscf_module, "EXPIRY_RETRY", 0.05)
+    clock, sars, a, b = await two_scscfs(stores)
+    if refreshed:
+        await stores[2].put(record(T0 + 3600))  # a re-registration through B
+    reachable = False
+    claim_lapsed = type(stores[0]).claim_lapsed
+
+    async def claim(store, impu: str, now: float):
+        if store is stores[0] and not reachable:  # A's connection; B's still works
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:6379.")
+        return await claim_lapsed(store, impu, now)
+
+    monkeypatch.setattr(type(stores[0]), "claim_lapsed", claim)
+    clock.now = T0 + 61
+    await a._fire()
+    await asyncio.sleep(0.3)
+    assert sars == [] and a.core.counters["expiry_held_store_unavailable"] == 1
+    assert a.core.counters["store_errors"] == 1  # (the retries neither count nor log)
+    assert await stores[2].get(IMPU) is not None
+    reachable = True
+    await settle(a)
+    if refreshed:
+        assert sars == []
+        adopted = a.core.lookup(IMPU, clock.now)
+        assert adopted is not None and adopted.earliest_expiry() == T0 + 3600
+        assert a.core.counters["expiry_refreshed_elsewhere"] == 1
+    else:
+        assert sars == [AssignmentType.TIMEOUT_DEREGISTRATION]
+        assert await stores[2].get(IMPU) is None
+    assert not a.core._ops  # the SAR sent or abandoned
+    await a.close()
+    await b.close()
+
+
 async def test_memory_store_claims_like_redis():
     store = MemoryBindingStore()
     assert await store.claim_lapsed(IMPU, T0) == "gone"

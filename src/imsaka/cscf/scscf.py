@@ -114,6 +114,9 @@ TAKE_OVER_AFTER = 30.0
 # as the I-CSCF takes a REGISTER answered so while the store cannot be read) and holds
 # its NOTIFYs, so that no dialog has two notifiers.
 CUT_OFF_RETRY_AFTER = 5
+# A registration that lapsed while the shared store was out of reach: its removal is
+# tried again this often (s) until the store answers (`_claim_later`).
+EXPIRY_RETRY = 1.0
 # NOTIFYs a take-over sends before it pauses for TAKE_OVER_PAUSE s (~500 a second): the
 # subscribers of a whole instance are not all told in one burst.
 TAKE_OVER_BATCH = 50
@@ -1643,6 +1646,7 @@ class Scscf:
         if core.challenges_made:
             await self._share_challenges()
         claimed_elsewhere: set[str] = set()
+        held: dict[str, RemoveRegistration] = {}
         for action in actions:
             if isinstance(action, StoreRegistration):
                 if action.if_unchanged:
@@ -1658,6 +1662,9 @@ class Scscf:
             elif isinstance(action, RemoveRegistration):
                 if action.reason == "timeout":
                     claim = await self._claim_lapsed(action.impu)
+                    if claim is None:
+                        held[action.impu] = action  # ended, or not, when the store says
+                        continue
                     if claim != "removed":
                         claimed_elsewhere.add(action.impu)
                     if claim == "live":
@@ -1669,6 +1676,10 @@ class Scscf:
                     await self._publish_ended(action)
                     if self._peers.stopped:
                         await self._end_for_stopped(action)
+            elif isinstance(action, AskAssignment) and action.impu in held:
+                # The lapsed registration's TIMEOUT_DEREGISTRATION SAR (`_expire_binding`
+                # asks it right after the removal) waits with it.
+                self._spawn(self._claim_later(held.pop(action.impu), action))
             elif isinstance(action, AskAssignment) and await self._needless(
                 action, claimed_elsewhere
             ):
@@ -1709,16 +1720,18 @@ class Scscf:
         self.core.counters["auth_timeout_registered_elsewhere"] += 1
         return True
 
-    async def _claim_lapsed(self, impu: str) -> Claim:
+    async def _claim_lapsed(self, impu: str, *, quiet: bool = False) -> Claim | None:
         """A binding lapsed here; with a shared store, exactly one S-CSCF removes it and
-        sends the TIMEOUT_DEREGISTRATION SAR (docs/lifecycle.md)."""
+        sends the TIMEOUT_DEREGISTRATION SAR (docs/lifecycle.md). None: the store could
+        not be reached, so whether another S-CSCF refreshed it is not known."""
         try:
             claim = await self.store.claim_lapsed(impu, self._clock())
             stored = await self.store.get(impu) if claim == "live" else None
-        except Exception as exc:  # the store is down: send the SAR rather than none
-            self.core.counters["store_errors"] += 1
-            log.warning("binding store claim failed: %s", exc)
-            return "removed"
+        except Exception as exc:
+            if not quiet:  # (a retry of `_claim_later`: once a second while it is down)
+                self.core.counters["store_errors"] += 1
+                log.warning("binding store claim failed: %s", str(exc).splitlines()[0])
+            return None
         if claim == "live":
             self.core.counters["expiry_refreshed_elsewhere"] += 1
             if stored is not None:
@@ -1726,6 +1739,36 @@ class Scscf:
         elif claim == "gone":
             self.core.counters["expiry_claimed_elsewhere"] += 1
         return claim
+
+    async def _claim_later(self, removed: RemoveRegistration, ask: AskAssignment) -> None:
+        """A registration lapsed here while the shared store was out of reach: it ends
+        (NOTIFYs, publication, SAR) only once the store confirms that no other S-CSCF
+        refreshed it, tried every `EXPIRY_RETRY` s until the store answers. Ending it
+        unconfirmed told the P-CSCF and the HSS that a user was gone whom another
+        instance had just re-registered (chaos seed 10112: the UE's next REGISTER
+        went over SAs the P-CSCF had removed). Meanwhile the HSS keeps the user
+        registered here, and the record stays in the store as it was."""
+        try:
+            self.core.counters["expiry_held_store_unavailable"] += 1
+            claim = None
+            while claim is None:
+                await asyncio.sleep(EXPIRY_RETRY)
+                claim = await self._claim_lapsed(removed.impu, quiet=True)
+            if claim == "live":
+                self.core.abandon(ask.token)
+                return
+            self._notify_terminated(removed)
+            if claim == "gone":  # another S-CSCF claimed it: it publishes, it sends the SAR
+                self.core.abandon(ask.token)
+                return
+            await self._publish_ended(removed)
+            if self._peers.stopped:
+                await self._end_for_stopped(removed)
+            self._run_now((ask,))
+        except Exception:
+            self._task_failed()
+        finally:
+            self._tasks.discard(current_task())
 
     async def _store_partial_expiry(self, reg: Registration) -> bool:
         """Some contacts of `reg` lapsed here, others stay: write that back only over the
