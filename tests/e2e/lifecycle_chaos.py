@@ -167,6 +167,8 @@ _SCSCF_SEEN = (
     "changes_caught_up",
     "register_refused_store_unavailable",
     "notify_held_cut_off",
+    "expiry_held_store_unavailable",
+    "expiry_refreshed_elsewhere",
 )
 
 # The P-CSCF's (`Network.pcscf_counters`): what its restarts made it do.
@@ -688,7 +690,10 @@ async def _run(
                 elif op == "deregister":
                     result = await ue.deregister(bound)
                     ok, detail = result.ok, str(result)
-                    if crashes and result.status == 408:
+                    if ok and result.status >= 300:
+                        # refused (a failover's 503, say) after the NOTIFY of its end
+                        op = "deregister-done-by-notify"
+                    elif crashes and result.status == 408:
                         # Every copy lost or met by a restart (or its retry after a 480,
                         # its first 200 lost, dropped over the sets the network's end
                         # released: seed 8017). The UE ends its side either way; the
@@ -801,8 +806,10 @@ async def _run(
                     # (a registration it started by itself ran out in the crashes: it
                     # registers again, once, as after a failed step)
                     again = await ue.register(bound)
-                    if again.ok and (await ue.deregister(60)).status in (200, 408):
-                        continue
+                    if again.ok:
+                        result = await ue.deregister(60)
+                        if result.ok or result.status == 408:
+                            continue
                 failed(i, "final deregister", f"failed: {ue.core.failure}")
         # a restarted UE's old contact lapses at the S-CSCF within a grant
         settle = max(45.0, ue_extra.get("expires", 0) + 35.0) if restart else 45.0
