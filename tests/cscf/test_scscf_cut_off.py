@@ -174,14 +174,16 @@ async def test_a_register_at_an_instance_cut_off_goes_on_to_the_other_at_once(
         assert net.scscf.census()["bindings"] == 1
 
 
-async def test_a_503_from_the_last_instance_left_reaches_the_ue_with_its_retry_after(
+async def test_a_503_from_the_last_instance_left_goes_upstream_as_500_with_its_retry_after(
     tmp_path, redis_url, monkeypatch
 ):
     """The first instance is silent, the other cut off from Redis: the REGISTER moves
     on after the silence, is answered 503 with Retry-After there, and with no instance
-    left that 503 is the answer (the UE tries again after it). Before, the 503 had no To
-    tag and the I-CSCF took it for its own transport error: 600 Busy Everywhere (chaos
-    seed 10112)."""
+    left that is the answer, sent upstream as 500 with the same Retry-After (RFC 3261
+    §16.7 step 6: a proxy forwards no 503; the UE tries again after it). Before, the
+    503 had no To tag and the I-CSCF took it for its own transport error: 600 Busy
+    Everywhere (chaos seed 10112); until 2026-11-28 (fourth session) the 503 itself
+    went upstream, which tells a UE to leave its P-CSCF (RFC 3263 §4.3)."""
     loop = asyncio.get_running_loop()
 
     class Silent(asyncio.DatagramProtocol):
@@ -194,7 +196,8 @@ async def test_a_503_from_the_last_instance_left_reaches_the_ue_with_its_retry_a
             icscf = await icscf_with_instances(net, [silent_port, port], timeout=0.6)
             await proxy.cut()
             r = await send(net, register(net, cseq=1, authorization=empty_auth(), protected=False))
-            assert r.status == 503 and r.retry_after == 5 and r.to.tag, r
+            assert r.status == 500 and r.retry_after == 5 and r.to.tag, r
+            assert r.reason.endswith("(next hop: Service Unavailable (binding store out of reach))")
             assert icscf.counters["scscf_instance_failover"] == 1
             assert not icscf.counters["no_scscf"]
     finally:

@@ -316,3 +316,31 @@ def test_an_options_asked_of_the_pcscf_itself_is_answered_200_registered_or_not(
     req.set("Via", "SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bKopt2")
     (rep,) = p.receive_request(req, Arrival(UE), 0.0)
     assert parse_message(rep.message.to_bytes()).status == 403
+
+
+def test_a_503_from_upstream_reaches_the_ue_as_500_with_its_retry_after():
+    """RFC 3261 §16.7 step 6: a proxy does not forward a 503 (to a UE it says that this
+    P-CSCF serves nothing, and RFC 3263 §4.3 takes the UE to another); the P-CSCF
+    sends a 500 in its place, with the 503's Retry-After and To tag. Other answers
+    pass as they came."""
+    p = core()
+    (fwd,) = p.receive_request(parse_message(PACKET1.encode()), Arrival(UE), 0.0)
+    refused = make_response(
+        parse_message(fwd.message.to_bytes()),
+        503,
+        "Service Unavailable (binding store out of reach)",
+        to_tag="5ef4",
+        headers=[("Retry-After", "5")],
+    )
+    (reply,) = p.receive_response(parse_message(refused.to_bytes()), ICSCF, 0.1)
+    answer = parse_message(reply.message.to_bytes())
+    assert (answer.status, answer.retry_after, answer.to.tag) == (500, 5, "5ef4")
+    assert answer.reason == (
+        "Server Internal Error (next hop: Service Unavailable (binding store out of reach))"
+    )
+    assert len(answer.via) == 1 and reply.destination == UE
+    p = core()
+    (fwd,) = p.receive_request(parse_message(PACKET1.encode()), Arrival(UE), 0.0)
+    busy = make_response(parse_message(fwd.message.to_bytes()), 504, to_tag="5ef4")
+    (reply,) = p.receive_response(parse_message(busy.to_bytes()), ICSCF, 0.1)
+    assert reply.message.status == 504

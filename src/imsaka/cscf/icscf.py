@@ -62,6 +62,7 @@ from imsaka.sip import (
 from imsaka.sip.headers import digest_param
 from imsaka.sip.proxy import (
     check_max_forwards,
+    no_503_upstream,
     pop_via,
     preprocess_route,
     push_via,
@@ -807,6 +808,8 @@ class _Routing:
                 self.finish()
                 return
         pop_via(response)
+        # (the last instance's 503, or another request's: 500 with its Retry-After)
+        no_503_upstream(response)
         self.tx.respond(response)
         self.finish()
 

@@ -119,6 +119,7 @@ from imsaka.sip import (
     parse_message,
 )
 from imsaka.sip.compact import PackedItem, SharedTuples, WirePacker
+from imsaka.sip.proxy import no_503_upstream
 from imsaka.sip.transaction import TimerConfig
 from imsaka.sip.uri import quote
 
@@ -2041,8 +2042,9 @@ class PcscfCore:
         I-CSCF sends it on: the context is the UE's transaction (its upstream branch is
         derived from the UE's), and an instance that finds a copy of a REGISTER it
         already answered through the store knows it by that branch. (RFC 3263 §4.3 has
-        the next target get a new request with a new branch, a SHOULD: not followed,
-        for those two reasons; docs/home-network.md.)"""
+        the next target get a new request with a new branch, and RFC 3261 §16.6 step 7
+        makes that a MUST for a proxy: a deviation, for those two reasons;
+        docs/home-network.md.)"""
         sent = context.forward
         if not isinstance(sent, Forward) or sent.destination not in self._siblings:
             return
@@ -2204,6 +2206,7 @@ class PcscfCore:
         resp.pop_first("Via")
         if response.status < 200:
             return [self._to_ue(resp, pending.arrival)]
+        no_503_upstream(resp)  # to the UE: a 503 would send it to another P-CSCF
         try:
             cseq = response.cseq
         except SipParseError:

@@ -153,6 +153,16 @@ def pop_via(response: Response) -> Via | None:
     return response.pop_top_via()
 
 
+def no_503_upstream(response: Response) -> None:
+    """§16.7 step 6: a proxy does not forward a 503 from downstream, which would tell the
+    element before it that this proxy serves nothing (a UE or proxy then moves to
+    another one, RFC 3263 §4.3); it sends a 500 in its place. Changed in place, with
+    the 503's Retry-After and other fields (§21.5.1: a 500 may say when to retry)."""
+    if response.status == 503:
+        response.status = 500
+        response.reason = f"Server Internal Error (next hop: {response.reason})"
+
+
 def stamp_received(request: Request, source_host: str, source_port: int) -> None:
     """§18.2.1 + RFC 3581 §4: add `received` when the top Via host differs from the
     packet's source, and fill `rport` when the client asked for it."""
