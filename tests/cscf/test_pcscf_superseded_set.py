@@ -127,6 +127,57 @@ def test_a_second_challenged_reregistration_releases_the_set_still_draining():
     assert set(p.by_spi) == set(second.inbound_spis) | set(third.inbound_spis)
 
 
+def _twice_reauthenticated(p, first_server: str, over_first: Arrival, at: float):
+    """Two challenged re-registrations in a row (within `SUPERSEDED_DRAIN`): the second
+    and third sets and the third's 200 OK actions."""
+    second, _ = _reauthenticated(p, first_server, over_first, at)
+    server2 = p.registrations[IMPI].security_server[0]
+    over_second = Arrival(("127.0.0.1", 3333), spi=second.spi_ps)
+    offer3 = NEW_OFFER.replace(
+        "spi-c=777; spi-s=888; port-c=3333", "spi-c=71; spi-s=72; port-c=3334"
+    )
+    (fwd,) = p.receive_request(
+        parse_message(_second(5, server2, offer3).encode()), over_second, at + 2.0
+    )
+    acts = _answer(p, fwd, 401, [CHALLENGE], at + 2.1)
+    third = next(a for a in acts if isinstance(a, InstallSecurityAssociations)).sa
+    server3 = next(a for a in acts if isinstance(a, Reply)).message.get("Security-Server")
+    over_third = Arrival(("127.0.0.1", 3334), spi=third.spi_ps)
+    (fwd,) = p.receive_request(
+        parse_message(_second(6, server3, offer3).encode()), over_third, at + 2.2
+    )
+    return second, third, _answer(p, fwd, 200, OK_HEADERS, at + 2.3)
+
+
+def test_a_set_replaced_twice_with_a_request_still_open_over_it_is_held_for_the_answer():
+    """The UE's SUBSCRIBE over its first set is still open upstream (moved between
+    S-CSCF instances, say) when two challenged re-registrations replace that set and
+    then the next: the first is held for the SUBSCRIBE's answer (TS 24.229 §5.1.1.5.1:
+    the UE keeps it until its transactions over it complete), not released; the UE's
+    retransmission over it is absorbed, the answer goes back over it, and the set goes
+    after Timer J (before: released at once, the answer sent into a removed set and
+    the UE's retransmissions dropped until its Timer F; chaos seed 10152)."""
+    p = core()
+    first, server, over_first = _registered(p)
+    (sub,) = p.receive_request(ue_subscribe(), over_first, 9.0)
+    second, third, out = _twice_reauthenticated(p, server, over_first, 10.0)
+    assert not _released(out)
+    held = [a for a in out if isinstance(a, HoldSecurityAssociations)]
+    assert {h.sa.spi_ps for h in held} == {first.spi_ps, second.spi_ps}
+    assert p.counters["superseded-set-held-for-open-transaction"] == 1
+    assert set(p.by_spi) == set(second.inbound_spis) | set(third.inbound_spis)
+    assert p.receive_request(ue_subscribe(), over_first, 12.5) == []
+    (reply,) = _answer(p, sub, 481, [], 12.6)
+    assert isinstance(reply, Reply) and reply.spi == first.spi_uc
+    gone = _released(p.handle_timer(12.3 + DEREGISTER_GRACE + 1.0))
+    # (the second's own drain has run by then too)
+    assert {(r.sa.spi_ps, r.reason) for r in gone} == {
+        (first.spi_ps, SUPERSEDED),
+        (second.spi_ps, SUPERSEDED),
+    }
+    assert p.in_grace() == 0 and set(p.by_spi) == set(third.inbound_spis)
+
+
 def test_an_answer_whose_set_is_gone_is_not_sent_in_the_clear():
     """The UE de-registers while its SUBSCRIBE is open upstream; the set goes (no
     grace); the SUBSCRIBE's late answer gets SPI 0 (no SA: the edge sends nothing), never

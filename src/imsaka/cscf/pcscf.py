@@ -2637,8 +2637,9 @@ class PcscfCore:
         actions.append(UpgradeSecurityAssociations(reg.sa, lifetime))
         self._by_contact[(reg.sa.ue_host, reg.sa.port_us)] = reg.impi
         if reg.previous is not None:
-            # replaced twice within a drain: the older one goes now
-            actions.append(self._release(reg, reg.previous, SUPERSEDED))
+            # replaced twice within a drain: the older one goes now, or is held for
+            # the transactions still open over it (`_older_goes`)
+            actions.append(self._older_goes(reg, reg.previous, now))
             reg.previous = None
         if old is not None:
             # TS 33.203 §7.4: the UE already used the new set (for a REGISTER); the old
@@ -2648,6 +2649,25 @@ class PcscfCore:
             self._watch(reg.previous_until, reg.impi)
             actions.append(HoldSecurityAssociations(old, reg.previous_until))
         return actions
+
+    def _older_goes(self, reg: Registration, older: PcscfSa, now: float) -> Action:
+        """The set a re-registration replaced, replaced once more before its drain ran
+        out: released, unless a transaction is still open over it (a UE's request
+        waiting for its answer, or one taken to the UE waiting for the UE's), which
+        keeps it out of routing for that answer (`_hold`, `dereg_grace`), as at the
+        end of a registration (`_sets_go`). TS 24.229 §5.1.1.5.1 has the UE keep its old
+        set until its transactions over it complete: a P-CSCF that dropped it sent
+        that answer nowhere and met the UE's retransmissions with an unknown SPI until
+        its Timer F (chaos seed 10152: a SUBSCRIBE refresh, moved between S-CSCF
+        instances, open across two quick re-registrations)."""
+        if self.dereg_grace > 0:
+            for _, p in self._open_of(reg.impi):
+                if (p.kind in _FROM_UE and p.arrival.spi in older.inbound_spis) or (
+                    p.kind in _TO_UE and p.forward is not None and p.forward.spi == older.spi_us
+                ):
+                    self.counters["superseded-set-held-for-open-transaction"] += 1
+                    return self._hold(reg, older, "", now, SUPERSEDED)
+        return self._release(reg, older, SUPERSEDED)
 
     # ------------------------------------------------------------------ reg event
 
