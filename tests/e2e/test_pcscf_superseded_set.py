@@ -114,6 +114,54 @@ async def test_the_answer_to_a_request_over_the_replaced_set_goes_back_over_it(
         await ue.close()
 
 
+async def test_the_answer_goes_back_over_a_set_replaced_twice_meanwhile(
+    reauthenticating_network, subscribers
+):
+    """As above with two challenged re-registrations while the 2xx is held back: the
+    first set, replaced twice within its drain, is held for the SUBSCRIBE still open
+    over it, and the 2xx reaches the UE over it (before: the second re-registration
+    released it at once, the 2xx went nowhere, `reply-over-removed-sa`, and the UE's
+    refresh ran out; chaos seed 10152)."""
+    net = reauthenticating_network
+    net.pcscf.core.superseded_drain = DRAIN
+    seen: list = []
+    ue = UeClient(net.ue_config(subscribers[0]), observers=[net.trace])
+    ue.on_event = seen.append
+    await ue.start()
+    try:
+        assert (await ue.register(10)).ok
+        assert await ue.wait_subscribed(5)
+        old_spi = ue.core.sa.spi_uc
+        held, let_in = _hold_subscribe_answers(net)
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        ue._apply([ue.core._build_subscribe(ue.core.subscription, now)])  # the refresh
+        ue._drain(now)
+        assert await eventually(lambda: len(held) >= 1, 5.0)
+        before = len([e for e in seen if isinstance(e, Subscribed)])
+        for _ in range(2):
+            res = await ue.reregister(10)
+            assert res.ok and res.protected, res
+        census = net.pcscf.census()
+        assert census["sa_sets"] == 1 and census["sa_sets_in_grace"] == 2, census
+        assert net.pcscf.core.counters["superseded-set-held-for-open-transaction"] == 1
+        let_in()
+        refreshed = lambda: len([e for e in seen if isinstance(e, Subscribed)]) > before  # noqa: E731
+        assert await eventually(refreshed, 5.0), seen[-5:]
+        answers = [
+            r
+            for r in net.trace.messages("sip")
+            if r.src_name == "P-CSCF"
+            and r.dst_name == "UE"
+            and any(k.lower() == "cseq" and v.endswith(" SUBSCRIBE") for k, v in r.headers)
+        ]
+        assert answers[-1].esp_spi == old_spi, answers[-1]
+        assert "reply-over-removed-sa" not in net.pcscf.stats()["drops"]
+        assert net.pcscf.internal_errors == 0
+    finally:
+        await ue.close()
+
+
 async def test_a_notify_answered_before_a_challenged_refresh_is_answered_again_over_the_new_set(
     reauthenticating_network, subscribers
 ):
