@@ -845,9 +845,13 @@ async def _run(
         # (the running I-CSCF's only: a restarted one starts from nothing)
         counted = net.icscf.icscf.counters if net.icscf and net.icscf.icscf else {}
         icscf_seen = {k: counted[k] for k in _ICSCF_SEEN if counted.get(k)}
+        # what the running P-CSCF dropped, by reason (a message it took and let go
+        # shows here, not in the ladders, which carry what was sent)
+        pcscf_drops = dict(net.pcscf.core.drops) if net.pcscf and net.pcscf.core else {}
         return {
             "seed": seed, "scscf": scscf, "steps": done, "ops": ops, "lost": lost, "bad": bad,
             "scscf_seen": seen, "pcscf_seen": pcscf_seen, "icscf_seen": icscf_seen,
+            "pcscf_drops": pcscf_drops,
         }  # fmt: skip
     finally:
         for task in (restarter, hss_restarter, *(c.task for c in crashes_of)):
