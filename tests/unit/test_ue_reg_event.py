@@ -510,6 +510,29 @@ def test_a_subscription_that_could_not_be_made_is_made_again_later():
         assert ue.subscription is None and ue.next_deadline() == pytest.approx(2.0 + 600000 - 600)
 
 
+def test_without_the_setting_a_subscribe_refused_with_retry_after_is_made_again_then():
+    """No `recovery_base_time`: a SUBSCRIBE refused for now with a Retry-After (a 500
+    from the P-CSCF in place of the 503 of an S-CSCF instance cut off from its store)
+    is sent again, as a new subscription, after that wait, at most `max_retries` times
+    in a row; one beyond `max_retry_after`, or without a Retry-After, is not (before:
+    never, and the UE stayed without a subscription; chaos seed 10163)."""
+    ue, sub, _ = registered(max_retries=2)
+    refused = make_response(sub, 500, "Server Internal Error", headers=[("Retry-After", "5")])
+    assert ue.receive(wire(refused), 2.5) == [SubscriptionEnded("500 Server Internal Error")]
+    assert ue.next_deadline() == pytest.approx(7.5)
+    (again,) = ue.handle_timer(7.5)
+    assert again.request.method == "SUBSCRIBE" and again.request.call_id != sub.call_id
+    refused = make_response(again.request, 503, headers=[("Retry-After", "5")])
+    ue.receive(wire(refused), 8.0)
+    (third,) = ue.handle_timer(13.0)
+    refused = make_response(third.request, 503, headers=[("Retry-After", "5")])
+    ue.receive(wire(refused), 13.5)  # the third refusal in a row: no more
+    assert ue.subscription is None and ue.next_deadline() == pytest.approx(2.0 + 600000 - 600)
+    ue, sub, _ = registered(max_retry_after=60)
+    ue.receive(wire(make_response(sub, 503, headers=[("Retry-After", "120")])), 2.5)
+    assert ue.next_deadline() == pytest.approx(2.0 + 600000 - 600)
+
+
 def test_a_subscription_the_network_ends_while_the_registration_stays_is_made_again():
     ue, sub = subscribed(recovery_base_time=30)
     state = "terminated;reason=deactivated;retry-after=5"

@@ -1243,9 +1243,20 @@ class UeRegistration:
         """The subscription is gone while the registration stays: with
         `recovery_base_time`, a new one after `retry_after` (the network's Retry-After
         or retry-after parameter) or the RFC 5626 §4.5 back-off (`_back_off`), so the
-        UE keeps hearing of a network-initiated de-registration (§5.1.1.7)."""
+        UE keeps hearing of a network-initiated de-registration (§5.1.1.7). Without it,
+        only when the network said when (RFC 3261 §20.33; RFC 6665 §4.1.3 retry-after,
+        0 for a refresh's 481 the first time), within `max_retry_after` and at most
+        `max_retries` times in a row: an instance of the S-CSCF that cannot serve now
+        answers 503 (500 past a proxy) with Retry-After, and before 2026-11-28 such a
+        UE stayed without a subscription (chaos seed 10163)."""
         base = self.config.recovery_base_time
-        if not base or self.state not in (UeState.REGISTERED, UeState.REREGISTERING):
+        if self.state not in (UeState.REGISTERED, UeState.REREGISTERING):
+            return
+        if not base and (
+            retry_after is None
+            or retry_after > self.config.max_retry_after
+            or self._sub_failures >= self.config.max_retries
+        ):
             return
         self._sub_failures += 1
         after = self._back_off(base, self._sub_failures) if retry_after is None else retry_after
