@@ -848,6 +848,11 @@ async def _run(
         # what the running P-CSCF dropped, by reason (a message it took and let go
         # shows here, not in the ladders, which carry what was sent)
         pcscf_drops = dict(net.pcscf.core.drops) if net.pcscf and net.pcscf.core else {}
+        if net.pcscf is not None:  # and what its edge could not send or took from ESP
+            edge = net.pcscf.stats()
+            pcscf_drops.update(edge["esp_drops"])
+            if edge["replies_not_sent"]:
+                pcscf_drops["replies-not-sent"] = edge["replies_not_sent"]
         return {
             "seed": seed, "scscf": scscf, "steps": done, "ops": ops, "lost": lost, "bad": bad,
             "scscf_seen": seen, "pcscf_seen": pcscf_seen, "icscf_seen": icscf_seen,

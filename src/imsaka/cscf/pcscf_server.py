@@ -98,6 +98,7 @@ class PcscfServer(KeepsState):
         self.parse_errors = 0
         self.internal_errors = 0
         self.early_drops = 0  # datagrams that came before the core was up
+        self.replies_not_sent = 0  # protected answers/requests whose SA set was gone
         self._keep_init()
 
     async def start(self) -> None:
@@ -204,6 +205,7 @@ class PcscfServer(KeepsState):
         out["parse_errors"] = self.parse_errors
         out["internal_errors"] = self.internal_errors
         out["early_drops"] = self.early_drops
+        out["replies_not_sent"] = self.replies_not_sent
         return out
 
     def census(self) -> dict[str, int]:
@@ -331,7 +333,13 @@ class PcscfServer(KeepsState):
                     continue
                 sa_set, out_sa = self._outbound(action.spi, action.destination, action.over)
                 if sa_set is None or out_sa is None:
-                    log.info("pcscf: reply not sent: no live SA with spi %d", action.spi)
+                    self.replies_not_sent += 1
+                    log.info(
+                        "pcscf: %s to %s:%d not sent: no live SA with spi %d",
+                        action.message.start_line(),
+                        *action.destination,
+                        action.spi,
+                    )
                     continue
                 key = self._key_of(sa_set)
                 final = False
