@@ -183,6 +183,7 @@ _PCSCF_SEEN = (
     "audit-found-not-registered",
     "scscf-instance-failover",
     "scscf-instance-503",
+    "superseded-set-held-for-open-transaction",
 )
 
 
