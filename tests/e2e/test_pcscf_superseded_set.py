@@ -64,6 +64,28 @@ def _hold_subscribe_answers(net):
     return held, let_in
 
 
+async def _refresh_held_back(net, ue: UeClient):
+    """The registered UE refreshes its reg-event SUBSCRIBE over its set; the 2xx is
+    held back at the P-CSCF (`_hold_subscribe_answers`). Returns `let_in`."""
+    held, let_in = _hold_subscribe_answers(net)
+    now = asyncio.get_running_loop().time()
+    ue._apply([ue.core._build_subscribe(ue.core.subscription, now)])
+    ue._drain(now)
+    assert await eventually(lambda: len(held) >= 1, 5.0)
+    return let_in
+
+
+def _subscribe_answers_to_ue(net) -> list:
+    """The answers to SUBSCRIBEs the P-CSCF sent the UE, in order."""
+    return [
+        r
+        for r in net.trace.messages("sip")
+        if r.src_name == "P-CSCF"
+        and r.dst_name == "UE"
+        and any(k.lower() == "cseq" and v.endswith(" SUBSCRIBE") for k, v in r.headers)
+    ]
+
+
 async def test_the_answer_to_a_request_over_the_replaced_set_goes_back_over_it(
     reauthenticating_network, subscribers
 ):
@@ -77,12 +99,7 @@ async def test_the_answer_to_a_request_over_the_replaced_set_goes_back_over_it(
         assert (await ue.register(10)).ok
         assert await ue.wait_subscribed(5)
         old_spi = ue.core.sa.spi_uc  # the UE's inbound SPI at its client port
-        held, let_in = _hold_subscribe_answers(net)
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        ue._apply([ue.core._build_subscribe(ue.core.subscription, now)])  # the refresh
-        ue._drain(now)
-        assert await eventually(lambda: len(held) >= 1, 5.0)
+        let_in = await _refresh_held_back(net, ue)
         before = len([e for e in seen if isinstance(e, Subscribed)])
         res = await ue.reregister(10)
         assert res.ok and res.protected, res
@@ -93,13 +110,7 @@ async def test_the_answer_to_a_request_over_the_replaced_set_goes_back_over_it(
         let_in()
         refreshed = lambda: len([e for e in seen if isinstance(e, Subscribed)]) > before  # noqa: E731
         assert await eventually(refreshed, 5.0), seen[-5:]
-        answers = [
-            r
-            for r in net.trace.messages("sip")
-            if r.src_name == "P-CSCF"
-            and r.dst_name == "UE"
-            and any(k.lower() == "cseq" and v.endswith(" SUBSCRIBE") for k, v in r.headers)
-        ]
+        answers = _subscribe_answers_to_ue(net)
         assert answers[-1].esp_spi == old_spi, answers[-1]
         assert all(r.esp_spi is not None for r in answers), answers
         stats = net.pcscf.stats()
@@ -131,13 +142,8 @@ async def test_the_answer_goes_back_over_a_set_replaced_twice_meanwhile(
     try:
         assert (await ue.register(10)).ok
         assert await ue.wait_subscribed(5)
-        old_spi = ue.core.sa.spi_uc
-        held, let_in = _hold_subscribe_answers(net)
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        ue._apply([ue.core._build_subscribe(ue.core.subscription, now)])  # the refresh
-        ue._drain(now)
-        assert await eventually(lambda: len(held) >= 1, 5.0)
+        old_spi = ue.core.sa.spi_uc  # the UE's inbound SPI at its client port
+        let_in = await _refresh_held_back(net, ue)
         before = len([e for e in seen if isinstance(e, Subscribed)])
         for _ in range(2):
             res = await ue.reregister(10)
@@ -148,13 +154,7 @@ async def test_the_answer_goes_back_over_a_set_replaced_twice_meanwhile(
         let_in()
         refreshed = lambda: len([e for e in seen if isinstance(e, Subscribed)]) > before  # noqa: E731
         assert await eventually(refreshed, 5.0), seen[-5:]
-        answers = [
-            r
-            for r in net.trace.messages("sip")
-            if r.src_name == "P-CSCF"
-            and r.dst_name == "UE"
-            and any(k.lower() == "cseq" and v.endswith(" SUBSCRIBE") for k, v in r.headers)
-        ]
+        answers = _subscribe_answers_to_ue(net)
         assert answers[-1].esp_spi == old_spi, answers[-1]
         assert "reply-over-removed-sa" not in net.pcscf.stats()["drops"]
         assert net.pcscf.internal_errors == 0
