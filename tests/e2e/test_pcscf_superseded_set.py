@@ -13,6 +13,7 @@ client port. The old set is released once its drain (shortened here) has run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -64,6 +65,22 @@ def _hold_subscribe_answers(net):
     return held, let_in
 
 
+@contextlib.asynccontextmanager
+async def _subscribed_ue(net, subscriber):
+    """A UE registered with its reg-event subscription up, and the list of its
+    events; closed after, also on failure."""
+    seen: list = []
+    ue = UeClient(net.ue_config(subscriber), observers=[net.trace])
+    ue.on_event = seen.append
+    await ue.start()
+    try:
+        assert (await ue.register(10)).ok
+        assert await ue.wait_subscribed(5)
+        yield ue, seen
+    finally:
+        await ue.close()
+
+
 async def _refresh_held_back(net, ue: UeClient):
     """The registered UE refreshes its reg-event SUBSCRIBE over its set; the 2xx is
     held back at the P-CSCF (`_hold_subscribe_answers`). Returns `let_in`."""
@@ -91,13 +108,7 @@ async def test_the_answer_to_a_request_over_the_replaced_set_goes_back_over_it(
 ):
     net = reauthenticating_network
     net.pcscf.core.superseded_drain = DRAIN
-    seen: list = []
-    ue = UeClient(net.ue_config(subscribers[0]), observers=[net.trace])
-    ue.on_event = seen.append
-    await ue.start()
-    try:
-        assert (await ue.register(10)).ok
-        assert await ue.wait_subscribed(5)
+    async with _subscribed_ue(net, subscribers[0]) as (ue, seen):
         old_spi = ue.core.sa.spi_uc  # the UE's inbound SPI at its client port
         let_in = await _refresh_held_back(net, ue)
         before = len([e for e in seen if isinstance(e, Subscribed)])
@@ -121,8 +132,6 @@ async def test_the_answer_to_a_request_over_the_replaced_set_goes_back_over_it(
         assert census["sa_sets"] == 1 and census["sas_in_grace_records"] == 0, census
         assert len(net.pcscf.table.sets()) == 1 and not net.pcscf._held
         assert net.pcscf.internal_errors == 0
-    finally:
-        await ue.close()
 
 
 async def test_the_answer_goes_back_over_a_set_replaced_twice_meanwhile(
@@ -135,13 +144,7 @@ async def test_the_answer_goes_back_over_a_set_replaced_twice_meanwhile(
     refresh ran out; chaos seed 10152)."""
     net = reauthenticating_network
     net.pcscf.core.superseded_drain = DRAIN
-    seen: list = []
-    ue = UeClient(net.ue_config(subscribers[0]), observers=[net.trace])
-    ue.on_event = seen.append
-    await ue.start()
-    try:
-        assert (await ue.register(10)).ok
-        assert await ue.wait_subscribed(5)
+    async with _subscribed_ue(net, subscribers[0]) as (ue, seen):
         old_spi = ue.core.sa.spi_uc  # the UE's inbound SPI at its client port
         let_in = await _refresh_held_back(net, ue)
         before = len([e for e in seen if isinstance(e, Subscribed)])
@@ -158,8 +161,6 @@ async def test_the_answer_goes_back_over_a_set_replaced_twice_meanwhile(
         assert answers[-1].esp_spi == old_spi, answers[-1]
         assert "reply-over-removed-sa" not in net.pcscf.stats()["drops"]
         assert net.pcscf.internal_errors == 0
-    finally:
-        await ue.close()
 
 
 async def test_a_notify_answered_before_a_challenged_refresh_is_answered_again_over_the_new_set(

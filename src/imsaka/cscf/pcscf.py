@@ -2661,13 +2661,25 @@ class PcscfCore:
         its Timer F (chaos seed 10152: a SUBSCRIBE refresh, moved between S-CSCF
         instances, open across two quick re-registrations)."""
         if self.dereg_grace > 0:
-            for _, p in self._open_of(reg.impi):
-                if (p.kind in _FROM_UE and p.arrival.spi in older.inbound_spis) or (
-                    p.kind in _TO_UE and p.forward is not None and p.forward.spi == older.spi_us
-                ):
-                    self.counters["superseded-set-held-for-open-transaction"] += 1
-                    return self._hold(reg, older, "", now, SUPERSEDED)
+            awaited, asked = self._open_spis(reg.impi)
+            if older.spi_us in awaited or not asked.isdisjoint(older.inbound_spis):
+                self.counters["superseded-set-held-for-open-transaction"] += 1
+                return self._hold(reg, older, "", now, SUPERSEDED)
         return self._release(reg, older, SUPERSEDED)
+
+    def _open_spis(self, impi: str) -> tuple[set[int], set[int]]:
+        """The SPIs `impi`'s open transactions use: the outbound ones of requests taken
+        to the UE (its answer awaited) and the inbound ones the UE's own open requests
+        came over (their answer due)."""
+        awaited: set[int] = set()
+        asked: set[int] = set()
+        for _, p in self._open_of(impi):
+            if p.kind in _TO_UE:
+                if p.forward is not None and p.forward.spi is not None:
+                    awaited.add(p.forward.spi)
+            elif p.kind in _FROM_UE and p.arrival.spi is not None:
+                asked.add(p.arrival.spi)
+        return awaited, asked
 
     # ------------------------------------------------------------------ reg event
 
@@ -3064,15 +3076,7 @@ class PcscfCore:
         waiting ones are held."""
         actions: list[Action] = []
         grace = self.dereg_grace > 0
-        awaited: set[int] = set()  # outbound SPIs of requests taken to the UE
-        asked: set[int] = set()  # inbound SPIs of the UE's own open requests
-        if grace:
-            for _, p in self._open_of(reg.impi):
-                if p.kind in _TO_UE:
-                    if p.forward is not None and p.forward.spi is not None:
-                        awaited.add(p.forward.spi)
-                elif p.kind in _FROM_UE and p.arrival.spi is not None:
-                    asked.add(p.arrival.spi)
+        awaited, asked = self._open_spis(reg.impi) if grace else (set(), set())
         for s in sets:
             if s is None:
                 continue
