@@ -283,3 +283,67 @@ async def test_an_end_published_while_the_connection_was_broken_is_caught_up(
         assert notifies[1].contacts[0].uri == there._contact.strip("<>")
         assert there.core.counters["changes_caught_up"] == 1
         assert other.census()["subscriptions"] == 0
+
+
+def cut_at_the_write(monkeypatch, store, proxy) -> list:
+    """`store` (the second instance's) is cut off from Redis right after the REGISTER's
+    read, just before its write: the window of a Cx round trip in a real run. Each
+    write attempted through it is listed."""
+    from imsaka.cscf.registrar import RedisBindingStore
+
+    put = RedisBindingStore.put
+    attempts: list = []
+
+    async def cut_then_put(self, registration):
+        if self is store:
+            attempts.append(registration.earliest_expiry())
+            await proxy.cut()
+        return await put(self, registration)
+
+    monkeypatch.setattr(RedisBindingStore, "put", cut_then_put)
+    return attempts
+
+
+@pytest.mark.parametrize("phase", ["refresh", "challenge-answer"])
+async def test_a_register_whose_write_fails_is_503_and_answered_by_the_other(
+    tmp_path, redis_url, monkeypatch, phase
+):
+    """The I-CSCF sends the REGISTER to the second instance first, which reads the
+    record, is cut off from Redis before writing it, and answers 503 with Retry-After
+    (before: 200, the store kept the old expiry, and the first instance ended the
+    registration at it: chaos seed 10177). The I-CSCF moves the REGISTER to the
+    first at once, which answers 200 and writes the new expiry; a challenge answer is
+    verified there from the shared challenge, which the second left in the store."""
+    from .conftest import IMPUS
+
+    async with cut_off_pair(tmp_path, redis_url, monkeypatch) as (net, other, port, _, proxy):
+        here, there = net.scscf.scscf, other.scscf
+        if phase == "refresh":
+            _, r200 = await full_registration(net, new_ue(), expires=600)
+            assert r200.status == 200, r200
+        icscf = await icscf_with_instances(net, [port, net.scscf_port], timeout=5.0)
+        if phase == "refresh":
+            attempts = cut_at_the_write(monkeypatch, there.store, proxy)
+            r = await send(
+                net,
+                register(net, cseq=3, protected=True, authorization=PROTECTED_YES, expires=3600),
+            )
+        else:
+            r401 = await send(
+                net,
+                register(net, cseq=1, authorization=empty_auth(), protected=False, expires=3600),
+            )
+            assert r401.status == 401, r401
+            attempts = cut_at_the_write(monkeypatch, there.store, proxy)
+            auth = answer_auth(r401.www_authenticate, new_ue())
+            r = await send(
+                net, register(net, cseq=2, authorization=auth, protected=True, expires=3600)
+            )
+        assert r.status == 200, r
+        assert len(attempts) == 1
+        stored = await here.store.get(IMPUS[0])
+        assert stored is not None and stored.earliest_expiry() > here._clock() + 3000
+        assert there.core.counters["register_refused_store_write_failed"] == 1
+        assert icscf.counters["scscf_instance_failover"] == 1
+        if phase == "challenge-answer":
+            assert here.core.counters["challenge_taken_from_store"] == 1

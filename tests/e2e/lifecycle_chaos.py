@@ -166,6 +166,7 @@ _SCSCF_SEEN = (
     "cx_refused_cut_off",
     "changes_caught_up",
     "register_refused_store_unavailable",
+    "register_refused_store_write_failed",
     "notify_held_cut_off",
     "expiry_held_store_unavailable",
     "expiry_refreshed_elsewhere",

@@ -1647,13 +1647,14 @@ class Scscf:
             await self._share_challenges()
         claimed_elsewhere: set[str] = set()
         held: dict[str, RemoveRegistration] = {}
+        unwritten = refused = False
         for action in actions:
             if isinstance(action, StoreRegistration):
                 if action.if_unchanged:
                     written = await self._store_partial_expiry(action.registration)
                 else:
-                    await self._store(self.store.put(action.registration))
-                    written = True
+                    written = await self._store_ok(self.store.put(action.registration))
+                    unwritten = not written
                 if written and (action.ended or action.added):
                     self._notify_changed(action)
                     await self._publish_changed(action)
@@ -1676,6 +1677,9 @@ class Scscf:
                     await self._publish_ended(action)
                     if self._peers.stopped:
                         await self._end_for_stopped(action)
+            elif isinstance(action, Reply) and unwritten and 200 <= action.status < 300:
+                self._refuse_unwritten(action)
+                unwritten, refused = False, True
             elif isinstance(action, AskAssignment) and action.impu in held:
                 # The lapsed registration's TIMEOUT_DEREGISTRATION SAR (`_expire_binding`
                 # asks it right after the removal) waits with it.
@@ -1690,7 +1694,8 @@ class Scscf:
             # after the bindings' write: another instance getting the REGISTER's copy
             # meanwhile finds the challenge or the bindings it made, never neither
             ended, core.challenges_ended = core.challenges_ended, []
-            self._spawn(self._drop_shared_challenges(ended))
+            if not refused:  # (refused: the instance the REGISTER moves to verifies it)
+                self._spawn(self._drop_shared_challenges(ended))
 
     async def _needless(self, ask: AskAssignment, claimed_elsewhere: set[str]) -> bool:
         """Whether another S-CSCF sharing the store made the background SAR `ask`
@@ -1791,11 +1796,36 @@ class Scscf:
         return False
 
     async def _store(self, op: Awaitable[None]) -> None:
+        await self._store_ok(op)
+
+    async def _store_ok(self, op: Awaitable[None]) -> bool:
+        """Whether the write `op` reached the store (a failure is counted and logged)."""
         try:
             await op
         except Exception as exc:
             self.core.counters["store_errors"] += 1
             log.warning("binding store write failed: %s", exc)
+            return False
+        return True
+
+    def _refuse_unwritten(self, reply: Reply) -> None:
+        """The 2xx `reply` to a REGISTER whose bindings the shared store did not take
+        (cut off between the read and the write): 503 with Retry-After instead, on
+        which the I-CSCF tries another instance at once. A 200 there told the UE it was
+        registered while the store kept the record as it was: another instance's
+        timer ended the registration at its old expiry (chaos seed 10177), and a
+        restart here would lose it. The bindings stay in this instance's memory until
+        the next REGISTER reads the store again."""
+        entry = self._pending.pop(reply.token, None)
+        if entry is None:
+            return
+        request, respond = entry
+        self.core.counters["register_refused_store_write_failed"] += 1
+        try:
+            respond(self._unavailable(request))
+        except Exception as exc:  # the transaction ended meanwhile
+            self.core.counters["reply_too_late"] += 1
+            log.info("REGISTER %s: 503 not sent: %s", request.call_id, exc)
 
     def _reply(self, reply: Reply) -> None:
         entry = self._pending.pop(reply.token, None)
