@@ -244,6 +244,60 @@ async def test_a_partial_expiry_of_a_record_removed_elsewhere_forgets_it(stores)
     await a.close()
 
 
+@pytest.mark.parametrize("refreshed", [True, False], ids=["refreshed-elsewhere", "unchanged"])
+async def test_a_partial_expiry_while_the_store_is_out_of_reach_waits_for_it(
+    stores, monkeypatch, refreshed
+):
+    """C1 lapses at A while A cannot reach the store. The change is neither written nor
+    told (published to the other S-CSCFs, NOTIFYed) until the store answers: then,
+    unchanged there, it is written and told; refreshed through B meanwhile, A adopts
+    the stored record and tells nobody of C1's end. Before, A dropped C1 here and
+    nobody ever heard of it."""
+    import imsaka.cscf.scscf as scscf_module
+
+    monkeypatch.setattr(scscf_module, "EXPIRY_RETRY", 0.05)
+    await stores[2].put(two_contacts(T0 + 60, T0 + 3600))
+    clock, sars = Clock(), []
+    a = scscf(stores[0], clock, sars)
+    await a.start()
+    if refreshed:
+        await stores[2].put(two_contacts(T0 + 1800, T0 + 3600))  # C1 again, through B
+    reachable = False
+    put_if_unchanged = type(stores[0]).put_if_unchanged
+
+    async def cas(store, registration):
+        if store is stores[0] and not reachable:
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:6379.")
+        return await put_if_unchanged(store, registration)
+
+    told: list = []
+
+    async def publish_changed(stored):
+        told.append(set(stored.registration.contacts))
+
+    monkeypatch.setattr(type(stores[0]), "put_if_unchanged", cas)
+    monkeypatch.setattr(a, "_publish_changed", publish_changed)
+    clock.now = T0 + 61
+    await a._fire()
+    await asyncio.sleep(0.3)
+    assert told == [] and a.core.counters["expiry_held_store_unavailable"] == 1
+    assert a.core.counters["store_errors"] == 1  # (the retries neither count nor log)
+    assert set((await stores[2].get(IMPU)).contacts) == {C1, C2}
+    reachable = True
+    await settle(a)
+    stored = await stores[2].get(IMPU)
+    held = a.core.lookup(IMPU, clock.now)
+    if refreshed:
+        assert told == [] and stored.contacts[C1].expires_at == T0 + 1800
+        assert held is not None and set(held.contacts) == {C1, C2}
+        assert a.core.counters["partial_expiry_changed_elsewhere"] == 1
+    else:
+        assert told == [{C2}] and set(stored.contacts) == {C2}
+        assert held is not None and set(held.contacts) == {C2}
+    assert sars == []
+    await a.close()
+
+
 async def test_put_if_unchanged_is_a_compare_and_set(stores):
     mine, theirs = stores[0], stores[1]
     await mine.put(two_contacts(T0 + 60, T0 + 3600))

@@ -1651,7 +1651,10 @@ class Scscf:
         for action in actions:
             if isinstance(action, StoreRegistration):
                 if action.if_unchanged:
-                    written = await self._store_partial_expiry(action.registration)
+                    partial = await self._store_partial_expiry(action.registration)
+                    if partial is None:  # told, or not, when the store says
+                        self._spawn(self._partial_expiry_later(action))
+                    written = bool(partial)
                 else:
                     written = await self._store_ok(self.store.put(action.registration))
                     unwritten = not written
@@ -1775,25 +1778,49 @@ class Scscf:
         finally:
             self._tasks.discard(current_task())
 
-    async def _store_partial_expiry(self, reg: Registration) -> bool:
+    async def _store_partial_expiry(self, reg: Registration, *, quiet: bool = False) -> bool | None:
         """Some contacts of `reg` lapsed here, others stay: write that back only over the
         stored copy this S-CSCF last saw; if another S-CSCF sharing the store refreshed
         (or removed) it meanwhile, adopt the stored record instead (docs/lifecycle.md).
-        Whether it was written."""
+        Whether it was written; None when the store could not be reached."""
         try:
             if await self.store.put_if_unchanged(reg):
                 return True
             stored = await self.store.get(reg.impu)
         except Exception as exc:
-            self.core.counters["store_errors"] += 1
-            log.warning("binding store write failed: %s", exc)
-            return False
+            if not quiet:  # (a retry of `_partial_expiry_later`: once a second)
+                self.core.counters["store_errors"] += 1
+                log.warning("binding store write failed: %s", str(exc).splitlines()[0])
+            return None
         self.core.counters["partial_expiry_changed_elsewhere"] += 1
         if stored is None:
             self.core.forget(reg.impu)
         else:
             self.core.load(stored)  # re-arms its timer: a lapsed contact there expires next
         return False
+
+    async def _partial_expiry_later(self, stored: StoreRegistration) -> None:
+        """Some contacts lapsed here while the shared store was out of reach: the change
+        is written, and told (NOTIFYs, publication), only once the store takes it over
+        the copy read here, tried every `EXPIRY_RETRY` s; refreshed or removed through
+        another S-CSCF meanwhile, the stored record is adopted instead and nobody is
+        told of an end that did not happen there. Before, the contacts went here and
+        nobody heard of it."""
+        try:
+            self.core.counters["expiry_held_store_unavailable"] += 1
+            written = None
+            while written is None:
+                await asyncio.sleep(EXPIRY_RETRY)
+                written = await self._store_partial_expiry(stored.registration, quiet=True)
+            if written:
+                self._notify_changed(stored)
+                await self._publish_changed(stored)
+                if self._peers.stopped:
+                    await self._change_for_stopped(stored)
+        except Exception:
+            self._task_failed()
+        finally:
+            self._tasks.discard(current_task())
 
     async def _store(self, op: Awaitable[None]) -> None:
         await self._store_ok(op)
