@@ -347,3 +347,62 @@ async def test_a_register_whose_write_fails_is_503_and_answered_by_the_other(
         assert icscf.counters["scscf_instance_failover"] == 1
         if phase == "challenge-answer":
             assert here.core.counters["challenge_taken_from_store"] == 1
+
+
+@pytest.mark.parametrize("meanwhile", ["nothing", "registered-again"])
+async def test_a_deregistration_whose_removal_fails_lands_once_the_store_answers(
+    tmp_path, redis_url, monkeypatch, meanwhile
+):
+    """The de-REGISTER reaches the second instance, which is cut off from Redis after
+    reading the record, before removing it. The UE asked for the end: it gets its 200;
+    the removal waits until the store answers, and then the end is published, so the
+    subscriber held at the first instance gets its terminated NOTIFY (before: the
+    record stayed until its expiry, the first took the user for registered, and the
+    subscriber never heard of the end). Registered again through the first instance
+    meanwhile, the newer record is kept and no end is published."""
+    import imsaka.cscf.scscf as scscf_module
+    from imsaka.cscf.registrar import RedisBindingStore
+
+    from .conftest import IMPUS
+
+    monkeypatch.setattr(scscf_module, "EXPIRY_RETRY", 0.1)
+    async with cut_off_pair(tmp_path, redis_url, monkeypatch) as (net, other, port, _, proxy):
+        here, there = net.scscf.scscf, other.scscf
+        ue = new_ue()
+        notifies = await registered_and_subscribed_at(net, net.scscf_port, ue)
+        await icscf_with_instances(net, [port, net.scscf_port], timeout=5.0)
+        delete = RedisBindingStore.delete
+
+        async def cut_then_delete(self, impu):
+            if self is there.store:
+                await proxy.cut()
+            return await delete(self, impu)
+
+        monkeypatch.setattr(RedisBindingStore, "delete", cut_then_delete)
+        dereg = register(net, cseq=3, protected=True, authorization=PROTECTED_YES, expires=0)
+        assert (await send(net, dereg)).status == 200
+        assert await here.store.get(IMPUS[0]) is not None  # not yet
+        if meanwhile == "registered-again":
+            # (the second is cut off now: 503, and the I-CSCF moves each on to the first)
+            r401 = await send(
+                net, register(net, cseq=4, authorization=empty_auth(), protected=False)
+            )
+            auth = answer_auth(r401.www_authenticate, ue)
+            r200 = await send(net, register(net, cseq=5, authorization=auth, protected=True))
+            assert r200.status == 200, r200
+            again = await here.store.get(IMPUS[0])
+            assert again is not None
+        await asyncio.sleep(0.3)
+        assert len(notifies) == 1  # (registered again: the same contact, nothing new)
+        await proxy.mend()
+        if meanwhile == "nothing":
+            await wait_for(lambda: len(notifies) == 2, timeout=5)
+            assert (notifies[1].get("subscription-state") or "").startswith("terminated")
+            assert await here.store.get(IMPUS[0]) is None
+        else:
+            await wait_for(lambda: there.core.counters["removal_changed_elsewhere"] == 1, 5)
+            stored = await here.store.get(IMPUS[0])
+            assert stored is not None and stored.version == again.version
+            await asyncio.sleep(0.3)
+            assert len(notifies) == 1  # no end told
+        assert there.core.counters["removal_held_store_unavailable"] == 1

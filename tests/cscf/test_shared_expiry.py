@@ -326,6 +326,22 @@ async def test_memory_store_put_if_unchanged():
     assert not await store.put_if_unchanged(copy)
 
 
+@pytest.mark.parametrize("kind", ["redis", "memory"])
+async def test_delete_if_unchanged_removes_only_the_copy_read(stores, kind):
+    mine = stores[0] if kind == "redis" else MemoryBindingStore()
+    theirs = stores[1] if kind == "redis" else mine
+    await mine.put(two_contacts(T0 + 60, T0 + 3600))
+    held = await mine.get(IMPU)
+    other = await theirs.get(IMPU)
+    assert held is not None and other is not None
+    await theirs.put(other)  # registered again through the other S-CSCF
+    assert not await mine.delete_if_unchanged(held)
+    assert await mine.get(IMPU) is not None
+    assert await mine.delete_if_unchanged(other)
+    assert await mine.get(IMPU) is None
+    assert not await mine.delete_if_unchanged(other)  # gone
+
+
 async def test_each_write_of_the_shared_store_is_one_debug_line_without_user_data(stores, caplog):
     """What an instance wrote, and when, read off a run (how the cross-instance defects
     of 2026-11-28 were found, with a build of its own then): one debug line per write,

@@ -170,6 +170,8 @@ _SCSCF_SEEN = (
     "notify_held_cut_off",
     "expiry_held_store_unavailable",
     "expiry_refreshed_elsewhere",
+    "removal_held_store_unavailable",
+    "removal_changed_elsewhere",
 )
 
 # The P-CSCF's (`Network.pcscf_counters`): what its restarts made it do.

@@ -373,6 +373,12 @@ class BindingStore(Protocol):
 
     async def delete(self, impu: str) -> None: ...
 
+    async def delete_if_unchanged(self, registration: Registration) -> bool:
+        """Remove `registration`'s record only if the stored copy is still the one it was
+        read as or last written to (same `version`), atomically; ``False`` (nothing
+        removed) if it is gone, or another S-CSCF sharing the store wrote it since."""
+        ...
+
     async def claim_lapsed(self, impu: str, now: float) -> Claim:
         """Remove `impu`'s record if none of its contacts is live at `now`, atomically:
         ``"removed"`` (by this call: the caller sends the TIMEOUT_DEREGISTRATION SAR),
@@ -516,6 +522,13 @@ class MemoryBindingStore:
     async def delete(self, impu: str) -> None:
         self.delete_now(impu)
 
+    async def delete_if_unchanged(self, registration: Registration) -> bool:
+        entry = self._regs.get(registration.impu)
+        if entry is None or entry[6] != registration.version:
+            return False
+        del self._regs[registration.impu]
+        return True
+
     def delete_now(self, impu: str) -> None:
         """`delete` without a coroutine."""
         self._regs.pop(impu, None)
@@ -630,6 +643,20 @@ redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
 return 1
 """
 
+# KEYS[1] the record, ARGV[1] the version the remover read → 1 removed, 0 no record, -1
+# the stored version differs (nothing removed).
+_DELETE_IF_UNCHANGED = """
+local text = redis.call('GET', KEYS[1])
+if not text then return 0 end
+local ok, record = pcall(cjson.decode, text)
+if not ok or type(record) ~= 'table' or type(record.v or 0) ~= 'number'
+   or string.format('%.0f', record.v or 0) ~= ARGV[1] then
+  return -1
+end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
 # KEYS[1] the subscriptions of a notifier to an IMPU, KEYS[2] its heartbeat, KEYS[3]
 # the list of notifiers; ARGV[1] the JSON ("": none left), ARGV[2] its TTL (s), ARGV[3]
 # the notifier → 1 written, 0 its heartbeat lapsed (nothing written: the others may
@@ -707,7 +734,9 @@ class RedisBindingStore:
     behind forever.
     """
 
-    __slots__ = ("_claim", "_prefix", "_put_if", "_put_subs", "_redis", "_take_subs", "url")
+    __slots__ = (
+        "_claim", "_delete_if", "_prefix", "_put_if", "_put_subs", "_redis", "_take_subs", "url",
+    )  # fmt: skip
 
     def __init__(self, url: str, *, prefix: str = "imsaka:scscf:") -> None:
         import redis.asyncio as aioredis
@@ -716,6 +745,7 @@ class RedisBindingStore:
         self._prefix = prefix
         self._redis = aioredis.from_url(url)
         self._claim: Any = None
+        self._delete_if: Any = None
         self._put_if: Any = None
         self._put_subs: Any = None
         self._take_subs: Any = None
@@ -778,6 +808,14 @@ class RedisBindingStore:
     async def delete(self, impu: str) -> None:
         await self._redis.delete(self._key(impu))
         log.debug("store: delete %s", impu)
+
+    async def delete_if_unchanged(self, registration: Registration) -> bool:
+        if self._delete_if is None:
+            self._delete_if = self._redis.register_script(_DELETE_IF_UNCHANGED)
+        keys = [self._key(registration.impu)]
+        result = int(await self._delete_if(keys=keys, args=[str(registration.version)]))
+        log.debug("store: delete-if-unchanged %s: %s", registration.impu, result == 1)
+        return result == 1
 
     async def claim_lapsed(self, impu: str, now: float) -> Claim:
         # One script, so that of the S-CSCFs whose timers saw the binding lapse exactly

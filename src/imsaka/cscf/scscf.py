@@ -1673,8 +1673,10 @@ class Scscf:
                         claimed_elsewhere.add(action.impu)
                     if claim == "live":
                         continue  # refreshed through another S-CSCF: adopted again
-                else:
-                    await self._store(self.store.delete(action.impu))
+                elif not await self._store_ok(self.store.delete(action.impu)):
+                    self._notify_terminated(action)
+                    self._spawn(self._delete_later(action))  # published once it lands
+                    continue
                 self._notify_terminated(action)
                 if action.impu not in claimed_elsewhere:  # (the claimer tells the rest)
                     await self._publish_ended(action)
@@ -1817,6 +1819,39 @@ class Scscf:
                 await self._publish_changed(stored)
                 if self._peers.stopped:
                     await self._change_for_stopped(stored)
+        except Exception:
+            self._task_failed()
+        finally:
+            self._tasks.discard(current_task())
+
+    async def _delete_later(self, removed: RemoveRegistration) -> None:
+        """A registration ended here (de-registration, RTR) while the shared store was
+        out of reach: its record is removed, and the end published to the S-CSCFs
+        sharing the store, once the store answers (every `EXPIRY_RETRY` s), unless the
+        IMPU was registered again through another S-CSCF meanwhile (a newer record:
+        kept, no end published). Before, the record stayed until its expiry: the
+        other instances took the user for registered, and their subscribers never
+        heard of the end."""
+        try:
+            self.core.counters["removal_held_store_unavailable"] += 1
+            reg = removed.registration
+            while True:
+                await asyncio.sleep(EXPIRY_RETRY)
+                try:
+                    if reg is None:
+                        await self.store.delete(removed.impu)
+                    elif (
+                        not await self.store.delete_if_unchanged(reg)
+                        and await self.store.get(removed.impu) is not None
+                    ):
+                        self.core.counters["removal_changed_elsewhere"] += 1
+                        return
+                    break
+                except Exception:  # (still out of reach: counted and logged once)
+                    continue
+            await self._publish_ended(removed)
+            if self._peers.stopped:
+                await self._end_for_stopped(removed)
         except Exception:
             self._task_failed()
         finally:
