@@ -2057,15 +2057,24 @@ class Scscf:
             if request.user_data:
                 text = request.user_data.decode("utf-8", "replace")
                 try:
-                    parse_user_data(text)
+                    _private, identities = parse_user_data(text)
                 except UserDataError:
                     return request.answer(
                         **base, experimental_result_code=cx.DIAMETER_ERROR_NOT_SUPPORTED_USER_DATA
                     )
+                if self._shared:
+                    # The registrations may have been made or refreshed through another
+                    # S-CSCF sharing the store: the profile goes on the stored records,
+                    # never on a stale copy held here (whose write would take a refresh
+                    # back to its old expiry).
+                    for identity in {p.identity for p in identities}:
+                        if not await self._adopt_stored(identity):
+                            self._refuse_cut_off()
                 for reg in list(self.core.registrations.values()):
                     if reg.impi == request.user_name:
                         reg.user_data = text
-                        await self._store(self.store.put(reg))
+                        if not await self._store_ok(self.store.put(reg)):
+                            self._refuse_cut_off()
             return request.answer(**base, result_code=cx.DIAMETER_SUCCESS)
         return None
 
