@@ -77,7 +77,7 @@ async def test_a_profile_pushed_to_an_instance_holding_a_stale_copy_keeps_the_re
 async def test_a_profile_pushed_to_an_instance_cut_off_is_too_busy(
     tmp_path, redis_url, monkeypatch
 ):
-    async with cut_off_pair(tmp_path, redis_url, monkeypatch) as (net, other, port, _, proxy):
+    async with cut_off_pair(tmp_path, redis_url, monkeypatch) as (net, other, _p, _, proxy):
         there = other.scscf
         _, r200 = await full_registration(net, new_ue())
         assert r200.status == 200, r200
