@@ -1083,9 +1083,9 @@ async def icscf_with_instances(
 async def test_an_scscf_instance_that_does_not_answer_is_passed_over(home):
     """The S-CSCF's first instance takes datagrams and answers none: after
     `scscf_timeout` of silence the I-CSCF sends the REGISTER to the next instance of the
-    same Server-Name, with no second UAR and the same branch, sends the silent one no
-    more copies (were it to come back, it would take a request answered elsewhere), and
-    sends the next
+    same Server-Name, with no second UAR, as a new client transaction with a branch of
+    its own (RFC 3261 §16.6 step 7), sends the silent one no more copies (were it to
+    come back, it would take a request answered elsewhere), and sends the next
     request to the other at once (the silent one is tried last for `scscf_down_time`)."""
     loop = asyncio.get_running_loop()
     copies: list[bytes] = []
@@ -1104,6 +1104,10 @@ async def test_an_scscf_instance_that_does_not_answer_is_passed_over(home):
         assert r401.status == 401 and 0.6 <= waited < 3.0, (r401, waited)
         taken = len(copies)
         assert taken == 2  # the first copy and Timer E's one at 0.5 s
+        silent_branch = parse_message(copies[0]).top_via.branch
+        (moved,) = [m for m in sip_seen(home, "scscf", "in") if m.get("cseq") == "1 REGISTER"]
+        assert moved.top_via.branch != silent_branch
+        assert moved.via[1:] == parse_message(copies[0]).via[1:]  # the same copy below it
         uars = [m for m in cx_seen(home, "icscf") if isinstance(m, cx.UserAuthorizationRequest)]
         assert len(uars) == 1
         t0 = loop.time()
@@ -1279,8 +1283,9 @@ async def test_a_reauthenticated_register_answered_by_one_instance_is_answered_b
     tmp_path, redis_url, what
 ):
     """reauthenticate = "always": a protected REGISTER is challenged and its answer
-    verified by the first instance (200); the I-CSCF, that 200 lost, gives the same copy
-    (same branch) to the second, which must answer it 200 too, not challenge it again: a
+    verified by the first instance (200); the I-CSCF, that 200 lost, gives the copy (a
+    branch of its own, the UE's Via the same) to the second, which must answer it 200
+    too, not challenge it again: a
     refresh from the store as the REGISTER that made the bindings; the de-registration
     of one contact of two, whose binding is gone, as removing nothing (before: 401, and
     the UE's answer met a P-CSCF that had let the contact's SAs go: chaos seed 9960)."""
@@ -1326,7 +1331,10 @@ async def test_a_reauthenticated_register_answered_by_one_instance_is_answered_b
         )
         await wait_for(lambda: got)
         assert got[0].status == 200, got
-        client.abandon_request(key)  # (the I-CSCF's failover: the same branch elsewhere)
+        client.abandon_request(key)  # (the I-CSCF's failover: a new branch elsewhere)
+        top = copy.top_via.branch
+        copy = parse_message(copy.to_bytes().replace(top.encode(), f"{top}.moved".encode(), 1))
+        assert copy.top_via.branch == f"{top}.moved"
         key = client.send_request_callback(
             copy, ("127.0.0.1", other_port), client.transports[0], got.append
         )

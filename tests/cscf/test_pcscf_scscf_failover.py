@@ -1,7 +1,9 @@
 """A P-CSCF's request to an instance of an S-CSCF that runs as several
 (`PcscfConfig.scscf_instances`, RFC 3263 §4.3 as for the targets of one SRV record)
-that stays unanswered for `scscf_timeout` s, or is answered 503, goes on, the same
-copy with the same branch, to the next instance; the silent one is passed over for
+that stays unanswered for `scscf_timeout` s, or is answered 503, goes on to the next
+instance as a new client transaction, the same copy with a branch of its own (RFC
+3261 §16.6 step 7: our context's branch and `x<n>`, n the instance's place in its
+group); the answers of either come back to the one context; the silent one is passed over for
 `scscf_down_time` s (or until it answers an OPTIONS), one that answered 503 for its
 Retry-After.
 Sans-I/O: the core's actions read directly."""
@@ -57,7 +59,7 @@ def test_a_silent_instance_passes_its_request_to_the_next_and_is_passed_over():
         copies += _sent(core.handle_timer(t))
     assert [d for d, _ in copies] == [FIRST] * 3
     (moved,) = _sent(core.handle_timer(7.5))
-    assert moved == (SECOND, via)  # the same copy, the same branch
+    assert moved == (SECOND, via + "x2")  # the same copy, a branch of its own
     assert core.counters["scscf-instance-failover"] == 1
     # the next request goes to the second at once, while the first is passed over
     ((dest, _),) = _sent(_registered(core, 1, 8.0))
@@ -170,7 +172,7 @@ def test_a_503_from_an_instance_moves_the_request_at_once_and_passes_it_over_for
     assert sent.destination == FIRST
     refused = _answer(sent.message, 503, **{"Retry-After": "5"})
     moved = core.receive_response(refused, FIRST, 0.1)
-    assert _sent(moved) == [(SECOND, sent.message.get("Via"))]
+    assert _sent(moved) == [(SECOND, sent.message.get("Via") + "x2")]
     assert core.counters["scscf-instance-503"] == 1
     assert core.counters["scscf-instance-failover"] == 1
     assert core.receive_response(refused, FIRST, 0.2) == []  # its retransmission
@@ -204,3 +206,38 @@ def test_a_503_without_another_instance_left_is_the_answer():
     assert not plain.counters["scscf-instance-503"]
     ((dest, _),) = _sent(_registered(plain, 1, 0.2))
     assert dest == FIRST
+
+
+def test_a_late_answer_of_the_instance_moved_from_is_the_answer_too():
+    """The first instance was slow, not gone: its 200 (to the original branch) after the
+    request moved on is the answer, as the second's (to the moved one) would be; the
+    second's that comes after it finds no context and goes nowhere (RFC 3261 §16.7:
+    one final answer of the branches)."""
+    core = _core()
+    _registered(core, 0, 0.0)
+    (first,) = [a.message for a in core.handle_timer(0.5) if isinstance(a, Forward)]
+    for t in (1.5, 3.5):
+        core.handle_timer(t)
+    (moved,) = [a.message for a in core.handle_timer(7.5) if isinstance(a, Forward)]
+    assert moved.top_via.branch == first.top_via.branch + "x2"
+    branch = first.top_via.branch
+    assert branch in core.pending
+    core.receive_response(_answer(first, 200, Expires="600"), FIRST, 7.6)
+    assert branch not in core.pending
+    late = core.receive_response(_answer(moved, 200, Expires="600"), SECOND, 7.7)
+    assert [type(a).__name__ for a in late] == ["DropInput"]
+
+
+def test_an_answer_with_the_received_of_the_hop_is_matched_by_its_moved_branch():
+    core = _core()
+    (sent,) = [a for a in _registered(core, 0, 0.0) if isinstance(a, Forward)]
+    moved = core.receive_response(_answer(sent.message, 503), FIRST, 0.1)
+    (copy,) = [a.message for a in moved if isinstance(a, Forward)]
+    text = copy.to_bytes().replace(
+        copy.top_via.branch.encode(), copy.top_via.branch.encode() + b";received=10.0.0.1", 1
+    )
+    from imsaka.sip import parse_message
+
+    branch = sent.message.top_via.branch
+    core.receive_response(_answer(parse_message(text), 200, Expires="600"), SECOND, 0.2)
+    assert branch not in core.pending

@@ -571,19 +571,20 @@ class Icscf:
             fwd.add("Route", f"<{_loose(entry.name)}>", first=True)
         transport = self._transport(entry.transport)
         # The same branch for the P-CSCF's retransmission after a restart of ours (one
-        # per S-CSCF: a failover's differs). The S-CSCF then answers it from the
+        # per S-CSCF instance: a failover's differs, a new client transaction per
+        # address tried, RFC 3261 §16.6 step 7). The S-CSCF then answers it from the
         # transaction it has (the 401 with the nonce it sent, the 200 without a second
         # SAR), where a new branch would make it a new REGISTER with the same Call-ID
-        # and CSeq (RFC 3261 §10.3 step 7: refused).
+        # and CSeq (RFC 3261 §10.3 step 7: refused). (The instance a REGISTER moves
+        # on to knows a copy the one before answered by the UE's Via branch, which the
+        # shared store keeps with the bindings.)
         pooled = entry.name in self._pools
-        # (every instance of one S-CSCF gets the same branch: the one the request goes
-        # to next knows a copy the one before answered, from the shared store)
         push_via(
             fwd,
             transport.name.upper(),
             self.config.name,
             self.config.port,
-            branch=retransmission_branch(request, target_token(entry.name)),
+            branch=retransmission_branch(request, _instance_token(entry)),
         )
         self.counters["forwarded"] += 1
         addr = (entry.address, entry.port)
@@ -606,6 +607,11 @@ class Icscf:
             return self.endpoint.transport(name)
         except Exception:
             return self.endpoint.transports[0]
+
+
+def _instance_token(entry: ScscfEntry) -> str:
+    """The `target_token` of one instance of an S-CSCF: its name, address and port."""
+    return target_token(f"{entry.name} {entry.address}:{entry.port}")
 
 
 def _loose(name: str) -> str:
@@ -755,8 +761,8 @@ class _Routing:
         if self.sent is not None:
             # the silent one is sent it no more: should it come back while its copy was
             # still being retransmitted, it would take a request answered elsewhere
-            # (a late de-REGISTER ending the registration made after it); and the copy
-            # to the next one has the same branch
+            # (a late de-REGISTER ending the registration made after it); the copy to
+            # the next one is a new client transaction, its branch of its own
             abandon = getattr(icscf.endpoint, "abandon_request", None)
             if abandon is not None:
                 abandon(self.sent)

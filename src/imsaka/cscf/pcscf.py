@@ -512,8 +512,12 @@ class _Grace:
 
 
 # What follows `branch=` in our own Via as it comes back in a response: the branch we
-# wrote (`_branch_for`, or a SUBSCRIBE's) and at most the IPv4 `received` of the hop.
-_OWN_VIA_REST = re.compile(r"(z9hG4bK[0-9a-f]+)(?:;received=[0-9.]{7,15})?")
+# wrote (`_branch_for`, or a SUBSCRIBE's; the context's key), the `x<n>` of a copy
+# moved to the n-th instance of an S-CSCF (`_moved_copy`), and at most the IPv4
+# `received` of the hop.
+_OWN_VIA_REST = re.compile(r"(z9hG4bK[0-9a-f]+)(?:x[0-9]{1,2})?(?:;received=[0-9.]{7,15})?")
+# A branch of ours moved to another instance (the context's key, then `x<n>`).
+_MOVED_BRANCH = re.compile(r"(z9hG4bK[0-9a-f]+)x[0-9]{1,2}")
 
 
 # A Contact value `<URI>;expires=N` with N from 1 to 999999999 (RFC 3261 §20.10): its
@@ -2038,13 +2042,9 @@ class PcscfCore:
         """Timer E of a request at an S-CSCF instance that has left it unanswered for
         `scscf_timeout` s: the instance is passed over for `scscf_down_time` s and the
         request goes to the next instance of its S-CSCF (RFC 3263 §4.3: the next target
-        of one name), once per instance. The same copy with the same branch, as the
-        I-CSCF sends it on: the context is the UE's transaction (its upstream branch is
-        derived from the UE's), and an instance that finds a copy of a REGISTER it
-        already answered through the store knows it by that branch. (RFC 3263 §4.3 has
-        the next target get a new request with a new branch, and RFC 3261 §16.6 step 7
-        makes that a MUST for a proxy: a deviation, for those two reasons;
-        docs/home-network.md.)"""
+        of one name), once per instance: the same copy as a new client transaction,
+        with a branch of its own (RFC 3261 §16.6 step 7, `_moved_copy`), whose answers
+        and the late ones of the instance before come back to the one context."""
         sent = context.forward
         if not isinstance(sent, Forward) or sent.destination not in self._siblings:
             return
@@ -2078,9 +2078,27 @@ class PcscfCore:
             return False
         self.counters["scscf-instance-failover"] += 1
         log.info("pcscf: S-CSCF instance %s:%d %s; on to %s:%d", *sent.destination, why, *nxt)
-        context.forward = Forward(sent.message, nxt, sent.transport)
+        context.forward = Forward(self._moved_copy(sent.message, nxt), nxt, sent.transport)
         context.moved_at = now
         return True
+
+    def _moved_copy(self, message: Request | Response, nxt: Address) -> Request | Response:
+        """The copy of `message` for the instance `nxt`: a new client transaction, its
+        branch our context's with `x<n>` (n: `nxt`'s place among its S-CSCF's
+        instances), as RFC 3261 §16.6 step 7 requires of each address a proxy tries
+        (RFC 3263 §4.3: a new request to the next target). Its answers, and late ones
+        of the instance before, come back to the one context (`_OWN_VIA_REST`)."""
+        values = message.get_all("Via")
+        top = values[0] if values else ""
+        at = top.find(self._via_prefix) + len(self._via_prefix)
+        m = _OWN_VIA_REST.fullmatch(top, at) if at >= len(self._via_prefix) else None
+        if m is None:
+            return message  # (not our Via as we write it: the same copy)
+        group = self._siblings.get(nxt, (nxt,))
+        copy = message.copy()
+        copy.pop_first("Via")
+        copy.add("Via", f"{top[:at]}{m.group(1)}x{group.index(nxt) + 1}", first=True)
+        return copy
 
     def _on_503(
         self, context: _Pending, response: Response, source: Address, now: float
@@ -2365,7 +2383,9 @@ class PcscfCore:
                         Via.parse(value)
                     return m.group(1), len(values)
         vias = response.via
-        return (vias[0].branch if vias else ""), len(vias)
+        branch = vias[0].branch if vias else ""
+        moved = _MOVED_BRANCH.fullmatch(branch) if branch else None
+        return (moved.group(1) if moved else branch), len(vias)
 
     def _register_response(
         self, resp: Response, pending: _Pending, now: float, branch: str

@@ -120,9 +120,10 @@ class ContactBinding:
     cseq: int = 0
     """CSeq number of that REGISTER."""
     branch: str = ""
-    """Top Via branch of that REGISTER as it reached the S-CSCF, kept with a shared store
-    only: a retransmission of it that reaches another S-CSCF (or this one restarted, its
-    transactions gone) is known as one (RFC 3261 §17.2.3), not refused as out of order."""
+    """The branch of that REGISTER's bottom Via (the UE's, which no proxy changes), kept
+    with a shared store only: a retransmission of it, or a copy a proxy moved, that
+    reaches another S-CSCF (or this one restarted, its transactions gone) is known as
+    one (RFC 3261 §17.2.3), not refused as out of order."""
 
     def to_dict(self) -> dict:
         d = {

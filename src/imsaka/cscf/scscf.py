@@ -249,7 +249,10 @@ def _uri_host(host: str) -> str:
 
 def register_request_from_sip(req: Request, keep_branch: bool = False) -> RegisterRequest:
     """Read what the registrar needs; `SipParseError` names the header that is wrong.
-    `keep_branch`: its top Via branch too (the bindings of a shared store keep it)."""
+    `keep_branch`: the branch of its bottom Via too, the UE's (the bindings of a shared
+    store keep it): the one no proxy on the way changes, so a copy that a proxy moved
+    to another instance of this S-CSCF under a branch of its own (RFC 3261 §16.6 step 7)
+    is still known as the same REGISTER."""
     to = req.to
     call_id = req.call_id
     if not call_id:
@@ -296,7 +299,7 @@ def register_request_from_sip(req: Request, keep_branch: bool = False) -> Regist
         tuple(req.get_all("path")),
         req.method,
         req.body,
-        (req.top_via.branch or "") if keep_branch else "",
+        (req.via[-1].branch or "") if keep_branch else "",
     )
 
 

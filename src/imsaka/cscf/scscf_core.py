@@ -155,7 +155,8 @@ class RegisterRequest:
     method: str = "REGISTER"
     body: bytes = b""
     branch: str = ""
-    """Its top Via branch, when the bindings keep it (a shared store: `ContactBinding`)."""
+    """Its bottom Via's branch (the UE's), when the bindings keep it (a shared store:
+    `ContactBinding`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,7 +381,7 @@ def _contact_changes(
 
 def _made(req: RegisterRequest, binding: ContactBinding | None) -> bool:
     """Whether `req` is the very REGISTER that last refreshed `binding`: same Call-ID,
-    CSeq and top Via branch (kept with the binding by a shared store), so a
+    CSeq and UE's Via branch (kept with the binding by a shared store), so a
     retransmission that outlived its transaction (RFC 3261 §17.2.3)."""
     return (
         binding is not None
