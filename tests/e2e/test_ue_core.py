@@ -133,7 +133,7 @@ def test_challenge_gives_protected_register_and_sas():
     assert reg.expires == 600000 and reg.service_route == ("<sip:orig@scscf1.home1.net;lr>",)
     assert len(reg.associated_uris) == 2
     assert ue.state is UeState.REGISTERED
-    assert ue.next_deadline() == 2.0 + 600000 - 600
+    assert ue.next_deadline() == 1.0 + 600000 - 600  # (from the REGISTER sent at 1 s)
     assert refresh_interval(120) == 60
 
 
@@ -213,9 +213,10 @@ def _registered_ue():
 
 def test_refresh_is_protected_with_new_offer_and_same_port_s():
     ue, req2 = _registered_ue()
-    assert ue.next_deadline() == 2.0 + 600  # 1200 s granted: refresh at half
+    # 1200 s granted: refresh at half, from when the REGISTER went (1 s; its 200 at 2 s)
+    assert ue.next_deadline() == 1.0 + 600
     assert ue.handle_timer(100.0) == []  # not yet
-    (send,) = ue.handle_timer(602.0)
+    (send,) = ue.handle_timer(601.0)
     assert send.protected
     req = send.request
     sc = req.security("Security-Client")[0]
@@ -226,6 +227,26 @@ def test_refresh_is_protected_with_new_offer_and_same_port_s():
     ]
     assert req.authorization.response == req2.authorization.response  # last response reused
     assert req.cseq.seq == req2.cseq.seq + 1 and req.call_id == req2.call_id
+    assert ue.state is UeState.REREGISTERING
+
+
+def test_a_late_200_times_the_refresh_from_when_the_register_went():
+    """TS 24.229 §5.1.1.4.1: refresh at half of a grant of 1200 s or less. The S-CSCF
+    granted 30 s when the challenge response first reached it; its 200, lost, came on
+    a retransmission 20 s later. Counted from the 200, the refresh (at 35 s) came after
+    the registration had lapsed at the network (at 31 s; chaos seed 10174); counted
+    from the sending it is due at 16 s, so it goes at once."""
+    ue = _ue_with_ports(iter([(2468, 1357), (2470, 1357)]), 3)
+    (send1,) = ue.register(0.0)
+    resp, _vec, _ = challenge(send1.request)
+    req2 = next(e for e in ue.receive(resp, 1.0) if isinstance(e, SendRequest)).request
+    ok = make_response(
+        req2, 200, to_tag="5ef4", headers=[("Contact", "<sip:127.0.0.1:1357>;expires=30")]
+    )
+    ue.receive(parse_message(ok.to_bytes()), 21.0)
+    assert ue.next_deadline() == 1.0 + 15
+    (send,) = ue.handle_timer(21.0)
+    assert send.protected and send.request.method == "REGISTER"
     assert ue.state is UeState.REREGISTERING
 
 

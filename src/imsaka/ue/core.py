@@ -525,6 +525,9 @@ class UeRegistration:
         self.associated_uris: tuple[str, ...] = ()
         self.failure: str = ""
         self._deadline: float | None = None
+        # When the REGISTER now open was sent: the registrar's grant runs from no
+        # earlier than this (`_on_ok`)
+        self._register_sent_at = 0.0
         self.drops: Counter[str] = Counter()
         self.auth_rounds = 0
         self.retries = 0  # Retry-After waits of the current attempt
@@ -713,11 +716,13 @@ class UeRegistration:
         *,
         protected: bool,
         authorization: str,
+        now: float,
         expires: int | None = None,
         security_verify: list[str] | None = None,
     ) -> Request:
         cfg = self.config
         self.cseq += 1
+        self._register_sent_at = now
         port = self._port_s if protected else self.local[1]
         headers: list[tuple[str, str]] = [
             ("Via", f"{self._via_head}{port};branch=z9hG4bK{self._hex(8)}"),
@@ -771,7 +776,9 @@ class UeRegistration:
         self._subscribe_after_ok = self.config.subscribe_reg_event
         if self.config.sec_agree:
             self._new_offer()
-        request = self._build_register(protected=False, authorization=self._authorization())
+        request = self._build_register(
+            protected=False, authorization=self._authorization(), now=now
+        )
         self.state = UeState.UNPROTECTED_SENT
         events.append(SendRequest(request, protected=False))
         return events
@@ -791,6 +798,7 @@ class UeRegistration:
         request = self._build_register(
             protected=protected,
             authorization=auth,
+            now=now,
             security_verify=self.security_server if protected else None,
         )
         self.state = UeState.REREGISTERING
@@ -809,6 +817,7 @@ class UeRegistration:
         request = self._build_register(
             protected=protected,
             authorization=auth,
+            now=now,
             expires=0,
             security_verify=self.security_server if protected else None,
         )
@@ -1044,7 +1053,7 @@ class UeRegistration:
         self.last_algorithm = algorithm
         expires = 0 if self.state is UeState.DEREGISTERING else None
         request = self._build_register(
-            protected=protect, authorization=auth, security_verify=verify, expires=expires
+            protected=protect, authorization=auth, now=now, security_verify=verify, expires=expires
         )
         if self.state is not UeState.DEREGISTERING:
             self.state = UeState.RESPONSE_SENT
@@ -1096,7 +1105,7 @@ class UeRegistration:
         if self.config.sec_agree:
             self._new_offer()
         auth = self._authorization(nonce=nonce, response="", algorithm=algorithm)
-        request = self._build_register(protected=self.sa is not None, authorization=auth)
+        request = self._build_register(protected=self.sa is not None, authorization=auth, now=now)
         events: list[Event] = [SendRequest(request, protected=self.sa is not None)]
         events += self._fail(NETWORK_AUTH_FAILED, 0)
         return events
@@ -1126,6 +1135,7 @@ class UeRegistration:
         request = self._build_register(
             protected=protected,
             authorization=auth,
+            now=now,
             security_verify=self.security_server if protected else None,
         )
         if self.state is UeState.UNPROTECTED_SENT:
@@ -1161,7 +1171,12 @@ class UeRegistration:
         self.recoveries = 0
         self._pending = None
         self.state = UeState.REGISTERED
-        self._deadline = now + refresh_interval(expires) if expires > 0 else None
+        # TS 24.229 §5.1.1.4.1 times the refresh from the expiry; the S-CSCF granted
+        # it when the REGISTER reached it, which may be well before its 200 got here
+        # (lost, and sent again on a retransmission): counted from the sending, the
+        # refresh never comes after the registration lapsed at the network.
+        start = min(now, self._register_sent_at or now)
+        self._deadline = start + refresh_interval(expires) if expires > 0 else None
         events.append(Registered(expires, self.service_route, self.associated_uris, protected))
         if self._subscribe_after_ok:
             # Only after the initial registration, not after each re-registration.
