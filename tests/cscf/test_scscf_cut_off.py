@@ -406,3 +406,70 @@ async def test_a_deregistration_whose_removal_fails_lands_once_the_store_answers
             await asyncio.sleep(0.3)
             assert len(notifies) == 1  # no end told
         assert there.core.counters["removal_held_store_unavailable"] == 1
+
+
+@pytest.mark.parametrize("what", ["changed", "ended", "ended-then-registered-again"])
+async def test_a_publication_the_store_did_not_take_goes_once_it_answers(
+    tmp_path, redis_url, monkeypatch, what
+):
+    """The subscription is held at the first instance; a second contact is added
+    (changed), or the UE de-registers (ended), through the second, which is cut off
+    from Redis right after its write, before publishing. Once the store answers it
+    publishes, and the subscriber at the first gets its NOTIFY (before: never). An end
+    whose IMPU was registered again through the first meanwhile is not published
+    (it would end the newer registration's subscriptions there)."""
+    import imsaka.cscf.scscf as scscf_module
+    from imsaka.cscf.registrar import RedisBindingStore
+
+    monkeypatch.setattr(scscf_module, "EXPIRY_RETRY", 0.1)
+    async with cut_off_pair(tmp_path, redis_url, monkeypatch) as (net, other, port, _, proxy):
+        there = other.scscf
+        ue = new_ue()
+        notifies = await registered_and_subscribed_at(net, net.scscf_port, ue)
+        await icscf_with_instances(net, [port, net.scscf_port], timeout=5.0)
+        publish = RedisBindingStore.publish_change
+        cuts: list = []
+
+        async def cut_then_publish(self, record):
+            if self is there.store and not cuts:
+                cuts.append(record["kind"])
+                await proxy.cut()
+            return await publish(self, record)
+
+        monkeypatch.setattr(RedisBindingStore, "publish_change", cut_then_publish)
+        if what == "changed":
+            r401 = await send(
+                net,
+                with_second_contact(
+                    register(net, cseq=1, authorization=empty_auth(), protected=False), "c2"
+                ),
+            )
+            auth = answer_auth(r401.www_authenticate, ue)
+            second = register(net, cseq=2, authorization=auth, protected=True)
+            assert (await send(net, with_second_contact(second, "c2"))).status == 200
+        else:
+            dereg = register(net, cseq=3, protected=True, authorization=PROTECTED_YES, expires=0)
+            assert (await send(net, dereg)).status == 200
+        if what == "ended-then-registered-again":
+            r401 = await send(
+                net, register(net, cseq=4, authorization=empty_auth(), protected=False)
+            )
+            auth = answer_auth(r401.www_authenticate, ue)
+            r200 = await send(net, register(net, cseq=5, authorization=auth, protected=True))
+            assert r200.status == 200, r200
+        await asyncio.sleep(0.3)
+        before = len(notifies)
+        await proxy.mend()
+        if what == "ended-then-registered-again":
+            await wait_for(lambda: there.core.counters["publication_superseded"] == 1, 5)
+            await asyncio.sleep(0.3)
+            assert not _ended(notifies)
+        else:
+            await wait_for(lambda: len(notifies) > before, timeout=5)
+            last = notifies[-1]
+            if what == "ended":
+                assert (last.get("subscription-state") or "").startswith("terminated")
+            else:
+                assert b"ccc:eee" in last.body
+        assert there.core.counters["publication_held_store_unavailable"] == 1
+        assert cuts == ["changed" if what == "changed" else "ended"]

@@ -172,6 +172,8 @@ _SCSCF_SEEN = (
     "expiry_refreshed_elsewhere",
     "removal_held_store_unavailable",
     "removal_changed_elsewhere",
+    "publication_held_store_unavailable",
+    "publication_superseded",
 )
 
 # The P-CSCF's (`Network.pcscf_counters`): what its restarts made it do.

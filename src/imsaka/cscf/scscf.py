@@ -1356,37 +1356,71 @@ class Scscf:
         """Tell the S-CSCFs sharing the store that `removed` ended here: one of them may
         hold reg-event subscriptions to it (`_changed_elsewhere`)."""
         reg = removed.registration
-        await self._publish(
-            {
-                "notifier": self._contact,
-                "kind": "ended",
-                "impu": removed.impu,
-                "impi": removed.impi,
-                "reason": removed.reason,
-                "registration": reg.to_json() if reg is not None else None,
-            }
-        )
+        record = {
+            "notifier": self._contact,
+            "kind": "ended",
+            "impu": removed.impu,
+            "impi": removed.impi,
+            "reason": removed.reason,
+            "registration": reg.to_json() if reg is not None else None,
+        }
+        if not await self._publish(record):
+            self._spawn(self._publish_later(record, None))
 
     async def _publish_changed(self, stored: StoreRegistration) -> None:
         """Tell the S-CSCFs sharing the store that a contact of a registration that stays
         came or went here (`_notify_changed` told our own subscribers)."""
         reg = stored.registration
-        await self._publish(
-            {
-                "notifier": self._contact,
-                "kind": "changed",
-                "impu": reg.impu,
-                "registration": reg.to_json(),
-                "ended": [[binding.to_dict(), event] for binding, event in stored.ended],
-                "added": stored.added,
-            }
-        )
+        record = {
+            "notifier": self._contact,
+            "kind": "changed",
+            "impu": reg.impu,
+            "registration": reg.to_json(),
+            "ended": [[binding.to_dict(), event] for binding, event in stored.ended],
+            "added": stored.added,
+        }
+        if not await self._publish(record):
+            self._spawn(self._publish_later(record, reg.version))
 
-    async def _publish(self, record: dict) -> None:
+    async def _publish(self, record: dict) -> bool:
+        """Whether `record` reached the channel."""
         try:
             await self.store.publish_change(record)
         except Exception as exc:  # the store is down: our own subscribers were told
             log.warning("binding store: change of %s not published: %s", record["impu"], exc)
+            return False
+        return True
+
+    async def _publish_later(self, record: dict, version: int | None) -> None:
+        """A change (`version`: of the record written) or an end (None) made here whose
+        publication the store did not take (cut off right after the write): published
+        once the store answers (every `EXPIRY_RETRY` s), unless it is no longer true
+        there (the record written again since, or, for an end, the IMPU registered
+        again): a late end would end the subscriptions of a newer registration held
+        elsewhere. Before, it was lost, and the other instances' subscribers never
+        heard of it."""
+        try:
+            self.core.counters["publication_held_store_unavailable"] += 1
+            impu = record["impu"]
+            while True:
+                await asyncio.sleep(EXPIRY_RETRY)
+                try:
+                    current = await self.store.get(impu)
+                    if (
+                        (current is not None)
+                        if version is None
+                        else (current is None or current.version != version)
+                    ):
+                        self.core.counters["publication_superseded"] += 1
+                        return
+                    await self.store.publish_change(record)
+                    return
+                except Exception:  # (still out of reach: logged once, by `_publish`)
+                    continue
+        except Exception:
+            self._task_failed()
+        finally:
+            self._tasks.discard(current_task())
 
     def _changed_elsewhere(self, record: dict) -> None:
         """Another S-CSCF sharing the store ended a registration (de-registration, RTR,
