@@ -102,7 +102,7 @@ from typing import Any
 from imsaka.network import Network, NetworkOptions, make_subscribers
 from imsaka.ue.client import UeClient
 from imsaka.ue.core import UeState
-from tests.e2e.test_faults import _lose_a_fifth
+from tests.e2e.test_faults import _lose_a_fifth, note_lost
 from tests.polling import eventually
 from tests.tcp_proxy import CuttableProxy, redis_target
 
@@ -236,12 +236,13 @@ class _Logs(logging.Handler):
             logging.getLogger(name).removeHandler(self)
 
 
-def _lossy(send: Any, rng: random.Random, dropped: dict[str, int]) -> Any:
+def _lossy(send: Any, rng: random.Random, dropped: dict[str, int], who: str = "") -> Any:
     """`send` losing a fifth of what it is given, as `_lose_a_fifth` does."""
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if rng.random() < 0.2:
             dropped["n"] += 1
+            note_lost(who, args)
             return True
         return send(*args, **kwargs)
 
@@ -250,13 +251,17 @@ def _lossy(send: Any, rng: random.Random, dropped: dict[str, int]) -> Any:
 
 def _lossy_ue(ue: UeClient, rng: random.Random, dropped: dict[str, int]) -> None:
     """A fifth of a (restarted) UE's datagrams lost."""
-    ue.send_clear = _lossy(ue.send_clear, rng, dropped)  # type: ignore[method-assign]
-    ue.send_protected = _lossy(ue.send_protected, rng, dropped)  # type: ignore[method-assign]
+    ue.send_clear = _lossy(ue.send_clear, rng, dropped, ue.name)  # type: ignore[method-assign]
+    ue.send_protected = _lossy(  # type: ignore[method-assign]
+        ue.send_protected, rng, dropped, f"{ue.name} (ESP)"
+    )
 
 
-def _lossy_socket(transport: Any, rng: random.Random, dropped: dict[str, int]) -> None:
+def _lossy_socket(
+    transport: Any, rng: random.Random, dropped: dict[str, int], who: str = ""
+) -> None:
     """A fifth of a (restarted) function's UDP datagrams lost below its SIP transport."""
-    transport._transport.sendto = _lossy(transport._transport.sendto, rng, dropped)
+    transport._transport.sendto = _lossy(transport._transport.sendto, rng, dropped, who)
 
 
 def _ladder(net: Network, impi: str, ue_name: str, logs: _Logs) -> str:
@@ -734,7 +739,7 @@ async def _run(
                 server = net.scscf if instance == 1 else net.scscf_others[instance - 2]
                 for transport in server.endpoint.transports:
                     if transport.name == "udp":
-                        _lossy_socket(transport, loss_rng2, dropped)
+                        _lossy_socket(transport, loss_rng2, dropped, f"S-CSCF#{instance}")
 
             restarter = asyncio.ensure_future(restarts.loop(net, lossy_scscf))
         if hss_restarts:
@@ -745,7 +750,7 @@ async def _run(
             def lossy_icscf() -> None:
                 for transport in net.icscf.endpoint.transports:
                     if transport.name == "udp":
-                        _lossy_socket(transport, loss_rng3, dropped)
+                        _lossy_socket(transport, loss_rng3, dropped, "I-CSCF")
 
             crashes_of.append(
                 _Crashes(net, "icscf", (3.0, 12.0), random.Random(seed + 23), ops, lossy_icscf)
@@ -755,8 +760,10 @@ async def _run(
 
             def lossy_pcscf() -> None:
                 # the new P-CSCF's Gm (clear and ESP) and Mw legs as lossy as the old one's
-                _lossy_socket(net.pcscf.udp, loss_rng4, dropped)
-                net.pcscf.send_protected = _lossy(net.pcscf.send_protected, loss_rng4, dropped)
+                _lossy_socket(net.pcscf.udp, loss_rng4, dropped, "P-CSCF")
+                net.pcscf.send_protected = _lossy(
+                    net.pcscf.send_protected, loss_rng4, dropped, "P-CSCF (ESP)"
+                )
 
             crashes_of.append(
                 # the first within the steps (five UEs' six steps take 10 s or so when

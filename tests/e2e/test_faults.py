@@ -9,8 +9,10 @@ bindings, random UDP loss on every SIP leg, a UE that vanishes after the 401.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -189,35 +191,60 @@ async def test_scscf_restart_with_redis_bindings_keeps_registrations(redis_url):
         assert await eventually(lambda: net.pcscf.stats()["sa_sets"] == 0)
 
 
+# Each datagram the loss below drops, one INFO line (the chaos runner's ladders show
+# them: a loss is otherwise seen nowhere, the trace being written below it).
+LOSS_LOG = logging.getLogger("lifecycle_chaos.loss")
+_USER = re.compile(rb"user\d+_")
+
+
+def note_lost(who: str, args: tuple) -> None:
+    """Log what a lossy `send` of `who` dropped: the SIP start line, CSeq and the
+    subscribers it names (`userN_`)."""
+    if not LOSS_LOG.isEnabledFor(logging.INFO):
+        return
+    data = next((bytes(a) for a in args if isinstance(a, (bytes, bytearray, memoryview))), b"")
+    head = data.split(b"\r\n", 1)[0].decode("utf-8", "replace")[:80]
+    m = re.search(rb"(?im)^CSeq:[ \t]*([^\r\n]*)", data)
+    cseq = m.group(1).decode("utf-8", "replace") if m else ""
+    users = " ".join(sorted({u.decode() for u in _USER.findall(data)}))
+    LOSS_LOG.info("lost %s: %s | %s | %s", who, head, cseq, users)
+
+
 def _lose_a_fifth(net: Network, ues: list[UeClient], seed: int) -> dict[str, int]:
     """20 % of the UDP datagrams on Gm (clear and ESP, both ways) and on Mw (P-CSCF ⇄
     I-CSCF ⇄ S-CSCF) are lost from now on; returns the count of those lost."""
     rng = random.Random(seed)
     dropped = {"n": 0}
 
-    def lossy(send):
+    def lossy(send, who: str = ""):
         def wrapper(*args, **kwargs):
             if rng.random() < 0.2:
                 dropped["n"] += 1
+                note_lost(who, args)
                 return True
             return send(*args, **kwargs)
 
         return wrapper
 
-    def lossy_socket(transport) -> None:
+    def lossy_socket(transport, who: str) -> None:
         # Loss below the SIP transport (the asyncio datagram socket): the transaction
         # layer sees nothing of it, as with a real lossy link.
-        transport._transport.sendto = lossy(transport._transport.sendto)
+        transport._transport.sendto = lossy(transport._transport.sendto, who)
 
-    lossy_socket(net.pcscf.udp)  # Gm clear answers and Mw towards the I-/S-CSCF
-    net.pcscf.send_protected = lossy(net.pcscf.send_protected)  # Gm ESP
-    for server in (net.icscf, net.scscf, *net.scscf_others):
+    lossy_socket(net.pcscf.udp, "P-CSCF")  # Gm clear answers and Mw towards the I-/S-CSCF
+    net.pcscf.send_protected = lossy(net.pcscf.send_protected, "P-CSCF (ESP)")  # Gm ESP
+    for name, server in (
+        ("I-CSCF", net.icscf),
+        ("S-CSCF", net.scscf),
+        *((f"S-CSCF#{n}", s) for n, s in enumerate(net.scscf_others, 2)),
+    ):
         for transport in server.endpoint.transports:
             if transport.name == "udp":
-                lossy_socket(transport)
+                lossy_socket(transport, name)
     for u in ues:
-        u.send_clear = lossy(u.send_clear)
-        u.send_protected = lossy(u.send_protected)
+        name = getattr(u, "name", "UE")
+        u.send_clear = lossy(u.send_clear, name)
+        u.send_protected = lossy(u.send_protected, f"{name} (ESP)")
     return dropped
 
 
