@@ -221,3 +221,32 @@ def test_de_registration_holds_the_draining_set_for_the_ues_open_request():
     gone = _released(p.handle_timer(12.1 + DEREGISTER_GRACE + 1.0))
     assert {r.sa.spi_ps for r in gone} == {old.spi_ps, new.spi_ps}
     assert p.in_grace() == 0 and not p.by_spi
+
+
+def test_after_the_network_ends_it_a_request_to_the_ue_takes_the_newest_held_set():
+    """A re-authentication moved the UE to a new set (the old one draining), and a
+    request of the UE is open over the new one when the registration lapses at the
+    network: both sets are held. The S-CSCF's NOTIFY to the UE then goes over the new
+    set, as any request to the UE does (before: over the old one, which the UE had
+    deleted once the new one carried traffic; chaos seed 10192 lost the UE's
+    terminated NOTIFY so)."""
+    from tests.cscf.test_pcscf_dialog_routing import _own_terminated_notify, reginfo
+
+    p = core()
+    old, server, over_old = _registered(p)
+    own = next(c.forward for c in p.pending.values() if getattr(c, "kind", "") == "subscribe")
+    ok = make_response(parse_message(own.message.to_bytes()), 200, to_tag="reg")
+    p.receive_response(parse_message(ok.to_bytes()), SCSCF, 3.5)
+    new, _ = _reauthenticated(p, server, over_old, 10.0)
+    over_new = Arrival(("127.0.0.1", 3333), spi=new.spi_ps)
+    (sub,) = p.receive_request(ue_subscribe("z9hG4bKsubnew"), over_new, 10.5)
+    assert isinstance(sub, Forward)
+    lapse = _own_terminated_notify(
+        p, [own], "terminated;reason=timeout", reginfo("terminated", "expired")
+    )
+    out = p.receive_request(lapse, Arrival(SCSCF), 11.0)
+    held = {a.sa.spi_ps for a in out if isinstance(a, HoldSecurityAssociations)}
+    assert held == {old.spi_ps, new.spi_ps}
+    out = p.receive_request(scscf_notify("terminated;reason=timeout"), Arrival(SCSCF), 11.1)
+    (notify,) = [a for a in out if isinstance(a, Reply)]
+    assert notify.message.method == "NOTIFY" and notify.spi == new.spi_us

@@ -3118,6 +3118,14 @@ class PcscfCore:
                 actions.append(self._hold(reg, s, "", now, reason))
             else:
                 actions.append(self._release(reg, s, reason))
+        newest = reg.sa
+        if reason == NETWORK_TERMINATED and newest is not None:
+            # A request to the UE after the end takes the newest set held, as it would
+            # have before (the held ones share the UE's contact; the UE may have deleted
+            # an older one once the newest carried traffic, TS 33.203 §7.4).
+            grace = self._grace.get(f"{HELD}{newest.spi_ps}")
+            if grace is not None and grace.sa is newest:
+                self._grace_by_contact[(newest.ue_host, newest.port_us)] = grace
         return actions
 
     def _hold(
