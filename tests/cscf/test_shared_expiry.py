@@ -369,3 +369,45 @@ async def test_each_write_of_the_shared_store_is_one_debug_line_without_user_dat
     ], lines
     assert f"version {reg.version}" in lines[1] and "[5555::aaa:bbb:ccc:ddd]:1357" in lines[0]
     assert not [line for line in lines if "secret-profile" in line]
+
+
+@pytest.mark.parametrize("loop", ["claim", "partial", "publish"])
+async def test_a_store_call_swallowing_the_close_does_not_keep_a_retry_loop_going(
+    stores, monkeypatch, loop
+):
+    """A loop that tries the store again (a held expiry, a held partial expiry, a
+    publication not taken) is in a store call when the S-CSCF closes; the call
+    swallows the cancellation (redis-py's reads can) and fails instead. The loop ends
+    at its next pause, and close() returns (before: the loop went on and close()
+    waited for it forever: a chaos run hung at its end)."""
+    import imsaka.cscf.scscf as scscf_module
+
+    monkeypatch.setattr(scscf_module, "EXPIRY_RETRY", 0.05)
+    await stores[2].put(two_contacts(T0 + 60, T0 + 3600 if loop == "partial" else T0 + 60))
+    clock, sars = Clock(), []
+    a = scscf(stores[0], clock, sars)
+    await a.start()
+    entered = asyncio.Event()
+    calls: list = []
+
+    async def swallowing(store, *args):
+        calls.append(args)
+        if len(calls) == 1 and loop != "publish":  # the timer's own call: out of reach
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:6379.")
+        entered.set()  # a call of the loop that tries again
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass  # (swallowed)
+        raise ConnectionError("Connection closed by server.")
+
+    name = {"claim": "claim_lapsed", "partial": "put_if_unchanged", "publish": "get"}[loop]
+    monkeypatch.setattr(type(stores[0]), name, swallowing)
+    if loop == "publish":
+        a._spawn(a._publish_later({"impu": IMPU, "kind": "ended"}, None))
+    else:
+        clock.now = T0 + 61
+        await a._fire()
+    await asyncio.wait_for(entered.wait(), 5)
+    await asyncio.wait_for(asyncio.shield(a.close()), 5)
+    assert not a._tasks

@@ -1403,7 +1403,8 @@ class Scscf:
             self.core.counters["publication_held_store_unavailable"] += 1
             impu = record["impu"]
             while True:
-                await asyncio.sleep(EXPIRY_RETRY)
+                if not await self._retry_pause():
+                    return
                 try:
                     current = await self.store.get(impu)
                     if (
@@ -1799,7 +1800,8 @@ class Scscf:
             self.core.counters["expiry_held_store_unavailable"] += 1
             claim = None
             while claim is None:
-                await asyncio.sleep(EXPIRY_RETRY)
+                if not await self._retry_pause():
+                    return
                 claim = await self._claim_lapsed(removed.impu, quiet=True)
             if claim == "live":
                 self.core.abandon(ask.token)
@@ -1849,7 +1851,8 @@ class Scscf:
             self.core.counters["expiry_held_store_unavailable"] += 1
             written = None
             while written is None:
-                await asyncio.sleep(EXPIRY_RETRY)
+                if not await self._retry_pause():
+                    return
                 written = await self._store_partial_expiry(stored.registration, quiet=True)
             if written:
                 self._notify_changed(stored)
@@ -1873,7 +1876,8 @@ class Scscf:
             self.core.counters["removal_held_store_unavailable"] += 1
             reg = removed.registration
             while True:
-                await asyncio.sleep(EXPIRY_RETRY)
+                if not await self._retry_pause():
+                    return
                 try:
                     if reg is None:
                         await self.store.delete(removed.impu)
@@ -1893,6 +1897,15 @@ class Scscf:
             self._task_failed()
         finally:
             self._tasks.discard(current_task())
+
+    async def _retry_pause(self) -> bool:
+        """The wait of a loop that tries the store again (`_claim_later` and the like):
+        False once this instance closes. A store call can swallow the close's
+        cancellation (redis-py's reads can), and the loop would then go on, and close()
+        wait for it, forever (a chaos run hung so at its end)."""
+        await asyncio.sleep(EXPIRY_RETRY)
+        task = current_task()
+        return not self._closed and not (task is not None and task.cancelling())
 
     async def _store(self, op: Awaitable[None]) -> None:
         await self._store_ok(op)
