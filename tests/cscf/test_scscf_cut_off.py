@@ -349,6 +349,16 @@ async def test_a_register_whose_write_fails_is_503_and_answered_by_the_other(
             assert here.core.counters["challenge_taken_from_store"] == 1
 
 
+async def registered_again(net, ue) -> None:
+    """The UE de-registered at CSeq 3 registers again (CSeq 4 and 5) through the
+    I-CSCF: the second instance, cut off, answers 503 and each REGISTER moves on to
+    the first."""
+    r401 = await send(net, register(net, cseq=4, authorization=empty_auth(), protected=False))
+    auth = answer_auth(r401.www_authenticate, ue)
+    r200 = await send(net, register(net, cseq=5, authorization=auth, protected=True))
+    assert r200.status == 200, r200
+
+
 @pytest.mark.parametrize("meanwhile", ["nothing", "registered-again"])
 async def test_a_deregistration_whose_removal_fails_lands_once_the_store_answers(
     tmp_path, redis_url, monkeypatch, meanwhile
@@ -383,13 +393,7 @@ async def test_a_deregistration_whose_removal_fails_lands_once_the_store_answers
         assert (await send(net, dereg)).status == 200
         assert await here.store.get(IMPUS[0]) is not None  # not yet
         if meanwhile == "registered-again":
-            # (the second is cut off now: 503, and the I-CSCF moves each on to the first)
-            r401 = await send(
-                net, register(net, cseq=4, authorization=empty_auth(), protected=False)
-            )
-            auth = answer_auth(r401.www_authenticate, ue)
-            r200 = await send(net, register(net, cseq=5, authorization=auth, protected=True))
-            assert r200.status == 200, r200
+            await registered_again(net, ue)
             again = await here.store.get(IMPUS[0])
             assert again is not None
         await asyncio.sleep(0.3)
@@ -451,12 +455,7 @@ async def test_a_publication_the_store_did_not_take_goes_once_it_answers(
             dereg = register(net, cseq=3, protected=True, authorization=PROTECTED_YES, expires=0)
             assert (await send(net, dereg)).status == 200
         if what == "ended-then-registered-again":
-            r401 = await send(
-                net, register(net, cseq=4, authorization=empty_auth(), protected=False)
-            )
-            auth = answer_auth(r401.www_authenticate, ue)
-            r200 = await send(net, register(net, cseq=5, authorization=auth, protected=True))
-            assert r200.status == 200, r200
+            await registered_again(net, ue)
         await asyncio.sleep(0.3)
         before = len(notifies)
         await proxy.mend()

@@ -630,9 +630,10 @@ redis.call('DEL', KEYS[1])
 return 1
 """
 
-# KEYS[1] the record, ARGV[1] the version the writer read, ARGV[2] the new JSON, ARGV[3]
-# its TTL (s) → 1 written, 0 no record, -1 the stored version differs (nothing written).
-_PUT_IF_UNCHANGED = """
+# KEYS[1] the record, ARGV[1] the version the writer read, ARGV[2] the new JSON ("":
+# remove the record), ARGV[3] its TTL (s) → 1 written (or removed), 0 no record, -1 the
+# stored version differs (nothing written).
+_WRITE_IF_UNCHANGED = """
 local text = redis.call('GET', KEYS[1])
 if not text then return 0 end
 local ok, record = pcall(cjson.decode, text)
@@ -640,21 +641,11 @@ if not ok or type(record) ~= 'table' or type(record.v or 0) ~= 'number'
    or string.format('%.0f', record.v or 0) ~= ARGV[1] then
   return -1
 end
-redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
-return 1
-"""
-
-# KEYS[1] the record, ARGV[1] the version the remover read → 1 removed, 0 no record, -1
-# the stored version differs (nothing removed).
-_DELETE_IF_UNCHANGED = """
-local text = redis.call('GET', KEYS[1])
-if not text then return 0 end
-local ok, record = pcall(cjson.decode, text)
-if not ok or type(record) ~= 'table' or type(record.v or 0) ~= 'number'
-   or string.format('%.0f', record.v or 0) ~= ARGV[1] then
-  return -1
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
 end
-redis.call('DEL', KEYS[1])
 return 1
 """
 
@@ -736,7 +727,7 @@ class RedisBindingStore:
     """
 
     __slots__ = (
-        "_claim", "_delete_if", "_prefix", "_put_if", "_put_subs", "_redis", "_take_subs", "url",
+        "_claim", "_prefix", "_put_subs", "_redis", "_take_subs", "_write_if", "url",
     )  # fmt: skip
 
     def __init__(self, url: str, *, prefix: str = "imsaka:scscf:") -> None:
@@ -746,8 +737,7 @@ class RedisBindingStore:
         self._prefix = prefix
         self._redis = aioredis.from_url(url)
         self._claim: Any = None
-        self._delete_if: Any = None
-        self._put_if: Any = None
+        self._write_if: Any = None
         self._put_subs: Any = None
         self._take_subs: Any = None
 
@@ -789,16 +779,17 @@ class RedisBindingStore:
         if log.isEnabledFor(logging.DEBUG):
             _log_write("put", registration)
 
+    async def _write_if_unchanged(self, impu: str, expected: int, text: str, ttl: int) -> int:
+        """`_WRITE_IF_UNCHANGED` (`text` "": remove the record)."""
+        if self._write_if is None:
+            self._write_if = self._redis.register_script(_WRITE_IF_UNCHANGED)
+        return int(await self._write_if(keys=[self._key(impu)], args=[str(expected), text, ttl]))
+
     async def put_if_unchanged(self, registration: Registration) -> bool:
-        if self._put_if is None:
-            self._put_if = self._redis.register_script(_PUT_IF_UNCHANGED)
         expected = registration.version
         registration.version = self._new_version()
-        result = int(
-            await self._put_if(
-                keys=[self._key(registration.impu)],
-                args=[str(expected), registration.to_json(), self._ttl(registration)],
-            )
+        result = await self._write_if_unchanged(
+            registration.impu, expected, registration.to_json(), self._ttl(registration)
         )
         if result != 1:
             registration.version = expected
@@ -811,10 +802,7 @@ class RedisBindingStore:
         log.debug("store: delete %s", impu)
 
     async def delete_if_unchanged(self, registration: Registration) -> bool:
-        if self._delete_if is None:
-            self._delete_if = self._redis.register_script(_DELETE_IF_UNCHANGED)
-        keys = [self._key(registration.impu)]
-        result = int(await self._delete_if(keys=keys, args=[str(registration.version)]))
+        result = await self._write_if_unchanged(registration.impu, registration.version, "", 0)
         log.debug("store: delete-if-unchanged %s: %s", registration.impu, result == 1)
         return result == 1
 
