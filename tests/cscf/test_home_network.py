@@ -670,6 +670,19 @@ def with_second_contact(request, call_id: str):
     return parse_message(text.replace(CALL_ID.encode(), call_id.encode()))
 
 
+async def register_second_contact(net: HomeNetwork, ue: Isim, call_id: str = "c2") -> None:
+    """The UE registers a second contact (`with_second_contact`) through both phases."""
+    r401 = await send(
+        net,
+        with_second_contact(
+            register(net, cseq=1, authorization=empty_auth(), protected=False), call_id
+        ),
+    )
+    auth = answer_auth(r401.www_authenticate, ue)
+    second = register(net, cseq=2, authorization=auth, protected=True)
+    assert (await send(net, with_second_contact(second, call_id))).status == 200
+
+
 @pytest.mark.redis
 async def test_a_contact_change_through_the_other_scscf_reaches_the_subscribers_held_here(
     tmp_path, redis_url
@@ -1301,15 +1314,7 @@ async def test_a_reauthenticated_register_answered_by_one_instance_is_answered_b
         expires = 600000
         if what != "refresh":
             # a second contact (its own Call-ID), which this REGISTER then removes
-            r401 = await send(
-                net,
-                with_second_contact(
-                    register(net, cseq=1, authorization=empty_auth(), protected=False), "c2"
-                ),
-            )
-            auth = answer_auth(r401.www_authenticate, ue)
-            second = register(net, cseq=2, authorization=auth, protected=True)
-            assert (await send(net, with_second_contact(second, "c2"))).status == 200
+            await register_second_contact(net, ue)
             expires = 0
 
         def request(cseq: int, authorization: str):

@@ -26,6 +26,7 @@ from .test_home_network import (
     pcscf_refresh,
     reg_event_subscribe,
     register,
+    register_second_contact,
     registered_and_subscribed_at,
     send,
     two_scscfs_on_redis,
@@ -442,15 +443,7 @@ async def test_a_publication_the_store_did_not_take_goes_once_it_answers(
 
         monkeypatch.setattr(RedisBindingStore, "publish_change", cut_then_publish)
         if what == "changed":
-            r401 = await send(
-                net,
-                with_second_contact(
-                    register(net, cseq=1, authorization=empty_auth(), protected=False), "c2"
-                ),
-            )
-            auth = answer_auth(r401.www_authenticate, ue)
-            second = register(net, cseq=2, authorization=auth, protected=True)
-            assert (await send(net, with_second_contact(second, "c2"))).status == 200
+            await register_second_contact(net, ue)
         else:
             dereg = register(net, cseq=3, protected=True, authorization=PROTECTED_YES, expires=0)
             assert (await send(net, dereg)).status == 200

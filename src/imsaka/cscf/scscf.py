@@ -1721,7 +1721,9 @@ class Scscf:
                     if self._peers.stopped:
                         await self._end_for_stopped(action)
             elif isinstance(action, Reply) and unwritten and 200 <= action.status < 300:
-                self._refuse_unwritten(action)
+                # (a 200 for bindings the store does not have: chaos seed 10177)
+                self.core.counters["register_refused_store_write_failed"] += 1
+                self._reply(action, unwritten=True)
                 unwritten, refused = False, True
             elif isinstance(action, AskAssignment) and action.impu in held:
                 # The lapsed registration's TIMEOUT_DEREGISTRATION SAR (`_expire_binding`
@@ -1920,31 +1922,20 @@ class Scscf:
             return False
         return True
 
-    def _refuse_unwritten(self, reply: Reply) -> None:
-        """The 2xx `reply` to a REGISTER whose bindings the shared store did not take
-        (cut off between the read and the write): 503 with Retry-After instead, on
-        which the I-CSCF tries another instance at once. A 200 there told the UE it was
-        registered while the store kept the record as it was: another instance's
-        timer ended the registration at its old expiry (chaos seed 10177), and a
-        restart here would lose it. The bindings stay in this instance's memory until
-        the next REGISTER reads the store again."""
-        entry = self._pending.pop(reply.token, None)
-        if entry is None:
-            return
-        request, respond = entry
-        self.core.counters["register_refused_store_write_failed"] += 1
-        try:
-            respond(self._unavailable(request))
-        except Exception as exc:  # the transaction ended meanwhile
-            self.core.counters["reply_too_late"] += 1
-            log.info("REGISTER %s: 503 not sent: %s", request.call_id, exc)
-
-    def _reply(self, reply: Reply) -> None:
+    def _reply(self, reply: Reply, *, unwritten: bool = False) -> None:
+        """Send `reply`; with `unwritten` (a 2xx to a REGISTER whose bindings the shared
+        store did not take: cut off between the read and the write), 503 with
+        Retry-After instead, on which the I-CSCF tries another instance at once. The
+        bindings stay in this instance's memory until the next REGISTER reads the
+        store again."""
         entry = self._pending.pop(reply.token, None)
         if entry is None:
             return
         request, respond = entry
         try:
+            if unwritten:
+                respond(self._unavailable(request))
+                return
             respond(response_for(request, reply, self._random(4).hex()))
         except Exception as exc:  # the transaction ended meanwhile (e.g. closed endpoint)
             self.core.counters["reply_too_late"] += 1
