@@ -350,6 +350,39 @@ async def test_a_register_whose_write_fails_is_503_and_answered_by_the_other(
             assert here.core.counters["challenge_taken_from_store"] == 1
 
 
+async def test_a_contact_deregistration_whose_write_fails_is_503_and_done_by_the_other(
+    tmp_path, redis_url, monkeypatch
+):
+    """Two contacts registered; the de-REGISTER of the second reaches the second
+    instance, which is cut off from Redis before writing the record with the first
+    contact alone. Its 200 would tell the UE of an end the store never saw (the other
+    instance would keep the contact and NOTIFY it as active): it answers 503, the
+    I-CSCF moves the de-REGISTER to the first instance, whose 200 comes with the
+    record written with the first contact only."""
+    from .conftest import IMPUS
+
+    async with cut_off_pair(tmp_path, redis_url, monkeypatch) as (net, other, port, _, proxy):
+        here, there = net.scscf.scscf, other.scscf
+        ue = new_ue()
+        _, r200 = await full_registration(net, ue, expires=600)
+        assert r200.status == 200, r200
+        await register_second_contact(net, ue)
+        stored = await here.store.get(IMPUS[0])
+        assert stored is not None and len(stored.contacts) == 2
+        icscf = await icscf_with_instances(net, [port, net.scscf_port], timeout=5.0)
+        attempts = cut_at_the_write(monkeypatch, there.store, proxy)
+        dereg = register(net, cseq=3, protected=True, authorization=PROTECTED_YES, expires=0)
+        r = await send(net, with_second_contact(dereg, "c2"))
+        assert r.status == 200, r
+        stored = await here.store.get(IMPUS[0])
+        assert stored is not None
+        assert [uri for uri in stored.contacts if "eee" not in uri] == list(stored.contacts)
+        assert len(stored.contacts) == 1
+        assert len(attempts) == 1
+        assert there.core.counters["register_refused_store_write_failed"] == 1
+        assert icscf.counters["scscf_instance_failover"] == 1
+
+
 async def registered_again(net, ue) -> None:
     """The UE de-registered at CSeq 3 registers again (CSeq 4 and 5) through the
     I-CSCF: the second instance, cut off, answers 503 and each REGISTER moves on to
