@@ -32,7 +32,7 @@ from asyncio import current_task
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from functools import partial
 from operator import itemgetter
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from imsaka.config import ImsConfig, NetworkConfig, ScscfConfig, split_hostport
 from imsaka.cscf.regevent import (
@@ -90,6 +90,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("imsaka.cscf.scscf")
+
+_T = TypeVar("_T")
 
 # How long a stopping S-CSCF waits for its open transactions (`ScscfServer.drain`): a
 # NOTIFY sent just before is sent four times by then (T1 = 0.5 s).
@@ -1399,25 +1401,25 @@ class Scscf:
         again): a late end would end the subscriptions of a newer registration held
         elsewhere. Before, it was lost, and the other instances' subscribers never
         heard of it."""
+
+        async def attempt() -> bool | None:
+            try:
+                current = await self.store.get(record["impu"])
+                if (
+                    (current is not None)
+                    if version is None
+                    else (current is None or current.version != version)
+                ):
+                    return False
+                await self.store.publish_change(record)
+            except Exception:  # (still out of reach: logged once, by `_publish`)
+                return None
+            return True
+
         try:
-            self.core.counters["publication_held_store_unavailable"] += 1
-            impu = record["impu"]
-            while True:
-                if not await self._retry_pause():
-                    return
-                try:
-                    current = await self.store.get(impu)
-                    if (
-                        (current is not None)
-                        if version is None
-                        else (current is None or current.version != version)
-                    ):
-                        self.core.counters["publication_superseded"] += 1
-                        return
-                    await self.store.publish_change(record)
-                    return
-                except Exception:  # (still out of reach: logged once, by `_publish`)
-                    continue
+            counter = "publication_held_store_unavailable"
+            if await self._once_the_store_answers(counter, attempt) is False:
+                self.core.counters["publication_superseded"] += 1
         except Exception:
             self._task_failed()
         finally:
@@ -1799,12 +1801,12 @@ class Scscf:
         went over SAs the P-CSCF had removed). Meanwhile the HSS keeps the user
         registered here, and the record stays in the store as it was."""
         try:
-            self.core.counters["expiry_held_store_unavailable"] += 1
-            claim = None
-            while claim is None:
-                if not await self._retry_pause():
-                    return
-                claim = await self._claim_lapsed(removed.impu, quiet=True)
+            claim = await self._once_the_store_answers(
+                "expiry_held_store_unavailable",
+                lambda: self._claim_lapsed(removed.impu, quiet=True),
+            )
+            if claim is None:  # (closed)
+                return
             if claim == "live":
                 self.core.abandon(ask.token)
                 return
@@ -1850,12 +1852,10 @@ class Scscf:
         told of an end that did not happen there. Before, the contacts went here and
         nobody heard of it."""
         try:
-            self.core.counters["expiry_held_store_unavailable"] += 1
-            written = None
-            while written is None:
-                if not await self._retry_pause():
-                    return
-                written = await self._store_partial_expiry(stored.registration, quiet=True)
+            written = await self._once_the_store_answers(
+                "expiry_held_store_unavailable",
+                lambda: self._store_partial_expiry(stored.registration, quiet=True),
+            )
             if written:
                 self._notify_changed(stored)
                 await self._publish_changed(stored)
@@ -1874,24 +1874,30 @@ class Scscf:
         kept, no end published). Before, the record stayed until its expiry: the
         other instances took the user for registered, and their subscribers never
         heard of the end."""
+        reg = removed.registration
+
+        async def attempt() -> bool | None:
+            try:
+                if reg is None:
+                    await self.store.delete(removed.impu)
+                elif (
+                    not await self.store.delete_if_unchanged(reg)
+                    and await self.store.get(removed.impu) is not None
+                ):
+                    return False
+            except Exception:  # (still out of reach: counted and logged once)
+                return None
+            return True
+
         try:
-            self.core.counters["removal_held_store_unavailable"] += 1
-            reg = removed.registration
-            while True:
-                if not await self._retry_pause():
-                    return
-                try:
-                    if reg is None:
-                        await self.store.delete(removed.impu)
-                    elif (
-                        not await self.store.delete_if_unchanged(reg)
-                        and await self.store.get(removed.impu) is not None
-                    ):
-                        self.core.counters["removal_changed_elsewhere"] += 1
-                        return
-                    break
-                except Exception:  # (still out of reach: counted and logged once)
-                    continue
+            removed_here = await self._once_the_store_answers(
+                "removal_held_store_unavailable", attempt
+            )
+            if removed_here is None:  # (closed)
+                return
+            if not removed_here:
+                self.core.counters["removal_changed_elsewhere"] += 1
+                return
             await self._publish_ended(removed)
             if self._peers.stopped:
                 await self._end_for_stopped(removed)
@@ -1899,6 +1905,19 @@ class Scscf:
             self._task_failed()
         finally:
             self._tasks.discard(current_task())
+
+    async def _once_the_store_answers(
+        self, counter: str, attempt: Callable[[], Awaitable[_T | None]]
+    ) -> _T | None:
+        """The loop of a change held while the shared store is out of reach (`counter`
+        counts them): `attempt` every `EXPIRY_RETRY` s until it answers (None: not
+        reached); None once this instance closes."""
+        self.core.counters[counter] += 1
+        while await self._retry_pause():
+            result = await attempt()
+            if result is not None:
+                return result
+        return None
 
     async def _retry_pause(self) -> bool:
         """The wait of a loop that tries the store again (`_claim_later` and the like):
