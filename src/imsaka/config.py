@@ -71,6 +71,8 @@ class _Table:
         self._seen: set[str] = set()
 
     def fail(self, key: str, reason: str) -> ConfigError:
+        if not self.name:  # the document itself: its keys are sections
+            return ConfigError(f"[{key}]: {reason}")
         return ConfigError(f"[{self.name}].{key}: {reason}")
 
     def has(self, key: str) -> bool:

@@ -128,6 +128,8 @@ def mutate(path: list[str], value) -> dict:
         (["network", "home_domains"], [], "[network].home_domains: must not be empty"),
         (["network", "hosts"], {"a.b": "not-an-ip"}, "[network.hosts].a.b:"),
         (["nonsense"], {}, "[nonsense]: unknown section"),
+        (["network"], KeyError, "[network]: missing"),  # (was "[].network")
+        (["network"], 3, "[network]: must be a table"),
     ],
 )
 def test_mistakes_name_the_field(path, value, message):
