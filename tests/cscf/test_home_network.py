@@ -16,6 +16,7 @@ from imsaka.aka.isim import AkaSuccess, Isim
 from imsaka.aka.milenage import Milenage
 from imsaka.aka.sqn import SqnArray
 from imsaka.diameter import cx
+from imsaka.hss.subscriber import validate_subscriber
 from imsaka.sip import parse_message
 
 from .conftest import HSS_HOST, IMPUS, REALM, SCSCF2_HOST, SCSCF_HOST, VISITED, HomeNetwork
@@ -367,6 +368,34 @@ async def test_network_initiated_deregistration_rtr(home):
     assert await home.scscf.scscf.store.get(IMPUS[0]) is None
 
 
+async def test_an_rtr_ends_the_registration_of_an_associated_impi(home):
+    """The subscription has a second IMPI (a tablet sharing the IMPUs, TS 23.228
+    §4.3.3.4) and the tablet registered. The HSS's RTR names the subscription's first
+    IMPI in User-Name and the tablet in Associated-Identities (TS 29.228 §6.1.3): the
+    S-CSCF ends the registrations of both (before: of User-Name's only, so the tablet
+    stayed registered at the S-CSCF while the HSS took the user for de-registered)."""
+    tablet = "tablet_private@home1.net"
+    await home.store.add_impi(
+        IMPI, validate_subscriber(impi=tablet, impus=IMPUS, k=K.hex(), opc=OPC.hex())
+    )
+    r401 = await send(
+        home, register(home, cseq=1, authorization=empty_auth(tablet), protected=False)
+    )
+    assert r401.status == 401, r401
+    auth = answer_auth(r401.www_authenticate, new_ue(), tablet)
+    r200 = await send(home, register(home, cseq=2, authorization=auth, protected=True))
+    assert r200.status == 200, r200
+    assert home.scscf.scscf.core.registrations[IMPUS[0]].impi == tablet
+    result = await home.hss.deregister_impi(tablet)
+    assert result["ok"], result
+    rtr = [
+        m for m in cx_seen(home, "scscf", "in") if isinstance(m, cx.RegistrationTerminationRequest)
+    ]
+    assert rtr and rtr[-1].user_name == IMPI  # (the subscription's first IMPI)
+    assert home.scscf.scscf.core.pending_counts()["registrations"] == 0
+    assert await home.scscf.scscf.store.get(IMPUS[0]) is None
+
+
 async def test_hss_down_is_480_at_the_icscf(home):
     await home.hss.stop()
     home.hss = None
@@ -572,6 +601,36 @@ async def test_an_rtr_the_serving_instance_cannot_take_goes_to_the_other(tmp_pat
         assert result["ok"] and result["to"] == SCSCF2_HOST, result
         assert await other.scscf.store.get(IMPUS[0]) is None
         assert other.scscf.core.counters["rtr_removed"] == 1
+
+
+@pytest.mark.redis
+async def test_an_rtr_naming_no_impu_at_the_other_instance_ends_the_registration(
+    tmp_path, redis_url
+):
+    """The UE registered through the first instance; an HSS's RTR naming no
+    Public-Identity (all the IMPI's IMPUs, TS 29.228 §6.1.3) reaches the second, which
+    never held the registration: it finds the IMPI's records in the store, removes them
+    and publishes the end, on which the first forgets its copy (before: the second had
+    nothing to end, answered 2001, and the UE stayed registered)."""
+    async with two_scscfs_on_redis(tmp_path, redis_url) as (net, other, *_):
+        here = net.scscf.scscf
+        _, r200 = await full_registration(net, new_ue())
+        assert r200.status == 200, r200
+        assert IMPUS[0] not in other.scscf.core.registrations
+        rtr = cx.RegistrationTerminationRequest(
+            session_id="hss;1;rtr",
+            origin_host=HSS_HOST,
+            origin_realm=REALM,
+            destination_host=SCSCF2_HOST,
+            destination_realm=REALM,
+            user_name=IMPI,
+            deregistration_reason=cx.DeregistrationReason(0, "test"),
+        )
+        answer = await other.scscf.handle_cx_request(rtr)
+        assert answer.result_code == cx.DIAMETER_SUCCESS
+        assert other.scscf.core.counters["rtr_removed"] == 1
+        assert await other.scscf.store.get(IMPUS[0]) is None
+        await wait_for(lambda: IMPUS[0] not in here.core.registrations, timeout=5)
 
 
 @pytest.mark.redis
@@ -1403,7 +1462,6 @@ async def test_a_challenge_answered_at_the_other_instance_gets_no_timeout_sar(tm
 
 
 async def test_nothing_left_behind_after_many_register_and_deregister(home):
-    from imsaka.hss.subscriber import validate_subscriber
 
     n = 30
     await home.store.import_subscribers(

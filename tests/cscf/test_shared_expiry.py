@@ -411,3 +411,19 @@ async def test_a_store_call_swallowing_the_close_does_not_keep_a_retry_loop_goin
     await asyncio.wait_for(entered.wait(), 5)
     await asyncio.wait_for(asyncio.shield(a.close()), 5)
     assert not a._tasks
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_of_impis_finds_the_records_of_those_impis_only(stores, kind):
+    """`of_impis` (an RTR naming no IMPU): the records of the IMPIs named, none other,
+    across more records than one scan batch reads."""
+    store = MemoryBindingStore() if kind == "memory" else stores[0]
+    binding = record(T0 + 600).contacts
+    for i in range(1200):
+        impu = f"sip:u{i}@home1.net"
+        await store.put(Registration(impu, f"u{i % 400}@home1.net", binding, (impu,), "", T0))
+    found = await store.of_impis(["u7@home1.net", "u399@home1.net", "nobody@home1.net"])
+    assert sorted(r.impu for r in found) == sorted(
+        f"sip:u{i}@home1.net" for i in range(1200) if i % 400 in (7, 399)
+    )
+    assert {r.impi for r in found} == {"u7@home1.net", "u399@home1.net"}

@@ -23,7 +23,7 @@ import json
 import logging
 import random
 import re
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Collection, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -389,6 +389,12 @@ class BindingStore(Protocol):
 
     async def all(self) -> list[Registration]: ...
 
+    async def of_impis(self, impis: Collection[str]) -> list[Registration]:
+        """The records registered by any of `impis`: an RTR naming no IMPU ends all of
+        its IMPIs' (TS 29.228 §6.1.3). A scan of the store: rare, and not on any
+        registration's path."""
+        ...
+
     async def put_subscriptions(self, notifier: str, impu: str, subscriptions: list[dict]) -> bool:
         """Keep the reg-event subscriptions to `impu` (`RegSubscription.to_dict`) that the
         S-CSCF `notifier` (its Contact: where their in-dialog requests go) serves, so
@@ -545,6 +551,9 @@ class MemoryBindingStore:
 
     async def all(self) -> list[Registration]:
         return [self._load(e) for e in self._regs.values()]
+
+    async def of_impis(self, impis: Collection[str]) -> list[Registration]:
+        return [self._load(e) for e in self._regs.values() if e[1] in impis]
 
     @staticmethod
     def _load(entry: tuple) -> Registration:
@@ -822,6 +831,30 @@ class RedisBindingStore:
             text = await self._redis.get(key)
             if text is not None:
                 out.append(Registration.from_json(text))
+        return out
+
+    async def of_impis(self, impis: Collection[str]) -> list[Registration]:
+        wanted = set(impis)
+        # (each IMPI as its JSON text reads in a record: most records are passed over
+        # without being parsed)
+        marks = [json.dumps(impi).encode() for impi in wanted]
+        out: list[Registration] = []
+        keys: list[bytes] = []
+
+        async def take() -> None:
+            for text in await self._redis.mget(keys):
+                if text is not None and any(mark in text for mark in marks):
+                    reg = Registration.from_json(text)
+                    if reg.impi in wanted:
+                        out.append(reg)
+            keys.clear()
+
+        async for key in self._redis.scan_iter(match=f"{self._prefix}reg:*", count=1000):
+            keys.append(key)
+            if len(keys) >= 1000:
+                await take()
+        if keys:
+            await take()
         return out
 
     async def put_subscriptions(self, notifier: str, impu: str, subscriptions: list[dict]) -> bool:

@@ -1354,6 +1354,18 @@ class Scscf:
             self.core.load(stored)
         return True
 
+    async def _adopt_of_impis(self, impis: list[str]) -> bool:
+        """`_adopt_stored` for every record of `impis` (an RTR naming no IMPU): those
+        made through another S-CSCF sharing the store are known here only there."""
+        try:
+            stored = await self.store.of_impis([i for i in impis if i])
+        except Exception as exc:
+            log.warning("binding store: registrations of %s not read: %s", impis, exc)
+            return False
+        for reg in stored:
+            self.core.load(reg)
+        return True
+
     async def _publish_ended(self, removed: RemoveRegistration) -> None:
         """Tell the S-CSCFs sharing the store that `removed` ended here: one of them may
         hold reg-event subscriptions to it (`_changed_elsewhere`)."""
@@ -2094,6 +2106,10 @@ class Scscf:
             self._refuse_cut_off()
         if isinstance(request, cx.RegistrationTerminationRequest):
             impus = list(request.public_identities) or None
+            # Associated-Identities: the subscription's other IMPIs, de-registered too
+            # (TS 29.228 §6.1.3; our HSS names them all, its User-Name the first).
+            also = request.associated_identities
+            impis = list(dict.fromkeys((request.user_name, *(also.user_names if also else ()))))
             if self._shared:
                 # The registration may have been made or refreshed through another
                 # S-CSCF sharing the store: read it, so that its end is told (to our
@@ -2101,12 +2117,18 @@ class Scscf:
                 for impu in impus or []:
                     if not await self._adopt_stored(impu):
                         self._refuse_cut_off()
+                if not impus and not await self._adopt_of_impis(impis):
+                    self._refuse_cut_off()
             why = request.deregistration_reason  # (mandatory; read with care all the same)
             again = why is not None and why.reason_code == cx.ReasonCode.SERVER_CHANGE
-            _count, actions = self.core.network_deregister(
-                request.user_name, impus, self._clock(), register_again=again
-            )
-            if self._shared and not _count:
+            count, actions = 0, []
+            for impi in impis:
+                removed, ends = self.core.network_deregister(
+                    impi, impus, self._clock(), register_again=again
+                )
+                count += removed
+                actions += ends
+            if self._shared and not count:
                 # The registration may be known only to the shared store.
                 for impu in impus or []:
                     await self._store(self.store.delete(impu))
