@@ -396,6 +396,31 @@ async def test_an_rtr_ends_the_registration_of_an_associated_impi(home):
     assert await home.scscf.scscf.store.get(IMPUS[0]) is None
 
 
+async def test_a_pushed_profile_reaches_each_implicit_set_with_its_own_user_data(home):
+    """The subscription has a second implicit registration set (TS 23.228 §4.3.3.3),
+    registered too. A profile change pushes each registered set's User-Data, and the
+    S-CSCF puts a pushed User-Data only on the registrations whose IMPUs it lists
+    (before: the HSS pushed the first set's only and the S-CSCF put it on every
+    registration of the IMPI, so the second set's registration took the first set's
+    identities and services)."""
+    from imsaka.cscf.userdata import parse_user_data
+
+    work = "sip:user1_work@home1.net"
+    await home.store.add_impus(IMPI, [work], new_set=True)
+    ue = new_ue()
+    assert (await full_registration(home, ue))[1].status == 200
+    assert (await full_registration(home, ue, impu=work, call_id="work"))[1].status == 200
+    regs = home.scscf.scscf.core.registrations
+    assert set(regs) >= {IMPUS[0], work}
+    result = await home.hss.push_profile(IMPI)
+    assert result["ok"], result
+    pprs = [m for m in cx_seen(home, "scscf", "in") if isinstance(m, cx.PushProfileRequest)]
+    assert len(pprs) == 2  # one per registered set
+    for impu, members in ((IMPUS[0], set(IMPUS)), (work, {work})):
+        _, identities = parse_user_data(regs[impu].user_data)
+        assert {p.identity for p in identities} == members, impu
+
+
 async def test_hss_down_is_480_at_the_icscf(home):
     await home.hss.stop()
     home.hss = None

@@ -2152,8 +2152,12 @@ class Scscf:
                     for identity in {p.identity for p in identities}:
                         if not await self._adopt_stored(identity):
                             self._refuse_cut_off()
+                # Only the registrations the document lists: a subscription's implicit
+                # sets each have their own (as each one's SAA carried it), and a PPR
+                # brings one of them.
+                listed = {p.identity.lower() for p in identities}
                 for reg in list(self.core.registrations.values()):
-                    if reg.impi == request.user_name:
+                    if reg.impu.lower() in listed:
                         reg.user_data = text
                         if not await self._store_ok(self.store.put(reg)):
                             self._refuse_cut_off()

@@ -31,6 +31,7 @@ from imsaka.diameter import cx
 from imsaka.diameter.errors import DiameterRequestError
 from imsaka.diameter.node import DiameterNode, NodeConfig, PeerSpec
 from imsaka.hss.config import HssConfig, parse_hss_config
+from imsaka.hss.models import RegState
 from imsaka.hss.service import CxService
 from imsaka.hss.store import HssStore, NotFound
 
@@ -327,12 +328,29 @@ class HssServer:
         host = info.scscf_host or (await self.store.scscf_host_for(info.scscf_name))
         if not host:
             return {"sent": False, "reason": "serving S-CSCF has no Diameter host"}
-        user_data, _ = await self.store.user_data(impi, info.impus[0])
         assert self.service is not None
-        ppr = partial(
-            self.service.ppr, destination_realm=info.scscf_realm, impi=impi, user_data=user_data
-        )
-        return await self._send_to_scscf(ppr, host, info.scscf_name)
+        # One PPR per implicit set the S-CSCF holds, each with that set's User-Data
+        # (what its SAA carried, TS 29.228 §6.1.4): a set's document lists its own
+        # IMPUs and services only.
+        view = await self.store.get_subscriber(impi)
+        held = {
+            u.implicit_set: u.identity
+            for u in view.impus
+            if u.reg_state is not RegState.NOT_REGISTERED
+        }
+        result: dict[str, Any] = {}
+        for impu in held.values() or (info.impus[0],):
+            user_data, _ = await self.store.user_data(impi, impu)
+            ppr = partial(
+                self.service.ppr,
+                destination_realm=info.scscf_realm,
+                impi=impi,
+                user_data=user_data,
+            )
+            result = await self._send_to_scscf(ppr, host, info.scscf_name)
+            if not result.get("ok"):
+                break
+        return result
 
     async def _send_to_scscf(
         self, make: Callable[..., Any], host: str, server_name: str
