@@ -421,6 +421,37 @@ async def test_a_pushed_profile_reaches_each_implicit_set_with_its_own_user_data
         assert {p.identity for p in identities} == members, impu
 
 
+async def test_a_device_de_registers_its_contact_of_an_impu_another_impi_registered_since(
+    home,
+):
+    """Two devices of one subscription, each with its own IMPI, share an IMPU (TS 23.228
+    §4.3.3.4): the phone registers it, then the tablet registers a contact of its own
+    for it. The record now names the tablet's IMPI, so the phone's protected
+    de-REGISTER is authenticated anew (TS 24.229 §5.4.1.4 allows it); it then removes
+    the phone's contact and keeps the tablet's."""
+    tablet = "tablet_private@home1.net"
+    await home.store.add_impi(
+        IMPI, validate_subscriber(impi=tablet, impus=IMPUS, k=K.hex(), opc=OPC.hex())
+    )
+    assert (await full_registration(home, new_ue()))[1].status == 200
+    first = register(home, cseq=1, authorization=empty_auth(tablet), protected=False)
+    r401 = await send(home, with_second_contact(first, "tablet"))
+    assert r401.status == 401, r401
+    auth = answer_auth(r401.www_authenticate, new_ue(), tablet)
+    second = register(home, cseq=2, authorization=auth, protected=True)
+    assert (await send(home, with_second_contact(second, "tablet"))).status == 200
+    store = home.scscf.scscf.store
+    assert len((await store.get(IMPUS[0])).contacts) == 2
+    dereg = register(home, cseq=3, protected=True, authorization=PROTECTED_YES, expires=0)
+    r = await send(home, dereg)
+    if r.status == 401:  # (the S-CSCF may authenticate it first: TS 24.229 §5.4.1.4)
+        auth = answer_auth(r.www_authenticate, new_ue())
+        r = await send(home, register(home, cseq=4, protected=True, authorization=auth, expires=0))
+    assert r.status == 200, r
+    left = await store.get(IMPUS[0])
+    assert left is not None and [u for u in left.contacts if "eee" in u] == list(left.contacts)
+
+
 async def test_hss_down_is_480_at_the_icscf(home):
     await home.hss.stop()
     home.hss = None
