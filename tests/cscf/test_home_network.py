@@ -1713,6 +1713,50 @@ async def wait_for(predicate, timeout: float = 5.0):
     raise AssertionError("condition not met in time")
 
 
+@pytest.mark.parametrize("change", ["added", "barred"])
+async def test_a_pushed_profile_that_changes_the_implicit_set_is_told_and_served(home, change):
+    """While the UE is registered the operator adds an IMPU to its implicit
+    registration set, or bars one of it; the HSS's PPR brings the new profile. The
+    S-CSCF takes the set from it at once (an IMPU added is registered with the set and
+    found for routing, one barred is not) and NOTIFYs the subscriber: the new IMPU's
+    contacts `created`, the barred one's `registration` terminated (TS 24.229
+    §5.4.2.1.2), while the P-CSCF keeps the UE's registration and SAs. Before, the set stayed as the last SAA gave it until the UE
+    re-registered, and nobody was told."""
+    import xml.etree.ElementTree as ET
+
+    core = home.scscf.scscf.core
+    notifies = await registered_and_subscribed_at(home, home.scscf_port)
+    if change == "added":
+        impu = "sip:user1_public4@home1.net"
+        await home.store.add_impus(IMPI, [impu])
+    else:
+        impu = IMPUS[1]
+        await home.store.update_subscriber(IMPI, barred={impu: True})
+    result = await home.hss.push_profile(IMPI)
+    assert result["ok"], result
+    await wait_for(lambda: len(notifies) == 2)
+    ns = {"r": "urn:ietf:params:xml:ns:reginfo"}
+    root = ET.fromstring(notifies[1].body)
+    regs = {r.get("aor"): r for r in root.findall("r:registration", ns)}
+    mine = regs[impu]
+    events = {c.get("event") for c in mine.findall("r:contact", ns)}
+    if change == "added":
+        assert mine.get("state") == "active" and events == {"created"}
+        assert core.lookup(impu, core_now(home)) is not None
+    else:
+        # (no contact under it: the UE's contact stays registered for the rest)
+        assert mine.get("state") == "terminated" and events == set()
+        assert core.lookup(impu, core_now(home)) is None
+    assert regs[IMPUS[0]].get("state") == "active"
+    assert {c.get("event") for c in regs[IMPUS[0]].findall("r:contact", ns)} == {"registered"}
+    stored = await home.scscf.scscf.store.get(IMPUS[0])
+    assert (impu in stored.associated) is (change == "added")
+
+
+def core_now(net: HomeNetwork) -> float:
+    return net.scscf.scscf._clock()
+
+
 async def test_reg_event_notify_on_rtr(home):
     """RTR → bindings removed and the subscribed P-CSCF told by NOTIFY (TS 24.229 §5.4.1.5)."""
     _, r200 = await full_registration(home, new_ue())

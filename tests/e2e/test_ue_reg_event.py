@@ -241,3 +241,38 @@ async def test_the_ues_lost_answer_to_its_terminated_notify_is_sent_again(
         assert len(answers) >= 2  # the first NOTIFY's, and the terminated one's again
     finally:
         await ue.close()
+
+
+@pytest.mark.parametrize("change", ["added", "barred"])
+async def test_an_implicit_set_the_operator_changes_leaves_the_ue_registered(
+    home_network, subscribers, change
+):
+    """While user1 is registered and subscribed, the operator adds an IMPU to its
+    implicit registration set, or bars one of it, and the HSS pushes the profile: the
+    S-CSCF's NOTIFY (the new IMPU `created`, or the barred one's registration
+    terminated) reaches the P-CSCF and the UE, and neither takes it for the end of the
+    registration: the SAs stay, and the UE's next re-registration goes over them,
+    unchallenged."""
+    net = home_network
+    user = subscribers[0]
+    ue = UeClient(net.ue_config(user), observers=[net.trace])
+    await ue.start()
+    try:
+        assert (await ue.register(10)).ok
+        assert await ue.wait_subscribed(5)
+        if change == "added":
+            await net.hss.store.add_impus(user.impi, ["sip:user1_public4@home1.net"])
+        else:
+            await net.hss.store.update_subscriber(user.impi, barred={user.impus[1]: True})
+        assert (await net.hss.push_profile(user.impi)).get("ok")
+        # the P-CSCF's NOTIFY and the UE's (each subscription's second)
+        assert await eventually(lambda: len(_sip(net, dst="UE", start="NOTIFY")) == 2)
+        assert await eventually(lambda: len(_sip(net, dst="P-CSCF", start="NOTIFY")) >= 2)
+        await asyncio.sleep(0.2)
+        assert ue.core.state is UeState.REGISTERED and not ue.network_event
+        assert len(_live_sets(ue)) == 1 and net.pcscf.stats()["sa_sets"] == 1
+        res = await ue.reregister(10)
+        assert res.ok and res.protected, res
+        assert len(_sip(net, src="UE", start="REGISTER")) == 3  # no new challenge
+    finally:
+        await ue.close()

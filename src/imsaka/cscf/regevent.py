@@ -486,11 +486,15 @@ def reginfo_body(
     terminated_event: str | None = None,
     associated: tuple[str, ...] = (),
     ended: tuple[tuple[ContactBinding, str], ...] = (),
+    created: tuple[str, ...] = (),
+    gone: tuple[str, ...] = (),
 ) -> bytes:
     """RFC 3680 §5.3 reginfo: one <registration> per IMPU of the implicit set (TS 24.229
     §5.4.2.1.2), with the contacts active, or all terminated with `terminated_event`.
     `ended`: bindings just removed from a registration that stays, listed terminated
-    with their event after the active ones."""
+    with their event after the active ones. `created`: IMPUs a pushed profile just
+    added to the set (their contacts' event `created`); `gone`: IMPUs it took out of
+    it or barred, listed after the set as terminated registrations."""
     impus = associated or (registration.associated if registration is not None else ()) or (impu,)
     contacts = registration.contacts.values() if registration is not None else ()
     # Each contact's element is the same under every IMPU of the set but for its id:
@@ -520,11 +524,18 @@ def reginfo_body(
         '<?xml version="1.0"?>',
         f'<reginfo xmlns="urn:ietf:params:xml:ns:reginfo" version="{version}" state="full">',
     ]
+    if created:
+        new = [t.replace(' event="registered"', ' event="created"', 1) for t in tails]
+        fresh = {a.lower() for a in created}
     for n, aor in enumerate(impus):
         lines.append(f'  <registration aor={_attr(aor)} id="r{n}" state="{state}">')
-        for m, tail in enumerate(tails):
+        for m, tail in enumerate(new if created and aor.lower() in fresh else tails):
             lines.append(f'    <contact id="c{n}.{m}"{tail}')
         lines.append("  </registration>")
+    for n, aor in enumerate(gone, len(impus)):
+        # (no contact: a terminated contact of the UE's would read, at a P-CSCF that
+        # looks at contacts, as the end of the UE's registration, which stays)
+        lines.append(f'  <registration aor={_attr(aor)} id="r{n}" state="terminated"/>')
     lines.append("</reginfo>\n")
     return "\n".join(lines).encode()
 

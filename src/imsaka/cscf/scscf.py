@@ -367,6 +367,13 @@ def vectors_from_maa(answer: Any) -> list[AuthVectorItem]:
 # --------------------------------------------------------------------------- the S-CSCF
 
 
+def _uris(value: object) -> tuple[str, ...]:
+    """A list of IMPUs from a published record (another instance's; checked)."""
+    if type(value) is not list:
+        return ()
+    return tuple(u for u in value if type(u) is str)
+
+
 def _removal(impu: str, record: dict) -> RemoveRegistration:
     """The end of `impu` as an S-CSCF sharing the store published it (`_publish_ended`);
     the registration as it was where it reads as one of `impu` (else its contacts go
@@ -1338,7 +1345,15 @@ class Scscf:
         now = self._clock()
         self.core.counters["notify_contacts_changed"] += 1
         for sub in subs:
-            body = reginfo_body(reg.impu, reg, version=sub.version, now=now, ended=stored.ended)
+            body = reginfo_body(
+                reg.impu,
+                reg,
+                version=sub.version,
+                now=now,
+                ended=stored.ended,
+                created=stored.created,
+                gone=stored.gone,
+            )
             self._send_notify(sub, body, now)
 
     async def _adopt_stored(self, impu: str) -> bool:
@@ -1392,6 +1407,8 @@ class Scscf:
             "registration": reg.to_json(),
             "ended": [[binding.to_dict(), event] for binding, event in stored.ended],
             "added": stored.added,
+            "created": list(stored.created),
+            "gone": list(stored.gone),
         }
         if not await self._publish(record):
             self._spawn(self._publish_later(record, reg.version))
@@ -1552,7 +1569,13 @@ class Scscf:
         if subscribed:
             self.core.counters["changed_elsewhere_notified"] += 1
             self._notify_changed(
-                StoreRegistration(reg, ended=ended, added=record.get("added") is True)
+                StoreRegistration(
+                    reg,
+                    ended=ended,
+                    added=record.get("added") is True,
+                    created=_uris(record.get("created")),
+                    gone=_uris(record.get("gone")),
+                )
             )
         self._rearm()
 
@@ -1678,7 +1701,7 @@ class Scscf:
                 self._ask(action)
             elif isinstance(action, StoreRegistration):
                 self._memory().put_now(action.registration)
-                if action.ended or action.added:
+                if action.tells:
                     self._notify_changed(action)
             elif isinstance(action, RemoveRegistration):
                 self._memory().delete_now(action.impu)
@@ -1710,7 +1733,7 @@ class Scscf:
                 else:
                     written = await self._store_ok(self.store.put(action.registration))
                     unwritten = not written
-                if written and (action.ended or action.added):
+                if written and action.tells:
                     self._notify_changed(action)
                     await self._publish_changed(action)
                     if self._peers.stopped:
@@ -2156,11 +2179,16 @@ class Scscf:
                 # sets each have their own (as each one's SAA carried it), and a PPR
                 # brings one of them.
                 listed = {p.identity.lower() for p in identities}
-                for reg in list(self.core.registrations.values()):
-                    if reg.impu.lower() in listed:
-                        reg.user_data = text
-                        if not await self._store_ok(self.store.put(reg)):
-                            self._refuse_cut_off()
+                for impu in [u for u in self.core.registrations if u.lower() in listed]:
+                    stored = self.core.push_profile(impu, text, identities)
+                    if stored is None:
+                        continue
+                    if not await self._store_ok(self.store.put(stored.registration)):
+                        self._refuse_cut_off()
+                    if stored.tells:  # the implicit set changed: its subscribers hear
+                        self._notify_changed(stored)
+                        if self._shared:
+                            await self._publish_changed(stored)
             return request.answer(**base, result_code=cx.DIAMETER_SUCCESS)
         return None
 

@@ -52,7 +52,12 @@ from imsaka.aka.digest import (
     verify_response,
 )
 from imsaka.cscf.registrar import ContactBinding, ContactMap, Registration
-from imsaka.cscf.userdata import UserDataError, associated_uris, parse_user_data
+from imsaka.cscf.userdata import (
+    PublicIdentity,
+    UserDataError,
+    associated_uris,
+    parse_user_data,
+)
 from imsaka.sip.compact import SharedTuples
 
 __all__ = [
@@ -226,6 +231,16 @@ class StoreRegistration:
     added: bool = False
     """Whether it adds a contact to the registration, or binds one anew under another
     Call-ID (the subscribers are told)."""
+    created: tuple[str, ...] = ()
+    """IMPUs a pushed profile adds to the implicit registration set (the subscribers
+    are told, their contacts `created`)."""
+    gone: tuple[str, ...] = ()
+    """IMPUs a pushed profile takes out of it, or bars (told terminated)."""
+
+    @property
+    def tells(self) -> bool:
+        """Whether the reg-event subscribers hear of this write."""
+        return bool(self.ended or self.added or self.created or self.gone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -722,6 +737,35 @@ class RegistrarCore:
             key = self._aliases.get(impu)
             reg = self.registrations.get(key) if key is not None else None
         return reg if reg is not None and reg.is_live(now) else None
+
+    def push_profile(
+        self, impu: str, user_data: str, identities: list[PublicIdentity]
+    ) -> StoreRegistration | None:
+        """A PPR's User-Data for the registration of `impu` (TS 29.228 §6.1.4): the
+        profile replaced, and the implicit registration set taken from it (an IMPU the
+        operator added is registered with the set from now, one removed or barred is
+        not, TS 24.229 §5.4.1.2.2); the write to make, None without a registration."""
+        reg = self.registrations.get(impu)
+        if reg is None:
+            return None
+        reg.user_data = user_data
+        associated = associated_uris(reg.impu, identities)
+        if associated == reg.associated:
+            return StoreRegistration(reg)
+        before = {a.lower() for a in reg.associated}
+        after = {a.lower() for a in associated}
+        created = tuple(a for a in associated if a.lower() not in before)
+        gone = tuple(a for a in reg.associated if a.lower() not in after)
+        aliases = self._aliases
+        for alias in reg.associated:
+            if aliases.get(alias) == reg.impu:
+                del aliases[alias]
+        reg.associated = associated
+        for alias in associated:
+            if alias != reg.impu:
+                aliases[alias] = reg.impu
+        self.counters["implicit_set_changed_by_profile"] += 1
+        return StoreRegistration(reg, created=created, gone=gone)
 
     def forget(self, impu: str) -> None:
         """Drop a registration another S-CSCF removed from the shared store."""
