@@ -298,6 +298,25 @@ async def test_user_data_capabilities_and_a_second_implicit_set(api, hss, scscf)
     assert ids == ["sip:alice-work@home1.net"]  # User-Data of that implicit set only
 
 
+async def test_deleting_one_impi_de_registers_that_impi_only(api, registered_scscf):
+    """A subscription with a phone and a tablet IMPI: deleting the tablet sends an RTR
+    naming the tablet alone (no Associated-Identities), so that the S-CSCF ends the
+    tablet's registrations and not the phone's (before: the RTR named the whole
+    subscription, phone first)."""
+    r = await api.post(
+        "/api/v1/subscribers/alice@home1.net/impis",
+        json={"impi": "alice-tablet@home1.net", "k": "00" * 16, "opc": OPC},
+        headers=AUTH,
+    )
+    assert r.status_code == 201, r.text
+    r = await api.delete("/api/v1/subscribers/alice-tablet@home1.net", headers=AUTH)
+    assert r.status_code == 200 and r.json()["rtr"]["ok"] is True, r.text
+    (rtr,) = registered_scscf.received
+    assert rtr.user_name == "alice-tablet@home1.net"
+    assert rtr.associated_identities is None
+    assert "sip:alice@home1.net" in rtr.public_identities
+
+
 async def test_second_impi_shares_the_impus(api, hss, registered_scscf):
     r = await api.post(
         "/api/v1/subscribers/alice@home1.net/impis",

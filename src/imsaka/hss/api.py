@@ -46,7 +46,12 @@ class HssBackend(Protocol):
     ) -> dict[str, Any]: ...
 
     async def deregister_impi(
-        self, impi: str, reason_info: str | None = None, reason: ReasonCode = ...
+        self,
+        impi: str,
+        reason_info: str | None = None,
+        reason: ReasonCode = ...,
+        *,
+        this_impi_only: bool = False,
     ) -> dict[str, Any]: ...
 
     async def push_profile(self, impi: str) -> dict[str, Any]: ...
@@ -364,8 +369,9 @@ def create_app(backend: HssBackend, token: str) -> FastAPI:
             await store.get_subscriber(impi)
         except NotFound:
             raise _bad(404, "impi", f"no subscriber {impi!r}") from None
-        # De-register at the serving S-CSCF first (RTR), then forget the user.
-        rtr = await backend.deregister_impi(impi, "subscription deleted")
+        # De-register at the serving S-CSCF first (RTR), then forget the user: this
+        # IMPI's registrations only (another device of the subscription stays).
+        rtr = await backend.deregister_impi(impi, "subscription deleted", this_impi_only=True)
         try:
             await store.delete_subscriber(impi)
         except NotFound:

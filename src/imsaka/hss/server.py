@@ -21,6 +21,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -289,8 +290,15 @@ class HssServer:
         impi: str,
         reason_info: str | None = None,
         reason: cx.ReasonCode = cx.ReasonCode.PERMANENT_TERMINATION,
+        *,
+        this_impi_only: bool = False,
     ) -> dict[str, Any]:
+        """RTR for the subscription of `impi`: every IMPI of it (User-Name and
+        Associated-Identities, TS 29.228 §6.1.3), or with `this_impi_only` (the IMPI is
+        being deleted) `impi`'s registrations alone."""
         info = await self.store.serving_for_impi(impi)
+        if this_impi_only:
+            info = replace(info, impis=(impi,))
         return await self._deregister(info, reason_info, reason)
 
     async def _deregister(
