@@ -315,6 +315,9 @@ async def test_deleting_one_impi_de_registers_that_impi_only(api, registered_scs
     assert rtr.user_name == "alice-tablet@home1.net"
     assert rtr.associated_identities is None
     assert "sip:alice@home1.net" in rtr.public_identities
+    # the phone is still registered: the HSS keeps its S-CSCF and registration state
+    phone = (await api.get("/api/v1/subscribers/alice@home1.net", headers=AUTH)).json()
+    assert phone["scscf_name"] and "REGISTERED" in {u["reg_state"] for u in phone["impus"]}
 
 
 async def test_second_impi_shares_the_impus(api, hss, registered_scscf):

@@ -297,12 +297,15 @@ class HssServer:
         Associated-Identities, TS 29.228 §6.1.3), or with `this_impi_only` (the IMPI is
         being deleted) `impi`'s registrations alone."""
         info = await self.store.serving_for_impi(impi)
-        if this_impi_only:
+        if this_impi_only and info.impis != (impi,):
+            # The other IMPIs' registrations stay, and so does the state the HSS holds
+            # for the IMPUs they share (kept per implicit set, not per IMPI).
             info = replace(info, impis=(impi,))
+            return await self._deregister(info, reason_info, reason, forget=False)
         return await self._deregister(info, reason_info, reason)
 
     async def _deregister(
-        self, info: Any, reason_info: str | None, reason: cx.ReasonCode
+        self, info: Any, reason_info: str | None, reason: cx.ReasonCode, *, forget: bool = True
     ) -> dict[str, Any]:
         if not info.scscf_name:
             return {"sent": False, "reason": "not registered"}
@@ -322,7 +325,8 @@ class HssServer:
         result = await self._send_to_scscf(rtr, host, info.scscf_name)
         # The operator asked for it: the HSS forgets the registration whether or
         # not the S-CSCF answered (it would otherwise keep serving a ghost).
-        await self.store.deregister_subscription(info.subscription_id)
+        if forget:
+            await self.store.deregister_subscription(info.subscription_id)
         return result
 
     async def push_profile(self, impi: str) -> dict[str, Any]:
