@@ -421,35 +421,77 @@ async def test_a_pushed_profile_reaches_each_implicit_set_with_its_own_user_data
         assert {p.identity for p in identities} == members, impu
 
 
-async def test_a_device_de_registers_its_contact_of_an_impu_another_impi_registered_since(
-    home,
-):
-    """Two devices of one subscription, each with its own IMPI, share an IMPU (TS 23.228
-    §4.3.3.4): the phone registers it, then the tablet registers a contact of its own
-    for it. The record now names the tablet's IMPI, so the phone's protected
-    de-REGISTER is authenticated anew (TS 24.229 §5.4.1.4 allows it); it then removes
-    the phone's contact and keeps the tablet's."""
-    tablet = "tablet_private@home1.net"
+TABLET = "tablet_private@home1.net"
+
+
+async def phone_and_tablet(home) -> None:
+    """Two devices of one subscription, each with its own IMPI, sharing its IMPUs (TS
+    23.228 §4.3.3.4): the phone registers IMPUS[0] (contact ...ddd), then the tablet
+    a contact of its own for it (...eee); the record names the tablet's IMPI."""
     await home.store.add_impi(
-        IMPI, validate_subscriber(impi=tablet, impus=IMPUS, k=K.hex(), opc=OPC.hex())
+        IMPI, validate_subscriber(impi=TABLET, impus=IMPUS, k=K.hex(), opc=OPC.hex())
     )
     assert (await full_registration(home, new_ue()))[1].status == 200
-    first = register(home, cseq=1, authorization=empty_auth(tablet), protected=False)
+    first = register(home, cseq=1, authorization=empty_auth(TABLET), protected=False)
     r401 = await send(home, with_second_contact(first, "tablet"))
     assert r401.status == 401, r401
-    auth = answer_auth(r401.www_authenticate, new_ue(), tablet)
+    auth = answer_auth(r401.www_authenticate, new_ue(), TABLET)
     second = register(home, cseq=2, authorization=auth, protected=True)
     assert (await send(home, with_second_contact(second, "tablet"))).status == 200
-    store = home.scscf.scscf.store
-    assert len((await store.get(IMPUS[0])).contacts) == 2
-    dereg = register(home, cseq=3, protected=True, authorization=PROTECTED_YES, expires=0)
-    r = await send(home, dereg)
-    if r.status == 401:  # (the S-CSCF may authenticate it first: TS 24.229 §5.4.1.4)
-        auth = answer_auth(r.www_authenticate, new_ue())
-        r = await send(home, register(home, cseq=4, protected=True, authorization=auth, expires=0))
-    assert r.status == 200, r
-    left = await store.get(IMPUS[0])
-    assert left is not None and [u for u in left.contacts if "eee" in u] == list(left.contacts)
+    stored = await home.scscf.scscf.store.get(IMPUS[0])
+    assert len(stored.contacts) == 2 and stored.impi == TABLET
+
+
+def _uris(record) -> list[str]:
+    return sorted("ddd" if "ddd" in u else "eee" for u in record.contacts)
+
+
+async def test_devices_sharing_an_impu_refresh_and_de_register_their_own_contacts(home):
+    """Each binding knows the IMPI that registered it, so the phone's protected refresh
+    of its contact in the record the tablet wrote last is accepted without a new AKA
+    run (TS 24.229 §5.4.1.2.2; before: challenged on every refresh, as the record named
+    the other IMPI), and so is the tablet's after it; the phone's de-REGISTER removes
+    its own contact and keeps the tablet's."""
+    core = home.scscf.scscf.core
+    await phone_and_tablet(home)
+    assert core.counters["challenge"] == 2
+    phone = register(home, cseq=3, protected=True, authorization=PROTECTED_YES)
+    assert (await send(home, phone)).status == 200
+    tablet_yes = PROTECTED_YES.replace(IMPI, TABLET)
+    tablet = register(home, cseq=3, protected=True, authorization=tablet_yes)
+    assert (await send(home, with_second_contact(tablet, "tablet"))).status == 200
+    assert core.counters["reregister_without_aka"] == 2 and core.counters["challenge"] == 2
+    dereg = register(home, cseq=4, protected=True, authorization=PROTECTED_YES, expires=0)
+    assert (await send(home, dereg)).status == 200
+    assert core.counters["challenge"] == 2
+    left = await home.scscf.scscf.store.get(IMPUS[0])
+    assert left is not None and _uris(left) == ["eee"]
+
+
+async def test_an_rtr_for_one_device_of_a_shared_impu_ends_its_contact_only(home):
+    """The tablet's IMPI is deleted at the HSS: its RTR names the tablet alone, and the
+    S-CSCF removes the tablet's contact from the IMPU's record and keeps the phone's;
+    the subscriber hears of the tablet's contact `rejected` and the phone's active
+    (before: the record went whole, or, when the phone had registered last, nothing)."""
+    import xml.etree.ElementTree as ET
+
+    await phone_and_tablet(home)
+    notifies: list = []
+    assert (await reg_event_subscribe(home, notifies)).status == 200
+    await wait_for(lambda: len(notifies) == 1)
+    result = await home.hss.deregister_impi(TABLET, this_impi_only=True)
+    assert result["ok"], result
+    left = await home.scscf.scscf.store.get(IMPUS[0])
+    assert left is not None and _uris(left) == ["ddd"]
+    await wait_for(lambda: len(notifies) == 2)
+    ns = {"r": "urn:ietf:params:xml:ns:reginfo"}
+    first = ET.fromstring(notifies[1].body).find("r:registration", ns)
+    states = {
+        ("ddd" if "ddd" in c.findtext("r:uri", "", ns) else "eee"): (c.get("state"), c.get("event"))
+        for c in first.findall("r:contact", ns)
+    }
+    assert states == {"ddd": ("active", "registered"), "eee": ("terminated", "rejected")}
+    assert (notifies[1].get("subscription-state") or "").startswith("active")
 
 
 async def test_hss_down_is_480_at_the_icscf(home):

@@ -124,6 +124,14 @@ class ContactBinding:
     with a shared store only: a retransmission of it, or a copy a proxy moved, that
     reaches another S-CSCF (or this one restarted, its transactions gone) is known as
     one (RFC 3261 §17.2.3), not refused as out of order."""
+    impi: str = ""
+    """The IMPI that registered it, when not the record's (`Registration.impi`): the
+    IMPIs of one subscription share its IMPUs (TS 23.228 §4.3.3.4), each device with
+    a contact of its own; "" for the record's own IMPI (almost always)."""
+
+    def owner(self, record_impi: str) -> str:
+        """The IMPI this binding belongs to in a record of `record_impi`."""
+        return self.impi or record_impi
 
     def to_dict(self) -> dict:
         d = {
@@ -136,6 +144,8 @@ class ContactBinding:
         }
         if self.branch:
             d["branch"] = self.branch
+        if self.impi:
+            d["impi"] = self.impi
         return d
 
     @classmethod
@@ -148,6 +158,7 @@ class ContactBinding:
             call_id=str(d.get("call_id", "")),
             cseq=int(d.get("cseq", 0)),
             branch=str(d.get("branch", "")),
+            impi=str(d.get("impi", "")),
         )
 
 

@@ -39,7 +39,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.utils import formatdate
 
 from imsaka.aka.digest import (
@@ -394,6 +394,12 @@ def _contact_changes(
     return ended, any(uri not in before for uri in contacts)
 
 
+def _holds(reg: Registration, impi: str) -> bool:
+    """Whether `impi` registered `reg` or a binding of it (another device of the
+    subscription sharing the IMPU, TS 23.228 §4.3.3.4)."""
+    return reg.impi == impi or any(c.impi == impi for c in reg.contacts.values())
+
+
 def _made(req: RegisterRequest, binding: ContactBinding | None) -> bool:
     """Whether `req` is the very REGISTER that last refreshed `binding`: same Call-ID,
     CSeq and UE's Via branch (kept with the binding by a shared store), so a
@@ -527,7 +533,7 @@ class RegistrarCore:
             reg is not None
             and auth is not None
             and auth.integrity_protected == "yes"
-            and reg.impi == impi
+            and _holds(reg, impi)
             and reg._user_data
             and self._made_by(reg, req)
         ):
@@ -544,7 +550,7 @@ class RegistrarCore:
             auth is not None
             and auth.integrity_protected == "yes"
             and reg is not None
-            and reg.impi == impi
+            and _holds(reg, impi)
             and self.policy.reauthenticate != "always"
         ):
             if self._new_contact_without_reg_id(reg, req):
@@ -563,7 +569,7 @@ class RegistrarCore:
             reg is not None
             and auth is not None
             and auth.integrity_protected == "yes"
-            and reg.impi == impi
+            and _holds(reg, impi)
             and self._removes_only_unregistered(reg, req, now)
         ):
             # (`reauthenticate = "always"`) §5.4.1.4 over the UE's SAs for contacts no
@@ -784,14 +790,39 @@ class RegistrarCore:
 
         Returns how many registrations were removed and the actions (removals)."""
         targets = set(self._impus_of(impi))
+        registrations = self.registrations
         if impus:
             # An RTR may name any IMPU of an implicit set: map it to the record holding it.
             wanted = {self._aliases.get(u, u).lower() for u in impus}
             targets = {u for u in targets if u.lower() in wanted}
+            # and another IMPI's record may hold a device of `impi` (a shared IMPU)
+            for u in impus:
+                key = self._aliases.get(u, u)
+                reg = registrations.get(key)
+                if reg is not None and _holds(reg, impi):
+                    targets.add(key)
+        else:  # (rare: our HSS names them) a scan for the devices in others' records
+            targets.update(
+                u
+                for u, reg in registrations.items()
+                if any(c.impi == impi for c in reg.contacts.values())
+            )
         actions: list[Action] = []
         why = "server-change" if register_again else "network-initiated"
         for impu in sorted(targets):
-            reg = self.registrations.pop(impu)
+            reg = registrations[impu]
+            staying = [c for c in reg.contacts.values() if c.owner(reg.impi) != impi]
+            if staying:
+                # Only `impi`'s devices go; the others' registration stays (told so).
+                gone = [c for c in reg.contacts.values() if c.owner(reg.impi) == impi]
+                reg.contacts = ContactMap((c.uri, c) for c in staying)
+                expiry = reg.earliest_expiry()
+                if expiry is not None:
+                    self._arm(expiry, impu)
+                event = "deactivated" if register_again else "rejected"  # (RFC 3680)
+                actions.append(StoreRegistration(reg, ended=tuple((c, event) for c in gone)))
+                continue
+            registrations.pop(impu)
             self._queued.pop(impu, None)
             self._unindex(reg)
             actions.append(RemoveRegistration(impu, impi, why, reg))
@@ -1275,15 +1306,29 @@ class RegistrarCore:
         return len(left)
 
     def _apply_contacts(
-        self, reg: Registration | None, req: RegisterRequest, now: float
+        self,
+        reg: Registration | None,
+        req: RegisterRequest,
+        now: float,
+        impi: str,
+        record_impi: str,
     ) -> ContactMap:
-        """The bindings this REGISTER would leave (RFC 3261 §10.3 step 7), as a new map
-        (the record's own kind, taken as it is): the record itself is not touched."""
+        """The bindings this REGISTER of `impi` would leave (RFC 3261 §10.3 step 7) in a
+        record of `record_impi`, as a new map (the record's own kind, taken as it is):
+        the record itself is not touched. Each binding names its IMPI when it is not
+        the record's (`ContactBinding.impi`)."""
         contacts = ContactMap()
         if reg is not None:
+            moved = reg.impi != record_impi
             for c in reg.contacts.values():
                 if c.expires_at > now:
+                    if moved or c.impi:  # (another IMPI's device shares the IMPU)
+                        owner = c.owner(reg.impi)
+                        mark = "" if owner == record_impi else owner
+                        if mark != c.impi:
+                            c = replace(c, impi=mark)
                     contacts[c.uri] = c
+        mine = "" if impi == record_impi else impi
         if req.star:
             contacts.clear()
             return contacts
@@ -1301,6 +1346,7 @@ class RegistrarCore:
                 req.call_id,
                 req.cseq,
                 req.branch,
+                mine,
             )
         return contacts
 
@@ -1337,7 +1383,7 @@ class RegistrarCore:
             associated = associated_uris(req.impu, identities)
         else:
             associated = associated_uris(req.impu, identities)
-        contacts = self._apply_contacts(old, req, now)
+        contacts = self._apply_contacts(old, req, now, impi, impi)
         ended, added = _contact_changes(old, contacts, now)
         reg = Registration(  # (positional, in field order)
             req.impu,
@@ -1377,8 +1423,8 @@ class RegistrarCore:
         actions: list[Action] = []
         reg = self.registrations.get(req.impu)
         staying: Mapping[str, ContactBinding] = {}
-        if reg is not None and reg.impi == op.impi:
-            remaining = self._apply_contacts(reg, req, now)
+        if reg is not None and _holds(reg, op.impi):
+            remaining = self._apply_contacts(reg, req, now, op.impi, reg.impi)
             if remaining:  # another contact was added meanwhile: keep it
                 ended, _ = _contact_changes(reg, remaining, now)
                 reg.contacts = staying = remaining
