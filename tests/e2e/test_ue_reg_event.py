@@ -276,3 +276,58 @@ async def test_an_implicit_set_the_operator_changes_leaves_the_ue_registered(
         assert len(_sip(net, src="UE", start="REGISTER")) == 3  # no new challenge
     finally:
         await ue.close()
+
+
+async def test_two_devices_sharing_the_impus_and_one_removed_by_the_operator(
+    home_network, subscribers
+):
+    """user1's subscription gets a tablet IMPI sharing its IMPUs (TS 23.228 §4.3.3.4).
+    The phone and the tablet register, each with its own SA set and contact, and each
+    re-registers over its SAs without a new AKA run. The operator deletes the tablet's
+    IMPI: the tablet hears of the end (`rejected`) and its SAs go; the phone stays
+    registered over its own set and re-registers unchallenged."""
+    from dataclasses import replace
+
+    from imsaka.hss.subscriber import validate_subscriber
+
+    net = home_network
+    phone_sub = subscribers[0]
+    tablet_sub = replace(phone_sub, impi="user1_tablet@home1.net")
+    await net.hss.store.add_impi(
+        phone_sub.impi,
+        validate_subscriber(
+            impi=tablet_sub.impi,
+            impus=list(tablet_sub.impus),
+            k=tablet_sub.k.hex(),
+            opc=tablet_sub.opc.hex(),
+        ),
+    )
+    phone = UeClient(net.ue_config(phone_sub), observers=[net.trace])
+    tablet = UeClient(net.ue_config(tablet_sub), observers=[net.trace])
+    await phone.start()
+    await tablet.start()
+    try:
+        for ue in (phone, tablet):
+            assert (await ue.register(10)).ok
+            assert await ue.wait_subscribed(5)
+
+        def challenges() -> int:
+            return len(_sip(net, dst="UE", start="401"))
+
+        assert challenges() == 2
+        for ue in (phone, tablet):
+            res = await ue.reregister(10)
+            assert res.ok and res.protected, res
+        assert challenges() == 2  # no new AKA run for either
+        assert net.pcscf.stats()["sa_sets"] == 2
+        result = await net.hss.deregister_impi(tablet_sub.impi, this_impi_only=True)
+        assert result.get("ok"), result
+        assert await tablet.wait_network_deregistration(5) == "rejected"
+        assert await eventually(lambda: net.pcscf.stats()["sa_sets"] == 1, 40)
+        assert phone.core.state is UeState.REGISTERED and not phone.network_event
+        res = await phone.reregister(10)
+        assert res.ok and res.protected, res
+        assert challenges() == 2
+    finally:
+        await tablet.close()
+        await phone.close()
