@@ -483,6 +483,9 @@ async def test_an_rtr_for_one_device_of_a_shared_impu_ends_its_contact_only(home
     assert result["ok"], result
     left = await home.scscf.scscf.store.get(IMPUS[0])
     assert left is not None and _uris(left) == ["ddd"]
+    # the record, named after the tablet that registered last, is the phone's now
+    assert left.impi == IMPI and all(not c.impi for c in left.contacts.values())
+    assert home.scscf.scscf.core._impus_of(TABLET) == ()
     await wait_for(lambda: len(notifies) == 2)
     ns = {"r": "urn:ietf:params:xml:ns:reginfo"}
     first = ET.fromstring(notifies[1].body).find("r:registration", ns)

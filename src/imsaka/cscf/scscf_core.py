@@ -815,10 +815,13 @@ class RegistrarCore:
             if staying:
                 # Only `impi`'s devices go; the others' registration stays (told so).
                 gone = [c for c in reg.contacts.values() if c.owner(reg.impi) == impi]
+                if reg.impi == impi:
+                    # The record is named after a device that stays (and indexed so).
+                    owner = staying[0].impi
+                    staying = [replace(c, impi="") if c.impi == owner else c for c in staying]
+                    reg = replace(reg, impi=owner, contacts=ContactMap())
                 reg.contacts = ContactMap((c.uri, c) for c in staying)
-                expiry = reg.earliest_expiry()
-                if expiry is not None:
-                    self._arm(expiry, impu)
+                self.load(reg)  # (re-indexed if renamed; its expiry armed)
                 event = "deactivated" if register_again else "rejected"  # (RFC 3680)
                 actions.append(StoreRegistration(reg, ended=tuple((c, event) for c in gone)))
                 continue
