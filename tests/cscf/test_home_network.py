@@ -497,6 +497,28 @@ async def test_an_rtr_for_one_device_of_a_shared_impu_ends_its_contact_only(home
     assert (notifies[1].get("subscription-state") or "").startswith("active")
 
 
+async def test_a_pushed_profile_for_nobody_held_here_is_user_unknown(home):
+    """A PPR whose User-Data lists no IMPU registered at this S-CSCF (the user
+    de-registered meanwhile, or another IMPI's) is answered
+    DIAMETER_ERROR_USER_UNKNOWN, on which the HSS may try another IMPI of the user
+    (TS 29.228 §6.1.4); before: 2001, as if the profile had been taken."""
+    user_data, _ = await home.store.user_data(IMPI, IMPUS[0])
+    ppr = cx.PushProfileRequest(
+        session_id="hss;1;1",
+        origin_host=HSS_HOST,
+        origin_realm=REALM,
+        destination_host=home.config.scscf.diameter.host,
+        destination_realm=REALM,
+        user_name=IMPI,
+        user_data=user_data,
+    )
+    answer = await home.scscf.scscf.handle_cx_request(ppr)
+    assert answer.experimental_result_code == cx.DIAMETER_ERROR_USER_UNKNOWN
+    assert (await full_registration(home, new_ue()))[1].status == 200
+    answer = await home.scscf.scscf.handle_cx_request(ppr)
+    assert answer.result_code == cx.DIAMETER_SUCCESS
+
+
 async def test_hss_down_is_480_at_the_icscf(home):
     await home.hss.stop()
     home.hss = None

@@ -2178,8 +2178,16 @@ class Scscf:
                 # Only the registrations the document lists: a subscription's implicit
                 # sets each have their own (as each one's SAA carried it), and a PPR
                 # brings one of them.
-                listed = {p.identity.lower() for p in identities}
-                for impu in [u for u in self.core.registrations if u.lower() in listed]:
+                now = self._clock()
+                held = [self.core.lookup(p.identity, now) for p in identities]
+                impus = list(dict.fromkeys(reg.impu for reg in held if reg is not None))
+                if not impus:
+                    # TS 29.228 §6.1.4: the HSS may try another IMPI of the user
+                    self.core.counters["ppr_user_unknown"] += 1
+                    return request.answer(
+                        **base, experimental_result_code=cx.DIAMETER_ERROR_USER_UNKNOWN
+                    )
+                for impu in impus:
                     stored = self.core.push_profile(impu, text, identities)
                     if stored is None:
                         continue

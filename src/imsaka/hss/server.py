@@ -350,7 +350,7 @@ class HssServer:
             for u in view.impus
             if u.reg_state is not RegState.NOT_REGISTERED
         }
-        result: dict[str, Any] = {}
+        results = []
         for impu in held.values() or (info.impus[0],):
             user_data, _ = await self.store.user_data(impi, impu)
             ppr = partial(
@@ -359,10 +359,9 @@ class HssServer:
                 impi=impi,
                 user_data=user_data,
             )
-            result = await self._send_to_scscf(ppr, host, info.scscf_name)
-            if not result.get("ok"):
-                break
-        return result
+            results.append(await self._send_to_scscf(ppr, host, info.scscf_name))
+        # (each set its own outcome: the first failure is the one reported)
+        return next((r for r in results if not r.get("ok")), results[-1])
 
     async def _send_to_scscf(
         self, make: Callable[..., Any], host: str, server_name: str
