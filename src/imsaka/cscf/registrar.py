@@ -838,7 +838,9 @@ class RedisBindingStore:
 
     async def all(self) -> list[Registration]:
         out = []
-        async for key in self._redis.scan_iter(match=f"{self._prefix}reg:*", count=500):
+        async for key in self._redis.scan_iter(
+            match=_glob_literal(f"{self._prefix}reg:") + "*", count=500
+        ):
             text = await self._redis.get(key)
             if text is not None:
                 out.append(Registration.from_json(text))
@@ -860,7 +862,9 @@ class RedisBindingStore:
                         out.append(reg)
             keys.clear()
 
-        async for key in self._redis.scan_iter(match=f"{self._prefix}reg:*", count=1000):
+        async for key in self._redis.scan_iter(
+            match=_glob_literal(f"{self._prefix}reg:") + "*", count=1000
+        ):
             keys.append(key)
             if len(keys) >= 1000:
                 await take()
