@@ -105,6 +105,19 @@ def answer_auth(www, ue: Isim, impi: str = IMPI, *, wrong: bool = False) -> str:
     )
 
 
+def from_hss(kind, destination_host: str, **fields):
+    """An HSS-initiated Cx request (RTR, PPR) of `kind` for IMPI to `destination_host`."""
+    return kind(
+        session_id="hss;1;1",
+        origin_host=HSS_HOST,
+        origin_realm=REALM,
+        destination_host=destination_host,
+        destination_realm=REALM,
+        user_name=IMPI,
+        **fields,
+    )
+
+
 def new_ue() -> Isim:
     return Isim(Milenage(K, opc=OPC), SqnArray())
 
@@ -503,15 +516,7 @@ async def test_a_pushed_profile_for_nobody_held_here_is_user_unknown(home):
     DIAMETER_ERROR_USER_UNKNOWN, on which the HSS may try another IMPI of the user
     (TS 29.228 §6.1.4); before: 2001, as if the profile had been taken."""
     user_data, _ = await home.store.user_data(IMPI, IMPUS[0])
-    ppr = cx.PushProfileRequest(
-        session_id="hss;1;1",
-        origin_host=HSS_HOST,
-        origin_realm=REALM,
-        destination_host=home.config.scscf.diameter.host,
-        destination_realm=REALM,
-        user_name=IMPI,
-        user_data=user_data,
-    )
+    ppr = from_hss(cx.PushProfileRequest, home.config.scscf.diameter.host, user_data=user_data)
     answer = await home.scscf.scscf.handle_cx_request(ppr)
     assert answer.experimental_result_code == cx.DIAMETER_ERROR_USER_UNKNOWN
     assert (await full_registration(home, new_ue()))[1].status == 200
@@ -740,13 +745,9 @@ async def test_an_rtr_naming_no_impu_at_the_other_instance_ends_the_registration
         _, r200 = await full_registration(net, new_ue())
         assert r200.status == 200, r200
         assert IMPUS[0] not in other.scscf.core.registrations
-        rtr = cx.RegistrationTerminationRequest(
-            session_id="hss;1;rtr",
-            origin_host=HSS_HOST,
-            origin_realm=REALM,
-            destination_host=SCSCF2_HOST,
-            destination_realm=REALM,
-            user_name=IMPI,
+        rtr = from_hss(
+            cx.RegistrationTerminationRequest,
+            SCSCF2_HOST,
             deregistration_reason=cx.DeregistrationReason(0, "test"),
         )
         answer = await other.scscf.handle_cx_request(rtr)
@@ -820,13 +821,9 @@ async def test_an_end_through_the_other_scscf_reaches_the_subscribers_held_here(
                 assert r.status == 200
                 event = "unregistered"
             else:
-                rtr = cx.RegistrationTerminationRequest(
-                    session_id="hss;1;rtr",
-                    origin_host=HSS_HOST,
-                    origin_realm=REALM,
-                    destination_host=net.config.scscf.diameter.host,
-                    destination_realm=REALM,
-                    user_name=IMPI,
+                rtr = from_hss(
+                    cx.RegistrationTerminationRequest,
+                    net.config.scscf.diameter.host,
                     deregistration_reason=cx.DeregistrationReason(0, "test"),
                     public_identities=(IMPUS[0],),
                 )
