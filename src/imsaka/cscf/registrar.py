@@ -837,34 +837,29 @@ class RedisBindingStore:
         return claim
 
     async def all(self) -> list[Registration]:
-        out = []
-        async for key in self._redis.scan_iter(
-            match=_glob_literal(f"{self._prefix}reg:") + "*", count=500
-        ):
-            text = await self._redis.get(key)
-            if text is not None:
-                out.append(Registration.from_json(text))
-        return out
+        return await self._scan(lambda text: True)
 
     async def of_impis(self, impis: Collection[str]) -> list[Registration]:
         wanted = set(impis)
         # (each IMPI as its JSON text reads in a record: most records are passed over
         # without being parsed)
         marks = [json.dumps(impi).encode() for impi in wanted]
+        found = await self._scan(lambda text: any(mark in text for mark in marks))
+        return [reg for reg in found if reg.impi in wanted]
+
+    async def _scan(self, keep: Callable[[bytes], bool]) -> list[Registration]:
+        """Every record whose stored text `keep` accepts, read 1,000 keys to an MGET."""
         out: list[Registration] = []
         keys: list[bytes] = []
 
         async def take() -> None:
             for text in await self._redis.mget(keys):
-                if text is not None and any(mark in text for mark in marks):
-                    reg = Registration.from_json(text)
-                    if reg.impi in wanted:
-                        out.append(reg)
+                if text is not None and keep(text):
+                    out.append(Registration.from_json(text))
             keys.clear()
 
-        async for key in self._redis.scan_iter(
-            match=_glob_literal(f"{self._prefix}reg:") + "*", count=1000
-        ):
+        match = _glob_literal(f"{self._prefix}reg:") + "*"
+        async for key in self._redis.scan_iter(match=match, count=1000):
             keys.append(key)
             if len(keys) >= 1000:
                 await take()
