@@ -444,6 +444,62 @@ async def test_rtr_and_ppr_reach_the_serving_scscf(hss):
     }
 
 
+async def test_a_user_registered_at_another_scscf_is_taken_from_the_old_one(hss):
+    """The I-CSCF chose a new S-CSCF when the serving one did not answer (TS 24.229
+    §5.3.1.2), and the user registered there. The old one is sent an RTR with Reason-Code
+    NEW_SERVER_ASSIGNED naming the subscription's IMPUs (TS 29.228 §6.1.3), and what it
+    still sends for the registration it held (its binding lapsing, a late de-REGISTER)
+    leaves the user registered at the new one. Before, the HSS switched S-CSCF without a
+    word, and the old one's TIMEOUT_DEREGISTRATION SAR, when its binding lapsed, made the
+    user not registered (LIR: 5003) while the new one served it."""
+    received = []
+
+    async def handler(request, peer):
+        received.append(request)
+        return request.answer(
+            origin_host=SCSCF_HOST, origin_realm=HOME, result_code=cx.DIAMETER_SUCCESS
+        )
+
+    other = "sip:scscf2.home1.net:5080"
+    node = await client_node(hss.diameter_port)
+    node.set_request_handler(handler)
+    try:
+        await node.request(sar(SAT.REGISTRATION))
+        assert not received  # (the first registration moves nothing)
+        answer = await node.request(sar(SAT.REGISTRATION, server=other))
+        assert answer.result_code == cx.DIAMETER_SUCCESS
+        for _ in range(100):
+            if received:
+                break
+            await asyncio.sleep(0.02)
+        (rtr,) = received
+        assert isinstance(rtr, cx.RegistrationTerminationRequest)
+        assert rtr.deregistration_reason.reason_code == cx.ReasonCode.NEW_SERVER_ASSIGNED
+        assert rtr.user_name == "alice@home1.net"
+        assert set(rtr.public_identities) == {"sip:alice@home1.net", "tel:+15550001"}
+        assert hss.service.counters["rtr_new_server_sent"] == 1
+        # the old one's binding lapses, its user de-registers there: nothing changes
+        for sat in (SAT.TIMEOUT_DEREGISTRATION, SAT.USER_DEREGISTRATION):
+            late = await node.request(sar(sat))
+            assert late.result_code == cx.DIAMETER_SUCCESS
+        assert hss.service.counters["sar_deregistration_not_serving"] == 2
+        view = await hss.store.get_subscriber("alice@home1.net")
+        assert view.scscf_name == other
+        assert {u.reg_state for u in view.impus} == {RegState.REGISTERED}
+        located = await node.request(lir())
+        assert located.result_code == cx.DIAMETER_SUCCESS and located.server_name == other
+        # the serving one's own de-registration still ends it, with no RTR to anyone
+        assert (await node.request(sar(SAT.USER_DEREGISTRATION, server=other))).is_success
+        view = await hss.store.get_subscriber("alice@home1.net")
+        assert {u.reg_state for u in view.impus} == {RegState.NOT_REGISTERED}
+        # registered anew at the first one: nothing held elsewhere, nothing to tell
+        await node.request(sar(SAT.REGISTRATION))
+        await asyncio.sleep(0.1)
+        assert len(received) == 1 and hss.service.counters["scscf_reassigned"] == 1
+    finally:
+        await node.stop()
+
+
 async def test_rtr_to_unreachable_scscf_reports_it(hss, scscf):
     await scscf.request(sar(SAT.REGISTRATION))
     await scscf.stop()  # the S-CSCF is gone

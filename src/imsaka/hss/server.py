@@ -71,6 +71,7 @@ class HssServer:
         self.api_port: int | None = None
         # Server-Name -> the Diameter hosts heard sending SARs with it (`_heard_from`)
         self._scscf_hosts: dict[str, dict[str, None]] = {}
+        self._moves: set[asyncio.Task] = set()  # RTRs NEW_SERVER_ASSIGNED under way
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -98,6 +99,7 @@ class HssServer:
         )
         kwargs = {} if self._rand_source is None else {"rand_source": self._rand_source}
         self.service = CxService(self.store, cfg, **kwargs)
+        self.service.on_moved = self._moved
         self.node = DiameterNode(
             NodeConfig(
                 origin_host=cfg.diameter_host,
@@ -197,6 +199,10 @@ class HssServer:
         self.api_port = sockets[0].getsockname()[1] if sockets else self.config.api_port
 
     async def stop(self) -> None:
+        for task in list(self._moves):
+            task.cancel()
+        if self._moves:
+            await asyncio.gather(*self._moves, return_exceptions=True)
         if self._api_server is not None:
             self._api_server.should_exit = True
             if self._api_task is not None:
@@ -328,6 +334,50 @@ class HssServer:
         if forget:
             await self.store.deregister_subscription(info.subscription_id)
         return result
+
+    def _moved(self, impi: str, name: str, host: str | None, realm: str | None) -> None:
+        """`CxService.on_moved`: the subscription of `impi`, registered at S-CSCF `name`,
+        was just registered at another one (the I-CSCF chose anew when `name` did not
+        answer). `name` is told to drop what it holds of it (`_tell_moved`)."""
+        if len(self._moves) >= 1000:  # (a storm of moves: the rest lapse there)
+            self.service.counters["rtr_new_server_not_sent"] += 1
+            return
+        task = asyncio.get_running_loop().create_task(self._tell_moved(impi, name, host, realm))
+        self._moves.add(task)
+        task.add_done_callback(self._moves.discard)
+
+    async def _tell_moved(self, impi: str, name: str, host: str | None, realm: str | None) -> None:
+        """RTR with Reason-Code NEW_SERVER_ASSIGNED (TS 29.229 §6.3.17) to the S-CSCF
+        the subscription of `impi` moved from, naming its IMPUs (TS 29.228 §6.1.3: that
+        reason names them) and IMPIs. That S-CSCF ends what it holds without telling the
+        UE the registration ended (it lives on at the new one); the HSS's state, now the
+        new S-CSCF's, is not touched. Unanswered, it is not sent again: what the old one
+        holds then lapses there, and its de-registration SAR changes nothing here
+        (`CxService.sar`)."""
+        try:
+            info = await self.store.serving_for_impi(impi)
+            host = host or await self.store.scscf_host_for(name)
+            if not host or not info.impus:
+                return
+            assert self.service is not None
+            rtr = partial(
+                self.service.rtr,
+                destination_realm=realm,
+                impis=info.impis,
+                impus=info.impus,
+                reason=cx.ReasonCode.NEW_SERVER_ASSIGNED,
+                reason_info="registered at another S-CSCF",
+            )
+            result = await self._send_to_scscf(rtr, host, name)
+            self.service.counters[
+                "rtr_new_server_sent" if result.get("ok") else "rtr_new_server_failed"
+            ] += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # (the store, a closed node): the old one's binding lapses
+            assert self.service is not None
+            self.service.counters["rtr_new_server_failed"] += 1
+            log.warning("RTR NEW_SERVER_ASSIGNED for %s to %s: %s", impi, name, exc)
 
     async def push_profile(self, impi: str) -> dict[str, Any]:
         """PPR with the new User-Data to the S-CSCF serving ``impi`` (if any)."""

@@ -135,6 +135,10 @@ class CxService:
         self.config = config
         self.rand_source = rand_source
         self.counters: Counter[str] = Counter()
+        # Told of each registering SAR that took a registered subscription from another
+        # S-CSCF: (IMPI, the Server-Name, Diameter host and realm before). The HSS
+        # server sends that S-CSCF an RTR NEW_SERVER_ASSIGNED (TS 29.229 §6.3.17).
+        self.on_moved: Callable[[str, str, str | None, str | None], None] | None = None
         # Milenage objects (K's AES key schedule) per credential pair, most recent
         # last: building one costs more than a whole vector. Event-loop thread only.
         self._milenage: dict[tuple[bytes, bytes], Milenage] = {}
@@ -576,6 +580,7 @@ class CxService:
         if sat in (SAT.REGISTRATION, SAT.RE_REGISTRATION, SAT.RESTORATION):
             if not (sat == SAT.RE_REGISTRATION and _unchanged(state, req)):
                 await self._assign_to_sender(req, impu, RegState.REGISTERED, impi)
+                self._moved_from(state, req, impi)
             else:
                 self.counters["sar_reregistration_unchanged"] += 1
             return await self._saa_ok(
@@ -594,6 +599,13 @@ class CxService:
             await self._assign_to_sender(req, impu, RegState.UNREGISTERED)
             return await self._saa_ok(req, impi, impu, True)
         if sat in _DEREGISTRATIONS:
+            if state.scscf_name and state.scscf_name != req.server_name:
+                # Another S-CSCF serves the user now (it registered there while this
+                # one was out of reach): the end of what this one still held ends
+                # nothing here (its binding lapsing would otherwise take the user's
+                # registration at the other one away).
+                self.counters["sar_deregistration_not_serving"] += 1
+                return self._answer(req, result_code=cx.DIAMETER_SUCCESS, user_name=impi)
             await self.store.assign(
                 impu,
                 state=RegState.NOT_REGISTERED,
@@ -707,7 +719,22 @@ class CxService:
             return refused
         if not assigned:
             self.counters["sar_reregistration_unchanged"] += 1
+        elif state is not None and state.scscf_name != req.server_name:
+            self._moved_from(state, req, impi)
         return self._saa(req, impi, None if data is None else data[0])
+
+    def _moved_from(self, state: UserState, req: Any, impi: str) -> None:
+        """A registering SAR was assigned; `state` is what the store held before it.
+        When another S-CSCF had the subscription registered, `on_moved` is told."""
+        before = state.scscf_name
+        if (
+            before
+            and before != req.server_name
+            and state.reg_state != RegState.NOT_REGISTERED
+            and self.on_moved is not None
+        ):
+            self.counters["scscf_reassigned"] += 1
+            self.on_moved(impi, before, state.scscf_host, state.scscf_realm)
 
     async def _assign_to_sender(
         self, req: Any, impu: str, state: RegState, impi: str | None = None
