@@ -8,6 +8,7 @@ import math
 import os
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from functools import partial
 
 import pytest
 
@@ -155,6 +156,18 @@ async def full_registration(net: HomeNetwork, ue: Isim, **kw):
         ),
     )
     return r401, r200
+
+
+def as_from_icscf(net: HomeNetwork, req, *, to: str):
+    """`req` as the I-CSCF forwards it to the S-CSCF named `to` (its Via on top, the
+    Request-URI that S-CSCF's name)."""
+    req.add(
+        "Via",
+        f"SIP/2.0/UDP icscf1_p.home1.net:{net.pcscf_port};branch=z9hG4bK{os.urandom(5).hex()}",
+        first=True,
+    )
+    req.uri = to
+    return req
 
 
 def via_values(msg) -> list[str]:
@@ -664,16 +677,7 @@ async def two_scscfs_on_redis(tmp_path, redis_url, other_url: str | None = None,
         await other.start()
         await other.node.wait_open(HSS_HOST, timeout=5)
 
-        def via_icscf(req):
-            req.add(
-                "Via",
-                f"SIP/2.0/UDP icscf1_p.home1.net:{net.pcscf_port};branch=z9hG4bK{os.urandom(5).hex()}",
-                first=True,
-            )
-            req.uri = net.server_name
-            return req
-
-        yield net, other, other_port, via_icscf
+        yield net, other, other_port, partial(as_from_icscf, net, to=net.server_name)
     finally:
         if other is not None:
             await other.stop()

@@ -33,6 +33,7 @@ __all__ = [
     "authorised_watcher",
     "notify_request",
     "reginfo_body",
+    "reginfo_unchanged",
 ]
 
 CONTENT_TYPE = "application/reginfo+xml"
@@ -538,6 +539,17 @@ def reginfo_body(
         lines.append(f'  <registration aor={_attr(aor)} id="r{n}" state="terminated"/>')
     lines.append("</reginfo>\n")
     return "\n".join(lines).encode()
+
+
+def reginfo_unchanged(version: int) -> bytes:
+    """RFC 3680 §5.3 reginfo telling no change (a partial document without a
+    <registration>): the final NOTIFY of a subscription the S-CSCF gives up while the
+    registration lives on elsewhere (RTR NEW_SERVER_ASSIGNED). A terminated or empty
+    full document would read as the end of the registration."""
+    return (
+        '<?xml version="1.0"?>\n'
+        f'<reginfo xmlns="urn:ietf:params:xml:ns:reginfo" version="{version}" state="partial"/>\n'
+    ).encode()
 
 
 def notify_request(

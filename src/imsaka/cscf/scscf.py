@@ -43,6 +43,7 @@ from imsaka.cscf.regevent import (
     authorised_watcher,
     notify_request,
     reginfo_body,
+    reginfo_unchanged,
 )
 from imsaka.cscf.registrar import (
     BindingStore,
@@ -1593,6 +1594,15 @@ class Scscf:
     def _notify_ended(self, sub: RegSubscription, removed: RemoveRegistration, now: float) -> None:
         """The final NOTIFY of `sub`, ended with the registration `removed`; with a
         shared store it stays there (`_ending`) until the NOTIFY is answered."""
+        if removed.reason == "moved":
+            # Registered at another S-CSCF (RTR NEW_SERVER_ASSIGNED): the subscription
+            # ends here, the registration does not. "deactivated" asks the subscriber
+            # to subscribe again at once (RFC 6665 §4.1.3: subscriptions moving between
+            # nodes), which now reaches the S-CSCF that serves the user.
+            self.core.counters["subscription_moved_on"] += 1
+            body = reginfo_unchanged(sub.version)
+            self._send_notify(sub, body, now, terminated_reason="deactivated", ending="moved")
+            return
         event = TERMINATION_EVENT.get(removed.reason, "deactivated")
         reason = "rejected" if removed.reason == "network-initiated" else "deactivated"
         if removed.reason == "timeout":
@@ -2143,11 +2153,13 @@ class Scscf:
                 if not impus and not await self._adopt_of_impis(impis):
                     self._refuse_cut_off()
             why = request.deregistration_reason  # (mandatory; read with care all the same)
-            again = why is not None and why.reason_code == cx.ReasonCode.SERVER_CHANGE
+            code = why.reason_code if why is not None else None
+            again = code == cx.ReasonCode.SERVER_CHANGE
+            moved = code == cx.ReasonCode.NEW_SERVER_ASSIGNED
             count, actions = 0, []
             for impi in impis:
                 removed, ends = self.core.network_deregister(
-                    impi, impus, self._clock(), register_again=again
+                    impi, impus, self._clock(), register_again=again, moved=moved
                 )
                 count += removed
                 actions += ends

@@ -781,12 +781,21 @@ class RegistrarCore:
             self._unindex(reg)
 
     def network_deregister(
-        self, impi: str, impus: list[str] | None, now: float, *, register_again: bool = False
+        self,
+        impi: str,
+        impus: list[str] | None,
+        now: float,
+        *,
+        register_again: bool = False,
+        moved: bool = False,
     ) -> tuple[int, list[Action]]:
         """RTR (TS 29.228 §6.1.3): remove the bindings of `impi` (all, or those `impus`).
         `register_again` (the RTR's Reason-Code SERVER_CHANGE): the UE is to register
         anew, so the removals' reason is "server-change" (reg event "deactivated",
-        TS 24.229 §5.4.1.5) instead of "network-initiated" ("rejected").
+        TS 24.229 §5.4.1.5) instead of "network-initiated" ("rejected"). `moved`
+        (NEW_SERVER_ASSIGNED, TS 29.229 §6.3.17): the user registered at another S-CSCF,
+        so the registration is not over: reason "moved", its subscribers are not told
+        of an end (the edge moves them on), nor are a shared IMPU's other devices.
 
         Returns how many registrations were removed and the actions (removals)."""
         targets = set(self._impus_of(impi))
@@ -808,7 +817,7 @@ class RegistrarCore:
                 if any(c.impi == impi for c in reg.contacts.values())
             )
         actions: list[Action] = []
-        why = "server-change" if register_again else "network-initiated"
+        why = "moved" if moved else "server-change" if register_again else "network-initiated"
         for impu in sorted(targets):
             reg = registrations[impu]
             staying = [c for c in reg.contacts.values() if c.owner(reg.impi) != impi]
@@ -823,7 +832,8 @@ class RegistrarCore:
                 reg.contacts = ContactMap((c.uri, c) for c in staying)
                 self.load(reg)  # (re-indexed if renamed; its expiry armed)
                 event = "deactivated" if register_again else "rejected"  # (RFC 3680)
-                actions.append(StoreRegistration(reg, ended=tuple((c, event) for c in gone)))
+                ended = () if moved else tuple((c, event) for c in gone)
+                actions.append(StoreRegistration(reg, ended=ended))
                 continue
             registrations.pop(impu)
             self._queued.pop(impu, None)
