@@ -107,19 +107,26 @@ def test_read_off_the_text_is_what_parsing_gives(contacts, expires, lines):
     assert PcscfCore._granted_expires(resp) == _granted_by_parsing(resp)
 
 
-def _re_register(p: PcscfCore, inst, contact: str, now: float = 8.0) -> list:
-    """A re-REGISTER over the UE's SAs answered 200 with `contact`: the core's actions."""
+def _re_register(
+    p: PcscfCore,
+    inst,
+    contact: str,
+    now: float = 8.0,
+    *,
+    service_route: str = SERVICE_ROUTE,
+    branch: str = "z9hG4bKrereg",
+) -> list:
+    """A re-REGISTER over the UE's SAs (Via `branch`) answered 200 with `contact` and
+    `service_route`: the core's actions."""
     text = (
-        de_register_text(p)
-        .replace(";expires=0", ";expires=600000")
-        .replace("z9hG4bKdereg", "z9hG4bKrereg")
+        de_register_text(p).replace(";expires=0", ";expires=600000").replace("z9hG4bKdereg", branch)
     )
     (fwd,) = p.receive_request(parse_message(text.encode()), Arrival(UE_C, spi=inst.sa.spi_ps), now)
     ok = make_response(
         parse_message(fwd.message.to_bytes()),
         200,
         to_tag="5ef4",
-        headers=[("Service-Route", SERVICE_ROUTE), ("Contact", contact)],
+        headers=[("Service-Route", service_route), ("Contact", contact)],
     )
     return p.receive_response(parse_message(ok.to_bytes()), ICSCF, now + 0.1)
 

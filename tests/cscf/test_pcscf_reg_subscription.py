@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from imsaka.cscf.pcscf import Arrival, Forward, PcscfCore
+from imsaka.cscf.pcscf import Arrival, Forward, InstallSecurityAssociations, PcscfCore
 from imsaka.cscf.pcscf_regsub import refresh_after
 from imsaka.sip import Request, make_response
 from tests.cscf.test_pcscf_dialog_routing import (
@@ -18,6 +18,7 @@ from tests.cscf.test_pcscf_dialog_routing import (
     reginfo,
     register_through,
 )
+from tests.cscf.test_pcscf_granted_expires import _re_register
 
 IMPI = "user1_private@home1.net"
 SCSCF_CONTACT = "sip:127.0.0.1:5080"
@@ -170,3 +171,64 @@ def test_a_refresh_that_cannot_be_routed_is_dropped_not_retried_in_a_loop():
     assert not _subscribes(p.handle_timer(503.05))
     assert p.subscriptions == {} and p.counters["reg-subscription-unroutable"] == 1
     assert p.stats()["registrations"] == 1 and p.next_deadline() is not None
+
+
+def _subscribed(**kw) -> tuple[PcscfCore, InstallSecurityAssociations, list]:
+    """As `_registered` (`kw`: the P-CSCF's configuration), with the UE's SAs."""
+    p, inst, acts = register_through(**kw)
+    (sub,) = _subscribes(acts)
+    sub_ok = make_response(
+        _reparse(sub), 200, to_tag="scscf-reg", headers=[("Contact", f"<{SCSCF_CONTACT}>")]
+    )
+    assert p.receive_response(_reparse(sub_ok), SCSCF, 3.05) == []
+    return p, inst, acts
+
+
+def _re_registered_at(p: PcscfCore, inst, service_route: str, now: float) -> list:
+    """A re-REGISTER over the UE's SAs answered 200 by the S-CSCF whose Service-Route
+    is `service_route`: the core's actions."""
+    contact = "<sip:127.0.0.1:1357>;expires=600000"
+    branch = f"z9hG4bKrereg{int(now)}"
+    return _re_register(p, inst, contact, now, service_route=service_route, branch=branch)
+
+
+OTHER_ROUTE = "<sip:orig@127.0.0.1:5090;lr>"  # another S-CSCF's
+
+
+def test_a_registration_moved_to_another_scscf_moves_the_subscription_there():
+    """The UE's re-registration went to another S-CSCF (the I-CSCF chose anew when the
+    serving one did not answer, TS 24.229 §5.3.1.2): the subscription at the one before
+    hears nothing of the registration any more (a de-registration by the network at
+    the new one would never reach the P-CSCF, which would keep the UE's SAs). It is
+    ended there (Expires: 0 in its dialog) and made anew along the new Service-Route;
+    what the old one still sends on it ends nothing."""
+    p, inst, acts = _subscribed()
+    (old_call_id,) = p.subscriptions
+    out = _re_registered_at(p, inst, OTHER_ROUTE, 100.0)
+    subscribes = [_reparse(s) for s in _subscribes(out)]
+    ended = [s for s in subscribes if s.call_id == old_call_id]
+    (new,) = [s for s in subscribes if s.call_id != old_call_id]
+    assert [s.get("Expires") for s in ended] == ["0"] and ended[0].to.tag == "scscf-reg"
+    assert new.get_all("Route") == [OTHER_ROUTE] and not new.to.tag
+    assert p._subscribed[IMPI] == new.call_id
+    assert p.counters["reg-subscription-moved"] == 1
+    # The old S-CSCF, its binding lapsing, NOTIFYs the end on the old dialog: answered,
+    # and the registration with its SAs stays.
+    lapse = _own_terminated_notify(
+        p, acts, "terminated;reason=timeout", reginfo("terminated", "expired")
+    )
+    (answer,) = p.receive_request(_reparse(lapse), Arrival(SCSCF), 200.0)
+    assert answer.message.status == 200
+    assert p.stats()["registrations"] == 1 and p.stats()["sas"] == 1
+    # Refreshed at the same S-CSCF (the same Service-Route): nothing moves.
+    out = _re_registered_at(p, inst, OTHER_ROUTE, 300.0)
+    assert not _subscribes(out) and p.counters["reg-subscription-moved"] == 1
+
+
+def test_a_registration_answered_by_another_instance_of_the_scscf_keeps_the_subscription():
+    """Instances of one S-CSCF (`scscf_instances`) share its registrations and
+    subscriptions: a re-registration answered by another instance moves nothing."""
+    groups = (("sip:127.0.0.1:5080", "sip:127.0.0.1:5090"),)
+    p, inst, _ = _subscribed(scscf_instances=groups)
+    out = _re_registered_at(p, inst, OTHER_ROUTE, 100.0)
+    assert not _subscribes(out) and p.counters["reg-subscription-moved"] == 0

@@ -2584,6 +2584,7 @@ class PcscfCore:
             except SipParseError:
                 pass
         # the S-CSCF's route, the same for its many users: one tuple of one string object
+        route_before = reg.service_route
         reg.service_route = self._routes.share(resp.get_all("Service-Route"))
         self._trust_route(reg.service_route)
         reg.associated_uris = tuple(resp.get_all("P-Associated-URI"))
@@ -2631,9 +2632,39 @@ class PcscfCore:
             reg.clear_source = arrival.source
             self._by_contact[arrival.source] = reg.impi
         self.counters["registered"] += 1
+        if (
+            reg.service_route is not route_before
+            and route_before
+            and reg.impi in self._subscribed
+            and not self._same_scscf(route_before, reg.service_route)
+        ):
+            # Registered at another S-CSCF now (the I-CSCF chose anew, TS 24.229
+            # §5.3.1.2): the subscription at the one before hears nothing of this
+            # registration any more (its end, the network's de-registration). Ended
+            # there, and made anew along the new Service-Route (below).
+            self.counters["reg-subscription-moved"] += 1
+            actions += self._replace_subscription(reg.impi, now)
         if self.subscribe_reg_event and reg.service_route and reg.impi not in self._subscribed:
             actions += self._subscribe_reg(reg, now)
         return actions
+
+    def _same_scscf(self, before: tuple[str, ...], after: tuple[str, ...]) -> bool:
+        """Whether Service-Routes `before` and `after` lead to one S-CSCF: the same
+        address, or instances of one (`_siblings`: they share its registrations and
+        subscriptions). Unresolvable: compared as texts."""
+        first, then = self._route_address(before), self._route_address(after)
+        if first is None or then is None:
+            return before == after
+        return first == then or then in self._siblings.get(first, ())
+
+    def _route_address(self, route: tuple[str, ...]) -> Address | None:
+        """The address of the first entry of Service-Route `route` (its S-CSCF)."""
+        if not route:
+            return None
+        value = route[0]
+        start = value.find("<")
+        end = value.find(">", start + 1)
+        return self._address(value[start + 1 : end] if 0 <= start < end else value)
 
     def _promote(self, reg: Registration, now: float, lifetime: float) -> list[Action]:
         """The temporary set becomes the established one (TS 33.203 §7.4)."""
