@@ -15,7 +15,7 @@ any UE.
                                         [--expires S] [--scscf-restarts REDIS_URL]
                                         [--hss-restarts] [--icscf-restarts]
                                         [--pcscf-restarts [--pcscf-store REDIS_URL]]
-                                        [--pcscf-handoffs]
+                                        [--pcscf-handoffs] [--devices 2]
 
 `--expires S` grants every registration and subscription at most S seconds, so the
 UEs re-register, and the UEs and the P-CSCF refresh their reg-event subscriptions, by
@@ -68,6 +68,11 @@ second before a crash is lost (the steps keep the crash allowances).
 instance stopped 10 to 20 s, longer than the run's
 `TAKE_OVER_AFTER` (6 s): the others take its reg-event subscriptions over (their
 refreshes then go there) and the I-CSCF probes it with OPTIONS until it is back.
+
+`--devices 2`: each subscription gets a second IMPI (a tablet, TS 23.228 §4.3.3.4)
+sharing its IMPUs, with a UE of its own: two devices register the same IMPUs, each
+with its own contact and SAs, and an RTR step ends that device's registration alone
+(the HSS's delete of one IMPI). Not with `--hss-restarts` (provisioned in process).
 
 `--scscf-store-cuts` (with `--scscf-instances`): each instance reaches Redis through a
 TCP proxy of its own, and about one event in two cuts one instance off for 3 to
@@ -299,6 +304,7 @@ async def run(
     scscf_instances: int = 1,
     scscf_long_downs: bool = False,
     scscf_store_cuts: bool = False,
+    devices: int = 1,
 ) -> dict[str, Any]:
     rng = random.Random(seed)
     if pcscf_restarts and not 0 < expires <= 60:
@@ -385,6 +391,7 @@ async def run(
                 icscf_restarts,
                 pcscf_restarts,
                 pcscf_handoffs,
+                devices,
             )
     finally:
         scscf_module.TAKE_OVER_AFTER = take_over_after
@@ -575,10 +582,13 @@ async def _run(
     icscf_restarts: bool = False,
     pcscf_restarts: bool = False,
     pcscf_handoffs: bool = False,
+    devices: int = 1,
 ) -> dict[str, Any]:
     scscf = options.extra["scscf"]
     net = Network(subs, options)
     await net.start()
+    if devices > 1:
+        subs = [*subs, *await _second_devices(net, subs)]
     if restarts is not None:
         await restarts.setup(net)  # on the run's own prefix
     ues = [
@@ -650,7 +660,8 @@ async def _run(
             return "rtr", False, "the reg-event subscription never came up"
         behind = behind_a_restarted_pcscf(i)
         before = ops.get("pcscf-restart", 0)
-        answer = await net.hss.deregister_impi(subs[i].impi)
+        # (with two devices, that device's registration alone: the other stays)
+        answer = await net.hss.deregister_impi(subs[i].impi, this_impi_only=devices > 1)
         if restarts is not None and not answer.get("ok"):
             # the S-CSCF was down at that instant: nothing was ended
             return "rtr-undelivered", True, ""
@@ -888,6 +899,27 @@ async def _run(
             await store.close()
 
 
+async def _second_devices(net: Network, subs: list) -> list:
+    """A second IMPI (``tablet.`` before the first's) for each subscription of `subs`,
+    sharing its IMPUs and credentials: the tablets' subscribers, in `subs`' order."""
+    from dataclasses import replace
+
+    from imsaka.hss.subscriber import validate_subscriber
+
+    tablets = []
+    for phone in subs:
+        tablet = replace(phone, impi=f"tablet.{phone.impi}")
+        spec = validate_subscriber(
+            impi=tablet.impi,
+            impus=list(tablet.impus),
+            k=tablet.k.hex(),
+            **({"opc": tablet.opc.hex()} if tablet.opc else {"op": tablet.op.hex()}),
+        )
+        await net.hss.store.add_impi(phone.impi, spec)
+        tablets.append(tablet)
+    return tablets
+
+
 def _seeds(text: str) -> range:
     first, _, last = text.partition("-")
     return range(int(first), int(last or first) + 1)
@@ -914,6 +946,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 args.scscf_instances,
                 args.scscf_long_downs,
                 args.scscf_store_cuts,
+                args.devices,
             )
         except Exception:  # a crash of the run itself is a failure of that seed
             out = {"seed": seed, "bad": [traceback.format_exc()[-1500:]]}
@@ -990,7 +1023,16 @@ def main(argv: list[str] | None = None) -> int:
         help="with --scscf-instances: about one event in two cuts one instance off "
         "from Redis for 3-15 s instead of restarting it",
     )
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        choices=(1, 2),
+        help="2: each subscription also a tablet IMPI sharing its IMPUs, a UE of its own",
+    )
     args = p.parse_args(argv)
+    if args.devices > 1 and args.hss_restarts:
+        p.error("--devices 2 provisions the tablets in process: not with --hss-restarts")
     if args.scscf_store_cuts and args.scscf_instances < 2:
         p.error("--scscf-store-cuts needs --scscf-instances 2 or more")
     if args.scscf_long_downs and args.scscf_instances < 2:
