@@ -128,3 +128,51 @@ def test_a_contact_bound_again_by_a_new_registration_is_a_change():
     assert h.send(ue.answer(header(r401, "WWW-Authenticate")[0]), T0 + 20).status == 200
     assert stores[-1].added and not stores[-1].ended
     assert list(stores[-1].registration.contacts) == [ue.contact]
+
+
+async def test_a_notify_waits_for_the_answer_to_the_one_before(home):
+    """Two changes in a row (a second contact registers, then goes) while the first
+    NOTIFY's answer is slow (its copies lost under loss, here held 1.5 s): the second
+    NOTIFY leaves only once the first is answered, so the subscriber gets them in
+    CSeq order. Before, it left at once, and the first's late copy then met a
+    subscriber that had taken CSeq 3: a UE answers it 500 (RFC 3261 §12.2.2), the
+    S-CSCF ended the subscription on that 500, and what the first told was lost (a
+    lifecycle chaos run with two devices sharing an IMPU: the RTR of one device was
+    never heard by it)."""
+    import asyncio
+
+    notifies: list = []
+    first = await send(home, register(home, cseq=1, authorization=empty_auth(), protected=False))
+    auth = answer_auth(first.www_authenticate, new_ue())
+    ok = await send(home, register(home, cseq=2, protected=True, authorization=auth))
+    assert ok.status == 200
+    assert (await reg_event_subscribe(home, notifies)).status == 200
+    await wait_for(lambda: len(notifies) == 1)
+    loop = asyncio.get_running_loop()
+    seen: list[tuple[int, str, float]] = []  # (CSeq, what, when)
+
+    def on_request(req, tx):
+        seq = req.cseq.seq
+        seen.append((seq, "in", loop.time()))
+        if seq == 2:  # slow: answered 1.5 s later
+            loop.call_later(1.5, lambda: (seen.append((2, "answered", loop.time())), tx.reply(200)))
+        else:
+            tx.reply(200)
+
+    home.client.set_request_handler(on_request)
+    r401 = await send(
+        home,
+        _at(register(home, cseq=3, authorization=empty_auth(), protected=False), SECOND, 3600),
+    )
+    auth = answer_auth(r401.www_authenticate, new_ue())
+    r = await send(
+        home, _at(register(home, cseq=4, authorization=auth, protected=True), SECOND, 3600)
+    )
+    assert r.status == 200
+    r = await send(home, _at(register(home, cseq=5, authorization=YES, protected=True), SECOND, 0))
+    assert r.status == 200
+    await wait_for(lambda: any(s == 3 for s, _, _ in seen), 5)
+    order = [(s, what) for s, what, _ in seen]
+    assert order.index((2, "answered")) < order.index((3, "in")), order
+    assert home.scscf.scscf.core.counters["notify_waits_for_the_one_before"] == 1
+    assert home.scscf.census()["subscriptions"] == 1

@@ -1651,28 +1651,65 @@ class Scscf:
         final = ending is not None and self._shared
         if final:
             self._ending.setdefault(sub.impu, []).append((sub, ending))
+        if sub.in_flight is not None:
+            # One NOTIFY of a subscription at a time: sent now, this one could overtake
+            # the one still retransmitted (its copies lost), which its subscriber would
+            # then refuse (500, a lower CSeq: RFC 3261 §12.2.2), and what that one told
+            # (a contact's end) would be lost.
+            self.core.counters["notify_waits_for_the_one_before"] += 1
+            sub.in_flight.append((notify, address, final))
+            return
+        self._dispatch_notify(sub, notify, address, final)
+
+    def _dispatch_notify(
+        self, sub: RegSubscription, notify: Request, address: tuple[str, int], final: bool
+    ) -> None:
+        sub.in_flight = []
         send = self._send_callback
         if send is None or not send(notify, address, partial(self._notify_answered, sub, final)):
             self._spawn(self._deliver(sub, notify, address, final))
+
+    def _next_notify(self, sub: RegSubscription, gone: bool) -> None:
+        """The NOTIFY of `sub` in flight was answered (or given up on): the next one
+        waiting goes; none when that answer said the subscriber is `gone` (the final
+        NOTIFYs among them then count as told)."""
+        waiting, sub.in_flight = sub.in_flight, None
+        if not waiting or self._closed:
+            return
+        if gone:
+            for _, _, final in waiting:
+                if final:
+                    self._ended_told(sub)
+            return
+        notify, address, final = waiting[0]
+        self._dispatch_notify(sub, notify, address, final)
+        assert sub.in_flight is not None
+        sub.in_flight.extend(waiting[1:])
 
     def _notify_answered(self, sub: RegSubscription, final: bool, response: Response) -> None:
         """The final response to a NOTIFY (the callback form of `_deliver`)."""
         if self._closed:
             return
+        gone = True
         try:
-            self._notify_outcome(sub, response)
+            gone = self._notify_outcome(sub, response)
         except Exception:
             self._task_failed()
         finally:
             if final:
                 self._ended_told(sub)
+            self._next_notify(sub, gone)
 
-    def _notify_outcome(self, sub: RegSubscription, response: Response) -> None:
+    def _notify_outcome(self, sub: RegSubscription, response: Response) -> bool:
+        """Whether the answer to a NOTIFY of `sub` says its subscriber is gone (the
+        subscription then ends here)."""
         if response.status in (404, 408, 481) or response.status >= 500:
             # RFC 6665 §4.2.2: the subscriber is gone; end the subscription.
             self.core.counters["notify_failed"] += 1
             self.subscriptions.remove(sub)
             self._keep_subscriptions(sub.impu)
+            return True
+        return False
 
     def _ended_told(self, sub: RegSubscription) -> None:
         """The final NOTIFY of `sub` answered (or given up on): its record goes."""
@@ -1689,15 +1726,17 @@ class Scscf:
     async def _deliver(
         self, sub: RegSubscription, notify: Request, address: tuple[str, int], final: bool
     ) -> None:
+        gone = True
         try:
             assert self._send_request is not None
-            self._notify_outcome(sub, await self._send_request(notify, address))
+            gone = self._notify_outcome(sub, await self._send_request(notify, address))
         except Exception:
             self._task_failed()
         finally:
             self._tasks.discard(current_task())
             if final and not self._closed:
                 self._ended_told(sub)
+            self._next_notify(sub, gone)
 
     # ------------------------------------------------------------- actions
 
