@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from imsaka.cscf.scscf_core import ContactSpec, RegistrarCore
 
 from .fakes import IMPI, FakeHss, FakeUe
@@ -130,7 +132,8 @@ def test_a_contact_bound_again_by_a_new_registration_is_a_change():
     assert list(stores[-1].registration.contacts) == [ue.contact]
 
 
-async def test_a_notify_waits_for_the_answer_to_the_one_before(home):
+@pytest.mark.parametrize("answer", [200, 481])
+async def test_a_notify_waits_for_the_answer_to_the_one_before(home, answer):
     """Two changes in a row (a second contact registers, then goes) while the first
     NOTIFY's answer is slow (its copies lost under loss, here held 1.5 s): the second
     NOTIFY leaves only once the first is answered, so the subscriber gets them in
@@ -138,7 +141,8 @@ async def test_a_notify_waits_for_the_answer_to_the_one_before(home):
     subscriber that had taken CSeq 3: a UE answers it 500 (RFC 3261 §12.2.2), the
     S-CSCF ended the subscription on that 500, and what the first told was lost (a
     lifecycle chaos run with two devices sharing an IMPU: the RTR of one device was
-    never heard by it)."""
+    never heard by it). Answered 481 (the subscriber has no such subscription), the
+    subscription ends and the NOTIFY that waited is not sent."""
     import asyncio
 
     notifies: list = []
@@ -155,7 +159,9 @@ async def test_a_notify_waits_for_the_answer_to_the_one_before(home):
         seq = req.cseq.seq
         seen.append((seq, "in", loop.time()))
         if seq == 2:  # slow: answered 1.5 s later
-            loop.call_later(1.5, lambda: (seen.append((2, "answered", loop.time())), tx.reply(200)))
+            loop.call_later(
+                1.5, lambda: (seen.append((2, "answered", loop.time())), tx.reply(answer))
+            )
         else:
             tx.reply(200)
 
@@ -171,6 +177,11 @@ async def test_a_notify_waits_for_the_answer_to_the_one_before(home):
     assert r.status == 200
     r = await send(home, _at(register(home, cseq=5, authorization=YES, protected=True), SECOND, 0))
     assert r.status == 200
+    if answer == 481:
+        await wait_for(lambda: home.scscf.census()["subscriptions"] == 0, 5)
+        await asyncio.sleep(0.3)
+        assert [(s, what) for s, what, _ in seen] == [(2, "in"), (2, "answered")]
+        return
     await wait_for(lambda: any(s == 3 for s, _, _ in seen), 5)
     order = [(s, what) for s, what, _ in seen]
     assert order.index((2, "answered")) < order.index((3, "in")), order

@@ -178,9 +178,9 @@ class RegSubscription:
         # the key of its entry in that heap (the subscription is the entry), live or stale
         self._next: RegSubscription | None = None
         # the next subscription to the same IMPU (`RegSubscriptions` chains them)
-        self.in_flight: list | None = None
+        self.in_flight: list | tuple | None = None
         """None: no NOTIFY of it unanswered; else one is, and these (the notifier's
-        items) wait for its answer, in CSeq order."""
+        items; () for none) wait for its answer, in CSeq order."""
 
     @property
     def call_id(self) -> str:

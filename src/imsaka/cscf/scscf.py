@@ -1651,20 +1651,24 @@ class Scscf:
         final = ending is not None and self._shared
         if final:
             self._ending.setdefault(sub.impu, []).append((sub, ending))
-        if sub.in_flight is not None:
+        waiting = sub.in_flight
+        if waiting is not None:
             # One NOTIFY of a subscription at a time: sent now, this one could overtake
             # the one still retransmitted (its copies lost), which its subscriber would
             # then refuse (500, a lower CSeq: RFC 3261 §12.2.2), and what that one told
             # (a contact's end) would be lost.
             self.core.counters["notify_waits_for_the_one_before"] += 1
-            sub.in_flight.append((notify, address, final))
+            if waiting:
+                waiting.append((notify, address, final))
+            else:
+                sub.in_flight = [(notify, address, final)]
             return
         self._dispatch_notify(sub, notify, address, final)
 
     def _dispatch_notify(
         self, sub: RegSubscription, notify: Request, address: tuple[str, int], final: bool
     ) -> None:
-        sub.in_flight = []
+        sub.in_flight = ()  # (in flight, none waiting: no list made for the usual case)
         send = self._send_callback
         if send is None or not send(notify, address, partial(self._notify_answered, sub, final)):
             self._spawn(self._deliver(sub, notify, address, final))
@@ -1683,8 +1687,8 @@ class Scscf:
             return
         notify, address, final = waiting[0]
         self._dispatch_notify(sub, notify, address, final)
-        assert sub.in_flight is not None
-        sub.in_flight.extend(waiting[1:])
+        if len(waiting) > 1:
+            sub.in_flight = waiting[1:]
 
     def _notify_answered(self, sub: RegSubscription, final: bool, response: Response) -> None:
         """The final response to a NOTIFY (the callback form of `_deliver`)."""
