@@ -238,3 +238,72 @@ def test_a_user_de_registers_set_does_not_carry_the_late_notify():
         8.6,
     )
     assert isinstance(late, Reply) and late.message.status == 404
+
+
+def _fresh_start(p: PcscfCore, at: float):
+    """The UE, told of the end, registers afresh: its initial REGISTER in the clear
+    challenged (a new temporary set); returns that set's install and the challenge
+    response over it, forwarded (open)."""
+    from imsaka.cscf.pcscf import InstallSecurityAssociations
+    from tests.cscf.test_pcscf_dialog_routing import WWW
+    from tests.e2e.test_pcscf_core import PACKET1, packet8
+
+    (fwd1,) = p.receive_request(
+        parse_message(PACKET1.replace("z9hG4bKnashds7", "z9hG4bKfresh1").encode()),
+        Arrival(("127.0.0.1", 40000)),
+        at,
+    )
+    c401 = make_response(
+        _reparse(fwd1.message), 401, to_tag="5ef5", headers=[("WWW-Authenticate", WWW)]
+    )
+    acts = p.receive_response(_reparse(c401), ICSCF, at + 0.01)
+    fresh = next(a for a in acts if isinstance(a, InstallSecurityAssociations)).sa
+    r7 = next(a for a in acts if isinstance(a, Reply)).message
+    text = packet8(r7).replace("z9hG4bKsecond", "z9hG4bKfresh2")
+    (fwd2,) = p.receive_request(
+        parse_message(text.encode()), Arrival(UE_C, spi=fresh.spi_ps), at + 0.02
+    )
+    return fresh, fwd2
+
+
+def _challenged(fwd: Forward):
+    from tests.cscf.test_pcscf_dialog_routing import WWW
+
+    c401 = make_response(
+        _reparse(fwd.message), 401, to_tag="5ef4", headers=[("WWW-Authenticate", WWW)]
+    )
+    return _reparse(c401)
+
+
+def test_the_old_re_registers_answer_after_the_ue_started_afresh_spares_the_new_one():
+    """The network ended the registration (the P-CSCF's own terminated NOTIFY) while a
+    re-REGISTER was open over its set; the UE, told too, registered afresh at once
+    (initial REGISTER, challenge, response over a new temporary set). The old
+    re-REGISTER's answer comes late: a 401 (the S-CSCF, holding nothing of it any
+    more, challenges it) before or after the new registration's 200. It goes to the UE
+    over the old set, and the new registration keeps its set and stays. Before, the
+    old one's 401 took the new temporary set as "an unanswered earlier challenge" or
+    its answer ended the record with every set on it, the new one's too (lifecycle
+    chaos seed 10432, two devices, `reauthenticate = "always"`: the new registration's
+    REGISTERs then met "request over a de-registered SA" until the UE gave up)."""
+    for order in ("old-401-first", "new-200-first"):
+        p, inst, acts = registered()
+        _, old_fwd = _open_re_register(p, inst, 8.0)
+        p.receive_request(_own_terminated_notify(p, acts), Arrival(SCSCF), 8.05)
+        fresh, new_fwd = _fresh_start(p, 8.2)
+        answers = [(old_fwd, _challenged(old_fwd)), (new_fwd, _ok(new_fwd))]
+        if order == "new-200-first":
+            answers.reverse()
+        for fwd, answer in answers:
+            out = p.receive_response(answer, ICSCF, 8.5)
+            released = [a.sa.spi_ps for a in out if isinstance(a, ReleaseSecurityAssociations)]
+            assert fresh.spi_ps not in released, (order, out)
+            (reply,) = [a for a in out if isinstance(a, Reply)]
+            if fwd is old_fwd:  # over the old set, as it came
+                assert reply.spi == inst.sa.spi_uc and reply.message.status == 401, order
+            else:
+                assert reply.spi == fresh.spi_uc and reply.message.status == 200, order
+        reg = p.registrations[IMPI]
+        assert reg.sa is not None and reg.sa.spi_ps == fresh.spi_ps, order
+        assert reg.temporary is None and fresh.spi_ps in p.by_spi, order
+        assert p.stats()["registrations"] == 1, order

@@ -2239,13 +2239,22 @@ class PcscfCore:
                 pending.final = resp  # no longer open
                 if not self._register_open(reg.impi, branch or ""):
                     reply = next((a for a in actions if isinstance(a, Reply)), None)
-                    sets = (reg.temporary, reg.sa, reg.previous)
-                    actions += self._sets_go(
-                        reg, sets, reply, pending, branch or "", now, NETWORK_TERMINATED
-                    )
-                    reg.temporary = reg.sa = reg.previous = None
-                    self._forget(reg, now)
-                    actions += self._end_to_ue(reg, actions)
+                    if reg.started_over and reg.temporary is not None:
+                        # the UE registers afresh meanwhile: only the ended one's sets
+                        # go; the record and its new temporary set stay for the new one
+                        sets: tuple = (reg.sa, reg.previous)
+                        actions += self._sets_go(
+                            reg, sets, reply, pending, branch or "", now, NETWORK_TERMINATED
+                        )
+                        self._ended_for_the_new_one(reg)
+                    else:
+                        sets = (reg.temporary, reg.sa, reg.previous)
+                        actions += self._sets_go(
+                            reg, sets, reply, pending, branch or "", now, NETWORK_TERMINATED
+                        )
+                        reg.temporary = reg.sa = reg.previous = None
+                        self._forget(reg, now)
+                        actions += self._end_to_ue(reg, actions)
         else:
             if pending.kind != "request" and response.status < 300:
                 self._dialog_response(resp, pending)
@@ -2470,6 +2479,13 @@ class PcscfCore:
             # the challenge gets a record of its own (else its set went with the old).
             actions += self._network_release(reg, now)
             reg = None
+        if reg is not None and self._of_a_replaced_set(reg, pending):
+            # The challenge of a REGISTER of the registration before (it came over a set
+            # this record no longer takes it over, or the UE has since started afresh):
+            # the UE has left it; it goes to the UE as it came, and the record's sets,
+            # the new registration's, stay (lifecycle chaos seed 10432).
+            self.counters["challenge-of-a-replaced-register"] += 1
+            return [self._to_ue(resp, pending.arrival)]
         ue_host = sys.intern(pending.arrival.source[0])
         if reg is None:
             reg = self.registration_type(
@@ -2577,6 +2593,11 @@ class PcscfCore:
             )
             self.registrations[reg.impi] = reg
             self._by_contact[arrival.source] = reg.impi
+        if reg.sa is not None and self._of_a_replaced_set(reg, pending):
+            # the answer to a REGISTER of the registration before (`_of_a_replaced_set`):
+            # to the UE as it came, nothing of the record changes
+            self.counters["answer-of-a-replaced-register"] += 1
+            return [self._to_ue(resp, arrival)]
         to = resp.get("To")
         if not _names_uri(to, reg.impu):
             try:
@@ -2592,6 +2613,17 @@ class PcscfCore:
         reply = self._to_ue(resp, arrival)  # over the SA the REGISTER came on
         actions.append(reply)
         own = pending.expires_zero or granted == 0
+        if (
+            reg.network_terminated
+            and reg.started_over
+            and reg.temporary is not None
+            and arrival.spi is not None
+            and arrival.spi in reg.temporary.inbound_spis
+        ):
+            # the new registration the UE started after the network's end: that end
+            # was the registration before's, whose set `_promote` supersedes (held for
+            # the REGISTER still open over it)
+            reg.network_terminated = False
         if own or (reg.network_terminated and not self._register_open(reg.impi, branch)):
             # De-registration (the UE's, or the network's while this REGISTER was open):
             # SAs go only after the 200 went out over them; the one it went over (UDP)
@@ -2665,6 +2697,23 @@ class PcscfCore:
         start = value.find("<")
         end = value.find(">", start + 1)
         return self._address(value[start + 1 : end] if 0 <= start < end else value)
+
+    @staticmethod
+    def _of_a_replaced_set(reg: Registration, pending: _Pending) -> bool:
+        """Whether `pending`, a REGISTER over an SA set, belongs to a registration `reg`
+        has replaced: it came over neither of its sets, or over its established one
+        while the UE registers afresh (`started_over`: the challenge of its initial
+        REGISTER made the temporary set)."""
+        spi = pending.arrival.spi
+        if spi is None or pending.kind != "register-protected":
+            return False
+        temporary = reg.temporary
+        if temporary is not None and spi in temporary.inbound_spis:
+            return False
+        if temporary is not None and reg.started_over:
+            return True
+        sa = reg.sa
+        return sa is not None and spi not in sa.inbound_spis
 
     def _promote(self, reg: Registration, now: float, lifetime: float) -> list[Action]:
         """The temporary set becomes the established one (TS 33.203 §7.4)."""
@@ -3030,6 +3079,16 @@ class PcscfCore:
         reg.release_at = 0.0
         reg.ue_sub = UE_SUB_NONE
         return went + self._end_to_ue(reg, went)
+
+    def _ended_for_the_new_one(self, reg: Registration) -> None:
+        """The registration before's sets went (the caller's `_sets_go`); the record
+        stays, challenged, for the one the UE started afresh."""
+        self.counters["network-deregistered"] += 1
+        reg.sa = reg.previous = None
+        reg.network_terminated = False
+        reg.state = RegState.CHALLENGED
+        reg.release_at = 0.0
+        reg.ue_sub = UE_SUB_NONE
 
     def _network_end(self, reg: Registration, now: float) -> list[Action]:
         """The registration ended by the network, the UE's terminated NOTIFY through
