@@ -383,6 +383,30 @@ def test_network_deregistration_keeps_the_sas_until_the_ue_has_its_notify():
     assert not p._by_contact
 
 
+def test_a_ue_subscribed_whose_2xx_was_lost_still_gets_its_terminated_notify():
+    """The S-CSCF's 2xx to the UE's reg-event SUBSCRIBE is lost on its way to the
+    P-CSCF; its first NOTIFY reaches the UE, which takes it (RFC 6665 §4.1.2.4: it makes
+    the dialog) and answers. The P-CSCF counts the UE subscribed from that answer, so
+    the network's end waits for the UE's own terminated NOTIFY before the SAs go.
+    Before, it released them at once and the UE never heard of the end (lifecycle
+    chaos seed 10432)."""
+    p, inst, acts = registered()
+    p.receive_request(ue_subscribe(), Arrival(UE_C, spi=inst.sa.spi_ps), 4.0)  # 2xx lost
+    (rep,) = p.receive_request(scscf_notify(), Arrival(SCSCF), 4.2)
+    ok = make_response(_reparse(rep.message), 200)
+    p.receive_response(_reparse(ok), UE_S, 4.3, spi=inst.sa.spi_pc)
+    assert p.counters["ue-subscription-seen-in-notify"] == 1
+    out = p.receive_request(_own_terminated_notify(p, acts), Arrival(SCSCF), 5.0)
+    assert not any(isinstance(a, ReleaseSecurityAssociations) for a in out)
+    assert p.registrations["user1_private@home1.net"].release_at > 5.0
+    (rep,) = p.receive_request(
+        scscf_notify("terminated;reason=rejected", branch="z9hG4bKnotify2", cseq=2),
+        Arrival(SCSCF),
+        5.01,
+    )
+    assert rep.spi == inst.sa.spi_us  # over its SAs, still there
+
+
 def test_network_deregistration_ue_notify_first_then_own():
     p, inst, acts = registered()
     subscribe_through(p, inst)

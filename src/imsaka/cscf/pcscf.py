@@ -2356,6 +2356,26 @@ class PcscfCore:
             # kept to answer the core's retransmissions of the request until Timer J
             self._settled(branch, pending)
             self.pending[branch] = self._answered(pending.created, data, None)
+        if (
+            pending.kind == "terminating"
+            and status < 300
+            and pending.forward is not None
+            and pending.forward.message.method == "NOTIFY"
+        ):
+            reg = self.registrations.get(pending.impi)
+            if (
+                reg is not None
+                and reg.ue_sub == UE_SUB_NONE
+                and _event_package(pending.forward.message) == "reg"
+                and _went_over(pending.forward, reg)
+            ):
+                # The UE took a NOTIFY of its reg-event subscription: it is subscribed,
+                # though the 2xx to its SUBSCRIBE never passed here (lost on the way in;
+                # the NOTIFY made the dialog at the UE, RFC 6665 §4.1.2.4). Else the
+                # network's end would release its SAs before its own terminated NOTIFY
+                # could reach it (lifecycle chaos seed 10432).
+                self.counters["ue-subscription-seen-in-notify"] += 1
+                reg.ue_sub = UE_SUB_ACTIVE
         if pending.kind == "terminating-end" and status < 300:
             # (a UE that answers 481 has no such subscription: the final NOTIFY of one it
             # dropped with an earlier registration at the same contact told it nothing,
