@@ -608,3 +608,45 @@ def test_requests_to_a_ue_are_taken_only_from_the_core():
     # and from the S-CSCF's address (the Service-Route's) over UDP
     (rep,) = p.receive_request(scscf_notify(branch="z9hG4bKudp"), Arrival(SCSCF), 5.3)
     assert rep.spi == inst.sa.spi_us and p.counters["terminating-forwarded"] == 2
+
+
+def test_another_devices_end_is_not_this_ues():
+    """Two devices (IMPIs) share the IMPU (TS 23.228 §4.3.3.4): the 200 to this UE's
+    re-REGISTER lists both contacts (RFC 3261 §10.3), the other device's first. When
+    the network ends the other device's contact, the reg-event NOTIFY lists it
+    terminated and this UE's active: this registration and its SAs stay. Before, the
+    P-CSCF took the 200's first Contact for this UE's and released its SAs (lifecycle
+    chaos --devices 2, seed 10432)."""
+    p, inst, acts = registered()
+    text = (
+        de_register_text(p)
+        .replace(";expires=0", ";expires=600000")
+        .replace("z9hG4bKdereg", "z9hG4bKrereg")
+    )
+    (fwd,) = p.receive_request(parse_message(text.encode()), Arrival(UE_C, spi=inst.sa.spi_ps), 8.0)
+    other = "<sip:127.0.0.1:4444>;expires=500"
+    ok = make_response(
+        _reparse(fwd.message),
+        200,
+        to_tag="5ef4",
+        headers=[
+            ("Service-Route", SERVICE_ROUTE),
+            ("Contact", other),
+            ("Contact", "<sip:127.0.0.1:40000>;expires=600000"),  # (its REGISTER's)
+        ],
+    )
+    p.receive_response(_reparse(ok), ICSCF, 8.1)
+    body = (
+        reginfo("active", "registered")
+        .replace(b":1357<", b":40000<")
+        .replace(
+            b"  </registration>",
+            b'    <contact id="c1" state="terminated" event="rejected" expires="0">\n'
+            b"      <uri>sip:127.0.0.1:4444</uri>\n    </contact>\n  </registration>",
+        )
+    )
+    notify = _own_terminated_notify(p, acts, "active;expires=600000", body)
+    out = p.receive_request(_reparse(notify), Arrival(SCSCF), 9.0)
+    assert not any(isinstance(a, ReleaseSecurityAssociations) for a in out)
+    assert p.stats()["registrations"] == 1
+    assert not p.registrations["user1_private@home1.net"].release_at

@@ -2629,7 +2629,13 @@ class PcscfCore:
         reg.service_route = self._routes.share(resp.get_all("Service-Route"))
         self._trust_route(reg.service_route)
         reg.associated_uris = tuple(resp.get_all("P-Associated-URI"))
-        reg.contact = contacts[0] if contacts else reg.contact
+        if len(contacts) > 1:
+            # The 200 lists every contact bound to the IMPU (RFC 3261 §10.3 step 8),
+            # another device's too (several IMPIs sharing it): this UE's is the one its
+            # REGISTER asked for, else another device's end reads as this one's.
+            reg.contact = _own_contact(contacts, pending) or contacts[0]
+        elif contacts:
+            reg.contact = contacts[0]
         reply = self._to_ue(resp, arrival)  # over the SA the REGISTER came on
         actions.append(reply)
         own = pending.expires_zero or granted == 0
@@ -3648,6 +3654,25 @@ def _reginfo_ended(body: bytes) -> bool:
     registration element "terminated", none "active"). Searched in the bytes: the
     attribute texts are ASCII, which UTF-8 keeps as they are."""
     return b'state="terminated"' in body and b'state="active"' not in body
+
+
+def _contact_uri(value: str) -> str:
+    start = value.find("<")
+    end = value.find(">", start + 1)
+    return value[start + 1 : end] if 0 <= start < end else value.split(";", 1)[0].strip()
+
+
+def _own_contact(contacts: list[str], pending: _Pending) -> str | None:
+    """Of a 200 OK's Contact values, the one whose URI the REGISTER of `pending` bound
+    (its own Contact); None when it cannot be told."""
+    forward = pending.forward
+    if forward is None:
+        return None
+    asked = forward.message.get("Contact")
+    if not asked:
+        return None
+    uri = _contact_uri(asked)
+    return next((c for c in contacts if _contact_uri(c) == uri), None)
 
 
 def _tells_end(body: bytes, reg: Registration | None) -> bool:
