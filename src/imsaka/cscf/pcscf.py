@@ -2242,11 +2242,7 @@ class PcscfCore:
                     if reg.started_over and reg.temporary is not None:
                         # the UE registers afresh meanwhile: only the ended one's sets
                         # go; the record and its new temporary set stay for the new one
-                        sets: tuple = (reg.sa, reg.previous)
-                        actions += self._sets_go(
-                            reg, sets, reply, pending, branch or "", now, NETWORK_TERMINATED
-                        )
-                        self._ended_for_the_new_one(reg)
+                        actions += self._ended_before(reg, now, reply, pending, branch or "")
                     else:
                         sets = (reg.temporary, reg.sa, reg.previous)
                         actions += self._sets_go(
@@ -3089,32 +3085,31 @@ class PcscfCore:
             if p.kind == "register-protected"
         )
 
-    def _ended_before(self, reg: Registration, now: float) -> list[Action]:
+    def _ended_before(
+        self,
+        reg: Registration,
+        now: float,
+        reply: Reply | None = None,
+        pending: _Pending | None = None,
+        branch: str = "",
+    ) -> list[Action]:
         """The network ended the registration `reg` held while the UE registers afresh
-        (its challenge response open over the new temporary set): the S-CSCF answers
-        that REGISTER after the de-registration it already made, so the termination
-        is of the registration before. Its sets go (held while an answer is due over
-        them); the record stays for the new one, challenged."""
+        (the challenge of its initial REGISTER made the temporary set): the
+        termination is of the registration before. Its sets go (held while an answer
+        is due over them; `reply`, the answer to `pending`, the last REGISTER of that
+        registration, goes over its set first); the record stays for the new one,
+        challenged."""
         self.counters["network-deregistered"] += 1
         log.info("pcscf: %s de-registered by the network while registering anew", reg.impi)
         went = self._sets_go(
-            reg, (reg.sa, reg.previous), None, None, "", now, "registration terminated (reg event)"
+            reg, (reg.sa, reg.previous), reply, pending, branch, now, NETWORK_TERMINATED
         )
-        reg.sa = reg.previous = None
-        reg.state = RegState.CHALLENGED
-        reg.release_at = 0.0
-        reg.ue_sub = UE_SUB_NONE
-        return went + self._end_to_ue(reg, went)
-
-    def _ended_for_the_new_one(self, reg: Registration) -> None:
-        """The registration before's sets went (the caller's `_sets_go`); the record
-        stays, challenged, for the one the UE started afresh."""
-        self.counters["network-deregistered"] += 1
         reg.sa = reg.previous = None
         reg.network_terminated = False
         reg.state = RegState.CHALLENGED
         reg.release_at = 0.0
         reg.ue_sub = UE_SUB_NONE
+        return went + self._end_to_ue(reg, went)
 
     def _network_end(self, reg: Registration, now: float) -> list[Action]:
         """The registration ended by the network, the UE's terminated NOTIFY through
