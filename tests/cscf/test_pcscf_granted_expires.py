@@ -110,14 +110,14 @@ def test_read_off_the_text_is_what_parsing_gives(contacts, expires, lines):
 def _re_register(
     p: PcscfCore,
     inst,
-    contact: str,
+    contact: str | list[str],
     now: float = 8.0,
     *,
     service_route: str = SERVICE_ROUTE,
     branch: str = "z9hG4bKrereg",
 ) -> list:
-    """A re-REGISTER over the UE's SAs (Via `branch`) answered 200 with `contact` and
-    `service_route`: the core's actions."""
+    """A re-REGISTER over the UE's SAs (Via `branch`) answered 200 with `contact` (one
+    Contact header each, given a list) and `service_route`: the core's actions."""
     text = (
         de_register_text(p).replace(";expires=0", ";expires=600000").replace("z9hG4bKdereg", branch)
     )
@@ -126,7 +126,10 @@ def _re_register(
         parse_message(fwd.message.to_bytes()),
         200,
         to_tag="5ef4",
-        headers=[("Service-Route", service_route), ("Contact", contact)],
+        headers=[
+            ("Service-Route", service_route),
+            *(("Contact", c) for c in ([contact] if isinstance(contact, str) else contact)),
+        ],
     )
     return p.receive_response(parse_message(ok.to_bytes()), ICSCF, now + 0.1)
 

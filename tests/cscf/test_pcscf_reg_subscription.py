@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from imsaka.cscf.pcscf import Arrival, Forward, InstallSecurityAssociations, PcscfCore
+from imsaka.cscf.pcscf import (
+    Arrival,
+    Forward,
+    InstallSecurityAssociations,
+    PcscfCore,
+    ReleaseSecurityAssociations,
+)
 from imsaka.cscf.pcscf_regsub import refresh_after
 from imsaka.sip import Request, make_response
 from tests.cscf.test_pcscf_dialog_routing import (
@@ -232,3 +238,26 @@ def test_a_registration_answered_by_another_instance_of_the_scscf_keeps_the_subs
     p, inst, _ = _subscribed(scscf_instances=groups)
     out = _re_registered_at(p, inst, OTHER_ROUTE, 100.0)
     assert not _subscribes(out) and p.counters["reg-subscription-moved"] == 0
+
+
+def test_another_devices_end_is_not_this_ues():
+    """Two devices (IMPIs) share the IMPU (TS 23.228 §4.3.3.4): the 200 to this UE's
+    re-REGISTER lists both contacts (RFC 3261 §10.3), the other device's first. When
+    the network ends the other device's contact, the reg-event NOTIFY lists it
+    terminated and this UE's active: this registration and its SAs stay. Before, the
+    P-CSCF took the 200's first Contact for this UE's and released its SAs (lifecycle
+    chaos --devices 2, seed 10432)."""
+    p, inst, acts = _subscribed()
+    own = "<sip:127.0.0.1:40000>;expires=600000"  # (what its re-REGISTER binds)
+    _re_register(p, inst, ["<sip:127.0.0.1:4444>;expires=500", own], 8.0)
+    body = reginfo("active", "registered").replace(b":1357<", b":40000<")
+    body = body.replace(
+        b"  </registration>",
+        b'    <contact id="c1" state="terminated" event="rejected" expires="0">\n'
+        b"      <uri>sip:127.0.0.1:4444</uri>\n    </contact>\n  </registration>",
+    )
+    notify = _own_terminated_notify(p, acts, "active;expires=600000", body)
+    out = p.receive_request(_reparse(notify), Arrival(SCSCF), 9.0)
+    assert not any(isinstance(a, ReleaseSecurityAssociations) for a in out)
+    assert p.stats()["registrations"] == 1
+    assert not p.registrations[IMPI].release_at
