@@ -2713,12 +2713,7 @@ class PcscfCore:
 
     def _route_address(self, route: tuple[str, ...]) -> Address | None:
         """The address of the first entry of Service-Route `route` (its S-CSCF)."""
-        if not route:
-            return None
-        value = route[0]
-        start = value.find("<")
-        end = value.find(">", start + 1)
-        return self._address(value[start + 1 : end] if 0 <= start < end else value)
+        return self._address(_contact_uri(route[0])) if route else None
 
     @staticmethod
     def _of_a_replaced_set(reg: Registration, pending: _Pending) -> bool:
@@ -3652,6 +3647,7 @@ def _reginfo_ended(body: bytes) -> bool:
 
 
 def _contact_uri(value: str) -> str:
+    """The URI of a name-addr (`<uri>;params`) or addr-spec header value."""
     start = value.find("<")
     end = value.find(">", start + 1)
     return value[start + 1 : end] if 0 <= start < end else value.split(";", 1)[0].strip()

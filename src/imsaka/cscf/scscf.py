@@ -1681,9 +1681,8 @@ class Scscf:
         if not waiting or self._closed:
             return
         if gone:
-            for _, _, final in waiting:
-                if final:
-                    self._ended_told(sub)
+            if any(final for _, _, final in waiting):
+                self._ended_told(sub)  # (its records of `sub`, all at once)
             return
         notify, address, final = waiting[0]
         self._dispatch_notify(sub, notify, address, final)
