@@ -457,9 +457,10 @@ class IcscfConfig:
     """Retry-After (seconds) on the 480 answered while the HSS is unreachable or busy."""
     scscf_timeout: float = 8.0
     """Seconds an instance of an S-CSCF with several (`scscfs`) may leave a request
-    unanswered before the next instance gets it: longer than the S-CSCF's own Cx
-    timeout (a slow HSS is no reason to move), well inside the 32 s of the P-CSCF's
-    and the UE's Timer F."""
+    unanswered before the next instance gets it, and an S-CSCF (its last instance) a
+    REGISTER before another S-CSCF is chosen for it (UAR with capabilities): longer
+    than the S-CSCF's own Cx timeout (a slow HSS is no reason to move), well inside the
+    32 s of the P-CSCF's and the UE's Timer F."""
     scscf_down_time: float = 30.0
     """Seconds an instance that did not answer is tried after the others, when it is
     not probed (`scscf_probe_interval` 0)."""

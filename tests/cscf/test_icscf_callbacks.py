@@ -6,6 +6,7 @@ capabilities, 480 with Retry-After, 500 on a step's failure, nothing after close
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from imsaka.cscf.icscf import Icscf
 from imsaka.diameter import cx
@@ -42,10 +43,11 @@ class MemoryUdp:
         pass
 
 
-def setup(answers):
+def setup(answers, **icscf):
     """An I-CSCF on an endpoint; `answers` give each UAR's (answer, exc) at once, or
     None: kept in `held` for the test to call back."""
     icscf_cfg, net = config(SCSCFS)
+    icscf_cfg = replace(icscf_cfg, **icscf)
     ep = SipEndpoint(owner="icscf")
     t = MemoryUdp()
     ep.add_transport(t)
@@ -115,6 +117,52 @@ async def test_480_from_the_scscf_asks_with_capabilities_and_moves_on():
     assert (
         final(receive(ep, t, make_response(fwd2, 200, to_tag="t").to_bytes(), addr2)).status == 200
     )
+    await ep.close()
+
+
+def forwarded(out) -> list:
+    return [(m, a) for m, a in out if getattr(m, "method", "") == "REGISTER"]
+
+
+async def test_a_register_the_scscf_leaves_unanswered_goes_to_another_before_timer_f():
+    """The assigned S-CSCF is silent (a partition, a crash): after `scscf_timeout` the
+    I-CSCF asks the HSS with capabilities and sends the REGISTER to another S-CSCF,
+    long before its own Timer F (32 s), which would run out with the P-CSCF's and the
+    UE's. The silent one is sent no more copies, and its late answer is dropped."""
+    assigned = uaa(result_code=cx.DIAMETER_SUCCESS, server_name="sip:a.home1.net:5080")
+    icscf, ep, t, uars, _ = setup([(assigned, None), (CAPS, None)], scscf_timeout=0.2)
+    ((fwd, addr),) = forwarded(receive(ep, t, request("<sip:1.2.3.4>").to_bytes(), PCSCF))
+    assert addr == ("127.0.0.1", 5080)
+    t.sent.clear()
+    await asyncio.sleep(0.35)  # past scscf_timeout, before Timer F
+    ((fwd2, addr2),) = forwarded([(parse_message(d), a) for d, a in t.sent])
+    assert addr2 == ("127.0.0.2", 5081) and fwd2.top_via.branch != fwd.top_via.branch
+    assert [u.user_authorization_type for u in uars] == [
+        cx.UserAuthorizationType.REGISTRATION,
+        cx.UserAuthorizationType.REGISTRATION_AND_CAPABILITIES,
+    ]
+    assert icscf.counters["scscf_silent"] == 1 and icscf.counters["scscf_retry"] == 1
+    # the silent one's copy is no longer pending; its late answer is for nothing, the
+    # other's reaches the P-CSCF
+    assert ep.pending_count() == 1
+    assert receive(ep, t, make_response(fwd, 401, to_tag="a").to_bytes(), addr) == []
+    resp = final(receive(ep, t, make_response(fwd2, 401, to_tag="b").to_bytes(), addr2))
+    assert resp.status == 401 and resp.to.tag == "b"
+    t.sent.clear()
+    await asyncio.sleep(0.6)  # Timer E would have sent the first copy again by now
+    assert t.sent == [] and ep.pending_count() == 0 and len(uars) == 2
+    await ep.close()
+
+
+async def test_a_silent_scscf_with_none_other_to_choose_is_waited_for():
+    """With the other S-CSCFs tried, silence moves nothing: Timer F decides."""
+    icscf, ep, t, uars, _ = setup([(FIRST, None)], scscf_timeout=0.2)
+    icscf.config = replace(icscf.config, scscfs=icscf.config.scscfs[:1])
+    ((fwd, addr),) = forwarded(receive(ep, t, request("<sip:1.2.3.4>").to_bytes(), PCSCF))
+    await asyncio.sleep(0.35)
+    assert len(uars) == 1 and not icscf.counters["scscf_silent"] and ep.pending_count() == 1
+    resp = final(receive(ep, t, make_response(fwd, 401, to_tag="a").to_bytes(), addr))
+    assert resp.status == 401
     await ep.close()
 
 

@@ -589,12 +589,20 @@ class Icscf:
         self.counters["forwarded"] += 1
         addr = (entry.address, entry.port)
         on_response = reg.on_response
-        if pooled:
+        # A REGISTER also moves on from a silent S-CSCF to another one (below, `_silent`)
+        # before its Timer F: that runs out with the P-CSCF's and the UE's, too late for
+        # the move to answer the UE.
+        watched = pooled or (
+            reg.lir is None
+            and self.config.scscf_timeout > 0
+            and self._has_untried(reg.tried | {entry.name})
+        )
+        if watched:
             on_response = reg.watch(entry, self.config.scscf_timeout)
         send = getattr(self.endpoint, "send_request_callback", None)
         if send is not None:
             key = send(fwd, addr, transport, on_response)
-            if pooled:
+            if watched:
                 reg.sent = key
             return
         # an endpoint with the coroutine only (tests' fakes)
@@ -716,14 +724,19 @@ class _Routing:
         icscf._forward(self.request, entry, self)
 
     def watch(self, entry: ScscfEntry, timeout: float) -> Callable[[Response], None]:
-        """The response callback of a copy sent to `entry`, an instance of an S-CSCF with
-        several: a copy this request has since sent to another instance answers for
-        nothing; while another instance is left, silence for `timeout` s moves it on."""
+        """The response callback of a copy sent to `entry` (an instance of an S-CSCF
+        with several, or a REGISTER's S-CSCF with another one left to choose): a copy
+        this request has since sent elsewhere answers for nothing; silence for
+        `timeout` s moves it on, to the next instance while one is left, else (a
+        REGISTER) to another S-CSCF."""
         if self.instances is None:
             self.instances = []
         self.instances.append(entry)
         self._stop_watch()
-        if self.icscf._instance(entry, self.instances) is not None:
+        icscf = self.icscf
+        if icscf._instance(entry, self.instances) is not None or (
+            self.lir is None and icscf._has_untried(self.tried | {entry.name})
+        ):
             loop = asyncio.get_running_loop()
             self.silence = loop.call_later(timeout, self._silent, entry)
 
@@ -743,9 +756,43 @@ class _Routing:
         self.silence = None
         if self.entry is entry and not getattr(self.icscf.endpoint, "closed", False):
             try:
-                self._next_instance(entry)
+                if not self._next_instance(entry) and self.lir is None:
+                    self._next_scscf(entry)
             except Exception as failure:
                 self.fail(failure)
+
+    def _next_scscf(self, entry: ScscfEntry) -> None:
+        """A REGISTER that `entry` (its last instance) left unanswered for
+        `scscf_timeout` s: to another S-CSCF, chosen with the HSS's capabilities, as
+        when its Timer F runs out (TS 24.229 §5.3.1.2 leaves the wait to the I-CSCF;
+        waiting out Timer F, 32 s, the P-CSCF's and the UE's would run out with it).
+        The silent one is sent it no more: were it to answer after all, the user's
+        registration there is taken from it by the HSS (RTR NEW_SERVER_ASSIGNED once the
+        next one's SAR is in)."""
+        icscf = self.icscf
+        icscf.counters["scscf_silent"] += 1
+        log.warning(
+            "S-CSCF %s did not answer a REGISTER within %g s; asking the HSS for another",
+            entry.name,
+            icscf.config.scscf_timeout,
+        )
+        self._abandon()
+        self.entry = None  # a late answer of the silent one is for nothing
+        self.tried.add(entry.name)
+        icscf.counters["scscf_retry"] += 1
+        self.uar_input = uar_for(self.request, icscf.network, capabilities=True)
+        self.ask()
+
+    def _abandon(self) -> None:
+        """The copy to the current S-CSCF is sent no more: should it come back while
+        its copy was still being retransmitted, it would take a request answered
+        elsewhere (a late de-REGISTER ending the registration made after it); the copy
+        to the next one is a new client transaction, its branch of its own."""
+        if self.sent is not None:
+            abandon = getattr(self.icscf.endpoint, "abandon_request", None)
+            if abandon is not None:
+                abandon(self.sent)
+            self.sent = None
 
     def _next_instance(self, entry: ScscfEntry, retry_after: int | None = None) -> bool:
         """`entry` did not answer (or answered 503, with `retry_after`): the request to
@@ -758,15 +805,7 @@ class _Routing:
         if following is None:
             return False
         icscf.counters["scscf_instance_failover"] += 1
-        if self.sent is not None:
-            # the silent one is sent it no more: should it come back while its copy was
-            # still being retransmitted, it would take a request answered elsewhere
-            # (a late de-REGISTER ending the registration made after it); the copy to
-            # the next one is a new client transaction, its branch of its own
-            abandon = getattr(icscf.endpoint, "abandon_request", None)
-            if abandon is not None:
-                abandon(self.sent)
-            self.sent = None
+        self._abandon()
         self.entry = following
         icscf._forward(self.request, following, self)
         return True
