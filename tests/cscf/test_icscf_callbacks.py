@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
+import pytest
+
 from imsaka.cscf.icscf import Icscf
 from imsaka.diameter import cx
 from imsaka.diameter.errors import DiameterTimeoutError
@@ -154,11 +156,17 @@ async def test_a_register_the_scscf_leaves_unanswered_goes_to_another_before_tim
     await ep.close()
 
 
-async def test_a_silent_scscf_with_none_other_to_choose_is_waited_for():
-    """With the other S-CSCFs tried, silence moves nothing: Timer F decides."""
+@pytest.mark.parametrize("case", ["none-other", "de-registration"])
+async def test_a_silent_scscf_is_waited_for_when_no_other_can_serve(case):
+    """With no other S-CSCF to choose, or for a de-REGISTER (another S-CSCF holds no
+    registration to end), silence moves nothing: Timer F decides."""
     icscf, ep, t, uars, _ = setup([(FIRST, None)], scscf_timeout=0.2)
-    icscf.config = replace(icscf.config, scscfs=icscf.config.scscfs[:1])
-    ((fwd, addr),) = forwarded(receive(ep, t, request("<sip:1.2.3.4>").to_bytes(), PCSCF))
+    contact = "<sip:1.2.3.4>"
+    if case == "none-other":
+        icscf.config = replace(icscf.config, scscfs=icscf.config.scscfs[:1])
+    else:
+        contact += ";expires=0"
+    ((fwd, addr),) = forwarded(receive(ep, t, request(contact).to_bytes(), PCSCF))
     await asyncio.sleep(0.35)
     assert len(uars) == 1 and not icscf.counters["scscf_silent"] and ep.pending_count() == 1
     resp = final(receive(ep, t, make_response(fwd, 401, to_tag="a").to_bytes(), addr))

@@ -94,6 +94,9 @@ CxAsker = Callable[[Any, Callable[[Any, BaseException | None], None]], None]
 # --------------------------------------------------------------------------- pure parts
 
 
+_DE_REGISTRATION = cx.UserAuthorizationType.DE_REGISTRATION
+
+
 @dataclass(frozen=True, slots=True)
 class UarInput:
     """What goes into the UAR for one REGISTER."""
@@ -593,9 +596,7 @@ class Icscf:
         # before its Timer F: that runs out with the P-CSCF's and the UE's, too late for
         # the move to answer the UE.
         watched = pooled or (
-            reg.lir is None
-            and self.config.scscf_timeout > 0
-            and self._has_untried(reg.tried | {entry.name})
+            reg.moves_when_silent() and self._has_untried(reg.tried | {entry.name})
         )
         if watched:
             on_response = reg.watch(entry, self.config.scscf_timeout)
@@ -635,6 +636,7 @@ class _Routing:
     coroutine form's future) is resolved when the request is answered."""
 
     __slots__ = (
+        "dereg",
         "done",
         "entry",
         "icscf",
@@ -665,6 +667,8 @@ class _Routing:
         else:
             self.lir = None
             self.uar_input = query
+        uar = self.uar_input
+        self.dereg = uar is not None and uar.authorization_type == _DE_REGISTRATION
         self.done = done
         self.tried: set[str] = set()
         self.entry: ScscfEntry | None = None
@@ -735,7 +739,7 @@ class _Routing:
         self._stop_watch()
         icscf = self.icscf
         if icscf._instance(entry, self.instances) is not None or (
-            self.lir is None and icscf._has_untried(self.tried | {entry.name})
+            self.moves_when_silent() and icscf._has_untried(self.tried | {entry.name})
         ):
             loop = asyncio.get_running_loop()
             self.silence = loop.call_later(timeout, self._silent, entry)
@@ -756,10 +760,15 @@ class _Routing:
         self.silence = None
         if self.entry is entry and not getattr(self.icscf.endpoint, "closed", False):
             try:
-                if not self._next_instance(entry) and self.lir is None:
+                if not self._next_instance(entry) and self.moves_when_silent():
                     self._next_scscf(entry)
             except Exception as failure:
                 self.fail(failure)
+
+    def moves_when_silent(self) -> bool:
+        """A REGISTER other than a de-registration goes to another S-CSCF after
+        `scscf_timeout` s of silence: another S-CSCF holds no registration to end."""
+        return self.lir is None and not self.dereg and self.icscf.config.scscf_timeout > 0
 
     def _next_scscf(self, entry: ScscfEntry) -> None:
         """A REGISTER that `entry` (its last instance) left unanswered for
