@@ -15,7 +15,7 @@ any UE.
                                         [--expires S] [--scscf-restarts REDIS_URL]
                                         [--hss-restarts] [--icscf-restarts]
                                         [--pcscf-restarts [--pcscf-store REDIS_URL]]
-                                        [--pcscf-handoffs] [--devices 2]
+                                        [--pcscf-handoffs] [--devices 2] [--scscf-moves]
 
 `--expires S` grants every registration and subscription at most S seconds, so the
 UEs re-register, and the UEs and the P-CSCF refresh their reg-event subscriptions, by
@@ -74,6 +74,13 @@ sharing its IMPUs, with a UE of its own: two devices register the same IMPUs, ea
 with its own contact and SAs, and an RTR step ends that device's registration alone
 (the HSS's delete of one IMPI). Not with `--hss-restarts` (provisioned in process).
 
+`--scscf-moves`: a second S-CSCF of its own Server-Name (`two_scscfs.TwoScscfs`), and
+every 2 to 8 s the I-CSCF loses its way to one of the two for 3 to 10 s (its Diameter
+and its way to the P-CSCF stay): a REGISTER of a user served there goes to the other
+after the I-CSCF's `scscf_timeout` (2 s here), is challenged there, and the HSS takes
+the registration from the first (RTR NEW_SERVER_ASSIGNED); the subscriptions follow.
+Not with `--scscf-restarts`.
+
 `--scscf-store-cuts` (with `--scscf-instances`): each instance reaches Redis through a
 TCP proxy of its own, and about one event in two cuts one instance off for 3 to
 15 s instead of restarting it: alive but out of reach of the store, it fences itself
@@ -108,6 +115,7 @@ from imsaka.network import Network, NetworkOptions, make_subscribers
 from imsaka.ue.client import UeClient
 from imsaka.ue.core import UeState
 from tests.e2e.test_faults import _lose_a_fifth, note_lost
+from tests.e2e.two_scscfs import Partition, TwoScscfs
 from tests.polling import eventually
 from tests.tcp_proxy import CuttableProxy, redis_target
 
@@ -132,6 +140,9 @@ def _leftovers(net: Network, ues: list[UeClient]) -> dict[str, int]:
     left: dict[str, int] = {}
     servers = [("p", net.pcscf), ("i", net.icscf), ("s", net.scscf)]
     servers += [(f"s{n}", other) for n, other in enumerate(net.scscf_others, start=2)]
+    second = getattr(net, "second", None)  # (`--scscf-moves`: another Server-Name's)
+    if second is not None:
+        servers.append(("scscf2", second))
     for name, server in servers:
         for key, value in server.census().items():
             if value and key not in ALLOWED:
@@ -199,6 +210,8 @@ _PCSCF_SEEN = (
 
 # The I-CSCF's (the one running at the end): how it passed over instances and probed them.
 _ICSCF_SEEN = (
+    "scscf_silent",
+    "scscf_retry",
     "scscf_instance_down",
     "scscf_instance_failover",
     "scscf_probe_sent",
@@ -306,6 +319,7 @@ async def run(
     scscf_long_downs: bool = False,
     scscf_store_cuts: bool = False,
     devices: int = 1,
+    scscf_moves: bool = False,
 ) -> dict[str, Any]:
     rng = random.Random(seed)
     if pcscf_restarts and not 0 < expires <= 60:
@@ -345,8 +359,9 @@ async def run(
         # anew, and the UE answered that one) stays until reg-await-auth: short.
         scscf["reg_await_auth"] = 30
     options = NetworkOptions(extra={"scscf": scscf}, scscf_instances=scscf_instances)
-    if scscf_instances > 1:
-        # an instance that does not answer is passed over well inside the UE's Timer F
+    if scscf_instances > 1 or scscf_moves:
+        # an instance (or S-CSCF) that does not answer is passed over well inside the
+        # UE's Timer F
         options.extra["icscf"] = {"scscf_timeout": 2.0}
     handoff_dir = None
     if pcscf_handoffs:
@@ -399,6 +414,7 @@ async def run(
                 pcscf_restarts,
                 pcscf_handoffs,
                 devices,
+                scscf_moves,
             )
     finally:
         scscf_module.TAKE_OVER_AFTER = take_over_after
@@ -590,10 +606,16 @@ async def _run(
     pcscf_restarts: bool = False,
     pcscf_handoffs: bool = False,
     devices: int = 1,
+    scscf_moves: bool = False,
 ) -> dict[str, Any]:
     scscf = options.extra["scscf"]
-    net = Network(subs, options)
+    net = TwoScscfs(subs, options) if scscf_moves else Network(subs, options)
     await net.start()
+    partition = Partition()
+    if scscf_moves:
+        assert isinstance(net, TwoScscfs)
+        await net.start_second()
+        partition.install(net)
     if devices > 1:
         subs = [*subs, *await _second_devices(net, subs)]
     if restarts is not None:
@@ -744,11 +766,19 @@ async def _run(
 
     restarter: asyncio.Task | None = None
     hss_restarter: asyncio.Task | None = None
+    mover: asyncio.Future | None = None
     crashes_of: list[_Crashes] = []  # the I-CSCF's and the P-CSCF's
     try:
         for ue in ues:
             await ue.start()
         lost_first = _lose_a_fifth(net, ues, seed)
+        if scscf_moves:
+            assert isinstance(net, TwoScscfs) and net.second is not None
+            loss_rng5 = random.Random(seed + 37)
+            for transport in net.second.endpoint.transports:
+                if transport.name == "udp":
+                    _lossy_socket(transport, loss_rng5, dropped, "S-CSCF 2")
+            mover = asyncio.ensure_future(_moves(net, partition, random.Random(seed + 41), ops))
         if restarts is not None:
             loss_rng2 = random.Random(seed + 11)
 
@@ -769,6 +799,8 @@ async def _run(
                 for transport in net.icscf.endpoint.transports:
                     if transport.name == "udp":
                         _lossy_socket(transport, loss_rng3, dropped, "I-CSCF")
+                if scscf_moves:  # (the new one as cut off as the old one was)
+                    partition.install(net)
 
             crashes_of.append(
                 _Crashes(net, "icscf", (3.0, 12.0), random.Random(seed + 23), ops, lossy_icscf)
@@ -799,6 +831,11 @@ async def _run(
                 )
             )
         await asyncio.gather(*(life(i, ue) for i, ue in enumerate(ues)))
+        if mover is not None:
+            mover.cancel()
+            await asyncio.gather(mover, return_exceptions=True)
+            partition.heal()  # (for the end's de-registrations)
+            ops["scscf-partition-lost"] = partition.lost
         if restarter is not None:
             restarter.cancel()
             await asyncio.gather(restarter, return_exceptions=True)
@@ -870,6 +907,9 @@ async def _run(
         lost = lost_first["n"] + dropped["n"]
         # what the S-CSCF did across its restarts and instances (where it is in process)
         counted = net.scscf_counters()
+        second = getattr(net, "second", None)
+        if second is not None and second.scscf is not None:
+            counted.update(second.scscf.core.counters)
         seen = {k: counted[k] for k in _SCSCF_SEEN if counted[k]}
         counted = net.pcscf_counters()
         pcscf_seen = {k: counted[k] for k in _PCSCF_SEEN if counted[k]}
@@ -890,7 +930,7 @@ async def _run(
             "pcscf_drops": pcscf_drops,
         }  # fmt: skip
     finally:
-        for task in (restarter, hss_restarter, *(c.task for c in crashes_of)):
+        for task in (restarter, hss_restarter, mover, *(c.task for c in crashes_of)):
             if task is not None and not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -904,6 +944,23 @@ async def _run(
             store = PcscfStateStore(cfg.state_store, f"{cfg.name}@{cfg.address}:{cfg.port}")
             await store.clear()
             await store.close()
+
+
+async def _moves(net: TwoScscfs, partition: Partition, rng: random.Random, ops: dict) -> None:
+    """`--scscf-moves`: every 2-8 s the I-CSCF loses its way to one of the two S-CSCFs
+    for 3-10 s (both keep their Diameter to the HSS and their way to the P-CSCF): the
+    REGISTERs of the users served there move to the other (`[icscf].scscf_timeout`)."""
+    log = logging.getLogger("lifecycle_chaos")
+    ports = (net.config.scscf.port, net.second_port)
+    while True:
+        await asyncio.sleep(rng.uniform(2.0, 8.0))
+        port = rng.choice(ports)
+        partition.cut(port)
+        ops["scscf-partition"] = ops.get("scscf-partition", 0) + 1
+        log.info("partition: the I-CSCF cut off from the S-CSCF on port %d", port)
+        await asyncio.sleep(rng.uniform(3.0, 10.0))
+        partition.heal()
+        log.info("partition healed")
 
 
 async def _second_devices(net: Network, subs: list) -> list:
@@ -954,6 +1011,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 args.scscf_long_downs,
                 args.scscf_store_cuts,
                 args.devices,
+                args.scscf_moves,
             )
         except Exception:  # a crash of the run itself is a failure of that seed
             out = {"seed": seed, "bad": [traceback.format_exc()[-1500:]]}
@@ -1037,7 +1095,15 @@ def main(argv: list[str] | None = None) -> int:
         choices=(1, 2),
         help="2: each subscription also a tablet IMPI sharing its IMPUs, a UE of its own",
     )
+    p.add_argument(
+        "--scscf-moves",
+        action="store_true",
+        help="a second S-CSCF of its own Server-Name; every 2-8 s the I-CSCF loses its way "
+        "to one of the two for 3-10 s, and the REGISTERs of its users move to the other",
+    )
     args = p.parse_args(argv)
+    if args.scscf_moves and args.scscf_restarts:
+        p.error("--scscf-moves and --scscf-restarts: one or the other")
     if args.devices > 1 and args.hss_restarts:
         p.error("--devices 2 provisions the tablets in process: not with --hss-restarts")
     if args.scscf_store_cuts and args.scscf_instances < 2:

@@ -36,7 +36,7 @@ async def test_a_user_moved_to_another_scscf_is_served_there_and_heard_of(subscr
     options = NetworkOptions(visited=False, extra={"icscf": {"scscf_timeout": 2.0}})
     net = TwoScscfs(subscribers, options)
     await net.start()
-    ue = UeClient(net.ue_config(subscribers[0], recovery_base_time=1), observers=[net.trace])
+    ue = UeClient(net.ue_config(subscribers[0]), observers=[net.trace])
     try:
         await net.start_second()
         await ue.start()

@@ -557,6 +557,44 @@ def test_a_subscription_the_network_ends_while_the_registration_stays_is_made_ag
     assert ue.state is not UeState.REGISTERED and ue.next_deadline() is None
 
 
+def test_a_deactivated_subscription_is_made_again_at_once_the_first_time():
+    """RFC 6665 §4.1.3: after "deactivated" the subscriber retries at once (its use:
+    subscriptions moving between nodes), without `recovery_base_time` too; a second
+    one before the next registration is left to the back-off (none without it), so a
+    notifier that ends each new subscription gets no storm. Before 2026-11-29 such a
+    UE stayed without a subscription (lifecycle_chaos --scscf-moves, seed 11002)."""
+    ue, sub = subscribed()
+    events = ue.receive_request(notify(sub, cseq=2, state="terminated;reason=deactivated"), 5.0)
+    assert answer(events) == 200 and SubscriptionEnded("deactivated") in events
+    assert ue.next_deadline() == pytest.approx(5.0)
+    (again,) = ue.handle_timer(5.0)
+    assert again.request.method == "SUBSCRIBE" and again.request.to.tag is None
+    assert again.request.call_id != sub.call_id
+    assert ue.receive(subscribe_ok(again.request, tag="s2"), 5.1) == [Subscribed(600000, False)]
+    state = "terminated;reason=deactivated"
+    ue.receive_request(notify(again.request, cseq=1, tag="s2", state=state), 6.0)
+    assert ue.subscription is None and ue.next_deadline() == pytest.approx(SENT + 600000 - 600)
+
+
+def test_deactivated_while_the_registration_that_moved_it_is_under_way():
+    """The user moved to another S-CSCF: the old one ends the subscription
+    ("deactivated", on the HSS's RTR NEW_SERVER_ASSIGNED) before the 200 OK of the
+    REGISTER, with the new S-CSCF's Service-Route, is here. The new subscription goes
+    after that 200, along the new route (at once, it would go to the old S-CSCF)."""
+    moved = "<sip:orig@scscf2.home1.net:6070;lr>"
+    ue, sub = subscribed()
+    (rereg,) = ue.handle_timer(2.0 + 599400.0)
+    at = 2.0 + 599400.5
+    events = ue.receive_request(notify(sub, cseq=2, state="terminated;reason=deactivated"), at)
+    assert answer(events) == 200 and not [e for e in events if isinstance(e, SendRequest)]
+    assert ue.subscription is None
+    headers = [("Contact", f"<{OUR_CONTACT}>;expires=600000"), ("Service-Route", moved)]
+    ok = make_response(rereg.request, 200, to_tag="5ef4", headers=headers)
+    (send,) = [e for e in ue.receive(wire(ok), at + 1.0) if isinstance(e, SendRequest)]
+    assert send.request.method == "SUBSCRIBE" and send.request.to.tag is None
+    assert send.request.get_all("Route") == [PCSCF_RR, moved]
+
+
 def test_a_lapsed_subscription_is_made_again():
     ue, sub, _ = registered(expires=7200, recovery_base_time=30)
     ue.receive(subscribe_ok(sub, expires=1000), 3.0)

@@ -543,6 +543,8 @@ class UeRegistration:
         # a new reg-event subscription planned at this time (`recovery_base_time`)
         self._resubscribe_at: float | None = None
         self._sub_failures = 0  # subscriptions in a row that could not be made or kept
+        # a "deactivated" subscription made anew at once since the last 200 to a REGISTER
+        self._deactivated_since_registered = False
         self.network_event = ""  # of the last network-initiated de-registration
 
     # ---------------------------------------------------------------- public inputs
@@ -1171,6 +1173,7 @@ class UeRegistration:
         self.recoveries = 0
         self._pending = None
         self.state = UeState.REGISTERED
+        self._deactivated_since_registered = False
         # TS 24.229 §5.1.1.4.1 times the refresh from the expiry; the S-CSCF granted
         # it when the REGISTER reached it, which may be well before its 200 got here
         # (lost, and sent again on a retransmission): counted from the sending, the
@@ -1179,7 +1182,8 @@ class UeRegistration:
         self._deadline = start + refresh_interval(expires) if expires > 0 else None
         events.append(Registered(expires, self.service_route, self.associated_uris, protected))
         if self._subscribe_after_ok:
-            # Only after the initial registration, not after each re-registration.
+            # Only after the initial registration, not after each re-registration (but
+            # for one whose subscription ended "deactivated" while it was under way).
             self._subscribe_after_ok = False
             if expires > 0:
                 events.append(self._subscribe(now))
@@ -1506,8 +1510,26 @@ class UeRegistration:
             # so the UE, registered): RFC 6665 §4.2.2 asks for a new one, after
             # retry-after when given. Otherwise after the back-off, not at once as it
             # allows for "deactivated" and "timeout": a notifier that ends each new
-            # subscription at once would otherwise get a SUBSCRIBE storm.
-            self._plan_resubscribe(now, state.retry_after)
+            # subscription at once would otherwise get a SUBSCRIBE storm. But the first
+            # "deactivated" since the last registration is taken at once, with or
+            # without `recovery_base_time` (RFC 6665 §4.1.3: retry immediately; its
+            # use is a subscription moving between nodes, as when the user moved to
+            # another S-CSCF, whose 200 OK brought the Service-Route the new one
+            # takes). Before 2026-11-29 a UE without the back-off stayed without one.
+            retry_after = state.retry_after
+            if (
+                state.reason == "deactivated"
+                and retry_after is None
+                and not self._deactivated_since_registered
+            ):
+                self._deactivated_since_registered = True
+                if self.state in (UeState.REREGISTERING, UeState.RESPONSE_SENT):
+                    # (the REGISTER that moved it is under way, its 200 not yet here:
+                    # the new subscription goes along the Service-Route that 200 brings)
+                    self._subscribe_after_ok = self.config.subscribe_reg_event
+                    return events
+                retry_after = 0
+            self._plan_resubscribe(now, retry_after)
         return events
 
     def _answer(self, request: Request, status: int, reason: str) -> SendResponse:
