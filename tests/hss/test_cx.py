@@ -65,6 +65,25 @@ async def test_uar_first_then_subsequent_registration(hss, scscf):
     )
 
 
+async def test_a_registered_users_challenge_at_another_scscf_gets_its_answer(hss, scscf):
+    """The serving S-CSCF did not answer the I-CSCF, which took the re-REGISTER to another
+    S-CSCF; that one challenged it (its MAR). The REGISTER that answers the challenge
+    must reach it, not the serving one (which holds no such challenge and would issue
+    another: chaos seed 11001); terminating requests still go to the serving one until
+    the new one's SAR."""
+    other = "sip:scscf2.home1.net:5080"
+    await scscf.request(sar(SAT.REGISTRATION))
+    assert (await scscf.request(uar())).server_name == SCSCF_NAME
+    await scscf.request(mar(server=other))
+    answer = await scscf.request(uar())
+    assert answer.experimental_result_code == cx.DIAMETER_SUBSEQUENT_REGISTRATION
+    assert answer.server_name == other
+    assert (await scscf.request(lir())).server_name == SCSCF_NAME
+    assert (await scscf.request(sar(SAT.REGISTRATION, server=other))).is_success
+    assert (await scscf.request(uar())).server_name == other
+    assert (await scscf.request(lir())).server_name == other
+
+
 async def test_uar_always_names_a_server_or_capabilities_even_with_empty_pool(hss, scscf):
     await hss.store.sync_scscf_pool([])
     first = await scscf.request(uar())

@@ -327,12 +327,17 @@ class CxService:
             return self._error(req, experimental=cx.DIAMETER_ERROR_IDENTITY_NOT_REGISTERED)
         if uat == _UAT_REGISTRATION and (state.scscf_name or state.pending_scscf):
             # Registered, unregistered-served, the name kept after a de-registration
-            # that stored it, or an authentication under way (the S-CSCF of the MAR,
-            # which holds the challenge): the same S-CSCF again.
+            # that stored it, or an authentication under way: the same S-CSCF again.
+            # An authentication under way wins: the S-CSCF of the MAR holds the
+            # challenge the next REGISTER answers. It differs from the serving one
+            # when a re-registration moved to another S-CSCF (the serving one did not
+            # answer the I-CSCF) and was challenged there; before 2026-11-29 the answer
+            # went back to the serving one, which challenged it anew (lifecycle_chaos
+            # --scscf-moves, seed 11001: the UE gave up after three challenges).
             return self._answer(
                 req,
                 experimental_result_code=cx.DIAMETER_SUBSEQUENT_REGISTRATION,
-                server_name=state.scscf_name or state.pending_scscf,
+                server_name=state.pending_scscf or state.scscf_name,
             )
         return None
 
