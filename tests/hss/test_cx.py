@@ -519,6 +519,55 @@ async def test_a_user_registered_at_another_scscf_is_taken_from_the_old_one(hss)
         await node.stop()
 
 
+async def test_an_rtr_new_server_assigned_the_old_scscf_did_not_take_is_sent_again(
+    hss, monkeypatch
+):
+    """The S-CSCF the user moved from cannot take the RTR NEW_SERVER_ASSIGNED (down,
+    restarting on its Redis store, cut off from it: TOO_BUSY here): the HSS sends it
+    again after a wait, while the user stays registered elsewhere, so the old one does
+    not keep the registration until it lapses there. Before 2026-11-29 it was sent once."""
+    import imsaka.hss.server as server_module
+
+    monkeypatch.setattr(server_module, "MOVED_RETRIES", (0.1, 0.1, 0.1))
+    received = []
+
+    async def handler(request, peer):
+        received.append(request)
+        busy = len(received) <= 2
+        return request.answer(
+            origin_host=SCSCF_HOST,
+            origin_realm=HOME,
+            result_code=cx.DIAMETER_TOO_BUSY if busy else cx.DIAMETER_SUCCESS,
+        )
+
+    other = "sip:scscf2.home1.net:5080"
+    node = await client_node(hss.diameter_port)
+    node.set_request_handler(handler)
+    try:
+        await node.request(sar(SAT.REGISTRATION))
+        assert (await node.request(sar(SAT.REGISTRATION, server=other))).is_success
+        for _ in range(100):
+            if hss.service.counters["rtr_new_server_sent"]:
+                break
+            await asyncio.sleep(0.02)
+        assert len(received) == 3 and hss.service.counters["rtr_new_server_failed"] == 2
+        assert all(
+            r.deregistration_reason.reason_code == cx.ReasonCode.NEW_SERVER_ASSIGNED
+            for r in received
+        )
+        # moved again, then de-registered before the next try: nothing is sent
+        received.clear()
+        monkeypatch.setattr(server_module, "MOVED_RETRIES", (0.3,))
+        assert (await node.request(sar(SAT.REGISTRATION))).is_success  # back to the first
+        await asyncio.sleep(0.05)
+        assert len(received) == 1  # (busy: answered TOO_BUSY, a try due in 0.3 s)
+        assert (await node.request(sar(SAT.USER_DEREGISTRATION))).is_success
+        await asyncio.sleep(0.5)
+        assert len(received) == 1 and hss.service.counters["rtr_new_server_sent"] == 1
+    finally:
+        await node.stop()
+
+
 async def test_rtr_to_unreachable_scscf_reports_it(hss, scscf):
     await scscf.request(sar(SAT.REGISTRATION))
     await scscf.stop()  # the S-CSCF is gone

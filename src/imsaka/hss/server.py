@@ -45,6 +45,11 @@ class HssStartError(CliError):
     """The HSS cannot start (store, port); the message names the ``[hss]`` field."""
 
 
+# Seconds between the tries of an RTR NEW_SERVER_ASSIGNED the old S-CSCF did not take
+# (`HssServer._tell_moved`): about 20 minutes in all, then its binding lapses there.
+MOVED_RETRIES: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 300.0, 300.0, 300.0)
+
+
 class HssServer:
     """One HSS: store + Cx service on a `DiameterNode` + optional REST API (uvicorn)."""
 
@@ -351,33 +356,43 @@ class HssServer:
         the subscription of `impi` moved from, naming its IMPUs (TS 29.228 §6.1.3: that
         reason names them) and IMPIs. That S-CSCF ends what it holds without telling the
         UE the registration ended (it lives on at the new one); the HSS's state, now the
-        new S-CSCF's, is not touched. Unanswered, it is not sent again: what the old one
-        holds then lapses there, and its de-registration SAR changes nothing here
-        (`CxService.sar`)."""
-        try:
-            info = await self.store.serving_for_impi(impi)
-            host = host or await self.store.scscf_host_for(name)
-            if not host or not info.impus:
-                return
-            assert self.service is not None
-            rtr = partial(
-                self.service.rtr,
-                destination_realm=realm,
-                impis=info.impis,
-                impus=info.impus,
-                reason=cx.ReasonCode.NEW_SERVER_ASSIGNED,
-                reason_info="registered at another S-CSCF",
-            )
-            result = await self._send_to_scscf(rtr, host, name)
-            self.service.counters[
-                "rtr_new_server_sent" if result.get("ok") else "rtr_new_server_failed"
-            ] += 1
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # (the store, a closed node): the old one's binding lapses
-            assert self.service is not None
-            self.service.counters["rtr_new_server_failed"] += 1
-            log.warning("RTR NEW_SERVER_ASSIGNED for %s to %s: %s", impi, name, exc)
+        new S-CSCF's, is not touched. Unanswered (the old one down, or cut off from its
+        store), it is sent again after each wait of `MOVED_RETRIES` while the
+        subscription stays registered elsewhere: an S-CSCF that comes back on its
+        Redis store otherwise holds the registration until it lapses there, and tells
+        the subscriptions it kept that the registration ended (its de-registration SAR
+        changes nothing here, `CxService.sar`)."""
+        assert self.service is not None
+        counters = self.service.counters
+        for wait in (0.0, *MOVED_RETRIES):
+            if wait:
+                await asyncio.sleep(wait)
+            try:
+                info = await self.store.serving_for_impi(impi)
+                if not info.impus or not info.scscf_name or info.scscf_name == name:
+                    return  # (de-registered since, or moved back: nothing to take)
+                host = host or await self.store.scscf_host_for(name)
+                if not host:
+                    return
+                rtr = partial(
+                    self.service.rtr,
+                    destination_realm=realm,
+                    impis=info.impis,
+                    impus=info.impus,
+                    reason=cx.ReasonCode.NEW_SERVER_ASSIGNED,
+                    reason_info="registered at another S-CSCF",
+                )
+                result = await self._send_to_scscf(rtr, host, name)
+                if result.get("ok"):
+                    counters["rtr_new_server_sent"] += 1
+                    return
+                counters["rtr_new_server_failed"] += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # (the store, a closed node): tried again
+                counters["rtr_new_server_failed"] += 1
+                log.warning("RTR NEW_SERVER_ASSIGNED for %s to %s: %s", impi, name, exc)
+        counters["rtr_new_server_given_up"] += 1
 
     async def push_profile(self, impi: str) -> dict[str, Any]:
         """PPR with the new User-Data to the S-CSCF serving ``impi`` (if any)."""
