@@ -84,6 +84,27 @@ async def test_a_registered_users_challenge_at_another_scscf_gets_its_answer(hss
     assert (await scscf.request(lir())).server_name == other
 
 
+async def test_a_move_takes_another_devices_open_challenge_to_the_new_scscf(hss, scscf):
+    """Two devices (IMPIs) of one subscription: the tablet has a challenge open at the
+    serving S-CSCF when the phone's registration moves to another one. The tablet's
+    next REGISTER goes to the new S-CSCF (one S-CSCF per subscription), not to the old
+    one, where registering would move the whole subscription back."""
+    from imsaka.hss.subscriber import validate_subscriber
+
+    tablet = "tablet@home1.net"
+    spec = validate_subscriber(
+        impi=tablet, impus=["sip:alice@home1.net", "tel:+15550001"], k=K, op=OP
+    )
+    await hss.store.add_impi("alice@home1.net", spec)
+    other = "sip:scscf2.home1.net:5080"
+    await scscf.request(sar(SAT.REGISTRATION))
+    await scscf.request(mar(impi=tablet))  # the tablet's challenge, at the serving one
+    assert (await scscf.request(uar(impi=tablet))).server_name == SCSCF_NAME
+    assert (await scscf.request(sar(SAT.REGISTRATION, server=other))).is_success
+    assert (await scscf.request(uar(impi=tablet))).server_name == other
+    assert (await hss.store.get_subscriber(tablet)).pending_scscf is None
+
+
 async def test_uar_always_names_a_server_or_capabilities_even_with_empty_pool(hss, scscf):
     await hss.store.sync_scscf_pool([])
     first = await scscf.request(uar())

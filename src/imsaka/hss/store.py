@@ -728,6 +728,17 @@ def _assign_rows(
                 " scscf_realm = :realm WHERE id = :sid",
                 {"name": server_name, "host": server_host, "realm": server_realm, "sid": sid},
             )
+            if serving[0] is not None and serving[0] != server_name:
+                # The subscription moved to another S-CSCF (one per subscription, TS
+                # 23.228 §5.4.2): another device's challenge open at the old one is
+                # answered at the new one (which challenges it again), not taken there
+                # to move the subscription back (a UAR names a pending S-CSCF first).
+                yield (
+                    RUN,
+                    "UPDATE impi SET pending_scscf = NULL WHERE subscription_id = :sid"
+                    " AND pending_scscf IS NOT NULL AND pending_scscf != :name",
+                    {"sid": sid, "name": server_name},
+                )
         if impi is not None:
             yield from _clear_pending(impi)
     if not want_set:
