@@ -519,8 +519,9 @@ class Icscf:
         """Stop probing (the endpoint closes)."""
         self._prober.close()
 
-    def _has_untried(self, tried: set[str]) -> bool:
-        return any(e.name not in tried for e in self.config.scscfs)
+    def _has_untried(self, tried: set[str], also: str = "") -> bool:
+        """Whether an S-CSCF is left that is neither in `tried` nor named `also`."""
+        return any(e.name not in tried and e.name != also for e in self.config.scscfs)
 
     def _is_mine(self, uri: Any) -> bool:
         host = (uri.host or "").strip("[]").lower()
@@ -595,11 +596,10 @@ class Icscf:
         # A REGISTER also moves on from a silent S-CSCF to another one (below, `_silent`)
         # before its Timer F: that runs out with the P-CSCF's and the UE's, too late for
         # the move to answer the UE.
-        watched = pooled or (
-            reg.moves_when_silent() and self._has_untried(reg.tried | {entry.name})
-        )
+        elsewhere = reg.moves_when_silent() and self._has_untried(reg.tried, entry.name)
+        watched = pooled or elsewhere
         if watched:
-            on_response = reg.watch(entry, self.config.scscf_timeout)
+            on_response = reg.watch(entry, self.config.scscf_timeout, elsewhere)
         send = getattr(self.endpoint, "send_request_callback", None)
         if send is not None:
             key = send(fwd, addr, transport, on_response)
@@ -727,20 +727,19 @@ class _Routing:
         self.entry = entry
         icscf._forward(self.request, entry, self)
 
-    def watch(self, entry: ScscfEntry, timeout: float) -> Callable[[Response], None]:
+    def watch(
+        self, entry: ScscfEntry, timeout: float, elsewhere: bool = False
+    ) -> Callable[[Response], None]:
         """The response callback of a copy sent to `entry` (an instance of an S-CSCF
-        with several, or a REGISTER's S-CSCF with another one left to choose): a copy
-        this request has since sent elsewhere answers for nothing; silence for
-        `timeout` s moves it on, to the next instance while one is left, else (a
-        REGISTER) to another S-CSCF."""
+        with several, or a REGISTER's S-CSCF with another one left to choose:
+        `elsewhere`): a copy this request has since sent elsewhere answers for nothing;
+        silence for `timeout` s moves it on, to the next instance while one is left,
+        else (`elsewhere`) to another S-CSCF."""
         if self.instances is None:
             self.instances = []
         self.instances.append(entry)
         self._stop_watch()
-        icscf = self.icscf
-        if icscf._instance(entry, self.instances) is not None or (
-            self.moves_when_silent() and icscf._has_untried(self.tried | {entry.name})
-        ):
+        if elsewhere or self.icscf._instance(entry, self.instances) is not None:
             loop = asyncio.get_running_loop()
             self.silence = loop.call_later(timeout, self._silent, entry)
 
