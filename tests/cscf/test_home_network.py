@@ -523,6 +523,48 @@ async def test_an_rtr_for_one_device_of_a_shared_impu_ends_its_contact_only(home
     assert (notifies[1].get("subscription-state") or "").startswith("active")
 
 
+async def test_a_move_of_one_device_tells_the_other_to_register_again(home):
+    """The phone registered at another S-CSCF (the I-CSCF chose anew when this one did
+    not answer); the HSS's RTR NEW_SERVER_ASSIGNED names the phone as User-Name and the
+    tablet in Associated-Identities. This S-CSCF lets the phone's contact go quietly (it
+    lives on at the new one) and tells the tablet's `deactivated`, so that the tablet
+    registers again, which takes it to the new one (TS 24.229 §5.4.1.5). Before, both
+    went quietly and the tablet was registered nowhere until its next refresh."""
+    import xml.etree.ElementTree as ET
+
+    await phone_and_tablet(home)
+    notifies: list = []
+    assert (await reg_event_subscribe(home, notifies)).status == 200
+    await wait_for(lambda: len(notifies) == 1)
+    sars = [m for m in cx_seen(home, "scscf") if isinstance(m, cx.ServerAssignmentRequest)]
+    rtr = from_hss(
+        cx.RegistrationTerminationRequest,
+        home.config.scscf.diameter.host,
+        deregistration_reason=cx.DeregistrationReason(cx.ReasonCode.NEW_SERVER_ASSIGNED, None),
+        public_identities=tuple(IMPUS),
+        associated_identities=cx.AssociatedIdentities((TABLET,)),
+    )
+    answer = await home.scscf.scscf.handle_cx_request(rtr)
+    assert answer.result_code == cx.DIAMETER_SUCCESS
+    assert await home.scscf.scscf.store.get(IMPUS[0]) is None
+    await wait_for(lambda: len(notifies) == 2)
+    last = notifies[1]
+    assert last.get("subscription-state") == "terminated;reason=deactivated"
+    ns = {"r": "urn:ietf:params:xml:ns:reginfo"}
+    registration = ET.fromstring(last.body).find("r:registration", ns)
+    assert registration.get("state") == "terminated"
+    contacts = [
+        (c.findtext("r:uri", "", ns), c.get("state"), c.get("event"))
+        for c in registration.findall("r:contact", ns)
+    ]
+    assert [("eee" in uri, state, event) for uri, state, event in contacts] == [
+        (True, "terminated", "deactivated")
+    ]
+    # no de-registration SAR: the HSS has the subscription at the new S-CSCF
+    after = [m for m in cx_seen(home, "scscf") if isinstance(m, cx.ServerAssignmentRequest)]
+    assert after == sars
+
+
 async def test_a_pushed_profile_for_nobody_held_here_is_user_unknown(home):
     """A PPR whose User-Data lists no IMPU registered at this S-CSCF (the user
     de-registered meanwhile, or another IMPI's) is answered

@@ -261,3 +261,50 @@ def test_another_devices_end_is_not_this_ues():
     assert not any(isinstance(a, ReleaseSecurityAssociations) for a in out)
     assert p.stats()["registrations"] == 1
     assert not p.registrations[IMPI].release_at
+
+
+def _tablets_end() -> bytes:
+    """The reginfo of the S-CSCF this UE moved away from: the registration it held
+    ended, the other device sharing the IMPU (its contact alone listed) told to register
+    again (RTR NEW_SERVER_ASSIGNED)."""
+    return reginfo("terminated", "deactivated").replace(b":1357<", b":4444<")
+
+
+def test_another_devices_end_in_an_ended_registration_is_not_this_ues():
+    """The UE moved to another S-CSCF; the old one's NOTIFY on our subscription there
+    (before the move's 200 reached us) reports the registration terminated, listing the
+    other device's contact only. TS 24.229 §5.2.3 acts on this UE's contact: the
+    registration and its SAs stay, only the subscription ended (made again). Before
+    2026-11-29 (ninth session) any terminated registration was taken as this UE's end."""
+    p, _inst, acts = _subscribed()
+    notify = _own_terminated_notify(p, acts, "terminated;reason=deactivated", _tablets_end())
+    out = p.receive_request(_reparse(notify), Arrival(SCSCF), 100.0)
+    assert out[0].message.status == 200
+    assert not any(isinstance(a, ReleaseSecurityAssociations) for a in out)
+    reg = p.registrations[IMPI]
+    assert not reg.release_at and not reg.network_terminated
+    assert _subscribes(out) and p.counters["reg-subscription-ended"] == 1
+
+
+def test_another_devices_end_answered_by_this_ue_is_not_its_end():
+    """The same document on the UE's own subscription at the S-CSCF it moved away from,
+    relayed to the UE over its SAs and answered: the registration and SAs stay."""
+    from tests.cscf.test_pcscf_dialog_routing import (
+        UE_S,
+        registered,
+        scscf_notify,
+        subscribe_through,
+    )
+
+    p, inst, _acts = registered()
+    subscribe_through(p, inst)
+    notify = scscf_notify("terminated;reason=deactivated", branch="z9hG4bKnotify2", cseq=2)
+    notify.body = _tablets_end()
+    notify.set("Content-Length", str(len(notify.body)))
+    (rep,) = p.receive_request(_reparse(notify), Arrival(SCSCF), 5.0)
+    assert rep.spi == inst.sa.spi_us
+    ok = make_response(_reparse(rep.message), 200)
+    out = p.receive_response(_reparse(ok), UE_S, 5.1, spi=inst.sa.spi_pc)
+    assert not any(isinstance(a, ReleaseSecurityAssociations) for a in out)
+    assert p.stats()["registrations"] == 1 and not p.registrations[IMPI].release_at
+    assert p.counters["network-deregistration-seen-in-ue-notify"] == 0

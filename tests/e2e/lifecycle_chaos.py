@@ -1105,11 +1105,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.scscf_moves and args.scscf_restarts:
         p.error("--scscf-moves and --scscf-restarts: one or the other")
-    if args.scscf_moves and args.devices > 1:
-        # Two devices of one subscription end up registered at two S-CSCFs, each move
-        # quietly taking the other's registration (NEW_SERVER_ASSIGNED): not solved
-        # yet (docs/lifecycle.md, "Not done").
-        p.error("--scscf-moves with --devices 2: not yet (the other device is not told)")
     if args.devices > 1 and args.hss_restarts:
         p.error("--devices 2 provisions the tablets in process: not with --hss-restarts")
     if args.scscf_store_cuts and args.scscf_instances < 2:

@@ -83,3 +83,72 @@ async def test_a_user_moved_to_another_scscf_is_served_there_and_heard_of(subscr
     finally:
         await ue.close()
         await net.stop()
+
+
+async def test_the_other_device_of_a_moved_subscription_follows_it(subscribers):
+    """user1's subscription has a tablet IMPI sharing its IMPUs (TS 23.228 §4.3.3.4);
+    phone and tablet are registered at scscf1. The phone's re-REGISTER moves the
+    subscription to scscf2 (one S-CSCF per subscription). The HSS's RTR
+    NEW_SERVER_ASSIGNED names the phone as User-Name: scscf1 lets the phone's contact go
+    quietly and tells the tablet `deactivated` (TS 24.229 §5.4.1.5), so the tablet
+    registers afresh, which takes it to scscf2. The phone hears nothing of the tablet's
+    end and keeps its registration and SAs. Before 2026-11-29 (ninth session) the
+    tablet's registration went quietly too: registered nowhere, it took itself for
+    registered until its next refresh (lifecycle_chaos --devices 2 --scscf-moves)."""
+    from dataclasses import replace
+
+    from imsaka.hss.subscriber import validate_subscriber
+
+    options = NetworkOptions(visited=False, extra={"icscf": {"scscf_timeout": 2.0}})
+    net = TwoScscfs(subscribers, options)
+    await net.start()
+    phone_sub = subscribers[0]
+    tablet_sub = replace(phone_sub, impi="user1_tablet@home1.net")
+    spec = validate_subscriber(
+        impi=tablet_sub.impi,
+        impus=list(tablet_sub.impus),
+        k=tablet_sub.k.hex(),
+        opc=tablet_sub.opc.hex(),
+    )
+    await net.hss.store.add_impi(phone_sub.impi, spec)
+    phone = UeClient(net.ue_config(phone_sub), observers=[net.trace])
+    tablet = UeClient(net.ue_config(tablet_sub), observers=[net.trace])
+    try:
+        await net.start_second()
+        await phone.start()
+        await tablet.start()
+        first, second = net.scscf.scscf.core, net.second.scscf.core
+        for ue in (phone, tablet):
+            assert (await ue.register(10)).ok
+            assert await ue.wait_subscribed(5)
+        assert first.registrations and not second.registrations
+
+        partition = Partition()
+        partition.install(net)
+        partition.cut(net.config.scscf.port)
+        res = await phone.reregister(30)
+        assert res.ok, res
+        assert net.hss.service.counters["rtr_new_server_sent"] == 1
+
+        # the tablet is told to register again, and does so at scscf2
+        assert await tablet.wait_network_deregistration(10) == "deactivated"
+        assert await eventually(lambda: tablet.core.state is UeState.REGISTERED, 20)
+        assert await eventually(lambda: not first.registrations, 5)
+        (record,) = second.registrations.values()
+        owners = {c.owner(record.impi) for c in record.contacts.values()}
+        assert owners == {phone_sub.impi, tablet_sub.impi}
+        assert phone.core.state is UeState.REGISTERED and not phone.network_event
+        assert await eventually(lambda: net.pcscf.stats()["sa_sets"] == 2, 40)
+        view = await net.hss.store.get_subscriber(phone_sub.impi)
+        assert view.scscf_name == net.second_name
+        # no further move: the tablet's registration found the subscription at scscf2
+        assert net.hss.service.counters["rtr_new_server_sent"] == 1
+
+        # both keep refreshing at scscf2 over their own SAs, unchallenged
+        for ue in (phone, tablet):
+            res = await ue.reregister(10)
+            assert res.ok and res.protected, res
+    finally:
+        await tablet.close()
+        await phone.close()
+        await net.stop()

@@ -484,14 +484,9 @@ async def test_rtr_and_ppr_reach_the_serving_scscf(hss):
     }
 
 
-async def test_a_user_registered_at_another_scscf_is_taken_from_the_old_one(hss):
-    """The I-CSCF chose a new S-CSCF when the serving one did not answer (TS 24.229
-    §5.3.1.2), and the user registered there. The old one is sent an RTR with Reason-Code
-    NEW_SERVER_ASSIGNED naming the subscription's IMPUs (TS 29.228 §6.1.3), and what it
-    still sends for the registration it held (its binding lapsing, a late de-REGISTER)
-    leaves the user registered at the new one. Before, the HSS switched S-CSCF without a
-    word, and the old one's TIMEOUT_DEREGISTRATION SAR, when its binding lapsed, made the
-    user not registered (LIR: 5003) while the new one served it."""
+async def scscf_peer(hss):
+    """An S-CSCF peer of the HSS that answers every RTR/PPR 2001: (its node, what it
+    received)."""
     received = []
 
     async def handler(request, peer):
@@ -500,9 +495,21 @@ async def test_a_user_registered_at_another_scscf_is_taken_from_the_old_one(hss)
             origin_host=SCSCF_HOST, origin_realm=HOME, result_code=cx.DIAMETER_SUCCESS
         )
 
-    other = "sip:scscf2.home1.net:5080"
     node = await client_node(hss.diameter_port)
     node.set_request_handler(handler)
+    return node, received
+
+
+async def test_a_user_registered_at_another_scscf_is_taken_from_the_old_one(hss):
+    """The I-CSCF chose a new S-CSCF when the serving one did not answer (TS 24.229
+    §5.3.1.2), and the user registered there. The old one is sent an RTR with Reason-Code
+    NEW_SERVER_ASSIGNED naming the subscription's IMPUs (TS 29.228 §6.1.3), and what it
+    still sends for the registration it held (its binding lapsing, a late de-REGISTER)
+    leaves the user registered at the new one. Before, the HSS switched S-CSCF without a
+    word, and the old one's TIMEOUT_DEREGISTRATION SAR, when its binding lapsed, made the
+    user not registered (LIR: 5003) while the new one served it."""
+    other = "sip:scscf2.home1.net:5080"
+    node, received = await scscf_peer(hss)
     try:
         await node.request(sar(SAT.REGISTRATION))
         assert not received  # (the first registration moves nothing)
@@ -536,6 +543,37 @@ async def test_a_user_registered_at_another_scscf_is_taken_from_the_old_one(hss)
         await node.request(sar(SAT.REGISTRATION))
         await asyncio.sleep(0.1)
         assert len(received) == 1 and hss.service.counters["scscf_reassigned"] == 1
+    finally:
+        await node.stop()
+
+
+async def test_the_rtr_new_server_assigned_names_the_device_that_moved(hss):
+    """Two devices (IMPIs) of one subscription registered at the serving S-CSCF; the
+    tablet's registration moves to another. The RTR NEW_SERVER_ASSIGNED names the
+    tablet as User-Name and the phone in Associated-Identities: the old S-CSCF lets the
+    mover go quietly and tells the other to register again. Before 2026-11-29 (ninth
+    session) User-Name was the subscription's first IMPI, whoever moved."""
+    from imsaka.hss.subscriber import validate_subscriber
+
+    tablet = "tablet@home1.net"
+    spec = validate_subscriber(
+        impi=tablet, impus=["sip:alice@home1.net", "tel:+15550001"], k=K, op=OP
+    )
+    await hss.store.add_impi("alice@home1.net", spec)
+    node, received = await scscf_peer(hss)
+    try:
+        await node.request(sar(SAT.REGISTRATION))
+        await node.request(sar(SAT.REGISTRATION, impi=tablet))
+        other = "sip:scscf2.home1.net:5080"
+        assert (await node.request(sar(SAT.REGISTRATION, impi=tablet, server=other))).is_success
+        for _ in range(100):
+            if received:
+                break
+            await asyncio.sleep(0.02)
+        (rtr,) = received
+        assert rtr.deregistration_reason.reason_code == cx.ReasonCode.NEW_SERVER_ASSIGNED
+        assert rtr.user_name == tablet
+        assert tuple(rtr.associated_identities.user_names) == ("alice@home1.net",)
     finally:
         await node.stop()
 

@@ -595,6 +595,30 @@ def test_deactivated_while_the_registration_that_moved_it_is_under_way():
     assert send.request.get_all("Route") == [PCSCF_RR, moved]
 
 
+def test_another_devices_end_at_the_scscf_we_moved_from_is_not_ours():
+    """This UE moved to another S-CSCF; the one before ends the registration it held
+    and tells the other device sharing the IMPU (its contact alone listed) to register
+    again. §5.1.1.7 acts on the contact belonging to this UE: this UE stays registered
+    and subscribes again at once. Before 2026-11-29 (ninth session) it took the other
+    device's "deactivated" as its own and registered afresh."""
+    ue, sub = subscribed()
+    sa = ue.sa
+    body = reginfo(
+        version=1,
+        reg_state="terminated",
+        contact_state="terminated",
+        event="deactivated",
+        contact="sip:tablet@10.0.0.9:5062",
+    )
+    state = "terminated;reason=deactivated"
+    events = ue.receive_request(notify(sub, body, cseq=2, state=state), 5.0)
+    assert answer(events) == 200 and SubscriptionEnded("deactivated") in events
+    assert not [e for e in events if isinstance(e, (NetworkDeregistered, SendRequest))]
+    assert ue.state is UeState.REGISTERED and ue.sa is sa
+    (again,) = ue.handle_timer(5.0)
+    assert again.request.method == "SUBSCRIBE" and again.request.to.tag is None
+
+
 def test_a_lapsed_subscription_is_made_again():
     ue, sub, _ = registered(expires=7200, recovery_base_time=30)
     ue.receive(subscribe_ok(sub, expires=1000), 3.0)

@@ -2384,7 +2384,11 @@ class PcscfCore:
                 if reg.release_at:
                     # the UE has its terminated NOTIFY: the SAs can go (TS 24.229 §5.2.3)
                     actions += self._network_end(reg, now)
-                elif reg.state is RegState.REGISTERED and _registration_ended(pending.forward):
+                elif (
+                    reg.state is RegState.REGISTERED
+                    and pending.forward is not None
+                    and _tells_end(pending.forward.message.body, reg)
+                ):
                     # The S-CSCF's word that the registration ended, answered by the UE,
                     # before our own NOTIFY (late, or none: our SUBSCRIBE refused when
                     # the network ended the registration before it reached the S-CSCF).
@@ -3669,23 +3673,35 @@ def _own_contact(contacts: list[str], pending: _Pending) -> str | None:
 def _tells_end(body: bytes, reg: Registration | None) -> bool:
     """Whether reginfo `body` reports the registration ended, or (for `reg`) the
     contact it registered terminated: what a reg-event NOTIFY tells of it, whatever its
-    Subscription-State."""
+    Subscription-State. A document that lists contacts, none of them `reg`'s, tells of
+    other devices sharing the IMPU only (TS 24.229 §5.2.3 acts on this UE's contact),
+    even when their registration ended: the S-CSCF a user moved from ends it so,
+    telling the device that did not move to register again (RTR NEW_SERVER_ASSIGNED),
+    while this UE is registered at the new one."""
     if b"<reginfo" not in body:
+        return False
+    needle = _contact_needle(reg) if reg is not None else None
+    if needle is not None and b"<contact" in body and needle not in body:
         return False
     if _reginfo_ended(body):
         return True
-    return reg is not None and b'state="terminated"' in body and _contact_ended(body, reg)
+    return needle is not None and b'state="terminated"' in body and _contact_ended(body, needle)
 
 
-def _contact_ended(body: bytes, reg: Registration) -> bool:
-    """Whether reginfo `body` lists the contact `reg` registered (the Contact of its 200
-    OK) as a terminated <contact> element (RFC 3680 §5.3)."""
+def _contact_needle(reg: Registration) -> bytes | None:
+    """The <uri> element of reginfo (RFC 3680 §5.3) that lists the contact `reg`
+    registered (the Contact of its 200 OK); None when that is not known."""
     text = reg.contact
     start = text.find("<")
     end = text.find(">", start + 1)
     if start < 0 or end < 0:
-        return False
-    needle = f"<uri>{xml_escape(text[start + 1 : end])}</uri>".encode()
+        return None
+    return f"<uri>{xml_escape(text[start + 1 : end])}</uri>".encode()
+
+
+def _contact_ended(body: bytes, needle: bytes) -> bool:
+    """Whether reginfo `body` lists the contact whose <uri> is `needle` as a terminated
+    <contact> element (RFC 3680 §5.3)."""
     at = body.find(needle)
     while at >= 0:
         element = body.rfind(b"<contact ", 0, at)
@@ -3693,12 +3709,6 @@ def _contact_ended(body: bytes, reg: Registration) -> bool:
             return True
         at = body.find(needle, at + 1)
     return False
-
-
-def _registration_ended(sent: Any) -> bool:
-    """Whether the reg-event NOTIFY `sent` on (a `Reply`) reports the registration
-    terminated (`_reginfo_ended`)."""
-    return sent is not None and _reginfo_ended(sent.message.body)
 
 
 def _swap_record_route(msg: Message, ours: str, theirs: str) -> None:

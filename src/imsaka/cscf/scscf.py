@@ -2200,8 +2200,18 @@ class Scscf:
             moved = code == cx.ReasonCode.NEW_SERVER_ASSIGNED
             count, actions = 0, []
             for impi in impis:
+                # NEW_SERVER_ASSIGNED: the User-Name's devices registered at the new
+                # S-CSCF (our HSS names the mover so) and go quietly; the other IMPIs'
+                # devices did not, and are told to register again ("deactivated",
+                # TS 24.229 §5.4.1.5), which takes them there. Before 2026-11-29 (ninth
+                # session) they went quietly too, registered nowhere until they refreshed.
+                mover = moved and impi == request.user_name
                 removed, ends = self.core.network_deregister(
-                    impi, impus, self._clock(), register_again=again, moved=moved
+                    impi,
+                    impus,
+                    self._clock(),
+                    register_again=again or (moved and not mover),
+                    moved=mover,
                 )
                 count += removed
                 actions += ends

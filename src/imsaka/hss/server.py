@@ -354,9 +354,11 @@ class HssServer:
     async def _tell_moved(self, impi: str, name: str, host: str | None, realm: str | None) -> None:
         """RTR with Reason-Code NEW_SERVER_ASSIGNED (TS 29.229 §6.3.17) to the S-CSCF
         the subscription of `impi` moved from, naming its IMPUs (TS 29.228 §6.1.3: that
-        reason names them) and IMPIs. That S-CSCF ends what it holds without telling the
-        UE the registration ended (it lives on at the new one); the HSS's state, now the
-        new S-CSCF's, is not touched. Unanswered (the old one down, or cut off from its
+        reason names them) and IMPIs, `impi` (the one that moved) as User-Name. That
+        S-CSCF ends what it holds of `impi` without telling its UE the registration
+        ended (it lives on at the new one), and tells the subscription's other devices
+        registered there to register again (TS 24.229 §5.4.1.5, "deactivated"); the
+        HSS's state, now the new S-CSCF's, is not touched. Unanswered (the old one down, or cut off from its
         store), it is sent again after each wait of `MOVED_RETRIES` while the
         subscription stays registered elsewhere: an S-CSCF that comes back on its
         Redis store otherwise holds the registration until it lapses there, and tells
@@ -377,7 +379,10 @@ class HssServer:
                 rtr = partial(
                     self.service.rtr,
                     destination_realm=realm,
-                    impis=info.impis,
+                    # The mover first, as User-Name: the old S-CSCF lets its devices go
+                    # quietly and tells the others' (Associated-Identities) to register
+                    # again, which now takes them to the new one.
+                    impis=(impi, *(i for i in info.impis if i != impi)),
                     impus=info.impus,
                     reason=cx.ReasonCode.NEW_SERVER_ASSIGNED,
                     reason_info="registered at another S-CSCF",

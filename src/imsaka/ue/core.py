@@ -1552,11 +1552,15 @@ class UeRegistration:
             return []
         ours = uri_key(self.contact_uri(self.sa is not None or self._pending_protected))
         contact = next((c for c in mine.contacts if uri_key(c.uri) == ours), None)
+        if contact is None and mine.contacts:
+            # Only other devices' contacts (sharing the IMPU): their change, not ours
+            # (§5.1.1.7 acts on the contact belonging to this UE), even when the
+            # registration there ended: the S-CSCF we moved away from ends it so, telling
+            # the device that stayed to register again (RTR NEW_SERVER_ASSIGNED). Before
+            # 2026-11-29 (ninth session) this UE took the other device's event as its own.
+            return []
         if mine.state == "terminated" or (contact is not None and contact.state == "terminated"):
-            if contact is not None:
-                event = contact.event
-            else:
-                event = mine.contacts[0].event if mine.contacts else "terminated"
+            event = contact.event if contact is not None else "terminated"
             return self._network_deregistered(event, now)
         if (
             contact is not None
