@@ -655,6 +655,7 @@ def test_retry_after_comes_from_the_config():
 
     class Cfg:
         realm = "home1.net"
+        server_name = "sip:s.home1.net:5080"
         service_route = "<sip:orig@s;lr>"
         reauthenticate = "never"
         reregistration_sar = "always"
@@ -740,3 +741,35 @@ def test_date_header_is_formatted_once_per_second():
 
     for now in (T0, T0 + 0.2, T0 + 0.999, T0 + 1, T0 + 1.5, 0.0, 1_700_000_000.75, T0):
         assert http_date(now) == formatdate(now, usegmt=True)
+
+
+def test_an_answer_to_another_scscfs_challenge_is_challenged_with_a_fresh_vector():
+    """Our nonces carry a tag of our Server-Name in their server data (RFC 3310 §3.2).
+    A registered UE's refresh carrying our own last nonce is re-authenticated with a
+    spare vector (`reauthenticate = "always"`); one answering another S-CSCF's challenge
+    (the I-CSCF moved it here) gets a vector from a MAR, which tells the HSS that the
+    authentication under way is here, so that the answer is sent here. Before
+    2026-11-29 (ninth session) a spare served, the HSS still named the other S-CSCF, and
+    the UE met a third challenge there (lifecycle_chaos --devices 2 --scscf-moves,
+    seed 11102)."""
+    from imsaka.cscf.scscf_core import nonce_tag_for
+
+    tag = nonce_tag_for("sip:scscf1.home1.net:5080")
+    assert len(tag) == 2 and tag != nonce_tag_for("sip:scscf2.home1.net:5081")
+    core = RegistrarCore(policy(reauthenticate="always", nonce_tag=tag), random_bytes=bytes)
+    h = Harness(core, FakeHss())
+    ue = FakeUe()
+    r401 = h.send(ue.register())
+    www = header(r401, "WWW-Authenticate")[0]
+    nonce = parse_challenge(www)["nonce"]
+    assert split_nonce(nonce)[2][:2] == tag
+    assert h.send(ue.answer(www)).status == 200 and h.hss.mars == 1
+    # our own last nonce: a spare vector
+    own = ue.register(integrity="yes", nonce=nonce, response="0" * 32)
+    assert h.send(own).status == 401 and h.hss.mars == 1
+    # another S-CSCF's nonce: a MAR (the spares it would have used go)
+    rand, autn, _ = split_nonce(nonce)
+    theirs = base64.b64encode(rand + autn + nonce_tag_for("sip:scscf2.home1.net:5081")).decode()
+    foreign = ue.register(integrity="yes", nonce=theirs, response="0" * 32)
+    assert h.send(foreign).status == 401 and h.hss.mars == 2
+    assert core.counters["vectors_fresh_for_foreign_nonce"] == 1

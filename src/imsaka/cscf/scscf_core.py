@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import hashlib
 import heapq
 import logging
 import os
@@ -278,10 +279,15 @@ class RegistrarPolicy:
     max_contacts: int = 16
     """Bindings one IMPU may hold (a flood of Contacts must not grow the registrar)."""
     retry_after: int = 30
+    nonce_tag: bytes = b""
+    """The first octets of the server data of our AKA nonces (RFC 3310 §3.2), the same
+    for every instance of one S-CSCF (`nonce_tag_for` its Server-Name): a nonce without
+    them is another S-CSCF's. Empty: every nonce counts as ours."""
 
     @classmethod
     def from_config(cls, cfg) -> RegistrarPolicy:
         return cls(
+            nonce_tag=nonce_tag_for(cfg.server_name),
             realm=cfg.realm,
             service_route=cfg.service_route,
             reauthenticate=cfg.reauthenticate,
@@ -296,6 +302,14 @@ class RegistrarPolicy:
             vector_lifetime=float(cfg.vector_lifetime),
             retry_after=cfg.retry_after,
         )
+
+
+def nonce_tag_for(server_name: str) -> bytes:
+    """Two octets that tell this S-CSCF's nonces from other S-CSCFs' (a hash of its
+    Server-Name, not a secret: the nonce travels in the clear anyway)."""
+    if not server_name:
+        return b""
+    return hashlib.sha256(server_name.lower().encode()).digest()[:2]
 
 
 # --------------------------------------------------------------------------- state
@@ -1036,6 +1050,17 @@ class RegistrarCore:
 
     def _challenge(self, token: int, req: RegisterRequest, impi: str, now: float) -> list[Action]:
         cache = self._vectors.get(impi)
+        auth = req.auth
+        if cache and auth is not None and auth.nonce and self._foreign(auth.nonce):
+            # It answers another S-CSCF's challenge (the I-CSCF moved it here). A MAR,
+            # not a spare vector: the MAR tells the HSS that the authentication under
+            # way is here, so that the answer to this challenge is sent here. Before
+            # 2026-11-29 (ninth session) a spare vector left the HSS naming the other
+            # one, which challenged the answer anew, and the UE gave up after three
+            # challenges (lifecycle_chaos --devices 2 --scscf-moves, seed 11102).
+            self.counters["vectors_fresh_for_foreign_nonce"] += 1
+            del self._vectors[impi]
+            cache = None
         while cache:
             until, vector = cache.pop(0)
             if not cache:
@@ -1074,13 +1099,25 @@ class RegistrarCore:
             )
         ]
 
+    def _foreign(self, nonce: str) -> bool:
+        """Whether `nonce` is not one of ours (`RegistrarPolicy.nonce_tag`)."""
+        tag = self.policy.nonce_tag
+        if not tag:
+            return False
+        try:
+            raw = base64.b64decode(nonce, validate=True)
+        except ValueError:
+            return True
+        return raw[32 : 32 + len(tag)] != tag
+
     def _send_challenge(
         self, token: int, req: RegisterRequest, impi: str, vector: AuthVectorItem, now: float
     ) -> Reply:
         if vector.algorithm in _AKA_ALGORITHMS:
             # RFC 3310 §3.2: server data after RAND‖AUTN keeps nonces unique even if a
             # (broken) HSS ever repeated a vector.
-            nonce = make_nonce(vector.rand, vector.autn, self._random(8))
+            tag = self.policy.nonce_tag
+            nonce = make_nonce(vector.rand, vector.autn, tag + self._random(8 - len(tag)))
         else:
             nonce = base64.b64encode(self._random(24)).decode("ascii")
         pending = self._challenges_by_impi.setdefault(impi, [])
