@@ -307,3 +307,32 @@ def test_the_old_re_registers_answer_after_the_ue_started_afresh_spares_the_new_
         assert reg.sa is not None and reg.sa.spi_ps == fresh.spi_ps, order
         assert reg.temporary is None and fresh.spi_ps in p.by_spi, order
         assert p.stats()["registrations"] == 1, order
+
+
+def test_a_late_challenge_of_a_register_of_an_ended_registration_makes_no_record():
+    """A re-REGISTER over the UE's SAs is still open when the UE de-registers (it had
+    been told to register again, and did, then left); the registration and its SAs go
+    with the de-REGISTER's 200. The re-REGISTER's challenge, arriving after, goes to
+    the UE as it came; no record or temporary SA set is made for it, which would stay
+    until its lifetime ran out. Before 2026-11-29 (ninth session) one was
+    (lifecycle_chaos --devices 2 --scscf-moves, seed 11103)."""
+    from imsaka.cscf.pcscf import InstallSecurityAssociations
+    from tests.cscf.test_pcscf_dialog_routing import WWW
+
+    p, inst, _ = registered()
+    late = de_register_text(p).replace(";expires=0", ";expires=600000")
+    late = late.replace("z9hG4bKdereg", "z9hG4bKlate")
+    (fwd,) = p.receive_request(parse_message(late.encode()), Arrival(UE_C, spi=inst.sa.spi_ps), 5.0)
+    dereg = send_de_register(p, inst, 5.1)
+    p.receive_response(de_register_ok(dereg), ICSCF, 5.2)
+    assert p.stats()["registrations"] == 0
+    c401 = make_response(
+        parse_message(fwd.message.to_bytes()),
+        401,
+        to_tag="5ef4",
+        headers=[("WWW-Authenticate", WWW)],
+    )
+    out = p.receive_response(parse_message(c401.to_bytes()), ICSCF, 7.5)
+    assert not any(isinstance(a, InstallSecurityAssociations) for a in out)
+    assert p.stats()["registrations"] == 0 and not p.registrations
+    assert p.counters["challenge-of-an-ended-registration"] == 1

@@ -2506,6 +2506,15 @@ class PcscfCore:
             # the new registration's, stay (lifecycle chaos seed 10432).
             self.counters["challenge-of-a-replaced-register"] += 1
             return [self._to_ue(resp, pending.arrival)]
+        if reg is None and pending.kind == "register-protected":
+            # The challenge of a REGISTER that came over the SAs of a registration that
+            # has ended since (the UE was told to register again and did, then
+            # de-registered): the UE has left it. It goes to the UE as it came, and no
+            # record or temporary set is made for it, which would stay until its
+            # lifetime ran out. Before 2026-11-29 (ninth session) one was
+            # (lifecycle_chaos --devices 2 --scscf-moves, seed 11103).
+            self.counters["challenge-of-an-ended-registration"] += 1
+            return [self._to_ue(resp, pending.arrival)]
         ue_host = sys.intern(pending.arrival.source[0])
         if reg is None:
             reg = self.registration_type(
