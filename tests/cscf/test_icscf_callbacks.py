@@ -156,6 +156,61 @@ async def test_a_register_the_scscf_leaves_unanswered_goes_to_another_before_tim
     await ep.close()
 
 
+def _another_register(n: int) -> bytes:
+    """`request`'s REGISTER as another UE's (its own branch and Call-ID)."""
+    data = request("<sip:1.2.3.4>").to_bytes()
+    return data.replace(b"z9hG4bK1", b"z9hG4bK1x%d" % n).replace(b"Call-ID: c", b"Call-ID: c%d" % n)
+
+
+async def test_the_next_register_passes_a_silent_scscf_over_until_it_answers_a_probe():
+    """The assigned S-CSCF left a REGISTER unanswered for `scscf_timeout`, which went to
+    another. The next REGISTER the HSS assigns to it goes to another at once (a UAR with
+    capabilities), not after the same wait, until it answers an OPTIONS probe; then it
+    is sent REGISTERs again. Before 2026-11-29 (ninth session) every REGISTER of its
+    users waited out its silence again."""
+    assigned = uaa(result_code=cx.DIAMETER_SUCCESS, server_name="sip:a.home1.net:5080")
+    answers = [(assigned, None), (CAPS, None), (assigned, None), (CAPS, None), (assigned, None)]
+    icscf, ep, t, uars, _ = setup(answers, scscf_timeout=0.2, scscf_probe_interval=0.2)
+    forwarded(receive(ep, t, request("<sip:1.2.3.4>").to_bytes(), PCSCF))
+    t.sent.clear()
+    await asyncio.sleep(0.3)  # silent: moved on, and answered there
+    ((moved, at),) = forwarded([(parse_message(d), a) for d, a in t.sent])
+    assert final(receive(ep, t, make_response(moved, 401, to_tag="b").to_bytes(), at))
+    assert icscf.counters["scscf_silent"] == 1 and icscf.counters["scscf_down"] == 1
+    ((fwd2, addr2),) = forwarded(receive(ep, t, _another_register(2), PCSCF))
+    assert addr2 == ("127.0.0.2", 5081)
+    assert icscf.counters["scscf_passed_over"] == 1 and len(uars) == 4
+    assert uars[3].user_authorization_type == cx.UserAuthorizationType.REGISTRATION_AND_CAPABILITIES
+    assert final(receive(ep, t, make_response(fwd2, 401, to_tag="b").to_bytes(), addr2))
+    # the probe of the silent one, answered
+    t.sent.clear()
+    await asyncio.sleep(0.25)
+    probes = [(parse_message(d), a) for d, a in t.sent if d.startswith(b"OPTIONS")]
+    assert probes and probes[-1][1] == ("127.0.0.1", 5080)
+    receive(ep, t, make_response(probes[-1][0], 200, to_tag="p").to_bytes(), ("127.0.0.1", 5080))
+    assert icscf.counters["scscf_instance_up"] == 1
+    ((_fwd3, addr3),) = forwarded(receive(ep, t, _another_register(3), PCSCF))
+    assert addr3 == ("127.0.0.1", 5080) and icscf.counters["scscf_passed_over"] == 1
+    await ep.close()
+    icscf.close()
+
+
+async def test_when_every_scscf_is_passed_over_the_hss_choice_stands():
+    """Every S-CSCF left a REGISTER unanswered lately (a partition moving between them):
+    a REGISTER goes to the one the HSS names, which may hold the challenge it answers;
+    sent to another, it would only meet a new challenge there (lifecycle_chaos
+    --devices 2 --scscf-moves, seed 11101: the UE gave up after three)."""
+    assigned = uaa(result_code=cx.DIAMETER_SUCCESS, server_name="sip:a.home1.net:5080")
+    icscf, ep, t, uars, _ = setup([(assigned, None)], scscf_probe_interval=60.0)
+    for entry in icscf.config.scscfs:
+        icscf._mark_down(entry, alone=True)
+    ((_fwd, addr),) = forwarded(receive(ep, t, request("<sip:1.2.3.4>").to_bytes(), PCSCF))
+    assert addr == ("127.0.0.1", 5080) and len(uars) == 1
+    assert not icscf.counters["scscf_passed_over"]
+    await ep.close()
+    icscf.close()
+
+
 @pytest.mark.parametrize("case", ["none-other", "de-registration"])
 async def test_a_silent_scscf_is_waited_for_when_no_other_can_serve(case):
     """With no other S-CSCF to choose, or for a de-REGISTER (another S-CSCF holds no

@@ -468,10 +468,17 @@ class Icscf:
             return instance
         return fallback
 
-    def _mark_down(self, entry: ScscfEntry, retry_after: int | None = None) -> None:
-        if entry.name not in self._pools:
+    def _mark_down(
+        self, entry: ScscfEntry, retry_after: int | None = None, *, alone: bool = False
+    ) -> None:
+        """`entry` left a request unanswered (or answered 503 with `retry_after`): an
+        instance of an S-CSCF with several is tried after the others until it answers a
+        probe (or for `scscf_down_time`, or `retry_after`). `alone`: an S-CSCF with one
+        instance, which a REGISTER found silent: REGISTERs go to another S-CSCF at once
+        for as long (`passed_over`), rather than each waiting out its silence again."""
+        if entry.name not in self._pools and not alone:
             return
-        self.counters["scscf_instance_down"] += 1
+        self.counters["scscf_instance_down" if not alone else "scscf_down"] += 1
         address = (entry.address, entry.port)
         if retry_after is not None:
             # it answers, but cannot serve now: no request for as long as it asks
@@ -485,6 +492,7 @@ class Icscf:
                 retry_after,
             )
             return
+        others = "REGISTERs to other S-CSCFs" if alone else "its other instances first"
         if self.config.scscf_probe_interval > 0:
             # until it answers an OPTIONS (`_answers_again`)
             if self._prober.probing(address):
@@ -492,22 +500,29 @@ class Icscf:
             self._down_until[address] = math.inf
             self._prober.start(address, self._transport(entry.transport))
             log.warning(
-                "S-CSCF %s at %s:%d did not answer; its other instances first until it "
-                "answers an OPTIONS (every %g s)",
+                "S-CSCF %s at %s:%d did not answer; %s until it answers an OPTIONS (every %g s)",
                 entry.name,
                 entry.address,
                 entry.port,
+                others,
                 self.config.scscf_probe_interval,
             )
             return
         self._down_until[address] = time.monotonic() + self.config.scscf_down_time
         log.warning(
-            "S-CSCF %s at %s:%d did not answer; its other instances first for %g s",
+            "S-CSCF %s at %s:%d did not answer; %s for %g s",
             entry.name,
             entry.address,
             entry.port,
+            others,
             self.config.scscf_down_time,
         )
+
+    def passed_over(self, entry: ScscfEntry) -> bool:
+        """Whether `entry` left a request unanswered lately and has not answered a probe
+        since (`_mark_down`)."""
+        until = self._down_until.get((entry.address, entry.port))
+        return until is not None and until > time.monotonic()
 
     def _answers_again(self, address: tuple[str, int]) -> None:
         """An instance passed over answered its probe: tried in its turn again."""
@@ -518,6 +533,14 @@ class Icscf:
     def close(self) -> None:
         """Stop probing (the endpoint closes)."""
         self._prober.close()
+
+    def _has_live_other(self, tried: set[str], name: str) -> bool:
+        """Whether an S-CSCF other than `name`, not in `tried`, has an instance that is
+        not passed over (`passed_over`)."""
+        return any(
+            e.name not in tried and e.name != name and not self.passed_over(e)
+            for e in self.config.scscfs
+        )
 
     def _has_untried(self, tried: set[str], also: str = "") -> bool:
         """Whether an S-CSCF is left that is neither in `tried` nor named `also`."""
@@ -724,6 +747,20 @@ class _Routing:
             tx.reply(600, "Busy Everywhere (no S-CSCF can be selected)")
             self.finish()
             return
+        if (
+            icscf.passed_over(entry)
+            and self.moves_when_silent()
+            and icscf._has_live_other(self.tried, entry.name)
+        ):
+            # It left a REGISTER unanswered lately and has not answered a probe since:
+            # another S-CSCF at once, as that REGISTER went after `scscf_timeout` s
+            # (before 2026-11-29, ninth session, each REGISTER of its users waited
+            # that long again for as long as it stayed silent). Not when every other
+            # one is passed over too: the HSS's choice then stands (it may hold the
+            # challenge this REGISTER answers; moved, it would only meet a new one).
+            icscf.counters["scscf_passed_over"] += 1
+            self._elsewhere(entry)
+            return
         self.entry = entry
         icscf._forward(self.request, entry, self)
 
@@ -786,9 +823,16 @@ class _Routing:
         )
         self._abandon()
         self.entry = None  # a late answer of the silent one is for nothing
+        if entry.name not in icscf._pools:  # (an instance's own was marked, `_silent`)
+            icscf._mark_down(entry, alone=True)
+        self._elsewhere(entry)
+
+    def _elsewhere(self, entry: ScscfEntry) -> None:
+        """The REGISTER to another S-CSCF than `entry`: a UAR with capabilities, from
+        which the I-CSCF chooses one not tried (TS 24.229 §5.3.1.2)."""
         self.tried.add(entry.name)
-        icscf.counters["scscf_retry"] += 1
-        self.uar_input = uar_for(self.request, icscf.network, capabilities=True)
+        self.icscf.counters["scscf_retry"] += 1
+        self.uar_input = uar_for(self.request, self.icscf.network, capabilities=True)
         self.ask()
 
     def _abandon(self) -> None:
