@@ -336,3 +336,36 @@ def test_a_late_challenge_of_a_register_of_an_ended_registration_makes_no_record
     assert not any(isinstance(a, InstallSecurityAssociations) for a in out)
     assert p.stats()["registrations"] == 0 and not p.registrations
     assert p.counters["challenge-of-an-ended-registration"] == 1
+
+
+def test_the_answered_end_of_an_earlier_subscription_leaves_this_registration():
+    """The UE registered afresh at the same contact and subscribed anew (another
+    dialog). The S-CSCF sends the final NOTIFY of the registration before again (the
+    UE's answer to it was lost); the P-CSCF relays it over the new registration's set
+    and the UE's transaction answers it 200 again. That NOTIFY is of another dialog
+    than this registration's UE subscription: it ends nothing here. Before 2026-11-29
+    (ninth session) its answer ended the new registration (lifecycle_chaos
+    --scscf-moves, seed 11002: the UE's next REGISTER over its set was dropped)."""
+    from tests.cscf.test_pcscf_dialog_routing import reginfo
+
+    p, inst, _ = registered()
+    subscribe_through(p, inst)  # the UE's subscription: Call-ID ue-sub-1
+    old = scscf_notify("terminated;reason=rejected", branch="z9hG4bKold", cseq=2)
+    old.set("Call-ID", "ue-sub-0")  # the registration before's subscription
+    old.body = reginfo("terminated", "rejected")
+    old.set("Content-Length", str(len(old.body)))
+    (rep,) = p.receive_request(_reparse(old), Arrival(SCSCF), 5.0)
+    assert rep.spi == inst.sa.spi_us
+    ok = make_response(_reparse(rep.message), 200)
+    out = p.receive_response(_reparse(ok), UE_S, 5.1, spi=inst.sa.spi_pc)
+    assert not any(isinstance(a, ReleaseSecurityAssociations) for a in out)
+    assert p.stats()["registrations"] == 1 and not p.registrations[IMPI].release_at
+    assert p.counters["end-of-an-earlier-subscription-answered"] == 1
+    # the registration's own subscription's end still ends it
+    own = scscf_notify("terminated;reason=rejected", branch="z9hG4bKown", cseq=3)
+    own.body = reginfo("terminated", "rejected")
+    own.set("Content-Length", str(len(own.body)))
+    (rep,) = p.receive_request(_reparse(own), Arrival(SCSCF), 6.0)
+    ok = make_response(_reparse(rep.message), 200)
+    out = p.receive_response(_reparse(ok), UE_S, 6.1, spi=inst.sa.spi_pc)
+    assert any(isinstance(a, ReleaseSecurityAssociations) for a in out)

@@ -400,6 +400,10 @@ class Registration:
     # UE_SUB_NONE, UE_SUB_ACTIVE (a 2xx to its SUBSCRIBE went back), or
     # UE_SUB_NOTIFIED (its terminated NOTIFY reached it and was answered).
     ue_sub: int = 0
+    # The Call-ID of that subscription, when seen ("": not known): a NOTIFY of another
+    # dialog (one of the registration before, the UE's answer to its retransmission
+    # relayed over this one's set) tells nothing of this registration.
+    ue_sub_call_id: str = ""
     # Network de-registration announced (our reg-event NOTIFY) while the UE's own
     # terminated NOTIFY is still to pass over the SAs: they go at this time at the
     # latest (0: not waiting).
@@ -2313,6 +2317,7 @@ class PcscfCore:
             if reg is not None:
                 ended = (resp.get("Expires") or "").strip() == "0"
                 reg.ue_sub = UE_SUB_NONE if ended else UE_SUB_ACTIVE
+                reg.ue_sub_call_id = "" if ended else resp.get("Call-ID") or ""
 
     def _from_target(self, pending: _Pending, source: Address, spi: int | None) -> bool:
         """Whether an answer to a request we took to a UE came from that UE: over one of
@@ -2372,12 +2377,17 @@ class PcscfCore:
                 # could reach it (lifecycle chaos seed 10432).
                 self.counters["ue-subscription-seen-in-notify"] += 1
                 reg.ue_sub = UE_SUB_ACTIVE
+                reg.ue_sub_call_id = pending.forward.message.get("Call-ID") or ""
         if pending.kind == "terminating-end" and status < 300:
             # (a UE that answers 481 has no such subscription: the final NOTIFY of one it
             # dropped with an earlier registration at the same contact told it nothing,
             # and its own is still to come)
             reg = self.registrations.get(pending.impi)
-            if reg is not None and _went_over(pending.forward, reg):
+            if (
+                reg is not None
+                and _went_over(pending.forward, reg)
+                and not self._of_another_subscription(pending.forward, reg)
+            ):
                 # (a NOTIFY that went over an older registration's set tells nothing
                 # of the one the record now holds)
                 reg.ue_sub = UE_SUB_NOTIFIED
@@ -2395,6 +2405,19 @@ class PcscfCore:
                     self.counters["network-deregistration-seen-in-ue-notify"] += 1
                     actions += self._network_end(reg, now)
         return actions
+
+    def _of_another_subscription(self, sent: Any, reg: Registration) -> bool:
+        """Whether the NOTIFY `sent` (a `Reply`) is of another dialog than `reg`'s UE
+        subscription, when that is known: the final NOTIFY of the registration before,
+        which the S-CSCF sent again after the UE registered afresh at the same contact
+        (its answer lost), relayed over this registration's set and answered by the
+        UE's transaction. Before 2026-11-29 (ninth session) its answer ended this
+        registration (lifecycle_chaos --scscf-moves, seed 11002)."""
+        known = reg.ue_sub_call_id
+        if not known or sent is None or sent.message.get("Call-ID") == known:
+            return False
+        self.counters["end-of-an-earlier-subscription-answered"] += 1
+        return True
 
     def _top_branch(self, response: Response) -> tuple[str | None, int]:
         """The branch of the top Via and how many Via values there are; SipParseError
@@ -2761,6 +2784,7 @@ class PcscfCore:
             # is new (§5.1.1.3).
             reg.started_over = False
             reg.ue_sub = UE_SUB_NONE
+            reg.ue_sub_call_id = ""
             actions += self._replace_subscription(reg.impi, now)
         reg.security_server = reg.pending_server
         reg.pending_server = reg.security_client = ()
@@ -3117,6 +3141,7 @@ class PcscfCore:
         reg.state = RegState.CHALLENGED
         reg.release_at = 0.0
         reg.ue_sub = UE_SUB_NONE
+        reg.ue_sub_call_id = ""
         return went + self._end_to_ue(reg, went)
 
     def _network_end(self, reg: Registration, now: float) -> list[Action]:

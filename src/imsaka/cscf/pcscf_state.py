@@ -236,6 +236,7 @@ def _registration(
         "answered_cseq": reg.answered_cseq,
         "challenged_cseq": reg.challenged_cseq,
         "ue_sub": reg.ue_sub,
+        "ue_sub_call_id": reg.ue_sub_call_id,
         # ended by the network, the UE's REGISTER (its de-REGISTER) still to be
         # answered over the SAs, or its terminated NOTIFY still to pass them
         "network_terminated": reg.network_terminated,
@@ -447,6 +448,8 @@ def _restored(
         answered_cseq=_int(record, "answered_cseq") if "answered_cseq" in record else 0,
         challenged_cseq=_int(record, "challenged_cseq") if "challenged_cseq" in record else 0,
         ue_sub=_int(record, "ue_sub"),
+        # (absent in a record written before 2026-11-29: not known)
+        ue_sub_call_id=str(record.get("ue_sub_call_id") or ""),
         network_terminated=bool(record.get("network_terminated", False)),
     )
     reg.release_at = _at(record.get("release_in"), "release_in", shift)
