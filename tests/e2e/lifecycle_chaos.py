@@ -79,8 +79,8 @@ every 2 to 8 s the I-CSCF loses its way to one of the two for 3 to 10 s (its Dia
 and its way to the P-CSCF stay): a REGISTER of a user served there goes to the other
 after the I-CSCF's `scscf_timeout` (2 s here), is challenged there, and the HSS takes
 the registration from the first (RTR NEW_SERVER_ASSIGNED); the subscriptions follow.
-Not with `--scscf-restarts`, nor with `--devices 2` (the other device of a moved
-subscription is not told: docs/lifecycle.md, "Not done").
+With `--devices 2` the other device of a moved subscription is told to register again
+(`deactivated`) and follows. Not with `--scscf-restarts`.
 
 `--scscf-store-cuts` (with `--scscf-instances`): each instance reaches Redis through a
 TCP proxy of its own, and about one event in two cuts one instance off for 3 to
@@ -166,6 +166,7 @@ _SCSCF_SEEN = (
     "challenge_restored",
     "retransmission_answered_from_store",
     "answer_to_unknown_challenge",
+    "vectors_fresh_for_foreign_nonce",
     "auth_timeout_registered_elsewhere",
     "ended_elsewhere_notified",
     "ended_while_down_notified",
@@ -206,6 +207,7 @@ _PCSCF_SEEN = (
     "scscf-instance-failover",
     "scscf-instance-503",
     "superseded-set-held-for-open-transaction",
+    "challenge-of-an-ended-registration",
 )
 
 
@@ -218,6 +220,8 @@ _ICSCF_SEEN = (
     "scscf_probe_sent",
     "scscf_probe_answered",
     "scscf_instance_up",
+    "scscf_down",
+    "scscf_passed_over",
 )
 
 

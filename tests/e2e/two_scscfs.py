@@ -5,6 +5,7 @@ and the chaos runner's `--scscf-moves`."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 from typing import Any
 
@@ -51,6 +52,13 @@ class TwoScscfs(Network):
         )
         await self.second.start()
         await self.second.node.wait_open("hss.home1.net", timeout=5)
+
+    def scscf_counters(self) -> Counter[str]:
+        """Both S-CSCFs' counters, summed."""
+        total = super().scscf_counters()
+        if self.second is not None and self.second.scscf is not None:
+            total.update(self.second.scscf.core.counters)
+        return total
 
     async def stop(self) -> None:
         if self.second is not None:
