@@ -211,6 +211,23 @@ async def test_when_every_scscf_is_passed_over_the_hss_choice_stands():
     icscf.close()
 
 
+async def test_a_register_carrying_a_challenge_response_waits_for_a_passed_over_scscf():
+    """A REGISTER with a challenge response (the answer to the challenge the HSS's
+    S-CSCF holds, or a protected refresh) goes to the S-CSCF the HSS names even while
+    it is passed over: moved, it would meet a new challenge, which waiting spares it
+    when that S-CSCF is back before its probe says so (lifecycle_chaos --scscf-moves,
+    seed 11001)."""
+    assigned = uaa(result_code=cx.DIAMETER_SUCCESS, server_name="sip:a.home1.net:5080")
+    icscf, ep, t, uars, _ = setup([(assigned, None)], scscf_probe_interval=60.0)
+    icscf._mark_down(icscf.config.scscfs[0], alone=True)
+    data = _another_register(4).replace(b'response=""', b'response="0123456789abcdef"')
+    ((_fwd, addr),) = forwarded(receive(ep, t, data, PCSCF))
+    assert addr == ("127.0.0.1", 5080) and len(uars) == 1
+    assert not icscf.counters["scscf_passed_over"]
+    await ep.close()
+    icscf.close()
+
+
 @pytest.mark.parametrize("case", ["none-other", "de-registration"])
 async def test_a_silent_scscf_is_waited_for_when_no_other_can_serve(case):
     """With no other S-CSCF to choose, or for a de-REGISTER (another S-CSCF holds no

@@ -181,6 +181,13 @@ def uar_for(req: Request, network: NetworkConfig, *, capabilities: bool = False)
     return UarInput(impi, impu, visited, kind)
 
 
+def _carries_a_response(req: Request) -> bool:
+    """Whether REGISTER `req` carries a challenge response (its Authorization's
+    `response` not empty): the answer to a challenge, or a protected refresh."""
+    cred = req.get("Authorization")
+    return bool(cred and digest_param(cred, "response"))
+
+
 def _server_entry(name: str, config: IcscfConfig, network: NetworkConfig) -> ScscfEntry | None:
     entry = config.scscf_by_name(name)
     if entry is not None:
@@ -750,14 +757,17 @@ class _Routing:
         if (
             icscf.passed_over(entry)
             and self.moves_when_silent()
+            and not _carries_a_response(self.request)
             and icscf._has_live_other(self.tried, entry.name)
         ):
             # It left a REGISTER unanswered lately and has not answered a probe since:
-            # another S-CSCF at once, as that REGISTER went after `scscf_timeout` s
-            # (before 2026-11-29, ninth session, each REGISTER of its users waited
-            # that long again for as long as it stayed silent). Not when every other
-            # one is passed over too: the HSS's choice then stands (it may hold the
-            # challenge this REGISTER answers; moved, it would only meet a new one).
+            # an initial REGISTER (no challenge response) goes to another S-CSCF at
+            # once, as that REGISTER went after `scscf_timeout` s (before 2026-11-29,
+            # ninth session, each one waited that long again for as long as it stayed
+            # silent). One that carries a response (the answer to its challenge, a
+            # protected refresh) still waits for it: moved, it meets a new challenge,
+            # which the wait spares it when the S-CSCF is back before its probe says
+            # so. Nor when every other one is passed over too: the HSS's choice stands.
             icscf.counters["scscf_passed_over"] += 1
             self._elsewhere(entry)
             return
