@@ -110,9 +110,11 @@ def scscf_notify(
     branch: str = "z9hG4bKnotify1",
     target: str = "sip:127.0.0.1:1357",
     cseq: int = 1,
+    body: bytes = b"",
 ) -> Request:
     """The S-CSCF's NOTIFY to the UE's subscription, as regevent.notify_request builds
-    it and the S-CSCF's transaction layer sends it (its Via on top)."""
+    it and the S-CSCF's transaction layer sends it (its Via on top); `body`: its
+    reginfo."""
     return Request(
         "NOTIFY",
         target,
@@ -128,9 +130,19 @@ def scscf_notify(
             ("Event", "reg"),
             ("Subscription-State", state),
             ("Content-Type", "application/reginfo+xml"),
-            ("Content-Length", "0"),
+            ("Content-Length", str(len(body))),
         ],
+        body,
     )
+
+
+def relayed_and_answered(p: PcscfCore, inst, notify: Request, at: float) -> list:
+    """`notify` from the S-CSCF, relayed to the UE over its SAs and answered 200 by
+    it: the core's actions on that answer."""
+    (rep,) = p.receive_request(_reparse(notify), Arrival(SCSCF), at)
+    assert rep.spi == inst.sa.spi_us
+    ok = make_response(_reparse(rep.message), 200)
+    return p.receive_response(_reparse(ok), UE_S, at + 0.1, spi=inst.sa.spi_pc)
 
 
 def subscribe_through(p: PcscfCore, inst) -> None:

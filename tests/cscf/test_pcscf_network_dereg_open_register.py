@@ -31,6 +31,7 @@ from tests.cscf.test_pcscf_dialog_routing import (
     de_register_ok,
     de_register_text,
     registered,
+    relayed_and_answered,
     scscf_notify,
     send_de_register,
     subscribe_through,
@@ -350,22 +351,14 @@ def test_the_answered_end_of_an_earlier_subscription_leaves_this_registration():
 
     p, inst, _ = registered()
     subscribe_through(p, inst)  # the UE's subscription: Call-ID ue-sub-1
-    old = scscf_notify("terminated;reason=rejected", branch="z9hG4bKold", cseq=2)
+    ended = reginfo("terminated", "rejected")
+    old = scscf_notify("terminated;reason=rejected", branch="z9hG4bKold", cseq=2, body=ended)
     old.set("Call-ID", "ue-sub-0")  # the registration before's subscription
-    old.body = reginfo("terminated", "rejected")
-    old.set("Content-Length", str(len(old.body)))
-    (rep,) = p.receive_request(_reparse(old), Arrival(SCSCF), 5.0)
-    assert rep.spi == inst.sa.spi_us
-    ok = make_response(_reparse(rep.message), 200)
-    out = p.receive_response(_reparse(ok), UE_S, 5.1, spi=inst.sa.spi_pc)
+    out = relayed_and_answered(p, inst, old, 5.0)
     assert not any(isinstance(a, ReleaseSecurityAssociations) for a in out)
     assert p.stats()["registrations"] == 1 and not p.registrations[IMPI].release_at
     assert p.counters["end-of-an-earlier-subscription-answered"] == 1
     # the registration's own subscription's end still ends it
-    own = scscf_notify("terminated;reason=rejected", branch="z9hG4bKown", cseq=3)
-    own.body = reginfo("terminated", "rejected")
-    own.set("Content-Length", str(len(own.body)))
-    (rep,) = p.receive_request(_reparse(own), Arrival(SCSCF), 6.0)
-    ok = make_response(_reparse(rep.message), 200)
-    out = p.receive_response(_reparse(ok), UE_S, 6.1, spi=inst.sa.spi_pc)
+    own = scscf_notify("terminated;reason=rejected", branch="z9hG4bKown", cseq=3, body=ended)
+    out = relayed_and_answered(p, inst, own, 6.0)
     assert any(isinstance(a, ReleaseSecurityAssociations) for a in out)

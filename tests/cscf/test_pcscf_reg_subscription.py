@@ -290,21 +290,17 @@ def test_another_devices_end_answered_by_this_ue_is_not_its_end():
     """The same document on the UE's own subscription at the S-CSCF it moved away from,
     relayed to the UE over its SAs and answered: the registration and SAs stay."""
     from tests.cscf.test_pcscf_dialog_routing import (
-        UE_S,
         registered,
+        relayed_and_answered,
         scscf_notify,
         subscribe_through,
     )
 
     p, inst, _acts = registered()
     subscribe_through(p, inst)
-    notify = scscf_notify("terminated;reason=deactivated", branch="z9hG4bKnotify2", cseq=2)
-    notify.body = _tablets_end()
-    notify.set("Content-Length", str(len(notify.body)))
-    (rep,) = p.receive_request(_reparse(notify), Arrival(SCSCF), 5.0)
-    assert rep.spi == inst.sa.spi_us
-    ok = make_response(_reparse(rep.message), 200)
-    out = p.receive_response(_reparse(ok), UE_S, 5.1, spi=inst.sa.spi_pc)
+    state, body = "terminated;reason=deactivated", _tablets_end()
+    notify = scscf_notify(state, branch="z9hG4bKnotify2", cseq=2, body=body)
+    out = relayed_and_answered(p, inst, notify, 5.0)
     assert not any(isinstance(a, ReleaseSecurityAssociations) for a in out)
     assert p.stats()["registrations"] == 1 and not p.registrations[IMPI].release_at
     assert p.counters["network-deregistration-seen-in-ue-notify"] == 0
