@@ -50,6 +50,7 @@ from imsaka.aka.digest import (
     DigestError,
     make_nonce,
     password_for,
+    split_nonce,
     verify_response,
 )
 from imsaka.cscf.registrar import ContactBinding, ContactMap, Registration
@@ -1105,10 +1106,10 @@ class RegistrarCore:
         if not tag:
             return False
         try:
-            raw = base64.b64decode(nonce, validate=True)
-        except ValueError:
+            _rand, _autn, server_data = split_nonce(nonce)
+        except DigestError:
             return True
-        return raw[32 : 32 + len(tag)] != tag
+        return not server_data.startswith(tag)
 
     def _send_challenge(
         self, token: int, req: RegisterRequest, impi: str, vector: AuthVectorItem, now: float

@@ -358,8 +358,8 @@ class HssServer:
         S-CSCF ends what it holds of `impi` without telling its UE the registration
         ended (it lives on at the new one), and tells the subscription's other devices
         registered there to register again (TS 24.229 §5.4.1.5, "deactivated"); the
-        HSS's state, now the new S-CSCF's, is not touched. Unanswered (the old one down, or cut off from its
-        store), it is sent again after each wait of `MOVED_RETRIES` while the
+        HSS's state, now the new S-CSCF's, is not touched. Unanswered (the old one
+        down, or cut off from its store), it is sent again after each wait of `MOVED_RETRIES` while the
         subscription stays registered elsewhere: an S-CSCF that comes back on its
         Redis store otherwise holds the registration until it lapses there, and tells
         the subscriptions it kept that the registration ended (its de-registration SAR
