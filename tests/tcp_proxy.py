@@ -10,13 +10,17 @@ import contextlib
 class CuttableProxy:
     """Listens on a free loopback port (`port`) and relays each connection to
     `target`; `cut()` closes every connection and stops listening (the client's
-    reconnects are refused), `mend()` listens again on the same port."""
+    reconnects are refused), `mend()` listens again on the same port; `freeze()`
+    relays nothing more, its connections left open (a peer that stops answering
+    without closing: a partition that drops packets), until `thaw()`."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self.port = 0
         self._server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     @property
     def is_cut(self) -> bool:
@@ -27,10 +31,16 @@ class CuttableProxy:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)  # (a cut while this waits or connects closes it too)
+        await self._flowing.wait()
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
             writer.close()
+            self._writers.discard(writer)
+            return
+        if writer.is_closing():
+            up_writer.close()
             return
         pair = {writer, up_writer}
         self._writers |= pair
@@ -38,6 +48,7 @@ class CuttableProxy:
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(Exception):
                 while data := await src.read(65536):
+                    await self._flowing.wait()
                     dst.write(data)
                     await dst.drain()
             dst.close()
@@ -57,11 +68,18 @@ class CuttableProxy:
         self._writers.clear()
         await server.wait_closed()
 
+    def freeze(self) -> None:
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
+
     async def mend(self) -> None:
         if self._server is None:
             await self.start()
 
     async def close(self) -> None:
+        self.thaw()
         await self.cut()
 
 

@@ -498,3 +498,29 @@ async def test_a_publication_the_store_did_not_take_goes_once_it_answers(
                 assert b"ccc:eee" in last.body
         assert there.core.counters["publication_held_store_unavailable"] == 1
         assert cuts == ["changed" if what == "changed" else "ended"]
+
+
+async def test_a_store_that_stops_answering_is_an_outage_not_a_hang(
+    tmp_path, redis_url, monkeypatch
+):
+    """The second instance's Redis connection stops carrying anything, left open (a
+    partition that drops packets, no reset). Its read for a re-REGISTER gives up after
+    the store's socket timeout (2 s) and the REGISTER gets 503, which the I-CSCF takes
+    to the first instance at once. Before, the timeout was the Redis client's own:
+    none at all before redis-py 8 (the read waited for ever, the REGISTER went on only
+    when the I-CSCF's `scscf_timeout` passed the instance over), 5 s in redis-py 8."""
+    async with cut_off_pair(tmp_path, redis_url, monkeypatch) as (net, other, port, _, proxy):
+        there = other.scscf
+        _, r200 = await full_registration(net, new_ue())
+        assert r200.status == 200, r200
+        icscf = await icscf_with_instances(net, [port, net.scscf_port], timeout=20.0)
+        proxy.freeze()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        again = register(net, cseq=3, protected=True, authorization=PROTECTED_YES)
+        r = await asyncio.wait_for(send(net, again), 15)
+        took = loop.time() - started
+        assert r.status == 200, r
+        assert there.core.counters["register_refused_store_unavailable"] == 1
+        assert icscf.counters["scscf_instance_failover"] == 1
+        assert 1.5 < took < 4.5, took

@@ -755,7 +755,10 @@ class RedisBindingStore:
 
         self.url = url
         self._prefix = prefix
-        self._redis = aioredis.from_url(url)
+        # bounded: a Redis that stops answering without closing its connection must
+        # not hold a REGISTER (nor a close) for ever; the store's callers take the
+        # timeout for an outage (503 with Retry-After, held changes tried again)
+        self._redis = aioredis.from_url(url, socket_connect_timeout=2.0, socket_timeout=2.0)
         self._claim: Any = None
         self._write_if: Any = None
         self._put_subs: Any = None
