@@ -336,3 +336,41 @@ async def test_a_final_notify_under_way_at_a_crash_is_sent_again(redis_home):
         assert net.scscf.scscf._ending == {}
     finally:
         await reader.close()
+
+
+@pytest.mark.redis
+async def test_a_close_ends_though_a_store_call_swallowed_its_cancellation(
+    redis_home, monkeypatch
+):
+    """The loop that follows the other S-CSCFs' changes is in a store call that takes
+    the close's cancellation for its own timeout and goes on (as redis-py's reads can).
+    The S-CSCF's stop ends CLOSE_WAIT s later all the same, the loop counted and left;
+    before, the stop waited for it for ever (CI saw a test hang in its teardown)."""
+    import imsaka.cscf.scscf as scscf_module
+    from imsaka.cscf.registrar import RedisBindingStore
+
+    swallowed = []
+
+    async def follow_regardless(self, on_record, on_gap=None):
+        while True:
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                if swallowed:  # (the loop's end, after the test, does end it)
+                    raise
+                swallowed.append(1)
+                asyncio.current_task().uncancel()
+
+    monkeypatch.setattr(RedisBindingStore, "follow_changes", follow_regardless)
+    monkeypatch.setattr(scscf_module, "CLOSE_WAIT", 0.3)
+    await redis_home.restart_scscf()
+    server = redis_home.net.scscf
+    assert server.scscf._peers.follower is not None
+    core = server.scscf.core
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(server.stop(), 10)
+    assert loop.time() - started < 3
+    assert swallowed == [1]
+    assert core.counters["close_left_running"] == 1
+    await redis_home.restart_scscf()  # (a working S-CSCF for the fixture's teardown)

@@ -124,6 +124,8 @@ EXPIRY_RETRY = 1.0
 # subscribers of a whole instance are not all told in one burst.
 TAKE_OVER_BATCH = 50
 TAKE_OVER_PAUSE = 0.1
+# How long a close waits for its cancelled loops and tasks (`_cancel_all`).
+CLOSE_WAIT = 5.0
 
 #: ``async send(request) -> answer``; raises on timeout or when no HSS is connected.
 CxSender = Callable[[Any], Awaitable[Any]]
@@ -877,19 +879,11 @@ class Scscf:
         if self._timer is not None:
             self._timer.cancel()
         peers = self._peers
-        for future in (peers.follower, peers.heart, peers.sweeper):
-            if future is not None:
-                future.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await future
+        loops = [f for f in (peers.follower, peers.heart, peers.sweeper) if f is not None]
         peers.follower = peers.heart = peers.sweeper = None
         for sub in list(self.subscriptions):
             self.subscriptions.disarm(sub)
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._cancel_all([*loops, *self._tasks])
         self._tasks.clear()
         # what the cancelled writer had not written yet: the next S-CSCF reads it
         self._subs_writing = False
@@ -2005,6 +1999,26 @@ class Scscf:
             if result is not None:
                 return result
         return None
+
+    async def _cancel_all(self, futures: list[asyncio.Future]) -> None:
+        """Cancel `futures` and wait for them, CLOSE_WAIT s at most: a close must end
+        even if one swallowed its cancellation (a store call can) and went on; it is
+        left to the loop's end, counted and logged."""
+        for future in futures:
+            future.cancel()
+        if not futures:
+            return
+        done, pending = await asyncio.wait(futures, timeout=CLOSE_WAIT)
+        for future in done:
+            if not future.cancelled():
+                future.exception()  # (retrieved: a failure here is no longer news)
+        if pending:
+            self.core.counters["close_left_running"] += len(pending)
+            log.warning(
+                "scscf: %d task(s) still running %.0f s after the close cancelled them: left",
+                len(pending),
+                CLOSE_WAIT,
+            )
 
     async def _retry_pause(self) -> bool:
         """The wait of a loop that tries the store again (`_claim_later` and the like):
