@@ -339,9 +339,7 @@ async def test_a_final_notify_under_way_at_a_crash_is_sent_again(redis_home):
 
 
 @pytest.mark.redis
-async def test_a_close_ends_though_a_store_call_swallowed_its_cancellation(
-    redis_home, monkeypatch
-):
+async def test_a_close_ends_though_a_store_call_swallowed_its_cancellation(redis_home, monkeypatch):
     """The loop that follows the other S-CSCFs' changes is in a store call that takes
     the close's cancellation for its own timeout and goes on (as redis-py's reads can).
     The S-CSCF's stop ends CLOSE_WAIT s later all the same, the loop counted and left;
