@@ -632,3 +632,87 @@ def test_deregister_while_waiting_or_failed_ends_at_once():
     (dereg,) = ue.deregister(610.0)
     assert dereg.protected and ";expires=0" in dereg.request.get("Contact")
     assert ue.state is UeState.DEREGISTERING and ue.next_deadline() is None
+
+
+def test_an_initial_registration_whose_challenge_answer_gets_no_reply_starts_again():
+    """TS 33.203 O.3.1.4: the answer to the challenge got no reply (its 200 OK lost,
+    and the network ended the registration before a retransmission came, so the
+    P-CSCF no longer took them): a new registration procedure at once, the temporary
+    set released, a new Call-ID, the challenge answered again; `max_retries` (3) times
+    in a row, then the attempt fails with 408. Before, the first such timeout ended it.
+    A 200 in between starts the count again."""
+    from imsaka.ue.core import RegisteringAnew, SecurityAssociationsReleased
+
+    ue = _ue_with_ports(iter([(2468 + 2 * i, 1357 + 2 * i) for i in range(8)]), 3)
+    (send,) = ue.register(0.0)
+    call_ids = {send.request.call_id}
+    now = 1.0
+    for sqn in (33, 65, 97):
+        resp, _vec, _ = challenge(send.request, sqn=sqn)
+        (_up, answer) = ue.receive(resp, now)
+        temporary = ue.temporary_sa
+        assert ue.state is UeState.RESPONSE_SENT and answer.protected
+        events = ue.transaction_timeout(now + 32)
+        assert [type(e) for e in events] == [
+            RegisteringAnew,
+            SecurityAssociationsReleased,
+            SendRequest,
+        ]
+        assert events[0].unanswered and events[1].sa is temporary
+        send = events[-1]
+        assert not send.protected and send.request.call_id not in call_ids
+        assert send.request.get("Authorization").count('response=""') == 1
+        call_ids.add(send.request.call_id)
+        assert ue.state is UeState.UNPROTECTED_SENT and ue.temporary_sa is None
+        now += 40
+    resp, _vec, _ = challenge(send.request, sqn=129)
+    ue.receive(resp, now)
+    events = ue.transaction_timeout(now + 32)
+    assert [type(e) for e in events] == [SecurityAssociationsReleased, RegistrationFailed]
+    assert events[-1].status == 408 and ue.state is UeState.FAILED
+
+
+def test_unanswered_challenge_answers_are_counted_from_the_last_registration():
+    """Two answers unanswered, then a registration; its refresh times out and the
+    initial registration that follows (§5.1.1.4.1) has its three again."""
+    from imsaka.ue.core import RegisteringAnew
+
+    ue = _ue_with_ports(iter([(2468 + 2 * i, 1357) for i in range(12)]), 3)
+    (send,) = ue.register(0.0)
+    now, sqn = 1.0, 1
+
+    def answer_then_silence(send):
+        nonlocal now, sqn
+        sqn += 32
+        resp, _vec, _ = challenge(send.request, sqn=sqn)
+        (_up, answer) = ue.receive(resp, now)
+        now += 40
+        return answer, ue.transaction_timeout(now)
+
+    for _ in range(2):
+        _answer_sent, events = answer_then_silence(send)
+        assert isinstance(events[0], RegisteringAnew) and events[0].unanswered
+        send = events[-1]
+    sqn += 32
+    resp, _vec, _ = challenge(send.request, sqn=sqn)
+    (_up, answer) = ue.receive(resp, now)
+    ok = make_response(
+        answer.request,
+        200,
+        to_tag="5ef4",
+        headers=[("Contact", "<sip:127.0.0.1:1357>;expires=1200")],
+    )
+    ue.receive(parse_message(ok.to_bytes()), now + 1)
+    assert ue.state is UeState.REGISTERED
+    now += 700  # (the refresh is due 600 s after the REGISTER went)
+    (_refresh,) = ue.handle_timer(now)
+    now += 32
+    events = ue.transaction_timeout(now)
+    assert isinstance(events[0], RegisteringAnew) and not events[0].unanswered
+    send = events[-1]
+    for _ in range(3):
+        _answer_sent, events = answer_then_silence(send)
+        assert isinstance(events[0], RegisteringAnew) and events[0].unanswered, events
+        send = events[-1]
+    _answer_sent, events = answer_then_silence(send)
+    assert isinstance(events[-1], RegistrationFailed) and events[-1].status == 408

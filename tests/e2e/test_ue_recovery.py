@@ -125,3 +125,51 @@ def test_the_cli_keeps_a_staying_ue_registered_unless_the_file_says_otherwise(tm
     finally:
         cli._register = original
     assert seen == [cli.STAY_RECOVERY_BASE_TIME, None, 0]
+
+
+async def test_a_registration_ended_before_the_ue_heard_of_it_is_made_again(
+    home_network, subscribers
+):
+    """Every 200 OK to the UE's answer to its challenge is lost, and before one gets
+    through the operator ends the registration (RTR): the P-CSCF, told by its reg-event
+    NOTIFY, lets the set go (the UE has no subscription yet to be told over it), so the
+    REGISTER's retransmissions over it are dropped and its transaction runs out. The UE
+    starts a new registration at once (TS 33.203 O.3.1.4) and is registered again,
+    with no `recovery_base_time`. Before, it failed with 408 (lifecycle chaos seed
+    11102, `--devices 2 --scscf-moves`)."""
+    net = home_network
+    sub = subscribers[2]
+    seen: list[object] = []
+    lost: list[bytes] = []
+    async with UeClient(net.ue_config(sub), observers=[net.trace], timers=FAST) as ue:
+        ue.on_event = seen.append
+        take = ue.backend.on_message
+        ended = asyncio.Event()
+
+        def losing_the_200(msg) -> None:
+            if (
+                not ended.is_set()
+                and msg.data.startswith(b"SIP/2.0 200")
+                and b" REGISTER\r\n" in msg.data
+            ):
+                lost.append(msg.data)
+                return
+            take(msg)
+
+        ue.backend.on_message = losing_the_200
+        attempt = asyncio.ensure_future(ue.register(20))
+        pcscf = net.pcscf.core
+        assert await eventually(lambda: bool(lost), timeout=5)
+        answer = await net.hss.deregister_impi(sub.impi)
+        assert answer.get("ok"), answer
+        assert await eventually(lambda: sub.impi not in pcscf.registrations, timeout=5)
+        ended.set()
+        result = await attempt
+        assert result.ok, result
+        anew = [e for e in seen if isinstance(e, RegisteringAnew)]
+        assert len(anew) == 1 and anew[0].unanswered, seen
+        assert not [e for e in seen if isinstance(e, RegistrationFailed)]
+        assert pcscf.counters["network-deregistered"] == 1
+        census = net.pcscf.census()
+        assert census["registrations"] == 1 and census["sa_sets"] == 1, census
+        assert (await ue.deregister(10)).ok

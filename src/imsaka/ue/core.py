@@ -25,6 +25,10 @@ its registration is terminated (contact event ``rejected``, ``deactivated``, ...
 the registration and its SAs; after ``deactivated`` a new initial registration starts
 (§5.1.1.7). A ``shortened`` contact moves the re-registration before the new expiry.
 
+An answer to a challenge that gets no reply before its transaction ends starts a new
+registration procedure at once (TS 33.203 O.3.1.4), `max_retries` times in a row at
+most; so does a re-registration that fails (§5.1.1.4.1).
+
 With `UeConfig.recovery_base_time` set, an attempt that failed for a reason that may
 pass (no answer, 408, 480, 5xx, 600) is followed, after RFC 5626 §4.5's randomised
 exponential back-off, by a new initial registration, as a phone keeps itself
@@ -273,10 +277,12 @@ class RecoveryScheduled:
 
 @dataclass(frozen=True, slots=True)
 class RegisteringAnew:
-    """A re-registration failed (`reason`); an initial registration follows at once
-    (TS 24.229 §5.1.1.4.1), its events after this one."""
+    """A re-registration failed (`reason`; TS 24.229 §5.1.1.4.1), or the answer to
+    the challenge of an initial one got no reply (`unanswered`; TS 33.203 O.3.1.4): an
+    initial registration follows at once, its events after this one."""
 
     reason: str
+    unanswered: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -532,6 +538,7 @@ class UeRegistration:
         self.auth_rounds = 0
         self.retries = 0  # Retry-After waits of the current attempt
         self.recoveries = 0  # failed attempts in a row (RFC 5626 §4.5 consecutive-failures)
+        self._unanswered = 0  # challenge answers in a row that got no reply
         self._retrying_deregister = False  # the wait is for a de-REGISTER
         # The reg-event NOTIFY ended our contact while our de-REGISTER was open: the
         # de-registration took effect, whatever answer the de-REGISTER itself gets.
@@ -553,6 +560,7 @@ class UeRegistration:
         """Start the initial registration (or a refresh when registered)."""
         if self.state is not UeState.WAITING_RETRY:
             self.retries = 0
+        self._unanswered = 0
         return self._dispatch(_Input.REGISTER, None, now)
 
     def deregister(self, now: float) -> list[Event]:
@@ -845,7 +853,26 @@ class UeRegistration:
         reason = "no response from the network (transaction timeout)"
         if self.sa is not None:
             return self._register_anew(reason, now)
+        if self.state is UeState.RESPONSE_SENT and self._unanswered < self.config.max_retries:
+            return self._register_again_unanswered(reason, now)
         return self._fail(reason, 408) + self._recover(408, now)
+
+    def _register_again_unanswered(self, reason: str, now: float) -> list[Event]:
+        """The answer to the challenge of an initial registration got no reply: a new
+        registration procedure starts at once, as TS 33.203 O.3.1.4 asks of a UE that
+        still wants IM services (its words are the TLS annex's; the IPsec clause was
+        not retrievable here), at most `max_retries` times in a row. The registration
+        may well have been made and its 200 OK lost, then ended by the network before
+        the UE could hear of it (the P-CSCF let the set go, and the REGISTER's
+        retransmissions over it went unanswered): before, such a UE gave up with 408
+        (chaos seed 11102)."""
+        self._unanswered += 1
+        log.warning(
+            "ue %s: no reply to the answer to the challenge (%s): registering anew",
+            self.config.impi,
+            reason,
+        )
+        return [RegisteringAnew(reason, unanswered=True), *self._start_initial(None, now)]
 
     def _on_reject(self, resp: Response | None, now: float) -> list[Event]:
         assert resp is not None
@@ -1171,6 +1198,7 @@ class UeRegistration:
             events.append(SecurityAssociationsEstablished(self.sa, expires + 30.0))
         self.retries = 0
         self.recoveries = 0
+        self._unanswered = 0
         self._pending = None
         self.state = UeState.REGISTERED
         self._deactivated_since_registered = False
