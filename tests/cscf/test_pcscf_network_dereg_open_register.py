@@ -23,6 +23,7 @@ from imsaka.cscf.pcscf import (
 from imsaka.sip import make_response, parse_message
 from tests.cscf.test_pcscf_dialog_routing import (
     ICSCF,
+    IMPU,
     SCSCF,
     SERVICE_ROUTE,
     UE_C,
@@ -362,3 +363,64 @@ def test_the_answered_end_of_an_earlier_subscription_leaves_this_registration():
     own = scscf_notify("terminated;reason=rejected", branch="z9hG4bKown", cseq=3, body=ended)
     out = relayed_and_answered(p, inst, own, 6.0)
     assert any(isinstance(a, ReleaseSecurityAssociations) for a in out)
+
+
+def _two_devices_reginfo(ue_state: str) -> bytes:
+    """The S-CSCF's reginfo after the network ended this UE's registration while
+    another device (IMPI) keeps the IMPU registered: the registration active, this
+    UE's contact `ue_state`, the other's active."""
+    return (
+        '<?xml version="1.0"?>\n'
+        '<reginfo xmlns="urn:ietf:params:xml:ns:reginfo" version="2" state="full">\n'
+        f'  <registration aor="{IMPU}" id="r0" state="active">\n'
+        f'    <contact id="c0" state="{ue_state}" event="rejected">\n'
+        "      <uri>sip:127.0.0.1:1357</uri>\n"
+        "    </contact>\n"
+        '    <contact id="c1" state="active" event="registered">\n'
+        "      <uri>sip:127.0.0.1:2468</uri>\n"
+        "    </contact>\n"
+        "  </registration>\n"
+        "</reginfo>\n"
+    ).encode()
+
+
+def test_the_ues_own_notify_listing_its_contact_ended_goes_over_the_held_set():
+    """As above, but another device keeps the IMPU registered: the UE's own NOTIFY
+    keeps its subscription active and lists this UE's contact terminated (RTR of this
+    IMPI only). It is the end of this UE's registration all the same, and goes over
+    the held set (before: 404, and the UE never heard of its end; lifecycle chaos
+    `--devices 2 --scscf-moves`, seed 11106). One listing only the other device's
+    contact ended is not taken."""
+    p, inst, acts = registered()
+    subscribe_through(p, inst)
+    _, fwd = _open_re_register(p, inst, 8.0)
+    p.receive_request(
+        _own_terminated_notify(p, acts, "active;expires=600", _two_devices_reginfo("terminated")),
+        Arrival(SCSCF),
+        8.05,
+    )
+    out = p.receive_response(_ok(fwd), ICSCF, 8.1)
+    assert _sets(out) == [("HoldSecurityAssociations", inst.sa.spi_ps)]
+    assert p.stats()["registrations"] == 0
+    other_ended = _two_devices_reginfo("active").replace(
+        b'state="active" event="registered"', b'state="terminated" event="rejected"'
+    )
+    (refused,) = p.receive_request(
+        scscf_notify("active;expires=60", branch="z9hG4bKnotify2", cseq=2, body=other_ended),
+        Arrival(SCSCF),
+        8.5,
+    )
+    assert isinstance(refused, Reply) and refused.message.status == 404
+    (notify,) = p.receive_request(
+        scscf_notify(
+            "active;expires=60",
+            branch="z9hG4bKnotify3",
+            cseq=3,
+            body=_two_devices_reginfo("terminated"),
+        ),
+        Arrival(SCSCF),
+        8.6,
+    )
+    assert isinstance(notify, Reply) and notify.message.method == "NOTIFY"
+    assert notify.spi == inst.sa.spi_us and notify.destination == UE_S
+    assert p.counters["terminating-end-over-held-set"] == 1

@@ -495,6 +495,7 @@ class _Grace:
 
     __slots__ = (
         "branch",
+        "contact",
         "final_data",
         "impi",
         "key",
@@ -513,6 +514,8 @@ class _Grace:
         self.reason = reason
         self.key = f"{HELD}{sa.spi_ps}"
         self.scheduled: float | None = None
+        # the Contact its registration had, when the network ended it ("": not known)
+        self.contact = ""
 
 
 # What follows `branch=` in our own Via as it comes back in a response: the branch we
@@ -1809,28 +1812,30 @@ class PcscfCore:
         # protected UE's names port-s: its requests in the clear stay `_other_request`'s.
         own_route = bool(routes) and self._names_us(routes[0].uri, core_side=True)
         reg, sa, contact = self._served(request.uri)
-        ending = (
-            request.method == "NOTIFY"
-            and _event_package(request) == "reg"
-            and (
-                (request.get("Subscription-State") or "").lstrip().lower().startswith("terminated")
-                # The registration reported ended while the subscription stays active
-                # (Kamailio's S-CSCF ends it so): the UE is told all the same (§5.1.1.7).
-                or _tells_end(request.body, reg)
-            )
+        reg_notify = request.method == "NOTIFY" and _event_package(request) == "reg"
+        ending = reg_notify and (
+            (request.get("Subscription-State") or "").lstrip().lower().startswith("terminated")
+            # The registration reported ended while the subscription stays active
+            # (Kamailio's S-CSCF ends it so): the UE is told all the same (§5.1.1.7).
+            or _tells_end(request.body, reg)
         )
         if reg is not None and contact is not None:
             impi = reg.impi
         else:
             if not own_route or self._clear_ue(arrival.source) is not None:
                 return None
-            held = self._ended_by_network(request.uri) if ending else None
+            held = self._ended_by_network(request.uri) if reg_notify else None
+            if held is not None and not ending and not _lists_ended(request.body, held.contact):
+                held = None  # (what is not the end of its registration waits for no UE)
             if held is None:
                 self.counters["terminating-not-registered"] += 1
                 return [self._reply(request, arrival, 404, "Not Found (no registered UE there)")]
             # The UE's own terminated NOTIFY after the network ended its registration
             # while a REGISTER was open (its answer went first, then the set was held):
             # the one message that tells the UE (TS 24.229 §5.1.1.7) goes over that set.
+            # So does an active one that lists its contact terminated (another device
+            # keeps the IMPU registered): before 2026-11-29 (tenth session) it got 404
+            # and the UE never heard (lifecycle chaos --devices 2, seed 11106).
             impi, sa, contact = held.impi, held.sa, (held.sa.ue_host, held.sa.port_us)
             self.counters["terminating-end-over-held-set"] += 1
         try:
@@ -3292,6 +3297,7 @@ class PcscfCore:
         for spi in sa.inbound_spis:
             self._grace_by_spi[spi] = grace
         if reason == NETWORK_TERMINATED:
+            grace.contact = reg.contact
             self._grace_by_contact[(sa.ue_host, sa.port_us)] = grace
         self._watch(grace.release_at, grace.key)
         return HoldSecurityAssociations(sa, grace.release_at)
@@ -3722,10 +3728,21 @@ def _tells_end(body: bytes, reg: Registration | None) -> bool:
     return needle is not None and b'state="terminated"' in body and _contact_ended(body, needle)
 
 
+def _lists_ended(body: bytes, contact: str) -> bool:
+    """Whether reginfo `body` lists `contact` (a Contact header value) as a terminated
+    contact; False when `contact` is not known."""
+    needle = _uri_needle(contact)
+    return needle is not None and b'state="terminated"' in body and _contact_ended(body, needle)
+
+
 def _contact_needle(reg: Registration) -> bytes | None:
     """The <uri> element of reginfo (RFC 3680 §5.3) that lists the contact `reg`
     registered (the Contact of its 200 OK); None when that is not known."""
-    text = reg.contact
+    return _uri_needle(reg.contact)
+
+
+def _uri_needle(text: str) -> bytes | None:
+    """The <uri> element of reginfo that lists the contact of Contact value `text`."""
     start = text.find("<")
     end = text.find(">", start + 1)
     if start < 0 or end < 0:
