@@ -304,3 +304,38 @@ def test_another_devices_end_answered_by_this_ue_is_not_its_end():
     assert not any(isinstance(a, ReleaseSecurityAssociations) for a in out)
     assert p.stats()["registrations"] == 1 and not p.registrations[IMPI].release_at
     assert p.counters["network-deregistration-seen-in-ue-notify"] == 0
+
+
+def test_the_end_of_the_ues_subscription_at_the_scscf_it_left_is_not_its_end():
+    """The UE re-registered at another S-CSCF (the I-CSCF chose anew); the one it
+    left, told by the HSS (RTR NEW_SERVER_ASSIGNED), ends the UE's own reg-event
+    subscription there, its reginfo listing this UE's contact terminated. The UE
+    answers it (and subscribes anew along its new Service-Route): the registration it
+    holds at the new S-CSCF and its SAs stay. Before 2026-11-29 (tenth session) that
+    answer ended them here, and everything the UE sent over its set afterwards was
+    dropped (lifecycle chaos --devices 2 --scscf-moves, seed 11102). The same NOTIFY
+    from the S-CSCF that serves the registration still ends it."""
+    from tests.cscf.test_pcscf_dialog_routing import (
+        registered,
+        relayed_and_answered,
+        scscf_notify,
+        subscribe_through,
+    )
+
+    state, body = "terminated;reason=deactivated", reginfo("terminated", "deactivated")
+    p, inst, _acts = registered()
+    subscribe_through(p, inst)
+    _re_registered_at(p, inst, OTHER_ROUTE, 100.0)
+    notify = scscf_notify(state, branch="z9hG4bKnotify2", cseq=2, body=body)
+    out = relayed_and_answered(p, inst, notify, 101.0)
+    assert not any(isinstance(a, ReleaseSecurityAssociations) for a in out)
+    assert p.stats()["registrations"] == 1 and not p.registrations[IMPI].release_at
+    assert p.counters["network-deregistration-seen-in-ue-notify"] == 0
+    assert p.counters["end-from-an-scscf-left-answered"] == 1
+
+    p, inst, _acts = registered()
+    subscribe_through(p, inst)
+    notify = scscf_notify(state, branch="z9hG4bKnotify2", cseq=2, body=body)
+    relayed_and_answered(p, inst, notify, 101.0)
+    assert p.counters["network-deregistration-seen-in-ue-notify"] == 1
+    assert p.stats()["registrations"] == 0

@@ -2403,6 +2403,7 @@ class PcscfCore:
                     reg.state is RegState.REGISTERED
                     and pending.forward is not None
                     and _tells_end(pending.forward.message.body, reg)
+                    and not self._from_an_scscf_left(pending.arrival, reg)
                 ):
                     # The S-CSCF's word that the registration ended, answered by the UE,
                     # before our own NOTIFY (late, or none: our SUBSCRIBE refused when
@@ -2410,6 +2411,25 @@ class PcscfCore:
                     self.counters["network-deregistration-seen-in-ue-notify"] += 1
                     actions += self._network_end(reg, now)
         return actions
+
+    def _from_an_scscf_left(self, arrival: Arrival, reg: Registration) -> bool:
+        """Whether a request taken to the UE of `reg` came from an S-CSCF other than the
+        one its Service-Route leads to (nor an instance of it): the one the user moved
+        from (the I-CSCF chose anew, TS 24.229 §5.3.1.2), whose end of the UE's
+        subscription there tells nothing of the registration the UE now holds at the
+        new one. Before 2026-11-29 (tenth session) the UE's answer to it ended that
+        registration here, SAs and all (lifecycle chaos --devices 2 --scscf-moves, seed
+        11102). Over TCP a node sends from any port: its host alone is compared."""
+        serving = self._route_address(reg.service_route)
+        source = arrival.source
+        if serving is None or source == serving:
+            return False
+        if arrival.transport != "udp" and source[0] == serving[0]:
+            return False
+        if source in self._siblings.get(serving, ()):
+            return False
+        self.counters["end-from-an-scscf-left-answered"] += 1
+        return True
 
     def _of_another_subscription(self, sent: Any, reg: Registration) -> bool:
         """Whether the NOTIFY `sent` (a `Reply`) is of another dialog than `reg`'s UE
