@@ -478,6 +478,35 @@ def test_a_refused_subscribe_ends_it_and_a_refused_refresh_waits_for_the_expiry(
     assert ue.next_deadline() == pytest.approx(SENT + 6600)
 
 
+def test_a_new_subscription_refused_not_registered_registers_anew():
+    """The S-CSCF answers the UE's first SUBSCRIBE 480 (it holds no registration of
+    the IMPU: the network ended this one before the UE could be told over a
+    subscription). The UE registers anew at once (its set released, an initial
+    REGISTER in the clear), with or without `recovery_base_time`; before, it stayed
+    without a subscription until its refresh ran out (lifecycle chaos --devices 2
+    --scscf-moves, seed 11101). At most `max_retries` times in a row; a 480 to a
+    refresh of a subscription that stands waits for its expiry, as before."""
+    from imsaka.ue.core import RegisteringAnew
+
+    ue, sub, _ = registered()
+    sa = ue.sa
+    not_registered = make_response(sub, 480, "Temporarily Unavailable (not registered)")
+    events = ue.receive(wire(not_registered), 2.5)
+    assert [type(e) for e in events] == [
+        SubscriptionEnded,
+        RegisteringAnew,
+        SecurityAssociationsReleased,
+        SendRequest,
+    ]
+    assert events[2].sa is sa and ue.sa is None
+    assert not events[-1].protected and events[-1].request.method == "REGISTER"
+    assert ue.state is UeState.UNPROTECTED_SENT
+    ue, sub, _ = registered(max_retries=0)
+    refused = ue.receive(wire(make_response(sub, 480, "Temporarily Unavailable")), 2.5)
+    assert refused == [SubscriptionEnded("480 Temporarily Unavailable")]
+    assert ue.state is UeState.REGISTERED
+
+
 # ------------------------------------------- keeping the subscription (recovery_base_time)
 
 

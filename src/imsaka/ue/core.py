@@ -27,7 +27,8 @@ the registration and its SAs; after ``deactivated`` a new initial registration s
 
 An answer to a challenge that gets no reply before its transaction ends starts a new
 registration procedure at once (TS 33.203 O.3.1.4), `max_retries` times in a row at
-most; so does a re-registration that fails (§5.1.1.4.1).
+most; so does a re-registration that fails (§5.1.1.4.1), and a first reg-event
+SUBSCRIBE answered 480 (the S-CSCF holds no registration of the IMPU).
 
 With `UeConfig.recovery_base_time` set, an attempt that failed for a reason that may
 pass (no answer, 408, 480, 5xx, 600) is followed, after RFC 5626 §4.5's randomised
@@ -364,7 +365,9 @@ _RECOVERABLE = frozenset({408, 480, 600, *range(500, 600)})
 _MAX_DOUBLINGS = 16
 # Answers to a reg-event SUBSCRIBE after which a UE with `recovery_base_time` that is
 # still registered subscribes again later: the notifier lost the dialog (404, 481) or
-# cannot answer now (408, 480, 5xx). 403 and 489 are final.
+# cannot answer now (408, 480, 5xx). 403 and 489 are final. (A 480 to a new
+# subscription says the registration is gone: the UE registers anew instead,
+# `_subscribe_failed`.)
 _RESUBSCRIBE_AFTER = frozenset({404, 408, 480, 481, *range(500, 600)})
 # Subscription-State reasons of a terminated NOTIFY that invite a new subscription
 # (RFC 6665 §4.2.2); "rejected" and "noresource" do not.
@@ -1425,6 +1428,30 @@ class UeRegistration:
         lost = status == 481 and bool(sub.remote_tag) and not self._sub_failures
         self._drop_subscription()
         log.info("ue %s: reg-event subscription ended: %s", self.config.impi, reason)
+        if (
+            status == 480
+            and not sub.remote_tag
+            and self.state is UeState.REGISTERED
+            and self.sa is not None
+            and self._sub_failures < self.config.max_retries
+        ):
+            # A new subscription refused "not registered" (the S-CSCF answers 480 for an
+            # IMPU it holds no registration of): the network ended this registration
+            # before the UE could be told over a subscription (its other device moved
+            # the user to another S-CSCF, which told this one to register again, while
+            # this SUBSCRIBE went to the one before). The UE registers anew at once, as
+            # after a refresh that fails (§5.1.1.4.1); before 2026-11-29 it stayed
+            # without a subscription until its refresh ran out over the set the P-CSCF
+            # had let go (lifecycle chaos --devices 2 --scscf-moves, seed 11101).
+            self._sub_failures += 1
+            why = f"reg-event SUBSCRIBE answered {reason}"
+            log.warning("ue %s: %s: registering anew", self.config.impi, why)
+            self.retries = 0
+            return [
+                SubscriptionEnded(reason),
+                RegisteringAnew(why),
+                *self._start_initial(None, now),
+            ]
         if status in _RESUBSCRIBE_AFTER:
             # The notifier no longer holds the dialog of a refresh (RFC 6665 §4.1.2.2:
             # restarted, or another instance of it got the refresh): a new one at
