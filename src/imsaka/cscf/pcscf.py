@@ -2422,11 +2422,9 @@ class PcscfCore:
         11102). Over TCP a node sends from any port: its host alone is compared."""
         serving = self._route_address(reg.service_route)
         source = arrival.source
-        if serving is None or source == serving:
+        if serving is None or self._same_node(serving, source):
             return False
         if arrival.transport != "udp" and source[0] == serving[0]:
-            return False
-        if source in self._siblings.get(serving, ()):
             return False
         self.counters["end-from-an-scscf-left-answered"] += 1
         return True
@@ -2770,7 +2768,12 @@ class PcscfCore:
         first, then = self._route_address(before), self._route_address(after)
         if first is None or then is None:
             return before == after
-        return first == then or then in self._siblings.get(first, ())
+        return self._same_node(first, then)
+
+    def _same_node(self, one: Address, other: Address) -> bool:
+        """Whether addresses `one` and `other` are one S-CSCF: the same, or instances
+        of one (`_siblings`)."""
+        return one == other or other in self._siblings.get(one, ())
 
     def _route_address(self, route: tuple[str, ...]) -> Address | None:
         """The address of the first entry of Service-Route `route` (its S-CSCF)."""
@@ -3745,13 +3748,18 @@ def _tells_end(body: bytes, reg: Registration | None) -> bool:
         return False
     if _reginfo_ended(body):
         return True
-    return needle is not None and b'state="terminated"' in body and _contact_ended(body, needle)
+    return _needle_ended(body, needle)
 
 
 def _lists_ended(body: bytes, contact: str) -> bool:
     """Whether reginfo `body` lists `contact` (a Contact header value) as a terminated
     contact; False when `contact` is not known."""
-    needle = _uri_needle(contact)
+    return _needle_ended(body, _uri_needle(contact))
+
+
+def _needle_ended(body: bytes, needle: bytes | None) -> bool:
+    """Whether reginfo `body` lists the contact whose <uri> is `needle` (None: not
+    known, False) as terminated."""
     return needle is not None and b'state="terminated"' in body and _contact_ended(body, needle)
 
 

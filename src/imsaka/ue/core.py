@@ -870,12 +870,8 @@ class UeRegistration:
         retransmissions over it went unanswered): before, such a UE gave up with 408
         (chaos seed 11102)."""
         self._unanswered += 1
-        log.warning(
-            "ue %s: no reply to the answer to the challenge (%s): registering anew",
-            self.config.impi,
-            reason,
-        )
-        return [RegisteringAnew(reason, unanswered=True), *self._start_initial(None, now)]
+        what = "no reply to the answer to the challenge"
+        return self._register_anew(reason, now, what=what, unanswered=True)
 
     def _on_reject(self, resp: Response | None, now: float) -> list[Event]:
         assert resp is not None
@@ -917,17 +913,23 @@ class UeRegistration:
         )
         return [RecoveryScheduled(status, after, now + after, self.recoveries)]
 
-    def _register_anew(self, reason: str, now: float) -> list[Event]:
+    def _register_anew(
+        self,
+        reason: str,
+        now: float,
+        *,
+        what: str = "re-registration failed",
+        unanswered: bool = False,
+    ) -> list[Event]:
         """A re-registration (an established set is in force: this attempt refreshes
         it, challenged or not) that timed out or was answered 408, 494, 500 or 504 is
         followed by an initial registration (TS 24.229 §5.1.1.4.1): the P-CSCF may
         have lost the SAs (a restart) or the registration may be gone, and the old set
-        is not to be trusted again. The initial registration's own failure ends it."""
-        log.warning(
-            "ue %s: re-registration failed (%s): registering anew", self.config.impi, reason
-        )
+        is not to be trusted again. The initial registration's own failure ends it.
+        `what` (logged) and `unanswered` (`RegisteringAnew`) for the other ways here."""
+        log.warning("ue %s: %s (%s): registering anew", self.config.impi, what, reason)
         self.retries = 0
-        return [RegisteringAnew(reason), *self._start_initial(None, now)]
+        return [RegisteringAnew(reason, unanswered), *self._start_initial(None, now)]
 
     def _retry_after(self, resp: Response) -> int | None:
         """The wait a refusal for now asks for (480/500/503/504 with Retry-After), when
@@ -1445,12 +1447,9 @@ class UeRegistration:
             # had let go (lifecycle chaos --devices 2 --scscf-moves, seed 11101).
             self._sub_failures += 1
             why = f"reg-event SUBSCRIBE answered {reason}"
-            log.warning("ue %s: %s: registering anew", self.config.impi, why)
-            self.retries = 0
             return [
                 SubscriptionEnded(reason),
-                RegisteringAnew(why),
-                *self._start_initial(None, now),
+                *self._register_anew(why, now, what="not registered"),
             ]
         if status in _RESUBSCRIBE_AFTER:
             # The notifier no longer holds the dialog of a refresh (RFC 6665 §4.1.2.2:
