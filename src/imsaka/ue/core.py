@@ -1440,11 +1440,11 @@ class UeRegistration:
             # A new subscription refused "not registered" (the S-CSCF answers 480 for an
             # IMPU it holds no registration of): the network ended this registration
             # before the UE could be told over a subscription (its other device moved
-            # the user to another S-CSCF, which told this one to register again, while
-            # this SUBSCRIBE went to the one before). The UE registers anew at once, as
-            # after a refresh that fails (§5.1.1.4.1); before 2026-11-29 it stayed
-            # without a subscription until its refresh ran out over the set the P-CSCF
-            # had let go (lifecycle chaos --devices 2 --scscf-moves, seed 11101).
+            # the user to another S-CSCF, and the one it left, which this SUBSCRIBE
+            # reached, told this device to register again). The UE registers anew at
+            # once, as after a refresh that fails (§5.1.1.4.1); before 2026-11-29 it
+            # stayed without a subscription until its refresh ran out over the set the
+            # P-CSCF had let go (lifecycle chaos --devices 2 --scscf-moves, seed 11101).
             self._sub_failures += 1
             why = f"reg-event SUBSCRIBE answered {reason}"
             return [
