@@ -659,6 +659,7 @@ def test_an_initial_registration_whose_challenge_answer_gets_no_reply_starts_aga
             SendRequest,
         ]
         assert events[0].unanswered and events[1].sa is temporary
+        assert events[0].what == "no reply to the answer to the challenge"
         send = events[-1]
         assert not send.protected and send.request.call_id not in call_ids
         assert send.request.get("Authorization").count('response=""') == 1

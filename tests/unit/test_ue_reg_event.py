@@ -501,6 +501,9 @@ def test_a_new_subscription_refused_not_registered_registers_anew():
     assert events[2].sa is sa and ue.sa is None
     assert not events[-1].protected and events[-1].request.method == "REGISTER"
     assert ue.state is UeState.UNPROTECTED_SENT
+    # what a person reads (`imsaka ue register`): not "re-registration failed"
+    assert not events[1].unanswered
+    assert events[1].what == "the network no longer holds the registration"
     ue, sub, _ = registered(max_retries=0)
     refused = ue.receive(wire(make_response(sub, 480, "Temporarily Unavailable")), 2.5)
     assert refused == [SubscriptionEnded("480 Temporarily Unavailable")]

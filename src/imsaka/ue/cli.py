@@ -109,12 +109,7 @@ async def _register(config, args: argparse.Namespace) -> int:
             print(str(event) + (": registering again" if event.reregistering else ""))
         elif isinstance(event, RegisteringAnew):
             lost = True
-            what = (
-                "no reply to the challenge's answer"
-                if event.unanswered
-                else "re-registration failed"
-            )
-            print(f"{what} ({event.reason}): registering anew", flush=True)
+            print(f"{event.what} ({event.reason}): registering anew", flush=True)
         elif isinstance(event, RegistrationFailed) and registered_once:
             print(f"registration failed: {event.reason}", flush=True)
         elif isinstance(event, RecoveryScheduled):

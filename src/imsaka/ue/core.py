@@ -278,12 +278,14 @@ class RecoveryScheduled:
 
 @dataclass(frozen=True, slots=True)
 class RegisteringAnew:
-    """A re-registration failed (`reason`; TS 24.229 §5.1.1.4.1), or the answer to
-    the challenge of an initial one got no reply (`unanswered`; TS 33.203 O.3.1.4): an
-    initial registration follows at once, its events after this one."""
+    """A re-registration failed (`reason`; TS 24.229 §5.1.1.4.1), the answer to the
+    challenge of an initial one got no reply (`unanswered`; TS 33.203 O.3.1.4), or a
+    new reg-event subscription was refused "not registered": an initial registration
+    follows at once, its events after this one. `what` says which, for people."""
 
     reason: str
     unanswered: bool = False
+    what: str = "re-registration failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -929,7 +931,7 @@ class UeRegistration:
         `what` (logged) and `unanswered` (`RegisteringAnew`) for the other ways here."""
         log.warning("ue %s: %s (%s): registering anew", self.config.impi, what, reason)
         self.retries = 0
-        return [RegisteringAnew(reason, unanswered), *self._start_initial(None, now)]
+        return [RegisteringAnew(reason, unanswered, what), *self._start_initial(None, now)]
 
     def _retry_after(self, resp: Response) -> int | None:
         """The wait a refusal for now asks for (480/500/503/504 with Retry-After), when
@@ -1449,7 +1451,7 @@ class UeRegistration:
             why = f"reg-event SUBSCRIBE answered {reason}"
             return [
                 SubscriptionEnded(reason),
-                *self._register_anew(why, now, what="not registered"),
+                *self._register_anew(why, now, what="the network no longer holds the registration"),
             ]
         if status in _RESUBSCRIBE_AFTER:
             # The notifier no longer holds the dialog of a refresh (RFC 6665 §4.1.2.2:
