@@ -55,6 +55,7 @@ from imsaka.ue.core import (
     Subscribed,
     SubscriptionEnded,
     UeRegistration,
+    UeState,
 )
 from imsaka.ue.regevent import SubState
 from imsaka.wire import Observer
@@ -62,6 +63,11 @@ from imsaka.wire import Observer
 log = logging.getLogger(__name__)
 
 __all__ = ["UeClient", "UeResult"]
+
+# A registration under way: its 2xx makes a reg-event subscription (`wait_subscribed`).
+_REGISTERING = frozenset(
+    (UeState.UNPROTECTED_SENT, UeState.RESPONSE_SENT, UeState.REREGISTERING, UeState.WAITING_RETRY)
+)
 
 
 @dataclass(slots=True)
@@ -571,18 +577,21 @@ class UeClient:
 
     async def wait_subscribed(self, timeout: float = 5.0) -> bool:
         """Wait until `subscribed` (True), or it cannot be any more (no subscription and
-        none planned) or `timeout` passed."""
-        return (
-            await self._wait_for(
-                lambda: (
-                    self.subscribed
-                    or self.core is None
-                    or (self.core.subscription is None and self.core.resubscribe_at is None)
-                ),
-                timeout,
-            )
-            and self.subscribed
-        )
+        none planned, nor a registration under way whose 2xx would make one) or
+        `timeout` passed."""
+        return await self._wait_for(
+            lambda: self.subscribed or not self._may_subscribe(), timeout
+        ) and (self.subscribed)
+
+    def _may_subscribe(self) -> bool:
+        """Whether a reg-event subscription is open, planned, or follows a registration
+        under way (one made anew after a refused SUBSCRIBE, say: TS 24.229 §5.1.1.3)."""
+        core = self.core
+        if core is None:
+            return False
+        if core.subscription is not None or core.resubscribe_at is not None:
+            return True
+        return core.config.subscribe_reg_event and core.state in _REGISTERING
 
     async def wait_network_deregistration(self, timeout: float = 5.0) -> str:
         """Wait for a network-initiated de-registration; its event ("" at the timeout)."""
