@@ -304,8 +304,29 @@ def _ladder(net: Network, impi: str, ue_name: str, logs: _Logs) -> str:
             lines.append(
                 f"{rec.time:.3f} {rec.src_name}->{rec.dst_name} spi={rec.esp_spi} "
                 f"{rec.summary} | {h.get('CSeq', '')} | {h.get('Via', '')[:90]}"
+                + _notify_says(h, rec.payload)
             )
     return "\n".join(sorted(lines)) + "\n"
+
+
+_REGINFO_CONTACT = re.compile(
+    rb'<contact [^>]*?state="(\w+)"[^>]*?event="(\w+)"[^>]*>\s*<uri>([^<]*)</uri>'
+)
+
+
+def _notify_says(headers: dict[str, str], payload: bytes) -> str:
+    """A reg-event NOTIFY's Subscription-State and its reginfo's registration and
+    contacts (state/event uri), for the ladder: what the UE and the P-CSCF were told."""
+    state = headers.get("Subscription-State")
+    if state is None:
+        return ""
+    body = payload.partition(b"\r\n\r\n")[2]
+    reg = re.search(rb'<registration [^>]*?state="(\w+)"', body)
+    contacts = ", ".join(
+        f"{m[1].decode()}/{m[2].decode()} {m[3].decode()}" for m in _REGINFO_CONTACT.finditer(body)
+    )
+    told = f"reg {reg[1].decode()}: {contacts}" if reg else "no reginfo"
+    return f" | {state} | {told}"
 
 
 async def run(
