@@ -19,6 +19,7 @@ from tests.cscf.test_pcscf_dialog_routing import (
     IMPU,
     SCSCF,
     SERVICE_ROUTE,
+    UE_C,
     _own_terminated_notify,
     _reparse,
     reginfo,
@@ -338,4 +339,70 @@ def test_the_end_of_the_ues_subscription_at_the_scscf_it_left_is_not_its_end():
     notify = scscf_notify(state, branch="z9hG4bKnotify2", cseq=2, body=body)
     relayed_and_answered(p, inst, notify, 101.0)
     assert p.counters["network-deregistration-seen-in-ue-notify"] == 1
+    assert p.stats()["registrations"] == 0
+
+
+def test_the_ues_answer_to_the_end_at_the_scscf_it_left_does_not_release_a_network_end():
+    """The UE moved to another S-CSCF; the operator's RTR ends its registration there
+    at once, before the UE's own subscription followed it: the P-CSCF's NOTIFY from the
+    new S-CSCF ("rejected") waits for the UE's terminated NOTIFY (TS 24.229 §5.2.3).
+    Meanwhile the S-CSCF it left (RTR NEW_SERVER_ASSIGNED) ends the UE's subscription
+    there, and the UE answers that. That answer is not the UE learning of the end: the
+    SAs stay, so the UE's new SUBSCRIBE along its new Service-Route reaches the new
+    S-CSCF and its answer (480: nothing registered) comes back to the UE, which then
+    registers anew at once; the SAs go at Timer F after the P-CSCF's NOTIFY. Before
+    2026-11-29 (eleventh session) they went on that answer, the UE's SUBSCRIBE was
+    dropped and the UE learnt of the end only when its refresh ran out, 45 s later
+    (lifecycle chaos --scscf-moves, seed 11202)."""
+    from tests.cscf.test_pcscf_dialog_routing import (
+        registered,
+        relayed_and_answered,
+        scscf_notify,
+        subscribe_through,
+        ue_subscribe,
+    )
+
+    p, inst, _acts = registered()
+    subscribe_through(p, inst)
+    moved = _re_registered_at(p, inst, OTHER_ROUTE, 100.0)
+    new_scscf = ("127.0.0.1", 5090)
+    (new_sub,) = [s for s in _subscribes(moved) if s.get("Expires") != "0"]
+    ok = make_response(_reparse(new_sub), 200, to_tag="scscf2-reg")
+    p.receive_response(_reparse(ok), new_scscf, 100.1)
+    # the operator's RTR at the new S-CSCF: the P-CSCF's NOTIFY says "rejected"
+    own = _own_terminated_notify(
+        p,
+        [Forward(new_sub, new_scscf)],
+        "terminated;reason=rejected",
+        reginfo("terminated", "rejected"),
+    )
+    (answer, *rest) = p.receive_request(_reparse(own), Arrival(new_scscf), 101.0)
+    assert answer.message.status == 200
+    assert not any(isinstance(a, ReleaseSecurityAssociations) for a in rest)
+    assert p.registrations[IMPI].release_at == 101.0 + 32.0
+    # the S-CSCF left ends the UE's subscription there: answered, nothing released
+    left = scscf_notify(
+        "terminated;reason=deactivated",
+        branch="z9hG4bKnotify2",
+        cseq=2,
+        body=reginfo("terminated", "deactivated"),
+    )
+    out = relayed_and_answered(p, inst, left, 101.5)
+    assert not any(isinstance(a, ReleaseSecurityAssociations) for a in out)
+    assert p.stats()["registrations"] == 1
+    assert p.counters["end-from-an-scscf-left-answered"] == 1
+    # the UE subscribes anew along its Service-Route, over its SAs: relayed, and the
+    # new S-CSCF's 480 goes back to it over them
+    sub = ue_subscribe(branch="z9hG4bKsub2", **{"Call-ID": "ue-sub-2"})
+    sub.remove("Route")
+    sub.add("Route", "<sip:127.0.0.1:5063;lr>")
+    sub.add("Route", OTHER_ROUTE)
+    (fwd,) = p.receive_request(sub, Arrival(UE_C, spi=inst.sa.spi_ps), 101.7)
+    assert isinstance(fwd, Forward) and fwd.destination == new_scscf
+    refused = make_response(_reparse(fwd.message), 480, "Temporarily Unavailable")
+    (back,) = p.receive_response(_reparse(refused), new_scscf, 101.8)
+    assert back.message.status == 480 and back.spi == inst.sa.spi_uc
+    # no terminated NOTIFY of the UE's comes: the SAs go at Timer F
+    out = p.handle_timer(133.0)
+    assert any(isinstance(a, ReleaseSecurityAssociations) for a in out)
     assert p.stats()["registrations"] == 0
