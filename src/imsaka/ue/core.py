@@ -276,6 +276,11 @@ class RecoveryScheduled:
     failures: int
 
 
+# `RegisteringAnew.what` of a UE that learnt from a refused new reg-event subscription
+# that its registration is over (the S-CSCF answers 480 for an IMPU it holds none of).
+NOT_HELD = "the network no longer holds the registration"
+
+
 @dataclass(frozen=True, slots=True)
 class RegisteringAnew:
     """A re-registration failed (`reason`; TS 24.229 §5.1.1.4.1), the answer to the
@@ -1451,7 +1456,7 @@ class UeRegistration:
             why = f"reg-event SUBSCRIBE answered {reason}"
             return [
                 SubscriptionEnded(reason),
-                *self._register_anew(why, now, what="the network no longer holds the registration"),
+                *self._register_anew(why, now, what=NOT_HELD),
             ]
         if status in _RESUBSCRIBE_AFTER:
             # The notifier no longer holds the dialog of a refresh (RFC 6665 §4.1.2.2:
