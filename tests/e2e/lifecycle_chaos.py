@@ -769,11 +769,17 @@ async def _run(
                         # registration after it too: a P-CSCF restart took its
                         # temporary set as well)
                         op, result = await register(ue, "refresh-then-register-again")
-                    elif crashes and not result.ok and result.reason.endswith("(expired)"):
+                    elif (
+                        (crashes or scscf_moves)
+                        and not result.ok
+                        and result.reason.endswith("(expired)")
+                    ):
                         # Every copy of the refresh lost or met by a restart until the
                         # registration's own end (30 s grants): the S-CSCF's NOTIFY
                         # told the UE it expired (seed 9711: its 504 lost twice, then
-                        # three restarted I-CSCFs and an HSS kill). It registers anew.
+                        # three restarted I-CSCFs and an HSS kill; --scscf-moves seed
+                        # 11205: moved off a cut S-CSCF, then its 401 lost four times
+                        # in a row). It registers anew.
                         op, result = await register(ue, "refresh-lapsed-then-register-again")
                     ok, detail = result.ok, str(result)
                 elif op == "deregister":
