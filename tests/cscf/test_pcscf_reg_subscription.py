@@ -406,3 +406,41 @@ def test_the_ues_answer_to_the_end_at_the_scscf_it_left_does_not_release_a_netwo
     out = p.handle_timer(133.0)
     assert any(isinstance(a, ReleaseSecurityAssociations) for a in out)
     assert p.stats()["registrations"] == 0
+
+
+def test_after_the_end_at_the_scscf_it_left_a_network_end_still_waits_for_the_ue():
+    """As above, the other order: the UE answers the end of its subscription at the
+    S-CSCF it left first, then the new S-CSCF's RTR ends the registration. The UE is
+    subscribing anew there, so the P-CSCF's NOTIFY ("rejected") waits for its word
+    (Timer F at most) instead of letting the SAs go at once."""
+    from tests.cscf.test_pcscf_dialog_routing import (
+        registered,
+        relayed_and_answered,
+        scscf_notify,
+        subscribe_through,
+    )
+
+    p, inst, _acts = registered()
+    subscribe_through(p, inst)
+    moved = _re_registered_at(p, inst, OTHER_ROUTE, 100.0)
+    new_scscf = ("127.0.0.1", 5090)
+    (new_sub,) = [s for s in _subscribes(moved) if s.get("Expires") != "0"]
+    ok = make_response(_reparse(new_sub), 200, to_tag="scscf2-reg")
+    p.receive_response(_reparse(ok), new_scscf, 100.1)
+    left = scscf_notify(
+        "terminated;reason=deactivated",
+        branch="z9hG4bKnotify2",
+        cseq=2,
+        body=reginfo("terminated", "deactivated"),
+    )
+    relayed_and_answered(p, inst, left, 100.5)
+    own = _own_terminated_notify(
+        p,
+        [Forward(new_sub, new_scscf)],
+        "terminated;reason=rejected",
+        reginfo("terminated", "rejected"),
+    )
+    out = p.receive_request(_reparse(own), Arrival(new_scscf), 101.0)
+    assert not any(isinstance(a, ReleaseSecurityAssociations) for a in out)
+    assert p.registrations[IMPI].release_at == 101.0 + 32.0
+    assert p.counters["network-deregistration-awaits-ue-notify"] == 1

@@ -2395,16 +2395,17 @@ class PcscfCore:
             ):
                 # (a NOTIFY that went over an older registration's set tells nothing
                 # of the one the record now holds)
-                reg.ue_sub = UE_SUB_NOTIFIED
                 if self._from_an_scscf_left(pending.arrival, reg):
                     # The end of the UE's subscription at the S-CSCF it moved from tells
                     # it nothing of the registration it holds at the new one, ended or
-                    # not: a network end there still waits for the UE's word (its new
-                    # SUBSCRIBE along the Service-Route gets its answer over these SAs).
-                    # Before 2026-11-29 (eleventh session) this answer released them
-                    # while the end waited (lifecycle chaos --scscf-moves, seed 11202).
-                    pass
-                elif reg.release_at:
+                    # not, and the UE subscribes anew there at once: counted subscribed
+                    # still, a network end there waits for the UE's word (its new
+                    # SUBSCRIBE gets its answer over these SAs). Before 2026-11-29
+                    # (eleventh session) this answer released them while such an end
+                    # waited (lifecycle chaos --scscf-moves, seed 11202).
+                    return actions
+                reg.ue_sub = UE_SUB_NOTIFIED
+                if reg.release_at:
                     # the UE has its terminated NOTIFY: the SAs can go (TS 24.229 §5.2.3)
                     actions += self._network_end(reg, now)
                 elif (

@@ -579,9 +579,10 @@ class UeClient:
         """Wait until `subscribed` (True), or it cannot be any more (no subscription and
         none planned, nor a registration under way whose 2xx would make one) or
         `timeout` passed."""
-        return await self._wait_for(
-            lambda: self.subscribed or not self._may_subscribe(), timeout
-        ) and (self.subscribed)
+        return (
+            await self._wait_for(lambda: self.subscribed or not self._may_subscribe(), timeout)
+            and self.subscribed
+        )
 
     def _may_subscribe(self) -> bool:
         """Whether a reg-event subscription is open, planned, or follows a registration
