@@ -305,8 +305,17 @@ def _ladder(net: Network, impi: str, ue_name: str, logs: _Logs) -> str:
                 f"{rec.time:.3f} {rec.src_name}->{rec.dst_name} spi={rec.esp_spi} "
                 f"{rec.summary} | {h.get('CSeq', '')} | {h.get('Via', '')[:90]}"
                 + _notify_says(h, rec.payload)
+                + _diameter_says(rec)
             )
     return "\n".join(sorted(lines)) + "\n"
+
+
+def _diameter_says(rec: Any) -> str:
+    """A Diameter request's User-Name and the port it went to: which device an RTR
+    names, and which S-CSCF (of two on one host) it reached."""
+    if rec.protocol != "diameter" or not rec.diameter.get("request"):
+        return ""
+    return f" | User-Name {rec.diameter.get('user_name', '-')} to :{rec.dst[1]}"
 
 
 _REGINFO_CONTACT = re.compile(
