@@ -724,7 +724,6 @@ async def _run(
             return "rtr", False, "the reg-event subscription never came up"
         behind = behind_a_restarted_pcscf(i)
         before = ops.get("pcscf-restart", 0)
-        # (with two devices, that device's registration alone: the other stays)
         # The UE may learn of the end otherwise than by a NOTIFY: its subscription had
         # not yet followed it to the S-CSCF it just moved to when the RTR reached that
         # one, and its new SUBSCRIBE there is refused "not registered" (480).
@@ -732,13 +731,15 @@ async def _run(
         ue.on_event = lambda ev: (
             refused.append(ev) if type(ev) is RegisteringAnew and ev.what == NOT_HELD else None
         )
-        answer = await net.hss.deregister_impi(subs[i].impi, this_impi_only=devices > 1)
-        if restarts is not None and not answer.get("ok"):
-            # the S-CSCF was down at that instant: nothing was ended
+        try:
+            # (with two devices, that device's registration alone: the other stays)
+            answer = await net.hss.deregister_impi(subs[i].impi, this_impi_only=devices > 1)
+            if restarts is not None and not answer.get("ok"):
+                # the S-CSCF was down at that instant: nothing was ended
+                return "rtr-undelivered", True, ""
+            await eventually(lambda: bool(ue.network_event or refused), 60)
+        finally:
             ue.on_event = None
-            return "rtr-undelivered", True, ""
-        await eventually(lambda: bool(ue.network_event or refused), 60)
-        ue.on_event = None
         event = ue.network_event
         if not event and refused:
             return "rtr-learnt-from-a-refused-subscribe", True, ""
