@@ -228,6 +228,39 @@ async def test_a_register_carrying_a_challenge_response_waits_for_a_passed_over_
     icscf.close()
 
 
+async def test_a_register_at_the_last_scscf_left_goes_back_to_one_that_answers_again():
+    """The HSS's S-CSCF is passed over (it left a REGISTER unanswered), so a new
+    REGISTER goes to the other one, which is silent too (a partition that moved). The
+    first answers its probe meanwhile: after `scscf_timeout` the REGISTER goes back to
+    it instead of waiting out its Timer F at the silent one, with no S-CSCF left untried
+    (before 2026-11-29, eleventh session, it was not watched at all there: lifecycle
+    chaos --devices 2 --scscf-moves, seed 11136, a tablet's REGISTER ran out so)."""
+    assigned = uaa(result_code=cx.DIAMETER_SUCCESS, server_name="sip:a.home1.net:5080")
+    answers = [(assigned, None), (CAPS, None), (CAPS, None)]
+    icscf, ep, t, uars, _ = setup(answers, scscf_timeout=0.2, scscf_probe_interval=0.2)
+    icscf.config = replace(icscf.config, scscfs=icscf.config.scscfs[:2])
+    icscf._mark_down(icscf.config.scscfs[0], alone=True)
+    ((_fwd, addr),) = forwarded(receive(ep, t, request("<sip:1.2.3.4>").to_bytes(), PCSCF))
+    assert addr == ("127.0.0.2", 5081) and icscf.counters["scscf_passed_over"] == 1
+    t.sent.clear()
+    await asyncio.sleep(0.25)  # b silent past scscf_timeout; a probed
+    probes = [(parse_message(d), a) for d, a in t.sent if d.startswith(b"OPTIONS")]
+    assert probes and probes[-1][1] == ("127.0.0.1", 5080)
+    assert not forwarded([(parse_message(d), a) for d, a in t.sent])  # nowhere to go yet
+    receive(ep, t, make_response(probes[-1][0], 200, to_tag="p").to_bytes(), ("127.0.0.1", 5080))
+    assert icscf.counters["scscf_instance_up"] == 1
+    t.sent.clear()
+    await asyncio.sleep(0.3)
+    moves = [(m, a) for m, a in forwarded([(parse_message(d), a) for d, a in t.sent])]
+    back = [(m, a) for m, a in moves if a == ("127.0.0.1", 5080)]
+    assert back, moves
+    assert icscf.counters["scscf_back_again"] == 1 and len(uars) == 3
+    resp = final(receive(ep, t, make_response(back[0][0], 401, to_tag="a").to_bytes(), back[0][1]))
+    assert resp.status == 401 and resp.to.tag == "a"
+    await ep.close()
+    icscf.close()
+
+
 @pytest.mark.parametrize("case", ["none-other", "de-registration"])
 async def test_a_silent_scscf_is_waited_for_when_no_other_can_serve(case):
     """With no other S-CSCF to choose, or for a de-REGISTER (another S-CSCF holds no

@@ -626,7 +626,9 @@ class Icscf:
         # A REGISTER also moves on from a silent S-CSCF to another one (below, `_silent`)
         # before its Timer F: that runs out with the P-CSCF's and the UE's, too late for
         # the move to answer the UE.
-        elsewhere = reg.moves_when_silent() and self._has_untried(reg.tried, entry.name)
+        elsewhere = reg.moves_when_silent() and (
+            self._has_untried(reg.tried, entry.name) or bool(reg.left_silent)
+        )
         watched = pooled or elsewhere
         if watched:
             on_response = reg.watch(entry, self.config.scscf_timeout, elsewhere)
@@ -671,6 +673,7 @@ class _Routing:
         "entry",
         "icscf",
         "instances",
+        "left_silent",
         "lir",
         "request",
         "sent",
@@ -707,6 +710,9 @@ class _Routing:
         self.instances: list[ScscfEntry] | None = None
         self.silence: asyncio.TimerHandle | None = None
         self.sent: tuple | None = None  # the copy to the current instance (its key)
+        # S-CSCFs this REGISTER left (or passed over) for their silence: it may go back
+        # to one once it answers a probe (`_back_again`); None until there is one
+        self.left_silent: set[str] | None = None
 
     def ask(self) -> None:
         icscf = self.icscf
@@ -769,6 +775,7 @@ class _Routing:
             # which the wait spares it when the S-CSCF is back before its probe says
             # so. Nor when every other one is passed over too: the HSS's choice stands.
             icscf.counters["scscf_passed_over"] += 1
+            self._left(entry.name)
             self._elsewhere(entry)
             return
         self.entry = entry
@@ -807,9 +814,62 @@ class _Routing:
         if self.entry is entry and not getattr(self.icscf.endpoint, "closed", False):
             try:
                 if not self._next_instance(entry) and self.moves_when_silent():
-                    self._next_scscf(entry)
+                    self._move_from_silent(entry)
             except Exception as failure:
                 self.fail(failure)
+
+    def _move_from_silent(self, entry: ScscfEntry) -> None:
+        """`entry` is silent: the REGISTER to an S-CSCF not tried, else back to one it
+        left for its silence that has answered a probe since; when it left some and
+        none is back yet, it waits at `entry` and looks again after `scscf_timeout` s
+        (Timer F still ends it). Else, as before, the HSS is asked for another."""
+        icscf = self.icscf
+        if (
+            icscf._has_untried(self.tried, entry.name)
+            or self._back_again(entry.name)
+            or not self.left_silent
+        ):
+            self._next_scscf(entry)
+            return
+        loop = asyncio.get_running_loop()
+        self.silence = loop.call_later(icscf.config.scscf_timeout, self._silent_again, entry)
+
+    def _silent_again(self, entry: ScscfEntry) -> None:
+        self.silence = None
+        if self.entry is entry and not getattr(self.icscf.endpoint, "closed", False):
+            try:
+                self._move_from_silent(entry)
+            except Exception as failure:
+                self.fail(failure)
+
+    def _left(self, name: str) -> None:
+        if self.left_silent is None:
+            self.left_silent = set()
+        self.left_silent.add(name)
+
+    def _back_again(self, name: str) -> bool:
+        """Whether an S-CSCF other than `name` that this REGISTER left for its silence
+        has answered a probe since: it is tried again (taken out of `tried`). A
+        partition that moves between two S-CSCFs otherwise left a REGISTER at the one
+        it reached last, silent, until Timer F, with the other one back meanwhile
+        (lifecycle_chaos --devices 2 --scscf-moves, seed 11136)."""
+        left = self.left_silent
+        if not left:
+            return False
+        icscf = self.icscf
+        back = {
+            n
+            for n in left
+            if n != name
+            and n in self.tried
+            and any(e.name == n and not icscf.passed_over(e) for e in icscf.config.scscfs)
+        }
+        if not back:
+            return False
+        self.tried -= back
+        left -= back
+        icscf.counters["scscf_back_again"] += 1
+        return True
 
     def moves_when_silent(self) -> bool:
         """A REGISTER other than a de-registration goes to another S-CSCF after
@@ -835,6 +895,7 @@ class _Routing:
         self.entry = None  # a late answer of the silent one is for nothing
         if entry.name not in icscf._pools:  # (an instance's own was marked, `_silent`)
             icscf._mark_down(entry, alone=True)
+        self._left(entry.name)
         self._elsewhere(entry)
 
     def _elsewhere(self, entry: ScscfEntry) -> None:
