@@ -342,6 +342,45 @@ def test_the_end_of_the_ues_subscription_at_the_scscf_it_left_is_not_its_end():
     assert p.stats()["registrations"] == 0
 
 
+NEW_SCSCF = ("127.0.0.1", 5090)  # the S-CSCF of OTHER_ROUTE
+
+
+def _moved_to_the_other_scscf() -> tuple[PcscfCore, InstallSecurityAssociations, Request]:
+    """The UE registered and subscribed, then re-registered at the S-CSCF of
+    OTHER_ROUTE: the P-CSCF's new subscription there (its SUBSCRIBE, answered 200)."""
+    from tests.cscf.test_pcscf_dialog_routing import registered, subscribe_through
+
+    p, inst, _acts = registered()
+    subscribe_through(p, inst)
+    moved = _re_registered_at(p, inst, OTHER_ROUTE, 100.0)
+    (new_sub,) = [s for s in _subscribes(moved) if s.get("Expires") != "0"]
+    ok = make_response(_reparse(new_sub), 200, to_tag="scscf2-reg")
+    p.receive_response(_reparse(ok), NEW_SCSCF, 100.1)
+    return p, inst, new_sub
+
+
+def _rejected_at(p: PcscfCore, sub: Request) -> Request:
+    """The new S-CSCF's NOTIFY on the P-CSCF's subscription `sub` after an RTR."""
+    return _own_terminated_notify(
+        p,
+        [Forward(sub, NEW_SCSCF)],
+        "terminated;reason=rejected",
+        reginfo("terminated", "rejected"),
+    )
+
+
+def _ended_at_the_scscf_left() -> Request:
+    """The UE's own subscription ended by the S-CSCF it left (RTR NEW_SERVER_ASSIGNED)."""
+    from tests.cscf.test_pcscf_dialog_routing import scscf_notify
+
+    return scscf_notify(
+        "terminated;reason=deactivated",
+        branch="z9hG4bKnotify2",
+        cseq=2,
+        body=reginfo("terminated", "deactivated"),
+    )
+
+
 def test_the_ues_answer_to_the_end_at_the_scscf_it_left_does_not_release_a_network_end():
     """The UE moved to another S-CSCF; the operator's RTR ends its registration there
     at once, before the UE's own subscription followed it: the P-CSCF's NOTIFY from the
@@ -355,38 +394,19 @@ def test_the_ues_answer_to_the_end_at_the_scscf_it_left_does_not_release_a_netwo
     dropped and the UE learnt of the end only when its refresh ran out, 45 s later
     (lifecycle chaos --scscf-moves, seed 11202)."""
     from tests.cscf.test_pcscf_dialog_routing import (
-        registered,
         relayed_and_answered,
-        scscf_notify,
-        subscribe_through,
         ue_subscribe,
     )
 
-    p, inst, _acts = registered()
-    subscribe_through(p, inst)
-    moved = _re_registered_at(p, inst, OTHER_ROUTE, 100.0)
-    new_scscf = ("127.0.0.1", 5090)
-    (new_sub,) = [s for s in _subscribes(moved) if s.get("Expires") != "0"]
-    ok = make_response(_reparse(new_sub), 200, to_tag="scscf2-reg")
-    p.receive_response(_reparse(ok), new_scscf, 100.1)
+    p, inst, new_sub = _moved_to_the_other_scscf()
     # the operator's RTR at the new S-CSCF: the P-CSCF's NOTIFY says "rejected"
-    own = _own_terminated_notify(
-        p,
-        [Forward(new_sub, new_scscf)],
-        "terminated;reason=rejected",
-        reginfo("terminated", "rejected"),
-    )
-    (answer, *rest) = p.receive_request(_reparse(own), Arrival(new_scscf), 101.0)
+    own = _rejected_at(p, new_sub)
+    (answer, *rest) = p.receive_request(_reparse(own), Arrival(NEW_SCSCF), 101.0)
     assert answer.message.status == 200
     assert not any(isinstance(a, ReleaseSecurityAssociations) for a in rest)
     assert p.registrations[IMPI].release_at == 101.0 + 32.0
     # the S-CSCF left ends the UE's subscription there: answered, nothing released
-    left = scscf_notify(
-        "terminated;reason=deactivated",
-        branch="z9hG4bKnotify2",
-        cseq=2,
-        body=reginfo("terminated", "deactivated"),
-    )
+    left = _ended_at_the_scscf_left()
     out = relayed_and_answered(p, inst, left, 101.5)
     assert not any(isinstance(a, ReleaseSecurityAssociations) for a in out)
     assert p.stats()["registrations"] == 1
@@ -398,9 +418,9 @@ def test_the_ues_answer_to_the_end_at_the_scscf_it_left_does_not_release_a_netwo
     sub.add("Route", "<sip:127.0.0.1:5063;lr>")
     sub.add("Route", OTHER_ROUTE)
     (fwd,) = p.receive_request(sub, Arrival(UE_C, spi=inst.sa.spi_ps), 101.7)
-    assert isinstance(fwd, Forward) and fwd.destination == new_scscf
+    assert isinstance(fwd, Forward) and fwd.destination == NEW_SCSCF
     refused = make_response(_reparse(fwd.message), 480, "Temporarily Unavailable")
-    (back,) = p.receive_response(_reparse(refused), new_scscf, 101.8)
+    (back,) = p.receive_response(_reparse(refused), NEW_SCSCF, 101.8)
     assert back.message.status == 480 and back.spi == inst.sa.spi_uc
     # no terminated NOTIFY of the UE's comes: the SAs go at Timer F
     out = p.handle_timer(133.0)
@@ -414,33 +434,14 @@ def test_after_the_end_at_the_scscf_it_left_a_network_end_still_waits_for_the_ue
     subscribing anew there, so the P-CSCF's NOTIFY ("rejected") waits for its word
     (Timer F at most) instead of letting the SAs go at once."""
     from tests.cscf.test_pcscf_dialog_routing import (
-        registered,
         relayed_and_answered,
-        scscf_notify,
-        subscribe_through,
     )
 
-    p, inst, _acts = registered()
-    subscribe_through(p, inst)
-    moved = _re_registered_at(p, inst, OTHER_ROUTE, 100.0)
-    new_scscf = ("127.0.0.1", 5090)
-    (new_sub,) = [s for s in _subscribes(moved) if s.get("Expires") != "0"]
-    ok = make_response(_reparse(new_sub), 200, to_tag="scscf2-reg")
-    p.receive_response(_reparse(ok), new_scscf, 100.1)
-    left = scscf_notify(
-        "terminated;reason=deactivated",
-        branch="z9hG4bKnotify2",
-        cseq=2,
-        body=reginfo("terminated", "deactivated"),
-    )
+    p, inst, new_sub = _moved_to_the_other_scscf()
+    left = _ended_at_the_scscf_left()
     relayed_and_answered(p, inst, left, 100.5)
-    own = _own_terminated_notify(
-        p,
-        [Forward(new_sub, new_scscf)],
-        "terminated;reason=rejected",
-        reginfo("terminated", "rejected"),
-    )
-    out = p.receive_request(_reparse(own), Arrival(new_scscf), 101.0)
+    own = _rejected_at(p, new_sub)
+    out = p.receive_request(_reparse(own), Arrival(NEW_SCSCF), 101.0)
     assert not any(isinstance(a, ReleaseSecurityAssociations) for a in out)
     assert p.registrations[IMPI].release_at == 101.0 + 32.0
     assert p.counters["network-deregistration-awaits-ue-notify"] == 1

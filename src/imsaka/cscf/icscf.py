@@ -809,20 +809,23 @@ class _Routing:
             self.silence.cancel()
             self.silence = None
 
-    def _silent(self, entry: ScscfEntry) -> None:
+    def _silent(self, entry: ScscfEntry, again: bool = False) -> None:
+        """`entry` left the copy unanswered for `scscf_timeout` s (`again`: still,
+        looked at once more by `_move_from_silent`)."""
         self.silence = None
         if self.entry is entry and not getattr(self.icscf.endpoint, "closed", False):
             try:
-                if not self._next_instance(entry) and self.moves_when_silent():
+                if again or (not self._next_instance(entry) and self.moves_when_silent()):
                     self._move_from_silent(entry)
             except Exception as failure:
                 self.fail(failure)
 
     def _move_from_silent(self, entry: ScscfEntry) -> None:
         """`entry` is silent: the REGISTER to an S-CSCF not tried, else back to one it
-        left for its silence that has answered a probe since; when it left some and
-        none is back yet, it waits at `entry` and looks again after `scscf_timeout` s
-        (Timer F still ends it). Else, as before, the HSS is asked for another."""
+        left for its silence that has answered a probe since. When it left some and
+        none is back yet, it stays at `entry` and looks again after `scscf_timeout` s
+        (its Timer F still ends it); when it left none, the HSS is asked for another
+        all the same (none left: 600)."""
         icscf = self.icscf
         if (
             icscf._has_untried(self.tried, entry.name)
@@ -832,15 +835,7 @@ class _Routing:
             self._next_scscf(entry)
             return
         loop = asyncio.get_running_loop()
-        self.silence = loop.call_later(icscf.config.scscf_timeout, self._silent_again, entry)
-
-    def _silent_again(self, entry: ScscfEntry) -> None:
-        self.silence = None
-        if self.entry is entry and not getattr(self.icscf.endpoint, "closed", False):
-            try:
-                self._move_from_silent(entry)
-            except Exception as failure:
-                self.fail(failure)
+        self.silence = loop.call_later(icscf.config.scscf_timeout, self._silent, entry, True)
 
     def _left(self, name: str) -> None:
         if self.left_silent is None:
