@@ -222,6 +222,7 @@ _ICSCF_SEEN = (
     "scscf_instance_up",
     "scscf_down",
     "scscf_passed_over",
+    "scscf_back_again",
 )
 
 
