@@ -74,6 +74,9 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "NETWORK_DEREGISTERED",
+    "NOT_HELD",
+    "REREGISTRATION_FAILED",
+    "UNANSWERED",
     "Deregistered",
     "Event",
     "NetworkDeregistered",
@@ -276,21 +279,27 @@ class RecoveryScheduled:
     failures: int
 
 
-# `RegisteringAnew.what` of a UE that learnt from a refused new reg-event subscription
-# that its registration is over (the S-CSCF answers 480 for an IMPU it holds none of).
+# `RegisteringAnew.what`: why the UE registers anew, for people. A re-registration
+# failed (TS 24.229 §5.1.1.4.1); the answer to the challenge of an initial one got no
+# reply (TS 33.203 O.3.1.4); a new reg-event subscription was refused "not registered"
+# (the S-CSCF answers 480 for an IMPU it holds none of).
+REREGISTRATION_FAILED = "re-registration failed"
+UNANSWERED = "no reply to the answer to the challenge"
 NOT_HELD = "the network no longer holds the registration"
 
 
 @dataclass(frozen=True, slots=True)
 class RegisteringAnew:
-    """A re-registration failed (`reason`; TS 24.229 §5.1.1.4.1), the answer to the
-    challenge of an initial one got no reply (`unanswered`; TS 33.203 O.3.1.4), or a
-    new reg-event subscription was refused "not registered": an initial registration
-    follows at once, its events after this one. `what` says which, for people."""
+    """The UE registers anew (`what`, one of the three above; `reason` the failure):
+    an initial registration follows at once, its events after this one."""
 
     reason: str
-    unanswered: bool = False
-    what: str = "re-registration failed"
+    what: str = REREGISTRATION_FAILED
+
+    @property
+    def unanswered(self) -> bool:
+        """Whether the answer to a challenge got no reply (TS 33.203 O.3.1.4)."""
+        return self.what == UNANSWERED
 
 
 @dataclass(frozen=True, slots=True)
@@ -877,8 +886,7 @@ class UeRegistration:
         retransmissions over it went unanswered): before, such a UE gave up with 408
         (chaos seed 11102)."""
         self._unanswered += 1
-        what = "no reply to the answer to the challenge"
-        return self._register_anew(reason, now, what=what, unanswered=True)
+        return self._register_anew(reason, now, what=UNANSWERED)
 
     def _on_reject(self, resp: Response | None, now: float) -> list[Event]:
         assert resp is not None
@@ -921,22 +929,17 @@ class UeRegistration:
         return [RecoveryScheduled(status, after, now + after, self.recoveries)]
 
     def _register_anew(
-        self,
-        reason: str,
-        now: float,
-        *,
-        what: str = "re-registration failed",
-        unanswered: bool = False,
+        self, reason: str, now: float, *, what: str = REREGISTRATION_FAILED
     ) -> list[Event]:
         """A re-registration (an established set is in force: this attempt refreshes
         it, challenged or not) that timed out or was answered 408, 494, 500 or 504 is
         followed by an initial registration (TS 24.229 §5.1.1.4.1): the P-CSCF may
         have lost the SAs (a restart) or the registration may be gone, and the old set
         is not to be trusted again. The initial registration's own failure ends it.
-        `what` (logged) and `unanswered` (`RegisteringAnew`) for the other ways here."""
+        `what` (logged, and in `RegisteringAnew`) for the other ways here."""
         log.warning("ue %s: %s (%s): registering anew", self.config.impi, what, reason)
         self.retries = 0
-        return [RegisteringAnew(reason, unanswered, what), *self._start_initial(None, now)]
+        return [RegisteringAnew(reason, what), *self._start_initial(None, now)]
 
     def _retry_after(self, resp: Response) -> int | None:
         """The wait a refusal for now asks for (480/500/503/504 with Retry-After), when
