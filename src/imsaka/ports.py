@@ -18,7 +18,7 @@ import socket
 from collections import deque
 from pathlib import Path
 
-__all__ = ["free_port"]
+__all__ = ["free_port", "free_port_run"]
 
 _LOWEST = 8200
 _HIGHEST = 12000  # exclusive
@@ -79,3 +79,21 @@ def free_port(host: str = "127.0.0.1", *, udp: bool = True, tcp: bool = False) -
         if port not in _recent_set and _bindable(host, port, kinds):
             return _remember(port)
     raise OSError(f"no free port on {host}")
+
+
+def free_port_run(n: int, host: str = "127.0.0.1", step: int = 1) -> list[int]:
+    """`n` UDP ports `step` apart (a P-CSCF's protected port pairs, a UE's port-c and
+    port-s), each bindable now and none handed out recently, all remembered: a port
+    next to one `free_port` gave is otherwise not known to be taken, and the next caller
+    could get it (two SO_REUSEADDR sockets on one port: datagrams to the wrong one)."""
+    udp = (socket.SOCK_DGRAM,)
+    for _ in range(200):
+        base = free_port(host)
+        rest = [base + i * step for i in range(1, n)]
+        if rest and rest[-1] > 65535:
+            continue
+        if all(q not in _recent_set and _bindable(host, q, udp) for q in rest):
+            for q in rest:
+                _remember(q)
+            return [base, *rest]
+    raise OSError(f"no run of {n} free ports on {host}")

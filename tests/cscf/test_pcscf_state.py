@@ -31,7 +31,7 @@ def _core(now: float):
     """One registered UE with its set and confirmed subscription, one challenged, one
     (without sec-agree) whose registration the network ended while its REGISTER was
     open."""
-    table = SecurityAssociationTable("pcscf", ports=PortPool(free_udp_ports(1)[0], 1, 4))
+    table = SecurityAssociationTable("pcscf", ports=PortPool(free_udp_ports(2)[0], 1, 4))
     a = negotiate(pcscf_table=table, contact="a", now=now)
     table.registered(a.pcscf_set, expires=3600, now=now)
     a.pcscf_set.server_sa().esp.protect(b"x")
@@ -182,7 +182,7 @@ def test_a_set_held_for_a_retransmission_comes_back_with_its_answer():
     from imsaka.cscf.pcscf_state import RestoredHold
 
     core, sets = _core(now=0.0)
-    table = SecurityAssociationTable("pcscf", ports=PortPool(free_udp_ports(1)[0], 1, 4))
+    table = SecurityAssociationTable("pcscf", ports=PortPool(free_udp_ports(2)[0], 1, 4))
     d = negotiate(pcscf_table=table, contact="d", now=0.0)
     d.pcscf_set.state = SaState.DRAINING
     sets[d.pcscf_set.pcscf_spis[1]] = d.pcscf_set

@@ -79,7 +79,7 @@ def test_the_core_names_what_it_drops_and_refuses_untracked_registrations():
 
 
 def test_the_table_names_each_set_that_carried_traffic_once():
-    table = SecurityAssociationTable("pcscf", ports=PortPool(free_udp_ports(1)[0], 1, 4))
+    table = SecurityAssociationTable("pcscf", ports=PortPool(free_udp_ports(2)[0], 1, 4))
     a = negotiate(pcscf_table=table, contact="a", now=0.0)
     b = negotiate(pcscf_table=table, contact="b", now=0.0)
     table.message_received(a.pcscf_set, now=0.0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 
 from imsaka.ipsec import (
@@ -16,32 +15,16 @@ from imsaka.ipsec import (
     parse_security_header,
     ue_choose_server_mechanism,
 )
-from imsaka.ports import free_port
+from imsaka.ports import free_port_run
 
 IK = bytes.fromhex("f769bcd751044604127672711c6d3441")  # TS 35.208 test set 1
 CK = bytes.fromhex("b40ba9a3c58b2a05bbf0d987b21bf8cb")
 
 
 def free_udp_ports(n: int, host: str = "127.0.0.1", step: int = 1) -> list[int]:
-    """`n` UDP ports from a free one below the ephemeral range, `step` apart, bindable now."""
-    for _ in range(200):
-        base = free_port(host)
-        if base + n * step > 65000:
-            continue
-        ports = [base + i * step for i in range(n)]
-        socks = []
-        try:
-            for p in ports:
-                t = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(t)
-                t.bind((host, p))
-        except OSError:
-            continue
-        finally:
-            for t in socks:
-                t.close()
-        return ports
-    raise RuntimeError("no free UDP port range on loopback")
+    """`n` UDP ports `step` apart, bindable now, none handed out before in this run
+    (`imsaka.ports.free_port_run`)."""
+    return free_port_run(n, host, step)
 
 
 @dataclass

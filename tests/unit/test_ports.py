@@ -47,3 +47,23 @@ def test_ipv6_loopback(host):
     p = ports.free_port(host)
     with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as u:
         u.bind((host, p))
+
+
+def test_a_run_of_ports_is_remembered_whole(monkeypatch):
+    """The ports of a run next to the one `free_port` drew are handed out to no one else:
+    a second run whose first port would be the first run's second gets another. Before
+    2026-11-29 (eleventh session) the IPsec test helper's runs remembered their first
+    port only, and a UE's port-s could be the P-CSCF's port-c in the same test (both
+    SO_REUSEADDR: a datagram may reach the wrong socket; the likeliest cause of a CI
+    run's 2 s timeout in tests/ipsec/test_backend.py's tshark test)."""
+    first = ports.free_port_run(2, "127.0.0.1")
+    assert first[1] == first[0] + 1
+    forced = iter(
+        [first[1]] * 3 + [first[0] - 10 if first[0] - 10 >= ports._LOWEST else first[1] + 10]
+    )
+    with monkeypatch.context() as m:
+        m.setattr(ports._rng, "randrange", lambda a, b: next(forced))
+        second = ports.free_port_run(2, "127.0.0.1")
+    assert not set(second) & set(first)
+    spaced = ports.free_port_run(3, "127.0.0.1", step=2)
+    assert spaced[2] - spaced[0] == 4 and not set(spaced) & set(first + second)
