@@ -444,6 +444,25 @@ def test_the_final_notify_while_a_deregister_waits_to_go_again_ends_it():
     assert ue.handle_timer(16.0) == []
 
 
+def test_a_deregister_waiting_to_go_again_is_no_registration_under_way():
+    """`registering` (what `UeClient.wait_subscribed` waits through): a REGISTER refused
+    with a Retry-After waits to register, and its 2xx brings a subscription; a
+    de-REGISTER refused so does not, so a caller waiting for a subscription is told at
+    once that none comes."""
+    ue, _sub = subscribed()
+    assert not ue.registering
+    (dereg,) = ue.deregister(10.0)
+    assert not ue.registering
+    refused = make_response(dereg.request, 503, to_tag="5ef4", headers=[("Retry-After", "5")])
+    ue.receive(wire(refused), 11.0)
+    assert ue.state is UeState.WAITING_RETRY and not ue.registering
+    ue = make_ue(2)
+    (send1,) = ue.register(0.0)
+    assert ue.registering
+    ue.receive(wire(make_response(send1.request, 503, headers=[("Retry-After", "5")])), 0.5)
+    assert ue.state is UeState.WAITING_RETRY and ue.registering
+
+
 def test_own_deregistration_without_the_final_notify_leaves_no_timer():
     ue, sub = subscribed()
     (dereg,) = ue.deregister(10.0)

@@ -55,7 +55,6 @@ from imsaka.ue.core import (
     Subscribed,
     SubscriptionEnded,
     UeRegistration,
-    UeState,
 )
 from imsaka.ue.regevent import SubState
 from imsaka.wire import Observer
@@ -63,11 +62,6 @@ from imsaka.wire import Observer
 log = logging.getLogger(__name__)
 
 __all__ = ["UeClient", "UeResult"]
-
-# A registration under way: its 2xx makes a reg-event subscription (`wait_subscribed`).
-_REGISTERING = frozenset(
-    (UeState.UNPROTECTED_SENT, UeState.RESPONSE_SENT, UeState.REREGISTERING, UeState.WAITING_RETRY)
-)
 
 
 @dataclass(slots=True)
@@ -592,7 +586,7 @@ class UeClient:
             return False
         if core.subscription is not None or core.resubscribe_at is not None:
             return True
-        return core.config.subscribe_reg_event and core.state in _REGISTERING
+        return core.config.subscribe_reg_event and core.registering
 
     async def wait_network_deregistration(self, timeout: float = 5.0) -> str:
         """Wait for a network-initiated de-registration; its event ("" at the timeout)."""

@@ -126,6 +126,12 @@ class UeState(enum.Enum):
     FAILED = "failed"
 
 
+# A REGISTER that registers is out (a de-REGISTER is out in DEREGISTERING).
+_REGISTERING_STATES = frozenset(
+    (UeState.UNPROTECTED_SENT, UeState.RESPONSE_SENT, UeState.REREGISTERING)
+)
+
+
 class _Input(enum.Enum):
     REGISTER = "register"
     CHALLENGE = "401"
@@ -668,6 +674,16 @@ class UeRegistration:
     @property
     def pending_protected(self) -> bool:
         return self._pending_protected
+
+    @property
+    def registering(self) -> bool:
+        """A REGISTER that registers (not one that de-registers) is out, or waits to go
+        again after a Retry-After or the recovery back-off: its 2xx brings a new
+        reg-event subscription."""
+        state = self.state
+        if state is UeState.WAITING_RETRY:
+            return not self._retrying_deregister
+        return state in _REGISTERING_STATES
 
     @property
     def resubscribe_at(self) -> float | None:
