@@ -44,6 +44,7 @@ class Harness:
         self.writes: list[StoreRegistration] = []  # every StoreRegistration, in order
         self.sar_failure: CxOutcome | None = None
         self.mar_failure: CxOutcome | None = None
+        self.user_data: dict[str, str] = {}  # an SAA's User-Data by IMPU (else USER_DATA)
 
     def run(self, actions, now):
         replies = []
@@ -65,7 +66,8 @@ class Harness:
                 if self.sar_failure:
                     queue += self.core.cx_failed(a.token, self.sar_failure, now)
                 else:
-                    queue += self.core.assignment_done(a.token, USER_DATA, now)
+                    data = self.user_data.get(a.impu, USER_DATA)
+                    queue += self.core.assignment_done(a.token, data, now)
             elif isinstance(a, StoreRegistration):
                 self.stored[a.registration.impu] = a.registration
                 self.writes.append(a)
@@ -445,6 +447,42 @@ def test_network_initiated_deregistration(h):
         "failure_records": 0,
         "answered_challenges": 0,
     }
+
+
+WORK = "sip:user1_work@home1.net"
+WORK_DATA = (
+    f'<?xml version="1.0" encoding="UTF-8"?><IMSSubscription><PrivateID>{IMPI}</PrivateID>'
+    f"<ServiceProfile><PublicIdentity><Identity>{WORK}</Identity></PublicIdentity>"
+    "</ServiceProfile></IMSSubscription>"
+)
+
+
+def test_an_rtr_naming_one_implicit_set_leaves_the_impis_others_alone():
+    """The RTR names the IMPUs of one implicit set (TS 29.228 §6.1.3): that set's
+    registration goes; the IMPI's registration of another set stays, so do its open
+    challenge there and its spare vectors. Before 2026-11-30 every challenge and
+    spare vector of the IMPI went with any RTR, and the other set's answer was
+    challenged again."""
+    h = Harness(RegistrarCore(policy(vectors_per_request=5)), FakeHss())
+    h.user_data[WORK] = WORK_DATA
+    assert register(h, FakeUe()).status == 200
+    work = FakeUe(impu=WORK, call_id="work-1")
+    assert register(h, work).status == 200
+    assert h.core.pending_counts()["registrations"] == 2
+    asks = len(h.asks)
+    r401 = h.send(work.register(), T0 + 1)  # reauthentication of the work set
+    assert r401.status == 401
+    spare = h.core.pending_counts()["cached_vectors"]
+    assert spare > 0
+    n, actions = h.core.network_deregister(IMPI, [IMPU], T0 + 2)
+    assert n == 1 and [a.impu for a in actions] == [IMPU]
+    counts = h.core.pending_counts()
+    assert counts["registrations"] == 1 and counts["challenges"] == 1
+    assert counts["cached_vectors"] == spare
+    assert h.send(work.answer(header(r401, "WWW-Authenticate")[0]), T0 + 3).status == 200
+    assert not [a for a in h.asks[asks:] if isinstance(a, AskVectors)]  # no MAR since
+    n, _actions = h.core.network_deregister(IMPI, [WORK], T0 + 4)
+    assert n == 1 and h.core.pending_counts()["cached_vectors"] == 0
 
 
 def test_akav2_md5():

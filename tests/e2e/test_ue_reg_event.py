@@ -336,3 +336,69 @@ async def test_two_devices_sharing_the_impus_and_one_removed_by_the_operator(
     finally:
         await tablet.close()
         await phone.close()
+
+
+async def test_the_operator_deregisters_one_implicit_set_and_the_other_stays(
+    home_network, subscribers
+):
+    """user1's subscription has a second implicit set (a work IMPU) and a tablet IMPI;
+    the phone registers user1_public1 (the first set), the tablet the work IMPU. The
+    operator de-registers the work IMPU: the RTR names that set's IMPUs alone (TS
+    29.228 §6.1.3), so the tablet is told `rejected` and its SAs go, while the phone
+    stays registered, keeps its SAs and refreshes unchallenged; the HSS holds the first
+    set registered at the same S-CSCF and the second not registered. Before 2026-11-30
+    the RTR named every IMPU of the subscription and both devices were de-registered."""
+    from dataclasses import replace
+
+    from imsaka.hss.models import RegState
+    from imsaka.hss.subscriber import validate_subscriber
+
+    net = home_network
+    work = "sip:user1_work@home1.net"
+    phone_sub = subscribers[0]
+    await net.hss.store.add_impus(phone_sub.impi, [work], new_set=True)
+    tablet_sub = replace(phone_sub, impi="user1_tablet@home1.net", impus=(work,))
+    await net.hss.store.add_impi(
+        phone_sub.impi,
+        validate_subscriber(
+            impi=tablet_sub.impi,
+            impus=[work],
+            k=tablet_sub.k.hex(),
+            opc=tablet_sub.opc.hex(),
+        ),
+    )
+    phone = UeClient(net.ue_config(phone_sub), observers=[net.trace])
+    tablet = UeClient(net.ue_config(tablet_sub), observers=[net.trace])
+    await phone.start()
+    await tablet.start()
+    try:
+        for ue in (phone, tablet):
+            assert (await ue.register(10)).ok
+            assert await ue.wait_subscribed(5)
+        assert net.pcscf.stats()["sa_sets"] == 2
+        scscf = net.scscf.scscf.core
+        assert {uri.lower() for uri in scscf.registrations} >= {
+            phone_sub.impus[0].lower(),
+            work,
+        }
+
+        result = await net.hss.deregister_impu(work)
+        assert result.get("ok"), result
+        assert await tablet.wait_network_deregistration(5) == "rejected"
+        assert await eventually(lambda: net.pcscf.stats()["sa_sets"] == 1, 40)
+        assert work not in {uri.lower() for uri in scscf.registrations}
+        assert phone.core.state is UeState.REGISTERED and not phone.network_event
+        view = await net.hss.store.get_subscriber(phone_sub.impi)
+        states = {u.identity: u.reg_state for u in view.impus}
+        assert states[work] is RegState.NOT_REGISTERED
+        assert states[phone_sub.impus[0]] is RegState.REGISTERED
+        assert view.scscf_name  # still served: the first set is registered
+        challenges = len(_sip(net, dst="UE", start="401"))
+        res = await phone.reregister(10)
+        assert res.ok and res.protected, res
+        assert len(_sip(net, dst="UE", start="401")) == challenges  # no new AKA run
+        # a second de-registration of the set finds nothing to end
+        assert await net.hss.deregister_impu(work) == {"sent": False, "reason": "not registered"}
+    finally:
+        await tablet.close()
+        await phone.close()

@@ -232,6 +232,16 @@ async def test_real_uvicorn_server_and_cli_deregister(store):
         rc = await asyncio.to_thread(cli_main, [*argv[:-1], "wrong-token"])
         assert rc == 2
         api = ["--api", f"http://127.0.0.1:{port}", "--token", TOKEN]
+        # an IMPI: its whole subscription (User-Name, every IMPU of it)
+        await node.request(sar(cx.ServerAssignmentType.REGISTRATION))
+        rc = await asyncio.to_thread(cli_main, ["hss", "deregister", "alice@home1.net", *api])
+        assert rc == 0
+        rtr = rtrs[-1]
+        assert len(rtrs) == 2 and rtr.user_name == "alice@home1.net"
+        assert rtr.deregistration_reason.reason_code == cx.ReasonCode.PERMANENT_TERMINATION
+        assert (await store.get_subscriber("alice@home1.net")).scscf_name is None
+        rc = await asyncio.to_thread(cli_main, ["hss", "deregister", "nobody@home1.net", *api])
+        assert rc == 2
         rc = await asyncio.to_thread(cli_main, ["hss", "delete", "alice@home1.net", *api])
         assert rc == 0
         assert await store.count_subscribers() == 0

@@ -131,7 +131,9 @@ def test_deregister_without_api_is_a_clear_error(capsys, tmp_path, monkeypatch):
     monkeypatch.delenv("IMSAKA_HSS_API_TOKEN", raising=False)
     rc, _, err = run(capsys, "hss", "deregister", "sip:bob@home1.net")
     assert rc == 2 and "--api:" in err
-    rc, _, err = run(capsys, "hss", "deregister", "bob")
+    rc, _, err = run(capsys, "hss", "deregister", "bob")  # no scheme: an IMPI, and not one
+    assert rc == 2 and "impi: expected an NAI" in err
+    rc, _, err = run(capsys, "hss", "deregister", "sip:")
     assert rc == 2 and "impu:" in err
 
 

@@ -500,6 +500,43 @@ async def scscf_peer(hss):
     return node, received
 
 
+async def test_deregistering_one_impu_ends_its_implicit_set_alone(hss):
+    """`deregister_impu` sends an RTR naming the IMPUs of that IMPU's implicit set
+    (TS 29.228 §6.1.3), every IMPI of the subscription as User-Name and
+    Associated-Identities, and leaves the subscription's other set registered at its
+    S-CSCF. Before 2026-11-30 the RTR named every IMPU and the HSS forgot the whole
+    subscription's registration."""
+    work = ["sip:alice.work@home1.net", "sip:alice.work2@home1.net"]
+    await hss.store.add_impus("alice@home1.net", work, new_set=True)
+    node, received = await scscf_peer(hss)
+    try:
+        await node.request(sar(SAT.REGISTRATION))
+        await node.request(sar(SAT.REGISTRATION, impus=(work[0],)))
+        result = await hss.deregister_impu(work[1])
+        assert result["ok"] is True, result
+        (rtr,) = received
+        assert set(rtr.public_identities) == set(work)
+        assert rtr.user_name == "alice@home1.net"
+        view = await hss.store.get_subscriber("alice@home1.net")
+        states = {u.identity: u.reg_state for u in view.impus}
+        assert states == {
+            "sip:alice@home1.net": RegState.REGISTERED,
+            "tel:+15550001": RegState.REGISTERED,
+            work[0]: RegState.NOT_REGISTERED,
+            work[1]: RegState.NOT_REGISTERED,
+        }
+        assert view.scscf_name == SCSCF_NAME
+        assert await hss.deregister_impu(work[0]) == {"sent": False, "reason": "not registered"}
+        assert len(received) == 1
+        assert (await hss.deregister_impu("tel:+15550001"))["ok"] is True
+        assert set(received[-1].public_identities) == {"sip:alice@home1.net", "tel:+15550001"}
+        view = await hss.store.get_subscriber("alice@home1.net")
+        assert view.scscf_name is None  # no set left registered
+        assert {u.reg_state for u in view.impus} == {RegState.NOT_REGISTERED}
+    finally:
+        await node.stop()
+
+
 async def test_a_user_registered_at_another_scscf_is_taken_from_the_old_one(hss):
     """The I-CSCF chose a new S-CSCF when the serving one did not answer (TS 24.229
     §5.3.1.2), and the user registered there. The old one is sent an RTR with Reason-Code

@@ -815,6 +815,7 @@ class RegistrarCore:
         Returns how many registrations were removed and the actions (removals)."""
         targets = set(self._impus_of(impi))
         registrations = self.registrations
+        wanted: set[str] = set()
         if impus:
             # An RTR may name any IMPU of an implicit set: map it to the record holding it.
             wanted = {self._aliases.get(u, u).lower() for u in impus}
@@ -854,10 +855,20 @@ class RegistrarCore:
             self._queued.pop(impu, None)
             self._unindex(reg)
             actions.append(RemoveRegistration(impu, impi, why, reg))
-        self._vectors.pop(impi, None)
+        if wanted:
+            # Only the named implicit sets end: the IMPI's challenges of other IMPUs
+            # stay, and so do its spare vectors while it holds another registration.
+            self._drop_spare_vectors(impi)
+            named = wanted | {u.lower() for u in impus or ()}
+        else:
+            self._vectors.pop(impi, None)
         for nonce in list(self._challenges_by_impi.get(impi, ())):
             ch = self._challenges.get(nonce)
-            if ch is not None:
+            if ch is not None and (
+                not wanted
+                or ch.impu.lower() in named
+                or self._aliases.get(ch.impu, ch.impu).lower() in named
+            ):
                 self._drop_challenge(ch)
         self.counters["rtr_removed"] += len(targets)
         return len(targets), actions

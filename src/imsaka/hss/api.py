@@ -27,6 +27,7 @@ from imsaka.hss.subscriber import (
     FieldError,
     parse_hex,
     parse_sqn,
+    validate_impi,
     validate_impu,
     validate_schemes,
     validate_subscriber,
@@ -377,6 +378,22 @@ def create_app(backend: HssBackend, token: str) -> FastAPI:
         except NotFound:
             raise _bad(404, "impi", f"no subscriber {impi!r}") from None
         return {"deleted": impi, "rtr": rtr}
+
+    @app.post("/api/v1/subscribers/{impi}/deregister", dependencies=[Depends(auth)])
+    async def deregister_subscription(
+        impi: str, body: DeregisterIn | None = None
+    ) -> dict[str, Any]:
+        """Every registration of the subscription of `impi` (all its IMPIs and
+        implicit sets, TS 29.228 §6.1.3)."""
+        try:
+            validate_impi(impi)
+            if body is None:
+                return await backend.deregister_impi(impi)
+            return await backend.deregister_impi(impi, body.reason, ReasonCode[body.reason_code])
+        except FieldError as exc:
+            raise _bad(422, exc.field, exc.reason) from None
+        except NotFound:
+            raise _bad(404, "impi", f"no subscriber {impi!r}") from None
 
     @app.post("/api/v1/impus/{impu:path}/deregister", dependencies=[Depends(auth)])
     async def deregister(impu: str, body: DeregisterIn | None = None) -> dict[str, Any]:

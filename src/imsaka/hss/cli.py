@@ -7,7 +7,8 @@ Subcommands::
     imsaka hss import FILE.csv           # header impi,impu,k,op,opc,amf[,sqn]; all or nothing
     imsaka hss show IMPI [--json]        # never prints K, OP or OPc
     imsaka hss delete IMPI               # through the API when one is configured (sends RTR)
-    imsaka hss deregister IMPU           # through the running HSS's REST API (sends RTR)
+    imsaka hss deregister IMPU|IMPI      # through the running HSS's REST API (sends RTR):
+                                         # an IMPU's implicit set, or an IMPI's whole subscription
 
 Where the store is: ``--db URL``, else ``[hss].database`` of ``-c imsaka.toml`` (when
 that file exists), else ``$IMSAKA_HSS_DB``, else ``sqlite:///imsaka.db``. The running
@@ -97,9 +98,11 @@ def register(subparsers: Any) -> None:
     d.set_defaults(func=_delete)
 
     r = sub.add_parser(
-        "deregister", help="administratively de-register an IMPU (the HSS sends RTR)"
+        "deregister",
+        help="administratively de-register an IMPU's implicit set, or with an IMPI its "
+        "whole subscription (the HSS sends RTR)",
     )
-    r.add_argument("impu")
+    r.add_argument("identity", metavar="IMPU|IMPI")
     r.add_argument("--reason", help="Reason-Info text for the RTR")
     r.add_argument(
         "--server-change",
@@ -352,14 +355,21 @@ def _delete(args: argparse.Namespace) -> int:
 
 
 def _deregister(args: argparse.Namespace) -> int:
+    """An IMPU (a sip:/tel: URI) de-registers its implicit set; an IMPI (user@realm)
+    every registration of its subscription."""
     from urllib.parse import quote
 
-    from imsaka.hss.subscriber import FieldError, validate_impu
+    from imsaka.hss.subscriber import FieldError, validate_impi, validate_impu
 
+    identity = args.identity.strip()
+    field = "impi" if ":" not in identity else "impu"
     try:
-        validate_impu(args.impu)
+        if field == "impi":
+            validate_impi(identity)
+        else:
+            validate_impu(identity)
     except FieldError as exc:
-        raise CliError(f"impu: {exc.reason}") from None
+        raise CliError(f"{field}: {exc.reason}") from None
     api = _api(args)
     if api is None:
         raise CliError(
@@ -370,20 +380,23 @@ def _deregister(args: argparse.Namespace) -> int:
         body = {"reason_code": "SERVER_CHANGE" if args.server_change else "PERMANENT_TERMINATION"}
         if args.reason:
             body["reason"] = args.reason
-    status, data = _call_api(
-        *api, "POST", f"/api/v1/impus/{quote(args.impu, safe=':@+')}/deregister", body
-    )
+    if field == "impi":
+        path = f"/api/v1/subscribers/{quote(identity, safe='@')}/deregister"
+    else:
+        path = f"/api/v1/impus/{quote(identity, safe=':@+')}/deregister"
+    status, data = _call_api(*api, "POST", path, body)
     if status != 200:
-        raise CliError(f"impu: {_detail(data)}")
+        raise CliError(f"{field}: {_detail(data)}")
+    what = f"the subscription of {identity}" if field == "impi" else identity
     if data.get("sent"):
         outcome = (
             "answered 2001"
             if data.get("ok")
             else f"failed ({data.get('error') or data.get('result')})"
         )
-        print(f"RTR sent to {data.get('to')}: {outcome}; {args.impu} de-registered")
+        print(f"RTR sent to {data.get('to')}: {outcome}; {what} de-registered")
     else:
-        print(f"{args.impu}: {data.get('reason', 'nothing to do')}")
+        print(f"{what}: {data.get('reason', 'nothing to do')}")
     return 0
 
 

@@ -20,7 +20,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -290,11 +290,25 @@ class HssServer:
         reason_info: str | None = None,
         reason: cx.ReasonCode = cx.ReasonCode.PERMANENT_TERMINATION,
     ) -> dict[str, Any]:
-        """Administrative de-registration of the subscription holding ``impu`` (RTR).
-        `reason` SERVER_CHANGE asks the UE to register again (at an S-CSCF chosen
-        anew); PERMANENT_TERMINATION, the default, not to."""
-        info = await self.store.serving_for_impu(impu)
-        return await self._deregister(info, reason_info, reason)
+        """Administrative de-registration of the implicit set of ``impu`` (RTR naming
+        that set's IMPUs, TS 29.228 §6.1.3; every IMPI of the subscription as User-Name
+        and Associated-Identities, for any device may hold it). The subscription's other
+        implicit sets stay registered, and another device that registered one of them
+        hears nothing. `reason` SERVER_CHANGE asks the UE to register again (at an
+        S-CSCF chosen anew); PERMANENT_TERMINATION, the default, not to."""
+        info, state = await self.store.serving_for_set(impu)
+        if state is RegState.NOT_REGISTERED:
+            return {"sent": False, "reason": "not registered"}
+        # Only this set goes (the S-CSCF name too when no other set is served).
+        clear = partial(
+            self.store.assign,
+            impu,
+            state=RegState.NOT_REGISTERED,
+            server_name=None,
+            keep_server=False,
+            want_set=False,
+        )
+        return await self._deregister(info, reason_info, reason, clear=clear)
 
     async def deregister_impi(
         self,
@@ -312,17 +326,26 @@ class HssServer:
             # The other IMPIs' registrations stay, and so does the state the HSS holds
             # for the IMPUs they share (kept per implicit set, not per IMPI).
             info = replace(info, impis=(impi,))
-            return await self._deregister(info, reason_info, reason, forget=False)
-        return await self._deregister(info, reason_info, reason)
+            return await self._deregister(info, reason_info, reason, clear=None)
+        clear = partial(self.store.deregister_subscription, info.subscription_id)
+        return await self._deregister(info, reason_info, reason, clear=clear)
 
     async def _deregister(
-        self, info: Any, reason_info: str | None, reason: cx.ReasonCode, *, forget: bool = True
+        self,
+        info: Any,
+        reason_info: str | None,
+        reason: cx.ReasonCode,
+        *,
+        clear: Callable[[], Awaitable[Any]] | None,
     ) -> dict[str, Any]:
+        """RTR for `info`, then `clear()` (when given) the HSS's registration state of
+        what it named."""
         if not info.scscf_name:
             return {"sent": False, "reason": "not registered"}
         host = info.scscf_host or (await self.store.scscf_host_for(info.scscf_name))
         if not host:
-            await self.store.deregister_subscription(info.subscription_id)
+            if clear is not None:
+                await clear()
             return {"sent": False, "reason": "serving S-CSCF has no Diameter host; state cleared"}
         assert self.service is not None
         rtr = partial(
@@ -336,8 +359,8 @@ class HssServer:
         result = await self._send_to_scscf(rtr, host, info.scscf_name)
         # The operator asked for it: the HSS forgets the registration whether or
         # not the S-CSCF answered (it would otherwise keep serving a ghost).
-        if forget:
-            await self.store.deregister_subscription(info.subscription_id)
+        if clear is not None:
+            await clear()
         return result
 
     def _moved(self, impi: str, name: str, host: str | None, realm: str | None) -> None:

@@ -50,7 +50,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -613,6 +613,27 @@ def _serving_by(table: str, identity: str) -> Plan:
     if row is None:
         raise NotFound(identity)
     return (yield from _serving(row[0]))
+
+
+def _serving_set(impu: str) -> Plan:
+    """(ServingInfo of the subscription of ``impu`` with the IMPUs of its implicit set
+    alone, that set's registration state): what an RTR ending that set names."""
+    row = yield (
+        ONE,
+        "SELECT subscription_id, implicit_set_id, reg_state FROM impu WHERE identity = :impu",
+        {"impu": impu},
+    )
+    if row is None:
+        raise NotFound(impu)
+    sid, set_id = row[0], row[1]
+    info = yield from _serving(sid)
+    members = yield (
+        ALL,
+        "SELECT identity FROM impu WHERE subscription_id = :sid AND implicit_set_id = :set_id"
+        " ORDER BY id",
+        {"sid": sid, "set_id": set_id},
+    )
+    return replace(info, impus=tuple(r[0] for r in members)), _REG_STATES[row[2]]
 
 
 def _scscf_pool() -> Plan:
@@ -1188,6 +1209,10 @@ class HssStore:
 
     async def serving_for_impu(self, impu: str) -> ServingInfo:
         return await self._read(_serving_by, "impu", impu)
+
+    async def serving_for_set(self, impu: str) -> tuple[ServingInfo, RegState]:
+        """`ServingInfo` naming the implicit set of ``impu`` alone, and its state."""
+        return await self._read(_serving_set, impu)
 
     async def serving_for_impi(self, impi: str) -> ServingInfo:
         return await self._read(_serving_by, "impi", impi)
