@@ -291,6 +291,39 @@ def test_deactivated_starts_a_new_initial_registration():
     assert ue.state is UeState.UNPROTECTED_SENT
 
 
+def test_the_timeout_of_a_register_the_ue_left_ends_not_the_one_pending():
+    """A refresh is open when the network's "deactivated" makes the UE register anew;
+    the refresh's client transaction runs on (RFC 3261 §17.1.2) and its Timer F fires
+    later, while the new REGISTER is pending. That timeout, told by its Via branch,
+    ends nothing; the pending REGISTER's own does. Before 2026-11-30 the first failed
+    whichever REGISTER was pending (chaos seed 11168: a de-REGISTER, 408 at once).
+    The same for a SUBSCRIBE of an ended subscription."""
+    ue, sub = subscribed()
+    (refresh,) = [e for e in ue.register(4.0) if isinstance(e, SendRequest)]
+    body = reginfo(
+        version=1, reg_state="terminated", contact_state="terminated", event="deactivated"
+    )
+    events = ue.receive_request(
+        notify(sub, body, cseq=2, state="terminated;reason=deactivated"), 5.0
+    )
+    (anew,) = [e for e in events if isinstance(e, SendRequest)]
+    assert ue.state is UeState.UNPROTECTED_SENT
+    old_branch = refresh.request.top_via.branch
+    assert ue.transaction_timeout(36.0, "REGISTER", old_branch) == []
+    assert ue.state is UeState.UNPROTECTED_SENT and ue.pending is anew.request
+    assert ue.drops["timeout-of-an-earlier-register"] == 1
+    events = ue.transaction_timeout(37.0, "REGISTER", anew.request.top_via.branch)
+    assert ue.state is UeState.FAILED
+    # a SUBSCRIBE's
+    ue, _sub, _ = registered(2)
+    assert ue.transaction_timeout(34.0, "SUBSCRIBE", "z9hG4bKother") == []
+    assert ue.subscription is not None and ue.subscription.pending_cseq
+    branch = ue.subscription.pending_branch
+    assert ue.transaction_timeout(34.0, "SUBSCRIBE", branch) == [
+        SubscriptionEnded("no answer to the SUBSCRIBE")
+    ]
+
+
 def test_subscription_terminated_ends_the_dialog_but_not_the_registration():
     ue, sub = subscribed()
     events = ue.receive_request(notify(sub, cseq=2, state="terminated;reason=timeout"), 5.0)

@@ -346,7 +346,7 @@ class UeClient:
                 elif kind is TransactionTimeout:
                     if self._open_on:
                         self._transaction_ended(ev.key, now)
-                    self._apply(core.transaction_timeout(now, ev.key[2]))
+                    self._apply(core.transaction_timeout(now, ev.key[2], ev.key[1]))
                 elif kind is RequestReceived and ev.key is not None:
                     later = self._serve(ev.key, ev.request, now, later)
             if later is None:

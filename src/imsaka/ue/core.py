@@ -524,6 +524,7 @@ class UeRegistration:
         self.cseq = 0
         self._pending: Request | None = None  # the REGISTER awaiting its final response
         self._pending_cseq = ""  # its CSeq value
+        self._pending_branch = ""  # its Via branch (its client transaction's key)
         self._pending_protected = False
         # sec-agree
         self._client_offer: _Offer | None = None  # our Security-Client entries
@@ -624,15 +625,25 @@ class UeRegistration:
             inp = _Input.REJECT
         return self._dispatch(inp, response, now)
 
-    def transaction_timeout(self, now: float, method: str = "REGISTER") -> list[Event]:
-        """The client transaction of the pending REGISTER (or SUBSCRIBE) timed out (Timer F)."""
+    def transaction_timeout(
+        self, now: float, method: str = "REGISTER", branch: str | None = None
+    ) -> list[Event]:
+        """The client transaction of the pending REGISTER (or SUBSCRIBE) timed out (Timer
+        F). `branch` (its top Via branch, the transaction's key) tells it from one of an
+        earlier attempt that the UE gave up on and whose transaction runs out later: that
+        one's Timer F ends nothing now (before 2026-11-30 it failed whichever REGISTER was
+        pending, a de-REGISTER sent half a minute later: chaos seed 11168)."""
         if method == "SUBSCRIBE":
             sub = self.subscription
             if sub is None or not sub.pending_cseq:
                 return []
+            if branch is not None and branch != sub.pending_branch:
+                return self._drop("timeout-of-an-earlier-subscribe")
             return self._subscribe_failed(sub, 408, "no answer to the SUBSCRIBE", now)
         if self._pending is None:
             return []
+        if branch is not None and branch != self._pending_branch:
+            return self._drop("timeout-of-an-earlier-register")
         return self._dispatch(_Input.TIMEOUT, None, now)
 
     def next_deadline(self) -> float | None:
@@ -769,8 +780,9 @@ class UeRegistration:
         self.cseq += 1
         self._register_sent_at = now
         port = self._port_s if protected else self.local[1]
+        branch = self._pending_branch = f"z9hG4bK{self._hex(8)}"
         headers: list[tuple[str, str]] = [
-            ("Via", f"{self._via_head}{port};branch=z9hG4bK{self._hex(8)}"),
+            ("Via", f"{self._via_head}{port};branch={branch}"),
             ("Max-Forwards", "70"),
             ("P-Access-Network-Info", cfg.access_network_info),
             ("From", f"{self._to};tag={self.from_tag}"),
@@ -1365,8 +1377,9 @@ class UeRegistration:
             uri = cfg.impu
             routes = (f"<sip:{_addr_host(cfg.pcscf[0])}:{pcscf_port};lr>", *self.service_route)
             to = self._to
+        branch = sub.pending_branch = f"z9hG4bK{self._hex(8)}"
         headers: list[tuple[str, str]] = [
-            ("Via", f"{self._via_head}{port};branch=z9hG4bK{self._hex(8)}"),
+            ("Via", f"{self._via_head}{port};branch={branch}"),
             ("Max-Forwards", "70"),
         ]
         headers += [("Route", r) for r in routes]

@@ -214,6 +214,7 @@ class RegSubscription:
         "expires_at",
         "local_cseq",
         "local_tag",
+        "pending_branch",
         "pending_cseq",
         "refresh_at",
         "remote_cseq",
@@ -235,6 +236,7 @@ class RegSubscription:
         self.local_cseq = 0
         self.remote_cseq = -1
         self.pending_cseq = ""  # CSeq text of the SUBSCRIBE awaiting its final answer
+        self.pending_branch = ""  # and its Via branch
         self.state = SubState.SUBSCRIBING
         self.expires_at: float | None = None
         self.refresh_at: float | None = None
