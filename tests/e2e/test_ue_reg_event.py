@@ -346,7 +346,7 @@ async def test_the_operator_deregisters_one_implicit_set_and_the_other_stays(
     operator de-registers the work IMPU: the RTR names that set's IMPUs alone (TS
     29.228 §6.1.3), so the tablet is told `rejected` and its SAs go, while the phone
     stays registered, keeps its SAs and refreshes unchallenged; the HSS holds the first
-    set registered at the same S-CSCF and the second not registered. Before 2026-11-30
+    set registered at the same S-CSCF and the second not registered. Before the twelfth session (2026-11-29)
     the RTR named every IMPU of the subscription and both devices were de-registered."""
     from dataclasses import replace
 

@@ -631,7 +631,7 @@ class UeRegistration:
         """The client transaction of the pending REGISTER (or SUBSCRIBE) timed out (Timer
         F). `branch` (its top Via branch, the transaction's key) tells it from one of an
         earlier attempt that the UE gave up on and whose transaction runs out later: that
-        one's Timer F ends nothing now (before 2026-11-30 it failed whichever REGISTER was
+        one's Timer F ends nothing now (before 2026-11-29, twelfth session, it failed whichever REGISTER was
         pending, a de-REGISTER sent half a minute later: chaos seed 11168)."""
         if method == "SUBSCRIBE":
             sub = self.subscription
