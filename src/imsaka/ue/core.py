@@ -630,9 +630,9 @@ class UeRegistration:
     ) -> list[Event]:
         """The client transaction of the pending REGISTER (or SUBSCRIBE) timed out (Timer
         F). `branch` (its top Via branch, the transaction's key) tells it from one of an
-        earlier attempt that the UE gave up on and whose transaction runs out later: that
-        one's Timer F ends nothing now (before 2026-11-29, twelfth session, it failed whichever REGISTER was
-        pending, a de-REGISTER sent half a minute later: chaos seed 11168)."""
+        earlier attempt that the UE left (it registered anew) and whose transaction runs
+        out later: that one's Timer F ends nothing now. Before the twelfth session
+        (2026-11-29) it failed whichever REGISTER was pending (chaos seed 11168)."""
         if method == "SUBSCRIBE":
             sub = self.subscription
             if sub is None or not sub.pending_cseq:
