@@ -608,6 +608,35 @@ def test_challenges_within_one_attempt_are_still_bounded():
     assert ue.state is UeState.FAILED
 
 
+def test_the_bound_on_challenges_is_followed_by_registering_again_after_a_back_off():
+    """With `recovery_base_time` the attempt that met its fourth challenge (S-CSCFs
+    that each challenge anew as a partition moves the answers between them) is tried
+    again after the RFC 5626 §4.5 back-off, as any failure that may pass; without it
+    the UE stays failed. Before the twelfth session (2026-11-29) it stayed failed
+    either way (chaos seed 11212)."""
+    from imsaka.ue.core import RecoveryScheduled
+
+    for base in (30, 0):
+        ue = make_ue(recovery_base_time=base)
+        (send,) = ue.register(0.0)
+        for n in range(4):
+            resp, _vec, _ = challenge(send.request, sqn=40 + n)
+            events = ue.receive(resp, 1.0 + n)
+            if n < 3:
+                send = next(e for e in events if isinstance(e, SendRequest))
+        failed = next(e for e in events if isinstance(e, RegistrationFailed))
+        assert failed.reason == "too many authentication challenges"
+        recovery = [e for e in events if isinstance(e, RecoveryScheduled)]
+        if not base:
+            assert not recovery and ue.state is UeState.FAILED and ue.next_deadline() is None
+            continue
+        (rec,) = recovery
+        assert rec.status == 401 and ue.state is UeState.WAITING_RETRY
+        (again,) = ue.handle_timer(rec.at)
+        assert isinstance(again, SendRequest) and not again.protected
+        assert ue.auth_rounds == 0
+
+
 def test_deregister_while_waiting_or_failed_ends_at_once():
     """`deregister()` of a UE that waits to try again (Retry-After, recovery) or whose
     attempt failed: without an SA set nothing goes to the network and the UE is

@@ -382,7 +382,9 @@ RETRYABLE_STATUSES = frozenset({480, 500, 503, 504})
 # (480), a server error (5xx), no S-CSCF found (600 from the I-CSCF). Anything else
 # (403, 404, 420, a 494 to an initial REGISTER, a bad AUTN) is about the UE itself
 # and ends it for good.
-_RECOVERABLE = frozenset({408, 480, 600, *range(500, 600)})
+# 401 here: the bound on challenges in one attempt, or a 401 without a usable challenge
+# (the network's doing, as a move between S-CSCFs that each challenge anew can be).
+_RECOVERABLE = frozenset({401, 408, 480, 600, *range(500, 600)})
 # Exponent bound: 2^16 · base-time is past any max-time worth configuring.
 _MAX_DOUBLINGS = 16
 # Answers to a reg-event SUBSCRIBE after which a UE with `recovery_base_time` that is
@@ -1019,13 +1021,15 @@ class UeRegistration:
         cfg = self.config
         self.auth_rounds += 1
         if self.auth_rounds > 3:
-            return self._fail("too many authentication challenges", 401)
+            return self._fail("too many authentication challenges", 401) + self._recover(401, now)
         try:
             www = resp.www_authenticate
         except SipParseError:
             www = None
         if www is None or (www.scheme or "").lower() != "digest" or not www.nonce:
-            return self._fail("401 without a usable WWW-Authenticate", 401)
+            return self._fail("401 without a usable WWW-Authenticate", 401) + self._recover(
+                401, now
+            )
         nonce = www.nonce
         realm = www.realm or self.realm
         algorithm = www.algorithm or "MD5"
