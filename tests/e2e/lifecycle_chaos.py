@@ -90,7 +90,8 @@ another instance; NOTIFYs held) and drops what the others took meanwhile once ba
 
 Prints one JSON line per seed (with `scscf_seen` and `pcscf_seen`: what the restarts
 and instances made the S-CSCF and the P-CSCF do, their counters summed over all of
-them; `icscf_seen`: the last I-CSCF's failovers and probes) and a summary; exits 1
+them; `icscf_seen`: the last I-CSCF's failovers and probes; `ue_drops`: what the UEs
+running at the end dropped, by reason) and a summary; exits 1
 when a run failed. With `--traces`, the ladder of each failed UE (SIP and Diameter, by
 time) is written there. Not a test of the suite (a run
 takes a minute or more): it found the defects fixed in d9c7eb2, f205b12, fd308eb,
@@ -982,10 +983,15 @@ async def _run(
             pcscf_drops.update(edge["esp_drops"])
             if edge["replies_not_sent"]:
                 pcscf_drops["replies-not-sent"] = edge["replies_not_sent"]
+        # what the UEs running at the end dropped, by reason (a restarted UE's are gone)
+        ue_drops: dict[str, int] = {}
+        for ue in ues:
+            for reason, n in (ue.core.drops if ue.core is not None else {}).items():
+                ue_drops[reason] = ue_drops.get(reason, 0) + n
         return {
             "seed": seed, "scscf": scscf, "steps": done, "ops": ops, "lost": lost, "bad": bad,
             "scscf_seen": seen, "pcscf_seen": pcscf_seen, "icscf_seen": icscf_seen,
-            "pcscf_drops": pcscf_drops,
+            "pcscf_drops": pcscf_drops, "ue_drops": ue_drops,
         }  # fmt: skip
     finally:
         for task in (restarter, hss_restarter, mover, *(c.task for c in crashes_of)):
