@@ -399,6 +399,11 @@ async def test_the_operator_deregisters_one_implicit_set_and_the_other_stays(
         assert len(_sip(net, dst="UE", start="401")) == challenges  # no new AKA run
         # a second de-registration of the set finds nothing to end
         assert await net.hss.deregister_impu(work) == {"sent": False, "reason": "not registered"}
+        # the tablet registers the set again, at the subscription's S-CSCF
+        assert (await tablet.register(10)).ok
+        view = await net.hss.store.get_subscriber(phone_sub.impi)
+        assert {u.identity: u.reg_state for u in view.impus}[work] is RegState.REGISTERED
+        assert work in {uri.lower() for uri in scscf.registrations}
     finally:
         await tablet.close()
         await phone.close()
