@@ -793,14 +793,14 @@ def test_an_answer_to_another_scscfs_challenge_is_challenged_with_a_fresh_vector
     from imsaka.cscf.scscf_core import nonce_tag_for
 
     tag = nonce_tag_for("sip:scscf1.home1.net:5080")
-    assert len(tag) == 2 and tag != nonce_tag_for("sip:scscf2.home1.net:5081")
+    assert len(tag) == 4 and tag != nonce_tag_for("sip:scscf2.home1.net:5081")
     core = RegistrarCore(policy(reauthenticate="always", nonce_tag=tag), random_bytes=bytes)
     h = Harness(core, FakeHss())
     ue = FakeUe()
     r401 = h.send(ue.register())
     www = header(r401, "WWW-Authenticate")[0]
     nonce = parse_challenge(www)["nonce"]
-    assert split_nonce(nonce)[2][:2] == tag
+    assert split_nonce(nonce)[2][:4] == tag and len(split_nonce(nonce)[2]) == 8
     assert h.send(ue.answer(www)).status == 200 and h.hss.mars == 1
     # our own last nonce: a spare vector
     own = ue.register(integrity="yes", nonce=nonce, response="0" * 32)

@@ -306,11 +306,14 @@ class RegistrarPolicy:
 
 
 def nonce_tag_for(server_name: str) -> bytes:
-    """Two octets that tell this S-CSCF's nonces from other S-CSCFs' (a hash of its
-    Server-Name, not a secret: the nonce travels in the clear anyway)."""
+    """Four octets that tell this S-CSCF's nonces from other S-CSCFs' (a hash of its
+    Server-Name, not a secret: the nonce travels in the clear anyway). Two until the
+    twelfth session (2026-11-29): two S-CSCF names in 65,536 shared a tag, now one pair
+    in about 4.3 billion; the four random octets left keep a repeated vector's nonces
+    apart."""
     if not server_name:
         return b""
-    return hashlib.sha256(server_name.lower().encode()).digest()[:2]
+    return hashlib.sha256(server_name.lower().encode()).digest()[:4]
 
 
 # --------------------------------------------------------------------------- state
