@@ -460,9 +460,9 @@ WORK_DATA = (
 def test_an_rtr_naming_one_implicit_set_leaves_the_impis_others_alone():
     """The RTR names the IMPUs of one implicit set (TS 29.228 §6.1.3): that set's
     registration goes; the IMPI's registration of another set stays, so do its open
-    challenge there and its spare vectors. Before the twelfth session (2026-11-29) every challenge and
-    spare vector of the IMPI went with any RTR, and the other set's answer was
-    challenged again."""
+    challenge there and its spare vectors. Before the twelfth session (2026-11-29)
+    every challenge and spare vector of the IMPI went with any RTR, and the other
+    set's answer was challenged again."""
     h = Harness(RegistrarCore(policy(vectors_per_request=5)), FakeHss())
     h.user_data[WORK] = WORK_DATA
     assert register(h, FakeUe()).status == 200

@@ -283,21 +283,17 @@ async def test_an_implicit_set_the_operator_changes_leaves_the_ue_registered(
         await ue.close()
 
 
-async def test_two_devices_sharing_the_impus_and_one_removed_by_the_operator(
-    home_network, subscribers
-):
-    """user1's subscription gets a tablet IMPI sharing its IMPUs (TS 23.228 §4.3.3.4).
-    The phone and the tablet register, each with its own SA set and contact, and each
-    re-registers over its SAs without a new AKA run. The operator deletes the tablet's
-    IMPI: the tablet hears of the end (`rejected`) and its SAs go; the phone stays
-    registered over its own set and re-registers unchallenged."""
+async def _phone_and_tablet(net, phone_sub, tablet_impus=None):
+    """A tablet IMPI added to the subscription of `phone_sub` (its IMPUs, or
+    `tablet_impus` for its UE to register), and both UEs started: (phone, tablet,
+    the tablet's subscriber)."""
     from dataclasses import replace
 
     from imsaka.hss.subscriber import validate_subscriber
 
-    net = home_network
-    phone_sub = subscribers[0]
     tablet_sub = replace(phone_sub, impi="user1_tablet@home1.net")
+    if tablet_impus is not None:
+        tablet_sub = replace(tablet_sub, impus=tuple(tablet_impus))
     await net.hss.store.add_impi(
         phone_sub.impi,
         validate_subscriber(
@@ -311,6 +307,21 @@ async def test_two_devices_sharing_the_impus_and_one_removed_by_the_operator(
     tablet = UeClient(net.ue_config(tablet_sub), observers=[net.trace])
     await phone.start()
     await tablet.start()
+    return phone, tablet, tablet_sub
+
+
+async def test_two_devices_sharing_the_impus_and_one_removed_by_the_operator(
+    home_network, subscribers
+):
+    """user1's subscription gets a tablet IMPI sharing its IMPUs (TS 23.228 §4.3.3.4).
+    The phone and the tablet register, each with its own SA set and contact, and each
+    re-registers over its SAs without a new AKA run. The operator deletes the tablet's
+    IMPI: the tablet hears of the end (`rejected`) and its SAs go; the phone stays
+    registered over its own set and re-registers unchallenged."""
+
+    net = home_network
+    phone_sub = subscribers[0]
+    phone, tablet, tablet_sub = await _phone_and_tablet(net, phone_sub)
     try:
         for ue in (phone, tablet):
             assert (await ue.register(10)).ok
@@ -346,31 +357,16 @@ async def test_the_operator_deregisters_one_implicit_set_and_the_other_stays(
     operator de-registers the work IMPU: the RTR names that set's IMPUs alone (TS
     29.228 §6.1.3), so the tablet is told `rejected` and its SAs go, while the phone
     stays registered, keeps its SAs and refreshes unchallenged; the HSS holds the first
-    set registered at the same S-CSCF and the second not registered. Before the twelfth session (2026-11-29)
-    the RTR named every IMPU of the subscription and both devices were de-registered."""
-    from dataclasses import replace
-
+    set registered at the same S-CSCF and the second not registered. Before the twelfth
+    session (2026-11-29) the RTR named every IMPU of the subscription and both devices
+    were de-registered."""
     from imsaka.hss.models import RegState
-    from imsaka.hss.subscriber import validate_subscriber
 
     net = home_network
     work = "sip:user1_work@home1.net"
     phone_sub = subscribers[0]
     await net.hss.store.add_impus(phone_sub.impi, [work], new_set=True)
-    tablet_sub = replace(phone_sub, impi="user1_tablet@home1.net", impus=(work,))
-    await net.hss.store.add_impi(
-        phone_sub.impi,
-        validate_subscriber(
-            impi=tablet_sub.impi,
-            impus=[work],
-            k=tablet_sub.k.hex(),
-            opc=tablet_sub.opc.hex(),
-        ),
-    )
-    phone = UeClient(net.ue_config(phone_sub), observers=[net.trace])
-    tablet = UeClient(net.ue_config(tablet_sub), observers=[net.trace])
-    await phone.start()
-    await tablet.start()
+    phone, tablet, _tablet_sub = await _phone_and_tablet(net, phone_sub, (work,))
     try:
         for ue in (phone, tablet):
             assert (await ue.register(10)).ok

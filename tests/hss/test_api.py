@@ -157,6 +157,23 @@ async def test_deregister_impu_sends_rtr(api, registered_scscf, hss):
     assert unknown.status_code == 404 and unknown.json()["detail"]["field"] == "impu"
 
 
+async def test_deregister_a_subscription_by_its_impi(api, registered_scscf, hss):
+    r = await api.post(
+        "/api/v1/subscribers/alice@home1.net/deregister",
+        json={"reason_code": "SERVER_CHANGE"},
+        headers=AUTH,
+    )
+    assert r.status_code == 200 and r.json()["ok"] is True, r.text
+    rtr = registered_scscf.received[-1]
+    assert rtr.user_name == "alice@home1.net"
+    assert rtr.deregistration_reason.reason_code == cx.ReasonCode.SERVER_CHANGE
+    assert (await hss.store.get_subscriber("alice@home1.net")).scscf_name is None
+    unknown = await api.post("/api/v1/subscribers/ghost@home1.net/deregister", headers=AUTH)
+    assert unknown.status_code == 404 and unknown.json()["detail"]["field"] == "impi"
+    bad = await api.post("/api/v1/subscribers/ghost/deregister", headers=AUTH)
+    assert bad.status_code == 422 and bad.json()["detail"]["field"] == "impi"
+
+
 async def test_deregister_with_server_change_and_a_bad_reason_code(api, registered_scscf):
     bad = await api.post(
         "/api/v1/impus/tel:+15550001/deregister", json={"reason_code": "LATER"}, headers=AUTH

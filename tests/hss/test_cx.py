@@ -504,8 +504,8 @@ async def test_deregistering_one_impu_ends_its_implicit_set_alone(hss):
     """`deregister_impu` sends an RTR naming the IMPUs of that IMPU's implicit set
     (TS 29.228 §6.1.3), every IMPI of the subscription as User-Name and
     Associated-Identities, and leaves the subscription's other set registered at its
-    S-CSCF. Before the twelfth session (2026-11-29) the RTR named every IMPU and the HSS forgot the whole
-    subscription's registration."""
+    S-CSCF. Before the twelfth session (2026-11-29) the RTR named every IMPU and the
+    HSS forgot the whole subscription's registration."""
     work = ["sip:alice.work@home1.net", "sip:alice.work2@home1.net"]
     await hss.store.add_impus("alice@home1.net", work, new_set=True)
     node, received = await scscf_peer(hss)

@@ -295,9 +295,9 @@ def test_the_timeout_of_a_register_the_ue_left_ends_not_the_one_pending():
     """A refresh is open when the network's "deactivated" makes the UE register anew;
     the refresh's client transaction runs on (RFC 3261 §17.1.2) and its Timer F fires
     later, while the new REGISTER is pending. That timeout, told by its Via branch,
-    ends nothing; the pending REGISTER's own does. Before the twelfth session (2026-11-29) the first failed
-    whichever REGISTER was pending (chaos seed 11168: a de-REGISTER, 408 at once).
-    The same for a SUBSCRIBE of an ended subscription."""
+    ends nothing; the pending REGISTER's own does. Before the twelfth session
+    (2026-11-29) the first failed whichever REGISTER was pending (chaos seed 11168: a
+    de-REGISTER, 408 at once). The same for a SUBSCRIBE of an ended subscription."""
     ue, sub = subscribed()
     (refresh,) = [e for e in ue.register(4.0) if isinstance(e, SendRequest)]
     body = reginfo(

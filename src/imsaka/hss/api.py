@@ -12,6 +12,7 @@ validation errors never echo the submitted values. A bad field gives 4xx with
 from __future__ import annotations
 
 import hmac
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol
 
 from fastapi import Body, Depends, FastAPI, HTTPException, Request
@@ -379,33 +380,38 @@ def create_app(backend: HssBackend, token: str) -> FastAPI:
             raise _bad(404, "impi", f"no subscriber {impi!r}") from None
         return {"deleted": impi, "rtr": rtr}
 
+    async def _deregistered(
+        send: Callable[..., Awaitable[dict[str, Any]]],
+        identity: str,
+        body: DeregisterIn | None,
+        field: str,
+        unknown: str,
+    ) -> dict[str, Any]:
+        """`send(identity[, reason, code])` (an RTR), its user errors as 422/404."""
+        try:
+            (validate_impi if field == "impi" else validate_impu)(identity)
+            if body is None:
+                return await send(identity)
+            return await send(identity, body.reason, ReasonCode[body.reason_code])
+        except FieldError as exc:
+            raise _bad(422, exc.field, exc.reason) from None
+        except NotFound:
+            raise _bad(404, field, f"{unknown} {identity!r}") from None
+
     @app.post("/api/v1/subscribers/{impi}/deregister", dependencies=[Depends(auth)])
     async def deregister_subscription(
         impi: str, body: DeregisterIn | None = None
     ) -> dict[str, Any]:
         """Every registration of the subscription of `impi` (all its IMPIs and
         implicit sets, TS 29.228 §6.1.3)."""
-        try:
-            validate_impi(impi)
-            if body is None:
-                return await backend.deregister_impi(impi)
-            return await backend.deregister_impi(impi, body.reason, ReasonCode[body.reason_code])
-        except FieldError as exc:
-            raise _bad(422, exc.field, exc.reason) from None
-        except NotFound:
-            raise _bad(404, "impi", f"no subscriber {impi!r}") from None
+        return await _deregistered(backend.deregister_impi, impi, body, "impi", "no subscriber")
 
     @app.post("/api/v1/impus/{impu:path}/deregister", dependencies=[Depends(auth)])
     async def deregister(impu: str, body: DeregisterIn | None = None) -> dict[str, Any]:
-        try:
-            validate_impu(impu)
-            if body is None:
-                return await backend.deregister_impu(impu)
-            return await backend.deregister_impu(impu, body.reason, ReasonCode[body.reason_code])
-        except FieldError as exc:
-            raise _bad(422, exc.field, exc.reason) from None
-        except NotFound:
-            raise _bad(404, "impu", f"no public identity {impu!r}") from None
+        """The implicit set of `impu` (its subscription's other sets stay)."""
+        return await _deregistered(
+            backend.deregister_impu, impu, body, "impu", "no public identity"
+        )
 
     @app.get("/api/v1/scscfs", dependencies=[Depends(auth)])
     async def scscfs() -> list[dict[str, Any]]:

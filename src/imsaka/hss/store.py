@@ -498,15 +498,31 @@ def _user_state(impu: str, impi: str | None) -> Plan:
     return _state_of(row, pending, nets)
 
 
-def _user_data(impi: str | None, impu: str) -> Plan:
+def _set_of(impu: str) -> Plan:
+    """(subscription id, implicit set id, registration state) of ``impu``."""
     row = yield (
         ONE,
-        "SELECT subscription_id, implicit_set_id FROM impu WHERE identity = :impu",
+        "SELECT subscription_id, implicit_set_id, reg_state FROM impu WHERE identity = :impu",
         {"impu": impu},
     )
     if row is None:
         raise NotFound(impu)
-    sid, set_id = row[0], row[1]
+    return row[0], row[1], _REG_STATES[row[2]]
+
+
+def _set_members(sid: int, set_id: int) -> Plan:
+    """The IMPUs of implicit set ``set_id`` of subscription ``sid``, oldest first."""
+    members = yield (
+        ALL,
+        "SELECT identity FROM impu WHERE subscription_id = :sid AND implicit_set_id = :set_id"
+        " ORDER BY id",
+        {"sid": sid, "set_id": set_id},
+    )
+    return tuple(r[0] for r in members)
+
+
+def _user_data(impi: str | None, impu: str) -> Plan:
+    sid, set_id, _state = yield from _set_of(impu)
     if impi is None:
         first = yield (
             ONE,
@@ -618,22 +634,9 @@ def _serving_by(table: str, identity: str) -> Plan:
 def _serving_set(impu: str) -> Plan:
     """(ServingInfo of the subscription of ``impu`` with the IMPUs of its implicit set
     alone, that set's registration state): what an RTR ending that set names."""
-    row = yield (
-        ONE,
-        "SELECT subscription_id, implicit_set_id, reg_state FROM impu WHERE identity = :impu",
-        {"impu": impu},
-    )
-    if row is None:
-        raise NotFound(impu)
-    sid, set_id = row[0], row[1]
+    sid, set_id, state = yield from _set_of(impu)
     info = yield from _serving(sid)
-    members = yield (
-        ALL,
-        "SELECT identity FROM impu WHERE subscription_id = :sid AND implicit_set_id = :set_id"
-        " ORDER BY id",
-        {"sid": sid, "set_id": set_id},
-    )
-    return replace(info, impus=tuple(r[0] for r in members)), _REG_STATES[row[2]]
+    return replace(info, impus=(yield from _set_members(sid, set_id))), state
 
 
 def _scscf_pool() -> Plan:
@@ -764,13 +767,7 @@ def _assign_rows(
             yield from _clear_pending(impi)
     if not want_set:
         return None
-    members = yield (
-        ALL,
-        "SELECT identity FROM impu WHERE subscription_id = :sid AND implicit_set_id = :set_id"
-        " ORDER BY id",
-        {"sid": sid, "set_id": set_id},
-    )
-    return tuple(r[0] for r in members)
+    return (yield from _set_members(sid, set_id))
 
 
 def _clear_pending(impi: str) -> Plan:
