@@ -102,7 +102,12 @@ def register(subparsers: Any) -> None:
         help="administratively de-register an IMPU's implicit set, or with an IMPI its "
         "whole subscription (the HSS sends RTR)",
     )
-    r.add_argument("identity", metavar="IMPU|IMPI")
+    r.add_argument(
+        "identity",
+        metavar="IMPU|IMPI",
+        help="an IMPU (sip:/tel: URI) ends its implicit set; an IMPI (user@realm) every "
+        "registration of its subscription",
+    )
     r.add_argument("--reason", help="Reason-Info text for the RTR")
     r.add_argument(
         "--server-change",
