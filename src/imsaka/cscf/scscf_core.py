@@ -858,17 +858,18 @@ class RegistrarCore:
             self._queued.pop(impu, None)
             self._unindex(reg)
             actions.append(RemoveRegistration(impu, impi, why, reg))
-        if wanted:
-            # Only the named implicit sets end: the IMPI's challenges of other IMPUs
-            # stay, and so do its spare vectors while it holds another registration.
+        # Only the named implicit sets end (`named`, empty: all): the IMPI's challenges
+        # of other IMPUs stay, and so do its spare vectors while it holds another
+        # registration.
+        named = wanted | {u.lower() for u in impus or ()}
+        if named:
             self._drop_spare_vectors(impi)
-            named = wanted | {u.lower() for u in impus or ()}
         else:
             self._vectors.pop(impi, None)
         for nonce in list(self._challenges_by_impi.get(impi, ())):
             ch = self._challenges.get(nonce)
             if ch is not None and (
-                not wanted
+                not named
                 or ch.impu.lower() in named
                 or self._aliases.get(ch.impu, ch.impu).lower() in named
             ):
