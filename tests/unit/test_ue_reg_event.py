@@ -562,6 +562,28 @@ def test_a_new_subscription_refused_not_registered_registers_anew():
     assert ue.state is UeState.REGISTERED
 
 
+def test_a_new_subscription_refused_while_a_refresh_is_under_way_follows_its_200():
+    """The same 480 while a refresh of ours is out (the I-CSCF took it to the S-CSCF
+    the user moved to): the refresh's answer tells whether the network holds the
+    registration, so the UE does not register anew; the refresh's 200 brings the new
+    subscription, along the Service-Route it carries. Before the twelfth session
+    (2026-11-29) the UE stayed without a subscription after that 200 (chaos seed 11196:
+    an RTR then went unheard)."""
+    moved = "<sip:orig@scscf2.home1.net:6070;lr>"
+    ue, sub, _ = registered()
+    (refresh,) = [e for e in ue.register(2.2) if isinstance(e, SendRequest)]
+    assert ue.state is UeState.REREGISTERING
+    not_registered = make_response(sub, 480, "Temporarily Unavailable (not registered)")
+    events = ue.receive(wire(not_registered), 2.5)
+    assert events == [SubscriptionEnded("480 Temporarily Unavailable (not registered)")]
+    assert ue.state is UeState.REREGISTERING and ue.subscription is None
+    headers = [("Contact", f"<{OUR_CONTACT}>;expires=600000"), ("Service-Route", moved)]
+    ok = make_response(refresh.request, 200, to_tag="5ef4", headers=headers)
+    (send,) = [e for e in ue.receive(wire(ok), 3.0) if isinstance(e, SendRequest)]
+    assert send.request.method == "SUBSCRIBE" and send.request.to.tag is None
+    assert send.request.get_all("Route") == [PCSCF_RR, moved]
+
+
 # ------------------------------------------- keeping the subscription (recovery_base_time)
 
 

@@ -1473,6 +1473,16 @@ class UeRegistration:
         lost = status == 481 and bool(sub.remote_tag) and not self._sub_failures
         self._drop_subscription()
         log.info("ue %s: reg-event subscription ended: %s", self.config.impi, reason)
+        if status == 480 and not sub.remote_tag and self.sa is not None and self.registering:
+            # The same refusal while a REGISTER of ours is under way (a refresh the
+            # I-CSCF took to the S-CSCF the user moved to, say): its answer tells
+            # whether the network holds the registration. A 2xx brings the new
+            # subscription, along the Service-Route it carries; a failure registers
+            # anew, which subscribes too. Before the twelfth session (2026-11-29) the UE
+            # stayed without a subscription after that 2xx, and an RTR went unheard
+            # (lifecycle chaos --devices 2 --scscf-moves, seed 11196).
+            self._subscribe_after_ok = self.config.subscribe_reg_event
+            return [SubscriptionEnded(reason)]
         if (
             status == 480
             and not sub.remote_tag
