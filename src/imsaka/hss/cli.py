@@ -369,10 +369,7 @@ def _deregister(args: argparse.Namespace) -> int:
     identity = args.identity.strip()
     field = "impi" if ":" not in identity else "impu"
     try:
-        if field == "impi":
-            validate_impi(identity)
-        else:
-            validate_impu(identity)
+        (validate_impi if field == "impi" else validate_impu)(identity)
     except FieldError as exc:
         raise CliError(f"{field}: {exc.reason}") from None
     api = _api(args)

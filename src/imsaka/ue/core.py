@@ -526,7 +526,6 @@ class UeRegistration:
         self.cseq = 0
         self._pending: Request | None = None  # the REGISTER awaiting its final response
         self._pending_cseq = ""  # its CSeq value
-        self._pending_branch = ""  # its Via branch (its client transaction's key)
         self._pending_protected = False
         # sec-agree
         self._client_offer: _Offer | None = None  # our Security-Client entries
@@ -644,7 +643,7 @@ class UeRegistration:
             return self._subscribe_failed(sub, 408, "no answer to the SUBSCRIBE", now)
         if self._pending is None:
             return []
-        if branch is not None and branch != self._pending_branch:
+        if branch is not None and branch != self._pending.top_via.branch:
             return self._drop("timeout-of-an-earlier-register")
         return self._dispatch(_Input.TIMEOUT, None, now)
 
@@ -782,9 +781,8 @@ class UeRegistration:
         self.cseq += 1
         self._register_sent_at = now
         port = self._port_s if protected else self.local[1]
-        branch = self._pending_branch = f"z9hG4bK{self._hex(8)}"
         headers: list[tuple[str, str]] = [
-            ("Via", f"{self._via_head}{port};branch={branch}"),
+            ("Via", f"{self._via_head}{port};branch=z9hG4bK{self._hex(8)}"),
             ("Max-Forwards", "70"),
             ("P-Access-Network-Info", cfg.access_network_info),
             ("From", f"{self._to};tag={self.from_tag}"),
